@@ -1,0 +1,645 @@
+//! Reactors: one pinned thread per core that drains its message inbox and runs
+//! its pollers, forever.
+//!
+//! Every object belongs to one reactor. Code on another reactor never touches
+//! it; it sends the owner a message ([`send_msg`]) through the owner's
+//! lock-free inbox. Reactor-owned types (pollers, I/O channels, anything in
+//! [`set_local`]) are `!Send`, so the compiler keeps them home.
+//!
+//! The free functions of this module act on the *current* reactor: the one
+//! whose loop is running the calling code. Outside a reactor use a [`Handle`].
+
+mod harness;
+mod msg;
+mod poller;
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering, fence};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::clock;
+use crate::sys::{self, Epoll, EventFd, Interest, TimerFd};
+
+pub use harness::Harness;
+pub use msg::Msg;
+pub use poller::{PollStatus, Poller, PollerInfo};
+
+/// Messages taken from each queue per iteration.
+const MSG_BATCH: usize = 64;
+/// Inbox capacity; a full inbox parks further messages in the sender's overflow.
+const INBOX_CAPACITY: usize = 16 * 1024;
+
+const TOKEN_DOORBELL: u64 = 0;
+const TOKEN_TIMER: u64 = u64::MAX;
+
+/// Index of a reactor within its runtime (0 is the main reactor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReactorId(pub usize);
+
+impl fmt::Display for ReactorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reactor {}", self.0)
+    }
+}
+
+/// The part of a reactor other threads can reach: its inbox and doorbell.
+struct Mailbox {
+    queue: ArrayQueue<Msg>,
+    sleeping: AtomicBool,
+    doorbell: Option<EventFd>,
+    core: usize,
+    tid: AtomicI32,
+}
+
+/// State shared by all reactors of one runtime.
+struct Shared {
+    mailboxes: Box<[Mailbox]>,
+    interrupt_mode: bool,
+}
+
+impl Shared {
+    fn new(cores: &[usize], interrupt_mode: bool) -> io::Result<Arc<Shared>> {
+        let mailboxes = cores
+            .iter()
+            .map(|&core| {
+                Ok(Mailbox {
+                    queue: ArrayQueue::new(INBOX_CAPACITY),
+                    sleeping: AtomicBool::new(false),
+                    doorbell: if interrupt_mode { Some(EventFd::new()?) } else { None },
+                    core,
+                    tid: AtomicI32::new(0),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Arc::new(Shared { mailboxes: mailboxes.into(), interrupt_mode }))
+    }
+
+    /// Push a message; on a full inbox give it back.
+    #[inline]
+    fn try_push(&self, to: ReactorId, msg: Msg) -> Result<(), Msg> {
+        let mb = &self.mailboxes[to.0];
+        mb.queue.push(msg)?;
+        if self.interrupt_mode {
+            // Pairs with the fence in `Inner::sleep`: either the sleeper sees
+            // the message or we see it sleeping.
+            fence(Ordering::SeqCst);
+            if mb.sleeping.load(Ordering::Relaxed) {
+                if let Some(d) = &mb.doorbell {
+                    d.notify();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `Send + Sync` handle on a runtime, for threads that are not reactors.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("reactors", &self.shared.mailboxes.len()).finish()
+    }
+}
+
+impl Handle {
+    pub fn reactor_count(&self) -> usize {
+        self.shared.mailboxes.len()
+    }
+
+    /// The CPU core a reactor runs on.
+    pub fn core_of(&self, r: ReactorId) -> usize {
+        self.shared.mailboxes[r.0].core
+    }
+
+    /// Send a message. From a reactor of this runtime this is [`send_msg`];
+    /// from any other thread it waits for room in a full inbox.
+    pub fn send<F: FnOnce() + Send + 'static>(&self, to: ReactorId, f: F) {
+        let mut msg = Msg::new(f);
+        let on_own_reactor = try_with_current(|r| Arc::ptr_eq(&r.shared, &self.shared)).unwrap_or(false);
+        if on_own_reactor {
+            with_current(|r| r.send(to, msg));
+            return;
+        }
+        while let Err(m) = self.shared.try_push(to, msg) {
+            msg = m;
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Interrupt-mode machinery of one reactor.
+pub(crate) struct Irq {
+    pub(crate) epoll: Epoll,
+    timer: TimerFd,
+    events: RefCell<Vec<libc::epoll_event>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    busy: Cell<u64>,
+    idle: Cell<u64>,
+    iterations: Cell<u64>,
+    last: Cell<u64>,
+    start: Cell<u64>,
+}
+
+/// The reactor-local half of a reactor.
+pub(crate) struct Inner {
+    id: ReactorId,
+    pub(crate) me: Weak<Inner>,
+    shared: Arc<Shared>,
+    pub(crate) pollers: poller::PollerSet,
+    local: RefCell<VecDeque<Msg>>,
+    overflow: RefCell<VecDeque<(ReactorId, Msg)>>,
+    pub(crate) channels: RefCell<HashMap<usize, Weak<dyn Any>>>,
+    locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    stats: Stats,
+    exit: Cell<bool>,
+    pub(crate) irq: Option<Irq>,
+}
+
+thread_local! {
+    static CURRENT: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Makes a reactor current for the lifetime of the guard.
+struct Enter {
+    prev: *const Inner,
+    _keep: Rc<Inner>,
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+    }
+}
+
+#[inline]
+fn try_with_current<R>(f: impl FnOnce(&Inner) -> R) -> Option<R> {
+    let p = CURRENT.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: CURRENT is only non-null while an `Enter` guard on this thread
+    // keeps the `Rc<Inner>` it points to alive; the reference handed to `f`
+    // cannot outlive this call.
+    Some(f(unsafe { &*p }))
+}
+
+#[inline]
+#[track_caller]
+pub(crate) fn with_current<R>(f: impl FnOnce(&Inner) -> R) -> R {
+    match try_with_current(f) {
+        Some(r) => r,
+        None => panic!("this must run on a reactor (no reactor is current on this thread)"),
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn send(&self, to: ReactorId, msg: Msg) {
+        if to == self.id {
+            self.local.borrow_mut().push_back(msg);
+            return;
+        }
+        let mut overflow = self.overflow.borrow_mut();
+        if !overflow.is_empty() {
+            // Keep per-destination order behind earlier parked messages.
+            overflow.push_back((to, msg));
+            return;
+        }
+        if let Err(msg) = self.shared.try_push(to, msg) {
+            overflow.push_back((to, msg));
+        }
+    }
+
+    fn flush_overflow(&self) -> bool {
+        let mut overflow = self.overflow.borrow_mut();
+        while let Some((to, msg)) = overflow.pop_front() {
+            if let Err(msg) = self.shared.try_push(to, msg) {
+                overflow.push_front((to, msg));
+                return true;
+            }
+        }
+        false
+    }
+
+    #[inline]
+    fn process_messages(&self) -> usize {
+        let mut n = 0;
+        while n < MSG_BATCH {
+            let m = self.local.borrow_mut().pop_front();
+            match m {
+                Some(m) => m.run(),
+                None => break,
+            }
+            n += 1;
+        }
+        let queue = &self.shared.mailboxes[self.id.0].queue;
+        for _ in 0..MSG_BATCH {
+            match queue.pop() {
+                Some(m) => m.run(),
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// One loop iteration. Returns whether any work was done.
+    fn iterate(&self, may_sleep: bool) -> bool {
+        let now = self.stats.last.get();
+        let mut busy = self.process_messages() > 0;
+        busy |= self.pollers.run_active();
+        busy |= self.pollers.run_timed(now);
+        busy |= self.flush_overflow();
+        self.pollers.compact();
+
+        let end = clock::ticks();
+        let dt = end.saturating_sub(now);
+        if busy {
+            self.stats.busy.set(self.stats.busy.get() + dt);
+        } else {
+            self.stats.idle.set(self.stats.idle.get() + dt);
+        }
+        self.stats.iterations.set(self.stats.iterations.get() + 1);
+        self.stats.last.set(end);
+
+        if !busy && may_sleep && self.irq.is_some() && !self.exit.get() {
+            self.sleep(end);
+            let woke = clock::ticks();
+            self.stats.idle.set(self.stats.idle.get() + woke.saturating_sub(end));
+            self.stats.last.set(woke);
+        }
+        busy
+    }
+
+    /// Interrupt mode: block in epoll until a message, a timer or a wake fd.
+    fn sleep(&self, now: u64) {
+        let Some(irq) = &self.irq else { return };
+        let mb = &self.shared.mailboxes[self.id.0];
+        let deadline = self.pollers.next_deadline();
+        if deadline <= now {
+            return;
+        }
+        mb.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !mb.queue.is_empty() || !self.local.borrow().is_empty() || !self.overflow.borrow().is_empty() {
+            mb.sleeping.store(false, Ordering::Relaxed);
+            return;
+        }
+        if deadline != u64::MAX {
+            let _ = irq.timer.arm(clock::ticks_to_duration(deadline - now));
+        }
+        let mut events = irq.events.borrow_mut();
+        let res = irq.epoll.wait(&mut events, None);
+        mb.sleeping.store(false, Ordering::Relaxed);
+        if res.is_err() {
+            return;
+        }
+        for ev in events.iter() {
+            match ev.u64 {
+                TOKEN_DOORBELL => {
+                    if let Some(d) = &mb.doorbell {
+                        d.drain();
+                    }
+                }
+                TOKEN_TIMER => irq.timer.drain(),
+                id => self.pollers.kick_id(id),
+            }
+        }
+        if deadline != u64::MAX {
+            let _ = irq.timer.disarm();
+        }
+    }
+
+    /// Release everything this reactor owns (at exit).
+    fn teardown(&self) {
+        // Let already-sent messages run: they may release resources.
+        for _ in 0..16 {
+            if self.process_messages() == 0 && !self.flush_overflow() {
+                break;
+            }
+        }
+        self.pollers.clear();
+        let locals = std::mem::take(&mut *self.locals.borrow_mut());
+        drop(locals);
+        let chans = std::mem::take(&mut *self.channels.borrow_mut());
+        drop(chans);
+        while self.local.borrow_mut().pop_front().is_some() {}
+    }
+}
+
+/// One reactor. `!Send`: it lives and dies on the thread that runs it.
+pub struct Reactor {
+    inner: Rc<Inner>,
+}
+
+impl Reactor {
+    fn new(shared: Arc<Shared>, id: ReactorId) -> io::Result<Reactor> {
+        let irq = if shared.interrupt_mode {
+            let epoll = Epoll::new()?;
+            let timer = TimerFd::new()?;
+            use std::os::fd::AsRawFd;
+            if let Some(d) = &shared.mailboxes[id.0].doorbell {
+                epoll.add(d.as_raw_fd(), Interest::READABLE, TOKEN_DOORBELL)?;
+            }
+            epoll.add(timer.as_raw_fd(), Interest::READABLE, TOKEN_TIMER)?;
+            Some(Irq { epoll, timer, events: RefCell::new(Vec::with_capacity(64)) })
+        } else {
+            None
+        };
+        let now = clock::ticks();
+        let inner = Rc::new_cyclic(|me| Inner {
+            id,
+            me: me.clone(),
+            shared,
+            pollers: poller::PollerSet::new(),
+            local: RefCell::new(VecDeque::with_capacity(1024)),
+            overflow: RefCell::new(VecDeque::new()),
+            channels: RefCell::new(HashMap::new()),
+            locals: RefCell::new(HashMap::new()),
+            stats: Stats { last: Cell::new(now), start: Cell::new(now), ..Default::default() },
+            exit: Cell::new(false),
+            irq,
+        });
+        Ok(Reactor { inner })
+    }
+
+    pub fn id(&self) -> ReactorId {
+        self.inner.id
+    }
+
+    fn enter(&self) -> Enter {
+        let prev = CURRENT.with(|c| c.replace(Rc::as_ptr(&self.inner)));
+        Enter { prev, _keep: self.inner.clone() }
+    }
+
+    /// Run `f` with this reactor current.
+    pub fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _g = self.enter();
+        f()
+    }
+
+    /// One iteration without sleeping (for the test harness).
+    pub fn run_once(&self) -> bool {
+        let _g = self.enter();
+        self.inner.iterate(false)
+    }
+
+    /// Run `start` and then the loop until [`stop_all`] (or [`stop`]) reaches
+    /// this reactor; then release everything it owns.
+    pub fn run(&self, start: impl FnOnce()) {
+        let _g = self.enter();
+        self.inner.shared.mailboxes[self.inner.id.0].tid.store(sys::gettid(), Ordering::Relaxed);
+        let now = clock::ticks();
+        self.inner.stats.last.set(now);
+        self.inner.stats.start.set(now);
+        start();
+        while !self.inner.exit.get() {
+            self.inner.iterate(true);
+        }
+        self.inner.teardown();
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle { shared: self.inner.shared.clone() }
+    }
+}
+
+/// How to start a set of reactors.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Cores to run on; the first one is the main reactor (the calling thread).
+    pub cores: Vec<usize>,
+    /// Sleep in epoll when idle instead of busy polling.
+    pub interrupt_mode: bool,
+    /// Pin each reactor thread to its core.
+    pub pin: bool,
+}
+
+/// Start one reactor per core. The calling thread becomes reactor 0 and runs
+/// `start` on it; returns when every reactor has stopped.
+pub fn launch(opts: &Options, start: impl FnOnce()) -> io::Result<()> {
+    assert!(!opts.cores.is_empty(), "at least one core is required");
+    let shared = Shared::new(&opts.cores, opts.interrupt_mode)?;
+    let mut threads = Vec::new();
+    for (i, &core) in opts.cores.iter().enumerate().skip(1) {
+        let shared = shared.clone();
+        let pin = opts.pin;
+        let t = std::thread::Builder::new().name(format!("reactor_{core}")).spawn(move || {
+            if pin {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            }
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let r = Reactor::new(shared, ReactorId(i)).expect("reactor set-up");
+                r.run(|| {});
+            }));
+            if res.is_err() {
+                // A reactor that died would strand every message sent to it.
+                tracing::error!(core, "reactor panicked; aborting the process");
+                std::process::abort();
+            }
+        })?;
+        threads.push(t);
+    }
+    if opts.pin {
+        core_affinity::set_for_current(core_affinity::CoreId { id: opts.cores[0] });
+    }
+    let main = Reactor::new(shared, ReactorId(0))?;
+    main.run(start);
+    drop(main);
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+// ---- Free functions on the current reactor ----
+
+/// The reactor running the caller. Panics off a reactor.
+#[track_caller]
+pub fn current() -> ReactorId {
+    with_current(|r| r.id)
+}
+
+/// The current reactor, if the caller runs on one.
+pub fn try_current() -> Option<ReactorId> {
+    try_with_current(|r| r.id)
+}
+
+/// Number of reactors in the current runtime.
+pub fn count() -> usize {
+    with_current(|r| r.shared.mailboxes.len())
+}
+
+/// All reactors of the current runtime, in order.
+pub fn all() -> impl Iterator<Item = ReactorId> {
+    (0..count()).map(ReactorId)
+}
+
+/// A handle other threads can use to reach this runtime.
+pub fn handle() -> Handle {
+    with_current(|r| Handle { shared: r.shared.clone() })
+}
+
+/// The core a reactor runs on.
+pub fn core_of(r: ReactorId) -> usize {
+    with_current(|c| c.shared.mailboxes[r.0].core)
+}
+
+/// Whether reactors sleep when idle.
+pub fn interrupt_mode() -> bool {
+    with_current(|r| r.shared.interrupt_mode)
+}
+
+/// Run `f` on reactor `to`. Messages between two reactors run in the order
+/// they were sent; a message to the current reactor runs in a later iteration,
+/// never inline.
+#[inline]
+pub fn send_msg<F: FnOnce() + Send + 'static>(to: ReactorId, f: F) {
+    with_current(|r| r.send(to, Msg::new(f)))
+}
+
+/// Run `f` on every reactor in turn (0, 1, ...) and collect the results, then
+/// run `then` with them on the calling reactor.
+pub fn map_reactors<T, F, G>(f: F, then: G)
+where
+    T: Send + 'static,
+    F: Fn() -> T + Send + Sync + 'static,
+    G: FnOnce(Vec<T>) + Send + 'static,
+{
+    struct Chain<T, F> {
+        f: Arc<F>,
+        acc: Vec<T>,
+        origin: ReactorId,
+        n: usize,
+        then: Box<dyn FnOnce(Vec<T>) + Send>,
+    }
+    fn step<T: Send + 'static, F: Fn() -> T + Send + Sync + 'static>(mut c: Chain<T, F>) {
+        c.acc.push((c.f)());
+        let next = c.acc.len();
+        if next == c.n {
+            send_msg(c.origin, move || (c.then)(c.acc));
+        } else {
+            send_msg(ReactorId(next), move || step(c));
+        }
+    }
+    let n = count();
+    let c = Chain { f: Arc::new(f), acc: Vec::with_capacity(n), origin: current(), n, then: Box::new(then) };
+    send_msg(ReactorId(0), move || step(c));
+}
+
+/// Run `f` on every reactor in turn, then `then` on the calling reactor.
+pub fn for_each_reactor<F, G>(f: F, then: G)
+where
+    F: Fn() + Send + Sync + 'static,
+    G: FnOnce() + Send + 'static,
+{
+    map_reactors(f, move |_| then());
+}
+
+/// Register a poller that runs every iteration.
+pub fn register_poller(name: &str, f: impl FnMut() -> PollStatus + 'static) -> Poller {
+    with_current(|r| r.pollers.register(r.me.clone(), name, 0, r.stats.last.get(), Box::new(f)))
+}
+
+/// Register a poller that runs once per `period` (a zero period means every
+/// iteration). Deadlines stay on a fixed grid, so a busy reactor does not
+/// stretch the period; missed periods are skipped, not replayed.
+pub fn register_timed_poller(name: &str, period: Duration, f: impl FnMut() -> PollStatus + 'static) -> Poller {
+    let ticks = clock::duration_to_ticks(period);
+    with_current(|r| r.pollers.register(r.me.clone(), name, ticks, r.stats.last.get(), Box::new(f)))
+}
+
+/// Ask the current reactor to leave its loop after this iteration.
+pub fn stop() {
+    with_current(|r| r.exit.set(true))
+}
+
+/// Stop every reactor: the others first, the current one last.
+pub fn stop_all() {
+    let me = current();
+    for r in all() {
+        if r != me {
+            send_msg(r, stop);
+        }
+    }
+    send_msg(me, stop);
+}
+
+/// Store a reactor-local value, one per type, replacing any earlier one.
+/// Messages use this to find reactor-owned state from plain ids.
+pub fn set_local<T: 'static>(v: Rc<T>) -> Option<Rc<T>> {
+    let old = with_current(|r| r.locals.borrow_mut().insert(TypeId::of::<T>(), v));
+    old.and_then(|o| o.downcast().ok())
+}
+
+/// The reactor-local value of type `T`, if set.
+pub fn local<T: 'static>() -> Option<Rc<T>> {
+    with_current(|r| r.locals.borrow().get(&TypeId::of::<T>()).cloned()).and_then(|o| o.downcast().ok())
+}
+
+/// Remove and return the reactor-local value of type `T`.
+pub fn take_local<T: 'static>() -> Option<Rc<T>> {
+    with_current(|r| r.locals.borrow_mut().remove(&TypeId::of::<T>())).and_then(|o| o.downcast().ok())
+}
+
+/// Statistics of one reactor.
+#[derive(Clone, Debug)]
+pub struct ReactorStats {
+    pub id: ReactorId,
+    pub core: usize,
+    pub tid: i32,
+    pub busy_ticks: u64,
+    pub idle_ticks: u64,
+    pub iterations: u64,
+    pub elapsed_ticks: u64,
+    pub in_interrupt: bool,
+    pub active_pollers: usize,
+    pub timed_pollers: usize,
+    pub paused_pollers: usize,
+    pub io_channels: usize,
+}
+
+/// Statistics of the current reactor.
+pub fn stats() -> ReactorStats {
+    with_current(|r| {
+        let (active, timed, paused) = r.pollers.counts();
+        let mb = &r.shared.mailboxes[r.id.0];
+        ReactorStats {
+            id: r.id,
+            core: mb.core,
+            tid: mb.tid.load(Ordering::Relaxed),
+            busy_ticks: r.stats.busy.get(),
+            idle_ticks: r.stats.idle.get(),
+            iterations: r.stats.iterations.get(),
+            elapsed_ticks: clock::ticks().saturating_sub(r.stats.start.get()),
+            in_interrupt: r.irq.is_some(),
+            active_pollers: active,
+            timed_pollers: timed,
+            paused_pollers: paused,
+            io_channels: r.channels.borrow().values().filter(|w| w.strong_count() > 0).count(),
+        }
+    })
+}
+
+/// Snapshots of the current reactor's pollers: (active, timed, paused).
+pub fn poller_infos() -> (Vec<PollerInfo>, Vec<PollerInfo>, Vec<PollerInfo>) {
+    with_current(|r| r.pollers.infos())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! Pollers: functions a reactor calls every iteration (active pollers) or on a
+//! period (timed pollers). Each reports whether it found work.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
+
+use super::Inner;
+use crate::sys::Interest;
+
+/// What a poller found on this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollStatus {
+    /// Nothing to do.
+    Idle,
+    /// Did some work (and may have more).
+    Busy,
+}
+
+impl From<bool> for PollStatus {
+    fn from(busy: bool) -> Self {
+        if busy { PollStatus::Busy } else { PollStatus::Idle }
+    }
+}
+
+impl From<usize> for PollStatus {
+    /// A count of work items done: zero is idle.
+    fn from(n: usize) -> Self {
+        (n > 0).into()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Waiting,
+    Paused,
+    Unregistered,
+}
+
+type PollFn = Box<dyn FnMut() -> PollStatus>;
+
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    /// Period in ticks; 0 for an active poller.
+    pub(crate) period: u64,
+    pub(crate) state: Cell<State>,
+    pub(crate) next_due: Cell<u64>,
+    pub(crate) kicked: Cell<bool>,
+    pub(crate) run_count: Cell<u64>,
+    pub(crate) busy_count: Cell<u64>,
+    f: RefCell<PollFn>,
+    /// Descriptors that wake this poller in interrupt mode.
+    fds: RefCell<Vec<RawFd>>,
+    reactor: Weak<Inner>,
+}
+
+impl Entry {
+    #[inline]
+    fn call(&self) -> PollStatus {
+        let st = (self.f.borrow_mut())();
+        self.run_count.set(self.run_count.get() + 1);
+        if st == PollStatus::Busy {
+            self.busy_count.set(self.busy_count.get() + 1);
+        }
+        st
+    }
+}
+
+/// A registered poller. Dropping the handle unregisters it (also from inside
+/// the poller itself); the reactor forgets it at the end of its iteration.
+/// Pollers belong to one reactor and cannot leave it: `Poller` is `!Send`.
+pub struct Poller {
+    entry: Rc<Entry>,
+}
+
+impl fmt::Debug for Poller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poller").field("id", &self.entry.id).field("name", &self.entry.name).finish()
+    }
+}
+
+impl Poller {
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Stop calling the poller until [`Poller::resume`].
+    pub fn pause(&self) {
+        if self.entry.state.get() == State::Waiting {
+            self.entry.state.set(State::Paused);
+        }
+    }
+
+    pub fn resume(&self) {
+        if self.entry.state.get() == State::Paused {
+            self.entry.state.set(State::Waiting);
+        }
+    }
+
+    /// Make the reactor run this poller in its next iteration even if its
+    /// period has not elapsed.
+    pub fn kick(&self) {
+        if let Some(r) = self.entry.reactor.upgrade() {
+            self.entry.kicked.set(true);
+            r.pollers.kicked.set(true);
+        }
+    }
+
+    /// In interrupt mode, wake the reactor and run this poller when `fd`
+    /// becomes ready. In polling mode this does nothing: the poller runs anyway.
+    pub fn add_wake_fd(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let Some(r) = self.entry.reactor.upgrade() else { return Ok(()) };
+        if let Some(irq) = &r.irq {
+            irq.epoll.add(fd, interest, self.entry.id)?;
+            self.entry.fds.borrow_mut().push(fd);
+            r.pollers.by_id.borrow_mut().insert(self.entry.id, Rc::downgrade(&self.entry));
+        }
+        Ok(())
+    }
+
+    /// Change what a wake descriptor waits for (for example add WRITABLE while
+    /// output is queued).
+    pub fn modify_wake_fd(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let Some(r) = self.entry.reactor.upgrade() else { return Ok(()) };
+        match &r.irq {
+            Some(irq) => irq.epoll.modify(fd, interest, self.entry.id),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop waking on `fd`. Call before closing the descriptor.
+    pub fn remove_wake_fd(&self, fd: RawFd) {
+        let Some(r) = self.entry.reactor.upgrade() else { return };
+        if let Some(irq) = &r.irq {
+            let mut fds = self.entry.fds.borrow_mut();
+            if let Some(pos) = fds.iter().position(|&f| f == fd) {
+                fds.swap_remove(pos);
+                let _ = irq.epoll.delete(fd);
+            }
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let e = &self.entry;
+        e.state.set(State::Unregistered);
+        if let Some(r) = e.reactor.upgrade() {
+            r.pollers.dirty.set(true);
+            if let Some(irq) = &r.irq {
+                for fd in e.fds.borrow_mut().drain(..) {
+                    let _ = irq.epoll.delete(fd);
+                }
+                if let Ok(mut m) = r.pollers.by_id.try_borrow_mut() {
+                    m.remove(&e.id);
+                }
+            }
+        }
+    }
+}
+
+/// A snapshot of one poller for statistics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PollerInfo {
+    pub name: String,
+    pub id: u64,
+    pub state: &'static str,
+    pub run_count: u64,
+    pub busy_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_ticks: Option<u64>,
+}
+
+/// The pollers of one reactor.
+#[derive(Default)]
+pub(crate) struct PollerSet {
+    active: RefCell<Vec<Rc<Entry>>>,
+    timed: RefCell<Vec<Rc<Entry>>>,
+    pending: RefCell<Vec<Rc<Entry>>>,
+    pub(crate) by_id: RefCell<std::collections::HashMap<u64, Weak<Entry>>>,
+    pub(crate) dirty: Cell<bool>,
+    pub(crate) kicked: Cell<bool>,
+    next_due: Cell<u64>,
+    next_id: Cell<u64>,
+}
+
+impl PollerSet {
+    pub(crate) fn new() -> Self {
+        PollerSet { next_due: Cell::new(u64::MAX), next_id: Cell::new(1), ..Default::default() }
+    }
+
+    pub(crate) fn register(&self, reactor: Weak<Inner>, name: &str, period: u64, now: u64, f: PollFn) -> Poller {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let entry = Rc::new(Entry {
+            id,
+            name: name.to_string(),
+            period,
+            state: Cell::new(State::Waiting),
+            next_due: Cell::new(now.saturating_add(period)),
+            kicked: Cell::new(false),
+            run_count: Cell::new(0),
+            busy_count: Cell::new(0),
+            f: RefCell::new(f),
+            fds: RefCell::new(Vec::new()),
+            reactor,
+        });
+        self.pending.borrow_mut().push(entry.clone());
+        self.dirty.set(true);
+        Poller { entry }
+    }
+
+    /// Run every active poller once. Returns whether any was busy.
+    #[inline]
+    pub(crate) fn run_active(&self) -> bool {
+        let mut busy = false;
+        let active = self.active.borrow();
+        for e in active.iter() {
+            if e.state.get() == State::Waiting {
+                busy |= e.call() == PollStatus::Busy;
+            }
+        }
+        busy
+    }
+
+    /// Run the timed pollers that are due (or were kicked).
+    #[inline]
+    pub(crate) fn run_timed(&self, now: u64) -> bool {
+        if now < self.next_due.get() && !self.kicked.get() {
+            return false;
+        }
+        self.kicked.set(false);
+        let mut busy = false;
+        let mut next = u64::MAX;
+        let timed = self.timed.borrow();
+        for e in timed.iter() {
+            let due = e.next_due.get();
+            if e.state.get() == State::Waiting && (due <= now || e.kicked.get()) {
+                e.kicked.set(false);
+                busy |= e.call() == PollStatus::Busy;
+                if due <= now {
+                    // Keep the grid: next deadline is one period after the last,
+                    // skipping (not bursting) periods missed under load.
+                    let mut n = due + e.period;
+                    if n <= now {
+                        n += ((now - n) / e.period + 1) * e.period;
+                    }
+                    e.next_due.set(n);
+                }
+            }
+            next = next.min(e.next_due.get());
+        }
+        // Pollers registered during this run are picked up by `compact`.
+        self.next_due.set(next);
+        busy
+    }
+
+    /// Apply registrations and unregistrations made during the iteration.
+    pub(crate) fn compact(&self) {
+        if !self.dirty.replace(false) {
+            return;
+        }
+        let mut removed = Vec::new();
+        for list in [&self.active, &self.timed] {
+            let mut l = list.borrow_mut();
+            l.retain(|e| {
+                let keep = e.state.get() != State::Unregistered;
+                if !keep {
+                    removed.push(e.clone());
+                }
+                keep
+            });
+        }
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        for e in pending {
+            if e.state.get() == State::Unregistered {
+                removed.push(e);
+            } else if e.period == 0 {
+                self.active.borrow_mut().push(e);
+            } else {
+                self.timed.borrow_mut().push(e);
+            }
+        }
+        let next = self.timed.borrow().iter().map(|e| e.next_due.get()).min().unwrap_or(u64::MAX);
+        self.next_due.set(next);
+        if !removed.is_empty() {
+            let mut m = self.by_id.borrow_mut();
+            for e in &removed {
+                m.remove(&e.id);
+            }
+        }
+        // Closures are dropped here, outside every borrow: they may own other
+        // pollers whose Drop sets `dirty` again, handled next iteration.
+        drop(removed);
+    }
+
+    /// Earliest deadline of a timed poller, in ticks.
+    pub(crate) fn next_deadline(&self) -> u64 {
+        if self.kicked.get() { 0 } else { self.next_due.get() }
+    }
+
+    /// Mark the poller with this id to run on the next iteration.
+    pub(crate) fn kick_id(&self, id: u64) {
+        let e = self.by_id.borrow().get(&id).and_then(Weak::upgrade);
+        if let Some(e) = e {
+            e.kicked.set(true);
+            self.kicked.set(true);
+            if e.period == 0 {
+                // Active pollers run every iteration anyway.
+                e.kicked.set(false);
+            }
+        }
+    }
+
+    /// Drop every poller (reactor exit). Closures are dropped outside borrows.
+    pub(crate) fn clear(&self) {
+        loop {
+            let a = std::mem::take(&mut *self.active.borrow_mut());
+            let t = std::mem::take(&mut *self.timed.borrow_mut());
+            let p = std::mem::take(&mut *self.pending.borrow_mut());
+            if a.is_empty() && t.is_empty() && p.is_empty() {
+                break;
+            }
+            for e in a.iter().chain(&t).chain(&p) {
+                e.state.set(State::Unregistered);
+            }
+            drop((a, t, p));
+        }
+        self.by_id.borrow_mut().clear();
+    }
+
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let count = |l: &RefCell<Vec<Rc<Entry>>>, s: State| l.borrow().iter().filter(|e| e.state.get() == s).count();
+        let paused = count(&self.active, State::Paused) + count(&self.timed, State::Paused);
+        (count(&self.active, State::Waiting), count(&self.timed, State::Waiting), paused)
+    }
+
+    /// Snapshots as (active, timed, paused) lists.
+    pub(crate) fn infos(&self) -> (Vec<PollerInfo>, Vec<PollerInfo>, Vec<PollerInfo>) {
+        let info = |e: &Entry| PollerInfo {
+            name: e.name.clone(),
+            id: e.id,
+            state: match e.state.get() {
+                State::Waiting => "waiting",
+                State::Paused => "paused",
+                State::Unregistered => "unregistered",
+            },
+            run_count: e.run_count.get(),
+            busy_count: e.busy_count.get(),
+            period_ticks: (e.period > 0).then_some(e.period),
+        };
+        let (mut active, mut timed, mut paused) = (Vec::new(), Vec::new(), Vec::new());
+        for e in self.active.borrow().iter().chain(self.timed.borrow().iter()) {
+            match (e.state.get(), e.period) {
+                (State::Paused, _) => paused.push(info(e)),
+                (State::Waiting, 0) => active.push(info(e)),
+                (State::Waiting, _) => timed.push(info(e)),
+                _ => {}
+            }
+        }
+        (active, timed, paused)
+    }
+}

@@ -1,0 +1,350 @@
+use super::*;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Instant;
+
+static_assertions::assert_not_impl_any!(Reactor: Send, Sync);
+static_assertions::assert_not_impl_any!(Poller: Send, Sync);
+static_assertions::assert_impl_all!(Handle: Send, Sync);
+static_assertions::assert_impl_all!(Msg: Send);
+
+#[test]
+fn messages_between_two_reactors_keep_their_order() {
+    let h = Harness::new(2);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    h.on(0, move || {
+        for i in 0..1000 {
+            let s = s.clone();
+            send_msg(ReactorId(1), move || s.lock().unwrap().push(i));
+        }
+    });
+    assert!(seen.lock().unwrap().is_empty(), "nothing runs before the target steps");
+    h.run_until_idle(100);
+    assert_eq!(*seen.lock().unwrap(), (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_message_to_self_runs_later_not_inline() {
+    let h = Harness::new(1);
+    let ran = Rc::new(Cell::new(false));
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    h.on(0, || {
+        send_msg(ReactorId(0), move || f.store(true, Ordering::SeqCst));
+        ran.set(flag.load(Ordering::SeqCst));
+    });
+    assert!(!ran.get());
+    h.step(0);
+    assert!(flag.load(Ordering::SeqCst));
+}
+
+#[test]
+fn for_each_reactor_visits_in_order_then_returns_home() {
+    let h = Harness::new(3);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let s2 = seen.clone();
+    h.on(2, move || {
+        for_each_reactor(
+            move || s.lock().unwrap().push(current().0),
+            move || s2.lock().unwrap().push(100 + current().0),
+        )
+    });
+    h.run_until_idle(100);
+    assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 102]);
+}
+
+#[test]
+fn map_reactors_collects_one_result_per_reactor() {
+    let h = Harness::new(4);
+    let out = Arc::new(Mutex::new(None));
+    let o = out.clone();
+    h.on(1, move || map_reactors(|| current().0 * 10, move |v| *o.lock().unwrap() = Some((current(), v))));
+    h.run_until_idle(100);
+    assert_eq!(out.lock().unwrap().clone(), Some((ReactorId(1), vec![0, 10, 20, 30])));
+}
+
+#[test]
+fn pollers_register_and_unregister_from_inside_pollers() {
+    let h = Harness::new(1);
+    let runs = Rc::new(Cell::new(0));
+    let child_runs = Rc::new(Cell::new(0));
+    let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+    let child: Rc<RefCell<Option<Poller>>> = Rc::default();
+    let (r, cr, s, c) = (runs.clone(), child_runs.clone(), slot.clone(), child.clone());
+    let p = h.on(0, move || {
+        register_poller("parent", move || {
+            r.set(r.get() + 1);
+            if r.get() == 2 {
+                // Register a child from inside a poller.
+                let cr = cr.clone();
+                *c.borrow_mut() = Some(register_poller("child", move || {
+                    cr.set(cr.get() + 1);
+                    PollStatus::Busy
+                }));
+            }
+            if r.get() == 4 {
+                // Unregister the child, then ourselves.
+                c.borrow_mut().take();
+                s.borrow_mut().take();
+            }
+            PollStatus::Busy
+        })
+    });
+    *slot.borrow_mut() = Some(p);
+    for _ in 0..10 {
+        h.step(0);
+    }
+    assert_eq!(runs.get(), 4, "parent stopped after unregistering itself");
+    // Registrations take effect at the end of an iteration: the parent first ran
+    // in step 2, registered the child in step 3 (its 2nd run); the child ran in
+    // step 4 and was unregistered by the parent before its turn in step 5.
+    assert_eq!(child_runs.get(), 1);
+    assert_eq!(h.on(0, || stats().active_pollers), 0);
+}
+
+#[test]
+fn paused_pollers_do_not_run() {
+    let h = Harness::new(1);
+    let runs = Rc::new(Cell::new(0));
+    let r = runs.clone();
+    let p = h.on(0, move || {
+        register_poller("p", move || {
+            r.set(r.get() + 1);
+            PollStatus::Idle
+        })
+    });
+    h.step(0); // registration takes effect
+    h.step(0);
+    h.step(0);
+    p.pause();
+    h.step(0);
+    assert_eq!(runs.get(), 2);
+    assert_eq!(h.on(0, || (stats().paused_pollers, poller_infos().2.len())), (1, 1));
+    p.resume();
+    h.step(0);
+    assert_eq!(runs.get(), 3);
+}
+
+#[test]
+fn poller_statistics_count_runs_and_busy_runs() {
+    let h = Harness::new(1);
+    let n = Rc::new(Cell::new(0u32));
+    let c = n.clone();
+    let _p = h.on(0, move || {
+        register_poller("alternating", move || {
+            c.set(c.get() + 1);
+            (c.get() % 2 == 0).into()
+        })
+    });
+    for _ in 0..11 {
+        h.step(0);
+    }
+    let (active, _, _) = h.on(0, poller_infos);
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].name, "alternating");
+    assert_eq!(active[0].run_count, 10, "registered during the first step, runs from the second");
+    assert_eq!(active[0].busy_count, 5);
+}
+
+#[test]
+fn timed_poller_keeps_its_period_on_a_busy_reactor() {
+    let h = Harness::new(1);
+    let ticks_seen = Rc::new(Cell::new(0u32));
+    let t = ticks_seen.clone();
+    let _timer = h.on(0, move || {
+        register_timed_poller("10ms", Duration::from_millis(10), move || {
+            t.set(t.get() + 1);
+            PollStatus::Busy
+        })
+    });
+    // A busy poller that burns 3 ms a run: iterations take 3 ms, not aligned to 10.
+    let _hog = h.on(0, || {
+        register_poller("hog", || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(3) {}
+            PollStatus::Busy
+        })
+    });
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(500) {
+        h.step(0);
+    }
+    let n = ticks_seen.get();
+    // Drifting by one iteration per period would give about 500/12 = 41 runs.
+    assert!((47..=51).contains(&n), "timed poller ran {n} times in 500 ms, expected about 50");
+}
+
+#[test]
+fn a_full_inbox_parks_messages_without_losing_or_reordering_them() {
+    let h = Harness::new(2);
+    let n = INBOX_CAPACITY * 2 + 17;
+    let seen = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let s = seen.clone();
+    h.on(0, move || {
+        for i in 0..n {
+            let s = s.clone();
+            send_msg(ReactorId(1), move || s.lock().unwrap().push(i));
+        }
+    });
+    h.run_until_idle(100_000);
+    let v = seen.lock().unwrap();
+    assert_eq!(v.len(), n);
+    assert!(v.windows(2).all(|w| w[0] + 1 == w[1]));
+}
+
+#[test]
+fn reactor_local_values_are_per_reactor() {
+    let h = Harness::new(2);
+    h.on(0, || set_local(Rc::new(7u32)));
+    assert_eq!(h.on(0, || local::<u32>().map(|v| *v)), Some(7));
+    assert_eq!(h.on(1, || local::<u32>().map(|v| *v)), None);
+    assert_eq!(h.on(0, || take_local::<u32>().map(|v| *v)), Some(7));
+    assert_eq!(h.on(0, || local::<u32>().map(|v| *v)), None);
+}
+
+#[test]
+fn handle_sends_from_a_foreign_thread() {
+    let h = Harness::new(2);
+    let handle = h.handle();
+    let hit = Arc::new(AtomicUsize::new(0));
+    let hh = hit.clone();
+    std::thread::spawn(move || handle.send(ReactorId(1), move || assert_eq!(hh.fetch_add(1, Ordering::SeqCst), 0)))
+        .join()
+        .unwrap();
+    h.run_until_idle(10);
+    assert_eq!(hit.load(Ordering::SeqCst), 1);
+}
+
+fn cores_for_test(n: usize) -> Vec<usize> {
+    // Reactors need not have distinct cores when not pinned.
+    vec![0; n]
+}
+
+#[test]
+fn launch_runs_threads_and_stop_all_returns() {
+    let total = Arc::new(AtomicUsize::new(0));
+    let t = total.clone();
+    let opts = Options { cores: cores_for_test(3), interrupt_mode: false, pin: false };
+    launch(&opts, move || {
+        assert_eq!(current(), ReactorId(0));
+        for_each_reactor(
+            move || {
+                t.fetch_add(1 << (current().0 * 4), Ordering::SeqCst);
+            },
+            stop_all,
+        );
+    })
+    .unwrap();
+    assert_eq!(total.load(Ordering::SeqCst), 0x111);
+}
+
+#[test]
+fn ping_pong_between_threads() {
+    // Counts round trips between two real reactor threads.
+    fn ping(left: Arc<AtomicU64>) {
+        if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            stop_all();
+            return;
+        }
+        let other = ReactorId(1 - current().0);
+        send_msg(other, move || ping(left));
+    }
+    let left = Arc::new(AtomicU64::new(10_000));
+    let l = left.clone();
+    let opts = Options { cores: cores_for_test(2), interrupt_mode: false, pin: false };
+    launch(&opts, move || ping(l)).unwrap();
+    assert_eq!(left.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn interrupt_mode_wakes_on_messages_timers_and_fds() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    let opts = Options { cores: cores_for_test(2), interrupt_mode: true, pin: false };
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        tx.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let start = Instant::now();
+    launch(&opts, move || {
+        // A timed poller with a long period: only runs early if its fd wakes it.
+        let hits = Rc::new(Cell::new(0));
+        let h2 = hits.clone();
+        let rx = Rc::new(rx);
+        let rx2 = rx.clone();
+        let g2 = g.clone();
+        let p = register_timed_poller("fd", Duration::from_secs(3600), move || {
+            use std::io::Read;
+            let mut b = [0u8; 8];
+            match (&*rx2).read(&mut b) {
+                Ok(n) if n > 0 => {
+                    h2.set(h2.get() + 1);
+                    g2.fetch_add(1, Ordering::SeqCst);
+                    // Then bounce a message through reactor 1 and back, and stop
+                    // when a 50 ms timer fires.
+                    send_msg(ReactorId(1), move || {
+                        send_msg(ReactorId(0), move || {
+                            let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+                            let s = slot.clone();
+                            *slot.borrow_mut() = Some(register_timed_poller("stop", Duration::from_millis(50), move || {
+                                s.borrow_mut().take();
+                                stop_all();
+                                PollStatus::Busy
+                            }));
+                            std::mem::forget(slot);
+                        })
+                    });
+                    PollStatus::Busy
+                }
+                _ => PollStatus::Idle,
+            }
+        });
+        p.add_wake_fd(rx.as_raw_fd(), Interest::READABLE).unwrap();
+        set_local(Rc::new(p));
+        let _ = hits;
+    })
+    .unwrap();
+    writer.join().unwrap();
+    let took = start.elapsed();
+    assert_eq!(got.load(Ordering::SeqCst), 1);
+    assert!(took >= Duration::from_millis(340) && took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn interrupt_mode_idle_reactors_sleep() {
+    let busy = Arc::new(Mutex::new(Vec::new()));
+    let b = busy.clone();
+    let opts = Options { cores: cores_for_test(2), interrupt_mode: true, pin: false };
+    launch(&opts, move || {
+        let b = b.clone();
+        let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+        let s = slot.clone();
+        *slot.borrow_mut() = Some(register_timed_poller("done", Duration::from_millis(300), move || {
+            s.borrow_mut().take();
+            let b = b.clone();
+            map_reactors(stats, move |v| {
+                *b.lock().unwrap() = v;
+                stop_all();
+            });
+            PollStatus::Busy
+        }));
+        std::mem::forget(slot);
+    })
+    .unwrap();
+    let v = busy.lock().unwrap();
+    assert_eq!(v.len(), 2);
+    for s in v.iter() {
+        assert!(s.in_interrupt);
+        // Sleeping reactors iterate a handful of times, not millions.
+        assert!(s.iterations < 100, "{} iterated {} times while idle", s.id, s.iterations);
+    }
+}

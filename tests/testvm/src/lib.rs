@@ -1,0 +1,1 @@
+//! Test VM harness (to be written).
