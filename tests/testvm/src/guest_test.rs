@@ -5,8 +5,6 @@
 //! root, so the binary is at the same path), and panics unless that run passed.
 //! In the guest, the same call sees [`TEST_ENV`] naming this test and runs the body.
 
-use std::io::Write;
-
 use crate::config::VmConfig;
 use crate::error::Error;
 use crate::vm::{GUEST_ENV, GuestCommand, TestVm};
@@ -37,14 +35,16 @@ const PASSED_ENV_PREFIXES: &[&str] = &["RUST_", "CARGO_", "POLLUX_"];
 /// On the host it panics with the guest's output when the body failed, with
 /// "INFRASTRUCTURE FAILURE" and the guest console when the VM itself failed, and
 /// with the set-up command when the VM is not set up. It never skips. The time
-/// the VM took is written straight to stderr, past libtest's capture.
+/// the VM took is written straight to stderr, past libtest's capture
+/// (see [`TestVm::run`]).
 pub fn in_guest<F: FnOnce()>(config: &VmConfig, body: F) {
     let name = current_test_name();
     if std::env::var_os(GUEST_ENV).is_some() {
         match std::env::var(TEST_ENV) {
             Ok(wanted) if wanted == name => {
                 body();
-                println!("{DONE_MARKER} {name}");
+                // A line of its own: libtest has written "test NAME ... " without a newline.
+                println!("\n{DONE_MARKER} {name}");
                 return;
             }
             _ => panic!(
@@ -75,6 +75,7 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
     let mut cmd = GuestCommand::new(&exe)
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .current_dir(cwd)
+        .label(name)
         .env(TEST_ENV, name);
     for (key, value) in std::env::vars_os() {
         let passed = key
@@ -84,14 +85,7 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
             cmd = cmd.env(key, value);
         }
     }
-    let out = match vm.run(&cmd) {
-        Ok(out) => out,
-        Err(e) => {
-            report_time(name, "infrastructure failure", None);
-            return Err(e.to_string());
-        }
-    };
-    report_time(name, &format!("exit {}", out.status), Some(&out.timing));
+    let out = vm.run(&cmd).map_err(|e| e.to_string())?;
     let stdout = out.stdout_lossy();
     let stderr = out.stderr_lossy();
     // Captured by libtest: shown when the test fails or with --nocapture.
@@ -109,19 +103,4 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// One line per guest run on the real stderr, so CI logs show the VM's cost even
-/// for passing tests.
-fn report_time(name: &str, outcome: &str, timing: Option<&crate::Timing>) {
-    let line = match timing {
-        Some(t) => format!(
-            "[pollux-testvm] {name}: VM {:.1} s (guest boot {:.1} s, test {:.1} s), {outcome}\n",
-            t.total.as_secs_f64(),
-            t.boot.as_secs_f64(),
-            t.command.as_secs_f64()
-        ),
-        None => format!("[pollux-testvm] {name}: {outcome}\n"),
-    };
-    let _ = std::io::stderr().write_all(line.as_bytes());
 }

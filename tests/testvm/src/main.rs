@@ -107,7 +107,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 start.elapsed().as_secs_f64()
             );
             if !no_check {
-                let vm = TestVm::with_cache(VmConfig::new().controllers(1), &cache)?;
+                let vm = TestVm::with_cache(VmConfig::new().controllers(1), &cache)?.quiet();
                 let out = vm.run(&GuestCommand::new("uname").arg("-r"))?;
                 let release = out.stdout_lossy();
                 if !out.success() || release.trim() != c.kernel_version {
@@ -136,7 +136,7 @@ fn run(args: RunArgs, cache: &std::path::Path) -> anyhow::Result<ExitCode> {
         .network(args.net)
         .nvme_driver(if args.vfio { NvmeDriver::Vfio } else { NvmeDriver::Kernel })
         .timeout(Duration::from_secs(args.timeout));
-    let vm = TestVm::with_cache(config, cache)?;
+    let vm = TestVm::with_cache(config, cache)?.quiet();
     let (program, rest) = args.command.split_first().context("no command given")?;
     let mut cmd = GuestCommand::new(program)
         .args(rest)

@@ -23,6 +23,7 @@ const CONSOLE_TAIL_LINES: usize = 80;
 /// TERM, `POLLUX_TESTVM_GUEST=1` and what [`GuestCommand::env`] adds).
 #[derive(Clone, Debug)]
 pub struct GuestCommand {
+    label: Option<String>,
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
@@ -32,7 +33,13 @@ pub struct GuestCommand {
 impl GuestCommand {
     /// `program` is looked up in the guest's PATH; the guest's root is the host's.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Self { program: program.as_ref().into(), args: Vec::new(), env: Vec::new(), cwd: None }
+        Self {
+            label: None,
+            program: program.as_ref().into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+        }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -48,6 +55,18 @@ impl GuestCommand {
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().into(), value.as_ref().into()));
         self
+    }
+
+    /// Name of this run in the timing line (default: the program's file name).
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    fn display_label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| {
+            Path::new(&self.program).file_name().unwrap_or_default().to_string_lossy().into_owned()
+        })
     }
 
     /// Working folder in the guest (default `/`).
@@ -146,6 +165,7 @@ impl GuestOutput {
 pub struct TestVm {
     cache: Cache,
     config: VmConfig,
+    report: bool,
 }
 
 impl TestVm {
@@ -157,7 +177,13 @@ impl TestVm {
 
     pub fn with_cache(config: VmConfig, cache_dir: &Path) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
-        Ok(Self { cache: Cache::open(cache_dir)?, config })
+        Ok(Self { cache: Cache::open(cache_dir)?, config, report: true })
+    }
+
+    /// Do not write the timing line of each run to stderr.
+    pub fn quiet(mut self) -> Self {
+        self.report = false;
+        self
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -180,6 +206,9 @@ impl TestVm {
         let result = self.prepare(work.path(), &xfer, cmd).and_then(|args| {
             self.boot(work.path(), &xfer, &args)
         });
+        if self.report {
+            report_time(&cmd.display_label(), &result);
+        }
         if matches!(&result, Err(e) if e.is_infrastructure()) {
             // Keep the console and the images for a post-mortem; the error names the folder.
             let _ = work.keep();
@@ -290,6 +319,26 @@ impl TestVm {
             },
         })
     }
+}
+
+/// One line per guest run on the real stderr (not libtest's captured output), so
+/// CI logs show what the VM costs even for passing tests.
+fn report_time(label: &str, result: &Result<GuestOutput>) {
+    let line = match result {
+        Ok(out) => format!(
+            "[pollux-testvm] {label}: VM {:.1} s (guest boot {:.1} s, command {:.1} s), exit {}\n",
+            out.timing.total.as_secs_f64(),
+            out.timing.boot.as_secs_f64(),
+            out.timing.command.as_secs_f64(),
+            out.status
+        ),
+        Err(Error::Infrastructure { kind, elapsed, .. }) => format!(
+            "[pollux-testvm] {label}: VM {:.1} s, infrastructure failure: {kind}\n",
+            elapsed.as_secs_f64()
+        ),
+        Err(e) => format!("[pollux-testvm] {label}: not run: {e}\n"),
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 fn parse_uptime(text: &str) -> Option<(f64, f64)> {
