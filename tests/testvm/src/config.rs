@@ -165,7 +165,10 @@ impl VmConfig {
             ));
         }
         if self.memory_mib < 256 {
-            return Err(format!("{} MiB of guest memory, at least 256 needed", self.memory_mib));
+            return Err(format!(
+                "{} MiB of guest memory, at least 256 needed",
+                self.memory_mib
+            ));
         }
         let huge_mib = u64::from(self.hugepages) * 2;
         if huge_mib + 192 > u64::from(self.memory_mib) {
@@ -175,7 +178,10 @@ impl VmConfig {
             ));
         }
         if self.cpus == 0 || self.cpus > 64 {
-            return Err(format!("{} vCPUs requested, between 1 and 64 allowed", self.cpus));
+            return Err(format!(
+                "{} vCPUs requested, between 1 and 64 allowed",
+                self.cpus
+            ));
         }
         if self.timeout.is_zero() {
             return Err("timeout is zero".into());
@@ -198,9 +204,21 @@ mod tests {
         assert!(VmConfig::new().namespaces(0).validate().is_err());
         assert!(VmConfig::new().namespace_size(1000).validate().is_err());
         assert!(VmConfig::new().controllers(17).validate().is_err());
-        assert!(VmConfig::new().memory_mib(512).hugepages(200).validate().is_err());
+        assert!(
+            VmConfig::new()
+                .memory_mib(512)
+                .hugepages(200)
+                .validate()
+                .is_err()
+        );
         assert!(VmConfig::new().cpus(0).validate().is_err());
         assert!(VmConfig::new().timeout(Duration::ZERO).validate().is_err());
-        assert!(VmConfig::new().memory_mib(512).hugepages(64).validate().is_ok());
+        assert!(
+            VmConfig::new()
+                .memory_mib(512)
+                .hugepages(64)
+                .validate()
+                .is_ok()
+        );
     }
 }

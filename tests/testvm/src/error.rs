@@ -36,7 +36,11 @@ pub enum Error {
     },
 
     #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed { command: String, status: String, stderr: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 
     #[error("Debian packages {packages:?} are missing and this is not root; run `apt-get install --no-install-recommends {}`", packages.join(" "))]
     PackagesMissing { packages: Vec<String> },
@@ -53,20 +57,26 @@ pub enum Error {
     #[error("the test VM cannot start inside the guest (nested run of {0})")]
     Nested(String),
 
-    #[error(
-        "INFRASTRUCTURE FAILURE (not a test failure): {kind} after {elapsed:.1?}\n\
-         work folder (kept): {work_dir}\n--- QEMU stderr ---\n{qemu_stderr}\n\
-         --- command output so far (last lines) ---\n{command_output}\n\
-         --- guest console (last lines) ---\n{console}"
-    )]
-    Infrastructure {
-        kind: InfraFailure,
-        elapsed: Duration,
-        work_dir: PathBuf,
-        qemu_stderr: String,
-        command_output: String,
-        console: String,
-    },
+    #[error("{0}")]
+    Infrastructure(Box<Infrastructure>),
+}
+
+/// A VM run without a trustworthy exit status, with what is needed to see why.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "INFRASTRUCTURE FAILURE (not a test failure): {kind} after {elapsed:.1?}\n\
+     work folder (kept): {}\n--- QEMU stderr ---\n{qemu_stderr}\n\
+     --- command output so far (last lines) ---\n{command_output}\n\
+     --- guest console (last lines) ---\n{console}",
+    work_dir.display()
+)]
+pub struct Infrastructure {
+    pub kind: InfraFailure,
+    pub elapsed: Duration,
+    pub work_dir: PathBuf,
+    pub qemu_stderr: String,
+    pub command_output: String,
+    pub console: String,
 }
 
 /// Why a VM run produced no trustworthy exit status.
@@ -84,12 +94,16 @@ pub enum InfraFailure {
 
 impl Error {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { what, path: path.into(), source }
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
     }
 
     /// True for failures of the VM rather than of the command it ran.
     pub fn is_infrastructure(&self) -> bool {
-        matches!(self, Error::Infrastructure { .. })
+        matches!(self, Error::Infrastructure(_))
     }
 }
 

@@ -49,7 +49,9 @@ pub fn in_guest<F: FnOnce()>(config: &VmConfig, body: F) {
             }
             _ => panic!(
                 "{}",
-                Error::Nested(format!("test {name}: the guest was started for another test"))
+                Error::Nested(format!(
+                    "test {name}: the guest was started for another test"
+                ))
             ),
         }
     }

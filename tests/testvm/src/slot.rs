@@ -64,7 +64,9 @@ impl Slot {
         loop {
             for (path, file) in &files {
                 if lock(file, false).map_err(|e| Error::io("locking", path, e))? {
-                    let file = file.try_clone().map_err(|e| Error::io("duplicating", path, e))?;
+                    let file = file
+                        .try_clone()
+                        .map_err(|e| Error::io("duplicating", path, e))?;
                     return Ok(Slot { _file: file });
                 }
             }
