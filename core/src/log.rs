@@ -1,1 +1,150 @@
+//! Logging: `tracing` events printed to stderr, with SPDK's level names.
+//!
+//! SPDK has five levels; `tracing` has five too but names them differently.
+//! The mapping is ERROR->error, WARNING->warn, NOTICE->info, INFO->debug,
+//! DEBUG->trace: Pollux code logs operator-facing notices with `info!`, the
+//! detail SPDK logs at INFO with `debug!`, and developer tracing with `trace!`.
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::reload;
+
+/// A log level, by SPDK's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Error,
+    #[serde(alias = "WARN")]
+    Warning,
+    Notice,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub const ALL: [Level; 5] = [Level::Error, Level::Warning, Level::Notice, Level::Info, Level::Debug];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "ERROR",
+            Level::Warning => "WARNING",
+            Level::Notice => "NOTICE",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+        }
+    }
+
+    fn filter(self) -> LevelFilter {
+        match self {
+            Level::Error => LevelFilter::ERROR,
+            Level::Warning => LevelFilter::WARN,
+            Level::Notice => LevelFilter::INFO,
+            Level::Info => LevelFilter::DEBUG,
+            Level::Debug => LevelFilter::TRACE,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown level name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown log level `{0}` (expected one of ERROR, WARNING, NOTICE, INFO, DEBUG)")]
+pub struct UnknownLevel(String);
+
+impl FromStr for Level {
+    type Err = UnknownLevel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "ERROR" => Ok(Level::Error),
+            "WARNING" | "WARN" => Ok(Level::Warning),
+            "NOTICE" => Ok(Level::Notice),
+            "INFO" => Ok(Level::Info),
+            "DEBUG" | "TRACE" => Ok(Level::Debug),
+            _ => Err(UnknownLevel(s.to_string())),
+        }
+    }
+}
+
+struct Logger {
+    handle: Option<reload::Handle<LevelFilter, tracing_subscriber::Registry>>,
+    level: Level,
+    print_level: Level,
+}
+
+fn logger() -> &'static Mutex<Logger> {
+    static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
+    LOGGER.get_or_init(|| Mutex::new(Logger { handle: None, level: Level::Notice, print_level: Level::Notice }))
+}
+
+/// Install the stderr logger. Later calls only change the level.
+pub fn init(level: Level) {
+    let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
+    l.level = level;
+    l.print_level = level;
+    if let Some(h) = &l.handle {
+        let _ = h.modify(|f| *f = level.filter());
+        return;
+    }
+    let (filter, handle) = reload::Layer::new(level.filter());
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_thread_names(true)
+        .with_target(true);
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        l.handle = Some(handle);
+    }
+}
+
+fn apply(l: &Logger) {
+    // Events pass when either level lets them: there is a single sink.
+    let eff = l.level.max(l.print_level);
+    if let Some(h) = &l.handle {
+        let _ = h.modify(|f| *f = eff.filter());
+    }
+}
+
+pub fn set_level(level: Level) {
+    let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
+    l.level = level;
+    apply(&l);
+}
+
+pub fn level() -> Level {
+    logger().lock().unwrap_or_else(|e| e.into_inner()).level
+}
+
+pub fn set_print_level(level: Level) {
+    let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
+    l.print_level = level;
+    apply(&l);
+}
+
+pub fn print_level() -> Level {
+    logger().lock().unwrap_or_else(|e| e.into_inner()).print_level
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_names_round_trip() {
+        for l in Level::ALL {
+            assert_eq!(l.name().parse::<Level>().unwrap(), l);
+            assert_eq!(serde_json::to_value(l).unwrap(), serde_json::Value::from(l.name()));
+        }
+        assert_eq!("warn".parse::<Level>().unwrap(), Level::Warning);
+        assert!("LOUD".parse::<Level>().is_err());
+    }
+}

@@ -32,8 +32,8 @@ pub use harness::Harness;
 pub use msg::Msg;
 pub use poller::{PollStatus, Poller, PollerInfo};
 
-/// Messages taken from each queue per iteration.
-const MSG_BATCH: usize = 64;
+/// Messages taken from each queue per iteration, by default.
+pub const DEFAULT_MSG_BATCH: usize = 64;
 /// Inbox capacity; a full inbox parks further messages in the sender's overflow.
 const INBOX_CAPACITY: usize = 16 * 1024;
 
@@ -63,10 +63,11 @@ struct Mailbox {
 struct Shared {
     mailboxes: Box<[Mailbox]>,
     interrupt_mode: bool,
+    msg_batch: usize,
 }
 
 impl Shared {
-    fn new(cores: &[usize], interrupt_mode: bool) -> io::Result<Arc<Shared>> {
+    fn new(cores: &[usize], interrupt_mode: bool, msg_batch: usize) -> io::Result<Arc<Shared>> {
         let mailboxes = cores
             .iter()
             .map(|&core| {
@@ -79,7 +80,7 @@ impl Shared {
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Arc::new(Shared { mailboxes: mailboxes.into(), interrupt_mode }))
+        Ok(Arc::new(Shared { mailboxes: mailboxes.into(), interrupt_mode, msg_batch: msg_batch.max(1) }))
     }
 
     /// Push a message; on a full inbox give it back.
@@ -238,8 +239,9 @@ impl Inner {
 
     #[inline]
     fn process_messages(&self) -> usize {
+        let batch = self.shared.msg_batch;
         let mut n = 0;
-        while n < MSG_BATCH {
+        while n < batch {
             let m = self.local.borrow_mut().pop_front();
             match m {
                 Some(m) => m.run(),
@@ -248,7 +250,7 @@ impl Inner {
             n += 1;
         }
         let queue = &self.shared.mailboxes[self.id.0].queue;
-        for _ in 0..MSG_BATCH {
+        for _ in 0..batch {
             match queue.pop() {
                 Some(m) => m.run(),
                 None => break,
@@ -428,13 +430,22 @@ pub struct Options {
     pub interrupt_mode: bool,
     /// Pin each reactor thread to its core.
     pub pin: bool,
+    /// Messages drained from each queue per iteration.
+    pub msg_batch: usize,
+}
+
+impl Options {
+    /// Busy-polling, pinned reactors on these cores.
+    pub fn new(cores: Vec<usize>) -> Options {
+        Options { cores, interrupt_mode: false, pin: true, msg_batch: DEFAULT_MSG_BATCH }
+    }
 }
 
 /// Start one reactor per core. The calling thread becomes reactor 0 and runs
 /// `start` on it; returns when every reactor has stopped.
 pub fn launch(opts: &Options, start: impl FnOnce()) -> io::Result<()> {
     assert!(!opts.cores.is_empty(), "at least one core is required");
-    let shared = Shared::new(&opts.cores, opts.interrupt_mode)?;
+    let shared = Shared::new(&opts.cores, opts.interrupt_mode, opts.msg_batch)?;
     let mut threads = Vec::new();
     for (i, &core) in opts.cores.iter().enumerate().skip(1) {
         let shared = shared.clone();

@@ -49,6 +49,8 @@ pub(crate) struct Entry {
     pub(crate) state: Cell<State>,
     pub(crate) next_due: Cell<u64>,
     pub(crate) kicked: Cell<bool>,
+    /// In interrupt mode: runs only when its wake descriptors fire.
+    fd_driven: Cell<bool>,
     pub(crate) run_count: Cell<u64>,
     pub(crate) busy_count: Cell<u64>,
     f: RefCell<PollFn>,
@@ -114,12 +116,15 @@ impl Poller {
     }
 
     /// In interrupt mode, wake the reactor and run this poller when `fd`
-    /// becomes ready. In polling mode this does nothing: the poller runs anyway.
+    /// becomes ready; from then on the poller runs only when one of its
+    /// descriptors fires (or it is kicked), not on its period. In polling mode
+    /// this does nothing: the poller runs on its period anyway.
     pub fn add_wake_fd(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         let Some(r) = self.entry.reactor.upgrade() else { return Ok(()) };
         if let Some(irq) = &r.irq {
             irq.epoll.add(fd, interest, self.entry.id)?;
             self.entry.fds.borrow_mut().push(fd);
+            self.entry.fd_driven.set(true);
             r.pollers.by_id.borrow_mut().insert(self.entry.id, Rc::downgrade(&self.entry));
         }
         Ok(())
@@ -206,6 +211,7 @@ impl PollerSet {
             state: Cell::new(State::Waiting),
             next_due: Cell::new(now.saturating_add(period)),
             kicked: Cell::new(false),
+            fd_driven: Cell::new(false),
             run_count: Cell::new(0),
             busy_count: Cell::new(0),
             f: RefCell::new(f),
@@ -241,6 +247,12 @@ impl PollerSet {
         let mut next = u64::MAX;
         let timed = self.timed.borrow();
         for e in timed.iter() {
+            if e.fd_driven.get() {
+                if e.kicked.replace(false) && e.state.get() == State::Waiting {
+                    busy |= e.call() == PollStatus::Busy;
+                }
+                continue;
+            }
             let due = e.next_due.get();
             if e.state.get() == State::Waiting && (due <= now || e.kicked.get()) {
                 e.kicked.set(false);
@@ -288,7 +300,7 @@ impl PollerSet {
                 self.timed.borrow_mut().push(e);
             }
         }
-        let next = self.timed.borrow().iter().map(|e| e.next_due.get()).min().unwrap_or(u64::MAX);
+        let next = self.timed.borrow().iter().filter(|e| !e.fd_driven.get()).map(|e| e.next_due.get()).min().unwrap_or(u64::MAX);
         self.next_due.set(next);
         if !removed.is_empty() {
             let mut m = self.by_id.borrow_mut();
@@ -366,5 +378,66 @@ impl PollerSet {
             }
         }
         (active, timed, paused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_with(period: u64, log: Rc<RefCell<Vec<u64>>>, now: Rc<Cell<u64>>) -> (PollerSet, Poller) {
+        let set = PollerSet::new();
+        let p = set.register(Weak::new(), "t", period, 0, Box::new(move || {
+            log.borrow_mut().push(now.get());
+            PollStatus::Busy
+        }));
+        set.compact();
+        (set, p)
+    }
+
+    #[test]
+    fn timed_pollers_stay_on_their_grid_when_iterations_are_slow() {
+        // Period 10, iterations every 3 ticks: runs at the first iteration at
+        // or after 10, 20, 30...; drifting would give 12, 24, 36...
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let now = Rc::new(Cell::new(0));
+        let (set, _p) = set_with(10, log.clone(), now.clone());
+        for t in (0..=100).step_by(3) {
+            now.set(t);
+            set.run_timed(t);
+        }
+        assert_eq!(*log.borrow(), vec![12, 21, 30, 42, 51, 60, 72, 81, 90]);
+    }
+
+    #[test]
+    fn missed_periods_are_skipped_not_replayed() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let now = Rc::new(Cell::new(0));
+        let (set, _p) = set_with(10, log.clone(), now.clone());
+        for t in [10, 55, 56, 60, 61, 70] {
+            now.set(t);
+            set.run_timed(t);
+        }
+        // After a stall from 10 to 55 it runs once, then resumes at 60 and 70.
+        assert_eq!(*log.borrow(), vec![10, 55, 60, 70]);
+        assert_eq!(set.next_deadline(), 80);
+    }
+
+    #[test]
+    fn unregistered_and_paused_timed_pollers_do_not_run() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let now = Rc::new(Cell::new(0));
+        let (set, p) = set_with(10, log.clone(), now.clone());
+        p.pause();
+        set.run_timed(10);
+        p.resume();
+        set.run_timed(20);
+        drop(p);
+        // (Without a reactor behind it, the set learns of the drop by hand.)
+        set.dirty.set(true);
+        set.compact();
+        set.run_timed(30);
+        assert_eq!(*log.borrow(), vec![0]);
+        assert_eq!(set.next_deadline(), u64::MAX);
     }
 }

@@ -1,0 +1,400 @@
+//! The JSON-RPC server on a Unix socket, polled by a timed poller on the RPC
+//! reactor. Sockets are nonblocking and watched with a private epoll set, so a
+//! poll costs one `epoll_wait` however many clients are connected; a slow or
+//! silent client never blocks the reactor.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::framing::{Decoder, parse_request, response};
+use super::{Methods, Responder, RpcError, RpcResult};
+use crate::reactor::{self, PollStatus, Poller, ReactorId};
+use crate::sys::{Epoll, Interest};
+
+/// How often the server looks at its sockets when reactors busy-poll.
+const POLL_PERIOD: Duration = Duration::from_millis(1);
+/// Connections served at once; further ones are accepted and closed.
+const MAX_CONNECTIONS: usize = 1024;
+const LISTENER: u64 = u64::MAX;
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection per poll, so one client cannot starve others.
+const READ_BUDGET: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("RPC socket {path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error("cannot listen on RPC socket {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot set up polling for the RPC socket: {0}")]
+    Poll(#[source] io::Error),
+}
+
+struct Batch {
+    remaining: usize,
+    responses: Vec<Option<Value>>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    decoder: Decoder,
+    out: Vec<u8>,
+    /// Responses not yet delivered.
+    pending: usize,
+    /// The peer sent EOF, or the stream broke: close once answered.
+    read_closed: bool,
+    /// Close as soon as the output is flushed (after a parse error).
+    closing: bool,
+    want_write: bool,
+    batches: HashMap<u64, Batch>,
+    next_batch: u64,
+}
+
+/// Where a response goes.
+#[derive(Clone, Copy)]
+struct Slot {
+    conn: u64,
+    batch: Option<(u64, usize)>,
+}
+
+/// A JSON-RPC server bound to a Unix socket path.
+pub struct RpcServer {
+    path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    conns: RefCell<HashMap<u64, Conn>>,
+    next_conn: Cell<u64>,
+    methods: Rc<Methods>,
+    reactor: ReactorId,
+    poller: RefCell<Option<Poller>>,
+    served: Cell<u64>,
+}
+
+impl RpcServer {
+    /// Bind the socket and start serving on the current reactor. A stale
+    /// socket file (nobody listening) is replaced; a live one is an error.
+    pub fn start(path: &Path, methods: Rc<Methods>) -> Result<Rc<RpcServer>, ServerError> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse { path: path.to_path_buf() });
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listen_err = |source| ServerError::Listen { path: path.to_path_buf(), source };
+        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let epoll = Epoll::new().map_err(ServerError::Poll)?;
+        epoll.add(listener.as_raw_fd(), Interest::READABLE, LISTENER).map_err(ServerError::Poll)?;
+        let server = Rc::new(RpcServer {
+            path: path.to_path_buf(),
+            listener,
+            epoll,
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            methods,
+            reactor: reactor::current(),
+            poller: RefCell::new(None),
+            served: Cell::new(0),
+        });
+        let s = Rc::downgrade(&server);
+        let poller = reactor::register_timed_poller("rpc_server", POLL_PERIOD, move || match s.upgrade() {
+            Some(s) => s.poll(),
+            None => PollStatus::Idle,
+        });
+        // In interrupt mode our epoll set wakes the reactor.
+        poller.add_wake_fd(server.epoll.as_raw_fd(), Interest::READABLE).map_err(ServerError::Poll)?;
+        *server.poller.borrow_mut() = Some(poller);
+        reactor::set_local(server.clone());
+        tracing::info!("RPC server listening on {}", path.display());
+        Ok(server)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.get()
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Stop listening, close every connection and remove the socket file.
+    pub fn stop(&self) {
+        self.poller.borrow_mut().take();
+        let conns = std::mem::take(&mut *self.conns.borrow_mut());
+        for (_, mut c) in conns {
+            let _ = flush(&mut c);
+        }
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(me) = reactor::local::<RpcServer>() {
+            if std::ptr::eq(Rc::as_ptr(&me), self) {
+                reactor::take_local::<RpcServer>();
+            }
+        }
+    }
+
+    fn poll(&self) -> PollStatus {
+        let mut events = Vec::with_capacity(64);
+        if self.epoll.wait(&mut events, Some(Duration::ZERO)).is_err() {
+            return PollStatus::Idle;
+        }
+        let mut busy = false;
+        for ev in &events {
+            busy = true;
+            if ev.u64 == LISTENER {
+                self.accept();
+            } else {
+                self.service(ev.u64, ev.events);
+            }
+        }
+        busy.into()
+    }
+
+    fn accept(&self) {
+        for _ in 0..64 {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("RPC accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.borrow().len() >= MAX_CONNECTIONS {
+                tracing::warn!("RPC connection refused: {MAX_CONNECTIONS} clients already connected");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = self.next_conn.get();
+            self.next_conn.set(id + 1);
+            if self.epoll.add(stream.as_raw_fd(), Interest::READABLE, id).is_err() {
+                continue;
+            }
+            let conn = Conn {
+                stream,
+                decoder: Decoder::new(),
+                out: Vec::new(),
+                pending: 0,
+                read_closed: false,
+                closing: false,
+                want_write: false,
+                batches: HashMap::new(),
+                next_batch: 0,
+            };
+            self.conns.borrow_mut().insert(id, conn);
+        }
+    }
+
+    /// Read what a connection sent, dispatch complete requests, write answers.
+    fn service(&self, id: u64, events: u32) {
+        let mut requests = Vec::new();
+        {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(&id) else { return };
+            if events & libc::EPOLLIN as u32 != 0 || events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0 {
+                read_requests(c, &mut requests);
+            }
+        }
+        // Dispatch outside the borrow: handlers may answer synchronously.
+        for v in requests {
+            self.dispatch(id, v);
+        }
+        self.settle(id);
+    }
+
+    fn dispatch(&self, conn: u64, v: Value) {
+        match v {
+            Value::Array(items) if items.is_empty() => {
+                let err = RpcError::invalid_request("empty batch");
+                self.respond_later(Slot { conn, batch: None }, Some(response(Value::Null, Err(err))));
+            }
+            Value::Array(items) => {
+                let batch_id = {
+                    let mut conns = self.conns.borrow_mut();
+                    let Some(c) = conns.get_mut(&conn) else { return };
+                    let b = c.next_batch;
+                    c.next_batch += 1;
+                    c.batches.insert(b, Batch { remaining: items.len(), responses: vec![None; items.len()] });
+                    b
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    self.dispatch_one(Slot { conn, batch: Some((batch_id, i)) }, item);
+                }
+            }
+            v => self.dispatch_one(Slot { conn, batch: None }, v),
+        }
+    }
+
+    fn dispatch_one(&self, slot: Slot, v: Value) {
+        let req = match parse_request(v) {
+            Ok(r) => r,
+            Err((id, e)) => return self.respond_later(slot, Some(response(id, Err(e)))),
+        };
+        tracing::debug!(method = %req.method, "RPC request");
+        self.add_pending(slot.conn);
+        let id = req.id;
+        let home = self.reactor;
+        let resp = Responder::new(move |result: RpcResult| {
+            let body = id.map(|id| response(id, result));
+            reactor::send_msg(home, move || Self::arrive(slot, body));
+        });
+        self.methods.call(&req.method, req.params, resp);
+    }
+
+    fn add_pending(&self, conn: u64) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(&conn) {
+            c.pending += 1;
+        }
+    }
+
+    /// Answer through the same message path as handlers, so that answers to
+    /// requests handled at once keep the order of the requests.
+    fn respond_later(&self, slot: Slot, body: Option<Value>) {
+        self.add_pending(slot.conn);
+        reactor::send_msg(self.reactor, move || Self::arrive(slot, body));
+    }
+
+    /// A response arrives on the RPC reactor.
+    fn arrive(slot: Slot, body: Option<Value>) {
+        if let Some(server) = reactor::local::<RpcServer>() {
+            if let Some(c) = server.conns.borrow_mut().get_mut(&slot.conn) {
+                c.pending -= 1;
+            }
+            server.deliver(slot, body);
+            server.settle(slot.conn);
+        }
+    }
+
+    /// Queue a response (or a notification's absence of one).
+    fn deliver(&self, slot: Slot, body: Option<Value>) {
+        self.served.set(self.served.get() + 1);
+        let Some((batch_id, index)) = slot.batch else {
+            if let Some(b) = body {
+                self.write(slot.conn, b);
+            }
+            return;
+        };
+        let done = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(&slot.conn) else { return };
+            let Some(b) = c.batches.get_mut(&batch_id) else { return };
+            b.responses[index] = body;
+            b.remaining -= 1;
+            if b.remaining > 0 {
+                return;
+            }
+            c.batches.remove(&batch_id).map(|b| b.responses.into_iter().flatten().collect::<Vec<_>>())
+        };
+        // A batch of notifications only gets no response at all.
+        if let Some(all) = done.filter(|a| !a.is_empty()) {
+            self.write(slot.conn, Value::Array(all));
+        }
+    }
+
+    fn write(&self, conn: u64, v: Value) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(&conn) {
+            serde_json::to_writer(&mut c.out, &v).expect("serialising to memory");
+            c.out.push(b'\n');
+        }
+    }
+
+    /// Flush output and close the connection when it is finished.
+    fn settle(&self, id: u64) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(&id) else { return };
+        let broken = flush(c).is_err();
+        let finished = c.out.is_empty() && (c.closing || (c.read_closed && c.pending == 0));
+        if broken || finished {
+            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            conns.remove(&id);
+            return;
+        }
+        let want_write = !c.out.is_empty();
+        if c.read_closed {
+            // Level-triggered hang-ups would fire on every poll: stop watching
+            // the socket; answers still being computed are written when they
+            // arrive, and a peer that then does not read is dropped.
+            if want_write {
+                let _ = self.epoll.delete(c.stream.as_raw_fd());
+                conns.remove(&id);
+            } else if !c.closing {
+                let _ = self.epoll.delete(c.stream.as_raw_fd());
+            }
+            return;
+        }
+        if want_write != c.want_write {
+            c.want_write = want_write;
+            let interest = if want_write { Interest::BOTH } else { Interest::READABLE };
+            let _ = self.epoll.modify(c.stream.as_raw_fd(), interest, id);
+        }
+    }
+}
+
+/// Read everything available and collect complete requests.
+fn read_requests(c: &mut Conn, out: &mut Vec<Value>) {
+    if c.closing {
+        return;
+    }
+    let mut buf = [0u8; READ_CHUNK];
+    let mut budget = READ_BUDGET;
+    while budget > 0 && !c.read_closed {
+        match c.stream.read(&mut buf) {
+            Ok(0) => c.read_closed = true,
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                c.decoder.push(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => c.read_closed = true,
+        }
+    }
+    loop {
+        match c.decoder.next_value() {
+            Ok(Some(v)) => out.push(v),
+            Ok(None) => break,
+            Err(e) => {
+                // The stream cannot be resynchronised: answer and close.
+                tracing::warn!("RPC client sent a malformed request: {e}");
+                let body = response(Value::Null, Err(RpcError::parse_error(e)));
+                serde_json::to_writer(&mut c.out, &body).expect("serialising to memory");
+                c.out.push(b'\n');
+                c.closing = true;
+                break;
+            }
+        }
+    }
+    if c.read_closed && !c.decoder.is_idle() {
+        tracing::debug!("RPC client disconnected with {} bytes of an unfinished request", c.decoder.pending());
+    }
+}
+
+fn flush(c: &mut Conn) -> io::Result<()> {
+    while !c.out.is_empty() {
+        match c.stream.write(&c.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
