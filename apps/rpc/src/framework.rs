@@ -1,0 +1,92 @@
+//! Framework, thread and log methods, with rpc.py's argument forms.
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::{Request, Show};
+
+#[derive(Subcommand, Debug)]
+#[command(rename_all = "snake_case")]
+pub enum Cmd {
+    /// List the RPC methods the target supports
+    RpcGetMethods {
+        /// Only methods callable in the current state
+        #[arg(short = 'c', long)]
+        current: bool,
+        /// Include deprecated aliases
+        #[arg(short = 'i', long)]
+        include_aliases: bool,
+    },
+    /// Show the target's version
+    SpdkGetVersion,
+    /// List subsystems in initialisation order, with their dependencies
+    FrameworkGetSubsystems,
+    /// Show the configuration of one subsystem
+    FrameworkGetConfig {
+        name: String,
+        #[arg(long)]
+        with_batches: bool,
+    },
+    /// List reactors with their load
+    FrameworkGetReactors,
+    /// Start subsystem initialisation (after --wait-for-rpc)
+    FrameworkStartInit,
+    /// Wait until initialisation has finished
+    FrameworkWaitInit,
+    /// Statistics of every reactor thread
+    ThreadGetStats,
+    /// Pollers of every reactor thread
+    ThreadGetPollers,
+    /// I/O channels of every reactor thread
+    ThreadGetIoChannels,
+    /// Send a signal to the target (SIGINT and SIGTERM shut it down cleanly)
+    SpdkKillInstance {
+        #[arg(value_parser = ["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"])]
+        sig_name: String,
+    },
+    /// Set the log level
+    LogSetLevel {
+        #[arg(value_parser = ["ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"])]
+        level: String,
+    },
+    /// Show the log level
+    LogGetLevel,
+    /// Set the log print level
+    LogSetPrintLevel {
+        #[arg(value_parser = ["ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"])]
+        level: String,
+    },
+    /// Show the log print level
+    LogGetPrintLevel,
+}
+
+fn req(method: &'static str, params: Option<Value>, show: Show) -> Request {
+    Request { method, params, show }
+}
+
+impl Cmd {
+    pub fn request(&self) -> Request {
+        use Cmd::*;
+        match self {
+            RpcGetMethods { current, include_aliases } => {
+                req("rpc_get_methods", Some(json!({"current": current, "include_aliases": include_aliases})), Show::Json)
+            }
+            SpdkGetVersion => req("spdk_get_version", None, Show::Json),
+            FrameworkGetSubsystems => req("framework_get_subsystems", None, Show::Json),
+            FrameworkGetConfig { name, with_batches } => {
+                req("framework_get_config", Some(json!({"name": name, "with_batches": with_batches})), Show::Json)
+            }
+            FrameworkGetReactors => req("framework_get_reactors", None, Show::Json),
+            FrameworkStartInit => req("framework_start_init", None, Show::Nothing),
+            FrameworkWaitInit => req("framework_wait_init", None, Show::Nothing),
+            ThreadGetStats => req("thread_get_stats", None, Show::Json),
+            ThreadGetPollers => req("thread_get_pollers", None, Show::Json),
+            ThreadGetIoChannels => req("thread_get_io_channels", None, Show::Json),
+            SpdkKillInstance { sig_name } => req("spdk_kill_instance", Some(json!({"sig_name": sig_name})), Show::Nothing),
+            LogSetLevel { level } => req("log_set_level", Some(json!({"level": level})), Show::Nothing),
+            LogGetLevel => req("log_get_level", None, Show::Text),
+            LogSetPrintLevel { level } => req("log_set_print_level", Some(json!({"level": level})), Show::Nothing),
+            LogGetPrintLevel => req("log_get_print_level", None, Show::Text),
+        }
+    }
+}

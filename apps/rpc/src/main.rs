@@ -1,0 +1,152 @@
+//! `pollux-rpc`: the command-line client of the JSON-RPC socket. Its commands
+//! and arguments follow SPDK's `rpc.py`, so scripts written for SPDK work
+//! with either client; `call METHOD [JSON]` sends any method with raw params.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pollux_core::rpc::{Client, ClientError};
+use serde_json::Value;
+
+mod config;
+mod framework;
+
+#[derive(Parser, Debug)]
+#[command(name = "pollux-rpc", version, about = "Talk to a Pollux (or SPDK) target over its JSON-RPC socket")]
+struct Args {
+    /// RPC Unix socket path
+    #[arg(short = 's', default_value = pollux_core::app::DEFAULT_RPC_SOCKET, value_name = "SOCKET")]
+    server: PathBuf,
+    /// Seconds to wait for each response
+    #[arg(short = 't', default_value_t = 60.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Retry connecting N times, 200 ms apart
+    #[arg(short = 'r', default_value_t = 0, value_name = "N")]
+    conn_retries: u32,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+#[command(rename_all = "snake_case")]
+enum Command {
+    /// Send any method with raw JSON params: call METHOD ['{"name": ...}']
+    Call {
+        method: String,
+        /// Params as a JSON object
+        params: Option<String>,
+    },
+    /// Write the live configuration of every subsystem (SPDK's format)
+    SaveConfig(config::SaveArgs),
+    /// Configure the target from a saved configuration
+    LoadConfig(config::LoadArgs),
+    #[command(flatten)]
+    Framework(framework::Cmd),
+}
+
+/// What a command asks of the server and how to show the answer.
+pub struct Request {
+    pub method: &'static str,
+    pub params: Option<Value>,
+    pub show: Show,
+}
+
+/// How a result is printed (as rpc.py does for each method).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Pretty JSON.
+    Json,
+    /// A bare string without quotes.
+    Text,
+    /// Nothing: the call is an action.
+    Nothing,
+}
+
+fn connect(args: &Args) -> Result<Client, ClientError> {
+    let mut tries = args.conn_retries;
+    loop {
+        match Client::connect(&args.server) {
+            Ok(c) => {
+                let t = Duration::from_secs_f64(args.timeout.max(0.001));
+                c.set_timeout(Some(t))?;
+                return Ok(c);
+            }
+            Err(e) if tries == 0 => return Err(e),
+            Err(_) => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Print an error the way rpc.py does, so scripts can match it.
+pub fn report(method: &str, params: &Option<Value>, e: &ClientError) {
+    match e {
+        ClientError::Rpc(err) => {
+            let mut shown = params.clone().unwrap_or_else(|| Value::Object(Default::default()));
+            if let Value::Object(o) = &mut shown {
+                o.insert("method".into(), method.into());
+            }
+            eprintln!("request:");
+            eprintln!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
+            eprintln!("Got JSON-RPC error response");
+            eprintln!("response:");
+            eprintln!("{}", serde_json::to_string_pretty(&serde_json::json!({"code": err.code, "message": err.message})).unwrap_or_default());
+        }
+        other => eprintln!("pollux-rpc: {other}"),
+    }
+}
+
+pub fn print(v: &Value, show: Show) {
+    let mut out = std::io::stdout().lock();
+    let _ = match (show, v) {
+        (Show::Nothing, _) => Ok(()),
+        (Show::Text, Value::String(s)) => writeln!(out, "{s}"),
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    };
+}
+
+fn run(args: &Args) -> Result<(), ()> {
+    let mut client = connect(args).map_err(|e| eprintln!("pollux-rpc: {e}"))?;
+    let req = match &args.cmd {
+        Command::SaveConfig(a) => return config::save(&mut client, a),
+        Command::LoadConfig(a) => return config::load(&mut client, a),
+        Command::Call { method, params } => {
+            let params = match params.as_deref().map(serde_json::from_str::<Value>) {
+                None => None,
+                Some(Ok(v @ Value::Object(_))) => Some(v),
+                Some(Ok(_)) => {
+                    eprintln!("pollux-rpc: params must be a JSON object");
+                    return Err(());
+                }
+                Some(Err(e)) => {
+                    eprintln!("pollux-rpc: params are not valid JSON: {e}");
+                    return Err(());
+                }
+            };
+            return match client.call(method, params.clone()) {
+                Ok(v) => Ok(print(&v, Show::Json)),
+                Err(e) => Err(report(method, &params, &e)),
+            };
+        }
+        Command::Framework(c) => c.request(),
+    };
+    match client.call(req.method, req.params.clone()) {
+        Ok(v) => Ok(print(&v, req.show)),
+        // The target may close the socket before answering a kill.
+        Err(ClientError::Closed) if req.method == "spdk_kill_instance" => Ok(()),
+        Err(e) => Err(report(req.method, &req.params, &e)),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,43 @@
+//! `pollux-tgt`: the Pollux target daemon. Reactors on the cores of `-m`, a
+//! JSON-RPC socket on `-r`, and the state of the `-c` config file.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pollux_core::app::{App, AppArgs};
+
+mod defaults;
+
+#[derive(Parser, Debug)]
+#[command(name = "pollux-tgt", version, about = "Pollux storage target: poll-mode block devices, iSCSI and NVMe-oF")]
+struct Args {
+    #[command(flatten)]
+    app: AppArgs,
+    /// Start from the embedded default configuration (see --print-default-config)
+    #[arg(long, conflicts_with = "config")]
+    default_config: bool,
+    /// Print the embedded default configuration and exit
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if args.print_default_config {
+        println!("{}", defaults::CONFIG);
+        return ExitCode::SUCCESS;
+    }
+    pollux_core::log::init(args.app.log_level);
+    if args.default_config {
+        args.app.embedded_config = Some((defaults::NAME.to_string(), defaults::CONFIG.to_string()));
+    }
+    let app = App::new("pollux-tgt");
+    match app.run(args.app) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("pollux-tgt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
