@@ -1,0 +1,251 @@
+//! Helpers for Pollux's cross-crate tests: start the real daemon, drive it
+//! with our client and with real third-party clients, and clean up.
+//!
+//! Binaries are taken from the cargo target directory of the test itself
+//! (`target/<profile>/`), so `cargo build --workspace --bins` must run first;
+//! the README's test command does. A missing binary or client tool fails the
+//! test with a message saying how to provide it: nothing is skipped.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pollux_core::rpc::{Client, ClientError};
+use serde_json::Value;
+
+/// Directory holding the workspace's binaries for the current profile.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("POLLUX_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir layout").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with instructions if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins` with the same profile), \
+         or set POLLUX_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// Path of an external tool; panics with the package that provides it.
+pub fn tool(name: &str, how: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed; it is required by this test ({how}). The README's test command installs it.");
+}
+
+/// A private temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("pollux-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `pollux-tgt`, stopped (and reaped) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: TempDir,
+    log: PathBuf,
+}
+
+/// Options for [`Daemon::start`].
+#[derive(Clone, Debug)]
+pub struct DaemonOpts {
+    pub cpumask: String,
+    pub interrupt_mode: bool,
+    pub wait_for_rpc: bool,
+    pub config: Option<Value>,
+    pub extra: Vec<String>,
+}
+
+impl Default for DaemonOpts {
+    fn default() -> Self {
+        // Interrupt mode by default so that parallel tests do not each burn
+        // a core busy-polling on this small machine; tests of busy polling
+        // ask for it.
+        DaemonOpts { cpumask: "0x1".into(), interrupt_mode: true, wait_for_rpc: false, config: None, extra: Vec::new() }
+    }
+}
+
+impl Daemon {
+    /// Start the daemon and wait until its RPC socket answers.
+    pub fn start(opts: DaemonOpts) -> Daemon {
+        let d = Daemon::spawn(&opts);
+        d.wait_ready(opts.wait_for_rpc);
+        d
+    }
+
+    /// Start the daemon without waiting (for tests of failing start-ups).
+    pub fn spawn(opts: &DaemonOpts) -> Daemon {
+        let dir = TempDir::new("tgt");
+        let socket = dir.join("rpc.sock");
+        let log = dir.join("tgt.log");
+        let mut cmd = Command::new(bin("pollux-tgt"));
+        cmd.arg("-m").arg(&opts.cpumask).arg("-r").arg(&socket).arg("--no-pin");
+        if opts.interrupt_mode {
+            cmd.arg("--interrupt-mode");
+        }
+        if opts.wait_for_rpc {
+            cmd.arg("--wait-for-rpc");
+        }
+        if let Some(c) = &opts.config {
+            let p = dir.join("config.json");
+            std::fs::write(&p, serde_json::to_vec_pretty(c).unwrap()).unwrap();
+            cmd.arg("-c").arg(p);
+        }
+        cmd.args(&opts.extra);
+        let logf = std::fs::File::create(&log).unwrap();
+        cmd.stdout(logf.try_clone().unwrap()).stderr(logf).stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn pollux-tgt");
+        Daemon { child: Some(child), socket, dir, log }
+    }
+
+    /// Wait until the socket answers and, unless start-up is held for RPC,
+    /// until initialisation has finished.
+    fn wait_ready(&self, wait_for_rpc: bool) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(mut c) = Client::connect(&self.socket) {
+                c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+                let method = if wait_for_rpc { "rpc_get_methods" } else { "framework_wait_init" };
+                if c.call(method, None).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("pollux-tgt did not come up; its log:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A new RPC connection.
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket).unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log()));
+        c.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = &mut c;
+        c
+    }
+
+    /// Call a method on a new connection.
+    pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, ClientError> {
+        self.client().call(method, params)
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Send a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Wait for the daemon to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        let child = self.child.as_mut()?;
+        while t0.elapsed() < limit {
+            if let Some(st) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// Stop with SIGTERM and return the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let log = self.log();
+        self.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("pollux-tgt did not exit on SIGTERM; log:\n{log}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run SPDK's own client (`spdk-rpc`, from PyPI `spdk`) against a socket.
+pub fn spdk_rpc(socket: &Path, args: &[&str]) -> Output {
+    let tool = tool("spdk-rpc", "SPDK's JSON-RPC client: pip install spdk");
+    Command::new(tool).arg("-s").arg(socket).args(args).output().expect("run spdk-rpc")
+}
+
+/// Run `pollux-rpc` against a socket.
+pub fn pollux_rpc(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("pollux-rpc")).arg("-s").arg(socket).args(args).output().expect("run pollux-rpc")
+}
+
+/// Assert success and return stdout as text.
+pub fn ok_stdout(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}

@@ -1,0 +1,107 @@
+//! The daemon's life cycle: start-up options, config files, signals, idle CPU.
+
+use std::time::Duration;
+
+use pollux_core::rpc::{ClientError, RpcError};
+use pollux_tests::{Daemon, DaemonOpts, bin, cpu_seconds};
+use serde_json::json;
+
+#[test]
+fn sigterm_and_sigint_exit_zero_within_a_second() {
+    for (sig, busy) in [(libc::SIGTERM, false), (libc::SIGINT, true)] {
+        let mut d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), interrupt_mode: !busy, ..Default::default() });
+        d.signal(sig);
+        let st = d.wait_exit(Duration::from_secs(1)).unwrap_or_else(|| panic!("no exit within 1 s after signal {sig}"));
+        assert_eq!(st.code(), Some(0), "log:\n{}", d.log());
+        assert!(d.log().contains("shutting down"));
+    }
+}
+
+#[test]
+fn a_core_outside_the_affinity_is_a_clear_start_up_error() {
+    let mut d = Daemon::spawn(&DaemonOpts { cpumask: "[0,63]".into(), ..Default::default() });
+    let st = d.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_ne!(st.code(), Some(0));
+    assert!(d.log().contains("core 63 is not available to this process"), "{}", d.log());
+    let mut d = Daemon::spawn(&DaemonOpts { cpumask: "0xzz".into(), ..Default::default() });
+    assert_ne!(d.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(0));
+    assert!(d.log().contains("0xzz"), "{}", d.log());
+}
+
+#[test]
+fn a_bad_config_entry_stops_start_up_naming_the_entry() {
+    let cfg = json!({"subsystems": [{"subsystem": "log", "config": [
+        {"method": "log_set_level", "params": {"level": "DEBUG"}},
+        {"method": "log_set_level", "params": {"levle": "DEBUG"}}
+    ]}]});
+    let mut d = Daemon::spawn(&DaemonOpts { config: Some(cfg), ..Default::default() });
+    let st = d.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(st.code(), Some(1));
+    let log = d.log();
+    assert!(log.contains("config[1]") && log.contains("log_set_level") && log.contains("'levle'"), "{log}");
+
+    let cfg = json!({"subsystems": [{"subsystem": "x", "config": [{"method": "bdev_frobnicate"}]}]});
+    let mut d = Daemon::spawn(&DaemonOpts { config: Some(cfg), ..Default::default() });
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
+    assert!(d.log().contains("unknown method 'bdev_frobnicate'"), "{}", d.log());
+
+    let mut d = Daemon::spawn(&DaemonOpts { config: Some(json!({"subsystems": 3})), ..Default::default() });
+    assert_ne!(d.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(0));
+    assert!(d.log().contains("must be an array"), "{}", d.log());
+}
+
+#[test]
+fn config_file_calls_are_replayed() {
+    let cfg = json!({"subsystems": [{"subsystem": "log", "config": [
+        {"method": "log_set_print_level", "params": {"level": "WARNING"}}
+    ]}]});
+    let d = Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() });
+    assert_eq!(d.call("log_get_print_level", None).unwrap(), json!("WARNING"));
+}
+
+#[test]
+fn wait_for_rpc_holds_start_up() {
+    let d = Daemon::start(DaemonOpts { wait_for_rpc: true, ..Default::default() });
+    let mut c = d.client();
+    let current = c.call("rpc_get_methods", Some(json!({"current": true}))).unwrap();
+    assert!(current.as_array().unwrap().contains(&json!("framework_start_init")));
+    assert_eq!(c.call("framework_start_init", None).unwrap(), json!(true));
+    assert_eq!(c.call("framework_wait_init", None).unwrap(), json!(true));
+    let e = c.call("framework_start_init", None).unwrap_err();
+    assert!(matches!(e, ClientError::Rpc(ref e) if e.code == RpcError::INVALID_STATE), "{e}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let d = Daemon::start(DaemonOpts::default());
+    let out = std::process::Command::new(bin("pollux-tgt"))
+        .args(["--interrupt-mode", "--no-pin", "-r"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    // The first one is unharmed.
+    assert!(d.call("spdk_get_version", None).is_ok());
+}
+
+#[test]
+fn idle_cpu_in_interrupt_mode_is_under_two_percent() {
+    let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), interrupt_mode: true, ..Default::default() });
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = cpu_seconds(d.pid());
+    let window = Duration::from_secs(3);
+    std::thread::sleep(window);
+    let used = cpu_seconds(d.pid()) - c0;
+    // Two reactors; under 2 % of one core in total.
+    assert!(used / window.as_secs_f64() < 0.02, "idle daemon used {used:.3} s of CPU in {window:?}");
+    let st = d.call("framework_get_reactors", None).unwrap();
+    assert!(st["reactors"].as_array().unwrap().iter().all(|r| r["in_interrupt"] == true));
+}
+
+#[test]
+fn default_config_starts() {
+    let d = Daemon::start(DaemonOpts { extra: vec!["--default-config".into()], ..Default::default() });
+    assert!(d.call("framework_get_subsystems", None).is_ok());
+    assert_eq!(d.stop().code(), Some(0));
+}

@@ -1,0 +1,186 @@
+//! Bad RPC input gets the right JSON-RPC error or is dropped, and the daemon
+//! keeps serving everyone else.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use pollux_core::rpc::{Client, ClientError, RpcError};
+use pollux_tests::{Daemon, DaemonOpts};
+use serde_json::{Value, json};
+
+fn raw(d: &Daemon) -> Client {
+    let c = d.client();
+    c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+fn error_code(v: &Value) -> i64 {
+    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error response: {v}"))
+}
+
+fn still_serving(d: &Daemon) {
+    assert_eq!(d.call("spdk_get_version", None).unwrap()["fields"]["major"], json!(0));
+}
+
+#[test]
+fn malformed_json_gets_a_parse_error_and_only_that_connection_closes() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut bystander = raw(&d);
+    let mut c = raw(&d);
+    c.send_raw(b"{\"jsonrpc\": \"2.0\", \"method\": ").unwrap();
+    c.send_raw(b"}").unwrap();
+    let resp = c.read_value().unwrap();
+    assert_eq!(error_code(&resp), RpcError::PARSE_ERROR as i64);
+    assert_eq!(resp["id"], Value::Null);
+    assert!(matches!(c.read_value(), Err(ClientError::Closed)), "connection closed after a parse error");
+    // Another client's connection is untouched.
+    assert!(bystander.call("rpc_get_methods", None).is_ok());
+    still_serving(&d);
+}
+
+#[test]
+fn invalid_requests_unknown_methods_and_bad_params() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut c = raw(&d);
+    let cases: Vec<(Value, i32, Value)> = vec![
+        (json!({"method": "rpc_get_methods", "id": 1}), RpcError::INVALID_REQUEST, json!(1)),
+        (json!({"jsonrpc": "2.0", "id": 2}), RpcError::INVALID_REQUEST, json!(2)),
+        (json!({"jsonrpc": "2.0", "method": 7, "id": 3}), RpcError::INVALID_REQUEST, json!(3)),
+        (json!("just a string"), RpcError::INVALID_REQUEST, Value::Null),
+        (json!({"jsonrpc": "2.0", "method": "no_such_method", "id": 4}), RpcError::METHOD_NOT_FOUND, json!(4)),
+        (json!({"jsonrpc": "2.0", "method": "framework_get_config", "params": {"name": 5}, "id": 5}), RpcError::INVALID_PARAMS, json!(5)),
+        (json!({"jsonrpc": "2.0", "method": "framework_get_config", "params": {}, "id": 6}), RpcError::INVALID_PARAMS, json!(6)),
+        (json!({"jsonrpc": "2.0", "method": "rpc_get_methods", "params": {"currant": true}, "id": "x"}), RpcError::INVALID_PARAMS, json!("x")),
+        (json!({"jsonrpc": "2.0", "method": "log_set_level", "params": {"level": "LOUD"}, "id": 8}), RpcError::INVALID_PARAMS, json!(8)),
+        (json!({"jsonrpc": "2.0", "method": "spdk_get_version", "params": [1], "id": 9}), RpcError::INVALID_PARAMS, json!(9)),
+    ];
+    for (req, code, id) in cases {
+        c.send_raw(serde_json::to_string(&req).unwrap().as_bytes()).unwrap();
+        let resp = c.read_value().unwrap();
+        assert_eq!(error_code(&resp), code as i64, "{req} -> {resp}");
+        assert_eq!(resp["id"], id, "{req} -> {resp}");
+    }
+    // Invalid params name the parameter.
+    let e = d.call("rpc_get_methods", Some(json!({"currant": true}))).unwrap_err();
+    assert!(e.to_string().contains("'currant'"), "{e}");
+    let e = d.call("framework_get_config", Some(json!({"name": 5}))).unwrap_err();
+    assert!(e.to_string().contains("'name'"), "{e}");
+    still_serving(&d);
+}
+
+#[test]
+fn requests_in_pieces_back_to_back_and_batched() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let one = r#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#;
+    let two = r#"{"jsonrpc":"2.0","method":"log_get_level","id":2}"#;
+    // Byte by byte with pauses, then two glued together, then a batch with a
+    // notification (no id) that must get no answer.
+    for b in one.as_bytes() {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    s.write_all(format!("{two}{one}").as_bytes()).unwrap();
+    s.write_all(br#"[{"jsonrpc":"2.0","method":"log_get_level","id":10},{"jsonrpc":"2.0","method":"log_get_level"},{"jsonrpc":"2.0","method":"nope","id":11}]"#).unwrap();
+    s.write_all(b"[]").unwrap();
+    let mut dec = pollux_core::rpc::Decoder::new();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 5 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early; got {got:?}");
+        dec.push(&buf[..n]);
+        while let Some(v) = dec.next_value().unwrap() {
+            got.push(v);
+        }
+    }
+    let ids: Vec<Value> = got[..3].iter().map(|v| v["id"].clone()).collect();
+    assert_eq!(ids, vec![json!(1), json!(2), json!(1)]);
+    let batch = got[3].as_array().expect("batch answer is an array");
+    assert_eq!(batch.len(), 2, "notification in a batch gets no answer: {batch:?}");
+    assert_eq!(batch[0]["id"], 10);
+    assert_eq!(batch[1]["error"]["code"], RpcError::METHOD_NOT_FOUND);
+    assert_eq!(got[4]["error"]["code"], RpcError::INVALID_REQUEST, "empty batch");
+}
+
+#[test]
+fn half_sent_request_then_disconnect_is_dropped() {
+    let d = Daemon::start(DaemonOpts::default());
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_ver"#).unwrap();
+        drop(s);
+    }
+    // A client that stays connected with half a request does not block others.
+    let mut slow = UnixStream::connect(&d.socket).unwrap();
+    slow.write_all(br#"{"jsonrpc":"2.0","method":"#).unwrap();
+    still_serving(&d);
+    // ...and gets its answer when it finishes.
+    slow.write_all(br#""spdk_get_version","id":42}"#).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = slow.read(&mut buf).unwrap();
+    let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+    assert_eq!(v["id"], 42);
+    // Half a request, then a half-close: answered only if complete, so closed.
+    let mut half = UnixStream::connect(&d.socket).unwrap();
+    half.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = String::new();
+    half.read_to_string(&mut out).unwrap();
+    assert!(out.contains("\"id\":1"), "a complete request before EOF is still answered: {out:?}");
+    still_serving(&d);
+}
+
+#[test]
+fn a_thousand_rapid_connects() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut answered = 0;
+    for i in 0..1000 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        if i % 10 == 0 {
+            // Some of them ask something and wait for the answer.
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#).unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 100);
+    // Many held open at once.
+    let held: Vec<UnixStream> = (0..300).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();
+    still_serving(&d);
+    drop(held);
+    still_serving(&d);
+    assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
+}
+
+#[test]
+fn oversized_request_is_refused_and_connection_closed() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = s.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"x\",\"params\":{\"a\":\"");
+            let chunk = vec![b'a'; 1 << 20];
+            for _ in 0..20 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("-32700"), "{text}");
+    still_serving(&d);
+}

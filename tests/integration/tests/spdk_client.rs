@@ -1,0 +1,112 @@
+//! SPDK's own JSON-RPC client (`spdk-rpc` from PyPI `spdk`) drives the daemon.
+
+use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, pollux_rpc, spdk_rpc};
+use serde_json::{Value, json};
+
+fn json_out(what: &str, out: &std::process::Output) -> Value {
+    let text = ok_stdout(what, out);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what} printed non-JSON ({e}):\n{text}"))
+}
+
+#[test]
+fn spdk_client_lists_methods_version_and_reactors() {
+    let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), ..Default::default() });
+    let methods = json_out("rpc_get_methods", &spdk_rpc(&d.socket, &["rpc_get_methods"]));
+    let names: Vec<&str> = methods.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for m in [
+        "rpc_get_methods",
+        "spdk_get_version",
+        "framework_get_subsystems",
+        "framework_get_config",
+        "framework_get_reactors",
+        "thread_get_stats",
+        "thread_get_pollers",
+        "framework_wait_init",
+        "framework_start_init",
+        "spdk_kill_instance",
+        "log_set_level",
+        "log_get_level",
+    ] {
+        assert!(names.contains(&m), "{m} missing from {names:?}");
+    }
+    // -c: only what is callable now (framework_start_init is a start-up method).
+    let current = json_out("rpc_get_methods -c", &spdk_rpc(&d.socket, &["rpc_get_methods", "-c"]));
+    assert!(!current.as_array().unwrap().contains(&json!("framework_start_init")));
+
+    let version = json_out("spdk_get_version", &spdk_rpc(&d.socket, &["spdk_get_version"]));
+    assert!(version["version"].as_str().unwrap().starts_with("Pollux v"), "{version}");
+
+    let reactors = json_out("framework_get_reactors", &spdk_rpc(&d.socket, &["framework_get_reactors"]));
+    let list = reactors["reactors"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{reactors}");
+    assert_eq!(list[0]["lcore"], 0);
+    assert_eq!(list[1]["lcore"], 1);
+    assert!(reactors["tick_rate"].as_u64().unwrap() > 0);
+
+    let stats = json_out("thread_get_stats", &spdk_rpc(&d.socket, &["thread_get_stats"]));
+    assert_eq!(stats["threads"].as_array().unwrap().len(), 2);
+    let pollers = json_out("thread_get_pollers", &spdk_rpc(&d.socket, &["thread_get_pollers"]));
+    assert!(pollers["threads"][0]["timed_pollers"].as_array().unwrap().iter().any(|p| p["name"] == "rpc_server"));
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn spdk_client_save_config_and_load_config_round_trip() {
+    let d = Daemon::start(DaemonOpts::default());
+    let saved = json_out("save_config", &spdk_rpc(&d.socket, &["save_config"]));
+    assert!(saved["subsystems"].is_array(), "{saved}");
+    // Every subsystem the target lists appears in the saved config, in order.
+    let subs = json_out("framework_get_subsystems", &spdk_rpc(&d.socket, &["framework_get_subsystems"]));
+    let listed: Vec<&Value> = subs.as_array().unwrap().iter().map(|s| &s["subsystem"]).collect();
+    let in_config: Vec<&Value> = saved["subsystems"].as_array().unwrap().iter().map(|s| &s["subsystem"]).collect();
+    assert_eq!(listed, in_config);
+
+    // Our client's save_config prints the same document.
+    let ours = json_out("pollux-rpc save_config", &pollux_rpc(&d.socket, &["save_config"]));
+    assert_eq!(ours, saved);
+
+    // A saved config loads into a fresh target waiting for RPC, which then
+    // reaches the same state.
+    let dir = TempDir::new("roundtrip");
+    let file = dir.join("saved.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
+    let fresh = Daemon::start(DaemonOpts { wait_for_rpc: true, ..Default::default() });
+    ok_stdout("load_config", &spdk_rpc(&fresh.socket, &["load_config", "-j", file.to_str().unwrap()]));
+    ok_stdout("framework_wait_init", &spdk_rpc(&fresh.socket, &["framework_wait_init"]));
+    let again = json_out("save_config", &spdk_rpc(&fresh.socket, &["save_config"]));
+    assert_eq!(again, saved);
+    // And with -c at start-up.
+    let from_file = Daemon::start(DaemonOpts { config: Some(saved.clone()), ..Default::default() });
+    assert_eq!(json_out("save_config", &spdk_rpc(&from_file.socket, &["save_config"])), saved);
+    d.stop();
+}
+
+#[test]
+fn spdk_client_sends_newer_optional_parameters() {
+    let d = Daemon::start(DaemonOpts::default());
+    // spdk-rpc 26.x sends with_batches on framework_get_config.
+    let subs = json_out("framework_get_subsystems", &spdk_rpc(&d.socket, &["framework_get_subsystems"]));
+    for s in subs.as_array().unwrap() {
+        let name = s["subsystem"].as_str().unwrap();
+        json_out("framework_get_config", &spdk_rpc(&d.socket, &["framework_get_config", name, "--with-batches"]));
+    }
+    // Log levels by SPDK's names.
+    ok_stdout("log_set_level", &spdk_rpc(&d.socket, &["log_set_level", "DEBUG"]));
+    let lvl = ok_stdout("log_get_level", &spdk_rpc(&d.socket, &["log_get_level"]));
+    assert!(lvl.contains("DEBUG"), "{lvl}");
+    // Errors come back as JSON-RPC errors that spdk-rpc reports.
+    let out = spdk_rpc(&d.socket, &["framework_get_config", "no_such_subsystem"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-32602") && err.contains("no_such_subsystem"), "{err}");
+    d.stop();
+}
+
+#[test]
+fn spdk_client_kill_instance_stops_the_daemon_cleanly() {
+    let mut d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), ..Default::default() });
+    ok_stdout("spdk_kill_instance", &spdk_rpc(&d.socket, &["spdk_kill_instance", "SIGTERM"]));
+    let st = d.wait_exit(std::time::Duration::from_secs(1)).expect("exited within a second");
+    assert_eq!(st.code(), Some(0), "log:\n{}", d.log());
+    assert!(!d.socket.exists(), "socket file removed at exit");
+}
