@@ -81,15 +81,19 @@ fn key_of<D>(dev: &Arc<D>) -> usize {
     Arc::as_ptr(dev) as *const () as usize
 }
 
+/// The current reactor's channel to `dev`, if it has one (never creates it).
+pub fn try_get_io_channel<D: IoDevice>(dev: &Arc<D>) -> Option<IoChannel<D>> {
+    let key = key_of(dev);
+    let any = with_current(|r| r.channels.borrow().get(&key).and_then(Weak::upgrade))?;
+    any.downcast::<ChannelInner<D>>().ok().map(|inner| IoChannel { inner })
+}
+
 /// Get (creating on first use) the current reactor's channel to `dev`.
 pub fn get_io_channel<D: IoDevice>(dev: &Arc<D>) -> IoChannel<D> {
-    let key = key_of(dev);
-    let existing = with_current(|r| r.channels.borrow().get(&key).and_then(Weak::upgrade));
-    if let Some(any) = existing {
-        if let Ok(inner) = any.downcast::<ChannelInner<D>>() {
-            return IoChannel { inner };
-        }
+    if let Some(ch) = try_get_io_channel(dev) {
+        return ch;
     }
+    let key = key_of(dev);
     // Create outside any borrow: a channel may itself take channels to other devices.
     let chan = D::create_channel(dev);
     let inner = Rc::new(ChannelInner { chan, device: dev.clone(), key, reactor: with_current(|r| r.me.clone()) });

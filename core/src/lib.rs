@@ -11,8 +11,11 @@
 //! Nothing here knows about NVMe, SCSI or any target protocol.
 
 pub mod app;
+pub mod bdev;
 pub mod clock;
 pub mod cpuset;
+pub mod dma;
+pub mod inline_fn;
 pub mod io_channel;
 pub mod log;
 pub mod reactor;

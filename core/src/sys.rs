@@ -15,6 +15,7 @@ macro_rules! syscall {
         if res == -1 { Err(std::io::Error::last_os_error()) } else { Ok(res) }
     }};
 }
+pub(crate) use syscall;
 
 /// An epoll instance.
 #[derive(Debug)]

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
     if args.default_config {
         args.app.embedded_config = Some((defaults::NAME.to_string(), defaults::CONFIG.to_string()));
     }
-    let app = App::new("pollux-tgt");
+    let mut app = App::new("pollux-tgt");
+    // What this daemon contains: the bdev layer and its modules.
+    pollux_core::bdev::rpc::register(&mut app);
+    pollux_bdev::register_all(&mut app);
     match app.run(args.app) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),

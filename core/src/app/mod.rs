@@ -56,6 +56,9 @@ pub struct AppArgs {
     /// Log level: ERROR, WARNING, NOTICE, INFO or DEBUG
     #[arg(long, default_value = "NOTICE", value_name = "LEVEL")]
     pub log_level: Level,
+    /// Limit DMA memory (buffer pools, device queues) to this many MiB
+    #[arg(short = 's', long = "mem-size", value_name = "MB")]
+    pub mem_size: Option<u64>,
     /// Do not pin reactor threads to their cores (for shared test machines)
     #[arg(long, hide = true)]
     pub no_pin: bool,
@@ -140,6 +143,7 @@ impl App {
             (None, Some((name, text))) => config::load_str(name, text)?,
             (None, None) => Vec::new(),
         };
+        crate::dma::set_limit(args.mem_size.map(|mb| (mb as usize) << 20));
         sys::block_shutdown_signals().map_err(AppError::Signals)?;
         let exit_code = Rc::new(Cell::new(0));
         let opts = reactor::Options {

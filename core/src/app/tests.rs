@@ -114,6 +114,7 @@ fn launch(tag: &str, config: Option<Value>, wait_for_rpc: bool, reactors: usize)
             interrupt_mode: true,
             log_level: Level::Notice,
             no_pin: true,
+            mem_size: None,
             embedded_config: None,
         };
         app.run(args).map_err(|e| e.to_string())
@@ -227,6 +228,7 @@ fn unreadable_config_fails_before_start() {
         interrupt_mode: true,
         log_level: Level::Notice,
         no_pin: true,
+            mem_size: None,
         embedded_config: None,
     };
     let err = App::new("x").run(args).unwrap_err();
@@ -244,6 +246,7 @@ fn core_masks_outside_the_affinity_are_refused() {
         interrupt_mode: true,
         log_level: Level::Notice,
         no_pin: true,
+            mem_size: None,
         embedded_config: None,
     };
     let err = App::new("x").run(args).unwrap_err();

@@ -267,7 +267,7 @@ impl Inner {
         busy |= self.pollers.run_active();
         busy |= self.pollers.run_timed(now);
         busy |= self.flush_overflow();
-        self.pollers.compact();
+        busy |= self.pollers.compact();
 
         let end = clock::ticks();
         let dt = end.saturating_sub(now);

@@ -275,9 +275,10 @@ impl PollerSet {
     }
 
     /// Apply registrations and unregistrations made during the iteration.
-    pub(crate) fn compact(&self) {
+    /// Returns whether anything changed (new pollers want an iteration).
+    pub(crate) fn compact(&self) -> bool {
         if !self.dirty.replace(false) {
-            return;
+            return false;
         }
         let mut removed = Vec::new();
         for list in [&self.active, &self.timed] {
@@ -311,6 +312,7 @@ impl PollerSet {
         // Closures are dropped here, outside every borrow: they may own other
         // pollers whose Drop sets `dirty` again, handled next iteration.
         drop(removed);
+        true
     }
 
     /// Earliest deadline of a timed poller, in ticks.

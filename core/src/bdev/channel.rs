@@ -1,0 +1,246 @@
+//! A bdev's per-reactor channel: the backend's channel, the request free
+//! list, statistics, and the submission path with its checks.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::clock;
+use crate::dma::{self, DmaBuf};
+use crate::inline_fn::InlineFn;
+use crate::io_channel::IoDevice;
+use crate::reactor::{self, PollStatus, Poller};
+
+use super::io::{BdevIo, Home, IoStatus, IoType, Slot};
+use super::stats::IoStats;
+use super::{BackendChannel, Bdev};
+
+/// Completions made from inside a backend's submit, run in the next
+/// iteration (one queue and one poller per reactor).
+pub(crate) struct Deferred {
+    list: RefCell<Vec<BdevIo>>,
+    spare: RefCell<Vec<BdevIo>>,
+    _poller: Poller,
+}
+
+impl Deferred {
+    fn get() -> Rc<Deferred> {
+        if let Some(d) = reactor::local::<Deferred>() {
+            return d;
+        }
+        let poller = reactor::register_poller("bdev_deferred_completions", || match reactor::local::<Deferred>() {
+            Some(d) => d.run().into(),
+            None => PollStatus::Idle,
+        });
+        let d = Rc::new(Deferred { list: RefCell::new(Vec::with_capacity(256)), spare: RefCell::new(Vec::with_capacity(256)), _poller: poller });
+        reactor::set_local(d.clone());
+        d
+    }
+
+    /// Run the callbacks of deferred completions. Returns how many ran.
+    fn run(&self) -> usize {
+        if self.list.borrow().is_empty() {
+            return 0;
+        }
+        // Swap lists so callbacks may defer more completions meanwhile.
+        let mut batch = self.spare.take();
+        std::mem::swap(&mut batch, &mut *self.list.borrow_mut());
+        let n = batch.len();
+        for io in batch.drain(..) {
+            io.finish();
+        }
+        *self.spare.borrow_mut() = batch;
+        n
+    }
+
+    pub(crate) fn push(&self, io: BdevIo) {
+        self.list.borrow_mut().push(io);
+    }
+}
+
+/// The bdev layer's channel to one bdev on one reactor.
+pub struct BdevChannel {
+    backend: Box<dyn BackendChannel>,
+    pub(crate) home: Rc<Home>,
+    bdev: Arc<Bdev>,
+}
+
+impl IoDevice for Bdev {
+    type Channel = BdevChannel;
+
+    fn create_channel(self: &Arc<Self>) -> BdevChannel {
+        let deferred = Deferred::get();
+        let home = Rc::new(Home {
+            free: RefCell::new(Vec::new()),
+            stats: RefCell::new(IoStats::default()),
+            in_submit: Cell::new(false),
+            deferred,
+            outstanding: Cell::new(0),
+            histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
+        });
+        BdevChannel { backend: self.backend.create_channel(), home, bdev: self.clone() }
+    }
+}
+
+impl Drop for BdevChannel {
+    fn drop(&mut self) {
+        // Keep what this channel counted.
+        self.bdev.retired.lock().unwrap_or_else(|e| e.into_inner()).merge(&self.home.stats.borrow());
+    }
+}
+
+impl BdevChannel {
+    /// Statistics of this channel so far.
+    pub fn stats(&self) -> IoStats {
+        self.home.stats.borrow().clone()
+    }
+
+    pub(crate) fn reset_stats(&self, mode: super::stats::ResetMode) {
+        self.home.stats.borrow_mut().reset(mode);
+    }
+
+    pub(crate) fn set_histogram(&self, on: bool) {
+        self.home.histogram.set(on);
+        if !on {
+            self.home.stats.borrow_mut().histogram = None;
+        }
+    }
+
+    /// Requests submitted and not yet completed.
+    pub fn outstanding(&self) -> u64 {
+        self.home.outstanding.get()
+    }
+
+    /// Build, check and submit a request.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit(
+        &self,
+        writable: bool,
+        kind: IoType,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: InlineFn<BdevIo>,
+    ) {
+        let bdev = &self.bdev;
+        let mut slot = self.home.free.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Slot {
+                kind,
+                offset_blocks: 0,
+                num_blocks: 0,
+                block_size: 0,
+                bufs: Vec::with_capacity(4),
+                status: IoStatus::Pending,
+                cb: None,
+                submitted: 0,
+                bounced: None,
+                home: self.home.clone(),
+            })
+        });
+        slot.kind = kind;
+        slot.offset_blocks = offset_blocks;
+        slot.num_blocks = num_blocks;
+        slot.block_size = bdev.block_size;
+        slot.bufs.extend(bufs);
+        slot.status = IoStatus::Pending;
+        slot.cb = Some(cb);
+        slot.submitted = clock::ticks();
+        self.home.outstanding.set(self.home.outstanding.get() + 1);
+
+        let check = check(bdev, writable, &slot);
+        if check == IoStatus::Success {
+            if let Err(st) = bounce_if_needed(bdev, &mut slot) {
+                return self.fail(slot, st);
+            }
+        } else {
+            return self.fail(slot, check);
+        }
+        self.home.in_submit.set(true);
+        self.backend.submit(BdevIo::from_slot(slot));
+        self.home.in_submit.set(false);
+    }
+
+    /// Complete a request that never reached the backend (in the next
+    /// iteration, like every completion made during submit).
+    fn fail(&self, slot: Box<Slot>, status: IoStatus) {
+        self.home.in_submit.set(true);
+        BdevIo::from_slot(slot).complete(status);
+        self.home.in_submit.set(false);
+    }
+}
+
+fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
+    if bdev.removing.load(Ordering::Relaxed) {
+        return IoStatus::NoDevice;
+    }
+    if !bdev.supports(s.kind) {
+        return IoStatus::Unsupported;
+    }
+    if s.kind.writes() && !writable {
+        return IoStatus::ReadOnly;
+    }
+    if s.kind == IoType::Reset {
+        return IoStatus::Success;
+    }
+    match s.offset_blocks.checked_add(s.num_blocks) {
+        Some(end) if end <= bdev.num_blocks && (s.num_blocks > 0 || s.kind == IoType::Flush) => {}
+        _ => return IoStatus::OutOfRange,
+    }
+    if s.kind.has_data() {
+        let want = s.num_blocks * s.block_size as u64;
+        let have: u64 = s.bufs.iter().map(|b| b.len() as u64).sum();
+        if want != have {
+            return IoStatus::InvalidBuffer;
+        }
+    } else if !s.bufs.is_empty() {
+        return IoStatus::InvalidBuffer;
+    }
+    IoStatus::Success
+}
+
+/// Give the backend buffers it can use: if it needs aligned or contiguous
+/// memory and the caller's buffers are not, swap in one bounce buffer (and
+/// copy the data in for writes). The caller's buffers come back at completion.
+fn bounce_if_needed(bdev: &Bdev, s: &mut Slot) -> Result<(), IoStatus> {
+    if !s.kind.has_data() {
+        return Ok(());
+    }
+    let align = bdev.backend.buffer_alignment().max(1);
+    let contiguous = bdev.backend.needs_contiguous();
+    let aligned = s.bufs.iter().all(|b| (b.as_ptr() as usize) % align == 0 && b.len() % align == 0);
+    if aligned && (!contiguous || s.bufs.len() <= 1) {
+        return Ok(());
+    }
+    let total: usize = s.bufs.iter().map(|b| b.len()).sum();
+    let mut bounce = match dma::pool().ok().and_then(|p| p.get(total)) {
+        Some(b) => b,
+        None => DmaBuf::alloc(total).map_err(|_| IoStatus::NoMemory)?,
+    };
+    bounce.set_len(total);
+    if s.kind != IoType::Read {
+        let mut off = 0;
+        for b in &s.bufs {
+            bounce[off..off + b.len()].copy_from_slice(b);
+            off += b.len();
+        }
+    }
+    let orig = std::mem::replace(&mut s.bufs, Vec::with_capacity(1));
+    s.bufs.push(bounce);
+    s.bounced = Some(orig);
+    Ok(())
+}
+
+/// At completion: copy read data back and restore the caller's buffers.
+pub(crate) fn unbounce(s: &mut Slot, mut orig: Vec<DmaBuf>) {
+    if s.kind == IoType::Read && s.status == IoStatus::Success {
+        let src = &s.bufs[0];
+        let mut off = 0;
+        for b in orig.iter_mut() {
+            let n = b.len();
+            b.copy_from_slice(&src[off..off + n]);
+            off += n;
+        }
+    }
+    s.bufs = orig;
+}

@@ -1,0 +1,297 @@
+//! I/O requests: what a consumer submits and a backend completes.
+//!
+//! A [`BdevIo`] owns everything about one request, including its data
+//! buffers, from submission to completion; the backend gets it by value and
+//! hands it back with [`BdevIo::complete`]; the consumer's callback receives
+//! it with its status and buffers. Requests come from a per-channel free list
+//! and return to it when dropped, so steady-state I/O allocates nothing.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::Rc;
+
+use crate::clock;
+use crate::dma::DmaBuf;
+use crate::inline_fn::InlineFn;
+
+use super::stats::IoStats;
+
+/// The kinds of request a bdev may support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoType {
+    Read,
+    Write,
+    Flush,
+    Unmap,
+    WriteZeroes,
+    Reset,
+    Compare,
+}
+
+impl IoType {
+    pub const ALL: [IoType; 7] = [IoType::Read, IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes, IoType::Reset, IoType::Compare];
+
+    /// SPDK's name in `supported_io_types`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoType::Read => "read",
+            IoType::Write => "write",
+            IoType::Flush => "flush",
+            IoType::Unmap => "unmap",
+            IoType::WriteZeroes => "write_zeroes",
+            IoType::Reset => "reset",
+            IoType::Compare => "compare",
+        }
+    }
+
+    /// Whether the request carries data buffers.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoType::Read | IoType::Write | IoType::Compare)
+    }
+
+    /// Whether the request changes the medium.
+    pub fn writes(self) -> bool {
+        matches!(self, IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    /// Not completed yet.
+    Pending,
+    Success,
+    /// The device failed the request (I/O error).
+    Failed,
+    /// The bdev does not support this kind of request.
+    Unsupported,
+    /// The blocks are beyond the end of the bdev.
+    OutOfRange,
+    /// The buffers do not hold `num_blocks` blocks (or are misaligned).
+    InvalidBuffer,
+    /// A write through a descriptor opened read-only.
+    ReadOnly,
+    /// The bdev is gone (hot removed or deleted).
+    NoDevice,
+    /// No resources right now: the caller may retry.
+    NoMemory,
+    Aborted,
+    /// A compare found different data at this byte offset of the request.
+    Miscompare { offset: u64 },
+    /// A media error (unrecovered read error, write fault).
+    Media,
+    /// NVMe status from a device, passed through for NVMe-aware consumers.
+    Nvme { sct: u8, sc: u8 },
+}
+
+impl IoStatus {
+    pub fn is_ok(self) -> bool {
+        self == IoStatus::Success
+    }
+}
+
+/// The completion callback: called once, on the submitting reactor.
+pub(crate) type Callback = InlineFn<BdevIo>;
+
+/// The pooled body of a request.
+pub(crate) struct Slot {
+    pub(crate) kind: IoType,
+    pub(crate) offset_blocks: u64,
+    pub(crate) num_blocks: u64,
+    pub(crate) block_size: u32,
+    pub(crate) bufs: Vec<DmaBuf>,
+    pub(crate) status: IoStatus,
+    pub(crate) cb: Option<Callback>,
+    pub(crate) submitted: u64,
+    /// Bounce buffer use: the caller's buffers while the backend works on a copy.
+    pub(crate) bounced: Option<Vec<DmaBuf>>,
+    pub(crate) home: Rc<Home>,
+}
+
+/// Per-channel state a request needs at completion.
+pub(crate) struct Home {
+    pub(crate) free: RefCell<Vec<Box<Slot>>>,
+    pub(crate) stats: RefCell<IoStats>,
+    /// Set while the backend's submit runs: completions are deferred then.
+    pub(crate) in_submit: Cell<bool>,
+    pub(crate) deferred: Rc<super::channel::Deferred>,
+    pub(crate) outstanding: Cell<u64>,
+    pub(crate) histogram: Cell<bool>,
+}
+
+/// One I/O request. `!Send`: it lives on the reactor that submitted it.
+pub struct BdevIo {
+    slot: Option<Box<Slot>>,
+}
+
+impl fmt::Debug for BdevIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.slot();
+        f.debug_struct("BdevIo")
+            .field("kind", &s.kind)
+            .field("offset_blocks", &s.offset_blocks)
+            .field("num_blocks", &s.num_blocks)
+            .field("status", &s.status)
+            .finish()
+    }
+}
+
+impl BdevIo {
+    pub(crate) fn from_slot(slot: Box<Slot>) -> BdevIo {
+        BdevIo { slot: Some(slot) }
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self) -> &Slot {
+        self.slot.as_deref().expect("live request")
+    }
+
+    #[inline]
+    pub(crate) fn slot_mut(&mut self) -> &mut Slot {
+        self.slot.as_deref_mut().expect("live request")
+    }
+
+    pub fn kind(&self) -> IoType {
+        self.slot().kind
+    }
+
+    pub fn offset_blocks(&self) -> u64 {
+        self.slot().offset_blocks
+    }
+
+    pub fn num_blocks(&self) -> u64 {
+        self.slot().num_blocks
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.slot().block_size
+    }
+
+    /// Byte offset of the request on the bdev.
+    pub fn offset_bytes(&self) -> u64 {
+        self.slot().offset_blocks * self.slot().block_size as u64
+    }
+
+    /// Length of the request in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.slot().num_blocks * self.slot().block_size as u64
+    }
+
+    pub fn status(&self) -> IoStatus {
+        self.slot().status
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.slot().status.is_ok()
+    }
+
+    /// The data buffers (read: to fill; write: to take data from).
+    pub fn buffers(&self) -> &[DmaBuf] {
+        &self.slot().bufs
+    }
+
+    pub fn buffers_mut(&mut self) -> &mut [DmaBuf] {
+        &mut self.slot_mut().bufs
+    }
+
+    /// Take the buffers out (the consumer keeps them after completion).
+    pub fn take_buffers(&mut self) -> Vec<DmaBuf> {
+        std::mem::take(&mut self.slot_mut().bufs)
+    }
+
+    /// Take the buffers out into `out` without allocating.
+    pub fn take_buffers_into(&mut self, out: &mut Vec<DmaBuf>) {
+        out.append(&mut self.slot_mut().bufs);
+    }
+
+    /// Copy `data` into the request's buffers from byte `offset` (backends).
+    pub fn copy_in(&mut self, mut offset: usize, mut data: &[u8]) {
+        for b in self.slot_mut().bufs.iter_mut() {
+            if data.is_empty() {
+                break;
+            }
+            if offset >= b.len() {
+                offset -= b.len();
+                continue;
+            }
+            let n = (b.len() - offset).min(data.len());
+            b[offset..offset + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            offset = 0;
+        }
+    }
+
+    /// Copy the request's buffers into `out`, from byte `offset` (backends).
+    pub fn copy_out(&self, mut offset: usize, mut out: &mut [u8]) {
+        for b in self.slot().bufs.iter() {
+            if out.is_empty() {
+                break;
+            }
+            if offset >= b.len() {
+                offset -= b.len();
+                continue;
+            }
+            let n = (b.len() - offset).min(out.len());
+            out[..n].copy_from_slice(&b[offset..offset + n]);
+            out = &mut out[n..];
+            offset = 0;
+        }
+    }
+
+    /// Finish the request. Called once, by the backend, on the reactor that
+    /// submitted it. The consumer's callback runs now, or in the next
+    /// iteration when the backend completes from inside its submit (so a
+    /// consumer that resubmits from its callback never recurses).
+    pub fn complete(mut self, status: IoStatus) {
+        debug_assert!(status != IoStatus::Pending);
+        let now = clock::ticks();
+        let home = {
+            let s = self.slot_mut();
+            s.status = status;
+            if let Some(orig) = s.bounced.take() {
+                super::channel::unbounce(s, orig);
+            }
+            let home = s.home.clone();
+            home.stats.borrow_mut().record(s.kind, s.num_blocks * s.block_size as u64, status, now.saturating_sub(s.submitted), home.histogram.get());
+            home.outstanding.set(home.outstanding.get() - 1);
+            home
+        };
+        if home.in_submit.get() {
+            home.deferred.push(self);
+        } else {
+            self.finish();
+        }
+    }
+
+    /// Run the consumer's callback.
+    pub(crate) fn finish(mut self) {
+        match self.slot_mut().cb.take() {
+            Some(cb) => cb.call(self),
+            None => drop(self),
+        }
+    }
+}
+
+impl Drop for BdevIo {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.slot.take() {
+            if s.status == IoStatus::Pending && s.cb.is_some() {
+                // A backend dropped a request without completing it: the
+                // consumer still gets its callback, so nothing waits forever.
+                s.home.outstanding.set(s.home.outstanding.get() - 1);
+                s.status = IoStatus::Aborted;
+                if let Some(orig) = s.bounced.take() {
+                    s.bufs = orig;
+                }
+                let cb = s.cb.take().expect("callback");
+                cb.call(BdevIo { slot: Some(s) });
+                return;
+            }
+            s.bufs.clear();
+            s.bounced = None;
+            s.cb = None;
+            let home = s.home.clone();
+            home.free.borrow_mut().push(s);
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The block-device layer ("bdev"): one interface in front of every kind of
+//! block device, as SPDK's.
+//!
+//! Providers implement [`Backend`] (what a module such as malloc, null,
+//! io_uring or NVMe knows about its device) and [`BackendChannel`] (its
+//! per-reactor submission state), then [`register`] a bdev. Consumers (targets,
+//! `pollux-perf`) [`open`] a bdev by name and get a [`Descriptor`]; on each
+//! reactor they take the bdev's I/O channel ([`Descriptor::channel`]) and
+//! submit requests with a completion callback that runs on that reactor.
+//!
+//! The layer checks every request (range, buffer length, type, write access),
+//! gives backends aligned or contiguous buffers when they need them (bounce
+//! buffers), counts statistics per channel, and defers completions made inside
+//! a submit to the next iteration so callbacks never recurse.
+//!
+//! The registry lives on the main reactor: registering, opening and deleting
+//! bdevs happen there. Descriptors are `Send + Sync` handles that may be used
+//! on any reactor; requests and channels never leave the reactor they belong to.
+
+mod channel;
+mod io;
+mod registry;
+pub mod rpc;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+pub use channel::BdevChannel;
+pub use io::{BdevIo, IoStatus, IoType};
+pub use registry::{BdevEvent, Descriptor, get, list, open, open_count, register, unregister};
+pub use stats::IoStats;
+pub use uuid::Uuid;
+
+use crate::dma::DmaBuf;
+use crate::inline_fn::InlineFn;
+use crate::io_channel::{IoChannel, get_io_channel};
+
+/// What a bdev module knows about one of its devices. Shared by all reactors.
+pub trait Backend: Send + Sync + 'static {
+    /// The module that made it (`"malloc"`), as in SPDK's `driver_specific`.
+    fn module_name(&self) -> &'static str;
+    /// A product name for `bdev_get_bdevs` (`"Malloc disk"`).
+    fn product_name(&self) -> &'static str;
+    fn supports(&self, kind: IoType) -> bool;
+    /// Per-reactor submission state; called on the reactor that will use it.
+    fn create_channel(&self) -> Box<dyn BackendChannel>;
+    /// Required alignment of data buffers (address and length), in bytes.
+    fn buffer_alignment(&self) -> usize {
+        1
+    }
+    /// Whether every request must come in one buffer.
+    fn needs_contiguous(&self) -> bool {
+        false
+    }
+    /// Module-specific facts for `bdev_get_bdevs`.
+    fn driver_specific(&self) -> Value {
+        Value::Object(Default::default())
+    }
+    /// The RPC call that recreates this bdev, for `save_config`.
+    fn config_call(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
+        None
+    }
+    /// The bdev was unregistered and no descriptor is open any more.
+    fn destroy(&self) {}
+}
+
+/// A backend's per-reactor half: takes requests and completes them later
+/// (or at once) with [`BdevIo::complete`], on the same reactor.
+pub trait BackendChannel {
+    fn submit(&self, io: BdevIo);
+}
+
+/// Everything needed to register a bdev.
+pub struct BdevSpec {
+    pub name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// `None` generates a random UUID.
+    pub uuid: Option<Uuid>,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Why a bdev operation failed. Each maps to the negative errno SPDK's RPCs
+/// report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BdevError {
+    #[error("bdev {0} already exists")]
+    Exists(String),
+    #[error("bdev {0} not found")]
+    NotFound(String),
+    #[error("bdev {0} is being deleted")]
+    Removing(String),
+    #[error("invalid bdev parameters: {0}")]
+    Invalid(String),
+    #[error("the bdev layer runs on the main reactor only")]
+    WrongReactor,
+}
+
+impl BdevError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            BdevError::Exists(_) => libc::EEXIST,
+            BdevError::NotFound(_) => libc::ENODEV,
+            BdevError::Removing(_) => libc::EBUSY,
+            BdevError::Invalid(_) => libc::EINVAL,
+            BdevError::WrongReactor => libc::EPERM,
+        }
+    }
+}
+
+impl From<BdevError> for crate::rpc::RpcError {
+    fn from(e: BdevError) -> Self {
+        crate::rpc::RpcError::errno(e.errno(), e)
+    }
+}
+
+/// A registered block device. Shared by all reactors (`Arc<Bdev>`); its
+/// per-reactor state is its [`BdevChannel`].
+pub struct Bdev {
+    name: String,
+    block_size: u32,
+    num_blocks: u64,
+    uuid: Uuid,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) removing: AtomicBool,
+    pub(crate) histogram: AtomicBool,
+    /// Statistics of channels already destroyed.
+    pub(crate) retired: Mutex<IoStats>,
+}
+
+impl std::fmt::Debug for Bdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bdev").field("name", &self.name).field("block_size", &self.block_size).field("num_blocks", &self.num_blocks).finish()
+    }
+}
+
+impl Bdev {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.num_blocks * self.block_size as u64
+    }
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+    pub fn supports(&self, kind: IoType) -> bool {
+        self.backend.supports(kind)
+    }
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn is_removing(&self) -> bool {
+        self.removing.load(Ordering::Relaxed)
+    }
+    /// Required alignment of buffers handed to the backend (the layer
+    /// bounces misaligned ones, so consumers only need it for speed).
+    pub fn buffer_alignment(&self) -> usize {
+        self.backend.buffer_alignment()
+    }
+}
+
+impl Descriptor {
+    /// The current reactor's channel to this bdev.
+    pub fn channel(&self) -> IoChannel<Bdev> {
+        get_io_channel(self.bdev())
+    }
+
+    /// Submit any request. `bufs` must hold exactly `num_blocks` blocks for
+    /// read, write and compare, and nothing otherwise. `cb` runs once, on this
+    /// reactor, with the finished request (its status and buffers).
+    pub fn submit(
+        &self,
+        ch: &IoChannel<Bdev>,
+        kind: IoType,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo) + 'static,
+    ) {
+        debug_assert!(Arc::ptr_eq(ch.device(), self.bdev()), "channel of another bdev");
+        ch.submit(self.writable(), kind, bufs, offset_blocks, num_blocks, InlineFn::new(cb));
+    }
+
+    pub fn read(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Read, bufs, offset_blocks, num_blocks, cb)
+    }
+
+    pub fn write(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Write, bufs, offset_blocks, num_blocks, cb)
+    }
+
+    /// Compare the blocks with `bufs`; a difference ends with
+    /// [`IoStatus::Miscompare`].
+    pub fn compare(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Compare, bufs, offset_blocks, num_blocks, cb)
+    }
+
+    pub fn unmap(&self, ch: &IoChannel<Bdev>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Unmap, None, offset_blocks, num_blocks, cb)
+    }
+
+    pub fn write_zeroes(&self, ch: &IoChannel<Bdev>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::WriteZeroes, None, offset_blocks, num_blocks, cb)
+    }
+
+    pub fn flush(&self, ch: &IoChannel<Bdev>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Flush, None, offset_blocks, num_blocks, cb)
+    }
+
+    pub fn reset(&self, ch: &IoChannel<Bdev>, cb: impl FnOnce(BdevIo) + 'static) {
+        self.submit(ch, IoType::Reset, None, 0, 0, cb)
+    }
+}
+
+#[cfg(test)]
+mod tests;

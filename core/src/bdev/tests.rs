@@ -1,0 +1,268 @@
+//! The bdev layer against a small in-memory backend, on the step harness.
+
+use super::*;
+use crate::dma::{self, DmaBuf};
+use crate::reactor::{self, Harness};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A RAM backend that completes at once (inside submit), with options to
+/// require aligned buffers and to hold requests until released.
+struct Ram {
+    data: std::sync::Mutex<Vec<u8>>,
+    align: usize,
+    hold: bool,
+    destroyed: AtomicUsize,
+}
+
+thread_local! {
+    static HELD: RefCell<Vec<BdevIo>> = const { RefCell::new(Vec::new()) };
+}
+
+struct RamChannel(Arc<Ram>);
+
+impl Backend for Arc<Ram> {
+    fn module_name(&self) -> &'static str {
+        "test_ram"
+    }
+    fn product_name(&self) -> &'static str {
+        "Test RAM disk"
+    }
+    fn supports(&self, kind: IoType) -> bool {
+        kind != IoType::Compare
+    }
+    fn create_channel(&self) -> Box<dyn BackendChannel> {
+        Box::new(RamChannel(self.clone()))
+    }
+    fn buffer_alignment(&self) -> usize {
+        self.align
+    }
+    fn destroy(&self) {
+        self.destroyed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl BackendChannel for RamChannel {
+    fn submit(&self, mut io: BdevIo) {
+        let ram = &self.0;
+        for b in io.buffers() {
+            assert_eq!(b.as_ptr() as usize % ram.align, 0, "backend got a misaligned buffer");
+        }
+        let off = io.offset_bytes() as usize;
+        let len = io.len_bytes() as usize;
+        match io.kind() {
+            IoType::Read => {
+                let data = ram.data.lock().unwrap()[off..off + len].to_vec();
+                io.copy_in(0, &data);
+            }
+            IoType::Write => {
+                let mut tmp = vec![0u8; len];
+                io.copy_out(0, &mut tmp);
+                ram.data.lock().unwrap()[off..off + len].copy_from_slice(&tmp);
+            }
+            IoType::Unmap | IoType::WriteZeroes => ram.data.lock().unwrap()[off..off + len].fill(0),
+            _ => {}
+        }
+        if ram.hold {
+            HELD.with(|h| h.borrow_mut().push(io));
+        } else {
+            io.complete(IoStatus::Success);
+        }
+    }
+}
+
+fn ram(blocks: u64, align: usize, hold: bool) -> Arc<Ram> {
+    Arc::new(Ram { data: std::sync::Mutex::new(vec![0; blocks as usize * 512]), align, hold, destroyed: AtomicUsize::new(0) })
+}
+
+fn make(h: &Harness, name: &str, r: &Arc<Ram>, blocks: u64) -> Arc<Bdev> {
+    let backend: Arc<dyn Backend> = Arc::new(r.clone());
+    h.on(0, || register(BdevSpec { name: name.into(), block_size: 512, num_blocks: blocks, uuid: None, backend }).unwrap())
+}
+
+fn buf(len: usize, fill: u8) -> DmaBuf {
+    let mut b = dma::pool().unwrap().get(len).unwrap();
+    b.fill(fill);
+    b
+}
+
+type Out = Rc<RefCell<Vec<(IoStatus, Vec<u8>)>>>;
+
+fn collect(out: &Out) -> impl FnOnce(BdevIo) + 'static {
+    let out = out.clone();
+    move |mut io: BdevIo| {
+        let data: Vec<u8> = io.take_buffers().iter().flat_map(|b| b.to_vec()).collect();
+        out.borrow_mut().push((io.status(), data));
+    }
+}
+
+#[test]
+fn write_then_read_back_with_deferred_completion() {
+    let h = Harness::new(1);
+    let r = ram(64, 1, false);
+    make(&h, "ram0", &r, 64);
+    let out: Out = Rc::default();
+    let o = out.clone();
+    h.on(0, move || {
+        let d = open("ram0", true, |_| {}).unwrap();
+        let ch = d.channel();
+        d.write(&ch, [buf(1024, 0xab)], 4, 2, collect(&o));
+        d.read(&ch, [buf(512, 0), buf(512, 0)], 4, 2, collect(&o));
+        // Completions made inside submit run in a later iteration.
+        assert!(o.borrow().is_empty());
+        reactor::set_local(Rc::new((d, ch)));
+    });
+    h.run_until_idle(10);
+    let out = out.borrow();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].0, IoStatus::Success);
+    assert_eq!(out[1], (IoStatus::Success, vec![0xab; 1024]));
+    assert_eq!(&r.data.lock().unwrap()[4 * 512..6 * 512], &[0xab; 1024][..]);
+}
+
+#[test]
+fn bad_requests_complete_with_errors() {
+    let h = Harness::new(1);
+    let r = ram(16, 1, false);
+    make(&h, "ram1", &r, 16);
+    let out: Out = Rc::default();
+    let o = out.clone();
+    h.on(0, move || {
+        let ro = open("ram1", false, |_| {}).unwrap();
+        let rw = open("ram1", true, |_| {}).unwrap();
+        let ch = rw.channel();
+        rw.read(&ch, [buf(512, 0)], 16, 1, collect(&o)); // beyond the end
+        rw.read(&ch, [buf(512, 0)], u64::MAX, 1, collect(&o)); // overflowing range
+        rw.read(&ch, [buf(100, 0)], 0, 1, collect(&o)); // buffer shorter than a block
+        rw.compare(&ch, [buf(512, 0)], 0, 1, collect(&o)); // unsupported type
+        ro.write(&ch, [buf(512, 0)], 0, 1, collect(&o)); // read-only descriptor
+        rw.read(&ch, [buf(0, 0)], 0, 0, collect(&o)); // zero blocks
+        reactor::set_local(Rc::new((ro, rw, ch)));
+    });
+    h.run_until_idle(10);
+    let st: Vec<IoStatus> = out.borrow().iter().map(|x| x.0).collect();
+    assert_eq!(
+        st,
+        vec![IoStatus::OutOfRange, IoStatus::OutOfRange, IoStatus::InvalidBuffer, IoStatus::Unsupported, IoStatus::ReadOnly, IoStatus::OutOfRange]
+    );
+    assert!(r.data.lock().unwrap().iter().all(|&b| b == 0), "nothing was written");
+}
+
+#[test]
+fn misaligned_buffers_are_bounced_for_backends_that_need_alignment() {
+    let h = Harness::new(1);
+    let r = ram(64, 4096, false);
+    make(&h, "aligned", &r, 64);
+    let out: Out = Rc::default();
+    let o = out.clone();
+    h.on(0, move || {
+        let d = open("aligned", true, |_| {}).unwrap();
+        let ch = d.channel();
+        // Two 512-byte buffers: lengths not multiples of 4096.
+        d.write(&ch, [buf(512, 1), buf(512, 2)], 8, 2, collect(&o));
+        d.read(&ch, [buf(512, 0), buf(512, 0)], 8, 2, collect(&o));
+        reactor::set_local(Rc::new((d, ch)));
+    });
+    h.run_until_idle(10);
+    let out = out.borrow();
+    assert_eq!(out[0].0, IoStatus::Success);
+    let mut want = vec![1u8; 512];
+    want.extend([2u8; 512]);
+    assert_eq!(out[1], (IoStatus::Success, want), "caller's buffers came back filled");
+}
+
+#[test]
+fn delete_while_open_notifies_and_completes_after_close() {
+    let h = Harness::new(2);
+    let r = ram(16, 1, false);
+    make(&h, "victim", &r, 16);
+    let events = Arc::new(AtomicUsize::new(0));
+    let deleted = Rc::new(Cell::new(false));
+    let ev = events.clone();
+    // Opened on reactor 0, used from reactor 1.
+    let desc = h.on(0, move || open("victim", true, move |e| {
+        assert_eq!(e, BdevEvent::Remove);
+        ev.fetch_add(1, Ordering::SeqCst);
+    }).unwrap());
+    let d1 = desc.clone();
+    h.on(1, move || reactor::set_local(Rc::new(d1)));
+    let del = deleted.clone();
+    h.on(0, move || unregister("victim", move |res| {
+        assert!(res.is_ok());
+        del.set(true);
+    }));
+    h.run_until_idle(10);
+    assert_eq!(events.load(Ordering::SeqCst), 1, "user told to close");
+    assert!(!deleted.get(), "still open");
+    // I/O on a bdev being deleted fails.
+    let out: Out = Rc::default();
+    let o = out.clone();
+    let d2 = desc.clone();
+    h.on(1, move || {
+        let ch = d2.channel();
+        d2.read(&ch, [buf(512, 0)], 0, 1, collect(&o));
+        reactor::set_local(Rc::new(ch));
+    });
+    h.run_until_idle(10);
+    assert_eq!(out.borrow()[0].0, IoStatus::NoDevice);
+    assert!(h.on(0, || open("victim", false, |_| {})).is_err(), "cannot open a bdev being deleted");
+    // Close everywhere.
+    drop(desc);
+    h.on(1, || {
+        reactor::take_local::<Descriptor>();
+        reactor::take_local::<crate::io_channel::IoChannel<Bdev>>();
+    });
+    h.run_until_idle(10);
+    assert!(deleted.get(), "deleted after the last close");
+    assert_eq!(r.destroyed.load(Ordering::SeqCst), 1);
+    assert!(h.on(0, || get("victim")).is_none());
+}
+
+#[test]
+fn names_must_be_unique_and_bdevs_well_formed() {
+    let h = Harness::new(1);
+    let r = ram(8, 1, false);
+    make(&h, "dup", &r, 8);
+    let backend: Arc<dyn Backend> = Arc::new(r.clone());
+    let b2 = backend.clone();
+    let e = h.on(0, move || register(BdevSpec { name: "dup".into(), block_size: 512, num_blocks: 8, uuid: None, backend }).unwrap_err());
+    assert_eq!(e, BdevError::Exists("dup".into()));
+    assert_eq!(e.errno(), libc::EEXIST);
+    let e = h.on(0, move || register(BdevSpec { name: "odd".into(), block_size: 520, num_blocks: 8, uuid: None, backend: b2 }).unwrap_err());
+    assert!(matches!(e, BdevError::Invalid(_)));
+    assert_eq!(h.on(0, || open("nope", false, |_| {}).unwrap_err()), BdevError::NotFound("nope".into()));
+}
+
+#[test]
+fn statistics_count_per_channel_and_a_dropped_request_still_calls_back() {
+    let h = Harness::new(1);
+    let r = ram(16, 1, true);
+    make(&h, "held", &r, 16);
+    let out: Out = Rc::default();
+    let o = out.clone();
+    h.on(0, move || {
+        let d = open("held", true, |_| {}).unwrap();
+        let ch = d.channel();
+        d.write(&ch, [buf(512, 3)], 0, 1, collect(&o));
+        d.write(&ch, [buf(512, 4)], 1, 1, collect(&o));
+        assert_eq!(ch.outstanding(), 2);
+        reactor::set_local(Rc::new((d, ch)));
+    });
+    // Complete one, drop the other without completing.
+    h.on(0, || {
+        let mut held = HELD.with(|x| std::mem::take(&mut *x.borrow_mut()));
+        let second = held.pop().unwrap();
+        held.pop().unwrap().complete(IoStatus::Success);
+        drop(second);
+    });
+    h.run_until_idle(10);
+    let st: Vec<IoStatus> = out.borrow().iter().map(|x| x.0).collect();
+    assert_eq!(st, vec![IoStatus::Success, IoStatus::Aborted]);
+    let (writes, errors, outstanding) = h.on(0, || {
+        let (_, ch) = &*reactor::local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>().unwrap();
+        let s = ch.stats();
+        (s.write.ops, s.errors, ch.outstanding())
+    });
+    assert_eq!((writes, errors, outstanding), (1, 0, 0));
+}

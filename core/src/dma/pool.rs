@@ -1,0 +1,319 @@
+//! Per-reactor buffer pools (SPDK's iobuf): small and large DMA buffers,
+//! taken and returned without locks or allocation. A buffer goes back to its
+//! pool when dropped. When a pool is empty, callers may queue for the next
+//! buffer ([`BufPool::get_or_wait`]) instead of failing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use super::{DmaError, Iova, Region, allocate_region};
+use crate::inline_fn::InlineFn;
+use crate::reactor::{self, PollStatus, Poller};
+
+/// Sizes and counts of the buffer pools, process-wide (`iobuf_set_options`).
+/// Counts are totals, split evenly among reactors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IobufOptions {
+    pub small_pool_count: u64,
+    pub large_pool_count: u64,
+    pub small_bufsize: u64,
+    pub large_bufsize: u64,
+}
+
+impl Default for IobufOptions {
+    fn default() -> Self {
+        IobufOptions { small_pool_count: 4096, large_pool_count: 512, small_bufsize: 8 * 1024, large_bufsize: 128 * 1024 }
+    }
+}
+
+static OPTIONS: Mutex<Option<IobufOptions>> = Mutex::new(None);
+
+pub fn iobuf_options() -> IobufOptions {
+    OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_default()
+}
+
+/// Set pool options; affects pools created afterwards.
+pub fn set_iobuf_options(o: IobufOptions) {
+    *OPTIONS.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
+}
+
+/// Where a buffer goes when dropped.
+enum Home {
+    Pool(Rc<Class>),
+    /// A buffer with a region of its own (queues, large one-off buffers).
+    Region(Arc<Region>),
+}
+
+/// A DMA buffer: memory a device may read or write, with its IOVA. Owned by
+/// one reactor (`!Send`); returned to its pool on drop. `len` is the part in
+/// use, up to `capacity`.
+pub struct DmaBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+    home: Home,
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaBuf").field("iova", &format_args!("{:#x}", self.iova().0)).field("len", &self.len).field("cap", &self.cap).finish()
+    }
+}
+
+impl DmaBuf {
+    /// A zeroed buffer with a region of its own, page aligned. For long-lived
+    /// device memory (queues); the I/O path uses pools.
+    pub fn alloc(len: usize) -> Result<DmaBuf, DmaError> {
+        let region = allocate_region(len.max(1))?;
+        let ptr = NonNull::new(region.as_ptr()).expect("region pointer");
+        // SAFETY: the region is at least `len` bytes, freshly mapped, ours.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Ok(DmaBuf { ptr, len, cap: region.len(), home: Home::Region(region) })
+    }
+
+    pub fn iova(&self) -> Iova {
+        Iova(self.ptr.as_ptr() as u64)
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Set the length in use; panics beyond the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "DmaBuf length {len} beyond capacity {}", self.cap);
+        self.len = len;
+    }
+}
+
+impl Deref for DmaBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is inside memory this buffer owns exclusively;
+        // while a device may write it the buffer is owned by an I/O request,
+        // so no reference to it can exist.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        match &self.home {
+            Home::Pool(c) => c.free.borrow_mut().push(self.ptr),
+            Home::Region(r) => super::release_region(r),
+        }
+    }
+}
+
+/// One size class of a pool.
+struct Class {
+    size: usize,
+    count: usize,
+    free: RefCell<Vec<NonNull<u8>>>,
+    waiters: RefCell<VecDeque<InlineFn<DmaBuf>>>,
+    /// Keeps the memory mapped while buffers exist.
+    _region: Option<Arc<Region>>,
+    gets: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl Class {
+    fn new(size: usize, count: usize) -> Result<Rc<Class>, DmaError> {
+        let (region, free) = if count == 0 || size == 0 {
+            (None, Vec::new())
+        } else {
+            let region = allocate_region(size * count)?;
+            let base = region.as_ptr();
+            // SAFETY: i * size + size <= size * count <= region length.
+            let free = (0..count).rev().map(|i| NonNull::new(unsafe { base.add(i * size) }).expect("non-null")).collect();
+            (Some(region), free)
+        };
+        Ok(Rc::new(Class {
+            size,
+            count,
+            free: RefCell::new(free),
+            waiters: RefCell::new(VecDeque::new()),
+            _region: region,
+            gets: Cell::new(0),
+            misses: Cell::new(0),
+        }))
+    }
+
+    fn take(self: &Rc<Self>, len: usize) -> Option<DmaBuf> {
+        self.gets.set(self.gets.get() + 1);
+        let ptr = self.free.borrow_mut().pop();
+        match ptr {
+            Some(ptr) => Some(DmaBuf { ptr, len, cap: self.size, home: Home::Pool(self.clone()) }),
+            None => {
+                self.misses.set(self.misses.get() + 1);
+                None
+            }
+        }
+    }
+
+    /// Hand free buffers to queued waiters. Returns how many were served.
+    fn serve(self: &Rc<Self>) -> usize {
+        let mut n = 0;
+        loop {
+            if self.waiters.borrow().is_empty() || self.free.borrow().is_empty() {
+                return n;
+            }
+            let w = self.waiters.borrow_mut().pop_front().expect("waiter");
+            let b = self.take(self.size).expect("free buffer");
+            w.call(b);
+            n += 1;
+        }
+    }
+}
+
+impl Drop for Class {
+    fn drop(&mut self) {
+        if let Some(r) = &self._region {
+            super::release_region(r);
+        }
+    }
+}
+
+/// Statistics of one reactor's pool.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PoolStats {
+    pub small_total: usize,
+    pub small_free: usize,
+    pub small_gets: u64,
+    pub small_misses: u64,
+    pub large_total: usize,
+    pub large_free: usize,
+    pub large_gets: u64,
+    pub large_misses: u64,
+}
+
+/// A reactor's buffer pool.
+pub struct BufPool {
+    small: Rc<Class>,
+    large: Rc<Class>,
+    waiter: RefCell<Option<Poller>>,
+}
+
+impl BufPool {
+    /// A pool with these per-reactor counts.
+    pub fn new(small: (usize, usize), large: (usize, usize)) -> Result<BufPool, DmaError> {
+        Ok(BufPool { small: Class::new(small.0, small.1)?, large: Class::new(large.0, large.1)?, waiter: RefCell::new(None) })
+    }
+
+    pub fn small_size(&self) -> usize {
+        self.small.size
+    }
+
+    pub fn large_size(&self) -> usize {
+        self.large.size
+    }
+
+    fn class_for(&self, len: usize) -> Option<&Rc<Class>> {
+        if len <= self.small.size && self.small.count > 0 {
+            Some(&self.small)
+        } else if len <= self.large.size {
+            Some(&self.large)
+        } else {
+            None
+        }
+    }
+
+    /// A buffer of at least `len` bytes (its length set to `len`), or `None`
+    /// if the class is exhausted or `len` exceeds the large size (split the
+    /// transfer into several buffers then).
+    #[inline]
+    pub fn get(&self, len: usize) -> Option<DmaBuf> {
+        self.class_for(len)?.take(len)
+    }
+
+    /// Like [`BufPool::get`], but when the pool is empty queue `then` to run
+    /// with the next buffer returned (in a later iteration). Returns whether
+    /// `then` ran at once. `len` beyond the large size is a programming error.
+    pub fn get_or_wait(self: &Rc<Self>, len: usize, then: impl FnOnce(DmaBuf) + 'static) -> bool {
+        let class = self.class_for(len).unwrap_or_else(|| panic!("buffer of {len} bytes is larger than the large pool size"));
+        if class.waiters.borrow().is_empty() {
+            if let Some(mut b) = class.take(len) {
+                b.set_len(len);
+                then(b);
+                return true;
+            }
+        }
+        class.waiters.borrow_mut().push_back(InlineFn::new(move |mut b: DmaBuf| {
+            b.set_len(len);
+            then(b)
+        }));
+        self.ensure_waiter_poller();
+        false
+    }
+
+    fn ensure_waiter_poller(self: &Rc<Self>) {
+        if self.waiter.borrow().is_some() {
+            return;
+        }
+        let me = Rc::downgrade(self);
+        let p = reactor::register_poller("iobuf_waiters", move || {
+            let Some(pool) = me.upgrade() else { return PollStatus::Idle };
+            let n = pool.small.serve() + pool.large.serve();
+            if pool.small.waiters.borrow().is_empty() && pool.large.waiters.borrow().is_empty() {
+                // Nobody waits any more: stop polling (dropped at iteration end).
+                pool.waiter.borrow_mut().take();
+            }
+            n.into()
+        });
+        *self.waiter.borrow_mut() = Some(p);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            small_total: self.small.count,
+            small_free: self.small.free.borrow().len(),
+            small_gets: self.small.gets.get(),
+            small_misses: self.small.misses.get(),
+            large_total: self.large.count,
+            large_free: self.large.free.borrow().len(),
+            large_gets: self.large.gets.get(),
+            large_misses: self.large.misses.get(),
+        }
+    }
+}
+
+/// The current reactor's pool, created on first use with its share of the
+/// [`iobuf_options`] counts.
+pub fn pool() -> Result<Rc<BufPool>, DmaError> {
+    if let Some(p) = reactor::local::<BufPool>() {
+        return Ok(p);
+    }
+    let o = iobuf_options();
+    let n = reactor::count().max(1) as u64;
+    let share = |total: u64| total.div_ceil(n) as usize;
+    let p = Rc::new(BufPool::new(
+        (o.small_bufsize as usize, share(o.small_pool_count)),
+        (o.large_bufsize as usize, share(o.large_pool_count)),
+    )?);
+    reactor::set_local(p.clone());
+    Ok(p)
+}

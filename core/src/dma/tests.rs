@@ -1,0 +1,90 @@
+use super::*;
+use crate::reactor::{self, Harness};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Mutex as StdMutex;
+
+/// The allocator is process-wide; tests that count regions run one at a time.
+static SERIAL: StdMutex<()> = StdMutex::new(());
+
+struct Recorder(StdMutex<Vec<(bool, u64, usize)>>);
+impl DmaMapper for Recorder {
+    fn map(&self, vaddr: *mut u8, iova: Iova, len: usize) -> std::io::Result<()> {
+        assert_eq!(vaddr as u64, iova.0, "IOVA = virtual address");
+        self.0.lock().unwrap().push((true, iova.0, len));
+        Ok(())
+    }
+    fn unmap(&self, iova: Iova, len: usize) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((false, iova.0, len));
+        Ok(())
+    }
+}
+
+#[test]
+fn mappers_see_existing_and_later_regions_and_releases() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = DmaBuf::alloc(10_000).unwrap();
+    let rec = Arc::new(Recorder(StdMutex::new(Vec::new())));
+    let id = register_mapper(rec.clone()).unwrap();
+    assert!(rec.0.lock().unwrap().iter().any(|&(m, iova, _)| m && iova == before.iova().0), "existing region mapped");
+    let after = DmaBuf::alloc(5000).unwrap();
+    assert!(rec.0.lock().unwrap().iter().any(|&(m, iova, _)| m && iova == after.iova().0), "new region mapped");
+    let iova = after.iova().0;
+    drop(after);
+    assert!(rec.0.lock().unwrap().iter().any(|&(m, i, _)| !m && i == iova), "released region unmapped");
+    unregister_mapper(id);
+    drop(before);
+}
+
+#[test]
+fn buffers_are_zeroed_writable_and_report_their_iova() {
+    let mut b = DmaBuf::alloc(8192).unwrap();
+    assert_eq!(b.len(), 8192);
+    assert!(b.iter().all(|&x| x == 0));
+    b[100] = 7;
+    assert_eq!(b.iova().0, b.as_ptr() as u64);
+    assert_eq!(b.as_ptr() as usize % 4096, 0, "page aligned");
+    assert!(region_of(b.as_ptr(), 8192).is_some());
+}
+
+#[test]
+fn limit_refuses_allocations_beyond_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let used = stats().total_bytes;
+    set_limit(Some(used + (1 << 20)));
+    let err = DmaBuf::alloc(4 << 20).unwrap_err();
+    assert!(matches!(err, DmaError::Limit { .. }), "{err}");
+    assert!(err.to_string().contains("--mem-size"));
+    let ok = DmaBuf::alloc(4096);
+    set_limit(None);
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn pool_buffers_return_on_drop_and_waiters_get_the_next_one() {
+    let h = Harness::new(1);
+    let got = Rc::new(Cell::new(0usize));
+    let g = got.clone();
+    let held = h.on(0, move || {
+        let pool = Rc::new(BufPool::new((4096, 2), (65536, 1)).unwrap());
+        reactor::set_local(pool.clone());
+        let a = pool.get(100).unwrap();
+        assert_eq!((a.len(), a.capacity()), (100, 4096));
+        let b = pool.get(4096).unwrap();
+        assert!(pool.get(10).is_none(), "small class exhausted");
+        let big = pool.get(5000).unwrap();
+        assert_eq!(big.capacity(), 65536);
+        assert!(pool.get(70_000).is_none(), "beyond the large size");
+        assert!(!pool.get_or_wait(300, move |buf| g.set(buf.len())));
+        drop(a);
+        (b, big)
+    });
+    assert_eq!(got.get(), 0, "served in a later iteration");
+    h.step(0);
+    h.step(0);
+    assert_eq!(got.get(), 300);
+    let st = h.on(0, || reactor::local::<BufPool>().unwrap().stats());
+    assert_eq!(st.small_free, 1, "the waiter's buffer went back after its callback");
+    assert_eq!(st.small_misses, 2);
+    drop(held);
+}

@@ -1,0 +1,23 @@
+//! Block-device modules: each implements the bdev layer's `Backend` for one
+//! kind of device and registers its RPC methods (SPDK's names) with the app.
+//!
+//! - [`malloc`]: a RAM disk (`bdev_malloc_create`), thin: untouched or
+//!   unmapped blocks take no memory.
+//! - [`null`]: discards writes and reads zeroes (`bdev_null_create`), to
+//!   measure the framework's own cost per I/O.
+//! - [`uring`]: a file or block device through a per-reactor `io_uring`
+//!   polled by the reactor (`bdev_uring_create`, and `bdev_aio_create`).
+
+mod common;
+pub mod malloc;
+pub mod null;
+pub mod uring;
+
+use pollux_core::app::App;
+
+/// Register every module of this crate.
+pub fn register_all(app: &mut App) {
+    malloc::register(app);
+    null::register(app);
+    uring::register(app);
+}

@@ -1,0 +1,371 @@
+//! The uring bdev: a file or block device through `io_uring`, one ring per
+//! reactor. Requests are queued in the submission ring as they arrive and
+//! handed to the kernel once per reactor iteration (one `io_uring_enter` per
+//! batch); a poller reaps completions from the mapped completion ring without
+//! a system call. The file is opened with `O_DIRECT` when it allows it (buffers
+//! then need the logical block alignment, which the bdev layer provides).
+//!
+//! `bdev_aio_create` is answered by this module too: same device, same ring.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{IoUring, opcode, types};
+use pollux_core::app::App;
+use pollux_core::bdev::{self, Backend, BackendChannel, Bdev, BdevIo, BdevSpec, IoStatus, IoType, Uuid};
+use pollux_core::reactor::{self, Poller};
+use pollux_core::rpc::{Responder, RpcError, States};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::common::{Delete, delete_rpc};
+
+/// Entries per ring (and requests in flight per reactor and bdev).
+const RING_ENTRIES: u32 = 256;
+
+/// Which RPC created the bdev (save_config writes the same one back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    Uring,
+    Aio { readonly: bool, fallocate: bool },
+}
+
+struct UringBackend {
+    file: File,
+    filename: String,
+    direct: bool,
+    logical_block: u32,
+    block_size: u32,
+    flavor: Flavor,
+}
+
+impl Backend for UringBackend {
+    fn module_name(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Uring => "uring",
+            Flavor::Aio { .. } => "aio",
+        }
+    }
+    fn product_name(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Uring => "URING bdev",
+            Flavor::Aio { .. } => "AIO disk",
+        }
+    }
+    fn supports(&self, kind: IoType) -> bool {
+        match (self.flavor, kind) {
+            (_, IoType::Read | IoType::Flush | IoType::Reset) => true,
+            (Flavor::Aio { readonly: true, .. }, _) => false,
+            (_, IoType::Write) => true,
+            (Flavor::Aio { fallocate: false, .. }, IoType::Unmap | IoType::WriteZeroes) => false,
+            (_, IoType::Unmap | IoType::WriteZeroes) => true,
+            (_, IoType::Compare) => false,
+        }
+    }
+    fn buffer_alignment(&self) -> usize {
+        if self.direct { self.logical_block as usize } else { 1 }
+    }
+    fn create_channel(&self) -> Box<dyn BackendChannel> {
+        match UringChannel::new(self.file.as_raw_fd()) {
+            Ok(c) => Box::new(c),
+            Err(e) => {
+                tracing::error!("{}: cannot set up io_uring on this reactor: {e}", self.filename);
+                Box::new(FailingChannel)
+            }
+        }
+    }
+    fn driver_specific(&self) -> Value {
+        json!({"filename": self.filename, "o_direct": self.direct})
+    }
+    fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
+        Some(match self.flavor {
+            Flavor::Uring => ("bdev_uring_create", json!({"name": b.name(), "filename": self.filename, "block_size": self.block_size, "uuid": b.uuid().to_string()})),
+            Flavor::Aio { readonly, fallocate } => (
+                "bdev_aio_create",
+                json!({"name": b.name(), "filename": self.filename, "block_size": self.block_size, "readonly": readonly, "fallocate": fallocate, "uuid": b.uuid().to_string()}),
+            ),
+        })
+    }
+}
+
+/// Used only if a reactor cannot create a ring: fails every request.
+struct FailingChannel;
+impl BackendChannel for FailingChannel {
+    fn submit(&self, io: BdevIo) {
+        io.complete(IoStatus::Failed);
+    }
+}
+
+/// A request in the kernel: the request (owning its buffers) and the iovecs
+/// that point into them, kept at a stable address until completion.
+struct InFlight {
+    io: BdevIo,
+    iov: Vec<libc::iovec>,
+    expect: i32,
+}
+
+struct Ring {
+    ring: IoUring,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// Requests waiting for a free slot.
+    waiting: VecDeque<BdevIo>,
+    unsubmitted: u32,
+}
+
+struct UringChannel {
+    fd: i32,
+    ring: Rc<RefCell<Ring>>,
+    poller: Poller,
+    /// Completion doorbell in interrupt mode (closed after the poller is gone).
+    efd: Option<OwnedFd>,
+}
+
+impl UringChannel {
+    fn new(fd: i32) -> std::io::Result<UringChannel> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        let ring = Rc::new(RefCell::new(Ring {
+            ring,
+            slots: (0..RING_ENTRIES).map(|_| None).collect(),
+            free: (0..RING_ENTRIES as usize).rev().collect(),
+            waiting: VecDeque::new(),
+            unsubmitted: 0,
+        }));
+        let r = ring.clone();
+        let poller = reactor::register_poller("uring_bdev", move || poll(fd, &r).into());
+        // In interrupt mode the ring's completions must wake the reactor:
+        // register an eventfd with the ring.
+        let mut chan = UringChannel { fd, ring, poller, efd: None };
+        if reactor::interrupt_mode() {
+            chan.watch_completions()?;
+        }
+        Ok(chan)
+    }
+
+    fn watch_completions(&mut self) -> std::io::Result<()> {
+        // SAFETY: eventfd has no pointer arguments.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: eventfd returned a fresh descriptor we now own.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.ring.borrow().ring.submitter().register_eventfd(raw)?;
+        self.poller.add_wake_fd(raw, pollux_core::sys::Interest::READABLE)?;
+        self.efd = Some(efd);
+        Ok(())
+    }
+}
+
+impl Drop for UringChannel {
+    fn drop(&mut self) {
+        // The kernel may still write into buffers of requests in flight:
+        // wait for every one before the ring and the buffers go away.
+        let mut guard = 0;
+        while self.ring.borrow().slots.iter().any(Option::is_some) && guard < 10_000 {
+            let _ = self.ring.borrow_mut().ring.submit_and_wait(1);
+            poll(self.fd, &self.ring);
+            guard += 1;
+        }
+        if let Some(efd) = &self.efd {
+            self.poller.remove_wake_fd(efd.as_raw_fd());
+        }
+    }
+}
+
+impl BackendChannel for UringChannel {
+    fn submit(&self, io: BdevIo) {
+        let mut r = self.ring.borrow_mut();
+        if r.waiting.is_empty() {
+            if let Err(io) = queue(self.fd, &mut r, io) {
+                r.waiting.push_back(io);
+            }
+        } else {
+            r.waiting.push_back(io);
+        }
+    }
+}
+
+/// Put a request in the submission ring; give it back if there is no room.
+fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
+    let Some(slot) = r.free.pop() else { return Err(io) };
+    let off = io.offset_bytes();
+    let len = io.len_bytes();
+    let iov: Vec<libc::iovec> = match io.kind() {
+        IoType::Read | IoType::Write => {
+            io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }).collect()
+        }
+        _ => Vec::new(),
+    };
+    let fd = types::Fd(fd);
+    let entry = match io.kind() {
+        IoType::Read => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32).offset(off).build(),
+        IoType::Write => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32).offset(off).build(),
+        IoType::Flush => opcode::Fsync::new(fd).build(),
+        IoType::Unmap => opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).build(),
+        IoType::WriteZeroes => opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE).build(),
+        IoType::Reset | IoType::Compare => {
+            r.free.push(slot);
+            let st = if io.kind() == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported };
+            io.complete(st);
+            return Ok(());
+        }
+    };
+    let expect = if io.kind().has_data() { len as i32 } else { 0 };
+    let entry = entry.user_data(slot as u64);
+    // SAFETY: the iovecs and the buffers they point to are owned by the
+    // InFlight stored in `slots[slot]` below, which is kept (and not moved out
+    // of its heap allocations) until the completion for `slot` is reaped.
+    let pushed = unsafe { r.ring.submission().push(&entry) };
+    if pushed.is_err() {
+        r.free.push(slot);
+        return Err(io);
+    }
+    r.slots[slot] = Some(InFlight { io, iov, expect });
+    r.unsubmitted += 1;
+    Ok(())
+}
+
+/// Submit queued entries, reap completions, retry waiting requests.
+fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
+    let mut done = Vec::new();
+    let mut submitted = 0;
+    {
+        let mut r = ring.borrow_mut();
+        if r.unsubmitted > 0 {
+            match r.ring.submit() {
+                Ok(_) => submitted = std::mem::take(&mut r.unsubmitted) as usize,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => tracing::error!("io_uring submit failed: {e}"),
+            }
+        }
+        let r = &mut *r;
+        for cqe in r.ring.completion() {
+            let slot = cqe.user_data() as usize;
+            if let Some(f) = r.slots.get_mut(slot).and_then(Option::take) {
+                r.free.push(slot);
+                done.push((f, cqe.result()));
+            }
+        }
+        while let Some(io) = r.waiting.pop_front() {
+            if let Err(io) = queue(fd, r, io) {
+                r.waiting.push_front(io);
+                break;
+            }
+        }
+    }
+    let n = done.len();
+    // Complete outside the borrow: callbacks may submit again.
+    for (f, res) in done {
+        let status = if res == f.expect || (f.expect == 0 && res >= 0) {
+            IoStatus::Success
+        } else if res == -libc::EOPNOTSUPP {
+            IoStatus::Unsupported
+        } else {
+            tracing::debug!("uring request failed: result {res}, expected {}", f.expect);
+            IoStatus::Failed
+        };
+        drop(f.iov);
+        f.io.complete(status);
+    }
+    n + submitted
+}
+
+/// Size and logical block size of a file or block device.
+fn geometry(file: &File) -> std::io::Result<(u64, u32)> {
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        let mut size: u64 = 0;
+        let mut lbs: libc::c_int = 0;
+        // SAFETY: BLKGETSIZE64 writes a u64 and BLKSSZGET an int into the
+        // pointed-to locals, which live for the call.
+        unsafe {
+            if libc::ioctl(file.as_raw_fd(), 0x8008_1272, &mut size) < 0 || libc::ioctl(file.as_raw_fd(), 0x1268, &mut lbs) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok((size, lbs.max(512) as u32))
+    } else {
+        Ok((meta.len(), 512))
+    }
+}
+
+fn open_file(filename: &str, readonly: bool) -> Result<(File, bool), RpcError> {
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true).write(!readonly);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(filename)
+    };
+    match open(true) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!("{filename}: O_DIRECT not supported here; using the page cache");
+            open(false).map(|f| (f, false)).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot open {filename}: {e}")))
+        }
+        Err(e) => Err(RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot open {filename}: {e}"))),
+    }
+}
+
+fn create(name: &str, filename: &str, block_size: Option<u32>, uuid: Option<Uuid>, flavor: Flavor) -> Result<Arc<Bdev>, RpcError> {
+    let readonly = matches!(flavor, Flavor::Aio { readonly: true, .. });
+    let (file, direct) = open_file(filename, readonly)?;
+    let (size, logical) = geometry(&file).map_err(|e| RpcError::errno(libc::EIO, format!("cannot size {filename}: {e}")))?;
+    let block_size = block_size.filter(|&b| b != 0).unwrap_or(logical);
+    if block_size < logical || block_size % logical != 0 {
+        return Err(RpcError::invalid_params(format!("block_size {block_size} is not a multiple of {filename}'s logical block size {logical}")));
+    }
+    let num_blocks = size / block_size as u64;
+    if num_blocks == 0 {
+        return Err(RpcError::invalid_params(format!("{filename} is smaller than one block of {block_size} bytes")));
+    }
+    let backend = UringBackend { file, filename: filename.to_string(), direct, logical_block: logical, block_size, flavor };
+    bdev::register(BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(backend) }).map_err(RpcError::from)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UringCreate {
+    name: String,
+    filename: String,
+    block_size: Option<u32>,
+    uuid: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AioCreate {
+    name: String,
+    filename: String,
+    block_size: Option<u32>,
+    #[serde(default)]
+    readonly: bool,
+    #[serde(default)]
+    fallocate: bool,
+    uuid: Option<Uuid>,
+    #[serde(default)]
+    nowait: bool,
+}
+
+pub fn register(app: &mut App) {
+    let m = app.methods();
+    m.register("bdev_uring_create", States::RUNTIME, |p: UringCreate, r: Responder| {
+        r.result(create(&p.name, &p.filename, p.block_size, p.uuid, Flavor::Uring).map(|b| b.name().to_string()))
+    });
+    m.register("bdev_uring_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("uring", p, r));
+    m.register("bdev_aio_create", States::RUNTIME, |p: AioCreate, r: Responder| {
+        if p.nowait {
+            tracing::debug!("bdev_aio_create: nowait has no effect with io_uring");
+        }
+        let flavor = Flavor::Aio { readonly: p.readonly, fallocate: p.fallocate };
+        r.result(create(&p.name, &p.filename, p.block_size, p.uuid, flavor).map(|b| b.name().to_string()))
+    });
+    m.register("bdev_aio_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("aio", p, r));
+}
