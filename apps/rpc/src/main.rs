@@ -11,8 +11,12 @@ use clap::{Parser, Subcommand};
 use pollux_core::rpc::{Client, ClientError};
 use serde_json::Value;
 
+mod bdev;
 mod config;
 mod framework;
+mod iscsi;
+mod nvme;
+mod nvmf;
 
 #[derive(Parser, Debug)]
 #[command(name = "pollux-rpc", version, about = "Talk to a Pollux (or SPDK) target over its JSON-RPC socket")]
@@ -45,6 +49,14 @@ enum Command {
     LoadConfig(config::LoadArgs),
     #[command(flatten)]
     Framework(framework::Cmd),
+    #[command(flatten)]
+    Bdev(bdev::Cmd),
+    #[command(flatten)]
+    Nvme(nvme::Cmd),
+    #[command(flatten)]
+    Iscsi(iscsi::Cmd),
+    #[command(flatten)]
+    Nvmf(nvmf::Cmd),
 }
 
 /// What a command asks of the server and how to show the answer.
@@ -134,6 +146,10 @@ fn run(args: &Args) -> Result<(), ()> {
             };
         }
         Command::Framework(c) => c.request(),
+        Command::Bdev(c) => c.request(),
+        Command::Nvme(c) => c.request(),
+        Command::Iscsi(c) => c.request(),
+        Command::Nvmf(c) => c.request(),
     };
     match client.call(req.method, req.params.clone()) {
         Ok(v) => Ok(print(&v, req.show)),

@@ -32,9 +32,13 @@ fn main() -> ExitCode {
         args.app.embedded_config = Some((defaults::NAME.to_string(), defaults::CONFIG.to_string()));
     }
     let mut app = App::new("pollux-tgt");
-    // What this daemon contains: the bdev layer and its modules.
+    // What this daemon contains: the bdev layer and its modules, then the
+    // targets that export bdevs.
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
+    pollux_nvme_driver::register(&mut app);
+    pollux_iscsi::register(&mut app);
+    pollux_nvmf::register(&mut app);
     match app.run(args.app) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),

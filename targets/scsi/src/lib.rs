@@ -1,0 +1,1 @@
+//! SCSI block commands on bdevs (being written).
