@@ -89,6 +89,7 @@ pub struct App {
     name: String,
     methods: Rc<Methods>,
     subsystems: Vec<Rc<dyn Subsystem>>,
+    on_started: Vec<Box<dyn FnOnce()>>,
 }
 
 /// Reactor-local state of the running application (on the main reactor).
@@ -102,6 +103,7 @@ struct AppState {
     init_started: Cell<bool>,
     initialized: Cell<bool>,
     waiters: RefCell<Vec<Responder>>,
+    on_started: RefCell<Vec<Box<dyn FnOnce()>>>,
     deferred: RefCell<Vec<ConfigCall>>,
     stopping: Cell<bool>,
     exit_code: Rc<Cell<i32>>,
@@ -115,7 +117,7 @@ fn state() -> Option<Rc<AppState>> {
 
 impl App {
     pub fn new(name: &str) -> App {
-        let app = App { name: name.to_string(), methods: Rc::new(Methods::new()), subsystems: Vec::new() };
+        let app = App { name: name.to_string(), methods: Rc::new(Methods::new()), subsystems: Vec::new(), on_started: Vec::new() };
         methods::register(&app.methods);
         app
     }
@@ -129,6 +131,12 @@ impl App {
     pub fn add_subsystem(&mut self, s: Rc<dyn Subsystem>) {
         assert!(self.subsystems.iter().all(|o| o.name() != s.name()), "subsystem {} added twice", s.name());
         self.subsystems.push(s);
+    }
+
+    /// Run `f` on the main reactor once start-up has finished (subsystems
+    /// initialised, config loaded): how tools such as pollux-perf begin work.
+    pub fn on_started(&mut self, f: impl FnOnce() + 'static) {
+        self.on_started.push(Box::new(f));
     }
 
     /// Run until shutdown. Returns the process exit code.
@@ -160,6 +168,7 @@ impl App {
             init_started: Cell::new(false),
             initialized: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
+            on_started: RefCell::new(self.on_started),
             deferred: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
             exit_code: exit_code.clone(),
@@ -310,6 +319,10 @@ fn finish_start() {
         w.ok(true);
     }
     tracing::info!("{} started; RPC on {}", st.name, st.args.rpc_socket.display());
+    let hooks = std::mem::take(&mut *st.on_started.borrow_mut());
+    for f in hooks {
+        f();
+    }
 }
 
 /// Whether subsystems are initialised and the config is loaded.

@@ -6,7 +6,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::clock;
 use crate::dma::{self, DmaBuf};
 use crate::inline_fn::InlineFn;
 use crate::io_channel::IoDevice;
@@ -47,8 +46,11 @@ impl Deferred {
         let mut batch = self.spare.take();
         std::mem::swap(&mut batch, &mut *self.list.borrow_mut());
         let n = batch.len();
+        // One clock read for the batch: these completions, and requests their
+        // callbacks submit, are stamped with it.
+        let now = reactor::refresh_now();
         for io in batch.drain(..) {
-            io.finish();
+            io.finish_at(now);
         }
         *self.spare.borrow_mut() = batch;
         n
@@ -134,6 +136,7 @@ impl BdevChannel {
                 status: IoStatus::Pending,
                 cb: None,
                 submitted: 0,
+                completed: 0,
                 bounced: None,
                 home: self.home.clone(),
             })
@@ -145,7 +148,7 @@ impl BdevChannel {
         slot.bufs.extend(bufs);
         slot.status = IoStatus::Pending;
         slot.cb = Some(cb);
-        slot.submitted = clock::ticks();
+        slot.submitted = reactor::now();
         self.home.outstanding.set(self.home.outstanding.get() + 1);
 
         let check = check(bdev, writable, &slot);
@@ -170,6 +173,7 @@ impl BdevChannel {
     }
 }
 
+#[inline]
 fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
     if bdev.removing.load(Ordering::Relaxed) {
         return IoStatus::NoDevice;
@@ -202,13 +206,13 @@ fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
 /// Give the backend buffers it can use: if it needs aligned or contiguous
 /// memory and the caller's buffers are not, swap in one bounce buffer (and
 /// copy the data in for writes). The caller's buffers come back at completion.
+#[inline]
 fn bounce_if_needed(bdev: &Bdev, s: &mut Slot) -> Result<(), IoStatus> {
-    if !s.kind.has_data() {
+    if !s.kind.has_data() || (bdev.align == 1 && !bdev.contiguous) {
         return Ok(());
     }
-    let align = bdev.backend.buffer_alignment().max(1);
-    let contiguous = bdev.backend.needs_contiguous();
-    let aligned = s.bufs.iter().all(|b| (b.as_ptr() as usize) % align == 0 && b.len() % align == 0);
+    let (align, contiguous) = (bdev.align, bdev.contiguous);
+    let aligned = s.bufs.iter().all(|b| b.addr() % align == 0 && b.len() % align == 0);
     if aligned && (!contiguous || s.bufs.len() <= 1) {
         return Ok(());
     }

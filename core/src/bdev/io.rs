@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
-use crate::clock;
 use crate::dma::DmaBuf;
 use crate::inline_fn::InlineFn;
 
@@ -42,6 +41,12 @@ impl IoType {
             IoType::Reset => "reset",
             IoType::Compare => "compare",
         }
+    }
+
+    /// This type's bit in a supported-types mask.
+    #[inline]
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
     }
 
     /// Whether the request carries data buffers.
@@ -103,6 +108,7 @@ pub(crate) struct Slot {
     pub(crate) status: IoStatus,
     pub(crate) cb: Option<Callback>,
     pub(crate) submitted: u64,
+    pub(crate) completed: u64,
     /// Bounce buffer use: the caller's buffers while the backend works on a copy.
     pub(crate) bounced: Option<Vec<DmaBuf>>,
     pub(crate) home: Rc<Home>,
@@ -185,6 +191,11 @@ impl BdevIo {
         self.slot().status.is_ok()
     }
 
+    /// Ticks (see `clock`) from submission to completion.
+    pub fn latency_ticks(&self) -> u64 {
+        self.slot().completed.saturating_sub(self.slot().submitted)
+    }
+
     /// The data buffers (read: to fill; write: to take data from).
     pub fn buffers(&self) -> &[DmaBuf] {
         &self.slot().bufs
@@ -197,6 +208,12 @@ impl BdevIo {
     /// Take the buffers out (the consumer keeps them after completion).
     pub fn take_buffers(&mut self) -> Vec<DmaBuf> {
         std::mem::take(&mut self.slot_mut().bufs)
+    }
+
+    /// Take the last buffer out, leaving the request's buffer list (and its
+    /// capacity, for reuse without allocation) in place.
+    pub fn take_buffer(&mut self) -> Option<DmaBuf> {
+        self.slot_mut().bufs.pop()
     }
 
     /// Take the buffers out into `out` without allocating.
@@ -244,28 +261,30 @@ impl BdevIo {
     /// consumer that resubmits from its callback never recurses).
     pub fn complete(mut self, status: IoStatus) {
         debug_assert!(status != IoStatus::Pending);
-        let now = clock::ticks();
         let home = {
             let s = self.slot_mut();
             s.status = status;
             if let Some(orig) = s.bounced.take() {
                 super::channel::unbounce(s, orig);
             }
-            let home = s.home.clone();
-            home.stats.borrow_mut().record(s.kind, s.num_blocks * s.block_size as u64, status, now.saturating_sub(s.submitted), home.histogram.get());
-            home.outstanding.set(home.outstanding.get() - 1);
-            home
+            s.home.clone()
         };
+        home.outstanding.set(home.outstanding.get() - 1);
         if home.in_submit.get() {
             home.deferred.push(self);
         } else {
-            self.finish();
+            self.finish_at(crate::reactor::refresh_now());
         }
     }
 
-    /// Run the consumer's callback.
-    pub(crate) fn finish(mut self) {
-        match self.slot_mut().cb.take() {
+    /// Count the request and run the consumer's callback. Latency is
+    /// measured up to here (`now`): what the consumer sees.
+    pub(crate) fn finish_at(mut self, now: u64) {
+        let s = self.slot_mut();
+        s.completed = now;
+        let home = &s.home;
+        home.stats.borrow_mut().record(s.kind, s.num_blocks * s.block_size as u64, s.status, now.saturating_sub(s.submitted), home.histogram.get());
+        match s.cb.take() {
             Some(cb) => cb.call(self),
             None => drop(self),
         }

@@ -125,6 +125,11 @@ pub struct Bdev {
     num_blocks: u64,
     uuid: Uuid,
     pub(crate) backend: Arc<dyn Backend>,
+    /// The backend's answers, asked once at registration (the I/O path
+    /// checks them on every request).
+    pub(crate) supported: u8,
+    pub(crate) align: usize,
+    pub(crate) contiguous: bool,
     pub(crate) removing: AtomicBool,
     pub(crate) histogram: AtomicBool,
     /// Statistics of channels already destroyed.
@@ -153,8 +158,9 @@ impl Bdev {
     pub fn uuid(&self) -> Uuid {
         self.uuid
     }
+    #[inline]
     pub fn supports(&self, kind: IoType) -> bool {
-        self.backend.supports(kind)
+        self.supported & kind.bit() != 0
     }
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -165,7 +171,7 @@ impl Bdev {
     /// Required alignment of buffers handed to the backend (the layer
     /// bounces misaligned ones, so consumers only need it for speed).
     pub fn buffer_alignment(&self) -> usize {
-        self.backend.buffer_alignment()
+        self.align
     }
 }
 

@@ -67,11 +67,15 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
     if reg.bdevs.borrow().iter().any(|b| b.name() == spec.name) {
         return Err(BdevError::Exists(spec.name));
     }
+    let supported = super::IoType::ALL.iter().filter(|t| spec.backend.supports(**t)).fold(0, |m, t| m | t.bit());
     let bdev = Arc::new(Bdev {
         name: spec.name,
         block_size: spec.block_size,
         num_blocks: spec.num_blocks,
         uuid: spec.uuid.unwrap_or_else(Uuid::new_v4),
+        supported,
+        align: spec.backend.buffer_alignment().max(1),
+        contiguous: spec.backend.needs_contiguous(),
         backend: spec.backend,
         removing: AtomicBool::new(false),
         histogram: AtomicBool::new(false),

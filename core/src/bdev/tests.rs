@@ -47,7 +47,7 @@ impl BackendChannel for RamChannel {
     fn submit(&self, mut io: BdevIo) {
         let ram = &self.0;
         for b in io.buffers() {
-            assert_eq!(b.as_ptr() as usize % ram.align, 0, "backend got a misaligned buffer");
+            assert_eq!(b.addr() % ram.align, 0, "backend got a misaligned buffer");
         }
         let off = io.offset_bytes() as usize;
         let len = io.len_bytes() as usize;

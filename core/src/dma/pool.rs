@@ -57,6 +57,9 @@ pub struct DmaBuf {
     len: usize,
     cap: usize,
     home: Home,
+    /// Known to hold only zeroes: set by [`DmaBuf::zero`], cleared by every
+    /// way to write the buffer (`deref_mut`, `as_ptr`).
+    zeroed: std::cell::Cell<bool>,
 }
 
 impl fmt::Debug for DmaBuf {
@@ -73,14 +76,32 @@ impl DmaBuf {
         let ptr = NonNull::new(region.as_ptr()).expect("region pointer");
         // SAFETY: the region is at least `len` bytes, freshly mapped, ours.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
-        Ok(DmaBuf { ptr, len, cap: region.len(), home: Home::Region(region) })
+        Ok(DmaBuf { ptr, len, cap: region.len(), home: Home::Region(region), zeroed: std::cell::Cell::new(true) })
+    }
+
+    /// Fill the buffer with zeroes, skipping the work when it is known to
+    /// hold zeroes already (nothing could have written it since).
+    pub fn zero(&mut self) {
+        if !self.zeroed.get() {
+            // SAFETY: ptr..ptr+cap is memory this buffer owns exclusively.
+            unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.cap) };
+            self.zeroed.set(true);
+        }
     }
 
     pub fn iova(&self) -> Iova {
         Iova(self.ptr.as_ptr() as u64)
     }
 
+    /// The address for comparisons and alignment checks (not for writing).
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// A raw pointer to the data, for devices and system calls. The buffer
+    /// may be written through it, so it no longer counts as zeroed.
     pub fn as_ptr(&self) -> *mut u8 {
+        self.zeroed.set(false);
         self.ptr.as_ptr()
     }
 
@@ -115,6 +136,7 @@ impl Deref for DmaBuf {
 
 impl DerefMut for DmaBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
+        self.zeroed.set(false);
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -167,7 +189,7 @@ impl Class {
         self.gets.set(self.gets.get() + 1);
         let ptr = self.free.borrow_mut().pop();
         match ptr {
-            Some(ptr) => Some(DmaBuf { ptr, len, cap: self.size, home: Home::Pool(self.clone()) }),
+            Some(ptr) => Some(DmaBuf { ptr, len, cap: self.size, home: Home::Pool(self.clone()), zeroed: std::cell::Cell::new(false) }),
             None => {
                 self.misses.set(self.misses.get() + 1);
                 None

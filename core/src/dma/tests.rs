@@ -42,7 +42,7 @@ fn buffers_are_zeroed_writable_and_report_their_iova() {
     assert_eq!(b.len(), 8192);
     assert!(b.iter().all(|&x| x == 0));
     b[100] = 7;
-    assert_eq!(b.iova().0, b.as_ptr() as u64);
+    assert_eq!(b.iova().0, b.addr() as u64);
     assert_eq!(b.as_ptr() as usize % 4096, 0, "page aligned");
     assert!(region_of(b.as_ptr(), 8192).is_some());
 }
@@ -87,4 +87,18 @@ fn pool_buffers_return_on_drop_and_waiters_get_the_next_one() {
     assert_eq!(st.small_free, 1, "the waiter's buffer went back after its callback");
     assert_eq!(st.small_misses, 2);
     drop(held);
+}
+
+#[test]
+fn zero_skips_buffers_known_to_be_zero_and_any_write_forgets_it() {
+    let mut b = DmaBuf::alloc(4096).unwrap();
+    b.zero();
+    b[7] = 1;
+    b.zero();
+    assert!(b.iter().all(|&x| x == 0), "a write through deref_mut is noticed");
+    let p = b.as_ptr();
+    // SAFETY: p points at the buffer's first byte, which we own.
+    unsafe { *p = 9 };
+    b.zero();
+    assert_eq!(b[0], 0, "a write through as_ptr is noticed");
 }

@@ -167,6 +167,10 @@ pub(crate) struct Inner {
     pub(crate) channels: RefCell<HashMap<usize, Weak<dyn Any>>>,
     locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     stats: Stats,
+    /// A recent tick count: the start of this iteration, or later when
+    /// refreshed ([`refresh_now`]). Hot paths stamp requests with it instead of
+    /// reading the TSC for each one.
+    now: Cell<u64>,
     exit: Cell<bool>,
     pub(crate) irq: Option<Irq>,
 }
@@ -263,6 +267,7 @@ impl Inner {
     /// One loop iteration. Returns whether any work was done.
     fn iterate(&self, may_sleep: bool) -> bool {
         let now = self.stats.last.get();
+        self.now.set(now);
         let mut busy = self.process_messages() > 0;
         busy |= self.pollers.run_active();
         busy |= self.pollers.run_timed(now);
@@ -374,6 +379,7 @@ impl Reactor {
             channels: RefCell::new(HashMap::new()),
             locals: RefCell::new(HashMap::new()),
             stats: Stats { last: Cell::new(now), start: Cell::new(now), ..Default::default() },
+            now: Cell::new(now),
             exit: Cell::new(false),
             irq,
         });
@@ -573,6 +579,22 @@ pub fn register_poller(name: &str, f: impl FnMut() -> PollStatus + 'static) -> P
 pub fn register_timed_poller(name: &str, period: Duration, f: impl FnMut() -> PollStatus + 'static) -> Poller {
     let ticks = clock::duration_to_ticks(period);
     with_current(|r| r.pollers.register(r.me.clone(), name, ticks, r.stats.last.get(), Box::new(f)))
+}
+
+/// A recent tick count (see [`crate::clock`]): the start of the current
+/// iteration or the last [`refresh_now`]. Costs no TSC read.
+#[inline]
+pub fn now() -> u64 {
+    with_current(|r| r.now.get())
+}
+
+/// Read the clock and make it the current reactor's [`now`]; returns it.
+/// Code that runs a batch of completions calls this once per batch.
+#[inline]
+pub fn refresh_now() -> u64 {
+    let t = clock::ticks();
+    with_current(|r| r.now.set(t));
+    t
 }
 
 /// Ask the current reactor to leave its loop after this iteration.

@@ -54,7 +54,7 @@ impl BackendChannel for NullChannel {
     fn submit(&self, mut io: BdevIo) {
         if io.kind() == IoType::Read {
             for b in io.buffers_mut() {
-                b.fill(0);
+                b.zero();
             }
         }
         io.complete(IoStatus::Success);

@@ -1,0 +1,239 @@
+//! Progress lines, the end of the run, and the final report.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pollux_core::app;
+use pollux_core::reactor::{self, PollStatus, Poller};
+use serde_json::json;
+
+use crate::job::Jobs;
+use crate::pattern::Mismatch;
+
+/// What one job did, gathered at the end.
+#[derive(Clone)]
+pub struct JobResult {
+    pub bdev: String,
+    pub core: usize,
+    pub ios: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub resets: u64,
+    pub hist: Histogram<u64>,
+    pub mismatch: Option<Mismatch>,
+    pub first_error: Option<String>,
+}
+
+/// State of the run on the main reactor.
+struct Run {
+    started: Instant,
+    json: bool,
+    prev: Cell<(u64, u64)>,
+    stopping: Cell<bool>,
+    elapsed: Cell<Duration>,
+    pollers: RefCell<Vec<Poller>>,
+}
+
+fn totals() -> (u64, u64) {
+    reactor::local::<Jobs>()
+        .map(|jobs| jobs.0.borrow().iter().fold((0, 0), |(i, b), j| (i + j.ios.get(), b + j.bytes.get())))
+        .unwrap_or((0, 0))
+}
+
+/// All jobs are running: print a line a second and stop after `time`.
+pub fn begin(time: Duration, json: bool) {
+    let run = Rc::new(Run {
+        started: Instant::now(),
+        json,
+        prev: Cell::new((0, 0)),
+        stopping: Cell::new(false),
+        elapsed: Cell::new(Duration::ZERO),
+        pollers: RefCell::new(Vec::new()),
+    });
+    reactor::set_local(run.clone());
+    if !json {
+        let progress = reactor::register_timed_poller("perf_progress", Duration::from_secs(1), || {
+            reactor::map_reactors(totals, |all| {
+                let Some(run) = reactor::local::<Run>() else { return };
+                if run.stopping.get() {
+                    return;
+                }
+                let (ios, bytes) = all.iter().fold((0, 0), |(i, b), (ji, jb)| (i + ji, b + jb));
+                let (pi, pb) = run.prev.replace((ios, bytes));
+                println!(
+                    "{:>8.2} s: {:>12.2} IOPS, {:>10.2} MiB/s",
+                    run.started.elapsed().as_secs_f64(),
+                    (ios - pi) as f64,
+                    (bytes - pb) as f64 / (1 << 20) as f64
+                );
+            });
+            PollStatus::Busy
+        });
+        run.pollers.borrow_mut().push(progress);
+    }
+    let end = reactor::register_timed_poller("perf_end", time, || {
+        stop_early();
+        PollStatus::Busy
+    });
+    run.pollers.borrow_mut().push(end);
+}
+
+/// Stop every job (the time is up, or one job failed), wait for their I/O to
+/// finish, then report and exit.
+pub fn stop_early() {
+    let Some(run) = reactor::local::<Run>() else {
+        // Failed before the run began (an error while filling the queues).
+        return app::shutdown(1);
+    };
+    if run.stopping.replace(true) {
+        return;
+    }
+    run.elapsed.set(run.started.elapsed());
+    run.pollers.borrow_mut().clear();
+    reactor::for_each_reactor(
+        || {
+            if let Some(jobs) = reactor::local::<Jobs>() {
+                jobs.0.borrow().iter().for_each(|j| j.stop());
+            }
+        },
+        drain,
+    );
+}
+
+/// After the precondition pass was started: wait until its I/O is done,
+/// drop those jobs, then run `next`.
+pub fn after_fill(next: impl FnOnce() + Send + 'static) {
+    let next: Box<dyn FnOnce() + Send> = Box::new(next);
+    wait_idle(Box::new(move || {
+        reactor::for_each_reactor(
+            || {
+                reactor::take_local::<Jobs>();
+            },
+            next,
+        )
+    }));
+}
+
+/// Run `then` (on the main reactor) once no job has I/O in flight.
+fn wait_idle(then: Box<dyn FnOnce() + Send>) {
+    reactor::map_reactors(
+        || reactor::local::<Jobs>().map(|j| j.0.borrow().iter().map(|j| j.in_flight.get()).sum::<u32>()).unwrap_or(0),
+        move |left| {
+            if left.iter().sum::<u32>() == 0 {
+                return then();
+            }
+            let then = std::sync::Mutex::new(Some(then));
+            let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+            let s = slot.clone();
+            *slot.borrow_mut() = Some(reactor::register_timed_poller("perf_wait", Duration::from_millis(5), move || {
+                s.borrow_mut().take();
+                if let Some(t) = then.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    wait_idle(t);
+                }
+                PollStatus::Busy
+            }));
+            std::mem::forget(slot);
+        },
+    );
+}
+
+/// Wait for every job's I/O to finish, then gather the results.
+fn drain() {
+    wait_idle(Box::new(|| {
+        reactor::map_reactors(
+            || reactor::local::<Jobs>().map(|j| j.0.borrow().iter().map(|j| j.result()).collect::<Vec<_>>()).unwrap_or_default(),
+            |all| finish(all.into_iter().flatten().collect()),
+        )
+    }));
+}
+
+/// A latency histogram in ticks, up to an hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    let hour = pollux_core::clock::tick_rate().saturating_mul(3600);
+    Histogram::new_with_bounds(1, hour, 3).expect("histogram bounds")
+}
+
+fn ticks_to_us(t: f64) -> f64 {
+    t * 1e6 / pollux_core::clock::tick_rate() as f64
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    ticks_to_us(h.value_at_quantile(q) as f64)
+}
+
+fn finish(results: Vec<JobResult>) {
+    let Some(run) = reactor::local::<Run>() else { return };
+    let secs = run.elapsed.get().as_secs_f64().max(1e-9);
+    let mut total = new_histogram();
+    let (mut ios, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    for r in &results {
+        let _ = total.add(&r.hist);
+        ios += r.ios;
+        bytes += r.bytes;
+        errors += r.errors;
+    }
+    let failed = errors > 0 || results.iter().any(|r| r.mismatch.is_some());
+    let row = |name: String, ios: u64, bytes: u64, errors: u64, h: &Histogram<u64>| {
+        json!({
+            "job": name,
+            "ios": ios,
+            "iops": ios as f64 / secs,
+            "mib_per_s": bytes as f64 / secs / (1 << 20) as f64,
+            "avg_latency_us": ticks_to_us(h.mean()),
+            "p50_latency_us": us(h, 0.50),
+            "p99_latency_us": us(h, 0.99),
+            "p999_latency_us": us(h, 0.999),
+            "errors": errors,
+        })
+    };
+    let jobs: Vec<_> = results.iter().map(|r| row(format!("{} on core {}", r.bdev, r.core), r.ios, r.bytes, r.errors, &r.hist)).collect();
+    let sum = row("Total".into(), ios, bytes, errors, &total);
+    let mismatches: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.mismatch.as_ref().map(|m| json!({"bdev": r.bdev, "lba": m.lba, "byte_in_block": m.byte_in_block, "expected": format!("{:#018x}", m.expected), "found": format!("{:#018x}", m.found)})))
+        .collect();
+    let first_errors: Vec<_> = results.iter().filter_map(|r| r.first_error.clone()).collect();
+    if run.json {
+        let doc = json!({"seconds": secs, "jobs": jobs, "total": sum, "verify_mismatches": mismatches, "errors": first_errors, "resets": results.iter().map(|r| r.resets).sum::<u64>()});
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    } else {
+        println!();
+        println!("{:<32} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}", "Job", "IOPS", "MiB/s", "avg us", "p50 us", "p99 us", "p99.9 us", "errors");
+        for j in jobs.iter().chain(std::iter::once(&sum)) {
+            println!(
+                "{:<32} {:>12.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8}",
+                j["job"].as_str().unwrap_or(""),
+                j["iops"].as_f64().unwrap_or(0.0),
+                j["mib_per_s"].as_f64().unwrap_or(0.0),
+                j["avg_latency_us"].as_f64().unwrap_or(0.0),
+                j["p50_latency_us"].as_f64().unwrap_or(0.0),
+                j["p99_latency_us"].as_f64().unwrap_or(0.0),
+                j["p999_latency_us"].as_f64().unwrap_or(0.0),
+                j["errors"]
+            );
+        }
+        for e in &first_errors {
+            println!("error: {e}");
+        }
+        for m in &mismatches {
+            println!(
+                "verify mismatch on {} at LBA {} (byte {} of the block): expected {}, found {}",
+                m["bdev"].as_str().unwrap_or(""),
+                m["lba"],
+                m["byte_in_block"],
+                m["expected"].as_str().unwrap_or(""),
+                m["found"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let code = if failed { 1 } else { 0 };
+    // Close every job's descriptor before the bdevs are deleted at shutdown.
+    reactor::for_each_reactor(
+        || {
+            reactor::take_local::<Jobs>();
+        },
+        move || app::shutdown(code),
+    );
+}
