@@ -1,0 +1,215 @@
+//! The SCSI layer on a malloc bdev, on the step harness: commands in,
+//! status, sense and data out.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use pollux_core::dma;
+use pollux_core::reactor::{self, Harness};
+
+use crate::cdb::op;
+use crate::sense::status;
+use crate::{DataDir, Device, LunPort, Nexus, ScsiCommand, Task};
+
+type Done = Rc<RefCell<Vec<(u8, Vec<u8>, Vec<u8>, u64)>>>;
+
+struct Cmd {
+    task: Task,
+    done: Done,
+}
+
+impl ScsiCommand for Cmd {
+    fn task(&mut self) -> &mut Task {
+        &mut self.task
+    }
+    fn complete(self: Box<Self>) {
+        let t = &self.task;
+        self.done.borrow_mut().push((t.status, t.sense().to_vec(), t.data_vec(), t.xfer_len));
+    }
+}
+
+struct Rig {
+    h: Harness,
+    done: Done,
+}
+
+const BLOCKS: u64 = 256;
+
+fn rig(reactors: usize) -> Rig {
+    let h = Harness::new(reactors);
+    h.on(0, || {
+        pollux_bdev::malloc::create("m0", 512, BLOCKS, None, 0).unwrap();
+        let dev = Device::new("iqn.2025-01.io.pollux:t");
+        dev.add_lun(0, "m0").unwrap();
+        reactor::set_local(Rc::new(dev));
+    });
+    Rig { h, done: Rc::default() }
+}
+
+fn port(r: &Rig, reactor_id: usize, initiator: &str) -> Rc<LunPort> {
+    let dev = r.h.on(0, || reactor::local::<std::sync::Arc<Device>>().unwrap().as_ref().clone());
+    r.h.on(reactor_id, || LunPort::new(dev.lun(0).unwrap(), Nexus::new(initiator, &format!("{initiator},i,0x1"), "t,t,0x1", 1)))
+}
+
+impl Rig {
+    /// Run a command on `p` (on reactor 0) and return (status, sense, data, xfer_len).
+    fn run(&self, p: &Rc<LunPort>, cdb: &[u8], data_out: &[u8], expected: u32) -> (u8, Vec<u8>, Vec<u8>, u64) {
+        let done = self.done.clone();
+        let p = p.clone();
+        let cdb = cdb.to_vec();
+        let data = data_out.to_vec();
+        self.h.on(0, move || {
+            let mut task = Task::new();
+            task.reset(&cdb, expected, if data.is_empty() { DataDir::Read } else { DataDir::Write });
+            if !data.is_empty() {
+                let mut b = dma::pool().unwrap().get(data.len()).unwrap();
+                b.copy_from_slice(&data);
+                task.bufs.push(b);
+                task.data_len = data.len();
+            }
+            p.execute(Box::new(Cmd { task, done }));
+        });
+        self.h.run_until_idle(100);
+        self.done.borrow_mut().pop().expect("command completed")
+    }
+}
+
+fn rw10(opcode: u8, lba: u32, blocks: u16) -> Vec<u8> {
+    let mut c = vec![opcode, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.push(0);
+    c.extend_from_slice(&blocks.to_be_bytes());
+    c.push(0);
+    c
+}
+
+#[test]
+fn write_then_read_back() {
+    let r = rig(1);
+    let p = port(&r, 0, "iqn.a");
+    let (st, ..) = r.run(&p, &rw10(op::WRITE_10, 3, 2), &[0x5a; 1024], 1024);
+    assert_eq!(st, status::GOOD);
+    let (st, _, data, xfer) = r.run(&p, &rw10(op::READ_10, 3, 2), &[], 1024);
+    assert_eq!((st, xfer), (status::GOOD, 1024));
+    assert_eq!(data, vec![0x5a; 1024]);
+}
+
+#[test]
+fn out_of_range_and_bad_fields_name_the_error() {
+    let r = rig(1);
+    let p = port(&r, 0, "iqn.a");
+    let (st, sense, ..) = r.run(&p, &rw10(op::READ_10, BLOCKS as u32, 1), &[], 512);
+    assert_eq!(st, status::CHECK_CONDITION);
+    assert_eq!((sense[2], sense[12], sense[13]), (0x05, 0x21, 0x00));
+    let mut c = rw10(op::READ_10, 0, 1);
+    c[1] = 0x20; // RDPROTECT
+    let (st, sense, ..) = r.run(&p, &c, &[], 512);
+    assert_eq!(st, status::CHECK_CONDITION);
+    assert_eq!((sense[12], sense[15] & 0xc0, sense[17]), (0x24, 0xc0, 1));
+    let (st, sense, ..) = r.run(&p, &[0xff, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!((st, sense[12]), (status::CHECK_CONDITION, 0x20));
+}
+
+#[test]
+fn compare_and_write_is_checked_and_reports_the_miscompare_offset() {
+    let r = rig(2);
+    let p = port(&r, 0, "iqn.a");
+    r.run(&p, &rw10(op::WRITE_10, 10, 1), &[1; 512], 512);
+    let mut caw = vec![op::COMPARE_AND_WRITE, 0];
+    caw.extend_from_slice(&10u64.to_be_bytes());
+    caw.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    let mut data = vec![1u8; 512];
+    data.extend_from_slice(&[2u8; 512]);
+    let (st, ..) = r.run(&p, &caw, &data, 1024);
+    assert_eq!(st, status::GOOD);
+    // The medium now holds 2s: comparing against 1s fails at byte 0...
+    let (st, sense, ..) = r.run(&p, &caw, &data, 1024);
+    assert_eq!((st, sense[2]), (status::CHECK_CONDITION, 0x0e));
+    // ...and at byte 7 when only that byte differs.
+    let mut data2 = vec![2u8; 512];
+    data2[7] = 9;
+    data2.extend_from_slice(&[3u8; 512]);
+    let (_, sense, ..) = r.run(&p, &caw, &data2, 1024);
+    assert_eq!(u32::from_be_bytes(sense[3..7].try_into().unwrap()), 7);
+}
+
+#[test]
+fn persistent_reservation_blocks_other_writers_and_tells_them_when_released() {
+    let r = rig(1);
+    let a = port(&r, 0, "iqn.a");
+    let b = port(&r, 0, "iqn.b");
+    let prout = |sa: u8, ty: u8| vec![op::PERSISTENT_RESERVE_OUT, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+    let param = |key: u64, sark: u64| {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sark.to_be_bytes());
+        p
+    };
+    assert_eq!(r.run(&a, &prout(0, 0), &param(0, 0xa), 24).0, status::GOOD);
+    assert_eq!(r.run(&b, &prout(0, 0), &param(0, 0xb), 24).0, status::GOOD);
+    // A reserves Write Exclusive Registrants Only: B (registered) may write.
+    assert_eq!(r.run(&a, &prout(1, 5), &param(0xa, 0), 24).0, status::GOOD);
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::GOOD);
+    // B unregisters: now it conflicts on writes but may read.
+    assert_eq!(r.run(&b, &prout(0, 0), &param(0xb, 0), 24).0, status::GOOD);
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::RESERVATION_CONFLICT);
+    assert_eq!(r.run(&b, &rw10(op::READ_10, 0, 1), &[], 512).0, status::GOOD);
+    // READ KEYS shows A's key only; A unregistering releases the RO reservation.
+    let (_, _, keys, _) = r.run(&a, &[op::PERSISTENT_RESERVE_IN, 0, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64);
+    assert_eq!(&keys[4..8], &8u32.to_be_bytes());
+    assert_eq!(r.run(&a, &prout(0, 0), &param(0xa, 0), 24).0, status::GOOD);
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::GOOD);
+}
+
+#[test]
+fn mode_select_raises_a_unit_attention_on_other_nexuses() {
+    let r = rig(1);
+    let a = port(&r, 0, "iqn.a");
+    let b = port(&r, 0, "iqn.b");
+    let (_, _, ms, _) = r.run(&a, &[op::MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], &[], 255);
+    let mut page = ms[4..].to_vec();
+    page[2] &= !0x04; // WCE off
+    let mut param = vec![0u8, 0, 0, 0];
+    param.extend_from_slice(&page);
+    let sel = [op::MODE_SELECT_6, 0x10, 0, 0, param.len() as u8, 0];
+    assert_eq!(r.run(&a, &sel, &param, param.len() as u32).0, status::GOOD);
+    let (st, sense, ..) = r.run(&b, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!((st, sense[2], sense[12], sense[13]), (status::CHECK_CONDITION, 0x06, 0x2a, 0x01));
+    assert_eq!(r.run(&b, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0).0, status::GOOD);
+    assert_eq!(r.run(&a, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0).0, status::GOOD);
+}
+
+#[test]
+fn writes_take_only_whole_blocks_the_initiator_sent() {
+    let r = rig(1);
+    let p = port(&r, 0, "iqn.a");
+    r.run(&p, &rw10(op::WRITE_10, 0, 2), &[b'a'; 1024], 1024);
+    // Two blocks asked, one sent: one written, xfer_len says two.
+    let (st, _, _, xfer) = r.run(&p, &rw10(op::WRITE_10, 0, 2), &[b'b'; 512], 512);
+    assert_eq!((st, xfer), (status::GOOD, 1024));
+    let (_, _, d, _) = r.run(&p, &rw10(op::READ_10, 0, 2), &[], 1024);
+    assert!(d[..512].iter().all(|&x| x == b'b') && d[512..].iter().all(|&x| x == b'a'));
+}
+
+#[test]
+fn unmap_then_get_lba_status_reports_deallocated_blocks() {
+    let r = rig(1);
+    let p = port(&r, 0, "iqn.a");
+    r.run(&p, &rw10(op::WRITE_10, 0, 8), &[7; 4096], 4096);
+    let mut param = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
+    param.extend_from_slice(&2u64.to_be_bytes());
+    param.extend_from_slice(&1u32.to_be_bytes());
+    param.extend_from_slice(&[0; 4]);
+    assert_eq!(r.run(&p, &[op::UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0], &param, 24).0, status::GOOD);
+    let mut gls = vec![op::SERVICE_ACTION_IN_16, op::SAI_GET_LBA_STATUS];
+    gls.extend_from_slice(&0u64.to_be_bytes());
+    gls.extend_from_slice(&64u32.to_be_bytes());
+    gls.extend_from_slice(&[0, 0]);
+    let (st, _, d, _) = r.run(&p, &gls, &[], 64);
+    assert_eq!(st, status::GOOD);
+    // Runs: [0,2) mapped, [2,3) deallocated, [3,8) mapped, then the zero rest.
+    assert_eq!(&d[8..16], &0u64.to_be_bytes());
+    assert_eq!(&d[16..20], &2u32.to_be_bytes());
+    assert_eq!(&d[24..32], &2u64.to_be_bytes());
+    assert_eq!(d[36] & 0x0f, 1);
+}
