@@ -1,0 +1,132 @@
+//! Admin commands on a live controller: identify, log pages, features,
+//! format, abort, I/O queue creation and deletion, raw pass-through.
+
+use std::time::Duration;
+
+use pollux_nvme_spec::cmd::{Command, Completion};
+use pollux_nvme_spec::identify::{IDENTIFY_DATA_LEN, IdentifyNamespace, NAMESPACE_LIST_LEN};
+use zerocopy::IntoBytes;
+
+use super::Controller;
+use crate::admin::{self, ADMIN_BUF};
+use crate::error::NvmeError;
+use crate::queue::Rings;
+
+/// Which way an admin command moves data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirection {
+    None,
+    /// Controller to host (identify, get log page).
+    FromDevice,
+    /// Host to controller (set features with data, namespace management).
+    ToDevice,
+}
+
+impl Controller {
+    /// Run an admin command with `data` moving as `dir` says (at most 64 KiB).
+    /// For the tools' pass-through and the driver's own admin work.
+    pub fn admin_command(&self, cmd: Command, dir: DataDirection, data: &mut [u8], timeout: Option<Duration>) -> Result<Completion, NvmeError> {
+        if data.len() > ADMIN_BUF {
+            return Err(NvmeError::Invalid(format!("admin data of {} bytes exceeds {ADMIN_BUF}", data.len())));
+        }
+        let mut admin = self.admin()?;
+        let len = match dir {
+            DataDirection::None => 0,
+            DataDirection::FromDevice => data.len(),
+            DataDirection::ToDevice => {
+                admin.write_data(data);
+                data.len()
+            }
+        };
+        let cqe = admin.run(cmd, len, timeout.unwrap_or(self.opts.admin_timeout))?;
+        if dir == DataDirection::FromDevice {
+            admin.read_data(data);
+        }
+        Ok(cqe)
+    }
+
+    pub fn identify_namespace(&self, nsid: u32) -> Result<Box<IdentifyNamespace>, NvmeError> {
+        let mut ns = IdentifyNamespace::zeroed_box();
+        self.admin_command(admin::identify(pollux_nvme_spec::identify::cns::NAMESPACE, nsid), DataDirection::FromDevice, ns.as_mut_bytes(), None)?;
+        Ok(ns)
+    }
+
+    /// Every active namespace id, ascending (following the list past 1024).
+    pub fn active_namespace_ids(&self) -> Result<Vec<u32>, NvmeError> {
+        let mut ids = Vec::new();
+        let mut after = 0u32;
+        loop {
+            let mut raw = vec![0u8; IDENTIFY_DATA_LEN];
+            self.admin_command(admin::active_namespaces(after), DataDirection::FromDevice, &mut raw, None)?;
+            let mut n = 0;
+            for chunk in raw.chunks_exact(4) {
+                let id = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                if id == 0 {
+                    break;
+                }
+                if id <= after || id == u32::MAX {
+                    return Err(NvmeError::BadData(format!("active namespace list is not ascending ({id} after {after})")));
+                }
+                ids.push(id);
+                after = id;
+                n += 1;
+            }
+            if n < NAMESPACE_LIST_LEN {
+                return Ok(ids);
+            }
+        }
+    }
+
+    /// Get Log Page into a vector of `len` bytes (a multiple of 4).
+    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize) -> Result<Vec<u8>, NvmeError> {
+        if len == 0 || len % 4 != 0 {
+            return Err(NvmeError::Invalid(format!("log page length {len} is not a positive multiple of 4")));
+        }
+        let mut buf = vec![0u8; len];
+        self.admin_command(admin::get_log_page(lid, nsid, len), DataDirection::FromDevice, &mut buf, None)?;
+        Ok(buf)
+    }
+
+    /// Get Features: the value (CQE DW0).
+    pub fn get_features(&self, fid: u8, sel: u32, nsid: u32, cdw11: u32) -> Result<u32, NvmeError> {
+        Ok(self.admin_command(admin::get_features(fid, sel, nsid, cdw11), DataDirection::None, &mut [], None)?.result.get())
+    }
+
+    /// Set Features: the controller's answer (CQE DW0).
+    pub fn set_features(&self, fid: u8, value: u32, nsid: u32, save: bool) -> Result<u32, NvmeError> {
+        Ok(self.admin_command(admin::set_features(fid, value, nsid, save), DataDirection::None, &mut [], None)?.result.get())
+    }
+
+    /// Format NVM, then re-read the namespaces (sizes may change).
+    pub fn format(&self, nsid: u32, lbaf: u8, ses: u8) -> Result<(), NvmeError> {
+        self.admin_command(admin::format_nvm(nsid, lbaf, ses), DataDirection::None, &mut [], Some(Duration::from_secs(600)))?;
+        self.scan_namespaces()
+    }
+
+    /// Abort command `cid` of queue `sqid`. Ok(true) if the controller says
+    /// it aborted it (CQE DW0 bit 0 clear).
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
+        let cqe = self.admin_command(admin::abort(sqid, cid), DataDirection::None, &mut [], None)?;
+        Ok(cqe.result.get() & 1 == 0)
+    }
+
+    /// Create the completion and submission queue of `rings` (its qid).
+    pub(crate) fn create_io_queues(&self, rings: &Rings) -> Result<(), NvmeError> {
+        let qid = rings.qid;
+        let entries = rings.entries();
+        self.admin_command(admin::create_io_cq(qid, entries, rings.cq_iova().0), DataDirection::None, &mut [], None)?;
+        if let Err(e) = self.admin_command(admin::create_io_sq(qid, entries, rings.sq_iova().0, qid), DataDirection::None, &mut [], None) {
+            let _ = self.admin_command(admin::delete_io_cq(qid), DataDirection::None, &mut [], None);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Delete I/O queue pair `qid` (the SQ first: the controller finishes or
+    /// aborts its commands before answering).
+    pub(crate) fn delete_io_queues(&self, qid: u16) -> Result<(), NvmeError> {
+        let sq = self.admin_command(admin::delete_io_sq(qid), DataDirection::None, &mut [], None);
+        let cq = self.admin_command(admin::delete_io_cq(qid), DataDirection::None, &mut [], None);
+        sq.and(cq).map(drop)
+    }
+}

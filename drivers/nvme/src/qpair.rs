@@ -1,0 +1,724 @@
+//! A reactor's I/O queue pair: takes bdev requests, cuts them into commands
+//! (PRP or SGL data pointers, at most the maximum transfer each), tracks
+//! every command by its id, and completes requests from a poller.
+//!
+//! Per poll: reap at most [`POLL_BATCH`] completions (phase tag), write the
+//! CQ head doorbell once, run the requests' callbacks, issue what waits, and
+//! write the SQ tail doorbell once -- so a batch of submissions costs one
+//! doorbell, not one per command. Nothing here locks or allocates per I/O:
+//! trackers (one per command id) and request slots are reused.
+//!
+//! Errors: a failed command fails its request with the decoded status; a
+//! command past its deadline is aborted, and if that does not help the
+//! controller is reset. After a reset (a new controller generation) the
+//! queue pair re-creates its queues and resubmits every request that was in
+//! flight from its start, so nothing is lost and nothing completes twice.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use pollux_core::bdev::{BdevIo, IoStatus, IoType};
+use pollux_core::clock;
+use pollux_core::reactor::{self, PollStatus, Poller};
+use pollux_nvme_spec::cmd::{Command, DataTransfer, DsmRange, SglDescriptor, io};
+use pollux_nvme_spec::status::{GenericStatus, MediaStatus, Status, StatusCodeType};
+use zerocopy::IntoBytes;
+
+use crate::controller::{Controller, PAGE_SIZE, State, TimeoutAction};
+use crate::error::{CommandError, CommandInfo, QueueKind};
+use crate::prp::{self, Cursor, ListSink, Mode, Segment};
+use crate::queue::Rings;
+use crate::sys::DeviceMemory;
+
+/// Completions reaped per poll at most.
+pub const POLL_BATCH: usize = 64;
+/// Bytes of scratch per command (PRP list, SGL descriptors, DSM range).
+const SLOT_SIZE: usize = 4096;
+const NO_REQ: u32 = u32::MAX;
+/// The most blocks one Write Zeroes carries (NLB is 16 bits, zero-based).
+const MAX_ZEROES_BLOCKS: u64 = 1 << 16;
+
+/// What a request does on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Compare,
+    Flush,
+    WriteZeroes,
+    Deallocate,
+}
+
+impl Op {
+    fn opcode(self) -> u8 {
+        match self {
+            Op::Read => io::READ,
+            Op::Write => io::WRITE,
+            Op::Compare => io::COMPARE,
+            Op::Flush => io::FLUSH,
+            Op::WriteZeroes => io::WRITE_ZEROES,
+            Op::Deallocate => io::DATASET_MANAGEMENT,
+        }
+    }
+
+    fn has_data(self) -> bool {
+        matches!(self, Op::Read | Op::Write | Op::Compare)
+    }
+}
+
+struct Request {
+    io: Option<BdevIo>,
+    op: Op,
+    nsid: u32,
+    block_size: u64,
+    slba: u64,
+    blocks: u64,
+    max_bytes: usize,
+    segs: Vec<Segment>,
+    /// Progress of issuing: blocks issued so far and where the data is.
+    issued: u64,
+    cursor: Cursor,
+    /// Commands in flight.
+    outstanding: u32,
+    /// Waiting in the pending queue.
+    queued: bool,
+    status: IoStatus,
+}
+
+impl Request {
+    fn empty() -> Request {
+        Request {
+            io: None,
+            op: Op::Flush,
+            nsid: 0,
+            block_size: 512,
+            slba: 0,
+            blocks: 0,
+            max_bytes: 0,
+            segs: Vec::new(),
+            issued: 0,
+            cursor: Cursor::default(),
+            outstanding: 0,
+            queued: false,
+            status: IoStatus::Success,
+        }
+    }
+
+    /// Whether every command of the request has been issued (or it failed).
+    fn fully_issued(&self) -> bool {
+        self.status != IoStatus::Success || self.issued >= self.blocks.max(1)
+    }
+
+    fn restart(&mut self) {
+        self.issued = 0;
+        self.cursor = Cursor::default();
+        self.outstanding = 0;
+        self.status = IoStatus::Success;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Tracker {
+    req: u32,
+    deadline: u64,
+    aborted: bool,
+    opcode: u8,
+    nsid: u32,
+}
+
+const FREE_TRACKER: Tracker = Tracker { req: NO_REQ, deadline: 0, aborted: false, opcode: 0, nsid: 0 };
+
+/// A scratch slot of the queue pair's memory as a PRP/SGL list.
+struct Slot<'a> {
+    mem: &'a DeviceMemory,
+    off: usize,
+    iova: u64,
+}
+
+impl ListSink for Slot<'_> {
+    fn iova(&self) -> u64 {
+        self.iova
+    }
+    fn capacity(&self) -> usize {
+        SLOT_SIZE
+    }
+    fn set_u64(&mut self, index: usize, v: u64) {
+        self.mem.write_u64(self.off + index * 8, v);
+    }
+    fn set_descriptor(&mut self, index: usize, d: &SglDescriptor) {
+        self.mem.write_bytes(self.off + index * 16, d);
+    }
+}
+
+/// Counters of one queue pair.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct QueueStats {
+    pub submitted_commands: u64,
+    pub completed_commands: u64,
+    pub failed_commands: u64,
+    pub doorbells: u64,
+    pub polls: u64,
+    pub timeouts: u64,
+    pub reconnects: u64,
+}
+
+struct Inner {
+    ctrl: Arc<Controller>,
+    qid: Option<u16>,
+    rings: Option<Rings>,
+    /// The controller generation the queues were created in (None: not
+    /// created).
+    connected: Option<u64>,
+    trackers: Vec<Tracker>,
+    free_cids: Vec<u16>,
+    requests: Vec<Request>,
+    free_reqs: Vec<u32>,
+    pending: VecDeque<u32>,
+    inflight: usize,
+    /// Completed requests whose callbacks run after the borrow ends.
+    done: Vec<(BdevIo, IoStatus)>,
+    /// Reset requests waiting for the controller reset to end.
+    resets: Vec<BdevIo>,
+    timeout_ticks: u64,
+    next_timeout_check: u64,
+    retry_connect_at: u64,
+    sgl: bool,
+    stats: QueueStats,
+    label: String,
+}
+
+/// A reactor's I/O queue pair on one controller (`!Send`).
+pub struct QueuePair {
+    inner: Rc<RefCell<Inner>>,
+    _poller: Poller,
+}
+
+impl QueuePair {
+    /// Allocate a queue id and the queue memory, create the queues on the
+    /// controller and start polling (on the current reactor).
+    pub(crate) fn new(ctrl: Arc<Controller>) -> QueuePair {
+        let entries = ctrl.options().io_queue_entries;
+        let commands = usize::from(entries) - 1;
+        let timeout_ticks = ctrl.options().io_timeout.map(clock::duration_to_ticks).unwrap_or(0);
+        let label = format!("{} on reactor {}", ctrl.name(), reactor::try_current().map(|r| r.0).unwrap_or(0));
+        let qid = ctrl.alloc_qid();
+        let rings = match qid {
+            Some(q) => match Rings::new(q, entries, ctrl.doorbell_stride(), commands, SLOT_SIZE) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!("NVMe {label}: no memory for an I/O queue: {e}");
+                    None
+                }
+            },
+            None => {
+                tracing::error!("NVMe {label}: no I/O queue left (the controller granted {})", ctrl.io_queue_count());
+                None
+            }
+        };
+        let sgl = ctrl.supports_sgl();
+        let inner = Rc::new(RefCell::new(Inner {
+            ctrl,
+            qid,
+            rings,
+            connected: None,
+            trackers: vec![FREE_TRACKER; commands],
+            free_cids: (0..commands as u16).rev().collect(),
+            requests: Vec::new(),
+            free_reqs: Vec::new(),
+            pending: VecDeque::new(),
+            inflight: 0,
+            done: Vec::with_capacity(POLL_BATCH),
+            resets: Vec::new(),
+            timeout_ticks,
+            next_timeout_check: 0,
+            retry_connect_at: 0,
+            sgl,
+            stats: QueueStats::default(),
+            label,
+        }));
+        inner.borrow_mut().connect();
+        let weak = Rc::downgrade(&inner);
+        let poller = reactor::register_poller("nvme_qpair", move || match weak.upgrade() {
+            Some(inner) => poll(&inner),
+            None => PollStatus::Idle,
+        });
+        QueuePair { inner, _poller: poller }
+    }
+
+    /// Submit a bdev request for namespace `nsid`.
+    pub fn submit(&self, nsid: u32, io: BdevIo) {
+        let op = match io.kind() {
+            IoType::Read => Op::Read,
+            IoType::Write => Op::Write,
+            IoType::Compare => Op::Compare,
+            IoType::Flush => Op::Flush,
+            IoType::WriteZeroes => Op::WriteZeroes,
+            IoType::Unmap => Op::Deallocate,
+            IoType::Reset => return self.reset(io),
+        };
+        let mut inner = self.inner.borrow_mut();
+        let ctrl_state = inner.ctrl.state();
+        if matches!(ctrl_state, State::Removed | State::ShutDown) {
+            drop(inner);
+            return io.complete(IoStatus::NoDevice);
+        }
+        if inner.rings.is_none() {
+            drop(inner);
+            return io.complete(IoStatus::NoMemory);
+        }
+        let idx = inner.alloc_request();
+        let max_transfer = inner.ctrl.max_transfer();
+        let r = &mut inner.requests[idx as usize];
+        r.op = op;
+        r.nsid = nsid;
+        r.block_size = u64::from(io.block_size());
+        r.slba = io.offset_blocks();
+        // A flush is one command whatever range it names.
+        r.blocks = if op == Op::Flush { 0 } else { io.num_blocks() };
+        r.max_bytes = (max_transfer.min(65536 * io.block_size() as usize) / io.block_size() as usize) * io.block_size() as usize;
+        r.segs.clear();
+        if op.has_data() {
+            r.segs.extend(io.buffers().iter().map(|b| Segment { iova: b.iova().0, len: b.len() }));
+        }
+        r.restart();
+        r.io = Some(io);
+        r.queued = true;
+        inner.pending.push_back(idx);
+        inner.issue_pending();
+    }
+
+    /// Reset the controller (a bdev reset request); completes when the
+    /// controller reset ends.
+    fn reset(&self, io: BdevIo) {
+        let ctrl = {
+            let mut inner = self.inner.borrow_mut();
+            inner.resets.push(io);
+            inner.ctrl.clone()
+        };
+        let me = reactor::current();
+        let c = ctrl.clone();
+        ctrl.reset(move |res| {
+            reactor::send_msg(me, move || {
+                if let Some(qp) = pollux_core::io_channel::try_get_io_channel(&c) {
+                    let ios = std::mem::take(&mut qp.inner.borrow_mut().resets);
+                    let st = if res.is_ok() { IoStatus::Success } else { IoStatus::Failed };
+                    for io in ios {
+                        io.complete(st);
+                    }
+                }
+            })
+        });
+    }
+
+    /// Run one poll now (after a reset or removal, to wake a sleeping reactor).
+    pub(crate) fn kick(&self) {
+        poll(&self.inner);
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        self.inner.borrow().stats
+    }
+
+    pub fn qid(&self) -> Option<u16> {
+        self.inner.borrow().qid
+    }
+
+    /// Commands in flight on the device.
+    pub fn inflight(&self) -> usize {
+        self.inner.borrow().inflight
+    }
+}
+
+impl Drop for QueuePair {
+    fn drop(&mut self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.disconnect_and_delete();
+        // Anything still here never reaches the device again: fail it. (The
+        // queues were deleted above, so the device is done with the buffers.)
+        inner.fail_all(IoStatus::Aborted);
+        if let Some(q) = inner.qid.take() {
+            inner.ctrl.free_qid(q);
+        }
+        let done = std::mem::take(&mut inner.done);
+        drop(inner);
+        for (io, st) in done {
+            io.complete(st);
+        }
+    }
+}
+
+/// One poll of a queue pair. Busy while commands are in flight or waiting,
+/// so an interrupt-mode reactor keeps polling until they finish.
+fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
+    let reaped = {
+        let mut q = inner.borrow_mut();
+        q.stats.polls += 1;
+        q.check_controller();
+        let n = q.reap();
+        if q.timeout_ticks != 0 && q.inflight > 0 {
+            q.check_timeouts();
+        }
+        n
+    };
+    // Callbacks may submit more: run them without holding the borrow.
+    let mut done = std::mem::take(&mut inner.borrow_mut().done);
+    let completed = done.len();
+    for (io, st) in done.drain(..) {
+        io.complete(st);
+    }
+    let mut q = inner.borrow_mut();
+    if q.done.is_empty() {
+        // Keep the vector's capacity: no allocation per poll.
+        q.done = done;
+    }
+    q.issue_pending();
+    q.ring_sq();
+    (reaped > 0 || completed > 0 || q.inflight > 0 || !q.pending.is_empty() || !q.done.is_empty()).into()
+}
+
+impl Inner {
+    fn alloc_request(&mut self) -> u32 {
+        if let Some(i) = self.free_reqs.pop() {
+            return i;
+        }
+        self.requests.push(Request::empty());
+        (self.requests.len() - 1) as u32
+    }
+
+    fn free_request(&mut self, idx: u32) -> Option<(BdevIo, IoStatus)> {
+        let r = &mut self.requests[idx as usize];
+        let io = r.io.take()?;
+        let st = r.status;
+        r.queued = false;
+        self.free_reqs.push(idx);
+        Some((io, st))
+    }
+
+    /// Create the queues on the controller if it is enabled and they are
+    /// not there (first use, or after a reset).
+    fn connect(&mut self) {
+        if self.ctrl.state() != State::Enabled {
+            return;
+        }
+        let generation = self.ctrl.generation();
+        let Some(rings) = self.rings.as_mut() else { return };
+        rings.reset();
+        match self.ctrl.create_io_queues(rings) {
+            Ok(()) => {
+                self.connected = Some(generation);
+                tracing::debug!("NVMe {}: I/O queue {} created", self.label, rings.qid);
+            }
+            Err(e) => {
+                tracing::error!("NVMe {}: cannot create I/O queue {}: {e}", self.label, rings.qid);
+                self.connected = None;
+                self.retry_connect_at = clock::ticks() + clock::duration_to_ticks(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Look at the controller's state: reconnect after a reset, fail
+    /// everything when it is gone.
+    fn check_controller(&mut self) {
+        match self.ctrl.state() {
+            State::Enabled => {
+                let generation = self.ctrl.generation();
+                if self.connected == Some(generation) || self.rings.is_none() {
+                    return;
+                }
+                if self.connected.is_none() && clock::ticks() < self.retry_connect_at {
+                    return;
+                }
+                if self.connected.is_some() {
+                    tracing::warn!("NVMe {}: controller was reset; re-creating queue, resubmitting {} command(s)", self.label, self.inflight);
+                    self.stats.reconnects += 1;
+                }
+                self.requeue_inflight();
+                self.connect();
+            }
+            State::Resetting => {}
+            State::Failed => {
+                self.connected = None;
+                self.fail_all(IoStatus::Failed);
+            }
+            State::Removed | State::ShutDown => {
+                self.connected = None;
+                self.fail_all(IoStatus::NoDevice);
+            }
+        }
+    }
+
+    /// Forget every command in flight and queue their requests again from
+    /// their start (the controller was reset: its queues are gone and it
+    /// will not touch their buffers any more).
+    fn requeue_inflight(&mut self) {
+        for cid in 0..self.trackers.len() {
+            let t = self.trackers[cid];
+            if t.req == NO_REQ {
+                continue;
+            }
+            self.trackers[cid] = FREE_TRACKER;
+            self.free_cids.push(cid as u16);
+            let r = &mut self.requests[t.req as usize];
+            r.restart();
+            if !r.queued {
+                r.queued = true;
+                self.pending.push_back(t.req);
+            }
+        }
+        // Requests partly issued and still queued start over as well.
+        for &idx in &self.pending {
+            self.requests[idx as usize].restart();
+        }
+        self.inflight = 0;
+    }
+
+    /// Fail every request in flight or waiting (the device will not touch
+    /// their buffers any more).
+    fn fail_all(&mut self, status: IoStatus) {
+        for cid in 0..self.trackers.len() {
+            let t = self.trackers[cid];
+            if t.req == NO_REQ {
+                continue;
+            }
+            self.trackers[cid] = FREE_TRACKER;
+            self.free_cids.push(cid as u16);
+            let r = &mut self.requests[t.req as usize];
+            r.outstanding = 0;
+            r.status = status;
+            if !r.queued {
+                r.queued = true;
+                self.pending.push_back(t.req);
+            }
+        }
+        self.inflight = 0;
+        while let Some(idx) = self.pending.pop_front() {
+            self.requests[idx as usize].status = status;
+            if let Some(d) = self.free_request(idx) {
+                self.done.push(d);
+            }
+        }
+    }
+
+    fn disconnect_and_delete(&mut self) {
+        if let (Some(_), Some(rings)) = (self.connected.take(), self.rings.as_ref()) {
+            if self.ctrl.state() == State::Enabled {
+                if let Err(e) = self.ctrl.delete_io_queues(rings.qid) {
+                    tracing::warn!("NVMe {}: deleting I/O queue {}: {e}", self.label, rings.qid);
+                }
+            }
+        }
+    }
+
+    /// Reap completions, at most one batch. Returns how many.
+    fn reap(&mut self) -> usize {
+        if self.connected.is_none() || self.inflight == 0 {
+            return 0;
+        }
+        let Some(mut rings) = self.rings.take() else { return 0 };
+        let mut n = 0;
+        while n < POLL_BATCH {
+            let Some(cqe) = rings.next_completion() else { break };
+            n += 1;
+            let cid = usize::from(cqe.cid.get());
+            let Some(t) = self.trackers.get(cid).copied().filter(|t| t.req != NO_REQ) else {
+                tracing::error!("NVMe {}: completion for unknown command id {cid}; ignored", self.label);
+                continue;
+            };
+            self.trackers[cid] = FREE_TRACKER;
+            self.free_cids.push(cid as u16);
+            self.inflight -= 1;
+            self.stats.completed_commands += 1;
+            let status = cqe.status();
+            let r = &mut self.requests[t.req as usize];
+            r.outstanding -= 1;
+            if !status.is_success() {
+                self.stats.failed_commands += 1;
+                let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: cid as u16, nsid: t.nsid };
+                let err = CommandError::from_status(info, status);
+                tracing::warn!("NVMe {}: {err}", self.label);
+                if r.status == IoStatus::Success {
+                    r.status = io_status(status);
+                }
+            }
+            if r.outstanding == 0 && r.fully_issued() && !r.queued {
+                if let Some(d) = self.free_request(t.req) {
+                    self.done.push(d);
+                }
+            }
+        }
+        if n > 0 {
+            if let Err(e) = rings.ring_cq(self.ctrl.registers()) {
+                tracing::error!("NVMe {}: CQ doorbell: {e}", self.label);
+            }
+            self.stats.doorbells += 1;
+        }
+        self.rings = Some(rings);
+        n
+    }
+
+    /// Issue commands for waiting requests while command ids are free.
+    fn issue_pending(&mut self) {
+        if self.connected.is_none() || self.ctrl.state() != State::Enabled {
+            return;
+        }
+        while let Some(&idx) = self.pending.front() {
+            if self.requests[idx as usize].fully_issued() {
+                self.pending.pop_front();
+                let r = &mut self.requests[idx as usize];
+                r.queued = false;
+                if r.outstanding == 0 {
+                    if let Some(d) = self.free_request(idx) {
+                        self.done.push(d);
+                    }
+                }
+                continue;
+            }
+            let Some(cid) = self.free_cids.pop() else { return };
+            self.issue_one(idx, cid);
+        }
+    }
+
+    /// Build and push the next command of request `idx` with id `cid`.
+    fn issue_one(&mut self, idx: u32, cid: u16) {
+        let rings = self.rings.as_mut().expect("connected queue has rings");
+        let r = &mut self.requests[idx as usize];
+        let mut cmd = Command::new(r.op.opcode());
+        cmd.cid.set(cid);
+        cmd.nsid.set(r.nsid);
+        let lba = r.slba + r.issued;
+        let left = r.blocks - r.issued;
+        let (slot_off, slot_iova) = rings.slot(usize::from(cid));
+        let blocks = match r.op {
+            Op::Flush => 1,
+            Op::WriteZeroes => {
+                let n = left.min(MAX_ZEROES_BLOCKS);
+                cmd.set_slba(lba);
+                cmd.set_nlb(n as u32);
+                n
+            }
+            Op::Deallocate => {
+                let n = left.min(u64::from(u32::MAX));
+                let range = DsmRange { attributes: 0.into(), blocks: (n as u32).into(), slba: lba.into() };
+                rings.mem.write_bytes(slot_off, range.as_bytes());
+                cmd.dptr.prp1.set(slot_iova);
+                cmd.cdw10.set(0);
+                cmd.cdw11.set(io::DSM_ATTR_DEALLOCATE);
+                n
+            }
+            Op::Read | Op::Write | Op::Compare => {
+                let bs = r.block_size as usize;
+                let prp_bytes = prp::next_chunk(&r.segs, r.cursor, r.max_bytes, bs, PAGE_SIZE, Mode::Prp);
+                let sgl_bytes = if self.sgl { prp::next_chunk(&r.segs, r.cursor, r.max_bytes, bs, PAGE_SIZE, Mode::Sgl { max_descriptors: SLOT_SIZE / 16 }).ok() } else { None };
+                let mut slot = Slot { mem: &rings.mem, off: slot_off, iova: slot_iova };
+                let built = match (prp_bytes, sgl_bytes) {
+                    (Ok(p), Some(s)) if s > p => prp::build_sgl(&r.segs, r.cursor, s, &mut slot).map(|dp| {
+                        cmd.set_data_transfer(DataTransfer::SglContiguousMetadata);
+                        (dp, s)
+                    }),
+                    (Ok(p), _) => prp::build_prp(&r.segs, r.cursor, p, PAGE_SIZE, &mut slot).map(|dp| (dp, p)),
+                    (Err(e), _) => Err(e),
+                };
+                match built {
+                    Ok((dp, bytes)) => {
+                        cmd.dptr = dp;
+                        r.cursor = prp::advance_cursor(&r.segs, r.cursor, bytes);
+                        let n = (bytes / bs) as u64;
+                        cmd.set_slba(lba);
+                        cmd.set_nlb(n as u32);
+                        n
+                    }
+                    Err(e) => {
+                        tracing::warn!("NVMe {}: request at LBA {lba}: {e}", self.label);
+                        r.status = IoStatus::InvalidBuffer;
+                        self.free_cids.push(cid);
+                        return;
+                    }
+                }
+            }
+        };
+        r.issued += blocks;
+        r.outstanding += 1;
+        if r.fully_issued() {
+            r.queued = false;
+            self.pending.pop_front();
+        }
+        let deadline = if self.timeout_ticks == 0 { u64::MAX } else { clock::ticks() + self.timeout_ticks };
+        self.trackers[usize::from(cid)] = Tracker { req: idx, deadline, aborted: false, opcode: cmd.opcode, nsid: r.nsid };
+        rings.push(&cmd);
+        self.inflight += 1;
+        self.stats.submitted_commands += 1;
+    }
+
+    fn ring_sq(&mut self) {
+        let Some(rings) = self.rings.as_mut() else { return };
+        match rings.ring_sq(self.ctrl.registers()) {
+            Ok(true) => self.stats.doorbells += 1,
+            Ok(false) => {}
+            Err(e) => tracing::error!("NVMe {}: SQ doorbell: {e}", self.label),
+        }
+    }
+
+    /// Every so often, look for commands past their deadline.
+    fn check_timeouts(&mut self) {
+        let now = clock::ticks();
+        if now < self.next_timeout_check {
+            return;
+        }
+        self.next_timeout_check = now + (self.timeout_ticks / 8).max(1);
+        let action = self.ctrl.options().timeout_action;
+        let qid = self.qid.unwrap_or(0);
+        let mut reset = false;
+        for cid in 0..self.trackers.len() {
+            let t = self.trackers[cid];
+            if t.req == NO_REQ || t.deadline > now {
+                continue;
+            }
+            self.stats.timeouts += 1;
+            let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: cid as u16, nsid: t.nsid };
+            tracing::error!("NVMe {}: {info} timed out", self.label);
+            match action {
+                TimeoutAction::None => self.trackers[cid].deadline = now + self.timeout_ticks,
+                TimeoutAction::Abort if !t.aborted => {
+                    self.trackers[cid].aborted = true;
+                    self.trackers[cid].deadline = now + self.timeout_ticks;
+                    match self.ctrl.abort(qid, cid as u16) {
+                        Ok(true) => tracing::warn!("NVMe {}: {info} aborted", self.label),
+                        Ok(false) => {
+                            tracing::warn!("NVMe {}: the controller did not abort {info}; resetting", self.label);
+                            reset = true;
+                        }
+                        Err(e) => {
+                            tracing::warn!("NVMe {}: abort of {info} failed ({e}); resetting", self.label);
+                            reset = true;
+                        }
+                    }
+                }
+                TimeoutAction::Abort | TimeoutAction::Reset => reset = true,
+            }
+        }
+        if reset {
+            let name = self.ctrl.name().to_string();
+            // The reset runs outside this borrow: from a message.
+            let ctrl = self.ctrl.clone();
+            reactor::send_msg(reactor::current(), move || {
+                ctrl.reset(move |r| {
+                    if let Err(e) = r {
+                        tracing::error!("NVMe controller {name}: reset after a timeout failed: {e}");
+                    }
+                })
+            });
+        }
+    }
+}
+
+/// The bdev status for a failed NVMe status.
+fn io_status(s: Status) -> IoStatus {
+    match (s.sct(), s.generic(), s.media()) {
+        (_, Some(GenericStatus::AbortRequested | GenericStatus::AbortedSqDeletion), _) => IoStatus::Aborted,
+        (_, _, Some(MediaStatus::CompareFailure)) => IoStatus::Miscompare { offset: 0 },
+        (StatusCodeType::MediaAndDataIntegrity, _, _) => IoStatus::Media,
+        _ => IoStatus::Nvme { sct: s.sct().code(), sc: s.sc() },
+    }
+}

@@ -1,0 +1,170 @@
+//! A PCI function opened through VFIO (`vfio-ioctls`, type1 IOMMU, no KVM):
+//! its container, group and device, BAR0 mapped, PCI config space accesses
+//! that return their errors, bus mastering, and the IOMMU mapping of every
+//! DMA region (IOVA = virtual address).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use pollux_core::dma::{self, DmaMapper, Iova, MapperId};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
+
+use super::bar::Bar;
+use crate::error::PciError;
+use crate::pci::{PciAddress, PciFunction};
+
+/// `VFIO_PCI_BAR0_REGION_INDEX` and `VFIO_PCI_CONFIG_REGION_INDEX` (linux/vfio.h).
+const BAR0: u32 = 0;
+const CONFIG: u32 = 7;
+/// `VFIO_REGION_INFO_FLAG_MMAP`.
+const REGION_FLAG_MMAP: u32 = 1 << 2;
+/// PCI command register and its bits.
+const PCI_COMMAND: u64 = 0x04;
+const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+const PCI_COMMAND_MASTER: u16 = 1 << 2;
+const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+
+/// Maps DMA regions into one VFIO container.
+struct ContainerMapper(Arc<VfioContainer>);
+
+impl DmaMapper for ContainerMapper {
+    fn map(&self, vaddr: *mut u8, iova: Iova, len: usize) -> io::Result<()> {
+        // SAFETY: `vaddr..vaddr+len` is a DMA region owned by the allocator in
+        // pollux-core for the life of the process (or until it is released,
+        // which unmaps it from every mapper first). Memory the device may
+        // access is only reached through raw pointers and volatile accesses
+        // while the device owns it (queues), or belongs to an I/O request that
+        // no one references until the device is done (data buffers).
+        unsafe { self.0.vfio_dma_map(iova.0, len, vaddr) }.map_err(io::Error::other)
+    }
+
+    fn unmap(&self, iova: Iova, len: usize) -> io::Result<()> {
+        self.0.vfio_dma_unmap(iova.0, len).map_err(io::Error::other)
+    }
+}
+
+/// An NVMe controller's PCI function, opened through VFIO.
+pub struct VfioPci {
+    addr: PciAddress,
+    // Drop order: the mapper is unregistered in `Drop`, then BAR0 is
+    // unmapped, then the device and finally the container are closed.
+    mapper: Option<MapperId>,
+    bar0: Arc<Bar>,
+    device: VfioDevice,
+    _container: Arc<VfioContainer>,
+}
+
+impl VfioPci {
+    /// Open `addr`, which must be an NVMe controller bound to vfio-pci, map
+    /// its BAR0, map all DMA memory into its IOMMU domain and enable bus
+    /// mastering.
+    pub fn open(addr: PciAddress) -> Result<VfioPci, PciError> {
+        let func = PciFunction::probe(addr).ok_or(PciError::NotFound(addr))?;
+        if !func.is_nvme() {
+            return Err(PciError::NotNvme { addr, class: func.class });
+        }
+        if func.driver.as_deref() != Some("vfio-pci") {
+            return Err(PciError::NotVfio { addr, driver: func.driver.unwrap_or_else(|| "no driver".into()) });
+        }
+        let container = Arc::new(VfioContainer::new(None).map_err(|e| PciError::Vfio { addr, what: "open /dev/vfio/vfio", source: Box::new(e) })?);
+        let ops: Arc<dyn VfioOps> = container.clone();
+        let device = VfioDevice::new(&addr.sysfs_path(), ops, false).map_err(|e| PciError::Vfio { addr, what: "open the VFIO device", source: Box::new(e) })?;
+        let size = device.get_region_size(BAR0);
+        if size < 0x2000 || device.get_region_flags(BAR0) & REGION_FLAG_MMAP == 0 {
+            return Err(PciError::Bar0 { addr, size });
+        }
+        let len = usize::try_from(size).map_err(|_| PciError::Bar0 { addr, size })?;
+        // SAFETY: BAR0 of this VFIO device, with the offset and size VFIO
+        // reported for it; only `Bar` accesses the mapping.
+        let bar0 = unsafe { Bar::map(device.as_raw_fd(), device.get_region_offset(BAR0), len) }.map_err(|source| PciError::Io { addr, what: "map BAR0", source })?;
+        let mut pci = VfioPci { addr, mapper: None, bar0: Arc::new(bar0), device, _container: container.clone() };
+        pci.enable_bus_master()?;
+        dma::require_hugepages();
+        let id = dma::register_mapper(Arc::new(ContainerMapper(container))).map_err(|e| PciError::Dma { addr, source: e })?;
+        pci.mapper = Some(id);
+        Ok(pci)
+    }
+
+    pub fn address(&self) -> PciAddress {
+        self.addr
+    }
+
+    /// BAR0: the controller's registers and doorbells.
+    pub fn bar0(&self) -> Arc<Bar> {
+        self.bar0.clone()
+    }
+
+    /// Read `buf.len()` bytes of PCI configuration space at `offset`.
+    pub fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PciError> {
+        let at = self.config_offset(offset, buf.len())?;
+        let fd = self.device.as_raw_fd();
+        // SAFETY: pread into a buffer we own exclusively, of its own length.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), at) };
+        self.config_result("read PCI config space", n, buf.len())
+    }
+
+    /// Write `buf` to PCI configuration space at `offset`.
+    pub fn config_write(&self, offset: u64, buf: &[u8]) -> Result<(), PciError> {
+        let at = self.config_offset(offset, buf.len())?;
+        let fd = self.device.as_raw_fd();
+        // SAFETY: pwrite from a buffer we own, of its own length.
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), at) };
+        self.config_result("write PCI config space", n, buf.len())
+    }
+
+    fn config_offset(&self, offset: u64, len: usize) -> Result<libc::off_t, PciError> {
+        let size = self.device.get_region_size(CONFIG);
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(PciError::Io { addr: self.addr, what: "reach PCI config space", source: io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes at {offset:#x} beyond {size}")) });
+        }
+        libc::off_t::try_from(self.device.get_region_offset(CONFIG) + offset)
+            .map_err(|_| PciError::Io { addr: self.addr, what: "reach PCI config space", source: io::Error::new(io::ErrorKind::InvalidInput, "offset too large") })
+    }
+
+    fn config_result(&self, what: &'static str, n: isize, want: usize) -> Result<(), PciError> {
+        if n < 0 {
+            return Err(PciError::Io { addr: self.addr, what, source: io::Error::last_os_error() });
+        }
+        if n as usize != want {
+            return Err(PciError::Io { addr: self.addr, what, source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} of {want} bytes")) });
+        }
+        Ok(())
+    }
+
+    /// Let the function reach memory (memory space + bus master) and mask
+    /// legacy interrupts (the driver polls).
+    fn enable_bus_master(&self) -> Result<(), PciError> {
+        let mut cmd = [0u8; 2];
+        self.config_read(PCI_COMMAND, &mut cmd)?;
+        let v = u16::from_le_bytes(cmd) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+        self.config_write(PCI_COMMAND, &v.to_le_bytes())?;
+        let mut back = [0u8; 2];
+        self.config_read(PCI_COMMAND, &mut back)?;
+        if u16::from_le_bytes(back) & PCI_COMMAND_MASTER == 0 {
+            return Err(PciError::Io { addr: self.addr, what: "enable bus mastering", source: io::Error::other("the bit did not stick") });
+        }
+        Ok(())
+    }
+
+    /// PCI vendor and device id from config space.
+    pub fn ids(&self) -> Result<(u16, u16), PciError> {
+        let mut b = [0u8; 4];
+        self.config_read(0, &mut b)?;
+        Ok((u16::from_le_bytes([b[0], b[1]]), u16::from_le_bytes([b[2], b[3]])))
+    }
+}
+
+impl Drop for VfioPci {
+    fn drop(&mut self) {
+        if let Some(id) = self.mapper.take() {
+            dma::unregister_mapper(id);
+        }
+        // Stop the function from reaching memory before the device is closed.
+        let mut cmd = [0u8; 2];
+        if self.config_read(PCI_COMMAND, &mut cmd).is_ok() {
+            let v = u16::from_le_bytes(cmd) & !PCI_COMMAND_MASTER;
+            let _ = self.config_write(PCI_COMMAND, &v.to_le_bytes());
+        }
+    }
+}

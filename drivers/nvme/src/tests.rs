@@ -1,0 +1,407 @@
+//! The driver against the fake controller on the step harness: bring-up,
+//! queues and phase tags, PRP/SGL data pointers, splitting, status
+//! decoding, timeouts, reset, removal and shutdown -- no VM needed.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pollux_core::bdev::{self, BdevEvent, BdevIo, Descriptor, IoStatus};
+use pollux_core::dma::{self, DmaBuf};
+use pollux_core::io_channel::IoChannel;
+use pollux_core::reactor::{self, Harness};
+use pollux_nvme_spec::cmd::io;
+use pollux_nvme_spec::status::MediaStatus;
+use serde_json::json;
+
+use crate::controller::{Controller, ControllerOptions, State, TimeoutAction};
+use crate::fake::FakeController;
+use crate::qpair::QueuePair;
+use crate::regs::Registers;
+
+static_assertions::assert_not_impl_any!(QueuePair: Send, Sync);
+static_assertions::assert_impl_all!(Controller: Send, Sync);
+
+struct Setup {
+    h: Harness,
+    fake: Arc<FakeController>,
+    ctrl: Arc<Controller>,
+}
+
+fn setup(name: &str, namespaces: usize, mdts: u8, sgl: bool, opts: ControllerOptions) -> Setup {
+    let h = Harness::new(1);
+    let fake = Arc::new(FakeController::new(namespaces, 4096, 512, mdts, sgl));
+    let regs: Arc<dyn Registers> = fake.clone();
+    let ctrl = h.on(0, || Controller::start(name, regs, None, opts).expect("bring-up"));
+    let c = ctrl.clone();
+    let names = h.on(0, move || crate::bdev::add_controller(c, json!({"name": "x"})).expect("bdevs"));
+    assert_eq!(names.len(), namespaces);
+    Setup { h, fake, ctrl }
+}
+
+type Done = Rc<RefCell<Vec<(u64, IoStatus, Vec<u8>)>>>;
+
+fn record(out: &Done, tag: u64) -> impl FnOnce(BdevIo) + 'static {
+    let out = out.clone();
+    move |mut io: BdevIo| {
+        let data: Vec<u8> = io.take_buffers().iter().flat_map(|b| b.to_vec()).collect();
+        out.borrow_mut().push((tag, io.status(), data));
+    }
+}
+
+fn buf(len: usize, fill: u8) -> DmaBuf {
+    let pool = dma::pool().expect("pool");
+    let mut b = if len <= pool.large_size() { pool.get(len).expect("pool buffer") } else { DmaBuf::alloc(len).expect("buffer") };
+    b.set_len(len);
+    b.fill(fill);
+    b
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn buf_from(data: &[u8]) -> DmaBuf {
+    let mut b = buf(data.len(), 0);
+    b.copy_from_slice(data);
+    b
+}
+
+/// Open `name` and keep the descriptor and channel on reactor 0.
+fn open(s: &Setup, name: &str) -> (Descriptor, IoChannel<bdev::Bdev>) {
+    let name = name.to_string();
+    s.h.on(0, move || {
+        let d = bdev::open(&name, true, |_| {}).expect("open");
+        let ch = d.channel();
+        (d, ch)
+    })
+}
+
+/// Step until `cond` or `limit`.
+fn run_until(h: &Harness, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "condition not reached within {limit:?}");
+        h.step_all();
+    }
+}
+
+fn run_until_done(s: &Setup, out: &Done, n: usize) {
+    run_until(&s.h, Duration::from_secs(10), || out.borrow().len() >= n);
+}
+
+#[test]
+fn bring_up_identifies_and_registers_one_bdev_per_namespace() {
+    let s = setup("Fake0", 3, 5, false, ControllerOptions::default());
+    let id = s.ctrl.identify_data();
+    assert_eq!(id.model(), "Pollux Fake Ctrl");
+    assert_eq!(id.serial(), "fake0001");
+    assert_eq!(s.ctrl.max_transfer(), 128 << 10, "MDTS 5 with 4 KiB pages");
+    assert_eq!(s.ctrl.io_queue_count(), 8, "as Set Features granted");
+    assert_eq!(s.ctrl.namespaces().len(), 3);
+    let bdevs = s.h.on(0, bdev::list);
+    let names: Vec<&str> = bdevs.iter().map(|b| b.name()).collect();
+    assert_eq!(names, ["Fake0n1", "Fake0n2", "Fake0n3"]);
+    assert_eq!(bdevs[0].num_blocks(), 4096);
+    assert_eq!(bdevs[0].block_size(), 512);
+    assert!(bdevs[0].supports(bdev::IoType::Unmap) && bdevs[0].supports(bdev::IoType::WriteZeroes));
+    let calls: Vec<_> = bdevs.iter().filter_map(|b| b.backend().config_call(b)).collect();
+    assert_eq!(calls.len(), 1, "one attach call per controller in save_config");
+}
+
+#[test]
+fn large_requests_are_split_at_the_maximum_transfer_and_use_prp_lists() {
+    let s = setup("Split", 1, 2, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Splitn1");
+    let out: Done = Rc::default();
+    let data = pattern(96 << 10, 7);
+    let (o, w) = (out.clone(), data.clone());
+    s.h.on(0, || d.write(&ch, [buf_from(&w)], 8, 192, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::Success);
+    assert_eq!(&s.fake.disk(0)[8 * 512..8 * 512 + data.len()], &data[..]);
+    // 96 KiB with MDTS 2 (16 KiB): six commands, each with a PRP list.
+    assert_eq!(s.fake.counters(|c| c.opcodes.get(&io::WRITE).copied()), Some(6));
+    assert!(s.fake.counters(|c| c.prp_lists) >= 6);
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(64 << 10, 0), buf(32 << 10, 0)], 8, 192, record(&o, 2)));
+    run_until_done(&s, &out, 2);
+    assert_eq!(out.borrow()[1].1, IoStatus::Success);
+    assert_eq!(out.borrow()[1].2, data, "read back what was written");
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn pieces_that_break_prp_rules_use_sgls_when_supported_and_split_otherwise() {
+    for sgl in [false, true] {
+        let name = if sgl { "Sgl" } else { "Prp" };
+        let s = setup(name, 1, 5, sgl, ControllerOptions::default());
+        let (d, ch) = open(&s, &format!("{name}n1"));
+        let out: Done = Rc::default();
+        let parts: Vec<Vec<u8>> = (0..4).map(|i| pattern(512, i)).collect();
+        let (o, p) = (out.clone(), parts.clone());
+        // Four 512-byte pool buffers: none ends on a page boundary.
+        s.h.on(0, || d.write(&ch, p.iter().map(|x| buf_from(x)), 100, 4, record(&o, 1)));
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Success);
+        let want: Vec<u8> = parts.concat();
+        assert_eq!(&s.fake.disk(0)[100 * 512..104 * 512], &want[..]);
+        let writes = s.fake.counters(|c| c.opcodes.get(&io::WRITE).copied().unwrap_or(0));
+        if sgl {
+            assert_eq!(writes, 1, "one command with four SGL descriptors");
+            assert_eq!(s.fake.counters(|c| c.sgl_commands), 1);
+        } else {
+            assert_eq!(writes, 4, "one command per piece with PRPs");
+        }
+        s.h.on(0, move || drop((ch, d)));
+    }
+}
+
+#[test]
+fn a_batch_of_submissions_rings_the_doorbell_once_and_the_queue_wraps() {
+    let opts = ControllerOptions { io_queue_entries: 16, ..Default::default() };
+    let s = setup("Batch", 1, 5, false, opts);
+    let (d, ch) = open(&s, "Batchn1");
+    let out: Done = Rc::default();
+    let o = out.clone();
+    s.h.on(0, || {
+        for i in 0..12u64 {
+            d.write(&ch, [buf(4096, i as u8 + 1)], i * 8, 8, record(&o, i));
+        }
+    });
+    run_until_done(&s, &out, 12);
+    assert_eq!(s.fake.counters(|c| c.max_batch), 12, "twelve commands behind one SQ doorbell write");
+    // Far more requests than queue entries: requests wait for free command
+    // ids, the phase tag flips many times, every request completes once.
+    let d = Rc::new(d);
+    let ch = Rc::new(ch);
+    let count = 400u64;
+    for round in 0..count / 20 {
+        let (o, d2, c2) = (out.clone(), d.clone(), ch.clone());
+        s.h.on(0, move || {
+            for i in 0..20u64 {
+                let n = round * 20 + i;
+                d2.write(&c2, [buf(512, (n % 251) as u8)], n % 4096, 1, record(&o, 100 + n));
+            }
+        });
+    }
+    run_until_done(&s, &out, 12 + count as usize);
+    let done = out.borrow();
+    let mut tags: Vec<u64> = done.iter().map(|x| x.0).collect();
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 12 + count as usize, "every request completed exactly once");
+    assert!(done.iter().all(|x| x.1 == IoStatus::Success));
+    drop(done);
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn write_zeroes_and_deallocate_read_back_zeroes() {
+    let s = setup("Zero", 1, 5, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Zeron1");
+    let out: Done = Rc::default();
+    let o = out.clone();
+    s.h.on(0, || d.write(&ch, [buf(64 << 10, 0xee)], 0, 128, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    let o = out.clone();
+    s.h.on(0, || {
+        d.write_zeroes(&ch, 0, 64, record(&o, 2));
+        d.unmap(&ch, 64, 32, record(&o, 3));
+        d.flush(&ch, 0, 128, record(&o, 4));
+    });
+    run_until_done(&s, &out, 4);
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(64 << 10, 0x55)], 0, 128, record(&o, 5)));
+    run_until_done(&s, &out, 5);
+    let done = out.borrow();
+    assert!(done.iter().all(|x| x.1 == IoStatus::Success), "{:?}", done.iter().map(|x| x.1).collect::<Vec<_>>());
+    let data = &done[4].2;
+    assert!(data[..96 * 512].iter().all(|&b| b == 0), "zeroed and deallocated blocks read as zeroes");
+    assert!(data[96 * 512..].iter().all(|&b| b == 0xee), "the rest is untouched");
+    assert_eq!(s.fake.counters(|c| c.opcodes.get(&io::DATASET_MANAGEMENT).copied()), Some(1));
+    assert_eq!(s.fake.counters(|c| c.opcodes.get(&io::FLUSH).copied()), Some(1));
+    drop(done);
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn failed_commands_report_decoded_status_and_compare_detects_differences() {
+    let s = setup("Err", 1, 5, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Errn1");
+    let out: Done = Rc::default();
+    s.fake.fail_next_io(MediaStatus::UnrecoveredReadError.status());
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(4096, 0)], 0, 8, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::Media);
+    s.fake.fail_next_io(pollux_nvme_spec::status::GenericStatus::NamespaceNotReady.status());
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(4096, 0)], 0, 8, record(&o, 2)));
+    run_until_done(&s, &out, 2);
+    assert_eq!(out.borrow()[1].1, IoStatus::Nvme { sct: 0, sc: 0x82 });
+    let o = out.clone();
+    s.h.on(0, || {
+        d.write(&ch, [buf(512, 9)], 5, 1, record(&o, 3));
+    });
+    run_until_done(&s, &out, 3);
+    let o = out.clone();
+    s.h.on(0, || {
+        d.compare(&ch, [buf(512, 9)], 5, 1, record(&o, 4));
+        d.compare(&ch, [buf(512, 8)], 5, 1, record(&o, 5));
+    });
+    run_until_done(&s, &out, 5);
+    assert_eq!(out.borrow()[3].1, IoStatus::Success);
+    assert!(matches!(out.borrow()[4].1, IoStatus::Miscompare { .. }));
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn reset_during_io_resubmits_in_flight_commands_once() {
+    let s = setup("Reset", 1, 5, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Resetn1");
+    let out: Done = Rc::default();
+    s.fake.set_hold_io(true);
+    let o = out.clone();
+    s.h.on(0, || {
+        for i in 0..16u64 {
+            d.write(&ch, [buf(4096, i as u8 + 1)], i * 8, 8, record(&o, i));
+        }
+    });
+    run_until(&s.h, Duration::from_secs(5), || s.fake.held() == 16);
+    assert!(out.borrow().is_empty(), "held by the device");
+    // The device loses everything in the reset; the driver must resubmit.
+    s.fake.set_hold_io(false);
+    let o = out.clone();
+    s.h.on(0, || d.reset(&ch, record(&o, 99)));
+    run_until_done(&s, &out, 17);
+    s.h.run_until_idle(100);
+    let done = out.borrow();
+    assert_eq!(done.len(), 17, "no request lost, none completed twice");
+    assert!(done.iter().all(|x| x.1 == IoStatus::Success), "{:?}", done.iter().map(|x| x.1).collect::<Vec<_>>());
+    let disk = s.fake.disk(0);
+    for i in 0..16usize {
+        assert!(disk[i * 4096..(i + 1) * 4096].iter().all(|&b| b == i as u8 + 1), "block range {i} written after the reset");
+    }
+    assert_eq!(s.ctrl.reset_count(), 1);
+    assert_eq!(s.fake.counters(|c| c.resets), 1);
+    drop(done);
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn a_timed_out_command_is_aborted() {
+    let opts = ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
+    let s = setup("Abort", 1, 5, false, opts);
+    let (d, ch) = open(&s, "Abortn1");
+    let out: Done = Rc::default();
+    s.fake.set_hold_io(true);
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(4096, 0)], 0, 8, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
+    assert_eq!(s.fake.counters(|c| c.aborts), 1);
+    assert_eq!(s.ctrl.reset_count(), 0);
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn a_command_the_controller_will_not_abort_leads_to_a_reset_and_a_retry() {
+    let opts = ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
+    let s = setup("Stuck", 1, 5, false, opts);
+    let (d, ch) = open(&s, "Stuckn1");
+    let out: Done = Rc::default();
+    s.fake.set_hold_io(true);
+    s.fake.set_refuse_abort(true);
+    let o = out.clone();
+    s.h.on(0, || d.write(&ch, [buf(4096, 0x42)], 16, 8, record(&o, 1)));
+    run_until(&s.h, Duration::from_secs(5), || s.fake.held() == 1);
+    // Stuck until the reset; after it the device works again.
+    s.fake.set_hold_io(false);
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::Success);
+    assert_eq!(s.ctrl.reset_count(), 1);
+    assert!(s.fake.disk(0)[16 * 512..24 * 512].iter().all(|&b| b == 0x42));
+    s.h.on(0, move || drop((ch, d)));
+}
+
+#[test]
+fn hot_removal_tells_bdev_users_and_fails_io() {
+    let s = setup("Gone", 2, 5, false, ControllerOptions::default());
+    let events = Arc::new(AtomicUsize::new(0));
+    let ev = events.clone();
+    let d = s.h.on(0, move || {
+        bdev::open("Gonen1", true, move |e| {
+            assert_eq!(e, BdevEvent::Remove);
+            ev.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap()
+    });
+    let ch = s.h.on(0, || d.channel());
+    s.fake.remove();
+    run_until(&s.h, Duration::from_secs(5), || events.load(Ordering::SeqCst) == 1);
+    assert_eq!(s.ctrl.state(), State::Removed);
+    let out: Done = Rc::default();
+    let o = out.clone();
+    s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::NoDevice);
+    s.h.on(0, move || drop((ch, d)));
+    s.h.run_until_idle(100);
+    assert!(s.h.on(0, bdev::list).is_empty(), "the removed controller's bdevs are gone");
+}
+
+#[test]
+fn detach_deletes_bdevs_and_shuts_the_controller_down() {
+    let s = setup("Bye", 1, 5, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Byen1");
+    let out: Done = Rc::default();
+    let o = out.clone();
+    s.h.on(0, || d.write(&ch, [buf(512, 1)], 0, 1, record(&o, 1)));
+    run_until_done(&s, &out, 1);
+    let detached = Rc::new(RefCell::new(false));
+    let det = detached.clone();
+    s.h.on(0, move || crate::bdev::detach("Bye", move || *det.borrow_mut() = true).unwrap());
+    s.h.run_until_idle(100);
+    assert!(!*detached.borrow(), "waits for the open descriptor");
+    s.h.on(0, move || drop((ch, d)));
+    run_until(&s.h, Duration::from_secs(5), || *detached.borrow());
+    assert_eq!(s.ctrl.state(), State::ShutDown);
+    let csts = s.fake.read32(pollux_nvme_spec::registers::offset::CSTS as usize).unwrap();
+    assert_eq!((csts >> 2) & 3, 2, "CSTS.SHST: shutdown complete");
+    assert!(s.h.on(0, crate::bdev::controllers).is_empty());
+}
+
+#[test]
+fn each_reactor_gets_its_own_queue_pair() {
+    let h = Harness::new(2);
+    let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+    let regs: Arc<dyn Registers> = fake.clone();
+    let ctrl = h.on(0, || Controller::start("Two", regs, None, ControllerOptions::default()).unwrap());
+    let c = ctrl.clone();
+    h.on(0, move || crate::bdev::add_controller(c, json!({})).unwrap());
+    let d = h.on(0, || bdev::open("Twon1", true, |_| {}).unwrap());
+    let out = Arc::new(AtomicUsize::new(0));
+    for r in 0..2 {
+        let (d, o) = (d.clone(), out.clone());
+        h.on(r, move || {
+            let ch: IoChannel<bdev::Bdev> = d.channel();
+            d.write(&ch, [buf(512, r as u8 + 1)], r as u64, 1, move |io: BdevIo| {
+                assert!(io.is_ok());
+                o.fetch_add(1, Ordering::SeqCst);
+            });
+            // Keep the channel (and so the queue pair) alive on this reactor.
+            reactor::set_local(Rc::new((ch, d)));
+        });
+    }
+    run_until(&h, Duration::from_secs(5), || out.load(Ordering::SeqCst) == 2);
+    let qids: Vec<Option<u16>> = (0..2).map(|r| h.on(r, || pollux_core::io_channel::try_get_io_channel(&ctrl).and_then(|q| q.qid()))).collect();
+    assert_ne!(qids[0], qids[1], "one queue pair (queue id) per reactor: {qids:?}");
+    assert_eq!(&fake.disk(0)[..1024], &[[1u8; 512], [2u8; 512]].concat()[..]);
+    h.on(0, move || drop(d));
+    for r in 0..2 {
+        h.on(r, || drop(reactor::take_local::<(IoChannel<bdev::Bdev>, Descriptor)>()));
+    }
+}
