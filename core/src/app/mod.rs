@@ -42,7 +42,7 @@ pub struct AppArgs {
     #[arg(short = 'm', long = "cpumask", default_value = "0x1", value_name = "MASK")]
     pub cpumask: CoreMask,
     /// JSON config file to load at start-up (SPDK's format)
-    #[arg(short = 'c', long = "json", value_name = "FILE")]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Unix socket of the JSON-RPC server
     #[arg(short = 'r', long = "rpc-socket", default_value = DEFAULT_RPC_SOCKET, value_name = "PATH")]
@@ -353,9 +353,15 @@ pub fn shutdown(code: i32) {
         return;
     }
     tracing::info!("{} shutting down", st.name);
-    if let Some(s) = st.server.borrow_mut().take() {
-        s.stop();
-    }
+    // Stop the RPC server one message later, so answers already on their
+    // way (queued before this point) are still written to their clients.
+    reactor::send_msg(reactor::current(), || {
+        if let Some(st) = state() {
+            if let Some(s) = st.server.borrow_mut().take() {
+                s.stop();
+            }
+        }
+    });
     st.waiters.borrow_mut().clear();
     // A subsystem that never finishes must not keep the process alive.
     let watchdog = reactor::register_timed_poller("app_shutdown_watchdog", Duration::from_secs(5), || {

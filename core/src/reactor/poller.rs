@@ -116,15 +116,18 @@ impl Poller {
     }
 
     /// In interrupt mode, wake the reactor and run this poller when `fd`
-    /// becomes ready; from then on the poller runs only when one of its
-    /// descriptors fires (or it is kicked), not on its period. In polling mode
-    /// this does nothing: the poller runs on its period anyway.
+    /// becomes ready. From then on the poller's period no longer wakes a
+    /// sleeping reactor (its descriptors do), but while the reactor is awake
+    /// and busy it still runs on its period, which is what notices ready
+    /// descriptors then. In polling mode this does nothing.
     pub fn add_wake_fd(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         let Some(r) = self.entry.reactor.upgrade() else { return Ok(()) };
         if let Some(irq) = &r.irq {
             irq.epoll.add(fd, interest, self.entry.id)?;
             self.entry.fds.borrow_mut().push(fd);
             self.entry.fd_driven.set(true);
+            // Recompute the sleep deadline without this poller's period.
+            r.pollers.dirty.set(true);
             r.pollers.by_id.borrow_mut().insert(self.entry.id, Rc::downgrade(&self.entry));
         }
         Ok(())
@@ -193,12 +196,13 @@ pub(crate) struct PollerSet {
     pub(crate) dirty: Cell<bool>,
     pub(crate) kicked: Cell<bool>,
     next_due: Cell<u64>,
+    next_wake: Cell<u64>,
     next_id: Cell<u64>,
 }
 
 impl PollerSet {
     pub(crate) fn new() -> Self {
-        PollerSet { next_due: Cell::new(u64::MAX), next_id: Cell::new(1), ..Default::default() }
+        PollerSet { next_due: Cell::new(u64::MAX), next_wake: Cell::new(u64::MAX), next_id: Cell::new(1), ..Default::default() }
     }
 
     pub(crate) fn register(&self, reactor: Weak<Inner>, name: &str, period: u64, now: u64, f: PollFn) -> Poller {
@@ -245,14 +249,9 @@ impl PollerSet {
         self.kicked.set(false);
         let mut busy = false;
         let mut next = u64::MAX;
+        let mut wake = u64::MAX;
         let timed = self.timed.borrow();
         for e in timed.iter() {
-            if e.fd_driven.get() {
-                if e.kicked.replace(false) && e.state.get() == State::Waiting {
-                    busy |= e.call() == PollStatus::Busy;
-                }
-                continue;
-            }
             let due = e.next_due.get();
             if e.state.get() == State::Waiting && (due <= now || e.kicked.get()) {
                 e.kicked.set(false);
@@ -268,9 +267,13 @@ impl PollerSet {
                 }
             }
             next = next.min(e.next_due.get());
+            if !e.fd_driven.get() {
+                wake = wake.min(e.next_due.get());
+            }
         }
         // Pollers registered during this run are picked up by `compact`.
         self.next_due.set(next);
+        self.next_wake.set(wake);
         busy
     }
 
@@ -301,8 +304,10 @@ impl PollerSet {
                 self.timed.borrow_mut().push(e);
             }
         }
-        let next = self.timed.borrow().iter().filter(|e| !e.fd_driven.get()).map(|e| e.next_due.get()).min().unwrap_or(u64::MAX);
-        self.next_due.set(next);
+        let timed = self.timed.borrow();
+        self.next_due.set(timed.iter().map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
+        self.next_wake.set(timed.iter().filter(|e| !e.fd_driven.get()).map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
+        drop(timed);
         if !removed.is_empty() {
             let mut m = self.by_id.borrow_mut();
             for e in &removed {
@@ -316,8 +321,10 @@ impl PollerSet {
     }
 
     /// Earliest deadline of a timed poller, in ticks.
+    /// When a sleeping reactor must wake for a timed poller (fd-driven
+    /// pollers wake it through their descriptors instead).
     pub(crate) fn next_deadline(&self) -> u64 {
-        if self.kicked.get() { 0 } else { self.next_due.get() }
+        if self.kicked.get() { 0 } else { self.next_wake.get() }
     }
 
     /// Mark the poller with this id to run on the next iteration.

@@ -116,14 +116,14 @@ struct Ring {
     /// Requests waiting for a free slot.
     waiting: VecDeque<BdevIo>,
     unsubmitted: u32,
+    /// Interrupt mode: the eventfd the kernel signals on each completion.
+    doorbell: Option<OwnedFd>,
 }
 
 struct UringChannel {
     fd: i32,
     ring: Rc<RefCell<Ring>>,
     poller: Poller,
-    /// Completion doorbell in interrupt mode (closed after the poller is gone).
-    efd: Option<OwnedFd>,
 }
 
 impl UringChannel {
@@ -135,12 +135,13 @@ impl UringChannel {
             free: (0..RING_ENTRIES as usize).rev().collect(),
             waiting: VecDeque::new(),
             unsubmitted: 0,
+            doorbell: None,
         }));
         let r = ring.clone();
         let poller = reactor::register_poller("uring_bdev", move || poll(fd, &r).into());
         // In interrupt mode the ring's completions must wake the reactor:
         // register an eventfd with the ring.
-        let mut chan = UringChannel { fd, ring, poller, efd: None };
+        let mut chan = UringChannel { fd, ring, poller };
         if reactor::interrupt_mode() {
             chan.watch_completions()?;
         }
@@ -157,7 +158,7 @@ impl UringChannel {
         let efd = unsafe { OwnedFd::from_raw_fd(raw) };
         self.ring.borrow().ring.submitter().register_eventfd(raw)?;
         self.poller.add_wake_fd(raw, pollux_core::sys::Interest::READABLE)?;
-        self.efd = Some(efd);
+        self.ring.borrow_mut().doorbell = Some(efd);
         Ok(())
     }
 }
@@ -172,7 +173,8 @@ impl Drop for UringChannel {
             poll(self.fd, &self.ring);
             guard += 1;
         }
-        if let Some(efd) = &self.efd {
+        let doorbell = self.ring.borrow_mut().doorbell.take();
+        if let Some(efd) = doorbell {
             self.poller.remove_wake_fd(efd.as_raw_fd());
         }
     }
@@ -237,6 +239,12 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
     let mut submitted = 0;
     {
         let mut r = ring.borrow_mut();
+        if let Some(efd) = &r.doorbell {
+            // Reset the doorbell (level-triggered): completions are reaped below.
+            let mut v = 0u64;
+            // SAFETY: reads at most 8 bytes into a live u64 from our nonblocking eventfd.
+            unsafe { libc::read(efd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
         if r.unsubmitted > 0 {
             match r.ring.submit() {
                 Ok(_) => submitted = std::mem::take(&mut r.unsubmitted) as usize,

@@ -1,0 +1,99 @@
+//! The bdev layer's RPCs, driven by SPDK's own client where it can be.
+
+use pollux_core::rpc::{ClientError, RpcError};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, spdk_rpc};
+use serde_json::{Value, json};
+
+fn rpc_code(e: ClientError) -> i32 {
+    match e {
+        ClientError::Rpc(RpcError { code, .. }) => code,
+        other => panic!("not an RPC error: {other}"),
+    }
+}
+
+#[test]
+fn create_list_delete_with_spdk_rpc() {
+    let d = Daemon::start(DaemonOpts::default());
+    let dir = TempDir::new("bdev");
+    let file = dir.join("disk.img");
+    std::fs::write(&file, vec![0u8; 8 << 20]).unwrap();
+    let name = ok_stdout("malloc", &spdk_rpc(&d.socket, &["bdev_malloc_create", "-b", "Malloc7", "16", "512"]));
+    assert_eq!(name.trim(), "Malloc7");
+    ok_stdout("null", &spdk_rpc(&d.socket, &["bdev_null_create", "Null0", "32", "4096"]));
+    ok_stdout("uring", &spdk_rpc(&d.socket, &["bdev_uring_create", file.to_str().unwrap(), "Uring0", "512"]));
+    ok_stdout("aio", &spdk_rpc(&d.socket, &["bdev_aio_create", file.to_str().unwrap(), "Aio0", "4096", "--readonly"]));
+    let list: Value = serde_json::from_str(&ok_stdout("get_bdevs", &spdk_rpc(&d.socket, &["bdev_get_bdevs"]))).unwrap();
+    let by_name = |n: &str| list.as_array().unwrap().iter().find(|b| b["name"] == n).unwrap_or_else(|| panic!("{n} missing: {list}")).clone();
+    assert_eq!(by_name("Malloc7")["num_blocks"], 32768);
+    assert_eq!(by_name("Malloc7")["product_name"], "Malloc disk");
+    assert_eq!(by_name("Null0")["block_size"], 4096);
+    assert_eq!(by_name("Uring0")["num_blocks"], 16384);
+    assert_eq!(by_name("Aio0")["supported_io_types"]["write"], false, "read-only aio bdev");
+    assert!(by_name("Uring0")["uuid"].as_str().unwrap().len() == 36);
+    // One bdev, with -b; and waiting for one that never comes.
+    let one: Value = serde_json::from_str(&ok_stdout("get one", &spdk_rpc(&d.socket, &["bdev_get_bdevs", "-b", "Null0"]))).unwrap();
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    let t0 = std::time::Instant::now();
+    assert_eq!(rpc_code(d.call("bdev_get_bdevs", Some(json!({"name": "Later", "timeout": 200}))).unwrap_err()), -libc::ENODEV);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(200));
+    let stats: Value = serde_json::from_str(&ok_stdout("iostat", &spdk_rpc(&d.socket, &["bdev_get_iostat", "--names", "Null0,Malloc7"]))).unwrap();
+    assert_eq!(stats["bdevs"].as_array().unwrap().len(), 2);
+    assert!(stats["tick_rate"].as_u64().unwrap() > 0);
+    // Deletes.
+    for (m, n) in [("bdev_malloc_delete", "Malloc7"), ("bdev_null_delete", "Null0"), ("bdev_uring_delete", "Uring0"), ("bdev_aio_delete", "Aio0")] {
+        ok_stdout(m, &spdk_rpc(&d.socket, &[m, n]));
+    }
+    assert_eq!(d.call("bdev_get_bdevs", None).unwrap(), json!([]));
+}
+
+#[test]
+fn bad_bdev_requests_get_spdk_error_codes() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mk = |p: Value| d.call("bdev_malloc_create", Some(p));
+    mk(json!({"name": "M0", "num_blocks": 64, "block_size": 512})).unwrap();
+    assert_eq!(rpc_code(mk(json!({"name": "M0", "num_blocks": 64, "block_size": 512})).unwrap_err()), -libc::EEXIST);
+    assert_eq!(rpc_code(mk(json!({"name": "M1", "num_blocks": 64, "block_size": 520})).unwrap_err()), -libc::EINVAL);
+    assert_eq!(rpc_code(mk(json!({"name": "M2", "num_blocks": 0, "block_size": 512})).unwrap_err()), RpcError::INVALID_PARAMS);
+    assert_eq!(rpc_code(mk(json!({"name": "M3", "num_blocks": 64})).unwrap_err()), RpcError::INVALID_PARAMS);
+    assert_eq!(rpc_code(mk(json!({"name": "M4", "num_blocks": 64, "block_size": 512, "md_size": 8})).unwrap_err()), -libc::EOPNOTSUPP);
+    assert_eq!(rpc_code(mk(json!({"name": "M5", "num_blocks": 64, "block_size": 512, "frobnicate": 1})).unwrap_err()), RpcError::INVALID_PARAMS);
+    assert_eq!(rpc_code(d.call("bdev_malloc_delete", Some(json!({"name": "nope"}))).unwrap_err()), -libc::ENODEV);
+    // Deleting a malloc bdev through another module's delete is refused.
+    assert_eq!(rpc_code(d.call("bdev_null_delete", Some(json!({"name": "M0"}))).unwrap_err()), -libc::ENODEV);
+    assert_eq!(rpc_code(d.call("bdev_uring_create", Some(json!({"name": "U", "filename": "/nonexistent/file"}))).unwrap_err()), -libc::ENOENT);
+    // The daemon still serves.
+    assert_eq!(d.call("bdev_get_bdevs", None).unwrap().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bdevs_survive_save_config_and_load_config() {
+    let d = Daemon::start(DaemonOpts::default());
+    let dir = TempDir::new("bdevcfg");
+    let file = dir.join("u.img");
+    std::fs::write(&file, vec![0u8; 4 << 20]).unwrap();
+    d.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 2048, "block_size": 4096}))).unwrap();
+    d.call("bdev_null_create", Some(json!({"name": "Null1", "num_blocks": 100, "block_size": 512}))).unwrap();
+    d.call("bdev_uring_create", Some(json!({"name": "Uring2", "filename": file.to_str().unwrap()}))).unwrap();
+    d.call("iobuf_get_stats", None).unwrap();
+    let saved: Value = serde_json::from_str(&ok_stdout("save_config", &spdk_rpc(&d.socket, &["save_config"]))).unwrap();
+    let cfg_file = dir.join("saved.json");
+    std::fs::write(&cfg_file, serde_json::to_vec(&saved).unwrap()).unwrap();
+    // Into a fresh target with load_config (SPDK's client) ...
+    let fresh = Daemon::start(DaemonOpts { wait_for_rpc: true, ..Default::default() });
+    ok_stdout("load_config", &spdk_rpc(&fresh.socket, &["load_config", "-j", cfg_file.to_str().unwrap()]));
+    let again: Value = serde_json::from_str(&ok_stdout("save_config", &spdk_rpc(&fresh.socket, &["save_config"]))).unwrap();
+    assert_eq!(again, saved, "same state, same UUIDs");
+    // ... and with -c at start-up.
+    let third = Daemon::start(DaemonOpts { config: Some(saved.clone()), ..Default::default() });
+    let b = third.call("bdev_get_bdevs", None).unwrap();
+    assert_eq!(b.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect::<Vec<_>>(), ["Malloc0", "Null1", "Uring2"]);
+}
+
+#[test]
+fn a_memory_limit_too_small_stops_start_up_clearly() {
+    // 1 MiB cannot hold the default buffer pools.
+    let mut d = Daemon::spawn(&DaemonOpts { extra: vec!["-s".into(), "1".into()], ..Default::default() });
+    let st = d.wait_exit(std::time::Duration::from_secs(10)).expect("exits");
+    assert_eq!(st.code(), Some(1), "{}", d.log());
+    assert!(d.log().contains("--mem-size"), "{}", d.log());
+}
