@@ -1,6 +1,37 @@
-//! (Being written.)
+//! # pollux-nvmf: an NVMe over Fabrics target on the reactors
+//!
+//! Hosts (such as the Linux kernel's `nvme-tcp`) connect over NVMe/TCP and
+//! use the namespaces of NVM subsystems as local disks; each namespace is a
+//! bdev. Configuration uses SPDK's `nvmf_*` RPC methods.
+//!
+//! - [`transport`]: the [`transport::Transport`] trait and the TCP
+//!   transport (listeners, connections, PDUs).
+//! - [`target`], [`subsystem`]: the configured state, on the main reactor.
+//! - [`ctrlr`]: controllers (Connect, properties, keep alive, asynchronous
+//!   events) and the admin command set; [`io`]: the NVM command set.
+//! - [`group`]: each reactor's view of the namespaces its queue pairs use.
+//! - [`wire`], [`status`]: Fabrics structures and status codes.
+//!
+//! Threading: subsystems, controllers and admin queues live on the main
+//! reactor; each I/O queue pair lives on one reactor (spread round robin)
+//! and reaches bdevs through that reactor's channels, without locks.
+
+pub mod ctrlr;
+mod error;
+pub mod group;
+pub mod io;
+mod rpc;
+pub mod status;
+pub mod subsystem;
+pub mod target;
+pub mod transport;
+pub mod wire;
 
 use pollux_core::app::App;
 
-/// Register this crate's subsystem and RPC methods with the app.
-pub fn register(_app: &mut App) {}
+pub use error::NvmfError;
+
+/// Register the `nvmf` subsystem and its RPC methods with the app.
+pub fn register(app: &mut App) {
+    rpc::register(app);
+}

@@ -1,0 +1,389 @@
+//! Controllers: what a host creates with a Connect on an admin queue. A
+//! controller belongs to a subsystem and lives on the main reactor with its
+//! admin queue; its I/O queue pairs live on any reactor and are known here
+//! by reference so they can be closed with it.
+//!
+//! - [`connect`]: Fabrics Connect for admin and I/O queues (dynamic and
+//!   static controller ids, host NQN, host id and listener checks).
+//! - properties (CAP, VS, CC, CSTS), keep alive and asynchronous events here;
+//! - [`admin`]: the admin command set (Identify, Get Log Page, features...).
+
+pub mod admin;
+pub mod connect;
+mod discovery;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
+use pollux_nvme_spec::registers::{Cc, Csts};
+
+use crate::status::{self, Status};
+use crate::subsystem::Subsystem;
+use crate::transport::{Endpoint, TransportOpts};
+use crate::wire::fabrics::{property, PropertyCommand};
+use crate::wire::identify::aen;
+
+pub use discovery::discovery_log;
+
+/// NVMe version reported in VS and Identify (1.3: namespace descriptors).
+pub const VERSION: u32 = 0x0001_0300;
+/// Asynchronous event requests a controller keeps (AERL + 1).
+pub const MAX_AERS: usize = 4;
+/// Entries of the changed namespace list log page.
+const CHANGED_NS_MAX: usize = 1024;
+
+/// The answer to a command: status and the two result dwords.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: Status,
+    pub dw0: u32,
+    pub dw1: u32,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response { status: status::SUCCESS, dw0: 0, dw1: 0 }
+    }
+    pub fn ok_dw0(dw0: u32) -> Response {
+        Response { status: status::SUCCESS, dw0, dw1: 0 }
+    }
+    pub fn err(status: Status) -> Response {
+        Response { status, dw0: 0, dw1: 0 }
+    }
+}
+
+impl From<Status> for Response {
+    fn from(s: Status) -> Self {
+        Response::err(s)
+    }
+}
+
+/// What a controller needs from its admin queue (a transport's queue pair
+/// on the main reactor).
+pub trait AdminQueue {
+    /// Send a completion for an earlier command (asynchronous events).
+    fn complete(&self, cid: u16, resp: Response);
+    /// Close the queue (keep alive expired, controller deleted).
+    fn close(&self, reason: &str);
+}
+
+/// A queue pair of the controller on some reactor.
+#[derive(Clone, Copy, Debug)]
+pub struct IoQpairRef {
+    pub reactor: ReactorId,
+    pub id: u64,
+    /// Closes the queue pair with this id; runs on its reactor.
+    pub close: fn(u64),
+}
+
+pub struct Controller {
+    pub cntlid: u16,
+    pub subsystem: Rc<Subsystem>,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    /// The address the host connected to.
+    pub endpoint: Endpoint,
+    pub opts: TransportOpts,
+    cc: Cell<u32>,
+    csts: Cell<u32>,
+    /// Keep alive timeout in ms (0: none).
+    kato: Cell<u32>,
+    last_keep_alive: Cell<Instant>,
+    /// Async event configuration (Set Features 0Bh).
+    aec: Cell<u32>,
+    /// I/O queues granted by Set Features Number of Queues (count).
+    io_queues: Cell<u16>,
+    io_queues_set: Cell<bool>,
+    admin: RefCell<Option<Weak<dyn AdminQueue>>>,
+    pub(crate) io_qpairs: RefCell<BTreeMap<u16, IoQpairRef>>,
+    aers: RefCell<Vec<u16>>,
+    events: RefCell<VecDeque<u32>>,
+    changed_ns: RefCell<Vec<u32>>,
+    /// Namespace notices are masked until the host reads log page 04h.
+    ns_notice_masked: Cell<bool>,
+    discovery_notice_masked: Cell<bool>,
+    keep_alive_poller: RefCell<Option<Poller>>,
+    destroyed: Cell<bool>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("cntlid", &self.cntlid).field("subsystem", &self.subsystem.nqn()).field("host", &self.hostnqn).finish()
+    }
+}
+
+impl Controller {
+    pub fn new(cntlid: u16, subsystem: Rc<Subsystem>, hostnqn: String, hostid: [u8; 16], endpoint: Endpoint, opts: TransportOpts, kato: u32) -> Rc<Controller> {
+        let kato = if kato == 0 { 0 } else { kato.max(opts.min_kato) };
+        Rc::new(Controller {
+            cntlid,
+            subsystem,
+            hostnqn,
+            hostid,
+            endpoint,
+            opts,
+            cc: Cell::new(0),
+            csts: Cell::new(0),
+            kato: Cell::new(kato),
+            last_keep_alive: Cell::new(Instant::now()),
+            aec: Cell::new(0),
+            io_queues: Cell::new(0),
+            io_queues_set: Cell::new(false),
+            admin: RefCell::new(None),
+            io_qpairs: RefCell::new(BTreeMap::new()),
+            aers: RefCell::new(Vec::with_capacity(MAX_AERS)),
+            events: RefCell::new(VecDeque::new()),
+            changed_ns: RefCell::new(Vec::new()),
+            ns_notice_masked: Cell::new(false),
+            discovery_notice_masked: Cell::new(false),
+            keep_alive_poller: RefCell::new(None),
+            destroyed: Cell::new(false),
+        })
+    }
+
+    pub fn is_discovery(&self) -> bool {
+        self.subsystem.is_discovery()
+    }
+
+    pub fn set_admin_queue(self: &Rc<Self>, q: Weak<dyn AdminQueue>) {
+        *self.admin.borrow_mut() = Some(q);
+        self.arm_keep_alive();
+    }
+
+    pub fn kato_ms(&self) -> u32 {
+        self.kato.get()
+    }
+
+    pub fn enabled(&self) -> bool {
+        Csts(self.csts.get()).ready()
+    }
+
+    /// I/O queues the host may connect (qid 1..=n).
+    pub fn io_queue_limit(&self) -> u16 {
+        if self.io_queues_set.get() { self.io_queues.get() } else { self.opts.max_io_qpairs_per_ctrlr }
+    }
+
+    // ---- Properties ----
+
+    fn cap(&self) -> u64 {
+        let mqes = u64::from(self.opts.max_queue_depth.saturating_sub(1));
+        // MQES, CQR, TO = 15 (7.5 s), CSS = NVM command set, MPSMIN = MPSMAX = 4 KiB.
+        mqes | (1 << 16) | (15 << 24) | (1 << 37)
+    }
+
+    /// Property Get. Returns the value, or an error status.
+    pub fn property_get(&self, cmd: &PropertyCommand) -> Response {
+        let eight = cmd.attrib & 0x7 == 1;
+        let v = match (cmd.ofst.get(), eight) {
+            (property::CAP, true) => self.cap(),
+            (property::VS, false) => u64::from(VERSION),
+            (property::CC, false) => u64::from(self.cc.get()),
+            (property::CSTS, false) => u64::from(self.csts.get()),
+            _ => return Response::err(status::INVALID_FIELD),
+        };
+        Response { status: status::SUCCESS, dw0: v as u32, dw1: (v >> 32) as u32 }
+    }
+
+    /// Property Set: only CC is writable.
+    pub fn property_set(&self, cmd: &PropertyCommand) -> Response {
+        if cmd.ofst.get() != property::CC || cmd.attrib & 0x7 != 0 {
+            return Response::err(status::INVALID_FIELD);
+        }
+        let new = cmd.value.get() as u32;
+        let old = self.cc.get();
+        self.cc.set(new);
+        let mut csts = self.csts.get();
+        if Cc(new).enabled() && !Cc(old).enabled() {
+            csts |= Csts::RDY;
+        } else if !Cc(new).enabled() && Cc(old).enabled() {
+            // Controller reset: the host reconnects I/O queues afterwards.
+            csts &= !(Csts::RDY | Csts::SHST_MASK);
+            self.close_io_qpairs();
+        }
+        if new & Cc::SHN_MASK != 0 {
+            csts = (csts & !Csts::SHST_MASK) | Csts::SHST_COMPLETE;
+        } else if old & Cc::SHN_MASK != 0 {
+            csts &= !Csts::SHST_MASK;
+        }
+        self.csts.set(csts);
+        Response::ok()
+    }
+
+    // ---- Keep alive ----
+
+    pub fn keep_alive(&self) {
+        self.last_keep_alive.set(Instant::now());
+    }
+
+    /// Set Features Keep Alive Timer.
+    pub fn set_kato(self: &Rc<Self>, ms: u32) {
+        let ms = if ms == 0 { 0 } else { ms.max(self.opts.min_kato) };
+        self.kato.set(ms);
+        self.keep_alive();
+        self.arm_keep_alive();
+    }
+
+    fn arm_keep_alive(self: &Rc<Self>) {
+        let kato = self.kato.get();
+        if kato == 0 {
+            self.keep_alive_poller.borrow_mut().take();
+            return;
+        }
+        let me = Rc::downgrade(self);
+        let period = Duration::from_millis(u64::from(kato / 4).clamp(50, 1000));
+        let p = reactor::register_timed_poller("nvmf_keep_alive", period, move || {
+            let Some(c) = me.upgrade() else { return PollStatus::Idle };
+            let limit = Duration::from_millis(u64::from(c.kato.get()));
+            if c.last_keep_alive.get().elapsed() > limit {
+                tracing::warn!("nvmf: controller {} of {} (host {}): keep alive timeout of {} ms expired", c.cntlid, c.subsystem.nqn(), c.hostnqn, c.kato.get());
+                c.destroy("keep alive timeout expired");
+                return PollStatus::Busy;
+            }
+            PollStatus::Idle
+        });
+        *self.keep_alive_poller.borrow_mut() = Some(p);
+    }
+
+    // ---- Queues ----
+
+    pub fn set_io_queues(&self, requested: u16) -> u16 {
+        let n = requested.min(self.opts.max_io_qpairs_per_ctrlr);
+        self.io_queues.set(n);
+        self.io_queues_set.set(true);
+        n
+    }
+
+    pub fn add_io_qpair(&self, qid: u16, q: IoQpairRef) {
+        self.io_qpairs.borrow_mut().insert(qid, q);
+    }
+
+    pub fn io_qpair_closed(&self, qid: u16, id: u64) {
+        let mut q = self.io_qpairs.borrow_mut();
+        if q.get(&qid).is_some_and(|r| r.id == id) {
+            q.remove(&qid);
+        }
+    }
+
+    fn close_io_qpairs(&self) {
+        let qpairs = std::mem::take(&mut *self.io_qpairs.borrow_mut());
+        for q in qpairs.into_values() {
+            let close = q.close;
+            let id = q.id;
+            reactor::send_msg(q.reactor, move || close(id));
+        }
+    }
+
+    /// Tear the controller down: close its queues and forget it. Idempotent.
+    pub fn destroy(&self, reason: &str) {
+        if self.destroyed.replace(true) {
+            return;
+        }
+        self.keep_alive_poller.borrow_mut().take();
+        self.close_io_qpairs();
+        self.aers.borrow_mut().clear();
+        let admin = self.admin.borrow_mut().take().and_then(|w| w.upgrade());
+        if let Some(a) = admin {
+            a.close(reason);
+        }
+        self.subsystem.controllers.borrow_mut().remove(&self.cntlid);
+        tracing::info!("nvmf: controller {} of {} (host {}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), self.hostnqn);
+    }
+
+    // ---- Asynchronous events ----
+
+    /// Keep an Asynchronous Event Request until an event completes it.
+    pub fn add_aer(&self, cid: u16) -> Result<(), Status> {
+        if self.aers.borrow().len() >= MAX_AERS {
+            return Err(status::ASYNC_EVENT_LIMIT_EXCEEDED);
+        }
+        self.aers.borrow_mut().push(cid);
+        self.deliver_events();
+        Ok(())
+    }
+
+    /// Abort an outstanding AER with this cid; whether there was one.
+    pub fn abort_aer(&self, cid: u16) -> bool {
+        let pos = self.aers.borrow().iter().position(|&c| c == cid);
+        let Some(pos) = pos else { return false };
+        self.aers.borrow_mut().remove(pos);
+        if let Some(a) = self.admin.borrow().as_ref().and_then(Weak::upgrade) {
+            a.complete(cid, Response::err(status::ABORT_REQUESTED));
+        }
+        true
+    }
+
+    pub fn aec(&self) -> u32 {
+        self.aec.get()
+    }
+
+    pub fn set_aec(&self, v: u32) {
+        self.aec.set(v);
+    }
+
+    fn deliver_events(&self) {
+        loop {
+            if self.aers.borrow().is_empty() || self.events.borrow().is_empty() {
+                return;
+            }
+            let cid = self.aers.borrow_mut().remove(0);
+            let dw0 = self.events.borrow_mut().pop_front().expect("event");
+            match self.admin.borrow().as_ref().and_then(Weak::upgrade) {
+                Some(a) => a.complete(cid, Response::ok_dw0(dw0)),
+                None => return,
+            }
+        }
+    }
+
+    /// A namespace was added, removed or resized.
+    pub fn notify_ns_changed(&self, nsid: u32) {
+        {
+            let mut list = self.changed_ns.borrow_mut();
+            if !list.contains(&nsid) {
+                if list.len() < CHANGED_NS_MAX {
+                    list.push(nsid);
+                } else {
+                    list.clear();
+                    list.push(u32::MAX);
+                }
+            }
+        }
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_NS_ATTRIBUTE == 0 || self.ns_notice_masked.replace(true) {
+            return;
+        }
+        self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_NS_ATTRIBUTE_CHANGED, pollux_nvme_spec::log::lid::CHANGED_NAMESPACE_LIST));
+        self.deliver_events();
+    }
+
+    /// The discovery log changed (discovery controllers only).
+    pub fn notify_discovery_change(&self) {
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_DISCOVERY_LOG_CHANGE == 0 || self.discovery_notice_masked.replace(true) {
+            return;
+        }
+        self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_DISCOVERY_LOG_CHANGE, crate::wire::discovery::LOG_ID));
+        self.deliver_events();
+    }
+
+    /// Read (and, unless `retain`, clear) the changed namespace list.
+    pub fn take_changed_ns(&self, retain: bool) -> Vec<u32> {
+        let list = if retain { self.changed_ns.borrow().clone() } else { std::mem::take(&mut *self.changed_ns.borrow_mut()) };
+        if !retain {
+            self.ns_notice_masked.set(false);
+        }
+        list
+    }
+
+    pub fn unmask_discovery_notice(&self) {
+        self.discovery_notice_masked.set(false);
+    }
+}
+
+/// Tell every controller of a subsystem that a namespace changed.
+pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32) {
+    let ctrlrs: Vec<Rc<Controller>> = subsystem.controllers.borrow().values().cloned().collect();
+    for c in ctrlrs {
+        c.notify_ns_changed(nsid);
+    }
+}

@@ -1,0 +1,88 @@
+//! Per-reactor views of the subsystems' namespaces (SPDK's poll group
+//! subsystem state): each reactor that runs I/O queue pairs keeps, per
+//! subsystem, the open descriptor and its own bdev channel for every
+//! namespace. The main reactor publishes changes to every reactor with
+//! messages, in order, so a queue pair moved to a reactor after a change
+//! sees it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pollux_core::bdev::{Bdev, Descriptor};
+use pollux_core::io_channel::IoChannel;
+use pollux_core::reactor;
+
+/// A namespace as an I/O queue pair uses it on its reactor.
+pub struct NsView {
+    pub desc: Descriptor,
+    pub ch: IoChannel<Bdev>,
+    pub block_size: u32,
+    pub num_blocks: u64,
+}
+
+/// One subsystem's namespaces on one reactor, indexed by NSID - 1.
+#[derive(Default)]
+pub struct SubsystemView {
+    namespaces: RefCell<Vec<Option<Rc<NsView>>>>,
+}
+
+impl SubsystemView {
+    /// The namespace with this NSID, if active.
+    #[inline]
+    pub fn namespace(&self, nsid: u32) -> Option<Rc<NsView>> {
+        let i = (nsid as usize).checked_sub(1)?;
+        self.namespaces.borrow().get(i).cloned().flatten()
+    }
+
+    fn set(&self, nsid: u32, desc: Option<Descriptor>) {
+        let i = nsid as usize - 1;
+        let mut v = self.namespaces.borrow_mut();
+        if v.len() <= i {
+            v.resize(i + 1, None);
+        }
+        v[i] = desc.map(|desc| {
+            let bdev = desc.bdev().clone();
+            Rc::new(NsView { ch: desc.channel(), block_size: bdev.block_size(), num_blocks: bdev.num_blocks(), desc })
+        });
+    }
+}
+
+#[derive(Default)]
+struct Views {
+    subsystems: RefCell<HashMap<u32, Rc<SubsystemView>>>,
+}
+
+fn views() -> Rc<Views> {
+    reactor::local::<Views>().unwrap_or_else(|| {
+        let v = Rc::new(Views::default());
+        reactor::set_local(v.clone());
+        v
+    })
+}
+
+/// This reactor's view of a subsystem (created empty if new).
+pub fn subsystem(id: u32) -> Rc<SubsystemView> {
+    views().subsystems.borrow_mut().entry(id).or_default().clone()
+}
+
+/// Publish a namespace change to every reactor; `then` runs on the caller's
+/// reactor once all have applied it.
+pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<Descriptor>, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
+}
+
+/// Forget a deleted subsystem on every reactor.
+pub fn publish_subsystem_removed(subsystem_id: u32, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(
+        move || {
+            views().subsystems.borrow_mut().remove(&subsystem_id);
+        },
+        then,
+    );
+}
+
+/// Drop this reactor's views (target shutdown).
+pub fn clear() {
+    reactor::take_local::<Views>();
+}

@@ -1,0 +1,188 @@
+//! The NVM command set on an I/O queue pair's reactor: Read, Write, Flush,
+//! Write Zeroes, Dataset Management (deallocate) and Compare, turned into
+//! bdev requests on the reactor's own channel.
+
+use std::cell::Cell;
+use std::rc::{Rc, Weak};
+
+use pollux_core::bdev::{BdevIo, IoStatus, IoType};
+use pollux_core::dma::DmaBuf;
+use pollux_nvme_spec::cmd::{io as op, Command, DsmRange};
+use pollux_nvme_spec::status::{Status, StatusCodeType};
+use zerocopy::FromBytes;
+
+use crate::ctrlr::Response;
+use crate::group::SubsystemView;
+use crate::status;
+
+/// Where a submitted command's completion goes: the queue pair, told which
+/// request by `tag`. The buffers come back in the `BdevIo`.
+pub trait IoSink {
+    fn io_done(&self, tag: u32, resp: Response, io: Option<BdevIo>);
+}
+
+/// How to hand a completion back.
+#[derive(Clone)]
+pub struct Completer {
+    pub sink: Weak<dyn IoSink>,
+    pub tag: u32,
+}
+
+impl Completer {
+    fn done(self, resp: Response, io: Option<BdevIo>) {
+        if let Some(s) = self.sink.upgrade() {
+            s.io_done(self.tag, resp, io);
+        }
+    }
+}
+
+/// Direction of a command's data, from opcode bits 1:0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDir {
+    None,
+    HostToController,
+    ControllerToHost,
+}
+
+pub fn data_dir(opcode: u8) -> DataDir {
+    match opcode & 0x3 {
+        1 => DataDir::HostToController,
+        2 => DataDir::ControllerToHost,
+        _ => DataDir::None,
+    }
+}
+
+/// The NVMe status of a finished bdev request.
+pub fn status_of(s: IoStatus, kind: IoType) -> Status {
+    match s {
+        IoStatus::Success => status::SUCCESS,
+        IoStatus::Pending | IoStatus::Failed => status::INTERNAL_ERROR,
+        IoStatus::Unsupported => status::INVALID_OPCODE,
+        IoStatus::OutOfRange => status::LBA_OUT_OF_RANGE,
+        IoStatus::InvalidBuffer => status::DATA_SGL_LENGTH_INVALID,
+        IoStatus::ReadOnly => Status::new(StatusCodeType::Generic, 0x20).with_dnr(),
+        IoStatus::NoDevice => status::INVALID_NAMESPACE,
+        IoStatus::NoMemory => Status::new(StatusCodeType::Generic, 0x06),
+        IoStatus::Aborted => status::ABORT_REQUESTED,
+        IoStatus::Miscompare { .. } => status::COMPARE_FAILURE,
+        IoStatus::Media if kind == IoType::Read => status::UNRECOVERED_READ_ERROR,
+        IoStatus::Media => status::WRITE_FAULT,
+        IoStatus::Nvme { sct, sc } => Status::new(StatusCodeType::from_code(sct), sc),
+    }
+}
+
+fn finish(io: BdevIo, done: Completer) {
+    let st = status_of(io.status(), io.kind());
+    done.done(Response::err(st), Some(io));
+}
+
+/// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
+/// Returns a response now for commands that fail before reaching a bdev;
+/// otherwise the completer runs later.
+pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len: u64, done: Completer) -> Option<Response> {
+    let Some(ns) = view.namespace(cmd.nsid.get()) else {
+        return Some(Response::err(status::INVALID_NAMESPACE));
+    };
+    let bs = u64::from(ns.block_size);
+    match cmd.opcode {
+        op::READ | op::WRITE | op::COMPARE => {
+            let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
+            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+                return Some(Response::err(status::LBA_OUT_OF_RANGE));
+            }
+            if nlb * bs != len {
+                return Some(Response::err(status::DATA_SGL_LENGTH_INVALID));
+            }
+            let kind = match cmd.opcode {
+                op::READ => IoType::Read,
+                op::WRITE => IoType::Write,
+                _ => IoType::Compare,
+            };
+            ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish(io, done));
+            None
+        }
+        op::WRITE_ZEROES => {
+            let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
+            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+                return Some(Response::err(status::LBA_OUT_OF_RANGE));
+            }
+            ns.desc.write_zeroes(&ns.ch, slba, nlb, move |io| finish(io, done));
+            None
+        }
+        op::FLUSH => {
+            if !ns.desc.bdev().supports(IoType::Flush) {
+                return Some(Response::ok());
+            }
+            ns.desc.flush(&ns.ch, 0, ns.num_blocks, move |io| finish(io, done));
+            None
+        }
+        op::DATASET_MANAGEMENT => dataset_management(&ns, cmd, bufs, len, done),
+        _ => Some(Response::err(status::INVALID_OPCODE)),
+    }
+}
+
+/// Dataset Management: deallocate each range (other attributes are hints).
+fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf], len: u64, done: Completer) -> Option<Response> {
+    let nr = (cmd.cdw10.get() & 0xff) as usize + 1;
+    if len < (nr * size_of::<DsmRange>()) as u64 {
+        return Some(Response::err(status::DATA_SGL_LENGTH_INVALID));
+    }
+    if cmd.cdw11.get() & op::DSM_ATTR_DEALLOCATE == 0 {
+        return Some(Response::ok());
+    }
+    let mut ranges = Vec::with_capacity(nr);
+    let mut raw = [0u8; 16];
+    for i in 0..nr {
+        copy_from_bufs(bufs, i * 16, &mut raw);
+        let r = DsmRange::read_from_bytes(&raw).expect("16 bytes");
+        let (slba, nlb) = (r.slba.get(), u64::from(r.blocks.get()));
+        if nlb == 0 {
+            continue;
+        }
+        if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+            return Some(Response::err(status::LBA_OUT_OF_RANGE));
+        }
+        ranges.push((slba, nlb));
+    }
+    if ranges.is_empty() {
+        return Some(Response::ok());
+    }
+    if !ns.desc.bdev().supports(IoType::Unmap) {
+        return Some(Response::ok());
+    }
+    // One unmap per range; the command completes with the last, reporting
+    // the first failure.
+    let state = Rc::new((Cell::new(ranges.len()), Cell::new(status::SUCCESS)));
+    for (slba, nlb) in ranges {
+        let state = state.clone();
+        let done = done.clone();
+        ns.desc.unmap(&ns.ch, slba, nlb, move |io| {
+            let st = status_of(io.status(), IoType::Unmap);
+            if !st.is_success() && state.1.get().is_success() {
+                state.1.set(st);
+            }
+            state.0.set(state.0.get() - 1);
+            if state.0.get() == 0 {
+                done.done(Response::err(state.1.get()), None);
+            }
+        });
+    }
+    None
+}
+
+fn copy_from_bufs(bufs: &[DmaBuf], mut off: usize, out: &mut [u8]) {
+    let mut filled = 0;
+    for b in bufs {
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&b[off..off + n]);
+        filled += n;
+        off = 0;
+        if filled == out.len() {
+            break;
+        }
+    }
+}

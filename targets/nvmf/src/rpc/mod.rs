@@ -1,0 +1,199 @@
+//! The `nvmf` subsystem and its RPC methods, with SPDK's names and
+//! parameters: transports, subsystems, listeners, hosts, namespaces,
+//! discovery referrals and statistics; and `save_config` output that
+//! rebuilds all of it.
+
+mod params;
+mod subsystem;
+
+use std::rc::Rc;
+
+use pollux_core::app::{App, ConfigWriter, Subsystem as AppSubsystem};
+use pollux_core::clock;
+use pollux_core::rpc::{Responder, States};
+use serde_json::{Value, json};
+
+use crate::NvmfError;
+use crate::target::{Referral, check_target_name, target};
+use crate::transport::tcp::{self, TcpTransport};
+use crate::transport::{Endpoint, TransportKind};
+
+use params::*;
+
+/// Add the `nvmf` subsystem and its methods.
+pub fn register(app: &mut App) {
+    app.add_subsystem(Rc::new(NvmfSubsystem));
+    let m = app.methods();
+    m.register("nvmf_create_transport", States::RUNTIME, |p: CreateTransport, r: Responder| r.result(create_transport(p)));
+    m.register("nvmf_get_transports", States::RUNTIME, |p: GetTransports, r: Responder| r.result(get_transports(p)));
+    m.register("nvmf_get_stats", States::RUNTIME, get_stats);
+    m.register("nvmf_set_max_subsystems", States::STARTUP, |p: SetMaxSubsystems, r: Responder| {
+        r.result(target().map(|t| {
+            t.max_subsystems.set(p.max_subsystems);
+            true
+        }))
+    });
+    m.register("nvmf_discovery_add_referral", States::RUNTIME, |p: ReferralParams, r: Responder| r.result(add_referral(p)));
+    m.register("nvmf_discovery_remove_referral", States::RUNTIME, |p: RemoveReferral, r: Responder| r.result(remove_referral(p)));
+    m.register("nvmf_discovery_get_referrals", States::RUNTIME, |p: TgtOnly, r: Responder| r.result(get_referrals(p)));
+    subsystem::register(m);
+}
+
+fn create_transport(p: CreateTransport) -> Result<bool, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    let kind = TransportKind::parse(&p.trtype)?;
+    let t = target()?;
+    if t.transport.borrow().is_some() {
+        return Err(NvmfError::Exists(format!("transport {}", kind.name())));
+    }
+    let opts = p.into_opts()?;
+    opts.validate()?;
+    *t.transport.borrow_mut() = Some(Rc::new(TcpTransport::new(opts)));
+    tracing::info!("nvmf: TCP transport created");
+    Ok(true)
+}
+
+fn get_transports(p: GetTransports) -> Result<Value, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    let t = target()?;
+    let list: Vec<Value> = t.transport.borrow().iter().map(|tr| tr.describe()).collect();
+    if let Some(kind) = p.trtype {
+        let k = TransportKind::parse(&kind)?;
+        if list.is_empty() {
+            return Err(NvmfError::NotFound(format!("transport {}", k.name())));
+        }
+    }
+    Ok(Value::Array(list))
+}
+
+fn get_stats(p: TgtOnly, r: Responder) {
+    if let Err(e) = check_target_name(p.tgt_name.as_deref()) {
+        return r.err(e.into());
+    }
+    tcp::group_stats(move |all| {
+        let groups: Vec<Value> = all
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                json!({
+                    "name": format!("nvmf_tgt_poll_group_{i:03}"),
+                    "admin_qpairs": s.admin_qpairs,
+                    "io_qpairs": s.io_qpairs,
+                    "current_admin_qpairs": s.current_admin_qpairs,
+                    "current_io_qpairs": s.current_io_qpairs,
+                    "pending_bdev_io": s.pending_bdev_io,
+                    "completed_nvme_io": s.completed_nvme_io,
+                    "transports": [{"trtype": "TCP"}],
+                })
+            })
+            .collect();
+        r.ok(json!({ "tick_rate": clock::tick_rate(), "poll_groups": groups }))
+    });
+}
+
+fn add_referral(p: ReferralParams) -> Result<bool, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    if p.secure_channel {
+        return Err(NvmfError::Unsupported("secure channels (TLS) are not supported".into()));
+    }
+    let ep = Endpoint::parse(&p.address)?;
+    if let Some(n) = &p.subnqn {
+        crate::subsystem::validate_nqn(n)?;
+    }
+    let t = target()?;
+    let r = Referral { ep, subnqn: p.subnqn };
+    if !t.referrals.borrow().contains(&r) {
+        t.referrals.borrow_mut().push(r);
+        t.discovery_changed();
+    }
+    Ok(true)
+}
+
+fn remove_referral(p: RemoveReferral) -> Result<bool, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    let ep = Endpoint::parse(&p.address)?;
+    let t = target()?;
+    let r = Referral { ep, subnqn: p.subnqn };
+    let before = t.referrals.borrow().len();
+    t.referrals.borrow_mut().retain(|x| *x != r);
+    if t.referrals.borrow().len() == before {
+        return Err(NvmfError::NotFound(format!("referral to {ep}")));
+    }
+    t.discovery_changed();
+    Ok(true)
+}
+
+fn get_referrals(p: TgtOnly) -> Result<Value, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    let t = target()?;
+    Ok(t.referrals.borrow().iter().map(referral_json).collect())
+}
+
+fn referral_json(r: &Referral) -> Value {
+    let mut v = json!({ "address": r.ep.to_listen_address(), "secure_channel": false });
+    if let Some(n) = &r.subnqn {
+        v["subnqn"] = n.clone().into();
+    }
+    v
+}
+
+/// The `nvmf` subsystem of the application.
+struct NvmfSubsystem;
+
+impl AppSubsystem for NvmfSubsystem {
+    fn name(&self) -> &'static str {
+        "nvmf"
+    }
+
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["bdev"]
+    }
+
+    fn fini(&self, done: Box<dyn FnOnce() + Send>) {
+        // Close every queue pair, then drop subsystems (closing their bdevs)
+        // and listeners, so the bdev layer can delete its devices.
+        tcp::close_all(move || {
+            if let Ok(t) = target() {
+                let subs: Vec<_> = t.subsystems.borrow().iter().filter(|s| !s.is_discovery()).cloned().collect();
+                for s in subs {
+                    subsystem::teardown(&t, &s);
+                }
+                t.referrals.borrow_mut().clear();
+                t.transport.borrow_mut().take();
+            }
+            // Views on other reactors hold descriptors too: drop them all.
+            pollux_core::reactor::for_each_reactor(crate::group::clear, done);
+        });
+    }
+
+    fn write_config(&self, out: &mut ConfigWriter) {
+        let Ok(t) = target() else { return };
+        if let Some(tr) = t.transport.borrow().as_ref() {
+            let o = tr.opts();
+            out.call(
+                "nvmf_create_transport",
+                json!({
+                    "trtype": "TCP",
+                    "max_queue_depth": o.max_queue_depth,
+                    "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
+                    "in_capsule_data_size": o.in_capsule_data_size,
+                    "max_io_size": o.max_io_size,
+                    "io_unit_size": o.io_unit_size,
+                    "max_aq_depth": o.max_aq_depth,
+                    "c2h_success": o.c2h_success,
+                    "sock_priority": o.sock_priority,
+                    "abort_timeout_sec": o.abort_timeout_sec,
+                    "acceptor_poll_rate": o.acceptor_poll_rate,
+                    "kas": o.kas,
+                    "min_kato": o.min_kato,
+                }),
+            );
+        }
+        for s in t.subsystems.borrow().iter() {
+            subsystem::write_config(s, out);
+        }
+        for r in t.referrals.borrow().iter() {
+            out.call("nvmf_discovery_add_referral", referral_json(r));
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! RPC methods on subsystems: create, delete, list; listeners, hosts and
+//! namespaces; and each subsystem's part of `save_config`.
+
+use std::rc::Rc;
+
+use pollux_core::app::ConfigWriter;
+use pollux_core::bdev::{self, BdevEvent, Uuid};
+use pollux_core::reactor::{self, ReactorId};
+use pollux_core::rpc::{Methods, Responder, States};
+use serde_json::{Value, json};
+
+use super::params::*;
+use crate::ctrlr::notify_namespace_change;
+use crate::subsystem::{DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Namespace, Subsystem, SubsystemConfig, SubsystemKind, validate_nqn};
+use crate::target::{Target, check_target_name, target};
+use crate::transport::Endpoint;
+use crate::wire::fabrics::{CNTLID_MAX, DISCOVERY_NQN};
+use crate::{NvmfError, group};
+
+pub fn register(m: &Methods) {
+    m.register("nvmf_create_subsystem", States::RUNTIME, |p: CreateSubsystem, r: Responder| r.result(create(p)));
+    m.register("nvmf_delete_subsystem", States::RUNTIME, delete);
+    m.register("nvmf_get_subsystems", States::RUNTIME, |p: GetSubsystems, r: Responder| r.result(get(p)));
+    m.register("nvmf_subsystem_add_listener", States::RUNTIME, |p: AddListener, r: Responder| r.result(add_listener(p)));
+    m.register("nvmf_subsystem_remove_listener", States::RUNTIME, |p: RemoveListener, r: Responder| r.result(remove_listener(p)));
+    m.register("nvmf_subsystem_get_listeners", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_listeners(p)));
+    m.register("nvmf_subsystem_get_controllers", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_controllers(p)));
+    m.register("nvmf_subsystem_add_ns", States::RUNTIME, add_ns);
+    m.register("nvmf_subsystem_remove_ns", States::RUNTIME, remove_ns);
+    m.register("nvmf_subsystem_add_host", States::RUNTIME, |p: AddHost, r: Responder| r.result(add_host(p)));
+    m.register("nvmf_subsystem_remove_host", States::RUNTIME, |p: RemoveHost, r: Responder| r.result(remove_host(p)));
+    m.register("nvmf_subsystem_allow_any_host", States::RUNTIME, |p: AllowAnyHost, r: Responder| r.result(allow_any_host(p)));
+}
+
+fn find(t: &Target, nqn: &str, tgt_name: Option<&str>) -> Result<Rc<Subsystem>, NvmfError> {
+    check_target_name(tgt_name)?;
+    t.find(nqn).ok_or_else(|| NvmfError::NotFound(format!("subsystem {nqn}")))
+}
+
+fn find_nvm(t: &Target, nqn: &str, tgt_name: Option<&str>) -> Result<Rc<Subsystem>, NvmfError> {
+    let s = find(t, nqn, tgt_name)?;
+    if s.is_discovery() {
+        return Err(NvmfError::InvalidParam(format!("{nqn} is the discovery subsystem")));
+    }
+    Ok(s)
+}
+
+fn printable(s: &str, max: usize, what: &str) -> Result<(), NvmfError> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(NvmfError::InvalidParam(format!("{what} \"{s}\" must be 1 to {max} printable ASCII characters")));
+    }
+    Ok(())
+}
+
+fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    validate_nqn(&p.nqn)?;
+    for (on, what) in [(p.ana_reporting, "ana_reporting"), (p.passthrough, "passthrough"), (p.enable_nssr, "enable_nssr")] {
+        if on {
+            return Err(NvmfError::Unsupported(format!("{what} is not supported by Pollux")));
+        }
+    }
+    let serial = p.serial_number.unwrap_or_else(|| DEFAULT_SERIAL.into());
+    printable(&serial, 20, "serial_number")?;
+    let model = p.model_number.unwrap_or_else(|| DEFAULT_MODEL.into());
+    printable(&model, 40, "model_number")?;
+    if let Some(l) = &p.admin_label {
+        if l.len() < 4 || l.len() > 256 || !l.is_ascii() {
+            return Err(NvmfError::InvalidParam("admin_label must be 4 to 256 ASCII characters".into()));
+        }
+    }
+    let min_cntlid = p.min_cntlid.unwrap_or(1);
+    let max_cntlid = p.max_cntlid.unwrap_or(CNTLID_MAX);
+    if min_cntlid == 0 || min_cntlid > max_cntlid || max_cntlid > CNTLID_MAX {
+        return Err(NvmfError::InvalidParam(format!("controller id range {min_cntlid}..={max_cntlid} must be within 1..={CNTLID_MAX}")));
+    }
+    let max_namespaces = match p.max_namespaces {
+        None | Some(0) => DEFAULT_MAX_NAMESPACES,
+        Some(n) if n > 1024 => return Err(NvmfError::InvalidParam(format!("max_namespaces {n} is above 1024"))),
+        Some(n) => n,
+    };
+    let t = target()?;
+    if t.find(&p.nqn).is_some() {
+        return Err(NvmfError::Exists(format!("subsystem {}", p.nqn)));
+    }
+    if t.subsystems.borrow().len() > t.max_subsystems.get() as usize {
+        return Err(NvmfError::Busy(format!("the target already has {} subsystems (nvmf_set_max_subsystems)", t.max_subsystems.get())));
+    }
+    let config = SubsystemConfig {
+        nqn: p.nqn.clone(),
+        serial,
+        model,
+        max_namespaces,
+        allow_any_host: p.allow_any_host,
+        min_cntlid,
+        max_cntlid,
+        admin_label: p.admin_label,
+        dmrsl: p.dmrsl.unwrap_or(0),
+        wzsl: p.wzsl.unwrap_or(0),
+    };
+    let s = Rc::new(Subsystem::new(t.next_subsystem_id(), SubsystemKind::Nvme, config));
+    t.subsystems.borrow_mut().push(s);
+    t.discovery_changed();
+    tracing::info!("nvmf: subsystem {} created", p.nqn);
+    Ok(true)
+}
+
+/// Disconnect a subsystem's hosts, stop its listeners and close its
+/// namespaces; it is then no longer in the target.
+pub fn teardown(t: &Target, s: &Rc<Subsystem>) {
+    let ctrlrs: Vec<_> = s.controllers.borrow().values().cloned().collect();
+    for c in ctrlrs {
+        c.destroy("subsystem deleted");
+    }
+    if let Ok(tr) = t.transport() {
+        for ep in s.listeners.borrow_mut().drain(..) {
+            tr.stop_listen(&ep);
+        }
+    }
+    s.namespaces.borrow_mut().clear();
+    t.subsystems.borrow_mut().retain(|x| !Rc::ptr_eq(x, s));
+}
+
+fn delete(p: SubsystemNqn, r: Responder) {
+    let res = target().and_then(|t| {
+        let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+        teardown(&t, &s);
+        t.discovery_changed();
+        Ok(s.id)
+    });
+    match res {
+        // Answer once no reactor holds the namespaces any more.
+        Ok(id) => group::publish_subsystem_removed(id, move || r.ok(true)),
+        Err(e) => r.err(e.into()),
+    }
+}
+
+fn subsystem_json(s: &Subsystem) -> Value {
+    let listeners: Vec<Value> = s.listeners.borrow().iter().map(|e| serde_json::to_value(e.to_listen_address()).unwrap_or_default()).collect();
+    let hosts: Vec<Value> = s.hosts.borrow().iter().map(|h| json!({ "nqn": h })).collect();
+    let mut v = json!({
+        "nqn": s.nqn(),
+        "subtype": if s.is_discovery() { "Discovery" } else { "NVMe" },
+        "listen_addresses": listeners,
+        "allow_any_host": s.allow_any_host.get(),
+        "hosts": hosts,
+    });
+    if !s.is_discovery() {
+        let c = &s.config;
+        let namespaces: Vec<Value> = s
+            .namespaces
+            .borrow()
+            .values()
+            .map(|n| {
+                let mut j = json!({
+                    "nsid": n.nsid,
+                    "bdev_name": n.bdev_name,
+                    "name": n.bdev_name,
+                    "nguid": hex(&n.nguid),
+                    "uuid": n.uuid.to_string(),
+                    "anagrpid": n.anagrpid,
+                    "no_auto_visible": false,
+                });
+                if let Some(e) = n.eui64 {
+                    j["eui64"] = hex(&e).into();
+                }
+                j
+            })
+            .collect();
+        let o = v.as_object_mut().expect("object");
+        o.insert("serial_number".into(), c.serial.clone().into());
+        o.insert("model_number".into(), c.model.clone().into());
+        o.insert("max_namespaces".into(), c.max_namespaces.into());
+        o.insert("min_cntlid".into(), c.min_cntlid.into());
+        o.insert("max_cntlid".into(), c.max_cntlid.into());
+        o.insert("namespaces".into(), namespaces.into());
+    }
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+fn get(p: GetSubsystems) -> Result<Value, NvmfError> {
+    check_target_name(p.tgt_name.as_deref())?;
+    let t = target()?;
+    let subs = t.subsystems.borrow();
+    let list: Vec<Value> = match &p.nqn {
+        Some(n) => {
+            let s = subs.iter().find(|s| s.nqn() == n).ok_or_else(|| NvmfError::NotFound(format!("subsystem {n}")))?;
+            vec![subsystem_json(s)]
+        }
+        None => subs.iter().map(|s| subsystem_json(s)).collect(),
+    };
+    Ok(Value::Array(list))
+}
+
+fn add_listener(p: AddListener) -> Result<bool, NvmfError> {
+    if p.secure_channel {
+        return Err(NvmfError::Unsupported("secure channels (TLS) are not supported".into()));
+    }
+    if p.ana_state.is_some() {
+        return Err(NvmfError::Unsupported("ANA reporting is not supported, so ana_state cannot be set".into()));
+    }
+    if let Some(imp) = p.sock_impl.as_deref().filter(|i| *i != "posix") {
+        return Err(NvmfError::Unsupported(format!("sock_impl {imp} is not supported (posix sockets only)")));
+    }
+    let t = target()?;
+    let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
+    let ep = Endpoint::parse(&p.listen_address)?;
+    if s.listeners.borrow().contains(&ep) {
+        return Err(NvmfError::Exists(format!("listener {ep} of {}", p.nqn)));
+    }
+    t.transport()?.listen(&ep)?;
+    s.listeners.borrow_mut().push(ep);
+    t.discovery_changed();
+    Ok(true)
+}
+
+fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
+    let t = target()?;
+    let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
+    let ep = Endpoint::parse(&p.listen_address)?;
+    let had = {
+        let mut l = s.listeners.borrow_mut();
+        let before = l.len();
+        l.retain(|x| *x != ep);
+        before != l.len()
+    };
+    if !had {
+        return Err(NvmfError::NotFound(format!("listener {ep} of {}", p.nqn)));
+    }
+    t.transport()?.stop_listen(&ep);
+    // Hosts that came in through this address lose their controllers.
+    let gone: Vec<_> = s.controllers.borrow().values().filter(|c| c.endpoint == ep).cloned().collect();
+    for c in gone {
+        c.destroy("its listener was removed");
+    }
+    t.discovery_changed();
+    Ok(true)
+}
+
+fn get_listeners(p: SubsystemNqn) -> Result<Value, NvmfError> {
+    let t = target()?;
+    let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
+    Ok(s.listeners.borrow().iter().map(|e| json!({ "address": e.to_listen_address(), "ana_states": [] })).collect())
+}
+
+fn get_controllers(p: SubsystemNqn) -> Result<Value, NvmfError> {
+    let t = target()?;
+    let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
+    Ok(s.controllers
+        .borrow()
+        .values()
+        .map(|c| {
+            json!({
+                "cntlid": c.cntlid,
+                "hostnqn": c.hostnqn,
+                "hostid": Uuid::from_bytes(c.hostid).to_string(),
+                "num_io_qpairs": c.io_qpairs.borrow().len(),
+            })
+        })
+        .collect())
+}
+
+fn add_ns(p: AddNs, r: Responder) {
+    match prepare_ns(p) {
+        Ok((s, ns)) => {
+            let (sid, nsid) = (s.id, ns.nsid);
+            let desc = ns.desc.clone();
+            s.namespaces.borrow_mut().insert(nsid, Rc::new(ns));
+            tracing::info!("nvmf: namespace {nsid} of {} added", s.nqn());
+            group::publish_namespace(sid, nsid, Some(desc), move || {
+                namespace_changed(sid, nsid);
+                r.ok(nsid);
+            });
+        }
+        Err(e) => r.err(e.into()),
+    }
+}
+
+fn namespace_changed(subsystem_id: u32, nsid: u32) {
+    if let Ok(t) = target() {
+        if let Some(s) = t.find_id(subsystem_id) {
+            notify_namespace_change(&s, nsid);
+        }
+    }
+}
+
+fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
+    let t = target()?;
+    let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+    let n = p.namespace;
+    if n.ptpl_file.is_some() {
+        return Err(NvmfError::Unsupported("persistent reservations (ptpl_file) are not supported".into()));
+    }
+    if n.no_auto_visible {
+        return Err(NvmfError::Unsupported("no_auto_visible namespaces are not supported".into()));
+    }
+    if n.hide_metadata {
+        return Err(NvmfError::Unsupported("hide_metadata is not supported".into()));
+    }
+    let nsid = match n.nsid {
+        None | Some(0) => s.free_nsid().ok_or_else(|| NvmfError::Busy(format!("{} has no free namespace id (max_namespaces {})", p.nqn, s.config.max_namespaces)))?,
+        Some(id) if id > s.config.max_namespaces => {
+            return Err(NvmfError::InvalidParam(format!("nsid {id} is above max_namespaces {} of {}", s.config.max_namespaces, p.nqn)));
+        }
+        Some(id) if s.namespaces.borrow().contains_key(&id) => return Err(NvmfError::Exists(format!("namespace {id} of {}", p.nqn))),
+        Some(id) => id,
+    };
+    let uuid = match &n.uuid {
+        Some(u) => Uuid::parse_str(u).map_err(|_| NvmfError::InvalidParam(format!("uuid \"{u}\" is not a UUID")))?,
+        None => bdev::get(&n.bdev_name).map(|b| b.uuid()).ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?,
+    };
+    let nguid = match &n.nguid {
+        Some(g) => parse_hex::<16>(g, "nguid")?,
+        None => *uuid.as_bytes(),
+    };
+    let eui64 = n.eui64.as_deref().map(|e| parse_hex::<8>(e, "eui64")).transpose()?;
+    // A bdev deleted under us takes its namespace away (with the event).
+    let sid = s.id;
+    let desc = bdev::open(&n.bdev_name, true, move |ev| {
+        if ev == BdevEvent::Remove {
+            hot_remove(sid, nsid);
+        }
+    })?;
+    Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: n.anagrpid.unwrap_or(nsid) }))
+}
+
+/// The bdev of a namespace is going away: remove the namespace.
+fn hot_remove(subsystem_id: u32, nsid: u32) {
+    debug_assert_eq!(reactor::current(), ReactorId(0));
+    let Ok(t) = target() else { return };
+    let Some(s) = t.find_id(subsystem_id) else { return };
+    if s.namespaces.borrow_mut().remove(&nsid).is_some() {
+        tracing::info!("nvmf: namespace {nsid} of {} removed: its bdev is gone", s.nqn());
+        group::publish_namespace(subsystem_id, nsid, None, move || namespace_changed(subsystem_id, nsid));
+    }
+}
+
+fn remove_ns(p: RemoveNs, r: Responder) {
+    let res = target().and_then(|t| {
+        let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+        s.namespaces.borrow_mut().remove(&p.nsid).ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
+        Ok(s.id)
+    });
+    match res {
+        Ok(sid) => {
+            let nsid = p.nsid;
+            group::publish_namespace(sid, nsid, None, move || {
+                namespace_changed(sid, nsid);
+                r.ok(true);
+            });
+        }
+        Err(e) => r.err(e.into()),
+    }
+}
+
+fn add_host(p: AddHost) -> Result<bool, NvmfError> {
+    for (v, what) in [(&p.psk, "psk"), (&p.dhchap_key, "dhchap_key"), (&p.dhchap_ctrlr_key, "dhchap_ctrlr_key")] {
+        if v.is_some() {
+            return Err(NvmfError::Unsupported(format!("{what}: TLS and DH-HMAC-CHAP are not supported")));
+        }
+    }
+    validate_nqn(&p.host)?;
+    let t = target()?;
+    let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+    if s.hosts.borrow().contains(&p.host) {
+        return Err(NvmfError::Exists(format!("host {} of {}", p.host, p.nqn)));
+    }
+    s.hosts.borrow_mut().push(p.host);
+    t.discovery_changed();
+    Ok(true)
+}
+
+fn remove_host(p: RemoveHost) -> Result<bool, NvmfError> {
+    let t = target()?;
+    let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+    let had = {
+        let mut h = s.hosts.borrow_mut();
+        let before = h.len();
+        h.retain(|x| *x != p.host);
+        before != h.len()
+    };
+    if !had {
+        return Err(NvmfError::NotFound(format!("host {} of {}", p.host, p.nqn)));
+    }
+    if !s.allow_any_host.get() {
+        let gone: Vec<_> = s.controllers.borrow().values().filter(|c| c.hostnqn == p.host).cloned().collect();
+        for c in gone {
+            c.destroy("its host was removed from the allowed list");
+        }
+    }
+    t.discovery_changed();
+    Ok(true)
+}
+
+fn allow_any_host(p: AllowAnyHost) -> Result<bool, NvmfError> {
+    let t = target()?;
+    let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+    s.allow_any_host.set(p.allow_any_host);
+    t.discovery_changed();
+    Ok(true)
+}
+
+/// The calls that rebuild one subsystem.
+pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
+    let nqn = s.nqn();
+    let listen = |out: &mut ConfigWriter| {
+        for ep in s.listeners.borrow().iter() {
+            out.call("nvmf_subsystem_add_listener", json!({ "nqn": nqn, "listen_address": ep.to_listen_address(), "secure_channel": false }));
+        }
+    };
+    if s.is_discovery() {
+        debug_assert_eq!(nqn, DISCOVERY_NQN);
+        return listen(out);
+    }
+    let c = &s.config;
+    let mut create = json!({
+        "nqn": nqn,
+        "serial_number": c.serial,
+        "model_number": c.model,
+        "max_namespaces": c.max_namespaces,
+        "allow_any_host": s.allow_any_host.get(),
+        "ana_reporting": false,
+        "min_cntlid": c.min_cntlid,
+        "max_cntlid": c.max_cntlid,
+    });
+    if let Some(l) = &c.admin_label {
+        create["admin_label"] = l.clone().into();
+    }
+    if c.dmrsl != 0 {
+        create["dmrsl"] = c.dmrsl.into();
+    }
+    if c.wzsl != 0 {
+        create["wzsl"] = c.wzsl.into();
+    }
+    out.call("nvmf_create_subsystem", create);
+    listen(out);
+    for h in s.hosts.borrow().iter() {
+        out.call("nvmf_subsystem_add_host", json!({ "nqn": nqn, "host": h }));
+    }
+    for n in s.namespaces.borrow().values() {
+        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid, "no_auto_visible": false });
+        if let Some(e) = n.eui64 {
+            ns["eui64"] = hex(&e).into();
+        }
+        out.call("nvmf_subsystem_add_ns", json!({ "nqn": nqn, "namespace": ns }));
+    }
+}

@@ -1,0 +1,226 @@
+//! NVM subsystems as configured: NQN, identity, namespaces on bdevs, the
+//! hosts allowed in and the addresses listened on; plus the discovery
+//! subsystem. Owned by the main reactor (the subsystems' reactor), where
+//! their controllers and admin queues live.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use pollux_core::bdev::{Descriptor, Uuid};
+
+use crate::ctrlr::Controller;
+use crate::transport::Endpoint;
+use crate::wire::fabrics::{CNTLID_MAX, DISCOVERY_NQN, NQN_MAX_LEN};
+use crate::NvmfError;
+
+/// Default serial and model numbers, as SPDK's.
+pub const DEFAULT_SERIAL: &str = "00000000000000000000";
+pub const DEFAULT_MODEL: &str = "Pollux bdev Controller";
+pub const DEFAULT_MAX_NAMESPACES: u32 = 32;
+
+/// Discovery or NVM subsystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubsystemKind {
+    Discovery,
+    Nvme,
+}
+
+/// A namespace: a bdev exported under an NSID.
+pub struct Namespace {
+    pub nsid: u32,
+    pub bdev_name: String,
+    pub desc: Descriptor,
+    pub uuid: Uuid,
+    pub nguid: [u8; 16],
+    pub eui64: Option<[u8; 8]>,
+    pub anagrpid: u32,
+}
+
+impl Namespace {
+    pub fn block_size(&self) -> u32 {
+        self.desc.bdev().block_size()
+    }
+    pub fn num_blocks(&self) -> u64 {
+        self.desc.bdev().num_blocks()
+    }
+}
+
+/// Settings given at creation.
+#[derive(Clone, Debug)]
+pub struct SubsystemConfig {
+    pub nqn: String,
+    pub serial: String,
+    pub model: String,
+    pub max_namespaces: u32,
+    pub allow_any_host: bool,
+    pub min_cntlid: u16,
+    pub max_cntlid: u16,
+    pub admin_label: Option<String>,
+    pub dmrsl: u32,
+    pub wzsl: u8,
+}
+
+pub struct Subsystem {
+    /// Target-unique id, used by other reactors to find their view of it.
+    pub id: u32,
+    pub kind: SubsystemKind,
+    pub config: SubsystemConfig,
+    pub allow_any_host: Cell<bool>,
+    pub hosts: RefCell<Vec<String>>,
+    pub listeners: RefCell<Vec<Endpoint>>,
+    pub namespaces: RefCell<BTreeMap<u32, Rc<Namespace>>>,
+    pub controllers: RefCell<BTreeMap<u16, Rc<Controller>>>,
+    next_cntlid: Cell<u16>,
+}
+
+impl Subsystem {
+    pub fn new(id: u32, kind: SubsystemKind, config: SubsystemConfig) -> Subsystem {
+        Subsystem {
+            id,
+            kind,
+            allow_any_host: Cell::new(config.allow_any_host || kind == SubsystemKind::Discovery),
+            next_cntlid: Cell::new(config.min_cntlid),
+            config,
+            hosts: RefCell::new(Vec::new()),
+            listeners: RefCell::new(Vec::new()),
+            namespaces: RefCell::new(BTreeMap::new()),
+            controllers: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// The discovery subsystem: any host, any listener, no namespaces.
+    pub fn discovery() -> Subsystem {
+        Subsystem::new(
+            0,
+            SubsystemKind::Discovery,
+            SubsystemConfig {
+                nqn: DISCOVERY_NQN.into(),
+                serial: DEFAULT_SERIAL.into(),
+                model: DEFAULT_MODEL.into(),
+                max_namespaces: 0,
+                allow_any_host: true,
+                min_cntlid: 1,
+                max_cntlid: CNTLID_MAX,
+                admin_label: None,
+                dmrsl: 0,
+                wzsl: 0,
+            },
+        )
+    }
+
+    pub fn nqn(&self) -> &str {
+        &self.config.nqn
+    }
+
+    pub fn is_discovery(&self) -> bool {
+        self.kind == SubsystemKind::Discovery
+    }
+
+    /// Whether `hostnqn` may connect.
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.allow_any_host.get() || self.hosts.borrow().iter().any(|h| h == hostnqn)
+    }
+
+    /// Whether a host that reached the target on `ep` may use this subsystem.
+    pub fn listens_on(&self, ep: &Endpoint) -> bool {
+        self.is_discovery() || self.listeners.borrow().iter().any(|l| l == ep)
+    }
+
+    /// The largest NSID a host may see (Identify NN).
+    pub fn max_nsid(&self) -> u32 {
+        let highest = self.namespaces.borrow().keys().next_back().copied().unwrap_or(0);
+        self.config.max_namespaces.max(highest)
+    }
+
+    /// A free controller id for the dynamic model, or the requested one for
+    /// the static model; `None` when none is available.
+    pub fn allocate_cntlid(&self, requested: Option<u16>) -> Option<u16> {
+        let (lo, hi) = (self.config.min_cntlid, self.config.max_cntlid);
+        let used = self.controllers.borrow();
+        if let Some(id) = requested {
+            return ((lo..=hi).contains(&id) && !used.contains_key(&id)).then_some(id);
+        }
+        let span = u32::from(hi - lo) + 1;
+        let mut id = self.next_cntlid.get();
+        for _ in 0..span {
+            if !(lo..=hi).contains(&id) {
+                id = lo;
+            }
+            if !used.contains_key(&id) {
+                self.next_cntlid.set(if id == hi { lo } else { id + 1 });
+                return Some(id);
+            }
+            id = if id == hi { lo } else { id + 1 };
+        }
+        None
+    }
+
+    /// The lowest unused NSID.
+    pub fn free_nsid(&self) -> Option<u32> {
+        let ns = self.namespaces.borrow();
+        (1..=self.config.max_namespaces.max(1)).find(|n| !ns.contains_key(n))
+    }
+}
+
+/// Check an NQN as SPDK does: at most 223 bytes, `nqn.yyyy-mm.` followed by
+/// a reverse domain name, or the UUID form `nqn.2014-08.org.nvmexpress:uuid:...`.
+pub fn validate_nqn(nqn: &str) -> Result<(), NvmfError> {
+    let bad = |why: &str| Err(NvmfError::InvalidParam(format!("invalid NQN \"{nqn}\": {why}")));
+    if nqn.len() > NQN_MAX_LEN {
+        return bad("longer than 223 bytes");
+    }
+    if nqn.len() < 11 || !nqn.is_char_boundary(11) {
+        return bad("too short");
+    }
+    if let Some(u) = nqn.strip_prefix("nqn.2014-08.org.nvmexpress:uuid:") {
+        return match Uuid::parse_str(u) {
+            Ok(_) if u.len() == 36 => Ok(()),
+            _ => bad("the UUID part is not a UUID"),
+        };
+    }
+    let b = nqn.as_bytes();
+    let date_ok = nqn.starts_with("nqn.")
+        && b[4..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..11].iter().all(u8::is_ascii_digit)
+        && matches!(&nqn[9..11], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+    if !date_ok || b.get(11) != Some(&b'.') {
+        return bad("it must start with nqn.yyyy-mm. and a reverse domain name");
+    }
+    let domain = nqn[12..].split(':').next().unwrap_or("");
+    if domain.is_empty() || !domain.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return bad("the reverse domain name is missing");
+    }
+    if nqn.chars().any(|c| c.is_control()) {
+        return bad("it contains control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nqns_are_checked_like_spdk() {
+        for ok in ["nqn.2016-06.io.spdk:cnode1", "nqn.2014-08.org.nvmexpress:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", DISCOVERY_NQN] {
+            validate_nqn(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["", "nqn.", "iqn.2016-06.io.spdk:x", "nqn.2016-13.io.spdk:x", "nqn.2016-06.:x", "nqn.2014-08.org.nvmexpress:uuid:nope", &format!("nqn.2016-06.io.spdk:{}", "a".repeat(220))] {
+            assert!(validate_nqn(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn controller_ids_are_dynamic_or_static_within_the_range() {
+        let mut c = Subsystem::discovery().config;
+        c.nqn = "nqn.2016-06.io.spdk:a".into();
+        c.min_cntlid = 5;
+        c.max_cntlid = 6;
+        let s = Subsystem::new(1, SubsystemKind::Nvme, c);
+        assert_eq!(s.allocate_cntlid(None), Some(5));
+        assert_eq!(s.allocate_cntlid(Some(4)), None);
+        assert_eq!(s.allocate_cntlid(Some(6)), Some(6));
+    }
+}

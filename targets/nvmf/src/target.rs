@@ -1,0 +1,105 @@
+//! The target: the transport, the subsystems (discovery first), discovery
+//! referrals and the discovery log generation counter. One per process,
+//! kept on the main reactor; other reactors hold views of the namespaces
+//! (see [`crate::group`]).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use pollux_core::reactor::{self, ReactorId};
+
+use crate::subsystem::Subsystem;
+use crate::transport::{Endpoint, Transport};
+use crate::NvmfError;
+
+/// SPDK's name for the one target of an application.
+pub const DEFAULT_TARGET_NAME: &str = "nvmf_tgt";
+pub const DEFAULT_MAX_SUBSYSTEMS: u32 = 1024;
+
+/// A discovery referral: another discovery service (or subsystem) to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referral {
+    pub ep: Endpoint,
+    pub subnqn: Option<String>,
+}
+
+pub struct Target {
+    pub transport: RefCell<Option<Rc<dyn Transport>>>,
+    /// The discovery subsystem first, then NVM subsystems in creation order.
+    pub subsystems: RefCell<Vec<Rc<Subsystem>>>,
+    pub referrals: RefCell<Vec<Referral>>,
+    pub max_subsystems: Cell<u32>,
+    genctr: Cell<u64>,
+    next_id: Cell<u32>,
+}
+
+impl Target {
+    fn new() -> Target {
+        Target {
+            transport: RefCell::new(None),
+            subsystems: RefCell::new(vec![Rc::new(Subsystem::discovery())]),
+            referrals: RefCell::new(Vec::new()),
+            max_subsystems: Cell::new(DEFAULT_MAX_SUBSYSTEMS),
+            genctr: Cell::new(0),
+            next_id: Cell::new(1),
+        }
+    }
+
+    pub fn find(&self, nqn: &str) -> Option<Rc<Subsystem>> {
+        self.subsystems.borrow().iter().find(|s| s.nqn() == nqn).cloned()
+    }
+
+    pub fn find_id(&self, id: u32) -> Option<Rc<Subsystem>> {
+        self.subsystems.borrow().iter().find(|s| s.id == id).cloned()
+    }
+
+    pub fn discovery(&self) -> Rc<Subsystem> {
+        self.subsystems.borrow()[0].clone()
+    }
+
+    pub fn next_subsystem_id(&self) -> u32 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    pub fn transport(&self) -> Result<Rc<dyn Transport>, NvmfError> {
+        self.transport.borrow().clone().ok_or_else(|| NvmfError::NotFound("transport TCP (create it with nvmf_create_transport first)".into()))
+    }
+
+    pub fn genctr(&self) -> u64 {
+        self.genctr.get()
+    }
+
+    /// The discovery log changed: count it and tell discovery controllers
+    /// that asked for discovery log change events.
+    pub fn discovery_changed(&self) {
+        self.genctr.set(self.genctr.get() + 1);
+        for c in self.discovery().controllers.borrow().values() {
+            c.notify_discovery_change();
+        }
+    }
+}
+
+/// The target of this process (main reactor only).
+pub fn target() -> Result<Rc<Target>, NvmfError> {
+    if reactor::current() != ReactorId(0) {
+        return Err(NvmfError::WrongReactor);
+    }
+    Ok(match reactor::local::<Target>() {
+        Some(t) => t,
+        None => {
+            let t = Rc::new(Target::new());
+            reactor::set_local(t.clone());
+            t
+        }
+    })
+}
+
+/// Check the `tgt_name` parameter of an RPC.
+pub fn check_target_name(name: Option<&str>) -> Result<(), NvmfError> {
+    match name {
+        None | Some(DEFAULT_TARGET_NAME) => Ok(()),
+        Some(n) => Err(NvmfError::NotFound(format!("target {n} (this application has one target, {DEFAULT_TARGET_NAME})"))),
+    }
+}

@@ -1,0 +1,931 @@
+//! One NVMe/TCP connection: a queue pair. Reads PDUs from its socket, runs
+//! the commands they carry (Fabrics, admin or I/O), solicits write data
+//! with R2Ts, and sends data and completions back.
+//!
+//! Receive: bytes go into a buffer sized for the largest PDU the framing
+//! allows; complete PDUs are parsed in place and handled in order. Send:
+//! PDUs are appended to an output buffer that the poll group flushes once
+//! per reactor iteration. A framing error sends a C2HTermReq and closes
+//! this connection only.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use pollux_core::bdev::BdevIo;
+use pollux_core::dma::{self, DmaBuf};
+use pollux_core::reactor::{self, ReactorId};
+use pollux_nvme_spec::cmd::{Command, Completion};
+use zerocopy::FromBytes;
+
+use super::group::{GroupStats, TcpGroup};
+use super::pdu::{self, C2hFraming, Fatal, Fes, Framing, Parsed, Pdu};
+use super::{MAX_H2C_DATA, TcpShared};
+use crate::ctrlr::connect::{self, Connected};
+use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
+use crate::group::SubsystemView;
+use crate::io::{self as nvm, Completer, DataDir, IoSink};
+use crate::status;
+use crate::transport::{Endpoint, TransportOpts};
+use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
+
+/// Bytes read per socket per poll, so one busy host cannot starve others.
+const READ_BUDGET: usize = 4 << 20;
+/// Stop reading while this much output waits (the host is not reading).
+const WRITE_BACKLOG_LIMIT: usize = 8 << 20;
+/// SGL identifiers: in-capsule data block (offset) and transport data block.
+const SGL_IN_CAPSULE: u8 = 0x01;
+const SGL_TRANSPORT: u8 = 0x5a;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Waiting for data buffers from the pool.
+    AwaitBuffer,
+    /// R2T sent; H2CData arriving.
+    Receiving,
+    /// With the controller or a bdev.
+    Executing,
+}
+
+struct Slot {
+    generation: u16,
+    state: SlotState,
+    cmd: Command,
+    dir: DataDir,
+    len: u32,
+    received: u32,
+    bufs: Vec<DmaBuf>,
+    /// A failure found while receiving data, reported once it is all in.
+    error: Option<status::Status>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot { generation: 0, state: SlotState::Free, cmd: Command::default(), dir: DataDir::None, len: 0, received: 0, bufs: Vec::with_capacity(4), error: None }
+    }
+}
+
+/// What this queue pair is attached to.
+enum Queue {
+    /// Before a successful Connect.
+    Unbound,
+    Admin(Rc<Controller>),
+    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16 },
+}
+
+/// What an I/O queue pair carries when it moves to another reactor.
+pub(crate) struct ConnParts {
+    id: u64,
+    stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    ep: Endpoint,
+    opts: TransportOpts,
+    framing: Framing,
+    c2h: C2hFraming,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    qid: u16,
+    sq_entries: u16,
+    sq_head: u16,
+    sq_flow_off: bool,
+    subsystem_id: u32,
+    cntlid: u16,
+    data_timeout: Duration,
+}
+
+struct State {
+    framing: Framing,
+    c2h: C2hFraming,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    write_armed: bool,
+    queue: Queue,
+    qid: u16,
+    sq_entries: u16,
+    sq_head: u16,
+    sq_flow_off: bool,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    waiting_buffers: VecDeque<u16>,
+    receiving: u32,
+    last_data: Instant,
+    data_timeout: Duration,
+    move_to: Option<(ReactorId, u32, u16)>,
+    /// A C2HTermReq is queued: close once it is sent.
+    terminating: bool,
+}
+
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ep: Endpoint,
+    opts: TransportOpts,
+    /// The transport (main reactor only: it picks reactors for I/O queues).
+    shared: Option<Rc<TcpShared>>,
+    group: Weak<TcpGroup>,
+    me: Weak<Conn>,
+    st: RefCell<State>,
+    /// Completions made while `st` may be borrowed (asynchronous events).
+    deferred: RefCell<Vec<(u16, Response)>>,
+    close_reason: RefCell<Option<String>>,
+    closed: Cell<bool>,
+}
+
+fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
+    let nslots = opts.max_queue_depth.max(opts.max_aq_depth as u16) as usize;
+    let cap = 2 * Framing { max_in_capsule: opts.in_capsule_data_size.max(fabrics_data_len()), max_h2c_data: MAX_H2C_DATA, ..framing }.max_pdu_len();
+    State {
+        framing,
+        c2h,
+        rbuf: vec![0; cap],
+        rstart: 0,
+        rend: 0,
+        wbuf: Vec::with_capacity(256 * 1024),
+        wpos: 0,
+        write_armed: false,
+        queue: Queue::Unbound,
+        qid: 0,
+        sq_entries: 1,
+        sq_head: 0,
+        sq_flow_off: false,
+        slots: (0..nslots).map(|_| Slot::new()).collect(),
+        free: (0..nslots as u16).rev().collect(),
+        waiting_buffers: VecDeque::new(),
+        receiving: 0,
+        last_data: Instant::now(),
+        data_timeout: Duration::from_secs(30),
+        move_to: None,
+        terminating: false,
+    }
+}
+
+/// Connect data is 1024 bytes; in-capsule data must fit at least that.
+fn fabrics_data_len() -> u32 {
+    size_of::<ConnectData>() as u32
+}
+
+/// How long a host may leave an R2T unanswered.
+fn data_timeout(kato_ms: u32) -> Duration {
+    if kato_ms == 0 { Duration::from_secs(30) } else { Duration::from_millis(u64::from(kato_ms.max(1000))) }
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>, group: Weak<TcpGroup>) -> Rc<Conn> {
+        let opts = shared.opts.clone();
+        let framing = Framing::initial(opts.in_capsule_data_size.max(fabrics_data_len()), MAX_H2C_DATA);
+        let c2h = C2hFraming { header_digest: false, data_digest: false, data_alignment: 4 };
+        let st = new_state(&opts, framing, c2h);
+        Rc::new_cyclic(|me| Conn {
+            id,
+            stream,
+            peer,
+            ep,
+            opts,
+            shared: Some(shared),
+            group,
+            me: me.clone(),
+            st: RefCell::new(st),
+            deferred: RefCell::new(Vec::new()),
+            close_reason: RefCell::new(None),
+            closed: Cell::new(false),
+        })
+    }
+
+    pub(crate) fn from_parts(p: ConnParts, group: Weak<TcpGroup>) -> io::Result<Rc<Conn>> {
+        let mut st = new_state(&p.opts, p.framing, p.c2h);
+        st.rbuf[..p.input.len()].copy_from_slice(&p.input);
+        st.rend = p.input.len();
+        st.wbuf.extend_from_slice(&p.output);
+        st.qid = p.qid;
+        st.sq_entries = p.sq_entries;
+        st.sq_head = p.sq_head;
+        st.sq_flow_off = p.sq_flow_off;
+        st.data_timeout = p.data_timeout;
+        st.queue = Queue::Io { view: crate::group::subsystem(p.subsystem_id), subsystem_id: p.subsystem_id, cntlid: p.cntlid };
+        Ok(Rc::new_cyclic(|me| Conn {
+            id: p.id,
+            stream: p.stream,
+            peer: p.peer,
+            ep: p.ep,
+            opts: p.opts,
+            shared: None,
+            group,
+            me: me.clone(),
+            st: RefCell::new(st),
+            deferred: RefCell::new(Vec::new()),
+            close_reason: RefCell::new(None),
+            closed: Cell::new(false),
+        }))
+    }
+
+    pub(crate) fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    fn is_io(&self) -> bool {
+        matches!(self.st.borrow().queue, Queue::Io { .. })
+    }
+
+    pub(crate) fn count_open(&self, s: &mut GroupStats) {
+        if self.is_io() {
+            s.io_qpairs += 1;
+            s.current_io_qpairs += 1;
+        } else {
+            s.admin_qpairs += 1;
+            s.current_admin_qpairs += 1;
+        }
+    }
+
+    pub(crate) fn count_close(&self, s: &mut GroupStats) {
+        if self.is_io() {
+            s.current_io_qpairs = s.current_io_qpairs.saturating_sub(1);
+        } else {
+            s.current_admin_qpairs = s.current_admin_qpairs.saturating_sub(1);
+        }
+    }
+
+    fn mark_dirty(&self) {
+        if let Some(g) = self.group.upgrade() {
+            g.mark_dirty(self.id);
+        }
+    }
+
+    // ---- Receive ----
+
+    /// The socket is readable (or broke): read and handle what came.
+    pub(crate) fn on_readable(&self) {
+        let mut total = 0;
+        while !self.closed.get() && total < READ_BUDGET {
+            let n = {
+                let mut st = self.st.borrow_mut();
+                if st.terminating || st.move_to.is_some() || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
+                    break;
+                }
+                if st.rstart == st.rend {
+                    st.rstart = 0;
+                    st.rend = 0;
+                } else if st.rend == st.rbuf.len() {
+                    let (a, b) = (st.rstart, st.rend);
+                    st.rbuf.copy_within(a..b, 0);
+                    st.rend = b - a;
+                    st.rstart = 0;
+                }
+                let end = st.rend;
+                match (&self.stream).read(&mut st.rbuf[end..]) {
+                    Ok(0) => {
+                        drop(st);
+                        self.close("the host closed the connection");
+                        return;
+                    }
+                    Ok(n) => {
+                        st.rend += n;
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        drop(st);
+                        self.close(&format!("receive failed: {e}"));
+                        return;
+                    }
+                }
+            };
+            total += n;
+            self.process();
+        }
+        self.after_processing();
+    }
+
+    /// Bytes that came with a moved connection.
+    pub(crate) fn resume(&self) {
+        self.process();
+        self.after_processing();
+    }
+
+    /// Handle every complete PDU in the receive buffer.
+    fn process(&self) {
+        let mut st = self.st.borrow_mut();
+        let rbuf = std::mem::take(&mut st.rbuf);
+        while st.rstart < st.rend && !st.terminating && st.move_to.is_none() && !self.closed.get() {
+            let parsed = pdu::parse(&rbuf[st.rstart..st.rend], &st.framing);
+            match parsed {
+                Ok(Parsed::Incomplete(_)) => break,
+                Ok(Parsed::Pdu(p, len)) => {
+                    // A capsule needs a free slot; without one, wait (the
+                    // host sent more than its queue size).
+                    if matches!(p, Pdu::CapsuleCmd { .. }) && st.free.is_empty() {
+                        break;
+                    }
+                    let offending = st.rstart;
+                    if let Err(f) = self.handle(&mut st, p) {
+                        let hdr = &rbuf[offending..(offending + f.echo).min(st.rend)];
+                        self.terminate(&mut st, f, hdr);
+                        break;
+                    }
+                    st.rstart += len;
+                }
+                Err(f) => {
+                    let hdr = &rbuf[st.rstart..(st.rstart + f.echo).min(st.rend)];
+                    self.terminate(&mut st, f, hdr);
+                    break;
+                }
+            }
+        }
+        st.rbuf = rbuf;
+    }
+
+    /// Move, close or flush after handling input.
+    fn after_processing(&self) {
+        let move_to = self.st.borrow().move_to;
+        if let Some((r, subsystem_id, cntlid)) = move_to {
+            self.move_to_reactor(r, subsystem_id, cntlid);
+            return;
+        }
+        self.mark_dirty();
+    }
+
+    fn terminate(&self, st: &mut State, f: Fatal, hdr: &[u8]) {
+        tracing::warn!("nvmf: {} from {}: terminating the connection", f, self.peer);
+        pdu::c2h_term_req(&mut st.wbuf, f.fes, f.fei, hdr);
+        st.terminating = true;
+    }
+
+    fn handle(&self, st: &mut State, p: Pdu<'_>) -> Result<(), Fatal> {
+        match p {
+            Pdu::IcReq(ic) => {
+                let hd = ic.dgst & pdu::DGST_HEADER != 0;
+                let dd = ic.dgst & pdu::DGST_DATA != 0;
+                st.framing.connected = true;
+                st.framing.header_digest = hd;
+                st.framing.data_digest = dd;
+                st.c2h = C2hFraming { header_digest: hd, data_digest: dd, data_alignment: (usize::from(ic.hpda) + 1) * 4 };
+                pdu::ic_resp(&mut st.wbuf, ic.dgst, MAX_H2C_DATA);
+                Ok(())
+            }
+            Pdu::H2cTermReq(t) => {
+                tracing::warn!("nvmf: host {} terminated the connection (fatal error status {:#x}, field {})", self.peer, t.fes.get(), t.fei.get());
+                st.terminating = true;
+                Ok(())
+            }
+            Pdu::CapsuleCmd { cmd, data, data_ok } => {
+                self.on_capsule(st, cmd, data, data_ok);
+                Ok(())
+            }
+            Pdu::H2cData { hdr, data, data_ok } => self.on_h2c_data(st, hdr, data, data_ok),
+        }
+    }
+
+    fn on_capsule(&self, st: &mut State, cmd: &Command, data: &[u8], data_ok: bool) {
+        let idx = st.free.pop().expect("a free slot (checked by the caller)");
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Executing;
+        slot.cmd = *cmd;
+        slot.received = 0;
+        slot.error = None;
+        slot.bufs.clear();
+        let dir = if cmd.opcode == fabrics::OPCODE {
+            nvm::data_dir(raw(cmd)[4])
+        } else {
+            nvm::data_dir(cmd.opcode)
+        };
+        let sgl = cmd.dptr.sgl();
+        let len = sgl.length.get();
+        slot.dir = if len == 0 { DataDir::None } else { dir };
+        slot.len = if slot.dir == DataDir::None { 0 } else { len };
+        if !data_ok {
+            return self.respond(st, idx, Response::err(status::TRANSIENT_TRANSPORT_ERROR));
+        }
+        if slot.dir == DataDir::None {
+            if !data.is_empty() {
+                return self.respond(st, idx, Response::err(status::INVALID_FIELD));
+            }
+            return self.execute(st, idx);
+        }
+        let max = self.opts.max_io_size.max(fabrics_data_len()).max(64 * 1024);
+        if len > max {
+            return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+        }
+        match sgl.id {
+            SGL_IN_CAPSULE => {
+                let off = sgl.address.get();
+                if slot.dir != DataDir::HostToController || off > data.len() as u64 {
+                    return self.respond(st, idx, Response::err(status::SGL_OFFSET_INVALID));
+                }
+                if off + u64::from(len) > data.len() as u64 {
+                    return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+                }
+                if !get_buffers(&mut st.slots[idx as usize], self.opts.io_unit_size) {
+                    // Retryable: the pool is empty and the data cannot wait.
+                    return self.respond(st, idx, Response::err(status::Status::new(pollux_nvme_spec::status::StatusCodeType::Generic, 0x06)));
+                }
+                let slot = &mut st.slots[idx as usize];
+                copy_into(&mut slot.bufs, 0, &data[off as usize..off as usize + len as usize]);
+                slot.received = len;
+                self.execute(st, idx)
+            }
+            SGL_TRANSPORT => {
+                if !data.is_empty() {
+                    return self.respond(st, idx, Response::err(status::INVALID_FIELD));
+                }
+                self.start_transfer(st, idx)
+            }
+            _ => self.respond(st, idx, Response::err(status::SGL_DESCRIPTOR_TYPE_INVALID)),
+        }
+    }
+
+    /// Get buffers for a command's data, then solicit it (writes) or run
+    /// the command (reads).
+    fn start_transfer(&self, st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        if !get_buffers(slot, self.opts.io_unit_size) {
+            slot.state = SlotState::AwaitBuffer;
+            st.waiting_buffers.push_back(idx);
+            return;
+        }
+        if slot.dir == DataDir::HostToController {
+            slot.state = SlotState::Receiving;
+            let (cid, len) = (slot.cmd.cid.get(), slot.len);
+            pdu::r2t(&mut st.wbuf, cid, idx, 0, len, st.framing.header_digest);
+            if st.receiving == 0 {
+                st.last_data = Instant::now();
+            }
+            st.receiving += 1;
+        } else {
+            slot.state = SlotState::Executing;
+            self.execute(st, idx);
+        }
+    }
+
+    fn retry_buffers(&self, st: &mut State) {
+        while let Some(&idx) = st.waiting_buffers.front() {
+            if !get_buffers(&mut st.slots[idx as usize], self.opts.io_unit_size) {
+                return;
+            }
+            // Buffers are in place now; start_transfer takes the fast path.
+            st.waiting_buffers.pop_front();
+            self.start_transfer(st, idx);
+        }
+    }
+
+    fn on_h2c_data(&self, st: &mut State, hdr: &pdu::DataHeader, data: &[u8], data_ok: bool) -> Result<(), Fatal> {
+        let echo = size_of::<pdu::DataHeader>();
+        let idx = hdr.ttag.get();
+        let Some(slot) = st.slots.get_mut(idx as usize) else {
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+        };
+        if slot.state != SlotState::Receiving {
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+        }
+        if slot.cmd.cid.get() != hdr.cccid.get() {
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_CCCID, echo });
+        }
+        let datao = hdr.datao.get();
+        if datao != slot.received {
+            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAO, echo });
+        }
+        if u64::from(datao) + data.len() as u64 > u64::from(slot.len) {
+            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAL, echo });
+        }
+        copy_into(&mut slot.bufs, datao as usize, data);
+        slot.received += data.len() as u32;
+        if !data_ok {
+            slot.error = Some(status::TRANSIENT_TRANSPORT_ERROR);
+        }
+        let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
+        let complete = slot.received == slot.len;
+        if last != complete {
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::CommonHeader::OFFSET_FLAGS, echo });
+        }
+        st.last_data = Instant::now();
+        if complete {
+            st.receiving -= 1;
+            let slot = &mut st.slots[idx as usize];
+            slot.state = SlotState::Executing;
+            if let Some(e) = slot.error {
+                self.respond(st, idx, Response::err(e));
+            } else {
+                self.execute(st, idx);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- Execute ----
+
+    fn execute(&self, st: &mut State, idx: u16) {
+        let cmd = st.slots[idx as usize].cmd;
+        if cmd.opcode == fabrics::OPCODE {
+            return self.fabrics(st, idx, &cmd);
+        }
+        match &st.queue {
+            Queue::Unbound => self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR)),
+            Queue::Admin(c) => {
+                let c = c.clone();
+                if !c.enabled() {
+                    return self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR));
+                }
+                let Ok(target) = crate::target::target() else {
+                    return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+                };
+                // Admin data fits one buffer (at most the large size).
+                if st.slots[idx as usize].bufs.len() > 1 {
+                    return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+                }
+                let slot = &mut st.slots[idx as usize];
+                let len = slot.len as usize;
+                let to_host = slot.dir == DataDir::ControllerToHost;
+                let mut empty = [0u8; 0];
+                let data: &mut [u8] = match slot.bufs.first_mut() {
+                    Some(b) => &mut b[..len],
+                    None => &mut empty,
+                };
+                if to_host {
+                    // Pool buffers hold old data: never send it.
+                    data.fill(0);
+                }
+                match admin::execute(&target, &c, &cmd, data) {
+                    admin::Outcome::Done(r, _) => self.respond(st, idx, r),
+                    admin::Outcome::Pending => self.release(st, idx),
+                }
+            }
+            Queue::Io { view, .. } => {
+                let view = view.clone();
+                let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
+                let sink: Weak<dyn IoSink> = self.me.clone();
+                let slot = &mut st.slots[idx as usize];
+                let len = u64::from(slot.len);
+                if let Some(r) = nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
+                    self.respond(st, idx, r);
+                }
+            }
+        }
+    }
+
+    fn fabrics(&self, st: &mut State, idx: u16, cmd: &Command) {
+        let raw = raw(cmd);
+        let fctype = raw[4];
+        let r = match (fctype, &st.queue) {
+            (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
+            (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::DISCONNECT, Queue::Io { .. }) => {
+                self.respond(st, idx, Response::ok());
+                st.terminating = true;
+                return;
+            }
+            (fabrics::fctype::PROPERTY_GET | fabrics::fctype::PROPERTY_SET | fabrics::fctype::DISCONNECT, _) => Response::err(status::INVALID_FIELD),
+            _ => Response::err(status::INVALID_OPCODE),
+        };
+        self.respond(st, idx, r)
+    }
+
+    fn connect(&self, st: &mut State, idx: u16, raw: &[u8; 64]) {
+        let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
+        let slot = &st.slots[idx as usize];
+        if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() || slot.bufs.len() != 1 {
+            return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+        }
+        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()]).expect("1024 bytes");
+        let (Ok(target), Some(shared)) = (crate::target::target(), self.shared.clone()) else {
+            return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+        };
+        let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, &self.opts) {
+            Ok(x) => x,
+            Err(r) => return self.respond(st, idx, r),
+        };
+        st.qid = cc.qid.get();
+        st.sq_entries = cc.sqsize.get().saturating_add(1);
+        st.sq_flow_off = cc.cattr & ConnectCommand::CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
+        match connected {
+            Connected::Admin(c) => {
+                st.data_timeout = data_timeout(c.kato_ms());
+                let me: Weak<dyn AdminQueue> = self.me.clone();
+                c.set_admin_queue(me);
+                st.queue = Queue::Admin(c);
+            }
+            Connected::Io { ctrlr, qid } => {
+                st.data_timeout = data_timeout(ctrlr.kato_ms());
+                let r = shared.pick_reactor();
+                ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::group::close_conn });
+                let sid = ctrlr.subsystem.id;
+                if r == reactor::current() {
+                    st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
+                    if let Some(g) = self.group.upgrade() {
+                        let mut s = g.stats.borrow_mut();
+                        // Counted as admin when accepted; it is an I/O queue.
+                        s.current_admin_qpairs = s.current_admin_qpairs.saturating_sub(1);
+                        s.admin_qpairs = s.admin_qpairs.saturating_sub(1);
+                        s.io_qpairs += 1;
+                        s.current_io_qpairs += 1;
+                    }
+                } else {
+                    st.move_to = Some((r, sid, ctrlr.cntlid));
+                }
+            }
+        }
+        self.respond(st, idx, resp)
+    }
+
+    // ---- Complete ----
+
+    fn release(&self, st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Free;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.bufs.clear();
+        st.free.push(idx);
+    }
+
+    fn next_sq_head(st: &mut State) -> u16 {
+        st.sq_head = (st.sq_head + 1) % st.sq_entries.max(1);
+        st.sq_head
+    }
+
+    /// Send a command's data (controller to host) and completion; free its slot.
+    fn respond(&self, st: &mut State, idx: u16, r: Response) {
+        let sq_head = Self::next_sq_head(st);
+        let qid = st.qid;
+        let slot = &st.slots[idx as usize];
+        let cid = slot.cmd.cid.get();
+        let mut send_resp = true;
+        if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
+            let success = self.opts.c2h_success && st.sq_flow_off && r.dw0 == 0 && r.dw1 == 0;
+            let mut left = slot.len as usize;
+            let chunks = slot.bufs.iter().map(move |b| {
+                let n = b.len().min(left);
+                left -= n;
+                &b[..n]
+            });
+            pdu::c2h_data(&mut st.wbuf, &st.c2h, cid, 0, chunks, true, success);
+            send_resp = !success;
+        }
+        if send_resp {
+            let mut cqe = Completion::default();
+            cqe.result.set(r.dw0);
+            cqe.dw1.set(r.dw1);
+            cqe.sq_head.set(sq_head);
+            cqe.sq_id.set(qid);
+            cqe.cid.set(cid);
+            cqe.set_status(r.status);
+            pdu::capsule_resp(&mut st.wbuf, &cqe, st.framing.header_digest);
+        }
+        if matches!(st.queue, Queue::Io { .. }) {
+            if let Some(g) = self.group.upgrade() {
+                g.stats.borrow_mut().completed_nvme_io += 1;
+            }
+        }
+        self.release(st, idx);
+    }
+
+    // ---- Send ----
+
+    /// Write queued output; handle deferred completions and close requests.
+    pub(crate) fn flush(&self) {
+        if self.closed.get() {
+            return;
+        }
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        if !deferred.is_empty() {
+            let mut st = self.st.borrow_mut();
+            for (cid, r) in deferred {
+                let sq_head = Self::next_sq_head(&mut st);
+                let mut cqe = Completion::default();
+                cqe.result.set(r.dw0);
+                cqe.dw1.set(r.dw1);
+                cqe.sq_head.set(sq_head);
+                cqe.sq_id.set(st.qid);
+                cqe.cid.set(cid);
+                cqe.set_status(r.status);
+                let hd = st.framing.header_digest;
+                pdu::capsule_resp(&mut st.wbuf, &cqe, hd);
+            }
+        }
+        if let Some(reason) = self.close_reason.borrow_mut().take() {
+            return self.close(&reason);
+        }
+        let mut st = self.st.borrow_mut();
+        let mut failed = None;
+        while st.wpos < st.wbuf.len() {
+            match (&self.stream).write(&st.wbuf[st.wpos..]) {
+                Ok(0) => {
+                    failed = Some("the connection broke".to_string());
+                    break;
+                }
+                Ok(n) => st.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(format!("send failed: {e}"));
+                    break;
+                }
+            }
+        }
+        let drained = st.wpos == st.wbuf.len();
+        if drained {
+            st.wbuf.clear();
+            st.wpos = 0;
+        }
+        if drained == st.write_armed {
+            st.write_armed = !drained;
+            if let Some(g) = self.group.upgrade() {
+                g.want_write(self.id, self.fd(), !drained);
+            }
+        }
+        let terminating = st.terminating;
+        drop(st);
+        if let Some(reason) = failed {
+            self.close(&reason);
+        } else if terminating && drained {
+            self.close("terminated");
+        }
+    }
+
+    /// End stalled transfers and retry waits for buffers. Returns whether
+    /// anything happened.
+    pub(crate) fn check_timeouts(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        if !st.waiting_buffers.is_empty() {
+            self.retry_buffers(&mut st);
+            drop(st);
+            self.mark_dirty();
+            return true;
+        }
+        if st.receiving > 0 && st.last_data.elapsed() > st.data_timeout {
+            let t = st.data_timeout;
+            drop(st);
+            tracing::warn!("nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair", self.peer);
+            self.close("the host stopped sending solicited data");
+            return true;
+        }
+        false
+    }
+
+    // ---- Move and close ----
+
+    fn move_to_reactor(&self, r: ReactorId, subsystem_id: u32, cntlid: u16) {
+        let Some(g) = self.group.upgrade() else { return };
+        let Some(me) = g.remove(self.id) else { return };
+        drop(me);
+        // Counted as an admin queue when accepted; the new reactor counts it
+        // as the I/O queue it is.
+        {
+            let mut s = g.stats.borrow_mut();
+            s.admin_qpairs = s.admin_qpairs.saturating_sub(1);
+        }
+        let st = self.st.borrow_mut();
+        let input = st.rbuf[st.rstart..st.rend].to_vec();
+        let output = st.wbuf[st.wpos..].to_vec();
+        let Ok(stream) = self.stream.try_clone() else {
+            drop(st);
+            return self.close("cannot hand the socket over");
+        };
+        let parts = ConnParts {
+            id: self.id,
+            stream,
+            peer: self.peer,
+            ep: self.ep,
+            opts: self.opts.clone(),
+            framing: st.framing,
+            c2h: st.c2h,
+            input,
+            output,
+            qid: st.qid,
+            sq_entries: st.sq_entries,
+            sq_head: st.sq_head,
+            sq_flow_off: st.sq_flow_off,
+            subsystem_id,
+            cntlid,
+            data_timeout: st.data_timeout,
+        };
+        // This half is done: its descriptor closes when dropped, the clone
+        // carries the socket on.
+        self.closed.set(true);
+        drop(st);
+        reactor::send_msg(r, move || super::group::adopt_moved(parts));
+    }
+
+    /// Close the connection now and release what it holds.
+    pub(crate) fn close(&self, reason: &str) {
+        if self.closed.replace(true) {
+            return;
+        }
+        if let Some(g) = self.group.upgrade() {
+            g.remove(self.id);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
+        let qid = self.st.borrow().qid;
+        match queue {
+            Queue::Unbound => tracing::debug!("nvmf: connection from {} closed: {reason}", self.peer),
+            Queue::Admin(c) => c.destroy(&format!("admin queue closed: {reason}")),
+            Queue::Io { subsystem_id, cntlid, .. } => {
+                tracing::debug!("nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}", self.peer);
+                let id = self.id;
+                reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
+            }
+        }
+    }
+}
+
+/// On the main reactor: forget a closed I/O queue pair.
+fn io_qpair_closed(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
+    let Ok(t) = crate::target::target() else { return };
+    if let Some(s) = t.find_id(subsystem_id) {
+        if let Some(c) = s.controllers.borrow().get(&cntlid) {
+            c.io_qpair_closed(qid, id);
+        }
+    }
+}
+
+impl AdminQueue for Conn {
+    fn complete(&self, cid: u16, resp: Response) {
+        self.deferred.borrow_mut().push((cid, resp));
+        self.mark_dirty();
+    }
+
+    fn close(&self, reason: &str) {
+        *self.close_reason.borrow_mut() = Some(reason.to_string());
+        self.mark_dirty();
+    }
+}
+
+impl IoSink for Conn {
+    fn io_done(&self, tag: u32, resp: Response, io: Option<BdevIo>) {
+        if self.closed.get() {
+            return;
+        }
+        let idx = (tag & 0xffff) as u16;
+        let generation = (tag >> 16) as u16;
+        let mut st = self.st.borrow_mut();
+        let Some(slot) = st.slots.get_mut(idx as usize) else { return };
+        if slot.generation != generation || slot.state != SlotState::Executing {
+            return;
+        }
+        if let Some(mut io) = io {
+            io.take_buffers_into(&mut slot.bufs);
+        }
+        self.respond(&mut st, idx, resp);
+        if !st.waiting_buffers.is_empty() {
+            self.retry_buffers(&mut st);
+        }
+        drop(st);
+        self.mark_dirty();
+    }
+}
+
+/// The 64 bytes of a command (Fabrics commands are read in other layouts).
+fn raw(cmd: &Command) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b.copy_from_slice(zerocopy::IntoBytes::as_bytes(cmd));
+    b
+}
+
+/// Take buffers for `slot.len` bytes from this reactor's pool, in pieces of
+/// at most `unit` (and the pool's large size). False if the pool is empty.
+fn get_buffers(slot: &mut Slot, unit: u32) -> bool {
+    if !slot.bufs.is_empty() {
+        return true;
+    }
+    let Ok(pool) = dma::pool() else { return false };
+    let unit = (unit as usize).min(pool.large_size()).max(1);
+    let mut left = slot.len as usize;
+    while left > 0 {
+        let n = left.min(unit);
+        match pool.get(n) {
+            Some(b) => slot.bufs.push(b),
+            None => {
+                slot.bufs.clear();
+                return false;
+            }
+        }
+        left -= n;
+    }
+    true
+}
+
+fn copy_into(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) {
+    for b in bufs.iter_mut() {
+        if data.is_empty() {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(data.len());
+        b[off..off + n].copy_from_slice(&data[..n]);
+        data = &data[n..];
+        off = 0;
+    }
+}

@@ -1,0 +1,210 @@
+//! A reactor's TCP poll group: one epoll set for all the connections the
+//! reactor owns, polled every iteration (and waking the reactor in
+//! interrupt mode), plus a slow timer that ends stalled data transfers.
+//! Completions mark their connection dirty; the poller flushes dirty
+//! connections once per iteration, so one write carries many PDUs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pollux_core::reactor::{self, PollStatus, Poller};
+use pollux_core::sys::{Epoll, Interest};
+use serde::Serialize;
+
+use super::TcpShared;
+use super::conn::{Conn, ConnParts};
+use crate::transport::Endpoint;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Queue pair counters of one reactor (`nvmf_get_stats`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupStats {
+    pub admin_qpairs: u64,
+    pub io_qpairs: u64,
+    pub current_admin_qpairs: u64,
+    pub current_io_qpairs: u64,
+    pub pending_bdev_io: u64,
+    pub completed_nvme_io: u64,
+}
+
+pub(crate) struct TcpGroup {
+    epoll: Epoll,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    dirty: RefCell<Vec<u64>>,
+    pub(crate) stats: RefCell<GroupStats>,
+    events: RefCell<Vec<libc::epoll_event>>,
+    pollers: RefCell<Vec<Poller>>,
+    closing: Cell<bool>,
+}
+
+/// This reactor's group, created on first use.
+pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
+    if let Some(g) = reactor::local::<TcpGroup>() {
+        return Ok(g);
+    }
+    let g = Rc::new(TcpGroup {
+        epoll: Epoll::new()?,
+        conns: RefCell::new(HashMap::new()),
+        dirty: RefCell::new(Vec::new()),
+        stats: RefCell::new(GroupStats::default()),
+        events: RefCell::new(Vec::with_capacity(128)),
+        pollers: RefCell::new(Vec::new()),
+        closing: Cell::new(false),
+    });
+    let w = Rc::downgrade(&g);
+    let p = reactor::register_poller("nvmf_tcp_poll_group", move || match w.upgrade() {
+        Some(g) => g.poll(),
+        None => PollStatus::Idle,
+    });
+    p.add_wake_fd(g.epoll.as_raw_fd(), Interest::READABLE)?;
+    let w = Rc::downgrade(&g);
+    let t = reactor::register_timed_poller("nvmf_tcp_timeouts", Duration::from_millis(100), move || match w.upgrade() {
+        Some(g) => g.check_timeouts(),
+        None => PollStatus::Idle,
+    });
+    g.pollers.borrow_mut().extend([p, t]);
+    reactor::set_local(g.clone());
+    Ok(g)
+}
+
+/// A freshly accepted connection, on the main reactor.
+pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    stream.set_nodelay(true)?;
+    if shared.opts.sock_priority != 0 {
+        super::sys::set_priority(&stream, shared.opts.sock_priority)?;
+    }
+    let g = group()?;
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = Conn::new(id, stream, peer, ep, shared, Rc::downgrade(&g));
+    g.add(conn)
+}
+
+/// A connection moved here from the main reactor after its Connect.
+pub(crate) fn adopt_moved(parts: ConnParts) {
+    let peer = parts.peer;
+    let res = group().and_then(|g| {
+        let conn = Conn::from_parts(parts, Rc::downgrade(&g))?;
+        g.add(conn.clone())?;
+        // Bytes that came with it (and the Connect response) are handled now.
+        conn.resume();
+        g.mark_dirty(conn.id);
+        Ok(())
+    });
+    if let Err(e) = res {
+        tracing::warn!("nvmf: cannot take over the queue pair from {peer}: {e}");
+    }
+}
+
+impl TcpGroup {
+    fn add(&self, conn: Rc<Conn>) -> io::Result<()> {
+        self.epoll.add(conn.fd(), Interest::READABLE, conn.id)?;
+        conn.count_open(&mut self.stats.borrow_mut());
+        self.conns.borrow_mut().insert(conn.id, conn);
+        Ok(())
+    }
+
+    pub(crate) fn mark_dirty(&self, id: u64) {
+        self.dirty.borrow_mut().push(id);
+    }
+
+    /// Stop polling a connection (closed, or moved to another reactor).
+    pub(crate) fn remove(&self, id: u64) -> Option<Rc<Conn>> {
+        let c = self.conns.borrow_mut().remove(&id)?;
+        let _ = self.epoll.delete(c.fd());
+        c.count_close(&mut self.stats.borrow_mut());
+        Some(c)
+    }
+
+    pub(crate) fn want_write(&self, id: u64, fd: i32, on: bool) {
+        let i = if on { Interest::BOTH } else { Interest::READABLE };
+        let _ = self.epoll.modify(fd, i, id);
+    }
+
+    pub(crate) fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    fn poll(&self) -> PollStatus {
+        let mut busy = 0;
+        let mut events = std::mem::take(&mut *self.events.borrow_mut());
+        if self.epoll.wait(&mut events, Some(Duration::ZERO)).is_ok() {
+            for ev in events.iter() {
+                let Some(c) = self.conn(ev.u64) else { continue };
+                busy += 1;
+                let flags = ev.events;
+                if flags & (libc::EPOLLOUT as u32) != 0 {
+                    c.flush();
+                }
+                if flags & ((libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32) != 0 {
+                    c.on_readable();
+                }
+            }
+        }
+        *self.events.borrow_mut() = events;
+        loop {
+            let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+            if dirty.is_empty() {
+                break;
+            }
+            for id in dirty {
+                if let Some(c) = self.conn(id) {
+                    busy += 1;
+                    c.flush();
+                }
+            }
+        }
+        busy.into()
+    }
+
+    fn check_timeouts(&self) -> PollStatus {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        let mut n = 0usize;
+        for c in conns {
+            n += usize::from(c.check_timeouts());
+        }
+        n.into()
+    }
+
+    fn close_everything(&self) {
+        self.closing.set(true);
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.close("the target is shutting down");
+        }
+        self.pollers.borrow_mut().clear();
+    }
+}
+
+/// Close a connection of this reactor by id (controller teardown).
+pub(crate) fn close_conn(id: u64) {
+    if let Some(g) = reactor::local::<TcpGroup>() {
+        if let Some(c) = g.conn(id) {
+            c.close("its controller went away");
+        }
+    }
+}
+
+/// Close every connection on every reactor (target shutdown).
+pub fn close_all(then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(
+        || {
+            if let Some(g) = reactor::take_local::<TcpGroup>() {
+                g.close_everything();
+            }
+        },
+        then,
+    );
+}
+
+/// Counters of every reactor, in reactor order.
+pub fn group_stats(then: impl FnOnce(Vec<GroupStats>) + Send + 'static) {
+    reactor::map_reactors(|| reactor::local::<TcpGroup>().map(|g| g.stats.borrow().clone()).unwrap_or_default(), then);
+}

@@ -1,0 +1,157 @@
+//! The NVMe/TCP transport: listeners on nonblocking sockets polled by the
+//! main reactor, and connections (queue pairs) polled by each reactor's
+//! [`group::TcpGroup`].
+//!
+//! A connection starts on the main reactor, where the ICReq and the
+//! Connect are handled (the admin queue stays there, with its controller);
+//! an I/O queue is then moved, socket and all, to a reactor chosen round
+//! robin, so the I/O queues of one controller spread over the cores.
+
+mod conn;
+mod group;
+mod sys;
+pub mod pdu;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
+use pollux_core::sys::Interest;
+use serde_json::{Value, json};
+
+use super::{Endpoint, Transport, TransportKind, TransportOpts};
+use crate::NvmfError;
+
+pub use group::{GroupStats, close_all, group_stats};
+
+/// Largest H2CData payload we accept (ICResp MAXH2CDATA).
+pub const MAX_H2C_DATA: u32 = 128 * 1024;
+
+struct Listener {
+    ep: Endpoint,
+    socket: TcpListener,
+    uses: Cell<u32>,
+    poller: Poller,
+}
+
+/// What listeners and connections share: options and the reactor choice.
+pub(crate) struct TcpShared {
+    pub(crate) opts: TransportOpts,
+    next_reactor: Cell<usize>,
+}
+
+impl TcpShared {
+    /// The reactor for the next I/O queue pair.
+    pub(crate) fn pick_reactor(&self) -> ReactorId {
+        let n = reactor::count();
+        let r = self.next_reactor.get() % n;
+        self.next_reactor.set(r + 1);
+        ReactorId(r)
+    }
+}
+
+/// The TCP transport (main reactor).
+pub struct TcpTransport {
+    shared: Rc<TcpShared>,
+    listeners: RefCell<Vec<Rc<Listener>>>,
+}
+
+impl TcpTransport {
+    pub fn new(opts: TransportOpts) -> TcpTransport {
+        TcpTransport { shared: Rc::new(TcpShared { opts, next_reactor: Cell::new(1) }), listeners: RefCell::new(Vec::new()) }
+    }
+}
+
+fn accept(shared: &Rc<TcpShared>, l: &Listener) -> usize {
+    let mut n = 0;
+    for _ in 0..32 {
+        match l.socket.accept() {
+            Ok((stream, peer)) => {
+                n += 1;
+                if let Err(e) = group::adopt_new(stream, peer, l.ep, shared.clone()) {
+                    tracing::warn!("nvmf: cannot set up connection from {peer}: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                tracing::warn!("nvmf: accept on {} failed: {e}", l.ep);
+                break;
+            }
+        }
+    }
+    n
+}
+
+impl Transport for TcpTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+
+    fn opts(&self) -> &TransportOpts {
+        &self.shared.opts
+    }
+
+    fn listen(&self, ep: &Endpoint) -> Result<(), NvmfError> {
+        if let Some(l) = self.listeners.borrow().iter().find(|l| l.ep == *ep) {
+            l.uses.set(l.uses.get() + 1);
+            return Ok(());
+        }
+        let socket = TcpListener::bind(ep.addr).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        socket.set_nonblocking(true).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        let period = Duration::from_micros(u64::from(self.shared.opts.acceptor_poll_rate.max(100)));
+        let shared = self.shared.clone();
+        let l = Rc::new_cyclic(|me: &std::rc::Weak<Listener>| {
+            let me = me.clone();
+            let poller = reactor::register_timed_poller("nvmf_tcp_accept", period, move || match me.upgrade() {
+                Some(l) => accept(&shared, &l).into(),
+                None => PollStatus::Idle,
+            });
+            Listener { ep: *ep, socket, uses: Cell::new(1), poller }
+        });
+        l.poller.add_wake_fd(l.socket.as_raw_fd(), Interest::READABLE).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        self.listeners.borrow_mut().push(l);
+        tracing::info!("nvmf: listening on {ep}");
+        Ok(())
+    }
+
+    fn stop_listen(&self, ep: &Endpoint) {
+        let mut ls = self.listeners.borrow_mut();
+        if let Some(pos) = ls.iter().position(|l| l.ep == *ep) {
+            let l = &ls[pos];
+            l.uses.set(l.uses.get().saturating_sub(1));
+            if l.uses.get() == 0 {
+                ls.remove(pos);
+                tracing::info!("nvmf: stopped listening on {ep}");
+            }
+        }
+    }
+
+    fn describe(&self) -> Value {
+        let o = &self.shared.opts;
+        json!({
+            "trtype": "TCP",
+            "max_queue_depth": o.max_queue_depth,
+            "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
+            "in_capsule_data_size": o.in_capsule_data_size,
+            "max_io_size": o.max_io_size,
+            "io_unit_size": o.io_unit_size,
+            "max_aq_depth": o.max_aq_depth,
+            "num_shared_buffers": 0,
+            "buf_cache_size": 0,
+            "dif_insert_or_strip": false,
+            "zcopy": false,
+            "c2h_success": o.c2h_success,
+            "sock_priority": o.sock_priority,
+            "abort_timeout_sec": o.abort_timeout_sec,
+            "ack_timeout": 0,
+            "data_wr_pool_size": 0,
+            "acceptor_poll_rate": o.acceptor_poll_rate,
+            "kas": o.kas,
+            "min_kato": o.min_kato,
+        })
+    }
+}
