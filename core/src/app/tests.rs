@@ -106,20 +106,26 @@ fn launch(tag: &str, config: Option<Value>, wait_for_rpc: bool, reactors: usize)
             r.ok(true);
             reactor::send_msg(reactor::current(), || shutdown(0));
         });
-        let args = AppArgs {
-            cpumask: CoreMask::from_cores(vec![0; 1].into_iter().chain(1..reactors).collect()),
-            config: config_path,
-            rpc_socket: s,
-            wait_for_rpc,
-            interrupt_mode: true,
-            log_level: Level::Notice,
-            no_pin: true,
-            mem_size: None,
-            embedded_config: None,
-        };
+        let cores = vec![0; 1].into_iter().chain(1..reactors).collect();
+        let args = AppArgs { config: config_path, wait_for_rpc, ..test_args(cores, s) };
         app.run(args).map_err(|e| e.to_string())
     });
     Running { socket, thread, log, _dir: dir }
+}
+
+/// Options for an in-process test app: interrupt mode, unpinned.
+fn test_args(cores: Vec<usize>, rpc_socket: PathBuf) -> AppArgs {
+    AppArgs {
+        cpumask: CoreMask::from_cores(cores),
+        config: None,
+        rpc_socket,
+        wait_for_rpc: false,
+        interrupt_mode: true,
+        log_level: Level::Notice,
+        mem_size: None,
+        no_pin: true,
+        embedded_config: None,
+    }
 }
 
 fn connect(r: &Running) -> Client {
@@ -220,17 +226,7 @@ fn a_failing_config_entry_stops_start_up_with_code_1() {
 #[test]
 fn unreadable_config_fails_before_start() {
     let dir = TempDir::new("nofile");
-    let args = AppArgs {
-        cpumask: CoreMask::from_cores(vec![0]),
-        config: Some(dir.0.join("missing.json")),
-        rpc_socket: dir.0.join("s"),
-        wait_for_rpc: false,
-        interrupt_mode: true,
-        log_level: Level::Notice,
-        no_pin: true,
-            mem_size: None,
-        embedded_config: None,
-    };
+    let args = AppArgs { config: Some(dir.0.join("missing.json")), ..test_args(vec![0], dir.0.join("s")) };
     let err = App::new("x").run(args).unwrap_err();
     assert!(err.to_string().contains("missing.json"), "{err}");
 }
@@ -238,17 +234,7 @@ fn unreadable_config_fails_before_start() {
 #[test]
 fn core_masks_outside_the_affinity_are_refused() {
     let dir = TempDir::new("mask");
-    let args = AppArgs {
-        cpumask: CoreMask::from_cores(vec![1000]),
-        config: None,
-        rpc_socket: dir.0.join("s"),
-        wait_for_rpc: false,
-        interrupt_mode: true,
-        log_level: Level::Notice,
-        no_pin: true,
-            mem_size: None,
-        embedded_config: None,
-    };
+    let args = test_args(vec![1000], dir.0.join("s"));
     let err = App::new("x").run(args).unwrap_err();
     assert!(err.to_string().contains("core 1000 is not available"), "{err}");
 }
