@@ -222,37 +222,13 @@ impl BdevIo {
     }
 
     /// Copy `data` into the request's buffers from byte `offset` (backends).
-    pub fn copy_in(&mut self, mut offset: usize, mut data: &[u8]) {
-        for b in self.slot_mut().bufs.iter_mut() {
-            if data.is_empty() {
-                break;
-            }
-            if offset >= b.len() {
-                offset -= b.len();
-                continue;
-            }
-            let n = (b.len() - offset).min(data.len());
-            b[offset..offset + n].copy_from_slice(&data[..n]);
-            data = &data[n..];
-            offset = 0;
-        }
+    pub fn copy_in(&mut self, offset: usize, data: &[u8]) {
+        crate::dma::copy_to_bufs(&mut self.slot_mut().bufs, offset, data);
     }
 
     /// Copy the request's buffers into `out`, from byte `offset` (backends).
-    pub fn copy_out(&self, mut offset: usize, mut out: &mut [u8]) {
-        for b in self.slot().bufs.iter() {
-            if out.is_empty() {
-                break;
-            }
-            if offset >= b.len() {
-                offset -= b.len();
-                continue;
-            }
-            let n = (b.len() - offset).min(out.len());
-            out[..n].copy_from_slice(&b[offset..offset + n]);
-            out = &mut out[n..];
-            offset = 0;
-        }
+    pub fn copy_out(&self, offset: usize, out: &mut [u8]) {
+        crate::dma::copy_from_bufs(&self.slot().bufs, offset, out);
     }
 
     /// Finish the request. Called once, by the backend, on the reactor that

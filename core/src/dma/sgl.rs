@@ -1,0 +1,68 @@
+//! Copies to and from a scatter-gather list of buffers, at a byte offset
+//! into the list as if it were one contiguous buffer.
+
+use super::DmaBuf;
+
+/// Copy `data` into `bufs` starting at byte `off` of the list. Returns how
+/// many bytes were copied (less than `data.len()` when the list ends first).
+pub fn copy_to_bufs(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) -> usize {
+    let total = data.len();
+    for b in bufs.iter_mut() {
+        if data.is_empty() {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(data.len());
+        b[off..off + n].copy_from_slice(&data[..n]);
+        data = &data[n..];
+        off = 0;
+    }
+    total - data.len()
+}
+
+/// Copy from `bufs`, starting at byte `off` of the list, into `out`. Returns
+/// how many bytes were copied.
+pub fn copy_from_bufs(bufs: &[DmaBuf], mut off: usize, mut out: &mut [u8]) -> usize {
+    let total = out.len();
+    for b in bufs {
+        if out.is_empty() {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(out.len());
+        out[..n].copy_from_slice(&b[off..off + n]);
+        out = &mut out[n..];
+        off = 0;
+    }
+    total - out.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bufs(lens: &[usize]) -> Vec<DmaBuf> {
+        lens.iter().map(|&l| DmaBuf::alloc(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn copies_across_buffer_boundaries_at_any_offset() {
+        let mut list = bufs(&[3, 5, 4]);
+        let data: Vec<u8> = (1..=12).collect();
+        assert_eq!(copy_to_bufs(&mut list, 0, &data), 12);
+        assert_eq!(&list[1][..], &[4, 5, 6, 7, 8]);
+        let mut out = [0u8; 6];
+        assert_eq!(copy_from_bufs(&list, 2, &mut out), 6);
+        assert_eq!(out, [3, 4, 5, 6, 7, 8]);
+        // Past the end: copies what fits.
+        assert_eq!(copy_to_bufs(&mut list, 10, &[9, 9, 9, 9]), 2);
+        assert_eq!(copy_from_bufs(&list, 11, &mut out), 1);
+        assert_eq!(copy_from_bufs(&list, 50, &mut out), 0);
+    }
+}
