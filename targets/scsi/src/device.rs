@@ -97,7 +97,7 @@ impl Device {
         let t = cmd.task();
         let alloc = be32(&t.cdb, 6) as usize;
         let select = t.cdb[2];
-        if !matches!(select, 0 | 1 | 2) {
+        if select > 2 {
             t.fail(Sense::invalid_cdb_field(2, None));
             return cmd.complete();
         }

@@ -27,7 +27,14 @@ pub fn max_atomic_blocks(lun: &Lun) -> u32 {
     (128 << 10) / lun.block_size()
 }
 
-/// WRITE SAME may cover the whole LU.
+/// WRITE SAME covers up to 65535 blocks per command.
 pub fn max_write_same_blocks(lun: &Lun) -> u64 {
-    lun.num_blocks()
+    lun.num_blocks().min(0xffff)
+}
+
+/// Log2 of logical blocks per physical block, for READ CAPACITY (16) and
+/// the unmap granularity: one (the bdev layer has no physical block size,
+/// and every block can be unmapped on its own).
+pub fn physical_exponent(_lun: &Lun) -> u8 {
+    0
 }

@@ -26,6 +26,7 @@ pub enum SenseKey {
     IllegalRequest = 0x5,
     UnitAttention = 0x6,
     DataProtect = 0x7,
+    CopyAborted = 0xa,
     AbortedCommand = 0xb,
     Miscompare = 0xe,
 }
@@ -64,6 +65,7 @@ impl Asc {
     pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3a, 0x00);
     pub const REPORTED_LUNS_DATA_CHANGED: Asc = Asc(0x3f, 0x0e);
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Asc = Asc(0x4b, 0x00);
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0e, 0x03);
     pub const INSUFFICIENT_RESOURCES: Asc = Asc(0x55, 0x03);
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);

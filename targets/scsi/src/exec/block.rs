@@ -361,11 +361,13 @@ fn caw_run(job: CawJob) {
     });
 }
 
+type CawWaiter = Box<dyn FnOnce(CawResult)>;
+
 /// Commands waiting for their COMPARE AND WRITE outcome, on this reactor.
 #[derive(Default)]
 struct CawWaiting {
     next: std::cell::Cell<u64>,
-    map: RefCell<std::collections::HashMap<u64, Box<dyn FnOnce(CawResult)>>>,
+    map: RefCell<std::collections::HashMap<u64, CawWaiter>>,
 }
 
 pub(super) fn compare_and_write<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
@@ -381,7 +383,7 @@ pub(super) fn compare_and_write<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box
     if let Err(s) = check_range(&lun, lba, blocks) {
         return fail(cmd, s);
     }
-    if blocks == 0 {
+    if blocks == 0 && t.data_len == 0 {
         return good(cmd);
     }
     if blocks > limits::MAX_COMPARE_AND_WRITE as u64 {
@@ -390,8 +392,9 @@ pub(super) fn compare_and_write<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box
     if write_protected(&lun) {
         return fail(cmd, data_protect());
     }
-    if (t.data_len as u64) < t.xfer_len {
-        return fail(cmd, Sense::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+    if t.data_len as u64 != t.xfer_len {
+        // The data-out must hold exactly the verify and write blocks.
+        return fail(cmd, Sense::invalid_cdb_field(13, None));
     }
     let mut data = vec![0u8; t.xfer_len as usize];
     copy_from(&t.bufs, 0, &mut data);
@@ -461,7 +464,8 @@ pub(super) fn write_same<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     if write_protected(&lun) {
         return fail(cmd, data_protect());
     }
-    if !ndob && (t.data_len as u64) < bs {
+    if !ndob && t.data_len as u64 != bs {
+        // Exactly one block of data-out.
         return fail(cmd, Sense::illegal(Asc::INVALID_FIELD_IN_INFORMATION_UNIT));
     }
     let mut pattern = vec![0u8; bs as usize];
@@ -474,7 +478,8 @@ pub(super) fn write_same<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     }
     let zero = pattern.iter().all(|&b| b == 0);
     let bdev = lun.bdev().clone();
-    if zero && unmap && bdev.supports(IoType::Unmap) {
+    // UNMAP set: deallocate (the blocks then read as zeroes, LBPRZ).
+    if unmap && bdev.supports(IoType::Unmap) {
         return lun.descriptor().unmap(port.channel(), lba, blocks, move |io: BdevIo| {
             apply_io_status(cmd.task(), &io, true);
             cmd.complete();

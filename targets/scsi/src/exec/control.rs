@@ -16,7 +16,6 @@ use crate::task::Task;
 fn reply<C: ScsiCommand>(mut cmd: Box<C>, data: &[u8], alloc_len: usize) {
     let t = cmd.task();
     if put_data(t, data, alloc_len) {
-        t.xfer_len = data.len() as u64;
         good(cmd)
     } else {
         finish_status(cmd, status::BUSY)
@@ -153,6 +152,7 @@ pub(super) fn read_capacity_16<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<
     let mut d = [0u8; 32];
     d[0..8].copy_from_slice(&(lun.num_blocks() - 1).to_be_bytes());
     d[8..12].copy_from_slice(&lun.block_size().to_be_bytes());
+    d[13] = crate::limits::physical_exponent(lun);
     if lun.thin() {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }

@@ -105,7 +105,8 @@ pub(crate) fn vpd(lun: &Lun, nexus: &Nexus, code: u8) -> Option<Vec<u8>> {
             if lun.thin() {
                 b[16..20].copy_from_slice(&limits::MAX_UNMAP_BLOCKS.to_be_bytes());
                 b[20..24].copy_from_slice(&limits::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-                b[24..28].copy_from_slice(&1u32.to_be_bytes());
+                let gran = 1u32 << limits::physical_exponent(lun);
+                b[24..28].copy_from_slice(&gran.to_be_bytes());
                 b[28] = 0x80; // UGAVALID, alignment 0
             }
             b[32..40].copy_from_slice(&limits::max_write_same_blocks(lun).to_be_bytes());

@@ -18,6 +18,11 @@ pub(crate) const MAX_DESCRIPTOR_LIST: u32 = 32 * 2 + 28 * 64;
 pub(crate) const MAX_SEGMENT_BLOCKS: u32 = 4096;
 const HEADER: usize = 16;
 
+/// A copy that cannot be carried out ends with COPY ABORTED.
+fn aborted(asc: Asc) -> Sense {
+    Sense::new(crate::sense::SenseKey::CopyAborted, asc)
+}
+
 /// One block-to-block segment: source LBA, destination LBA, blocks.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
@@ -45,17 +50,11 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
     if inline != 0 {
         return Err(Sense::invalid_param_field(12, None));
     }
-    if tlen % 32 != 0 {
+    if tlen % 32 != 0 || HEADER + tlen + slen > p.len() || tlen + slen > MAX_DESCRIPTOR_LIST as usize {
         return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     if tlen / 32 > MAX_CSCD_DESCRIPTORS as usize {
         return Err(Sense::illegal(Asc::TOO_MANY_TARGET_DESCRIPTORS));
-    }
-    if HEADER + tlen + slen > p.len() {
-        return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
-    }
-    if tlen + slen > MAX_DESCRIPTOR_LIST as usize {
-        return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     // CSCD descriptors: each must name this LU.
     let mut cscd = 0;
@@ -65,9 +64,9 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
         if d[0] != 0xe4 {
             return Err(Sense { field: Some(crate::sense::FieldPointer { in_cdb: false, byte: at as u16, bit: None }), ..Sense::illegal(Asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE) });
         }
-        if d[1] >> 6 != 0 {
-            // LU ID TYPE other than LUN.
-            return Err(Sense::invalid_param_field((at + 1) as u16, Some(7)));
+        if d[1] & 0x20 != 0 {
+            // NUL: a null device cannot be copied to or from.
+            return Err(aborted(Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
         }
         if d[1] & 0x1f != 0 {
             // Only direct-access block devices.
@@ -78,7 +77,7 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
         let dtype = d[5] & 0x0f;
         let dlen = d[7] as usize;
         if code_set != 1 || assoc != 0 || dtype != 3 || dlen != 16 || d[8..24] != lun.identity().naa {
-            return Err(Sense::illegal(Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
+            return Err(aborted(Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
         }
         let block = be32(d, 28) & 0x00ff_ffff;
         if block != lun.block_size() {
@@ -106,11 +105,8 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
             return Err(Sense::illegal(Asc::TOO_MANY_SEGMENT_DESCRIPTORS));
         }
         let (si, di) = (be16(d, 4) as usize, be16(d, 6) as usize);
-        if si >= cscd {
-            return Err(Sense::invalid_param_field((off + 4) as u16, None));
-        }
-        if di >= cscd {
-            return Err(Sense::invalid_param_field((off + 6) as u16, None));
+        if si >= cscd || di >= cscd {
+            return Err(aborted(Asc::COPY_TARGET_DEVICE_NOT_REACHABLE));
         }
         let blocks = be16(d, 10) as u64;
         let (src, dst) = (be64(d, 12), be64(d, 20));
@@ -119,7 +115,7 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
         }
         for lba in [src, dst] {
             if lba as u128 + blocks as u128 > lun.num_blocks() as u128 {
-                return Err(Sense::lba_out_of_range());
+                return Err(aborted(Asc::NO_ADDITIONAL));
             }
         }
         segs.push(Segment { src, dst, blocks });

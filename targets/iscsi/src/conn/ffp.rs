@@ -1,0 +1,390 @@
+//! Full feature phase: NOP-Out/In, Task Management, Text (SendTargets),
+//! Logout, the command window, and Rejects for what is not understood.
+
+use std::rc::Rc;
+
+use super::{Close, Conn};
+use crate::config;
+use crate::login::SessionType;
+use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
+use crate::session::{self, Session};
+use crate::text;
+
+/// TMF functions and responses (RFC 7143 11.5, 11.6).
+mod tmf {
+    pub const ABORT_TASK: u8 = 1;
+    pub const ABORT_TASK_SET: u8 = 2;
+    pub const CLEAR_ACA: u8 = 3;
+    pub const CLEAR_TASK_SET: u8 = 4;
+    pub const LUN_RESET: u8 = 5;
+    pub const TARGET_WARM_RESET: u8 = 6;
+    pub const TARGET_COLD_RESET: u8 = 7;
+    pub const TASK_REASSIGN: u8 = 8;
+
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_UNSUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const REJECTED: u8 = 255;
+}
+
+/// What the command window says about a CmdSN.
+pub(super) enum Window {
+    /// Expected: go ahead.
+    Accept,
+    /// Outside the window or a duplicate: ignore silently.
+    Ignore,
+}
+
+impl Conn {
+    pub(super) fn session(&self) -> Option<Rc<Session>> {
+        self.st.borrow().session.clone()
+    }
+
+    /// Check (and for non-immediate commands, advance) the command window.
+    pub(super) fn window(&self, h: &Bhs) -> Window {
+        let Some(s) = self.session() else { return Window::Ignore };
+        let sn = h.w24.get();
+        if h.immediate() {
+            return Window::Accept;
+        }
+        let exp = s.exp_cmd_sn.get();
+        let max = s.max_cmd_sn.get();
+        if Session::sn_lt(sn, exp) || Session::sn_lt(max, sn) {
+            tracing::debug!("iscsi: CmdSN {sn} outside [{exp}, {max}]: ignored");
+            return Window::Ignore;
+        }
+        s.exp_cmd_sn.set(sn.wrapping_add(1));
+        Window::Accept
+    }
+
+    pub(super) fn on_ffp_pdu(self: &Rc<Self>, h: &Bhs, _ahs: &[u8], data: &[u8]) -> Result<bool, Close> {
+        let discovery = self.session().is_some_and(|s| s.kind == SessionType::Discovery);
+        match h.opcode() {
+            op::NOP_OUT => self.on_nop_out(h, data),
+            op::SCSI_CMD if discovery => {
+                self.reject(h, reject::PROTOCOL_ERROR);
+                Ok(true)
+            }
+            op::SCSI_CMD => self.on_scsi_cmd(h, data),
+            op::DATA_OUT => self.on_data_out(h, data),
+            op::TASK_MGMT if discovery => {
+                self.reject(h, reject::PROTOCOL_ERROR);
+                Ok(true)
+            }
+            op::TASK_MGMT => self.on_tmf(h),
+            op::TEXT => self.on_text(h, data),
+            op::LOGOUT => self.on_logout(h),
+            op::LOGIN => {
+                // A Login Request in full feature phase is a protocol error.
+                self.reject(h, reject::PROTOCOL_ERROR);
+                Err(Close::AfterFlush)
+            }
+            op::SNACK => {
+                // ErrorRecoveryLevel 0: no SNACK.
+                self.reject(h, reject::COMMAND_NOT_SUPPORTED);
+                Ok(true)
+            }
+            _ => {
+                self.reject(h, reject::COMMAND_NOT_SUPPORTED);
+                Ok(true)
+            }
+        }
+    }
+
+    fn on_nop_out(self: &Rc<Self>, h: &Bhs, data: &[u8]) -> Result<bool, Close> {
+        let itt = h.itt();
+        let ttt = h.w20.get();
+        if itt == RESERVED_TAG {
+            // An answer to our ping (or a bare ping that wants no answer).
+            let mut st = self.st.borrow_mut();
+            if st.ping.is_some_and(|(t, _)| t == ttt) {
+                st.ping = None;
+            }
+            if !h.immediate() {
+                drop(st);
+                if let Window::Ignore = self.window(h) {
+                    return Ok(true);
+                }
+            }
+            return Ok(true);
+        }
+        if ttt != RESERVED_TAG {
+            self.reject(h, reject::PROTOCOL_ERROR);
+            return Ok(true);
+        }
+        if let Window::Ignore = self.window(h) {
+            return Ok(true);
+        }
+        let max = self.st.borrow().params.max_send_seg as usize;
+        let echo = &data[..data.len().min(max)];
+        let mut r = Bhs::new(op::NOP_IN, 0x80);
+        r.lun = h.lun;
+        r.itt.set(itt);
+        r.w20.set(RESERVED_TAG);
+        r.w24.set(self.next_stat_sn());
+        self.fill_window(&mut r);
+        self.send(&mut r, &[echo]);
+        self.st.borrow_mut().ping = None;
+        Ok(true)
+    }
+
+    fn tmf_response(self: &Rc<Self>, h: &Bhs, response: u8) {
+        let mut r = Bhs::new(op::TASK_MGMT_RESP, 0x80);
+        r.b2 = response;
+        r.itt.set(h.itt());
+        r.w24.set(self.next_stat_sn());
+        self.fill_window(&mut r);
+        self.send(&mut r, &[]);
+    }
+
+    fn on_tmf(self: &Rc<Self>, h: &Bhs) -> Result<bool, Close> {
+        if let Window::Ignore = self.window(h) {
+            return Ok(true);
+        }
+        let Some(s) = self.session() else { return Ok(true) };
+        let function = h.flags & 0x7f;
+        let lun = pollux_scsi::decode_lun(h.lun);
+        let response = match function {
+            tmf::ABORT_TASK => {
+                let rtt = h.w20.get();
+                if self.abort_where(|itt, _| itt == rtt) > 0 {
+                    tmf::COMPLETE
+                } else {
+                    // Not here: done already if its CmdSN is behind us.
+                    let ref_sn = h.w32.get();
+                    if Session::sn_lt(ref_sn, s.exp_cmd_sn.get()) { tmf::COMPLETE } else { tmf::NO_TASK }
+                }
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => match lun {
+                Some(l) if s.port(l).is_some() => {
+                    self.abort_where(|_, cl| cl == l);
+                    tmf::COMPLETE
+                }
+                _ => tmf::NO_LUN,
+            },
+            tmf::LUN_RESET => match lun.and_then(|l| s.port(l).map(|p| (l, p))) {
+                Some((l, p)) => {
+                    self.abort_where(|_, cl| cl == l);
+                    // Every I_T nexus, this one included, sees the reset (SAM-5).
+                    p.lun().reset(None, false);
+                    tmf::COMPLETE
+                }
+                None => tmf::NO_LUN,
+            },
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                self.abort_where(|_, _| true);
+                let cold = function == tmf::TARGET_COLD_RESET;
+                if let Some(dev) = &s.device {
+                    for l in dev.luns() {
+                        l.reset(None, cold);
+                    }
+                }
+                if cold {
+                    // A cold reset ends every session of the target, this one
+                    // after its answer.
+                    self.tmf_response(h, tmf::COMPLETE);
+                    if let Some(t) = &s.target {
+                        for (tsih, e) in session::of_target(t) {
+                            if tsih == s.tsih {
+                                continue;
+                            }
+                            pollux_core::reactor::send_msg(e.reactor, move || super::close_session(tsih));
+                        }
+                    }
+                    return Err(Close::AfterFlush);
+                }
+                tmf::COMPLETE
+            }
+            tmf::CLEAR_ACA => tmf::NOT_SUPPORTED,
+            tmf::TASK_REASSIGN => tmf::REASSIGN_UNSUPPORTED,
+            _ => tmf::REJECTED,
+        };
+        self.tmf_response(h, response);
+        Ok(true)
+    }
+
+    /// Abort this connection's commands matching `pred(itt, lun)`: those
+    /// waiting for data are dropped, those executing never answer.
+    fn abort_where(self: &Rc<Self>, pred: impl Fn(u32, u64) -> bool) -> usize {
+        let mut n = 0;
+        let dropped: Vec<Box<super::IscsiCmd>> = {
+            let mut st = self.st.borrow_mut();
+            for (itt, v) in st.inflight.iter_mut() {
+                if !v.1 && pred(*itt, v.0) {
+                    v.1 = true;
+                    n += 1;
+                }
+            }
+            let keys: Vec<u32> = st.writes.iter().filter(|(itt, c)| pred(**itt, c.lun)).map(|(i, _)| *i).collect();
+            keys.into_iter().filter_map(|k| st.writes.remove(&k)).collect()
+        };
+        n += dropped.len();
+        if let Some(s) = self.session() {
+            s.outstanding.set(s.outstanding.get().saturating_sub(dropped.len() as u32));
+        }
+        for c in dropped {
+            self.recycle(c);
+        }
+        n
+    }
+
+    fn on_text(self: &Rc<Self>, h: &Bhs, data: &[u8]) -> Result<bool, Close> {
+        if let Window::Ignore = self.window(h) {
+            return Ok(true);
+        }
+        if h.flags & 0x40 != 0 {
+            // We do not take multi-PDU text requests.
+            self.reject(h, reject::COMMAND_NOT_SUPPORTED);
+            return Ok(true);
+        }
+        let ttt = h.w20.get();
+        let max = self.st.borrow().params.max_send_seg as usize;
+        let body = if ttt != RESERVED_TAG {
+            // Continuation of a long answer.
+            let rest = self.st.borrow_mut().text_rest.take();
+            match rest {
+                Some((t, itt, b)) if t == ttt && itt == h.itt() => b,
+                _ => {
+                    self.reject(h, reject::INVALID_PDU_FIELD);
+                    return Ok(true);
+                }
+            }
+        } else {
+            let pairs = match text::parse(data) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.reject(h, reject::PROTOCOL_ERROR);
+                    return Ok(true);
+                }
+            };
+            let mut out = Vec::new();
+            for (k, v) in &pairs {
+                if k == "SendTargets" {
+                    self.send_targets(v, &mut out);
+                } else {
+                    text::push(&mut out, k, "NotUnderstood");
+                }
+            }
+            out
+        };
+        let (now, rest) = if body.len() > max {
+            // Cut at a pair boundary when possible.
+            let cut = body[..max].iter().rposition(|&b| b == 0).map_or(max, |p| p + 1);
+            (body[..cut].to_vec(), Some(body[cut..].to_vec()))
+        } else {
+            (body, None)
+        };
+        let mut r = Bhs::new(op::TEXT_RESP, if rest.is_some() { 0x40 } else { 0x80 });
+        r.itt.set(h.itt());
+        let t = match rest {
+            Some(b) => {
+                let mut st = self.st.borrow_mut();
+                let t = st.next_ttt;
+                st.next_ttt = st.next_ttt.wrapping_add(1).max(1);
+                st.text_rest = Some((t, h.itt(), b));
+                t
+            }
+            None => RESERVED_TAG,
+        };
+        r.w20.set(t);
+        r.w24.set(self.next_stat_sn());
+        self.fill_window(&mut r);
+        self.send(&mut r, &[&now]);
+        Ok(true)
+    }
+
+    /// SendTargets: every target this initiator may see, with the portals
+    /// of its public portal groups.
+    fn send_targets(&self, what: &str, out: &mut Vec<u8>) {
+        let Some(s) = self.session() else { return };
+        let cfg = config::lock();
+        let discovery = s.kind == SessionType::Discovery;
+        for t in &cfg.targets {
+            let wanted = match what {
+                "All" => discovery,
+                "" => s.target.as_deref() == Some(t.name.as_str()),
+                name => name.eq_ignore_ascii_case(&t.name),
+            };
+            if !wanted {
+                continue;
+            }
+            let mut addrs = Vec::new();
+            for &(pg, _) in &t.pg_ig_maps {
+                let Some(g) = cfg.portal_groups.get(&pg) else { continue };
+                if g.private || !cfg.allowed(t, pg, &s.initiator, &self.ep.peer.ip()) {
+                    continue;
+                }
+                for p in &g.portals {
+                    let host = if p.host == "0.0.0.0" || p.host == "[::]" || p.host == "::" { self.ep.local.ip().to_string() } else { p.host.clone() };
+                    let a = format!("{host}:{},{pg}", p.port);
+                    if !addrs.contains(&a) {
+                        addrs.push(a);
+                    }
+                }
+            }
+            if addrs.is_empty() {
+                continue;
+            }
+            text::push(out, "TargetName", &t.name);
+            for a in addrs {
+                text::push(out, "TargetAddress", &a);
+            }
+        }
+    }
+
+    fn on_logout(self: &Rc<Self>, h: &Bhs) -> Result<bool, Close> {
+        if let Window::Ignore = self.window(h) {
+            return Ok(true);
+        }
+        let reason = h.flags & 0x7f;
+        let cid = h.cid();
+        let s = self.session();
+        let my_cid = self.st.borrow().cid;
+        let (response, close_session, close_me) = match reason {
+            0 => (0, true, true),
+            1 if cid == my_cid => (0, false, true),
+            1 => {
+                let other = s.as_ref().and_then(|s| s.live_conns().into_iter().find(|c| c.st.borrow().cid == cid));
+                match other {
+                    Some(c) => {
+                        c.close(Close::Protocol("logged out by another connection".into()));
+                        (0, false, false)
+                    }
+                    None => (1, false, false),
+                }
+            }
+            2 => (2, false, false),
+            _ => {
+                self.reject(h, reject::INVALID_PDU_FIELD);
+                return Ok(true);
+            }
+        };
+        let mut r = Bhs::new(op::LOGOUT_RESP, 0x80);
+        r.b2 = response;
+        r.itt.set(h.itt());
+        r.w24.set(self.next_stat_sn());
+        self.fill_window(&mut r);
+        let (t2w, t2r) = {
+            let p = self.st.borrow().params;
+            (p.default_time2wait as u16, p.default_time2retain as u16)
+        };
+        r.w40.set(((t2w as u32) << 16) | t2r as u32);
+        self.send(&mut r, &[]);
+        if close_session {
+            if let Some(s) = s {
+                for c in s.live_conns() {
+                    if !Rc::ptr_eq(&c, self) {
+                        c.close(Close::Protocol("session logged out".into()));
+                    }
+                }
+            }
+        }
+        if close_me {
+            return Err(Close::AfterFlush);
+        }
+        Ok(true)
+    }
+}
+

@@ -1,0 +1,643 @@
+//! Connections: one TCP connection of a session, on one reactor.
+//!
+//! Each reactor keeps a connection group ([`Group`]): an epoll set of its
+//! connections' sockets polled by one poller (fd-driven in interrupt mode),
+//! so a busy reactor makes one `epoll_wait` per iteration, not one `recv`
+//! per connection. Received bytes are cut into PDUs here; login, full
+//! feature phase and the SCSI path live in the submodules. Output is
+//! appended to the connection's transmit buffer and flushed once per
+//! iteration for every connection that has some.
+
+mod ffp;
+mod login;
+mod scsi;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use pollux_core::reactor::{self, PollStatus, Poller};
+use pollux_core::sys::{Epoll, Interest};
+use zerocopy::IntoBytes;
+
+use crate::login::{Endpoint, Login, Params};
+use crate::pdu::{self, BHS_LEN, Bhs, DIGEST_LEN};
+use crate::session::{self, Session};
+
+pub(crate) use scsi::IscsiCmd;
+
+/// How long a connection may take to log in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receive buffer: a whole PDU with our largest data segment fits twice.
+const RX_CAP: usize = 2 * (BHS_LEN + 1024 + 2 * DIGEST_LEN + crate::login::OUR_MAX_RECV_DATA_SEGMENT as usize + 4);
+
+/// Why a connection is closed.
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// A protocol error bad enough to drop the connection.
+    Protocol(String),
+    /// Logout or login failure: close after the answer is sent.
+    AfterFlush,
+}
+
+pub(crate) enum Phase {
+    Login(Box<Login>),
+    FullFeature,
+}
+
+/// Per-connection state.
+pub(crate) struct State {
+    pub phase: Phase,
+    pub params: Params,
+    pub session: Option<Rc<Session>>,
+    pub cid: u16,
+    pub stat_sn: u32,
+    /// Write commands waiting for Data-Out, by ITT.
+    pub writes: HashMap<u32, Box<IscsiCmd>>,
+    /// Commands handed to the SCSI layer, by ITT: (LUN, aborted).
+    pub inflight: HashMap<u32, (u64, bool)>,
+    pub next_ttt: u32,
+    /// A text response that did not fit, by its TTT.
+    pub text_rest: Option<(u32, u32, Vec<u8>)>,
+    pub last_rx: Instant,
+    /// Outstanding target NOP-In ping: (TTT, sent at).
+    pub ping: Option<(u32, Instant)>,
+    pub close_after_flush: bool,
+    pub login_itt: u32,
+}
+
+/// One connection.
+pub struct Conn {
+    pub(crate) token: u64,
+    stream: TcpStream,
+    pub(crate) ep: Endpoint,
+    pub(crate) st: RefCell<State>,
+    rx: RefCell<Vec<u8>>,
+    rx_len: Cell<usize>,
+    tx: RefCell<Vec<u8>>,
+    tx_pos: Cell<usize>,
+    want_write: Cell<bool>,
+    closed: Cell<bool>,
+    started: Instant,
+    /// Spare commands, reused.
+    pub(crate) free_cmds: RefCell<Vec<Box<IscsiCmd>>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("token", &self.token).field("peer", &self.ep.peer).finish()
+    }
+}
+
+/// A reactor's connections.
+pub(crate) struct Group {
+    epoll: Epoll,
+    pub(crate) conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    pub(crate) sessions: RefCell<HashMap<u16, Rc<Session>>>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    events: RefCell<Vec<libc::epoll_event>>,
+    next_token: Cell<u64>,
+    pollers: RefCell<Vec<Poller>>,
+}
+
+impl Group {
+    /// This reactor's group, created on first use.
+    pub(crate) fn get() -> io::Result<Rc<Group>> {
+        if let Some(g) = reactor::local::<Group>() {
+            return Ok(g);
+        }
+        let g = Rc::new(Group {
+            epoll: Epoll::new()?,
+            conns: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            events: RefCell::new(Vec::with_capacity(64)),
+            next_token: Cell::new(1),
+            pollers: RefCell::new(Vec::new()),
+        });
+        let poll = reactor::register_poller("iscsi_conn_group", || match reactor::local::<Group>() {
+            Some(g) => g.poll().into(),
+            None => PollStatus::Idle,
+        });
+        poll.add_wake_fd(g.epoll.as_raw_fd(), Interest::READABLE)?;
+        let timer = reactor::register_timed_poller("iscsi_conn_timers", Duration::from_secs(1), || match reactor::local::<Group>() {
+            Some(g) => g.timers().into(),
+            None => PollStatus::Idle,
+        });
+        g.pollers.borrow_mut().extend([poll, timer]);
+        reactor::set_local(g.clone());
+        Ok(g)
+    }
+
+    pub(crate) fn try_get() -> Option<Rc<Group>> {
+        reactor::local::<Group>()
+    }
+
+    /// One pass: read ready sockets, flush pending output. Returns work done.
+    fn poll(&self) -> usize {
+        let mut n = 0;
+        let mut events = std::mem::take(&mut *self.events.borrow_mut());
+        if self.epoll.wait(&mut events, Some(Duration::ZERO)).is_ok() {
+            for ev in events.iter() {
+                let token = ev.u64;
+                let c = self.conns.borrow().get(&token).cloned();
+                if let Some(c) = c {
+                    let bits = ev.events;
+                    if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                        c.on_readable();
+                    }
+                    if bits & libc::EPOLLOUT as u32 != 0 {
+                        c.flush();
+                    }
+                    n += 1;
+                }
+            }
+        }
+        *self.events.borrow_mut() = events;
+        n + self.flush_dirty()
+    }
+
+    fn flush_dirty(&self) -> usize {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let n = dirty.len();
+        for c in &dirty {
+            c.flush();
+        }
+        let mut d = dirty;
+        d.clear();
+        let mut cur = self.dirty.borrow_mut();
+        if cur.is_empty() {
+            *cur = d;
+        }
+        n
+    }
+
+    /// Once a second: login timeouts, NOP-In pings and their timeouts.
+    fn timers(&self) -> usize {
+        let (interval, timeout) = {
+            let o = &crate::config::lock().options;
+            (Duration::from_secs(o.nop_in_interval.max(1) as u64), Duration::from_secs(o.nop_timeout.max(1) as u64))
+        };
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        let now = Instant::now();
+        let mut n = 0;
+        for c in conns {
+            let verdict = {
+                let st = c.st.borrow();
+                match (&st.phase, st.ping) {
+                    (Phase::Login(_), _) if now.duration_since(c.started) > LOGIN_TIMEOUT => Some("login timed out"),
+                    (Phase::FullFeature, Some((_, at))) if now.duration_since(at) > timeout => Some("initiator did not answer NOP-In"),
+                    _ => None,
+                }
+            };
+            if let Some(why) = verdict {
+                tracing::info!("iscsi: closing connection from {}: {why}", c.ep.peer);
+                c.close(Close::Protocol(why.into()));
+                n += 1;
+                continue;
+            }
+            let ping = {
+                let st = c.st.borrow();
+                matches!(st.phase, Phase::FullFeature) && st.ping.is_none() && now.duration_since(st.last_rx) > interval
+            };
+            if ping {
+                c.send_ping();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn mark_dirty(&self, c: &Rc<Conn>) {
+        self.dirty.borrow_mut().push(c.clone());
+    }
+}
+
+/// Start serving an accepted connection on the current reactor.
+pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
+    let group = match Group::get() {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("iscsi: cannot create the connection group: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.set_nodelay(true);
+    let token = group.next_token.get();
+    group.next_token.set(token + 1);
+    if let Err(e) = group.epoll.add(stream.as_raw_fd(), Interest::READABLE, token) {
+        tracing::error!("iscsi: cannot watch connection from {}: {e}", ep.peer);
+        return;
+    }
+    let mut rx = vec![0u8; RX_CAP];
+    let n = preload.len().min(RX_CAP);
+    rx[..n].copy_from_slice(&preload[..n]);
+    let login = Box::new(Login::new(ep.clone()));
+    let params = login.params;
+    let c = Rc::new(Conn {
+        token,
+        stream,
+        ep,
+        st: RefCell::new(State {
+            phase: Phase::Login(login),
+            params,
+            session: None,
+            cid: 0,
+            stat_sn: 1,
+            writes: HashMap::new(),
+            inflight: HashMap::new(),
+            next_ttt: 1,
+            text_rest: None,
+            last_rx: Instant::now(),
+            ping: None,
+            close_after_flush: false,
+            login_itt: 0,
+        }),
+        rx: RefCell::new(rx),
+        rx_len: Cell::new(n),
+        tx: RefCell::new(Vec::with_capacity(64 * 1024)),
+        tx_pos: Cell::new(0),
+        want_write: Cell::new(false),
+        closed: Cell::new(false),
+        started: Instant::now(),
+        free_cmds: RefCell::new(Vec::new()),
+    });
+    group.conns.borrow_mut().insert(token, c.clone());
+    tracing::debug!("iscsi: connection from {} on {}", c.ep.peer, reactor::current());
+    if n > 0 {
+        c.process_rx();
+    }
+}
+
+impl Conn {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn on_readable(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
+        // Read until the socket is empty or the buffer full, then parse.
+        loop {
+            let len = self.rx_len.get();
+            let got = {
+                let mut rx = self.rx.borrow_mut();
+                if len == rx.len() {
+                    break;
+                }
+                (&self.stream).read(&mut rx[len..])
+            };
+            match got {
+                Ok(0) => return self.close(Close::Gone),
+                Ok(n) => {
+                    self.rx_len.set(len + n);
+                    self.st.borrow_mut().last_rx = Instant::now();
+                    if !self.process_rx() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(Close::Gone),
+            }
+        }
+    }
+
+    /// Cut complete PDUs out of the receive buffer and handle them.
+    /// Returns false if the connection was closed or handed over.
+    fn process_rx(self: &Rc<Self>) -> bool {
+        let mut off = 0;
+        let mut rx = std::mem::take(&mut *self.rx.borrow_mut());
+        let end = self.rx_len.get();
+        let mut alive = true;
+        while alive && !self.closed.get() {
+            let avail = &rx[off..end];
+            if avail.len() < BHS_LEN {
+                break;
+            }
+            let h = Bhs::parse(avail).expect("48 bytes");
+            let (hd, dd, max_seg) = {
+                let st = self.st.borrow();
+                let login = matches!(st.phase, Phase::Login(_));
+                (st.params.header_digest && !login, st.params.data_digest && !login, if login { 8192 } else { st.params.max_recv_seg as usize })
+            };
+            let dlen = h.data_len();
+            if dlen > max_seg {
+                alive = false;
+                self.reject_and_close(&h, &format!("data segment of {dlen} bytes is above MaxRecvDataSegmentLength {max_seg}"));
+                break;
+            }
+            let hdr_len = BHS_LEN + h.ahs_len() + if hd { DIGEST_LEN } else { 0 };
+            let total = hdr_len + dlen + pdu::pad(dlen) + if dd && dlen > 0 { DIGEST_LEN } else { 0 };
+            if avail.len() < total {
+                break;
+            }
+            if hd {
+                let want = pdu::digest(&[&avail[..BHS_LEN + h.ahs_len()]]);
+                let got = u32::from_le_bytes(avail[hdr_len - 4..hdr_len].try_into().expect("4 bytes"));
+                if want != got {
+                    alive = false;
+                    self.close(Close::Protocol("header digest error".into()));
+                    break;
+                }
+            }
+            let data = &avail[hdr_len..hdr_len + dlen];
+            if dd && dlen > 0 {
+                let padded = &avail[hdr_len..hdr_len + dlen + pdu::pad(dlen)];
+                let want = pdu::digest(&[padded]);
+                let at = hdr_len + dlen + pdu::pad(dlen);
+                let got = u32::from_le_bytes(avail[at..at + 4].try_into().expect("4 bytes"));
+                if want != got {
+                    // ERL 0: reject the PDU; a lost Data-Out ends the connection.
+                    self.reject(&h, pdu::reject::DATA_DIGEST_ERROR);
+                    if h.opcode() == pdu::op::DATA_OUT {
+                        alive = false;
+                        self.close(Close::Protocol("data digest error on Data-Out".into()));
+                        break;
+                    }
+                    off += total;
+                    continue;
+                }
+            }
+            let ahs = &avail[BHS_LEN..BHS_LEN + h.ahs_len()];
+            match self.on_pdu(&h, ahs, data, &rx[off..off + total]) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Handed over to another reactor with the rest of the bytes.
+                    alive = false;
+                }
+                Err(c) => {
+                    alive = false;
+                    self.close(c);
+                }
+            }
+            off += total;
+        }
+        if alive && !self.closed.get() {
+            // Keep the partial PDU at the front.
+            rx.copy_within(off..end, 0);
+            self.rx_len.set(end - off);
+            *self.rx.borrow_mut() = rx;
+        }
+        alive && !self.closed.get()
+    }
+
+    /// Dispatch one PDU. `Ok(false)`: the connection left this reactor.
+    fn on_pdu(self: &Rc<Self>, h: &Bhs, ahs: &[u8], data: &[u8], raw: &[u8]) -> Result<bool, Close> {
+        let in_login = matches!(self.st.borrow().phase, Phase::Login(_));
+        if in_login {
+            return self.on_login_pdu(h, data, raw);
+        }
+        self.on_ffp_pdu(h, ahs, data)
+    }
+
+    // ---- output ----
+
+    /// Append a PDU (header, optional data pieces) to the transmit buffer.
+    pub(crate) fn send(self: &Rc<Self>, h: &mut Bhs, data: &[&[u8]]) {
+        if self.closed.get() {
+            return;
+        }
+        let (hd, dd) = {
+            let st = self.st.borrow();
+            let login = matches!(st.phase, Phase::Login(_));
+            (st.params.header_digest && !login, st.params.data_digest && !login)
+        };
+        let dlen: usize = data.iter().map(|d| d.len()).sum();
+        h.set_data_len(dlen);
+        let mut tx = self.tx.borrow_mut();
+        let was_empty = tx.len() == self.tx_pos.get();
+        tx.extend_from_slice(h.as_bytes());
+        if hd {
+            tx.extend_from_slice(&pdu::digest(&[h.as_bytes()]).to_le_bytes());
+        }
+        if dlen > 0 {
+            let start = tx.len();
+            for d in data {
+                tx.extend_from_slice(d);
+            }
+            tx.extend_from_slice(&[0u8; 3][..pdu::pad(dlen)]);
+            if dd {
+                let crc = pdu::digest(&[&tx[start..]]);
+                tx.extend_from_slice(&crc.to_le_bytes());
+            }
+        }
+        drop(tx);
+        if was_empty {
+            if let Some(g) = Group::try_get() {
+                g.mark_dirty(self);
+            }
+        }
+    }
+
+    /// Write as much queued output as the socket takes.
+    pub(crate) fn flush(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
+        loop {
+            let pos = self.tx_pos.get();
+            let res = {
+                let tx = self.tx.borrow();
+                if pos == tx.len() {
+                    break;
+                }
+                (&self.stream).write(&tx[pos..])
+            };
+            match res {
+                Ok(n) => self.tx_pos.set(pos + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.want_write.replace(true) {
+                        if let Some(g) = Group::try_get() {
+                            let _ = g.epoll.modify(self.stream.as_raw_fd(), Interest::BOTH, self.token);
+                        }
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(Close::Gone),
+            }
+        }
+        // Everything written.
+        {
+            let mut tx = self.tx.borrow_mut();
+            tx.clear();
+            if tx.capacity() > 8 << 20 {
+                tx.shrink_to(1 << 20);
+            }
+        }
+        self.tx_pos.set(0);
+        if self.want_write.replace(false) {
+            if let Some(g) = Group::try_get() {
+                let _ = g.epoll.modify(self.stream.as_raw_fd(), Interest::READABLE, self.token);
+            }
+        }
+        if self.st.borrow().close_after_flush {
+            self.close(Close::Gone);
+        }
+    }
+
+    /// Close the connection: stop reading, abort its commands, leave its
+    /// session (ending the session with its last connection).
+    pub(crate) fn close(self: &Rc<Self>, why: Close) {
+        if let Close::AfterFlush = why {
+            self.st.borrow_mut().close_after_flush = true;
+            return self.flush();
+        }
+        if self.closed.replace(true) {
+            return;
+        }
+        if let Close::Protocol(msg) = &why {
+            tracing::info!("iscsi: dropping connection from {}: {msg}", self.ep.peer);
+        }
+        if let Some(g) = Group::try_get() {
+            let _ = g.epoll.delete(self.stream.as_raw_fd());
+            g.conns.borrow_mut().remove(&self.token);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let (session, writes) = {
+            let mut st = self.st.borrow_mut();
+            for v in st.inflight.values_mut() {
+                v.1 = true;
+            }
+            (st.session.take(), std::mem::take(&mut st.writes))
+        };
+        if let Some(s) = &session {
+            let n = writes.len() as u32;
+            s.outstanding.set(s.outstanding.get().saturating_sub(n));
+        }
+        drop(writes);
+        self.free_cmds.borrow_mut().clear();
+        if let Some(s) = session {
+            s.conns.borrow_mut().retain(|w| w.upgrade().is_some_and(|c| !Rc::ptr_eq(&c, self)));
+            if s.live_conns().is_empty() {
+                end_session(&s);
+            }
+        }
+    }
+
+    /// Send a NOP-In ping the initiator must answer.
+    fn send_ping(self: &Rc<Self>) {
+        let (ttt, sn) = {
+            let mut st = self.st.borrow_mut();
+            let ttt = st.next_ttt;
+            st.next_ttt = st.next_ttt.wrapping_add(1).max(1);
+            st.ping = Some((ttt, Instant::now()));
+            (ttt, st.stat_sn)
+        };
+        let mut h = Bhs::new(pdu::op::NOP_IN, 0x80);
+        h.itt.set(pdu::RESERVED_TAG);
+        h.w20.set(ttt);
+        h.w24.set(sn);
+        self.fill_window(&mut h);
+        self.send(&mut h, &[]);
+    }
+
+    /// ExpCmdSN and MaxCmdSN of the session into bytes 28-35.
+    pub(crate) fn fill_window(&self, h: &mut Bhs) {
+        let st = self.st.borrow();
+        if let Some(s) = &st.session {
+            s.update_window();
+            h.w28.set(s.exp_cmd_sn.get());
+            h.w32.set(s.max_cmd_sn.get());
+        }
+    }
+
+    /// Take the next StatSN.
+    pub(crate) fn next_stat_sn(&self) -> u32 {
+        let mut st = self.st.borrow_mut();
+        let sn = st.stat_sn;
+        st.stat_sn = sn.wrapping_add(1);
+        sn
+    }
+
+    /// Send a Reject carrying the offending header.
+    pub(crate) fn reject(self: &Rc<Self>, bad: &Bhs, reason: u8) {
+        let mut h = Bhs::new(pdu::op::REJECT, 0x80);
+        h.b2 = reason;
+        h.itt.set(pdu::RESERVED_TAG);
+        h.w24.set(self.next_stat_sn());
+        self.fill_window(&mut h);
+        let raw = *bad;
+        self.send(&mut h, &[raw.as_bytes()]);
+    }
+
+    fn reject_and_close(self: &Rc<Self>, bad: &Bhs, why: &str) {
+        tracing::info!("iscsi: {} from {}: {why}", if matches!(self.st.borrow().phase, Phase::Login(_)) { "bad login PDU" } else { "bad PDU" }, self.ep.peer);
+        self.reject(bad, pdu::reject::PROTOCOL_ERROR);
+        self.close(Close::AfterFlush);
+    }
+}
+
+/// The last connection of a session went away.
+fn end_session(s: &Rc<Session>) {
+    if let Some(g) = Group::try_get() {
+        g.sessions.borrow_mut().remove(&s.tsih);
+    }
+    s.close_ports();
+    session::unregister(s.tsih);
+    tracing::debug!("iscsi: session {} of {} ended", s.tsih, s.initiator);
+}
+
+/// Close every connection of a session on this reactor.
+pub(crate) fn close_session(tsih: u16) {
+    let Some(g) = Group::try_get() else { return };
+    let s = g.sessions.borrow().get(&tsih).cloned();
+    if let Some(s) = s {
+        for c in s.live_conns() {
+            c.close(Close::Protocol("session closed".into()));
+        }
+        g.sessions.borrow_mut().remove(&tsih);
+    }
+}
+
+/// Close every connection on this reactor (shutdown, target deletion).
+pub(crate) fn close_all(target: Option<&str>) {
+    let Some(g) = Group::try_get() else { return };
+    let conns: Vec<Rc<Conn>> = g.conns.borrow().values().cloned().collect();
+    for c in conns {
+        let t = c.st.borrow().session.as_ref().and_then(|s| s.target.clone());
+        if target.is_none() || t.as_deref() == target {
+            c.close(Close::Protocol("target shutting down".into()));
+        }
+    }
+}
+
+/// `iscsi_get_connections` facts of this reactor's connections.
+pub(crate) fn describe_all() -> Vec<serde_json::Value> {
+    let Some(g) = Group::try_get() else { return Vec::new() };
+    let conns: Vec<Rc<Conn>> = g.conns.borrow().values().cloned().collect();
+    let core = reactor::core_of(reactor::current());
+    conns
+        .iter()
+        .map(|c| {
+            let st = c.st.borrow();
+            let (tsih, target, initiator, isid) = match &st.session {
+                Some(s) => (s.tsih, s.target.clone().unwrap_or_default(), s.initiator.clone(), s.isid),
+                None => (0, String::new(), String::new(), [0; 6]),
+            };
+            serde_json::json!({
+                "id": c.token,
+                "cid": st.cid,
+                "tsih": tsih,
+                "lcore_id": core,
+                "initiator_addr": c.ep.peer.ip().to_string(),
+                "target_addr": c.ep.local.ip().to_string(),
+                "target_node_name": target,
+                "initiator_name": initiator,
+                "isid": isid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "state": if matches!(st.phase, Phase::Login(_)) { "login" } else { "full_feature" },
+                "header_digest": st.params.header_digest,
+                "data_digest": st.params.data_digest,
+            })
+        })
+        .collect()
+}

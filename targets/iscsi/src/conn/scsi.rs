@@ -1,0 +1,425 @@
+//! The SCSI path of a connection: SCSI Command PDUs, immediate and
+//! unsolicited data, R2Ts and Data-Out, execution through the session's
+//! LUN ports, and the answer (Data-In with status piggy-backed, or a SCSI
+//! Response with sense data), with residuals.
+
+use std::rc::Rc;
+
+use pollux_core::dma::{self, DmaBuf};
+use pollux_scsi::{DataDir, ScsiCommand, Task, decode_lun};
+
+use super::ffp::Window;
+use super::{Close, Conn};
+use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
+
+/// Largest expected data transfer length we buffer for one command.
+pub const MAX_EDTL: u32 = 16 << 20;
+
+/// One outstanding R2T of a write.
+#[derive(Clone, Copy, Debug)]
+struct R2t {
+    ttt: u32,
+    end: u32,
+    next_data_sn: u32,
+}
+
+/// A SCSI command on this connection.
+pub(crate) struct IscsiCmd {
+    task: Task,
+    conn: Option<Rc<Conn>>,
+    itt: u32,
+    pub(crate) lun: u64,
+    lun_raw: [u8; 8],
+    edtl: u32,
+    read: bool,
+    write: bool,
+    /// Data-out bytes we accept (EDTL, capped).
+    want: u32,
+    received: u32,
+    /// Unsolicited data may run up to here.
+    unsolicited_end: u32,
+    unsolicited_data_sn: u32,
+    /// Next offset to solicit with an R2T.
+    r2t_next: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2t>,
+    /// The command failed before execution (answered without running it).
+    early: Option<pollux_scsi::sense::Sense>,
+}
+
+impl ScsiCommand for IscsiCmd {
+    fn task(&mut self) -> &mut Task {
+        &mut self.task
+    }
+
+    fn complete(mut self: Box<Self>) {
+        match self.conn.take() {
+            Some(c) => c.scsi_done(self),
+            None => drop(self),
+        }
+    }
+}
+
+impl IscsiCmd {
+    fn new() -> Box<IscsiCmd> {
+        Box::new(IscsiCmd {
+            task: Task::new(),
+            conn: None,
+            itt: 0,
+            lun: 0,
+            lun_raw: [0; 8],
+            edtl: 0,
+            read: false,
+            write: false,
+            want: 0,
+            received: 0,
+            unsolicited_end: 0,
+            unsolicited_data_sn: 0,
+            r2t_next: 0,
+            r2t_sn: 0,
+            r2ts: Vec::with_capacity(4),
+            early: None,
+        })
+    }
+}
+
+/// Copy `data` into `bufs` at byte `off`.
+fn copy_into(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) {
+    for b in bufs.iter_mut() {
+        if data.is_empty() {
+            return;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(data.len());
+        b[off..off + n].copy_from_slice(&data[..n]);
+        data = &data[n..];
+        off = 0;
+    }
+}
+
+/// Buffers for `len` bytes of data-out.
+fn alloc(len: usize, out: &mut Vec<DmaBuf>) -> bool {
+    let Ok(pool) = dma::pool() else { return false };
+    let piece = pool.large_size().max(4096);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(piece);
+        let b = match pool.get(n) {
+            Some(mut b) => {
+                b.set_len(n);
+                b
+            }
+            None => match DmaBuf::alloc(n) {
+                Ok(b) => b,
+                Err(_) => return false,
+            },
+        };
+        out.push(b);
+        left -= n;
+    }
+    true
+}
+
+impl Conn {
+    pub(super) fn recycle(&self, mut c: Box<IscsiCmd>) {
+        c.conn = None;
+        c.task.bufs.clear();
+        c.r2ts.clear();
+        let mut free = self.free_cmds.borrow_mut();
+        if free.len() < 256 {
+            free.push(c);
+        }
+    }
+
+    pub(super) fn on_scsi_cmd(self: &Rc<Self>, h: &Bhs, data: &[u8]) -> Result<bool, Close> {
+        if let Window::Ignore = self.window(h) {
+            return Ok(true);
+        }
+        let Some(s) = self.session() else { return Ok(true) };
+        let p = self.st.borrow().params;
+        let read = h.flags & 0x40 != 0;
+        let write = h.flags & 0x20 != 0;
+        let edtl = h.w20.get();
+        if !data.is_empty() && (!write || !p.immediate_data || data.len() > p.first_burst as usize || data.len() > edtl as usize) {
+            self.reject(h, reject::PROTOCOL_ERROR);
+            return Ok(true);
+        }
+        if self.st.borrow().inflight.contains_key(&h.itt()) || self.st.borrow().writes.contains_key(&h.itt()) {
+            // A task tag in use.
+            self.reject(h, reject::TASK_IN_PROGRESS);
+            return Ok(true);
+        }
+        let mut c = self.free_cmds.borrow_mut().pop().unwrap_or_else(IscsiCmd::new);
+        let dir = match (read, write) {
+            (true, true) => DataDir::Both,
+            (true, false) => DataDir::Read,
+            (false, true) => DataDir::Write,
+            _ => DataDir::None,
+        };
+        c.task.reset(&h.cdb(), edtl, dir);
+        c.itt = h.itt();
+        c.lun_raw = h.lun;
+        c.lun = decode_lun(h.lun).unwrap_or(u64::MAX);
+        c.edtl = edtl;
+        c.read = read;
+        c.write = write;
+        c.received = 0;
+        c.r2t_sn = 0;
+        c.unsolicited_data_sn = 0;
+        c.early = None;
+        s.outstanding.set(s.outstanding.get() + 1);
+        if write && edtl > MAX_EDTL {
+            c.want = 0;
+            c.early = Some(pollux_scsi::sense::Sense::invalid_cdb_field(0, None));
+        } else {
+            c.want = if write { edtl } else { 0 };
+        }
+        if c.want > 0 && !alloc(c.want as usize, &mut c.task.bufs) {
+            c.want = 0;
+            c.early = Some(pollux_scsi::sense::Sense::illegal(pollux_scsi::sense::Asc::INSUFFICIENT_RESOURCES));
+        }
+        if c.want > 0 {
+            let imm = data.len().min(c.want as usize);
+            copy_into(&mut c.task.bufs, 0, &data[..imm]);
+            c.received = imm as u32;
+            c.unsolicited_end = if p.initial_r2t { c.received } else { p.first_burst.min(c.want).max(c.received) };
+            if h.flags & 0x80 != 0 {
+                // F set: no unsolicited Data-Out follows.
+                c.unsolicited_end = c.received;
+            }
+            c.r2t_next = c.unsolicited_end;
+        }
+        if c.received < c.want {
+            let itt = c.itt;
+            self.st.borrow_mut().writes.insert(itt, c);
+            self.send_r2ts(itt);
+            return Ok(true);
+        }
+        self.execute(c);
+        Ok(true)
+    }
+
+    /// Solicit more data for a write, up to MaxOutstandingR2T at a time.
+    fn send_r2ts(self: &Rc<Self>, itt: u32) {
+        let p = self.st.borrow().params;
+        loop {
+            let r = {
+                let mut st = self.st.borrow_mut();
+                let ttt = st.next_ttt;
+                let Some(c) = st.writes.get_mut(&itt) else { return };
+                if c.r2t_next >= c.want || c.r2ts.len() >= p.max_outstanding_r2t as usize {
+                    return;
+                }
+                let off = c.r2t_next;
+                let len = (c.want - off).min(p.max_burst);
+                c.r2t_next += len;
+                c.r2ts.push(R2t { ttt, end: off + len, next_data_sn: 0 });
+                let sn = c.r2t_sn;
+                c.r2t_sn += 1;
+                let lun = c.lun_raw;
+                st.next_ttt = st.next_ttt.wrapping_add(1).max(1);
+                let stat_sn = st.stat_sn;
+                (ttt, off, len, sn, lun, stat_sn)
+            };
+            let (ttt, off, len, sn, lun, stat_sn) = r;
+            let mut h = Bhs::new(op::R2T, 0x80);
+            h.lun = lun;
+            h.itt.set(itt);
+            h.w20.set(ttt);
+            h.w24.set(stat_sn);
+            self.fill_window(&mut h);
+            h.w36.set(sn);
+            h.w40.set(off);
+            h.w44.set(len);
+            self.send(&mut h, &[]);
+        }
+    }
+
+    pub(super) fn on_data_out(self: &Rc<Self>, h: &Bhs, data: &[u8]) -> Result<bool, Close> {
+        let itt = h.itt();
+        let ttt = h.w20.get();
+        let data_sn = h.w36.get();
+        let off = h.w40.get();
+        // Ok(done) or Err((reject reason, why)).
+        let outcome: Result<bool, (u8, String)> = {
+            let mut st = self.st.borrow_mut();
+            let Some(c) = st.writes.get_mut(&itt) else {
+                // Data for a command already answered or aborted: drop it.
+                return Ok(true);
+            };
+            let end = off as u64 + data.len() as u64;
+            if off != c.received || end > c.want as u64 {
+                Err((reject::PROTOCOL_ERROR, format!("Data-Out at offset {off} (+{}) where {} was expected", data.len(), c.received)))
+            } else if ttt == RESERVED_TAG {
+                if end > c.unsolicited_end as u64 || data_sn != c.unsolicited_data_sn {
+                    Err((reject::PROTOCOL_ERROR, format!("unsolicited Data-Out (DataSN {data_sn}) out of its burst or sequence")))
+                } else {
+                    c.unsolicited_data_sn += 1;
+                    Ok(())
+                }
+            } else {
+                match c.r2ts.iter_mut().find(|r| r.ttt == ttt) {
+                    None => Err((reject::INVALID_PDU_FIELD, format!("Data-Out with unknown TTT {ttt:#x}"))),
+                    Some(r) if data_sn != r.next_data_sn || end > r.end as u64 => {
+                        Err((reject::PROTOCOL_ERROR, format!("Data-Out DataSN {data_sn} where {} was expected", r.next_data_sn)))
+                    }
+                    Some(r) => {
+                        r.next_data_sn += 1;
+                        if end == r.end as u64 {
+                            c.r2ts.retain(|r| r.ttt != ttt);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            .map(|()| {
+                copy_into(&mut c.task.bufs, off as usize, data);
+                c.received += data.len() as u32;
+                c.received == c.want
+            })
+        };
+        match outcome {
+            Ok(true) => {
+                let c = self.st.borrow_mut().writes.remove(&itt);
+                if let Some(c) = c {
+                    self.execute(c);
+                }
+            }
+            Ok(false) => self.send_r2ts(itt),
+            Err((reason, why)) => {
+                // Reject the PDU and end its command with CHECK CONDITION;
+                // later Data-Out of that command is dropped. The
+                // connection and its other commands go on.
+                tracing::info!("iscsi: {}: {why}", self.ep.peer);
+                self.reject(h, reason);
+                let c = self.st.borrow_mut().writes.remove(&itt);
+                if let Some(mut c) = c {
+                    c.early = Some(pollux_scsi::sense::Sense::new(pollux_scsi::sense::SenseKey::AbortedCommand, pollux_scsi::sense::Asc::DATA_PHASE_ERROR));
+                    c.want = 0;
+                    c.received = 0;
+                    c.task.bufs.clear();
+                    self.execute(c);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hand a command with all its data to the SCSI layer.
+    fn execute(self: &Rc<Self>, mut c: Box<IscsiCmd>) {
+        let Some(s) = self.session() else { return self.recycle(c) };
+        c.task.data_len = c.received as usize;
+        c.conn = Some(self.clone());
+        self.st.borrow_mut().inflight.insert(c.itt, (c.lun, false));
+        if let Some(sense) = c.early.take() {
+            c.task.fail(sense);
+            return c.complete();
+        }
+        let Some(dev) = s.device.clone() else { return c.complete() };
+        if c.task.opcode() == pollux_scsi::cdb::op::REPORT_LUNS {
+            return dev.report_luns(c);
+        }
+        match s.port(c.lun) {
+            Some(p) => p.execute(c),
+            None => dev.no_lun(c),
+        }
+    }
+
+    /// The SCSI layer finished a command: answer it.
+    pub(super) fn scsi_done(self: &Rc<Self>, c: Box<IscsiCmd>) {
+        let aborted = self.st.borrow_mut().inflight.remove(&c.itt).is_none_or(|(_, a)| a);
+        if let Some(s) = self.session() {
+            s.outstanding.set(s.outstanding.get().saturating_sub(1));
+        }
+        if aborted || self.is_closed() {
+            return self.recycle(c);
+        }
+        let t = &c.task;
+        let good = t.is_good();
+        let xfer = t.xfer_len.min(u32::MAX as u64) as u32;
+        let (mut flags, mut residual) = (0u8, 0u32);
+        if good {
+            if xfer > c.edtl {
+                flags = 0x04;
+                residual = xfer - c.edtl;
+            } else if xfer < c.edtl {
+                flags = 0x02;
+                residual = c.edtl - xfer;
+            }
+        } else if c.read && c.edtl > 0 {
+            // Nothing was transferred.
+            flags = 0x02;
+            residual = c.edtl;
+        }
+        let p = self.st.borrow().params;
+        let mut data_sn = 0u32;
+        let send_len = if c.read && good { t.data_len.min(c.edtl as usize) } else { 0 };
+        if send_len > 0 {
+            // Data-In PDUs: at most MaxRecvDataSegmentLength each, F at the
+            // end of every MaxBurstLength sequence, status in the last one.
+            let seg = p.max_send_seg as usize;
+            let burst = p.max_burst.max(seg as u32) as usize;
+            let mut off = 0usize;
+            let mut bi = 0usize;
+            let mut boff = 0usize;
+            while off < send_len {
+                let n = seg.min(send_len - off).min(burst - off % burst);
+                let last = off + n == send_len;
+                let mut h = Bhs::new(op::DATA_IN, 0);
+                if last {
+                    h.flags = 0x80 | 0x01 | flags;
+                    h.b3 = t.status;
+                    h.w24.set(self.next_stat_sn());
+                    h.w44.set(residual);
+                } else if (off + n) % burst == 0 {
+                    h.flags = 0x80;
+                }
+                h.lun = c.lun_raw;
+                h.itt.set(c.itt);
+                h.w20.set(RESERVED_TAG);
+                self.fill_window(&mut h);
+                h.w36.set(data_sn);
+                h.w40.set(off as u32);
+                data_sn += 1;
+                // Gather this PDU's bytes from the buffers.
+                let mut pieces: [&[u8]; 8] = [&[]; 8];
+                let mut np = 0;
+                let mut left = n;
+                while left > 0 && np < pieces.len() {
+                    let b = &t.bufs[bi];
+                    let k = (b.len() - boff).min(left);
+                    pieces[np] = &b[boff..boff + k];
+                    np += 1;
+                    left -= k;
+                    boff += k;
+                    if boff == b.len() {
+                        bi += 1;
+                        boff = 0;
+                    }
+                }
+                self.send(&mut h, &pieces[..np]);
+                off += n;
+            }
+            return self.recycle(c);
+        }
+        let mut h = Bhs::new(op::SCSI_RESP, 0x80 | flags);
+        h.b3 = t.status;
+        h.itt.set(c.itt);
+        h.w24.set(self.next_stat_sn());
+        self.fill_window(&mut h);
+        h.w36.set(if c.read { data_sn } else { c.r2t_sn });
+        h.w44.set(residual);
+        let sense = t.sense();
+        if sense.is_empty() {
+            self.send(&mut h, &[]);
+        } else {
+            let len = (sense.len() as u16).to_be_bytes();
+            self.send(&mut h, &[&len, sense]);
+        }
+        self.recycle(c);
+    }
+}
+

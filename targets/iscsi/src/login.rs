@@ -1,0 +1,584 @@
+//! The login phase (RFC 7143 6.3, 13): stages, security negotiation with
+//! CHAP, and the negotiation of every operational key. Pure state: the
+//! connection feeds it Login Request PDUs and sends what it answers.
+
+use std::net::SocketAddr;
+
+use crate::chap::{self, Algorithm};
+use crate::config::{self, ChapPolicy};
+use crate::pdu::Bhs;
+use crate::text;
+
+/// Stages (CSG/NSG values).
+pub const SECURITY: u8 = 0;
+pub const OPERATIONAL: u8 = 1;
+pub const FULL_FEATURE: u8 = 3;
+
+/// Login status classes and details (RFC 7143 11.13.5).
+pub mod status {
+    pub const SUCCESS: (u8, u8) = (0, 0);
+    pub const INITIATOR_ERROR: (u8, u8) = (2, 0);
+    pub const AUTH_FAILURE: (u8, u8) = (2, 1);
+    pub const AUTHORIZATION_FAILURE: (u8, u8) = (2, 2);
+    pub const NOT_FOUND: (u8, u8) = (2, 3);
+    pub const UNSUPPORTED_VERSION: (u8, u8) = (2, 5);
+    pub const TOO_MANY_CONNECTIONS: (u8, u8) = (2, 6);
+    pub const MISSING_PARAMETER: (u8, u8) = (2, 7);
+    pub const SESSION_TYPE_NOT_SUPPORTED: (u8, u8) = (2, 9);
+    pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (2, 10);
+    pub const INVALID_DURING_LOGIN: (u8, u8) = (2, 11);
+    pub const TARGET_ERROR: (u8, u8) = (3, 0);
+    pub const OUT_OF_RESOURCES: (u8, u8) = (3, 2);
+}
+
+/// Our largest data segment (what initiators may send us).
+pub const OUR_MAX_RECV_DATA_SEGMENT: u32 = 256 * 1024;
+
+/// Negotiated parameters of a connection and its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// Largest data segment we accept (our declaration).
+    pub max_recv_seg: u32,
+    /// Largest data segment we may send (the initiator's declaration).
+    pub max_send_seg: u32,
+    pub max_burst: u32,
+    pub first_burst: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub max_outstanding_r2t: u32,
+    pub data_pdu_in_order: bool,
+    pub data_sequence_in_order: bool,
+    pub default_time2wait: u32,
+    pub default_time2retain: u32,
+    pub error_recovery_level: u32,
+    pub max_connections: u32,
+}
+
+impl Params {
+    /// RFC 7143 defaults, bounded by our options.
+    pub fn defaults() -> Params {
+        Params {
+            header_digest: false,
+            data_digest: false,
+            max_recv_seg: OUR_MAX_RECV_DATA_SEGMENT,
+            max_send_seg: 8192,
+            max_burst: 262144,
+            first_burst: 65536,
+            immediate_data: true,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            default_time2wait: 2,
+            default_time2retain: 20,
+            error_recovery_level: 0,
+            max_connections: 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionType {
+    Normal,
+    Discovery,
+}
+
+/// What the connection knows of where it is.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub portal_group: i32,
+}
+
+/// The result of a login exchange.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub initiator_name: String,
+    pub initiator_alias: String,
+    pub target_name: Option<String>,
+    pub session_type: SessionType,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    pub cid: u16,
+}
+
+enum Auth {
+    /// No authentication needed or none chosen yet.
+    Pending,
+    /// AuthMethod=CHAP agreed; waiting for CHAP_A.
+    WaitAlgorithm,
+    /// Challenge sent; waiting for CHAP_N/CHAP_R.
+    WaitResponse { alg: Algorithm, id: u8, challenge: Vec<u8> },
+    Done,
+}
+
+/// What to answer a Login Request with.
+#[derive(Debug)]
+pub struct Reply {
+    /// T, C, CSG and NSG bits of the response.
+    pub flags: u8,
+    pub status: (u8, u8),
+    pub text: Vec<u8>,
+    /// The login completed: go to full feature phase.
+    pub complete: bool,
+}
+
+impl Reply {
+    fn fail(status: (u8, u8)) -> Reply {
+        Reply { flags: 0, status, text: Vec::new(), complete: false }
+    }
+    pub fn failed(&self) -> bool {
+        self.status.0 != 0
+    }
+}
+
+/// One connection's login.
+pub struct Login {
+    ep: Endpoint,
+    stage: u8,
+    first: bool,
+    pub params: Params,
+    pub ident: Option<Identity>,
+    pub queue_depth: u32,
+    chap: ChapPolicy,
+    require_header_digest: bool,
+    require_data_digest: bool,
+    auth: Auth,
+    auth_method_agreed: bool,
+    declared_mrdsl: bool,
+    /// Text of a request sent in several PDUs (C bit).
+    partial: Vec<u8>,
+    /// Keys seen in this login (each may be negotiated once).
+    seen: Vec<String>,
+    /// CHAP_N, CHAP_R, CHAP_I, CHAP_C of the current request.
+    chap_pairs: Vec<(String, String)>,
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "Yes" } else { "No" }
+}
+
+impl Login {
+    pub fn new(ep: Endpoint) -> Login {
+        let o = config::lock().options.clone();
+        let mut params = Params::defaults();
+        params.first_burst = o.first_burst_length;
+        params.immediate_data = o.immediate_data;
+        params.max_connections = o.max_connections_per_session;
+        params.default_time2wait = o.default_time2wait;
+        params.default_time2retain = o.default_time2retain;
+        Login {
+            ep,
+            stage: SECURITY,
+            first: true,
+            params,
+            ident: None,
+            queue_depth: o.max_queue_depth,
+            chap: ChapPolicy::default(),
+            require_header_digest: false,
+            require_data_digest: false,
+            auth: Auth::Pending,
+            auth_method_agreed: false,
+            declared_mrdsl: false,
+            partial: Vec::new(),
+            seen: Vec::new(),
+            chap_pairs: Vec::new(),
+        }
+    }
+
+    /// Handle one Login Request.
+    pub fn step(&mut self, h: &Bhs, data: &[u8]) -> Reply {
+        let transit = h.flags & 0x80 != 0;
+        let cont = h.flags & 0x40 != 0;
+        let csg = (h.flags >> 2) & 0x03;
+        let nsg = h.flags & 0x03;
+        if h.b3 > 0 || h.b2 < h.b3 {
+            // Only version 0 exists.
+            return Reply::fail(status::UNSUPPORTED_VERSION);
+        }
+        if transit && cont {
+            return Reply::fail(status::INITIATOR_ERROR);
+        }
+        if csg == 2 || csg == FULL_FEATURE || (transit && (nsg == 2 || nsg <= csg)) {
+            return Reply::fail(status::INITIATOR_ERROR);
+        }
+        if csg != self.stage {
+            if self.first && csg == OPERATIONAL {
+                self.stage = OPERATIONAL;
+            } else if csg == OPERATIONAL && self.stage == SECURITY && !self.first {
+                // Skipping ahead without finishing security.
+                return Reply::fail(status::INITIATOR_ERROR);
+            } else {
+                return Reply::fail(status::INITIATOR_ERROR);
+            }
+        }
+        if self.partial.len() + data.len() > 64 * 1024 {
+            return Reply::fail(status::INITIATOR_ERROR);
+        }
+        self.partial.extend_from_slice(data);
+        if cont {
+            // More text follows: answer with an empty response.
+            return Reply { flags: (csg << 2), status: status::SUCCESS, text: Vec::new(), complete: false };
+        }
+        let raw = std::mem::take(&mut self.partial);
+        let pairs = match text::parse(&raw) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("login: bad text: {e}");
+                return Reply::fail(status::INITIATOR_ERROR);
+            }
+        };
+        let mut out = Vec::new();
+        if self.first {
+            if let Err(st) = self.first_request(h, &pairs, &mut out) {
+                return Reply::fail(st);
+            }
+            self.first = false;
+        }
+        for (k, v) in &pairs {
+            if matches!(k.as_str(), "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias") {
+                continue;
+            }
+            if self.seen.iter().any(|s| s == k) && !k.starts_with("CHAP_") && k != "AuthMethod" {
+                // A key negotiated twice.
+                return Reply::fail(status::INITIATOR_ERROR);
+            }
+            self.seen.push(k.clone());
+            if let Err(st) = self.key(k, v, &mut out) {
+                return Reply::fail(st);
+            }
+        }
+        if !self.chap_pairs.is_empty() {
+            if let Err(st) = self.chap_response(&mut out) {
+                return Reply::fail(st);
+            }
+        }
+        // Transition checks.
+        let mut flags = csg << 2;
+        let mut complete = false;
+        if transit {
+            if self.stage == SECURITY && !self.security_done() {
+                if matches!(self.auth, Auth::WaitAlgorithm | Auth::WaitResponse { .. }) {
+                    // Still exchanging CHAP: stay.
+                } else {
+                    return Reply::fail(status::AUTH_FAILURE);
+                }
+            } else {
+                flags |= 0x80 | nsg;
+                if nsg == FULL_FEATURE {
+                    if self.require_header_digest && !self.params.header_digest || self.require_data_digest && !self.params.data_digest {
+                        return Reply::fail(status::INITIATOR_ERROR);
+                    }
+                    if !self.declared_mrdsl {
+                        text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
+                        self.declared_mrdsl = true;
+                    }
+                    complete = true;
+                }
+                self.stage = nsg;
+            }
+        }
+        if self.stage == OPERATIONAL && !self.declared_mrdsl {
+            text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
+            self.declared_mrdsl = true;
+        }
+        Reply { flags, status: status::SUCCESS, text: out, complete }
+    }
+
+    fn security_done(&self) -> bool {
+        match self.auth {
+            Auth::Done => true,
+            Auth::Pending => !self.chap.required(),
+            _ => false,
+        }
+    }
+
+    /// The first request names the initiator, the session type and target.
+    fn first_request(&mut self, h: &Bhs, pairs: &[(String, String)], out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+        let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        let initiator = get("InitiatorName").ok_or(status::MISSING_PARAMETER)?;
+        if initiator.is_empty() {
+            return Err(status::MISSING_PARAMETER);
+        }
+        let session_type = match get("SessionType").as_deref() {
+            None | Some("Normal") => SessionType::Normal,
+            Some("Discovery") => SessionType::Discovery,
+            Some(_) => return Err(status::SESSION_TYPE_NOT_SUPPORTED),
+        };
+        let cfg = config::lock();
+        let target_name = match session_type {
+            SessionType::Normal => {
+                let name = get("TargetName").ok_or(status::MISSING_PARAMETER)?;
+                let t = cfg.target(&name).ok_or(status::NOT_FOUND)?;
+                if !cfg.allowed(t, self.ep.portal_group, &initiator, &self.ep.peer.ip()) {
+                    return Err(status::AUTHORIZATION_FAILURE);
+                }
+                self.chap = t.chap;
+                if self.chap.chap_group == 0 {
+                    self.chap.chap_group = cfg.options.chap_group;
+                }
+                self.require_header_digest = t.header_digest;
+                self.require_data_digest = t.data_digest;
+                self.queue_depth = t.queue_depth.clamp(1, cfg.options.max_queue_depth.max(1));
+                text::push(out, "TargetAlias", &t.alias);
+                text::push(out, "TargetPortalGroupTag", &self.ep.portal_group.to_string());
+                Some(t.name.clone())
+            }
+            SessionType::Discovery => {
+                self.chap = cfg.portal_groups.get(&self.ep.portal_group).and_then(|pg| pg.discovery).unwrap_or(cfg.discovery);
+                None
+            }
+        };
+        self.ident = Some(Identity {
+            initiator_name: initiator,
+            initiator_alias: get("InitiatorAlias").unwrap_or_default(),
+            target_name,
+            session_type,
+            isid: h.isid(),
+            tsih: h.tsih(),
+            cid: h.cid(),
+        });
+        if self.stage == OPERATIONAL && self.chap.required() {
+            // Straight to operational negotiation, but CHAP is required.
+            return Err(status::AUTH_FAILURE);
+        }
+        Ok(())
+    }
+
+    fn key(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+        let security = self.stage == SECURITY;
+        match k {
+            "AuthMethod" => {
+                if !security {
+                    return Err(status::INITIATOR_ERROR);
+                }
+                let offered: Vec<&str> = v.split(',').collect();
+                let want_chap = self.chap.required();
+                let chap_ok = !self.chap.disable_chap;
+                let choice = offered.iter().find(|m| match **m {
+                    "CHAP" => chap_ok,
+                    "None" => !want_chap,
+                    _ => false,
+                });
+                match choice {
+                    Some(&"CHAP") => {
+                        text::push(out, "AuthMethod", "CHAP");
+                        self.auth = Auth::WaitAlgorithm;
+                    }
+                    Some(_) => {
+                        text::push(out, "AuthMethod", "None");
+                        self.auth = if want_chap { Auth::Pending } else { Auth::Done };
+                    }
+                    None => {
+                        text::push(out, "AuthMethod", "Reject");
+                        return Err(status::AUTH_FAILURE);
+                    }
+                }
+                self.auth_method_agreed = true;
+            }
+            "CHAP_A" => {
+                if !matches!(self.auth, Auth::WaitAlgorithm) {
+                    return Err(status::INITIATOR_ERROR);
+                }
+                let alg = v.split(',').filter_map(|a| text::number(a, 0, 255)).find_map(Algorithm::from_code);
+                let Some(alg) = alg else {
+                    text::push(out, "CHAP_A", "Reject");
+                    return Err(status::AUTH_FAILURE);
+                };
+                let id = chap::random(1)[0];
+                let challenge = chap::random(alg.digest_len().max(16));
+                text::push(out, "CHAP_A", &alg.code().to_string());
+                text::push(out, "CHAP_I", &id.to_string());
+                text::push(out, "CHAP_C", &text::hex(&challenge));
+                self.auth = Auth::WaitResponse { alg, id, challenge };
+            }
+            "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" => {
+                // Checked together after the whole request (`chap_response`).
+                if !matches!(self.auth, Auth::WaitResponse { .. }) {
+                    return Err(status::INITIATOR_ERROR);
+                }
+                self.seen.retain(|s| s != k);
+                self.chap_pairs.retain(|(x, _)| x != k);
+                self.chap_pairs.push((k.to_string(), v.to_string()));
+            }
+            _ if security && k.starts_with("CHAP_") => return Err(status::INITIATOR_ERROR),
+            _ => self.operational(k, v, out)?,
+        }
+        Ok(())
+    }
+
+
+    /// Check the initiator's CHAP response and answer a mutual challenge.
+    fn chap_response(&mut self, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+        let pairs = std::mem::take(&mut self.chap_pairs);
+        let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let Auth::WaitResponse { alg, id, challenge } = std::mem::replace(&mut self.auth, Auth::Pending) else {
+            return Err(status::INITIATOR_ERROR);
+        };
+        let (Some(name), Some(resp)) = (get("CHAP_N"), get("CHAP_R")) else {
+            return Err(status::AUTH_FAILURE);
+        };
+        let resp = text::binary(resp).ok_or(status::AUTH_FAILURE)?;
+        let secret = config::lock().secret(self.chap.chap_group, name).ok_or_else(|| {
+            tracing::info!("login: CHAP user {name:?} unknown in auth group {}", self.chap.chap_group);
+            status::AUTH_FAILURE
+        })?;
+        let want = alg.response(id, secret.secret.as_bytes(), &challenge);
+        if !chap::same(&want, &resp) {
+            tracing::info!("login: CHAP response of {name:?} does not match");
+            return Err(status::AUTH_FAILURE);
+        }
+        match (get("CHAP_I"), get("CHAP_C")) {
+            (Some(i), Some(c)) => {
+                let i = text::number(i, 0, 255).ok_or(status::AUTH_FAILURE)? as u8;
+                let c = text::binary(c).ok_or(status::AUTH_FAILURE)?;
+                if c == challenge || c.is_empty() || c.len() > 1024 {
+                    // A reflected or absurd challenge.
+                    return Err(status::AUTH_FAILURE);
+                }
+                let (Some(muser), Some(msecret)) = (secret.muser.as_deref(), secret.msecret.as_deref()) else {
+                    return Err(status::AUTH_FAILURE);
+                };
+                text::push(out, "CHAP_N", muser);
+                text::push(out, "CHAP_R", &text::hex(&alg.response(i, msecret.as_bytes(), &c)));
+            }
+            (None, None) if self.chap.mutual_chap => return Err(status::AUTH_FAILURE),
+            (None, None) => {}
+            _ => return Err(status::AUTH_FAILURE),
+        }
+        self.auth = Auth::Done;
+        Ok(())
+    }
+
+    /// Operational keys (RFC 7143 13).
+    fn operational(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+        let p = &mut self.params;
+        let discovery = self.ident.as_ref().is_some_and(|i| i.session_type == SessionType::Discovery);
+        let reply: String = match k {
+            "HeaderDigest" | "DataDigest" => {
+                let required = if k == "HeaderDigest" { self.require_header_digest } else { self.require_data_digest };
+                let pick = v.split(',').find(|d| *d == "CRC32C" || (*d == "None" && !required));
+                match pick {
+                    Some(d) => {
+                        let on = d == "CRC32C";
+                        if k == "HeaderDigest" {
+                            p.header_digest = on;
+                        } else {
+                            p.data_digest = on;
+                        }
+                        d.to_string()
+                    }
+                    None if v.split(',').all(|d| d == "None" || d == "CRC32C") => return Err(status::INITIATOR_ERROR),
+                    None => "Reject".into(),
+                }
+            }
+            "MaxRecvDataSegmentLength" => {
+                // Declarative: what we may send.
+                match text::number(v, 512, (1 << 24) - 1) {
+                    Some(n) => {
+                        p.max_send_seg = n as u32;
+                        return Ok(());
+                    }
+                    None => "Reject".into(),
+                }
+            }
+            "MaxBurstLength" | "FirstBurstLength" => match text::number(v, 512, (1 << 24) - 1) {
+                Some(n) if !discovery => {
+                    let ours = if k == "MaxBurstLength" { 1 << 20 } else { p.first_burst.max(512) as u64 };
+                    let r = n.min(ours) as u32;
+                    if k == "MaxBurstLength" {
+                        p.max_burst = r;
+                    } else {
+                        p.first_burst = r;
+                    }
+                    r.to_string()
+                }
+                Some(_) => "Irrelevant".into(),
+                None => "Reject".into(),
+            },
+            "ImmediateData" | "InitialR2T" | "DataPDUInOrder" | "DataSequenceInOrder" => match text::boolean(v) {
+                Some(b) if !discovery => {
+                    let r = match k {
+                        "ImmediateData" => {
+                            p.immediate_data &= b;
+                            p.immediate_data
+                        }
+                        // OR with our No: unsolicited data is welcome.
+                        "InitialR2T" => {
+                            p.initial_r2t = b;
+                            b
+                        }
+                        // OR with our Yes: data arrives in order.
+                        "DataPDUInOrder" => {
+                            p.data_pdu_in_order = true;
+                            true
+                        }
+                        _ => {
+                            p.data_sequence_in_order = true;
+                            true
+                        }
+                    };
+                    bool_str(r).into()
+                }
+                Some(_) => "Irrelevant".into(),
+                None => "Reject".into(),
+            },
+            "MaxOutstandingR2T" => match text::number(v, 1, 65535) {
+                Some(n) if !discovery => {
+                    p.max_outstanding_r2t = (n as u32).min(config::lock().options.max_r2t_per_connection.max(1));
+                    p.max_outstanding_r2t.to_string()
+                }
+                Some(_) => "Irrelevant".into(),
+                None => "Reject".into(),
+            },
+            "MaxConnections" => match text::number(v, 1, 65535) {
+                Some(n) if !discovery => {
+                    p.max_connections = p.max_connections.min(n as u32).max(1);
+                    p.max_connections.to_string()
+                }
+                Some(_) => "Irrelevant".into(),
+                None => "Reject".into(),
+            },
+            "DefaultTime2Wait" => match text::number(v, 0, 3600) {
+                Some(n) => {
+                    p.default_time2wait = p.default_time2wait.max(n as u32);
+                    p.default_time2wait.to_string()
+                }
+                None => "Reject".into(),
+            },
+            "DefaultTime2Retain" => match text::number(v, 0, 3600) {
+                Some(n) => {
+                    p.default_time2retain = p.default_time2retain.min(n as u32);
+                    p.default_time2retain.to_string()
+                }
+                None => "Reject".into(),
+            },
+            "ErrorRecoveryLevel" => match text::number(v, 0, 2) {
+                Some(_) => {
+                    p.error_recovery_level = 0;
+                    "0".into()
+                }
+                None => "Reject".into(),
+            },
+            "OFMarker" | "IFMarker" => match text::boolean(v) {
+                Some(_) => "No".into(),
+                None => "Reject".into(),
+            },
+            "OFMarkInt" | "IFMarkInt" => "Irrelevant".into(),
+            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
+                // Keys only a target may send.
+                return Err(status::INITIATOR_ERROR);
+            }
+            "SendTargets" => return Err(status::INITIATOR_ERROR),
+            _ => "NotUnderstood".into(),
+        };
+        text::push(out, k, &reply);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
