@@ -138,6 +138,8 @@ impl Reply {
 /// One connection's login.
 pub struct Login {
     ep: Endpoint,
+    our_first_burst: u32,
+    our_immediate: bool,
     stage: u8,
     first: bool,
     pub params: Params,
@@ -165,13 +167,17 @@ impl Login {
     pub fn new(ep: Endpoint) -> Login {
         let o = config::lock().options.clone();
         let mut params = Params::defaults();
-        params.first_burst = o.first_burst_length;
-        params.immediate_data = o.immediate_data;
+        // Unless negotiated, RFC 7143's defaults hold (FirstBurstLength
+        // 65536, ImmediateData Yes); our options bound what we agree to.
+        let our_first_burst = o.first_burst_length;
+        let our_immediate = o.immediate_data;
         params.max_connections = o.max_connections_per_session;
         params.default_time2wait = o.default_time2wait;
         params.default_time2retain = o.default_time2retain;
         Login {
             ep,
+            our_first_burst,
+            our_immediate,
             stage: SECURITY,
             first: true,
             params,
@@ -487,7 +493,7 @@ impl Login {
             }
             "MaxBurstLength" | "FirstBurstLength" => match text::number(v, 512, (1 << 24) - 1) {
                 Some(n) if !discovery => {
-                    let ours = if k == "MaxBurstLength" { 1 << 20 } else { p.first_burst.max(512) as u64 };
+                    let ours = if k == "MaxBurstLength" { 1 << 20 } else { self.our_first_burst.max(512) as u64 };
                     let r = n.min(ours) as u32;
                     if k == "MaxBurstLength" {
                         p.max_burst = r;
@@ -503,7 +509,7 @@ impl Login {
                 Some(b) if !discovery => {
                     let r = match k {
                         "ImmediateData" => {
-                            p.immediate_data &= b;
+                            p.immediate_data = b && self.our_immediate;
                             p.immediate_data
                         }
                         // OR with our No: unsolicited data is welcome.

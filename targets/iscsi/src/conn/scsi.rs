@@ -143,7 +143,7 @@ impl Conn {
         let read = h.flags & 0x40 != 0;
         let write = h.flags & 0x20 != 0;
         let edtl = h.w20.get();
-        if !data.is_empty() && (!write || !p.immediate_data || data.len() > p.first_burst as usize || data.len() > edtl as usize) {
+        if !data.is_empty() && (!write || data.len() > p.first_burst as usize || data.len() > edtl as usize) {
             self.reject(h, reject::PROTOCOL_ERROR);
             return Ok(true);
         }

@@ -1,0 +1,278 @@
+//! Helpers for the iSCSI target's tests: a daemon exporting a malloc LUN
+//! on a free port, libiscsi URLs, and a small raw iSCSI initiator that can
+//! also send what a real one never would (malformed and out-of-order PDUs).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Daemon, DaemonOpts};
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port()
+}
+
+/// The target name of [`config`].
+pub fn target_iqn(name: &str) -> String {
+    format!("iqn.2016-06.io.spdk:{name}")
+}
+
+/// A config: a thin (malloc) LUN of `mib` MiB behind target `name` on
+/// 127.0.0.1:`port`, open to any initiator; `extra` calls appended to the
+/// iscsi subsystem (auth groups and the like come before the target).
+pub fn config(port: u16, name: &str, mib: u64, chap: Option<Value>) -> Value {
+    let mut iscsi = vec![
+        json!({"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}}),
+        json!({"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["127.0.0.1/8"]}}),
+    ];
+    let mut target = json!({"name": name, "alias_name": "Pollux test", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+        "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 64});
+    if let Some(c) = chap {
+        iscsi.push(json!({"method": "iscsi_create_auth_group", "params": {"tag": 1, "secrets": [c]}}));
+        target["chap_group"] = json!(1);
+        target["require_chap"] = json!(true);
+    }
+    iscsi.push(json!({"method": "iscsi_create_target_node", "params": target}));
+    json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": mib * 2048, "block_size": 512}}
+        ]},
+        {"subsystem": "iscsi", "config": iscsi}
+    ]})
+}
+
+/// Start pollux-tgt on `cpumask` with [`config`].
+pub fn start(cpumask: &str, cfg: Value) -> Daemon {
+    Daemon::start(DaemonOpts { cpumask: cpumask.into(), config: Some(cfg), ..Default::default() })
+}
+
+/// A libiscsi URL for LUN 0 of `name`.
+pub fn url(port: u16, name: &str, auth: Option<(&str, &str)>) -> String {
+    match auth {
+        Some((u, p)) => format!("iscsi://{u}%{p}@127.0.0.1:{port}/{}/0", target_iqn(name)),
+        None => format!("iscsi://127.0.0.1:{port}/{}/0", target_iqn(name)),
+    }
+}
+
+/// Result of a libiscsi compliance run, split the way CUnit does not.
+#[derive(Debug, Default, Clone)]
+pub struct Compliance {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// Parse `iscsi-test-cu` verbose output. A test failed if CUnit printed
+/// FAILED as its verdict (lines like `[FAILED] ...` are a helper's own
+/// report, not the verdict); it was skipped if it printed `[SKIPPED]`.
+pub fn parse_cunit(out: &str) -> Compliance {
+    let mut r = Compliance::default();
+    let mut suite = String::new();
+    let mut cur: Option<(String, Vec<String>)> = None;
+    let finish = |c: Option<(String, Vec<String>)>, r: &mut Compliance| {
+        let Some((name, lines)) = c else { return };
+        let failed = lines.iter().any(|l| {
+            let t = l.trim_end();
+            !t.contains("[FAILED]") && (t == "FAILED" || t.ends_with("...FAILED") || t.ends_with(" FAILED") && !t.contains('['))
+        });
+        if failed {
+            r.failed.push(name);
+        } else if lines.iter().any(|l| l.contains("[SKIPPED]")) {
+            r.skipped.push(name);
+        } else if lines.iter().any(|l| l.contains("passed")) {
+            r.passed.push(name);
+        } else {
+            r.failed.push(format!("{name} (no verdict)"));
+        }
+    };
+    for line in out.lines() {
+        if let Some(s) = line.strip_prefix("Suite: ") {
+            finish(cur.take(), &mut r);
+            suite = s.trim().to_string();
+            continue;
+        }
+        if line.starts_with("Run Summary") {
+            finish(cur.take(), &mut r);
+            continue;
+        }
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("Test: ") {
+            finish(cur.take(), &mut r);
+            let (name, tail) = rest.split_once(" ...").unwrap_or((rest, ""));
+            cur = Some((format!("{suite}.{name}"), vec![tail.to_string()]));
+            continue;
+        }
+        if let Some((_, lines)) = cur.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    finish(cur.take(), &mut r);
+    r
+}
+
+// ---- a raw initiator ----
+
+/// A raw iSCSI connection (no digests, default segment sizes).
+pub struct RawConn {
+    pub s: TcpStream,
+    pub cmd_sn: u32,
+    pub exp_stat_sn: u32,
+    pub itt: u32,
+}
+
+/// A received PDU: header and data.
+#[derive(Debug, Clone)]
+pub struct RawPdu {
+    pub bhs: [u8; 48],
+    pub data: Vec<u8>,
+}
+
+impl RawPdu {
+    pub fn opcode(&self) -> u8 {
+        self.bhs[0] & 0x3f
+    }
+    pub fn u32_at(&self, at: usize) -> u32 {
+        u32::from_be_bytes(self.bhs[at..at + 4].try_into().unwrap())
+    }
+}
+
+pub fn keys(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (k, val) in pairs {
+        v.extend_from_slice(k.as_bytes());
+        v.push(b'=');
+        v.extend_from_slice(val.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+impl RawConn {
+    pub fn connect(port: u16) -> RawConn {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the target");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        RawConn { s, cmd_sn: 1, exp_stat_sn: 0, itt: 1 }
+    }
+
+    /// Send a header (48 bytes) and data, padded.
+    pub fn send(&mut self, mut bhs: [u8; 48], data: &[u8]) -> std::io::Result<()> {
+        let n = (data.len() as u32).to_be_bytes();
+        bhs[5..8].copy_from_slice(&n[1..]);
+        let mut buf = bhs.to_vec();
+        buf.extend_from_slice(data);
+        buf.resize(buf.len() + (4 - data.len() % 4) % 4, 0);
+        self.s.write_all(&buf)
+    }
+
+    /// Receive one PDU (`None` when the target closed the connection).
+    pub fn recv(&mut self) -> Option<RawPdu> {
+        let mut bhs = [0u8; 48];
+        self.s.read_exact(&mut bhs).ok()?;
+        let ahs = bhs[4] as usize * 4;
+        let dlen = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
+        let mut rest = vec![0u8; ahs + dlen + (4 - dlen % 4) % 4];
+        self.s.read_exact(&mut rest).ok()?;
+        let data = rest[ahs..ahs + dlen].to_vec();
+        if bhs[0] & 0x3f != 0x25 || bhs[1] & 0x01 != 0 {
+            // Everything but Data-In without status carries a StatSN.
+            self.exp_stat_sn = u32::from_be_bytes(bhs[24..28].try_into().unwrap()).wrapping_add(1);
+        }
+        Some(RawPdu { bhs, data })
+    }
+
+    /// Log in (normal session to `target`, or discovery if `None`) with
+    /// the given extra keys, straight through operational negotiation.
+    pub fn login(&mut self, initiator: &str, target: Option<&str>, isid_tail: u8) -> RawPdu {
+        let mut h = [0u8; 48];
+        h[0] = 0x40 | 0x03;
+        h[1] = 0x80 | (1 << 2) | 3;
+        h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, isid_tail]);
+        h[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        h[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        let mut k: Vec<(&str, &str)> = vec![("InitiatorName", initiator)];
+        match target {
+            Some(t) => k.extend([("SessionType", "Normal"), ("TargetName", t)]),
+            None => k.push(("SessionType", "Discovery")),
+        }
+        k.extend([("HeaderDigest", "None"), ("DataDigest", "None"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"), ("MaxRecvDataSegmentLength", "65536")]);
+        self.send(h, &keys(&k)).expect("send login");
+        self.itt += 1;
+        self.recv().expect("login response")
+    }
+
+    /// A SCSI Command PDU header.
+    pub fn scsi_header(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool) -> [u8; 48] {
+        let mut h = [0u8; 48];
+        h[0] = 0x01;
+        h[1] = 0x80 | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 0x01;
+        h[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        h[20..24].copy_from_slice(&edtl.to_be_bytes());
+        h[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        h[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        h[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.itt += 1;
+        self.cmd_sn += 1;
+        h
+    }
+
+    /// WRITE(10) of `data` (whole blocks) at `lba`, answering R2Ts.
+    /// Returns the SCSI status.
+    pub fn write10(&mut self, lba: u32, data: &[u8]) -> Option<u8> {
+        let blocks = (data.len() / 512) as u16;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let h = self.scsi_header(&cdb, data.len() as u32, false, true);
+        let imm = data.len().min(8192);
+        self.send(h, &data[..imm]).ok()?;
+        loop {
+            let p = self.recv()?;
+            match p.opcode() {
+                0x31 => {
+                    // R2T: send the asked-for range in one Data-Out.
+                    let off = p.u32_at(40) as usize;
+                    let len = p.u32_at(44) as usize;
+                    let mut d = [0u8; 48];
+                    d[0] = 0x05;
+                    d[1] = 0x80;
+                    d[16..20].copy_from_slice(&p.bhs[16..20]);
+                    d[20..24].copy_from_slice(&p.bhs[20..24]);
+                    d[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+                    d[40..44].copy_from_slice(&(off as u32).to_be_bytes());
+                    self.send(d, &data[off..off + len]).ok()?;
+                }
+                0x21 => return Some(p.bhs[3]),
+                _ => {}
+            }
+        }
+    }
+
+    /// READ(10) of `blocks` at `lba`: (status, data).
+    pub fn read10(&mut self, lba: u32, blocks: u16) -> Option<(u8, Vec<u8>)> {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let h = self.scsi_header(&cdb, blocks as u32 * 512, true, false);
+        self.send(h, &[]).ok()?;
+        let mut data = Vec::new();
+        loop {
+            let p = self.recv()?;
+            match p.opcode() {
+                0x25 => {
+                    data.extend_from_slice(&p.data);
+                    if p.bhs[1] & 0x01 != 0 {
+                        return Some((p.bhs[3], data));
+                    }
+                }
+                0x21 => return Some((p.bhs[3], data)),
+                _ => {}
+            }
+        }
+    }
+}
