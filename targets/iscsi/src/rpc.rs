@@ -392,7 +392,7 @@ pub fn register(m: &Methods) {
             Err(e) => r.err(e),
         }
     });
-    m.register("iscsi_create_auth_group", States::RUNTIME, |p: CreateAuthGroup, r: Responder| {
+    m.register("iscsi_create_auth_group", States::ANY, |p: CreateAuthGroup, r: Responder| {
         let mut cfg = config::lock();
         if p.tag <= 0 {
             return r.err(einval("tag must be above 0"));
@@ -408,7 +408,7 @@ pub fn register(m: &Methods) {
         cfg.auth_groups.insert(p.tag, AuthGroup { tag: p.tag, secrets: p.secrets });
         r.ok(true)
     });
-    m.register("iscsi_delete_auth_group", States::RUNTIME, |p: Tag, r: Responder| {
+    m.register("iscsi_delete_auth_group", States::ANY, |p: Tag, r: Responder| {
         let mut cfg = config::lock();
         match cfg.auth_groups.remove(&p.tag) {
             Some(_) => r.ok(true),
@@ -419,7 +419,7 @@ pub fn register(m: &Methods) {
         let cfg = config::lock();
         r.ok(cfg.auth_groups.values().map(auth_json).collect::<Vec<_>>())
     });
-    m.register("iscsi_auth_group_add_secret", States::RUNTIME, |p: AddSecret, r: Responder| {
+    m.register("iscsi_auth_group_add_secret", States::ANY, |p: AddSecret, r: Responder| {
         let mut cfg = config::lock();
         let s = Secret { user: p.user, secret: p.secret, muser: p.muser, msecret: p.msecret };
         if let Err(e) = check_secret(&s) {
@@ -432,7 +432,7 @@ pub fn register(m: &Methods) {
         g.secrets.push(s);
         r.ok(true)
     });
-    m.register("iscsi_auth_group_remove_secret", States::RUNTIME, |p: RemoveSecret, r: Responder| {
+    m.register("iscsi_auth_group_remove_secret", States::ANY, |p: RemoveSecret, r: Responder| {
         let mut cfg = config::lock();
         let Some(g) = cfg.auth_groups.get_mut(&p.tag) else { return r.err(RpcError::errno(libc::ENODEV, format!("auth group {} not found", p.tag))) };
         let n = g.secrets.len();
@@ -670,10 +670,11 @@ pub fn register(m: &Methods) {
 pub fn write_config(out: &mut ConfigWriter) {
     let cfg = config::lock();
     out.call("iscsi_set_options", &cfg.options);
-    out.call("iscsi_set_discovery_auth", cfg.discovery);
+    // Auth groups first: discovery and node CHAP settings name them.
     for a in cfg.auth_groups.values() {
         out.call("iscsi_create_auth_group", json!({"tag": a.tag, "secrets": a.secrets}));
     }
+    out.call("iscsi_set_discovery_auth", cfg.discovery);
     for pg in cfg.portal_groups.values() {
         out.call("iscsi_create_portal_group", json!({"tag": pg.tag, "portals": pg.portals, "private": pg.private, "wait": pg.wait}));
         if let Some(d) = pg.discovery {
