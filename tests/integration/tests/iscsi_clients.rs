@@ -103,6 +103,30 @@ fn libiscsi_tools_qemu_chap_and_spdk_rpc_work() {
     for m in ["iscsi_set_options", "iscsi_set_discovery_auth", "iscsi_create_auth_group", "iscsi_create_portal_group", "iscsi_create_initiator_group", "iscsi_create_target_node"] {
         assert!(methods.contains(&m), "{m} missing from save_config: {methods:?}");
     }
+    // pollux-rpc takes rpc.py's forms too: a header-digest target on its own
+    // portal group, reached with digests, and absent from the first group's
+    // discovery.
+    let port2 = iscsi_host::free_port();
+    let prpc = |args: &[&str]| ok_stdout(&args.join(" "), &pollux_tests::pollux_rpc(&d.socket, args));
+    prpc(&["iscsi_create_portal_group", "9", &format!("127.0.0.1:{port2}")]);
+    prpc(&["iscsi_create_initiator_group", "9", "ANY", "127.0.0.1/32"]);
+    prpc(&["bdev_malloc_create", "-b", "Malloc9", "8", "512"]);
+    prpc(&["iscsi_create_target_node", "digest", "Digests", "Malloc9:0", "9:9", "16", "-H"]);
+    prpc(&["bdev_malloc_create", "-b", "Malloc10", "8", "512"]);
+    prpc(&["iscsi_create_target_node", "datadigest", "DataDigests", "Malloc10:0", "9:9", "16", "-D"]);
+    prpc(&["iscsi_create_auth_group", "3", "-c", "user:u1 secret:s1 muser:m1 msecret:ms1,user:u2 secret:s2"]);
+    assert!(prpc(&["iscsi_get_auth_groups"]).contains("\"msecret\": \"ms1\""));
+    let ls9 = ok_stdout("discovery on pg 9", &run(Command::new(libiscsi("iscsi-ls")).arg(format!("iscsi://127.0.0.1:{port2}"))));
+    assert!(ls9.contains(&target_iqn("digest")) && !ls9.contains(&target_iqn("open")), "{ls9}");
+    let inq9 = ok_stdout("digests", &run(Command::new(libiscsi("iscsi-inq")).arg(iscsi_host::url(port2, "digest", None))));
+    assert!(inq9.contains("Vendor:POLLUX"));
+    // libiscsi offers no data digest: a target that requires one refuses it.
+    let dd = run(Command::new(libiscsi("iscsi-inq")).arg(iscsi_host::url(port2, "datadigest", None)));
+    assert!(!dd.status.success() && String::from_utf8_lossy(&dd.stderr).contains("Initiator error"), "{dd:?}");
+    prpc(&["iscsi_delete_target_node", &target_iqn("digest")]);
+    prpc(&["iscsi_delete_target_node", &target_iqn("datadigest")]);
+    prpc(&["iscsi_delete_portal_group", "9"]);
+
     let conns = j(&["iscsi_get_connections"]);
     assert!(conns.as_array().unwrap().is_empty(), "{conns}");
 

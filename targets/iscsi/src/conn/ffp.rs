@@ -307,7 +307,9 @@ impl Conn {
                 "" => s.target.as_deref() == Some(t.name.as_str()),
                 name => name.eq_ignore_ascii_case(&t.name),
             };
-            if !wanted {
+            // Only targets reachable through the portal group this
+            // connection came in on, and that this initiator may see.
+            if !wanted || !cfg.allowed(t, self.ep.portal_group, &s.initiator, &self.ep.peer.ip()) {
                 continue;
             }
             let mut addrs = Vec::new();
