@@ -72,9 +72,10 @@ struct State {
     block: usize,
     mdts: u8,
     sgl: bool,
-    pub hold_io: bool,
-    pub refuse_abort: bool,
-    pub fail_next_io: Option<Status>,
+    oncs: u16,
+    hold_io: bool,
+    refuse_abort: bool,
+    fail_next_io: Option<Status>,
     gone: bool,
     held: Vec<Held>,
     counters: Counters,
@@ -102,6 +103,7 @@ impl FakeController {
                 block,
                 mdts,
                 sgl,
+                oncs: oncs::COMPARE | oncs::DATASET_MANAGEMENT | oncs::WRITE_ZEROES,
                 hold_io: false,
                 refuse_abort: false,
                 fail_next_io: None,
@@ -114,6 +116,11 @@ impl FakeController {
 
     fn st(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The optional NVM commands Identify Controller reports (before bring-up).
+    pub fn set_oncs(&self, oncs: u16) {
+        self.st().oncs = oncs;
     }
 
     pub fn set_hold_io(&self, on: bool) {
@@ -296,7 +303,7 @@ impl State {
                         set_ascii_field(&mut id.fr, "1.0");
                         id.mdts = self.mdts;
                         id.nn.set(self.disks.len() as u32);
-                        id.oncs.set(oncs::COMPARE | oncs::DATASET_MANAGEMENT | oncs::WRITE_ZEROES);
+                        id.oncs.set(self.oncs);
                         id.sgls.set(u32::from(self.sgl));
                         id.sqes = 0x66;
                         id.cqes = 0x44;

@@ -185,6 +185,8 @@ struct Inner {
     next_timeout_check: u64,
     retry_connect_at: u64,
     sgl: bool,
+    /// Unmap as Write Zeroes with DEAC (when the controller has it).
+    unmap_with_zeroes: bool,
     stats: QueueStats,
     label: String,
 }
@@ -218,6 +220,7 @@ impl QueuePair {
             }
         };
         let sgl = ctrl.supports_sgl();
+        let ctrl_wz = ctrl.supports_write_zeroes();
         let inner = Rc::new(RefCell::new(Inner {
             ctrl,
             qid,
@@ -235,6 +238,7 @@ impl QueuePair {
             next_timeout_check: 0,
             retry_connect_at: 0,
             sgl,
+            unmap_with_zeroes: ctrl_wz,
             stats: QueueStats::default(),
             label,
         }));
@@ -596,6 +600,16 @@ impl Inner {
                 let n = left.min(MAX_ZEROES_BLOCKS);
                 cmd.set_slba(lba);
                 cmd.set_nlb(n as u32);
+                n
+            }
+            Op::Deallocate if self.unmap_with_zeroes => {
+                // Write Zeroes with DEAC: deallocated, and guaranteed to read
+                // back as zeroes whatever DLFEAT promises.
+                let n = left.min(MAX_ZEROES_BLOCKS);
+                cmd.opcode = io::WRITE_ZEROES;
+                cmd.set_slba(lba);
+                cmd.set_nlb(n as u32);
+                cmd.cdw12.set(cmd.cdw12.get() | io::CDW12_DEAC);
                 n
             }
             Op::Deallocate => {

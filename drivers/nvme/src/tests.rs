@@ -31,8 +31,13 @@ struct Setup {
 }
 
 fn setup(name: &str, namespaces: usize, mdts: u8, sgl: bool, opts: ControllerOptions) -> Setup {
+    setup_with(name, namespaces, mdts, sgl, opts, |_| {})
+}
+
+fn setup_with(name: &str, namespaces: usize, mdts: u8, sgl: bool, opts: ControllerOptions, tune: impl FnOnce(&FakeController)) -> Setup {
     let h = Harness::new(1);
     let fake = Arc::new(FakeController::new(namespaces, 4096, 512, mdts, sgl));
+    tune(&fake);
     let regs: Arc<dyn Registers> = fake.clone();
     let ctrl = h.on(0, || Controller::start(name, regs, None, opts).expect("bring-up"));
     let c = ctrl.clone();
@@ -200,31 +205,46 @@ fn a_batch_of_submissions_rings_the_doorbell_once_and_the_queue_wraps() {
 
 #[test]
 fn write_zeroes_and_deallocate_read_back_zeroes() {
-    let s = setup("Zero", 1, 5, false, ControllerOptions::default());
-    let (d, ch) = open(&s, "Zeron1");
-    let out: Done = Rc::default();
-    let o = out.clone();
-    s.h.on(0, || d.write(&ch, [buf(64 << 10, 0xee)], 0, 128, record(&o, 1)));
-    run_until_done(&s, &out, 1);
-    let o = out.clone();
-    s.h.on(0, || {
-        d.write_zeroes(&ch, 0, 64, record(&o, 2));
-        d.unmap(&ch, 64, 32, record(&o, 3));
-        d.flush(&ch, 0, 128, record(&o, 4));
-    });
-    run_until_done(&s, &out, 4);
-    let o = out.clone();
-    s.h.on(0, || d.read(&ch, [buf(64 << 10, 0x55)], 0, 128, record(&o, 5)));
-    run_until_done(&s, &out, 5);
-    let done = out.borrow();
-    assert!(done.iter().all(|x| x.1 == IoStatus::Success), "{:?}", done.iter().map(|x| x.1).collect::<Vec<_>>());
-    let data = &done[4].2;
-    assert!(data[..96 * 512].iter().all(|&b| b == 0), "zeroed and deallocated blocks read as zeroes");
-    assert!(data[96 * 512..].iter().all(|&b| b == 0xee), "the rest is untouched");
-    assert_eq!(s.fake.counters(|c| c.opcodes.get(&io::DATASET_MANAGEMENT).copied()), Some(1));
-    assert_eq!(s.fake.counters(|c| c.opcodes.get(&io::FLUSH).copied()), Some(1));
-    drop(done);
-    s.h.on(0, move || drop((ch, d)));
+    // With Write Zeroes, unmap is Write Zeroes + DEAC; without, DSM deallocate.
+    for wz in [true, false] {
+        let name = if wz { "Zero" } else { "Dsm" };
+        let oncs = pollux_nvme_spec::identify::oncs::DATASET_MANAGEMENT | if wz { pollux_nvme_spec::identify::oncs::WRITE_ZEROES } else { 0 };
+        let s = setup_with(name, 1, 5, false, ControllerOptions::default(), |f| f.set_oncs(oncs));
+        let (d, ch) = open(&s, &format!("{name}n1"));
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.write(&ch, [buf(64 << 10, 0xee)], 0, 128, record(&o, 1)));
+        run_until_done(&s, &out, 1);
+        let o = out.clone();
+        s.h.on(0, || {
+            if wz {
+                d.write_zeroes(&ch, 0, 64, record(&o, 2));
+            } else {
+                d.unmap(&ch, 0, 64, record(&o, 2));
+            }
+            d.unmap(&ch, 64, 32, record(&o, 3));
+            d.flush(&ch, 0, 128, record(&o, 4));
+        });
+        run_until_done(&s, &out, 4);
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(64 << 10, 0x55)], 0, 128, record(&o, 5)));
+        run_until_done(&s, &out, 5);
+        let done = out.borrow();
+        assert!(done.iter().all(|x| x.1 == IoStatus::Success), "{:?}", done.iter().map(|x| x.1).collect::<Vec<_>>());
+        let data = &done[4].2;
+        assert!(data[..96 * 512].iter().all(|&b| b == 0), "zeroed and deallocated blocks read as zeroes");
+        assert!(data[96 * 512..].iter().all(|&b| b == 0xee), "the rest is untouched");
+        let count = |op| s.fake.counters(|c| c.opcodes.get(&op).copied().unwrap_or(0));
+        if wz {
+            assert_eq!((count(io::WRITE_ZEROES), count(io::DATASET_MANAGEMENT)), (2, 0));
+        } else {
+            assert_eq!((count(io::WRITE_ZEROES), count(io::DATASET_MANAGEMENT)), (0, 2));
+            assert!(!s.h.on(0, || bdev::get("Dsmn1").unwrap().supports(bdev::IoType::WriteZeroes)));
+        }
+        assert_eq!(count(io::FLUSH), 1);
+        drop(done);
+        s.h.on(0, move || drop((ch, d)));
+    }
 }
 
 #[test]
