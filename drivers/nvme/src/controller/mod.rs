@@ -359,8 +359,11 @@ impl Controller {
     /// Lock the admin queue, refusing when the controller cannot take admin
     /// commands.
     fn admin(&self) -> Result<MutexGuard<'_, AdminQueue>, NvmeError> {
+        let guard = lock(&self.admin);
+        // Checked under the lock: a shutdown or reset holds it while it
+        // changes the state.
         match self.state() {
-            State::Enabled => Ok(lock(&self.admin)),
+            State::Enabled => Ok(guard),
             s => Err(NvmeError::State(s.name())),
         }
     }
@@ -368,6 +371,10 @@ impl Controller {
     /// Check the controller's health (main reactor, periodically): a device
     /// that reads all ones is gone; CSTS.CFS asks for a reset.
     pub fn check_health(&self) -> Result<(), NvmeError> {
+        if self.pci.as_ref().is_some_and(VfioPci::release_requested) {
+            tracing::warn!("NVMe controller {}: the kernel asks for the device back (unbind or removal)", self.name);
+            return Err(NvmeError::Gone);
+        }
         let csts = self.regs.csts()?;
         if csts.device_gone() {
             return Err(NvmeError::Gone);

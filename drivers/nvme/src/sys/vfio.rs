@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pollux_core::dma::{self, DmaMapper, Iova, MapperId};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::bar::Bar;
 use crate::error::PciError;
@@ -17,6 +18,9 @@ use crate::pci::{PciAddress, PciFunction};
 /// `VFIO_PCI_BAR0_REGION_INDEX` and `VFIO_PCI_CONFIG_REGION_INDEX` (linux/vfio.h).
 const BAR0: u32 = 0;
 const CONFIG: u32 = 7;
+/// `VFIO_PCI_REQ_IRQ_INDEX`: the kernel asks the user to release the device
+/// (it is being unbound or removed).
+const REQ_IRQ: u32 = 4;
 /// `VFIO_REGION_INFO_FLAG_MMAP`.
 const REGION_FLAG_MMAP: u32 = 1 << 2;
 /// PCI command register and its bits.
@@ -50,6 +54,8 @@ pub struct VfioPci {
     // Drop order: the mapper is unregistered in `Drop`, then BAR0 is
     // unmapped, then the device and finally the container are closed.
     mapper: Option<MapperId>,
+    /// Signalled when the kernel wants the device back.
+    release_request: Option<EventFd>,
     bar0: Arc<Bar>,
     device: VfioDevice,
     _container: Arc<VfioContainer>,
@@ -78,8 +84,16 @@ impl VfioPci {
         // SAFETY: BAR0 of this VFIO device, with the offset and size VFIO
         // reported for it; only `Bar` accesses the mapping.
         let bar0 = unsafe { Bar::map(device.as_raw_fd(), device.get_region_offset(BAR0), len) }.map_err(|source| PciError::Io { addr, what: "map BAR0", source })?;
-        let mut pci = VfioPci { addr, mapper: None, bar0: Arc::new(bar0), device, _container: container.clone() };
+        let mut pci = VfioPci { addr, mapper: None, release_request: None, bar0: Arc::new(bar0), device, _container: container.clone() };
         pci.enable_bus_master()?;
+        // Hot removal: without this the kernel waits for us forever.
+        match EventFd::new(EFD_NONBLOCK) {
+            Ok(efd) => match pci.device.enable_irq(REQ_IRQ, vec![&efd]) {
+                Ok(()) => pci.release_request = Some(efd),
+                Err(e) => tracing::warn!("{addr}: no VFIO release requests ({e}); hot removal is seen only when the device vanishes"),
+            },
+            Err(e) => tracing::warn!("{addr}: eventfd: {e}"),
+        }
         dma::require_hugepages();
         let id = dma::register_mapper(Arc::new(ContainerMapper(container))).map_err(|e| PciError::Dma { addr, source: e })?;
         pci.mapper = Some(id);
@@ -88,6 +102,12 @@ impl VfioPci {
 
     pub fn address(&self) -> PciAddress {
         self.addr
+    }
+
+    /// Whether the kernel asked for the device back (unbind or removal)
+    /// since the last call.
+    pub fn release_requested(&self) -> bool {
+        self.release_request.as_ref().is_some_and(|e| e.read().is_ok_and(|n| n > 0))
     }
 
     /// BAR0: the controller's registers and doorbells.
@@ -157,6 +177,9 @@ impl VfioPci {
 
 impl Drop for VfioPci {
     fn drop(&mut self) {
+        if self.release_request.take().is_some() {
+            let _ = self.device.disable_irq(REQ_IRQ);
+        }
         if let Some(id) = self.mapper.take() {
             dma::unregister_mapper(id);
         }
