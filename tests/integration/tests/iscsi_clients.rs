@@ -278,3 +278,57 @@ fn bad_initiators_lose_only_their_own_connection() {
     assert!(d.call("spdk_get_version", None).is_ok(), "the daemon is healthy");
     let _ = keys(&[]);
 }
+
+#[test]
+fn nop_in_pings_find_dead_initiators_and_spare_live_ones() {
+    let port = iscsi_host::free_port();
+    let mut cfg = iscsi_host::config(port, "robust", 8, None);
+    cfg["subsystems"][1]["config"].as_array_mut().unwrap().insert(0, json!({"method": "iscsi_set_options", "params": {"nop_in_interval": 1, "nop_timeout": 2}}));
+    let _d = iscsi_host::start("0x1", cfg);
+    let mut dead = session(port, "iqn.2025-01.io.pollux:dead", 1);
+    let mut live = session(port, "iqn.2025-01.io.pollux:live", 2);
+    // The live initiator answers every NOP-In for a while.
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        live.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        if let Some(p) = live.recv() {
+            if p.opcode() == 0x20 {
+                assert_eq!(p.u32_at(16), 0xffff_ffff, "a target ping has no ITT");
+                pings += 1;
+                let mut h = [0u8; 48];
+                h[0] = 0x40;
+                h[1] = 0x80;
+                h[16..20].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+                h[20..24].copy_from_slice(&p.bhs[20..24]);
+                h[24..28].copy_from_slice(&live.cmd_sn.to_be_bytes());
+                live.send(h, &[]).unwrap();
+            }
+        }
+    }
+    assert!(pings >= 2, "pings seen: {pings}");
+    live.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(live.read10(0, 1).unwrap().0, 0, "the answering initiator keeps its session");
+    // The silent one got a ping and then lost its connection.
+    dead.s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut got_ping = false;
+    let closed = loop {
+        match dead.recv() {
+            Some(p) if p.opcode() == 0x20 => got_ping = true,
+            Some(_) => {}
+            None => break true,
+        }
+    };
+    assert!(got_ping && closed, "ping then silence");
+    // The target closes the socket (a read sees end of stream, not a timeout).
+    use std::io::Read;
+    dead.s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut b = [0u8; 64];
+    let n = loop {
+        match dead.s.read(&mut b) {
+            Ok(n) if n > 0 => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(n, Ok(0)), "the silent initiator's connection is closed: {n:?}");
+}

@@ -95,6 +95,10 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+// Connections and their groups are reactor-owned.
+static_assertions::assert_not_impl_any!(Conn: Send, Sync);
+static_assertions::assert_not_impl_any!(Group: Send, Sync);
+
 /// A reactor's connections.
 pub(crate) struct Group {
     epoll: Epoll,

@@ -1,6 +1,7 @@
 //! Login negotiation against hand-written requests.
 
 use super::*;
+use crate::chap::Algorithm;
 use crate::pdu::op;
 
 fn ep() -> Endpoint {
@@ -85,4 +86,71 @@ fn bad_values_get_reject_and_continuation_waits() {
     let p = pairs(&r);
     assert_eq!(get(&p, "MaxBurstLength"), Some("Reject"));
     assert_eq!(get(&p, "ImmediateData"), Some("Reject"));
+}
+
+#[test]
+fn mutual_chap_with_sha256_and_md5() {
+    // A target that requires mutual CHAP, with its auth group.
+    {
+        let mut cfg = config::lock();
+        cfg.auth_groups.insert(
+            901,
+            config::AuthGroup {
+                tag: 901,
+                secrets: vec![config::Secret { user: "u".into(), secret: "initiator-secret".into(), muser: Some("tgt".into()), msecret: Some("target-secret".into()) }],
+            },
+        );
+        cfg.initiator_groups.insert(901, config::InitiatorGroup { tag: 901, initiators: vec!["ANY".into()], netmasks: vec!["ANY".into()] });
+        let dev = pollux_scsi::Device::new("iqn.2025-01.io.pollux:chaptest");
+        cfg.targets.push(config::TargetNode {
+            name: "iqn.2025-01.io.pollux:chaptest".into(),
+            alias: String::new(),
+            pg_ig_maps: vec![(1, 901)],
+            luns: Vec::new(),
+            queue_depth: 8,
+            chap: config::ChapPolicy { disable_chap: false, require_chap: true, mutual_chap: true, chap_group: 901 },
+            header_digest: false,
+            data_digest: false,
+            device: dev,
+        });
+    }
+    for (alg, code) in [(Algorithm::Sha256, "7"), (Algorithm::Md5, "5")] {
+        let mut l = Login::new(ep());
+        let (h, d) = req(SECURITY << 2, "InitiatorName=iqn.i;TargetName=iqn.2025-01.io.pollux:chaptest;AuthMethod=None,CHAP");
+        let r = l.step(&h, &d);
+        assert_eq!(get(&pairs(&r), "AuthMethod"), Some("CHAP"));
+        let (h, d) = req(SECURITY << 2, &format!("CHAP_A={code},5"));
+        let r = l.step(&h, &d);
+        let p = pairs(&r);
+        assert_eq!(get(&p, "CHAP_A"), Some(code));
+        let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
+        let c = text::binary(get(&p, "CHAP_C").unwrap()).unwrap();
+        // Skipping ahead before answering the challenge fails.
+        let mut early = Login::new(ep());
+        let (h2, d2) = req(0x80 | (SECURITY << 2) | OPERATIONAL, "InitiatorName=iqn.i;TargetName=iqn.2025-01.io.pollux:chaptest;AuthMethod=None");
+        assert_eq!(early.step(&h2, &d2).status, status::AUTH_FAILURE);
+        // The right response with a mutual challenge.
+        let resp = text::hex(&alg.response(id, b"initiator-secret", &c));
+        let (h, d) = req(0x80 | (SECURITY << 2) | OPERATIONAL, &format!("CHAP_N=u;CHAP_R={resp};CHAP_I=9;CHAP_C=0x0102030405060708"));
+        let r = l.step(&h, &d);
+        assert!(!r.failed(), "{:?}", r.status);
+        let p = pairs(&r);
+        assert_eq!(get(&p, "CHAP_N"), Some("tgt"));
+        assert_eq!(get(&p, "CHAP_R").map(String::from), Some(text::hex(&alg.response(9, b"target-secret", &[1, 2, 3, 4, 5, 6, 7, 8]))));
+        assert_eq!(r.flags & 0x83, 0x81, "transit to operational");
+    }
+    // A wrong response, and a response without the required mutual part, fail.
+    for extra in ["", ";CHAP_I=9;CHAP_C=0x0102"] {
+        let mut l = Login::new(ep());
+        let (h, d) = req(SECURITY << 2, "InitiatorName=iqn.i;TargetName=iqn.2025-01.io.pollux:chaptest;AuthMethod=CHAP");
+        l.step(&h, &d);
+        let (h, d) = req(SECURITY << 2, "CHAP_A=5");
+        let r = l.step(&h, &d);
+        let p = pairs(&r);
+        let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
+        let c = text::binary(get(&p, "CHAP_C").unwrap()).unwrap();
+        let resp = if extra.is_empty() { text::hex(&Algorithm::Md5.response(id, b"initiator-secret", &c)) } else { text::hex(&Algorithm::Md5.response(id, b"wrong", &c)) };
+        let (h, d) = req(0x80 | (SECURITY << 2) | OPERATIONAL, &format!("CHAP_N=u;CHAP_R={resp}{extra}"));
+        assert_eq!(l.step(&h, &d).status, status::AUTH_FAILURE, "extra {extra:?}");
+    }
 }

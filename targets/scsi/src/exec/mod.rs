@@ -131,6 +131,9 @@ impl LunPort {
     }
 }
 
+// A port holds its reactor's channel: it never leaves that reactor.
+static_assertions::assert_not_impl_any!(LunPort: Send, Sync);
+
 /// How a command touches the medium, for reservation checks.
 fn access_of(cdb: &[u8; 16]) -> Access {
     use op::*;
