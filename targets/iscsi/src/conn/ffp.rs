@@ -149,13 +149,9 @@ impl Conn {
         let response = match function {
             tmf::ABORT_TASK => {
                 let rtt = h.w20.get();
-                if self.abort_where(|itt, _| itt == rtt) > 0 {
-                    tmf::COMPLETE
-                } else {
-                    // Not here: done already if its CmdSN is behind us.
-                    let ref_sn = h.w32.get();
-                    if Session::sn_lt(ref_sn, s.exp_cmd_sn.get()) { tmf::COMPLETE } else { tmf::NO_TASK }
-                }
+                // A task already answered no longer exists: the initiator
+                // has its response, so the abort did nothing.
+                if self.abort_where(|itt, _| itt == rtt) > 0 { tmf::COMPLETE } else { tmf::NO_TASK }
             }
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => match lun {
                 Some(l) if s.port(l).is_some() => {
