@@ -35,6 +35,8 @@ impl ChapArgs {
     }
 }
 
+// Variant names are the RPC method names.
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand, Debug)]
 #[command(rename_all = "snake_case")]
 pub enum Cmd {

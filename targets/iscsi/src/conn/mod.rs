@@ -85,7 +85,9 @@ pub struct Conn {
     want_write: Cell<bool>,
     closed: Cell<bool>,
     started: Instant,
-    /// Spare commands, reused.
+    /// Spare commands, reused: boxes, because the SCSI layer takes and
+    /// gives back boxed commands.
+    #[allow(clippy::vec_box)]
     pub(crate) free_cmds: RefCell<Vec<Box<IscsiCmd>>>,
 }
 
