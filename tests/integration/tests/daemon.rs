@@ -100,8 +100,14 @@ fn idle_cpu_in_interrupt_mode_is_under_two_percent() {
 }
 
 #[test]
-fn default_config_starts() {
+fn default_config_starts_and_exports_its_malloc_bdev() {
     let d = Daemon::start(DaemonOpts { extra: vec!["--default-config".into()], ..Default::default() });
-    assert!(d.call("framework_get_subsystems", None).is_ok());
+    let bdevs = d.call("bdev_get_bdevs", None).unwrap();
+    assert_eq!(bdevs[0]["name"], "Malloc0");
+    // A real iSCSI client sees the LUN on 127.0.0.1:3260.
+    let ls = pollux_tests::tool("iscsi-ls", "libiscsi-bin");
+    let out = std::process::Command::new(ls).args(["-s", "iscsi://127.0.0.1:3260"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("disk1") && text.contains("Lun:0"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(d.stop().code(), Some(0));
 }
