@@ -280,6 +280,7 @@ impl Conn {
                     st.rstart = 0;
                 }
                 let end = st.rend;
+                let room = st.rbuf.len() - end;
                 match (&self.stream).read(&mut st.rbuf[end..]) {
                     Ok(0) => {
                         drop(st);
@@ -288,6 +289,14 @@ impl Conn {
                     }
                     Ok(n) => {
                         st.rend += n;
+                        // A short read drained the socket: handle what came
+                        // and let epoll say when there is more (saves the
+                        // read that would only return EAGAIN).
+                        if n < room {
+                            drop(st);
+                            self.process();
+                            break;
+                        }
                         n
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -694,6 +703,19 @@ impl Conn {
     pub(crate) fn flush(&self) {
         if self.closed.get() {
             return;
+        }
+        // PDUs left in the receive buffer while all slots were busy: slots
+        // have freed up since (this runs after completions).
+        let pending_input = {
+            let st = self.st.borrow();
+            st.rstart < st.rend && !st.free.is_empty() && !st.terminating && st.move_to.is_none()
+        };
+        if pending_input {
+            self.process();
+            let move_to = self.st.borrow().move_to;
+            if let Some((r, subsystem_id, cntlid)) = move_to {
+                return self.move_to_reactor(r, subsystem_id, cntlid);
+            }
         }
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         if !deferred.is_empty() {
