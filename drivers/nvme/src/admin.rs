@@ -172,12 +172,16 @@ pub fn get_log_page(lid: u8, nsid: u32, len: usize) -> Command {
     c
 }
 
-/// Create I/O Completion Queue `qid` (physically contiguous, polled).
-pub fn create_io_cq(qid: u16, entries: u16, iova: u64) -> Command {
+/// Create I/O Completion Queue `qid` (physically contiguous), polled or
+/// signalling interrupt `vector`.
+pub fn create_io_cq(qid: u16, entries: u16, iova: u64, vector: Option<u16>) -> Command {
     let mut c = Command::new(admin::CREATE_IO_CQ);
     c.dptr.prp1.set(iova);
     c.cdw10.set(u32::from(qid) | (u32::from(entries - 1) << 16));
-    c.cdw11.set(queue::PC);
+    c.cdw11.set(match vector {
+        Some(v) => queue::PC | queue::IEN | (u32::from(v) << 16),
+        None => queue::PC,
+    });
     c
 }
 
@@ -230,8 +234,9 @@ mod tests {
         let c = create_io_sq(3, 256, 0x1000, 3);
         assert_eq!(c.cdw10.get(), 0x00ff_0003);
         assert_eq!(c.cdw11.get(), 0x0003_0001);
-        let c = create_io_cq(3, 256, 0x2000);
+        let c = create_io_cq(3, 256, 0x2000, None);
         assert_eq!(c.cdw11.get(), 1, "contiguous, interrupts off");
+        assert_eq!(create_io_cq(3, 256, 0x2000, Some(3)).cdw11.get(), 0x0003_0003, "vector 3, interrupts on");
         assert_eq!(abort(2, 9).cdw10.get(), 0x0009_0002);
         assert_eq!(format_nvm(1, 0x13, 1).cdw10.get(), 0x3 | (1 << 12) | (1 << 9));
         assert_eq!(get_features(feature::VOLATILE_WRITE_CACHE, feature::SELECT_DEFAULT, 0, 0).cdw10.get(), 0x106);

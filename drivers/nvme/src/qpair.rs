@@ -187,6 +187,9 @@ struct Inner {
     sgl: bool,
     /// Unmap as Write Zeroes with DEAC (when the controller has it).
     unmap_with_zeroes: bool,
+    /// The completion queue signals an MSI-X vector (interrupt mode): the
+    /// poller may report idle while commands are in flight.
+    interrupt: bool,
     stats: QueueStats,
     label: String,
 }
@@ -239,6 +242,7 @@ impl QueuePair {
             retry_connect_at: 0,
             sgl,
             unmap_with_zeroes: ctrl_wz,
+            interrupt: false,
             stats: QueueStats::default(),
             label,
         }));
@@ -248,6 +252,18 @@ impl QueuePair {
             Some(inner) => poll(&inner),
             None => PollStatus::Idle,
         });
+        let irq = {
+            let q = inner.borrow();
+            q.qid.and_then(|id| q.ctrl.queue_interrupt(id))
+        };
+        if let Some((_, fd)) = irq {
+            if reactor::interrupt_mode() {
+                match poller.add_wake_fd(fd, pollux_core::sys::Interest::READABLE) {
+                    Ok(()) => inner.borrow_mut().interrupt = true,
+                    Err(e) => tracing::warn!("NVMe {}: cannot wait for the queue's interrupt ({e}); polling", inner.borrow().label),
+                }
+            }
+        }
         QueuePair { inner, _poller: poller }
     }
 
@@ -379,7 +395,23 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
     }
     q.issue_pending();
     q.ring_sq();
-    (reaped > 0 || completed > 0 || q.inflight > 0 || !q.pending.is_empty() || !q.done.is_empty()).into()
+    let worked = reaped > 0 || completed > 0 || !q.pending.is_empty() || !q.done.is_empty();
+    if q.interrupt && q.connected.is_some() {
+        if worked {
+            return PollStatus::Busy;
+        }
+        // About to let the reactor sleep: clear the vector's signal, then
+        // look once more, so a completion posted meanwhile is not missed
+        // (one posted later signals the vector again).
+        if q.inflight > 0 {
+            if let Some(id) = q.qid {
+                q.ctrl.drain_interrupt(id);
+            }
+            return q.rings.as_ref().is_some_and(Rings::has_completion).into();
+        }
+        return PollStatus::Idle;
+    }
+    (worked || q.inflight > 0).into()
 }
 
 impl Inner {

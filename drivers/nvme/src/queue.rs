@@ -170,6 +170,12 @@ impl Rings {
         Some(cqe)
     }
 
+    /// Whether a new completion waits at the head (without consuming it).
+    pub fn has_completion(&self) -> bool {
+        let off = self.layout.cq_offset + usize::from(self.cq_head) * CQE_SIZE;
+        (self.mem.completion_status(off) & 1 != 0) == self.phase
+    }
+
     /// Write the CQ head doorbell if completions were consumed since the last one.
     #[inline]
     pub fn ring_cq(&mut self, regs: &dyn Registers) -> Result<bool, RegisterError> {

@@ -159,7 +159,7 @@ fn attach(p: Attach, r: Responder) {
     if super::controllers().iter().any(|c| c.address() == Some(addr)) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller with the provided trid (traddr: {addr}) already exists.")));
     }
-    let mut opts = ControllerOptions::default();
+    let mut opts = ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..Default::default() };
     if let Some(n) = p.num_io_queues {
         opts.num_io_queues = n;
     }

@@ -114,7 +114,8 @@ impl Controller {
     pub(crate) fn create_io_queues(&self, rings: &Rings) -> Result<(), NvmeError> {
         let qid = rings.qid;
         let entries = rings.entries();
-        self.admin_command(admin::create_io_cq(qid, entries, rings.cq_iova().0), DataDirection::None, &mut [], None)?;
+        let vector = self.queue_interrupt(qid).map(|(v, _)| v);
+        self.admin_command(admin::create_io_cq(qid, entries, rings.cq_iova().0, vector), DataDirection::None, &mut [], None)?;
         if let Err(e) = self.admin_command(admin::create_io_sq(qid, entries, rings.sq_iova().0, qid), DataDirection::None, &mut [], None) {
             let _ = self.admin_command(admin::delete_io_cq(qid), DataDirection::None, &mut [], None);
             return Err(e);

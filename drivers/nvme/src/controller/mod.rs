@@ -65,6 +65,9 @@ pub struct ControllerOptions {
     pub timeout_action: TimeoutAction,
     /// Time allowed to each admin command.
     pub admin_timeout: Duration,
+    /// Use MSI-X interrupts for I/O completion queues (interrupt mode: a
+    /// reactor sleeps until its queue's vector fires).
+    pub interrupts: bool,
 }
 
 impl Default for ControllerOptions {
@@ -75,6 +78,7 @@ impl Default for ControllerOptions {
             io_timeout: Some(Duration::from_secs(30)),
             timeout_action: TimeoutAction::Abort,
             admin_timeout: Duration::from_secs(10),
+            interrupts: false,
         }
     }
 }
@@ -163,7 +167,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Controller {
     /// Open the controller at `addr` through VFIO and bring it up.
     pub fn attach_pci(name: &str, addr: PciAddress, opts: ControllerOptions) -> Result<Arc<Controller>, NvmeError> {
-        let pci = VfioPci::open(addr)?;
+        let mut pci = VfioPci::open(addr)?;
+        if opts.interrupts {
+            // Before CC.EN = 1: one vector per I/O queue (vector = queue id).
+            let wanted = (reactor::count().max(1) + 1).min(65) as u32;
+            match pci.enable_msix(wanted) {
+                Ok(n) if n >= 2 => tracing::info!("{addr}: {n} MSI-X vectors for interrupt mode"),
+                Ok(_) => tracing::warn!("{addr}: no MSI-X; I/O queues are polled"),
+                Err(e) => tracing::warn!("{addr}: {e}; I/O queues are polled"),
+            }
+        }
         let regs: Arc<dyn Registers> = pci.bar0();
         Controller::start(name, regs, Some(pci), opts)
     }
@@ -336,6 +349,19 @@ impl Controller {
 
     pub(crate) fn registers(&self) -> &dyn Registers {
         &*self.regs
+    }
+
+    /// The interrupt vector of I/O queue `qid` and its eventfd, if the
+    /// queue signals one.
+    pub(crate) fn queue_interrupt(&self, qid: u16) -> Option<(u16, std::os::fd::RawFd)> {
+        self.pci.as_ref()?.msix_fd(qid).map(|fd| (qid, fd))
+    }
+
+    /// Clear the pending signal of I/O queue `qid`'s vector.
+    pub(crate) fn drain_interrupt(&self, qid: u16) {
+        if let Some(p) = &self.pci {
+            p.drain_msix(qid);
+        }
     }
 
     pub(crate) fn doorbell_stride(&self) -> u8 {

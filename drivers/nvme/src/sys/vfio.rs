@@ -21,6 +21,8 @@ const CONFIG: u32 = 7;
 /// `VFIO_PCI_REQ_IRQ_INDEX`: the kernel asks the user to release the device
 /// (it is being unbound or removed).
 const REQ_IRQ: u32 = 4;
+/// `VFIO_PCI_MSIX_IRQ_INDEX`.
+const MSIX_IRQ: u32 = 2;
 /// `VFIO_REGION_INFO_FLAG_MMAP`.
 const REGION_FLAG_MMAP: u32 = 1 << 2;
 /// PCI command register and its bits.
@@ -56,6 +58,8 @@ pub struct VfioPci {
     mapper: Option<MapperId>,
     /// Signalled when the kernel wants the device back.
     release_request: Option<EventFd>,
+    /// One eventfd per enabled MSI-X vector.
+    msix: Vec<EventFd>,
     bar0: Arc<Bar>,
     device: VfioDevice,
     _container: Arc<VfioContainer>,
@@ -84,7 +88,7 @@ impl VfioPci {
         // SAFETY: BAR0 of this VFIO device, with the offset and size VFIO
         // reported for it; only `Bar` accesses the mapping.
         let bar0 = unsafe { Bar::map(device.as_raw_fd(), device.get_region_offset(BAR0), len) }.map_err(|source| PciError::Io { addr, what: "map BAR0", source })?;
-        let mut pci = VfioPci { addr, mapper: None, release_request: None, bar0: Arc::new(bar0), device, _container: container.clone() };
+        let mut pci = VfioPci { addr, mapper: None, release_request: None, msix: Vec::new(), bar0: Arc::new(bar0), device, _container: container.clone() };
         pci.enable_bus_master()?;
         // Hot removal: without this the kernel waits for us forever.
         match EventFd::new(EFD_NONBLOCK) {
@@ -108,6 +112,38 @@ impl VfioPci {
     /// since the last call.
     pub fn release_requested(&self) -> bool {
         self.release_request.as_ref().is_some_and(|e| e.read().is_ok_and(|n| n > 0))
+    }
+
+    /// Enable up to `wanted` MSI-X vectors, each signalling an eventfd.
+    /// Must happen before the controller is enabled (CC.EN = 1): QEMU does
+    /// not deliver vectors enabled later. Returns how many were enabled.
+    pub fn enable_msix(&mut self, wanted: u32) -> Result<u32, PciError> {
+        let available = self.device.get_irq_info(MSIX_IRQ).map(|i| i.count).unwrap_or(0);
+        let n = wanted.min(available);
+        if n == 0 {
+            return Ok(0);
+        }
+        let fds = (0..n)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| PciError::Io { addr: self.addr, what: "create MSI-X eventfds", source })?;
+        self.device
+            .enable_irq(MSIX_IRQ, fds.iter().collect())
+            .map_err(|e| PciError::Vfio { addr: self.addr, what: "enable MSI-X", source: Box::new(e) })?;
+        self.msix = fds;
+        Ok(n)
+    }
+
+    /// The eventfd of MSI-X vector `v`, if enabled.
+    pub fn msix_fd(&self, v: u16) -> Option<std::os::fd::RawFd> {
+        self.msix.get(usize::from(v)).map(|e| e.as_raw_fd())
+    }
+
+    /// Clear the pending signal of vector `v`.
+    pub fn drain_msix(&self, v: u16) {
+        if let Some(e) = self.msix.get(usize::from(v)) {
+            let _ = e.read();
+        }
     }
 
     /// BAR0: the controller's registers and doorbells.
@@ -177,6 +213,10 @@ impl VfioPci {
 
 impl Drop for VfioPci {
     fn drop(&mut self) {
+        if !self.msix.is_empty() {
+            let _ = self.device.disable_irq(MSIX_IRQ);
+            self.msix.clear();
+        }
         if self.release_request.take().is_some() {
             let _ = self.device.disable_irq(REQ_IRQ);
         }
