@@ -35,3 +35,15 @@ pub use error::NvmfError;
 pub fn register(app: &mut App) {
     rpc::register(app);
 }
+
+#[cfg(test)]
+mod tests {
+    use static_assertions::assert_not_impl_any;
+
+    // Reactor-owned state cannot leave its reactor.
+    assert_not_impl_any!(crate::ctrlr::Controller: Send, Sync);
+    assert_not_impl_any!(crate::subsystem::Subsystem: Send, Sync);
+    assert_not_impl_any!(crate::target::Target: Send, Sync);
+    assert_not_impl_any!(crate::group::SubsystemView: Send, Sync);
+    assert_not_impl_any!(crate::transport::tcp::TcpTransport: Send, Sync);
+}

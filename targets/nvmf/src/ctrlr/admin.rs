@@ -161,8 +161,9 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id.mnan.set(s.config.max_namespaces);
     let oncs = identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES;
     id.oncs.set(oncs & !o.masked_oncs);
-    // A volatile write cache is present: Flush reaches the bdevs.
-    id.vwc = 1 | (0x3 << 1);
+    // A volatile write cache is present (Flush reaches the bdevs); a flush
+    // of all namespaces at once (NSID FFFFFFFFh) is not supported.
+    id.vwc = 1 | (0b10 << 1);
     id
 }
 

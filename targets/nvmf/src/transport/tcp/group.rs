@@ -106,6 +106,10 @@ pub(crate) fn adopt_moved(parts: ConnParts) {
 impl TcpGroup {
     fn add(&self, conn: Rc<Conn>) -> io::Result<()> {
         self.epoll.add(conn.fd(), Interest::READABLE, conn.id)?;
+        // The timeout checker only runs while there are connections.
+        if let Some(t) = self.pollers.borrow().get(1) {
+            t.resume();
+        }
         conn.count_open(&mut self.stats.borrow_mut());
         self.conns.borrow_mut().insert(conn.id, conn);
         Ok(())
@@ -120,6 +124,11 @@ impl TcpGroup {
         let c = self.conns.borrow_mut().remove(&id)?;
         let _ = self.epoll.delete(c.fd());
         c.count_close(&mut self.stats.borrow_mut());
+        if self.conns.borrow().is_empty() {
+            if let Some(t) = self.pollers.borrow().get(1) {
+                t.pause();
+            }
+        }
         Some(c)
     }
 
