@@ -30,6 +30,9 @@ JSON
 for qd in 1 32; do
     measure pollux_qd$qd "$BIN/pollux-perf" -c "$W/nvme.json" -q $qd -o 4096 -w randread -t "$T" --json
     grep -E '"(iops|avg_latency_us|p99_latency_us)"' "$W/pollux_qd$qd.out" | tail -3
+    # Interrupt mode: MSI-X completions, the reactor sleeps in between.
+    measure pollux_irq_qd$qd "$BIN/pollux-perf" -c "$W/nvme.json" -q $qd -o 4096 -w randread -t "$T" --json --interrupt-mode
+    grep -E '"(iops|avg_latency_us|p99_latency_us)"' "$W/pollux_irq_qd$qd.out" | tail -3
 done
 
 # Rebind the same controller to the kernel driver.
