@@ -61,7 +61,8 @@ fn wait_gone(dev: &str) {
 fn connect(digests: bool, host: &str) -> std::process::Output {
     let mut args = vec!["connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "-n", NQN, "--hostnqn", host];
     if digests {
-        args.extend(["--hdr-digest", "--data-digest"]);
+        // Digests, and SQ flow control off so reads end with C2H SUCCESS.
+        args.extend(["--hdr-digest", "--data-digest", "--disable-sqflow"]);
     }
     try_run("nvme", &args)
 }

@@ -290,9 +290,14 @@ impl Client {
 
     /// Fabrics Connect; returns the completion.
     pub fn fabrics_connect(&mut self, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str, kato: u32) -> Cqe {
+        self.fabrics_connect_with(qid, sqsize, cntlid, subnqn, hostnqn, kato, 0)
+    }
+
+    /// Fabrics Connect with connect attributes (bit 2: disable SQ flow control).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fabrics_connect_with(&mut self, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str, kato: u32, cattr: u8) -> Cqe {
         let cid = self.cid();
-        let sqe = Sqe::new(0x7f, cid).byte(4, 0x01).sgl_in_capsule(1024);
-        let mut sqe = sqe;
+        let mut sqe = Sqe::new(0x7f, cid).byte(4, 0x01).byte(46, cattr).sgl_in_capsule(1024);
         sqe.0[42..44].copy_from_slice(&qid.to_le_bytes());
         sqe.0[44..46].copy_from_slice(&sqsize.to_le_bytes());
         sqe.0[48..52].copy_from_slice(&kato.to_le_bytes());

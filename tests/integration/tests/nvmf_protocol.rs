@@ -164,6 +164,20 @@ fn admin_and_io_commands_with_and_without_digests() {
             assert!(r.ok() && back[2048..] == small[2048..], "the bad data was not written");
         }
         drop(q);
+        // With SQ flow control disabled, a successful read ends with a
+        // C2HData carrying SUCCESS and no CapsuleResp.
+        let mut q = Client::connect(port);
+        q.ic(hd, dd);
+        assert!(q.fabrics_connect_with(2, 63, cntlid, NQN, HOST_NQN, 0, 1 << 2).ok());
+        let cid = q.cid();
+        q.send_capsule(&Sqe::new(0x02, cid).nsid(1).dw(10, 16).dw(12, 7).sgl_transport(4096), &[]);
+        let p = q.recv().unwrap();
+        assert_eq!((p.kind, p.flags & 0x0c, p.data.len()), (C2H_DATA, 0x0c, 4096), "LAST_PDU and SUCCESS");
+        // The next thing on the wire answers the next command.
+        let cid = q.cid();
+        q.send_capsule(&Sqe::new(0x00, cid).nsid(1), &[]);
+        assert_eq!(q.recv().unwrap().cqe().cid, cid);
+        drop(q);
         drop(a);
     }
     let stats: Value = serde_json::from_str(&ok_stdout("nvmf_get_stats", &spdk_rpc(&d.socket, &["nvmf_get_stats"]))).unwrap();
@@ -171,7 +185,7 @@ fn admin_and_io_commands_with_and_without_digests() {
     assert_eq!(groups.len(), 2);
     let io: u64 = groups.iter().map(|g| g["io_qpairs"].as_u64().unwrap()).sum();
     let done: u64 = groups.iter().map(|g| g["completed_nvme_io"].as_u64().unwrap()).sum();
-    assert_eq!(io, 4, "{stats}");
+    assert_eq!(io, 8, "{stats}");
     assert!(done > 40, "{stats}");
     d.stop();
 }
