@@ -294,6 +294,19 @@ fn spawn_jobs(descs: &[Descriptor], p: &Params, once: bool) {
         }
     };
     let jobs = Rc::new(Jobs::default());
+    // Every slot's buffer, from the pool if it has them all, else carved
+    // from one region of their own (large I/O sizes, deep queues).
+    let need = if needs_buffer(p.workload) { p.qd as usize * descs.len() } else { 0 };
+    let mut bufs: Vec<DmaBuf> = (0..need).map_while(|_| pool.get(p.io_size as usize)).collect();
+    if bufs.len() < need {
+        bufs = match DmaBuf::alloc_many(p.io_size as usize, need) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("pollux-perf: no DMA memory for {need} buffers of {} bytes: {e}", p.io_size);
+                return;
+            }
+        };
+    }
     for d in descs {
         let b = d.bdev().clone();
         let io_blocks = p.io_size / b.block_size() as u64;
@@ -324,7 +337,7 @@ fn spawn_jobs(descs: &[Descriptor], p: &Params, once: bool) {
             reset_poller: RefCell::new(None),
         });
         for slot in 0..(if once { p.qd.min(units as u32) } else { p.qd }) {
-            let buf = if needs_buffer(p.workload) { Some(buffer(&pool, p.io_size as usize)) } else { None };
+            let buf = bufs.pop();
             job.submit(slot, buf);
         }
         if p.workload == Workload::Reset {
@@ -351,12 +364,4 @@ fn spawn_jobs(descs: &[Descriptor], p: &Params, once: bool) {
 
 fn needs_buffer(w: Workload) -> bool {
     !matches!(w, Workload::Unmap | Workload::Flush)
-}
-
-fn buffer(pool: &dma::BufPool, len: usize) -> DmaBuf {
-    match pool.get(len) {
-        Some(b) => b,
-        // Larger than a pool buffer (or the pool is short): a buffer of its own.
-        None => DmaBuf::alloc(len).expect("DMA memory for a perf buffer"),
-    }
 }

@@ -45,8 +45,18 @@ pub fn set_iobuf_options(o: IobufOptions) {
 /// Where a buffer goes when dropped.
 enum Home {
     Pool(Rc<Class>),
-    /// A buffer with a region of its own (queues, large one-off buffers).
-    Region(Arc<Region>),
+    /// A region of its own, shared by the buffers carved from it (queues,
+    /// large one-off buffers); released when the last of them goes.
+    Region { _owner: Rc<Owned> },
+}
+
+/// A region given back (unmapped from every IOMMU) when dropped.
+struct Owned(Arc<Region>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        super::release_region(&self.0);
+    }
 }
 
 /// A DMA buffer: memory a device may read or write, with its IOVA. Owned by
@@ -74,9 +84,31 @@ impl DmaBuf {
     pub fn alloc(len: usize) -> Result<DmaBuf, DmaError> {
         let region = allocate_region(len.max(1))?;
         let ptr = NonNull::new(region.as_ptr()).expect("region pointer");
+        let cap = region.len();
         // SAFETY: the region is at least `len` bytes, freshly mapped, ours.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
-        Ok(DmaBuf { ptr, len, cap: region.len(), home: Home::Region(region), zeroed: std::cell::Cell::new(true) })
+        Ok(DmaBuf { ptr, len, cap, home: Home::Region { _owner: Rc::new(Owned(region)) }, zeroed: std::cell::Cell::new(true) })
+    }
+
+    /// `count` zeroed buffers of `len` bytes each (page aligned) carved from
+    /// one region: many large buffers without a hugepage each.
+    pub fn alloc_many(len: usize, count: usize) -> Result<Vec<DmaBuf>, DmaError> {
+        let stride = len.max(1).div_ceil(4096) * 4096;
+        let region = allocate_region(stride * count.max(1))?;
+        let base = region.as_ptr();
+        // SAFETY: the region is at least stride * count bytes, fresh and ours.
+        unsafe { std::ptr::write_bytes(base, 0, stride * count) };
+        let owner = Rc::new(Owned(region));
+        Ok((0..count)
+            .map(|i| DmaBuf {
+                // SAFETY: i * stride + stride <= region length.
+                ptr: NonNull::new(unsafe { base.add(i * stride) }).expect("non-null"),
+                len,
+                cap: stride,
+                home: Home::Region { _owner: owner.clone() },
+                zeroed: std::cell::Cell::new(true),
+            })
+            .collect())
     }
 
     /// Fill the buffer with zeroes, skipping the work when it is known to
@@ -146,7 +178,7 @@ impl Drop for DmaBuf {
     fn drop(&mut self) {
         match &self.home {
             Home::Pool(c) => c.free.borrow_mut().push(self.ptr),
-            Home::Region(r) => super::release_region(r),
+            Home::Region { .. } => {} // the shared owner releases the region
         }
     }
 }

@@ -102,3 +102,18 @@ fn zero_skips_buffers_known_to_be_zero_and_any_write_forgets_it() {
     b.zero();
     assert_eq!(b[0], 0, "a write through as_ptr is noticed");
 }
+
+#[test]
+fn buffers_carved_from_one_region_release_it_with_the_last_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = stats().regions;
+    let mut bufs = DmaBuf::alloc_many(200_000, 4).unwrap();
+    assert_eq!(stats().regions, before + 1, "one region for all four");
+    assert!(bufs.iter().all(|b| b.len() == 200_000 && b.addr() % 4096 == 0));
+    assert!(bufs[1].addr() - bufs[0].addr() >= 200_000);
+    bufs[3][199_999] = 1;
+    bufs.truncate(1);
+    assert_eq!(stats().regions, before + 1, "still in use");
+    drop(bufs);
+    assert_eq!(stats().regions, before);
+}
