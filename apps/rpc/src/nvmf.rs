@@ -31,8 +31,11 @@ impl Address {
     }
 }
 
+/// rpc.py's method names are the command names, so every variant starts
+/// with `Nvmf`.
 #[derive(Subcommand, Debug)]
 #[command(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)]
 pub enum Cmd {
     /// Create an NVMe-oF transport (TCP)
     #[command(name = "nvmf_create_transport", rename_all = "kebab-case")]

@@ -400,7 +400,7 @@ fn keep_alive_stalled_r2t_and_namespace_change_events() {
     a.send_capsule(&Sqe::new(0x0c, aer), &[]);
     let cid = a.cid();
     a.send_capsule(&Sqe::new(0x08, cid).dw(10, u32::from(aer) << 16), &[]);
-    let mut got = vec![a.recv().unwrap().cqe(), a.recv().unwrap().cqe()];
+    let mut got = [a.recv().unwrap().cqe(), a.recv().unwrap().cqe()];
     got.sort_by_key(|c| c.cid == cid);
     assert_eq!((got[0].cid, sc(&got[0])), (aer, (0, 0x07)));
     assert_eq!((got[1].cid, got[1].dw0 & 1), (cid, 0), "aborted");
