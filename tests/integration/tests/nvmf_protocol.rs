@@ -446,3 +446,57 @@ fn keep_alive_stalled_r2t_and_namespace_change_events() {
     assert_eq!(ctrls, json!([]));
     d.stop();
 }
+
+#[test]
+fn requests_wait_for_data_buffers_when_the_pool_runs_dry() {
+    // Two large (128 KiB) buffers per reactor: eight 64 KiB writes sent at
+    // once must take turns, and all complete.
+    let port = free_port();
+    let config = json!({"subsystems": [
+        {"subsystem": "iobuf", "config": [{"method": "iobuf_set_options", "params": {"small_pool_count": 256, "large_pool_count": 2}}]},
+        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 32768, "block_size": BS}}]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "M0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { config: Some(config), ..Default::default() });
+    let (_a, cntlid) = Client::admin(port, NQN, 0, false, false);
+    let mut q = Client::io(port, NQN, cntlid, 1, false, false);
+    let len = 64 * 1024;
+    let blocks = (len / BS) as u32;
+    let mut cids = Vec::new();
+    for i in 0..8u32 {
+        let cid = q.cid();
+        cids.push(cid);
+        q.send_capsule(&Sqe::new(0x01, cid).nsid(1).dw(10, i * blocks).dw(12, blocks - 1).sgl_transport(len as u32), &[]);
+    }
+    let mut done = Vec::new();
+    while done.len() < 8 {
+        let p = q.recv().expect("R2T or completion");
+        match p.kind {
+            R2T => {
+                let cid = u16::from_le_bytes([p.header[8], p.header[9]]);
+                let ttag = u16::from_le_bytes([p.header[10], p.header[11]]);
+                let i = cids.iter().position(|&c| c == cid).unwrap() as u8;
+                q.send_h2c(cid, ttag, 0, &pattern(i, len), true);
+            }
+            CAPSULE_RESP => {
+                let c = p.cqe();
+                assert!(c.ok(), "{c:?}");
+                done.push(c.cid);
+            }
+            _ => panic!("unexpected {p:?}"),
+        }
+    }
+    for i in 0..8u32 {
+        let (r, back) = q.read(1, u64::from(i * blocks), blocks, BS);
+        assert!(r.ok() && back == pattern(i as u8, len), "write {i}");
+    }
+    // The pool did run dry on the way.
+    let stats = d.call("iobuf_get_stats", None).unwrap();
+    assert!(stats[0]["large_pool"]["retry"].as_u64().unwrap() > 0, "{stats}");
+    d.stop();
+}
