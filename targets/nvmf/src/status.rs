@@ -3,8 +3,8 @@
 //! Connect codes (NVMe over Fabrics 1.1, Figure 21), which share the
 //! command-specific code space.
 
-use pollux_nvme_spec::status::StatusCodeType::{CommandSpecific, Generic, MediaAndDataIntegrity};
 pub use pollux_nvme_spec::status::Status;
+use pollux_nvme_spec::status::StatusCodeType::{CommandSpecific, Generic, MediaAndDataIntegrity};
 
 const fn generic(sc: u8) -> Status {
     Status::new(Generic, sc).with_dnr()
@@ -71,8 +71,18 @@ mod tests {
     #[test]
     fn fabrics_statuses_encode_as_the_spec_says() {
         assert_eq!(INVALID_FIELD.to_completion_field(), 0x8004);
-        assert_eq!(CONNECT_INVALID_HOST.to_completion_field(), 0x8000 | (1 << 9) | (0x84 << 1));
+        assert_eq!(
+            CONNECT_INVALID_HOST.to_completion_field(),
+            0x8000 | (1 << 9) | (0x84 << 1)
+        );
         assert_eq!(TRANSIENT_TRANSPORT_ERROR.to_completion_field(), 0x22 << 1);
-        assert_eq!(ConnectError { in_data: true, offset: 256 }.dw0(), (256 << 16) | 1);
+        assert_eq!(
+            ConnectError {
+                in_data: true,
+                offset: 256
+            }
+            .dw0(),
+            (256 << 16) | 1
+        );
     }
 }

@@ -5,7 +5,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::target::Target;
 use crate::transport::Endpoint;
-use crate::wire::discovery::{adrfam, subtype, treq, trtype, LogEntry, LogHeader};
+use crate::wire::discovery::{LogEntry, LogHeader, adrfam, subtype, treq, trtype};
 use crate::wire::fabrics::{CNTLID_DYNAMIC, DISCOVERY_NQN};
 use crate::wire::{set_nul_field, set_space_field};
 
@@ -14,7 +14,11 @@ use super::Controller;
 fn entry(ep: &Endpoint, kind: u8, subnqn: &str, portid: u16, asqsz: u16) -> LogEntry {
     let mut e = LogEntry::new_zeroed();
     e.trtype = trtype::TCP;
-    e.adrfam = if ep.addr.is_ipv4() { adrfam::IPV4 } else { adrfam::IPV6 };
+    e.adrfam = if ep.addr.is_ipv4() {
+        adrfam::IPV4
+    } else {
+        adrfam::IPV6
+    };
     e.subtype = kind;
     e.treq = treq::SECURE_CHANNEL_NOT_REQUIRED;
     e.portid.set(portid);
@@ -40,7 +44,12 @@ pub fn discovery_log(target: &Target, c: &Controller) -> Vec<u8> {
         ports.push(*ep);
         (ports.len() - 1) as u16
     };
-    for s in target.subsystems.borrow().iter().filter(|s| !s.is_discovery()) {
+    for s in target
+        .subsystems
+        .borrow()
+        .iter()
+        .filter(|s| !s.is_discovery())
+    {
         if !s.host_allowed(&c.hostnqn) {
             continue;
         }

@@ -23,7 +23,7 @@ use pollux_nvme_spec::registers::{Cc, Csts};
 use crate::status::{self, Status};
 use crate::subsystem::Subsystem;
 use crate::transport::{Endpoint, TransportOpts};
-use crate::wire::fabrics::{property, PropertyCommand};
+use crate::wire::fabrics::{PropertyCommand, property};
 use crate::wire::identify::aen;
 
 pub use discovery::discovery_log;
@@ -45,13 +45,25 @@ pub struct Response {
 
 impl Response {
     pub fn ok() -> Response {
-        Response { status: status::SUCCESS, dw0: 0, dw1: 0 }
+        Response {
+            status: status::SUCCESS,
+            dw0: 0,
+            dw1: 0,
+        }
     }
     pub fn ok_dw0(dw0: u32) -> Response {
-        Response { status: status::SUCCESS, dw0, dw1: 0 }
+        Response {
+            status: status::SUCCESS,
+            dw0,
+            dw1: 0,
+        }
     }
     pub fn err(status: Status) -> Response {
-        Response { status, dw0: 0, dw1: 0 }
+        Response {
+            status,
+            dw0: 0,
+            dw1: 0,
+        }
     }
 }
 
@@ -111,13 +123,29 @@ pub struct Controller {
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("cntlid", &self.cntlid).field("subsystem", &self.subsystem.nqn()).field("host", &self.hostnqn).finish()
+        f.debug_struct("Controller")
+            .field("cntlid", &self.cntlid)
+            .field("subsystem", &self.subsystem.nqn())
+            .field("host", &self.hostnqn)
+            .finish()
     }
 }
 
 impl Controller {
-    pub fn new(cntlid: u16, subsystem: Rc<Subsystem>, hostnqn: String, hostid: [u8; 16], endpoint: Endpoint, opts: TransportOpts, kato: u32) -> Rc<Controller> {
-        let kato = if kato == 0 { 0 } else { kato.max(opts.min_kato) };
+    pub fn new(
+        cntlid: u16,
+        subsystem: Rc<Subsystem>,
+        hostnqn: String,
+        hostid: [u8; 16],
+        endpoint: Endpoint,
+        opts: TransportOpts,
+        kato: u32,
+    ) -> Rc<Controller> {
+        let kato = if kato == 0 {
+            0
+        } else {
+            kato.max(opts.min_kato)
+        };
         Rc::new(Controller {
             cntlid,
             subsystem,
@@ -163,7 +191,11 @@ impl Controller {
 
     /// I/O queues the host may connect (qid 1..=n).
     pub fn io_queue_limit(&self) -> u16 {
-        if self.io_queues_set.get() { self.io_queues.get() } else { self.opts.max_io_qpairs_per_ctrlr }
+        if self.io_queues_set.get() {
+            self.io_queues.get()
+        } else {
+            self.opts.max_io_qpairs_per_ctrlr
+        }
     }
 
     // ---- Properties ----
@@ -184,7 +216,11 @@ impl Controller {
             (property::CSTS, false) => u64::from(self.csts.get()),
             _ => return Response::err(status::INVALID_FIELD),
         };
-        Response { status: status::SUCCESS, dw0: v as u32, dw1: (v >> 32) as u32 }
+        Response {
+            status: status::SUCCESS,
+            dw0: v as u32,
+            dw1: (v >> 32) as u32,
+        }
     }
 
     /// Property Set: only CC is writable.
@@ -220,7 +256,11 @@ impl Controller {
 
     /// Set Features Keep Alive Timer.
     pub fn set_kato(self: &Rc<Self>, ms: u32) {
-        let ms = if ms == 0 { 0 } else { ms.max(self.opts.min_kato) };
+        let ms = if ms == 0 {
+            0
+        } else {
+            ms.max(self.opts.min_kato)
+        };
         self.kato.set(ms);
         self.keep_alive();
         self.arm_keep_alive();
@@ -235,10 +275,18 @@ impl Controller {
         let me = Rc::downgrade(self);
         let period = Duration::from_millis(u64::from(kato / 4).clamp(50, 1000));
         let p = reactor::register_timed_poller("nvmf_keep_alive", period, move || {
-            let Some(c) = me.upgrade() else { return PollStatus::Idle };
+            let Some(c) = me.upgrade() else {
+                return PollStatus::Idle;
+            };
             let limit = Duration::from_millis(u64::from(c.kato.get()));
             if c.last_keep_alive.get().elapsed() > limit {
-                tracing::warn!("nvmf: controller {} of {} (host {}): keep alive timeout of {} ms expired", c.cntlid, c.subsystem.nqn(), c.hostnqn, c.kato.get());
+                tracing::warn!(
+                    "nvmf: controller {} of {} (host {}): keep alive timeout of {} ms expired",
+                    c.cntlid,
+                    c.subsystem.nqn(),
+                    c.hostnqn,
+                    c.kato.get()
+                );
                 c.destroy("keep alive timeout expired");
                 return PollStatus::Busy;
             }
@@ -289,7 +337,12 @@ impl Controller {
             a.close(reason);
         }
         self.subsystem.controllers.borrow_mut().remove(&self.cntlid);
-        tracing::info!("nvmf: controller {} of {} (host {}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), self.hostnqn);
+        tracing::info!(
+            "nvmf: controller {} of {} (host {}) destroyed: {reason}",
+            self.cntlid,
+            self.subsystem.nqn(),
+            self.hostnqn
+        );
     }
 
     // ---- Asynchronous events ----
@@ -350,25 +403,41 @@ impl Controller {
                 }
             }
         }
-        if self.aec.get() & crate::wire::identify::ctrlr::OAES_NS_ATTRIBUTE == 0 || self.ns_notice_masked.replace(true) {
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_NS_ATTRIBUTE == 0
+            || self.ns_notice_masked.replace(true)
+        {
             return;
         }
-        self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_NS_ATTRIBUTE_CHANGED, pollux_nvme_spec::log::lid::CHANGED_NAMESPACE_LIST));
+        self.events.borrow_mut().push_back(aen::dw0(
+            aen::TYPE_NOTICE,
+            aen::INFO_NS_ATTRIBUTE_CHANGED,
+            pollux_nvme_spec::log::lid::CHANGED_NAMESPACE_LIST,
+        ));
         self.deliver_events();
     }
 
     /// The discovery log changed (discovery controllers only).
     pub fn notify_discovery_change(&self) {
-        if self.aec.get() & crate::wire::identify::ctrlr::OAES_DISCOVERY_LOG_CHANGE == 0 || self.discovery_notice_masked.replace(true) {
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_DISCOVERY_LOG_CHANGE == 0
+            || self.discovery_notice_masked.replace(true)
+        {
             return;
         }
-        self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_DISCOVERY_LOG_CHANGE, crate::wire::discovery::LOG_ID));
+        self.events.borrow_mut().push_back(aen::dw0(
+            aen::TYPE_NOTICE,
+            aen::INFO_DISCOVERY_LOG_CHANGE,
+            crate::wire::discovery::LOG_ID,
+        ));
         self.deliver_events();
     }
 
     /// Read (and, unless `retain`, clear) the changed namespace list.
     pub fn take_changed_ns(&self, retain: bool) -> Vec<u32> {
-        let list = if retain { self.changed_ns.borrow().clone() } else { std::mem::take(&mut *self.changed_ns.borrow_mut()) };
+        let list = if retain {
+            self.changed_ns.borrow().clone()
+        } else {
+            std::mem::take(&mut *self.changed_ns.borrow_mut())
+        };
         if !retain {
             self.ns_notice_masked.set(false);
         }

@@ -66,7 +66,16 @@ struct Slot {
 
 impl Slot {
     fn new() -> Slot {
-        Slot { generation: 0, state: SlotState::Free, cmd: Command::default(), dir: DataDir::None, len: 0, received: 0, bufs: Vec::with_capacity(4), error: None }
+        Slot {
+            generation: 0,
+            state: SlotState::Free,
+            cmd: Command::default(),
+            dir: DataDir::None,
+            len: 0,
+            received: 0,
+            bufs: Vec::with_capacity(4),
+            error: None,
+        }
     }
 }
 
@@ -75,7 +84,11 @@ enum Queue {
     /// Before a successful Connect.
     Unbound,
     Admin(Rc<Controller>),
-    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16 },
+    Io {
+        view: Rc<SubsystemView>,
+        subsystem_id: u32,
+        cntlid: u16,
+    },
 }
 
 /// What an I/O queue pair carries when it moves to another reactor.
@@ -142,7 +155,12 @@ pub(crate) struct Conn {
 
 fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
     let nslots = opts.max_queue_depth.max(opts.max_aq_depth as u16) as usize;
-    let cap = 2 * Framing { max_in_capsule: opts.in_capsule_data_size.max(fabrics_data_len()), max_h2c_data: MAX_H2C_DATA, ..framing }.max_pdu_len();
+    let cap = 2 * Framing {
+        max_in_capsule: opts.in_capsule_data_size.max(fabrics_data_len()),
+        max_h2c_data: MAX_H2C_DATA,
+        ..framing
+    }
+    .max_pdu_len();
     State {
         framing,
         c2h,
@@ -175,14 +193,32 @@ fn fabrics_data_len() -> u32 {
 
 /// How long a host may leave an R2T unanswered.
 fn data_timeout(kato_ms: u32) -> Duration {
-    if kato_ms == 0 { Duration::from_secs(30) } else { Duration::from_millis(u64::from(kato_ms.max(1000))) }
+    if kato_ms == 0 {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_millis(u64::from(kato_ms.max(1000)))
+    }
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>, group: Weak<TcpGroup>) -> Rc<Conn> {
+    pub(crate) fn new(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ep: Endpoint,
+        shared: Rc<TcpShared>,
+        group: Weak<TcpGroup>,
+    ) -> Rc<Conn> {
         let opts = shared.opts.clone();
-        let framing = Framing::initial(opts.in_capsule_data_size.max(fabrics_data_len()), MAX_H2C_DATA);
-        let c2h = C2hFraming { header_digest: false, data_digest: false, data_alignment: 4 };
+        let framing = Framing::initial(
+            opts.in_capsule_data_size.max(fabrics_data_len()),
+            MAX_H2C_DATA,
+        );
+        let c2h = C2hFraming {
+            header_digest: false,
+            data_digest: false,
+            data_alignment: 4,
+        };
         let st = new_state(&opts, framing, c2h);
         Rc::new_cyclic(|me| Conn {
             id,
@@ -210,7 +246,11 @@ impl Conn {
         st.sq_head = p.sq_head;
         st.sq_flow_off = p.sq_flow_off;
         st.data_timeout = p.data_timeout;
-        st.queue = Queue::Io { view: crate::group::subsystem(p.subsystem_id), subsystem_id: p.subsystem_id, cntlid: p.cntlid };
+        st.queue = Queue::Io {
+            view: crate::group::subsystem(p.subsystem_id),
+            subsystem_id: p.subsystem_id,
+            cntlid: p.cntlid,
+        };
         Ok(Rc::new_cyclic(|me| Conn {
             id: p.id,
             stream: p.stream,
@@ -253,6 +293,16 @@ impl Conn {
         }
     }
 
+    /// Commands with the controller or a bdev now.
+    pub(crate) fn executing(&self) -> u64 {
+        self.st
+            .borrow()
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Executing)
+            .count() as u64
+    }
+
     fn mark_dirty(&self) {
         if let Some(g) = self.group.upgrade() {
             g.mark_dirty(self.id);
@@ -267,7 +317,10 @@ impl Conn {
         while !self.closed.get() && total < READ_BUDGET {
             let n = {
                 let mut st = self.st.borrow_mut();
-                if st.terminating || st.move_to.is_some() || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
+                if st.terminating
+                    || st.move_to.is_some()
+                    || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT
+                {
                     break;
                 }
                 if st.rstart == st.rend {
@@ -376,12 +429,21 @@ impl Conn {
                 st.framing.connected = true;
                 st.framing.header_digest = hd;
                 st.framing.data_digest = dd;
-                st.c2h = C2hFraming { header_digest: hd, data_digest: dd, data_alignment: (usize::from(ic.hpda) + 1) * 4 };
+                st.c2h = C2hFraming {
+                    header_digest: hd,
+                    data_digest: dd,
+                    data_alignment: (usize::from(ic.hpda) + 1) * 4,
+                };
                 pdu::ic_resp(&mut st.wbuf, ic.dgst, MAX_H2C_DATA);
                 Ok(())
             }
             Pdu::H2cTermReq(t) => {
-                tracing::warn!("nvmf: host {} terminated the connection (fatal error status {:#x}, field {})", self.peer, t.fes.get(), t.fei.get());
+                tracing::warn!(
+                    "nvmf: host {} terminated the connection (fatal error status {:#x}, field {})",
+                    self.peer,
+                    t.fes.get(),
+                    t.fei.get()
+                );
                 st.terminating = true;
                 Ok(())
             }
@@ -434,10 +496,21 @@ impl Conn {
                 }
                 if !get_buffers(&mut st.slots[idx as usize], self.opts.io_unit_size) {
                     // Retryable: the pool is empty and the data cannot wait.
-                    return self.respond(st, idx, Response::err(status::Status::new(pollux_nvme_spec::status::StatusCodeType::Generic, 0x06)));
+                    return self.respond(
+                        st,
+                        idx,
+                        Response::err(status::Status::new(
+                            pollux_nvme_spec::status::StatusCodeType::Generic,
+                            0x06,
+                        )),
+                    );
                 }
                 let slot = &mut st.slots[idx as usize];
-                copy_into(&mut slot.bufs, 0, &data[off as usize..off as usize + len as usize]);
+                copy_into(
+                    &mut slot.bufs,
+                    0,
+                    &data[off as usize..off as usize + len as usize],
+                );
                 slot.received = len;
                 self.execute(st, idx)
             }
@@ -485,24 +558,50 @@ impl Conn {
         }
     }
 
-    fn on_h2c_data(&self, st: &mut State, hdr: &pdu::DataHeader, data: &[u8], data_ok: bool) -> Result<(), Fatal> {
+    fn on_h2c_data(
+        &self,
+        st: &mut State,
+        hdr: &pdu::DataHeader,
+        data: &[u8],
+        data_ok: bool,
+    ) -> Result<(), Fatal> {
         let echo = size_of::<pdu::DataHeader>();
         let idx = hdr.ttag.get();
         let Some(slot) = st.slots.get_mut(idx as usize) else {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_TTAG,
+                echo,
+            });
         };
         if slot.state != SlotState::Receiving {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_TTAG,
+                echo,
+            });
         }
         if slot.cmd.cid.get() != hdr.cccid.get() {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_CCCID, echo });
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_CCCID,
+                echo,
+            });
         }
         let datao = hdr.datao.get();
         if datao != slot.received {
-            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAO, echo });
+            return Err(Fatal {
+                fes: Fes::DataOutOfRange,
+                fei: pdu::DataHeader::OFFSET_DATAO,
+                echo,
+            });
         }
         if u64::from(datao) + data.len() as u64 > u64::from(slot.len) {
-            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAL, echo });
+            return Err(Fatal {
+                fes: Fes::DataOutOfRange,
+                fei: pdu::DataHeader::OFFSET_DATAL,
+                echo,
+            });
         }
         copy_into(&mut slot.bufs, datao as usize, data);
         slot.received += data.len() as u32;
@@ -512,7 +611,11 @@ impl Conn {
         let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
         let complete = slot.received == slot.len;
         if last != complete {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::CommonHeader::OFFSET_FLAGS, echo });
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::CommonHeader::OFFSET_FLAGS,
+                echo,
+            });
         }
         st.last_data = Instant::now();
         if complete {
@@ -572,7 +675,9 @@ impl Conn {
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
-                if let Some(r) = nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
+                if let Some(r) =
+                    nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag })
+                {
                     self.respond(st, idx, r);
                 }
             }
@@ -586,14 +691,23 @@ impl Conn {
             (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
             (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
             (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
-            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
-            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => {
+                c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
+            }
+            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => {
+                c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
+            }
             (fabrics::fctype::DISCONNECT, Queue::Io { .. }) => {
                 self.respond(st, idx, Response::ok());
                 st.terminating = true;
                 return;
             }
-            (fabrics::fctype::PROPERTY_GET | fabrics::fctype::PROPERTY_SET | fabrics::fctype::DISCONNECT, _) => Response::err(status::INVALID_FIELD),
+            (
+                fabrics::fctype::PROPERTY_GET
+                | fabrics::fctype::PROPERTY_SET
+                | fabrics::fctype::DISCONNECT,
+                _,
+            ) => Response::err(status::INVALID_FIELD),
             _ => Response::err(status::INVALID_OPCODE),
         };
         self.respond(st, idx, r)
@@ -602,10 +716,14 @@ impl Conn {
     fn connect(&self, st: &mut State, idx: u16, raw: &[u8; 64]) {
         let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
         let slot = &st.slots[idx as usize];
-        if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() || slot.bufs.len() != 1 {
+        if slot.dir != DataDir::HostToController
+            || slot.len as usize != size_of::<ConnectData>()
+            || slot.bufs.len() != 1
+        {
             return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
         }
-        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()]).expect("1024 bytes");
+        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()])
+            .expect("1024 bytes");
         let (Ok(target), Some(shared)) = (crate::target::target(), self.shared.clone()) else {
             return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
         };
@@ -626,10 +744,21 @@ impl Conn {
             Connected::Io { ctrlr, qid } => {
                 st.data_timeout = data_timeout(ctrlr.kato_ms());
                 let r = shared.pick_reactor();
-                ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::group::close_conn });
+                ctrlr.add_io_qpair(
+                    qid,
+                    IoQpairRef {
+                        reactor: r,
+                        id: self.id,
+                        close: super::group::close_conn,
+                    },
+                );
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
-                    st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
+                    st.queue = Queue::Io {
+                        view: crate::group::subsystem(sid),
+                        subsystem_id: sid,
+                        cntlid: ctrlr.cntlid,
+                    };
                     if let Some(g) = self.group.upgrade() {
                         let mut s = g.stats.borrow_mut();
                         // Counted as admin when accepted; it is an I/O queue.
@@ -786,7 +915,10 @@ impl Conn {
         if st.receiving > 0 && st.last_data.elapsed() > st.data_timeout {
             let t = st.data_timeout;
             drop(st);
-            tracing::warn!("nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair", self.peer);
+            tracing::warn!(
+                "nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair",
+                self.peer
+            );
             self.close("the host stopped sending solicited data");
             return true;
         }
@@ -796,7 +928,9 @@ impl Conn {
     // ---- Move and close ----
 
     fn move_to_reactor(&self, r: ReactorId, subsystem_id: u32, cntlid: u16) {
-        let Some(g) = self.group.upgrade() else { return };
+        let Some(g) = self.group.upgrade() else {
+            return;
+        };
         let Some(me) = g.remove(self.id) else { return };
         drop(me);
         // Counted as an admin queue when accepted; the new reactor counts it
@@ -849,12 +983,23 @@ impl Conn {
         let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
         let qid = self.st.borrow().qid;
         match queue {
-            Queue::Unbound => tracing::debug!("nvmf: connection from {} closed: {reason}", self.peer),
+            Queue::Unbound => {
+                tracing::debug!("nvmf: connection from {} closed: {reason}", self.peer)
+            }
             Queue::Admin(c) => c.destroy(&format!("admin queue closed: {reason}")),
-            Queue::Io { subsystem_id, cntlid, .. } => {
-                tracing::debug!("nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}", self.peer);
+            Queue::Io {
+                subsystem_id,
+                cntlid,
+                ..
+            } => {
+                tracing::debug!(
+                    "nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}",
+                    self.peer
+                );
                 let id = self.id;
-                reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
+                reactor::send_msg(ReactorId(0), move || {
+                    io_qpair_closed(subsystem_id, cntlid, qid, id)
+                });
             }
         }
     }
@@ -862,7 +1007,9 @@ impl Conn {
 
 /// On the main reactor: forget a closed I/O queue pair.
 fn io_qpair_closed(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
-    let Ok(t) = crate::target::target() else { return };
+    let Ok(t) = crate::target::target() else {
+        return;
+    };
     if let Some(s) = t.find_id(subsystem_id) {
         if let Some(c) = s.controllers.borrow().get(&cntlid) {
             c.io_qpair_closed(qid, id);
@@ -890,7 +1037,9 @@ impl IoSink for Conn {
         let idx = (tag & 0xffff) as u16;
         let generation = (tag >> 16) as u16;
         let mut st = self.st.borrow_mut();
-        let Some(slot) = st.slots.get_mut(idx as usize) else { return };
+        let Some(slot) = st.slots.get_mut(idx as usize) else {
+            return;
+        };
         if slot.generation != generation || slot.state != SlotState::Executing {
             return;
         }
