@@ -294,12 +294,13 @@ impl Conn {
         // Read until the socket is empty or the buffer full, then parse.
         loop {
             let len = self.rx_len.get();
-            let got = {
+            let (got, room) = {
                 let mut rx = self.rx.borrow_mut();
                 if len == rx.len() {
                     break;
                 }
-                (&self.stream).read(&mut rx[len..])
+                let room = rx.len() - len;
+                ((&self.stream).read(&mut rx[len..]), room)
             };
             match got {
                 Ok(0) => return self.close(Close::Gone),
@@ -308,6 +309,12 @@ impl Conn {
                     self.st.borrow_mut().last_rx = Instant::now();
                     if !self.process_rx() {
                         return;
+                    }
+                    if n < room {
+                        // A short read drained the socket; the (level
+                        // triggered) epoll set says when more arrives, so
+                        // skip the read that would only say EAGAIN.
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

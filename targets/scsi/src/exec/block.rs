@@ -27,7 +27,8 @@ fn check_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(), Sense> {
 }
 
 fn write_protected(lun: &Lun) -> bool {
-    !lun.writable() || lun.lock().mode.swp
+    // The mode page's SWP is mirrored in an atomic: no lock per write.
+    !lun.writable() || lun.software_write_protect.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn data_protect() -> Sense {

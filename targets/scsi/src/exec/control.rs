@@ -244,6 +244,7 @@ fn mode_select<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
                 s.mode = next;
                 lun.descriptor_sense.store(next.d_sense, Ordering::Relaxed);
                 lun.write_cache.store(next.wce, Ordering::Relaxed);
+                lun.software_write_protect.store(next.swp, Ordering::Relaxed);
                 lun.raise_ua(&mut s, Asc::MODE_PARAMETERS_CHANGED, Some(port.nexus()));
             }
             drop(s);

@@ -144,6 +144,8 @@ pub struct Lun {
     /// Mirrors of mode parameters the I/O path reads.
     pub(crate) descriptor_sense: AtomicBool,
     pub(crate) write_cache: AtomicBool,
+    /// Software write protect (control mode page SWP).
+    pub(crate) software_write_protect: AtomicBool,
     /// The LU was removed (its bdev is going away).
     removed: AtomicBool,
 }
@@ -164,6 +166,7 @@ impl Lun {
             ident,
             descriptor_sense: AtomicBool::new(mode.d_sense),
             write_cache: AtomicBool::new(mode.wce),
+            software_write_protect: AtomicBool::new(mode.swp),
             shared: Mutex::new(Shared { pr: PrState::default(), reserve6: None, mode, nexuses: HashMap::new(), copies: HashMap::new() }),
             desc,
             reserved: AtomicBool::new(false),
@@ -292,6 +295,7 @@ impl Lun {
             s.mode = ModeParams::default();
             self.descriptor_sense.store(s.mode.d_sense, Ordering::Relaxed);
             self.write_cache.store(s.mode.wce, Ordering::Relaxed);
+            self.software_write_protect.store(s.mode.swp, Ordering::Relaxed);
         }
         self.update_reserved(&s);
         let asc = if cold { Asc::POWER_ON_OCCURRED } else { Asc::DEVICE_RESET_OCCURRED };
