@@ -334,6 +334,11 @@ impl Conn {
                 }
                 let end = st.rend;
                 let room = st.rbuf.len() - end;
+                if room == 0 {
+                    // Full of PDUs waiting for request slots: read more
+                    // once completions free some (see `flush`).
+                    break;
+                }
                 match (&self.stream).read(&mut st.rbuf[end..]) {
                     Ok(0) => {
                         drop(st);
