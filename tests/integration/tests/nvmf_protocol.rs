@@ -495,6 +495,22 @@ fn requests_wait_for_data_buffers_when_the_pool_runs_dry() {
         let (r, back) = q.read(1, u64::from(i * blocks), blocks, BS);
         assert!(r.ok() && back == pattern(i as u8, len), "write {i}");
     }
+    // A host that sends more commands than the queue holds is served as
+    // slots free up (the rest wait in the receive buffer).
+    let mut burst = Vec::new();
+    for _ in 0..300 {
+        let cid = q.cid();
+        burst.extend_from_slice(&{
+            let mut b = vec![CAPSULE_CMD, 0, 72, 0];
+            b.extend_from_slice(&72u32.to_le_bytes());
+            b.extend_from_slice(&Sqe::new(0x00, cid).nsid(1).0);
+            b
+        });
+    }
+    q.send_raw(&burst);
+    for _ in 0..300 {
+        assert!(q.recv().expect("completion").cqe().ok());
+    }
     // The pool did run dry on the way.
     let stats = d.call("iobuf_get_stats", None).unwrap();
     assert!(stats[0]["large_pool"]["retry"].as_u64().unwrap() > 0, "{stats}");
