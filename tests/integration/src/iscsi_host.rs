@@ -139,6 +139,21 @@ impl RawPdu {
     }
 }
 
+/// Sense key, ASC and ASCQ of a SCSI Response carrying fixed or
+/// descriptor format sense data.
+pub fn sense_of(p: &RawPdu) -> Option<(u8, u8, u8)> {
+    if p.opcode() != 0x21 || p.data.len() < 2 {
+        return None;
+    }
+    let len = u16::from_be_bytes([p.data[0], p.data[1]]) as usize;
+    let s = p.data.get(2..2 + len)?;
+    match s.first()? & 0x7f {
+        0x70 | 0x71 if s.len() >= 14 => Some((s[2] & 0x0f, s[12], s[13])),
+        0x72 | 0x73 if s.len() >= 4 => Some((s[1] & 0x0f, s[2], s[3])),
+        _ => None,
+    }
+}
+
 pub fn keys(pairs: &[(&str, &str)]) -> Vec<u8> {
     let mut v = Vec::new();
     for (k, val) in pairs {
@@ -187,11 +202,19 @@ impl RawConn {
     /// Log in (normal session to `target`, or discovery if `None`) with
     /// the given extra keys, straight through operational negotiation.
     pub fn login(&mut self, initiator: &str, target: Option<&str>, isid_tail: u8) -> RawPdu {
+        self.login_with(initiator, target, isid_tail, 0, 0, &[])
+    }
+
+    /// Log in a connection with CID `cid` to session `tsih` (0: a new
+    /// session), adding `extra` keys (such as `MaxConnections`).
+    pub fn login_with(&mut self, initiator: &str, target: Option<&str>, isid_tail: u8, tsih: u16, cid: u16, extra: &[(&str, &str)]) -> RawPdu {
         let mut h = [0u8; 48];
         h[0] = 0x40 | 0x03;
         h[1] = 0x80 | (1 << 2) | 3;
         h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, isid_tail]);
+        h[14..16].copy_from_slice(&tsih.to_be_bytes());
         h[16..20].copy_from_slice(&self.itt.to_be_bytes());
+        h[20..22].copy_from_slice(&cid.to_be_bytes());
         h[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
         let mut k: Vec<(&str, &str)> = vec![("InitiatorName", initiator)];
         match target {
@@ -199,9 +222,86 @@ impl RawConn {
             None => k.push(("SessionType", "Discovery")),
         }
         k.extend([("HeaderDigest", "None"), ("DataDigest", "None"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"), ("MaxRecvDataSegmentLength", "65536")]);
+        k.extend_from_slice(extra);
         self.send(h, &keys(&k)).expect("send login");
         self.itt += 1;
         self.recv().expect("login response")
+    }
+
+    /// The TSIH a login response gave.
+    pub fn tsih_of(login_response: &RawPdu) -> u16 {
+        u16::from_be_bytes([login_response.bhs[14], login_response.bhs[15]])
+    }
+
+    /// Send a SCSI command (with `data` as immediate data); returns its ITT.
+    pub fn command(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool, data: &[u8]) -> u32 {
+        let itt = self.itt;
+        let h = self.scsi_header(cdb, edtl, read, write);
+        self.send(h, data).expect("send command");
+        itt
+    }
+
+    /// Receive until the PDU that ends command (or function) `itt`: a SCSI
+    /// Response, Data-In with status (its data is the gathered data-in), or
+    /// a Task Management Response; other PDUs for `itt` are skipped, and a
+    /// PDU for another task is a test failure.
+    pub fn wait_for(&mut self, itt: u32) -> Option<RawPdu> {
+        let mut data = Vec::new();
+        loop {
+            let mut p = self.recv()?;
+            if p.opcode() == 0x20 {
+                continue; // NOP-In
+            }
+            assert_eq!(p.u32_at(16), itt, "expected a PDU for task {itt:#x}, got opcode {:#x} for {:#x}", p.opcode(), p.u32_at(16));
+            match p.opcode() {
+                0x25 => {
+                    data.extend_from_slice(&p.data);
+                    if p.bhs[1] & 0x01 != 0 {
+                        p.data = data;
+                        return Some(p);
+                    }
+                }
+                0x21 | 0x22 => return Some(p),
+                _ => {}
+            }
+        }
+    }
+
+    /// Send a Task Management Function Request (immediate); returns its ITT.
+    pub fn task_mgmt(&mut self, function: u8, lun: u8, referenced_itt: u32) -> u32 {
+        let itt = self.itt;
+        self.itt += 1;
+        let mut h = [0u8; 48];
+        h[0] = 0x40 | 0x02;
+        h[1] = 0x80 | function;
+        h[9] = lun;
+        h[16..20].copy_from_slice(&itt.to_be_bytes());
+        h[20..24].copy_from_slice(&referenced_itt.to_be_bytes());
+        h[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        h[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        self.send(h, &[]).expect("send TMF");
+        itt
+    }
+
+    /// Send one Data-Out PDU.
+    pub fn data_out(&mut self, itt: u32, ttt: u32, data_sn: u32, offset: u32, data: &[u8], last: bool) -> std::io::Result<()> {
+        let mut d = [0u8; 48];
+        d[0] = 0x05;
+        d[1] = if last { 0x80 } else { 0 };
+        d[16..20].copy_from_slice(&itt.to_be_bytes());
+        d[20..24].copy_from_slice(&ttt.to_be_bytes());
+        d[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        d[36..40].copy_from_slice(&data_sn.to_be_bytes());
+        d[40..44].copy_from_slice(&offset.to_be_bytes());
+        self.send(d, data)
+    }
+
+    /// TEST UNIT READY: (status, sense key, ASC, ASCQ).
+    pub fn test_unit_ready(&mut self) -> Option<(u8, u8, u8, u8)> {
+        let itt = self.command(&[0u8; 6], 0, false, false, &[]);
+        let p = self.wait_for(itt)?;
+        let (k, asc, ascq) = sense_of(&p).unwrap_or((0, 0, 0));
+        Some((p.bhs[3], k, asc, ascq))
     }
 
     /// A SCSI Command PDU header.

@@ -1,5 +1,6 @@
-//! Full feature phase: NOP-Out/In, Task Management, Text (SendTargets),
-//! Logout, the command window, and Rejects for what is not understood.
+//! Full feature phase: NOP-Out/In, Text (SendTargets), Logout, the
+//! command window, and Rejects for what is not understood (Task
+//! Management is in `tmf.rs`).
 
 use std::rc::Rc;
 
@@ -7,27 +8,8 @@ use super::{Close, Conn};
 use crate::config;
 use crate::login::SessionType;
 use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
-use crate::session::{self, Session};
+use crate::session::Session;
 use crate::text;
-
-/// TMF functions and responses (RFC 7143 11.5, 11.6).
-mod tmf {
-    pub const ABORT_TASK: u8 = 1;
-    pub const ABORT_TASK_SET: u8 = 2;
-    pub const CLEAR_ACA: u8 = 3;
-    pub const CLEAR_TASK_SET: u8 = 4;
-    pub const LUN_RESET: u8 = 5;
-    pub const TARGET_WARM_RESET: u8 = 6;
-    pub const TARGET_COLD_RESET: u8 = 7;
-    pub const TASK_REASSIGN: u8 = 8;
-
-    pub const COMPLETE: u8 = 0;
-    pub const NO_TASK: u8 = 1;
-    pub const NO_LUN: u8 = 2;
-    pub const REASSIGN_UNSUPPORTED: u8 = 4;
-    pub const NOT_SUPPORTED: u8 = 5;
-    pub const REJECTED: u8 = 255;
-}
 
 /// What the command window says about a CmdSN.
 pub(super) enum Window {
@@ -128,102 +110,6 @@ impl Conn {
         self.send(&mut r, &[echo]);
         self.st.borrow_mut().ping = None;
         Ok(true)
-    }
-
-    fn tmf_response(self: &Rc<Self>, h: &Bhs, response: u8) {
-        let mut r = Bhs::new(op::TASK_MGMT_RESP, 0x80);
-        r.b2 = response;
-        r.itt.set(h.itt());
-        r.w24.set(self.next_stat_sn());
-        self.fill_window(&mut r);
-        self.send(&mut r, &[]);
-    }
-
-    fn on_tmf(self: &Rc<Self>, h: &Bhs) -> Result<bool, Close> {
-        if let Window::Ignore = self.window(h) {
-            return Ok(true);
-        }
-        let Some(s) = self.session() else { return Ok(true) };
-        let function = h.flags & 0x7f;
-        let lun = pollux_scsi::decode_lun(h.lun);
-        let response = match function {
-            tmf::ABORT_TASK => {
-                let rtt = h.w20.get();
-                // A task already answered no longer exists: the initiator
-                // has its response, so the abort did nothing.
-                if self.abort_where(|itt, _| itt == rtt) > 0 { tmf::COMPLETE } else { tmf::NO_TASK }
-            }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET => match lun {
-                Some(l) if s.port(l).is_some() => {
-                    self.abort_where(|_, cl| cl == l);
-                    tmf::COMPLETE
-                }
-                _ => tmf::NO_LUN,
-            },
-            tmf::LUN_RESET => match lun.and_then(|l| s.port(l).map(|p| (l, p))) {
-                Some((l, p)) => {
-                    self.abort_where(|_, cl| cl == l);
-                    // Every I_T nexus, this one included, sees the reset (SAM-5).
-                    p.lun().reset(None, false);
-                    tmf::COMPLETE
-                }
-                None => tmf::NO_LUN,
-            },
-            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
-                self.abort_where(|_, _| true);
-                let cold = function == tmf::TARGET_COLD_RESET;
-                if let Some(dev) = &s.device {
-                    for l in dev.luns() {
-                        l.reset(None, cold);
-                    }
-                }
-                if cold {
-                    // A cold reset ends every session of the target, this one
-                    // after its answer.
-                    self.tmf_response(h, tmf::COMPLETE);
-                    if let Some(t) = &s.target {
-                        for (tsih, e) in session::of_target(t) {
-                            if tsih == s.tsih {
-                                continue;
-                            }
-                            pollux_core::reactor::send_msg(e.reactor, move || super::close_session(tsih));
-                        }
-                    }
-                    return Err(Close::AfterFlush);
-                }
-                tmf::COMPLETE
-            }
-            tmf::CLEAR_ACA => tmf::NOT_SUPPORTED,
-            tmf::TASK_REASSIGN => tmf::REASSIGN_UNSUPPORTED,
-            _ => tmf::REJECTED,
-        };
-        self.tmf_response(h, response);
-        Ok(true)
-    }
-
-    /// Abort this connection's commands matching `pred(itt, lun)`: those
-    /// waiting for data are dropped, those executing never answer.
-    fn abort_where(self: &Rc<Self>, pred: impl Fn(u32, u64) -> bool) -> usize {
-        let mut n = 0;
-        let dropped: Vec<Box<super::IscsiCmd>> = {
-            let mut st = self.st.borrow_mut();
-            for (itt, v) in st.inflight.iter_mut() {
-                if !v.1 && pred(*itt, v.0) {
-                    v.1 = true;
-                    n += 1;
-                }
-            }
-            let keys: Vec<u32> = st.writes.iter().filter(|(itt, c)| pred(**itt, c.lun)).map(|(i, _)| *i).collect();
-            keys.into_iter().filter_map(|k| st.writes.remove(&k)).collect()
-        };
-        n += dropped.len();
-        if let Some(s) = self.session() {
-            s.outstanding.set(s.outstanding.get().saturating_sub(dropped.len() as u32));
-        }
-        for c in dropped {
-            self.recycle(c);
-        }
-        n
     }
 
     fn on_text(self: &Rc<Self>, h: &Bhs, data: &[u8]) -> Result<bool, Close> {

@@ -191,8 +191,14 @@ impl Conn {
             g.conns.borrow_mut().remove(&self.token);
         }
         let ep: Endpoint = self.ep.clone();
+        tracing::info!("iscsi: connection from {} joins session {} on {to}: moved from {}", ep.peer, h_tsih(&bytes), reactor::current());
         reactor::send_msg(to, move || super::start(stream, ep, bytes));
     }
+}
+
+/// The TSIH of a raw Login Request.
+fn h_tsih(raw: &[u8]) -> u16 {
+    Bhs::parse(raw).map_or(0, |h| h.tsih())
 }
 
 /// Login Response status bytes (36-37).

@@ -11,6 +11,7 @@
 mod ffp;
 mod login;
 mod scsi;
+mod tmf;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::pdu::{self, BHS_LEN, Bhs, DIGEST_LEN};
 use crate::session::{self, Session};
 
 pub(crate) use scsi::IscsiCmd;
+pub(crate) use tmf::{Fate, Inflight};
 
 /// How long a connection may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,8 +62,8 @@ pub(crate) struct State {
     pub stat_sn: u32,
     /// Write commands waiting for Data-Out, by ITT.
     pub writes: HashMap<u32, Box<IscsiCmd>>,
-    /// Commands handed to the SCSI layer, by ITT: (LUN, aborted).
-    pub inflight: HashMap<u32, (u64, bool)>,
+    /// Commands handed to the SCSI layer, by ITT.
+    pub inflight: HashMap<u32, Inflight>,
     pub next_ttt: u32,
     /// A text response that did not fit, by its TTT.
     pub text_rest: Option<(u32, u32, Vec<u8>)>,
@@ -519,7 +521,7 @@ impl Conn {
         let (session, writes) = {
             let mut st = self.st.borrow_mut();
             for v in st.inflight.values_mut() {
-                v.1 = true;
+                v.fate = Fate::Silent;
             }
             (st.session.take(), std::mem::take(&mut st.writes))
         };

@@ -9,7 +9,7 @@ use pollux_core::dma::{self, DmaBuf};
 use pollux_scsi::{DataDir, ScsiCommand, Task, decode_lun};
 
 use super::ffp::Window;
-use super::{Close, Conn};
+use super::{Close, Conn, Fate, Inflight};
 use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
 
 /// Largest expected data transfer length we buffer for one command.
@@ -313,7 +313,7 @@ impl Conn {
         let Some(s) = self.session() else { return self.recycle(c) };
         c.task.data_len = c.received as usize;
         c.conn = Some(self.clone());
-        self.st.borrow_mut().inflight.insert(c.itt, (c.lun, false));
+        self.st.borrow_mut().inflight.insert(c.itt, Inflight::new(c.lun));
         if let Some(sense) = c.early.take() {
             c.task.fail(sense);
             return c.complete();
@@ -329,14 +329,40 @@ impl Conn {
     }
 
     /// The SCSI layer finished a command: answer it.
-    pub(super) fn scsi_done(self: &Rc<Self>, c: Box<IscsiCmd>) {
-        let aborted = self.st.borrow_mut().inflight.remove(&c.itt).is_none_or(|(_, a)| a);
+    pub(super) fn scsi_done(self: &Rc<Self>, mut c: Box<IscsiCmd>) {
+        let entry = self.st.borrow_mut().inflight.remove(&c.itt);
         if let Some(s) = self.session() {
             s.outstanding.set(s.outstanding.get().saturating_sub(1));
         }
-        if aborted || self.is_closed() {
-            return self.recycle(c);
+        let (fate, drains) = entry.map_or((Fate::Silent, Vec::new()), |e| (e.fate, e.drains));
+        if fate == Fate::TaskAborted {
+            c.task.set_status(pollux_scsi::sense::status::TASK_ABORTED);
         }
+        if fate == Fate::Silent || self.is_closed() {
+            self.recycle(c);
+        } else {
+            self.answer(c);
+        }
+        // Task management functions waiting for this task may answer now.
+        for d in drains {
+            d.release();
+        }
+    }
+
+    /// End a command that waits for Data-Out with a bare status (a reset
+    /// from another session aborted it).
+    pub(super) fn end_with_status(self: &Rc<Self>, mut c: Box<IscsiCmd>, status: u8) {
+        c.want = 0;
+        c.received = 0;
+        c.task.bufs.clear();
+        c.task.set_status(status);
+        c.conn = Some(self.clone());
+        self.st.borrow_mut().inflight.insert(c.itt, Inflight::new(c.lun));
+        c.complete();
+    }
+
+    /// Send a finished command's Data-In and status, or its SCSI Response.
+    fn answer(self: &Rc<Self>, c: Box<IscsiCmd>) {
         let t = &c.task;
         let good = t.is_good();
         let xfer = t.xfer_len.min(u32::MAX as u64) as u32;

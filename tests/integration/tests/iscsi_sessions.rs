@@ -1,0 +1,198 @@
+//! Sessions seen from the wire, with the raw initiator: one session over
+//! two connections (the second moved to the session's reactor, both
+//! carrying I/O under one command window), and a LOGICAL UNIT RESET that
+//! reaches every initiator's tasks on the LU, as SAM-5 says.
+//!
+//! Each test runs pollux-tgt on two reactors; connections are dealt to
+//! reactors in turn, so the second connection of a fresh daemon lands on
+//! the other reactor than the first.
+
+use std::time::Duration;
+
+use pollux_tests::iscsi_host::{self, RawConn, target_iqn};
+use serde_json::Value;
+
+const GOOD: u8 = 0x00;
+const CHECK_CONDITION: u8 = 0x02;
+const TASK_ABORTED: u8 = 0x40;
+const UNIT_ATTENTION: u8 = 0x06;
+const LUN_RESET: u8 = 5;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut cdb = write10_cdb(lba, blocks);
+    cdb[0] = 0x28;
+    cdb
+}
+
+fn logged_in(port: u16, initiator: &str, isid: u8, extra: &[(&str, &str)]) -> (RawConn, u16) {
+    let mut c = RawConn::connect(port);
+    let r = c.login_with(initiator, Some(&target_iqn("multi")), isid, 0, 0, extra);
+    assert_eq!((r.opcode(), r.bhs[36], r.bhs[37]), (0x23, 0, 0), "login of {initiator}");
+    let tsih = RawConn::tsih_of(&r);
+    (c, tsih)
+}
+
+fn connections(d: &pollux_tests::Daemon) -> Vec<Value> {
+    d.call("iscsi_get_connections", None).expect("iscsi_get_connections").as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_session_carries_io_on_two_connections_on_its_reactor() {
+    let port = iscsi_host::free_port();
+    let d = iscsi_host::start("0x3", iscsi_host::config(port, "multi", 16, None));
+    let init = "iqn.2025-01.io.pollux:two-paths";
+    let (mut c1, tsih) = logged_in(port, init, 7, &[("MaxConnections", "2")]);
+    assert_ne!(tsih, 0);
+
+    // The second connection: same initiator port (ISID), the session's
+    // TSIH, its own CID, and the session's next CmdSN.
+    let mut c2 = RawConn::connect(port);
+    c2.cmd_sn = c1.cmd_sn;
+    c2.itt = 0x1000;
+    let r = c2.login_with(init, Some(&target_iqn("multi")), 7, tsih, 1, &[("MaxConnections", "2")]);
+    assert_eq!((r.opcode(), r.bhs[36], r.bhs[37]), (0x23, 0, 0), "second connection's login");
+    assert_eq!(RawConn::tsih_of(&r), tsih, "joined the same session");
+
+    // Both connections are on one reactor, the session's; the second got
+    // there by a hand-over (it was accepted on the other reactor).
+    let conns = connections(&d);
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert!(conns.iter().all(|c| c["tsih"] == tsih), "{conns:?}");
+    let mut cids: Vec<u64> = conns.iter().map(|c| c["cid"].as_u64().unwrap()).collect();
+    cids.sort();
+    assert_eq!(cids, [0, 1]);
+    assert_eq!(conns[0]["lcore_id"], conns[1]["lcore_id"], "one reactor for the session: {conns:?}");
+    assert!(d.log().contains(&format!("joins session {tsih} on reactor")), "no hand-over in the log:\n{}", d.log());
+
+    // One command window for the session: commands go out on both
+    // connections, alternating, with CmdSNs in one sequence.
+    let a = pattern(1, 4096);
+    let b = pattern(2, 4096);
+    let w1 = c1.command(&write10_cdb(10, 8), 4096, false, true, &a);
+    c2.cmd_sn = c1.cmd_sn;
+    let w2 = c2.command(&write10_cdb(20, 8), 4096, false, true, &b);
+    c1.cmd_sn = c2.cmd_sn;
+    let r1 = c1.wait_for(w1).expect("response to the write on connection 1");
+    let r2 = c2.wait_for(w2).expect("response to the write on connection 2");
+    assert_eq!((r1.opcode(), r1.bhs[3]), (0x21, GOOD));
+    assert_eq!((r2.opcode(), r2.bhs[3]), (0x21, GOOD));
+    // ExpCmdSN (bytes 28-31) counts the session's commands on both.
+    assert_eq!(r2.u32_at(28), c2.cmd_sn, "ExpCmdSN after both writes");
+
+    // Each connection reads what the other wrote.
+    let q1 = c1.command(&read10_cdb(20, 8), 4096, true, false, &[]);
+    c2.cmd_sn = c1.cmd_sn;
+    let q2 = c2.command(&read10_cdb(10, 8), 4096, true, false, &[]);
+    c1.cmd_sn = c2.cmd_sn;
+    let p1 = c1.wait_for(q1).expect("read on connection 1");
+    let p2 = c2.wait_for(q2).expect("read on connection 2");
+    assert_eq!((p1.bhs[3], p1.data.len()), (GOOD, 4096));
+    assert_eq!((p2.bhs[3], p2.data.len()), (GOOD, 4096));
+    assert!(p1.data == b, "connection 1 read connection 2's data");
+    assert!(p2.data == a, "connection 2 read connection 1's data");
+
+    // A larger write on connection 2 with R2Ts, read back on connection 1.
+    c2.cmd_sn = c1.cmd_sn;
+    let big = pattern(3, 64 * 1024);
+    assert_eq!(c2.write10(100, &big), Some(GOOD));
+    c1.cmd_sn = c2.cmd_sn;
+    let (st, data) = c1.read10(100, 128).expect("read back");
+    assert_eq!(st, GOOD);
+    assert!(data == big, "64 KiB written on connection 2 read back on connection 1");
+
+    // A third connection is one too many (MaxConnections=2).
+    let mut c3 = RawConn::connect(port);
+    c3.cmd_sn = c1.cmd_sn;
+    let r = c3.login_with(init, Some(&target_iqn("multi")), 7, tsih, 2, &[("MaxConnections", "2")]);
+    assert_eq!((r.bhs[36], r.bhs[37]), (2, 6), "too many connections");
+
+    // Connection 2 logs out alone (reason 1); the session lives on.
+    let mut h = [0u8; 48];
+    h[0] = 0x40 | 0x06;
+    h[1] = 0x80 | 1;
+    h[16..20].copy_from_slice(&0x2000u32.to_be_bytes());
+    h[20..22].copy_from_slice(&1u16.to_be_bytes());
+    c2.cmd_sn = c1.cmd_sn;
+    h[24..28].copy_from_slice(&c2.cmd_sn.to_be_bytes());
+    h[28..32].copy_from_slice(&c2.exp_stat_sn.to_be_bytes());
+    c2.send(h, &[]).unwrap();
+    let r = c2.recv().expect("logout response");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x26, 0));
+    assert!(c2.recv().is_none(), "connection 2 closed after its logout");
+    let (st, data) = c1.read10(10, 8).expect("connection 1 still works");
+    assert_eq!(st, GOOD);
+    assert!(data == a);
+    let conns = connections(&d);
+    assert_eq!(conns.len(), 1, "{conns:?}");
+}
+
+#[test]
+fn lun_reset_aborts_the_tasks_of_every_initiator_on_the_lu() {
+    let port = iscsi_host::free_port();
+    let d = iscsi_host::start("0x3", iscsi_host::config(port, "multi", 16, None));
+    // Two initiators, two sessions, on the two reactors.
+    let (mut a, _) = logged_in(port, "iqn.2025-01.io.pollux:resetter", 1, &[]);
+    let (mut b, _) = logged_in(port, "iqn.2025-01.io.pollux:bystander", 2, &[]);
+    let conns = connections(&d);
+    assert_eq!(conns.len(), 2);
+    assert_ne!(conns[0]["lcore_id"], conns[1]["lcore_id"], "sessions on different reactors: {conns:?}");
+    let before = pattern(9, 32 * 1024);
+    assert_eq!(b.write10(200, &before), Some(GOOD));
+
+    // Each session has a write in flight: sent without data (InitialR2T),
+    // answered with an R2T, its data held back.
+    let b_data = pattern(4, 32 * 1024);
+    let bw = b.command(&write10_cdb(200, 64), 32 * 1024, false, true, &[]);
+    let r2t = b.recv().expect("R2T for the bystander's write");
+    assert_eq!((r2t.opcode(), r2t.u32_at(16)), (0x31, bw));
+    let aw = a.command(&write10_cdb(300, 64), 32 * 1024, false, true, &[]);
+    let a_r2t = a.recv().expect("R2T for the resetter's write");
+    assert_eq!((a_r2t.opcode(), a_r2t.u32_at(16)), (0x31, aw));
+
+    // A resets LUN 0. Its own write ends silently (the TMF response covers
+    // it); B's ends with TASK ABORTED (TAS is set in the control page).
+    let tmf = a.task_mgmt(LUN_RESET, 0, 0xffff_ffff);
+    let r = a.wait_for(tmf).expect("TMF response");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x22, 0), "function complete");
+    let r = b.wait_for(bw).expect("the bystander's write is answered");
+    assert_eq!((r.opcode(), r.bhs[3]), (0x21, TASK_ABORTED), "TASK ABORTED for the other initiator's task");
+
+    // B's data for the aborted write comes too late: dropped, nothing written.
+    b.data_out(bw, r2t.u32_at(20), 0, 0, &b_data, true).unwrap();
+
+    // Every I_T nexus sees the reset as a unit attention (29/03), once.
+    assert_eq!(a.test_unit_ready(), Some((CHECK_CONDITION, UNIT_ATTENTION, 0x29, 0x03)), "resetter's unit attention");
+    assert_eq!(a.test_unit_ready(), Some((GOOD, 0, 0, 0)));
+    assert_eq!(b.test_unit_ready(), Some((CHECK_CONDITION, UNIT_ATTENTION, 0x29, 0x03)), "bystander's unit attention");
+    assert_eq!(b.test_unit_ready(), Some((GOOD, 0, 0, 0)));
+
+    // Neither aborted write reached the medium, and both sessions go on.
+    let (st, data) = b.read10(200, 64).expect("bystander reads");
+    assert_eq!(st, GOOD);
+    assert!(data == before, "the aborted write left the blocks as they were");
+    let fresh = pattern(5, 8192);
+    assert_eq!(a.write10(300, &fresh), Some(GOOD));
+    let (st, data) = b.read10(300, 16).expect("bystander reads the resetter's new data");
+    assert_eq!(st, GOOD);
+    assert!(data == fresh);
+
+    // A LUN with nothing behind it: "LUN does not exist", nothing reset.
+    let tmf = a.task_mgmt(LUN_RESET, 9, 0xffff_ffff);
+    let r = a.wait_for(tmf).expect("TMF response");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x22, 2));
+    assert_eq!(b.test_unit_ready(), Some((GOOD, 0, 0, 0)));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
+}
