@@ -1,0 +1,442 @@
+//! Commands on a connection: taking a capsule into a request slot, getting
+//! its data (in the capsule, or solicited with an R2T and received in
+//! H2CData PDUs), running it (Fabrics, admin or NVM command set) and
+//! sending back its data and completion.
+
+use std::rc::Weak;
+use std::time::Instant;
+
+use pollux_core::dma::{self, DmaBuf};
+use pollux_core::reactor;
+use pollux_nvme_spec::cmd::{Command, Completion};
+use zerocopy::FromBytes;
+
+use super::super::pdu::{self, Fatal, Fes};
+use super::{
+    Conn, DataDir, Queue, SGL_IN_CAPSULE, SGL_TRANSPORT, Slot, SlotState, State, data_timeout,
+    fabrics_data_len,
+};
+use crate::ctrlr::connect::{self, Connected};
+use crate::ctrlr::{AdminQueue, IoQpairRef, Response, admin};
+use crate::io::{self as nvm, Completer, IoSink};
+use crate::status;
+use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
+
+impl Conn {
+    pub(super) fn on_capsule(&self, st: &mut State, cmd: &Command, data: &[u8], data_ok: bool) {
+        let idx = st.free.pop().expect("a free slot (checked by the caller)");
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Executing;
+        slot.cmd = *cmd;
+        slot.received = 0;
+        slot.error = None;
+        slot.bufs.clear();
+        let dir = if cmd.opcode == fabrics::OPCODE {
+            nvm::data_dir(raw(cmd)[4])
+        } else {
+            nvm::data_dir(cmd.opcode)
+        };
+        let sgl = cmd.dptr.sgl();
+        let len = sgl.length.get();
+        slot.dir = if len == 0 { DataDir::None } else { dir };
+        slot.len = if slot.dir == DataDir::None { 0 } else { len };
+        if !data_ok {
+            return self.respond(st, idx, Response::err(status::TRANSIENT_TRANSPORT_ERROR));
+        }
+        if slot.dir == DataDir::None {
+            if !data.is_empty() {
+                return self.respond(st, idx, Response::err(status::INVALID_FIELD));
+            }
+            return self.execute(st, idx);
+        }
+        let max = self.opts.max_io_size.max(fabrics_data_len()).max(64 * 1024);
+        if len > max {
+            return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+        }
+        match sgl.id {
+            SGL_IN_CAPSULE => {
+                let off = sgl.address.get();
+                if slot.dir != DataDir::HostToController || off > data.len() as u64 {
+                    return self.respond(st, idx, Response::err(status::SGL_OFFSET_INVALID));
+                }
+                if off + u64::from(len) > data.len() as u64 {
+                    return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+                }
+                if !get_buffers(&mut st.slots[idx as usize], self.opts.io_unit_size) {
+                    // Retryable: the pool is empty and the data cannot wait.
+                    return self.respond(
+                        st,
+                        idx,
+                        Response::err(status::Status::new(
+                            pollux_nvme_spec::status::StatusCodeType::Generic,
+                            0x06,
+                        )),
+                    );
+                }
+                let slot = &mut st.slots[idx as usize];
+                copy_into(
+                    &mut slot.bufs,
+                    0,
+                    &data[off as usize..off as usize + len as usize],
+                );
+                slot.received = len;
+                self.execute(st, idx)
+            }
+            SGL_TRANSPORT => {
+                if !data.is_empty() {
+                    return self.respond(st, idx, Response::err(status::INVALID_FIELD));
+                }
+                self.start_transfer(st, idx)
+            }
+            _ => self.respond(st, idx, Response::err(status::SGL_DESCRIPTOR_TYPE_INVALID)),
+        }
+    }
+
+    /// Get buffers for a command's data, then solicit it (writes) or run
+    /// the command (reads).
+    pub(super) fn start_transfer(&self, st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        if !get_buffers(slot, self.opts.io_unit_size) {
+            slot.state = SlotState::AwaitBuffer;
+            st.waiting_buffers.push_back(idx);
+            return;
+        }
+        if slot.dir == DataDir::HostToController {
+            slot.state = SlotState::Receiving;
+            let (cid, len) = (slot.cmd.cid.get(), slot.len);
+            pdu::r2t(&mut st.wbuf, cid, idx, 0, len, st.framing.header_digest);
+            if st.receiving == 0 {
+                st.last_data = Instant::now();
+            }
+            st.receiving += 1;
+        } else {
+            slot.state = SlotState::Executing;
+            self.execute(st, idx);
+        }
+    }
+
+    pub(super) fn retry_buffers(&self, st: &mut State) {
+        while let Some(&idx) = st.waiting_buffers.front() {
+            if !get_buffers(&mut st.slots[idx as usize], self.opts.io_unit_size) {
+                return;
+            }
+            // Buffers are in place now; start_transfer takes the fast path.
+            st.waiting_buffers.pop_front();
+            self.start_transfer(st, idx);
+        }
+    }
+
+    pub(super) fn on_h2c_data(
+        &self,
+        st: &mut State,
+        hdr: &pdu::DataHeader,
+        data: &[u8],
+        data_ok: bool,
+    ) -> Result<(), Fatal> {
+        let echo = size_of::<pdu::DataHeader>();
+        let idx = hdr.ttag.get();
+        let Some(slot) = st.slots.get_mut(idx as usize) else {
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_TTAG,
+                echo,
+            });
+        };
+        if slot.state != SlotState::Receiving {
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_TTAG,
+                echo,
+            });
+        }
+        if slot.cmd.cid.get() != hdr.cccid.get() {
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::DataHeader::OFFSET_CCCID,
+                echo,
+            });
+        }
+        let datao = hdr.datao.get();
+        if datao != slot.received {
+            return Err(Fatal {
+                fes: Fes::DataOutOfRange,
+                fei: pdu::DataHeader::OFFSET_DATAO,
+                echo,
+            });
+        }
+        if u64::from(datao) + data.len() as u64 > u64::from(slot.len) {
+            return Err(Fatal {
+                fes: Fes::DataOutOfRange,
+                fei: pdu::DataHeader::OFFSET_DATAL,
+                echo,
+            });
+        }
+        copy_into(&mut slot.bufs, datao as usize, data);
+        slot.received += data.len() as u32;
+        if !data_ok {
+            slot.error = Some(status::TRANSIENT_TRANSPORT_ERROR);
+        }
+        let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
+        let complete = slot.received == slot.len;
+        if last != complete {
+            return Err(Fatal {
+                fes: Fes::InvalidHeaderField,
+                fei: pdu::CommonHeader::OFFSET_FLAGS,
+                echo,
+            });
+        }
+        st.last_data = Instant::now();
+        if complete {
+            st.receiving -= 1;
+            let slot = &mut st.slots[idx as usize];
+            slot.state = SlotState::Executing;
+            if let Some(e) = slot.error {
+                self.respond(st, idx, Response::err(e));
+            } else {
+                self.execute(st, idx);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- Execute ----
+
+    pub(super) fn execute(&self, st: &mut State, idx: u16) {
+        let cmd = st.slots[idx as usize].cmd;
+        if cmd.opcode == fabrics::OPCODE {
+            return self.fabrics(st, idx, &cmd);
+        }
+        match &st.queue {
+            Queue::Unbound => self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR)),
+            Queue::Admin(c) => {
+                let c = c.clone();
+                if !c.enabled() {
+                    return self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR));
+                }
+                let Ok(target) = crate::target::target() else {
+                    return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+                };
+                // Admin data fits one buffer (at most the large size).
+                if st.slots[idx as usize].bufs.len() > 1 {
+                    return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+                }
+                let slot = &mut st.slots[idx as usize];
+                let len = slot.len as usize;
+                let to_host = slot.dir == DataDir::ControllerToHost;
+                let mut empty = [0u8; 0];
+                let data: &mut [u8] = match slot.bufs.first_mut() {
+                    Some(b) => &mut b[..len],
+                    None => &mut empty,
+                };
+                if to_host {
+                    // Pool buffers hold old data: never send it.
+                    data.fill(0);
+                }
+                match admin::execute(&target, &c, &cmd, data) {
+                    admin::Outcome::Done(r, _) => self.respond(st, idx, r),
+                    admin::Outcome::Pending => self.release(st, idx),
+                }
+            }
+            Queue::Io { view, .. } => {
+                let view = view.clone();
+                let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
+                let sink: Weak<dyn IoSink> = self.me.clone();
+                let slot = &mut st.slots[idx as usize];
+                let len = u64::from(slot.len);
+                if let Some(r) =
+                    nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag })
+                {
+                    self.respond(st, idx, r);
+                }
+            }
+        }
+    }
+
+    pub(super) fn fabrics(&self, st: &mut State, idx: u16, cmd: &Command) {
+        let raw = raw(cmd);
+        let fctype = raw[4];
+        let r = match (fctype, &st.queue) {
+            (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
+            (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => {
+                c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
+            }
+            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => {
+                c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
+            }
+            (fabrics::fctype::DISCONNECT, Queue::Io { .. }) => {
+                self.respond(st, idx, Response::ok());
+                st.terminating = true;
+                return;
+            }
+            (
+                fabrics::fctype::PROPERTY_GET
+                | fabrics::fctype::PROPERTY_SET
+                | fabrics::fctype::DISCONNECT,
+                _,
+            ) => Response::err(status::INVALID_FIELD),
+            _ => Response::err(status::INVALID_OPCODE),
+        };
+        self.respond(st, idx, r)
+    }
+
+    pub(super) fn connect(&self, st: &mut State, idx: u16, raw: &[u8; 64]) {
+        let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
+        let slot = &st.slots[idx as usize];
+        if slot.dir != DataDir::HostToController
+            || slot.len as usize != size_of::<ConnectData>()
+            || slot.bufs.len() != 1
+        {
+            return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+        }
+        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()])
+            .expect("1024 bytes");
+        let (Ok(target), Some(shared)) = (crate::target::target(), self.shared.clone()) else {
+            return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+        };
+        let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, &self.opts) {
+            Ok(x) => x,
+            Err(r) => return self.respond(st, idx, r),
+        };
+        st.qid = cc.qid.get();
+        st.sq_entries = cc.sqsize.get().saturating_add(1);
+        st.sq_flow_off = cc.cattr & ConnectCommand::CATTR_DISABLE_SQ_FLOW_CONTROL != 0;
+        match connected {
+            Connected::Admin(c) => {
+                st.data_timeout = data_timeout(c.kato_ms());
+                let me: Weak<dyn AdminQueue> = self.me.clone();
+                c.set_admin_queue(me);
+                st.queue = Queue::Admin(c);
+            }
+            Connected::Io { ctrlr, qid } => {
+                st.data_timeout = data_timeout(ctrlr.kato_ms());
+                let r = shared.pick_reactor();
+                ctrlr.add_io_qpair(
+                    qid,
+                    IoQpairRef {
+                        reactor: r,
+                        id: self.id,
+                        close: super::super::group::close_conn,
+                    },
+                );
+                let sid = ctrlr.subsystem.id;
+                if r == reactor::current() {
+                    st.queue = Queue::Io {
+                        view: crate::group::subsystem(sid),
+                        subsystem_id: sid,
+                        cntlid: ctrlr.cntlid,
+                    };
+                    if let Some(g) = self.group.upgrade() {
+                        let mut s = g.stats.borrow_mut();
+                        // Counted as admin when accepted; it is an I/O queue.
+                        s.current_admin_qpairs = s.current_admin_qpairs.saturating_sub(1);
+                        s.admin_qpairs = s.admin_qpairs.saturating_sub(1);
+                        s.io_qpairs += 1;
+                        s.current_io_qpairs += 1;
+                    }
+                } else {
+                    st.move_to = Some((r, sid, ctrlr.cntlid));
+                }
+            }
+        }
+        self.respond(st, idx, resp)
+    }
+
+    // ---- Complete ----
+
+    pub(super) fn release(&self, st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Free;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.bufs.clear();
+        st.free.push(idx);
+    }
+
+    pub(super) fn next_sq_head(st: &mut State) -> u16 {
+        st.sq_head = (st.sq_head + 1) % st.sq_entries.max(1);
+        st.sq_head
+    }
+
+    /// Send a command's data (controller to host) and completion; free its slot.
+    pub(super) fn respond(&self, st: &mut State, idx: u16, r: Response) {
+        let sq_head = Self::next_sq_head(st);
+        let qid = st.qid;
+        let slot = &st.slots[idx as usize];
+        let cid = slot.cmd.cid.get();
+        let mut send_resp = true;
+        if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
+            let success = self.opts.c2h_success && st.sq_flow_off && r.dw0 == 0 && r.dw1 == 0;
+            let mut left = slot.len as usize;
+            let chunks = slot.bufs.iter().map(move |b| {
+                let n = b.len().min(left);
+                left -= n;
+                &b[..n]
+            });
+            pdu::c2h_data(&mut st.wbuf, &st.c2h, cid, 0, chunks, true, success);
+            send_resp = !success;
+        }
+        if send_resp {
+            let mut cqe = Completion::default();
+            cqe.result.set(r.dw0);
+            cqe.dw1.set(r.dw1);
+            cqe.sq_head.set(sq_head);
+            cqe.sq_id.set(qid);
+            cqe.cid.set(cid);
+            cqe.set_status(r.status);
+            pdu::capsule_resp(&mut st.wbuf, &cqe, st.framing.header_digest);
+        }
+        if matches!(st.queue, Queue::Io { .. }) {
+            if let Some(g) = self.group.upgrade() {
+                g.stats.borrow_mut().completed_nvme_io += 1;
+            }
+        }
+        self.release(st, idx);
+    }
+}
+
+/// The 64 bytes of a command (Fabrics commands are read in other layouts).
+fn raw(cmd: &Command) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b.copy_from_slice(zerocopy::IntoBytes::as_bytes(cmd));
+    b
+}
+
+/// Take buffers for `slot.len` bytes from this reactor's pool, in pieces of
+/// at most `unit` (and the pool's large size). False if the pool is empty.
+fn get_buffers(slot: &mut Slot, unit: u32) -> bool {
+    if !slot.bufs.is_empty() {
+        return true;
+    }
+    let Ok(pool) = dma::pool() else { return false };
+    let unit = (unit as usize).min(pool.large_size()).max(1);
+    let mut left = slot.len as usize;
+    while left > 0 {
+        let n = left.min(unit);
+        match pool.get(n) {
+            Some(b) => slot.bufs.push(b),
+            None => {
+                slot.bufs.clear();
+                return false;
+            }
+        }
+        left -= n;
+    }
+    true
+}
+
+fn copy_into(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) {
+    for b in bufs.iter_mut() {
+        if data.is_empty() {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(data.len());
+        b[off..off + n].copy_from_slice(&data[..n]);
+        data = &data[n..];
+        off = 0;
+    }
+}
