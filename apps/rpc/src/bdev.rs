@@ -9,6 +9,7 @@ use crate::{Request, Show};
 #[command(rename_all = "snake_case")]
 pub enum Cmd {
     /// Create a RAM disk: bdev_malloc_create [-b NAME] [-u UUID] SIZE_MB BLOCK_SIZE
+    #[command(name = "bdev_malloc_create", rename_all = "kebab-case")]
     BdevMallocCreate {
         #[arg(short = 'b', long)]
         name: Option<String>,
@@ -21,8 +22,10 @@ pub enum Cmd {
         optimal_io_boundary: Option<u32>,
     },
     /// Delete a malloc bdev
+    #[command(name = "bdev_malloc_delete", rename_all = "kebab-case")]
     BdevMallocDelete { name: String },
     /// Create a null bdev: bdev_null_create NAME SIZE_MB BLOCK_SIZE
+    #[command(name = "bdev_null_create", rename_all = "kebab-case")]
     BdevNullCreate {
         name: String,
         /// Size in MiB
@@ -32,8 +35,10 @@ pub enum Cmd {
         uuid: Option<String>,
     },
     /// Delete a null bdev
+    #[command(name = "bdev_null_delete", rename_all = "kebab-case")]
     BdevNullDelete { name: String },
     /// Create a bdev on a file or block device through io_uring
+    #[command(name = "bdev_uring_create", rename_all = "kebab-case")]
     BdevUringCreate {
         filename: String,
         name: String,
@@ -42,8 +47,10 @@ pub enum Cmd {
         uuid: Option<String>,
     },
     /// Delete a uring bdev
+    #[command(name = "bdev_uring_delete", rename_all = "kebab-case")]
     BdevUringDelete { name: String },
     /// Create a bdev on a file or block device (served by io_uring)
+    #[command(name = "bdev_aio_create", rename_all = "kebab-case")]
     BdevAioCreate {
         filename: String,
         name: String,
@@ -56,8 +63,10 @@ pub enum Cmd {
         uuid: Option<String>,
     },
     /// Delete an aio bdev
+    #[command(name = "bdev_aio_delete", rename_all = "kebab-case")]
     BdevAioDelete { name: String },
     /// List bdevs (or one)
+    #[command(name = "bdev_get_bdevs", rename_all = "kebab-case")]
     BdevGetBdevs {
         #[arg(short = 'b', long)]
         name: Option<String>,
@@ -66,6 +75,7 @@ pub enum Cmd {
         timeout: Option<u64>,
     },
     /// I/O statistics of all bdevs (or some)
+    #[command(name = "bdev_get_iostat", rename_all = "kebab-case")]
     BdevGetIostat {
         #[arg(short = 'c', long)]
         per_channel: bool,
@@ -76,6 +86,7 @@ pub enum Cmd {
         names: Option<Vec<String>>,
     },
     /// Reset I/O statistics
+    #[command(name = "bdev_reset_iostat", rename_all = "kebab-case")]
     BdevResetIostat {
         #[arg(short = 'b', long)]
         name: Option<String>,
@@ -83,16 +94,23 @@ pub enum Cmd {
         mode: Option<String>,
     },
     /// Turn the latency histogram of a bdev on or off
+    #[command(name = "bdev_enable_histogram", rename_all = "kebab-case")]
     BdevEnableHistogram {
         name: String,
-        #[arg(long = "histogram", action = clap::ArgAction::Set, required = true)]
-        enable: bool,
+        /// Turn the histogram on
+        #[arg(long, required_unless_present = "no_histogram", conflicts_with = "no_histogram")]
+        histogram: bool,
+        /// Turn the histogram off
+        #[arg(long)]
+        no_histogram: bool,
     },
     /// Show the latency histogram of a bdev
+    #[command(name = "bdev_get_histogram", rename_all = "kebab-case")]
     BdevGetHistogram { name: String },
     /// Wait until bdev examination has finished
     BdevWaitForExamine,
     /// Size the buffer pools (before framework_start_init)
+    #[command(name = "iobuf_set_options", rename_all = "kebab-case")]
     IobufSetOptions {
         #[arg(long)]
         small_pool_count: Option<u64>,
@@ -180,7 +198,7 @@ impl Cmd {
             BdevResetIostat { name, mode } => {
                 req("bdev_reset_iostat", params(&[("name", name.as_ref().map(|n| json!(n))), ("mode", mode.as_ref().map(|m| json!(m)))]), Show::Nothing)
             }
-            BdevEnableHistogram { name, enable } => req("bdev_enable_histogram", Some(json!({"name": name, "enable": enable})), Show::Nothing),
+            BdevEnableHistogram { name, histogram, .. } => req("bdev_enable_histogram", Some(json!({"name": name, "enable": histogram})), Show::Nothing),
             BdevGetHistogram { name } => req("bdev_get_histogram", Some(json!({"name": name})), Show::Json),
             BdevWaitForExamine => req("bdev_wait_for_examine", None, Show::Nothing),
             IobufSetOptions { small_pool_count, large_pool_count, small_bufsize, large_bufsize } => req(

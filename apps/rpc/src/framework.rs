@@ -9,6 +9,7 @@ use crate::{Request, Show};
 #[command(rename_all = "snake_case")]
 pub enum Cmd {
     /// List the RPC methods the target supports
+    #[command(name = "rpc_get_methods", rename_all = "kebab-case")]
     RpcGetMethods {
         /// Only methods callable in the current state
         #[arg(short = 'c', long)]
@@ -22,6 +23,7 @@ pub enum Cmd {
     /// List subsystems in initialisation order, with their dependencies
     FrameworkGetSubsystems,
     /// Show the configuration of one subsystem
+    #[command(name = "framework_get_config", rename_all = "kebab-case")]
     FrameworkGetConfig {
         name: String,
         #[arg(long)]
@@ -40,11 +42,13 @@ pub enum Cmd {
     /// I/O channels of every reactor thread
     ThreadGetIoChannels,
     /// Send a signal to the target (SIGINT and SIGTERM shut it down cleanly)
+    #[command(name = "spdk_kill_instance", rename_all = "kebab-case")]
     SpdkKillInstance {
         #[arg(value_parser = ["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"])]
         sig_name: String,
     },
     /// Set the log level
+    #[command(name = "log_set_level", rename_all = "kebab-case")]
     LogSetLevel {
         #[arg(value_parser = ["ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"])]
         level: String,
@@ -52,6 +56,7 @@ pub enum Cmd {
     /// Show the log level
     LogGetLevel,
     /// Set the log print level
+    #[command(name = "log_set_print_level", rename_all = "kebab-case")]
     LogSetPrintLevel {
         #[arg(value_parser = ["ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"])]
         level: String,

@@ -1,7 +1,7 @@
 //! The bdev layer's RPCs, driven by SPDK's own client where it can be.
 
 use pollux_core::rpc::{ClientError, RpcError};
-use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, spdk_rpc};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, pollux_rpc, spdk_rpc};
 use serde_json::{Value, json};
 
 fn rpc_code(e: ClientError) -> i32 {
@@ -96,4 +96,25 @@ fn a_memory_limit_too_small_stops_start_up_clearly() {
     let st = d.wait_exit(std::time::Duration::from_secs(10)).expect("exits");
     assert_eq!(st.code(), Some(1), "{}", d.log());
     assert!(d.log().contains("--mem-size"), "{}", d.log());
+}
+
+#[test]
+fn pollux_rpc_speaks_rpc_py_argument_forms_for_bdevs() {
+    let d = Daemon::start(DaemonOpts::default());
+    let run = |args: &[&str]| ok_stdout(&args.join(" "), &pollux_rpc(&d.socket, args));
+    assert_eq!(run(&["bdev_malloc_create", "-b", "M9", "8", "4096"]).trim(), "M9");
+    assert_eq!(run(&["bdev_null_create", "N9", "8", "512"]).trim(), "N9");
+    let per: Value = serde_json::from_str(&run(&["bdev_get_iostat", "--per-channel", "--names", "M9", "--reset-mode", "maxmin"])).unwrap();
+    assert_eq!(per["bdevs"][0]["name"], "M9");
+    run(&["bdev_enable_histogram", "M9", "--histogram"]);
+    let h: Value = serde_json::from_str(&run(&["bdev_get_histogram", "M9"])).unwrap();
+    assert!(h["buckets"].is_array(), "{h}");
+    run(&["bdev_enable_histogram", "M9", "--no-histogram"]);
+    let methods: Value = serde_json::from_str(&run(&["rpc_get_methods", "--current", "--include-aliases"])).unwrap();
+    assert!(methods.as_array().unwrap().contains(&json!("bdev_get_iostat")));
+    run(&["bdev_malloc_delete", "M9"]);
+    run(&["bdev_null_delete", "N9"]);
+    let out = pollux_rpc(&d.socket, &["bdev_malloc_delete", "M9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Got JSON-RPC error response"));
 }

@@ -109,5 +109,11 @@ fn default_config_starts_and_exports_its_malloc_bdev() {
     let out = std::process::Command::new(ls).args(["-s", "iscsi://127.0.0.1:3260"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("disk1") && text.contains("Lun:0"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // And an NVMe/TCP host sees its controller on 127.0.0.1:4420.
+    let (mut admin, _cntlid) = pollux_tests::nvmf_client::Client::admin(4420, "nqn.2016-06.io.pollux:cnode1", 10_000, false, false);
+    let (cqe, data) = admin.identify(1, 0);
+    assert!(cqe.ok(), "{cqe:?}");
+    assert_eq!(&data[4..24], b"POLLUX00000000000001");
+    drop(admin);
     assert_eq!(d.stop().code(), Some(0));
 }
