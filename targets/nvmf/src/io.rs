@@ -150,7 +150,7 @@ fn dataset_management(
     let mut ranges = Vec::with_capacity(nr);
     let mut raw = [0u8; 16];
     for i in 0..nr {
-        copy_from_bufs(bufs, i * 16, &mut raw);
+        pollux_core::dma::copy_from_bufs(bufs, i * 16, &mut raw);
         let r = DsmRange::read_from_bytes(&raw).expect("16 bytes");
         let (slba, nlb) = (r.slba.get(), u64::from(r.blocks.get()));
         if nlb == 0 {
@@ -185,21 +185,4 @@ fn dataset_management(
         });
     }
     None
-}
-
-fn copy_from_bufs(bufs: &[DmaBuf], mut off: usize, out: &mut [u8]) {
-    let mut filled = 0;
-    for b in bufs {
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(out.len() - filled);
-        out[filled..filled + n].copy_from_slice(&b[off..off + n]);
-        filled += n;
-        off = 0;
-        if filled == out.len() {
-            break;
-        }
-    }
 }

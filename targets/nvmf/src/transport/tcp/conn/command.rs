@@ -6,7 +6,8 @@
 use std::rc::Weak;
 use std::time::Instant;
 
-use pollux_core::dma::{self, DmaBuf};
+
+use pollux_core::dma::{self, copy_to_bufs};
 use pollux_core::reactor;
 use pollux_nvme_spec::cmd::{Command, Completion};
 use zerocopy::FromBytes;
@@ -74,7 +75,7 @@ impl Conn {
                     );
                 }
                 let slot = &mut st.slots[idx as usize];
-                copy_into(
+                copy_to_bufs(
                     &mut slot.bufs,
                     0,
                     &data[off as usize..off as usize + len as usize],
@@ -171,7 +172,7 @@ impl Conn {
                 echo,
             });
         }
-        copy_into(&mut slot.bufs, datao as usize, data);
+        copy_to_bufs(&mut slot.bufs, datao as usize, data);
         slot.received += data.len() as u32;
         if !data_ok {
             slot.error = Some(status::TRANSIENT_TRANSPORT_ERROR);
@@ -423,20 +424,4 @@ fn get_buffers(slot: &mut Slot, unit: u32) -> bool {
         left -= n;
     }
     true
-}
-
-fn copy_into(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) {
-    for b in bufs.iter_mut() {
-        if data.is_empty() {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(data.len());
-        b[off..off + n].copy_from_slice(&data[..n]);
-        data = &data[n..];
-        off = 0;
-    }
 }
