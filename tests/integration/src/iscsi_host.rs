@@ -283,6 +283,20 @@ impl RawConn {
         itt
     }
 
+    /// Send a Text Request (F and C bits as given) and return the answer.
+    pub fn text(&mut self, itt: u32, ttt: u32, fin: bool, cont: bool, data: &[u8]) -> Option<RawPdu> {
+        let mut h = [0u8; 48];
+        h[0] = 0x04;
+        h[1] = if fin { 0x80 } else { 0 } | if cont { 0x40 } else { 0 };
+        h[16..20].copy_from_slice(&itt.to_be_bytes());
+        h[20..24].copy_from_slice(&ttt.to_be_bytes());
+        h[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        h[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        self.cmd_sn += 1;
+        self.send(h, data).ok()?;
+        self.recv()
+    }
+
     /// Send one Data-Out PDU.
     pub fn data_out(&mut self, itt: u32, ttt: u32, data_sn: u32, offset: u32, data: &[u8], last: bool) -> std::io::Result<()> {
         let mut d = [0u8; 48];

@@ -196,3 +196,43 @@ fn lun_reset_aborts_the_tasks_of_every_initiator_on_the_lu() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
 }
+
+#[test]
+fn text_requests_in_pieces_are_put_together() {
+    let port = iscsi_host::free_port();
+    let _d = iscsi_host::start("0x1", iscsi_host::config(port, "multi", 16, None));
+    let mut c = RawConn::connect(port);
+    let r = c.login("iqn.2025-01.io.pollux:pieces", None, 3);
+    assert_eq!((r.opcode(), r.bhs[36]), (0x23, 0), "discovery login");
+
+    // "SendTargets=All" in three pieces: each of the first two gets an
+    // empty Text Response (F=0) with a TTT to send back.
+    let itt = 0x77;
+    let first = c.text(itt, 0xffff_ffff, false, true, b"SendTar").expect("answer to the first piece");
+    assert_eq!((first.opcode(), first.bhs[1] & 0xc0, first.data.len()), (0x24, 0, 0), "empty, not final");
+    let ttt = first.u32_at(20);
+    assert_ne!(ttt, 0xffff_ffff);
+    let second = c.text(itt, ttt, false, true, b"gets=A").expect("answer to the second piece");
+    assert_eq!((second.opcode(), second.data.len()), (0x24, 0));
+    let ttt = second.u32_at(20);
+    let last = c.text(itt, ttt, true, false, b"ll\0").expect("the answer");
+    assert_eq!((last.opcode(), last.bhs[1] & 0x80), (0x24, 0x80), "final Text Response");
+    let body = String::from_utf8_lossy(&last.data);
+    assert!(body.contains(&format!("TargetName={}", target_iqn("multi"))) && body.contains("TargetAddress=127.0.0.1:"), "{body}");
+
+    // C and F together: Reject (protocol error); the connection goes on.
+    let r = c.text(0x78, 0xffff_ffff, true, true, b"SendTargets=All\0").expect("reject");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x3f, 0x04));
+    // A continuation with a TTT that was never handed out: Reject.
+    let r = c.text(0x79, 0x1234_5678, true, false, b"All\0").expect("reject");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x3f, 0x09));
+    // Pieces adding up to more than 64 KiB: Reject, nothing kept.
+    let piece = vec![b'x'; 60 * 1024];
+    let r = c.text(0x7a, 0xffff_ffff, false, true, &piece).expect("first big piece");
+    assert_eq!(r.opcode(), 0x24);
+    let r = c.text(0x7a, r.u32_at(20), false, true, &piece).expect("reject");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x3f, 0x04));
+    // A new request starts clean and still works.
+    let r = c.text(0x7b, 0xffff_ffff, true, false, b"SendTargets=All\0").expect("answer");
+    assert!(String::from_utf8_lossy(&r.data).contains(&target_iqn("multi")));
+}

@@ -11,6 +11,9 @@ use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
 use crate::session::Session;
 use crate::text;
 
+/// Largest text request we reassemble from several PDUs.
+const MAX_TEXT_REQUEST: usize = 64 * 1024;
+
 /// What the command window says about a CmdSN.
 pub(super) enum Window {
     /// Expected: go ahead.
@@ -20,6 +23,17 @@ pub(super) enum Window {
 }
 
 impl Conn {
+    /// A fresh target transfer tag (never the reserved value).
+    pub(super) fn take_ttt(&self) -> u32 {
+        let mut st = self.st.borrow_mut();
+        let t = st.next_ttt;
+        st.next_ttt = st.next_ttt.wrapping_add(1).max(1);
+        if st.next_ttt == RESERVED_TAG {
+            st.next_ttt = 1;
+        }
+        t
+    }
+
     pub(super) fn session(&self) -> Option<Rc<Session>> {
         self.st.borrow().session.clone()
     }
@@ -116,14 +130,46 @@ impl Conn {
         if let Window::Ignore = self.window(h) {
             return Ok(true);
         }
-        if h.flags & 0x40 != 0 {
-            // We do not take multi-PDU text requests.
-            self.reject(h, reject::COMMAND_NOT_SUPPORTED);
-            return Ok(true);
-        }
         let ttt = h.w20.get();
         let max = self.st.borrow().params.max_send_seg as usize;
-        let body = if ttt != RESERVED_TAG {
+        // Text split over several requests (C bit, RFC 7143 11.10.2): keep
+        // what came, answer each piece with an empty response whose TTT the
+        // initiator sends back with the next piece.
+        let incoming = {
+            let mut st = self.st.borrow_mut();
+            match st.text_in.take() {
+                Some((t, itt, b)) if t == ttt && itt == h.itt() => Some(b),
+                // A new request (reserved TTT) drops an unfinished one.
+                other => {
+                    st.text_in = if ttt == RESERVED_TAG { None } else { other };
+                    None
+                }
+            }
+        };
+        let continued = incoming.is_some();
+        if h.flags & 0x40 != 0 {
+            if h.is_final() {
+                // C and F together are a protocol error.
+                self.reject(h, reject::PROTOCOL_ERROR);
+                return Ok(true);
+            }
+            let mut buf = incoming.unwrap_or_default();
+            if buf.len() + data.len() > MAX_TEXT_REQUEST {
+                self.reject(h, reject::PROTOCOL_ERROR);
+                return Ok(true);
+            }
+            buf.extend_from_slice(data);
+            let t = self.take_ttt();
+            self.st.borrow_mut().text_in = Some((t, h.itt(), buf));
+            let mut r = Bhs::new(op::TEXT_RESP, 0);
+            r.itt.set(h.itt());
+            r.w20.set(t);
+            r.w24.set(self.next_stat_sn());
+            self.fill_window(&mut r);
+            self.send(&mut r, &[]);
+            return Ok(true);
+        }
+        let body = if ttt != RESERVED_TAG && !continued {
             // Continuation of a long answer.
             let rest = self.st.borrow_mut().text_rest.take();
             match rest {
@@ -134,7 +180,20 @@ impl Conn {
                 }
             }
         } else {
-            let pairs = match text::parse(data) {
+            let whole;
+            let text_data = match incoming {
+                Some(mut b) if b.len() + data.len() <= MAX_TEXT_REQUEST => {
+                    b.extend_from_slice(data);
+                    whole = b;
+                    &whole[..]
+                }
+                Some(_) => {
+                    self.reject(h, reject::PROTOCOL_ERROR);
+                    return Ok(true);
+                }
+                None => data,
+            };
+            let pairs = match text::parse(text_data) {
                 Ok(p) => p,
                 Err(_) => {
                     self.reject(h, reject::PROTOCOL_ERROR);
@@ -162,10 +221,8 @@ impl Conn {
         r.itt.set(h.itt());
         let t = match rest {
             Some(b) => {
-                let mut st = self.st.borrow_mut();
-                let t = st.next_ttt;
-                st.next_ttt = st.next_ttt.wrapping_add(1).max(1);
-                st.text_rest = Some((t, h.itt(), b));
+                let t = self.take_ttt();
+                self.st.borrow_mut().text_rest = Some((t, h.itt(), b));
                 t
             }
             None => RESERVED_TAG,

@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub next_ttt: u32,
     /// A text response that did not fit, by its TTT.
     pub text_rest: Option<(u32, u32, Vec<u8>)>,
+    /// A text request arriving in pieces (C bit): (TTT, ITT, bytes so far).
+    pub text_in: Option<(u32, u32, Vec<u8>)>,
     pub last_rx: Instant,
     /// Outstanding target NOP-In ping: (TTT, sent at).
     pub ping: Option<(u32, Instant)>,
@@ -282,6 +284,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
             inflight: HashMap::new(),
             next_ttt: 1,
             text_rest: None,
+            text_in: None,
             last_rx: Instant::now(),
             ping: None,
             close_after_flush: false,
