@@ -8,6 +8,7 @@
 //! appended to the connection's transmit buffer and flushed once per
 //! iteration for every connection that has some.
 
+mod coalesce;
 mod ffp;
 mod login;
 mod scsi;
@@ -34,6 +35,8 @@ pub(crate) use tmf::{Fate, Inflight};
 
 /// Passes of the connection group that output may wait for input to pause.
 const MAX_HELD_PASSES: u32 = 8;
+/// Answers queued for one connection beyond which they go out at once.
+const COALESCE_MAX_BYTES: usize = 64 * 1024;
 /// How long a connection may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive buffer: a whole PDU with our largest data segment fits twice.
@@ -90,6 +93,11 @@ pub struct Conn {
     tx_pos: Cell<usize>,
     want_write: Cell<bool>,
     closed: Cell<bool>,
+    /// Answers (StatSNs) written to the socket that the initiator had not
+    /// seen when it sent its latest PDU.
+    pub(crate) unread: Cell<u32>,
+    /// Our StatSN when the transmit buffer was last fully written.
+    pub(crate) sent_sn: Cell<u32>,
     started: Instant,
     /// Spare commands, reused: boxes, because the SCSI layer takes and
     /// gives back boxed commands.
@@ -115,6 +123,7 @@ pub(crate) struct Group {
     dirty: RefCell<Vec<Rc<Conn>>>,
     /// Passes the pending output has waited for input to pause.
     held_passes: Cell<u32>,
+    coalesce: RefCell<Option<coalesce::Coalesce>>,
     events: RefCell<Vec<libc::epoll_event>>,
     next_token: Cell<u64>,
     pollers: RefCell<Vec<Poller>>,
@@ -132,6 +141,7 @@ impl Group {
             sessions: RefCell::new(HashMap::new()),
             dirty: RefCell::new(Vec::new()),
             held_passes: Cell::new(0),
+            coalesce: RefCell::new(None),
             events: RefCell::new(Vec::with_capacity(64)),
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
@@ -141,6 +151,7 @@ impl Group {
             None => PollStatus::Idle,
         });
         poll.add_wake_fd(g.epoll.as_raw_fd(), Interest::READABLE)?;
+        *g.coalesce.borrow_mut() = Some(coalesce::Coalesce::new(&poll)?);
         let timer = reactor::register_timed_poller("iscsi_conn_timers", Duration::from_secs(1), || match reactor::local::<Group>() {
             Some(g) => g.timers().into(),
             None => PollStatus::Idle,
@@ -161,6 +172,10 @@ impl Group {
     /// their answers together when it pauses, in one write, instead of one
     /// write (and one wake-up on each side) per answer.
     fn poll(&self) -> usize {
+        let window_was_open = self.coalesce.borrow().as_ref().is_some_and(|c| c.is_open());
+        if self.coalescing() {
+            return 0;
+        }
         let mut n = 0;
         let mut input = false;
         let mut events = std::mem::take(&mut *self.events.borrow_mut());
@@ -183,13 +198,45 @@ impl Group {
         }
         *self.events.borrow_mut() = events;
         let held = self.held_passes.get();
-        if input && held < MAX_HELD_PASSES && !self.dirty.borrow().is_empty() {
+        if !window_was_open && input && held < MAX_HELD_PASSES && !self.dirty.borrow().is_empty() {
             // Busy, so the reactor comes back (and never sleeps on output).
             self.held_passes.set(held + 1);
             return n + 1;
         }
         self.held_passes.set(0);
+        // Answers wait for one window at most: the pass that closes a
+        // window writes them.
+        if !window_was_open && self.initiators_behind() && self.open_window() {
+            return n + 1;
+        }
         n + self.flush_dirty()
+    }
+
+    /// Whether a coalescing window is open (see [`coalesce`]).
+    fn coalescing(&self) -> bool {
+        let c = self.coalesce.borrow();
+        let p = self.pollers.borrow();
+        match (c.as_ref(), p.first()) {
+            (Some(c), Some(p)) => c.waiting(p, self.epoll.as_raw_fd()),
+            _ => false,
+        }
+    }
+
+    fn open_window(&self) -> bool {
+        let c = self.coalesce.borrow();
+        let p = self.pollers.borrow();
+        match (c.as_ref(), p.first()) {
+            (Some(c), Some(p)) => c.open(p, self.epoll.as_raw_fd()),
+            _ => false,
+        }
+    }
+
+    /// Answers are waiting, and every initiator they are for had at least
+    /// [`coalesce::MIN_UNREAD`] answers written to it and not yet seen when
+    /// it sent its latest PDU.
+    fn initiators_behind(&self) -> bool {
+        let dirty = self.dirty.borrow();
+        !dirty.is_empty() && dirty.iter().all(|c| c.unread.get() >= coalesce::MIN_UNREAD && c.tx.borrow().len() - c.tx_pos.get() < COALESCE_MAX_BYTES)
     }
 
     fn flush_dirty(&self) -> usize {
@@ -296,6 +343,8 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
         tx_pos: Cell::new(0),
         want_write: Cell::new(false),
         closed: Cell::new(false),
+        unread: Cell::new(0),
+        sent_sn: Cell::new(0),
         started: Instant::now(),
         free_cmds: RefCell::new(Vec::new()),
     });
@@ -504,6 +553,7 @@ impl Conn {
             }
         }
         // Everything written.
+        self.sent_sn.set(self.st.borrow().stat_sn);
         {
             let mut tx = self.tx.borrow_mut();
             tx.clear();
