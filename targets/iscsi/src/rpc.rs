@@ -659,10 +659,10 @@ pub fn register(m: &Methods) {
         reactor::map_reactors(conn::describe_all, move |all| r.ok(all.into_iter().flatten().collect::<Vec<_>>()))
     });
     m.register("iscsi_get_stats", States::RUNTIME, |_: NoParams, r: Responder| {
-        reactor::map_reactors(
-            || conn::describe_all().len(),
-            move |all| r.ok(json!({"invalid": 0, "running": all.iter().sum::<usize>(), "exiting": 0, "exited": 0})),
-        )
+        reactor::map_reactors(conn::state_counts, move |all| {
+            let (running, exiting) = all.iter().fold((0, 0), |(r, e), (a, b)| (r + a, e + b));
+            r.ok(json!({"invalid": 0, "running": running, "exiting": exiting, "exited": 0}))
+        })
     });
 }
 

@@ -75,6 +75,9 @@ fn a_session_carries_io_on_two_connections_on_its_reactor() {
     assert_eq!(cids, [0, 1]);
     assert_eq!(conns[0]["lcore_id"], conns[1]["lcore_id"], "one reactor for the session: {conns:?}");
     assert!(d.log().contains(&format!("joins session {tsih} on reactor")), "no hand-over in the log:\n{}", d.log());
+    // SPDK's iscsi_get_stats: connections by state.
+    let stats = d.call("iscsi_get_stats", None).expect("iscsi_get_stats");
+    assert_eq!(stats, serde_json::json!({"invalid": 0, "running": 2, "exiting": 0, "exited": 0}));
 
     // One command window for the session: commands go out on both
     // connections, alternating, with CmdSNs in one sequence.
@@ -136,6 +139,7 @@ fn a_session_carries_io_on_two_connections_on_its_reactor() {
     assert!(data == a);
     let conns = connections(&d);
     assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(d.call("iscsi_get_stats", None).unwrap()["running"], 1);
 }
 
 #[test]

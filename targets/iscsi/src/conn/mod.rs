@@ -698,6 +698,16 @@ pub(crate) fn close_all(target: Option<&str>) {
     }
 }
 
+/// `iscsi_get_stats` counts of this reactor's connections, as SPDK's
+/// connection states: (running, exiting). Closed connections leave the
+/// group at once, so none is ever "exited" or "invalid" here.
+pub(crate) fn state_counts() -> (usize, usize) {
+    let Some(g) = Group::try_get() else { return (0, 0) };
+    let conns = g.conns.borrow();
+    let exiting = conns.values().filter(|c| c.st.borrow().close_after_flush).count();
+    (conns.len() - exiting, exiting)
+}
+
 /// `iscsi_get_connections` facts of this reactor's connections.
 pub(crate) fn describe_all() -> Vec<serde_json::Value> {
     let Some(g) = Group::try_get() else { return Vec::new() };
