@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use pollux_core::dma::{self, DmaBuf};
+use pollux_core::dma::{self, DmaBuf, copy_to_bufs};
 use pollux_scsi::{DataDir, ScsiCommand, Task, decode_lun};
 
 use super::ffp::Window;
@@ -80,23 +80,6 @@ impl IscsiCmd {
             r2ts: Vec::with_capacity(4),
             early: None,
         })
-    }
-}
-
-/// Copy `data` into `bufs` at byte `off`.
-fn copy_into(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) {
-    for b in bufs.iter_mut() {
-        if data.is_empty() {
-            return;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(data.len());
-        b[off..off + n].copy_from_slice(&data[..n]);
-        data = &data[n..];
-        off = 0;
     }
 }
 
@@ -183,7 +166,7 @@ impl Conn {
         }
         if c.want > 0 {
             let imm = data.len().min(c.want as usize);
-            copy_into(&mut c.task.bufs, 0, &data[..imm]);
+            copy_to_bufs(&mut c.task.bufs, 0, &data[..imm]);
             c.received = imm as u32;
             c.unsolicited_end = if p.initial_r2t { c.received } else { p.first_burst.min(c.want).max(c.received) };
             if h.flags & 0x80 != 0 {
@@ -276,7 +259,7 @@ impl Conn {
                 }
             }
             .map(|()| {
-                copy_into(&mut c.task.bufs, off as usize, data);
+                copy_to_bufs(&mut c.task.bufs, off as usize, data);
                 c.received += data.len() as u32;
                 c.received == c.want
             })
