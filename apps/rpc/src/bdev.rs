@@ -1,8 +1,9 @@
 //! bdev and iobuf methods, with rpc.py's argument forms.
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use crate::params::{o, obj, v};
 use crate::{Request, Show};
 
 #[derive(Subcommand, Debug)]
@@ -125,10 +126,9 @@ pub enum Cmd {
     IobufGetStats,
 }
 
-/// An object of the parameters that are set.
+/// Params with the options that were given.
 fn params(pairs: &[(&str, Option<Value>)]) -> Option<Value> {
-    let m: Map<String, Value> = pairs.iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect();
-    Some(Value::Object(m))
+    Some(obj(pairs))
 }
 
 fn req(method: &'static str, params: Option<Value>, show: Show) -> Request {
@@ -138,18 +138,17 @@ fn req(method: &'static str, params: Option<Value>, show: Show) -> Request {
 impl Cmd {
     pub fn request(&self) -> Request {
         use Cmd::*;
-        let j = |v: &dyn erased::ToJson| Some(v.to_json());
         match self {
             BdevMallocCreate { name, uuid, total_size, block_size, optimal_io_boundary } => {
                 let num_blocks = ((total_size * 1024.0 * 1024.0) as u64) / (*block_size).max(1) as u64;
                 req(
                     "bdev_malloc_create",
                     params(&[
-                        ("name", name.as_ref().map(|n| json!(n))),
-                        ("uuid", uuid.as_ref().map(|u| json!(u))),
-                        ("num_blocks", j(&num_blocks)),
-                        ("block_size", j(block_size)),
-                        ("optimal_io_boundary", optimal_io_boundary.map(|o| json!(o))),
+                        ("name", o(name)),
+                        ("uuid", o(uuid)),
+                        ("num_blocks", v(&num_blocks)),
+                        ("block_size", v(block_size)),
+                        ("optimal_io_boundary", o(optimal_io_boundary)),
                     ]),
                     Show::Text,
                 )
@@ -159,44 +158,44 @@ impl Cmd {
                 let num_blocks = total_size * 1024 * 1024 / (*block_size).max(1) as u64;
                 req(
                     "bdev_null_create",
-                    params(&[("name", j(name)), ("num_blocks", j(&num_blocks)), ("block_size", j(block_size)), ("uuid", uuid.as_ref().map(|u| json!(u)))]),
+                    params(&[("name", v(name)), ("num_blocks", v(&num_blocks)), ("block_size", v(block_size)), ("uuid", o(uuid))]),
                     Show::Text,
                 )
             }
             BdevNullDelete { name } => req("bdev_null_delete", Some(json!({"name": name})), Show::Nothing),
             BdevUringCreate { filename, name, block_size, uuid } => req(
                 "bdev_uring_create",
-                params(&[("filename", j(filename)), ("name", j(name)), ("block_size", block_size.map(|b| json!(b))), ("uuid", uuid.as_ref().map(|u| json!(u)))]),
+                params(&[("filename", v(filename)), ("name", v(name)), ("block_size", o(block_size)), ("uuid", o(uuid))]),
                 Show::Text,
             ),
             BdevUringDelete { name } => req("bdev_uring_delete", Some(json!({"name": name})), Show::Nothing),
             BdevAioCreate { filename, name, block_size, readonly, fallocate, uuid } => req(
                 "bdev_aio_create",
                 params(&[
-                    ("filename", j(filename)),
-                    ("name", j(name)),
-                    ("block_size", block_size.map(|b| json!(b))),
+                    ("filename", v(filename)),
+                    ("name", v(name)),
+                    ("block_size", o(block_size)),
                     ("readonly", readonly.then_some(json!(true))),
                     ("fallocate", fallocate.then_some(json!(true))),
-                    ("uuid", uuid.as_ref().map(|u| json!(u))),
+                    ("uuid", o(uuid)),
                 ]),
                 Show::Text,
             ),
             BdevAioDelete { name } => req("bdev_aio_delete", Some(json!({"name": name})), Show::Nothing),
             BdevGetBdevs { name, timeout } => {
-                req("bdev_get_bdevs", params(&[("name", name.as_ref().map(|n| json!(n))), ("timeout", timeout.map(|t| json!(t)))]), Show::Json)
+                req("bdev_get_bdevs", params(&[("name", o(name)), ("timeout", o(timeout))]), Show::Json)
             }
             BdevGetIostat { per_channel, reset_mode, names } => req(
                 "bdev_get_iostat",
                 params(&[
                     ("per_channel", per_channel.then_some(json!(true))),
-                    ("reset_mode", reset_mode.as_ref().map(|m| json!(m))),
-                    ("names", names.as_ref().map(|n| json!(n))),
+                    ("reset_mode", o(reset_mode)),
+                    ("names", o(names)),
                 ]),
                 Show::Json,
             ),
             BdevResetIostat { name, mode } => {
-                req("bdev_reset_iostat", params(&[("name", name.as_ref().map(|n| json!(n))), ("mode", mode.as_ref().map(|m| json!(m)))]), Show::Nothing)
+                req("bdev_reset_iostat", params(&[("name", o(name)), ("mode", o(mode))]), Show::Nothing)
             }
             BdevEnableHistogram { name, histogram, .. } => req("bdev_enable_histogram", Some(json!({"name": name, "enable": histogram})), Show::Nothing),
             BdevGetHistogram { name } => req("bdev_get_histogram", Some(json!({"name": name})), Show::Json),
@@ -204,26 +203,14 @@ impl Cmd {
             IobufSetOptions { small_pool_count, large_pool_count, small_bufsize, large_bufsize } => req(
                 "iobuf_set_options",
                 params(&[
-                    ("small_pool_count", small_pool_count.map(|v| json!(v))),
-                    ("large_pool_count", large_pool_count.map(|v| json!(v))),
-                    ("small_bufsize", small_bufsize.map(|v| json!(v))),
-                    ("large_bufsize", large_bufsize.map(|v| json!(v))),
+                    ("small_pool_count", o(small_pool_count)),
+                    ("large_pool_count", o(large_pool_count)),
+                    ("small_bufsize", o(small_bufsize)),
+                    ("large_bufsize", o(large_bufsize)),
                 ]),
                 Show::Nothing,
             ),
             IobufGetStats => req("iobuf_get_stats", None, Show::Json),
-        }
-    }
-}
-
-/// `json!` for references of any serialisable type, usable as `&dyn`.
-mod erased {
-    pub trait ToJson {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> ToJson for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
         }
     }
 }

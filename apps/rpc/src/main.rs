@@ -17,6 +17,7 @@ mod framework;
 mod iscsi;
 mod nvme;
 mod nvmf;
+mod params;
 
 #[derive(Parser, Debug)]
 #[command(name = "pollux-rpc", version, about = "Talk to a Pollux (or SPDK) target over its JSON-RPC socket")]

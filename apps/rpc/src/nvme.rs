@@ -1,8 +1,9 @@
 //! bdev_nvme methods, with rpc.py's argument forms.
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use crate::params::obj;
 use crate::{Request, Show};
 
 /// Variants are named after the RPC methods (rpc.py's subcommands).
@@ -63,24 +64,13 @@ pub enum Cmd {
     },
 }
 
-/// Params with the options that were given.
-fn params(pairs: &[(&str, Option<Value>)]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in pairs {
-        if let Some(v) = v {
-            m.insert((*k).to_string(), v.clone());
-        }
-    }
-    Value::Object(m)
-}
-
 impl Cmd {
     pub fn request(&self) -> Request {
         let req = |method, params: Option<Value>, show| Request { method, params, show };
         match self {
             Cmd::BdevNvmeAttachController { name, trtype, traddr, adrfam, trsvcid, subnqn, hostnqn, hostaddr, hostsvcid, multipath, num_io_queues, max_bdevs } => {
                 let s = |v: &Option<String>| v.as_ref().map(|x| json!(x));
-                let p = params(&[
+                let p = obj(&[
                     ("name", Some(json!(name))),
                     ("trtype", Some(json!(trtype))),
                     ("traddr", Some(json!(traddr))),
@@ -97,12 +87,12 @@ impl Cmd {
                 req("bdev_nvme_attach_controller", Some(p), Show::Json)
             }
             Cmd::BdevNvmeDetachController { name, trtype, traddr } => {
-                let p = params(&[("name", Some(json!(name))), ("trtype", trtype.as_ref().map(|v| json!(v))), ("traddr", traddr.as_ref().map(|v| json!(v)))]);
+                let p = obj(&[("name", Some(json!(name))), ("trtype", trtype.as_ref().map(|v| json!(v))), ("traddr", traddr.as_ref().map(|v| json!(v)))]);
                 req("bdev_nvme_detach_controller", Some(p), Show::Nothing)
             }
             Cmd::BdevNvmeGetControllers { name } => req("bdev_nvme_get_controllers", name.as_ref().map(|n| json!({"name": n})), Show::Json),
             Cmd::BdevNvmeResetController { name, cntlid } => {
-                let p = params(&[("name", Some(json!(name))), ("cntlid", cntlid.map(|c| json!(c)))]);
+                let p = obj(&[("name", Some(json!(name))), ("cntlid", cntlid.map(|c| json!(c)))]);
                 req("bdev_nvme_reset_controller", Some(p), Show::Json)
             }
         }

@@ -2,9 +2,9 @@
 //! the PyPI `spdk-rpc` accept the same command lines).
 
 use clap::Subcommand;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use crate::params::{o, obj, v};
 use crate::{Request, Show};
 
 /// The parts of a listen address, as rpc.py takes them.
@@ -267,19 +267,6 @@ pub enum Cmd {
         #[arg(short = 't', long)]
         tgt_name: Option<String>,
     },
-}
-
-fn v<T: Serialize + ?Sized>(x: &T) -> Option<Value> {
-    Some(json!(x))
-}
-
-fn o<T: Serialize>(x: &Option<T>) -> Option<Value> {
-    x.as_ref().map(|x| json!(x))
-}
-
-fn obj(pairs: &[(&str, Option<Value>)]) -> Value {
-    let m: Map<String, Value> = pairs.iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect();
-    Value::Object(m)
 }
 
 fn req(method: &'static str, pairs: &[(&str, Option<Value>)], show: Show) -> Request {
