@@ -50,7 +50,7 @@ impl<A: 'static> InlineFn<A> {
         } else {
             // A box is a thin pointer: always fits.
             let b: Box<F> = Box::new(f);
-            Self::inline(move |a| b(a))
+            Self::inline(b)
         }
     }
 

@@ -142,8 +142,14 @@ fn run(args: &Args) -> Result<(), ()> {
                 }
             };
             return match client.call(method, params.clone()) {
-                Ok(v) => Ok(print(&v, Show::Json)),
-                Err(e) => Err(report(method, &params, &e)),
+                Ok(v) => {
+                    print(&v, Show::Json);
+                    Ok(())
+                }
+                Err(e) => {
+                    report(method, &params, &e);
+                    Err(())
+                }
             };
         }
         Command::Framework(c) => c.request(),
@@ -153,11 +159,15 @@ fn run(args: &Args) -> Result<(), ()> {
         Command::Nvmf(c) => c.request(),
     };
     match client.call(req.method, req.params.clone()) {
-        Ok(v) => Ok(print(&v, req.show)),
+        Ok(v) => print(&v, req.show),
         // The target may close the socket before answering a kill.
-        Err(ClientError::Closed) if req.method == "spdk_kill_instance" => Ok(()),
-        Err(e) => Err(report(req.method, &req.params, &e)),
+        Err(ClientError::Closed) if req.method == "spdk_kill_instance" => {}
+        Err(e) => {
+            report(req.method, &req.params, &e);
+            return Err(());
+        }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -116,6 +116,9 @@ pub(crate) struct Slot {
 
 /// Per-channel state a request needs at completion.
 pub(crate) struct Home {
+    // Boxed: a request owns its slot by pointer while in flight, and the
+    // free list hands the same allocations out again.
+    #[allow(clippy::vec_box)]
     pub(crate) free: RefCell<Vec<Box<Slot>>>,
     pub(crate) stats: RefCell<IoStats>,
     /// Set while the backend's submit runs: completions are deferred then.

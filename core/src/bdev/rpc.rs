@@ -26,7 +26,7 @@ use crate::rpc::{NoParams, Responder, RpcError, States};
 /// Add the iobuf and bdev subsystems and their RPC methods to an app.
 pub fn register(app: &mut App) {
     app.add_subsystem(Rc::new(IobufSubsystem));
-    app.add_subsystem(Rc::new(BdevSubsystem::default()));
+    app.add_subsystem(Rc::new(BdevSubsystem));
     let m = app.methods();
     m.register("iobuf_set_options", States::STARTUP, iobuf_set_options);
     m.register("iobuf_get_stats", States::RUNTIME, |_: NoParams, r: Responder| {
@@ -152,7 +152,6 @@ impl Subsystem for IobufSubsystem {
     }
 }
 
-#[derive(Default)]
 struct BdevSubsystem;
 
 impl Subsystem for BdevSubsystem {
