@@ -13,13 +13,9 @@ pub const NVME: &str = "nvme";
 /// Fails with [`Error::NoIommu`] unless the kernel has IOMMU groups and `ctrl` is in one.
 pub fn check_iommu<O: Os>(sys: &System<O>, ctrl: &Controller) -> Result<u32> {
     if list_dir(&sys.path("sys/kernel/iommu_groups"))?.is_empty() {
-        return Err(Error::NoIommu {
-            detail: "/sys/kernel/iommu_groups is empty".into(),
-        });
+        return Err(Error::NoIommu { detail: "/sys/kernel/iommu_groups is empty".into() });
     }
-    ctrl.iommu_group.ok_or_else(|| Error::NoIommu {
-        detail: format!("{} is in no IOMMU group", ctrl.bdf),
-    })
+    ctrl.iommu_group.ok_or_else(|| Error::NoIommu { detail: format!("{} is in no IOMMU group", ctrl.bdf) })
 }
 
 /// Loads vfio-pci; [`Error::NoVfioPci`] when the kernel does not have it.
@@ -31,10 +27,7 @@ pub fn load_vfio_pci<O: Os>(sys: &System<O>) -> Result<()> {
     }
     let detail = match loaded {
         Err(msg) => format!("modprobe vfio-pci: {msg}"),
-        Ok(()) => format!(
-            "{} is missing after modprobe",
-            sys.machine_path(&driver_dir).display()
-        ),
+        Ok(()) => format!("{} is missing after modprobe", sys.machine_path(&driver_dir).display()),
     };
     Err(Error::NoVfioPci { detail })
 }
@@ -44,12 +37,7 @@ pub fn vfio_group_device(group: u32) -> PathBuf {
     PathBuf::from(format!("/dev/vfio/{group}"))
 }
 
-fn rebind<O: Os>(
-    sys: &System<O>,
-    ctrl: &Controller,
-    override_value: &str,
-    wanted: &'static str,
-) -> Result<()> {
+fn rebind<O: Os>(sys: &System<O>, ctrl: &Controller, override_value: &str, wanted: &'static str) -> Result<()> {
     let dir = ctrl.sysfs_dir(sys);
     let bdf = ctrl.bdf.as_str();
     sys.write(&dir.join("driver_override"), override_value)?;
@@ -59,11 +47,7 @@ fn rebind<O: Os>(
     sys.write(&sys.path("sys/bus/pci/drivers_probe"), bdf)?;
     if !sys.wait_until(|| link_name(&dir.join("driver")).as_deref() == Some(wanted)) {
         let now = link_name(&dir.join("driver")).unwrap_or_else(|| "none".into());
-        return Err(Error::BindFailed {
-            bdf: ctrl.bdf.clone(),
-            wanted,
-            now,
-        });
+        return Err(Error::BindFailed { bdf: ctrl.bdf.clone(), wanted, now });
     }
     Ok(())
 }
@@ -76,10 +60,7 @@ pub fn bind_vfio<O: Os>(sys: &System<O>, ctrl: &Controller, group: u32) -> Resul
     }
     let node = sys.host_path(&vfio_group_device(group));
     if !sys.wait_until(|| node.exists()) {
-        return Err(Error::NoVfioGroupDevice {
-            bdf: ctrl.bdf.clone(),
-            group,
-        });
+        return Err(Error::NoVfioGroupDevice { bdf: ctrl.bdf.clone(), group });
     }
     Ok(())
 }

@@ -14,10 +14,7 @@ use crate::system::{Os, System, list_dir};
 /// Paths (as the machine sees them) open or mapped by any process.
 fn referenced<O: Os>(sys: &System<O>) -> Result<HashSet<PathBuf>> {
     let mut refs = HashSet::new();
-    for pid in list_dir(&sys.path("proc"))?
-        .iter()
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    for pid in list_dir(&sys.path("proc"))?.iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
         let proc_dir = sys.path(format!("proc/{pid}"));
         // A process may exit or deny access while we look: skip what cannot be read.
         for fd in list_dir(&proc_dir.join("fd")).unwrap_or_default() {
@@ -50,8 +47,7 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for name in list_dir(dir)? {
         let path = dir.join(name);
-        let meta =
-            std::fs::symlink_metadata(&path).map_err(|e| Error::io("inspecting", &path, e))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("inspecting", &path, e))?;
         if meta.is_dir() {
             out.extend(files_in(&path)?);
         } else if meta.is_file() {
@@ -63,22 +59,14 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 
 pub fn cleanup<O: Os>(sys: &System<O>, dry_run: bool) -> Result<Report> {
     if !dry_run && !sys.os.is_root() {
-        return Err(Error::NotRoot {
-            action: "pollux-setup cleanup",
-        });
+        return Err(Error::NotRoot { action: "pollux-setup cleanup" });
     }
     let refs = referenced(sys)?;
-    let mut report = Report {
-        dry_run,
-        ..Report::default()
-    };
+    let mut report = Report { dry_run, ..Report::default() };
     for mount in hugetlbfs_mounts(sys)? {
         for file in files_in(&sys.host_path(&mount.path))? {
             let seen = sys.machine_path(&file);
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if refs.contains(&seen) {
                 continue;
             }
@@ -88,14 +76,10 @@ pub fn cleanup<O: Os>(sys: &System<O>, dry_run: bool) -> Result<Report> {
                 }
             }
             if dry_run {
-                report
-                    .actions
-                    .push(format!("remove stale {}", seen.display()));
+                report.actions.push(format!("remove stale {}", seen.display()));
             } else {
                 std::fs::remove_file(&file).map_err(|e| Error::io("removing", &file, e))?;
-                report
-                    .actions
-                    .push(format!("removed stale {}", seen.display()));
+                report.actions.push(format!("removed stale {}", seen.display()));
             }
         }
     }

@@ -38,11 +38,7 @@ impl Selection {
     /// The selected controllers; an allowed address that is not an NVMe
     /// controller is an error rather than silently ignored.
     pub fn apply(&self, all: Vec<Controller>) -> Result<Vec<Controller>> {
-        if let Some(missing) = self
-            .allow
-            .iter()
-            .find(|b| !all.iter().any(|c| &c.bdf == *b))
-        {
+        if let Some(missing) = self.allow.iter().find(|b| !all.iter().any(|c| &c.bdf == *b)) {
             return Err(Error::NotNvme(missing.clone()));
         }
         Ok(all
@@ -84,11 +80,7 @@ impl Report {
 }
 
 fn require_root<O: Os>(sys: &System<O>, dry_run: bool, action: &'static str) -> Result<()> {
-    if dry_run || sys.os.is_root() {
-        Ok(())
-    } else {
-        Err(Error::NotRoot { action })
-    }
+    if dry_run || sys.os.is_root() { Ok(()) } else { Err(Error::NotRoot { action }) }
 }
 
 /// Reserves hugepages, mounts hugetlbfs, binds the selected NVMe controllers to
@@ -96,17 +88,10 @@ fn require_root<O: Os>(sys: &System<O>, dry_run: bool, action: &'static str) -> 
 pub fn config<O: Os>(sys: &System<O>, req: &ConfigRequest) -> Result<Report> {
     // Everything that can be validated without changing anything comes first.
     let nr_path = hugepages::nr_hugepages_path(sys, req.page_size_kb, req.node)?;
-    let user = req
-        .user
-        .as_deref()
-        .map(|u| lookup_user(sys, u))
-        .transpose()?;
+    let user = req.user.as_deref().map(|u| lookup_user(sys, u)).transpose()?;
     let selected = req.devices.apply(nvme::controllers(sys)?)?;
     require_root(sys, req.dry_run, "pollux-setup config")?;
-    let mut report = Report {
-        dry_run: req.dry_run,
-        ..Report::default()
-    };
+    let mut report = Report { dry_run: req.dry_run, ..Report::default() };
 
     let reserved = reserve_hugepages(sys, req, &nr_path, &mut report)?;
     let mount = ensure_mount(sys, req, &mut report)?;
@@ -114,13 +99,7 @@ pub fn config<O: Os>(sys: &System<O>, req: &ConfigRequest) -> Result<Report> {
 
     if let Some(user) = &user {
         for group in groups {
-            grant(
-                sys,
-                req.dry_run,
-                &bind::vfio_group_device(group),
-                user,
-                &mut report,
-            )?;
+            grant(sys, req.dry_run, &bind::vfio_group_device(group), user, &mut report)?;
         }
         grant(sys, req.dry_run, &mount, user, &mut report)?;
     }
@@ -132,48 +111,32 @@ pub fn config<O: Os>(sys: &System<O>, req: &ConfigRequest) -> Result<Report> {
              /etc/security/limits.d){}",
             limit / 1024,
             needed / 1024,
-            user.as_ref()
-                .map(|u| format!(" for user {}", u.name))
-                .unwrap_or_default()
+            user.as_ref().map(|u| format!(" for user {}", u.name)).unwrap_or_default()
         ));
     }
     Ok(report)
 }
 
 /// Returns the number of pages reserved afterwards.
-fn reserve_hugepages<O: Os>(
-    sys: &System<O>,
-    req: &ConfigRequest,
-    nr_path: &std::path::Path,
-    report: &mut Report,
-) -> Result<u64> {
+fn reserve_hugepages<O: Os>(sys: &System<O>, req: &ConfigRequest, nr_path: &std::path::Path, report: &mut Report) -> Result<u64> {
     let current = read_number(nr_path)?.unwrap_or(0);
     let size = format_size_kb(req.page_size_kb);
-    let where_ = req
-        .node
-        .map(|n| format!(" on node {n}"))
-        .unwrap_or_default();
+    let where_ = req.node.map(|n| format!(" on node {n}")).unwrap_or_default();
     let Some(amount) = req.hugepages else {
         return Ok(current);
     };
     let wanted = amount.pages(req.page_size_kb);
     if wanted == current {
-        report.action(format!(
-            "{current} {size} hugepages{where_} already reserved"
-        ));
+        report.action(format!("{current} {size} hugepages{where_} already reserved"));
         return Ok(current);
     }
     if req.dry_run {
-        report.action(format!(
-            "reserve {wanted} {size} hugepages{where_} (now {current})"
-        ));
+        report.action(format!("reserve {wanted} {size} hugepages{where_} (now {current})"));
         return Ok(wanted);
     }
     sys.write(nr_path, &wanted.to_string())?;
     let got = read_number(nr_path)?.unwrap_or(0);
-    report.action(format!(
-        "reserved {got} {size} hugepages{where_} (was {current})"
-    ));
+    report.action(format!("reserved {got} {size} hugepages{where_} (was {current})"));
     if got < wanted {
         report.warnings.push(format!(
             "only {got} of {wanted} {size} hugepages could be reserved{where_} (memory is \
@@ -184,81 +147,45 @@ fn reserve_hugepages<O: Os>(
 }
 
 /// Returns the hugetlbfs mount point (as the machine sees it) for the page size.
-fn ensure_mount<O: Os>(
-    sys: &System<O>,
-    req: &ConfigRequest,
-    report: &mut Report,
-) -> Result<PathBuf> {
+fn ensure_mount<O: Os>(sys: &System<O>, req: &ConfigRequest, report: &mut Report) -> Result<PathBuf> {
     let default_kb = hugepages::default_page_size_kb(sys)?;
     let mounts = hugepages::hugetlbfs_mounts(sys)?;
     let size = format_size_kb(req.page_size_kb);
-    if let Some(m) = mounts
-        .iter()
-        .find(|m| m.page_size_kb.or(default_kb) == Some(req.page_size_kb))
-    {
-        report.action(format!(
-            "hugetlbfs for {size} pages already mounted on {}",
-            m.path.display()
-        ));
+    if let Some(m) = mounts.iter().find(|m| m.page_size_kb.or(default_kb) == Some(req.page_size_kb)) {
+        report.action(format!("hugetlbfs for {size} pages already mounted on {}", m.path.display()));
         return Ok(m.path.clone());
     }
     let target = hugepages::default_mount_point(req.page_size_kb, default_kb);
     if req.dry_run {
-        report.action(format!(
-            "mount hugetlbfs (pagesize={size}) on {}",
-            target.display()
-        ));
+        report.action(format!("mount hugetlbfs (pagesize={size}) on {}", target.display()));
         return Ok(target);
     }
     let dir = sys.host_path(&target);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-    sys.os
-        .mount_hugetlbfs(&dir, req.page_size_kb)
-        .map_err(|e| Error::io("mounting hugetlbfs on", &dir, e))?;
-    report.action(format!(
-        "mounted hugetlbfs (pagesize={size}) on {}",
-        target.display()
-    ));
+    sys.os.mount_hugetlbfs(&dir, req.page_size_kb).map_err(|e| Error::io("mounting hugetlbfs on", &dir, e))?;
+    report.action(format!("mounted hugetlbfs (pagesize={size}) on {}", target.display()));
     Ok(target)
 }
 
 /// Binds what can be bound; returns the IOMMU groups of the bound devices.
-fn bind_devices<O: Os>(
-    sys: &System<O>,
-    req: &ConfigRequest,
-    selected: Vec<Controller>,
-    report: &mut Report,
-) -> Result<Vec<u32>> {
+fn bind_devices<O: Os>(sys: &System<O>, req: &ConfigRequest, selected: Vec<Controller>, report: &mut Report) -> Result<Vec<u32>> {
     let mut groups = Vec::new();
     let mut vfio_ready = false;
     for ctrl in selected {
-        let refusing: Vec<Usage> = ctrl
-            .usage
-            .iter()
-            .filter(|u| u.refuses(req.force))
-            .cloned()
-            .collect();
+        let refusing: Vec<Usage> = ctrl.usage.iter().filter(|u| u.refuses(req.force)).cloned().collect();
         if !refusing.is_empty() {
             report.refused.push((ctrl.bdf.clone(), refusing));
             continue;
         }
         for u in ctrl.usage.iter().filter(|u| !u.refuses(req.force)) {
-            report
-                .warnings
-                .push(format!("{}: binding despite: {u}", ctrl.bdf));
+            report.warnings.push(format!("{}: binding despite: {u}", ctrl.bdf));
         }
         let group = bind::check_iommu(sys, &ctrl)?;
         let from = ctrl.driver.clone().unwrap_or_else(|| "no driver".into());
         if ctrl.driver.as_deref() == Some(VFIO_PCI) {
-            report.action(format!(
-                "{} already bound to vfio-pci (IOMMU group {group})",
-                ctrl.bdf
-            ));
+            report.action(format!("{} already bound to vfio-pci (IOMMU group {group})", ctrl.bdf));
         } else if req.dry_run {
-            report.action(format!(
-                "bind {} ({from}) to vfio-pci (IOMMU group {group})",
-                ctrl.bdf
-            ));
+            report.action(format!("bind {} ({from}) to vfio-pci (IOMMU group {group})", ctrl.bdf));
         } else {
             if !vfio_ready {
                 bind::load_vfio_pci(sys)?;
@@ -266,31 +193,20 @@ fn bind_devices<O: Os>(
                 vfio_ready = true;
             }
             bind::bind_vfio(sys, &ctrl, group)?;
-            report.action(format!(
-                "bound {} ({from}) to vfio-pci: /dev/vfio/{group}",
-                ctrl.bdf
-            ));
+            report.action(format!("bound {} ({from}) to vfio-pci: /dev/vfio/{group}", ctrl.bdf));
         }
         groups.push(group);
     }
     Ok(groups)
 }
 
-fn grant<O: Os>(
-    sys: &System<O>,
-    dry_run: bool,
-    path: &std::path::Path,
-    user: &User,
-    report: &mut Report,
-) -> Result<()> {
+fn grant<O: Os>(sys: &System<O>, dry_run: bool, path: &std::path::Path, user: &User, report: &mut Report) -> Result<()> {
     if dry_run {
         report.action(format!("give {} to user {}", path.display(), user.name));
         return Ok(());
     }
     let host = sys.host_path(path);
-    sys.os
-        .chown(&host, user.uid, user.gid)
-        .map_err(|e| Error::io("changing the owner of", &host, e))?;
+    sys.os.chown(&host, user.uid, user.gid).map_err(|e| Error::io("changing the owner of", &host, e))?;
     report.action(format!("gave {} to user {}", path.display(), user.name));
     Ok(())
 }
@@ -300,14 +216,10 @@ fn grant<O: Os>(
 pub fn reset<O: Os>(sys: &System<O>, devices: &Selection, dry_run: bool) -> Result<Report> {
     let selected = devices.apply(nvme::controllers(sys)?)?;
     require_root(sys, dry_run, "pollux-setup reset")?;
-    let mut report = Report {
-        dry_run,
-        ..Report::default()
-    };
+    let mut report = Report { dry_run, ..Report::default() };
     let mut nvme_loaded = false;
     for ctrl in selected {
-        let override_ =
-            read_attr(&ctrl.sysfs_dir(sys).join("driver_override"))?.unwrap_or_default();
+        let override_ = read_attr(&ctrl.sysfs_dir(sys).join("driver_override"))?.unwrap_or_default();
         let ours = matches!(ctrl.driver.as_deref(), Some(VFIO_PCI) | None) || override_ == VFIO_PCI;
         if ctrl.driver.as_deref() == Some(NVME) || !ours {
             let driver = ctrl.driver.as_deref().unwrap_or("none");
@@ -322,10 +234,7 @@ pub fn reset<O: Os>(sys: &System<O>, devices: &Selection, dry_run: bool) -> Resu
         if !nvme_loaded {
             if let Err(message) = sys.os.modprobe(NVME) {
                 if !sys.path("sys/bus/pci/drivers/nvme").is_dir() {
-                    return Err(Error::Modprobe {
-                        module: NVME.into(),
-                        message,
-                    });
+                    return Err(Error::Modprobe { module: NVME.into(), message });
                 }
             }
             nvme_loaded = true;

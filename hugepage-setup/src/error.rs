@@ -38,11 +38,7 @@ pub enum Error {
     UnknownUser(String),
 
     #[error("{bdf} did not bind to {wanted} (driver now: {now})")]
-    BindFailed {
-        bdf: Bdf,
-        wanted: &'static str,
-        now: String,
-    },
+    BindFailed { bdf: Bdf, wanted: &'static str, now: String },
 
     #[error("{bdf}: /dev/vfio/{group} did not appear")]
     NoVfioGroupDevice { bdf: Bdf, group: u32 },
@@ -61,11 +57,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            what,
-            path: path.into(),
-            source,
-        }
+        Error::Io { what, path: path.into(), source }
     }
 }
 

@@ -51,10 +51,7 @@ pub fn format_size_kb(kb: u64) -> String {
 }
 
 fn size_dir_kb(name: &str) -> Option<u64> {
-    name.strip_prefix("hugepages-")?
-        .strip_suffix("kB")?
-        .parse()
-        .ok()
+    name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()
 }
 
 fn read_pools(base: &Path, node: Option<u32>) -> Result<Vec<Pool>> {
@@ -77,10 +74,8 @@ fn read_pools(base: &Path, node: Option<u32>) -> Result<Vec<Pool>> {
 
 /// NUMA nodes that exist (from `sys/devices/system/node/nodeN`).
 pub fn nodes<O: Os>(sys: &System<O>) -> Result<Vec<u32>> {
-    let mut nodes: Vec<u32> = list_dir(&sys.path("sys/devices/system/node"))?
-        .iter()
-        .filter_map(|n| n.strip_prefix("node")?.parse().ok())
-        .collect();
+    let mut nodes: Vec<u32> =
+        list_dir(&sys.path("sys/devices/system/node"))?.iter().filter_map(|n| n.strip_prefix("node")?.parse().ok()).collect();
     nodes.sort_unstable();
     Ok(nodes)
 }
@@ -96,14 +91,8 @@ pub fn pools<O: Os>(sys: &System<O>) -> Result<Vec<Pool>> {
 }
 
 /// The `nr_hugepages` file for a size, machine-wide or for one node.
-pub fn nr_hugepages_path<O: Os>(
-    sys: &System<O>,
-    page_size_kb: u64,
-    node: Option<u32>,
-) -> Result<PathBuf> {
-    let global = sys.path(format!(
-        "sys/kernel/mm/hugepages/hugepages-{page_size_kb}kB"
-    ));
+pub fn nr_hugepages_path<O: Os>(sys: &System<O>, page_size_kb: u64, node: Option<u32>) -> Result<PathBuf> {
+    let global = sys.path(format!("sys/kernel/mm/hugepages/hugepages-{page_size_kb}kB"));
     if !global.is_dir() {
         return Err(Error::UnsupportedPageSize(format_size_kb(page_size_kb)));
     }
@@ -113,9 +102,7 @@ pub fn nr_hugepages_path<O: Os>(
             if !nodes(sys)?.contains(&n) {
                 return Err(Error::NoSuchNode(n));
             }
-            sys.path(format!(
-                "sys/devices/system/node/node{n}/hugepages/hugepages-{page_size_kb}kB"
-            ))
+            sys.path(format!("sys/devices/system/node/node{n}/hugepages/hugepages-{page_size_kb}kB"))
         }
     };
     Ok(dir.join("nr_hugepages"))
@@ -145,10 +132,7 @@ pub fn hugetlbfs_mounts<O: Os>(sys: &System<O>) -> Result<Vec<HugetlbfsMount>> {
     Ok(mount_table(sys)?
         .into_iter()
         .filter(|m| m.fs_type == "hugetlbfs")
-        .map(|m| HugetlbfsMount {
-            page_size_kb: hugetlbfs_page_size_kb(&m.super_options),
-            path: m.mount_point,
-        })
+        .map(|m| HugetlbfsMount { page_size_kb: hugetlbfs_page_size_kb(&m.super_options), path: m.mount_point })
         .collect())
 }
 
@@ -182,17 +166,8 @@ mod tests {
 
     #[test]
     fn mount_point_follows_the_default_size() {
-        assert_eq!(
-            default_mount_point(2048, Some(2048)),
-            PathBuf::from("/dev/hugepages")
-        );
-        assert_eq!(
-            default_mount_point(1 << 20, Some(2048)),
-            PathBuf::from("/dev/hugepages-1G")
-        );
-        assert_eq!(
-            default_mount_point(1 << 20, Some(1 << 20)),
-            PathBuf::from("/dev/hugepages")
-        );
+        assert_eq!(default_mount_point(2048, Some(2048)), PathBuf::from("/dev/hugepages"));
+        assert_eq!(default_mount_point(1 << 20, Some(2048)), PathBuf::from("/dev/hugepages-1G"));
+        assert_eq!(default_mount_point(1 << 20, Some(1 << 20)), PathBuf::from("/dev/hugepages"));
     }
 }

@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use pollux_setup::{Amount, Bdf, ConfigRequest, RealOs, Report, Selection, System, parse_size_kb};
 
 #[derive(Parser)]
-#[command(
-    name = "pollux-setup",
-    version,
-    about = "Prepare hugepages and NVMe devices for Pollux"
-)]
+#[command(name = "pollux-setup", version, about = "Prepare hugepages and NVMe devices for Pollux")]
 struct Cli {
     /// Read sysfs/procfs/dev under this folder instead of / (for testing).
     #[arg(long, global = true, hide = true, default_value = "/")]
@@ -60,16 +56,8 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn selection(&self) -> anyhow::Result<Selection> {
-        let list = |s: &Option<String>| {
-            s.as_deref()
-                .map(Bdf::parse_list)
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
-        Ok(Selection {
-            allow: list(&self.allow)?,
-            block: list(&self.block)?,
-        })
+        let list = |s: &Option<String>| s.as_deref().map(Bdf::parse_list).transpose().map(Option::unwrap_or_default);
+        Ok(Selection { allow: list(&self.allow)?, block: list(&self.block)? })
     }
 }
 
@@ -115,11 +103,7 @@ fn print_report(report: &Report) -> ExitCode {
             eprintln!("  - {u}");
         }
     }
-    if report.refused.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if report.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -135,14 +119,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config(args) => {
-            let page_size_kb = parse_size_kb(&args.hugepage_size).with_context(|| {
-                format!("--hugepage-size {}: expected 2M or 1G", args.hugepage_size)
-            })?;
+            let page_size_kb =
+                parse_size_kb(&args.hugepage_size).with_context(|| format!("--hugepage-size {}: expected 2M or 1G", args.hugepage_size))?;
             if page_size_kb != 2048 && page_size_kb != 1024 * 1024 {
-                bail!(
-                    "--hugepage-size {}: only 2M and 1G are supported",
-                    args.hugepage_size
-                );
+                bail!("--hugepage-size {}: only 2M and 1G are supported", args.hugepage_size);
             }
             let hugepages = match (args.hugemem, args.nr_hugepages) {
                 (_, Some(n)) => Amount::Pages(n),
@@ -160,11 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             Ok(print_report(&pollux_setup::config(&sys, &req)?))
         }
-        Cmd::Reset { devices, dry_run } => Ok(print_report(&pollux_setup::reset(
-            &sys,
-            &devices.selection()?,
-            dry_run,
-        )?)),
+        Cmd::Reset { devices, dry_run } => Ok(print_report(&pollux_setup::reset(&sys, &devices.selection()?, dry_run)?)),
         Cmd::Cleanup { dry_run } => Ok(print_report(&pollux_setup::cleanup(&sys, dry_run)?)),
     }
 }

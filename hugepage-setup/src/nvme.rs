@@ -21,11 +21,7 @@ pub struct Bdf(String);
 impl Bdf {
     pub fn parse(text: &str) -> Result<Self> {
         let t = text.trim().to_ascii_lowercase();
-        let full = if t.matches(':').count() == 1 {
-            format!("0000:{t}")
-        } else {
-            t
-        };
+        let full = if t.matches(':').count() == 1 { format!("0000:{t}") } else { t };
         let bad = || Error::BadBdf(text.to_string());
         let (domain, rest) = full.split_once(':').ok_or_else(bad)?;
         let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
@@ -41,10 +37,7 @@ impl Bdf {
 
     /// Comma-separated list, as given to `--allow` / `--block`.
     pub fn parse_list(text: &str) -> Result<Vec<Self>> {
-        text.split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(Bdf::parse)
-            .collect()
+        text.split(',').filter(|s| !s.trim().is_empty()).map(Bdf::parse).collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -63,10 +56,7 @@ impl fmt::Display for Bdf {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Usage {
     /// A file system on the namespace or one of its partitions is mounted.
-    Mounted {
-        device: String,
-        mount_point: PathBuf,
-    },
+    Mounted { device: String, mount_point: PathBuf },
     /// Active swap.
     Swap { device: String },
     /// Another block device (device-mapper/LVM, md RAID) is built on it.
@@ -86,22 +76,12 @@ impl Usage {
 impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Usage::Mounted {
-                device,
-                mount_point,
-            } => {
-                write!(
-                    f,
-                    "/dev/{device} is mounted on {} (unmount it first)",
-                    mount_point.display()
-                )
+            Usage::Mounted { device, mount_point } => {
+                write!(f, "/dev/{device} is mounted on {} (unmount it first)", mount_point.display())
             }
             Usage::Swap { device } => write!(f, "/dev/{device} is active swap (swapoff it first)"),
             Usage::Holder { device, holder } => {
-                write!(
-                    f,
-                    "/dev/{device} is held by {holder} (device-mapper/LVM/md; deactivate it first)"
-                )
+                write!(f, "/dev/{device} is held by {holder} (device-mapper/LVM/md; deactivate it first)")
             }
             Usage::Data { device, what } => {
                 write!(f, "/dev/{device} contains {what} (--force binds anyway)")
@@ -141,10 +121,7 @@ pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
             continue;
         }
         let Ok(bdf) = Bdf::parse(&name) else { continue };
-        let ctrl_names: Vec<String> = list_dir(&dir.join("nvme"))?
-            .into_iter()
-            .filter(|n| n.starts_with("nvme"))
-            .collect();
+        let ctrl_names: Vec<String> = list_dir(&dir.join("nvme"))?.into_iter().filter(|n| n.starts_with("nvme")).collect();
         let ctrl_dir = ctrl_names.first().map(|c| dir.join("nvme").join(c));
         let attr = |file: &str| -> Result<Option<String>> {
             match &ctrl_dir {
@@ -180,36 +157,18 @@ pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
 
 /// `nvme0n1` entries of a controller; with native multipath the namespaces are
 /// heads (`/sys/block/nvmeXnY`) whose `multipath/` lists this controller's paths.
-fn namespaces_of<O: Os>(
-    sys: &System<O>,
-    ctrl_dir: &std::path::Path,
-    ctrl: &str,
-) -> Result<Vec<String>> {
+fn namespaces_of<O: Os>(sys: &System<O>, ctrl_dir: &std::path::Path, ctrl: &str) -> Result<Vec<String>> {
     let is_ns = |n: &str| {
-        n.strip_prefix("nvme")
-            .and_then(|r| r.split_once('n'))
-            .is_some_and(|(a, b)| {
-                !a.is_empty()
-                    && a.bytes().all(|c| c.is_ascii_digit())
-                    && !b.is_empty()
-                    && b.bytes().all(|c| c.is_ascii_digit())
-            })
+        n.strip_prefix("nvme").and_then(|r| r.split_once('n')).is_some_and(|(a, b)| {
+            !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit())
+        })
     };
-    let mut names: Vec<String> = list_dir(ctrl_dir)?
-        .into_iter()
-        .filter(|n| is_ns(n))
-        .collect();
+    let mut names: Vec<String> = list_dir(ctrl_dir)?.into_iter().filter(|n| is_ns(n)).collect();
     let instance = ctrl.strip_prefix("nvme").unwrap_or("");
     let path_marker = format!("c{instance}n");
-    for block in list_dir(&sys.path("sys/block"))?
-        .into_iter()
-        .filter(|n| is_ns(n))
-    {
+    for block in list_dir(&sys.path("sys/block"))?.into_iter().filter(|n| is_ns(n)) {
         let paths = list_dir(&sys.path(format!("sys/block/{block}/multipath")))?;
-        if paths
-            .iter()
-            .any(|p| p.starts_with("nvme") && p.contains(&path_marker))
-        {
+        if paths.iter().any(|p| p.starts_with("nvme") && p.contains(&path_marker)) {
             names.push(block);
         }
     }
@@ -230,19 +189,13 @@ impl UsageContext {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("reading", swaps_path, e)),
         };
-        Ok(Self {
-            mounts: mount_table(sys)?,
-            swaps,
-        })
+        Ok(Self { mounts: mount_table(sys)?, swaps })
     }
 
     /// Uses of a namespace block device and of its partitions.
     fn usage_of<O: Os>(&self, sys: &System<O>, ns: &str) -> Result<Vec<Usage>> {
         let block_dir = sys.path(format!("sys/block/{ns}"));
-        let partitions: Vec<String> = list_dir(&block_dir)?
-            .into_iter()
-            .filter(|p| p.starts_with(ns) && p.len() > ns.len())
-            .collect();
+        let partitions: Vec<String> = list_dir(&block_dir)?.into_iter().filter(|p| p.starts_with(ns) && p.len() > ns.len()).collect();
         let mut uses = Vec::new();
         let mut devices = vec![(ns.to_string(), block_dir.clone())];
         devices.extend(partitions.iter().map(|p| (p.clone(), block_dir.join(p))));
@@ -251,16 +204,11 @@ impl UsageContext {
             let dev_path = format!("/dev/{device}");
             for m in &self.mounts {
                 if dev_no.as_deref() == Some(m.dev.as_str()) || m.source == dev_path {
-                    uses.push(Usage::Mounted {
-                        device: device.clone(),
-                        mount_point: m.mount_point.clone(),
-                    });
+                    uses.push(Usage::Mounted { device: device.clone(), mount_point: m.mount_point.clone() });
                 }
             }
             if self.swaps.contains(&dev_path) {
-                uses.push(Usage::Swap {
-                    device: device.clone(),
-                });
+                uses.push(Usage::Swap { device: device.clone() });
             }
             for holder in list_dir(&dir.join("holders"))? {
                 let name = read_attr(&sys.path(format!("sys/block/{holder}/dm/name")))?;
@@ -268,22 +216,13 @@ impl UsageContext {
                     Some(n) if !n.is_empty() => format!("{holder} ({n})"),
                     _ => holder,
                 };
-                uses.push(Usage::Holder {
-                    device: device.clone(),
-                    holder,
-                });
+                uses.push(Usage::Holder { device: device.clone(), holder });
             }
         }
         if !partitions.is_empty() {
-            uses.push(Usage::Data {
-                device: ns.to_string(),
-                what: format!("{} partition(s)", partitions.len()),
-            });
+            uses.push(Usage::Data { device: ns.to_string(), what: format!("{} partition(s)", partitions.len()) });
         } else if let Some(what) = signature(sys, ns)? {
-            uses.push(Usage::Data {
-                device: ns.to_string(),
-                what,
-            });
+            uses.push(Usage::Data { device: ns.to_string(), what });
         }
         Ok(uses)
     }
@@ -298,9 +237,7 @@ fn signature<O: Os>(sys: &System<O>, name: &str) -> Result<Option<String>> {
     let mut buf = Vec::with_capacity(PROBE_BYTES);
     match std::fs::File::open(&path) {
         Ok(f) => {
-            f.take(PROBE_BYTES as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| Error::io("reading", &path, e))?;
+            f.take(PROBE_BYTES as u64).read_to_end(&mut buf).map_err(|e| Error::io("reading", &path, e))?;
         }
         // No device node (or no permission): nothing to say about its contents.
         Err(_) => return Ok(None),
@@ -333,8 +270,7 @@ pub fn detect_signature(buf: &[u8]) -> Option<&'static str> {
         return Some("a swap area");
     }
     // An MBR: boot signature plus at least one non-empty partition entry.
-    if at(510, &[0x55, 0xaa]) && (0..4).any(|i| buf.get(446 + i * 16 + 4).is_some_and(|&t| t != 0))
-    {
+    if at(510, &[0x55, 0xaa]) && (0..4).any(|i| buf.get(446 + i * 16 + 4).is_some_and(|&t| t != 0)) {
         return Some("an MBR partition table");
     }
     None
@@ -348,15 +284,7 @@ mod tests {
     fn bdf_parsing_normalises_and_rejects() {
         assert_eq!(Bdf::parse("00:03.0").unwrap().as_str(), "0000:00:03.0");
         assert_eq!(Bdf::parse("0000:AF:1f.7").unwrap().as_str(), "0000:af:1f.7");
-        for bad in [
-            "",
-            "03.0",
-            "0000:00:03",
-            "0000:00:20.0",
-            "0000:00:03.8",
-            "zz:00.0",
-            "0:00:03.0",
-        ] {
+        for bad in ["", "03.0", "0000:00:03", "0000:00:20.0", "0000:00:03.8", "zz:00.0", "0:00:03.0"] {
             assert!(Bdf::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Bdf::parse_list("00:03.0, 00:04.0,").unwrap().len(), 2);
@@ -374,11 +302,7 @@ mod tests {
         assert_eq!(detect_signature(&gpt), Some("a GPT partition table"));
         let mut mbr = vec![0u8; 1024];
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
-        assert_eq!(
-            detect_signature(&mbr),
-            None,
-            "boot signature alone is not a table"
-        );
+        assert_eq!(detect_signature(&mbr), None, "boot signature alone is not a table");
         mbr[446 + 4] = 0x83;
         assert_eq!(detect_signature(&mbr), Some("an MBR partition table"));
         assert_eq!(detect_signature(b"short"), None);
@@ -386,14 +310,8 @@ mod tests {
 
     #[test]
     fn only_data_yields_to_force() {
-        let mounted = Usage::Mounted {
-            device: "nvme0n1".into(),
-            mount_point: "/mnt".into(),
-        };
-        let data = Usage::Data {
-            device: "nvme0n1".into(),
-            what: "x".into(),
-        };
+        let mounted = Usage::Mounted { device: "nvme0n1".into(), mount_point: "/mnt".into() };
+        let data = Usage::Data { device: "nvme0n1".into(), what: "x".into() };
         assert!(mounted.refuses(true) && mounted.refuses(false));
         assert!(data.refuses(false) && !data.refuses(true));
         assert!(mounted.to_string().contains("mounted on /mnt"));

@@ -21,13 +21,8 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
             if let Ok(byte) = u8::try_from(v) {
                 out.push(byte);
                 i += 4;
@@ -59,18 +54,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 
 /// Device paths in `/proc/swaps` (the header line is skipped).
 pub fn parse_swaps(text: &str) -> Vec<String> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .map(unescape)
-        .collect()
+    text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(unescape).collect()
 }
 
 /// `pagesize=2M` / `pagesize=1024M` / `pagesize=1G` in hugetlbfs options, in KiB.
 pub fn hugetlbfs_page_size_kb(options: &str) -> Option<u64> {
-    let value = options
-        .split(',')
-        .find_map(|o| o.strip_prefix("pagesize="))?;
+    let value = options.split(',').find_map(|o| o.strip_prefix("pagesize="))?;
     crate::hugepages::parse_size_kb(value)
 }
 

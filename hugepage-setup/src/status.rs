@@ -39,45 +39,23 @@ impl Status {
     /// The human-readable form `pollux-setup status` prints.
     pub fn render(&self) -> String {
         let mut s = String::from("Hugepages\n");
-        let _ = writeln!(
-            s,
-            "  {:<6} {:<5} {:>8} {:>8}",
-            "size", "node", "total", "free"
-        );
+        let _ = writeln!(s, "  {:<6} {:<5} {:>8} {:>8}", "size", "node", "total", "free");
         for p in &self.hugepages {
-            let _ = writeln!(
-                s,
-                "  {:<6} {:<5} {:>8} {:>8}",
-                format_size_kb(p.page_size_kb),
-                or_dash(p.node),
-                p.total,
-                p.free
-            );
+            let _ = writeln!(s, "  {:<6} {:<5} {:>8} {:>8}", format_size_kb(p.page_size_kb), or_dash(p.node), p.total, p.free);
         }
         s.push_str("Hugetlbfs mounts\n");
         if self.hugetlbfs.is_empty() {
             s.push_str("  none\n");
         }
         for m in &self.hugetlbfs {
-            let size = m
-                .page_size_kb
-                .or(self.default_page_size_kb)
-                .map(format_size_kb);
+            let size = m.page_size_kb.or(self.default_page_size_kb).map(format_size_kb);
             let _ = writeln!(s, "  {} (pagesize {})", m.path.display(), or_dash(size));
         }
         let _ = writeln!(
             s,
             "IOMMU: {}; vfio-pci: {}",
-            if self.iommu {
-                "yes"
-            } else {
-                "NO (VFIO cannot work)"
-            },
-            if self.vfio_pci_loaded {
-                "loaded"
-            } else {
-                "not loaded"
-            }
+            if self.iommu { "yes" } else { "NO (VFIO cannot work)" },
+            if self.vfio_pci_loaded { "loaded" } else { "not loaded" }
         );
         s.push_str("NVMe controllers\n");
         if self.nvme.is_empty() {
@@ -90,16 +68,8 @@ impl Status {
             "address", "id", "model", "driver", "group", "numa"
         );
         for c in &self.nvme {
-            let id = format!(
-                "{}:{}",
-                c.vendor.trim_start_matches("0x"),
-                c.device.trim_start_matches("0x")
-            );
-            let mut uses = if c.namespaces.is_empty() {
-                "-".to_string()
-            } else {
-                c.namespaces.join(",")
-            };
+            let id = format!("{}:{}", c.vendor.trim_start_matches("0x"), c.device.trim_start_matches("0x"));
+            let mut uses = if c.namespaces.is_empty() { "-".to_string() } else { c.namespaces.join(",") };
             if c.usage.is_empty() {
                 uses.push_str(" / no");
             }

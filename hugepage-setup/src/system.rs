@@ -38,16 +38,8 @@ impl Os for RealOs {
     }
 
     fn modprobe(&self, module: &str) -> Result<(), String> {
-        let out = Command::new("modprobe")
-            .arg(module)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run modprobe: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        let out = Command::new("modprobe").arg(module).stdin(Stdio::null()).output().map_err(|e| format!("cannot run modprobe: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
     }
 
     fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
@@ -62,20 +54,8 @@ impl Os for RealOs {
         let options = CString::new(format!("pagesize={}K", page_size_kb)).map_err(nul)?;
         // SAFETY: every pointer is a NUL-terminated string that outlives the call;
         // mount(2) does not keep them.
-        let rc = unsafe {
-            libc::mount(
-                c"nodev".as_ptr(),
-                target.as_ptr(),
-                c"hugetlbfs".as_ptr(),
-                0,
-                options.as_ptr().cast(),
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"hugetlbfs".as_ptr(), 0, options.as_ptr().cast()) };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -83,10 +63,7 @@ impl Os for RealOs {
     }
 
     fn memlock_limit(&self) -> Option<u64> {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
         if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
@@ -113,11 +90,7 @@ impl System<RealOs> {
 
 impl<O: Os> System<O> {
     pub fn new(root: impl Into<PathBuf>, os: O) -> Self {
-        Self {
-            root: root.into(),
-            os,
-            settle: Duration::from_secs(10),
-        }
+        Self { root: root.into(), os, settle: Duration::from_secs(10) }
     }
 
     /// `rel` (like `sys/bus/pci`) under the root.
@@ -153,9 +126,7 @@ impl<O: Os> System<O> {
     }
 
     pub(crate) fn write(&self, path: &Path, value: &str) -> Result<()> {
-        self.os
-            .write_attr(path, value)
-            .map_err(|e| Error::io("writing", path, e))
+        self.os.write_attr(path, value).map_err(|e| Error::io("writing", path, e))
     }
 }
 
@@ -172,19 +143,13 @@ pub fn read_attr(path: &Path) -> Result<Option<String>> {
 pub fn read_number(path: &Path) -> Result<Option<u64>> {
     match read_attr(path)? {
         None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| Error::Parse {
-            path: path.to_path_buf(),
-            detail: format!("{s:?} is not a number"),
-        }),
+        Some(s) => s.parse().map(Some).map_err(|_| Error::Parse { path: path.to_path_buf(), detail: format!("{s:?} is not a number") }),
     }
 }
 
 /// The file name a symlink points to (`driver` -> `nvme`); `None` if no link.
 pub fn link_name(path: &Path) -> Option<String> {
-    std::fs::read_link(path)
-        .ok()?
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    std::fs::read_link(path).ok()?.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// Names in a folder, sorted; empty when it does not exist.
@@ -219,11 +184,7 @@ pub fn lookup_user<O: Os>(sys: &System<O>, name: &str) -> Result<User> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
             let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
-            (f[0] == name).then(|| User {
-                name: name.to_string(),
-                uid,
-                gid,
-            })
+            (f[0] == name).then(|| User { name: name.to_string(), uid, gid })
         })
         .next()
         .ok_or_else(|| Error::UnknownUser(name.to_string()))

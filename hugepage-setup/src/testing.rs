@@ -43,22 +43,14 @@ impl Os for FakeOs {
     }
 
     fn write_attr(&self, path: &Path, value: &str) -> io::Result<()> {
-        self.log
-            .borrow_mut()
-            .push(format!("write {} {value:?}", self.rel(path)));
+        self.log.borrow_mut().push(format!("write {} {value:?}", self.rel(path)));
         let mut value = value.to_string();
         if path.ends_with("nr_hugepages") {
-            let n: u64 = value
-                .trim()
-                .parse()
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let n: u64 = value.trim().parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             value = n.min(self.max_pages.get()).to_string();
         }
         // Like sysfs: the attribute must exist.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(path)?;
+        std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
         std::fs::write(path, &value)?;
         let devices = self.root.join("sys/bus/pci/devices");
         if path.ends_with("unbind") {
@@ -85,23 +77,15 @@ impl Os for FakeOs {
 
     fn mount_hugetlbfs(&self, target: &Path, page_size_kb: u64) -> io::Result<()> {
         let seen = Path::new("/").join(self.rel(target));
-        self.log
-            .borrow_mut()
-            .push(format!("mount hugetlbfs {} {page_size_kb}", seen.display()));
+        self.log.borrow_mut().push(format!("mount hugetlbfs {} {page_size_kb}", seen.display()));
         let info = self.root.join("proc/self/mountinfo");
         let mut text = std::fs::read_to_string(&info)?;
-        text.push_str(&format!(
-            "99 22 0:99 / {} rw,relatime - hugetlbfs nodev rw,pagesize={}M\n",
-            seen.display(),
-            page_size_kb / 1024
-        ));
+        text.push_str(&format!("99 22 0:99 / {} rw,relatime - hugetlbfs nodev rw,pagesize={}M\n", seen.display(), page_size_kb / 1024));
         std::fs::write(info, text)
     }
 
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-        self.log
-            .borrow_mut()
-            .push(format!("chown {} {uid}:{gid}", self.rel(path)));
+        self.log.borrow_mut().push(format!("chown {} {uid}:{gid}", self.rel(path)));
         Ok(())
     }
 
@@ -112,10 +96,7 @@ impl Os for FakeOs {
 
 impl FakeOs {
     fn rel(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 }
 
@@ -137,15 +118,9 @@ impl Fake {
         let root = dir.path().to_path_buf();
         let r = |p: &str| root.join(p);
         for size in ["2048", "1048576"] {
-            for base in [
-                "sys/kernel/mm/hugepages",
-                "sys/devices/system/node/node0/hugepages",
-            ] {
+            for base in ["sys/kernel/mm/hugepages", "sys/devices/system/node/node0/hugepages"] {
                 write(r(&format!("{base}/hugepages-{size}kB/nr_hugepages")), "0\n");
-                write(
-                    r(&format!("{base}/hugepages-{size}kB/free_hugepages")),
-                    "0\n",
-                );
+                write(r(&format!("{base}/hugepages-{size}kB/free_hugepages")), "0\n");
             }
         }
         write(r("sys/bus/pci/drivers/nvme/unbind"), "");
@@ -155,19 +130,10 @@ impl Fake {
         std::fs::create_dir_all(r("sys/kernel/iommu_groups")).expect("mkdir");
         std::fs::create_dir_all(r("sys/block")).expect("mkdir");
         std::fs::create_dir_all(r("dev/vfio")).expect("mkdir");
-        write(
-            r("proc/self/mountinfo"),
-            "22 1 0:21 / / rw,relatime - overlay overlay rw\n",
-        );
+        write(r("proc/self/mountinfo"), "22 1 0:21 / / rw,relatime - overlay overlay rw\n");
         write(r("proc/swaps"), "Filename\tType\tSize\tUsed\tPriority\n");
-        write(
-            r("proc/meminfo"),
-            "MemTotal: 1000000 kB\nHugepagesize:       2048 kB\n",
-        );
-        write(
-            r("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1001::/home/alice:/bin/sh\n",
-        );
+        write(r("proc/meminfo"), "MemTotal: 1000000 kB\nHugepagesize:       2048 kB\n");
+        write(r("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1001::/home/alice:/bin/sh\n");
         let os = FakeOs {
             root: root.clone(),
             log: RefCell::new(Vec::new()),
@@ -202,17 +168,11 @@ impl Fake {
         symlink(&group, dev.join("iommu_group")).expect("symlink");
         symlink(root.join("sys/bus/pci/drivers/nvme"), dev.join("driver")).expect("symlink");
         let ctrl = dev.join(format!("nvme/nvme{index}"));
-        write(
-            ctrl.join("model"),
-            "QEMU NVMe Ctrl                          \n",
-        );
+        write(ctrl.join("model"), "QEMU NVMe Ctrl                          \n");
         write(ctrl.join("serial"), &format!("pollux{index}\n"));
         let ns = format!("nvme{index}n1");
         std::fs::create_dir_all(ctrl.join(&ns)).expect("mkdir");
-        write(
-            root.join(format!("sys/block/{ns}/dev")),
-            &format!("259:{index}\n"),
-        );
+        write(root.join(format!("sys/block/{ns}/dev")), &format!("259:{index}\n"));
         std::fs::create_dir_all(root.join(format!("sys/block/{ns}/holders"))).expect("mkdir");
         write(root.join(format!("dev/{ns}")), "");
         std::fs::write(root.join(format!("dev/{ns}")), disk).expect("disk");
@@ -228,13 +188,7 @@ impl Fake {
     }
 
     pub fn driver(&self, bdf: &str) -> Option<String> {
-        crate::system::link_name(
-            &self
-                .root()
-                .join("sys/bus/pci/devices")
-                .join(bdf)
-                .join("driver"),
-        )
+        crate::system::link_name(&self.root().join("sys/bus/pci/devices").join(bdf).join("driver"))
     }
 
     /// Every file, folder and link under the root with its contents.
@@ -244,18 +198,12 @@ impl Fake {
                 let path = entry.expect("entry").path();
                 let meta = std::fs::symlink_metadata(&path).expect("meta");
                 if meta.file_type().is_symlink() {
-                    out.insert(
-                        path.clone(),
-                        format!("-> {}", std::fs::read_link(&path).expect("link").display()),
-                    );
+                    out.insert(path.clone(), format!("-> {}", std::fs::read_link(&path).expect("link").display()));
                 } else if meta.is_dir() {
                     out.insert(path.clone(), "dir".into());
                     walk(&path, out);
                 } else {
-                    out.insert(
-                        path.clone(),
-                        String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into(),
-                    );
+                    out.insert(path.clone(), String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into());
                 }
             }
         }

@@ -41,26 +41,12 @@ fn status_lists_controllers_and_what_uses_them() {
     assert_eq!(c.driver.as_deref(), Some("nvme"));
     assert_eq!(c.iommu_group, Some(3));
     assert_eq!(c.namespaces, ["nvme0n1"]);
-    assert_eq!(
-        c.usage,
-        [Usage::Mounted {
-            device: "nvme0n1".into(),
-            mount_point: "/data".into()
-        }]
-    );
+    assert_eq!(c.usage, [Usage::Mounted { device: "nvme0n1".into(), mount_point: "/data".into() }]);
     assert!(st.nvme[1].usage.is_empty());
     assert!(st.iommu && !st.vfio_pci_loaded);
-    assert_eq!(
-        st.hugepages.len(),
-        4,
-        "2 sizes, global and node 0: {:?}",
-        st.hugepages
-    );
+    assert_eq!(st.hugepages.len(), 4, "2 sizes, global and node 0: {:?}", st.hugepages);
     let text = st.render();
-    assert!(
-        text.contains("0000:00:03.0") && text.contains("mounted on /data"),
-        "{text}"
-    );
+    assert!(text.contains("0000:00:03.0") && text.contains("mounted on /data"), "{text}");
     let json = serde_json::to_value(&st).unwrap();
     assert_eq!(json["nvme"][0]["usage"][0]["kind"], "mounted");
 }
@@ -71,52 +57,28 @@ fn config_reserves_mounts_binds_and_refuses_a_mounted_controller() {
     let a = fake.controller(0, &[]);
     let b = fake.controller(1, &[]);
     fake.add_mount("40 22 259:0 / /data rw - ext4 /dev/nvme0n1 rw");
-    let req = ConfigRequest {
-        user: Some("alice".into()),
-        ..request()
-    };
+    let req = ConfigRequest { user: Some("alice".into()), ..request() };
     let report = config(&fake.sys, &req).unwrap();
 
     assert_eq!(report.refused.len(), 1);
     assert_eq!(report.refused[0].0.as_str(), a);
     assert!(matches!(report.refused[0].1[0], Usage::Mounted { .. }));
-    assert_eq!(
-        fake.driver(&a).as_deref(),
-        Some("nvme"),
-        "the mounted one stays"
-    );
+    assert_eq!(fake.driver(&a).as_deref(), Some("nvme"), "the mounted one stays");
     assert_eq!(fake.driver(&b).as_deref(), Some("vfio-pci"));
     assert!(fake.root().join("dev/vfio/4").exists());
-    let nr = std::fs::read_to_string(
-        fake.root()
-            .join("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
-    );
+    let nr = std::fs::read_to_string(fake.root().join("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
     assert_eq!(nr.unwrap(), "32");
     let log = fake.sys.os.log.borrow().join("\n");
     assert!(log.contains("mount hugetlbfs /dev/hugepages 2048"), "{log}");
     assert!(log.contains("modprobe vfio-pci"), "{log}");
     assert!(log.contains("chown dev/vfio/4 1000:1001"), "{log}");
     assert!(log.contains("chown dev/hugepages 1000:1001"), "{log}");
-    assert!(
-        !log.contains(&format!("\"{a}\"")),
-        "nothing was written about {a}: {log}"
-    );
+    assert!(!log.contains(&format!("\"{a}\"")), "nothing was written about {a}: {log}");
 
     // Running it again finds everything in place.
     let again = config(&fake.sys, &request()).unwrap();
-    assert!(
-        again.actions.iter().any(|a| a.contains("already mounted")),
-        "{:?}",
-        again.actions
-    );
-    assert!(
-        again
-            .actions
-            .iter()
-            .any(|x| x.contains(&format!("{b} already bound"))),
-        "{:?}",
-        again.actions
-    );
+    assert!(again.actions.iter().any(|a| a.contains("already mounted")), "{:?}", again.actions);
+    assert!(again.actions.iter().any(|x| x.contains(&format!("{b} already bound"))), "{:?}", again.actions);
 }
 
 #[test]
@@ -126,11 +88,7 @@ fn force_binds_data_but_never_a_mount_swap_or_holder() {
     let swapped = fake.controller(1, &[]);
     let held = fake.controller(2, &[]);
     let mounted = fake.controller(3, &[]);
-    std::fs::write(
-        fake.root().join("proc/swaps"),
-        "Filename Type Size Used Priority\n/dev/nvme1n1 partition 1 0 -2\n",
-    )
-    .unwrap();
+    std::fs::write(fake.root().join("proc/swaps"), "Filename Type Size Used Priority\n/dev/nvme1n1 partition 1 0 -2\n").unwrap();
     std::fs::create_dir_all(fake.root().join("sys/block/dm-0/dm")).unwrap();
     std::fs::write(fake.root().join("sys/block/dm-0/dm/name"), "vg-lv\n").unwrap();
     std::fs::create_dir_all(fake.root().join("sys/block/nvme2n1/holders/dm-0")).unwrap();
@@ -141,26 +99,12 @@ fn force_binds_data_but_never_a_mount_swap_or_holder() {
     let data = &report.refused[0].1[0];
     assert!(data.to_string().contains("ext2/3/4"), "{data}");
 
-    let forced = config(
-        &fake.sys,
-        &ConfigRequest {
-            force: true,
-            ..request()
-        },
-    )
-    .unwrap();
+    let forced = config(&fake.sys, &ConfigRequest { force: true, ..request() }).unwrap();
     let refused: Vec<&str> = forced.refused.iter().map(|(b, _)| b.as_str()).collect();
     assert_eq!(refused, [swapped.as_str(), held.as_str(), mounted.as_str()]);
     assert!(forced.refused[1].1[0].to_string().contains("dm-0 (vg-lv)"));
     assert_eq!(fake.driver(&with_fs).as_deref(), Some("vfio-pci"));
-    assert!(
-        forced
-            .warnings
-            .iter()
-            .any(|w| w.contains("binding despite")),
-        "{:?}",
-        forced.warnings
-    );
+    assert!(forced.warnings.iter().any(|w| w.contains("binding despite")), "{:?}", forced.warnings);
     for b in [&swapped, &held, &mounted] {
         assert_eq!(fake.driver(b).as_deref(), Some("nvme"));
     }
@@ -173,36 +117,14 @@ fn dry_run_changes_nothing() {
     fake.controller(1, &[]);
     fake.sys.os.root_user.set(false);
     let before = fake.snapshot();
-    let req = ConfigRequest {
-        dry_run: true,
-        user: Some("alice".into()),
-        ..request()
-    };
+    let req = ConfigRequest { dry_run: true, user: Some("alice".into()), ..request() };
     let report = config(&fake.sys, &req).unwrap();
-    assert!(
-        report
-            .actions
-            .iter()
-            .any(|a| a.starts_with("reserve 32 2M hugepages")),
-        "{:?}",
-        report.actions
-    );
-    assert!(
-        report
-            .actions
-            .iter()
-            .any(|a| a.starts_with("bind 0000:00:04.0 (nvme) to vfio-pci")),
-        "{:?}",
-        report.actions
-    );
+    assert!(report.actions.iter().any(|a| a.starts_with("reserve 32 2M hugepages")), "{:?}", report.actions);
+    assert!(report.actions.iter().any(|a| a.starts_with("bind 0000:00:04.0 (nvme) to vfio-pci")), "{:?}", report.actions);
     reset(&fake.sys, &Selection::default(), true).unwrap();
     cleanup(&fake.sys, true).unwrap();
     assert_eq!(fake.snapshot(), before);
-    assert!(
-        fake.sys.os.log.borrow().is_empty(),
-        "{:?}",
-        fake.sys.os.log.borrow()
-    );
+    assert!(fake.sys.os.log.borrow().is_empty(), "{:?}", fake.sys.os.log.borrow());
 }
 
 #[test]
@@ -212,18 +134,12 @@ fn reset_returns_controllers_to_nvme() {
     let b = fake.controller(1, &[]);
     config(&fake.sys, &request()).unwrap();
     assert_eq!(fake.driver(&a).as_deref(), Some("vfio-pci"));
-    let only_a = Selection {
-        allow: vec![bdf(&a)],
-        block: vec![],
-    };
+    let only_a = Selection { allow: vec![bdf(&a)], block: vec![] };
     let report = reset(&fake.sys, &only_a, false).unwrap();
     assert_eq!(report.actions, [format!("returned {a} (vfio-pci) to nvme")]);
     assert_eq!(fake.driver(&a).as_deref(), Some("nvme"));
     assert_eq!(fake.driver(&b).as_deref(), Some("vfio-pci"), "not selected");
-    let over = std::fs::read_to_string(
-        fake.root()
-            .join(format!("sys/bus/pci/devices/{a}/driver_override")),
-    );
+    let over = std::fs::read_to_string(fake.root().join(format!("sys/bus/pci/devices/{a}/driver_override")));
     assert_eq!(over.unwrap().trim(), "", "override cleared");
 }
 
@@ -232,71 +148,27 @@ fn clear_errors_for_root_iommu_vfio_and_bad_input() {
     let fake = Fake::new();
     let a = fake.controller(0, &[]);
     fake.sys.os.root_user.set(false);
-    assert!(matches!(
-        config(&fake.sys, &request()),
-        Err(Error::NotRoot { .. })
-    ));
-    assert!(matches!(
-        reset(&fake.sys, &Selection::default(), false),
-        Err(Error::NotRoot { .. })
-    ));
+    assert!(matches!(config(&fake.sys, &request()), Err(Error::NotRoot { .. })));
+    assert!(matches!(reset(&fake.sys, &Selection::default(), false), Err(Error::NotRoot { .. })));
     fake.sys.os.root_user.set(true);
 
     fake.sys.os.vfio_available.set(false);
     let err = config(&fake.sys, &request()).unwrap_err();
     assert!(matches!(err, Error::NoVfioPci { .. }), "{err}");
-    assert!(
-        err.to_string().contains("Module vfio-pci not found"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("Module vfio-pci not found"), "{err}");
     fake.sys.os.vfio_available.set(true);
 
-    let bad = Selection {
-        allow: vec![bdf("0000:00:1f.0")],
-        block: vec![],
-    };
-    let err = config(
-        &fake.sys,
-        &ConfigRequest {
-            devices: bad,
-            ..request()
-        },
-    )
-    .unwrap_err();
+    let bad = Selection { allow: vec![bdf("0000:00:1f.0")], block: vec![] };
+    let err = config(&fake.sys, &ConfigRequest { devices: bad, ..request() }).unwrap_err();
     assert!(matches!(err, Error::NotNvme(_)), "{err}");
-    let err = config(
-        &fake.sys,
-        &ConfigRequest {
-            page_size_kb: 4096,
-            ..request()
-        },
-    )
-    .unwrap_err();
+    let err = config(&fake.sys, &ConfigRequest { page_size_kb: 4096, ..request() }).unwrap_err();
     assert!(matches!(err, Error::UnsupportedPageSize(_)), "{err}");
-    let err = config(
-        &fake.sys,
-        &ConfigRequest {
-            node: Some(7),
-            ..request()
-        },
-    )
-    .unwrap_err();
+    let err = config(&fake.sys, &ConfigRequest { node: Some(7), ..request() }).unwrap_err();
     assert!(matches!(err, Error::NoSuchNode(7)), "{err}");
-    let err = config(
-        &fake.sys,
-        &ConfigRequest {
-            user: Some("bob".into()),
-            ..request()
-        },
-    )
-    .unwrap_err();
+    let err = config(&fake.sys, &ConfigRequest { user: Some("bob".into()), ..request() }).unwrap_err();
     assert!(matches!(err, Error::UnknownUser(_)), "{err}");
 
-    std::fs::remove_file(
-        fake.root()
-            .join(format!("sys/bus/pci/devices/{a}/iommu_group")),
-    )
-    .unwrap();
+    std::fs::remove_file(fake.root().join(format!("sys/bus/pci/devices/{a}/iommu_group"))).unwrap();
     std::fs::remove_dir_all(fake.root().join("sys/kernel/iommu_groups")).unwrap();
     let err = config(&fake.sys, &request()).unwrap_err();
     assert!(matches!(err, Error::NoIommu { .. }), "{err}");
@@ -309,26 +181,13 @@ fn node_shortfall_and_memlock_are_reported() {
     let fake = Fake::new();
     fake.sys.os.max_pages.set(10);
     fake.sys.os.memlock.set(Some(8 << 20));
-    let req = ConfigRequest {
-        node: Some(0),
-        hugepages: Some(Amount::Pages(16)),
-        ..request()
-    };
+    let req = ConfigRequest { node: Some(0), hugepages: Some(Amount::Pages(16)), ..request() };
     let report = config(&fake.sys, &req).unwrap();
-    let node_nr = fake
-        .root()
-        .join("sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages");
+    let node_nr = fake.root().join("sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages");
     assert_eq!(std::fs::read_to_string(node_nr).unwrap(), "10");
     let warnings = report.warnings.join("\n");
-    assert!(
-        warnings.contains("only 10 of 16 2M hugepages could be reserved on node 0"),
-        "{warnings}"
-    );
-    assert!(
-        warnings
-            .contains("memlock limit (8192 KiB) is below the reserved hugepage memory (20480 KiB)"),
-        "{warnings}"
-    );
+    assert!(warnings.contains("only 10 of 16 2M hugepages could be reserved on node 0"), "{warnings}");
+    assert!(warnings.contains("memlock limit (8192 KiB) is below the reserved hugepage memory (20480 KiB)"), "{warnings}");
 }
 
 #[test]
@@ -336,18 +195,8 @@ fn blocked_controllers_are_left_alone() {
     let fake = Fake::new();
     let a = fake.controller(0, &[]);
     let b = fake.controller(1, &[]);
-    let sel = Selection {
-        allow: vec![],
-        block: vec![bdf(&a)],
-    };
-    config(
-        &fake.sys,
-        &ConfigRequest {
-            devices: sel,
-            ..request()
-        },
-    )
-    .unwrap();
+    let sel = Selection { allow: vec![], block: vec![bdf(&a)] };
+    config(&fake.sys, &ConfigRequest { devices: sel, ..request() }).unwrap();
     assert_eq!(fake.driver(&a).as_deref(), Some("nvme"));
     assert_eq!(fake.driver(&b).as_deref(), Some("vfio-pci"));
 }
@@ -358,33 +207,19 @@ fn cleanup_removes_only_stale_files() {
     fake.add_mount("41 22 0:41 / /dev/hugepages rw - hugetlbfs nodev rw,pagesize=2M");
     let mnt = fake.root().join("dev/hugepages");
     std::fs::create_dir_all(&mnt).unwrap();
-    for f in [
-        "spdk_pid100map_0",
-        "pollux_pid200_0",
-        "rtemap_0",
-        "rtemap_1",
-    ] {
+    for f in ["spdk_pid100map_0", "pollux_pid200_0", "rtemap_0", "rtemap_1"] {
         std::fs::write(mnt.join(f), "").unwrap();
     }
     // pid 200 is alive; pid 300 maps rtemap_0 and has rtemap_1 open.
     std::fs::create_dir_all(fake.root().join("proc/200")).unwrap();
     std::fs::create_dir_all(fake.root().join("proc/300/fd")).unwrap();
-    std::fs::write(
-        fake.root().join("proc/300/maps"),
-        "7f0000000000-7f0000200000 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0\n",
-    )
-    .unwrap();
+    std::fs::write(fake.root().join("proc/300/maps"), "7f0000000000-7f0000200000 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0\n")
+        .unwrap();
     symlink("/dev/hugepages/rtemap_1", fake.root().join("proc/300/fd/5")).unwrap();
 
     let report = cleanup(&fake.sys, false).unwrap();
-    assert_eq!(
-        report.actions,
-        ["removed stale /dev/hugepages/spdk_pid100map_0"]
-    );
-    let mut left: Vec<String> = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into())
-        .collect();
+    assert_eq!(report.actions, ["removed stale /dev/hugepages/spdk_pid100map_0"]);
+    let mut left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     left.sort();
     assert_eq!(left, ["pollux_pid200_0", "rtemap_0", "rtemap_1"]);
 }

@@ -18,10 +18,7 @@ fn two_controllers() -> VmConfig {
 
 /// Runs pollux-setup with `args`, echoing its output into the test's output.
 fn setup(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pollux-setup"))
-        .args(args)
-        .output()
-        .expect("run pollux-setup");
+    let out = Command::new(env!("CARGO_BIN_EXE_pollux-setup")).args(args).output().expect("run pollux-setup");
     println!(
         "$ pollux-setup {} -> {}\n{}{}",
         args.join(" "),
@@ -33,10 +30,7 @@ fn setup(args: &[&str]) -> Output {
 }
 
 fn sh(script: &str) {
-    let status = Command::new("/bin/sh")
-        .args(["-ec", script])
-        .status()
-        .expect("run sh");
+    let status = Command::new("/bin/sh").args(["-ec", script]).status().expect("run sh");
     assert!(status.success(), "`{script}` failed: {status}");
 }
 
@@ -46,26 +40,18 @@ fn driver(bdf: &str) -> Option<String> {
 }
 
 fn iommu_group(bdf: &str) -> String {
-    let link =
-        std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group")).expect("iommu_group");
-    link.file_name()
-        .expect("group name")
-        .to_string_lossy()
-        .into_owned()
+    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group")).expect("iommu_group");
+    link.file_name().expect("group name").to_string_lossy().into_owned()
 }
 
 fn nr_hugepages() -> String {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
-        .expect("nr_hugepages")
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").expect("nr_hugepages")
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -91,10 +77,7 @@ fn status_lists_the_emulated_controllers() {
         }
         let text = setup(&["status"]);
         let text = String::from_utf8_lossy(&text.stdout);
-        assert!(
-            text.contains(FIRST) && text.contains(SECOND) && text.contains("QEMU NVMe Ctrl"),
-            "{text}"
-        );
+        assert!(text.contains(FIRST) && text.contains(SECOND) && text.contains("QEMU NVMe Ctrl"), "{text}");
     });
 }
 
@@ -105,22 +88,13 @@ fn config_binds_to_vfio_and_reset_gives_them_back() {
         assert!(out.status.success());
         assert_eq!(nr_hugepages().trim(), "32");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        assert!(
-            mounts
-                .lines()
-                .any(|l| l.contains(" /dev/hugepages ") && l.contains("hugetlbfs")),
-            "{mounts}"
-        );
+        assert!(mounts.lines().any(|l| l.contains(" /dev/hugepages ") && l.contains("hugetlbfs")), "{mounts}");
         for bdf in [FIRST, SECOND] {
             assert_eq!(driver(bdf).as_deref(), Some("vfio-pci"), "{bdf}");
             let node = format!("/dev/vfio/{}", iommu_group(bdf));
             assert!(Path::new(&node).exists(), "{node} appeared");
             let meta = std::fs::metadata(&node).expect("group device");
-            assert_eq!(
-                std::os::unix::fs::MetadataExt::uid(&meta),
-                65534,
-                "{node} given to nobody"
-            );
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534, "{node} given to nobody");
         }
         assert!(!Path::new("/sys/block/nvme0n1").exists());
 
@@ -128,9 +102,7 @@ fn config_binds_to_vfio_and_reset_gives_them_back() {
         assert!(out.status.success());
         for (bdf, ns) in [(FIRST, "nvme0n1"), (SECOND, "nvme1n1")] {
             assert_eq!(driver(bdf).as_deref(), Some("nvme"), "{bdf}");
-            wait_for(&format!("/dev/{ns}"), || {
-                Path::new(&format!("/dev/{ns}")).exists()
-            });
+            wait_for(&format!("/dev/{ns}"), || Path::new(&format!("/dev/{ns}")).exists());
         }
         // The block device works again.
         sh("dd if=/dev/nvme1n1 of=/dev/null bs=4096 count=16 2>/dev/null");
@@ -140,41 +112,19 @@ fn config_binds_to_vfio_and_reset_gives_them_back() {
 #[test]
 fn a_controller_with_a_mounted_filesystem_is_refused() {
     in_guest(&two_controllers(), || {
-        sh(
-            "modprobe crc32c_generic; modprobe ext4; mkfs.ext4 -q /dev/nvme0n1; mkdir -p /tmp/m; \
-            mount /dev/nvme0n1 /tmp/m; echo kept > /tmp/m/file",
-        );
+        sh("modprobe crc32c_generic; modprobe ext4; mkfs.ext4 -q /dev/nvme0n1; mkdir -p /tmp/m; \
+            mount /dev/nvme0n1 /tmp/m; echo kept > /tmp/m/file");
         for extra in [&[][..], &["--force"][..]] {
-            let args: Vec<&str> = ["config", "--hugemem", "16"]
-                .iter()
-                .copied()
-                .chain(extra.iter().copied())
-                .collect();
+            let args: Vec<&str> = ["config", "--hugemem", "16"].iter().copied().chain(extra.iter().copied()).collect();
             let out = setup(&args);
-            assert!(
-                !out.status.success(),
-                "config {extra:?} must fail while a controller is mounted"
-            );
+            assert!(!out.status.success(), "config {extra:?} must fail while a controller is mounted");
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains(&format!("refused: {FIRST} is in use")),
-                "{stderr}"
-            );
-            assert!(
-                stderr.contains("/dev/nvme0n1 is mounted on /tmp/m"),
-                "{stderr}"
-            );
+            assert!(stderr.contains(&format!("refused: {FIRST} is in use")), "{stderr}");
+            assert!(stderr.contains("/dev/nvme0n1 is mounted on /tmp/m"), "{stderr}");
             assert_eq!(driver(FIRST).as_deref(), Some("nvme"));
-            assert_eq!(
-                driver(SECOND).as_deref(),
-                Some("vfio-pci"),
-                "the unused one is bound"
-            );
+            assert_eq!(driver(SECOND).as_deref(), Some("vfio-pci"), "the unused one is bound");
         }
-        assert_eq!(
-            std::fs::read_to_string("/tmp/m/file").expect("fs still there"),
-            "kept\n"
-        );
+        assert_eq!(std::fs::read_to_string("/tmp/m/file").expect("fs still there"), "kept\n");
 
         // Unmounted, the file system still holds data: only --force binds it.
         sh("umount /tmp/m");
@@ -191,24 +141,14 @@ fn a_controller_with_a_mounted_filesystem_is_refused() {
 fn snapshot() -> String {
     let mut s = String::new();
     for bdf in [FIRST, SECOND] {
-        let over = std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/driver_override"))
-            .expect("override");
+        let over = std::fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/driver_override")).expect("override");
         s += &format!("{bdf} driver={:?} override={}", driver(bdf), over.trim());
     }
     s += &format!(" nr_hugepages={}", nr_hugepages().trim());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    s += &format!(
-        " hugetlbfs_mounts={}",
-        mounts.lines().filter(|l| l.contains("hugetlbfs")).count()
-    );
-    s += &format!(
-        " vfio_pci_loaded={}",
-        Path::new("/sys/module/vfio_pci").exists()
-    );
-    s += &format!(
-        " dev_vfio={:?}",
-        std::fs::read_dir("/dev/vfio").map(|d| d.count()).ok()
-    );
+    s += &format!(" hugetlbfs_mounts={}", mounts.lines().filter(|l| l.contains("hugetlbfs")).count());
+    s += &format!(" vfio_pci_loaded={}", Path::new("/sys/module/vfio_pci").exists());
+    s += &format!(" dev_vfio={:?}", std::fs::read_dir("/dev/vfio").map(|d| d.count()).ok());
     s += &format!(" hugepages_dir={}", Path::new("/dev/hugepages").exists());
     s
 }
@@ -220,18 +160,9 @@ fn dry_run_changes_nothing_and_non_root_is_refused() {
         let out = setup(&["config", "--hugemem", "64", "--user", "nobody", "--dry-run"]);
         assert!(out.status.success());
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains(&format!("would: bind {FIRST} (nvme) to vfio-pci")),
-            "{stdout}"
-        );
-        assert!(
-            stdout.contains("would: reserve 32 2M hugepages"),
-            "{stdout}"
-        );
-        assert!(
-            stdout.contains("would: mount hugetlbfs (pagesize=2M) on /dev/hugepages"),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("would: bind {FIRST} (nvme) to vfio-pci")), "{stdout}");
+        assert!(stdout.contains("would: reserve 32 2M hugepages"), "{stdout}");
+        assert!(stdout.contains("would: mount hugetlbfs (pagesize=2M) on /dev/hugepages"), "{stdout}");
         assert!(setup(&["reset", "--dry-run"]).status.success());
         assert!(setup(&["cleanup", "--dry-run"]).status.success());
         assert_eq!(snapshot(), before);
@@ -243,10 +174,7 @@ fn dry_run_changes_nothing_and_non_root_is_refused() {
             .output()
             .expect("setpriv");
         assert!(!out.status.success());
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("needs root"),
-            "{out:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"), "{out:?}");
         assert_eq!(snapshot(), before);
     });
 }

@@ -151,8 +151,11 @@ fn run(args: Args) -> Result<()> {
             let c = open(bdf)?;
             let max = u32::from(c.identify_data().elpe) + 1;
             let n = entries.unwrap_or(max).clamp(1, max.min(1024));
-            let raw = c.get_log_page(lid::ERROR_INFORMATION, u32::MAX, n as usize * size_of::<ErrorLogEntry>()).context("get log page (error information)")?;
-            let list: Vec<ErrorLogEntry> = raw.chunks_exact(size_of::<ErrorLogEntry>()).filter_map(|c| ErrorLogEntry::read_from_bytes(c).ok()).collect();
+            let raw = c
+                .get_log_page(lid::ERROR_INFORMATION, u32::MAX, n as usize * size_of::<ErrorLogEntry>())
+                .context("get log page (error information)")?;
+            let list: Vec<ErrorLogEntry> =
+                raw.chunks_exact(size_of::<ErrorLogEntry>()).filter_map(|c| ErrorLogEntry::read_from_bytes(c).ok()).collect();
             show::error_log(bdf, &list, json);
         }
         Cmd::GetFeature { bdf, fid, sel, nsid, cdw11 } => {

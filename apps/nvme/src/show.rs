@@ -69,7 +69,10 @@ pub fn list(rows: &[ListRow], json: bool) {
     if json {
         return print_json(&json!({ "Devices": devices }));
     }
-    println!("{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}", "PCI Address", "Driver", "SN", "Model", "Namespace", "Usage", "Format", "FW Rev");
+    println!(
+        "{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}",
+        "PCI Address", "Driver", "SN", "Model", "Namespace", "Usage", "Format", "FW Rev"
+    );
     println!("{:-<13} {:-<9} {:-<20} {:-<40} {:-<9} {:-<26} {:-<16} {:-<8}", "", "", "", "", "", "", "", "");
     for r in rows {
         let driver = r.function.driver.as_deref().unwrap_or("-");
@@ -78,13 +81,33 @@ pub fn list(rows: &[ListRow], json: bool) {
                 let id = c.identify_data();
                 let nss = c.namespaces();
                 if nss.is_empty() {
-                    println!("{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}", r.addr, driver, id.serial(), id.model(), "-", "-", "-", id.firmware());
+                    println!(
+                        "{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}",
+                        r.addr,
+                        driver,
+                        id.serial(),
+                        id.model(),
+                        "-",
+                        "-",
+                        "-",
+                        id.firmware()
+                    );
                 }
                 for n in nss {
                     let bs = u128::from(n.block_size);
                     let usage = format!("{} / {}", human(u128::from(n.data.nuse.get()) * bs), human(u128::from(n.num_blocks) * bs));
                     let format = format!("{:<3} B + {} B", n.block_size, n.metadata_size);
-                    println!("{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}", r.addr, driver, id.serial(), id.model(), n.nsid, usage, format, id.firmware());
+                    println!(
+                        "{:<13} {:<9} {:<20} {:<40} {:<9} {:<26} {:<16} {:<8}",
+                        r.addr,
+                        driver,
+                        id.serial(),
+                        id.model(),
+                        n.nsid,
+                        usage,
+                        format,
+                        id.firmware()
+                    );
                 }
             }
             Some(Err(e)) => println!("{:<13} {:<9} ({e})", r.addr, driver),
@@ -141,7 +164,12 @@ pub fn id_ctrl(c: &Controller, json: bool) {
     for (k, val) in v.as_object().expect("object") {
         match val {
             Value::String(s) => println!("{k:<10}: {s}"),
-            Value::Number(n) if matches!(k.as_str(), "vid" | "ssvid" | "ver" | "oacs" | "oncs" | "sgls" | "ctratt" | "oaes" | "cmic" | "sqes" | "cqes" | "ieee") => {
+            Value::Number(n)
+                if matches!(
+                    k.as_str(),
+                    "vid" | "ssvid" | "ver" | "oacs" | "oncs" | "sgls" | "ctratt" | "oaes" | "cmic" | "sqes" | "cqes" | "ieee"
+                ) =>
+            {
                 println!("{k:<10}: {:#x}", n.as_u64().unwrap_or(0))
             }
             other => println!("{k:<10}: {other}"),
@@ -151,7 +179,8 @@ pub fn id_ctrl(c: &Controller, json: bool) {
 
 pub fn id_ns(nsid: u32, ns: &IdentifyNamespace, json: bool) {
     let in_use = ns.format_index();
-    let lbafs: Vec<Value> = ns.lbaf[..=usize::from(ns.nlbaf).min(63)].iter().map(|f| json!({"ms": f.ms.get(), "ds": f.lbads, "rp": f.rp})).collect();
+    let lbafs: Vec<Value> =
+        ns.lbaf[..=usize::from(ns.nlbaf).min(63)].iter().map(|f| json!({"ms": f.ms.get(), "ds": f.lbads, "rp": f.rp})).collect();
     let v = json!({
         "nsid": nsid,
         "nsze": ns.nsze.get(),

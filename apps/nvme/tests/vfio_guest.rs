@@ -55,7 +55,10 @@ fn spdk_rpc() -> PathBuf {
     if let Ok(rd) = std::fs::read_dir("/root/.pyenv/versions") {
         dirs.extend(rd.flatten().map(|e| e.path().join("bin")));
     }
-    dirs.into_iter().map(|d| d.join("spdk-rpc")).find(|p| p.is_file()).expect("spdk-rpc is not installed (pip install spdk; scripts/test installs it)")
+    dirs.into_iter()
+        .map(|d| d.join("spdk-rpc"))
+        .find(|p| p.is_file())
+        .expect("spdk-rpc is not installed (pip install spdk; scripts/test installs it)")
 }
 
 fn json_of(out: &Output) -> Value {
@@ -88,7 +91,12 @@ fn perf(cfg: &std::path::Path, qd: u32, size: u64, workload: &str, secs: u32, on
         .output()
         .expect("run pollux-perf");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "pollux-perf -q {qd} -o {size} -w {workload} failed ({}):\n{}\n{stderr}", out.status, String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "pollux-perf -q {qd} -o {size} -w {workload} failed ({}):\n{}\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
     (json_of(&out), stderr)
 }
 
@@ -129,7 +137,11 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
         let nq = nvme(&["get-feature", "-f", "7", CTRL0]);
         assert!(nq["value"].as_u64().unwrap() > 0, "number of queues: {nq}");
         let bad = Command::new(bin("pollux-nvme")).args(["get-feature", "-f", "0x55", CTRL0]).output().unwrap();
-        assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("INVALID FIELD"), "a decoded NVMe error: {}", String::from_utf8_lossy(&bad.stderr));
+        assert!(
+            !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("INVALID FIELD"),
+            "a decoded NVMe error: {}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
         let fmt = nvme(&["format", "--ns", "2", CTRL1]);
         assert_eq!(fmt["result"], "success");
 
@@ -159,13 +171,20 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
             if out.status.success() {
                 break json_of(&out);
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "pollux-tgt did not come up: {}", std::fs::read_to_string(dir.join("tgt.log")).unwrap_or_default());
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "pollux-tgt did not come up: {}",
+                std::fs::read_to_string(dir.join("tgt.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         let names: Vec<&str> = bdevs.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["Nvme0n1", "Nvme0n2", "Nvme1n1", "Nvme1n2"]);
         assert_eq!(bdevs[0]["product_name"], "NVMe disk");
-        let ctrls = json_of(&run("get_controllers", Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("call").arg("bdev_nvme_get_controllers")));
+        let ctrls = json_of(&run(
+            "get_controllers",
+            Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("call").arg("bdev_nvme_get_controllers"),
+        ));
         assert_eq!(ctrls.as_array().map(Vec::len), Some(2));
         // SPDK's own client: detach and re-attach Nvme1, reset it, list it.
         let spdk = |args: &[&str]| run(&format!("spdk-rpc {args:?}"), Command::new(spdk_rpc()).arg("-s").arg(&sock).args(args));
@@ -175,7 +194,12 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
         spdk(&["bdev_nvme_reset_controller", "Nvme1"]);
         let one = json_of(&spdk(&["bdev_nvme_get_controllers", "-n", "Nvme1"]));
         assert_eq!(one[0]["ctrlrs"][0]["trid"]["traddr"], CTRL1, "{one}");
-        let refused = Command::new(spdk_rpc()).arg("-s").arg(&sock).args(["bdev_nvme_attach_controller", "-b", "Nvme9", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420"]).output().unwrap();
+        let refused = Command::new(spdk_rpc())
+            .arg("-s")
+            .arg(&sock)
+            .args(["bdev_nvme_attach_controller", "-b", "Nvme9", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420"])
+            .output()
+            .unwrap();
         let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
         assert!(!refused.status.success() && said.contains("trtype tcp is not supported"), "NVMe-oF attach refused clearly: {said}");
         let saved = run("save_config", Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("save_config"));

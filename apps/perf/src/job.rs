@@ -154,8 +154,14 @@ impl Job {
         if !io.is_ok() {
             self.errors.set(self.errors.get() + 1);
             if self.first_error.borrow().is_none() {
-                *self.first_error.borrow_mut() =
-                    Some(format!("{:?} of {} blocks at LBA {} on {} failed: {:?}", io.kind(), io.num_blocks(), io.offset_blocks(), self.bdev, io.status()));
+                *self.first_error.borrow_mut() = Some(format!(
+                    "{:?} of {} blocks at LBA {} on {} failed: {:?}",
+                    io.kind(),
+                    io.num_blocks(),
+                    io.offset_blocks(),
+                    self.bdev,
+                    io.status()
+                ));
             }
             return self.halt();
         }
@@ -223,10 +229,15 @@ impl Job {
 pub fn start(p: Params, json: bool) {
     let bdevs: Vec<_> = match &p.bdevs {
         None => bdev::list(),
-        Some(names) => names.iter().filter_map(|n| bdev::get(n).or_else(|| {
-            eprintln!("pollux-perf: no bdev named {n}");
-            None
-        })).collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| {
+                bdev::get(n).or_else(|| {
+                    eprintln!("pollux-perf: no bdev named {n}");
+                    None
+                })
+            })
+            .collect(),
     };
     if bdevs.is_empty() || p.bdevs.as_ref().is_some_and(|n| n.len() != bdevs.len()) {
         eprintln!("pollux-perf: no bdevs to test (create some in the config file)");

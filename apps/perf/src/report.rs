@@ -200,7 +200,10 @@ fn finish(results: Vec<JobResult>) {
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     } else {
         println!();
-        println!("{:<32} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}", "Job", "IOPS", "MiB/s", "avg us", "p50 us", "p99 us", "p99.9 us", "errors");
+        println!(
+            "{:<32} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "Job", "IOPS", "MiB/s", "avg us", "p50 us", "p99 us", "p99.9 us", "errors"
+        );
         for j in jobs.iter().chain(std::iter::once(&sum)) {
             println!(
                 "{:<32} {:>12.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8}",

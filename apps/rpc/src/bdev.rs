@@ -182,22 +182,16 @@ impl Cmd {
                 Show::Text,
             ),
             BdevAioDelete { name } => req("bdev_aio_delete", Some(json!({"name": name})), Show::Nothing),
-            BdevGetBdevs { name, timeout } => {
-                req("bdev_get_bdevs", params(&[("name", o(name)), ("timeout", o(timeout))]), Show::Json)
-            }
+            BdevGetBdevs { name, timeout } => req("bdev_get_bdevs", params(&[("name", o(name)), ("timeout", o(timeout))]), Show::Json),
             BdevGetIostat { per_channel, reset_mode, names } => req(
                 "bdev_get_iostat",
-                params(&[
-                    ("per_channel", per_channel.then_some(json!(true))),
-                    ("reset_mode", o(reset_mode)),
-                    ("names", o(names)),
-                ]),
+                params(&[("per_channel", per_channel.then_some(json!(true))), ("reset_mode", o(reset_mode)), ("names", o(names))]),
                 Show::Json,
             ),
-            BdevResetIostat { name, mode } => {
-                req("bdev_reset_iostat", params(&[("name", o(name)), ("mode", o(mode))]), Show::Nothing)
+            BdevResetIostat { name, mode } => req("bdev_reset_iostat", params(&[("name", o(name)), ("mode", o(mode))]), Show::Nothing),
+            BdevEnableHistogram { name, histogram, .. } => {
+                req("bdev_enable_histogram", Some(json!({"name": name, "enable": histogram})), Show::Nothing)
             }
-            BdevEnableHistogram { name, histogram, .. } => req("bdev_enable_histogram", Some(json!({"name": name, "enable": histogram})), Show::Nothing),
             BdevGetHistogram { name } => req("bdev_get_histogram", Some(json!({"name": name})), Show::Json),
             BdevWaitForExamine => req("bdev_wait_for_examine", None, Show::Nothing),
             IobufSetOptions { small_pool_count, large_pool_count, small_bufsize, large_bufsize } => req(

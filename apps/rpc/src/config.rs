@@ -115,10 +115,8 @@ pub fn load(c: &mut Client, a: &LoadArgs) -> Result<(), ()> {
         return Err(());
     };
     // (subsystem, remaining entries), skipping subsystems without config.
-    let mut pending: Vec<Vec<Value>> = subs
-        .iter()
-        .filter_map(|s| s.get("config").and_then(Value::as_array).filter(|c| !c.is_empty()).cloned())
-        .collect();
+    let mut pending: Vec<Vec<Value>> =
+        subs.iter().filter_map(|s| s.get("config").and_then(Value::as_array).filter(|c| !c.is_empty()).cloned()).collect();
     let ia = a.include_aliases;
     let all = names_of(&call(c, "rpc_get_methods", Some(json!({"include_aliases": ia})))?);
     if pending.is_empty() {

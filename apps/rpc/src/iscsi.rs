@@ -297,7 +297,11 @@ impl Cmd {
                         .split(',')
                         .filter(|x| !x.trim().is_empty())
                         .map(|one| {
-                            let m: Map<String, Value> = words(one).iter().filter_map(|kv| kv.split_once(':')).map(|(k, v)| (k.to_string(), Value::from(v))).collect();
+                            let m: Map<String, Value> = words(one)
+                                .iter()
+                                .filter_map(|kv| kv.split_once(':'))
+                                .map(|(k, v)| (k.to_string(), Value::from(v)))
+                                .collect();
                             Value::Object(m)
                         })
                         .collect();
@@ -317,13 +321,18 @@ impl Cmd {
                 }
                 req("iscsi_auth_group_add_secret", p, Show::Nothing)
             }
-            IscsiAuthGroupRemoveSecret { tag, user } => req("iscsi_auth_group_remove_secret", json!({"tag": tag, "user": user}), Show::Nothing),
-            IscsiGetInitiatorGroups => Request { method: "iscsi_get_initiator_groups", params: None, show: Show::Json },
-            IscsiCreateInitiatorGroup { tag, initiators, netmasks } => {
-                req("iscsi_create_initiator_group", json!({"tag": tag, "initiators": words(initiators), "netmasks": words(netmasks)}), Show::Nothing)
+            IscsiAuthGroupRemoveSecret { tag, user } => {
+                req("iscsi_auth_group_remove_secret", json!({"tag": tag, "user": user}), Show::Nothing)
             }
+            IscsiGetInitiatorGroups => Request { method: "iscsi_get_initiator_groups", params: None, show: Show::Json },
+            IscsiCreateInitiatorGroup { tag, initiators, netmasks } => req(
+                "iscsi_create_initiator_group",
+                json!({"tag": tag, "initiators": words(initiators), "netmasks": words(netmasks)}),
+                Show::Nothing,
+            ),
             IscsiDeleteInitiatorGroup { tag } => req("iscsi_delete_initiator_group", json!({"tag": tag}), Show::Nothing),
-            IscsiInitiatorGroupAddInitiators { tag, initiators, netmasks } | IscsiInitiatorGroupRemoveInitiators { tag, initiators, netmasks } => {
+            IscsiInitiatorGroupAddInitiators { tag, initiators, netmasks }
+            | IscsiInitiatorGroupRemoveInitiators { tag, initiators, netmasks } => {
                 let method = if matches!(self, IscsiInitiatorGroupAddInitiators { .. }) {
                     "iscsi_initiator_group_add_initiators"
                 } else {
@@ -365,12 +374,16 @@ impl Cmd {
                 chap.add(&mut m);
                 req("iscsi_target_node_set_auth", Value::Object(m), Show::Nothing)
             }
-            IscsiTargetNodeAddPgIgMaps { name, pg_ig_maps } => {
-                req("iscsi_target_node_add_pg_ig_maps", json!({"name": name, "pg_ig_maps": pairs(pg_ig_maps, "pg_tag", "ig_tag", true)}), Show::Nothing)
-            }
-            IscsiTargetNodeRemovePgIgMaps { name, pg_ig_maps } => {
-                req("iscsi_target_node_remove_pg_ig_maps", json!({"name": name, "pg_ig_maps": pairs(pg_ig_maps, "pg_tag", "ig_tag", true)}), Show::Nothing)
-            }
+            IscsiTargetNodeAddPgIgMaps { name, pg_ig_maps } => req(
+                "iscsi_target_node_add_pg_ig_maps",
+                json!({"name": name, "pg_ig_maps": pairs(pg_ig_maps, "pg_tag", "ig_tag", true)}),
+                Show::Nothing,
+            ),
+            IscsiTargetNodeRemovePgIgMaps { name, pg_ig_maps } => req(
+                "iscsi_target_node_remove_pg_ig_maps",
+                json!({"name": name, "pg_ig_maps": pairs(pg_ig_maps, "pg_tag", "ig_tag", true)}),
+                Show::Nothing,
+            ),
             IscsiGetPortalGroups => Request { method: "iscsi_get_portal_groups", params: None, show: Show::Json },
             IscsiCreatePortalGroup { tag, portals, private, wait } => {
                 let list: Vec<Value> = words(portals)
@@ -402,7 +415,10 @@ mod tests {
 
     #[test]
     fn quoted_lists_become_spdk_objects() {
-        assert_eq!(pairs("Malloc0:0 Malloc1:3", "bdev_name", "lun_id", false), json!([{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc1", "lun_id": 3}]));
+        assert_eq!(
+            pairs("Malloc0:0 Malloc1:3", "bdev_name", "lun_id", false),
+            json!([{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc1", "lun_id": 3}])
+        );
         assert_eq!(pairs("1:1 2:5", "pg_tag", "ig_tag", true), json!([{"pg_tag": 1, "ig_tag": 1}, {"pg_tag": 2, "ig_tag": 5}]));
     }
 }

@@ -108,7 +108,10 @@ pub fn report(method: &str, params: &Option<Value>, e: &ClientError) {
             eprintln!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
             eprintln!("Got JSON-RPC error response");
             eprintln!("response:");
-            eprintln!("{}", serde_json::to_string_pretty(&serde_json::json!({"code": err.code, "message": err.message})).unwrap_or_default());
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"code": err.code, "message": err.message})).unwrap_or_default()
+            );
         }
         other => eprintln!("pollux-rpc: {other}"),
     }

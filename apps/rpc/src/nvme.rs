@@ -68,7 +68,20 @@ impl Cmd {
     pub fn request(&self) -> Request {
         let req = |method, params: Option<Value>, show| Request { method, params, show };
         match self {
-            Cmd::BdevNvmeAttachController { name, trtype, traddr, adrfam, trsvcid, subnqn, hostnqn, hostaddr, hostsvcid, multipath, num_io_queues, max_bdevs } => {
+            Cmd::BdevNvmeAttachController {
+                name,
+                trtype,
+                traddr,
+                adrfam,
+                trsvcid,
+                subnqn,
+                hostnqn,
+                hostaddr,
+                hostsvcid,
+                multipath,
+                num_io_queues,
+                max_bdevs,
+            } => {
                 let s = |v: &Option<String>| v.as_ref().map(|x| json!(x));
                 let p = obj(&[
                     ("name", Some(json!(name))),
@@ -87,7 +100,11 @@ impl Cmd {
                 req("bdev_nvme_attach_controller", Some(p), Show::Json)
             }
             Cmd::BdevNvmeDetachController { name, trtype, traddr } => {
-                let p = obj(&[("name", Some(json!(name))), ("trtype", trtype.as_ref().map(|v| json!(v))), ("traddr", traddr.as_ref().map(|v| json!(v)))]);
+                let p = obj(&[
+                    ("name", Some(json!(name))),
+                    ("trtype", trtype.as_ref().map(|v| json!(v))),
+                    ("traddr", traddr.as_ref().map(|v| json!(v))),
+                ]);
                 req("bdev_nvme_detach_controller", Some(p), Show::Nothing)
             }
             Cmd::BdevNvmeGetControllers { name } => req("bdev_nvme_get_controllers", name.as_ref().map(|n| json!({"name": n})), Show::Json),

@@ -323,7 +323,9 @@ impl Cmd {
                 ],
                 Show::Nothing,
             ),
-            NvmfGetTransports { trtype, tgt_name } => req("nvmf_get_transports", &[("trtype", o(trtype)), ("tgt_name", o(tgt_name))], Show::Json),
+            NvmfGetTransports { trtype, tgt_name } => {
+                req("nvmf_get_transports", &[("trtype", o(trtype)), ("tgt_name", o(tgt_name))], Show::Json)
+            }
             NvmfGetSubsystems { nqn, tgt_name } => req("nvmf_get_subsystems", &[("nqn", o(nqn)), ("tgt_name", o(tgt_name))], Show::Json),
             NvmfCreateSubsystem {
                 nqn,
@@ -360,7 +362,9 @@ impl Cmd {
                 ],
                 Show::Nothing,
             ),
-            NvmfDeleteSubsystem { nqn, tgt_name } => req("nvmf_delete_subsystem", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Nothing),
+            NvmfDeleteSubsystem { nqn, tgt_name } => {
+                req("nvmf_delete_subsystem", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Nothing)
+            }
             NvmfSubsystemAddListener { nqn: n, address, tgt_name, secure_channel, ana_state, sock_impl } => req(
                 "nvmf_subsystem_add_listener",
                 &[
@@ -373,11 +377,17 @@ impl Cmd {
                 ],
                 Show::Nothing,
             ),
-            NvmfSubsystemRemoveListener { nqn: n, address, tgt_name } => {
-                req("nvmf_subsystem_remove_listener", &[("nqn", nqn(n)), ("listen_address", Some(address.json())), ("tgt_name", o(tgt_name))], Show::Nothing)
+            NvmfSubsystemRemoveListener { nqn: n, address, tgt_name } => req(
+                "nvmf_subsystem_remove_listener",
+                &[("nqn", nqn(n)), ("listen_address", Some(address.json())), ("tgt_name", o(tgt_name))],
+                Show::Nothing,
+            ),
+            NvmfSubsystemGetListeners { nqn, tgt_name } => {
+                req("nvmf_subsystem_get_listeners", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json)
             }
-            NvmfSubsystemGetListeners { nqn, tgt_name } => req("nvmf_subsystem_get_listeners", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json),
-            NvmfSubsystemGetControllers { nqn, tgt_name } => req("nvmf_subsystem_get_controllers", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json),
+            NvmfSubsystemGetControllers { nqn, tgt_name } => {
+                req("nvmf_subsystem_get_controllers", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json)
+            }
             NvmfSubsystemAddNs { nqn, bdev_name, tgt_name, ptpl_file, nsid, nguid, eui64, uuid, anagrpid, no_auto_visible } => req(
                 "nvmf_subsystem_add_ns",
                 &[
@@ -399,7 +409,9 @@ impl Cmd {
                 ],
                 Show::Json,
             ),
-            NvmfSubsystemRemoveNs { nqn, nsid, tgt_name } => req("nvmf_subsystem_remove_ns", &[("nqn", v(nqn)), ("nsid", v(nsid)), ("tgt_name", o(tgt_name))], Show::Nothing),
+            NvmfSubsystemRemoveNs { nqn, nsid, tgt_name } => {
+                req("nvmf_subsystem_remove_ns", &[("nqn", v(nqn)), ("nsid", v(nsid)), ("tgt_name", o(tgt_name))], Show::Nothing)
+            }
             NvmfSubsystemAddHost { nqn, host, tgt_name, psk, dhchap_key, dhchap_ctrlr_key } => req(
                 "nvmf_subsystem_add_host",
                 &[
@@ -412,9 +424,11 @@ impl Cmd {
                 ],
                 Show::Nothing,
             ),
-            NvmfSubsystemRemoveHost { nqn, host, tgt_name, timeout_ms } => {
-                req("nvmf_subsystem_remove_host", &[("nqn", v(nqn)), ("host", v(host)), ("tgt_name", o(tgt_name)), ("timeout_ms", o(timeout_ms))], Show::Nothing)
-            }
+            NvmfSubsystemRemoveHost { nqn, host, tgt_name, timeout_ms } => req(
+                "nvmf_subsystem_remove_host",
+                &[("nqn", v(nqn)), ("host", v(host)), ("tgt_name", o(tgt_name)), ("timeout_ms", o(timeout_ms))],
+                Show::Nothing,
+            ),
             NvmfSubsystemAllowAnyHost { nqn, allow_any_host, no_allow_any_host, tgt_name } => req(
                 "nvmf_subsystem_allow_any_host",
                 &[("nqn", v(nqn)), ("allow_any_host", v(&(*allow_any_host && !no_allow_any_host))), ("tgt_name", o(tgt_name))],

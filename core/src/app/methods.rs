@@ -87,10 +87,8 @@ pub(crate) fn register(m: &std::rc::Rc<Methods>) {
     });
     m.register("thread_get_io_channels", States::ANY, |_: NoParams, r: Responder| {
         reactor::map_reactors(collect, move |all| {
-            let threads: Vec<Value> = all
-                .iter()
-                .map(|(s, _)| json!({"name": thread_name(s), "id": thread_id(s), "io_channel_count": s.io_channels}))
-                .collect();
+            let threads: Vec<Value> =
+                all.iter().map(|(s, _)| json!({"name": thread_name(s), "id": thread_id(s), "io_channel_count": s.io_channels})).collect();
             r.ok(json!({"tick_rate": clock::tick_rate(), "threads": threads}))
         })
     });

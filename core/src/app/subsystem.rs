@@ -124,7 +124,12 @@ mod tests {
 
     #[test]
     fn dependencies_come_first() {
-        let v: Vec<Rc<dyn Subsystem>> = vec![Rc::new(S("iscsi", &["scsi", "bdev"])), Rc::new(S("bdev", &["iobuf"])), Rc::new(S("scsi", &["bdev"])), Rc::new(S("iobuf", &[]))];
+        let v: Vec<Rc<dyn Subsystem>> = vec![
+            Rc::new(S("iscsi", &["scsi", "bdev"])),
+            Rc::new(S("bdev", &["iobuf"])),
+            Rc::new(S("scsi", &["bdev"])),
+            Rc::new(S("iobuf", &[])),
+        ];
         assert_eq!(order(v).unwrap(), vec!["iobuf", "bdev", "scsi", "iscsi"]);
     }
 

@@ -32,7 +32,11 @@ impl Deferred {
             Some(d) => d.run().into(),
             None => PollStatus::Idle,
         });
-        let d = Rc::new(Deferred { list: RefCell::new(Vec::with_capacity(256)), spare: RefCell::new(Vec::with_capacity(256)), _poller: poller });
+        let d = Rc::new(Deferred {
+            list: RefCell::new(Vec::with_capacity(256)),
+            spare: RefCell::new(Vec::with_capacity(256)),
+            _poller: poller,
+        });
         reactor::set_local(d.clone());
         d
     }

@@ -28,7 +28,8 @@ pub enum IoType {
 }
 
 impl IoType {
-    pub const ALL: [IoType; 7] = [IoType::Read, IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes, IoType::Reset, IoType::Compare];
+    pub const ALL: [IoType; 7] =
+        [IoType::Read, IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes, IoType::Reset, IoType::Compare];
 
     /// SPDK's name in `supported_io_types`.
     pub fn name(self) -> &'static str {
@@ -82,11 +83,16 @@ pub enum IoStatus {
     NoMemory,
     Aborted,
     /// A compare found different data at this byte offset of the request.
-    Miscompare { offset: u64 },
+    Miscompare {
+        offset: u64,
+    },
     /// A media error (unrecovered read error, write fault).
     Media,
     /// NVMe status from a device, passed through for NVMe-aware consumers.
-    Nvme { sct: u8, sc: u8 },
+    Nvme {
+        sct: u8,
+        sc: u8,
+    },
 }
 
 impl IoStatus {
@@ -262,7 +268,13 @@ impl BdevIo {
         let s = self.slot_mut();
         s.completed = now;
         let home = &s.home;
-        home.stats.borrow_mut().record(s.kind, s.num_blocks * s.block_size as u64, s.status, now.saturating_sub(s.submitted), home.histogram.get());
+        home.stats.borrow_mut().record(
+            s.kind,
+            s.num_blocks * s.block_size as u64,
+            s.status,
+            now.saturating_sub(s.submitted),
+            home.histogram.get(),
+        );
         match s.cb.take() {
             Some(cb) => cb.call(self),
             None => drop(self),

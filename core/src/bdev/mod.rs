@@ -138,7 +138,11 @@ pub struct Bdev {
 
 impl std::fmt::Debug for Bdev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bdev").field("name", &self.name).field("block_size", &self.block_size).field("num_blocks", &self.num_blocks).finish()
+        f.debug_struct("Bdev")
+            .field("name", &self.name)
+            .field("block_size", &self.block_size)
+            .field("num_blocks", &self.num_blocks)
+            .finish()
     }
 }
 
@@ -197,17 +201,38 @@ impl Descriptor {
         ch.submit(self.writable(), kind, bufs, offset_blocks, num_blocks, InlineFn::new(cb));
     }
 
-    pub fn read(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+    pub fn read(
+        &self,
+        ch: &IoChannel<Bdev>,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo) + 'static,
+    ) {
         self.submit(ch, IoType::Read, bufs, offset_blocks, num_blocks, cb)
     }
 
-    pub fn write(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+    pub fn write(
+        &self,
+        ch: &IoChannel<Bdev>,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo) + 'static,
+    ) {
         self.submit(ch, IoType::Write, bufs, offset_blocks, num_blocks, cb)
     }
 
     /// Compare the blocks with `bufs`; a difference ends with
     /// [`IoStatus::Miscompare`].
-    pub fn compare(&self, ch: &IoChannel<Bdev>, bufs: impl IntoIterator<Item = DmaBuf>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+    pub fn compare(
+        &self,
+        ch: &IoChannel<Bdev>,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo) + 'static,
+    ) {
         self.submit(ch, IoType::Compare, bufs, offset_blocks, num_blocks, cb)
     }
 

@@ -82,7 +82,13 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
         retired: std::sync::Mutex::new(IoStats::default()),
     });
     reg.bdevs.borrow_mut().push(bdev.clone());
-    tracing::info!("bdev {} registered ({} blocks of {} bytes, {})", bdev.name(), bdev.num_blocks(), bdev.block_size(), bdev.backend.module_name());
+    tracing::info!(
+        "bdev {} registered ({} blocks of {} bytes, {})",
+        bdev.name(),
+        bdev.num_blocks(),
+        bdev.block_size(),
+        bdev.backend.module_name()
+    );
     Ok(bdev)
 }
 

@@ -189,7 +189,20 @@ pub fn describe(b: &Bdev) -> Value {
     for t in IoType::ALL {
         types.insert(t.name().into(), b.supports(t).into());
     }
-    for extra in ["nvme_admin", "nvme_io", "zcopy", "abort", "compare_and_write", "copy", "seek_hole", "seek_data", "get_zone_info", "zone_management", "zone_append", "nvme_iov_md"] {
+    for extra in [
+        "nvme_admin",
+        "nvme_io",
+        "zcopy",
+        "abort",
+        "compare_and_write",
+        "copy",
+        "seek_hole",
+        "seek_data",
+        "get_zone_info",
+        "zone_management",
+        "zone_append",
+        "nvme_iov_md",
+    ] {
         types.insert(extra.into(), false.into());
     }
     json!({

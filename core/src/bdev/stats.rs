@@ -123,7 +123,15 @@ impl IoStats {
         match mode {
             ResetMode::All => *self = IoStats { histogram: self.histogram.take().map(|_| Default::default()), ..Default::default() },
             ResetMode::MaxMin => {
-                for s in [&mut self.read, &mut self.write, &mut self.unmap, &mut self.write_zeroes, &mut self.flush, &mut self.compare, &mut self.reset] {
+                for s in [
+                    &mut self.read,
+                    &mut self.write,
+                    &mut self.unmap,
+                    &mut self.write_zeroes,
+                    &mut self.flush,
+                    &mut self.compare,
+                    &mut self.reset,
+                ] {
                     s.max_latency_ticks = 0;
                     s.min_latency_ticks = 0;
                 }

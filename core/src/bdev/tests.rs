@@ -144,7 +144,14 @@ fn bad_requests_complete_with_errors() {
     let st: Vec<IoStatus> = out.borrow().iter().map(|x| x.0).collect();
     assert_eq!(
         st,
-        vec![IoStatus::OutOfRange, IoStatus::OutOfRange, IoStatus::InvalidBuffer, IoStatus::Unsupported, IoStatus::ReadOnly, IoStatus::OutOfRange]
+        vec![
+            IoStatus::OutOfRange,
+            IoStatus::OutOfRange,
+            IoStatus::InvalidBuffer,
+            IoStatus::Unsupported,
+            IoStatus::ReadOnly,
+            IoStatus::OutOfRange
+        ]
     );
     assert!(r.data.lock().unwrap().iter().all(|&b| b == 0), "nothing was written");
 }
@@ -181,17 +188,22 @@ fn delete_while_open_notifies_and_completes_after_close() {
     let deleted = Rc::new(Cell::new(false));
     let ev = events.clone();
     // Opened on reactor 0, used from reactor 1.
-    let desc = h.on(0, move || open("victim", true, move |e| {
-        assert_eq!(e, BdevEvent::Remove);
-        ev.fetch_add(1, Ordering::SeqCst);
-    }).unwrap());
+    let desc = h.on(0, move || {
+        open("victim", true, move |e| {
+            assert_eq!(e, BdevEvent::Remove);
+            ev.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap()
+    });
     let d1 = desc.clone();
     h.on(1, move || reactor::set_local(Rc::new(d1)));
     let del = deleted.clone();
-    h.on(0, move || unregister("victim", move |res| {
-        assert!(res.is_ok());
-        del.set(true);
-    }));
+    h.on(0, move || {
+        unregister("victim", move |res| {
+            assert!(res.is_ok());
+            del.set(true);
+        })
+    });
     h.run_until_idle(10);
     assert_eq!(events.load(Ordering::SeqCst), 1, "user told to close");
     assert!(!deleted.get(), "still open");
@@ -229,7 +241,8 @@ fn names_must_be_unique_and_bdevs_well_formed() {
     let e = h.on(0, move || register(BdevSpec { name: "dup".into(), block_size: 512, num_blocks: 8, uuid: None, backend }).unwrap_err());
     assert_eq!(e, BdevError::Exists("dup".into()));
     assert_eq!(e.errno(), libc::EEXIST);
-    let e = h.on(0, move || register(BdevSpec { name: "odd".into(), block_size: 520, num_blocks: 8, uuid: None, backend: b2 }).unwrap_err());
+    let e =
+        h.on(0, move || register(BdevSpec { name: "odd".into(), block_size: 520, num_blocks: 8, uuid: None, backend: b2 }).unwrap_err());
     assert!(matches!(e, BdevError::Invalid(_)));
     assert_eq!(h.on(0, || open("nope", false, |_| {}).unwrap_err()), BdevError::NotFound("nope".into()));
 }

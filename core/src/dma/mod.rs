@@ -93,9 +93,8 @@ pub fn allocate_region(len: usize) -> Result<Arc<Region>, DmaError> {
         }
     }
     let allow_fallback = !st.hugepages_required;
-    let region = Region::map(len, allow_fallback).map_err(|source| {
-        if allow_fallback { DmaError::Map { len, source } } else { DmaError::NoHugepages { len } }
-    })?;
+    let region = Region::map(len, allow_fallback)
+        .map_err(|source| if allow_fallback { DmaError::Map { len, source } } else { DmaError::NoHugepages { len } })?;
     if !matches!(region.backing(), Backing::Hugepages { .. }) && !st.warned_fallback {
         st.warned_fallback = true;
         tracing::warn!(
@@ -105,8 +104,11 @@ pub fn allocate_region(len: usize) -> Result<Arc<Region>, DmaError> {
         );
     }
     for (_, m) in &st.mappers {
-        m.map(region.as_ptr(), region.iova(), region.len())
-            .map_err(|source| DmaError::IommuMap { iova: region.iova().0, len: region.len(), source })?;
+        m.map(region.as_ptr(), region.iova(), region.len()).map_err(|source| DmaError::IommuMap {
+            iova: region.iova().0,
+            len: region.len(),
+            source,
+        })?;
     }
     st.used += region.len();
     let region = Arc::new(region);

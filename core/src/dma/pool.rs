@@ -47,7 +47,9 @@ enum Home {
     Pool(Rc<Class>),
     /// A region of its own, shared by the buffers carved from it (queues,
     /// large one-off buffers); released when the last of them goes.
-    Region { _owner: Rc<Owned> },
+    Region {
+        _owner: Rc<Owned>,
+    },
 }
 
 /// A region given back (unmapped from every IOMMU) when dropped.
@@ -74,7 +76,11 @@ pub struct DmaBuf {
 
 impl fmt::Debug for DmaBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DmaBuf").field("iova", &format_args!("{:#x}", self.iova().0)).field("len", &self.len).field("cap", &self.cap).finish()
+        f.debug_struct("DmaBuf")
+            .field("iova", &format_args!("{:#x}", self.iova().0))
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
     }
 }
 

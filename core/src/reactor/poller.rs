@@ -396,10 +396,16 @@ mod tests {
 
     fn set_with(period: u64, log: Rc<RefCell<Vec<u64>>>, now: Rc<Cell<u64>>) -> (PollerSet, Poller) {
         let set = PollerSet::new();
-        let p = set.register(Weak::new(), "t", period, 0, Box::new(move || {
-            log.borrow_mut().push(now.get());
-            PollStatus::Busy
-        }));
+        let p = set.register(
+            Weak::new(),
+            "t",
+            period,
+            0,
+            Box::new(move || {
+                log.borrow_mut().push(now.get());
+                PollStatus::Busy
+            }),
+        );
         set.compact();
         (set, p)
     }

@@ -45,12 +45,7 @@ fn for_each_reactor_visits_in_order_then_returns_home() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let s2 = seen.clone();
-    h.on(2, move || {
-        for_each_reactor(
-            move || s.lock().unwrap().push(current().0),
-            move || s2.lock().unwrap().push(100 + current().0),
-        )
-    });
+    h.on(2, move || for_each_reactor(move || s.lock().unwrap().push(current().0), move || s2.lock().unwrap().push(100 + current().0)));
     h.run_until_idle(100);
     assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 102]);
 }
@@ -202,9 +197,7 @@ fn handle_sends_from_a_foreign_thread() {
     let handle = h.handle();
     let hit = Arc::new(AtomicUsize::new(0));
     let hh = hit.clone();
-    std::thread::spawn(move || handle.send(ReactorId(1), move || assert_eq!(hh.fetch_add(1, Ordering::SeqCst), 0)))
-        .join()
-        .unwrap();
+    std::thread::spawn(move || handle.send(ReactorId(1), move || assert_eq!(hh.fetch_add(1, Ordering::SeqCst), 0))).join().unwrap();
     h.run_until_idle(10);
     assert_eq!(hit.load(Ordering::SeqCst), 1);
 }

@@ -281,7 +281,9 @@ impl Methods {
         if !states.allows(state) {
             let msg = match state {
                 RpcState::Startup => "Method may only be called after framework is initialized using framework_start_init RPC.",
-                RpcState::Runtime => "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC.",
+                RpcState::Runtime => {
+                    "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC."
+                }
             };
             return resp.err(RpcError::new(RpcError::INVALID_STATE, msg));
         }

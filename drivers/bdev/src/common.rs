@@ -28,7 +28,9 @@ pub fn delete_rpc(module: &str, p: Delete, r: Responder) {
 /// ask for something other than the default.
 pub fn reject_unsupported(params: &[(&str, bool)]) -> Result<(), RpcError> {
     match params.iter().find(|(_, set)| *set) {
-        Some((name, _)) => Err(RpcError::errno(libc::EOPNOTSUPP, format!("parameter '{name}' is not supported by Pollux (leave it at its default)"))),
+        Some((name, _)) => {
+            Err(RpcError::errno(libc::EOPNOTSUPP, format!("parameter '{name}' is not supported by Pollux (leave it at its default)")))
+        }
         None => Ok(()),
     }
 }

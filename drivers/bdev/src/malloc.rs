@@ -250,7 +250,8 @@ pub fn create(name: &str, block_size: u32, num_blocks: u64, uuid: Option<Uuid>, 
     if len == 0 {
         return Err(RpcError::invalid_params("num_blocks and block_size must be above 0"));
     }
-    let map = memmap2::MmapMut::map_anon(len).map_err(|e| RpcError::errno(libc::ENOMEM, format!("cannot allocate {len} bytes for {name}: {e}")))?;
+    let map = memmap2::MmapMut::map_anon(len)
+        .map_err(|e| RpcError::errno(libc::ENOMEM, format!("cannot allocate {len} bytes for {name}: {e}")))?;
     // SAFETY: madvise on our own fresh anonymous mapping. Transparent huge
     // pages cut TLB misses on large disks (SPDK's malloc uses hugepages);
     // where THP is off this is a no-op.

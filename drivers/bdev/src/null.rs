@@ -94,7 +94,13 @@ pub fn create(name: &str, block_size: u32, num_blocks: u64, uuid: Option<Uuid>) 
 pub fn register(app: &mut App) {
     let m = app.methods();
     m.register("bdev_null_create", States::RUNTIME, |p: Create, r: Responder| {
-        let _hints = (p.preferred_write_granularity, p.preferred_write_alignment, p.optimal_write_size, p.preferred_unmap_granularity, p.preferred_unmap_alignment);
+        let _hints = (
+            p.preferred_write_granularity,
+            p.preferred_write_alignment,
+            p.optimal_write_size,
+            p.preferred_unmap_granularity,
+            p.preferred_unmap_alignment,
+        );
         if let Err(e) = reject_unsupported(&[
             ("md_size", p.md_size != 0),
             ("dif_type", p.dif_type != 0),

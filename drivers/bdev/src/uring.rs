@@ -84,7 +84,10 @@ impl Backend for UringBackend {
     }
     fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
         Some(match self.flavor {
-            Flavor::Uring => ("bdev_uring_create", json!({"name": b.name(), "filename": self.filename, "block_size": self.block_size, "uuid": b.uuid().to_string()})),
+            Flavor::Uring => (
+                "bdev_uring_create",
+                json!({"name": b.name(), "filename": self.filename, "block_size": self.block_size, "uuid": b.uuid().to_string()}),
+            ),
             Flavor::Aio { readonly, fallocate } => (
                 "bdev_aio_create",
                 json!({"name": b.name(), "filename": self.filename, "block_size": self.block_size, "readonly": readonly, "fallocate": fallocate, "uuid": b.uuid().to_string()}),
@@ -210,7 +213,9 @@ fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
         IoType::Write => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32).offset(off).build(),
         IoType::Flush => opcode::Fsync::new(fd).build(),
         IoType::Unmap => opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).build(),
-        IoType::WriteZeroes => opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE).build(),
+        IoType::WriteZeroes => {
+            opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE).build()
+        }
         IoType::Reset | IoType::Compare => {
             r.free.push(slot);
             let st = if io.kind() == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported };
@@ -316,7 +321,9 @@ fn open_file(filename: &str, readonly: bool) -> Result<(File, bool), RpcError> {
         Ok(f) => Ok((f, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!("{filename}: O_DIRECT not supported here; using the page cache");
-            open(false).map(|f| (f, false)).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot open {filename}: {e}")))
+            open(false)
+                .map(|f| (f, false))
+                .map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot open {filename}: {e}")))
         }
         Err(e) => Err(RpcError::errno(e.raw_os_error().unwrap_or(libc::EIO), format!("cannot open {filename}: {e}"))),
     }
@@ -328,7 +335,9 @@ fn create(name: &str, filename: &str, block_size: Option<u32>, uuid: Option<Uuid
     let (size, logical) = geometry(&file).map_err(|e| RpcError::errno(libc::EIO, format!("cannot size {filename}: {e}")))?;
     let block_size = block_size.filter(|&b| b != 0).unwrap_or(logical);
     if block_size < logical || block_size % logical != 0 {
-        return Err(RpcError::invalid_params(format!("block_size {block_size} is not a multiple of {filename}'s logical block size {logical}")));
+        return Err(RpcError::invalid_params(format!(
+            "block_size {block_size} is not a multiple of {filename}'s logical block size {logical}"
+        )));
     }
     let num_blocks = size / block_size as u64;
     if num_blocks == 0 {

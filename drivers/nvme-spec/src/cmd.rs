@@ -149,12 +149,7 @@ const _: () = assert!(size_of::<SglDescriptor>() == 16);
 
 impl SglDescriptor {
     pub fn new(kind: SglType, subtype: SglSubtype, address: u64, length: u32) -> Self {
-        Self {
-            address: U64::new(address),
-            length: U32::new(length),
-            reserved: [0; 3],
-            id: ((kind as u8) << 4) | subtype as u8,
-        }
+        Self { address: U64::new(address), length: U32::new(length), reserved: [0; 3], id: ((kind as u8) << 4) | subtype as u8 }
     }
 
     /// The descriptor type, or the raw value when reserved.

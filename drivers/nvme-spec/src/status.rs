@@ -291,9 +291,7 @@ impl Status {
     }
 
     pub fn command_specific(self) -> Option<CommandSpecificStatus> {
-        (self.sct() == StatusCodeType::CommandSpecific)
-            .then(|| CommandSpecificStatus::from_code(self.sc()))
-            .flatten()
+        (self.sct() == StatusCodeType::CommandSpecific).then(|| CommandSpecificStatus::from_code(self.sc())).flatten()
     }
 
     pub fn media(self) -> Option<MediaStatus> {
@@ -393,10 +391,7 @@ mod tests {
     #[test]
     fn named_codes() {
         assert_eq!(Status::from(GenericStatus::LbaOutOfRange).name(), "LBA OUT OF RANGE");
-        assert_eq!(
-            Status::from(CommandSpecificStatus::InvalidQueueIdentifier).to_string(),
-            "INVALID QUEUE IDENTIFIER (sct 1h / sc 01h)"
-        );
+        assert_eq!(Status::from(CommandSpecificStatus::InvalidQueueIdentifier).to_string(), "INVALID QUEUE IDENTIFIER (sct 1h / sc 01h)");
         assert_eq!(Status::from(PathStatus::HostPathingError).path(), Some(PathStatus::HostPathingError));
         assert_eq!(Status::new(StatusCodeType::Generic, 0x17).name(), "UNKNOWN");
         assert_eq!(Status::new(StatusCodeType::VendorSpecific, 0x01).sct(), StatusCodeType::VendorSpecific);

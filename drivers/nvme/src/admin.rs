@@ -39,7 +39,13 @@ unsafe impl Send for AdminQueue {}
 impl AdminQueue {
     pub fn new(regs: Arc<dyn Registers>, dstrd: u8, page: usize) -> Result<AdminQueue, DmaError> {
         // One scratch slot of a page for the PRP list of large transfers.
-        Ok(AdminQueue { rings: Rings::new(0, ADMIN_ENTRIES, dstrd, 1, 4096)?, data: DeviceMemory::alloc(ADMIN_BUF)?, next_cid: 0, regs, page })
+        Ok(AdminQueue {
+            rings: Rings::new(0, ADMIN_ENTRIES, dstrd, 1, 4096)?,
+            data: DeviceMemory::alloc(ADMIN_BUF)?,
+            next_cid: 0,
+            regs,
+            page,
+        })
     }
 
     /// Run `cmd` and wait for its completion up to `timeout`. `data_len`

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 
 use pollux_nvme_spec::cmd::{Command, Completion, DataTransfer, DsmRange, SglDescriptor, SglType, admin, feature, io};
 use pollux_nvme_spec::identify::{IdentifyController, IdentifyNamespace, cns, oncs};
-use pollux_nvme_spec::set_ascii_field;
 use pollux_nvme_spec::registers::{Cc, Csts, offset};
+use pollux_nvme_spec::set_ascii_field;
 use pollux_nvme_spec::status::{CommandSpecificStatus, GenericStatus, MediaStatus, Status};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -363,7 +363,11 @@ impl State {
                 if self.sqs.remove(&qid).is_none() { (0, CommandSpecificStatus::InvalidQueueIdentifier.status()) } else { ok }
             }
             admin::DELETE_IO_CQ => {
-                if self.cqs.remove(&(c.cdw10.get() as u16)).is_none() { (0, CommandSpecificStatus::InvalidQueueIdentifier.status()) } else { ok }
+                if self.cqs.remove(&(c.cdw10.get() as u16)).is_none() {
+                    (0, CommandSpecificStatus::InvalidQueueIdentifier.status())
+                } else {
+                    ok
+                }
             }
             admin::ABORT => {
                 self.counters.aborts += 1;

@@ -32,8 +32,8 @@ mod tests;
 
 use pollux_core::app::App;
 
-pub use controller::{Controller, ControllerOptions, Namespace, State, TimeoutAction};
 pub use controller::DataDirection;
+pub use controller::{Controller, ControllerOptions, Namespace, State, TimeoutAction};
 pub use error::{CommandError, NvmeError, PciError};
 pub use pci::PciAddress;
 

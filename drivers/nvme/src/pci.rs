@@ -85,7 +85,8 @@ impl PciFunction {
     pub fn probe(addr: PciAddress) -> Option<PciFunction> {
         let dir = addr.sysfs_path();
         let class = read_hex(dir.join("class"))?;
-        let name_of = |link: &str| std::fs::read_link(dir.join(link)).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let name_of =
+            |link: &str| std::fs::read_link(dir.join(link)).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
         Some(PciFunction {
             address: addr.to_string(),
             class,
@@ -127,7 +128,19 @@ mod tests {
         let b: PciAddress = "3a:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3a:1f.7");
         assert_eq!("ABCD:EF:01.2".parse::<PciAddress>().unwrap().to_string(), "abcd:ef:01.2");
-        for bad in ["", "0000:00:04", "00:04", "0000:00:20.0", "0000:00:04.8", "x000:00:04.0", "00000:00:04.0", "0000:00:04.0.1", "0000:000:04.0", "../../x:00.0", "0000:00:04.0 "] {
+        for bad in [
+            "",
+            "0000:00:04",
+            "00:04",
+            "0000:00:20.0",
+            "0000:00:04.8",
+            "x000:00:04.0",
+            "00000:00:04.0",
+            "0000:00:04.0.1",
+            "0000:000:04.0",
+            "../../x:00.0",
+            "0000:00:04.0 ",
+        ] {
             assert!(bad.parse::<PciAddress>().is_err(), "{bad:?} accepted");
         }
         assert_eq!(a.sysfs_path(), PathBuf::from("/sys/bus/pci/devices/0000:00:04.0"));

@@ -30,7 +30,9 @@ pub struct Cursor {
 pub enum Mode {
     Prp,
     /// SGLs, with at most this many data descriptors per command.
-    Sgl { max_descriptors: usize },
+    Sgl {
+        max_descriptors: usize,
+    },
 }
 
 /// Why data cannot be described to the controller.

@@ -467,7 +467,11 @@ impl Inner {
                     return;
                 }
                 if self.connected.is_some() {
-                    tracing::warn!("NVMe {}: controller was reset; re-creating queue, resubmitting {} command(s)", self.label, self.inflight);
+                    tracing::warn!(
+                        "NVMe {}: controller was reset; re-creating queue, resubmitting {} command(s)",
+                        self.label,
+                        self.inflight
+                    );
                     self.stats.reconnects += 1;
                 }
                 self.requeue_inflight();
@@ -656,7 +660,11 @@ impl Inner {
             Op::Read | Op::Write | Op::Compare => {
                 let bs = r.block_size as usize;
                 let prp_bytes = prp::next_chunk(&r.segs, r.cursor, r.max_bytes, bs, PAGE_SIZE, Mode::Prp);
-                let sgl_bytes = if self.sgl { prp::next_chunk(&r.segs, r.cursor, r.max_bytes, bs, PAGE_SIZE, Mode::Sgl { max_descriptors: SLOT_SIZE / 16 }).ok() } else { None };
+                let sgl_bytes = if self.sgl {
+                    prp::next_chunk(&r.segs, r.cursor, r.max_bytes, bs, PAGE_SIZE, Mode::Sgl { max_descriptors: SLOT_SIZE / 16 }).ok()
+                } else {
+                    None
+                };
                 let mut slot = Slot { mem: &rings.mem, off: slot_off, iova: slot_iova };
                 let built = match (prp_bytes, sgl_bytes) {
                     (Ok(p), Some(s)) if s > p => prp::build_sgl(&r.segs, r.cursor, s, &mut slot).map(|dp| {

@@ -208,7 +208,8 @@ fn write_zeroes_and_deallocate_read_back_zeroes() {
     // With Write Zeroes, unmap is Write Zeroes + DEAC; without, DSM deallocate.
     for wz in [true, false] {
         let name = if wz { "Zero" } else { "Dsm" };
-        let oncs = pollux_nvme_spec::identify::oncs::DATASET_MANAGEMENT | if wz { pollux_nvme_spec::identify::oncs::WRITE_ZEROES } else { 0 };
+        let oncs =
+            pollux_nvme_spec::identify::oncs::DATASET_MANAGEMENT | if wz { pollux_nvme_spec::identify::oncs::WRITE_ZEROES } else { 0 };
         let s = setup_with(name, 1, 5, false, ControllerOptions::default(), |f| f.set_oncs(oncs));
         let (d, ch) = open(&s, &format!("{name}n1"));
         let out: Done = Rc::default();
@@ -313,7 +314,8 @@ fn reset_during_io_resubmits_in_flight_commands_once() {
 
 #[test]
 fn a_timed_out_command_is_aborted() {
-    let opts = ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
+    let opts =
+        ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
     let s = setup("Abort", 1, 5, false, opts);
     let (d, ch) = open(&s, "Abortn1");
     let out: Done = Rc::default();
@@ -329,7 +331,8 @@ fn a_timed_out_command_is_aborted() {
 
 #[test]
 fn a_command_the_controller_will_not_abort_leads_to_a_reset_and_a_retry() {
-    let opts = ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
+    let opts =
+        ControllerOptions { io_timeout: Some(Duration::from_millis(50)), timeout_action: TimeoutAction::Abort, ..Default::default() };
     let s = setup("Stuck", 1, 5, false, opts);
     let (d, ch) = open(&s, "Stuckn1");
     let out: Done = Rc::default();
@@ -417,7 +420,8 @@ fn each_reactor_gets_its_own_queue_pair() {
         });
     }
     run_until(&h, Duration::from_secs(5), || out.load(Ordering::SeqCst) == 2);
-    let qids: Vec<Option<u16>> = (0..2).map(|r| h.on(r, || pollux_core::io_channel::try_get_io_channel(&ctrl).and_then(|q| q.qid()))).collect();
+    let qids: Vec<Option<u16>> =
+        (0..2).map(|r| h.on(r, || pollux_core::io_channel::try_get_io_channel(&ctrl).and_then(|q| q.qid()))).collect();
     assert_ne!(qids[0], qids[1], "one queue pair (queue id) per reactor: {qids:?}");
     assert_eq!(&fake.disk(0)[..1024], &[[1u8; 512], [2u8; 512]].concat()[..]);
     h.on(0, move || drop(d));

@@ -87,7 +87,10 @@ mod tests {
         let r = Algorithm::Md5.response(1, b"secret", &[0, 0, 0, 0]);
         assert_eq!(crate::text::hex(&r), "0x935bf00c3a5e8c45889c8a2dc04af2a4");
         assert_ne!(r, Algorithm::Md5.response(2, b"secret", &[0, 0, 0, 0]));
-        assert_eq!(crate::text::hex(&Algorithm::Sha256.response(1, b"s", b"c")), "0xae01685b8e3b2d411bfe5a0f9ea1f37437233190c34b69a5873752b072f4cb8d");
+        assert_eq!(
+            crate::text::hex(&Algorithm::Sha256.response(1, b"s", b"c")),
+            "0xae01685b8e3b2d411bfe5a0f9ea1f37437233190c34b69a5873752b072f4cb8d"
+        );
         assert!(same(&r, &r.clone()) && !same(&r, &r[..15]));
     }
 }

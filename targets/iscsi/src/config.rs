@@ -308,7 +308,11 @@ mod tests {
     use super::*;
 
     fn ig(initiators: &[&str], netmasks: &[&str]) -> InitiatorGroup {
-        InitiatorGroup { tag: 1, initiators: initiators.iter().map(|s| s.to_string()).collect(), netmasks: netmasks.iter().map(|s| s.to_string()).collect() }
+        InitiatorGroup {
+            tag: 1,
+            initiators: initiators.iter().map(|s| s.to_string()).collect(),
+            netmasks: netmasks.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

@@ -111,7 +111,11 @@ enum Auth {
     /// AuthMethod=CHAP agreed; waiting for CHAP_A.
     WaitAlgorithm,
     /// Challenge sent; waiting for CHAP_N/CHAP_R.
-    WaitResponse { alg: Algorithm, id: u8, challenge: Vec<u8> },
+    WaitResponse {
+        alg: Algorithm,
+        id: u8,
+        challenge: Vec<u8>,
+    },
     Done,
 }
 
@@ -415,7 +419,6 @@ impl Login {
         }
         Ok(())
     }
-
 
     /// Check the initiator's CHAP response and answer a mutual challenge.
     fn chap_response(&mut self, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {

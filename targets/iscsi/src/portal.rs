@@ -54,11 +54,15 @@ pub fn start(tag: i32, portals: &[Portal]) -> io::Result<()> {
     let mut entries = Vec::new();
     for sock in socks {
         let fd = sock.as_raw_fd();
-        let poller = reactor::register_timed_poller(&format!("iscsi_portal_{tag}"), Duration::from_millis(1), move || accept(tag, fd).into());
+        let poller =
+            reactor::register_timed_poller(&format!("iscsi_portal_{tag}"), Duration::from_millis(1), move || accept(tag, fd).into());
         poller.add_wake_fd(fd, Interest::READABLE)?;
         entries.push((sock, poller));
     }
-    tracing::info!("iscsi: portal group {tag} listening on {}", portals.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>().join(" "));
+    tracing::info!(
+        "iscsi: portal group {tag} listening on {}",
+        portals.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>().join(" ")
+    );
     l.groups.borrow_mut().insert(tag, entries);
     Ok(())
 }

@@ -53,9 +53,27 @@ fn set_options(p: SetOptions) -> Result<bool, RpcError> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = p.$f { o.$f = v; } )* };
     }
-    set!(auth_file, node_base, nop_timeout, nop_in_interval, disable_chap, require_chap, mutual_chap, chap_group, max_sessions, max_queue_depth);
+    set!(
+        auth_file,
+        node_base,
+        nop_timeout,
+        nop_in_interval,
+        disable_chap,
+        require_chap,
+        mutual_chap,
+        chap_group,
+        max_sessions,
+        max_queue_depth
+    );
     set!(max_connections_per_session, default_time2wait, default_time2retain, first_burst_length, immediate_data, error_recovery_level);
-    set!(allow_duplicated_isid, max_large_datain_per_connection, max_r2t_per_connection, pdu_pool_size, immediate_data_pool_size, data_out_pool_size);
+    set!(
+        allow_duplicated_isid,
+        max_large_datain_per_connection,
+        max_r2t_per_connection,
+        pdu_pool_size,
+        immediate_data_pool_size,
+        data_out_pool_size
+    );
     if o.error_recovery_level != 0 {
         return Err(einval("parameter 'error_recovery_level': only 0 is supported"));
     }
@@ -83,7 +101,8 @@ fn set_options(p: SetOptions) -> Result<bool, RpcError> {
     if !o.auth_file.is_empty() {
         return Err(einval("parameter 'auth_file': CHAP secret files are not supported; use iscsi_create_auth_group"));
     }
-    cfg.discovery = ChapPolicy { disable_chap: o.disable_chap, require_chap: o.require_chap, mutual_chap: o.mutual_chap, chap_group: o.chap_group };
+    cfg.discovery =
+        ChapPolicy { disable_chap: o.disable_chap, require_chap: o.require_chap, mutual_chap: o.mutual_chap, chap_group: o.chap_group };
     cfg.options = o;
     cfg.options_set = true;
     Ok(true)
@@ -307,7 +326,10 @@ fn create_target(p: CreateTarget) -> Result<bool, RpcError> {
         return Err(einval("a target node needs at least one pg_ig_map"));
     }
     check_maps(&cfg, &p.pg_ig_maps)?;
-    let chap = chap_policy(&Chap { disable_chap: p.disable_chap, require_chap: p.require_chap, mutual_chap: p.mutual_chap, chap_group: p.chap_group }, &cfg)?;
+    let chap = chap_policy(
+        &Chap { disable_chap: p.disable_chap, require_chap: p.require_chap, mutual_chap: p.mutual_chap, chap_group: p.chap_group },
+        &cfg,
+    )?;
     if p.luns.is_empty() {
         return Err(einval("a target node needs at least one LUN"));
     }
@@ -425,7 +447,9 @@ pub fn register(m: &Methods) {
         if let Err(e) = check_secret(&s) {
             return r.err(e);
         }
-        let Some(g) = cfg.auth_groups.get_mut(&p.tag) else { return r.err(RpcError::errno(libc::ENODEV, format!("auth group {} not found", p.tag))) };
+        let Some(g) = cfg.auth_groups.get_mut(&p.tag) else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("auth group {} not found", p.tag)));
+        };
         if g.secrets.iter().any(|x| x.user == s.user) {
             return r.err(RpcError::errno(libc::EEXIST, format!("user {} already in auth group {}", s.user, p.tag)));
         }
@@ -434,10 +458,16 @@ pub fn register(m: &Methods) {
     });
     m.register("iscsi_auth_group_remove_secret", States::ANY, |p: RemoveSecret, r: Responder| {
         let mut cfg = config::lock();
-        let Some(g) = cfg.auth_groups.get_mut(&p.tag) else { return r.err(RpcError::errno(libc::ENODEV, format!("auth group {} not found", p.tag))) };
+        let Some(g) = cfg.auth_groups.get_mut(&p.tag) else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("auth group {} not found", p.tag)));
+        };
         let n = g.secrets.len();
         g.secrets.retain(|s| s.user != p.user);
-        if g.secrets.len() == n { r.err(RpcError::errno(libc::ENODEV, format!("user {} not in auth group {}", p.user, p.tag))) } else { r.ok(true) }
+        if g.secrets.len() == n {
+            r.err(RpcError::errno(libc::ENODEV, format!("user {} not in auth group {}", p.user, p.tag)))
+        } else {
+            r.ok(true)
+        }
     });
     m.register("iscsi_create_initiator_group", States::RUNTIME, |p: CreateInitiatorGroup, r: Responder| {
         let mut cfg = config::lock();
@@ -471,7 +501,9 @@ pub fn register(m: &Methods) {
         if let Err(e) = check_initiators(&p.initiators, &p.netmasks) {
             return r.err(e);
         }
-        let Some(g) = cfg.initiator_groups.get_mut(&p.tag) else { return r.err(RpcError::errno(libc::ENODEV, format!("initiator group {} not found", p.tag))) };
+        let Some(g) = cfg.initiator_groups.get_mut(&p.tag) else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("initiator group {} not found", p.tag)));
+        };
         for i in p.initiators {
             if !g.initiators.contains(&i) {
                 g.initiators.push(i);
@@ -486,7 +518,9 @@ pub fn register(m: &Methods) {
     });
     m.register("iscsi_initiator_group_remove_initiators", States::RUNTIME, |p: ChangeInitiators, r: Responder| {
         let mut cfg = config::lock();
-        let Some(g) = cfg.initiator_groups.get_mut(&p.tag) else { return r.err(RpcError::errno(libc::ENODEV, format!("initiator group {} not found", p.tag))) };
+        let Some(g) = cfg.initiator_groups.get_mut(&p.tag) else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("initiator group {} not found", p.tag)));
+        };
         g.initiators.retain(|i| !p.initiators.contains(i));
         g.netmasks.retain(|m| !p.netmasks.contains(m));
         r.ok(true)
@@ -532,7 +566,12 @@ pub fn register(m: &Methods) {
     });
     m.register("iscsi_target_node_set_auth", States::RUNTIME, |p: TargetAuth, r: Responder| {
         let mut cfg = config::lock();
-        let c = Chap { disable_chap: p.chap.disable_chap, require_chap: p.chap.require_chap, mutual_chap: p.chap.mutual_chap, chap_group: p.chap.chap_group };
+        let c = Chap {
+            disable_chap: p.chap.disable_chap,
+            require_chap: p.chap.require_chap,
+            mutual_chap: p.chap.mutual_chap,
+            chap_group: p.chap.chap_group,
+        };
         let pol = match chap_policy(&c, &cfg) {
             Ok(x) => x,
             Err(e) => return r.err(e),
@@ -605,7 +644,9 @@ pub fn register(m: &Methods) {
                 return r.err(RpcError::errno(e.raw_os_error().unwrap_or(libc::EINVAL), e));
             }
         }
-        config::lock().portal_groups.insert(p.tag, PortalGroup { tag: p.tag, portals: p.portals, private: p.private, wait: p.wait, discovery: None });
+        config::lock()
+            .portal_groups
+            .insert(p.tag, PortalGroup { tag: p.tag, portals: p.portals, private: p.private, wait: p.wait, discovery: None });
         r.ok(true)
     });
     m.register("iscsi_start_portal_group", States::RUNTIME, |p: Tag, r: Responder| {
@@ -638,7 +679,12 @@ pub fn register(m: &Methods) {
     });
     m.register("iscsi_portal_group_set_auth", States::RUNTIME, |p: PortalGroupAuth, r: Responder| {
         let mut cfg = config::lock();
-        let c = Chap { disable_chap: p.chap.disable_chap, require_chap: p.chap.require_chap, mutual_chap: p.chap.mutual_chap, chap_group: p.chap.chap_group };
+        let c = Chap {
+            disable_chap: p.chap.disable_chap,
+            require_chap: p.chap.require_chap,
+            mutual_chap: p.chap.mutual_chap,
+            chap_group: p.chap.chap_group,
+        };
         let pol = match chap_policy(&c, &cfg) {
             Ok(x) => x,
             Err(e) => return r.err(e),

@@ -208,7 +208,13 @@ mod tests {
 
     #[test]
     fn registry_hands_out_unique_tsihs_up_to_the_limit() {
-        let e = Entry { reactor: ReactorId(0), initiator: "iqn.t".into(), isid: [1; 6], target: Some("iqn.x".into()), kind: SessionType::Normal };
+        let e = Entry {
+            reactor: ReactorId(0),
+            initiator: "iqn.t".into(),
+            isid: [1; 6],
+            target: Some("iqn.x".into()),
+            kind: SessionType::Normal,
+        };
         let a = register(e.clone(), 1 << 20).unwrap();
         let b = register(e.clone(), 1 << 20).unwrap();
         assert_ne!(a, b);

@@ -63,7 +63,11 @@ pub fn push(out: &mut Vec<u8>, key: &str, value: &str) {
 
 /// A numeric value (decimal, or hex with 0x) within `[min, max]`.
 pub fn number(v: &str, min: u64, max: u64) -> Option<u64> {
-    let n = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) { u64::from_str_radix(h, 16).ok()? } else { v.parse().ok()? };
+    let n = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()?
+    } else {
+        v.parse().ok()?
+    };
     (min..=max).contains(&n).then_some(n)
 }
 

@@ -43,12 +43,7 @@ impl SubsystemView {
         }
         v[i] = desc.map(|desc| {
             let bdev = desc.bdev().clone();
-            Rc::new(NsView {
-                ch: desc.channel(),
-                block_size: bdev.block_size(),
-                num_blocks: bdev.num_blocks(),
-                desc,
-            })
+            Rc::new(NsView { ch: desc.channel(), block_size: bdev.block_size(), num_blocks: bdev.num_blocks(), desc })
         });
     }
 }
@@ -68,26 +63,13 @@ fn views() -> Rc<Views> {
 
 /// This reactor's view of a subsystem (created empty if new).
 pub fn subsystem(id: u32) -> Rc<SubsystemView> {
-    views()
-        .subsystems
-        .borrow_mut()
-        .entry(id)
-        .or_default()
-        .clone()
+    views().subsystems.borrow_mut().entry(id).or_default().clone()
 }
 
 /// Publish a namespace change to every reactor; `then` runs on the caller's
 /// reactor once all have applied it.
-pub fn publish_namespace(
-    subsystem_id: u32,
-    nsid: u32,
-    desc: Option<Descriptor>,
-    then: impl FnOnce() + Send + 'static,
-) {
-    reactor::for_each_reactor(
-        move || subsystem(subsystem_id).set(nsid, desc.clone()),
-        then,
-    );
+pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<Descriptor>, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
 }
 
 /// Forget a deleted subsystem on every reactor.

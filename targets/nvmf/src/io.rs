@@ -79,13 +79,7 @@ fn finish(io: BdevIo, done: Completer) {
 /// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
 /// Returns a response now for commands that fail before reaching a bdev;
 /// otherwise the completer runs later.
-pub fn execute(
-    view: &SubsystemView,
-    cmd: &Command,
-    bufs: &mut Vec<DmaBuf>,
-    len: u64,
-    done: Completer,
-) -> Option<Response> {
+pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len: u64, done: Completer) -> Option<Response> {
     let Some(ns) = view.namespace(cmd.nsid.get()) else {
         return Some(Response::err(status::INVALID_NAMESPACE));
     };
@@ -104,10 +98,7 @@ pub fn execute(
                 op::WRITE => IoType::Write,
                 _ => IoType::Compare,
             };
-            ns.desc
-                .submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| {
-                    finish(io, done)
-                });
+            ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish(io, done));
             None
         }
         op::WRITE_ZEROES => {
@@ -115,16 +106,14 @@ pub fn execute(
             if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
                 return Some(Response::err(status::LBA_OUT_OF_RANGE));
             }
-            ns.desc
-                .write_zeroes(&ns.ch, slba, nlb, move |io| finish(io, done));
+            ns.desc.write_zeroes(&ns.ch, slba, nlb, move |io| finish(io, done));
             None
         }
         op::FLUSH => {
             if !ns.desc.bdev().supports(IoType::Flush) {
                 return Some(Response::ok());
             }
-            ns.desc
-                .flush(&ns.ch, 0, ns.num_blocks, move |io| finish(io, done));
+            ns.desc.flush(&ns.ch, 0, ns.num_blocks, move |io| finish(io, done));
             None
         }
         op::DATASET_MANAGEMENT => dataset_management(&ns, cmd, bufs, len, done),
@@ -133,13 +122,7 @@ pub fn execute(
 }
 
 /// Dataset Management: deallocate each range (other attributes are hints).
-fn dataset_management(
-    ns: &crate::group::NsView,
-    cmd: &Command,
-    bufs: &[DmaBuf],
-    len: u64,
-    done: Completer,
-) -> Option<Response> {
+fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf], len: u64, done: Completer) -> Option<Response> {
     let nr = (cmd.cdw10.get() & 0xff) as usize + 1;
     if len < (nr * size_of::<DsmRange>()) as u64 {
         return Some(Response::err(status::DATA_SGL_LENGTH_INVALID));

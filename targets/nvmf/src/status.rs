@@ -71,18 +71,8 @@ mod tests {
     #[test]
     fn fabrics_statuses_encode_as_the_spec_says() {
         assert_eq!(INVALID_FIELD.to_completion_field(), 0x8004);
-        assert_eq!(
-            CONNECT_INVALID_HOST.to_completion_field(),
-            0x8000 | (1 << 9) | (0x84 << 1)
-        );
+        assert_eq!(CONNECT_INVALID_HOST.to_completion_field(), 0x8000 | (1 << 9) | (0x84 << 1));
         assert_eq!(TRANSIENT_TRANSPORT_ERROR.to_completion_field(), 0x22 << 1);
-        assert_eq!(
-            ConnectError {
-                in_data: true,
-                offset: 256
-            }
-            .dw0(),
-            (256 << 16) | 1
-        );
+        assert_eq!(ConnectError { in_data: true, offset: 256 }.dw0(), (256 << 16) | 1);
     }
 }

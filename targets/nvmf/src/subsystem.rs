@@ -129,13 +129,7 @@ impl Subsystem {
 
     /// The largest NSID a host may see (Identify NN).
     pub fn max_nsid(&self) -> u32 {
-        let highest = self
-            .namespaces
-            .borrow()
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0);
+        let highest = self.namespaces.borrow().keys().next_back().copied().unwrap_or(0);
         self.config.max_namespaces.max(highest)
     }
 
@@ -172,11 +166,7 @@ impl Subsystem {
 /// Check an NQN as SPDK does: at most 223 bytes, `nqn.yyyy-mm.` followed by
 /// a reverse domain name, or the UUID form `nqn.2014-08.org.nvmexpress:uuid:...`.
 pub fn validate_nqn(nqn: &str) -> Result<(), NvmfError> {
-    let bad = |why: &str| {
-        Err(NvmfError::InvalidParam(format!(
-            "invalid NQN \"{nqn}\": {why}"
-        )))
-    };
+    let bad = |why: &str| Err(NvmfError::InvalidParam(format!("invalid NQN \"{nqn}\": {why}")));
     if nqn.len() > NQN_MAX_LEN {
         return bad("longer than 223 bytes");
     }
@@ -194,20 +184,12 @@ pub fn validate_nqn(nqn: &str) -> Result<(), NvmfError> {
         && b[4..8].iter().all(u8::is_ascii_digit)
         && b[8] == b'-'
         && b[9..11].iter().all(u8::is_ascii_digit)
-        && matches!(
-            &nqn[9..11],
-            "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12"
-        );
+        && matches!(&nqn[9..11], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
     if !date_ok || b.get(11) != Some(&b'.') {
         return bad("it must start with nqn.yyyy-mm. and a reverse domain name");
     }
     let domain = nqn[12..].split(':').next().unwrap_or("");
-    if domain.is_empty()
-        || !domain
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-    {
+    if domain.is_empty() || !domain.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
         return bad("the reverse domain name is missing");
     }
     if nqn.chars().any(|c| c.is_control()) {
@@ -222,11 +204,7 @@ mod tests {
 
     #[test]
     fn nqns_are_checked_like_spdk() {
-        for ok in [
-            "nqn.2016-06.io.spdk:cnode1",
-            "nqn.2014-08.org.nvmexpress:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
-            DISCOVERY_NQN,
-        ] {
+        for ok in ["nqn.2016-06.io.spdk:cnode1", "nqn.2014-08.org.nvmexpress:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", DISCOVERY_NQN] {
             validate_nqn(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in [

@@ -46,19 +46,11 @@ impl Target {
     }
 
     pub fn find(&self, nqn: &str) -> Option<Rc<Subsystem>> {
-        self.subsystems
-            .borrow()
-            .iter()
-            .find(|s| s.nqn() == nqn)
-            .cloned()
+        self.subsystems.borrow().iter().find(|s| s.nqn() == nqn).cloned()
     }
 
     pub fn find_id(&self, id: u32) -> Option<Rc<Subsystem>> {
-        self.subsystems
-            .borrow()
-            .iter()
-            .find(|s| s.id == id)
-            .cloned()
+        self.subsystems.borrow().iter().find(|s| s.id == id).cloned()
     }
 
     pub fn discovery(&self) -> Rc<Subsystem> {
@@ -72,9 +64,10 @@ impl Target {
     }
 
     pub fn transport(&self) -> Result<Rc<dyn Transport>, NvmfError> {
-        self.transport.borrow().clone().ok_or_else(|| {
-            NvmfError::NotFound("transport TCP (create it with nvmf_create_transport first)".into())
-        })
+        self.transport
+            .borrow()
+            .clone()
+            .ok_or_else(|| NvmfError::NotFound("transport TCP (create it with nvmf_create_transport first)".into()))
     }
 
     pub fn genctr(&self) -> u64 {
@@ -110,8 +103,6 @@ pub fn target() -> Result<Rc<Target>, NvmfError> {
 pub fn check_target_name(name: Option<&str>) -> Result<(), NvmfError> {
     match name {
         None | Some(DEFAULT_TARGET_NAME) => Ok(()),
-        Some(n) => Err(NvmfError::NotFound(format!(
-            "target {n} (this application has one target, {DEFAULT_TARGET_NAME})"
-        ))),
+        Some(n) => Err(NvmfError::NotFound(format!("target {n} (this application has one target, {DEFAULT_TARGET_NAME})"))),
     }
 }

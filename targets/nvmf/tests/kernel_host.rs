@@ -17,38 +17,24 @@ const SERIAL: &str = "POLLUXKERNEL01";
 const MODEL: &str = "Pollux kernel-host test";
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     ok_stdout(&format!("{cmd} {}", args.join(" ")), &out)
 }
 
 fn try_run(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
 /// The block device of namespace `nsid` of our subsystem, once it exists.
 fn wait_device(nsid: u32) -> String {
     let t0 = Instant::now();
     loop {
-        let list: Value =
-            serde_json::from_str(&run("nvme", &["list", "-o", "json"])).unwrap_or(json!({}));
-        let found = list["Devices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["SerialNumber"] == SERIAL && d["NameSpace"] == nsid);
+        let list: Value = serde_json::from_str(&run("nvme", &["list", "-o", "json"])).unwrap_or(json!({}));
+        let found = list["Devices"].as_array().into_iter().flatten().find(|d| d["SerialNumber"] == SERIAL && d["NameSpace"] == nsid);
         if let Some(d) = found {
             return d["DevicePath"].as_str().expect("DevicePath").to_string();
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "namespace {nsid} never appeared:\n{list}"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(30), "namespace {nsid} never appeared:\n{list}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -67,28 +53,13 @@ fn controller() -> String {
 fn wait_gone(dev: &str) {
     let t0 = Instant::now();
     while std::path::Path::new(dev).exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{dev} is still there after disconnect"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(30), "{dev} is still there after disconnect");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn connect(digests: bool, host: &str) -> std::process::Output {
-    let mut args = vec![
-        "connect",
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        "4420",
-        "-n",
-        NQN,
-        "--hostnqn",
-        host,
-    ];
+    let mut args = vec!["connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "-n", NQN, "--hostnqn", host];
     if digests {
         // Digests, and SQ flow control off so reads end with C2H SUCCESS.
         args.extend(["--hdr-digest", "--data-digest", "--disable-sqflow"]);
@@ -114,18 +85,11 @@ fn fio_verify(dev: &str, rw: &str, bs: &str) {
             "--output-format=json",
         ],
     );
-    let v: Value =
-        serde_json::from_str(&out[out.find('{').expect("fio JSON")..]).expect("fio JSON");
+    let v: Value = serde_json::from_str(&out[out.find('{').expect("fio JSON")..]).expect("fio JSON");
     let job = &v["jobs"][0];
     assert_eq!(job["error"], 0, "{out}");
-    assert!(
-        job["write"]["io_bytes"].as_u64().unwrap() >= 24 << 20,
-        "{out}"
-    );
-    assert!(
-        job["read"]["io_bytes"].as_u64().unwrap() >= 24 << 20,
-        "verify reads: {out}"
-    );
+    assert!(job["write"]["io_bytes"].as_u64().unwrap() >= 24 << 20, "{out}");
+    assert!(job["read"]["io_bytes"].as_u64().unwrap() >= 24 << 20, "verify reads: {out}");
 }
 
 fn files_survive_a_filesystem(dev: &str) {
@@ -135,9 +99,7 @@ fn files_survive_a_filesystem(dev: &str) {
     run("mount", &[dev, mnt]);
     let mut sums = Vec::new();
     for i in 0..8u32 {
-        let data: Vec<u8> = (0..(300_000 + i * 77_777))
-            .map(|j| (j.wrapping_mul(2_654_435_761) >> (i % 7)) as u8)
-            .collect();
+        let data: Vec<u8> = (0..(300_000 + i * 77_777)).map(|j| (j.wrapping_mul(2_654_435_761) >> (i % 7)) as u8).collect();
         let p = format!("{mnt}/file{i}");
         std::fs::write(&p, &data).unwrap();
         sums.push((p, data));
@@ -153,142 +115,77 @@ fn files_survive_a_filesystem(dev: &str) {
 
 #[test]
 fn linux_nvme_tcp_host_uses_pollux_like_a_local_disk() {
-    in_guest(
-        &VmConfig::new()
-            .controllers(0)
-            .memory_mib(1536)
-            .timeout(Duration::from_secs(600)),
-        || {
-            tool("nvme", "nvme-cli, the kernel host's tool");
-            tool("fio", "fio");
-            for m in ["nvme-tcp", "nvme-fabrics", "crc32c_generic", "ext4"] {
-                run("modprobe", &[m]);
-            }
-            let config = json!({"subsystems": [
-                {"subsystem": "bdev", "config": [
-                    {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
-                    {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16384, "block_size": 4096}},
-                ]},
-                {"subsystem": "nvmf", "config": [
-                    {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-                    {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": SERIAL, "model_number": MODEL}},
-                    {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST}},
-                    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
-                    {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}},
-                ]},
-            ]});
-            let d = Daemon::start(DaemonOpts {
-                cpumask: "0x3".into(),
-                config: Some(config),
-                ..Default::default()
-            });
+    in_guest(&VmConfig::new().controllers(0).memory_mib(1536).timeout(Duration::from_secs(600)), || {
+        tool("nvme", "nvme-cli, the kernel host's tool");
+        tool("fio", "fio");
+        for m in ["nvme-tcp", "nvme-fabrics", "crc32c_generic", "ext4"] {
+            run("modprobe", &[m]);
+        }
+        let config = json!({"subsystems": [
+            {"subsystem": "bdev", "config": [
+                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
+                {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16384, "block_size": 4096}},
+            ]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": SERIAL, "model_number": MODEL}},
+                {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}},
+            ]},
+        ]});
+        let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() });
 
-            // Discovery lists the subsystem for the allowed host.
-            let disc = run(
-                "nvme",
-                &[
-                    "discover",
-                    "-t",
-                    "tcp",
-                    "-a",
-                    "127.0.0.1",
-                    "-s",
-                    "4420",
-                    "--hostnqn",
-                    HOST,
-                ],
-            );
-            assert!(
-                disc.contains(NQN)
-                    && disc.contains("trsvcid: 4420")
-                    && disc.contains("traddr:  127.0.0.1"),
-                "{disc}"
-            );
-            // ... and not for another one.
-            let disc = run(
-                "nvme",
-                &[
-                    "discover",
-                    "-t",
-                    "tcp",
-                    "-a",
-                    "127.0.0.1",
-                    "-s",
-                    "4420",
-                    "--hostnqn",
-                    INTRUDER,
-                ],
-            );
-            assert!(!disc.contains(NQN), "{disc}");
+        // Discovery lists the subsystem for the allowed host.
+        let disc = run("nvme", &["discover", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "--hostnqn", HOST]);
+        assert!(disc.contains(NQN) && disc.contains("trsvcid: 4420") && disc.contains("traddr:  127.0.0.1"), "{disc}");
+        // ... and not for another one.
+        let disc = run("nvme", &["discover", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "--hostnqn", INTRUDER]);
+        assert!(!disc.contains(NQN), "{disc}");
 
-            for digests in [false, true] {
-                let out = connect(digests, HOST);
-                assert!(
-                    out.status.success(),
-                    "connect (digests {digests}): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let dev = wait_device(1);
-                let ctrl = controller();
-                let id = run("nvme", &["id-ctrl", &ctrl, "-o", "json"]);
-                let id: Value = serde_json::from_str(&id).unwrap();
-                assert_eq!(id["sn"].as_str().unwrap().trim(), SERIAL);
-                assert_eq!(id["mn"].as_str().unwrap().trim(), MODEL);
-                assert_eq!(id["subnqn"], NQN);
-                let ns: Value =
-                    serde_json::from_str(&run("nvme", &["id-ns", &dev, "-o", "json"])).unwrap();
-                assert_eq!(ns["nsze"], 131072);
-                let size: u64 = run("blockdev", &["--getsize64", &dev])
-                    .trim()
-                    .parse()
-                    .unwrap();
-                assert_eq!(size, 64 << 20);
-                if digests {
-                    fio_verify(&dev, "randwrite", "4k");
-                    fio_verify(&dev, "write", "128k");
-                } else {
-                    fio_verify(&dev, "randwrite", "4k");
-                    files_survive_a_filesystem(&dev);
-                    // A namespace added while connected appears (namespace
-                    // attribute notice, changed namespace list, rescan).
-                    d.call(
-                        "nvmf_subsystem_add_ns",
-                        Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}})),
-                    )
+        for digests in [false, true] {
+            let out = connect(digests, HOST);
+            assert!(out.status.success(), "connect (digests {digests}): {}", String::from_utf8_lossy(&out.stderr));
+            let dev = wait_device(1);
+            let ctrl = controller();
+            let id = run("nvme", &["id-ctrl", &ctrl, "-o", "json"]);
+            let id: Value = serde_json::from_str(&id).unwrap();
+            assert_eq!(id["sn"].as_str().unwrap().trim(), SERIAL);
+            assert_eq!(id["mn"].as_str().unwrap().trim(), MODEL);
+            assert_eq!(id["subnqn"], NQN);
+            let ns: Value = serde_json::from_str(&run("nvme", &["id-ns", &dev, "-o", "json"])).unwrap();
+            assert_eq!(ns["nsze"], 131072);
+            let size: u64 = run("blockdev", &["--getsize64", &dev]).trim().parse().unwrap();
+            assert_eq!(size, 64 << 20);
+            if digests {
+                fio_verify(&dev, "randwrite", "4k");
+                fio_verify(&dev, "write", "128k");
+            } else {
+                fio_verify(&dev, "randwrite", "4k");
+                files_survive_a_filesystem(&dev);
+                // A namespace added while connected appears (namespace
+                // attribute notice, changed namespace list, rescan).
+                d.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}})))
                     .expect("add_ns");
-                    let dev2 = wait_device(2);
-                    let size: u64 = run("blockdev", &["--getsize64", &dev2])
-                        .trim()
-                        .parse()
-                        .unwrap();
-                    assert_eq!(size, 64 << 20);
-                    fio_verify(&dev2, "randwrite", "4k");
-                    d.call(
-                        "nvmf_subsystem_remove_ns",
-                        Some(json!({"nqn": NQN, "nsid": 2})),
-                    )
-                    .expect("remove_ns");
-                    wait_gone(&dev2);
-                }
-                let out = run("nvme", &["disconnect", "-n", NQN]);
-                assert!(out.contains("disconnected 1 controller"), "{out}");
-                wait_gone(&dev);
+                let dev2 = wait_device(2);
+                let size: u64 = run("blockdev", &["--getsize64", &dev2]).trim().parse().unwrap();
+                assert_eq!(size, 64 << 20);
+                fio_verify(&dev2, "randwrite", "4k");
+                d.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 2}))).expect("remove_ns");
+                wait_gone(&dev2);
             }
+            let out = run("nvme", &["disconnect", "-n", NQN]);
+            assert!(out.contains("disconnected 1 controller"), "{out}");
+            wait_gone(&dev);
+        }
 
-            // A host that is not on the list is refused.
-            let out = connect(false, INTRUDER);
-            assert!(!out.status.success(), "an unlisted host connected");
-            assert!(
-                d.log().contains(&format!("host {INTRUDER} is not allowed")),
-                "{}",
-                d.log()
-            );
-            let ctrls = d
-                .call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN})))
-                .expect("get_controllers");
-            assert_eq!(ctrls, json!([]));
-            assert!(!d.log().contains("panicked"));
-            assert_eq!(d.stop().code(), Some(0));
-        },
-    );
+        // A host that is not on the list is refused.
+        let out = connect(false, INTRUDER);
+        assert!(!out.status.success(), "an unlisted host connected");
+        assert!(d.log().contains(&format!("host {INTRUDER} is not allowed")), "{}", d.log());
+        let ctrls = d.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN}))).expect("get_controllers");
+        assert_eq!(ctrls, json!([]));
+        assert!(!d.log().contains("panicked"));
+        assert_eq!(d.stop().code(), Some(0));
+    });
 }

@@ -126,7 +126,9 @@ pub fn rw(cdb: &[u8; 16]) -> Rw {
         10 => flags(Rw { lba: be32(cdb, 2) as u64, blocks: be16(cdb, 7) as u32, protect: 0, dpo: false, fua: false, bytchk: 0 }),
         12 => flags(Rw { lba: be32(cdb, 2) as u64, blocks: be32(cdb, 6), protect: 0, dpo: false, fua: false, bytchk: 0 }),
         // WRITE ATOMIC(16) has a 2-byte transfer length after the atomic boundary.
-        _ if cdb[0] == op::WRITE_ATOMIC_16 => flags(Rw { lba: be64(cdb, 2), blocks: be16(cdb, 12) as u32, protect: 0, dpo: false, fua: false, bytchk: 0 }),
+        _ if cdb[0] == op::WRITE_ATOMIC_16 => {
+            flags(Rw { lba: be64(cdb, 2), blocks: be16(cdb, 12) as u32, protect: 0, dpo: false, fua: false, bytchk: 0 })
+        }
         _ => flags(Rw { lba: be64(cdb, 2), blocks: be32(cdb, 10), protect: 0, dpo: false, fua: false, bytchk: 0 }),
     }
 }

@@ -103,7 +103,12 @@ impl Sense {
 
     /// ILLEGAL REQUEST, INVALID FIELD IN CDB, pointing at `byte` (and `bit`).
     pub const fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Sense {
-        Sense { key: SenseKey::IllegalRequest, asc: Asc::INVALID_FIELD_IN_CDB, info: None, field: Some(FieldPointer { in_cdb: true, byte, bit }) }
+        Sense {
+            key: SenseKey::IllegalRequest,
+            asc: Asc::INVALID_FIELD_IN_CDB,
+            info: None,
+            field: Some(FieldPointer { in_cdb: true, byte, bit }),
+        }
     }
 
     /// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST, pointing at `byte`.
@@ -125,7 +130,12 @@ impl Sense {
     }
 
     pub const fn invalid_opcode() -> Sense {
-        Sense { key: SenseKey::IllegalRequest, asc: Asc::INVALID_OPCODE, info: None, field: Some(FieldPointer { in_cdb: true, byte: 0, bit: None }) }
+        Sense {
+            key: SenseKey::IllegalRequest,
+            asc: Asc::INVALID_OPCODE,
+            info: None,
+            field: Some(FieldPointer { in_cdb: true, byte: 0, bit: None }),
+        }
     }
 
     /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION at byte `offset`.

@@ -207,7 +207,15 @@ impl RawConn {
 
     /// Log in a connection with CID `cid` to session `tsih` (0: a new
     /// session), adding `extra` keys (such as `MaxConnections`).
-    pub fn login_with(&mut self, initiator: &str, target: Option<&str>, isid_tail: u8, tsih: u16, cid: u16, extra: &[(&str, &str)]) -> RawPdu {
+    pub fn login_with(
+        &mut self,
+        initiator: &str,
+        target: Option<&str>,
+        isid_tail: u8,
+        tsih: u16,
+        cid: u16,
+        extra: &[(&str, &str)],
+    ) -> RawPdu {
         let mut h = [0u8; 48];
         h[0] = 0x40 | 0x03;
         h[1] = 0x80 | (1 << 2) | 3;
@@ -221,7 +229,13 @@ impl RawConn {
             Some(t) => k.extend([("SessionType", "Normal"), ("TargetName", t)]),
             None => k.push(("SessionType", "Discovery")),
         }
-        k.extend([("HeaderDigest", "None"), ("DataDigest", "None"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"), ("MaxRecvDataSegmentLength", "65536")]);
+        k.extend([
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "Yes"),
+            ("MaxRecvDataSegmentLength", "65536"),
+        ]);
         k.extend_from_slice(extra);
         self.send(h, &keys(&k)).expect("send login");
         self.itt += 1;

@@ -255,7 +255,8 @@ impl Client {
             self.send_capsule(&sqe, &[]);
             let r2t = self.recv().expect("R2T");
             assert_eq!(r2t.kind, R2T, "expected an R2T, got {r2t:?}");
-            let (cccid, ttag, off, len) = (le16(&r2t.header, 8), le16(&r2t.header, 10), le32(&r2t.header, 12) as usize, le32(&r2t.header, 16) as usize);
+            let (cccid, ttag, off, len) =
+                (le16(&r2t.header, 8), le16(&r2t.header, 10), le32(&r2t.header, 12) as usize, le32(&r2t.header, 16) as usize);
             assert_eq!(cccid, cid);
             let mut pos = off;
             while pos < off + len {
@@ -360,7 +361,12 @@ impl Client {
 
     pub fn read(&mut self, nsid: u32, lba: u64, blocks: u32, block: usize) -> (Cqe, Vec<u8>) {
         let cid = self.cid();
-        let sqe = Sqe::new(0x02, cid).nsid(nsid).dw(10, lba as u32).dw(11, (lba >> 32) as u32).dw(12, blocks - 1).sgl_transport(blocks * block as u32);
+        let sqe = Sqe::new(0x02, cid)
+            .nsid(nsid)
+            .dw(10, lba as u32)
+            .dw(11, (lba >> 32) as u32)
+            .dw(12, blocks - 1)
+            .sgl_transport(blocks * block as u32);
         self.command(sqe, &[], false)
     }
 

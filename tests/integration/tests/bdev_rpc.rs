@@ -23,7 +23,8 @@ fn create_list_delete_with_spdk_rpc() {
     ok_stdout("uring", &spdk_rpc(&d.socket, &["bdev_uring_create", file.to_str().unwrap(), "Uring0", "512"]));
     ok_stdout("aio", &spdk_rpc(&d.socket, &["bdev_aio_create", file.to_str().unwrap(), "Aio0", "4096", "--readonly"]));
     let list: Value = serde_json::from_str(&ok_stdout("get_bdevs", &spdk_rpc(&d.socket, &["bdev_get_bdevs"]))).unwrap();
-    let by_name = |n: &str| list.as_array().unwrap().iter().find(|b| b["name"] == n).unwrap_or_else(|| panic!("{n} missing: {list}")).clone();
+    let by_name =
+        |n: &str| list.as_array().unwrap().iter().find(|b| b["name"] == n).unwrap_or_else(|| panic!("{n} missing: {list}")).clone();
     assert_eq!(by_name("Malloc7")["num_blocks"], 32768);
     assert_eq!(by_name("Malloc7")["product_name"], "Malloc disk");
     assert_eq!(by_name("Null0")["block_size"], 4096);
@@ -36,11 +37,14 @@ fn create_list_delete_with_spdk_rpc() {
     let t0 = std::time::Instant::now();
     assert_eq!(rpc_code(d.call("bdev_get_bdevs", Some(json!({"name": "Later", "timeout": 200}))).unwrap_err()), -libc::ENODEV);
     assert!(t0.elapsed() >= std::time::Duration::from_millis(200));
-    let stats: Value = serde_json::from_str(&ok_stdout("iostat", &spdk_rpc(&d.socket, &["bdev_get_iostat", "--names", "Null0,Malloc7"]))).unwrap();
+    let stats: Value =
+        serde_json::from_str(&ok_stdout("iostat", &spdk_rpc(&d.socket, &["bdev_get_iostat", "--names", "Null0,Malloc7"]))).unwrap();
     assert_eq!(stats["bdevs"].as_array().unwrap().len(), 2);
     assert!(stats["tick_rate"].as_u64().unwrap() > 0);
     // Deletes.
-    for (m, n) in [("bdev_malloc_delete", "Malloc7"), ("bdev_null_delete", "Null0"), ("bdev_uring_delete", "Uring0"), ("bdev_aio_delete", "Aio0")] {
+    for (m, n) in
+        [("bdev_malloc_delete", "Malloc7"), ("bdev_null_delete", "Null0"), ("bdev_uring_delete", "Uring0"), ("bdev_aio_delete", "Aio0")]
+    {
         ok_stdout(m, &spdk_rpc(&d.socket, &[m, n]));
     }
     assert_eq!(d.call("bdev_get_bdevs", None).unwrap(), json!([]));
@@ -56,11 +60,17 @@ fn bad_bdev_requests_get_spdk_error_codes() {
     assert_eq!(rpc_code(mk(json!({"name": "M2", "num_blocks": 0, "block_size": 512})).unwrap_err()), RpcError::INVALID_PARAMS);
     assert_eq!(rpc_code(mk(json!({"name": "M3", "num_blocks": 64})).unwrap_err()), RpcError::INVALID_PARAMS);
     assert_eq!(rpc_code(mk(json!({"name": "M4", "num_blocks": 64, "block_size": 512, "md_size": 8})).unwrap_err()), -libc::EOPNOTSUPP);
-    assert_eq!(rpc_code(mk(json!({"name": "M5", "num_blocks": 64, "block_size": 512, "frobnicate": 1})).unwrap_err()), RpcError::INVALID_PARAMS);
+    assert_eq!(
+        rpc_code(mk(json!({"name": "M5", "num_blocks": 64, "block_size": 512, "frobnicate": 1})).unwrap_err()),
+        RpcError::INVALID_PARAMS
+    );
     assert_eq!(rpc_code(d.call("bdev_malloc_delete", Some(json!({"name": "nope"}))).unwrap_err()), -libc::ENODEV);
     // Deleting a malloc bdev through another module's delete is refused.
     assert_eq!(rpc_code(d.call("bdev_null_delete", Some(json!({"name": "M0"}))).unwrap_err()), -libc::ENODEV);
-    assert_eq!(rpc_code(d.call("bdev_uring_create", Some(json!({"name": "U", "filename": "/nonexistent/file"}))).unwrap_err()), -libc::ENOENT);
+    assert_eq!(
+        rpc_code(d.call("bdev_uring_create", Some(json!({"name": "U", "filename": "/nonexistent/file"}))).unwrap_err()),
+        -libc::ENOENT
+    );
     // The daemon still serves.
     assert_eq!(d.call("bdev_get_bdevs", None).unwrap().as_array().unwrap().len(), 1);
 }

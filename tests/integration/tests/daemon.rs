@@ -74,11 +74,7 @@ fn wait_for_rpc_holds_start_up() {
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
     let d = Daemon::start(DaemonOpts::default());
-    let out = std::process::Command::new(bin("pollux-tgt"))
-        .args(["--interrupt-mode", "--no-pin", "-r"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(bin("pollux-tgt")).args(["--interrupt-mode", "--no-pin", "-r"]).arg(&d.socket).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
     // The first one is unharmed.

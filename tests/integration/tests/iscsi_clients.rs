@@ -49,7 +49,12 @@ fn libiscsi_tools_qemu_chap_and_spdk_rpc_work() {
     let inq = ok_stdout("iscsi-inq", &run(Command::new(libiscsi("iscsi-inq")).arg(&open)));
     assert!(inq.contains("Vendor:POLLUX") && inq.contains("Peripheral Device Type:DIRECT_ACCESS"), "{inq}");
     let vpd = ok_stdout("iscsi-inq VPD 0x83", &run(Command::new(libiscsi("iscsi-inq")).args(["-e", "1", "-c", "131"]).arg(&open)));
-    assert!(vpd.contains("Designator Type:(3) NAA") && vpd.contains("T10_VENDORT_ID") && vpd.contains(&format!("[{},t,0x0001]", target_iqn("open"))), "{vpd}");
+    assert!(
+        vpd.contains("Designator Type:(3) NAA")
+            && vpd.contains("T10_VENDORT_ID")
+            && vpd.contains(&format!("[{},t,0x0001]", target_iqn("open"))),
+        "{vpd}"
+    );
     let cap = ok_stdout("iscsi-readcapacity16", &run(Command::new(libiscsi("iscsi-readcapacity16")).arg(&open)));
     assert!(cap.contains("Total size:67108864") && cap.contains("LBPME:1"), "{cap}");
 
@@ -100,7 +105,14 @@ fn libiscsi_tools_qemu_chap_and_spdk_rpc_work() {
     let cfg = j(&["save_config"]);
     let iscsi = cfg["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "iscsi").unwrap();
     let methods: Vec<&str> = iscsi["config"].as_array().unwrap().iter().map(|c| c["method"].as_str().unwrap()).collect();
-    for m in ["iscsi_set_options", "iscsi_set_discovery_auth", "iscsi_create_auth_group", "iscsi_create_portal_group", "iscsi_create_initiator_group", "iscsi_create_target_node"] {
+    for m in [
+        "iscsi_set_options",
+        "iscsi_set_discovery_auth",
+        "iscsi_create_auth_group",
+        "iscsi_create_portal_group",
+        "iscsi_create_initiator_group",
+        "iscsi_create_target_node",
+    ] {
         assert!(methods.contains(&m), "{m} missing from save_config: {methods:?}");
     }
     // pollux-rpc takes rpc.py's forms too: a header-digest target on its own
@@ -137,7 +149,10 @@ fn libiscsi_tools_qemu_chap_and_spdk_rpc_work() {
     let d2 = iscsi_host::start("0x1", cfg);
     let nodes2: Value = serde_json::from_str(&ok_stdout("nodes", &spdk_rpc(&d2.socket, &["iscsi_get_target_nodes"]))).unwrap();
     assert_eq!(nodes2, nodes_with_lun3(&nodes));
-    let inq2 = ok_stdout("iscsi-inq after reload", &run(Command::new(libiscsi("iscsi-inq")).arg(iscsi_host::url(port, "open", Some(("alice", "alice-secret-1"))))));
+    let inq2 = ok_stdout(
+        "iscsi-inq after reload",
+        &run(Command::new(libiscsi("iscsi-inq")).arg(iscsi_host::url(port, "open", Some(("alice", "alice-secret-1"))))),
+    );
     assert!(inq2.contains("Vendor:POLLUX"));
 }
 
@@ -283,7 +298,10 @@ fn bad_initiators_lose_only_their_own_connection() {
 fn nop_in_pings_find_dead_initiators_and_spare_live_ones() {
     let port = iscsi_host::free_port();
     let mut cfg = iscsi_host::config(port, "robust", 8, None);
-    cfg["subsystems"][1]["config"].as_array_mut().unwrap().insert(0, json!({"method": "iscsi_set_options", "params": {"nop_in_interval": 1, "nop_timeout": 2}}));
+    cfg["subsystems"][1]["config"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"method": "iscsi_set_options", "params": {"nop_in_interval": 1, "nop_timeout": 2}}));
     let _d = iscsi_host::start("0x1", cfg);
     let mut dead = session(port, "iqn.2025-01.io.pollux:dead", 1);
     let mut live = session(port, "iqn.2025-01.io.pollux:live", 2);

@@ -5,8 +5,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pollux_testvm::{VmConfig, in_guest};
 use pollux_tests::{TempDir, iscsi_host, tool};
+use pollux_testvm::{VmConfig, in_guest};
 
 fn sh(what: &str, cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -38,10 +38,15 @@ fn pollux_disk() -> String {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let devices = std::fs::read_dir("/sys/class/scsi_device").map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    let devices = std::fs::read_dir("/sys/class/scsi_device")
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
     let dmesg = Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let tail: Vec<&str> = dmesg.lines().rev().take(30).collect();
-    panic!("no POLLUX disk appeared in /sys/block; SCSI devices {devices:?}; dmesg:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    panic!(
+        "no POLLUX disk appeared in /sys/block; SCSI devices {devices:?}; dmesg:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }
 
 struct Iscsid(Child);

@@ -252,7 +252,12 @@ fn answers_held_for_an_initiator_behind_all_arrive() {
     for interrupt_mode in [true, false] {
         let port = iscsi_host::free_port();
         let cfg = iscsi_host::config(port, "multi", 16, None);
-        let _d = pollux_tests::Daemon::start(pollux_tests::DaemonOpts { cpumask: "0x1".into(), interrupt_mode, config: Some(cfg), ..Default::default() });
+        let _d = pollux_tests::Daemon::start(pollux_tests::DaemonOpts {
+            cpumask: "0x1".into(),
+            interrupt_mode,
+            config: Some(cfg),
+            ..Default::default()
+        });
         let (mut c, _) = logged_in(port, "iqn.2025-01.io.pollux:deep-queue", 4, &[]);
         let stale_exp_stat_sn = c.exp_stat_sn;
         // Batches with pauses between them: answers to the first batches

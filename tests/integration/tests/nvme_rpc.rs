@@ -45,7 +45,13 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     let (code, msg) = err(&d, "bdev_nvme_attach_controller", with("trtype", json!("tcp")));
     assert_eq!(code, -libc::EINVAL);
     assert!(msg.contains("trtype tcp is not supported"), "{msg}");
-    for (k, v) in [("hdgst", json!(true)), ("subnqn", json!("nqn.x")), ("prchk_guard", json!(true)), ("multipath", json!("multipath")), ("ctrlr_loss_timeout_sec", json!(5))] {
+    for (k, v) in [
+        ("hdgst", json!(true)),
+        ("subnqn", json!("nqn.x")),
+        ("prchk_guard", json!(true)),
+        ("multipath", json!("multipath")),
+        ("ctrlr_loss_timeout_sec", json!(5)),
+    ] {
         let (code, msg) = err(&d, "bdev_nvme_attach_controller", with(k, v));
         assert_eq!(code, -libc::EOPNOTSUPP, "{k}: {msg}");
         assert!(msg.contains(&format!("'{k}'")), "{msg}");
@@ -54,7 +60,11 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     assert_eq!(code, -32602);
     // Defaults SPDK's client sends are accepted (and fail later only for the
     // missing device).
-    let (code, msg) = err(&d, "bdev_nvme_attach_controller", json!({"name": "N", "trtype": "pcie", "traddr": "7f:1f.7", "hdgst": false, "ddgst": false, "prchk_reftag": false, "prchk_guard": false, "allow_unrecognized_csi": false, "disable_sq_flow_control": false, "multipath": "failover"}));
+    let (code, msg) = err(
+        &d,
+        "bdev_nvme_attach_controller",
+        json!({"name": "N", "trtype": "pcie", "traddr": "7f:1f.7", "hdgst": false, "ddgst": false, "prchk_reftag": false, "prchk_guard": false, "allow_unrecognized_csi": false, "disable_sq_flow_control": false, "multipath": "failover"}),
+    );
     assert_eq!(code, -libc::ENODEV, "{msg}");
     // Other methods: unknown controllers.
     let (code, _) = err(&d, "bdev_nvme_detach_controller", json!({"name": "Nope"}));

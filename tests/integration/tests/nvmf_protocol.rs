@@ -442,7 +442,8 @@ fn keep_alive_stalled_r2t_and_namespace_change_events() {
     assert!(t0.elapsed() >= Duration::from_millis(900));
     other.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(other.expect_close().is_none());
-    let ctrls: Value = serde_json::from_str(&ok_stdout("get_controllers", &spdk_rpc(&d.socket, &["nvmf_subsystem_get_controllers", NQN]))).unwrap();
+    let ctrls: Value =
+        serde_json::from_str(&ok_stdout("get_controllers", &spdk_rpc(&d.socket, &["nvmf_subsystem_get_controllers", NQN]))).unwrap();
     assert_eq!(ctrls, json!([]));
     d.stop();
 }

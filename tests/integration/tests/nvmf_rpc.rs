@@ -86,20 +86,32 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     assert_eq!(list[0]["subtype"], "Discovery");
     assert_eq!(list[0]["listen_addresses"][0]["trsvcid"], p2.as_str());
     let s1 = &list[1];
-    assert_eq!((s1["nqn"].as_str(), s1["serial_number"].as_str(), s1["model_number"].as_str()), (Some(NQN), Some("SPDK00000000000001"), Some("Pollux Controller")));
-    assert_eq!((s1["allow_any_host"].as_bool(), s1["max_namespaces"].as_u64(), s1["min_cntlid"].as_u64(), s1["max_cntlid"].as_u64()), (Some(false), Some(16), Some(10), Some(20)));
+    assert_eq!(
+        (s1["nqn"].as_str(), s1["serial_number"].as_str(), s1["model_number"].as_str()),
+        (Some(NQN), Some("SPDK00000000000001"), Some("Pollux Controller"))
+    );
+    assert_eq!(
+        (s1["allow_any_host"].as_bool(), s1["max_namespaces"].as_u64(), s1["min_cntlid"].as_u64(), s1["max_cntlid"].as_u64()),
+        (Some(false), Some(16), Some(10), Some(20))
+    );
     assert_eq!(s1["hosts"], json!([{"nqn": HOST}]));
     assert_eq!(s1["listen_addresses"], json!([{"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": p1}]));
     let ns = s1["namespaces"].as_array().unwrap();
     assert_eq!(ns.len(), 2);
     assert_eq!((ns[0]["nsid"].as_u64(), ns[0]["bdev_name"].as_str()), (Some(1), Some("Malloc1")));
-    assert_eq!((ns[1]["nsid"].as_u64(), ns[1]["uuid"].as_str(), ns[1]["eui64"].as_str()), (Some(3), Some("11111111-2222-4333-8444-555555555555"), Some("0011223344556677")));
+    assert_eq!(
+        (ns[1]["nsid"].as_u64(), ns[1]["uuid"].as_str(), ns[1]["eui64"].as_str()),
+        (Some(3), Some("11111111-2222-4333-8444-555555555555"), Some("0011223344556677"))
+    );
     assert_eq!(ns[1]["nguid"], "11111111222243338444555555555555");
     let one = json_out("get one", &spdk_rpc(&d.socket, &["nvmf_get_subsystems", NQN2]));
     assert_eq!(one.as_array().unwrap().len(), 1);
     let tr = json_out("nvmf_get_transports", &spdk_rpc(&d.socket, &["nvmf_get_transports"]));
     assert_eq!(tr[0]["trtype"], "TCP");
-    assert_eq!((tr[0]["max_queue_depth"].as_u64(), tr[0]["in_capsule_data_size"].as_u64(), tr[0]["max_io_size"].as_u64()), (Some(64), Some(8192), Some(262144)));
+    assert_eq!(
+        (tr[0]["max_queue_depth"].as_u64(), tr[0]["in_capsule_data_size"].as_u64(), tr[0]["max_io_size"].as_u64()),
+        (Some(64), Some(8192), Some(262144))
+    );
     assert_eq!((tr[0]["io_unit_size"].as_u64(), tr[0]["kas"].as_u64(), tr[0]["min_kato"].as_u64()), (Some(131072), Some(20), Some(2000)));
     let refs = json_out("referrals", &spdk_rpc(&d.socket, &["nvmf_discovery_get_referrals"]));
     assert_eq!(refs.as_array().unwrap().len(), 2);
@@ -112,7 +124,14 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     let saved = json_out("save_config", &spdk_rpc(&d.socket, &["save_config"]));
     let nvmf = nvmf_config(&saved);
     let calls: Vec<&str> = nvmf.as_array().unwrap().iter().map(|c| c["method"].as_str().unwrap()).collect();
-    for m in ["nvmf_create_transport", "nvmf_create_subsystem", "nvmf_subsystem_add_listener", "nvmf_subsystem_add_ns", "nvmf_subsystem_add_host", "nvmf_discovery_add_referral"] {
+    for m in [
+        "nvmf_create_transport",
+        "nvmf_create_subsystem",
+        "nvmf_subsystem_add_listener",
+        "nvmf_subsystem_add_ns",
+        "nvmf_subsystem_add_host",
+        "nvmf_discovery_add_referral",
+    ] {
         assert!(calls.contains(&m), "{m} missing from {calls:?}");
     }
     assert_eq!(json_out("pollux-rpc save_config", &pollux_rpc(&d.socket, &["save_config"])), saved);
@@ -140,7 +159,10 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     let subs = json_out("nvmf_get_subsystems", &spdk_rpc(&from_file.socket, &["nvmf_get_subsystems"]));
     let s1 = &subs[1];
     assert_eq!((subs.as_array().unwrap().len(), s1["allow_any_host"].as_bool()), (2, Some(true)));
-    assert_eq!((s1["hosts"].clone(), s1["listen_addresses"].clone(), s1["namespaces"].as_array().unwrap().len()), (json!([]), json!([]), 1));
+    assert_eq!(
+        (s1["hosts"].clone(), s1["listen_addresses"].clone(), s1["namespaces"].as_array().unwrap().len()),
+        (json!([]), json!([]), 1)
+    );
     // The port is free again.
     TcpListener::bind(format!("127.0.0.1:{p1}")).expect("listener closed");
     // Deleting the bdev of a namespace takes the namespace away.

@@ -21,7 +21,11 @@ fn perf(dir: &TempDir, config: &Value, args: &[&str]) -> Output {
 
 fn report(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("no JSON report ({e}):\nstdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "no JSON report ({e}):\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -39,7 +43,9 @@ fn bdevs(dir: &TempDir) -> Value {
 fn verify_is_clean_on_malloc_and_uring_at_several_sizes_and_depths() {
     let dir = TempDir::new("perf-verify");
     let cfg = bdevs(&dir);
-    for (bdev, qd, size) in [("Malloc0", "1", "512"), ("Malloc0", "32", "4096"), ("Malloc0", "8", "131072"), ("Uring0", "32", "4096"), ("Uring0", "4", "65536")] {
+    for (bdev, qd, size) in
+        [("Malloc0", "1", "512"), ("Malloc0", "32", "4096"), ("Malloc0", "8", "131072"), ("Uring0", "32", "4096"), ("Uring0", "4", "65536")]
+    {
         let out = perf(&dir, &cfg, &["-b", bdev, "-q", qd, "-o", size, "-w", "verify", "-t", "1", "-m", "0x3", "--json"]);
         let r = report(&out);
         assert!(out.status.success(), "{bdev} qd {qd} size {size}: {r}");

@@ -51,7 +51,11 @@ fn invalid_requests_unknown_methods_and_bad_params() {
         (json!({"jsonrpc": "2.0", "method": "no_such_method", "id": 4}), RpcError::METHOD_NOT_FOUND, json!(4)),
         (json!({"jsonrpc": "2.0", "method": "framework_get_config", "params": {"name": 5}, "id": 5}), RpcError::INVALID_PARAMS, json!(5)),
         (json!({"jsonrpc": "2.0", "method": "framework_get_config", "params": {}, "id": 6}), RpcError::INVALID_PARAMS, json!(6)),
-        (json!({"jsonrpc": "2.0", "method": "rpc_get_methods", "params": {"currant": true}, "id": "x"}), RpcError::INVALID_PARAMS, json!("x")),
+        (
+            json!({"jsonrpc": "2.0", "method": "rpc_get_methods", "params": {"currant": true}, "id": "x"}),
+            RpcError::INVALID_PARAMS,
+            json!("x"),
+        ),
         (json!({"jsonrpc": "2.0", "method": "log_set_level", "params": {"level": "LOUD"}, "id": 8}), RpcError::INVALID_PARAMS, json!(8)),
         (json!({"jsonrpc": "2.0", "method": "spdk_get_version", "params": [1], "id": 9}), RpcError::INVALID_PARAMS, json!(9)),
     ];

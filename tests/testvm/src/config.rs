@@ -147,41 +147,23 @@ impl VmConfig {
     /// Checks the values QEMU or the guest would reject, before anything starts.
     pub fn validate(&self) -> Result<(), String> {
         if self.controllers > MAX_CONTROLLERS {
-            return Err(format!(
-                "{} NVMe controllers requested, at most {MAX_CONTROLLERS}",
-                self.controllers
-            ));
+            return Err(format!("{} NVMe controllers requested, at most {MAX_CONTROLLERS}", self.controllers));
         }
         if self.namespaces == 0 || self.namespaces > MAX_NAMESPACES {
-            return Err(format!(
-                "{} namespaces per controller requested, between 1 and {MAX_NAMESPACES} allowed",
-                self.namespaces
-            ));
+            return Err(format!("{} namespaces per controller requested, between 1 and {MAX_NAMESPACES} allowed", self.namespaces));
         }
         if self.namespace_bytes == 0 || self.namespace_bytes % 4096 != 0 {
-            return Err(format!(
-                "namespace size {} is not a positive multiple of 4096 bytes",
-                self.namespace_bytes
-            ));
+            return Err(format!("namespace size {} is not a positive multiple of 4096 bytes", self.namespace_bytes));
         }
         if self.memory_mib < 256 {
-            return Err(format!(
-                "{} MiB of guest memory, at least 256 needed",
-                self.memory_mib
-            ));
+            return Err(format!("{} MiB of guest memory, at least 256 needed", self.memory_mib));
         }
         let huge_mib = u64::from(self.hugepages) * 2;
         if huge_mib + 192 > u64::from(self.memory_mib) {
-            return Err(format!(
-                "{} hugepages ({huge_mib} MiB) leave too little of {} MiB guest memory",
-                self.hugepages, self.memory_mib
-            ));
+            return Err(format!("{} hugepages ({huge_mib} MiB) leave too little of {} MiB guest memory", self.hugepages, self.memory_mib));
         }
         if self.cpus == 0 || self.cpus > 64 {
-            return Err(format!(
-                "{} vCPUs requested, between 1 and 64 allowed",
-                self.cpus
-            ));
+            return Err(format!("{} vCPUs requested, between 1 and 64 allowed", self.cpus));
         }
         if self.timeout.is_zero() {
             return Err("timeout is zero".into());
@@ -204,21 +186,9 @@ mod tests {
         assert!(VmConfig::new().namespaces(0).validate().is_err());
         assert!(VmConfig::new().namespace_size(1000).validate().is_err());
         assert!(VmConfig::new().controllers(17).validate().is_err());
-        assert!(
-            VmConfig::new()
-                .memory_mib(512)
-                .hugepages(200)
-                .validate()
-                .is_err()
-        );
+        assert!(VmConfig::new().memory_mib(512).hugepages(200).validate().is_err());
         assert!(VmConfig::new().cpus(0).validate().is_err());
         assert!(VmConfig::new().timeout(Duration::ZERO).validate().is_err());
-        assert!(
-            VmConfig::new()
-                .memory_mib(512)
-                .hugepages(64)
-                .validate()
-                .is_ok()
-        );
+        assert!(VmConfig::new().memory_mib(512).hugepages(64).validate().is_ok());
     }
 }

@@ -36,11 +36,7 @@ pub enum Error {
     },
 
     #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    CommandFailed { command: String, status: String, stderr: String },
 
     #[error("Debian packages {packages:?} are missing and this is not root; run `apt-get install --no-install-recommends {}`", packages.join(" "))]
     PackagesMissing { packages: Vec<String> },
@@ -94,11 +90,7 @@ pub enum InfraFailure {
 
 impl Error {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            what,
-            path: path.into(),
-            source,
-        }
+        Error::Io { what, path: path.into(), source }
     }
 
     /// True for failures of the VM rather than of the command it ran.

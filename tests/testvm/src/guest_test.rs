@@ -47,12 +47,7 @@ pub fn in_guest<F: FnOnce()>(config: &VmConfig, body: F) {
                 println!("\n{DONE_MARKER} {name}");
                 return;
             }
-            _ => panic!(
-                "{}",
-                Error::Nested(format!(
-                    "test {name}: the guest was started for another test"
-                ))
-            ),
+            _ => panic!("{}", Error::Nested(format!("test {name}: the guest was started for another test"))),
         }
     }
     if let Err(msg) = run_on_host(config, &name) {
@@ -74,15 +69,10 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let cwd = std::env::current_dir().map_err(|e| format!("current_dir: {e}"))?;
     let vm = TestVm::new(config.clone()).map_err(|e| e.to_string())?;
-    let mut cmd = GuestCommand::new(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .current_dir(cwd)
-        .label(name)
-        .env(TEST_ENV, name);
+    let mut cmd =
+        GuestCommand::new(&exe).args(["--exact", name, "--nocapture", "--test-threads=1"]).current_dir(cwd).label(name).env(TEST_ENV, name);
     for (key, value) in std::env::vars_os() {
-        let passed = key
-            .to_str()
-            .is_some_and(|k| PASSED_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+        let passed = key.to_str().is_some_and(|k| PASSED_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
         if passed && key != TEST_ENV {
             cmd = cmd.env(key, value);
         }
@@ -93,10 +83,7 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
     // Captured by libtest: shown when the test fails or with --nocapture.
     println!("--- guest stdout ---\n{stdout}--- guest stderr ---\n{stderr}");
     if !out.success() {
-        return Err(format!(
-            "test {name} FAILED in the guest (exit status {}); its output is above",
-            out.status
-        ));
+        return Err(format!("test {name} FAILED in the guest (exit status {}); its output is above", out.status));
     }
     if !stdout.lines().any(|l| l == format!("{DONE_MARKER} {name}")) {
         return Err(format!(

@@ -23,16 +23,11 @@ pub struct Cpio<W: Write> {
 
 impl<W: Write> Cpio<W> {
     pub fn new(out: W) -> Self {
-        Self {
-            out,
-            ino: 1,
-            written: 0,
-        }
+        Self { out, ino: 1, written: 0 }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio entry over 4 GiB"))?;
+        let len = u32::try_from(data.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio entry over 4 GiB"))?;
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino,
@@ -112,10 +107,7 @@ impl ModuleDeps {
             };
             let module = module.trim().to_string();
             by_name.insert(module_name(&module), module.clone());
-            deps.insert(
-                module,
-                rest.split_whitespace().map(str::to_string).collect(),
-            );
+            deps.insert(module, rest.split_whitespace().map(str::to_string).collect());
         }
         Self { by_name, deps }
     }
@@ -125,13 +117,10 @@ impl ModuleDeps {
         let mut order = Vec::new();
         let mut seen = HashSet::new();
         for root in roots {
-            let path =
-                self.by_name
-                    .get(&root.replace('-', "_"))
-                    .ok_or_else(|| Error::ModuleMissing {
-                        name: root.to_string(),
-                        tree: tree.to_path_buf(),
-                    })?;
+            let path = self
+                .by_name
+                .get(&root.replace('-', "_"))
+                .ok_or_else(|| Error::ModuleMissing { name: root.to_string(), tree: tree.to_path_buf() })?;
             self.visit(path, &mut seen, &mut order);
         }
         Ok(order)
@@ -151,37 +140,30 @@ impl ModuleDeps {
 /// Builds the initramfs for the module tree `modules_dir` (`.../lib/modules/VERSION`).
 pub fn build(busybox: &Path, modules_dir: &Path, out: &Path) -> Result<()> {
     let dep_path = modules_dir.join("modules.dep");
-    let dep_text =
-        std::fs::read_to_string(&dep_path).map_err(|e| Error::io("reading", &dep_path, e))?;
+    let dep_text = std::fs::read_to_string(&dep_path).map_err(|e| Error::io("reading", &dep_path, e))?;
     let order = ModuleDeps::parse(&dep_text).load_order(STAGE1_MODULES, modules_dir)?;
     let busybox_bin = std::fs::read(busybox).map_err(|e| Error::io("reading", busybox, e))?;
 
     let file = std::fs::File::create(out).map_err(|e| Error::io("creating", out, e))?;
     let wrap = |e| Error::io("writing", out, e);
     let mut cpio = Cpio::new(io::BufWriter::new(file));
-    for dir in [
-        "bin", "sbin", "dev", "proc", "sys", "hostroot", "xfer", "rw", "newroot", "modules",
-    ] {
+    for dir in ["bin", "sbin", "dev", "proc", "sys", "hostroot", "xfer", "rw", "newroot", "modules"] {
         cpio.dir(dir).map_err(wrap)?;
     }
     cpio.char_dev("dev/console", 0o600, 5, 1).map_err(wrap)?;
     cpio.char_dev("dev/null", 0o666, 1, 3).map_err(wrap)?;
-    cpio.file("bin/busybox", 0o755, &busybox_bin)
-        .map_err(wrap)?;
-    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes())
-        .map_err(wrap)?;
+    cpio.file("bin/busybox", 0o755, &busybox_bin).map_err(wrap)?;
+    cpio.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(wrap)?;
     let mut list = String::new();
     for rel in &order {
         let src = modules_dir.join(rel);
         let data = std::fs::read(&src).map_err(|e| Error::io("reading", &src, e))?;
         let name = rel.rsplit('/').next().unwrap_or(rel);
-        cpio.file(&format!("modules/{name}"), 0o644, &data)
-            .map_err(wrap)?;
+        cpio.file(&format!("modules/{name}"), 0o644, &data).map_err(wrap)?;
         list.push_str(name);
         list.push('\n');
     }
-    cpio.file("modules/order", 0o644, list.as_bytes())
-        .map_err(wrap)?;
+    cpio.file("modules/order", 0o644, list.as_bytes()).map_err(wrap)?;
     cpio.finish().map_err(wrap)?;
     Ok(())
 }
@@ -221,18 +203,13 @@ mod tests {
              kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/vfio.ko\n\
              kernel/drivers/vfio/vfio.ko:\n",
         );
-        let order = deps
-            .load_order(&["9pnet_virtio", "9p", "vfio_pci"], Path::new("/m"))
-            .unwrap();
+        let order = deps.load_order(&["9pnet_virtio", "9p", "vfio_pci"], Path::new("/m")).unwrap();
         let pos = |m: &str| order.iter().position(|p| p.ends_with(m)).unwrap();
         assert!(pos("/9pnet.ko") < pos("/9pnet_virtio.ko"));
         assert!(pos("/virtio.ko") < pos("/9pnet_virtio.ko"));
         assert!(pos("/netfs.ko") < pos("/9p.ko"));
         assert!(pos("/vfio.ko") < pos("/vfio-pci.ko"));
         assert_eq!(order.iter().filter(|p| p.ends_with("/9pnet.ko")).count(), 1);
-        assert!(matches!(
-            deps.load_order(&["nope"], Path::new("/m")),
-            Err(Error::ModuleMissing { .. })
-        ));
+        assert!(matches!(deps.load_order(&["nope"], Path::new("/m")), Err(Error::ModuleMissing { .. })));
     }
 }

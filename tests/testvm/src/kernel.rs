@@ -31,21 +31,13 @@ pub fn bzimage_payload(image: &[u8]) -> Result<&[u8], String> {
     let length = u32_at(0x24c)? as usize;
     image
         .get(offset..offset.saturating_add(length))
-        .ok_or_else(|| {
-            format!(
-                "payload {offset}+{length} lies outside the {}-byte image",
-                image.len()
-            )
-        })
+        .ok_or_else(|| format!("payload {offset}+{length} lies outside the {}-byte image", image.len()))
 }
 
 /// Writes the ELF kernel inside `vmlinuz` to `out`. Only xz payloads (Debian's)
 /// are supported; decompression uses the `xz` tool.
 pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
-    let fail = |reason: String| Error::Vmlinux {
-        path: vmlinuz.to_path_buf(),
-        reason,
-    };
+    let fail = |reason: String| Error::Vmlinux { path: vmlinuz.to_path_buf(), reason };
     let image = std::fs::read(vmlinuz).map_err(|e| Error::io("reading", vmlinuz, e))?;
     let payload = bzimage_payload(&image).map_err(fail)?;
     if !payload.starts_with(XZ_MAGIC) {
@@ -53,8 +45,7 @@ pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
     }
     let compressed = out.with_extension("xz");
     std::fs::write(&compressed, payload).map_err(|e| Error::io("writing", &compressed, e))?;
-    let input =
-        std::fs::File::open(&compressed).map_err(|e| Error::io("opening", &compressed, e))?;
+    let input = std::fs::File::open(&compressed).map_err(|e| Error::io("opening", &compressed, e))?;
     let output = std::fs::File::create(out).map_err(|e| Error::io("creating", out, e))?;
     // The kernel appends its uncompressed size after the xz stream: --single-stream
     // ignores it.
@@ -64,10 +55,7 @@ pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
         .stdout(output)
         .stderr(Stdio::inherit())
         .status()
-        .map_err(|source| Error::Spawn {
-            program: "xz".into(),
-            source,
-        })?;
+        .map_err(|source| Error::Spawn { program: "xz".into(), source })?;
     std::fs::remove_file(&compressed).map_err(|e| Error::io("removing", &compressed, e))?;
     if !status.success() {
         return Err(fail(format!("xz -d failed: {status}")));
@@ -86,11 +74,7 @@ mod tests {
     use super::*;
 
     fn fake_bzimage(setup_sects: u8, payload: &[u8]) -> Vec<u8> {
-        let sects = if setup_sects == 0 {
-            4
-        } else {
-            usize::from(setup_sects)
-        };
+        let sects = if setup_sects == 0 { 4 } else { usize::from(setup_sects) };
         let pm = (sects + 1) * 512;
         let mut img = vec![0u8; pm + 100 + payload.len() + 4];
         img[0x1f1] = setup_sects;

@@ -14,10 +14,7 @@ use pollux_testvm::{GuestCommand, NvmeDriver, SetupOptions, TestVm, VmConfig};
 const INFRA_EXIT: u8 = 125;
 
 #[derive(Parser)]
-#[command(
-    name = "pollux-testvm",
-    about = "QEMU test guest with emulated NVMe behind an IOMMU"
-)]
+#[command(name = "pollux-testvm", about = "QEMU test guest with emulated NVMe behind an IOMMU")]
 struct Cli {
     /// Cache folder [default: $POLLUX_TESTVM_CACHE or <repo>/.testvm-cache]
     #[arg(long, global = true)]
@@ -99,40 +96,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let cache = cli.cache.unwrap_or_else(pollux_testvm::default_cache_dir);
     match cli.command {
-        Cmd::Setup {
-            no_install,
-            force,
-            no_check,
-        } => {
+        Cmd::Setup { no_install, force, no_check } => {
             let start = Instant::now();
-            let opts = SetupOptions {
-                cache_dir: cache.clone(),
-                install_packages: !no_install,
-                force,
-            };
+            let opts = SetupOptions { cache_dir: cache.clone(), install_packages: !no_install, force };
             let c = pollux_testvm::setup(&opts).context("setting up the test VM")?;
-            eprintln!(
-                "pollux-testvm: set up kernel {} in {} ({:.1} s)",
-                c.kernel_version,
-                c.dir.display(),
-                start.elapsed().as_secs_f64()
-            );
+            eprintln!("pollux-testvm: set up kernel {} in {} ({:.1} s)", c.kernel_version, c.dir.display(), start.elapsed().as_secs_f64());
             if !no_check {
                 let vm = TestVm::with_cache(VmConfig::new().controllers(1), &cache)?.quiet();
                 let out = vm.run(&GuestCommand::new("uname").arg("-r"))?;
                 let release = out.stdout_lossy();
                 if !out.success() || release.trim() != c.kernel_version {
-                    bail!(
-                        "boot check: `uname -r` in the guest gave {:?} (status {})",
-                        release,
-                        out.status
-                    );
+                    bail!("boot check: `uname -r` in the guest gave {:?} (status {})", release, out.status);
                 }
-                eprintln!(
-                    "pollux-testvm: boot check passed: guest runs {} ({:.1} s)",
-                    release.trim(),
-                    out.timing.total.as_secs_f64()
-                );
+                eprintln!("pollux-testvm: boot check passed: guest runs {} ({:.1} s)", release.trim(), out.timing.total.as_secs_f64());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -144,30 +120,18 @@ fn run(args: RunArgs, cache: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = VmConfig::new()
         .controllers(args.controllers)
         .namespaces(args.namespaces)
-        .namespace_size(
-            args.namespace_mib
-                .checked_mul(1 << 20)
-                .context("namespace size overflows")?,
-        )
+        .namespace_size(args.namespace_mib.checked_mul(1 << 20).context("namespace size overflows")?)
         .memory_mib(args.memory)
         .cpus(args.cpus)
         .hugepages(args.hugepages)
         .network(args.net)
-        .nvme_driver(if args.vfio {
-            NvmeDriver::Vfio
-        } else {
-            NvmeDriver::Kernel
-        })
+        .nvme_driver(if args.vfio { NvmeDriver::Vfio } else { NvmeDriver::Kernel })
         .timeout(Duration::from_secs(args.timeout));
     let vm = TestVm::with_cache(config, cache)?.quiet();
     let (program, rest) = args.command.split_first().context("no command given")?;
-    let mut cmd = GuestCommand::new(program)
-        .args(rest)
-        .current_dir(std::env::current_dir().context("current folder")?);
+    let mut cmd = GuestCommand::new(program).args(rest).current_dir(std::env::current_dir().context("current folder")?);
     for pair in &args.env {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
+        let (k, v) = pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
         cmd = cmd.env(k, v);
     }
     let out = vm.run(&cmd)?;

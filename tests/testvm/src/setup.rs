@@ -37,21 +37,15 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::canonicalize(&repo)
-        .unwrap_or(repo)
-        .join(".testvm-cache")
+    std::fs::canonicalize(&repo).unwrap_or(repo).join(".testvm-cache")
 }
 
 impl Cache {
     /// Opens a cache that `setup` completed, or says how to create it.
     pub fn open(dir: &Path) -> Result<Self> {
-        let not_set_up = |reason: String| Error::NotSetUp {
-            cache: dir.to_path_buf(),
-            reason,
-        };
+        let not_set_up = |reason: String| Error::NotSetUp { cache: dir.to_path_buf(), reason };
         let manifest = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| not_set_up(format!("{}: {e}", manifest.display())))?;
+        let text = std::fs::read_to_string(&manifest).map_err(|e| not_set_up(format!("{}: {e}", manifest.display())))?;
         let field = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
@@ -73,10 +67,7 @@ impl Cache {
         let needed = [
             cache.vmlinux.clone(),
             cache.initrd.clone(),
-            cache
-                .modules
-                .join(&cache.kernel_version)
-                .join("modules.dep"),
+            cache.modules.join(&cache.kernel_version).join("modules.dep"),
             PathBuf::from(QBOOT),
         ];
         for path in needed {
@@ -122,24 +113,17 @@ pub fn setup(opts: &SetupOptions) -> Result<Cache> {
     }
 
     let package = kernel_package()?;
-    let version = package
-        .strip_prefix("linux-image-")
-        .ok_or_else(|| Error::KernelPackage(format!("unexpected package name {package}")))?
-        .to_string();
+    let version =
+        package.strip_prefix("linux-image-").ok_or_else(|| Error::KernelPackage(format!("unexpected package name {package}")))?.to_string();
     eprintln!("pollux-testvm: fetching {package}");
     let download = dir.join("download");
     recreate_dir(&download)?;
-    run(Command::new("apt-get")
-        .arg("download")
-        .arg(&package)
-        .current_dir(&download))?;
+    run(Command::new("apt-get").arg("download").arg(&package).current_dir(&download))?;
     let deb = std::fs::read_dir(&download)
         .map_err(|e| Error::io("listing", &download, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension() == Some(OsStr::new("deb")))
-        .ok_or_else(|| {
-            Error::KernelPackage(format!("apt-get download left no .deb for {package}"))
-        })?;
+        .ok_or_else(|| Error::KernelPackage(format!("apt-get download left no .deb for {package}")))?;
 
     let tree = dir.join("kernel");
     recreate_dir(&tree)?;
@@ -178,11 +162,7 @@ fn is_installed(package: &str) -> bool {
 }
 
 fn ensure_packages(install: bool) -> Result<()> {
-    let missing: Vec<String> = PACKAGES
-        .iter()
-        .filter(|p| !is_installed(p))
-        .map(|p| p.to_string())
-        .collect();
+    let missing: Vec<String> = PACKAGES.iter().filter(|p| !is_installed(p)).map(|p| p.to_string()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -206,21 +186,14 @@ fn kernel_package() -> Result<String> {
         let out = output(Command::new("apt-cache").arg("depends").arg(KERNEL_META))?;
         Ok(out
             .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("Depends:")
-                    .map(str::trim)
-                    .filter(|p| p.starts_with("linux-image-"))
-            })
+            .find_map(|l| l.trim().strip_prefix("Depends:").map(str::trim).filter(|p| p.starts_with("linux-image-")))
             .map(str::to_string))
     };
     if let Ok(Some(p)) = query() {
         return Ok(p);
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    query()?.ok_or_else(|| {
-        Error::KernelPackage(format!("{KERNEL_META} names no linux-image dependency"))
-    })
+    query()?.ok_or_else(|| Error::KernelPackage(format!("{KERNEL_META} names no linux-image dependency")))
 }
 
 fn describe(cmd: &Command) -> String {
@@ -237,10 +210,7 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| Error::Spawn {
-            program: cmd.get_program().to_string_lossy().into_owned(),
-            source,
-        })?;
+        .map_err(|source| Error::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
     if !out.status.success() {
         return Err(Error::CommandFailed {
             command: describe(cmd),
@@ -257,9 +227,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -16,11 +16,7 @@ pub(crate) struct Slot {
 }
 
 fn jobs() -> usize {
-    std::env::var("POLLUX_TESTVM_JOBS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1)
+    std::env::var("POLLUX_TESTVM_JOBS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0).unwrap_or(1)
 }
 
 /// One `flock` call; `Ok(false)` when another holder has it and `block` is false.
@@ -48,12 +44,7 @@ impl Slot {
         let mut files = Vec::with_capacity(n);
         for i in 0..n {
             let path = cache_dir.join(format!("vm-slot-{i}.lock"));
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io("opening", &path, e))?;
+            let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("opening", &path, e))?;
             files.push((path, file));
         }
         if n == 1 {
@@ -64,9 +55,7 @@ impl Slot {
         loop {
             for (path, file) in &files {
                 if lock(file, false).map_err(|e| Error::io("locking", path, e))? {
-                    let file = file
-                        .try_clone()
-                        .map_err(|e| Error::io("duplicating", path, e))?;
+                    let file = file.try_clone().map_err(|e| Error::io("duplicating", path, e))?;
                     return Ok(Slot { _file: file });
                 }
             }

@@ -33,13 +33,7 @@ pub struct GuestCommand {
 impl GuestCommand {
     /// `program` is looked up in the guest's PATH; the guest's root is the host's.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Self {
-            label: None,
-            program: program.as_ref().into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
-        }
+        Self { label: None, program: program.as_ref().into(), args: Vec::new(), env: Vec::new(), cwd: None }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -48,8 +42,7 @@ impl GuestCommand {
     }
 
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().into()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().into()));
         self
     }
 
@@ -65,13 +58,7 @@ impl GuestCommand {
     }
 
     fn display_label(&self) -> String {
-        self.label.clone().unwrap_or_else(|| {
-            Path::new(&self.program)
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
+        self.label.clone().unwrap_or_else(|| Path::new(&self.program).file_name().unwrap_or_default().to_string_lossy().into_owned())
     }
 
     /// Working folder in the guest (default `/`).
@@ -97,9 +84,7 @@ impl GuestCommand {
         for (k, v) in &env {
             let key = k.as_bytes();
             if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
-                return Err(Error::Config(format!(
-                    "invalid environment variable name {k:?}"
-                )));
+                return Err(Error::Config(format!("invalid environment variable name {k:?}")));
             }
             let mut pair = k.clone();
             pair.push("=");
@@ -184,11 +169,7 @@ impl TestVm {
 
     pub fn with_cache(config: VmConfig, cache_dir: &Path) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
-        Ok(Self {
-            cache: Cache::open(cache_dir)?,
-            config,
-            report: true,
-        })
+        Ok(Self { cache: Cache::open(cache_dir)?, config, report: true })
     }
 
     /// Do not write the timing line of each run to stderr.
@@ -214,9 +195,7 @@ impl TestVm {
             .tempdir()
             .map_err(|e| Error::io("creating a temporary folder in", std::env::temp_dir(), e))?;
         let xfer = work.path().join("xfer");
-        let result = self
-            .prepare(work.path(), &xfer, cmd)
-            .and_then(|args| self.boot(work.path(), &xfer, &args));
+        let result = self.prepare(work.path(), &xfer, cmd).and_then(|args| self.boot(work.path(), &xfer, &args));
         if self.report {
             report_time(&cmd.display_label(), &result);
         }
@@ -235,19 +214,10 @@ impl TestVm {
         std::fs::create_dir(xfer).map_err(|e| Error::io("creating", xfer, e))?;
         let cfg = &self.config;
         let mut config = String::new();
-        config.push_str(&format!(
-            "TESTVM_NVME_DRIVER={}\n",
-            cfg.nvme_driver.as_str()
-        ));
-        config.push_str(&format!(
-            "TESTVM_NAMESPACES={}\n",
-            cfg.controllers * cfg.namespaces
-        ));
+        config.push_str(&format!("TESTVM_NVME_DRIVER={}\n", cfg.nvme_driver.as_str()));
+        config.push_str(&format!("TESTVM_NAMESPACES={}\n", cfg.controllers * cfg.namespaces));
         let modules = self.cache.modules.as_os_str().as_bytes();
-        write(
-            "config.sh",
-            &[b"TESTVM_MODULES=", modules, b"\n", config.as_bytes()].concat(),
-        )?;
+        write("config.sh", &[b"TESTVM_MODULES=", modules, b"\n", config.as_bytes()].concat())?;
         write("guest.sh", GUEST_SCRIPT.as_bytes())?;
         write("cmd.sh", &cmd.script()?)?;
         if cfg.network {
@@ -257,8 +227,7 @@ impl TestVm {
             for n in 0..cfg.namespaces {
                 let path = work.join(format!("nvme{c}n{}.img", n + 1));
                 let f = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
-                f.set_len(cfg.namespace_bytes)
-                    .map_err(|e| Error::io("sizing", &path, e))?;
+                f.set_len(cfg.namespace_bytes).map_err(|e| Error::io("sizing", &path, e))?;
             }
         }
         Ok(qemu_args(&self.cache, cfg, work, xfer))
@@ -266,8 +235,7 @@ impl TestVm {
 
     fn boot(&self, work: &Path, xfer: &Path, args: &[OsString]) -> Result<GuestOutput> {
         let stderr_path = work.join("qemu-stderr.log");
-        let stderr =
-            File::create(&stderr_path).map_err(|e| Error::io("creating", &stderr_path, e))?;
+        let stderr = File::create(&stderr_path).map_err(|e| Error::io("creating", &stderr_path, e))?;
         let start = Instant::now();
         let mut child = Command::new(QEMU)
             .args(args)
@@ -275,10 +243,7 @@ impl TestVm {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|source| Error::Spawn {
-                program: QEMU.into(),
-                source,
-            })?;
+            .map_err(|source| Error::Spawn { program: QEMU.into(), source })?;
         let limit = self.config.timeout;
         let status = loop {
             match child.try_wait() {
@@ -298,9 +263,7 @@ impl TestVm {
             }
         };
         let elapsed = start.elapsed();
-        let console = std::fs::read(work.join("console.log"))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let console = std::fs::read(work.join("console.log")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         let infra = |kind: InfraFailure| {
             Error::Infrastructure(Box::new(Infrastructure {
                 kind,
@@ -311,10 +274,7 @@ impl TestVm {
                     .iter()
                     .map(|f| {
                         let text = std::fs::read(xfer.join(f)).unwrap_or_default();
-                        format!(
-                            "[{f}]\n{}",
-                            tail(&String::from_utf8_lossy(&text), CONSOLE_TAIL_LINES / 2)
-                        )
+                        format!("[{f}]\n{}", tail(&String::from_utf8_lossy(&text), CONSOLE_TAIL_LINES / 2))
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
@@ -342,11 +302,7 @@ impl TestVm {
             stdout: read("stdout"),
             stderr: read("stderr"),
             console,
-            timing: Timing {
-                total: elapsed,
-                boot: Duration::from_secs_f64(boot),
-                command: Duration::from_secs_f64((end - boot).max(0.0)),
-            },
+            timing: Timing { total: elapsed, boot: Duration::from_secs_f64(boot), command: Duration::from_secs_f64((end - boot).max(0.0)) },
         })
     }
 }
@@ -362,11 +318,9 @@ fn report_time(label: &str, result: &Result<GuestOutput>) {
             out.timing.command.as_secs_f64(),
             out.status
         ),
-        Err(Error::Infrastructure(infra)) => format!(
-            "[pollux-testvm] {label}: VM {:.1} s, infrastructure failure: {}\n",
-            infra.elapsed.as_secs_f64(),
-            infra.kind
-        ),
+        Err(Error::Infrastructure(infra)) => {
+            format!("[pollux-testvm] {label}: VM {:.1} s, infrastructure failure: {}\n", infra.elapsed.as_secs_f64(), infra.kind)
+        }
         Err(e) => format!("[pollux-testvm] {label}: not run: {e}\n"),
     };
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
@@ -385,17 +339,13 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// QEMU's option syntax doubles commas inside values.
 fn opt_path(p: &Path) -> OsString {
-    let escaped = p
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(Vec::new(), |mut v, &b| {
-            v.push(b);
-            if b == b',' {
-                v.push(b',');
-            }
-            v
-        });
+    let escaped = p.as_os_str().as_bytes().iter().fold(Vec::new(), |mut v, &b| {
+        v.push(b);
+        if b == b',' {
+            v.push(b',');
+        }
+        v
+    });
     OsStr::from_bytes(&escaped).to_os_string()
 }
 
@@ -410,34 +360,10 @@ fn joined(parts: &[&OsStr]) -> OsString {
 fn qemu_args(cache: &Cache, cfg: &VmConfig, work: &Path, xfer: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg,thread=multi",
-        "-cpu",
-        "max",
-    ]);
-    push(&[
-        "-m",
-        &cfg.memory_mib.to_string(),
-        "-smp",
-        &cfg.cpus.to_string(),
-    ]);
-    push(&[
-        "-nodefaults",
-        "-display",
-        "none",
-        "-vga",
-        "none",
-        "-no-reboot",
-        "-bios",
-        QBOOT,
-    ]);
-    push(&[
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on,aw-bits=48",
-    ]);
+    push(&["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"]);
+    push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()]);
+    push(&["-nodefaults", "-display", "none", "-vga", "none", "-no-reboot", "-bios", QBOOT]);
+    push(&["-device", "intel-iommu,intremap=on,caching-mode=on,aw-bits=48"]);
     push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     let mut append = String::from(
         "console=ttyS0 quiet loglevel=3 panic=-1 intel_iommu=on iommu=pt \
@@ -448,49 +374,28 @@ fn qemu_args(cache: &Cache, cfg: &VmConfig, work: &Path, xfer: &Path) -> Vec<OsS
     }
     push(&["-append", &append]);
     a.push("-serial".into());
-    a.push(joined(&[
-        "file:".as_ref(),
-        work.join("console.log").as_os_str(),
-    ]));
+    a.push(joined(&["file:".as_ref(), work.join("console.log").as_os_str()]));
     a.push("-kernel".into());
     a.push(cache.vmlinux.clone().into());
     a.push("-initrd".into());
     a.push(cache.initrd.clone().into());
     a.push("-virtfs".into());
-    a.push(
-        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap".into(),
-    );
+    a.push("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap".into());
     a.push("-virtfs".into());
-    a.push(joined(&[
-        "local,path=".as_ref(),
-        &opt_path(xfer),
-        ",mount_tag=xfer,security_model=none".as_ref(),
-    ]));
+    a.push(joined(&["local,path=".as_ref(), &opt_path(xfer), ",mount_tag=xfer,security_model=none".as_ref()]));
     for c in 0..cfg.controllers {
         a.push("-device".into());
         a.push(format!("nvme,id=nvme{c},serial=pollux{c}").into());
         for n in 1..=cfg.namespaces {
             let image = work.join(format!("nvme{c}n{n}.img"));
             a.push("-drive".into());
-            a.push(joined(&[
-                "file=".as_ref(),
-                &opt_path(&image),
-                format!(",if=none,id=nvme{c}n{n},format=raw").as_ref(),
-            ]));
+            a.push(joined(&["file=".as_ref(), &opt_path(&image), format!(",if=none,id=nvme{c}n{n},format=raw").as_ref()]));
             a.push("-device".into());
             a.push(format!("nvme-ns,drive=nvme{c}n{n},bus=nvme{c},nsid={n}").into());
         }
     }
     if cfg.network {
-        a.extend(
-            [
-                "-netdev",
-                "user,id=net0",
-                "-device",
-                "virtio-net-pci,netdev=net0,romfile=",
-            ]
-            .map(OsString::from),
-        );
+        a.extend(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="].map(OsString::from));
     } else {
         a.extend(["-nic", "none"].map(OsString::from));
     }
@@ -507,11 +412,7 @@ mod tests {
 
     #[test]
     fn command_script_quotes_everything() {
-        let cmd = GuestCommand::new("/bin/echo")
-            .arg("it's")
-            .arg("$HOME `x`")
-            .env("A", "b c")
-            .current_dir("/work/my dir");
+        let cmd = GuestCommand::new("/bin/echo").arg("it's").arg("$HOME `x`").env("A", "b c").current_dir("/work/my dir");
         let s = script(&cmd);
         assert!(s.contains("cd '/work/my dir' || exit 125"), "{s}");
         assert!(s.contains("'A=b c'"), "{s}");
@@ -535,16 +436,9 @@ mod tests {
             initrd: "/c/initrd.img".into(),
             modules: "/c/kernel/lib/modules".into(),
         };
-        let cfg = VmConfig::new()
-            .controllers(2)
-            .namespaces(2)
-            .network(true)
-            .hugepages(8);
+        let cfg = VmConfig::new().controllers(2).namespaces(2).network(true).hugepages(8);
         let args = qemu_args(&cache, &cfg, Path::new("/w,x"), Path::new("/w,x/xfer"));
-        let line: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let line = line.join(" ");
         assert_eq!(line.matches("-device nvme,").count(), 2);
         assert_eq!(line.matches("-device nvme-ns,").count(), 4);
@@ -554,12 +448,7 @@ mod tests {
         assert!(line.contains("hugepages=8"));
         assert!(line.contains("virtio-net-pci"));
         assert!(!line.contains("-nic none"));
-        let plain = qemu_args(
-            &cache,
-            &VmConfig::new().controllers(0),
-            Path::new("/w"),
-            Path::new("/x"),
-        );
+        let plain = qemu_args(&cache, &VmConfig::new().controllers(0), Path::new("/w"), Path::new("/x"));
         assert!(plain.iter().any(|a| a == "none"));
         assert!(!plain.iter().any(|a| a.to_string_lossy().contains("nvme")));
     }

@@ -15,11 +15,7 @@ fn vm(config: VmConfig) -> TestVm {
 #[test]
 fn command_status_and_output_come_back() {
     let out = vm(VmConfig::new().controllers(0))
-        .run(
-            &GuestCommand::new("/bin/sh")
-                .args(["-c", "echo out; echo err >&2; pwd; exit 7"])
-                .current_dir("/usr"),
-        )
+        .run(&GuestCommand::new("/bin/sh").args(["-c", "echo out; echo err >&2; pwd; exit 7"]).current_dir("/usr"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status, 7);
     assert_eq!(out.stdout_lossy(), "out\n/usr\n");
@@ -29,16 +25,12 @@ fn command_status_and_output_come_back() {
 
 #[test]
 fn hung_guest_is_an_infrastructure_failure() {
-    let err = vm(VmConfig::new()
-        .controllers(0)
-        .timeout(Duration::from_secs(4)))
-    .run(&GuestCommand::new("sleep").arg("600"))
-    .expect_err("the guest cannot finish a 600 s sleep in 4 s");
+    let err = vm(VmConfig::new().controllers(0).timeout(Duration::from_secs(4)))
+        .run(&GuestCommand::new("sleep").arg("600"))
+        .expect_err("the guest cannot finish a 600 s sleep in 4 s");
     assert!(err.is_infrastructure(), "{err}");
     assert!(err.to_string().contains("INFRASTRUCTURE FAILURE"));
-    let Error::Infrastructure(infra) = err else {
-        unreachable!("checked above")
-    };
+    let Error::Infrastructure(infra) = err else { unreachable!("checked above") };
     assert!(matches!(infra.kind, InfraFailure::Timeout(_)), "{infra}");
     // Kept for post-mortems of real failures; this one was expected.
     std::fs::remove_dir_all(&infra.work_dir).expect("remove the kept work folder");
@@ -64,11 +56,7 @@ fn guest_network_reaches_host_loopback() {
 
 #[test]
 fn in_guest_sees_controllers_namespaces_and_hugepages() {
-    let config = VmConfig::new()
-        .controllers(2)
-        .namespaces(2)
-        .namespace_size(64 << 20)
-        .hugepages(32);
+    let config = VmConfig::new().controllers(2).namespaces(2).namespace_size(64 << 20).hugepages(32);
     in_guest(&config, || {
         assert!(is_guest());
         let mut disks: Vec<String> = std::fs::read_dir("/sys/block")
@@ -81,11 +69,6 @@ fn in_guest_sees_controllers_namespaces_and_hugepages() {
         let sectors = std::fs::read_to_string("/sys/block/nvme1n2/size").expect("size");
         assert_eq!(sectors.trim(), (64u64 << 20 >> 9).to_string());
         let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
-        assert!(
-            meminfo
-                .lines()
-                .any(|l| l.split_whitespace().eq(["HugePages_Total:", "32"])),
-            "{meminfo}"
-        );
+        assert!(meminfo.lines().any(|l| l.split_whitespace().eq(["HugePages_Total:", "32"])), "{meminfo}");
     });
 }

@@ -170,7 +170,15 @@ pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec
         let Some(c) = weak.upgrade() else { return PollStatus::Idle };
         check_health(&c)
     });
-    reg.ctrls.borrow_mut().push(Attached { live: names.len(), ctrl, bdevs: names.clone(), attach_params, on_detached: Vec::new(), detaching: false, _health: health });
+    reg.ctrls.borrow_mut().push(Attached {
+        live: names.len(),
+        ctrl,
+        bdevs: names.clone(),
+        attach_params,
+        on_detached: Vec::new(),
+        detaching: false,
+        _health: health,
+    });
     Ok(names)
 }
 
@@ -240,7 +248,10 @@ pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Result<(), NvmeError
     {
         let reg = registry();
         let mut ctrls = reg.ctrls.borrow_mut();
-        let a = ctrls.iter_mut().find(|a| a.ctrl.name() == name).ok_or_else(|| NvmeError::Invalid(format!("no NVMe controller named {name}")))?;
+        let a = ctrls
+            .iter_mut()
+            .find(|a| a.ctrl.name() == name)
+            .ok_or_else(|| NvmeError::Invalid(format!("no NVMe controller named {name}")))?;
         a.on_detached.push(Box::new(done));
     }
     remove_bdevs(name);

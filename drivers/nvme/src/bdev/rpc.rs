@@ -89,7 +89,13 @@ impl Attach {
     /// Refuse what a PCIe attach cannot honour.
     fn check(&self) -> Result<PciAddress, RpcError> {
         if !self.trtype.eq_ignore_ascii_case("pcie") {
-            return Err(RpcError::errno(libc::EINVAL, format!("trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe); it has no NVMe-oF initiator", self.trtype)));
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!(
+                    "trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe); it has no NVMe-oF initiator",
+                    self.trtype
+                ),
+            ));
         }
         let fabrics: [(&str, bool); 13] = [
             ("adrfam", self.adrfam.is_some()),
@@ -116,7 +122,11 @@ impl Attach {
             ("multipath", self.multipath.as_deref().is_some_and(|m| m == "multipath"), "no multipath"),
             ("multipath_opts", self.multipath_opts.is_some(), "no multipath"),
             ("ctrlr_loss_timeout_sec", self.ctrlr_loss_timeout_sec.is_some_and(|v| v != 0), "a PCIe controller is reset, not reconnected"),
-            ("reconnect_delay_sec", self.reconnect_delay_sec.is_some_and(|v| v != 0) || self.fast_io_fail_timeout_sec.is_some_and(|v| v != 0), "a PCIe controller is reset, not reconnected"),
+            (
+                "reconnect_delay_sec",
+                self.reconnect_delay_sec.is_some_and(|v| v != 0) || self.fast_io_fail_timeout_sec.is_some_and(|v| v != 0),
+                "a PCIe controller is reset, not reconnected",
+            ),
         ];
         if let Some((name, _, why)) = features.iter().find(|(_, set, _)| *set) {
             return Err(unsupported(name, why));

@@ -25,7 +25,13 @@ pub enum DataDirection {
 impl Controller {
     /// Run an admin command with `data` moving as `dir` says (at most 64 KiB).
     /// For the tools' pass-through and the driver's own admin work.
-    pub fn admin_command(&self, cmd: Command, dir: DataDirection, data: &mut [u8], timeout: Option<Duration>) -> Result<Completion, NvmeError> {
+    pub fn admin_command(
+        &self,
+        cmd: Command,
+        dir: DataDirection,
+        data: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<Completion, NvmeError> {
         if data.len() > ADMIN_BUF {
             return Err(NvmeError::Invalid(format!("admin data of {} bytes exceeds {ADMIN_BUF}", data.len())));
         }
@@ -47,7 +53,12 @@ impl Controller {
 
     pub fn identify_namespace(&self, nsid: u32) -> Result<Box<IdentifyNamespace>, NvmeError> {
         let mut ns = IdentifyNamespace::zeroed_box();
-        self.admin_command(admin::identify(pollux_nvme_spec::identify::cns::NAMESPACE, nsid), DataDirection::FromDevice, ns.as_mut_bytes(), None)?;
+        self.admin_command(
+            admin::identify(pollux_nvme_spec::identify::cns::NAMESPACE, nsid),
+            DataDirection::FromDevice,
+            ns.as_mut_bytes(),
+            None,
+        )?;
         Ok(ns)
     }
 

@@ -182,7 +182,12 @@ impl Controller {
     }
 
     /// Bring up the controller behind `regs` (a BAR, or a fake in tests).
-    pub fn start(name: &str, regs: Arc<dyn Registers>, pci: Option<VfioPci>, opts: ControllerOptions) -> Result<Arc<Controller>, NvmeError> {
+    pub fn start(
+        name: &str,
+        regs: Arc<dyn Registers>,
+        pci: Option<VfioPci>,
+        opts: ControllerOptions,
+    ) -> Result<Arc<Controller>, NvmeError> {
         let cap = regs.cap()?;
         if cap.0 == u64::MAX {
             return Err(NvmeError::Gone);

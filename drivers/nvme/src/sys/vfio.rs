@@ -77,9 +77,14 @@ impl VfioPci {
         if func.driver.as_deref() != Some("vfio-pci") {
             return Err(PciError::NotVfio { addr, driver: func.driver.unwrap_or_else(|| "no driver".into()) });
         }
-        let container = Arc::new(VfioContainer::new(None).map_err(|e| PciError::Vfio { addr, what: "open /dev/vfio/vfio", source: Box::new(e) })?);
+        let container =
+            Arc::new(VfioContainer::new(None).map_err(|e| PciError::Vfio { addr, what: "open /dev/vfio/vfio", source: Box::new(e) })?);
         let ops: Arc<dyn VfioOps> = container.clone();
-        let device = VfioDevice::new(&addr.sysfs_path(), ops, false).map_err(|e| PciError::Vfio { addr, what: "open the VFIO device", source: Box::new(e) })?;
+        let device = VfioDevice::new(&addr.sysfs_path(), ops, false).map_err(|e| PciError::Vfio {
+            addr,
+            what: "open the VFIO device",
+            source: Box::new(e),
+        })?;
         let size = device.get_region_size(BAR0);
         if size < 0x2000 || device.get_region_flags(BAR0) & REGION_FLAG_MMAP == 0 {
             return Err(PciError::Bar0 { addr, size });
@@ -87,8 +92,20 @@ impl VfioPci {
         let len = usize::try_from(size).map_err(|_| PciError::Bar0 { addr, size })?;
         // SAFETY: BAR0 of this VFIO device, with the offset and size VFIO
         // reported for it; only `Bar` accesses the mapping.
-        let bar0 = unsafe { Bar::map(device.as_raw_fd(), device.get_region_offset(BAR0), len) }.map_err(|source| PciError::Io { addr, what: "map BAR0", source })?;
-        let mut pci = VfioPci { addr, mapper: None, release_request: None, msix: Vec::new(), bar0: Arc::new(bar0), device, _container: container.clone() };
+        let bar0 = unsafe { Bar::map(device.as_raw_fd(), device.get_region_offset(BAR0), len) }.map_err(|source| PciError::Io {
+            addr,
+            what: "map BAR0",
+            source,
+        })?;
+        let mut pci = VfioPci {
+            addr,
+            mapper: None,
+            release_request: None,
+            msix: Vec::new(),
+            bar0: Arc::new(bar0),
+            device,
+            _container: container.clone(),
+        };
         pci.enable_bus_master()?;
         // Hot removal: without this the kernel waits for us forever.
         match EventFd::new(EFD_NONBLOCK) {
@@ -123,13 +140,16 @@ impl VfioPci {
         if n == 0 {
             return Ok(0);
         }
-        let fds = (0..n)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| PciError::Io { addr: self.addr, what: "create MSI-X eventfds", source })?;
-        self.device
-            .enable_irq(MSIX_IRQ, fds.iter().collect())
-            .map_err(|e| PciError::Vfio { addr: self.addr, what: "enable MSI-X", source: Box::new(e) })?;
+        let fds = (0..n).map(|_| EventFd::new(EFD_NONBLOCK)).collect::<Result<Vec<_>, _>>().map_err(|source| PciError::Io {
+            addr: self.addr,
+            what: "create MSI-X eventfds",
+            source,
+        })?;
+        self.device.enable_irq(MSIX_IRQ, fds.iter().collect()).map_err(|e| PciError::Vfio {
+            addr: self.addr,
+            what: "enable MSI-X",
+            source: Box::new(e),
+        })?;
         self.msix = fds;
         Ok(n)
     }
@@ -172,10 +192,17 @@ impl VfioPci {
     fn config_offset(&self, offset: u64, len: usize) -> Result<libc::off_t, PciError> {
         let size = self.device.get_region_size(CONFIG);
         if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-            return Err(PciError::Io { addr: self.addr, what: "reach PCI config space", source: io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes at {offset:#x} beyond {size}")) });
+            return Err(PciError::Io {
+                addr: self.addr,
+                what: "reach PCI config space",
+                source: io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes at {offset:#x} beyond {size}")),
+            });
         }
-        libc::off_t::try_from(self.device.get_region_offset(CONFIG) + offset)
-            .map_err(|_| PciError::Io { addr: self.addr, what: "reach PCI config space", source: io::Error::new(io::ErrorKind::InvalidInput, "offset too large") })
+        libc::off_t::try_from(self.device.get_region_offset(CONFIG) + offset).map_err(|_| PciError::Io {
+            addr: self.addr,
+            what: "reach PCI config space",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "offset too large"),
+        })
     }
 
     fn config_result(&self, what: &'static str, n: isize, want: usize) -> Result<(), PciError> {
@@ -183,7 +210,11 @@ impl VfioPci {
             return Err(PciError::Io { addr: self.addr, what, source: io::Error::last_os_error() });
         }
         if n as usize != want {
-            return Err(PciError::Io { addr: self.addr, what, source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} of {want} bytes")) });
+            return Err(PciError::Io {
+                addr: self.addr,
+                what,
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} of {want} bytes")),
+            });
         }
         Ok(())
     }

@@ -262,7 +262,11 @@ impl Conn {
                     continue;
                 }
                 for p in &g.portals {
-                    let host = if p.host == "0.0.0.0" || p.host == "[::]" || p.host == "::" { self.ep.local.ip().to_string() } else { p.host.clone() };
+                    let host = if p.host == "0.0.0.0" || p.host == "[::]" || p.host == "::" {
+                        self.ep.local.ip().to_string()
+                    } else {
+                        p.host.clone()
+                    };
                     let a = format!("{host}:{},{pg}", p.port);
                     if !addrs.contains(&a) {
                         addrs.push(a);
@@ -332,4 +336,3 @@ impl Conn {
         Ok(true)
     }
 }
-

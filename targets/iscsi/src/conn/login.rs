@@ -211,4 +211,3 @@ impl LoginStatus for Bhs {
         self.w36.set(u32::from_be_bytes([st.0, st.1, 0, 0]));
     }
 }
-

@@ -236,7 +236,8 @@ impl Group {
     /// it sent its latest PDU.
     fn initiators_behind(&self) -> bool {
         let dirty = self.dirty.borrow();
-        !dirty.is_empty() && dirty.iter().all(|c| c.unread.get() >= coalesce::MIN_UNREAD && c.tx.borrow().len() - c.tx_pos.get() < COALESCE_MAX_BYTES)
+        !dirty.is_empty()
+            && dirty.iter().all(|c| c.unread.get() >= coalesce::MIN_UNREAD && c.tx.borrow().len() - c.tx_pos.get() < COALESCE_MAX_BYTES)
     }
 
     fn flush_dirty(&self) -> usize {
@@ -413,7 +414,11 @@ impl Conn {
             let (hd, dd, max_seg) = {
                 let st = self.st.borrow();
                 let login = matches!(st.phase, Phase::Login(_));
-                (st.params.header_digest && !login, st.params.data_digest && !login, if login { 8192 } else { st.params.max_recv_seg as usize })
+                (
+                    st.params.header_digest && !login,
+                    st.params.data_digest && !login,
+                    if login { 8192 } else { st.params.max_recv_seg as usize },
+                )
             };
             let dlen = h.data_len();
             if dlen > max_seg {
@@ -658,7 +663,11 @@ impl Conn {
     }
 
     fn reject_and_close(self: &Rc<Self>, bad: &Bhs, why: &str) {
-        tracing::info!("iscsi: {} from {}: {why}", if matches!(self.st.borrow().phase, Phase::Login(_)) { "bad login PDU" } else { "bad PDU" }, self.ep.peer);
+        tracing::info!(
+            "iscsi: {} from {}: {why}",
+            if matches!(self.st.borrow().phase, Phase::Login(_)) { "bad login PDU" } else { "bad PDU" },
+            self.ep.peer
+        );
         self.reject(bad, pdu::reject::PROTOCOL_ERROR);
         self.close(Close::AfterFlush);
     }

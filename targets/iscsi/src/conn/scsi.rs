@@ -280,7 +280,10 @@ impl Conn {
                 self.reject(h, reason);
                 let c = self.st.borrow_mut().writes.remove(&itt);
                 if let Some(mut c) = c {
-                    c.early = Some(pollux_scsi::sense::Sense::new(pollux_scsi::sense::SenseKey::AbortedCommand, pollux_scsi::sense::Asc::DATA_PHASE_ERROR));
+                    c.early = Some(pollux_scsi::sense::Sense::new(
+                        pollux_scsi::sense::SenseKey::AbortedCommand,
+                        pollux_scsi::sense::Asc::DATA_PHASE_ERROR,
+                    ));
                     c.want = 0;
                     c.received = 0;
                     c.task.bufs.clear();
@@ -431,4 +434,3 @@ impl Conn {
         self.recycle(c);
     }
 }
-

@@ -27,7 +27,10 @@ fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 fn discovery_login_negotiates_operational_keys() {
     let mut l = Login::new(ep());
     // Straight to operational, then full feature (no security needed).
-    let (h, d) = req(0x80 | (OPERATIONAL << 2) | FULL_FEATURE, "InitiatorName=iqn.i;SessionType=Discovery;HeaderDigest=CRC32C,None;DataDigest=None;MaxRecvDataSegmentLength=65536;ErrorRecoveryLevel=2;X-foo=1;DefaultTime2Wait=5");
+    let (h, d) = req(
+        0x80 | (OPERATIONAL << 2) | FULL_FEATURE,
+        "InitiatorName=iqn.i;SessionType=Discovery;HeaderDigest=CRC32C,None;DataDigest=None;MaxRecvDataSegmentLength=65536;ErrorRecoveryLevel=2;X-foo=1;DefaultTime2Wait=5",
+    );
     let r = l.step(&h, &d);
     assert!(!r.failed(), "{:?}", r.status);
     assert!(r.complete);
@@ -97,7 +100,12 @@ fn mutual_chap_with_sha256_and_md5() {
             901,
             config::AuthGroup {
                 tag: 901,
-                secrets: vec![config::Secret { user: "u".into(), secret: "initiator-secret".into(), muser: Some("tgt".into()), msecret: Some("target-secret".into()) }],
+                secrets: vec![config::Secret {
+                    user: "u".into(),
+                    secret: "initiator-secret".into(),
+                    muser: Some("tgt".into()),
+                    msecret: Some("target-secret".into()),
+                }],
             },
         );
         cfg.initiator_groups.insert(901, config::InitiatorGroup { tag: 901, initiators: vec!["ANY".into()], netmasks: vec!["ANY".into()] });
@@ -127,7 +135,8 @@ fn mutual_chap_with_sha256_and_md5() {
         let c = text::binary(get(&p, "CHAP_C").unwrap()).unwrap();
         // Skipping ahead before answering the challenge fails.
         let mut early = Login::new(ep());
-        let (h2, d2) = req(0x80 | (SECURITY << 2) | OPERATIONAL, "InitiatorName=iqn.i;TargetName=iqn.2025-01.io.pollux:chaptest;AuthMethod=None");
+        let (h2, d2) =
+            req(0x80 | (SECURITY << 2) | OPERATIONAL, "InitiatorName=iqn.i;TargetName=iqn.2025-01.io.pollux:chaptest;AuthMethod=None");
         assert_eq!(early.step(&h2, &d2).status, status::AUTH_FAILURE);
         // The right response with a mutual challenge.
         let resp = text::hex(&alg.response(id, b"initiator-secret", &c));
@@ -149,7 +158,11 @@ fn mutual_chap_with_sha256_and_md5() {
         let p = pairs(&r);
         let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
         let c = text::binary(get(&p, "CHAP_C").unwrap()).unwrap();
-        let resp = if extra.is_empty() { text::hex(&Algorithm::Md5.response(id, b"initiator-secret", &c)) } else { text::hex(&Algorithm::Md5.response(id, b"wrong", &c)) };
+        let resp = if extra.is_empty() {
+            text::hex(&Algorithm::Md5.response(id, b"initiator-secret", &c))
+        } else {
+            text::hex(&Algorithm::Md5.response(id, b"wrong", &c))
+        };
         let (h, d) = req(0x80 | (SECURITY << 2) | OPERATIONAL, &format!("CHAP_N=u;CHAP_R={resp}{extra}"));
         assert_eq!(l.step(&h, &d).status, status::AUTH_FAILURE, "extra {extra:?}");
     }

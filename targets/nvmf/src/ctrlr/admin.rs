@@ -86,15 +86,7 @@ fn identify(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Outcome {
                 Response::err(status::INVALID_NAMESPACE)
             } else {
                 let mut p = Page(&mut data[..n]);
-                let ids: Vec<u32> = c
-                    .subsystem
-                    .namespaces
-                    .borrow()
-                    .keys()
-                    .copied()
-                    .filter(|&id| id > nsid)
-                    .take(n / 4)
-                    .collect();
+                let ids: Vec<u32> = c.subsystem.namespaces.borrow().keys().copied().filter(|&id| id > nsid).take(n / 4).collect();
                 for (i, id) in ids.into_iter().enumerate() {
                     p.u32(i * 4, id);
                 }
@@ -148,11 +140,7 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id.kas.set(o.kas);
     id.sqes = 0x66;
     id.cqes = 0x44;
-    id.sgls.set(
-        identify::sgls::SUPPORT_MASK & 1
-            | identify::sgls::ADDRESS_AS_OFFSET
-            | identify::sgls::TRANSPORT_DATA_BLOCK,
-    );
+    id.sgls.set(identify::sgls::SUPPORT_MASK & 1 | identify::sgls::ADDRESS_AS_OFFSET | identify::sgls::TRANSPORT_DATA_BLOCK);
     id.msdbd = 1;
     // Fabrics: command capsule = SQE + in-capsule data, in 16-byte units.
     id.ioccsz.set((64 + o.in_capsule_data_size) / 16);
@@ -171,8 +159,7 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id.maxcmd.set(o.max_queue_depth);
     id.nn.set(s.max_nsid());
     id.mnan.set(s.config.max_namespaces);
-    let oncs =
-        identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES;
+    let oncs = identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES;
     id.oncs.set(oncs & !o.masked_oncs);
     // A volatile write cache is present (Flush reaches the bdevs); a flush
     // of all namespaces at once (NSID FFFFFFFFh) is not supported.
@@ -180,10 +167,7 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id
 }
 
-fn identify_namespace(
-    c: &Controller,
-    nsid: u32,
-) -> Result<Option<Box<IdentifyNamespace>>, status::Status> {
+fn identify_namespace(c: &Controller, nsid: u32) -> Result<Option<Box<IdentifyNamespace>>, status::Status> {
     let s = &c.subsystem;
     if nsid == 0 || nsid > s.max_nsid() {
         return Err(status::INVALID_NAMESPACE);
@@ -301,10 +285,7 @@ fn set_features(c: &Rc<Controller>, cmd: &Command) -> Response {
             }
         }
         feature::HOST_IDENTIFIER => Response::err(status::COMMAND_SEQUENCE_ERROR),
-        feature::ARBITRATION
-        | feature::POWER_MANAGEMENT
-        | feature::TEMPERATURE_THRESHOLD
-        | feature::ERROR_RECOVERY
+        feature::ARBITRATION | feature::POWER_MANAGEMENT | feature::TEMPERATURE_THRESHOLD | feature::ERROR_RECOVERY
             if !c.is_discovery() =>
         {
             Response::ok()
@@ -330,11 +311,7 @@ fn get_features(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Response 
             Response::ok_dw0(v | (v << 16))
         }
         feature::VOLATILE_WRITE_CACHE if !c.is_discovery() => Response::ok_dw0(1),
-        feature::ARBITRATION | feature::POWER_MANAGEMENT | feature::ERROR_RECOVERY
-            if !c.is_discovery() =>
-        {
-            Response::ok_dw0(0)
-        }
+        feature::ARBITRATION | feature::POWER_MANAGEMENT | feature::ERROR_RECOVERY if !c.is_discovery() => Response::ok_dw0(0),
         // Composite temperature threshold: 343 K (70 C).
         feature::TEMPERATURE_THRESHOLD if !c.is_discovery() => Response::ok_dw0(343),
         feature::HOST_IDENTIFIER => {

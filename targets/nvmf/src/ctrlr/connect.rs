@@ -19,11 +19,7 @@ pub enum Connected {
 }
 
 fn invalid(in_data: bool, offset: u16) -> Response {
-    Response {
-        status: status::CONNECT_INVALID_PARAMETERS,
-        dw0: ConnectError { in_data, offset }.dw0(),
-        dw1: 0,
-    }
+    Response { status: status::CONNECT_INVALID_PARAMETERS, dw0: ConnectError { in_data, offset }.dw0(), dw1: 0 }
 }
 
 /// An NQN field: NUL terminated UTF-8 of at most 223 bytes.
@@ -62,39 +58,20 @@ pub fn connect(
     }
     let qid = cmd.qid.get();
     let sqsize = u32::from(cmd.sqsize.get());
-    let max_depth = if qid == 0 {
-        opts.max_aq_depth
-    } else {
-        u32::from(opts.max_queue_depth)
-    };
+    let max_depth = if qid == 0 { opts.max_aq_depth } else { u32::from(opts.max_queue_depth) };
     if sqsize == 0 || sqsize >= max_depth {
         return Err(invalid(false, ConnectCommand::OFFSET_SQSIZE));
     }
     let cntlid = data.cntlid.get();
     if qid == 0 {
         let requested = (cntlid != CNTLID_DYNAMIC).then_some(cntlid);
-        let id = subsystem
-            .allocate_cntlid(requested)
-            .ok_or_else(|| invalid(true, ConnectData::OFFSET_CNTLID))?;
-        let ctrlr = Controller::new(
-            id,
-            subsystem.clone(),
-            hostnqn.to_string(),
-            data.hostid,
-            endpoint,
-            opts.clone(),
-            cmd.kato.get(),
-        );
+        let id = subsystem.allocate_cntlid(requested).ok_or_else(|| invalid(true, ConnectData::OFFSET_CNTLID))?;
+        let ctrlr = Controller::new(id, subsystem.clone(), hostnqn.to_string(), data.hostid, endpoint, opts.clone(), cmd.kato.get());
         subsystem.controllers.borrow_mut().insert(id, ctrlr.clone());
         tracing::info!("nvmf: host {hostnqn} connected controller {id} of {subnqn} on {endpoint}");
         return Ok((Connected::Admin(ctrlr), Response::ok_dw0(u32::from(id))));
     }
-    let ctrlr = subsystem
-        .controllers
-        .borrow()
-        .get(&cntlid)
-        .cloned()
-        .ok_or_else(|| invalid(true, ConnectData::OFFSET_CNTLID))?;
+    let ctrlr = subsystem.controllers.borrow().get(&cntlid).cloned().ok_or_else(|| invalid(true, ConnectData::OFFSET_CNTLID))?;
     if ctrlr.hostnqn != hostnqn {
         return Err(invalid(true, ConnectData::OFFSET_HOSTNQN));
     }
@@ -110,8 +87,5 @@ pub fn connect(
     if ctrlr.io_qpairs.borrow().contains_key(&qid) {
         return Err(Response::err(status::CONNECT_CONTROLLER_BUSY));
     }
-    Ok((
-        Connected::Io { ctrlr, qid },
-        Response::ok_dw0(u32::from(cntlid)),
-    ))
+    Ok((Connected::Io { ctrlr, qid }, Response::ok_dw0(u32::from(cntlid))))
 }

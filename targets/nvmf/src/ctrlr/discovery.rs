@@ -14,11 +14,7 @@ use super::Controller;
 fn entry(ep: &Endpoint, kind: u8, subnqn: &str, portid: u16, asqsz: u16) -> LogEntry {
     let mut e = LogEntry::new_zeroed();
     e.trtype = trtype::TCP;
-    e.adrfam = if ep.addr.is_ipv4() {
-        adrfam::IPV4
-    } else {
-        adrfam::IPV6
-    };
+    e.adrfam = if ep.addr.is_ipv4() { adrfam::IPV4 } else { adrfam::IPV6 };
     e.subtype = kind;
     e.treq = treq::SECURE_CHANNEL_NOT_REQUIRED;
     e.portid.set(portid);
@@ -44,12 +40,7 @@ pub fn discovery_log(target: &Target, c: &Controller) -> Vec<u8> {
         ports.push(*ep);
         (ports.len() - 1) as u16
     };
-    for s in target
-        .subsystems
-        .borrow()
-        .iter()
-        .filter(|s| !s.is_discovery())
-    {
+    for s in target.subsystems.borrow().iter().filter(|s| !s.is_discovery()) {
         if !s.host_allowed(&c.hostnqn) {
             continue;
         }

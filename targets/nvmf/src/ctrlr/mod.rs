@@ -45,25 +45,13 @@ pub struct Response {
 
 impl Response {
     pub fn ok() -> Response {
-        Response {
-            status: status::SUCCESS,
-            dw0: 0,
-            dw1: 0,
-        }
+        Response { status: status::SUCCESS, dw0: 0, dw1: 0 }
     }
     pub fn ok_dw0(dw0: u32) -> Response {
-        Response {
-            status: status::SUCCESS,
-            dw0,
-            dw1: 0,
-        }
+        Response { status: status::SUCCESS, dw0, dw1: 0 }
     }
     pub fn err(status: Status) -> Response {
-        Response {
-            status,
-            dw0: 0,
-            dw1: 0,
-        }
+        Response { status, dw0: 0, dw1: 0 }
     }
 }
 
@@ -141,11 +129,7 @@ impl Controller {
         opts: TransportOpts,
         kato: u32,
     ) -> Rc<Controller> {
-        let kato = if kato == 0 {
-            0
-        } else {
-            kato.max(opts.min_kato)
-        };
+        let kato = if kato == 0 { 0 } else { kato.max(opts.min_kato) };
         Rc::new(Controller {
             cntlid,
             subsystem,
@@ -191,11 +175,7 @@ impl Controller {
 
     /// I/O queues the host may connect (qid 1..=n).
     pub fn io_queue_limit(&self) -> u16 {
-        if self.io_queues_set.get() {
-            self.io_queues.get()
-        } else {
-            self.opts.max_io_qpairs_per_ctrlr
-        }
+        if self.io_queues_set.get() { self.io_queues.get() } else { self.opts.max_io_qpairs_per_ctrlr }
     }
 
     // ---- Properties ----
@@ -216,11 +196,7 @@ impl Controller {
             (property::CSTS, false) => u64::from(self.csts.get()),
             _ => return Response::err(status::INVALID_FIELD),
         };
-        Response {
-            status: status::SUCCESS,
-            dw0: v as u32,
-            dw1: (v >> 32) as u32,
-        }
+        Response { status: status::SUCCESS, dw0: v as u32, dw1: (v >> 32) as u32 }
     }
 
     /// Property Set: only CC is writable.
@@ -256,11 +232,7 @@ impl Controller {
 
     /// Set Features Keep Alive Timer.
     pub fn set_kato(self: &Rc<Self>, ms: u32) {
-        let ms = if ms == 0 {
-            0
-        } else {
-            ms.max(self.opts.min_kato)
-        };
+        let ms = if ms == 0 { 0 } else { ms.max(self.opts.min_kato) };
         self.kato.set(ms);
         self.keep_alive();
         self.arm_keep_alive();
@@ -337,12 +309,7 @@ impl Controller {
             a.close(reason);
         }
         self.subsystem.controllers.borrow_mut().remove(&self.cntlid);
-        tracing::info!(
-            "nvmf: controller {} of {} (host {}) destroyed: {reason}",
-            self.cntlid,
-            self.subsystem.nqn(),
-            self.hostnqn
-        );
+        tracing::info!("nvmf: controller {} of {} (host {}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), self.hostnqn);
     }
 
     // ---- Asynchronous events ----
@@ -403,9 +370,7 @@ impl Controller {
                 }
             }
         }
-        if self.aec.get() & crate::wire::identify::ctrlr::OAES_NS_ATTRIBUTE == 0
-            || self.ns_notice_masked.replace(true)
-        {
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_NS_ATTRIBUTE == 0 || self.ns_notice_masked.replace(true) {
             return;
         }
         self.events.borrow_mut().push_back(aen::dw0(
@@ -418,26 +383,16 @@ impl Controller {
 
     /// The discovery log changed (discovery controllers only).
     pub fn notify_discovery_change(&self) {
-        if self.aec.get() & crate::wire::identify::ctrlr::OAES_DISCOVERY_LOG_CHANGE == 0
-            || self.discovery_notice_masked.replace(true)
-        {
+        if self.aec.get() & crate::wire::identify::ctrlr::OAES_DISCOVERY_LOG_CHANGE == 0 || self.discovery_notice_masked.replace(true) {
             return;
         }
-        self.events.borrow_mut().push_back(aen::dw0(
-            aen::TYPE_NOTICE,
-            aen::INFO_DISCOVERY_LOG_CHANGE,
-            crate::wire::discovery::LOG_ID,
-        ));
+        self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_DISCOVERY_LOG_CHANGE, crate::wire::discovery::LOG_ID));
         self.deliver_events();
     }
 
     /// Read (and, unless `retain`, clear) the changed namespace list.
     pub fn take_changed_ns(&self, retain: bool) -> Vec<u32> {
-        let list = if retain {
-            self.changed_ns.borrow().clone()
-        } else {
-            std::mem::take(&mut *self.changed_ns.borrow_mut())
-        };
+        let list = if retain { self.changed_ns.borrow().clone() } else { std::mem::take(&mut *self.changed_ns.borrow_mut()) };
         if !retain {
             self.ns_notice_masked.set(false);
         }

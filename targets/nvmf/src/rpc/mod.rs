@@ -24,42 +24,18 @@ use params::*;
 pub fn register(app: &mut App) {
     app.add_subsystem(Rc::new(NvmfSubsystem));
     let m = app.methods();
-    m.register(
-        "nvmf_create_transport",
-        States::RUNTIME,
-        |p: CreateTransport, r: Responder| r.result(create_transport(p)),
-    );
-    m.register(
-        "nvmf_get_transports",
-        States::RUNTIME,
-        |p: GetTransports, r: Responder| r.result(get_transports(p)),
-    );
+    m.register("nvmf_create_transport", States::RUNTIME, |p: CreateTransport, r: Responder| r.result(create_transport(p)));
+    m.register("nvmf_get_transports", States::RUNTIME, |p: GetTransports, r: Responder| r.result(get_transports(p)));
     m.register("nvmf_get_stats", States::RUNTIME, get_stats);
-    m.register(
-        "nvmf_set_max_subsystems",
-        States::STARTUP,
-        |p: SetMaxSubsystems, r: Responder| {
-            r.result(target().map(|t| {
-                t.max_subsystems.set(p.max_subsystems);
-                true
-            }))
-        },
-    );
-    m.register(
-        "nvmf_discovery_add_referral",
-        States::RUNTIME,
-        |p: ReferralParams, r: Responder| r.result(add_referral(p)),
-    );
-    m.register(
-        "nvmf_discovery_remove_referral",
-        States::RUNTIME,
-        |p: RemoveReferral, r: Responder| r.result(remove_referral(p)),
-    );
-    m.register(
-        "nvmf_discovery_get_referrals",
-        States::RUNTIME,
-        |p: TgtOnly, r: Responder| r.result(get_referrals(p)),
-    );
+    m.register("nvmf_set_max_subsystems", States::STARTUP, |p: SetMaxSubsystems, r: Responder| {
+        r.result(target().map(|t| {
+            t.max_subsystems.set(p.max_subsystems);
+            true
+        }))
+    });
+    m.register("nvmf_discovery_add_referral", States::RUNTIME, |p: ReferralParams, r: Responder| r.result(add_referral(p)));
+    m.register("nvmf_discovery_remove_referral", States::RUNTIME, |p: RemoveReferral, r: Responder| r.result(remove_referral(p)));
+    m.register("nvmf_discovery_get_referrals", States::RUNTIME, |p: TgtOnly, r: Responder| r.result(get_referrals(p)));
     subsystem::register(m);
 }
 
@@ -80,12 +56,7 @@ fn create_transport(p: CreateTransport) -> Result<bool, NvmfError> {
 fn get_transports(p: GetTransports) -> Result<Value, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     let t = target()?;
-    let list: Vec<Value> = t
-        .transport
-        .borrow()
-        .iter()
-        .map(|tr| tr.describe())
-        .collect();
+    let list: Vec<Value> = t.transport.borrow().iter().map(|tr| tr.describe()).collect();
     if let Some(kind) = p.trtype {
         let k = TransportKind::parse(&kind)?;
         if list.is_empty() {
@@ -123,19 +94,14 @@ fn get_stats(p: TgtOnly, r: Responder) {
 fn add_referral(p: ReferralParams) -> Result<bool, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     if p.secure_channel {
-        return Err(NvmfError::Unsupported(
-            "secure channels (TLS) are not supported".into(),
-        ));
+        return Err(NvmfError::Unsupported("secure channels (TLS) are not supported".into()));
     }
     let ep = Endpoint::parse(&p.address)?;
     if let Some(n) = &p.subnqn {
         crate::subsystem::validate_nqn(n)?;
     }
     let t = target()?;
-    let r = Referral {
-        ep,
-        subnqn: p.subnqn,
-    };
+    let r = Referral { ep, subnqn: p.subnqn };
     if !t.referrals.borrow().contains(&r) {
         t.referrals.borrow_mut().push(r);
         t.discovery_changed();
@@ -147,10 +113,7 @@ fn remove_referral(p: RemoveReferral) -> Result<bool, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     let ep = Endpoint::parse(&p.address)?;
     let t = target()?;
-    let r = Referral {
-        ep,
-        subnqn: p.subnqn,
-    };
+    let r = Referral { ep, subnqn: p.subnqn };
     let before = t.referrals.borrow().len();
     t.referrals.borrow_mut().retain(|x| *x != r);
     if t.referrals.borrow().len() == before {
@@ -191,13 +154,7 @@ impl AppSubsystem for NvmfSubsystem {
         // and listeners, so the bdev layer can delete its devices.
         tcp::close_all(move || {
             if let Ok(t) = target() {
-                let subs: Vec<_> = t
-                    .subsystems
-                    .borrow()
-                    .iter()
-                    .filter(|s| !s.is_discovery())
-                    .cloned()
-                    .collect();
+                let subs: Vec<_> = t.subsystems.borrow().iter().filter(|s| !s.is_discovery()).cloned().collect();
                 for s in subs {
                     subsystem::teardown(&t, &s);
                 }

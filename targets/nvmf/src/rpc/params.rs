@@ -105,9 +105,7 @@ fn bitmask(v: &Value, names: &[(&str, u32)], what: &str) -> Result<u32, NvmfErro
         Value::Array(items) => {
             let mut m = 0;
             for i in items {
-                let name = i
-                    .as_str()
-                    .ok_or_else(|| NvmfError::InvalidParam(format!("{what}: {i} is not a name")))?;
+                let name = i.as_str().ok_or_else(|| NvmfError::InvalidParam(format!("{what}: {i} is not a name")))?;
                 if name == "all" {
                     m |= names.iter().fold(0, |a, (_, b)| a | b);
                     continue;
@@ -115,47 +113,29 @@ fn bitmask(v: &Value, names: &[(&str, u32)], what: &str) -> Result<u32, NvmfErro
                 let bit = names
                     .iter()
                     .find(|(n, _)| *n == name)
-                    .ok_or_else(|| {
-                        NvmfError::InvalidParam(format!("{what}: unknown value {name}"))
-                    })?
+                    .ok_or_else(|| NvmfError::InvalidParam(format!("{what}: unknown value {name}")))?
                     .1;
                 m |= bit;
             }
             Ok(m)
         }
-        Value::String(s) => bitmask(
-            &Value::Array(
-                s.split(',')
-                    .map(|x| Value::String(x.trim().into()))
-                    .collect(),
-            ),
-            names,
-            what,
-        ),
-        _ => Err(NvmfError::InvalidParam(format!(
-            "{what} must be a number or a list of names"
-        ))),
+        Value::String(s) => bitmask(&Value::Array(s.split(',').map(|x| Value::String(x.trim().into())).collect()), names, what),
+        _ => Err(NvmfError::InvalidParam(format!("{what} must be a number or a list of names"))),
     }
 }
 
 impl CreateTransport {
     pub fn into_opts(self) -> Result<TransportOpts, NvmfError> {
         if self.zcopy {
-            return Err(NvmfError::Unsupported(
-                "zcopy is not supported by the Pollux TCP transport".into(),
-            ));
+            return Err(NvmfError::Unsupported("zcopy is not supported by the Pollux TCP transport".into()));
         }
         if self.dif_insert_or_strip {
-            return Err(NvmfError::Unsupported(
-                "dif_insert_or_strip is not supported (no bdev has protection information)".into(),
-            ));
+            return Err(NvmfError::Unsupported("dif_insert_or_strip is not supported (no bdev has protection information)".into()));
         }
         let d = TransportOpts::default();
         let mut o = TransportOpts {
             max_queue_depth: self.max_queue_depth.unwrap_or(d.max_queue_depth),
-            max_io_qpairs_per_ctrlr: self
-                .max_io_qpairs_per_ctrlr
-                .unwrap_or(d.max_io_qpairs_per_ctrlr),
+            max_io_qpairs_per_ctrlr: self.max_io_qpairs_per_ctrlr.unwrap_or(d.max_io_qpairs_per_ctrlr),
             in_capsule_data_size: self.in_capsule_data_size.unwrap_or(d.in_capsule_data_size),
             max_io_size: self.max_io_size.unwrap_or(d.max_io_size),
             io_unit_size: self.io_unit_size.unwrap_or(d.io_unit_size),
@@ -170,13 +150,7 @@ impl CreateTransport {
         };
         if let Some(m) = &self.masked_oncs {
             // nvmcmps, nvmdsmsv, nvmwzsv, reservs, nvmcpys: ONCS bits 0, 2, 3, 5, 8.
-            let names = [
-                ("nvmcmps", 1 << 0),
-                ("nvmdsmsv", 1 << 2),
-                ("nvmwzsv", 1 << 3),
-                ("reservs", 1 << 5),
-                ("nvmcpys", 1 << 8),
-            ];
+            let names = [("nvmcmps", 1 << 0), ("nvmdsmsv", 1 << 2), ("nvmwzsv", 1 << 3), ("reservs", 1 << 5), ("nvmcpys", 1 << 8)];
             o.masked_oncs = bitmask(m, &names, "masked_oncs")? as u16;
         }
         if let Some(m) = &self.masked_fuses {

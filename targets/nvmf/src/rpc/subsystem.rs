@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use super::params::*;
 use crate::ctrlr::notify_namespace_change;
 use crate::subsystem::{
-    DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Namespace, Subsystem, SubsystemConfig,
-    SubsystemKind, validate_nqn,
+    DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Namespace, Subsystem, SubsystemConfig, SubsystemKind, validate_nqn,
 };
 use crate::target::{Target, check_target_name, target};
 use crate::transport::Endpoint;
@@ -21,77 +20,36 @@ use crate::wire::fabrics::{CNTLID_MAX, DISCOVERY_NQN};
 use crate::{NvmfError, group};
 
 pub fn register(m: &Methods) {
-    m.register(
-        "nvmf_create_subsystem",
-        States::RUNTIME,
-        |p: CreateSubsystem, r: Responder| r.result(create(p)),
-    );
+    m.register("nvmf_create_subsystem", States::RUNTIME, |p: CreateSubsystem, r: Responder| r.result(create(p)));
     m.register("nvmf_delete_subsystem", States::RUNTIME, delete);
-    m.register(
-        "nvmf_get_subsystems",
-        States::RUNTIME,
-        |p: GetSubsystems, r: Responder| r.result(get(p)),
-    );
-    m.register(
-        "nvmf_subsystem_add_listener",
-        States::RUNTIME,
-        |p: AddListener, r: Responder| r.result(add_listener(p)),
-    );
-    m.register(
-        "nvmf_subsystem_remove_listener",
-        States::RUNTIME,
-        |p: RemoveListener, r: Responder| r.result(remove_listener(p)),
-    );
-    m.register(
-        "nvmf_subsystem_get_listeners",
-        States::RUNTIME,
-        |p: SubsystemNqn, r: Responder| r.result(get_listeners(p)),
-    );
-    m.register(
-        "nvmf_subsystem_get_controllers",
-        States::RUNTIME,
-        |p: SubsystemNqn, r: Responder| r.result(get_controllers(p)),
-    );
+    m.register("nvmf_get_subsystems", States::RUNTIME, |p: GetSubsystems, r: Responder| r.result(get(p)));
+    m.register("nvmf_subsystem_add_listener", States::RUNTIME, |p: AddListener, r: Responder| r.result(add_listener(p)));
+    m.register("nvmf_subsystem_remove_listener", States::RUNTIME, |p: RemoveListener, r: Responder| r.result(remove_listener(p)));
+    m.register("nvmf_subsystem_get_listeners", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_listeners(p)));
+    m.register("nvmf_subsystem_get_controllers", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_controllers(p)));
     m.register("nvmf_subsystem_add_ns", States::RUNTIME, add_ns);
     m.register("nvmf_subsystem_remove_ns", States::RUNTIME, remove_ns);
-    m.register(
-        "nvmf_subsystem_add_host",
-        States::RUNTIME,
-        |p: AddHost, r: Responder| r.result(add_host(p)),
-    );
-    m.register(
-        "nvmf_subsystem_remove_host",
-        States::RUNTIME,
-        |p: RemoveHost, r: Responder| r.result(remove_host(p)),
-    );
-    m.register(
-        "nvmf_subsystem_allow_any_host",
-        States::RUNTIME,
-        |p: AllowAnyHost, r: Responder| r.result(allow_any_host(p)),
-    );
+    m.register("nvmf_subsystem_add_host", States::RUNTIME, |p: AddHost, r: Responder| r.result(add_host(p)));
+    m.register("nvmf_subsystem_remove_host", States::RUNTIME, |p: RemoveHost, r: Responder| r.result(remove_host(p)));
+    m.register("nvmf_subsystem_allow_any_host", States::RUNTIME, |p: AllowAnyHost, r: Responder| r.result(allow_any_host(p)));
 }
 
 fn find(t: &Target, nqn: &str, tgt_name: Option<&str>) -> Result<Rc<Subsystem>, NvmfError> {
     check_target_name(tgt_name)?;
-    t.find(nqn)
-        .ok_or_else(|| NvmfError::NotFound(format!("subsystem {nqn}")))
+    t.find(nqn).ok_or_else(|| NvmfError::NotFound(format!("subsystem {nqn}")))
 }
 
 fn find_nvm(t: &Target, nqn: &str, tgt_name: Option<&str>) -> Result<Rc<Subsystem>, NvmfError> {
     let s = find(t, nqn, tgt_name)?;
     if s.is_discovery() {
-        return Err(NvmfError::InvalidParam(format!(
-            "{nqn} is the discovery subsystem"
-        )));
+        return Err(NvmfError::InvalidParam(format!("{nqn} is the discovery subsystem")));
     }
     Ok(s)
 }
 
 fn printable(s: &str, max: usize, what: &str) -> Result<(), NvmfError> {
     if s.is_empty() || s.len() > max || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(NvmfError::InvalidParam(format!(
-            "{what} \"{s}\" must be 1 to {max} printable ASCII characters"
-        )));
+        return Err(NvmfError::InvalidParam(format!("{what} \"{s}\" must be 1 to {max} printable ASCII characters")));
     }
     Ok(())
 }
@@ -99,15 +57,9 @@ fn printable(s: &str, max: usize, what: &str) -> Result<(), NvmfError> {
 fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     validate_nqn(&p.nqn)?;
-    for (on, what) in [
-        (p.ana_reporting, "ana_reporting"),
-        (p.passthrough, "passthrough"),
-        (p.enable_nssr, "enable_nssr"),
-    ] {
+    for (on, what) in [(p.ana_reporting, "ana_reporting"), (p.passthrough, "passthrough"), (p.enable_nssr, "enable_nssr")] {
         if on {
-            return Err(NvmfError::Unsupported(format!(
-                "{what} is not supported by Pollux"
-            )));
+            return Err(NvmfError::Unsupported(format!("{what} is not supported by Pollux")));
         }
     }
     let serial = p.serial_number.unwrap_or_else(|| DEFAULT_SERIAL.into());
@@ -116,24 +68,18 @@ fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
     printable(&model, 40, "model_number")?;
     if let Some(l) = &p.admin_label {
         if l.len() < 4 || l.len() > 256 || !l.is_ascii() {
-            return Err(NvmfError::InvalidParam(
-                "admin_label must be 4 to 256 ASCII characters".into(),
-            ));
+            return Err(NvmfError::InvalidParam("admin_label must be 4 to 256 ASCII characters".into()));
         }
     }
     let min_cntlid = p.min_cntlid.unwrap_or(1);
     let max_cntlid = p.max_cntlid.unwrap_or(CNTLID_MAX);
     if min_cntlid == 0 || min_cntlid > max_cntlid || max_cntlid > CNTLID_MAX {
-        return Err(NvmfError::InvalidParam(format!(
-            "controller id range {min_cntlid}..={max_cntlid} must be within 1..={CNTLID_MAX}"
-        )));
+        return Err(NvmfError::InvalidParam(format!("controller id range {min_cntlid}..={max_cntlid} must be within 1..={CNTLID_MAX}")));
     }
     let max_namespaces = match p.max_namespaces {
         None | Some(0) => DEFAULT_MAX_NAMESPACES,
         Some(n) if n > 1024 => {
-            return Err(NvmfError::InvalidParam(format!(
-                "max_namespaces {n} is above 1024"
-            )));
+            return Err(NvmfError::InvalidParam(format!("max_namespaces {n} is above 1024")));
         }
         Some(n) => n,
     };
@@ -142,10 +88,7 @@ fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
         return Err(NvmfError::Exists(format!("subsystem {}", p.nqn)));
     }
     if t.subsystems.borrow().len() > t.max_subsystems.get() as usize {
-        return Err(NvmfError::Busy(format!(
-            "the target already has {} subsystems (nvmf_set_max_subsystems)",
-            t.max_subsystems.get()
-        )));
+        return Err(NvmfError::Busy(format!("the target already has {} subsystems (nvmf_set_max_subsystems)", t.max_subsystems.get())));
     }
     let config = SubsystemConfig {
         nqn: p.nqn.clone(),
@@ -159,11 +102,7 @@ fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
         dmrsl: p.dmrsl.unwrap_or(0),
         wzsl: p.wzsl.unwrap_or(0),
     };
-    let s = Rc::new(Subsystem::new(
-        t.next_subsystem_id(),
-        SubsystemKind::Nvme,
-        config,
-    ));
+    let s = Rc::new(Subsystem::new(t.next_subsystem_id(), SubsystemKind::Nvme, config));
     t.subsystems.borrow_mut().push(s);
     t.discovery_changed();
     tracing::info!("nvmf: subsystem {} created", p.nqn);
@@ -201,18 +140,9 @@ fn delete(p: SubsystemNqn, r: Responder) {
 }
 
 fn subsystem_json(s: &Subsystem) -> Value {
-    let listeners: Vec<Value> = s
-        .listeners
-        .borrow()
-        .iter()
-        .map(|e| serde_json::to_value(e.to_listen_address()).unwrap_or_default())
-        .collect();
-    let hosts: Vec<Value> = s
-        .hosts
-        .borrow()
-        .iter()
-        .map(|h| json!({ "nqn": h }))
-        .collect();
+    let listeners: Vec<Value> =
+        s.listeners.borrow().iter().map(|e| serde_json::to_value(e.to_listen_address()).unwrap_or_default()).collect();
+    let hosts: Vec<Value> = s.hosts.borrow().iter().map(|h| json!({ "nqn": h })).collect();
     let mut v = json!({
         "nqn": s.nqn(),
         "subtype": if s.is_discovery() { "Discovery" } else { "NVMe" },
@@ -263,10 +193,7 @@ fn get(p: GetSubsystems) -> Result<Value, NvmfError> {
     let subs = t.subsystems.borrow();
     let list: Vec<Value> = match &p.nqn {
         Some(n) => {
-            let s = subs
-                .iter()
-                .find(|s| s.nqn() == n)
-                .ok_or_else(|| NvmfError::NotFound(format!("subsystem {n}")))?;
+            let s = subs.iter().find(|s| s.nqn() == n).ok_or_else(|| NvmfError::NotFound(format!("subsystem {n}")))?;
             vec![subsystem_json(s)]
         }
         None => subs.iter().map(|s| subsystem_json(s)).collect(),
@@ -276,19 +203,13 @@ fn get(p: GetSubsystems) -> Result<Value, NvmfError> {
 
 fn add_listener(p: AddListener) -> Result<bool, NvmfError> {
     if p.secure_channel {
-        return Err(NvmfError::Unsupported(
-            "secure channels (TLS) are not supported".into(),
-        ));
+        return Err(NvmfError::Unsupported("secure channels (TLS) are not supported".into()));
     }
     if p.ana_state.is_some() {
-        return Err(NvmfError::Unsupported(
-            "ANA reporting is not supported, so ana_state cannot be set".into(),
-        ));
+        return Err(NvmfError::Unsupported("ANA reporting is not supported, so ana_state cannot be set".into()));
     }
     if let Some(imp) = p.sock_impl.as_deref().filter(|i| *i != "posix") {
-        return Err(NvmfError::Unsupported(format!(
-            "sock_impl {imp} is not supported (posix sockets only)"
-        )));
+        return Err(NvmfError::Unsupported(format!("sock_impl {imp} is not supported (posix sockets only)")));
     }
     let t = target()?;
     let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
@@ -317,13 +238,7 @@ fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
     }
     t.transport()?.stop_listen(&ep);
     // Hosts that came in through this address lose their controllers.
-    let gone: Vec<_> = s
-        .controllers
-        .borrow()
-        .values()
-        .filter(|c| c.endpoint == ep)
-        .cloned()
-        .collect();
+    let gone: Vec<_> = s.controllers.borrow().values().filter(|c| c.endpoint == ep).cloned().collect();
     for c in gone {
         c.destroy("its listener was removed");
     }
@@ -334,11 +249,7 @@ fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
 fn get_listeners(p: SubsystemNqn) -> Result<Value, NvmfError> {
     let t = target()?;
     let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
-    Ok(s.listeners
-        .borrow()
-        .iter()
-        .map(|e| json!({ "address": e.to_listen_address(), "ana_states": [] }))
-        .collect())
+    Ok(s.listeners.borrow().iter().map(|e| json!({ "address": e.to_listen_address(), "ana_states": [] })).collect())
 }
 
 fn get_controllers(p: SubsystemNqn) -> Result<Value, NvmfError> {
@@ -387,32 +298,20 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
     let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
     let n = p.namespace;
     if n.ptpl_file.is_some() {
-        return Err(NvmfError::Unsupported(
-            "persistent reservations (ptpl_file) are not supported".into(),
-        ));
+        return Err(NvmfError::Unsupported("persistent reservations (ptpl_file) are not supported".into()));
     }
     if n.no_auto_visible {
-        return Err(NvmfError::Unsupported(
-            "no_auto_visible namespaces are not supported".into(),
-        ));
+        return Err(NvmfError::Unsupported("no_auto_visible namespaces are not supported".into()));
     }
     if n.hide_metadata {
-        return Err(NvmfError::Unsupported(
-            "hide_metadata is not supported".into(),
-        ));
+        return Err(NvmfError::Unsupported("hide_metadata is not supported".into()));
     }
     let nsid = match n.nsid {
-        None | Some(0) => s.free_nsid().ok_or_else(|| {
-            NvmfError::Busy(format!(
-                "{} has no free namespace id (max_namespaces {})",
-                p.nqn, s.config.max_namespaces
-            ))
-        })?,
+        None | Some(0) => s
+            .free_nsid()
+            .ok_or_else(|| NvmfError::Busy(format!("{} has no free namespace id (max_namespaces {})", p.nqn, s.config.max_namespaces)))?,
         Some(id) if id > s.config.max_namespaces => {
-            return Err(NvmfError::InvalidParam(format!(
-                "nsid {id} is above max_namespaces {} of {}",
-                s.config.max_namespaces, p.nqn
-            )));
+            return Err(NvmfError::InvalidParam(format!("nsid {id} is above max_namespaces {} of {}", s.config.max_namespaces, p.nqn)));
         }
         Some(id) if s.namespaces.borrow().contains_key(&id) => {
             return Err(NvmfError::Exists(format!("namespace {id} of {}", p.nqn)));
@@ -420,21 +319,14 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
         Some(id) => id,
     };
     let uuid = match &n.uuid {
-        Some(u) => Uuid::parse_str(u)
-            .map_err(|_| NvmfError::InvalidParam(format!("uuid \"{u}\" is not a UUID")))?,
-        None => bdev::get(&n.bdev_name)
-            .map(|b| b.uuid())
-            .ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?,
+        Some(u) => Uuid::parse_str(u).map_err(|_| NvmfError::InvalidParam(format!("uuid \"{u}\" is not a UUID")))?,
+        None => bdev::get(&n.bdev_name).map(|b| b.uuid()).ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?,
     };
     let nguid = match &n.nguid {
         Some(g) => parse_hex::<16>(g, "nguid")?,
         None => *uuid.as_bytes(),
     };
-    let eui64 = n
-        .eui64
-        .as_deref()
-        .map(|e| parse_hex::<8>(e, "eui64"))
-        .transpose()?;
+    let eui64 = n.eui64.as_deref().map(|e| parse_hex::<8>(e, "eui64")).transpose()?;
     // A bdev deleted under us takes its namespace away (with the event).
     let sid = s.id;
     let desc = bdev::open(&n.bdev_name, true, move |ev| {
@@ -442,18 +334,7 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
             hot_remove(sid, nsid);
         }
     })?;
-    Ok((
-        s,
-        Namespace {
-            nsid,
-            bdev_name: n.bdev_name,
-            desc,
-            uuid,
-            nguid,
-            eui64,
-            anagrpid: n.anagrpid.unwrap_or(nsid),
-        },
-    ))
+    Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: n.anagrpid.unwrap_or(nsid) }))
 }
 
 /// The bdev of a namespace is going away: remove the namespace.
@@ -464,23 +345,15 @@ fn hot_remove(subsystem_id: u32, nsid: u32) {
         return;
     };
     if s.namespaces.borrow_mut().remove(&nsid).is_some() {
-        tracing::info!(
-            "nvmf: namespace {nsid} of {} removed: its bdev is gone",
-            s.nqn()
-        );
-        group::publish_namespace(subsystem_id, nsid, None, move || {
-            namespace_changed(subsystem_id, nsid)
-        });
+        tracing::info!("nvmf: namespace {nsid} of {} removed: its bdev is gone", s.nqn());
+        group::publish_namespace(subsystem_id, nsid, None, move || namespace_changed(subsystem_id, nsid));
     }
 }
 
 fn remove_ns(p: RemoveNs, r: Responder) {
     let res = target().and_then(|t| {
         let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
-        s.namespaces
-            .borrow_mut()
-            .remove(&p.nsid)
-            .ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
+        s.namespaces.borrow_mut().remove(&p.nsid).ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
         Ok(s.id)
     });
     match res {
@@ -496,15 +369,9 @@ fn remove_ns(p: RemoveNs, r: Responder) {
 }
 
 fn add_host(p: AddHost) -> Result<bool, NvmfError> {
-    for (v, what) in [
-        (&p.psk, "psk"),
-        (&p.dhchap_key, "dhchap_key"),
-        (&p.dhchap_ctrlr_key, "dhchap_ctrlr_key"),
-    ] {
+    for (v, what) in [(&p.psk, "psk"), (&p.dhchap_key, "dhchap_key"), (&p.dhchap_ctrlr_key, "dhchap_ctrlr_key")] {
         if v.is_some() {
-            return Err(NvmfError::Unsupported(format!(
-                "{what}: TLS and DH-HMAC-CHAP are not supported"
-            )));
+            return Err(NvmfError::Unsupported(format!("{what}: TLS and DH-HMAC-CHAP are not supported")));
         }
     }
     validate_nqn(&p.host)?;
@@ -531,13 +398,7 @@ fn remove_host(p: RemoveHost) -> Result<bool, NvmfError> {
         return Err(NvmfError::NotFound(format!("host {} of {}", p.host, p.nqn)));
     }
     if !s.allow_any_host.get() {
-        let gone: Vec<_> = s
-            .controllers
-            .borrow()
-            .values()
-            .filter(|c| c.hostnqn == p.host)
-            .cloned()
-            .collect();
+        let gone: Vec<_> = s.controllers.borrow().values().filter(|c| c.hostnqn == p.host).cloned().collect();
         for c in gone {
             c.destroy("its host was removed from the allowed list");
         }
@@ -559,7 +420,10 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
     let nqn = s.nqn();
     let listen = |out: &mut ConfigWriter| {
         for ep in s.listeners.borrow().iter() {
-            out.call("nvmf_subsystem_add_listener", json!({ "nqn": nqn, "listen_address": ep.to_listen_address(), "secure_channel": false }));
+            out.call(
+                "nvmf_subsystem_add_listener",
+                json!({ "nqn": nqn, "listen_address": ep.to_listen_address(), "secure_channel": false }),
+            );
         }
     };
     if s.is_discovery() {
@@ -596,9 +460,6 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         if let Some(e) = n.eui64 {
             ns["eui64"] = hex(&e).into();
         }
-        out.call(
-            "nvmf_subsystem_add_ns",
-            json!({ "nqn": nqn, "namespace": ns }),
-        );
+        out.call("nvmf_subsystem_add_ns", json!({ "nqn": nqn, "namespace": ns }));
     }
 }

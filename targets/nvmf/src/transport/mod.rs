@@ -60,40 +60,22 @@ impl TransportOpts {
     pub fn validate(&self) -> Result<(), NvmfError> {
         let bad = |m: String| Err(NvmfError::InvalidParam(m));
         if self.max_queue_depth < 2 {
-            return bad(format!(
-                "max_queue_depth {} is below 2",
-                self.max_queue_depth
-            ));
+            return bad(format!("max_queue_depth {} is below 2", self.max_queue_depth));
         }
         if self.max_aq_depth < 2 || self.max_aq_depth > 4096 {
-            return bad(format!(
-                "max_aq_depth {} is outside 2..=4096",
-                self.max_aq_depth
-            ));
+            return bad(format!("max_aq_depth {} is outside 2..=4096", self.max_aq_depth));
         }
         if self.max_io_qpairs_per_ctrlr == 0 {
             return bad("max_io_qpairs_per_ctrlr must be at least 1".into());
         }
-        if self.max_io_size < 4096
-            || !self.max_io_size.is_power_of_two()
-            || self.max_io_size > 8 << 20
-        {
-            return bad(format!(
-                "max_io_size {} must be a power of two from 4096 to 8 MiB",
-                self.max_io_size
-            ));
+        if self.max_io_size < 4096 || !self.max_io_size.is_power_of_two() || self.max_io_size > 8 << 20 {
+            return bad(format!("max_io_size {} must be a power of two from 4096 to 8 MiB", self.max_io_size));
         }
         if self.io_unit_size < 4096 || self.io_unit_size > self.max_io_size {
-            return bad(format!(
-                "io_unit_size {} must be from 4096 to max_io_size",
-                self.io_unit_size
-            ));
+            return bad(format!("io_unit_size {} must be from 4096 to max_io_size", self.io_unit_size));
         }
         if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 128 * 1024 {
-            return bad(format!(
-                "in_capsule_data_size {} must be a multiple of 16 up to 131072",
-                self.in_capsule_data_size
-            ));
+            return bad(format!("in_capsule_data_size {} must be a multiple of 16 up to 131072", self.in_capsule_data_size));
         }
         if self.kas == 0 {
             return bad("kas must be at least 1 (100 ms)".into());
@@ -112,12 +94,8 @@ impl TransportKind {
     pub fn parse(s: &str) -> Result<TransportKind, NvmfError> {
         match s.to_ascii_uppercase().as_str() {
             "TCP" => Ok(TransportKind::Tcp),
-            "RDMA" | "FC" | "VFIOUSER" | "PCIE" => Err(NvmfError::Unsupported(format!(
-                "transport {s} is not supported (only TCP)"
-            ))),
-            _ => Err(NvmfError::InvalidParam(format!(
-                "unknown transport type {s}"
-            ))),
+            "RDMA" | "FC" | "VFIOUSER" | "PCIE" => Err(NvmfError::Unsupported(format!("transport {s} is not supported (only TCP)"))),
+            _ => Err(NvmfError::InvalidParam(format!("unknown transport type {s}"))),
         }
     }
 
@@ -152,35 +130,21 @@ impl Endpoint {
     /// family and a port.
     pub fn parse(a: &ListenAddress) -> Result<Endpoint, NvmfError> {
         let kind = TransportKind::parse(&a.trtype)?;
-        let ip: IpAddr = a.traddr.parse().map_err(|_| {
-            NvmfError::InvalidParam(format!("traddr {} is not an IP address", a.traddr))
-        })?;
+        let ip: IpAddr = a.traddr.parse().map_err(|_| NvmfError::InvalidParam(format!("traddr {} is not an IP address", a.traddr)))?;
         match a.adrfam.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None => {}
             Some("ipv4") if ip.is_ipv4() => {}
             Some("ipv6") if ip.is_ipv6() => {}
             Some(f @ ("ipv4" | "ipv6")) => {
-                return Err(NvmfError::InvalidParam(format!(
-                    "traddr {} is not an {f} address",
-                    a.traddr
-                )));
+                return Err(NvmfError::InvalidParam(format!("traddr {} is not an {f} address", a.traddr)));
             }
             Some(f) => {
-                return Err(NvmfError::InvalidParam(format!(
-                    "adrfam {f} is not supported by TCP (ipv4 or ipv6)"
-                )));
+                return Err(NvmfError::InvalidParam(format!("adrfam {f} is not supported by TCP (ipv4 or ipv6)")));
             }
         }
-        let svc = a.trsvcid.as_deref().ok_or_else(|| {
-            NvmfError::InvalidParam("trsvcid (the port) is required for TCP".into())
-        })?;
-        let port: u16 = svc
-            .parse()
-            .map_err(|_| NvmfError::InvalidParam(format!("trsvcid {svc} is not a port number")))?;
-        Ok(Endpoint {
-            kind,
-            addr: SocketAddr::new(ip, port),
-        })
+        let svc = a.trsvcid.as_deref().ok_or_else(|| NvmfError::InvalidParam("trsvcid (the port) is required for TCP".into()))?;
+        let port: u16 = svc.parse().map_err(|_| NvmfError::InvalidParam(format!("trsvcid {svc} is not a port number")))?;
+        Ok(Endpoint { kind, addr: SocketAddr::new(ip, port) })
     }
 
     pub fn adrfam(&self) -> &'static str {

@@ -436,7 +436,8 @@ pub(super) fn write_same<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     let lun = port.lun().clone();
     let t = cmd.task();
     let sixteen = t.cdb[0] == op::WRITE_SAME_16;
-    let (lba, mut blocks) = if sixteen { (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64) } else { (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64) };
+    let (lba, mut blocks) =
+        if sixteen { (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64) } else { (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64) };
     let flags = t.cdb[1];
     let unmap = flags & 0x08 != 0;
     let ndob = sixteen && flags & 0x01 != 0;
@@ -592,7 +593,11 @@ fn unmap_loop<C: ScsiCommand>(port: Rc<LunPort>, cmd: Box<C>, ranges: Vec<(u64, 
 pub(super) fn sync_cache<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     let lun = port.lun().clone();
     let t = cmd.task();
-    let (lba, blocks) = if t.cdb[0] == op::SYNCHRONIZE_CACHE_16 { (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64) } else { (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64) };
+    let (lba, blocks) = if t.cdb[0] == op::SYNCHRONIZE_CACHE_16 {
+        (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64)
+    } else {
+        (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64)
+    };
     if let Err(s) = check_range(&lun, lba, blocks) {
         return fail(cmd, s);
     }
@@ -608,7 +613,11 @@ pub(super) fn sync_cache<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
 pub(super) fn prefetch<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     let lun = port.lun();
     let t = cmd.task();
-    let (lba, blocks) = if t.cdb[0] == op::PRE_FETCH_16 { (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64) } else { (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64) };
+    let (lba, blocks) = if t.cdb[0] == op::PRE_FETCH_16 {
+        (be64(&t.cdb, 2), be32(&t.cdb, 10) as u64)
+    } else {
+        (be32(&t.cdb, 2) as u64, be16(&t.cdb, 7) as u64)
+    };
     match check_range(lun, lba, blocks) {
         Err(s) => fail(cmd, s),
         // Nothing to stage: every block is as close as it gets.

@@ -15,11 +15,7 @@ use crate::task::Task;
 /// Return `data` cut to `alloc_len` and finish GOOD (BUSY without buffers).
 fn reply<C: ScsiCommand>(mut cmd: Box<C>, data: &[u8], alloc_len: usize) {
     let t = cmd.task();
-    if put_data(t, data, alloc_len) {
-        good(cmd)
-    } else {
-        finish_status(cmd, status::BUSY)
-    }
+    if put_data(t, data, alloc_len) { good(cmd) } else { finish_status(cmd, status::BUSY) }
 }
 
 pub(super) fn execute<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {

@@ -62,7 +62,10 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
         let at = HEADER + 32 * i;
         let d = &p[at..at + 32];
         if d[0] != 0xe4 {
-            return Err(Sense { field: Some(crate::sense::FieldPointer { in_cdb: false, byte: at as u16, bit: None }), ..Sense::illegal(Asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE) });
+            return Err(Sense {
+                field: Some(crate::sense::FieldPointer { in_cdb: false, byte: at as u16, bit: None }),
+                ..Sense::illegal(Asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE)
+            });
         }
         if d[1] & 0x20 != 0 {
             // NUL: a null device cannot be copied to or from.
@@ -95,7 +98,10 @@ fn parse(port: &LunPort, p: &[u8]) -> Result<Vec<Segment>, Sense> {
         }
         let d = &p[off..end];
         if d[0] != 0x02 {
-            return Err(Sense { field: Some(crate::sense::FieldPointer { in_cdb: false, byte: off as u16, bit: None }), ..Sense::illegal(Asc::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE) });
+            return Err(Sense {
+                field: Some(crate::sense::FieldPointer { in_cdb: false, byte: off as u16, bit: None }),
+                ..Sense::illegal(Asc::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE)
+            });
         }
         let dl = be16(d, 2) as usize + 4;
         if dl != 28 || d.len() < 28 {

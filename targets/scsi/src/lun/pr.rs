@@ -380,7 +380,8 @@ impl Lun {
                 // Preempt the holder: remove registrations with that key and
                 // take the reservation.
                 check_type(scope, ty)?;
-                let gone: Vec<Arc<Nexus>> = s.pr.registrants.iter().filter(|r| r.key == sark && !r.nexus.same(n)).map(|r| r.nexus.clone()).collect();
+                let gone: Vec<Arc<Nexus>> =
+                    s.pr.registrants.iter().filter(|r| r.key == sark && !r.nexus.same(n)).map(|r| r.nexus.clone()).collect();
                 s.pr.registrants.retain(|r| r.key != sark || r.nexus.same(n));
                 let old_kind = h.kind;
                 s.pr.holder = Some(Holder { nexus: n.clone(), kind: ty });
@@ -466,4 +467,3 @@ impl Lun {
         Ok(true)
     }
 }
-

@@ -19,25 +19,14 @@ impl MappedRegion {
     /// regions as reported by `VFIO_DEVICE_GET_REGION_INFO`, so the mapping is
     /// device memory that nothing else in this process aliases as Rust data.
     pub unsafe fn map(fd: RawFd, offset: u64, len: usize) -> io::Result<Self> {
-        let offset = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+        let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
         // SAFETY: a fresh shared mapping chosen by the kernel (addr = null); the
         // caller guarantees fd/offset/len describe a mappable device region.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, offset) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Self { base, len })
     }
 

@@ -65,26 +65,17 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
     });
     p.add_wake_fd(g.epoll.as_raw_fd(), Interest::READABLE)?;
     let w = Rc::downgrade(&g);
-    let t = reactor::register_timed_poller(
-        "nvmf_tcp_timeouts",
-        Duration::from_millis(100),
-        move || match w.upgrade() {
-            Some(g) => g.check_timeouts(),
-            None => PollStatus::Idle,
-        },
-    );
+    let t = reactor::register_timed_poller("nvmf_tcp_timeouts", Duration::from_millis(100), move || match w.upgrade() {
+        Some(g) => g.check_timeouts(),
+        None => PollStatus::Idle,
+    });
     g.pollers.borrow_mut().extend([p, t]);
     reactor::set_local(g.clone());
     Ok(g)
 }
 
 /// A freshly accepted connection, on the main reactor.
-pub(crate) fn adopt_new(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ep: Endpoint,
-    shared: Rc<TcpShared>,
-) -> io::Result<()> {
+pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
     stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
     if shared.opts.sock_priority != 0 {
@@ -142,11 +133,7 @@ impl TcpGroup {
     }
 
     pub(crate) fn want_write(&self, id: u64, fd: i32, on: bool) {
-        let i = if on {
-            Interest::BOTH
-        } else {
-            Interest::READABLE
-        };
+        let i = if on { Interest::BOTH } else { Interest::READABLE };
         let _ = self.epoll.modify(fd, i, id);
     }
 
@@ -165,10 +152,7 @@ impl TcpGroup {
                 if flags & (libc::EPOLLOUT as u32) != 0 {
                     c.flush();
                 }
-                if flags
-                    & ((libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32)
-                    != 0
-                {
+                if flags & ((libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32) != 0 {
                     c.on_readable();
                 }
             }

@@ -62,13 +62,7 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     pub fn new(opts: TransportOpts) -> TcpTransport {
-        TcpTransport {
-            shared: Rc::new(TcpShared {
-                opts,
-                next_reactor: Cell::new(1),
-            }),
-            listeners: RefCell::new(Vec::new()),
-        }
+        TcpTransport { shared: Rc::new(TcpShared { opts, next_reactor: Cell::new(1) }), listeners: RefCell::new(Vec::new()) }
     }
 }
 
@@ -106,32 +100,19 @@ impl Transport for TcpTransport {
             l.uses.set(l.uses.get() + 1);
             return Ok(());
         }
-        let socket =
-            TcpListener::bind(ep.addr).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        let socket = TcpListener::bind(ep.addr).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        socket.set_nonblocking(true).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
         let period = Duration::from_micros(u64::from(self.shared.opts.acceptor_poll_rate.max(100)));
         let shared = self.shared.clone();
         let l = Rc::new_cyclic(|me: &std::rc::Weak<Listener>| {
             let me = me.clone();
-            let poller =
-                reactor::register_timed_poller("nvmf_tcp_accept", period, move || {
-                    match me.upgrade() {
-                        Some(l) => accept(&shared, &l).into(),
-                        None => PollStatus::Idle,
-                    }
-                });
-            Listener {
-                ep: *ep,
-                socket,
-                uses: Cell::new(1),
-                poller,
-            }
+            let poller = reactor::register_timed_poller("nvmf_tcp_accept", period, move || match me.upgrade() {
+                Some(l) => accept(&shared, &l).into(),
+                None => PollStatus::Idle,
+            });
+            Listener { ep: *ep, socket, uses: Cell::new(1), poller }
         });
-        l.poller
-            .add_wake_fd(l.socket.as_raw_fd(), Interest::READABLE)
-            .map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        l.poller.add_wake_fd(l.socket.as_raw_fd(), Interest::READABLE).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
         self.listeners.borrow_mut().push(l);
         tracing::info!("nvmf: listening on {ep}");
         Ok(())

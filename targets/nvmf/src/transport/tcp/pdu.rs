@@ -58,19 +58,7 @@ pub const TERM_REQ_MAX_ECHO: usize = 152;
 
 /// The 8-byte common header of every PDU.
 #[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 pub struct CommonHeader {
     pub pdu_type: u8,
     pub flags: u8,
@@ -222,13 +210,7 @@ pub struct Framing {
 impl Framing {
     /// Before ICReq: only an ICReq is valid.
     pub fn initial(max_in_capsule: u32, max_h2c_data: u32) -> Framing {
-        Framing {
-            connected: false,
-            header_digest: false,
-            data_digest: false,
-            max_in_capsule,
-            max_h2c_data,
-        }
+        Framing { connected: false, header_digest: false, data_digest: false, max_in_capsule, max_h2c_data }
     }
 
     fn hdgst_len(&self) -> usize {
@@ -254,11 +236,7 @@ pub struct Fatal {
 
 impl std::fmt::Display for Fatal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "fatal NVMe/TCP error {:?} at byte {}",
-            self.fes, self.fei
-        )
+        write!(f, "fatal NVMe/TCP error {:?} at byte {}", self.fes, self.fei)
     }
 }
 
@@ -301,97 +279,56 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
     let Ok((ch, _)) = CommonHeader::read_from_prefix(buf) else {
         return Ok(Parsed::Incomplete(size_of::<CommonHeader>()));
     };
-    let echo = (ch.hlen as usize)
-        .clamp(size_of::<CommonHeader>(), TERM_REQ_MAX_ECHO)
-        .min(buf.len());
+    let echo = (ch.hlen as usize).clamp(size_of::<CommonHeader>(), TERM_REQ_MAX_ECHO).min(buf.len());
     let plen = ch.plen.get() as usize;
     let (hlen, allowed_flags) = match ch.pdu_type {
         kind::IC_REQ => (size_of::<IcReq>(), 0),
         kind::H2C_TERM_REQ => (size_of::<TermReq>(), 0),
         kind::CAPSULE_CMD => (size_of::<CapsuleCmd>(), flags::HDGSTF | flags::DDGSTF),
-        kind::H2C_DATA => (
-            size_of::<DataHeader>(),
-            flags::HDGSTF | flags::DDGSTF | flags::LAST_PDU,
-        ),
+        kind::H2C_DATA => (size_of::<DataHeader>(), flags::HDGSTF | flags::DDGSTF | flags::LAST_PDU),
         _ => return Err(fatal(Fes::InvalidHeaderField, 0, echo)),
     };
     // Sequence: ICReq first and once; a host may terminate at any time.
     match (f.connected, ch.pdu_type) {
-        (false, kind::IC_REQ)
-        | (true, kind::CAPSULE_CMD | kind::H2C_DATA)
-        | (_, kind::H2C_TERM_REQ) => {}
+        (false, kind::IC_REQ) | (true, kind::CAPSULE_CMD | kind::H2C_DATA) | (_, kind::H2C_TERM_REQ) => {}
         _ => return Err(fatal(Fes::PduSequenceError, 0, echo)),
     }
     if ch.hlen as usize != hlen {
-        return Err(fatal(
-            Fes::InvalidHeaderField,
-            CommonHeader::OFFSET_HLEN,
-            echo,
-        ));
+        return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_HLEN, echo));
     }
     if ch.flags & !allowed_flags != 0 {
-        return Err(fatal(
-            Fes::InvalidHeaderField,
-            CommonHeader::OFFSET_FLAGS,
-            echo,
-        ));
+        return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_FLAGS, echo));
     }
     let digested = matches!(ch.pdu_type, kind::CAPSULE_CMD | kind::H2C_DATA);
     let hd = if digested { f.hdgst_len() } else { 0 };
     if digested && (ch.flags & flags::HDGSTF != 0) != f.header_digest {
-        return Err(fatal(
-            Fes::InvalidHeaderField,
-            CommonHeader::OFFSET_FLAGS,
-            echo,
-        ));
+        return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_FLAGS, echo));
     }
     // Length bounds, before waiting for the rest.
     let (min, max) = match ch.pdu_type {
         kind::IC_REQ => (hlen, hlen),
         kind::H2C_TERM_REQ => (hlen, hlen + TERM_REQ_MAX_ECHO),
-        kind::CAPSULE_CMD => (
-            hlen + hd,
-            hlen + hd + 256 + f.max_in_capsule as usize + DIGEST_LEN,
-        ),
-        _ => (
-            hlen + hd + 1,
-            hlen + hd + 256 + f.max_h2c_data as usize + DIGEST_LEN,
-        ),
+        kind::CAPSULE_CMD => (hlen + hd, hlen + hd + 256 + f.max_in_capsule as usize + DIGEST_LEN),
+        _ => (hlen + hd + 1, hlen + hd + 256 + f.max_h2c_data as usize + DIGEST_LEN),
     };
     if plen < min || plen > max {
-        let fes = if ch.pdu_type == kind::H2C_DATA && plen > max {
-            Fes::LimitExceeded
-        } else {
-            Fes::InvalidHeaderField
-        };
+        let fes = if ch.pdu_type == kind::H2C_DATA && plen > max { Fes::LimitExceeded } else { Fes::InvalidHeaderField };
         return Err(fatal(fes, CommonHeader::OFFSET_PLEN, echo));
     }
     let has_data = digested && plen > hlen + hd;
     let (data_start, dd) = if has_data {
         let pdo = ch.pdo as usize;
         if pdo < hlen + hd || pdo >= plen || pdo % 4 != 0 {
-            return Err(fatal(
-                Fes::InvalidHeaderField,
-                CommonHeader::OFFSET_PDO,
-                echo,
-            ));
+            return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_PDO, echo));
         }
         let dd = if f.data_digest { DIGEST_LEN } else { 0 };
         if (ch.flags & flags::DDGSTF != 0) != f.data_digest || plen < pdo + dd + 1 {
-            return Err(fatal(
-                Fes::InvalidHeaderField,
-                CommonHeader::OFFSET_FLAGS,
-                echo,
-            ));
+            return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_FLAGS, echo));
         }
         (pdo, dd)
     } else {
         if digested && ch.flags & flags::DDGSTF != 0 {
-            return Err(fatal(
-                Fes::InvalidHeaderField,
-                CommonHeader::OFFSET_FLAGS,
-                echo,
-            ));
+            return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_FLAGS, echo));
         }
         (plen, 0)
     };
@@ -412,8 +349,7 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
     };
     let parsed = match ch.pdu_type {
         kind::IC_REQ => {
-            let ic = IcReq::ref_from_bytes(&pdu[..hlen])
-                .map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?;
+            let ic = IcReq::ref_from_bytes(&pdu[..hlen]).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?;
             if ic.pfv.get() != 0 {
                 return Err(fatal(Fes::UnsupportedParameter, IcReq::OFFSET_PFV, echo));
             }
@@ -425,47 +361,23 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
             }
             Pdu::IcReq(ic)
         }
-        kind::H2C_TERM_REQ => Pdu::H2cTermReq(
-            TermReq::ref_from_prefix(pdu)
-                .map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?
-                .0,
-        ),
+        kind::H2C_TERM_REQ => Pdu::H2cTermReq(TermReq::ref_from_prefix(pdu).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?.0),
         kind::CAPSULE_CMD => {
-            let c = CapsuleCmd::ref_from_prefix(pdu)
-                .map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?
-                .0;
+            let c = CapsuleCmd::ref_from_prefix(pdu).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?.0;
             if data.len() > f.max_in_capsule as usize {
-                return Err(fatal(
-                    Fes::InvalidHeaderField,
-                    CommonHeader::OFFSET_PLEN,
-                    echo,
-                ));
+                return Err(fatal(Fes::InvalidHeaderField, CommonHeader::OFFSET_PLEN, echo));
             }
-            Pdu::CapsuleCmd {
-                cmd: &c.sqe,
-                data: if has_data { data } else { &[] },
-                data_ok,
-            }
+            Pdu::CapsuleCmd { cmd: &c.sqe, data: if has_data { data } else { &[] }, data_ok }
         }
         _ => {
-            let h = DataHeader::ref_from_prefix(pdu)
-                .map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?
-                .0;
+            let h = DataHeader::ref_from_prefix(pdu).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?.0;
             if h.datal.get() as usize != data.len() {
-                return Err(fatal(
-                    Fes::InvalidHeaderField,
-                    DataHeader::OFFSET_DATAL,
-                    echo,
-                ));
+                return Err(fatal(Fes::InvalidHeaderField, DataHeader::OFFSET_DATAL, echo));
             }
             if h.datal.get() > f.max_h2c_data {
                 return Err(fatal(Fes::LimitExceeded, DataHeader::OFFSET_DATAL, echo));
             }
-            Pdu::H2cData {
-                hdr: h,
-                data,
-                data_ok,
-            }
+            Pdu::H2cData { hdr: h, data, data_ok }
         }
     };
     Ok(Parsed::Pdu(parsed, plen))
@@ -474,13 +386,7 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
 // ---- Builders for controller-to-host PDUs ----
 
 fn header(pdu_type: u8, hlen: usize) -> CommonHeader {
-    CommonHeader {
-        pdu_type,
-        flags: 0,
-        hlen: hlen as u8,
-        pdo: 0,
-        plen: U32::new(hlen as u32),
-    }
+    CommonHeader { pdu_type, flags: 0, hlen: hlen as u8, pdo: 0, plen: U32::new(hlen as u32) }
 }
 
 /// Append the ICResp.
@@ -499,12 +405,8 @@ pub fn ic_resp(out: &mut Vec<u8>, dgst: u8, maxh2cdata: u32) {
 /// Append a C2HTermReq echoing (up to 152 bytes of) the offending header.
 pub fn c2h_term_req(out: &mut Vec<u8>, fes: Fes, fei: u32, offending: &[u8]) {
     let echo = &offending[..offending.len().min(TERM_REQ_MAX_ECHO)];
-    let mut t = TermReq {
-        ch: header(kind::C2H_TERM_REQ, size_of::<TermReq>()),
-        fes: U16::new(fes as u16),
-        fei: U32::new(fei),
-        rsvd: [0; 10],
-    };
+    let mut t =
+        TermReq { ch: header(kind::C2H_TERM_REQ, size_of::<TermReq>()), fes: U16::new(fes as u16), fei: U32::new(fei), rsvd: [0; 10] };
     t.ch.plen.set((size_of::<TermReq>() + echo.len()) as u32);
     out.extend_from_slice(t.as_bytes());
     out.extend_from_slice(echo);
@@ -519,14 +421,10 @@ fn push_header_digest(out: &mut Vec<u8>, start: usize, hd: bool) {
 
 /// Append a CapsuleResp.
 pub fn capsule_resp(out: &mut Vec<u8>, cqe: &nvme_spec::cmd::Completion, hd: bool) {
-    let mut r = CapsuleResp {
-        ch: header(kind::CAPSULE_RESP, size_of::<CapsuleResp>()),
-        cqe: *cqe,
-    };
+    let mut r = CapsuleResp { ch: header(kind::CAPSULE_RESP, size_of::<CapsuleResp>()), cqe: *cqe };
     if hd {
         r.ch.flags |= flags::HDGSTF;
-        r.ch.plen
-            .set((size_of::<CapsuleResp>() + DIGEST_LEN) as u32);
+        r.ch.plen.set((size_of::<CapsuleResp>() + DIGEST_LEN) as u32);
     }
     let start = out.len();
     out.extend_from_slice(r.as_bytes());

@@ -6,17 +6,13 @@
 use std::rc::Weak;
 use std::time::Instant;
 
-
 use pollux_core::dma::{self, copy_to_bufs};
 use pollux_core::reactor;
 use pollux_nvme_spec::cmd::{Command, Completion};
 use zerocopy::FromBytes;
 
 use super::super::pdu::{self, Fatal, Fes};
-use super::{
-    Conn, DataDir, Queue, SGL_IN_CAPSULE, SGL_TRANSPORT, Slot, SlotState, State, data_timeout,
-    fabrics_data_len,
-};
+use super::{Conn, DataDir, Queue, SGL_IN_CAPSULE, SGL_TRANSPORT, Slot, SlotState, State, data_timeout, fabrics_data_len};
 use crate::ctrlr::connect::{self, Connected};
 use crate::ctrlr::{AdminQueue, IoQpairRef, Response, admin};
 use crate::io::{self as nvm, Completer, IoSink};
@@ -32,11 +28,7 @@ impl Conn {
         slot.received = 0;
         slot.error = None;
         slot.bufs.clear();
-        let dir = if cmd.opcode == fabrics::OPCODE {
-            nvm::data_dir(raw(cmd)[4])
-        } else {
-            nvm::data_dir(cmd.opcode)
-        };
+        let dir = if cmd.opcode == fabrics::OPCODE { nvm::data_dir(raw(cmd)[4]) } else { nvm::data_dir(cmd.opcode) };
         let sgl = cmd.dptr.sgl();
         let len = sgl.length.get();
         slot.dir = if len == 0 { DataDir::None } else { dir };
@@ -68,18 +60,11 @@ impl Conn {
                     return self.respond(
                         st,
                         idx,
-                        Response::err(status::Status::new(
-                            pollux_nvme_spec::status::StatusCodeType::Generic,
-                            0x06,
-                        )),
+                        Response::err(status::Status::new(pollux_nvme_spec::status::StatusCodeType::Generic, 0x06)),
                     );
                 }
                 let slot = &mut st.slots[idx as usize];
-                copy_to_bufs(
-                    &mut slot.bufs,
-                    0,
-                    &data[off as usize..off as usize + len as usize],
-                );
+                copy_to_bufs(&mut slot.bufs, 0, &data[off as usize..off as usize + len as usize]);
                 slot.received = len;
                 self.execute(st, idx)
             }
@@ -127,50 +112,24 @@ impl Conn {
         }
     }
 
-    pub(super) fn on_h2c_data(
-        &self,
-        st: &mut State,
-        hdr: &pdu::DataHeader,
-        data: &[u8],
-        data_ok: bool,
-    ) -> Result<(), Fatal> {
+    pub(super) fn on_h2c_data(&self, st: &mut State, hdr: &pdu::DataHeader, data: &[u8], data_ok: bool) -> Result<(), Fatal> {
         let echo = size_of::<pdu::DataHeader>();
         let idx = hdr.ttag.get();
         let Some(slot) = st.slots.get_mut(idx as usize) else {
-            return Err(Fatal {
-                fes: Fes::InvalidHeaderField,
-                fei: pdu::DataHeader::OFFSET_TTAG,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
         };
         if slot.state != SlotState::Receiving {
-            return Err(Fatal {
-                fes: Fes::InvalidHeaderField,
-                fei: pdu::DataHeader::OFFSET_TTAG,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
         }
         if slot.cmd.cid.get() != hdr.cccid.get() {
-            return Err(Fatal {
-                fes: Fes::InvalidHeaderField,
-                fei: pdu::DataHeader::OFFSET_CCCID,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_CCCID, echo });
         }
         let datao = hdr.datao.get();
         if datao != slot.received {
-            return Err(Fatal {
-                fes: Fes::DataOutOfRange,
-                fei: pdu::DataHeader::OFFSET_DATAO,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAO, echo });
         }
         if u64::from(datao) + data.len() as u64 > u64::from(slot.len) {
-            return Err(Fatal {
-                fes: Fes::DataOutOfRange,
-                fei: pdu::DataHeader::OFFSET_DATAL,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAL, echo });
         }
         copy_to_bufs(&mut slot.bufs, datao as usize, data);
         slot.received += data.len() as u32;
@@ -180,11 +139,7 @@ impl Conn {
         let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
         let complete = slot.received == slot.len;
         if last != complete {
-            return Err(Fatal {
-                fes: Fes::InvalidHeaderField,
-                fei: pdu::CommonHeader::OFFSET_FLAGS,
-                echo,
-            });
+            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::CommonHeader::OFFSET_FLAGS, echo });
         }
         st.last_data = Instant::now();
         if complete {
@@ -244,9 +199,7 @@ impl Conn {
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
-                if let Some(r) =
-                    nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag })
-                {
+                if let Some(r) = nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
                     self.respond(st, idx, r);
                 }
             }
@@ -260,23 +213,16 @@ impl Conn {
             (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
             (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
             (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
-            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => {
-                c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
-            }
-            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => {
-                c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes"))
-            }
+            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
             (fabrics::fctype::DISCONNECT, Queue::Io { .. }) => {
                 self.respond(st, idx, Response::ok());
                 st.terminating = true;
                 return;
             }
-            (
-                fabrics::fctype::PROPERTY_GET
-                | fabrics::fctype::PROPERTY_SET
-                | fabrics::fctype::DISCONNECT,
-                _,
-            ) => Response::err(status::INVALID_FIELD),
+            (fabrics::fctype::PROPERTY_GET | fabrics::fctype::PROPERTY_SET | fabrics::fctype::DISCONNECT, _) => {
+                Response::err(status::INVALID_FIELD)
+            }
             _ => Response::err(status::INVALID_OPCODE),
         };
         self.respond(st, idx, r)
@@ -285,14 +231,10 @@ impl Conn {
     pub(super) fn connect(&self, st: &mut State, idx: u16, raw: &[u8; 64]) {
         let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
         let slot = &st.slots[idx as usize];
-        if slot.dir != DataDir::HostToController
-            || slot.len as usize != size_of::<ConnectData>()
-            || slot.bufs.len() != 1
-        {
+        if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() || slot.bufs.len() != 1 {
             return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
         }
-        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()])
-            .expect("1024 bytes");
+        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()]).expect("1024 bytes");
         let (Ok(target), Some(shared)) = (crate::target::target(), self.shared.clone()) else {
             return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
         };
@@ -313,21 +255,10 @@ impl Conn {
             Connected::Io { ctrlr, qid } => {
                 st.data_timeout = data_timeout(ctrlr.kato_ms());
                 let r = shared.pick_reactor();
-                ctrlr.add_io_qpair(
-                    qid,
-                    IoQpairRef {
-                        reactor: r,
-                        id: self.id,
-                        close: super::super::group::close_conn,
-                    },
-                );
+                ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::super::group::close_conn });
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
-                    st.queue = Queue::Io {
-                        view: crate::group::subsystem(sid),
-                        subsystem_id: sid,
-                        cntlid: ctrlr.cntlid,
-                    };
+                    st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
                     if let Some(g) = self.group.upgrade() {
                         let mut s = g.stats.borrow_mut();
                         // Counted as admin when accepted; it is an I/O queue.

@@ -155,12 +155,8 @@ pub(crate) struct Conn {
 
 fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
     let nslots = opts.max_queue_depth.max(opts.max_aq_depth as u16) as usize;
-    let cap = 2 * Framing {
-        max_in_capsule: opts.in_capsule_data_size.max(fabrics_data_len()),
-        max_h2c_data: MAX_H2C_DATA,
-        ..framing
-    }
-    .max_pdu_len();
+    let cap = 2 * Framing { max_in_capsule: opts.in_capsule_data_size.max(fabrics_data_len()), max_h2c_data: MAX_H2C_DATA, ..framing }
+        .max_pdu_len();
     State {
         framing,
         c2h,
@@ -193,11 +189,7 @@ fn fabrics_data_len() -> u32 {
 
 /// How long a host may leave an R2T unanswered.
 fn data_timeout(kato_ms: u32) -> Duration {
-    if kato_ms == 0 {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_millis(u64::from(kato_ms.max(1000)))
-    }
+    if kato_ms == 0 { Duration::from_secs(30) } else { Duration::from_millis(u64::from(kato_ms.max(1000))) }
 }
 
 impl Conn {
@@ -210,15 +202,8 @@ impl Conn {
         group: Weak<TcpGroup>,
     ) -> Rc<Conn> {
         let opts = shared.opts.clone();
-        let framing = Framing::initial(
-            opts.in_capsule_data_size.max(fabrics_data_len()),
-            MAX_H2C_DATA,
-        );
-        let c2h = C2hFraming {
-            header_digest: false,
-            data_digest: false,
-            data_alignment: 4,
-        };
+        let framing = Framing::initial(opts.in_capsule_data_size.max(fabrics_data_len()), MAX_H2C_DATA);
+        let c2h = C2hFraming { header_digest: false, data_digest: false, data_alignment: 4 };
         let st = new_state(&opts, framing, c2h);
         Rc::new_cyclic(|me| Conn {
             id,
@@ -246,11 +231,7 @@ impl Conn {
         st.sq_head = p.sq_head;
         st.sq_flow_off = p.sq_flow_off;
         st.data_timeout = p.data_timeout;
-        st.queue = Queue::Io {
-            view: crate::group::subsystem(p.subsystem_id),
-            subsystem_id: p.subsystem_id,
-            cntlid: p.cntlid,
-        };
+        st.queue = Queue::Io { view: crate::group::subsystem(p.subsystem_id), subsystem_id: p.subsystem_id, cntlid: p.cntlid };
         Ok(Rc::new_cyclic(|me| Conn {
             id: p.id,
             stream: p.stream,
@@ -295,12 +276,7 @@ impl Conn {
 
     /// Commands with the controller or a bdev now.
     pub(crate) fn executing(&self) -> u64 {
-        self.st
-            .borrow()
-            .slots
-            .iter()
-            .filter(|s| s.state == SlotState::Executing)
-            .count() as u64
+        self.st.borrow().slots.iter().filter(|s| s.state == SlotState::Executing).count() as u64
     }
 
     fn mark_dirty(&self) {
@@ -317,10 +293,7 @@ impl Conn {
         while !self.closed.get() && total < READ_BUDGET {
             let n = {
                 let mut st = self.st.borrow_mut();
-                if st.terminating
-                    || st.move_to.is_some()
-                    || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT
-                {
+                if st.terminating || st.move_to.is_some() || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
                     break;
                 }
                 if st.rstart == st.rend {
@@ -434,11 +407,7 @@ impl Conn {
                 st.framing.connected = true;
                 st.framing.header_digest = hd;
                 st.framing.data_digest = dd;
-                st.c2h = C2hFraming {
-                    header_digest: hd,
-                    data_digest: dd,
-                    data_alignment: (usize::from(ic.hpda) + 1) * 4,
-                };
+                st.c2h = C2hFraming { header_digest: hd, data_digest: dd, data_alignment: (usize::from(ic.hpda) + 1) * 4 };
                 pdu::ic_resp(&mut st.wbuf, ic.dgst, MAX_H2C_DATA);
                 Ok(())
             }
@@ -549,10 +518,7 @@ impl Conn {
         if st.receiving > 0 && st.last_data.elapsed() > st.data_timeout {
             let t = st.data_timeout;
             drop(st);
-            tracing::warn!(
-                "nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair",
-                self.peer
-            );
+            tracing::warn!("nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair", self.peer);
             self.close("the host stopped sending solicited data");
             return true;
         }
@@ -621,19 +587,10 @@ impl Conn {
                 tracing::debug!("nvmf: connection from {} closed: {reason}", self.peer)
             }
             Queue::Admin(c) => c.destroy(&format!("admin queue closed: {reason}")),
-            Queue::Io {
-                subsystem_id,
-                cntlid,
-                ..
-            } => {
-                tracing::debug!(
-                    "nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}",
-                    self.peer
-                );
+            Queue::Io { subsystem_id, cntlid, .. } => {
+                tracing::debug!("nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}", self.peer);
                 let id = self.id;
-                reactor::send_msg(ReactorId(0), move || {
-                    io_qpair_closed(subsystem_id, cntlid, qid, id)
-                });
+                reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
             }
         }
     }

@@ -8,24 +8,12 @@ use zerocopy::FromZeros;
 const ICD: u32 = 8192;
 
 fn connected(hd: bool, dd: bool) -> Framing {
-    Framing {
-        connected: true,
-        header_digest: hd,
-        data_digest: dd,
-        max_in_capsule: ICD,
-        max_h2c_data: 65536,
-    }
+    Framing { connected: true, header_digest: hd, data_digest: dd, max_in_capsule: ICD, max_h2c_data: 65536 }
 }
 
 fn ic_req(pfv: u16, hpda: u8, dgst: u8) -> Vec<u8> {
     let mut r = IcReq::new_zeroed();
-    r.ch = CommonHeader {
-        pdu_type: kind::IC_REQ,
-        flags: 0,
-        hlen: 128,
-        pdo: 0,
-        plen: U32::new(128),
-    };
+    r.ch = CommonHeader { pdu_type: kind::IC_REQ, flags: 0, hlen: 128, pdo: 0, plen: U32::new(128) };
     r.pfv.set(pfv);
     r.hpda = hpda;
     r.dgst = dgst;
@@ -38,18 +26,8 @@ fn capsule(f: &Framing, data: &[u8]) -> Vec<u8> {
     c.sqe.opcode = 0x01;
     c.sqe.cid.set(7);
     let hd = if f.header_digest { 4 } else { 0 };
-    let dd = if f.data_digest && !data.is_empty() {
-        4
-    } else {
-        0
-    };
-    c.ch = CommonHeader {
-        pdu_type: kind::CAPSULE_CMD,
-        flags: 0,
-        hlen: 72,
-        pdo: 0,
-        plen: U32::new((72 + hd + data.len() + dd) as u32),
-    };
+    let dd = if f.data_digest && !data.is_empty() { 4 } else { 0 };
+    c.ch = CommonHeader { pdu_type: kind::CAPSULE_CMD, flags: 0, hlen: 72, pdo: 0, plen: U32::new((72 + hd + data.len() + dd) as u32) };
     if f.header_digest {
         c.ch.flags |= flags::HDGSTF;
     }
@@ -122,14 +100,7 @@ fn ic_req_is_parsed_and_its_fields_checked() {
         Parsed::Pdu(Pdu::IcReq(ic), 128) => assert_eq!(ic.dgst, 3),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        fatal_of(&ic_req(1, 0, 0), &f),
-        Fatal {
-            fes: Fes::UnsupportedParameter,
-            fei: 8,
-            echo: 128
-        }
-    );
+    assert_eq!(fatal_of(&ic_req(1, 0, 0), &f), Fatal { fes: Fes::UnsupportedParameter, fei: 8, echo: 128 });
     assert_eq!(fatal_of(&ic_req(0, 32, 0), &f).fei, IcReq::OFFSET_HPDA);
     assert_eq!(fatal_of(&ic_req(0, 0, 0x4), &f).fei, IcReq::OFFSET_DGST);
     // Wrong lengths.
@@ -140,10 +111,7 @@ fn ic_req_is_parsed_and_its_fields_checked() {
     b[2] = 127;
     assert_eq!(fatal_of(&b, &f).fei, CommonHeader::OFFSET_HLEN);
     // A second ICReq is out of sequence.
-    assert_eq!(
-        fatal_of(&ic_req(0, 0, 0), &connected(false, false)).fes,
-        Fes::PduSequenceError
-    );
+    assert_eq!(fatal_of(&ic_req(0, 0, 0), &connected(false, false)).fes, Fes::PduSequenceError);
 }
 
 #[test]
@@ -162,32 +130,13 @@ fn partial_pdus_ask_for_more_and_never_trust_plen_first() {
 #[test]
 fn commands_before_ic_req_and_controller_pdus_from_a_host_are_fatal() {
     let f = Framing::initial(ICD, 65536);
-    assert_eq!(
-        fatal_of(&capsule(&connected(false, false), &[]), &f).fes,
-        Fes::PduSequenceError
-    );
-    for t in [
-        kind::IC_RESP,
-        kind::C2H_TERM_REQ,
-        kind::CAPSULE_RESP,
-        kind::C2H_DATA,
-        kind::R2T,
-        0x0a,
-        0xff,
-    ] {
+    assert_eq!(fatal_of(&capsule(&connected(false, false), &[]), &f).fes, Fes::PduSequenceError);
+    for t in [kind::IC_RESP, kind::C2H_TERM_REQ, kind::CAPSULE_RESP, kind::C2H_DATA, kind::R2T, 0x0a, 0xff] {
         let mut b = vec![0u8; 24];
         b[0] = t;
         b[2] = 24;
         b[4] = 24;
-        assert_eq!(
-            fatal_of(&b, &connected(false, false)),
-            Fatal {
-                fes: Fes::InvalidHeaderField,
-                fei: 0,
-                echo: 24
-            },
-            "type {t:#x}"
-        );
+        assert_eq!(fatal_of(&b, &connected(false, false)), Fatal { fes: Fes::InvalidHeaderField, fei: 0, echo: 24 }, "type {t:#x}");
     }
 }
 
@@ -198,14 +147,7 @@ fn capsules_with_and_without_digests() {
         for data in [&[][..], &[0xab; 1024][..]] {
             let b = capsule(&f, data);
             match parse(&b, &f).unwrap() {
-                Parsed::Pdu(
-                    Pdu::CapsuleCmd {
-                        cmd,
-                        data: d,
-                        data_ok,
-                    },
-                    n,
-                ) => {
+                Parsed::Pdu(Pdu::CapsuleCmd { cmd, data: d, data_ok }, n) => {
                     assert_eq!((cmd.cid.get(), d, data_ok, n), (7, data, true, b.len()));
                 }
                 other => panic!("{other:?}"),
@@ -231,10 +173,7 @@ fn digest_errors_are_reported_as_the_spec_says() {
     let b = capsule(&connected(false, false), &[]);
     assert_eq!(fatal_of(&b, &f).fei, CommonHeader::OFFSET_FLAGS);
     let b = capsule(&f, &[]);
-    assert_eq!(
-        fatal_of(&b, &connected(false, false)).fei,
-        CommonHeader::OFFSET_FLAGS
-    );
+    assert_eq!(fatal_of(&b, &connected(false, false)).fei, CommonHeader::OFFSET_FLAGS);
 }
 
 #[test]
@@ -264,10 +203,7 @@ fn h2c_data_is_parsed_and_checked() {
         let b = h2c_data(&f, 3, 4096, &[5; 512], true);
         match parse(&b, &f).unwrap() {
             Parsed::Pdu(Pdu::H2cData { hdr, data, data_ok }, _) => {
-                assert_eq!(
-                    (hdr.ttag.get(), hdr.datao.get(), data.len(), data_ok),
-                    (3, 4096, 512, true)
-                );
+                assert_eq!((hdr.ttag.get(), hdr.datao.get(), data.len(), data_ok), (3, 4096, 512, true));
                 assert_ne!(hdr.ch.flags & flags::LAST_PDU, 0);
             }
             other => panic!("{other:?}"),
@@ -288,37 +224,23 @@ fn h2c_data_is_parsed_and_checked() {
     let mut b = h2c_data(&f, 1, 0, &[9; 64], true);
     let n = b.len();
     b[n - 1] ^= 0xff;
-    assert!(matches!(
-        parse(&b, &f).unwrap(),
-        Parsed::Pdu(Pdu::H2cData { data_ok: false, .. }, _)
-    ));
+    assert!(matches!(parse(&b, &f).unwrap(), Parsed::Pdu(Pdu::H2cData { data_ok: false, .. }, _)));
 }
 
 #[test]
 fn h2c_term_req_is_accepted_at_any_time() {
     let mut t = TermReq::new_zeroed();
-    t.ch = CommonHeader {
-        pdu_type: kind::H2C_TERM_REQ,
-        flags: 0,
-        hlen: 24,
-        pdo: 0,
-        plen: U32::new(24 + 8),
-    };
+    t.ch = CommonHeader { pdu_type: kind::H2C_TERM_REQ, flags: 0, hlen: 24, pdo: 0, plen: U32::new(24 + 8) };
     t.fes.set(Fes::InvalidHeaderField as u16);
     let mut b = t.as_bytes().to_vec();
     b.extend_from_slice(&[0; 8]);
     for f in [Framing::initial(ICD, 1024), connected(true, true)] {
-        assert!(
-            matches!(parse(&b, &f).unwrap(), Parsed::Pdu(Pdu::H2cTermReq(t), 32) if t.fes.get() == 1)
-        );
+        assert!(matches!(parse(&b, &f).unwrap(), Parsed::Pdu(Pdu::H2cTermReq(t), 32) if t.fes.get() == 1));
     }
     // Echoing more than 152 bytes of header is not allowed.
     let mut b2 = b.clone();
     b2[4..8].copy_from_slice(&(24u32 + 153).to_le_bytes());
-    assert_eq!(
-        fatal_of(&b2, &connected(false, false)).fei,
-        CommonHeader::OFFSET_PLEN
-    );
+    assert_eq!(fatal_of(&b2, &connected(false, false)).fei, CommonHeader::OFFSET_PLEN);
 }
 
 #[test]
@@ -339,27 +261,17 @@ fn controller_pdus_are_framed_correctly() {
     out.clear();
     r2t(&mut out, 9, 4, 0, 8192, false);
     let r = R2t::read_from_bytes(&out).unwrap();
-    assert_eq!(
-        (r.ch.pdu_type, r.cccid.get(), r.ttag.get(), r.r2tl.get()),
-        (kind::R2T, 9, 4, 8192)
-    );
+    assert_eq!((r.ch.pdu_type, r.cccid.get(), r.ttag.get(), r.r2tl.get()), (kind::R2T, 9, 4, 8192));
 
     out.clear();
-    let f = C2hFraming {
-        header_digest: true,
-        data_digest: true,
-        data_alignment: 32,
-    };
+    let f = C2hFraming { header_digest: true, data_digest: true, data_alignment: 32 };
     let a = [1u8; 100];
     let b = [2u8; 28];
     c2h_data(&mut out, &f, 9, 0, [&a[..], &b[..]].into_iter(), true, true);
     let h = DataHeader::read_from_prefix(&out).unwrap().0;
     assert_eq!(h.ch.pdo, 32);
     assert_eq!(h.ch.plen.get() as usize, out.len());
-    assert_eq!(
-        h.ch.flags,
-        flags::HDGSTF | flags::DDGSTF | flags::LAST_PDU | flags::SUCCESS
-    );
+    assert_eq!(h.ch.flags, flags::HDGSTF | flags::DDGSTF | flags::LAST_PDU | flags::SUCCESS);
     assert_eq!(h.datal.get(), 128);
     assert_eq!(&out[32..132], &a[..]);
     let mut whole = a.to_vec();
@@ -369,10 +281,7 @@ fn controller_pdus_are_framed_correctly() {
     out.clear();
     c2h_term_req(&mut out, Fes::HeaderDigestError, 0, &[7u8; 200]);
     assert_eq!(out.len(), 24 + TERM_REQ_MAX_ECHO);
-    assert_eq!(
-        u32::from_le_bytes(out[4..8].try_into().unwrap()) as usize,
-        out.len()
-    );
+    assert_eq!(u32::from_le_bytes(out[4..8].try_into().unwrap()) as usize, out.len());
 }
 
 proptest! {
