@@ -5,7 +5,9 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pollux_core::dma::{self, DmaMapper, Iova, MapperId};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
@@ -62,7 +64,50 @@ pub struct VfioPci {
     msix: Vec<EventFd>,
     bar0: Arc<Bar>,
     device: VfioDevice,
+    /// Outlives `device`: see [`DeviceLink`].
+    _link: DeviceLink,
     _container: Arc<VfioContainer>,
+}
+
+/// A directory standing in for the device's sysfs directory when it is
+/// opened: named after the device, holding an `iommu_group` link.
+///
+/// `vfio-ioctls` finds the group from `<path>/iommu_group` twice: when the
+/// device is opened and again in `VfioDevice`'s `Drop`, *after* it closed the
+/// device, and it unwraps that second lookup. When the kernel is removing the
+/// device (hot removal), closing the device lets the removal finish and the
+/// sysfs directory vanish, so a sysfs path would make that `Drop` panic (the
+/// reactor then aborts the daemon). This directory stays until the device is
+/// dropped.
+struct DeviceLink {
+    /// The directory to remove.
+    dir: PathBuf,
+    /// `dir/<device name>`, holding the `iommu_group` link.
+    path: PathBuf,
+}
+
+impl DeviceLink {
+    fn new(addr: PciAddress) -> io::Result<DeviceLink> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let group = std::fs::read_link(addr.sysfs_path().join("iommu_group"))?;
+        let dir = std::env::temp_dir().join(format!("pollux-vfio-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let link = DeviceLink { path: dir.join(addr.to_string()), dir };
+        std::fs::create_dir_all(&link.path)?;
+        std::os::unix::fs::symlink(group, link.path.join("iommu_group"))?;
+        Ok(link)
+    }
+
+    /// The path to open the device by: its last component is the device's
+    /// name, as `vfio-ioctls` needs.
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DeviceLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl VfioPci {
@@ -80,7 +125,8 @@ impl VfioPci {
         let container =
             Arc::new(VfioContainer::new(None).map_err(|e| PciError::Vfio { addr, what: "open /dev/vfio/vfio", source: Box::new(e) })?);
         let ops: Arc<dyn VfioOps> = container.clone();
-        let device = VfioDevice::new(&addr.sysfs_path(), ops, false).map_err(|e| PciError::Vfio {
+        let link = DeviceLink::new(addr).map_err(|source| PciError::Io { addr, what: "find the IOMMU group", source })?;
+        let device = VfioDevice::new(link.path(), ops, false).map_err(|e| PciError::Vfio {
             addr,
             what: "open the VFIO device",
             source: Box::new(e),
@@ -104,6 +150,7 @@ impl VfioPci {
             msix: Vec::new(),
             bar0: Arc::new(bar0),
             device,
+            _link: link,
             _container: container.clone(),
         };
         pci.enable_bus_master()?;
