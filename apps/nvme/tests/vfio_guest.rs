@@ -230,48 +230,6 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
         }
         assert!(remove.wait().unwrap().success(), "the kernel finished removing the device");
         assert!(!std::path::Path::new(&format!("/sys/bus/pci/devices/{CTRL1}")).exists());
-        // The device comes back (PCI rescan, bound to vfio-pci again) and is
-        // removed again, several times, while a client polls the daemon
-        // without pause: each removal completes and the daemon keeps
-        // answering. (vfio-ioctls looks the device's sysfs directory up
-        // again after closing it; once that raced the removal and aborted
-        // the daemon.)
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let poller = {
-            let (stop, sock) = (stop.clone(), sock.clone());
-            std::thread::spawn(move || {
-                let mut answered = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let out = Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("bdev_get_bdevs").output().unwrap();
-                    if !out.status.success() {
-                        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-                    }
-                    answered += 1;
-                }
-                Ok(answered)
-            })
-        };
-        let log = || std::fs::read_to_string(dir.join("tgt.log")).unwrap_or_default();
-        for round in 0..2 {
-            rescan_to_vfio(CTRL1);
-            let attached = Command::new(bin("pollux-rpc"))
-                .arg("-s")
-                .arg(&sock)
-                .args(["bdev_nvme_attach_controller", "-b", "Nvme1", "-t", "PCIe", "-a", CTRL1])
-                .output()
-                .unwrap();
-            assert!(attached.status.success(), "round {round}: attach: {}\n{}", String::from_utf8_lossy(&attached.stderr), log());
-            assert_eq!(json_of(&attached), serde_json::json!(["Nvme1n1", "Nvme1n2"]), "round {round}");
-            let removed = Command::new("sh").arg("-c").arg(format!("echo 1 > /sys/bus/pci/devices/{CTRL1}/remove")).status().unwrap();
-            assert!(removed.success(), "round {round}: removal failed");
-            assert!(tgt.try_wait().unwrap().is_none(), "round {round}: pollux-tgt exited:\n{}", log());
-            let v = json_of(&run("bdev_get_bdevs", Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("bdev_get_bdevs")));
-            let names: Vec<&str> = v.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
-            assert_eq!(names, ["Nvme0n1", "Nvme0n2"], "round {round}");
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let polled = poller.join().unwrap();
-        assert!(polled.as_ref().is_ok_and(|n| *n > 0), "the daemon stopped answering during hot removal: {polled:?}\n{}", log());
         // SAFETY: a pid we spawned and have not reaped.
         unsafe { libc::kill(tgt.id() as i32, libc::SIGTERM) };
         let status = tgt.wait().unwrap();
@@ -297,27 +255,6 @@ fn hot_removal_repeated_while_clients_poll() {
         print!("{said}");
         assert!(said.contains("hot removal: 15 rounds passed"), "{said}");
     });
-}
-
-/// Bring back a removed PCI function with a bus rescan and bind it to
-/// vfio-pci (the kernel's nvme driver may take it first).
-fn rescan_to_vfio(bdf: &str) {
-    let dev = PathBuf::from(format!("/sys/bus/pci/devices/{bdf}"));
-    std::fs::write("/sys/bus/pci/rescan", "1").expect("PCI rescan");
-    let t0 = Instant::now();
-    while !dev.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{bdf} did not come back after a rescan");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let driver = || std::fs::read_link(dev.join("driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    if driver().is_some_and(|d| d != "vfio-pci") {
-        std::fs::write(dev.join("driver/unbind"), bdf).expect("unbind from nvme");
-    }
-    std::fs::write(dev.join("driver_override"), "vfio-pci").expect("driver_override");
-    if driver().is_none() {
-        std::fs::write("/sys/bus/pci/drivers_probe", bdf).expect("drivers_probe");
-    }
-    assert_eq!(driver().as_deref(), Some("vfio-pci"), "{bdf} bound to vfio-pci");
 }
 
 /// Completed requests: status and the data read.

@@ -92,6 +92,8 @@ impl DeviceLink {
         let group = std::fs::read_link(addr.sysfs_path().join("iommu_group"))?;
         let dir = std::env::temp_dir().join(format!("pollux-vfio-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let link = DeviceLink { path: dir.join(addr.to_string()), dir };
+        // Left behind by a process that had our pid and crashed.
+        let _ = std::fs::remove_dir_all(&link.dir);
         std::fs::create_dir_all(&link.path)?;
         std::os::unix::fs::symlink(group, link.path.join("iommu_group"))?;
         Ok(link)
@@ -125,7 +127,11 @@ impl VfioPci {
         let container =
             Arc::new(VfioContainer::new(None).map_err(|e| PciError::Vfio { addr, what: "open /dev/vfio/vfio", source: Box::new(e) })?);
         let ops: Arc<dyn VfioOps> = container.clone();
-        let link = DeviceLink::new(addr).map_err(|source| PciError::Io { addr, what: "find the IOMMU group", source })?;
+        let link = DeviceLink::new(addr).map_err(|source| PciError::Io {
+            addr,
+            what: "link its IOMMU group into a temporary directory",
+            source,
+        })?;
         let device = VfioDevice::new(link.path(), ops, false).map_err(|e| PciError::Vfio {
             addr,
             what: "open the VFIO device",
