@@ -41,6 +41,7 @@ impl ChapArgs {
 #[command(rename_all = "snake_case")]
 pub enum Cmd {
     /// Set global iSCSI options (before framework_start_init)
+    #[command(name = "iscsi_set_options", rename_all = "kebab-case")]
     IscsiSetOptions {
         #[arg(short = 'f', long)]
         auth_file: Option<String>,
@@ -92,6 +93,7 @@ pub enum Cmd {
     /// Set CHAP for discovery sessions
     IscsiSetDiscoveryAuth(ChapArgs),
     /// Create a CHAP auth group: TAG [-c 'user:u secret:s muser:mu msecret:ms,...']
+    #[command(name = "iscsi_create_auth_group", rename_all = "kebab-case")]
     IscsiCreateAuthGroup {
         tag: i32,
         #[arg(short = 'c', long)]
@@ -102,6 +104,7 @@ pub enum Cmd {
     /// Show CHAP auth groups
     IscsiGetAuthGroups,
     /// Add a secret to an auth group
+    #[command(name = "iscsi_auth_group_add_secret", rename_all = "kebab-case")]
     IscsiAuthGroupAddSecret {
         tag: i32,
         #[arg(short = 'u', long)]
@@ -114,6 +117,7 @@ pub enum Cmd {
         msecret: Option<String>,
     },
     /// Remove a secret from an auth group
+    #[command(name = "iscsi_auth_group_remove_secret", rename_all = "kebab-case")]
     IscsiAuthGroupRemoveSecret {
         tag: i32,
         #[arg(short = 'u', long)]
@@ -126,6 +130,7 @@ pub enum Cmd {
     /// Delete an initiator group
     IscsiDeleteInitiatorGroup { tag: i32 },
     /// Add initiators or netmasks to a group
+    #[command(name = "iscsi_initiator_group_add_initiators", rename_all = "kebab-case")]
     IscsiInitiatorGroupAddInitiators {
         tag: i32,
         #[arg(short = 'n')]
@@ -134,6 +139,7 @@ pub enum Cmd {
         netmasks: Option<String>,
     },
     /// Remove initiators or netmasks from a group
+    #[command(name = "iscsi_initiator_group_remove_initiators", rename_all = "kebab-case")]
     IscsiInitiatorGroupRemoveInitiators {
         tag: i32,
         #[arg(short = 'n')]
@@ -144,6 +150,7 @@ pub enum Cmd {
     /// Show target nodes
     IscsiGetTargetNodes,
     /// Create a target node: NAME ALIAS 'bdev:lun ...' 'pg:ig ...' QUEUE_DEPTH
+    #[command(name = "iscsi_create_target_node", rename_all = "kebab-case")]
     IscsiCreateTargetNode {
         name: String,
         alias_name: String,
@@ -162,6 +169,7 @@ pub enum Cmd {
     /// Delete a target node
     IscsiDeleteTargetNode { target_node_name: String },
     /// Add a LUN to a target node
+    #[command(name = "iscsi_target_node_add_lun", rename_all = "kebab-case")]
     IscsiTargetNodeAddLun {
         name: String,
         bdev_name: String,
@@ -169,6 +177,7 @@ pub enum Cmd {
         lun_id: Option<i32>,
     },
     /// Set CHAP for a target node
+    #[command(name = "iscsi_target_node_set_auth", rename_all = "kebab-case")]
     IscsiTargetNodeSetAuth {
         name: String,
         #[command(flatten)]
@@ -181,6 +190,7 @@ pub enum Cmd {
     /// Show portal groups
     IscsiGetPortalGroups,
     /// Create a portal group: TAG 'host:port ...'
+    #[command(name = "iscsi_create_portal_group", rename_all = "kebab-case")]
     IscsiCreatePortalGroup {
         tag: i32,
         portals: String,
@@ -194,6 +204,7 @@ pub enum Cmd {
     /// Delete a portal group
     IscsiDeletePortalGroup { tag: i32 },
     /// Set CHAP for discovery sessions through a portal group
+    #[command(name = "iscsi_portal_group_set_auth", rename_all = "kebab-case")]
     IscsiPortalGroupSetAuth {
         tag: i32,
         #[command(flatten)]

@@ -39,6 +39,7 @@ struct Args {
 #[command(rename_all = "snake_case")]
 enum Command {
     /// Send any method with raw JSON params: call METHOD ['{"name": ...}']
+    #[command(name = "call", rename_all = "kebab-case")]
     Call {
         method: String,
         /// Params as a JSON object
@@ -178,5 +179,44 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(()) => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// rpc.py spells multi-word options with dashes; so does pollux-rpc, for
+    /// every command.
+    #[test]
+    fn long_options_are_spelled_like_rpc_py() {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    assert!(!long.contains('_'), "{} --{long}: rpc.py writes it with dashes", sub.get_name());
+                }
+            }
+            assert!(!sub.get_name().contains('-'), "{}: method names keep their underscores", sub.get_name());
+        }
+        let parsed = Args::try_parse_from([
+            "pollux-rpc",
+            "bdev_nvme_attach_controller",
+            "-b",
+            "Nvme0",
+            "-t",
+            "PCIe",
+            "-a",
+            "0000:00:04.0",
+            "--num-io-queues",
+            "4",
+        ])
+        .expect("rpc.py's form parses");
+        let Command::Nvme(c) = parsed.cmd else { panic!("{parsed:?}") };
+        assert_eq!(c.request().params.unwrap()["num_io_queues"], 4);
+        let parsed = Args::try_parse_from(["pollux-rpc", "bdev_nvme_set_hotplug", "--hotplug", "--period-us", "5000"]).unwrap();
+        let Command::Nvme(c) = parsed.cmd else { panic!("{parsed:?}") };
+        assert_eq!(c.request().params.unwrap(), serde_json::json!({"enable": true, "period_us": 5000}));
     }
 }

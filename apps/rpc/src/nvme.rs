@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::params::obj;
+use crate::params::{o, obj};
 use crate::{Request, Show};
 
 /// Variants are named after the RPC methods (rpc.py's subcommands).
@@ -13,6 +13,7 @@ use crate::{Request, Show};
 pub enum Cmd {
     /// Attach an NVMe controller and create a bdev per namespace:
     /// bdev_nvme_attach_controller -b NAME -t PCIe -a 0000:00:04.0
+    #[command(name = "bdev_nvme_attach_controller", rename_all = "kebab-case")]
     BdevNvmeAttachController {
         /// Name of the controller, prefix of each bdev name
         #[arg(short = 'b', long)]
@@ -44,6 +45,7 @@ pub enum Cmd {
         max_bdevs: Option<u32>,
     },
     /// Detach an NVMe controller and delete its bdevs
+    #[command(name = "bdev_nvme_detach_controller", rename_all = "kebab-case")]
     BdevNvmeDetachController {
         name: String,
         #[arg(short = 't', long)]
@@ -52,15 +54,58 @@ pub enum Cmd {
         traddr: Option<String>,
     },
     /// List NVMe controllers (or one)
+    #[command(name = "bdev_nvme_get_controllers", rename_all = "kebab-case")]
     BdevNvmeGetControllers {
         #[arg(short = 'n', long)]
         name: Option<String>,
     },
     /// Reset an NVMe controller
+    #[command(name = "bdev_nvme_reset_controller", rename_all = "kebab-case")]
     BdevNvmeResetController {
         name: String,
         #[arg(short = 'c', long)]
         cntlid: Option<u16>,
+    },
+    /// Set the nvme module's options (before any controller is attached);
+    /// the PCIe-related ones of rpc.py's, others through `call`
+    #[command(name = "bdev_nvme_set_options", rename_all = "kebab-case")]
+    BdevNvmeSetOptions {
+        /// Action on a command timeout
+        #[arg(short = 'a', long, value_parser = ["none", "reset", "abort"])]
+        action_on_timeout: Option<String>,
+        /// Timeout for each I/O command in microseconds (0: none)
+        #[arg(short = 't', long)]
+        timeout_us: Option<u64>,
+        /// Timeout for each admin command in microseconds (0: as I/O)
+        #[arg(long)]
+        timeout_admin_us: Option<u64>,
+        #[arg(short = 'k', long)]
+        keep_alive_timeout_ms: Option<u32>,
+        /// How often each controller's health is checked
+        #[arg(short = 'p', long)]
+        nvme_adminq_poll_period_us: Option<u64>,
+        /// How often I/O queues are polled (0: every reactor iteration)
+        #[arg(short = 'i', long)]
+        nvme_ioq_poll_period_us: Option<u64>,
+        #[arg(short = 's', long)]
+        io_queue_requests: Option<u32>,
+        #[arg(short = 'r', long)]
+        bdev_retry_count: Option<i32>,
+        /// Give namespaces without an NGUID a UUID derived from the serial
+        /// number and namespace id
+        #[arg(long)]
+        generate_uuids: bool,
+    },
+    /// Turn hot insertion on or off: bdev_nvme_set_hotplug --hotplug [-r PERIOD_US]
+    #[command(name = "bdev_nvme_set_hotplug", rename_all = "kebab-case")]
+    BdevNvmeSetHotplug {
+        #[arg(long, conflicts_with = "no_hotplug")]
+        hotplug: bool,
+        #[arg(long)]
+        no_hotplug: bool,
+        /// How often new controllers are looked for
+        #[arg(short = 'r', long)]
+        period_us: Option<u64>,
     },
 }
 
@@ -111,6 +156,34 @@ impl Cmd {
             Cmd::BdevNvmeResetController { name, cntlid } => {
                 let p = obj(&[("name", Some(json!(name))), ("cntlid", cntlid.map(|c| json!(c)))]);
                 req("bdev_nvme_reset_controller", Some(p), Show::Json)
+            }
+            Cmd::BdevNvmeSetOptions {
+                action_on_timeout,
+                timeout_us,
+                timeout_admin_us,
+                keep_alive_timeout_ms,
+                nvme_adminq_poll_period_us,
+                nvme_ioq_poll_period_us,
+                io_queue_requests,
+                bdev_retry_count,
+                generate_uuids,
+            } => {
+                let p = obj(&[
+                    ("action_on_timeout", o(action_on_timeout)),
+                    ("timeout_us", o(timeout_us)),
+                    ("timeout_admin_us", o(timeout_admin_us)),
+                    ("keep_alive_timeout_ms", o(keep_alive_timeout_ms)),
+                    ("nvme_adminq_poll_period_us", o(nvme_adminq_poll_period_us)),
+                    ("nvme_ioq_poll_period_us", o(nvme_ioq_poll_period_us)),
+                    ("io_queue_requests", o(io_queue_requests)),
+                    ("bdev_retry_count", o(bdev_retry_count)),
+                    ("generate_uuids", generate_uuids.then(|| json!(true))),
+                ]);
+                req("bdev_nvme_set_options", Some(p), Show::Json)
+            }
+            Cmd::BdevNvmeSetHotplug { hotplug, no_hotplug: _, period_us } => {
+                let p = obj(&[("enable", Some(json!(hotplug))), ("period_us", o(period_us))]);
+                req("bdev_nvme_set_hotplug", Some(p), Show::Json)
             }
         }
     }
