@@ -2,9 +2,9 @@
 # Hot removal under RPC load, run in the test guest by vfio_guest.rs:
 # pollux-tgt holds two controllers; controller 1 is removed through sysfs,
 # brought back with a PCI rescan, bound to vfio-pci, attached again over RPC,
-# ROUNDS times, while a client polls bdev_get_bdevs without pause. Every
-# removal must complete, every RPC must be answered and the daemon must stop
-# cleanly at the end.
+# ROUNDS times, while a client polls bdev_get_bdevs without pause; then once
+# more with hot insertion on (bdev_nvme_set_hotplug). Every removal must
+# complete, every RPC must be answered and the daemon must stop cleanly.
 #
 #   hot-remove.sh BIN_DIR [ROUNDS]
 set -u
@@ -59,6 +59,30 @@ for i in $(seq 1 "$ROUNDS"); do
     out=$("$BIN/pollux-rpc" -s "$W/sock" bdev_nvme_attach_controller -b Nvme1 -t PCIe -a $B1 2>&1) || fail "round $i: attach: $out"
     echo "round $i: removed and attached again"
 done
+# Hot insertion (bdev_nvme_set_hotplug): the daemon attaches the device by
+# itself when it comes back, as HotInNvme0, and a controller detached on
+# request is not attached again. Module options cannot change under
+# attached controllers.
+out=$("$BIN/pollux-rpc" -s "$W/sock" bdev_nvme_set_options --timeout-us 1000000 2>&1) && fail "bdev_nvme_set_options accepted with controllers attached"
+echo "$out" | grep -q "before any NVMe controller is attached" || fail "set_options refusal: $out"
+"$BIN/pollux-rpc" -s "$W/sock" bdev_nvme_set_hotplug --hotplug --period-us 50000 > /dev/null || fail "set_hotplug"
+echo 1 > /sys/bus/pci/devices/$B1/remove || fail "hotplug: removal"
+echo 1 > /sys/bus/pci/rescan
+for _ in $(seq 1 100); do [ -e /sys/bus/pci/devices/$B1 ] && break; sleep 0.05; done
+[ -e /sys/bus/pci/devices/$B1/driver ] && echo $B1 > /sys/bus/pci/devices/$B1/driver/unbind
+echo vfio-pci > /sys/bus/pci/devices/$B1/driver_override
+echo $B1 > /sys/bus/pci/drivers_probe
+found=
+for _ in $(seq 1 100); do
+    "$BIN/pollux-rpc" -s "$W/sock" bdev_get_bdevs | grep -q '"HotInNvme0n2"' && { found=1; break; }
+    sleep 0.1
+done
+[ -n "$found" ] || fail "hotplug did not attach $B1"
+echo "hotplug: $B1 attached as HotInNvme0"
+"$BIN/pollux-rpc" -s "$W/sock" bdev_nvme_detach_controller HotInNvme0 || fail "detach HotInNvme0"
+sleep 0.5
+"$BIN/pollux-rpc" -s "$W/sock" bdev_nvme_get_controllers | grep -q '"HotIn' && fail "a detached controller was attached again"
+grep -q "NVMe controller HotInNvme0: shutdown complete" "$W/tgt.log" || fail "HotInNvme0 was not shut down when detached"
 touch "$W/stop"
 wait "$POLL"
 [ -e "$W/rpc-failed" ] && fail "an RPC failed: $(cat "$W/rpc-failed")"
@@ -68,7 +92,7 @@ wait "$TGT"
 rc=$?
 [ $rc -eq 0 ] || fail "pollux-tgt exited with $rc after SIGTERM"
 asked=$(grep -c "the kernel asks for the device back" "$W/tgt.log")
-[ "$asked" -ge "$ROUNDS" ] || fail "$asked release requests logged for $ROUNDS removals"
-grep -q "NVMe controller Nvme1: shutdown complete" "$W/tgt.log" || fail "Nvme1 was not shut down at exit"
+[ "$asked" -gt "$ROUNDS" ] || fail "$asked release requests logged for $ROUNDS + 1 removals"
+grep -q "NVMe controller Nvme0: shutdown complete" "$W/tgt.log" || fail "Nvme0 was not shut down at exit"
 rm -rf "$W"
 echo "hot removal: $ROUNDS rounds passed"

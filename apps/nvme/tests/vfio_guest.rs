@@ -352,6 +352,18 @@ fn nvme_verify_at_every_depth_and_size_and_through_resets() {
         let (r, _) = perf(&cfg, 32, 4096, "verify", 1, None, &["-m", "0x3"]);
         assert_eq!(r["jobs"].as_array().map(Vec::len), Some(8), "a job per namespace per reactor: {r}");
         assert_eq!(r["total"]["errors"], 0, "{r}");
+        // The module's options from the config (SPDK's bdev_nvme_set_options
+        // before the attach calls): queue pairs polled on a 200 us period,
+        // timeouts reset the controller.
+        let mut with_opts: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        let set = serde_json::json!({"method": "bdev_nvme_set_options", "params": {"nvme_ioq_poll_period_us": 200, "action_on_timeout": "reset", "timeout_us": 5_000_000}});
+        with_opts["subsystems"][0]["config"].as_array_mut().unwrap().insert(0, set);
+        let cfg_opts = dir.join("nvme-opts.json");
+        std::fs::write(&cfg_opts, serde_json::to_vec(&with_opts).unwrap()).unwrap();
+        let (r, _) = perf(&cfg_opts, 32, 4096, "verify", 1, None, &[]);
+        assert_eq!(r["total"]["errors"], 0, "{r}");
+        assert!(r["total"]["ios"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["verify_mismatches"].as_array().map(Vec::len), Some(0), "{r}");
         // Controller resets (a bdev reset every second) during verify I/O:
         // in-flight commands are resubmitted, nothing lost or doubled.
         for mode in [&[][..], &["--interrupt-mode"][..]] {

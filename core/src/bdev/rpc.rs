@@ -152,6 +152,21 @@ impl Subsystem for IobufSubsystem {
     }
 }
 
+/// Writes a bdev module's global options into save_config.
+pub type ModuleConfig = fn(&mut ConfigWriter);
+
+static MODULE_CONFIGS: std::sync::Mutex<Vec<(&'static str, ModuleConfig)>> = std::sync::Mutex::new(Vec::new());
+
+/// Have save_config write module `name`'s global options (SPDK's module
+/// `config_json`: `bdev_nvme_set_options` and the like) after
+/// `bdev_set_options` and before the bdevs, so a saved config sets them
+/// before it creates anything. Registering a name again replaces it.
+pub fn register_module_config(name: &'static str, write: ModuleConfig) {
+    let mut m = MODULE_CONFIGS.lock().unwrap_or_else(|e| e.into_inner());
+    m.retain(|(n, _)| *n != name);
+    m.push((name, write));
+}
+
 struct BdevSubsystem;
 
 impl Subsystem for BdevSubsystem {
@@ -174,6 +189,10 @@ impl Subsystem for BdevSubsystem {
     fn write_config(&self, out: &mut ConfigWriter) {
         let o = *OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
         out.call("bdev_set_options", o);
+        let modules = MODULE_CONFIGS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (_, write) in modules {
+            write(out);
+        }
         for b in super::list() {
             if let Some((method, params)) = b.backend.config_call(&b) {
                 out.call(method, params);

@@ -248,10 +248,14 @@ impl QueuePair {
         }));
         inner.borrow_mut().connect();
         let weak = Rc::downgrade(&inner);
-        let poller = reactor::register_poller("nvme_qpair", move || match weak.upgrade() {
+        let poll_fn = move || match weak.upgrade() {
             Some(inner) => poll(&inner),
             None => PollStatus::Idle,
-        });
+        };
+        let poller = match inner.borrow().ctrl.options().io_poll_period {
+            Some(period) => reactor::register_timed_poller("nvme_qpair", period, poll_fn),
+            None => reactor::register_poller("nvme_qpair", poll_fn),
+        };
         let irq = {
             let q = inner.borrow();
             q.qid.and_then(|id| q.ctrl.queue_interrupt(id))

@@ -84,3 +84,113 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     assert_eq!(d.call("bdev_get_bdevs", None).unwrap(), json!([]), "nothing left behind");
     d.stop();
 }
+
+/// The `bdev` subsystem's entries of a `framework_get_config`/save_config.
+fn bdev_config(d: &Daemon) -> Vec<Value> {
+    d.call("framework_get_config", Some(json!({"name": "bdev"}))).unwrap().as_array().unwrap().clone()
+}
+
+fn entry<'a>(cfg: &'a [Value], method: &str) -> (usize, &'a Value) {
+    cfg.iter().enumerate().find(|(_, e)| e["method"] == method).unwrap_or_else(|| panic!("no {method} in {cfg:?}"))
+}
+
+/// bdev_nvme_set_options and bdev_nvme_set_hotplug: SPDK's client sets
+/// them, save_config writes them before any bdev, a config SPDK saved (all
+/// its defaults) loads, and what Pollux cannot honour is refused by name.
+#[test]
+fn nvme_module_options_round_trip_and_refuse_what_pollux_lacks() {
+    let d = Daemon::start(DaemonOpts::default());
+    // Pollux's defaults: I/O times out after 30 s and is aborted.
+    let cfg = bdev_config(&d);
+    let (opts_at, opts) = entry(&cfg, "bdev_nvme_set_options");
+    assert_eq!(opts["params"]["timeout_us"], 30_000_000);
+    assert_eq!(opts["params"]["action_on_timeout"], "abort");
+    assert_eq!(entry(&cfg, "bdev_nvme_set_hotplug").1["params"], json!({"enable": false, "period_us": 100000}));
+    assert!(opts_at > entry(&cfg, "bdev_set_options").0, "after bdev_set_options");
+    // SPDK's client, with its option names.
+    let out = spdk_rpc(
+        &d.socket,
+        &[
+            "bdev_nvme_set_options",
+            "-a",
+            "reset",
+            "-t",
+            "5000000",
+            "--timeout-admin-us",
+            "2000000",
+            "-i",
+            "100",
+            "--generate-uuids",
+            "-r",
+            "5",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spdk_rpc(&d.socket, &["bdev_nvme_set_hotplug", "--hotplug", "-r", "250000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg = bdev_config(&d);
+    let p = &entry(&cfg, "bdev_nvme_set_options").1["params"];
+    assert_eq!(
+        (
+            &p["action_on_timeout"],
+            &p["timeout_us"],
+            &p["timeout_admin_us"],
+            &p["nvme_ioq_poll_period_us"],
+            &p["generate_uuids"],
+            &p["bdev_retry_count"]
+        ),
+        (&json!("reset"), &json!(5_000_000), &json!(2_000_000), &json!(100), &json!(true), &json!(5))
+    );
+    assert_eq!(entry(&cfg, "bdev_nvme_set_hotplug").1["params"], json!({"enable": true, "period_us": 250000}));
+    // The hotplug poller runs on the main reactor.
+    let pollers = d.call("thread_get_pollers", None).unwrap().to_string();
+    assert!(pollers.contains("nvme_hotplug"), "{pollers}");
+    d.call("bdev_nvme_set_hotplug", Some(json!({"enable": false}))).unwrap();
+    let pollers = d.call("thread_get_pollers", None).unwrap().to_string();
+    assert!(!pollers.contains("nvme_hotplug"), "stopped: {pollers}");
+    // Refusals name the parameter.
+    let (code, msg) = err(&d, "bdev_nvme_set_options", json!({"bogus": 1}));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("bogus"), "{msg}");
+    let (code, msg) = err(&d, "bdev_nvme_set_options", json!({"action_on_timeout": "explode"}));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("action_on_timeout"), "{msg}");
+    let (code, msg) = err(&d, "bdev_nvme_set_options", json!({"arbitration_burst": 3}));
+    assert_eq!(code, -libc::EOPNOTSUPP);
+    assert!(msg.contains("arbitration_burst"), "{msg}");
+    let (code, msg) = err(&d, "bdev_nvme_set_options", json!({"io_path_stat": true}));
+    assert_eq!(code, -libc::EOPNOTSUPP);
+    assert!(msg.contains("io_path_stat"), "{msg}");
+    let (code, msg) = err(&d, "bdev_nvme_set_hotplug", json!({"period_us": 5}));
+    assert_eq!(code, -32602);
+    assert!(msg.contains("enable"), "{msg}");
+    // A refused call changed nothing.
+    assert_eq!(entry(&bdev_config(&d), "bdev_nvme_set_options").1["params"]["action_on_timeout"], "reset");
+    d.stop();
+
+    // What SPDK 24.x's save_config writes for the nvme module (its
+    // defaults), in a config file: it loads and is kept.
+    let spdk_defaults = json!({
+        "action_on_timeout": "none", "timeout_us": 0, "timeout_admin_us": 0, "keep_alive_timeout_ms": 10000,
+        "arbitration_burst": 0, "low_priority_weight": 0, "medium_priority_weight": 0, "high_priority_weight": 0,
+        "nvme_adminq_poll_period_us": 10000, "nvme_ioq_poll_period_us": 0, "io_queue_requests": 0,
+        "delay_cmd_submit": true, "transport_retry_count": 4, "bdev_retry_count": 3, "transport_ack_timeout": 0,
+        "ctrlr_loss_timeout_sec": 0, "reconnect_delay_sec": 0, "fast_io_fail_timeout_sec": 0,
+        "disable_auto_failback": false, "generate_uuids": false, "transport_tos": 0, "nvme_error_stat": false,
+        "rdma_srq_size": 0, "io_path_stat": false, "allow_accel_sequence": false, "rdma_max_cq_size": 0,
+        "rdma_cm_event_timeout_ms": 0, "dhchap_digests": ["sha256", "sha384", "sha512"],
+        "dhchap_dhgroups": ["null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"],
+        "rdma_umr_per_io": false, "tcp_connect_timeout_ms": 0, "enable_flush": false
+    });
+    let config = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_set_options", "params": spdk_defaults},
+        {"method": "bdev_nvme_set_hotplug", "params": {"period_us": 100000, "enable": false}},
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 2048, "block_size": 512}}
+    ]}]});
+    let d = Daemon::start(DaemonOpts { config: Some(config), ..DaemonOpts::default() });
+    let cfg = bdev_config(&d);
+    let (opts_at, opts) = entry(&cfg, "bdev_nvme_set_options");
+    assert_eq!(opts["params"], spdk_defaults, "kept as loaded");
+    assert!(opts_at < entry(&cfg, "bdev_malloc_create").0, "module options come before the bdevs");
+    d.stop();
+}

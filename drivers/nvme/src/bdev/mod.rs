@@ -8,12 +8,13 @@
 //! (users are told to close them) and then shut the controller down
 //! (CC.SHN).
 
+mod hotplug;
+pub mod options;
 pub mod rpc;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pollux_core::bdev::{self, Backend, BackendChannel, Bdev, BdevIo, BdevSpec, IoType, Uuid};
 use pollux_core::io_channel::{IoChannel, get_io_channel};
@@ -150,9 +151,6 @@ pub fn controller(name: &str) -> Option<Arc<Controller>> {
     registry().ctrls.borrow().iter().find(|a| a.ctrl.name() == name).map(|a| a.ctrl.clone())
 }
 
-/// How often the health poller reads CSTS.
-const HEALTH_PERIOD: Duration = Duration::from_millis(100);
-
 /// Register a started controller and a bdev for each usable namespace
 /// (main reactor). Returns the bdev names.
 pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec<String>, NvmeError> {
@@ -166,7 +164,9 @@ pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec
         }
     }
     let weak = Arc::downgrade(&ctrl);
-    let health = reactor::register_timed_poller("nvme_health", HEALTH_PERIOD, move || {
+    // How often the health poller reads CSTS and the release request.
+    let period = options::options().health_period();
+    let health = reactor::register_timed_poller("nvme_health", period, move || {
         let Some(c) = weak.upgrade() else { return PollStatus::Idle };
         check_health(&c)
     });
@@ -188,7 +188,15 @@ fn register_namespace(ctrl: &Arc<Controller>, ns: &Namespace, attach_call: Optio
         tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
         return Ok(None);
     }
-    let uuid = (ns.data.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.data.nguid));
+    let uuid = if ns.data.nguid != [0; 16] {
+        Some(Uuid::from_bytes(ns.data.nguid))
+    } else if options::options().generate_uuids {
+        // SPDK's generate_uuids: stable across restarts, from the serial
+        // number and the namespace id (name-based, SHA-1).
+        Some(Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{}:{}", ctrl.identify_data().serial(), ns.nsid).as_bytes()))
+    } else {
+        None
+    };
     let backend = Arc::new(NamespaceBackend { ctrl: ctrl.clone(), nsid: ns.nsid, block_size: ns.block_size, attach_call });
     let spec = BdevSpec { name: name.clone(), block_size: ns.block_size, num_blocks: ns.num_blocks, uuid, backend };
     match bdev::register(spec) {

@@ -1,6 +1,7 @@
 //! SPDK's bdev_nvme RPC methods for PCIe controllers:
 //! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
-//! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`.
+//! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`,
+//! `bdev_nvme_set_options` and `bdev_nvme_set_hotplug`.
 //!
 //! Every parameter SPDK's schema defines is accepted by name; the ones that
 //! only mean something for NVMe-oF (or features Pollux lacks) are refused
@@ -11,12 +12,34 @@ use pollux_core::rpc::{Responder, RpcError, States};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{add_controller, controller, describe_controllers, detach};
+use super::options::{self, Hotplug, NvmeOptions};
+use super::{add_controller, controller, controllers, describe_controllers, detach, hotplug};
 use crate::controller::{Controller, ControllerOptions};
 use crate::pci::PciAddress;
 
 pub fn register(app: &mut App) {
+    pollux_core::bdev::rpc::register_module_config("nvme", options::write_config);
     let m = app.methods();
+    m.register("bdev_nvme_set_options", States::ANY, |p: NvmeOptions, r: Responder| {
+        if let Err(e) = p.check() {
+            return r.err(e);
+        }
+        // As in SPDK: options apply to controllers attached later, and
+        // changing them under attached ones is refused.
+        if !controllers().is_empty() {
+            return r.err(RpcError::errno(libc::EPERM, "bdev_nvme_set_options must be called before any NVMe controller is attached"));
+        }
+        options::set_options(p);
+        r.ok(true)
+    });
+    m.register("bdev_nvme_set_hotplug", States::ANY, |p: Hotplug, r: Responder| {
+        if p.enable && p.period_us == 0 {
+            return r.err(RpcError::invalid_params("period_us must be above 0"));
+        }
+        options::set_hotplug(p);
+        hotplug::apply(p);
+        r.ok(true)
+    });
     m.register("bdev_nvme_attach_controller", States::RUNTIME, attach);
     m.register("bdev_nvme_detach_controller", States::RUNTIME, detach_rpc);
     m.register("bdev_nvme_get_controllers", States::RUNTIME, |p: GetControllers, r: Responder| {
@@ -169,7 +192,7 @@ fn attach(p: Attach, r: Responder) {
     if super::controllers().iter().any(|c| c.address() == Some(addr)) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller with the provided trid (traddr: {addr}) already exists.")));
     }
-    let mut opts = ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..Default::default() };
+    let mut opts = ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..options::options().controller_options() };
     if let Some(n) = p.num_io_queues {
         opts.num_io_queues = n;
     }
@@ -221,6 +244,9 @@ fn detach_rpc(p: Detach, r: Responder) {
     }
     if [&p.adrfam, &p.trsvcid, &p.subnqn, &p.hostaddr, &p.hostsvcid].iter().any(|v| v.is_some()) {
         return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no NVMe-oF path", p.name)));
+    }
+    if let Some(addr) = c.address() {
+        hotplug::skip(addr);
     }
     if let Err(e) = detach(&p.name, move || r.ok(true)) {
         tracing::warn!("bdev_nvme_detach_controller: {e}");

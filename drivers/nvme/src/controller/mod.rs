@@ -68,6 +68,9 @@ pub struct ControllerOptions {
     /// Use MSI-X interrupts for I/O completion queues (interrupt mode: a
     /// reactor sleeps until its queue's vector fires).
     pub interrupts: bool,
+    /// Poll each I/O queue pair on this period instead of every reactor
+    /// iteration (SPDK's `nvme_ioq_poll_period_us`).
+    pub io_poll_period: Option<Duration>,
 }
 
 impl Default for ControllerOptions {
@@ -79,6 +82,7 @@ impl Default for ControllerOptions {
             timeout_action: TimeoutAction::Abort,
             admin_timeout: Duration::from_secs(10),
             interrupts: false,
+            io_poll_period: None,
         }
     }
 }
