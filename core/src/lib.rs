@@ -10,6 +10,7 @@
 //!
 //! Nothing here knows about NVMe, SCSI or any target protocol.
 
+pub mod accel;
 pub mod app;
 pub mod bdev;
 pub mod clock;
@@ -20,6 +21,8 @@ pub mod io_channel;
 pub mod log;
 pub mod reactor;
 pub mod rpc;
+pub mod scheduler;
+pub mod sock;
 pub mod sys;
 
 /// The Pollux version, as reported by `spdk_get_version`.

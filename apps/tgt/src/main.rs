@@ -34,6 +34,10 @@ fn main() -> ExitCode {
     let mut app = App::new("pollux-tgt");
     // What this daemon contains: the bdev layer and its modules, then the
     // targets that export bdevs.
+    // SPDK's framework-level subsystems, so its saved configs load.
+    pollux_core::sock::register(&mut app);
+    pollux_core::accel::register(&mut app);
+    pollux_core::scheduler::register(&mut app);
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
     pollux_nvme_driver::register(&mut app);

@@ -307,6 +307,9 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
     };
     let _ = stream.set_nonblocking(true);
     let _ = stream.set_nodelay(true);
+    if let Err(e) = pollux_core::sock::configure_accepted(&stream) {
+        tracing::warn!("iscsi: socket options for {}: {e}", ep.peer);
+    }
     let token = group.next_token.get();
     group.next_token.set(token + 1);
     if let Err(e) = group.epoll.add(stream.as_raw_fd(), Interest::READABLE, token) {

@@ -78,6 +78,7 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
 pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
     stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
+    pollux_core::sock::configure_accepted(&stream)?;
     if shared.opts.sock_priority != 0 {
         super::sys::set_priority(&stream, shared.opts.sock_priority)?;
     }
