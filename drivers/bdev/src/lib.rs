@@ -7,7 +7,10 @@
 //!   measure the framework's own cost per I/O.
 //! - [`uring`]: a file or block device through a per-reactor `io_uring`
 //!   polled by the reactor (`bdev_uring_create`, and `bdev_aio_create`).
+//! - [`absent`]: the global options of SPDK modules Pollux lacks, kept so
+//!   SPDK's saved configs load.
 
+mod absent;
 mod common;
 pub mod malloc;
 pub mod null;
@@ -20,4 +23,5 @@ pub fn register_all(app: &mut App) {
     malloc::register(app);
     null::register(app);
     uring::register(app);
+    absent::register(app);
 }
