@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pollux_core::reactor::{self, ReactorId};
 
@@ -23,12 +24,60 @@ pub struct Referral {
     pub subnqn: Option<String>,
 }
 
+/// `nvmf_set_config`: what the discovery log filters on, and the
+/// DH-HMAC-CHAP lists (kept for save_config; Pollux has no in-band
+/// authentication and refuses DH-HMAC-CHAP keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// A listener is listed to a host only if it matches, on each of these,
+    /// the listener the host's discovery connection came through.
+    pub filter_transport: bool,
+    pub filter_address: bool,
+    pub filter_svcid: bool,
+    pub dhchap_digests: Option<Vec<String>>,
+    pub dhchap_dhgroups: Option<Vec<String>>,
+}
+
+impl TargetConfig {
+    /// Whether listener `ep` is shown to a host connected through `via`.
+    pub fn shows(&self, ep: &Endpoint, via: &Endpoint) -> bool {
+        (!self.filter_transport || ep.kind == via.kind)
+            && (!self.filter_address || ep.addr.ip() == via.addr.ip())
+            && (!self.filter_svcid || ep.addr.port() == via.addr.port())
+    }
+
+    /// The filter as SPDK's `discovery_filter` string.
+    pub fn filter_name(&self) -> String {
+        let names: Vec<&str> = [(self.filter_transport, "transport"), (self.filter_address, "address"), (self.filter_svcid, "svcid")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() { "match_any".into() } else { names.join(",") }
+    }
+}
+
+/// Command Retry Delay Times reported in Identify Controller
+/// (`nvmf_set_crdt`, units of 100 ms), three u16 packed: read by admin
+/// queues on any reactor.
+static CRDT: AtomicU64 = AtomicU64::new(0);
+
+pub fn crdt() -> [u16; 3] {
+    let v = CRDT.load(Ordering::Relaxed);
+    [v as u16, (v >> 16) as u16, (v >> 32) as u16]
+}
+
+pub fn set_crdt(c: [u16; 3]) {
+    CRDT.store(u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32, Ordering::Relaxed);
+}
+
 pub struct Target {
     pub transport: RefCell<Option<Rc<dyn Transport>>>,
     /// The discovery subsystem first, then NVM subsystems in creation order.
     pub subsystems: RefCell<Vec<Rc<Subsystem>>>,
     pub referrals: RefCell<Vec<Referral>>,
     pub max_subsystems: Cell<u32>,
+    pub config: RefCell<TargetConfig>,
     genctr: Cell<u64>,
     next_id: Cell<u32>,
 }
@@ -40,6 +89,7 @@ impl Target {
             subsystems: RefCell::new(vec![Rc::new(Subsystem::discovery())]),
             referrals: RefCell::new(Vec::new()),
             max_subsystems: Cell::new(DEFAULT_MAX_SUBSYSTEMS),
+            config: RefCell::new(TargetConfig::default()),
             genctr: Cell::new(0),
             next_id: Cell::new(1),
         }

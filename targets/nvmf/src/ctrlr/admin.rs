@@ -130,6 +130,9 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     set_nul_field(&mut id.subnqn, s.nqn());
     id.cntlid.set(c.cntlid);
     id.ver.set(VERSION);
+    for (field, v) in id.crdt.iter_mut().zip(crate::target::crdt()) {
+        field.set(v);
+    }
     // Multi-controller subsystem (several hosts may connect).
     id.cmic = 1 << 1;
     id.mdts = (o.max_io_size / 4096).trailing_zeros() as u8;

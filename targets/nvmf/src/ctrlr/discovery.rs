@@ -40,11 +40,12 @@ pub fn discovery_log(target: &Target, c: &Controller) -> Vec<u8> {
         ports.push(*ep);
         (ports.len() - 1) as u16
     };
+    let config = target.config.borrow();
     for s in target.subsystems.borrow().iter().filter(|s| !s.is_discovery()) {
         if !s.host_allowed(&c.hostnqn) {
             continue;
         }
-        for ep in s.listeners.borrow().iter() {
+        for ep in s.listeners.borrow().iter().filter(|ep| config.shows(ep, &c.endpoint)) {
             entries.push(entry(ep, subtype::NVME, s.nqn(), port_of(ep), asqsz));
         }
     }

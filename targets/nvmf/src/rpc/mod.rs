@@ -33,10 +33,61 @@ pub fn register(app: &mut App) {
             true
         }))
     });
+    m.register("nvmf_set_config", States::STARTUP, |p: SetConfig, r: Responder| r.result(set_config(p)));
+    m.register("nvmf_set_crdt", States::STARTUP, |p: SetCrdt, r: Responder| {
+        crate::target::set_crdt([p.crdt1, p.crdt2, p.crdt3]);
+        r.ok(true)
+    });
     m.register("nvmf_discovery_add_referral", States::RUNTIME, |p: ReferralParams, r: Responder| r.result(add_referral(p)));
     m.register("nvmf_discovery_remove_referral", States::RUNTIME, |p: RemoveReferral, r: Responder| r.result(remove_referral(p)));
     m.register("nvmf_discovery_get_referrals", States::RUNTIME, |p: TgtOnly, r: Responder| r.result(get_referrals(p)));
     subsystem::register(m);
+}
+
+fn set_config(p: SetConfig) -> Result<bool, NvmfError> {
+    let t = target()?;
+    if let Some((cmd, _)) = p.admin_cmd_passthru.iter().flatten().find(|(_, on)| on.as_bool() != Some(false)) {
+        return Err(NvmfError::Unsupported(format!(
+            "admin_cmd_passthru.{cmd}: Pollux's namespaces are bdevs and answer admin commands themselves"
+        )));
+    }
+    if p.poll_groups_mask.is_some() {
+        return Err(NvmfError::Unsupported("poll_groups_mask: queue pairs are spread over every reactor".into()));
+    }
+    if p.dup_host_policy.as_deref().is_some_and(|d| d != "allow") {
+        return Err(NvmfError::Unsupported(format!("dup_host_policy {}: only allow", p.dup_host_policy.unwrap_or_default())));
+    }
+    let names: Vec<String> = match (p.discovery_filter, p.discovery_filters) {
+        (Some(_), Some(_)) => return Err(NvmfError::InvalidParam("discovery_filter and discovery_filters are exclusive".into())),
+        (Some(f), None) => f.split(',').map(|s| s.trim().to_string()).collect(),
+        (None, Some(list)) => list,
+        (None, None) => Vec::new(),
+    };
+    let mut c = t.config.borrow().clone();
+    if !names.is_empty() {
+        c.filter_transport = false;
+        c.filter_address = false;
+        c.filter_svcid = false;
+    }
+    for n in names {
+        match n.as_str() {
+            "match_any" => {}
+            "transport" => c.filter_transport = true,
+            "address" => c.filter_address = true,
+            "svcid" => c.filter_svcid = true,
+            other => {
+                return Err(NvmfError::InvalidParam(format!("discovery filter {other}: use match_any or transport, address, svcid")));
+            }
+        }
+    }
+    if let Some(d) = p.dhchap_digests {
+        c.dhchap_digests = Some(d);
+    }
+    if let Some(g) = p.dhchap_dhgroups {
+        c.dhchap_dhgroups = Some(g);
+    }
+    *t.config.borrow_mut() = c;
+    Ok(true)
 }
 
 fn create_transport(p: CreateTransport) -> Result<bool, NvmfError> {
@@ -168,6 +219,18 @@ impl AppSubsystem for NvmfSubsystem {
 
     fn write_config(&self, out: &mut ConfigWriter) {
         let Ok(t) = target() else { return };
+        let c = t.config.borrow().clone();
+        let mut set = json!({"discovery_filter": c.filter_name(), "admin_cmd_passthru": {"identify_ctrlr": false}});
+        if let Some(d) = c.dhchap_digests {
+            set["dhchap_digests"] = d.into();
+        }
+        if let Some(g) = c.dhchap_dhgroups {
+            set["dhchap_dhgroups"] = g.into();
+        }
+        out.call("nvmf_set_config", set);
+        out.call("nvmf_set_max_subsystems", json!({"max_subsystems": t.max_subsystems.get()}));
+        let [crdt1, crdt2, crdt3] = crate::target::crdt();
+        out.call("nvmf_set_crdt", json!({"crdt1": crdt1, "crdt2": crdt2, "crdt3": crdt3}));
         if let Some(tr) = t.transport.borrow().as_ref() {
             let o = tr.opts();
             let mut params = json!({

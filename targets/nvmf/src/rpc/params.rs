@@ -23,6 +23,31 @@ pub struct SetMaxSubsystems {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// Admin commands to pass through to an NVMe namespace's controller.
+    pub admin_cmd_passthru: Option<serde_json::Map<String, Value>>,
+    pub poll_groups_mask: Option<String>,
+    /// Deprecated form: "match_any" or a comma-separated list.
+    pub discovery_filter: Option<String>,
+    pub discovery_filters: Option<Vec<String>>,
+    pub dhchap_digests: Option<Vec<String>>,
+    pub dhchap_dhgroups: Option<Vec<String>>,
+    pub dup_host_policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetCrdt {
+    #[serde(default)]
+    pub crdt1: u16,
+    #[serde(default)]
+    pub crdt2: u16,
+    #[serde(default)]
+    pub crdt3: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GetTransports {
     pub tgt_name: Option<String>,
     pub trtype: Option<String>,
