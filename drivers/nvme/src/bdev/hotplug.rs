@@ -61,9 +61,7 @@ fn scan() -> bool {
             continue;
         }
         let name = (0..).map(|n| format!("HotInNvme{n}")).find(|n| controller(n).is_none()).expect("a free name");
-        let opts =
-            crate::controller::ControllerOptions { interrupts: reactor::interrupt_mode(), ..options::options().controller_options() };
-        match Controller::attach_pci(&name, addr, opts) {
+        match Controller::attach_pci(&name, addr, options::attach_options()) {
             Ok(ctrl) => match add_controller(ctrl, json!({"name": name, "trtype": "PCIe", "traddr": addr.to_string()})) {
                 Ok(bdevs) => {
                     tracing::info!("NVMe hotplug: attached {addr} as {name}: {}", bdevs.join(", "));

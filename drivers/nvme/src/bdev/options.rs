@@ -195,6 +195,11 @@ impl Default for Hotplug {
 static OPTIONS: Mutex<Option<NvmeOptions>> = Mutex::new(None);
 static HOTPLUG: Mutex<Hotplug> = Mutex::new(Hotplug { enable: false, period_us: 100_000 });
 
+/// The options for a controller attached now on this reactor.
+pub fn attach_options() -> ControllerOptions {
+    ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..options().controller_options() }
+}
+
 /// The options in force.
 pub fn options() -> NvmeOptions {
     OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()

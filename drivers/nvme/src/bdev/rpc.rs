@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::options::{self, Hotplug, NvmeOptions};
 use super::{add_controller, controller, controllers, describe_controllers, detach, hotplug};
-use crate::controller::{Controller, ControllerOptions};
+use crate::controller::Controller;
 use crate::pci::PciAddress;
 
 pub fn register(app: &mut App) {
@@ -192,7 +192,7 @@ fn attach(p: Attach, r: Responder) {
     if super::controllers().iter().any(|c| c.address() == Some(addr)) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller with the provided trid (traddr: {addr}) already exists.")));
     }
-    let mut opts = ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..options::options().controller_options() };
+    let mut opts = options::attach_options();
     if let Some(n) = p.num_io_queues {
         opts.num_io_queues = n;
     }
