@@ -107,7 +107,17 @@ pub struct Controller {
     discovery_notice_masked: Cell<bool>,
     keep_alive_poller: RefCell<Option<Poller>>,
     destroyed: Cell<bool>,
+    /// CC.EN went from 1 to 0 and CSTS.RDY stays 1 until every I/O queue
+    /// pair has closed and its commands have finished.
+    reset_pending: Cell<bool>,
+    /// When a pending reset stops waiting (a command that never completes
+    /// must not keep the host from resetting).
+    reset_deadline: Cell<Option<Instant>>,
 }
+
+/// How long a controller reset waits for its queue pairs' commands: half
+/// of CAP.TO, the time the host allows for CSTS.RDY to clear.
+const RESET_DRAIN_LIMIT: Duration = Duration::from_millis(3750);
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +163,8 @@ impl Controller {
             discovery_notice_masked: Cell::new(false),
             keep_alive_poller: RefCell::new(None),
             destroyed: Cell::new(false),
+            reset_pending: Cell::new(false),
+            reset_deadline: Cell::new(None),
         })
     }
 
@@ -193,7 +205,10 @@ impl Controller {
             (property::CAP, true) => self.cap(),
             (property::VS, false) => u64::from(VERSION),
             (property::CC, false) => u64::from(self.cc.get()),
-            (property::CSTS, false) => u64::from(self.csts.get()),
+            (property::CSTS, false) => {
+                self.check_reset_deadline();
+                u64::from(self.csts.get())
+            }
             _ => return Response::err(status::INVALID_FIELD),
         };
         Response { status: status::SUCCESS, dw0: v as u32, dw1: (v >> 32) as u32 }
@@ -209,11 +224,24 @@ impl Controller {
         self.cc.set(new);
         let mut csts = self.csts.get();
         if Cc(new).enabled() && !Cc(old).enabled() {
+            self.reset_pending.set(false);
             csts |= Csts::RDY;
         } else if !Cc(new).enabled() && Cc(old).enabled() {
-            // Controller reset: the host reconnects I/O queues afterwards.
-            csts &= !(Csts::RDY | Csts::SHST_MASK);
-            self.close_io_qpairs();
+            // Controller reset: close the I/O queue pairs; CSTS.RDY clears
+            // once all of them are gone and no command of theirs is still
+            // running on a bdev (a write may not land after the host saw
+            // the reset complete). The host reconnects afterwards.
+            csts &= !Csts::SHST_MASK;
+            self.reset_pending.set(true);
+            self.reset_deadline.set(Some(Instant::now() + RESET_DRAIN_LIMIT));
+            for q in self.io_qpairs.borrow().values() {
+                let (close, id) = (q.close, q.id);
+                reactor::send_msg(q.reactor, move || close(id));
+            }
+            if self.io_qpairs.borrow().is_empty() {
+                self.reset_pending.set(false);
+                csts &= !Csts::RDY;
+            }
         }
         if new & Cc::SHN_MASK != 0 {
             csts = (csts & !Csts::SHST_MASK) | Csts::SHST_COMPLETE;
@@ -280,10 +308,29 @@ impl Controller {
         self.io_qpairs.borrow_mut().insert(qid, q);
     }
 
+    /// A reset that waited too long for its queue pairs completes anyway.
+    fn check_reset_deadline(&self) {
+        if self.reset_pending.get() && self.reset_deadline.get().is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                "nvmf: controller {} of {}: reset done with {} queue pair(s) still finishing commands",
+                self.cntlid,
+                self.subsystem.nqn(),
+                self.io_qpairs.borrow().len()
+            );
+            self.reset_pending.set(false);
+            self.csts.set(self.csts.get() & !Csts::RDY);
+        }
+    }
+
+    /// An I/O queue pair closed and none of its commands is running any
+    /// more.
     pub fn io_qpair_closed(&self, qid: u16, id: u64) {
         let mut q = self.io_qpairs.borrow_mut();
         if q.get(&qid).is_some_and(|r| r.id == id) {
             q.remove(&qid);
+        }
+        if q.is_empty() && self.reset_pending.replace(false) {
+            self.csts.set(self.csts.get() & !Csts::RDY);
         }
     }
 

@@ -37,6 +37,9 @@ pub struct GroupStats {
 pub(crate) struct TcpGroup {
     epoll: Epoll,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Closed I/O queue pairs whose commands still run on bdevs: kept until
+    /// the last completes, so the controller learns when they are done.
+    pub(crate) draining: RefCell<HashMap<u64, Rc<Conn>>>,
     dirty: RefCell<Vec<u64>>,
     pub(crate) stats: RefCell<GroupStats>,
     events: RefCell<Vec<libc::epoll_event>>,
@@ -52,6 +55,7 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
     let g = Rc::new(TcpGroup {
         epoll: Epoll::new()?,
         conns: RefCell::new(HashMap::new()),
+        draining: RefCell::new(HashMap::new()),
         dirty: RefCell::new(Vec::new()),
         stats: RefCell::new(GroupStats::default()),
         events: RefCell::new(Vec::with_capacity(128)),

@@ -151,6 +151,9 @@ pub(crate) struct Conn {
     deferred: RefCell<Vec<(u16, Response)>>,
     close_reason: RefCell<Option<String>>,
     closed: Cell<bool>,
+    /// A closed I/O queue pair with commands still on bdevs: (subsystem id,
+    /// cntlid, qid) to report to the controller when the last one ends.
+    draining: Cell<Option<(u32, u16, u16)>>,
 }
 
 fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
@@ -218,6 +221,7 @@ impl Conn {
             deferred: RefCell::new(Vec::new()),
             close_reason: RefCell::new(None),
             closed: Cell::new(false),
+            draining: Cell::new(None),
         })
     }
 
@@ -245,6 +249,7 @@ impl Conn {
             deferred: RefCell::new(Vec::new()),
             close_reason: RefCell::new(None),
             closed: Cell::new(false),
+            draining: Cell::new(None),
         }))
     }
 
@@ -576,9 +581,8 @@ impl Conn {
         if self.closed.replace(true) {
             return;
         }
-        if let Some(g) = self.group.upgrade() {
-            g.remove(self.id);
-        }
+        let group = self.group.upgrade();
+        let me = group.as_ref().and_then(|g| g.remove(self.id));
         let _ = self.stream.shutdown(Shutdown::Both);
         let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
         let qid = self.st.borrow().qid;
@@ -589,8 +593,39 @@ impl Conn {
             Queue::Admin(c) => c.destroy(&format!("admin queue closed: {reason}")),
             Queue::Io { subsystem_id, cntlid, .. } => {
                 tracing::debug!("nvmf: I/O queue {qid} of controller {cntlid} from {} closed: {reason}", self.peer);
-                let id = self.id;
-                reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
+                match (self.executing(), group, me) {
+                    (0, _, _) | (_, None, _) | (_, _, None) => self.report_closed(subsystem_id, cntlid, qid),
+                    (_, Some(g), Some(me)) => {
+                        self.draining.set(Some((subsystem_id, cntlid, qid)));
+                        g.draining.borrow_mut().insert(self.id, me);
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {
+        let id = self.id;
+        reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
+    }
+
+    /// A command of a closed connection finished: forget it, and once none
+    /// is left tell the controller the queue pair is gone.
+    fn finished_after_close(&self, idx: u16, generation: u16) {
+        {
+            let mut st = self.st.borrow_mut();
+            let Some(slot) = st.slots.get_mut(idx as usize) else { return };
+            if slot.generation != generation || slot.state != SlotState::Executing {
+                return;
+            }
+            slot.state = SlotState::Free;
+        }
+        if self.executing() == 0 {
+            if let Some((subsystem_id, cntlid, qid)) = self.draining.take() {
+                if let Some(g) = self.group.upgrade() {
+                    g.draining.borrow_mut().remove(&self.id);
+                }
+                self.report_closed(subsystem_id, cntlid, qid);
             }
         }
     }
@@ -622,11 +657,11 @@ impl AdminQueue for Conn {
 
 impl IoSink for Conn {
     fn io_done(&self, tag: u32, resp: Response, io: Option<BdevIo>) {
-        if self.closed.get() {
-            return;
-        }
         let idx = (tag & 0xffff) as u16;
         let generation = (tag >> 16) as u16;
+        if self.closed.get() {
+            return self.finished_after_close(idx, generation);
+        }
         let mut st = self.st.borrow_mut();
         let Some(slot) = st.slots.get_mut(idx as usize) else {
             return;
