@@ -38,6 +38,35 @@ pub enum Cmd {
     /// Delete a null bdev
     #[command(name = "bdev_null_delete", rename_all = "kebab-case")]
     BdevNullDelete { name: String },
+    /// Put a delay bdev on another: bdev_delay_create -b BASE -d NAME -r AVG_READ_US -t P99_READ_US -w AVG_WRITE_US -n P99_WRITE_US
+    #[command(name = "bdev_delay_create", rename_all = "kebab-case")]
+    BdevDelayCreate {
+        #[arg(short = 'b', long)]
+        base_bdev_name: String,
+        #[arg(short = 'd', long)]
+        name: String,
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+        #[arg(short = 'r', long)]
+        avg_read_latency: u64,
+        #[arg(short = 't', long)]
+        p99_read_latency: u64,
+        #[arg(short = 'w', long)]
+        avg_write_latency: u64,
+        #[arg(short = 'n', long)]
+        p99_write_latency: u64,
+    },
+    /// Delete a delay bdev
+    #[command(name = "bdev_delay_delete", rename_all = "kebab-case")]
+    BdevDelayDelete { name: String },
+    /// Change one latency of a delay bdev (microseconds)
+    #[command(name = "bdev_delay_update_latency", rename_all = "kebab-case")]
+    BdevDelayUpdateLatency {
+        delay_bdev_name: String,
+        #[arg(value_parser = ["avg_read", "avg_write", "p99_read", "p99_write"])]
+        latency_type: String,
+        latency_us: u64,
+    },
     /// Create a bdev on a file or block device through io_uring
     #[command(name = "bdev_uring_create", rename_all = "kebab-case")]
     BdevUringCreate {
@@ -163,6 +192,27 @@ impl Cmd {
                 )
             }
             BdevNullDelete { name } => req("bdev_null_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevDelayCreate { base_bdev_name, name, uuid, avg_read_latency, p99_read_latency, avg_write_latency, p99_write_latency } => {
+                req(
+                    "bdev_delay_create",
+                    params(&[
+                        ("base_bdev_name", v(base_bdev_name)),
+                        ("name", v(name)),
+                        ("uuid", o(uuid)),
+                        ("avg_read_latency", v(avg_read_latency)),
+                        ("p99_read_latency", v(p99_read_latency)),
+                        ("avg_write_latency", v(avg_write_latency)),
+                        ("p99_write_latency", v(p99_write_latency)),
+                    ]),
+                    Show::Text,
+                )
+            }
+            BdevDelayDelete { name } => req("bdev_delay_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevDelayUpdateLatency { delay_bdev_name, latency_type, latency_us } => req(
+                "bdev_delay_update_latency",
+                params(&[("delay_bdev_name", v(delay_bdev_name)), ("latency_type", v(latency_type)), ("latency_us", v(latency_us))]),
+                Show::Nothing,
+            ),
             BdevUringCreate { filename, name, block_size, uuid } => req(
                 "bdev_uring_create",
                 params(&[("filename", v(filename)), ("name", v(name)), ("block_size", o(block_size)), ("uuid", o(uuid))]),

@@ -230,6 +230,14 @@ impl BdevIo {
         out.append(&mut self.slot_mut().bufs);
     }
 
+    /// Give the request back the buffers taken with [`take_buffers`]
+    /// (a backend that passed them on to another bdev, such as delay).
+    ///
+    /// [`take_buffers`]: BdevIo::take_buffers
+    pub fn put_buffers(&mut self, bufs: Vec<DmaBuf>) {
+        self.slot_mut().bufs = bufs;
+    }
+
     /// Copy `data` into the request's buffers from byte `offset` (backends).
     pub fn copy_in(&mut self, offset: usize, data: &[u8]) {
         crate::dma::copy_to_bufs(&mut self.slot_mut().bufs, offset, data);

@@ -7,11 +7,14 @@
 //!   measure the framework's own cost per I/O.
 //! - [`uring`]: a file or block device through a per-reactor `io_uring`
 //!   polled by the reactor (`bdev_uring_create`, and `bdev_aio_create`).
+//! - [`delay`]: completes requests to another bdev a set time late
+//!   (`bdev_delay_create`), to test how hosts cope with slow storage.
 //! - [`absent`]: the global options of SPDK modules Pollux lacks, kept so
 //!   SPDK's saved configs load.
 
 mod absent;
 mod common;
+pub mod delay;
 pub mod malloc;
 pub mod null;
 pub mod uring;
@@ -24,4 +27,5 @@ pub fn register_all(app: &mut App) {
     null::register(app);
     uring::register(app);
     absent::register(app);
+    delay::register(app);
 }

@@ -128,3 +128,59 @@ fn pollux_rpc_speaks_rpc_py_argument_forms_for_bdevs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Got JSON-RPC error response"));
 }
+
+/// The delay bdev: SPDK's client creates it on a malloc bdev, I/O through
+/// it takes the latency asked for (pollux-perf), the latency changes live,
+/// save_config writes it back, and deleting the base deletes it.
+#[test]
+fn delay_bdev_delays_updates_saves_and_follows_its_base() {
+    let d = Daemon::start(DaemonOpts::default());
+    ok_stdout("malloc", &spdk_rpc(&d.socket, &["bdev_malloc_create", "-b", "Base0", "8", "512"]));
+    let out =
+        spdk_rpc(&d.socket, &["bdev_delay_create", "-b", "Base0", "-d", "Slow0", "-r", "3000", "-t", "6000", "-w", "1000", "-n", "2000"]);
+    assert_eq!(ok_stdout("delay", &out).trim(), "Slow0");
+    let b = d.call("bdev_get_bdevs", Some(json!({"name": "Slow0"}))).unwrap();
+    assert_eq!(b[0]["num_blocks"], 16384, "{b}");
+    assert_eq!(b[0]["driver_specific"]["delay"]["base_bdev_name"], "Base0", "{b}");
+    // A p99 below its average, an unknown type, a missing bdev.
+    let bad = |p: Value| rpc_code(d.call("bdev_delay_update_latency", Some(p)).unwrap_err());
+    assert_eq!(bad(json!({"delay_bdev_name": "Slow0", "latency_type": "p99_read", "latency_us": 10})), -32602);
+    assert_eq!(bad(json!({"delay_bdev_name": "Slow0", "latency_type": "sideways", "latency_us": 10})), -32602);
+    assert_eq!(bad(json!({"delay_bdev_name": "Nope", "latency_type": "avg_read", "latency_us": 10})), -libc::ENODEV);
+    ok_stdout("update", &spdk_rpc(&d.socket, &["bdev_delay_update_latency", "Slow0", "avg_write", "1500"]));
+    ok_stdout("update", &pollux_rpc(&d.socket, &["bdev_delay_update_latency", "Slow0", "p99_write", "2500"]));
+    let cfg = d.call("framework_get_config", Some(json!({"name": "bdev"}))).unwrap();
+    let call = cfg.as_array().unwrap().iter().find(|c| c["method"] == "bdev_delay_create").expect("in save_config").clone();
+    assert_eq!(
+        (
+            &call["params"]["avg_read_latency"],
+            &call["params"]["avg_write_latency"],
+            &call["params"]["p99_write_latency"],
+            &call["params"]["base_bdev_name"]
+        ),
+        (&json!(3000), &json!(1500), &json!(2500), &json!("Base0"))
+    );
+    // The base goes, the delay bdev with it.
+    ok_stdout("delete base", &spdk_rpc(&d.socket, &["bdev_malloc_delete", "Base0"]));
+    assert_eq!(d.call("bdev_get_bdevs", None).unwrap(), json!([]));
+    d.stop();
+
+    // Latency seen through pollux-perf: reads average about 3 ms.
+    let dir = TempDir::new("delay");
+    let cfg_file = dir.join("delay.json");
+    let config = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "Base0", "num_blocks": 16384, "block_size": 512}},
+        call,
+    ]}]});
+    std::fs::write(&cfg_file, config.to_string()).unwrap();
+    let out = std::process::Command::new(pollux_tests::bin("pollux-perf"))
+        .arg("-c")
+        .arg(&cfg_file)
+        .args(["-b", "Slow0", "-q", "4", "-o", "4096", "-w", "randread", "-t", "1", "--json", "--interrupt-mode"])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_str(&ok_stdout("pollux-perf", &out)).unwrap();
+    let p50 = r["total"]["p50_latency_us"].as_f64().unwrap();
+    assert!((3000.0..4500.0).contains(&p50), "median read latency {p50} us for 3000 us asked: {r}");
+    assert_eq!(r["total"]["errors"], 0);
+}
