@@ -573,3 +573,46 @@ fn controller_reset_closes_io_queues_before_ready_clears() {
     }
     d.stop();
 }
+
+/// With a write held on a slow (delay) bdev, CSTS.RDY stays 1 after CC.EN
+/// is cleared until that write has finished: the host never sees the reset
+/// done while a command of the old queues could still change data.
+#[test]
+fn controller_reset_waits_for_commands_still_on_bdevs() {
+    let port = free_port();
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": BS}},
+            {"method": "bdev_delay_create", "params": {"name": "Slow", "base_bdev_name": "M0", "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 600_000, "p99_write_latency": 600_000}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Slow", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() });
+    let (mut admin, cntlid) = Client::admin(port, NQN, 0, false, false);
+    let mut q = Client::io(port, NQN, cntlid, 1, false, false);
+    let data = pattern(3, 8 * BS);
+    let cid = q.cid();
+    q.send_capsule(&Sqe::new(0x01, cid).nsid(1).dw(10, 0).dw(12, 7).sgl_in_capsule(data.len() as u32), &data);
+    sleep(Duration::from_millis(100)); // the write reaches the delay bdev
+    let t0 = Instant::now();
+    assert!(admin.property_set(0x14, 0x0046_0000).ok());
+    let (_, csts) = admin.property_get(0x1c, false);
+    assert_eq!(csts & 1, 1, "RDY stays while the write is on the bdev");
+    loop {
+        let (_, csts) = admin.property_get(0x1c, false);
+        if csts & 1 == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "CSTS.RDY did not clear");
+        sleep(Duration::from_millis(10));
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(350), "RDY cleared after {waited:?}, before the write finished");
+    assert!(q.expect_close().is_none(), "the queue pair was closed without an answer");
+    d.stop();
+}
