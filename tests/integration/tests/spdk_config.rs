@@ -143,6 +143,22 @@ fn discovery_ports(port: u16) -> Vec<String> {
     (0..n).map(|i| std::str::from_utf8(&log[1024 * (i + 1) + 32..1024 * (i + 1) + 64]).unwrap().trim().to_string()).collect()
 }
 
+/// One malloc namespace in subsystem NQN, listening on `ports`.
+fn serve_on_ports(d: &Daemon, ports: &[u16]) {
+    d.call("bdev_malloc_create", Some(json!({"name": "M0", "num_blocks": 2048, "block_size": 512}))).unwrap();
+    d.call("nvmf_create_transport", Some(json!({"trtype": "TCP"}))).unwrap();
+    d.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true}))).unwrap();
+    for p in ports {
+        let la = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": p.to_string()});
+        d.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": la}))).unwrap();
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", *p)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "listener on {p} up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn discovery_filter_scheduler_and_sock_refusals() {
     let d = Daemon::start(DaemonOpts { wait_for_rpc: true, ..Default::default() });
@@ -177,18 +193,7 @@ fn discovery_filter_scheduler_and_sock_refusals() {
     // One subsystem on two ports: a host discovering through one port is
     // shown that port only.
     let (a, b) = (free_port(), free_port());
-    d.call("bdev_malloc_create", Some(json!({"name": "M0", "num_blocks": 2048, "block_size": 512}))).unwrap();
-    d.call("nvmf_create_transport", Some(json!({"trtype": "TCP"}))).unwrap();
-    d.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true}))).unwrap();
-    for p in [a, b] {
-        let la = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": p.to_string()});
-        d.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": la}))).unwrap();
-    }
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", b)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "listener up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    serve_on_ports(&d, &[a, b]);
     assert_eq!(discovery_ports(a), [a.to_string()]);
     assert_eq!(discovery_ports(b), [b.to_string()]);
     let cfg = d.call("framework_get_config", Some(json!({"name": "nvmf"}))).unwrap();
@@ -196,13 +201,7 @@ fn discovery_filter_scheduler_and_sock_refusals() {
     d.stop();
     // Without a filter (SPDK's match_any) both ports are listed everywhere.
     let d = Daemon::start(DaemonOpts::default());
-    d.call("bdev_malloc_create", Some(json!({"name": "M0", "num_blocks": 2048, "block_size": 512}))).unwrap();
-    d.call("nvmf_create_transport", Some(json!({"trtype": "TCP"}))).unwrap();
-    d.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true}))).unwrap();
-    for p in [a, b] {
-        let la = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": p.to_string()});
-        d.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": la}))).unwrap();
-    }
+    serve_on_ports(&d, &[a, b]);
     let mut listed = discovery_ports(a);
     listed.sort();
     let mut both = vec![a.to_string(), b.to_string()];
