@@ -182,18 +182,15 @@ pub struct Hotplug {
     pub period_us: u64,
 }
 
-fn default_hotplug_period() -> u64 {
-    100_000
-}
+/// SPDK's default hot insertion period, 100 ms.
+const DEFAULT_HOTPLUG_PERIOD_US: u64 = 100_000;
 
-impl Default for Hotplug {
-    fn default() -> Self {
-        Hotplug { enable: false, period_us: default_hotplug_period() }
-    }
+fn default_hotplug_period() -> u64 {
+    DEFAULT_HOTPLUG_PERIOD_US
 }
 
 static OPTIONS: Mutex<Option<NvmeOptions>> = Mutex::new(None);
-static HOTPLUG: Mutex<Hotplug> = Mutex::new(Hotplug { enable: false, period_us: 100_000 });
+static HOTPLUG: Mutex<Hotplug> = Mutex::new(Hotplug { enable: false, period_us: DEFAULT_HOTPLUG_PERIOD_US });
 
 /// The options for a controller attached now on this reactor.
 pub fn attach_options() -> ControllerOptions {

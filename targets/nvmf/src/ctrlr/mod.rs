@@ -234,10 +234,7 @@ impl Controller {
             csts &= !Csts::SHST_MASK;
             self.reset_pending.set(true);
             self.reset_deadline.set(Some(Instant::now() + RESET_DRAIN_LIMIT));
-            for q in self.io_qpairs.borrow().values() {
-                let (close, id) = (q.close, q.id);
-                reactor::send_msg(q.reactor, move || close(id));
-            }
+            self.close_io_qpairs();
             if self.io_qpairs.borrow().is_empty() {
                 self.reset_pending.set(false);
                 csts &= !Csts::RDY;
@@ -334,11 +331,11 @@ impl Controller {
         }
     }
 
+    /// Ask every I/O queue pair to close; each leaves `io_qpairs` when it
+    /// reports itself closed and drained ([`Controller::io_qpair_closed`]).
     fn close_io_qpairs(&self) {
-        let qpairs = std::mem::take(&mut *self.io_qpairs.borrow_mut());
-        for q in qpairs.into_values() {
-            let close = q.close;
-            let id = q.id;
+        for q in self.io_qpairs.borrow().values() {
+            let (close, id) = (q.close, q.id);
             reactor::send_msg(q.reactor, move || close(id));
         }
     }
