@@ -72,25 +72,26 @@ pub fn posix_options() -> ImplOptions {
     lock()[0].clone()
 }
 
-fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `fd` is a live socket borrowed from a TcpStream for the call;
-    // we pass a pointer to a c_int and its exact size.
-    let rc = unsafe { libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t) };
+/// Set an integer socket option std does not offer (SO_PRIORITY, SO_RCVBUF...).
+pub fn set_int_option(stream: &TcpStream, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the descriptor is a live socket owned by `stream`, borrowed
+    // for the call; we pass a pointer to a c_int and its exact size.
+    let rc =
+        unsafe { libc::setsockopt(stream.as_raw_fd(), level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Apply the posix options to a connection a target accepted.
 pub fn configure_accepted(stream: &TcpStream) -> io::Result<()> {
     let o = posix_options();
-    let fd = stream.as_raw_fd();
     if o.recv_buf_size != 0 {
-        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, o.recv_buf_size.min(i32::MAX as u32) as i32)?;
+        set_int_option(stream, libc::SOL_SOCKET, libc::SO_RCVBUF, o.recv_buf_size.min(i32::MAX as u32) as i32)?;
     }
     if o.send_buf_size != 0 {
-        set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, o.send_buf_size.min(i32::MAX as u32) as i32)?;
+        set_int_option(stream, libc::SOL_SOCKET, libc::SO_SNDBUF, o.send_buf_size.min(i32::MAX as u32) as i32)?;
     }
     if o.enable_quickack {
-        set_int(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, 1)?;
+        set_int_option(stream, libc::IPPROTO_TCP, libc::TCP_QUICKACK, 1)?;
     }
     Ok(())
 }

@@ -84,7 +84,7 @@ pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, share
     stream.set_nodelay(true)?;
     pollux_core::sock::configure_accepted(&stream)?;
     if shared.opts.sock_priority != 0 {
-        super::sys::set_priority(&stream, shared.opts.sock_priority)?;
+        pollux_core::sock::set_int_option(&stream, libc::SOL_SOCKET, libc::SO_PRIORITY, shared.opts.sock_priority as libc::c_int)?;
     }
     let g = group()?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,6 @@
 mod conn;
 mod group;
 pub mod pdu;
-mod sys;
 
 use std::cell::{Cell, RefCell};
 use std::io;
