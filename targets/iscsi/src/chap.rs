@@ -53,27 +53,19 @@ impl Algorithm {
     }
 }
 
-/// Random bytes for identifiers and challenges.
-pub fn random(n: usize) -> Vec<u8> {
-    use std::io::Read;
+/// Random bytes for identifiers and challenges, from the operating
+/// system's generator. There is no fallback: a login that cannot get
+/// unpredictable challenges fails.
+pub fn random(n: usize) -> Result<Vec<u8>, getrandom::Error> {
     let mut b = vec![0u8; n];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        // Without /dev/urandom, fall back to a time-seeded mix (never
-        // expected on Linux; still unpredictable enough to not repeat).
-        let mut x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
-        for v in b.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *v = x as u8;
-        }
-    }
-    b
+    getrandom::fill(&mut b)?;
+    Ok(b)
 }
 
-/// Compare digests in constant time.
+/// Compare digests in constant time (the length is not secret).
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

@@ -119,20 +119,34 @@ enum Auth {
     Done,
 }
 
+/// Why a login is refused: the status class and detail to answer with,
+/// and the reason, for the target's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: (u8, u8),
+    pub why: String,
+}
+
+fn refuse(status: (u8, u8), why: impl Into<String>) -> Refusal {
+    Refusal { status, why: why.into() }
+}
+
 /// What to answer a Login Request with.
 #[derive(Debug)]
 pub struct Reply {
     /// T, C, CSG and NSG bits of the response.
     pub flags: u8,
     pub status: (u8, u8),
+    /// Why the login was refused (empty on success).
+    pub why: String,
     pub text: Vec<u8>,
     /// The login completed: go to full feature phase.
     pub complete: bool,
 }
 
 impl Reply {
-    fn fail(status: (u8, u8)) -> Reply {
-        Reply { flags: 0, status, text: Vec::new(), complete: false }
+    fn fail(r: Refusal) -> Reply {
+        Reply { flags: 0, status: r.status, why: r.why, text: Vec::new(), complete: false }
     }
     pub fn failed(&self) -> bool {
         self.status.0 != 0
@@ -150,6 +164,8 @@ pub struct Login {
     pub ident: Option<Identity>,
     pub queue_depth: u32,
     chap: ChapPolicy,
+    /// The CHAP auth group in effect has secrets (CHAP can be checked).
+    chap_configured: bool,
     require_header_digest: bool,
     require_data_digest: bool,
     auth: Auth,
@@ -188,6 +204,7 @@ impl Login {
             ident: None,
             queue_depth: o.max_queue_depth,
             chap: ChapPolicy::default(),
+            chap_configured: false,
             require_header_digest: false,
             require_data_digest: false,
             auth: Auth::Pending,
@@ -207,39 +224,35 @@ impl Login {
         let nsg = h.flags & 0x03;
         if h.b3 > 0 || h.b2 < h.b3 {
             // Only version 0 exists.
-            return Reply::fail(status::UNSUPPORTED_VERSION);
+            return Reply::fail(refuse(status::UNSUPPORTED_VERSION, format!("version-max {} version-min {}: only 0 exists", h.b2, h.b3)));
         }
         if transit && cont {
-            return Reply::fail(status::INITIATOR_ERROR);
+            return Reply::fail(refuse(status::INITIATOR_ERROR, "T and C bits both set"));
         }
         if csg == 2 || csg == FULL_FEATURE || (transit && (nsg == 2 || nsg <= csg)) {
-            return Reply::fail(status::INITIATOR_ERROR);
+            return Reply::fail(refuse(status::INITIATOR_ERROR, format!("invalid stage transition CSG {csg} NSG {nsg}")));
         }
         if csg != self.stage {
             if self.first && csg == OPERATIONAL {
                 self.stage = OPERATIONAL;
             } else if csg == OPERATIONAL && self.stage == SECURITY && !self.first {
-                // Skipping ahead without finishing security.
-                return Reply::fail(status::INITIATOR_ERROR);
+                return Reply::fail(refuse(status::INITIATOR_ERROR, "operational stage before security negotiation finished"));
             } else {
-                return Reply::fail(status::INITIATOR_ERROR);
+                return Reply::fail(refuse(status::INITIATOR_ERROR, format!("CSG {csg} while in stage {}", self.stage)));
             }
         }
         if self.partial.len() + data.len() > 64 * 1024 {
-            return Reply::fail(status::INITIATOR_ERROR);
+            return Reply::fail(refuse(status::INITIATOR_ERROR, "login text over 64 KiB"));
         }
         self.partial.extend_from_slice(data);
         if cont {
             // More text follows: answer with an empty response.
-            return Reply { flags: (csg << 2), status: status::SUCCESS, text: Vec::new(), complete: false };
+            return Reply { flags: (csg << 2), status: status::SUCCESS, why: String::new(), text: Vec::new(), complete: false };
         }
         let raw = std::mem::take(&mut self.partial);
         let pairs = match text::parse(&raw) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::debug!("login: bad text: {e}");
-                return Reply::fail(status::INITIATOR_ERROR);
-            }
+            Err(e) => return Reply::fail(refuse(status::INITIATOR_ERROR, format!("malformed text: {e}"))),
         };
         let mut out = Vec::new();
         if self.first {
@@ -253,8 +266,7 @@ impl Login {
                 continue;
             }
             if self.seen.iter().any(|s| s == k) && !k.starts_with("CHAP_") && k != "AuthMethod" {
-                // A key negotiated twice.
-                return Reply::fail(status::INITIATOR_ERROR);
+                return Reply::fail(refuse(status::INITIATOR_ERROR, format!("key {k} negotiated twice")));
             }
             self.seen.push(k.clone());
             if let Err(st) = self.key(k, v, &mut out) {
@@ -274,13 +286,13 @@ impl Login {
                 if matches!(self.auth, Auth::WaitAlgorithm | Auth::WaitResponse { .. }) {
                     // Still exchanging CHAP: stay.
                 } else {
-                    return Reply::fail(status::AUTH_FAILURE);
+                    return Reply::fail(refuse(status::AUTH_FAILURE, "leaving the security stage without the CHAP the target requires"));
                 }
             } else {
                 flags |= 0x80 | nsg;
                 if nsg == FULL_FEATURE {
                     if self.require_header_digest && !self.params.header_digest || self.require_data_digest && !self.params.data_digest {
-                        return Reply::fail(status::INITIATOR_ERROR);
+                        return Reply::fail(refuse(status::INITIATOR_ERROR, "the target requires CRC32C digests, not negotiated"));
                     }
                     if !self.declared_mrdsl {
                         text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
@@ -295,7 +307,20 @@ impl Login {
             text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
             self.declared_mrdsl = true;
         }
-        Reply { flags, status: status::SUCCESS, text: out, complete }
+        Reply { flags, status: status::SUCCESS, why: String::new(), text: out, complete }
+    }
+
+    /// Which AuthMethods the target's configuration allows: (CHAP, None).
+    /// CHAP required: CHAP only. CHAP disabled: None only. Otherwise None,
+    /// and CHAP too if the auth group in effect has secrets to check it.
+    fn auth_methods(&self) -> (bool, bool) {
+        if self.chap.disable_chap {
+            (false, true)
+        } else if self.chap.required() {
+            (true, false)
+        } else {
+            (self.chap_configured, true)
+        }
     }
 
     fn security_done(&self) -> bool {
@@ -307,24 +332,31 @@ impl Login {
     }
 
     /// The first request names the initiator, the session type and target.
-    fn first_request(&mut self, h: &Bhs, pairs: &[(String, String)], out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+    fn first_request(&mut self, h: &Bhs, pairs: &[(String, String)], out: &mut Vec<u8>) -> Result<(), Refusal> {
         let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
-        let initiator = get("InitiatorName").ok_or(status::MISSING_PARAMETER)?;
+        let initiator = get("InitiatorName").unwrap_or_default();
         if initiator.is_empty() {
-            return Err(status::MISSING_PARAMETER);
+            return Err(refuse(status::MISSING_PARAMETER, "no InitiatorName in the first request"));
         }
         let session_type = match get("SessionType").as_deref() {
             None | Some("Normal") => SessionType::Normal,
             Some("Discovery") => SessionType::Discovery,
-            Some(_) => return Err(status::SESSION_TYPE_NOT_SUPPORTED),
+            Some(t) => return Err(refuse(status::SESSION_TYPE_NOT_SUPPORTED, format!("SessionType {t:?}"))),
         };
         let cfg = config::lock();
         let target_name = match session_type {
             SessionType::Normal => {
-                let name = get("TargetName").ok_or(status::MISSING_PARAMETER)?;
-                let t = cfg.target(&name).ok_or(status::NOT_FOUND)?;
+                let name = get("TargetName").ok_or_else(|| refuse(status::MISSING_PARAMETER, "normal session without TargetName"))?;
+                let t = cfg.target(&name).ok_or_else(|| refuse(status::NOT_FOUND, format!("no target {name}")))?;
                 if !cfg.allowed(t, self.ep.portal_group, &initiator, &self.ep.peer.ip()) {
-                    return Err(status::AUTHORIZATION_FAILURE);
+                    return Err(refuse(
+                        status::AUTHORIZATION_FAILURE,
+                        format!(
+                            "{initiator} at {} is not allowed to reach {name} through portal group {}",
+                            self.ep.peer.ip(),
+                            self.ep.portal_group
+                        ),
+                    ));
                 }
                 self.chap = t.chap;
                 if self.chap.chap_group == 0 {
@@ -342,6 +374,7 @@ impl Login {
                 None
             }
         };
+        self.chap_configured = cfg.auth_groups.get(&self.chap.chap_group).is_some_and(|g| !g.secrets.is_empty());
         self.ident = Some(Identity {
             initiator_name: initiator,
             initiator_alias: get("InitiatorAlias").unwrap_or_default(),
@@ -352,54 +385,61 @@ impl Login {
             cid: h.cid(),
         });
         if self.stage == OPERATIONAL && self.chap.required() {
-            // Straight to operational negotiation, but CHAP is required.
-            return Err(status::AUTH_FAILURE);
+            return Err(refuse(status::AUTH_FAILURE, "straight to operational negotiation, but the target requires CHAP"));
         }
         Ok(())
     }
 
-    fn key(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+    fn key(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), Refusal> {
         let security = self.stage == SECURITY;
         match k {
             "AuthMethod" => {
                 if !security {
-                    return Err(status::INITIATOR_ERROR);
+                    return Err(refuse(status::INITIATOR_ERROR, "AuthMethod outside the security stage"));
                 }
-                let offered: Vec<&str> = v.split(',').collect();
-                let want_chap = self.chap.required();
-                let chap_ok = !self.chap.disable_chap;
-                let choice = offered.iter().find(|m| match **m {
+                let (chap_ok, none_ok) = self.auth_methods();
+                // The initiator's first choice that the target's
+                // configuration allows (RFC 7143 6.2.1).
+                let choice = v.split(',').find(|m| match *m {
                     "CHAP" => chap_ok,
-                    "None" => !want_chap,
+                    "None" => none_ok,
                     _ => false,
                 });
                 match choice {
-                    Some(&"CHAP") => {
+                    Some("CHAP") => {
                         text::push(out, "AuthMethod", "CHAP");
                         self.auth = Auth::WaitAlgorithm;
                     }
                     Some(_) => {
                         text::push(out, "AuthMethod", "None");
-                        self.auth = if want_chap { Auth::Pending } else { Auth::Done };
+                        self.auth = Auth::Done;
                     }
                     None => {
                         text::push(out, "AuthMethod", "Reject");
-                        return Err(status::AUTH_FAILURE);
+                        let wanted = match (chap_ok, none_ok) {
+                            (true, false) => "the target requires CHAP",
+                            (false, true) if self.chap.disable_chap => "CHAP is disabled for this target",
+                            (false, true) => "the target has no CHAP secrets configured",
+                            _ => "the target allows None or CHAP",
+                        };
+                        return Err(refuse(status::AUTH_FAILURE, format!("AuthMethod={v}: {wanted}")));
                     }
                 }
                 self.auth_method_agreed = true;
             }
             "CHAP_A" => {
                 if !matches!(self.auth, Auth::WaitAlgorithm) {
-                    return Err(status::INITIATOR_ERROR);
+                    return Err(refuse(status::INITIATOR_ERROR, "CHAP_A without AuthMethod=CHAP agreed"));
                 }
                 let alg = v.split(',').filter_map(|a| text::number(a, 0, 255)).find_map(Algorithm::from_code);
                 let Some(alg) = alg else {
                     text::push(out, "CHAP_A", "Reject");
-                    return Err(status::AUTH_FAILURE);
+                    return Err(refuse(status::AUTH_FAILURE, format!("CHAP_A={v}: none of MD5 (5) or SHA-256 (7)")));
                 };
-                let id = chap::random(1)[0];
-                let challenge = chap::random(alg.digest_len().max(16));
+                let random =
+                    |n| chap::random(n).map_err(|e| refuse(status::TARGET_ERROR, format!("no random bytes for a CHAP challenge: {e}")));
+                let id = random(1)?[0];
+                let challenge = random(alg.digest_len().max(16))?;
                 text::push(out, "CHAP_A", &alg.code().to_string());
                 text::push(out, "CHAP_I", &id.to_string());
                 text::push(out, "CHAP_C", &text::hex(&challenge));
@@ -408,62 +448,63 @@ impl Login {
             "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" => {
                 // Checked together after the whole request (`chap_response`).
                 if !matches!(self.auth, Auth::WaitResponse { .. }) {
-                    return Err(status::INITIATOR_ERROR);
+                    return Err(refuse(status::INITIATOR_ERROR, format!("{k} before a CHAP challenge")));
                 }
                 self.seen.retain(|s| s != k);
                 self.chap_pairs.retain(|(x, _)| x != k);
                 self.chap_pairs.push((k.to_string(), v.to_string()));
             }
-            _ if security && k.starts_with("CHAP_") => return Err(status::INITIATOR_ERROR),
+            _ if security && k.starts_with("CHAP_") => return Err(refuse(status::INITIATOR_ERROR, format!("unknown CHAP key {k}"))),
             _ => self.operational(k, v, out)?,
         }
         Ok(())
     }
 
     /// Check the initiator's CHAP response and answer a mutual challenge.
-    fn chap_response(&mut self, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+    fn chap_response(&mut self, out: &mut Vec<u8>) -> Result<(), Refusal> {
         let pairs = std::mem::take(&mut self.chap_pairs);
         let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         let Auth::WaitResponse { alg, id, challenge } = std::mem::replace(&mut self.auth, Auth::Pending) else {
-            return Err(status::INITIATOR_ERROR);
+            return Err(refuse(status::INITIATOR_ERROR, "CHAP response without a challenge"));
         };
         let (Some(name), Some(resp)) = (get("CHAP_N"), get("CHAP_R")) else {
-            return Err(status::AUTH_FAILURE);
+            return Err(refuse(status::AUTH_FAILURE, "CHAP answer without CHAP_N and CHAP_R"));
         };
-        let resp = text::binary(resp).ok_or(status::AUTH_FAILURE)?;
-        let secret = config::lock().secret(self.chap.chap_group, name).ok_or_else(|| {
-            tracing::info!("login: CHAP user {name:?} unknown in auth group {}", self.chap.chap_group);
-            status::AUTH_FAILURE
-        })?;
+        let resp =
+            text::binary(resp).ok_or_else(|| refuse(status::AUTH_FAILURE, format!("CHAP_R of {name:?} is not a hex or base64 value")))?;
+        let secret = config::lock()
+            .secret(self.chap.chap_group, name)
+            .ok_or_else(|| refuse(status::AUTH_FAILURE, format!("CHAP user {name:?} unknown in auth group {}", self.chap.chap_group)))?;
         let want = alg.response(id, secret.secret.as_bytes(), &challenge);
         if !chap::same(&want, &resp) {
-            tracing::info!("login: CHAP response of {name:?} does not match");
-            return Err(status::AUTH_FAILURE);
+            return Err(refuse(status::AUTH_FAILURE, format!("CHAP response of {name:?} does not match")));
         }
         match (get("CHAP_I"), get("CHAP_C")) {
             (Some(i), Some(c)) => {
-                let i = text::number(i, 0, 255).ok_or(status::AUTH_FAILURE)? as u8;
-                let c = text::binary(c).ok_or(status::AUTH_FAILURE)?;
+                let bad = |what: &str| refuse(status::AUTH_FAILURE, format!("mutual CHAP from {name:?}: {what}"));
+                let i = text::number(i, 0, 255).ok_or_else(|| bad("CHAP_I is not a number from 0 to 255"))? as u8;
+                let c = text::binary(c).ok_or_else(|| bad("CHAP_C is not a hex or base64 value"))?;
                 if c == challenge || c.is_empty() || c.len() > 1024 {
-                    // A reflected or absurd challenge.
-                    return Err(status::AUTH_FAILURE);
+                    return Err(bad("CHAP_C reflects our challenge, or is empty or over 1024 bytes"));
                 }
                 let (Some(muser), Some(msecret)) = (secret.muser.as_deref(), secret.msecret.as_deref()) else {
-                    return Err(status::AUTH_FAILURE);
+                    return Err(bad("no mutual secret configured for this user"));
                 };
                 text::push(out, "CHAP_N", muser);
                 text::push(out, "CHAP_R", &text::hex(&alg.response(i, msecret.as_bytes(), &c)));
             }
-            (None, None) if self.chap.mutual_chap => return Err(status::AUTH_FAILURE),
+            (None, None) if self.chap.mutual_chap => {
+                return Err(refuse(status::AUTH_FAILURE, format!("the target requires mutual CHAP; {name:?} sent no CHAP_I/CHAP_C")));
+            }
             (None, None) => {}
-            _ => return Err(status::AUTH_FAILURE),
+            _ => return Err(refuse(status::AUTH_FAILURE, format!("mutual CHAP from {name:?}: CHAP_I and CHAP_C must come together"))),
         }
         self.auth = Auth::Done;
         Ok(())
     }
 
     /// Operational keys (RFC 7143 13).
-    fn operational(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), (u8, u8)> {
+    fn operational(&mut self, k: &str, v: &str, out: &mut Vec<u8>) -> Result<(), Refusal> {
         let p = &mut self.params;
         let discovery = self.ident.as_ref().is_some_and(|i| i.session_type == SessionType::Discovery);
         let reply: String = match k {
@@ -480,7 +521,9 @@ impl Login {
                         }
                         d.to_string()
                     }
-                    None if v.split(',').all(|d| d == "None" || d == "CRC32C") => return Err(status::INITIATOR_ERROR),
+                    None if v.split(',').all(|d| d == "None" || d == "CRC32C") => {
+                        return Err(refuse(status::INITIATOR_ERROR, format!("{k}={v}: the target requires CRC32C")));
+                    }
                     None => "Reject".into(),
                 }
             }
@@ -578,10 +621,9 @@ impl Login {
             },
             "OFMarkInt" | "IFMarkInt" => "Irrelevant".into(),
             "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
-                // Keys only a target may send.
-                return Err(status::INITIATOR_ERROR);
+                return Err(refuse(status::INITIATOR_ERROR, format!("{k} is a key only a target may send")));
             }
-            "SendTargets" => return Err(status::INITIATOR_ERROR),
+            "SendTargets" => return Err(refuse(status::INITIATOR_ERROR, "SendTargets during login")),
             _ => "NotUnderstood".into(),
         };
         text::push(out, k, &reply);

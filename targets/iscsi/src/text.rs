@@ -81,54 +81,32 @@ pub fn boolean(v: &str) -> Option<bool> {
 }
 
 /// Decode a binary value: `0x` hex or `0b` base64 (RFC 7143 6.1.4).
+/// Decoded as bytes, strictly: any character outside the encoding's
+/// alphabet (a multi-byte UTF-8 character included), non-canonical base64
+/// padding, or an empty value is refused. A hex value with an odd number of
+/// digits has an implied leading zero.
 pub fn binary(v: &str) -> Option<Vec<u8>> {
-    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.is_empty() {
-            return None;
+    use base64::Engine as _;
+    let (prefix, body) = (v.as_bytes().get(..2)?, &v.as_bytes()[2..]);
+    if body.is_empty() {
+        return None;
+    }
+    match prefix {
+        b"0x" | b"0X" if body.len() % 2 == 1 => {
+            let mut padded = Vec::with_capacity(body.len() + 1);
+            padded.push(b'0');
+            padded.extend_from_slice(body);
+            hex::decode(padded).ok()
         }
-        let h = if h.len() % 2 == 1 { format!("0{h}") } else { h.to_string() };
-        return (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok()).collect();
+        b"0x" | b"0X" => hex::decode(body).ok(),
+        b"0b" | b"0B" => base64::engine::general_purpose::STANDARD.decode(body).ok(),
+        _ => None,
     }
-    if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
-        return base64(b);
-    }
-    None
-}
-
-fn base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        })
-    };
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// Encode binary as `0x` hex.
 pub fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + 2 * b.len());
-    s.push_str("0x");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("0x{}", hex::encode(b))
 }
 
 #[cfg(test)]
@@ -157,5 +135,20 @@ mod tests {
         assert_eq!(binary("0bAQID"), Some(vec![1, 2, 3]));
         assert_eq!(binary("0xzz"), None);
         assert_eq!(hex(&[1, 0xab]), "0x01ab");
+        assert_eq!(binary("0xabc"), Some(vec![0x0a, 0xbc]));
+    }
+
+    #[test]
+    fn binary_values_are_decoded_as_bytes_and_strictly() {
+        // Multi-byte UTF-8 after the prefix, or where a prefix would be.
+        for v in ["0x\u{e9}0", "0x\u{20ac}", "0xa\u{e9}", "0b\u{20ac}AA", "\u{e9}x00", "0\u{e9}00", "0", "0x", "0b", ""] {
+            assert_eq!(binary(v), None, "{v:?}");
+        }
+        // Base64 must be canonical: padding present and right.
+        assert_eq!(binary("0bAQI="), Some(vec![1, 2]));
+        assert_eq!(binary("0bAQI"), None);
+        assert_eq!(binary("0bAQ=I"), None);
+        assert_eq!(binary("0b!!!!"), None);
+        assert_eq!(binary("0x0g"), None);
     }
 }

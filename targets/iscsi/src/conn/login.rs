@@ -8,7 +8,7 @@ use pollux_core::reactor;
 
 use super::{Close, Conn, Group, Phase};
 use crate::config;
-use crate::login::{Endpoint, SessionType, status};
+use crate::login::{Endpoint, Refusal, SessionType, status};
 use crate::pdu::{Bhs, op};
 use crate::session::{self, Entry, Session};
 
@@ -16,7 +16,8 @@ impl Conn {
     pub(super) fn on_login_pdu(self: &Rc<Self>, h: &Bhs, data: &[u8], raw: &[u8]) -> Result<bool, Close> {
         if h.opcode() != op::LOGIN {
             // Only Login Requests before full feature phase.
-            self.login_reject(h, status::INVALID_DURING_LOGIN);
+            let why = format!("opcode {:#04x} before the login completed", h.opcode());
+            self.refuse_login(h, &Refusal { status: status::INVALID_DURING_LOGIN, why });
             return Err(Close::AfterFlush);
         }
         let first = {
@@ -44,17 +45,15 @@ impl Conn {
             l.step(h, data)
         };
         if reply.failed() {
-            tracing::info!("iscsi: login from {} refused: status {:02x}{:02x}", self.ep.peer, reply.status.0, reply.status.1);
-            self.login_reject(h, reply.status);
+            self.refuse_login(h, &Refusal { status: reply.status, why: reply.why });
             return Err(Close::AfterFlush);
         }
         let mut tsih = h.tsih();
         if reply.complete {
             match self.finish_login(h) {
                 Ok(t) => tsih = t,
-                Err(st) => {
-                    tracing::info!("iscsi: login from {} refused at completion: status {:02x}{:02x}", self.ep.peer, st.0, st.1);
-                    self.login_reject(h, st);
+                Err(r) => {
+                    self.refuse_login(h, &r);
                     return Err(Close::AfterFlush);
                 }
             }
@@ -88,6 +87,24 @@ impl Conn {
         Ok(true)
     }
 
+    /// Log why a login is refused (at the default level) and answer with
+    /// its status.
+    fn refuse_login(self: &Rc<Self>, h: &Bhs, r: &Refusal) {
+        let initiator = match &self.st.borrow().phase {
+            Phase::Login(l) => l.ident.as_ref().map(|i| i.initiator_name.clone()),
+            Phase::FullFeature => None,
+        };
+        tracing::info!(
+            "iscsi: login from {} ({}) refused, status {:02x}{:02x}: {}",
+            self.ep.peer,
+            initiator.as_deref().unwrap_or("initiator not named yet"),
+            r.status.0,
+            r.status.1,
+            r.why
+        );
+        self.login_reject(h, r.status);
+    }
+
     fn login_reject(self: &Rc<Self>, h: &Bhs, st: (u8, u8)) {
         let mut r = Bhs::new(op::LOGIN_RESP, h.flags & 0x0c);
         r.lun[..6].copy_from_slice(&h.isid());
@@ -100,19 +117,22 @@ impl Conn {
     }
 
     /// Create the session (TSIH 0) or join an existing one.
-    fn finish_login(self: &Rc<Self>, h: &Bhs) -> Result<u16, (u8, u8)> {
+    fn finish_login(self: &Rc<Self>, h: &Bhs) -> Result<u16, Refusal> {
+        let refuse = |status, why: String| Refusal { status, why };
         let (ident, params, qd) = {
             let st = self.st.borrow();
-            let Phase::Login(l) = &st.phase else { return Err(status::TARGET_ERROR) };
-            (l.ident.clone().ok_or(status::MISSING_PARAMETER)?, l.params, l.queue_depth)
+            let Phase::Login(l) = &st.phase else { return Err(refuse(status::TARGET_ERROR, "login already finished".into())) };
+            let ident = l.ident.clone().ok_or_else(|| refuse(status::MISSING_PARAMETER, "no InitiatorName".into()))?;
+            (ident, l.params, l.queue_depth)
         };
-        let group = Group::get().map_err(|_| status::OUT_OF_RESOURCES)?;
+        let group = Group::get().map_err(|e| refuse(status::OUT_OF_RESOURCES, format!("no connection group: {e}")))?;
         let cmd_sn = h.w24.get();
         if ident.tsih != 0 {
             // Add a connection to an existing session.
-            let s = group.sessions.borrow().get(&ident.tsih).cloned().ok_or(status::SESSION_DOES_NOT_EXIST)?;
+            let gone = || refuse(status::SESSION_DOES_NOT_EXIST, format!("no session {} of {} to join", ident.tsih, ident.initiator_name));
+            let s = group.sessions.borrow().get(&ident.tsih).cloned().ok_or_else(gone)?;
             if !s.initiator.eq_ignore_ascii_case(&ident.initiator_name) || s.isid != ident.isid || s.target != ident.target_name {
-                return Err(status::SESSION_DOES_NOT_EXIST);
+                return Err(gone());
             }
             // Connection reinstatement: an old connection with this CID goes.
             for c in s.live_conns() {
@@ -121,7 +141,8 @@ impl Conn {
                 }
             }
             if s.live_conns().len() as u32 >= s.params.max_connections {
-                return Err(status::TOO_MANY_CONNECTIONS);
+                let why = format!("session {} has its {} connections (MaxConnections)", s.tsih, s.params.max_connections);
+                return Err(refuse(status::TOO_MANY_CONNECTIONS, why));
             }
             s.conns.borrow_mut().push(Rc::downgrade(self));
             self.st.borrow_mut().session = Some(s.clone());
@@ -142,7 +163,7 @@ impl Conn {
             (cfg.options.max_sessions, dev)
         };
         if ident.session_type == SessionType::Normal && device.is_none() {
-            return Err(status::NOT_FOUND);
+            return Err(refuse(status::NOT_FOUND, format!("target {} is gone", ident.target_name.as_deref().unwrap_or("-"))));
         }
         let entry = Entry {
             reactor: reactor::current(),
@@ -151,7 +172,8 @@ impl Conn {
             target: ident.target_name.clone(),
             kind: ident.session_type,
         };
-        let tsih = session::register(entry, max_sessions).ok_or(status::OUT_OF_RESOURCES)?;
+        let tsih = session::register(entry, max_sessions)
+            .ok_or_else(|| refuse(status::OUT_OF_RESOURCES, format!("{max_sessions} sessions already (MaxSessions)")))?;
         let s = Session::new(
             tsih,
             ident.session_type,

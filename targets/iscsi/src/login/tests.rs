@@ -167,3 +167,79 @@ fn mutual_chap_with_sha256_and_md5() {
         assert_eq!(l.step(&h, &d).status, status::AUTH_FAILURE, "extra {extra:?}");
     }
 }
+
+/// A target node named `iqn.2025-01.io.pollux:<name>` with this CHAP policy,
+/// open to every initiator through portal group 1.
+fn chap_target(name: &str, chap: config::ChapPolicy, secrets: Option<(i32, &str, &str)>) -> String {
+    let iqn = format!("iqn.2025-01.io.pollux:{name}");
+    let mut cfg = config::lock();
+    if let Some((tag, user, secret)) = secrets {
+        let secrets = vec![config::Secret { user: user.into(), secret: secret.into(), muser: None, msecret: None }];
+        cfg.auth_groups.insert(tag, config::AuthGroup { tag, secrets });
+    }
+    cfg.initiator_groups.insert(902, config::InitiatorGroup { tag: 902, initiators: vec!["ANY".into()], netmasks: vec!["ANY".into()] });
+    cfg.targets.push(config::TargetNode {
+        name: iqn.clone(),
+        alias: String::new(),
+        pg_ig_maps: vec![(1, 902)],
+        luns: Vec::new(),
+        queue_depth: 8,
+        chap,
+        header_digest: false,
+        data_digest: false,
+        device: pollux_scsi::Device::new(&iqn),
+    });
+    iqn
+}
+
+#[test]
+fn auth_method_follows_the_target_configuration() {
+    let policy = |disable_chap, require_chap, chap_group| config::ChapPolicy { disable_chap, require_chap, mutual_chap: false, chap_group };
+    let open = chap_target("auth-open", policy(false, false, 0), None);
+    let disabled = chap_target("auth-disabled", policy(true, false, 903), Some((903, "u", "s")));
+    let required = chap_target("auth-required", policy(false, true, 903), None);
+    let optional = chap_target("auth-optional", policy(false, false, 903), None);
+    let answer = |target: &str, offer: &str| {
+        let mut l = Login::new(ep());
+        let (h, d) = req(SECURITY << 2, &format!("InitiatorName=iqn.i;TargetName={target};AuthMethod={offer}"));
+        let r = l.step(&h, &d);
+        (get(&pairs(&r), "AuthMethod").map(String::from), r.status, r.why)
+    };
+    // No CHAP configured: None, even if the initiator prefers CHAP.
+    assert_eq!(answer(&open, "CHAP,None").0.as_deref(), Some("None"));
+    // (A refused login's answer is its status; it carries no text.)
+    let (_, st, why) = answer(&open, "CHAP");
+    assert_eq!(st, status::AUTH_FAILURE);
+    assert!(why.contains("no CHAP secrets"), "{why}");
+    // CHAP disabled: None, whatever the auth group holds.
+    assert_eq!(answer(&disabled, "CHAP,None").0.as_deref(), Some("None"));
+    assert_eq!(answer(&disabled, "CHAP").1, status::AUTH_FAILURE);
+    // CHAP required: CHAP, and refused where not offered.
+    assert_eq!(answer(&required, "None,CHAP").0.as_deref(), Some("CHAP"));
+    let (_, st, why) = answer(&required, "None");
+    assert_eq!(st, status::AUTH_FAILURE);
+    assert!(why.contains("requires CHAP"), "{why}");
+    // Optional with secrets: the initiator's first choice.
+    assert_eq!(answer(&optional, "CHAP,None").0.as_deref(), Some("CHAP"));
+    assert_eq!(answer(&optional, "None,CHAP").0.as_deref(), Some("None"));
+}
+
+#[test]
+fn a_chap_response_that_is_not_hex_or_base64_fails_the_login() {
+    let target = chap_target(
+        "auth-bytes",
+        config::ChapPolicy { disable_chap: false, require_chap: true, mutual_chap: false, chap_group: 904 },
+        Some((904, "u", "secret")),
+    );
+    for bad in ["0x\u{e9}0", "0x\u{20ac}", "0b\u{20ac}", "0x", "\u{e9}"] {
+        let mut l = Login::new(ep());
+        let (h, d) = req(SECURITY << 2, &format!("InitiatorName=iqn.i;TargetName={target};AuthMethod=CHAP"));
+        assert!(!l.step(&h, &d).failed());
+        let (h, d) = req(SECURITY << 2, "CHAP_A=5");
+        assert!(!l.step(&h, &d).failed());
+        let (h, d) = req(0x80 | (SECURITY << 2) | OPERATIONAL, &format!("CHAP_N=u;CHAP_R={bad}"));
+        let r = l.step(&h, &d);
+        assert_eq!(r.status, status::AUTH_FAILURE, "{bad:?}");
+        assert!(r.why.contains("not a hex or base64"), "{}", r.why);
+    }
+}
