@@ -43,6 +43,27 @@ pub fn copy_from_bufs(bufs: &[DmaBuf], mut off: usize, mut out: &mut [u8]) -> us
     total - out.len()
 }
 
+/// Append `len` bytes of `bufs`, starting at byte `off` of the list, to
+/// `out`. Returns how many bytes were appended (less than `len` when the
+/// list ends first).
+pub fn extend_from_bufs(out: &mut Vec<u8>, bufs: &[DmaBuf], mut off: usize, len: usize) -> usize {
+    let mut left = len;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(left);
+        out.extend_from_slice(&b[off..off + n]);
+        left -= n;
+        off = 0;
+    }
+    len - left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +85,10 @@ mod tests {
         assert_eq!(copy_to_bufs(&mut list, 10, &[9, 9, 9, 9]), 2);
         assert_eq!(copy_from_bufs(&list, 11, &mut out), 1);
         assert_eq!(copy_from_bufs(&list, 50, &mut out), 0);
+        let mut v = vec![0xff];
+        assert_eq!(extend_from_bufs(&mut v, &list, 2, 7), 7);
+        assert_eq!(v, [0xff, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(extend_from_bufs(&mut v, &list, 10, 5), 2);
+        assert_eq!(v.len(), 10);
     }
 }

@@ -39,6 +39,9 @@ const MAX_HELD_PASSES: u32 = 8;
 const COALESCE_MAX_BYTES: usize = 64 * 1024;
 /// How long a connection may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for the peer to read its last
+/// answers (a Reject, a Logout Response) before it is closed anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Receive buffer: a whole PDU with our largest data segment fits twice.
 const RX_CAP: usize = 2 * (BHS_LEN + 1024 + 2 * DIGEST_LEN + crate::login::OUR_MAX_RECV_DATA_SEGMENT as usize + 4);
 
@@ -78,6 +81,8 @@ pub(crate) struct State {
     /// Outstanding target NOP-In ping: (TTT, sent at).
     pub ping: Option<(u32, Instant)>,
     pub close_after_flush: bool,
+    /// When the connection began closing after its output (see `close_after_flush`).
+    pub closing_since: Option<Instant>,
     pub login_itt: u32,
 }
 
@@ -268,6 +273,9 @@ impl Group {
             let verdict = {
                 let st = c.st.borrow();
                 match (&st.phase, st.ping) {
+                    _ if st.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_TIMEOUT) => {
+                        Some("the initiator did not read the last answers of a closing connection")
+                    }
                     (Phase::Login(_), _) if now.duration_since(c.started) > LOGIN_TIMEOUT => Some("login timed out"),
                     (Phase::FullFeature, Some((_, at))) if now.duration_since(at) > timeout => Some("initiator did not answer NOP-In"),
                     _ => None,
@@ -339,6 +347,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
             last_rx: Instant::now(),
             ping: None,
             close_after_flush: false,
+            closing_since: None,
             login_itt: 0,
         }),
         rx: RefCell::new(rx),
@@ -367,6 +376,9 @@ impl Conn {
     fn on_readable(self: &Rc<Self>) {
         if self.closed.get() {
             return;
+        }
+        if self.st.borrow().close_after_flush {
+            return self.discard_input();
         }
         // Read until the socket is empty or the buffer full, then parse.
         loop {
@@ -398,6 +410,26 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(Close::Gone),
             }
+        }
+    }
+
+    /// A closing connection reads no more PDUs: what arrives is read and
+    /// dropped (once per pass), so the socket does not stay readable and the
+    /// peer is not reset before it has read our last answers.
+    fn discard_input(self: &Rc<Self>) {
+        let got = {
+            let mut rx = self.rx.borrow_mut();
+            if rx.is_empty() {
+                rx.resize(BHS_LEN, 0);
+            }
+            (&self.stream).read(&mut rx[..])
+        };
+        self.rx_len.set(0);
+        match got {
+            Ok(0) => self.close(Close::Gone),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => self.close(Close::Gone),
         }
     }
 
@@ -479,8 +511,12 @@ impl Conn {
             // Keep the partial PDU at the front.
             rx.copy_within(off..end, 0);
             self.rx_len.set(end - off);
-            *self.rx.borrow_mut() = rx;
+        } else {
+            // Closing or gone: nothing left to parse. The buffer goes back
+            // all the same, so whatever runs next finds it whole.
+            self.rx_len.set(0);
         }
+        *self.rx.borrow_mut() = rx;
         alive && !self.closed.get()
     }
 
@@ -497,6 +533,17 @@ impl Conn {
 
     /// Append a PDU (header, optional data pieces) to the transmit buffer.
     pub(crate) fn send(self: &Rc<Self>, h: &mut Bhs, data: &[&[u8]]) {
+        let dlen: usize = data.iter().map(|d| d.len()).sum();
+        self.send_with(h, dlen, |tx| {
+            for d in data {
+                tx.extend_from_slice(d);
+            }
+        });
+    }
+
+    /// Append a PDU whose `dlen` data bytes `fill` appends to the transmit
+    /// buffer (digests and padding are added here).
+    pub(crate) fn send_with(self: &Rc<Self>, h: &mut Bhs, dlen: usize, fill: impl FnOnce(&mut Vec<u8>)) {
         if self.closed.get() {
             return;
         }
@@ -505,7 +552,6 @@ impl Conn {
             let login = matches!(st.phase, Phase::Login(_));
             (st.params.header_digest && !login, st.params.data_digest && !login)
         };
-        let dlen: usize = data.iter().map(|d| d.len()).sum();
         h.set_data_len(dlen);
         let mut tx = self.tx.borrow_mut();
         let was_empty = tx.len() == self.tx_pos.get();
@@ -515,9 +561,8 @@ impl Conn {
         }
         if dlen > 0 {
             let start = tx.len();
-            for d in data {
-                tx.extend_from_slice(d);
-            }
+            fill(&mut tx);
+            assert_eq!(tx.len() - start, dlen, "a PDU's data is the length its header says");
             tx.extend_from_slice(&[0u8; 3][..pdu::pad(dlen)]);
             if dd {
                 let crc = pdu::digest(&[&tx[start..]]);
@@ -584,7 +629,11 @@ impl Conn {
     /// session (ending the session with its last connection).
     pub(crate) fn close(self: &Rc<Self>, why: Close) {
         if let Close::AfterFlush = why {
-            self.st.borrow_mut().close_after_flush = true;
+            {
+                let mut st = self.st.borrow_mut();
+                st.close_after_flush = true;
+                st.closing_since.get_or_insert_with(Instant::now);
+            }
             return self.flush();
         }
         if self.closed.replace(true) {

@@ -83,6 +83,62 @@ impl IscsiCmd {
     }
 }
 
+/// The residual flags (O 0x04, U 0x02) and count of a command's answer:
+/// against its EDTL, what a read sent (`sent`), or what a write's CDB
+/// asked to transfer (`xfer`). A failed read transferred nothing.
+pub(crate) fn data_in_residual(good: bool, read: bool, xfer: u32, edtl: u32, sent: u32) -> (u8, u32) {
+    match (good, read) {
+        (true, true) if xfer > edtl && sent == edtl => (0x04, xfer - edtl),
+        (true, true) if sent < edtl => (0x02, edtl - sent),
+        (true, true) => (0, 0),
+        (true, false) if xfer > edtl => (0x04, xfer - edtl),
+        (true, false) if xfer < edtl => (0x02, edtl - xfer),
+        (false, true) if edtl > 0 => (0x02, edtl),
+        _ => (0, 0),
+    }
+}
+
+/// One Data-In PDU of a read's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataInPdu {
+    pub offset: usize,
+    pub len: usize,
+    /// The last PDU of a MaxBurstLength sequence (F bit).
+    pub ends_burst: bool,
+    /// The last PDU of the answer (F and S bits, status).
+    pub last: bool,
+}
+
+/// How `len` bytes are cut into Data-In PDUs: at most
+/// MaxRecvDataSegmentLength (`seg`) bytes each, in sequences of at most
+/// MaxBurstLength (`burst`) bytes.
+pub(crate) struct DataInLayout {
+    off: usize,
+    len: usize,
+    seg: usize,
+    burst: usize,
+}
+
+impl DataInLayout {
+    pub(crate) fn new(len: usize, seg: usize, burst: usize) -> DataInLayout {
+        DataInLayout { off: 0, len, seg: seg.max(1), burst: burst.max(1) }
+    }
+}
+
+impl Iterator for DataInLayout {
+    type Item = DataInPdu;
+
+    fn next(&mut self) -> Option<DataInPdu> {
+        if self.off >= self.len {
+            return None;
+        }
+        let n = self.seg.min(self.len - self.off).min(self.burst - self.off % self.burst);
+        let p = DataInPdu { offset: self.off, len: n, ends_burst: (self.off + n) % self.burst == 0, last: self.off + n == self.len };
+        self.off += n;
+        Some(p)
+    }
+}
+
 /// Buffers for `len` bytes of data-out.
 fn alloc(len: usize, out: &mut Vec<DmaBuf>) -> bool {
     let Ok(pool) = dma::pool() else { return false };
@@ -127,6 +183,11 @@ impl Conn {
         let write = h.flags & 0x20 != 0;
         let edtl = h.w20.get();
         if !data.is_empty() && (!write || data.len() > p.first_burst as usize || data.len() > edtl as usize) {
+            tracing::info!(
+                "iscsi: {}: immediate data of {} bytes not allowed (W bit, FirstBurstLength, EDTL): rejected",
+                self.ep.peer,
+                data.len()
+            );
             self.reject(h, reject::PROTOCOL_ERROR);
             return Ok(true);
         }
@@ -136,9 +197,13 @@ impl Conn {
             return Ok(true);
         }
         let mut c = self.free_cmds.borrow_mut().pop().unwrap_or_else(IscsiCmd::new);
+        // Bidirectional commands (R and W) are not supported: they end with
+        // CHECK CONDITION before running, moving no data either way; their
+        // immediate data is dropped, and so is any Data-Out that follows.
+        let bidi = read && write;
+        let (read, write) = if bidi { (false, false) } else { (read, write) };
         let dir = match (read, write) {
-            (true, true) => DataDir::Both,
-            (true, false) => DataDir::Read,
+            (true, _) => DataDir::Read,
             (false, true) => DataDir::Write,
             _ => DataDir::None,
         };
@@ -154,7 +219,11 @@ impl Conn {
         c.unsolicited_data_sn = 0;
         c.early = None;
         s.outstanding.set(s.outstanding.get() + 1);
-        if write && edtl > MAX_EDTL {
+        if bidi {
+            tracing::info!("iscsi: {}: bidirectional command (R and W bits), opcode {:#04x}, refused", self.ep.peer, c.task.opcode());
+            c.want = 0;
+            c.early = Some(pollux_scsi::sense::Sense::invalid_cdb_field(0, None));
+        } else if write && edtl > MAX_EDTL {
             c.want = 0;
             c.early = Some(pollux_scsi::sense::Sense::invalid_cdb_field(0, None));
         } else {
@@ -352,41 +421,24 @@ impl Conn {
         let t = &c.task;
         let good = t.is_good();
         let xfer = t.xfer_len.min(u32::MAX as u64) as u32;
-        let (mut flags, mut residual) = (0u8, 0u32);
-        if good {
-            if xfer > c.edtl {
-                flags = 0x04;
-                residual = xfer - c.edtl;
-            } else if xfer < c.edtl {
-                flags = 0x02;
-                residual = c.edtl - xfer;
-            }
-        } else if c.read && c.edtl > 0 {
-            // Nothing was transferred.
-            flags = 0x02;
-            residual = c.edtl;
-        }
+        let edtl = c.edtl as usize;
+        // Data-In carries what the command read, up to the EDTL: whatever
+        // is not sent is counted in the residual.
+        let have: usize = t.bufs.iter().map(|b| b.len()).sum();
+        let send_len = if c.read && good { t.data_len.min(edtl).min(have) } else { 0 };
+        let (flags, residual) = data_in_residual(good, c.read, xfer, c.edtl, send_len as u32);
         let p = self.st.borrow().params;
         let mut data_sn = 0u32;
-        let send_len = if c.read && good { t.data_len.min(c.edtl as usize) } else { 0 };
         if send_len > 0 {
-            // Data-In PDUs: at most MaxRecvDataSegmentLength each, F at the
-            // end of every MaxBurstLength sequence, status in the last one.
-            let seg = p.max_send_seg as usize;
-            let burst = p.max_burst.max(seg as u32) as usize;
-            let mut off = 0usize;
-            let mut bi = 0usize;
-            let mut boff = 0usize;
-            while off < send_len {
-                let n = seg.min(send_len - off).min(burst - off % burst);
-                let last = off + n == send_len;
+            let layout = DataInLayout::new(send_len, p.max_send_seg as usize, p.max_burst as usize);
+            for pdu in layout {
                 let mut h = Bhs::new(op::DATA_IN, 0);
-                if last {
+                if pdu.last {
                     h.flags = 0x80 | 0x01 | flags;
                     h.b3 = t.status;
                     h.w24.set(self.next_stat_sn());
                     h.w44.set(residual);
-                } else if (off + n) % burst == 0 {
+                } else if pdu.ends_burst {
                     h.flags = 0x80;
                 }
                 h.lun = c.lun_raw;
@@ -394,26 +446,11 @@ impl Conn {
                 h.w20.set(RESERVED_TAG);
                 self.fill_window(&mut h);
                 h.w36.set(data_sn);
-                h.w40.set(off as u32);
+                h.w40.set(pdu.offset as u32);
                 data_sn += 1;
-                // Gather this PDU's bytes from the buffers.
-                let mut pieces: [&[u8]; 8] = [&[]; 8];
-                let mut np = 0;
-                let mut left = n;
-                while left > 0 && np < pieces.len() {
-                    let b = &t.bufs[bi];
-                    let k = (b.len() - boff).min(left);
-                    pieces[np] = &b[boff..boff + k];
-                    np += 1;
-                    left -= k;
-                    boff += k;
-                    if boff == b.len() {
-                        bi += 1;
-                        boff = 0;
-                    }
-                }
-                self.send(&mut h, &pieces[..np]);
-                off += n;
+                self.send_with(&mut h, pdu.len, |tx| {
+                    dma::extend_from_bufs(tx, &t.bufs, pdu.offset, pdu.len);
+                });
             }
             return self.recycle(c);
         }
@@ -432,5 +469,52 @@ impl Conn {
             self.send(&mut h, &[&len, sense]);
         }
         self.recycle(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{DataInLayout, data_in_residual};
+
+    proptest! {
+        /// Every byte of a read goes out exactly once, in order, in PDUs of
+        /// at most MaxRecvDataSegmentLength that never cross a
+        /// MaxBurstLength sequence, whatever the two were negotiated to.
+        #[test]
+        fn data_in_pdus_cover_the_read_within_the_negotiated_limits(
+            len in 1usize..(40 << 20),
+            seg in 512usize..(1 << 24),
+            burst in 512usize..(1 << 24),
+        ) {
+            let mut next = 0;
+            let mut count = 0;
+            for p in DataInLayout::new(len, seg, burst) {
+                prop_assert_eq!(p.offset, next);
+                prop_assert!(p.len > 0 && p.len <= seg);
+                prop_assert_eq!(p.offset / burst, (p.offset + p.len - 1) / burst, "PDU crosses a burst");
+                prop_assert_eq!(p.ends_burst, (p.offset + p.len) % burst == 0);
+                next += p.len;
+                count += 1;
+                prop_assert_eq!(p.last, next == len);
+                prop_assert!(count <= len / 512 + 2);
+            }
+            prop_assert_eq!(next, len);
+        }
+
+        /// What a read sends plus its underflow residual is its EDTL; an
+        /// overflow is reported only when the whole EDTL was sent.
+        #[test]
+        fn read_residuals_account_for_every_byte(xfer in 0u32..(64 << 20), edtl in 0u32..(64 << 20), sent_cap in 0u32..(64 << 20)) {
+            let sent = xfer.min(edtl).min(sent_cap);
+            let (flags, residual) = data_in_residual(true, true, xfer, edtl, sent);
+            match flags {
+                0x02 => prop_assert_eq!(sent + residual, edtl),
+                0x04 => { prop_assert_eq!(sent, edtl); prop_assert_eq!(residual, xfer - edtl); }
+                0 => { prop_assert_eq!(sent, edtl); prop_assert!(xfer <= edtl); }
+                f => prop_assert!(false, "flags {f:#x}"),
+            }
+        }
     }
 }
