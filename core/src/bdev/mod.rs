@@ -117,6 +117,11 @@ impl From<BdevError> for crate::rpc::RpcError {
     }
 }
 
+/// Smallest block size a protocol export accepts (see [`Bdev::check_exportable_block_size`]).
+pub const MIN_EXPORT_BLOCK_SIZE: u32 = 512;
+/// Largest block size a protocol export accepts.
+pub const MAX_EXPORT_BLOCK_SIZE: u32 = 64 * 1024;
+
 /// A registered block device. Shared by all reactors (`Arc<Bdev>`); its
 /// per-reactor state is its [`BdevChannel`].
 pub struct Bdev {
@@ -152,6 +157,21 @@ impl Bdev {
     }
     pub fn block_size(&self) -> u32 {
         self.block_size
+    }
+
+    /// Refuse a block size that a protocol cannot describe: NVMe encodes
+    /// it as a power of two (LBADS), and SCSI initiators and EXTENDED COPY
+    /// descriptors expect one. The bdev layer itself takes any multiple of
+    /// 512 (as SPDK's does), so exports check with this.
+    pub fn check_exportable_block_size(&self, export: &str) -> Result<(), BdevError> {
+        let bs = self.block_size;
+        if bs.is_power_of_two() && (MIN_EXPORT_BLOCK_SIZE..=MAX_EXPORT_BLOCK_SIZE).contains(&bs) {
+            return Ok(());
+        }
+        Err(BdevError::Invalid(format!(
+            "bdev {} has {bs}-byte blocks; {export} needs a power of two from {MIN_EXPORT_BLOCK_SIZE} to {MAX_EXPORT_BLOCK_SIZE} bytes",
+            self.name
+        )))
     }
     pub fn num_blocks(&self) -> u64 {
         self.num_blocks

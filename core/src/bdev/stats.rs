@@ -166,6 +166,9 @@ impl IoStats {
             "max_copy_latency_ticks": 0,
             "min_copy_latency_ticks": 0,
         });
+        // Beyond SPDK's fields: flushes, so that write-back (Flush, FUA
+        // writes) can be seen reaching a bdev.
+        v["num_flush_ops"] = json!(self.flush.ops);
         v["io_error"] = json!({ "total": self.errors });
         v
     }

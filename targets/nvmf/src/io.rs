@@ -98,6 +98,22 @@ pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len:
                 op::WRITE => IoType::Write,
                 _ => IoType::Compare,
             };
+            if kind == IoType::Write && cmd.cdw12.get() & op::CDW12_FUA != 0 && ns.desc.bdev().supports(IoType::Flush) {
+                // Force Unit Access: the command completes once the data is
+                // durable, so a flush of the written blocks follows the write.
+                let ns2 = ns.clone();
+                ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| {
+                    if !io.status().is_ok() {
+                        return finish(io, done);
+                    }
+                    ns2.desc.flush(&ns2.ch, slba, nlb, move |flushed| {
+                        let st = status_of(flushed.status(), IoType::Flush);
+                        drop(flushed);
+                        done.done(Response::err(st), Some(io));
+                    });
+                });
+                return None;
+            }
             ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish(io, done));
             None
         }
@@ -110,6 +126,10 @@ pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len:
             None
         }
         op::FLUSH => {
+            // A bdev without Flush has no volatile cache to write back. The
+            // flush reaches the bdev through this reactor's channel; every
+            // bdev's Flush (fsync of the file, NVMe Flush) covers all writes
+            // completed before it, whichever queue they came on.
             if !ns.desc.bdev().supports(IoType::Flush) {
                 return Some(Response::ok());
             }

@@ -47,6 +47,9 @@ impl Device {
         if self.map().contains_key(&id) {
             return Err(BdevError::Exists(format!("LUN {id} of {}", self.name)));
         }
+        if let Some(b) = bdev::get(bdev_name) {
+            b.check_exportable_block_size("a SCSI logical unit")?;
+        }
         let me: Weak<Device> = Arc::downgrade(self);
         let desc = bdev::open(bdev_name, true, move |ev| {
             if ev == BdevEvent::Remove {

@@ -195,7 +195,10 @@ fn identify_namespace(c: &Controller, nsid: u32) -> Result<Option<Box<IdentifyNa
     if let Some(e) = ns.eui64 {
         id.eui64 = e;
     }
-    id.anagrpid.set(ns.anagrpid);
+    // ANA reporting is off (CMIC bit 3 clear, no ANA log page): ANAGRPID
+    // must then be 0. The namespace keeps its configured group for
+    // save_config.
+    id.anagrpid.set(0);
     Ok(Some(id))
 }
 

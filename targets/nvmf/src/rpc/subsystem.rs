@@ -318,9 +318,11 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
         }
         Some(id) => id,
     };
+    let b = bdev::get(&n.bdev_name).ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?;
+    b.check_exportable_block_size("an NVMe namespace").map_err(|e| NvmfError::InvalidParam(e.to_string()))?;
     let uuid = match &n.uuid {
         Some(u) => Uuid::parse_str(u).map_err(|_| NvmfError::InvalidParam(format!("uuid \"{u}\" is not a UUID")))?,
-        None => bdev::get(&n.bdev_name).map(|b| b.uuid()).ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?,
+        None => b.uuid(),
     };
     let nguid = match &n.nguid {
         Some(g) => parse_hex::<16>(g, "nguid")?,

@@ -211,7 +211,10 @@ impl Conn {
         let fctype = raw[4];
         let r = match (fctype, &st.queue) {
             (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
-            (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (fabrics::fctype::CONNECT, _) => {
+                tracing::info!("nvmf: connect from {} on {} refused: queue {} is already connected", self.peer, self.ep, st.qid);
+                Response::err(status::COMMAND_SEQUENCE_ERROR)
+            }
             (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
             (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
             (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
@@ -232,13 +235,22 @@ impl Conn {
         let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
         let slot = &st.slots[idx as usize];
         if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() || slot.bufs.len() != 1 {
+            tracing::info!(
+                "nvmf: connect from {} on {} refused: {} bytes of connect data (host to controller: {}), not {}",
+                self.peer,
+                self.ep,
+                slot.len,
+                slot.dir == DataDir::HostToController,
+                size_of::<ConnectData>()
+            );
             return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
         }
         let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()]).expect("1024 bytes");
         let (Ok(target), Some(shared)) = (crate::target::target(), self.shared.clone()) else {
+            tracing::warn!("nvmf: connect from {} refused: the target is shutting down", self.peer);
             return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
         };
-        let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, &self.opts) {
+        let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, self.peer, &self.opts) {
             Ok(x) => x,
             Err(r) => return self.respond(st, idx, r),
         };
