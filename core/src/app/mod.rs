@@ -191,7 +191,9 @@ fn start(st: Rc<AppState>, calls: Vec<ConfigCall>) {
         if st.args.interrupt_mode { " (interrupt mode)" } else { "" }
     );
     st.methods.set_state(RpcState::Startup);
-    match RpcServer::start(&st.args.rpc_socket, st.methods.clone()) {
+    // With --wait-for-rpc, calls are served from the start (they drive the
+    // start-up); otherwise clients wait until start-up has finished.
+    match RpcServer::start(&st.args.rpc_socket, st.methods.clone(), st.args.wait_for_rpc) {
         Ok(s) => *st.server.borrow_mut() = Some(s),
         Err(e) => {
             tracing::error!("{e}");
@@ -317,6 +319,12 @@ fn finish_start() {
     st.initialized.set(true);
     for w in st.waiters.borrow_mut().drain(..) {
         w.ok(true);
+    }
+    if let Some(s) = st.server.borrow().as_ref() {
+        if let Err(e) = s.accept_clients() {
+            tracing::error!("{e}");
+            return shutdown(1);
+        }
     }
     tracing::info!("{} started; RPC on {}", st.name, st.args.rpc_socket.display());
     let hooks = std::mem::take(&mut *st.on_started.borrow_mut());

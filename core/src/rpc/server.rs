@@ -76,12 +76,18 @@ pub struct RpcServer {
     reactor: ReactorId,
     poller: RefCell<Option<Poller>>,
     served: Cell<u64>,
+    /// Connections are accepted (until then they wait in the backlog).
+    accepting: Cell<bool>,
 }
 
 impl RpcServer {
     /// Bind the socket and start serving on the current reactor. A stale
     /// socket file (nobody listening) is replaced; a live one is an error.
-    pub fn start(path: &Path, methods: Rc<Methods>) -> Result<Rc<RpcServer>, ServerError> {
+    /// Unless `accept_now`, clients wait (connected, in the listen backlog)
+    /// until [`RpcServer::accept_clients`]: the app holds them until its
+    /// start-up has finished, as SPDK does, so no call sees a half-started
+    /// target.
+    pub fn start(path: &Path, methods: Rc<Methods>, accept_now: bool) -> Result<Rc<RpcServer>, ServerError> {
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(ServerError::InUse { path: path.to_path_buf() });
@@ -92,7 +98,6 @@ impl RpcServer {
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(ServerError::Poll)?;
-        epoll.add(listener.as_raw_fd(), Interest::READABLE, LISTENER).map_err(ServerError::Poll)?;
         let server = Rc::new(RpcServer {
             path: path.to_path_buf(),
             listener,
@@ -103,7 +108,11 @@ impl RpcServer {
             reactor: reactor::current(),
             poller: RefCell::new(None),
             served: Cell::new(0),
+            accepting: Cell::new(false),
         });
+        if accept_now {
+            server.accept_clients()?;
+        }
         let s = Rc::downgrade(&server);
         let poller = reactor::register_timed_poller("rpc_server", POLL_PERIOD, move || match s.upgrade() {
             Some(s) => s.poll(),
@@ -113,8 +122,20 @@ impl RpcServer {
         poller.add_wake_fd(server.epoll.as_raw_fd(), Interest::READABLE).map_err(ServerError::Poll)?;
         *server.poller.borrow_mut() = Some(poller);
         reactor::set_local(server.clone());
-        tracing::info!("RPC server listening on {}", path.display());
+        if accept_now {
+            tracing::info!("RPC server listening on {}", path.display());
+        } else {
+            tracing::info!("RPC server listening on {}; calls are answered once start-up has finished", path.display());
+        }
         Ok(server)
+    }
+
+    /// Accept clients from now on (those waiting in the backlog first).
+    pub fn accept_clients(&self) -> Result<(), ServerError> {
+        if !self.accepting.replace(true) {
+            self.epoll.add(self.listener.as_raw_fd(), Interest::READABLE, LISTENER).map_err(ServerError::Poll)?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
