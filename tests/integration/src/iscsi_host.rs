@@ -165,6 +165,17 @@ pub fn keys(pairs: &[(&str, &str)]) -> Vec<u8> {
     v
 }
 
+/// The bytes of a PDU without digests: the header with its data segment
+/// length set, the data, and padding.
+pub fn pdu_bytes(mut bhs: [u8; 48], data: &[u8]) -> Vec<u8> {
+    let n = (data.len() as u32).to_be_bytes();
+    bhs[5..8].copy_from_slice(&n[1..]);
+    let mut buf = bhs.to_vec();
+    buf.extend_from_slice(data);
+    buf.resize(buf.len() + (4 - data.len() % 4) % 4, 0);
+    buf
+}
+
 impl RawConn {
     pub fn connect(port: u16) -> RawConn {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the target");
@@ -174,13 +185,8 @@ impl RawConn {
     }
 
     /// Send a header (48 bytes) and data, padded.
-    pub fn send(&mut self, mut bhs: [u8; 48], data: &[u8]) -> std::io::Result<()> {
-        let n = (data.len() as u32).to_be_bytes();
-        bhs[5..8].copy_from_slice(&n[1..]);
-        let mut buf = bhs.to_vec();
-        buf.extend_from_slice(data);
-        buf.resize(buf.len() + (4 - data.len() % 4) % 4, 0);
-        self.s.write_all(&buf)
+    pub fn send(&mut self, bhs: [u8; 48], data: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(&pdu_bytes(bhs, data))
     }
 
     /// Receive one PDU (`None` when the target closed the connection).
@@ -206,7 +212,8 @@ impl RawConn {
     }
 
     /// Log in a connection with CID `cid` to session `tsih` (0: a new
-    /// session), adding `extra` keys (such as `MaxConnections`).
+    /// session), adding `extra` keys (such as `MaxConnections`); a key of
+    /// `extra` replaces the default of the same name.
     pub fn login_with(
         &mut self,
         initiator: &str,
@@ -236,7 +243,12 @@ impl RawConn {
             ("InitialR2T", "Yes"),
             ("MaxRecvDataSegmentLength", "65536"),
         ]);
-        k.extend_from_slice(extra);
+        for &(key, val) in extra {
+            match k.iter_mut().find(|(x, _)| *x == key) {
+                Some(kv) => kv.1 = val,
+                None => k.push((key, val)),
+            }
+        }
         self.send(h, &keys(&k)).expect("send login");
         self.itt += 1;
         self.recv().expect("login response")
@@ -362,17 +374,20 @@ impl RawConn {
             let p = self.recv()?;
             match p.opcode() {
                 0x31 => {
-                    // R2T: send the asked-for range in one Data-Out.
+                    // R2T: send the asked-for range in Data-Out PDUs of at
+                    // most 64 KiB (below any MaxRecvDataSegmentLength the
+                    // target declares), F on the last.
                     let off = p.u32_at(40) as usize;
                     let len = p.u32_at(44) as usize;
-                    let mut d = [0u8; 48];
-                    d[0] = 0x05;
-                    d[1] = 0x80;
-                    d[16..20].copy_from_slice(&p.bhs[16..20]);
-                    d[20..24].copy_from_slice(&p.bhs[20..24]);
-                    d[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
-                    d[40..44].copy_from_slice(&(off as u32).to_be_bytes());
-                    self.send(d, &data[off..off + len]).ok()?;
+                    let (itt, ttt) = (p.u32_at(16), p.u32_at(20));
+                    let mut at = off;
+                    let mut data_sn = 0;
+                    while at < off + len {
+                        let n = (off + len - at).min(64 * 1024);
+                        self.data_out(itt, ttt, data_sn, at as u32, &data[at..at + n], at + n == off + len).ok()?;
+                        at += n;
+                        data_sn += 1;
+                    }
                 }
                 0x21 => return Some(p.bhs[3]),
                 _ => {}

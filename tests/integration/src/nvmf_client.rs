@@ -199,6 +199,13 @@ impl Client {
 
     /// Frame and send a CapsuleCmd with optional in-capsule data.
     pub fn send_capsule(&mut self, sqe: &Sqe, data: &[u8]) {
+        let b = self.capsule_bytes(sqe, data);
+        self.send_raw(&b);
+    }
+
+    /// The bytes of a CapsuleCmd with optional in-capsule data, framed
+    /// with this connection's digests.
+    pub fn capsule_bytes(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
         let hd = if self.hd { 4 } else { 0 };
         let dd = if self.dd && !data.is_empty() { 4 } else { 0 };
         let mut b = vec![0u8; 8];
@@ -216,11 +223,17 @@ impl Client {
         if dd > 0 {
             b.extend_from_slice(&crc32c(data).to_le_bytes());
         }
-        self.send_raw(&b);
+        b
     }
 
     /// Frame and send one H2CData PDU.
     pub fn send_h2c(&mut self, cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool) {
+        let b = self.h2c_bytes(cccid, ttag, datao, data, last);
+        self.send_raw(&b);
+    }
+
+    /// The bytes of one H2CData PDU.
+    pub fn h2c_bytes(&self, cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool) -> Vec<u8> {
         let hd = if self.hd { 4 } else { 0 };
         let dd = if self.dd { 4 } else { 0 };
         let mut b = vec![0u8; 24];
@@ -241,7 +254,7 @@ impl Client {
         if self.dd {
             b.extend_from_slice(&crc32c(data).to_le_bytes());
         }
-        self.send_raw(&b);
+        b
     }
 
     /// Send a command and collect its data (C2HData) and completion.
@@ -297,13 +310,29 @@ impl Client {
     /// Fabrics Connect with connect attributes (bit 2: disable SQ flow control).
     #[allow(clippy::too_many_arguments)]
     pub fn fabrics_connect_with(&mut self, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str, kato: u32, cattr: u8) -> Cqe {
+        self.fabrics_connect_as(qid, sqsize, cntlid, subnqn, hostnqn, HOST_ID, kato, cattr)
+    }
+
+    /// Fabrics Connect with this host identifier.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fabrics_connect_as(
+        &mut self,
+        qid: u16,
+        sqsize: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        kato: u32,
+        cattr: u8,
+    ) -> Cqe {
         let cid = self.cid();
         let mut sqe = Sqe::new(0x7f, cid).byte(4, 0x01).byte(46, cattr).sgl_in_capsule(1024);
         sqe.0[42..44].copy_from_slice(&qid.to_le_bytes());
         sqe.0[44..46].copy_from_slice(&sqsize.to_le_bytes());
         sqe.0[48..52].copy_from_slice(&kato.to_le_bytes());
         let mut data = vec![0u8; 1024];
-        data[..16].copy_from_slice(&HOST_ID);
+        data[..16].copy_from_slice(&hostid);
         data[16..18].copy_from_slice(&cntlid.to_le_bytes());
         data[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
         data[512..512 + hostnqn.len()].copy_from_slice(hostnqn.as_bytes());

@@ -282,7 +282,19 @@ fn bad_initiators_lose_only_their_own_connection() {
     assert_eq!(r2t.opcode(), 0x31);
     drop(v);
     drop(idle);
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the target has noticed and closed the vanished connection.
+    let t0 = std::time::Instant::now();
+    while d
+        .call("iscsi_get_connections", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["initiator_name"] == "iqn.2025-01.io.pollux:vanish")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the vanished initiator's connection was never closed");
+        std::thread::yield_now();
+    }
     // The aborted write never reached the medium; the good data is there.
     let (st, data) = good.read10(100, 64).unwrap();
     assert_eq!(st, 0);

@@ -70,9 +70,15 @@ fn linux_initiator_keeps_an_ext4_filesystem_across_logins() {
         std::fs::create_dir_all("/run/lock/iscsi").unwrap();
         let iscsid = tool("iscsid", "open-iscsi: apt-get install open-iscsi");
         let _daemon = Iscsid(Command::new(iscsid).arg("-f").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start iscsid"));
-        std::thread::sleep(Duration::from_millis(500));
         let adm = tool("iscsiadm", "open-iscsi: apt-get install open-iscsi");
         let portal = format!("127.0.0.1:{port}");
+        // iscsiadm needs iscsid's control socket (abstract, so listed in
+        // /proc/net/unix): wait for it to be listening.
+        let t0 = Instant::now();
+        while !std::fs::read_to_string("/proc/net/unix").unwrap_or_default().contains("@ISCSIADM_ABSTRACT_NAMESPACE") {
+            assert!(t0.elapsed() < Duration::from_secs(60), "iscsid never listened");
+            std::thread::yield_now();
+        }
         let disc = sh("discovery", Command::new(&adm).args(["-m", "discovery", "-t", "st", "-p", &portal]));
         assert!(disc.contains(&iqn), "{disc}");
         let login = || sh("login", Command::new(&adm).args(["-m", "node", "-T", &iqn, "-p", &portal, "-l"]));

@@ -44,6 +44,16 @@ fn logged_in(port: u16, initiator: &str, isid: u8, extra: &[(&str, &str)]) -> (R
     (c, tsih)
 }
 
+/// Bytes received on the connection and not read yet.
+fn unread_bytes(c: &RawConn) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer we pass.
+    let r = unsafe { libc::ioctl(c.s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(r, 0, "FIONREAD");
+    n as usize
+}
+
 fn connections(d: &pollux_tests::Daemon) -> Vec<Value> {
     d.call("iscsi_get_connections", None).expect("iscsi_get_connections").as_array().cloned().unwrap_or_default()
 }
@@ -197,7 +207,7 @@ fn lun_reset_aborts_the_tasks_of_every_initiator_on_the_lu() {
     let r = a.wait_for(tmf).expect("TMF response");
     assert_eq!((r.opcode(), r.bhs[2]), (0x22, 2));
     assert_eq!(b.test_unit_ready(), Some((GOOD, 0, 0, 0)));
-    std::thread::sleep(Duration::from_millis(50));
+    d.call("spdk_get_version", None).expect("the daemon answers");
     assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
 }
 
@@ -260,13 +270,18 @@ fn answers_held_for_an_initiator_behind_all_arrive() {
         });
         let (mut c, _) = logged_in(port, "iqn.2025-01.io.pollux:deep-queue", 4, &[]);
         let stale_exp_stat_sn = c.exp_stat_sn;
-        // Batches with pauses between them: answers to the first batches
-        // go out, so the later commands say 8, 16, ... answers are unread.
+        // Batches, each sent once the answers to the ones before have
+        // reached our socket (unread): the later commands say 8, 16, ...
+        // answers are unread.
         let n = 48u32;
         let mut itts = Vec::new();
         for i in 0..n {
             if i > 0 && i % 8 == 0 {
-                std::thread::sleep(Duration::from_millis(20));
+                let t0 = std::time::Instant::now();
+                while unread_bytes(&c) < i as usize * 48 {
+                    assert!(t0.elapsed() < Duration::from_secs(30), "answers to the first {i} writes did not arrive");
+                    std::thread::yield_now();
+                }
             }
             c.exp_stat_sn = stale_exp_stat_sn;
             itts.push(c.command(&write10_cdb(i * 8, 8), 4096, false, true, &pattern(i as u8, 4096)));

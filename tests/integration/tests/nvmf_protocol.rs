@@ -436,7 +436,6 @@ fn keep_alive_stalled_r2t_and_namespace_change_events() {
     // Without keep alives the controller goes away: the admin queue and
     // the remaining I/O queue are closed.
     let t0 = Instant::now();
-    sleep(Duration::from_millis(500));
     a.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(a.expect_close().is_none());
     assert!(t0.elapsed() >= Duration::from_millis(900));
@@ -598,7 +597,13 @@ fn controller_reset_waits_for_commands_still_on_bdevs() {
     let data = pattern(3, 8 * BS);
     let cid = q.cid();
     q.send_capsule(&Sqe::new(0x01, cid).nsid(1).dw(10, 0).dw(12, 7).sgl_in_capsule(data.len() as u32), &data);
-    sleep(Duration::from_millis(100)); // the write reaches the delay bdev
+    // A command the queue pair answers at once (no such namespace): the
+    // queue takes commands in order, so when its answer arrives the write
+    // is on the delay bdev.
+    let probe = q.cid();
+    q.send_capsule(&Sqe::new(0x01, probe).nsid(99).dw(12, 0).sgl_in_capsule(512), &data[..512]);
+    let p = q.recv().expect("the probe's answer");
+    assert_eq!((p.cqe().cid, p.cqe().sct_sc()), (probe, (0, 0x0b)), "invalid namespace, answered before the write");
     let t0 = Instant::now();
     assert!(admin.property_set(0x14, 0x0046_0000).ok());
     let (_, csts) = admin.property_get(0x1c, false);

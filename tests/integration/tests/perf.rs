@@ -130,7 +130,13 @@ fn deleting_a_bdev_under_load_stops_its_users_and_then_completes() {
     };
     client.set_timeout(Some(Duration::from_secs(20))).unwrap();
     client.call("framework_wait_init", None).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Under load: writes are completing.
+    let t2 = Instant::now();
+    while client.call("bdev_get_iostat", Some(json!({"name": "Malloc0"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap_or(0) == 0
+    {
+        assert!(t2.elapsed() < Duration::from_secs(20), "no writes reached Malloc0");
+        std::thread::yield_now();
+    }
     // The delete answers only after every job closed the bdev.
     assert_eq!(client.call("bdev_malloc_delete", Some(json!({"name": "Malloc0"}))).unwrap(), json!(true));
     let t1 = Instant::now();

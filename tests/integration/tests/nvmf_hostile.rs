@@ -1,0 +1,239 @@
+//! Regression tests for faults found by hostile testing of the NVMe-oF
+//! target (issue 11), over real sockets to a running daemon: FUA and Flush
+//! reaching the bdev, block sizes no NVMe host can describe, what real
+//! hosts send at Connect (a fresh host identifier per connection, no host
+//! NQN), refusals logged with their reason, and ANAGRPID without ANA.
+
+use std::net::TcpListener;
+
+use pollux_tests::nvmf_client::*;
+use pollux_tests::{Daemon, DaemonOpts, TempDir};
+use serde_json::{Value, json};
+
+const NQN: &str = "nqn.2016-06.io.pollux:hostile";
+const OPEN_NQN: &str = "nqn.2016-06.io.pollux:open";
+const BS: usize = 512;
+const FILE_MIB: u64 = 16;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Two reactors; subsystem NQN (for HOST_NQN only) with a uring bdev on a
+/// file as NSID 1, and OPEN_NQN (any host) with a malloc namespace.
+fn start(port: u16, dir: &TempDir) -> Daemon {
+    let file = dir.join("ns.img");
+    std::fs::File::create(&file).unwrap().set_len(FILE_MIB << 20).unwrap();
+    let listener = |nqn: &str| json!({"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}});
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_uring_create", "params": {"name": "File0", "filename": file.to_str().unwrap(), "block_size": BS}},
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 8192, "block_size": BS}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "in_capsule_data_size": 8192}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": "HOSTILE01", "max_namespaces": 4}},
+            {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST_NQN}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "File0", "nsid": 1}}},
+            listener(NQN),
+            {"method": "nvmf_create_subsystem", "params": {"nqn": OPEN_NQN, "allow_any_host": true, "serial_number": "HOSTILE02"}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": OPEN_NQN, "namespace": {"bdev_name": "M0", "nsid": 1}}},
+            listener(OPEN_NQN),
+        ]},
+    ]});
+    Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() })
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
+}
+
+fn iostat(d: &Daemon, bdev: &str) -> Value {
+    let v = d.call("bdev_get_iostat", Some(json!({"name": bdev}))).expect("bdev_get_iostat");
+    v["bdevs"][0].clone()
+}
+
+fn flushes(d: &Daemon) -> u64 {
+    iostat(d, "File0")["num_flush_ops"].as_u64().expect("num_flush_ops")
+}
+
+fn writes(d: &Daemon) -> u64 {
+    iostat(d, "File0")["num_write_ops"].as_u64().expect("num_write_ops")
+}
+
+/// Finding 5: a Write with FUA completed without making the data durable
+/// while Identify reported a volatile write cache. FUA now reaches the bdev
+/// as a write and a flush of its blocks; Flush reaches the bdev from any
+/// queue.
+#[test]
+fn fua_writes_and_flushes_reach_the_bdev() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let (mut admin, cntlid) = Client::admin(port, NQN, 0, false, false);
+    let (r, id) = admin.identify(1, 0);
+    assert!(r.ok());
+    assert_eq!(id[525] & 1, 1, "a volatile write cache is reported");
+    let mut q1 = Client::io(port, NQN, cntlid, 1, false, false);
+    let mut q2 = Client::io(port, NQN, cntlid, 2, false, false);
+    let (f0, w0) = (flushes(&d), writes(&d));
+    // A plain write: no flush.
+    assert!(q1.write(1, 8, &pattern(1, 4096), BS, true).ok());
+    assert_eq!((flushes(&d), writes(&d)), (f0, w0 + 1), "a write without FUA");
+    // A write with FUA: the write, then a flush before the completion.
+    let data = pattern(2, 4096);
+    let cid = q1.cid();
+    let sqe = Sqe::new(0x01, cid).nsid(1).dw(10, 16).dw(12, (1 << 30) | 7).sgl_in_capsule(4096);
+    let (c, _) = q1.command(sqe, &data, true);
+    assert!(c.ok(), "{c:?}");
+    assert_eq!((flushes(&d), writes(&d)), (f0 + 1, w0 + 2), "a FUA write is flushed before it completes");
+    // Flush on another queue than the writes.
+    let cid = q2.cid();
+    let (c, _) = q2.command(Sqe::new(0x00, cid).nsid(1), &[], false);
+    assert!(c.ok(), "{c:?}");
+    assert_eq!(flushes(&d), f0 + 2, "Flush reaches the bdev");
+    let (c, back) = q2.read(1, 16, 8, BS);
+    assert!(c.ok() && back == data);
+    // The data is in the file, as written through the bdev.
+    let raw = std::fs::read(dir.join("ns.img")).unwrap();
+    assert!(raw[16 * BS..16 * BS + 4096] == data[..], "the FUA write is in the file");
+    d.stop();
+}
+
+/// Finding 6: a bdev with 1536-byte blocks was exported over NVMe-oF with
+/// LBADS 9 (the host saw the wrong size). The bdev layer takes multiples of
+/// 512 as SPDK's does; exports refuse what their protocol cannot describe.
+#[test]
+fn a_block_size_that_is_not_a_power_of_two_is_refused_by_exports() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    d.call("bdev_malloc_create", Some(json!({"name": "Odd", "num_blocks": 1024, "block_size": 1536}))).expect("a 1536-byte-block bdev");
+    d.call("bdev_malloc_create", Some(json!({"name": "Huge", "num_blocks": 64, "block_size": 131072}))).expect("a 128 KiB-block bdev");
+    let iscsi_port = free_port().to_string();
+    d.call("iscsi_create_portal_group", Some(json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi_port}]}))).unwrap();
+    d.call("iscsi_create_initiator_group", Some(json!({"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}))).unwrap();
+    for bdev in ["Odd", "Huge"] {
+        let e = d
+            .call("nvmf_subsystem_add_ns", Some(json!({"nqn": OPEN_NQN, "namespace": {"bdev_name": bdev}})))
+            .expect_err("refused as a namespace");
+        let msg = e.to_string();
+        assert!(msg.contains("needs a power of two from 512 to 65536"), "{msg}");
+        let e = d
+            .call(
+                "iscsi_create_target_node",
+                Some(json!({"name": format!("odd-{bdev}"), "alias_name": "odd", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}], "luns": [{"bdev_name": bdev, "lun_id": 0}], "queue_depth": 8})),
+            )
+            .expect_err("refused as a LUN");
+        assert!(e.to_string().contains("needs a power of two"), "{e}");
+    }
+    // Namespace 1 of the open subsystem is still the only one, with its LBADS.
+    let (mut admin, _) = Client::admin(port, OPEN_NQN, 0, false, false);
+    let (r, ns) = admin.identify(0, 1);
+    assert!(r.ok());
+    assert_eq!(ns[128 + 2], 9, "LBADS of the 512-byte namespace");
+    let (r, _) = admin.identify(0, 2);
+    assert!(r.ok(), "an inactive NSID answers zeroes");
+    d.stop();
+}
+
+/// Interoperability: hosts (Linux's, SPDK's) may send a fresh host
+/// identifier on each connection; the I/O queue is accepted, keyed on host
+/// NQN and controller ID, and logged at INFO.
+#[test]
+fn an_io_queue_with_another_host_identifier_is_accepted() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let (_admin, cntlid) = Client::admin(port, NQN, 0, false, false);
+    let mut q = Client::connect(port);
+    q.ic(false, false);
+    let r = q.fabrics_connect_as(1, 63, cntlid, NQN, HOST_NQN, [0x22; 16], 0, 0);
+    assert!(r.ok(), "{r:?}; log:\n{}", d.log());
+    assert!(q.write(1, 0, &pattern(3, 512), BS, true).ok());
+    assert!(d.log().contains("with host identifier 2222"), "logged; log:\n{}", d.log());
+    // Another host NQN on the controller's I/O queue is still refused.
+    let mut q = Client::connect(port);
+    q.ic(false, false);
+    assert!(!q.fabrics_connect_as(2, 63, cntlid, NQN, "nqn.2014-08.org.example:intruder", HOST_ID, 0, 0).ok());
+    d.stop();
+}
+
+/// Interoperability: SPDK's host (spdk_nvme_perf without `hostnqn` in its
+/// `-r` string) sends an empty host NQN; Linux's and SPDK's targets accept
+/// it where any host is allowed. A subsystem with a host list still
+/// refuses it.
+#[test]
+fn a_host_without_a_host_nqn_connects_where_any_host_is_allowed() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let mut a = Client::connect(port);
+    a.ic(false, false);
+    let r = a.fabrics_connect_as(0, 31, 0xffff, OPEN_NQN, "", [0x33; 16], 10000, 0);
+    assert!(r.ok(), "{r:?}; log:\n{}", d.log());
+    let cntlid = r.dw0 as u16;
+    assert!(a.property_set(0x14, 0x0046_0001).ok());
+    let mut q = Client::connect(port);
+    q.ic(false, false);
+    assert!(q.fabrics_connect_as(1, 127, cntlid, OPEN_NQN, "", [0x33; 16], 10000, 0).ok());
+    let data = pattern(4, 4096);
+    assert!(q.write(1, 100, &data, BS, true).ok());
+    let (c, back) = q.read(1, 100, 8, BS);
+    assert!(c.ok() && back == data);
+    let mut other = Client::connect(port);
+    other.ic(false, false);
+    assert_eq!(other.fabrics_connect_as(0, 31, 0xffff, NQN, "", [0x33; 16], 0, 0).sct_sc(), (1, 0x84));
+    assert!(d.log().contains("a host with no host NQN"), "log:\n{}", d.log());
+    d.stop();
+}
+
+/// Every refused Connect is logged with its reason at the default level.
+#[test]
+fn refused_connects_are_logged_with_their_reason() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let attempt = |qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str| {
+        let mut c = Client::connect(port);
+        c.ic(false, false);
+        let r = c.fabrics_connect(qid, sqsize, cntlid, subnqn, hostnqn, 0);
+        assert!(!r.ok(), "connect {qid}/{sqsize}/{cntlid}/{subnqn}/{hostnqn} should be refused");
+    };
+    attempt(0, 31, 0xffff, "nqn.2016-06.io.pollux:nothing-here", HOST_NQN);
+    attempt(0, 31, 0xffff, NQN, "nqn.2014-08.org.example:stranger");
+    attempt(0, 0, 0xffff, NQN, HOST_NQN);
+    attempt(1, 31, 999, NQN, HOST_NQN);
+    attempt(0, 31, 0xffff, "", HOST_NQN);
+    let long = format!("nqn.2014-08.org.example:{}", "x".repeat(220));
+    attempt(0, 31, 0xffff, NQN, &long);
+    let log = d.log();
+    for why in [
+        "no subsystem nqn.2016-06.io.pollux:nothing-here",
+        "the host is not allowed to use",
+        "SQSIZE 0 outside",
+        "controller 999",
+        "empty subsystem NQN",
+        "host NQN of 244 bytes",
+    ] {
+        assert!(log.lines().any(|l| l.contains("refused") && l.contains(why)), "no log line for {why:?}; log:\n{log}");
+    }
+    d.stop();
+}
+
+/// Identify Namespace reported ANAGRPID 1 while ANA is not reported
+/// (CMIC bit 3 clear): it must be 0.
+#[test]
+fn anagrpid_is_zero_without_ana_reporting() {
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let (mut a, _) = Client::admin(port, NQN, 0, false, false);
+    let (r, ctrl) = a.identify(1, 0);
+    assert!(r.ok());
+    assert_eq!(ctrl[76] & (1 << 3), 0, "CMIC: no ANA reporting");
+    let (r, ns) = a.identify(0, 1);
+    assert!(r.ok());
+    assert_eq!(u32::from_le_bytes(ns[92..96].try_into().unwrap()), 0, "ANAGRPID");
+    d.stop();
+}
