@@ -78,6 +78,8 @@ pub struct RpcServer {
     served: Cell<u64>,
     /// Connections are accepted (until then they wait in the backlog).
     accepting: Cell<bool>,
+    /// Stopped: no more connections or requests; pending answers still go out.
+    stopping: Cell<bool>,
 }
 
 impl RpcServer {
@@ -109,6 +111,7 @@ impl RpcServer {
             poller: RefCell::new(None),
             served: Cell::new(0),
             accepting: Cell::new(false),
+            stopping: Cell::new(false),
         });
         if accept_now {
             server.accept_clients()?;
@@ -132,7 +135,7 @@ impl RpcServer {
 
     /// Accept clients from now on (those waiting in the backlog first).
     pub fn accept_clients(&self) -> Result<(), ServerError> {
-        if !self.accepting.replace(true) {
+        if !self.stopping.get() && !self.accepting.replace(true) {
             self.epoll.add(self.listener.as_raw_fd(), Interest::READABLE, LISTENER).map_err(ServerError::Poll)?;
         }
         Ok(())
@@ -152,14 +155,33 @@ impl RpcServer {
         self.conns.borrow().len()
     }
 
-    /// Stop listening, close every connection and remove the socket file.
+    /// Stop serving: stop listening, remove the socket file, and read no
+    /// more requests. A connection still waiting for answers (a call that
+    /// completes during shutdown, such as a bdev delete whose users are
+    /// stopping) stays until they are written, for as long as the reactor
+    /// runs; the others close now.
     pub fn stop(&self) {
-        self.poller.borrow_mut().take();
-        let conns = std::mem::take(&mut *self.conns.borrow_mut());
-        for (_, mut c) in conns {
-            let _ = flush(&mut c);
+        if self.stopping.replace(true) {
+            return;
         }
+        self.poller.borrow_mut().take();
+        let _ = self.epoll.delete(self.listener.as_raw_fd());
         let _ = std::fs::remove_file(&self.path);
+        let ids: Vec<u64> = self.conns.borrow().keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.borrow().get(&id) {
+                let _ = self.epoll.delete(c.stream.as_raw_fd());
+            }
+            self.settle(id);
+        }
+        self.release_if_done();
+    }
+
+    /// Once stopped and every answer is written, let the reactor forget us.
+    fn release_if_done(&self) {
+        if !self.stopping.get() || !self.conns.borrow().is_empty() {
+            return;
+        }
         if let Some(me) = reactor::local::<RpcServer>() {
             if std::ptr::eq(Rc::as_ptr(&me), self) {
                 reactor::take_local::<RpcServer>();
@@ -298,6 +320,7 @@ impl RpcServer {
             }
             server.deliver(slot, body);
             server.settle(slot.conn);
+            server.release_if_done();
         }
     }
 
@@ -339,7 +362,19 @@ impl RpcServer {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(&id) else { return };
         let broken = flush(c).is_err();
-        let finished = c.out.is_empty() && (c.closing || (c.read_closed && c.pending == 0));
+        let stopping = self.stopping.get();
+        let finished = c.out.is_empty() && (c.closing || (c.read_closed && c.pending == 0) || (stopping && c.pending == 0));
+        if stopping && !finished && !broken && !c.out.is_empty() && c.pending == 0 {
+            // Stopped and the peer does not take the last answers: drop it.
+            conns.remove(&id);
+            return;
+        }
+        if stopping {
+            if broken || finished {
+                conns.remove(&id);
+            }
+            return;
+        }
         if broken || finished {
             let _ = self.epoll.delete(c.stream.as_raw_fd());
             conns.remove(&id);

@@ -74,3 +74,48 @@ fn a_dropped_responder_still_answers() {
     let e = call(&m, "silent", None).unwrap_err();
     assert_eq!(e.code, RpcError::INTERNAL_ERROR);
 }
+
+/// A call still being worked on when the server stops (a bdev delete whose
+/// users are stopping at shutdown) gets its answer; a connection with
+/// nothing pending closes at once; the socket file goes.
+#[test]
+fn a_stopping_server_still_delivers_answers_in_progress() {
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+
+    let dir = std::env::temp_dir().join(format!("pollux-rpc-stop-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("rpc.sock");
+    let h = crate::reactor::Harness::new(1);
+    let held: Rc<RefCell<Option<Responder>>> = Rc::new(RefCell::new(None));
+    let m = Rc::new(Methods::new());
+    let keep = held.clone();
+    m.register_raw("later", States::ANY, move |_, r| *keep.borrow_mut() = Some(r));
+    m.set_state(RpcState::Runtime);
+    let server = h.on(0, || RpcServer::start(&path, m.clone(), true).expect("server"));
+    let mut busy = UnixStream::connect(&path).unwrap();
+    let mut idle = UnixStream::connect(&path).unwrap();
+    busy.write_all(br#"{"jsonrpc":"2.0","method":"later","id":7}"#).unwrap();
+    // The server runs on a timed poller: step until the call arrived.
+    let t0 = std::time::Instant::now();
+    while held.borrow().is_none() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the call never arrived");
+        h.step(0);
+    }
+    h.on(0, || server.stop());
+    assert!(!path.exists(), "the socket file is removed at stop");
+    let mut b = [0u8; 16];
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    assert_eq!(idle.read(&mut b).unwrap(), 0, "a connection with nothing pending is closed");
+    // The answer comes after the stop, and is delivered.
+    h.on(0, || held.borrow_mut().take().unwrap().ok(json!("done")));
+    h.run_until_idle(100);
+    busy.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    busy.read_to_string(&mut got).unwrap();
+    let v: Value = serde_json::from_str(got.trim()).unwrap_or_else(|e| panic!("{e}: {got:?}"));
+    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(7), json!("done")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
