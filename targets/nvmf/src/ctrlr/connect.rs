@@ -36,7 +36,7 @@ struct Where {
 }
 
 /// A host NQN for the log (SPDK's hosts may send none).
-fn host_name(hostnqn: &str) -> &str {
+pub(crate) fn host_name(hostnqn: &str) -> &str {
     if hostnqn.is_empty() { "a host with no host NQN" } else { hostnqn }
 }
 

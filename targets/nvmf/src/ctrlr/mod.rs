@@ -278,10 +278,10 @@ impl Controller {
             let limit = Duration::from_millis(u64::from(c.kato.get()));
             if c.last_keep_alive.get().elapsed() > limit {
                 tracing::warn!(
-                    "nvmf: controller {} of {} (host {}): keep alive timeout of {} ms expired",
+                    "nvmf: controller {} of {} ({}): keep alive timeout of {} ms expired",
                     c.cntlid,
                     c.subsystem.nqn(),
-                    c.hostnqn,
+                    connect::host_name(&c.hostnqn),
                     c.kato.get()
                 );
                 c.destroy("keep alive timeout expired");
@@ -353,7 +353,7 @@ impl Controller {
             a.close(reason);
         }
         self.subsystem.controllers.borrow_mut().remove(&self.cntlid);
-        tracing::info!("nvmf: controller {} of {} (host {}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), self.hostnqn);
+        tracing::info!("nvmf: controller {} of {} ({}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), connect::host_name(&self.hostnqn));
     }
 
     // ---- Asynchronous events ----
