@@ -14,6 +14,8 @@
 pub mod chap;
 pub mod config;
 pub mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod login;
 pub mod pdu;
 pub mod portal;

@@ -86,6 +86,12 @@ pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, share
     if shared.opts.sock_priority != 0 {
         pollux_core::sock::set_int_option(&stream, libc::SOL_SOCKET, libc::SO_PRIORITY, shared.opts.sock_priority as libc::c_int)?;
     }
+    adopt_configured(stream, peer, ep, shared)
+}
+
+/// A connection whose socket options are set (or, for the fuzz targets'
+/// socket pairs, do not apply), on the main reactor.
+pub(crate) fn adopt_configured(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
     let g = group()?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let conn = Conn::new(id, stream, peer, ep, shared, Rc::downgrade(&g));

@@ -65,6 +65,17 @@ impl TcpTransport {
     }
 }
 
+/// For the fuzz targets (`tests/fuzz`), not part of the API: serve a
+/// connected stream (a socket pair, which takes no TCP options) on the
+/// main reactor as if a listener on `ep` had accepted it from `peer`. Each
+/// call has its own reactor choice, so its I/O queue pairs go to reactor 1
+/// (or 0 alone) every time.
+#[doc(hidden)]
+pub fn serve_for_fuzzing(stream: std::net::TcpStream, peer: std::net::SocketAddr, ep: Endpoint, opts: TransportOpts) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    group::adopt_configured(stream, peer, ep, Rc::new(TcpShared { opts, next_reactor: Cell::new(1) }))
+}
+
 fn accept(shared: &Rc<TcpShared>, l: &Listener) -> usize {
     let mut n = 0;
     for _ in 0..32 {
