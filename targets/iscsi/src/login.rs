@@ -179,6 +179,11 @@ pub struct Login {
     chap_pairs: Vec<(String, String)>,
 }
 
+/// Whether a text segment already has `key=`.
+fn text_has_key(text: &[u8], key: &str) -> bool {
+    text.split(|&b| b == 0).any(|kv| kv.len() > key.len() && kv.starts_with(key.as_bytes()) && kv[key.len()] == b'=')
+}
+
 fn bool_str(b: bool) -> &'static str {
     if b { "Yes" } else { "No" }
 }
@@ -294,7 +299,7 @@ impl Login {
                     if self.require_header_digest && !self.params.header_digest || self.require_data_digest && !self.params.data_digest {
                         return Reply::fail(refuse(status::INITIATOR_ERROR, "the target requires CRC32C digests, not negotiated"));
                     }
-                    if !self.declared_mrdsl {
+                    if !self.declared_mrdsl && !text_has_key(&out, "MaxRecvDataSegmentLength") {
                         text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
                         self.declared_mrdsl = true;
                     }
@@ -303,7 +308,11 @@ impl Login {
                 self.stage = nsg;
             }
         }
-        if self.stage == OPERATIONAL && !self.declared_mrdsl {
+        // Our declaration, unless this answer already holds the key (a
+        // Reject of the initiator's value): a key appears once in a text.
+        // It then goes in the next answer; if the login ends with this one,
+        // the initiator keeps to the default 8192 bytes, which we accept.
+        if self.stage == OPERATIONAL && !self.declared_mrdsl && !text_has_key(&out, "MaxRecvDataSegmentLength") {
             text::push(&mut out, "MaxRecvDataSegmentLength", &self.params.max_recv_seg.to_string());
             self.declared_mrdsl = true;
         }

@@ -94,6 +94,13 @@ impl Task {
         self.cdb[0]
     }
 
+    /// Let go of the data buffers (consumed, or handed to a bdev): no valid
+    /// bytes remain, so a transport never answers with data from them.
+    pub fn drop_data(&mut self) {
+        self.bufs.clear();
+        self.data_len = 0;
+    }
+
     /// The sense data to return (empty unless CHECK CONDITION).
     pub fn sense(&self) -> &[u8] {
         &self.sense[..self.sense_len as usize]

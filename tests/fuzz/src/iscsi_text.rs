@@ -27,7 +27,6 @@ use pollux_iscsi::text::{self, TextError};
 
 use crate::common::Input;
 use crate::iscsi_wire::{self, DENIED_INITIATOR, INITIATOR, SECRETS};
-use crate::known_bugs;
 
 /// Login Requests one input may send.
 const MAX_REQUESTS: usize = 32;
@@ -190,9 +189,6 @@ fn check_reply(req: &Bhs, r: &Reply, mutual: Mutual) {
         "a Login Response of {} bytes of text, above the {LOGIN_MAX_DATA} a login PDU may carry",
         r.text.len()
     );
-    if known_bugs::login_reply_declares_twice(&r.text) {
-        return;
-    }
     let pairs = match text::parse(&r.text) {
         Ok(p) => p,
         // As many keys answered as the initiator sent, plus the target's own.

@@ -23,7 +23,6 @@ use pollux_scsi::sense::status;
 use pollux_scsi::{DataDir, Device, LunPort, Nexus, ScsiCommand, Task};
 
 use crate::common::{self, Blank, Input};
-use crate::known_bugs;
 
 const LUS: [(&str, u32, u64); 2] = [("CdbMalloc0", 512, 2048), ("CdbMalloc1", 4096, 256)];
 const RECORDS_MAX: usize = 64;
@@ -180,7 +179,7 @@ fn check(cdb: &[u8; 16], dir: DataDir, f: &Finished) {
     // command) is in the buffers.
     let data_in = match dir {
         DataDir::Read => true,
-        DataDir::Both => !known_bugs::BIDIRECTIONAL_STALE_DATA_LEN,
+        DataDir::Both => true,
         _ => false,
     };
     if data_in {

@@ -243,3 +243,26 @@ fn a_chap_response_that_is_not_hex_or_base64_fails_the_login() {
         assert!(r.why.contains("not a hex or base64"), "{}", r.why);
     }
 }
+
+#[test]
+fn a_rejected_max_recv_data_segment_length_is_not_declared_twice() {
+    let mut l = Login::new(ep());
+    let (h, d) = req(OPERATIONAL << 2, "InitiatorName=iqn.i;SessionType=Discovery;MaxRecvDataSegmentLength=12");
+    let r = l.step(&h, &d);
+    assert!(!r.failed(), "{:?}", r.status);
+    // The answer parses (no key twice) and holds the Reject.
+    let p = pairs(&r);
+    assert_eq!(get(&p, "MaxRecvDataSegmentLength"), Some("Reject"));
+    // Our declaration comes in the next answer.
+    let (h, d) = req(0x80 | (OPERATIONAL << 2) | FULL_FEATURE, "");
+    let r = l.step(&h, &d);
+    assert!(r.complete);
+    let p = pairs(&r);
+    assert_eq!(get(&p, "MaxRecvDataSegmentLength"), Some(OUR_MAX_RECV_DATA_SEGMENT.to_string().as_str()));
+    // Rejected in the last answer: not declared at all, and the text parses.
+    let mut l = Login::new(ep());
+    let (h, d) = req(0x80 | (OPERATIONAL << 2) | FULL_FEATURE, "InitiatorName=iqn.i;SessionType=Discovery;MaxRecvDataSegmentLength=x");
+    let r = l.step(&h, &d);
+    assert!(r.complete);
+    assert_eq!(get(&pairs(&r), "MaxRecvDataSegmentLength"), Some("Reject"));
+}

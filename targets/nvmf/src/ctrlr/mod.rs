@@ -353,7 +353,12 @@ impl Controller {
             a.close(reason);
         }
         self.subsystem.controllers.borrow_mut().remove(&self.cntlid);
-        tracing::info!("nvmf: controller {} of {} ({}) destroyed: {reason}", self.cntlid, self.subsystem.nqn(), connect::host_name(&self.hostnqn));
+        tracing::info!(
+            "nvmf: controller {} of {} ({}) destroyed: {reason}",
+            self.cntlid,
+            self.subsystem.nqn(),
+            connect::host_name(&self.hostnqn)
+        );
     }
 
     // ---- Asynchronous events ----

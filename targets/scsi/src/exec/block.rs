@@ -128,6 +128,7 @@ pub(super) fn write<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
         let mut s = s.borrow_mut();
         s.clear();
         s.append(&mut cmd.task().bufs);
+        cmd.task().data_len = 0;
         let port2 = port.clone();
         lun.descriptor().write(port.channel(), s.drain(..), r.lba, blocks, move |io: BdevIo| {
             let ok = apply_io_status(cmd.task(), &io, true);
@@ -399,7 +400,7 @@ pub(super) fn compare_and_write<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box
     }
     let mut data = vec![0u8; t.xfer_len as usize];
     copy_from(&t.bufs, 0, &mut data);
-    t.bufs.clear();
+    t.drop_data();
     // Park the command here; the outcome comes back by message.
     let waiting = reactor::local::<CawWaiting>().unwrap_or_else(|| {
         let w = Rc::new(CawWaiting::default());
@@ -474,7 +475,7 @@ pub(super) fn write_same<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     if !ndob {
         copy_from(&t.bufs, 0, &mut pattern);
     }
-    t.bufs.clear();
+    t.drop_data();
     if blocks == 0 {
         return good(cmd);
     }

@@ -100,7 +100,7 @@ pub(super) fn execute<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
             t.xfer_len = plen as u64;
             let mut p = vec![0u8; plen.min(t.data_len).min(1 << 16)];
             copy_from(&t.bufs, 0, &mut p);
-            t.bufs.clear();
+            t.drop_data();
             match port.lun().pr_out(port.nexus(), &cdb, &p) {
                 Ok(true) => good(cmd),
                 Ok(false) => finish_status(cmd, status::RESERVATION_CONFLICT),
@@ -224,7 +224,7 @@ fn mode_select<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
     }
     let mut p = vec![0u8; plen];
     copy_from(&t.bufs, 0, &mut p);
-    t.bufs.clear();
+    t.drop_data();
     let bdl = if ten { be16(&p, 6) as usize } else { p[3] as usize };
     if hdr + bdl > plen {
         return fail(cmd, Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));

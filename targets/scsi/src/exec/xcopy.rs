@@ -150,7 +150,7 @@ pub(super) fn extended_copy<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>)
     }
     let mut p = vec![0u8; plen.min(1 << 20)];
     copy_from(&t.bufs, 0, &mut p);
-    t.bufs.clear();
+    t.drop_data();
     let list_id = p.first().copied().unwrap_or(0);
     match parse(port, &p) {
         Err(s) => fail(cmd, s),
