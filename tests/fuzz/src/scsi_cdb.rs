@@ -177,12 +177,7 @@ fn check(cdb: &[u8; 16], dir: DataDir, f: &Finished) {
     }
     // What a transport sends as data-in (for a read, or a bidirectional
     // command) is in the buffers.
-    let data_in = match dir {
-        DataDir::Read => true,
-        DataDir::Both => true,
-        _ => false,
-    };
-    if data_in {
+    if matches!(dir, DataDir::Read | DataDir::Both) {
         assert!(f.data_len <= f.buf_len, "CDB {cdb:02x?}: {} bytes of data-in in {} bytes of buffers", f.data_len, f.buf_len);
     }
 }
