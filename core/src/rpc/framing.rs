@@ -115,11 +115,17 @@ impl Decoder {
 
     /// A top-level value that is not an object or array: a number, string,
     /// literal, or garbage. Never a valid request, but answered correctly.
+    /// A number or literal ends only where a byte that cannot continue it
+    /// arrives, so one that reaches the end of the buffer waits for more:
+    /// `12` sent as `1` then `2` is one value, as when sent at once.
     fn next_scalar(&mut self) -> Result<Option<Value>, FramingError> {
         let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
         match it.next() {
             Some(Ok(v)) => {
                 let end = it.byte_offset();
+                if end == self.buf.len() && self.buf[0] != b'"' {
+                    return Ok(None);
+                }
                 self.consume(end);
                 Ok(Some(v))
             }
@@ -250,6 +256,14 @@ mod tests {
         let mut d = Decoder::new();
         d.push(b" 42 \"s\" ");
         assert_eq!(all(&mut d), vec![json!(42), json!("s")]);
+        // A number or literal at the end of what came so far may go on.
+        for (first, rest, want) in [("1", "2 ", json!(12)), ("tr", "ue\n", json!(true)), ("-", "0.5{", json!(-0.5))] {
+            let mut d = Decoder::new();
+            d.push(first.as_bytes());
+            assert_eq!(d.next_value(), Ok(None), "{first:?} waits");
+            d.push(rest.as_bytes());
+            assert_eq!(d.next_value(), Ok(Some(want)));
+        }
     }
 
     #[test]
