@@ -93,16 +93,30 @@ impl Poller {
         &self.entry.name
     }
 
-    /// Stop calling the poller until [`Poller::resume`].
+    /// Stop calling the poller until [`Poller::resume`]. A paused timed
+    /// poller no longer counts for the reactor's next wake-up.
     pub fn pause(&self) {
         if self.entry.state.get() == State::Waiting {
             self.entry.state.set(State::Paused);
+            self.deadlines_changed();
         }
     }
 
+    /// Call the poller again; a timed poller's next run is one period from now.
     pub fn resume(&self) {
         if self.entry.state.get() == State::Paused {
             self.entry.state.set(State::Waiting);
+            if self.entry.period > 0 {
+                self.entry.next_due.set(crate::clock::ticks() + self.entry.period);
+            }
+            self.deadlines_changed();
+        }
+    }
+
+    /// The reactor recomputes its deadlines before it next sleeps.
+    fn deadlines_changed(&self) {
+        if let Some(r) = self.entry.reactor.upgrade() {
+            r.pollers.dirty.set(true);
         }
     }
 
@@ -266,6 +280,10 @@ impl PollerSet {
                     e.next_due.set(n);
                 }
             }
+            if e.state.get() != State::Waiting {
+                // Paused: its deadline is stale and must not wake the reactor.
+                continue;
+            }
             next = next.min(e.next_due.get());
             if !e.fd_driven.get() {
                 wake = wake.min(e.next_due.get());
@@ -305,8 +323,9 @@ impl PollerSet {
             }
         }
         let timed = self.timed.borrow();
-        self.next_due.set(timed.iter().map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
-        self.next_wake.set(timed.iter().filter(|e| !e.fd_driven.get()).map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
+        let waiting = || timed.iter().filter(|e| e.state.get() == State::Waiting);
+        self.next_due.set(waiting().map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
+        self.next_wake.set(waiting().filter(|e| !e.fd_driven.get()).map(|e| e.next_due.get()).min().unwrap_or(u64::MAX));
         drop(timed);
         if !removed.is_empty() {
             let mut m = self.by_id.borrow_mut();

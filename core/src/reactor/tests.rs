@@ -333,3 +333,67 @@ fn interrupt_mode_idle_reactors_sleep() {
         assert!(s.iterations < 100, "{} iterated {} times while idle", s.id, s.iterations);
     }
 }
+
+/// A timed poller paused after it ran (NVMe/TCP pauses its timeout poller
+/// when a reactor's last connection closes) must not keep an idle reactor
+/// awake: its stale deadline used to make every sleep return at once (100%
+/// of the core, epoll_wait(0) in a loop). Resumed, it runs again.
+#[test]
+fn a_paused_timed_poller_lets_an_idle_reactor_sleep() {
+    let result = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    let out = result.clone();
+    let opts = Options { cores: cores_for_test(1), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    launch(&opts, move || {
+        let runs = Rc::new(Cell::new(0u64));
+        let r = runs.clone();
+        let p = Rc::new(register_timed_poller("timeouts", Duration::from_millis(2), move || {
+            r.set(r.get() + 1);
+            PollStatus::Idle
+        }));
+        // Once it ran, pause it; 300 ms later count the iterations made
+        // meanwhile, resume it, and 100 ms later see it ran again.
+        let slot: Rc<RefCell<Vec<Poller>>> = Rc::default();
+        let s = slot.clone();
+        let p2 = p.clone();
+        let runs2 = runs.clone();
+        let out = out.clone();
+        slot.borrow_mut().push(register_timed_poller("pause", Duration::from_millis(20), move || {
+            if runs2.get() == 0 {
+                return PollStatus::Idle;
+            }
+            p2.pause();
+            s.borrow_mut().clear();
+            let before = stats().iterations;
+            let at_pause = runs2.get();
+            let s2 = Rc::new(RefCell::new(Vec::new()));
+            let s3 = s2.clone();
+            let (p3, runs3, out) = (p2.clone(), runs2.clone(), out.clone());
+            s2.borrow_mut().push(register_timed_poller("check", Duration::from_millis(300), move || {
+                let idle_iterations = stats().iterations - before;
+                let runs_paused = runs3.get() - at_pause;
+                s3.borrow_mut().clear();
+                p3.resume();
+                let (runs4, out) = (runs3.clone(), out.clone());
+                let s4 = Rc::new(RefCell::new(Vec::new()));
+                let s5 = s4.clone();
+                s4.borrow_mut().push(register_timed_poller("end", Duration::from_millis(100), move || {
+                    *out.lock().unwrap() = (idle_iterations, runs_paused, runs4.get() - at_pause);
+                    s5.borrow_mut().clear();
+                    stop_all();
+                    PollStatus::Busy
+                }));
+                std::mem::forget(s4);
+                PollStatus::Busy
+            }));
+            std::mem::forget(s2);
+            PollStatus::Busy
+        }));
+        std::mem::forget(slot);
+        std::mem::forget(p);
+    })
+    .unwrap();
+    let (idle_iterations, runs_paused, runs_after) = *result.lock().unwrap();
+    assert_eq!(runs_paused, 0, "a paused poller ran");
+    assert!(idle_iterations < 100, "the reactor iterated {idle_iterations} times in 300 ms with only a paused poller");
+    assert!(runs_after > 0, "the resumed poller did not run again");
+}

@@ -143,3 +143,59 @@ fn calls_during_start_up_are_answered_once_it_has_finished() {
     assert_eq!(got.as_array().map(Vec::len), Some(BDEVS), "the first answer sees the whole config");
     assert!(d.log().contains("calls are answered once start-up has finished"), "log:\n{}", d.log());
 }
+
+/// Interrupt mode after NVMe/TCP and iSCSI traffic: once the last
+/// connection of a reactor closed, its NVMe/TCP timeout poller was paused
+/// but its stale deadline kept the reactor from ever sleeping again (100%
+/// of each core). Idle is idle again after clients come and go.
+#[test]
+fn idle_cpu_in_interrupt_mode_after_nvmf_and_iscsi_clients_left() {
+    use pollux_tests::iscsi_host::{RawConn, free_port, target_iqn};
+    use pollux_tests::nvmf_client::Client;
+    let (iscsi, nvme) = (free_port(), free_port());
+    let nqn = "nqn.2016-06.io.pollux:idle";
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]},
+        {"subsystem": "iscsi", "config": [
+            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi.to_string()}]}},
+            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}},
+            {"method": "iscsi_create_target_node", "params": {"name": "idle", "alias_name": "idle", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+                "luns": [{"bdev_name": "M0", "lun_id": 0}], "queue_depth": 8}}
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "M0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": nvme.to_string()}}}
+        ]}
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), interrupt_mode: true, config: Some(cfg), ..Default::default() });
+    {
+        // I/O queues land on both reactors.
+        let (mut a, cntlid) = Client::admin(nvme, nqn, 0, false, false);
+        let mut q1 = Client::io(nvme, nqn, cntlid, 1, false, false);
+        let mut q2 = Client::io(nvme, nqn, cntlid, 2, false, false);
+        assert!(q1.write(1, 0, &[7u8; 512], 512, true).ok() && q2.read(1, 0, 1, 512).0.ok());
+        assert!(a.identify(1, 0).0.ok());
+        let mut c = RawConn::connect(iscsi);
+        let r = c.login("iqn.2025-01.io.pollux:idle", Some(&target_iqn("idle")), 1);
+        assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+        assert_eq!(c.read10(0, 1).map(|(st, _)| st), Some(0));
+    }
+    // Until the target has seen every client go.
+    let t0 = std::time::Instant::now();
+    loop {
+        let ctrls = d.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": nqn}))).unwrap();
+        let conns = d.call("iscsi_get_connections", None).unwrap();
+        if ctrls.as_array().is_some_and(Vec::is_empty) && conns.as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "clients still connected: {ctrls} {conns}");
+        std::thread::yield_now();
+    }
+    let c0 = cpu_seconds(d.pid());
+    let window = Duration::from_secs(3);
+    std::thread::sleep(window);
+    let used = cpu_seconds(d.pid()) - c0;
+    assert!(used / window.as_secs_f64() < 0.02, "idle daemon used {used:.3} s of CPU in {window:?} after its clients left");
+}
