@@ -24,17 +24,27 @@ pub enum FramingError {
 }
 
 /// Incremental splitter of a byte stream into JSON values.
+///
+/// Consumed bytes are not removed one value at a time (that made a stream
+/// of many small values quadratic): `head` moves past them, and the buffer
+/// is compacted when the consumed part is at least half of it.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
-    /// Next byte to scan.
+    /// Start of the bytes not yet returned as values.
+    head: usize,
+    /// Next byte to scan (absolute index into `buf`).
     pos: usize,
-    /// Start of the value being scanned (valid when depth > 0).
-    start: usize,
     depth: usize,
     in_string: bool,
     escape: bool,
+    /// Scanning a top-level string (its end is its closing quote).
+    top_string: bool,
 }
+
+/// The longest top-level number or literal: such a value is parsed again
+/// as each piece of it arrives, so it is kept short.
+const MAX_SCALAR_BYTES: usize = 4096;
 
 impl Decoder {
     pub fn new() -> Self {
@@ -43,38 +53,46 @@ impl Decoder {
 
     /// Append bytes read from the socket.
     pub fn push(&mut self, data: &[u8]) {
+        if self.head > 0 && self.head >= self.buf.len() / 2 {
+            self.buf.drain(..self.head);
+            self.pos -= self.head;
+            self.head = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     /// Bytes buffered but not yet returned as values.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.head
     }
 
     /// Whether only whitespace is buffered.
     pub fn is_idle(&self) -> bool {
-        self.buf.iter().all(u8::is_ascii_whitespace)
+        self.buf[self.head..].iter().all(u8::is_ascii_whitespace)
     }
 
-    fn consume(&mut self, end: usize) {
-        self.buf.drain(..end);
-        self.pos = 0;
-        self.start = 0;
+    /// Mark `n` more bytes as returned.
+    fn consume(&mut self, n: usize) {
+        self.head += n;
+        self.pos = self.head;
     }
 
     /// The next complete value, `Ok(None)` if more bytes are needed.
     pub fn next_value(&mut self) -> Result<Option<Value>, FramingError> {
-        if self.depth == 0 {
+        if self.depth == 0 && !self.top_string {
             // Skip whitespace between values.
-            let skip = self.buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let skip = self.buf[self.head..].iter().take_while(|b| b.is_ascii_whitespace()).count();
             if skip > 0 {
                 self.consume(skip);
             }
-            match self.buf.first() {
+            match self.buf.get(self.head) {
                 None => return Ok(None),
-                Some(b'{' | b'[') => {
-                    self.start = 0;
-                    self.pos = 0;
+                Some(b'{' | b'[') => {}
+                Some(b'"') => {
+                    // Scanned like a container, once, to its closing quote.
+                    self.top_string = true;
+                    self.in_string = true;
+                    self.pos = self.head + 1;
                 }
                 Some(_) => return self.next_scalar(),
             }
@@ -89,6 +107,13 @@ impl Decoder {
                     self.escape = true;
                 } else if b == b'"' {
                     self.in_string = false;
+                    if self.top_string {
+                        self.top_string = false;
+                        let end = self.pos;
+                        let parsed = serde_json::from_slice::<Value>(&self.buf[self.head..end]);
+                        self.consume(end - self.head);
+                        return parsed.map(Some).map_err(|e| FramingError::Syntax(e.to_string()));
+                    }
                 }
                 continue;
             }
@@ -99,15 +124,15 @@ impl Decoder {
                     self.depth = self.depth.saturating_sub(1);
                     if self.depth == 0 {
                         let end = self.pos;
-                        let parsed = serde_json::from_slice::<Value>(&self.buf[self.start..end]);
-                        self.consume(end);
+                        let parsed = serde_json::from_slice::<Value>(&self.buf[self.head..end]);
+                        self.consume(end - self.head);
                         return parsed.map(Some).map_err(|e| FramingError::Syntax(e.to_string()));
                     }
                 }
                 _ => {}
             }
         }
-        if self.buf.len() > MAX_REQUEST_BYTES {
+        if self.pending() > MAX_REQUEST_BYTES {
             return Err(FramingError::TooLarge);
         }
         Ok(None)
@@ -119,19 +144,23 @@ impl Decoder {
     /// arrives, so one that reaches the end of the buffer waits for more:
     /// `12` sent as `1` then `2` is one value, as when sent at once.
     fn next_scalar(&mut self) -> Result<Option<Value>, FramingError> {
-        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        let rest = &self.buf[self.head..];
+        let mut it = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
         match it.next() {
             Some(Ok(v)) => {
                 let end = it.byte_offset();
-                if end == self.buf.len() && self.buf[0] != b'"' {
+                if end == rest.len() {
+                    if end > MAX_SCALAR_BYTES {
+                        return Err(FramingError::Syntax(format!("a top-level number or literal of more than {MAX_SCALAR_BYTES} bytes")));
+                    }
                     return Ok(None);
                 }
                 self.consume(end);
                 Ok(Some(v))
             }
             Some(Err(e)) if e.is_eof() => {
-                if self.buf.len() > MAX_REQUEST_BYTES {
-                    Err(FramingError::TooLarge)
+                if rest.len() > MAX_SCALAR_BYTES {
+                    Err(FramingError::Syntax(format!("a top-level number or literal of more than {MAX_SCALAR_BYTES} bytes")))
                 } else {
                     Ok(None)
                 }
@@ -264,6 +293,33 @@ mod tests {
             d.push(rest.as_bytes());
             assert_eq!(d.next_value(), Ok(Some(want)));
         }
+    }
+
+    #[test]
+    fn many_small_values_and_long_strings_in_pieces() {
+        // A megabyte of tiny values, in 64 KiB reads: every one comes out
+        // (each is consumed by moving a mark, not by shifting the buffer).
+        let text = "1 ".repeat(512 * 1024);
+        let mut d = Decoder::new();
+        let mut n = 0;
+        for piece in text.as_bytes().chunks(64 * 1024) {
+            d.push(piece);
+            n += all(&mut d).len();
+        }
+        d.push(b"\n");
+        n += all(&mut d).len();
+        assert_eq!(n, 512 * 1024);
+        assert!(d.is_idle() && d.pending() <= 1);
+        // A top-level string in pieces is scanned once, to its quote.
+        let mut d = Decoder::new();
+        d.push(b"\"ab");
+        assert_eq!(d.next_value(), Ok(None));
+        d.push(b"c\\\"d\" {}");
+        assert_eq!(all(&mut d), vec![json!("abc\"d"), json!({})]);
+        // A number too long to be one.
+        let mut d = Decoder::new();
+        d.push("9".repeat(MAX_SCALAR_BYTES + 1).as_bytes());
+        assert!(matches!(d.next_value(), Err(FramingError::Syntax(_))));
     }
 
     #[test]
