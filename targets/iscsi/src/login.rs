@@ -173,8 +173,9 @@ pub struct Login {
     declared_mrdsl: bool,
     /// Text of a request sent in several PDUs (C bit).
     partial: Vec<u8>,
-    /// Keys seen in this login (each may be negotiated once).
-    seen: Vec<String>,
+    /// Keys seen in this login (each may be negotiated once); a set, so a
+    /// login with many keys costs linear time.
+    seen: std::collections::HashSet<String>,
     /// CHAP_N, CHAP_R, CHAP_I, CHAP_C of the current request.
     chap_pairs: Vec<(String, String)>,
 }
@@ -216,7 +217,7 @@ impl Login {
             auth_method_agreed: false,
             declared_mrdsl: false,
             partial: Vec::new(),
-            seen: Vec::new(),
+            seen: std::collections::HashSet::new(),
             chap_pairs: Vec::new(),
         }
     }
@@ -270,10 +271,10 @@ impl Login {
             if matches!(k.as_str(), "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias") {
                 continue;
             }
-            if self.seen.iter().any(|s| s == k) && !k.starts_with("CHAP_") && k != "AuthMethod" {
+            if self.seen.contains(k) && !k.starts_with("CHAP_") && k != "AuthMethod" {
                 return Reply::fail(refuse(status::INITIATOR_ERROR, format!("key {k} negotiated twice")));
             }
-            self.seen.push(k.clone());
+            self.seen.insert(k.clone());
             if let Err(st) = self.key(k, v, &mut out) {
                 return Reply::fail(st);
             }
@@ -459,7 +460,7 @@ impl Login {
                 if !matches!(self.auth, Auth::WaitResponse { .. }) {
                     return Err(refuse(status::INITIATOR_ERROR, format!("{k} before a CHAP challenge")));
                 }
-                self.seen.retain(|s| s != k);
+                self.seen.remove(k);
                 self.chap_pairs.retain(|(x, _)| x != k);
                 self.chap_pairs.push((k.to_string(), v.to_string()));
             }
