@@ -32,17 +32,7 @@ fn main() -> ExitCode {
         args.app.embedded_config = Some((defaults::NAME.to_string(), defaults::CONFIG.to_string()));
     }
     let mut app = App::new("pollux-tgt");
-    // What this daemon contains: the bdev layer and its modules, then the
-    // targets that export bdevs.
-    // SPDK's framework-level subsystems, so its saved configs load.
-    pollux_core::sock::register(&mut app);
-    pollux_core::accel::register(&mut app);
-    pollux_core::scheduler::register(&mut app);
-    pollux_core::bdev::rpc::register(&mut app);
-    pollux_bdev::register_all(&mut app);
-    pollux_nvme_driver::register(&mut app);
-    pollux_iscsi::register(&mut app);
-    pollux_nvmf::register(&mut app);
+    pollux_tgt::register(&mut app);
     match app.run(args.app) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),

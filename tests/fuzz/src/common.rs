@@ -114,14 +114,7 @@ pub fn settle(h: &Harness) {
 /// called directly, on the harness's main reactor.
 pub fn tgt_app() -> App {
     let mut app = App::new("pollux-fuzz");
-    pollux_core::sock::register(&mut app);
-    pollux_core::accel::register(&mut app);
-    pollux_core::scheduler::register(&mut app);
-    pollux_core::bdev::rpc::register(&mut app);
-    pollux_bdev::register_all(&mut app);
-    pollux_nvme_driver::register(&mut app);
-    pollux_iscsi::register(&mut app);
-    pollux_nvmf::register(&mut app);
+    pollux_tgt::register(&mut app);
     app
 }
 
@@ -274,6 +267,29 @@ impl Blank {
         let n = self.desc.bdev().num_blocks();
         self.desc.unmap(&self.ch, 0, n, drop);
     }
+}
+
+/// Create malloc bdevs `(name, block size, blocks)` on reactor 0 of `h`
+/// and open each (to zero it between executions).
+pub fn malloc_blanks(h: &Harness, lus: &[(&str, u32, u64)]) -> Vec<Blank> {
+    h.on(0, || {
+        lus.iter()
+            .map(|(name, bs, n)| {
+                pollux_bdev::malloc::create(name, *bs, *n, None, 0).expect("malloc bdev");
+                Blank::open(name)
+            })
+            .collect()
+    })
+}
+
+/// Close `bdevs` on reactor 0 (after `then`, run there too) and let the
+/// reactors finish what that starts: a rig's teardown.
+pub fn close_blanks(h: &Harness, bdevs: Vec<Blank>, then: impl FnOnce()) {
+    h.on(0, move || {
+        then();
+        drop(bdevs);
+    });
+    settle(h);
 }
 
 /// Run `f` with this thread's rig (set-up reused across executions), made

@@ -60,14 +60,7 @@ impl Rig {
         common::init_process();
         iscsi_wire::ensure_config();
         let h = Harness::new(1);
-        let bdevs = h.on(0, || {
-            LUS.iter()
-                .map(|(name, bs, n)| {
-                    pollux_bdev::malloc::create(name, *bs, *n, None, 0).expect("malloc bdev");
-                    Blank::open(name)
-                })
-                .collect()
-        });
+        let bdevs = common::malloc_blanks(&h, &LUS);
         Rig { h, bdevs, last: Cell::new(Instant::now()) }
     }
 
@@ -91,11 +84,7 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let bdevs = std::mem::take(&mut self.bdevs);
-        self.h.on(0, move || {
-            iscsi_wire::set_pdu_device(Device::new(iscsi_wire::TARGET_PDU));
-            drop(bdevs);
-        });
-        common::settle(&self.h);
+        common::close_blanks(&self.h, bdevs, || iscsi_wire::set_pdu_device(Device::new(iscsi_wire::TARGET_PDU)));
     }
 }
 

@@ -115,8 +115,7 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let bdevs = std::mem::take(&mut self.bdevs);
-        self.h.on(0, move || drop(bdevs));
-        common::settle(&self.h);
+        common::close_blanks(&self.h, bdevs, || {});
     }
 }
 

@@ -63,14 +63,7 @@ impl Rig {
     fn new() -> Rig {
         common::init_process();
         let h = Harness::new(1);
-        let bdevs = h.on(0, || {
-            LUS.iter()
-                .map(|(name, bs, n)| {
-                    pollux_bdev::malloc::create(name, *bs, *n, None, 0).expect("malloc bdev");
-                    Blank::open(name)
-                })
-                .collect()
-        });
+        let bdevs = common::malloc_blanks(&h, &LUS);
         let nexus = [
             Nexus::new("iqn.2025-01.io.pollux:a", "iqn.2025-01.io.pollux:a,i,0x000000000001", "iqn.2025-01.io.pollux:t,t,0x0001", 1),
             Nexus::new("iqn.2025-01.io.pollux:b", "iqn.2025-01.io.pollux:b,i,0x000000000002", "iqn.2025-01.io.pollux:t,t,0x0002", 2),
@@ -82,8 +75,7 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let bdevs = std::mem::take(&mut self.bdevs);
-        self.h.on(0, move || drop(bdevs));
-        common::settle(&self.h);
+        common::close_blanks(&self.h, bdevs, || {});
     }
 }
 

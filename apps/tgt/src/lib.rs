@@ -1,0 +1,18 @@
+//! What the `pollux-tgt` daemon contains, as a library so that the fuzz
+//! targets and tests build the same method table as the daemon.
+
+use pollux_core::app::App;
+
+/// Register everything `pollux-tgt` serves: SPDK's framework-level
+/// subsystems (so its saved configs load), the bdev layer and its modules,
+/// then the targets that export bdevs.
+pub fn register(app: &mut App) {
+    pollux_core::sock::register(app);
+    pollux_core::accel::register(app);
+    pollux_core::scheduler::register(app);
+    pollux_core::bdev::rpc::register(app);
+    pollux_bdev::register_all(app);
+    pollux_nvme_driver::register(app);
+    pollux_iscsi::register(app);
+    pollux_nvmf::register(app);
+}
