@@ -148,3 +148,74 @@ mod tests {
         assert!("LOUD".parse::<Level>().is_err());
     }
 }
+
+/// A client's budget of log lines at the default level: the first few
+/// faults a client causes are logged as notices, the rest at debug level,
+/// so one client repeating a bad request cannot flood the log (or slow its
+/// reactor with writes to stderr). Reactor-owned, one per connection.
+#[derive(Debug, Default)]
+pub struct FaultLog {
+    logged: std::cell::Cell<u32>,
+}
+
+/// Faults of one client logged at the default level.
+pub const FAULTS_LOGGED: u32 = 8;
+
+/// What [`FaultLog::next`] allows.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultLevel {
+    Notice,
+    /// The last notice: say that the rest go to debug level.
+    LastNotice,
+    Debug,
+}
+
+impl FaultLog {
+    pub const fn new() -> FaultLog {
+        FaultLog { logged: std::cell::Cell::new(0) }
+    }
+
+    #[doc(hidden)]
+    pub fn next(&self) -> FaultLevel {
+        let n = self.logged.get();
+        self.logged.set(n.saturating_add(1));
+        match n + 1 {
+            k if k < FAULTS_LOGGED => FaultLevel::Notice,
+            FAULTS_LOGGED => FaultLevel::LastNotice,
+            _ => FaultLevel::Debug,
+        }
+    }
+}
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+/// Log a client's fault through its [`FaultLog`]: `log_fault!(budget, "fmt", args...)`.
+#[macro_export]
+macro_rules! log_fault {
+    ($budget:expr, $($arg:tt)+) => {
+        match $budget.next() {
+            $crate::log::FaultLevel::Notice => $crate::log::__tracing::info!($($arg)+),
+            $crate::log::FaultLevel::LastNotice => {
+                $crate::log::__tracing::info!($($arg)+);
+                $crate::log::__tracing::info!("(further faults of this client are logged at debug level)");
+            }
+            $crate::log::FaultLevel::Debug => $crate::log::__tracing::debug!($($arg)+),
+        }
+    };
+}
+
+#[cfg(test)]
+mod fault_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_gets_a_few_notices_then_debug() {
+        let f = FaultLog::new();
+        let levels: Vec<FaultLevel> = (0..FAULTS_LOGGED + 3).map(|_| f.next()).collect();
+        assert!(levels[..FAULTS_LOGGED as usize - 1].iter().all(|l| *l == FaultLevel::Notice));
+        assert_eq!(levels[FAULTS_LOGGED as usize - 1], FaultLevel::LastNotice);
+        assert!(levels[FAULTS_LOGGED as usize..].iter().all(|l| *l == FaultLevel::Debug));
+    }
+}

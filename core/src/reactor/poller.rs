@@ -464,14 +464,22 @@ mod tests {
         let (set, p) = set_with(10, log.clone(), now.clone());
         p.pause();
         set.run_timed(10);
+        assert!(log.borrow().is_empty(), "a paused poller does not run");
+        assert_eq!(set.next_deadline(), u64::MAX, "nor does it set a deadline");
+        // Resumed, it runs one period later. (Without a reactor behind it,
+        // the set learns of changes by hand.)
         p.resume();
-        set.run_timed(20);
-        drop(p);
-        // (Without a reactor behind it, the set learns of the drop by hand.)
         set.dirty.set(true);
         set.compact();
-        set.run_timed(30);
-        assert_eq!(*log.borrow(), vec![0]);
+        let t = crate::clock::ticks() + 10;
+        now.set(t);
+        set.run_timed(t);
+        assert_eq!(*log.borrow(), vec![t]);
+        drop(p);
+        set.dirty.set(true);
+        set.compact();
+        set.run_timed(t + 10);
+        assert_eq!(*log.borrow(), vec![t], "an unregistered poller does not run");
         assert_eq!(set.next_deadline(), u64::MAX);
     }
 }

@@ -149,10 +149,12 @@ impl Decoder {
         match it.next() {
             Some(Ok(v)) => {
                 let end = it.byte_offset();
+                // The same answer however the bytes came: too long is an
+                // error whether or not its end has arrived.
+                if end > MAX_SCALAR_BYTES {
+                    return Err(FramingError::Syntax(format!("a top-level number or literal of more than {MAX_SCALAR_BYTES} bytes")));
+                }
                 if end == rest.len() {
-                    if end > MAX_SCALAR_BYTES {
-                        return Err(FramingError::Syntax(format!("a top-level number or literal of more than {MAX_SCALAR_BYTES} bytes")));
-                    }
                     return Ok(None);
                 }
                 self.consume(end);
@@ -316,10 +318,12 @@ mod tests {
         assert_eq!(d.next_value(), Ok(None));
         d.push(b"c\\\"d\" {}");
         assert_eq!(all(&mut d), vec![json!("abc\"d"), json!({})]);
-        // A number too long to be one.
-        let mut d = Decoder::new();
-        d.push("9".repeat(MAX_SCALAR_BYTES + 1).as_bytes());
-        assert!(matches!(d.next_value(), Err(FramingError::Syntax(_))));
+        // A number too long to be one, whether its end came with it or not.
+        for tail in ["", " "] {
+            let mut d = Decoder::new();
+            d.push(format!("{}{tail}", "9".repeat(MAX_SCALAR_BYTES + 1)).as_bytes());
+            assert!(matches!(d.next_value(), Err(FramingError::Syntax(_))), "tail {tail:?}");
+        }
     }
 
     #[test]

@@ -158,19 +158,21 @@ impl RpcServer {
     /// Stop serving: stop listening, remove the socket file, and read no
     /// more requests. A connection still waiting for answers (a call that
     /// completes during shutdown, such as a bdev delete whose users are
-    /// stopping) stays until they are written, for as long as the reactor
-    /// runs; the others close now.
+    /// stopping) stays until they are written whole, for as long as the
+    /// reactor runs (the app's shutdown deadline bounds it); the others
+    /// close now.
     pub fn stop(&self) {
         if self.stopping.replace(true) {
             return;
         }
-        self.poller.borrow_mut().take();
         let _ = self.epoll.delete(self.listener.as_raw_fd());
         let _ = std::fs::remove_file(&self.path);
         let ids: Vec<u64> = self.conns.borrow().keys().copied().collect();
         for id in ids {
-            if let Some(c) = self.conns.borrow().get(&id) {
+            // From now on a connection is watched only while it has output.
+            if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
                 let _ = self.epoll.delete(c.stream.as_raw_fd());
+                c.want_write = false;
             }
             self.settle(id);
         }
@@ -182,6 +184,7 @@ impl RpcServer {
         if !self.stopping.get() || !self.conns.borrow().is_empty() {
             return;
         }
+        self.poller.borrow_mut().take();
         if let Some(me) = reactor::local::<RpcServer>() {
             if std::ptr::eq(Rc::as_ptr(&me), self) {
                 reactor::take_local::<RpcServer>();
@@ -249,7 +252,8 @@ impl RpcServer {
         {
             let mut conns = self.conns.borrow_mut();
             let Some(c) = conns.get_mut(&id) else { return };
-            if events & libc::EPOLLIN as u32 != 0 || events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0 {
+            let readable = events & libc::EPOLLIN as u32 != 0 || events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+            if readable && !self.stopping.get() {
                 read_requests(c, &mut requests);
             }
         }
@@ -258,6 +262,7 @@ impl RpcServer {
             self.dispatch(id, v);
         }
         self.settle(id);
+        self.release_if_done();
     }
 
     fn dispatch(&self, conn: u64, v: Value) {
@@ -364,12 +369,14 @@ impl RpcServer {
         let broken = flush(c).is_err();
         let stopping = self.stopping.get();
         let finished = c.out.is_empty() && (c.closing || (c.read_closed && c.pending == 0) || (stopping && c.pending == 0));
-        if stopping && !finished && !broken && !c.out.is_empty() && c.pending == 0 {
-            // Stopped and the peer does not take the last answers: drop it.
-            conns.remove(&id);
-            return;
-        }
         if stopping {
+            // Watched for writing only, and only while output waits.
+            let want_write = !c.out.is_empty() && !broken && !finished;
+            if want_write != c.want_write {
+                c.want_write = want_write;
+                let fd = c.stream.as_raw_fd();
+                let _ = if want_write { self.epoll.add(fd, Interest::WRITABLE, id) } else { self.epoll.delete(fd) };
+            }
             if broken || finished {
                 conns.remove(&id);
             }

@@ -122,7 +122,8 @@ fn default_config_starts_and_exports_its_malloc_bdev() {
 /// first answer already sees the whole config.
 #[test]
 fn calls_during_start_up_are_answered_once_it_has_finished() {
-    const BDEVS: usize = 300;
+    // Enough calls that start-up lasts a while after the socket appears.
+    const BDEVS: usize = 2000;
     let bdevs: Vec<_> = (0..BDEVS)
         .map(|i| json!({"method": "bdev_malloc_create", "params": {"name": format!("Early{i}"), "num_blocks": 2048, "block_size": 512}}))
         .collect();

@@ -73,9 +73,16 @@ fn linux_initiator_keeps_an_ext4_filesystem_across_logins() {
         let adm = tool("iscsiadm", "open-iscsi: apt-get install open-iscsi");
         let portal = format!("127.0.0.1:{port}");
         // iscsiadm needs iscsid's control socket (abstract, so listed in
-        // /proc/net/unix): wait for it to be listening.
+        // /proc/net/unix): wait for it to be listening (flag __SO_ACCEPTCON,
+        // 00010000, in the fourth column).
+        let listening = || {
+            std::fs::read_to_string("/proc/net/unix").unwrap_or_default().lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 8 && f[3] == "00010000" && f[7].starts_with("@ISCSIADM_ABSTRACT_NAMESPACE")
+            })
+        };
         let t0 = Instant::now();
-        while !std::fs::read_to_string("/proc/net/unix").unwrap_or_default().contains("@ISCSIADM_ABSTRACT_NAMESPACE") {
+        while !listening() {
             assert!(t0.elapsed() < Duration::from_secs(60), "iscsid never listened");
             std::thread::yield_now();
         }

@@ -104,6 +104,8 @@ pub struct Conn {
     /// Our StatSN when the transmit buffer was last fully written.
     pub(crate) sent_sn: Cell<u32>,
     started: Instant,
+    /// Log budget of this connection's protocol faults.
+    pub(crate) faults: pollux_core::log::FaultLog,
     /// Spare commands, reused: boxes, because the SCSI layer takes and
     /// gives back boxed commands.
     #[allow(clippy::vec_box)]
@@ -359,6 +361,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
         unread: Cell::new(0),
         sent_sn: Cell::new(0),
         started: Instant::now(),
+        faults: pollux_core::log::FaultLog::new(),
         free_cmds: RefCell::new(Vec::new()),
     });
     group.conns.borrow_mut().insert(token, c.clone());

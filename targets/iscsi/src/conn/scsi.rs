@@ -183,7 +183,8 @@ impl Conn {
         let write = h.flags & 0x20 != 0;
         let edtl = h.w20.get();
         if !data.is_empty() && (!write || data.len() > p.first_burst as usize || data.len() > edtl as usize) {
-            tracing::info!(
+            pollux_core::log_fault!(
+                self.faults,
                 "iscsi: {}: immediate data of {} bytes not allowed (W bit, FirstBurstLength, EDTL): rejected",
                 self.ep.peer,
                 data.len()
@@ -220,7 +221,12 @@ impl Conn {
         c.early = None;
         s.outstanding.set(s.outstanding.get() + 1);
         if bidi {
-            tracing::info!("iscsi: {}: bidirectional command (R and W bits), opcode {:#04x}, refused", self.ep.peer, c.task.opcode());
+            pollux_core::log_fault!(
+                self.faults,
+                "iscsi: {}: bidirectional command (R and W bits), opcode {:#04x}, refused",
+                self.ep.peer,
+                c.task.opcode()
+            );
             c.want = 0;
             c.early = Some(pollux_scsi::sense::Sense::invalid_cdb_field(0, None));
         } else if write && edtl > MAX_EDTL {
@@ -345,7 +351,7 @@ impl Conn {
                 // Reject the PDU and end its command with CHECK CONDITION;
                 // later Data-Out of that command is dropped. The
                 // connection and its other commands go on.
-                tracing::info!("iscsi: {}: {why}", self.ep.peer);
+                pollux_core::log_fault!(self.faults, "iscsi: {}: {why}", self.ep.peer);
                 self.reject(h, reason);
                 let c = self.st.borrow_mut().writes.remove(&itt);
                 if let Some(mut c) = c {

@@ -23,10 +23,16 @@ fn invalid(in_data: bool, offset: u16) -> Response {
     Response { status: status::CONNECT_INVALID_PARAMETERS, dw0: ConnectError { in_data, offset }.dw0(), dw1: 0 }
 }
 
-/// Log why a Connect is refused (at the default level) and pass its answer on.
-fn refused(at: &Where, hostnqn: &str, why: std::fmt::Arguments<'_>, resp: Response) -> Response {
-    tracing::info!("nvmf: connect from {} ({}) on {} refused: {why}", at.peer, host_name(hostnqn), at.endpoint);
-    resp
+/// A refused Connect: its answer, and the line for the log (the transport
+/// logs it, within the connection's budget of log lines).
+#[derive(Debug)]
+pub struct Refused {
+    pub resp: Response,
+    pub why: String,
+}
+
+fn refused(at: &Where, hostnqn: &str, why: std::fmt::Arguments<'_>, resp: Response) -> Refused {
+    Refused { resp, why: format!("nvmf: connect from {} ({}) on {} refused: {why}", at.peer, host_name(hostnqn), at.endpoint) }
 }
 
 /// Where a Connect came from and arrived.
@@ -43,7 +49,7 @@ pub(crate) fn host_name(hostnqn: &str) -> &str {
 /// An NQN field: UTF-8, NUL terminated within 224 bytes (223 of text).
 /// The host NQN may be empty, as Linux's and SPDK's targets accept: SPDK's
 /// own host sends none unless its `hostnqn` is given.
-fn nqn_field<'a>(raw: &'a [u8; 256], offset: u16, endpoint: &Where, what: &str, may_be_empty: bool) -> Result<&'a str, Response> {
+fn nqn_field<'a>(raw: &'a [u8; 256], offset: u16, endpoint: &Where, what: &str, may_be_empty: bool) -> Result<&'a str, Refused> {
     match text_field(raw) {
         Some(s) if s.len() <= crate::wire::fabrics::NQN_MAX_LEN && (may_be_empty || !s.is_empty()) => Ok(s),
         Some("") => Err(refused(endpoint, "", format_args!("empty {what}"), invalid(true, offset))),
@@ -58,8 +64,7 @@ fn nqn_field<'a>(raw: &'a [u8; 256], offset: u16, endpoint: &Where, what: &str, 
 }
 
 /// Handle a Connect that arrived on `endpoint`. On success the response
-/// carries the controller id in dword 0. Every refusal is logged with its
-/// reason.
+/// carries the controller id in dword 0; a refusal carries its reason.
 pub fn connect(
     target: &Target,
     cmd: &ConnectCommand,
@@ -67,7 +72,7 @@ pub fn connect(
     endpoint: Endpoint,
     peer: SocketAddr,
     opts: &TransportOpts,
-) -> Result<(Connected, Response), Response> {
+) -> Result<(Connected, Response), Refused> {
     let ep = &Where { peer, endpoint };
     if cmd.recfmt.get() != 0 {
         let why = format_args!("record format {} (only 0 exists)", cmd.recfmt.get());

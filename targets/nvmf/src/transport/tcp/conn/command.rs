@@ -212,7 +212,13 @@ impl Conn {
         let r = match (fctype, &st.queue) {
             (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
             (fabrics::fctype::CONNECT, _) => {
-                tracing::info!("nvmf: connect from {} on {} refused: queue {} is already connected", self.peer, self.ep, st.qid);
+                pollux_core::log_fault!(
+                    self.faults,
+                    "nvmf: connect from {} on {} refused: queue {} is already connected",
+                    self.peer,
+                    self.ep,
+                    st.qid
+                );
                 Response::err(status::COMMAND_SEQUENCE_ERROR)
             }
             (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
@@ -235,7 +241,8 @@ impl Conn {
         let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
         let slot = &st.slots[idx as usize];
         if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() || slot.bufs.len() != 1 {
-            tracing::info!(
+            pollux_core::log_fault!(
+                self.faults,
                 "nvmf: connect from {} on {} refused: {} bytes of connect data (host to controller: {}), not {}",
                 self.peer,
                 self.ep,
@@ -252,7 +259,10 @@ impl Conn {
         };
         let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, self.peer, &self.opts) {
             Ok(x) => x,
-            Err(r) => return self.respond(st, idx, r),
+            Err(r) => {
+                pollux_core::log_fault!(self.faults, "{}", r.why);
+                return self.respond(st, idx, r.resp);
+            }
         };
         st.qid = cc.qid.get();
         st.sq_entries = cc.sqsize.get().saturating_add(1);

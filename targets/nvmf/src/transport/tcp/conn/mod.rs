@@ -150,6 +150,8 @@ pub(crate) struct Conn {
     /// Completions made while `st` may be borrowed (asynchronous events).
     deferred: RefCell<Vec<(u16, Response)>>,
     close_reason: RefCell<Option<String>>,
+    /// Log budget of this connection's refusals and faults.
+    pub(super) faults: pollux_core::log::FaultLog,
     closed: Cell<bool>,
     /// A closed I/O queue pair with commands still on bdevs: (subsystem id,
     /// cntlid, qid) to report to the controller when the last one ends.
@@ -220,6 +222,7 @@ impl Conn {
             st: RefCell::new(st),
             deferred: RefCell::new(Vec::new()),
             close_reason: RefCell::new(None),
+            faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
             draining: Cell::new(None),
         })
@@ -248,6 +251,7 @@ impl Conn {
             st: RefCell::new(st),
             deferred: RefCell::new(Vec::new()),
             close_reason: RefCell::new(None),
+            faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
             draining: Cell::new(None),
         }))
