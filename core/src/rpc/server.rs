@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -21,8 +21,16 @@ use crate::sys::{Epoll, Interest};
 
 /// How often the server looks at its sockets when reactors busy-poll.
 const POLL_PERIOD: Duration = Duration::from_millis(1);
-/// Connections served at once; further ones are accepted and closed.
+/// Connections served at once. At the limit, a new client takes the place
+/// of the client idle the longest; with none idle it is accepted and closed.
 const MAX_CONNECTIONS: usize = 1024;
+/// Answers queued for one client beyond which its requests wait unread
+/// (a client that does not read its answers cannot grow the daemon).
+const MAX_OUT_BYTES: usize = 8 << 20;
+/// Requests of one client in progress beyond which its further requests
+/// wait unread.
+const MAX_PENDING: usize = 256;
+
 const LISTENER: u64 = u64::MAX;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per poll, so one client cannot starve others.
@@ -53,9 +61,28 @@ struct Conn {
     read_closed: bool,
     /// Close as soon as the output is flushed (after a parse error).
     closing: bool,
-    want_write: bool,
+    /// What the socket is registered for: [`WATCH_READ`] | [`WATCH_WRITE`].
+    watched: u8,
+    /// Last request read or answer written.
+    last_active: Instant,
     batches: HashMap<u64, Batch>,
     next_batch: u64,
+}
+
+const WATCH_READ: u8 = 1;
+const WATCH_WRITE: u8 = 2;
+
+impl Conn {
+    /// Whether this client may send more requests now: its answers are
+    /// being read, and not too many of its requests are in progress. (What
+    /// is buffered of an unfinished request is bounded by the decoder.)
+    fn may_read(&self) -> bool {
+        self.out.len() < MAX_OUT_BYTES && self.pending < MAX_PENDING
+    }
+
+    fn idle(&self) -> bool {
+        self.pending == 0 && self.out.is_empty() && self.decoder.is_idle()
+    }
 }
 
 /// Where a response goes.
@@ -172,7 +199,7 @@ impl RpcServer {
             // From now on a connection is watched only while it has output.
             if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
                 let _ = self.epoll.delete(c.stream.as_raw_fd());
-                c.want_write = false;
+                c.watched = 0;
             }
             self.settle(id);
         }
@@ -219,8 +246,8 @@ impl RpcServer {
                     return;
                 }
             };
-            if self.conns.borrow().len() >= MAX_CONNECTIONS {
-                tracing::warn!("RPC connection refused: {MAX_CONNECTIONS} clients already connected");
+            if self.conns.borrow().len() >= MAX_CONNECTIONS && !self.evict_idlest() {
+                tracing::warn!("RPC connection refused: {MAX_CONNECTIONS} clients already connected, none idle");
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -238,7 +265,8 @@ impl RpcServer {
                 pending: 0,
                 read_closed: false,
                 closing: false,
-                want_write: false,
+                watched: WATCH_READ,
+                last_active: Instant::now(),
                 batches: HashMap::new(),
                 next_batch: 0,
             };
@@ -246,23 +274,47 @@ impl RpcServer {
         }
     }
 
+    /// Close the connection idle the longest, to make room for a new one.
+    fn evict_idlest(&self) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        let Some(id) = conns.iter().filter(|(_, c)| c.idle()).min_by_key(|(_, c)| c.last_active).map(|(id, _)| *id) else {
+            return false;
+        };
+        if let Some(c) = conns.remove(&id) {
+            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            tracing::debug!("RPC: {MAX_CONNECTIONS} clients connected: the one idle the longest is closed for a new one");
+        }
+        true
+    }
+
     /// Read what a connection sent, dispatch complete requests, write answers.
     fn service(&self, id: u64, events: u32) {
-        let mut requests = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
             let Some(c) = conns.get_mut(&id) else { return };
             let readable = events & libc::EPOLLIN as u32 != 0 || events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
-            if readable && !self.stopping.get() {
-                read_requests(c, &mut requests);
+            if readable && !self.stopping.get() && c.may_read() {
+                read_bytes(c);
             }
+        }
+        self.pump(id);
+        self.release_if_done();
+    }
+
+    /// Dispatch the complete requests a connection has buffered, as many as
+    /// its limits allow, then write what is ready and settle its interest.
+    fn pump(&self, id: u64) {
+        let mut requests = Vec::new();
+        if !self.stopping.get() {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(&id) else { return };
+            take_requests(c, &mut requests);
         }
         // Dispatch outside the borrow: handlers may answer synchronously.
         for v in requests {
             self.dispatch(id, v);
         }
         self.settle(id);
-        self.release_if_done();
     }
 
     fn dispatch(&self, conn: u64, v: Value) {
@@ -324,7 +376,8 @@ impl RpcServer {
                 c.pending -= 1;
             }
             server.deliver(slot, body);
-            server.settle(slot.conn);
+            // Below its limits again, the client's waiting requests go on.
+            server.pump(slot.conn);
             server.release_if_done();
         }
     }
@@ -357,6 +410,7 @@ impl RpcServer {
 
     fn write(&self, conn: u64, v: Value) {
         if let Some(c) = self.conns.borrow_mut().get_mut(&conn) {
+            c.last_active = Instant::now();
             serde_json::to_writer(&mut c.out, &v).expect("serialising to memory");
             c.out.push(b'\n');
         }
@@ -371,12 +425,8 @@ impl RpcServer {
         let finished = c.out.is_empty() && (c.closing || (c.read_closed && c.pending == 0) || (stopping && c.pending == 0));
         if stopping {
             // Watched for writing only, and only while output waits.
-            let want_write = !c.out.is_empty() && !broken && !finished;
-            if want_write != c.want_write {
-                c.want_write = want_write;
-                let fd = c.stream.as_raw_fd();
-                let _ = if want_write { self.epoll.add(fd, Interest::WRITABLE, id) } else { self.epoll.delete(fd) };
-            }
+            let want = if !c.out.is_empty() && !broken && !finished { WATCH_WRITE } else { 0 };
+            self.watch(c, id, want);
             if broken || finished {
                 conns.remove(&id);
             }
@@ -400,16 +450,34 @@ impl RpcServer {
             }
             return;
         }
-        if want_write != c.want_write {
-            c.want_write = want_write;
-            let interest = if want_write { Interest::BOTH } else { Interest::READABLE };
-            let _ = self.epoll.modify(c.stream.as_raw_fd(), interest, id);
+        // Over its limits a client is not read (level-triggered readiness
+        // would otherwise fire on every poll) until its answers drain.
+        let want = if c.may_read() { WATCH_READ } else { 0 } | if want_write { WATCH_WRITE } else { 0 };
+        self.watch(c, id, want);
+    }
+
+    /// Register the connection's socket for `want` (nothing: not at all).
+    fn watch(&self, c: &mut Conn, id: u64, want: u8) {
+        if want == c.watched {
+            return;
         }
+        let fd = c.stream.as_raw_fd();
+        let interest = match want {
+            WATCH_READ => Interest::READABLE,
+            WATCH_WRITE => Interest::WRITABLE,
+            _ => Interest::BOTH,
+        };
+        let _ = match (c.watched, want) {
+            (_, 0) => self.epoll.delete(fd),
+            (0, _) => self.epoll.add(fd, interest, id),
+            _ => self.epoll.modify(fd, interest, id),
+        };
+        c.watched = want;
     }
 }
 
-/// Read everything available and collect complete requests.
-fn read_requests(c: &mut Conn, out: &mut Vec<Value>) {
+/// Read what is available, up to the read budget.
+fn read_bytes(c: &mut Conn) {
     if c.closing {
         return;
     }
@@ -421,13 +489,22 @@ fn read_requests(c: &mut Conn, out: &mut Vec<Value>) {
             Ok(n) => {
                 budget = budget.saturating_sub(n);
                 c.decoder.push(&buf[..n]);
+                c.last_active = Instant::now();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => c.read_closed = true,
         }
     }
-    loop {
+}
+
+/// Take complete requests from what was read, while the client is below
+/// its limit of requests in progress.
+fn take_requests(c: &mut Conn, out: &mut Vec<Value>) {
+    if c.closing {
+        return;
+    }
+    while c.pending + out.len() < MAX_PENDING && c.out.len() < MAX_OUT_BYTES {
         match c.decoder.next_value() {
             Ok(Some(v)) => out.push(v),
             Ok(None) => break,

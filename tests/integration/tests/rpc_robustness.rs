@@ -188,3 +188,74 @@ fn oversized_request_is_refused_and_connection_closed() {
     assert!(text.contains("-32700"), "{text}");
     still_serving(&d);
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 =
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap();
+    kb * 1024
+}
+
+/// A client that sends requests and never reads the answers: its requests
+/// wait unread once 8 MiB of answers (or 256 requests) are queued, so the
+/// daemon does not grow (unbounded, this flood queued gigabytes), and other
+/// clients are served meanwhile. (Issue 12, finding 6.)
+#[test]
+fn a_client_that_never_reads_its_answers_is_held_back() {
+    let bdevs: Vec<Value> = (0..64)
+        .map(|i| json!({"method": "bdev_malloc_create", "params": {"name": format!("Big{i}"), "num_blocks": 2048, "block_size": 512}}))
+        .collect();
+    let d =
+        Daemon::start(DaemonOpts { config: Some(json!({"subsystems": [{"subsystem": "bdev", "config": bdevs}]})), ..Default::default() });
+    let before = rss_bytes(d.pid());
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_nonblocking(true).unwrap();
+    // Each answer is a list of 64 bdevs (some 60 KiB): 50,000 of them would
+    // be some 3 GB.
+    let req = br#"{"jsonrpc":"2.0","method":"bdev_get_bdevs","id":1}"#;
+    let mut sent = 0;
+    let mut pending: &[u8] = &[];
+    let t0 = std::time::Instant::now();
+    while sent < 50_000 && t0.elapsed() < Duration::from_secs(10) {
+        if pending.is_empty() {
+            pending = req;
+            sent += 1;
+        }
+        match s.write(pending) {
+            Ok(n) => pending = &pending[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => panic!("the daemon closed the flooding client: {e}"),
+        }
+    }
+    // Whatever the daemon took in is handled by now: another client's call
+    // is answered after it.
+    still_serving(&d);
+    let grown = rss_bytes(d.pid()).saturating_sub(before);
+    assert!(grown < 256 << 20, "the daemon grew by {} MiB for one client that does not read ({sent} requests sent)", grown >> 20);
+    // The flooder still gets its answers when it reads.
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    drop(s);
+    still_serving(&d);
+}
+
+/// With every client slot taken by idle clients, a new client takes the
+/// place of the one idle the longest (it was locked out before).
+#[test]
+fn a_new_client_takes_the_place_of_the_longest_idle_one() {
+    let d = Daemon::start(DaemonOpts::default());
+    // 1,024 clients, each known to the server (it answered each once).
+    let mut idle = Vec::new();
+    for _ in 0..1024 {
+        let mut c = raw(&d);
+        c.call("spdk_get_version", None).unwrap();
+        idle.push(c);
+    }
+    still_serving(&d);
+    // The oldest was closed for the newest.
+    let e = idle[0].call("spdk_get_version", None).unwrap_err();
+    assert!(matches!(e, ClientError::Io(_) | ClientError::Closed), "the longest idle client is closed: {e}");
+    assert!(idle[1023].call("spdk_get_version", None).is_ok(), "a recent client is still served");
+}
