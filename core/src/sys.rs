@@ -31,8 +31,14 @@ impl Interest {
     pub const READABLE: Interest = Interest(libc::EPOLLIN as u32);
     pub const WRITABLE: Interest = Interest(libc::EPOLLOUT as u32);
     pub const BOTH: Interest = Interest((libc::EPOLLIN | libc::EPOLLOUT) as u32);
+    /// Registered, but waking for nothing (hang-ups and errors still do).
+    pub const NONE: Interest = Interest(0);
+
+    /// The peer's half-close is a reading matter: asked for with reading
+    /// only, or a descriptor watched for writing alone would wake on it
+    /// again and again.
     fn bits(self) -> u32 {
-        self.0 | libc::EPOLLRDHUP as u32
+        if self.0 & libc::EPOLLIN as u32 != 0 { self.0 | libc::EPOLLRDHUP as u32 } else { self.0 }
     }
 }
 

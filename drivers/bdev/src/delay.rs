@@ -83,8 +83,23 @@ impl Backend for DelayBackend {
     fn create_channel(&self) -> Box<dyn BackendChannel> {
         let due: Rc<RefCell<VecDeque<Due>>> = Rc::new(RefCell::new(VecDeque::with_capacity(256)));
         let q = due.clone();
-        let poller = reactor::register_timed_poller("bdev_delay", Duration::from_micros(100), move || complete_due(&q));
-        Box::new(DelayChannel { base: self.base.clone(), ch: self.base.channel(), lat: self.lat.clone(), due, _poller: poller })
+        // The poller runs only while requests wait (paused when none do, so
+        // an idle reactor in interrupt mode sleeps); it reaches itself
+        // weakly, through the channel that owns it.
+        let poller: Rc<std::cell::OnceCell<Poller>> = Rc::default();
+        let me = Rc::downgrade(&poller);
+        let p = reactor::register_timed_poller("bdev_delay", Duration::from_micros(100), move || {
+            let st = complete_due(&q);
+            if q.borrow().is_empty() {
+                if let Some(p) = me.upgrade().as_deref().and_then(std::cell::OnceCell::get) {
+                    p.pause();
+                }
+            }
+            st
+        });
+        p.pause();
+        let _ = poller.set(p);
+        Box::new(DelayChannel { base: self.base.clone(), ch: self.base.channel(), lat: self.lat.clone(), due, poller })
     }
     fn driver_specific(&self) -> Value {
         let mut v = self.lat.json();
@@ -137,7 +152,7 @@ struct DelayChannel {
     ch: IoChannel<Bdev>,
     lat: Arc<Latencies>,
     due: Rc<RefCell<VecDeque<Due>>>,
-    _poller: Poller,
+    poller: Rc<std::cell::OnceCell<Poller>>,
 }
 
 impl BackendChannel for DelayChannel {
@@ -148,11 +163,14 @@ impl BackendChannel for DelayChannel {
         if kind == IoType::Reset {
             return self.base.submit(&self.ch, kind, bufs, offset, blocks, move |child| io.complete(child.status()));
         }
-        let (lat, due) = (self.lat.clone(), self.due.clone());
+        let (lat, due, poller) = (self.lat.clone(), self.due.clone(), self.poller.clone());
         self.base.submit(&self.ch, kind, bufs, offset, blocks, move |mut child| {
             let at = clock::ticks() + clock::duration_to_ticks(lat.pick(kind));
             let bufs = child.take_buffers();
             due.borrow_mut().push_back(Due { at, io, status: child.status(), bufs });
+            if let Some(p) = poller.get() {
+                p.resume();
+            }
         });
     }
 }

@@ -237,3 +237,63 @@ fn anagrpid_is_zero_without_ana_reporting() {
     assert_eq!(u32::from_le_bytes(ns[92..96].try_into().unwrap()), 0, "ANAGRPID");
     d.stop();
 }
+
+/// CPU seconds the daemon used over a 3 s window.
+fn cpu_over_window(d: &Daemon) -> f64 {
+    let c0 = pollux_tests::cpu_seconds(d.pid());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    pollux_tests::cpu_seconds(d.pid()) - c0
+}
+
+/// Issue 12, finding 2: a host that does not read while more than 8 MiB
+/// of output is queued, and sends more, made its reactor spin: reading was
+/// paused but the socket stayed level-triggered readable. Now the socket
+/// is not watched for reading until the connection can read again (the
+/// same when the receive buffer is full of commands waiting for slots).
+#[test]
+fn a_host_that_stops_reading_does_not_spin_its_reactor() {
+    let port = free_port();
+    let nqn = "nqn.2016-06.io.pollux:spin";
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Fast", "num_blocks": 65536, "block_size": BS}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "Fast", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), interrupt_mode: true, config: Some(config), ..Default::default() });
+    let reads = |bdev: &str| iostat(&d, bdev)["num_read_ops"].as_u64().unwrap();
+
+    // 200 reads of 128 KiB (25 MiB of answers) never read by the host.
+    let (_a, cntlid) = Client::admin(port, nqn, 0, false, false);
+    let mut q = Client::io(port, nqn, cntlid, 1, false, false);
+    for i in 0..200u32 {
+        let cid = q.cid();
+        q.send_capsule(&Sqe::new(0x02, cid).nsid(1).dw(10, i * 256 % 65280).dw(12, 255).sgl_transport(128 * 1024), &[]);
+    }
+    // Until all are answered: 25 MiB wait in the connection's output,
+    // far above its 8 MiB backlog limit. Then more commands arrive, which
+    // the target must leave unread until the host reads.
+    let t0 = std::time::Instant::now();
+    while reads("Fast") < 200 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "reads stalled at {}", reads("Fast"));
+        std::thread::yield_now();
+    }
+    for _ in 0..50 {
+        let cid = q.cid();
+        q.send_capsule(&Sqe::new(0x02, cid).nsid(1).dw(12, 7).sgl_transport(4096), &[]);
+    }
+    let used = cpu_over_window(&d);
+    assert!(used < 0.3, "the reactor used {used:.2} s of CPU in 3 s waiting for a host that does not read");
+    assert_eq!(reads("Fast"), 200, "commands read while the host was not reading its answers");
+    // A well-behaved host is served meanwhile.
+    let (_a2, c2) = Client::admin(port, nqn, 0, false, false);
+    let mut ok = Client::io(port, nqn, c2, 1, false, false);
+    assert!(ok.write(1, 60000, &pattern(9, 4096), BS, true).ok());
+    drop(q);
+    d.stop();
+}

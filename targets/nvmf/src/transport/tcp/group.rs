@@ -143,8 +143,14 @@ impl TcpGroup {
         Some(c)
     }
 
-    pub(crate) fn want_write(&self, id: u64, fd: i32, on: bool) {
-        let i = if on { Interest::BOTH } else { Interest::READABLE };
+    /// What a connection's socket wakes the reactor for.
+    pub(crate) fn set_interest(&self, id: u64, fd: i32, read: bool, write: bool) {
+        let i = match (read, write) {
+            (true, true) => Interest::BOTH,
+            (true, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
+            (false, false) => Interest::NONE,
+        };
         let _ = self.epoll.modify(fd, i, id);
     }
 
@@ -160,6 +166,12 @@ impl TcpGroup {
                 let Some(c) = self.conn(ev.u64) else { continue };
                 busy += 1;
                 let flags = ev.events;
+                if flags & ((libc::EPOLLHUP | libc::EPOLLERR) as u32) != 0 && c.read_paused() {
+                    // Not reading, so the hang-up would be reported again
+                    // and again: the host is gone, and so are its answers.
+                    c.close("the host closed the connection");
+                    continue;
+                }
                 if flags & (libc::EPOLLOUT as u32) != 0 {
                     c.flush();
                 }

@@ -134,6 +134,9 @@ struct State {
     move_to: Option<(ReactorId, u32, u16)>,
     /// A C2HTermReq is queued: close once it is sent.
     terminating: bool,
+    /// Not reading (and its socket not watched for reading) until output
+    /// drains below the backlog limit and the receive buffer has room.
+    read_paused: bool,
 }
 
 pub(crate) struct Conn {
@@ -184,6 +187,7 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         data_timeout: Duration::from_secs(30),
         move_to: None,
         terminating: false,
+        read_paused: false,
     }
 }
 
@@ -302,7 +306,19 @@ impl Conn {
         while !self.closed.get() && total < READ_BUDGET {
             let n = {
                 let mut st = self.st.borrow_mut();
-                if st.terminating || st.move_to.is_some() || st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
+                if st.terminating {
+                    // Nothing more is read: it closes once the C2HTermReq is out.
+                    self.pause_reading(&mut st);
+                    break;
+                }
+                if st.move_to.is_some() {
+                    break;
+                }
+                if st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
+                    // The host is not reading its answers: stop reading
+                    // its commands (and stop the socket waking us for
+                    // them: level-triggered, it would spin the reactor).
+                    self.pause_reading(&mut st);
                     break;
                 }
                 if st.rstart == st.rend {
@@ -319,6 +335,7 @@ impl Conn {
                 if room == 0 {
                     // Full of PDUs waiting for request slots: read more
                     // once completions free some (see `flush`).
+                    self.pause_reading(&mut st);
                     break;
                 }
                 match (&self.stream).read(&mut st.rbuf[end..]) {
@@ -352,6 +369,21 @@ impl Conn {
             self.process();
         }
         self.after_processing();
+    }
+
+    /// Stop watching the socket for reading (see `State::read_paused`).
+    fn pause_reading(&self, st: &mut State) {
+        if !st.read_paused {
+            st.read_paused = true;
+            if let Some(g) = self.group.upgrade() {
+                g.set_interest(self.id, self.fd(), false, st.write_armed);
+            }
+        }
+    }
+
+    /// Whether reading is paused (see `State::read_paused`).
+    pub(crate) fn read_paused(&self) -> bool {
+        self.st.try_borrow().map(|st| st.read_paused).unwrap_or(false)
     }
 
     /// Bytes that came with a moved connection.
@@ -499,10 +531,20 @@ impl Conn {
             st.wbuf.clear();
             st.wpos = 0;
         }
-        if drained == st.write_armed {
+        // Reading goes on once the output is within the backlog limit and
+        // the receive buffer has room (PDUs waiting for slots were handled
+        // above, as slots freed).
+        let resume_reading = st.read_paused
+            && !st.terminating
+            && st.wbuf.len() - st.wpos <= WRITE_BACKLOG_LIMIT
+            && (st.rstart > 0 || st.rend < st.rbuf.len());
+        if resume_reading {
+            st.read_paused = false;
+        }
+        if drained == st.write_armed || resume_reading {
             st.write_armed = !drained;
             if let Some(g) = self.group.upgrade() {
-                g.want_write(self.id, self.fd(), !drained);
+                g.set_interest(self.id, self.fd(), !st.read_paused, st.write_armed);
             }
         }
         let terminating = st.terminating;
