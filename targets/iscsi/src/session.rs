@@ -181,9 +181,13 @@ impl Session {
     }
 
     /// Recompute MaxCmdSN from the free queue slots; it never goes back.
+    /// Open the command window as far as the queue depth allows: MaxCmdSN
+    /// is ExpCmdSN plus the free slots, minus one (so with none free it is
+    /// ExpCmdSN - 1, a closed window, as RFC 7143 4.2.2.1 allows). It never
+    /// moves back.
     pub fn update_window(&self) {
-        let free = self.queue_depth.saturating_sub(self.outstanding.get()).max(1);
-        let want = self.exp_cmd_sn.get().wrapping_add(free - 1);
+        let free = self.queue_depth.saturating_sub(self.outstanding.get());
+        let want = self.exp_cmd_sn.get().wrapping_add(free).wrapping_sub(1);
         if Session::sn_lt(self.max_cmd_sn.get(), want) {
             self.max_cmd_sn.set(want);
         }
@@ -204,6 +208,21 @@ mod tests {
         assert!(Session::sn_lt(u32::MAX, 0));
         assert!(!Session::sn_lt(2, 1));
         assert!(!Session::sn_lt(5, 5));
+    }
+
+    #[test]
+    fn the_command_window_closes_at_the_queue_depth() {
+        let s = Session::new(1, SessionType::Discovery, "iqn.i".into(), [0; 6], None, None, 1, crate::login::Params::defaults(), 2, 10);
+        assert_eq!((s.exp_cmd_sn.get(), s.max_cmd_sn.get()), (10, 11), "two slots");
+        // Two commands in progress: ExpCmdSN moves on, MaxCmdSN does not.
+        s.exp_cmd_sn.set(12);
+        s.outstanding.set(2);
+        s.update_window();
+        assert_eq!(s.max_cmd_sn.get(), 11, "closed: MaxCmdSN is ExpCmdSN - 1");
+        // One finishes: one slot again.
+        s.outstanding.set(1);
+        s.update_window();
+        assert_eq!(s.max_cmd_sn.get(), 12);
     }
 
     #[test]

@@ -198,9 +198,10 @@ fn reads_done(d: &Daemon) -> u64 {
 }
 
 /// 200 immediate 128 KiB READs the initiator never reads the answers of;
-/// returns once the LU has completed them all, so that their 25 MiB of
-/// answers (far more than the sockets' buffers hold) wait in the
-/// connection's output.
+/// returns once the LU has completed as many as the target takes (its
+/// queue depth of 64: immediate commands beyond it are rejected), so that
+/// their 8 MiB of answers (more than the sockets' buffers hold) wait in
+/// the connection's output.
 fn flood_unread_reads(d: &Daemon, c: &mut RawConn) {
     let before = reads_done(d);
     for i in 0..200u32 {
@@ -209,7 +210,7 @@ fn flood_unread_reads(d: &Daemon, c: &mut RawConn) {
         c.send(h, &[]).expect("send READ");
     }
     let t0 = std::time::Instant::now();
-    while reads_done(d) < before + 200 {
+    while reads_done(d) < before + 64 {
         assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the READs did not complete; log:\n{}", d.log());
         std::thread::yield_now();
     }
@@ -370,5 +371,53 @@ fn reads_return_their_whole_length_for_any_negotiated_sizes() {
     still_serves(&d, port, 70);
     let conns: Value = d.call("iscsi_get_connections", None).unwrap();
     assert!(conns.is_array());
+    d.stop();
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 =
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap();
+    kb * 1024
+}
+
+/// Issue 12, finding 3: an initiator that sends READs and never reads the
+/// answers grew the daemon by gigabytes (immediate commands bypassed the
+/// command window, and output was unbounded). Immediate commands beyond the
+/// queue depth are rejected (reason 0x06), the window closes at the queue
+/// depth, and PDUs wait unread while 8 MiB of answers are queued.
+#[test]
+fn an_initiator_that_never_reads_its_answers_is_held_back() {
+    let (d, port) = start();
+    let before = rss_bytes(d.pid());
+    let mut c = logged_in(port, 80, &[]);
+    c.s.set_nonblocking(true).unwrap();
+    // Immediate and windowed READs of 128 KiB, as fast as the socket takes
+    // them, for up to 10 s: 100,000 of them would be 12 GiB of answers.
+    let mut sent = 0u32;
+    let t0 = std::time::Instant::now();
+    let mut pending: Vec<u8> = Vec::new();
+    while sent < 100_000 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        if pending.is_empty() {
+            let mut h = c.scsi_header(&read10_cdb(sent * 256 % (LUN_MIB as u32 * 2048 - 256), 256), 128 * 1024, true, false);
+            if sent % 2 == 0 {
+                h[0] |= 0x40;
+            }
+            pending = pollux_tests::iscsi_host::pdu_bytes(h, &[]);
+            sent += 1;
+        }
+        use std::io::Write;
+        match c.s.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => panic!("the target closed the connection: {e}"),
+        }
+    }
+    d.call("iscsi_get_connections", None).expect("the daemon answers");
+    let grown = rss_bytes(d.pid()).saturating_sub(before);
+    assert!(grown < 256 << 20, "the daemon grew by {} MiB for one initiator that does not read ({sent} READs sent)", grown >> 20);
+    still_serves(&d, port, 81);
     d.stop();
 }

@@ -42,6 +42,10 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for the peer to read its last
 /// answers (a Reject, a Logout Response) before it is closed anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Answers queued for one connection beyond which its further PDUs wait
+/// unread (an initiator that does not read its answers cannot grow the
+/// daemon without bound).
+const TX_BACKLOG_LIMIT: usize = 8 << 20;
 /// Receive buffer: a whole PDU with our largest data segment fits twice.
 const RX_CAP: usize = 2 * (BHS_LEN + 1024 + 2 * DIGEST_LEN + crate::login::OUR_MAX_RECV_DATA_SEGMENT as usize + 4);
 
@@ -97,6 +101,11 @@ pub struct Conn {
     tx: RefCell<Vec<u8>>,
     tx_pos: Cell<usize>,
     want_write: Cell<bool>,
+    /// PDUs wait unread (and the socket is not watched for reading) while
+    /// the output backlog is over [`TX_BACKLOG_LIMIT`].
+    read_held: Cell<bool>,
+    /// `process_rx` is running (it holds the receive buffer).
+    in_rx: Cell<bool>,
     closed: Cell<bool>,
     /// Answers (StatSNs) written to the socket that the initiator had not
     /// seen when it sent its latest PDU.
@@ -192,6 +201,13 @@ impl Group {
                 let c = self.conns.borrow().get(&token).cloned();
                 if let Some(c) = c {
                     let bits = ev.events;
+                    if c.read_held.get() && bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                        // Not reading, so the hang-up would be reported again
+                        // and again: the initiator is gone.
+                        c.close(Close::Gone);
+                        n += 1;
+                        continue;
+                    }
                     if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                         c.on_readable();
                         input = true;
@@ -357,6 +373,8 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
         tx: RefCell::new(Vec::with_capacity(64 * 1024)),
         tx_pos: Cell::new(0),
         want_write: Cell::new(false),
+        read_held: Cell::new(false),
+        in_rx: Cell::new(false),
         closed: Cell::new(false),
         unread: Cell::new(0),
         sent_sn: Cell::new(0),
@@ -383,6 +401,9 @@ impl Conn {
         if self.st.borrow().close_after_flush {
             return self.discard_input();
         }
+        if self.read_held.get() {
+            return;
+        }
         // Read until the socket is empty or the buffer full, then parse.
         loop {
             let len = self.rx_len.get();
@@ -402,7 +423,7 @@ impl Conn {
                     if !self.process_rx() {
                         return;
                     }
-                    if n < room {
+                    if n < room || self.read_held.get() {
                         // A short read drained the socket; the (level
                         // triggered) epoll set says when more arrives, so
                         // skip the read that would only say EAGAIN.
@@ -439,6 +460,15 @@ impl Conn {
     /// Cut complete PDUs out of the receive buffer and handle them.
     /// Returns false if the connection was closed or handed over.
     fn process_rx(self: &Rc<Self>) -> bool {
+        if self.in_rx.replace(true) {
+            return !self.closed.get();
+        }
+        let alive = self.process_rx_inner();
+        self.in_rx.set(false);
+        alive
+    }
+
+    fn process_rx_inner(self: &Rc<Self>) -> bool {
         let mut off = 0;
         let mut rx = std::mem::take(&mut *self.rx.borrow_mut());
         let end = self.rx_len.get();
@@ -446,6 +476,12 @@ impl Conn {
         while alive && !self.closed.get() {
             let avail = &rx[off..end];
             if avail.len() < BHS_LEN {
+                break;
+            }
+            if self.tx_backlog() > TX_BACKLOG_LIMIT {
+                // The initiator is not reading its answers: its next PDUs
+                // wait (see `flush`).
+                self.hold_reading(true);
                 break;
             }
             let h = Bhs::parse(avail).expect("48 bytes");
@@ -580,6 +616,30 @@ impl Conn {
         }
     }
 
+    fn tx_backlog(&self) -> usize {
+        self.tx.borrow().len() - self.tx_pos.get()
+    }
+
+    /// Stop or resume reading, and watch the socket accordingly.
+    fn hold_reading(&self, held: bool) {
+        if self.read_held.replace(held) != held {
+            self.watch();
+        }
+    }
+
+    /// Register the socket for what the connection waits for.
+    fn watch(&self) {
+        let interest = match (self.read_held.get(), self.want_write.get()) {
+            (false, false) => Interest::READABLE,
+            (false, true) => Interest::BOTH,
+            (true, true) => Interest::WRITABLE,
+            (true, false) => Interest::NONE,
+        };
+        if let Some(g) = Group::try_get() {
+            let _ = g.epoll.modify(self.stream.as_raw_fd(), interest, self.token);
+        }
+    }
+
     /// Write as much queued output as the socket takes.
     pub(crate) fn flush(self: &Rc<Self>) {
         if self.closed.get() {
@@ -598,10 +658,9 @@ impl Conn {
                 Ok(n) => self.tx_pos.set(pos + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !self.want_write.replace(true) {
-                        if let Some(g) = Group::try_get() {
-                            let _ = g.epoll.modify(self.stream.as_raw_fd(), Interest::BOTH, self.token);
-                        }
+                        self.watch();
                     }
+                    self.resume_held_input();
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -619,12 +678,21 @@ impl Conn {
         }
         self.tx_pos.set(0);
         if self.want_write.replace(false) {
-            if let Some(g) = Group::try_get() {
-                let _ = g.epoll.modify(self.stream.as_raw_fd(), Interest::READABLE, self.token);
-            }
+            self.watch();
         }
         if self.st.borrow().close_after_flush {
-            self.close(Close::Gone);
+            return self.close(Close::Gone);
+        }
+        self.resume_held_input();
+    }
+
+    /// Output is back under its limit: handle the PDUs that waited, and
+    /// read again.
+    fn resume_held_input(self: &Rc<Self>) {
+        if self.read_held.get() && self.tx_backlog() <= TX_BACKLOG_LIMIT && !self.closed.get() && !self.in_rx.get() {
+            self.hold_reading(false);
+            // What arrived meanwhile, epoll reports at the next poll.
+            self.process_rx();
         }
     }
 

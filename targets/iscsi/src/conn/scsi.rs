@@ -192,6 +192,19 @@ impl Conn {
             self.reject(h, reject::PROTOCOL_ERROR);
             return Ok(true);
         }
+        if h.immediate() && s.outstanding.get() >= s.queue_depth {
+            // Immediate commands bypass the command window: bounded here
+            // by the queue depth (RFC 7143 11.17.1, reason 0x06).
+            pollux_core::log_fault!(
+                self.faults,
+                "iscsi: {}: immediate command with {} commands outstanding (queue depth {}): rejected",
+                self.ep.peer,
+                s.outstanding.get(),
+                s.queue_depth
+            );
+            self.reject(h, reject::IMMEDIATE_COMMAND_REJECT);
+            return Ok(true);
+        }
         if self.st.borrow().inflight.contains_key(&h.itt()) || self.st.borrow().writes.contains_key(&h.itt()) {
             // A task tag in use.
             self.reject(h, reject::TASK_IN_PROGRESS);
