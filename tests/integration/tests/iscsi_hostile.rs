@@ -421,3 +421,91 @@ fn an_initiator_that_never_reads_its_answers_is_held_back() {
     still_serves(&d, port, 81);
     d.stop();
 }
+
+/// Issue 12, finding 4: each WRITE took buffers for its whole transfer (up
+/// to 16 MiB) when it arrived, so 200 WRITEs that never send their data
+/// took gigabytes. Buffers are now taken as data is solicited, within a
+/// per-connection budget, and the window closes at the queue depth. The
+/// writes still complete once their data comes.
+#[test]
+fn writes_that_never_send_their_data_take_no_memory() {
+    let (d, port) = start();
+    let before = rss_bytes(d.pid());
+    let mut c = logged_in(port, 90, &[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    let mut itts = Vec::new();
+    for i in 0..200u32 {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&(i % 2 * 32768).to_be_bytes());
+        cdb[7..9].copy_from_slice(&32768u16.to_be_bytes());
+        let mut h = c.scsi_header(&cdb, 16 << 20, false, true);
+        if i % 2 == 0 {
+            h[0] |= 0x40; // immediate
+        }
+        c.send(h, &[]).expect("send WRITE");
+        itts.push(c.itt - 1);
+    }
+    d.call("iscsi_get_connections", None).expect("the daemon answers");
+    let grown = rss_bytes(d.pid()).saturating_sub(before);
+    assert!(grown < 128 << 20, "the daemon grew by {} MiB for 200 WRITEs of 16 MiB whose data never came", grown >> 20);
+    still_serves(&d, port, 91);
+    d.stop();
+}
+
+/// More writes in flight than the per-connection write budget (16 of
+/// 4 MiB against 32 MiB): those over it wait for their R2Ts, and all
+/// complete with their data in place.
+#[test]
+fn writes_over_the_write_budget_wait_their_turn_and_complete() {
+    let (d, port) = start();
+    let mut c = logged_in(port, 95, &[("InitialR2T", "Yes"), ("ImmediateData", "No"), ("MaxBurstLength", "1048576")]);
+    const BLOCKS: u32 = 8192;
+    let data: Vec<Vec<u8>> = (0..16u8).map(|i| pattern(100 + i, BLOCKS as usize * 512)).collect();
+    let mut itt_of = std::collections::HashMap::new();
+    for (i, _) in data.iter().enumerate() {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&(i as u32 * BLOCKS % (LUN_MIB as u32 * 2048)).to_be_bytes());
+        cdb[7..9].copy_from_slice(&(BLOCKS as u16).to_be_bytes());
+        let h = c.scsi_header(&cdb, BLOCKS * 512, false, true);
+        itt_of.insert(c.itt - 1, i);
+        c.send(h, &[]).expect("send WRITE");
+    }
+    let mut done = 0;
+    while done < data.len() {
+        let p = c.recv().expect("an R2T or a response");
+        let i = itt_of[&p.u32_at(16)];
+        match p.opcode() {
+            0x31 => {
+                let (ttt, off, len) = (p.u32_at(20), p.u32_at(40) as usize, p.u32_at(44) as usize);
+                let mut at = off;
+                let mut sn = 0;
+                while at < off + len {
+                    let n = (off + len - at).min(64 * 1024);
+                    c.data_out(p.u32_at(16), ttt, sn, at as u32, &data[i][at..at + n], at + n == off + len).expect("Data-Out");
+                    at += n;
+                    sn += 1;
+                }
+            }
+            0x21 => {
+                assert_eq!(p.bhs[3], 0, "write {i} completed GOOD");
+                done += 1;
+            }
+            op => panic!("unexpected opcode {op:#x}"),
+        }
+    }
+    // Later writes to the same blocks win: check the last 4 of the 16
+    // (LUN of 32 MiB holds 8 writes of 4 MiB, each place written twice).
+    for (i, want) in data.iter().enumerate().skip(8) {
+        let lba = i as u32 * BLOCKS % (LUN_MIB as u32 * 2048);
+        let mut got = Vec::new();
+        for part in 0..4u32 {
+            let (st, d) = c.read10(lba + part * 2048, 2048).expect("read back");
+            assert_eq!(st, 0);
+            got.extend(d);
+        }
+        assert!(got == *want, "write {i} reads back wrong");
+    }
+    still_serves(&d, port, 96);
+    d.stop();
+}

@@ -74,6 +74,8 @@ pub(crate) struct State {
     pub stat_sn: u32,
     /// Write commands waiting for Data-Out, by ITT.
     pub writes: HashMap<u32, Box<IscsiCmd>>,
+    /// Writes whose next R2T waits for the connection's write budget.
+    pub waiting_r2t: std::collections::VecDeque<u32>,
     /// Commands handed to the SCSI layer, by ITT.
     pub inflight: HashMap<u32, Inflight>,
     pub next_ttt: u32,
@@ -104,6 +106,9 @@ pub struct Conn {
     /// PDUs wait unread (and the socket is not watched for reading) while
     /// the output backlog is over [`TX_BACKLOG_LIMIT`].
     read_held: Cell<bool>,
+    /// Data-out buffers held by this connection's writes (see
+    /// `scsi::WRITE_BUDGET`).
+    pub(crate) write_bytes: Cell<usize>,
     /// `process_rx` is running (it holds the receive buffer).
     in_rx: Cell<bool>,
     closed: Cell<bool>,
@@ -358,6 +363,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
             cid: 0,
             stat_sn: 1,
             writes: HashMap::new(),
+            waiting_r2t: std::collections::VecDeque::new(),
             inflight: HashMap::new(),
             next_ttt: 1,
             text_rest: None,
@@ -374,6 +380,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
         tx_pos: Cell::new(0),
         want_write: Cell::new(false),
         read_held: Cell::new(false),
+        write_bytes: Cell::new(0),
         in_rx: Cell::new(false),
         closed: Cell::new(false),
         unread: Cell::new(0),

@@ -14,6 +14,13 @@ use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
 
 /// Largest expected data transfer length we buffer for one command.
 pub const MAX_EDTL: u32 = 16 << 20;
+/// Data-out buffers of one connection's writes in progress, at most. A
+/// write is charged its unsolicited part when it arrives, and the rest of
+/// its transfer when its first R2T goes out (or it waits, if that is over
+/// the budget and other writes hold some: those always complete, so the
+/// waiting ones get their turn). Buffers themselves are taken as each R2T
+/// goes out.
+pub const WRITE_BUDGET: usize = 32 << 20;
 
 /// One outstanding R2T of a write.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +48,10 @@ pub(crate) struct IscsiCmd {
     unsolicited_data_sn: u32,
     /// Next offset to solicit with an R2T.
     r2t_next: u32,
+    /// Bytes of data-out buffers taken so far (from offset 0).
+    allocated: u32,
+    /// Bytes charged to the connection's write budget.
+    charged: u32,
     r2t_sn: u32,
     r2ts: Vec<R2t>,
     /// The command failed before execution (answered without running it).
@@ -76,6 +87,8 @@ impl IscsiCmd {
             unsolicited_end: 0,
             unsolicited_data_sn: 0,
             r2t_next: 0,
+            allocated: 0,
+            charged: 0,
             r2t_sn: 0,
             r2ts: Vec::with_capacity(4),
             early: None,
@@ -139,34 +152,39 @@ impl Iterator for DataInLayout {
     }
 }
 
-/// Buffers for `len` bytes of data-out.
-fn alloc(len: usize, out: &mut Vec<DmaBuf>) -> bool {
-    let Ok(pool) = dma::pool() else { return false };
-    let piece = pool.large_size().max(4096);
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(piece);
+/// Grow a write's data-out buffers to cover `[0, upto)` (pieces of the
+/// pool's large size). Returns the bytes added, or `None` if memory ran out.
+fn grow(c: &mut IscsiCmd, upto: u32) -> Option<u32> {
+    let pool = dma::pool().ok()?;
+    let piece = pool.large_size().max(4096) as u32;
+    let before = c.allocated;
+    while c.allocated < upto {
+        let n = (upto - c.allocated).min(piece) as usize;
         let b = match pool.get(n) {
             Some(mut b) => {
                 b.set_len(n);
                 b
             }
-            None => match DmaBuf::alloc(n) {
-                Ok(b) => b,
-                Err(_) => return false,
-            },
+            None => DmaBuf::alloc(n).ok()?,
         };
-        out.push(b);
-        left -= n;
+        c.task.bufs.push(b);
+        c.allocated += n as u32;
     }
-    true
+    Some(c.allocated - before)
 }
 
 impl Conn {
-    pub(super) fn recycle(&self, mut c: Box<IscsiCmd>) {
+    pub(super) fn recycle(self: &Rc<Self>, mut c: Box<IscsiCmd>) {
         c.conn = None;
         c.task.bufs.clear();
         c.r2ts.clear();
+        c.allocated = 0;
+        if c.charged > 0 {
+            // Its budget is back: writes waiting for it may go on.
+            self.write_bytes.set(self.write_bytes.get().saturating_sub(c.charged as usize));
+            c.charged = 0;
+            self.resume_waiting_writes();
+        }
         let mut free = self.free_cmds.borrow_mut();
         if free.len() < 256 {
             free.push(c);
@@ -248,20 +266,32 @@ impl Conn {
         } else {
             c.want = if write { edtl } else { 0 };
         }
-        if c.want > 0 && !alloc(c.want as usize, &mut c.task.bufs) {
-            c.want = 0;
-            c.early = Some(pollux_scsi::sense::Sense::illegal(pollux_scsi::sense::Asc::INSUFFICIENT_RESOURCES));
-        }
+        c.allocated = 0;
+        c.charged = 0;
         if c.want > 0 {
-            let imm = data.len().min(c.want as usize);
-            copy_to_bufs(&mut c.task.bufs, 0, &data[..imm]);
-            c.received = imm as u32;
-            c.unsolicited_end = if p.initial_r2t { c.received } else { p.first_burst.min(c.want).max(c.received) };
+            let imm = data.len().min(c.want as usize) as u32;
+            c.unsolicited_end = if p.initial_r2t { imm } else { p.first_burst.min(c.want).max(imm) };
             if h.flags & 0x80 != 0 {
                 // F set: no unsolicited Data-Out follows.
-                c.unsolicited_end = c.received;
+                c.unsolicited_end = imm;
             }
             c.r2t_next = c.unsolicited_end;
+            // Buffers for what may come unsolicited (at most the first
+            // burst); the rest as it is solicited.
+            let upto = c.unsolicited_end;
+            let grown = grow(&mut c, upto);
+            c.charged = c.allocated;
+            self.write_bytes.set(self.write_bytes.get() + c.charged as usize);
+            match grown {
+                Some(_) => {
+                    copy_to_bufs(&mut c.task.bufs, 0, &data[..imm as usize]);
+                    c.received = imm;
+                }
+                None => {
+                    c.want = 0;
+                    c.early = Some(pollux_scsi::sense::Sense::illegal(pollux_scsi::sense::Asc::INSUFFICIENT_RESOURCES));
+                }
+            }
         }
         if c.received < c.want {
             let itt = c.itt;
@@ -273,7 +303,8 @@ impl Conn {
         Ok(true)
     }
 
-    /// Solicit more data for a write, up to MaxOutstandingR2T at a time.
+    /// Solicit more data for a write, up to MaxOutstandingR2T at a time,
+    /// taking its buffers as it goes, within the connection's budget.
     fn send_r2ts(self: &Rc<Self>, itt: u32) {
         let p = self.st.borrow().params;
         loop {
@@ -286,6 +317,24 @@ impl Conn {
                 }
                 let off = c.r2t_next;
                 let len = (c.want - off).min(p.max_burst);
+                if c.charged < c.want {
+                    // First R2T: charge the rest of the transfer, if the
+                    // budget has room (one write alone always goes ahead).
+                    let need = (c.want - c.charged) as usize;
+                    let spent = self.write_bytes.get();
+                    if spent > 0 && spent + need > WRITE_BUDGET {
+                        if !st.waiting_r2t.contains(&itt) {
+                            st.waiting_r2t.push_back(itt);
+                        }
+                        return;
+                    }
+                    self.write_bytes.set(spent + need);
+                    c.charged = c.want;
+                }
+                if grow(c, off + len).is_none() {
+                    drop(st);
+                    return self.fail_write(itt, pollux_scsi::sense::Sense::illegal(pollux_scsi::sense::Asc::INSUFFICIENT_RESOURCES));
+                }
                 c.r2t_next += len;
                 c.r2ts.push(R2t { ttt, end: off + len, next_data_sn: 0 });
                 let sn = c.r2t_sn;
@@ -306,6 +355,38 @@ impl Conn {
             h.w40.set(off);
             h.w44.set(len);
             self.send(&mut h, &[]);
+        }
+    }
+
+    /// Writes that waited for the budget: solicit their data now, in turn.
+    fn resume_waiting_writes(self: &Rc<Self>) {
+        loop {
+            let next = {
+                let mut st = self.st.borrow_mut();
+                if self.write_bytes.get() >= WRITE_BUDGET {
+                    return;
+                }
+                st.waiting_r2t.pop_front()
+            };
+            let Some(itt) = next else { return };
+            self.send_r2ts(itt);
+            if self.st.borrow().waiting_r2t.front() == Some(&itt) {
+                // Still over budget: it is back at the head; wait.
+                return;
+            }
+        }
+    }
+
+    /// End a write that waits for data with CHECK CONDITION (its data-out
+    /// is no longer accepted).
+    fn fail_write(self: &Rc<Self>, itt: u32, sense: pollux_scsi::sense::Sense) {
+        let c = self.st.borrow_mut().writes.remove(&itt);
+        if let Some(mut c) = c {
+            c.early = Some(sense);
+            c.want = 0;
+            c.received = 0;
+            c.task.bufs.clear();
+            self.execute(c);
         }
     }
 
