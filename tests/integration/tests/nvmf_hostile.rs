@@ -297,3 +297,57 @@ fn a_host_that_stops_reading_does_not_spin_its_reactor() {
     drop(q);
     d.stop();
 }
+
+/// Issue 12, finding 5: connections that never send ICReq or Connect, or
+/// stop in the middle of a PDU, were kept forever (1,000 of them: +137 MiB).
+/// They are closed after 30 s, as iSCSI's logins are; a connected host is
+/// not.
+#[test]
+fn connections_that_never_connect_are_closed() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let dir = TempDir::new("nvmf-hostile");
+    let d = start(port, &dir);
+    let mut idle: Vec<std::net::TcpStream> = Vec::new();
+    for i in 0..30 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(&[0u8, 0, 128, 0, 128, 0, 0, 0, 0, 0]).unwrap(), // part of an ICReq
+            _ => {
+                // A whole ICReq, then nothing.
+                let mut b = vec![0u8; 128];
+                b[2] = 128;
+                b[4] = 128;
+                s.write_all(&b).unwrap();
+            }
+        }
+        idle.push(s);
+    }
+    // A connected controller (no keep alive) that stops in the middle of
+    // a command capsule.
+    let (mut stuck, _) = Client::admin(port, OPEN_NQN, 0, false, false);
+    let cid = stuck.cid();
+    let half = stuck.capsule_bytes(&Sqe::new(0x06, cid).dw(10, 1).sgl_transport(4096), &[]);
+    stuck.send_raw(&half[..40]);
+    idle.push(stuck.s);
+    let (mut host, _) = Client::admin(port, OPEN_NQN, 0, false, false);
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+        let mut b = [0u8; 256];
+        // ICResp for those that sent ICReq, then the end of the stream.
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("connection {i} still open after 120 s: {e}"),
+            }
+        }
+    }
+    // The connected host, silent as long, is still served (no keep alive).
+    let (r, _) = host.identify(1, 0);
+    assert!(r.ok(), "{r:?}");
+    let log = d.log();
+    assert!(log.contains("no Connect within 30s") && log.contains("a PDU left unfinished within 30s"), "log:\n{log}");
+    d.stop();
+}

@@ -37,6 +37,9 @@ use crate::wire::fabrics::ConnectData;
 const READ_BUDGET: usize = 4 << 20;
 /// Stop reading while this much output waits (the host is not reading).
 const WRITE_BACKLOG_LIMIT: usize = 8 << 20;
+/// How long a connection may take to send ICReq and Connect (as iSCSI's
+/// login timeout), and to finish a PDU it has begun.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SGL identifiers: in-capsule data block (offset) and transport data block.
 const SGL_IN_CAPSULE: u8 = 0x01;
 const SGL_TRANSPORT: u8 = 0x5a;
@@ -137,6 +140,10 @@ struct State {
     /// Not reading (and its socket not watched for reading) until output
     /// drains below the backlog limit and the receive buffer has room.
     read_paused: bool,
+    /// When the connection was accepted.
+    since: Instant,
+    /// When bytes last arrived.
+    last_rx: Instant,
 }
 
 pub(crate) struct Conn {
@@ -188,6 +195,8 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         move_to: None,
         terminating: false,
         read_paused: false,
+        since: Instant::now(),
+        last_rx: Instant::now(),
     }
 }
 
@@ -346,6 +355,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         st.rend += n;
+                        st.last_rx = Instant::now();
                         // A short read drained the socket: handle what came
                         // and let epoll say when there is more (saves the
                         // read that would only return EAGAIN).
@@ -571,6 +581,22 @@ impl Conn {
             drop(st);
             tracing::warn!("nvmf: host {} left an R2T unanswered for {t:?}: closing the queue pair", self.peer);
             self.close("the host stopped sending solicited data");
+            return true;
+        }
+        // A connection that never connects, or stops in the middle of a PDU
+        // (one it could have finished: not one waiting for a slot or for
+        // its output to drain), holds memory for nothing.
+        let why = if matches!(st.queue, Queue::Unbound) && st.move_to.is_none() && st.since.elapsed() > CONNECT_TIMEOUT {
+            Some("no Connect")
+        } else if st.rstart < st.rend && !st.read_paused && !st.free.is_empty() && st.last_rx.elapsed() > CONNECT_TIMEOUT {
+            Some("a PDU left unfinished")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            drop(st);
+            pollux_core::log_fault!(self.faults, "nvmf: connection from {}: {why} within {CONNECT_TIMEOUT:?}: closed", self.peer);
+            self.close(&format!("{why} within {CONNECT_TIMEOUT:?}"));
             return true;
         }
         false
