@@ -15,6 +15,8 @@
 //! ```
 //! Every command takes `--json` for machine-readable output.
 
+#![forbid(unsafe_code)]
+
 mod show;
 
 use std::process::ExitCode;

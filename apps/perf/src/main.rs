@@ -5,6 +5,8 @@
 //!
 //! `pollux-perf -c CONFIG -q 32 -o 4096 -w randread -t 10 [-m MASK] [-M 70] [--json]`
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};

@@ -2,6 +2,8 @@
 //! and arguments follow SPDK's `rpc.py`, so scripts written for SPDK work
 //! with either client; `call METHOD [JSON]` sends any method with raw params.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! What the `pollux-tgt` daemon contains, as a library so that the fuzz
 //! targets and tests build the same method table as the daemon.
 
+#![forbid(unsafe_code)]
+
 use pollux_core::app::App;
 
 /// Register everything `pollux-tgt` serves: SPDK's framework-level

@@ -1,6 +1,8 @@
 //! `pollux-tgt`: the Pollux target daemon. Reactors on the cores of `-m`, a
 //! JSON-RPC socket on `-r`, and the state of the `-c` config file.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

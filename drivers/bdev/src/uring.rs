@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ struct Ring {
     waiting: VecDeque<BdevIo>,
     unsubmitted: u32,
     /// Interrupt mode: the eventfd the kernel signals on each completion.
-    doorbell: Option<OwnedFd>,
+    doorbell: Option<pollux_core::sys::EventFd>,
 }
 
 struct UringChannel {
@@ -152,15 +152,9 @@ impl UringChannel {
     }
 
     fn watch_completions(&mut self) -> std::io::Result<()> {
-        // SAFETY: eventfd has no pointer arguments.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: eventfd returned a fresh descriptor we now own.
-        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
-        self.ring.borrow().ring.submitter().register_eventfd(raw)?;
-        self.poller.add_wake_fd(raw, pollux_core::sys::Interest::READABLE)?;
+        let efd = pollux_core::sys::EventFd::new()?;
+        self.ring.borrow().ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        self.poller.add_wake_fd(efd.as_raw_fd(), pollux_core::sys::Interest::READABLE)?;
         self.ring.borrow_mut().doorbell = Some(efd);
         Ok(())
     }
@@ -246,9 +240,7 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
         let mut r = ring.borrow_mut();
         if let Some(efd) = &r.doorbell {
             // Reset the doorbell (level-triggered): completions are reaped below.
-            let mut v = 0u64;
-            // SAFETY: reads at most 8 bytes into a live u64 from our nonblocking eventfd.
-            unsafe { libc::read(efd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+            efd.drain();
         }
         if r.unsubmitted > 0 {
             match r.ring.submit() {

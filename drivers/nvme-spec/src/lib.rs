@@ -19,6 +19,8 @@
 //! - [`registers`]: controller register offsets and fields (CAP, VS, CC,
 //!   CSTS, AQA), the same layout as Fabrics properties.
 
+#![forbid(unsafe_code)]
+
 pub mod cmd;
 pub mod identify;
 pub mod log;

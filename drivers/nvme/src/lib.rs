@@ -1,9 +1,12 @@
 //! Pollux's userspace NVMe driver: NVMe controllers on PCIe, reached through
 //! VFIO, polled by the reactors, and exposed as bdevs (SPDK's `bdev_nvme`).
 //!
-//! - [`sys`]: all hardware access and all `unsafe`: the BAR mapping (`Bar`,
-//!   bounds-checked volatile accesses), VFIO (container, group, device, PCI
-//!   config space, IOMMU mappings of DMA memory) and device-shared memory.
+//! - [`sys`]: all hardware access and nearly all `unsafe`: the BAR mapping
+//!   (`Bar`, bounds-checked volatile accesses), VFIO (container, group,
+//!   device, PCI config space, IOMMU mappings of DMA memory) and
+//!   device-shared memory. Elsewhere only `AdminQueue`'s `Send` (its DMA
+//!   memory is region-backed, see `admin.rs`) and the test-only fake
+//!   controller's copies to and from IOVAs (`fake.rs`).
 //! - [`regs`]: the register window as a trait, so everything above runs
 //!   against a BAR or a fake controller in tests.
 //! - [`queue`], [`prp`]: queue rings (phase tags, doorbells) and data

@@ -11,6 +11,8 @@
 //! groups, target nodes, CHAP auth groups, set through the `iscsi_*` RPCs
 //! ([`rpc`]) and written back by `save_config`.
 
+#![forbid(unsafe_code)]
+
 pub mod chap;
 pub mod config;
 pub mod conn;

@@ -16,6 +16,8 @@
 //! reactor; each I/O queue pair lives on one reactor (spread round robin)
 //! and reaches bdevs through that reactor's channels, without locks.
 
+#![forbid(unsafe_code)]
+
 pub mod ctrlr;
 mod error;
 pub mod group;

@@ -17,6 +17,8 @@
 //! PERSISTENT RESERVE IN/OUT; RESERVE/RELEASE 6/10; EXTENDED COPY (LID1)
 //! and RECEIVE COPY RESULTS; READ DEFECT DATA; unit attentions.
 
+#![forbid(unsafe_code)]
+
 pub mod cdb;
 mod device;
 mod exec;

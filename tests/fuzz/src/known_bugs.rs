@@ -16,5 +16,5 @@
 //! - iSCSI login: a bad initiator MaxRecvDataSegmentLength was answered
 //!   `Reject` and the target's own declaration followed in the same text,
 //!   one key twice (`iscsi_text/mrdsl-reject-and-declared`).
-//! - Issue 11's CHAP_R with a multi-byte character (`iscsi_text/chap-r-multibyte`)
+//! - A CHAP_R with a multi-byte character (`iscsi_text/chap-r-multibyte`)
 //!   and WRITE with the R and W bits (`iscsi_pdu/write-read-write-bits`).

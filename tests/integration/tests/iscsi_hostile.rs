@@ -1,5 +1,5 @@
 //! Regression tests for faults found by hostile testing of the iSCSI
-//! target (issue 11): each sends the same bytes over a real socket to a
+//! target (docs/reliability.md): each sends the same bytes over a real socket to a
 //! running daemon, then checks that the daemon still serves a fresh client
 //! with the right data.
 
@@ -381,7 +381,7 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// Issue 12, finding 3: an initiator that sends READs and never reads the
+/// An initiator that sends READs and never reads the
 /// answers grew the daemon by gigabytes (immediate commands bypassed the
 /// command window, and output was unbounded). Immediate commands beyond the
 /// queue depth are rejected (reason 0x06), the window closes at the queue
@@ -422,7 +422,7 @@ fn an_initiator_that_never_reads_its_answers_is_held_back() {
     d.stop();
 }
 
-/// Issue 12, finding 4: each WRITE took buffers for its whole transfer (up
+/// Each WRITE took buffers for its whole transfer (up
 /// to 16 MiB) when it arrived, so 200 WRITEs that never send their data
 /// took gigabytes. Buffers are now taken as data is solicited, within a
 /// per-connection budget, and the window closes at the queue depth. The

@@ -1,5 +1,5 @@
 //! Regression tests for faults found by hostile testing of the NVMe-oF
-//! target (issue 11), over real sockets to a running daemon: FUA and Flush
+//! target (docs/reliability.md), over real sockets to a running daemon: FUA and Flush
 //! reaching the bdev, block sizes no NVMe host can describe, what real
 //! hosts send at Connect (a fresh host identifier per connection, no host
 //! NQN), refusals logged with their reason, and ANAGRPID without ANA.
@@ -245,7 +245,7 @@ fn cpu_over_window(d: &Daemon) -> f64 {
     pollux_tests::cpu_seconds(d.pid()) - c0
 }
 
-/// Issue 12, finding 2: a host that does not read while more than 8 MiB
+/// A host that does not read while more than 8 MiB
 /// of output is queued, and sends more, made its reactor spin: reading was
 /// paused but the socket stayed level-triggered readable. Now the socket
 /// is not watched for reading until the connection can read again (the
@@ -298,7 +298,7 @@ fn a_host_that_stops_reading_does_not_spin_its_reactor() {
     d.stop();
 }
 
-/// Issue 12, finding 5: connections that never send ICReq or Connect, or
+/// Connections that never send ICReq or Connect, or
 /// stop in the middle of a PDU, were kept forever (1,000 of them: +137 MiB).
 /// They are closed after 30 s, as iSCSI's logins are; a connected host is
 /// not.

@@ -199,7 +199,7 @@ fn rss_bytes(pid: u32) -> u64 {
 /// A client that sends requests and never reads the answers: its requests
 /// wait unread once 8 MiB of answers (or 256 requests) are queued, so the
 /// daemon does not grow (unbounded, this flood queued gigabytes), and other
-/// clients are served meanwhile. (Issue 12, finding 6.)
+/// clients are served meanwhile.
 #[test]
 fn a_client_that_never_reads_its_answers_is_held_back() {
     let bdevs: Vec<Value> = (0..64)
