@@ -367,7 +367,7 @@ fn qemu_args(cache: &Cache, cfg: &VmConfig, work: &Path, xfer: &Path) -> Vec<OsS
     push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     let mut append = String::from(
         "console=ttyS0 quiet loglevel=3 panic=-1 intel_iommu=on iommu=pt \
-         cryptomgr.notests mitigations=off",
+         cryptomgr.notests mitigations=off no_timer_check",
     );
     if cfg.hugepages > 0 {
         append.push_str(&format!(" hugepages={}", cfg.hugepages));
