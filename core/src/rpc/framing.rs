@@ -42,6 +42,9 @@ pub struct Decoder {
     top_string: bool,
 }
 
+/// A buffer larger than this is shrunk once what it holds is consumed.
+const SHRINK_ABOVE: usize = 256 << 10;
+
 /// The longest top-level number or literal: such a value is parsed again
 /// as each piece of it arrives, so it is kept short.
 const MAX_SCALAR_BYTES: usize = 4096;
@@ -57,8 +60,18 @@ impl Decoder {
             self.buf.drain(..self.head);
             self.pos -= self.head;
             self.head = 0;
+            // Memory a large request took goes back once it is consumed: an
+            // idle client keeps no more than a small buffer.
+            if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() + data.len() < SHRINK_ABOVE / 4 {
+                self.buf.shrink_to(SHRINK_ABOVE / 4);
+            }
         }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Bytes buffered but not yet returned as values.
@@ -75,6 +88,14 @@ impl Decoder {
     fn consume(&mut self, n: usize) {
         self.head += n;
         self.pos = self.head;
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+            self.pos = 0;
+            if self.buf.capacity() > SHRINK_ABOVE {
+                self.buf.shrink_to(SHRINK_ABOVE / 4);
+            }
+        }
     }
 
     /// The next complete value, `Ok(None)` if more bytes are needed.
@@ -324,6 +345,20 @@ mod tests {
             d.push(format!("{}{tail}", "9".repeat(MAX_SCALAR_BYTES + 1)).as_bytes());
             assert!(matches!(d.next_value(), Err(FramingError::Syntax(_))), "tail {tail:?}");
         }
+    }
+
+    #[test]
+    fn the_memory_of_a_large_request_goes_back_once_it_is_consumed() {
+        let mut d = Decoder::new();
+        let big = format!("{{\"a\":\"{}\"}}\n", "x".repeat(8 << 20));
+        for piece in big.as_bytes().chunks(64 * 1024) {
+            d.push(piece);
+        }
+        assert!(d.capacity() >= 8 << 20);
+        assert_eq!(all(&mut d).len(), 1);
+        assert!(d.capacity() <= SHRINK_ABOVE, "an idle decoder holds {} bytes", d.capacity());
+        d.push(b"{}");
+        assert_eq!(all(&mut d), vec![json!({})]);
     }
 
     #[test]

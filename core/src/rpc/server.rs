@@ -35,6 +35,19 @@ const LISTENER: u64 = u64::MAX;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per poll, so one client cannot starve others.
 const READ_BUDGET: usize = 1 << 20;
+/// A request must arrive whole within this time of the server starting to
+/// wait for its rest; a client that stops in the middle is answered with an
+/// error and closed (it would otherwise hold its buffer, up to
+/// [`super::framing::MAX_REQUEST_BYTES`], for ever).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of an unfinished request every client may buffer whatever others do
+/// (SPDK's server takes requests of up to 32 KiB).
+const REQUEST_ALLOWANCE: usize = 64 << 10;
+/// Bytes of unfinished requests beyond their allowances, all clients
+/// together. A client whose unfinished request would go over it is
+/// answered with an error and closed: clients cannot together buffer more
+/// than this and 1,024 allowances, however many send large requests slowly.
+pub const UNFINISHED_BUDGET: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -65,6 +78,8 @@ struct Conn {
     watched: u8,
     /// Last request read or answer written.
     last_active: Instant,
+    /// Since when the server has been waiting for the rest of a request.
+    unfinished_since: Option<Instant>,
     batches: HashMap<u64, Batch>,
     next_batch: u64,
 }
@@ -102,6 +117,9 @@ pub struct RpcServer {
     methods: Rc<Methods>,
     reactor: ReactorId,
     poller: RefCell<Option<Poller>>,
+    /// Closes clients whose request is unfinished after [`REQUEST_TIMEOUT`];
+    /// paused while no request is unfinished.
+    timeouts: RefCell<Option<Poller>>,
     served: Cell<u64>,
     /// Connections are accepted (until then they wait in the backlog).
     accepting: Cell<bool>,
@@ -136,6 +154,7 @@ impl RpcServer {
             methods,
             reactor: reactor::current(),
             poller: RefCell::new(None),
+            timeouts: RefCell::new(None),
             served: Cell::new(0),
             accepting: Cell::new(false),
             stopping: Cell::new(false),
@@ -151,6 +170,13 @@ impl RpcServer {
         // In interrupt mode our epoll set wakes the reactor.
         poller.add_wake_fd(server.epoll.as_raw_fd(), Interest::READABLE).map_err(ServerError::Poll)?;
         *server.poller.borrow_mut() = Some(poller);
+        let s = Rc::downgrade(&server);
+        let timeouts = reactor::register_timed_poller("rpc_server_timeouts", Duration::from_secs(1), move || match s.upgrade() {
+            Some(s) => s.close_unfinished(),
+            None => PollStatus::Idle,
+        });
+        timeouts.pause();
+        *server.timeouts.borrow_mut() = Some(timeouts);
         reactor::set_local(server.clone());
         if accept_now {
             tracing::info!("RPC server listening on {}", path.display());
@@ -212,6 +238,7 @@ impl RpcServer {
             return;
         }
         self.poller.borrow_mut().take();
+        self.timeouts.borrow_mut().take();
         if let Some(me) = reactor::local::<RpcServer>() {
             if std::ptr::eq(Rc::as_ptr(&me), self) {
                 reactor::take_local::<RpcServer>();
@@ -267,11 +294,38 @@ impl RpcServer {
                 closing: false,
                 watched: WATCH_READ,
                 last_active: Instant::now(),
+                unfinished_since: None,
                 batches: HashMap::new(),
                 next_batch: 0,
             };
             self.conns.borrow_mut().insert(id, conn);
         }
+    }
+
+    /// Answer and close the clients that left a request unfinished for
+    /// [`REQUEST_TIMEOUT`]; pause once no request is unfinished.
+    fn close_unfinished(&self) -> PollStatus {
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let mut waiting = false;
+        for (id, c) in self.conns.borrow_mut().iter_mut() {
+            let Some(since) = c.unfinished_since else { continue };
+            if now.duration_since(since) >= REQUEST_TIMEOUT {
+                refuse(c, format!("request unfinished after {} s ({} bytes)", REQUEST_TIMEOUT.as_secs(), c.decoder.pending()));
+                late.push(*id);
+            } else {
+                waiting = true;
+            }
+        }
+        for id in &late {
+            self.settle(*id);
+        }
+        if !waiting {
+            if let Some(p) = self.timeouts.borrow().as_ref() {
+                p.pause();
+            }
+        }
+        if late.is_empty() { PollStatus::Idle } else { PollStatus::Busy }
     }
 
     /// Close the connection idle the longest, to make room for a new one.
@@ -296,6 +350,18 @@ impl RpcServer {
             if readable && !self.stopping.get() && c.may_read() {
                 read_bytes(c);
             }
+            if c.decoder.pending() > REQUEST_ALLOWANCE && !c.closing {
+                let over: usize = conns.values().map(|c| c.decoder.pending().saturating_sub(REQUEST_ALLOWANCE)).sum();
+                if over > UNFINISHED_BUDGET {
+                    let c = conns.get_mut(&id).expect("looked up above");
+                    let why = format!(
+                        "{} MiB of unfinished requests are buffered, more than the server takes; this one ({} bytes so far) is refused",
+                        over >> 20,
+                        c.decoder.pending()
+                    );
+                    refuse(c, why);
+                }
+            }
         }
         self.pump(id);
         self.release_if_done();
@@ -309,6 +375,11 @@ impl RpcServer {
             let mut conns = self.conns.borrow_mut();
             let Some(c) = conns.get_mut(&id) else { return };
             take_requests(c, &mut requests);
+            if c.unfinished_since.is_some() {
+                if let Some(p) = self.timeouts.borrow().as_ref() {
+                    p.resume();
+                }
+            }
         }
         // Dispatch outside the borrow: handlers may answer synchronously.
         for v in requests {
@@ -432,7 +503,12 @@ impl RpcServer {
             }
             return;
         }
-        if broken || finished {
+        // A client closed for what it sent gets its answers if its socket
+        // takes them now; it is not waited for.
+        if broken || finished || c.closing {
+            if c.closing && !c.out.is_empty() && !broken {
+                tracing::debug!("RPC client closed with {} bytes of answers it did not read", c.out.len());
+            }
             let _ = self.epoll.delete(c.stream.as_raw_fd());
             conns.remove(&id);
             return;
@@ -504,10 +580,21 @@ fn take_requests(c: &mut Conn, out: &mut Vec<Value>) {
     if c.closing {
         return;
     }
-    while c.pending + out.len() < MAX_PENDING && c.out.len() < MAX_OUT_BYTES {
+    // Waiting for the client's bytes (not held back by its limits).
+    let mut waiting = false;
+    loop {
+        if c.pending + out.len() >= MAX_PENDING || c.out.len() >= MAX_OUT_BYTES {
+            break;
+        }
         match c.decoder.next_value() {
-            Ok(Some(v)) => out.push(v),
-            Ok(None) => break,
+            Ok(Some(v)) => {
+                out.push(v);
+                c.unfinished_since = None;
+            }
+            Ok(None) => {
+                waiting = true;
+                break;
+            }
             Err(e) => {
                 // The stream cannot be resynchronised: answer and close.
                 tracing::warn!("RPC client sent a malformed request: {e}");
@@ -519,9 +606,26 @@ fn take_requests(c: &mut Conn, out: &mut Vec<Value>) {
             }
         }
     }
+    if !waiting || c.read_closed || c.decoder.is_idle() {
+        c.unfinished_since = None;
+    } else if c.unfinished_since.is_none() {
+        c.unfinished_since = Some(Instant::now());
+    }
     if c.read_closed && !c.decoder.is_idle() {
         tracing::debug!("RPC client disconnected with {} bytes of an unfinished request", c.decoder.pending());
     }
+}
+
+/// Answer a client whose request cannot be taken with an error, drop what
+/// it sent, and close it once the answer is written.
+fn refuse(c: &mut Conn, why: String) {
+    tracing::warn!("RPC client closed: {why}");
+    let body = response(Value::Null, Err(RpcError::invalid_request(&why)));
+    serde_json::to_writer(&mut c.out, &body).expect("serialising to memory");
+    c.out.push(b'\n');
+    c.decoder = Decoder::new();
+    c.unfinished_since = None;
+    c.closing = true;
 }
 
 fn flush(c: &mut Conn) -> io::Result<()> {

@@ -259,3 +259,127 @@ fn a_new_client_takes_the_place_of_the_longest_idle_one() {
     assert!(matches!(e, ClientError::Io(_) | ClientError::Closed), "the longest idle client is closed: {e}");
     assert!(idle[1023].call("spdk_get_version", None).is_ok(), "a recent client is still served");
 }
+
+/// A client that stops in the middle of a request, or sends the rest a
+/// byte at a time, is answered with an error and closed once the request
+/// has been unfinished for 30 s (it was kept, with its buffer, for ever).
+#[test]
+fn a_request_left_unfinished_is_answered_and_closed_after_the_timeout() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mut stopped = UnixStream::connect(&d.socket).unwrap();
+    stopped.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","#).unwrap();
+    let mut trickle = UnixStream::connect(&d.socket).unwrap();
+    trickle.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","params":{"a":""#).unwrap();
+    trickle.set_nonblocking(true).unwrap();
+    let t0 = std::time::Instant::now();
+    // The trickling client sends a byte of its string every 500 ms until it
+    // is answered: new bytes do not put its deadline off.
+    let mut answer = Vec::new();
+    while t0.elapsed() < Duration::from_secs(90) {
+        let mut buf = [0u8; 4096];
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if trickle.write(b"x").is_err() {
+                    // Closed: what was written before the close is still read.
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(_) => break,
+        }
+    }
+    let elapsed = t0.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("unfinished after 30 s"), "the trickling client was answered {text:?} after {elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(29), "closed after {elapsed:?}, before its time");
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(error_code(&v), -32600);
+    // The client that stopped is closed too.
+    stopped.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = String::new();
+    stopped.read_to_string(&mut out).unwrap();
+    assert!(out.contains("unfinished after 30 s"), "{out:?}");
+    still_serving(&d);
+    assert!(d.log().contains("request unfinished after 30 s"), "{}", d.log());
+}
+
+/// Many clients each sending a large request and not finishing it cannot
+/// together make the daemon buffer more than the budget of unfinished
+/// requests: past it, the client whose request would go over is refused.
+/// (300 unfinished 1 MiB requests were 300 MiB held.)
+#[test]
+fn clients_together_cannot_buffer_more_than_the_unfinished_budget() {
+    let d = Daemon::start(DaemonOpts::default());
+    let before = rss_bytes(d.pid());
+    let mut body = br#"{"jsonrpc":"2.0","method":"spdk_get_version","params":{"a":""#.to_vec();
+    body.resize(1 << 20, b'x');
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        if s.write_all(&body).is_err() {
+            refused += 1;
+            continue;
+        }
+        held.push(s);
+    }
+    // Every request is taken in (or refused) before the daemon answers this.
+    still_serving(&d);
+    let grown = rss_bytes(d.pid()).saturating_sub(before);
+    // The others were answered (or reset) and closed.
+    let mut closed = 0;
+    for s in &mut held {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    eprintln!("the daemon grew by {} MiB for 300 unfinished requests of 1 MiB", grown >> 20);
+    assert!(grown < 192 << 20, "the daemon grew by {} MiB for 300 unfinished requests of 1 MiB", grown >> 20);
+    assert!(refused + closed >= 200, "refused {refused} while writing, {closed} closed after");
+    assert!(d.log().contains("of unfinished requests are buffered"), "{}", d.log());
+    drop(held);
+    still_serving(&d);
+}
+
+/// SIGTERM ends the daemon within its shutdown deadline whatever its RPC
+/// clients do: one not reading its answers, one half-way through a large
+/// request, one that sent a megabyte of tiny values (after such clients
+/// SIGTERM once took 53 s).
+#[test]
+fn sigterm_exits_within_the_deadline_whatever_rpc_clients_do() {
+    let mut d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), ..Default::default() });
+    let mut flood = UnixStream::connect(&d.socket).unwrap();
+    flood.set_nonblocking(true).unwrap();
+    let req = br#"{"jsonrpc":"2.0","method":"bdev_get_bdevs","id":1}"#;
+    let t0 = std::time::Instant::now();
+    let mut pending: &[u8] = &[];
+    while t0.elapsed() < Duration::from_secs(2) {
+        if pending.is_empty() {
+            pending = req;
+        }
+        match flood.write(pending) {
+            Ok(n) => pending = &pending[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut half = UnixStream::connect(&d.socket).unwrap();
+    let mut body = br#"{"jsonrpc":"2.0","method":"spdk_get_version","params":{"a":""#.to_vec();
+    body.resize(4 << 20, b'x');
+    half.write_all(&body).unwrap();
+    // Each value is answered with an error this client does not read: it
+    // is held back once 8 MiB of answers wait, so not all of it is taken.
+    let mut tiny = UnixStream::connect(&d.socket).unwrap();
+    tiny.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = tiny.write_all("1 ".repeat(512 * 1024).as_bytes());
+    still_serving(&d);
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| panic!("no exit within 15 s of SIGTERM; log:\n{}", d.log()));
+    assert_eq!(st.code(), Some(0), "log:\n{}", d.log());
+}
