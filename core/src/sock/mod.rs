@@ -3,7 +3,9 @@
 //! `sock_get_default_impl`) over the one implementation Pollux has, plain
 //! nonblocking kernel sockets (SPDK's `posix`).
 //!
-//! The targets call [`configure_accepted`] on every connection they accept:
+//! [`Listener`] is the one accept path of every target: it binds, accepts
+//! on its reactor, backs off when accepting fails for lack of resources,
+//! and calls [`configure_accepted`] on every connection:
 //! `recv_buf_size`/`send_buf_size` set SO_RCVBUF/SO_SNDBUF (0, Pollux's
 //! default, leaves the kernel's autotuning alone) and `enable_quickack`
 //! sets TCP_QUICKACK. The other options (receive pipe, placement id,
@@ -11,6 +13,10 @@
 //! have: they are kept and reported so SPDK's saved configs load, and
 //! change nothing. The `ssl` implementation's options are kept likewise;
 //! Pollux refuses TLS listeners.
+
+mod listen;
+
+pub use listen::{ACCEPT_BACKOFF, Accepted, Listener, RoundRobin};
 
 use std::io;
 use std::net::TcpStream;

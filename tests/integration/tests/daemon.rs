@@ -200,3 +200,83 @@ fn idle_cpu_in_interrupt_mode_after_nvmf_and_iscsi_clients_left() {
     let used = cpu_seconds(d.pid()) - c0;
     assert!(used / window.as_secs_f64() < 0.02, "idle daemon used {used:.3} s of CPU in {window:?} after its clients left");
 }
+
+/// Out of file descriptors, the listeners neither spin nor lose the
+/// connections waiting in their backlogs: they try again every 100 ms,
+/// say so in the log (once, not per attempt), and serve the connections
+/// once descriptors are free. Before, a listener whose accept failed with
+/// EMFILE was woken again at once by its still-readable socket: 100% of a
+/// core in interrupt mode.
+#[test]
+fn out_of_descriptors_the_listeners_back_off_and_serve_later() {
+    use pollux_tests::iscsi_host::{RawConn, free_port, target_iqn};
+    use pollux_tests::nvmf_client::Client;
+    let (iscsi, nvme) = (free_port(), free_port());
+    let nqn = "nqn.2016-06.io.pollux:fds";
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]},
+        {"subsystem": "iscsi", "config": [
+            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi.to_string()}]}},
+            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}},
+            {"method": "iscsi_create_target_node", "params": {"name": "fds", "alias_name": "fds", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+                "luns": [{"bdev_name": "M0", "lun_id": 0}], "queue_depth": 8}}
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "M0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": nvme.to_string()}}}
+        ]}
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), interrupt_mode: true, config: Some(cfg), ..Default::default() });
+    // Clients before: the connection groups exist.
+    let (mut a, _) = Client::admin(nvme, nqn, 0, false, false);
+    assert!(a.identify(1, 0).0.ok());
+    let mut c = RawConn::connect(iscsi);
+    let r = c.login("iqn.2025-01.io.pollux:fds", Some(&target_iqn("fds")), 1);
+    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+    // No descriptor left for the daemon: its limit is its lowest free
+    // descriptor number (a new descriptor must be below the limit).
+    let open: std::collections::HashSet<u64> =
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut was = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit on the daemon's pid reading its limit into `was`.
+    let rc = unsafe { libc::prlimit(d.pid() as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let set_limit = |n: u64| {
+        let lim = libc::rlimit { rlim_cur: n.min(was.rlim_max), rlim_max: was.rlim_max };
+        // SAFETY: prlimit on the daemon's pid with a valid rlimit and no old-value pointer.
+        let rc = unsafe { libc::prlimit(d.pid() as libc::pid_t, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    set_limit(lowest_free);
+    let waiting_iscsi: Vec<_> = (0..16).map(|_| std::net::TcpStream::connect(("127.0.0.1", iscsi)).unwrap()).collect();
+    let waiting_nvme: Vec<_> = (0..16).map(|_| std::net::TcpStream::connect(("127.0.0.1", nvme)).unwrap()).collect();
+    // Until both listeners have met the limit.
+    let t0 = std::time::Instant::now();
+    while d.log().matches("Too many open files").count() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no accept failure logged:\n{}", d.log());
+        std::thread::yield_now();
+    }
+    let c0 = cpu_seconds(d.pid());
+    let window = Duration::from_secs(2);
+    std::thread::sleep(window);
+    let used = cpu_seconds(d.pid()) - c0;
+    assert!(used / window.as_secs_f64() < 0.2, "out of descriptors, the daemon used {used:.3} s of CPU in {window:?}");
+    let log = d.log();
+    assert!(log.contains(&format!("127.0.0.1:{nvme}: cannot accept")) && log.contains("iscsi portal group 1: cannot accept"), "{log}");
+    let lines = log.matches("Too many open files").count();
+    assert!(lines <= 4, "{lines} lines for the accept failures:\n{log}");
+    // Descriptors again: the waiting connections and new ones are served.
+    set_limit(was.rlim_cur);
+    drop(waiting_iscsi);
+    drop(waiting_nvme);
+    drop((a, c));
+    let (mut a, _) = Client::admin(nvme, nqn, 0, false, false);
+    assert!(a.identify(1, 0).0.ok());
+    let mut c = RawConn::connect(iscsi);
+    let r = c.login("iqn.2025-01.io.pollux:fds", Some(&target_iqn("fds")), 1);
+    assert_eq!((r.bhs[36], r.bhs[37]), (0, 0));
+    assert_eq!(c.read10(0, 1).map(|(st, _)| st), Some(0));
+}

@@ -336,10 +336,11 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
             return;
         }
     };
-    let _ = stream.set_nonblocking(true);
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = pollux_core::sock::configure_accepted(&stream) {
-        tracing::warn!("iscsi: socket options for {}: {e}", ep.peer);
+    // Accepted connections are nonblocking and configured by the listener
+    // already; this is for streams served otherwise (the fuzz targets').
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::warn!("iscsi: connection from {} closed: cannot make it nonblocking: {e}", ep.peer);
+        return;
     }
     let token = group.next_token.get();
     group.next_token.set(token + 1);

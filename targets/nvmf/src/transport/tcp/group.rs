@@ -78,20 +78,13 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
     Ok(g)
 }
 
-/// A freshly accepted connection, on the main reactor.
-pub(crate) fn adopt_new(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
+/// A connection a listener accepted (configured by it), or a stream of the
+/// fuzz targets, on the main reactor.
+pub(crate) fn adopt(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
     stream.set_nonblocking(true)?;
-    stream.set_nodelay(true)?;
-    pollux_core::sock::configure_accepted(&stream)?;
     if shared.opts.sock_priority != 0 {
         pollux_core::sock::set_int_option(&stream, libc::SOL_SOCKET, libc::SO_PRIORITY, shared.opts.sock_priority as libc::c_int)?;
     }
-    adopt_configured(stream, peer, ep, shared)
-}
-
-/// A connection whose socket options are set (or, for the fuzz targets'
-/// socket pairs, do not apply), on the main reactor.
-pub(crate) fn adopt_configured(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
     let g = group()?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let conn = Conn::new(id, stream, peer, ep, shared, Rc::downgrade(&g));

@@ -13,13 +13,11 @@ pub mod pdu;
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
-use pollux_core::sys::Interest;
+use pollux_core::reactor::ReactorId;
+use pollux_core::sock::{Accepted, RoundRobin};
 use serde_json::{Value, json};
 
 use super::{Endpoint, Transport, TransportKind, TransportOpts};
@@ -32,24 +30,26 @@ pub const MAX_H2C_DATA: u32 = 128 * 1024;
 
 struct Listener {
     ep: Endpoint,
-    socket: TcpListener,
     uses: Cell<u32>,
-    poller: Poller,
+    _socket: pollux_core::sock::Listener,
 }
 
 /// What listeners and connections share: options and the reactor choice.
 pub(crate) struct TcpShared {
     pub(crate) opts: TransportOpts,
-    next_reactor: Cell<usize>,
+    /// I/O queue pairs go to every reactor in turn, starting after the
+    /// main one (which has the admin queues).
+    placement: RoundRobin,
 }
 
 impl TcpShared {
+    fn new(opts: TransportOpts) -> Rc<TcpShared> {
+        Rc::new(TcpShared { opts, placement: RoundRobin::starting_at(1) })
+    }
+
     /// The reactor for the next I/O queue pair.
     pub(crate) fn pick_reactor(&self) -> ReactorId {
-        let n = reactor::count();
-        let r = self.next_reactor.get() % n;
-        self.next_reactor.set(r + 1);
-        ReactorId(r)
+        self.placement.next()
     }
 }
 
@@ -61,7 +61,7 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     pub fn new(opts: TransportOpts) -> TcpTransport {
-        TcpTransport { shared: Rc::new(TcpShared { opts, next_reactor: Cell::new(1) }), listeners: RefCell::new(Vec::new()) }
+        TcpTransport { shared: TcpShared::new(opts), listeners: RefCell::new(Vec::new()) }
     }
 }
 
@@ -73,27 +73,7 @@ impl TcpTransport {
 #[doc(hidden)]
 pub fn serve_for_fuzzing(stream: std::net::TcpStream, peer: std::net::SocketAddr, ep: Endpoint, opts: TransportOpts) -> io::Result<()> {
     stream.set_nonblocking(true)?;
-    group::adopt_configured(stream, peer, ep, Rc::new(TcpShared { opts, next_reactor: Cell::new(1) }))
-}
-
-fn accept(shared: &Rc<TcpShared>, l: &Listener) -> usize {
-    let mut n = 0;
-    for _ in 0..32 {
-        match l.socket.accept() {
-            Ok((stream, peer)) => {
-                n += 1;
-                if let Err(e) = group::adopt_new(stream, peer, l.ep, shared.clone()) {
-                    tracing::warn!("nvmf: cannot set up connection from {peer}: {e}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                tracing::warn!("nvmf: accept on {} failed: {e}", l.ep);
-                break;
-            }
-        }
-    }
-    n
+    group::adopt(stream, peer, ep, TcpShared::new(opts))
 }
 
 impl Transport for TcpTransport {
@@ -110,19 +90,17 @@ impl Transport for TcpTransport {
             l.uses.set(l.uses.get() + 1);
             return Ok(());
         }
-        let socket = TcpListener::bind(ep.addr).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
-        socket.set_nonblocking(true).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
         let period = Duration::from_micros(u64::from(self.shared.opts.acceptor_poll_rate.max(100)));
         let shared = self.shared.clone();
-        let l = Rc::new_cyclic(|me: &std::rc::Weak<Listener>| {
-            let me = me.clone();
-            let poller = reactor::register_timed_poller("nvmf_tcp_accept", period, move || match me.upgrade() {
-                Some(l) => accept(&shared, &l).into(),
-                None => PollStatus::Idle,
-            });
-            Listener { ep: *ep, socket, uses: Cell::new(1), poller }
-        });
-        l.poller.add_wake_fd(l.socket.as_raw_fd(), Interest::READABLE).map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        let endpoint = *ep;
+        let accepted = move |a: Accepted| {
+            if let Err(e) = group::adopt(a.stream, a.peer, endpoint, shared.clone()) {
+                tracing::warn!("nvmf: cannot serve the connection from {}: {e}", a.peer);
+            }
+        };
+        let socket = pollux_core::sock::Listener::bind(ep.addr, &format!("nvmf {ep}"), period, accepted)
+            .map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
+        let l = Rc::new(Listener { ep: *ep, uses: Cell::new(1), _socket: socket });
         self.listeners.borrow_mut().push(l);
         tracing::info!("nvmf: listening on {ep}");
         Ok(())
