@@ -188,7 +188,18 @@ impl Decoder {
                     Ok(None)
                 }
             }
-            Some(Err(e)) => Err(FramingError::Syntax(e.to_string())),
+            Some(Err(e)) => {
+                // A number or literal that reaches the end of what came may
+                // still change: 400 digits are out of range, but not when
+                // `e-300` follows. Judge it once a byte ends it.
+                let token = rest.iter().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')).count();
+                let may_continue = matches!(rest[0], b'-' | b'0'..=b'9' | b't' | b'f' | b'n');
+                if may_continue && token == rest.len() && rest.len() <= MAX_SCALAR_BYTES {
+                    Ok(None)
+                } else {
+                    Err(FramingError::Syntax(e.to_string()))
+                }
+            }
             None => Ok(None),
         }
     }
@@ -339,6 +350,16 @@ mod tests {
         assert_eq!(d.next_value(), Ok(None));
         d.push(b"c\\\"d\" {}");
         assert_eq!(all(&mut d), vec![json!("abc\"d"), json!({})]);
+        // A number out of range while its digits come, in range once its
+        // exponent has: one value (found by the jsonrpc_framing target).
+        let long = format!("{}e-300 ", "2".repeat(400));
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in long.as_bytes() {
+            d.push(std::slice::from_ref(b));
+            got.extend(all(&mut d));
+        }
+        assert_eq!(got.len(), 1, "{got:?}");
         // A number too long to be one, whether its end came with it or not.
         for tail in ["", " "] {
             let mut d = Decoder::new();
