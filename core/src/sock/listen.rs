@@ -61,9 +61,16 @@ pub struct Listener {
 
 impl Listener {
     /// Listen on `addr` and call `on_accept` on this reactor for each
-    /// connection. `period` is how often a busy-polling reactor looks for
-    /// connections.
-    pub fn bind(addr: SocketAddr, name: &str, period: Duration, on_accept: impl FnMut(Accepted) + 'static) -> io::Result<Listener> {
+    /// connection. `poller` names the accept poller (as SPDK names its own,
+    /// in `thread_get_pollers`), `name` the listener in log lines; `period`
+    /// is how often a busy-polling reactor looks for connections.
+    pub fn bind(
+        addr: SocketAddr,
+        poller: &str,
+        name: &str,
+        period: Duration,
+        on_accept: impl FnMut(Accepted) + 'static,
+    ) -> io::Result<Listener> {
         let socket = TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         socket.set_nonblocking(true).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let inner = Rc::new(Inner {
@@ -77,13 +84,13 @@ impl Listener {
             faults: FaultLog::default(),
         });
         let w = Rc::downgrade(&inner);
-        let poller = reactor::register_timed_poller(&format!("accept {name}"), period, move || match w.upgrade() {
+        let poller = reactor::register_timed_poller(poller, period, move || match w.upgrade() {
             Some(l) => accept(&l),
             None => PollStatus::Idle,
         });
         poller.add_wake_fd(inner.socket.as_raw_fd(), Interest::READABLE)?;
         let w: Weak<Inner> = Rc::downgrade(&inner);
-        let retry = reactor::register_timed_poller(&format!("accept retry {name}"), ACCEPT_BACKOFF, move || match w.upgrade() {
+        let retry = reactor::register_timed_poller("accept_backoff", ACCEPT_BACKOFF, move || match w.upgrade() {
             Some(l) => resume(&l),
             None => PollStatus::Idle,
         });

@@ -55,7 +55,13 @@ pub fn start(tag: i32, portals: &[Portal]) -> io::Result<()> {
             let stream = a.stream;
             reactor::send_msg(placement.next(), move || crate::conn::start(stream, ep, Vec::new()));
         };
-        entries.push(Listener::bind(addr, &format!("iscsi portal group {tag}"), Duration::from_millis(1), accepted)?);
+        entries.push(Listener::bind(
+            addr,
+            "iscsi_portal_accept",
+            &format!("iscsi portal group {tag}"),
+            Duration::from_millis(1),
+            accepted,
+        )?);
     }
     tracing::info!(
         "iscsi: portal group {tag} listening on {}",

@@ -98,7 +98,7 @@ impl Transport for TcpTransport {
                 tracing::warn!("nvmf: cannot serve the connection from {}: {e}", a.peer);
             }
         };
-        let socket = pollux_core::sock::Listener::bind(ep.addr, &format!("nvmf {ep}"), period, accepted)
+        let socket = pollux_core::sock::Listener::bind(ep.addr, "nvmf_tcp_accept", &format!("nvmf {ep}"), period, accepted)
             .map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
         let l = Rc::new(Listener { ep: *ep, uses: Cell::new(1), _socket: socket });
         self.listeners.borrow_mut().push(l);
