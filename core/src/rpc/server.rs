@@ -518,11 +518,9 @@ impl RpcServer {
             // Level-triggered hang-ups would fire on every poll: stop watching
             // the socket; answers still being computed are written when they
             // arrive, and a peer that then does not read is dropped.
+            let _ = self.epoll.delete(c.stream.as_raw_fd());
             if want_write {
-                let _ = self.epoll.delete(c.stream.as_raw_fd());
                 conns.remove(&id);
-            } else if !c.closing {
-                let _ = self.epoll.delete(c.stream.as_raw_fd());
             }
             return;
         }
@@ -598,10 +596,7 @@ fn take_requests(c: &mut Conn, out: &mut Vec<Value>) {
             Err(e) => {
                 // The stream cannot be resynchronised: answer and close.
                 tracing::warn!("RPC client sent a malformed request: {e}");
-                let body = response(Value::Null, Err(RpcError::parse_error(e)));
-                serde_json::to_writer(&mut c.out, &body).expect("serialising to memory");
-                c.out.push(b'\n');
-                c.closing = true;
+                close_with(c, RpcError::parse_error(e));
                 break;
             }
         }
@@ -616,11 +611,17 @@ fn take_requests(c: &mut Conn, out: &mut Vec<Value>) {
     }
 }
 
-/// Answer a client whose request cannot be taken with an error, drop what
-/// it sent, and close it once the answer is written.
+/// Answer a client whose request cannot be taken (Invalid Request, `why`)
+/// and close it.
 fn refuse(c: &mut Conn, why: String) {
     tracing::warn!("RPC client closed: {why}");
-    let body = response(Value::Null, Err(RpcError::invalid_request(&why)));
+    close_with(c, RpcError::invalid_request(&why));
+}
+
+/// Answer with `err`, drop what the client sent, and close it once the
+/// answer is written (or at once if its socket does not take it).
+fn close_with(c: &mut Conn, err: RpcError) {
+    let body = response(Value::Null, Err(err));
     serde_json::to_writer(&mut c.out, &body).expect("serialising to memory");
     c.out.push(b'\n');
     c.decoder = Decoder::new();

@@ -7,10 +7,13 @@ use std::net::TcpStream;
 use crate::login::Endpoint;
 
 /// Serve `stream` on the current reactor as if a portal of portal group
-/// `ep.portal_group` had accepted it. Socket options the stream does not
-/// support (TCP_NODELAY on a socket pair) are skipped, as for any
-/// connection.
+/// `ep.portal_group` had accepted it: made nonblocking as the listener
+/// does (the TCP options do not apply to a socket pair).
 pub fn serve(stream: TcpStream, ep: Endpoint) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::warn!("iscsi: stream from {} not served: cannot make it nonblocking: {e}", ep.peer);
+        return;
+    }
     crate::conn::start(stream, ep, Vec::new());
 }
 

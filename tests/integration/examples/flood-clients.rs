@@ -19,9 +19,7 @@ use pollux_tests::iscsi_host::{RawConn, pdu_bytes, target_iqn};
 use pollux_tests::nvmf_client::{Client, Sqe};
 
 fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok()).unwrap_or(0)
-        / 1024
+    pollux_tests::rss_bytes(pid) >> 20
 }
 
 /// Operations per second of `op` over `secs`.

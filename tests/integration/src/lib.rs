@@ -243,6 +243,17 @@ pub fn ok_stdout(what: &str, out: &Output) -> String {
 }
 
 /// CPU time (user + system) a process has used, in seconds.
+/// Resident memory of a process, in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS in status");
+    kb * 1024
+}
+
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let rest = &stat[stat.rfind(')').unwrap() + 2..];

@@ -145,6 +145,27 @@ fn calls_during_start_up_are_answered_once_it_has_finished() {
     assert!(d.log().contains("calls are answered once start-up has finished"), "log:\n{}", d.log());
 }
 
+/// A config with one malloc bdev exported by iSCSI (target node `name`,
+/// portal on `iscsi`) and by NVMe/TCP (subsystem `nqn`, listener on
+/// `nvme`), any initiator and host allowed.
+fn both_targets_config(name: &str, iscsi: u16, nvme: u16, nqn: &str) -> serde_json::Value {
+    json!({"subsystems": [
+        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]},
+        {"subsystem": "iscsi", "config": [
+            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi.to_string()}]}},
+            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}},
+            {"method": "iscsi_create_target_node", "params": {"name": name, "alias_name": name, "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+                "luns": [{"bdev_name": "M0", "lun_id": 0}], "queue_depth": 8}}
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "M0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": nvme.to_string()}}}
+        ]}
+    ]})
+}
+
 /// Interrupt mode after NVMe/TCP and iSCSI traffic: once the last
 /// connection of a reactor closed, its NVMe/TCP timeout poller was paused
 /// but its stale deadline kept the reactor from ever sleeping again (100%
@@ -155,21 +176,7 @@ fn idle_cpu_in_interrupt_mode_after_nvmf_and_iscsi_clients_left() {
     use pollux_tests::nvmf_client::Client;
     let (iscsi, nvme) = (free_port(), free_port());
     let nqn = "nqn.2016-06.io.pollux:idle";
-    let cfg = json!({"subsystems": [
-        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]},
-        {"subsystem": "iscsi", "config": [
-            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi.to_string()}]}},
-            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}},
-            {"method": "iscsi_create_target_node", "params": {"name": "idle", "alias_name": "idle", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
-                "luns": [{"bdev_name": "M0", "lun_id": 0}], "queue_depth": 8}}
-        ]},
-        {"subsystem": "nvmf", "config": [
-            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
-            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "M0"}}},
-            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": nvme.to_string()}}}
-        ]}
-    ]});
+    let cfg = both_targets_config("idle", iscsi, nvme, nqn);
     let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), interrupt_mode: true, config: Some(cfg), ..Default::default() });
     {
         // I/O queues land on both reactors.
@@ -213,21 +220,7 @@ fn out_of_descriptors_the_listeners_back_off_and_serve_later() {
     use pollux_tests::nvmf_client::Client;
     let (iscsi, nvme) = (free_port(), free_port());
     let nqn = "nqn.2016-06.io.pollux:fds";
-    let cfg = json!({"subsystems": [
-        {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]},
-        {"subsystem": "iscsi", "config": [
-            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": iscsi.to_string()}]}},
-            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["ANY"]}},
-            {"method": "iscsi_create_target_node", "params": {"name": "fds", "alias_name": "fds", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
-                "luns": [{"bdev_name": "M0", "lun_id": 0}], "queue_depth": 8}}
-        ]},
-        {"subsystem": "nvmf", "config": [
-            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
-            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "M0"}}},
-            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": nvme.to_string()}}}
-        ]}
-    ]});
+    let cfg = both_targets_config("fds", iscsi, nvme, nqn);
     let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), interrupt_mode: true, config: Some(cfg), ..Default::default() });
     // Clients before: the connection groups exist.
     let (mut a, _) = Client::admin(nvme, nqn, 0, false, false);

@@ -3,8 +3,8 @@
 //! running daemon, then checks that the daemon still serves a fresh client
 //! with the right data.
 
-use pollux_tests::Daemon;
 use pollux_tests::iscsi_host::{self, RawConn, RawPdu, keys, sense_of, target_iqn};
+use pollux_tests::{Daemon, rss_bytes};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -372,13 +372,6 @@ fn reads_return_their_whole_length_for_any_negotiated_sizes() {
     let conns: Value = d.call("iscsi_get_connections", None).unwrap();
     assert!(conns.is_array());
     d.stop();
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 =
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap();
-    kb * 1024
 }
 
 /// An initiator that sends READs and never reads the

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use pollux_core::rpc::{Client, ClientError, RpcError};
-use pollux_tests::{Daemon, DaemonOpts};
+use pollux_tests::{Daemon, DaemonOpts, rss_bytes};
 use serde_json::{Value, json};
 
 fn raw(d: &Daemon) -> Client {
@@ -187,13 +187,6 @@ fn oversized_request_is_refused_and_connection_closed() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("-32700"), "{text}");
     still_serving(&d);
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 =
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap();
-    kb * 1024
 }
 
 /// A client that sends requests and never reads the answers: its requests

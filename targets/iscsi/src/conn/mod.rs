@@ -327,7 +327,8 @@ impl Group {
     }
 }
 
-/// Start serving an accepted connection on the current reactor.
+/// Start serving an accepted connection (nonblocking, options set by the
+/// listener) on the current reactor.
 pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
     let group = match Group::get() {
         Ok(g) => g,
@@ -336,12 +337,6 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
             return;
         }
     };
-    // Accepted connections are nonblocking and configured by the listener
-    // already; this is for streams served otherwise (the fuzz targets').
-    if let Err(e) = stream.set_nonblocking(true) {
-        tracing::warn!("iscsi: connection from {} closed: cannot make it nonblocking: {e}", ep.peer);
-        return;
-    }
     let token = group.next_token.get();
     group.next_token.set(token + 1);
     if let Err(e) = group.epoll.add(stream.as_raw_fd(), Interest::READABLE, token) {

@@ -78,10 +78,9 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
     Ok(g)
 }
 
-/// A connection a listener accepted (configured by it), or a stream of the
-/// fuzz targets, on the main reactor.
+/// A nonblocking connection a listener accepted (configured by it), or a
+/// stream of the fuzz targets, on the main reactor.
 pub(crate) fn adopt(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
-    stream.set_nonblocking(true)?;
     if shared.opts.sock_priority != 0 {
         pollux_core::sock::set_int_option(&stream, libc::SOL_SOCKET, libc::SO_PRIORITY, shared.opts.sock_priority as libc::c_int)?;
     }
