@@ -172,6 +172,12 @@ impl Deref for DmaBuf {
     }
 }
 
+impl AsRef<[u8]> for DmaBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl DerefMut for DmaBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         self.zeroed.set(false);

@@ -1,11 +1,12 @@
 //! The JSON-RPC server on a Unix socket, polled by a timed poller on the RPC
-//! reactor. Sockets are nonblocking and watched with a private epoll set, so a
-//! poll costs one `epoll_wait` however many clients are connected; a slow or
-//! silent client never blocks the reactor.
+//! reactor. Sockets are nonblocking and watched with core's readiness group
+//! and write queues (as the targets' connections are), so a poll costs one
+//! `epoll_wait` however many clients are connected; a slow or silent client
+//! never blocks the reactor.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use serde_json::Value;
 use super::framing::{Decoder, parse_request, response};
 use super::{Methods, Responder, RpcError, RpcResult};
 use crate::reactor::{self, PollStatus, Poller, ReactorId};
-use crate::sys::{Epoll, Interest};
+use crate::sock::{ReadyGroup, TxQueue};
+use crate::sys::Interest;
 
 /// How often the server looks at its sockets when reactors busy-poll.
 const POLL_PERIOD: Duration = Duration::from_millis(1);
@@ -67,7 +69,7 @@ struct Batch {
 struct Conn {
     stream: UnixStream,
     decoder: Decoder,
-    out: Vec<u8>,
+    out: TxQueue<Vec<u8>>,
     /// Responses not yet delivered.
     pending: usize,
     /// The peer sent EOF, or the stream broke: close once answered.
@@ -111,7 +113,7 @@ struct Slot {
 pub struct RpcServer {
     path: PathBuf,
     listener: UnixListener,
-    epoll: Epoll,
+    ready: ReadyGroup,
     conns: RefCell<HashMap<u64, Conn>>,
     next_conn: Cell<u64>,
     methods: Rc<Methods>,
@@ -144,11 +146,11 @@ impl RpcServer {
         let listen_err = |source| ServerError::Listen { path: path.to_path_buf(), source };
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
-        let epoll = Epoll::new().map_err(ServerError::Poll)?;
+        let ready = ReadyGroup::new().map_err(ServerError::Poll)?;
         let server = Rc::new(RpcServer {
             path: path.to_path_buf(),
             listener,
-            epoll,
+            ready,
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             methods,
@@ -168,7 +170,7 @@ impl RpcServer {
             None => PollStatus::Idle,
         });
         // In interrupt mode our epoll set wakes the reactor.
-        poller.add_wake_fd(server.epoll.as_raw_fd(), Interest::READABLE).map_err(ServerError::Poll)?;
+        poller.add_wake_fd(server.ready.fd(), Interest::READABLE).map_err(ServerError::Poll)?;
         *server.poller.borrow_mut() = Some(poller);
         let s = Rc::downgrade(&server);
         let timeouts = reactor::register_timed_poller("rpc_server_timeouts", Duration::from_secs(1), move || match s.upgrade() {
@@ -189,7 +191,7 @@ impl RpcServer {
     /// Accept clients from now on (those waiting in the backlog first).
     pub fn accept_clients(&self) -> Result<(), ServerError> {
         if !self.stopping.get() && !self.accepting.replace(true) {
-            self.epoll.add(self.listener.as_raw_fd(), Interest::READABLE, LISTENER).map_err(ServerError::Poll)?;
+            self.ready.add(self.listener.as_raw_fd(), LISTENER).map_err(ServerError::Poll)?;
         }
         Ok(())
     }
@@ -218,13 +220,13 @@ impl RpcServer {
         if self.stopping.replace(true) {
             return;
         }
-        let _ = self.epoll.delete(self.listener.as_raw_fd());
+        self.ready.remove(self.listener.as_raw_fd());
         let _ = std::fs::remove_file(&self.path);
         let ids: Vec<u64> = self.conns.borrow().keys().copied().collect();
         for id in ids {
             // From now on a connection is watched only while it has output.
             if let Some(c) = self.conns.borrow_mut().get_mut(&id) {
-                let _ = self.epoll.delete(c.stream.as_raw_fd());
+                self.ready.remove(c.stream.as_raw_fd());
                 c.watched = 0;
             }
             self.settle(id);
@@ -247,20 +249,14 @@ impl RpcServer {
     }
 
     fn poll(&self) -> PollStatus {
-        let mut events = Vec::with_capacity(64);
-        if self.epoll.wait(&mut events, Some(Duration::ZERO)).is_err() {
-            return PollStatus::Idle;
-        }
-        let mut busy = false;
-        for ev in &events {
-            busy = true;
-            if ev.u64 == LISTENER {
+        let n = self.ready.poll(|r| {
+            if r.token == LISTENER {
                 self.accept();
             } else {
-                self.service(ev.u64, ev.events);
+                self.service(r.token, r.readable);
             }
-        }
-        busy.into()
+        });
+        n.into()
     }
 
     fn accept(&self) {
@@ -282,13 +278,13 @@ impl RpcServer {
             }
             let id = self.next_conn.get();
             self.next_conn.set(id + 1);
-            if self.epoll.add(stream.as_raw_fd(), Interest::READABLE, id).is_err() {
+            if self.ready.add(stream.as_raw_fd(), id).is_err() {
                 continue;
             }
             let conn = Conn {
                 stream,
                 decoder: Decoder::new(),
-                out: Vec::new(),
+                out: TxQueue::default(),
                 pending: 0,
                 read_closed: false,
                 closing: false,
@@ -335,18 +331,17 @@ impl RpcServer {
             return false;
         };
         if let Some(c) = conns.remove(&id) {
-            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            self.ready.remove(c.stream.as_raw_fd());
             tracing::debug!("RPC: {MAX_CONNECTIONS} clients connected: the one idle the longest is closed for a new one");
         }
         true
     }
 
     /// Read what a connection sent, dispatch complete requests, write answers.
-    fn service(&self, id: u64, events: u32) {
+    fn service(&self, id: u64, readable: bool) {
         {
             let mut conns = self.conns.borrow_mut();
             let Some(c) = conns.get_mut(&id) else { return };
-            let readable = events & libc::EPOLLIN as u32 != 0 || events & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
             if readable && !self.stopping.get() && c.may_read() {
                 read_bytes(c);
             }
@@ -482,8 +477,8 @@ impl RpcServer {
     fn write(&self, conn: u64, v: Value) {
         if let Some(c) = self.conns.borrow_mut().get_mut(&conn) {
             c.last_active = Instant::now();
-            serde_json::to_writer(&mut c.out, &v).expect("serialising to memory");
-            c.out.push(b'\n');
+            serde_json::to_writer(c.out.bytes(), &v).expect("serialising to memory");
+            c.out.bytes().push(b'\n');
         }
     }
 
@@ -509,7 +504,7 @@ impl RpcServer {
             if c.closing && !c.out.is_empty() && !broken {
                 tracing::debug!("RPC client closed with {} bytes of answers it did not read", c.out.len());
             }
-            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            self.ready.remove(c.stream.as_raw_fd());
             conns.remove(&id);
             return;
         }
@@ -518,7 +513,7 @@ impl RpcServer {
             // Level-triggered hang-ups would fire on every poll: stop watching
             // the socket; answers still being computed are written when they
             // arrive, and a peer that then does not read is dropped.
-            let _ = self.epoll.delete(c.stream.as_raw_fd());
+            self.ready.remove(c.stream.as_raw_fd());
             if want_write {
                 conns.remove(&id);
             }
@@ -536,15 +531,14 @@ impl RpcServer {
             return;
         }
         let fd = c.stream.as_raw_fd();
-        let interest = match want {
-            WATCH_READ => Interest::READABLE,
-            WATCH_WRITE => Interest::WRITABLE,
-            _ => Interest::BOTH,
-        };
+        let (read, write) = (want & WATCH_READ != 0, want & WATCH_WRITE != 0);
         let _ = match (c.watched, want) {
-            (_, 0) => self.epoll.delete(fd),
-            (0, _) => self.epoll.add(fd, interest, id),
-            _ => self.epoll.modify(fd, interest, id),
+            (_, 0) => {
+                self.ready.remove(fd);
+                Ok(())
+            }
+            (0, _) => self.ready.add(fd, id).and_then(|()| self.ready.watch(fd, id, read, write)),
+            _ => self.ready.watch(fd, id, read, write),
         };
         c.watched = want;
     }
@@ -622,24 +616,13 @@ fn refuse(c: &mut Conn, why: String) {
 /// answer is written (or at once if its socket does not take it).
 fn close_with(c: &mut Conn, err: RpcError) {
     let body = response(Value::Null, Err(err));
-    serde_json::to_writer(&mut c.out, &body).expect("serialising to memory");
-    c.out.push(b'\n');
+    serde_json::to_writer(c.out.bytes(), &body).expect("serialising to memory");
+    c.out.bytes().push(b'\n');
     c.decoder = Decoder::new();
     c.unfinished_since = None;
     c.closing = true;
 }
 
 fn flush(c: &mut Conn) -> io::Result<()> {
-    while !c.out.is_empty() {
-        match c.stream.write(&c.out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                c.out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    c.out.flush(&c.stream).map(drop)
 }

@@ -15,8 +15,12 @@
 //! Pollux refuses TLS listeners.
 
 mod listen;
+mod ready;
+mod tx;
 
 pub use listen::{ACCEPT_BACKOFF, Accepted, Listener, RoundRobin};
+pub use ready::{Ready, ReadyGroup};
+pub use tx::{Flushed, TxQueue};
 
 use std::io;
 use std::net::TcpStream;

@@ -209,7 +209,7 @@ impl Conn {
         // Leave this reactor without shutting the socket down.
         self.closed.set(true);
         if let Some(g) = Group::try_get() {
-            let _ = g.epoll.delete(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
+            g.ready.remove(std::os::fd::AsRawFd::as_raw_fd(&self.stream));
             g.conns.borrow_mut().remove(&self.token);
         }
         let ep: Endpoint = self.ep.clone();

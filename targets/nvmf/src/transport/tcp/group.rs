@@ -1,6 +1,7 @@
-//! A reactor's TCP poll group: one epoll set for all the connections the
-//! reactor owns, polled every iteration (and waking the reactor in
-//! interrupt mode), plus a slow timer that ends stalled data transfers.
+//! A reactor's TCP poll group: core's readiness group for all the
+//! connections the reactor owns, polled every iteration (and waking the
+//! reactor in interrupt mode), plus a slow timer that ends stalled data
+//! transfers.
 //! Completions mark their connection dirty; the poller flushes dirty
 //! connections once per iteration, so one write carries many PDUs.
 
@@ -8,13 +9,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sys::{Epoll, Interest};
+use pollux_core::sock::ReadyGroup;
+use pollux_core::sys::Interest;
 use serde::Serialize;
 
 use super::TcpShared;
@@ -35,14 +36,13 @@ pub struct GroupStats {
 }
 
 pub(crate) struct TcpGroup {
-    epoll: Epoll,
+    ready: ReadyGroup,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Closed I/O queue pairs whose commands still run on bdevs: kept until
     /// the last completes, so the controller learns when they are done.
     pub(crate) draining: RefCell<HashMap<u64, Rc<Conn>>>,
     dirty: RefCell<Vec<u64>>,
     pub(crate) stats: RefCell<GroupStats>,
-    events: RefCell<Vec<libc::epoll_event>>,
     pollers: RefCell<Vec<Poller>>,
     closing: Cell<bool>,
 }
@@ -53,12 +53,11 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
         return Ok(g);
     }
     let g = Rc::new(TcpGroup {
-        epoll: Epoll::new()?,
+        ready: ReadyGroup::new()?,
         conns: RefCell::new(HashMap::new()),
         draining: RefCell::new(HashMap::new()),
         dirty: RefCell::new(Vec::new()),
         stats: RefCell::new(GroupStats::default()),
-        events: RefCell::new(Vec::with_capacity(128)),
         pollers: RefCell::new(Vec::new()),
         closing: Cell::new(false),
     });
@@ -67,7 +66,7 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
         Some(g) => g.poll(),
         None => PollStatus::Idle,
     });
-    p.add_wake_fd(g.epoll.as_raw_fd(), Interest::READABLE)?;
+    p.add_wake_fd(g.ready.fd(), Interest::READABLE)?;
     let w = Rc::downgrade(&g);
     let t = reactor::register_timed_poller("nvmf_tcp_timeouts", Duration::from_millis(100), move || match w.upgrade() {
         Some(g) => g.check_timeouts(),
@@ -108,7 +107,7 @@ pub(crate) fn adopt_moved(parts: ConnParts) {
 
 impl TcpGroup {
     fn add(&self, conn: Rc<Conn>) -> io::Result<()> {
-        self.epoll.add(conn.fd(), Interest::READABLE, conn.id)?;
+        self.ready.add(conn.fd(), conn.id)?;
         // The timeout checker only runs while there are connections.
         if let Some(t) = self.pollers.borrow().get(1) {
             t.resume();
@@ -125,7 +124,7 @@ impl TcpGroup {
     /// Stop polling a connection (closed, or moved to another reactor).
     pub(crate) fn remove(&self, id: u64) -> Option<Rc<Conn>> {
         let c = self.conns.borrow_mut().remove(&id)?;
-        let _ = self.epoll.delete(c.fd());
+        self.ready.remove(c.fd());
         c.count_close(&mut self.stats.borrow_mut());
         if self.conns.borrow().is_empty() {
             if let Some(t) = self.pollers.borrow().get(1) {
@@ -137,13 +136,13 @@ impl TcpGroup {
 
     /// What a connection's socket wakes the reactor for.
     pub(crate) fn set_interest(&self, id: u64, fd: i32, read: bool, write: bool) {
-        let i = match (read, write) {
-            (true, true) => Interest::BOTH,
-            (true, false) => Interest::READABLE,
-            (false, true) => Interest::WRITABLE,
-            (false, false) => Interest::NONE,
-        };
-        let _ = self.epoll.modify(fd, i, id);
+        let _ = self.ready.watch(fd, id, read, write);
+    }
+
+    /// Visit a connection next pass: it stopped reading with its budget
+    /// spent.
+    pub(crate) fn again(&self, id: u64) {
+        self.ready.again(id);
     }
 
     pub(crate) fn conn(&self, id: u64) -> Option<Rc<Conn>> {
@@ -151,28 +150,21 @@ impl TcpGroup {
     }
 
     fn poll(&self) -> PollStatus {
-        let mut busy = 0;
-        let mut events = std::mem::take(&mut *self.events.borrow_mut());
-        if self.epoll.wait(&mut events, Some(Duration::ZERO)).is_ok() {
-            for ev in events.iter() {
-                let Some(c) = self.conn(ev.u64) else { continue };
-                busy += 1;
-                let flags = ev.events;
-                if flags & ((libc::EPOLLHUP | libc::EPOLLERR) as u32) != 0 && c.read_paused() {
-                    // Not reading, so the hang-up would be reported again
-                    // and again: the host is gone, and so are its answers.
-                    c.close("the host closed the connection");
-                    continue;
-                }
-                if flags & (libc::EPOLLOUT as u32) != 0 {
-                    c.flush();
-                }
-                if flags & ((libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32) != 0 {
-                    c.on_readable();
-                }
+        let mut busy = self.ready.poll(|r| {
+            let Some(c) = self.conn(r.token) else { return };
+            if r.gone() && c.read_paused() {
+                // Not reading, so the hang-up would be reported again
+                // and again: the host is gone, and so are its answers.
+                c.close("the host closed the connection");
+                return;
             }
-        }
-        *self.events.borrow_mut() = events;
+            if r.writable {
+                c.flush();
+            }
+            if r.readable {
+                c.on_readable();
+            }
+        });
         loop {
             let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
             if dirty.is_empty() {

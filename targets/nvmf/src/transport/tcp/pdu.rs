@@ -471,6 +471,23 @@ pub fn c2h_data<'a>(
     success: bool,
 ) {
     let datal: usize = chunks.clone().map(<[u8]>::len).sum();
+    c2h_data_header(out, f, cccid, offset, datal, last, success);
+    let mut crc = 0u32;
+    for c in chunks {
+        out.extend_from_slice(c);
+        if f.data_digest {
+            crc = crc32c::crc32c_append(crc, c);
+        }
+    }
+    if f.data_digest {
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Append the header of a C2HData PDU of `datal` bytes, up to where its
+/// data begins (header digest and alignment padding included). The caller
+/// sends the data next, then its CRC32C if the framing has data digests.
+pub fn c2h_data_header(out: &mut Vec<u8>, f: &C2hFraming, cccid: u16, offset: u32, datal: usize, last: bool, success: bool) {
     let hlen = size_of::<DataHeader>();
     let hd = if f.header_digest { DIGEST_LEN } else { 0 };
     let pdo = (hlen + hd).next_multiple_of(f.data_alignment.max(1));
@@ -498,20 +515,9 @@ pub fn c2h_data<'a>(
         }
     }
     let start = out.len();
-    out.reserve(pdo + datal + dd);
     out.extend_from_slice(h.as_bytes());
     push_header_digest(out, start, f.header_digest);
     out.resize(start + pdo, 0);
-    let mut crc = 0u32;
-    for c in chunks {
-        out.extend_from_slice(c);
-        if f.data_digest {
-            crc = crc32c::crc32c_append(crc, c);
-        }
-    }
-    if f.data_digest {
-        out.extend_from_slice(&crc.to_le_bytes());
-    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl Conn {
         if slot.dir == DataDir::HostToController {
             slot.state = SlotState::Receiving;
             let (cid, len) = (slot.cmd.cid.get(), slot.len);
-            pdu::r2t(&mut st.wbuf, cid, idx, 0, len, st.framing.header_digest);
+            pdu::r2t(st.tx.bytes(), cid, idx, 0, len, st.framing.header_digest);
             if st.receiving == 0 {
                 st.last_data = Instant::now();
             }
@@ -321,13 +321,27 @@ impl Conn {
         let mut send_resp = true;
         if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
             let success = self.opts.c2h_success && st.sq_flow_off && r.dw0 == 0 && r.dw1 == 0;
-            let mut left = slot.len as usize;
-            let chunks = slot.bufs.iter().map(move |b| {
+            let len = slot.len as usize;
+            let digest = st.c2h.data_digest.then(|| {
+                let mut left = len;
+                slot.bufs.iter().fold(0, |crc, b| {
+                    let n = b.len().min(left);
+                    left -= n;
+                    crc32c::crc32c_append(crc, &b[..n])
+                })
+            });
+            let c2h = st.c2h;
+            pdu::c2h_data_header(st.tx.bytes(), &c2h, cid, 0, len, true, success);
+            // The data goes from the buffers themselves (see `TxQueue`).
+            let mut left = len;
+            for b in st.slots[idx as usize].bufs.drain(..) {
                 let n = b.len().min(left);
                 left -= n;
-                &b[..n]
-            });
-            pdu::c2h_data(&mut st.wbuf, &st.c2h, cid, 0, chunks, true, success);
+                st.tx.push_buf(b, n);
+            }
+            if let Some(crc) = digest {
+                st.tx.bytes().extend_from_slice(&crc.to_le_bytes());
+            }
             send_resp = !success;
         }
         if send_resp {
@@ -338,7 +352,8 @@ impl Conn {
             cqe.sq_id.set(qid);
             cqe.cid.set(cid);
             cqe.set_status(r.status);
-            pdu::capsule_resp(&mut st.wbuf, &cqe, st.framing.header_digest);
+            let hd = st.framing.header_digest;
+            pdu::capsule_resp(st.tx.bytes(), &cqe, hd);
         }
         if matches!(st.queue, Queue::Io { .. }) {
             if let Some(g) = self.group.upgrade() {

@@ -12,7 +12,7 @@ mod command;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use pollux_core::bdev::BdevIo;
 use pollux_core::dma::DmaBuf;
 use pollux_core::reactor::{self, ReactorId};
+use pollux_core::sock::{Flushed, TxQueue};
 use pollux_nvme_spec::cmd::{Command, Completion};
 
 use super::group::{GroupStats, TcpGroup};
@@ -33,8 +34,9 @@ use crate::status;
 use crate::transport::{Endpoint, TransportOpts};
 use crate::wire::fabrics::ConnectData;
 
-/// Bytes read per socket per poll, so one busy host cannot starve others.
-const READ_BUDGET: usize = 4 << 20;
+/// Bytes read per socket per pass, so one busy host cannot starve others;
+/// a connection that spends it is visited again next pass.
+const READ_BUDGET: usize = 1 << 20;
 /// Stop reading while this much output waits (the host is not reading).
 const WRITE_BACKLOG_LIMIT: usize = 8 << 20;
 /// How long a connection may take to send ICReq and Connect (as iSCSI's
@@ -120,8 +122,8 @@ struct State {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// Output: PDUs, and read data sent from its buffers.
+    tx: TxQueue<DmaBuf>,
     write_armed: bool,
     queue: Queue,
     qid: u16,
@@ -178,8 +180,7 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         rbuf: vec![0; cap],
         rstart: 0,
         rend: 0,
-        wbuf: Vec::with_capacity(256 * 1024),
-        wpos: 0,
+        tx: TxQueue::with_capacity(64 * 1024),
         write_armed: false,
         queue: Queue::Unbound,
         qid: 0,
@@ -245,7 +246,7 @@ impl Conn {
         let mut st = new_state(&p.opts, p.framing, p.c2h);
         st.rbuf[..p.input.len()].copy_from_slice(&p.input);
         st.rend = p.input.len();
-        st.wbuf.extend_from_slice(&p.output);
+        st.tx.bytes().extend_from_slice(&p.output);
         st.qid = p.qid;
         st.sq_entries = p.sq_entries;
         st.sq_head = p.sq_head;
@@ -323,7 +324,7 @@ impl Conn {
                 if st.move_to.is_some() {
                     break;
                 }
-                if st.wbuf.len() - st.wpos > WRITE_BACKLOG_LIMIT {
+                if st.tx.len() > WRITE_BACKLOG_LIMIT {
                     // The host is not reading its answers: stop reading
                     // its commands (and stop the socket waking us for
                     // them: level-triggered, it would spin the reactor).
@@ -377,6 +378,11 @@ impl Conn {
             };
             total += n;
             self.process();
+        }
+        if total >= READ_BUDGET && !self.closed.get() {
+            if let Some(g) = self.group.upgrade() {
+                g.again(self.id);
+            }
         }
         self.after_processing();
     }
@@ -446,7 +452,7 @@ impl Conn {
 
     fn terminate(&self, st: &mut State, f: Fatal, hdr: &[u8]) {
         tracing::warn!("nvmf: {} from {}: terminating the connection", f, self.peer);
-        pdu::c2h_term_req(&mut st.wbuf, f.fes, f.fei, hdr);
+        pdu::c2h_term_req(st.tx.bytes(), f.fes, f.fei, hdr);
         st.terminating = true;
     }
 
@@ -459,7 +465,7 @@ impl Conn {
                 st.framing.header_digest = hd;
                 st.framing.data_digest = dd;
                 st.c2h = C2hFraming { header_digest: hd, data_digest: dd, data_alignment: (usize::from(ic.hpda) + 1) * 4 };
-                pdu::ic_resp(&mut st.wbuf, ic.dgst, MAX_H2C_DATA);
+                pdu::ic_resp(st.tx.bytes(), ic.dgst, MAX_H2C_DATA);
                 Ok(())
             }
             Pdu::H2cTermReq(t) => {
@@ -513,41 +519,23 @@ impl Conn {
                 cqe.cid.set(cid);
                 cqe.set_status(r.status);
                 let hd = st.framing.header_digest;
-                pdu::capsule_resp(&mut st.wbuf, &cqe, hd);
+                pdu::capsule_resp(st.tx.bytes(), &cqe, hd);
             }
         }
         if let Some(reason) = self.close_reason.borrow_mut().take() {
             return self.close(&reason);
         }
         let mut st = self.st.borrow_mut();
-        let mut failed = None;
-        while st.wpos < st.wbuf.len() {
-            match (&self.stream).write(&st.wbuf[st.wpos..]) {
-                Ok(0) => {
-                    failed = Some("the connection broke".to_string());
-                    break;
-                }
-                Ok(n) => st.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failed = Some(format!("send failed: {e}"));
-                    break;
-                }
-            }
-        }
-        let drained = st.wpos == st.wbuf.len();
-        if drained {
-            st.wbuf.clear();
-            st.wpos = 0;
-        }
+        let (drained, failed) = match st.tx.flush(&self.stream) {
+            Ok(Flushed::All) => (true, None),
+            Ok(Flushed::Blocked) => (false, None),
+            Err(e) => (false, Some(format!("send failed: {e}"))),
+        };
         // Reading goes on once the output is within the backlog limit and
         // the receive buffer has room (PDUs waiting for slots were handled
         // above, as slots freed).
-        let resume_reading = st.read_paused
-            && !st.terminating
-            && st.wbuf.len() - st.wpos <= WRITE_BACKLOG_LIMIT
-            && (st.rstart > 0 || st.rend < st.rbuf.len());
+        let resume_reading =
+            st.read_paused && !st.terminating && st.tx.len() <= WRITE_BACKLOG_LIMIT && (st.rstart > 0 || st.rend < st.rbuf.len());
         if resume_reading {
             st.read_paused = false;
         }
@@ -618,7 +606,7 @@ impl Conn {
         }
         let st = self.st.borrow_mut();
         let input = st.rbuf[st.rstart..st.rend].to_vec();
-        let output = st.wbuf[st.wpos..].to_vec();
+        let output = st.tx.unsent();
         let Ok(stream) = self.stream.try_clone() else {
             drop(st);
             return self.close("cannot hand the socket over");
