@@ -7,12 +7,20 @@
 //! (descriptors, memory), the connection stays in the backlog and the
 //! descriptor stays readable: polling it again at once would spin the
 //! reactor, so the listener stops watching it and tries again 100 ms later.
+//!
+//! A listener serves at most its `max_connections` at once (counting every
+//! connection it accepted until the protocol drops its [`ConnSlot`], on
+//! whatever reactor it went to). One more is accepted and closed at once,
+//! and the refusal logged: that is what SPDK's iSCSI target does when its
+//! connection table is full, and there is no PDU yet to answer.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::log::FaultLog;
@@ -35,6 +43,29 @@ pub struct Accepted {
     /// The address the connection came to (a listener on 0.0.0.0 or [::]
     /// tells the interface).
     pub local: SocketAddr,
+    /// Counts the connection against its listener's limit while kept.
+    pub slot: ConnSlot,
+}
+
+/// A connection's place in its listener's count of open connections; given
+/// back when dropped. It moves with the connection between reactors.
+#[derive(Debug)]
+pub struct ConnSlot(Option<Arc<AtomicUsize>>);
+
+impl ConnSlot {
+    /// A slot counted nowhere (connections made without a listener, as
+    /// the fuzz targets' socket pairs).
+    pub fn uncounted() -> ConnSlot {
+        ConnSlot(None)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 type OnAccept = Box<dyn FnMut(Accepted)>;
@@ -51,6 +82,9 @@ struct Inner {
     backing_off: Cell<bool>,
     last_warned: Cell<Option<Instant>>,
     faults: FaultLog,
+    /// Connections open now (dropped slots give theirs back).
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
 }
 
 /// A listening socket served on the current reactor; it stops listening when
@@ -63,12 +97,14 @@ impl Listener {
     /// Listen on `addr` and call `on_accept` on this reactor for each
     /// connection. `poller` names the accept poller (as SPDK names its own,
     /// in `thread_get_pollers`), `name` the listener in log lines; `period`
-    /// is how often a busy-polling reactor looks for connections.
+    /// is how often a busy-polling reactor looks for connections;
+    /// `max_connections` how many may be open at once.
     pub fn bind(
         addr: SocketAddr,
         poller: &str,
         name: &str,
         period: Duration,
+        max_connections: usize,
         on_accept: impl FnMut(Accepted) + 'static,
     ) -> io::Result<Listener> {
         let socket = TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -82,6 +118,8 @@ impl Listener {
             backing_off: Cell::new(false),
             last_warned: Cell::new(None),
             faults: FaultLog::default(),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_connections,
         });
         let w = Rc::downgrade(&inner);
         let poller = reactor::register_timed_poller(poller, period, move || match w.upgrade() {
@@ -102,6 +140,11 @@ impl Listener {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.socket.local_addr()
+    }
+
+    /// Connections accepted here and still open.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
     }
 }
 
@@ -150,6 +193,16 @@ fn accept(l: &Rc<Inner>) -> PollStatus {
 /// Make an accepted connection ready for a protocol; `None` (logged) if it
 /// cannot be served.
 fn configure(l: &Inner, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+    if l.open.load(Ordering::Relaxed) >= l.max_connections {
+        // Dropping the stream closes it: the peer sees its connection end.
+        crate::log_fault!(
+            l.faults,
+            "{}: connection from {peer} refused: {} connections open, the most it serves",
+            l.name,
+            l.max_connections
+        );
+        return None;
+    }
     if let Err(e) = stream.set_nonblocking(true) {
         crate::log_fault!(l.faults, "{}: connection from {peer} closed: cannot make it nonblocking: {e}", l.name);
         return None;
@@ -164,7 +217,8 @@ fn configure(l: &Inner, stream: TcpStream, peer: SocketAddr) -> Option<Accepted>
     if let Err(e) = stream.set_nodelay(true).and_then(|()| super::configure_accepted(&stream)) {
         crate::log_fault!(l.faults, "{}: socket options for the connection from {peer}: {e}", l.name);
     }
-    Some(Accepted { stream, peer, local })
+    l.open.fetch_add(1, Ordering::Relaxed);
+    Some(Accepted { stream, peer, local, slot: ConnSlot(Some(l.open.clone())) })
 }
 
 fn back_off(l: &Inner) {

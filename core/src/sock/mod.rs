@@ -13,12 +13,18 @@
 //! have: they are kept and reported so SPDK's saved configs load, and
 //! change nothing. The `ssl` implementation's options are kept likewise;
 //! Pollux refuses TLS listeners.
+//!
+//! `max_output_backlog` is Pollux's own: the bytes of answers queued for one
+//! connection (iSCSI or NVMe/TCP) beyond which its further requests wait
+//! unread, so a client that does not read cannot grow the daemon. It is
+//! shown by `sock_impl_get_options` and written by `save_config` only when
+//! changed (SPDK refuses keys it does not know).
 
 mod listen;
 mod ready;
 mod tx;
 
-pub use listen::{ACCEPT_BACKOFF, Accepted, Listener, RoundRobin};
+pub use listen::{ACCEPT_BACKOFF, Accepted, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};
 pub use tx::{Flushed, TxQueue};
 
@@ -47,7 +53,12 @@ pub struct ImplOptions {
     pub zerocopy_threshold: u32,
     pub tls_version: u32,
     pub enable_ktls: bool,
+    /// Bytes queued for a connection beyond which it is not read (Pollux's).
+    pub max_output_backlog: u32,
 }
+
+/// The default of `max_output_backlog`: 8 MiB.
+pub const DEFAULT_OUTPUT_BACKLOG: u32 = 8 << 20;
 
 const DEFAULTS: ImplOptions = ImplOptions {
     recv_buf_size: 0,
@@ -60,6 +71,7 @@ const DEFAULTS: ImplOptions = ImplOptions {
     zerocopy_threshold: 0,
     tls_version: 0,
     enable_ktls: false,
+    max_output_backlog: DEFAULT_OUTPUT_BACKLOG,
 };
 
 /// The implementations SPDK's configs name that Pollux accepts options for.
@@ -122,6 +134,7 @@ struct SetOptions {
     zerocopy_threshold: Option<u32>,
     tls_version: Option<u32>,
     enable_ktls: Option<bool>,
+    max_output_backlog: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +150,9 @@ fn set_options(p: SetOptions, r: Responder) {
     };
     if p.tls_version.is_some_and(|v| v != 0 && v != 12 && v != 13) {
         return r.err(RpcError::invalid_params("tls_version must be 0, 12 or 13"));
+    }
+    if p.max_output_backlog.is_some_and(|v| v < 64 * 1024) {
+        return r.err(RpcError::invalid_params("max_output_backlog must be at least 65536 bytes"));
     }
     if p.enable_placement_id.is_some_and(|v| v > 2) {
         return r.err(RpcError::invalid_params("enable_placement_id must be 0, 1 or 2"));
@@ -156,7 +172,8 @@ fn set_options(p: SetOptions, r: Responder) {
         enable_zerocopy_send_client,
         zerocopy_threshold,
         tls_version,
-        enable_ktls
+        enable_ktls,
+        max_output_backlog
     );
     r.ok(true)
 }
@@ -171,7 +188,11 @@ impl Subsystem for SockSubsystem {
         out.call("sock_set_default_impl", serde_json::json!({"impl_name": "posix"}));
         let all = lock().clone();
         for (name, o) in IMPLS.iter().zip(all) {
+            let backlog = o.max_output_backlog;
             let mut v = serde_json::to_value(o).expect("options serialise");
+            if backlog == DEFAULT_OUTPUT_BACKLOG {
+                v.as_object_mut().expect("an object").remove("max_output_backlog");
+            }
             v["impl_name"] = (*name).into();
             out.call("sock_impl_set_options", v);
         }

@@ -37,6 +37,42 @@ pub struct Options {
     pub pdu_pool_size: u32,
     pub immediate_data_pool_size: u32,
     pub data_out_pool_size: u32,
+    /// Seconds a connection may take to log in (SPDK's compile-time
+    /// ISCSI_LOGIN_TIMEOUT). Pollux's own option, see [`Options::POLLUX_ONLY`].
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: u32,
+    /// Connections one portal serves at once, logged in or not (SPDK's
+    /// compile-time MAX_ISCSI_CONNECTIONS, for all portals); one more is
+    /// closed as it is accepted. Pollux's own option.
+    #[serde(default = "default_max_connections_per_portal")]
+    pub max_connections_per_portal: u32,
+}
+
+fn default_login_timeout() -> u32 {
+    30
+}
+
+fn default_max_connections_per_portal() -> u32 {
+    1024
+}
+
+impl Options {
+    /// Options SPDK does not have: `iscsi_get_options` shows them, and
+    /// `save_config` writes them only when changed, so a saved default
+    /// configuration still loads into SPDK (which refuses unknown keys).
+    pub const POLLUX_ONLY: [&str; 2] = ["login_timeout", "max_connections_per_portal"];
+
+    /// The `iscsi_set_options` call `save_config` writes.
+    pub fn for_config(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("options serialise");
+        let d = serde_json::to_value(Options::default()).expect("options serialise");
+        for k in Self::POLLUX_ONLY {
+            if v[k] == d[k] {
+                v.as_object_mut().expect("an object").remove(k);
+            }
+        }
+        v
+    }
 }
 
 impl Default for Options {
@@ -64,6 +100,8 @@ impl Default for Options {
             pdu_pool_size: 36864,
             immediate_data_pool_size: 16384,
             data_out_pool_size: 2048,
+            login_timeout: default_login_timeout(),
+            max_connections_per_portal: default_max_connections_per_portal(),
         }
     }
 }

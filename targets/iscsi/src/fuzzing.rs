@@ -14,7 +14,7 @@ pub fn serve(stream: TcpStream, ep: Endpoint) {
         tracing::warn!("iscsi: stream from {} not served: cannot make it nonblocking: {e}", ep.peer);
         return;
     }
-    crate::conn::start(stream, ep, Vec::new());
+    crate::conn::start(stream, ep, Vec::new(), pollux_core::sock::ConnSlot::uncounted());
 }
 
 /// Connections open on the current reactor.

@@ -43,6 +43,7 @@ pub fn start(tag: i32, portals: &[Portal]) -> io::Result<()> {
     if l.groups.borrow().contains_key(&tag) {
         return Ok(());
     }
+    let max = crate::config::lock().options.max_connections_per_portal as usize;
     let mut entries = Vec::new();
     for p in portals {
         let addr = resolve(p)?;
@@ -52,14 +53,15 @@ pub fn start(tag: i32, portals: &[Portal]) -> io::Result<()> {
             // address the connection came to, if one has it.
             let pg = crate::config::lock().portal_group_of(&a.local).unwrap_or(tag);
             let ep = Endpoint { local: a.local, peer: a.peer, portal_group: pg };
-            let stream = a.stream;
-            reactor::send_msg(placement.next(), move || crate::conn::start(stream, ep, Vec::new()));
+            let (stream, slot) = (a.stream, a.slot);
+            reactor::send_msg(placement.next(), move || crate::conn::start(stream, ep, Vec::new(), slot));
         };
         entries.push(Listener::bind(
             addr,
             "iscsi_portal_accept",
             &format!("iscsi portal group {tag}"),
             Duration::from_millis(1),
+            max,
             accepted,
         )?);
     }

@@ -42,6 +42,8 @@ struct SetOptions {
     pdu_pool_size: Option<u32>,
     immediate_data_pool_size: Option<u32>,
     data_out_pool_size: Option<u32>,
+    login_timeout: Option<u32>,
+    max_connections_per_portal: Option<u32>,
 }
 
 fn set_options(p: SetOptions) -> Result<bool, RpcError> {
@@ -72,8 +74,16 @@ fn set_options(p: SetOptions) -> Result<bool, RpcError> {
         max_r2t_per_connection,
         pdu_pool_size,
         immediate_data_pool_size,
-        data_out_pool_size
+        data_out_pool_size,
+        login_timeout,
+        max_connections_per_portal
     );
+    if !(1..=3600).contains(&o.login_timeout) {
+        return Err(einval("parameter 'login_timeout' must be 1..3600 (seconds)"));
+    }
+    if !(1..=1_000_000).contains(&o.max_connections_per_portal) {
+        return Err(einval("parameter 'max_connections_per_portal' must be 1..1000000"));
+    }
     if o.error_recovery_level != 0 {
         return Err(einval("parameter 'error_recovery_level': only 0 is supported"));
     }
@@ -715,7 +725,7 @@ pub fn register(m: &Methods) {
 /// The calls that rebuild the live configuration.
 pub fn write_config(out: &mut ConfigWriter) {
     let cfg = config::lock();
-    out.call("iscsi_set_options", &cfg.options);
+    out.call("iscsi_set_options", cfg.options.for_config());
     // Auth groups first: discovery and node CHAP settings name them.
     for a in cfg.auth_groups.values() {
         out.call("iscsi_create_auth_group", json!({"tag": a.tag, "secrets": a.secrets}));

@@ -213,8 +213,9 @@ impl Conn {
             g.conns.borrow_mut().remove(&self.token);
         }
         let ep: Endpoint = self.ep.clone();
+        let slot = self.take_slot();
         tracing::info!("iscsi: connection from {} joins session {} on {to}: moved from {}", ep.peer, h_tsih(&bytes), reactor::current());
-        reactor::send_msg(to, move || super::start(stream, ep, bytes));
+        reactor::send_msg(to, move || super::start(stream, ep, bytes, slot));
     }
 }
 

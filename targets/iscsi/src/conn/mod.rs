@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use pollux_core::dma::DmaBuf;
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sock::{Flushed, ReadyGroup, TxQueue};
+use pollux_core::sock::{ConnSlot, Flushed, ReadyGroup, TxQueue};
 use pollux_core::sys::Interest;
 use zerocopy::IntoBytes;
 
@@ -40,15 +40,9 @@ pub(crate) use tmf::{Fate, Inflight};
 const MAX_HELD_PASSES: u32 = 8;
 /// Answers queued for one connection beyond which they go out at once.
 const COALESCE_MAX_BYTES: usize = 64 * 1024;
-/// How long a connection may take to log in.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for the peer to read its last
 /// answers (a Reject, a Logout Response) before it is closed anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Answers queued for one connection beyond which its further PDUs wait
-/// unread (an initiator that does not read its answers cannot grow the
-/// daemon without bound).
-const TX_BACKLOG_LIMIT: usize = 8 << 20;
 /// PDUs one connection handles per pass of its group (SPDK's iSCSI target
 /// takes 16 per poll); the rest wait for its next turn.
 const PDU_BUDGET: u32 = 64;
@@ -109,9 +103,15 @@ pub struct Conn {
     tx: RefCell<TxQueue<DmaBuf>>,
     /// PDUs handled in this turn (see [`PDU_BUDGET`]).
     turn_pdus: Cell<u32>,
+    /// Answers queued beyond which further PDUs wait unread (an initiator
+    /// that does not read its answers cannot grow the daemon): the socket
+    /// layer's `max_output_backlog`.
+    tx_limit: usize,
+    /// This connection's place in its portal's connection count.
+    slot: Cell<Option<ConnSlot>>,
     want_write: Cell<bool>,
     /// PDUs wait unread (and the socket is not watched for reading) while
-    /// the output backlog is over [`TX_BACKLOG_LIMIT`].
+    /// the output backlog is over its limit (`tx_limit`).
     read_held: Cell<bool>,
     /// Data-out buffers held by this connection's writes (see
     /// `scsi::WRITE_BUDGET`).
@@ -280,9 +280,13 @@ impl Group {
 
     /// Once a second: login timeouts, NOP-In pings and their timeouts.
     fn timers(&self) -> usize {
-        let (interval, timeout) = {
+        let (interval, timeout, login_timeout) = {
             let o = &crate::config::lock().options;
-            (Duration::from_secs(o.nop_in_interval.max(1) as u64), Duration::from_secs(o.nop_timeout.max(1) as u64))
+            (
+                Duration::from_secs(o.nop_in_interval.max(1) as u64),
+                Duration::from_secs(o.nop_timeout.max(1) as u64),
+                Duration::from_secs(u64::from(o.login_timeout.max(1))),
+            )
         };
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         let now = Instant::now();
@@ -294,7 +298,7 @@ impl Group {
                     _ if st.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_TIMEOUT) => {
                         Some("the initiator did not read the last answers of a closing connection")
                     }
-                    (Phase::Login(_), _) if now.duration_since(c.started) > LOGIN_TIMEOUT => Some("login timed out"),
+                    (Phase::Login(_), _) if now.duration_since(c.started) > login_timeout => Some("login timed out"),
                     (Phase::FullFeature, Some((_, at))) if now.duration_since(at) > timeout => Some("initiator did not answer NOP-In"),
                     _ => None,
                 }
@@ -324,7 +328,7 @@ impl Group {
 
 /// Start serving an accepted connection (nonblocking, options set by the
 /// listener) on the current reactor.
-pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
+pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>, slot: ConnSlot) {
     let group = match Group::get() {
         Ok(g) => g,
         Err(e) => {
@@ -369,6 +373,8 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
         rx_len: Cell::new(n),
         tx: RefCell::new(TxQueue::with_capacity(64 * 1024)),
         turn_pdus: Cell::new(0),
+        tx_limit: pollux_core::sock::posix_options().max_output_backlog as usize,
+        slot: Cell::new(Some(slot)),
         want_write: Cell::new(false),
         read_held: Cell::new(false),
         write_bytes: Cell::new(0),
@@ -390,6 +396,12 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>) {
 impl Conn {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// The connection's place in its portal's count (given back by
+    /// dropping it, or carried to another reactor).
+    fn take_slot(&self) -> ConnSlot {
+        self.slot.take().unwrap_or_else(ConnSlot::uncounted)
     }
 
     fn on_readable(self: &Rc<Self>) {
@@ -481,7 +493,7 @@ impl Conn {
             if avail.len() < BHS_LEN {
                 break;
             }
-            if self.tx_backlog() > TX_BACKLOG_LIMIT {
+            if self.tx_backlog() > self.tx_limit {
                 // The initiator is not reading its answers: its next PDUs
                 // wait (see `flush`).
                 self.hold_reading(true);
@@ -677,7 +689,7 @@ impl Conn {
     /// Output is back under its limit: handle the PDUs that waited, and
     /// read again.
     fn resume_held_input(self: &Rc<Self>) {
-        if self.read_held.get() && self.tx_backlog() <= TX_BACKLOG_LIMIT && !self.closed.get() && !self.in_rx.get() {
+        if self.read_held.get() && self.tx_backlog() <= self.tx_limit && !self.closed.get() && !self.in_rx.get() {
             self.hold_reading(false);
             // What arrived meanwhile, epoll reports at the next poll.
             self.process_rx();
@@ -706,6 +718,7 @@ impl Conn {
             g.conns.borrow_mut().remove(&self.token);
         }
         let _ = self.stream.shutdown(Shutdown::Both);
+        drop(self.take_slot());
         let (session, writes) = {
             let mut st = self.st.borrow_mut();
             for v in st.inflight.values_mut() {

@@ -251,6 +251,15 @@ impl AppSubsystem for NvmfSubsystem {
             if o.masked_oncs != 0 {
                 params["masked_oncs"] = o.masked_oncs.into();
             }
+            // Pollux's own options, written only when changed: SPDK
+            // refuses keys it does not know.
+            let d = crate::transport::TransportOpts::default();
+            if o.connect_timeout_sec != d.connect_timeout_sec {
+                params["connect_timeout_sec"] = o.connect_timeout_sec.into();
+            }
+            if o.max_connections_per_listener != d.max_connections_per_listener {
+                params["max_connections_per_listener"] = o.max_connections_per_listener.into();
+            }
             out.call("nvmf_create_transport", params);
         }
         for s in t.subsystems.borrow().iter() {

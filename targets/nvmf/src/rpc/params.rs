@@ -118,6 +118,8 @@ pub struct CreateTransport {
     pub min_kato: Option<u32>,
     pub masked_oncs: Option<Value>,
     pub masked_fuses: Option<Value>,
+    pub connect_timeout_sec: Option<u32>,
+    pub max_connections_per_listener: Option<u32>,
 }
 
 /// A bitmask given as a number or as a list of names.
@@ -172,6 +174,8 @@ impl CreateTransport {
             kas: self.kas.unwrap_or(d.kas),
             min_kato: self.min_kato.unwrap_or(d.min_kato),
             masked_oncs: 0,
+            connect_timeout_sec: self.connect_timeout_sec.unwrap_or(d.connect_timeout_sec),
+            max_connections_per_listener: self.max_connections_per_listener.unwrap_or(d.max_connections_per_listener),
         };
         if let Some(m) = &self.masked_oncs {
             // nvmcmps, nvmdsmsv, nvmwzsv, reservs, nvmcpys: ONCS bits 0, 2, 3, 5, 8.

@@ -33,6 +33,12 @@ pub struct TransportOpts {
     pub min_kato: u32,
     /// ONCS bits hidden from hosts.
     pub masked_oncs: u16,
+    /// Seconds a connection may take to send ICReq and Connect, or to
+    /// finish a PDU it began (Pollux's own, like iSCSI's login timeout).
+    pub connect_timeout_sec: u32,
+    /// Connections one listener serves at once (Pollux's own); one more is
+    /// closed as it is accepted.
+    pub max_connections_per_listener: u32,
 }
 
 impl Default for TransportOpts {
@@ -51,6 +57,8 @@ impl Default for TransportOpts {
             kas: 10,
             min_kato: 1000,
             masked_oncs: 0,
+            connect_timeout_sec: 30,
+            max_connections_per_listener: 4096,
         }
     }
 }
@@ -76,6 +84,12 @@ impl TransportOpts {
         }
         if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 128 * 1024 {
             return bad(format!("in_capsule_data_size {} must be a multiple of 16 up to 131072", self.in_capsule_data_size));
+        }
+        if !(1..=3600).contains(&self.connect_timeout_sec) {
+            return bad(format!("connect_timeout_sec {} is outside 1..=3600", self.connect_timeout_sec));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections_per_listener) {
+            return bad(format!("max_connections_per_listener {} is outside 1..=1000000", self.max_connections_per_listener));
         }
         if self.kas == 0 {
             return bad("kas must be at least 1 (100 ms)".into());

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sock::ReadyGroup;
+use pollux_core::sock::{ConnSlot, ReadyGroup};
 use pollux_core::sys::Interest;
 use serde::Serialize;
 
@@ -79,13 +79,13 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
 
 /// A nonblocking connection a listener accepted (configured by it), or a
 /// stream of the fuzz targets, on the main reactor.
-pub(crate) fn adopt(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>) -> io::Result<()> {
+pub(crate) fn adopt(stream: TcpStream, peer: SocketAddr, ep: Endpoint, shared: Rc<TcpShared>, slot: ConnSlot) -> io::Result<()> {
     if shared.opts.sock_priority != 0 {
         pollux_core::sock::set_int_option(&stream, libc::SOL_SOCKET, libc::SO_PRIORITY, shared.opts.sock_priority as libc::c_int)?;
     }
     let g = group()?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let conn = Conn::new(id, stream, peer, ep, shared, Rc::downgrade(&g));
+    let conn = Conn::new(id, stream, peer, ep, shared, Rc::downgrade(&g), slot);
     g.add(conn)
 }
 

@@ -73,7 +73,7 @@ impl TcpTransport {
 #[doc(hidden)]
 pub fn serve_for_fuzzing(stream: std::net::TcpStream, peer: std::net::SocketAddr, ep: Endpoint, opts: TransportOpts) -> io::Result<()> {
     stream.set_nonblocking(true)?;
-    group::adopt(stream, peer, ep, TcpShared::new(opts))
+    group::adopt(stream, peer, ep, TcpShared::new(opts), pollux_core::sock::ConnSlot::uncounted())
 }
 
 impl Transport for TcpTransport {
@@ -94,11 +94,12 @@ impl Transport for TcpTransport {
         let shared = self.shared.clone();
         let endpoint = *ep;
         let accepted = move |a: Accepted| {
-            if let Err(e) = group::adopt(a.stream, a.peer, endpoint, shared.clone()) {
+            if let Err(e) = group::adopt(a.stream, a.peer, endpoint, shared.clone(), a.slot) {
                 tracing::warn!("nvmf: cannot serve the connection from {}: {e}", a.peer);
             }
         };
-        let socket = pollux_core::sock::Listener::bind(ep.addr, "nvmf_tcp_accept", &format!("nvmf {ep}"), period, accepted)
+        let max = self.shared.opts.max_connections_per_listener as usize;
+        let socket = pollux_core::sock::Listener::bind(ep.addr, "nvmf_tcp_accept", &format!("nvmf {ep}"), period, max, accepted)
             .map_err(|e| NvmfError::Listen(ep.to_string(), e))?;
         let l = Rc::new(Listener { ep: *ep, uses: Cell::new(1), _socket: socket });
         self.listeners.borrow_mut().push(l);
@@ -140,6 +141,8 @@ impl Transport for TcpTransport {
             "acceptor_poll_rate": o.acceptor_poll_rate,
             "kas": o.kas,
             "min_kato": o.min_kato,
+            "connect_timeout_sec": o.connect_timeout_sec,
+            "max_connections_per_listener": o.max_connections_per_listener,
         })
     }
 }

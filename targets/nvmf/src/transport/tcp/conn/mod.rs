@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use pollux_core::bdev::BdevIo;
 use pollux_core::dma::DmaBuf;
 use pollux_core::reactor::{self, ReactorId};
-use pollux_core::sock::{Flushed, TxQueue};
+use pollux_core::sock::{ConnSlot, Flushed, TxQueue};
 use pollux_nvme_spec::cmd::{Command, Completion};
 
 use super::group::{GroupStats, TcpGroup};
@@ -37,11 +37,6 @@ use crate::wire::fabrics::ConnectData;
 /// Bytes read per socket per pass, so one busy host cannot starve others;
 /// a connection that spends it is visited again next pass.
 const READ_BUDGET: usize = 1 << 20;
-/// Stop reading while this much output waits (the host is not reading).
-const WRITE_BACKLOG_LIMIT: usize = 8 << 20;
-/// How long a connection may take to send ICReq and Connect (as iSCSI's
-/// login timeout), and to finish a PDU it has begun.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SGL identifiers: in-capsule data block (offset) and transport data block.
 const SGL_IN_CAPSULE: u8 = 0x01;
 const SGL_TRANSPORT: u8 = 0x5a;
@@ -114,6 +109,7 @@ pub(crate) struct ConnParts {
     subsystem_id: u32,
     cntlid: u16,
     data_timeout: Duration,
+    slot: ConnSlot,
 }
 
 struct State {
@@ -165,6 +161,11 @@ pub(crate) struct Conn {
     /// Log budget of this connection's refusals and faults.
     pub(super) faults: pollux_core::log::FaultLog,
     closed: Cell<bool>,
+    /// Stop reading while this much output waits (the host is not
+    /// reading): the socket layer's `max_output_backlog`.
+    tx_limit: usize,
+    /// This connection's place in its listener's connection count.
+    slot: Cell<Option<ConnSlot>>,
     /// A closed I/O queue pair with commands still on bdevs: (subsystem id,
     /// cntlid, qid) to report to the controller when the last one ends.
     draining: Cell<Option<(u32, u16, u16)>>,
@@ -201,6 +202,11 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
     }
 }
 
+/// The socket layer's `max_output_backlog`, read as a connection starts.
+fn output_backlog() -> usize {
+    pollux_core::sock::posix_options().max_output_backlog as usize
+}
+
 /// Connect data is 1024 bytes; in-capsule data must fit at least that.
 fn fabrics_data_len() -> u32 {
     size_of::<ConnectData>() as u32
@@ -219,6 +225,7 @@ impl Conn {
         ep: Endpoint,
         shared: Rc<TcpShared>,
         group: Weak<TcpGroup>,
+        slot: ConnSlot,
     ) -> Rc<Conn> {
         let opts = shared.opts.clone();
         let framing = Framing::initial(opts.in_capsule_data_size.max(fabrics_data_len()), MAX_H2C_DATA);
@@ -238,6 +245,8 @@ impl Conn {
             close_reason: RefCell::new(None),
             faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
+            tx_limit: output_backlog(),
+            slot: Cell::new(Some(slot)),
             draining: Cell::new(None),
         })
     }
@@ -267,6 +276,8 @@ impl Conn {
             close_reason: RefCell::new(None),
             faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
+            tx_limit: output_backlog(),
+            slot: Cell::new(Some(p.slot)),
             draining: Cell::new(None),
         }))
     }
@@ -324,7 +335,7 @@ impl Conn {
                 if st.move_to.is_some() {
                     break;
                 }
-                if st.tx.len() > WRITE_BACKLOG_LIMIT {
+                if st.tx.len() > self.tx_limit {
                     // The host is not reading its answers: stop reading
                     // its commands (and stop the socket waking us for
                     // them: level-triggered, it would spin the reactor).
@@ -535,7 +546,7 @@ impl Conn {
         // the receive buffer has room (PDUs waiting for slots were handled
         // above, as slots freed).
         let resume_reading =
-            st.read_paused && !st.terminating && st.tx.len() <= WRITE_BACKLOG_LIMIT && (st.rstart > 0 || st.rend < st.rbuf.len());
+            st.read_paused && !st.terminating && st.tx.len() <= self.tx_limit && (st.rstart > 0 || st.rend < st.rbuf.len());
         if resume_reading {
             st.read_paused = false;
         }
@@ -574,17 +585,18 @@ impl Conn {
         // A connection that never connects, or stops in the middle of a PDU
         // (one it could have finished: not one waiting for a slot or for
         // its output to drain), holds memory for nothing.
-        let why = if matches!(st.queue, Queue::Unbound) && st.move_to.is_none() && st.since.elapsed() > CONNECT_TIMEOUT {
+        let limit = Duration::from_secs(u64::from(self.opts.connect_timeout_sec));
+        let why = if matches!(st.queue, Queue::Unbound) && st.move_to.is_none() && st.since.elapsed() > limit {
             Some("no Connect")
-        } else if st.rstart < st.rend && !st.read_paused && !st.free.is_empty() && st.last_rx.elapsed() > CONNECT_TIMEOUT {
+        } else if st.rstart < st.rend && !st.read_paused && !st.free.is_empty() && st.last_rx.elapsed() > limit {
             Some("a PDU left unfinished")
         } else {
             None
         };
         if let Some(why) = why {
             drop(st);
-            pollux_core::log_fault!(self.faults, "nvmf: connection from {}: {why} within {CONNECT_TIMEOUT:?}: closed", self.peer);
-            self.close(&format!("{why} within {CONNECT_TIMEOUT:?}"));
+            pollux_core::log_fault!(self.faults, "nvmf: connection from {}: {why} within {limit:?}: closed", self.peer);
+            self.close(&format!("{why} within {limit:?}"));
             return true;
         }
         false
@@ -628,6 +640,7 @@ impl Conn {
             subsystem_id,
             cntlid,
             data_timeout: st.data_timeout,
+            slot: self.slot.take().unwrap_or_else(ConnSlot::uncounted),
         };
         // This half is done: its descriptor closes when dropped, the clone
         // carries the socket on.
@@ -644,6 +657,7 @@ impl Conn {
         let group = self.group.upgrade();
         let me = group.as_ref().and_then(|g| g.remove(self.id));
         let _ = self.stream.shutdown(Shutdown::Both);
+        drop(self.slot.take());
         let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
         let qid = self.st.borrow().qid;
         match queue {
