@@ -181,9 +181,6 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
         if self.bytes.capacity() > SHRINK_ABOVE {
             self.bytes.shrink_to(KEEP);
         }
-        if self.spare.capacity() > SHRINK_ABOVE {
-            self.spare.shrink_to(KEEP);
-        }
         Ok(Flushed::All)
     }
 
@@ -228,6 +225,10 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
         // (`flush` sealed the open run: every byte is in a segment.)
         self.spare = std::mem::replace(&mut self.bytes, out);
         self.spare.clear();
+        if self.spare.capacity() > KEEP {
+            // A stalled reader's queue is not kept twice.
+            self.spare = Vec::new();
+        }
         self.bytes_pos = 0;
         self.head_done = 0;
         self.sealed = self.bytes.len();
