@@ -5,6 +5,14 @@
 //! sleep only in `--interrupt-mode`. `static` is accepted with its period
 //! (kept and reported); `dynamic` and `gscheduler`, which move threads
 //! between cores, are refused.
+//!
+//! `idle_poll_us` is Pollux's own: in `--interrupt-mode`, how long a reactor
+//! keeps polling after its last work before it sleeps (default 50 us; 0
+//! sleeps at once). Under load the next request comes within the window, so
+//! the reactor behaves as if busy polling; idle, it sleeps after one window.
+//! SPDK's `framework_set_scheduler` decodes its parameters leniently and its
+//! static scheduler takes no options, so a saved configuration with the key
+//! still loads into SPDK.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +37,7 @@ struct SetScheduler {
     core_limit: Option<u8>,
     core_busy: Option<u8>,
     mappings: Option<String>,
+    idle_poll_us: Option<u64>,
 }
 
 fn set(p: SetScheduler, r: Responder) {
@@ -46,6 +55,12 @@ fn set(p: SetScheduler, r: Responder) {
     if p.mappings.is_some() {
         return r.err(RpcError::errno(libc::EOPNOTSUPP, "mappings: Pollux does not move threads between cores"));
     }
+    if p.idle_poll_us.is_some_and(|us| us > 1_000_000) {
+        return r.err(RpcError::invalid_params("idle_poll_us must be 0..1000000"));
+    }
+    if let Some(us) = p.idle_poll_us {
+        crate::reactor::set_idle_poll(std::time::Duration::from_micros(us));
+    }
     if let Some(period) = p.period {
         if period == 0 {
             return r.err(RpcError::invalid_params("period must be above 0"));
@@ -55,6 +70,10 @@ fn set(p: SetScheduler, r: Responder) {
     r.ok(true)
 }
 
+fn idle_poll_us() -> u64 {
+    crate::reactor::idle_poll().as_micros().min(u64::MAX as u128) as u64
+}
+
 struct SchedulerSubsystem;
 
 impl Subsystem for SchedulerSubsystem {
@@ -62,7 +81,10 @@ impl Subsystem for SchedulerSubsystem {
         "scheduler"
     }
     fn write_config(&self, out: &mut ConfigWriter) {
-        out.call("framework_set_scheduler", json!({"name": "static", "period": PERIOD_US.load(Ordering::Relaxed)}));
+        out.call(
+            "framework_set_scheduler",
+            json!({"name": "static", "period": PERIOD_US.load(Ordering::Relaxed), "idle_poll_us": idle_poll_us()}),
+        );
     }
 }
 
@@ -72,6 +94,6 @@ pub fn register(app: &mut App) {
     let m = app.methods();
     m.register("framework_set_scheduler", States::ANY, set);
     m.register("framework_get_scheduler", States::ANY, |_: NoParams, r: Responder| {
-        r.ok(json!({"scheduler_name": "static", "scheduler_period": PERIOD_US.load(Ordering::Relaxed)}))
+        r.ok(json!({"scheduler_name": "static", "scheduler_period": PERIOD_US.load(Ordering::Relaxed), "idle_poll_us": idle_poll_us()}))
     });
 }

@@ -14,7 +14,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(n: usize) -> Harness {
         let cores: Vec<usize> = (0..n).collect();
-        let shared = Shared::new(&cores, false, super::DEFAULT_MSG_BATCH).expect("harness set-up");
+        let shared = Shared::new(&cores, false, super::DEFAULT_MSG_BATCH, super::DEFAULT_IDLE_POLL).expect("harness set-up");
         let reactors = (0..n).map(|i| Reactor::new(shared.clone(), ReactorId(i)).expect("harness reactor")).collect();
         Harness { reactors }
     }

@@ -20,7 +20,7 @@ use std::fmt;
 use std::io;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -64,10 +64,13 @@ struct Shared {
     mailboxes: Box<[Mailbox]>,
     interrupt_mode: bool,
     msg_batch: usize,
+    /// Interrupt mode's idle-poll window, in ticks and as set (us).
+    idle_poll_ticks: AtomicU64,
+    idle_poll_us: AtomicU64,
 }
 
 impl Shared {
-    fn new(cores: &[usize], interrupt_mode: bool, msg_batch: usize) -> io::Result<Arc<Shared>> {
+    fn new(cores: &[usize], interrupt_mode: bool, msg_batch: usize, idle_poll: Duration) -> io::Result<Arc<Shared>> {
         let mailboxes = cores
             .iter()
             .map(|&core| {
@@ -80,7 +83,20 @@ impl Shared {
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Arc::new(Shared { mailboxes: mailboxes.into(), interrupt_mode, msg_batch: msg_batch.max(1) }))
+        let shared = Shared {
+            mailboxes: mailboxes.into(),
+            interrupt_mode,
+            msg_batch: msg_batch.max(1),
+            idle_poll_ticks: AtomicU64::new(0),
+            idle_poll_us: AtomicU64::new(0),
+        };
+        shared.set_idle_poll(idle_poll);
+        Ok(Arc::new(shared))
+    }
+
+    fn set_idle_poll(&self, window: Duration) {
+        self.idle_poll_us.store(window.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.idle_poll_ticks.store(clock::duration_to_ticks(window), Ordering::Relaxed);
     }
 
     /// Push a message; on a full inbox give it back.
@@ -149,6 +165,9 @@ pub(crate) struct Irq {
 
 #[derive(Default)]
 struct Stats {
+    /// When the last iteration that did work ended (interrupt mode's
+    /// idle-poll window counts from it).
+    last_busy: Cell<u64>,
     busy: Cell<u64>,
     idle: Cell<u64>,
     iterations: Cell<u64>,
@@ -278,13 +297,23 @@ impl Inner {
         let dt = end.saturating_sub(now);
         if busy {
             self.stats.busy.set(self.stats.busy.get() + dt);
+            self.stats.last_busy.set(end);
         } else {
             self.stats.idle.set(self.stats.idle.get() + dt);
         }
         self.stats.iterations.set(self.stats.iterations.get() + 1);
         self.stats.last.set(end);
 
-        if !busy && may_sleep && self.irq.is_some() && !self.exit.get() {
+        // In interrupt mode an idle reactor keeps polling for the idle-poll
+        // window after its last work: under load the next request usually
+        // comes within it, and sleeping then waking for it costs more than
+        // the poll (and puts the peer and the reactor in lock-step).
+        if !busy
+            && may_sleep
+            && self.irq.is_some()
+            && !self.exit.get()
+            && end.saturating_sub(self.stats.last_busy.get()) >= self.shared.idle_poll_ticks.load(Ordering::Relaxed)
+        {
             self.sleep(end);
             let woke = clock::ticks();
             self.stats.idle.set(self.stats.idle.get() + woke.saturating_sub(end));
@@ -438,12 +467,15 @@ pub struct Options {
     pub pin: bool,
     /// Messages drained from each queue per iteration.
     pub msg_batch: usize,
+    /// Interrupt mode: how long a reactor keeps polling after its last work
+    /// before it sleeps ([`DEFAULT_IDLE_POLL`]; see [`set_idle_poll`]).
+    pub idle_poll: Duration,
 }
 
 impl Options {
     /// Busy-polling, pinned reactors on these cores.
     pub fn new(cores: Vec<usize>) -> Options {
-        Options { cores, interrupt_mode: false, pin: true, msg_batch: DEFAULT_MSG_BATCH }
+        Options { cores, interrupt_mode: false, pin: true, msg_batch: DEFAULT_MSG_BATCH, idle_poll: DEFAULT_IDLE_POLL }
     }
 }
 
@@ -451,7 +483,7 @@ impl Options {
 /// `start` on it; returns when every reactor has stopped.
 pub fn launch(opts: &Options, start: impl FnOnce()) -> io::Result<()> {
     assert!(!opts.cores.is_empty(), "at least one core is required");
-    let shared = Shared::new(&opts.cores, opts.interrupt_mode, opts.msg_batch)?;
+    let shared = Shared::new(&opts.cores, opts.interrupt_mode, opts.msg_batch, opts.idle_poll)?;
     let mut threads = Vec::new();
     for (i, &core) in opts.cores.iter().enumerate().skip(1) {
         let shared = shared.clone();
@@ -515,6 +547,21 @@ pub fn handle() -> Handle {
 /// The core a reactor runs on.
 pub fn core_of(r: ReactorId) -> usize {
     with_current(|c| c.shared.mailboxes[r.0].core)
+}
+
+/// The default idle-poll window of interrupt mode (see [`set_idle_poll`]).
+pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(50);
+
+/// Interrupt mode: after doing work a reactor keeps polling for `window`
+/// before it sleeps (0: it sleeps as soon as a pass finds nothing to do).
+/// Every reactor of the current reactor's set, from its next iteration.
+pub fn set_idle_poll(window: Duration) {
+    with_current(|r| r.shared.set_idle_poll(window))
+}
+
+/// The idle-poll window of the current reactor's set.
+pub fn idle_poll() -> Duration {
+    with_current(|r| Duration::from_micros(r.shared.idle_poll_us.load(Ordering::Relaxed)))
 }
 
 /// Whether reactors sleep when idle.

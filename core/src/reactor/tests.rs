@@ -211,7 +211,8 @@ fn cores_for_test(n: usize) -> Vec<usize> {
 fn launch_runs_threads_and_stop_all_returns() {
     let total = Arc::new(AtomicUsize::new(0));
     let t = total.clone();
-    let opts = Options { cores: cores_for_test(3), interrupt_mode: false, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    let opts =
+        Options { cores: cores_for_test(3), interrupt_mode: false, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: DEFAULT_IDLE_POLL };
     launch(&opts, move || {
         assert_eq!(current(), ReactorId(0));
         for_each_reactor(
@@ -238,7 +239,8 @@ fn ping_pong_between_threads() {
     }
     let left = Arc::new(AtomicU64::new(10_000));
     let l = left.clone();
-    let opts = Options { cores: cores_for_test(2), interrupt_mode: false, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    let opts =
+        Options { cores: cores_for_test(2), interrupt_mode: false, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: DEFAULT_IDLE_POLL };
     launch(&opts, move || ping(l)).unwrap();
     assert_eq!(left.load(Ordering::SeqCst), 0);
 }
@@ -253,7 +255,8 @@ fn interrupt_mode_wakes_on_messages_timers_and_fds() {
     rx.set_nonblocking(true).unwrap();
     let got = Arc::new(AtomicUsize::new(0));
     let g = got.clone();
-    let opts = Options { cores: cores_for_test(2), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    let opts =
+        Options { cores: cores_for_test(2), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: DEFAULT_IDLE_POLL };
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         tx.write_all(b"x").unwrap();
@@ -308,7 +311,9 @@ fn interrupt_mode_wakes_on_messages_timers_and_fds() {
 fn interrupt_mode_idle_reactors_sleep() {
     let busy = Arc::new(Mutex::new(Vec::new()));
     let b = busy.clone();
-    let opts = Options { cores: cores_for_test(2), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    // No idle-poll window: a reactor sleeps as soon as a pass finds nothing.
+    let opts =
+        Options { cores: cores_for_test(2), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
     launch(&opts, move || {
         let b = b.clone();
         let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
@@ -342,7 +347,8 @@ fn interrupt_mode_idle_reactors_sleep() {
 fn a_paused_timed_poller_lets_an_idle_reactor_sleep() {
     let result = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     let out = result.clone();
-    let opts = Options { cores: cores_for_test(1), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH };
+    let opts =
+        Options { cores: cores_for_test(1), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
     launch(&opts, move || {
         let runs = Rc::new(Cell::new(0u64));
         let r = runs.clone();
@@ -396,4 +402,52 @@ fn a_paused_timed_poller_lets_an_idle_reactor_sleep() {
     assert_eq!(runs_paused, 0, "a paused poller ran");
     assert!(idle_iterations < 100, "the reactor iterated {idle_iterations} times in 300 ms with only a paused poller");
     assert!(runs_after > 0, "the resumed poller did not run again");
+}
+
+/// Interrupt mode's idle-poll window: after its last work a reactor keeps
+/// polling for the window (many iterations), then sleeps (a handful).
+#[test]
+fn an_idle_reactor_polls_for_its_window_then_sleeps() {
+    let result = Arc::new(Mutex::new(Vec::new()));
+    let out = result.clone();
+    let opts = Options {
+        cores: cores_for_test(1),
+        interrupt_mode: true,
+        pin: false,
+        msg_batch: DEFAULT_MSG_BATCH,
+        idle_poll: Duration::from_millis(100),
+    };
+    launch(&opts, move || {
+        assert_eq!(idle_poll(), Duration::from_millis(100));
+        // Probes that do no work (Idle), so they do not restart the window:
+        // iterations at 40 ms (inside the window that follows start-up),
+        // then at 250 and 350 ms (long after it).
+        let t0 = stats().iterations;
+        let samples: Rc<RefCell<Vec<u64>>> = Rc::default();
+        let pollers: Rc<RefCell<Vec<Poller>>> = Rc::default();
+        for at in [40u64, 250, 350] {
+            let (samples, pollers2, out) = (samples.clone(), pollers.clone(), out.clone());
+            let fired = Cell::new(false);
+            let p = register_timed_poller("probe", Duration::from_millis(at), move || {
+                if fired.replace(true) {
+                    return PollStatus::Idle;
+                }
+                samples.borrow_mut().push(stats().iterations - t0);
+                samples.borrow_mut().sort_unstable();
+                if samples.borrow().len() == 3 {
+                    *out.lock().unwrap() = samples.borrow().clone();
+                    pollers2.borrow_mut().clear();
+                    stop_all();
+                }
+                PollStatus::Idle
+            });
+            pollers.borrow_mut().push(p);
+        }
+        std::mem::forget(pollers);
+    })
+    .unwrap();
+    let v = result.lock().unwrap().clone();
+    assert_eq!(v.len(), 3, "{v:?}");
+    assert!(v[0] > 1000, "only {} iterations in the first 40 ms: the reactor slept inside its idle-poll window", v[0]);
+    assert!(v[2] - v[1] < 100, "{} iterations between 250 and 350 ms: the reactor did not sleep after its window", v[2] - v[1]);
 }

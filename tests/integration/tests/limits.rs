@@ -156,5 +156,14 @@ fn pollux_only_limits_are_shown_and_saved_only_when_changed() {
     assert_eq!(posix["params"]["max_output_backlog"].as_u64(), Some(1 << 20), "{posix}");
     let e = d.call("sock_impl_set_options", Some(json!({"impl_name": "posix", "max_output_backlog": 100}))).unwrap_err();
     assert!(e.to_string().contains("max_output_backlog"), "{e}");
+    // Interrupt mode's idle-poll window: shown, changed, saved (SPDK's
+    // framework_set_scheduler ignores keys its static scheduler lacks).
+    let s = d.call("framework_get_scheduler", None).unwrap();
+    assert_eq!(s["idle_poll_us"].as_u64(), Some(50), "{s}");
+    d.call("framework_set_scheduler", Some(json!({"name": "static", "idle_poll_us": 20}))).unwrap();
+    assert_eq!(d.call("framework_get_scheduler", None).unwrap()["idle_poll_us"].as_u64(), Some(20));
+    assert_eq!(saved(&d, "scheduler", "framework_set_scheduler")["idle_poll_us"].as_u64(), Some(20));
+    let e = d.call("framework_set_scheduler", Some(json!({"name": "static", "idle_poll_us": 2_000_000}))).unwrap_err();
+    assert!(e.to_string().contains("idle_poll_us"), "{e}");
     d.stop();
 }
