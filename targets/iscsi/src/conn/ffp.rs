@@ -56,10 +56,6 @@ impl Conn {
     }
 
     pub(super) fn on_ffp_pdu(self: &Rc<Self>, h: &Bhs, _ahs: &[u8], data: &[u8]) -> Result<bool, Close> {
-        // Every initiator PDU says which StatSN it expects next: answers
-        // written before and not yet seen (for answer coalescing).
-        let (sent, exp) = (self.sent_sn.get(), h.w28.get());
-        self.unread.set(if Session::sn_lt(exp, sent) { sent.wrapping_sub(exp) } else { 0 });
         let discovery = self.session().is_some_and(|s| s.kind == SessionType::Discovery);
         match h.opcode() {
             op::NOP_OUT => self.on_nop_out(h, data),

@@ -9,7 +9,6 @@
 //! appended to the connection's transmit buffer and flushed once per
 //! iteration for every connection that has some.
 
-mod coalesce;
 mod ffp;
 mod login;
 mod scsi;
@@ -36,10 +35,6 @@ use crate::session::{self, Session};
 pub(crate) use scsi::IscsiCmd;
 pub(crate) use tmf::{Fate, Inflight};
 
-/// Passes of the connection group that output may wait for input to pause.
-const MAX_HELD_PASSES: u32 = 8;
-/// Answers queued for one connection beyond which they go out at once.
-const COALESCE_MAX_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for the peer to read its last
 /// answers (a Reject, a Logout Response) before it is closed anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,11 +114,6 @@ pub struct Conn {
     /// `process_rx` is running (it holds the receive buffer).
     in_rx: Cell<bool>,
     closed: Cell<bool>,
-    /// Answers (StatSNs) written to the socket that the initiator had not
-    /// seen when it sent its latest PDU.
-    pub(crate) unread: Cell<u32>,
-    /// Our StatSN when the transmit buffer was last fully written.
-    pub(crate) sent_sn: Cell<u32>,
     started: Instant,
     /// Log budget of this connection's protocol faults.
     pub(crate) faults: pollux_core::log::FaultLog,
@@ -149,9 +139,6 @@ pub(crate) struct Group {
     pub(crate) conns: RefCell<HashMap<u64, Rc<Conn>>>,
     pub(crate) sessions: RefCell<HashMap<u16, Rc<Session>>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
-    /// Passes the pending output has waited for input to pause.
-    held_passes: Cell<u32>,
-    coalesce: RefCell<Option<coalesce::Coalesce>>,
     next_token: Cell<u64>,
     pollers: RefCell<Vec<Poller>>,
 }
@@ -167,8 +154,6 @@ impl Group {
             conns: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
             dirty: RefCell::new(Vec::new()),
-            held_passes: Cell::new(0),
-            coalesce: RefCell::new(None),
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
         });
@@ -177,7 +162,6 @@ impl Group {
             None => PollStatus::Idle,
         });
         poll.add_wake_fd(g.ready.fd(), Interest::READABLE)?;
-        *g.coalesce.borrow_mut() = Some(coalesce::Coalesce::new(&poll)?);
         let timer = reactor::register_timed_poller("iscsi_conn_timers", Duration::from_secs(1), || match reactor::local::<Group>() {
             Some(g) => g.timers().into(),
             None => PollStatus::Idle,
@@ -191,20 +175,11 @@ impl Group {
         reactor::local::<Group>()
     }
 
-    /// One pass: read ready sockets, flush pending output. Returns work done.
-    ///
-    /// Output waits while input keeps arriving (at most
-    /// [`MAX_HELD_PASSES`] passes): an initiator streaming commands gets
-    /// their answers together when it pauses, in one write, instead of one
-    /// write (and one wake-up on each side) per answer.
+    /// One pass: read ready sockets, then write the answers of every
+    /// connection that has some, one write each (the answers of all the
+    /// commands a pass read go out together). Returns work done.
     fn poll(&self) -> usize {
-        let window_was_open = self.coalesce.borrow().as_ref().is_some_and(|c| c.is_open());
-        if self.coalescing() {
-            return 0;
-        }
-        let mut n = 0;
-        let mut input = false;
-        n += self.ready.poll(|r| {
+        let n = self.ready.poll(|r| {
             let c = self.conns.borrow().get(&r.token).cloned();
             let Some(c) = c else { return };
             if c.read_held.get() && r.gone() {
@@ -215,52 +190,12 @@ impl Group {
             }
             if r.readable {
                 c.on_readable();
-                input = true;
             }
             if r.writable {
                 c.flush();
             }
         });
-        let held = self.held_passes.get();
-        if !window_was_open && input && held < MAX_HELD_PASSES && !self.dirty.borrow().is_empty() {
-            // Busy, so the reactor comes back (and never sleeps on output).
-            self.held_passes.set(held + 1);
-            return n + 1;
-        }
-        self.held_passes.set(0);
-        // Answers wait for one window at most: the pass that closes a
-        // window writes them.
-        if !window_was_open && self.initiators_behind() && self.open_window() {
-            return n + 1;
-        }
         n + self.flush_dirty()
-    }
-
-    /// Whether a coalescing window is open (see [`coalesce`]).
-    fn coalescing(&self) -> bool {
-        let c = self.coalesce.borrow();
-        let p = self.pollers.borrow();
-        match (c.as_ref(), p.first()) {
-            (Some(c), Some(p)) => c.waiting(p, self.ready.fd()),
-            _ => false,
-        }
-    }
-
-    fn open_window(&self) -> bool {
-        let c = self.coalesce.borrow();
-        let p = self.pollers.borrow();
-        match (c.as_ref(), p.first()) {
-            (Some(c), Some(p)) => c.open(p, self.ready.fd()),
-            _ => false,
-        }
-    }
-
-    /// Answers are waiting, and every initiator they are for had at least
-    /// [`coalesce::MIN_UNREAD`] answers written to it and not yet seen when
-    /// it sent its latest PDU.
-    fn initiators_behind(&self) -> bool {
-        let dirty = self.dirty.borrow();
-        !dirty.is_empty() && dirty.iter().all(|c| c.unread.get() >= coalesce::MIN_UNREAD && c.tx.borrow().len() < COALESCE_MAX_BYTES)
     }
 
     fn flush_dirty(&self) -> usize {
@@ -380,8 +315,6 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>, slot: Con
         write_bytes: Cell::new(0),
         in_rx: Cell::new(false),
         closed: Cell::new(false),
-        unread: Cell::new(0),
-        sent_sn: Cell::new(0),
         started: Instant::now(),
         faults: pollux_core::log::FaultLog::new(),
         free_cmds: RefCell::new(Vec::new()),
@@ -676,7 +609,6 @@ impl Conn {
             Err(_) => return self.close(Close::Gone),
         }
         // Everything written.
-        self.sent_sn.set(self.st.borrow().stat_sn);
         if self.want_write.replace(false) {
             self.watch();
         }
