@@ -42,6 +42,8 @@ pub(crate) struct TcpGroup {
     /// the last completes, so the controller learns when they are done.
     pub(crate) draining: RefCell<HashMap<u64, Rc<Conn>>>,
     dirty: RefCell<Vec<u64>>,
+    /// The list being flushed (kept for its capacity).
+    flushing: RefCell<Vec<u64>>,
     pub(crate) stats: RefCell<GroupStats>,
     pollers: RefCell<Vec<Poller>>,
     closing: Cell<bool>,
@@ -56,7 +58,8 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
         ready: ReadyGroup::new()?,
         conns: RefCell::new(HashMap::new()),
         draining: RefCell::new(HashMap::new()),
-        dirty: RefCell::new(Vec::new()),
+        dirty: RefCell::new(Vec::with_capacity(64)),
+        flushing: RefCell::new(Vec::with_capacity(64)),
         stats: RefCell::new(GroupStats::default()),
         pollers: RefCell::new(Vec::new()),
         closing: Cell::new(false),
@@ -166,16 +169,20 @@ impl TcpGroup {
             }
         });
         loop {
-            let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+            let mut dirty = std::mem::take(&mut *self.flushing.borrow_mut());
+            std::mem::swap(&mut dirty, &mut *self.dirty.borrow_mut());
             if dirty.is_empty() {
+                *self.flushing.borrow_mut() = dirty;
                 break;
             }
-            for id in dirty {
+            for &id in dirty.iter() {
                 if let Some(c) = self.conn(id) {
                     busy += 1;
                     c.flush();
                 }
             }
+            dirty.clear();
+            *self.flushing.borrow_mut() = dirty;
         }
         busy.into()
     }

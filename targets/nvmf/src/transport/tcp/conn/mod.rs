@@ -161,6 +161,8 @@ pub(crate) struct Conn {
     /// Log budget of this connection's refusals and faults.
     pub(super) faults: pollux_core::log::FaultLog,
     closed: Cell<bool>,
+    /// In the group's list of connections to flush this pass.
+    flush_queued: Cell<bool>,
     /// Stop reading while this much output waits (the host is not
     /// reading): the socket layer's `max_output_backlog`.
     tx_limit: usize,
@@ -245,6 +247,7 @@ impl Conn {
             close_reason: RefCell::new(None),
             faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
+            flush_queued: Cell::new(false),
             tx_limit: output_backlog(),
             slot: Cell::new(Some(slot)),
             draining: Cell::new(None),
@@ -276,6 +279,7 @@ impl Conn {
             close_reason: RefCell::new(None),
             faults: pollux_core::log::FaultLog::new(),
             closed: Cell::new(false),
+            flush_queued: Cell::new(false),
             tx_limit: output_backlog(),
             slot: Cell::new(Some(p.slot)),
             draining: Cell::new(None),
@@ -313,7 +317,12 @@ impl Conn {
         self.st.borrow().slots.iter().filter(|s| s.state == SlotState::Executing).count() as u64
     }
 
+    /// Have the group flush this connection at the end of the pass (once,
+    /// however many completions asked).
     fn mark_dirty(&self) {
+        if self.flush_queued.replace(true) {
+            return;
+        }
         if let Some(g) = self.group.upgrade() {
             g.mark_dirty(self.id);
         }
@@ -501,6 +510,7 @@ impl Conn {
 
     /// Write queued output; handle deferred completions and close requests.
     pub(crate) fn flush(&self) {
+        self.flush_queued.set(false);
         if self.closed.get() {
             return;
         }
