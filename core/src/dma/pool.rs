@@ -127,7 +127,16 @@ impl DmaBuf {
         }
     }
 
+    /// Whether the buffer is known to hold only zeroes (nothing could have
+    /// written it since it was last zeroed).
+    pub fn is_known_zero(&self) -> bool {
+        self.zeroed.get()
+    }
+
+    /// The address a device reaches the buffer at. A device may write it
+    /// there, so it no longer counts as zeroed.
     pub fn iova(&self) -> Iova {
+        self.zeroed.set(false);
         Iova(self.ptr.as_ptr() as u64)
     }
 
@@ -189,7 +198,9 @@ impl DerefMut for DmaBuf {
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         match &self.home {
-            Home::Pool(c) => c.free.borrow_mut().push(self.ptr),
+            // Whether it holds zeroes goes back with it: a null bdev's
+            // reads then zero each pool buffer once, not once per read.
+            Home::Pool(c) => c.free.borrow_mut().push((self.ptr, self.zeroed.get())),
             Home::Region { .. } => {} // the shared owner releases the region
         }
     }
@@ -199,7 +210,8 @@ impl Drop for DmaBuf {
 struct Class {
     size: usize,
     count: usize,
-    free: RefCell<Vec<NonNull<u8>>>,
+    /// Free buffers, and whether each is known to hold zeroes.
+    free: RefCell<Vec<(NonNull<u8>, bool)>>,
     waiters: RefCell<VecDeque<InlineFn<DmaBuf>>>,
     /// Keeps the memory mapped while buffers exist.
     _region: Option<Arc<Region>>,
@@ -215,7 +227,7 @@ impl Class {
             let region = allocate_region(size * count)?;
             let base = region.as_ptr();
             // SAFETY: i * size + size <= size * count <= region length.
-            let free = (0..count).rev().map(|i| NonNull::new(unsafe { base.add(i * size) }).expect("non-null")).collect();
+            let free = (0..count).rev().map(|i| (NonNull::new(unsafe { base.add(i * size) }).expect("non-null"), false)).collect();
             (Some(region), free)
         };
         Ok(Rc::new(Class {
@@ -231,9 +243,11 @@ impl Class {
 
     fn take(self: &Rc<Self>, len: usize) -> Option<DmaBuf> {
         self.gets.set(self.gets.get() + 1);
-        let ptr = self.free.borrow_mut().pop();
-        match ptr {
-            Some(ptr) => Some(DmaBuf { ptr, len, cap: self.size, home: Home::Pool(self.clone()), zeroed: std::cell::Cell::new(false) }),
+        let free = self.free.borrow_mut().pop();
+        match free {
+            Some((ptr, zeroed)) => {
+                Some(DmaBuf { ptr, len, cap: self.size, home: Home::Pool(self.clone()), zeroed: std::cell::Cell::new(zeroed) })
+            }
             None => {
                 self.misses.set(self.misses.get() + 1);
                 None

@@ -104,6 +104,29 @@ fn zero_skips_buffers_known_to_be_zero_and_any_write_forgets_it() {
 }
 
 #[test]
+fn a_pool_buffer_known_to_be_zero_stays_known_through_the_pool() {
+    let h = Harness::new(1);
+    h.on(0, || {
+        let pool = BufPool::new((0, 0), (65536, 1)).unwrap();
+        let mut b = pool.get(65536).unwrap();
+        b[3] = 7;
+        b.zero();
+        let read_only: u8 = b.iter().copied().max().unwrap();
+        assert_eq!(read_only, 0);
+        drop(b);
+        let b = pool.get(65536).unwrap();
+        assert!(b.is_known_zero(), "zeroed and only read: it comes back zeroed");
+        // Handed to a device (which may write it): no longer known to be zero.
+        let _ = b.iova();
+        drop(b);
+        let mut b = pool.get(65536).unwrap();
+        assert!(!b.is_known_zero(), "a buffer a device could have written is zeroed again");
+        b.zero();
+        assert!(b.iter().all(|&x| x == 0));
+    });
+}
+
+#[test]
 fn buffers_carved_from_one_region_release_it_with_the_last_one() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before = stats().regions;
