@@ -30,7 +30,7 @@ use crate::rpc::{Methods, Responder, RpcError, RpcServer, RpcState};
 use crate::sys::{self, Interest, SignalFd};
 
 pub use config::{ConfigCall, ConfigError};
-pub use subsystem::{ConfigWriter, Done, Subsystem};
+pub use subsystem::{ConfigWriter, Done, Subsystem, omit_own_defaults};
 
 /// The default RPC socket.
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/pollux.sock";

@@ -11,6 +11,19 @@ use serde_json::{Value, json};
 /// may finish on another reactor; the application continues on its own.
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// Drop from `params` the keys of Pollux's own options (`keys`: options SPDK
+/// does not have) whose values are those of `defaults`: SPDK refuses keys
+/// it does not know, so a configuration saved with the defaults still loads
+/// there, and one that changed them says so.
+pub fn omit_own_defaults(params: &mut Value, defaults: &Value, keys: &[&str]) {
+    let Some(map) = params.as_object_mut() else { return };
+    for k in keys {
+        if map.get(*k).is_some_and(|v| Some(v) == defaults.get(*k)) {
+            map.remove(*k);
+        }
+    }
+}
+
 /// Collects the method calls that rebuild a subsystem's live state.
 #[derive(Debug, Default)]
 pub struct ConfigWriter {

@@ -141,11 +141,6 @@ impl Listener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.socket.local_addr()
     }
-
-    /// Connections accepted here and still open.
-    pub fn open_connections(&self) -> usize {
-        self.inner.open.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for Listener {

@@ -188,11 +188,9 @@ impl Subsystem for SockSubsystem {
         out.call("sock_set_default_impl", serde_json::json!({"impl_name": "posix"}));
         let all = lock().clone();
         for (name, o) in IMPLS.iter().zip(all) {
-            let backlog = o.max_output_backlog;
             let mut v = serde_json::to_value(o).expect("options serialise");
-            if backlog == DEFAULT_OUTPUT_BACKLOG {
-                v.as_object_mut().expect("an object").remove("max_output_backlog");
-            }
+            let defaults = serde_json::to_value(DEFAULTS).expect("options serialise");
+            crate::app::omit_own_defaults(&mut v, &defaults, &["max_output_backlog"]);
             v["impl_name"] = (*name).into();
             out.call("sock_impl_set_options", v);
         }

@@ -66,11 +66,7 @@ impl Options {
     pub fn for_config(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("options serialise");
         let d = serde_json::to_value(Options::default()).expect("options serialise");
-        for k in Self::POLLUX_ONLY {
-            if v[k] == d[k] {
-                v.as_object_mut().expect("an object").remove(k);
-            }
-        }
+        pollux_core::app::omit_own_defaults(&mut v, &d, &Self::POLLUX_ONLY);
         v
     }
 }

@@ -44,6 +44,16 @@ pub fn config(port: u16, name: &str, mib: u64, chap: Option<Value>) -> Value {
     ]})
 }
 
+/// [`config`] with `iscsi_set_options` called first with `options`.
+pub fn config_with_options(port: u16, name: &str, mib: u64, options: Value) -> Value {
+    let mut cfg = config(port, name, mib, None);
+    cfg["subsystems"][1]["config"]
+        .as_array_mut()
+        .expect("the iscsi calls")
+        .insert(0, json!({"method": "iscsi_set_options", "params": options}));
+    cfg
+}
+
 /// Start pollux-tgt on `cpumask` with [`config`].
 pub fn start(cpumask: &str, cfg: Value) -> Daemon {
     Daemon::start(DaemonOpts { cpumask: cpumask.into(), config: Some(cfg), ..Default::default() })

@@ -309,11 +309,7 @@ fn bad_initiators_lose_only_their_own_connection() {
 #[test]
 fn nop_in_pings_find_dead_initiators_and_spare_live_ones() {
     let port = iscsi_host::free_port();
-    let mut cfg = iscsi_host::config(port, "robust", 8, None);
-    cfg["subsystems"][1]["config"]
-        .as_array_mut()
-        .unwrap()
-        .insert(0, json!({"method": "iscsi_set_options", "params": {"nop_in_interval": 1, "nop_timeout": 2}}));
+    let cfg = iscsi_host::config_with_options(port, "robust", 8, json!({"nop_in_interval": 1, "nop_timeout": 2}));
     let _d = iscsi_host::start("0x1", cfg);
     let mut dead = session(port, "iqn.2025-01.io.pollux:dead", 1);
     let mut live = session(port, "iqn.2025-01.io.pollux:live", 2);

@@ -49,11 +49,7 @@ fn save_config(d: &Daemon) -> String {
 #[test]
 fn an_iscsi_portal_serves_at_most_its_connections_and_times_out_logins() {
     let port = iscsi_host::free_port();
-    let mut cfg = iscsi_host::config(port, "limits", 8, None);
-    cfg["subsystems"][1]["config"]
-        .as_array_mut()
-        .unwrap()
-        .insert(0, json!({"method": "iscsi_set_options", "params": {"max_connections_per_portal": 3, "login_timeout": 2}}));
+    let cfg = iscsi_host::config_with_options(port, "limits", 8, json!({"max_connections_per_portal": 3, "login_timeout": 2}));
     let d = iscsi_host::start("0x3", cfg);
 
     let o = d.call("iscsi_get_options", None).unwrap();

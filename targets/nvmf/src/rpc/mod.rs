@@ -247,19 +247,14 @@ impl AppSubsystem for NvmfSubsystem {
                     "acceptor_poll_rate": o.acceptor_poll_rate,
                     "kas": o.kas,
                     "min_kato": o.min_kato,
+                    "connect_timeout_sec": o.connect_timeout_sec,
+                    "max_connections_per_listener": o.max_connections_per_listener,
             });
             if o.masked_oncs != 0 {
                 params["masked_oncs"] = o.masked_oncs.into();
             }
-            // Pollux's own options, written only when changed: SPDK
-            // refuses keys it does not know.
-            let d = crate::transport::TransportOpts::default();
-            if o.connect_timeout_sec != d.connect_timeout_sec {
-                params["connect_timeout_sec"] = o.connect_timeout_sec.into();
-            }
-            if o.max_connections_per_listener != d.max_connections_per_listener {
-                params["max_connections_per_listener"] = o.max_connections_per_listener.into();
-            }
+            let d = serde_json::to_value(crate::transport::TransportOpts::default()).expect("options serialise");
+            pollux_core::app::omit_own_defaults(&mut params, &d, &["connect_timeout_sec", "max_connections_per_listener"]);
             out.call("nvmf_create_transport", params);
         }
         for s in t.subsystems.borrow().iter() {

@@ -322,24 +322,20 @@ impl Conn {
         if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
             let success = self.opts.c2h_success && st.sq_flow_off && r.dw0 == 0 && r.dw1 == 0;
             let len = slot.len as usize;
-            let digest = st.c2h.data_digest.then(|| {
-                let mut left = len;
-                slot.bufs.iter().fold(0, |crc, b| {
-                    let n = b.len().min(left);
-                    left -= n;
-                    crc32c::crc32c_append(crc, &b[..n])
-                })
-            });
             let c2h = st.c2h;
             pdu::c2h_data_header(st.tx.bytes(), &c2h, cid, 0, len, true, success);
-            // The data goes from the buffers themselves (see `TxQueue`).
-            let mut left = len;
+            // The data goes from the buffers themselves (see `TxQueue`),
+            // its digest computed on the way.
+            let (mut left, mut crc) = (len, 0u32);
             for b in st.slots[idx as usize].bufs.drain(..) {
                 let n = b.len().min(left);
                 left -= n;
+                if c2h.data_digest {
+                    crc = crc32c::crc32c_append(crc, &b[..n]);
+                }
                 st.tx.push_buf(b, n);
             }
-            if let Some(crc) = digest {
+            if c2h.data_digest {
                 st.tx.bytes().extend_from_slice(&crc.to_le_bytes());
             }
             send_resp = !success;
