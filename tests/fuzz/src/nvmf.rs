@@ -265,7 +265,9 @@ pub fn nvmf_tcp_pdu(data: &[u8]) {
 /// use, with the controller id the admin Connect returned), else the admin
 /// queue; bit 1 send host-to-controller data by R2T and H2CData even if it
 /// fits in the capsule; bit 2 leave the command's SGL as the fuzzer wrote
-/// it; bit 3 H2CData in 512-byte pieces.
+/// it; bit 3 H2CData in 512-byte pieces; bit 4 the H2CData bytes written
+/// 700 at a time, the target running in between (headers and data split
+/// across reads: data read straight into the command's buffers).
 ///
 /// The data direction comes from the opcode (for Fabrics, the command
 /// type), as a host knows it: host-to-controller commands take `transfer
@@ -318,7 +320,8 @@ pub fn nvmf_capsule(data: &[u8]) {
             // Whatever the SGL (the fuzzer's own, with queue bit 2), a host
             // answers the R2Ts it gets.
             let piece = if q & 0x08 != 0 { 512 } else { maxh2c as usize };
-            solicited(h, c, cid, if in_capsule { &[] } else { &payload }, piece.max(1), chd, cdd);
+            let dribble = if q & 0x10 != 0 { 700 } else { usize::MAX };
+            solicited(h, c, cid, if in_capsule { &[] } else { &payload }, piece.max(1), dribble, chd, cdd);
             let answered = c.pdus.iter().any(|p| match p.kind {
                 wire::CAPSULE_RESP => p.cqe().1 == cid,
                 wire::C2H_DATA => p.cccid() == cid && p.flags & wire::SUCCESS != 0,
@@ -343,8 +346,10 @@ pub fn nvmf_capsule(data: &[u8]) {
 
 /// Answer the R2Ts for command `cid` with H2CData PDUs of at most `piece`
 /// bytes from `data`: all the data each R2T asks for, zeroes past the end
-/// of `data` (a host sends what it is asked for).
-fn solicited(h: &Harness, c: &mut Conn, cid: u16, data: &[u8], piece: usize, hd: bool, dd: bool) {
+/// of `data` (a host sends what it is asked for), written `dribble` bytes
+/// at a time.
+#[allow(clippy::too_many_arguments)]
+fn solicited(h: &Harness, c: &mut Conn, cid: u16, data: &[u8], piece: usize, dribble: usize, hd: bool, dd: bool) {
     for _ in 0..64 {
         let Some(i) = c.pdus.iter().position(|p| p.kind == wire::R2T && p.r2t().0 == cid) else { return };
         let (_, ttag, off, len) = c.pdus.remove(i).r2t();
@@ -359,7 +364,7 @@ fn solicited(h: &Harness, c: &mut Conn, cid: u16, data: &[u8], piece: usize, hd:
             out.extend_from_slice(&wire::h2c_data(cid, ttag, (off + at) as u32, &window[at..at + n], last, hd, dd));
             at += n;
         }
-        if out.is_empty() || !c.send(h, &out) {
+        if out.is_empty() || !out.chunks(dribble).all(|bytes| c.send(h, bytes)) {
             return;
         }
     }

@@ -268,6 +268,11 @@ pub enum Parsed<'a> {
     /// The buffer holds only part of a PDU; at least this many bytes in all
     /// are needed.
     Incomplete(usize),
+    /// The header of an H2CData PDU (checked, digest included) and part of
+    /// its data: the data starts at byte `data_start` of the PDU and is
+    /// `hdr.datal` bytes long, followed by a data digest when one was
+    /// negotiated. The caller may take the data straight from the socket.
+    DataHead { hdr: &'a DataHeader, data_start: usize },
 }
 
 fn fatal(fes: Fes, fei: u32, echo: usize) -> Fatal {
@@ -332,16 +337,23 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
         }
         (plen, 0)
     };
-    if buf.len() < plen {
+    // H2CData whose header is in but not all of its data: the header now.
+    let data_head = ch.pdu_type == kind::H2C_DATA && buf.len() >= data_start && buf.len() < plen - dd;
+    if buf.len() < plen && !data_head {
         return Ok(Parsed::Incomplete(plen));
     }
-    let pdu = &buf[..plen];
     if hd > 0 {
-        let want = u32::from_le_bytes(pdu[hlen..hlen + 4].try_into().expect("4 bytes"));
-        if crc32c(&pdu[..hlen]) != want {
+        let want = u32::from_le_bytes(buf[hlen..hlen + 4].try_into().expect("4 bytes"));
+        if crc32c(&buf[..hlen]) != want {
             return Err(fatal(Fes::HeaderDigestError, 0, echo));
         }
     }
+    if data_head {
+        let h = DataHeader::ref_from_prefix(buf).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?.0;
+        check_datal(h, plen - dd - data_start, f, echo)?;
+        return Ok(Parsed::DataHead { hdr: h, data_start });
+    }
+    let pdu = &buf[..plen];
     let data = &pdu[data_start..plen - dd];
     let data_ok = dd == 0 || {
         let want = u32::from_le_bytes(pdu[plen - dd..plen].try_into().expect("4 bytes"));
@@ -371,16 +383,22 @@ pub fn parse<'a>(buf: &'a [u8], f: &Framing) -> Result<Parsed<'a>, Fatal> {
         }
         _ => {
             let h = DataHeader::ref_from_prefix(pdu).map_err(|_| fatal(Fes::InvalidHeaderField, 0, echo))?.0;
-            if h.datal.get() as usize != data.len() {
-                return Err(fatal(Fes::InvalidHeaderField, DataHeader::OFFSET_DATAL, echo));
-            }
-            if h.datal.get() > f.max_h2c_data {
-                return Err(fatal(Fes::LimitExceeded, DataHeader::OFFSET_DATAL, echo));
-            }
+            check_datal(h, data.len(), f, echo)?;
             Pdu::H2cData { hdr: h, data, data_ok }
         }
     };
     Ok(Parsed::Pdu(parsed, plen))
+}
+
+/// DATAL of an H2CData PDU: the length of its data, at most MAXH2CDATA.
+fn check_datal(h: &DataHeader, data_len: usize, f: &Framing, echo: usize) -> Result<(), Fatal> {
+    if h.datal.get() as usize != data_len {
+        return Err(fatal(Fes::InvalidHeaderField, DataHeader::OFFSET_DATAL, echo));
+    }
+    if h.datal.get() > f.max_h2c_data {
+        return Err(fatal(Fes::LimitExceeded, DataHeader::OFFSET_DATAL, echo));
+    }
+    Ok(())
 }
 
 // ---- Builders for controller-to-host PDUs ----

@@ -12,7 +12,7 @@ use pollux_nvme_spec::cmd::{Command, Completion};
 use zerocopy::FromBytes;
 
 use super::super::pdu::{self, Fatal, Fes};
-use super::{Conn, DataDir, Queue, SGL_IN_CAPSULE, SGL_TRANSPORT, Slot, SlotState, State, data_timeout, fabrics_data_len};
+use super::{Conn, DataDir, DirectRx, Queue, SGL_IN_CAPSULE, SGL_TRANSPORT, Slot, SlotState, State, data_timeout, fabrics_data_len};
 use crate::ctrlr::connect::{self, Connected};
 use crate::ctrlr::{AdminQueue, IoQpairRef, Response, admin};
 use crate::io::{self as nvm, Completer, IoSink};
@@ -113,36 +113,43 @@ impl Conn {
     }
 
     pub(super) fn on_h2c_data(&self, st: &mut State, hdr: &pdu::DataHeader, data: &[u8], data_ok: bool) -> Result<(), Fatal> {
-        let echo = size_of::<pdu::DataHeader>();
-        let idx = hdr.ttag.get();
-        let Some(slot) = st.slots.get_mut(idx as usize) else {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
-        };
-        if slot.state != SlotState::Receiving {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
-        }
-        if slot.cmd.cid.get() != hdr.cccid.get() {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_CCCID, echo });
-        }
-        let datao = hdr.datao.get();
-        if datao != slot.received {
-            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAO, echo });
-        }
-        if u64::from(datao) + data.len() as u64 > u64::from(slot.len) {
-            return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAL, echo });
-        }
-        copy_to_bufs(&mut slot.bufs, datao as usize, data);
-        slot.received += data.len() as u32;
+        let idx = h2c_check(st, hdr)?;
+        copy_to_bufs(&mut st.slots[idx as usize].bufs, hdr.datao.get() as usize, data);
+        self.h2c_done(st, idx, hdr.datal.get(), data_ok);
+        Ok(())
+    }
+
+    /// The header of an H2CData PDU whose data is still arriving: check it,
+    /// take the data that came with it, and have the rest read from the
+    /// socket straight into the command's buffers (see `Conn::read_direct`).
+    pub(super) fn begin_direct(&self, st: &mut State, hdr: &pdu::DataHeader, present: &[u8]) -> Result<(), Fatal> {
+        let idx = h2c_check(st, hdr)?;
+        let datao = hdr.datao.get() as usize;
+        copy_to_bufs(&mut st.slots[idx as usize].bufs, datao, present);
+        let data_digest = st.framing.data_digest;
+        st.direct = Some(DirectRx {
+            idx,
+            hdr: *hdr,
+            off: datao + present.len(),
+            left: hdr.datal.get() as usize - present.len(),
+            crc: if data_digest { crc32c::crc32c(present) } else { 0 },
+            digest: [0; pdu::DIGEST_LEN],
+            digest_left: if data_digest { pdu::DIGEST_LEN } else { 0 },
+        });
+        st.last_data = Instant::now();
+        Ok(())
+    }
+
+    /// An H2CData PDU's data is all in (`data_ok`: its digest matched):
+    /// run the command once its whole transfer has come.
+    pub(super) fn h2c_done(&self, st: &mut State, idx: u16, datal: u32, data_ok: bool) {
+        let slot = &mut st.slots[idx as usize];
+        slot.received += datal;
         if !data_ok {
             slot.error = Some(status::TRANSIENT_TRANSPORT_ERROR);
         }
-        let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
-        let complete = slot.received == slot.len;
-        if last != complete {
-            return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::CommonHeader::OFFSET_FLAGS, echo });
-        }
         st.last_data = Instant::now();
-        if complete {
+        if slot.received == slot.len {
             st.receiving -= 1;
             let slot = &mut st.slots[idx as usize];
             slot.state = SlotState::Executing;
@@ -152,7 +159,6 @@ impl Conn {
                 self.execute(st, idx);
             }
         }
-        Ok(())
     }
 
     // ---- Execute ----
@@ -358,6 +364,35 @@ impl Conn {
         }
         self.release(st, idx);
     }
+}
+
+/// Check an H2CData header against the transfer it answers: the R2T's
+/// tag, the command, the offset expected next, the length, and the last-PDU
+/// flag. Returns the command's slot.
+fn h2c_check(st: &State, hdr: &pdu::DataHeader) -> Result<u16, Fatal> {
+    let echo = size_of::<pdu::DataHeader>();
+    let idx = hdr.ttag.get();
+    let Some(slot) = st.slots.get(idx as usize) else {
+        return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+    };
+    if slot.state != SlotState::Receiving {
+        return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_TTAG, echo });
+    }
+    if slot.cmd.cid.get() != hdr.cccid.get() {
+        return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::DataHeader::OFFSET_CCCID, echo });
+    }
+    let (datao, datal) = (hdr.datao.get(), hdr.datal.get());
+    if datao != slot.received {
+        return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAO, echo });
+    }
+    if u64::from(datao) + u64::from(datal) > u64::from(slot.len) {
+        return Err(Fatal { fes: Fes::DataOutOfRange, fei: pdu::DataHeader::OFFSET_DATAL, echo });
+    }
+    let last = hdr.ch.flags & pdu::flags::LAST_PDU != 0;
+    if last != (datao + datal == slot.len) {
+        return Err(Fatal { fes: Fes::InvalidHeaderField, fei: pdu::CommonHeader::OFFSET_FLAGS, echo });
+    }
+    Ok(idx)
 }
 
 /// The 64 bytes of a command (Fabrics commands are read in other layouts).

@@ -12,7 +12,7 @@ mod command;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -79,6 +79,29 @@ impl Slot {
     }
 }
 
+/// An H2CData PDU whose data is read from the socket straight into its
+/// command's buffers: no copy through the receive buffer.
+#[derive(Clone, Copy)]
+struct DirectRx {
+    idx: u16,
+    /// The PDU's header (echoed if the connection must be terminated).
+    hdr: pdu::DataHeader,
+    /// Where the next byte of data goes in the command's buffers.
+    off: usize,
+    /// Bytes of data still to come.
+    left: usize,
+    /// CRC32C of the data so far (data digest on).
+    crc: u32,
+    /// The data digest as it arrives, and how many of its bytes are to come.
+    digest: [u8; pdu::DIGEST_LEN],
+    digest_left: usize,
+}
+
+/// Bytes of the receive buffer read along with the data of a direct
+/// transfer: what follows the data (the next PDUs' headers) without taking
+/// much of the next PDU's data, which would then be copied.
+const DIRECT_TAIL: usize = 16 * 1024;
+
 /// What this queue pair is attached to.
 enum Queue {
     /// Before a successful Connect.
@@ -118,6 +141,8 @@ struct State {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// An H2CData PDU's data being read straight into its buffers.
+    direct: Option<DirectRx>,
     /// Output: PDUs, and read data sent from its buffers.
     tx: TxQueue<DmaBuf>,
     write_armed: bool,
@@ -183,6 +208,7 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         rbuf: vec![0; cap],
         rstart: 0,
         rend: 0,
+        direct: None,
         tx: TxQueue::with_capacity(64 * 1024),
         write_armed: false,
         queue: Queue::Unbound,
@@ -202,6 +228,24 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         since: Instant::now(),
         last_rx: Instant::now(),
     }
+}
+
+/// CRC32C continued over `len` bytes of a buffer list from byte `off`.
+fn crc_bufs(mut crc: u32, bufs: &[DmaBuf], mut off: usize, mut len: usize) -> u32 {
+    for b in bufs {
+        if len == 0 {
+            break;
+        }
+        if off >= b.len() {
+            off -= b.len();
+            continue;
+        }
+        let n = (b.len() - off).min(len);
+        crc = crc32c::crc32c_append(crc, &b[off..off + n]);
+        len -= n;
+        off = 0;
+    }
+    crc
 }
 
 /// The socket layer's `max_output_backlog`, read as a connection starts.
@@ -351,6 +395,33 @@ impl Conn {
                     self.pause_reading(&mut st);
                     break;
                 }
+                if st.direct.is_some() {
+                    match self.read_direct(&mut st) {
+                        Ok((0, _)) => {
+                            drop(st);
+                            self.close("the host closed the connection");
+                            return;
+                        }
+                        Ok((n, drained)) => {
+                            st.last_rx = Instant::now();
+                            drop(st);
+                            total += n;
+                            self.process();
+                            if drained {
+                                // As below: epoll says when there is more.
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            drop(st);
+                            self.close(&format!("receive failed: {e}"));
+                            return;
+                        }
+                    }
+                }
                 if st.rstart == st.rend {
                     st.rstart = 0;
                     st.rend = 0;
@@ -407,6 +478,66 @@ impl Conn {
         self.after_processing();
     }
 
+    /// Read the rest of a direct transfer's data into its buffers (then its
+    /// digest, then what follows into the receive buffer, which is empty
+    /// while a transfer is direct); finish the PDU once all of it is in.
+    /// Returns the bytes read and whether the socket gave less than asked
+    /// (it is drained).
+    fn read_direct(&self, st: &mut State) -> io::Result<(usize, bool)> {
+        const MAX_IOV: usize = 16;
+        let st = &mut *st;
+        let dx = st.direct.as_mut().expect("a direct transfer");
+        debug_assert_eq!(st.rstart, st.rend);
+        st.rstart = 0;
+        st.rend = 0;
+        let mut iov: [IoSliceMut<'_>; MAX_IOV] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        let mut n_iov = 0;
+        let (mut off, mut want) = (dx.off, dx.left);
+        for b in st.slots[dx.idx as usize].bufs.iter_mut() {
+            if want == 0 || n_iov == MAX_IOV - 2 {
+                break;
+            }
+            if off >= b.len() {
+                off -= b.len();
+                continue;
+            }
+            let n = (b.len() - off).min(want);
+            iov[n_iov] = IoSliceMut::new(&mut b[off..off + n]);
+            n_iov += 1;
+            want -= n;
+            off = 0;
+        }
+        // The digest and the tail only once all the data fits the list.
+        if want == 0 {
+            let have = pdu::DIGEST_LEN - dx.digest_left;
+            if dx.digest_left > 0 {
+                iov[n_iov] = IoSliceMut::new(&mut dx.digest[have..]);
+                n_iov += 1;
+            }
+            let tail = st.rbuf.len().min(DIRECT_TAIL);
+            iov[n_iov] = IoSliceMut::new(&mut st.rbuf[..tail]);
+            n_iov += 1;
+        }
+        let asked: usize = iov[..n_iov].iter().map(|v| v.len()).sum();
+        let n = (&self.stream).read_vectored(&mut iov[..n_iov])?;
+        let data = n.min(dx.left);
+        if dx.digest_left > 0 && data > 0 {
+            dx.crc = crc_bufs(dx.crc, &st.slots[dx.idx as usize].bufs, dx.off, data);
+        }
+        dx.off += data;
+        dx.left -= data;
+
+        let digest = (n - data).min(dx.digest_left);
+        dx.digest_left -= digest;
+        st.rend = n - data - digest;
+        if n > 0 && dx.left == 0 && dx.digest_left == 0 {
+            let dx = st.direct.take().expect("a direct transfer");
+            let data_ok = !st.framing.data_digest || dx.crc == u32::from_le_bytes(dx.digest);
+            self.h2c_done(st, dx.idx, dx.hdr.datal.get(), data_ok);
+        }
+        Ok((n, n < asked))
+    }
+
     /// Stop watching the socket for reading (see `State::read_paused`).
     fn pause_reading(&self, st: &mut State) {
         if !st.read_paused {
@@ -436,6 +567,15 @@ impl Conn {
             let parsed = pdu::parse(&rbuf[st.rstart..st.rend], &st.framing);
             match parsed {
                 Ok(Parsed::Incomplete(_)) => break,
+                Ok(Parsed::DataHead { hdr, data_start }) => {
+                    let present = &rbuf[st.rstart + data_start..st.rend];
+                    if let Err(f) = self.begin_direct(&mut st, hdr, present) {
+                        let hdr = &rbuf[st.rstart..(st.rstart + f.echo).min(st.rend)];
+                        self.terminate(&mut st, f, hdr);
+                    }
+                    st.rstart = st.rend;
+                    break;
+                }
                 Ok(Parsed::Pdu(p, len)) => {
                     // A capsule needs a free slot; without one, wait (the
                     // host sent more than its queue size).

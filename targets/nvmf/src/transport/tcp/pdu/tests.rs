@@ -228,6 +228,42 @@ fn h2c_data_is_parsed_and_checked() {
 }
 
 #[test]
+fn h2c_data_header_comes_before_its_data() {
+    for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+        let f = connected(hd, dd);
+        let b = h2c_data(&f, 3, 4096, &[5; 512], true);
+        let start = 24 + if hd { 4 } else { 0 };
+        // Not even the header (and its digest): wait for the whole PDU.
+        assert!(matches!(parse(&b[..start - 1], &f), Ok(Parsed::Incomplete(n)) if n == b.len()));
+        // The header and up to all but the last byte of data: the header,
+        // for the data to be read where it belongs.
+        for cut in [start, start + 1, start + 511] {
+            match parse(&b[..cut], &f).unwrap() {
+                Parsed::DataHead { hdr, data_start } => {
+                    assert_eq!((hdr.ttag.get(), hdr.datao.get(), hdr.datal.get(), data_start), (3, 4096, 512, start));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // All the data but not all of the digest: the whole PDU next time.
+        if dd {
+            assert!(matches!(parse(&b[..b.len() - 2], &f), Ok(Parsed::Incomplete(n)) if n == b.len()));
+        }
+    }
+    // The header is checked before any data is taken: digest, DATAL, limit.
+    let f = connected(true, false);
+    let mut b = h2c_data(&f, 3, 0, &[5; 512], true);
+    b[26] ^= 1;
+    assert_eq!(fatal_of(&b[..40], &f).fes, Fes::HeaderDigestError);
+    let f = connected(false, false);
+    let mut b = h2c_data(&f, 3, 0, &[5; 512], true);
+    b[16..20].copy_from_slice(&100u32.to_le_bytes());
+    assert_eq!(fatal_of(&b[..40], &f).fei, DataHeader::OFFSET_DATAL);
+    let big = h2c_data(&f, 3, 0, &vec![0; 65536 + 4], false);
+    assert_eq!(fatal_of(&big[..100], &f).fes, Fes::LimitExceeded);
+}
+
+#[test]
 fn h2c_term_req_is_accepted_at_any_time() {
     let mut t = TermReq::new_zeroed();
     t.ch = CommonHeader { pdu_type: kind::H2C_TERM_REQ, flags: 0, hlen: 24, pdo: 0, plen: U32::new(24 + 8) };
@@ -290,8 +326,12 @@ proptest! {
     #[test]
     fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), hd: bool, dd: bool, conn: bool) {
         let f = Framing { connected: conn, header_digest: hd, data_digest: dd, max_in_capsule: 256, max_h2c_data: 256 };
-        if let Ok(Parsed::Pdu(_, n)) = parse(&bytes, &f) {
-            prop_assert!(n <= bytes.len());
+        match parse(&bytes, &f) {
+            Ok(Parsed::Pdu(_, n)) => prop_assert!(n <= bytes.len()),
+            Ok(Parsed::DataHead { hdr, data_start }) => {
+                prop_assert!(data_start <= bytes.len() && bytes.len() < data_start + hdr.datal.get() as usize)
+            }
+            _ => {}
         }
     }
 }
