@@ -25,14 +25,14 @@ const KEEP: usize = 1 << 20;
 enum Seg<B> {
     /// `len` bytes of `bytes`, starting at the end of the segments before.
     Bytes(usize),
-    /// The first `len` bytes of a buffer.
-    Buf(B, usize),
+    /// `len` bytes of a buffer from byte `start`.
+    Buf(B, usize, usize),
 }
 
 impl<B> Seg<B> {
     fn len(&self) -> usize {
         match self {
-            Seg::Bytes(n) | Seg::Buf(_, n) => *n,
+            Seg::Bytes(n) | Seg::Buf(_, _, n) => *n,
         }
     }
 }
@@ -94,17 +94,23 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
     /// Queue the first `len` bytes of `buf`, sent from the buffer itself
     /// unless the socket is full (then they are copied and `buf` dropped).
     pub fn push_buf(&mut self, buf: B, len: usize) {
-        let len = len.min(buf.as_ref().len());
+        self.push_buf_at(buf, 0, len);
+    }
+
+    /// Queue `len` bytes of `buf` from byte `start`, as [`TxQueue::push_buf`].
+    pub fn push_buf_at(&mut self, buf: B, start: usize, len: usize) {
+        let start = start.min(buf.as_ref().len());
+        let len = len.min(buf.as_ref().len() - start);
         if len == 0 {
             return;
         }
         if self.blocked {
-            self.bytes.extend_from_slice(&buf.as_ref()[..len]);
+            self.bytes.extend_from_slice(&buf.as_ref()[start..start + len]);
             return;
         }
         self.seal();
         self.queued += len;
-        self.segs.push_back(Seg::Buf(buf, len));
+        self.segs.push_back(Seg::Buf(buf, start, len));
     }
 
     /// Bytes queued and not yet written.
@@ -155,7 +161,7 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
                             pos += len;
                             p
                         }
-                        Seg::Buf(b, len) => &b.as_ref()[skip..*len],
+                        Seg::Buf(b, start, len) => &b.as_ref()[start + skip..start + len],
                     };
                     iov[n] = IoSlice::new(piece);
                     n += 1;
@@ -219,7 +225,7 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
                     out.extend_from_slice(&self.bytes[pos + skip..pos + len]);
                     pos += len;
                 }
-                Seg::Buf(b, len) => out.extend_from_slice(&b.as_ref()[skip..len]),
+                Seg::Buf(b, start, len) => out.extend_from_slice(&b.as_ref()[start + skip..start + len]),
             }
         }
         // (`flush` sealed the open run: every byte is in a segment.)
@@ -249,7 +255,7 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
                     out.extend_from_slice(&self.bytes[pos + skip..pos + len]);
                     pos += len;
                 }
-                Seg::Buf(b, len) => out.extend_from_slice(&b.as_ref()[skip..*len]),
+                Seg::Buf(b, start, len) => out.extend_from_slice(&b.as_ref()[start + skip..start + len]),
             }
         }
         out.extend_from_slice(&self.bytes[self.sealed..]);
@@ -393,14 +399,14 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Bytes(Vec<u8>),
-        Buf(Vec<u8>, usize),
+        Buf(Vec<u8>, usize, usize),
         Flush(usize, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Bytes),
-            (proptest::collection::vec(any::<u8>(), 0..80), 0usize..100).prop_map(|(b, n)| Op::Buf(b, n)),
+            (proptest::collection::vec(any::<u8>(), 0..80), 0usize..40, 0usize..100).prop_map(|(b, at, n)| Op::Buf(b, at, n)),
             (1usize..64, 0usize..4).prop_map(|(room, every)| Op::Flush(room, every)),
         ]
     }
@@ -418,7 +424,11 @@ mod tests {
             for o in ops {
                 match o {
                     Op::Bytes(b) => { want.extend_from_slice(&b); q.bytes().extend_from_slice(&b); }
-                    Op::Buf(b, n) => { want.extend_from_slice(&b[..n.min(b.len())]); q.push_buf(counted(b, &alive), n); }
+                    Op::Buf(b, at, n) => {
+                        let start = at.min(b.len());
+                        want.extend_from_slice(&b[start..(start + n).min(b.len())]);
+                        q.push_buf_at(counted(b, &alive), at, n);
+                    }
                     Op::Flush(room, every) => {
                         s.room = room;
                         s.block_every = every;

@@ -131,6 +131,8 @@ pub struct RawConn {
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
     pub itt: u32,
+    /// Data digests (CRC32C) negotiated: `recv` reads and checks them.
+    pub data_digest: bool,
 }
 
 /// A received PDU: header and data.
@@ -191,7 +193,7 @@ impl RawConn {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the target");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
-        RawConn { s, cmd_sn: 1, exp_stat_sn: 0, itt: 1 }
+        RawConn { s, cmd_sn: 1, exp_stat_sn: 0, itt: 1, data_digest: false }
     }
 
     /// Send a header (48 bytes) and data, padded.
@@ -205,9 +207,15 @@ impl RawConn {
         self.s.read_exact(&mut bhs).ok()?;
         let ahs = bhs[4] as usize * 4;
         let dlen = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
-        let mut rest = vec![0u8; ahs + dlen + (4 - dlen % 4) % 4];
+        let dd = if self.data_digest && dlen > 0 { 4 } else { 0 };
+        let mut rest = vec![0u8; ahs + dlen + (4 - dlen % 4) % 4 + dd];
         self.s.read_exact(&mut rest).ok()?;
         let data = rest[ahs..ahs + dlen].to_vec();
+        if dd > 0 {
+            let end = rest.len() - 4;
+            let want = u32::from_le_bytes(rest[end..].try_into().unwrap());
+            assert_eq!(crate::nvmf_client::crc32c(&rest[ahs..end]), want, "data digest of a PDU with opcode {:#x}", bhs[0] & 0x3f);
+        }
         if bhs[0] & 0x3f != 0x25 || bhs[1] & 0x01 != 0 {
             // Everything but Data-In without status carries a StatSN.
             self.exp_stat_sn = u32::from_be_bytes(bhs[24..28].try_into().unwrap()).wrapping_add(1);

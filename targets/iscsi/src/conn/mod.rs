@@ -573,6 +573,66 @@ impl Conn {
         }
     }
 
+    /// Append a PDU whose `dlen` data bytes are the next ones of `src` (a
+    /// read's buffers, in order). A buffer that ends within this PDU goes
+    /// out from itself, with no copy (see `TxQueue`); the part of a buffer
+    /// the PDU ends inside is copied, and the rest of that buffer waits in
+    /// `src` for the next PDU. The data digest is computed over the pieces.
+    pub(crate) fn send_from_bufs<I: Iterator<Item = DmaBuf>>(self: &Rc<Self>, h: &mut Bhs, dlen: usize, src: &mut BufSource<I>) {
+        if self.closed.get() {
+            return;
+        }
+        let (hd, dd) = {
+            let st = self.st.borrow();
+            (st.params.header_digest, st.params.data_digest)
+        };
+        h.set_data_len(dlen);
+        let mut q = self.tx.borrow_mut();
+        let was_empty = q.is_empty();
+        q.bytes().extend_from_slice(h.as_bytes());
+        if hd {
+            q.bytes().extend_from_slice(&pdu::digest(&[h.as_bytes()]).to_le_bytes());
+        }
+        let mut left = dlen;
+        let mut crc = 0u32;
+        while left > 0 {
+            let Some((buf, pos)) = src.current() else {
+                // Fewer bytes than the header says: never send a short
+                // PDU (the caller sizes `dlen` from the buffers).
+                let zeros = [0u8; 512];
+                let n = left.min(zeros.len());
+                q.bytes().extend_from_slice(&zeros[..n]);
+                crc = crc32c::crc32c_append(crc, &zeros[..n]);
+                left -= n;
+                continue;
+            };
+            let n = (buf.len() - pos).min(left);
+            if dd {
+                crc = crc32c::crc32c_append(crc, &buf[pos..pos + n]);
+            }
+            if pos + n == buf.len() {
+                let buf = src.take();
+                q.push_buf_at(buf, pos, n);
+            } else {
+                q.bytes().extend_from_slice(&buf[pos..pos + n]);
+                src.advance(n);
+            }
+            left -= n;
+        }
+        let pad = &[0u8; 3][..pdu::pad(dlen)];
+        q.bytes().extend_from_slice(pad);
+        if dd && dlen > 0 {
+            crc = crc32c::crc32c_append(crc, pad);
+            q.bytes().extend_from_slice(&crc.to_le_bytes());
+        }
+        drop(q);
+        if was_empty {
+            if let Some(g) = Group::try_get() {
+                g.mark_dirty(self);
+            }
+        }
+    }
+
     fn tx_backlog(&self) -> usize {
         self.tx.borrow().len()
     }
@@ -802,4 +862,38 @@ pub(crate) fn describe_all() -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// A read's buffers handed out in order to the Data-In PDUs that carry
+/// them (see `Conn::send_from_bufs`).
+pub(crate) struct BufSource<I: Iterator<Item = DmaBuf>> {
+    bufs: I,
+    cur: Option<DmaBuf>,
+    /// Bytes of `cur` already sent.
+    pos: usize,
+}
+
+impl<I: Iterator<Item = DmaBuf>> BufSource<I> {
+    pub(crate) fn new(bufs: I) -> Self {
+        BufSource { bufs, cur: None, pos: 0 }
+    }
+
+    /// The buffer next to send from, and where in it.
+    fn current(&mut self) -> Option<(&DmaBuf, usize)> {
+        while self.cur.as_ref().is_none_or(|b| self.pos >= b.len()) {
+            self.cur = Some(self.bufs.next()?);
+            self.pos = 0;
+        }
+        self.cur.as_ref().map(|b| (b, self.pos))
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// The current buffer, to be sent from itself.
+    fn take(&mut self) -> DmaBuf {
+        self.pos = 0;
+        self.cur.take().expect("a current buffer")
+    }
 }

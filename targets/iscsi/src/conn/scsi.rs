@@ -9,7 +9,7 @@ use pollux_core::dma::{self, DmaBuf, copy_to_bufs};
 use pollux_scsi::{DataDir, ScsiCommand, Task, decode_lun};
 
 use super::ffp::Window;
-use super::{Close, Conn, Fate, Inflight};
+use super::{BufSource, Close, Conn, Fate, Inflight};
 use crate::pdu::{Bhs, RESERVED_TAG, op, reject};
 
 /// Largest expected data transfer length we buffer for one command.
@@ -517,7 +517,7 @@ impl Conn {
     }
 
     /// Send a finished command's Data-In and status, or its SCSI Response.
-    fn answer(self: &Rc<Self>, c: Box<IscsiCmd>) {
+    fn answer(self: &Rc<Self>, mut c: Box<IscsiCmd>) {
         let t = &c.task;
         let good = t.is_good();
         let xfer = t.xfer_len.min(u32::MAX as u64) as u32;
@@ -530,28 +530,30 @@ impl Conn {
         let p = self.st.borrow().params;
         let mut data_sn = 0u32;
         if send_len > 0 {
+            let (status, lun, itt) = (t.status, c.lun_raw, c.itt);
             let layout = DataInLayout::new(send_len, p.max_send_seg as usize, p.max_burst as usize);
+            // The buffers go to the socket layer as the PDUs take them.
+            let mut src = BufSource::new(c.task.bufs.drain(..));
             for pdu in layout {
                 let mut h = Bhs::new(op::DATA_IN, 0);
                 if pdu.last {
                     h.flags = 0x80 | 0x01 | flags;
-                    h.b3 = t.status;
+                    h.b3 = status;
                     h.w24.set(self.next_stat_sn());
                     h.w44.set(residual);
                 } else if pdu.ends_burst {
                     h.flags = 0x80;
                 }
-                h.lun = c.lun_raw;
-                h.itt.set(c.itt);
+                h.lun = lun;
+                h.itt.set(itt);
                 h.w20.set(RESERVED_TAG);
                 self.fill_window(&mut h);
                 h.w36.set(data_sn);
                 h.w40.set(pdu.offset as u32);
                 data_sn += 1;
-                self.send_with(&mut h, pdu.len, |tx| {
-                    dma::extend_from_bufs(tx, &t.bufs, pdu.offset, pdu.len);
-                });
+                self.send_from_bufs(&mut h, pdu.len, &mut src);
             }
+            drop(src);
             return self.recycle(c);
         }
         let mut h = Bhs::new(op::SCSI_RESP, 0x80 | flags);
