@@ -168,6 +168,12 @@ struct Stats {
     /// When the last iteration that did work ended (interrupt mode's
     /// idle-poll window counts from it).
     last_busy: Cell<u64>,
+    /// When the reactor last woke from a sleep, how long that sleep was,
+    /// and `busy` then (interrupt mode's loaded window).
+    woke: Cell<u64>,
+    slept: Cell<u64>,
+    busy_at_wake: Cell<u64>,
+    sleeps: Cell<u64>,
     busy: Cell<u64>,
     idle: Cell<u64>,
     iterations: Cell<u64>,
@@ -312,14 +318,34 @@ impl Inner {
             && may_sleep
             && self.irq.is_some()
             && !self.exit.get()
-            && end.saturating_sub(self.stats.last_busy.get()) >= self.shared.idle_poll_ticks.load(Ordering::Relaxed)
+            && end.saturating_sub(self.stats.last_busy.get()) >= self.idle_window(end)
         {
             self.sleep(end);
             let woke = clock::ticks();
             self.stats.idle.set(self.stats.idle.get() + woke.saturating_sub(end));
             self.stats.last.set(woke);
+            self.stats.woke.set(woke);
+            self.stats.slept.set(woke.saturating_sub(end));
+            self.stats.busy_at_wake.set(self.stats.busy.get());
+            self.stats.sleeps.set(self.stats.sleeps.get() + 1);
         }
         busy
+    }
+
+    /// How long interrupt mode polls after the last work before it sleeps:
+    /// the idle-poll window, or [`LOADED_WINDOW_FACTOR`] times it for a
+    /// loaded reactor: one whose last sleep was cut short by work (within
+    /// the longer window) and that has been busy at least a quarter of the
+    /// time since. Such a reactor is between the pieces of a stream of work
+    /// (a large transfer arriving segment by segment) and would only pay
+    /// for sleeping and waking (and make its peers pay for the wake-ups);
+    /// a lightly loaded one sleeps between requests as before.
+    fn idle_window(&self, now: u64) -> u64 {
+        let base = self.shared.idle_poll_ticks.load(Ordering::Relaxed);
+        let long = base.saturating_mul(LOADED_WINDOW_FACTOR);
+        let awake = now.saturating_sub(self.stats.woke.get());
+        let worked = self.stats.busy.get().saturating_sub(self.stats.busy_at_wake.get());
+        if self.stats.slept.get() < long && worked.saturating_mul(4) >= awake { long } else { base }
     }
 
     /// Interrupt mode: block in epoll until a message, a timer or a wake fd.
@@ -552,6 +578,10 @@ pub fn core_of(r: ReactorId) -> usize {
 /// The default idle-poll window of interrupt mode (see [`set_idle_poll`]).
 pub const DEFAULT_IDLE_POLL: Duration = Duration::from_micros(50);
 
+/// A loaded reactor polls this many idle-poll windows before it sleeps
+/// (1 ms by default; see `Inner::idle_window`).
+pub const LOADED_WINDOW_FACTOR: u64 = 20;
+
 /// Interrupt mode: after doing work a reactor keeps polling for `window`
 /// before it sleeps (0: it sleeps as soon as a pass finds nothing to do).
 /// Every reactor of the current reactor's set, from its next iteration.
@@ -686,6 +716,8 @@ pub struct ReactorStats {
     pub busy_ticks: u64,
     pub idle_ticks: u64,
     pub iterations: u64,
+    /// Times the reactor slept (interrupt mode).
+    pub sleeps: u64,
     pub elapsed_ticks: u64,
     pub in_interrupt: bool,
     pub active_pollers: usize,
@@ -706,6 +738,7 @@ pub fn stats() -> ReactorStats {
             busy_ticks: r.stats.busy.get(),
             idle_ticks: r.stats.idle.get(),
             iterations: r.stats.iterations.get(),
+            sleeps: r.stats.sleeps.get(),
             elapsed_ticks: clock::ticks().saturating_sub(r.stats.start.get()),
             in_interrupt: r.irq.is_some(),
             active_pollers: active,

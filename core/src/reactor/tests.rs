@@ -451,3 +451,57 @@ fn an_idle_reactor_polls_for_its_window_then_sleeps() {
     assert!(v[0] > 1000, "only {} iterations in the first 40 ms: the reactor slept inside its idle-poll window", v[0]);
     assert!(v[2] - v[1] < 100, "{} iterations between 250 and 350 ms: the reactor did not sleep after its window", v[2] - v[1]);
 }
+
+/// Interrupt mode's loaded window: a reactor fed work in pieces with gaps
+/// longer than its idle-poll window (a large transfer arriving segment by
+/// segment), busy most of the time, stops sleeping in the gaps; one fed a
+/// little work now and then sleeps between the pieces.
+#[test]
+fn a_loaded_reactor_polls_through_the_gaps_a_light_one_sleeps() {
+    fn sleeps_while(period_us: u64, work_us: u64) -> (u64, u64) {
+        let result = Arc::new(Mutex::new((0, 0)));
+        let out = result.clone();
+        let opts = Options {
+            cores: cores_for_test(1),
+            interrupt_mode: true,
+            pin: false,
+            msg_batch: DEFAULT_MSG_BATCH,
+            idle_poll: DEFAULT_IDLE_POLL,
+        };
+        launch(&opts, move || {
+            let start = Instant::now();
+            let mut at_20ms = None;
+            let keep: Rc<RefCell<Option<Poller>>> = Rc::default();
+            let keep2 = keep.clone();
+            let p = register_timed_poller("work", Duration::from_micros(period_us), move || {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(work_us) {
+                    std::hint::spin_loop();
+                }
+                // Count from 20 ms in (past start-up), for 60 ms.
+                let el = start.elapsed();
+                if el >= Duration::from_millis(20) && at_20ms.is_none() {
+                    at_20ms = Some((stats().sleeps, el));
+                }
+                if let Some((s0, t0)) = at_20ms {
+                    if el >= t0 + Duration::from_millis(60) {
+                        *out.lock().unwrap() = (stats().sleeps - s0, (el - t0).as_millis() as u64);
+                        keep2.borrow_mut().take();
+                        stop_all();
+                    }
+                }
+                PollStatus::Busy
+            });
+            *keep.borrow_mut() = Some(p);
+            std::mem::forget(keep);
+        })
+        .unwrap();
+        *result.lock().unwrap()
+    }
+    // 150 us of work every 250 us: gaps of 100 us, twice the 50 us window.
+    let (loaded, ms) = sleeps_while(250, 150);
+    assert!(loaded < 20, "{loaded} sleeps in {ms} ms of a loaded stream (about 240 without the loaded window)");
+    // 10 us of work every 2 ms: it sleeps in (nearly) every gap.
+    let (light, ms) = sleeps_while(2000, 10);
+    assert!(light >= 10, "only {light} sleeps in {ms} ms of light load: the loaded window kept an idle reactor awake");
+}
