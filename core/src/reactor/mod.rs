@@ -320,14 +320,16 @@ impl Inner {
             && !self.exit.get()
             && end.saturating_sub(self.stats.last_busy.get()) >= self.idle_window(end)
         {
-            self.sleep(end);
+            let blocked = self.sleep(end);
             let woke = clock::ticks();
             self.stats.idle.set(self.stats.idle.get() + woke.saturating_sub(end));
             self.stats.last.set(woke);
-            self.stats.woke.set(woke);
-            self.stats.slept.set(woke.saturating_sub(end));
-            self.stats.busy_at_wake.set(self.stats.busy.get());
-            self.stats.sleeps.set(self.stats.sleeps.get() + 1);
+            if blocked {
+                self.stats.woke.set(woke);
+                self.stats.slept.set(woke.saturating_sub(end));
+                self.stats.busy_at_wake.set(self.stats.busy.get());
+                self.stats.sleeps.set(self.stats.sleeps.get() + 1);
+            }
         }
         busy
     }
@@ -349,18 +351,19 @@ impl Inner {
     }
 
     /// Interrupt mode: block in epoll until a message, a timer or a wake fd.
-    fn sleep(&self, now: u64) {
-        let Some(irq) = &self.irq else { return };
+    /// Returns whether it blocked (not when work was already waiting).
+    fn sleep(&self, now: u64) -> bool {
+        let Some(irq) = &self.irq else { return false };
         let mb = &self.shared.mailboxes[self.id.0];
         let deadline = self.pollers.next_deadline();
         if deadline <= now {
-            return;
+            return false;
         }
         mb.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !mb.queue.is_empty() || !self.local.borrow().is_empty() || !self.overflow.borrow().is_empty() {
             mb.sleeping.store(false, Ordering::Relaxed);
-            return;
+            return false;
         }
         if deadline != u64::MAX {
             let _ = irq.timer.arm(clock::ticks_to_duration(deadline - now));
@@ -369,7 +372,7 @@ impl Inner {
         let res = irq.epoll.wait(&mut events, None);
         mb.sleeping.store(false, Ordering::Relaxed);
         if res.is_err() {
-            return;
+            return true;
         }
         for ev in events.iter() {
             match ev.u64 {
@@ -385,6 +388,7 @@ impl Inner {
         if deadline != u64::MAX {
             let _ = irq.timer.disarm();
         }
+        true
     }
 
     /// Release everything this reactor owns (at exit).
@@ -470,6 +474,9 @@ impl Reactor {
         let now = clock::ticks();
         self.inner.stats.last.set(now);
         self.inner.stats.start.set(now);
+        // The loaded-window rule measures from here until the first sleep.
+        self.inner.stats.woke.set(now);
+        self.inner.stats.busy_at_wake.set(0);
         start();
         while !self.inner.exit.get() {
             self.inner.iterate(true);

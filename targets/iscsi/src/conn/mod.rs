@@ -584,7 +584,8 @@ impl Conn {
         }
         let (hd, dd) = {
             let st = self.st.borrow();
-            (st.params.header_digest, st.params.data_digest)
+            let login = matches!(st.phase, Phase::Login(_));
+            (st.params.header_digest && !login, st.params.data_digest && !login)
         };
         h.set_data_len(dlen);
         let mut q = self.tx.borrow_mut();
@@ -597,12 +598,15 @@ impl Conn {
         let mut crc = 0u32;
         while left > 0 {
             let Some((buf, pos)) = src.current() else {
-                // Fewer bytes than the header says: never send a short
-                // PDU (the caller sizes `dlen` from the buffers).
+                // Fewer bytes than the header says (the caller sizes `dlen`
+                // from the buffers, so never): still never a short PDU.
+                debug_assert!(false, "Data-In of {dlen} bytes with {left} missing from its buffers");
                 let zeros = [0u8; 512];
                 let n = left.min(zeros.len());
                 q.bytes().extend_from_slice(&zeros[..n]);
-                crc = crc32c::crc32c_append(crc, &zeros[..n]);
+                if dd {
+                    crc = crc32c::crc32c_append(crc, &zeros[..n]);
+                }
                 left -= n;
                 continue;
             };
@@ -710,6 +714,8 @@ impl Conn {
             g.conns.borrow_mut().remove(&self.token);
         }
         let _ = self.stream.shutdown(Shutdown::Both);
+        // Nothing more is sent: the queued read buffers go back now.
+        self.tx.borrow_mut().clear();
         drop(self.take_slot());
         let (session, writes) = {
             let mut st = self.st.borrow_mut();

@@ -767,6 +767,8 @@ impl Conn {
             s.admin_qpairs = s.admin_qpairs.saturating_sub(1);
         }
         let st = self.st.borrow_mut();
+        // Only a Connect moves a queue pair: no data transfer is under way.
+        debug_assert!(st.direct.is_none(), "a queue pair moved in the middle of H2C data");
         let input = st.rbuf[st.rstart..st.rend].to_vec();
         let output = st.tx.unsent();
         let Ok(stream) = self.stream.try_clone() else {
