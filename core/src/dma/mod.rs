@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use pool::{BufPool, DmaBuf, IobufOptions, PoolStats, iobuf_options, pool, set_iobuf_options};
 pub use region::{Backing, Iova, Region};
-pub use sgl::{copy_from_bufs, copy_to_bufs, extend_from_bufs};
+pub use sgl::{copy_from_bufs, copy_to_bufs, for_each_piece};
 
 /// Maps DMA regions into a device's address space (a VFIO container).
 pub trait DmaMapper: Send + Sync {

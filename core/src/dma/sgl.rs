@@ -25,28 +25,18 @@ pub fn copy_to_bufs(bufs: &mut [DmaBuf], mut off: usize, mut data: &[u8]) -> usi
 
 /// Copy from `bufs`, starting at byte `off` of the list, into `out`. Returns
 /// how many bytes were copied.
-pub fn copy_from_bufs(bufs: &[DmaBuf], mut off: usize, mut out: &mut [u8]) -> usize {
-    let total = out.len();
-    for b in bufs {
-        if out.is_empty() {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(out.len());
-        out[..n].copy_from_slice(&b[off..off + n]);
-        out = &mut out[n..];
-        off = 0;
-    }
-    total - out.len()
+pub fn copy_from_bufs(bufs: &[DmaBuf], off: usize, out: &mut [u8]) -> usize {
+    let mut at = 0;
+    for_each_piece(bufs, off, out.len(), |p| {
+        out[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    })
 }
 
-/// Append `len` bytes of `bufs`, starting at byte `off` of the list, to
-/// `out`. Returns how many bytes were appended (less than `len` when the
-/// list ends first).
-pub fn extend_from_bufs(out: &mut Vec<u8>, bufs: &[DmaBuf], mut off: usize, len: usize) -> usize {
+/// Hand `f` the pieces of `len` bytes of `bufs`, starting at byte `off` of
+/// the list, in order (one per buffer touched). Returns how many bytes they
+/// hold (less than `len` when the list ends first).
+pub fn for_each_piece(bufs: &[DmaBuf], mut off: usize, len: usize, mut f: impl FnMut(&[u8])) -> usize {
     let mut left = len;
     for b in bufs {
         if left == 0 {
@@ -57,7 +47,7 @@ pub fn extend_from_bufs(out: &mut Vec<u8>, bufs: &[DmaBuf], mut off: usize, len:
             continue;
         }
         let n = (b.len() - off).min(left);
-        out.extend_from_slice(&b[off..off + n]);
+        f(&b[off..off + n]);
         left -= n;
         off = 0;
     }
@@ -86,9 +76,9 @@ mod tests {
         assert_eq!(copy_from_bufs(&list, 11, &mut out), 1);
         assert_eq!(copy_from_bufs(&list, 50, &mut out), 0);
         let mut v = vec![0xff];
-        assert_eq!(extend_from_bufs(&mut v, &list, 2, 7), 7);
+        assert_eq!(for_each_piece(&list, 2, 7, |p| v.extend_from_slice(p)), 7);
         assert_eq!(v, [0xff, 3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!(extend_from_bufs(&mut v, &list, 10, 5), 2);
+        assert_eq!(for_each_piece(&list, 10, 5, |p| v.extend_from_slice(p)), 2);
         assert_eq!(v.len(), 10);
     }
 }

@@ -404,19 +404,18 @@ fn a_paused_timed_poller_lets_an_idle_reactor_sleep() {
     assert!(runs_after > 0, "the resumed poller did not run again");
 }
 
+/// One unpinned reactor in interrupt mode with this idle-poll window.
+fn one_irq_reactor(idle_poll: Duration) -> Options {
+    Options { cores: cores_for_test(1), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll }
+}
+
 /// Interrupt mode's idle-poll window: after its last work a reactor keeps
 /// polling for the window (many iterations), then sleeps (a handful).
 #[test]
 fn an_idle_reactor_polls_for_its_window_then_sleeps() {
     let result = Arc::new(Mutex::new(Vec::new()));
     let out = result.clone();
-    let opts = Options {
-        cores: cores_for_test(1),
-        interrupt_mode: true,
-        pin: false,
-        msg_batch: DEFAULT_MSG_BATCH,
-        idle_poll: Duration::from_millis(100),
-    };
+    let opts = one_irq_reactor(Duration::from_millis(100));
     launch(&opts, move || {
         assert_eq!(idle_poll(), Duration::from_millis(100));
         // Probes that do no work (Idle), so they do not restart the window:
@@ -461,13 +460,7 @@ fn a_loaded_reactor_polls_through_the_gaps_a_light_one_sleeps() {
     fn sleeps_while(period_us: u64, work_us: u64) -> (u64, u64) {
         let result = Arc::new(Mutex::new((0, 0)));
         let out = result.clone();
-        let opts = Options {
-            cores: cores_for_test(1),
-            interrupt_mode: true,
-            pin: false,
-            msg_batch: DEFAULT_MSG_BATCH,
-            idle_poll: DEFAULT_IDLE_POLL,
-        };
+        let opts = one_irq_reactor(DEFAULT_IDLE_POLL);
         launch(&opts, move || {
             let start = Instant::now();
             let mut at_20ms = None;

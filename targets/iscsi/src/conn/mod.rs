@@ -539,38 +539,13 @@ impl Conn {
     /// Append a PDU whose `dlen` data bytes `fill` appends to the transmit
     /// buffer (digests and padding are added here).
     pub(crate) fn send_with(self: &Rc<Self>, h: &mut Bhs, dlen: usize, fill: impl FnOnce(&mut Vec<u8>)) {
-        if self.closed.get() {
-            return;
-        }
-        let (hd, dd) = {
-            let st = self.st.borrow();
-            let login = matches!(st.phase, Phase::Login(_));
-            (st.params.header_digest && !login, st.params.data_digest && !login)
-        };
-        h.set_data_len(dlen);
-        let mut q = self.tx.borrow_mut();
-        let was_empty = q.is_empty();
-        let tx = q.bytes();
-        tx.extend_from_slice(h.as_bytes());
-        if hd {
-            tx.extend_from_slice(&pdu::digest(&[h.as_bytes()]).to_le_bytes());
-        }
-        if dlen > 0 {
+        self.queue_pdu(h, dlen, |q, dd| {
+            let tx = q.bytes();
             let start = tx.len();
             fill(tx);
             assert_eq!(tx.len() - start, dlen, "a PDU's data is the length its header says");
-            tx.extend_from_slice(&[0u8; 3][..pdu::pad(dlen)]);
-            if dd {
-                let crc = pdu::digest(&[&tx[start..]]);
-                tx.extend_from_slice(&crc.to_le_bytes());
-            }
-        }
-        drop(q);
-        if was_empty {
-            if let Some(g) = Group::try_get() {
-                g.mark_dirty(self);
-            }
-        }
+            if dd { pdu::digest(&[&tx[start..]]) } else { 0 }
+        });
     }
 
     /// Append a PDU whose `dlen` data bytes are the next ones of `src` (a
@@ -579,6 +554,46 @@ impl Conn {
     /// the PDU ends inside is copied, and the rest of that buffer waits in
     /// `src` for the next PDU. The data digest is computed over the pieces.
     pub(crate) fn send_from_bufs<I: Iterator<Item = DmaBuf>>(self: &Rc<Self>, h: &mut Bhs, dlen: usize, src: &mut BufSource<I>) {
+        self.queue_pdu(h, dlen, |q, dd| {
+            let mut left = dlen;
+            let mut crc = 0u32;
+            while left > 0 {
+                let Some((buf, pos)) = src.current() else {
+                    // Fewer bytes than the header says (the caller sizes
+                    // `dlen` from the buffers, so never): still never a
+                    // short PDU.
+                    debug_assert!(false, "Data-In of {dlen} bytes with {left} missing from its buffers");
+                    let zeros = [0u8; 512];
+                    let n = left.min(zeros.len());
+                    q.bytes().extend_from_slice(&zeros[..n]);
+                    if dd {
+                        crc = crc32c::crc32c_append(crc, &zeros[..n]);
+                    }
+                    left -= n;
+                    continue;
+                };
+                let n = (buf.len() - pos).min(left);
+                if dd {
+                    crc = crc32c::crc32c_append(crc, &buf[pos..pos + n]);
+                }
+                if pos + n == buf.len() {
+                    let buf = src.take();
+                    q.push_buf_at(buf, pos, n);
+                } else {
+                    q.bytes().extend_from_slice(&buf[pos..pos + n]);
+                    src.advance(n);
+                }
+                left -= n;
+            }
+            crc
+        });
+    }
+
+    /// Queue a PDU: its header (and header digest), then `dlen` data bytes
+    /// that `data` queues, returning their CRC32C when data digests are on
+    /// (its second argument), then padding and the data digest. Has the
+    /// group flush the connection this pass.
+    fn queue_pdu(self: &Rc<Self>, h: &mut Bhs, dlen: usize, data: impl FnOnce(&mut TxQueue<DmaBuf>, bool) -> u32) {
         if self.closed.get() {
             return;
         }
@@ -594,40 +609,13 @@ impl Conn {
         if hd {
             q.bytes().extend_from_slice(&pdu::digest(&[h.as_bytes()]).to_le_bytes());
         }
-        let mut left = dlen;
-        let mut crc = 0u32;
-        while left > 0 {
-            let Some((buf, pos)) = src.current() else {
-                // Fewer bytes than the header says (the caller sizes `dlen`
-                // from the buffers, so never): still never a short PDU.
-                debug_assert!(false, "Data-In of {dlen} bytes with {left} missing from its buffers");
-                let zeros = [0u8; 512];
-                let n = left.min(zeros.len());
-                q.bytes().extend_from_slice(&zeros[..n]);
-                if dd {
-                    crc = crc32c::crc32c_append(crc, &zeros[..n]);
-                }
-                left -= n;
-                continue;
-            };
-            let n = (buf.len() - pos).min(left);
+        if dlen > 0 {
+            let crc = data(&mut q, dd);
+            let pad = &[0u8; 3][..pdu::pad(dlen)];
+            q.bytes().extend_from_slice(pad);
             if dd {
-                crc = crc32c::crc32c_append(crc, &buf[pos..pos + n]);
+                q.bytes().extend_from_slice(&crc32c::crc32c_append(crc, pad).to_le_bytes());
             }
-            if pos + n == buf.len() {
-                let buf = src.take();
-                q.push_buf_at(buf, pos, n);
-            } else {
-                q.bytes().extend_from_slice(&buf[pos..pos + n]);
-                src.advance(n);
-            }
-            left -= n;
-        }
-        let pad = &[0u8; 3][..pdu::pad(dlen)];
-        q.bytes().extend_from_slice(pad);
-        if dd && dlen > 0 {
-            crc = crc32c::crc32c_append(crc, pad);
-            q.bytes().extend_from_slice(&crc.to_le_bytes());
         }
         drop(q);
         if was_empty {

@@ -230,24 +230,6 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
     }
 }
 
-/// CRC32C continued over `len` bytes of a buffer list from byte `off`.
-fn crc_bufs(mut crc: u32, bufs: &[DmaBuf], mut off: usize, mut len: usize) -> u32 {
-    for b in bufs {
-        if len == 0 {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let n = (b.len() - off).min(len);
-        crc = crc32c::crc32c_append(crc, &b[off..off + n]);
-        len -= n;
-        off = 0;
-    }
-    crc
-}
-
 /// The socket layer's `max_output_backlog`, read as a connection starts.
 fn output_backlog() -> usize {
     pollux_core::sock::posix_options().max_output_backlog as usize
@@ -395,63 +377,45 @@ impl Conn {
                     self.pause_reading(&mut st);
                     break;
                 }
-                if st.direct.is_some() {
-                    match self.read_direct(&mut st) {
-                        Ok((0, _)) => {
-                            drop(st);
-                            self.close("the host closed the connection");
-                            return;
-                        }
-                        Ok((n, drained)) => {
-                            st.last_rx = Instant::now();
-                            drop(st);
-                            total += n;
-                            self.process();
-                            if drained {
-                                // As below: epoll says when there is more.
-                                break;
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            drop(st);
-                            self.close(&format!("receive failed: {e}"));
-                            return;
-                        }
+                // A direct transfer reads into its buffers; otherwise into
+                // the receive buffer. Either gives (bytes, socket drained).
+                let read = if st.direct.is_some() {
+                    self.read_direct(&mut st)
+                } else {
+                    if st.rstart == st.rend {
+                        st.rstart = 0;
+                        st.rend = 0;
+                    } else if st.rend == st.rbuf.len() {
+                        let (a, b) = (st.rstart, st.rend);
+                        st.rbuf.copy_within(a..b, 0);
+                        st.rend = b - a;
+                        st.rstart = 0;
                     }
-                }
-                if st.rstart == st.rend {
-                    st.rstart = 0;
-                    st.rend = 0;
-                } else if st.rend == st.rbuf.len() {
-                    let (a, b) = (st.rstart, st.rend);
-                    st.rbuf.copy_within(a..b, 0);
-                    st.rend = b - a;
-                    st.rstart = 0;
-                }
-                let end = st.rend;
-                let room = st.rbuf.len() - end;
-                if room == 0 {
-                    // Full of PDUs waiting for request slots: read more
-                    // once completions free some (see `flush`).
-                    self.pause_reading(&mut st);
-                    break;
-                }
-                match (&self.stream).read(&mut st.rbuf[end..]) {
-                    Ok(0) => {
+                    let end = st.rend;
+                    let room = st.rbuf.len() - end;
+                    if room == 0 {
+                        // Full of PDUs waiting for request slots: read more
+                        // once completions free some (see `flush`).
+                        self.pause_reading(&mut st);
+                        break;
+                    }
+                    (&self.stream).read(&mut st.rbuf[end..]).map(|n| {
+                        st.rend += n;
+                        (n, n < room)
+                    })
+                };
+                match read {
+                    Ok((0, _)) => {
                         drop(st);
                         self.close("the host closed the connection");
                         return;
                     }
-                    Ok(n) => {
-                        st.rend += n;
+                    Ok((n, drained)) => {
                         st.last_rx = Instant::now();
                         // A short read drained the socket: handle what came
                         // and let epoll say when there is more (saves the
                         // read that would only return EAGAIN).
-                        if n < room {
+                        if drained {
                             drop(st);
                             self.process();
                             break;
@@ -522,7 +486,8 @@ impl Conn {
         let n = (&self.stream).read_vectored(&mut iov[..n_iov])?;
         let data = n.min(dx.left);
         if dx.digest_left > 0 && data > 0 {
-            dx.crc = crc_bufs(dx.crc, &st.slots[dx.idx as usize].bufs, dx.off, data);
+            let crc = &mut dx.crc;
+            pollux_core::dma::for_each_piece(&st.slots[dx.idx as usize].bufs, dx.off, data, |p| *crc = crc32c::crc32c_append(*crc, p));
         }
         dx.off += data;
         dx.left -= data;
