@@ -129,6 +129,21 @@ impl BdevChannel {
         num_blocks: u64,
         cb: InlineFn<BdevIo>,
     ) {
+        self.submit_with(writable, kind, bufs, false, offset_blocks, num_blocks, cb)
+    }
+
+    /// [`BdevChannel::submit`], for a read that may ask to be lent memory.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit_with(
+        &self,
+        writable: bool,
+        kind: IoType,
+        bufs: impl IntoIterator<Item = DmaBuf>,
+        lend: bool,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: InlineFn<BdevIo>,
+    ) {
         let bdev = &self.bdev;
         let mut slot = self.home.free.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Slot {
@@ -142,6 +157,8 @@ impl BdevChannel {
                 submitted: 0,
                 completed: 0,
                 bounced: None,
+                lend: false,
+                lent: None,
                 home: self.home.clone(),
             })
         });
@@ -150,6 +167,7 @@ impl BdevChannel {
         slot.num_blocks = num_blocks;
         slot.block_size = bdev.block_size;
         slot.bufs.extend(bufs);
+        slot.lend = lend;
         slot.status = IoStatus::Pending;
         slot.cb = Some(cb);
         slot.submitted = reactor::now();
@@ -195,7 +213,12 @@ fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
         Some(end) if end <= bdev.num_blocks && (s.num_blocks > 0 || s.kind == IoType::Flush) => {}
         _ => return IoStatus::OutOfRange,
     }
-    if s.kind.has_data() {
+    if s.lend {
+        // Lent memory: a read with no buffers, to a backend that lends.
+        if s.kind != IoType::Read || !s.bufs.is_empty() || !bdev.backend.lends_reads() {
+            return IoStatus::InvalidBuffer;
+        }
+    } else if s.kind.has_data() {
         let want = s.num_blocks * s.block_size as u64;
         let have: u64 = s.bufs.iter().map(|b| b.len() as u64).sum();
         if want != have {
@@ -212,7 +235,7 @@ fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
 /// copy the data in for writes). The caller's buffers come back at completion.
 #[inline]
 fn bounce_if_needed(bdev: &Bdev, s: &mut Slot) -> Result<(), IoStatus> {
-    if !s.kind.has_data() || (bdev.align == 1 && !bdev.contiguous) {
+    if !s.kind.has_data() || s.lend || (bdev.align == 1 && !bdev.contiguous) {
         return Ok(());
     }
     let (align, contiguous) = (bdev.align, bdev.contiguous);

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
-use crate::dma::DmaBuf;
+use crate::dma::{DmaBuf, Lent};
 use crate::inline_fn::InlineFn;
 
 use super::stats::IoStats;
@@ -117,6 +117,10 @@ pub(crate) struct Slot {
     pub(crate) completed: u64,
     /// Bounce buffer use: the caller's buffers while the backend works on a copy.
     pub(crate) bounced: Option<Vec<DmaBuf>>,
+    /// A read that brought no buffers: the backend lends its memory.
+    pub(crate) lend: bool,
+    /// What the backend lent such a read.
+    pub(crate) lent: Option<Lent>,
     pub(crate) home: Rc<Home>,
 }
 
@@ -238,6 +242,27 @@ impl BdevIo {
         self.slot_mut().bufs = bufs;
     }
 
+    /// Whether this read brought no buffers and takes the backend's memory
+    /// instead ([`Descriptor::read_lend`]): a backend that says it lends
+    /// ([`Backend::lends_reads`]) then calls [`BdevIo::lend`].
+    ///
+    /// [`Descriptor::read_lend`]: super::Descriptor::read_lend
+    /// [`Backend::lends_reads`]: super::Backend::lends_reads
+    pub fn wants_lend(&self) -> bool {
+        self.slot().lend
+    }
+
+    /// Lend the read the data it asked for (backends; the whole request).
+    pub fn lend(&mut self, lent: Lent) {
+        debug_assert!(self.slot().lend && lent.len() as u64 == self.len_bytes());
+        self.slot_mut().lent = Some(lent);
+    }
+
+    /// The memory lent to this read (consumers, after completion).
+    pub fn take_lent(&mut self) -> Option<Lent> {
+        self.slot_mut().lent.take()
+    }
+
     /// Copy `data` into the request's buffers from byte `offset` (backends).
     pub fn copy_in(&mut self, offset: usize, data: &[u8]) {
         crate::dma::copy_to_bufs(&mut self.slot_mut().bufs, offset, data);
@@ -307,6 +332,8 @@ impl Drop for BdevIo {
             }
             s.bufs.clear();
             s.bounced = None;
+            s.lend = false;
+            s.lent = None;
             s.cb = None;
             let home = s.home.clone();
             home.free.borrow_mut().push(s);

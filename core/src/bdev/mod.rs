@@ -55,6 +55,11 @@ pub trait Backend: Send + Sync + 'static {
     fn needs_contiguous(&self) -> bool {
         false
     }
+    /// Whether reads may come without buffers, to be lent the backend's own
+    /// memory ([`Descriptor::read_lend`], [`BdevIo::lend`]): a RAM disk.
+    fn lends_reads(&self) -> bool {
+        false
+    }
     /// Module-specific facts for `bdev_get_bdevs`.
     fn driver_specific(&self) -> Value {
         Value::Object(Default::default())
@@ -192,6 +197,10 @@ impl Bdev {
     pub fn is_removing(&self) -> bool {
         self.removing.load(Ordering::Relaxed)
     }
+    /// Whether reads may be lent the backend's memory ([`Descriptor::read_lend`]).
+    pub fn lends_reads(&self) -> bool {
+        self.backend.lends_reads()
+    }
     /// Required alignment of buffers handed to the backend (the layer
     /// bounces misaligned ones, so consumers only need it for speed).
     pub fn buffer_alignment(&self) -> usize {
@@ -230,6 +239,16 @@ impl Descriptor {
         cb: impl FnOnce(BdevIo) + 'static,
     ) {
         self.submit(ch, IoType::Read, bufs, offset_blocks, num_blocks, cb)
+    }
+
+    /// Read with no buffers: the backend lends its memory, which the
+    /// finished request hands over with [`BdevIo::take_lent`]. Only for a
+    /// bdev whose backend [`lends_reads`](Backend::lends_reads) (others
+    /// fail it with [`IoStatus::InvalidBuffer`]); a consumer asks
+    /// [`Bdev::lends_reads`] first and brings buffers otherwise.
+    pub fn read_lend(&self, ch: &IoChannel<Bdev>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {
+        debug_assert!(Arc::ptr_eq(ch.device(), self.bdev()), "channel of another bdev");
+        ch.submit_with(self.writable(), IoType::Read, None, true, offset_blocks, num_blocks, InlineFn::new(cb));
     }
 
     pub fn write(

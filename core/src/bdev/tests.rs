@@ -279,3 +279,97 @@ fn statistics_count_per_channel_and_a_dropped_request_still_calls_back() {
     });
     assert_eq!((writes, errors, outstanding), (1, 0, 0));
 }
+
+/// Fixed memory a test backend lends.
+struct Shelf(Box<[u8]>);
+
+// SAFETY: a boxed slice that never changes, alive while the value lives.
+unsafe impl crate::dma::LendSource for Shelf {
+    fn base(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+    fn size(&self) -> usize {
+        self.0.len()
+    }
+    fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        dst.copy_from_slice(&self.0[off..off + dst.len()]);
+    }
+}
+
+struct Lender(Arc<Shelf>);
+struct LenderChannel(Arc<Shelf>);
+
+impl Backend for Lender {
+    fn module_name(&self) -> &'static str {
+        "test_lender"
+    }
+    fn product_name(&self) -> &'static str {
+        "Test lending disk"
+    }
+    fn supports(&self, kind: IoType) -> bool {
+        kind == IoType::Read
+    }
+    fn create_channel(&self) -> Box<dyn BackendChannel> {
+        Box::new(LenderChannel(self.0.clone()))
+    }
+    fn lends_reads(&self) -> bool {
+        true
+    }
+}
+
+impl BackendChannel for LenderChannel {
+    fn submit(&self, mut io: BdevIo) {
+        let (off, len) = (io.offset_bytes() as usize, io.len_bytes() as usize);
+        if io.wants_lend() {
+            io.lend(crate::dma::Lent::new(self.0.clone(), off, len));
+        } else {
+            io.copy_in(0, &self.0.0[off..off + len]);
+        }
+        io.complete(IoStatus::Success);
+    }
+}
+
+/// A read that brings no buffers is lent the memory of a backend that
+/// lends (and the same read with buffers gets a copy); a bdev that does
+/// not lend refuses such a read instead of answering without data.
+#[test]
+fn a_read_without_buffers_is_lent_memory_only_by_a_lending_backend() {
+    let h = Harness::new(1);
+    let shelf: Box<[u8]> = (0..64 * 512).map(|i| (i % 253) as u8).collect();
+    let backend: Arc<dyn Backend> = Arc::new(Lender(Arc::new(Shelf(shelf.clone()))));
+    h.on(0, || register(BdevSpec { name: "lender".into(), block_size: 512, num_blocks: 64, uuid: None, backend }).unwrap());
+    make(&h, "ram1", &ram(64, 1, false), 64);
+    type Got = Rc<RefCell<Vec<(IoStatus, Option<Vec<u8>>, Vec<u8>)>>>;
+    let got: Got = Rc::default();
+    let g = got.clone();
+    h.on(0, move || {
+        let cb = |g: &Got| {
+            let g = g.clone();
+            move |mut io: BdevIo| {
+                let lent = io.take_lent().map(|l| {
+                    let mut v = Vec::new();
+                    l.append_to(0, l.len(), &mut v);
+                    v
+                });
+                let bufs = io.take_buffers().iter().flat_map(|b| b.to_vec()).collect();
+                g.borrow_mut().push((io.status(), lent, bufs));
+            }
+        };
+        let d = open("lender", false, |_| {}).unwrap();
+        assert!(d.bdev().lends_reads());
+        let ch = d.channel();
+        d.read_lend(&ch, 3, 2, cb(&g));
+        d.read(&ch, [buf(1024, 0)], 3, 2, cb(&g));
+        let r = open("ram1", false, |_| {}).unwrap();
+        assert!(!r.bdev().lends_reads());
+        let rch = r.channel();
+        r.read_lend(&rch, 0, 1, cb(&g));
+        reactor::set_local(Rc::new((d, ch, r, rch)));
+    });
+    h.run_until_idle(10);
+    let got = got.borrow();
+    let want = shelf[3 * 512..5 * 512].to_vec();
+    assert_eq!(got[0], (IoStatus::Success, Some(want.clone()), vec![]));
+    assert_eq!(got[1], (IoStatus::Success, None, want));
+    assert_eq!(got[2], (IoStatus::InvalidBuffer, None, vec![]));
+}

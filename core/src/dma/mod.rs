@@ -13,12 +13,14 @@
 //! tell the IOVA of a buffer, does not pin, and has no hook to map memory into
 //! an IOMMU. A DMA allocator needs all four, so this one is written on `libc`.
 
+mod lent;
 mod pool;
 mod region;
 pub mod sgl;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use lent::{LendSource, Lent};
 pub use pool::{BufPool, DmaBuf, IobufOptions, PoolStats, iobuf_options, pool, set_iobuf_options};
 pub use region::{Backing, Iova, Region};
 pub use sgl::{copy_from_bufs, copy_to_bufs, for_each_piece};

@@ -26,7 +26,7 @@ mod tx;
 
 pub use listen::{ACCEPT_BACKOFF, Accepted, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};
-pub use tx::{Flushed, TxQueue};
+pub use tx::{Flushed, OutBuf, TxBuf, TxQueue, Writev};
 
 use std::io;
 use std::net::TcpStream;

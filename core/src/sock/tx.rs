@@ -12,7 +12,10 @@
 //! need to make progress.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::dma::{DmaBuf, Lent};
 
 /// Most pieces handed to one `writev` (Linux's UIO_MAXIOV is 1024; a few
 /// dozen already fill a socket buffer).
@@ -34,6 +37,81 @@ impl<B> Seg<B> {
         match self {
             Seg::Bytes(n) | Seg::Buf(_, _, n) => *n,
         }
+    }
+}
+
+/// A buffer a write queue sends from.
+pub trait TxBuf {
+    fn tx_len(&self) -> usize;
+    /// Address of byte `start`, for the kernel to read (`writev`) up to
+    /// `tx_len()`; valid while `self` lives.
+    fn tx_ptr(&self, start: usize) -> *const u8;
+    /// Append `n` bytes from byte `start` to `out`.
+    fn tx_copy(&self, start: usize, n: usize, out: &mut Vec<u8>);
+}
+
+impl<T: AsRef<[u8]>> TxBuf for T {
+    fn tx_len(&self) -> usize {
+        self.as_ref().len()
+    }
+    fn tx_ptr(&self, start: usize) -> *const u8 {
+        self.as_ref()[start..].as_ptr()
+    }
+    fn tx_copy(&self, start: usize, n: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.as_ref()[start..start + n]);
+    }
+}
+
+/// Read data on its way out: a pool buffer the read filled, or memory its
+/// bdev lent (see `dma::Lent`).
+#[derive(Debug)]
+pub enum OutBuf {
+    Dma(DmaBuf),
+    Lent(Lent),
+}
+
+impl OutBuf {
+    /// CRC32C of `n` bytes from byte `start`, continuing `crc`.
+    pub fn crc32c_append(&self, crc: u32, start: usize, n: usize) -> u32 {
+        match self {
+            OutBuf::Dma(b) => crc32c::crc32c_append(crc, &b[start..start + n]),
+            OutBuf::Lent(l) => l.crc32c_append(crc, start, n),
+        }
+    }
+}
+
+impl TxBuf for OutBuf {
+    fn tx_len(&self) -> usize {
+        match self {
+            OutBuf::Dma(b) => b.len(),
+            OutBuf::Lent(l) => l.len(),
+        }
+    }
+    fn tx_ptr(&self, start: usize) -> *const u8 {
+        match self {
+            OutBuf::Dma(b) => b.tx_ptr(start),
+            OutBuf::Lent(l) => l.ptr_at(start),
+        }
+    }
+    fn tx_copy(&self, start: usize, n: usize, out: &mut Vec<u8>) {
+        match self {
+            OutBuf::Dma(b) => b.tx_copy(start, n, out),
+            OutBuf::Lent(l) => l.append_to(start, n, out),
+        }
+    }
+}
+
+/// Where a write queue goes: `writev(2)` on a socket, or a test's sink.
+pub trait Writev {
+    fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize>;
+}
+
+impl<T: AsRawFd> Writev for &T {
+    fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: every iovec points into a buffer the queue holds for the
+        // length of the call (see `TxQueue::flush`); at most MAX_IOV of them.
+        let n = unsafe { libc::writev(self.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 }
 
@@ -66,13 +144,13 @@ pub struct TxQueue<B> {
     spare: Vec<u8>,
 }
 
-impl<B: AsRef<[u8]>> Default for TxQueue<B> {
+impl<B: TxBuf> Default for TxQueue<B> {
     fn default() -> Self {
         Self::with_capacity(0)
     }
 }
 
-impl<B: AsRef<[u8]>> TxQueue<B> {
+impl<B: TxBuf> TxQueue<B> {
     pub fn with_capacity(bytes: usize) -> Self {
         TxQueue {
             bytes: Vec::with_capacity(bytes),
@@ -99,13 +177,13 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
 
     /// Queue `len` bytes of `buf` from byte `start`, as [`TxQueue::push_buf`].
     pub fn push_buf_at(&mut self, buf: B, start: usize, len: usize) {
-        let start = start.min(buf.as_ref().len());
-        let len = len.min(buf.as_ref().len() - start);
+        let start = start.min(buf.tx_len());
+        let len = len.min(buf.tx_len() - start);
         if len == 0 {
             return;
         }
         if self.blocked {
-            self.bytes.extend_from_slice(&buf.as_ref()[start..start + len]);
+            buf.tx_copy(start, len, &mut self.bytes);
             return;
         }
         self.seal();
@@ -145,28 +223,33 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
     /// (the queue keeps what was not written).
     pub fn flush<W>(&mut self, mut out: W) -> io::Result<Flushed>
     where
-        W: Write,
+        W: Writev,
     {
         self.seal();
         while self.queued > 0 {
             let written = {
-                let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+                let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
                 let mut n = 0;
                 let mut pos = self.bytes_pos;
                 for (i, seg) in self.segs.iter().take(MAX_IOV).enumerate() {
                     let skip = if i == 0 { self.head_done } else { 0 };
-                    let piece = match seg {
+                    let (ptr, len) = match seg {
                         Seg::Bytes(len) => {
                             let p = &self.bytes[pos + skip..pos + len];
                             pos += len;
-                            p
+                            (p.as_ptr(), p.len())
                         }
-                        Seg::Buf(b, start, len) => &b.as_ref()[start + skip..start + len],
+                        Seg::Buf(b, start, len) => {
+                            debug_assert!(start + len <= b.tx_len());
+                            (b.tx_ptr(start + skip), len - skip)
+                        }
                     };
-                    iov[n] = IoSlice::new(piece);
+                    // Pointers into `self.bytes` and the queued buffers, which
+                    // nothing touches until the call returns.
+                    iov[n] = libc::iovec { iov_base: ptr as *mut libc::c_void, iov_len: len };
                     n += 1;
                 }
-                out.write_vectored(&iov[..n])
+                out.writev(&iov[..n])
             };
             match written {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the connection took no bytes")),
@@ -225,7 +308,7 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
                     out.extend_from_slice(&self.bytes[pos + skip..pos + len]);
                     pos += len;
                 }
-                Seg::Buf(b, start, len) => out.extend_from_slice(&b.as_ref()[start + skip..start + len]),
+                Seg::Buf(b, start, len) => b.tx_copy(start + skip, len - skip, &mut out),
             }
         }
         // (`flush` sealed the open run: every byte is in a segment.)
@@ -255,7 +338,7 @@ impl<B: AsRef<[u8]>> TxQueue<B> {
                     out.extend_from_slice(&self.bytes[pos + skip..pos + len]);
                     pos += len;
                 }
-                Seg::Buf(b, start, len) => out.extend_from_slice(&b.as_ref()[start + skip..start + len]),
+                Seg::Buf(b, start, len) => b.tx_copy(start + skip, len - skip, &mut out),
             }
         }
         out.extend_from_slice(&self.bytes[self.sealed..]);
@@ -291,18 +374,18 @@ mod tests {
         iovs_seen: usize,
     }
 
-    impl Write for &mut Sink {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(b)])
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    impl Writev for &mut Sink {
+        fn writev(&mut self, bufs: &[libc::iovec]) -> io::Result<usize> {
             self.calls += 1;
             self.iovs_seen = self.iovs_seen.max(bufs.len());
             if self.block_every > 0 && self.calls % self.block_every == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let mut n = 0;
-            for b in bufs {
+            for v in bufs {
+                // SAFETY: the queue's iovecs point into memory it holds
+                // (the tests' buffers are plain vectors) for this call.
+                let b = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
                 let take = b.len().min(self.room - n);
                 self.got.extend_from_slice(&b[..take]);
                 n += take;
@@ -311,9 +394,6 @@ mod tests {
                 }
             }
             Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
         }
     }
 
@@ -378,15 +458,55 @@ mod tests {
         assert!(!q.is_blocked());
     }
 
+    /// Memory lent by a bdev goes out like a buffer: from where it is,
+    /// from any offset, and is copied out (through its lender) and let go
+    /// when the socket is full.
+    #[test]
+    fn lent_memory_goes_out_from_itself_and_is_copied_when_the_socket_is_full() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Shelf(Vec<u8>, Arc<AtomicUsize>);
+        // SAFETY: a vector nobody changes, alive while the value lives.
+        unsafe impl crate::dma::LendSource for Shelf {
+            fn base(&self) -> *const u8 {
+                self.0.as_ptr()
+            }
+            fn size(&self) -> usize {
+                self.0.len()
+            }
+            fn copy_out(&self, off: usize, dst: &mut [u8]) {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                dst.copy_from_slice(&self.0[off..off + dst.len()]);
+            }
+        }
+        let copies = Arc::new(AtomicUsize::new(0));
+        let data: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        let src: Arc<dyn crate::dma::LendSource> = Arc::new(Shelf(data.clone(), copies.clone()));
+        let lent = |off, len| OutBuf::Lent(crate::dma::Lent::new(src.clone(), off, len));
+        let mut q: TxQueue<OutBuf> = TxQueue::default();
+        q.bytes().extend_from_slice(b"hd");
+        q.push_buf_at(lent(100, 400), 50, 300);
+        q.push_buf(lent(0, 1000), 1000);
+        // Two writes from the memory itself, then the socket is full.
+        let mut s = Sink { got: vec![], room: 64, calls: 0, block_every: 3, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        assert_eq!(copies.load(Ordering::Relaxed), 2, "the two unsent pieces were copied out, once each");
+        assert_eq!(Arc::strong_count(&src), 1, "no lent memory is held while the peer does not read");
+        s.block_every = 0;
+        s.room = 1 << 20;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        let mut want = b"hd".to_vec();
+        want.extend_from_slice(&data[150..450]);
+        want.extend_from_slice(&data);
+        assert_eq!(s.got, want);
+    }
+
     #[test]
     fn a_failed_write_is_an_error_and_unsent_keeps_the_rest() {
         struct Broken;
-        impl Write for Broken {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        impl Writev for Broken {
+            fn writev(&mut self, _: &[libc::iovec]) -> io::Result<usize> {
                 Err(io::ErrorKind::BrokenPipe.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
             }
         }
         let mut q: TxQueue<Vec<u8>> = TxQueue::default();

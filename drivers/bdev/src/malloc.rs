@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use pollux_core::app::App;
 use pollux_core::bdev::{self, Backend, BackendChannel, Bdev, BdevIo, BdevSpec, IoStatus, IoType, Uuid};
+use pollux_core::dma::{LendSource, Lent};
 use pollux_core::rpc::{Responder, RpcError, States};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -130,6 +131,21 @@ unsafe fn shared_copy(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+// SAFETY: the mapping is `len` bytes, mapped while the `Malloc` lives
+// (it is unmapped on drop only), and readable throughout (unwritten pages
+// read as zeroes). `copy_out` goes through `read_into`, never a Rust read.
+unsafe impl LendSource for Malloc {
+    fn base(&self) -> *const u8 {
+        self.base()
+    }
+    fn size(&self) -> usize {
+        self.len
+    }
+    fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        self.read_into(off, dst);
+    }
+}
+
 struct MallocBackend {
     disk: Arc<Malloc>,
 }
@@ -146,6 +162,12 @@ impl Backend for MallocBackend {
     }
     fn create_channel(&self) -> Box<dyn BackendChannel> {
         Box::new(MallocChannel { disk: self.disk.clone() })
+    }
+    /// Its memory holds the data already: a read that brings no buffers
+    /// is lent the range (no copy; see `dma::Lent`), as SPDK's malloc bdev
+    /// does.
+    fn lends_reads(&self) -> bool {
+        true
     }
     fn driver_specific(&self) -> Value {
         json!({})
@@ -179,6 +201,11 @@ impl BackendChannel for MallocChannel {
         let mut off = io.offset_bytes() as usize;
         let len = io.len_bytes() as usize;
         let status = match io.kind() {
+            IoType::Read if io.wants_lend() => {
+                let lent = Lent::new(disk.clone(), off, len);
+                io.lend(lent);
+                IoStatus::Success
+            }
             IoType::Read => {
                 for b in io.buffers_mut() {
                     disk.read_into(off, b);

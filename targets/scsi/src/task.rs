@@ -6,7 +6,7 @@
 //! vector), so the I/O path does not allocate. A transport wraps a [`Task`]
 //! in its own command type and hands the box to [`crate::LunPort::execute`].
 
-use pollux_core::dma::DmaBuf;
+use pollux_core::dma::{DmaBuf, Lent};
 
 use crate::sense::{SENSE_MAX, Sense, status};
 
@@ -30,7 +30,11 @@ pub struct Task {
     pub dir: DataDir,
     /// Data-out received (write commands), or data-in produced (reads).
     pub bufs: Vec<DmaBuf>,
-    /// Valid bytes in `bufs`.
+    /// Data-in a bdev lent instead of filling `bufs` (a plain read from a
+    /// RAM disk, see `dma::Lent`): when set, it is the data and `bufs` is
+    /// empty.
+    pub lent: Option<Lent>,
+    /// Valid bytes in `bufs` (or `lent`).
     pub data_len: usize,
     /// Set by the logical unit: the length the command itself asks to
     /// transfer (from its CDB), for the transport's residual count.
@@ -66,6 +70,7 @@ impl Task {
             expected_len: 0,
             dir: DataDir::None,
             bufs: Vec::with_capacity(8),
+            lent: None,
             data_len: 0,
             xfer_len: 0,
             status: status::GOOD,
@@ -83,6 +88,7 @@ impl Task {
         self.expected_len = expected_len;
         self.dir = dir;
         self.bufs.clear();
+        self.lent = None;
         self.data_len = 0;
         self.xfer_len = 0;
         self.status = status::GOOD;
@@ -98,6 +104,7 @@ impl Task {
     /// bytes remain, so a transport never answers with data from them.
     pub fn drop_data(&mut self) {
         self.bufs.clear();
+        self.lent = None;
         self.data_len = 0;
     }
 
@@ -125,6 +132,10 @@ impl Task {
     /// The data-in as one contiguous copy (tests, small control data).
     pub fn data_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.data_len);
+        if let Some(l) = &self.lent {
+            l.append_to(0, self.data_len.min(l.len()), &mut v);
+            return v;
+        }
         let mut left = self.data_len;
         for b in &self.bufs {
             let n = b.len().min(left);

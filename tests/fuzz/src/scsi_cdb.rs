@@ -48,7 +48,7 @@ impl ScsiCommand for Cmd {
 
     fn complete(self: Box<Self>) {
         let t = &self.task;
-        let buf_len = t.bufs.iter().map(|b| b.len()).sum();
+        let buf_len = t.bufs.iter().map(|b| b.len()).sum::<usize>() + t.lent.as_ref().map_or(0, |l| l.len());
         self.done.borrow_mut().push(Finished { status: t.status, sense: t.sense().to_vec(), data_len: t.data_len, buf_len });
     }
 }
@@ -168,7 +168,7 @@ fn check(cdb: &[u8; 16], dir: DataDir, f: &Finished) {
         assert!(f.sense.is_empty(), "CDB {cdb:02x?}: status {:#04x} with sense data", f.status);
     }
     // What a transport sends as data-in (for a read, or a bidirectional
-    // command) is in the buffers.
+    // command) is in the buffers, or in memory the bdev lent.
     if matches!(dir, DataDir::Read | DataDir::Both) {
         assert!(f.data_len <= f.buf_len, "CDB {cdb:02x?}: {} bytes of data-in in {} bytes of buffers", f.data_len, f.buf_len);
     }

@@ -304,27 +304,50 @@ fn answers_held_for_an_initiator_behind_all_arrive() {
     }
 }
 
-/// Data-In goes out from the read's buffers, PDU by PDU: with PDUs that
-/// end inside buffers (MaxRecvDataSegmentLength 5000) and data digests,
-/// every PDU's data and digest are right, for reads of one buffer and of
-/// many.
+/// Data-In goes out from the read's data, PDU by PDU: with PDUs that end
+/// inside buffers (MaxRecvDataSegmentLength 5000) and data digests, every
+/// PDU's data and digest are right, for reads of one buffer and of many;
+/// both from a malloc LUN (its memory lent to the read, no buffers) and
+/// from a LUN whose bdev fills the read's buffers (delay over malloc).
 #[test]
 fn data_in_from_the_buffers_splits_and_digests_right() {
     let port = iscsi_host::free_port();
-    let d = iscsi_host::start("0x1", iscsi_host::config(port, "multi", 16, None));
-    let (mut w, _) = logged_in(port, "iqn.2025-01.io.pollux:writer", 1, &[]);
-    let data = pattern(9, 1 << 20);
-    for (i, chunk) in data.chunks(64 * 1024).enumerate() {
-        assert_eq!(w.write10(i as u32 * 128, chunk), Some(GOOD));
-    }
-    for (digest, mrdsl) in [("CRC32C", "5000"), ("None", "5000"), ("CRC32C", "262144")] {
-        let (mut r, _) = logged_in(port, "iqn.2025-01.io.pollux:reader", 2, &[("DataDigest", digest), ("MaxRecvDataSegmentLength", mrdsl)]);
-        r.data_digest = digest == "CRC32C";
-        for (lba, blocks) in [(0u32, 1u16), (3, 255), (0, 2048), (17, 1900)] {
-            let (st, back) = r.read10(lba, blocks).expect("read");
-            let at = lba as usize * 512;
-            assert_eq!(st, GOOD);
-            assert!(back == data[at..at + blocks as usize * 512], "{digest} {mrdsl}: READ(10) of {blocks} at {lba} differs");
+    let mut cfg = iscsi_host::config(port, "multi", 16, None);
+    cfg["subsystems"][0]["config"].as_array_mut().unwrap().extend([
+        serde_json::json!({"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16 * 2048, "block_size": 512}}),
+        serde_json::json!({"method": "bdev_delay_create", "params": {"name": "Delay1", "base_bdev_name": "Malloc1",
+            "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}}),
+    ]);
+    cfg["subsystems"][1]["config"].as_array_mut().unwrap().push(serde_json::json!({"method": "iscsi_create_target_node",
+        "params": {"name": "copy", "alias_name": "buffers", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+            "luns": [{"bdev_name": "Delay1", "lun_id": 0}], "queue_depth": 64}}));
+    let d = iscsi_host::start("0x1", cfg);
+    let login = |target: &str, initiator: &str, isid: u8, extra: &[(&str, &str)]| {
+        let mut c = RawConn::connect(port);
+        let r = c.login_with(initiator, Some(&target_iqn(target)), isid, 0, 0, extra);
+        assert_eq!((r.opcode(), r.bhs[36], r.bhs[37]), (0x23, 0, 0), "login of {initiator} to {target}");
+        c
+    };
+    for (t, target) in ["multi", "copy"].into_iter().enumerate() {
+        let mut w = login(target, "iqn.2025-01.io.pollux:writer", 1 + 2 * t as u8, &[]);
+        let data = pattern(9 + t as u8, 1 << 20);
+        for (i, chunk) in data.chunks(64 * 1024).enumerate() {
+            assert_eq!(w.write10(i as u32 * 128, chunk), Some(GOOD));
+        }
+        for (digest, mrdsl) in [("CRC32C", "5000"), ("None", "5000"), ("CRC32C", "262144")] {
+            let mut r = login(
+                target,
+                "iqn.2025-01.io.pollux:reader",
+                2 + 2 * t as u8,
+                &[("DataDigest", digest), ("MaxRecvDataSegmentLength", mrdsl)],
+            );
+            r.data_digest = digest == "CRC32C";
+            for (lba, blocks) in [(0u32, 1u16), (3, 255), (0, 2048), (17, 1900)] {
+                let (st, back) = r.read10(lba, blocks).expect("read");
+                let at = lba as usize * 512;
+                assert_eq!(st, GOOD);
+                assert!(back == data[at..at + blocks as usize * 512], "{target} {digest} {mrdsl}: READ(10) of {blocks} at {lba} differs");
+            }
         }
     }
     d.stop();

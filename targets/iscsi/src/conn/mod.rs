@@ -22,9 +22,8 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use pollux_core::dma::DmaBuf;
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sock::{ConnSlot, Flushed, ReadyGroup, TxQueue};
+use pollux_core::sock::{ConnSlot, Flushed, OutBuf, ReadyGroup, TxBuf, TxQueue};
 use pollux_core::sys::Interest;
 use zerocopy::IntoBytes;
 
@@ -95,7 +94,7 @@ pub struct Conn {
     pub(crate) st: RefCell<State>,
     rx: RefCell<Vec<u8>>,
     rx_len: Cell<usize>,
-    tx: RefCell<TxQueue<DmaBuf>>,
+    tx: RefCell<TxQueue<OutBuf>>,
     /// PDUs handled in this turn (see [`PDU_BUDGET`]).
     turn_pdus: Cell<u32>,
     /// Answers queued beyond which further PDUs wait unread (an initiator
@@ -553,7 +552,7 @@ impl Conn {
     /// out from itself, with no copy (see `TxQueue`); the part of a buffer
     /// the PDU ends inside is copied, and the rest of that buffer waits in
     /// `src` for the next PDU. The data digest is computed over the pieces.
-    pub(crate) fn send_from_bufs<I: Iterator<Item = DmaBuf>>(self: &Rc<Self>, h: &mut Bhs, dlen: usize, src: &mut BufSource<I>) {
+    pub(crate) fn send_from_bufs<I: Iterator<Item = OutBuf>>(self: &Rc<Self>, h: &mut Bhs, dlen: usize, src: &mut BufSource<I>) {
         self.queue_pdu(h, dlen, |q, dd| {
             let mut left = dlen;
             let mut crc = 0u32;
@@ -572,15 +571,15 @@ impl Conn {
                     left -= n;
                     continue;
                 };
-                let n = (buf.len() - pos).min(left);
+                let n = (buf.tx_len() - pos).min(left);
                 if dd {
-                    crc = crc32c::crc32c_append(crc, &buf[pos..pos + n]);
+                    crc = buf.crc32c_append(crc, pos, n);
                 }
-                if pos + n == buf.len() {
+                if pos + n == buf.tx_len() {
                     let buf = src.take();
                     q.push_buf_at(buf, pos, n);
                 } else {
-                    q.bytes().extend_from_slice(&buf[pos..pos + n]);
+                    buf.tx_copy(pos, n, q.bytes());
                     src.advance(n);
                 }
                 left -= n;
@@ -593,7 +592,7 @@ impl Conn {
     /// that `data` queues, returning their CRC32C when data digests are on
     /// (its second argument), then padding and the data digest. Has the
     /// group flush the connection this pass.
-    fn queue_pdu(self: &Rc<Self>, h: &mut Bhs, dlen: usize, data: impl FnOnce(&mut TxQueue<DmaBuf>, bool) -> u32) {
+    fn queue_pdu(self: &Rc<Self>, h: &mut Bhs, dlen: usize, data: impl FnOnce(&mut TxQueue<OutBuf>, bool) -> u32) {
         if self.closed.get() {
             return;
         }
@@ -860,21 +859,21 @@ pub(crate) fn describe_all() -> Vec<serde_json::Value> {
 
 /// A read's buffers handed out in order to the Data-In PDUs that carry
 /// them (see `Conn::send_from_bufs`).
-pub(crate) struct BufSource<I: Iterator<Item = DmaBuf>> {
+pub(crate) struct BufSource<I: Iterator<Item = OutBuf>> {
     bufs: I,
-    cur: Option<DmaBuf>,
+    cur: Option<OutBuf>,
     /// Bytes of `cur` already sent.
     pos: usize,
 }
 
-impl<I: Iterator<Item = DmaBuf>> BufSource<I> {
+impl<I: Iterator<Item = OutBuf>> BufSource<I> {
     pub(crate) fn new(bufs: I) -> Self {
         BufSource { bufs, cur: None, pos: 0 }
     }
 
     /// The buffer next to send from, and where in it.
-    fn current(&mut self) -> Option<(&DmaBuf, usize)> {
-        while self.cur.as_ref().is_none_or(|b| self.pos >= b.len()) {
+    fn current(&mut self) -> Option<(&OutBuf, usize)> {
+        while self.cur.as_ref().is_none_or(|b| self.pos >= b.tx_len()) {
             self.cur = Some(self.bufs.next()?);
             self.pos = 0;
         }
@@ -886,7 +885,7 @@ impl<I: Iterator<Item = DmaBuf>> BufSource<I> {
     }
 
     /// The current buffer, to be sent from itself.
-    fn take(&mut self) -> DmaBuf {
+    fn take(&mut self) -> OutBuf {
         self.pos = 0;
         self.cur.take().expect("a current buffer")
     }

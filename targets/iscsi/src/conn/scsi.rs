@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use pollux_core::dma::{self, DmaBuf, copy_to_bufs};
+use pollux_core::sock::OutBuf;
 use pollux_scsi::{DataDir, ScsiCommand, Task, decode_lun};
 
 use super::ffp::Window;
@@ -177,6 +178,7 @@ impl Conn {
     pub(super) fn recycle(self: &Rc<Self>, mut c: Box<IscsiCmd>) {
         c.conn = None;
         c.task.bufs.clear();
+        c.task.lent = None;
         c.r2ts.clear();
         c.allocated = 0;
         if c.charged > 0 {
@@ -524,7 +526,7 @@ impl Conn {
         let edtl = c.edtl as usize;
         // Data-In carries what the command read, up to the EDTL: whatever
         // is not sent is counted in the residual.
-        let have: usize = t.bufs.iter().map(|b| b.len()).sum();
+        let have: usize = t.bufs.iter().map(|b| b.len()).sum::<usize>() + t.lent.as_ref().map_or(0, |l| l.len());
         let send_len = if c.read && good { t.data_len.min(edtl).min(have) } else { 0 };
         let (flags, residual) = data_in_residual(good, c.read, xfer, c.edtl, send_len as u32);
         let p = self.st.borrow().params;
@@ -533,7 +535,10 @@ impl Conn {
             let (status, lun, itt) = (t.status, c.lun_raw, c.itt);
             let layout = DataInLayout::new(send_len, p.max_send_seg as usize, p.max_burst as usize);
             // The buffers go to the socket layer as the PDUs take them.
-            let mut src = BufSource::new(c.task.bufs.drain(..));
+            // Memory the bdev lent (then there are no buffers), or the
+            // buffers the read filled.
+            let lent = c.task.lent.take().map(OutBuf::Lent);
+            let mut src = BufSource::new(lent.into_iter().chain(c.task.bufs.drain(..).map(OutBuf::Dma)));
             for pdu in layout {
                 let mut h = Bhs::new(op::DATA_IN, 0);
                 if pdu.last {
