@@ -114,6 +114,11 @@ pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len:
                 });
                 return None;
             }
+            if kind == IoType::Read && bufs.is_empty() && ns.desc.bdev().lends_reads() {
+                // The transport brought no buffers: the bdev lends its memory.
+                ns.desc.read_lend(&ns.ch, slba, nlb, move |io| finish(io, done));
+                return None;
+            }
             ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish(io, done));
             None
         }

@@ -195,6 +195,47 @@ fn admin_and_io_commands_with_and_without_digests() {
 /// header has come straight into the command's buffers, and must put every
 /// byte where it belongs, check the data digest over the pieces, and find
 /// the next PDU after it.
+/// Reads go out right both from memory a malloc namespace lends them (no
+/// buffers) and from the buffers a non-lending bdev fills (delay over
+/// malloc), with and without data digests (the client checks each one),
+/// in one buffer and in several.
+#[test]
+fn reads_from_lent_memory_and_from_buffers_carry_the_same_data() {
+    let port = free_port();
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 4096, "block_size": BS}},
+            {"method": "bdev_malloc_create", "params": {"name": "M1", "num_blocks": 4096, "block_size": BS}},
+            {"method": "bdev_delay_create", "params": {"name": "D1", "base_bdev_name": "M1", "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "io_unit_size": 8192}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "M0", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "D1", "nsid": 2}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { config: Some(config), ..Default::default() });
+    let data = pattern(7, 1 << 20);
+    for dd in [false, true] {
+        let (_a, cntlid) = Client::admin(port, NQN, 0, dd, dd);
+        let mut q = Client::io(port, NQN, cntlid, 1, dd, dd);
+        for nsid in [1, 2] {
+            for (i, chunk) in data.chunks(128 * 1024).enumerate() {
+                assert!(q.write(nsid, (i * 256) as u64, chunk, BS, false).ok());
+            }
+            for (lba, blocks) in [(0u64, 1u32), (3, 17), (100, 256)] {
+                let (r, back) = q.read(nsid, lba, blocks, BS);
+                let at = lba as usize * BS;
+                assert!(r.ok(), "{r:?}");
+                assert!(back == data[at..at + blocks as usize * BS], "namespace {nsid}, digests {dd}: read of {blocks} at {lba} differs");
+            }
+        }
+    }
+    d.stop();
+}
+
 #[test]
 fn h2c_data_arriving_in_pieces_lands_whole() {
     let port = free_port();

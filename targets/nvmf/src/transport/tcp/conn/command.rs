@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use pollux_core::dma::{self, copy_to_bufs};
 use pollux_core::reactor;
+use pollux_core::sock::{OutBuf, TxBuf};
 use pollux_nvme_spec::cmd::{Command, Completion};
 use zerocopy::FromBytes;
 
@@ -28,6 +29,7 @@ impl Conn {
         slot.received = 0;
         slot.error = None;
         slot.bufs.clear();
+        slot.lent = None;
         let dir = if cmd.opcode == fabrics::OPCODE { nvm::data_dir(raw(cmd)[4]) } else { nvm::data_dir(cmd.opcode) };
         let sgl = cmd.dptr.sgl();
         let len = sgl.length.get();
@@ -81,6 +83,11 @@ impl Conn {
     /// Get buffers for a command's data, then solicit it (writes) or run
     /// the command (reads).
     pub(super) fn start_transfer(&self, st: &mut State, idx: u16) {
+        if Self::lent_read(st, idx) {
+            // The namespace's bdev lends the read its memory: no buffers.
+            st.slots[idx as usize].state = SlotState::Executing;
+            return self.execute(st, idx);
+        }
         let slot = &mut st.slots[idx as usize];
         if !get_buffers(slot, self.opts.io_unit_size) {
             slot.state = SlotState::AwaitBuffer;
@@ -310,7 +317,20 @@ impl Conn {
         slot.state = SlotState::Free;
         slot.generation = slot.generation.wrapping_add(1);
         slot.bufs.clear();
+        slot.lent = None;
         st.free.push(idx);
+    }
+
+    /// Whether a command is a read from a namespace whose bdev lends reads
+    /// its memory (`nvm::execute` then reads with no buffers).
+    fn lent_read(st: &State, idx: u16) -> bool {
+        let slot = &st.slots[idx as usize];
+        match &st.queue {
+            Queue::Io { view, .. } if slot.cmd.opcode == pollux_nvme_spec::cmd::io::READ && slot.dir == DataDir::ControllerToHost => {
+                view.namespace(slot.cmd.nsid.get()).is_some_and(|ns| ns.desc.bdev().lends_reads())
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn next_sq_head(st: &mut State) -> u16 {
@@ -333,11 +353,13 @@ impl Conn {
             // The data goes from the buffers themselves (see `TxQueue`),
             // its digest computed on the way.
             let (mut left, mut crc) = (len, 0u32);
-            for b in st.slots[idx as usize].bufs.drain(..) {
-                let n = b.len().min(left);
+            let slot = &mut st.slots[idx as usize];
+            let lent = slot.lent.take().map(OutBuf::Lent);
+            for b in lent.into_iter().chain(slot.bufs.drain(..).map(OutBuf::Dma)) {
+                let n = b.tx_len().min(left);
                 left -= n;
                 if c2h.data_digest {
-                    crc = crc32c::crc32c_append(crc, &b[..n]);
+                    crc = b.crc32c_append(crc, 0, n);
                 }
                 st.tx.push_buf(b, n);
             }

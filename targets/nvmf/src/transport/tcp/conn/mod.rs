@@ -19,9 +19,9 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::BdevIo;
-use pollux_core::dma::DmaBuf;
+use pollux_core::dma::{DmaBuf, Lent};
 use pollux_core::reactor::{self, ReactorId};
-use pollux_core::sock::{ConnSlot, Flushed, TxQueue};
+use pollux_core::sock::{ConnSlot, Flushed, OutBuf, TxQueue};
 use pollux_nvme_spec::cmd::{Command, Completion};
 
 use super::group::{GroupStats, TcpGroup};
@@ -60,6 +60,9 @@ struct Slot {
     len: u32,
     received: u32,
     bufs: Vec<DmaBuf>,
+    /// A read's data lent by its bdev (a malloc namespace): then `bufs`
+    /// is empty (see `dma::Lent`).
+    lent: Option<Lent>,
     /// A failure found while receiving data, reported once it is all in.
     error: Option<status::Status>,
 }
@@ -74,6 +77,7 @@ impl Slot {
             len: 0,
             received: 0,
             bufs: Vec::with_capacity(4),
+            lent: None,
             error: None,
         }
     }
@@ -144,7 +148,7 @@ struct State {
     /// An H2CData PDU's data being read straight into its buffers.
     direct: Option<DirectRx>,
     /// Output: PDUs, and read data sent from its buffers.
-    tx: TxQueue<DmaBuf>,
+    tx: TxQueue<OutBuf>,
     write_armed: bool,
     queue: Queue,
     qid: u16,
@@ -862,6 +866,7 @@ impl IoSink for Conn {
         }
         if let Some(mut io) = io {
             io.take_buffers_into(&mut slot.bufs);
+            slot.lent = io.take_lent();
         }
         self.respond(&mut st, idx, resp);
         if !st.waiting_buffers.is_empty() {
