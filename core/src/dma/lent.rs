@@ -9,7 +9,9 @@
 //! malloc bdev), so its bytes are read only by the kernel (`writev`, see
 //! `sock::tx`) or through the lender's own copy ([`Lent::copy_to`]). What a
 //! reader sees when a write races it is some mix of old and new data, as
-//! with a real disk.
+//! with a real disk. A transport that protects data with a digest copies
+//! the lent bytes once and computes the digest over that copy (the bytes
+//! could change between two reads of them), so digest and data agree.
 
 use std::fmt;
 use std::sync::Arc;

@@ -25,7 +25,9 @@ use crate::common::{delete_rpc, next_name, reject_unsupported};
 
 /// A malloc bdev's memory and creation parameters.
 pub struct Malloc {
-    map: memmap2::MmapMut,
+    /// Raw: the mapping is shared with every reactor and never seen as a
+    /// Rust slice (an `MmapMut` would make one on each `as_ptr`).
+    map: memmap2::MmapRaw,
     len: usize,
     block_size: u32,
     num_blocks: u64,
@@ -36,7 +38,7 @@ pub struct Malloc {
 // The mapping is only reached through `words`/`bytes` below (atomics).
 impl Malloc {
     fn base(&self) -> *mut u8 {
-        self.map.as_ptr() as *mut u8
+        self.map.as_mut_ptr()
     }
 
     /// The bytes `[off, off+len)` as atomics.
@@ -285,6 +287,7 @@ pub fn create(name: &str, block_size: u32, num_blocks: u64, uuid: Option<Uuid>, 
     unsafe { libc::madvise(map.as_ptr() as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let map = memmap2::MmapRaw::from(map);
     let disk = Arc::new(Malloc { map, len, block_size, num_blocks, optimal_io_boundary, page });
     let spec = BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(MallocBackend { disk }) };
     bdev::register(spec).map_err(RpcError::from)

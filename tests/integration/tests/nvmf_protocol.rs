@@ -190,11 +190,6 @@ fn admin_and_io_commands_with_and_without_digests() {
     d.stop();
 }
 
-/// H2CData whose bytes trickle in (headers split, data in uneven pieces,
-/// digests split) lands whole: the target reads the data of a PDU whose
-/// header has come straight into the command's buffers, and must put every
-/// byte where it belongs, check the data digest over the pieces, and find
-/// the next PDU after it.
 /// Reads go out right both from memory a malloc namespace lends them (no
 /// buffers) and from the buffers a non-lending bdev fills (delay over
 /// malloc), with and without data digests (the client checks each one),
@@ -236,6 +231,11 @@ fn reads_from_lent_memory_and_from_buffers_carry_the_same_data() {
     d.stop();
 }
 
+/// H2CData whose bytes trickle in (headers split, data in uneven pieces,
+/// digests split) lands whole: the target reads the data of a PDU whose
+/// header has come straight into the command's buffers, and must put every
+/// byte where it belongs, check the data digest over the pieces, and find
+/// the next PDU after it.
 #[test]
 fn h2c_data_arriving_in_pieces_lands_whole() {
     let port = free_port();

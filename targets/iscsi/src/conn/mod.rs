@@ -572,15 +572,36 @@ impl Conn {
                     continue;
                 };
                 let n = (buf.tx_len() - pos).min(left);
-                if dd {
-                    crc = buf.crc32c_append(crc, pos, n);
-                }
-                if pos + n == buf.tx_len() {
-                    let buf = src.take();
-                    q.push_buf_at(buf, pos, n);
-                } else {
-                    buf.tx_copy(pos, n, q.bytes());
-                    src.advance(n);
+                let whole = pos + n == buf.tx_len();
+                match buf {
+                    OutBuf::Lent(_) if dd => {
+                        // Lent memory can change under us (another
+                        // initiator writing those blocks): the digest must
+                        // cover the very bytes sent, so they are copied
+                        // once and the CRC is taken over the copy.
+                        let at = q.bytes().len();
+                        buf.tx_copy(pos, n, q.bytes());
+                        crc = crc32c::crc32c_append(crc, &q.bytes()[at..]);
+                        src.advance(n);
+                    }
+                    OutBuf::Lent(l) if !whole => {
+                        // Another reference to the same range: no copy.
+                        let part = OutBuf::Lent(l.clone());
+                        q.push_buf_at(part, pos, n);
+                        src.advance(n);
+                    }
+                    _ => {
+                        if dd {
+                            crc = buf.crc32c_append(crc, pos, n);
+                        }
+                        if whole {
+                            let buf = src.take();
+                            q.push_buf_at(buf, pos, n);
+                        } else {
+                            buf.tx_copy(pos, n, q.bytes());
+                            src.advance(n);
+                        }
+                    }
                 }
                 left -= n;
             }

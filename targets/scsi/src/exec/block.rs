@@ -84,8 +84,14 @@ pub(super) fn read<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
             let t = cmd.task();
             if apply_io_status(t, &io, false) {
                 t.lent = io.take_lent();
-                debug_assert!(t.lent.is_some(), "a lending bdev's read came back without memory");
-                t.data_len = if t.lent.is_some() { len } else { 0 };
+                if t.lent.is_some() {
+                    t.data_len = len;
+                } else {
+                    // A backend that said it lends came back without
+                    // memory: never GOOD without the data.
+                    debug_assert!(false, "a lending bdev's read came back without memory");
+                    t.fail(Sense::new(SenseKey::HardwareError, Asc::INTERNAL_TARGET_FAILURE));
+                }
             }
             cmd.complete();
         });

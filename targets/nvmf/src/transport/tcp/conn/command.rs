@@ -358,6 +358,15 @@ impl Conn {
             for b in lent.into_iter().chain(slot.bufs.drain(..).map(OutBuf::Dma)) {
                 let n = b.tx_len().min(left);
                 left -= n;
+                if c2h.data_digest && matches!(b, OutBuf::Lent(_)) {
+                    // Lent memory can change under us (a write to those
+                    // blocks): the digest must cover the very bytes sent,
+                    // so they are copied once and the CRC taken over them.
+                    let at = st.tx.bytes().len();
+                    b.tx_copy(0, n, st.tx.bytes());
+                    crc = crc32c::crc32c_append(crc, &st.tx.bytes()[at..]);
+                    continue;
+                }
                 if c2h.data_digest {
                     crc = b.crc32c_append(crc, 0, n);
                 }

@@ -779,6 +779,9 @@ impl Conn {
         let me = group.as_ref().and_then(|g| g.remove(self.id));
         let _ = self.stream.shutdown(Shutdown::Both);
         drop(self.slot.take());
+        // Nothing more goes out: what was queued (buffers, lent memory) is
+        // let go now, not when the last command still on a bdev finishes.
+        self.st.borrow_mut().tx.clear();
         let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
         let qid = self.st.borrow().qid;
         match queue {
