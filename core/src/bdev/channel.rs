@@ -28,14 +28,15 @@ impl Deferred {
         if let Some(d) = reactor::local::<Deferred>() {
             return d;
         }
-        let poller = reactor::register_poller("bdev_deferred_completions", || match reactor::local::<Deferred>() {
-            Some(d) => d.run().into(),
-            None => PollStatus::Idle,
-        });
-        let d = Rc::new(Deferred {
-            list: RefCell::new(Vec::with_capacity(256)),
-            spare: RefCell::new(Vec::with_capacity(256)),
-            _poller: poller,
+        // The poller holds the queue weakly (the queue owns the poller) and
+        // so looks nothing up per pass.
+        let d = Rc::new_cyclic(|w: &std::rc::Weak<Deferred>| {
+            let w = w.clone();
+            let poller = reactor::register_poller("bdev_deferred_completions", move || match w.upgrade() {
+                Some(d) => d.run().into(),
+                None => PollStatus::Idle,
+            });
+            Deferred { list: RefCell::new(Vec::with_capacity(256)), spare: RefCell::new(Vec::with_capacity(256)), _poller: poller }
         });
         reactor::set_local(d.clone());
         d

@@ -156,12 +156,15 @@ impl Group {
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
         });
-        let poll = reactor::register_poller("iscsi_conn_group", || match reactor::local::<Group>() {
+        // The pollers hold the group weakly (it owns them): no lookup per pass.
+        let w = Rc::downgrade(&g);
+        let poll = reactor::register_poller("iscsi_conn_group", move || match w.upgrade() {
             Some(g) => g.poll().into(),
             None => PollStatus::Idle,
         });
         poll.add_wake_fd(g.ready.fd(), Interest::READABLE)?;
-        let timer = reactor::register_timed_poller("iscsi_conn_timers", Duration::from_secs(1), || match reactor::local::<Group>() {
+        let w = Rc::downgrade(&g);
+        let timer = reactor::register_timed_poller("iscsi_conn_timers", Duration::from_secs(1), move || match w.upgrade() {
             Some(g) => g.timers().into(),
             None => PollStatus::Idle,
         });
