@@ -99,6 +99,21 @@ impl IoStatus {
     pub fn is_ok(self) -> bool {
         self == IoStatus::Success
     }
+
+    /// The status of a request an NVMe device (local or remote) completed
+    /// with status code type `sct` and code `sc`: aborts, compare failures
+    /// and media errors by their meaning, anything else passed through.
+    pub fn from_nvme(sct: u8, sc: u8) -> IoStatus {
+        match (sct, sc) {
+            (0, 0) => IoStatus::Success,
+            // Command Abort Requested, Aborted due to SQ Deletion.
+            (0, 0x07 | 0x08) => IoStatus::Aborted,
+            // Compare Failure.
+            (2, 0x85) => IoStatus::Miscompare { offset: 0 },
+            (2, _) => IoStatus::Media,
+            _ => IoStatus::Nvme { sct, sc },
+        }
+    }
 }
 
 /// The completion callback: called once, on the submitting reactor.

@@ -14,16 +14,21 @@
 //! change nothing. The `ssl` implementation's options are kept likewise;
 //! Pollux refuses TLS listeners.
 //!
+//! [`connect_start`] and [`connect_result`] are the outgoing side, for hosts
+//! and initiators: a connect that never blocks the reactor.
+//!
 //! `max_output_backlog` is Pollux's own: the bytes of answers queued for one
 //! connection (iSCSI or NVMe/TCP) beyond which its further requests wait
 //! unread, so a client that does not read cannot grow the daemon. It is
 //! shown by `sock_impl_get_options` and written by `save_config` only when
 //! changed (SPDK refuses keys it does not know).
 
+mod connect;
 mod listen;
 mod ready;
 mod tx;
 
+pub use connect::{connect_result, connect_start};
 pub use listen::{ACCEPT_BACKOFF, Accepted, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};
 pub use tx::{Flushed, OutBuf, TxBuf, TxQueue, Writev};

@@ -23,7 +23,7 @@ use pollux_core::bdev::{BdevIo, IoStatus, IoType};
 use pollux_core::clock;
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_nvme_spec::cmd::{Command, DataTransfer, DsmRange, SglDescriptor, io};
-use pollux_nvme_spec::status::{GenericStatus, MediaStatus, Status, StatusCodeType};
+use pollux_nvme_spec::status::Status;
 use zerocopy::IntoBytes;
 
 use crate::controller::{Controller, PAGE_SIZE, State, TimeoutAction};
@@ -773,10 +773,5 @@ impl Inner {
 
 /// The bdev status for a failed NVMe status.
 fn io_status(s: Status) -> IoStatus {
-    match (s.sct(), s.generic(), s.media()) {
-        (_, Some(GenericStatus::AbortRequested | GenericStatus::AbortedSqDeletion), _) => IoStatus::Aborted,
-        (_, _, Some(MediaStatus::CompareFailure)) => IoStatus::Miscompare { offset: 0 },
-        (StatusCodeType::MediaAndDataIntegrity, _, _) => IoStatus::Media,
-        _ => IoStatus::Nvme { sct: s.sct().code(), sc: s.sc() },
-    }
+    IoStatus::from_nvme(s.sct().code(), s.sc())
 }

@@ -32,6 +32,11 @@ fn nvmf_capsule() {
 }
 
 #[test]
+fn nvmf_host_pdu() {
+    replay_common::replay("nvmf_host_pdu");
+}
+
+#[test]
 fn jsonrpc_framing() {
     replay_common::replay("jsonrpc_framing");
 }

@@ -42,9 +42,36 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     assert_eq!(code, -libc::ENODEV, "{msg}");
     assert!(msg.contains("no PCI function 0000:7f:1f.7"), "{msg}");
     // NVMe-oF transports and options Pollux does not implement.
-    let (code, msg) = err(&d, "bdev_nvme_attach_controller", with("trtype", json!("tcp")));
+    let (code, msg) = err(&d, "bdev_nvme_attach_controller", with("trtype", json!("rdma")));
     assert_eq!(code, -libc::EINVAL);
-    assert!(msg.contains("trtype tcp is not supported"), "{msg}");
+    assert!(msg.contains("trtype rdma is not supported"), "{msg}");
+    // TCP (the NVMe-oF host, tests/nvmf_host.rs): what it needs and refuses.
+    let tcp = json!({"name": "Nvme0", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420", "subnqn": "nqn.x"});
+    let tcp_with = |k: &str, v: Value| {
+        let mut p = tcp.clone();
+        if v.is_null() {
+            p.as_object_mut().unwrap().remove(k);
+        } else {
+            p[k] = v;
+        }
+        p
+    };
+    for (k, v, want) in [
+        ("subnqn", Value::Null, "subnqn is required"),
+        ("traddr", json!("0000:00:04.0"), "not an IP address"),
+        ("trsvcid", json!("http"), "not a port"),
+        ("adrfam", json!("ib"), "adrfam ib"),
+        ("hostaddr", json!("nowhere"), "not an IP address"),
+    ] {
+        let (code, msg) = err(&d, "bdev_nvme_attach_controller", tcp_with(k, v));
+        assert_eq!(code, -32602, "{k}: {msg}");
+        assert!(msg.contains(want), "{k}: {msg}");
+    }
+    for (k, v) in [("psk", json!("key")), ("multipath", json!("multipath")), ("prchk_reftag", json!(true)), ("dhchap_key", json!("k"))] {
+        let (code, msg) = err(&d, "bdev_nvme_attach_controller", tcp_with(k, v));
+        assert_eq!(code, -libc::EOPNOTSUPP, "{k}: {msg}");
+        assert!(msg.contains(&format!("'{k}'")), "{msg}");
+    }
     for (k, v) in [
         ("hdgst", json!(true)),
         ("subnqn", json!("nqn.x")),

@@ -43,7 +43,8 @@ pub fn register(app: &mut App) {
     m.register("bdev_nvme_attach_controller", States::RUNTIME, attach);
     m.register("bdev_nvme_detach_controller", States::RUNTIME, detach_rpc);
     m.register("bdev_nvme_get_controllers", States::RUNTIME, |p: GetControllers, r: Responder| {
-        let list = describe_controllers(p.name.as_deref());
+        let mut list = describe_controllers(p.name.as_deref());
+        list.extend(pollux_nvmf_host::bdev::describe_controllers(p.name.as_deref()));
         match p.name {
             Some(n) if list.is_empty() => r.err(RpcError::errno(libc::ENODEV, format!("Controller {n} does not exist"))),
             _ => r.ok(list),
@@ -115,7 +116,7 @@ impl Attach {
             return Err(RpcError::errno(
                 libc::EINVAL,
                 format!(
-                    "trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe); it has no NVMe-oF initiator",
+                    "trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe) and NVMe-oF controllers over TCP",
                     self.trtype
                 ),
             ));
@@ -181,12 +182,131 @@ impl Attach {
     }
 }
 
+/// `trtype` TCP: the NVMe-oF host (`pollux-nvmf-host`).
+fn attach_tcp(p: Attach, r: Responder) {
+    let refuse = |name: &str, why: &str| {
+        RpcError::errno(libc::EOPNOTSUPP, format!("parameter '{name}' is not supported by Pollux's NVMe-oF host yet ({why})"))
+    };
+    let unsupported: [(&str, bool, &str); 9] = [
+        ("prchk_reftag", p.prchk_reftag, "no end-to-end protection information"),
+        ("prchk_guard", p.prchk_guard, "no end-to-end protection information"),
+        ("allow_unrecognized_csi", p.allow_unrecognized_csi, "only the NVM command set"),
+        ("psk", p.psk.is_some(), "no TLS"),
+        ("dhchap_key", p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some(), "no in-band authentication"),
+        ("multipath", p.multipath.as_deref().is_some_and(|m| m != "disable"), "one path per controller"),
+        ("multipath_opts", p.multipath_opts.is_some(), "one path per controller"),
+        ("hostsvcid", p.hostsvcid.is_some(), "the host port is the kernel's choice"),
+        ("disable_sq_flow_control", p.disable_sq_flow_control, "SQ flow control stays on"),
+    ];
+    if let Some((name, _, why)) = unsupported.iter().find(|(_, set, _)| *set) {
+        return r.err(refuse(name, why));
+    }
+    if p.name.is_empty() {
+        return r.err(RpcError::invalid_params("name must not be empty"));
+    }
+    if let Some(f) = &p.adrfam {
+        if !matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6") {
+            return r.err(RpcError::invalid_params(format!("adrfam {f}: TCP takes IPv4 or IPv6")));
+        }
+    }
+    let Some(subnqn) = p.subnqn.clone() else {
+        return r.err(RpcError::invalid_params("subnqn is required for trtype TCP"));
+    };
+    let port = match p.trsvcid.as_deref().unwrap_or("4420").parse::<u16>() {
+        Ok(n) => n,
+        Err(_) => return r.err(RpcError::invalid_params(format!("trsvcid {} is not a port", p.trsvcid.as_deref().unwrap_or_default()))),
+    };
+    let ip = match p.traddr.parse::<std::net::IpAddr>() {
+        Ok(a) => a,
+        Err(_) => return r.err(RpcError::invalid_params(format!("traddr {} is not an IP address", p.traddr))),
+    };
+    let hostaddr = match p.hostaddr.as_deref().map(str::parse::<std::net::IpAddr>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return r.err(RpcError::invalid_params(format!("hostaddr {} is not an IP address", p.hostaddr.as_deref().unwrap_or_default())));
+        }
+    };
+    if p.num_io_queues.is_some_and(|n| n == 0 || n > 65535) {
+        return r.err(RpcError::invalid_params("num_io_queues must be in (0, 65535]"));
+    }
+    if controller(&p.name).is_some() || pollux_nvmf_host::bdev::exists(&p.name) {
+        return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists and multipath is disabled", p.name)));
+    }
+    let mut opts = pollux_nvmf_host::ctrlr::ConnectOptions::new(std::net::SocketAddr::new(ip, port), &subnqn);
+    opts.hostaddr = hostaddr;
+    if let Some(h) = &p.hostnqn {
+        opts.hostnqn = h.clone();
+    }
+    opts.hdgst = p.hdgst;
+    opts.ddgst = p.ddgst;
+    opts.num_io_queues = p.num_io_queues.unwrap_or(0);
+    let o = options::options();
+    if o.keep_alive_timeout_ms != 0 {
+        opts.kato_ms = o.keep_alive_timeout_ms;
+    }
+    if let Some(us) = p.fabrics_connect_timeout_us.filter(|&us| us > 0) {
+        opts.connect_timeout = std::time::Duration::from_micros(us);
+    }
+    // Reconnect policy: the call's values, else bdev_nvme_set_options'.
+    opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
+    opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
+    opts.fast_io_fail_timeout_sec = p.fast_io_fail_timeout_sec.unwrap_or(o.fast_io_fail_timeout_sec);
+    // SPDK's rules for the three.
+    let (loss, delay, fast) = (opts.ctrlr_loss_timeout_sec, opts.reconnect_delay_sec, opts.fast_io_fail_timeout_sec);
+    let bad = if loss < -1 {
+        Some("ctrlr_loss_timeout_sec must be -1 (forever), 0 or a number of seconds")
+    } else if loss == 0 && (delay != 0 || fast != 0) {
+        Some("reconnect_delay_sec and fast_io_fail_timeout_sec need a non-zero ctrlr_loss_timeout_sec")
+    } else if loss != 0 && delay == 0 {
+        Some("reconnect_delay_sec must be above 0 when ctrlr_loss_timeout_sec is not 0")
+    } else if loss > 0 && (i64::from(delay) > i64::from(loss) || i64::from(fast) > i64::from(loss)) {
+        Some("reconnect_delay_sec and fast_io_fail_timeout_sec must not exceed ctrlr_loss_timeout_sec")
+    } else if fast != 0 && fast < delay {
+        Some("fast_io_fail_timeout_sec must not be below reconnect_delay_sec")
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        return r.err(RpcError::invalid_params(why));
+    }
+    let mut config = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "traddr": p.traddr, "trsvcid": port.to_string(), "subnqn": subnqn, "hostnqn": opts.hostnqn,
+        "hdgst": p.hdgst, "ddgst": p.ddgst});
+    for (k, v) in [
+        ("hostaddr", p.hostaddr.clone().map(Value::from)),
+        ("num_io_queues", p.num_io_queues.map(Value::from)),
+        ("max_bdevs", p.max_bdevs.map(Value::from)),
+        ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
+        ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
+        ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            config[k] = v;
+        }
+    }
+    let max_bdevs = p.max_bdevs;
+    let name = p.name.clone();
+    pollux_nvmf_host::bdev::attach(&p.name, opts, config, move |res| match res {
+        Ok(mut names) => {
+            if let Some(max) = max_bdevs {
+                names.truncate(max as usize);
+            }
+            r.ok(names)
+        }
+        Err(e) => r.err(RpcError::errno(e.errno(), format!("cannot attach {name}: {e}"))),
+    });
+}
+
 fn attach(p: Attach, r: Responder) {
+    if p.trtype.eq_ignore_ascii_case("tcp") {
+        return attach_tcp(p, r);
+    }
     let addr = match p.check() {
         Ok(a) => a,
         Err(e) => return r.err(e),
     };
-    if controller(&p.name).is_some() {
+    if controller(&p.name).is_some() || pollux_nvmf_host::bdev::exists(&p.name) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists and multipath is disabled", p.name)));
     }
     if super::controllers().iter().any(|c| c.address() == Some(addr)) {
@@ -228,6 +348,16 @@ struct Detach {
 }
 
 fn detach_rpc(p: Detach, r: Responder) {
+    if controller(&p.name).is_none() && pollux_nvmf_host::bdev::exists(&p.name) {
+        if p.trtype.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("tcp")) {
+            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no {} path", p.name, p.trtype.unwrap_or_default())));
+        }
+        if !pollux_nvmf_host::bdev::attached(&p.name) {
+            return r.err(RpcError::errno(libc::EBUSY, format!("Controller {} is still being attached", p.name)));
+        }
+        let _ = pollux_nvmf_host::bdev::detach(&p.name, move || r.ok(true));
+        return;
+    }
     let Some(c) = controller(&p.name) else {
         return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} does not exist", p.name)));
     };

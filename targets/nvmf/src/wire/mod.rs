@@ -6,16 +6,10 @@
 //! Every structure is `#[repr(C)]` with zerocopy derives, explicit
 //! little-endian fields and a compile-time size check.
 
-pub mod discovery;
-pub mod fabrics;
+pub use pollux_nvme_spec::{discovery, fabrics};
 pub mod identify;
 
-/// Write `text` into a fixed field, NUL padded (NQNs, addresses).
-pub fn set_nul_field(field: &mut [u8], text: &str) {
-    field.fill(0);
-    let n = text.len().min(field.len());
-    field[..n].copy_from_slice(&text.as_bytes()[..n]);
-}
+pub use pollux_nvme_spec::set_nul_field;
 
 /// Write `text` into a fixed field, space padded (serial and model numbers,
 /// transport service ids).

@@ -4,6 +4,7 @@
 
 mod iscsi;
 mod nvmf;
+mod nvmf_host;
 mod rpc;
 mod scsi;
 
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Seed> {
     add("scsi_cdb", scsi::scsi_cdb());
     add("nvmf_tcp_pdu", nvmf::nvmf_tcp_pdu());
     add("nvmf_capsule", nvmf::nvmf_capsule());
+    add("nvmf_host_pdu", nvmf_host::nvmf_host_pdu());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out

@@ -1,0 +1,760 @@
+//! A remote controller: bring-up over the admin queue, the I/O queue of
+//! each reactor, keep alive and shutdown.
+//!
+//! Bring-up, on the reactor that attaches (the main one): TCP connect and
+//! ICReq/ICResp, Fabrics Connect of the admin queue (dynamic controller
+//! id, the keep alive timeout), Property Get CAP and VS, Property Set
+//! CC.EN, Property Get CSTS until RDY, Identify Controller, Set Features
+//! Number of Queues, the active namespace list and Identify Namespace for
+//! each. Each reactor that uses the controller then connects its own I/O
+//! queue (Fabrics Connect with the controller id) when its channel is made;
+//! requests wait until it is up.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use pollux_core::bdev::{BdevIo, IoStatus};
+use pollux_core::io_channel::IoDevice;
+use pollux_core::reactor::{self, ReactorId};
+use pollux_nvme_spec::cmd::{Command, admin};
+use pollux_nvme_spec::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand, property};
+use pollux_nvme_spec::identify::{IdentifyController, IdentifyNamespace, cns};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::HostError;
+use crate::qpair::{AdminDone, Qpair, QpairConfig};
+
+/// Where a controller is and who the host is.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub addr: SocketAddr,
+    pub hostaddr: Option<IpAddr>,
+    pub subnqn: String,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// I/O queues to ask for (0: one per reactor).
+    pub num_io_queues: u32,
+    /// Entries of each I/O queue.
+    pub io_queue_size: u16,
+    /// Keep alive timeout in ms (0: none).
+    pub kato_ms: u32,
+    pub connect_timeout: Duration,
+    /// Largest transfer per command the host makes (MDTS caps it further).
+    pub max_transfer: u32,
+    /// After losing the controller: how long to keep reconnecting before
+    /// deleting it (-1: forever; 0: one attempt), SPDK's
+    /// `ctrlr_loss_timeout_sec`.
+    pub ctrlr_loss_timeout_sec: i32,
+    /// Between reconnect attempts.
+    pub reconnect_delay_sec: u32,
+    /// After this long down, I/O fails instead of waiting (0: it waits
+    /// until the controller is back or deleted).
+    pub fast_io_fail_timeout_sec: u32,
+}
+
+impl ConnectOptions {
+    /// SPDK's defaults: digests off, 128-entry I/O queues, a 10 s keep
+    /// alive timeout, a random host NQN and id.
+    pub fn new(addr: SocketAddr, subnqn: &str) -> ConnectOptions {
+        let id = uuid::Uuid::new_v4();
+        ConnectOptions {
+            addr,
+            hostaddr: None,
+            subnqn: subnqn.to_string(),
+            hostnqn: format!("nqn.2014-08.org.nvmexpress:uuid:{id}"),
+            hostid: *id.as_bytes(),
+            hdgst: false,
+            ddgst: false,
+            num_io_queues: 0,
+            io_queue_size: 128,
+            kato_ms: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            max_transfer: 1 << 20,
+            ctrlr_loss_timeout_sec: 0,
+            reconnect_delay_sec: 0,
+            fast_io_fail_timeout_sec: 0,
+        }
+    }
+}
+
+/// One namespace of a remote controller.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub nsid: u32,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub metadata_size: u16,
+    pub nguid: [u8; 16],
+    pub can_share: bool,
+}
+
+/// A controller that is up: what bring-up learnt, shared by all reactors.
+pub struct Controller {
+    name: String,
+    pub opts: ConnectOptions,
+    /// The controller id of the current association (changes on reconnect).
+    cntlid: AtomicU16,
+    /// Down: I/O waits (parked per reactor) until reconnected.
+    down: AtomicBool,
+    /// Given up on (fast I/O fail or controller loss): I/O fails at once.
+    failing: AtomicBool,
+    pub cap: u64,
+    pub vs: u32,
+    pub id: Box<IdentifyController>,
+    pub namespaces: Vec<Namespace>,
+    /// I/O queues the controller granted.
+    pub io_queues: u16,
+    /// Largest transfer per command (MDTS and the host's cap).
+    pub max_transfer: u32,
+    /// In-capsule data the controller takes on I/O queues.
+    pub in_capsule: u32,
+    /// Which I/O queue ids are in use (index qid - 1).
+    qids: Mutex<Vec<bool>>,
+}
+
+impl Controller {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid.load(Ordering::Relaxed)
+    }
+
+    /// Whether the controller is connected (not being reconnected).
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    /// Mark the controller down (its I/O waits) or up again.
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        if !down {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// I/O fails at once from now until the controller is up again.
+    pub(crate) fn set_failing(&self) {
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cntlid(&self, id: u16) {
+        self.cntlid.store(id, Ordering::Relaxed);
+    }
+
+    pub fn version(&self) -> String {
+        format!("{}.{}", self.vs >> 16, (self.vs >> 8) & 0xff)
+    }
+
+    pub fn supports_write_zeroes(&self) -> bool {
+        self.id.oncs.get() & pollux_nvme_spec::identify::oncs::WRITE_ZEROES != 0
+    }
+
+    pub fn supports_deallocate(&self) -> bool {
+        self.id.oncs.get() & pollux_nvme_spec::identify::oncs::DATASET_MANAGEMENT != 0
+    }
+
+    /// The queue-pair settings of an I/O queue.
+    fn io_config(&self) -> QpairConfig {
+        let depth = self.opts.io_queue_size.min(((self.cap & 0xffff) as u16).saturating_add(1)).max(2) - 1;
+        QpairConfig {
+            addr: self.opts.addr,
+            hostaddr: self.opts.hostaddr,
+            hdgst: self.opts.hdgst,
+            ddgst: self.opts.ddgst,
+            depth,
+            max_transfer: self.max_transfer,
+            in_capsule: self.in_capsule,
+            connect_timeout: self.opts.connect_timeout,
+            cmd_timeout: None,
+            requeue: true,
+        }
+    }
+
+    fn take_qid(&self) -> Option<u16> {
+        let mut q = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        let i = q.iter().position(|used| !used)?;
+        q[i] = true;
+        Some(i as u16 + 1)
+    }
+
+    fn put_qid(&self, qid: u16) {
+        let mut q = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = q.get_mut(usize::from(qid).wrapping_sub(1)) {
+            *u = false;
+        }
+    }
+}
+
+/// A reactor's I/O queue of one controller: its queue pair (replaced on
+/// reconnect, keeping its queue id), and the requests parked while the
+/// controller is down.
+pub struct IoQueue {
+    ctrl: Arc<Controller>,
+    qp: RefCell<Option<Rc<Qpair>>>,
+    parked: RefCell<std::collections::VecDeque<(u32, BdevIo)>>,
+    qid: u16,
+}
+
+impl IoQueue {
+    pub fn qpair(&self) -> Option<Rc<Qpair>> {
+        self.qp.borrow().clone()
+    }
+
+    /// Send a request, or park it while the controller is down.
+    pub fn submit(self: &Rc<Self>, nsid: u32, io: BdevIo) {
+        if self.qid == 0 {
+            return io.complete(IoStatus::NoDevice);
+        }
+        if self.ctrl.failing.load(Ordering::Relaxed) {
+            return io.complete(IoStatus::Failed);
+        }
+        let qp = self.qp.borrow().clone();
+        match qp {
+            Some(qp) if !qp.is_closed() && self.ctrl.is_up() => qp.submit(nsid, io),
+            _ => self.parked.borrow_mut().push_back((nsid, io)),
+        }
+    }
+
+    /// Connect (again) with the controller's current id; parked requests
+    /// go once the Fabrics Connect succeeded.
+    pub(crate) fn connect(self: &Rc<Self>) {
+        if self.qid == 0 {
+            return;
+        }
+        if let Some(old) = self.qp.borrow_mut().take() {
+            old.close();
+        }
+        let cfg = self.ctrl.io_config();
+        let sqsize = cfg.depth;
+        let qid = self.qid;
+        let me = Rc::downgrade(self);
+        let me2 = me.clone();
+        let ctrl = self.ctrl.clone();
+        let qp = Qpair::connect(
+            cfg,
+            qid,
+            move |r| {
+                let Some(q) = me.upgrade() else { return };
+                if r.is_err() {
+                    return; // on_fail says why
+                }
+                let Some(qp) = q.qpair() else { return };
+                let q2 = q.clone();
+                let qp2 = qp.clone();
+                fabrics_connect(&qp, qid, sqsize, 0, ctrl.cntlid(), &ctrl.opts, move |r| match r {
+                    Ok(_) => {
+                        qp2.open_gate();
+                        q2.flush_parked();
+                    }
+                    Err(e) => qp2.fail(e),
+                });
+            },
+            move |e, ios| {
+                let Some(q) = me2.upgrade() else {
+                    for (_, io) in ios {
+                        io.complete(IoStatus::Failed);
+                    }
+                    return;
+                };
+                q.park_front(ios);
+                if q.ctrl.failing.load(Ordering::Relaxed) {
+                    q.fail_parked(IoStatus::Failed);
+                }
+                let name = q.ctrl.name.clone();
+                let why = e.to_string();
+                // The controller's reconnect runs on the main reactor.
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&name, &why));
+            },
+        );
+        match qp {
+            Ok(qp) => *self.qp.borrow_mut() = Some(qp),
+            Err(e) => {
+                tracing::error!("nvmf host {}: I/O queue {qid}: {e}", self.ctrl.name);
+                let name = self.ctrl.name.clone();
+                let why = e.to_string();
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&name, &why));
+            }
+        }
+    }
+
+    /// Close the queue pair (the controller went down): its requests park.
+    pub(crate) fn disconnect(&self) {
+        let qp = self.qp.borrow_mut().take();
+        if let Some(qp) = qp {
+            qp.fail(HostError::Transport(format!("controller {} is reconnecting", self.ctrl.name)));
+        }
+    }
+
+    fn park_front(&self, ios: Vec<(u32, BdevIo)>) {
+        let mut p = self.parked.borrow_mut();
+        for x in ios.into_iter().rev() {
+            p.push_front(x);
+        }
+    }
+
+    fn flush_parked(self: &Rc<Self>) {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        for (nsid, io) in parked {
+            self.submit(nsid, io);
+        }
+    }
+
+    /// Fail what is parked (fast I/O fail, controller lost, detach).
+    pub(crate) fn fail_parked(&self, status: IoStatus) {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        for (_, io) in parked {
+            io.complete(status);
+        }
+    }
+}
+
+impl Drop for IoQueue {
+    fn drop(&mut self) {
+        if let Some(qp) = self.qp.get_mut().take() {
+            qp.close();
+        }
+        for (_, io) in self.parked.get_mut().drain(..) {
+            io.complete(IoStatus::NoDevice);
+        }
+        if self.qid != 0 {
+            self.ctrl.put_qid(self.qid);
+        }
+    }
+}
+
+impl IoDevice for Controller {
+    type Channel = Rc<IoQueue>;
+
+    fn create_channel(self: &Arc<Self>) -> Rc<IoQueue> {
+        let qid = self.take_qid().unwrap_or_else(|| {
+            tracing::error!("nvmf host {}: no I/O queue left for this reactor ({} granted)", self.name, self.io_queues);
+            0
+        });
+        let q = Rc::new(IoQueue { ctrl: self.clone(), qp: RefCell::new(None), parked: RefCell::new(Default::default()), qid });
+        q.connect();
+        q
+    }
+}
+
+/// Send a Fabrics Connect for queue `qid` as the queue pair's first
+/// command; `done` gets the controller id.
+fn fabrics_connect(
+    qp: &Rc<Qpair>,
+    qid: u16,
+    sqsize: u16,
+    kato_ms: u32,
+    cntlid: u16,
+    o: &ConnectOptions,
+    done: impl FnOnce(Result<u16, HostError>) + 'static,
+) {
+    let mut c = ConnectCommand::new_zeroed();
+    c.opcode = fabrics::OPCODE;
+    c.fctype = fabrics::fctype::CONNECT;
+    c.qid = U16::new(qid);
+    c.sqsize = U16::new(sqsize);
+    c.kato = U32::new(kato_ms);
+    let mut d = ConnectData::new_zeroed();
+    d.hostid = o.hostid;
+    d.cntlid = U16::new(cntlid);
+    pollux_nvme_spec::set_nul_field(&mut d.subnqn, &o.subnqn);
+    pollux_nvme_spec::set_nul_field(&mut d.hostnqn, &o.hostnqn);
+    let cmd = Command::read_from_bytes(c.as_bytes()).expect("64 bytes");
+    let (sub, host) = (o.subnqn.clone(), o.hostnqn.clone());
+    qp.admin_first(
+        cmd,
+        d.as_bytes().to_vec(),
+        Box::new(move |r| {
+            done(r.and_then(|a: AdminDone| {
+                let s = a.cqe.status();
+                if s.is_success() {
+                    Ok(a.cqe.result.get() as u16)
+                } else {
+                    Err(HostError::Refused(format!(
+                        "Connect of queue {qid} to {sub} as {host} refused: {}",
+                        connect_status(s, a.cqe.result.get())
+                    )))
+                }
+            }))
+        }),
+    );
+}
+
+/// A failed Connect's status, with the invalid parameter it names.
+fn connect_status(s: pollux_nvme_spec::status::Status, dw0: u32) -> String {
+    let what = match (s.sct().code(), s.sc()) {
+        (1, 0x80) => "incompatible format".to_string(),
+        (1, 0x81) => "controller busy".to_string(),
+        (1, 0x82) => {
+            let (iattr, ipo) = (dw0 >> 16 & 1, dw0 & 0xffff);
+            let field = match (iattr, ipo) {
+                (1, 256) => "SUBNQN (no such subsystem)",
+                (1, 512) => "HOSTNQN (the host is not allowed)",
+                (1, 16) => "CNTLID",
+                (1, _) => "a Connect data field",
+                _ => "a Connect command field",
+            };
+            format!("invalid parameter: {field}")
+        }
+        (1, 0x83) => "restart discovery".into(),
+        (1, 0x84) => "invalid host (the host is not allowed)".into(),
+        _ => String::new(),
+    };
+    if what.is_empty() { s.to_string() } else { format!("{s}: {what}") }
+}
+
+fn property_get(qp: &Qpair, ofst: u32, eight: bool, done: impl FnOnce(Result<u64, HostError>) + 'static) {
+    let mut c = PropertyCommand::new_zeroed();
+    c.opcode = fabrics::OPCODE;
+    c.fctype = fabrics::fctype::PROPERTY_GET;
+    c.attrib = u8::from(eight);
+    c.ofst = U32::new(ofst);
+    let cmd = Command::read_from_bytes(c.as_bytes()).expect("64 bytes");
+    qp.admin(
+        cmd,
+        Vec::new(),
+        false,
+        Box::new(move |r| {
+            done(r.and_then(|a| {
+                if a.cqe.status().is_success() {
+                    Ok(u64::from(a.cqe.result.get()) | u64::from(a.cqe.dw1.get()) << 32)
+                } else {
+                    Err(HostError::Status(format!("Property Get {ofst:#x}"), a.cqe.status()))
+                }
+            }))
+        }),
+    );
+}
+
+fn property_set(qp: &Qpair, ofst: u32, value: u32, done: impl FnOnce(Result<(), HostError>) + 'static) {
+    let mut c = PropertyCommand::new_zeroed();
+    c.opcode = fabrics::OPCODE;
+    c.fctype = fabrics::fctype::PROPERTY_SET;
+    c.ofst = U32::new(ofst);
+    c.value = U64::new(u64::from(value));
+    let cmd = Command::read_from_bytes(c.as_bytes()).expect("64 bytes");
+    qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Property Set").map(|_| ()))));
+}
+
+fn check(r: Result<AdminDone, HostError>, what: &str) -> Result<AdminDone, HostError> {
+    let a = r?;
+    if a.cqe.status().is_success() { Ok(a) } else { Err(HostError::Status(what.to_string(), a.cqe.status())) }
+}
+
+/// Identify with CNS `cns` for `nsid`: 4096 bytes.
+pub fn identify(qp: &Qpair, cns: u8, nsid: u32, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
+    let mut cmd = Command::new(admin::IDENTIFY);
+    cmd.nsid.set(nsid);
+    cmd.cdw10.set(u32::from(cns));
+    qp.admin(cmd, vec![0; 4096], true, Box::new(move |r| done(check(r, "Identify").map(|a| a.data))));
+}
+
+/// A controller brought up, and its admin queue pair.
+pub type Up = (Arc<Controller>, Rc<Qpair>);
+type UpCb = Box<dyn FnOnce(Result<Up, HostError>)>;
+
+/// Everything a bring-up gathers before the controller exists.
+struct Bringup {
+    name: String,
+    /// A reconnect: the controller whose association this renews.
+    existing: Option<Arc<Controller>>,
+    /// Set once up: from then on a failure of the admin queue is a lost
+    /// controller.
+    up: Rc<std::cell::Cell<bool>>,
+    opts: ConnectOptions,
+    qp: Rc<Qpair>,
+    cntlid: u16,
+    cap: u64,
+    vs: u32,
+    id: Option<Box<IdentifyController>>,
+    io_queues: u16,
+    nsids: Vec<u32>,
+    namespaces: Vec<Namespace>,
+    deadline: Instant,
+    done: Option<UpCb>,
+}
+
+type B = Rc<RefCell<Bringup>>;
+
+fn finish(b: &B, r: Result<(), HostError>) {
+    let (done, res) = {
+        let mut s = b.borrow_mut();
+        let Some(done) = s.done.take() else { return };
+        let res = match r {
+            Err(e) => {
+                s.qp.close();
+                Err(e)
+            }
+            Ok(()) if s.existing.is_some() => {
+                let c = s.existing.clone().expect("checked");
+                c.set_cntlid(s.cntlid);
+                s.up.set(true);
+                Ok((c, s.qp.clone()))
+            }
+            Ok(()) => {
+                s.up.set(true);
+                let id = s.id.take().expect("identified");
+                let mdts = id.max_transfer_bytes(4096usize << ((s.cap >> 48) & 0xf)).unwrap_or(usize::MAX);
+                let max_transfer = (mdts.min(s.opts.max_transfer as usize) as u32).max(4096);
+                // IOCCSZ counts 16-byte units of the whole capsule: the
+                // 64-byte command, then the data.
+                let in_capsule = (id.ioccsz.get().saturating_mul(16)).saturating_sub(64).min(max_transfer);
+                let in_capsule = if id.icdoff.get() != 0 { 0 } else { in_capsule };
+                let ctrl = Arc::new(Controller {
+                    name: s.name.clone(),
+                    opts: s.opts.clone(),
+                    cntlid: AtomicU16::new(s.cntlid),
+                    down: AtomicBool::new(false),
+                    failing: AtomicBool::new(false),
+                    cap: s.cap,
+                    vs: s.vs,
+                    id,
+                    namespaces: std::mem::take(&mut s.namespaces),
+                    io_queues: s.io_queues,
+                    max_transfer,
+                    in_capsule,
+                    qids: Mutex::new(vec![false; usize::from(s.io_queues)]),
+                });
+                Ok((ctrl, s.qp.clone()))
+            }
+        };
+        (done, res)
+    };
+    done(res);
+}
+
+/// Bring a remote controller up on this reactor: `done` gets it and its
+/// admin queue pair, or why not. A failure of the admin queue after that
+/// is reported to `crate::bdev::lost`.
+pub fn connect(name: &str, opts: ConnectOptions, num_reactors: usize, done: impl FnOnce(Result<Up, HostError>) + 'static) {
+    bring_up(name, opts, num_reactors, None, done)
+}
+
+/// Connect the admin queue of `ctrl` again (a new association, a new
+/// controller id); its I/O queues reconnect after.
+pub fn reconnect(ctrl: &Arc<Controller>, done: impl FnOnce(Result<Up, HostError>) + 'static) {
+    let want = u32::from(ctrl.io_queues.max(1));
+    let mut opts = ctrl.opts.clone();
+    opts.num_io_queues = want;
+    bring_up(&ctrl.name, opts, want as usize, Some(ctrl.clone()), done)
+}
+
+fn bring_up(
+    name: &str,
+    opts: ConnectOptions,
+    num_reactors: usize,
+    existing: Option<Arc<Controller>>,
+    done: impl FnOnce(Result<Up, HostError>) + 'static,
+) {
+    let cfg = QpairConfig {
+        addr: opts.addr,
+        hostaddr: opts.hostaddr,
+        hdgst: opts.hdgst,
+        ddgst: opts.ddgst,
+        depth: 31,
+        max_transfer: 1 << 16,
+        in_capsule: 8192,
+        connect_timeout: opts.connect_timeout,
+        // A keep alive (or any admin command) unanswered for the keep alive
+        // timeout means the controller is gone.
+        cmd_timeout: Some(Duration::from_millis(if opts.kato_ms == 0 { 10_000 } else { u64::from(opts.kato_ms.max(1000)) })),
+        requeue: false,
+    };
+    let up = Rc::new(std::cell::Cell::new(false));
+    let up2 = up.clone();
+    let lost_name = name.to_string();
+    let slot: Rc<RefCell<Option<B>>> = Rc::new(RefCell::new(None));
+    let s2 = slot.clone();
+    let want_queues = if opts.num_io_queues == 0 { num_reactors as u32 } else { opts.num_io_queues }.clamp(1, 65535);
+    let qp = Qpair::connect(
+        cfg,
+        0,
+        move |r| {
+            let Some(b) = s2.borrow_mut().take() else { return };
+            if let Err(e) = r {
+                return finish(&b, Err(e));
+            }
+            let (qp, opts) = {
+                let s = b.borrow();
+                (s.qp.clone(), s.opts.clone())
+            };
+            let b2 = b.clone();
+            let q2 = qp.clone();
+            fabrics_connect(&q2, 0, 31, opts.kato_ms, fabrics::CNTLID_DYNAMIC, &opts, move |r| match r {
+                Err(e) => finish(&b2, Err(e)),
+                Ok(cntlid) => {
+                    b2.borrow_mut().cntlid = cntlid;
+                    qp.open_gate();
+                    read_cap(b2, want_queues);
+                }
+            });
+        },
+        move |e, _| {
+            if up2.get() {
+                let (n, why) = (lost_name.clone(), e.to_string());
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&n, &why));
+            }
+        },
+    );
+    let qp = match qp {
+        Ok(q) => q,
+        Err(e) => return done(Err(e)),
+    };
+    let b = Rc::new(RefCell::new(Bringup {
+        name: name.to_string(),
+        existing,
+        up,
+        deadline: Instant::now(),
+        opts,
+        qp,
+        cntlid: 0,
+        cap: 0,
+        vs: 0,
+        id: None,
+        io_queues: 0,
+        nsids: Vec::new(),
+        namespaces: Vec::new(),
+        done: Some(Box::new(done)),
+    }));
+    *slot.borrow_mut() = Some(b);
+}
+
+fn qp_of(b: &B) -> Rc<Qpair> {
+    b.borrow().qp.clone()
+}
+
+fn read_cap(b: B, want_queues: u32) {
+    let qp = qp_of(&b);
+    property_get(&qp, property::CAP, true, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(cap) => {
+            b.borrow_mut().cap = cap;
+            let qp = qp_of(&b);
+            property_get(&qp, property::VS, false, move |r| match r {
+                Err(e) => finish(&b, Err(e)),
+                Ok(vs) => {
+                    b.borrow_mut().vs = vs as u32;
+                    enable(b, want_queues);
+                }
+            });
+        }
+    });
+}
+
+fn enable(b: B, want_queues: u32) {
+    let qp = qp_of(&b);
+    // CC: EN, I/O SQ entries 2^6, CQ entries 2^4, NVM command set, 4 KiB pages.
+    let cc = 1 | 6 << 16 | 4 << 20;
+    let to = Duration::from_millis(500 * ((b.borrow().cap >> 24) & 0xff).max(1));
+    b.borrow_mut().deadline = Instant::now() + to;
+    property_set(&qp, property::CC, cc, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(()) => wait_ready(b, want_queues),
+    });
+}
+
+fn wait_ready(b: B, want_queues: u32) {
+    let qp = qp_of(&b);
+    property_get(&qp, property::CSTS, false, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(csts) if csts & 2 != 0 => finish(&b, Err(HostError::Transport("the controller reports a fatal status (CSTS.CFS)".into()))),
+        Ok(csts) if csts & 1 != 0 => identify_ctrlr(b, want_queues),
+        Ok(_) if Instant::now() > b.borrow().deadline => {
+            finish(&b, Err(HostError::Timeout("the controller did not become ready within CAP.TO".into())))
+        }
+        Ok(_) => wait_ready(b, want_queues),
+    });
+}
+
+fn identify_ctrlr(b: B, want_queues: u32) {
+    let qp = qp_of(&b);
+    identify(&qp, cns::CONTROLLER, 0, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(data) => {
+            let mut id = IdentifyController::zeroed_box();
+            id.as_mut_bytes().copy_from_slice(&data[..4096]);
+            b.borrow_mut().id = Some(id);
+            set_queues(b, want_queues);
+        }
+    });
+}
+
+fn set_queues(b: B, want: u32) {
+    let qp = qp_of(&b);
+    let mut cmd = Command::new(admin::SET_FEATURES);
+    cmd.cdw10.set(u32::from(pollux_nvme_spec::cmd::feature::NUMBER_OF_QUEUES));
+    cmd.cdw11.set((want - 1) | (want - 1) << 16);
+    qp.admin(
+        cmd,
+        Vec::new(),
+        false,
+        Box::new(move |r| match check(r, "Set Features (Number of Queues)") {
+            Err(e) => finish(&b, Err(e)),
+            Ok(a) => {
+                let dw0 = a.cqe.result.get();
+                let granted = ((dw0 & 0xffff).min(dw0 >> 16) + 1).min(want);
+                b.borrow_mut().io_queues = granted as u16;
+                ns_list(b);
+            }
+        }),
+    );
+}
+
+fn ns_list(b: B) {
+    let qp = qp_of(&b);
+    identify(&qp, cns::ACTIVE_NAMESPACE_LIST, 0, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(data) => {
+            let ids: Vec<u32> =
+                data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).take_while(|&n| n != 0).collect();
+            b.borrow_mut().nsids = ids;
+            next_ns(b);
+        }
+    });
+}
+
+fn next_ns(b: B) {
+    let nsid = {
+        let s = b.borrow();
+        s.nsids.get(s.namespaces.len()).copied()
+    };
+    let Some(nsid) = nsid else { return finish(&b, Ok(())) };
+    let qp = qp_of(&b);
+    identify(&qp, cns::NAMESPACE, nsid, move |r| match r {
+        Err(e) => finish(&b, Err(e)),
+        Ok(data) => {
+            let ns = IdentifyNamespace::read_from_bytes(&data[..size_of::<IdentifyNamespace>()]).expect("4096 bytes");
+            let f = ns.current_format();
+            b.borrow_mut().namespaces.push(Namespace {
+                nsid,
+                block_size: ns.block_size().unwrap_or(0),
+                num_blocks: ns.nsze.get(),
+                metadata_size: f.ms.get(),
+                nguid: ns.nguid,
+                can_share: ns.nmic & 1 != 0,
+            });
+            next_ns(b);
+        }
+    });
+}
+
+/// Keep Alive on the admin queue.
+pub fn keep_alive(qp: &Qpair, done: impl FnOnce(Result<(), HostError>) + 'static) {
+    let cmd = Command::new(admin::KEEP_ALIVE);
+    qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Keep Alive").map(|_| ()))));
+}
+
+/// Shut the controller down (CC.SHN normal), then `done`.
+pub fn shutdown(qp: &Qpair, done: impl FnOnce(Result<(), HostError>) + 'static) {
+    let cc = 1 | 6 << 16 | 4 << 20 | 1 << 14;
+    property_set(qp, property::CC, cc, done);
+}

@@ -1,0 +1,923 @@
+//! One NVMe/TCP queue pair of the host: a nonblocking connection polled by
+//! its reactor's [`Group`](crate::group::Group), from TCP connect through
+//! ICReq/ICResp to commands and their data.
+//!
+//! Requests take a command identifier (a slot) each; a request that finds
+//! none waits in order. Bdev requests larger than the largest transfer are
+//! split into several commands, completed together. Reads are copied from
+//! C2HData into the request's buffers; writes go in the capsule when they
+//! fit the controller's in-capsule size, otherwise in H2CData PDUs as the
+//! controller's R2Ts ask. Callbacks run with no borrow of the queue pair
+//! held, so they may submit again.
+//!
+//! Any fault (a malformed or unexpected PDU, a C2HTermReq, the connection
+//! closing, a command past its timeout) ends the queue pair: everything
+//! outstanding fails, and the owner hears of it through `on_fail`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, Read as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use pollux_core::bdev::{BdevIo, IoStatus, IoType};
+use pollux_core::sock::{self, Flushed, TxQueue};
+use pollux_nvme_spec::cmd::{Command, Completion, SglDescriptor, SglSubtype, SglType, io as nvm};
+use pollux_nvme_spec::status::Status;
+
+use crate::HostError;
+use crate::group::Group;
+use crate::pdu::{self, CtrlPdu, HostFraming, Parsed};
+
+/// What an admin command brought back.
+#[derive(Debug)]
+pub struct AdminDone {
+    pub cqe: Completion,
+    /// The data buffer: filled by the controller for commands that read.
+    pub data: Vec<u8>,
+}
+
+pub type AdminCb = Box<dyn FnOnce(Result<AdminDone, HostError>)>;
+type ReadyCb = Box<dyn FnOnce(Result<(), HostError>)>;
+/// Told why the queue pair failed, and handed back the bdev requests it
+/// held (when it requeues) to be sent again after a reconnect.
+type FailCb = Box<dyn Fn(&HostError, Vec<(u32, BdevIo)>)>;
+
+/// Largest read into the receive buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per readiness visit before the other connections get a turn.
+const READ_BUDGET: usize = 16;
+
+/// How to build a queue pair.
+#[derive(Clone, Debug)]
+pub struct QpairConfig {
+    pub addr: SocketAddr,
+    pub hostaddr: Option<std::net::IpAddr>,
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// Commands outstanding at most (the queue's size minus one).
+    pub depth: u16,
+    /// Largest command transfer in bytes (MDTS, capped by the host).
+    pub max_transfer: u32,
+    /// Largest in-capsule data of a write (0: none).
+    pub in_capsule: u32,
+    /// Connecting (TCP and ICReq/ICResp) gives up after this.
+    pub connect_timeout: Duration,
+    /// A command outstanding longer than this ends the queue pair (None: no limit).
+    pub cmd_timeout: Option<Duration>,
+    /// On failure, hand bdev requests back to `on_fail` (to be sent again
+    /// once reconnected) instead of failing them.
+    pub requeue: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    IcWait,
+    Ready,
+    Closed,
+}
+
+enum Slot {
+    Free,
+    Admin {
+        data: Vec<u8>,
+        to_host: bool,
+        received: usize,
+        cb: AdminCb,
+        at: Instant,
+        bad: bool,
+    },
+    /// `bad`: data came with a wrong digest; the command fails.
+    Io {
+        parent: u32,
+        off: u64,
+        len: u32,
+        to_host: bool,
+        moved: u32,
+        at: Instant,
+        bad: bool,
+    },
+}
+
+/// A bdev request, split into `pending` commands.
+struct Parent {
+    io: Option<BdevIo>,
+    nsid: u32,
+    pending: u32,
+    status: IoStatus,
+}
+
+enum Waiting {
+    Admin { cmd: Command, data: Vec<u8>, to_host: bool, cb: AdminCb },
+    Io { parent: u32, off: u64, len: u32 },
+}
+
+/// What a command's capsule carries besides the command.
+#[derive(Clone, Copy)]
+enum Capsule {
+    Empty,
+    /// The request's data (a write that fits the in-capsule size).
+    Data,
+    /// A Dataset Management range.
+    Range([u8; 16]),
+}
+
+/// Work to finish once the queue pair is no longer borrowed.
+enum Done {
+    Admin(AdminCb, Result<AdminDone, HostError>),
+    Io(BdevIo, IoStatus),
+    Ready(ReadyCb, Result<(), HostError>),
+    Failed(HostError, Vec<(u32, BdevIo)>),
+}
+
+struct State {
+    phase: Phase,
+    framing: HostFraming,
+    cfg: QpairConfig,
+    rx: Vec<u8>,
+    rx_end: usize,
+    tx: TxQueue<Vec<u8>>,
+    watching_write: bool,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    waiting: VecDeque<Waiting>,
+    parents: Vec<Parent>,
+    free_parents: Vec<u32>,
+    done: Vec<Done>,
+    on_ready: Option<ReadyCb>,
+    on_fail: Option<FailCb>,
+    started: Instant,
+    error: Option<HostError>,
+    /// Until the Fabrics Connect succeeds only it may go out.
+    gated: bool,
+    /// The Connect waiting at the front of a gated queue.
+    allow_one: bool,
+}
+
+pub struct Qpair {
+    token: u64,
+    qid: u16,
+    group: Rc<Group>,
+    stream: TcpStream,
+    st: RefCell<State>,
+}
+
+impl Qpair {
+    /// Start connecting queue `qid` on this reactor; `on_ready` runs once
+    /// the ICResp is in (or the attempt failed), `on_fail` whenever the
+    /// queue pair fails after that.
+    pub fn connect(
+        cfg: QpairConfig,
+        qid: u16,
+        on_ready: impl FnOnce(Result<(), HostError>) + 'static,
+        on_fail: impl Fn(&HostError, Vec<(u32, BdevIo)>) + 'static,
+    ) -> Result<Rc<Qpair>, HostError> {
+        let group = Group::get().map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
+        let stream = sock::connect_start(cfg.addr, cfg.hostaddr).map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
+        let depth = cfg.depth.max(1);
+        let st = State {
+            phase: Phase::Connecting,
+            framing: HostFraming::initial(cfg.max_transfer.max(4096)),
+            rx: vec![0; READ_CHUNK],
+            rx_end: 0,
+            tx: TxQueue::with_capacity(64 * 1024),
+            watching_write: true,
+            slots: (0..depth).map(|_| Slot::Free).collect(),
+            free: (0..depth).rev().collect(),
+            waiting: VecDeque::with_capacity(usize::from(depth) * 2),
+            parents: Vec::with_capacity(usize::from(depth)),
+            free_parents: Vec::with_capacity(usize::from(depth)),
+            done: Vec::with_capacity(usize::from(depth)),
+            on_ready: Some(Box::new(on_ready)),
+            on_fail: Some(Box::new(on_fail)),
+            started: Instant::now(),
+            error: None,
+            gated: true,
+            allow_one: false,
+            cfg,
+        };
+        let token = group.next_token();
+        let qp = Rc::new(Qpair { token, qid, group: group.clone(), stream, st: RefCell::new(st) });
+        group.add(&qp, qp.stream.as_raw_fd(), token).map_err(|e| HostError::Connect(qp.peer(), e.to_string()))?;
+        Ok(qp)
+    }
+
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    pub(crate) fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    fn peer(&self) -> String {
+        self.st.try_borrow().map(|s| s.cfg.addr.to_string()).unwrap_or_default()
+    }
+
+    /// Whether the queue pair takes commands (connected, not failed).
+    pub fn is_ready(&self) -> bool {
+        self.st.borrow().phase == Phase::Ready
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.st.borrow().phase == Phase::Closed
+    }
+
+    /// Why the queue pair failed, if it did.
+    pub fn error(&self) -> Option<HostError> {
+        self.st.borrow().error.clone()
+    }
+
+    /// Commands outstanding or waiting.
+    pub fn outstanding(&self) -> usize {
+        let st = self.st.borrow();
+        st.slots.len() - st.free.len() + st.waiting.len()
+    }
+
+    /// Submit an admin (or Fabrics) command. `data`: the buffer to send
+    /// (`to_host` false) or to fill (`to_host` true, its length is the
+    /// transfer's). Sent data goes in the capsule.
+    pub fn admin(&self, cmd: Command, data: Vec<u8>, to_host: bool, cb: AdminCb) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed {
+                let e = st.error.clone().unwrap_or(HostError::Closed);
+                drop(st);
+                return cb(Err(e));
+            }
+            st.waiting.push_back(Waiting::Admin { cmd, data, to_host, cb });
+            if st.phase == Phase::Ready {
+                st.issue_waiting();
+            }
+        }
+        self.kick();
+    }
+
+    /// Submit the Fabrics Connect: the first command, which goes out
+    /// ahead of anything waiting for the queue to open.
+    pub fn admin_first(&self, cmd: Command, data: Vec<u8>, cb: AdminCb) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed {
+                let e = st.error.clone().unwrap_or(HostError::Closed);
+                drop(st);
+                return cb(Err(e));
+            }
+            st.waiting.push_front(Waiting::Admin { cmd, data, to_host: false, cb });
+            st.allow_one = true;
+            if st.phase == Phase::Ready {
+                st.issue_waiting();
+            }
+        }
+        self.kick();
+    }
+
+    /// The Connect succeeded: let everything else through.
+    pub fn open_gate(&self) {
+        {
+            let mut st = self.st.borrow_mut();
+            st.gated = false;
+            if st.phase == Phase::Ready {
+                st.issue_waiting();
+            }
+        }
+        self.kick();
+    }
+
+    /// Submit a bdev request to namespace `nsid`.
+    pub fn submit(&self, nsid: u32, io: BdevIo) {
+        let mut st = self.st.borrow_mut();
+        if st.phase == Phase::Closed {
+            drop(st);
+            return io.complete(IoStatus::NoDevice);
+        }
+        let kind = io.kind();
+        let bs = u64::from(io.block_size());
+        let total = io.len_bytes();
+        let chunk = match kind {
+            IoType::Read | IoType::Write | IoType::Compare => u64::from(st.cfg.max_transfer).min(65536 * bs) / bs * bs,
+            // One command each: no data moves (Write Zeroes: NLB is 16 bits;
+            // Deallocate: one range of up to 2^32-1 blocks).
+            IoType::WriteZeroes => 65536 * bs,
+            IoType::Unmap => u64::from(u32::MAX) * bs,
+            IoType::Flush | IoType::Reset => total.max(1),
+        };
+        let pieces = if matches!(kind, IoType::Flush | IoType::Reset) { 1 } else { total.div_ceil(chunk.max(1)) };
+        let parent = Parent { io: Some(io), nsid, pending: pieces as u32, status: IoStatus::Success };
+        let p = match st.free_parents.pop() {
+            Some(i) => {
+                st.parents[i as usize] = parent;
+                i
+            }
+            None => {
+                st.parents.push(parent);
+                (st.parents.len() - 1) as u32
+            }
+        };
+        let mut off = 0;
+        for _ in 0..pieces {
+            let len = chunk.min(total - off);
+            st.waiting.push_back(Waiting::Io { parent: p, off, len: len as u32 });
+            off += len;
+        }
+        if st.phase == Phase::Ready {
+            st.issue_waiting();
+        }
+        drop(st);
+        self.kick();
+    }
+
+    /// Queue output is flushed by the group's next pass (which this wakes).
+    fn kick(&self) {
+        self.group.mark_dirty(self.token);
+    }
+
+    /// Write what is queued (the group's pass).
+    pub(crate) fn flush(&self) {
+        let r = {
+            let mut st = self.st.borrow_mut();
+            if matches!(st.phase, Phase::Connecting | Phase::Closed) {
+                return;
+            }
+            match st.tx.flush(&self.stream) {
+                Ok(Flushed::All) => {
+                    if st.watching_write {
+                        st.watching_write = false;
+                        let _ = self.group.watch(self.fd(), self.token, true, false);
+                    }
+                    Ok(())
+                }
+                Ok(Flushed::Blocked) => {
+                    if !st.watching_write {
+                        st.watching_write = true;
+                        let _ = self.group.watch(self.fd(), self.token, true, true);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(HostError::Transport(format!("sending to {}: {e}", st.cfg.addr))),
+            }
+        };
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+
+    /// The group saw this connection ready.
+    pub(crate) fn on_event(self: &Rc<Self>, readable: bool, writable: bool, hangup: bool) {
+        let phase = self.st.borrow().phase;
+        match phase {
+            Phase::Closed => {}
+            Phase::Connecting => {
+                if writable || hangup {
+                    self.connected();
+                }
+            }
+            _ => {
+                if readable {
+                    self.on_readable();
+                }
+                if writable {
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    fn connected(&self) {
+        let r = {
+            let mut st = self.st.borrow_mut();
+            match sock::connect_result(&self.stream) {
+                Ok(()) => {
+                    st.phase = Phase::IcWait;
+                    let (hd, dd) = (st.cfg.hdgst, st.cfg.ddgst);
+                    pdu::ic_req(st.tx.bytes(), hd, dd);
+                    Ok(())
+                }
+                Err(e) => Err(HostError::Connect(st.cfg.addr.to_string(), e.to_string())),
+            }
+        };
+        match r {
+            Ok(()) => {
+                let _ = self.group.watch(self.fd(), self.token, true, false);
+                self.st.borrow_mut().watching_write = false;
+                self.flush();
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn on_readable(&self) {
+        for _ in 0..READ_BUDGET {
+            let n = {
+                let mut st = self.st.borrow_mut();
+                let st = &mut *st;
+                if st.phase == Phase::Closed {
+                    return;
+                }
+                let cap = st.framing.max_pdu_len().max(READ_CHUNK);
+                if st.rx.len() - st.rx_end < READ_CHUNK.min(cap - st.rx_end).max(1) {
+                    let want = (st.rx_end + READ_CHUNK).min(cap);
+                    if want > st.rx.len() {
+                        st.rx.resize(want, 0);
+                    }
+                }
+                if st.rx_end == st.rx.len() {
+                    // Unreachable by the parser's bound; refuse rather than grow.
+                    Err(HostError::Transport("receive buffer full without a whole PDU".into()))
+                } else {
+                    let end = st.rx_end;
+                    match (&self.stream).read(&mut st.rx[end..]) {
+                        Ok(0) => Err(HostError::Transport(format!("{} closed the connection", st.cfg.addr))),
+                        Ok(n) => {
+                            st.rx_end += n;
+                            Ok(n)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+                        Err(e) => Err(HostError::Transport(format!("receiving from {}: {e}", st.cfg.addr))),
+                    }
+                }
+            };
+            match n {
+                Ok(_) => {
+                    if let Err(e) = self.process() {
+                        return self.fail(e);
+                    }
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+        // Budget spent with input possibly left: come back next pass.
+        self.group.again(self.token);
+    }
+
+    /// Handle every whole PDU in the receive buffer, then run what they
+    /// completed.
+    fn process(&self) -> Result<(), HostError> {
+        let done = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let rx = std::mem::take(&mut st.rx);
+            let mut done = std::mem::take(&mut st.done);
+            let mut pos = 0;
+            let mut res = Ok(());
+            while pos < st.rx_end {
+                match pdu::parse(&rx[pos..st.rx_end], &st.framing) {
+                    Ok(Parsed::Pdu(p, n)) => {
+                        if let Err(e) = st.handle(p, &mut done) {
+                            res = Err(e);
+                            break;
+                        }
+                        pos += n;
+                    }
+                    Ok(Parsed::Need(_)) => break,
+                    Err(f) => {
+                        // Tell the controller why, then end.
+                        let end = st.rx_end;
+                        pdu::h2c_term_req(st.tx.bytes(), f.fes, f.fei, &rx[pos..end]);
+                        let _ = st.tx.flush(&self.stream);
+                        res = Err(HostError::Transport(format!("from {}: {f}", st.cfg.addr)));
+                        break;
+                    }
+                }
+            }
+            let mut rx = rx;
+            rx.copy_within(pos..st.rx_end, 0);
+            st.rx_end -= pos;
+            st.rx = rx;
+            if res.is_ok() {
+                st.issue_waiting();
+            }
+            res?;
+            (done, !st.tx.is_empty())
+        };
+        let (mut done, output) = done;
+        let any = output || !done.is_empty();
+        self.run(&mut done);
+        self.st.borrow_mut().done = done;
+        if any {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    fn run(&self, done: &mut Vec<Done>) {
+        for d in done.drain(..) {
+            match d {
+                Done::Admin(cb, r) => cb(r),
+                Done::Io(io, s) => io.complete(s),
+                Done::Ready(cb, r) => cb(r),
+                Done::Failed(e, ios) => {
+                    let f = self.st.borrow_mut().on_fail.take();
+                    match f {
+                        Some(f) => f(&e, ios),
+                        None => {
+                            for (_, io) in ios {
+                                io.complete(IoStatus::Failed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// End the queue pair: close the connection, fail everything
+    /// outstanding, tell the owner.
+    pub fn fail(&self, e: HostError) {
+        let mut done = {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed {
+                return;
+            }
+            tracing::warn!("nvmf host: queue {} to {}: {e}", self.qid, st.cfg.addr);
+            let requeue = st.cfg.requeue;
+            st.close_all(e.clone(), requeue)
+        };
+        self.group.remove(self.fd(), self.token);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.run(&mut done);
+    }
+
+    /// Close without an error (detach): outstanding work fails as closed.
+    pub fn close(&self) {
+        let mut done = {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed {
+                return;
+            }
+            let _ = st.tx.flush(&self.stream);
+            st.on_fail = None;
+            st.close_all(HostError::Closed, false)
+        };
+        self.group.remove(self.fd(), self.token);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.run(&mut done);
+    }
+
+    /// The group's timer: connecting too long, or a command past its timeout.
+    pub(crate) fn check_timeouts(&self, now: Instant) {
+        let why = {
+            let st = self.st.borrow();
+            match st.phase {
+                Phase::Closed => None,
+                Phase::Connecting | Phase::IcWait if now.duration_since(st.started) > st.cfg.connect_timeout => {
+                    Some(HostError::Timeout(format!("connecting to {}", st.cfg.addr)))
+                }
+                _ => st.cfg.cmd_timeout.and_then(|t| {
+                    st.slots.iter().find_map(|s| match s {
+                        Slot::Admin { at, .. } | Slot::Io { at, .. } if now.duration_since(*at) > t => {
+                            Some(HostError::Timeout(format!("a command to {} outstanding over {} ms", st.cfg.addr, t.as_millis())))
+                        }
+                        _ => None,
+                    })
+                }),
+            }
+        };
+        if let Some(e) = why {
+            self.fail(e);
+        }
+    }
+}
+
+impl Drop for Qpair {
+    fn drop(&mut self) {
+        let st = self.st.get_mut();
+        if st.phase != Phase::Closed {
+            st.phase = Phase::Closed;
+            self.group.remove(self.stream.as_raw_fd(), self.token);
+        }
+    }
+}
+
+impl State {
+    /// End everything: admin callbacks get the error; bdev requests fail,
+    /// or with `requeue` go back to the owner whole (a request split in
+    /// several commands is sent again entirely: reads and writes of the
+    /// same blocks may be repeated).
+    fn close_all(&mut self, e: HostError, requeue: bool) -> Vec<Done> {
+        self.phase = Phase::Closed;
+        self.error = Some(e.clone());
+        self.tx.clear();
+        let mut done = std::mem::take(&mut self.done);
+        if let Some(cb) = self.on_ready.take() {
+            done.push(Done::Ready(cb, Err(e.clone())));
+        }
+        for i in 0..self.slots.len() {
+            if let Slot::Admin { cb, .. } = std::mem::replace(&mut self.slots[i], Slot::Free) {
+                done.push(Done::Admin(cb, Err(e.clone())));
+            }
+        }
+        while let Some(w) = self.waiting.pop_front() {
+            if let Waiting::Admin { cb, .. } = w {
+                done.push(Done::Admin(cb, Err(e.clone())));
+            }
+        }
+        let mut ios = Vec::new();
+        for p in self.parents.iter_mut() {
+            if let Some(io) = p.io.take() {
+                if requeue {
+                    ios.push((p.nsid, io));
+                } else {
+                    done.push(Done::Io(io, IoStatus::Failed));
+                }
+            }
+        }
+        self.parents.clear();
+        self.free_parents.clear();
+        done.push(Done::Failed(e, ios));
+        done
+    }
+
+    fn piece_done(&mut self, parent: u32, status: IoStatus, done: &mut Vec<Done>) {
+        let p = &mut self.parents[parent as usize];
+        if !status.is_ok() && p.status.is_ok() {
+            p.status = status;
+        }
+        p.pending -= 1;
+        if p.pending == 0 {
+            if let Some(io) = p.io.take() {
+                done.push(Done::Io(io, p.status));
+            }
+            self.free_parents.push(parent);
+        }
+    }
+
+    /// Give waiting requests the free command identifiers.
+    fn issue_waiting(&mut self) {
+        while !self.free.is_empty() {
+            if self.gated {
+                if !self.allow_one {
+                    return;
+                }
+                self.allow_one = false;
+            }
+            let Some(w) = self.waiting.pop_front() else { return };
+            let cid = self.free.pop().expect("checked");
+            match w {
+                Waiting::Admin { mut cmd, data, to_host, cb } => {
+                    cmd.cid.set(cid);
+                    let len = data.len();
+                    // Fabrics commands always describe their data with an SGL
+                    // (PSDT 01b), a null one when there is none (nvmet refuses
+                    // anything else).
+                    let sgl = if to_host || len == 0 {
+                        SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, len as u32)
+                    } else {
+                        SglDescriptor::new(SglType::DataBlock, SglSubtype::Offset, 0, len as u32)
+                    };
+                    cmd.flags |= pollux_nvme_spec::cmd::flags::PSDT_SGL;
+                    cmd.dptr.set_sgl(sgl);
+                    let f = self.framing;
+                    let out = self.tx.bytes();
+                    if to_host || len == 0 {
+                        pdu::capsule_cmd(out, &cmd, 0, &f);
+                    } else {
+                        pdu::capsule_cmd(out, &cmd, len, &f);
+                        let start = out.len();
+                        out.extend_from_slice(&data);
+                        if f.ddgst {
+                            pdu::data_digest(out, start);
+                        }
+                    }
+                    self.slots[cid as usize] = Slot::Admin { data, to_host, received: 0, cb, at: Instant::now(), bad: false };
+                }
+                Waiting::Io { parent, off, len } => {
+                    let (cmd, to_host, capsule) = self.io_command(cid, parent, off, len);
+                    let f = self.framing;
+                    let io = self.parents[parent as usize].io.as_ref().expect("live request");
+                    let out = self.tx.bytes();
+                    match capsule {
+                        Capsule::Empty => pdu::capsule_cmd(out, &cmd, 0, &f),
+                        Capsule::Data => {
+                            pdu::capsule_cmd(out, &cmd, len as usize, &f);
+                            let start = out.len();
+                            out.resize(start + len as usize, 0);
+                            io.copy_out(off as usize, &mut out[start..]);
+                            if f.ddgst {
+                                pdu::data_digest(out, start);
+                            }
+                        }
+                        Capsule::Range(range) => {
+                            pdu::capsule_cmd(out, &cmd, range.len(), &f);
+                            let start = out.len();
+                            out.extend_from_slice(&range);
+                            if f.ddgst {
+                                pdu::data_digest(out, start);
+                            }
+                        }
+                    }
+                    // Written data in the capsule has moved already; a
+                    // write without it waits for R2Ts.
+                    let moved = if matches!(capsule, Capsule::Data) { len } else { 0 };
+                    self.slots[cid as usize] = Slot::Io { parent, off, len, to_host, moved, at: Instant::now(), bad: false };
+                }
+            }
+        }
+    }
+
+    /// The NVMe command for `len` bytes at `off` of a request, whether
+    /// data comes back, and what goes in the capsule.
+    fn io_command(&self, cid: u16, parent: u32, off: u64, len: u32) -> (Command, bool, Capsule) {
+        let p = &self.parents[parent as usize];
+        let io = p.io.as_ref().expect("live request");
+        let bs = u64::from(io.block_size());
+        let slba = io.offset_blocks() + off / bs;
+        let blocks = u64::from(len) / bs;
+        let opcode = match io.kind() {
+            IoType::Read => nvm::READ,
+            IoType::Write => nvm::WRITE,
+            IoType::Compare => nvm::COMPARE,
+            IoType::WriteZeroes => nvm::WRITE_ZEROES,
+            IoType::Unmap => nvm::DATASET_MANAGEMENT,
+            IoType::Flush | IoType::Reset => nvm::FLUSH,
+        };
+        let mut cmd = Command::new(opcode);
+        cmd.cid.set(cid);
+        cmd.nsid.set(p.nsid);
+        // A null SGL unless the command moves data (see `issue_waiting`).
+        cmd.flags |= pollux_nvme_spec::cmd::flags::PSDT_SGL;
+        cmd.dptr.set_sgl(SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, 0));
+        let sgl = |cmd: &mut Command, inline: bool, len: u32| {
+            let d = if inline {
+                SglDescriptor::new(SglType::DataBlock, SglSubtype::Offset, 0, len)
+            } else {
+                SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, len)
+            };
+            cmd.flags |= pollux_nvme_spec::cmd::flags::PSDT_SGL;
+            cmd.dptr.set_sgl(d);
+        };
+        match io.kind() {
+            IoType::Read => {
+                cmd.set_slba(slba);
+                cmd.set_nlb(blocks as u32);
+                sgl(&mut cmd, false, len);
+                (cmd, true, Capsule::Empty)
+            }
+            IoType::Write | IoType::Compare => {
+                cmd.set_slba(slba);
+                cmd.set_nlb(blocks as u32);
+                let inline = len <= self.cfg.in_capsule;
+                sgl(&mut cmd, inline, len);
+                (cmd, false, if inline { Capsule::Data } else { Capsule::Empty })
+            }
+            IoType::WriteZeroes => {
+                cmd.set_slba(slba);
+                cmd.set_nlb(blocks as u32);
+                (cmd, false, Capsule::Empty)
+            }
+            IoType::Unmap => {
+                // Dataset Management, Deallocate (CDW11 bit 2), one range
+                // (CDW10 NR 0): context 0, length, starting LBA.
+                cmd.cdw11.set(1 << 2);
+                let mut range = [0u8; 16];
+                range[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
+                range[8..16].copy_from_slice(&slba.to_le_bytes());
+                sgl(&mut cmd, true, 16);
+                (cmd, false, Capsule::Range(range))
+            }
+            IoType::Flush | IoType::Reset => (cmd, false, Capsule::Empty),
+        }
+    }
+
+    fn handle(&mut self, p: CtrlPdu<'_>, done: &mut Vec<Done>) -> Result<(), HostError> {
+        let peer = self.cfg.addr;
+        let bad = |why: String| HostError::Transport(format!("from {peer}: {why}"));
+        match p {
+            CtrlPdu::IcResp { cpda, dgst, maxh2cdata } => {
+                let hd = dgst & pollux_nvme_spec::tcp::DGST_HEADER != 0;
+                let dd = dgst & pollux_nvme_spec::tcp::DGST_DATA != 0;
+                if hd != self.cfg.hdgst || dd != self.cfg.ddgst {
+                    return Err(bad(format!(
+                        "the controller answered digests header {hd} data {dd} to a request for header {} data {}",
+                        self.cfg.hdgst, self.cfg.ddgst
+                    )));
+                }
+                self.framing.connected = true;
+                self.framing.hdgst = hd;
+                self.framing.ddgst = dd;
+                self.framing.cpda = cpda;
+                self.framing.maxh2cdata = maxh2cdata;
+                self.phase = Phase::Ready;
+                if let Some(cb) = self.on_ready.take() {
+                    done.push(Done::Ready(cb, Ok(())));
+                }
+            }
+            CtrlPdu::TermReq { fes, fei } => {
+                return Err(bad(format!("C2HTermReq, fatal error status {fes:#x}, field offset {fei}")));
+            }
+            CtrlPdu::Resp(cqe) => {
+                let cid = cqe.cid.get();
+                let status = cqe.status();
+                match self.slots.get_mut(usize::from(cid)).map(|s| std::mem::replace(s, Slot::Free)) {
+                    None | Some(Slot::Free) => return Err(bad(format!("a completion for command id {cid}, which is not outstanding"))),
+                    Some(Slot::Admin { mut data, to_host, received, cb, bad, .. }) => {
+                        if bad {
+                            done.push(Done::Admin(cb, Err(bad_digest(cid))));
+                        } else {
+                            if to_host && status.is_success() && received < data.len() {
+                                // Shorter than asked: keep what came (log pages may be).
+                                data.truncate(received);
+                            }
+                            done.push(Done::Admin(cb, Ok(AdminDone { cqe, data })));
+                        }
+                    }
+                    Some(Slot::Io { parent, len, to_host, moved, bad, .. }) => {
+                        let st = if bad {
+                            IoStatus::Failed
+                        } else if status.is_success() && to_host && moved != len {
+                            tracing::warn!("nvmf host: {peer}: command {cid} succeeded with {moved} of {len} bytes");
+                            IoStatus::Failed
+                        } else {
+                            io_status(status)
+                        };
+                        self.piece_done(parent, st, done);
+                    }
+                }
+                self.free.push(cid);
+            }
+            CtrlPdu::C2hData { cccid, datao, data, last: _, success, digest_ok } => {
+                if !digest_ok {
+                    tracing::warn!("nvmf host: {peer}: data digest error in C2HData of command {cccid}; the command fails");
+                }
+                let slot = self.slots.get_mut(usize::from(cccid));
+                match slot {
+                    Some(Slot::Admin { data: buf, to_host: true, received, bad: corrupt, .. }) => {
+                        *corrupt |= !digest_ok;
+                        if datao as usize != *received || *received + data.len() > buf.len() {
+                            return Err(bad(format!("C2HData of {} bytes at {datao} for a {}-byte transfer", data.len(), buf.len())));
+                        }
+                        buf[*received..*received + data.len()].copy_from_slice(data);
+                        *received += data.len();
+                    }
+                    Some(Slot::Io { parent, off, len, to_host: true, moved, bad: corrupt, .. }) => {
+                        *corrupt |= !digest_ok;
+                        if datao != *moved || u64::from(*moved) + data.len() as u64 > u64::from(*len) {
+                            return Err(bad(format!("C2HData of {} bytes at {datao} for a {len}-byte transfer", data.len())));
+                        }
+                        let at = (*off + u64::from(datao)) as usize;
+                        *moved += data.len() as u32;
+                        let p = &mut self.parents[*parent as usize];
+                        if let Some(io) = p.io.as_mut() {
+                            io.copy_in(at, data);
+                        }
+                    }
+                    _ => return Err(bad(format!("C2HData for command id {cccid}, which reads nothing"))),
+                }
+                if success {
+                    let ok = match &self.slots[usize::from(cccid)] {
+                        Slot::Admin { data, received, .. } => *received == data.len(),
+                        Slot::Io { len, moved, .. } => moved == len,
+                        Slot::Free => false,
+                    };
+                    if !ok {
+                        return Err(bad("C2HData SUCCESS before all the data".into()));
+                    }
+                    let mut cqe = Completion::default();
+                    cqe.cid.set(cccid);
+                    return self.handle(CtrlPdu::Resp(cqe), done);
+                }
+            }
+            CtrlPdu::R2t { cccid, ttag, offset, len: r2tl } => {
+                let maxh2c = self.framing.maxh2cdata;
+                let f = self.framing;
+                match self.slots.get_mut(usize::from(cccid)) {
+                    Some(Slot::Io { parent, off, len, to_host: false, moved, .. }) => {
+                        if r2tl == 0 || offset != *moved || u64::from(offset) + u64::from(r2tl) > u64::from(*len) {
+                            return Err(bad(format!("R2T for {r2tl} bytes at {offset} of a {len}-byte write ({moved} sent)")));
+                        }
+                        let io = self.parents[*parent as usize].io.as_ref().expect("live request");
+                        let mut sent = 0;
+                        while sent < r2tl {
+                            let n = (r2tl - sent).min(maxh2c);
+                            let last = sent + n == r2tl;
+                            let out = self.tx.bytes();
+                            pdu::h2c_data(out, cccid, ttag, offset + sent, n, last, &f);
+                            let start = out.len();
+                            out.resize(start + n as usize, 0);
+                            io.copy_out((*off + u64::from(offset + sent)) as usize, &mut out[start..]);
+                            if f.ddgst {
+                                pdu::data_digest(out, start);
+                            }
+                            sent += n;
+                        }
+                        *moved += r2tl;
+                    }
+                    _ => return Err(bad(format!("R2T for command id {cccid}, which writes nothing"))),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_digest(cid: u16) -> HostError {
+    HostError::Transport(format!("data digest error in the data of command {cid}"))
+}
+
+fn io_status(s: Status) -> IoStatus {
+    IoStatus::from_nvme(s.sct().code(), s.sc())
+}

@@ -1,0 +1,384 @@
+//! The NVMe-oF host (`drivers/nvmf-host`) against Pollux's own NVMe/TCP
+//! target on loopback: a remote malloc namespace attached with SPDK's own
+//! client and verified by pollux-perf at several depths and sizes, digests
+//! off and on; a refused host NQN reported as such; and controllers that
+//! misbehave (malformed, unexpected or missing answers) failing the attach
+//! with a clear error while the host daemon goes on.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pollux_tests::iscsi_host::free_port;
+use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, ok_stdout, spdk_rpc};
+use serde_json::{Value, json};
+
+const NQN: &str = "nqn.2016-06.io.spdk:host-test";
+
+/// A target serving a 256 MiB malloc namespace on `port`; `hosts`: the host
+/// NQNs allowed (None: any).
+fn target(port: u16, hosts: Option<&[&str]>) -> Daemon {
+    let mut cfg = vec![
+        json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}),
+        json!({"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": hosts.is_none(), "serial_number": "HOST0001"}}),
+        json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}}),
+        json!({"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}}),
+    ];
+    for h in hosts.unwrap_or_default() {
+        cfg.push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": h}}));
+    }
+    Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 524288, "block_size": 512}}]},
+            {"subsystem": "nvmf", "config": cfg},
+        ]})),
+        ..DaemonOpts::default()
+    })
+}
+
+fn attach_params(port: u16, digests: bool) -> Value {
+    json!({"name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string(),
+        "subnqn": NQN, "hdgst": digests, "ddgst": digests})
+}
+
+fn perf(dir: &TempDir, config: &Value, args: &[&str]) -> Output {
+    let cfg = dir.join("perf.json");
+    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
+    Command::new(bin("pollux-perf"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--interrupt-mode", "--no-pin", "-r"])
+        .arg(dir.join("perf.sock"))
+        .args(args)
+        .output()
+        .expect("run pollux-perf")
+}
+
+#[test]
+fn a_remote_malloc_namespace_attached_with_spdk_rpc_is_a_bdev_and_verifies_clean() {
+    let port = free_port();
+    let tgt = target(port, None);
+    let host = Daemon::start(DaemonOpts::default());
+    let p = port.to_string();
+    let out = spdk_rpc(
+        &host.socket,
+        &["bdev_nvme_attach_controller", "-b", "Nvme0", "-t", "tcp", "-a", "127.0.0.1", "-f", "ipv4", "-s", &p, "-n", NQN],
+    );
+    let names = ok_stdout("spdk-rpc bdev_nvme_attach_controller -t tcp", &out);
+    assert!(names.contains("Nvme0n1"), "{names}");
+    let b = host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).unwrap();
+    assert_eq!(b[0]["num_blocks"], 524288, "{b}");
+    assert_eq!(b[0]["block_size"], 512, "{b}");
+    assert_eq!(b[0]["product_name"], "NVMe disk", "{b}");
+    let c = host.call("bdev_nvme_get_controllers", Some(json!({"name": "Nvme0"}))).unwrap();
+    let ctrlr = &c[0]["ctrlrs"][0];
+    assert_eq!(ctrlr["trid"]["trtype"], "TCP", "{c}");
+    assert_eq!(ctrlr["trid"]["subnqn"], NQN, "{c}");
+    assert_eq!(ctrlr["state"], "enabled", "{c}");
+    // The target sees the host's controller; save_config writes the attach.
+    let t = tgt.call("nvmf_get_subsystems", None).unwrap();
+    assert!(t.to_string().contains(NQN), "{t}");
+    let saved = host.call("framework_get_config", Some(json!({"name": "bdev"}))).unwrap();
+    let s = saved.to_string();
+    assert!(s.contains("bdev_nvme_attach_controller") && s.contains("\"trtype\":\"TCP\"") && s.contains(NQN), "{s}");
+    // Detached: the bdev and the controller are gone.
+    let out = spdk_rpc(&host.socket, &["bdev_nvme_detach_controller", "Nvme0"]);
+    ok_stdout("spdk-rpc bdev_nvme_detach_controller", &out);
+    assert!(host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).is_err(), "the bdev is gone");
+    assert_eq!(host.call("bdev_nvme_get_controllers", None).unwrap(), json!([]));
+    drop(host);
+    drop(tgt);
+}
+
+#[test]
+fn pollux_perf_verify_is_clean_on_a_remote_namespace_for_depths_1_32_128_up_to_4x_mdts_with_and_without_digests() {
+    let port = free_port();
+    let tgt = target(port, None);
+    let dir = TempDir::new("nvmf-host-perf");
+    // The target's largest transfer (MDTS) is its max_io_size.
+    let t = tgt.call("nvmf_get_transports", None).unwrap();
+    let mdts = t[0]["max_io_size"].as_u64().unwrap();
+    let sizes = [512, 4096, mdts, 4 * mdts];
+    for digests in [false, true] {
+        let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_attach_controller", "params": attach_params(port, digests)}]}]});
+        for qd in [1u64, 32, 128] {
+            for size in sizes {
+                let out = perf(
+                    &dir,
+                    &cfg,
+                    &["-b", "Nvme0n1", "-q", &qd.to_string(), "-o", &size.to_string(), "-w", "verify", "-t", "1", "-m", "0x1", "--json"],
+                );
+                let what = format!("digests {digests}, QD {qd}, {size} bytes");
+                let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                    panic!(
+                        "{what}: no JSON report ({e}):\n{}\n{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+                assert!(out.status.success(), "{what}: {r}\n{}", String::from_utf8_lossy(&out.stderr));
+                assert!(r["total"]["ios"].as_u64().unwrap() > 0, "{what}: {r}");
+                assert_eq!(r["total"]["errors"], 0, "{what}: {r}");
+                assert_eq!(r["verify_mismatches"], json!([]), "{what}: {r}");
+            }
+        }
+    }
+    drop(tgt);
+}
+
+#[test]
+fn a_host_nqn_the_target_refuses_is_reported_as_such() {
+    let port = free_port();
+    let allowed = "nqn.2016-06.io.spdk:allowed-host";
+    let tgt = target(port, Some(&[allowed]));
+    let host = Daemon::start(DaemonOpts::default());
+    let mut p = attach_params(port, false);
+    p["hostnqn"] = json!("nqn.2016-06.io.spdk:stranger");
+    let e = host.call("bdev_nvme_attach_controller", Some(p.clone())).unwrap_err().to_string();
+    assert!(e.contains("refused") && e.contains("stranger") && e.to_lowercase().contains("host"), "{e}");
+    assert_eq!(host.call("bdev_nvme_get_controllers", None).unwrap(), json!([]));
+    // The allowed one gets in, under the same name.
+    p["hostnqn"] = json!(allowed);
+    let names = host.call("bdev_nvme_attach_controller", Some(p)).unwrap();
+    assert_eq!(names, json!(["Nvme0n1"]));
+    drop(host);
+    drop(tgt);
+}
+
+/// A fake controller: accepts one connection and runs `script` on it.
+fn fake_controller(script: impl FnOnce(&mut std::net::TcpStream) + Send + 'static) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        script(&mut s);
+    });
+    (port, h)
+}
+
+fn read_pdu(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut ch = [0u8; 8];
+    s.read_exact(&mut ch).unwrap();
+    let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; plen - 8];
+    s.read_exact(&mut rest).unwrap();
+    [ch.to_vec(), rest].concat()
+}
+
+fn ic_resp() -> Vec<u8> {
+    let mut r = vec![0u8; 128];
+    r[0] = 0x01;
+    r[2] = 128;
+    r[4..8].copy_from_slice(&128u32.to_le_bytes());
+    r[12..16].copy_from_slice(&131072u32.to_le_bytes());
+    r
+}
+
+fn capsule_resp(cid: u16, status: u16) -> Vec<u8> {
+    let mut r = vec![0u8; 24];
+    r[0] = 0x05;
+    r[2] = 24;
+    r[4..8].copy_from_slice(&24u32.to_le_bytes());
+    r[8 + 12..8 + 14].copy_from_slice(&cid.to_le_bytes());
+    r[8 + 14..8 + 16].copy_from_slice(&(status << 1).to_le_bytes());
+    r
+}
+
+#[test]
+fn a_controller_that_misbehaves_fails_the_attach_clearly_and_the_host_goes_on() {
+    let host = Daemon::start(DaemonOpts::default());
+    host.call("bdev_nvme_set_options", Some(json!({"keep_alive_timeout_ms": 1000}))).unwrap();
+    type Script = Box<dyn FnOnce(&mut std::net::TcpStream) + Send>;
+    let cases: Vec<(&str, Script, &str)> = vec![
+        (
+            "an ICResp with a wrong header length",
+            Box::new(|s| {
+                read_pdu(s);
+                let mut r = ic_resp();
+                r[2] = 64;
+                s.write_all(&r).unwrap();
+                let _ = s.read(&mut [0u8; 256]);
+            }),
+            "HLEN",
+        ),
+        (
+            "a completion for a command never sent",
+            Box::new(|s| {
+                read_pdu(s);
+                s.write_all(&ic_resp()).unwrap();
+                read_pdu(s);
+                s.write_all(&capsule_resp(77, 0)).unwrap();
+                let _ = s.read(&mut [0u8; 256]);
+            }),
+            "not outstanding",
+        ),
+        (
+            "C2H data larger than the command's transfer",
+            Box::new(|s| {
+                read_pdu(s);
+                s.write_all(&ic_resp()).unwrap();
+                let connect = read_pdu(s);
+                let cid = u16::from_le_bytes(connect[10..12].try_into().unwrap());
+                let mut d = vec![0u8; 24 + 8192];
+                d[0] = 0x07;
+                d[1] = 0x04;
+                d[2] = 24;
+                d[3] = 24;
+                d[4..8].copy_from_slice(&((24 + 8192) as u32).to_le_bytes());
+                d[8..10].copy_from_slice(&cid.to_le_bytes());
+                d[16..20].copy_from_slice(&8192u32.to_le_bytes());
+                s.write_all(&d).unwrap();
+                let _ = s.read(&mut [0u8; 256]);
+            }),
+            "reads nothing",
+        ),
+        (
+            "a C2HTermReq",
+            Box::new(|s| {
+                read_pdu(s);
+                s.write_all(&ic_resp()).unwrap();
+                read_pdu(s);
+                let mut t = vec![0u8; 24];
+                t[0] = 0x03;
+                t[2] = 24;
+                t[4..8].copy_from_slice(&24u32.to_le_bytes());
+                t[8..10].copy_from_slice(&1u16.to_le_bytes());
+                s.write_all(&t).unwrap();
+                let _ = s.read(&mut [0u8; 256]);
+            }),
+            "C2HTermReq",
+        ),
+        (
+            "no answer to the Connect",
+            Box::new(|s| {
+                read_pdu(s);
+                s.write_all(&ic_resp()).unwrap();
+                read_pdu(s);
+                let _ = s.read(&mut [0u8; 256]);
+            }),
+            "timed out",
+        ),
+    ];
+    for (what, script, expect) in cases {
+        let (port, h) = fake_controller(script);
+        let e = host.call("bdev_nvme_attach_controller", Some(attach_params(port, false))).unwrap_err().to_string();
+        assert!(e.contains(expect), "{what}: {e}");
+        h.join().unwrap();
+        // The host still answers, and nothing is left attached.
+        assert_eq!(host.call("bdev_nvme_get_controllers", None).unwrap(), json!([]), "{what}");
+    }
+    // A port nobody listens on: refused, at once.
+    let e = host.call("bdev_nvme_attach_controller", Some(attach_params(free_port(), false))).unwrap_err().to_string();
+    assert!(e.contains("cannot connect"), "{e}");
+}
+
+/// A target serving the file `img` (uring bdev) on `port`: its data
+/// outlives the process, so a restarted target serves the same blocks.
+fn file_target(port: u16, img: &std::path::Path) -> Daemon {
+    Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [{"method": "bdev_uring_create", "params": {"name": "Uring0", "filename": img.to_str().unwrap(), "block_size": 512}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "serial_number": "HOST0002"}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Uring0"}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+            ]},
+        ]})),
+        ..DaemonOpts::default()
+    })
+}
+
+fn writes(tgt: &Daemon) -> u64 {
+    let s = tgt.call("bdev_get_iostat", Some(json!({"name": "Uring0"}))).unwrap();
+    s["bdevs"][0]["num_write_ops"].as_u64().unwrap_or(0)
+}
+
+/// Wait until the target has written more than `before` writes through its
+/// bdev (the host's verify is under way).
+fn wait_for_writes(tgt: &Daemon, before: u64) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = writes(tgt);
+        if s > before {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no write reached the target: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_perf(dir: &TempDir, config: &Value, args: &[&str]) -> std::process::Child {
+    let cfg = dir.join("perf.json");
+    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
+    Command::new(bin("pollux-perf"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--interrupt-mode", "--no-pin", "-r"])
+        .arg(dir.join("perf.sock"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pollux-perf")
+}
+
+#[test]
+fn a_verify_survives_the_target_killed_and_restarted_and_a_controller_lost_for_good_is_deleted() {
+    let dir = TempDir::new("nvmf-host-reconnect");
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let port = free_port();
+    let mut p = attach_params(port, false);
+    p["ctrlr_loss_timeout_sec"] = json!(30);
+    p["reconnect_delay_sec"] = json!(1);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_attach_controller", "params": p}]}]});
+
+    // Killed mid-verify and started again: every request waits, is sent
+    // again on the new association, and the verify ends clean.
+    let tgt = file_target(port, &img);
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "16", "-o", "65536", "-w", "verify", "-t", "6", "-m", "0x1", "--json"]);
+    wait_for_writes(&tgt, 0);
+    tgt.signal(libc::SIGKILL);
+    drop(tgt);
+    let tgt = file_target(port, &img);
+    let out = perf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
+    assert!(out.status.success(), "{r}\n{err}");
+    assert_eq!(r["total"]["errors"], 0, "{r}");
+    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    assert!(err.contains("controller Nvme0 lost") && err.contains("controller Nvme0 reconnected"), "{err}");
+    assert!(tgt.call("nvmf_get_subsystems", None).is_ok(), "{}", tgt.log());
+
+    // Lost for good: ctrlr_loss_timeout_sec passes, the waiting requests
+    // fail and the controller is deleted; the run ends instead of hanging.
+    let mut p = attach_params(port, false);
+    p["ctrlr_loss_timeout_sec"] = json!(2);
+    p["reconnect_delay_sec"] = json!(1);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_attach_controller", "params": p}]}]});
+    let before = writes(&tgt);
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "16", "-o", "65536", "-w", "verify", "-t", "8", "-m", "0x1", "--json"]);
+    wait_for_writes(&tgt, before);
+    tgt.signal(libc::SIGKILL);
+    drop(tgt);
+    let out = perf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("cannot attach"), "{err}");
+    assert!(err.contains("lost for good") && err.contains("deleting it"), "{err}");
+
+    // The RPC checks SPDK's rules for the three timeouts.
+    let host = Daemon::start(DaemonOpts::default());
+    for (loss, delay, fast) in [(0, 1, 0), (5, 0, 0), (5, 10, 0), (5, 2, 1), (-2, 1, 0)] {
+        let mut p = attach_params(port, false);
+        p["ctrlr_loss_timeout_sec"] = json!(loss);
+        p["reconnect_delay_sec"] = json!(delay);
+        p["fast_io_fail_timeout_sec"] = json!(fast);
+        let e = host.call("bdev_nvme_attach_controller", Some(p)).unwrap_err().to_string();
+        assert!(e.contains("_sec"), "{loss} {delay} {fast}: {e}");
+    }
+}
