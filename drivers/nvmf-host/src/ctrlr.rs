@@ -231,8 +231,12 @@ impl IoQueue {
         if self.qid == 0 {
             return;
         }
-        if let Some(old) = self.qp.borrow_mut().take() {
-            old.close();
+        // A queue pair still open is replaced; its requests park and go
+        // on the new one.
+        let old = self.qp.borrow_mut().take();
+        if let Some(old) = old {
+            let ios = old.close_take();
+            self.park_front(ios);
         }
         let cfg = self.ctrl.io_config();
         let sqsize = cfg.depth;

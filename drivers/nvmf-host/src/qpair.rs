@@ -558,6 +558,29 @@ impl Qpair {
         self.run(&mut done);
     }
 
+    /// Close and hand back the bdev requests it holds, telling no one (the
+    /// owner replaces it).
+    pub fn close_take(&self) -> Vec<(u32, BdevIo)> {
+        let mut done = {
+            let mut st = self.st.borrow_mut();
+            if st.phase == Phase::Closed {
+                return Vec::new();
+            }
+            st.on_fail = None;
+            st.close_all(HostError::Closed, true)
+        };
+        self.group.remove(self.fd(), self.token);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let mut ios = Vec::new();
+        for d in done.iter_mut() {
+            if let Done::Failed(_, v) = d {
+                ios.append(v);
+            }
+        }
+        self.run(&mut done);
+        ios
+    }
+
     /// The group's timer: connecting too long, or a command past its timeout.
     pub(crate) fn check_timeouts(&self, now: Instant) {
         let why = {
