@@ -125,6 +125,17 @@ enum Capsule {
     Range([u8; 16]),
 }
 
+/// How a queue pair ends (see `Qpair::end`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A fault: requests fail or go back to `on_fail`, which is told.
+    Fail,
+    /// Detach: what is queued is flushed, requests fail, no one is told.
+    Close,
+    /// Replaced by the owner: requests are handed back, no one is told.
+    Take,
+}
+
 /// Work to finish once the queue pair is no longer borrowed.
 enum Done {
     Admin(AdminCb, Result<AdminDone, HostError>),
@@ -528,53 +539,54 @@ impl Qpair {
     /// End the queue pair: close the connection, fail everything
     /// outstanding, tell the owner.
     pub fn fail(&self, e: HostError) {
-        let mut done = {
-            let mut st = self.st.borrow_mut();
-            if st.phase == Phase::Closed {
-                return;
-            }
-            tracing::warn!("nvmf host: queue {} to {}: {e}", self.qid, st.cfg.addr);
-            let requeue = st.cfg.requeue;
-            st.close_all(e.clone(), requeue)
-        };
-        self.group.remove(self.fd(), self.token);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.run(&mut done);
+        self.end(e, End::Fail);
     }
 
     /// Close without an error (detach): outstanding work fails as closed.
     pub fn close(&self) {
-        let mut done = {
-            let mut st = self.st.borrow_mut();
-            if st.phase == Phase::Closed {
-                return;
-            }
-            let _ = st.tx.flush(&self.stream);
-            st.on_fail = None;
-            st.close_all(HostError::Closed, false)
-        };
-        self.group.remove(self.fd(), self.token);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.run(&mut done);
+        self.end(HostError::Closed, End::Close);
     }
 
     /// Close and hand back the bdev requests it holds, telling no one (the
     /// owner replaces it).
     pub fn close_take(&self) -> Vec<(u32, BdevIo)> {
+        self.end(HostError::Closed, End::Take)
+    }
+
+    /// The one way a queue pair ends: close the connection, then settle
+    /// what it held as `how` says. Returns the requests handed back
+    /// ([`End::Take`] only).
+    fn end(&self, e: HostError, how: End) -> Vec<(u32, BdevIo)> {
         let mut done = {
             let mut st = self.st.borrow_mut();
             if st.phase == Phase::Closed {
                 return Vec::new();
             }
-            st.on_fail = None;
-            st.close_all(HostError::Closed, true)
+            let requeue = match how {
+                End::Fail => {
+                    tracing::warn!("nvmf host: queue {} to {}: {e}", self.qid, st.cfg.addr);
+                    st.cfg.requeue
+                }
+                End::Close => {
+                    let _ = st.tx.flush(&self.stream);
+                    st.on_fail = None;
+                    false
+                }
+                End::Take => {
+                    st.on_fail = None;
+                    true
+                }
+            };
+            st.close_all(e, requeue)
         };
         self.group.remove(self.fd(), self.token);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         let mut ios = Vec::new();
-        for d in done.iter_mut() {
-            if let Done::Failed(_, v) = d {
-                ios.append(v);
+        if how == End::Take {
+            for d in done.iter_mut() {
+                if let Done::Failed(_, v) = d {
+                    ios.append(v);
+                }
             }
         }
         self.run(&mut done);

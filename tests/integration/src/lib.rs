@@ -219,6 +219,17 @@ impl Drop for Daemon {
     }
 }
 
+/// `pollux-perf` on the bdevs of `config` (written to `dir`/perf.json), in
+/// interrupt mode and unpinned (tests share the machine), its RPC socket
+/// in `dir`; `args` add the workload. Run it with `.output()` or `.spawn()`.
+pub fn perf_command(dir: &TempDir, config: &Value, args: &[&str]) -> Command {
+    let cfg = dir.join("perf.json");
+    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
+    let mut c = Command::new(bin("pollux-perf"));
+    c.arg("-c").arg(&cfg).args(["--interrupt-mode", "--no-pin", "-r"]).arg(dir.join("perf.sock")).args(args);
+    c
+}
+
 /// Run SPDK's own client (`spdk-rpc`, from PyPI `spdk`) against a socket.
 pub fn spdk_rpc(socket: &Path, args: &[&str]) -> Output {
     let tool = tool("spdk-rpc", "SPDK's JSON-RPC client: pip install spdk");

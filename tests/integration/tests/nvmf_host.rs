@@ -7,11 +7,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use pollux_tests::iscsi_host::free_port;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, ok_stdout, spdk_rpc};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, perf_command, spdk_rpc};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.spdk:host-test";
@@ -43,16 +43,7 @@ fn attach_params(port: u16, digests: bool) -> Value {
 }
 
 fn perf(dir: &TempDir, config: &Value, args: &[&str]) -> Output {
-    let cfg = dir.join("perf.json");
-    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
-    Command::new(bin("pollux-perf"))
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--interrupt-mode", "--no-pin", "-r"])
-        .arg(dir.join("perf.sock"))
-        .args(args)
-        .output()
-        .expect("run pollux-perf")
+    perf_command(dir, config, args).output().expect("run pollux-perf")
 }
 
 #[test]
@@ -312,14 +303,7 @@ fn wait_for_writes(tgt: &Daemon, before: u64) {
 }
 
 fn spawn_perf(dir: &TempDir, config: &Value, args: &[&str]) -> std::process::Child {
-    let cfg = dir.join("perf.json");
-    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
-    Command::new(bin("pollux-perf"))
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--interrupt-mode", "--no-pin", "-r"])
-        .arg(dir.join("perf.sock"))
-        .args(args)
+    perf_command(dir, config, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -3,20 +3,11 @@
 
 use std::process::{Command, Output};
 
-use pollux_tests::{TempDir, bin};
+use pollux_tests::{TempDir, bin, perf_command};
 use serde_json::{Value, json};
 
 fn perf(dir: &TempDir, config: &Value, args: &[&str]) -> Output {
-    let cfg = dir.join("perf.json");
-    std::fs::write(&cfg, serde_json::to_vec(config).unwrap()).unwrap();
-    Command::new(bin("pollux-perf"))
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--interrupt-mode", "--no-pin", "-r"])
-        .arg(dir.join("perf.sock"))
-        .args(args)
-        .output()
-        .expect("run pollux-perf")
+    perf_command(dir, config, args).output().expect("run pollux-perf")
 }
 
 fn report(out: &Output) -> Value {
