@@ -242,7 +242,9 @@ fn h2c_data_arriving_in_pieces_lands_whole() {
     let d = start(port, false);
     let (_a, cntlid) = Client::admin(port, NQN, 0, false, false);
     for (n, (hd, dd)) in [(false, false), (true, true), (true, false), (false, true)].into_iter().enumerate() {
-        let mut q = Client::io(port, NQN, cntlid, 1, hd, dd);
+        // A fresh queue id each round: the target frees the last one when
+        // it sees that connection close, which may come after this Connect.
+        let mut q = Client::io(port, NQN, cntlid, n as u16 + 1, hd, dd);
         let data = pattern(40 + n as u8, 128 * 1024);
         let lba = 4096 * n as u64;
         let cid = q.cid();
