@@ -6,8 +6,9 @@ use std::sync::Arc;
 use pollux_nvme_driver::Controller;
 use pollux_nvme_driver::pci::{PciAddress, PciFunction};
 use pollux_nvme_spec::cmd::feature;
-use pollux_nvme_spec::identify::IdentifyNamespace;
+use pollux_nvme_spec::identify::{IdentifyController, IdentifyNamespace};
 use pollux_nvme_spec::log::{ErrorLogEntry, SmartLog, counter128};
+use pollux_nvmf_host::discovery::Log;
 use serde_json::{Value, json};
 
 pub struct ListRow {
@@ -116,8 +117,7 @@ pub fn list(rows: &[ListRow], json: bool) {
     }
 }
 
-pub fn id_ctrl(c: &Controller, json: bool) {
-    let id = c.identify_data();
+pub fn id_ctrl(id: &IdentifyController, json: bool) {
     let v = json!({
         "vid": id.vid.get(),
         "ssvid": id.ssvid.get(),
@@ -217,7 +217,8 @@ pub fn id_ns(nsid: u32, ns: &IdentifyNamespace, json: bool) {
     }
 }
 
-pub fn smart_log(bdf: PciAddress, s: &SmartLog, json: bool) {
+/// `device`: the PCI address, or the remote subsystem and its address.
+pub fn smart_log(device: &str, s: &SmartLog, json: bool) {
     let kelvin = s.temperature.get();
     let v = json!({
         "critical_warning": s.critical_warning,
@@ -242,7 +243,7 @@ pub fn smart_log(bdf: PciAddress, s: &SmartLog, json: bool) {
     if json {
         return print_json(&v);
     }
-    println!("Smart Log for NVME device:{bdf} namespace-id:ffffffff");
+    println!("Smart Log for NVME device:{device} namespace-id:ffffffff");
     for (k, val) in v.as_object().expect("object") {
         let shown = match (k.as_str(), val) {
             ("temperature", _) => format!("{} C ({kelvin} Kelvin)", i32::from(kelvin) - 273),
@@ -255,7 +256,8 @@ pub fn smart_log(bdf: PciAddress, s: &SmartLog, json: bool) {
     }
 }
 
-pub fn error_log(bdf: PciAddress, entries: &[ErrorLogEntry], json: bool) {
+/// `device`: the PCI address, or the remote subsystem and its address.
+pub fn error_log(device: &str, entries: &[ErrorLogEntry], json: bool) {
     let list: Vec<Value> = entries
         .iter()
         .map(|e| {
@@ -278,7 +280,7 @@ pub fn error_log(bdf: PciAddress, entries: &[ErrorLogEntry], json: bool) {
     if json {
         return print_json(&json!({ "errors": list }));
     }
-    println!("Error Log Entries for device:{bdf} entries:{}", entries.len());
+    println!("Error Log Entries for device:{device} entries:{}", entries.len());
     println!(".................");
     for (i, e) in list.iter().enumerate() {
         println!(" Entry[{i:>2}]");
@@ -290,6 +292,25 @@ pub fn error_log(bdf: PciAddress, entries: &[ErrorLogEntry], json: bool) {
             }
         }
         println!(".................");
+    }
+}
+
+/// The entries of a discovery log, as nvme-cli's `nvme discover` prints them.
+pub fn discovery_log(log: &Log, json: bool) {
+    let records: Vec<Value> = log.entries.iter().map(|e| e.to_json()).collect();
+    if json {
+        return print_json(&json!({"genctr": log.genctr, "records": records}));
+    }
+    println!("Discovery Log Number of Records {}, Generation counter {}", records.len(), log.genctr);
+    for (i, r) in records.iter().enumerate() {
+        println!("=====Discovery Log Entry {i}======");
+        for k in ["trtype", "adrfam", "subtype", "treq", "portid", "trsvcid", "subnqn", "traddr"] {
+            let label = format!("{k}:");
+            match &r[k] {
+                Value::String(s) => println!("{label:<8} {s}"),
+                other => println!("{label:<8} {other}"),
+            }
+        }
     }
 }
 

@@ -1,33 +1,38 @@
-//! Remote namespaces as bdevs: one bdev per active namespace of an
-//! attached controller, named as SPDK names them (`Nvme0n1`). A bdev's
-//! channel on a reactor is the controller's I/O queue on that reactor,
-//! shared by its namespaces.
+//! Remote namespaces as bdevs: one bdev per namespace of a bdev
+//! controller, named as SPDK names them (`Nvme0n1`). A bdev controller has
+//! one path or several (`multipath`): a controller each, with its own
+//! connections. A bdev's channel on a reactor sends each request through
+//! the I/O queue of the path its policy chooses (see [`crate::multipath`]).
 //!
-//! Attached controllers live in a registry on the main reactor, with the
-//! admin queue pair and a keep alive poller each. Detaching deletes the
-//! bdevs (users are told to close them), then shuts the controller down
-//! (CC.SHN) and closes its connections.
+//! Bdev controllers live in a registry on the main reactor, with each
+//! path's admin queue pair and keep alive poller. Detaching deletes the
+//! bdevs (users are told to close them), then shuts each controller down
+//! (CC.SHN) and closes its connections; detaching one path of several
+//! moves its requests to the others.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pollux_core::bdev::{self, Backend, BackendChannel, Bdev, BdevIo, BdevSpec, IoStatus, IoType, Uuid};
+use pollux_core::app::ConfigWriter;
+use pollux_core::bdev::{self, Backend, BackendChannel, BdevSpec, IoStatus, IoType, Uuid};
 use pollux_core::io_channel::try_get_io_channel;
-use pollux_core::io_channel::{IoChannel, get_io_channel};
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use serde_json::{Value, json};
 
 use crate::HostError;
-use crate::ctrlr::{self, ConnectOptions, Controller, IoQueue};
+use crate::ctrlr::{self, ConnectOptions, Controller};
+use crate::multipath::{self, NamespaceChannel, NsPaths, PathSet, PathState, Policy};
 use crate::qpair::Qpair;
 
 struct NamespaceBackend {
-    ctrl: Arc<Controller>,
+    set: Arc<PathSet>,
+    /// The path the bdev was made from (what it supports, its identity).
+    first: Arc<Controller>,
     nsid: u32,
-    /// The first namespace writes the attach call in save_config.
-    attach_call: Option<Value>,
+    policy: Arc<Policy>,
 }
 
 impl Backend for NamespaceBackend {
@@ -42,48 +47,52 @@ impl Backend for NamespaceBackend {
     fn supports(&self, kind: IoType) -> bool {
         match kind {
             IoType::Read | IoType::Write | IoType::Flush => true,
-            IoType::Unmap => self.ctrl.supports_deallocate(),
-            IoType::WriteZeroes => self.ctrl.supports_write_zeroes(),
+            IoType::Unmap => self.first.supports_deallocate(),
+            IoType::WriteZeroes => self.first.supports_write_zeroes(),
             IoType::Compare | IoType::Reset => false,
         }
     }
 
     fn create_channel(&self) -> Box<dyn BackendChannel> {
-        Box::new(NamespaceChannel { q: get_io_channel(&self.ctrl), nsid: self.nsid })
+        Box::new(NamespaceChannel(NsPaths::new(self.set.clone(), self.nsid, self.policy.clone())))
     }
 
     fn driver_specific(&self) -> Value {
-        let c = &self.ctrl;
-        let o = &c.opts;
-        let ns = c.namespaces.iter().find(|n| n.nsid == self.nsid);
-        json!([{
-            "trid": trid(o),
-            "cntlid": c.cntlid(),
-            "host": {"nqn": o.hostnqn, "addr": o.hostaddr.map(|a| a.to_string()).unwrap_or_default(), "svcid": ""},
-            "ctrlr_data": {
-                "cntlid": c.cntlid(),
-                "vendor_id": format!("{:#06x}", c.id.vid.get()),
-                "model_number": c.id.model(),
-                "serial_number": c.id.serial(),
-                "firmware_revision": c.id.firmware(),
-                "subnqn": c.id.subsystem_nqn(),
-                "multi_ctrlr": c.id.cmic & 2 != 0,
-                "ana_reporting": c.id.cmic & 8 != 0,
-            },
-            "vs": {"nvme_version": c.version()},
-            "ns_data": {"id": self.nsid, "can_share": ns.is_some_and(|n| n.can_share)},
-        }])
-    }
-
-    fn config_call(&self, _bdev: &Bdev) -> Option<(&'static str, Value)> {
-        self.attach_call.clone().map(|p| ("bdev_nvme_attach_controller", p))
+        let paths = self.set.paths();
+        let paths = if paths.is_empty() { vec![self.first.clone()] } else { paths };
+        json!(
+            paths
+                .iter()
+                .map(|c| {
+                    let o = &c.opts;
+                    let ns = c.namespaces.iter().find(|n| n.nsid == self.nsid);
+                    json!({
+                        "trid": trid(o),
+                        "cntlid": c.cntlid(),
+                        "host": {"nqn": o.hostnqn, "addr": o.hostaddr.map(|a| a.to_string()).unwrap_or_default(), "svcid": ""},
+                        "ctrlr_data": {
+                            "cntlid": c.cntlid(),
+                            "vendor_id": format!("{:#06x}", c.id.vid.get()),
+                            "model_number": c.id.model(),
+                            "serial_number": c.id.serial(),
+                            "firmware_revision": c.id.firmware(),
+                            "subnqn": c.id.subsystem_nqn(),
+                            "multi_ctrlr": c.id.cmic & 2 != 0,
+                            "ana_reporting": c.id.cmic & 8 != 0,
+                        },
+                        "vs": {"nvme_version": c.version()},
+                        "ns_data": {"id": self.nsid, "can_share": ns.is_some_and(|n| n.can_share), "ana_state": ctrlr::ana::name(c.ana_state(self.nsid))},
+                    })
+                })
+                .collect::<Vec<_>>()
+        )
     }
 
     fn destroy(&self) {
-        let name = self.ctrl.name().to_string();
+        let set = self.set.clone();
         // Runs where the last descriptor closed: the registry is the main
         // reactor's.
-        reactor::send_msg(ReactorId(0), move || namespace_destroyed(&name));
+        reactor::send_msg(ReactorId(0), move || namespace_destroyed(&set));
     }
 }
 
@@ -97,27 +106,12 @@ fn trid(o: &ConnectOptions) -> Value {
     })
 }
 
-struct NamespaceChannel {
-    q: IoChannel<Controller>,
-    nsid: u32,
-}
-
-impl BackendChannel for NamespaceChannel {
-    fn submit(&self, io: BdevIo) {
-        let q: &Rc<IoQueue> = &self.q;
-        q.submit(self.nsid, io);
-    }
-}
-
-/// An attached controller (main reactor).
-struct Attached {
+/// One path of a bdev controller: a controller and its admin queue (main
+/// reactor).
+struct Link {
     ctrl: Arc<Controller>,
     admin: Rc<Qpair>,
-    bdevs: Vec<String>,
-    live: usize,
     attach_params: Value,
-    on_detached: Vec<Box<dyn FnOnce()>>,
-    detaching: bool,
     _keep_alive: Option<Poller>,
     /// Since when the controller is lost (reconnecting).
     lost_at: Option<Instant>,
@@ -128,11 +122,41 @@ struct Attached {
     resets: u64,
 }
 
+/// A namespace bdev of a bdev controller.
+struct NsBdev {
+    name: String,
+    nsid: u32,
+    policy: Arc<Policy>,
+}
+
+/// A bdev controller (SPDK's `nvme_bdev_ctrlr`): its paths and its
+/// namespace bdevs (main reactor).
+struct Group {
+    name: String,
+    set: Arc<PathSet>,
+    links: Vec<Link>,
+    /// The namespace bdevs.
+    bdevs: Vec<NsBdev>,
+    live: usize,
+    on_detached: Vec<Done>,
+    detaching: bool,
+}
+
+impl Group {
+    fn link(&mut self, c: &Arc<Controller>) -> Option<&mut Link> {
+        self.links.iter_mut().find(|l| Arc::ptr_eq(&l.ctrl, c))
+    }
+}
+
+type Done = Box<dyn FnOnce()>;
+
 #[derive(Default)]
 struct Registry {
-    ctrls: RefCell<Vec<Attached>>,
+    groups: RefCell<Vec<Group>>,
     /// Names being attached (bring-up in progress).
     pending: RefCell<Vec<String>>,
+    /// Paths being taken away, until every reactor let go of them.
+    removing: RefCell<Vec<(Link, Done)>>,
 }
 
 fn registry() -> Rc<Registry> {
@@ -150,24 +174,63 @@ fn registry() -> Rc<Registry> {
 /// Whether a fabrics controller (attached or attaching) has this name.
 pub fn exists(name: &str) -> bool {
     let r = registry();
-    r.ctrls.borrow().iter().any(|a| a.ctrl.name() == name) || r.pending.borrow().iter().any(|n| n == name)
+    r.groups.borrow().iter().any(|g| g.name == name) || r.pending.borrow().iter().any(|n| n == name)
 }
 
 /// Whether a fabrics controller is attached (brought up) under this name.
 pub fn attached(name: &str) -> bool {
-    registry().ctrls.borrow().iter().any(|a| a.ctrl.name() == name)
+    registry().groups.borrow().iter().any(|g| g.name == name)
 }
 
-/// The controllers attached, in attach order.
+/// The controllers attached (every path), in attach order.
 pub fn controllers() -> Vec<Arc<Controller>> {
-    registry().ctrls.borrow().iter().map(|a| a.ctrl.clone()).collect()
+    registry().groups.borrow().iter().flat_map(|g| g.links.iter().map(|l| l.ctrl.clone())).collect()
 }
 
 /// Attach the controller at `opts.addr` under `name` (main reactor):
-/// bring it up, then register a bdev per namespace. `done` gets the bdev
-/// names. `attach_params` is what save_config writes back.
-pub fn attach(name: &str, opts: ConnectOptions, attach_params: Value, done: impl FnOnce(Result<Vec<String>, HostError>) + 'static) {
+/// bring it up, then register a bdev per namespace. With `multipath` (SPDK's
+/// `failover` or `multipath`) and an existing bdev controller of that
+/// name, the controller becomes another path to its namespaces instead. `done` gets the bdev names.
+/// `attach_params` is what save_config writes back.
+pub fn attach(
+    name: &str,
+    opts: ConnectOptions,
+    attach_params: Value,
+    multipath: bool,
+    done: impl FnOnce(Result<Vec<String>, HostError>) + 'static,
+) {
     let reg = registry();
+    if reg.pending.borrow().iter().any(|n| n == name) {
+        return done(Err(HostError::Busy(format!("controller {name} is being attached"))));
+    }
+    {
+        let groups = reg.groups.borrow();
+        if let Some(g) = groups.iter().find(|g| g.name == name) {
+            if !multipath {
+                return done(Err(HostError::Exists(format!("A controller named {name} already exists and multipath is disabled"))));
+            }
+            if g.detaching {
+                return done(Err(HostError::Busy(format!("controller {name} is being detached"))));
+            }
+            if let Some(l) = g.links.first() {
+                if l.ctrl.opts.subnqn != opts.subnqn {
+                    return done(Err(HostError::Invalid(format!(
+                        "controller {name} is subsystem {}, not {}: paths of one controller lead to one subsystem",
+                        l.ctrl.opts.subnqn, opts.subnqn
+                    ))));
+                }
+                if l.ctrl.opts.hostnqn != opts.hostnqn {
+                    return done(Err(HostError::Invalid(format!(
+                        "controller {name} is attached as host {}: every path uses it",
+                        l.ctrl.opts.hostnqn
+                    ))));
+                }
+            }
+            if g.links.iter().any(|l| l.ctrl.opts.addr == opts.addr && l.ctrl.opts.hostaddr == opts.hostaddr) {
+                return done(Err(HostError::Exists(format!("A controller named {name} already exists with the specified network path"))));
+            }
+        }
+    }
     reg.pending.borrow_mut().push(name.to_string());
     let n = name.to_string();
     ctrlr::connect(name, opts, reactor::count(), move |r| {
@@ -175,36 +238,22 @@ pub fn attach(name: &str, opts: ConnectOptions, attach_params: Value, done: impl
         reg.pending.borrow_mut().retain(|p| p != &n);
         match r {
             Err(e) => done(Err(e)),
-            Ok((ctrl, admin)) => done(Ok(add(ctrl, admin, attach_params))),
+            Ok((ctrl, admin)) => {
+                let existing = reg.groups.borrow().iter().any(|g| g.name == n);
+                if existing { done(add_path(&n, ctrl, admin, attach_params)) } else { done(Ok(add(ctrl, admin, attach_params))) }
+            }
         }
     });
 }
 
-fn add(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut first = true;
-    for ns in &ctrl.namespaces {
-        let name = format!("{}n{}", ctrl.name(), ns.nsid);
-        if ns.metadata_size != 0 || ns.block_size == 0 {
-            tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
-            continue;
-        }
-        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
-        let backend = Arc::new(NamespaceBackend { ctrl: ctrl.clone(), nsid: ns.nsid, attach_call: first.then(|| attach_params.clone()) });
-        match bdev::register(BdevSpec { name: name.clone(), block_size: ns.block_size, num_blocks: ns.num_blocks, uuid, backend }) {
-            Ok(_) => {
-                names.push(name);
-                first = false;
-            }
-            Err(e) => tracing::error!("{name}: {e}"),
-        }
-    }
-    let keep_alive = (ctrl.opts.kato_ms > 0).then(|| {
-        let name = ctrl.name().to_string();
+fn keep_alive_poller(ctrl: &Arc<Controller>) -> Option<Poller> {
+    (ctrl.opts.kato_ms > 0).then(|| {
+        let weak = Arc::downgrade(ctrl);
         // Half the timeout, as Linux and SPDK send it.
         let period = Duration::from_millis(u64::from(ctrl.opts.kato_ms / 2).max(100));
         reactor::register_timed_poller("nvmf_host_keep_alive", period, move || {
-            let qp = registry().ctrls.borrow().iter().find(|a| a.ctrl.name() == name).map(|a| a.admin.clone());
+            let Some(c) = weak.upgrade() else { return PollStatus::Idle };
+            let qp = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(&c).map(|l| l.admin.clone()));
             let Some(qp) = qp else { return PollStatus::Idle };
             if !qp.is_ready() {
                 return PollStatus::Idle;
@@ -216,39 +265,108 @@ fn add(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Vec<Str
             });
             PollStatus::Busy
         })
-    });
+    })
+}
+
+fn new_link(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Link {
+    Link { _keep_alive: keep_alive_poller(&ctrl), ctrl, admin, attach_params, lost_at: None, retry: None, attempting: false, resets: 0 }
+}
+
+/// Register a bdev for each namespace of `ctrl` that `group` has not got.
+fn register_namespaces(ctrl: &Arc<Controller>, set: &Arc<PathSet>, have: &[NsBdev]) -> Vec<NsBdev> {
+    let mut out = Vec::new();
+    for ns in &ctrl.namespaces {
+        let name = format!("{}n{}", ctrl.name(), ns.nsid);
+        if have.iter().any(|b| b.name == name) {
+            continue;
+        }
+        if ns.metadata_size != 0 || ns.block_size == 0 {
+            tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
+            continue;
+        }
+        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
+        let policy = Arc::new(Policy::default());
+        let backend = Arc::new(NamespaceBackend { set: set.clone(), first: ctrl.clone(), nsid: ns.nsid, policy: policy.clone() });
+        match bdev::register(BdevSpec { name: name.clone(), block_size: ns.block_size, num_blocks: ns.num_blocks, uuid, backend }) {
+            Ok(_) => out.push(NsBdev { name, nsid: ns.nsid, policy }),
+            Err(e) => tracing::error!("{name}: {e}"),
+        }
+    }
+    out
+}
+
+fn add(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Vec<String> {
+    let set = PathSet::new(ctrl.clone());
+    let bdevs = register_namespaces(&ctrl, &set, &[]);
+    let names: Vec<String> = bdevs.iter().map(|b| b.name.clone()).collect();
     tracing::info!("nvmf host: attached {} ({} at {}), bdevs {:?}", ctrl.name(), ctrl.opts.subnqn, ctrl.opts.addr, names);
-    registry().ctrls.borrow_mut().push(Attached {
-        live: names.len(),
-        ctrl,
-        admin,
-        bdevs: names.clone(),
-        attach_params,
+    registry().groups.borrow_mut().push(Group {
+        name: ctrl.name().to_string(),
+        set,
+        live: bdevs.len(),
+        bdevs,
+        links: vec![new_link(ctrl.clone(), admin.clone(), attach_params)],
         on_detached: Vec::new(),
         detaching: false,
-        _keep_alive: keep_alive,
-        lost_at: None,
-        retry: None,
-        attempting: false,
-        resets: 0,
     });
+    watch_ana(&ctrl, &admin);
     // A subsystem with no namespace yet stays attached, as with SPDK.
     names
 }
 
-/// Detach controller `name`: delete its bdevs, shut it down, forget it;
-/// `done` runs when that has happened. `None` if no such controller.
+/// Another path to the namespaces of bdev controller `name`: its
+/// namespaces must be the same ones (a namespace only it has gets a bdev).
+fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Result<Vec<String>, HostError> {
+    let reg = registry();
+    let mut groups = reg.groups.borrow_mut();
+    let refuse = |why: String| {
+        let a = admin.clone();
+        ctrlr::shutdown(&admin, move |_| a.close());
+        Err(HostError::Invalid(why))
+    };
+    let Some(g) = groups.iter_mut().find(|g| g.name == name) else {
+        return refuse(format!("controller {name} went away while the path was attached"));
+    };
+    if g.detaching {
+        return refuse(format!("controller {name} is being detached"));
+    }
+    if let Some(first) = g.links.first() {
+        for ns in &ctrl.namespaces {
+            let Some(old) = first.ctrl.namespaces.iter().find(|o| o.nsid == ns.nsid) else { continue };
+            if old.nguid != ns.nguid || old.block_size != ns.block_size || old.num_blocks != ns.num_blocks {
+                return refuse(format!(
+                    "namespace {} at {} is not the namespace {} of controller {name} (identity or size differ)",
+                    ns.nsid, ctrl.opts.addr, ns.nsid
+                ));
+            }
+        }
+    }
+    g.set.add(ctrl.clone());
+    let added = register_namespaces(&ctrl, &g.set, &g.bdevs);
+    g.live += added.len();
+    g.bdevs.extend(added);
+    tracing::info!("nvmf host: {name}: path {} added ({} paths)", ctrl.opts.addr, g.links.len() + 1);
+    g.links.push(new_link(ctrl.clone(), admin.clone(), attach_params));
+    let names = g.bdevs.iter().map(|b| b.name.clone()).collect();
+    drop(groups);
+    watch_ana(&ctrl, &admin);
+    Ok(names)
+}
+
+/// Detach bdev controller `name`: delete its bdevs, shut its controllers
+/// down, forget it; `done` runs when that has happened. `None` if no such
+/// controller.
 pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
     let bdevs = {
         let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let a = ctrls.iter_mut().find(|a| a.ctrl.name() == name)?;
-        a.on_detached.push(Box::new(done));
-        if a.detaching {
+        let mut groups = reg.groups.borrow_mut();
+        let g = groups.iter_mut().find(|g| g.name == name)?;
+        g.on_detached.push(Box::new(done));
+        if g.detaching {
             return Some(());
         }
-        a.detaching = true;
-        a.bdevs.clone()
+        g.detaching = true;
+        g.bdevs.iter().map(|b| b.name.clone()).collect::<Vec<_>>()
     };
     if bdevs.is_empty() {
         finish_detach(name);
@@ -259,39 +377,83 @@ pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
     Some(())
 }
 
-fn namespace_destroyed(ctrl_name: &str) {
-    let last = {
-        let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(a) = ctrls.iter_mut().find(|a| a.ctrl.name() == ctrl_name) else { return };
-        a.live = a.live.saturating_sub(1);
-        a.detaching = true;
-        a.live == 0
-    };
-    if last {
-        finish_detach(ctrl_name);
-    }
+/// Whether bdev controller `name` has a path at `addr` (and `hostaddr`).
+pub fn has_path(name: &str, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>) -> bool {
+    registry().groups.borrow().iter().filter(|g| g.name == name).flat_map(|g| g.links.iter()).any(|l| path_is(l, addr, hostaddr))
 }
 
-fn finish_detach(name: &str) {
-    let entry = {
+fn path_is(l: &Link, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>) -> bool {
+    l.ctrl.opts.addr == addr && hostaddr.is_none_or(|h| l.ctrl.opts.hostaddr == Some(h))
+}
+
+/// Detach the path of bdev controller `name` at `addr` (and `hostaddr`,
+/// when given): its requests move to the other paths. The last path takes
+/// the whole controller with it. `None` if there is no such path.
+pub fn detach_path(name: &str, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>, done: impl FnOnce() + 'static) -> Option<()> {
+    let ctrl = {
         let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(pos) = ctrls.iter().position(|a| a.ctrl.name() == name) else { return };
-        ctrls.remove(pos)
+        let groups = reg.groups.borrow();
+        let g = groups.iter().find(|g| g.name == name)?;
+        let l = g.links.iter().find(|l| path_is(l, addr, hostaddr))?;
+        if g.links.len() == 1 {
+            drop(groups);
+            return detach(name, done);
+        }
+        l.ctrl.clone()
     };
-    let admin = entry.admin.clone();
-    let n = name.to_string();
-    let on_detached = entry.on_detached;
+    remove_path(name, &ctrl, Box::new(done));
+    Some(())
+}
+
+/// Take path `ctrl` out of bdev controller `name`: no channel chooses it
+/// again, each reactor's queue gives its requests back to the bdevs'
+/// channels (which send them on another path), then the controller is
+/// shut down.
+fn remove_path(name: &str, ctrl: &Arc<Controller>, done: Done) {
+    {
+        let reg = registry();
+        let mut groups = reg.groups.borrow_mut();
+        let Some(g) = groups.iter_mut().find(|g| g.name == name) else { return done() };
+        let Some(pos) = g.links.iter().position(|l| Arc::ptr_eq(&l.ctrl, ctrl)) else { return done() };
+        g.set.remove(ctrl);
+        let link = g.links.remove(pos);
+        reg.removing.borrow_mut().push((link, done));
+    }
+    tracing::info!("nvmf host: {name}: path {} removed", ctrl.opts.addr);
+    ctrl.set_removed();
+    let c = ctrl.clone();
+    let c2 = ctrl.clone();
+    reactor::for_each_reactor(
+        move || {
+            if let Some(q) = try_get_io_channel(&c) {
+                q.disconnect();
+            }
+        },
+        move || {
+            reactor::send_msg(ReactorId(0), move || {
+                let reg = registry();
+                let mut removing = reg.removing.borrow_mut();
+                let Some(pos) = removing.iter().position(|(l, _)| Arc::ptr_eq(&l.ctrl, &c2)) else { return };
+                let (link, done) = removing.remove(pos);
+                drop(removing);
+                shutdown_link(link, done);
+            });
+        },
+    );
+}
+
+/// CC.SHN on a path's controller (if connected), then close its admin queue.
+fn shutdown_link(link: Link, done: Done) {
+    let admin = link.admin.clone();
+    let a = link.admin.clone();
+    let ready = link_ready(&link);
     let end = move || {
         admin.close();
-        tracing::info!("nvmf host: {n} detached");
-        for f in on_detached {
-            f();
-        }
+        drop(link);
+        done();
     };
-    if entry.admin.is_ready() {
-        ctrlr::shutdown(&entry.admin, move |r| {
+    if ready {
+        ctrlr::shutdown(&a, move |r| {
             if let Err(e) = r {
                 tracing::warn!("nvmf host: shutdown: {e}");
             }
@@ -302,26 +464,85 @@ fn finish_detach(name: &str) {
     }
 }
 
-/// A queue pair of controller `name` failed (main reactor): unless it is
-/// being reconnected already, take the controller down (its I/O waits,
-/// parked on each reactor), close its queues and reconnect it, as
+fn link_ready(l: &Link) -> bool {
+    l.lost_at.is_none() && l.admin.is_ready()
+}
+
+fn namespace_destroyed(set: &Arc<PathSet>) {
+    let name = {
+        let reg = registry();
+        let mut groups = reg.groups.borrow_mut();
+        let Some(g) = groups.iter_mut().find(|g| Arc::ptr_eq(&g.set, set)) else { return };
+        g.live = g.live.saturating_sub(1);
+        g.detaching = true;
+        (g.live == 0).then(|| g.name.clone())
+    };
+    if let Some(n) = name {
+        finish_detach(&n);
+    }
+}
+
+fn finish_detach(name: &str) {
+    let group = {
+        let reg = registry();
+        let mut groups = reg.groups.borrow_mut();
+        let Some(pos) = groups.iter().position(|g| g.name == name) else { return };
+        groups.remove(pos)
+    };
+    let n = name.to_string();
+    let mut on_detached = group.on_detached;
+    let finish: Done = Box::new(move || {
+        tracing::info!("nvmf host: {n} detached");
+        for f in on_detached.drain(..) {
+            f();
+        }
+    });
+    // Each path shuts down; the last one to finish runs `finish`.
+    let left = Rc::new(std::cell::Cell::new(group.links.len()));
+    let finish = Rc::new(RefCell::new(Some(finish)));
+    if group.links.is_empty() {
+        return finish.borrow_mut().take().expect("set")();
+    }
+    for l in group.links {
+        l.ctrl.set_removed();
+        let (left, finish) = (left.clone(), finish.clone());
+        shutdown_link(
+            l,
+            Box::new(move || {
+                left.set(left.get() - 1);
+                if left.get() == 0 {
+                    if let Some(f) = finish.borrow_mut().take() {
+                        f();
+                    }
+                }
+            }),
+        );
+    }
+}
+
+/// A queue pair of path `ctrl` failed (main reactor): unless it is being
+/// reconnected already, take the controller down (its requests go to the
+/// other paths, or wait), close its queues and reconnect it, as
 /// `ctrlr_loss_timeout_sec`, `reconnect_delay_sec` and
 /// `fast_io_fail_timeout_sec` say.
-pub(crate) fn lost(name: &str, why: &str) {
-    let ctrl = {
+pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
+    {
         let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(a) = ctrls.iter_mut().find(|a| a.ctrl.name() == name) else { return };
-        if a.detaching || a.lost_at.is_some() {
+        let mut groups = reg.groups.borrow_mut();
+        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) else { return };
+        if g.detaching {
             return;
         }
-        a.lost_at = Some(Instant::now());
-        a.resets += 1;
-        a.ctrl.set_down(true);
-        a.admin.close();
-        a.ctrl.clone()
-    };
-    tracing::warn!("nvmf host: controller {name} lost ({why}); reconnecting");
+        let l = g.link(ctrl).expect("found");
+        if l.lost_at.is_some() {
+            return;
+        }
+        l.lost_at = Some(Instant::now());
+        l.resets += 1;
+        ctrl.set_down(true);
+        l.admin.close();
+    }
+    tracing::warn!("nvmf host: controller {} lost (path {}: {why}); reconnecting", ctrl.name(), ctrl.opts.addr);
     let c = ctrl.clone();
     reactor::for_each_reactor(
         move || {
@@ -331,41 +552,48 @@ pub(crate) fn lost(name: &str, why: &str) {
         },
         || {},
     );
-    attempt(name);
+    attempt(ctrl);
 }
 
 /// One reconnect attempt; on failure, the next after `reconnect_delay_sec`
-/// or the end (the controller deleted) once `ctrlr_loss_timeout_sec` passed.
-fn attempt(name: &str) {
-    let ctrl = {
+/// or the end (the path removed, or the controller deleted if it was the
+/// last) once `ctrlr_loss_timeout_sec` passed.
+fn attempt(ctrl: &Arc<Controller>) {
+    {
         let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(a) = ctrls.iter_mut().find(|a| a.ctrl.name() == name) else { return };
-        if a.attempting || a.detaching {
+        let mut groups = reg.groups.borrow_mut();
+        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) else { return };
+        if g.detaching {
             return;
         }
-        a.attempting = true;
-        a.retry = None;
-        a.ctrl.clone()
-    };
-    let n = name.to_string();
-    ctrlr::reconnect(&ctrl, move |r| {
+        let l = g.link(ctrl).expect("found");
+        if l.attempting {
+            return;
+        }
+        l.attempting = true;
+        l.retry = None;
+    }
+    let ctrl = ctrl.clone();
+    ctrlr::reconnect(&ctrl.clone(), move |r| {
         let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(a) = ctrls.iter_mut().find(|a| a.ctrl.name() == n) else {
+        let mut groups = reg.groups.borrow_mut();
+        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, &ctrl))) else {
             if let Ok((_, admin)) = r {
                 admin.close();
             }
             return;
         };
-        a.attempting = false;
+        let (name, paths, detaching) = (g.name.clone(), g.links.len(), g.detaching);
+        let l = g.link(&ctrl).expect("found");
+        l.attempting = false;
         match r {
-            Ok((c, admin)) if !a.detaching => {
-                a.admin = admin;
-                a.lost_at = None;
+            Ok((c, admin)) if !detaching => {
+                l.admin = admin.clone();
+                l.lost_at = None;
                 c.set_down(false);
-                tracing::info!("nvmf host: controller {n} reconnected (controller id {})", c.cntlid());
-                drop(ctrls);
+                tracing::info!("nvmf host: controller {name} reconnected (path {}, controller id {})", c.opts.addr, c.cntlid());
+                drop(groups);
+                watch_ana(&c, &admin);
                 reactor::for_each_reactor(
                     move || {
                         if let Some(q) = try_get_io_channel(&c) {
@@ -377,15 +605,14 @@ fn attempt(name: &str) {
             }
             Ok((_, admin)) => admin.close(),
             Err(e) => {
-                let o = &a.ctrl.opts;
-                let down_for = a.lost_at.map(|t| t.elapsed()).unwrap_or_default();
+                let o = &ctrl.opts;
+                let down_for = l.lost_at.map(|t| t.elapsed()).unwrap_or_default();
                 let loss = o.ctrlr_loss_timeout_sec;
                 let give_up = loss == 0 || (loss > 0 && down_for >= Duration::from_secs(loss as u64));
                 let fail_fast = o.fast_io_fail_timeout_sec > 0 && down_for >= Duration::from_secs(u64::from(o.fast_io_fail_timeout_sec));
-                let c = a.ctrl.clone();
                 if give_up || fail_fast {
-                    c.set_failing();
-                    let c2 = c.clone();
+                    ctrl.set_failing();
+                    let c2 = ctrl.clone();
                     reactor::for_each_reactor(
                         move || {
                             if let Some(q) = try_get_io_channel(&c2) {
@@ -396,18 +623,34 @@ fn attempt(name: &str) {
                     );
                 }
                 if give_up {
-                    tracing::error!("nvmf host: controller {n} lost for good ({e}); deleting it (ctrlr_loss_timeout_sec {loss})");
-                    drop(ctrls);
-                    let _ = detach(&n, || {});
+                    drop(groups);
+                    if paths > 1 {
+                        tracing::error!(
+                            "nvmf host: controller {name}: path {} lost for good ({e}); removing it (ctrlr_loss_timeout_sec {loss})",
+                            ctrl.opts.addr
+                        );
+                        remove_path(&name, &ctrl, Box::new(|| {}));
+                    } else {
+                        tracing::error!("nvmf host: controller {name} lost for good ({e}); deleting it (ctrlr_loss_timeout_sec {loss})");
+                        let _ = detach(&name, || {});
+                    }
                     return;
                 }
-                tracing::warn!("nvmf host: controller {n}: reconnect failed ({e}); next in {} s", o.reconnect_delay_sec.max(1));
-                let n2 = n.clone();
+                tracing::warn!(
+                    "nvmf host: controller {name} at {}: reconnect failed ({e}); next in {} s",
+                    o.addr,
+                    o.reconnect_delay_sec.max(1)
+                );
                 let delay = Duration::from_secs(u64::from(o.reconnect_delay_sec.max(1)));
-                a.retry = Some(reactor::register_timed_poller("nvmf_host_reconnect", delay, move || {
-                    let n3 = n2.clone();
+                let weak = Arc::downgrade(&ctrl);
+                l.retry = Some(reactor::register_timed_poller("nvmf_host_reconnect", delay, move || {
+                    let w = weak.clone();
                     // Not from inside the poller: the attempt replaces it.
-                    reactor::send_msg(ReactorId(0), move || attempt(&n3));
+                    reactor::send_msg(ReactorId(0), move || {
+                        if let Some(c) = w.upgrade() {
+                            attempt(&c);
+                        }
+                    });
                     PollStatus::Busy
                 }));
             }
@@ -415,40 +658,186 @@ fn attempt(name: &str) {
     });
 }
 
-/// `bdev_nvme_get_controllers` entries of fabrics controllers.
+/// Follow the ANA states of path `ctrl` (just up): read its ANA log now,
+/// and again whenever it sends an ANA change event.
+fn watch_ana(ctrl: &Arc<Controller>, admin: &Rc<Qpair>) {
+    if !ctrl.reports_ana() {
+        return;
+    }
+    ana_changed(ctrl);
+    let (weak, q) = (Arc::downgrade(ctrl), Rc::downgrade(admin));
+    // Asynchronous Event Configuration: ANA change notices (bit 11).
+    ctrlr::set_async_events(admin, 1 << 11, move |r| {
+        if let Err(e) = r {
+            tracing::warn!("nvmf host: ANA change notices not enabled ({e}); ANA states follow command status only");
+        }
+        arm_ana_event(weak, q);
+    });
+}
+
+/// Keep one Asynchronous Event Request outstanding on a path's admin
+/// queue; an ANA change reads the ANA log again. Ends with the queue (a
+/// reconnect arms a new one).
+fn arm_ana_event(ctrl: std::sync::Weak<Controller>, admin: std::rc::Weak<Qpair>) {
+    let Some(qp) = admin.upgrade() else { return };
+    ctrlr::async_event(&qp, move |r| {
+        let (Ok(dw0), Some(c)) = (r, ctrl.upgrade()) else { return };
+        arm_ana_event(Arc::downgrade(&c), admin);
+        if (dw0 >> 16) & 0xff == u32::from(pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS) {
+            tracing::info!("nvmf host: {} at {}: ANA change", c.name(), c.opts.addr);
+            ana_changed(&c);
+        }
+    });
+}
+
+/// Read path `ctrl`'s ANA log again (main reactor), then have the bdevs'
+/// channels on every reactor look at their paths again.
+pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
+    let admin = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()));
+    let Some(admin) = admin else { return };
+    if !admin.is_ready() {
+        return;
+    }
+    let c = ctrl.clone();
+    ctrlr::refresh_ana(ctrl, &admin, move |r| {
+        if let Err(e) = r {
+            tracing::warn!("nvmf host: {}: reading the ANA log: {e}", c.name());
+        }
+        reactor::for_each_reactor(
+            move || {
+                if let Some(q) = try_get_io_channel(&c) {
+                    q.tell_users();
+                }
+            },
+            || {},
+        );
+    });
+}
+
+/// `bdev_nvme_get_controllers` entries of fabrics controllers: one per
+/// bdev controller, a `ctrlrs` entry per path.
 pub fn describe_controllers(name: Option<&str>) -> Vec<Value> {
     registry()
-        .ctrls
+        .groups
         .borrow()
         .iter()
-        .filter(|a| name.is_none_or(|n| n == a.ctrl.name()))
-        .map(|a| {
-            let c = &a.ctrl;
-            let state = if a.lost_at.is_some() {
-                "resetting"
-            } else if a.admin.is_ready() {
-                "enabled"
-            } else {
-                "failed"
-            };
+        .filter(|g| name.is_none_or(|n| n == g.name))
+        .map(|g| {
+            let ctrlrs: Vec<Value> = g
+                .links
+                .iter()
+                .map(|l| {
+                    let c = &l.ctrl;
+                    let state = if l.lost_at.is_some() {
+                        if c.is_failing() { "failed" } else { "resetting" }
+                    } else if l.admin.is_ready() {
+                        "enabled"
+                    } else {
+                        "failed"
+                    };
+                    json!({
+                        "state": state,
+                        "cntlid": c.cntlid(),
+                        "trid": trid(&c.opts),
+                        "host": {"nqn": c.opts.hostnqn, "addr": c.opts.hostaddr.map(|a| a.to_string()).unwrap_or_default(), "svcid": ""},
+                        "model_number": c.id.model(),
+                        "serial_number": c.id.serial(),
+                        "firmware_revision": c.id.firmware(),
+                        "namespaces": g.bdevs.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                        "io_queues": c.io_queues,
+                        "max_transfer_bytes": c.max_transfer,
+                        "resets": l.resets,
+                        "error": l.admin.error().map(|e| e.to_string()),
+                    })
+                })
+                .collect();
             json!({
-                "name": c.name(),
-                "ctrlrs": [{
-                    "state": state,
-                    "cntlid": c.cntlid(),
-                    "trid": trid(&c.opts),
-                    "host": {"nqn": c.opts.hostnqn, "addr": c.opts.hostaddr.map(|a| a.to_string()).unwrap_or_default(), "svcid": ""},
-                    "model_number": c.id.model(),
-                    "serial_number": c.id.serial(),
-                    "firmware_revision": c.id.firmware(),
-                    "namespaces": a.bdevs,
-                    "io_queues": c.io_queues,
-                    "max_transfer_bytes": c.max_transfer,
-                    "resets": a.resets,
-                    "error": a.admin.error().map(|e| e.to_string()),
-                }],
-                "attach_params": a.attach_params,
+                "name": g.name,
+                "ctrlrs": ctrlrs,
+                "attach_params": g.links.first().map(|l| l.attach_params.clone()),
             })
         })
         .collect()
+}
+
+/// What save_config writes for the fabrics controllers: each path's
+/// `bdev_nvme_attach_controller` as it was called, then each policy set by
+/// `bdev_nvme_set_multipath_policy`.
+pub fn write_config(out: &mut ConfigWriter) {
+    let reg = registry();
+    let groups = reg.groups.borrow();
+    for g in groups.iter() {
+        // Paths a discovery service attached have no call of their own.
+        for l in g.links.iter().filter(|l| !l.attach_params.is_null()) {
+            out.call("bdev_nvme_attach_controller", l.attach_params.clone());
+        }
+    }
+    for p in crate::discovery::config_calls() {
+        out.call("bdev_nvme_start_discovery", p);
+    }
+    for g in groups.iter() {
+        for NsBdev { name: b, policy: p, .. } in &g.bdevs {
+            if p.was_set() {
+                let mut v = json!({"name": b, "policy": if p.is_active_active() { "active_active" } else { "active_passive" }});
+                if p.is_active_active() {
+                    v["selector"] = if p.is_queue_depth() { "queue_depth" } else { "round_robin" }.into();
+                    if !p.is_queue_depth() {
+                        v["rr_min_io"] = p.rr_min_io().into();
+                    }
+                }
+                out.call("bdev_nvme_set_multipath_policy", v);
+            }
+        }
+    }
+}
+
+/// The policy of namespace bdev `bdev`, if it is one of the host's.
+pub fn policy(bdev: &str) -> Option<Arc<Policy>> {
+    registry().groups.borrow().iter().flat_map(|g| g.bdevs.iter()).find(|b| b.name == bdev).map(|b| b.policy.clone())
+}
+
+/// `bdev_nvme_get_io_paths`: for each reactor with a channel, each
+/// namespace bdev's paths there (connected, accessible, current).
+pub fn io_paths(bdev_name: Option<&str>, done: impl FnOnce(Value) + Send + 'static) {
+    let list: Vec<(String, u32, Arc<PathSet>, Arc<Policy>)> = registry()
+        .groups
+        .borrow()
+        .iter()
+        .flat_map(|g| g.bdevs.iter().map(|b| (b.name.clone(), b.nsid, g.set.clone(), b.policy.clone())))
+        .filter(|(n, _, _, _)| bdev_name.is_none_or(|b| b == n))
+        .collect();
+    let list = Arc::new(Mutex::new(list));
+    reactor::map_reactors(
+        move || {
+            let id = reactor::current();
+            let thread = if id.0 == 0 { "app_thread".to_string() } else { std::thread::current().name().unwrap_or("reactor").to_string() };
+            let list = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut paths = Vec::new();
+            for (name, nsid, set, policy) in &list {
+                let view = multipath::local_view(set, *nsid);
+                if !view.iter().any(|(c, _)| try_get_io_channel(c).is_some()) {
+                    continue;
+                }
+                let states: Vec<PathState> = view.iter().map(|(_, s)| *s).collect();
+                // The best ANA state any connected path has: what the
+                // policy uses.
+                let best = [PathState::Ready, PathState::NonOptimized].into_iter().find(|b| states.contains(b));
+                let first = best.and_then(|b| states.iter().position(|s| *s == b));
+                for (i, (c, st)) in view.iter().enumerate() {
+                    let current = if policy.is_active_active() { Some(*st) == best } else { Some(i) == first };
+                    paths.push(json!({
+                        "bdev_name": name,
+                        "cntlid": c.cntlid(),
+                        "current": current,
+                        "connected": matches!(st, PathState::Ready | PathState::NonOptimized | PathState::Inaccessible | PathState::Changing),
+                        "accessible": matches!(st, PathState::Ready | PathState::NonOptimized),
+                        "ana_state": ctrlr::ana::name(c.ana_state(*nsid)),
+                        "transport": trid(&c.opts),
+                    }));
+                }
+            }
+            (!paths.is_empty()).then(|| json!({"thread": thread, "io_paths": paths}))
+        },
+        move |all| done(json!({"poll_groups": all.into_iter().flatten().collect::<Vec<_>>()})),
+    );
 }

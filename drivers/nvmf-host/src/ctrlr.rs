@@ -10,12 +10,12 @@
 //! queue (Fabrics Connect with the controller id) when its channel is made;
 //! requests wait until it is up.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::{BdevIo, IoStatus};
@@ -94,6 +94,29 @@ pub struct Namespace {
     pub metadata_size: u16,
     pub nguid: [u8; 16],
     pub can_share: bool,
+    /// ANA group (0: none).
+    pub anagrpid: u32,
+}
+
+/// ANA states (Asymmetric Namespace Access, NVMe 2.0 8.1.1).
+pub mod ana {
+    pub const OPTIMIZED: u8 = 0x1;
+    pub const NON_OPTIMIZED: u8 = 0x2;
+    pub const INACCESSIBLE: u8 = 0x3;
+    pub const PERSISTENT_LOSS: u8 = 0x4;
+    pub const CHANGE: u8 = 0xf;
+
+    /// SPDK's names for them.
+    pub fn name(state: u8) -> &'static str {
+        match state {
+            OPTIMIZED => "optimized",
+            NON_OPTIMIZED => "non_optimized",
+            INACCESSIBLE => "inaccessible",
+            PERSISTENT_LOSS => "persistent_loss",
+            CHANGE => "change",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A controller that is up: what bring-up learnt, shared by all reactors.
@@ -106,6 +129,8 @@ pub struct Controller {
     down: AtomicBool,
     /// Given up on (fast I/O fail or controller loss): I/O fails at once.
     failing: AtomicBool,
+    /// Taken out of its bdev controller (path detached): not chosen again.
+    removed: AtomicBool,
     pub cap: u64,
     pub vs: u32,
     pub id: Box<IdentifyController>,
@@ -118,6 +143,9 @@ pub struct Controller {
     pub in_capsule: u32,
     /// Which I/O queue ids are in use (index qid - 1).
     qids: Mutex<Vec<bool>>,
+    /// The ANA state of each namespace through this controller (index as
+    /// `namespaces`); optimized when the controller does not report ANA.
+    ana: Box<[AtomicU8]>,
 }
 
 impl Controller {
@@ -147,12 +175,66 @@ impl Controller {
         self.failing.store(true, Ordering::Relaxed);
     }
 
+    /// Whether I/O to this controller fails at once (given up on).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this path was taken out of its bdev controller.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn set_cntlid(&self, id: u16) {
         self.cntlid.store(id, Ordering::Relaxed);
     }
 
     pub fn version(&self) -> String {
         format!("{}.{}", self.vs >> 16, (self.vs >> 8) & 0xff)
+    }
+
+    /// Whether the controller reports ANA states (CMIC bit 3).
+    pub fn reports_ana(&self) -> bool {
+        self.id.cmic & 8 != 0
+    }
+
+    /// The ANA state of namespace `nsid` through this controller.
+    pub fn ana_state(&self, nsid: u32) -> u8 {
+        match self.namespaces.iter().position(|n| n.nsid == nsid) {
+            Some(i) => self.ana[i].load(Ordering::Relaxed),
+            None => ana::INACCESSIBLE,
+        }
+    }
+
+    /// Take namespace `nsid`'s state from a command's path status (until
+    /// the ANA log says otherwise).
+    pub(crate) fn mark_ana(&self, nsid: u32, state: u8) {
+        if let Some(i) = self.namespaces.iter().position(|n| n.nsid == nsid) {
+            self.ana[i].store(state, Ordering::Relaxed);
+        }
+    }
+
+    /// Take the states an ANA log page (log identifier 0x0c) gives: each
+    /// group descriptor's state for the namespaces it lists. Returns
+    /// whether any changed; a malformed log changes nothing.
+    pub fn apply_ana_log(&self, log: &[u8]) -> bool {
+        let Some(groups) = parse_ana_log(log) else {
+            tracing::warn!("nvmf host {}: malformed ANA log page", self.name);
+            return false;
+        };
+        let mut changed = false;
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let by_nsid = groups.iter().find(|(_, _, nsids)| nsids.contains(&ns.nsid));
+            let by_group = groups.iter().find(|(g, _, _)| *g == ns.anagrpid && ns.anagrpid != 0);
+            if let Some((_, state, _)) = by_nsid.or(by_group) {
+                changed |= self.ana[i].swap(*state, Ordering::Relaxed) != *state;
+            }
+        }
+        changed
     }
 
     pub fn supports_write_zeroes(&self) -> bool {
@@ -195,14 +277,29 @@ impl Controller {
     }
 }
 
+/// Who sends requests through an I/O queue (a namespace bdev's channel on
+/// this reactor): requests the queue cannot send any more go back to it,
+/// so it can choose another path, and it hears when the path is back.
+pub(crate) trait PathUser {
+    /// A request of this user that its path gave back.
+    fn requeue(&self, io: BdevIo);
+    /// The path changed state (up again, or given up on): look again at
+    /// what waits.
+    fn path_changed(&self);
+}
+
 /// A reactor's I/O queue of one controller: its queue pair (replaced on
 /// reconnect, keeping its queue id), and the requests parked while the
-/// controller is down.
+/// controller is down and no user took them back.
 pub struct IoQueue {
     ctrl: Arc<Controller>,
     qp: RefCell<Option<Rc<Qpair>>>,
     parked: RefCell<std::collections::VecDeque<(u32, BdevIo)>>,
     qid: u16,
+    /// The queue pair is connected (Fabrics Connect done).
+    live: Cell<bool>,
+    /// The users, by namespace id.
+    users: RefCell<Vec<(u32, Weak<dyn PathUser>)>>,
 }
 
 impl IoQueue {
@@ -210,13 +307,48 @@ impl IoQueue {
         self.qp.borrow().clone()
     }
 
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.ctrl
+    }
+
+    /// Whether requests go out now (connected, controller up).
+    pub fn is_live(&self) -> bool {
+        self.live.get() && self.ctrl.is_up() && !self.ctrl.is_failing() && !self.ctrl.is_removed()
+    }
+
+    /// Requests in flight or waiting on this queue.
+    pub fn outstanding(&self) -> usize {
+        self.qp.borrow().as_ref().map_or(0, |q| q.outstanding()) + self.parked.borrow().len()
+    }
+
+    /// `user` sends namespace `nsid`'s requests through this queue.
+    pub(crate) fn add_user(&self, nsid: u32, user: Weak<dyn PathUser>) {
+        let mut u = self.users.borrow_mut();
+        u.retain(|(n, w)| *n != nsid && w.strong_count() > 0);
+        u.push((nsid, user));
+    }
+
+    fn user(&self, nsid: u32) -> Option<Rc<dyn PathUser>> {
+        self.users.borrow().iter().find(|(n, _)| *n == nsid).and_then(|(_, w)| w.upgrade())
+    }
+
+    pub(crate) fn tell_users(&self) {
+        let users: Vec<_> = self.users.borrow().iter().filter_map(|(_, w)| w.upgrade()).collect();
+        for u in users {
+            u.path_changed();
+        }
+    }
+
     /// Send a request, or park it while the controller is down.
     pub fn submit(self: &Rc<Self>, nsid: u32, io: BdevIo) {
         if self.qid == 0 {
             return io.complete(IoStatus::NoDevice);
         }
-        if self.ctrl.failing.load(Ordering::Relaxed) {
+        if self.ctrl.is_failing() {
             return io.complete(IoStatus::Failed);
+        }
+        if self.ctrl.is_removed() {
+            return self.give_back(vec![(nsid, io)]);
         }
         let qp = self.qp.borrow().clone();
         match qp {
@@ -225,15 +357,29 @@ impl IoQueue {
         }
     }
 
+    /// Requests this queue cannot send: back to their users (who choose
+    /// another path, or wait), else parked here until the queue is back.
+    fn give_back(&self, ios: Vec<(u32, BdevIo)>) {
+        let mut mine = Vec::new();
+        for (nsid, io) in ios {
+            match self.user(nsid) {
+                Some(u) => u.requeue(io),
+                None => mine.push((nsid, io)),
+            }
+        }
+        self.park_front(mine);
+    }
+
     /// Connect (again) with the controller's current id; parked requests
     /// go once the Fabrics Connect succeeded.
     pub(crate) fn connect(self: &Rc<Self>) {
-        if self.qid == 0 {
+        if self.qid == 0 || self.ctrl.is_removed() {
             return;
         }
         // A queue pair still open is replaced; its requests park and go
         // on the new one.
         let old = self.qp.borrow_mut().take();
+        self.live.set(false);
         if let Some(old) = old {
             let ios = old.close_take();
             self.park_front(ios);
@@ -258,7 +404,9 @@ impl IoQueue {
                 fabrics_connect(&qp, qid, sqsize, 0, ctrl.cntlid(), &ctrl.opts, move |r| match r {
                     Ok(_) => {
                         qp2.open_gate();
+                        q2.live.set(true);
                         q2.flush_parked();
+                        q2.tell_users();
                     }
                     Err(e) => qp2.fail(e),
                 });
@@ -270,33 +418,70 @@ impl IoQueue {
                     }
                     return;
                 };
-                q.park_front(ios);
-                if q.ctrl.failing.load(Ordering::Relaxed) {
+                q.live.set(false);
+                if q.ctrl.is_failing() {
+                    q.park_front(ios);
                     q.fail_parked(IoStatus::Failed);
+                } else {
+                    q.give_back(ios);
                 }
-                let name = q.ctrl.name.clone();
+                let ctrl = q.ctrl.clone();
                 let why = e.to_string();
                 // The controller's reconnect runs on the main reactor.
-                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&name, &why));
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&ctrl, &why));
             },
         );
         match qp {
-            Ok(qp) => *self.qp.borrow_mut() = Some(qp),
+            Ok(qp) => {
+                let me = Rc::downgrade(self);
+                qp.set_on_path_error(Rc::new(move |nsid, io, sc| {
+                    let Some(q) = me.upgrade() else { return io.complete(IoStatus::Nvme { sct: 3, sc }) };
+                    q.path_error(nsid, io, sc);
+                }));
+                *self.qp.borrow_mut() = Some(qp);
+            }
             Err(e) => {
                 tracing::error!("nvmf host {}: I/O queue {qid}: {e}", self.ctrl.name);
-                let name = self.ctrl.name.clone();
+                let ctrl = self.ctrl.clone();
                 let why = e.to_string();
-                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&name, &why));
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&ctrl, &why));
             }
         }
     }
 
-    /// Close the queue pair (the controller went down): its requests park.
+    /// The controller failed a request of namespace `nsid` with ANA status
+    /// `sc` (1 persistent loss, 2 inaccessible, 3 transition): the path is
+    /// taken as that for the namespace until the ANA log (read again now)
+    /// says otherwise, and the request goes back to its user, who sends it
+    /// on another path, waits for a transition, or fails it.
+    fn path_error(&self, nsid: u32, io: BdevIo, sc: u8) {
+        let state = match sc {
+            1 => ana::PERSISTENT_LOSS,
+            2 => ana::INACCESSIBLE,
+            _ => ana::CHANGE,
+        };
+        let was = self.ctrl.ana_state(nsid);
+        self.ctrl.mark_ana(nsid, state);
+        if was != state {
+            let ctrl = self.ctrl.clone();
+            reactor::send_msg(ReactorId(0), move || crate::bdev::ana_changed(&ctrl));
+        }
+        match self.user(nsid) {
+            Some(u) => u.requeue(io),
+            None => io.complete(IoStatus::Nvme { sct: 3, sc }),
+        }
+    }
+
+    /// Close the queue pair (the controller went down, or this path was
+    /// taken away): its requests go back to their users, who send them on
+    /// another path or wait for this one.
     pub(crate) fn disconnect(&self) {
         let qp = self.qp.borrow_mut().take();
-        if let Some(qp) = qp {
-            qp.fail(HostError::Transport(format!("controller {} is reconnecting", self.ctrl.name)));
-        }
+        self.live.set(false);
+        let mut ios = qp.map(|qp| qp.close_take()).unwrap_or_default();
+        ios.extend(self.parked.borrow_mut().drain(..));
+        self.give_back(ios);
+        self.tell_users();
     }
 
     fn park_front(&self, ios: Vec<(u32, BdevIo)>) {
@@ -313,12 +498,14 @@ impl IoQueue {
         }
     }
 
-    /// Fail what is parked (fast I/O fail, controller lost, detach).
+    /// Fail what is parked (fast I/O fail, controller lost, detach), and
+    /// have the users look again at what they hold for this path.
     pub(crate) fn fail_parked(&self, status: IoStatus) {
         let parked = std::mem::take(&mut *self.parked.borrow_mut());
         for (_, io) in parked {
             io.complete(status);
         }
+        self.tell_users();
     }
 }
 
@@ -344,7 +531,14 @@ impl IoDevice for Controller {
             tracing::error!("nvmf host {}: no I/O queue left for this reactor ({} granted)", self.name, self.io_queues);
             0
         });
-        let q = Rc::new(IoQueue { ctrl: self.clone(), qp: RefCell::new(None), parked: RefCell::new(Default::default()), qid });
+        let q = Rc::new(IoQueue {
+            ctrl: self.clone(),
+            qp: RefCell::new(None),
+            parked: RefCell::new(Default::default()),
+            qid,
+            live: Cell::new(false),
+            users: RefCell::new(Vec::new()),
+        });
         q.connect();
         q
     }
@@ -473,7 +667,7 @@ struct Bringup {
     existing: Option<Arc<Controller>>,
     /// Set once up: from then on a failure of the admin queue is a lost
     /// controller.
-    up: Rc<std::cell::Cell<bool>>,
+    up: Rc<RefCell<Option<Arc<Controller>>>>,
     opts: ConnectOptions,
     qp: Rc<Qpair>,
     cntlid: u16,
@@ -501,11 +695,10 @@ fn finish(b: &B, r: Result<(), HostError>) {
             Ok(()) if s.existing.is_some() => {
                 let c = s.existing.clone().expect("checked");
                 c.set_cntlid(s.cntlid);
-                s.up.set(true);
+                *s.up.borrow_mut() = Some(c.clone());
                 Ok((c, s.qp.clone()))
             }
             Ok(()) => {
-                s.up.set(true);
                 let id = s.id.take().expect("identified");
                 let mdts = id.max_transfer_bytes(4096usize << ((s.cap >> 48) & 0xf)).unwrap_or(usize::MAX);
                 let max_transfer = (mdts.min(s.opts.max_transfer as usize) as u32).max(4096);
@@ -513,12 +706,14 @@ fn finish(b: &B, r: Result<(), HostError>) {
                 // 64-byte command, then the data.
                 let in_capsule = (id.ioccsz.get().saturating_mul(16)).saturating_sub(64).min(max_transfer);
                 let in_capsule = if id.icdoff.get() != 0 { 0 } else { in_capsule };
+                let nns = s.namespaces.len();
                 let ctrl = Arc::new(Controller {
                     name: s.name.clone(),
                     opts: s.opts.clone(),
                     cntlid: AtomicU16::new(s.cntlid),
                     down: AtomicBool::new(false),
                     failing: AtomicBool::new(false),
+                    removed: AtomicBool::new(false),
                     cap: s.cap,
                     vs: s.vs,
                     id,
@@ -527,7 +722,9 @@ fn finish(b: &B, r: Result<(), HostError>) {
                     max_transfer,
                     in_capsule,
                     qids: Mutex::new(vec![false; usize::from(s.io_queues)]),
+                    ana: (0..nns).map(|_| AtomicU8::new(ana::OPTIMIZED)).collect(),
                 });
+                *s.up.borrow_mut() = Some(ctrl.clone());
                 Ok((ctrl, s.qp.clone()))
             }
         };
@@ -573,9 +770,8 @@ fn bring_up(
         cmd_timeout: Some(Duration::from_millis(if opts.kato_ms == 0 { 10_000 } else { u64::from(opts.kato_ms.max(1000)) })),
         requeue: false,
     };
-    let up = Rc::new(std::cell::Cell::new(false));
+    let up: Rc<RefCell<Option<Arc<Controller>>>> = Rc::new(RefCell::new(None));
     let up2 = up.clone();
-    let lost_name = name.to_string();
     let slot: Rc<RefCell<Option<B>>> = Rc::new(RefCell::new(None));
     let s2 = slot.clone();
     let want_queues = if opts.num_io_queues == 0 { num_reactors as u32 } else { opts.num_io_queues }.clamp(1, 65535);
@@ -603,9 +799,10 @@ fn bring_up(
             });
         },
         move |e, _| {
-            if up2.get() {
-                let (n, why) = (lost_name.clone(), e.to_string());
-                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&n, &why));
+            let ctrl = up2.borrow().clone();
+            if let Some(c) = ctrl {
+                let why = e.to_string();
+                reactor::send_msg(ReactorId(0), move || crate::bdev::lost(&c, &why));
             }
         },
     );
@@ -687,6 +884,10 @@ fn identify_ctrlr(b: B, want_queues: u32) {
             let mut id = IdentifyController::zeroed_box();
             id.as_mut_bytes().copy_from_slice(&data[..4096]);
             b.borrow_mut().id = Some(id);
+            // A discovery controller has no I/O queues and no namespaces.
+            if b.borrow().opts.subnqn == fabrics::DISCOVERY_NQN {
+                return finish(&b, Ok(()));
+            }
             set_queues(b, want_queues);
         }
     });
@@ -745,10 +946,39 @@ fn next_ns(b: B) {
                 metadata_size: f.ms.get(),
                 nguid: ns.nguid,
                 can_share: ns.nmic & 1 != 0,
+                anagrpid: ns.anagrpid.get(),
             });
             next_ns(b);
         }
     });
+}
+
+/// Get Log Page `lid`: `len` bytes (a multiple of 4) from byte `offset`.
+pub fn get_log_page(qp: &Qpair, lid: u8, offset: u64, len: usize, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
+    let mut cmd = Command::new(admin::GET_LOG_PAGE);
+    let (cdw10, cdw11) = pollux_nvme_spec::log::get_log_page_dwords(lid, len, false);
+    cmd.cdw10.set(cdw10);
+    cmd.cdw11.set(cdw11);
+    cmd.cdw12.set(offset as u32);
+    cmd.cdw13.set((offset >> 32) as u32);
+    qp.admin(cmd, vec![0; len], true, Box::new(move |r| done(check(r, "Get Log Page").map(|a| a.data))));
+}
+
+/// Set Features Asynchronous Event Configuration to `events`.
+pub fn set_async_events(qp: &Qpair, events: u32, done: impl FnOnce(Result<(), HostError>) + 'static) {
+    let mut cmd = Command::new(admin::SET_FEATURES);
+    cmd.cdw10.set(u32::from(pollux_nvme_spec::cmd::feature::ASYNC_EVENT_CONFIG));
+    cmd.cdw11.set(events);
+    qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Set Features (Asynchronous Event Configuration)").map(|_| ()))));
+}
+
+/// One Asynchronous Event Request: `done` gets the event (completion
+/// dword 0: type bits 2:0, information 15:8, log page 23:16) when the
+/// controller has one, or the error that ended the admin queue. It waits
+/// for as long as it takes (no command timeout).
+pub fn async_event(qp: &Qpair, done: impl FnOnce(Result<u32, HostError>) + 'static) {
+    let cmd = Command::new(admin::ASYNC_EVENT_REQUEST);
+    qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Asynchronous Event Request").map(|a| a.cqe.result.get()))));
 }
 
 /// Keep Alive on the admin queue.
@@ -761,4 +991,79 @@ pub fn keep_alive(qp: &Qpair, done: impl FnOnce(Result<(), HostError>) + 'static
 pub fn shutdown(qp: &Qpair, done: impl FnOnce(Result<(), HostError>) + 'static) {
     let cc = 1 | 6 << 16 | 4 << 20 | 1 << 14;
     property_set(qp, property::CC, cc, done);
+}
+
+/// The groups of an ANA log page: (group id, state, namespace ids).
+/// `None` when the page is shorter than what it says it holds.
+pub fn parse_ana_log(log: &[u8]) -> Option<Vec<(u32, u8, Vec<u32>)>> {
+    let u32_at = |o: usize| log.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
+    let ngrps = u16::from_le_bytes(log.get(8..10)?.try_into().ok()?);
+    let mut at = 16;
+    let mut out = Vec::with_capacity(usize::from(ngrps));
+    for _ in 0..ngrps {
+        let grp = u32_at(at)?;
+        let n = u32_at(at + 4)? as usize;
+        let state = *log.get(at + 16)? & 0xf;
+        at += 32;
+        let end = at.checked_add(n.checked_mul(4)?)?;
+        if end > log.len() {
+            return None;
+        }
+        let nsids = (0..n).map(|k| u32_at(at + 4 * k).expect("checked")).collect();
+        at = end;
+        out.push((grp, state, nsids));
+    }
+    Some(out)
+}
+
+/// Bytes of ANA log page to read for this controller: the header, every
+/// group it may report and every namespace id once.
+pub fn ana_log_len(ctrl: &Controller) -> usize {
+    let groups = ctrl.id.nanagrpid.get().clamp(1, 1024) as usize;
+    (16 + 32 * groups + 4 * ctrl.namespaces.len().max(1)).next_multiple_of(4).min(1 << 20)
+}
+
+/// Read the ANA log page of `ctrl` over its admin queue and take its
+/// states; `done` says whether any changed.
+pub fn refresh_ana(ctrl: &Arc<Controller>, qp: &Qpair, done: impl FnOnce(Result<bool, HostError>) + 'static) {
+    if !ctrl.reports_ana() {
+        return done(Ok(false));
+    }
+    let c = ctrl.clone();
+    get_log_page(qp, pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS, 0, ana_log_len(ctrl), move |r| {
+        done(r.map(|log| c.apply_ana_log(&log)))
+    });
+}
+
+#[cfg(test)]
+mod ana_tests {
+    use super::*;
+
+    fn log(groups: &[(u32, u8, &[u32])]) -> Vec<u8> {
+        let mut v = vec![0u8; 16];
+        v[8..10].copy_from_slice(&(groups.len() as u16).to_le_bytes());
+        for (g, st, nsids) in groups {
+            let mut d = vec![0u8; 32];
+            d[0..4].copy_from_slice(&g.to_le_bytes());
+            d[4..8].copy_from_slice(&(nsids.len() as u32).to_le_bytes());
+            d[16] = *st;
+            v.extend_from_slice(&d);
+            for n in *nsids {
+                v.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn ana_log_groups_parse_and_a_short_log_is_refused() {
+        let l = log(&[(1, ana::OPTIMIZED, &[1, 2]), (2, ana::INACCESSIBLE, &[3])]);
+        assert_eq!(parse_ana_log(&l), Some(vec![(1, 1, vec![1, 2]), (2, 3, vec![3])]));
+        assert_eq!(parse_ana_log(&l[..l.len() - 1]), None);
+        assert_eq!(parse_ana_log(&log(&[])), Some(vec![]));
+        let mut huge = log(&[(1, 1, &[])]);
+        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_ana_log(&huge), None, "a count past the page is refused");
+        assert_eq!(parse_ana_log(&[0; 4]), None);
+    }
 }

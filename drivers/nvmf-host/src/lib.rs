@@ -12,12 +12,18 @@
 //! - [`ctrlr`]: bring-up (Connect, Property Get/Set, Identify, Set Features
 //!   Number of Queues, namespaces), I/O queues per reactor, keep alive,
 //!   shutdown.
-//! - [`bdev`]: namespaces as bdevs (`Nvme0n1`), the attached controllers,
-//!   `bdev_nvme_attach_controller` with `trtype` TCP.
+//! - [`bdev`]: namespaces as bdevs (`Nvme0n1`), the attached controllers
+//!   and their paths, `bdev_nvme_attach_controller` with `trtype` TCP.
+//! - [`discovery`]: the discovery log page, and the discovery service of
+//!   `bdev_nvme_start_discovery`.
+//! - [`multipath`]: the paths of a bdev controller and the choice of one
+//!   for each request (active-passive, active-active).
 
 pub mod bdev;
 pub mod ctrlr;
+pub mod discovery;
 mod group;
+pub mod multipath;
 pub mod pdu;
 pub mod qpair;
 
@@ -38,6 +44,12 @@ pub enum HostError {
     Timeout(String),
     #[error("the queue pair is closed")]
     Closed,
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl HostError {
@@ -50,6 +62,9 @@ impl HostError {
             HostError::Status(..) => libc::EIO,
             HostError::Timeout(_) => libc::ETIMEDOUT,
             HostError::Closed => libc::ENOTCONN,
+            HostError::Exists(_) => libc::EEXIST,
+            HostError::Invalid(_) => libc::EINVAL,
+            HostError::Busy(_) => libc::EBUSY,
         }
     }
 }

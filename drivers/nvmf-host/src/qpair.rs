@@ -44,6 +44,14 @@ type ReadyCb = Box<dyn FnOnce(Result<(), HostError>)>;
 /// Told why the queue pair failed, and handed back the bdev requests it
 /// held (when it requeues) to be sent again after a reconnect.
 type FailCb = Box<dyn Fn(&HostError, Vec<(u32, BdevIo)>)>;
+/// Told of a request failed with a path-related status (namespace id, the
+/// request, the status code).
+pub type PathErrorCb = Rc<dyn Fn(u32, BdevIo, u8)>;
+
+thread_local! {
+    /// A start time no command timeout reaches (an AER's).
+    static FOREVER: Instant = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+}
 
 /// Largest read into the receive buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -142,6 +150,9 @@ enum Done {
     Io(BdevIo, IoStatus),
     Ready(ReadyCb, Result<(), HostError>),
     Failed(HostError, Vec<(u32, BdevIo)>),
+    /// A request the controller failed with a path-related status (ANA):
+    /// for the owner to send on another path.
+    PathError(u32, BdevIo, u8),
 }
 
 struct State {
@@ -166,6 +177,7 @@ struct State {
     gated: bool,
     /// The Connect waiting at the front of a gated queue.
     allow_one: bool,
+    on_path_error: Option<PathErrorCb>,
 }
 
 pub struct Qpair {
@@ -208,6 +220,7 @@ impl Qpair {
             error: None,
             gated: true,
             allow_one: false,
+            on_path_error: None,
             cfg,
         };
         let token = group.next_token();
@@ -284,6 +297,12 @@ impl Qpair {
             }
         }
         self.kick();
+    }
+
+    /// Have requests the controller fails with a path-related status
+    /// (ANA) handed to `f` instead of completed.
+    pub fn set_on_path_error(&self, f: PathErrorCb) {
+        self.st.borrow_mut().on_path_error = Some(f);
     }
 
     /// The Connect succeeded: let everything else through.
@@ -520,6 +539,13 @@ impl Qpair {
             match d {
                 Done::Admin(cb, r) => cb(r),
                 Done::Io(io, s) => io.complete(s),
+                Done::PathError(nsid, io, sc) => {
+                    let f = self.st.borrow().on_path_error.clone();
+                    match f {
+                        Some(f) => f(nsid, io, sc),
+                        None => io.complete(IoStatus::Nvme { sct: 3, sc }),
+                    }
+                }
                 Done::Ready(cb, r) => cb(r),
                 Done::Failed(e, ios) => {
                     let f = self.st.borrow_mut().on_fail.take();
@@ -675,7 +701,12 @@ impl State {
         p.pending -= 1;
         if p.pending == 0 {
             if let Some(io) = p.io.take() {
-                done.push(Done::Io(io, p.status));
+                // ANA persistent loss, inaccessible, transition: another
+                // path may serve it (the owner decides).
+                match p.status {
+                    IoStatus::Nvme { sct: 3, sc: sc @ 1..=3 } if self.on_path_error.is_some() => done.push(Done::PathError(p.nsid, io, sc)),
+                    st => done.push(Done::Io(io, st)),
+                }
             }
             self.free_parents.push(parent);
         }
@@ -718,7 +749,11 @@ impl State {
                             pdu::data_digest(out, start);
                         }
                     }
-                    self.slots[cid as usize] = Slot::Admin { data, to_host, received: 0, cb, at: Instant::now(), bad: false };
+                    // An Asynchronous Event Request waits for an event, as
+                    // long as that takes: no timeout.
+                    let at =
+                        if cmd.opcode == pollux_nvme_spec::cmd::admin::ASYNC_EVENT_REQUEST { FOREVER.with(|f| *f) } else { Instant::now() };
+                    self.slots[cid as usize] = Slot::Admin { data, to_host, received: 0, cb, at, bad: false };
                 }
                 Waiting::Io { parent, off, len } => {
                     let (cmd, to_host, capsule) = self.io_command(cid, parent, off, len);

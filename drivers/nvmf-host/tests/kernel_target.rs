@@ -2,8 +2,11 @@
 //! in one test guest over its loopback: a memory-backed null_blk namespace
 //! attached through `bdev_nvme_attach_controller` and verified by
 //! pollux-perf at several depths and sizes (past the host's largest command,
-//! so requests split) with digests off and on; and a host NQN the kernel
-//! target does not allow, reported as such.
+//! so requests split) with digests off and on; a host NQN the kernel
+//! target does not allow, reported as such; discovery of the five
+//! subsystems the kernel lists (a log longer than one page); and ANA: two
+//! ports as two paths, one made inaccessible and optimized again, followed
+//! by the host's reported states and by a verify that sees no error.
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,6 +19,9 @@ const NQN: &str = "nqn.2016-06.io.kernel:pollux-host";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:5a0c0c2e-1111-4222-8333-444455556666";
 const STRANGER: &str = "nqn.2014-08.org.nvmexpress:uuid:deadbeef-0000-4000-8000-00000000dead";
 const PORT: &str = "4420";
+const PORT2: &str = "4421";
+/// Prefix of the extra subsystems (1 to 4) that lengthen the discovery log.
+const EXTRA: &str = "nqn.2016-06.io.kernel:extra";
 
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-ec", script]).output().expect("run sh");
@@ -45,8 +51,42 @@ mkdir $C/ports/1
 echo tcp > $C/ports/1/addr_trtype; echo ipv4 > $C/ports/1/addr_adrfam
 echo 127.0.0.1 > $C/ports/1/addr_traddr; echo {PORT} > $C/ports/1/addr_trsvcid
 ln -s $C/subsystems/{NQN} $C/ports/1/subsystems/{NQN}
+# A second port to the same subsystem: two paths, each its own ANA group 1.
+mkdir $C/ports/2
+echo tcp > $C/ports/2/addr_trtype; echo ipv4 > $C/ports/2/addr_adrfam
+echo 127.0.0.1 > $C/ports/2/addr_traddr; echo {PORT2} > $C/ports/2/addr_trsvcid
+ln -s $C/subsystems/{NQN} $C/ports/2/subsystems/{NQN}
+# More subsystems on the same port, open to any host: with them the
+# discovery log is longer than one 4 KiB page.
+for i in 1 2 3 4; do
+  N=/sys/kernel/config/nullb/nullb$i
+  mkdir $N; echo 16 > $N/size; echo 512 > $N/blocksize; echo 1 > $N/memory_backed; echo 2 > $N/queue_mode; echo 0 > $N/irqmode; echo 1 > $N/power
+  S=$C/subsystems/{EXTRA}$i
+  mkdir $S; echo 1 > $S/attr_allow_any_host
+  mkdir $S/namespaces/1; echo /dev/nullb$i > $S/namespaces/1/device_path; echo 1 > $S/namespaces/1/enable
+  ln -s $S $C/ports/1/subsystems/{EXTRA}$i
+done
 "#
     ));
+}
+
+/// Set the ANA state of group 1 on nvmet port `port`.
+fn set_ana(port: u32, state: &str) {
+    sh(&format!("echo {state} > /sys/kernel/config/nvmet/ports/{port}/ana_groups/1/ana_state"));
+}
+
+/// Writes completed by the null_blk device behind the main subsystem.
+fn nullb0_writes() -> u64 {
+    let s = std::fs::read_to_string("/sys/block/nullb0/stat").unwrap();
+    s.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn attach_params(hostnqn: &str, digests: bool) -> Value {
@@ -97,6 +137,97 @@ fn pollux_host_verifies_a_kernel_nvmet_namespace_and_reports_a_refused_host() {
         let c = d.call("bdev_nvme_get_controllers", None).unwrap();
         assert!(c[0]["ctrlrs"][0]["serial_number"].as_str().unwrap().starts_with("KERNELHOST0001"), "{c}");
         d.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
+        // Discovery: the kernel's log lists the five subsystems (more than
+        // one page of entries); the service attaches each.
+        d.call(
+            "bdev_nvme_start_discovery",
+            Some(
+                json!({"name": "disc", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": PORT, "hostnqn": HOST, "wait_for_attach": true}),
+            ),
+        )
+        .unwrap();
+        let c = d.call("bdev_nvme_get_controllers", None).unwrap();
+        let mut subs: Vec<String> =
+            c.as_array().unwrap().iter().map(|c| c["ctrlrs"][0]["trid"]["subnqn"].as_str().unwrap().to_string()).collect();
+        subs.sort();
+        let mut want: Vec<String> = (1..=4).map(|i| format!("{EXTRA}{i}")).chain([NQN.to_string()]).collect();
+        want.sort();
+        assert_eq!(subs, want, "{c}");
+        let bdevs = d.call("bdev_get_bdevs", None).unwrap();
+        assert_eq!(bdevs.as_array().unwrap().len(), 5, "{bdevs}");
+        d.call("bdev_nvme_stop_discovery", Some(json!({"name": "disc"}))).unwrap();
+        // pollux-nvme reads the same log without the daemon.
+        let out = Command::new(bin("pollux-nvme"))
+            .args(["discover", "-t", "tcp", "-a", "127.0.0.1", "-s", PORT, "-q", HOST, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: Vec<&str> = log["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["subtype"] == "nvme subsystem")
+            .map(|r| r["subnqn"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed.len(), 5, "the five subsystems of port 1: {log}");
+        assert_eq!(d.call("bdev_get_bdevs", None).unwrap(), json!([]));
+
+        // ANA: the subsystem through both ports as two paths; the kernel
+        // makes port 1 inaccessible and optimized again, and the host
+        // follows (ANA change events, then the ANA log).
+        let mut second = attach_params(HOST, false);
+        second["trsvcid"] = json!(PORT2);
+        second["multipath"] = json!("multipath");
+        d.call("bdev_nvme_attach_controller", Some(attach_params(HOST, false))).unwrap();
+        d.call("bdev_nvme_attach_controller", Some(second.clone())).unwrap();
+        let states = |d: &Daemon| -> Vec<(String, String)> {
+            let b = d.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).unwrap();
+            b[0]["driver_specific"]["nvme"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p["trid"]["trsvcid"].as_str().unwrap().to_string(), p["ns_data"]["ana_state"].as_str().unwrap().to_string()))
+                .collect()
+        };
+        let both = |a: &str, b: &str| vec![(PORT.to_string(), a.to_string()), (PORT2.to_string(), b.to_string())];
+        wait_for("both paths optimized", || states(&d) == both("optimized", "optimized"));
+        set_ana(1, "inaccessible");
+        wait_for("port 1 inaccessible", || states(&d) == both("inaccessible", "optimized"));
+        set_ana(1, "optimized");
+        wait_for("port 1 optimized again", || states(&d) == both("optimized", "optimized"));
+        d.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
+
+        // A verify over both paths (active-passive: port 1) while port 1
+        // becomes inaccessible and comes back: no request fails.
+        let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_attach_controller", "params": attach_params(HOST, false)},
+            {"method": "bdev_nvme_attach_controller", "params": second}]}]});
+        let path = dir.join("ana.json");
+        std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let perf = Command::new(bin("pollux-perf"))
+            .arg("-c")
+            .arg(&path)
+            .args(["--no-pin", "-m", "0x1", "-r"])
+            .arg(dir.join("ana.sock"))
+            .args(["-b", "Nvme0n1", "-q", "16", "-o", "4096", "-w", "verify", "-t", "6", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run pollux-perf");
+        let w0 = nullb0_writes();
+        wait_for("writes from the verify", || nullb0_writes() > w0 + 100);
+        set_ana(1, "inaccessible");
+        let w1 = nullb0_writes();
+        wait_for("writes through port 2", || nullb0_writes() > w1 + 1000);
+        set_ana(1, "optimized");
+        let out = perf.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
+        assert!(out.status.success(), "{r}\n{err}");
+        assert_eq!(r["total"]["errors"], 0, "{r}\n{err}");
+        assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+        assert!(err.contains("ANA change"), "{err}");
         assert!(!d.log().contains("panicked"));
         assert_eq!(d.stop().code(), Some(0));
     });

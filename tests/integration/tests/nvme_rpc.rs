@@ -62,12 +62,18 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
         ("trsvcid", json!("http"), "not a port"),
         ("adrfam", json!("ib"), "adrfam ib"),
         ("hostaddr", json!("nowhere"), "not an IP address"),
+        ("multipath", json!("sideways"), "multipath must be"),
     ] {
         let (code, msg) = err(&d, "bdev_nvme_attach_controller", tcp_with(k, v));
         assert_eq!(code, -32602, "{k}: {msg}");
         assert!(msg.contains(want), "{k}: {msg}");
     }
-    for (k, v) in [("psk", json!("key")), ("multipath", json!("multipath")), ("prchk_reftag", json!(true)), ("dhchap_key", json!("k"))] {
+    for (k, v) in [
+        ("psk", json!("key")),
+        ("multipath_opts", json!({"policy": "active_active"})),
+        ("prchk_reftag", json!(true)),
+        ("dhchap_key", json!("k")),
+    ] {
         let (code, msg) = err(&d, "bdev_nvme_attach_controller", tcp_with(k, v));
         assert_eq!(code, -libc::EOPNOTSUPP, "{k}: {msg}");
         assert!(msg.contains(&format!("'{k}'")), "{msg}");
@@ -98,6 +104,11 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     assert_eq!(code, -libc::ENODEV);
     let (code, _) = err(&d, "bdev_nvme_reset_controller", json!({"name": "Nope"}));
     assert_eq!(code, -libc::ENODEV);
+    let (code, _) = err(&d, "bdev_nvme_set_multipath_policy", json!({"name": "Nope", "policy": "active_active"}));
+    assert_eq!(code, -libc::ENODEV);
+    let (code, _) = err(&d, "bdev_nvme_get_io_paths", json!({"name": "Nope"}));
+    assert_eq!(code, -libc::ENODEV);
+    assert_eq!(d.call("bdev_nvme_get_io_paths", None).unwrap(), json!({"poll_groups": []}));
     let (code, _) = err(&d, "bdev_nvme_get_controllers", json!({"name": "Nope"}));
     assert_eq!(code, -libc::ENODEV);
     assert_eq!(d.call("bdev_nvme_get_controllers", None).unwrap(), json!([]));

@@ -366,3 +366,259 @@ fn a_verify_survives_the_target_killed_and_restarted_and_a_controller_lost_for_g
         assert!(e.contains("_sec"), "{loss} {delay} {fast}: {e}");
     }
 }
+
+fn listener(port: u16) -> Value {
+    json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()})
+}
+
+/// Path `port` of Nvme0 as a second (or later) path.
+fn another_path(port: u16) -> Value {
+    let mut p = attach_params(port, false);
+    p["multipath"] = json!("multipath");
+    p["ctrlr_loss_timeout_sec"] = json!(-1);
+    p["reconnect_delay_sec"] = json!(1);
+    p
+}
+
+/// The state of each path of Nvme0 (by port) as the host reports it.
+fn path_states(host: &Daemon) -> Vec<(String, String)> {
+    let c = host.call("bdev_nvme_get_controllers", Some(json!({"name": "Nvme0"}))).unwrap();
+    c[0]["ctrlrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["trid"]["trsvcid"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_paths_make_one_bdev_a_removed_listener_fails_over_without_errors_and_the_path_returns() {
+    let (a, b) = (free_port(), free_port());
+    let tgt = target(a, None);
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(b)}))).unwrap();
+
+    // In a daemon, through SPDK's client: the second path adds no bdev,
+    // both paths are reported, the policy is set and saved.
+    let host = Daemon::start(DaemonOpts::default());
+    let mut first = attach_params(a, false);
+    first["ctrlr_loss_timeout_sec"] = json!(-1);
+    first["reconnect_delay_sec"] = json!(1);
+    let names = host.call("bdev_nvme_attach_controller", Some(first.clone())).unwrap();
+    assert_eq!(names, json!(["Nvme0n1"]));
+    let names = host.call("bdev_nvme_attach_controller", Some(another_path(b))).unwrap();
+    assert_eq!(names, json!(["Nvme0n1"]));
+    let e = host.call("bdev_nvme_attach_controller", Some(another_path(b))).unwrap_err().to_string();
+    assert!(e.contains("already exists with the specified network path"), "{e}");
+    let mut disabled = attach_params(b, false);
+    disabled["multipath"] = json!("disable");
+    let e = host.call("bdev_nvme_attach_controller", Some(disabled)).unwrap_err().to_string();
+    assert!(e.contains("multipath is disabled"), "{e}");
+    let mut other = another_path(free_port());
+    other["subnqn"] = json!("nqn.2016-06.io.spdk:elsewhere");
+    let e = host.call("bdev_nvme_attach_controller", Some(other)).unwrap_err().to_string();
+    assert!(e.contains("one subsystem"), "{e}");
+    assert_eq!(host.call("bdev_get_bdevs", None).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(path_states(&host), vec![(a.to_string(), "enabled".into()), (b.to_string(), "enabled".into())]);
+    let sock = host.socket.clone();
+    // (SPDK's PyPI client has no bdev_nvme_set_multipath_policy any more.)
+    host.call(
+        "bdev_nvme_set_multipath_policy",
+        Some(json!({"name": "Nvme0n1", "policy": "active_active", "selector": "round_robin", "rr_min_io": 2})),
+    )
+    .unwrap();
+    let paths: Value =
+        serde_json::from_str(&ok_stdout("get_io_paths", &spdk_rpc(&sock, &["bdev_nvme_get_io_paths", "-n", "Nvme0n1"]))).unwrap();
+    assert!(paths["poll_groups"].is_array(), "{paths}");
+    let e = host
+        .call("bdev_nvme_set_multipath_policy", Some(json!({"name": "Nvme0n1", "policy": "active_passive", "selector": "queue_depth"})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("active_active"), "{e}");
+    let saved = host.call("framework_get_config", Some(json!({"name": "bdev"}))).unwrap().to_string();
+    assert!(saved.contains(&format!("\"trsvcid\":\"{b}\"")) && saved.contains("\"multipath\":\"multipath\""), "{saved}");
+    assert!(saved.contains("\"rr_min_io\":2"), "{saved}");
+    host.call("bdev_nvme_set_multipath_policy", Some(json!({"name": "Nvme0n1", "policy": "active_passive"}))).unwrap();
+
+    // The first listener removed: the host reports that path down, and
+    // the second one carries on; the listener back, the path is reused.
+    tgt.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
+    wait_for("the first path reported down", || path_states(&host)[0].1 == "resetting");
+    assert_eq!(path_states(&host)[1].1, "enabled");
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
+    wait_for("the first path back", || path_states(&host)[0].1 == "enabled");
+    // One path detached: the bdev stays, on the other.
+    host.call(
+        "bdev_nvme_detach_controller",
+        Some(json!({"name": "Nvme0", "trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": a.to_string()})),
+    )
+    .unwrap();
+    assert_eq!(path_states(&host), vec![(b.to_string(), "enabled".into())]);
+    assert!(host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).is_ok());
+    host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
+    assert!(host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).is_err());
+
+    // A verify over both paths (active-active) while the first listener
+    // goes away and comes back: no request fails.
+    let dir = TempDir::new("nvmf-host-failover");
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_attach_controller", "params": first},
+        {"method": "bdev_nvme_attach_controller", "params": another_path(b)},
+        {"method": "bdev_nvme_set_multipath_policy", "params": {"name": "Nvme0n1", "policy": "active_active"}},
+    ]}]});
+    let iostat = |t: &Daemon| {
+        t.call("bdev_get_iostat", Some(json!({"name": "Malloc0"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap_or(0)
+    };
+    let before = iostat(&tgt);
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "32", "-o", "16384", "-w", "verify", "-t", "8", "-m", "0x1", "--json"]);
+    wait_for("writes through the host", || iostat(&tgt) > before);
+    tgt.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
+    let mid = iostat(&tgt);
+    wait_for("writes over the second path", || iostat(&tgt) > mid + 1000);
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
+    let out = perf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
+    assert!(out.status.success(), "{r}\n{err}");
+    assert_eq!(r["total"]["errors"], 0, "{r}");
+    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    assert!(err.contains("controller Nvme0 lost"), "{err}");
+}
+
+/// A target serving `img` on `port` with a fixed namespace identity, so
+/// two such targets are two paths to one namespace.
+fn shared_file_target(port: u16, img: &std::path::Path) -> Daemon {
+    Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [{"method": "bdev_uring_create", "params": {"name": "Uring0", "filename": img.to_str().unwrap(), "block_size": 512}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "serial_number": "HOST0003"}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Uring0", "nguid": "6A5C6B8D1F2E4A3B9C8D7E6F50413223"}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": listener(port)}},
+            ]},
+        ]})),
+        ..DaemonOpts::default()
+    })
+}
+
+#[test]
+fn a_verify_fails_over_to_a_second_target_when_the_first_is_killed_and_uses_it_again_when_it_returns() {
+    let dir = TempDir::new("nvmf-host-two-targets");
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let (a, b) = (free_port(), free_port());
+    let ta = shared_file_target(a, &img);
+    let tb = shared_file_target(b, &img);
+    let mut first = attach_params(a, false);
+    first["ctrlr_loss_timeout_sec"] = json!(-1);
+    first["reconnect_delay_sec"] = json!(1);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_attach_controller", "params": first},
+        {"method": "bdev_nvme_attach_controller", "params": another_path(b)},
+    ]}]});
+    // Active-passive: everything goes to the first target until it dies.
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "16", "-o", "65536", "-w", "verify", "-t", "8", "-m", "0x1", "--json"]);
+    wait_for_writes(&ta, 0);
+    assert_eq!(writes(&tb), 0, "active-passive sends nothing to the second path");
+    ta.signal(libc::SIGKILL);
+    drop(ta);
+    wait_for_writes(&tb, 0);
+    // Back: the first path is reconnected and preferred again.
+    let ta = shared_file_target(a, &img);
+    wait_for_writes(&ta, 0);
+    let out = perf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
+    assert!(out.status.success(), "{r}\n{err}");
+    assert_eq!(r["total"]["errors"], 0, "{r}");
+    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    assert!(err.contains("controller Nvme0 lost") && err.contains("controller Nvme0 reconnected"), "{err}");
+    drop(tb);
+}
+
+/// A target with a malloc namespace in each of `nqns`, all listening on `port`.
+fn many_subsystems(port: u16, nqns: &[String]) -> Daemon {
+    let mut bdevs = Vec::new();
+    let mut cfg = vec![json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}})];
+    for (i, n) in nqns.iter().enumerate() {
+        bdevs
+            .push(json!({"method": "bdev_malloc_create", "params": {"name": format!("Malloc{i}"), "num_blocks": 8192, "block_size": 512}}));
+        cfg.push(json!({"method": "nvmf_create_subsystem", "params": {"nqn": n, "allow_any_host": true, "serial_number": format!("DISC{i:04}")}}));
+        cfg.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": n, "namespace": {"bdev_name": format!("Malloc{i}")}}}));
+        cfg.push(json!({"method": "nvmf_subsystem_add_listener", "params": {"nqn": n, "listen_address": listener(port)}}));
+    }
+    Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [{"subsystem": "bdev", "config": bdevs}, {"subsystem": "nvmf", "config": cfg}]})),
+        ..DaemonOpts::default()
+    })
+}
+
+fn bdev_names(host: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> =
+        host.call("bdev_get_bdevs", None).unwrap().as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn discovery_attaches_what_two_pages_and_a_referral_list_and_follows_the_log_as_it_changes() {
+    let (a, b) = (free_port(), free_port());
+    let nqns: Vec<String> = (0..4).map(|i| format!("nqn.2016-06.io.spdk:disc{i}")).collect();
+    let t1 = many_subsystems(a, &nqns);
+    let t2 = many_subsystems(b, &["nqn.2016-06.io.spdk:referred".to_string()]);
+    // The first target refers hosts to the second one's discovery service.
+    t1.call("nvmf_discovery_add_referral", Some(json!({"address": listener(b)}))).unwrap();
+
+    let host = Daemon::start(DaemonOpts::default());
+    let out =
+        spdk_rpc(&host.socket, &["bdev_nvme_start_discovery", "-b", "nvme", "-t", "tcp", "-a", "127.0.0.1", "-s", &a.to_string(), "-w"]);
+    ok_stdout("start_discovery", &out);
+    // Four entries (two log pages) from the first target, one through the
+    // referral: five controllers, a bdev each.
+    wait_for("the referred subsystem attached", || bdev_names(&host).len() == 5);
+    assert_eq!(bdev_names(&host), vec!["nvme0n1", "nvme1n1", "nvme2n1", "nvme3n1", "nvme4n1"]);
+    let c = host.call("bdev_nvme_get_controllers", None).unwrap();
+    let subs: Vec<&str> = c.as_array().unwrap().iter().map(|c| c["ctrlrs"][0]["trid"]["subnqn"].as_str().unwrap()).collect();
+    assert!(subs.contains(&"nqn.2016-06.io.spdk:referred") && subs.contains(&"nqn.2016-06.io.spdk:disc3"), "{c}");
+    let info = host.call("bdev_nvme_get_discovery_info", None).unwrap();
+    assert_eq!(info[0]["name"], "nvme", "{info}");
+    assert_eq!(info[0]["trid"]["trsvcid"], a.to_string(), "{info}");
+    assert_eq!(info[0]["referrals"][0]["trid"]["trsvcid"], b.to_string(), "{info}");
+    let saved = host.call("framework_get_config", Some(json!({"name": "bdev"}))).unwrap().to_string();
+    assert!(saved.contains("bdev_nvme_start_discovery") && !saved.contains("bdev_nvme_attach_controller"), "{saved}");
+    let e = host
+        .call("bdev_nvme_start_discovery", Some(json!({"name": "nvme", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": a.to_string()})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+
+    // The log changes: a new subsystem is attached, one whose listener
+    // went is detached (the discovery log change event).
+    let n = "nqn.2016-06.io.spdk:later";
+    t1.call("bdev_malloc_create", Some(json!({"name": "Later", "num_blocks": 8192, "block_size": 512}))).unwrap();
+    t1.call("nvmf_create_subsystem", Some(json!({"nqn": n, "allow_any_host": true}))).unwrap();
+    t1.call("nvmf_subsystem_add_ns", Some(json!({"nqn": n, "namespace": {"bdev_name": "Later"}}))).unwrap();
+    t1.call("nvmf_subsystem_add_listener", Some(json!({"nqn": n, "listen_address": listener(a)}))).unwrap();
+    wait_for("the new subsystem attached", || bdev_names(&host).len() == 6);
+    t1.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": nqns[1], "listen_address": listener(a)}))).unwrap();
+    wait_for("the unlisted subsystem detached", || bdev_names(&host).len() == 5);
+    let c = host.call("bdev_nvme_get_controllers", None).unwrap().to_string();
+    assert!(!c.contains(&nqns[1]) && c.contains(n), "{c}");
+
+    // Stopped: everything it attached goes.
+    ok_stdout("stop_discovery", &spdk_rpc(&host.socket, &["bdev_nvme_stop_discovery", "-b", "nvme"]));
+    assert!(bdev_names(&host).is_empty());
+    assert_eq!(host.call("bdev_nvme_get_discovery_info", None).unwrap(), json!([]));
+    let e = host.call("bdev_nvme_stop_discovery", Some(json!({"name": "nvme"}))).unwrap_err().to_string();
+    assert!(e.contains("no discovery service"), "{e}");
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+    drop(t2);
+}

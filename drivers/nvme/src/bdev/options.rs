@@ -217,6 +217,8 @@ pub fn set_hotplug(h: Hotplug) {
 /// save_config: the module's two calls, as SPDK writes them.
 pub fn write_config(out: &mut ConfigWriter) {
     out.call("bdev_nvme_set_options", options());
+    // As SPDK: the fabrics controllers between the options and hotplug.
+    pollux_nvmf_host::bdev::write_config(out);
     out.call("bdev_nvme_set_hotplug", hotplug());
 }
 

@@ -8,6 +8,7 @@
 //! with a clear error when set to anything but their default.
 
 use pollux_core::app::App;
+use pollux_core::reactor;
 use pollux_core::rpc::{Responder, RpcError, States};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,6 +50,52 @@ pub fn register(app: &mut App) {
             Some(n) if list.is_empty() => r.err(RpcError::errno(libc::ENODEV, format!("Controller {n} does not exist"))),
             _ => r.ok(list),
         }
+    });
+    m.register("bdev_nvme_get_io_paths", States::RUNTIME, |p: GetIoPaths, r: Responder| {
+        if let Some(n) = &p.name {
+            if pollux_core::bdev::get(n).is_none() {
+                return r.err(RpcError::errno(libc::ENODEV, format!("bdev {n} does not exist")));
+            }
+        }
+        pollux_nvmf_host::bdev::io_paths(p.name.as_deref(), move |v| r.ok(v));
+    });
+    m.register("bdev_nvme_set_multipath_policy", States::RUNTIME, |p: SetPolicy, r: Responder| {
+        let Some(policy) = pollux_nvmf_host::bdev::policy(&p.name) else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("NVMe-oF bdev {} does not exist", p.name)));
+        };
+        let active_active = match p.policy.as_str() {
+            "active_active" => true,
+            "active_passive" => false,
+            other => return r.err(RpcError::invalid_params(format!("policy must be active_active or active_passive, not {other}"))),
+        };
+        let queue_depth = match p.selector.as_deref() {
+            None | Some("round_robin") => false,
+            Some("queue_depth") => true,
+            Some(other) => return r.err(RpcError::invalid_params(format!("selector must be round_robin or queue_depth, not {other}"))),
+        };
+        // SPDK's rules: a selector only for active-active, rr_min_io only
+        // for round robin, and at least 1.
+        if !active_active && p.selector.is_some() {
+            return r.err(RpcError::invalid_params("selector only applies to the active_active policy"));
+        }
+        if p.rr_min_io.is_some() && (!active_active || queue_depth) {
+            return r.err(RpcError::invalid_params("rr_min_io only applies to the round_robin selector"));
+        }
+        if p.rr_min_io == Some(0) {
+            return r.err(RpcError::invalid_params("rr_min_io must be at least 1"));
+        }
+        policy.apply(active_active, queue_depth, p.rr_min_io.unwrap_or(1));
+        r.ok(true)
+    });
+    m.register("bdev_nvme_start_discovery", States::RUNTIME, start_discovery);
+    m.register("bdev_nvme_stop_discovery", States::RUNTIME, |p: StopDiscovery, r: Responder| {
+        if !pollux_nvmf_host::discovery::exists(&p.name) {
+            return r.err(RpcError::errno(libc::ENOENT, format!("no discovery service named {}", p.name)));
+        }
+        let _ = pollux_nvmf_host::discovery::stop(&p.name, move || r.ok(true));
+    });
+    m.register("bdev_nvme_get_discovery_info", States::RUNTIME, |_: Option<Value>, r: Responder| {
+        r.ok(pollux_nvmf_host::discovery::describe())
     });
     m.register("bdev_nvme_reset_controller", States::RUNTIME, |p: Reset, r: Responder| {
         let Some(c) = controller(&p.name) else {
@@ -182,19 +229,37 @@ impl Attach {
     }
 }
 
+/// SPDK's rules for `ctrlr_loss_timeout_sec`, `reconnect_delay_sec` and
+/// `fast_io_fail_timeout_sec`: why these are refused, if they are.
+fn reconnect_rules(opts: &pollux_nvmf_host::ctrlr::ConnectOptions) -> Option<&'static str> {
+    let (loss, delay, fast) = (opts.ctrlr_loss_timeout_sec, opts.reconnect_delay_sec, opts.fast_io_fail_timeout_sec);
+    if loss < -1 {
+        Some("ctrlr_loss_timeout_sec must be -1 (forever), 0 or a number of seconds")
+    } else if loss == 0 && (delay != 0 || fast != 0) {
+        Some("reconnect_delay_sec and fast_io_fail_timeout_sec need a non-zero ctrlr_loss_timeout_sec")
+    } else if loss != 0 && delay == 0 {
+        Some("reconnect_delay_sec must be above 0 when ctrlr_loss_timeout_sec is not 0")
+    } else if loss > 0 && (i64::from(delay) > i64::from(loss) || i64::from(fast) > i64::from(loss)) {
+        Some("reconnect_delay_sec and fast_io_fail_timeout_sec must not exceed ctrlr_loss_timeout_sec")
+    } else if fast != 0 && fast < delay {
+        Some("fast_io_fail_timeout_sec must not be below reconnect_delay_sec")
+    } else {
+        None
+    }
+}
+
 /// `trtype` TCP: the NVMe-oF host (`pollux-nvmf-host`).
 fn attach_tcp(p: Attach, r: Responder) {
     let refuse = |name: &str, why: &str| {
         RpcError::errno(libc::EOPNOTSUPP, format!("parameter '{name}' is not supported by Pollux's NVMe-oF host yet ({why})"))
     };
-    let unsupported: [(&str, bool, &str); 9] = [
+    let unsupported: [(&str, bool, &str); 8] = [
         ("prchk_reftag", p.prchk_reftag, "no end-to-end protection information"),
         ("prchk_guard", p.prchk_guard, "no end-to-end protection information"),
         ("allow_unrecognized_csi", p.allow_unrecognized_csi, "only the NVM command set"),
         ("psk", p.psk.is_some(), "no TLS"),
         ("dhchap_key", p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some(), "no in-band authentication"),
-        ("multipath", p.multipath.as_deref().is_some_and(|m| m != "disable"), "one path per controller"),
-        ("multipath_opts", p.multipath_opts.is_some(), "one path per controller"),
+        ("multipath_opts", p.multipath_opts.is_some(), "set the policy with bdev_nvme_set_multipath_policy"),
         ("hostsvcid", p.hostsvcid.is_some(), "the host port is the kernel's choice"),
         ("disable_sq_flow_control", p.disable_sq_flow_control, "SQ flow control stays on"),
     ];
@@ -230,13 +295,31 @@ fn attach_tcp(p: Attach, r: Responder) {
     if p.num_io_queues.is_some_and(|n| n == 0 || n > 65535) {
         return r.err(RpcError::invalid_params("num_io_queues must be in (0, 65535]"));
     }
-    if controller(&p.name).is_some() || pollux_nvmf_host::bdev::exists(&p.name) {
+    let mode = p.multipath.as_deref().unwrap_or("failover");
+    if !matches!(mode, "disable" | "failover" | "multipath") {
+        return r.err(RpcError::invalid_params(format!("multipath must be disable, failover or multipath, not {mode}")));
+    }
+    if controller(&p.name).is_some() {
+        return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists (a PCIe controller)", p.name)));
+    }
+    let another_path = pollux_nvmf_host::bdev::exists(&p.name);
+    if another_path && mode == "disable" {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists and multipath is disabled", p.name)));
     }
     let mut opts = pollux_nvmf_host::ctrlr::ConnectOptions::new(std::net::SocketAddr::new(ip, port), &subnqn);
     opts.hostaddr = hostaddr;
     if let Some(h) = &p.hostnqn {
         opts.hostnqn = h.clone();
+    }
+    if another_path {
+        // Another path: the same host (NQN and host identifier) as the
+        // first, as SPDK assumes.
+        if let Some(first) = pollux_nvmf_host::bdev::controllers().into_iter().find(|c| c.name() == p.name) {
+            if p.hostnqn.is_none() {
+                opts.hostnqn = first.opts.hostnqn.clone();
+            }
+            opts.hostid = first.opts.hostid;
+        }
     }
     opts.hdgst = p.hdgst;
     opts.ddgst = p.ddgst;
@@ -252,22 +335,7 @@ fn attach_tcp(p: Attach, r: Responder) {
     opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
     opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
     opts.fast_io_fail_timeout_sec = p.fast_io_fail_timeout_sec.unwrap_or(o.fast_io_fail_timeout_sec);
-    // SPDK's rules for the three.
-    let (loss, delay, fast) = (opts.ctrlr_loss_timeout_sec, opts.reconnect_delay_sec, opts.fast_io_fail_timeout_sec);
-    let bad = if loss < -1 {
-        Some("ctrlr_loss_timeout_sec must be -1 (forever), 0 or a number of seconds")
-    } else if loss == 0 && (delay != 0 || fast != 0) {
-        Some("reconnect_delay_sec and fast_io_fail_timeout_sec need a non-zero ctrlr_loss_timeout_sec")
-    } else if loss != 0 && delay == 0 {
-        Some("reconnect_delay_sec must be above 0 when ctrlr_loss_timeout_sec is not 0")
-    } else if loss > 0 && (i64::from(delay) > i64::from(loss) || i64::from(fast) > i64::from(loss)) {
-        Some("reconnect_delay_sec and fast_io_fail_timeout_sec must not exceed ctrlr_loss_timeout_sec")
-    } else if fast != 0 && fast < delay {
-        Some("fast_io_fail_timeout_sec must not be below reconnect_delay_sec")
-    } else {
-        None
-    };
-    if let Some(why) = bad {
+    if let Some(why) = reconnect_rules(&opts) {
         return r.err(RpcError::invalid_params(why));
     }
     let mut config = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
@@ -280,6 +348,7 @@ fn attach_tcp(p: Attach, r: Responder) {
         ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
         ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
         ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
+        ("multipath", p.multipath.clone().map(Value::from)),
     ] {
         if let Some(v) = v {
             config[k] = v;
@@ -287,7 +356,7 @@ fn attach_tcp(p: Attach, r: Responder) {
     }
     let max_bdevs = p.max_bdevs;
     let name = p.name.clone();
-    pollux_nvmf_host::bdev::attach(&p.name, opts, config, move |res| match res {
+    pollux_nvmf_host::bdev::attach(&p.name, opts, config, mode != "disable", move |res| match res {
         Ok(mut names) => {
             if let Some(max) = max_bdevs {
                 names.truncate(max as usize);
@@ -355,7 +424,37 @@ fn detach_rpc(p: Detach, r: Responder) {
         if !pollux_nvmf_host::bdev::attached(&p.name) {
             return r.err(RpcError::errno(libc::EBUSY, format!("Controller {} is still being attached", p.name)));
         }
-        let _ = pollux_nvmf_host::bdev::detach(&p.name, move || r.ok(true));
+        if p.traddr.is_none() && p.trsvcid.is_none() {
+            let _ = pollux_nvmf_host::bdev::detach(&p.name, move || r.ok(true));
+            return;
+        }
+        // One path: the one at traddr:trsvcid (each as the first path's
+        // when not given, as SPDK matches what is set).
+        let first = pollux_nvmf_host::bdev::controllers().into_iter().find(|c| c.name() == p.name);
+        let Some(first) = first else {
+            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} does not exist", p.name)));
+        };
+        let ip = match p.traddr.as_deref().map(str::parse::<std::net::IpAddr>) {
+            None => first.opts.addr.ip(),
+            Some(Ok(a)) => a,
+            Some(Err(_)) => {
+                return r.err(RpcError::invalid_params(format!("traddr {} is not an IP address", p.traddr.unwrap_or_default())));
+            }
+        };
+        let port = match p.trsvcid.as_deref().map(str::parse::<u16>) {
+            None => first.opts.addr.port(),
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return r.err(RpcError::invalid_params(format!("trsvcid {} is not a port", p.trsvcid.unwrap_or_default()))),
+        };
+        if p.subnqn.as_deref().is_some_and(|s| s != first.opts.subnqn) {
+            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path to {}", p.name, p.subnqn.unwrap_or_default())));
+        }
+        let hostaddr = p.hostaddr.as_deref().and_then(|h| h.parse().ok());
+        let addr = std::net::SocketAddr::new(ip, port);
+        if !pollux_nvmf_host::bdev::has_path(&p.name, addr, hostaddr) {
+            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path at {addr}", p.name)));
+        }
+        let _ = pollux_nvmf_host::bdev::detach_path(&p.name, addr, hostaddr, move || r.ok(true));
         return;
     }
     let Some(c) = controller(&p.name) else {
@@ -387,6 +486,121 @@ fn detach_rpc(p: Detach, r: Responder) {
 #[serde(deny_unknown_fields)]
 struct GetControllers {
     name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartDiscovery {
+    name: String,
+    trtype: String,
+    traddr: String,
+    adrfam: Option<String>,
+    trsvcid: Option<String>,
+    hostnqn: Option<String>,
+    #[serde(default)]
+    wait_for_attach: bool,
+    attach_timeout_ms: Option<u64>,
+    ctrlr_loss_timeout_sec: Option<i32>,
+    reconnect_delay_sec: Option<u32>,
+    fast_io_fail_timeout_sec: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopDiscovery {
+    name: String,
+}
+
+fn start_discovery(p: StartDiscovery, r: Responder) {
+    if !p.trtype.eq_ignore_ascii_case("tcp") {
+        return r.err(RpcError::invalid_params(format!("trtype {} is not supported: Pollux's NVMe-oF host speaks TCP", p.trtype)));
+    }
+    if p.name.is_empty() {
+        return r.err(RpcError::invalid_params("name must not be empty"));
+    }
+    if let Some(f) = &p.adrfam {
+        if !matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6") {
+            return r.err(RpcError::invalid_params(format!("adrfam {f}: TCP takes IPv4 or IPv6")));
+        }
+    }
+    let Ok(ip) = p.traddr.parse::<std::net::IpAddr>() else {
+        return r.err(RpcError::invalid_params(format!("traddr {} is not an IP address", p.traddr)));
+    };
+    let Ok(port) = p.trsvcid.as_deref().unwrap_or("8009").parse::<u16>() else {
+        return r.err(RpcError::invalid_params(format!("trsvcid {} is not a port", p.trsvcid.as_deref().unwrap_or_default())));
+    };
+    if pollux_nvmf_host::discovery::exists(&p.name) {
+        return r.err(RpcError::errno(libc::EEXIST, format!("a discovery service named {} already exists", p.name)));
+    }
+    let mut opts =
+        pollux_nvmf_host::ctrlr::ConnectOptions::new(std::net::SocketAddr::new(ip, port), pollux_nvme_spec::fabrics::DISCOVERY_NQN);
+    if let Some(h) = &p.hostnqn {
+        opts.hostnqn = h.clone();
+    }
+    let o = options::options();
+    if o.keep_alive_timeout_ms != 0 {
+        opts.kato_ms = o.keep_alive_timeout_ms;
+    }
+    opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
+    opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
+    opts.fast_io_fail_timeout_sec = p.fast_io_fail_timeout_sec.unwrap_or(o.fast_io_fail_timeout_sec);
+    if let Some(why) = reconnect_rules(&opts) {
+        return r.err(RpcError::invalid_params(why));
+    }
+    let mut params = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "traddr": p.traddr, "trsvcid": port.to_string(), "hostnqn": opts.hostnqn, "wait_for_attach": true});
+    for (k, v) in [
+        ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
+        ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
+        ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            params[k] = v;
+        }
+    }
+    // The answer comes once the first log is read and what it lists is
+    // attached (wait_for_attach; without it as well: Pollux attaches
+    // before it answers either way, so a script that goes on finds the
+    // bdevs). attach_timeout_ms bounds the wait.
+    let _ = p.wait_for_attach;
+    let name = p.name.clone();
+    let r = std::rc::Rc::new(std::cell::RefCell::new(Some(r)));
+    // Dropped (stopped) when the answer goes.
+    let timer = p.attach_timeout_ms.filter(|&ms| ms > 0).map(|ms| {
+        let (r2, n2) = (r.clone(), name.clone());
+        reactor::register_timed_poller("nvmf_discovery_attach_timeout", std::time::Duration::from_millis(ms), move || {
+            let Some(r) = r2.borrow_mut().take() else { return reactor::PollStatus::Idle };
+            r.err(RpcError::errno(libc::ETIMEDOUT, format!("discovery {n2}: not attached within attach_timeout_ms")));
+            let n3 = n2.clone();
+            reactor::send_msg(reactor::current(), move || {
+                let _ = pollux_nvmf_host::discovery::stop(&n3, || {});
+            });
+            reactor::PollStatus::Busy
+        })
+    });
+    pollux_nvmf_host::discovery::start(&p.name, pollux_nvmf_host::discovery::ServiceOptions { opts, params }, move |res| {
+        drop(timer);
+        let Some(r) = r.borrow_mut().take() else { return };
+        match res {
+            Ok(_) => r.ok(true),
+            Err(e) => r.err(RpcError::errno(e.errno(), format!("discovery {name}: {e}"))),
+        }
+    });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetIoPaths {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPolicy {
+    name: String,
+    policy: String,
+    selector: Option<String>,
+    rr_min_io: Option<u32>,
 }
 
 #[derive(Deserialize)]
