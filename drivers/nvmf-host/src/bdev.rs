@@ -120,7 +120,11 @@ struct Link {
     /// An attempt is under way.
     attempting: bool,
     resets: u64,
+    /// Told how the reconnect under way ends (bdev_nvme_reset_controller).
+    waiters: Vec<ResetDone>,
 }
+
+type ResetDone = Box<dyn FnOnce(Result<(), String>)>;
 
 /// A namespace bdev of a bdev controller.
 struct NsBdev {
@@ -231,6 +235,7 @@ pub fn attach(
             }
         }
     }
+    let as_path = reg.groups.borrow().iter().any(|g| g.name == name);
     reg.pending.borrow_mut().push(name.to_string());
     let n = name.to_string();
     ctrlr::connect(name, opts, reactor::count(), move |r| {
@@ -238,10 +243,10 @@ pub fn attach(
         reg.pending.borrow_mut().retain(|p| p != &n);
         match r {
             Err(e) => done(Err(e)),
-            Ok((ctrl, admin)) => {
-                let existing = reg.groups.borrow().iter().any(|g| g.name == n);
-                if existing { done(add_path(&n, ctrl, admin, attach_params)) } else { done(Ok(add(ctrl, admin, attach_params))) }
-            }
+            // A path to a controller detached meanwhile refuses itself
+            // (add_path says so) rather than bring the controller back.
+            Ok((ctrl, admin)) if as_path => done(add_path(&n, ctrl, admin, attach_params)),
+            Ok((ctrl, admin)) => done(Ok(add(ctrl, admin, attach_params))),
         }
     });
 }
@@ -269,7 +274,17 @@ fn keep_alive_poller(ctrl: &Arc<Controller>) -> Option<Poller> {
 }
 
 fn new_link(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Link {
-    Link { _keep_alive: keep_alive_poller(&ctrl), ctrl, admin, attach_params, lost_at: None, retry: None, attempting: false, resets: 0 }
+    Link {
+        _keep_alive: keep_alive_poller(&ctrl),
+        ctrl,
+        admin,
+        attach_params,
+        lost_at: None,
+        retry: None,
+        attempting: false,
+        resets: 0,
+        waiters: Vec::new(),
+    }
 }
 
 /// Register a bdev for each namespace of `ctrl` that `group` has not got.
@@ -348,8 +363,20 @@ fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: 
     tracing::info!("nvmf host: {name}: path {} added ({} paths)", ctrl.opts.addr, g.links.len() + 1);
     g.links.push(new_link(ctrl.clone(), admin.clone(), attach_params));
     let names = g.bdevs.iter().map(|b| b.name.clone()).collect();
+    let paths = g.set.paths();
     drop(groups);
     watch_ana(&ctrl, &admin);
+    // Requests waiting for a path (the others down) learn of this one.
+    reactor::for_each_reactor(
+        move || {
+            for c in &paths {
+                if let Some(q) = try_get_io_channel(c) {
+                    q.tell_users();
+                }
+            }
+        },
+        || {},
+    );
     Ok(names)
 }
 
@@ -377,31 +404,70 @@ pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
     Some(())
 }
 
-/// Whether bdev controller `name` has a path at `addr` (and `hostaddr`).
-pub fn has_path(name: &str, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>) -> bool {
-    registry().groups.borrow().iter().filter(|g| g.name == name).flat_map(|g| g.links.iter()).any(|l| path_is(l, addr, hostaddr))
+/// Which paths of a bdev controller a detach names: those matching every
+/// field given (SPDK's rule for `bdev_nvme_detach_controller`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PathMatch {
+    pub traddr: Option<std::net::IpAddr>,
+    pub trsvcid: Option<u16>,
+    pub hostaddr: Option<std::net::IpAddr>,
 }
 
-fn path_is(l: &Link, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>) -> bool {
-    l.ctrl.opts.addr == addr && hostaddr.is_none_or(|h| l.ctrl.opts.hostaddr == Some(h))
+impl PathMatch {
+    /// The path at exactly `addr`.
+    pub fn at(addr: SocketAddr) -> PathMatch {
+        PathMatch { traddr: Some(addr.ip()), trsvcid: Some(addr.port()), hostaddr: None }
+    }
+
+    fn matches(&self, l: &Link) -> bool {
+        let o = &l.ctrl.opts;
+        self.traddr.is_none_or(|a| a == o.addr.ip())
+            && self.trsvcid.is_none_or(|p| p == o.addr.port())
+            && self.hostaddr.is_none_or(|h| o.hostaddr == Some(h))
+    }
 }
 
-/// Detach the path of bdev controller `name` at `addr` (and `hostaddr`,
-/// when given): its requests move to the other paths. The last path takes
-/// the whole controller with it. `None` if there is no such path.
-pub fn detach_path(name: &str, addr: SocketAddr, hostaddr: Option<std::net::IpAddr>, done: impl FnOnce() + 'static) -> Option<()> {
-    let ctrl = {
+/// Whether bdev controller `name` has a path `m` names.
+pub fn has_path(name: &str, m: PathMatch) -> bool {
+    registry().groups.borrow().iter().filter(|g| g.name == name).flat_map(|g| g.links.iter()).any(|l| m.matches(l))
+}
+
+/// Detach the paths of bdev controller `name` that `m` names: their
+/// requests move to the other paths. Naming every path takes the whole
+/// controller. `None` if `m` names no path.
+pub fn detach_path(name: &str, m: PathMatch, done: impl FnOnce() + 'static) -> Option<()> {
+    let ctrls: Vec<Arc<Controller>> = {
         let reg = registry();
         let groups = reg.groups.borrow();
         let g = groups.iter().find(|g| g.name == name)?;
-        let l = g.links.iter().find(|l| path_is(l, addr, hostaddr))?;
-        if g.links.len() == 1 {
+        let named: Vec<_> = g.links.iter().filter(|l| m.matches(l)).map(|l| l.ctrl.clone()).collect();
+        if named.is_empty() {
+            return None;
+        }
+        if named.len() == g.links.len() {
             drop(groups);
             return detach(name, done);
         }
-        l.ctrl.clone()
+        named
     };
-    remove_path(name, &ctrl, Box::new(done));
+    // `done` once every named path is gone.
+    let left = Rc::new(std::cell::Cell::new(ctrls.len()));
+    let done: Rc<RefCell<Option<Done>>> = Rc::new(RefCell::new(Some(Box::new(done))));
+    for c in &ctrls {
+        let (left, done) = (left.clone(), done.clone());
+        remove_path(
+            name,
+            c,
+            Box::new(move || {
+                left.set(left.get() - 1);
+                if left.get() == 0 {
+                    if let Some(d) = done.borrow_mut().take() {
+                        d();
+                    }
+                }
+            }),
+        );
+    }
     Some(())
 }
 
@@ -555,6 +621,43 @@ pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
     attempt(ctrl);
 }
 
+/// `bdev_nvme_reset_controller`: reconnect the paths of bdev controller
+/// `name` (only the one with controller id `cntlid`, when given), as a lost
+/// controller is: requests wait or move to other paths and are sent again.
+/// `done` gets the outcome of the first reconnect attempt of each.
+pub fn reset(name: &str, cntlid: Option<u16>, done: impl FnOnce(Result<(), String>) + 'static) {
+    let ctrls: Vec<Arc<Controller>> = {
+        let reg = registry();
+        let groups = reg.groups.borrow();
+        let Some(g) = groups.iter().find(|g| g.name == name && !g.detaching) else {
+            return done(Err(format!("Controller {name} does not exist")));
+        };
+        g.links.iter().filter(|l| cntlid.is_none_or(|id| l.ctrl.cntlid() == id)).map(|l| l.ctrl.clone()).collect()
+    };
+    if ctrls.is_empty() {
+        return done(Err(format!("Controller {name} has no controller id {}", cntlid.unwrap_or_default())));
+    }
+    // One answer for all: the first failure, else success once all are back.
+    let state: Rc<RefCell<(usize, Option<ResetDone>)>> = Rc::new(RefCell::new((ctrls.len(), Some(Box::new(done)))));
+    for c in &ctrls {
+        let st = state.clone();
+        let waiter: ResetDone = Box::new(move |r| {
+            let d = {
+                let mut s = st.borrow_mut();
+                s.0 -= 1;
+                if r.is_err() || s.0 == 0 { s.1.take() } else { None }
+            };
+            if let Some(d) = d {
+                d(r);
+            }
+        });
+        if let Some(l) = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(c)) {
+            l.waiters.push(waiter);
+        }
+        lost(c, "reset requested (bdev_nvme_reset_controller)");
+    }
+}
+
 /// One reconnect attempt; on failure, the next after `reconnect_delay_sec`
 /// or the end (the path removed, or the controller deleted if it was the
 /// last) once `ctrlr_loss_timeout_sec` passed.
@@ -592,7 +695,11 @@ fn attempt(ctrl: &Arc<Controller>) {
                 l.lost_at = None;
                 c.set_down(false);
                 tracing::info!("nvmf host: controller {name} reconnected (path {}, controller id {})", c.opts.addr, c.cntlid());
+                let waiters = std::mem::take(&mut l.waiters);
                 drop(groups);
+                for w in waiters {
+                    w(Ok(()));
+                }
                 watch_ana(&c, &admin);
                 reactor::for_each_reactor(
                     move || {
@@ -605,6 +712,9 @@ fn attempt(ctrl: &Arc<Controller>) {
             }
             Ok((_, admin)) => admin.close(),
             Err(e) => {
+                for w in std::mem::take(&mut l.waiters) {
+                    w(Err(e.to_string()));
+                }
                 let o = &ctrl.opts;
                 let down_for = l.lost_at.map(|t| t.elapsed()).unwrap_or_default();
                 let loss = o.ctrlr_loss_timeout_sec;
@@ -711,6 +821,22 @@ pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
             },
             || {},
         );
+    });
+}
+
+/// Abort command `cid` on I/O queue `qid` of path `ctrl` (main reactor):
+/// it timed out. If the controller does not abort it, the queue pair ends
+/// when the command is still outstanding one timeout later (a reset).
+pub(crate) fn abort_command(ctrl: &Arc<Controller>, qid: u16, cid: u16) {
+    let admin = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()));
+    let Some(admin) = admin.filter(|a| a.is_ready()) else { return };
+    let (name, addr) = (ctrl.name().to_string(), ctrl.opts.addr);
+    ctrlr::abort(&admin, qid, cid, move |r| match r {
+        Ok(true) => tracing::info!("nvmf host: {name} at {addr}: command {cid} of queue {qid} aborted"),
+        Ok(false) => {
+            tracing::warn!("nvmf host: {name} at {addr}: command {cid} of queue {qid} not aborted; the queue is reset if it stays")
+        }
+        Err(e) => tracing::warn!("nvmf host: {name} at {addr}: Abort of command {cid} of queue {qid}: {e}"),
     });
 }
 

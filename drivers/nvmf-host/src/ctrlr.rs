@@ -58,6 +58,13 @@ pub struct ConnectOptions {
     /// After this long down, I/O fails instead of waiting (0: it waits
     /// until the controller is back or deleted).
     pub fast_io_fail_timeout_sec: u32,
+    /// An I/O command outstanding this long times out (None: never),
+    /// SPDK's `timeout_us`.
+    pub io_timeout: Option<Duration>,
+    /// A timed-out I/O command is aborted first (SPDK's `action_on_timeout`
+    /// `abort`); otherwise (`reset`) its queue pair ends and the controller
+    /// reconnects, the commands sent again.
+    pub abort_on_timeout: bool,
 }
 
 impl ConnectOptions {
@@ -81,6 +88,8 @@ impl ConnectOptions {
             ctrlr_loss_timeout_sec: 0,
             reconnect_delay_sec: 0,
             fast_io_fail_timeout_sec: 0,
+            io_timeout: None,
+            abort_on_timeout: false,
         }
     }
 }
@@ -257,7 +266,7 @@ impl Controller {
             max_transfer: self.max_transfer,
             in_capsule: self.in_capsule,
             connect_timeout: self.opts.connect_timeout,
-            cmd_timeout: None,
+            cmd_timeout: self.opts.io_timeout,
             requeue: true,
         }
     }
@@ -438,6 +447,14 @@ impl IoQueue {
                     let Some(q) = me.upgrade() else { return io.complete(IoStatus::Nvme { sct: 3, sc }) };
                     q.path_error(nsid, io, sc);
                 }));
+                if self.ctrl.opts.abort_on_timeout {
+                    // The Abort goes on the admin queue, on the main reactor.
+                    let ctrl = self.ctrl.clone();
+                    qp.set_on_timeout(Rc::new(move |cid| {
+                        let c = ctrl.clone();
+                        reactor::send_msg(ReactorId(0), move || crate::bdev::abort_command(&c, qid, cid));
+                    }));
+                }
                 *self.qp.borrow_mut() = Some(qp);
             }
             Err(e) => {
@@ -455,6 +472,10 @@ impl IoQueue {
     /// says otherwise, and the request goes back to its user, who sends it
     /// on another path, waits for a transition, or fails it.
     fn path_error(&self, nsid: u32, io: BdevIo, sc: u8) {
+        if !self.ctrl.reports_ana() {
+            // No ANA log to learn better from: the status is the answer.
+            return io.complete(IoStatus::Nvme { sct: 3, sc });
+        }
         let state = match sc {
             1 => ana::PERSISTENT_LOSS,
             2 => ana::INACCESSIBLE,
@@ -653,7 +674,16 @@ pub fn identify(qp: &Qpair, cns: u8, nsid: u32, done: impl FnOnce(Result<Vec<u8>
     let mut cmd = Command::new(admin::IDENTIFY);
     cmd.nsid.set(nsid);
     cmd.cdw10.set(u32::from(cns));
-    qp.admin(cmd, vec![0; 4096], true, Box::new(move |r| done(check(r, "Identify").map(|a| a.data))));
+    qp.admin(cmd, vec![0; 4096], true, Box::new(move |r| done(check(r, "Identify").and_then(|a| whole(a.data, 4096, "Identify")))));
+}
+
+/// `data` if the controller sent all `len` bytes asked for: a shorter
+/// answer to a command whose layout is fixed is the controller's fault.
+fn whole(data: Vec<u8>, len: usize, what: &str) -> Result<Vec<u8>, HostError> {
+    if data.len() < len {
+        return Err(HostError::Transport(format!("{what}: the controller sent {} of {len} bytes", data.len())));
+    }
+    Ok(data)
 }
 
 /// A controller brought up, and its admin queue pair.
@@ -953,8 +983,15 @@ fn next_ns(b: B) {
     });
 }
 
-/// Get Log Page `lid`: `len` bytes (a multiple of 4) from byte `offset`.
+/// Get Log Page `lid`: `len` bytes (a multiple of 4) from byte `offset`,
+/// all of them (a shorter answer is an error).
 pub fn get_log_page(qp: &Qpair, lid: u8, offset: u64, len: usize, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
+    get_log_page_upto(qp, lid, offset, len, move |r| done(r.and_then(|d| whole(d, len, "Get Log Page"))));
+}
+
+/// Get Log Page `lid`: up to `len` bytes from byte `offset` (a log that
+/// may be shorter than asked, whose parser checks its own lengths).
+pub fn get_log_page_upto(qp: &Qpair, lid: u8, offset: u64, len: usize, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
     let mut cmd = Command::new(admin::GET_LOG_PAGE);
     let (cdw10, cdw11) = pollux_nvme_spec::log::get_log_page_dwords(lid, len, false);
     cmd.cdw10.set(cdw10);
@@ -979,6 +1016,14 @@ pub fn set_async_events(qp: &Qpair, events: u32, done: impl FnOnce(Result<(), Ho
 pub fn async_event(qp: &Qpair, done: impl FnOnce(Result<u32, HostError>) + 'static) {
     let cmd = Command::new(admin::ASYNC_EVENT_REQUEST);
     qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Asynchronous Event Request").map(|a| a.cqe.result.get()))));
+}
+
+/// Abort command `cid` of submission queue `sqid`; `done` gets whether
+/// the controller aborted it (completion dword 0 bit 0 clear).
+pub fn abort(qp: &Qpair, sqid: u16, cid: u16, done: impl FnOnce(Result<bool, HostError>) + 'static) {
+    let mut cmd = Command::new(admin::ABORT);
+    cmd.cdw10.set(u32::from(sqid) | u32::from(cid) << 16);
+    qp.admin(cmd, Vec::new(), false, Box::new(move |r| done(check(r, "Abort").map(|a| a.cqe.result.get() & 1 == 0))));
 }
 
 /// Keep Alive on the admin queue.
@@ -1030,7 +1075,7 @@ pub fn refresh_ana(ctrl: &Arc<Controller>, qp: &Qpair, done: impl FnOnce(Result<
         return done(Ok(false));
     }
     let c = ctrl.clone();
-    get_log_page(qp, pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS, 0, ana_log_len(ctrl), move |r| {
+    get_log_page_upto(qp, pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS, 0, ana_log_len(ctrl), move |r| {
         done(r.map(|log| c.apply_ana_log(&log)))
     });
 }

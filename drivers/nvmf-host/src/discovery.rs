@@ -184,6 +184,11 @@ fn next_page(r: Rc<RefCell<Reading>>) {
     }
     let len = PAGE.min(want - have).next_multiple_of(4);
     ctrlr::get_log_page(&qp, lid::DISCOVERY, have as u64, len, move |res| match res {
+        // A page shorter than asked: the log shrank while read; again.
+        Err(HostError::Transport(_)) if r.borrow().tries < RETRIES => {
+            r.borrow_mut().tries += 1;
+            first_page(r)
+        }
         Err(e) => end(&r, Err(e)),
         Ok(page) => {
             r.borrow_mut().bytes.extend_from_slice(&page);
@@ -323,13 +328,13 @@ pub fn start(name: &str, o: ServiceOptions, done: impl FnOnce(Result<Vec<String>
         logs: Vec::new(),
     }));
     services().list.borrow_mut().push(svc.clone());
-    let name = name.to_string();
+    let me = svc.clone();
     connect_discovery(
         &svc,
         addr,
         Box::new(move |r| {
             if r.is_err() {
-                services().list.borrow_mut().retain(|s| s.borrow().name != name);
+                services().list.borrow_mut().retain(|s| !Rc::ptr_eq(s, &me));
             }
             done(r)
         }),
@@ -461,7 +466,7 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
     for a in gone {
         tracing::info!("nvmf discovery: {} at {} is no longer listed; detaching that path", a.subnqn, a.addr);
         svc.borrow_mut().attached.retain(|x| !(x.subnqn == a.subnqn && x.addr == a.addr));
-        let _ = crate::bdev::detach_path(&a.ctrl_name, a.addr, None, || {});
+        let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(a.addr), || {});
     }
     // New: attach (a known subsystem at a new address is another path).
     let mut new = Vec::new();
@@ -488,38 +493,62 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
         };
         new.push(Attached { subnqn, addr, ctrl_name });
     }
-    let left = Rc::new(RefCell::new((new.len(), Vec::<String>::new(), Some(done))));
+    let left: Left = Rc::new(RefCell::new((new.len(), Vec::new(), Some(done))));
     if new.is_empty() {
         let d = left.borrow_mut().2.take().expect("set");
         return d(Ok(Vec::new()));
     }
+    // One chain per controller name: its first address makes the
+    // controller, each further one (attached after it) adds a path.
+    let mut chains: Vec<Vec<Attached>> = Vec::new();
     for a in new {
         svc.borrow_mut().attached.push(a.clone());
-        let mut opts = svc.borrow().o.opts.clone();
-        opts.addr = a.addr;
-        opts.subnqn = a.subnqn.clone();
-        let (left, svc2, a2) = (left.clone(), svc.clone(), a.clone());
-        crate::bdev::attach(&a.ctrl_name, opts, Value::Null, true, move |r| {
-            match r {
-                Ok(_) => left.borrow_mut().1.push(a2.ctrl_name.clone()),
-                Err(e) => {
-                    tracing::warn!("nvmf discovery: attaching {} at {} as {}: {e}", a2.subnqn, a2.addr, a2.ctrl_name);
-                    // Tried again on the next log change.
-                    svc2.borrow_mut().attached.retain(|x| !(x.subnqn == a2.subnqn && x.addr == a2.addr));
-                }
-            }
-            let finished = {
-                let mut l = left.borrow_mut();
-                l.0 -= 1;
-                if l.0 == 0 { l.2.take().map(|d| (d, std::mem::take(&mut l.1))) } else { None }
-            };
-            if let Some((d, mut names)) = finished {
-                names.sort();
-                names.dedup();
-                d(Ok(names));
-            }
-        });
+        match chains.iter_mut().find(|c| c[0].ctrl_name == a.ctrl_name) {
+            Some(c) => c.push(a),
+            None => chains.push(vec![a]),
+        }
     }
+    for mut chain in chains {
+        chain.reverse();
+        attach_next(svc.clone(), chain, left.clone());
+    }
+}
+
+/// Entries still to attach, the controllers attached, and the caller.
+type Left = Rc<RefCell<(usize, Vec<String>, Option<NamesCb>)>>;
+
+/// Attach the last entry of `chain`, then the rest, one after the other.
+fn attach_next(svc: Rc<RefCell<Service>>, mut chain: Vec<Attached>, left: Left) {
+    let Some(a) = chain.pop() else { return };
+    let mut opts = svc.borrow().o.opts.clone();
+    opts.addr = a.addr;
+    opts.subnqn = a.subnqn.clone();
+    let name = a.ctrl_name.clone();
+    crate::bdev::attach(&name, opts, Value::Null, true, move |r| {
+        match r {
+            Ok(_) if svc.borrow().stopping => {
+                // Stopped meanwhile: what it attached goes with it.
+                let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(a.addr), || {});
+            }
+            Ok(_) => left.borrow_mut().1.push(a.ctrl_name.clone()),
+            Err(e) => {
+                tracing::warn!("nvmf discovery: attaching {} at {} as {}: {e}", a.subnqn, a.addr, a.ctrl_name);
+                // Tried again on the next log change.
+                svc.borrow_mut().attached.retain(|x| !(x.subnqn == a.subnqn && x.addr == a.addr));
+            }
+        }
+        let finished = {
+            let mut l = left.borrow_mut();
+            l.0 -= 1;
+            if l.0 == 0 { l.2.take().map(|d| (d, std::mem::take(&mut l.1))) } else { None }
+        };
+        attach_next(svc, chain, left);
+        if let Some((d, mut names)) = finished {
+            names.sort();
+            names.dedup();
+            d(Ok(names));
+        }
+    });
 }
 
 /// Stop discovery service `name`: detach what it attached, close its

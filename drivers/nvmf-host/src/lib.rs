@@ -14,12 +14,15 @@
 //!   shutdown.
 //! - [`bdev`]: namespaces as bdevs (`Nvme0n1`), the attached controllers
 //!   and their paths, `bdev_nvme_attach_controller` with `trtype` TCP.
+//! - [`client`]: a blocking API for programs without the daemon (open,
+//!   identify, read, write, close).
 //! - [`discovery`]: the discovery log page, and the discovery service of
 //!   `bdev_nvme_start_discovery`.
 //! - [`multipath`]: the paths of a bdev controller and the choice of one
 //!   for each request (active-passive, active-active).
 
 pub mod bdev;
+pub mod client;
 pub mod ctrlr;
 pub mod discovery;
 mod group;

@@ -227,8 +227,20 @@ impl NsPaths {
         }
         self.epoch.set(g);
         let now = self.set.paths();
+        // Paths taken away: their queues give back what they hold (to the
+        // channels, which choose again) before this channel lets go of
+        // them, and with no borrow held, as giving back sends again.
+        let gone: Vec<Path> = {
+            let mut paths = self.paths.borrow_mut();
+            let (keep, gone) = std::mem::take(&mut *paths).into_iter().partition(|p| now.iter().any(|c| Arc::ptr_eq(c, &p.ctrl)));
+            *paths = keep;
+            gone
+        };
+        for p in &gone {
+            p.q.disconnect();
+        }
+        drop(gone);
         let mut paths = self.paths.borrow_mut();
-        paths.retain(|p| now.iter().any(|c| Arc::ptr_eq(c, &p.ctrl)));
         for c in now.iter() {
             if !paths.iter().any(|p| Arc::ptr_eq(&p.ctrl, c)) {
                 let q = get_io_channel(c);

@@ -47,6 +47,9 @@ type FailCb = Box<dyn Fn(&HostError, Vec<(u32, BdevIo)>)>;
 /// Told of a request failed with a path-related status (namespace id, the
 /// request, the status code).
 pub type PathErrorCb = Rc<dyn Fn(u32, BdevIo, u8)>;
+/// Asked to abort the I/O command with this command id (it passed the
+/// command timeout).
+pub type AbortCb = Rc<dyn Fn(u16)>;
 
 thread_local! {
     /// A start time no command timeout reaches (an AER's).
@@ -99,6 +102,7 @@ enum Slot {
         bad: bool,
     },
     /// `bad`: data came with a wrong digest; the command fails.
+    /// `aborting`: past its timeout, an Abort for it is out (since `at`).
     Io {
         parent: u32,
         off: u64,
@@ -107,6 +111,7 @@ enum Slot {
         moved: u32,
         at: Instant,
         bad: bool,
+        aborting: bool,
     },
 }
 
@@ -178,6 +183,10 @@ struct State {
     /// The Connect waiting at the front of a gated queue.
     allow_one: bool,
     on_path_error: Option<PathErrorCb>,
+    on_timeout: Option<AbortCb>,
+    /// Command ids of commands that completed while an Abort for them was
+    /// out, and since when: free again one command timeout later.
+    quarantine: Vec<(u16, Instant)>,
 }
 
 pub struct Qpair {
@@ -221,6 +230,8 @@ impl Qpair {
             gated: true,
             allow_one: false,
             on_path_error: None,
+            on_timeout: None,
+            quarantine: Vec::new(),
             cfg,
         };
         let token = group.next_token();
@@ -303,6 +314,13 @@ impl Qpair {
     /// (ANA) handed to `f` instead of completed.
     pub fn set_on_path_error(&self, f: PathErrorCb) {
         self.st.borrow_mut().on_path_error = Some(f);
+    }
+
+    /// Have an I/O command past the command timeout aborted through `f`
+    /// first; it ends the queue pair only if it is still outstanding one
+    /// timeout later. Without this, the timeout ends the queue pair at once.
+    pub fn set_on_timeout(&self, f: AbortCb) {
+        self.st.borrow_mut().on_timeout = Some(f);
     }
 
     /// The Connect succeeded: let everything else through.
@@ -619,25 +637,65 @@ impl Qpair {
         ios
     }
 
-    /// The group's timer: connecting too long, or a command past its timeout.
+    /// The group's timer: connecting too long, or a command past its
+    /// timeout. An I/O command past it is aborted first when there is an
+    /// abort hook (`set_on_timeout`); anything else past it (or an I/O
+    /// command still outstanding a timeout after its Abort) ends the queue
+    /// pair, which its owner reconnects.
     pub(crate) fn check_timeouts(&self, now: Instant) {
+        let mut abort = Vec::new();
         let why = {
-            let st = self.st.borrow();
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
             match st.phase {
                 Phase::Closed => None,
                 Phase::Connecting | Phase::IcWait if now.duration_since(st.started) > st.cfg.connect_timeout => {
                     Some(HostError::Timeout(format!("connecting to {}", st.cfg.addr)))
                 }
                 _ => st.cfg.cmd_timeout.and_then(|t| {
-                    st.slots.iter().find_map(|s| match s {
-                        Slot::Admin { at, .. } | Slot::Io { at, .. } if now.duration_since(*at) > t => {
-                            Some(HostError::Timeout(format!("a command to {} outstanding over {} ms", st.cfg.addr, t.as_millis())))
+                    // Quarantined command ids the Abort can no longer name.
+                    if !st.quarantine.is_empty() {
+                        let (free, quarantine) = (&mut st.free, &mut st.quarantine);
+                        quarantine.retain(|&(cid, since)| {
+                            let keep = now.duration_since(since) <= t;
+                            if !keep {
+                                free.push(cid);
+                            }
+                            keep
+                        });
+                    }
+                    let can_abort = st.on_timeout.is_some();
+                    let addr = st.cfg.addr;
+                    let late = |what: &str| Some(HostError::Timeout(format!("{what} to {addr} outstanding over {} ms", t.as_millis())));
+                    let mut why = None;
+                    for (cid, s) in st.slots.iter_mut().enumerate() {
+                        match s {
+                            Slot::Admin { at, .. } if now.duration_since(*at) > t => why = why.or_else(|| late("a command")),
+                            Slot::Io { at, aborting, .. } if now.duration_since(*at) > t => {
+                                if can_abort && !*aborting {
+                                    *aborting = true;
+                                    *at = now;
+                                    abort.push(cid as u16);
+                                } else {
+                                    why = why.or_else(|| late(if *aborting { "an aborted I/O command" } else { "an I/O command" }));
+                                }
+                            }
+                            _ => {}
                         }
-                        _ => None,
-                    })
+                    }
+                    why
                 }),
             }
         };
+        if why.is_none() && !abort.is_empty() {
+            let f = self.st.borrow().on_timeout.clone();
+            if let Some(f) = f {
+                for cid in abort {
+                    tracing::warn!("nvmf host: queue {} to {}: I/O command {cid} timed out; aborting it", self.qid, self.peer());
+                    f(cid);
+                }
+            }
+        }
         if let Some(e) = why {
             self.fail(e);
         }
@@ -783,7 +841,8 @@ impl State {
                     // Written data in the capsule has moved already; a
                     // write without it waits for R2Ts.
                     let moved = if matches!(capsule, Capsule::Data) { len } else { 0 };
-                    self.slots[cid as usize] = Slot::Io { parent, off, len, to_host, moved, at: Instant::now(), bad: false };
+                    self.slots[cid as usize] =
+                        Slot::Io { parent, off, len, to_host, moved, at: Instant::now(), bad: false, aborting: false };
                 }
             }
         }
@@ -882,6 +941,7 @@ impl State {
             CtrlPdu::Resp(cqe) => {
                 let cid = cqe.cid.get();
                 let status = cqe.status();
+                let mut quarantined = false;
                 match self.slots.get_mut(usize::from(cid)).map(|s| std::mem::replace(s, Slot::Free)) {
                     None | Some(Slot::Free) => return Err(bad(format!("a completion for command id {cid}, which is not outstanding"))),
                     Some(Slot::Admin { mut data, to_host, received, cb, bad, .. }) => {
@@ -895,7 +955,10 @@ impl State {
                             done.push(Done::Admin(cb, Ok(AdminDone { cqe, data })));
                         }
                     }
-                    Some(Slot::Io { parent, len, to_host, moved, bad, .. }) => {
+                    Some(Slot::Io { parent, len, to_host, moved, bad, aborting, .. }) => {
+                        if aborting {
+                            quarantined = true;
+                        }
                         let st = if bad {
                             IoStatus::Failed
                         } else if status.is_success() && to_host && moved != len {
@@ -907,7 +970,13 @@ impl State {
                         self.piece_done(parent, st, done);
                     }
                 }
-                self.free.push(cid);
+                if quarantined {
+                    // An Abort naming this command id may still be on its
+                    // way: the id is not reused until it cannot be.
+                    self.quarantine.push((cid, Instant::now()));
+                } else {
+                    self.free.push(cid);
+                }
             }
             CtrlPdu::C2hData { cccid, datao, data, last: _, success, digest_ok } => {
                 if !digest_ok {

@@ -230,6 +230,19 @@ pub fn perf_command(dir: &TempDir, config: &Value, args: &[&str]) -> Command {
     c
 }
 
+/// Wait for a `pollux-perf --json` run and check it ended clean: exit 0,
+/// some I/O, no error, no verify mismatch. Returns its report and stderr.
+pub fn clean_perf_run(perf: Child) -> (Value, String) {
+    let out = perf.wait_with_output().expect("wait for pollux-perf");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
+    assert!(out.status.success(), "{r}\n{err}");
+    assert_eq!(r["total"]["errors"], 0, "{r}\n{err}");
+    assert!(r["total"]["ios"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r["verify_mismatches"].as_array().is_none_or(|m| m.is_empty()), "{r}");
+    (r, err)
+}
+
 /// Run SPDK's own client (`spdk-rpc`, from PyPI `spdk`) against a socket.
 pub fn spdk_rpc(socket: &Path, args: &[&str]) -> Output {
     let tool = tool("spdk-rpc", "SPDK's JSON-RPC client: pip install spdk");

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use pollux_tests::iscsi_host::free_port;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, perf_command, spdk_rpc};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, spdk_rpc};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.spdk:host-test";
@@ -329,12 +329,7 @@ fn a_verify_survives_the_target_killed_and_restarted_and_a_controller_lost_for_g
     tgt.signal(libc::SIGKILL);
     drop(tgt);
     let tgt = file_target(port, &img);
-    let out = perf.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
-    assert!(out.status.success(), "{r}\n{err}");
-    assert_eq!(r["total"]["errors"], 0, "{r}");
-    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    let (_, err) = clean_perf_run(perf);
     assert!(err.contains("controller Nvme0 lost") && err.contains("controller Nvme0 reconnected"), "{err}");
     assert!(tgt.call("nvmf_get_subsystems", None).is_ok(), "{}", tgt.log());
 
@@ -446,6 +441,22 @@ fn two_paths_make_one_bdev_a_removed_listener_fails_over_without_errors_and_the_
     assert!(saved.contains(&format!("\"trsvcid\":\"{b}\"")) && saved.contains("\"multipath\":\"multipath\""), "{saved}");
     assert!(saved.contains("\"rr_min_io\":2"), "{saved}");
     host.call("bdev_nvme_set_multipath_policy", Some(json!({"name": "Nvme0n1", "policy": "active_passive"}))).unwrap();
+    // A reset reconnects every path (a new association each) and answers
+    // once they are back; one path by its controller id.
+    let cntlids = |h: &Daemon| -> Vec<u64> {
+        let c = h.call("bdev_nvme_get_controllers", Some(json!({"name": "Nvme0"}))).unwrap();
+        c[0]["ctrlrs"].as_array().unwrap().iter().map(|p| p["cntlid"].as_u64().unwrap()).collect()
+    };
+    let before = cntlids(&host);
+    ok_stdout("reset_controller", &spdk_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]));
+    let after = cntlids(&host);
+    assert!(before.iter().zip(&after).all(|(b, a)| b != a), "{before:?} -> {after:?}");
+    assert_eq!(path_states(&host), vec![(a.to_string(), "enabled".into()), (b.to_string(), "enabled".into())]);
+    host.call("bdev_nvme_reset_controller", Some(json!({"name": "Nvme0", "cntlid": after[1]}))).unwrap();
+    let again = cntlids(&host);
+    assert!(again[0] == after[0] && again[1] != after[1], "{after:?} -> {again:?}");
+    let e = host.call("bdev_nvme_reset_controller", Some(json!({"name": "Nvme0", "cntlid": 60000}))).unwrap_err().to_string();
+    assert!(e.contains("no controller id"), "{e}");
 
     // The first listener removed: the host reports that path down, and
     // the second one carries on; the listener back, the path is reused.
@@ -454,12 +465,14 @@ fn two_paths_make_one_bdev_a_removed_listener_fails_over_without_errors_and_the_
     assert_eq!(path_states(&host)[1].1, "enabled");
     tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
     wait_for("the first path back", || path_states(&host)[0].1 == "enabled");
-    // One path detached: the bdev stays, on the other.
-    host.call(
-        "bdev_nvme_detach_controller",
-        Some(json!({"name": "Nvme0", "trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": a.to_string()})),
-    )
-    .unwrap();
+    // One path detached (only the fields given have to match, SPDK's
+    // rule: the port names it): the bdev stays, on the other.
+    let e = host
+        .call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0", "trsvcid": free_port().to_string()})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no path matching"), "{e}");
+    host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0", "trtype": "TCP", "trsvcid": a.to_string()}))).unwrap();
     assert_eq!(path_states(&host), vec![(b.to_string(), "enabled".into())]);
     assert!(host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).is_ok());
     host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
@@ -483,13 +496,26 @@ fn two_paths_make_one_bdev_a_removed_listener_fails_over_without_errors_and_the_
     let mid = iostat(&tgt);
     wait_for("writes over the second path", || iostat(&tgt) > mid + 1000);
     tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
-    let out = perf.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
-    assert!(out.status.success(), "{r}\n{err}");
-    assert_eq!(r["total"]["errors"], 0, "{r}");
-    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    let (_, err) = clean_perf_run(perf);
     assert!(err.contains("controller Nvme0 lost"), "{err}");
+
+    // One path detached (through pollux-perf's own RPC socket) while a
+    // verify runs over both: its requests, in flight included, move to the
+    // other path; none fails.
+    let dir = TempDir::new("nvmf-host-detach-path");
+    let before = iostat(&tgt);
+    // Two reactors: the second one's channel sees the path go from the
+    // path set before the main reactor's message to its queue arrives.
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "32", "-o", "16384", "-w", "verify", "-t", "6", "-m", "0x3", "--json"]);
+    wait_for("writes through the host", || iostat(&tgt) > before + 1000);
+    let rpc = || pollux_core::rpc::Client::connect(&dir.join("perf.sock")).expect("pollux-perf's RPC socket");
+    rpc().call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0", "traddr": "127.0.0.1", "trsvcid": a.to_string()}))).unwrap();
+    let paths = rpc().call("bdev_nvme_get_controllers", Some(json!({"name": "Nvme0"}))).unwrap();
+    assert_eq!(paths[0]["ctrlrs"].as_array().unwrap().len(), 1, "{paths}");
+    assert_eq!(paths[0]["ctrlrs"][0]["trid"]["trsvcid"], b.to_string(), "{paths}");
+    let mid = iostat(&tgt);
+    wait_for("writes over the remaining path", || iostat(&tgt) > mid + 1000);
+    clean_perf_run(perf);
 }
 
 /// A target serving `img` on `port` with a fixed namespace identity, so
@@ -534,12 +560,7 @@ fn a_verify_fails_over_to_a_second_target_when_the_first_is_killed_and_uses_it_a
     // Back: the first path is reconnected and preferred again.
     let ta = shared_file_target(a, &img);
     wait_for_writes(&ta, 0);
-    let out = perf.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {err}"));
-    assert!(out.status.success(), "{r}\n{err}");
-    assert_eq!(r["total"]["errors"], 0, "{r}");
-    assert_eq!(r["verify_mismatches"], json!([]), "{r}");
+    let (_, err) = clean_perf_run(perf);
     assert!(err.contains("controller Nvme0 lost") && err.contains("controller Nvme0 reconnected"), "{err}");
     drop(tb);
 }
@@ -576,6 +597,9 @@ fn discovery_attaches_what_two_pages_and_a_referral_list_and_follows_the_log_as_
     let t2 = many_subsystems(b, &["nqn.2016-06.io.spdk:referred".to_string()]);
     // The first target refers hosts to the second one's discovery service.
     t1.call("nvmf_discovery_add_referral", Some(json!({"address": listener(b)}))).unwrap();
+    // The first subsystem at a second address too: one controller, two paths.
+    let c2 = free_port();
+    t1.call("nvmf_subsystem_add_listener", Some(json!({"nqn": nqns[0], "listen_address": listener(c2)}))).unwrap();
 
     let host = Daemon::start(DaemonOpts::default());
     let out =
@@ -588,6 +612,10 @@ fn discovery_attaches_what_two_pages_and_a_referral_list_and_follows_the_log_as_
     let c = host.call("bdev_nvme_get_controllers", None).unwrap();
     let subs: Vec<&str> = c.as_array().unwrap().iter().map(|c| c["ctrlrs"][0]["trid"]["subnqn"].as_str().unwrap()).collect();
     assert!(subs.contains(&"nqn.2016-06.io.spdk:referred") && subs.contains(&"nqn.2016-06.io.spdk:disc3"), "{c}");
+    let two = c.as_array().unwrap().iter().find(|c| c["ctrlrs"][0]["trid"]["subnqn"] == nqns[0].as_str()).unwrap();
+    let ports: Vec<&str> = two["ctrlrs"].as_array().unwrap().iter().map(|p| p["trid"]["trsvcid"].as_str().unwrap()).collect();
+    assert_eq!(ports.len(), 2, "{two}");
+    assert!(ports.contains(&a.to_string().as_str()) && ports.contains(&c2.to_string().as_str()), "{two}");
     let info = host.call("bdev_nvme_get_discovery_info", None).unwrap();
     assert_eq!(info[0]["name"], "nvme", "{info}");
     assert_eq!(info[0]["trid"]["trsvcid"], a.to_string(), "{info}");
@@ -621,4 +649,54 @@ fn discovery_attaches_what_two_pages_and_a_referral_list_and_follows_the_log_as_
     assert!(e.contains("no discovery service"), "{e}");
     assert!(!host.log().contains("panicked"), "{}", host.log());
     drop(t2);
+}
+
+#[test]
+fn an_io_command_the_target_sits_on_is_aborted_then_its_queue_reset_and_no_request_fails() {
+    // A target whose namespace answers after 2 s: every command passes
+    // the host's 300 ms timeout.
+    let port = free_port();
+    let slow = 2_000_000;
+    let tgt = Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [
+                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 65536, "block_size": 512}},
+                {"method": "bdev_delay_create", "params": {"name": "Slow0", "base_bdev_name": "Malloc0",
+                    "avg_read_latency": slow, "p99_read_latency": slow, "avg_write_latency": slow, "p99_write_latency": slow}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Slow0"}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": listener(port)}}]},
+        ]})),
+        ..DaemonOpts::default()
+    });
+    let cntlids = |t: &Daemon| -> Vec<u64> {
+        let c = t.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN}))).unwrap();
+        c.as_array().unwrap().iter().map(|c| c["cntlid"].as_u64().unwrap()).collect()
+    };
+    let mut p = attach_params(port, false);
+    p["ctrlr_loss_timeout_sec"] = json!(-1);
+    p["reconnect_delay_sec"] = json!(1);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_set_options", "params": {"timeout_us": 300_000, "action_on_timeout": "abort"}},
+        {"method": "bdev_nvme_attach_controller", "params": p}]}]});
+    let dir = TempDir::new("nvmf-host-timeout");
+    // Reads: a write the old association left in the target could land
+    // after its resend and a later write, which is the target's business,
+    // not what this test is about.
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n1", "-q", "4", "-o", "4096", "-w", "randread", "-t", "6", "-m", "0x1", "--json"]);
+    // The host connects, its commands time out, are aborted (Pollux's
+    // target cannot abort a command its bdev holds), and the queue is
+    // reset: a new association, a new controller id.
+    wait_for("the host's first association", || !cntlids(&tgt).is_empty());
+    let first = cntlids(&tgt)[0];
+    wait_for("a new association after the reset", || cntlids(&tgt).iter().any(|&c| c != first));
+    // The namespace answers promptly again: everything sent again completes.
+    for t in ["avg_read", "p99_read", "avg_write", "p99_write"] {
+        tgt.call("bdev_delay_update_latency", Some(json!({"delay_bdev_name": "Slow0", "latency_type": t, "latency_us": 10}))).unwrap();
+    }
+    let (_, err) = clean_perf_run(perf);
+    assert!(err.contains("timed out; aborting it") && err.contains("not aborted"), "{err}");
+    assert!(err.contains("controller Nvme0 reconnected"), "{err}");
 }

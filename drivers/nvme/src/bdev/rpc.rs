@@ -98,6 +98,12 @@ pub fn register(app: &mut App) {
         r.ok(pollux_nvmf_host::discovery::describe())
     });
     m.register("bdev_nvme_reset_controller", States::RUNTIME, |p: Reset, r: Responder| {
+        if controller(&p.name).is_none() && pollux_nvmf_host::bdev::attached(&p.name) {
+            return pollux_nvmf_host::bdev::reset(&p.name, p.cntlid, move |res| match res {
+                Ok(()) => r.ok(true),
+                Err(e) => r.err(RpcError::errno(libc::ENXIO, e)),
+            });
+        }
         let Some(c) = controller(&p.name) else {
             return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} does not exist", p.name)));
         };
@@ -331,6 +337,9 @@ fn attach_tcp(p: Attach, r: Responder) {
     if let Some(us) = p.fabrics_connect_timeout_us.filter(|&us| us > 0) {
         opts.connect_timeout = std::time::Duration::from_micros(us);
     }
+    // I/O timeouts as bdev_nvme_set_options says (as for PCIe).
+    opts.io_timeout = (o.timeout_us != 0 && o.action_on_timeout != "none").then(|| std::time::Duration::from_micros(o.timeout_us));
+    opts.abort_on_timeout = o.action_on_timeout == "abort";
     // Reconnect policy: the call's values, else bdev_nvme_set_options'.
     opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
     opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
@@ -424,37 +433,43 @@ fn detach_rpc(p: Detach, r: Responder) {
         if !pollux_nvmf_host::bdev::attached(&p.name) {
             return r.err(RpcError::errno(libc::EBUSY, format!("Controller {} is still being attached", p.name)));
         }
-        if p.traddr.is_none() && p.trsvcid.is_none() {
+        if p.traddr.is_none() && p.trsvcid.is_none() && p.hostaddr.is_none() {
             let _ = pollux_nvmf_host::bdev::detach(&p.name, move || r.ok(true));
             return;
         }
-        // One path: the one at traddr:trsvcid (each as the first path's
-        // when not given, as SPDK matches what is set).
-        let first = pollux_nvmf_host::bdev::controllers().into_iter().find(|c| c.name() == p.name);
-        let Some(first) = first else {
-            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} does not exist", p.name)));
-        };
-        let ip = match p.traddr.as_deref().map(str::parse::<std::net::IpAddr>) {
-            None => first.opts.addr.ip(),
-            Some(Ok(a)) => a,
+        // The paths matching every address field given, as SPDK matches.
+        let traddr = match p.traddr.as_deref().map(str::parse::<std::net::IpAddr>) {
+            None => None,
+            Some(Ok(a)) => Some(a),
             Some(Err(_)) => {
                 return r.err(RpcError::invalid_params(format!("traddr {} is not an IP address", p.traddr.unwrap_or_default())));
             }
         };
-        let port = match p.trsvcid.as_deref().map(str::parse::<u16>) {
-            None => first.opts.addr.port(),
-            Some(Ok(n)) => n,
+        let trsvcid = match p.trsvcid.as_deref().map(str::parse::<u16>) {
+            None => None,
+            Some(Ok(n)) => Some(n),
             Some(Err(_)) => return r.err(RpcError::invalid_params(format!("trsvcid {} is not a port", p.trsvcid.unwrap_or_default()))),
         };
-        if p.subnqn.as_deref().is_some_and(|s| s != first.opts.subnqn) {
-            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path to {}", p.name, p.subnqn.unwrap_or_default())));
+        let hostaddr = match p.hostaddr.as_deref().map(str::parse::<std::net::IpAddr>) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => {
+                return r.err(RpcError::invalid_params(format!("hostaddr {} is not an IP address", p.hostaddr.unwrap_or_default())));
+            }
+        };
+        let same_subsystem = pollux_nvmf_host::bdev::controllers()
+            .into_iter()
+            .find(|c| c.name() == p.name)
+            .is_some_and(|c| p.subnqn.as_deref().is_none_or(|s| s == c.opts.subnqn));
+        let family_ok = p.adrfam.as_deref().is_none_or(|f| match traddr {
+            Some(a) => f.eq_ignore_ascii_case(if a.is_ipv4() { "ipv4" } else { "ipv6" }),
+            None => matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6"),
+        });
+        let m = pollux_nvmf_host::bdev::PathMatch { traddr, trsvcid, hostaddr };
+        if !same_subsystem || !family_ok || !pollux_nvmf_host::bdev::has_path(&p.name, m) {
+            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path matching the address given", p.name)));
         }
-        let hostaddr = p.hostaddr.as_deref().and_then(|h| h.parse().ok());
-        let addr = std::net::SocketAddr::new(ip, port);
-        if !pollux_nvmf_host::bdev::has_path(&p.name, addr, hostaddr) {
-            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path at {addr}", p.name)));
-        }
-        let _ = pollux_nvmf_host::bdev::detach_path(&p.name, addr, hostaddr, move || r.ok(true));
+        let _ = pollux_nvmf_host::bdev::detach_path(&p.name, m, move || r.ok(true));
         return;
     }
     let Some(c) = controller(&p.name) else {
