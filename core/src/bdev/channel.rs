@@ -160,9 +160,11 @@ impl BdevChannel {
                 bounced: None,
                 lend: false,
                 lent: None,
+                retries: 0,
                 home: self.home.clone(),
             })
         });
+        slot.retries = 0;
         slot.kind = kind;
         slot.offset_blocks = offset_blocks;
         slot.num_blocks = num_blocks;

@@ -136,6 +136,8 @@ pub(crate) struct Slot {
     pub(crate) lend: bool,
     /// What the backend lent such a read.
     pub(crate) lent: Option<Lent>,
+    /// Times the backend sent the request again (see [`BdevIo::retried`]).
+    pub(crate) retries: u32,
     pub(crate) home: Rc<Home>,
 }
 
@@ -276,6 +278,15 @@ impl BdevIo {
     /// The memory lent to this read (consumers, after completion).
     pub fn take_lent(&mut self) -> Option<Lent> {
         self.slot_mut().lent.take()
+    }
+
+    /// Count one more time the backend sends this request again (after a
+    /// command timeout, say) and return the count so far, for backends that
+    /// bound their retries (SPDK's `bdev_retry_count`).
+    pub fn retried(&mut self) -> u32 {
+        let s = self.slot_mut();
+        s.retries = s.retries.saturating_add(1);
+        s.retries
     }
 
     /// Copy `data` into the request's buffers from byte `offset` (backends).

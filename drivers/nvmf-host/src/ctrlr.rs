@@ -65,6 +65,9 @@ pub struct ConnectOptions {
     /// `abort`); otherwise (`reset`) its queue pair ends and the controller
     /// reconnects, the commands sent again.
     pub abort_on_timeout: bool,
+    /// Times a request whose command timed out is sent again before it
+    /// fails (-1: no limit), SPDK's `bdev_retry_count`.
+    pub bdev_retry_count: i32,
 }
 
 impl ConnectOptions {
@@ -90,6 +93,7 @@ impl ConnectOptions {
             fast_io_fail_timeout_sec: 0,
             io_timeout: None,
             abort_on_timeout: false,
+            bdev_retry_count: 3,
         }
     }
 }
@@ -268,6 +272,7 @@ impl Controller {
             connect_timeout: self.opts.connect_timeout,
             cmd_timeout: self.opts.io_timeout,
             requeue: true,
+            retry_limit: u32::try_from(self.opts.bdev_retry_count).ok(),
         }
     }
 
@@ -799,6 +804,7 @@ fn bring_up(
         // timeout means the controller is gone.
         cmd_timeout: Some(Duration::from_millis(if opts.kato_ms == 0 { 10_000 } else { u64::from(opts.kato_ms.max(1000)) })),
         requeue: false,
+        retry_limit: None,
     };
     let up: Rc<RefCell<Option<Arc<Controller>>>> = Rc::new(RefCell::new(None));
     let up2 = up.clone();

@@ -12,11 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use pollux_core::reactor::{self, ReactorId};
+use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use pollux_nvme_spec::discovery::{LogEntry, LogHeader, adrfam, subtype, trtype};
 use pollux_nvme_spec::fabrics::DISCOVERY_NQN;
 use pollux_nvme_spec::log::lid;
 use serde_json::{Value, json};
+use std::time::Duration;
 use zerocopy::FromBytes;
 
 use crate::HostError;
@@ -274,6 +275,10 @@ struct Service {
     stopping: bool,
     /// The log entries as last read from each discovery controller.
     logs: Vec<(SocketAddr, Vec<Entry>)>,
+    /// Discovery controllers being reconnected, each with its next try.
+    retries: Vec<(SocketAddr, Poller)>,
+    /// Tells this service from a later one of the same name.
+    id: u64,
 }
 
 #[derive(Default)]
@@ -302,6 +307,8 @@ pub fn exists(name: &str) -> bool {
     find(name).is_some()
 }
 
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Referrals are followed this deep at most.
 const MAX_DISCOVERY_CONTROLLERS: usize = 8;
 
@@ -326,6 +333,8 @@ pub fn start(name: &str, o: ServiceOptions, done: impl FnOnce(Result<Vec<String>
         next_index: 0,
         stopping: false,
         logs: Vec::new(),
+        retries: Vec::new(),
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }));
     services().list.borrow_mut().push(svc.clone());
     let me = svc.clone();
@@ -386,7 +395,10 @@ fn arm_event(svc: &Rc<RefCell<Service>>, addr: SocketAddr, qp: &Rc<Qpair>) {
             return;
         }
         match r {
-            Err(e) => tracing::warn!("nvmf discovery {addr}: no more events ({e})"),
+            // The controller refused the request: the connection is fine,
+            // changes will not be heard of.
+            Err(e @ HostError::Status(..)) => tracing::warn!("nvmf discovery {addr}: no log change events ({e})"),
+            Err(e) => discovery_lost(&svc, addr, &e),
             Ok(dw0) => {
                 let (kind, info, log) = (dw0 & 7, (dw0 >> 8) & 0xff, (dw0 >> 16) & 0xff);
                 tracing::info!("nvmf discovery {addr}: event type {kind} information {info:#x} log page {log:#x}");
@@ -398,6 +410,59 @@ fn arm_event(svc: &Rc<RefCell<Service>>, addr: SocketAddr, qp: &Rc<Qpair>) {
             }
         }
     });
+}
+
+/// The discovery controller at `addr` is gone (its connection ended):
+/// forget it and connect again every `reconnect_delay_sec` (at least 1 s)
+/// until it is back or the service stops. What it listed stays attached
+/// meanwhile; its log is read again once it is back.
+fn discovery_lost(svc: &Rc<RefCell<Service>>, addr: SocketAddr, why: &HostError) {
+    let gone = {
+        let mut s = svc.borrow_mut();
+        let pos = s.ctrls.iter().position(|(a, _, _)| *a == addr);
+        pos.map(|p| s.ctrls.remove(p))
+    };
+    if let Some((_, _, qp)) = gone {
+        qp.close();
+    }
+    tracing::warn!("nvmf discovery {addr}: the discovery controller is gone ({why}); reconnecting");
+    retry_discovery(svc, addr);
+}
+
+fn retry_discovery(svc: &Rc<RefCell<Service>>, addr: SocketAddr) {
+    let delay = Duration::from_secs(u64::from(svc.borrow().o.opts.reconnect_delay_sec.max(1)));
+    let id = svc.borrow().id;
+    let poller = reactor::register_timed_poller("nvmf_discovery_reconnect", delay, move || {
+        // Not from inside the poller: the attempt drops it.
+        reactor::send_msg(ReactorId(0), move || {
+            let found = services().list.borrow().iter().find(|s| s.borrow().id == id).cloned();
+            let Some(svc) = found else { return };
+            if svc.borrow().stopping {
+                return;
+            }
+            svc.borrow_mut().retries.retain(|(a, _)| *a != addr);
+            let s2 = svc.clone();
+            connect_discovery(
+                &svc,
+                addr,
+                Box::new(move |r| {
+                    let up = s2.borrow().ctrls.iter().any(|(a, _, _)| *a == addr);
+                    match r {
+                        Ok(_) => tracing::info!("nvmf discovery {addr}: reconnected"),
+                        Err(e) if !up && !s2.borrow().stopping => {
+                            tracing::warn!("nvmf discovery {addr}: reconnect failed ({e})");
+                            retry_discovery(&s2, addr);
+                        }
+                        Err(_) => {}
+                    }
+                }),
+            );
+        });
+        PollStatus::Busy
+    });
+    let mut s = svc.borrow_mut();
+    s.retries.retain(|(a, _)| *a != addr);
+    s.retries.push((addr, poller));
 }
 
 /// Read the log of the discovery controller at `addr` and make the
@@ -559,6 +624,7 @@ pub fn stop(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
     let (ctrls, names) = {
         let mut s = svc.borrow_mut();
         s.stopping = true;
+        s.retries.clear();
         let mut names: Vec<String> = s.attached.iter().map(|a| a.ctrl_name.clone()).collect();
         names.sort();
         names.dedup();

@@ -81,6 +81,10 @@ pub struct QpairConfig {
     /// On failure, hand bdev requests back to `on_fail` (to be sent again
     /// once reconnected) instead of failing them.
     pub requeue: bool,
+    /// How many times a request whose command timed out is handed back to
+    /// be sent again before it fails instead (None: no limit), SPDK's
+    /// `bdev_retry_count`.
+    pub retry_limit: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +125,8 @@ struct Parent {
     nsid: u32,
     pending: u32,
     status: IoStatus,
+    /// A command of it passed the command timeout (and ended the queue).
+    timed_out: bool,
 }
 
 enum Waiting {
@@ -354,7 +360,7 @@ impl Qpair {
             IoType::Flush | IoType::Reset => total.max(1),
         };
         let pieces = if matches!(kind, IoType::Flush | IoType::Reset) { 1 } else { total.div_ceil(chunk.max(1)) };
-        let parent = Parent { io: Some(io), nsid, pending: pieces as u32, status: IoStatus::Success };
+        let parent = Parent { io: Some(io), nsid, pending: pieces as u32, status: IoStatus::Success, timed_out: false };
         let p = match st.free_parents.pop() {
             Some(i) => {
                 st.parents[i as usize] = parent;
@@ -668,19 +674,26 @@ impl Qpair {
                     let addr = st.cfg.addr;
                     let late = |what: &str| Some(HostError::Timeout(format!("{what} to {addr} outstanding over {} ms", t.as_millis())));
                     let mut why = None;
+                    let mut late_parents = Vec::new();
                     for (cid, s) in st.slots.iter_mut().enumerate() {
                         match s {
                             Slot::Admin { at, .. } if now.duration_since(*at) > t => why = why.or_else(|| late("a command")),
-                            Slot::Io { at, aborting, .. } if now.duration_since(*at) > t => {
+                            Slot::Io { at, aborting, parent, .. } if now.duration_since(*at) > t => {
                                 if can_abort && !*aborting {
                                     *aborting = true;
                                     *at = now;
                                     abort.push(cid as u16);
                                 } else {
                                     why = why.or_else(|| late(if *aborting { "an aborted I/O command" } else { "an I/O command" }));
+                                    late_parents.push(*parent);
                                 }
                             }
                             _ => {}
+                        }
+                    }
+                    for p in late_parents {
+                        if let Some(p) = st.parents.get_mut(p as usize) {
+                            p.timed_out = true;
                         }
                     }
                     why
@@ -737,10 +750,19 @@ impl State {
         }
         let mut ios = Vec::new();
         for p in self.parents.iter_mut() {
-            if let Some(io) = p.io.take() {
-                if requeue {
+            if let Some(mut io) = p.io.take() {
+                // A request whose own command timed out is sent again a
+                // bounded number of times.
+                let spent = p.timed_out && self.cfg.retry_limit.is_some_and(|limit| io.retried() > limit);
+                if requeue && !spent {
                     ios.push((p.nsid, io));
                 } else {
+                    if spent {
+                        tracing::warn!(
+                            "nvmf host: {}: a request timed out more times than bdev_retry_count allows; it fails",
+                            self.cfg.addr
+                        );
+                    }
                     done.push(Done::Io(io, IoStatus::Failed));
                 }
             }

@@ -678,10 +678,29 @@ fn an_io_command_the_target_sits_on_is_aborted_then_its_queue_reset_and_no_reque
     let mut p = attach_params(port, false);
     p["ctrlr_loss_timeout_sec"] = json!(-1);
     p["reconnect_delay_sec"] = json!(1);
-    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_nvme_set_options", "params": {"timeout_us": 300_000, "action_on_timeout": "abort"}},
-        {"method": "bdev_nvme_attach_controller", "params": p}]}]});
+    let cfg_retrying = |count: i32| {
+        json!({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_set_options", "params": {"timeout_us": 300_000, "action_on_timeout": "abort", "bdev_retry_count": count}},
+            {"method": "bdev_nvme_attach_controller", "params": p}]}]})
+    };
     let dir = TempDir::new("nvmf-host-timeout");
+    // bdev_retry_count 1: a request that times out a second time fails
+    // (the run ends with errors) instead of going round for ever.
+    let out = perf_command(
+        &dir,
+        &cfg_retrying(1),
+        &["-b", "Nvme0n1", "-q", "1", "-o", "4096", "-w", "randread", "-t", "3", "-m", "0x1", "--json"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more times than bdev_retry_count allows"), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(!out.status.success() || r["total"]["errors"].as_u64().unwrap_or(0) > 0, "{r}\n{err}");
+    // Without a limit (-1), each time out resends it, until the target
+    // answers.
+    let cfg = cfg_retrying(-1);
+    wait_for("the first run's controllers gone", || cntlids(&tgt).is_empty());
     // Reads: a write the old association left in the target could land
     // after its resend and a later write, which is the target's business,
     // not what this test is about.
@@ -699,4 +718,32 @@ fn an_io_command_the_target_sits_on_is_aborted_then_its_queue_reset_and_no_reque
     let (_, err) = clean_perf_run(perf);
     assert!(err.contains("timed out; aborting it") && err.contains("not aborted"), "{err}");
     assert!(err.contains("controller Nvme0 reconnected"), "{err}");
+}
+
+#[test]
+fn discovery_reconnects_to_a_restarted_discovery_controller_and_follows_it_again() {
+    let a = free_port();
+    let nqns = vec!["nqn.2016-06.io.spdk:again0".to_string()];
+    let t1 = many_subsystems(a, &nqns);
+    let host = Daemon::start(DaemonOpts::default());
+    host.call(
+        "bdev_nvme_start_discovery",
+        Some(json!({"name": "nvme", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": a.to_string(),
+            "ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1, "wait_for_attach": true})),
+    )
+    .unwrap();
+    assert_eq!(bdev_names(&host), vec!["nvme0n1"]);
+    // The target goes away and comes back with one more subsystem: only a
+    // reconnected discovery controller (its first log read, or the change
+    // event after it) can make the host attach it.
+    t1.signal(libc::SIGKILL);
+    drop(t1);
+    let t1 = many_subsystems(a, &nqns);
+    let n = "nqn.2016-06.io.spdk:after-restart";
+    t1.call("bdev_malloc_create", Some(json!({"name": "After", "num_blocks": 8192, "block_size": 512}))).unwrap();
+    t1.call("nvmf_create_subsystem", Some(json!({"nqn": n, "allow_any_host": true}))).unwrap();
+    t1.call("nvmf_subsystem_add_ns", Some(json!({"nqn": n, "namespace": {"bdev_name": "After"}}))).unwrap();
+    t1.call("nvmf_subsystem_add_listener", Some(json!({"nqn": n, "listen_address": listener(a)}))).unwrap();
+    wait_for("the subsystem added after the restart", || bdev_names(&host).len() == 2);
+    assert!(!host.log().contains("panicked"), "{}", host.log());
 }

@@ -340,6 +340,7 @@ fn attach_tcp(p: Attach, r: Responder) {
     // I/O timeouts as bdev_nvme_set_options says (as for PCIe).
     opts.io_timeout = (o.timeout_us != 0 && o.action_on_timeout != "none").then(|| std::time::Duration::from_micros(o.timeout_us));
     opts.abort_on_timeout = o.action_on_timeout == "abort";
+    opts.bdev_retry_count = o.bdev_retry_count;
     // Reconnect policy: the call's values, else bdev_nvme_set_options'.
     opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
     opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
