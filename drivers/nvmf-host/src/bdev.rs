@@ -49,7 +49,8 @@ impl Backend for NamespaceBackend {
             IoType::Read | IoType::Write | IoType::Flush => true,
             IoType::Unmap => self.first.supports_deallocate(),
             IoType::WriteZeroes => self.first.supports_write_zeroes(),
-            IoType::Compare | IoType::Reset => false,
+            IoType::Compare => self.first.supports_compare(),
+            IoType::Reset => false,
         }
     }
 

@@ -13,6 +13,7 @@
 //! let data = vec![0x5a; 8 * ns.block_size as usize];
 //! s.write(ns.nsid, 0, &data)?;
 //! assert_eq!(s.read(ns.nsid, 0, 8)?, data);
+//! assert!(s.compare(ns.nsid, 0, &data)?);
 //! s.close()?;
 //! # Ok(())
 //! # }
@@ -34,7 +35,7 @@ use std::thread::JoinHandle;
 
 use clap::Parser;
 use pollux_core::app::{self, App, AppArgs};
-use pollux_core::bdev::{self, Descriptor};
+use pollux_core::bdev::{self, BdevIo, Descriptor, IoType};
 use pollux_core::dma::DmaBuf;
 use pollux_core::io_channel::IoChannel;
 use pollux_core::reactor::{self, Handle, ReactorId};
@@ -197,6 +198,15 @@ impl Session {
         }
     }
 
+    /// How many blocks of namespace `nsid` `data` is, if whole ones.
+    fn whole_blocks(&self, nsid: u32, data: &[u8]) -> Result<u64, HostError> {
+        let bs = self.block_size(nsid)?;
+        if data.is_empty() || data.len() % bs != 0 {
+            return Err(HostError::Invalid(format!("{} bytes are not whole {bs}-byte blocks", data.len())));
+        }
+        Ok((data.len() / bs) as u64)
+    }
+
     /// Read `blocks` blocks of namespace `nsid` from block `lba`.
     pub fn read(&self, nsid: u32, lba: u64, blocks: u64) -> Result<Vec<u8>, HostError> {
         let bs = self.block_size(nsid)?;
@@ -227,29 +237,45 @@ impl Session {
 
     /// Write `data` (whole blocks) to namespace `nsid` from block `lba`.
     pub fn write(&self, nsid: u32, lba: u64, data: &[u8]) -> Result<(), HostError> {
-        let bs = self.block_size(nsid)?;
-        if data.is_empty() || data.len() % bs != 0 {
-            return Err(HostError::Invalid(format!("{} bytes are not whole {bs}-byte blocks", data.len())));
-        }
-        let blocks = (data.len() / bs) as u64;
+        self.with_data(nsid, lba, data, IoType::Write, |io, what| match io.status() {
+            bdev::IoStatus::Success => Ok(()),
+            st => Err(HostError::Transport(format!("{what}: {st:?}"))),
+        })
+    }
+
+    /// Compare `data` (whole blocks) with namespace `nsid` from block `lba`
+    /// (NVMe Compare, done by the controller): whether they are the same.
+    pub fn compare(&self, nsid: u32, lba: u64, data: &[u8]) -> Result<bool, HostError> {
+        self.with_data(nsid, lba, data, IoType::Compare, |io, what| match io.status() {
+            bdev::IoStatus::Success => Ok(true),
+            bdev::IoStatus::Miscompare { .. } => Ok(false),
+            st => Err(HostError::Transport(format!("{what}: {st:?}"))),
+        })
+    }
+
+    /// Send `data` (whole blocks) to namespace `nsid` at block `lba` as a
+    /// `kind` request; `answer` reads the finished request.
+    fn with_data<T: Send + 'static>(
+        &self,
+        nsid: u32,
+        lba: u64,
+        data: &[u8],
+        kind: IoType,
+        answer: impl FnOnce(BdevIo, String) -> Result<T, HostError> + Send + 'static,
+    ) -> Result<T, HostError> {
+        let blocks = self.whole_blocks(nsid, data)?;
         let data = data.to_vec();
         self.call(move |reply| {
-            let (d, ch) = match namespace(nsid) {
+            let (d, ch, buf) = match namespace(nsid).and_then(|(d, ch)| dma_copy(&data).map(|b| (d, ch, b))) {
                 Ok(x) => x,
                 Err(e) => return reply(Err(e)),
             };
-            let mut buf = match DmaBuf::alloc(data.len()) {
-                Ok(b) => b,
-                Err(e) => return reply(Err(err(e))),
-            };
-            buf.copy_from_slice(&data);
-            d.write(&ch, [buf], lba, blocks, move |io| {
-                if io.is_ok() {
-                    reply(Ok(()))
-                } else {
-                    reply(Err(HostError::Transport(format!("write of {blocks} blocks at {lba}: {:?}", io.status()))))
-                }
-            });
+            let what = format!("{} of {blocks} blocks at {lba}", kind.name());
+            let done = move |io: BdevIo| reply(answer(io, what));
+            match kind {
+                IoType::Compare => d.compare(&ch, [buf], lba, blocks, done),
+                _ => d.write(&ch, [buf], lba, blocks, done),
+            }
         })
     }
 
@@ -301,6 +327,13 @@ impl Info {
             namespaces: Vec::new(),
         }
     }
+}
+
+/// `data` in DMA memory.
+fn dma_copy(data: &[u8]) -> Result<DmaBuf, HostError> {
+    let mut buf = DmaBuf::alloc(data.len()).map_err(err)?;
+    buf.copy_from_slice(data);
+    Ok(buf)
 }
 
 /// The descriptor and channel of namespace `nsid` (opened on first use).

@@ -250,6 +250,10 @@ impl Controller {
         changed
     }
 
+    pub fn supports_compare(&self) -> bool {
+        self.id.oncs.get() & pollux_nvme_spec::identify::oncs::COMPARE != 0
+    }
+
     pub fn supports_write_zeroes(&self) -> bool {
         self.id.oncs.get() & pollux_nvme_spec::identify::oncs::WRITE_ZEROES != 0
     }

@@ -41,6 +41,11 @@ fn a_program_opens_a_subsystem_identifies_it_writes_reads_back_and_closes() {
     s.write(1, 100, &data).expect("write");
     assert_eq!(s.read(1, 100, 8).expect("read"), data);
     assert_eq!(s.read(1, 0, 1).expect("read").len(), 512);
+    // Compare, done by the controller: the same data, then one byte off.
+    assert!(s.compare(1, 100, &data).expect("compare"));
+    let mut other = data.clone();
+    other[3000] ^= 1;
+    assert!(!s.compare(1, 100, &other).expect("compare"));
     // Bad requests are refused with the reason, and the session goes on.
     assert!(s.write(1, 0, &[0; 100]).unwrap_err().to_string().contains("whole"));
     assert!(s.read(2, 0, 1).unwrap_err().to_string().contains("not an active namespace"));
