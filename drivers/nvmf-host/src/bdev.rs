@@ -123,6 +123,9 @@ struct Link {
     resets: u64,
     /// Told how the reconnect under way ends (bdev_nvme_reset_controller).
     waiters: Vec<ResetDone>,
+    /// While a namespace is in ANA change through this path: the check
+    /// after the controller's ANA transition time.
+    anatt: Option<Poller>,
 }
 
 type ResetDone = Box<dyn FnOnce(Result<(), String>)>;
@@ -285,6 +288,7 @@ fn new_link(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Li
         attempting: false,
         resets: 0,
         waiters: Vec::new(),
+        anatt: None,
     }
 }
 
@@ -813,6 +817,73 @@ pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
     ctrlr::refresh_ana(ctrl, &admin, move |r| {
         if let Err(e) = r {
             tracing::warn!("nvmf host: {}: reading the ANA log: {e}", c.name());
+        }
+        watch_transition(&c);
+        reactor::for_each_reactor(
+            move || {
+                if let Some(q) = try_get_io_channel(&c) {
+                    q.tell_users();
+                }
+            },
+            || {},
+        );
+    });
+}
+
+/// While a namespace is in ANA change through path `ctrl`, requests for it
+/// wait; the controller's ANA transition time (ANATT, 10 s when it gives
+/// none) bounds that: then the ANA log is read again, and a namespace still
+/// in change is taken as inaccessible through this path (its waiting
+/// requests go to another path or fail) until the log says otherwise.
+fn watch_transition(ctrl: &Arc<Controller>) {
+    let changing = ctrl.namespaces.iter().any(|n| ctrl.ana_state(n.nsid) == ctrlr::ana::CHANGE);
+    let reg = registry();
+    let mut groups = reg.groups.borrow_mut();
+    let Some(l) = groups.iter_mut().find_map(|g| g.link(ctrl)) else { return };
+    if !changing {
+        l.anatt = None;
+        return;
+    }
+    if l.anatt.is_some() {
+        return;
+    }
+    let secs = if ctrl.id.anatt == 0 { 10 } else { u64::from(ctrl.id.anatt) };
+    let weak = Arc::downgrade(ctrl);
+    l.anatt = Some(reactor::register_timed_poller("nvmf_host_anatt", Duration::from_secs(secs), move || {
+        let w = weak.clone();
+        // Not from inside the poller: the check drops it.
+        reactor::send_msg(ReactorId(0), move || {
+            if let Some(c) = w.upgrade() {
+                transition_expired(&c);
+            }
+        });
+        PollStatus::Busy
+    }));
+}
+
+fn transition_expired(ctrl: &Arc<Controller>) {
+    let admin = {
+        let reg = registry();
+        let mut groups = reg.groups.borrow_mut();
+        let Some(l) = groups.iter_mut().find_map(|g| g.link(ctrl)) else { return };
+        l.anatt = None;
+        l.admin.clone()
+    };
+    if !admin.is_ready() {
+        return;
+    }
+    let c = ctrl.clone();
+    ctrlr::refresh_ana(ctrl, &admin, move |_| {
+        for n in &c.namespaces {
+            if c.ana_state(n.nsid) == ctrlr::ana::CHANGE {
+                tracing::warn!(
+                    "nvmf host: {} at {}: namespace {} still in ANA change after the transition time; taken as inaccessible",
+                    c.name(),
+                    c.opts.addr,
+                    n.nsid
+                );
+                c.mark_ana(n.nsid, ctrlr::ana::INACCESSIBLE);
+            }
         }
         reactor::for_each_reactor(
             move || {

@@ -6,12 +6,13 @@
 //! target does not allow, reported as such; discovery of the five
 //! subsystems the kernel lists (a log longer than one page); and ANA: two
 //! ports as two paths, one made inaccessible and optimized again, followed
-//! by the host's reported states and by a verify that sees no error.
+//! by the host's reported states and by a verify that sees no error; and
+//! a transition that never ends, bounded by the ANA transition time.
 
 use std::process::Command;
 use std::time::Duration;
 
-use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, clean_perf_run};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, clean_perf_run, perf_command};
 use pollux_testvm::{VmConfig, in_guest};
 use serde_json::{Value, json};
 
@@ -77,8 +78,17 @@ fn set_ana(port: u32, state: &str) {
 
 /// Writes completed by the null_blk device behind the main subsystem.
 fn nullb0_writes() -> u64 {
+    nullb0_stat(4)
+}
+
+/// Reads completed by the same device.
+fn nullb0_reads() -> u64 {
+    nullb0_stat(0)
+}
+
+fn nullb0_stat(field: usize) -> u64 {
     let s = std::fs::read_to_string("/sys/block/nullb0/stat").unwrap();
-    s.split_whitespace().nth(4).unwrap().parse().unwrap()
+    s.split_whitespace().nth(field).unwrap().parse().unwrap()
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -203,18 +213,14 @@ fn pollux_host_verifies_a_kernel_nvmet_namespace_and_reports_a_refused_host() {
         let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
             {"method": "bdev_nvme_attach_controller", "params": attach_params(HOST, false)},
             {"method": "bdev_nvme_attach_controller", "params": second}]}]});
-        let path = dir.join("ana.json");
-        std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-        let perf = Command::new(bin("pollux-perf"))
-            .arg("-c")
-            .arg(&path)
-            .args(["--no-pin", "-m", "0x1", "-r"])
-            .arg(dir.join("ana.sock"))
-            .args(["-b", "Nvme0n1", "-q", "16", "-o", "4096", "-w", "verify", "-t", "6", "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run pollux-perf");
+        let spawn = |args: &[&str]| {
+            perf_command(&dir, &cfg, args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run pollux-perf")
+        };
+        let perf = spawn(&["-b", "Nvme0n1", "-q", "16", "-o", "4096", "-w", "verify", "-t", "6", "-m", "0x1", "--json"]);
         let w0 = nullb0_writes();
         wait_for("writes from the verify", || nullb0_writes() > w0 + 100);
         set_ana(1, "inaccessible");
@@ -223,6 +229,23 @@ fn pollux_host_verifies_a_kernel_nvmet_namespace_and_reports_a_refused_host() {
         set_ana(1, "optimized");
         let (_, err) = clean_perf_run(perf);
         assert!(err.contains("ANA change"), "{err}");
+
+        // A transition that does not end: port 2 inaccessible, port 1 in
+        // ANA change. Requests wait for the change, at most the kernel's
+        // ANA transition time (ANATT); then port 1 counts as inaccessible
+        // and they fail, and the run ends instead of hanging.
+        let perf = spawn(&["-b", "Nvme0n1", "-q", "4", "-o", "4096", "-w", "randread", "-t", "4", "-m", "0x1", "--json"]);
+        let r0 = nullb0_reads();
+        wait_for("reads from the run", || nullb0_reads() > r0 + 100);
+        set_ana(2, "inaccessible");
+        set_ana(1, "change");
+        let out = perf.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("still in ANA change after the transition time"), "{err}");
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert!(!out.status.success() || r["total"]["errors"].as_u64().unwrap_or(0) > 0, "{r}\n{err}");
+        set_ana(1, "optimized");
+        set_ana(2, "optimized");
         assert!(!d.log().contains("panicked"));
         assert_eq!(d.stop().code(), Some(0));
     });
