@@ -255,6 +255,23 @@ pub fn attach(
     });
 }
 
+/// The admin queue of path `ctrl`, if it is attached (main reactor).
+fn admin_of(ctrl: &Arc<Controller>) -> Option<Rc<Qpair>> {
+    registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()))
+}
+
+/// Run `f` on path `ctrl`'s I/O queue on every reactor that has one.
+fn each_queue(ctrl: Arc<Controller>, f: impl Fn(&Rc<ctrlr::IoQueue>) + Send + Sync + 'static) {
+    reactor::for_each_reactor(
+        move || {
+            if let Some(q) = try_get_io_channel(&ctrl) {
+                f(&q);
+            }
+        },
+        || {},
+    );
+}
+
 fn keep_alive_poller(ctrl: &Arc<Controller>) -> Option<Poller> {
     (ctrl.opts.kato_ms > 0).then(|| {
         let weak = Arc::downgrade(ctrl);
@@ -262,7 +279,7 @@ fn keep_alive_poller(ctrl: &Arc<Controller>) -> Option<Poller> {
         let period = Duration::from_millis(u64::from(ctrl.opts.kato_ms / 2).max(100));
         reactor::register_timed_poller("nvmf_host_keep_alive", period, move || {
             let Some(c) = weak.upgrade() else { return PollStatus::Idle };
-            let qp = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(&c).map(|l| l.admin.clone()));
+            let qp = admin_of(&c);
             let Some(qp) = qp else { return PollStatus::Idle };
             if !qp.is_ready() {
                 return PollStatus::Idle;
@@ -372,16 +389,9 @@ fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: 
     drop(groups);
     watch_ana(&ctrl, &admin);
     // Requests waiting for a path (the others down) learn of this one.
-    reactor::for_each_reactor(
-        move || {
-            for c in &paths {
-                if let Some(q) = try_get_io_channel(c) {
-                    q.tell_users();
-                }
-            }
-        },
-        || {},
-    );
+    for c in paths {
+        each_queue(c, |q| q.tell_users());
+    }
     Ok(names)
 }
 
@@ -615,14 +625,7 @@ pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
     }
     tracing::warn!("nvmf host: controller {} lost (path {}: {why}); reconnecting", ctrl.name(), ctrl.opts.addr);
     let c = ctrl.clone();
-    reactor::for_each_reactor(
-        move || {
-            if let Some(q) = try_get_io_channel(&c) {
-                q.disconnect();
-            }
-        },
-        || {},
-    );
+    each_queue(c, |q| q.disconnect());
     attempt(ctrl);
 }
 
@@ -706,14 +709,7 @@ fn attempt(ctrl: &Arc<Controller>) {
                     w(Ok(()));
                 }
                 watch_ana(&c, &admin);
-                reactor::for_each_reactor(
-                    move || {
-                        if let Some(q) = try_get_io_channel(&c) {
-                            q.connect();
-                        }
-                    },
-                    || {},
-                );
+                each_queue(c, |q| q.connect());
             }
             Ok((_, admin)) => admin.close(),
             Err(e) => {
@@ -728,14 +724,7 @@ fn attempt(ctrl: &Arc<Controller>) {
                 if give_up || fail_fast {
                     ctrl.set_failing();
                     let c2 = ctrl.clone();
-                    reactor::for_each_reactor(
-                        move || {
-                            if let Some(q) = try_get_io_channel(&c2) {
-                                q.fail_parked(IoStatus::Failed);
-                            }
-                        },
-                        || {},
-                    );
+                    each_queue(c2, |q| q.fail_parked(IoStatus::Failed));
                 }
                 if give_up {
                     drop(groups);
@@ -808,7 +797,7 @@ fn arm_ana_event(ctrl: std::sync::Weak<Controller>, admin: std::rc::Weak<Qpair>)
 /// Read path `ctrl`'s ANA log again (main reactor), then have the bdevs'
 /// channels on every reactor look at their paths again.
 pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
-    let admin = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()));
+    let admin = admin_of(ctrl);
     let Some(admin) = admin else { return };
     if !admin.is_ready() {
         return;
@@ -819,14 +808,7 @@ pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
             tracing::warn!("nvmf host: {}: reading the ANA log: {e}", c.name());
         }
         watch_transition(&c);
-        reactor::for_each_reactor(
-            move || {
-                if let Some(q) = try_get_io_channel(&c) {
-                    q.tell_users();
-                }
-            },
-            || {},
-        );
+        each_queue(c, |q| q.tell_users());
     });
 }
 
@@ -885,14 +867,7 @@ fn transition_expired(ctrl: &Arc<Controller>) {
                 c.mark_ana(n.nsid, ctrlr::ana::INACCESSIBLE);
             }
         }
-        reactor::for_each_reactor(
-            move || {
-                if let Some(q) = try_get_io_channel(&c) {
-                    q.tell_users();
-                }
-            },
-            || {},
-        );
+        each_queue(c, |q| q.tell_users());
     });
 }
 
@@ -900,7 +875,7 @@ fn transition_expired(ctrl: &Arc<Controller>) {
 /// it timed out. If the controller does not abort it, the queue pair ends
 /// when the command is still outstanding one timeout later (a reset).
 pub(crate) fn abort_command(ctrl: &Arc<Controller>, qid: u16, cid: u16) {
-    let admin = registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()));
+    let admin = admin_of(ctrl);
     let Some(admin) = admin.filter(|a| a.is_ready()) else { return };
     let (name, addr) = (ctrl.name().to_string(), ctrl.opts.addr);
     ctrlr::abort(&admin, qid, cid, move |r| match r {

@@ -235,6 +235,42 @@ impl Attach {
     }
 }
 
+/// What `bdev_nvme_set_options` sets for every NVMe-oF controller (keep
+/// alive, I/O timeouts and their action, `bdev_retry_count`), and the
+/// reconnect knobs: the call's values, else the options', checked by
+/// SPDK's rules.
+fn apply_host_options(
+    opts: &mut pollux_nvmf_host::ctrlr::ConnectOptions,
+    loss: Option<i32>,
+    delay: Option<u32>,
+    fast: Option<u32>,
+) -> Result<(), &'static str> {
+    let o = options::options();
+    if o.keep_alive_timeout_ms != 0 {
+        opts.kato_ms = o.keep_alive_timeout_ms;
+    }
+    // I/O timeouts as for PCIe.
+    opts.io_timeout = (o.timeout_us != 0 && o.action_on_timeout != "none").then(|| std::time::Duration::from_micros(o.timeout_us));
+    opts.abort_on_timeout = o.action_on_timeout == "abort";
+    opts.bdev_retry_count = o.bdev_retry_count;
+    opts.ctrlr_loss_timeout_sec = loss.unwrap_or(o.ctrlr_loss_timeout_sec);
+    opts.reconnect_delay_sec = delay.unwrap_or(o.reconnect_delay_sec);
+    opts.fast_io_fail_timeout_sec = fast.unwrap_or(o.fast_io_fail_timeout_sec);
+    match reconnect_rules(opts) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// Set the keys of `v` whose values were given.
+fn put_given<const N: usize>(v: &mut Value, pairs: [(&str, Option<Value>); N]) {
+    for (k, x) in pairs {
+        if let Some(x) = x {
+            v[k] = x;
+        }
+    }
+}
+
 /// SPDK's rules for `ctrlr_loss_timeout_sec`, `reconnect_delay_sec` and
 /// `fast_io_fail_timeout_sec`: why these are refused, if they are.
 fn reconnect_rules(opts: &pollux_nvmf_host::ctrlr::ConnectOptions) -> Option<&'static str> {
@@ -330,40 +366,27 @@ fn attach_tcp(p: Attach, r: Responder) {
     opts.hdgst = p.hdgst;
     opts.ddgst = p.ddgst;
     opts.num_io_queues = p.num_io_queues.unwrap_or(0);
-    let o = options::options();
-    if o.keep_alive_timeout_ms != 0 {
-        opts.kato_ms = o.keep_alive_timeout_ms;
-    }
     if let Some(us) = p.fabrics_connect_timeout_us.filter(|&us| us > 0) {
         opts.connect_timeout = std::time::Duration::from_micros(us);
     }
-    // I/O timeouts as bdev_nvme_set_options says (as for PCIe).
-    opts.io_timeout = (o.timeout_us != 0 && o.action_on_timeout != "none").then(|| std::time::Duration::from_micros(o.timeout_us));
-    opts.abort_on_timeout = o.action_on_timeout == "abort";
-    opts.bdev_retry_count = o.bdev_retry_count;
-    // Reconnect policy: the call's values, else bdev_nvme_set_options'.
-    opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
-    opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
-    opts.fast_io_fail_timeout_sec = p.fast_io_fail_timeout_sec.unwrap_or(o.fast_io_fail_timeout_sec);
-    if let Some(why) = reconnect_rules(&opts) {
+    if let Err(why) = apply_host_options(&mut opts, p.ctrlr_loss_timeout_sec, p.reconnect_delay_sec, p.fast_io_fail_timeout_sec) {
         return r.err(RpcError::invalid_params(why));
     }
     let mut config = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": p.traddr, "trsvcid": port.to_string(), "subnqn": subnqn, "hostnqn": opts.hostnqn,
         "hdgst": p.hdgst, "ddgst": p.ddgst});
-    for (k, v) in [
-        ("hostaddr", p.hostaddr.clone().map(Value::from)),
-        ("num_io_queues", p.num_io_queues.map(Value::from)),
-        ("max_bdevs", p.max_bdevs.map(Value::from)),
-        ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
-        ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
-        ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
-        ("multipath", p.multipath.clone().map(Value::from)),
-    ] {
-        if let Some(v) = v {
-            config[k] = v;
-        }
-    }
+    put_given(
+        &mut config,
+        [
+            ("hostaddr", p.hostaddr.clone().map(Value::from)),
+            ("num_io_queues", p.num_io_queues.map(Value::from)),
+            ("max_bdevs", p.max_bdevs.map(Value::from)),
+            ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
+            ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
+            ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
+            ("multipath", p.multipath.clone().map(Value::from)),
+        ],
+    );
     let max_bdevs = p.max_bdevs;
     let name = p.name.clone();
     pollux_nvmf_host::bdev::attach(&p.name, opts, config, mode != "disable", move |res| match res {
@@ -553,27 +576,20 @@ fn start_discovery(p: StartDiscovery, r: Responder) {
     if let Some(h) = &p.hostnqn {
         opts.hostnqn = h.clone();
     }
-    let o = options::options();
-    if o.keep_alive_timeout_ms != 0 {
-        opts.kato_ms = o.keep_alive_timeout_ms;
-    }
-    opts.ctrlr_loss_timeout_sec = p.ctrlr_loss_timeout_sec.unwrap_or(o.ctrlr_loss_timeout_sec);
-    opts.reconnect_delay_sec = p.reconnect_delay_sec.unwrap_or(o.reconnect_delay_sec);
-    opts.fast_io_fail_timeout_sec = p.fast_io_fail_timeout_sec.unwrap_or(o.fast_io_fail_timeout_sec);
-    if let Some(why) = reconnect_rules(&opts) {
+    // What the service attaches takes these, as an attach does.
+    if let Err(why) = apply_host_options(&mut opts, p.ctrlr_loss_timeout_sec, p.reconnect_delay_sec, p.fast_io_fail_timeout_sec) {
         return r.err(RpcError::invalid_params(why));
     }
     let mut params = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": p.traddr, "trsvcid": port.to_string(), "hostnqn": opts.hostnqn, "wait_for_attach": true});
-    for (k, v) in [
-        ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
-        ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
-        ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
-    ] {
-        if let Some(v) = v {
-            params[k] = v;
-        }
-    }
+    put_given(
+        &mut params,
+        [
+            ("ctrlr_loss_timeout_sec", p.ctrlr_loss_timeout_sec.map(Value::from)),
+            ("reconnect_delay_sec", p.reconnect_delay_sec.map(Value::from)),
+            ("fast_io_fail_timeout_sec", p.fast_io_fail_timeout_sec.map(Value::from)),
+        ],
+    );
     // The answer comes once the first log is read and what it lists is
     // attached (wait_for_attach; without it as well: Pollux attaches
     // before it answers either way, so a script that goes on finds the
