@@ -119,6 +119,19 @@ pub struct Log {
     pub entries: Vec<Entry>,
 }
 
+/// A whole discovery log as read (header, then the entries it counts):
+/// `None` if it counts more than [`MAX_RECORDS`] or more than it holds.
+pub fn parse_log(bytes: &[u8]) -> Option<Log> {
+    let (h, rest) = LogHeader::read_from_prefix(bytes).ok()?;
+    let n = h.numrec.get();
+    if n > MAX_RECORDS {
+        return None;
+    }
+    let body = rest.get(..1024 * n as usize)?;
+    let entries = body.chunks_exact(1024).map(|c| Entry::from_raw(&LogEntry::read_from_bytes(c).expect("1024 bytes"))).collect();
+    Some(Log { genctr: h.genctr.get(), entries })
+}
+
 type LogCb = Box<dyn FnOnce(Result<Log, HostError>)>;
 
 struct Reading {
@@ -215,15 +228,8 @@ fn check_again(r: Rc<RefCell<Reading>>) {
                 }
                 return first_page(r);
             }
-            let log = {
-                let s = r.borrow();
-                let entries = s.bytes[1024..1024 * (1 + s.numrec as usize)]
-                    .chunks_exact(1024)
-                    .map(|c| Entry::from_raw(&LogEntry::read_from_bytes(c).expect("1024 bytes")))
-                    .collect();
-                Log { genctr: s.genctr, entries }
-            };
-            end(&r, Ok(log));
+            let log = parse_log(&r.borrow().bytes).ok_or_else(|| HostError::Transport("a malformed discovery log".into()));
+            end(&r, log);
         }
     });
 }

@@ -29,6 +29,7 @@ mod iscsi_wire;
 mod jsonrpc;
 pub mod known_bugs;
 mod nvmf;
+mod nvmf_host_logs;
 mod nvmf_host_pdu;
 mod nvmf_wire;
 mod rpc_params;
@@ -39,6 +40,7 @@ pub use iscsi_pdu::iscsi_pdu;
 pub use iscsi_text::iscsi_text;
 pub use jsonrpc::jsonrpc_framing;
 pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
+pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
 pub use rpc_params::{EXCLUDED_METHODS, rpc_method_names, rpc_params};
 pub use scsi_cdb::scsi_cdb;
@@ -55,6 +57,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvmf_tcp_pdu", nvmf_tcp_pdu),
     ("nvmf_capsule", nvmf_capsule),
     ("nvmf_host_pdu", nvmf_host_pdu),
+    ("nvmf_host_logs", nvmf_host_logs),
     ("jsonrpc_framing", jsonrpc_framing),
     ("rpc_params", rpc_params),
 ];

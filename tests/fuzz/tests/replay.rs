@@ -37,6 +37,11 @@ fn nvmf_host_pdu() {
 }
 
 #[test]
+fn nvmf_host_logs() {
+    replay_common::replay("nvmf_host_logs");
+}
+
+#[test]
 fn jsonrpc_framing() {
     replay_common::replay("jsonrpc_framing");
 }

@@ -29,6 +29,7 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_tcp_pdu", nvmf::nvmf_tcp_pdu());
     add("nvmf_capsule", nvmf::nvmf_capsule());
     add("nvmf_host_pdu", nvmf_host::nvmf_host_pdu());
+    add("nvmf_host_logs", nvmf_host::nvmf_host_logs());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out

@@ -136,6 +136,42 @@ pub(super) fn nvmf_host_pdu() -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
+/// Seeds of `nvmf_host_logs`: an ANA log of two groups, and a discovery log
+/// of two entries (header and entries written field by field).
+pub fn nvmf_host_logs() -> Vec<(String, Vec<u8>)> {
+    let mut ana = vec![0u8];
+    ana.extend_from_slice(&7u64.to_le_bytes());
+    ana.extend_from_slice(&2u16.to_le_bytes());
+    ana.extend_from_slice(&[0; 6]);
+    for (grp, state, nsids) in [(1u32, 1u8, &[1u32, 2][..]), (2, 3, &[3][..])] {
+        let mut d = vec![0u8; 32];
+        d[0..4].copy_from_slice(&grp.to_le_bytes());
+        d[4..8].copy_from_slice(&(nsids.len() as u32).to_le_bytes());
+        d[16] = state;
+        ana.extend_from_slice(&d);
+        for n in nsids {
+            ana.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    let mut disc = vec![1u8];
+    let mut header = vec![0u8; 1024];
+    header[0..8].copy_from_slice(&3u64.to_le_bytes());
+    header[8..16].copy_from_slice(&2u64.to_le_bytes());
+    disc.extend_from_slice(&header);
+    for (i, nqn) in ["nqn.2016-06.io.spdk:cnode1", "nqn.2014-08.org.nvmexpress.discovery"].iter().enumerate() {
+        let mut e = vec![0u8; 1024];
+        e[0] = 3; // TCP
+        e[1] = 1; // IPv4
+        e[2] = if i == 0 { 2 } else { 1 }; // NVM subsystem, referral
+        e[6..8].copy_from_slice(&0xffffu16.to_le_bytes());
+        e[32..36].copy_from_slice(b"4420");
+        e[256..256 + nqn.len()].copy_from_slice(nqn.as_bytes());
+        e[512..521].copy_from_slice(b"127.0.0.1");
+        disc.extend_from_slice(&e);
+    }
+    vec![("ana-two-groups".into(), ana), ("discovery-two-entries".into(), disc)]
+}
+
 #[cfg(test)]
 mod tests {
     /// Each seed is a stream of valid PDUs, taken to its last byte.
