@@ -95,6 +95,7 @@ fn main() -> ExitCode {
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
     pollux_nvme_driver::register(&mut app);
+    pollux_iscsi_host::register(&mut app);
     let params = job::Params::from_args(&args);
     let json = args.json;
     app.on_started(move || job::start(params, json));

@@ -13,6 +13,7 @@
 //! Shutdown stops the RPC server, finishes subsystems in reverse order, then
 //! stops every reactor; reactors release their pollers and channels.
 
+mod background;
 pub mod config;
 mod methods;
 mod subsystem;
@@ -29,6 +30,7 @@ use crate::reactor::{self, PollStatus, Poller, ReactorId};
 use crate::rpc::{Methods, Responder, RpcError, RpcServer, RpcState};
 use crate::sys::{self, Interest, SignalFd};
 
+pub use background::{Background, Reply};
 pub use config::{ConfigCall, ConfigError};
 pub use subsystem::{ConfigWriter, Done, Subsystem, omit_own_defaults};
 

@@ -15,7 +15,8 @@
 //! Pollux refuses TLS listeners.
 //!
 //! [`connect_start`] and [`connect_result`] are the outgoing side, for hosts
-//! and initiators: a connect that never blocks the reactor.
+//! and initiators: a connect that never blocks the reactor; [`ClientGroup`]
+//! polls a reactor's outgoing connections of one kind.
 //!
 //! `max_output_backlog` is Pollux's own: the bytes of answers queued for one
 //! connection (iSCSI or NVMe/TCP) beyond which its further requests wait
@@ -23,11 +24,13 @@
 //! shown by `sock_impl_get_options` and written by `save_config` only when
 //! changed (SPDK refuses keys it does not know).
 
+mod clients;
 mod connect;
 mod listen;
 mod ready;
 mod tx;
 
+pub use clients::{Client, ClientGroup};
 pub use connect::{connect_result, connect_start};
 pub use listen::{ACCEPT_BACKOFF, Accepted, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};

@@ -1,9 +1,8 @@
-//! Global options of two SPDK bdev modules Pollux does not have, raid
-//! (`bdev_raid_set_options`) and the iSCSI initiator
-//! (`bdev_iscsi_set_options`). SPDK's save_config writes them whenever the
+//! Global options of an SPDK bdev module Pollux does not have, raid
+//! (`bdev_raid_set_options`). SPDK's save_config writes them whenever the
 //! module is built in, so without them an SPDK config would not load. They
 //! are kept (save_config writes them back once set) and change nothing:
-//! creating a raid or iSCSI bdev is an unknown method in Pollux.
+//! creating a raid bdev is an unknown method in Pollux.
 
 use std::sync::Mutex;
 
@@ -24,26 +23,11 @@ fn raid_window() -> u32 {
     1024
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct IscsiOptions {
-    #[serde(default = "iscsi_timeout")]
-    timeout_sec: u64,
-}
-
-fn iscsi_timeout() -> u64 {
-    30
-}
-
 static RAID: Mutex<Option<RaidOptions>> = Mutex::new(None);
-static ISCSI: Mutex<Option<IscsiOptions>> = Mutex::new(None);
 
 fn write_config(out: &mut ConfigWriter) {
     if let Some(o) = *RAID.lock().unwrap_or_else(|e| e.into_inner()) {
         out.call("bdev_raid_set_options", o);
-    }
-    if let Some(o) = *ISCSI.lock().unwrap_or_else(|e| e.into_inner()) {
-        out.call("bdev_iscsi_set_options", o);
     }
 }
 
@@ -52,10 +36,6 @@ pub fn register(app: &mut App) {
     let m = app.methods();
     m.register("bdev_raid_set_options", States::ANY, |p: RaidOptions, r: Responder| {
         *RAID.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-        r.ok(true)
-    });
-    m.register("bdev_iscsi_set_options", States::ANY, |p: IscsiOptions, r: Responder| {
-        *ISCSI.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         r.ok(true)
     });
 }

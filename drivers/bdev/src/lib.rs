@@ -9,7 +9,7 @@
 //!   polled by the reactor (`bdev_uring_create`, and `bdev_aio_create`).
 //! - [`delay`]: completes requests to another bdev a set time late
 //!   (`bdev_delay_create`), to test how hosts cope with slow storage.
-//! - [`absent`]: the global options of SPDK modules Pollux lacks, kept so
+//! - [`absent`]: the global options of an SPDK module Pollux lacks, kept so
 //!   SPDK's saved configs load.
 
 mod absent;

@@ -30,27 +30,18 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
-use clap::Parser;
-use pollux_core::app::{self, App, AppArgs};
+use pollux_core::app::Background;
 use pollux_core::bdev::{self, BdevIo, Descriptor, IoType};
 use pollux_core::dma::DmaBuf;
 use pollux_core::io_channel::IoChannel;
-use pollux_core::reactor::{self, Handle, ReactorId};
+use pollux_core::reactor;
 
 use crate::HostError;
 use crate::ctrlr::{ConnectOptions, Namespace};
 
 /// The bdev controller name the session attaches under.
 const NAME: &str = "pollux_client";
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    app: AppArgs,
-}
 
 /// What the session learnt at open.
 #[derive(Clone, Debug)]
@@ -71,10 +62,8 @@ struct Local {
 
 /// An open remote subsystem.
 pub struct Session {
-    handle: Handle,
-    thread: Option<JoinHandle<()>>,
+    rt: Background,
     info: Info,
-    _dir: tempfile::TempDir,
 }
 
 fn err(e: impl std::fmt::Display) -> HostError {
@@ -85,41 +74,14 @@ impl Session {
     /// Connect to subsystem `subnqn` at `addr` (as `hostnqn`, or a random
     /// host NQN), bring the controller up and identify its namespaces.
     pub fn open(addr: SocketAddr, subnqn: &str, hostnqn: Option<&str>) -> Result<Session, HostError> {
-        let dir = tempfile::Builder::new().prefix("pollux-client-").tempdir().map_err(err)?;
-        let sock = dir.path().join("rpc.sock");
-        let args = Args::try_parse_from([
-            "pollux-client".as_ref(),
-            "-m".as_ref(),
-            "0x1".as_ref(),
-            "--no-pin".as_ref(),
-            "--interrupt-mode".as_ref(),
-            "-r".as_ref(),
-            sock.as_os_str(),
-        ])
-        .map_err(err)?
-        .app;
-        let (htx, hrx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("pollux-client".into())
-            .spawn(move || {
-                let mut app = App::new("pollux-client");
-                bdev::rpc::register(&mut app);
-                let tx = htx.clone();
-                app.on_started(move || {
-                    reactor::set_local(Rc::new(Local::default()));
-                    let _ = tx.send(Ok(reactor::handle()));
-                });
-                if let Err(e) = app.run(args) {
-                    let _ = htx.send(Err(err(e)));
-                }
-            })
-            .map_err(err)?;
-        let handle = match hrx.recv() {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(err("the client's reactor ended before it started")),
-        };
-        let mut s = Session { handle, thread: Some(thread), info: Info::default_for(subnqn), _dir: dir };
+        let rt = Background::start("pollux-client", |app| {
+            bdev::rpc::register(app);
+            app.on_started(|| {
+                reactor::set_local(Rc::new(Local::default()));
+            });
+        })
+        .map_err(err)?;
+        let mut s = Session { rt, info: Info::default_for(subnqn) };
         let mut opts = ConnectOptions::new(addr, subnqn);
         if let Some(h) = hostnqn {
             opts.hostnqn = h.to_string();
@@ -156,13 +118,7 @@ impl Session {
         &self,
         f: impl FnOnce(Box<dyn FnOnce(Result<T, HostError>) + Send>) + Send + 'static,
     ) -> Result<T, HostError> {
-        let (tx, rx) = mpsc::channel();
-        self.handle.send(ReactorId(0), move || {
-            f(Box::new(move |r| {
-                let _ = tx.send(r);
-            }))
-        });
-        rx.recv().map_err(|_| err("the client's reactor has ended"))?
+        self.rt.call(f).unwrap_or_else(|| Err(err("the client's reactor has ended")))
     }
 
     pub fn model(&self) -> &str {
@@ -300,16 +256,13 @@ impl Session {
     }
 
     fn stop(&mut self) {
-        self.handle.send(ReactorId(0), || app::shutdown(0));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.rt.stop();
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.rt.is_running() {
             let _ = self.detach();
             self.stop();
         }

@@ -25,7 +25,6 @@ pub mod bdev;
 pub mod client;
 pub mod ctrlr;
 pub mod discovery;
-mod group;
 pub mod multipath;
 pub mod pdu;
 pub mod qpair;

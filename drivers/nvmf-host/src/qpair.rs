@@ -1,5 +1,5 @@
 //! One NVMe/TCP queue pair of the host: a nonblocking connection polled by
-//! its reactor's [`Group`](crate::group::Group), from TCP connect through
+//! its reactor's [`ClientGroup`], from TCP connect through
 //! ICReq/ICResp to commands and their data.
 //!
 //! Requests take a command identifier (a slot) each; a request that finds
@@ -23,12 +23,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::{BdevIo, IoStatus, IoType};
-use pollux_core::sock::{self, Flushed, TxQueue};
+use pollux_core::sock::{self, Client, ClientGroup, Flushed, TxQueue};
 use pollux_nvme_spec::cmd::{Command, Completion, SglDescriptor, SglSubtype, SglType, io as nvm};
 use pollux_nvme_spec::status::Status;
 
 use crate::HostError;
-use crate::group::Group;
 use crate::pdu::{self, CtrlPdu, HostFraming, Parsed};
 
 /// What an admin command brought back.
@@ -198,7 +197,7 @@ struct State {
 pub struct Qpair {
     token: u64,
     qid: u16,
-    group: Rc<Group>,
+    group: Rc<ClientGroup<Qpair>>,
     stream: TcpStream,
     st: RefCell<State>,
 }
@@ -213,7 +212,7 @@ impl Qpair {
         on_ready: impl FnOnce(Result<(), HostError>) + 'static,
         on_fail: impl Fn(&HostError, Vec<(u32, BdevIo)>) + 'static,
     ) -> Result<Rc<Qpair>, HostError> {
-        let group = Group::get().map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
+        let group = ClientGroup::get("nvmf_host_poll_group").map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
         let stream = sock::connect_start(cfg.addr, cfg.hostaddr).map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
         let depth = cfg.depth.max(1);
         let st = State {
@@ -712,6 +711,18 @@ impl Qpair {
         if let Some(e) = why {
             self.fail(e);
         }
+    }
+}
+
+impl Client for Qpair {
+    fn on_event(self: &Rc<Self>, readable: bool, writable: bool, hangup: bool) {
+        Qpair::on_event(self, readable, writable, hangup)
+    }
+    fn flush(self: &Rc<Self>) {
+        Qpair::flush(self)
+    }
+    fn check_timeouts(self: &Rc<Self>, now: Instant) {
+        Qpair::check_timeouts(self, now)
     }
 }
 

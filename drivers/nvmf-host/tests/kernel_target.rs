@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, clean_perf_run, perf_command};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, clean_perf_run, perf_command, sh};
 use pollux_testvm::{VmConfig, in_guest};
 use serde_json::{Value, json};
 
@@ -23,11 +23,6 @@ const PORT: &str = "4420";
 const PORT2: &str = "4421";
 /// Prefix of the extra subsystems (1 to 4) that lengthen the discovery log.
 const EXTRA: &str = "nqn.2016-06.io.kernel:extra";
-
-fn sh(script: &str) {
-    let out = Command::new("sh").args(["-ec", script]).output().expect("run sh");
-    assert!(out.status.success(), "{script}\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
 
 /// nvmet-tcp on 127.0.0.1:4420 serving a 256 MiB memory-backed null_blk
 /// device to HOST only.

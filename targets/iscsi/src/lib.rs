@@ -13,17 +13,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod chap;
 pub mod config;
 pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod login;
-pub mod pdu;
 pub mod portal;
 pub mod rpc;
 pub mod session;
-pub mod text;
+
+pub use pollux_iscsi_spec::{chap, pdu, text};
 
 use std::rc::Rc;
 

@@ -23,6 +23,8 @@
 //! Input formats are described on each target.
 
 mod common;
+mod iscsi_host_pdu;
+mod iscsi_host_scsi;
 mod iscsi_pdu;
 mod iscsi_text;
 mod iscsi_wire;
@@ -36,6 +38,8 @@ mod rpc_params;
 mod scsi_cdb;
 pub mod seeds;
 
+pub use iscsi_host_pdu::iscsi_host_pdu;
+pub use iscsi_host_scsi::iscsi_host_scsi;
 pub use iscsi_pdu::iscsi_pdu;
 pub use iscsi_text::iscsi_text;
 pub use jsonrpc::jsonrpc_framing;
@@ -58,6 +62,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvmf_capsule", nvmf_capsule),
     ("nvmf_host_pdu", nvmf_host_pdu),
     ("nvmf_host_logs", nvmf_host_logs),
+    ("iscsi_host_pdu", iscsi_host_pdu),
+    ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),
     ("rpc_params", rpc_params),
 ];

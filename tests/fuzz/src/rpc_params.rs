@@ -36,6 +36,7 @@ pub const EXCLUDED_METHODS: &[(&str, &str)] = &[
     ("bdev_nvme_set_hotplug", "starts scanning the PCI bus and attaching the devices it finds"),
     ("bdev_aio_create", "opens a file or block device of the machine, by path, read-write"),
     ("bdev_uring_create", "opens a file or block device of the machine, by path, read-write"),
+    ("bdev_iscsi_create", "connects to an iSCSI target at whatever address the input names"),
 ];
 
 /// Calls one input may make.

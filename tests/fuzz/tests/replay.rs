@@ -42,6 +42,16 @@ fn nvmf_host_logs() {
 }
 
 #[test]
+fn iscsi_host_pdu() {
+    replay_common::replay("iscsi_host_pdu");
+}
+
+#[test]
+fn iscsi_host_scsi() {
+    replay_common::replay("iscsi_host_scsi");
+}
+
+#[test]
 fn jsonrpc_framing() {
     replay_common::replay("jsonrpc_framing");
 }

@@ -12,7 +12,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod iscsi_host;
+pub mod iscsi_proxy;
 pub mod nvmf_client;
+pub mod tgtd;
 
 use pollux_core::rpc::{Client, ClientError};
 use serde_json::Value;
@@ -241,6 +243,35 @@ pub fn clean_perf_run(perf: Child) -> (Value, String) {
     assert!(r["total"]["ios"].as_u64().unwrap_or(0) > 0, "{r}");
     assert!(r["verify_mismatches"].as_array().is_none_or(|m| m.is_empty()), "{r}");
     (r, err)
+}
+
+/// Run `pollux-perf -w verify` on bdev `bdev` for `secs` seconds at depth
+/// `qd` and `size` bytes (config `cfg`) and check it ended clean: some
+/// I/O, no error, no mismatch. `what` names the run in failures.
+pub fn verify_run(dir: &TempDir, cfg: &Value, bdev: &str, qd: u32, size: u32, secs: u32, what: &str) -> Value {
+    let child = perf_command(
+        dir,
+        cfg,
+        &["-b", bdev, "-q", &qd.to_string(), "-o", &size.to_string(), "-w", "verify", "-t", &secs.to_string(), "-m", "0x1", "--json"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("run pollux-perf");
+    let out = child.wait_with_output().expect("wait for pollux-perf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: no report ({e}):\n{err}"));
+    assert!(out.status.success(), "{what}: {r}\n{err}");
+    assert!(r["total"]["ios"].as_u64().unwrap_or(0) > 0, "{what}: {r}");
+    assert_eq!(r["total"]["errors"], 0, "{what}: {r}");
+    assert!(r["verify_mismatches"].as_array().is_none_or(|m| m.is_empty()), "{what}: {r}");
+    r
+}
+
+/// Run a shell script (`sh -e`); panic with its output if it fails.
+pub fn sh(script: &str) {
+    let out = Command::new("sh").args(["-ec", script]).output().expect("run sh");
+    assert!(out.status.success(), "{script}\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Run SPDK's own client (`spdk-rpc`, from PyPI `spdk`) against a socket.

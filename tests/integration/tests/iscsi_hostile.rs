@@ -445,6 +445,55 @@ fn writes_that_never_send_their_data_take_no_memory() {
     d.stop();
 }
 
+/// Found by Pollux's own initiator (QD 128 of 1 MiB writes): with room
+/// left in the write budget but too little for any waiting write, a
+/// completed write resumed the waiting ones in a loop that never ended
+/// (each went back to the tail and the next was tried), and the reactor
+/// hung. Seven writes of 4 MiB (the largest transfer) and two of 1 MiB
+/// take 30 of the 32 MiB; two more of 4 MiB wait; one of the 1 MiB writes
+/// gets its data and completes (29 MiB in use, 3 free, 4 needed): the
+/// daemon must answer it and go on.
+#[test]
+fn waiting_writes_that_do_not_fit_the_budget_left_do_not_hang_the_reactor() {
+    let (d, port) = start();
+    let mut c = logged_in(port, 96, &[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    let mut itts = Vec::new();
+    for blocks in [8192u16, 8192, 8192, 8192, 8192, 8192, 8192, 2048, 2048, 8192, 8192] {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let h = c.scsi_header(&cdb, u32::from(blocks) * 512, false, true);
+        c.send(h, &[]).expect("send WRITE");
+        itts.push(c.itt - 1);
+    }
+    let third = itts[7];
+    let zeros = vec![0u8; 64 * 1024];
+    loop {
+        let p = c.recv().expect("R2Ts, then the 1 MiB write's response");
+        match p.opcode() {
+            // Only one 1 MiB write gets its data.
+            0x31 if p.u32_at(16) == third => {
+                let (ttt, off, len) = (p.u32_at(20), p.u32_at(40) as usize, p.u32_at(44) as usize);
+                let (mut at, mut sn) = (off, 0);
+                while at < off + len {
+                    let n = (off + len - at).min(zeros.len());
+                    c.data_out(third, ttt, sn, at as u32, &zeros[..n], at + n == off + len).expect("Data-Out");
+                    at += n;
+                    sn += 1;
+                }
+            }
+            0x21 if p.u32_at(16) == third => {
+                assert_eq!(p.bhs[3], 0, "the 1 MiB write completed GOOD: {:?}", pollux_tests::iscsi_host::sense_of(&p));
+                break;
+            }
+            _ => {}
+        }
+    }
+    d.call("iscsi_get_connections", None).expect("the daemon answers");
+    still_serves(&d, port, 97);
+    d.stop();
+}
+
 /// More writes in flight than the per-connection write budget (16 of
 /// 4 MiB against 32 MiB): those over it wait for their R2Ts, and all
 /// complete with their data in place.

@@ -372,8 +372,13 @@ impl Conn {
             };
             let Some(itt) = next else { return };
             self.send_r2ts(itt);
-            if self.st.borrow().waiting_r2t.front() == Some(&itt) {
-                // Still over budget: it is back at the head; wait.
+            let mut st = self.st.borrow_mut();
+            if let Some(at) = st.waiting_r2t.iter().position(|&w| w == itt) {
+                // Still over budget: back to the head of the line, and wait
+                // (send_r2ts queued it at the tail; the others would go
+                // round for ever while the room left fits none of them).
+                st.waiting_r2t.remove(at);
+                st.waiting_r2t.push_front(itt);
                 return;
             }
         }

@@ -3,6 +3,7 @@
 //! inputs fuzzing found are kept beside them under their hash).
 
 mod iscsi;
+mod iscsi_host;
 mod nvmf;
 mod nvmf_host;
 mod rpc;
@@ -30,6 +31,8 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_capsule", nvmf::nvmf_capsule());
     add("nvmf_host_pdu", nvmf_host::nvmf_host_pdu());
     add("nvmf_host_logs", nvmf_host::nvmf_host_logs());
+    add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
+    add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out
