@@ -92,6 +92,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let mut app = App::new("pollux-perf");
+    // framework_set_scheduler in a config: idle_poll_us in interrupt mode.
+    pollux_core::scheduler::register(&mut app);
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
     pollux_nvme_driver::register(&mut app);
