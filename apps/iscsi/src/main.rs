@@ -87,12 +87,10 @@ fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Ls { show_size, portal } => {
-            let base = IscsiUrl::parse_any(&portal)?;
             let targets = init.discover(&portal).with_context(|| format!("discovery at {portal}"))?;
             let mut out = Vec::new();
             for t in &targets {
                 let url = format!("{}/{}/0", portal.trim_end_matches('/'), t.name);
-                let _ = &base;
                 let (luns, err) = match init.login(&url) {
                     Ok(l) => {
                         let ids = l.report_luns().unwrap_or_else(|_| vec![0]);

@@ -481,7 +481,7 @@ impl Session {
             self.kick();
             self.run_done();
         } else {
-            self.end(IscsiError::Closed, false);
+            self.end(IscsiError::Closed);
         }
     }
 
@@ -723,12 +723,12 @@ impl Session {
             }
         };
         if closing {
-            self.end(e, true);
+            self.end(e);
         }
     }
 
     /// Close for good: everything left fails with `e`.
-    fn end(&self, e: IscsiError, _lost: bool) {
+    fn end(&self, e: IscsiError) {
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
@@ -783,7 +783,7 @@ impl Session {
         match act {
             Act::None => {}
             Act::Lost(e) => self.lost(e),
-            Act::Close => self.end(IscsiError::Closed, false),
+            Act::Close => self.end(IscsiError::Closed),
             Act::Reconnect => {
                 tracing::info!("iscsi initiator: reconnecting to {}", self.st.borrow().cfg.addr);
                 if let Err(e) = self.connect() {
@@ -1323,8 +1323,9 @@ impl State {
                 };
                 let max_burst = self.neg.as_ref().map_or(u32::MAX, |x| x.max_burst);
                 if !t.p.write || n == 0 || n > max_burst || u64::from(off) + u64::from(n) > u64::from(t.p.len) {
+                    let why = format!("R2T for {n} bytes at {off} of a {}-byte transfer", t.p.len);
                     self.slots[i] = Slot::Scsi(t);
-                    return Err(bad(format!("R2T for {n} bytes at {off} of a {}-byte transfer", self.task_len(i))));
+                    return Err(bad(why));
                 }
                 self.send_data_out(itt, ttt, &mut t, off, n);
                 self.slots[i] = Slot::Scsi(t);
@@ -1384,7 +1385,6 @@ impl State {
                     let ttt = h.w20.get();
                     self.send_text(itt, ttt, &[]);
                 } else if let Slot::Text { data, cb, .. } = std::mem::replace(&mut self.slots[i], Slot::Free) {
-                    self.slots[i] = Slot::Text { data: Vec::new(), cb: Box::new(|_| {}), at: Instant::now() };
                     self.free_slot(i);
                     self.done.push(Done::Text(cb, Ok(data)));
                 }
@@ -1422,13 +1422,6 @@ impl State {
             other => return Err(bad(format!("unexpected opcode {other:#04x} from the target"))),
         }
         Ok(())
-    }
-
-    fn task_len(&self, i: usize) -> u32 {
-        match &self.slots[i] {
-            Slot::Scsi(t) => t.p.len,
-            _ => 0,
-        }
     }
 
     /// The command in slot `i` ended with SCSI `status` and `sense`.
