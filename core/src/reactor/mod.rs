@@ -161,6 +161,9 @@ impl Handle {
 pub(crate) struct Irq {
     pub(crate) epoll: Epoll,
     timer: TimerFd,
+    /// The deadline (ticks) the timer is armed for, `u64::MAX` if none:
+    /// a sleep with the same deadline leaves it be.
+    armed: Cell<u64>,
     events: RefCell<Vec<libc::epoll_event>>,
 }
 
@@ -366,8 +369,13 @@ impl Inner {
             mb.sleeping.store(false, Ordering::Relaxed);
             return false;
         }
-        if deadline != u64::MAX {
+        // The timer stays armed across sleeps for the same deadline (one
+        // system call per sleep saved) and is not disarmed after one (one
+        // more): left armed for a deadline that went away, it wakes the
+        // reactor once for nothing.
+        if deadline != u64::MAX && deadline != irq.armed.get() {
             let _ = irq.timer.arm(clock::ticks_to_duration(deadline - now));
+            irq.armed.set(deadline);
         }
         let mut events = irq.events.borrow_mut();
         let res = irq.epoll.wait(&mut events, None);
@@ -382,12 +390,12 @@ impl Inner {
                         d.drain();
                     }
                 }
-                TOKEN_TIMER => irq.timer.drain(),
+                TOKEN_TIMER => {
+                    irq.timer.drain();
+                    irq.armed.set(u64::MAX);
+                }
                 id => self.pollers.kick_id(id),
             }
-        }
-        if deadline != u64::MAX {
-            let _ = irq.timer.disarm();
         }
         true
     }
@@ -424,7 +432,7 @@ impl Reactor {
                 epoll.add(d.as_raw_fd(), Interest::READABLE, TOKEN_DOORBELL)?;
             }
             epoll.add(timer.as_raw_fd(), Interest::READABLE, TOKEN_TIMER)?;
-            Some(Irq { epoll, timer, events: RefCell::new(Vec::with_capacity(64)) })
+            Some(Irq { epoll, timer, armed: Cell::new(u64::MAX), events: RefCell::new(Vec::with_capacity(64)) })
         } else {
             None
         };

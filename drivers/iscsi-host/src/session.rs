@@ -8,8 +8,10 @@
 //! the target's window (MaxCmdSN) is open; the rest wait in order. Writes
 //! carry immediate data and unsolicited Data-Out as negotiated, then
 //! answer each R2T with Data-Out PDUs of at most the target's
-//! MaxRecvDataSegmentLength. Data-In is copied into the request's buffers
-//! at its offset and checked against what was asked; status comes in the
+//! MaxRecvDataSegmentLength. Data-In is checked against what was asked
+//! and lands in the request's buffers at its offset: a large data segment
+//! is read from the socket straight into them (no copy through the
+//! receive buffer), a small one is copied from it; status comes in the
 //! last Data-In or a SCSI Response, with sense decoded. Bdev requests
 //! larger than one command's transfer are split and completed together.
 //!
@@ -45,6 +47,11 @@ use crate::scsi::{self, Cdb, Sense};
 
 /// Largest read into the receive buffer.
 const READ_CHUNK: usize = 256 * 1024;
+/// Data-In segments at least this long, not yet all received, are read
+/// from the socket straight into the command's buffer.
+const DIRECT_MIN: usize = 8 * 1024;
+/// After a large Data-In, this many PDUs are read header first.
+const HEADER_FIRST: u8 = 8;
 /// Reads per readiness visit before other connections get a turn.
 const READ_BUDGET: usize = 16;
 /// Task slots (commands outstanding at most, besides the window).
@@ -201,6 +208,20 @@ enum Slot {
 }
 
 /// A bdev request split into `pending` commands.
+/// A Data-In PDU whose header has been taken and checked, its data
+/// segment arriving straight into the command's buffer.
+struct Direct {
+    h: Bhs,
+    /// Where the next byte goes in the command's transfer.
+    at: u32,
+    /// Data bytes still to come.
+    left: u32,
+    /// Pad bytes and data digest after the data.
+    tail: usize,
+    /// CRC32C of the data so far (with data digests).
+    crc: u32,
+}
+
 struct Parent {
     io: Option<BdevIo>,
     pending: u32,
@@ -229,6 +250,16 @@ struct State {
     /// current connection.
     rx: Vec<u8>,
     rx_end: usize,
+    /// A Data-In whose data segment is being read straight into its
+    /// command's buffer (`rx` is empty meanwhile).
+    direct: Option<Direct>,
+    /// Data-In segments this long or longer may go direct ([`DIRECT_MIN`];
+    /// less when fuzzing).
+    direct_min: usize,
+    /// PDUs still to be read header first (a read of the header alone,
+    /// so that a large Data-In segment behind it goes direct rather than
+    /// into `rx`): set after a large Data-In, counted down by others.
+    header_first: u8,
     tx: TxQueue<Vec<u8>>,
     login: Option<Login>,
     neg: Option<Negotiated>,
@@ -557,29 +588,20 @@ impl Session {
                 let mut st = self.st.borrow_mut();
                 let st = &mut *st;
                 let addr = st.target_addr;
-                let max = st.max_pdu();
-                let Some(c) = st.conn.as_mut() else { return };
-                if st.rx.len() - st.rx_end < 4096 {
-                    let want = (st.rx_end + READ_CHUNK).min(max.max(READ_CHUNK));
-                    if want > st.rx.len() {
-                        st.rx.resize(want, 0);
+                let Some(c) = st.conn.take() else { return };
+                let got = st.recv_buf().map(|buf| (&c.stream).read(buf));
+                st.conn = Some(c);
+                match got {
+                    Err(e) => Err(e),
+                    Ok(Ok(0)) => Err(IscsiError::Transport(format!("{addr} closed the connection"))),
+                    Ok(Ok(n)) => {
+                        st.received(n);
+                        st.last_rx = Instant::now();
+                        Ok(())
                     }
-                }
-                if st.rx_end == st.rx.len() {
-                    Err(IscsiError::Protocol("receive buffer full without a whole PDU".into()))
-                } else {
-                    let end = st.rx_end;
-                    match (&c.stream).read(&mut st.rx[end..]) {
-                        Ok(0) => Err(IscsiError::Transport(format!("{addr} closed the connection"))),
-                        Ok(n) => {
-                            st.rx_end += n;
-                            st.last_rx = Instant::now();
-                            Ok(())
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-                        Err(e) => Err(IscsiError::Transport(format!("receiving from {addr}: {e}"))),
-                    }
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                    Ok(Err(e)) => Err(IscsiError::Transport(format!("receiving from {addr}: {e}"))),
                 }
             };
             if let Err(e) = r.and_then(|_| self.process()) {
@@ -848,6 +870,9 @@ impl State {
             conn: None,
             rx: vec![0; 64 * 1024],
             rx_end: 0,
+            direct: None,
+            direct_min: DIRECT_MIN,
+            header_first: 0,
             tx: TxQueue::with_capacity(64 * 1024),
             login: None,
             neg: None,
@@ -918,6 +943,92 @@ impl State {
         BHS_LEN + 255 * 4 + 2 * DIGEST_LEN + self.max_recv() + 4
     }
 
+    /// Where the next received bytes go: the free end of `rx` or, while a
+    /// Data-In segment is read straight into its command's buffer, the
+    /// rest of that segment's piece of the buffer.
+    fn recv_buf(&mut self) -> Result<&mut [u8], IscsiError> {
+        if self.direct.as_ref().is_some_and(|d| d.left > 0) {
+            return Ok(self.direct_dest());
+        }
+        if self.header_first > 0 {
+            // Just the rest of the next header (the BHS, and its digest),
+            // if that is not here yet.
+            let hlen = BHS_LEN + if self.framing().0 { DIGEST_LEN } else { 0 };
+            if self.rx_end < hlen && self.rx.len() >= hlen {
+                let end = self.rx_end;
+                return Ok(&mut self.rx[end..hlen]);
+            }
+        }
+        let max = self.max_pdu();
+        if self.rx.len() - self.rx_end < 4096 {
+            let want = (self.rx_end + READ_CHUNK).min(max.max(READ_CHUNK));
+            if want > self.rx.len() {
+                self.rx.resize(want, 0);
+            }
+        }
+        if self.rx_end == self.rx.len() {
+            return Err(IscsiError::Protocol("receive buffer full without a whole PDU".into()));
+        }
+        let end = self.rx_end;
+        Ok(&mut self.rx[end..])
+    }
+
+    /// `n` bytes arrived in [`State::recv_buf`].
+    fn received(&mut self, n: usize) {
+        if self.direct.as_ref().is_some_and(|d| d.left > 0) {
+            let dd = self.framing().1;
+            let crc = if dd { crc32c::crc32c_append(self.direct.as_ref().map_or(0, |d| d.crc), &self.direct_dest()[..n]) } else { 0 };
+            let d = self.direct.as_mut().expect("direct");
+            d.crc = crc;
+            d.at += n as u32;
+            d.left -= n as u32;
+        } else {
+            self.rx_end += n;
+        }
+    }
+
+    /// The rest of the buffer piece where the direct Data-In's next byte
+    /// goes, at most what is left of its segment. If the command is gone
+    /// (it cannot be while its data streams in, but a slot is never
+    /// trusted), the bytes go to `rx`, which is empty meanwhile, and are
+    /// dropped.
+    fn direct_dest(&mut self) -> &mut [u8] {
+        let Some(d) = self.direct.as_ref() else { return &mut [] };
+        let (at, left) = (d.at as usize, d.left as usize);
+        let slot = self.slot_of(d.h.itt());
+        let piece: Option<&mut [u8]> = match slot.map(|i| &mut self.slots[i]) {
+            Some(Slot::Scsi(t)) => match &mut t.p.origin {
+                Origin::Own { buf, .. } => buf.get_mut(at..),
+                Origin::Bdev { parent, off } => match self.parents[*parent as usize].io.as_mut() {
+                    Some(io) => {
+                        let mut at = *off as usize + at;
+                        let mut found = None;
+                        for b in io.buffers_mut() {
+                            if at < b.len() {
+                                found = Some(&mut b[at..]);
+                                break;
+                            }
+                            at -= b.len();
+                        }
+                        found
+                    }
+                    None => None,
+                },
+            },
+            _ => None,
+        };
+        match piece {
+            Some(p) if !p.is_empty() => {
+                let n = p.len().min(left);
+                &mut p[..n]
+            }
+            _ => {
+                let n = self.rx.len().min(left);
+                &mut self.rx[..n]
+            }
+        }
+    }
+
     /// One PDU at the front of `b`: its header, where its data is and how
     /// long, and its whole length; None if it is not all here.
     #[allow(clippy::type_complexity)]
@@ -965,12 +1076,25 @@ impl State {
         let end = self.rx_end;
         let mut pos = 0;
         let mut res = Ok(None);
+        if let Some(d) = self.direct.as_ref() {
+            if d.left > 0 || end < d.tail {
+                self.rx = rx;
+                return Ok(None);
+            }
+            let d = self.direct.take().expect("direct");
+            pos = d.tail;
+            if let Err(e) = self.direct_end(d, &rx[..pos]) {
+                self.rx = rx;
+                return Err(e);
+            }
+        }
         while pos < end {
             match self.frame(&rx[pos..end]) {
                 Ok(None) => break,
                 Ok(Some((h, data_at, data_len, n))) => {
                     let data = &rx[pos + data_at..pos + data_at + data_len];
                     pos += n;
+                    self.note_pdu(&h);
                     if self.phase == Phase::Login {
                         match self.login_pdu(&h, data) {
                             Ok(None) => {}
@@ -994,11 +1118,77 @@ impl State {
                 }
             }
         }
+        if matches!(res, Ok(None)) && pos < end {
+            match self.direct_start(&rx[pos..end]) {
+                Ok(true) => pos = end,
+                Ok(false) => {}
+                Err(e) => res = Err(e),
+            }
+        }
         let mut rx = rx;
         rx.copy_within(pos..end, 0);
         self.rx_end = end - pos;
         self.rx = rx;
         res
+    }
+
+    /// Count a PDU received towards reading header first: on after a
+    /// large Data-In, off after `HEADER_FIRST` other PDUs in a row.
+    fn note_pdu(&mut self, h: &Bhs) {
+        if h.opcode() == op::DATA_IN && h.data_len() >= self.direct_min {
+            self.header_first = HEADER_FIRST;
+        } else {
+            self.header_first = self.header_first.saturating_sub(1);
+        }
+    }
+
+    /// If `b` (what is left of the input, less than a whole PDU) starts
+    /// with a large Data-In whose data has not all arrived: check its
+    /// header, put the data that did arrive in place, and take the rest
+    /// straight from the socket (true: `b` is all taken).
+    fn direct_start(&mut self, b: &[u8]) -> Result<bool, IscsiError> {
+        if self.phase != Phase::Ready || b.len() < BHS_LEN || b[0] & 0x3f != op::DATA_IN {
+            return Ok(false);
+        }
+        let h = Bhs::parse(b).expect("48 bytes");
+        let (hd, dd) = self.framing();
+        let hlen = BHS_LEN + h.ahs_len();
+        let data_at = hlen + if hd { DIGEST_LEN } else { 0 };
+        let dlen = h.data_len();
+        if dlen < self.direct_min || b.len() < data_at || b.len() - data_at >= dlen {
+            return Ok(false);
+        }
+        if hd {
+            let want = u32::from_le_bytes(b[hlen..hlen + 4].try_into().expect("4"));
+            if pdu::digest(&[&b[..hlen]]) != want {
+                return Err(IscsiError::Protocol(format!("header digest error (opcode {:#04x})", h.opcode())));
+            }
+        }
+        self.note_pdu(&h);
+        self.window(&h);
+        let i = self.data_in_check(&h, dlen)?;
+        let data = &b[data_at..];
+        self.data_in_put(i, h.w40.get(), data);
+        let tail = pdu::pad(dlen) + if dd { DIGEST_LEN } else { 0 };
+        let crc = if dd { pdu::digest(&[data]) } else { 0 };
+        let n = data.len() as u32;
+        self.direct = Some(Direct { h, at: h.w40.get() + n, left: dlen as u32 - n, tail, crc });
+        Ok(true)
+    }
+
+    /// The direct Data-In's data is all in; `tail` is its padding and data
+    /// digest: check them, then take the PDU's status.
+    fn direct_end(&mut self, d: Direct, tail: &[u8]) -> Result<(), IscsiError> {
+        let pad = pdu::pad(d.h.data_len());
+        if self.framing().1 {
+            let crc = crc32c::crc32c_append(d.crc, &tail[..pad]);
+            let want = u32::from_le_bytes(tail[pad..pad + 4].try_into().expect("4"));
+            if crc != want {
+                return Err(IscsiError::Protocol(format!("data digest error (opcode {:#04x}, ITT {:#x})", d.h.opcode(), d.h.itt())));
+            }
+        }
+        let i = self.slot_of(d.h.itt()).ok_or_else(|| IscsiError::Protocol("a Data-In's command went away during its data".into()))?;
+        self.data_in_end(&d.h, i, d.h.data_len())
     }
 
     fn login_pdu(&mut self, h: &Bhs, data: &[u8]) -> Result<Option<Step>, IscsiError> {
@@ -1252,36 +1442,9 @@ impl State {
         match h.opcode() {
             op::DATA_IN => {
                 self.window(h);
-                let i =
-                    self.slot_of(h.itt()).ok_or_else(|| bad(format!("Data-In for task tag {:#x}, which is not outstanding", h.itt())))?;
-                let off = h.w40.get();
-                let Slot::Scsi(t) = &mut self.slots[i] else { return Err(bad(format!("Data-In for task tag {:#x}, not a read", h.itt()))) };
-                if t.p.write || u64::from(off) + data.len() as u64 > u64::from(t.p.len) || off != t.moved {
-                    return Err(bad(format!(
-                        "Data-In of {} bytes at offset {off} for a {}-byte {} ({} received)",
-                        data.len(),
-                        t.p.len,
-                        if t.p.write { "write" } else { "read" },
-                        t.moved
-                    )));
-                }
-                t.moved += data.len() as u32;
-                match &mut t.p.origin {
-                    Origin::Own { buf, .. } => buf[off as usize..off as usize + data.len()].copy_from_slice(data),
-                    Origin::Bdev { parent, off: base } => {
-                        if let Some(io) = self.parents[*parent as usize].io.as_mut() {
-                            io.copy_in((*base + u64::from(off)) as usize, data);
-                        }
-                    }
-                }
-                if h.flags & 0x01 != 0 {
-                    if h.flags & 0x80 == 0 {
-                        return Err(bad("Data-In with status but not final".into()));
-                    }
-                    self.stat(h);
-                    let status = h.b3;
-                    self.finish(i, status, None);
-                }
+                let i = self.data_in_check(h, data.len())?;
+                self.data_in_put(i, h.w40.get(), data);
+                self.data_in_end(h, i, data.len())?;
             }
             op::SCSI_RESP => {
                 self.window(h);
@@ -1425,6 +1588,53 @@ impl State {
     }
 
     /// The command in slot `i` ended with SCSI `status` and `sense`.
+    /// The slot of the read a Data-In of `len` bytes belongs to, if it
+    /// fits what the read asked for and what it received so far.
+    fn data_in_check(&self, h: &Bhs, len: usize) -> Result<usize, IscsiError> {
+        let bad = |why: String| IscsiError::Protocol(why);
+        let i = self.slot_of(h.itt()).ok_or_else(|| bad(format!("Data-In for task tag {:#x}, which is not outstanding", h.itt())))?;
+        let off = h.w40.get();
+        let Slot::Scsi(t) = &self.slots[i] else { return Err(bad(format!("Data-In for task tag {:#x}, not a read", h.itt()))) };
+        if t.p.write || u64::from(off) + len as u64 > u64::from(t.p.len) || off != t.moved {
+            return Err(bad(format!(
+                "Data-In of {len} bytes at offset {off} for a {}-byte {} ({} received)",
+                t.p.len,
+                if t.p.write { "write" } else { "read" },
+                t.moved
+            )));
+        }
+        Ok(i)
+    }
+
+    /// Put Data-In data in the buffer of the read in slot `i` at `off`.
+    fn data_in_put(&mut self, i: usize, off: u32, data: &[u8]) {
+        let Slot::Scsi(t) = &mut self.slots[i] else { return };
+        match &mut t.p.origin {
+            Origin::Own { buf, .. } => buf[off as usize..off as usize + data.len()].copy_from_slice(data),
+            Origin::Bdev { parent, off: base } => {
+                if let Some(io) = self.parents[*parent as usize].io.as_mut() {
+                    io.copy_in((*base + u64::from(off)) as usize, data);
+                }
+            }
+        }
+    }
+
+    /// A Data-In of `len` bytes for the read in slot `i` is all in place:
+    /// count it, and take the status it may carry.
+    fn data_in_end(&mut self, h: &Bhs, i: usize, len: usize) -> Result<(), IscsiError> {
+        if let Slot::Scsi(t) = &mut self.slots[i] {
+            t.moved += len as u32;
+        }
+        if h.flags & 0x01 != 0 {
+            if h.flags & 0x80 == 0 {
+                return Err(IscsiError::Protocol("Data-In with status but not final".into()));
+            }
+            self.stat(h);
+            self.finish(i, h.b3, None);
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, i: usize, status: u8, sense: Option<Sense>) {
         if let Some(t) = self.take_task(i) {
             self.complete(t, Ok((status, sense)));
@@ -1643,6 +1853,8 @@ impl State {
         }
         self.login = None;
         self.rx_end = 0;
+        self.header_first = 0;
+        self.direct = None;
         self.tx.clear();
     }
 
@@ -1750,11 +1962,15 @@ pub mod fuzzing {
         pub completed: usize,
         pub logged_in: bool,
         pub fault: Option<String>,
+        /// The data of each read that completed with a status, in order.
+        pub read: Vec<Vec<u8>>,
     }
 
     /// `flags`: bit 0 start in the login (else logged in), bit 1 header
     /// digests, bit 2 data digests, bit 3 immediate data off, bit 4
-    /// InitialR2T. `cmds`: (write, bytes) of commands outstanding at the
+    /// InitialR2T, bit 5 the input arrives in pieces of 61 bytes and Data-In
+    /// segments of 32 bytes or more are read straight into their buffers
+    /// (as large ones are from a socket). `cmds`: (write, bytes) of commands outstanding at the
     /// start. `input`: what the target sends.
     pub fn feed(flags: u8, cmds: &[(bool, u32)], input: &[u8]) -> Fed {
         let addr: SocketAddr = "127.0.0.1:3260".parse().expect("address");
@@ -1762,7 +1978,14 @@ pub mod fuzzing {
         login.header_digest = flags & 2 != 0;
         login.data_digest = flags & 4 != 0;
         let completed = Rc::new(std::cell::Cell::new(0usize));
+        let read = Rc::new(RefCell::new(Vec::new()));
         let mut st = State::new(SessionConfig::new(addr, login.clone(), 0), Box::new(|_| {}));
+        let piece = if flags & 0x20 != 0 {
+            st.direct_min = 32;
+            61
+        } else {
+            4096
+        };
         let mut fed = Fed::default();
         if flags & 1 != 0 {
             let mut l = Login::new(login, 0, 1);
@@ -1787,24 +2010,32 @@ pub mod fuzzing {
         }
         for &(write, len) in cmds.iter().take(16) {
             let len = len % (1 << 20);
-            let c = completed.clone();
+            let (c, r) = (completed.clone(), read.clone());
             let cdb = if write { scsi::write(0, len / 512, false) } else { scsi::read(0, len / 512) };
             let buf = if write { vec![0x5a; len as usize] } else { vec![0; len as usize] };
-            let origin = Origin::Own { buf, cb: Box::new(move |_| c.set(c.get() + 1)) };
+            let cb = move |res: Result<ScsiResult, IscsiError>| {
+                c.set(c.get() + 1);
+                if let (false, Ok(res)) = (write, res) {
+                    r.borrow_mut().push(res.data);
+                }
+            };
+            let origin = Origin::Own { buf, cb: Box::new(cb) };
             st.waiting.push_back(Pending { origin, cdb, len, write, retries: 0, lun: 0, payload: None });
         }
         st.issue_waiting();
         // The input arrives in pieces, as reads would bring it.
         let mut at = 0;
         while at < input.len() && fed.fault.is_none() {
-            let n = (input.len() - at).min(4096).min(st.rx.len() - st.rx_end);
-            if n == 0 {
-                fed.fault = Some("receive buffer full".into());
-                break;
-            }
-            let end = st.rx_end;
-            st.rx[end..end + n].copy_from_slice(&input[at..at + n]);
-            st.rx_end += n;
+            let buf = match st.recv_buf() {
+                Ok(b) => b,
+                Err(e) => {
+                    fed.fault = Some(e.to_string());
+                    break;
+                }
+            };
+            let n = (input.len() - at).min(piece).min(buf.len());
+            buf[..n].copy_from_slice(&input[at..at + n]);
+            st.received(n);
             at += n;
             loop {
                 match st.consume() {
@@ -1846,6 +2077,7 @@ pub mod fuzzing {
             }
         }
         fed.completed = completed.get();
+        fed.read = read.take();
         assert!(fed.completed <= cmds.len().min(16), "more completions than commands");
         assert_eq!(st.free.len(), SLOTS, "a task slot leaked");
         fed

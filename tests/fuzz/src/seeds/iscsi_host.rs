@@ -14,6 +14,9 @@ const HEADER_DIGEST: u8 = 0x02;
 const DATA_DIGEST: u8 = 0x04;
 const IMMEDIATE_DATA_OFF: u8 = 0x08;
 const INITIAL_R2T: u8 = 0x10;
+/// Input in 61-byte pieces; Data-In of 32 bytes or more read straight into
+/// the command's buffer.
+const DIRECT: u8 = 0x20;
 
 /// The ISID of the session `session::fuzzing::feed` makes.
 const ISID: [u8; 6] = [0x80, 1, 2, 3, 0, 0];
@@ -234,6 +237,28 @@ pub(super) fn iscsi_host_pdu() -> Vec<(String, Vec<u8>)> {
     t.data_in(0, 0, 0, &data[..64], false, None);
     t.data_in(0, 1, 64, &data[64..], true, Some(STATUS_GOOD));
     seeds.push(("read-data-in-digests".to_string(), t.done()));
+    // The same, with the data segments read straight into the buffers
+    // (the pieces split headers, data, padding and digests), a digest
+    // error in such a segment.
+    let mut t = Target::with(DIRECT, &[(false, 128), (false, 64)]);
+    t.data_in(0, 0, 0, &data[..64], false, None);
+    t.data_in(0, 1, 64, &data[64..], true, Some(STATUS_GOOD));
+    t.data_in(1, 0, 0, &data[..64], true, None);
+    t.response(1, STATUS_GOOD, 1, &[]);
+    seeds.push(("read-direct".to_string(), t.done()));
+    let mut t = Target::with(DIRECT | HEADER_DIGEST | DATA_DIGEST, &[(false, 128), (false, 100)]);
+    t.data_in(0, 0, 0, &data[..64], false, None);
+    t.data_in(0, 1, 64, &data[64..], true, Some(STATUS_GOOD));
+    t.data_in(1, 0, 0, &data[..50], false, None);
+    t.data_in(1, 1, 50, &data[50..100], true, Some(STATUS_GOOD));
+    seeds.push(("read-direct-digests".to_string(), t.done()));
+    let mut t = Target::with(DIRECT | DATA_DIGEST, &[(false, 128)]);
+    t.data_in(0, 0, 0, &data[..64], false, None);
+    t.data_in(0, 1, 64, &data[64..], true, Some(STATUS_GOOD));
+    let mut bad = t.done();
+    let n = bad.len();
+    bad[n - 10] ^= 0x01;
+    seeds.push(("read-direct-digest-error".to_string(), bad));
     // CHECK CONDITION: an invalid field (fails), a unit attention (sent again).
     let mut t = Target::with(0, &[(false, 512), (false, 512)]);
     t.response(0, CHECK_CONDITION, 0, &fixed_sense(0x5, 0x24, 0x00, None));
@@ -381,7 +406,29 @@ mod tests {
     use super::pick;
 
     /// Seeds that end in the fault they were written for.
-    const FAULTS: &[(&str, &str)] = &[("login-redirect", "redirected"), ("reject", "rejected"), ("async-logout-request", "log out")];
+    const FAULTS: &[(&str, &str)] = &[
+        ("login-redirect", "redirected"),
+        ("reject", "rejected"),
+        ("async-logout-request", "log out"),
+        ("read-direct-digest-error", "data digest error"),
+    ];
+
+    /// Data-In lands where it belongs, through the receive buffer or
+    /// straight from the input; a digest error delivers no data.
+    #[test]
+    fn reads_deliver_their_data_either_way() {
+        let data: Vec<u8> = (0..128u32).map(|i| (i * 29 + 3) as u8).collect();
+        let seeds = super::iscsi_host_pdu();
+        let seed = |name: &str| &seeds.iter().find(|(n, _)| n == name).expect("seed").1;
+        for name in ["read-data-in", "read-direct"] {
+            let fed = crate::iscsi_host_pdu::run(seed(name));
+            assert_eq!(fed.read, [data.clone(), data[..64].to_vec()], "seed {name}");
+        }
+        let fed = crate::iscsi_host_pdu::run(seed("read-direct-digests"));
+        assert_eq!(fed.read, [data.clone(), data[..100].to_vec()]);
+        let fed = crate::iscsi_host_pdu::run(seed("read-direct-digest-error"));
+        assert!(fed.read.is_empty(), "{fed:?}");
+    }
 
     /// Each seed is an exchange the initiator takes to its end: logged in
     /// when it logs in, no fault but the one it was written for.
