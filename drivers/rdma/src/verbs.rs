@@ -1,0 +1,327 @@
+//! Verbs objects with owners: protection domains, registered memory,
+//! completion channels and completion queues. Each frees itself when
+//! dropped, and holds what it was made from (an [`Rc`]) so that a PD
+//! outlives its memory regions and a CQ the QPs that use it.
+//!
+//! They are `!Send`: verbs objects may be used from any thread, but a
+//! Pollux object has one owner reactor, so these stay on the one that made
+//! them (the device context comes from a connection's CM id).
+
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr;
+use std::rc::Rc;
+
+use crate::sys::{self, ibv_comp_channel, ibv_context, ibv_cq, ibv_mr, ibv_pd, ibv_wc};
+use crate::{Error, lib};
+
+/// A device context, borrowed from a CM id bound to the device (the
+/// library owns it; it lives while an id uses the device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device(pub(crate) *mut ibv_context);
+
+impl Device {
+    /// The device's limits (`ibv_query_device`).
+    pub fn limits(&self) -> Result<DeviceLimits, Error> {
+        let lib = lib()?;
+        let mut attr = sys::ibv_device_attr::default();
+        // SAFETY: the context is live (an id holds it) and `attr` is a
+        // valid, writable ibv_device_attr.
+        let rc = unsafe { (lib.ibv_query_device)(self.0, &mut attr) };
+        if rc != 0 {
+            return Err(Error::QueryDevice(io::Error::from_raw_os_error(rc)));
+        }
+        Ok(DeviceLimits {
+            max_qp_wr: attr.max_qp_wr.max(0) as u32,
+            max_sge: attr.max_sge.max(0) as u32,
+            max_cqe: attr.max_cqe.max(0) as u32,
+            max_qp_rd_atom: attr.max_qp_rd_atom.max(0) as u32,
+            max_qp_init_rd_atom: attr.max_qp_init_rd_atom.max(0) as u32,
+            max_srq_wr: attr.max_srq_wr.max(0) as u32,
+        })
+    }
+}
+
+/// What a device can do, as far as queue sizes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub max_qp_wr: u32,
+    pub max_sge: u32,
+    pub max_cqe: u32,
+    /// RDMA READs this end serves at once (responder resources).
+    pub max_qp_rd_atom: u32,
+    /// RDMA READs this end may have outstanding (initiator depth).
+    pub max_qp_init_rd_atom: u32,
+    pub max_srq_wr: u32,
+}
+
+/// A protection domain: memory regions and queue pairs that may be used
+/// together.
+#[derive(Debug)]
+pub struct ProtectionDomain {
+    pub(crate) pd: *mut ibv_pd,
+    device: Device,
+}
+
+impl ProtectionDomain {
+    pub fn new(device: Device) -> Result<Rc<ProtectionDomain>, Error> {
+        let lib = lib()?;
+        // SAFETY: the context is live (an id on the device holds it).
+        let pd = unsafe { (lib.ibv_alloc_pd)(device.0) };
+        if pd.is_null() {
+            return Err(Error::AllocPd(io::Error::last_os_error()));
+        }
+        Ok(Rc::new(ProtectionDomain { pd, device }))
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Register `len` bytes at `addr` for local writes and the peer's RDMA
+    /// READ and WRITE.
+    ///
+    /// # Safety
+    ///
+    /// The memory stays allocated and is not moved while the region lives
+    /// (the device reads and writes it by address, also on the peer's
+    /// behalf); nothing holds a Rust reference to the part the device may
+    /// write while it may write it.
+    pub unsafe fn register(self: &Rc<Self>, addr: *mut u8, len: usize) -> Result<MemoryRegion, Error> {
+        let lib = lib()?;
+        let access = (sys::IBV_ACCESS_LOCAL_WRITE | sys::IBV_ACCESS_REMOTE_READ | sys::IBV_ACCESS_REMOTE_WRITE) as i32;
+        // SAFETY: the PD is live (self); the caller vouches for the memory.
+        // Constant flags without optional-range bits, as sys::Lib's
+        // `ibv_reg_mr` requires.
+        let mr = unsafe { (lib.ibv_reg_mr)(self.pd, addr.cast(), len, access) };
+        if mr.is_null() {
+            return Err(Error::RegMr(io::Error::last_os_error()));
+        }
+        // SAFETY: a region ibv_reg_mr just returned; its keys never change.
+        let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
+        Ok(MemoryRegion { mr, lkey, rkey, addr: addr as u64, len, _pd: self.clone() })
+    }
+}
+
+impl Drop for ProtectionDomain {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            // SAFETY: every region and QP on it holds an Rc to it, so none
+            // is left.
+            let rc = unsafe { (lib.ibv_dealloc_pd)(self.pd) };
+            if rc != 0 {
+                tracing::warn!("rdma: ibv_dealloc_pd: {}", io::Error::from_raw_os_error(rc));
+            }
+        }
+    }
+}
+
+/// Registered memory: its keys, and the range they cover.
+#[derive(Debug)]
+pub struct MemoryRegion {
+    mr: *mut ibv_mr,
+    lkey: u32,
+    rkey: u32,
+    addr: u64,
+    len: usize,
+    _pd: Rc<ProtectionDomain>,
+}
+
+impl MemoryRegion {
+    /// The key local work requests name the memory with.
+    pub fn lkey(&self) -> u32 {
+        self.lkey
+    }
+
+    /// The key the peer's RDMA READ and WRITE name it with.
+    pub fn rkey(&self) -> u32 {
+        self.rkey
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `[addr, addr + len)` lies within the region.
+    pub fn covers(&self, addr: u64, len: usize) -> bool {
+        addr >= self.addr && addr.checked_add(len as u64).is_some_and(|end| end <= self.addr + self.len as u64)
+    }
+
+    /// A scatter-gather entry for `len` bytes at `addr` of the region.
+    /// Panics if the range is outside it (a bug in the caller).
+    pub fn sge(&self, addr: u64, len: u32) -> sys::ibv_sge {
+        assert!(self.covers(addr, len as usize), "an SGE outside its memory region");
+        sys::ibv_sge { addr, length: len, lkey: self.lkey }
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            // SAFETY: the region is live and dropped once.
+            let rc = unsafe { (lib.ibv_dereg_mr)(self.mr) };
+            if rc != 0 {
+                tracing::warn!("rdma: ibv_dereg_mr: {}", io::Error::from_raw_os_error(rc));
+            }
+        }
+    }
+}
+
+/// A completion channel: an fd that becomes readable when an armed CQ on
+/// it gets a completion (interrupt mode).
+#[derive(Debug)]
+pub struct CompletionChannel {
+    ch: *mut ibv_comp_channel,
+}
+
+impl CompletionChannel {
+    pub fn new(device: Device) -> Result<Rc<CompletionChannel>, Error> {
+        let lib = lib()?;
+        // SAFETY: the context is live.
+        let ch = unsafe { (lib.ibv_create_comp_channel)(device.0) };
+        if ch.is_null() {
+            return Err(Error::CreateCompChannel(io::Error::last_os_error()));
+        }
+        let c = CompletionChannel { ch };
+        set_nonblocking(c.fd()).map_err(Error::CreateCompChannel)?;
+        Ok(Rc::new(c))
+    }
+
+    /// The fd to wait on (nonblocking).
+    pub fn fd(&self) -> RawFd {
+        // SAFETY: the channel is live; its fd never changes.
+        unsafe { (*self.ch).fd }
+    }
+}
+
+impl Drop for CompletionChannel {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            // SAFETY: every CQ on the channel holds an Rc to it, so none is
+            // left.
+            let rc = unsafe { (lib.ibv_destroy_comp_channel)(self.ch) };
+            if rc != 0 {
+                tracing::warn!("rdma: ibv_destroy_comp_channel: {}", io::Error::from_raw_os_error(rc));
+            }
+        }
+    }
+}
+
+/// A completion queue, polled; in interrupt mode armed on a completion
+/// channel.
+#[derive(Debug)]
+pub struct CompletionQueue {
+    pub(crate) cq: *mut ibv_cq,
+    channel: Option<Rc<CompletionChannel>>,
+    /// Channel events taken and not yet acknowledged.
+    unacked: std::cell::Cell<u32>,
+}
+
+impl CompletionQueue {
+    /// A CQ of at least `depth` entries, with events on `channel` if given.
+    pub fn new(device: Device, depth: u32, channel: Option<Rc<CompletionChannel>>) -> Result<Rc<CompletionQueue>, Error> {
+        let lib = lib()?;
+        let ch = channel.as_ref().map_or(ptr::null_mut(), |c| c.ch);
+        // SAFETY: the context and channel (if any) are live.
+        let cq = unsafe { (lib.ibv_create_cq)(device.0, depth.min(i32::MAX as u32) as i32, ptr::null_mut(), ch, 0) };
+        if cq.is_null() {
+            return Err(Error::CreateCq(io::Error::last_os_error()));
+        }
+        Ok(Rc::new(CompletionQueue { cq, channel, unacked: std::cell::Cell::new(0) }))
+    }
+
+    /// Take up to `wc.len()` completions; how many.
+    pub fn poll(&self, wc: &mut [ibv_wc]) -> Result<usize, Error> {
+        let n = wc.len().min(i32::MAX as usize) as i32;
+        // SAFETY: the CQ is live, `wc` is writable for n entries, and the
+        // CQ is only polled from its owner (the type is !Send).
+        let got = unsafe { sys::poll_cq(self.cq, n, wc.as_mut_ptr()) };
+        if got < 0 {
+            return Err(Error::PollCq(got));
+        }
+        Ok(got as usize)
+    }
+
+    /// Ask for a channel event at the next completion. Poll once more
+    /// after arming: a completion that came in between raised no event.
+    pub fn arm(&self) -> Result<(), Error> {
+        // SAFETY: the CQ is live.
+        let rc = unsafe { sys::req_notify_cq(self.cq, 0) };
+        if rc != 0 {
+            return Err(Error::ReqNotifyCq(io::Error::from_raw_os_error(rc)));
+        }
+        Ok(())
+    }
+
+    /// Take the channel's pending events (after its fd was readable), so
+    /// that the fd quiets down; acknowledged in batches.
+    pub fn take_events(&self) -> Result<u32, Error> {
+        let Some(ch) = &self.channel else { return Ok(0) };
+        let lib = lib()?;
+        let mut n = 0;
+        loop {
+            let mut cq: *mut ibv_cq = ptr::null_mut();
+            let mut ctx: *mut std::ffi::c_void = ptr::null_mut();
+            // SAFETY: the channel is live and nonblocking; the out
+            // pointers are writable.
+            let rc = unsafe { (lib.ibv_get_cq_event)(ch.ch, &mut cq, &mut ctx) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                return Err(Error::GetCqEvent(e));
+            }
+            n += 1;
+        }
+        let unacked = self.unacked.get() + n;
+        if unacked >= 64 {
+            // SAFETY: the CQ is live; these events were taken from it.
+            unsafe { (lib.ibv_ack_cq_events)(self.cq, unacked) };
+            self.unacked.set(0);
+        } else {
+            self.unacked.set(unacked);
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for CompletionQueue {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            let unacked = self.unacked.get();
+            if unacked > 0 {
+                // SAFETY: the CQ is live; destroying it waits for every
+                // event taken to be acknowledged.
+                unsafe { (lib.ibv_ack_cq_events)(self.cq, unacked) };
+            }
+            // SAFETY: every QP using the CQ holds an Rc to it, so none is
+            // left.
+            let rc = unsafe { (lib.ibv_destroy_cq)(self.cq) };
+            if rc != 0 {
+                tracing::warn!("rdma: ibv_destroy_cq: {}", io::Error::from_raw_os_error(rc));
+            }
+        }
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
