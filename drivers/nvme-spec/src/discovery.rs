@@ -53,6 +53,16 @@ pub mod trtype {
     pub const TCP: u8 = 3;
 }
 
+/// The RDMA transport-specific address subtype (TSAS) of a log entry.
+pub mod rdma_tsas {
+    /// Byte 0, RDMA QP service type: reliable connected.
+    pub const QPTYPE_CONNECTED: u8 = 1;
+    /// Byte 1, RDMA provider type: not specified.
+    pub const PRTYPE_NOT_SPECIFIED: u8 = 1;
+    /// Byte 2, RDMA connection management service: RDMA_IP_CM.
+    pub const CMS_RDMA_CM: u8 = 1;
+}
+
 pub mod adrfam {
     pub const IPV4: u8 = 1;
     pub const IPV6: u8 = 2;

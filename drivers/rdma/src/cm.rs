@@ -351,7 +351,60 @@ unsafe fn socket_addr(sa: *const libc::sockaddr) -> Option<SocketAddr> {
     }
 }
 
+/// A CM id on its way to another thread (a connection request handed to
+/// the reactor that will own the connection). It owns the id: dropped, it
+/// destroys it; [`CmId::adopt`] makes it a [`CmId`] again there.
+#[derive(Debug)]
+pub struct MovingCmId(*mut rdma_cm_id);
+
+// SAFETY: a CM id may be used from any thread (librdmacm locks what it
+// shares); this one has no QP, no Rust owner elsewhere, and its events go
+// to the channel it is adopted into.
+unsafe impl Send for MovingCmId {}
+
+impl Drop for MovingCmId {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            // SAFETY: the id is live and owned here alone.
+            unsafe { (lib.rdma_destroy_id)(self.0) };
+        }
+    }
+}
+
 impl CmId {
+    /// Hand this id (of a connection request, before a QP is made on it)
+    /// to another thread.
+    pub fn into_moving(self) -> Result<MovingCmId, CmId> {
+        if self.has_qp {
+            return Err(self);
+        }
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is not used again and never dropped: each of the
+        // fields that own something is read out once and dropped here (the
+        // id itself goes on in the MovingCmId).
+        unsafe {
+            drop(ptr::read(&me._ch));
+            drop(ptr::read(&me._pd));
+            drop(ptr::read(&me._cqs));
+        }
+        Ok(MovingCmId(me.id))
+    }
+
+    /// Take a moving id on this thread: its events go to `ch` from now on.
+    pub fn adopt(m: MovingCmId, ch: &Rc<EventChannel>) -> Result<CmId, (MovingCmId, Error)> {
+        let lib = match lib() {
+            Ok(l) => l,
+            Err(e) => return Err((m, e)),
+        };
+        // SAFETY: the id is live and ours; the channel is live.
+        if unsafe { (lib.rdma_migrate_id)(m.0, ch.ch) } != 0 {
+            return Err((m, Error::MigrateId(io::Error::last_os_error())));
+        }
+        let id = m.0;
+        std::mem::forget(m);
+        Ok(CmId { id, has_qp: false, _ch: ch.clone(), _pd: None, _cqs: Vec::new() })
+    }
+
     /// A new id on `ch` (reliable connected), with `context` given back
     /// in its events.
     pub fn new(ch: &Rc<EventChannel>, context: u64) -> Result<CmId, Error> {

@@ -66,6 +66,8 @@ pub enum Error {
     Disconnect(#[source] io::Error),
     #[error("rdma_resolve_addr: {0}")]
     ResolveAddr(#[source] io::Error),
+    #[error("rdma_migrate_id: {0}")]
+    MigrateId(#[source] io::Error),
     #[error("rdma_resolve_route: {0}")]
     ResolveRoute(#[source] io::Error),
     #[error("rdma_create_qp: {0}")]

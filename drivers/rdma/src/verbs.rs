@@ -21,6 +21,16 @@ use crate::{Error, lib};
 pub struct Device(pub(crate) *mut ibv_context);
 
 impl Device {
+    /// The kernel's name of the device (`rxe0`, `mlx5_0`).
+    pub fn name(&self) -> String {
+        // SAFETY: the context is live (an id holds it) and its device is
+        // the library's, for the life of the context; `name` is a
+        // NUL-terminated array (bounded: not past its end).
+        let name = unsafe { &(*(*self.0).device).name };
+        let bytes: Vec<u8> = name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// The device's limits (`ibv_query_device`).
     pub fn limits(&self) -> Result<DeviceLimits, Error> {
         let lib = lib()?;

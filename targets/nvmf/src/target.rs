@@ -11,7 +11,7 @@ use pollux_core::reactor::{self, ReactorId};
 
 use crate::NvmfError;
 use crate::subsystem::Subsystem;
-use crate::transport::{Endpoint, Transport};
+use crate::transport::{Endpoint, Transport, TransportKind};
 
 /// SPDK's name for the one target of an application.
 pub const DEFAULT_TARGET_NAME: &str = "nvmf_tgt";
@@ -72,7 +72,8 @@ pub fn set_crdt(c: [u16; 3]) {
 }
 
 pub struct Target {
-    pub transport: RefCell<Option<Rc<dyn Transport>>>,
+    /// At most one of each kind (TCP, RDMA), in creation order.
+    pub transports: RefCell<Vec<Rc<dyn Transport>>>,
     /// The discovery subsystem first, then NVM subsystems in creation order.
     pub subsystems: RefCell<Vec<Rc<Subsystem>>>,
     pub referrals: RefCell<Vec<Referral>>,
@@ -85,7 +86,7 @@ pub struct Target {
 impl Target {
     fn new() -> Target {
         Target {
-            transport: RefCell::new(None),
+            transports: RefCell::new(Vec::new()),
             subsystems: RefCell::new(vec![Rc::new(Subsystem::discovery())]),
             referrals: RefCell::new(Vec::new()),
             max_subsystems: Cell::new(DEFAULT_MAX_SUBSYSTEMS),
@@ -113,11 +114,14 @@ impl Target {
         id
     }
 
-    pub fn transport(&self) -> Result<Rc<dyn Transport>, NvmfError> {
-        self.transport
+    /// The transport of this kind.
+    pub fn transport(&self, kind: TransportKind) -> Result<Rc<dyn Transport>, NvmfError> {
+        self.transports
             .borrow()
-            .clone()
-            .ok_or_else(|| NvmfError::NotFound("transport TCP (create it with nvmf_create_transport first)".into()))
+            .iter()
+            .find(|t| t.kind() == kind)
+            .cloned()
+            .ok_or_else(|| NvmfError::NotFound(format!("transport {} (create it with nvmf_create_transport first)", kind.name())))
     }
 
     pub fn genctr(&self) -> u64 {

@@ -33,6 +33,7 @@ pub mod known_bugs;
 mod nvmf;
 mod nvmf_host_logs;
 mod nvmf_host_pdu;
+mod nvmf_rdma_capsule;
 mod nvmf_wire;
 mod rpc_params;
 mod scsi_cdb;
@@ -46,6 +47,7 @@ pub use jsonrpc::jsonrpc_framing;
 pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
 pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
+pub use nvmf_rdma_capsule::nvmf_rdma_capsule;
 pub use rpc_params::{EXCLUDED_METHODS, rpc_method_names, rpc_params};
 pub use scsi_cdb::scsi_cdb;
 
@@ -62,6 +64,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvmf_capsule", nvmf_capsule),
     ("nvmf_host_pdu", nvmf_host_pdu),
     ("nvmf_host_logs", nvmf_host_logs),
+    ("nvmf_rdma_capsule", nvmf_rdma_capsule),
     ("iscsi_host_pdu", iscsi_host_pdu),
     ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),

@@ -66,7 +66,7 @@ impl Rig {
         let ep = Endpoint { kind: TransportKind::Tcp, addr: "127.0.0.1:0".parse().expect("address") };
         let (opts, bdevs) = h.on(0, || {
             let t = pollux_nvmf::target::target().expect("target");
-            let opts = t.transport().expect("transport").opts().clone();
+            let opts = t.transport(pollux_nvmf::transport::TransportKind::Tcp).expect("transport").opts().clone();
             let bdevs = NAMESPACES.iter().map(|(name, ..)| Blank::open(name)).collect::<Vec<_>>();
             (opts, bdevs)
         });

@@ -42,6 +42,11 @@ fn nvmf_host_logs() {
 }
 
 #[test]
+fn nvmf_rdma_capsule() {
+    replay_common::replay("nvmf_rdma_capsule");
+}
+
+#[test]
 fn iscsi_host_pdu() {
     replay_common::replay("iscsi_host_pdu");
 }

@@ -46,7 +46,17 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     refused(&d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &p1], "nvmf_create_transport");
     s(&["nvmf_create_transport", "-t", "TCP", "-q", "64", "-c", "8192", "-i", "262144", "--kas", "20", "--min-kato", "2000"]);
     refused(&d, &["nvmf_create_transport", "-t", "TCP"], "exists");
-    refused(&d, &["nvmf_create_transport", "-t", "RDMA"], "not supported");
+    refused(&d, &["nvmf_create_transport", "-t", "FC"], "not supported");
+    // RDMA needs rdma-core and an RDMA device (the test guest has
+    // Soft-RoCE: targets/nvmf/tests/kernel_host_rdma.rs); where there is
+    // none the transport is refused with the reason, and nothing changes.
+    if std::path::Path::new("/dev/infiniband/rdma_cm").exists() {
+        s(&["nvmf_create_transport", "-t", "RDMA"]);
+    } else {
+        refused(&d, &["nvmf_create_transport", "-t", "RDMA"], "RDMA is not available on this machine");
+        let tr: Value = serde_json::from_str(&s(&["nvmf_get_transports"])).unwrap();
+        assert_eq!(tr.as_array().map(|a| a.iter().map(|t| t["trtype"].clone()).collect::<Vec<_>>()), Some(vec![json!("TCP")]));
+    }
     s(&["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &p1, "-f", "ipv4"]);
     s(&["nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &p2]);
     s(&["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "3", "-u", "11111111-2222-4333-8444-555555555555", "-e", "0011223344556677"]);

@@ -151,6 +151,9 @@ lib! {
         /// gets the granted sizes.
         fn rdma_create_qp(id: *mut rdma_cm_id, pd: *mut ibv_pd, qp_init_attr: *mut ibv_qp_init_attr) -> c_int;
         fn rdma_destroy_qp(id: *mut rdma_cm_id);
+        /// Moves the id's future events to `channel`; 0, or -1 with
+        /// `errno` set.
+        fn rdma_migrate_id(id: *mut rdma_cm_id, channel: *mut rdma_event_channel) -> c_int;
         /// A static string ("UNKNOWN EVENT" for values it does not know).
         fn rdma_event_str(event: rdma_cm_event_type) -> *const c_char;
     }

@@ -143,7 +143,8 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id.kas.set(o.kas);
     id.sqes = 0x66;
     id.cqes = 0x44;
-    id.sgls.set(identify::sgls::SUPPORT_MASK & 1 | identify::sgls::ADDRESS_AS_OFFSET | identify::sgls::TRANSPORT_DATA_BLOCK);
+    let keyed = if c.endpoint.kind == crate::transport::TransportKind::Rdma { identify::sgls::KEYED_DATA_BLOCK } else { 0 };
+    id.sgls.set(identify::sgls::SUPPORT_MASK & 1 | identify::sgls::ADDRESS_AS_OFFSET | identify::sgls::TRANSPORT_DATA_BLOCK | keyed);
     id.msdbd = 1;
     // Fabrics: command capsule = SQE + in-capsule data, in 16-byte units.
     id.ioccsz.set((64 + o.in_capsule_data_size) / 16);

@@ -4,8 +4,8 @@
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::target::Target;
-use crate::transport::Endpoint;
-use crate::wire::discovery::{LogEntry, LogHeader, adrfam, subtype, treq, trtype};
+use crate::transport::{Endpoint, TransportKind};
+use crate::wire::discovery::{LogEntry, LogHeader, adrfam, rdma_tsas, subtype, treq, trtype};
 use crate::wire::fabrics::{CNTLID_DYNAMIC, DISCOVERY_NQN};
 use crate::wire::{set_nul_field, set_space_field};
 
@@ -13,7 +13,15 @@ use super::Controller;
 
 fn entry(ep: &Endpoint, kind: u8, subnqn: &str, portid: u16, asqsz: u16) -> LogEntry {
     let mut e = LogEntry::new_zeroed();
-    e.trtype = trtype::TCP;
+    e.trtype = match ep.kind {
+        TransportKind::Tcp => trtype::TCP,
+        TransportKind::Rdma => {
+            // Reliable connected, any provider, connected through the RDMA
+            // CM (as Linux's nvmet and SPDK report it).
+            e.tsas[..3].copy_from_slice(&[rdma_tsas::QPTYPE_CONNECTED, rdma_tsas::PRTYPE_NOT_SPECIFIED, rdma_tsas::CMS_RDMA_CM]);
+            trtype::RDMA
+        }
+    };
     e.adrfam = if ep.addr.is_ipv4() { adrfam::IPV4 } else { adrfam::IPV6 };
     e.subtype = kind;
     e.treq = treq::SECURE_CHANNEL_NOT_REQUIRED;
@@ -23,7 +31,7 @@ fn entry(ep: &Endpoint, kind: u8, subnqn: &str, portid: u16, asqsz: u16) -> LogE
     set_space_field(&mut e.trsvcid, &ep.addr.port().to_string());
     set_nul_field(&mut e.subnqn, subnqn);
     set_nul_field(&mut e.traddr, &ep.addr.ip().to_string());
-    // TSAS for TCP: security type 0 (no security).
+    // TSAS for TCP: security type 0 (no security), all zero.
     e
 }
 

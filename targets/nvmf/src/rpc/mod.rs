@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::NvmfError;
 use crate::target::{Referral, check_target_name, target};
+use crate::transport::rdma::RdmaTransport;
 use crate::transport::tcp::{self, TcpTransport};
-use crate::transport::{Endpoint, TransportKind};
+use crate::transport::{Endpoint, Transport, TransportKind};
 
 use params::*;
 
@@ -94,27 +95,28 @@ fn create_transport(p: CreateTransport) -> Result<bool, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     let kind = TransportKind::parse(&p.trtype)?;
     let t = target()?;
-    if t.transport.borrow().is_some() {
+    if t.transport(kind).is_ok() {
         return Err(NvmfError::Exists(format!("transport {}", kind.name())));
     }
     let opts = p.into_opts()?;
     opts.validate()?;
-    *t.transport.borrow_mut() = Some(Rc::new(TcpTransport::new(opts)));
-    tracing::info!("nvmf: TCP transport created");
+    let tr: Rc<dyn Transport> = match kind {
+        TransportKind::Tcp => Rc::new(TcpTransport::new(opts)),
+        TransportKind::Rdma => Rc::new(RdmaTransport::new(opts)?),
+    };
+    t.transports.borrow_mut().push(tr);
+    tracing::info!("nvmf: {} transport created", kind.name());
     Ok(true)
 }
 
 fn get_transports(p: GetTransports) -> Result<Value, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     let t = target()?;
-    let list: Vec<Value> = t.transport.borrow().iter().map(|tr| tr.describe()).collect();
     if let Some(kind) = p.trtype {
         let k = TransportKind::parse(&kind)?;
-        if list.is_empty() {
-            return Err(NvmfError::NotFound(format!("transport {}", k.name())));
-        }
+        return Ok(Value::Array(vec![t.transport(k)?.describe()]));
     }
-    Ok(Value::Array(list))
+    Ok(Value::Array(t.transports.borrow().iter().map(|tr| tr.describe()).collect()))
 }
 
 fn get_stats(p: TgtOnly, r: Responder) {
@@ -122,23 +124,67 @@ fn get_stats(p: TgtOnly, r: Responder) {
         return r.err(e.into());
     }
     tcp::group_stats(move |all| {
-        let groups: Vec<Value> = all
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                json!({
-                    "name": format!("nvmf_tgt_poll_group_{i:03}"),
-                    "admin_qpairs": s.admin_qpairs,
-                    "io_qpairs": s.io_qpairs,
-                    "current_admin_qpairs": s.current_admin_qpairs,
-                    "current_io_qpairs": s.current_io_qpairs,
-                    "pending_bdev_io": s.pending_bdev_io,
-                    "completed_nvme_io": s.completed_nvme_io,
-                    "transports": [{"trtype": "TCP"}],
+        crate::transport::rdma::group_stats(move |rdma| {
+            let groups: Vec<Value> = all
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut g = json!({
+                        "name": format!("nvmf_tgt_poll_group_{i:03}"),
+                        "admin_qpairs": s.admin_qpairs,
+                        "io_qpairs": s.io_qpairs,
+                        "current_admin_qpairs": s.current_admin_qpairs,
+                        "current_io_qpairs": s.current_io_qpairs,
+                        "pending_bdev_io": s.pending_bdev_io,
+                        "completed_nvme_io": s.completed_nvme_io,
+                        "transports": [{"trtype": "TCP"}],
+                    });
+                    if let Some(r) = rdma.get(i).and_then(Option::as_ref) {
+                        {
+                            // RDMA queue pairs of this reactor, beside its TCP ones.
+                            for (k, v) in [
+                                ("admin_qpairs", r.admin_qpairs),
+                                ("io_qpairs", r.io_qpairs),
+                                ("current_admin_qpairs", r.current_admin_qpairs),
+                                ("current_io_qpairs", r.current_io_qpairs),
+                                ("pending_bdev_io", r.pending_bdev_io),
+                                ("completed_nvme_io", r.completed_nvme_io),
+                            ] {
+                                g[k] = json!(g[k].as_u64().unwrap_or(0) + v);
+                            }
+                        }
+                        let devices: Vec<Value> = r
+                            .devices
+                            .iter()
+                            .map(|d| {
+                                json!({
+                                    "name": d.name,
+                                    "polls": d.polls,
+                                    "idle_polls": d.idle_polls,
+                                    "completions": d.completions,
+                                    "requests": d.requests,
+                                    "request_latency": 0,
+                                    "pending_free_request": 0,
+                                    "pending_rdma_read": d.pending_rdma_read,
+                                    "pending_rdma_write": 0,
+                                    "pending_rdma_send": 0,
+                                    "total_send_wrs": d.total_send_wrs,
+                                    "send_doorbell_updates": d.total_send_wrs,
+                                    "total_recv_wrs": d.total_recv_wrs,
+                                    "recv_doorbell_updates": d.total_recv_wrs,
+                                })
+                            })
+                            .collect();
+                        g["transports"]
+                            .as_array_mut()
+                            .expect("array")
+                            .push(json!({"trtype": "RDMA", "pending_data_buffer": 0, "devices": devices}));
+                    }
+                    g
                 })
-            })
-            .collect();
-        r.ok(json!({ "tick_rate": clock::tick_rate(), "poll_groups": groups }))
+                .collect();
+            r.ok(json!({ "tick_rate": clock::tick_rate(), "poll_groups": groups }))
+        })
     });
 }
 
@@ -204,16 +250,18 @@ impl AppSubsystem for NvmfSubsystem {
         // Close every queue pair, then drop subsystems (closing their bdevs)
         // and listeners, so the bdev layer can delete its devices.
         tcp::close_all(move || {
-            if let Ok(t) = target() {
-                let subs: Vec<_> = t.subsystems.borrow().iter().filter(|s| !s.is_discovery()).cloned().collect();
-                for s in subs {
-                    subsystem::teardown(&t, &s);
+            crate::transport::rdma::close_all(move || {
+                if let Ok(t) = target() {
+                    let subs: Vec<_> = t.subsystems.borrow().iter().filter(|s| !s.is_discovery()).cloned().collect();
+                    for s in subs {
+                        subsystem::teardown(&t, &s);
+                    }
+                    t.referrals.borrow_mut().clear();
+                    t.transports.borrow_mut().clear();
                 }
-                t.referrals.borrow_mut().clear();
-                t.transport.borrow_mut().take();
-            }
-            // Views on other reactors hold descriptors too: drop them all.
-            pollux_core::reactor::for_each_reactor(crate::group::clear, done);
+                // Views on other reactors hold descriptors too: drop them all.
+                pollux_core::reactor::for_each_reactor(crate::group::clear, done);
+            })
         });
     }
 
@@ -231,10 +279,10 @@ impl AppSubsystem for NvmfSubsystem {
         out.call("nvmf_set_max_subsystems", json!({"max_subsystems": t.max_subsystems.get()}));
         let [crdt1, crdt2, crdt3] = crate::target::crdt();
         out.call("nvmf_set_crdt", json!({"crdt1": crdt1, "crdt2": crdt2, "crdt3": crdt3}));
-        if let Some(tr) = t.transport.borrow().as_ref() {
+        for tr in t.transports.borrow().iter() {
             let o = tr.opts();
             let mut params = json!({
-                    "trtype": "TCP",
+                    "trtype": tr.kind().name(),
                     "max_queue_depth": o.max_queue_depth,
                     "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
                     "in_capsule_data_size": o.in_capsule_data_size,
@@ -252,6 +300,11 @@ impl AppSubsystem for NvmfSubsystem {
             });
             if o.masked_oncs != 0 {
                 params["masked_oncs"] = o.masked_oncs.into();
+            }
+            if tr.kind() == TransportKind::Rdma {
+                params["max_srq_depth"] = o.max_srq_depth.into();
+                params["no_srq"] = o.no_srq.into();
+                params["acceptor_backlog"] = o.acceptor_backlog.into();
             }
             let d = serde_json::to_value(crate::transport::TransportOpts::default()).expect("options serialise");
             pollux_core::app::omit_own_defaults(&mut params, &d, &["connect_timeout_sec", "max_connections_per_listener"]);

@@ -78,17 +78,14 @@ pub struct CreateTransport {
     /// RDMA only: accepted and ignored for TCP, as SPDK does.
     #[serde(rename = "num_cqe")]
     pub _num_cqe: Option<i32>,
-    #[serde(rename = "max_srq_depth")]
-    pub _max_srq_depth: Option<u32>,
+    pub max_srq_depth: Option<u32>,
     #[serde(default)]
-    #[serde(rename = "no_srq")]
-    pub _no_srq: bool,
+    pub no_srq: bool,
     pub c2h_success: Option<bool>,
     #[serde(default)]
     pub dif_insert_or_strip: bool,
     pub sock_priority: Option<u32>,
-    #[serde(rename = "acceptor_backlog")]
-    pub _acceptor_backlog: Option<i32>,
+    pub acceptor_backlog: Option<i32>,
     pub abort_timeout_sec: Option<u32>,
     #[serde(default)]
     #[serde(rename = "no_wr_batching")]
@@ -176,6 +173,9 @@ impl CreateTransport {
             masked_oncs: 0,
             connect_timeout_sec: self.connect_timeout_sec.unwrap_or(d.connect_timeout_sec),
             max_connections_per_listener: self.max_connections_per_listener.unwrap_or(d.max_connections_per_listener),
+            max_srq_depth: self.max_srq_depth.unwrap_or(d.max_srq_depth),
+            no_srq: self.no_srq,
+            acceptor_backlog: self.acceptor_backlog.unwrap_or(d.acceptor_backlog),
         };
         if let Some(m) = &self.masked_oncs {
             // nvmcmps, nvmdsmsv, nvmwzsv, reservs, nvmcpys: ONCS bits 0, 2, 3, 5, 8.

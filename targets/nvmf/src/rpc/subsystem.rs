@@ -116,8 +116,8 @@ pub fn teardown(t: &Target, s: &Rc<Subsystem>) {
     for c in ctrlrs {
         c.destroy("subsystem deleted");
     }
-    if let Ok(tr) = t.transport() {
-        for ep in s.listeners.borrow_mut().drain(..) {
+    for ep in s.listeners.borrow_mut().drain(..) {
+        if let Ok(tr) = t.transport(ep.kind) {
             tr.stop_listen(&ep);
         }
     }
@@ -217,7 +217,7 @@ fn add_listener(p: AddListener) -> Result<bool, NvmfError> {
     if s.listeners.borrow().contains(&ep) {
         return Err(NvmfError::Exists(format!("listener {ep} of {}", p.nqn)));
     }
-    t.transport()?.listen(&ep)?;
+    t.transport(ep.kind)?.listen(&ep)?;
     s.listeners.borrow_mut().push(ep);
     t.discovery_changed();
     Ok(true)
@@ -236,7 +236,7 @@ fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
     if !had {
         return Err(NvmfError::NotFound(format!("listener {ep} of {}", p.nqn)));
     }
-    t.transport()?.stop_listen(&ep);
+    t.transport(ep.kind)?.stop_listen(&ep);
     // Hosts that came in through this address lose their controllers.
     let gone: Vec<_> = s.controllers.borrow().values().filter(|c| c.endpoint == ep).cloned().collect();
     for c in gone {

@@ -4,6 +4,7 @@
 //! completions. TCP is the one implemented; RDMA would be a second
 //! implementation of [`Transport`] beside it (see docs/nvmf.md).
 
+pub mod rdma;
 pub mod tcp;
 
 use std::fmt;
@@ -39,6 +40,13 @@ pub struct TransportOpts {
     /// Connections one listener serves at once (Pollux's own); one more is
     /// closed as it is accepted.
     pub max_connections_per_listener: u32,
+    /// RDMA: SPDK's shared receive queue depth (kept and reported; each
+    /// queue pair has its own receive queue).
+    pub max_srq_depth: u32,
+    /// RDMA: SPDK's switch for shared receive queues (always in effect).
+    pub no_srq: bool,
+    /// RDMA: the listen backlog of the connection manager.
+    pub acceptor_backlog: i32,
 }
 
 impl Default for TransportOpts {
@@ -59,6 +67,9 @@ impl Default for TransportOpts {
             masked_oncs: 0,
             connect_timeout_sec: 30,
             max_connections_per_listener: 4096,
+            max_srq_depth: 4096,
+            no_srq: false,
+            acceptor_backlog: 100,
         }
     }
 }
@@ -98,17 +109,19 @@ impl TransportOpts {
     }
 }
 
-/// The kinds of transport SPDK knows; only TCP is implemented.
+/// The kinds of transport SPDK knows; TCP and RDMA are implemented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportKind {
     Tcp,
+    Rdma,
 }
 
 impl TransportKind {
     pub fn parse(s: &str) -> Result<TransportKind, NvmfError> {
         match s.to_ascii_uppercase().as_str() {
             "TCP" => Ok(TransportKind::Tcp),
-            "RDMA" | "FC" | "VFIOUSER" | "PCIE" => Err(NvmfError::Unsupported(format!("transport {s} is not supported (only TCP)"))),
+            "RDMA" => Ok(TransportKind::Rdma),
+            "FC" | "VFIOUSER" | "PCIE" => Err(NvmfError::Unsupported(format!("transport {s} is not supported (TCP and RDMA are)"))),
             _ => Err(NvmfError::InvalidParam(format!("unknown transport type {s}"))),
         }
     }
@@ -116,6 +129,7 @@ impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Tcp => "TCP",
+            TransportKind::Rdma => "RDMA",
         }
     }
 }
@@ -140,8 +154,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Check a listen address: a TCP transport, an IP address of the stated
-    /// family and a port.
+    /// Check a listen address: a TCP or RDMA transport, an IP address of
+    /// the stated family and a port.
     pub fn parse(a: &ListenAddress) -> Result<Endpoint, NvmfError> {
         let kind = TransportKind::parse(&a.trtype)?;
         let ip: IpAddr = a.traddr.parse().map_err(|_| NvmfError::InvalidParam(format!("traddr {} is not an IP address", a.traddr)))?;
@@ -153,10 +167,11 @@ impl Endpoint {
                 return Err(NvmfError::InvalidParam(format!("traddr {} is not an {f} address", a.traddr)));
             }
             Some(f) => {
-                return Err(NvmfError::InvalidParam(format!("adrfam {f} is not supported by TCP (ipv4 or ipv6)")));
+                return Err(NvmfError::InvalidParam(format!("adrfam {f} is not supported by {} (ipv4 or ipv6)", kind.name())));
             }
         }
-        let svc = a.trsvcid.as_deref().ok_or_else(|| NvmfError::InvalidParam("trsvcid (the port) is required for TCP".into()))?;
+        let svc =
+            a.trsvcid.as_deref().ok_or_else(|| NvmfError::InvalidParam(format!("trsvcid (the port) is required for {}", kind.name())))?;
         let port: u16 = svc.parse().map_err(|_| NvmfError::InvalidParam(format!("trsvcid {svc} is not a port number")))?;
         Ok(Endpoint { kind, addr: SocketAddr::new(ip, port) })
     }

@@ -31,6 +31,7 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_capsule", nvmf::nvmf_capsule());
     add("nvmf_host_pdu", nvmf_host::nvmf_host_pdu());
     add("nvmf_host_logs", nvmf_host::nvmf_host_logs());
+    add("nvmf_rdma_capsule", nvmf::nvmf_rdma_capsule());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());

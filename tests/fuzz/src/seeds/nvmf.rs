@@ -154,3 +154,39 @@ pub(super) fn nvmf_capsule() -> Vec<(String, Vec<u8>)> {
     seeds.push(("reset-shutdown".into(), d));
     seeds
 }
+
+/// `nvmf_rdma_capsule`: capsules as the kernel's nvme-rdma host sends them
+/// (written byte by byte, not with the target's code).
+pub(super) fn nvmf_rdma_capsule() -> Vec<(String, Vec<u8>)> {
+    // 64 bytes of command: opcode, cid, nsid, SGL (address, then 3 length
+    // bytes and a 4-byte key, or a 4-byte length; the identifier last).
+    let cmd = |opcode: u8, sgl_id: u8, addr: u64, len: u32, key: Option<u32>, icd: usize| {
+        let mut c = vec![0u8; 64 + icd];
+        c[0] = opcode;
+        c[2..4].copy_from_slice(&9u16.to_le_bytes());
+        c[4..8].copy_from_slice(&1u32.to_le_bytes());
+        c[24..32].copy_from_slice(&addr.to_le_bytes());
+        match key {
+            Some(k) => {
+                c[32..35].copy_from_slice(&len.to_le_bytes()[..3]);
+                c[35..39].copy_from_slice(&k.to_le_bytes());
+            }
+            None => c[32..36].copy_from_slice(&len.to_le_bytes()),
+        }
+        c[39] = sgl_id;
+        for (i, b) in c[64..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        c
+    };
+    let mut connect = cmd(0x7f, 0x40, 0x7f00_1000, 1024, Some(0x1234), 0);
+    connect[4] = 0x01;
+    connect[44..46].copy_from_slice(&31u16.to_le_bytes());
+    vec![
+        ("keyed-write".to_string(), cmd(0x01, 0x40, 0x7f00_0000, 8192, Some(0xabcd), 0)),
+        ("keyed-read-invalidate".to_string(), cmd(0x02, 0x4f, 0x7f00_0000, 4096, Some(0xabce), 0)),
+        ("in-capsule-write".to_string(), cmd(0x01, 0x01, 0, 256, None, 256)),
+        ("flush".to_string(), cmd(0x00, 0x00, 0, 0, None, 0)),
+        ("connect".to_string(), connect),
+    ]
+}

@@ -1,0 +1,926 @@
+//! One NVMe/RDMA queue pair: its CM id and QP, a completion queue (with a
+//! completion channel for interrupt mode), receive buffers for command
+//! capsules, a 16-byte response buffer and a data buffer per command
+//! slot, all registered once when the connection is accepted.
+//!
+//! A capsule is taken into a free slot as soon as it is received and its
+//! receive buffer is posted again. Write data in a keyed SGL is fetched
+//! with an RDMA READ (at most as many at once as the host's responder
+//! resources allow; the rest wait in order), in-capsule data is copied
+//! from the capsule. The command then runs (Fabrics, admin or I/O, as on
+//! TCP). Read data goes back with an RDMA WRITE, then the completion in a
+//! SEND; the slot is free again when that SEND has completed (the
+//! device reads both buffers until then).
+//!
+//! A work completion in error (other than a flush after the connection
+//! ended) or a malformed capsule ends this queue pair only: the QP is
+//! disconnected and every buffer it registered is released with it.
+
+// Posting work requests is unsafe (the device uses the memory until the
+// request completes): each post says why its memory stays valid.
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+
+use pollux_core::bdev::BdevIo;
+use pollux_core::dma::DmaBuf;
+use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
+use pollux_core::sys::Interest;
+use pollux_nvme_spec::cmd::{Command, Completion};
+use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, ibv_wc};
+use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::{Group, capsule, cm_data, reject_data};
+use crate::ctrlr::connect::{self, Connected};
+use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
+use crate::group::SubsystemView;
+use crate::io::{self as nvm, Completer, DataDir, IoSink};
+use crate::status;
+use crate::transport::{Endpoint, TransportOpts};
+use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
+
+const CAPSULE_CMD: usize = capsule::COMMAND_LEN;
+const RESPONSE: usize = 16;
+/// Work request kinds, in bits 32..40 of a wr_id.
+const WR_RECV: u64 = 1;
+const WR_READ: u64 = 2;
+const WR_WRITE: u64 = 3;
+const WR_SEND: u64 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Waiting for a turn to issue its RDMA READ.
+    AwaitRead,
+    /// RDMA READ of its data in flight.
+    Reading,
+    /// With the controller or a bdev.
+    Executing,
+    /// Data and completion posted; free once the SEND completes.
+    Responding,
+}
+
+struct Slot {
+    generation: u16,
+    state: SlotState,
+    cmd: Command,
+    dir: DataDir,
+    len: u32,
+    /// The host's buffer (keyed SGL).
+    remote: (u64, u32),
+    /// The registration of the slot's buffer (dropped before the buffer).
+    mr: MemoryRegion,
+    /// The slot's buffer (with a bdev while it runs the command).
+    bufs: Vec<DmaBuf>,
+}
+
+enum Queue {
+    Unbound,
+    Admin(Rc<Controller>),
+    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16 },
+}
+
+struct State {
+    cm: Option<CmId>,
+    cq: Rc<CompletionQueue>,
+    _cch: Rc<CompletionChannel>,
+    capsule: usize,
+    recv_buf: Box<[u8]>,
+    recv_mr: MemoryRegion,
+    resp_buf: Box<[u8]>,
+    resp_mr: MemoryRegion,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    queue: Queue,
+    qid: u16,
+    sq_head: u16,
+    sq_entries: u16,
+    /// RDMA READs in flight, and the most allowed (the host's responder
+    /// resources); slots waiting for a turn, in order.
+    reads: u16,
+    max_reads: u16,
+    await_read: VecDeque<u16>,
+    established: bool,
+    /// Commands with a bdev.
+    executing: u32,
+    /// Its device's counters in the transport's stats.
+    dev: usize,
+}
+
+pub(crate) struct RdmaQpair {
+    id: u64,
+    peer: Option<SocketAddr>,
+    ep: Endpoint,
+    opts: TransportOpts,
+    me: Weak<RdmaQpair>,
+    group: Weak<Group>,
+    st: RefCell<State>,
+    closed: Cell<bool>,
+    /// Closed with commands on a bdev: what to report once they are done.
+    draining: RefCell<Option<(u32, u16, u16)>>,
+    /// Completions and a close asked for by the controller, run from the
+    /// poller (the controller may ask while this queue pair is busy).
+    deferred: RefCell<Vec<(u16, Response)>>,
+    close_reason: RefCell<Option<String>>,
+    poller: RefCell<Option<Poller>>,
+}
+
+fn wr_id(kind: u64, idx: u16, generation: u16) -> u64 {
+    (kind << 32) | (u64::from(generation) << 16) | u64::from(idx)
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// A connection request: check the host's private data, set the queue
+/// pair up and accept it, or reject it with the NVMe/RDMA status.
+pub(super) fn accept(shared: &Rc<Group>, id: u64, ep: Endpoint, req: ConnectRequest) {
+    let d = req.private_data.clone();
+    let peer = req.id.peer_addr();
+    let refuse = |req: ConnectRequest, sts: u16, why: String| {
+        tracing::warn!("nvmf rdma: connection from {peer:?} on {ep} refused: {why}");
+        let _ = req.id.reject(&reject_data(sts));
+    };
+    if d.len() < cm_data::REQUEST_LEN {
+        return refuse(req, cm_data::INVALID_PRIVATE_DATA_LENGTH, format!("{} bytes of private data", d.len()));
+    }
+    let (recfmt, qid, hrqsize, hsqsize) = (le16(&d, 0), le16(&d, 2), le16(&d, 4), le16(&d, 6));
+    if recfmt != cm_data::RECFMT {
+        return refuse(req, cm_data::INVALID_RECFMT, format!("record format {recfmt}"));
+    }
+    let o = &shared.opts;
+    let max = if qid == 0 { o.max_aq_depth.min(u32::from(u16::MAX)) as u16 } else { o.max_queue_depth };
+    if hrqsize == 0 {
+        return refuse(req, cm_data::INVALID_HRQSIZE, "HRQSIZE 0".into());
+    }
+    if hsqsize == 0 || hsqsize >= max {
+        return refuse(req, cm_data::INVALID_HSQSIZE, format!("HSQSIZE {hsqsize} (at most {})", max - 1));
+    }
+    // Commands outstanding at most: the SQ's entries, and no more
+    // completions than the host can receive.
+    let depth = (hsqsize + 1).min(hrqsize).min(max);
+    match RdmaQpair::new(shared, id, ep, peer, qid, depth, req.responder_resources, req.id) {
+        Ok((q, cm)) => {
+            let mut rep = [0u8; 32];
+            rep[..2].copy_from_slice(&cm_data::RECFMT.to_le_bytes());
+            rep[2..4].copy_from_slice(&depth.to_le_bytes());
+            let max_reads = q.st.borrow().max_reads;
+            let p = ConnParam {
+                private_data: &rep,
+                // RDMA READs the host may have outstanding against us (it
+                // asks for none: the target reads and writes, the host
+                // does not), and ours against it.
+                responder_resources: req.initiator_depth.min(16),
+                initiator_depth: max_reads as u8,
+                retry_count: 7,
+                rnr_retry_count: 7,
+            };
+            if let Err(e) = cm.accept(&p) {
+                tracing::warn!("nvmf rdma: accepting {peer:?} on {ep}: {e}");
+                return;
+            }
+            q.st.borrow_mut().cm = Some(cm);
+            shared.qpairs.borrow_mut().insert(id, q);
+            tracing::debug!("nvmf rdma: queue {qid} from {peer:?} on {ep}: depth {depth}, {max_reads} RDMA READs at once");
+        }
+        Err((cm, e)) => {
+            tracing::warn!("nvmf rdma: connection from {peer:?} on {ep} refused: {e}");
+            let _ = cm.reject(&reject_data(cm_data::NO_RESOURCES));
+        }
+    }
+}
+
+impl RdmaQpair {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        shared: &Rc<Group>,
+        id: u64,
+        ep: Endpoint,
+        peer: Option<SocketAddr>,
+        qid: u16,
+        depth: u16,
+        host_responder_resources: u8,
+        mut cm: CmId,
+    ) -> Result<(Rc<RdmaQpair>, CmId), (CmId, String)> {
+        let o = shared.opts.clone();
+        let setup = |cm: &mut CmId| -> Result<State, String> {
+            let dev = cm.device().ok_or("the CM id has no device")?;
+            let limits = dev.limits().map_err(|e| e.to_string())?;
+            let pd = shared.pd(dev).map_err(|e| e.to_string())?;
+            let cch = CompletionChannel::new(dev).map_err(|e| e.to_string())?;
+            let n = u32::from(depth);
+            let cq = CompletionQueue::new(dev, n * 4, Some(cch.clone())).map_err(|e| e.to_string())?;
+            let caps = QpCaps { max_send_wr: n * 3, max_recv_wr: n, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
+            cm.create_qp(&pd, &cq, &cq, caps).map_err(|e| e.to_string())?;
+            let capsule = CAPSULE_CMD + o.in_capsule_data_size as usize;
+            let mut recv_buf = vec![0u8; capsule * depth as usize].into_boxed_slice();
+            // SAFETY: the buffer is a Box kept in the same State as the
+            // region (its heap memory never moves) and outlives it (the
+            // region is declared, so dropped, before... see State: both
+            // drop together, the QP first via `cm`).
+            let recv_mr = unsafe { pd.register(recv_buf.as_mut_ptr(), recv_buf.len()) }.map_err(|e| e.to_string())?;
+            let mut resp_buf = vec![0u8; RESPONSE * depth as usize].into_boxed_slice();
+            // SAFETY: as above.
+            let resp_mr = unsafe { pd.register(resp_buf.as_mut_ptr(), resp_buf.len()) }.map_err(|e| e.to_string())?;
+            let data_len = o.max_io_size.max(size_of::<ConnectData>() as u32) as usize;
+            let bufs = DmaBuf::alloc_many(data_len, depth as usize).map_err(|e| e.to_string())?;
+            let mut slots = Vec::with_capacity(depth as usize);
+            for mut b in bufs {
+                // SAFETY: a DMA buffer owned by this slot for the life of the
+                // region (in `bufs`, or lent to a bdev and given back before
+                // the slot is reused); never moved (its memory is a region's).
+                let mr = unsafe { pd.register(b.as_mut_ptr(), b.capacity()) }.map_err(|e| e.to_string())?;
+                slots.push(Slot {
+                    generation: 0,
+                    state: SlotState::Free,
+                    cmd: Command::default(),
+                    dir: DataDir::None,
+                    len: 0,
+                    remote: (0, 0),
+                    mr,
+                    bufs: vec![b],
+                });
+            }
+            let max_reads = u32::from(host_responder_resources).min(limits.max_qp_init_rd_atom).clamp(1, 16) as u16;
+            Ok(State {
+                cm: None,
+                cq,
+                _cch: cch,
+                capsule,
+                recv_buf,
+                recv_mr,
+                resp_buf,
+                resp_mr,
+                slots,
+                free: (0..depth).rev().collect(),
+                queue: Queue::Unbound,
+                qid,
+                sq_head: 0,
+                sq_entries: depth,
+                reads: 0,
+                max_reads,
+                await_read: VecDeque::new(),
+                established: false,
+                executing: 0,
+                dev: shared.stats.borrow_mut().device(&dev.name()),
+            })
+        };
+        let st = match setup(&mut cm) {
+            Ok(st) => st,
+            Err(e) => return Err((cm, e)),
+        };
+        let q = Rc::new_cyclic(|me| RdmaQpair {
+            id,
+            peer,
+            ep,
+            opts: o,
+            me: me.clone(),
+            group: Rc::downgrade(shared),
+            st: RefCell::new(st),
+            closed: Cell::new(false),
+            draining: RefCell::new(None),
+            deferred: RefCell::new(Vec::new()),
+            close_reason: RefCell::new(None),
+            poller: RefCell::new(None),
+        });
+        // Receives for every capsule the host may send.
+        for i in 0..depth {
+            if let Err(e) = q.post_recv(&cm, i) {
+                return Err((cm, e.to_string()));
+            }
+        }
+        let dev = q.st.borrow().dev;
+        Self::count_dev(&q.group, dev, |d| d.total_recv_wrs += u64::from(depth));
+        let weak = Rc::downgrade(&q);
+        let poller = reactor::register_poller("nvmf_rdma_qpair", move || match weak.upgrade() {
+            Some(q) => q.poll(),
+            None => PollStatus::Idle,
+        });
+        let fd = q.st.borrow()._cch.fd();
+        if reactor::interrupt_mode() {
+            if let Err(e) = poller.add_wake_fd(fd, Interest::READABLE) {
+                return Err((cm, e.to_string()));
+            }
+            let _ = q.st.borrow().cq.arm();
+        }
+        *q.poller.borrow_mut() = Some(poller);
+        Ok((q, cm))
+    }
+
+    fn post_recv(&self, cm: &CmId, i: u16) -> Result<(), pollux_rdma::Error> {
+        let st = self.st.borrow();
+        let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
+        let sge = st.recv_mr.sge(at, st.capsule as u32);
+        // SAFETY: the receive buffer lives in this queue pair's State until
+        // after the QP is destroyed (State drops `cm` first).
+        unsafe { cm.post_recv(wr_id(WR_RECV, i, 0), &[sge]) }
+    }
+
+    /// Commands with a bdev, RDMA READs waiting, the device's index.
+    pub(super) fn gauges(&self) -> (u32, usize, usize) {
+        match self.st.try_borrow() {
+            Ok(st) => (st.executing, st.await_read.len(), st.dev),
+            Err(_) => (0, 0, 0),
+        }
+    }
+
+    fn count(shared: &Weak<Group>, f: impl FnOnce(&mut super::RdmaStats)) {
+        if let Some(s) = shared.upgrade() {
+            f(&mut s.stats.borrow_mut());
+        }
+    }
+
+    fn count_dev(shared: &Weak<Group>, dev: usize, f: impl FnOnce(&mut super::DeviceStats)) {
+        if let Some(s) = shared.upgrade() {
+            if let Some(d) = s.stats.borrow_mut().devices.get_mut(dev) {
+                f(d);
+            }
+        }
+    }
+
+    pub(super) fn established(&self) {
+        self.st.borrow_mut().established = true;
+    }
+
+    /// Take completions; in interrupt mode arm the CQ once it is empty,
+    /// then look once more (a completion between the last poll and the
+    /// arm raised no event).
+    fn poll(&self) -> PollStatus {
+        if self.closed.get() {
+            return PollStatus::Idle;
+        }
+        if let Some(why) = self.close_reason.borrow_mut().take() {
+            self.close(&why);
+            return PollStatus::Busy;
+        }
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        for (cid, resp) in deferred {
+            self.complete_now(cid, resp);
+        }
+        let irq = reactor::interrupt_mode();
+        let mut wc = [ibv_wc::default(); 32];
+        let mut busy = PollStatus::Idle;
+        let mut armed = false;
+        let dev = self.st.borrow().dev;
+        let mut taken = 0u64;
+        let busy = loop {
+            let got = {
+                let st = self.st.borrow();
+                if irq && !armed {
+                    let _ = st.cq.take_events();
+                }
+                st.cq.poll(&mut wc)
+            };
+            let n = match got {
+                Ok(n) => n,
+                Err(e) => break self.fail(&format!("polling its CQ: {e}")),
+            };
+            if n == 0 {
+                if irq && !armed {
+                    armed = true;
+                    if let Err(e) = self.st.borrow().cq.arm() {
+                        break self.fail(&format!("arming its CQ: {e}"));
+                    }
+                    continue;
+                }
+                break busy;
+            }
+            busy = PollStatus::Busy;
+            taken += n as u64;
+            for w in &wc[..n] {
+                self.on_completion(w);
+                if self.closed.get() {
+                    break;
+                }
+            }
+            if self.closed.get() {
+                break busy;
+            }
+        };
+        Self::count_dev(&self.group, dev, |d| {
+            d.polls += 1;
+            d.idle_polls += u64::from(busy == PollStatus::Idle);
+            d.completions += taken;
+        });
+        busy
+    }
+
+    fn fail(&self, why: &str) -> PollStatus {
+        tracing::warn!("nvmf rdma: queue pair from {:?} on {}: {why}", self.peer, self.ep);
+        self.close(why);
+        PollStatus::Busy
+    }
+
+    fn on_completion(&self, w: &ibv_wc) {
+        let kind = w.wr_id >> 32;
+        let idx = (w.wr_id & 0xffff) as u16;
+        let generation = ((w.wr_id >> 16) & 0xffff) as u16;
+        if w.status != IBV_WC_SUCCESS {
+            if w.status != IBV_WC_WR_FLUSH_ERR {
+                let why = pollux_rdma::lib().map_or("?", |l| l.wc_status_str(w.status));
+                self.fail(&format!("work completion error: {why} (vendor error {:#x})", w.vendor_err));
+            }
+            return;
+        }
+        match kind {
+            WR_RECV if w.opcode == IBV_WC_RECV => {
+                let r = self.on_capsule(&mut self.st.borrow_mut(), idx, w.byte_len as usize);
+                if let Err(why) = r {
+                    self.fail(&why);
+                }
+            }
+            WR_READ if w.opcode == IBV_WC_RDMA_READ => {
+                let mut st = self.st.borrow_mut();
+                st.reads = st.reads.saturating_sub(1);
+                let ok = st.slots.get(idx as usize).is_some_and(|s| s.generation == generation && s.state == SlotState::Reading);
+                if ok {
+                    st.slots[idx as usize].state = SlotState::Executing;
+                    self.execute(&mut st, idx);
+                }
+                self.issue_reads(&mut st);
+            }
+            WR_SEND => {
+                let mut st = self.st.borrow_mut();
+                let ok = st.slots.get(idx as usize).is_some_and(|s| s.generation == generation && s.state == SlotState::Responding);
+                if ok {
+                    Self::release(&mut st, idx);
+                }
+            }
+            WR_WRITE => {}
+            _ => {
+                self.fail(&format!("a completion it did not ask for (wr_id {:#x}, opcode {})", w.wr_id, w.opcode));
+            }
+        }
+    }
+
+    /// A capsule arrived in receive buffer `i`: take it into a slot, post
+    /// the buffer again, then fetch its data or run it.
+    fn on_capsule(&self, st: &mut State, i: u16, len: usize) -> Result<(), String> {
+        if len > st.capsule {
+            return Err(format!("a {len}-byte capsule"));
+        }
+        let at = i as usize * st.capsule;
+        let Some(idx) = st.free.pop() else {
+            return Err("more commands than its queue holds".into());
+        };
+        Self::count_dev(&self.group, st.dev, |d| {
+            d.requests += 1;
+            d.total_recv_wrs += 1;
+        });
+        let max_len = st.slots[idx as usize].mr.len();
+        let (cmd, plan) = capsule::read(&st.recv_buf[at..at + len], max_len).ok_or_else(|| format!("a {len}-byte capsule"))?;
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Executing;
+        slot.cmd = cmd;
+        slot.dir = DataDir::None;
+        slot.len = 0;
+        if slot.bufs.is_empty() {
+            return Err("a command slot lost its buffer".into());
+        }
+        let mut keyed = false;
+        let outcome = plan.map(|p| {
+            slot.dir = p.dir;
+            slot.len = p.len();
+            match p.data {
+                capsule::Data::None => {}
+                capsule::Data::Keyed { addr, key, .. } => {
+                    keyed = true;
+                    slot.remote = (addr, key);
+                }
+                capsule::Data::InCapsule { off, len } => {
+                    // Copied into the slot's buffer now: the receive
+                    // buffer goes back to the host at once.
+                    let from = at + capsule::COMMAND_LEN + off;
+                    let b = &mut slot.bufs[0];
+                    b.set_len(len as usize);
+                    b[..len as usize].copy_from_slice(&st.recv_buf[from..from + len as usize]);
+                }
+            }
+        });
+        if let Some(cm) = st.cm.take() {
+            let posted = {
+                let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
+                let sge = st.recv_mr.sge(at, st.capsule as u32);
+                // SAFETY: as in post_recv.
+                unsafe { cm.post_recv(wr_id(WR_RECV, i, 0), &[sge]) }
+            };
+            st.cm = Some(cm);
+            if let Err(e) = posted {
+                return Err(format!("posting a receive: {e}"));
+            }
+        }
+        if let Err(s) = outcome {
+            self.respond(st, idx, Response::err(s));
+            return Ok(());
+        }
+        let slot = &mut st.slots[idx as usize];
+        if slot.len > 0 {
+            slot.bufs[0].set_len(slot.len as usize);
+        }
+        if slot.dir == DataDir::HostToController && keyed {
+            slot.state = SlotState::AwaitRead;
+            st.await_read.push_back(idx);
+            self.issue_reads(st);
+        } else {
+            self.execute(st, idx);
+        }
+        Ok(())
+    }
+
+    /// Issue waiting RDMA READs while the host's responder resources allow.
+    fn issue_reads(&self, st: &mut State) {
+        while st.reads < st.max_reads {
+            let Some(idx) = st.await_read.pop_front() else { break };
+            let slot = &mut st.slots[idx as usize];
+            if slot.state != SlotState::AwaitRead {
+                continue;
+            }
+            slot.state = SlotState::Reading;
+            let sge = slot.mr.sge(slot.mr.addr(), slot.len);
+            let (remote_addr, rkey) = slot.remote;
+            let id = wr_id(WR_READ, idx, slot.generation);
+            let Some(cm) = st.cm.as_ref() else { return };
+            // SAFETY: the slot's buffer stays registered and unused until
+            // the READ completes (the slot is Reading).
+            if let Err(e) = unsafe { cm.post_send(id, SendOp::Read { remote_addr, rkey }, &[sge], true) } {
+                tracing::warn!("nvmf rdma: posting an RDMA READ: {e}");
+                st.slots[idx as usize].state = SlotState::Executing;
+                self.respond(st, idx, Response::err(status::TRANSIENT_TRANSPORT_ERROR));
+                continue;
+            }
+            st.reads += 1;
+            Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1);
+        }
+    }
+
+    // ---- Execute (as on TCP) ----
+
+    fn execute(&self, st: &mut State, idx: u16) {
+        let cmd = st.slots[idx as usize].cmd;
+        if cmd.opcode == fabrics::OPCODE {
+            return self.fabrics(st, idx, &cmd);
+        }
+        match &st.queue {
+            Queue::Unbound => self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR)),
+            Queue::Admin(c) => {
+                let c = c.clone();
+                if !c.enabled() {
+                    return self.respond(st, idx, Response::err(status::COMMAND_SEQUENCE_ERROR));
+                }
+                let Ok(target) = crate::target::target() else {
+                    return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+                };
+                let slot = &mut st.slots[idx as usize];
+                let len = slot.len as usize;
+                let to_host = slot.dir == DataDir::ControllerToHost;
+                let data: &mut [u8] = &mut slot.bufs[0][..len];
+                if to_host {
+                    // Buffers hold old data: never send it.
+                    data.fill(0);
+                }
+                match admin::execute(&target, &c, &cmd, data) {
+                    admin::Outcome::Done(r, _) => self.respond(st, idx, r),
+                    admin::Outcome::Pending => Self::release(st, idx),
+                }
+            }
+            Queue::Io { view, .. } => {
+                let view = view.clone();
+                let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
+                let sink: Weak<dyn IoSink> = self.me.clone();
+                let slot = &mut st.slots[idx as usize];
+                let len = u64::from(slot.len);
+                let mut bufs = if slot.len > 0 { std::mem::take(&mut slot.bufs) } else { Vec::new() };
+                st.executing += 1;
+                match nvm::execute(&view, &cmd, &mut bufs, len, Completer { sink, tag }) {
+                    Some(r) => {
+                        st.executing -= 1;
+                        let slot = &mut st.slots[idx as usize];
+                        if slot.bufs.is_empty() {
+                            slot.bufs = bufs;
+                        }
+                        self.respond(st, idx, r);
+                    }
+                    None => debug_assert!(bufs.is_empty()),
+                }
+            }
+        }
+    }
+
+    fn fabrics(&self, st: &mut State, idx: u16, cmd: &Command) {
+        let raw: [u8; 64] = zerocopy::transmute!(*cmd);
+        let r = match (raw[4], &st.queue) {
+            (fabrics::fctype::CONNECT, Queue::Unbound) => return self.connect(st, idx, &raw),
+            (fabrics::fctype::CONNECT, _) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (_, Queue::Unbound) => Response::err(status::COMMAND_SEQUENCE_ERROR),
+            (fabrics::fctype::PROPERTY_GET, Queue::Admin(c)) => c.property_get(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::PROPERTY_SET, Queue::Admin(c)) => c.property_set(&PropertyCommand::read_from_bytes(&raw).expect("64 bytes")),
+            (fabrics::fctype::DISCONNECT, Queue::Io { .. }) => Response::ok(),
+            (fabrics::fctype::PROPERTY_GET | fabrics::fctype::PROPERTY_SET | fabrics::fctype::DISCONNECT, _) => {
+                Response::err(status::INVALID_FIELD)
+            }
+            _ => Response::err(status::INVALID_OPCODE),
+        };
+        self.respond(st, idx, r)
+    }
+
+    fn connect(&self, st: &mut State, idx: u16, raw: &[u8; 64]) {
+        let cc = ConnectCommand::read_from_bytes(raw).expect("64 bytes");
+        let slot = &st.slots[idx as usize];
+        if slot.dir != DataDir::HostToController || slot.len as usize != size_of::<ConnectData>() {
+            tracing::warn!("nvmf rdma: connect from {:?} on {} refused: {} bytes of connect data", self.peer, self.ep, slot.len);
+            return self.respond(st, idx, Response::err(status::DATA_SGL_LENGTH_INVALID));
+        }
+        let data = ConnectData::read_from_bytes(&slot.bufs[0][..size_of::<ConnectData>()]).expect("1024 bytes");
+        if cc.qid.get() != st.qid {
+            tracing::warn!(
+                "nvmf rdma: connect from {:?} on {} refused: queue {} on the connection of queue {}",
+                self.peer,
+                self.ep,
+                cc.qid.get(),
+                st.qid
+            );
+            return self.respond(st, idx, Response::err(status::INVALID_FIELD));
+        }
+        let peer = self.peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if reactor::current() != ReactorId(0) {
+            return self.connect_io_from_here(st, idx, cc, data, peer);
+        }
+        let Ok(target) = crate::target::target() else {
+            return self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+        };
+        let (connected, resp) = match connect::connect(&target, &cc, &data, self.ep, peer, &self.opts) {
+            Ok(x) => x,
+            Err(r) => {
+                tracing::warn!("{}", r.why);
+                return self.respond(st, idx, r.resp);
+            }
+        };
+        st.sq_entries = cc.sqsize.get().saturating_add(1);
+        match connected {
+            Connected::Admin(c) => {
+                let me: Weak<dyn AdminQueue> = self.me.clone();
+                c.set_admin_queue(me);
+                st.queue = Queue::Admin(c);
+                Self::count(&self.group, |s| {
+                    s.admin_qpairs += 1;
+                    s.current_admin_qpairs += 1;
+                });
+            }
+            Connected::Io { ctrlr, qid } => {
+                ctrlr.add_io_qpair(qid, IoQpairRef { reactor: reactor::current(), id: self.id, close: super::close_qpair });
+                let sid = ctrlr.subsystem.id;
+                st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
+                Self::count(&self.group, |s| {
+                    s.io_qpairs += 1;
+                    s.current_io_qpairs += 1;
+                });
+            }
+        }
+        self.respond(st, idx, resp)
+    }
+
+    /// The Connect of an I/O queue pair living on another reactor than
+    /// the main one, where controllers live: run it there, register this
+    /// queue pair with its controller, and take the outcome back here.
+    fn connect_io_from_here(&self, st: &mut State, idx: u16, cc: ConnectCommand, data: ConnectData, peer: SocketAddr) {
+        st.sq_entries = cc.sqsize.get().saturating_add(1);
+        let (id, here, ep, opts) = (self.id, reactor::current(), self.ep, self.opts.clone());
+        let generation = st.slots[idx as usize].generation;
+        reactor::send_msg(ReactorId(0), move || {
+            let out = match crate::target::target() {
+                Err(_) => Err(Response::err(status::INTERNAL_ERROR)),
+                Ok(target) => match connect::connect(&target, &cc, &data, ep, peer, &opts) {
+                    Ok((Connected::Io { ctrlr, qid }, resp)) => {
+                        ctrlr.add_io_qpair(qid, IoQpairRef { reactor: here, id, close: super::close_qpair });
+                        Ok((resp, ctrlr.subsystem.id, ctrlr.cntlid))
+                    }
+                    Ok((Connected::Admin(c), _)) => {
+                        c.destroy("an admin queue's Connect came on an I/O queue's connection");
+                        Err(Response::err(status::INVALID_FIELD))
+                    }
+                    Err(r) => {
+                        tracing::warn!("{}", r.why);
+                        Err(r.resp)
+                    }
+                },
+            };
+            reactor::send_msg(here, move || {
+                if let Some(q) = super::current().and_then(|g| g.qpairs.borrow().get(&id).cloned()) {
+                    q.io_connected(idx, generation, out);
+                } else if let Ok((_, sid, cntlid)) = out {
+                    // Gone meanwhile: tell its controller.
+                    let qid = cc.qid.get();
+                    reactor::send_msg(ReactorId(0), move || report_closed_on_main(sid, cntlid, qid, id));
+                }
+            });
+        });
+    }
+
+    /// The outcome of [`RdmaQpair::connect_io_from_here`].
+    fn io_connected(&self, idx: u16, generation: u16, out: Result<(Response, u32, u16), Response>) {
+        let mut st = self.st.borrow_mut();
+        let ok = st.slots.get(idx as usize).is_some_and(|s| s.generation == generation && s.state == SlotState::Executing);
+        if self.closed.get() || !ok {
+            if let Ok((_, sid, cntlid)) = out {
+                let qid = st.qid;
+                drop(st);
+                self.report_closed(sid, cntlid, qid);
+            }
+            return;
+        }
+        match out {
+            Ok((resp, sid, cntlid)) => {
+                st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid };
+                Self::count(&self.group, |s| {
+                    s.io_qpairs += 1;
+                    s.current_io_qpairs += 1;
+                });
+                self.respond(&mut st, idx, resp);
+            }
+            Err(resp) => self.respond(&mut st, idx, resp),
+        }
+    }
+
+    // ---- Complete ----
+
+    fn release(st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Free;
+        slot.generation = slot.generation.wrapping_add(1);
+        st.free.push(idx);
+    }
+
+    /// Send a command's data (controller to host, RDMA WRITE) and its
+    /// completion (SEND); the slot is freed when the SEND completes.
+    fn respond(&self, st: &mut State, idx: u16, r: Response) {
+        st.sq_head = (st.sq_head + 1) % st.sq_entries.max(1);
+        let slot = &mut st.slots[idx as usize];
+        let mut cqe = Completion::default();
+        cqe.result.set(r.dw0);
+        cqe.dw1.set(r.dw1);
+        cqe.sq_head.set(st.sq_head);
+        cqe.sq_id.set(st.qid);
+        cqe.cid.set(slot.cmd.cid.get());
+        cqe.set_status(r.status);
+        let at = idx as usize * RESPONSE;
+        st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
+        slot.state = SlotState::Responding;
+        let generation = slot.generation;
+        let Some(cm) = st.cm.as_ref() else {
+            return Self::release(st, idx);
+        };
+        if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
+            let sge = slot.mr.sge(slot.mr.addr(), slot.len);
+            let (remote_addr, rkey) = slot.remote;
+            // SAFETY: the slot's buffer stays registered and unused until
+            // the SEND after this WRITE completes (the slot is Responding).
+            if let Err(e) = unsafe { cm.post_send(wr_id(WR_WRITE, idx, generation), SendOp::Write { remote_addr, rkey }, &[sge], false) } {
+                tracing::warn!("nvmf rdma: posting an RDMA WRITE: {e}");
+                cqe.set_status(status::TRANSIENT_TRANSPORT_ERROR);
+                st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
+            }
+        }
+        let writes = u64::from(slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0);
+        let io = matches!(st.queue, Queue::Io { .. });
+        Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1 + writes);
+        Self::count(&self.group, |s| s.completed_nvme_io += u64::from(io));
+        let sge = st.resp_mr.sge(st.resp_mr.addr() + at as u64, RESPONSE as u32);
+        let Some(cm) = st.cm.as_ref() else { return };
+        // SAFETY: the response buffer slot stays unused until the SEND
+        // completes (the slot is Responding).
+        if let Err(e) = unsafe { cm.post_send(wr_id(WR_SEND, idx, generation), SendOp::Send, &[sge], true) } {
+            tracing::warn!("nvmf rdma: posting a response: {e}");
+            Self::release(st, idx);
+        }
+    }
+
+    /// End the queue pair: disconnect, tell the controller, free what it
+    /// holds once no bdev has its buffers.
+    pub(crate) fn close(&self, reason: &str) {
+        if self.closed.replace(true) {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if let Some(cm) = st.cm.as_ref() {
+            let _ = cm.disconnect();
+        }
+        drop(self.poller.borrow_mut().take());
+        let queue = std::mem::replace(&mut st.queue, Queue::Unbound);
+        let (qid, executing) = (st.qid, st.executing);
+        drop(st);
+        match &queue {
+            Queue::Admin(_) => Self::count(&self.group, |s| s.current_admin_qpairs = s.current_admin_qpairs.saturating_sub(1)),
+            Queue::Io { .. } => Self::count(&self.group, |s| s.current_io_qpairs = s.current_io_qpairs.saturating_sub(1)),
+            Queue::Unbound => {}
+        }
+        match queue {
+            Queue::Unbound => tracing::debug!("nvmf rdma: connection from {:?} closed: {reason}", self.peer),
+            Queue::Admin(c) => c.destroy(&format!("admin queue closed: {reason}")),
+            Queue::Io { subsystem_id, cntlid, .. } => {
+                tracing::debug!("nvmf rdma: I/O queue {qid} of controller {cntlid} from {:?} closed: {reason}", self.peer);
+                if executing == 0 {
+                    self.report_closed(subsystem_id, cntlid, qid);
+                } else {
+                    *self.draining.borrow_mut() = Some((subsystem_id, cntlid, qid));
+                }
+            }
+        }
+        if executing == 0 {
+            if let Some(s) = self.group.upgrade() {
+                s.forget(self.id);
+            }
+        }
+    }
+
+    fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {
+        let id = self.id;
+        reactor::send_msg(ReactorId(0), move || report_closed_on_main(subsystem_id, cntlid, qid, id));
+    }
+}
+
+impl RdmaQpair {
+    /// A completion without a command in hand (an asynchronous event).
+    fn complete_now(&self, cid: u16, resp: Response) {
+        if self.closed.get() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        let Some(idx) = st.free.pop() else {
+            tracing::warn!("nvmf rdma: no slot for an asynchronous completion (cid {cid})");
+            return;
+        };
+        let slot = &mut st.slots[idx as usize];
+        slot.state = SlotState::Executing;
+        slot.cmd = Command::default();
+        slot.cmd.cid.set(cid);
+        slot.dir = DataDir::None;
+        slot.len = 0;
+        self.respond(&mut st, idx, resp);
+    }
+
+    fn kick(&self) {
+        if let Some(p) = self.poller.borrow().as_ref() {
+            p.kick();
+        }
+    }
+}
+
+/// On the main reactor: forget a closed I/O queue pair.
+fn report_closed_on_main(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
+    let Ok(t) = crate::target::target() else { return };
+    if let Some(s) = t.find_id(subsystem_id) {
+        if let Some(c) = s.controllers.borrow().get(&cntlid) {
+            c.io_qpair_closed(qid, id);
+        }
+    }
+}
+
+impl AdminQueue for RdmaQpair {
+    fn complete(&self, cid: u16, resp: Response) {
+        self.deferred.borrow_mut().push((cid, resp));
+        self.kick();
+    }
+
+    fn close(&self, reason: &str) {
+        *self.close_reason.borrow_mut() = Some(reason.to_string());
+        self.kick();
+    }
+}
+
+impl IoSink for RdmaQpair {
+    fn io_done(&self, tag: u32, resp: Response, io: Option<BdevIo>) {
+        let idx = (tag & 0xffff) as u16;
+        let generation = (tag >> 16) as u16;
+        let mut st = self.st.borrow_mut();
+        st.executing = st.executing.saturating_sub(1);
+        let Some(slot) = st.slots.get_mut(idx as usize) else { return };
+        if slot.generation != generation || slot.state != SlotState::Executing {
+            return;
+        }
+        if let Some(mut io) = io {
+            io.take_buffers_into(&mut slot.bufs);
+        }
+        if self.closed.get() {
+            Self::release(&mut st, idx);
+            let (executing, draining) = (st.executing, self.draining.borrow_mut().take());
+            drop(st);
+            if executing == 0 {
+                if let Some((sid, cntlid, qid)) = draining {
+                    self.report_closed(sid, cntlid, qid);
+                }
+                if let Some(s) = self.group.upgrade() {
+                    s.forget(self.id);
+                }
+            } else {
+                *self.draining.borrow_mut() = draining;
+            }
+            return;
+        }
+        self.respond(&mut st, idx, resp);
+    }
+}
