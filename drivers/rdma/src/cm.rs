@@ -602,6 +602,95 @@ impl CmId {
     }
 }
 
+/// One send-queue work request of a chain ([`CmId::post_send_chain`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SendWr<'a> {
+    pub wr_id: u64,
+    pub op: SendOp,
+    pub sge: &'a [ibv_sge],
+    pub signaled: bool,
+}
+
+/// Receives and sends posted in one call at most (longer lists go in
+/// several).
+const CHAIN: usize = 32;
+
+impl CmId {
+    /// Post up to a few send-queue requests as one chain (one call into the
+    /// provider: on a software device one doorbell, one system call).
+    ///
+    /// # Safety
+    ///
+    /// As [`CmId::post_send`], for each request.
+    pub unsafe fn post_send_chain(&self, wrs: &[SendWr<'_>]) -> Result<(), Error> {
+        let qp = self.qp().map_err(Error::PostSend)?;
+        for part in wrs.chunks(CHAIN) {
+            let mut raw = [sys::ibv_send_wr::default(); CHAIN];
+            for (i, w) in part.iter().enumerate() {
+                let r = &mut raw[i];
+                r.wr_id = w.wr_id;
+                r.sg_list = w.sge.as_ptr().cast_mut();
+                r.num_sge = w.sge.len() as i32;
+                r.send_flags = if w.signaled { sys::IBV_SEND_SIGNALED } else { 0 };
+                match w.op {
+                    SendOp::Send => r.opcode = sys::IBV_WR_SEND,
+                    SendOp::Read { remote_addr, rkey } => {
+                        r.opcode = sys::IBV_WR_RDMA_READ;
+                        r.wr.rdma = sys::ibv_rdma_wr { remote_addr, rkey };
+                    }
+                    SendOp::Write { remote_addr, rkey } => {
+                        r.opcode = sys::IBV_WR_RDMA_WRITE;
+                        r.wr.rdma = sys::ibv_rdma_wr { remote_addr, rkey };
+                    }
+                }
+            }
+            let base = raw.as_mut_ptr();
+            for i in 1..part.len() {
+                // SAFETY: i - 1 and i are within the array.
+                unsafe { (*base.add(i - 1)).next = base.add(i) };
+            }
+            let mut bad = ptr::null_mut();
+            // SAFETY: the QP is live; the chain and its SGEs are read during
+            // the call; the caller vouches for the memory and keys.
+            let rc = unsafe { sys::post_send(qp, base, &mut bad) };
+            if rc != 0 {
+                return Err(Error::PostSend(io::Error::from_raw_os_error(rc)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Post receives (`wr_id`, one SGE each) as chains of up to 32.
+    ///
+    /// # Safety
+    ///
+    /// As [`CmId::post_recv`], for each receive.
+    pub unsafe fn post_recv_chain(&self, list: &[(u64, ibv_sge)]) -> Result<(), Error> {
+        let qp = self.qp().map_err(Error::PostRecv)?;
+        for part in list.chunks(CHAIN) {
+            let mut raw = [sys::ibv_recv_wr::default(); CHAIN];
+            for (i, (wr_id, sge)) in part.iter().enumerate() {
+                raw[i].wr_id = *wr_id;
+                raw[i].sg_list = (sge as *const ibv_sge).cast_mut();
+                raw[i].num_sge = 1;
+            }
+            let base = raw.as_mut_ptr();
+            for i in 1..part.len() {
+                // SAFETY: i - 1 and i are within the array.
+                unsafe { (*base.add(i - 1)).next = base.add(i) };
+            }
+            let mut bad = ptr::null_mut();
+            // SAFETY: the QP is live; the chain and its SGEs are read during
+            // the call; the caller vouches for the memory.
+            let rc = unsafe { sys::post_recv(qp, base, &mut bad) };
+            if rc != 0 {
+                return Err(Error::PostRecv(io::Error::from_raw_os_error(rc)));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for CmId {
     fn drop(&mut self) {
         if let Ok(lib) = lib() {

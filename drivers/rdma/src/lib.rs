@@ -18,7 +18,7 @@ pub mod cm;
 pub mod sys;
 pub mod verbs;
 
-pub use cm::{CmEvent, CmEventKind, CmId, ConnParam, ConnectRequest, EventChannel, QpCaps, SendOp};
+pub use cm::{CmEvent, CmEventKind, CmId, ConnParam, ConnectRequest, EventChannel, MovingCmId, QpCaps, SendOp, SendWr};
 pub use verbs::{CompletionChannel, CompletionQueue, Device, DeviceLimits, MemoryRegion, ProtectionDomain};
 
 /// The libraries, opened once per process on first use and kept (as

@@ -274,10 +274,15 @@ fn a_host_that_stops_reading_does_not_spin_its_reactor() {
     // 200 reads of 128 KiB (25 MiB of answers) never read by the host.
     let (_a, cntlid) = Client::admin(port, nqn, 0, false, false);
     let mut q = Client::io(port, nqn, cntlid, 1, false, false);
+    // In one write, so that the target has them all before its output
+    // passes the backlog limit and it stops reading (sent one by one, a
+    // loaded machine could leave the last in the socket: "stalled at 199").
+    let mut all = Vec::new();
     for i in 0..200u32 {
         let cid = q.cid();
-        q.send_capsule(&Sqe::new(0x02, cid).nsid(1).dw(10, i * 256 % 65280).dw(12, 255).sgl_transport(128 * 1024), &[]);
+        all.extend(q.capsule_bytes(&Sqe::new(0x02, cid).nsid(1).dw(10, i * 256 % 65280).dw(12, 255).sgl_transport(128 * 1024), &[]));
     }
+    q.send_raw(&all);
     // Until all are answered: 25 MiB wait in the connection's output,
     // far above its 8 MiB backlog limit. Then more commands arrive, which
     // the target must leave unread until the host reads.

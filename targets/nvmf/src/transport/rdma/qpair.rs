@@ -31,7 +31,7 @@ use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use pollux_core::sys::Interest;
 use pollux_nvme_spec::cmd::{Command, Completion};
 use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, ibv_wc};
-use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp};
+use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::{Group, capsule, cm_data, reject_data};
@@ -107,6 +107,9 @@ struct State {
     established: bool,
     /// Commands with a bdev.
     executing: u32,
+    /// Receive buffers whose capsules were taken, to post again.
+    repost: Vec<u16>,
+    repost_wrs: Vec<(u64, pollux_rdma::sys::ibv_sge)>,
     /// Its device's counters in the transport's stats.
     dev: usize,
 }
@@ -267,6 +270,8 @@ impl RdmaQpair {
                 await_read: VecDeque::new(),
                 established: false,
                 executing: 0,
+                repost: Vec::with_capacity(depth as usize),
+                repost_wrs: Vec::with_capacity(depth as usize),
                 dev: shared.stats.borrow_mut().device(&dev.name()),
             })
         };
@@ -310,6 +315,25 @@ impl RdmaQpair {
         }
         *q.poller.borrow_mut() = Some(poller);
         Ok((q, cm))
+    }
+
+    /// Post again, in one chain, the receive buffers taken in this pass.
+    fn repost(&self) -> Result<(), pollux_rdma::Error> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        if st.repost.is_empty() {
+            return Ok(());
+        }
+        let Some(cm) = st.cm.as_ref() else { return Ok(()) };
+        st.repost_wrs.clear();
+        for &i in &st.repost {
+            let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
+            st.repost_wrs.push((wr_id(WR_RECV, i, 0), st.recv_mr.sge(at, st.capsule as u32)));
+        }
+        st.repost.clear();
+        // SAFETY: as in post_recv: the buffers live in this State until
+        // after the QP is destroyed, and their capsules were taken.
+        unsafe { cm.post_recv_chain(&st.repost_wrs) }
     }
 
     fn post_recv(&self, cm: &CmId, i: u16) -> Result<(), pollux_rdma::Error> {
@@ -368,14 +392,12 @@ impl RdmaQpair {
         let mut armed = false;
         let dev = self.st.borrow().dev;
         let mut taken = 0u64;
+        if irq {
+            // Quiet the channel's fd (an event per arming): once per pass.
+            let _ = self.st.borrow().cq.take_events();
+        }
         let busy = loop {
-            let got = {
-                let st = self.st.borrow();
-                if irq && !armed {
-                    let _ = st.cq.take_events();
-                }
-                st.cq.poll(&mut wc)
-            };
+            let got = self.st.borrow().cq.poll(&mut wc);
             let n = match got {
                 Ok(n) => n,
                 Err(e) => break self.fail(&format!("polling its CQ: {e}")),
@@ -397,6 +419,9 @@ impl RdmaQpair {
                 if self.closed.get() {
                     break;
                 }
+            }
+            if let Err(e) = self.repost() {
+                break self.fail(&format!("posting receives: {e}"));
             }
             if self.closed.get() {
                 break busy;
@@ -502,18 +527,9 @@ impl RdmaQpair {
                 }
             }
         });
-        if let Some(cm) = st.cm.take() {
-            let posted = {
-                let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
-                let sge = st.recv_mr.sge(at, st.capsule as u32);
-                // SAFETY: as in post_recv.
-                unsafe { cm.post_recv(wr_id(WR_RECV, i, 0), &[sge]) }
-            };
-            st.cm = Some(cm);
-            if let Err(e) = posted {
-                return Err(format!("posting a receive: {e}"));
-            }
-        }
+        // The receive buffer goes back to the host with the others taken
+        // in this pass, in one chain (`repost`).
+        st.repost.push(i);
         if let Err(s) = outcome {
             self.respond(st, idx, Response::err(s));
             return Ok(());
@@ -774,26 +790,24 @@ impl RdmaQpair {
         let Some(cm) = st.cm.as_ref() else {
             return Self::release(st, idx);
         };
-        if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
-            let sge = slot.mr.sge(slot.mr.addr(), slot.len);
-            let (remote_addr, rkey) = slot.remote;
-            // SAFETY: the slot's buffer stays registered and unused until
-            // the SEND after this WRITE completes (the slot is Responding).
-            if let Err(e) = unsafe { cm.post_send(wr_id(WR_WRITE, idx, generation), SendOp::Write { remote_addr, rkey }, &[sge], false) } {
-                tracing::warn!("nvmf rdma: posting an RDMA WRITE: {e}");
-                cqe.set_status(status::TRANSIENT_TRANSPORT_ERROR);
-                st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
-            }
-        }
-        let writes = u64::from(slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0);
+        let data = slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0;
         let io = matches!(st.queue, Queue::Io { .. });
-        Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1 + writes);
+        Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1 + u64::from(data));
         Self::count(&self.group, |s| s.completed_nvme_io += u64::from(io));
-        let sge = st.resp_mr.sge(st.resp_mr.addr() + at as u64, RESPONSE as u32);
-        let Some(cm) = st.cm.as_ref() else { return };
-        // SAFETY: the response buffer slot stays unused until the SEND
-        // completes (the slot is Responding).
-        if let Err(e) = unsafe { cm.post_send(wr_id(WR_SEND, idx, generation), SendOp::Send, &[sge], true) } {
+        let data_sge = slot.mr.sge(slot.mr.addr(), slot.len);
+        let (remote_addr, rkey) = slot.remote;
+        let resp_sge = st.resp_mr.sge(st.resp_mr.addr() + at as u64, RESPONSE as u32);
+        let write =
+            SendWr { wr_id: wr_id(WR_WRITE, idx, generation), op: SendOp::Write { remote_addr, rkey }, sge: &[data_sge], signaled: false };
+        let send = SendWr { wr_id: wr_id(WR_SEND, idx, generation), op: SendOp::Send, sge: &[resp_sge], signaled: true };
+        let both = [write, send];
+        // The data (RDMA WRITE, unsignaled) and the completion (SEND) in one
+        // chain: the SEND completes after the WRITE (same send queue).
+        let chain: &[SendWr<'_>] = if data { &both } else { &both[1..] };
+        // SAFETY: the slot's data buffer and its response buffer stay
+        // registered and unused until the SEND completes (the slot is
+        // Responding until then).
+        if let Err(e) = unsafe { cm.post_send_chain(chain) } {
             tracing::warn!("nvmf rdma: posting a response: {e}");
             Self::release(st, idx);
         }
