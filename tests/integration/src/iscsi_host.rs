@@ -12,7 +12,7 @@ use crate::{Daemon, DaemonOpts};
 
 /// A free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port()
+    crate::free_port()
 }
 
 /// The target name of [`config`].

@@ -269,6 +269,27 @@ pub fn verify_run(dir: &TempDir, cfg: &Value, bdev: &str, qd: u32, size: u32, se
 }
 
 /// Run a shell script (`sh -e`); panic with its output if it fails.
+/// A TCP port for a listener of a test, free now on 127.0.0.1, from below
+/// Linux's ephemeral range (32768-60999): a port the kernel handed out
+/// for bind(0) can be given next to another test's outgoing connection
+/// before the daemon binds it ("Address already in use"), one from
+/// 20000-32767 cannot. Ports are handed out in turn from a base the
+/// process id picks, each checked free.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let base = std::process::id().wrapping_mul(2654435761) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 on 127.0.0.1");
+}
+
 pub fn sh(script: &str) {
     let out = Command::new("sh").args(["-ec", script]).output().expect("run sh");
     assert!(out.status.success(), "{script}\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

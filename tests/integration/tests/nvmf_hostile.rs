@@ -4,8 +4,6 @@
 //! hosts send at Connect (a fresh host identifier per connection, no host
 //! NQN), refusals logged with their reason, and ANAGRPID without ANA.
 
-use std::net::TcpListener;
-
 use pollux_tests::nvmf_client::*;
 use pollux_tests::{Daemon, DaemonOpts, TempDir};
 use serde_json::{Value, json};
@@ -19,7 +17,7 @@ const FILE_MIB: u64 = 16;
 const CONNECT_TIMEOUT_SEC: u32 = 5;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    pollux_tests::free_port()
 }
 
 /// Two reactors; subsystem NQN (for HOST_NQN only) with a uring bdev on a

@@ -4,7 +4,6 @@
 //! alive, stalled R2Ts and namespace change events. Independent of any
 //! kernel.
 
-use std::net::TcpListener;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ const NQN: &str = "nqn.2016-06.io.pollux:proto";
 const BS: usize = 512;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    pollux_tests::free_port()
 }
 
 /// A daemon on two reactors exporting two malloc namespaces (NSID 1, and

@@ -14,7 +14,7 @@ const NQN2: &str = "nqn.2016-06.io.spdk:cnode2";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
 
 fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+    pollux_tests::free_port().to_string()
 }
 
 fn json_out(what: &str, out: &std::process::Output) -> Value {

@@ -7,7 +7,7 @@
 //! buffer sizes on accepted connections, CRDT in Identify Controller, the
 //! discovery filter. What it cannot honour is refused by name.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    pollux_tests::free_port()
 }
 
 fn spdk_config(port: u16) -> Value {
