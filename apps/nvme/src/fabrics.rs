@@ -20,7 +20,7 @@ use pollux_nvme_spec::cmd::{Command, admin};
 use pollux_nvmf_host::HostError;
 use pollux_nvmf_host::ctrlr::{self, ConnectOptions, Controller};
 use pollux_nvmf_host::discovery::{self, Log};
-use pollux_nvmf_host::qpair::{AdminDone, Qpair};
+use pollux_nvmf_host::qpair::{AdminDone, Fabric, Qpair};
 
 /// The port of an NVMe/TCP subsystem when none is given (IANA's NVMe/TCP port).
 pub const SUBSYSTEM_PORT: u16 = 4420;
@@ -33,6 +33,7 @@ const NAME: &str = "pollux-nvme";
 /// A remote subsystem's controller, and who the host says it is.
 #[derive(Clone, Debug)]
 pub struct Remote {
+    pub fabric: Fabric,
     pub addr: SocketAddr,
     pub subnqn: String,
     /// The host NQN to connect as; `None`: a random one.
@@ -42,6 +43,7 @@ pub struct Remote {
 impl Remote {
     fn options(&self) -> ConnectOptions {
         let mut o = ConnectOptions::new(self.addr, &self.subnqn);
+        o.fabric = self.fabric;
         if let Some(h) = &self.hostnqn {
             o.hostnqn = h.clone();
         }
@@ -161,7 +163,7 @@ pub fn admin(r: &Remote, build: impl FnOnce(&Controller) -> (Command, usize) + '
 }
 
 /// Read the whole discovery log of the discovery controller at `addr`.
-pub fn discover(addr: SocketAddr, hostnqn: Option<String>) -> Result<Log> {
-    let opts = Remote { addr, subnqn: pollux_nvme_spec::fabrics::DISCOVERY_NQN.to_string(), hostnqn }.options();
+pub fn discover(fabric: Fabric, addr: SocketAddr, hostnqn: Option<String>) -> Result<Log> {
+    let opts = Remote { fabric, addr, subnqn: pollux_nvme_spec::fabrics::DISCOVERY_NQN.to_string(), hostnqn }.options();
     on_reactor(move |done: Done<Log>| discovery::discover(NAME, opts, move |r| done(r.map_err(Into::into))))
 }

@@ -43,6 +43,7 @@ use pollux_nvme_spec::log::{ErrorLogEntry, SmartLog, lid};
 use zerocopy::FromBytes;
 
 use crate::fabrics::Remote;
+use pollux_nvmf_host::qpair::Fabric;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +63,16 @@ struct Args {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Transport {
     Tcp,
+    Rdma,
+}
+
+impl Transport {
+    fn fabric(self) -> Fabric {
+        match self {
+            Transport::Tcp => Fabric::Tcp,
+            Transport::Rdma => Fabric::Rdma,
+        }
+    }
 }
 
 /// The controller a command is for: a local one by PCI address, or a
@@ -91,14 +102,14 @@ struct ControllerArgs {
 /// A controller as resolved from [`ControllerArgs`].
 enum Device {
     Pci(PciAddress),
-    Tcp(Remote),
+    Remote(Remote),
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Pci(bdf) => bdf.fmt(f),
-            Device::Tcp(r) => r.fmt(f),
+            Device::Remote(r) => r.fmt(f),
         }
     }
 }
@@ -113,11 +124,11 @@ impl ControllerArgs {
                 bail!("--traddr, --trsvcid, --nqn and --hostnqn are for a remote controller (-t tcp), not for {bdf}")
             }
             (Some(bdf), None) => Ok(Device::Pci(bdf)),
-            (None, Some(Transport::Tcp)) => {
-                let ip = self.traddr.context("-t tcp needs the controller's address: -a ADDR")?;
-                let subnqn = self.nqn.context("-t tcp needs the subsystem's NQN: --nqn NQN")?;
+            (None, Some(t)) => {
+                let ip = self.traddr.context("-t tcp (or rdma) needs the controller's address: -a ADDR")?;
+                let subnqn = self.nqn.context("-t tcp (or rdma) needs the subsystem's NQN: --nqn NQN")?;
                 let addr = SocketAddr::new(ip, self.trsvcid.unwrap_or(fabrics::SUBSYSTEM_PORT));
-                Ok(Device::Tcp(Remote { addr, subnqn, hostnqn: self.hostnqn }))
+                Ok(Device::Remote(Remote { fabric: t.fabric(), addr, subnqn, hostnqn: self.hostnqn }))
             }
             (None, None) => bail!("no controller given: a PCI address (0000:00:04.0), or -t tcp -a ADDR --nqn NQN for a remote one"),
         }
@@ -248,13 +259,13 @@ fn run(args: Args) -> Result<()> {
             }
             show::list(&rows, json);
         }
-        Cmd::Discover { transport: Transport::Tcp, traddr, trsvcid, hostnqn } => {
-            let log = fabrics::discover(SocketAddr::new(traddr, trsvcid), hostnqn)?;
+        Cmd::Discover { transport, traddr, trsvcid, hostnqn } => {
+            let log = fabrics::discover(transport.fabric(), SocketAddr::new(traddr, trsvcid), hostnqn)?;
             show::discovery_log(&log, json);
         }
         Cmd::Identify { ctrl, nsid: None } => match ctrl.resolve()? {
             Device::Pci(bdf) => show::id_ctrl(open(bdf)?.identify_data(), json),
-            Device::Tcp(r) => show::id_ctrl(&fabrics::open(&r)?.id, json),
+            Device::Remote(r) => show::id_ctrl(&fabrics::open(&r)?.id, json),
         },
         Cmd::Identify { ctrl, nsid: Some(nsid) } => {
             let dev = ctrl.resolve()?;
@@ -266,7 +277,7 @@ fn run(args: Args) -> Result<()> {
                     let active = !unallocated(&ns) || c.active_namespace_ids()?.contains(&nsid);
                     (ns, active)
                 }
-                Device::Tcp(r) => {
+                Device::Remote(r) => {
                     let (c, a) = fabrics::admin(r, move |_| (admin::identify(cns::NAMESPACE, nsid), size_of::<IdentifyNamespace>()))
                         .with_context(what)?;
                     let ns =
@@ -286,7 +297,7 @@ fn run(args: Args) -> Result<()> {
             let len = size_of::<SmartLog>();
             let raw = match &dev {
                 Device::Pci(bdf) => open(*bdf)?.get_log_page(lid::SMART_HEALTH, u32::MAX, len).context(what)?,
-                Device::Tcp(r) => {
+                Device::Remote(r) => {
                     fabrics::admin(r, move |_| (admin::get_log_page(lid::SMART_HEALTH, u32::MAX, len), len)).context(what)?.1.data
                 }
             };
@@ -302,7 +313,7 @@ fn run(args: Args) -> Result<()> {
                     let c = open(*bdf)?;
                     c.get_log_page(lid::ERROR_INFORMATION, u32::MAX, len(c.identify_data().elpe)).context(what)?
                 }
-                Device::Tcp(r) => {
+                Device::Remote(r) => {
                     let (_, a) = fabrics::admin(r, move |c| {
                         let len = len(c.id.elpe);
                         (admin::get_log_page(lid::ERROR_INFORMATION, u32::MAX, len), len)
@@ -322,7 +333,7 @@ fn run(args: Args) -> Result<()> {
             let what = || format!("get feature {fid:#04x}");
             let v = match ctrl.resolve()? {
                 Device::Pci(bdf) => open(bdf)?.get_features(fid, sel, nsid, cdw11).with_context(what)?,
-                Device::Tcp(r) => {
+                Device::Remote(r) => {
                     fabrics::admin(&r, move |_| (admin::get_features(fid, sel, nsid, cdw11), 0)).with_context(what)?.1.cqe.result.get()
                 }
             };

@@ -197,11 +197,11 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
         let refused = Command::new(spdk_rpc())
             .arg("-s")
             .arg(&sock)
-            .args(["bdev_nvme_attach_controller", "-b", "Nvme9", "-t", "rdma", "-a", "127.0.0.1", "-s", "4420"])
+            .args(["bdev_nvme_attach_controller", "-b", "Nvme9", "-t", "fc", "-a", "127.0.0.1", "-s", "4420"])
             .output()
             .unwrap();
         let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
-        assert!(!refused.status.success() && said.contains("trtype rdma is not supported"), "NVMe-oF RDMA attach refused clearly: {said}");
+        assert!(!refused.status.success() && said.contains("trtype fc is not supported"), "NVMe-oF FC attach refused clearly: {said}");
         let saved = run("save_config", Command::new(bin("pollux-rpc")).arg("-s").arg(&sock).arg("save_config"));
         let saved = String::from_utf8_lossy(&saved.stdout);
         assert_eq!(saved.matches("bdev_nvme_attach_controller").count(), 2, "one attach call per controller:\n{saved}");

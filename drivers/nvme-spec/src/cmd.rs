@@ -162,6 +162,19 @@ impl SglDescriptor {
         SglSubtype::from_code(self.id & 0xf).ok_or(self.id & 0xf)
     }
 
+    /// A keyed data block descriptor (RDMA, subtype 0h: address): `len`
+    /// bytes (24 bits) of the host's memory at `address` under `key`.
+    pub fn keyed(address: u64, len: u32, key: u32) -> Self {
+        let l = len.to_le_bytes();
+        let k = key.to_le_bytes();
+        Self {
+            address: U64::new(address),
+            length: U32::from_bytes([l[0], l[1], l[2], k[0]]),
+            reserved: [k[1], k[2], k[3]],
+            id: (SglType::KeyedDataBlock as u8) << 4,
+        }
+    }
+
     /// The 24-bit length of a keyed data block descriptor.
     pub fn keyed_length(&self) -> u32 {
         let b = self.length.to_bytes();
@@ -520,6 +533,9 @@ mod tests {
         assert_eq!(d.keyed_length(), 0x1000);
         assert_eq!(d.key(), 0xddcc_bbaa);
         assert_eq!(d.kind(), Ok(SglType::KeyedDataBlock));
+        let k = SglDescriptor::keyed(0x1234_5678_9abc, 0x1000, 0xddcc_bbaa);
+        assert_eq!((k.address.get(), k.keyed_length(), k.key()), (0x1234_5678_9abc, 0x1000, 0xddcc_bbaa));
+        assert_eq!((k.kind(), k.subtype()), (Ok(SglType::KeyedDataBlock), Ok(SglSubtype::Address)));
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   CSTS, AQA), the same layout as Fabrics properties.
 //! - [`fabrics`]: the Fabrics command set (Connect and its data, Property
 //!   Get/Set); [`discovery`]: the discovery log page.
-//! - [`tcp`]: the NVMe/TCP PDUs.
+//! - [`tcp`]: the NVMe/TCP PDUs; [`rdma`]: the NVMe/RDMA connection
+//!   private data.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod fabrics;
 pub mod identify;
 pub mod log;
+pub mod rdma;
 pub mod registers;
 pub mod status;
 pub mod tcp;

@@ -99,7 +99,7 @@ impl Backend for NamespaceBackend {
 
 fn trid(o: &ConnectOptions) -> Value {
     json!({
-        "trtype": "TCP",
+        "trtype": o.fabric.name(),
         "adrfam": if o.addr.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": o.addr.ip().to_string(),
         "trsvcid": o.addr.port().to_string(),
@@ -234,7 +234,10 @@ pub fn attach(
                     ))));
                 }
             }
-            if g.links.iter().any(|l| l.ctrl.opts.addr == opts.addr && l.ctrl.opts.hostaddr == opts.hostaddr) {
+            if g.links
+                .iter()
+                .any(|l| l.ctrl.opts.fabric == opts.fabric && l.ctrl.opts.addr == opts.addr && l.ctrl.opts.hostaddr == opts.hostaddr)
+            {
                 return done(Err(HostError::Exists(format!("A controller named {name} already exists with the specified network path"))));
             }
         }
@@ -423,20 +426,22 @@ pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
 /// field given (SPDK's rule for `bdev_nvme_detach_controller`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PathMatch {
+    pub fabric: Option<crate::qpair::Fabric>,
     pub traddr: Option<std::net::IpAddr>,
     pub trsvcid: Option<u16>,
     pub hostaddr: Option<std::net::IpAddr>,
 }
 
 impl PathMatch {
-    /// The path at exactly `addr`.
-    pub fn at(addr: SocketAddr) -> PathMatch {
-        PathMatch { traddr: Some(addr.ip()), trsvcid: Some(addr.port()), hostaddr: None }
+    /// The path at exactly `addr` over `fabric`.
+    pub fn at(fabric: crate::qpair::Fabric, addr: SocketAddr) -> PathMatch {
+        PathMatch { fabric: Some(fabric), traddr: Some(addr.ip()), trsvcid: Some(addr.port()), hostaddr: None }
     }
 
     fn matches(&self, l: &Link) -> bool {
         let o = &l.ctrl.opts;
-        self.traddr.is_none_or(|a| a == o.addr.ip())
+        self.fabric.is_none_or(|f| f == o.fabric)
+            && self.traddr.is_none_or(|a| a == o.addr.ip())
             && self.trsvcid.is_none_or(|p| p == o.addr.port())
             && self.hostaddr.is_none_or(|h| o.hostaddr == Some(h))
     }

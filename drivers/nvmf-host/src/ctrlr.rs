@@ -28,11 +28,17 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::HostError;
-use crate::qpair::{AdminDone, Qpair, QpairConfig};
+use crate::qpair::{AdminDone, Fabric, Qpair, QpairConfig};
+
+/// The largest command transfer over RDMA (each command slot of a queue
+/// pair registers a buffer this large).
+pub const RDMA_MAX_TRANSFER: u32 = 128 * 1024;
 
 /// Where a controller is and who the host is.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
+    /// TCP or RDMA.
+    pub fabric: Fabric,
     pub addr: SocketAddr,
     pub hostaddr: Option<IpAddr>,
     pub subnqn: String,
@@ -76,6 +82,7 @@ impl ConnectOptions {
     pub fn new(addr: SocketAddr, subnqn: &str) -> ConnectOptions {
         let id = uuid::Uuid::new_v4();
         ConnectOptions {
+            fabric: Fabric::Tcp,
             addr,
             hostaddr: None,
             subnqn: subnqn.to_string(),
@@ -266,6 +273,7 @@ impl Controller {
     fn io_config(&self) -> QpairConfig {
         let depth = self.opts.io_queue_size.min(((self.cap & 0xffff) as u16).saturating_add(1)).max(2) - 1;
         QpairConfig {
+            fabric: self.opts.fabric,
             addr: self.opts.addr,
             hostaddr: self.opts.hostaddr,
             hdgst: self.opts.hdgst,
@@ -740,7 +748,10 @@ fn finish(b: &B, r: Result<(), HostError>) {
             Ok(()) => {
                 let id = s.id.take().expect("identified");
                 let mdts = id.max_transfer_bytes(4096usize << ((s.cap >> 48) & 0xf)).unwrap_or(usize::MAX);
-                let max_transfer = (mdts.min(s.opts.max_transfer as usize) as u32).max(4096);
+                // Over RDMA each command slot has a registered buffer of
+                // the largest transfer: bounded, larger requests split.
+                let host_max = if s.opts.fabric == Fabric::Rdma { s.opts.max_transfer.min(RDMA_MAX_TRANSFER) } else { s.opts.max_transfer };
+                let max_transfer = (mdts.min(host_max as usize) as u32).max(4096);
                 // IOCCSZ counts 16-byte units of the whole capsule: the
                 // 64-byte command, then the data.
                 let in_capsule = (id.ioccsz.get().saturating_mul(16)).saturating_sub(64).min(max_transfer);
@@ -796,6 +807,7 @@ fn bring_up(
     done: impl FnOnce(Result<Up, HostError>) + 'static,
 ) {
     let cfg = QpairConfig {
+        fabric: opts.fabric,
         addr: opts.addr,
         hostaddr: opts.hostaddr,
         hdgst: opts.hdgst,

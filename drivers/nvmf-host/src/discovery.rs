@@ -22,7 +22,7 @@ use zerocopy::FromBytes;
 
 use crate::HostError;
 use crate::ctrlr::{self, ConnectOptions, Controller};
-use crate::qpair::Qpair;
+use crate::qpair::{Fabric, Qpair};
 
 /// Most entries read from one discovery log (1 MiB of log): a controller
 /// cannot make the host allocate without bound.
@@ -70,7 +70,17 @@ impl Entry {
 
     /// The TCP address of the entry, if it is a TCP one with a valid one.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        if self.trtype != trtype::TCP || !matches!(self.adrfam, adrfam::IPV4 | adrfam::IPV6) {
+        self.addr_on(Fabric::Tcp)
+    }
+
+    /// The address of the entry if it is on `fabric` (TCP or RDMA over
+    /// IP) with a valid one.
+    pub fn addr_on(&self, fabric: Fabric) -> Option<SocketAddr> {
+        let t = match fabric {
+            Fabric::Tcp => trtype::TCP,
+            Fabric::Rdma => trtype::RDMA,
+        };
+        if self.trtype != t || !matches!(self.adrfam, adrfam::IPV4 | adrfam::IPV6) {
             return None;
         }
         let ip: IpAddr = self.traddr.parse().ok()?;
@@ -493,6 +503,8 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
     if svc.borrow().stopping {
         return done(Err(HostError::Closed));
     }
+    // The entries on the service's own fabric are followed and attached.
+    let fabric = svc.borrow().o.opts.fabric;
     {
         let mut s = svc.borrow_mut();
         s.logs.retain(|(a, _)| *a != from);
@@ -500,7 +512,7 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
     }
     // Referrals: other discovery controllers, followed too.
     for e in entries.iter().filter(|e| e.subtype == subtype::DISCOVERY_REFERRAL) {
-        let Some(addr) = e.tcp_addr() else { continue };
+        let Some(addr) = e.addr_on(fabric) else { continue };
         let follow = {
             let mut s = svc.borrow_mut();
             let known = s.referrals.contains(&addr) || s.ctrls.iter().any(|(a, _, _)| *a == addr) || s.o.opts.addr == addr;
@@ -529,7 +541,7 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
         .iter()
         .flat_map(|(_, l)| l.iter())
         .filter(|e| e.subtype == subtype::NVME)
-        .filter_map(|e| e.tcp_addr().map(|a| (e.subnqn.clone(), a)))
+        .filter_map(|e| e.addr_on(fabric).map(|a| (e.subnqn.clone(), a)))
         .collect();
     // Gone: detach those paths.
     let gone: Vec<Attached> =
@@ -537,7 +549,7 @@ fn reconcile(svc: &Rc<RefCell<Service>>, from: SocketAddr, entries: Vec<Entry>, 
     for a in gone {
         tracing::info!("nvmf discovery: {} at {} is no longer listed; detaching that path", a.subnqn, a.addr);
         svc.borrow_mut().attached.retain(|x| !(x.subnqn == a.subnqn && x.addr == a.addr));
-        let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(a.addr), || {});
+        let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(fabric, a.addr), || {});
     }
     // New: attach (a known subsystem at a new address is another path).
     let mut new = Vec::new();
@@ -592,6 +604,7 @@ type Left = Rc<RefCell<(usize, Vec<String>, Option<NamesCb>)>>;
 fn attach_next(svc: Rc<RefCell<Service>>, mut chain: Vec<Attached>, left: Left) {
     let Some(a) = chain.pop() else { return };
     let mut opts = svc.borrow().o.opts.clone();
+    let fabric = opts.fabric;
     opts.addr = a.addr;
     opts.subnqn = a.subnqn.clone();
     let name = a.ctrl_name.clone();
@@ -599,7 +612,7 @@ fn attach_next(svc: Rc<RefCell<Service>>, mut chain: Vec<Attached>, left: Left) 
         match r {
             Ok(_) if svc.borrow().stopping => {
                 // Stopped meanwhile: what it attached goes with it.
-                let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(a.addr), || {});
+                let _ = crate::bdev::detach_path(&a.ctrl_name, crate::bdev::PathMatch::at(fabric, a.addr), || {});
             }
             Ok(_) => left.borrow_mut().1.push(a.ctrl_name.clone()),
             Err(e) => {
@@ -672,8 +685,9 @@ pub fn describe() -> Value {
         .iter()
         .map(|s| {
             let s = s.borrow();
+            let fabric = s.o.opts.fabric.name();
             let trid = |a: &SocketAddr| {
-                json!({"trtype": "TCP", "adrfam": if a.is_ipv4() { "IPv4" } else { "IPv6" }, "traddr": a.ip().to_string(),
+                json!({"trtype": fabric, "adrfam": if a.is_ipv4() { "IPv4" } else { "IPv6" }, "traddr": a.ip().to_string(),
                     "trsvcid": a.port().to_string(), "subnqn": DISCOVERY_NQN})
             };
             json!({

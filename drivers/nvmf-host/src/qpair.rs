@@ -1,6 +1,9 @@
-//! One NVMe/TCP queue pair of the host: a nonblocking connection polled by
-//! its reactor's [`ClientGroup`], from TCP connect through
-//! ICReq/ICResp to commands and their data.
+//! One NVMe-oF queue pair of the host, polled by its reactor's
+//! [`ClientGroup`]: over TCP a nonblocking connection, from TCP connect
+//! through ICReq/ICResp to commands and their data; over RDMA an RDMA CM
+//! connection ([`rdma`]). The bookkeeping of commands (slots, requests
+//! split in pieces, timeouts, completions) is the same for both; only the
+//! wire differs ([`Wire`]).
 //!
 //! Requests take a command identifier (a slot) each; a request that finds
 //! none waits in order. Bdev requests larger than the largest transfer are
@@ -9,6 +12,11 @@
 //! fit the controller's in-capsule size, otherwise in H2CData PDUs as the
 //! controller's R2Ts ask. Callbacks run with no borrow of the queue pair
 //! held, so they may submit again.
+//!
+//! Over RDMA, data moves through registered buffers of the queue pair (one
+//! per command slot): the controller reads writes from them and writes
+//! reads into them with RDMA READ/WRITE (keyed SGLs); writes that fit the
+//! in-capsule size go in the capsule.
 //!
 //! Any fault (a malformed or unexpected PDU, a C2HTermReq, the connection
 //! closing, a command past its timeout) ends the queue pair: everything
@@ -29,6 +37,35 @@ use pollux_nvme_spec::status::Status;
 
 use crate::HostError;
 use crate::pdu::{self, CtrlPdu, HostFraming, Parsed};
+
+mod rdma;
+
+/// The fabric a queue pair runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fabric {
+    #[default]
+    Tcp,
+    Rdma,
+}
+
+impl Fabric {
+    /// SPDK's `trtype` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fabric::Tcp => "TCP",
+            Fabric::Rdma => "RDMA",
+        }
+    }
+
+    /// From a `trtype` (any case).
+    pub fn parse(s: &str) -> Option<Fabric> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(Fabric::Tcp),
+            "RDMA" => Some(Fabric::Rdma),
+            _ => None,
+        }
+    }
+}
 
 /// What an admin command brought back.
 #[derive(Debug)]
@@ -63,6 +100,7 @@ const READ_BUDGET: usize = 16;
 /// How to build a queue pair.
 #[derive(Clone, Debug)]
 pub struct QpairConfig {
+    pub fabric: Fabric,
     pub addr: SocketAddr,
     pub hostaddr: Option<std::net::IpAddr>,
     pub hdgst: bool,
@@ -73,7 +111,7 @@ pub struct QpairConfig {
     pub max_transfer: u32,
     /// Largest in-capsule data of a write (0: none).
     pub in_capsule: u32,
-    /// Connecting (TCP and ICReq/ICResp) gives up after this.
+    /// Connecting (TCP and ICReq/ICResp, or the RDMA CM) gives up after this.
     pub connect_timeout: Duration,
     /// A command outstanding longer than this ends the queue pair (None: no limit).
     pub cmd_timeout: Option<Duration>,
@@ -165,14 +203,105 @@ enum Done {
     PathError(u32, BdevIo, u8),
 }
 
-struct State {
-    phase: Phase,
+/// What a command moves, as its wire is to carry it.
+#[derive(Clone, Copy)]
+enum Data<'a> {
+    None,
+    /// The controller sends this many bytes.
+    ToHost(u32),
+    /// In the capsule.
+    Inline(Src<'a>),
+    /// Fetched by the controller (R2T and H2CData, or RDMA READ).
+    FromHost(Src<'a>),
+}
+
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Bytes(&'a [u8]),
+    /// `len` bytes at `off` of a request.
+    Io(&'a BdevIo, u64, u32),
+}
+
+impl Src<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Src::Bytes(b) => b.len(),
+            Src::Io(_, _, len) => *len as usize,
+        }
+    }
+
+    fn copy_to(&self, out: &mut [u8]) {
+        match self {
+            Src::Bytes(b) => out.copy_from_slice(b),
+            Src::Io(io, off, _) => io.copy_out(*off as usize, out),
+        }
+    }
+}
+
+/// The wire state of a queue pair.
+enum Wire {
+    Tcp(TcpWire),
+    Rdma(Box<rdma::RdmaWire>),
+}
+
+struct TcpWire {
     framing: HostFraming,
-    cfg: QpairConfig,
     rx: Vec<u8>,
     rx_end: usize,
     tx: TxQueue<Vec<u8>>,
     watching_write: bool,
+}
+
+impl Wire {
+    fn tcp(&mut self) -> Option<&mut TcpWire> {
+        match self {
+            Wire::Tcp(t) => Some(t),
+            Wire::Rdma(_) => None,
+        }
+    }
+
+    /// Whether output waits to be flushed.
+    fn has_output(&self) -> bool {
+        match self {
+            Wire::Tcp(t) => !t.tx.is_empty(),
+            Wire::Rdma(r) => r.has_output(),
+        }
+    }
+
+    /// Put command `cmd` (slot `cid`) and its data on the wire; how many
+    /// bytes of data to the controller have moved with it.
+    fn send(&mut self, cid: u16, cmd: &mut Command, data: Data<'_>) -> Result<u32, HostError> {
+        match self {
+            Wire::Tcp(t) => {
+                let f = t.framing;
+                let out = t.tx.bytes();
+                match data {
+                    Data::Inline(src) => {
+                        pdu::capsule_cmd(out, cmd, src.len(), &f);
+                        let start = out.len();
+                        out.resize(start + src.len(), 0);
+                        src.copy_to(&mut out[start..]);
+                        if f.ddgst {
+                            pdu::data_digest(out, start);
+                        }
+                        Ok(src.len() as u32)
+                    }
+                    // Written data goes as the controller's R2Ts ask.
+                    Data::None | Data::ToHost(_) | Data::FromHost(_) => {
+                        pdu::capsule_cmd(out, cmd, 0, &f);
+                        Ok(0)
+                    }
+                }
+            }
+            Wire::Rdma(r) => r.send(cid, cmd, data),
+        }
+    }
+}
+
+struct State {
+    phase: Phase,
+    wire: Wire,
+    cfg: QpairConfig,
     slots: Vec<Slot>,
     free: Vec<u16>,
     waiting: VecDeque<Waiting>,
@@ -198,8 +327,16 @@ pub struct Qpair {
     token: u64,
     qid: u16,
     group: Rc<ClientGroup<Qpair>>,
-    stream: TcpStream,
+    link: Link,
     st: RefCell<State>,
+}
+
+/// What the group watches.
+enum Link {
+    Tcp(TcpStream),
+    /// The CM event channel's fd (the completion channel's is added once
+    /// the queue pair exists).
+    Rdma(i32),
 }
 
 impl Qpair {
@@ -213,23 +350,69 @@ impl Qpair {
         on_fail: impl Fn(&HostError, Vec<(u32, BdevIo)>) + 'static,
     ) -> Result<Rc<Qpair>, HostError> {
         let group = ClientGroup::get("nvmf_host_poll_group").map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
+        if cfg.fabric == Fabric::Rdma {
+            return rdma::connect(group, cfg, qid, Box::new(on_ready), Box::new(on_fail));
+        }
         let stream = sock::connect_start(cfg.addr, cfg.hostaddr).map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
-        let depth = cfg.depth.max(1);
-        let st = State {
-            phase: Phase::Connecting,
+        let wire = Wire::Tcp(TcpWire {
             framing: HostFraming::initial(cfg.max_transfer.max(4096)),
             rx: vec![0; READ_CHUNK],
             rx_end: 0,
             tx: TxQueue::with_capacity(64 * 1024),
             watching_write: true,
+        });
+        let st = State::new(cfg, wire, Box::new(on_ready), Box::new(on_fail));
+        let token = group.next_token();
+        let qp = Rc::new(Qpair { token, qid, group: group.clone(), link: Link::Tcp(stream), st: RefCell::new(st) });
+        group.add(&qp, qp.fd(), token).map_err(|e| HostError::Connect(qp.peer(), e.to_string()))?;
+        Ok(qp)
+    }
+
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    pub fn fabric(&self) -> Fabric {
+        match self.link {
+            Link::Tcp(_) => Fabric::Tcp,
+            Link::Rdma(_) => Fabric::Rdma,
+        }
+    }
+
+    /// The watched fd: the socket, or the RDMA CM event channel.
+    fn fd(&self) -> i32 {
+        match &self.link {
+            Link::Tcp(s) => s.as_raw_fd(),
+            Link::Rdma(fd) => *fd,
+        }
+    }
+
+    fn stream(&self) -> Option<&TcpStream> {
+        match &self.link {
+            Link::Tcp(s) => Some(s),
+            Link::Rdma(_) => None,
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.st.try_borrow().map(|s| s.cfg.addr.to_string()).unwrap_or_default()
+    }
+}
+
+impl State {
+    fn new(cfg: QpairConfig, wire: Wire, on_ready: ReadyCb, on_fail: FailCb) -> State {
+        let depth = cfg.depth.max(1);
+        State {
+            phase: Phase::Connecting,
+            wire,
             slots: (0..depth).map(|_| Slot::Free).collect(),
             free: (0..depth).rev().collect(),
             waiting: VecDeque::with_capacity(usize::from(depth) * 2),
             parents: Vec::with_capacity(usize::from(depth)),
             free_parents: Vec::with_capacity(usize::from(depth)),
             done: Vec::with_capacity(usize::from(depth)),
-            on_ready: Some(Box::new(on_ready)),
-            on_fail: Some(Box::new(on_fail)),
+            on_ready: Some(on_ready),
+            on_fail: Some(on_fail),
             started: Instant::now(),
             error: None,
             gated: true,
@@ -238,25 +421,11 @@ impl Qpair {
             on_timeout: None,
             quarantine: Vec::new(),
             cfg,
-        };
-        let token = group.next_token();
-        let qp = Rc::new(Qpair { token, qid, group: group.clone(), stream, st: RefCell::new(st) });
-        group.add(&qp, qp.stream.as_raw_fd(), token).map_err(|e| HostError::Connect(qp.peer(), e.to_string()))?;
-        Ok(qp)
+        }
     }
+}
 
-    pub fn qid(&self) -> u16 {
-        self.qid
-    }
-
-    pub(crate) fn fd(&self) -> i32 {
-        self.stream.as_raw_fd()
-    }
-
-    fn peer(&self) -> String {
-        self.st.try_borrow().map(|s| s.cfg.addr.to_string()).unwrap_or_default()
-    }
-
+impl Qpair {
     /// Whether the queue pair takes commands (connected, not failed).
     pub fn is_ready(&self) -> bool {
         self.st.borrow().phase == Phase::Ready
@@ -390,27 +559,40 @@ impl Qpair {
 
     /// Write what is queued (the group's pass).
     pub(crate) fn flush(&self) {
+        // Commands that failed before going out (issue_waiting) complete here.
+        let failed = {
+            let mut st = self.st.borrow_mut();
+            (!st.done.is_empty()).then(|| std::mem::take(&mut st.done))
+        };
+        if let Some(mut d) = failed {
+            self.run(&mut d);
+        }
         let r = {
             let mut st = self.st.borrow_mut();
+            let st = &mut *st;
             if matches!(st.phase, Phase::Connecting | Phase::Closed) {
                 return;
             }
-            match st.tx.flush(&self.stream) {
-                Ok(Flushed::All) => {
-                    if st.watching_write {
-                        st.watching_write = false;
-                        let _ = self.group.watch(self.fd(), self.token, true, false);
+            match (&mut st.wire, self.stream()) {
+                (Wire::Rdma(r), _) => r.post().map_err(|e| HostError::Transport(format!("posting to {}: {e}", st.cfg.addr))),
+                (Wire::Tcp(t), Some(stream)) => match t.tx.flush(stream) {
+                    Ok(Flushed::All) => {
+                        if t.watching_write {
+                            t.watching_write = false;
+                            let _ = self.group.watch(self.fd(), self.token, true, false);
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                Ok(Flushed::Blocked) => {
-                    if !st.watching_write {
-                        st.watching_write = true;
-                        let _ = self.group.watch(self.fd(), self.token, true, true);
+                    Ok(Flushed::Blocked) => {
+                        if !t.watching_write {
+                            t.watching_write = true;
+                            let _ = self.group.watch(self.fd(), self.token, true, true);
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                Err(e) => Err(HostError::Transport(format!("sending to {}: {e}", st.cfg.addr))),
+                    Err(e) => Err(HostError::Transport(format!("sending to {}: {e}", st.cfg.addr))),
+                },
+                (Wire::Tcp(_), None) => Ok(()),
             }
         };
         if let Err(e) = r {
@@ -420,6 +602,9 @@ impl Qpair {
 
     /// The group saw this connection ready.
     pub(crate) fn on_event(self: &Rc<Self>, readable: bool, writable: bool, hangup: bool) {
+        if let Link::Rdma(_) = self.link {
+            return self.rdma_events();
+        }
         let phase = self.st.borrow().phase;
         match phase {
             Phase::Closed => {}
@@ -442,11 +627,13 @@ impl Qpair {
     fn connected(&self) {
         let r = {
             let mut st = self.st.borrow_mut();
-            match sock::connect_result(&self.stream) {
+            let st = &mut *st;
+            let (Some(stream), Wire::Tcp(t)) = (self.stream(), &mut st.wire) else { return };
+            match sock::connect_result(stream) {
                 Ok(()) => {
                     st.phase = Phase::IcWait;
-                    let (hd, dd) = (st.cfg.hdgst, st.cfg.ddgst);
-                    pdu::ic_req(st.tx.bytes(), hd, dd);
+                    pdu::ic_req(t.tx.bytes(), st.cfg.hdgst, st.cfg.ddgst);
+                    t.watching_write = false;
                     Ok(())
                 }
                 Err(e) => Err(HostError::Connect(st.cfg.addr.to_string(), e.to_string())),
@@ -455,7 +642,6 @@ impl Qpair {
         match r {
             Ok(()) => {
                 let _ = self.group.watch(self.fd(), self.token, true, false);
-                self.st.borrow_mut().watching_write = false;
                 self.flush();
             }
             Err(e) => self.fail(e),
@@ -463,6 +649,7 @@ impl Qpair {
     }
 
     fn on_readable(&self) {
+        let Some(mut stream) = self.stream() else { return };
         for _ in 0..READ_BUDGET {
             let n = {
                 let mut st = self.st.borrow_mut();
@@ -470,22 +657,23 @@ impl Qpair {
                 if st.phase == Phase::Closed {
                     return;
                 }
-                let cap = st.framing.max_pdu_len().max(READ_CHUNK);
-                if st.rx.len() - st.rx_end < READ_CHUNK.min(cap - st.rx_end).max(1) {
-                    let want = (st.rx_end + READ_CHUNK).min(cap);
-                    if want > st.rx.len() {
-                        st.rx.resize(want, 0);
+                let Wire::Tcp(t) = &mut st.wire else { return };
+                let cap = t.framing.max_pdu_len().max(READ_CHUNK);
+                if t.rx.len() - t.rx_end < READ_CHUNK.min(cap - t.rx_end).max(1) {
+                    let want = (t.rx_end + READ_CHUNK).min(cap);
+                    if want > t.rx.len() {
+                        t.rx.resize(want, 0);
                     }
                 }
-                if st.rx_end == st.rx.len() {
+                if t.rx_end == t.rx.len() {
                     // Unreachable by the parser's bound; refuse rather than grow.
                     Err(HostError::Transport("receive buffer full without a whole PDU".into()))
                 } else {
-                    let end = st.rx_end;
-                    match (&self.stream).read(&mut st.rx[end..]) {
+                    let end = t.rx_end;
+                    match stream.read(&mut t.rx[end..]) {
                         Ok(0) => Err(HostError::Transport(format!("{} closed the connection", st.cfg.addr))),
                         Ok(n) => {
-                            st.rx_end += n;
+                            t.rx_end += n;
                             Ok(n)
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -510,15 +698,20 @@ impl Qpair {
     /// Handle every whole PDU in the receive buffer, then run what they
     /// completed.
     fn process(&self) -> Result<(), HostError> {
+        let Some(stream) = self.stream() else { return Ok(()) };
         let done = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
-            let rx = std::mem::take(&mut st.rx);
+            let Wire::Tcp(t) = &mut st.wire else { return Ok(()) };
+            let rx = std::mem::take(&mut t.rx);
+            let (rx_end, framing) = (t.rx_end, t.framing);
             let mut done = std::mem::take(&mut st.done);
             let mut pos = 0;
             let mut res = Ok(());
-            while pos < st.rx_end {
-                match pdu::parse(&rx[pos..st.rx_end], &st.framing) {
+            while pos < rx_end {
+                // IcResp changes the framing: parse with the current one.
+                let framing = st.wire.tcp().map_or(framing, |t| t.framing);
+                match pdu::parse(&rx[pos..rx_end], &framing) {
                     Ok(Parsed::Pdu(p, n)) => {
                         if let Err(e) = st.handle(p, &mut done) {
                             res = Err(e);
@@ -529,32 +722,44 @@ impl Qpair {
                     Ok(Parsed::Need(_)) => break,
                     Err(f) => {
                         // Tell the controller why, then end.
-                        let end = st.rx_end;
-                        pdu::h2c_term_req(st.tx.bytes(), f.fes, f.fei, &rx[pos..end]);
-                        let _ = st.tx.flush(&self.stream);
+                        if let Some(t) = st.wire.tcp() {
+                            pdu::h2c_term_req(t.tx.bytes(), f.fes, f.fei, &rx[pos..rx_end]);
+                            let _ = t.tx.flush(stream);
+                        }
                         res = Err(HostError::Transport(format!("from {}: {f}", st.cfg.addr)));
                         break;
                     }
                 }
             }
             let mut rx = rx;
-            rx.copy_within(pos..st.rx_end, 0);
-            st.rx_end -= pos;
-            st.rx = rx;
+            rx.copy_within(pos..rx_end, 0);
+            if let Some(t) = st.wire.tcp() {
+                t.rx_end = rx_end - pos;
+                t.rx = rx;
+            }
             if res.is_ok() {
                 st.issue_waiting();
             }
             res?;
-            (done, !st.tx.is_empty())
+            done
         };
-        let (mut done, output) = done;
+        self.finish(done);
+        Ok(())
+    }
+
+    /// Run what a pass completed (no borrow held), and flush what it queued.
+    fn finish(&self, mut done: Vec<Done>) {
+        let output = self.st.borrow().wire.has_output();
         let any = output || !done.is_empty();
         self.run(&mut done);
-        self.st.borrow_mut().done = done;
+        if let Ok(mut st) = self.st.try_borrow_mut() {
+            if st.done.is_empty() {
+                st.done = done;
+            }
+        }
         if any {
             self.kick();
         }
-        Ok(())
     }
 
     fn run(&self, done: &mut Vec<Done>) {
@@ -617,7 +822,9 @@ impl Qpair {
                     st.cfg.requeue
                 }
                 End::Close => {
-                    let _ = st.tx.flush(&self.stream);
+                    if let (Wire::Tcp(t), Some(stream)) = (&mut st.wire, self.stream()) {
+                        let _ = t.tx.flush(stream);
+                    }
                     st.on_fail = None;
                     false
                 }
@@ -629,7 +836,17 @@ impl Qpair {
             st.close_all(e, requeue)
         };
         self.group.remove(self.fd(), self.token);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        match &self.link {
+            Link::Tcp(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            Link::Rdma(_) => {
+                // Disconnect and release the QP and its registered memory
+                // now (not when the last owner lets go).
+                let gone = self.st.borrow_mut().rdma_release(&self.group);
+                drop(gone);
+            }
+        }
         let mut ios = Vec::new();
         if how == End::Take {
             for d in done.iter_mut() {
@@ -731,7 +948,13 @@ impl Drop for Qpair {
         let st = self.st.get_mut();
         if st.phase != Phase::Closed {
             st.phase = Phase::Closed;
-            self.group.remove(self.stream.as_raw_fd(), self.token);
+            let fd = match &self.link {
+                Link::Tcp(s) => s.as_raw_fd(),
+                Link::Rdma(fd) => *fd,
+            };
+            self.group.remove(fd, self.token);
+            let gone = st.rdma_release(&self.group);
+            drop(gone);
         }
     }
 }
@@ -744,7 +967,9 @@ impl State {
     fn close_all(&mut self, e: HostError, requeue: bool) -> Vec<Done> {
         self.phase = Phase::Closed;
         self.error = Some(e.clone());
-        self.tx.clear();
+        if let Some(t) = self.wire.tcp() {
+            t.tx.clear();
+        }
         let mut done = std::mem::take(&mut self.done);
         if let Some(cb) = self.on_ready.take() {
             done.push(Done::Ready(cb, Err(e.clone())));
@@ -814,31 +1039,33 @@ impl State {
             }
             let Some(w) = self.waiting.pop_front() else { return };
             let cid = self.free.pop().expect("checked");
+            let rdma = matches!(self.wire, Wire::Rdma(_));
             match w {
                 Waiting::Admin { mut cmd, data, to_host, cb } => {
                     cmd.cid.set(cid);
                     let len = data.len();
                     // Fabrics commands always describe their data with an SGL
                     // (PSDT 01b), a null one when there is none (nvmet refuses
-                    // anything else).
-                    let sgl = if to_host || len == 0 {
-                        SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, len as u32)
-                    } else {
+                    // anything else). Over RDMA the wire makes transfers keyed
+                    // (an admin queue takes no in-capsule data there).
+                    let inline = !(to_host || len == 0 || rdma);
+                    let sgl = if inline {
                         SglDescriptor::new(SglType::DataBlock, SglSubtype::Offset, 0, len as u32)
+                    } else {
+                        SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, len as u32)
                     };
                     cmd.flags |= pollux_nvme_spec::cmd::flags::PSDT_SGL;
                     cmd.dptr.set_sgl(sgl);
-                    let f = self.framing;
-                    let out = self.tx.bytes();
-                    if to_host || len == 0 {
-                        pdu::capsule_cmd(out, &cmd, 0, &f);
-                    } else {
-                        pdu::capsule_cmd(out, &cmd, len, &f);
-                        let start = out.len();
-                        out.extend_from_slice(&data);
-                        if f.ddgst {
-                            pdu::data_digest(out, start);
-                        }
+                    let d = match (to_host, len) {
+                        (_, 0) => Data::None,
+                        (true, _) => Data::ToHost(len as u32),
+                        (false, _) if inline => Data::Inline(Src::Bytes(&data)),
+                        (false, _) => Data::FromHost(Src::Bytes(&data)),
+                    };
+                    if let Err(e) = self.wire.send(cid, &mut cmd, d) {
+                        self.free.push(cid);
+                        self.done.push(Done::Admin(cb, Err(e)));
+                        continue;
                     }
                     // An Asynchronous Event Request waits for an event, as
                     // long as that takes: no timeout.
@@ -847,33 +1074,29 @@ impl State {
                     self.slots[cid as usize] = Slot::Admin { data, to_host, received: 0, cb, at, bad: false };
                 }
                 Waiting::Io { parent, off, len } => {
-                    let (cmd, to_host, capsule) = self.io_command(cid, parent, off, len);
-                    let f = self.framing;
+                    let (mut cmd, to_host, capsule) = self.io_command(cid, parent, off, len);
                     let io = self.parents[parent as usize].io.as_ref().expect("live request");
-                    let out = self.tx.bytes();
-                    match capsule {
-                        Capsule::Empty => pdu::capsule_cmd(out, &cmd, 0, &f),
-                        Capsule::Data => {
-                            pdu::capsule_cmd(out, &cmd, len as usize, &f);
-                            let start = out.len();
-                            out.resize(start + len as usize, 0);
-                            io.copy_out(off as usize, &mut out[start..]);
-                            if f.ddgst {
-                                pdu::data_digest(out, start);
-                            }
+                    let d = match capsule {
+                        Capsule::Data => Data::Inline(Src::Io(io, off, len)),
+                        Capsule::Range(ref range) => Data::Inline(Src::Bytes(range)),
+                        Capsule::Empty if to_host && len > 0 && io.kind() != IoType::WriteZeroes => Data::ToHost(len),
+                        Capsule::Empty if matches!(io.kind(), IoType::Write | IoType::Compare) => Data::FromHost(Src::Io(io, off, len)),
+                        Capsule::Empty => Data::None,
+                    };
+                    // Written data in the capsule (or in the queue pair's
+                    // registered buffer) has moved already; a write without
+                    // it waits for R2Ts.
+                    let moved = match self.wire.send(cid, &mut cmd, d) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!("nvmf host: {}: {e}", self.cfg.addr);
+                            self.free.push(cid);
+                            let mut done = std::mem::take(&mut self.done);
+                            self.piece_done(parent, IoStatus::Failed, &mut done);
+                            self.done = done;
+                            continue;
                         }
-                        Capsule::Range(range) => {
-                            pdu::capsule_cmd(out, &cmd, range.len(), &f);
-                            let start = out.len();
-                            out.extend_from_slice(&range);
-                            if f.ddgst {
-                                pdu::data_digest(out, start);
-                            }
-                        }
-                    }
-                    // Written data in the capsule has moved already; a
-                    // write without it waits for R2Ts.
-                    let moved = if matches!(capsule, Capsule::Data) { len } else { 0 };
+                    };
                     self.slots[cid as usize] =
                         Slot::Io { parent, off, len, to_host, moved, at: Instant::now(), bad: false, aborting: false };
                 }
@@ -945,6 +1168,51 @@ impl State {
         }
     }
 
+    /// A completion came for command `cqe.cid`: settle its slot.
+    fn complete(&mut self, cqe: Completion, done: &mut Vec<Done>) -> Result<(), HostError> {
+        let peer = self.cfg.addr;
+        let bad = |why: String| HostError::Transport(format!("from {peer}: {why}"));
+        let cid = cqe.cid.get();
+        let status = cqe.status();
+        let mut quarantined = false;
+        match self.slots.get_mut(usize::from(cid)).map(|s| std::mem::replace(s, Slot::Free)) {
+            None | Some(Slot::Free) => return Err(bad(format!("a completion for command id {cid}, which is not outstanding"))),
+            Some(Slot::Admin { mut data, to_host, received, cb, bad, .. }) => {
+                if bad {
+                    done.push(Done::Admin(cb, Err(bad_digest(cid))));
+                } else {
+                    if to_host && status.is_success() && received < data.len() {
+                        // Shorter than asked: keep what came (log pages may be).
+                        data.truncate(received);
+                    }
+                    done.push(Done::Admin(cb, Ok(AdminDone { cqe, data })));
+                }
+            }
+            Some(Slot::Io { parent, len, to_host, moved, bad, aborting, .. }) => {
+                if aborting {
+                    quarantined = true;
+                }
+                let st = if bad {
+                    IoStatus::Failed
+                } else if status.is_success() && to_host && moved != len {
+                    tracing::warn!("nvmf host: {peer}: command {cid} succeeded with {moved} of {len} bytes");
+                    IoStatus::Failed
+                } else {
+                    io_status(status)
+                };
+                self.piece_done(parent, st, done);
+            }
+        }
+        if quarantined {
+            // An Abort naming this command id may still be on its
+            // way: the id is not reused until it cannot be.
+            self.quarantine.push((cid, Instant::now()));
+        } else {
+            self.free.push(cid);
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, p: CtrlPdu<'_>, done: &mut Vec<Done>) -> Result<(), HostError> {
         let peer = self.cfg.addr;
         let bad = |why: String| HostError::Transport(format!("from {peer}: {why}"));
@@ -958,11 +1226,13 @@ impl State {
                         self.cfg.hdgst, self.cfg.ddgst
                     )));
                 }
-                self.framing.connected = true;
-                self.framing.hdgst = hd;
-                self.framing.ddgst = dd;
-                self.framing.cpda = cpda;
-                self.framing.maxh2cdata = maxh2cdata;
+                if let Some(t) = self.wire.tcp() {
+                    t.framing.connected = true;
+                    t.framing.hdgst = hd;
+                    t.framing.ddgst = dd;
+                    t.framing.cpda = cpda;
+                    t.framing.maxh2cdata = maxh2cdata;
+                }
                 self.phase = Phase::Ready;
                 if let Some(cb) = self.on_ready.take() {
                     done.push(Done::Ready(cb, Ok(())));
@@ -971,46 +1241,7 @@ impl State {
             CtrlPdu::TermReq { fes, fei } => {
                 return Err(bad(format!("C2HTermReq, fatal error status {fes:#x}, field offset {fei}")));
             }
-            CtrlPdu::Resp(cqe) => {
-                let cid = cqe.cid.get();
-                let status = cqe.status();
-                let mut quarantined = false;
-                match self.slots.get_mut(usize::from(cid)).map(|s| std::mem::replace(s, Slot::Free)) {
-                    None | Some(Slot::Free) => return Err(bad(format!("a completion for command id {cid}, which is not outstanding"))),
-                    Some(Slot::Admin { mut data, to_host, received, cb, bad, .. }) => {
-                        if bad {
-                            done.push(Done::Admin(cb, Err(bad_digest(cid))));
-                        } else {
-                            if to_host && status.is_success() && received < data.len() {
-                                // Shorter than asked: keep what came (log pages may be).
-                                data.truncate(received);
-                            }
-                            done.push(Done::Admin(cb, Ok(AdminDone { cqe, data })));
-                        }
-                    }
-                    Some(Slot::Io { parent, len, to_host, moved, bad, aborting, .. }) => {
-                        if aborting {
-                            quarantined = true;
-                        }
-                        let st = if bad {
-                            IoStatus::Failed
-                        } else if status.is_success() && to_host && moved != len {
-                            tracing::warn!("nvmf host: {peer}: command {cid} succeeded with {moved} of {len} bytes");
-                            IoStatus::Failed
-                        } else {
-                            io_status(status)
-                        };
-                        self.piece_done(parent, st, done);
-                    }
-                }
-                if quarantined {
-                    // An Abort naming this command id may still be on its
-                    // way: the id is not reused until it cannot be.
-                    self.quarantine.push((cid, Instant::now()));
-                } else {
-                    self.free.push(cid);
-                }
-            }
+            CtrlPdu::Resp(cqe) => return self.complete(cqe, done),
             CtrlPdu::C2hData { cccid, datao, data, last: _, success, digest_ok } => {
                 if !digest_ok {
                     tracing::warn!("nvmf host: {peer}: data digest error in C2HData of command {cccid}; the command fails");
@@ -1050,12 +1281,13 @@ impl State {
                     }
                     let mut cqe = Completion::default();
                     cqe.cid.set(cccid);
-                    return self.handle(CtrlPdu::Resp(cqe), done);
+                    return self.complete(cqe, done);
                 }
             }
             CtrlPdu::R2t { cccid, ttag, offset, len: r2tl } => {
-                let maxh2c = self.framing.maxh2cdata;
-                let f = self.framing;
+                let Wire::Tcp(t) = &mut self.wire else { return Err(bad("an R2T over RDMA".into())) };
+                let maxh2c = t.framing.maxh2cdata;
+                let f = t.framing;
                 match self.slots.get_mut(usize::from(cccid)) {
                     Some(Slot::Io { parent, off, len, to_host: false, moved, .. }) => {
                         if r2tl == 0 || offset != *moved || u64::from(offset) + u64::from(r2tl) > u64::from(*len) {
@@ -1066,7 +1298,7 @@ impl State {
                         while sent < r2tl {
                             let n = (r2tl - sent).min(maxh2c);
                             let last = sent + n == r2tl;
-                            let out = self.tx.bytes();
+                            let out = t.tx.bytes();
                             pdu::h2c_data(out, cccid, ttag, offset + sent, n, last, &f);
                             let start = out.len();
                             out.resize(start + n as usize, 0);

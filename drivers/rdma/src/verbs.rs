@@ -98,8 +98,30 @@ impl ProtectionDomain {
     /// behalf); nothing holds a Rust reference to the part the device may
     /// write while it may write it.
     pub unsafe fn register(self: &Rc<Self>, addr: *mut u8, len: usize) -> Result<MemoryRegion, Error> {
+        let access = sys::IBV_ACCESS_LOCAL_WRITE | sys::IBV_ACCESS_REMOTE_READ | sys::IBV_ACCESS_REMOTE_WRITE;
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.register_with(addr, len, access) }
+    }
+
+    /// Register `len` bytes at `addr` for local use only: receives, and
+    /// the local side of our own SENDs, RDMA READs and WRITEs. The peer
+    /// cannot reach it with RDMA whatever key it tries (a target's
+    /// buffers: only the host's are named to the peer).
+    ///
+    /// # Safety
+    ///
+    /// As [`ProtectionDomain::register`].
+    pub unsafe fn register_local(self: &Rc<Self>, addr: *mut u8, len: usize) -> Result<MemoryRegion, Error> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.register_with(addr, len, sys::IBV_ACCESS_LOCAL_WRITE) }
+    }
+
+    /// # Safety
+    ///
+    /// As [`ProtectionDomain::register`].
+    unsafe fn register_with(self: &Rc<Self>, addr: *mut u8, len: usize, access: u32) -> Result<MemoryRegion, Error> {
         let lib = lib()?;
-        let access = (sys::IBV_ACCESS_LOCAL_WRITE | sys::IBV_ACCESS_REMOTE_READ | sys::IBV_ACCESS_REMOTE_WRITE) as i32;
+        let access = access as i32;
         // SAFETY: the PD is live (self); the caller vouches for the memory.
         // Constant flags without optional-range bits, as sys::Lib's
         // `ibv_reg_mr` requires.
@@ -271,13 +293,15 @@ impl CompletionQueue {
         Ok(())
     }
 
-    /// Take the channel's pending events (after its fd was readable), so
-    /// that the fd quiets down; acknowledged in batches.
+    /// Take the channel's pending event (after its fd was readable), so
+    /// that the fd quiets down; acknowledged in batches. One at most per
+    /// call (a system call each): the CQ raises one per arming, and a
+    /// level-triggered fd that still has one stays readable.
     pub fn take_events(&self) -> Result<u32, Error> {
         let Some(ch) = &self.channel else { return Ok(0) };
         let lib = lib()?;
         let mut n = 0;
-        loop {
+        while n == 0 {
             let mut cq: *mut ibv_cq = ptr::null_mut();
             let mut ctx: *mut std::ffi::c_void = ptr::null_mut();
             // SAFETY: the channel is live and nonblocking; the out

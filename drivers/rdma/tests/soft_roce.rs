@@ -4,7 +4,8 @@
 //! a reactor drives them: connection manager exchange with private data
 //! both ways, a SEND, an RDMA READ and an RDMA WRITE of data checked byte
 //! for byte, completions seen through an armed completion channel, a
-//! rejected connection with the reason the listener gave, disconnection.
+//! rejected connection with the reason the listener gave, disconnection,
+//! and memory registered for local use only out of the peer's reach.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -93,6 +94,7 @@ fn completions(cq: &CompletionQueue, ch: &CompletionChannel, n: usize) -> Vec<ib
 /// registered buffer.
 struct End {
     id: CmId,
+    pd: Rc<ProtectionDomain>,
     cq: Rc<CompletionQueue>,
     ch: Rc<CompletionChannel>,
     mr: MemoryRegion,
@@ -114,7 +116,7 @@ impl End {
         // SAFETY: the buffer is a Box that lives in the same End as the
         // region and is not moved (the Box's heap memory stays put).
         let mr = unsafe { pd.register(buf.as_mut_ptr(), buf.len()) }.expect("register");
-        End { id, cq, ch, mr, buf }
+        End { id, pd, cq, ch, mr, buf }
     }
 
     fn at(&self, off: usize) -> u64 {
@@ -254,6 +256,53 @@ fn cm_send_rdma_read_and_write_reject_and_disconnect_on_soft_roce() {
         assert_ne!(status, 0, "a rejection has a reason");
         assert_eq!(&data[..4], &[0, 0, 6, 0], "the reject's private data");
         drop(req);
+        drop(client);
+
+        // Memory registered for local use only: the peer's RDMA WRITE to
+        // it, even with its key, fails and changes nothing.
+        let cid = CmId::new(&client_ch, 20).expect("client id");
+        cid.resolve_addr(addr, 2000).expect("resolve addr");
+        expect(&client_ch, CmEventKind::AddrResolved);
+        cid.resolve_route(2000).expect("resolve route");
+        expect(&client_ch, CmEventKind::RouteResolved);
+        let mut client = End::new(cid);
+        client.id.connect(&ConnParam { retry_count: 7, rnr_retry_count: 7, ..Default::default() }).expect("connect");
+        let req = loop {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            match server_ch.next().expect("server event") {
+                Some(ev) => break ev.into_request(21).expect("a request"),
+                None => wait_readable(&[server_ch.fd()], deadline),
+            }
+        };
+        let server = End::new(req.id);
+        let mut private = vec![0x11u8; 4096].into_boxed_slice();
+        // SAFETY: the Box outlives the region (dropped after it below) and
+        // is not moved.
+        let local = unsafe { server.pd.register_local(private.as_mut_ptr(), private.len()) }.expect("register_local");
+        server.id.accept(&ConnParam { responder_resources: 4, initiator_depth: 4, ..Default::default() }).expect("accept");
+        expect(&client_ch, CmEventKind::Established);
+        expect(&server_ch, CmEventKind::Established);
+        client.buf[..4096].fill(0xee);
+        let sge = client.mr.sge(client.at(0), 4096);
+        // SAFETY: the client's buffer lives in `client`; the remote address
+        // and key are the server's local-only region, which must refuse.
+        unsafe { client.id.post_send(300, SendOp::Write { remote_addr: local.addr(), rkey: local.rkey() }, &[sge], true) }
+            .expect("post the WRITE");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut wc = [ibv_wc::default(); 4];
+        let w = loop {
+            let n = client.cq.poll(&mut wc).expect("poll");
+            if n > 0 {
+                break wc[0];
+            }
+            assert!(Instant::now() < deadline, "no completion for the WRITE");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(w.wr_id, 300);
+        assert_ne!(w.status, IBV_WC_SUCCESS, "an RDMA WRITE into local-only memory succeeded");
+        drop(local);
+        assert!(private.iter().all(|&b| b == 0x11), "local-only memory was written by the peer");
+        drop(server);
         drop(client);
         drop(listener);
     });

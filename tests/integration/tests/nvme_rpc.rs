@@ -42,9 +42,22 @@ fn attach_refuses_bad_and_unsupported_requests_clearly() {
     assert_eq!(code, -libc::ENODEV, "{msg}");
     assert!(msg.contains("no PCI function 0000:7f:1f.7"), "{msg}");
     // NVMe-oF transports and options Pollux does not implement.
-    let (code, msg) = err(&d, "bdev_nvme_attach_controller", with("trtype", json!("rdma")));
+    let (code, msg) = err(&d, "bdev_nvme_attach_controller", with("trtype", json!("fc")));
     assert_eq!(code, -libc::EINVAL);
-    assert!(msg.contains("trtype rdma is not supported"), "{msg}");
+    assert!(msg.contains("trtype fc is not supported"), "{msg}");
+    // RDMA needs rdma-core and an RDMA device (the test guest has
+    // Soft-RoCE: drivers/nvmf-host/tests/rdma.rs); where there is none the
+    // attach fails with the reason.
+    let rdma = json!({"name": "Nvme0", "trtype": "RDMA", "traddr": "127.0.0.1", "trsvcid": "4420", "subnqn": "nqn.x"});
+    if !std::path::Path::new("/dev/infiniband/rdma_cm").exists() {
+        let (_, msg) = err(&d, "bdev_nvme_attach_controller", rdma.clone());
+        assert!(msg.contains("RDMA is not available on this machine"), "{msg}");
+    }
+    let mut digests = rdma;
+    digests["hdgst"] = json!(true);
+    let (code, msg) = err(&d, "bdev_nvme_attach_controller", digests);
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("trtype RDMA has none"), "{msg}");
     // TCP (the NVMe-oF host, tests/nvmf_host.rs): what it needs and refuses.
     let tcp = json!({"name": "Nvme0", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420", "subnqn": "nqn.x"});
     let tcp_with = |k: &str, v: Value| {

@@ -10,6 +10,7 @@
 use pollux_core::app::App;
 use pollux_core::reactor;
 use pollux_core::rpc::{Responder, RpcError, States};
+use pollux_nvmf_host::qpair::Fabric;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -169,7 +170,7 @@ impl Attach {
             return Err(RpcError::errno(
                 libc::EINVAL,
                 format!(
-                    "trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe) and NVMe-oF controllers over TCP",
+                    "trtype {} is not supported: Pollux attaches local NVMe controllers (trtype PCIe) and NVMe-oF controllers over TCP and RDMA",
                     self.trtype
                 ),
             ));
@@ -290,8 +291,8 @@ fn reconnect_rules(opts: &pollux_nvmf_host::ctrlr::ConnectOptions) -> Option<&'s
     }
 }
 
-/// `trtype` TCP: the NVMe-oF host (`pollux-nvmf-host`).
-fn attach_tcp(p: Attach, r: Responder) {
+/// `trtype` TCP or RDMA: the NVMe-oF host (`pollux-nvmf-host`).
+fn attach_fabric(fabric: Fabric, p: Attach, r: Responder) {
     let refuse = |name: &str, why: &str| {
         RpcError::errno(libc::EOPNOTSUPP, format!("parameter '{name}' is not supported by Pollux's NVMe-oF host yet ({why})"))
     };
@@ -308,16 +309,19 @@ fn attach_tcp(p: Attach, r: Responder) {
     if let Some((name, _, why)) = unsupported.iter().find(|(_, set, _)| *set) {
         return r.err(refuse(name, why));
     }
+    if fabric == Fabric::Rdma && (p.hdgst || p.ddgst) {
+        return r.err(RpcError::invalid_params("hdgst and ddgst are NVMe/TCP digests: trtype RDMA has none"));
+    }
     if p.name.is_empty() {
         return r.err(RpcError::invalid_params("name must not be empty"));
     }
     if let Some(f) = &p.adrfam {
         if !matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6") {
-            return r.err(RpcError::invalid_params(format!("adrfam {f}: TCP takes IPv4 or IPv6")));
+            return r.err(RpcError::invalid_params(format!("adrfam {f}: {} takes IPv4 or IPv6", fabric.name())));
         }
     }
     let Some(subnqn) = p.subnqn.clone() else {
-        return r.err(RpcError::invalid_params("subnqn is required for trtype TCP"));
+        return r.err(RpcError::invalid_params(format!("subnqn is required for trtype {}", fabric.name())));
     };
     let port = match p.trsvcid.as_deref().unwrap_or("4420").parse::<u16>() {
         Ok(n) => n,
@@ -349,6 +353,7 @@ fn attach_tcp(p: Attach, r: Responder) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists and multipath is disabled", p.name)));
     }
     let mut opts = pollux_nvmf_host::ctrlr::ConnectOptions::new(std::net::SocketAddr::new(ip, port), &subnqn);
+    opts.fabric = fabric;
     opts.hostaddr = hostaddr;
     if let Some(h) = &p.hostnqn {
         opts.hostnqn = h.clone();
@@ -372,7 +377,7 @@ fn attach_tcp(p: Attach, r: Responder) {
     if let Err(why) = apply_host_options(&mut opts, p.ctrlr_loss_timeout_sec, p.reconnect_delay_sec, p.fast_io_fail_timeout_sec) {
         return r.err(RpcError::invalid_params(why));
     }
-    let mut config = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+    let mut config = json!({"name": p.name, "trtype": fabric.name(), "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": p.traddr, "trsvcid": port.to_string(), "subnqn": subnqn, "hostnqn": opts.hostnqn,
         "hdgst": p.hdgst, "ddgst": p.ddgst});
     put_given(
@@ -401,8 +406,8 @@ fn attach_tcp(p: Attach, r: Responder) {
 }
 
 fn attach(p: Attach, r: Responder) {
-    if p.trtype.eq_ignore_ascii_case("tcp") {
-        return attach_tcp(p, r);
+    if let Some(f) = Fabric::parse(&p.trtype) {
+        return attach_fabric(f, p, r);
     }
     let addr = match p.check() {
         Ok(a) => a,
@@ -451,13 +456,15 @@ struct Detach {
 
 fn detach_rpc(p: Detach, r: Responder) {
     if controller(&p.name).is_none() && pollux_nvmf_host::bdev::exists(&p.name) {
-        if p.trtype.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("tcp")) {
-            return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no {} path", p.name, p.trtype.unwrap_or_default())));
-        }
+        let fabric = match p.trtype.as_deref().map(|t| (t, Fabric::parse(t))) {
+            None => None,
+            Some((_, Some(f))) => Some(f),
+            Some((t, None)) => return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no {t} path", p.name))),
+        };
         if !pollux_nvmf_host::bdev::attached(&p.name) {
             return r.err(RpcError::errno(libc::EBUSY, format!("Controller {} is still being attached", p.name)));
         }
-        if p.traddr.is_none() && p.trsvcid.is_none() && p.hostaddr.is_none() {
+        if fabric.is_none() && p.traddr.is_none() && p.trsvcid.is_none() && p.hostaddr.is_none() {
             let _ = pollux_nvmf_host::bdev::detach(&p.name, move || r.ok(true));
             return;
         }
@@ -489,7 +496,7 @@ fn detach_rpc(p: Detach, r: Responder) {
             Some(a) => f.eq_ignore_ascii_case(if a.is_ipv4() { "ipv4" } else { "ipv6" }),
             None => matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6"),
         });
-        let m = pollux_nvmf_host::bdev::PathMatch { traddr, trsvcid, hostaddr };
+        let m = pollux_nvmf_host::bdev::PathMatch { fabric, traddr, trsvcid, hostaddr };
         if !same_subsystem || !family_ok || !pollux_nvmf_host::bdev::has_path(&p.name, m) {
             return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} has no path matching the address given", p.name)));
         }
@@ -551,15 +558,15 @@ struct StopDiscovery {
 }
 
 fn start_discovery(p: StartDiscovery, r: Responder) {
-    if !p.trtype.eq_ignore_ascii_case("tcp") {
-        return r.err(RpcError::invalid_params(format!("trtype {} is not supported: Pollux's NVMe-oF host speaks TCP", p.trtype)));
-    }
+    let Some(fabric) = Fabric::parse(&p.trtype) else {
+        return r.err(RpcError::invalid_params(format!("trtype {} is not supported: Pollux's NVMe-oF host speaks TCP and RDMA", p.trtype)));
+    };
     if p.name.is_empty() {
         return r.err(RpcError::invalid_params("name must not be empty"));
     }
     if let Some(f) = &p.adrfam {
         if !matches!(f.to_ascii_lowercase().as_str(), "ipv4" | "ipv6") {
-            return r.err(RpcError::invalid_params(format!("adrfam {f}: TCP takes IPv4 or IPv6")));
+            return r.err(RpcError::invalid_params(format!("adrfam {f}: {} takes IPv4 or IPv6", fabric.name())));
         }
     }
     let Ok(ip) = p.traddr.parse::<std::net::IpAddr>() else {
@@ -573,6 +580,7 @@ fn start_discovery(p: StartDiscovery, r: Responder) {
     }
     let mut opts =
         pollux_nvmf_host::ctrlr::ConnectOptions::new(std::net::SocketAddr::new(ip, port), pollux_nvme_spec::fabrics::DISCOVERY_NQN);
+    opts.fabric = fabric;
     if let Some(h) = &p.hostnqn {
         opts.hostnqn = h.clone();
     }
@@ -580,7 +588,7 @@ fn start_discovery(p: StartDiscovery, r: Responder) {
     if let Err(why) = apply_host_options(&mut opts, p.ctrlr_loss_timeout_sec, p.reconnect_delay_sec, p.fast_io_fail_timeout_sec) {
         return r.err(RpcError::invalid_params(why));
     }
-    let mut params = json!({"name": p.name, "trtype": "TCP", "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+    let mut params = json!({"name": p.name, "trtype": fabric.name(), "adrfam": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": p.traddr, "trsvcid": port.to_string(), "hostnqn": opts.hostnqn, "wait_for_attach": true});
     put_given(
         &mut params,
