@@ -60,6 +60,40 @@ impl ConnSlot {
     }
 }
 
+/// A count of open connections against a limit, handing out the
+/// [`ConnSlot`] of each connection it admits. A [`Listener`] keeps one;
+/// listeners that are not TCP sockets (an RDMA CM listener) keep their
+/// own, so that every transport bounds its connections the same way.
+#[derive(Clone, Debug)]
+pub struct ConnLimit {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl ConnLimit {
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit { open: Arc::new(AtomicUsize::new(0)), max }
+    }
+
+    /// A slot for one more connection, or None when `max` are open.
+    pub fn admit(&self) -> Option<ConnSlot> {
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot(Some(self.open.clone())))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         if let Some(n) = &self.0 {
@@ -82,9 +116,8 @@ struct Inner {
     backing_off: Cell<bool>,
     last_warned: Cell<Option<Instant>>,
     faults: FaultLog,
-    /// Connections open now (dropped slots give theirs back).
-    open: Arc<AtomicUsize>,
-    max_connections: usize,
+    /// Connections open now (dropped slots give theirs back), and the most.
+    limit: ConnLimit,
 }
 
 /// A listening socket served on the current reactor; it stops listening when
@@ -118,8 +151,7 @@ impl Listener {
             backing_off: Cell::new(false),
             last_warned: Cell::new(None),
             faults: FaultLog::default(),
-            open: Arc::new(AtomicUsize::new(0)),
-            max_connections,
+            limit: ConnLimit::new(max_connections),
         });
         let w = Rc::downgrade(&inner);
         let poller = reactor::register_timed_poller(poller, period, move || match w.upgrade() {
@@ -188,16 +220,11 @@ fn accept(l: &Rc<Inner>) -> PollStatus {
 /// Make an accepted connection ready for a protocol; `None` (logged) if it
 /// cannot be served.
 fn configure(l: &Inner, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
-    if l.open.load(Ordering::Relaxed) >= l.max_connections {
+    let Some(slot) = l.limit.admit() else {
         // Dropping the stream closes it: the peer sees its connection end.
-        crate::log_fault!(
-            l.faults,
-            "{}: connection from {peer} refused: {} connections open, the most it serves",
-            l.name,
-            l.max_connections
-        );
+        crate::log_fault!(l.faults, "{}: connection from {peer} refused: {} connections open, the most it serves", l.name, l.limit.max());
         return None;
-    }
+    };
     if let Err(e) = stream.set_nonblocking(true) {
         crate::log_fault!(l.faults, "{}: connection from {peer} closed: cannot make it nonblocking: {e}", l.name);
         return None;
@@ -212,8 +239,7 @@ fn configure(l: &Inner, stream: TcpStream, peer: SocketAddr) -> Option<Accepted>
     if let Err(e) = stream.set_nodelay(true).and_then(|()| super::configure_accepted(&stream)) {
         crate::log_fault!(l.faults, "{}: socket options for the connection from {peer}: {e}", l.name);
     }
-    l.open.fetch_add(1, Ordering::Relaxed);
-    Some(Accepted { stream, peer, local, slot: ConnSlot(Some(l.open.clone())) })
+    Some(Accepted { stream, peer, local, slot })
 }
 
 fn back_off(l: &Inner) {

@@ -32,7 +32,7 @@ mod tx;
 
 pub use clients::{Client, ClientGroup};
 pub use connect::{connect_result, connect_start};
-pub use listen::{ACCEPT_BACKOFF, Accepted, ConnSlot, Listener, RoundRobin};
+pub use listen::{ACCEPT_BACKOFF, Accepted, ConnLimit, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};
 pub use tx::{Flushed, OutBuf, TxBuf, TxQueue, Writev};
 

@@ -6,6 +6,10 @@
 //! with the NVMe status; a keyed SGL with a key the host never gave makes
 //! the target's RDMA READ fail, which ends that queue pair only: a second
 //! host connected at the same time still connects and gets its answers.
+//! A listener serves at most `max_connections_per_listener` queue pairs
+//! (one more is rejected with "no resources"), and a queue pair that sends
+//! no Fabrics Connect within `connect_timeout_sec` is disconnected; a host
+//! that goes away in the middle of a command leaves nothing held.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -22,6 +26,18 @@ use serde_json::json;
 const NQN: &str = "nqn.2016-06.io.pollux:rdma-hostile";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555";
 const ADDR: &str = "192.0.2.1";
+
+fn soft_roce() {
+    sh(&format!(
+        "set -e
+for m in crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy; do modprobe $m; done
+ip link set lo up
+ip link add d0 type dummy
+ip addr add {ADDR}/24 dev d0
+ip link set d0 up
+rdma link add rxe0 type rxe netdev d0"
+    ));
+}
 
 fn wait_readable(fd: i32, deadline: Instant) {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -155,6 +171,14 @@ impl Queue {
         }
     }
 
+    /// Send a capsule and go on without waiting for its answer.
+    fn send_only(&mut self, capsule: &[u8; 64]) {
+        self.buf[..64].copy_from_slice(capsule);
+        let sge = self.mr.sge(self.mr.addr(), 64);
+        // SAFETY: the buffer lives as long as the queue.
+        unsafe { self.id.post_send(1001, SendOp::Send, &[sge], false) }.expect("send");
+    }
+
     /// A Fabrics Connect of the admin queue for HOST, its data (at 4096 of
     /// the buffer) named by a keyed SGL with `rkey`.
     fn connect_capsule(&mut self, rkey: u32) -> [u8; 64] {
@@ -185,15 +209,7 @@ fn keyed(c: &mut [u8; 64], addr: u64, len: u32, key: u32) {
 #[test]
 fn malformed_requests_and_capsules_end_only_their_queue_pair() {
     in_guest(&VmConfig::new().controllers(0).memory_mib(1024).timeout(Duration::from_secs(600)), || {
-        sh(&format!(
-            "set -e
-for m in crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy; do modprobe $m; done
-ip link set lo up
-ip link add d0 type dummy
-ip addr add {ADDR}/24 dev d0
-ip link set d0 up
-rdma link add rxe0 type rxe netdev d0"
-        ));
+        soft_roce();
         let config = json!({"subsystems": [
             {"subsystem": "bdev", "config": [
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
@@ -254,6 +270,82 @@ rdma link add rxe0 type rxe netdev d0"
         assert!(!log.contains("panicked"), "{log}");
         drop(good);
         drop(bad);
+        assert_eq!(d.stop().code(), Some(0));
+    });
+}
+
+#[test]
+fn queue_pairs_are_capped_per_listener_and_silent_ones_closed() {
+    in_guest(&VmConfig::new().controllers(0).memory_mib(1024).timeout(Duration::from_secs(600)), || {
+        soft_roce();
+        let config = json!({"subsystems": [
+            {"subsystem": "bdev", "config": [
+                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
+            ]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "max_aq_depth": 32,
+                    "max_connections_per_listener": 2, "connect_timeout_sec": 2}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "RDMA", "adrfam": "IPv4", "traddr": ADDR, "trsvcid": "4420"}}},
+            ]},
+        ]});
+        let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), config: Some(config), ..Default::default() });
+        let tr = d.call("nvmf_get_transports", Some(json!({"trtype": "RDMA"}))).expect("nvmf_get_transports");
+        assert_eq!((tr[0]["max_connections_per_listener"].as_u64(), tr[0]["connect_timeout_sec"].as_u64()), (Some(2), Some(2)), "{tr}");
+        let addr: SocketAddr = format!("{ADDR}:4420").parse().unwrap();
+
+        // Two queue pairs that never connect; a third is refused.
+        let Connected::Yes(q1) = connect(addr, [0, 0, 32, 31]) else { panic!("the first request was rejected") };
+        let t0 = Instant::now();
+        let Connected::Yes(q2) = connect(addr, [0, 0, 32, 31]) else { panic!("the second request was rejected") };
+        assert!(matches!(connect(addr, [0, 0, 32, 31]), Connected::Rejected(6)), "a third queue pair on a listener capped at 2");
+        // Both are disconnected once the connect timeout passes.
+        expect_event(&q1.ch, CmEventKind::Disconnected);
+        expect_event(&q2.ch, CmEventKind::Disconnected);
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "disconnected before the 2 s connect timeout: {:?}", t0.elapsed());
+        drop((q1, q2));
+
+        // Their places are free again; one that connects stays.
+        let t1 = Instant::now();
+        let Connected::Yes(mut q) = connect(addr, [0, 0, 32, 31]) else { panic!("refused after the others were closed") };
+        let c = q.connect_capsule(q.mr.rkey());
+        assert_eq!(q.command(&c).map(|r| r.0), Some((0, 0)), "connect status");
+        let mut pg = [0u8; 64];
+        pg[0] = 0x7f;
+        pg[2..4].copy_from_slice(&9u16.to_le_bytes());
+        pg[4] = 0x04;
+        pg[40] = 1;
+        while t1.elapsed() < Duration::from_secs(3) {
+            assert!(q.command(&pg).is_some_and(|r| r.0 == (0, 0)), "a connected queue pair was closed");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // The host goes away in the middle of a command (an Identify
+        // whose data the target writes into its buffer): its queue pair
+        // ends and gives back everything it held; the listener, capped at
+        // two, admits two again.
+        let mut id = [0u8; 64];
+        id[0] = 0x06;
+        id[2..4].copy_from_slice(&10u16.to_le_bytes());
+        keyed(&mut id, q.mr.addr() + 4096, 4096, q.mr.rkey());
+        id[40] = 1;
+        q.send_only(&id);
+        drop(q);
+        let admin_qpairs = || -> u64 {
+            let s = d.call("nvmf_get_stats", None).expect("nvmf_get_stats");
+            s["poll_groups"].as_array().unwrap().iter().map(|g| g["current_admin_qpairs"].as_u64().unwrap()).sum()
+        };
+        let t2 = Instant::now();
+        while admin_qpairs() != 0 {
+            assert!(t2.elapsed() < Duration::from_secs(30), "the admin queue pair outlived its host");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let Connected::Yes(a) = connect(addr, [0, 0, 32, 31]) else { panic!("a place was not given back") };
+        let Connected::Yes(b) = connect(addr, [0, 0, 32, 31]) else { panic!("a place was not given back") };
+        drop((a, b));
+        let log = d.log();
+        assert!(log.contains("the most it serves") && log.contains("no Connect within"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
         assert_eq!(d.stop().code(), Some(0));
     });
 }

@@ -320,7 +320,7 @@ impl Controller {
     }
 
     /// An I/O queue pair closed and none of its commands is running any
-    /// more.
+    /// more (see [`report_io_qpair_closed`]).
     pub fn io_qpair_closed(&self, qid: u16, id: u64) {
         let mut q = self.io_qpairs.borrow_mut();
         if q.get(&qid).is_some_and(|r| r.id == id) {
@@ -459,4 +459,18 @@ pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32) {
     for c in ctrlrs {
         c.notify_ns_changed(nsid);
     }
+}
+
+/// From any reactor, any transport: I/O queue pair `id` (queue `qid` of
+/// controller `cntlid` in subsystem `subsystem_id`) closed and none of its
+/// commands runs any more; its controller, on the main reactor, forgets it.
+pub fn report_io_qpair_closed(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
+    reactor::send_msg(reactor::ReactorId(0), move || {
+        let Ok(t) = crate::target::target() else { return };
+        if let Some(s) = t.find_id(subsystem_id) {
+            if let Some(c) = s.controllers.borrow().get(&cntlid) {
+                c.io_qpair_closed(qid, id);
+            }
+        }
+    });
 }

@@ -169,9 +169,9 @@ fn get_stats(p: TgtOnly, r: Responder) {
                                     "pending_rdma_write": 0,
                                     "pending_rdma_send": 0,
                                     "total_send_wrs": d.total_send_wrs,
-                                    "send_doorbell_updates": d.total_send_wrs,
+                                    "send_doorbell_updates": d.send_doorbells,
                                     "total_recv_wrs": d.total_recv_wrs,
-                                    "recv_doorbell_updates": d.total_recv_wrs,
+                                    "recv_doorbell_updates": d.recv_doorbells,
                                 })
                             })
                             .collect();

@@ -29,10 +29,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pollux_core::sock::RoundRobin;
+use pollux_core::log::FaultLog;
+use pollux_core::sock::{ConnLimit, ConnSlot, RoundRobin};
 
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_core::sys::Interest;
+use pollux_nvme_spec::rdma::{self as cm_data, reject_data};
 use pollux_rdma::{CmEventKind, CmId, ConnectRequest, Device, EventChannel, ProtectionDomain};
 use serde_json::{Value, json};
 
@@ -41,25 +43,15 @@ use crate::NvmfError;
 
 pub(crate) use qpair::RdmaQpair;
 
-/// NVMe/RDMA CM private data (NVMe over Fabrics 1.1, 7.4.x).
-pub(crate) mod cm_data {
-    /// Record format 0 (the only one).
-    pub const RECFMT: u16 = 0;
-    /// Reject status codes (RDMA_CM_REJECT private data `sts`).
-    pub const INVALID_PRIVATE_DATA_LENGTH: u16 = 1;
-    pub const INVALID_RECFMT: u16 = 2;
-    pub const INVALID_HSQSIZE: u16 = 4;
-    pub const INVALID_HRQSIZE: u16 = 5;
-    pub const NO_RESOURCES: u16 = 6;
-    /// The request's bytes: recfmt, qid, hrqsize, hsqsize (all LE u16).
-    pub const REQUEST_LEN: usize = 8;
-}
-
 struct Listener {
     /// The CM context of its id (connection requests name it).
     ctx: u64,
     ep: Endpoint,
     uses: Cell<u32>,
+    /// Its queue pairs open now (on every reactor), at most
+    /// `max_connections_per_listener`.
+    limit: ConnLimit,
+    faults: FaultLog,
     _id: CmId,
 }
 
@@ -76,6 +68,8 @@ pub(crate) struct Group {
     qpairs: RefCell<HashMap<u64, Rc<RdmaQpair>>>,
     pds: RefCell<Vec<Rc<ProtectionDomain>>>,
     cm_poller: RefCell<Option<Poller>>,
+    /// Ends queue pairs that never connect (`connect_timeout_sec`).
+    timeout_poller: RefCell<Option<Poller>>,
     pub(crate) stats: RefCell<RdmaStats>,
 }
 
@@ -117,6 +111,9 @@ pub struct DeviceStats {
     pub pending_rdma_read: u64,
     pub total_send_wrs: u64,
     pub total_recv_wrs: u64,
+    /// Calls that posted send (receive) work requests: one doorbell each.
+    pub send_doorbells: u64,
+    pub recv_doorbells: u64,
 }
 
 impl RdmaStats {
@@ -151,6 +148,7 @@ fn group_here(opts: &TransportOpts) -> Result<Rc<Group>, pollux_rdma::Error> {
         qpairs: RefCell::new(HashMap::new()),
         pds: RefCell::new(Vec::new()),
         cm_poller: RefCell::new(None),
+        timeout_poller: RefCell::new(None),
         stats: RefCell::new(RdmaStats::default()),
     });
     let period = Duration::from_micros(u64::from(opts.acceptor_poll_rate.max(100)));
@@ -161,6 +159,13 @@ fn group_here(opts: &TransportOpts) -> Result<Rc<Group>, pollux_rdma::Error> {
     });
     poller.add_wake_fd(ch.fd(), Interest::READABLE).map_err(pollux_rdma::Error::CreateEventChannel)?;
     *g.cm_poller.borrow_mut() = Some(poller);
+    let weak = Rc::downgrade(&g);
+    let limit = Duration::from_secs(u64::from(opts.connect_timeout_sec));
+    let timeouts = reactor::register_timed_poller("nvmf_rdma_timeouts", Duration::from_millis(500), move || match weak.upgrade() {
+        Some(g) => g.end_unconnected(limit),
+        None => PollStatus::Idle,
+    });
+    *g.timeout_poller.borrow_mut() = Some(timeouts);
     GROUP.with(|s| *s.borrow_mut() = Some(g.clone()));
     Ok(g)
 }
@@ -174,6 +179,17 @@ impl Group {
         let pd = ProtectionDomain::new(dev)?;
         self.pds.borrow_mut().push(pd.clone());
         Ok(pd)
+    }
+
+    /// End the queue pairs accepted over `limit` ago that never sent a
+    /// Fabrics Connect: each holds registered memory for nothing.
+    fn end_unconnected(&self, limit: Duration) -> PollStatus {
+        let late: Vec<_> = self.qpairs.borrow().values().filter(|q| q.unconnected_for() > limit).cloned().collect();
+        for q in &late {
+            q.log_fault(&format!("no Connect within {limit:?}: closed"));
+            q.close(&format!("no Connect within {limit:?}"));
+        }
+        if late.is_empty() { PollStatus::Idle } else { PollStatus::Busy }
     }
 
     pub(crate) fn forget(&self, id: u64) {
@@ -219,13 +235,29 @@ impl Group {
             let ctx = ev.context();
             match kind {
                 CmEventKind::ConnectRequest => {
-                    let ep = self.listeners.borrow().iter().find(|l| l.ctx == ctx).map(|l| l.ep);
                     let id = next_id();
                     let Some(req) = ev.into_request(id) else { continue };
-                    match ep {
-                        Some(ep) => self.place(id, ep, req),
+                    let ls = self.listeners.borrow();
+                    let Some(l) = ls.iter().find(|l| l.ctx == ctx) else {
+                        drop(ls);
+                        let _ = req.id.reject(&reject_data(cm_data::reject::NO_RESOURCES));
+                        continue;
+                    };
+                    let ep = l.ep;
+                    match l.limit.admit() {
+                        Some(slot) => {
+                            drop(ls);
+                            self.place(id, ep, req, slot);
+                        }
                         None => {
-                            let _ = req.id.reject(&reject_data(cm_data::NO_RESOURCES));
+                            pollux_core::log_fault!(
+                                l.faults,
+                                "nvmf rdma: connection from {:?} on {ep} refused: {} queue pairs open, the most it serves",
+                                req.id.peer_addr(),
+                                l.limit.max()
+                            );
+                            drop(ls);
+                            let _ = req.id.reject(&reject_data(cm_data::reject::NO_RESOURCES));
                         }
                     }
                 }
@@ -258,18 +290,20 @@ impl Group {
     /// Serve a connection request here (the admin queue, which stays with
     /// its controller on the main reactor) or on the next reactor in turn
     /// (an I/O queue: its CM id moves to that reactor's event channel).
-    fn place(&self, id: u64, ep: Endpoint, req: ConnectRequest) {
-        let qid = (req.private_data.len() >= cm_data::REQUEST_LEN).then(|| u16::from_le_bytes([req.private_data[2], req.private_data[3]]));
+    fn place(&self, id: u64, ep: Endpoint, req: ConnectRequest, slot: ConnSlot) {
+        let qid = cm_data::Request::parse(&req.private_data).map(|r| r.qid);
         let here = reactor::current();
         let to = if qid.is_some_and(|q| q > 0) { self.placement.next() } else { here };
         let me = current().expect("this reactor's group");
         if to == here {
-            return qpair::accept(&me, id, ep, req);
+            return qpair::accept(&me, id, ep, req, slot);
         }
         let ConnectRequest { id: cm, private_data, responder_resources, initiator_depth } = req;
         let moving = match cm.into_moving() {
             Ok(m) => m,
-            Err(cm) => return qpair::accept(&me, id, ep, ConnectRequest { id: cm, private_data, responder_resources, initiator_depth }),
+            Err(cm) => {
+                return qpair::accept(&me, id, ep, ConnectRequest { id: cm, private_data, responder_resources, initiator_depth }, slot);
+            }
         };
         let opts = self.opts.clone();
         reactor::send_msg(to, move || {
@@ -281,19 +315,11 @@ impl Group {
                 }
             };
             match CmId::adopt(moving, &g.ch) {
-                Ok(cm) => qpair::accept(&g, id, ep, ConnectRequest { id: cm, private_data, responder_resources, initiator_depth }),
+                Ok(cm) => qpair::accept(&g, id, ep, ConnectRequest { id: cm, private_data, responder_resources, initiator_depth }, slot),
                 Err((_, e)) => tracing::warn!("nvmf rdma: moving a connection to this reactor: {e}"),
             }
         });
     }
-}
-
-/// The private data of an NVMe/RDMA CM reject.
-pub(crate) fn reject_data(sts: u16) -> [u8; 4] {
-    let mut d = [0u8; 4];
-    d[..2].copy_from_slice(&cm_data::RECFMT.to_le_bytes());
-    d[2..].copy_from_slice(&sts.to_le_bytes());
-    d
 }
 
 /// Close the queue pair `id` of this reactor (an
@@ -312,6 +338,7 @@ pub fn close_all(then: impl FnOnce() + Send + 'static) {
             if let Some(g) = GROUP.with(|g| g.borrow_mut().take()) {
                 g.close_everything("the target is shutting down");
                 g.cm_poller.borrow_mut().take();
+                g.timeout_poller.borrow_mut().take();
                 g.listeners.borrow_mut().clear();
             }
         },
@@ -357,7 +384,8 @@ impl Transport for RdmaTransport {
         let err = |e| NvmfError::Listen(ep.to_string(), std::io::Error::other(e));
         let id = CmId::new(&self.main.ch, ctx).map_err(err)?;
         id.listen(ep.addr, self.main.opts.acceptor_backlog.max(1)).map_err(err)?;
-        ls.push(Listener { ctx, ep: *ep, uses: Cell::new(1), _id: id });
+        let limit = ConnLimit::new(self.main.opts.max_connections_per_listener as usize);
+        ls.push(Listener { ctx, ep: *ep, uses: Cell::new(1), limit, faults: FaultLog::default(), _id: id });
         tracing::info!("nvmf: listening on {ep}");
         Ok(())
     }
@@ -397,6 +425,8 @@ impl Transport for RdmaTransport {
             "no_wr_batching": false,
             "kas": o.kas,
             "min_kato": o.min_kato,
+            "connect_timeout_sec": o.connect_timeout_sec,
+            "max_connections_per_listener": o.max_connections_per_listener,
         })
     }
 }

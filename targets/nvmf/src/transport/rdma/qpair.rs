@@ -25,16 +25,20 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
+use std::time::{Duration, Instant};
+
 use pollux_core::bdev::BdevIo;
 use pollux_core::dma::DmaBuf;
+use pollux_core::log::FaultLog;
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
+use pollux_core::sock::ConnSlot;
 use pollux_core::sys::Interest;
 use pollux_nvme_spec::cmd::{Command, Completion};
 use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, ibv_wc};
 use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{Group, capsule, cm_data, reject_data};
+use super::{Group, capsule};
 use crate::ctrlr::connect::{self, Connected};
 use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
 use crate::group::SubsystemView;
@@ -42,6 +46,7 @@ use crate::io::{self as nvm, Completer, DataDir, IoSink};
 use crate::status;
 use crate::transport::{Endpoint, TransportOpts};
 use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
+use pollux_nvme_spec::rdma::{self as cm_data, reject::*, reject_data};
 
 const CAPSULE_CMD: usize = capsule::COMMAND_LEN;
 const RESPONSE: usize = 16;
@@ -50,6 +55,8 @@ const WR_RECV: u64 = 1;
 const WR_READ: u64 = 2;
 const WR_WRITE: u64 = 3;
 const WR_SEND: u64 = 4;
+/// Responses posted in one chain at most (two work requests each).
+const RESPONSE_BATCH: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
@@ -72,6 +79,8 @@ struct Slot {
     len: u32,
     /// The host's buffer (keyed SGL).
     remote: (u64, u32),
+    /// Its response carries data (an RDMA WRITE before the SEND).
+    write_data: bool,
     /// The registration of the slot's buffer (dropped before the buffer).
     mr: MemoryRegion,
     /// The slot's buffer (with a bdev while it runs the command).
@@ -110,6 +119,8 @@ struct State {
     /// Receive buffers whose capsules were taken, to post again.
     repost: Vec<u16>,
     repost_wrs: Vec<(u64, pollux_rdma::sys::ibv_sge)>,
+    /// Slots whose responses wait to be posted (end of the pass).
+    to_send: Vec<u16>,
     /// Its device's counters in the transport's stats.
     dev: usize,
 }
@@ -130,48 +141,48 @@ pub(crate) struct RdmaQpair {
     deferred: RefCell<Vec<(u16, Response)>>,
     close_reason: RefCell<Option<String>>,
     poller: RefCell<Option<Poller>>,
+    /// Its poller is running (responses are posted at its end).
+    in_poll: Cell<bool>,
+    /// When it was accepted (it must connect within connect_timeout_sec).
+    since: Instant,
+    faults: FaultLog,
+    /// Its place in its listener's count.
+    _slot: ConnSlot,
 }
 
 fn wr_id(kind: u64, idx: u16, generation: u16) -> u64 {
     (kind << 32) | (u64::from(generation) << 16) | u64::from(idx)
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
 /// A connection request: check the host's private data, set the queue
 /// pair up and accept it, or reject it with the NVMe/RDMA status.
-pub(super) fn accept(shared: &Rc<Group>, id: u64, ep: Endpoint, req: ConnectRequest) {
+pub(super) fn accept(shared: &Rc<Group>, id: u64, ep: Endpoint, req: ConnectRequest, slot: ConnSlot) {
     let d = req.private_data.clone();
     let peer = req.id.peer_addr();
     let refuse = |req: ConnectRequest, sts: u16, why: String| {
         tracing::warn!("nvmf rdma: connection from {peer:?} on {ep} refused: {why}");
         let _ = req.id.reject(&reject_data(sts));
     };
-    if d.len() < cm_data::REQUEST_LEN {
-        return refuse(req, cm_data::INVALID_PRIVATE_DATA_LENGTH, format!("{} bytes of private data", d.len()));
-    }
-    let (recfmt, qid, hrqsize, hsqsize) = (le16(&d, 0), le16(&d, 2), le16(&d, 4), le16(&d, 6));
+    let Some(cm_data::Request { recfmt, qid, hrqsize, hsqsize }) = cm_data::Request::parse(&d) else {
+        return refuse(req, INVALID_PRIVATE_DATA_LENGTH, format!("{} bytes of private data", d.len()));
+    };
     if recfmt != cm_data::RECFMT {
-        return refuse(req, cm_data::INVALID_RECFMT, format!("record format {recfmt}"));
+        return refuse(req, INVALID_RECFMT, format!("record format {recfmt}"));
     }
     let o = &shared.opts;
     let max = if qid == 0 { o.max_aq_depth.min(u32::from(u16::MAX)) as u16 } else { o.max_queue_depth };
     if hrqsize == 0 {
-        return refuse(req, cm_data::INVALID_HRQSIZE, "HRQSIZE 0".into());
+        return refuse(req, INVALID_HRQSIZE, "HRQSIZE 0".into());
     }
     if hsqsize == 0 || hsqsize >= max {
-        return refuse(req, cm_data::INVALID_HSQSIZE, format!("HSQSIZE {hsqsize} (at most {})", max - 1));
+        return refuse(req, INVALID_HSQSIZE, format!("HSQSIZE {hsqsize} (at most {})", max - 1));
     }
     // Commands outstanding at most: the SQ's entries, and no more
     // completions than the host can receive.
     let depth = (hsqsize + 1).min(hrqsize).min(max);
-    match RdmaQpair::new(shared, id, ep, peer, qid, depth, req.responder_resources, req.id) {
+    match RdmaQpair::new(shared, id, ep, peer, qid, depth, req.responder_resources, req.id, slot) {
         Ok((q, cm)) => {
-            let mut rep = [0u8; 32];
-            rep[..2].copy_from_slice(&cm_data::RECFMT.to_le_bytes());
-            rep[2..4].copy_from_slice(&depth.to_le_bytes());
+            let rep = cm_data::accept(depth);
             let max_reads = q.st.borrow().max_reads;
             let p = ConnParam {
                 private_data: &rep,
@@ -193,7 +204,7 @@ pub(super) fn accept(shared: &Rc<Group>, id: u64, ep: Endpoint, req: ConnectRequ
         }
         Err((cm, e)) => {
             tracing::warn!("nvmf rdma: connection from {peer:?} on {ep} refused: {e}");
-            let _ = cm.reject(&reject_data(cm_data::NO_RESOURCES));
+            let _ = cm.reject(&reject_data(NO_RESOURCES));
         }
     }
 }
@@ -209,6 +220,7 @@ impl RdmaQpair {
         depth: u16,
         host_responder_resources: u8,
         mut cm: CmId,
+        slot: ConnSlot,
     ) -> Result<(Rc<RdmaQpair>, CmId), (CmId, String)> {
         let o = shared.opts.clone();
         let setup = |cm: &mut CmId| -> Result<State, String> {
@@ -226,10 +238,10 @@ impl RdmaQpair {
             // region (its heap memory never moves) and outlives it (the
             // region is declared, so dropped, before... see State: both
             // drop together, the QP first via `cm`).
-            let recv_mr = unsafe { pd.register(recv_buf.as_mut_ptr(), recv_buf.len()) }.map_err(|e| e.to_string())?;
+            let recv_mr = unsafe { pd.register_local(recv_buf.as_mut_ptr(), recv_buf.len()) }.map_err(|e| e.to_string())?;
             let mut resp_buf = vec![0u8; RESPONSE * depth as usize].into_boxed_slice();
             // SAFETY: as above.
-            let resp_mr = unsafe { pd.register(resp_buf.as_mut_ptr(), resp_buf.len()) }.map_err(|e| e.to_string())?;
+            let resp_mr = unsafe { pd.register_local(resp_buf.as_mut_ptr(), resp_buf.len()) }.map_err(|e| e.to_string())?;
             let data_len = o.max_io_size.max(size_of::<ConnectData>() as u32) as usize;
             let bufs = DmaBuf::alloc_many(data_len, depth as usize).map_err(|e| e.to_string())?;
             let mut slots = Vec::with_capacity(depth as usize);
@@ -237,7 +249,7 @@ impl RdmaQpair {
                 // SAFETY: a DMA buffer owned by this slot for the life of the
                 // region (in `bufs`, or lent to a bdev and given back before
                 // the slot is reused); never moved (its memory is a region's).
-                let mr = unsafe { pd.register(b.as_mut_ptr(), b.capacity()) }.map_err(|e| e.to_string())?;
+                let mr = unsafe { pd.register_local(b.as_mut_ptr(), b.capacity()) }.map_err(|e| e.to_string())?;
                 slots.push(Slot {
                     generation: 0,
                     state: SlotState::Free,
@@ -245,6 +257,7 @@ impl RdmaQpair {
                     dir: DataDir::None,
                     len: 0,
                     remote: (0, 0),
+                    write_data: false,
                     mr,
                     bufs: vec![b],
                 });
@@ -272,6 +285,7 @@ impl RdmaQpair {
                 executing: 0,
                 repost: Vec::with_capacity(depth as usize),
                 repost_wrs: Vec::with_capacity(depth as usize),
+                to_send: Vec::with_capacity(RESPONSE_BATCH),
                 dev: shared.stats.borrow_mut().device(&dev.name()),
             })
         };
@@ -292,6 +306,10 @@ impl RdmaQpair {
             deferred: RefCell::new(Vec::new()),
             close_reason: RefCell::new(None),
             poller: RefCell::new(None),
+            in_poll: Cell::new(false),
+            since: Instant::now(),
+            faults: FaultLog::default(),
+            _slot: slot,
         });
         // Receives for every capsule the host may send.
         for i in 0..depth {
@@ -300,7 +318,10 @@ impl RdmaQpair {
             }
         }
         let dev = q.st.borrow().dev;
-        Self::count_dev(&q.group, dev, |d| d.total_recv_wrs += u64::from(depth));
+        Self::count_dev(&q.group, dev, |d| {
+            d.total_recv_wrs += u64::from(depth);
+            d.recv_doorbells += u64::from(depth);
+        });
         let weak = Rc::downgrade(&q);
         let poller = reactor::register_poller("nvmf_rdma_qpair", move || match weak.upgrade() {
             Some(q) => q.poll(),
@@ -331,6 +352,7 @@ impl RdmaQpair {
             st.repost_wrs.push((wr_id(WR_RECV, i, 0), st.recv_mr.sge(at, st.capsule as u32)));
         }
         st.repost.clear();
+        Self::count_dev(&self.group, st.dev, |d| d.recv_doorbells += st.repost_wrs.len().div_ceil(32) as u64);
         // SAFETY: as in post_recv: the buffers live in this State until
         // after the QP is destroyed, and their capsules were taken.
         unsafe { cm.post_recv_chain(&st.repost_wrs) }
@@ -367,6 +389,18 @@ impl RdmaQpair {
         }
     }
 
+    /// How long it has been open without a Fabrics Connect (zero once
+    /// connected or closed).
+    pub(super) fn unconnected_for(&self) -> Duration {
+        let bound = self.st.try_borrow().map_or(true, |st| !matches!(st.queue, Queue::Unbound));
+        if bound || self.closed.get() { Duration::ZERO } else { self.since.elapsed() }
+    }
+
+    /// Log a fault of this queue pair's host (rate-limited per queue pair).
+    pub(super) fn log_fault(&self, what: &str) {
+        pollux_core::log_fault!(self.faults, "nvmf rdma: queue pair from {:?} on {}: {what}", self.peer, self.ep);
+    }
+
     pub(super) fn established(&self) {
         self.st.borrow_mut().established = true;
     }
@@ -378,6 +412,18 @@ impl RdmaQpair {
         if self.closed.get() {
             return PollStatus::Idle;
         }
+        self.in_poll.set(true);
+        let busy = self.poll_pass();
+        self.in_poll.set(false);
+        if !self.closed.get() {
+            if let Ok(mut st) = self.st.try_borrow_mut() {
+                Self::post_responses(&self.group, &mut st);
+            }
+        }
+        busy
+    }
+
+    fn poll_pass(&self) -> PollStatus {
         if let Some(why) = self.close_reason.borrow_mut().take() {
             self.close(&why);
             return PollStatus::Busy;
@@ -570,7 +616,10 @@ impl RdmaQpair {
                 continue;
             }
             st.reads += 1;
-            Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1);
+            Self::count_dev(&self.group, st.dev, |d| {
+                d.total_send_wrs += 1;
+                d.send_doorbells += 1;
+            });
         }
     }
 
@@ -731,7 +780,7 @@ impl RdmaQpair {
                 } else if let Ok((_, sid, cntlid)) = out {
                     // Gone meanwhile: tell its controller.
                     let qid = cc.qid.get();
-                    reactor::send_msg(ReactorId(0), move || report_closed_on_main(sid, cntlid, qid, id));
+                    crate::ctrlr::report_io_qpair_closed(sid, cntlid, qid, id);
                 }
             });
         });
@@ -786,30 +835,70 @@ impl RdmaQpair {
         let at = idx as usize * RESPONSE;
         st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
         slot.state = SlotState::Responding;
-        let generation = slot.generation;
-        let Some(cm) = st.cm.as_ref() else {
+        slot.write_data = slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0;
+        if st.cm.is_none() {
             return Self::release(st, idx);
-        };
-        let data = slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0;
+        }
         let io = matches!(st.queue, Queue::Io { .. });
+        let data = slot.write_data;
         Self::count_dev(&self.group, st.dev, |d| d.total_send_wrs += 1 + u64::from(data));
         Self::count(&self.group, |s| s.completed_nvme_io += u64::from(io));
-        let data_sge = slot.mr.sge(slot.mr.addr(), slot.len);
-        let (remote_addr, rkey) = slot.remote;
-        let resp_sge = st.resp_mr.sge(st.resp_mr.addr() + at as u64, RESPONSE as u32);
-        let write =
-            SendWr { wr_id: wr_id(WR_WRITE, idx, generation), op: SendOp::Write { remote_addr, rkey }, sge: &[data_sge], signaled: false };
-        let send = SendWr { wr_id: wr_id(WR_SEND, idx, generation), op: SendOp::Send, sge: &[resp_sge], signaled: true };
-        let both = [write, send];
-        // The data (RDMA WRITE, unsignaled) and the completion (SEND) in one
-        // chain: the SEND completes after the WRITE (same send queue).
-        let chain: &[SendWr<'_>] = if data { &both } else { &both[1..] };
-        // SAFETY: the slot's data buffer and its response buffer stay
-        // registered and unused until the SEND completes (the slot is
+        // Posted with the others of this pass (one call for all).
+        st.to_send.push(idx);
+        if st.to_send.len() >= RESPONSE_BATCH {
+            Self::post_responses(&self.group, st);
+        } else if !self.in_poll.get() {
+            self.kick();
+        }
+    }
+
+    /// Post the responses waiting: each its data (RDMA WRITE, unsignaled)
+    /// and its completion (SEND), which completes after the WRITE (same
+    /// send queue), all in one chain.
+    fn post_responses(group: &Weak<Group>, st: &mut State) {
+        if st.to_send.is_empty() {
+            return;
+        }
+        let Some(cm) = st.cm.as_ref() else { return };
+        let n = st.to_send.len().min(RESPONSE_BATCH);
+        let sges: [[pollux_rdma::sys::ibv_sge; 2]; RESPONSE_BATCH] = std::array::from_fn(|i| match st.to_send.get(i) {
+            Some(&idx) => {
+                let slot = &st.slots[idx as usize];
+                let at = st.resp_mr.addr() + (idx as usize * RESPONSE) as u64;
+                [slot.mr.sge(slot.mr.addr(), slot.len), st.resp_mr.sge(at, RESPONSE as u32)]
+            }
+            None => Default::default(),
+        });
+        let mut wrs: [Option<SendWr<'_>>; 2 * RESPONSE_BATCH] = [None; 2 * RESPONSE_BATCH];
+        let mut k = 0;
+        for (i, &idx) in st.to_send[..n].iter().enumerate() {
+            let slot = &st.slots[idx as usize];
+            let (remote_addr, rkey) = slot.remote;
+            if slot.write_data {
+                let op = SendOp::Write { remote_addr, rkey };
+                wrs[k] = Some(SendWr { wr_id: wr_id(WR_WRITE, idx, slot.generation), op, sge: &sges[i][..1], signaled: false });
+                k += 1;
+            }
+            wrs[k] = Some(SendWr { wr_id: wr_id(WR_SEND, idx, slot.generation), op: SendOp::Send, sge: &sges[i][1..], signaled: true });
+            k += 1;
+        }
+        let chain: [SendWr<'_>; 2 * RESPONSE_BATCH] =
+            std::array::from_fn(|i| wrs[i].unwrap_or(SendWr { wr_id: 0, op: SendOp::Send, sge: &[], signaled: false }));
+        // SAFETY: each slot's data buffer and its response buffer stay
+        // registered and unused until its SEND completes (the slot is
         // Responding until then).
-        if let Err(e) = unsafe { cm.post_send_chain(chain) } {
-            tracing::warn!("nvmf rdma: posting a response: {e}");
-            Self::release(st, idx);
+        let r = unsafe { cm.post_send_chain(&chain[..k]) };
+        if let Err(e) = r {
+            tracing::warn!("nvmf rdma: posting responses: {e}");
+            for j in 0..n {
+                let idx = st.to_send[j];
+                Self::release(st, idx);
+            }
+        }
+        st.to_send.drain(..n);
+        Self::count_dev(group, st.dev, |d| d.send_doorbells += 1);
+        if !st.to_send.is_empty() {
+            Self::post_responses(group, st);
         }
     }
 
@@ -852,8 +941,7 @@ impl RdmaQpair {
     }
 
     fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {
-        let id = self.id;
-        reactor::send_msg(ReactorId(0), move || report_closed_on_main(subsystem_id, cntlid, qid, id));
+        crate::ctrlr::report_io_qpair_closed(subsystem_id, cntlid, qid, self.id);
     }
 }
 
@@ -880,16 +968,6 @@ impl RdmaQpair {
     fn kick(&self) {
         if let Some(p) = self.poller.borrow().as_ref() {
             p.kick();
-        }
-    }
-}
-
-/// On the main reactor: forget a closed I/O queue pair.
-fn report_closed_on_main(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
-    let Ok(t) = crate::target::target() else { return };
-    if let Some(s) = t.find_id(subsystem_id) {
-        if let Some(c) = s.controllers.borrow().get(&cntlid) {
-            c.io_qpair_closed(qid, id);
         }
     }
 }

@@ -804,7 +804,7 @@ impl Conn {
 
     fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {
         let id = self.id;
-        reactor::send_msg(ReactorId(0), move || io_qpair_closed(subsystem_id, cntlid, qid, id));
+        crate::ctrlr::report_io_qpair_closed(subsystem_id, cntlid, qid, id);
     }
 
     /// A command of a closed connection finished: forget it, and once none
@@ -825,18 +825,6 @@ impl Conn {
                 }
                 self.report_closed(subsystem_id, cntlid, qid);
             }
-        }
-    }
-}
-
-/// On the main reactor: forget a closed I/O queue pair.
-fn io_qpair_closed(subsystem_id: u32, cntlid: u16, qid: u16, id: u64) {
-    let Ok(t) = crate::target::target() else {
-        return;
-    };
-    if let Some(s) = t.find_id(subsystem_id) {
-        if let Some(c) = s.controllers.borrow().get(&cntlid) {
-            c.io_qpair_closed(qid, id);
         }
     }
 }
