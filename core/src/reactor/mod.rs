@@ -615,6 +615,13 @@ pub fn interrupt_mode() -> bool {
     with_current(|r| r.shared.interrupt_mode)
 }
 
+/// How many times this reactor has slept (interrupt mode): a poller that
+/// sees it change knows the reactor woke since, possibly for one of its
+/// descriptors.
+pub fn sleeps() -> u64 {
+    with_current(|r| r.stats.sleeps.get())
+}
+
 /// Run `f` on reactor `to`. Messages between two reactors run in the order
 /// they were sent; a message to the current reactor runs in a later iteration,
 /// never inline.

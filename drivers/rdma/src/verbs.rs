@@ -249,12 +249,23 @@ impl Drop for CompletionChannel {
 
 /// A completion queue, polled; in interrupt mode armed on a completion
 /// channel.
+///
+/// It keeps track of its arming so that a poller that runs with nothing
+/// to do makes no system call: arming an armed CQ does nothing, and the
+/// channel is read only for events the CQ owes (an armed CQ raises one
+/// event at its next completion, so a poll that finds completions while
+/// armed means one event is, or is about to be, on the channel).
 #[derive(Debug)]
 pub struct CompletionQueue {
     pub(crate) cq: *mut ibv_cq,
     channel: Option<Rc<CompletionChannel>>,
     /// Channel events taken and not yet acknowledged.
     unacked: std::cell::Cell<u32>,
+    /// Armed since the last completion was polled.
+    armed: std::cell::Cell<bool>,
+    /// Events raised (by completions polled while armed) and not yet
+    /// taken from the channel.
+    owed: std::cell::Cell<u32>,
 }
 
 impl CompletionQueue {
@@ -267,7 +278,13 @@ impl CompletionQueue {
         if cq.is_null() {
             return Err(Error::CreateCq(io::Error::last_os_error()));
         }
-        Ok(Rc::new(CompletionQueue { cq, channel, unacked: std::cell::Cell::new(0) }))
+        Ok(Rc::new(CompletionQueue {
+            cq,
+            channel,
+            unacked: std::cell::Cell::new(0),
+            armed: std::cell::Cell::new(false),
+            owed: std::cell::Cell::new(0),
+        }))
     }
 
     /// Take up to `wc.len()` completions; how many.
@@ -279,29 +296,43 @@ impl CompletionQueue {
         if got < 0 {
             return Err(Error::PollCq(got));
         }
+        if got > 0 && self.armed.replace(false) {
+            self.owed.set(self.owed.get() + 1);
+        }
         Ok(got as usize)
     }
 
-    /// Ask for a channel event at the next completion. Poll once more
-    /// after arming: a completion that came in between raised no event.
+    /// Ask for a channel event at the next completion (nothing to do if
+    /// it is armed already). Poll once more after arming: a completion that
+    /// came in between raised no event.
     pub fn arm(&self) -> Result<(), Error> {
+        if self.armed.get() {
+            return Ok(());
+        }
         // SAFETY: the CQ is live.
         let rc = unsafe { sys::req_notify_cq(self.cq, 0) };
         if rc != 0 {
             return Err(Error::ReqNotifyCq(io::Error::from_raw_os_error(rc)));
         }
+        self.armed.set(true);
         Ok(())
     }
 
-    /// Take the channel's pending event (after its fd was readable), so
-    /// that the fd quiets down; acknowledged in batches. One at most per
-    /// call (a system call each): the CQ raises one per arming, and a
-    /// level-triggered fd that still has one stays readable.
-    pub fn take_events(&self) -> Result<u32, Error> {
+    /// Take the channel's events so that the fd quiets down; acknowledged
+    /// in batches. Call before polling (as verbs' own pattern does: take
+    /// the event, arm, poll): an event taken after the last poll may be
+    /// that of a completion not polled yet, which would then wake no one. Without `look`, only when the CQ owes one (none owed: no
+    /// system call); with it (the fd may be readable: the caller woke up),
+    /// whatever is there. An event owed but not there yet is given up on:
+    /// when it comes, its fd wakes the caller, who then looks.
+    pub fn take_events(&self, look: bool) -> Result<u32, Error> {
         let Some(ch) = &self.channel else { return Ok(0) };
+        if self.owed.get() == 0 && !look {
+            return Ok(0);
+        }
         let lib = lib()?;
         let mut n = 0;
-        while n == 0 {
+        loop {
             let mut cq: *mut ibv_cq = ptr::null_mut();
             let mut ctx: *mut std::ffi::c_void = ptr::null_mut();
             // SAFETY: the channel is live and nonblocking; the out
@@ -310,11 +341,13 @@ impl CompletionQueue {
             if rc != 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::WouldBlock {
+                    self.owed.set(0);
                     break;
                 }
                 return Err(Error::GetCqEvent(e));
             }
             n += 1;
+            self.owed.set(self.owed.get().saturating_sub(1));
         }
         let unacked = self.unacked.get() + n;
         if unacked >= 64 {

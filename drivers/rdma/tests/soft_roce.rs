@@ -80,7 +80,7 @@ fn completions(cq: &CompletionQueue, ch: &CompletionChannel, n: usize) -> Vec<ib
             out.extend_from_slice(&wc[..got]);
             if got == 0 {
                 wait_readable(&[ch.fd()], deadline);
-                cq.take_events().expect("take events");
+                cq.take_events(true).expect("take events");
             }
         }
     }

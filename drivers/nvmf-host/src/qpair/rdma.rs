@@ -479,7 +479,9 @@ impl Qpair {
         }) else {
             return;
         };
-        if let Err(e) = cq.take_events() {
+        // Woken by a readable fd: take what the channel has first, then
+        // poll (no completion is left behind an event taken).
+        if let Err(e) = cq.take_events(true) {
             return self.fail(HostError::Transport(e.to_string()));
         }
         let mut wc = [ibv_wc::default(); 32];

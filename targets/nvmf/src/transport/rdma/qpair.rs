@@ -143,6 +143,8 @@ pub(crate) struct RdmaQpair {
     poller: RefCell<Option<Poller>>,
     /// Its poller is running (responses are posted at its end).
     in_poll: Cell<bool>,
+    /// The reactor's sleep count when it last looked at its channel.
+    sleeps_seen: Cell<u64>,
     /// When it was accepted (it must connect within connect_timeout_sec).
     since: Instant,
     faults: FaultLog,
@@ -307,6 +309,7 @@ impl RdmaQpair {
             close_reason: RefCell::new(None),
             poller: RefCell::new(None),
             in_poll: Cell::new(false),
+            sleeps_seen: Cell::new(u64::MAX),
             since: Instant::now(),
             faults: FaultLog::default(),
             _slot: slot,
@@ -439,8 +442,15 @@ impl RdmaQpair {
         let dev = self.st.borrow().dev;
         let mut taken = 0u64;
         if irq {
-            // Quiet the channel's fd (an event per arming): once per pass.
-            let _ = self.st.borrow().cq.take_events();
+            // Quiet the channel's fd before polling (so that no completion
+            // is left behind an event taken): the events that completions
+            // polled while armed raised (none: no system call), and after
+            // each sleep whatever is there (this fd may have woken us).
+            let sleeps = reactor::sleeps();
+            let look = self.sleeps_seen.replace(sleeps) != sleeps;
+            if let Err(e) = self.st.borrow().cq.take_events(look) {
+                tracing::warn!("nvmf rdma: reading its completion channel: {e}");
+            }
         }
         let busy = loop {
             let got = self.st.borrow().cq.poll(&mut wc);
