@@ -367,6 +367,12 @@ impl BufPool {
         *self.waiter.borrow_mut() = Some(p);
     }
 
+    /// The memory the pool's buffers are carved from (one region per size
+    /// class): what an RDMA device registers once to reach any of them.
+    pub fn regions(&self) -> Vec<(*mut u8, usize)> {
+        [&self.small, &self.large].iter().filter_map(|c| c._region.as_ref().map(|r| (r.as_ptr(), c.size * c.count))).collect()
+    }
+
     pub fn stats(&self) -> PoolStats {
         PoolStats {
             small_total: self.small.count,

@@ -4,7 +4,8 @@
 //! over RDMA, identify, data-verifying workloads (small writes in the
 //! capsule, large ones fetched with RDMA READ, reads pushed with RDMA
 //! WRITE), a TCP host on the same subsystem at the same time, disconnect,
-//! and a host that is not allowed.
+//! and a host that is not allowed. Data buffers come from small iobuf
+//! pools (commands wait for them in turn) and all go back.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -114,7 +115,11 @@ ip addr add {ADDR}/24 dev d0
 ip link set d0 up
 rdma link add rxe0 type rxe netdev d0"
         ));
+        // Few buffers (eight small, two large per reactor): 4 KiB writes
+        // (in the capsule) and 128 KiB writes (RDMA READ) at depth 16 wait
+        // for data buffers in turn.
         let config = json!({"subsystems": [
+            {"subsystem": "iobuf", "config": [{"method": "iobuf_set_options", "params": {"small_pool_count": 16, "large_pool_count": 4}}]},
             {"subsystem": "bdev", "config": [
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
             ]},
@@ -174,6 +179,11 @@ rdma link add rxe0 type rxe netdev d0"
         assert_eq!(ns["nsze"], 131072);
         fio_verify(dev, "randwrite", "4k", "8M");
         fio_verify(dev, "write", "128k", "16M");
+        let pools = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
+        for class in ["small_pool", "large_pool"] {
+            let waited: u64 = pools.as_array().unwrap().iter().map(|p| p[class]["retry"].as_u64().unwrap()).sum();
+            assert!(waited > 0, "no command waited for a buffer of {class}: {pools}");
+        }
         // The RDMA poll groups' counters: the admin queue on the main
         // reactor, the I/O queues spread over both reactors.
         let stats = d.call("nvmf_get_stats", None).expect("nvmf_get_stats");
@@ -209,6 +219,17 @@ rdma link add rxe0 type rxe netdev d0"
         let t0 = Instant::now();
         while d.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN}))).expect("get_controllers") != json!([]) {
             assert!(t0.elapsed() < Duration::from_secs(30), "controllers left after disconnect");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Every data buffer is back in its pool.
+        let all_back = |p: &Value| ["small_pool", "large_pool"].iter().all(|k| p[k]["free"] == p[k]["total"]);
+        let t0 = Instant::now();
+        loop {
+            let pools = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
+            if pools.as_array().unwrap().iter().all(all_back) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "data buffers not given back: {pools}");
             std::thread::sleep(Duration::from_millis(100));
         }
 

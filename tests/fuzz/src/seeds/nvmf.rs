@@ -188,5 +188,11 @@ pub(super) fn nvmf_rdma_capsule() -> Vec<(String, Vec<u8>)> {
         ("in-capsule-write".to_string(), cmd(0x01, 0x01, 0, 256, None, 256)),
         ("flush".to_string(), cmd(0x00, 0x00, 0, 0, None, 0)),
         ("connect".to_string(), connect),
+        // CM private data as the kernel's host and nvmet-rdma send it:
+        // a request (recfmt 0, qid 1, hrqsize 128, hsqsize 127, padded to
+        // 56 bytes as delivered), an accept (crqsize 128), a reject (6).
+        ("cm-request".to_string(), [&[0u8, 0, 1, 0, 128, 0, 127, 0][..], &[0u8; 48][..]].concat()),
+        ("cm-accept".to_string(), [&[0u8, 0, 128, 0][..], &[0u8; 28][..]].concat()),
+        ("cm-reject".to_string(), vec![0, 0, 6, 0]),
     ]
 }

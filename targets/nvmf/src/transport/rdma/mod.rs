@@ -32,10 +32,11 @@ use std::time::Duration;
 use pollux_core::log::FaultLog;
 use pollux_core::sock::{ConnLimit, ConnSlot, RoundRobin};
 
+use pollux_core::dma::{BufPool, DmaBuf};
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_core::sys::Interest;
 use pollux_nvme_spec::rdma::{self as cm_data, reject_data};
-use pollux_rdma::{CmEventKind, CmId, ConnectRequest, Device, EventChannel, ProtectionDomain};
+use pollux_rdma::{CmEventKind, CmId, ConnectRequest, Device, EventChannel, MemoryRegion, ProtectionDomain};
 use serde_json::{Value, json};
 
 use super::{Endpoint, Transport, TransportKind, TransportOpts};
@@ -67,6 +68,9 @@ pub(crate) struct Group {
     /// Every queue pair by its id (also the CM context of its id).
     qpairs: RefCell<HashMap<u64, Rc<RdmaQpair>>>,
     pds: RefCell<Vec<Rc<ProtectionDomain>>>,
+    /// The reactor's buffer pool registered on each device (through its
+    /// protection domain here).
+    pool_regions: RefCell<Vec<(Device, Rc<PoolRegions>)>>,
     cm_poller: RefCell<Option<Poller>>,
     /// Ends queue pairs that never connect (`connect_timeout_sec`).
     timeout_poller: RefCell<Option<Poller>>,
@@ -147,6 +151,7 @@ fn group_here(opts: &TransportOpts) -> Result<Rc<Group>, pollux_rdma::Error> {
         placement: RoundRobin::starting_at(1),
         qpairs: RefCell::new(HashMap::new()),
         pds: RefCell::new(Vec::new()),
+        pool_regions: RefCell::new(Vec::new()),
         cm_poller: RefCell::new(None),
         timeout_poller: RefCell::new(None),
         stats: RefCell::new(RdmaStats::default()),
@@ -190,6 +195,30 @@ impl Group {
             q.close(&format!("no Connect within {limit:?}"));
         }
         if late.is_empty() { PollStatus::Idle } else { PollStatus::Busy }
+    }
+
+    /// The reactor's buffer pool as a device reaches it: its regions
+    /// registered once (local use only: the target's memory is never
+    /// named to a host).
+    #[allow(unsafe_code)]
+    pub(crate) fn pool_regions(&self, dev: Device) -> Result<Rc<PoolRegions>, String> {
+        if let Some((_, r)) = self.pool_regions.borrow().iter().find(|(d, _)| *d == dev) {
+            return Ok(r.clone());
+        }
+        let pool = pollux_core::dma::pool().map_err(|e| format!("no buffer pool: {e}"))?;
+        let pd = self.pd(dev).map_err(|e| e.to_string())?;
+        let mut mrs = Vec::new();
+        for (ptr, len) in pool.regions() {
+            // SAFETY: the pool's regions stay mapped while the pool lives,
+            // and PoolRegions keeps the pool alive past its registrations
+            // (declared after them); the device writes a buffer only for
+            // an RDMA READ of the command that owns it, while nothing else
+            // reads or writes it.
+            mrs.push(unsafe { pd.register_local(ptr, len) }.map_err(|e| e.to_string())?);
+        }
+        let r = Rc::new(PoolRegions { mrs, pool });
+        self.pool_regions.borrow_mut().push((dev, r.clone()));
+        Ok(r)
     }
 
     pub(crate) fn forget(&self, id: u64) {
@@ -346,6 +375,24 @@ pub fn close_all(then: impl FnOnce() + Send + 'static) {
     );
 }
 
+/// A reactor's buffer pool and its registrations on one device: command
+/// data buffers come from the pool (bounded, shared with TCP), not from
+/// memory of each queue pair.
+pub(crate) struct PoolRegions {
+    /// Dropped before the pool.
+    mrs: Vec<MemoryRegion>,
+    pub(crate) pool: Rc<BufPool>,
+}
+
+impl PoolRegions {
+    /// The SGE of `len` bytes of pool buffer `b`, or None if `b` is not
+    /// the pool's (a bdev gave other memory back).
+    pub(crate) fn sge(&self, b: &DmaBuf, len: u32) -> Option<pollux_rdma::sys::ibv_sge> {
+        let addr = b.addr() as u64;
+        self.mrs.iter().find(|m| m.covers(addr, len as usize)).map(|m| m.sge(addr, len))
+    }
+}
+
 /// Every reactor's RDMA counters, in reactor order (None: no RDMA there).
 pub fn group_stats(then: impl FnOnce(Vec<Option<RdmaStats>>) + Send + 'static) {
     reactor::map_reactors(|| current().map(|g| g.snapshot()), then);
@@ -360,6 +407,14 @@ impl RdmaTransport {
     /// Load the RDMA libraries and open the connection manager; fails with
     /// the reason where RDMA is not available.
     pub fn new(opts: TransportOpts) -> Result<RdmaTransport, NvmfError> {
+        // A command's data is one buffer of the iobuf pool.
+        let large = pollux_core::dma::iobuf_options().large_bufsize;
+        if u64::from(opts.max_io_size) > large {
+            return Err(NvmfError::Unsupported(format!(
+                "RDMA: max_io_size {} is larger than the iobuf large buffer size {large} (a command's data is one pool buffer; raise large_bufsize with iobuf_set_options)",
+                opts.max_io_size
+            )));
+        }
         let main = group_here(&opts).map_err(|e| NvmfError::Unsupported(format!("RDMA is not available on this machine: {e}")))?;
         Ok(RdmaTransport { main })
     }

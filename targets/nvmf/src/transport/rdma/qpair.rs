@@ -38,7 +38,7 @@ use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_
 use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{Group, capsule};
+use super::{Group, PoolRegions, capsule};
 use crate::ctrlr::connect::{self, Connected};
 use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
 use crate::group::SubsystemView;
@@ -61,6 +61,8 @@ const RESPONSE_BATCH: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
+    /// Waiting for a data buffer from the reactor's pool.
+    AwaitBuffer,
     /// Waiting for a turn to issue its RDMA READ.
     AwaitRead,
     /// RDMA READ of its data in flight.
@@ -81,9 +83,14 @@ struct Slot {
     remote: (u64, u32),
     /// Its response carries data (an RDMA WRITE before the SEND).
     write_data: bool,
-    /// The registration of the slot's buffer (dropped before the buffer).
-    mr: MemoryRegion,
-    /// The slot's buffer (with a bdev while it runs the command).
+    /// Its data is named by a keyed SGL (fetched with an RDMA READ).
+    keyed: bool,
+    /// In-capsule data still in receive buffer `held_recv`: where, how long.
+    incap: Option<(usize, u32)>,
+    /// The receive buffer of its capsule, held until its data is copied.
+    held_recv: Option<u16>,
+    /// Its data buffer while it has one (from the reactor's pool, which
+    /// the device reaches through the pool's registrations).
     bufs: Vec<DmaBuf>,
 }
 
@@ -102,6 +109,12 @@ struct State {
     recv_mr: MemoryRegion,
     resp_buf: Box<[u8]>,
     resp_mr: MemoryRegion,
+    /// The reactor's buffer pool and its registrations on this device.
+    pool: Rc<PoolRegions>,
+    /// The longest transfer a command may name.
+    max_len: u32,
+    /// Slots waiting for a data buffer, in order.
+    await_buffer: VecDeque<u16>,
     slots: Vec<Slot>,
     free: Vec<u16>,
     queue: Queue,
@@ -244,15 +257,9 @@ impl RdmaQpair {
             let mut resp_buf = vec![0u8; RESPONSE * depth as usize].into_boxed_slice();
             // SAFETY: as above.
             let resp_mr = unsafe { pd.register_local(resp_buf.as_mut_ptr(), resp_buf.len()) }.map_err(|e| e.to_string())?;
-            let data_len = o.max_io_size.max(size_of::<ConnectData>() as u32) as usize;
-            let bufs = DmaBuf::alloc_many(data_len, depth as usize).map_err(|e| e.to_string())?;
-            let mut slots = Vec::with_capacity(depth as usize);
-            for mut b in bufs {
-                // SAFETY: a DMA buffer owned by this slot for the life of the
-                // region (in `bufs`, or lent to a bdev and given back before
-                // the slot is reused); never moved (its memory is a region's).
-                let mr = unsafe { pd.register_local(b.as_mut_ptr(), b.capacity()) }.map_err(|e| e.to_string())?;
-                slots.push(Slot {
+            let pool = shared.pool_regions(dev)?;
+            let slots = (0..depth)
+                .map(|_| Slot {
                     generation: 0,
                     state: SlotState::Free,
                     cmd: Command::default(),
@@ -260,10 +267,12 @@ impl RdmaQpair {
                     len: 0,
                     remote: (0, 0),
                     write_data: false,
-                    mr,
-                    bufs: vec![b],
-                });
-            }
+                    keyed: false,
+                    incap: None,
+                    held_recv: None,
+                    bufs: Vec::with_capacity(1),
+                })
+                .collect();
             let max_reads = u32::from(host_responder_resources).min(limits.max_qp_init_rd_atom).clamp(1, 16) as u16;
             Ok(State {
                 cm: None,
@@ -274,6 +283,9 @@ impl RdmaQpair {
                 recv_mr,
                 resp_buf,
                 resp_mr,
+                pool,
+                max_len: o.max_io_size.max(size_of::<ConnectData>() as u32),
+                await_buffer: VecDeque::new(),
                 slots,
                 free: (0..depth).rev().collect(),
                 queue: Queue::Unbound,
@@ -435,6 +447,7 @@ impl RdmaQpair {
         for (cid, resp) in deferred {
             self.complete_now(cid, resp);
         }
+        self.retry_waiting();
         let irq = reactor::interrupt_mode();
         let mut wc = [ibv_wc::default(); 32];
         let mut busy = PollStatus::Idle;
@@ -483,6 +496,8 @@ impl RdmaQpair {
                 break busy;
             }
         };
+        // Data buffers given back by the SENDs completed in this pass.
+        self.retry_waiting();
         Self::count_dev(&self.group, dev, |d| {
             d.polls += 1;
             d.idle_polls += u64::from(busy == PollStatus::Idle);
@@ -553,55 +568,102 @@ impl RdmaQpair {
             d.requests += 1;
             d.total_recv_wrs += 1;
         });
-        let max_len = st.slots[idx as usize].mr.len();
+        let max_len = st.max_len as usize;
         let (cmd, plan) = capsule::read(&st.recv_buf[at..at + len], max_len).ok_or_else(|| format!("a {len}-byte capsule"))?;
         let slot = &mut st.slots[idx as usize];
         slot.state = SlotState::Executing;
         slot.cmd = cmd;
         slot.dir = DataDir::None;
         slot.len = 0;
-        if slot.bufs.is_empty() {
-            return Err("a command slot lost its buffer".into());
-        }
-        let mut keyed = false;
+        slot.keyed = false;
+        slot.incap = None;
         let outcome = plan.map(|p| {
             slot.dir = p.dir;
             slot.len = p.len();
             match p.data {
                 capsule::Data::None => {}
                 capsule::Data::Keyed { addr, key, .. } => {
-                    keyed = true;
+                    slot.keyed = true;
                     slot.remote = (addr, key);
                 }
-                capsule::Data::InCapsule { off, len } => {
-                    // Copied into the slot's buffer now: the receive
-                    // buffer goes back to the host at once.
-                    let from = at + capsule::COMMAND_LEN + off;
-                    let b = &mut slot.bufs[0];
-                    b.set_len(len as usize);
-                    b[..len as usize].copy_from_slice(&st.recv_buf[from..from + len as usize]);
-                }
+                capsule::Data::InCapsule { off, len } => slot.incap = Some((at + capsule::COMMAND_LEN + off, len)),
             }
         });
-        // The receive buffer goes back to the host with the others taken
-        // in this pass, in one chain (`repost`).
-        st.repost.push(i);
         if let Err(s) = outcome {
+            // The receive buffer goes back to the host with the others
+            // taken in this pass, in one chain (`repost`).
+            st.repost.push(i);
             self.respond(st, idx, Response::err(s));
             return Ok(());
         }
-        let slot = &mut st.slots[idx as usize];
-        if slot.len > 0 {
-            slot.bufs[0].set_len(slot.len as usize);
+        // Held until its in-capsule data is copied into the data buffer.
+        st.slots[idx as usize].held_recv = Some(i);
+        if st.await_buffer.is_empty() {
+            self.start(st, idx);
+        } else {
+            st.slots[idx as usize].state = SlotState::AwaitBuffer;
+            st.await_buffer.push_back(idx);
         }
-        if slot.dir == DataDir::HostToController && keyed {
+        Ok(())
+    }
+
+    /// Give a command its data buffer from the reactor's pool (or have it
+    /// wait for one, in order), then fetch its data or run it.
+    fn start(&self, st: &mut State, idx: u16) {
+        let slot = &mut st.slots[idx as usize];
+        if slot.len > 0 && slot.bufs.is_empty() {
+            match st.pool.pool.get(slot.len as usize) {
+                Some(b) => slot.bufs.push(b),
+                None => {
+                    slot.state = SlotState::AwaitBuffer;
+                    st.await_buffer.push_back(idx);
+                    return;
+                }
+            }
+        }
+        slot.state = SlotState::Executing;
+        let State { recv_buf, slots, repost, .. } = st;
+        let slot = &mut slots[idx as usize];
+        if let Some((from, len)) = slot.incap.take() {
+            slot.bufs[0][..len as usize].copy_from_slice(&recv_buf[from..from + len as usize]);
+        }
+        if let Some(i) = slot.held_recv.take() {
+            repost.push(i);
+        }
+        if slot.dir == DataDir::HostToController && slot.keyed {
             slot.state = SlotState::AwaitRead;
             st.await_read.push_back(idx);
             self.issue_reads(st);
         } else {
             self.execute(st, idx);
         }
-        Ok(())
+    }
+
+    /// Start the commands that wait for data buffers, while the pool has
+    /// them.
+    fn retry_waiting(&self) {
+        if self.closed.get() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if !st.await_buffer.is_empty() {
+            self.retry_buffers(&mut st);
+        }
+    }
+
+    fn retry_buffers(&self, st: &mut State) {
+        while let Some(idx) = st.await_buffer.pop_front() {
+            if st.slots[idx as usize].state != SlotState::AwaitBuffer {
+                continue;
+            }
+            self.start(st, idx);
+            if st.slots[idx as usize].state == SlotState::AwaitBuffer {
+                // Still none: `start` queued it last; it keeps its place.
+                st.await_buffer.pop_back();
+                st.await_buffer.push_front(idx);
+                return;
+            }
+        }
     }
 
     /// Issue waiting RDMA READs while the host's responder resources allow.
@@ -613,7 +675,12 @@ impl RdmaQpair {
                 continue;
             }
             slot.state = SlotState::Reading;
-            let sge = slot.mr.sge(slot.mr.addr(), slot.len);
+            let Some(sge) = slot.bufs.first().and_then(|b| st.pool.sge(b, slot.len)) else {
+                tracing::warn!("nvmf rdma: a command's buffer is not registered");
+                slot.state = SlotState::Executing;
+                self.respond(st, idx, Response::err(status::INTERNAL_ERROR));
+                continue;
+            };
             let (remote_addr, rkey) = slot.remote;
             let id = wr_id(WR_READ, idx, slot.generation);
             let Some(cm) = st.cm.as_ref() else { return };
@@ -653,7 +720,11 @@ impl RdmaQpair {
                 let slot = &mut st.slots[idx as usize];
                 let len = slot.len as usize;
                 let to_host = slot.dir == DataDir::ControllerToHost;
-                let data: &mut [u8] = &mut slot.bufs[0][..len];
+                let mut none = [0u8; 0];
+                let data: &mut [u8] = match slot.bufs.first_mut() {
+                    Some(b) => &mut b[..len],
+                    None => &mut none,
+                };
                 if to_host {
                     // Buffers hold old data: never send it.
                     data.fill(0);
@@ -827,6 +898,12 @@ impl RdmaQpair {
         let slot = &mut st.slots[idx as usize];
         slot.state = SlotState::Free;
         slot.generation = slot.generation.wrapping_add(1);
+        // Its data buffer goes back to the pool.
+        slot.bufs.clear();
+        slot.incap = None;
+        if let Some(i) = slot.held_recv.take() {
+            st.repost.push(i);
+        }
         st.free.push(idx);
     }
 
@@ -846,6 +923,14 @@ impl RdmaQpair {
         st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
         slot.state = SlotState::Responding;
         slot.write_data = slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0;
+        if slot.write_data && slot.bufs.first().and_then(|b| st.pool.sge(b, slot.len)).is_none() {
+            // Data from a buffer the device cannot reach: fail the command
+            // rather than send something else.
+            tracing::warn!("nvmf rdma: read data in a buffer that is not registered");
+            slot.write_data = false;
+            cqe.set_status(status::INTERNAL_ERROR);
+            st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
+        }
         if st.cm.is_none() {
             return Self::release(st, idx);
         }
@@ -875,7 +960,8 @@ impl RdmaQpair {
             Some(&idx) => {
                 let slot = &st.slots[idx as usize];
                 let at = st.resp_mr.addr() + (idx as usize * RESPONSE) as u64;
-                [slot.mr.sge(slot.mr.addr(), slot.len), st.resp_mr.sge(at, RESPONSE as u32)]
+                let data = slot.bufs.first().and_then(|b| st.pool.sge(b, slot.len)).unwrap_or_default();
+                [data, st.resp_mr.sge(at, RESPONSE as u32)]
             }
             None => Default::default(),
         });
