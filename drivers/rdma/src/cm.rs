@@ -17,7 +17,7 @@ use std::ptr;
 use std::rc::Rc;
 
 use crate::sys::{self, ibv_sge, rdma_cm_event, rdma_cm_id, rdma_event_channel};
-use crate::verbs::{CompletionQueue, Device, ProtectionDomain, set_nonblocking};
+use crate::verbs::{CompletionQueue, Device, ProtectionDomain, SharedReceiveQueue, set_nonblocking};
 use crate::{Error, lib};
 
 /// Largest private data in a CM message (its length is a u8).
@@ -197,7 +197,7 @@ impl CmEvent {
         let ch = self.ch.clone();
         drop(self);
         Some(ConnectRequest {
-            id: CmId { id: r.id, has_qp: false, _ch: ch, _pd: None, _cqs: Vec::new() },
+            id: CmId { id: r.id, has_qp: false, _ch: ch, _pd: None, _cqs: Vec::new(), _srq: None },
             private_data,
             responder_resources: c.responder_resources,
             initiator_depth: c.initiator_depth,
@@ -285,6 +285,8 @@ pub struct CmId {
     _ch: Rc<EventChannel>,
     _pd: Option<Rc<ProtectionDomain>>,
     _cqs: Vec<Rc<CompletionQueue>>,
+    /// The shared receive queue its QP takes receives from.
+    _srq: Option<Rc<SharedReceiveQueue>>,
 }
 
 fn check(rc: i32, f: fn(io::Error) -> Error) -> Result<(), Error> {
@@ -386,6 +388,7 @@ impl CmId {
             drop(ptr::read(&me._ch));
             drop(ptr::read(&me._pd));
             drop(ptr::read(&me._cqs));
+            drop(ptr::read(&me._srq));
         }
         Ok(MovingCmId(me.id))
     }
@@ -402,7 +405,7 @@ impl CmId {
         }
         let id = m.0;
         std::mem::forget(m);
-        Ok(CmId { id, has_qp: false, _ch: ch.clone(), _pd: None, _cqs: Vec::new() })
+        Ok(CmId { id, has_qp: false, _ch: ch.clone(), _pd: None, _cqs: Vec::new(), _srq: None })
     }
 
     /// A new id on `ch` (reliable connected), with `context` given back
@@ -413,7 +416,7 @@ impl CmId {
         // SAFETY: the channel is live; `id` is writable.
         let rc = unsafe { (lib.rdma_create_id)(ch.ch, &mut id, context as *mut c_void, sys::RDMA_PS_TCP) };
         check(rc, Error::CreateId)?;
-        Ok(CmId { id, has_qp: false, _ch: ch.clone(), _pd: None, _cqs: Vec::new() })
+        Ok(CmId { id, has_qp: false, _ch: ch.clone(), _pd: None, _cqs: Vec::new(), _srq: None })
     }
 
     /// Bind to a local address (port 0: any), then listen.
@@ -458,10 +461,35 @@ impl CmId {
         recv_cq: &Rc<CompletionQueue>,
         caps: QpCaps,
     ) -> Result<QpCaps, Error> {
+        self.make_qp(pd, send_cq, recv_cq, caps, None)
+    }
+
+    /// As [`CmId::create_qp`], the QP taking its receives from `srq`
+    /// (`caps.max_recv_wr` does not apply).
+    pub fn create_qp_srq(
+        &mut self,
+        pd: &Rc<ProtectionDomain>,
+        send_cq: &Rc<CompletionQueue>,
+        recv_cq: &Rc<CompletionQueue>,
+        caps: QpCaps,
+        srq: &Rc<SharedReceiveQueue>,
+    ) -> Result<QpCaps, Error> {
+        self.make_qp(pd, send_cq, recv_cq, caps, Some(srq))
+    }
+
+    fn make_qp(
+        &mut self,
+        pd: &Rc<ProtectionDomain>,
+        send_cq: &Rc<CompletionQueue>,
+        recv_cq: &Rc<CompletionQueue>,
+        caps: QpCaps,
+        srq: Option<&Rc<SharedReceiveQueue>>,
+    ) -> Result<QpCaps, Error> {
         let lib = lib()?;
         let mut attr = sys::ibv_qp_init_attr {
             send_cq: send_cq.cq,
             recv_cq: recv_cq.cq,
+            srq: srq.map_or(ptr::null_mut(), |q| q.srq),
             qp_type: sys::IBV_QPT_RC,
             cap: sys::ibv_qp_cap {
                 max_send_wr: caps.max_send_wr,
@@ -477,6 +505,7 @@ impl CmId {
         self.has_qp = true;
         self._pd = Some(pd.clone());
         self._cqs = vec![send_cq.clone(), recv_cq.clone()];
+        self._srq = srq.cloned();
         let c = attr.cap;
         Ok(QpCaps {
             max_send_wr: c.max_send_wr,

@@ -19,7 +19,7 @@ pub mod sys;
 pub mod verbs;
 
 pub use cm::{CmEvent, CmEventKind, CmId, ConnParam, ConnectRequest, EventChannel, MovingCmId, QpCaps, SendOp, SendWr};
-pub use verbs::{CompletionChannel, CompletionQueue, Device, DeviceLimits, MemoryRegion, ProtectionDomain};
+pub use verbs::{CompletionChannel, CompletionQueue, Device, DeviceLimits, MemoryRegion, ProtectionDomain, SharedReceiveQueue};
 
 /// The libraries, opened once per process on first use and kept (as
 /// SPDK does; unloading them under live objects is never safe).

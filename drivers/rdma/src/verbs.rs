@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::ptr;
 use std::rc::Rc;
 
-use crate::sys::{self, ibv_comp_channel, ibv_context, ibv_cq, ibv_mr, ibv_pd, ibv_wc};
+use crate::sys::{self, ibv_comp_channel, ibv_context, ibv_cq, ibv_mr, ibv_pd, ibv_sge, ibv_srq, ibv_wc};
 use crate::{Error, lib};
 
 /// A device context, borrowed from a CM id bound to the device (the
@@ -375,6 +375,129 @@ impl Drop for CompletionQueue {
             let rc = unsafe { (lib.ibv_destroy_cq)(self.cq) };
             if rc != 0 {
                 tracing::warn!("rdma: ibv_destroy_cq: {}", io::Error::from_raw_os_error(rc));
+            }
+        }
+    }
+}
+
+/// A shared receive queue with its own receive buffers: `count` buffers
+/// of `size` bytes, registered for local use only, all posted when made.
+/// Queue pairs made on it (`CmId::create_qp_srq`) take their receives
+/// from it; whoever handles a receive completion reads its buffer
+/// ([`SharedReceiveQueue::buffer`]) and gives it back ([`repost`]).
+///
+/// The buffers belong to the queue, so they live exactly as long as the
+/// device may write them: the queue is destroyed (when the last `Rc`,
+/// its own owner's or a queue pair's, goes) before its region is
+/// deregistered and before its memory is freed.
+///
+/// [`repost`]: SharedReceiveQueue::repost
+#[derive(Debug)]
+pub struct SharedReceiveQueue {
+    pub(crate) srq: *mut ibv_srq,
+    /// Dropped after the queue is destroyed (in `drop`), before `buf`.
+    mr: MemoryRegion,
+    buf: Box<[u8]>,
+    size: usize,
+    count: u32,
+    wrs: std::cell::RefCell<Vec<(u64, ibv_sge)>>,
+}
+
+impl SharedReceiveQueue {
+    /// A queue of `count` buffers of `size` bytes (`count` capped by what
+    /// the device grants), every buffer posted with its index as wr_id
+    /// plus `wr_base`.
+    pub fn new(pd: &Rc<ProtectionDomain>, count: u32, size: usize, wr_base: u64) -> Result<Rc<SharedReceiveQueue>, Error> {
+        let lib = lib()?;
+        let mut attr =
+            sys::ibv_srq_init_attr { attr: sys::ibv_srq_attr { max_wr: count.max(1), max_sge: 1, srq_limit: 0 }, ..Default::default() };
+        // SAFETY: the PD is live; the attributes are read (and the granted
+        // sizes written back) during the call.
+        let srq = unsafe { (lib.ibv_create_srq)(pd.pd, &mut attr) };
+        if srq.is_null() {
+            return Err(Error::CreateSrq(io::Error::last_os_error()));
+        }
+        let count = count.max(1).min(attr.attr.max_wr.max(1));
+        let mut buf = vec![0u8; size * count as usize].into_boxed_slice();
+        // SAFETY: the buffer is a Box owned by the queue with the region
+        // (dropped after it), never moved.
+        let mr = match unsafe { pd.register_local(buf.as_mut_ptr(), buf.len()) } {
+            Ok(mr) => mr,
+            Err(e) => {
+                // SAFETY: the SRQ was just made and nothing uses it.
+                unsafe { (lib.ibv_destroy_srq)(srq) };
+                return Err(e);
+            }
+        };
+        let q = Rc::new(SharedReceiveQueue { srq, mr, buf, size, count, wrs: std::cell::RefCell::new(Vec::with_capacity(count as usize)) });
+        let all: Vec<u32> = (0..count).collect();
+        q.repost(&all, wr_base)?;
+        Ok(q)
+    }
+
+    /// Buffers in the queue.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes per buffer.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The first `len` bytes of buffer `i`.
+    ///
+    /// # Safety
+    ///
+    /// Buffer `i`'s receive has completed and the buffer has not been
+    /// posted again since (the device does not write it meanwhile).
+    pub unsafe fn buffer(&self, i: u32, len: usize) -> &[u8] {
+        let at = i as usize * self.size;
+        &self.buf[at..at + len.min(self.size)]
+    }
+
+    /// Post buffers `list` again (their receives completed and whoever
+    /// took them is done with them), as chains; wr_id = `wr_base` + index.
+    pub fn repost(&self, list: &[u32], wr_base: u64) -> Result<(), Error> {
+        let mut wrs = self.wrs.borrow_mut();
+        wrs.clear();
+        for &i in list.iter().filter(|&&i| i < self.count) {
+            let at = self.mr.addr() + (i as usize * self.size) as u64;
+            wrs.push((wr_base + u64::from(i), self.mr.sge(at, self.size as u32)));
+        }
+        for part in wrs.chunks(32) {
+            let mut raw = [sys::ibv_recv_wr::default(); 32];
+            for (k, (wr_id, sge)) in part.iter().enumerate() {
+                raw[k].wr_id = *wr_id;
+                raw[k].sg_list = (sge as *const ibv_sge).cast_mut();
+                raw[k].num_sge = 1;
+            }
+            let base = raw.as_mut_ptr();
+            for k in 1..part.len() {
+                // SAFETY: k - 1 and k are within the array.
+                unsafe { (*base.add(k - 1)).next = base.add(k) };
+            }
+            let mut bad = ptr::null_mut();
+            // SAFETY: the SRQ is live; the chain and its SGEs are read
+            // during the call; the buffers are the queue's own, registered,
+            // and no longer read by whoever took them.
+            let rc = unsafe { sys::post_srq_recv(self.srq, base, &mut bad) };
+            if rc != 0 {
+                return Err(Error::PostSrqRecv(io::Error::from_raw_os_error(rc)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedReceiveQueue {
+    fn drop(&mut self) {
+        if let Ok(lib) = lib() {
+            // SAFETY: every QP on it holds an Rc to it, so none is left;
+            // its region and buffer are dropped after this.
+            let rc = unsafe { (lib.ibv_destroy_srq)(self.srq) };
+            if rc != 0 {
+                tracing::warn!("rdma: ibv_destroy_srq: {}", io::Error::from_raw_os_error(rc));
             }
         }
     }

@@ -215,7 +215,9 @@ fn malformed_requests_and_capsules_end_only_their_queue_pair() {
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
             ]},
             {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "max_aq_depth": 32}},
+                // A small shared receive queue: a capsule buffer the bad
+                // host's queue pair kept would soon leave none.
+                {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "max_aq_depth": 32, "max_srq_depth": 8}},
                 {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
                 {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
                 {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "RDMA", "adrfam": "IPv4", "traddr": ADDR, "trsvcid": "4420"}}},
@@ -263,6 +265,11 @@ fn malformed_requests_and_capsules_end_only_their_queue_pair() {
         let (status, cap) = good.command(&pg).expect("property get answered");
         assert_eq!(status, (0, 0));
         assert!(cap & 0xffff > 0, "CAP.MQES {cap:#x}");
+        // Many more commands than the shared receive queue holds: every
+        // buffer came back (the bad host's too).
+        for _ in 0..40 {
+            assert_eq!(good.command(&pg).map(|r| r.0), Some((0, 0)), "a command went unanswered");
+        }
 
         let log = d.log();
         assert!(log.contains("refused") && log.contains("record format 1"), "{log}");
@@ -283,7 +290,9 @@ fn queue_pairs_are_capped_per_listener_and_silent_ones_closed() {
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
             ]},
             {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "max_aq_depth": 32,
+                // Each queue pair with its own receive queue (the other test
+                // has the shared one).
+                {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "max_aq_depth": 32, "no_srq": true,
                     "max_connections_per_listener": 2, "connect_timeout_sec": 2}},
                 {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
                 {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},

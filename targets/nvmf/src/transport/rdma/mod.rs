@@ -36,7 +36,7 @@ use pollux_core::dma::{BufPool, DmaBuf};
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_core::sys::Interest;
 use pollux_nvme_spec::rdma::{self as cm_data, reject_data};
-use pollux_rdma::{CmEventKind, CmId, ConnectRequest, Device, EventChannel, MemoryRegion, ProtectionDomain};
+use pollux_rdma::{CmEventKind, CmId, ConnectRequest, Device, EventChannel, MemoryRegion, ProtectionDomain, SharedReceiveQueue};
 use serde_json::{Value, json};
 
 use super::{Endpoint, Transport, TransportKind, TransportOpts};
@@ -71,6 +71,9 @@ pub(crate) struct Group {
     /// The reactor's buffer pool registered on each device (through its
     /// protection domain here).
     pool_regions: RefCell<Vec<(Device, Rc<PoolRegions>)>>,
+    /// The shared receive queue of each device (`no_srq` false): every
+    /// queue pair of this reactor on the device takes its capsules from it.
+    srqs: RefCell<Vec<(Device, Rc<SharedReceiveQueue>)>>,
     cm_poller: RefCell<Option<Poller>>,
     /// Ends queue pairs that never connect (`connect_timeout_sec`).
     timeout_poller: RefCell<Option<Poller>>,
@@ -152,6 +155,7 @@ fn group_here(opts: &TransportOpts) -> Result<Rc<Group>, pollux_rdma::Error> {
         qpairs: RefCell::new(HashMap::new()),
         pds: RefCell::new(Vec::new()),
         pool_regions: RefCell::new(Vec::new()),
+        srqs: RefCell::new(Vec::new()),
         cm_poller: RefCell::new(None),
         timeout_poller: RefCell::new(None),
         stats: RefCell::new(RdmaStats::default()),
@@ -219,6 +223,25 @@ impl Group {
         let r = Rc::new(PoolRegions { mrs, pool });
         self.pool_regions.borrow_mut().push((dev, r.clone()));
         Ok(r)
+    }
+
+    /// The shared receive queue of a device on this reactor, made on first
+    /// use: `max_srq_depth` capsule buffers (as many as the device grants).
+    pub(crate) fn srq(&self, dev: Device, capsule: usize) -> Result<Rc<SharedReceiveQueue>, String> {
+        if let Some((_, q)) = self.srqs.borrow().iter().find(|(d, _)| *d == dev) {
+            return Ok(q.clone());
+        }
+        let pd = self.pd(dev).map_err(|e| e.to_string())?;
+        let q = SharedReceiveQueue::new(&pd, self.opts.max_srq_depth, capsule, qpair::WR_RECV << 32).map_err(|e| e.to_string())?;
+        let n = u64::from(q.count());
+        let d = self.stats.borrow_mut().device(&dev.name());
+        if let Some(s) = self.stats.borrow_mut().devices.get_mut(d) {
+            s.total_recv_wrs += n;
+            s.recv_doorbells += n.div_ceil(32);
+        }
+        tracing::debug!("nvmf rdma: shared receive queue of {} capsules on {}", n, dev.name());
+        self.srqs.borrow_mut().push((dev, q.clone()));
+        Ok(q)
     }
 
     pub(crate) fn forget(&self, id: u64) {
@@ -474,8 +497,7 @@ impl Transport for RdmaTransport {
             "abort_timeout_sec": o.abort_timeout_sec,
             "acceptor_poll_rate": o.acceptor_poll_rate,
             "max_srq_depth": o.max_srq_depth,
-            // Each queue pair has its own receive queue.
-            "no_srq": true,
+            "no_srq": o.no_srq,
             "acceptor_backlog": o.acceptor_backlog,
             "no_wr_batching": false,
             "kas": o.kas,

@@ -35,7 +35,9 @@ use pollux_core::sock::ConnSlot;
 use pollux_core::sys::Interest;
 use pollux_nvme_spec::cmd::{Command, Completion};
 use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, ibv_wc};
-use pollux_rdma::{CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr};
+use pollux_rdma::{
+    CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr, SharedReceiveQueue,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::{Group, PoolRegions, capsule};
@@ -51,7 +53,7 @@ use pollux_nvme_spec::rdma::{self as cm_data, reject::*, reject_data};
 const CAPSULE_CMD: usize = capsule::COMMAND_LEN;
 const RESPONSE: usize = 16;
 /// Work request kinds, in bits 32..40 of a wr_id.
-const WR_RECV: u64 = 1;
+pub(super) const WR_RECV: u64 = 1;
 const WR_READ: u64 = 2;
 const WR_WRITE: u64 = 3;
 const WR_SEND: u64 = 4;
@@ -105,8 +107,8 @@ struct State {
     cq: Rc<CompletionQueue>,
     _cch: Rc<CompletionChannel>,
     capsule: usize,
-    recv_buf: Box<[u8]>,
-    recv_mr: MemoryRegion,
+    /// Where its capsules arrive.
+    recv: Recv,
     resp_buf: Box<[u8]>,
     resp_mr: MemoryRegion,
     /// The reactor's buffer pool and its registrations on this device.
@@ -132,10 +134,65 @@ struct State {
     /// Receive buffers whose capsules were taken, to post again.
     repost: Vec<u16>,
     repost_wrs: Vec<(u64, pollux_rdma::sys::ibv_sge)>,
+    repost_ids: Vec<u32>,
     /// Slots whose responses wait to be posted (end of the pass).
     to_send: Vec<u16>,
+    /// Slots whose responses are posted, in order, until a signaled SEND
+    /// at or after theirs completes.
+    sent: VecDeque<u16>,
     /// Its device's counters in the transport's stats.
     dev: usize,
+}
+
+/// The receive buffers of a queue pair's capsules.
+enum Recv {
+    /// Its own receive queue: a buffer per queue entry (the region is
+    /// dropped before the memory).
+    Own { mr: MemoryRegion, buf: Box<[u8]> },
+    /// The reactor's shared receive queue on its device (`no_srq` false):
+    /// every buffer it takes from it is given back (`repost`, and on close
+    /// what is left, see `Drop for State`).
+    Shared(Rc<SharedReceiveQueue>),
+}
+
+impl State {
+    /// The first `len` bytes of receive buffer `i`, whose capsule was taken.
+    fn capsule_bytes(&self, i: u16, len: usize) -> &[u8] {
+        match &self.recv {
+            Recv::Own { buf, .. } => {
+                let at = i as usize * self.capsule;
+                &buf[at..at + len.min(self.capsule)]
+            }
+            // SAFETY: buffer i's receive completed and it is posted again
+            // only through `repost`, after its capsule (and any in-capsule
+            // data) was copied.
+            Recv::Shared(q) => unsafe { q.buffer(u32::from(i), len) },
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Shared receive buffers still taken go back to the queue: those
+        // of capsules that came after the close too.
+        if let Recv::Shared(q) = &self.recv {
+            let mut wc = [ibv_wc::default(); 32];
+            while let Ok(n @ 1..) = self.cq.poll(&mut wc) {
+                for w in &wc[..n] {
+                    if w.wr_id >> 32 == WR_RECV {
+                        self.repost.push((w.wr_id & 0xffff) as u16);
+                    }
+                }
+            }
+            let mut left: Vec<u32> = self.repost.drain(..).map(u32::from).collect();
+            left.extend(self.slots.iter_mut().filter_map(|s| s.held_recv.take()).map(u32::from));
+            if !left.is_empty() {
+                if let Err(e) = q.repost(&left, WR_RECV << 32) {
+                    tracing::warn!("nvmf rdma: giving receive buffers back to the shared queue: {e}");
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct RdmaQpair {
@@ -246,14 +303,20 @@ impl RdmaQpair {
             let n = u32::from(depth);
             let cq = CompletionQueue::new(dev, n * 4, Some(cch.clone())).map_err(|e| e.to_string())?;
             let caps = QpCaps { max_send_wr: n * 3, max_recv_wr: n, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 };
-            cm.create_qp(&pd, &cq, &cq, caps).map_err(|e| e.to_string())?;
             let capsule = CAPSULE_CMD + o.in_capsule_data_size as usize;
-            let mut recv_buf = vec![0u8; capsule * depth as usize].into_boxed_slice();
-            // SAFETY: the buffer is a Box kept in the same State as the
-            // region (its heap memory never moves) and outlives it (the
-            // region is declared, so dropped, before... see State: both
-            // drop together, the QP first via `cm`).
-            let recv_mr = unsafe { pd.register_local(recv_buf.as_mut_ptr(), recv_buf.len()) }.map_err(|e| e.to_string())?;
+            let recv = if o.no_srq {
+                cm.create_qp(&pd, &cq, &cq, caps).map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; capsule * depth as usize].into_boxed_slice();
+                // SAFETY: the buffer is a Box kept in the same Recv as the
+                // region (its heap memory never moves), dropped after it,
+                // and after the QP (State drops `cm` first).
+                let mr = unsafe { pd.register_local(buf.as_mut_ptr(), buf.len()) }.map_err(|e| e.to_string())?;
+                Recv::Own { mr, buf }
+            } else {
+                let srq = shared.srq(dev, capsule)?;
+                cm.create_qp_srq(&pd, &cq, &cq, caps, &srq).map_err(|e| e.to_string())?;
+                Recv::Shared(srq)
+            };
             let mut resp_buf = vec![0u8; RESPONSE * depth as usize].into_boxed_slice();
             // SAFETY: as above.
             let resp_mr = unsafe { pd.register_local(resp_buf.as_mut_ptr(), resp_buf.len()) }.map_err(|e| e.to_string())?;
@@ -279,8 +342,7 @@ impl RdmaQpair {
                 cq,
                 _cch: cch,
                 capsule,
-                recv_buf,
-                recv_mr,
+                recv,
                 resp_buf,
                 resp_mr,
                 pool,
@@ -299,7 +361,9 @@ impl RdmaQpair {
                 executing: 0,
                 repost: Vec::with_capacity(depth as usize),
                 repost_wrs: Vec::with_capacity(depth as usize),
+                repost_ids: Vec::with_capacity(depth as usize),
                 to_send: Vec::with_capacity(RESPONSE_BATCH),
+                sent: VecDeque::with_capacity(depth as usize),
                 dev: shared.stats.borrow_mut().device(&dev.name()),
             })
         };
@@ -326,17 +390,20 @@ impl RdmaQpair {
             faults: FaultLog::default(),
             _slot: slot,
         });
-        // Receives for every capsule the host may send.
-        for i in 0..depth {
-            if let Err(e) = q.post_recv(&cm, i) {
-                return Err((cm, e.to_string()));
+        // Its own receive queue: receives for every capsule the host may
+        // send (a shared queue has its receives posted already).
+        if matches!(q.st.borrow().recv, Recv::Own { .. }) {
+            for i in 0..depth {
+                if let Err(e) = q.post_recv(&cm, i) {
+                    return Err((cm, e.to_string()));
+                }
             }
+            let dev = q.st.borrow().dev;
+            Self::count_dev(&q.group, dev, |d| {
+                d.total_recv_wrs += u64::from(depth);
+                d.recv_doorbells += u64::from(depth);
+            });
         }
-        let dev = q.st.borrow().dev;
-        Self::count_dev(&q.group, dev, |d| {
-            d.total_recv_wrs += u64::from(depth);
-            d.recv_doorbells += u64::from(depth);
-        });
         let weak = Rc::downgrade(&q);
         let poller = reactor::register_poller("nvmf_rdma_qpair", move || match weak.upgrade() {
             Some(q) => q.poll(),
@@ -360,23 +427,35 @@ impl RdmaQpair {
         if st.repost.is_empty() {
             return Ok(());
         }
-        let Some(cm) = st.cm.as_ref() else { return Ok(()) };
-        st.repost_wrs.clear();
-        for &i in &st.repost {
-            let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
-            st.repost_wrs.push((wr_id(WR_RECV, i, 0), st.recv_mr.sge(at, st.capsule as u32)));
+        let n = st.repost.len();
+        Self::count_dev(&self.group, st.dev, |d| d.recv_doorbells += n.div_ceil(32) as u64);
+        match &st.recv {
+            Recv::Shared(q) => {
+                st.repost_ids.clear();
+                st.repost_ids.extend(st.repost.drain(..).map(u32::from));
+                q.repost(&st.repost_ids, WR_RECV << 32)
+            }
+            Recv::Own { mr, .. } => {
+                let Some(cm) = st.cm.as_ref() else { return Ok(()) };
+                st.repost_wrs.clear();
+                for &i in &st.repost {
+                    let at = mr.addr() + (i as usize * st.capsule) as u64;
+                    st.repost_wrs.push((wr_id(WR_RECV, i, 0), mr.sge(at, st.capsule as u32)));
+                }
+                st.repost.clear();
+                // SAFETY: as in post_recv: the buffers live in this State
+                // until after the QP is destroyed, and their capsules were
+                // taken.
+                unsafe { cm.post_recv_chain(&st.repost_wrs) }
+            }
         }
-        st.repost.clear();
-        Self::count_dev(&self.group, st.dev, |d| d.recv_doorbells += st.repost_wrs.len().div_ceil(32) as u64);
-        // SAFETY: as in post_recv: the buffers live in this State until
-        // after the QP is destroyed, and their capsules were taken.
-        unsafe { cm.post_recv_chain(&st.repost_wrs) }
     }
 
     fn post_recv(&self, cm: &CmId, i: u16) -> Result<(), pollux_rdma::Error> {
         let st = self.st.borrow();
-        let at = st.recv_mr.addr() + (i as usize * st.capsule) as u64;
-        let sge = st.recv_mr.sge(at, st.capsule as u32);
+        let Recv::Own { mr, .. } = &st.recv else { return Ok(()) };
+        let at = mr.addr() + (i as usize * st.capsule) as u64;
+        let sge = mr.sge(at, st.capsule as u32);
         // SAFETY: the receive buffer lives in this queue pair's State until
         // after the QP is destroyed (State drops `cm` first).
         unsafe { cm.post_recv(wr_id(WR_RECV, i, 0), &[sge]) }
@@ -517,6 +596,11 @@ impl RdmaQpair {
         let idx = (w.wr_id & 0xffff) as u16;
         let generation = ((w.wr_id >> 16) & 0xffff) as u16;
         if w.status != IBV_WC_SUCCESS {
+            if kind == WR_RECV && !self.closed.get() {
+                // The receive buffer was used up all the same (a shared
+                // queue's must go back to it).
+                self.st.borrow_mut().repost.push(idx);
+            }
             if w.status != IBV_WC_WR_FLUSH_ERR {
                 let why = pollux_rdma::lib().map_or("?", |l| l.wc_status_str(w.status));
                 self.fail(&format!("work completion error: {why} (vendor error {:#x})", w.vendor_err));
@@ -525,7 +609,15 @@ impl RdmaQpair {
         }
         match kind {
             WR_RECV if w.opcode == IBV_WC_RECV => {
-                let r = self.on_capsule(&mut self.st.borrow_mut(), idx, w.byte_len as usize);
+                let r = {
+                    let mut st = self.st.borrow_mut();
+                    let r = self.on_capsule(&mut st, idx, w.byte_len as usize);
+                    if r.is_err() {
+                        // Not taken: the buffer goes back.
+                        st.repost.push(idx);
+                    }
+                    r
+                };
                 if let Err(why) = r {
                     self.fail(&why);
                 }
@@ -541,10 +633,21 @@ impl RdmaQpair {
                 self.issue_reads(&mut st);
             }
             WR_SEND => {
+                // Only the last SEND of each chain is signaled: the send
+                // queue completes in order, so every response posted up to
+                // this one is done (its buffers free).
                 let mut st = self.st.borrow_mut();
                 let ok = st.slots.get(idx as usize).is_some_and(|s| s.generation == generation && s.state == SlotState::Responding);
-                if ok {
-                    Self::release(&mut st, idx);
+                if !ok || !st.sent.contains(&idx) {
+                    drop(st);
+                    self.fail(&format!("a SEND completion for slot {idx}, which has no response out"));
+                    return;
+                }
+                while let Some(done) = st.sent.pop_front() {
+                    Self::release(&mut st, done);
+                    if done == idx {
+                        break;
+                    }
                 }
             }
             WR_WRITE => {}
@@ -560,7 +663,6 @@ impl RdmaQpair {
         if len > st.capsule {
             return Err(format!("a {len}-byte capsule"));
         }
-        let at = i as usize * st.capsule;
         let Some(idx) = st.free.pop() else {
             return Err("more commands than its queue holds".into());
         };
@@ -569,7 +671,7 @@ impl RdmaQpair {
             d.total_recv_wrs += 1;
         });
         let max_len = st.max_len as usize;
-        let (cmd, plan) = capsule::read(&st.recv_buf[at..at + len], max_len).ok_or_else(|| format!("a {len}-byte capsule"))?;
+        let (cmd, plan) = capsule::read(st.capsule_bytes(i, len), max_len).ok_or_else(|| format!("a {len}-byte capsule"))?;
         let slot = &mut st.slots[idx as usize];
         slot.state = SlotState::Executing;
         slot.cmd = cmd;
@@ -586,7 +688,7 @@ impl RdmaQpair {
                     slot.keyed = true;
                     slot.remote = (addr, key);
                 }
-                capsule::Data::InCapsule { off, len } => slot.incap = Some((at + capsule::COMMAND_LEN + off, len)),
+                capsule::Data::InCapsule { off, len } => slot.incap = Some((capsule::COMMAND_LEN + off, len)),
             }
         });
         if let Err(s) = outcome {
@@ -622,14 +724,16 @@ impl RdmaQpair {
             }
         }
         slot.state = SlotState::Executing;
-        let State { recv_buf, slots, repost, .. } = st;
-        let slot = &mut slots[idx as usize];
-        if let Some((from, len)) = slot.incap.take() {
-            slot.bufs[0][..len as usize].copy_from_slice(&recv_buf[from..from + len as usize]);
+        if let (Some((from, len)), Some(i)) = (slot.incap.take(), slot.held_recv) {
+            let len = len as usize;
+            let mut b = std::mem::take(&mut st.slots[idx as usize].bufs);
+            b[0][..len].copy_from_slice(&st.capsule_bytes(i, from + len)[from..]);
+            st.slots[idx as usize].bufs = b;
         }
-        if let Some(i) = slot.held_recv.take() {
-            repost.push(i);
+        if let Some(i) = st.slots[idx as usize].held_recv.take() {
+            st.repost.push(i);
         }
+        let slot = &mut st.slots[idx as usize];
         if slot.dir == DataDir::HostToController && slot.keyed {
             slot.state = SlotState::AwaitRead;
             st.await_read.push_back(idx);
@@ -975,7 +1079,9 @@ impl RdmaQpair {
                 wrs[k] = Some(SendWr { wr_id: wr_id(WR_WRITE, idx, slot.generation), op, sge: &sges[i][..1], signaled: false });
                 k += 1;
             }
-            wrs[k] = Some(SendWr { wr_id: wr_id(WR_SEND, idx, slot.generation), op: SendOp::Send, sge: &sges[i][1..], signaled: true });
+            // The chain's last SEND is signaled (see WR_SEND).
+            let signaled = i + 1 == n;
+            wrs[k] = Some(SendWr { wr_id: wr_id(WR_SEND, idx, slot.generation), op: SendOp::Send, sge: &sges[i][1..], signaled });
             k += 1;
         }
         let chain: [SendWr<'_>; 2 * RESPONSE_BATCH] =
@@ -989,6 +1095,11 @@ impl RdmaQpair {
             for j in 0..n {
                 let idx = st.to_send[j];
                 Self::release(st, idx);
+            }
+        } else {
+            for j in 0..n {
+                let idx = st.to_send[j];
+                st.sent.push_back(idx);
             }
         }
         st.to_send.drain(..n);
@@ -1007,6 +1118,25 @@ impl RdmaQpair {
         let mut st = self.st.borrow_mut();
         if let Some(cm) = st.cm.as_ref() {
             let _ = cm.disconnect();
+        }
+        if let Recv::Shared(q) = &st.recv {
+            // Capsules received and not handled took shared receive
+            // buffers: they go back with those its commands hold (the QP
+            // is in the error state now and takes no more).
+            let q = q.clone();
+            let mut wc = [ibv_wc::default(); 32];
+            while let Ok(n @ 1..) = st.cq.poll(&mut wc) {
+                for w in &wc[..n] {
+                    if w.wr_id >> 32 == WR_RECV {
+                        st.repost.push((w.wr_id & 0xffff) as u16);
+                    }
+                }
+            }
+            let mut left: Vec<u32> = st.repost.drain(..).map(u32::from).collect();
+            left.extend(st.slots.iter_mut().filter_map(|s| s.held_recv.take()).map(u32::from));
+            if let Err(e) = q.repost(&left, WR_RECV << 32) {
+                tracing::warn!("nvmf rdma: giving receive buffers back to the shared queue: {e}");
+            }
         }
         drop(self.poller.borrow_mut().take());
         let queue = std::mem::replace(&mut st.queue, Queue::Unbound);
