@@ -323,6 +323,9 @@ impl Inner {
             && self.irq.is_some()
             && !self.exit.get()
             && end.saturating_sub(self.stats.last_busy.get()) >= self.idle_window(end)
+            // The pollers' last look (arming what must be armed): work
+            // found there means another iteration instead of sleep.
+            && !self.pollers.before_sleep()
         {
             let blocked = self.sleep(end);
             let woke = clock::ticks();

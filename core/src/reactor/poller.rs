@@ -54,6 +54,9 @@ pub(crate) struct Entry {
     pub(crate) run_count: Cell<u64>,
     pub(crate) busy_count: Cell<u64>,
     f: RefCell<PollFn>,
+    /// Interrupt mode: run before the reactor sleeps (see
+    /// [`Poller::set_before_sleep`]).
+    before_sleep: RefCell<Option<Box<dyn FnMut() -> bool>>>,
     /// Descriptors that wake this poller in interrupt mode.
     fds: RefCell<Vec<RawFd>>,
     reactor: Weak<Inner>,
@@ -157,6 +160,15 @@ impl Poller {
         }
     }
 
+    /// Interrupt mode: call `f` each time the reactor is about to sleep;
+    /// `f` returns whether it found work (the reactor then does not sleep
+    /// but runs another iteration). For a source whose wake-ups must be
+    /// asked for each time (an RDMA completion queue is armed for one
+    /// event): ask in `f`, then look once more, instead of on every pass.
+    pub fn set_before_sleep(&self, f: impl FnMut() -> bool + 'static) {
+        *self.entry.before_sleep.borrow_mut() = Some(Box::new(f));
+    }
+
     /// Stop waking on `fd`. Call before closing the descriptor.
     pub fn remove_wake_fd(&self, fd: RawFd) {
         let Some(r) = self.entry.reactor.upgrade() else { return };
@@ -233,12 +245,34 @@ impl PollerSet {
             run_count: Cell::new(0),
             busy_count: Cell::new(0),
             f: RefCell::new(f),
+            before_sleep: RefCell::new(None),
             fds: RefCell::new(Vec::new()),
             reactor,
         });
         self.pending.borrow_mut().push(entry.clone());
         self.dirty.set(true);
         Poller { entry }
+    }
+
+    /// Run the pollers' before-sleep hooks; whether any found work.
+    pub(crate) fn before_sleep(&self) -> bool {
+        let mut work = false;
+        // Hooks may register pollers (they wait in `pending`) or drop
+        // them (marked, forgotten at the end of the iteration): the lists
+        // themselves do not change under this loop.
+        for list in [&self.active, &self.timed] {
+            for e in list.borrow().iter() {
+                if e.state.get() != State::Waiting {
+                    continue;
+                }
+                if let Ok(mut f) = e.before_sleep.try_borrow_mut() {
+                    if let Some(f) = f.as_mut() {
+                        work |= f();
+                    }
+                }
+            }
+        }
+        work
     }
 
     /// Run every active poller once. Returns whether any was busy.

@@ -498,3 +498,43 @@ fn a_loaded_reactor_polls_through_the_gaps_a_light_one_sleeps() {
     let (light, ms) = sleeps_while(2000, 10);
     assert!(light >= 10, "only {light} sleeps in {ms} ms of light load: the loaded window kept an idle reactor awake");
 }
+
+/// A poller's before-sleep hook runs when its reactor is about to sleep;
+/// while it reports work the reactor stays up (another iteration, the hook
+/// again), and once it reports none the reactor sleeps.
+#[test]
+fn before_sleep_hooks_run_before_sleeping_and_keep_the_reactor_up_while_they_find_work() {
+    let result = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    let out = result.clone();
+    let opts =
+        Options { cores: cores_for_test(1), interrupt_mode: true, pin: false, msg_batch: DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
+    launch(&opts, move || {
+        let hooks = Rc::new(Cell::new(0u64));
+        let h = hooks.clone();
+        let p = register_poller("armed_source", || PollStatus::Idle);
+        // Work found the first five times (as a completion that came just
+        // before arming would be), then none.
+        p.set_before_sleep(move || {
+            h.set(h.get() + 1);
+            h.get() <= 5
+        });
+        std::mem::forget(p);
+        let out = out.clone();
+        let hooks = hooks.clone();
+        let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+        let s = slot.clone();
+        *slot.borrow_mut() = Some(register_timed_poller("done", Duration::from_millis(300), move || {
+            s.borrow_mut().take();
+            let st = stats();
+            *out.lock().unwrap() = (hooks.get(), st.sleeps, st.iterations);
+            stop_all();
+            PollStatus::Busy
+        }));
+        std::mem::forget(slot);
+    })
+    .unwrap();
+    let (hooks, sleeps, iterations) = *result.lock().unwrap();
+    assert!(hooks >= 6, "the hook ran {hooks} times: five with work, then one letting the reactor sleep");
+    assert!(sleeps >= 1, "the reactor never slept");
+    assert!(iterations < 100, "{iterations} iterations: the reactor did not sleep once the hook found nothing");
+}

@@ -415,6 +415,8 @@ impl RdmaQpair {
                 return Err((cm, e.to_string()));
             }
             let _ = q.st.borrow().cq.arm();
+            let weak = Rc::downgrade(&q);
+            poller.set_before_sleep(move || weak.upgrade().is_some_and(|q| q.before_sleep()));
         }
         *q.poller.borrow_mut() = Some(poller);
         Ok((q, cm))
@@ -530,7 +532,6 @@ impl RdmaQpair {
         let irq = reactor::interrupt_mode();
         let mut wc = [ibv_wc::default(); 32];
         let mut busy = PollStatus::Idle;
-        let mut armed = false;
         let dev = self.st.borrow().dev;
         let mut taken = 0u64;
         if irq {
@@ -551,13 +552,8 @@ impl RdmaQpair {
                 Err(e) => break self.fail(&format!("polling its CQ: {e}")),
             };
             if n == 0 {
-                if irq && !armed {
-                    armed = true;
-                    if let Err(e) = self.st.borrow().cq.arm() {
-                        break self.fail(&format!("arming its CQ: {e}"));
-                    }
-                    continue;
-                }
+                // Interrupt mode arms the CQ only before the reactor sleeps
+                // (`before_sleep`), not on every pass.
                 break busy;
             }
             busy = PollStatus::Busy;
@@ -583,6 +579,21 @@ impl RdmaQpair {
             d.completions += taken;
         });
         busy
+    }
+
+    /// The reactor is about to sleep: arm the CQ (an event at the next
+    /// completion wakes it), then look once more: a completion that came
+    /// before the arming raised no event, so it is handled now and the
+    /// reactor stays up.
+    fn before_sleep(&self) -> bool {
+        if self.closed.get() {
+            return false;
+        }
+        if let Err(e) = self.st.borrow().cq.arm() {
+            self.fail(&format!("arming its CQ: {e}"));
+            return true;
+        }
+        self.poll() == PollStatus::Busy
     }
 
     fn fail(&self, why: &str) -> PollStatus {
