@@ -696,25 +696,11 @@ impl CmId {
     /// As [`CmId::post_recv`], for each receive.
     pub unsafe fn post_recv_chain(&self, list: &[(u64, ibv_sge)]) -> Result<(), Error> {
         let qp = self.qp().map_err(Error::PostRecv)?;
-        for part in list.chunks(CHAIN) {
-            let mut raw = [sys::ibv_recv_wr::default(); CHAIN];
-            for (i, (wr_id, sge)) in part.iter().enumerate() {
-                raw[i].wr_id = *wr_id;
-                raw[i].sg_list = (sge as *const ibv_sge).cast_mut();
-                raw[i].num_sge = 1;
-            }
-            let base = raw.as_mut_ptr();
-            for i in 1..part.len() {
-                // SAFETY: i - 1 and i are within the array.
-                unsafe { (*base.add(i - 1)).next = base.add(i) };
-            }
-            let mut bad = ptr::null_mut();
-            // SAFETY: the QP is live; the chain and its SGEs are read during
-            // the call; the caller vouches for the memory.
-            let rc = unsafe { sys::post_recv(qp, base, &mut bad) };
-            if rc != 0 {
-                return Err(Error::PostRecv(io::Error::from_raw_os_error(rc)));
-            }
+        // SAFETY: the QP is live; each chain and its SGEs are read during
+        // the call; the caller vouches for the memory.
+        let rc = unsafe { sys::post_recv_list(list, |wr, bad| sys::post_recv(qp, wr, bad)) };
+        if rc != 0 {
+            return Err(Error::PostRecv(io::Error::from_raw_os_error(rc)));
         }
         Ok(())
     }

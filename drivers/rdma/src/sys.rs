@@ -142,6 +142,37 @@ pub unsafe fn post_srq_recv(srq: *mut ibv_srq, wr: *mut ibv_recv_wr, bad: *mut *
     }
 }
 
+/// Post receives (`wr_id`, one SGE each) in chains of up to 32, each chain
+/// with one call of `post` (`post_recv` on a QP, `post_srq_recv` on a
+/// shared receive queue). Returns 0, or the first errno `post` gave.
+///
+/// # Safety
+///
+/// `post` posts to a live queue; the SGEs name registered memory that stays
+/// registered, allocated and unused until each receive completes.
+pub unsafe fn post_recv_list(list: &[(u64, ibv_sge)], mut post: impl FnMut(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int) -> c_int {
+    const CHAIN: usize = 32;
+    for part in list.chunks(CHAIN) {
+        let mut raw = [ibv_recv_wr::default(); CHAIN];
+        for (i, (wr_id, sge)) in part.iter().enumerate() {
+            raw[i].wr_id = *wr_id;
+            raw[i].sg_list = (sge as *const ibv_sge).cast_mut();
+            raw[i].num_sge = 1;
+        }
+        let base = raw.as_mut_ptr();
+        for i in 1..part.len() {
+            // SAFETY: i - 1 and i are within the array.
+            unsafe { (*base.add(i - 1)).next = base.add(i) };
+        }
+        let mut bad = std::ptr::null_mut();
+        let rc = post(base, &mut bad);
+        if rc != 0 {
+            return rc;
+        }
+    }
+    0
+}
+
 /// `rdma_get_local_addr`: the id's local address (`route.addr.src_addr`),
 /// a `sockaddr_in` or `sockaddr_in6` after bind, resolve or connect
 /// request.

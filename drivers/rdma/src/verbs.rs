@@ -465,26 +465,13 @@ impl SharedReceiveQueue {
             let at = self.mr.addr() + (i as usize * self.size) as u64;
             wrs.push((wr_base + u64::from(i), self.mr.sge(at, self.size as u32)));
         }
-        for part in wrs.chunks(32) {
-            let mut raw = [sys::ibv_recv_wr::default(); 32];
-            for (k, (wr_id, sge)) in part.iter().enumerate() {
-                raw[k].wr_id = *wr_id;
-                raw[k].sg_list = (sge as *const ibv_sge).cast_mut();
-                raw[k].num_sge = 1;
-            }
-            let base = raw.as_mut_ptr();
-            for k in 1..part.len() {
-                // SAFETY: k - 1 and k are within the array.
-                unsafe { (*base.add(k - 1)).next = base.add(k) };
-            }
-            let mut bad = ptr::null_mut();
-            // SAFETY: the SRQ is live; the chain and its SGEs are read
-            // during the call; the buffers are the queue's own, registered,
-            // and no longer read by whoever took them.
-            let rc = unsafe { sys::post_srq_recv(self.srq, base, &mut bad) };
-            if rc != 0 {
-                return Err(Error::PostSrqRecv(io::Error::from_raw_os_error(rc)));
-            }
+        let srq = self.srq;
+        // SAFETY: the SRQ is live; each chain and its SGEs are read during
+        // the call; the buffers are the queue's own, registered, and no
+        // longer read by whoever took them.
+        let rc = unsafe { sys::post_recv_list(&wrs, |wr, bad| sys::post_srq_recv(srq, wr, bad)) };
+        if rc != 0 {
+            return Err(Error::PostSrqRecv(io::Error::from_raw_os_error(rc)));
         }
         Ok(())
     }

@@ -171,27 +171,35 @@ impl State {
     }
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        // Shared receive buffers still taken go back to the queue: those
-        // of capsules that came after the close too.
-        if let Recv::Shared(q) = &self.recv {
-            let mut wc = [ibv_wc::default(); 32];
-            while let Ok(n @ 1..) = self.cq.poll(&mut wc) {
-                for w in &wc[..n] {
-                    if w.wr_id >> 32 == WR_RECV {
-                        self.repost.push((w.wr_id & 0xffff) as u16);
-                    }
-                }
-            }
-            let mut left: Vec<u32> = self.repost.drain(..).map(u32::from).collect();
-            left.extend(self.slots.iter_mut().filter_map(|s| s.held_recv.take()).map(u32::from));
-            if !left.is_empty() {
-                if let Err(e) = q.repost(&left, WR_RECV << 32) {
-                    tracing::warn!("nvmf rdma: giving receive buffers back to the shared queue: {e}");
+impl State {
+    /// Give every shared receive buffer it still holds back to its queue:
+    /// those of capsules received and not handled (still in its CQ), those
+    /// waiting to be posted again, and those its commands hold. After a
+    /// close (the QP takes no more) and when it goes.
+    fn return_shared_buffers(&mut self) {
+        let Recv::Shared(q) = &self.recv else { return };
+        let mut wc = [ibv_wc::default(); 32];
+        while let Ok(n @ 1..) = self.cq.poll(&mut wc) {
+            for w in &wc[..n] {
+                if w.wr_id >> 32 == WR_RECV {
+                    self.repost.push((w.wr_id & 0xffff) as u16);
                 }
             }
         }
+        let mut left: Vec<u32> = self.repost.drain(..).map(u32::from).collect();
+        left.extend(self.slots.iter_mut().filter_map(|s| s.held_recv.take()).map(u32::from));
+        if !left.is_empty() {
+            if let Err(e) = q.repost(&left, WR_RECV << 32) {
+                tracing::warn!("nvmf rdma: giving receive buffers back to the shared queue: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Capsules that came after the close too.
+        self.return_shared_buffers();
     }
 }
 
@@ -1130,25 +1138,8 @@ impl RdmaQpair {
         if let Some(cm) = st.cm.as_ref() {
             let _ = cm.disconnect();
         }
-        if let Recv::Shared(q) = &st.recv {
-            // Capsules received and not handled took shared receive
-            // buffers: they go back with those its commands hold (the QP
-            // is in the error state now and takes no more).
-            let q = q.clone();
-            let mut wc = [ibv_wc::default(); 32];
-            while let Ok(n @ 1..) = st.cq.poll(&mut wc) {
-                for w in &wc[..n] {
-                    if w.wr_id >> 32 == WR_RECV {
-                        st.repost.push((w.wr_id & 0xffff) as u16);
-                    }
-                }
-            }
-            let mut left: Vec<u32> = st.repost.drain(..).map(u32::from).collect();
-            left.extend(st.slots.iter_mut().filter_map(|s| s.held_recv.take()).map(u32::from));
-            if let Err(e) = q.repost(&left, WR_RECV << 32) {
-                tracing::warn!("nvmf rdma: giving receive buffers back to the shared queue: {e}");
-            }
-        }
+        // The QP is in the error state now and takes no more capsules.
+        st.return_shared_buffers();
         drop(self.poller.borrow_mut().take());
         let queue = std::mem::replace(&mut st.queue, Queue::Unbound);
         let (qid, executing) = (st.qid, st.executing);
