@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use pollux_tests::{Daemon, DaemonOpts, TempDir, bin, sh, verify_run};
-use pollux_testvm::{VmConfig, in_guest};
+use pollux_testvm::{VmConfig, in_guest, soft_roce};
 use serde_json::{Value, json};
 
 const KNQN: &str = "nqn.2016-06.io.kernel:rdma";
@@ -31,14 +31,9 @@ const POLLUX: &str = "4430";
 const DISC: &str = "8009";
 
 fn soft_roce_and_kernel_target() {
+    soft_roce(ADDR, &["nvmet", "nvmet-rdma"]);
     sh(&format!(
         r#"
-for m in crc32_generic crc32c_generic rdma_rxe ib_uverbs rdma_ucm dummy nvmet nvmet-rdma; do modprobe $m; done
-ip link set lo up
-ip link add d0 type dummy
-ip addr add {ADDR}/24 dev d0
-ip link set d0 up
-rdma link add rxe0 type rxe netdev d0
 modprobe null_blk nr_devices=0
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 N=/sys/kernel/config/nullb/nullb0

@@ -142,18 +142,21 @@ pub unsafe fn post_srq_recv(srq: *mut ibv_srq, wr: *mut ibv_recv_wr, bad: *mut *
     }
 }
 
-/// Post receives (`wr_id`, one SGE each) in chains of up to 32, each chain
-/// with one call of `post` (`post_recv` on a QP, `post_srq_recv` on a
-/// shared receive queue). Returns 0, or the first errno `post` gave.
+/// Receives posted per call (one doorbell) by [`post_recv_list`].
+pub const RECV_CHAIN: usize = 32;
+
+/// Post receives (`wr_id`, one SGE each) in chains of up to
+/// [`RECV_CHAIN`], each chain with one call of `post` (`post_recv` on a QP,
+/// `post_srq_recv` on a shared receive queue). Returns 0, or the first
+/// errno `post` gave.
 ///
 /// # Safety
 ///
 /// `post` posts to a live queue; the SGEs name registered memory that stays
 /// registered, allocated and unused until each receive completes.
 pub unsafe fn post_recv_list(list: &[(u64, ibv_sge)], mut post: impl FnMut(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int) -> c_int {
-    const CHAIN: usize = 32;
-    for part in list.chunks(CHAIN) {
-        let mut raw = [ibv_recv_wr::default(); CHAIN];
+    for part in list.chunks(RECV_CHAIN) {
+        let mut raw = [ibv_recv_wr::default(); RECV_CHAIN];
         for (i, (wr_id, sge)) in part.iter().enumerate() {
             raw[i].wr_id = *wr_id;
             raw[i].sg_list = (sge as *const ibv_sge).cast_mut();

@@ -8,7 +8,6 @@
 //! and memory registered for local use only out of the peer's reach.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,31 +15,9 @@ use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SEND, IBV_WC_SUCCES
 use pollux_rdma::{
     CmEventKind, CmId, CompletionChannel, CompletionQueue, ConnParam, EventChannel, MemoryRegion, ProtectionDomain, QpCaps, SendOp,
 };
-use pollux_testvm::{VmConfig, in_guest};
+use pollux_testvm::{VmConfig, in_guest, soft_roce};
 
 const ADDR: &str = "192.0.2.1";
-
-/// Soft-RoCE on a dummy device with 192.0.2.1 (the guest's only RDMA
-/// device), as ../shared/notes/rdma.md found it must be set up.
-fn soft_roce() {
-    let script = format!(
-        "set -e
-for m in crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy; do modprobe $m; done
-ip link add d0 type dummy
-ip addr add {ADDR}/24 dev d0
-ip link set d0 up
-ip link set lo up
-rdma link add rxe0 type rxe netdev d0
-"
-    );
-    let out = Command::new("sh").arg("-c").arg(&script).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "Soft-RoCE set-up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn wait_readable(fds: &[i32], deadline: Instant) {
     let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
@@ -127,7 +104,7 @@ impl End {
 #[test]
 fn cm_send_rdma_read_and_write_reject_and_disconnect_on_soft_roce() {
     in_guest(&VmConfig::new().memory_mib(1024), || {
-        soft_roce();
+        soft_roce(ADDR, &[]);
         let addr: SocketAddr = format!("{ADDR}:4420").parse().unwrap();
 
         let server_ch = EventChannel::new().expect("server event channel");

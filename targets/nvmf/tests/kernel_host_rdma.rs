@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pollux_tests::{Daemon, DaemonOpts, ok_stdout, tool};
-use pollux_testvm::{VmConfig, in_guest};
+use pollux_testvm::{VmConfig, in_guest, soft_roce};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.pollux:rdma";
@@ -106,15 +106,7 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
     in_guest(&VmConfig::new().controllers(0).memory_mib(1536).timeout(Duration::from_secs(900)), || {
         tool("nvme", "nvme-cli, the kernel host's tool");
         tool("fio", "fio");
-        sh(&format!(
-            "set -e
-for m in crc32_generic crc32c_generic rdma_rxe ib_uverbs rdma_ucm dummy nvme-rdma nvme-tcp nvme-fabrics; do modprobe $m; done
-ip link set lo up
-ip link add d0 type dummy
-ip addr add {ADDR}/24 dev d0
-ip link set d0 up
-rdma link add rxe0 type rxe netdev d0"
-        ));
+        soft_roce(ADDR, &["nvme-rdma", "nvme-tcp", "nvme-fabrics"]);
         // Few buffers (eight small, two large per reactor): 4 KiB writes
         // (in the capsule) and 128 KiB writes (RDMA READ) at depth 16 wait
         // for data buffers in turn.

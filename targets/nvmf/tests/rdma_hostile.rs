@@ -19,25 +19,13 @@ use pollux_rdma::sys::{IBV_WC_RECV, IBV_WC_SUCCESS, ibv_wc};
 use pollux_rdma::{
     CmEventKind, CmId, CompletionChannel, CompletionQueue, ConnParam, EventChannel, MemoryRegion, ProtectionDomain, QpCaps, SendOp,
 };
-use pollux_tests::{Daemon, DaemonOpts, sh};
-use pollux_testvm::{VmConfig, in_guest};
+use pollux_tests::{Daemon, DaemonOpts};
+use pollux_testvm::{VmConfig, in_guest, soft_roce};
 use serde_json::json;
 
 const NQN: &str = "nqn.2016-06.io.pollux:rdma-hostile";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555";
 const ADDR: &str = "192.0.2.1";
-
-fn soft_roce() {
-    sh(&format!(
-        "set -e
-for m in crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy; do modprobe $m; done
-ip link set lo up
-ip link add d0 type dummy
-ip addr add {ADDR}/24 dev d0
-ip link set d0 up
-rdma link add rxe0 type rxe netdev d0"
-    ));
-}
 
 fn wait_readable(fd: i32, deadline: Instant) {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -209,7 +197,7 @@ fn keyed(c: &mut [u8; 64], addr: u64, len: u32, key: u32) {
 #[test]
 fn malformed_requests_and_capsules_end_only_their_queue_pair() {
     in_guest(&VmConfig::new().controllers(0).memory_mib(1024).timeout(Duration::from_secs(600)), || {
-        soft_roce();
+        soft_roce(ADDR, &[]);
         let config = json!({"subsystems": [
             {"subsystem": "bdev", "config": [
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
@@ -284,7 +272,7 @@ fn malformed_requests_and_capsules_end_only_their_queue_pair() {
 #[test]
 fn queue_pairs_are_capped_per_listener_and_silent_ones_closed() {
     in_guest(&VmConfig::new().controllers(0).memory_mib(1024).timeout(Duration::from_secs(600)), || {
-        soft_roce();
+        soft_roce(ADDR, &[]);
         let config = json!({"subsystems": [
             {"subsystem": "bdev", "config": [
                 {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},

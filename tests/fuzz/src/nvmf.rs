@@ -193,6 +193,7 @@ fn admin_queue(rig: &Rig, c: &mut Conn, hd: bool, dd: bool, hpda: u8, discovery:
     let h = &rig.h;
     c.init(h, hd, dd, hpda);
     let nqn = if discovery { wire::DISCOVERY_NQN } else { wire::SUBNQN };
+    c.link.sq_entries = 32;
     let (sqe, data) = wire::connect(0xa000, 0, 31, 0, 0xffff, nqn);
     let cntlid = c.must(h, &sqe, &data, "admin Connect") as u16;
     if enable {
@@ -207,6 +208,7 @@ fn io_queue(rig: &Rig, c: &mut Conn, hd: bool, dd: bool, hpda: u8, cntlid: u16, 
     let h = &rig.h;
     c.init(h, hd, dd, hpda);
     c.link.sq_flow_off = cattr & 0x04 != 0;
+    c.link.sq_entries = 64;
     let (sqe, data) = wire::connect(0xa002, 1, 63, cattr, cntlid, wire::SUBNQN);
     let (hd, dd, _) = c.link.ic.expect("ICResp");
     c.send(h, &wire::capsule(&sqe, &data, hd, dd));

@@ -170,6 +170,11 @@ pub struct Link {
     pub ic: Option<(bool, bool, u32)>,
     /// The host disabled SQ flow control in its Connect.
     pub sq_flow_off: bool,
+    /// Entries of the submission queue the Connect asked for (0: not
+    /// known, the input sent its own Connect).
+    pub sq_entries: u16,
+    /// Reads answered with C2HData SUCCESS since the last CapsuleResp.
+    pub success_run: u16,
     /// A C2HTermReq came: nothing may follow it.
     pub terminated: bool,
 }
@@ -210,7 +215,6 @@ pub fn take_pdu(rx: &mut Vec<u8>, link: &mut Link) -> Option<C2h> {
             assert!(pdo >= 24 + if hd { 4 } else { 0 } && pdo % align == 0, "{what}: data offset against HPDA alignment {align}");
             if flags & SUCCESS != 0 {
                 assert!(flags & LAST_PDU != 0, "{what}: SUCCESS without LAST_PDU");
-                assert!(link.sq_flow_off, "{what}: SUCCESS while the host kept SQ flow control");
             }
         }
     }
@@ -247,6 +251,19 @@ pub fn take_pdu(rx: &mut Vec<u8>, link: &mut Link) -> Option<C2h> {
             link.ic = Some((dgst & 1 != 0, dgst & 2 != 0, maxh2c));
         }
         C2H_TERM_REQ => link.terminated = true,
+        CAPSULE_RESP => link.success_run = 0,
+        C2H_DATA if flags & SUCCESS != 0 && !link.sq_flow_off && link.sq_entries > 0 => {
+            // With SQ flow control on, the host must learn the SQ head (a
+            // CapsuleResp) at least once per quarter of its queue.
+            link.success_run += 1;
+            let quarter = (link.sq_entries / 4).max(1);
+            assert!(
+                link.success_run < quarter,
+                "{} reads ended with SUCCESS in a row under SQ flow control ({} entries)",
+                link.success_run,
+                link.sq_entries
+            );
+        }
         _ => {}
     }
     rx.drain(..plen);

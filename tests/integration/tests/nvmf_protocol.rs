@@ -177,6 +177,56 @@ fn admin_and_io_commands_with_and_without_digests() {
         q.send_capsule(&Sqe::new(0x00, cid).nsid(1), &[]);
         assert_eq!(q.recv().unwrap().cqe().cid, cid);
         drop(q);
+        // With SQ flow control on, reads may still end with SUCCESS (as
+        // SPDK's target ends them), but the host is sent the SQ head at
+        // least once per quarter of its queue (64 entries: 15 SUCCESS in a
+        // row at most), and each head counts every answer since the one
+        // before.
+        let mut q = Client::connect(port);
+        q.ic(hd, dd);
+        assert!(q.fabrics_connect(2, 63, cntlid, NQN, HOST_NQN, 0).ok());
+        let (mut successes, mut run, mut total, mut last_head) = (0, 0, 0u32, None::<(u16, u32)>);
+        for burst in 0..3u32 {
+            let cids: Vec<u16> = (0..40).map(|_| q.cid()).collect();
+            let mut bytes = Vec::new();
+            for (i, &cid) in cids.iter().enumerate() {
+                let lba = 8 * (burst * 40 + i as u32);
+                bytes.extend(q.capsule_bytes(&Sqe::new(0x02, cid).nsid(1).dw(10, lba).dw(12, 7).sgl_transport(4096), &[]));
+            }
+            q.send_raw(&bytes);
+            let mut answered = Vec::new();
+            while answered.len() < cids.len() {
+                let p = q.recv().expect("an answer");
+                match p.kind {
+                    C2H_DATA if p.flags & 0x08 != 0 => {
+                        assert_eq!(p.data.len(), 4096);
+                        answered.push(u16::from_le_bytes([p.header[8], p.header[9]]));
+                        successes += 1;
+                        total += 1;
+                        run += 1;
+                        assert!(run < 16, "{run} answers in a row without the SQ head");
+                    }
+                    C2H_DATA => assert_eq!(p.data.len(), 4096),
+                    _ => {
+                        let c = p.cqe();
+                        assert!(c.ok(), "{c:?}");
+                        total += 1;
+                        if let Some((head, at)) = last_head {
+                            assert_eq!(c.sqhd, ((head as u32 + total - at) % 64) as u16, "SQ head counts every answer");
+                        }
+                        last_head = Some((c.sqhd, total));
+                        answered.push(c.cid);
+                        run = 0;
+                    }
+                }
+            }
+            answered.sort_unstable();
+            let mut want = cids.clone();
+            want.sort_unstable();
+            assert_eq!(answered, want, "each read answered once");
+        }
+        assert!(successes > 0, "no read ended with C2HData SUCCESS under SQ flow control");
+        drop(q);
         drop(a);
     }
     let stats: Value = serde_json::from_str(&ok_stdout("nvmf_get_stats", &spdk_rpc(&d.socket, &["nvmf_get_stats"]))).unwrap();
@@ -184,7 +234,7 @@ fn admin_and_io_commands_with_and_without_digests() {
     assert_eq!(groups.len(), 2);
     let io: u64 = groups.iter().map(|g| g["io_qpairs"].as_u64().unwrap()).sum();
     let done: u64 = groups.iter().map(|g| g["completed_nvme_io"].as_u64().unwrap()).sum();
-    assert_eq!(io, 8, "{stats}");
+    assert_eq!(io, 12, "{stats}");
     assert!(done > 40, "{stats}");
     d.stop();
 }

@@ -93,3 +93,28 @@ fn run_on_host(config: &VmConfig, name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// In the guest: Soft-RoCE (`rdma_rxe`) device `rxe0` on a dummy interface
+/// `d0` holding `addr`/24, loopback up, after loading `modules` beside the
+/// ones RDMA needs (the set-up `../shared/notes/rdma.md` found to work:
+/// Soft-RoCE cannot sit on `lo`). Panics with the shell's output if a
+/// step fails.
+pub fn soft_roce(addr: &str, modules: &[&str]) {
+    let script = format!(
+        "set -e
+for m in crc32_generic crc32c_generic rdma_rxe ib_uverbs rdma_ucm dummy {}; do modprobe $m; done
+ip link set lo up
+ip link add d0 type dummy
+ip addr add {addr}/24 dev d0
+ip link set d0 up
+rdma link add rxe0 type rxe netdev d0",
+        modules.join(" ")
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "Soft-RoCE set-up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,7 @@ mod vm;
 
 pub use config::{MAX_CONTROLLERS, MAX_NAMESPACES, NvmeDriver, VmConfig};
 pub use error::{Error, InfraFailure, Infrastructure, Result, SETUP_COMMAND};
-pub use guest_test::{TEST_ENV, in_guest};
+pub use guest_test::{TEST_ENV, in_guest, soft_roce};
 pub use setup::{Cache, KERNEL_META, PACKAGES, SetupOptions, default_cache_dir, setup};
 pub use vm::{GUEST_ENV, GuestCommand, GuestOutput, TestVm, Timing};
 

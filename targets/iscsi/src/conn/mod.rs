@@ -177,26 +177,31 @@ impl Group {
         reactor::local::<Group>()
     }
 
-    /// One pass: read ready sockets, then write the answers of every
+    /// One pass: write the answers that completions since the last pass
+    /// queued (bdevs that complete from their own pollers: before waiting
+    /// on the sockets, so no epoll_wait stands between a completion and its
+    /// answer), read ready sockets, then write the answers of every
     /// connection that has some, one write each (the answers of all the
     /// commands a pass read go out together). Returns work done.
     fn poll(&self) -> usize {
-        let n = self.ready.poll(|r| {
-            let c = self.conns.borrow().get(&r.token).cloned();
-            let Some(c) = c else { return };
-            if c.read_held.get() && r.gone() {
-                // Not reading, so the hang-up would be reported again
-                // and again: the initiator is gone.
-                c.close(Close::Gone);
-                return;
-            }
-            if r.readable {
-                c.on_readable();
-            }
-            if r.writable {
-                c.flush();
-            }
-        });
+        let early = self.flush_dirty();
+        let n = early
+            + self.ready.poll(|r| {
+                let c = self.conns.borrow().get(&r.token).cloned();
+                let Some(c) = c else { return };
+                if c.read_held.get() && r.gone() {
+                    // Not reading, so the hang-up would be reported again
+                    // and again: the initiator is gone.
+                    c.close(Close::Gone);
+                    return;
+                }
+                if r.readable {
+                    c.on_readable();
+                }
+                if r.writable {
+                    c.flush();
+                }
+            });
         n + self.flush_dirty()
     }
 

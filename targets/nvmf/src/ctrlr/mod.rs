@@ -18,6 +18,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
+use pollux_nvme_spec::cmd::Completion;
 use pollux_nvme_spec::registers::{Cc, Csts};
 
 use crate::status::{self, Status};
@@ -52,6 +53,19 @@ impl Response {
     }
     pub fn err(status: Status) -> Response {
         Response { status, dw0: 0, dw1: 0 }
+    }
+
+    /// The completion queue entry that carries this response for command
+    /// `cid` of submission queue `sq_id`, whose head is now `sq_head`.
+    pub fn cqe(&self, cid: u16, sq_id: u16, sq_head: u16) -> Completion {
+        let mut cqe = Completion::default();
+        cqe.result.set(self.dw0);
+        cqe.dw1.set(self.dw1);
+        cqe.sq_head.set(sq_head);
+        cqe.sq_id.set(sq_id);
+        cqe.cid.set(cid);
+        cqe.set_status(self.status);
+        cqe
     }
 }
 

@@ -237,7 +237,7 @@ impl Group {
         let d = self.stats.borrow_mut().device(&dev.name());
         if let Some(s) = self.stats.borrow_mut().devices.get_mut(d) {
             s.total_recv_wrs += n;
-            s.recv_doorbells += n.div_ceil(32);
+            s.recv_doorbells += n.div_ceil(pollux_rdma::sys::RECV_CHAIN as u64);
         }
         tracing::debug!("nvmf rdma: shared receive queue of {} capsules on {}", n, dev.name());
         self.srqs.borrow_mut().push((dev, q.clone()));

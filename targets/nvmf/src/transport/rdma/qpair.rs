@@ -33,8 +33,8 @@ use pollux_core::log::FaultLog;
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use pollux_core::sock::ConnSlot;
 use pollux_core::sys::Interest;
-use pollux_nvme_spec::cmd::{Command, Completion};
-use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, ibv_wc};
+use pollux_nvme_spec::cmd::Command;
+use pollux_rdma::sys::{IBV_WC_RDMA_READ, IBV_WC_RECV, IBV_WC_SUCCESS, IBV_WC_WR_FLUSH_ERR, RECV_CHAIN, ibv_wc};
 use pollux_rdma::{
     CmId, CompletionChannel, CompletionQueue, ConnParam, ConnectRequest, MemoryRegion, QpCaps, SendOp, SendWr, SharedReceiveQueue,
 };
@@ -201,6 +201,28 @@ impl Drop for State {
         // Capsules that came after the close too.
         self.return_shared_buffers();
     }
+}
+
+/// Post receive buffers `ids` of a queue pair's own receive queue (its
+/// capsule buffers, `capsule` bytes each in `mr`), in chains (`wrs` is the
+/// list kept for it). At creation every buffer; later those whose capsules
+/// were taken.
+fn post_own_recvs(
+    cm: &CmId,
+    mr: &MemoryRegion,
+    capsule: usize,
+    wrs: &mut Vec<(u64, pollux_rdma::sys::ibv_sge)>,
+    ids: impl IntoIterator<Item = u16>,
+) -> Result<(), pollux_rdma::Error> {
+    wrs.clear();
+    for i in ids {
+        let at = mr.addr() + (i as usize * capsule) as u64;
+        wrs.push((wr_id(WR_RECV, i, 0), mr.sge(at, capsule as u32)));
+    }
+    // SAFETY: the receive buffers live in the queue pair's State until
+    // after the QP is destroyed (State drops `cm` first), and none of them
+    // holds a capsule not yet taken.
+    unsafe { cm.post_recv_chain(wrs) }
 }
 
 pub(crate) struct RdmaQpair {
@@ -400,16 +422,22 @@ impl RdmaQpair {
         });
         // Its own receive queue: receives for every capsule the host may
         // send (a shared queue has its receives posted already).
-        if matches!(q.st.borrow().recv, Recv::Own { .. }) {
-            for i in 0..depth {
-                if let Err(e) = q.post_recv(&cm, i) {
-                    return Err((cm, e.to_string()));
-                }
+        let posted = {
+            let mut st = q.st.borrow_mut();
+            let st = &mut *st;
+            match &st.recv {
+                Recv::Own { mr, .. } => Some(post_own_recvs(&cm, mr, st.capsule, &mut st.repost_wrs, 0..depth)),
+                Recv::Shared(_) => None,
+            }
+        };
+        if let Some(r) = posted {
+            if let Err(e) = r {
+                return Err((cm, e.to_string()));
             }
             let dev = q.st.borrow().dev;
             Self::count_dev(&q.group, dev, |d| {
                 d.total_recv_wrs += u64::from(depth);
-                d.recv_doorbells += u64::from(depth);
+                d.recv_doorbells += (depth as usize).div_ceil(RECV_CHAIN) as u64;
             });
         }
         let weak = Rc::downgrade(&q);
@@ -438,7 +466,7 @@ impl RdmaQpair {
             return Ok(());
         }
         let n = st.repost.len();
-        Self::count_dev(&self.group, st.dev, |d| d.recv_doorbells += n.div_ceil(32) as u64);
+        Self::count_dev(&self.group, st.dev, |d| d.recv_doorbells += n.div_ceil(RECV_CHAIN) as u64);
         match &st.recv {
             Recv::Shared(q) => {
                 st.repost_ids.clear();
@@ -447,28 +475,9 @@ impl RdmaQpair {
             }
             Recv::Own { mr, .. } => {
                 let Some(cm) = st.cm.as_ref() else { return Ok(()) };
-                st.repost_wrs.clear();
-                for &i in &st.repost {
-                    let at = mr.addr() + (i as usize * st.capsule) as u64;
-                    st.repost_wrs.push((wr_id(WR_RECV, i, 0), mr.sge(at, st.capsule as u32)));
-                }
-                st.repost.clear();
-                // SAFETY: as in post_recv: the buffers live in this State
-                // until after the QP is destroyed, and their capsules were
-                // taken.
-                unsafe { cm.post_recv_chain(&st.repost_wrs) }
+                post_own_recvs(cm, mr, st.capsule, &mut st.repost_wrs, st.repost.drain(..))
             }
         }
-    }
-
-    fn post_recv(&self, cm: &CmId, i: u16) -> Result<(), pollux_rdma::Error> {
-        let st = self.st.borrow();
-        let Recv::Own { mr, .. } = &st.recv else { return Ok(()) };
-        let at = mr.addr() + (i as usize * st.capsule) as u64;
-        let sge = mr.sge(at, st.capsule as u32);
-        // SAFETY: the receive buffer lives in this queue pair's State until
-        // after the QP is destroyed (State drops `cm` first).
-        unsafe { cm.post_recv(wr_id(WR_RECV, i, 0), &[sge]) }
     }
 
     /// Commands with a bdev, RDMA READs waiting, the device's index.
@@ -1035,13 +1044,7 @@ impl RdmaQpair {
     fn respond(&self, st: &mut State, idx: u16, r: Response) {
         st.sq_head = (st.sq_head + 1) % st.sq_entries.max(1);
         let slot = &mut st.slots[idx as usize];
-        let mut cqe = Completion::default();
-        cqe.result.set(r.dw0);
-        cqe.dw1.set(r.dw1);
-        cqe.sq_head.set(st.sq_head);
-        cqe.sq_id.set(st.qid);
-        cqe.cid.set(slot.cmd.cid.get());
-        cqe.set_status(r.status);
+        let mut cqe = r.cqe(slot.cmd.cid.get(), st.qid, st.sq_head);
         let at = idx as usize * RESPONSE;
         st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
         slot.state = SlotState::Responding;

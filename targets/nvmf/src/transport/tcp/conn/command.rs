@@ -9,7 +9,7 @@ use std::time::Instant;
 use pollux_core::dma::{self, copy_to_bufs};
 use pollux_core::reactor;
 use pollux_core::sock::{OutBuf, TxBuf};
-use pollux_nvme_spec::cmd::{Command, Completion};
+use pollux_nvme_spec::cmd::Command;
 use zerocopy::FromBytes;
 
 use super::super::pdu::{self, Fatal, Fes};
@@ -338,15 +338,36 @@ impl Conn {
         st.sq_head
     }
 
+    /// Whether a successful read may end with a C2HData PDU carrying
+    /// SUCCESS instead of a CapsuleResp (`c2h_success`). Always when the
+    /// host disabled SQ flow control at Connect (TP 8000). With flow
+    /// control on, SPDK's nvmf_tgt omits the CapsuleResp all the same, so a
+    /// host that follows SQHD strictly would never learn the head; here the
+    /// head goes out (a CapsuleResp) at least once per quarter of the SQ.
+    /// A strict host then sees its queue at most a quarter fuller than it
+    /// is, so it can always submit once a quarter of the queue is truly
+    /// free, and it waits for nothing that never comes.
+    pub(super) fn may_omit_resp(st: &State) -> bool {
+        st.sq_flow_off || st.unreported + 1 < (st.sq_entries / 4).max(1)
+    }
+
+    /// Queue the CapsuleResp of command `cid` (SQ head `sq_head`): the host
+    /// now knows the head.
+    pub(super) fn queue_capsule_resp(st: &mut State, cid: u16, sq_head: u16, r: &Response) {
+        let cqe = r.cqe(cid, st.qid, sq_head);
+        let hd = st.framing.header_digest;
+        pdu::capsule_resp(st.tx.bytes(), &cqe, hd);
+        st.unreported = 0;
+    }
+
     /// Send a command's data (controller to host) and completion; free its slot.
     pub(super) fn respond(&self, st: &mut State, idx: u16, r: Response) {
         let sq_head = Self::next_sq_head(st);
-        let qid = st.qid;
         let slot = &st.slots[idx as usize];
         let cid = slot.cmd.cid.get();
         let mut send_resp = true;
         if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
-            let success = self.opts.c2h_success && st.sq_flow_off && r.dw0 == 0 && r.dw1 == 0;
+            let success = self.opts.c2h_success && r.dw0 == 0 && r.dw1 == 0 && Self::may_omit_resp(st);
             let len = slot.len as usize;
             let c2h = st.c2h;
             pdu::c2h_data_header(st.tx.bytes(), &c2h, cid, 0, len, true, success);
@@ -378,15 +399,9 @@ impl Conn {
             send_resp = !success;
         }
         if send_resp {
-            let mut cqe = Completion::default();
-            cqe.result.set(r.dw0);
-            cqe.dw1.set(r.dw1);
-            cqe.sq_head.set(sq_head);
-            cqe.sq_id.set(qid);
-            cqe.cid.set(cid);
-            cqe.set_status(r.status);
-            let hd = st.framing.header_digest;
-            pdu::capsule_resp(st.tx.bytes(), &cqe, hd);
+            Self::queue_capsule_resp(st, cid, sq_head, &r);
+        } else {
+            st.unreported = st.unreported.saturating_add(1);
         }
         if matches!(st.queue, Queue::Io { .. }) {
             if let Some(g) = self.group.upgrade() {

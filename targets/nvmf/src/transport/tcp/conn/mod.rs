@@ -22,7 +22,7 @@ use pollux_core::bdev::BdevIo;
 use pollux_core::dma::{DmaBuf, Lent};
 use pollux_core::reactor::{self, ReactorId};
 use pollux_core::sock::{ConnSlot, Flushed, OutBuf, TxQueue};
-use pollux_nvme_spec::cmd::{Command, Completion};
+use pollux_nvme_spec::cmd::Command;
 
 use super::group::{GroupStats, TcpGroup};
 use super::pdu::{self, C2hFraming, Fatal, Framing, Parsed, Pdu};
@@ -155,6 +155,9 @@ struct State {
     sq_entries: u16,
     sq_head: u16,
     sq_flow_off: bool,
+    /// Completions since the host was last sent an SQ head (in a
+    /// CapsuleResp): see `Conn::may_omit_resp`.
+    unreported: u16,
     slots: Vec<Slot>,
     free: Vec<u16>,
     waiting_buffers: VecDeque<u16>,
@@ -220,6 +223,7 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         sq_entries: 1,
         sq_head: 0,
         sq_flow_off: false,
+        unreported: 0,
         slots: (0..nslots).map(|_| Slot::new()).collect(),
         free: (0..nslots as u16).rev().collect(),
         waiting_buffers: VecDeque::new(),
@@ -641,15 +645,7 @@ impl Conn {
             let mut st = self.st.borrow_mut();
             for (cid, r) in deferred {
                 let sq_head = Self::next_sq_head(&mut st);
-                let mut cqe = Completion::default();
-                cqe.result.set(r.dw0);
-                cqe.dw1.set(r.dw1);
-                cqe.sq_head.set(sq_head);
-                cqe.sq_id.set(st.qid);
-                cqe.cid.set(cid);
-                cqe.set_status(r.status);
-                let hd = st.framing.header_digest;
-                pdu::capsule_resp(st.tx.bytes(), &cqe, hd);
+                Self::queue_capsule_resp(&mut st, cid, sq_head, &r);
             }
         }
         if let Some(reason) = self.close_reason.borrow_mut().take() {
