@@ -154,6 +154,28 @@ pub enum Cmd {
         #[arg(short = 'p', long)]
         tgt_name: Option<String>,
     },
+    /// Set the ANA state of a listener, for one ANA group or all
+    #[command(name = "nvmf_subsystem_listener_set_ana_state", rename_all = "kebab-case")]
+    NvmfSubsystemListenerSetAnaState {
+        nqn: String,
+        #[arg(short = 'n', long, value_parser = ["optimized", "non_optimized", "inaccessible"])]
+        ana_state: String,
+        #[command(flatten)]
+        address: Address,
+        #[arg(short = 'p', long)]
+        tgt_name: Option<String>,
+        #[arg(short = 'g', long)]
+        anagrpid: Option<u32>,
+    },
+    /// Move a namespace to another ANA group
+    #[command(name = "nvmf_subsystem_set_ns_ana_group", rename_all = "kebab-case")]
+    NvmfSubsystemSetNsAnaGroup {
+        nqn: String,
+        nsid: u32,
+        anagrpid: u32,
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+    },
     /// Listeners of a subsystem
     #[command(name = "nvmf_subsystem_get_listeners", rename_all = "kebab-case")]
     NvmfSubsystemGetListeners {
@@ -380,6 +402,22 @@ impl Cmd {
             NvmfSubsystemRemoveListener { nqn: n, address, tgt_name } => req(
                 "nvmf_subsystem_remove_listener",
                 &[("nqn", nqn(n)), ("listen_address", Some(address.json())), ("tgt_name", o(tgt_name))],
+                Show::Nothing,
+            ),
+            NvmfSubsystemListenerSetAnaState { nqn, ana_state, address, tgt_name, anagrpid } => req(
+                "nvmf_subsystem_listener_set_ana_state",
+                &[
+                    ("nqn", v(nqn)),
+                    ("listen_address", Some(address.json())),
+                    ("ana_state", v(ana_state)),
+                    ("tgt_name", o(tgt_name)),
+                    ("anagrpid", o(anagrpid)),
+                ],
+                Show::Nothing,
+            ),
+            NvmfSubsystemSetNsAnaGroup { nqn, nsid, anagrpid, tgt_name } => req(
+                "nvmf_subsystem_set_ns_ana_group",
+                &[("nqn", v(nqn)), ("nsid", v(nsid)), ("anagrpid", v(anagrpid)), ("tgt_name", o(tgt_name))],
                 Show::Nothing,
             ),
             NvmfSubsystemGetListeners { nqn, tgt_name } => {

@@ -8,6 +8,7 @@
 //! from `zerocopy::little_endian`), so it can be read from or written to a
 //! byte buffer without copies or `unsafe`, on any host byte order.
 //!
+//! - [`ana`]: Asymmetric Namespace Access states and the ANA log page.
 //! - [`cmd`]: the 64-byte submission queue entry ([`cmd::Command`]), the
 //!   16-byte completion queue entry ([`cmd::Completion`]), admin and I/O
 //!   opcodes, feature identifiers, data pointers (PRP and SGL).
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ana;
 pub mod cmd;
 pub mod discovery;
 pub mod fabrics;

@@ -118,26 +118,8 @@ pub struct Namespace {
     pub anagrpid: u32,
 }
 
-/// ANA states (Asymmetric Namespace Access, NVMe 2.0 8.1.1).
-pub mod ana {
-    pub const OPTIMIZED: u8 = 0x1;
-    pub const NON_OPTIMIZED: u8 = 0x2;
-    pub const INACCESSIBLE: u8 = 0x3;
-    pub const PERSISTENT_LOSS: u8 = 0x4;
-    pub const CHANGE: u8 = 0xf;
-
-    /// SPDK's names for them.
-    pub fn name(state: u8) -> &'static str {
-        match state {
-            OPTIMIZED => "optimized",
-            NON_OPTIMIZED => "non_optimized",
-            INACCESSIBLE => "inaccessible",
-            PERSISTENT_LOSS => "persistent_loss",
-            CHANGE => "change",
-            _ => "unknown",
-        }
-    }
-}
+/// ANA states and their SPDK names.
+pub use pollux_nvme_spec::ana;
 
 /// A controller that is up: what bring-up learnt, shared by all reactors.
 pub struct Controller {
@@ -1060,28 +1042,7 @@ pub fn shutdown(qp: &Qpair, done: impl FnOnce(Result<(), HostError>) + 'static) 
     property_set(qp, property::CC, cc, done);
 }
 
-/// The groups of an ANA log page: (group id, state, namespace ids).
-/// `None` when the page is shorter than what it says it holds.
-pub fn parse_ana_log(log: &[u8]) -> Option<Vec<(u32, u8, Vec<u32>)>> {
-    let u32_at = |o: usize| log.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
-    let ngrps = u16::from_le_bytes(log.get(8..10)?.try_into().ok()?);
-    let mut at = 16;
-    let mut out = Vec::with_capacity(usize::from(ngrps));
-    for _ in 0..ngrps {
-        let grp = u32_at(at)?;
-        let n = u32_at(at + 4)? as usize;
-        let state = *log.get(at + 16)? & 0xf;
-        at += 32;
-        let end = at.checked_add(n.checked_mul(4)?)?;
-        if end > log.len() {
-            return None;
-        }
-        let nsids = (0..n).map(|k| u32_at(at + 4 * k).expect("checked")).collect();
-        at = end;
-        out.push((grp, state, nsids));
-    }
-    Some(out)
-}
+pub use pollux_nvme_spec::ana::parse_log as parse_ana_log;
 
 /// Bytes of ANA log page to read for this controller: the header, every
 /// group it may report and every namespace id once.
@@ -1100,37 +1061,4 @@ pub fn refresh_ana(ctrl: &Arc<Controller>, qp: &Qpair, done: impl FnOnce(Result<
     get_log_page_upto(qp, pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS, 0, ana_log_len(ctrl), move |r| {
         done(r.map(|log| c.apply_ana_log(&log)))
     });
-}
-
-#[cfg(test)]
-mod ana_tests {
-    use super::*;
-
-    fn log(groups: &[(u32, u8, &[u32])]) -> Vec<u8> {
-        let mut v = vec![0u8; 16];
-        v[8..10].copy_from_slice(&(groups.len() as u16).to_le_bytes());
-        for (g, st, nsids) in groups {
-            let mut d = vec![0u8; 32];
-            d[0..4].copy_from_slice(&g.to_le_bytes());
-            d[4..8].copy_from_slice(&(nsids.len() as u32).to_le_bytes());
-            d[16] = *st;
-            v.extend_from_slice(&d);
-            for n in *nsids {
-                v.extend_from_slice(&n.to_le_bytes());
-            }
-        }
-        v
-    }
-
-    #[test]
-    fn ana_log_groups_parse_and_a_short_log_is_refused() {
-        let l = log(&[(1, ana::OPTIMIZED, &[1, 2]), (2, ana::INACCESSIBLE, &[3])]);
-        assert_eq!(parse_ana_log(&l), Some(vec![(1, 1, vec![1, 2]), (2, 3, vec![3])]));
-        assert_eq!(parse_ana_log(&l[..l.len() - 1]), None);
-        assert_eq!(parse_ana_log(&log(&[])), Some(vec![]));
-        let mut huge = log(&[(1, 1, &[])]);
-        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(parse_ana_log(&huge), None, "a count past the page is refused");
-        assert_eq!(parse_ana_log(&[0; 4]), None);
-    }
 }

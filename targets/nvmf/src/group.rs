@@ -5,7 +5,7 @@
 //! messages, in order, so a queue pair moved to a reactor after a change
 //! sees it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -19,6 +19,8 @@ pub struct NsView {
     pub ch: IoChannel<Bdev>,
     pub block_size: u32,
     pub num_blocks: u64,
+    /// ANA group, for subsystems that report ANA.
+    pub anagrpid: Cell<u32>,
 }
 
 /// One subsystem's namespaces on one reactor, indexed by NSID - 1.
@@ -35,15 +37,21 @@ impl SubsystemView {
         self.namespaces.borrow().get(i).cloned().flatten()
     }
 
-    fn set(&self, nsid: u32, desc: Option<Descriptor>) {
+    fn set(&self, nsid: u32, desc: Option<(Descriptor, u32)>) {
         let i = nsid as usize - 1;
         let mut v = self.namespaces.borrow_mut();
         if v.len() <= i {
             v.resize(i + 1, None);
         }
-        v[i] = desc.map(|desc| {
+        v[i] = desc.map(|(desc, anagrpid)| {
             let bdev = desc.bdev().clone();
-            Rc::new(NsView { ch: desc.channel(), block_size: bdev.block_size(), num_blocks: bdev.num_blocks(), desc })
+            Rc::new(NsView {
+                ch: desc.channel(),
+                block_size: bdev.block_size(),
+                num_blocks: bdev.num_blocks(),
+                desc,
+                anagrpid: Cell::new(anagrpid),
+            })
         });
     }
 }
@@ -66,10 +74,23 @@ pub fn subsystem(id: u32) -> Rc<SubsystemView> {
     views().subsystems.borrow_mut().entry(id).or_default().clone()
 }
 
-/// Publish a namespace change to every reactor; `then` runs on the caller's
-/// reactor once all have applied it.
-pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<Descriptor>, then: impl FnOnce() + Send + 'static) {
+/// Publish a namespace change (its descriptor and ANA group, or `None`
+/// when removed) to every reactor; `then` runs on the caller's reactor
+/// once all have applied it.
+pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<(Descriptor, u32)>, then: impl FnOnce() + Send + 'static) {
     reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
+}
+
+/// Publish a namespace's new ANA group to every reactor.
+pub fn publish_ana_group(subsystem_id: u32, nsid: u32, anagrpid: u32, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(
+        move || {
+            if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
+                ns.anagrpid.set(anagrpid);
+            }
+        },
+        then,
+    );
 }
 
 /// Forget a deleted subsystem on every reactor.

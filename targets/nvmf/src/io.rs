@@ -14,6 +14,7 @@ use zerocopy::FromBytes;
 use crate::ctrlr::Response;
 use crate::group::SubsystemView;
 use crate::status;
+use crate::subsystem::AnaStates;
 
 /// Where a submitted command's completion goes: the queue pair, told which
 /// request by `tag`. The buffers come back in the `BdevIo`.
@@ -79,10 +80,26 @@ fn finish(io: BdevIo, done: Completer) {
 /// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
 /// Returns a response now for commands that fail before reaching a bdev;
 /// otherwise the completer runs later.
-pub fn execute(view: &SubsystemView, cmd: &Command, bufs: &mut Vec<DmaBuf>, len: u64, done: Completer) -> Option<Response> {
+/// `ana` holds the ANA states of the queue pair's listener where the
+/// subsystem reports ANA: through a path that is not optimized or
+/// non-optimized, commands end with its path status (no DNR: the host
+/// retries them on another path).
+pub fn execute(
+    view: &SubsystemView,
+    ana: Option<&AnaStates>,
+    cmd: &Command,
+    bufs: &mut Vec<DmaBuf>,
+    len: u64,
+    done: Completer,
+) -> Option<Response> {
     let Some(ns) = view.namespace(cmd.nsid.get()) else {
         return Some(Response::err(status::INVALID_NAMESPACE));
     };
+    if let Some(a) = ana {
+        if let Some(sc) = pollux_nvme_spec::ana::path_status(a.get(ns.anagrpid.get())) {
+            return Some(Response::err(Status::new(StatusCodeType::Path, sc)));
+        }
+    }
     let bs = u64::from(ns.block_size);
     match cmd.opcode {
         op::READ | op::WRITE | op::COMPARE => {

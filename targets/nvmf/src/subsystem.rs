@@ -6,6 +6,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use pollux_nvme_spec::ana;
 
 use pollux_core::bdev::{Descriptor, Uuid};
 
@@ -34,7 +38,8 @@ pub struct Namespace {
     pub uuid: Uuid,
     pub nguid: [u8; 16],
     pub eui64: Option<[u8; 8]>,
-    pub anagrpid: u32,
+    /// ANA group (1..=max_namespaces); changed by `nvmf_subsystem_set_ns_ana_group`.
+    pub anagrpid: Cell<u32>,
 }
 
 impl Namespace {
@@ -59,6 +64,74 @@ pub struct SubsystemConfig {
     pub admin_label: Option<String>,
     pub dmrsl: u32,
     pub wzsl: u8,
+    /// Asymmetric Namespace Access reporting: per listener and ANA group
+    /// states, the ANA log page and its change events.
+    pub ana_reporting: bool,
+}
+
+/// The ANA states of one listener of a subsystem, per ANA group (SPDK keeps
+/// them per listener too: a host reaching the subsystem through another
+/// address, another gateway, sees other states). Written on the main
+/// reactor by RPCs; read by I/O queue pairs on every reactor with relaxed
+/// loads, so the I/O path takes no lock. `nvmf_subsystem_listener_set_ana_state`
+/// answers after every reactor has run a message, so once it has answered
+/// no command admitted afterwards sees the old state.
+#[derive(Debug)]
+pub struct AnaStates {
+    states: Box<[AtomicU8]>,
+    change_count: AtomicU64,
+}
+
+impl AnaStates {
+    pub fn new(groups: u32, initial: u8) -> AnaStates {
+        AnaStates { states: (0..groups.max(1)).map(|_| AtomicU8::new(initial)).collect(), change_count: AtomicU64::new(0) }
+    }
+
+    /// The state of ANA group `grp` (1-based); a group outside the table
+    /// (none is: groups are at most max_namespaces) reads inaccessible.
+    #[inline]
+    pub fn get(&self, grp: u32) -> u8 {
+        match (grp as usize).checked_sub(1).and_then(|i| self.states.get(i)) {
+            Some(s) => s.load(Ordering::Relaxed),
+            None => ana::INACCESSIBLE,
+        }
+    }
+
+    /// Set group `grp`, or every group when `None`; whether any changed
+    /// (the change count then goes up by one).
+    pub fn set(&self, grp: Option<u32>, state: u8) -> bool {
+        let mut changed = false;
+        for (i, s) in self.states.iter().enumerate() {
+            if grp.is_none_or(|g| g as usize == i + 1) {
+                changed |= s.swap(state, Ordering::Relaxed) != state;
+            }
+        }
+        if changed {
+            self.change_count.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    pub fn groups(&self) -> u32 {
+        self.states.len() as u32
+    }
+
+    pub fn change_count(&self) -> u64 {
+        self.change_count.load(Ordering::Relaxed)
+    }
+
+    /// The state every group has, if they all have the same.
+    pub fn uniform(&self) -> Option<u8> {
+        let first = self.get(1);
+        (1..=self.groups()).all(|g| self.get(g) == first).then_some(first)
+    }
+}
+
+/// An address a subsystem listens on, with its ANA states.
+#[derive(Debug)]
+pub struct Listener {
+    pub ep: Endpoint,
+    pub ana: Arc<AnaStates>,
 }
 
 pub struct Subsystem {
@@ -68,7 +141,7 @@ pub struct Subsystem {
     pub config: SubsystemConfig,
     pub allow_any_host: Cell<bool>,
     pub hosts: RefCell<Vec<String>>,
-    pub listeners: RefCell<Vec<Endpoint>>,
+    pub listeners: RefCell<Vec<Listener>>,
     pub namespaces: RefCell<BTreeMap<u32, Rc<Namespace>>>,
     pub controllers: RefCell<BTreeMap<u16, Rc<Controller>>>,
     next_cntlid: Cell<u16>,
@@ -105,6 +178,7 @@ impl Subsystem {
                 admin_label: None,
                 dmrsl: 0,
                 wzsl: 0,
+                ana_reporting: false,
             },
         )
     }
@@ -124,7 +198,26 @@ impl Subsystem {
 
     /// Whether a host that reached the target on `ep` may use this subsystem.
     pub fn listens_on(&self, ep: &Endpoint) -> bool {
-        self.is_discovery() || self.listeners.borrow().iter().any(|l| l == ep)
+        self.is_discovery() || self.listeners.borrow().iter().any(|l| l.ep == *ep)
+    }
+
+    /// The ANA states a host connected through `ep` sees; `None` when the
+    /// subsystem does not report ANA (every path is then optimized).
+    pub fn listener_ana(&self, ep: &Endpoint) -> Option<Arc<AnaStates>> {
+        if !self.config.ana_reporting {
+            return None;
+        }
+        self.listeners.borrow().iter().find(|l| l.ep == *ep).map(|l| l.ana.clone())
+    }
+
+    /// The ANA groups in use (those with namespaces), in order, with their
+    /// namespace ids.
+    pub fn ana_groups(&self) -> BTreeMap<u32, Vec<u32>> {
+        let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for ns in self.namespaces.borrow().values() {
+            groups.entry(ns.anagrpid.get()).or_default().push(ns.nsid);
+        }
+        groups
     }
 
     /// The largest NSID a host may see (Identify NN).

@@ -182,9 +182,11 @@ fn admin_and_io_commands_with_and_without_digests() {
         // least once per quarter of its queue (64 entries: 15 SUCCESS in a
         // row at most), and each head counts every answer since the one
         // before.
+        // Queue 3: queue 2's close reaches its controller asynchronously,
+        // and a Connect of qid 2 before that is refused as busy.
         let mut q = Client::connect(port);
         q.ic(hd, dd);
-        assert!(q.fabrics_connect(2, 63, cntlid, NQN, HOST_NQN, 0).ok());
+        assert!(q.fabrics_connect(3, 63, cntlid, NQN, HOST_NQN, 0).ok());
         let (mut successes, mut run, mut total, mut last_head) = (0, 0, 0u32, None::<(u16, u32)>);
         for burst in 0..3u32 {
             let cids: Vec<u16> = (0..40).map(|_| q.cid()).collect();

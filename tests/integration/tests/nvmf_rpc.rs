@@ -69,7 +69,12 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     // Refusals, each with a message naming the problem.
     refused(&d, &["nvmf_create_subsystem", NQN], "exists");
     refused(&d, &["nvmf_create_subsystem", "iqn.2016-06.io.spdk:x"], "invalid NQN");
-    refused(&d, &["nvmf_create_subsystem", "nqn.2016-06.io.spdk:ana", "-r"], "ana_reporting");
+    refused(
+        &d,
+        &["nvmf_subsystem_listener_set_ana_state", NQN, "-n", "inaccessible", "-t", "tcp", "-a", "127.0.0.1", "-s", &p1],
+        "ana_reporting",
+    );
+    refused(&d, &["nvmf_subsystem_set_ns_ana_group", NQN, "3", "0"], "anagrpid");
     refused(&d, &["nvmf_create_subsystem", "nqn.2016-06.io.spdk:sn", "-s", "this serial is far too long"], "serial_number");
     refused(&d, &["nvmf_subsystem_add_ns", NQN, "NoSuchBdev"], "NoSuchBdev");
     refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "3"], "exists");

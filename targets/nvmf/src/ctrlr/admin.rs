@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use pollux_nvme_spec::ana;
 use pollux_nvme_spec::cmd::{Command, admin, feature};
 use pollux_nvme_spec::identify::{self, IdentifyController, IdentifyNamespace, cns, nidt};
 use pollux_nvme_spec::log::{SmartLog, lid};
@@ -16,6 +17,9 @@ use crate::wire::identify::{Page, ctrlr as cdef};
 use crate::wire::set_nul_field;
 
 use super::{Controller, Response, VERSION};
+
+/// ANA Transition Time reported (ANATT, seconds), as SPDK's.
+pub const ANA_TRANSITION_TIME_S: u8 = 10;
 
 /// How an admin command ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -163,6 +167,17 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
     id.maxcmd.set(o.max_queue_depth);
     id.nn.set(s.max_nsid());
     id.mnan.set(s.config.max_namespaces);
+    if s.config.ana_reporting {
+        // As SPDK: optimized, non-optimized and inaccessible are reported,
+        // a namespace keeps its group while attached, one group per
+        // possible namespace; states change within ANATT (10 s).
+        id.cmic |= ana::CMIC_ANA_REPORTING;
+        id.oaes.set(id.oaes.get() | ana::OAES_ANA_CHANGE);
+        id.anatt = ANA_TRANSITION_TIME_S;
+        id.anacap = ana::anacap::OPTIMIZED | ana::anacap::NON_OPTIMIZED | ana::anacap::INACCESSIBLE | ana::anacap::GRPID_NO_CHANGE;
+        id.anagrpmax.set(s.max_nsid());
+        id.nanagrpid.set(s.max_nsid());
+    }
     let oncs = identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES;
     id.oncs.set(oncs & !o.masked_oncs);
     // A volatile write cache is present (Flush reaches the bdevs); a flush
@@ -196,10 +211,16 @@ fn identify_namespace(c: &Controller, nsid: u32) -> Result<Option<Box<IdentifyNa
     if let Some(e) = ns.eui64 {
         id.eui64 = e;
     }
-    // ANA reporting is off (CMIC bit 3 clear, no ANA log page): ANAGRPID
-    // must then be 0. The namespace keeps its configured group for
-    // save_config.
-    id.anagrpid.set(0);
+    // Without ANA reporting (CMIC bit 3 clear, no ANA log page) ANAGRPID
+    // must be 0; the namespace keeps its configured group for save_config.
+    if s.config.ana_reporting {
+        let grp = ns.anagrpid.get();
+        id.anagrpid.set(grp);
+        // As SPDK: no capacity is in use through a path that cannot reach it.
+        if matches!(c.ana_state(grp), ana::INACCESSIBLE | ana::PERSISTENT_LOSS) {
+            id.nuse.set(0);
+        }
+    }
     Ok(Some(id))
 }
 
@@ -235,6 +256,12 @@ fn get_log_page(target: &Target, c: &Rc<Controller>, cmd: &Command, data: &mut [
             set_ascii_field(&mut p[8..16], pollux_core::VERSION);
             p
         }
+        lid::ASYMMETRIC_NAMESPACE_ACCESS if c.subsystem.config.ana_reporting => {
+            if !retain {
+                c.unmask_ana_notice();
+            }
+            ana_log(c, cdw10 & ana::LSP_RGO != 0)
+        }
         lid::CHANGED_NAMESPACE_LIST => {
             let ids = c.take_changed_ns(retain);
             let mut p = vec![0u8; 4096];
@@ -255,6 +282,14 @@ fn get_log_page(target: &Target, c: &Rc<Controller>, cmd: &Command, data: &mut [
     let k = src.len().min(n);
     data[..k].copy_from_slice(&src[..k]);
     Outcome::Done(Response::ok(), n)
+}
+
+/// The ANA log page as this controller sees it: one descriptor per group
+/// that has namespaces, with the states of the controller's listener.
+pub fn ana_log(c: &Controller, groups_only: bool) -> Vec<u8> {
+    let groups: Vec<ana::Group> =
+        c.subsystem.ana_groups().into_iter().map(|(id, nsids)| ana::Group { id, state: c.ana_state(id), change_count: 0, nsids }).collect();
+    ana::build_log(c.ana.as_ref().map_or(0, |a| a.change_count()), &groups, groups_only)
 }
 
 fn set_features(c: &Rc<Controller>, cmd: &Command) -> Response {

@@ -124,6 +124,13 @@ pub fn connect(
         let why = format_args!("I/O queue {qid} for controller {cntlid} of {subnqn}, which belongs to host {}", host_name(&ctrlr.hostnqn));
         return Err(refuse(why, invalid(true, ConnectData::OFFSET_HOSTNQN)));
     }
+    // With ANA reporting, a controller's queues all come through one
+    // listener: its ANA states are the listener's (as SPDK checks).
+    if ctrlr.ana.is_some() && ctrlr.endpoint != endpoint {
+        let why =
+            format_args!("I/O queue {qid} of controller {cntlid} on {endpoint}, not on its admin queue's listener {}", ctrlr.endpoint);
+        return Err(refuse(why, invalid(false, ConnectCommand::OFFSET_QID)));
+    }
     if ctrlr.hostid != data.hostid {
         tracing::info!(
             "nvmf: {} connects I/O queue {qid} of controller {cntlid} with host identifier {}, not its admin queue's {}: accepted",

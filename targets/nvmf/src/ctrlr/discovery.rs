@@ -53,7 +53,7 @@ pub fn discovery_log(target: &Target, c: &Controller) -> Vec<u8> {
         if !s.host_allowed(&c.hostnqn) {
             continue;
         }
-        for ep in s.listeners.borrow().iter().filter(|ep| config.shows(ep, &c.endpoint)) {
+        for ep in s.listeners.borrow().iter().map(|l| &l.ep).filter(|ep| config.shows(ep, &c.endpoint)) {
             entries.push(entry(ep, subtype::NVME, s.nqn(), port_of(ep), asqsz));
         }
     }

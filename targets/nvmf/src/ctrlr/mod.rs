@@ -15,6 +15,7 @@ mod discovery;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
@@ -22,7 +23,7 @@ use pollux_nvme_spec::cmd::Completion;
 use pollux_nvme_spec::registers::{Cc, Csts};
 
 use crate::status::{self, Status};
-use crate::subsystem::Subsystem;
+use crate::subsystem::{AnaStates, Subsystem};
 use crate::transport::{Endpoint, TransportOpts};
 use crate::wire::fabrics::{PropertyCommand, property};
 use crate::wire::identify::aen;
@@ -101,6 +102,9 @@ pub struct Controller {
     /// The address the host connected to.
     pub endpoint: Endpoint,
     pub opts: TransportOpts,
+    /// The ANA states of the listener the host came through (`None`: the
+    /// subsystem does not report ANA).
+    pub ana: Option<Arc<AnaStates>>,
     cc: Cell<u32>,
     csts: Cell<u32>,
     /// Keep alive timeout in ms (0: none).
@@ -119,6 +123,8 @@ pub struct Controller {
     /// Namespace notices are masked until the host reads log page 04h.
     ns_notice_masked: Cell<bool>,
     discovery_notice_masked: Cell<bool>,
+    /// ANA change notices are masked until the host reads log page 0Ch.
+    ana_notice_masked: Cell<bool>,
     keep_alive_poller: RefCell<Option<Poller>>,
     destroyed: Cell<bool>,
     /// CC.EN went from 1 to 0 and CSTS.RDY stays 1 until every I/O queue
@@ -154,6 +160,9 @@ impl Controller {
         kato: u32,
     ) -> Rc<Controller> {
         let kato = if kato == 0 { 0 } else { kato.max(opts.min_kato) };
+        let ana = subsystem.listener_ana(&endpoint);
+        // As SPDK: ANA change notices are on from the start where reported.
+        let aec = if ana.is_some() { pollux_nvme_spec::ana::OAES_ANA_CHANGE } else { 0 };
         Rc::new(Controller {
             cntlid,
             subsystem,
@@ -161,11 +170,12 @@ impl Controller {
             hostid,
             endpoint,
             opts,
+            ana,
             cc: Cell::new(0),
             csts: Cell::new(0),
             kato: Cell::new(kato),
             last_keep_alive: Cell::new(Instant::now()),
-            aec: Cell::new(0),
+            aec: Cell::new(aec),
             io_queues: Cell::new(0),
             io_queues_set: Cell::new(false),
             admin: RefCell::new(None),
@@ -175,6 +185,7 @@ impl Controller {
             changed_ns: RefCell::new(Vec::new()),
             ns_notice_masked: Cell::new(false),
             discovery_notice_masked: Cell::new(false),
+            ana_notice_masked: Cell::new(false),
             keep_alive_poller: RefCell::new(None),
             destroyed: Cell::new(false),
             reset_pending: Cell::new(false),
@@ -451,6 +462,31 @@ impl Controller {
         }
         self.events.borrow_mut().push_back(aen::dw0(aen::TYPE_NOTICE, aen::INFO_DISCOVERY_LOG_CHANGE, crate::wire::discovery::LOG_ID));
         self.deliver_events();
+    }
+
+    /// The ANA state of a group through this controller's listener changed.
+    pub fn notify_ana_change(&self) {
+        use pollux_nvme_spec::ana;
+        if self.ana.is_none() || self.aec.get() & ana::OAES_ANA_CHANGE == 0 || self.ana_notice_masked.replace(true) {
+            return;
+        }
+        self.events.borrow_mut().push_back(aen::dw0(
+            aen::TYPE_NOTICE,
+            ana::AEN_INFO_ANA_CHANGE,
+            pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS,
+        ));
+        self.deliver_events();
+    }
+
+    /// The host read the ANA log page (without Retain Asynchronous Event).
+    pub fn unmask_ana_notice(&self) {
+        self.ana_notice_masked.set(false);
+    }
+
+    /// The ANA state of namespace group `grp` as this controller reports it
+    /// (optimized where ANA is not reported).
+    pub fn ana_state(&self, grp: u32) -> u8 {
+        self.ana.as_ref().map_or(pollux_nvme_spec::ana::OPTIMIZED, |a| a.get(grp))
     }
 
     /// Read (and, unless `retain`, clear) the changed namespace list.

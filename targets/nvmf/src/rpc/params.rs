@@ -251,6 +251,25 @@ pub struct RemoveListener {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ListenerSetAnaState {
+    pub nqn: String,
+    pub tgt_name: Option<String>,
+    pub listen_address: ListenAddress,
+    pub ana_state: String,
+    pub anagrpid: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNsAnaGroup {
+    pub nqn: String,
+    pub nsid: u32,
+    pub anagrpid: u32,
+    pub tgt_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NamespaceParams {
     pub nsid: Option<u32>,
     pub bdev_name: String,

@@ -1,18 +1,22 @@
 //! RPC methods on subsystems: create, delete, list; listeners, hosts and
 //! namespaces; and each subsystem's part of `save_config`.
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use pollux_core::app::ConfigWriter;
 use pollux_core::bdev::{self, BdevEvent, Uuid};
 use pollux_core::reactor::{self, ReactorId};
 use pollux_core::rpc::{Methods, Responder, States};
+use pollux_nvme_spec::ana;
 use serde_json::{Value, json};
 
 use super::params::*;
 use crate::ctrlr::notify_namespace_change;
 use crate::subsystem::{
-    DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Namespace, Subsystem, SubsystemConfig, SubsystemKind, validate_nqn,
+    AnaStates, DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Listener, Namespace, Subsystem, SubsystemConfig, SubsystemKind,
+    validate_nqn,
 };
 use crate::target::{Target, check_target_name, target};
 use crate::transport::Endpoint;
@@ -26,6 +30,8 @@ pub fn register(m: &Methods) {
     m.register("nvmf_subsystem_add_listener", States::RUNTIME, |p: AddListener, r: Responder| r.result(add_listener(p)));
     m.register("nvmf_subsystem_remove_listener", States::RUNTIME, |p: RemoveListener, r: Responder| r.result(remove_listener(p)));
     m.register("nvmf_subsystem_get_listeners", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_listeners(p)));
+    m.register("nvmf_subsystem_listener_set_ana_state", States::RUNTIME, listener_set_ana_state);
+    m.register("nvmf_subsystem_set_ns_ana_group", States::RUNTIME, set_ns_ana_group);
     m.register("nvmf_subsystem_get_controllers", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_controllers(p)));
     m.register("nvmf_subsystem_add_ns", States::RUNTIME, add_ns);
     m.register("nvmf_subsystem_remove_ns", States::RUNTIME, remove_ns);
@@ -57,7 +63,7 @@ fn printable(s: &str, max: usize, what: &str) -> Result<(), NvmfError> {
 fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
     check_target_name(p.tgt_name.as_deref())?;
     validate_nqn(&p.nqn)?;
-    for (on, what) in [(p.ana_reporting, "ana_reporting"), (p.passthrough, "passthrough"), (p.enable_nssr, "enable_nssr")] {
+    for (on, what) in [(p.passthrough, "passthrough"), (p.enable_nssr, "enable_nssr")] {
         if on {
             return Err(NvmfError::Unsupported(format!("{what} is not supported by Pollux")));
         }
@@ -101,6 +107,7 @@ fn create(p: CreateSubsystem) -> Result<bool, NvmfError> {
         admin_label: p.admin_label,
         dmrsl: p.dmrsl.unwrap_or(0),
         wzsl: p.wzsl.unwrap_or(0),
+        ana_reporting: p.ana_reporting,
     };
     let s = Rc::new(Subsystem::new(t.next_subsystem_id(), SubsystemKind::Nvme, config));
     t.subsystems.borrow_mut().push(s);
@@ -116,9 +123,9 @@ pub fn teardown(t: &Target, s: &Rc<Subsystem>) {
     for c in ctrlrs {
         c.destroy("subsystem deleted");
     }
-    for ep in s.listeners.borrow_mut().drain(..) {
-        if let Ok(tr) = t.transport(ep.kind) {
-            tr.stop_listen(&ep);
+    for l in s.listeners.borrow_mut().drain(..) {
+        if let Ok(tr) = t.transport(l.ep.kind) {
+            tr.stop_listen(&l.ep);
         }
     }
     s.namespaces.borrow_mut().clear();
@@ -141,7 +148,7 @@ fn delete(p: SubsystemNqn, r: Responder) {
 
 fn subsystem_json(s: &Subsystem) -> Value {
     let listeners: Vec<Value> =
-        s.listeners.borrow().iter().map(|e| serde_json::to_value(e.to_listen_address()).unwrap_or_default()).collect();
+        s.listeners.borrow().iter().map(|l| serde_json::to_value(l.ep.to_listen_address()).unwrap_or_default()).collect();
     let hosts: Vec<Value> = s.hosts.borrow().iter().map(|h| json!({ "nqn": h })).collect();
     let mut v = json!({
         "nqn": s.nqn(),
@@ -163,7 +170,7 @@ fn subsystem_json(s: &Subsystem) -> Value {
                     "name": n.bdev_name,
                     "nguid": hex(&n.nguid),
                     "uuid": n.uuid.to_string(),
-                    "anagrpid": n.anagrpid,
+                    "anagrpid": n.anagrpid.get(),
                     "no_auto_visible": false,
                 });
                 if let Some(e) = n.eui64 {
@@ -205,20 +212,22 @@ fn add_listener(p: AddListener) -> Result<bool, NvmfError> {
     if p.secure_channel {
         return Err(NvmfError::Unsupported("secure channels (TLS) are not supported".into()));
     }
-    if p.ana_state.is_some() {
-        return Err(NvmfError::Unsupported("ANA reporting is not supported, so ana_state cannot be set".into()));
-    }
+    let initial = match &p.ana_state {
+        Some(n) => settable_ana_state(n)?,
+        None => ana::OPTIMIZED,
+    };
     if let Some(imp) = p.sock_impl.as_deref().filter(|i| *i != "posix") {
         return Err(NvmfError::Unsupported(format!("sock_impl {imp} is not supported (posix sockets only)")));
     }
     let t = target()?;
     let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
     let ep = Endpoint::parse(&p.listen_address)?;
-    if s.listeners.borrow().contains(&ep) {
+    if s.listeners.borrow().iter().any(|l| l.ep == ep) {
         return Err(NvmfError::Exists(format!("listener {ep} of {}", p.nqn)));
     }
     t.transport(ep.kind)?.listen(&ep)?;
-    s.listeners.borrow_mut().push(ep);
+    // One state per possible ANA group (1..=max_namespaces), as SPDK.
+    s.listeners.borrow_mut().push(Listener { ep, ana: Arc::new(AnaStates::new(s.max_nsid(), initial)) });
     t.discovery_changed();
     Ok(true)
 }
@@ -230,7 +239,7 @@ fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
     let had = {
         let mut l = s.listeners.borrow_mut();
         let before = l.len();
-        l.retain(|x| *x != ep);
+        l.retain(|x| x.ep != ep);
         before != l.len()
     };
     if !had {
@@ -249,7 +258,99 @@ fn remove_listener(p: RemoveListener) -> Result<bool, NvmfError> {
 fn get_listeners(p: SubsystemNqn) -> Result<Value, NvmfError> {
     let t = target()?;
     let s = find(&t, &p.nqn, p.tgt_name.as_deref())?;
-    Ok(s.listeners.borrow().iter().map(|e| json!({ "address": e.to_listen_address(), "ana_states": [] })).collect())
+    Ok(s.listeners.borrow().iter().map(|l| listener_json(&s, l)).collect())
+}
+
+/// A listener as `nvmf_subsystem_get_listeners` shows it: with its state
+/// per ANA group where the subsystem reports ANA (as SPDK).
+fn listener_json(s: &Subsystem, l: &Listener) -> Value {
+    let mut v = json!({ "address": l.ep.to_listen_address() });
+    if s.config.ana_reporting {
+        let states: Vec<Value> = (1..=l.ana.groups()).map(|g| json!({ "ana_group": g, "ana_state": ana::name(l.ana.get(g)) })).collect();
+        v["ana_states"] = states.into();
+    }
+    v
+}
+
+/// The states an RPC may set (SPDK's: change and persistent loss are not).
+fn settable_ana_state(name: &str) -> Result<u8, NvmfError> {
+    match ana::from_name(name) {
+        Some(st @ (ana::OPTIMIZED | ana::NON_OPTIMIZED | ana::INACCESSIBLE)) => Ok(st),
+        _ => Err(NvmfError::InvalidParam(format!("ana_state \"{name}\" must be optimized, non_optimized or inaccessible"))),
+    }
+}
+
+fn check_anagrpid(s: &Subsystem, grp: u32) -> Result<(), NvmfError> {
+    if grp == 0 || grp > s.max_nsid() {
+        return Err(NvmfError::InvalidParam(format!("anagrpid {grp} of {} must be within 1..={} (max_namespaces)", s.nqn(), s.max_nsid())));
+    }
+    Ok(())
+}
+
+fn listener_set_ana_state(p: ListenerSetAnaState, r: Responder) {
+    let res = target().and_then(|t| {
+        let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+        if !s.config.ana_reporting {
+            return Err(NvmfError::InvalidParam(format!("{} does not report ANA (create it with ana_reporting)", p.nqn)));
+        }
+        let state = settable_ana_state(&p.ana_state)?;
+        let grp = p.anagrpid.filter(|&g| g != 0);
+        if let Some(g) = grp {
+            check_anagrpid(&s, g)?;
+        }
+        let ep = Endpoint::parse(&p.listen_address)?;
+        let table = s.listener_ana(&ep).ok_or_else(|| NvmfError::NotFound(format!("listener {ep} of {}", p.nqn)))?;
+        let changed = table.set(grp, state);
+        if changed {
+            tracing::info!(
+                "nvmf: {} on {ep}: ANA {} now {}",
+                p.nqn,
+                grp.map_or("groups".to_string(), |g| format!("group {g}")),
+                ana::name(state)
+            );
+        }
+        Ok((s.id, ep, changed))
+    });
+    match res {
+        // Every reactor runs a message before the answer, so commands
+        // admitted from then on see the new state; then the controllers
+        // that came through this listener hear of it.
+        Ok((sid, ep, true)) => reactor::for_each_reactor(
+            || {},
+            move || {
+                if let Some(s) = target().ok().and_then(|t| t.find_id(sid)) {
+                    let ctrlrs: Vec<_> = s.controllers.borrow().values().filter(|c| c.endpoint == ep).cloned().collect();
+                    for c in ctrlrs {
+                        c.notify_ana_change();
+                    }
+                }
+                r.ok(true);
+            },
+        ),
+        Ok(_) => r.ok(true),
+        Err(e) => r.err(e.into()),
+    }
+}
+
+fn set_ns_ana_group(p: SetNsAnaGroup, r: Responder) {
+    let res = target().and_then(|t| {
+        let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+        check_anagrpid(&s, p.anagrpid)?;
+        let ns =
+            s.namespaces.borrow().get(&p.nsid).cloned().ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
+        ns.anagrpid.set(p.anagrpid);
+        Ok(s.id)
+    });
+    match res {
+        Ok(sid) => {
+            let (nsid, grp) = (p.nsid, p.anagrpid);
+            group::publish_ana_group(sid, nsid, grp, move || {
+                namespace_changed(sid, nsid);
+                r.ok(true);
+            });
+        }
+        Err(e) => r.err(e.into()),
+    }
 }
 
 fn get_controllers(p: SubsystemNqn) -> Result<Value, NvmfError> {
@@ -273,7 +374,7 @@ fn add_ns(p: AddNs, r: Responder) {
     match prepare_ns(p) {
         Ok((s, ns)) => {
             let (sid, nsid) = (s.id, ns.nsid);
-            let desc = ns.desc.clone();
+            let desc = (ns.desc.clone(), ns.anagrpid.get());
             s.namespaces.borrow_mut().insert(nsid, Rc::new(ns));
             tracing::info!("nvmf: namespace {nsid} of {} added", s.nqn());
             group::publish_namespace(sid, nsid, Some(desc), move || {
@@ -318,6 +419,9 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
         }
         Some(id) => id,
     };
+    // As SPDK: a namespace's ANA group is its NSID unless given.
+    let anagrpid = n.anagrpid.filter(|&g| g != 0).unwrap_or(nsid);
+    check_anagrpid(&s, anagrpid)?;
     let b = bdev::get(&n.bdev_name).ok_or_else(|| NvmfError::NotFound(format!("bdev {}", n.bdev_name)))?;
     b.check_exportable_block_size("an NVMe namespace").map_err(|e| NvmfError::InvalidParam(e.to_string()))?;
     let uuid = match &n.uuid {
@@ -336,7 +440,7 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
             hot_remove(sid, nsid);
         }
     })?;
-    Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: n.anagrpid.unwrap_or(nsid) }))
+    Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: Cell::new(anagrpid) }))
 }
 
 /// The bdev of a namespace is going away: remove the namespace.
@@ -420,12 +524,26 @@ fn allow_any_host(p: AllowAnyHost) -> Result<bool, NvmfError> {
 /// The calls that rebuild one subsystem.
 pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
     let nqn = s.nqn();
+    // ANA states are kept too (SPDK's save_config drops them): a listener
+    // whose groups share one state gets it in add_listener, the others a
+    // listener_set_ana_state call per group that differs from group 1.
     let listen = |out: &mut ConfigWriter| {
-        for ep in s.listeners.borrow().iter() {
-            out.call(
-                "nvmf_subsystem_add_listener",
-                json!({ "nqn": nqn, "listen_address": ep.to_listen_address(), "secure_channel": false }),
-            );
+        for l in s.listeners.borrow().iter() {
+            let addr = l.ep.to_listen_address();
+            let mut call = json!({ "nqn": nqn, "listen_address": addr, "secure_channel": false });
+            let first = l.ana.get(1);
+            if s.config.ana_reporting && first != ana::OPTIMIZED {
+                call["ana_state"] = ana::name(first).into();
+            }
+            out.call("nvmf_subsystem_add_listener", call);
+            if s.config.ana_reporting && l.ana.uniform().is_none() {
+                for g in (2..=l.ana.groups()).filter(|&g| l.ana.get(g) != first) {
+                    out.call(
+                        "nvmf_subsystem_listener_set_ana_state",
+                        json!({ "nqn": nqn, "listen_address": l.ep.to_listen_address(), "ana_state": ana::name(l.ana.get(g)), "anagrpid": g }),
+                    );
+                }
+            }
         }
     };
     if s.is_discovery() {
@@ -439,7 +557,7 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         "model_number": c.model,
         "max_namespaces": c.max_namespaces,
         "allow_any_host": s.allow_any_host.get(),
-        "ana_reporting": false,
+        "ana_reporting": c.ana_reporting,
         "min_cntlid": c.min_cntlid,
         "max_cntlid": c.max_cntlid,
     });
@@ -458,7 +576,7 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         out.call("nvmf_subsystem_add_host", json!({ "nqn": nqn, "host": h }));
     }
     for n in s.namespaces.borrow().values() {
-        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid, "no_auto_visible": false });
+        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": false });
         if let Some(e) = n.eui64 {
             ns["eui64"] = hex(&e).into();
         }

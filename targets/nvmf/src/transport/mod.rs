@@ -14,6 +14,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::NvmfError;
+use crate::ctrlr::Controller;
+use crate::subsystem::AnaStates;
+
+/// What an I/O queue pair belongs to once connected: its controller, by
+/// ids (controllers live on the main reactor), and the ANA states of its
+/// listener (`None` where the subsystem does not report ANA).
+#[derive(Clone, Debug)]
+pub struct IoOwner {
+    pub subsystem_id: u32,
+    pub cntlid: u16,
+    pub ana: Option<std::sync::Arc<AnaStates>>,
+}
+
+impl IoOwner {
+    pub fn of(c: &Controller) -> IoOwner {
+        IoOwner { subsystem_id: c.subsystem.id, cntlid: c.cntlid, ana: c.ana.clone() }
+    }
+}
 
 /// Options of a transport, with SPDK's names and TCP defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

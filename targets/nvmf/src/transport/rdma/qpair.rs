@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,8 @@ use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
 use crate::group::SubsystemView;
 use crate::io::{self as nvm, Completer, DataDir, IoSink};
 use crate::status;
-use crate::transport::{Endpoint, TransportOpts};
+use crate::subsystem::AnaStates;
+use crate::transport::{Endpoint, IoOwner, TransportOpts};
 use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
 use pollux_nvme_spec::rdma::{self as cm_data, reject::*, reject_data};
 
@@ -99,7 +101,7 @@ struct Slot {
 enum Queue {
     Unbound,
     Admin(Rc<Controller>),
-    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16 },
+    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16, ana: Option<Arc<AnaStates>> },
 }
 
 struct State {
@@ -866,15 +868,15 @@ impl RdmaQpair {
                     admin::Outcome::Pending => Self::release(st, idx),
                 }
             }
-            Queue::Io { view, .. } => {
-                let view = view.clone();
+            Queue::Io { view, ana, .. } => {
+                let (view, ana) = (view.clone(), ana.clone());
                 let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
                 let mut bufs = if slot.len > 0 { std::mem::take(&mut slot.bufs) } else { Vec::new() };
                 st.executing += 1;
-                match nvm::execute(&view, &cmd, &mut bufs, len, Completer { sink, tag }) {
+                match nvm::execute(&view, ana.as_deref(), &cmd, &mut bufs, len, Completer { sink, tag }) {
                     Some(r) => {
                         st.executing -= 1;
                         let slot = &mut st.slots[idx as usize];
@@ -952,7 +954,8 @@ impl RdmaQpair {
             Connected::Io { ctrlr, qid } => {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: reactor::current(), id: self.id, close: super::close_qpair });
                 let sid = ctrlr.subsystem.id;
-                st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
+                st.queue =
+                    Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, ana: ctrlr.ana.clone() };
                 Self::count(&self.group, |s| {
                     s.io_qpairs += 1;
                     s.current_io_qpairs += 1;
@@ -975,7 +978,7 @@ impl RdmaQpair {
                 Ok(target) => match connect::connect(&target, &cc, &data, ep, peer, &opts) {
                     Ok((Connected::Io { ctrlr, qid }, resp)) => {
                         ctrlr.add_io_qpair(qid, IoQpairRef { reactor: here, id, close: super::close_qpair });
-                        Ok((resp, ctrlr.subsystem.id, ctrlr.cntlid))
+                        Ok((resp, IoOwner::of(&ctrlr)))
                     }
                     Ok((Connected::Admin(c), _)) => {
                         c.destroy("an admin queue's Connect came on an I/O queue's connection");
@@ -990,30 +993,31 @@ impl RdmaQpair {
             reactor::send_msg(here, move || {
                 if let Some(q) = super::current().and_then(|g| g.qpairs.borrow().get(&id).cloned()) {
                     q.io_connected(idx, generation, out);
-                } else if let Ok((_, sid, cntlid)) = out {
+                } else if let Ok((_, o)) = out {
                     // Gone meanwhile: tell its controller.
                     let qid = cc.qid.get();
-                    crate::ctrlr::report_io_qpair_closed(sid, cntlid, qid, id);
+                    crate::ctrlr::report_io_qpair_closed(o.subsystem_id, o.cntlid, qid, id);
                 }
             });
         });
     }
 
     /// The outcome of [`RdmaQpair::connect_io_from_here`].
-    fn io_connected(&self, idx: u16, generation: u16, out: Result<(Response, u32, u16), Response>) {
+    fn io_connected(&self, idx: u16, generation: u16, out: Result<(Response, IoOwner), Response>) {
         let mut st = self.st.borrow_mut();
         let ok = st.slots.get(idx as usize).is_some_and(|s| s.generation == generation && s.state == SlotState::Executing);
         if self.closed.get() || !ok {
-            if let Ok((_, sid, cntlid)) = out {
+            if let Ok((_, o)) = out {
                 let qid = st.qid;
                 drop(st);
-                self.report_closed(sid, cntlid, qid);
+                self.report_closed(o.subsystem_id, o.cntlid, qid);
             }
             return;
         }
         match out {
-            Ok((resp, sid, cntlid)) => {
-                st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid };
+            Ok((resp, o)) => {
+                st.queue =
+                    Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, ana: o.ana };
                 Self::count(&self.group, |s| {
                     s.io_qpairs += 1;
                     s.current_io_qpairs += 1;

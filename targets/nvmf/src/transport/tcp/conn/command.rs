@@ -18,6 +18,7 @@ use crate::ctrlr::connect::{self, Connected};
 use crate::ctrlr::{AdminQueue, IoQpairRef, Response, admin};
 use crate::io::{self as nvm, Completer, IoSink};
 use crate::status;
+use crate::transport::IoOwner;
 use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
 
 impl Conn {
@@ -206,13 +207,13 @@ impl Conn {
                     admin::Outcome::Pending => self.release(st, idx),
                 }
             }
-            Queue::Io { view, .. } => {
-                let view = view.clone();
+            Queue::Io { view, ana, .. } => {
+                let (view, ana) = (view.clone(), ana.clone());
                 let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
-                if let Some(r) = nvm::execute(&view, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
+                if let Some(r) = nvm::execute(&view, ana.as_deref(), &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
                     self.respond(st, idx, r);
                 }
             }
@@ -293,7 +294,8 @@ impl Conn {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::super::group::close_conn });
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
-                    st.queue = Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid };
+                    st.queue =
+                        Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, ana: ctrlr.ana.clone() };
                     if let Some(g) = self.group.upgrade() {
                         let mut s = g.stats.borrow_mut();
                         // Counted as admin when accepted; it is an I/O queue.
@@ -303,7 +305,7 @@ impl Conn {
                         s.current_io_qpairs += 1;
                     }
                 } else {
-                    st.move_to = Some((r, sid, ctrlr.cntlid));
+                    st.move_to = Some((r, IoOwner::of(&ctrlr)));
                 }
             }
         }

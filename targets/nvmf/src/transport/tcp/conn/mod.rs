@@ -16,6 +16,7 @@ use std::io::{self, IoSliceMut, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::BdevIo;
@@ -31,7 +32,8 @@ use crate::ctrlr::{AdminQueue, Controller, Response};
 use crate::group::SubsystemView;
 use crate::io::{DataDir, IoSink};
 use crate::status;
-use crate::transport::{Endpoint, TransportOpts};
+use crate::subsystem::AnaStates;
+use crate::transport::{Endpoint, IoOwner, TransportOpts};
 use crate::wire::fabrics::ConnectData;
 
 /// Bytes read per socket per pass, so one busy host cannot starve others;
@@ -115,6 +117,7 @@ enum Queue {
         view: Rc<SubsystemView>,
         subsystem_id: u32,
         cntlid: u16,
+        ana: Option<Arc<AnaStates>>,
     },
 }
 
@@ -133,8 +136,7 @@ pub(crate) struct ConnParts {
     sq_entries: u16,
     sq_head: u16,
     sq_flow_off: bool,
-    subsystem_id: u32,
-    cntlid: u16,
+    owner: IoOwner,
     data_timeout: Duration,
     slot: ConnSlot,
 }
@@ -164,7 +166,7 @@ struct State {
     receiving: u32,
     last_data: Instant,
     data_timeout: Duration,
-    move_to: Option<(ReactorId, u32, u16)>,
+    move_to: Option<(ReactorId, IoOwner)>,
     /// A C2HTermReq is queued: close once it is sent.
     terminating: bool,
     /// Not reading (and its socket not watched for reading) until output
@@ -298,7 +300,8 @@ impl Conn {
         st.sq_head = p.sq_head;
         st.sq_flow_off = p.sq_flow_off;
         st.data_timeout = p.data_timeout;
-        st.queue = Queue::Io { view: crate::group::subsystem(p.subsystem_id), subsystem_id: p.subsystem_id, cntlid: p.cntlid };
+        let o = p.owner;
+        st.queue = Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, ana: o.ana };
         Ok(Rc::new_cyclic(|me| Conn {
             id: p.id,
             stream: p.stream,
@@ -575,9 +578,9 @@ impl Conn {
 
     /// Move, close or flush after handling input.
     fn after_processing(&self) {
-        let move_to = self.st.borrow().move_to;
-        if let Some((r, subsystem_id, cntlid)) = move_to {
-            self.move_to_reactor(r, subsystem_id, cntlid);
+        let move_to = self.st.borrow().move_to.clone();
+        if let Some((r, owner)) = move_to {
+            self.move_to_reactor(r, owner);
             return;
         }
         self.mark_dirty();
@@ -635,9 +638,9 @@ impl Conn {
         };
         if pending_input {
             self.process();
-            let move_to = self.st.borrow().move_to;
-            if let Some((r, subsystem_id, cntlid)) = move_to {
-                return self.move_to_reactor(r, subsystem_id, cntlid);
+            let move_to = self.st.borrow().move_to.clone();
+            if let Some((r, owner)) = move_to {
+                return self.move_to_reactor(r, owner);
             }
         }
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
@@ -719,7 +722,7 @@ impl Conn {
 
     // ---- Move and close ----
 
-    fn move_to_reactor(&self, r: ReactorId, subsystem_id: u32, cntlid: u16) {
+    fn move_to_reactor(&self, r: ReactorId, owner: IoOwner) {
         let Some(g) = self.group.upgrade() else {
             return;
         };
@@ -754,8 +757,7 @@ impl Conn {
             sq_entries: st.sq_entries,
             sq_head: st.sq_head,
             sq_flow_off: st.sq_flow_off,
-            subsystem_id,
-            cntlid,
+            owner,
             data_timeout: st.data_timeout,
             slot: self.slot.take().unwrap_or_else(ConnSlot::uncounted),
         };
