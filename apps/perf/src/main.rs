@@ -96,12 +96,15 @@ fn main() -> ExitCode {
     pollux_core::scheduler::register(&mut app);
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
+    pollux_rbd::register(&mut app);
     pollux_nvme_driver::register(&mut app);
     pollux_iscsi_host::register(&mut app);
     let params = job::Params::from_args(&args);
     let json = args.json;
     app.on_started(move || job::start(params, json));
-    match app.run(args.app) {
+    let res = app.run(args.app);
+    pollux_rbd::wait_closes();
+    match res {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {

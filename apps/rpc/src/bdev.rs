@@ -76,6 +76,58 @@ pub enum Cmd {
         #[arg(short = 'u', long)]
         uuid: Option<String>,
     },
+    /// Connect to a Ceph cluster once, for RBD bdevs to share
+    #[command(name = "bdev_rbd_register_cluster", rename_all = "kebab-case")]
+    BdevRbdRegisterCluster {
+        name: String,
+        /// Ceph user name (admin, not client.admin)
+        #[arg(long = "user")]
+        user_id: Option<String>,
+        /// key=value, a Ceph option (repeatable)
+        #[arg(long = "config-param", value_parser = key_value)]
+        config_param: Vec<(String, String)>,
+        #[arg(long)]
+        config_file: Option<String>,
+        #[arg(long)]
+        key_file: Option<String>,
+        #[arg(long)]
+        core_mask: Option<String>,
+    },
+    /// Forget a registered Ceph cluster (no bdev may use it)
+    #[command(name = "bdev_rbd_unregister_cluster", rename_all = "kebab-case")]
+    BdevRbdUnregisterCluster { name: String },
+    /// Registered Ceph clusters
+    #[command(name = "bdev_rbd_get_clusters_info", rename_all = "kebab-case")]
+    BdevRbdGetClustersInfo {
+        #[arg(short = 'b', long)]
+        name: Option<String>,
+    },
+    /// Open a Ceph RBD image as a bdev; prints its name
+    #[command(name = "bdev_rbd_create", rename_all = "kebab-case")]
+    BdevRbdCreate {
+        pool_name: String,
+        rbd_name: String,
+        block_size: u32,
+        #[arg(short = 'b', long)]
+        name: Option<String>,
+        #[arg(long = "user")]
+        user_id: Option<String>,
+        /// key=value, a Ceph option (repeatable)
+        #[arg(long, value_parser = key_value)]
+        config: Vec<(String, String)>,
+        #[arg(short = 'c', long)]
+        cluster_name: Option<String>,
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+        #[arg(short = 'r', long = "readonly")]
+        read_only: bool,
+    },
+    /// Delete an RBD bdev
+    #[command(name = "bdev_rbd_delete", rename_all = "kebab-case")]
+    BdevRbdDelete { name: String },
+    /// Grow an RBD bdev and its image to NEW_SIZE MiB
+    #[command(name = "bdev_rbd_resize", rename_all = "kebab-case")]
+    BdevRbdResize { name: String, new_size: u64 },
     /// Delete a uring bdev
     #[command(name = "bdev_uring_delete", rename_all = "kebab-case")]
     BdevUringDelete { name: String },
@@ -156,6 +208,16 @@ pub enum Cmd {
 }
 
 /// Params with the options that were given.
+/// A `key=value` argument (rpc.py's form for Ceph options).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s}: expected key=value"))
+}
+
+/// `key=value` arguments as a JSON object; none given: absent.
+fn key_values(items: &[(String, String)]) -> Option<Value> {
+    (!items.is_empty()).then(|| Value::Object(items.iter().map(|(k, v)| (k.clone(), json!(v))).collect()))
+}
+
 fn params(pairs: &[(&str, Option<Value>)]) -> Option<Value> {
     Some(obj(pairs))
 }
@@ -219,6 +281,37 @@ impl Cmd {
                 Show::Text,
             ),
             BdevUringDelete { name } => req("bdev_uring_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevRbdRegisterCluster { name, user_id, config_param, config_file, key_file, core_mask } => req(
+                "bdev_rbd_register_cluster",
+                params(&[
+                    ("name", v(name)),
+                    ("user_id", o(user_id)),
+                    ("config_param", key_values(config_param)),
+                    ("config_file", o(config_file)),
+                    ("key_file", o(key_file)),
+                    ("core_mask", o(core_mask)),
+                ]),
+                Show::Text,
+            ),
+            BdevRbdUnregisterCluster { name } => req("bdev_rbd_unregister_cluster", Some(json!({"name": name})), Show::Nothing),
+            BdevRbdGetClustersInfo { name } => req("bdev_rbd_get_clusters_info", params(&[("name", o(name))]), Show::Json),
+            BdevRbdCreate { pool_name, rbd_name, block_size, name, user_id, config, cluster_name, uuid, read_only } => req(
+                "bdev_rbd_create",
+                params(&[
+                    ("pool_name", v(pool_name)),
+                    ("rbd_name", v(rbd_name)),
+                    ("block_size", v(block_size)),
+                    ("name", o(name)),
+                    ("user_id", o(user_id)),
+                    ("config", key_values(config)),
+                    ("cluster_name", o(cluster_name)),
+                    ("uuid", o(uuid)),
+                    ("read_only", read_only.then_some(json!(true))),
+                ]),
+                Show::Text,
+            ),
+            BdevRbdDelete { name } => req("bdev_rbd_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevRbdResize { name, new_size } => req("bdev_rbd_resize", Some(json!({"name": name, "new_size": new_size})), Show::Nothing),
             BdevAioCreate { filename, name, block_size, readonly, fallocate, uuid } => req(
                 "bdev_aio_create",
                 params(&[

@@ -35,7 +35,9 @@ fn main() -> ExitCode {
     }
     let mut app = App::new("pollux-tgt");
     pollux_tgt::register(&mut app);
-    match app.run(args.app) {
+    let res = app.run(args.app);
+    pollux_rbd::wait_closes();
+    match res {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {

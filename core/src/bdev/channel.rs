@@ -213,7 +213,7 @@ fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
         return IoStatus::Success;
     }
     match s.offset_blocks.checked_add(s.num_blocks) {
-        Some(end) if end <= bdev.num_blocks && (s.num_blocks > 0 || s.kind == IoType::Flush) => {}
+        Some(end) if end <= bdev.num_blocks() && (s.num_blocks > 0 || s.kind == IoType::Flush) => {}
         _ => return IoStatus::OutOfRange,
     }
     if s.lend {

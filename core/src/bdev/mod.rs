@@ -30,7 +30,7 @@ use serde_json::Value;
 
 pub use channel::BdevChannel;
 pub use io::{BdevIo, IoStatus, IoType};
-pub use registry::{BdevEvent, Descriptor, get, list, open, open_count, register, unregister};
+pub use registry::{BdevEvent, Descriptor, get, list, notify_blockcnt_change, open, open_count, register, unregister};
 pub use stats::IoStats;
 pub use uuid::Uuid;
 
@@ -100,6 +100,8 @@ pub enum BdevError {
     Removing(String),
     #[error("invalid bdev parameters: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Busy(String),
     #[error("the bdev layer runs on the main reactor only")]
     WrongReactor,
 }
@@ -111,6 +113,7 @@ impl BdevError {
             BdevError::NotFound(_) => libc::ENODEV,
             BdevError::Removing(_) => libc::EBUSY,
             BdevError::Invalid(_) => libc::EINVAL,
+            BdevError::Busy(_) => libc::EBUSY,
             BdevError::WrongReactor => libc::EPERM,
         }
     }
@@ -132,7 +135,8 @@ pub const MAX_EXPORT_BLOCK_SIZE: u32 = 64 * 1024;
 pub struct Bdev {
     name: String,
     block_size: u32,
-    num_blocks: u64,
+    /// Changes only by [`notify_blockcnt_change`] (a resized device).
+    num_blocks: std::sync::atomic::AtomicU64,
     uuid: Uuid,
     pub(crate) backend: Arc<dyn Backend>,
     /// The backend's answers, asked once at registration (the I/O path
@@ -151,7 +155,7 @@ impl std::fmt::Debug for Bdev {
         f.debug_struct("Bdev")
             .field("name", &self.name)
             .field("block_size", &self.block_size)
-            .field("num_blocks", &self.num_blocks)
+            .field("num_blocks", &self.num_blocks())
             .finish()
     }
 }
@@ -178,11 +182,12 @@ impl Bdev {
             self.name
         )))
     }
+    #[inline]
     pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.num_blocks.load(Ordering::Relaxed)
     }
     pub fn size_bytes(&self) -> u64 {
-        self.num_blocks * self.block_size as u64
+        self.num_blocks() * self.block_size as u64
     }
     pub fn uuid(&self) -> Uuid {
         self.uuid

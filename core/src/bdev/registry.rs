@@ -17,6 +17,8 @@ pub enum BdevEvent {
     /// The bdev is being deleted or its device is gone: close the descriptor;
     /// the deletion completes when every descriptor is closed.
     Remove,
+    /// The bdev's size changed ([`Bdev::num_blocks`] has the new one).
+    Resize,
 }
 
 type EventFn = Arc<dyn Fn(BdevEvent) + Send + Sync>;
@@ -71,7 +73,7 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
     let bdev = Arc::new(Bdev {
         name: spec.name,
         block_size: spec.block_size,
-        num_blocks: spec.num_blocks,
+        num_blocks: std::sync::atomic::AtomicU64::new(spec.num_blocks),
         uuid: spec.uuid.unwrap_or_else(Uuid::new_v4),
         supported,
         align: spec.backend.buffer_alignment().max(1),
@@ -129,6 +131,30 @@ pub fn unregister(name: &str, done: impl FnOnce(Result<(), BdevError>) + 'static
         reactor::send_msg(r, move || f(BdevEvent::Remove));
     }
     finish_if_closed(&reg, &bdev);
+}
+
+/// The device behind bdev `name` now has `num_blocks` blocks (SPDK's
+/// `spdk_bdev_notify_blockcnt_change`): users are told
+/// ([`BdevEvent::Resize`]). As in SPDK, a bdev that is open may grow but
+/// not shrink (its users may hold blocks past the new end).
+pub fn notify_blockcnt_change(name: &str, num_blocks: u64) -> Result<(), BdevError> {
+    let reg = registry()?;
+    let bdev = reg.bdevs.borrow().iter().find(|b| b.name() == name).cloned().ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    let old = bdev.num_blocks();
+    if num_blocks == old {
+        return Ok(());
+    }
+    let users: Vec<(ReactorId, EventFn)> =
+        reg.opens.borrow().values().filter(|o| Arc::ptr_eq(&o.bdev, &bdev)).map(|o| (o.reactor, o.on_event.clone())).collect();
+    if num_blocks < old && !users.is_empty() {
+        return Err(BdevError::Busy(format!("bdev {name} is open: it may grow, not shrink ({old} to {num_blocks} blocks)")));
+    }
+    bdev.num_blocks.store(num_blocks, Ordering::Relaxed);
+    tracing::info!("bdev {name}: {old} -> {num_blocks} blocks");
+    for (r, f) in users {
+        reactor::send_msg(r, move || f(BdevEvent::Resize));
+    }
+    Ok(())
 }
 
 fn finish_if_closed(reg: &Registry, bdev: &Arc<Bdev>) {

@@ -373,3 +373,29 @@ fn a_read_without_buffers_is_lent_memory_only_by_a_lending_backend() {
     assert_eq!(got[1], (IoStatus::Success, None, want));
     assert_eq!(got[2], (IoStatus::InvalidBuffer, None, vec![]));
 }
+
+#[test]
+fn a_resize_is_told_to_users_and_an_open_bdev_does_not_shrink() {
+    let h = Harness::new(2);
+    let r = ram(16, 1, false);
+    make(&h, "grows", &r, 16);
+    let events = Arc::new(AtomicUsize::new(0));
+    let ev = events.clone();
+    let desc = h.on(0, move || {
+        open("grows", true, move |e| {
+            assert_eq!(e, BdevEvent::Resize);
+            ev.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap()
+    });
+    let res = h.on(0, || notify_blockcnt_change("grows", 32));
+    assert!(res.is_ok(), "{res:?}");
+    h.run_until_idle(10);
+    assert_eq!(events.load(Ordering::SeqCst), 1);
+    assert_eq!(desc.bdev().num_blocks(), 32);
+    let res = h.on(0, || notify_blockcnt_change("grows", 8));
+    assert!(matches!(res, Err(BdevError::Busy(_))), "{res:?}");
+    assert_eq!(desc.bdev().num_blocks(), 32);
+    let res = h.on(0, || notify_blockcnt_change("nope", 8));
+    assert!(matches!(res, Err(BdevError::NotFound(_))), "{res:?}");
+}

@@ -18,7 +18,8 @@ pub struct NsView {
     pub desc: Descriptor,
     pub ch: IoChannel<Bdev>,
     pub block_size: u32,
-    pub num_blocks: u64,
+    /// The bdev's size as this reactor knows it (see [`publish_size`]).
+    pub num_blocks: Cell<u64>,
     /// ANA group, for subsystems that report ANA.
     pub anagrpid: Cell<u32>,
 }
@@ -48,7 +49,7 @@ impl SubsystemView {
             Rc::new(NsView {
                 ch: desc.channel(),
                 block_size: bdev.block_size(),
-                num_blocks: bdev.num_blocks(),
+                num_blocks: Cell::new(bdev.num_blocks()),
                 desc,
                 anagrpid: Cell::new(anagrpid),
             })
@@ -79,6 +80,18 @@ pub fn subsystem(id: u32) -> Rc<SubsystemView> {
 /// once all have applied it.
 pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<(Descriptor, u32)>, then: impl FnOnce() + Send + 'static) {
     reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
+}
+
+/// Publish a namespace's new size (its bdev grew) to every reactor.
+pub fn publish_size(subsystem_id: u32, nsid: u32, num_blocks: u64, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(
+        move || {
+            if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
+                ns.num_blocks.set(num_blocks);
+            }
+        },
+        then,
+    );
 }
 
 /// Publish a namespace's new ANA group to every reactor.

@@ -104,7 +104,7 @@ pub fn execute(
     match cmd.opcode {
         op::READ | op::WRITE | op::COMPARE => {
             let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
-            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks.get()) {
                 return Some(Response::err(status::LBA_OUT_OF_RANGE));
             }
             if nlb * bs != len {
@@ -141,7 +141,7 @@ pub fn execute(
         }
         op::WRITE_ZEROES => {
             let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
-            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+            if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks.get()) {
                 return Some(Response::err(status::LBA_OUT_OF_RANGE));
             }
             ns.desc.write_zeroes(&ns.ch, slba, nlb, move |io| finish(io, done));
@@ -155,7 +155,7 @@ pub fn execute(
             if !ns.desc.bdev().supports(IoType::Flush) {
                 return Some(Response::ok());
             }
-            ns.desc.flush(&ns.ch, 0, ns.num_blocks, move |io| finish(io, done));
+            ns.desc.flush(&ns.ch, 0, ns.num_blocks.get(), move |io| finish(io, done));
             None
         }
         op::DATASET_MANAGEMENT => dataset_management(&ns, cmd, bufs, len, done),
@@ -181,7 +181,7 @@ fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf],
         if nlb == 0 {
             continue;
         }
-        if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks) {
+        if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks.get()) {
             return Some(Response::err(status::LBA_OUT_OF_RANGE));
         }
         ranges.push((slba, nlb));

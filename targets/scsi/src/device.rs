@@ -52,11 +52,16 @@ impl Device {
         }
         let me: Weak<Device> = Arc::downgrade(self);
         let desc = bdev::open(bdev_name, true, move |ev| {
-            if ev == BdevEvent::Remove {
-                if let Some(d) = me.upgrade() {
-                    // Descriptors are closed on the main reactor's say-so.
-                    let d2 = d.clone();
-                    reactor::send_msg(ReactorId(0), move || d2.remove_lun(id));
+            let Some(d) = me.upgrade() else { return };
+            match ev {
+                // Descriptors are closed on the main reactor's say-so.
+                BdevEvent::Remove => reactor::send_msg(ReactorId(0), move || d.remove_lun(id)),
+                // The LU reads its size from the bdev; initiators hear of
+                // the change (SBC: CAPACITY DATA HAS CHANGED).
+                BdevEvent::Resize => {
+                    if let Some(l) = d.map().get(&id).cloned() {
+                        l.capacity_changed();
+                    }
                 }
             }
         })?;

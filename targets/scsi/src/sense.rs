@@ -57,6 +57,7 @@ impl Asc {
     pub const I_T_NEXUS_LOSS_OCCURRED: Asc = Asc(0x29, 0x07);
     pub const MODE_PARAMETERS_CHANGED: Asc = Asc(0x2a, 0x01);
     pub const RESERVATIONS_PREEMPTED: Asc = Asc(0x2a, 0x03);
+    pub const CAPACITY_DATA_HAS_CHANGED: Asc = Asc(0x2a, 0x09);
     pub const RESERVATIONS_RELEASED: Asc = Asc(0x2a, 0x04);
     pub const REGISTRATIONS_PREEMPTED: Asc = Asc(0x2a, 0x05);
     pub const CAPACITY_DATA_CHANGED: Asc = Asc(0x2a, 0x09);

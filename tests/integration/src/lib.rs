@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ceph;
 pub mod iscsi_host;
 pub mod iscsi_proxy;
 pub mod nvmf_client;

@@ -435,12 +435,22 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
     let eui64 = n.eui64.as_deref().map(|e| parse_hex::<8>(e, "eui64")).transpose()?;
     // A bdev deleted under us takes its namespace away (with the event).
     let sid = s.id;
-    let desc = bdev::open(&n.bdev_name, true, move |ev| {
-        if ev == BdevEvent::Remove {
-            hot_remove(sid, nsid);
-        }
+    let desc = bdev::open(&n.bdev_name, true, move |ev| match ev {
+        BdevEvent::Remove => hot_remove(sid, nsid),
+        BdevEvent::Resize => resized(sid, nsid),
     })?;
     Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: Cell::new(anagrpid) }))
+}
+
+/// The bdev of a namespace changed size: every reactor learns the new one,
+/// then hosts get a namespace attribute notice (and read the new NSZE).
+fn resized(subsystem_id: u32, nsid: u32) {
+    let Ok(t) = target() else { return };
+    let Some(s) = t.find_id(subsystem_id) else { return };
+    let Some(ns) = s.namespaces.borrow().get(&nsid).cloned() else { return };
+    let blocks = ns.num_blocks();
+    tracing::info!("nvmf: namespace {nsid} of {} now has {blocks} blocks", s.nqn());
+    group::publish_size(subsystem_id, nsid, blocks, move || namespace_changed(subsystem_id, nsid));
 }
 
 /// The bdev of a namespace is going away: remove the namespace.

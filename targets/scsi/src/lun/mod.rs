@@ -272,6 +272,12 @@ impl Lun {
         }
     }
 
+    /// The bdev's size changed: every nexus gets CAPACITY DATA HAS CHANGED.
+    pub fn capacity_changed(&self) {
+        let mut s = self.lock();
+        self.raise_ua(&mut s, Asc::CAPACITY_DATA_HAS_CHANGED, None);
+    }
+
     /// Take the oldest unit attention pending for `nexus`, if any.
     pub(crate) fn take_ua(&self, nexus: &Nexus) -> Option<Sense> {
         if self.ua_pending.load(Ordering::Relaxed) == 0 {

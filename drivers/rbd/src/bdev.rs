@@ -1,0 +1,415 @@
+//! The RBD bdev: an image behind the bdev layer. Each reactor's channel
+//! submits with librbd's asynchronous calls (`rbd_aio_readv` and friends,
+//! which do not block) and takes completions from a lock-free queue that
+//! librbd's callback threads fill; in interrupt mode the callback also
+//! rings an eventfd the reactor sleeps on (once per batch: a flag says
+//! whether the bell already rang).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::c_void;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use pollux_core::bdev::{Backend, BackendChannel, Bdev, BdevIo, IoStatus, IoType};
+use pollux_core::reactor::{self, PollStatus, Poller};
+use pollux_core::sys::{EventFd, Interest};
+use serde_json::{Value, json};
+
+use crate::rados::{self, Image};
+use crate::sys::RbdCompletionT;
+
+/// Requests in flight per channel (more wait in the channel).
+const SLOTS: usize = 256;
+/// How long a channel being dropped waits for its requests.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// Failed requests logged at WARN per channel; the rest at DEBUG.
+const ERRORS_LOGGED: u32 = 8;
+
+/// What `bdev_rbd_create` was given (for `bdev_get_bdevs` and save_config).
+#[derive(Clone, Debug)]
+pub struct RbdSpec {
+    pub pool_name: String,
+    pub rbd_name: String,
+    pub user_id: Option<String>,
+    pub config: Option<BTreeMap<String, String>>,
+    pub cluster_name: Option<String>,
+    pub read_only: bool,
+    /// The registered cluster's settings, for `driver_specific`.
+    pub cluster_info: Option<Value>,
+}
+
+pub struct RbdBackend {
+    pub spec: RbdSpec,
+    /// Taken (and closed off the reactors) when the bdev is destroyed;
+    /// channels hold their own references.
+    image: std::sync::Mutex<Option<Arc<Image>>>,
+}
+
+impl RbdBackend {
+    pub fn new(spec: RbdSpec, image: Arc<Image>) -> RbdBackend {
+        RbdBackend { spec, image: std::sync::Mutex::new(Some(image)) }
+    }
+
+    pub fn image(&self) -> Option<Arc<Image>> {
+        self.image.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Backend for RbdBackend {
+    fn module_name(&self) -> &'static str {
+        "rbd"
+    }
+    fn product_name(&self) -> &'static str {
+        "Ceph Rbd Disk"
+    }
+    fn supports(&self, kind: IoType) -> bool {
+        match kind {
+            IoType::Read | IoType::Flush | IoType::Reset => true,
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes => !self.spec.read_only,
+            IoType::Compare => false,
+        }
+    }
+    fn create_channel(&self) -> Box<dyn BackendChannel> {
+        match self.image() {
+            Some(img) => match RbdChannel::new(img) {
+                Ok(c) => Box::new(c),
+                Err(e) => {
+                    tracing::error!("rbd {}/{}: cannot set up a channel on this reactor: {e}", self.spec.pool_name, self.spec.rbd_name);
+                    Box::new(Failing)
+                }
+            },
+            None => Box::new(Failing),
+        }
+    }
+    fn driver_specific(&self) -> Value {
+        let s = &self.spec;
+        let mut rbd = json!({"pool_name": s.pool_name, "rbd_name": s.rbd_name});
+        if let Some(info) = &s.cluster_info {
+            // As SPDK: a registered cluster's settings in place of the bdev's.
+            for k in ["user_id", "config_param", "config_file", "key_file"] {
+                if let Some(v) = info.get(k) {
+                    rbd[k] = v.clone();
+                }
+            }
+        } else {
+            if let Some(u) = &s.user_id {
+                rbd["user_id"] = u.clone().into();
+            }
+            if let Some(c) = &s.config {
+                rbd["config"] = json!(c);
+            }
+        }
+        // The bdev layer puts it under "rbd", as SPDK's dump_info_json does.
+        rbd
+    }
+    fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
+        let s = &self.spec;
+        let mut p = json!({"name": b.name(), "pool_name": s.pool_name, "rbd_name": s.rbd_name, "block_size": b.block_size(), "uuid": b.uuid().to_string()});
+        if let Some(u) = &s.user_id {
+            p["user_id"] = u.clone().into();
+        }
+        if let Some(c) = &s.config {
+            p["config"] = json!(c);
+        }
+        if let Some(c) = &s.cluster_name {
+            p["cluster_name"] = c.clone().into();
+        }
+        if s.read_only {
+            p["read_only"] = true.into();
+        }
+        Some(("bdev_rbd_create", p))
+    }
+    fn destroy(&self) {
+        if let Some(img) = self.image.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            rados::close_off_reactor(img);
+        }
+    }
+}
+
+/// Fails every request (a channel that could not be set up, or a bdev
+/// being destroyed).
+struct Failing;
+impl BackendChannel for Failing {
+    fn submit(&self, io: BdevIo) {
+        io.complete(IoStatus::NoDevice);
+    }
+}
+
+/// Where librbd's callbacks leave finished requests for one channel:
+/// (slot, completion).
+struct Inbox {
+    done: ArrayQueue<(u32, usize)>,
+    /// Interrupt mode: rung when the queue goes from empty to not.
+    doorbell: Option<EventFd>,
+    rung: AtomicBool,
+}
+
+/// The callback argument of one slot: its inbox and index. Lives in a
+/// boxed slice of the channel, at a fixed address, while any request of
+/// the slot is in flight.
+struct SlotArg {
+    inbox: *const Inbox,
+    slot: u32,
+}
+
+/// librbd's completion callback (on one of its threads).
+///
+/// # Safety
+///
+/// `arg` points to the [`SlotArg`] given at `rbd_aio_create_completion`,
+/// which outlives the request (see [`RbdChannel`]'s Drop).
+unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut c_void) {
+    // SAFETY: per the function's contract, `arg` is a live SlotArg whose
+    // inbox (held by an Arc in the same channel) is alive too.
+    let (a, inbox) = unsafe {
+        let a = &*(arg as *const SlotArg);
+        (a, &*a.inbox)
+    };
+    // One request per slot at a time and room for every slot: never full.
+    let _ = inbox.done.push((a.slot, c as usize));
+    if let Some(d) = &inbox.doorbell {
+        if !inbox.rung.swap(true, Ordering::AcqRel) {
+            d.notify();
+        }
+    }
+}
+
+struct InFlight {
+    io: BdevIo,
+    /// Point into the request's buffers; kept until completion.
+    _iov: Vec<libc::iovec>,
+}
+
+struct ChanState {
+    image: Option<Arc<Image>>,
+    inbox: Arc<Inbox>,
+    args: Box<[SlotArg]>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<u32>,
+    waiting: VecDeque<BdevIo>,
+    errors: Cell<u32>,
+}
+
+struct RbdChannel {
+    st: Rc<RefCell<ChanState>>,
+    poller: Poller,
+}
+
+impl RbdChannel {
+    fn new(image: Arc<Image>) -> std::io::Result<RbdChannel> {
+        let irq = reactor::interrupt_mode();
+        let inbox = Arc::new(Inbox {
+            done: ArrayQueue::new(SLOTS),
+            doorbell: if irq { Some(EventFd::new()?) } else { None },
+            rung: AtomicBool::new(false),
+        });
+        let args: Box<[SlotArg]> = (0..SLOTS as u32).map(|slot| SlotArg { inbox: Arc::as_ptr(&inbox), slot }).collect();
+        let st = Rc::new(RefCell::new(ChanState {
+            image: Some(image),
+            inbox: inbox.clone(),
+            args,
+            slots: (0..SLOTS).map(|_| None).collect(),
+            free: (0..SLOTS as u32).rev().collect(),
+            waiting: VecDeque::new(),
+            errors: Cell::new(0),
+        }));
+        let s = st.clone();
+        let poller = reactor::register_poller("rbd_bdev", move || if reap(&s) > 0 { PollStatus::Busy } else { PollStatus::Idle });
+        if let Some(d) = &inbox.doorbell {
+            poller.add_wake_fd(d.as_raw_fd(), Interest::READABLE)?;
+        }
+        Ok(RbdChannel { st, poller })
+    }
+}
+
+impl BackendChannel for RbdChannel {
+    fn submit(&self, io: BdevIo) {
+        let mut st = self.st.borrow_mut();
+        if st.waiting.is_empty() {
+            if let Err(io) = start(&mut st, io) {
+                st.waiting.push_back(io);
+            }
+        } else {
+            st.waiting.push_back(io);
+        }
+    }
+}
+
+/// Hand a request to librbd; give it back if no slot is free.
+fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
+    let Some(slot) = st.free.pop() else { return Err(io) };
+    let Some(image) = st.image.as_ref().map(|i| i.raw()) else {
+        st.free.push(slot);
+        io.complete(IoStatus::NoDevice);
+        return Ok(());
+    };
+    let kind = io.kind();
+    if matches!(kind, IoType::Reset | IoType::Compare) {
+        st.free.push(slot);
+        // Nothing to reset: librbd has no per-bdev state to clear.
+        io.complete(if kind == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported });
+        return Ok(());
+    }
+    let Ok(lib) = rados::lib() else {
+        st.free.push(slot);
+        io.complete(IoStatus::NoDevice);
+        return Ok(());
+    };
+    let (off, len) = (io.offset_bytes(), io.len_bytes());
+    let iov: Vec<libc::iovec> = if kind.has_data() {
+        io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }).collect()
+    } else {
+        Vec::new()
+    };
+    let arg = (&st.args[slot as usize] as *const SlotArg).cast_mut().cast::<c_void>();
+    let mut c: RbdCompletionT = std::ptr::null_mut();
+    // SAFETY: `arg` is the slot's SlotArg, alive until the callback ran
+    // (RbdChannel's Drop waits for it); `on_complete` has librbd's callback
+    // type; `c` is a valid out-pointer.
+    let rc = unsafe { (lib.rbd_aio_create_completion)(arg, on_complete, &mut c) };
+    if rc < 0 {
+        st.free.push(slot);
+        io.complete(IoStatus::NoMemory);
+        return Ok(());
+    }
+    // SAFETY: an open image (the channel holds an Arc to it), a fresh
+    // completion, and for reads and writes iovecs over the request's
+    // buffers, which stay in `slots[slot]` with the iovecs until the
+    // completion comes back through the inbox.
+    let rc = unsafe {
+        match kind {
+            IoType::Read => (lib.rbd_aio_readv)(image, iov.as_ptr(), iov.len() as i32, off, c),
+            IoType::Write => (lib.rbd_aio_writev)(image, iov.as_ptr(), iov.len() as i32, off, c),
+            IoType::Flush => (lib.rbd_aio_flush)(image, c),
+            IoType::Unmap => (lib.rbd_aio_discard)(image, off, len, c),
+            IoType::WriteZeroes => (lib.rbd_aio_write_zeroes)(image, off, len as usize, c, 0, 0),
+            IoType::Reset | IoType::Compare => unreachable!("answered above"),
+        }
+    };
+    if rc < 0 {
+        // SAFETY: librbd did not take the completion: release it here.
+        unsafe { (lib.rbd_aio_release)(c) };
+        st.free.push(slot);
+        log_error(st, kind, off, -rc);
+        io.complete(status_of_errno(-rc));
+        return Ok(());
+    }
+    st.slots[slot as usize] = Some(InFlight { io, _iov: iov });
+    Ok(())
+}
+
+fn status_of_errno(errno: i32) -> IoStatus {
+    match errno {
+        libc::EROFS => IoStatus::ReadOnly,
+        libc::ENOMEM | libc::EAGAIN => IoStatus::NoMemory,
+        // The image was removed, or this client was blocklisted.
+        libc::ENOENT | libc::ESHUTDOWN | libc::EBADF => IoStatus::NoDevice,
+        libc::ECANCELED => IoStatus::Aborted,
+        _ => IoStatus::Failed,
+    }
+}
+
+fn log_error(st: &ChanState, kind: IoType, off: u64, errno: i32) {
+    let n = st.errors.get();
+    st.errors.set(n.saturating_add(1));
+    let e = std::io::Error::from_raw_os_error(errno);
+    if n < ERRORS_LOGGED {
+        tracing::warn!(
+            "rbd: {kind:?} at byte {off} failed: {e} (errno {errno}){}",
+            if n + 1 == ERRORS_LOGGED { "; further errors of this channel at debug level" } else { "" }
+        );
+    } else {
+        tracing::debug!("rbd: {kind:?} at byte {off} failed: {e} (errno {errno})");
+    }
+}
+
+/// Complete what librbd finished, then start waiting requests.
+fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
+    let Ok(lib) = rados::lib() else { return 0 };
+    let mut done = Vec::new();
+    {
+        let mut s = st.borrow_mut();
+        if let Some(d) = &s.inbox.doorbell {
+            // Clear the flag before draining: a completion queued after
+            // this rings again.
+            s.inbox.rung.store(false, Ordering::Release);
+            d.drain();
+        }
+        while let Some((slot, c)) = s.inbox.done.pop() {
+            let c = c as RbdCompletionT;
+            // SAFETY: a completion librbd handed back through our callback,
+            // released once, here.
+            let ret = unsafe {
+                let r = (lib.rbd_aio_get_return_value)(c);
+                (lib.rbd_aio_release)(c);
+                r
+            };
+            if let Some(f) = s.slots.get_mut(slot as usize).and_then(Option::take) {
+                s.free.push(slot);
+                done.push((f, ret));
+            }
+        }
+        while let Some(io) = s.waiting.pop_front() {
+            if let Err(io) = start(&mut s, io) {
+                s.waiting.push_front(io);
+                break;
+            }
+        }
+    }
+    let n = done.len();
+    for (f, ret) in done {
+        let kind = f.io.kind();
+        let status = if ret < 0 {
+            let s = st.borrow();
+            log_error(&s, kind, f.io.offset_bytes(), -ret as i32);
+            status_of_errno(-ret as i32)
+        } else if kind == IoType::Read && ret as u64 != f.io.len_bytes() {
+            tracing::warn!("rbd: read at byte {} returned {ret} of {} bytes", f.io.offset_bytes(), f.io.len_bytes());
+            IoStatus::Failed
+        } else {
+            IoStatus::Success
+        };
+        f.io.complete(status);
+    }
+    n
+}
+
+impl Drop for RbdChannel {
+    fn drop(&mut self) {
+        // librbd still holds the slots' callback arguments and writes into
+        // read buffers until each request completes: wait for them.
+        let t0 = Instant::now();
+        while self.st.borrow().slots.iter().any(Option::is_some) && t0.elapsed() < DRAIN_LIMIT {
+            if reap(&self.st) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        for io in st.waiting.drain(..) {
+            io.complete(IoStatus::Aborted);
+        }
+        if let Some(d) = &st.inbox.doorbell {
+            self.poller.remove_wake_fd(d.as_raw_fd());
+        }
+        let stuck = st.slots.iter().filter(|s| s.is_some()).count();
+        if stuck > 0 {
+            // Memory safety over memory: librbd may still call back into
+            // the arguments and write into the buffers, so they are leaked.
+            tracing::error!("rbd: {stuck} request(s) still with librbd after {DRAIN_LIMIT:?}; their memory is leaked");
+            let args = std::mem::take(&mut st.args);
+            std::mem::forget(args);
+            std::mem::forget(st.inbox.clone());
+            for s in st.slots.iter_mut() {
+                std::mem::forget(s.take());
+            }
+        }
+        if let Some(img) = st.image.take() {
+            rados::close_off_reactor(img);
+        }
+    }
+}
