@@ -173,8 +173,12 @@ unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut c_void) {
     // One request per slot at a time and room for every slot: never full.
     let _ = inbox.done.push((a.slot, c as usize));
     if let Some(d) = &inbox.doorbell {
-        if !inbox.rung.swap(true, Ordering::AcqRel) {
+        // Ring, then say so: the reactor drains the bell only when the flag
+        // is set, so the bell is never left ringing unseen (a reactor woken
+        // between the two finds the flag a moment later).
+        if !inbox.rung.load(Ordering::SeqCst) {
             d.notify();
+            inbox.rung.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -335,10 +339,13 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
     {
         let mut s = st.borrow_mut();
         if let Some(d) = &s.inbox.doorbell {
-            // Clear the flag before draining: a completion queued after
-            // this rings again.
-            s.inbox.rung.store(false, Ordering::Release);
-            d.drain();
+            // Only a rung bell is drained (one read per wake-up, not one per
+            // poll); the flag clears before the queue is read, so a
+            // completion queued after this rings again.
+            if s.inbox.rung.load(Ordering::SeqCst) {
+                d.drain();
+                s.inbox.rung.store(false, Ordering::SeqCst);
+            }
         }
         while let Some((slot, c)) = s.inbox.done.pop() {
             let c = c as RbdCompletionT;
