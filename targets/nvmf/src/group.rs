@@ -8,10 +8,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use pollux_core::bdev::{Bdev, Descriptor};
 use pollux_core::io_channel::IoChannel;
 use pollux_core::reactor;
+
+use crate::resv::ResvState;
 
 /// A namespace as an I/O queue pair uses it on its reactor.
 pub struct NsView {
@@ -22,7 +25,13 @@ pub struct NsView {
     pub num_blocks: Cell<u64>,
     /// ANA group, for subsystems that report ANA.
     pub anagrpid: Cell<u32>,
+    /// The namespace's reservation state (`None`: no registrant).
+    pub resv: RefCell<Option<Arc<ResvState>>>,
 }
+
+/// What a reactor needs of a namespace: its descriptor, ANA group and
+/// reservation state.
+pub type NsPublish = (Descriptor, u32, Option<Arc<ResvState>>);
 
 /// One subsystem's namespaces on one reactor, indexed by NSID - 1.
 #[derive(Default)]
@@ -38,13 +47,13 @@ impl SubsystemView {
         self.namespaces.borrow().get(i).cloned().flatten()
     }
 
-    fn set(&self, nsid: u32, desc: Option<(Descriptor, u32)>) {
+    fn set(&self, nsid: u32, desc: Option<NsPublish>) {
         let i = nsid as usize - 1;
         let mut v = self.namespaces.borrow_mut();
         if v.len() <= i {
             v.resize(i + 1, None);
         }
-        v[i] = desc.map(|(desc, anagrpid)| {
+        v[i] = desc.map(|(desc, anagrpid, resv)| {
             let bdev = desc.bdev().clone();
             Rc::new(NsView {
                 ch: desc.channel(),
@@ -52,6 +61,7 @@ impl SubsystemView {
                 num_blocks: Cell::new(bdev.num_blocks()),
                 desc,
                 anagrpid: Cell::new(anagrpid),
+                resv: RefCell::new(resv),
             })
         });
     }
@@ -78,7 +88,7 @@ pub fn subsystem(id: u32) -> Rc<SubsystemView> {
 /// Publish a namespace change (its descriptor and ANA group, or `None`
 /// when removed) to every reactor; `then` runs on the caller's reactor
 /// once all have applied it.
-pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<(Descriptor, u32)>, then: impl FnOnce() + Send + 'static) {
+pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<NsPublish>, then: impl FnOnce() + Send + 'static) {
     reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
 }
 
@@ -88,6 +98,19 @@ pub fn publish_size(subsystem_id: u32, nsid: u32, num_blocks: u64, then: impl Fn
         move || {
             if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
                 ns.num_blocks.set(num_blocks);
+            }
+        },
+        then,
+    );
+}
+
+/// Publish a namespace's reservation state to every reactor; `then` runs
+/// on the caller's reactor once all have it.
+pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
+    reactor::for_each_reactor(
+        move || {
+            if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
+                *ns.resv.borrow_mut() = resv.clone();
             }
         },
         then,

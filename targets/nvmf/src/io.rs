@@ -13,8 +13,9 @@ use zerocopy::FromBytes;
 
 use crate::ctrlr::Response;
 use crate::group::SubsystemView;
+use crate::resv;
 use crate::status;
-use crate::subsystem::AnaStates;
+use crate::transport::IoOwner;
 
 /// Where a submitted command's completion goes: the queue pair, told which
 /// request by `tag`. The buffers come back in the `BdevIo`.
@@ -30,7 +31,7 @@ pub struct Completer {
 }
 
 impl Completer {
-    fn done(self, resp: Response, io: Option<BdevIo>) {
+    pub(crate) fn done(self, resp: Response, io: Option<BdevIo>) {
         if let Some(s) = self.sink.upgrade() {
             s.io_done(self.tag, resp, io);
         }
@@ -80,13 +81,14 @@ fn finish(io: BdevIo, done: Completer) {
 /// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
 /// Returns a response now for commands that fail before reaching a bdev;
 /// otherwise the completer runs later.
-/// `ana` holds the ANA states of the queue pair's listener where the
-/// subsystem reports ANA: through a path that is not optimized or
-/// non-optimized, commands end with its path status (no DNR: the host
-/// retries them on another path).
+/// `owner` says whose queue pair this is: the ANA states of its listener
+/// where the subsystem reports ANA (through a path that is not optimized or
+/// non-optimized, commands end with its path status, no DNR: the host
+/// retries them on another path), and the host identifier that
+/// reservations check.
 pub fn execute(
     view: &SubsystemView,
-    ana: Option<&AnaStates>,
+    owner: &IoOwner,
     cmd: &Command,
     bufs: &mut Vec<DmaBuf>,
     len: u64,
@@ -95,9 +97,14 @@ pub fn execute(
     let Some(ns) = view.namespace(cmd.nsid.get()) else {
         return Some(Response::err(status::INVALID_NAMESPACE));
     };
-    if let Some(a) = ana {
+    if let Some(a) = &owner.ana {
         if let Some(sc) = pollux_nvme_spec::ana::path_status(a.get(ns.anagrpid.get())) {
             return Some(Response::err(Status::new(StatusCodeType::Path, sc)));
+        }
+    }
+    if let Some(r) = &*ns.resv.borrow() {
+        if let Some(st) = resv::check(r, &owner.hostid, cmd.opcode) {
+            return Some(Response::err(st));
         }
     }
     let bs = u64::from(ns.block_size);
@@ -159,6 +166,32 @@ pub fn execute(
             None
         }
         op::DATASET_MANAGEMENT => dataset_management(&ns, cmd, bufs, len, done),
+        op::RESERVATION_REPORT => {
+            // From this reactor's copy of the state: NUMD + 1 dwords at most.
+            let eds = cmd.cdw11.get() & 1 != 0;
+            let state = ns.resv.borrow().clone().unwrap_or_default();
+            Some(match state.report(eds) {
+                Ok(data) => {
+                    let want = ((u64::from(cmd.cdw10.get()) + 1) * 4).min(len) as usize;
+                    // Pool buffers hold old data: never send it.
+                    pollux_core::dma::copy_to_bufs(bufs, 0, &vec![0u8; len as usize]);
+                    pollux_core::dma::copy_to_bufs(bufs, 0, &data[..data.len().min(want)]);
+                    Response::ok()
+                }
+                Err(s) => Response::err(s),
+            })
+        }
+        op::RESERVATION_REGISTER | op::RESERVATION_ACQUIRE | op::RESERVATION_RELEASE => {
+            // Register and Acquire carry two keys, Release one.
+            let need = if cmd.opcode == op::RESERVATION_RELEASE { 8 } else { 16 };
+            if len < need {
+                return Some(Response::err(status::INVALID_FIELD));
+            }
+            let mut keys = [0u8; 16];
+            pollux_core::dma::copy_from_bufs(bufs, 0, &mut keys[..need as usize]);
+            resv::submit(owner, cmd.nsid.get(), cmd.opcode, cmd.cdw10.get(), keys, done);
+            None
+        }
         _ => Some(Response::err(status::INVALID_OPCODE)),
     }
 }

@@ -24,6 +24,7 @@ pub mod ctrlr;
 mod error;
 pub mod group;
 pub mod io;
+pub mod resv;
 mod rpc;
 pub mod status;
 pub mod subsystem;

@@ -40,9 +40,21 @@ pub struct Namespace {
     pub eui64: Option<[u8; 8]>,
     /// ANA group (1..=max_namespaces); changed by `nvmf_subsystem_set_ns_ana_group`.
     pub anagrpid: Cell<u32>,
+    /// Reservations (main reactor; reactors hold copies).
+    pub resv: RefCell<crate::resv::ResvState>,
+    /// Where the reservation state persists (SPDK's `ptpl_file`); without
+    /// one PTPL cannot be turned on.
+    pub ptpl_file: Option<std::path::PathBuf>,
 }
 
 impl Namespace {
+    /// The copy of the reservation state reactors check against (`None`
+    /// while there is nothing to check or report).
+    pub fn resv_snapshot(&self) -> Option<Arc<crate::resv::ResvState>> {
+        let r = self.resv.borrow();
+        (*r != crate::resv::ResvState::default()).then(|| Arc::new(r.clone()))
+    }
+
     pub fn block_size(&self) -> u32 {
         self.desc.bdev().block_size()
     }

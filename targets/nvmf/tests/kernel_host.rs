@@ -386,3 +386,153 @@ fn linux_multipath_host_fails_over_between_two_pollux_gateways() {
         let _ = std::fs::remove_file(HA_FILE);
     });
 }
+
+// ---- Reservations from the kernel host ----
+
+const RESV_NQN: &str = "nqn.2016-06.io.pollux:resv";
+const RESV_HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:0c3b1a2e-5d6f-4a7b-8c9d-0e1f2a3b4c5e";
+
+fn resv_gateway(ptpl: &str) -> Daemon {
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 32768, "block_size": 512, "uuid": "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": RESV_NQN, "allow_any_host": true, "serial_number": "POLLUXRESV01"}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": RESV_NQN, "namespace": {"bdev_name": "M0", "nsid": 1, "ptpl_file": ptpl}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": RESV_NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4440"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": RESV_NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4441"}}},
+        ]},
+    ]});
+    Daemon::start(DaemonOpts { config: Some(config), ..Default::default() })
+}
+
+/// The controller device (`/dev/nvmeN`) host `hostnqn` has to RESV_NQN,
+/// and whether it is live. Commands go through it to namespace 1 (the
+/// controller has one): with native multipath both hosts' controllers
+/// share one namespace block device, whose I/O the kernel routes itself.
+fn resv_device(hostnqn: &str) -> Option<(String, bool)> {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    for e in std::fs::read_dir("/sys/class/nvme").ok()? {
+        let c = e.ok()?.path();
+        if read(c.join("subsysnqn")) == RESV_NQN && read(c.join("hostnqn")) == hostnqn {
+            let name = c.file_name()?.to_string_lossy().to_string();
+            return Some((format!("/dev/{name}"), read(c.join("state")) == "live"));
+        }
+    }
+    None
+}
+
+/// One 512-byte write (or read) of block 0 of namespace 1 through
+/// controller `dev` (an I/O command passed through); whether it worked.
+fn dd(dev: &str, write: bool) -> bool {
+    let blk = "/tmp/pollux-resv-block";
+    std::fs::write(blk, [0x5a; 512]).unwrap();
+    let (opcode, dir) = if write { ("--opcode=0x01", "--write") } else { ("--opcode=0x02", "--read") };
+    let out = try_run(
+        "nvme",
+        &["io-passthru", dev, opcode, "--namespace-id=1", "--data-len=512", dir, "--input-file", blk, "--cdw10=0", "--cdw12=0"],
+    );
+    out.status.success()
+}
+
+/// The registrants of a reservation report (`--eds`) and the reservation type.
+fn resv_report(dev: &str) -> (u64, Vec<(u64, bool)>) {
+    let out = run("nvme", &["resv-report", dev, "-n", "1", "--eds", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("resv-report: {e}: {out}"));
+    let regs = v["regctlext"]
+        .as_array()
+        .map(|a| a.iter().map(|r| (r["rkey"].as_u64().unwrap_or(0), r["rcsts"].as_u64().unwrap_or(0) & 1 == 1)).collect())
+        .unwrap_or_default();
+    (v["rtype"].as_u64().unwrap_or(99), regs)
+}
+
+/// Linux's host, as two hosts (two host NQNs and identifiers), through
+/// nvme-cli: host A registers and takes Write Exclusive, host B's writes
+/// fail and its reads work, the report shows both; through a restart of
+/// the target (`ptpl_file`) the reservation stays; released, B writes.
+#[test]
+fn linux_host_reservations_conflict_and_persist() {
+    in_guest(&VmConfig::new().controllers(0).memory_mib(1536).timeout(Duration::from_secs(600)), || {
+        tool("nvme", "nvme-cli, the kernel host's tool");
+        for m in ["nvme-tcp", "nvme-fabrics"] {
+            run("modprobe", &[m]);
+        }
+        let ptpl = "/tmp/pollux-resv-ns1.json";
+        let _ = std::fs::remove_file(ptpl);
+        let d = resv_gateway(ptpl);
+        // Each host through a listener of its own (nvme-cli refuses a second
+        // connection to the same address and subsystem as a duplicate).
+        for (host, id, port) in
+            [(HOST, "0c3b1a2e-5d6f-4a7b-8c9d-0e1f2a3b4c5d", "4440"), (RESV_HOST_B, "0c3b1a2e-5d6f-4a7b-8c9d-0e1f2a3b4c5e", "4441")]
+        {
+            let out = try_run(
+                "nvme",
+                &[
+                    "connect",
+                    "-t",
+                    "tcp",
+                    "-a",
+                    "127.0.0.1",
+                    "-s",
+                    port,
+                    "-n",
+                    RESV_NQN,
+                    "--hostnqn",
+                    host,
+                    "--hostid",
+                    id,
+                    "-c",
+                    "1",
+                    "-l",
+                    "60",
+                ],
+            );
+            assert!(out.status.success(), "connect as {host}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut devs = Vec::new();
+        for host in [HOST, RESV_HOST_B] {
+            wait_until("the controller", Duration::from_secs(30), || {
+                resv_device(host).is_some_and(|(d, live)| live && std::path::Path::new(&d).exists())
+            });
+            devs.push(resv_device(host).unwrap().0);
+        }
+        let (a, b) = (devs[0].clone(), devs[1].clone());
+        assert_ne!(a, b);
+
+        run("nvme", &["resv-register", &a, "-n", "1", "--nrkey=0xa", "--rrega=0", "--cptpl=3"]);
+        run("nvme", &["resv-register", &b, "-n", "1", "--nrkey=0xb", "--rrega=0"]);
+        run("nvme", &["resv-acquire", &a, "-n", "1", "--crkey=0xa", "--rtype=1", "--racqa=0"]);
+        let (rtype, regs) = resv_report(&b);
+        assert_eq!(rtype, 1, "write exclusive");
+        let mut regs = regs;
+        regs.sort();
+        assert_eq!(regs, vec![(0xa, true), (0xb, false)], "A holds it, B is registered");
+        assert!(dd(&a, true), "the holder writes");
+        assert!(dd(&b, false), "B reads");
+        assert!(!dd(&b, true), "B's write must fail: reservation conflict");
+        assert!(!try_run("nvme", &["resv-acquire", &b, "-n", "1", "--crkey=0xb", "--rtype=1", "--racqa=0"]).status.success(), "held by A");
+
+        // The target restarts (its state from the ptpl_file); the hosts
+        // reconnect and the reservation is still A's.
+        assert_eq!(d.stop().code(), Some(0));
+        let d = resv_gateway(ptpl);
+        for host in [HOST, RESV_HOST_B] {
+            wait_until("the host to reconnect", Duration::from_secs(60), || resv_device(host).is_some_and(|(_, live)| live));
+        }
+        let (rtype, _) = resv_report(&a);
+        assert_eq!(rtype, 1, "the reservation persisted");
+        assert!(!dd(&b, true), "B's write still fails after the restart");
+
+        run("nvme", &["resv-release", &a, "-n", "1", "--crkey=0xa", "--rtype=1", "--rrela=0"]);
+        assert!(dd(&b, true), "released: B writes");
+        run("nvme", &["resv-release", &a, "-n", "1", "--crkey=0xa", "--rrela=1"]);
+        let (_, regs) = resv_report(&a);
+        assert!(regs.is_empty(), "cleared: {regs:?}");
+        let out = run("nvme", &["disconnect", "-n", RESV_NQN]);
+        assert!(out.contains("disconnected 2 controller"), "{out}");
+        assert!(!d.log().contains("panicked"));
+        assert_eq!(d.stop().code(), Some(0));
+    });
+}

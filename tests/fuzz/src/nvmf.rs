@@ -5,7 +5,8 @@
 //!   (`transport/tcp/pdu.rs`: every PDU type, digests, lengths) and the
 //!   connection's state machine (ICReq, then capsules and H2CData).
 //! - `nvmf_capsule`: commands executed against a controller: Fabrics
-//!   (Connect, Property Get/Set, Disconnect), admin and I/O commands, with
+//!   (Connect, Property Get/Set, Disconnect), admin and I/O commands
+//!   (reservations among them), with
 //!   their data in the capsule or solicited by R2T, framed by the harness.
 //!
 //! Invariants: the controller's output is well framed (`nvmf_wire`); every
@@ -73,11 +74,20 @@ impl Rig {
         Rig { h, bdevs, ep, opts, _methods: m }
     }
 
-    /// Zero the namespaces (compare results do not depend on earlier inputs).
+    /// Zero the namespaces and drop their reservations (results do not
+    /// depend on earlier inputs).
     fn reset(&self) {
         self.h.on(0, || {
             for b in &self.bdevs {
                 b.zero();
+            }
+            let t = pollux_nvmf::target::target().expect("target");
+            for s in t.subsystems.borrow().iter() {
+                for ns in s.namespaces.borrow().values() {
+                    if std::mem::take(&mut *ns.resv.borrow_mut()) != Default::default() {
+                        pollux_nvmf::group::publish_resv(s.id, ns.nsid, None, || {});
+                    }
+                }
             }
         });
         common::settle(&self.h);

@@ -14,7 +14,8 @@
 //! process. And so that fuzzing never binds a real port or asks DNS,
 //! listener addresses are rewritten before the call: every `port` and
 //! `trsvcid` becomes "0" (a port of the kernel's choice, never connected
-//! to), and a `host` that is not an IP address becomes 127.0.0.1.
+//! to), a `host` that is not an IP address becomes 127.0.0.1, and a
+//! `ptpl_file` (a path read and written) is dropped.
 //!
 //! Each execution starts from nothing: a new harness and application, and
 //! the process-wide settings (iSCSI configuration, socket, buffer pool,
@@ -37,6 +38,8 @@ pub const EXCLUDED_METHODS: &[(&str, &str)] = &[
     ("bdev_aio_create", "opens a file or block device of the machine, by path, read-write"),
     ("bdev_uring_create", "opens a file or block device of the machine, by path, read-write"),
     ("bdev_iscsi_create", "connects to an iSCSI target at whatever address the input names"),
+    ("bdev_rbd_register_cluster", "connects to a Ceph cluster (the machine's config or a file the input names) on a thread of its own"),
+    ("bdev_rbd_create", "connects to a Ceph cluster and opens an image, on a thread of its own"),
 ];
 
 /// Calls one input may make.
@@ -135,6 +138,9 @@ fn sanitize_object(o: &mut Map<String, Value>) {
     for (k, v) in o.iter_mut() {
         match (k.as_str(), &*v) {
             ("port" | "trsvcid", Value::String(_) | Value::Number(_)) => *v = json!("0"),
+            // A namespace's reservation file: a path of the machine, read
+            // and written.
+            ("ptpl_file", _) => *v = Value::Null,
             ("host", Value::String(s)) if s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err() => {
                 *v = json!("127.0.0.1")
             }

@@ -80,7 +80,11 @@ fn spdk_client_configures_the_target_and_save_config_round_trips() {
     refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "3"], "exists");
     refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "17"], "max_namespaces");
     refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "4", "-g", "1234"], "nguid");
-    refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "4", "-p", "/tmp/ptpl"], "ptpl_file");
+    // A ptpl_file that is not SPDK's reservation format is refused, naming it.
+    let bad_ptpl = std::env::temp_dir().join(format!("pollux-bad-ptpl-{}.json", std::process::id()));
+    std::fs::write(&bad_ptpl, "{\"ptpl\": true}").unwrap();
+    refused(&d, &["nvmf_subsystem_add_ns", NQN, "Malloc0", "-n", "4", "-p", bad_ptpl.to_str().unwrap()], "pollux-bad-ptpl");
+    let _ = std::fs::remove_file(&bad_ptpl);
     refused(&d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &p1], "exists");
     refused(&d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &free_port(), "-k"], "secure");
     refused(&d, &["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "not-an-ip", "-s", "4420"], "IP address");

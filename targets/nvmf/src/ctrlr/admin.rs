@@ -178,7 +178,7 @@ pub fn identify_controller(c: &Controller) -> Box<IdentifyController> {
         id.anagrpmax.set(s.max_nsid());
         id.nanagrpid.set(s.max_nsid());
     }
-    let oncs = identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES;
+    let oncs = identify::oncs::COMPARE | identify::oncs::DATASET_MANAGEMENT | identify::oncs::WRITE_ZEROES | identify::oncs::RESERVATIONS;
     id.oncs.set(oncs & !o.masked_oncs);
     // A volatile write cache is present (Flush reaches the bdevs); a flush
     // of all namespaces at once (NSID FFFFFFFFh) is not supported.
@@ -204,6 +204,7 @@ fn identify_namespace(c: &Controller, nsid: u32) -> Result<Option<Box<IdentifyNa
     id.nsfeat = 1;
     id.dlfeat = 1 | (1 << 3);
     id.nmic = 1;
+    id.rescap = crate::resv::rescap(ns.ptpl_file.is_some());
     id.nlbaf = 0;
     id.flbas = 0;
     id.lbaf[0].lbads = ns.block_size().trailing_zeros() as u8;
@@ -262,6 +263,7 @@ fn get_log_page(target: &Target, c: &Rc<Controller>, cmd: &Command, data: &mut [
             }
             ana_log(c, cdw10 & ana::LSP_RGO != 0)
         }
+        lid::RESERVATION_NOTIFICATION => c.take_reservation_notice(retain),
         lid::CHANGED_NAMESPACE_LIST => {
             let ids = c.take_changed_ns(retain);
             let mut p = vec![0u8; 4096];
@@ -327,6 +329,11 @@ fn set_features(c: &Rc<Controller>, cmd: &Command) -> Response {
             }
         }
         feature::HOST_IDENTIFIER => Response::err(status::COMMAND_SEQUENCE_ERROR),
+        feature::RESERVATION_NOTIFICATION_MASK if !c.is_discovery() => {
+            c.set_resv_mask(cdw11);
+            Response::ok()
+        }
+        feature::RESERVATION_PERSISTENCE if !c.is_discovery() => set_ptpl(c, cmd.nsid.get(), cdw11 & 1 != 0),
         feature::ARBITRATION | feature::POWER_MANAGEMENT | feature::TEMPERATURE_THRESHOLD | feature::ERROR_RECOVERY
             if !c.is_discovery() =>
         {
@@ -334,6 +341,23 @@ fn set_features(c: &Rc<Controller>, cmd: &Command) -> Response {
         }
         _ => Response::err(status::INVALID_FIELD),
     }
+}
+
+/// Set Features Reservation Persistence: turn PTPL on (only with a
+/// `ptpl_file`) or off for one namespace.
+fn set_ptpl(c: &Controller, nsid: u32, on: bool) -> Response {
+    let s = &c.subsystem;
+    let Some(ns) = s.namespaces.borrow().get(&nsid).cloned() else {
+        return Response::err(status::INVALID_NAMESPACE);
+    };
+    if on && ns.ptpl_file.is_none() {
+        return Response::err(status::INVALID_FIELD);
+    }
+    if std::mem::replace(&mut ns.resv.borrow_mut().ptpl, on) != on {
+        crate::resv::persist(s, &ns);
+        crate::group::publish_resv(s.id, nsid, ns.resv_snapshot(), || {});
+    }
+    Response::ok()
 }
 
 fn get_features(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Response {
@@ -353,6 +377,11 @@ fn get_features(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Response 
             Response::ok_dw0(v | (v << 16))
         }
         feature::VOLATILE_WRITE_CACHE if !c.is_discovery() => Response::ok_dw0(1),
+        feature::RESERVATION_NOTIFICATION_MASK if !c.is_discovery() => Response::ok_dw0(if current { c.resv_mask() } else { 0 }),
+        feature::RESERVATION_PERSISTENCE if !c.is_discovery() => match c.subsystem.namespaces.borrow().get(&cmd.nsid.get()) {
+            Some(ns) => Response::ok_dw0(u32::from(current && ns.resv.borrow().ptpl)),
+            None => Response::err(status::INVALID_NAMESPACE),
+        },
         feature::ARBITRATION | feature::POWER_MANAGEMENT | feature::ERROR_RECOVERY if !c.is_discovery() => Response::ok_dw0(0),
         // Composite temperature threshold: 343 K (70 C).
         feature::TEMPERATURE_THRESHOLD if !c.is_discovery() => Response::ok_dw0(343),

@@ -125,6 +125,13 @@ pub struct Controller {
     discovery_notice_masked: Cell<bool>,
     /// ANA change notices are masked until the host reads log page 0Ch.
     ana_notice_masked: Cell<bool>,
+    /// Reservation notifications not yet read (log page 80h): (count,
+    /// type, NSID), oldest first; the count of the last one queued.
+    resv_log: RefCell<VecDeque<(u64, u8, u32)>>,
+    resv_count: Cell<u64>,
+    resv_notice_masked: Cell<bool>,
+    /// Reservation Notification Mask (Set Features 82h): bits 1-3.
+    resv_mask: Cell<u32>,
     keep_alive_poller: RefCell<Option<Poller>>,
     destroyed: Cell<bool>,
     /// CC.EN went from 1 to 0 and CSTS.RDY stays 1 until every I/O queue
@@ -186,6 +193,10 @@ impl Controller {
             ns_notice_masked: Cell::new(false),
             discovery_notice_masked: Cell::new(false),
             ana_notice_masked: Cell::new(false),
+            resv_log: RefCell::new(VecDeque::new()),
+            resv_count: Cell::new(0),
+            resv_notice_masked: Cell::new(false),
+            resv_mask: Cell::new(0),
             keep_alive_poller: RefCell::new(None),
             destroyed: Cell::new(false),
             reset_pending: Cell::new(false),
@@ -476,6 +487,62 @@ impl Controller {
             pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS,
         ));
         self.deliver_events();
+    }
+
+    /// A reservation change concerns this controller's host: queue a log
+    /// page 80h entry and, unless masked, an event (I/O command specific,
+    /// reservation log page available).
+    pub fn notify_reservation(&self, nsid: u32, kind: u8) {
+        if self.resv_mask.get() & (1 << kind) != 0 {
+            return;
+        }
+        // The count runs 1.. and skips 0 when it wraps.
+        let n = self.resv_count.get().checked_add(1).unwrap_or(1);
+        self.resv_count.set(n);
+        {
+            let mut log = self.resv_log.borrow_mut();
+            if log.len() >= 255 {
+                log.pop_front();
+            }
+            log.push_back((n, kind, nsid));
+        }
+        if self.resv_notice_masked.replace(true) {
+            return;
+        }
+        self.events.borrow_mut().push_back(aen::dw0(
+            aen::TYPE_IO_COMMAND_SPECIFIC,
+            0,
+            pollux_nvme_spec::log::lid::RESERVATION_NOTIFICATION,
+        ));
+        self.deliver_events();
+    }
+
+    /// Log page 80h: the oldest notification (all zero when none), how
+    /// many more wait; reading it without RAE takes it and unmasks events.
+    pub fn take_reservation_notice(&self, retain: bool) -> Vec<u8> {
+        let mut p = vec![0u8; 64];
+        let mut log = self.resv_log.borrow_mut();
+        if let Some(&(n, kind, nsid)) = log.front() {
+            p[0..8].copy_from_slice(&n.to_le_bytes());
+            p[8] = kind;
+            p[9] = (log.len() - 1).min(255) as u8;
+            p[12..16].copy_from_slice(&nsid.to_le_bytes());
+            if !retain {
+                log.pop_front();
+            }
+        }
+        if !retain {
+            self.resv_notice_masked.set(false);
+        }
+        p
+    }
+
+    pub fn resv_mask(&self) -> u32 {
+        self.resv_mask.get()
+    }
+
+    pub fn set_resv_mask(&self, m: u32) {
+        self.resv_mask.set(m & 0b1110);
     }
 
     /// The host read the ANA log page (without Retain Asynchronous Event).

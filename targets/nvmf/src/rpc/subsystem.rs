@@ -1,7 +1,7 @@
 //! RPC methods on subsystems: create, delete, list; listeners, hosts and
 //! namespaces; and each subsystem's part of `save_config`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -175,6 +175,9 @@ fn subsystem_json(s: &Subsystem) -> Value {
                 });
                 if let Some(e) = n.eui64 {
                     j["eui64"] = hex(&e).into();
+                }
+                if let Some(p) = &n.ptpl_file {
+                    j["ptpl_file"] = p.display().to_string().into();
                 }
                 j
             })
@@ -374,7 +377,7 @@ fn add_ns(p: AddNs, r: Responder) {
     match prepare_ns(p) {
         Ok((s, ns)) => {
             let (sid, nsid) = (s.id, ns.nsid);
-            let desc = (ns.desc.clone(), ns.anagrpid.get());
+            let desc = (ns.desc.clone(), ns.anagrpid.get(), ns.resv_snapshot());
             s.namespaces.borrow_mut().insert(nsid, Rc::new(ns));
             tracing::info!("nvmf: namespace {nsid} of {} added", s.nqn());
             group::publish_namespace(sid, nsid, Some(desc), move || {
@@ -398,9 +401,6 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
     let t = target()?;
     let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
     let n = p.namespace;
-    if n.ptpl_file.is_some() {
-        return Err(NvmfError::Unsupported("persistent reservations (ptpl_file) are not supported".into()));
-    }
     if n.no_auto_visible {
         return Err(NvmfError::Unsupported("no_auto_visible namespaces are not supported".into()));
     }
@@ -433,13 +433,32 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
         None => *uuid.as_bytes(),
     };
     let eui64 = n.eui64.as_deref().map(|e| parse_hex::<8>(e, "eui64")).transpose()?;
+    // Reservations persisted by an earlier run (SPDK's file format).
+    let ptpl_file = n.ptpl_file.as_deref().filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let resv = match &ptpl_file {
+        Some(p) => crate::resv::load(p, &b.uuid()).map_err(NvmfError::InvalidParam)?.unwrap_or_default(),
+        None => Default::default(),
+    };
     // A bdev deleted under us takes its namespace away (with the event).
     let sid = s.id;
     let desc = bdev::open(&n.bdev_name, true, move |ev| match ev {
         BdevEvent::Remove => hot_remove(sid, nsid),
         BdevEvent::Resize => resized(sid, nsid),
     })?;
-    Ok((s, Namespace { nsid, bdev_name: n.bdev_name, desc, uuid, nguid, eui64, anagrpid: Cell::new(anagrpid) }))
+    Ok((
+        s,
+        Namespace {
+            nsid,
+            bdev_name: n.bdev_name,
+            desc,
+            uuid,
+            nguid,
+            eui64,
+            anagrpid: Cell::new(anagrpid),
+            resv: RefCell::new(resv),
+            ptpl_file,
+        },
+    ))
 }
 
 /// The bdev of a namespace changed size: every reactor learns the new one,
@@ -589,6 +608,9 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": false });
         if let Some(e) = n.eui64 {
             ns["eui64"] = hex(&e).into();
+        }
+        if let Some(p) = &n.ptpl_file {
+            ns["ptpl_file"] = p.display().to_string().into();
         }
         out.call("nvmf_subsystem_add_ns", json!({ "nqn": nqn, "namespace": ns }));
     }

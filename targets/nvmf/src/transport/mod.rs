@@ -25,11 +25,14 @@ pub struct IoOwner {
     pub subsystem_id: u32,
     pub cntlid: u16,
     pub ana: Option<std::sync::Arc<AnaStates>>,
+    /// The controller's host identifier (from the admin queue's Connect):
+    /// who the queue's commands come from, for reservations.
+    pub hostid: [u8; 16],
 }
 
 impl IoOwner {
     pub fn of(c: &Controller) -> IoOwner {
-        IoOwner { subsystem_id: c.subsystem.id, cntlid: c.cntlid, ana: c.ana.clone() }
+        IoOwner { subsystem_id: c.subsystem.id, cntlid: c.cntlid, ana: c.ana.clone(), hostid: c.hostid }
     }
 }
 

@@ -49,6 +49,9 @@ pub mod ctrlr {
 pub mod aen {
     /// Event type notice.
     pub const TYPE_NOTICE: u32 = 2;
+    /// Event type I/O command specific status (info 0: reservation log
+    /// page available).
+    pub const TYPE_IO_COMMAND_SPECIFIC: u32 = 6;
     pub const INFO_NS_ATTRIBUTE_CHANGED: u32 = 0x00;
     pub const INFO_DISCOVERY_LOG_CHANGE: u32 = 0xf0;
 

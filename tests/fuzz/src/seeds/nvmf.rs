@@ -143,6 +143,24 @@ pub(super) fn nvmf_capsule() -> Vec<(String, Vec<u8>)> {
     cap_rec(&mut d, 0, &sqe(0x0c, 4, 0, &[]), 0, &[]);
     cap_rec(&mut d, 1, &sqe(0x02, 5, 1, &[]), 512, &[]);
     seeds.push(("discovery".into(), d));
+    // Reservations: register (PTPL off), acquire write exclusive, a write
+    // and a read, report (extended and not), preempt, release, clear; log
+    // page 80h and features 82h/83h on the admin queue.
+    let mut r = vec![0x10u8];
+    let keys = |a: u64, b: u64| [a.to_le_bytes(), b.to_le_bytes()].concat();
+    cap_rec(&mut r, 1, &sqe(0x0d, 1, 1, &[(10, 0)]), 16, &keys(0, 0xa));
+    cap_rec(&mut r, 1, &sqe(0x11, 2, 1, &[(10, 1 << 8)]), 16, &keys(0xa, 0));
+    cap_rec(&mut r, 1, &sqe(0x01, 3, 1, &[(10, 0), (12, 0)]), 512, &data512);
+    cap_rec(&mut r, 1, &sqe(0x02, 4, 1, &[(10, 0), (12, 0)]), 512, &[]);
+    cap_rec(&mut r, 1, &sqe(0x0e, 5, 1, &[(10, 127), (11, 1)]), 512, &[]);
+    cap_rec(&mut r, 1, &sqe(0x0e, 6, 1, &[(10, 127)]), 512, &[]);
+    cap_rec(&mut r, 1, &sqe(0x11, 7, 1, &[(10, 1 | 2 << 8)]), 16, &keys(0xa, 0xa));
+    cap_rec(&mut r, 1, &sqe(0x15, 8, 1, &[(10, 2 << 8)]), 8, &0xau64.to_le_bytes());
+    cap_rec(&mut r, 1, &sqe(0x15, 9, 1, &[(10, 1)]), 8, &0xau64.to_le_bytes());
+    cap_rec(&mut r, 0, &sqe(0x02, 10, 0xffff_ffff, &[(10, (15 << 16) | 0x80)]), 64, &[]);
+    cap_rec(&mut r, 0, &sqe(0x09, 11, 1, &[(10, 0x82), (11, 0x2)]), 0, &[]);
+    cap_rec(&mut r, 0, &sqe(0x0a, 12, 1, &[(10, 0x83)]), 0, &[]);
+    seeds.push(("reservations".into(), r));
     // Reset and shutdown through CC, Connect on a bound queue.
     let mut d = vec![0u8];
     cap_rec(&mut d, 1, &sqe(0x00, 1, 1, &[]), 0, &[]);

@@ -24,7 +24,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -47,7 +46,6 @@ use crate::ctrlr::{AdminQueue, Controller, IoQpairRef, Response, admin};
 use crate::group::SubsystemView;
 use crate::io::{self as nvm, Completer, DataDir, IoSink};
 use crate::status;
-use crate::subsystem::AnaStates;
 use crate::transport::{Endpoint, IoOwner, TransportOpts};
 use crate::wire::fabrics::{self, ConnectCommand, ConnectData, PropertyCommand};
 use pollux_nvme_spec::rdma::{self as cm_data, reject::*, reject_data};
@@ -101,7 +99,7 @@ struct Slot {
 enum Queue {
     Unbound,
     Admin(Rc<Controller>),
-    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16, ana: Option<Arc<AnaStates>> },
+    Io { view: Rc<SubsystemView>, subsystem_id: u32, cntlid: u16, owner: IoOwner },
 }
 
 struct State {
@@ -868,15 +866,15 @@ impl RdmaQpair {
                     admin::Outcome::Pending => Self::release(st, idx),
                 }
             }
-            Queue::Io { view, ana, .. } => {
-                let (view, ana) = (view.clone(), ana.clone());
+            Queue::Io { view, owner, .. } => {
+                let (view, owner) = (view.clone(), owner.clone());
                 let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
                 let mut bufs = if slot.len > 0 { std::mem::take(&mut slot.bufs) } else { Vec::new() };
                 st.executing += 1;
-                match nvm::execute(&view, ana.as_deref(), &cmd, &mut bufs, len, Completer { sink, tag }) {
+                match nvm::execute(&view, &owner, &cmd, &mut bufs, len, Completer { sink, tag }) {
                     Some(r) => {
                         st.executing -= 1;
                         let slot = &mut st.slots[idx as usize];
@@ -955,7 +953,7 @@ impl RdmaQpair {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: reactor::current(), id: self.id, close: super::close_qpair });
                 let sid = ctrlr.subsystem.id;
                 st.queue =
-                    Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, ana: ctrlr.ana.clone() };
+                    Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, owner: IoOwner::of(&ctrlr) };
                 Self::count(&self.group, |s| {
                     s.io_qpairs += 1;
                     s.current_io_qpairs += 1;
@@ -1017,7 +1015,7 @@ impl RdmaQpair {
         match out {
             Ok((resp, o)) => {
                 st.queue =
-                    Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, ana: o.ana };
+                    Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, owner: o };
                 Self::count(&self.group, |s| {
                     s.io_qpairs += 1;
                     s.current_io_qpairs += 1;

@@ -207,13 +207,13 @@ impl Conn {
                     admin::Outcome::Pending => self.release(st, idx),
                 }
             }
-            Queue::Io { view, ana, .. } => {
-                let (view, ana) = (view.clone(), ana.clone());
+            Queue::Io { view, owner, .. } => {
+                let (view, owner) = (view.clone(), owner.clone());
                 let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
                 let sink: Weak<dyn IoSink> = self.me.clone();
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
-                if let Some(r) = nvm::execute(&view, ana.as_deref(), &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
+                if let Some(r) = nvm::execute(&view, &owner, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
                     self.respond(st, idx, r);
                 }
             }
@@ -294,8 +294,12 @@ impl Conn {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::super::group::close_conn });
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
-                    st.queue =
-                        Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, ana: ctrlr.ana.clone() };
+                    st.queue = Queue::Io {
+                        view: crate::group::subsystem(sid),
+                        subsystem_id: sid,
+                        cntlid: ctrlr.cntlid,
+                        owner: IoOwner::of(&ctrlr),
+                    };
                     if let Some(g) = self.group.upgrade() {
                         let mut s = g.stats.borrow_mut();
                         // Counted as admin when accepted; it is an I/O queue.

@@ -16,7 +16,6 @@ use std::io::{self, IoSliceMut, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::BdevIo;
@@ -32,7 +31,6 @@ use crate::ctrlr::{AdminQueue, Controller, Response};
 use crate::group::SubsystemView;
 use crate::io::{DataDir, IoSink};
 use crate::status;
-use crate::subsystem::AnaStates;
 use crate::transport::{Endpoint, IoOwner, TransportOpts};
 use crate::wire::fabrics::ConnectData;
 
@@ -117,7 +115,7 @@ enum Queue {
         view: Rc<SubsystemView>,
         subsystem_id: u32,
         cntlid: u16,
-        ana: Option<Arc<AnaStates>>,
+        owner: IoOwner,
     },
 }
 
@@ -301,7 +299,7 @@ impl Conn {
         st.sq_flow_off = p.sq_flow_off;
         st.data_timeout = p.data_timeout;
         let o = p.owner;
-        st.queue = Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, ana: o.ana };
+        st.queue = Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, owner: o };
         Ok(Rc::new_cyclic(|me| Conn {
             id: p.id,
             stream: p.stream,
