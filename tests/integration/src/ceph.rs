@@ -168,9 +168,16 @@ osd_pg_log_dups_tracked = 500
         self.tool_output("rbd", args)
     }
 
-    /// Create image `rbd/NAME` of `mib` MiB.
+    /// Create image `rbd/NAME` of `mib` MiB (Ceph's default features).
     pub fn create_image(&self, name: &str, mib: u64) {
         self.rbd(&["create", "--size", &format!("{mib}M"), &format!("rbd/{name}")]);
+    }
+
+    /// Create image `rbd/NAME` with only the `layering` feature: no
+    /// exclusive lock, so several gateways write it without handing a lock
+    /// around, and one that dies holds nothing the others wait for.
+    pub fn create_shared_image(&self, name: &str, mib: u64) {
+        self.rbd(&["create", "--size", &format!("{mib}M"), "--image-feature", "layering", &format!("rbd/{name}")]);
     }
 
     /// `bdev_rbd_register_cluster` parameters for this cluster.

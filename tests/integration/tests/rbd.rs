@@ -215,3 +215,224 @@ fn rbd_bdev_grows_with_its_image_and_nvmf_hosts_see_it() {
     assert!(!d.log().contains("panicked"));
     assert_eq!(d.stop().code(), Some(0));
 }
+
+// ---- Failover between two gateways in front of one RBD image ----
+
+/// Ports on the host, below the range `free_port` hands out; the guest
+/// reaches the host's 127.0.0.1 as 10.0.2.2.
+const GW_A: u16 = 14430;
+const GW_B: u16 = 14431;
+/// The host listens here once it has done every step; the guest's I/O
+/// runs until then.
+const DONE_PORT: u16 = 14432;
+const GW_NQN: &str = "nqn.2016-06.io.pollux:rbd-gateway";
+const GW_SERIAL: &str = "POLLUXRBDGW01";
+const GW_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c2a-9b7d-4c3e-8f6a-1d2c3b4a5f60";
+
+fn rbd_gateway(ceph: &Ceph, port: u16, state: &str, cntlids: (u16, u16)) -> Daemon {
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_rbd_register_cluster", "params": ceph.cluster_params("c1")},
+            {"method": "bdev_rbd_create", "params": {"name": "Shared", "cluster_name": "c1", "pool_name": "rbd", "rbd_name": "shared", "block_size": 512}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": GW_NQN, "serial_number": GW_SERIAL, "allow_any_host": true,
+                "ana_reporting": true, "min_cntlid": cntlids.0, "max_cntlid": cntlids.1}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": GW_NQN, "namespace": {"bdev_name": "Shared", "nsid": 1, "uuid": "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a9f"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": GW_NQN, "ana_state": state,
+                "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() })
+}
+
+fn gw_ops(d: &Daemon) -> u64 {
+    let s = d.call("bdev_get_iostat", Some(json!({"name": "Shared"}))).expect("iostat");
+    s["bdevs"][0]["num_read_ops"].as_u64().unwrap() + s["bdevs"][0]["num_write_ops"].as_u64().unwrap()
+}
+
+fn gw_set_ana(d: &Daemon, port: u16, state: &str) {
+    d.call(
+        "nvmf_subsystem_listener_set_ana_state",
+        Some(json!({"nqn": GW_NQN, "ana_state": state,
+            "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}})),
+    )
+    .expect("set ANA state");
+}
+
+/// Until `f`, polled every 100 ms; panics after `secs` seconds.
+fn gw_wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+/// In the guest: the kernel's view of the path through `port`
+/// (controller state, ANA state), from sysfs.
+fn guest_path(port: u16) -> Option<(String, String)> {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    for e in std::fs::read_dir("/sys/class/nvme").ok()? {
+        let c = e.ok()?.path();
+        if read(c.join("subsysnqn")) != GW_NQN || !read(c.join("address")).contains(&format!("trsvcid={port}")) {
+            continue;
+        }
+        let name = c.file_name()?.to_string_lossy().to_string();
+        let path = std::fs::read_dir(&c).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("nvme") && n.contains('c') && n.ends_with("n1") && n != name
+            })
+        });
+        return Some((read(c.join("state")), path.map(|p| read(p.join("ana_state"))).unwrap_or_default()));
+    }
+    None
+}
+
+/// The guest's part: Linux's multipath host connects to both gateways and
+/// runs data-verifying fio jobs until the host says it is done.
+fn failover_guest() {
+    pollux_tests::tool("nvme", "nvme-cli");
+    pollux_tests::tool("fio", "fio");
+    for m in ["nvme-tcp", "nvme-fabrics", "crc32c_generic"] {
+        pollux_tests::sh(&format!("modprobe {m}"));
+    }
+    for port in [GW_A, GW_B] {
+        let out = std::process::Command::new("nvme")
+            .args([
+                "connect",
+                "-t",
+                "tcp",
+                "-a",
+                "10.0.2.2",
+                "-s",
+                &port.to_string(),
+                "-n",
+                GW_NQN,
+                "--hostnqn",
+                GW_HOST,
+                "-c",
+                "1",
+                "-l",
+                "120",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "connect to {port}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    gw_wait("both paths live", 60, || {
+        guest_path(GW_A) == Some(("live".into(), "optimized".into())) && guest_path(GW_B) == Some(("live".into(), "non-optimized".into()))
+    });
+    let list: Value =
+        serde_json::from_str(&ok_stdout("nvme list", &std::process::Command::new("nvme").args(["list", "-o", "json"]).output().unwrap()))
+            .unwrap();
+    let devs: Vec<&Value> = list["Devices"].as_array().unwrap().iter().filter(|d| d["SerialNumber"] == GW_SERIAL).collect();
+    assert_eq!(devs.len(), 1, "one multipath device over both gateways: {list}");
+    let dev = devs[0]["DevicePath"].as_str().unwrap().to_string();
+    let done = || std::net::TcpStream::connect(("10.0.2.2", DONE_PORT)).is_ok();
+    let mut jobs = 0;
+    loop {
+        // 32 MiB written and read back, verified, rate-limited so that the
+        // host's steps fall inside a job.
+        let out = std::process::Command::new("fio")
+            .args([
+                "--name=failover",
+                &format!("--filename={dev}"),
+                "--direct=1",
+                "--ioengine=libaio",
+                "--rw=write",
+                "--bs=64k",
+                "--iodepth=8",
+                "--size=32M",
+                &format!("--offset={}M", (jobs % 4) * 32),
+                "--rate=4m",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+                "--output-format=json",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "fio job {jobs} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).expect("fio JSON");
+        assert_eq!(v["jobs"][0]["error"], 0, "{text}");
+        assert!(v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap() >= 32 << 20, "verify reads: {text}");
+        jobs += 1;
+        if done() {
+            break;
+        }
+        assert!(jobs < 40, "the host never said it was done");
+    }
+    // A's path is back, live and optimized.
+    gw_wait("A's path back", 60, || guest_path(GW_A) == Some(("live".into(), "optimized".into())));
+    let out = ok_stdout("nvme disconnect", &std::process::Command::new("nvme").args(["disconnect", "-n", GW_NQN]).output().unwrap());
+    assert!(out.contains("disconnected 2 controller"), "{out}");
+    println!("failover guest: {jobs} verified fio jobs of 32 MiB, no error");
+}
+
+/// Two `pollux-tgt` gateways on the host serve one RBD image of a Ceph
+/// cluster in one subsystem (A optimized, B non-optimized, disjoint
+/// controller IDs); Linux's native multipath host in the test guest
+/// connects to both and runs verifying fio jobs. Meanwhile the ANA states
+/// are flipped by RPC (I/O moves to B and back), gateway A is killed with
+/// SIGKILL (I/O moves to B), and A is restarted (its path returns and takes
+/// the I/O again). Every fio job ends with no error and verifies clean.
+#[test]
+fn linux_multipath_host_fails_over_between_two_rbd_gateways() {
+    let cfg = pollux_testvm::VmConfig::new().controllers(0).memory_mib(1024).network(true).timeout(Duration::from_secs(900));
+    if pollux_testvm::is_guest() {
+        return pollux_testvm::in_guest(&cfg, failover_guest);
+    }
+    let ceph = Ceph::start();
+    ceph.create_shared_image("shared", 128);
+    let mut a = rbd_gateway(&ceph, GW_A, "optimized", (1, 99));
+    let b = rbd_gateway(&ceph, GW_B, "non_optimized", (100, 199));
+    let name = std::thread::current().name().expect("test thread name").to_string();
+    let guest = std::thread::Builder::new().name(name).spawn(move || pollux_testvm::in_guest(&cfg, failover_guest)).unwrap();
+
+    let moved = |d: &Daemon, what: &str| {
+        let o = gw_ops(d);
+        gw_wait(what, 120, || gw_ops(d) > o + 20)
+    };
+    gw_wait("the guest's I/O through A", 600, || guest.is_finished() || gw_ops(&a) > 50);
+    assert!(!guest.is_finished(), "the guest ended before any I/O reached gateway A: {:?}", guest.join().err());
+    // Flip: A inaccessible, B optimized; the I/O goes to B.
+    gw_set_ana(&a, GW_A, "inaccessible");
+    gw_set_ana(&b, GW_B, "optimized");
+    moved(&b, "I/O through B after the flip");
+    let a0 = gw_ops(&a);
+    moved(&b, "more I/O through B");
+    assert!(gw_ops(&a) <= a0 + 8, "I/O still went through the inaccessible gateway");
+    gw_set_ana(&b, GW_B, "non_optimized");
+    gw_set_ana(&a, GW_A, "optimized");
+    moved(&a, "I/O through A again");
+    // A dies; B takes the I/O.
+    a.signal(libc::SIGKILL);
+    assert!(a.wait_exit(Duration::from_secs(10)).is_some(), "gateway A did not die");
+    let failover = moved(&b, "I/O through B after A was killed");
+    // A comes back; its path returns and takes the I/O.
+    let t0 = Instant::now();
+    let a2 = rbd_gateway(&ceph, GW_A, "optimized", (1, 99));
+    moved(&a2, "I/O through the restarted A");
+    eprintln!(
+        "rbd failover: I/O through B {:.1} s after SIGKILL of A; through the restarted A {:.1} s after its start",
+        failover.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    // Tell the guest, then wait for its verdict.
+    let done = std::net::TcpListener::bind(("127.0.0.1", DONE_PORT)).expect("bind the done port");
+    let r = guest.join();
+    drop(done);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+    for d in [&a2, &b] {
+        assert!(!d.log().contains("panicked"), "{}", d.log());
+    }
+    assert_eq!(a2.stop().code(), Some(0));
+    assert_eq!(b.stop().code(), Some(0));
+}
