@@ -244,27 +244,8 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The kernel's view of the path through `port`: (controller state, ANA
-/// state of its namespace path), from sysfs.
 fn kernel_path(port: u16) -> Option<(String, String)> {
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
-    for e in std::fs::read_dir("/sys/class/nvme").ok()? {
-        let c = e.ok()?.path();
-        if read(c.join("subsysnqn")) != HA_NQN || !read(c.join("address")).contains(&format!("trsvcid={port}")) {
-            continue;
-        }
-        let name = c.file_name()?.to_string_lossy().to_string();
-        // The path device of namespace 1: nvme<subsys>c<ctrl>n1 under the controller.
-        let path = std::fs::read_dir(&c).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with("nvme") && n.contains('c') && n.ends_with("n1") && n != name
-            })
-        });
-        let ana = path.map(|p| read(p.join("ana_state"))).unwrap_or_default();
-        return Some((read(c.join("state")), ana));
-    }
-    None
+    pollux_tests::kernel_nvme_path(HA_NQN, port)
 }
 
 /// The Linux host with native NVMe multipath sees two Pollux gateways

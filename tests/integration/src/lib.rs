@@ -340,3 +340,27 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / hz
 }
+
+/// In a guest with Linux's NVMe host: the path through TCP port `port` to
+/// subsystem `subnqn`, as sysfs shows it: (controller state, ANA state of
+/// its namespace 1 path, `""` before the host has read it). Native
+/// multipath puts the path device (`nvme<subsys>c<ctrl>n1`) under the
+/// controller.
+pub fn kernel_nvme_path(subnqn: &str, port: u16) -> Option<(String, String)> {
+    let read = |p: PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    for e in std::fs::read_dir("/sys/class/nvme").ok()? {
+        let c = e.ok()?.path();
+        if read(c.join("subsysnqn")) != subnqn || !read(c.join("address")).contains(&format!("trsvcid={port}")) {
+            continue;
+        }
+        let name = c.file_name()?.to_string_lossy().to_string();
+        let path = std::fs::read_dir(&c).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("nvme") && n.contains('c') && n.ends_with("n1") && n != name
+            })
+        });
+        return Some((read(c.join("state")), path.map(|p| read(p.join("ana_state"))).unwrap_or_default()));
+    }
+    None
+}

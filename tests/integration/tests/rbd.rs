@@ -271,25 +271,8 @@ fn gw_wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
     t0.elapsed()
 }
 
-/// In the guest: the kernel's view of the path through `port`
-/// (controller state, ANA state), from sysfs.
 fn guest_path(port: u16) -> Option<(String, String)> {
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
-    for e in std::fs::read_dir("/sys/class/nvme").ok()? {
-        let c = e.ok()?.path();
-        if read(c.join("subsysnqn")) != GW_NQN || !read(c.join("address")).contains(&format!("trsvcid={port}")) {
-            continue;
-        }
-        let name = c.file_name()?.to_string_lossy().to_string();
-        let path = std::fs::read_dir(&c).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with("nvme") && n.contains('c') && n.ends_with("n1") && n != name
-            })
-        });
-        return Some((read(c.join("state")), path.map(|p| read(p.join("ana_state"))).unwrap_or_default()));
-    }
-    None
+    pollux_tests::kernel_nvme_path(GW_NQN, port)
 }
 
 /// The guest's part: Linux's multipath host connects to both gateways and
