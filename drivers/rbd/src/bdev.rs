@@ -185,8 +185,6 @@ unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut c_void) {
 
 struct InFlight {
     io: BdevIo,
-    /// Point into the request's buffers; kept until completion.
-    _iov: Vec<libc::iovec>,
 }
 
 struct ChanState {
@@ -197,6 +195,11 @@ struct ChanState {
     free: Vec<u32>,
     waiting: VecDeque<BdevIo>,
     errors: Cell<u32>,
+    /// Each slot's iovecs (pointing into its request's buffers until the
+    /// completion), kept with their capacity: no allocation per request.
+    iovs: Vec<Vec<libc::iovec>>,
+    /// Finished requests of one reap, kept with its capacity.
+    finished: Vec<(InFlight, isize)>,
 }
 
 struct RbdChannel {
@@ -221,6 +224,8 @@ impl RbdChannel {
             free: (0..SLOTS as u32).rev().collect(),
             waiting: VecDeque::new(),
             errors: Cell::new(0),
+            iovs: (0..SLOTS).map(|_| Vec::new()).collect(),
+            finished: Vec::with_capacity(SLOTS),
         }));
         let s = st.clone();
         let poller = reactor::register_poller("rbd_bdev", move || if reap(&s) > 0 { PollStatus::Busy } else { PollStatus::Idle });
@@ -265,11 +270,11 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
         return Ok(());
     };
     let (off, len) = (io.offset_bytes(), io.len_bytes());
-    let iov: Vec<libc::iovec> = if kind.has_data() {
-        io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }).collect()
-    } else {
-        Vec::new()
-    };
+    let mut iov = std::mem::take(&mut st.iovs[slot as usize]);
+    iov.clear();
+    if kind.has_data() {
+        iov.extend(io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }));
+    }
     let arg = (&st.args[slot as usize] as *const SlotArg).cast_mut().cast::<c_void>();
     let mut c: RbdCompletionT = std::ptr::null_mut();
     // SAFETY: `arg` is the slot's SlotArg, alive until the callback ran
@@ -283,8 +288,8 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
     }
     // SAFETY: an open image (the channel holds an Arc to it), a fresh
     // completion, and for reads and writes iovecs over the request's
-    // buffers, which stay in `slots[slot]` with the iovecs until the
-    // completion comes back through the inbox.
+    // buffers; the buffers stay in `slots[slot]` and the iovecs in
+    // `iovs[slot]` until the completion comes back through the inbox.
     let rc = unsafe {
         match kind {
             IoType::Read => (lib.rbd_aio_readv)(image, iov.as_ptr(), iov.len() as i32, off, c),
@@ -298,12 +303,16 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
     if rc < 0 {
         // SAFETY: librbd did not take the completion: release it here.
         unsafe { (lib.rbd_aio_release)(c) };
+        st.iovs[slot as usize] = iov;
         st.free.push(slot);
         log_error(st, kind, off, -rc);
         io.complete(status_of_errno(-rc));
         return Ok(());
     }
-    st.slots[slot as usize] = Some(InFlight { io, _iov: iov });
+    // The iovecs' heap memory does not move with the Vec: librbd's
+    // pointers into it stay valid while the slot keeps it.
+    st.iovs[slot as usize] = iov;
+    st.slots[slot as usize] = Some(InFlight { io });
     Ok(())
 }
 
@@ -335,7 +344,7 @@ fn log_error(st: &ChanState, kind: IoType, off: u64, errno: i32) {
 /// Complete what librbd finished, then start waiting requests.
 fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
     let Ok(lib) = rados::lib() else { return 0 };
-    let mut done = Vec::new();
+    let mut done = std::mem::take(&mut st.borrow_mut().finished);
     {
         let mut s = st.borrow_mut();
         if let Some(d) = &s.inbox.doorbell {
@@ -369,7 +378,7 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
         }
     }
     let n = done.len();
-    for (f, ret) in done {
+    for (f, ret) in done.drain(..) {
         let kind = f.io.kind();
         let status = if ret < 0 {
             let s = st.borrow();
@@ -383,6 +392,7 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
         };
         f.io.complete(status);
     }
+    st.borrow_mut().finished = done;
     n
 }
 
@@ -414,6 +424,7 @@ impl Drop for RbdChannel {
             for s in st.slots.iter_mut() {
                 std::mem::forget(s.take());
             }
+            std::mem::forget(std::mem::take(&mut st.iovs));
         }
         if let Some(img) = st.image.take() {
             rados::close_off_reactor(img);
