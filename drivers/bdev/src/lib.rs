@@ -14,6 +14,9 @@
 
 mod absent;
 mod common;
+/// What every module's `bdev_*_delete` method shares (modules of other
+/// crates too: the RBD bdev's).
+pub use common::{Delete, delete_rpc};
 pub mod delay;
 pub mod malloc;
 pub mod null;

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use pollux_bdev::{Delete, delete_rpc};
 use pollux_core::app::{App, ConfigWriter};
 use pollux_core::bdev::{self, Backend, BdevSpec, Uuid};
 use pollux_core::cpuset::CoreMask;
@@ -458,16 +459,6 @@ fn resize(p: Resize, r: Responder) {
     );
 }
 
-fn delete(p: Named, r: Responder) {
-    match bdev::get(&p.name) {
-        None => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.name))),
-        Some(b) if b.backend().module_name() != "rbd" => {
-            r.err(RpcError::errno(libc::ENODEV, format!("bdev {} is not an rbd bdev", p.name)))
-        }
-        Some(_) => bdev::unregister(&p.name, move |res| r.result(res.map(|()| true))),
-    }
-}
-
 /// Registered clusters, before the bdevs that use them.
 fn write_config(out: &mut ConfigWriter) {
     with_registry(|g| {
@@ -489,7 +480,7 @@ pub fn register(app: &mut App) {
     m.register("bdev_rbd_unregister_cluster", States::RUNTIME, unregister_cluster);
     m.register("bdev_rbd_get_clusters_info", States::RUNTIME, get_clusters_info);
     m.register("bdev_rbd_create", States::RUNTIME, create);
-    m.register("bdev_rbd_delete", States::RUNTIME, delete);
+    m.register("bdev_rbd_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("rbd", p, r));
     m.register("bdev_rbd_resize", States::RUNTIME, resize);
 }
 

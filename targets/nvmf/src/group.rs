@@ -21,7 +21,7 @@ pub struct NsView {
     pub desc: Descriptor,
     pub ch: IoChannel<Bdev>,
     pub block_size: u32,
-    /// The bdev's size as this reactor knows it (see [`publish_size`]).
+    /// The bdev's size as this reactor knows it (see [`update_namespace`]).
     pub num_blocks: Cell<u64>,
     /// ANA group, for subsystems that report ANA.
     pub anagrpid: Cell<u32>,
@@ -92,41 +92,22 @@ pub fn publish_namespace(subsystem_id: u32, nsid: u32, desc: Option<NsPublish>, 
     reactor::for_each_reactor(move || subsystem(subsystem_id).set(nsid, desc.clone()), then);
 }
 
-/// Publish a namespace's new size (its bdev grew) to every reactor.
-pub fn publish_size(subsystem_id: u32, nsid: u32, num_blocks: u64, then: impl FnOnce() + Send + 'static) {
+/// Change a namespace's view on every reactor (its size, ANA group or
+/// reservation state); `then` runs on the caller's reactor once all have.
+pub fn update_namespace(subsystem_id: u32, nsid: u32, f: impl Fn(&NsView) + Send + Sync + 'static, then: impl FnOnce() + Send + 'static) {
     reactor::for_each_reactor(
         move || {
             if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
-                ns.num_blocks.set(num_blocks);
+                f(&ns);
             }
         },
         then,
     );
 }
 
-/// Publish a namespace's reservation state to every reactor; `then` runs
-/// on the caller's reactor once all have it.
+/// Publish a namespace's reservation state to every reactor.
 pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
-    reactor::for_each_reactor(
-        move || {
-            if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
-                *ns.resv.borrow_mut() = resv.clone();
-            }
-        },
-        then,
-    );
-}
-
-/// Publish a namespace's new ANA group to every reactor.
-pub fn publish_ana_group(subsystem_id: u32, nsid: u32, anagrpid: u32, then: impl FnOnce() + Send + 'static) {
-    reactor::for_each_reactor(
-        move || {
-            if let Some(ns) = subsystem(subsystem_id).namespace(nsid) {
-                ns.anagrpid.set(anagrpid);
-            }
-        },
-        then,
-    );
+    update_namespace(subsystem_id, nsid, move |ns| *ns.resv.borrow_mut() = resv.clone(), then);
 }
 
 /// Forget a deleted subsystem on every reactor.

@@ -174,7 +174,7 @@ pub fn execute(
                 Ok(data) => {
                     let want = ((u64::from(cmd.cdw10.get()) + 1) * 4).min(len) as usize;
                     // Pool buffers hold old data: never send it.
-                    pollux_core::dma::copy_to_bufs(bufs, 0, &vec![0u8; len as usize]);
+                    bufs.iter_mut().for_each(|b| b.fill(0));
                     pollux_core::dma::copy_to_bufs(bufs, 0, &data[..data.len().min(want)]);
                     Response::ok()
                 }

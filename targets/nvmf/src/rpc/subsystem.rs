@@ -347,10 +347,15 @@ fn set_ns_ana_group(p: SetNsAnaGroup, r: Responder) {
     match res {
         Ok(sid) => {
             let (nsid, grp) = (p.nsid, p.anagrpid);
-            group::publish_ana_group(sid, nsid, grp, move || {
-                namespace_changed(sid, nsid);
-                r.ok(true);
-            });
+            group::update_namespace(
+                sid,
+                nsid,
+                move |ns| ns.anagrpid.set(grp),
+                move || {
+                    namespace_changed(sid, nsid);
+                    r.ok(true);
+                },
+            );
         }
         Err(e) => r.err(e.into()),
     }
@@ -469,7 +474,7 @@ fn resized(subsystem_id: u32, nsid: u32) {
     let Some(ns) = s.namespaces.borrow().get(&nsid).cloned() else { return };
     let blocks = ns.num_blocks();
     tracing::info!("nvmf: namespace {nsid} of {} now has {blocks} blocks", s.nqn());
-    group::publish_size(subsystem_id, nsid, blocks, move || namespace_changed(subsystem_id, nsid));
+    group::update_namespace(subsystem_id, nsid, move |ns| ns.num_blocks.set(blocks), move || namespace_changed(subsystem_id, nsid));
 }
 
 /// The bdev of a namespace is going away: remove the namespace.
