@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pollux_tests::{Daemon, DaemonOpts, ok_stdout, tool};
+use pollux_tests::{Daemon, DaemonOpts, bdev_ops, ok_stdout, set_listener_ana, tool, wait_until};
 use pollux_testvm::{VmConfig, in_guest};
 use serde_json::{Value, json};
 
@@ -221,29 +221,6 @@ fn gateway(port: u16, state: &str, cntlids: (u16, u16)) -> Daemon {
     Daemon::start(DaemonOpts { config: Some(config), ..Default::default() })
 }
 
-fn set_ana(d: &Daemon, port: u16, state: &str) {
-    d.call(
-        "nvmf_subsystem_listener_set_ana_state",
-        Some(json!({"nqn": HA_NQN, "ana_state": state,
-            "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}})),
-    )
-    .expect("set ANA state");
-}
-
-/// Reads and writes the gateway has done on the shared image.
-fn ops(d: &Daemon) -> u64 {
-    let s = d.call("bdev_get_iostat", Some(json!({"name": "Shared"}))).expect("iostat");
-    s["bdevs"][0]["num_read_ops"].as_u64().unwrap() + s["bdevs"][0]["num_write_ops"].as_u64().unwrap()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn kernel_path(port: u16) -> Option<(String, String)> {
     pollux_tests::kernel_nvme_path(HA_NQN, port)
 }
@@ -310,20 +287,20 @@ fn linux_multipath_host_fails_over_between_two_pollux_gateways() {
             .expect("fio");
         let step = Duration::from_secs(60);
         let moved = |d: &Daemon, what: &str| {
-            let o = ops(d);
-            wait_until(what, step, || ops(d) > o + 20);
+            let o = bdev_ops(d, "Shared");
+            wait_until(what, step, || bdev_ops(d, "Shared") > o + 20);
         };
         moved(&a, "I/O through A (optimized)");
         // Flip by RPC: A inaccessible, B optimized; I/O moves to B.
-        set_ana(&a, pa, "inaccessible");
-        set_ana(&b, pb, "optimized");
+        set_listener_ana(&a, HA_NQN, pa, "inaccessible", None).expect("set ANA state");
+        set_listener_ana(&b, HA_NQN, pb, "optimized", None).expect("set ANA state");
         wait_until("the host sees the flip", step, || kernel_path(pa).is_some_and(|p| p.1 == "inaccessible"));
-        let a0 = ops(&a);
+        let a0 = bdev_ops(&a, "Shared");
         moved(&b, "I/O through B after the flip");
-        assert!(ops(&a) <= a0 + 8, "I/O still went through the inaccessible path");
+        assert!(bdev_ops(&a, "Shared") <= a0 + 8, "I/O still went through the inaccessible path");
         // And back.
-        set_ana(&b, pb, "non_optimized");
-        set_ana(&a, pa, "optimized");
+        set_listener_ana(&b, HA_NQN, pb, "non_optimized", None).expect("set ANA state");
+        set_listener_ana(&a, HA_NQN, pa, "optimized", None).expect("set ANA state");
         wait_until("the host sees A optimized", step, || kernel_path(pa).is_some_and(|p| p.1 == "optimized"));
         moved(&a, "I/O through A again");
 

@@ -364,3 +364,32 @@ pub fn kernel_nvme_path(subnqn: &str, port: u16) -> Option<(String, String)> {
     }
     None
 }
+
+/// Until `f` holds, polled every 100 ms; panics naming `what` after
+/// `limit`. Returns how long it took.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+/// `nvmf_subsystem_listener_set_ana_state` for subsystem `nqn`'s TCP
+/// listener on 127.0.0.1:`port`: every ANA group, or `anagrpid`.
+pub fn set_listener_ana(d: &Daemon, nqn: &str, port: u16, state: &str, anagrpid: Option<u32>) -> Result<Value, ClientError> {
+    let mut p = serde_json::json!({"nqn": nqn, "ana_state": state,
+        "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}});
+    if let Some(g) = anagrpid {
+        p["anagrpid"] = g.into();
+    }
+    d.call("nvmf_subsystem_listener_set_ana_state", Some(p))
+}
+
+/// Reads and writes bdev `name` of daemon `d` has done.
+pub fn bdev_ops(d: &Daemon, name: &str) -> u64 {
+    let s = d.call("bdev_get_iostat", Some(serde_json::json!({"name": name}))).expect("bdev_get_iostat");
+    let n = |k: &str| s["bdevs"][0][k].as_u64().unwrap_or_else(|| panic!("no {k} for bdev {name}: {s}"));
+    n("num_read_ops") + n("num_write_ops")
+}

@@ -5,10 +5,12 @@
 //! listener, the RPCs (SPDK's client among them) and save_config; then
 //! Pollux's own host with two paths follows the states while a verify runs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pollux_tests::nvmf_client::*;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, pollux_rpc, spdk_rpc};
+use pollux_tests::{
+    Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, pollux_rpc, set_listener_ana, spdk_rpc, wait_until,
+};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.pollux:ana";
@@ -72,12 +74,7 @@ fn states(c: &mut Client) -> Vec<(u32, u8)> {
 }
 
 fn set_ana(d: &Daemon, port: u16, state: &str, grp: Option<u32>) -> Result<Value, String> {
-    let mut p = listen(NQN, port);
-    p["ana_state"] = json!(state);
-    if let Some(g) = grp {
-        p["anagrpid"] = json!(g);
-    }
-    d.call("nvmf_subsystem_listener_set_ana_state", Some(p)).map_err(|e| e.to_string())
+    set_listener_ana(d, NQN, port, state, grp).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -252,14 +249,6 @@ fn ana_states_reach_identify_log_events_and_io() {
     assert_eq!(d2.stop().code(), Some(0));
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Pollux's host attaches the subsystem through both listeners as two
 /// paths; the target flips their states by RPC while a verify runs, and
 /// no request fails.
@@ -295,11 +284,11 @@ fn pollux_host_follows_the_target_ana_states_without_errors() {
         v.sort();
         v
     };
-    wait_for("both paths optimized", || paths(&host) == want("optimized", "optimized"));
+    wait_until("both paths optimized", Duration::from_secs(60), || paths(&host) == want("optimized", "optimized"));
     set_ana(&d, p1, "inaccessible", None).unwrap();
-    wait_for("the host sees p1 inaccessible", || paths(&host) == want("inaccessible", "optimized"));
+    wait_until("the host sees p1 inaccessible", Duration::from_secs(60), || paths(&host) == want("inaccessible", "optimized"));
     set_ana(&d, p1, "optimized", None).unwrap();
-    wait_for("the host sees p1 optimized", || paths(&host) == want("optimized", "optimized"));
+    wait_until("the host sees p1 optimized", Duration::from_secs(60), || paths(&host) == want("optimized", "optimized"));
     assert_eq!(host.stop().code(), Some(0));
 
     // A verify across the two paths while each in turn becomes
@@ -316,10 +305,10 @@ fn pollux_host_follows_the_target_ana_states_without_errors() {
     let writes = || d.call("bdev_get_iostat", Some(json!({"name": "M1"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap();
     for port in [p1, p2, p1] {
         let w0 = writes();
-        wait_for("writes from the verify", || writes() > w0 + 200);
+        wait_until("writes from the verify", Duration::from_secs(60), || writes() > w0 + 200);
         set_ana(&d, port, "inaccessible", None).unwrap();
         let w1 = writes();
-        wait_for("writes through the other path", || writes() > w1 + 500);
+        wait_until("writes through the other path", Duration::from_secs(60), || writes() > w1 + 500);
         set_ana(&d, port, "optimized", None).unwrap();
     }
     let (r, _) = clean_perf_run(perf);

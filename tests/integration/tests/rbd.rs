@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use pollux_tests::ceph::Ceph;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, ok_stdout, perf_command, pollux_rpc, spdk_rpc, verify_run};
+use pollux_tests::{
+    Daemon, DaemonOpts, TempDir, bdev_ops, ok_stdout, perf_command, pollux_rpc, set_listener_ana, spdk_rpc, verify_run, wait_until,
+};
 use serde_json::{Value, json};
 
 fn json_out(what: &str, out: &std::process::Output) -> Value {
@@ -156,14 +158,6 @@ fn a_cluster_that_goes_away_fails_io_and_the_bdev_can_still_be_deleted() {
     assert_eq!(d.stop().code(), Some(0));
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `bdev_rbd_resize`, and a resize by another Ceph client, grow the bdev;
 /// an NVMe-oF host of it gets a namespace attribute notice and reads the
 /// new size; shrinking is refused.
@@ -207,7 +201,7 @@ fn rbd_bdev_grows_with_its_image_and_nvmf_hosts_see_it() {
 
     // Another client grows the image: the bdev follows.
     ceph.rbd(&["resize", "--size", "192M", "rbd/img2"]);
-    wait_for("the bdev to follow the image", || blocks(&d) == 49152);
+    wait_until("the bdev to follow the image", Duration::from_secs(60), || blocks(&d) == 49152);
     let e = rpc_err(&d, "bdev_rbd_resize", json!({"name": "Rbd2", "new_size": 64}));
     assert!(e.contains("only grow"), "{e}");
     assert_eq!(blocks(&d), 49152);
@@ -247,30 +241,6 @@ fn rbd_gateway(ceph: &Ceph, port: u16, state: &str, cntlids: (u16, u16)) -> Daem
     Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() })
 }
 
-fn gw_ops(d: &Daemon) -> u64 {
-    let s = d.call("bdev_get_iostat", Some(json!({"name": "Shared"}))).expect("iostat");
-    s["bdevs"][0]["num_read_ops"].as_u64().unwrap() + s["bdevs"][0]["num_write_ops"].as_u64().unwrap()
-}
-
-fn gw_set_ana(d: &Daemon, port: u16, state: &str) {
-    d.call(
-        "nvmf_subsystem_listener_set_ana_state",
-        Some(json!({"nqn": GW_NQN, "ana_state": state,
-            "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}})),
-    )
-    .expect("set ANA state");
-}
-
-/// Until `f`, polled every 100 ms; panics after `secs` seconds.
-fn gw_wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
-}
-
 fn guest_path(port: u16) -> Option<(String, String)> {
     pollux_tests::kernel_nvme_path(GW_NQN, port)
 }
@@ -306,7 +276,7 @@ fn failover_guest() {
             .unwrap();
         assert!(out.status.success(), "connect to {port}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    gw_wait("both paths live", 60, || {
+    wait_until("both paths live", Duration::from_secs(60), || {
         guest_path(GW_A) == Some(("live".into(), "optimized".into())) && guest_path(GW_B) == Some(("live".into(), "non-optimized".into()))
     });
     let list: Value =
@@ -351,7 +321,7 @@ fn failover_guest() {
         assert!(jobs < 40, "the host never said it was done");
     }
     // A's path is back, live and optimized.
-    gw_wait("A's path back", 60, || guest_path(GW_A) == Some(("live".into(), "optimized".into())));
+    wait_until("A's path back", Duration::from_secs(60), || guest_path(GW_A) == Some(("live".into(), "optimized".into())));
     let out = ok_stdout("nvme disconnect", &std::process::Command::new("nvme").args(["disconnect", "-n", GW_NQN]).output().unwrap());
     assert!(out.contains("disconnected 2 controller"), "{out}");
     println!("failover guest: {jobs} verified fio jobs of 32 MiB, no error");
@@ -378,20 +348,20 @@ fn linux_multipath_host_fails_over_between_two_rbd_gateways() {
     let guest = std::thread::Builder::new().name(name).spawn(move || pollux_testvm::in_guest(&cfg, failover_guest)).unwrap();
 
     let moved = |d: &Daemon, what: &str| {
-        let o = gw_ops(d);
-        gw_wait(what, 120, || gw_ops(d) > o + 20)
+        let o = bdev_ops(d, "Shared");
+        wait_until(what, Duration::from_secs(120), || bdev_ops(d, "Shared") > o + 20)
     };
-    gw_wait("the guest's I/O through A", 600, || guest.is_finished() || gw_ops(&a) > 50);
+    wait_until("the guest's I/O through A", Duration::from_secs(600), || guest.is_finished() || bdev_ops(&a, "Shared") > 50);
     assert!(!guest.is_finished(), "the guest ended before any I/O reached gateway A: {:?}", guest.join().err());
     // Flip: A inaccessible, B optimized; the I/O goes to B.
-    gw_set_ana(&a, GW_A, "inaccessible");
-    gw_set_ana(&b, GW_B, "optimized");
+    set_listener_ana(&a, GW_NQN, GW_A, "inaccessible", None).expect("set ANA state");
+    set_listener_ana(&b, GW_NQN, GW_B, "optimized", None).expect("set ANA state");
     moved(&b, "I/O through B after the flip");
-    let a0 = gw_ops(&a);
+    let a0 = bdev_ops(&a, "Shared");
     moved(&b, "more I/O through B");
-    assert!(gw_ops(&a) <= a0 + 8, "I/O still went through the inaccessible gateway");
-    gw_set_ana(&b, GW_B, "non_optimized");
-    gw_set_ana(&a, GW_A, "optimized");
+    assert!(bdev_ops(&a, "Shared") <= a0 + 8, "I/O still went through the inaccessible gateway");
+    set_listener_ana(&b, GW_NQN, GW_B, "non_optimized", None).expect("set ANA state");
+    set_listener_ana(&a, GW_NQN, GW_A, "optimized", None).expect("set ANA state");
     moved(&a, "I/O through A again");
     // A dies; B takes the I/O.
     a.signal(libc::SIGKILL);
