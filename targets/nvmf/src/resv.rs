@@ -415,52 +415,65 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
 /// off), through a temporary file and a rename so that a crash leaves the
 /// old or the new state.
 pub fn store(path: &Path, s: &ResvState, bdev_uuid: &uuid::Uuid) -> std::io::Result<()> {
-    let text = if s.ptpl {
-        let f = PtplFile {
-            ptpl: true,
-            rtype: u32::from(s.rtype),
-            crkey: s.crkey,
-            bdev_uuid: bdev_uuid.to_string(),
-            holder_uuid: s.holder.as_ref().map(uuid_text),
-            registrants: s.regs.iter().map(|r| PtplRegistrant { rkey: r.rkey, host_uuid: uuid_text(&r.hostid) }).collect(),
-        };
-        serde_json::to_string_pretty(&f).map_err(std::io::Error::other)?
-    } else {
-        String::new()
-    };
     let tmp = path.with_extension("pollux-tmp");
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, render(s, bdev_uuid))?;
     std::fs::rename(&tmp, path)
+}
+
+/// The `ptpl_file` text of a state (empty when PTPL is off), as SPDK
+/// writes it.
+pub fn render(s: &ResvState, bdev_uuid: &uuid::Uuid) -> String {
+    if !s.ptpl {
+        return String::new();
+    }
+    let f = PtplFile {
+        ptpl: true,
+        rtype: u32::from(s.rtype),
+        crkey: s.crkey,
+        bdev_uuid: bdev_uuid.to_string(),
+        holder_uuid: s.holder.as_ref().map(uuid_text),
+        registrants: s.regs.iter().map(|r| PtplRegistrant { rkey: r.rkey, host_uuid: uuid_text(&r.hostid) }).collect(),
+    };
+    serde_json::to_string_pretty(&f).expect("a struct of strings and numbers serializes")
 }
 
 /// Read a `ptpl_file`: `Ok(None)` when absent, empty or with PTPL off; an
 /// error names what is wrong (a file of another bdev, bad JSON).
 pub fn load(path: &Path, bdev_uuid: &uuid::Uuid) -> Result<Option<ResvState>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, bdev_uuid).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The state a `ptpl_file`'s text holds for bdev `bdev_uuid` (see
+/// [`load`]). A holder that is not among the registrants holds nothing;
+/// a host registered twice is refused.
+pub fn parse(text: &str, bdev_uuid: &uuid::Uuid) -> Result<Option<ResvState>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let f: PtplFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f: PtplFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if !f.ptpl {
         return Ok(None);
     }
     if uuid::Uuid::parse_str(&f.bdev_uuid).ok() != Some(*bdev_uuid) {
-        return Err(format!("{}: it is for bdev {}, not {bdev_uuid}", path.display(), f.bdev_uuid));
+        return Err(format!("it is for bdev {}, not {bdev_uuid}", f.bdev_uuid));
     }
     if f.registrants.len() > MAX_REGISTRANTS || f.rtype > 6 {
-        return Err(format!("{}: {} registrants, type {}", path.display(), f.registrants.len(), f.rtype));
+        return Err(format!("{} registrants, type {}", f.registrants.len(), f.rtype));
     }
-    let mut regs = Vec::new();
+    let mut regs: Vec<Registrant> = Vec::new();
     for r in &f.registrants {
-        let h = uuid_bytes(&r.host_uuid).ok_or_else(|| format!("{}: host_uuid {} is not a UUID", path.display(), r.host_uuid))?;
+        let h = uuid_bytes(&r.host_uuid).ok_or_else(|| format!("host_uuid {} is not a UUID", r.host_uuid))?;
+        if regs.iter().any(|x| x.hostid == h) {
+            return Err(format!("host {} is registered twice", r.host_uuid));
+        }
         regs.push(Registrant { hostid: h, rkey: r.rkey });
     }
     let holder = match f.holder_uuid.as_deref().filter(|h| !h.is_empty()) {
-        Some(h) => Some(uuid_bytes(h).ok_or_else(|| format!("{}: holder_uuid {h} is not a UUID", path.display()))?),
+        Some(h) => Some(uuid_bytes(h).ok_or_else(|| format!("holder_uuid {h} is not a UUID"))?),
         None => None,
     };
     let rtype = if holder.is_some_and(|h| regs.iter().any(|r| r.hostid == h)) { f.rtype as u8 } else { 0 };
@@ -583,6 +596,10 @@ mod tests {
         let back = load(&f, &u).unwrap().unwrap();
         assert_eq!((back.rtype, back.crkey, back.holder, back.regs.clone()), (s.rtype, s.crkey, s.holder, s.regs.clone()));
         assert!(load(&f, &uuid::Uuid::new_v4()).unwrap_err().contains("not"), "a file of another bdev is refused");
+        let twice =
+            text.replacen("\"registrants\": [", &format!("\"registrants\": [{{\"rkey\": 1, \"host_uuid\": \"{}\"}}, ", uuid_text(&A)), 1);
+        assert!(parse(&twice, &u).unwrap_err().contains("twice"), "a host registered twice is refused: {twice}");
+        assert!(parse("{\"ptpl\": true", &u).is_err(), "bad JSON");
         s.ptpl = false;
         store(&f, &s, &u).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "", "PTPL off: emptied, as SPDK");

@@ -42,6 +42,11 @@ fn nvmf_host_logs() {
 }
 
 #[test]
+fn resv_ptpl() {
+    replay_common::replay("resv_ptpl");
+}
+
+#[test]
 fn nvmf_rdma_capsule() {
     replay_common::replay("nvmf_rdma_capsule");
 }

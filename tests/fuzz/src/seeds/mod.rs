@@ -32,6 +32,7 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_host_pdu", nvmf_host::nvmf_host_pdu());
     add("nvmf_host_logs", nvmf_host::nvmf_host_logs());
     add("nvmf_rdma_capsule", nvmf::nvmf_rdma_capsule());
+    add("resv_ptpl", nvmf::resv_ptpl());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());

@@ -214,3 +214,21 @@ pub(super) fn nvmf_rdma_capsule() -> Vec<(String, Vec<u8>)> {
         ("cm-reject".to_string(), vec![0, 0, 6, 0]),
     ]
 }
+
+/// `resv_ptpl`: a file as SPDK writes it (a write-exclusive reservation of
+/// one of two registrants), one with PTPL off, and an empty one.
+pub(super) fn resv_ptpl() -> Vec<(String, Vec<u8>)> {
+    let held = r#"{
+  "ptpl": true,
+  "rtype": 1,
+  "crkey": 10,
+  "bdev_uuid": "5d8a6a54-0c1b-4e2f-9a3b-4c5d6e7f8091",
+  "holder_uuid": "0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a",
+  "registrants": [
+    {"rkey": 10, "host_uuid": "0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a"},
+    {"rkey": 11, "host_uuid": "0b0b0b0b-0b0b-0b0b-0b0b-0b0b0b0b0b0b"}
+  ]
+}"#;
+    let off = r#"{"ptpl": false, "bdev_uuid": "5d8a6a54-0c1b-4e2f-9a3b-4c5d6e7f8091", "registrants": []}"#;
+    vec![("held".into(), held.into()), ("ptpl-off".into(), off.into()), ("empty".into(), Vec::new())]
+}
