@@ -76,12 +76,27 @@ fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 
 /// Run blocking `work` on a thread of its own; `then` gets its result on
 /// the calling reactor.
+/// Blocking Ceph operations (threads) at most under way at once: a client
+/// cannot pile up threads each waiting for an unreachable cluster.
+const MAX_OFF_REACTOR: usize = 16;
+
+/// Why an operation did not start (`then` got `None`).
+const NOT_STARTED: &str = "too many Ceph operations under way, or no thread could be started: try again";
+
 fn off_reactor<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static, then: impl FnOnce(Option<T>) + Send + 'static) {
+    static UNDER_WAY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::Ordering::SeqCst;
+    if UNDER_WAY.fetch_add(1, SeqCst) >= MAX_OFF_REACTOR {
+        UNDER_WAY.fetch_sub(1, SeqCst);
+        tracing::warn!("rbd: {MAX_OFF_REACTOR} Ceph operations already under way; not starting one more ({what})");
+        return then(None);
+    }
     let (h, origin) = (reactor::handle(), reactor::current());
     let then = Arc::new(Mutex::new(Some(then)));
     let t2 = then.clone();
     let spawned = std::thread::Builder::new().name(format!("rbd-{what}")).spawn(move || {
         let v = work();
+        UNDER_WAY.fetch_sub(1, SeqCst);
         h.send(origin, move || {
             if let Some(f) = t2.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 f(Some(v));
@@ -89,6 +104,7 @@ fn off_reactor<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 
         });
     });
     if let Err(e) = spawned {
+        UNDER_WAY.fetch_sub(1, SeqCst);
         tracing::error!("rbd: cannot start a thread to {what}: {e}");
         if let Some(f) = then.lock().unwrap_or_else(|e| e.into_inner()).take() {
             f(None);
@@ -188,7 +204,7 @@ fn register_cluster(p: RegisterCluster, r: Responder) {
             let res = match res {
                 Some(Ok(c)) => Ok(c),
                 Some(Err(e)) => Err(rados_err(e)),
-                None => Err(RpcError::errno(libc::EAGAIN, "cannot start a thread")),
+                None => Err(RpcError::errno(libc::EAGAIN, NOT_STARTED)),
             };
             with_registry(|g| g.connecting.remove(&name));
             match res {
@@ -353,7 +369,7 @@ fn create(p: Create, r: Responder) {
                     tracing::warn!("rbd: bdev {name} ({}/{}): {e}", spec.pool_name, spec.rbd_name);
                     return r.err(rados_err(e));
                 }
-                None => return r.err(RpcError::errno(libc::EAGAIN, "cannot start a thread")),
+                None => return r.err(RpcError::errno(libc::EAGAIN, NOT_STARTED)),
             };
             let num_blocks = size / u64::from(block_size);
             if num_blocks == 0 {
@@ -454,7 +470,7 @@ fn resize(p: Resize, r: Responder) {
         move |res| match res {
             Some(Ok(now)) => r.result(bdev::notify_blockcnt_change(&name, now / bs).map(|()| true).map_err(RpcError::from)),
             Some(Err(e)) => r.err(rados_err(e)),
-            None => r.err(RpcError::errno(libc::EAGAIN, "cannot start a thread")),
+            None => r.err(RpcError::errno(libc::EAGAIN, NOT_STARTED)),
         },
     );
 }

@@ -389,3 +389,34 @@ fn linux_multipath_host_fails_over_between_two_rbd_gateways() {
     assert_eq!(a2.stop().code(), Some(0));
     assert_eq!(b.stop().code(), Some(0));
 }
+
+/// Cluster connections run off the reactors, at most 16 at a time: with
+/// 17 registrations waiting on a monitor that never answers, the 17th is
+/// refused at once, the daemon answers other calls meanwhile, and the rest
+/// fail with the mount timeout.
+#[test]
+fn connections_to_an_unreachable_cluster_are_bounded_and_block_no_reactor() {
+    let d = Daemon::start(DaemonOpts::default());
+    let mon = format!("127.0.0.1:{}", pollux_tests::free_port());
+    let threads: Vec<_> = (0..17)
+        .map(|i| {
+            let (socket, mon) = (d.socket.clone(), mon.clone());
+            std::thread::spawn(move || {
+                let mut c = pollux_core::rpc::Client::connect(&socket).expect("connect");
+                c.set_timeout(Some(Duration::from_secs(60))).unwrap();
+                let p = json!({"name": format!("gone{i}"), "config_param": {"mon_host": mon, "client_mount_timeout": "5"}});
+                c.call("bdev_rbd_register_cluster", Some(p)).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    // Meanwhile the reactor answers at once.
+    let t0 = Instant::now();
+    d.call("spdk_get_version", None).expect("spdk_get_version");
+    assert!(t0.elapsed() < Duration::from_secs(3), "the daemon waited {:?} to answer", t0.elapsed());
+    let results: Vec<Result<Value, String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("too many Ceph operations"))).count();
+    let timed_out = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("rados_connect"))).count();
+    assert_eq!((refused, timed_out), (1, 16), "{results:?}");
+    assert!(!d.log().contains("panicked"));
+    assert_eq!(d.stop().code(), Some(0));
+}
