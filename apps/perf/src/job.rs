@@ -228,7 +228,8 @@ impl Job {
 /// arrange the progress lines and the end of the run.
 pub fn start(p: Params, json: bool) {
     let bdevs: Vec<_> = match &p.bdevs {
-        None => bdev::list(),
+        // A bdev a module claimed (an lvol store's base) is not a target.
+        None => bdev::list().into_iter().filter(|b| b.claimed_by().is_none()).collect(),
         Some(names) => names
             .iter()
             .filter_map(|n| {

@@ -97,11 +97,13 @@ fn main() -> ExitCode {
     pollux_core::bdev::rpc::register(&mut app);
     pollux_bdev::register_all(&mut app);
     pollux_rbd::register(&mut app);
+    pollux_lvol::register(&mut app);
     pollux_nvme_driver::register(&mut app);
     pollux_iscsi_host::register(&mut app);
     let params = job::Params::from_args(&args);
     let json = args.json;
-    app.on_started(move || job::start(params, json));
+    // Volumes on the bdevs of the config appear once examined.
+    app.on_started(move || pollux_core::bdev::wait_for_examine(move || job::start(params, json)));
     let res = app.run(args.app);
     pollux_rbd::wait_closes();
     match res {

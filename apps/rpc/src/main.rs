@@ -17,6 +17,7 @@ mod bdev;
 mod config;
 mod framework;
 mod iscsi;
+mod lvol;
 mod nvme;
 mod nvmf;
 mod params;
@@ -55,6 +56,8 @@ enum Command {
     Framework(framework::Cmd),
     #[command(flatten)]
     Bdev(bdev::Cmd),
+    #[command(flatten)]
+    Lvol(lvol::Cmd),
     #[command(flatten)]
     Nvme(nvme::Cmd),
     #[command(flatten)]
@@ -160,6 +163,7 @@ fn run(args: &Args) -> Result<(), ()> {
         }
         Command::Framework(c) => c.request(),
         Command::Bdev(c) => c.request(),
+        Command::Lvol(c) => c.request(),
         Command::Nvme(c) => c.request(),
         Command::Iscsi(c) => c.request(),
         Command::Nvmf(c) => c.request(),

@@ -15,6 +15,7 @@ pub fn register(app: &mut App) {
     pollux_core::bdev::rpc::register(app);
     pollux_bdev::register_all(app);
     pollux_rbd::register(app);
+    pollux_lvol::register(app);
     pollux_nvme_driver::register(app);
     pollux_iscsi_host::register(app);
     pollux_iscsi::register(app);

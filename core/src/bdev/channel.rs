@@ -161,6 +161,7 @@ impl BdevChannel {
                 lend: false,
                 lent: None,
                 retries: 0,
+                forwarded: None,
                 home: self.home.clone(),
             })
         });
@@ -187,6 +188,44 @@ impl BdevChannel {
         self.home.in_submit.set(true);
         self.backend.submit(BdevIo::from_slot(slot));
         self.home.in_submit.set(false);
+    }
+
+    /// Send a request another bdev's backend was given to this bdev's
+    /// backend at `offset_blocks`, as it is (see [`Descriptor::forward`](super::Descriptor::forward)).
+    pub(crate) fn forward(&self, writable: bool, mut io: BdevIo, offset_blocks: u64, counter: Option<Rc<Cell<u64>>>) {
+        let bdev = &self.bdev;
+        let s = io.slot_mut();
+        debug_assert!(s.forwarded.is_none(), "a request forwarded twice");
+        if s.block_size != bdev.block_size {
+            return io.complete(IoStatus::InvalidBuffer);
+        }
+        let own = std::mem::replace(&mut s.offset_blocks, offset_blocks);
+        if let Some(c) = &counter {
+            c.set(c.get() + 1);
+        }
+        s.forwarded = Some((own, counter));
+        // The buffers were checked for the same length when the request
+        // was made: the range, the type and the access are this bdev's.
+        let mut check = IoStatus::Success;
+        if bdev.removing.load(Ordering::Relaxed) {
+            check = IoStatus::NoDevice;
+        } else if !bdev.supports(s.kind) {
+            check = IoStatus::Unsupported;
+        } else if s.kind.writes() && !writable {
+            check = IoStatus::ReadOnly;
+        } else if s.offset_blocks.checked_add(s.num_blocks).is_none_or(|end| end > bdev.num_blocks()) {
+            check = IoStatus::OutOfRange;
+        } else if s.lend && !bdev.backend.lends_reads() {
+            check = IoStatus::InvalidBuffer;
+        } else if s.bounced.is_none() && (bdev.align != 1 || bdev.contiguous) {
+            if let Err(st) = bounce_if_needed(bdev, s) {
+                check = st;
+            }
+        }
+        if check != IoStatus::Success {
+            return io.complete(check);
+        }
+        self.backend.submit(io);
     }
 
     /// Complete a request that never reached the backend (in the next

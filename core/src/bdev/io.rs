@@ -138,6 +138,9 @@ pub(crate) struct Slot {
     pub(crate) lent: Option<Lent>,
     /// Times the backend sent the request again (see [`BdevIo::retried`]).
     pub(crate) retries: u32,
+    /// Forwarded to another bdev ([`Descriptor::forward`](super::Descriptor::forward)):
+    /// its own offset, given back at completion, and who counts it.
+    pub(crate) forwarded: Option<(u64, Option<Rc<Cell<u64>>>)>,
     pub(crate) home: Rc<Home>,
 }
 
@@ -187,28 +190,34 @@ impl BdevIo {
         self.slot.as_deref_mut().expect("live request")
     }
 
+    #[inline]
     pub fn kind(&self) -> IoType {
         self.slot().kind
     }
 
+    #[inline]
     pub fn offset_blocks(&self) -> u64 {
         self.slot().offset_blocks
     }
 
+    #[inline]
     pub fn num_blocks(&self) -> u64 {
         self.slot().num_blocks
     }
 
+    #[inline]
     pub fn block_size(&self) -> u32 {
         self.slot().block_size
     }
 
+    #[inline]
     /// Byte offset of the request on the bdev.
     pub fn offset_bytes(&self) -> u64 {
         self.slot().offset_blocks * self.slot().block_size as u64
     }
 
     /// Length of the request in bytes.
+    #[inline]
     pub fn len_bytes(&self) -> u64 {
         self.slot().num_blocks * self.slot().block_size as u64
     }
@@ -311,6 +320,12 @@ impl BdevIo {
             if let Some(orig) = s.bounced.take() {
                 super::channel::unbounce(s, orig);
             }
+            if let Some((offset, counter)) = s.forwarded.take() {
+                s.offset_blocks = offset;
+                if let Some(c) = counter {
+                    c.set(c.get() - 1);
+                }
+            }
             s.home.clone()
         };
         home.outstanding.set(home.outstanding.get() - 1);
@@ -344,6 +359,12 @@ impl BdevIo {
 impl Drop for BdevIo {
     fn drop(&mut self) {
         if let Some(mut s) = self.slot.take() {
+            if let Some((offset, counter)) = s.forwarded.take() {
+                s.offset_blocks = offset;
+                if let Some(c) = counter {
+                    c.set(c.get() - 1);
+                }
+            }
             if s.status == IoStatus::Pending && s.cb.is_some() {
                 // A backend dropped a request without completing it: the
                 // consumer still gets its callback, so nothing waits forever.

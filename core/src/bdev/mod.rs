@@ -30,7 +30,10 @@ use serde_json::Value;
 
 pub use channel::BdevChannel;
 pub use io::{BdevIo, IoStatus, IoType};
-pub use registry::{BdevEvent, Descriptor, get, list, notify_blockcnt_change, open, open_count, register, unregister};
+pub use registry::{
+    BdevEvent, Descriptor, Examination, add_alias, examine_bdev, get, list, notify_blockcnt_change, open, open_count, register,
+    register_examiner, remove_alias, unregister, wait_for_examine,
+};
 pub use stats::IoStats;
 pub use uuid::Uuid;
 
@@ -148,6 +151,10 @@ pub struct Bdev {
     pub(crate) histogram: AtomicBool,
     /// Statistics of channels already destroyed.
     pub(crate) retired: Mutex<IoStats>,
+    /// Other names it answers to ([`add_alias`]).
+    pub(crate) aliases: Mutex<Vec<String>>,
+    /// The module that took it for itself ([`Bdev::claim`]).
+    pub(crate) claimed: Mutex<Option<&'static str>>,
 }
 
 impl std::fmt::Debug for Bdev {
@@ -163,6 +170,33 @@ impl std::fmt::Debug for Bdev {
 impl Bdev {
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// Other names this bdev answers to.
+    pub fn aliases(&self) -> Vec<String> {
+        self.aliases.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(crate) fn has_alias(&self, name: &str) -> bool {
+        self.aliases.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|a| a == name)
+    }
+    /// Take the bdev for a module's exclusive use (an lvol store on it, as
+    /// SPDK's `spdk_bdev_module_claim_bdev`): exports and other modules
+    /// refuse a claimed bdev. Fails if another module has it.
+    pub fn claim(&self, module: &'static str) -> Result<(), BdevError> {
+        let mut c = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        match *c {
+            Some(m) => Err(BdevError::Busy(format!("bdev {} is claimed by module {m}", self.name))),
+            None => {
+                *c = Some(module);
+                Ok(())
+            }
+        }
+    }
+    pub fn release_claim(&self) {
+        *self.claimed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    /// The module holding the bdev, if any.
+    pub fn claimed_by(&self) -> Option<&'static str> {
+        *self.claimed.lock().unwrap_or_else(|e| e.into_inner())
     }
     pub fn block_size(&self) -> u32 {
         self.block_size
@@ -278,6 +312,20 @@ impl Descriptor {
         cb: impl FnOnce(BdevIo) + 'static,
     ) {
         self.submit(ch, IoType::Compare, bufs, offset_blocks, num_blocks, cb)
+    }
+
+    /// From a virtual bdev's backend: pass `io`, a request made to the
+    /// virtual bdev, to this (underlying) bdev's backend at
+    /// `offset_blocks`, as it is: no second request, no second pass
+    /// through the layer. It is checked against this bdev (range, type,
+    /// write access, block size), and its completion finishes the
+    /// original request with its own offset and statistics (this bdev's
+    /// statistics do not count it). `inflight`, if given, counts it while
+    /// it runs. Completions made during the virtual bdev's submit are
+    /// deferred as usual.
+    pub fn forward(&self, ch: &IoChannel<Bdev>, io: BdevIo, offset_blocks: u64, inflight: Option<std::rc::Rc<std::cell::Cell<u64>>>) {
+        debug_assert!(Arc::ptr_eq(ch.device(), self.bdev()), "channel of another bdev");
+        ch.forward(self.writable(), io, offset_blocks, inflight)
     }
 
     pub fn unmap(&self, ch: &IoChannel<Bdev>, offset_blocks: u64, num_blocks: u64, cb: impl FnOnce(BdevIo) + 'static) {

@@ -38,6 +38,20 @@ struct Registry {
     opens: RefCell<HashMap<u64, Open>>,
     next_open: Cell<u64>,
     deleting: RefCell<HashMap<String, Vec<DeleteDone>>>,
+    /// Modules that look at every new bdev (an lvol store on it?).
+    examiners: RefCell<Vec<(&'static str, Rc<ExamineFn>)>>,
+    /// Examinations not finished, and who waits for none to be left.
+    examining: Cell<usize>,
+    examine_waiters: RefCell<Vec<Box<dyn FnOnce()>>>,
+}
+
+type ExamineFn = dyn Fn(&Arc<Bdev>, Examination);
+
+impl Registry {
+    /// A bdev by name or alias.
+    fn find(&self, name: &str) -> Option<Arc<Bdev>> {
+        self.bdevs.borrow().iter().find(|b| b.name() == name || b.has_alias(name)).cloned()
+    }
 }
 
 fn registry() -> Result<Rc<Registry>, BdevError> {
@@ -66,7 +80,7 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
     if spec.num_blocks == 0 {
         return Err(BdevError::Invalid("the bdev has no blocks".into()));
     }
-    if reg.bdevs.borrow().iter().any(|b| b.name() == spec.name) {
+    if reg.find(&spec.name).is_some() {
         return Err(BdevError::Exists(spec.name));
     }
     let supported = super::IoType::ALL.iter().filter(|t| spec.backend.supports(**t)).fold(0, |m, t| m | t.bit());
@@ -82,8 +96,11 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
         removing: AtomicBool::new(false),
         histogram: AtomicBool::new(false),
         retired: std::sync::Mutex::new(IoStats::default()),
+        aliases: std::sync::Mutex::new(Vec::new()),
+        claimed: std::sync::Mutex::new(None),
     });
     reg.bdevs.borrow_mut().push(bdev.clone());
+    examine(&reg, &bdev);
     tracing::info!(
         "bdev {} registered ({} blocks of {} bytes, {})",
         bdev.name(),
@@ -96,7 +113,117 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
 
 /// A registered bdev by name (main reactor).
 pub fn get(name: &str) -> Option<Arc<Bdev>> {
-    registry().ok()?.bdevs.borrow().iter().find(|b| b.name() == name).cloned()
+    registry().ok()?.find(name)
+}
+
+/// Give bdev `name` another name it answers to (SPDK's
+/// `spdk_bdev_alias_add`): `lvs0/vol1` beside the lvol's UUID (main reactor).
+pub fn add_alias(name: &str, alias: &str) -> Result<(), BdevError> {
+    let reg = registry()?;
+    if alias.is_empty() {
+        return Err(BdevError::Invalid("the alias is empty".into()));
+    }
+    if reg.find(alias).is_some() {
+        return Err(BdevError::Exists(alias.to_string()));
+    }
+    let bdev = reg.find(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    bdev.aliases.lock().unwrap_or_else(|e| e.into_inner()).push(alias.to_string());
+    Ok(())
+}
+
+/// Take an alias away (main reactor).
+pub fn remove_alias(name: &str, alias: &str) -> Result<(), BdevError> {
+    let reg = registry()?;
+    let bdev = reg.find(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    let mut a = bdev.aliases.lock().unwrap_or_else(|e| e.into_inner());
+    let before = a.len();
+    a.retain(|x| x != alias);
+    if a.len() == before {
+        return Err(BdevError::NotFound(alias.to_string()));
+    }
+    Ok(())
+}
+
+/// A module's look at every bdev registered from now on and at those
+/// already there (SPDK's `examine_config`/`examine_disk`), on the main
+/// reactor, each in its own later iteration. The [`Examination`] it is
+/// handed is dropped when the module is done (it may keep it across
+/// asynchronous reads); `bdev_wait_for_examine` answers once none is left.
+pub fn register_examiner(module: &'static str, f: impl Fn(&Arc<Bdev>, Examination) + 'static) -> Result<(), BdevError> {
+    let reg = registry()?;
+    if reg.examiners.borrow().iter().any(|(m, _)| *m == module) {
+        return Ok(());
+    }
+    reg.examiners.borrow_mut().push((module, Rc::new(f)));
+    for b in reg.bdevs.borrow().iter() {
+        start_examination(&reg, b, module);
+    }
+    Ok(())
+}
+
+fn examine(reg: &Rc<Registry>, bdev: &Arc<Bdev>) {
+    if super::rpc::auto_examine() {
+        examine_now(reg, bdev);
+    }
+}
+
+/// Have every module look at bdev `name` (SPDK's `bdev_examine`, for
+/// when `bdev_auto_examine` is off).
+pub fn examine_bdev(name: &str) -> Result<(), BdevError> {
+    let reg = registry()?;
+    let bdev = reg.find(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    examine_now(&reg, &bdev);
+    Ok(())
+}
+
+fn examine_now(reg: &Rc<Registry>, bdev: &Arc<Bdev>) {
+    let modules: Vec<&'static str> = reg.examiners.borrow().iter().map(|(m, _)| *m).collect();
+    for m in modules {
+        start_examination(reg, bdev, m);
+    }
+}
+
+fn start_examination(reg: &Rc<Registry>, bdev: &Arc<Bdev>, module: &'static str) {
+    reg.examining.set(reg.examining.get() + 1);
+    let token = Examination { _private: () };
+    let b = bdev.clone();
+    reactor::send_msg(ReactorId(0), move || {
+        let Ok(reg) = registry() else { return };
+        let f = reg.examiners.borrow().iter().find(|(m, _)| *m == module).map(|(_, f)| f.clone());
+        if let Some(f) = f {
+            if !b.is_removing() {
+                f(&b, token)
+            }
+        }
+    });
+}
+
+/// One module's examination of one bdev; dropping it says the module is
+/// done with that bdev.
+pub struct Examination {
+    _private: (),
+}
+
+impl Drop for Examination {
+    fn drop(&mut self) {
+        let Ok(reg) = registry() else { return };
+        let left = reg.examining.get().saturating_sub(1);
+        reg.examining.set(left);
+        if left == 0 {
+            let waiters = std::mem::take(&mut *reg.examine_waiters.borrow_mut());
+            for w in waiters {
+                w();
+            }
+        }
+    }
+}
+
+/// Run `f` once no examination is left (main reactor): at once if none is.
+pub fn wait_for_examine(f: impl FnOnce() + 'static) {
+    match registry() {
+        Ok(reg) if reg.examining.get() > 0 => reg.examine_waiters.borrow_mut().push(Box::new(f)),
+        _ => f(),
+    }
 }
 
 /// All registered bdevs, in registration order (main reactor).
@@ -112,9 +239,11 @@ pub fn unregister(name: &str, done: impl FnOnce(Result<(), BdevError>) + 'static
         Ok(r) => r,
         Err(e) => return done(Err(e)),
     };
-    let Some(bdev) = reg.bdevs.borrow().iter().find(|b| b.name() == name).cloned() else {
+    let Some(bdev) = reg.find(name) else {
         return done(Err(BdevError::NotFound(name.to_string())));
     };
+    let name = bdev.name().to_string();
+    let name = name.as_str();
     let mut deleting = reg.deleting.borrow_mut();
     if let Some(waiters) = deleting.get_mut(name) {
         // Already being deleted: finish together.
@@ -139,7 +268,8 @@ pub fn unregister(name: &str, done: impl FnOnce(Result<(), BdevError>) + 'static
 /// not shrink (its users may hold blocks past the new end).
 pub fn notify_blockcnt_change(name: &str, num_blocks: u64) -> Result<(), BdevError> {
     let reg = registry()?;
-    let bdev = reg.bdevs.borrow().iter().find(|b| b.name() == name).cloned().ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    let bdev = reg.find(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    let name = bdev.name();
     let old = bdev.num_blocks();
     if num_blocks == old {
         return Ok(());
@@ -218,9 +348,13 @@ impl Descriptor {
 /// opened it when the bdev goes away.
 pub fn open(name: &str, writable: bool, on_event: impl Fn(BdevEvent) + Send + Sync + 'static) -> Result<Descriptor, BdevError> {
     let reg = registry()?;
-    let bdev = reg.bdevs.borrow().iter().find(|b| b.name() == name).cloned().ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    let bdev = reg.find(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
     if bdev.is_removing() {
         return Err(BdevError::Removing(name.to_string()));
+    }
+    // A module's claim (SPDK's exclusive write claim): others may read.
+    if let (true, Some(m)) = (writable, bdev.claimed_by()) {
+        return Err(BdevError::Busy(format!("bdev {name} is claimed by module {m}: it cannot be opened for writing")));
     }
     let id = reg.next_open.get();
     reg.next_open.set(id + 1);

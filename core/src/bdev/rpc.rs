@@ -1,6 +1,6 @@
 //! The `iobuf` and `bdev` subsystems and the bdev layer's RPC methods:
 //! bdev_get_bdevs, bdev_get_iostat, bdev_reset_iostat, bdev_enable_histogram,
-//! bdev_get_histogram, bdev_set_options, bdev_wait_for_examine,
+//! bdev_get_histogram, bdev_set_options, bdev_examine, bdev_wait_for_examine,
 //! iobuf_set_options, iobuf_get_stats. Modules (malloc, null, ...) register
 //! their own create/delete methods and describe themselves through
 //! [`super::Backend::config_call`].
@@ -53,7 +53,8 @@ pub fn register(app: &mut App) {
         *OPTIONS.lock().unwrap_or_else(|e| e.into_inner()) = p;
         r.ok(true)
     });
-    m.register("bdev_wait_for_examine", States::RUNTIME, |_: NoParams, r: Responder| r.ok(true));
+    m.register("bdev_examine", States::RUNTIME, |p: ExamineParams, r: Responder| r.result(super::examine_bdev(&p.name).map(|_| true)));
+    m.register("bdev_wait_for_examine", States::RUNTIME, |_: NoParams, r: Responder| super::wait_for_examine(move || r.ok(true)));
     m.register("bdev_get_bdevs", States::RUNTIME, get_bdevs);
     m.register("bdev_get_iostat", States::RUNTIME, get_iostat);
     m.register("bdev_reset_iostat", States::RUNTIME, reset_iostat);
@@ -90,6 +91,17 @@ fn d_small() -> u32 {
 }
 fn d_large() -> u32 {
     16
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExamineParams {
+    name: String,
+}
+
+/// Whether new bdevs are examined by modules (`bdev_auto_examine`).
+pub(crate) fn auto_examine() -> bool {
+    OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).bdev_auto_examine
 }
 
 static OPTIONS: std::sync::Mutex<BdevOptions> = std::sync::Mutex::new(BdevOptions {
@@ -226,13 +238,13 @@ pub fn describe(b: &Bdev) -> Value {
     }
     json!({
         "name": b.name(),
-        "aliases": [],
+        "aliases": b.aliases(),
         "product_name": b.backend.product_name(),
         "block_size": b.block_size(),
         "num_blocks": b.num_blocks(),
         "uuid": b.uuid().to_string(),
         "assigned_rate_limits": {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0},
-        "claimed": false,
+        "claimed": b.claimed_by().is_some(),
         "zoned": false,
         "supported_io_types": types,
         "driver_specific": { b.backend.module_name(): b.backend.driver_specific() },

@@ -399,3 +399,46 @@ fn a_resize_is_told_to_users_and_an_open_bdev_does_not_shrink() {
     let res = h.on(0, || notify_blockcnt_change("nope", 8));
     assert!(matches!(res, Err(BdevError::NotFound(_))), "{res:?}");
 }
+
+#[test]
+fn aliases_claims_and_examiners() {
+    let h = Harness::new(1);
+    let r = ram(64, 1, false);
+    make(&h, "ram0", &r, 64);
+    h.on(0, || {
+        add_alias("ram0", "store/vol").unwrap();
+        assert_eq!(get("store/vol").unwrap().name(), "ram0");
+        assert!(matches!(add_alias("ram0", "ram0"), Err(BdevError::Exists(_))));
+        let b = get("ram0").unwrap();
+        b.claim("lvol").unwrap();
+        assert!(b.claim("other").is_err());
+        // Claimed: readers only.
+        assert!(matches!(open("store/vol", true, |_| {}), Err(BdevError::Busy(_))));
+        assert!(open("store/vol", false, |_| {}).is_ok());
+        b.release_claim();
+        assert!(open("store/vol", true, |_| {}).is_ok());
+        remove_alias("ram0", "store/vol").unwrap();
+        assert!(get("store/vol").is_none());
+    });
+    // An examiner sees the bdevs there and those that come; waiting for
+    // examination ends when every token is dropped.
+    let seen: Rc<RefCell<Vec<String>>> = Rc::default();
+    let kept: Rc<RefCell<Vec<Examination>>> = Rc::default();
+    let (s, k) = (seen.clone(), kept.clone());
+    h.on(0, move || {
+        register_examiner("test", move |b, token| {
+            s.borrow_mut().push(b.name().to_string());
+            k.borrow_mut().push(token);
+        })
+        .unwrap()
+    });
+    make(&h, "ram1", &ram(64, 1, false), 64);
+    h.run_until_idle(10);
+    assert_eq!(*seen.borrow(), ["ram0", "ram1"]);
+    let waited = Rc::new(Cell::new(false));
+    let w = waited.clone();
+    h.on(0, move || wait_for_examine(move || w.set(true)));
+    assert!(!waited.get(), "examinations are still held");
+    h.on(0, || kept.borrow_mut().clear());
+    assert!(waited.get());
+}

@@ -12,6 +12,7 @@
 mod harness;
 mod msg;
 mod poller;
+pub mod task;
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};

@@ -30,6 +30,7 @@ mod iscsi_text;
 mod iscsi_wire;
 mod jsonrpc;
 pub mod known_bugs;
+mod lvol_md;
 mod nvmf;
 mod nvmf_host_logs;
 mod nvmf_host_pdu;
@@ -45,6 +46,7 @@ pub use iscsi_host_scsi::iscsi_host_scsi;
 pub use iscsi_pdu::iscsi_pdu;
 pub use iscsi_text::iscsi_text;
 pub use jsonrpc::jsonrpc_framing;
+pub use lvol_md::lvol_md;
 pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
 pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
@@ -68,6 +70,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvmf_host_logs", nvmf_host_logs),
     ("nvmf_rdma_capsule", nvmf_rdma_capsule),
     ("resv_ptpl", resv_ptpl),
+    ("lvol_md", lvol_md),
     ("iscsi_host_pdu", iscsi_host_pdu),
     ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),

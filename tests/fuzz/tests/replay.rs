@@ -47,6 +47,11 @@ fn resv_ptpl() {
 }
 
 #[test]
+fn lvol_md() {
+    replay_common::replay("lvol_md");
+}
+
+#[test]
 fn nvmf_rdma_capsule() {
     replay_common::replay("nvmf_rdma_capsule");
 }

@@ -58,7 +58,10 @@ fn once(
 ) -> impl FnMut(&mut Pdu) -> Action + Send + 'static {
     let done = Arc::new(AtomicBool::new(false));
     move |p: &mut Pdu| {
-        if p.conn == 1 && p.index > 50 && pick(p) && !done.swap(true, Ordering::SeqCst) {
+        // The first connection to carry traffic: the job's (others, such
+        // as the lvol module's examination of the new bdev, carry a few
+        // PDUs and end).
+        if p.index > 50 && pick(p) && !done.swap(true, Ordering::SeqCst) {
             return change(p);
         }
         Action::Forward
@@ -132,8 +135,13 @@ fn a_target_that_stops_answering_is_aborted_reset_and_reconnected() {
     let _tgt = target(port);
     // The reactor's session stalls after some traffic; later connections
     // are served.
-    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), |p: &mut Pdu| {
-        if p.conn == 1 && p.index > 50 { Action::Stall } else { Action::Forward }
+    let victim = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |p: &mut Pdu| {
+        // The first connection past 50 PDUs (the job's) stalls for good.
+        if p.index > 50 {
+            let _ = victim.compare_exchange(usize::MAX, p.conn, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        if victim.load(Ordering::SeqCst) == p.conn { Action::Stall } else { Action::Forward }
     });
     let dir = TempDir::new("iscsi-initiator-stall");
     let t0 = Instant::now();

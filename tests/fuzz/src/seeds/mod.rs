@@ -4,6 +4,7 @@
 
 mod iscsi;
 mod iscsi_host;
+mod lvol;
 mod nvmf;
 mod nvmf_host;
 mod rpc;
@@ -33,6 +34,7 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_host_logs", nvmf_host::nvmf_host_logs());
     add("nvmf_rdma_capsule", nvmf::nvmf_rdma_capsule());
     add("resv_ptpl", nvmf::resv_ptpl());
+    add("lvol_md", lvol::lvol_md());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
