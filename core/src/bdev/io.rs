@@ -88,6 +88,9 @@ pub enum IoStatus {
     },
     /// A media error (unrecovered read error, write fault).
     Media,
+    /// A thin-provisioned device has no space left for the write
+    /// (NVMe Capacity Exceeded, SCSI SPACE ALLOCATION FAILED).
+    NoSpace,
     /// NVMe status from a device, passed through for NVMe-aware consumers.
     Nvme {
         sct: u8,
@@ -110,6 +113,8 @@ impl IoStatus {
             (0, 0x07 | 0x08) => IoStatus::Aborted,
             // Compare Failure.
             (2, 0x85) => IoStatus::Miscompare { offset: 0 },
+            // Capacity Exceeded.
+            (0, 0x81) => IoStatus::NoSpace,
             (2, _) => IoStatus::Media,
             _ => IoStatus::Nvme { sct, sc },
         }

@@ -127,6 +127,18 @@ async fn rename_lvstore(p: RenameLvs) -> Result<bool, RpcError> {
     Ok(true)
 }
 
+/// A volume may promise up to 1024 times its store (thin), no more: its
+/// cluster map lives in memory.
+fn check_size(l: &Lvs, clusters: u64) -> Result<(), RpcError> {
+    let max = crate::blob::max_clusters(l.store.state.borrow().sb.total_clusters());
+    if clusters > max {
+        return Err(RpcError::invalid_params(format!(
+            "{clusters} clusters: an lvol may have at most {max} in this store (1024 times its size)"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateLvol {
@@ -153,9 +165,7 @@ async fn create_lvol(p: CreateLvol) -> Result<String, RpcError> {
         return Err(RpcError::invalid_params("size_in_mib must be at least 1"));
     }
     let clusters = bytes.div_ceil(l.cluster_size());
-    if clusters > u32::MAX as u64 {
-        return Err(RpcError::invalid_params("the lvol is too large"));
-    }
+    check_size(&l, clusters)?;
     let uuid = Uuid::new_v4();
     let mut blob = Blob::new(0, p.thin_provision, true);
     blob.set_xattr("name", lvs::lvol_name_value(&p.lvol_name));
@@ -267,6 +277,7 @@ async fn resize_lvol(p: Resize) -> Result<bool, RpcError> {
     if n == 0 {
         return Err(RpcError::invalid_params("size_in_mib must be at least 1"));
     }
+    check_size(&l, n as u64)?;
     let (old, ro) = {
         let st = l.store.state.borrow();
         let b = st.blobs.get(&id).ok_or(StoreError::NoBlob(id))?;

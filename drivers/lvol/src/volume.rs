@@ -338,7 +338,7 @@ impl Chan {
         for w in ws {
             match r {
                 Ok(()) => self.single(w.kind, w.bufs, w.off, w.n, w.done),
-                Err(e) => (w.done)(if e == libc::ENOSPC { IoStatus::NoMemory } else { IoStatus::Failed }, w.bufs),
+                Err(e) => (w.done)(if e == libc::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed }, w.bufs),
             }
         }
     }

@@ -69,6 +69,8 @@ pub fn status_of(s: IoStatus, kind: IoType) -> Status {
         IoStatus::Miscompare { .. } => status::COMPARE_FAILURE,
         IoStatus::Media if kind == IoType::Read => status::UNRECOVERED_READ_ERROR,
         IoStatus::Media => status::WRITE_FAULT,
+        // Capacity Exceeded.
+        IoStatus::NoSpace => Status::new(StatusCodeType::Generic, 0x81).with_dnr(),
         IoStatus::Nvme { sct, sc } => Status::new(StatusCodeType::from_code(sct), sc),
     }
 }

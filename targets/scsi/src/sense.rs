@@ -51,6 +51,8 @@ impl Asc {
     pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x26, 0x08);
     pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE: Asc = Asc(0x26, 0x09);
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
+    /// SPACE ALLOCATION FAILED WRITE PROTECT (thin provisioning out of space).
+    pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
     pub const POWER_ON_OCCURRED: Asc = Asc(0x29, 0x01);
     pub const BUS_RESET_OCCURRED: Asc = Asc(0x29, 0x02);
     pub const DEVICE_RESET_OCCURRED: Asc = Asc(0x29, 0x03);

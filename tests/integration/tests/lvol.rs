@@ -509,3 +509,40 @@ fn bdev_examine_loads_a_store_when_auto_examine_is_off() {
     d.call("bdev_wait_for_examine", None).unwrap();
     assert_answers_match(&d, 512);
 }
+
+/// A thin volume larger than its store: the write that finds no cluster
+/// left fails with NVMe's Capacity Exceeded (not a retryable error), the
+/// writes before it read back, and the volume goes on serving clusters it
+/// has.
+#[test]
+fn a_full_store_answers_capacity_exceeded() {
+    let port = free_port();
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 16384, "block_size": 512}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() });
+    d.call("bdev_lvol_create_lvstore", Some(json!({"bdev_name": "M0", "lvs_name": "small", "cluster_sz": 1 << 20}))).unwrap();
+    let lvs = &d.call("bdev_lvol_get_lvstores", None).unwrap()[0];
+    let free = lvs["free_clusters"].as_u64().unwrap() as usize;
+    d.call("bdev_lvol_create", Some(json!({"lvs_name": "small", "lvol_name": "big", "size_in_mib": 64, "thin_provision": true}))).unwrap();
+    export(&d, "small/big", 1);
+    let mut host = Host::connect(port);
+    for c in 0..free {
+        let c_ok = host.io.write(1, (c * MIB / 512) as u64, &[c as u8; 4096], 512, false);
+        assert!(c_ok.ok(), "write to cluster {c} of {free}: {c_ok:?}");
+    }
+    let full = host.io.write(1, (free * MIB / 512) as u64, &[0xee; 4096], 512, false);
+    assert_eq!(full.sct_sc(), (0, 0x81), "{full:?}");
+    for c in 0..free {
+        assert_eq!(host.read(1, c * MIB, 4096, 512), vec![c as u8; 4096], "cluster {c}");
+    }
+    let again = host.io.write(1, 4096 / 512, &[0x77; 4096], 512, false);
+    assert!(again.ok(), "a write to a cluster the volume has: {again:?}");
+}

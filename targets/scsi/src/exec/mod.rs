@@ -173,6 +173,7 @@ pub(crate) fn io_outcome(st: IoStatus, writing: bool) -> Option<Result<Sense, u8
         IoStatus::OutOfRange => Ok(Sense::lba_out_of_range()),
         IoStatus::Miscompare { offset } => Ok(Sense::miscompare(offset)),
         IoStatus::ReadOnly => Ok(Sense::new(SenseKey::DataProtect, Asc::WRITE_PROTECTED)),
+        IoStatus::NoSpace => Ok(Sense::new(SenseKey::DataProtect, Asc::SPACE_ALLOCATION_FAILED)),
         IoStatus::NoDevice => Ok(Sense::new(SenseKey::NotReady, Asc::LOGICAL_UNIT_NOT_READY)),
         IoStatus::Unsupported => Ok(Sense::invalid_opcode()),
         IoStatus::NoMemory => Err(status::BUSY),
