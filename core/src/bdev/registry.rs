@@ -155,8 +155,10 @@ pub fn register_examiner(module: &'static str, f: impl Fn(&Arc<Bdev>, Examinatio
         return Ok(());
     }
     reg.examiners.borrow_mut().push((module, Rc::new(f)));
-    for b in reg.bdevs.borrow().iter() {
-        start_examination(&reg, b, module);
+    if super::rpc::auto_examine() {
+        for b in reg.bdevs.borrow().iter() {
+            start_examination(&reg, b, module);
+        }
     }
     Ok(())
 }

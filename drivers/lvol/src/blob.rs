@@ -83,8 +83,10 @@ impl Blob {
     pub fn thin(&self) -> bool {
         self.invalid_flags & format::FLAG_THIN_PROV != 0
     }
+    /// Read-only, or carrying data flags this version does not know (SPDK
+    /// opens such a blob read-only too).
     pub fn read_only(&self) -> bool {
-        self.data_ro_flags & format::FLAG_READ_ONLY != 0
+        self.data_ro_flags != 0
     }
     pub fn clear_method(&self) -> ClearMethod {
         ClearMethod::from_bits(self.md_ro_flags)

@@ -107,7 +107,29 @@ async fn write(name: &str, at: u64, len: usize, fill: u8) -> IoStatus {
     let s = task::Slot::new();
     let s2 = s.clone();
     d.write(&ch, [b], at / BS, len as u64 / BS, move |io| s2.set(io.status()));
-    s.await
+    let st = s.await;
+    // The descriptor closes by a message to this reactor: let it run
+    // (a resize down refuses a bdev still open). The task's wake-up is a
+    // message too, queued after it.
+    drop((ch, d));
+    YieldOnce(false).await;
+    st
+}
+
+/// Pending once, waking itself: the task runs again after the messages
+/// already queued on its reactor.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// The run whose every write may be the last to persist.
@@ -161,7 +183,39 @@ fn scenario(h: &Harness) {
     });
 }
 
+/// A volume of 600 clusters of 16 KiB: two extent pages, written in
+/// both, shrunk into the first and grown again.
+fn wide_scenario(h: &Harness) {
+    run(h, async {
+        call(
+            "bdev_lvol_create_lvstore",
+            json!({"bdev_name": "d0", "lvs_name": "lvs", "cluster_sz": 16384, "num_md_pages_per_cluster_ratio": 5}),
+        )
+        .await
+        .unwrap();
+        call(
+            "bdev_lvol_create",
+            json!({"lvs_name": "lvs", "lvol_name": "wide", "size_in_mib": 600 * 16384 / (1 << 20) + 1, "thin_provision": true}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(write("lvs/wide", 10 * 16384, 4096, 0x61).await, IoStatus::Success);
+        assert_eq!(write("lvs/wide", 550 * 16384, 4096, 0x62).await, IoStatus::Success);
+        for (m, p) in [
+            ("bdev_lvol_resize", json!({"name": "lvs/wide", "size_in_mib": 5})),
+            ("bdev_lvol_resize", json!({"name": "lvs/wide", "size_in_mib": 10})),
+        ] {
+            call(m, p).await.unwrap_or_else(|e| panic!("{m}: {e:?}"));
+        }
+        assert_eq!(write("lvs/wide", 600 * 16384, 4096, 0x63).await, IoStatus::Success);
+    });
+}
+
 fn crash_at(limit: usize) -> (Vec<u8>, usize) {
+    crash_run(limit, scenario)
+}
+
+fn crash_run(limit: usize, scenario: fn(&Harness)) -> (Vec<u8>, usize) {
     let disk = Arc::new(Disk { live: Mutex::new(vec![0; SIZE]), kept: Mutex::new(vec![0; SIZE]), writes: AtomicUsize::new(0), limit });
     let h = Harness::new(1);
     register(&h, "d0", &disk);
@@ -222,6 +276,19 @@ fn every_crash_point_leaves_a_store_that_loads_and_checks() {
     std::fs::create_dir_all(&dir).unwrap();
     for n in 0..=total {
         let (image, _) = crash_at(n);
+        reload_and_check(image, n, &dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_crash_point_of_resizes_across_extent_pages_leaves_a_store_that_loads() {
+    let (_, total) = crash_run(usize::MAX, wide_scenario);
+    assert!(total > 10, "the run made only {total} writes");
+    let dir = std::env::temp_dir().join(format!("pollux-lvol-crash-wide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in 0..=total {
+        let (image, _) = crash_run(n, wide_scenario);
         reload_and_check(image, n, &dir);
     }
     let _ = std::fs::remove_dir_all(&dir);

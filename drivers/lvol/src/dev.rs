@@ -44,11 +44,21 @@ impl Dev {
         (self.pool.large_size() / 4096).max(1) * 4096
     }
 
-    async fn buf(&self, len: usize) -> DmaBuf {
-        let slot = Slot::new();
-        let s = slot.clone();
-        self.pool.get_or_wait(len, move |b| s.set(b));
-        slot.await
+    /// A buffer from the pool, or, when the pool is empty (requests parked
+    /// while this metadata work runs may hold it all), memory of its own:
+    /// never wait for the pool here.
+    async fn buf(&self, len: usize) -> Result<DmaBuf, DevError> {
+        if let Some(mut b) = self.pool.get(len) {
+            b.set_len(len);
+            return Ok(b);
+        }
+        DmaBuf::alloc(len).map_err(|_| DevError {
+            op: "allocate a buffer",
+            bdev: self.desc.bdev().name().to_string(),
+            at: 0,
+            len: len as u64,
+            status: IoStatus::NoMemory,
+        })
     }
 
     async fn op(&self, kind: IoType, bufs: Vec<DmaBuf>, at: u64, len: u64) -> Result<BdevIo, DevError> {
@@ -69,7 +79,7 @@ impl Dev {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(self.chunk());
-            let b = self.buf(n).await;
+            let b = self.buf(n).await?;
             let mut io = self.op(IoType::Read, vec![b], at + done as u64, n as u64).await?;
             let b = io.take_buffer().expect("read buffer");
             out.extend_from_slice(&b[..n]);
@@ -82,7 +92,7 @@ impl Dev {
         let mut done = 0;
         while done < data.len() {
             let n = (data.len() - done).min(self.chunk());
-            let mut b = self.buf(n).await;
+            let mut b = self.buf(n).await?;
             b[..n].copy_from_slice(&data[done..done + n]);
             self.op(IoType::Write, vec![b], at + done as u64, n as u64).await?;
             done += n;
@@ -102,7 +112,7 @@ impl Dev {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(self.chunk() as u64);
-            let mut b = self.buf(n as usize).await;
+            let mut b = self.buf(n as usize).await?;
             b.zero();
             self.op(IoType::Write, vec![b], at + done, n).await?;
             done += n;
@@ -123,7 +133,7 @@ impl Dev {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(self.chunk() as u64);
-            let b = self.buf(n as usize).await;
+            let b = self.buf(n as usize).await?;
             let mut io = self.op(IoType::Read, vec![b], from + done, n).await?;
             let b = io.take_buffer().expect("read buffer");
             self.op(IoType::Write, vec![b], to + done, n).await?;

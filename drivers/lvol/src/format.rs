@@ -186,8 +186,21 @@ impl SuperBlock {
         if s.used_page_mask_len == 0 || s.used_cluster_mask_len == 0 {
             return Err(bad("a used-page or used-cluster mask has no pages"));
         }
-        if s.md_len as usize > 8 * (s.used_page_mask_len as usize * PAGE - 5) {
+        let bits = |pages: u32| 8 * (pages as u64 * PAGE as u64).saturating_sub(5);
+        if s.md_len as u64 > bits(s.used_page_mask_len) {
             return Err(bad("the used-page mask is too short for the metadata region"));
+        }
+        if s.used_blobid_mask_len == 0 {
+            return Err(bad(format!("a version {} blobstore without a used-blob-ID mask is not supported", s.version)));
+        }
+        if s.md_len as u64 > bits(s.used_blobid_mask_len) {
+            return Err(bad("the used-blob-ID mask is too short for the metadata region"));
+        }
+        if s.total_clusters() > bits(s.used_cluster_mask_len) {
+            return Err(bad("the used-cluster mask is too short for the store's clusters"));
+        }
+        if s.total_clusters() > u32::MAX as u64 {
+            return Err(bad("more than 2^32 clusters"));
         }
         Ok(s)
     }
@@ -285,7 +298,10 @@ pub fn parse_mask(b: &[u8], want_type: u8, max_bits: u64) -> Result<Vec<bool>, F
 }
 
 pub fn render_mask(kind: u8, bits: &[bool], pages: u32) -> Vec<u8> {
-    let mut b = vec![0u8; pages as usize * PAGE];
+    // Room for the header and every bit (the super block's checks make the
+    // region large enough; never index past it).
+    let need = (5 + bits.len().div_ceil(8)).div_ceil(PAGE).max(1);
+    let mut b = vec![0u8; (pages as usize).max(need) * PAGE];
     b[0] = kind;
     put32(&mut b, 1, bits.len() as u32);
     for (i, _) in bits.iter().enumerate().filter(|(_, v)| **v) {

@@ -93,6 +93,14 @@ pub fn uuid_value(u: &Uuid) -> Vec<u8> {
 }
 
 impl Lvs {
+    /// Refuse work on a store being closed or destroyed.
+    pub fn open(&self) -> Result<(), StoreError> {
+        if self.closing.get() {
+            return Err(StoreError::Invalid(format!("lvol store {} is closing", self.name.borrow())));
+        }
+        Ok(())
+    }
+
     pub fn cluster_size(&self) -> u64 {
         self.store.state.borrow().sb.cluster_size as u64
     }
@@ -272,6 +280,7 @@ impl Lvs {
     /// Give cluster `k` of lvol `id` a device cluster and show it to the
     /// volume's channels.
     pub async fn allocate(&self, id: u64, k: usize) -> Result<(), StoreError> {
+        self.open()?;
         let c = self.store.allocate_cluster(id, k).await?;
         if let Some(lv) = self.lvols.borrow().get(&id) {
             if let Some(slot) = lv.vol.layout().clusters.get(k) {
@@ -404,8 +413,11 @@ pub async fn create(bdev_name: &str, name: &str, cluster_size: u32, clear: Clear
     }
     let desc = open_base(bdev_name).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let block = desc.bdev().block_size() as u64;
-    if block > format::PAGE as u64 {
-        return Err(StoreError::Invalid(format!("bdev {bdev_name} has blocks of {block} bytes: at most 4096")));
+    if block > format::PAGE as u64 || !block.is_power_of_two() {
+        return Err(StoreError::Invalid(format!("bdev {bdev_name} has blocks of {block} bytes: 512 to 4096, a power of two")));
+    }
+    if desc.bdev().backend().module_name() == "lvol" {
+        return Err(StoreError::Invalid(format!("bdev {bdev_name} is an lvol: an lvol store on an lvol is not supported")));
     }
     if cluster_size < 8192 || !cluster_size.is_power_of_two() {
         return Err(StoreError::Invalid(format!("cluster size {cluster_size}: a power of two of at least 8192 bytes")));

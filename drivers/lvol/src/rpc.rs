@@ -112,6 +112,7 @@ async fn rename_lvstore(p: RenameLvs) -> Result<bool, RpcError> {
     }
     {
         let _g = l.store.lock().await;
+        l.open()?;
         let mut v = p.new_name.as_bytes().to_vec();
         v.push(0);
         l.store.state.borrow_mut().blobs.get_mut(&l.super_blob).ok_or(StoreError::NoBlob(l.super_blob))?.set_xattr("name", v);
@@ -173,6 +174,8 @@ async fn create_lvol(p: CreateLvol) -> Result<String, RpcError> {
     blob.md_ro_flags = clear.bits();
     let id = {
         let _g = l.store.lock().await;
+        l.open()?;
+        check_lvol_name(&l, &p.lvol_name)?;
         l.store.create_blob(blob, clusters as usize).await?
     };
     add_lvol(&l, id, p.lvol_name, uuid)
@@ -207,15 +210,22 @@ async fn delete_lvol(p: Name) -> Result<bool, RpcError> {
     let s2 = s.clone();
     bdev::unregister(&bdev_name, move |r| s2.set(r));
     s.await.map_err(RpcError::from)?;
+    let _g = l.store.lock().await;
+    l.open()?;
+    // Clones made while the bdev went: look again, under the lock.
+    let clones = l.clones_of(id);
+    if clones.len() > 1 {
+        drop(_g);
+        let _ = l.register_lvol(id);
+        return Err(RpcError::errno(libc::EBUSY, format!("lvol {} got a clone meanwhile: it has {} now", p.name, clones.len())));
+    }
     match clones.first() {
         None => {
-            let _g = l.store.lock().await;
             l.store.delete_blob(id).await?;
         }
         Some(&clone) => {
             // A snapshot with one clone merges into it, as SPDK does.
             let vol = l.lvols.borrow().get(&clone).map(|v| v.vol.clone()).ok_or_else(|| not_found("the snapshot's clone"))?;
-            let _g = l.store.lock().await;
             freeze(&vol).await;
             let r = l.store.merge_snapshot(id, clone).await;
             vol.set_layout(l.build_layout(clone));
@@ -256,6 +266,18 @@ async fn detach(p: Name, all: bool) -> Result<bool, RpcError> {
     let vol = l.lvols.borrow()[&id].vol.clone();
     {
         let _g = l.store.lock().await;
+        l.open()?;
+        // A snapshot or a new parent meanwhile moved what was allocated:
+        // the parent dropped now would take data with it.
+        let changed = {
+            let st = l.store.state.borrow();
+            let b = st.blobs.get(&id).ok_or(StoreError::NoBlob(id))?;
+            b.parent() != parent
+                || (0..b.clusters.len()).any(|k| b.clusters[k] == 0 && (all || b.parent().and_then(|pp| st.resolve(pp, k)).is_some()))
+        };
+        if changed {
+            return Err(RpcError::errno(libc::EBUSY, format!("lvol {} changed (snapshot or parent) meanwhile: try again", p.name)));
+        }
         l.store.drop_parent(id, all).await?;
         vol.set_layout(l.build_layout(id));
     }
@@ -295,6 +317,7 @@ async fn resize_lvol(p: Resize) -> Result<bool, RpcError> {
     }
     {
         let _g = l.store.lock().await;
+        l.open()?;
         l.store.resize_blob(id, n).await?;
     }
     let layout = l.build_layout(id);
@@ -309,6 +332,7 @@ async fn set_read_only(p: Name) -> Result<bool, RpcError> {
     let (l, id) = pick_lvol(&p.name)?;
     {
         let _g = l.store.lock().await;
+        l.open()?;
         l.store.state.borrow_mut().blobs.get_mut(&id).ok_or(StoreError::NoBlob(id))?.data_ro_flags |= format::FLAG_READ_ONLY;
         l.store.persist(id, crate::store::Extents::New).await?;
     }
@@ -332,6 +356,7 @@ async fn rename_lvol(p: RenameLvol) -> Result<bool, RpcError> {
     check_lvol_name(&l, &p.new_name)?;
     {
         let _g = l.store.lock().await;
+        l.open()?;
         // As SPDK's spdk_lvol_rename: the name and its NUL.
         let mut v = p.new_name.as_bytes().to_vec();
         v.push(0);
@@ -385,6 +410,11 @@ async fn snapshot(p: Snapshot) -> Result<String, RpcError> {
     let uuid = Uuid::new_v4();
     let xattrs = vec![("name".to_string(), lvs::lvol_name_value(&p.snapshot_name)), ("uuid".to_string(), lvs::uuid_value(&uuid))];
     let _g = l.store.lock().await;
+    l.open()?;
+    check_lvol_name(&l, &p.snapshot_name)?;
+    if !l.lvols.borrow().contains_key(&origin) {
+        return Err(not_found(&p.lvol_name));
+    }
     freeze(&vol).await;
     let r = l.store.snapshot(origin, xattrs).await;
     // The origin reads through the snapshot from now on (or, failed, as
@@ -421,6 +451,12 @@ async fn clone(p: Clone) -> Result<String, RpcError> {
     blob.set_parent(Some(snap));
     let id = {
         let _g = l.store.lock().await;
+        l.open()?;
+        // Again under the lock: the snapshot may have gone, the name come.
+        check_lvol_name(&l, &p.clone_name)?;
+        if !l.store.state.borrow().blobs.get(&snap).is_some_and(|b| b.read_only()) || !l.lvols.borrow().contains_key(&snap) {
+            return Err(not_found(&format!("snapshot {}", p.snapshot_name)));
+        }
         l.store.create_blob(blob, n).await?
     };
     add_lvol(&l, id, p.clone_name, uuid)
@@ -469,6 +505,7 @@ async fn set_parent(p: SetParent) -> Result<bool, RpcError> {
     }
     let vol = l.lvols.borrow()[&id].vol.clone();
     let _g = l.store.lock().await;
+    l.open()?;
     freeze(&vol).await;
     let r = async {
         l.store.state.borrow_mut().blobs.get_mut(&id).ok_or(StoreError::NoBlob(id))?.set_parent(Some(parent));

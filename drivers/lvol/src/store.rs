@@ -95,7 +95,7 @@ impl State {
         self.used_clusters.iter().filter(|u| !**u).count() as u64
     }
     pub fn total_data_clusters(&self) -> u64 {
-        self.sb.total_clusters() - self.sb.md_clusters()
+        self.sb.total_clusters().saturating_sub(self.sb.md_clusters())
     }
     fn claim_cluster(&mut self) -> Result<u32, StoreError> {
         let c = self.used_clusters.iter().position(|u| !*u).ok_or(StoreError::NoSpace)?;
@@ -204,6 +204,9 @@ impl Store {
 
     /// Load the store on `dev` (its super block already probed).
     pub async fn load(dev: Dev, sb: SuperBlock) -> Result<Rc<Store>, StoreError> {
+        if !dev.block.is_power_of_two() {
+            return Err(StoreError::Invalid(format!("blocks of {} bytes are not supported (a power of two)", dev.block)));
+        }
         if !sb.cluster_size.is_power_of_two() {
             return Err(StoreError::Invalid(format!(
                 "cluster size {} is not a power of two, which Pollux does not support",
@@ -409,6 +412,7 @@ impl Store {
         snap.set_internal(format::XATTR_SNAPSHOT_IN_PROGRESS, origin.to_le_bytes().to_vec());
         let id = self.create_blob(snap, n).await?;
         // 2. It takes the origin's clusters, flags and parent.
+        let before = self.state.borrow().blobs.get(&origin).cloned().ok_or(StoreError::NoBlob(origin))?;
         {
             let mut st = self.state.borrow_mut();
             let (clusters, eps, flags, parent, md_ro) = {
@@ -423,15 +427,34 @@ impl Store {
             s.md_ro_flags = md_ro;
             s.set_parent(parent);
         }
-        self.persist(id, Extents::New).await?;
-        // 3. The origin: a thin clone of the snapshot (the switch).
-        {
-            let mut st = self.state.borrow_mut();
-            let o = st.blobs.get_mut(&origin).expect("origin");
-            o.invalid_flags |= format::FLAG_THIN_PROV;
-            o.set_parent(Some(id));
+        let mut r = self.persist(id, Extents::New).await;
+        if r.is_ok() {
+            // 3. The origin: a thin clone of the snapshot (the switch).
+            {
+                let mut st = self.state.borrow_mut();
+                let o = st.blobs.get_mut(&origin).expect("origin");
+                o.invalid_flags |= format::FLAG_THIN_PROV;
+                o.set_parent(Some(id));
+            }
+            r = self.persist(origin, Extents::New).await;
         }
-        self.persist(origin, Extents::New).await?;
+        if let Err(e) = r {
+            // Before the switch: the origin keeps its clusters (on disk it
+            // still names them); the snapshot goes without them, as a load
+            // after a crash here would do.
+            let pages = self.state.borrow().blobs.get(&origin).map(|o| o.pages.clone()).unwrap_or_default();
+            {
+                let mut st = self.state.borrow_mut();
+                let mut back = before;
+                back.pages = pages;
+                st.blobs.insert(origin, back);
+            }
+            self.forget_shared(id, origin);
+            if let Err(e2) = self.delete_blob(id).await {
+                tracing::warn!("lvol: removing the failed snapshot {id:#x}: {e2}");
+            }
+            return Err(e);
+        }
         // 4. The snapshot is done and read-only.
         {
             let mut st = self.state.borrow_mut();
@@ -658,7 +681,11 @@ impl Store {
             }
             (freed, old_eps)
         };
-        self.persist(id, Extents::InPlace).await?;
+        // Changed extent pages go to fresh pages: the chain's first page
+        // stays the one commit point (a shrink rewriting its last kept
+        // page in place, then cut short, would leave a short page before
+        // a longer one, which neither SPDK nor Pollux loads).
+        self.persist(id, Extents::Fresh).await?;
         self.release(freed.0, freed.1, clear).await
     }
 
@@ -737,7 +764,9 @@ impl Store {
         self.write_chain(id).await?;
         for p in replaced {
             let at = self.state.borrow().md_at(p);
-            self.dev.zero(at, PAGE as u64).await?;
+            if let Err(e) = self.dev.zero(at, PAGE as u64).await {
+                tracing::warn!("lvol: zeroing replaced extent page {p}: {e}");
+            }
             self.state.borrow_mut().release_page(p);
         }
         Ok(())
@@ -768,8 +797,22 @@ impl Store {
         match write {
             None => self.write_chain(id).await,
             Some((at, img, new)) => {
-                self.dev.write(at, &img).await?;
-                if new { self.write_chain(id).await } else { Ok(()) }
+                let r = match self.dev.write(at, &img).await {
+                    Ok(()) if new => self.write_chain(id).await,
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
+                if r.is_err() && new {
+                    // The table never named the new page: forget it.
+                    let mut st = self.state.borrow_mut();
+                    let i = k / format::EXTENTS_PER_EP;
+                    if let Some(eps) = st.blobs.get_mut(&id).and_then(|b| b.extent_pages.as_mut()) {
+                        eps[i] = 0;
+                    }
+                    let page = ((at / PAGE as u64) - st.sb.md_start as u64) as u32;
+                    st.release_page(page);
+                }
+                r
             }
         }
     }
@@ -803,9 +846,12 @@ impl Store {
             let mut st = self.state.borrow_mut();
             st.blobs.get_mut(&id).expect("blob").pages = pages;
         }
+        // After the switch: a failure here must not undo what is written.
         for p in old {
             let at = self.state.borrow().md_at(p);
-            self.dev.zero(at, PAGE as u64).await?;
+            if let Err(e) = self.dev.zero(at, PAGE as u64).await {
+                tracing::warn!("lvol: zeroing old metadata page {p}: {e}");
+            }
             self.state.borrow_mut().release_page(p);
         }
         Ok(())

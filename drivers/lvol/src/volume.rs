@@ -115,7 +115,13 @@ impl Backend for LvolBackend {
         "Logical Volume"
     }
     fn supports(&self, kind: IoType) -> bool {
-        matches!(kind, IoType::Read | IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Flush | IoType::Reset)
+        // Write zeroes only where the base zeroes (a clone's copied cluster
+        // must read zeroes after it).
+        match kind {
+            IoType::Read | IoType::Write | IoType::Unmap | IoType::Flush | IoType::Reset => true,
+            IoType::WriteZeroes => self.vol.base.bdev().supports(kind),
+            _ => false,
+        }
     }
     fn buffer_alignment(&self) -> usize {
         self.vol.base.bdev().buffer_alignment()
