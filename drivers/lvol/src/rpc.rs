@@ -128,16 +128,22 @@ async fn rename_lvstore(p: RenameLvs) -> Result<bool, RpcError> {
     Ok(true)
 }
 
-/// A volume may promise up to 1024 times its store (thin), no more: its
-/// cluster map lives in memory.
-fn check_size(l: &Lvs, clusters: u64) -> Result<(), RpcError> {
+/// The clusters of a volume of `size_in_mib` (create, resize): at least
+/// one, and up to 1024 times its store (thin), no more: its cluster map
+/// lives in memory.
+fn clusters_of(l: &Lvs, size_in_mib: u64) -> Result<u64, RpcError> {
+    let bytes = size_in_mib.checked_mul(1 << 20).ok_or_else(|| RpcError::invalid_params("size_in_mib is too large"))?;
+    if bytes == 0 {
+        return Err(RpcError::invalid_params("size_in_mib must be at least 1"));
+    }
+    let clusters = bytes.div_ceil(l.cluster_size());
     let max = crate::blob::max_clusters(l.store.state.borrow().sb.total_clusters());
     if clusters > max {
         return Err(RpcError::invalid_params(format!(
             "{clusters} clusters: an lvol may have at most {max} in this store (1024 times its size)"
         )));
     }
-    Ok(())
+    Ok(clusters)
 }
 
 #[derive(Deserialize)]
@@ -161,12 +167,7 @@ async fn create_lvol(p: CreateLvol) -> Result<String, RpcError> {
             ClearMethod::parse(s).ok_or_else(|| RpcError::invalid_params(format!("clear_method {s}: none, unmap or write_zeroes")))?
         }
     };
-    let bytes = p.size_in_mib.checked_mul(1 << 20).ok_or_else(|| RpcError::invalid_params("size_in_mib is too large"))?;
-    if bytes == 0 {
-        return Err(RpcError::invalid_params("size_in_mib must be at least 1"));
-    }
-    let clusters = bytes.div_ceil(l.cluster_size());
-    check_size(&l, clusters)?;
+    let clusters = clusters_of(&l, p.size_in_mib)?;
     let uuid = Uuid::new_v4();
     let mut blob = Blob::new(0, p.thin_provision, true);
     blob.set_xattr("name", lvs::lvol_name_value(&p.lvol_name));
@@ -226,11 +227,7 @@ async fn delete_lvol(p: Name) -> Result<bool, RpcError> {
         Some(&clone) => {
             // A snapshot with one clone merges into it, as SPDK does.
             let vol = l.lvols.borrow().get(&clone).map(|v| v.vol.clone()).ok_or_else(|| not_found("the snapshot's clone"))?;
-            freeze(&vol).await;
-            let r = l.store.merge_snapshot(id, clone).await;
-            vol.set_layout(l.build_layout(clone));
-            crate::volume::unfreeze(&vol);
-            r?;
+            with_writes_held(&l, &vol, clone, l.store.merge_snapshot(id, clone)).await?;
         }
     }
     l.lvols.borrow_mut().remove(&id);
@@ -294,12 +291,7 @@ struct Resize {
 
 async fn resize_lvol(p: Resize) -> Result<bool, RpcError> {
     let (l, id) = pick_lvol(&p.name)?;
-    let bytes = p.size_in_mib.checked_mul(1 << 20).ok_or_else(|| RpcError::invalid_params("size_in_mib is too large"))?;
-    let n = bytes.div_ceil(l.cluster_size()) as usize;
-    if n == 0 {
-        return Err(RpcError::invalid_params("size_in_mib must be at least 1"));
-    }
-    check_size(&l, n as u64)?;
+    let n = clusters_of(&l, p.size_in_mib)? as usize;
     let (old, ro) = {
         let st = l.store.state.borrow();
         let b = st.blobs.get(&id).ok_or(StoreError::NoBlob(id))?;
@@ -387,6 +379,23 @@ thread_local! {
     static TICKET: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// Run `change` (a change to lvol `id`'s clusters or parent) with the
+/// writes to `vol` held and drained, then give its channels lvol `id`'s
+/// map as the store now has it, whether the change succeeded or not, and
+/// let the writes go.
+async fn with_writes_held<T>(
+    l: &Lvs,
+    vol: &Arc<Volume>,
+    id: u64,
+    change: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    freeze(vol).await;
+    let r = change.await;
+    vol.set_layout(l.build_layout(id));
+    crate::volume::unfreeze(vol);
+    r
+}
+
 /// Hold the volume's new writes and wait for those in flight.
 async fn freeze(vol: &Arc<Volume>) {
     let t = TICKET.with(|c| {
@@ -415,12 +424,9 @@ async fn snapshot(p: Snapshot) -> Result<String, RpcError> {
     if !l.lvols.borrow().contains_key(&origin) {
         return Err(not_found(&p.lvol_name));
     }
-    freeze(&vol).await;
-    let r = l.store.snapshot(origin, xattrs).await;
     // The origin reads through the snapshot from now on (or, failed, as
     // before: its map is rebuilt from what the store holds either way).
-    vol.set_layout(l.build_layout(origin));
-    crate::volume::unfreeze(&vol);
+    let r = with_writes_held(&l, &vol, origin, l.store.snapshot(origin, xattrs)).await;
     drop(_g);
     let id = r?;
     add_lvol(&l, id, p.snapshot_name, uuid)
@@ -506,15 +512,11 @@ async fn set_parent(p: SetParent) -> Result<bool, RpcError> {
     let vol = l.lvols.borrow()[&id].vol.clone();
     let _g = l.store.lock().await;
     l.open()?;
-    freeze(&vol).await;
-    let r = async {
+    let change = async {
         l.store.state.borrow_mut().blobs.get_mut(&id).ok_or(StoreError::NoBlob(id))?.set_parent(Some(parent));
         l.store.persist(id, crate::store::Extents::New).await
-    }
-    .await;
-    vol.set_layout(l.build_layout(id));
-    crate::volume::unfreeze(&vol);
-    r?;
+    };
+    with_writes_held(&l, &vol, id, change).await?;
     l.refresh_descriptions();
     Ok(true)
 }
