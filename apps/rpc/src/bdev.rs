@@ -38,6 +38,9 @@ pub enum Cmd {
     /// Delete a null bdev
     #[command(name = "bdev_null_delete", rename_all = "kebab-case")]
     BdevNullDelete { name: String },
+    /// Grow a null bdev to NEW_SIZE MiB
+    #[command(name = "bdev_null_resize", rename_all = "kebab-case")]
+    BdevNullResize { name: String, new_size: u64 },
     /// Put a delay bdev on another: bdev_delay_create -b BASE -d NAME -r AVG_READ_US -t P99_READ_US -w AVG_WRITE_US -n P99_WRITE_US
     #[command(name = "bdev_delay_create", rename_all = "kebab-case")]
     BdevDelayCreate {
@@ -131,6 +134,9 @@ pub enum Cmd {
     /// Delete a uring bdev
     #[command(name = "bdev_uring_delete", rename_all = "kebab-case")]
     BdevUringDelete { name: String },
+    /// Read a uring bdev's size again (its file or device grew)
+    #[command(name = "bdev_uring_rescan", rename_all = "kebab-case")]
+    BdevUringRescan { name: String },
     /// Create a bdev on a file or block device (served by io_uring)
     #[command(name = "bdev_aio_create", rename_all = "kebab-case")]
     BdevAioCreate {
@@ -147,6 +153,9 @@ pub enum Cmd {
     /// Delete an aio bdev
     #[command(name = "bdev_aio_delete", rename_all = "kebab-case")]
     BdevAioDelete { name: String },
+    /// Read an aio bdev's size again (its file or device grew)
+    #[command(name = "bdev_aio_rescan", rename_all = "kebab-case")]
+    BdevAioRescan { name: String },
     /// List bdevs (or one)
     #[command(name = "bdev_get_bdevs", rename_all = "kebab-case")]
     BdevGetBdevs {
@@ -254,6 +263,7 @@ impl Cmd {
                 )
             }
             BdevNullDelete { name } => req("bdev_null_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevNullResize { name, new_size } => req("bdev_null_resize", Some(json!({"name": name, "new_size": new_size})), Show::Nothing),
             BdevDelayCreate { base_bdev_name, name, uuid, avg_read_latency, p99_read_latency, avg_write_latency, p99_write_latency } => {
                 req(
                     "bdev_delay_create",
@@ -281,6 +291,7 @@ impl Cmd {
                 Show::Text,
             ),
             BdevUringDelete { name } => req("bdev_uring_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevUringRescan { name } => req("bdev_uring_rescan", Some(json!({"name": name})), Show::Nothing),
             BdevRbdRegisterCluster { name, user_id, config_param, config_file, key_file, core_mask } => req(
                 "bdev_rbd_register_cluster",
                 params(&[
@@ -325,6 +336,7 @@ impl Cmd {
                 Show::Text,
             ),
             BdevAioDelete { name } => req("bdev_aio_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevAioRescan { name } => req("bdev_aio_rescan", Some(json!({"name": name})), Show::Nothing),
             BdevGetBdevs { name, timeout } => req("bdev_get_bdevs", params(&[("name", o(name)), ("timeout", o(timeout))]), Show::Json),
             BdevGetIostat { per_channel, reset_mode, names } => req(
                 "bdev_get_iostat",

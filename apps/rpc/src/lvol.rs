@@ -34,6 +34,14 @@ pub enum Cmd {
         #[arg(short = 'l', long)]
         lvs_name: Option<String>,
     },
+    /// Grow an lvol store to fill its base bdev (which grew)
+    #[command(name = "bdev_lvol_grow_lvstore", rename_all = "kebab-case")]
+    BdevLvolGrowLvstore {
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+        #[arg(short = 'l', long)]
+        lvs_name: Option<String>,
+    },
     /// Lvol stores
     #[command(name = "bdev_lvol_get_lvstores", rename_all = "kebab-case")]
     BdevLvolGetLvstores {
@@ -117,6 +125,9 @@ impl Cmd {
             ),
             BdevLvolDeleteLvstore { uuid, lvs_name } => {
                 req("bdev_lvol_delete_lvstore", &[("uuid", o(uuid)), ("lvs_name", o(lvs_name))], Show::Nothing)
+            }
+            BdevLvolGrowLvstore { uuid, lvs_name } => {
+                req("bdev_lvol_grow_lvstore", &[("uuid", o(uuid)), ("lvs_name", o(lvs_name))], Show::Nothing)
             }
             BdevLvolGetLvstores { uuid, lvs_name } => {
                 req("bdev_lvol_get_lvstores", &[("uuid", o(uuid)), ("lvs_name", o(lvs_name))], Show::Json)

@@ -73,6 +73,11 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The bdev was unregistered and no descriptor is open any more.
     fn destroy(&self) {}
+    /// The backend as `Any`, for its module's own RPCs (a rescan, a
+    /// member list) to reach their type.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// A backend's per-reactor half: takes requests and completes them later

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use crate::common::{Delete, delete_rpc, reject_unsupported};
 
 struct NullBackend {
-    num_blocks: u64,
     block_size: u32,
 }
 
@@ -34,7 +33,7 @@ impl Backend for NullBackend {
             "bdev_null_create",
             json!({
                 "name": b.name(),
-                "num_blocks": self.num_blocks,
+                "num_blocks": b.num_blocks(),
                 "block_size": self.block_size,
                 "physical_block_size": self.block_size,
                 "uuid": b.uuid().to_string(),
@@ -87,8 +86,34 @@ struct Create {
 
 /// Create a null bdev (main reactor).
 pub fn create(name: &str, block_size: u32, num_blocks: u64, uuid: Option<Uuid>) -> Result<Arc<Bdev>, RpcError> {
-    let spec = BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(NullBackend { num_blocks, block_size }) };
+    let spec = BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(NullBackend { block_size }) };
     bdev::register(spec).map_err(RpcError::from)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    name: String,
+    /// MiB.
+    new_size: u64,
+}
+
+/// `bdev_null_resize`: grow a null bdev to `new_mib` MiB (SPDK refuses to
+/// shrink one, and so does Pollux).
+fn resize(name: &str, new_mib: u64) -> Result<bool, RpcError> {
+    let b = bdev::get(name).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("bdev {name} not found")))?;
+    if b.backend().module_name() != "null" {
+        return Err(RpcError::invalid_params(format!("bdev {name} is not a null bdev")));
+    }
+    let bytes = new_mib.checked_mul(1 << 20).ok_or_else(|| RpcError::invalid_params("new_size is too large"))?;
+    if bytes < b.size_bytes() / (1 << 20) * (1 << 20) {
+        return Err(RpcError::invalid_params(format!(
+            "the new size ({new_mib} MiB) must not be smaller than the current one ({} MiB)",
+            b.size_bytes() >> 20
+        )));
+    }
+    bdev::notify_blockcnt_change(name, bytes / b.block_size() as u64)?;
+    Ok(true)
 }
 
 pub fn register(app: &mut App) {
@@ -112,5 +137,6 @@ pub fn register(app: &mut App) {
         }
         r.result(create(&p.name, p.block_size, p.num_blocks, p.uuid).map(|b| b.name().to_string()))
     });
+    m.register("bdev_null_resize", States::RUNTIME, |p: Resize, r: Responder| r.result(resize(&p.name, p.new_size)));
     m.register("bdev_null_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("null", p, r));
 }

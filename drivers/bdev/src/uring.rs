@@ -82,6 +82,9 @@ impl Backend for UringBackend {
     fn driver_specific(&self) -> Value {
         json!({"filename": self.filename, "o_direct": self.direct})
     }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
     fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
         Some(match self.flavor {
             Flavor::Uring => (
@@ -363,12 +366,31 @@ struct AioCreate {
     nowait: bool,
 }
 
+/// `bdev_uring_rescan` / `bdev_aio_rescan`: the file or device behind
+/// `name` changed size; tell the bdev's users (SPDK's `bdev_aio_rescan`).
+fn rescan(module: &str, name: &str) -> Result<bool, RpcError> {
+    let b = bdev::get(name).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("bdev {name} not found")))?;
+    let be =
+        b.backend().as_any().and_then(|a| a.downcast_ref::<UringBackend>()).filter(|u| u.module_name() == module).ok_or_else(|| {
+            RpcError::errno(libc::ENODEV, format!("bdev {name} is not a{} {module} bdev", if module == "aio" { "n" } else { "" }))
+        })?;
+    let (size, _) = geometry(&be.file).map_err(|e| RpcError::errno(libc::EIO, format!("cannot size {}: {e}", be.filename)))?;
+    let blocks = size / be.block_size as u64;
+    if blocks != b.num_blocks() {
+        tracing::info!("{}: {name} is now {blocks} blocks (was {})", be.filename, b.num_blocks());
+        bdev::notify_blockcnt_change(name, blocks)?;
+    }
+    Ok(true)
+}
+
 pub fn register(app: &mut App) {
     let m = app.methods();
     m.register("bdev_uring_create", States::RUNTIME, |p: UringCreate, r: Responder| {
         r.result(create(&p.name, &p.filename, p.block_size, p.uuid, Flavor::Uring).map(|b| b.name().to_string()))
     });
     m.register("bdev_uring_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("uring", p, r));
+    m.register("bdev_uring_rescan", States::RUNTIME, |p: Delete, r: Responder| r.result(rescan("uring", &p.name)));
+    m.register("bdev_aio_rescan", States::RUNTIME, |p: Delete, r: Responder| r.result(rescan("aio", &p.name)));
     m.register("bdev_aio_create", States::RUNTIME, |p: AioCreate, r: Responder| {
         if p.nowait {
             tracing::debug!("bdev_aio_create: nowait has no effect with io_uring");

@@ -211,6 +211,24 @@ fn wide_scenario(h: &Harness) {
     });
 }
 
+/// A store made on the first half of the disk, grown to all of it
+/// (`bdev_lvol_grow_lvstore` after the bdev grew), then filled past its
+/// old size.
+fn grow_scenario(h: &Harness) {
+    h.on(0, || bdev::notify_blockcnt_change("d0", SIZE as u64 / 2 / BS).unwrap());
+    run(h, async {
+        call("bdev_lvol_create_lvstore", json!({"bdev_name": "d0", "lvs_name": "lvs", "cluster_sz": 1 << 20})).await.unwrap();
+        call("bdev_lvol_create", json!({"lvs_name": "lvs", "lvol_name": "a", "size_in_mib": 6})).await.unwrap();
+        assert_eq!(write("lvs/a", 4096, 4096, 0x71).await, IoStatus::Success);
+        let e = call("bdev_lvol_create", json!({"lvs_name": "lvs", "lvol_name": "b", "size_in_mib": 10})).await.unwrap_err();
+        assert_eq!(e.code, -libc::ENOSPC, "{e:?}");
+        bdev::notify_blockcnt_change("d0", SIZE as u64 / BS).unwrap();
+        assert_eq!(call("bdev_lvol_grow_lvstore", json!({"lvs_name": "lvs"})).await.unwrap(), json!(true));
+        call("bdev_lvol_create", json!({"lvs_name": "lvs", "lvol_name": "b", "size_in_mib": 10})).await.unwrap();
+        assert_eq!(write("lvs/b", 9 << 20, 4096, 0x72).await, IoStatus::Success);
+    });
+}
+
 fn crash_at(limit: usize) -> (Vec<u8>, usize) {
     crash_run(limit, scenario)
 }
@@ -289,6 +307,32 @@ fn every_crash_point_of_resizes_across_extent_pages_leaves_a_store_that_loads() 
     std::fs::create_dir_all(&dir).unwrap();
     for n in 0..=total {
         let (image, _) = crash_run(n, wide_scenario);
+        reload_and_check(image, n, &dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_crash_point_of_a_grow_leaves_a_store_that_loads() {
+    let (image, total) = crash_run(usize::MAX, grow_scenario);
+    assert!(total > 10, "the run made only {total} writes");
+    // Everything kept: the store is the whole disk, both volumes in it.
+    let disk = Arc::new(Disk { live: Mutex::new(image.clone()), kept: Mutex::new(image), writes: AtomicUsize::new(0), limit: usize::MAX });
+    let h = Harness::new(1);
+    register(&h, "r0", &disk);
+    let info = run(&h, async {
+        let l = lvs::load("r0").await.unwrap().expect("a store");
+        (l.info(), l.lvols.borrow().len())
+    });
+    assert_eq!(info.1, 2);
+    assert_eq!(info.0["total_data_clusters"], json!(23), "{:#}", info.0);
+    assert_eq!(info.0["free_clusters"], json!(23 - 16), "{:#}", info.0);
+    lvs::forget_all();
+    drop(h);
+    let dir = std::env::temp_dir().join(format!("pollux-lvol-crash-grow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in 0..=total {
+        let (image, _) = crash_run(n, grow_scenario);
         reload_and_check(image, n, &dir);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -242,10 +242,26 @@ impl SuperBlock {
         (self.md_start as u64 + self.md_len as u64).div_ceil(self.pages_per_cluster())
     }
 
+    /// Pages between the used-cluster mask's start and the next region:
+    /// how large that mask may grow (`spdk_bs_init` reserves room for as
+    /// many clusters as metadata pages).
+    pub fn used_cluster_mask_room(&self) -> u32 {
+        self.used_blobid_mask_start.saturating_sub(self.used_cluster_mask_start).max(self.used_cluster_mask_len)
+    }
+
+    /// The most bytes the store can grow to (SPDK's
+    /// `spdk_bs_get_max_growable_size`): what a used-cluster mask filling
+    /// its room can track. SPDK computes the room from the metadata
+    /// region's size, which is the same for every store `spdk_bs_init`
+    /// makes; this reads it from the layout, which also holds for stores
+    /// made before SPDK reserved room to grow.
+    pub fn max_growable_size(&self) -> u64 {
+        (self.used_cluster_mask_room() as u64 * PAGE as u64 - 5) * 8 * self.cluster_size as u64
+    }
+
     /// The layout SPDK's `spdk_bs_init` gives a fresh store.
     pub fn new_layout(size: u64, cluster_size: u32, md_pages: u32, io_unit_size: u32) -> Result<SuperBlock, FormatError> {
         let total_clusters = size / cluster_size as u64;
-        let mask_pages = |bits: u64| (5 + bits.div_ceil(8)).div_ceil(PAGE as u64) as u32;
         let used_page_mask_len = mask_pages(md_pages as u64);
         let used_cluster_mask_len = mask_pages(total_clusters);
         let room = used_cluster_mask_len.max(mask_pages(md_pages as u64));
@@ -283,6 +299,11 @@ impl SuperBlock {
 
 /// A bit mask as SPDK stores it: type, length in bits, then the bits (bit
 /// i in byte i/8, least significant first).
+/// Pages a bit mask of `bits` bits takes with its 5-byte header.
+pub fn mask_pages(bits: u64) -> u32 {
+    (5 + bits.div_ceil(8)).div_ceil(PAGE as u64) as u32
+}
+
 pub fn parse_mask(b: &[u8], want_type: u8, max_bits: u64) -> Result<Vec<bool>, FormatError> {
     if b.len() < 5 {
         return Err(bad("a mask shorter than its header"));

@@ -171,6 +171,7 @@ impl Lvs {
             "free_clusters": st.free_clusters(),
             "block_size": self.store.dev.block,
             "cluster_size": st.sb.cluster_size,
+            "max_growable_size": st.sb.max_growable_size(),
         })
     }
 

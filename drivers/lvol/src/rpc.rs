@@ -548,6 +548,17 @@ fn get_lvstores(p: LvsRef) -> Result<Vec<Value>, RpcError> {
     })
 }
 
+/// `bdev_lvol_grow_lvstore`: the store fills its base bdev, which has grown
+/// (`bdev_null_resize`, `bdev_aio_rescan`, `bdev_rbd_resize`, a resized lvol
+/// under a nested store, an NVMe namespace that grew).
+async fn grow_lvstore(p: LvsRef) -> Result<bool, RpcError> {
+    let l = pick_lvs(&p.uuid, &p.lvs_name)?;
+    if l.store.grow().await? {
+        tracing::info!("lvol: store {} grew to {} clusters", l.name.borrow(), l.store.state.borrow().sb.total_clusters());
+    }
+    Ok(true)
+}
+
 async fn delete_lvstore(p: LvsRef) -> Result<bool, RpcError> {
     let l = pick_lvs(&p.uuid, &p.lvs_name)?;
     lvs::close(&l, true).await?;
@@ -568,6 +579,7 @@ pub fn register(app: &mut App) {
     m.register("bdev_lvol_create_lvstore", States::RUNTIME, |p: CreateLvs, r: Responder| spawn(r, create_lvstore(p)));
     m.register("bdev_lvol_delete_lvstore", States::RUNTIME, |p: LvsRef, r: Responder| spawn(r, delete_lvstore(p)));
     m.register("bdev_lvol_rename_lvstore", States::RUNTIME, |p: RenameLvs, r: Responder| spawn(r, rename_lvstore(p)));
+    m.register("bdev_lvol_grow_lvstore", States::RUNTIME, |p: LvsRef, r: Responder| spawn(r, grow_lvstore(p)));
     m.register("bdev_lvol_get_lvstores", States::RUNTIME, |p: LvsRef, r: Responder| r.result(get_lvstores(p)));
     m.register("bdev_lvol_create", States::RUNTIME, |p: CreateLvol, r: Responder| spawn(r, create_lvol(p)));
     m.register("bdev_lvol_delete", States::RUNTIME, |p: Name, r: Responder| spawn(r, delete_lvol(p)));
@@ -602,6 +614,7 @@ pub(crate) async fn call(method: &str, params: Value) -> Result<Value, RpcError>
         "bdev_lvol_inflate" => b(detach(p(params)?, true).await),
         "bdev_lvol_set_parent" => b(set_parent(p(params)?).await),
         "bdev_lvol_decouple_parent" => b(detach(p(params)?, false).await),
+        "bdev_lvol_grow_lvstore" => b(grow_lvstore(p(params)?).await),
         other => Err(RpcError::invalid_params(format!("{other}: not in the test table"))),
     }
 }

@@ -38,6 +38,8 @@ pub enum StoreError {
     NoBlob(u64),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    CannotGrow(String),
 }
 
 impl StoreError {
@@ -45,7 +47,7 @@ impl StoreError {
         match self {
             StoreError::Format(_) => libc::EILSEQ,
             StoreError::Dev(_) => libc::EIO,
-            StoreError::NoSpace | StoreError::NoMdSpace => libc::ENOSPC,
+            StoreError::NoSpace | StoreError::NoMdSpace | StoreError::CannotGrow(_) => libc::ENOSPC,
             StoreError::NoBlob(_) => libc::ENOENT,
             StoreError::Invalid(_) => libc::EINVAL,
         }
@@ -597,6 +599,43 @@ impl Store {
         store.dev.write(0, &sb.render()).await?;
         store.write_masks().await?;
         Ok(store)
+    }
+
+    /// Grow the store to fill its device (SPDK's `spdk_bs_grow_live`):
+    /// the super block, marked dirty, gets the new size and used-cluster
+    /// mask length in one write; the new clusters are free. A crash before
+    /// that write leaves the old store, after it a dirty one whose load
+    /// rebuilds the masks at the new size. Returns whether it grew.
+    pub async fn grow(&self) -> Result<bool, StoreError> {
+        let _g = self.lock().await;
+        let dev_size = self.dev.bytes();
+        let mut sb = self.state.borrow().sb.clone();
+        if dev_size == sb.size {
+            return Ok(false);
+        }
+        let total = dev_size / sb.cluster_size as u64;
+        let mask_len = format::mask_pages(total);
+        if dev_size < sb.size {
+            return Err(StoreError::CannotGrow(format!("the device ({dev_size} bytes) is smaller than the store ({} bytes)", sb.size)));
+        }
+        if mask_len > sb.used_cluster_mask_room() || total > u32::MAX as u64 {
+            return Err(StoreError::CannotGrow(format!(
+                "the store cannot grow past {} bytes (its used-cluster mask has room for that many clusters); the device has {dev_size}",
+                sb.max_growable_size()
+            )));
+        }
+        if total < self.state.borrow().used_clusters.len() as u64 {
+            return Ok(false);
+        }
+        sb.clean = false;
+        sb.size = dev_size;
+        sb.used_cluster_mask_len = mask_len;
+        self.dev.write(0, &sb.render()).await?;
+        let mut st = self.state.borrow_mut();
+        st.used_clusters.resize(total as usize, false);
+        st.sb = sb;
+        st.clean_on_disk = false;
+        Ok(true)
     }
 
     /// Point the super block at the store's super blob.

@@ -41,6 +41,15 @@ fn create_list_delete_with_spdk_rpc() {
         serde_json::from_str(&ok_stdout("iostat", &spdk_rpc(&d.socket, &["bdev_get_iostat", "--names", "Null0,Malloc7"]))).unwrap();
     assert_eq!(stats["bdevs"].as_array().unwrap().len(), 2);
     assert!(stats["tick_rate"].as_u64().unwrap() > 0);
+    // Resizes: a null bdev grows (never shrinks); a uring bdev follows its file.
+    ok_stdout("null resize", &spdk_rpc(&d.socket, &["bdev_null_resize", "Null0", "64"]));
+    assert_eq!(d.call("bdev_get_bdevs", Some(json!({"name": "Null0"}))).unwrap()[0]["num_blocks"], 64 * 256);
+    assert!(!spdk_rpc(&d.socket, &["bdev_null_resize", "Null0", "16"]).status.success(), "a null bdev shrank");
+    assert!(!spdk_rpc(&d.socket, &["bdev_null_resize", "Malloc7", "64"]).status.success(), "a malloc bdev resized as null");
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(12 << 20).unwrap();
+    ok_stdout("uring rescan", &spdk_rpc(&d.socket, &["bdev_uring_rescan", "Uring0"]));
+    assert_eq!(d.call("bdev_get_bdevs", Some(json!({"name": "Uring0"}))).unwrap()[0]["num_blocks"], 24576);
+    assert_eq!(rpc_code(d.call("bdev_aio_rescan", Some(json!({"name": "Uring0"}))).unwrap_err()), -libc::ENODEV);
     // Deletes.
     for (m, n) in
         [("bdev_malloc_delete", "Malloc7"), ("bdev_null_delete", "Null0"), ("bdev_uring_delete", "Uring0"), ("bdev_aio_delete", "Aio0")]

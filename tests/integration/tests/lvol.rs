@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pollux_core::rpc::ClientError;
 use pollux_tests::nvmf_client::Client;
 use pollux_tests::{Daemon, DaemonOpts, TempDir, free_port, ok_stdout, spdk_rpc, wait_until};
 use serde_json::{Value, json};
@@ -147,7 +148,12 @@ fn by_name(v: &Value, key: &str) -> BTreeMap<String, Value> {
 /// each lvol bdev (every field SPDK gave).
 fn assert_answers_match(d: &Daemon, bs: usize) {
     let want = fixture_json(&format!("lvs-bs{bs}.lvstores.json"));
-    let got = d.call("bdev_lvol_get_lvstores", None).unwrap();
+    let mut got = d.call("bdev_lvol_get_lvstores", None).unwrap();
+    // Every field SPDK 24.01 gave, and `max_growable_size`, which later
+    // SPDKs give (for bdev_lvol_grow_lvstore).
+    for s in got.as_array_mut().unwrap() {
+        assert!(s.as_object_mut().unwrap().remove("max_growable_size").is_some_and(|v| v.as_u64().is_some()), "{s}");
+    }
     assert_eq!(got, want, "bdev_lvol_get_lvstores");
     let want = by_name(&fixture_json(&format!("lvs-bs{bs}.lvols.json")), "name");
     let got = by_name(&d.call("bdev_lvol_get_lvols", None).unwrap(), "name");
@@ -545,4 +551,72 @@ fn a_full_store_answers_capacity_exceeded() {
     }
     let again = host.io.write(1, 4096 / 512, &[0x77; 4096], 512, false);
     assert!(again.ok(), "a write to a cluster the volume has: {again:?}");
+}
+
+/// The file under a store grows: `bdev_aio_rescan` tells the bdev layer,
+/// `bdev_lvol_grow_lvstore` (both through SPDK's client) makes the new
+/// clusters the store's, and the grown store survives a restart with its
+/// data and passes the checker. A store cannot shrink, nor grow past what
+/// its used-cluster mask can track (`max_growable_size`).
+#[test]
+fn a_store_grows_with_its_bdev() {
+    let dir = TempDir::new("lvol-grow");
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let port = free_port();
+    let d = start(&image, 512, port);
+    let s = d.socket.clone();
+    ok_stdout("create_lvstore", &spdk_rpc(&s, &["bdev_lvol_create_lvstore", "aio0", "lvs1", "-c", "1048576"]));
+    ok_stdout("create a", &spdk_rpc(&s, &["bdev_lvol_create", "-l", "lvs1", "a", "40"]));
+    let lvs = &d.call("bdev_lvol_get_lvstores", None).unwrap()[0];
+    assert_eq!((lvs["total_data_clusters"].as_u64(), lvs["free_clusters"].as_u64()), (Some(63), Some(23)), "{lvs}");
+    let max = lvs["max_growable_size"].as_u64().expect("max_growable_size");
+    assert!(max >= 128 << 20, "{lvs}");
+    assert!(d.call("bdev_lvol_create", Some(json!({"lvs_name": "lvs1", "lvol_name": "b", "size_in_mib": 80}))).is_err());
+    export(&d, "lvs1/a", 1);
+    let mut host = Host::connect(port);
+    let a: Vec<u8> = (0..4 * MIB).map(|i| (i % 239) as u8).collect();
+    host.write(1, 36 * MIB, &a, 512);
+    // Nothing to grow yet: a no-op.
+    ok_stdout("grow (same size)", &spdk_rpc(&s, &["bdev_lvol_grow_lvstore", "-l", "lvs1"]));
+    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(128 << 20).unwrap();
+    ok_stdout("rescan", &spdk_rpc(&s, &["bdev_aio_rescan", "aio0"]));
+    let aio = &d.call("bdev_get_bdevs", Some(json!({"name": "aio0"}))).unwrap()[0];
+    assert_eq!(aio["num_blocks"], (128 << 20) / 512, "{aio}");
+    ok_stdout("grow", &spdk_rpc(&s, &["bdev_lvol_grow_lvstore", "-l", "lvs1"]));
+    let lvs = &d.call("bdev_lvol_get_lvstores", None).unwrap()[0];
+    assert_eq!((lvs["total_data_clusters"].as_u64(), lvs["free_clusters"].as_u64()), (Some(127), Some(87)), "{lvs}");
+    ok_stdout("create b", &spdk_rpc(&s, &["bdev_lvol_create", "-l", "lvs1", "b", "80"]));
+    export(&d, "lvs1/b", 2);
+    let b: Vec<u8> = (0..4 * MIB).map(|i| (i % 233) as u8).collect();
+    host.write(2, 76 * MIB, &b, 512);
+    drop(host);
+    unexport(&d, 1);
+    unexport(&d, 2);
+    assert!(d.stop().success());
+    let report = check(&image, 512);
+    let lvols = by_name(&report["lvols"], "name");
+    assert_eq!(lvols.keys().collect::<Vec<_>>(), ["a", "b"], "{report:#}");
+    let d = start(&image, 512, port);
+    let lvs = &d.call("bdev_lvol_get_lvstores", None).unwrap()[0];
+    assert_eq!((lvs["total_data_clusters"].as_u64(), lvs["free_clusters"].as_u64()), (Some(127), Some(7)), "{lvs}");
+    export(&d, "lvs1/a", 1);
+    export(&d, "lvs1/b", 2);
+    let mut host = Host::connect(port);
+    assert_eq!(sha(&host.read(1, 36 * MIB, 4 * MIB, 512)), sha(&a), "a after the grow and a restart");
+    assert_eq!(sha(&host.read(2, 76 * MIB, 4 * MIB, 512)), sha(&b), "b, past the old end, after a restart");
+    drop(host);
+    unexport(&d, 1);
+    unexport(&d, 2);
+    // Past what the mask can track: refused with ENOSPC, the store unchanged.
+    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(max + (64 << 20)).unwrap();
+    ok_stdout("rescan (huge)", &spdk_rpc(&d.socket, &["bdev_aio_rescan", "aio0"]));
+    let e = d.call("bdev_lvol_grow_lvstore", Some(json!({"lvs_name": "lvs1"}))).unwrap_err();
+    assert!(matches!(e, ClientError::Rpc(ref r) if r.code == -libc::ENOSPC), "{e:?}");
+    let lvs = &d.call("bdev_lvol_get_lvstores", None).unwrap()[0];
+    assert_eq!(lvs["total_data_clusters"].as_u64(), Some(127), "{lvs}");
+    // The aio bdev is open by the store: it may grow, not shrink.
+    std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(32 << 20).unwrap();
+    assert!(!spdk_rpc(&d.socket, &["bdev_aio_rescan", "aio0"]).status.success(), "an open bdev shrank");
+    drop(d);
 }
