@@ -1,4 +1,14 @@
-//! The `accel` subsystem's `accel_set_options`. SPDK
+//! The `accel` subsystem: its crypto keys (`accel_crypto_key_create`,
+//! `accel_crypto_keys_get`, `accel_crypto_key_destroy`), which encrypting
+//! bdevs (`bdev_crypto_create`) name, and `accel_set_options`.
+//!
+//! Keys: AES-XTS only (two keys of 128 or 256 bits each, not equal), the
+//! tweak the block's LBA (SPDK's `SIMPLE_LBA`). As SPDK, the keys are
+//! shown by `accel_crypto_keys_get` and written by `save_config` (that is
+//! where SPDK keeps them: protect the config file as you would the keys);
+//! they are never logged.
+//!
+//! `accel_set_options`: SPDK
 //! sizes the task, sequence and buffer pools of its acceleration framework
 //! with them; Pollux has no such framework (CRC32C digests are computed
 //! inline with the CPU's instruction, copies are done in place), so the
@@ -6,12 +16,95 @@
 //! configs load, and change nothing.
 
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, ConfigWriter, Subsystem};
-use crate::rpc::{Responder, States};
+use crate::rpc::{Responder, RpcError, States};
+
+/// A crypto key as `accel_crypto_key_create` gave it.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoKeyParams {
+    pub cipher: String,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tweak_mode: Option<String>,
+    pub name: String,
+}
+
+/// A key ready for use: the data key and the tweak key.
+pub struct CryptoKey {
+    pub params: CryptoKeyParams,
+    pub key1: Vec<u8>,
+    pub key2: Vec<u8>,
+}
+
+impl std::fmt::Debug for CryptoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("CryptoKey").field("name", &self.params.name).field("bits", &(self.key1.len() * 8)).finish()
+    }
+}
+
+static KEYS: Mutex<Vec<Arc<CryptoKey>>> = Mutex::new(Vec::new());
+
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, RpcError> {
+    if s.len() % 2 != 0 || s.is_empty() || s.len() > 128 {
+        return Err(RpcError::errno(libc::EINVAL, format!("{what}: an even number of hex digits, 2 to 128")));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| RpcError::errno(libc::EINVAL, format!("{what} is not hex"))))
+        .collect()
+}
+
+/// Check and keep a key (`accel_crypto_key_create`).
+pub fn create_key(p: CryptoKeyParams) -> Result<(), RpcError> {
+    if p.name.is_empty() {
+        return Err(RpcError::invalid_params("a key needs a name"));
+    }
+    match p.cipher.as_str() {
+        "AES_XTS" => {}
+        "AES_CBC" => return Err(RpcError::errno(libc::EOPNOTSUPP, "cipher AES_CBC is not supported by Pollux (AES_XTS is)")),
+        other => return Err(RpcError::errno(libc::EINVAL, format!("unknown cipher {other}"))),
+    }
+    if let Some(t) = p.tweak_mode.as_deref().filter(|t| *t != "SIMPLE_LBA") {
+        return Err(RpcError::errno(libc::EINVAL, format!("tweak mode {t} is not supported (SIMPLE_LBA is)")));
+    }
+    let key1 = unhex("key", &p.key)?;
+    let key2 = unhex("key2", p.key2.as_deref().ok_or_else(|| RpcError::errno(libc::EINVAL, "AES_XTS key2 is missing"))?)?;
+    if ![16, 32].contains(&key1.len()) {
+        return Err(RpcError::errno(libc::EINVAL, format!("AES_XTS keys are 128 or 256 bits, not {}", key1.len() * 8)));
+    }
+    if key1.len() != key2.len() {
+        return Err(RpcError::errno(libc::EINVAL, "AES_XTS key size is not equal to key2 size"));
+    }
+    if key1 == key2 {
+        return Err(RpcError::errno(libc::EINVAL, "AES_XTS identical keys are not secure"));
+    }
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if keys.iter().any(|k| k.params.name == p.name) {
+        return Err(RpcError::errno(libc::EEXIST, format!("key {} exists", p.name)));
+    }
+    tracing::info!("accel: crypto key {} ({} AES-XTS) created", p.name, key1.len() * 16);
+    keys.push(Arc::new(CryptoKey { params: p, key1, key2 }));
+    Ok(())
+}
+
+/// The key named `name`.
+pub fn crypto_key(name: &str) -> Option<Arc<CryptoKey>> {
+    KEYS.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|k| k.params.name == name).cloned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyName {
+    key_name: Option<String>,
+}
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +142,9 @@ impl Subsystem for AccelSubsystem {
     }
     fn write_config(&self, out: &mut ConfigWriter) {
         out.call("accel_set_options", options());
+        for k in KEYS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.call("accel_crypto_key_create", &k.params);
+        }
     }
 }
 
@@ -63,6 +159,29 @@ pub fn register(app: &mut App) {
         o.task_count = p.task_count.unwrap_or(o.task_count);
         o.sequence_count = p.sequence_count.unwrap_or(o.sequence_count);
         o.buf_count = p.buf_count.unwrap_or(o.buf_count);
+        r.ok(true)
+    });
+    m.register("accel_crypto_key_create", States::RUNTIME, |p: CryptoKeyParams, r: Responder| r.result(create_key(p).map(|()| true)));
+    m.register("accel_crypto_keys_get", States::RUNTIME, |p: Option<KeyName>, r: Responder| {
+        let name = p.and_then(|p| p.key_name);
+        let keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        let list: Vec<&CryptoKeyParams> =
+            keys.iter().filter(|k| name.as_ref().is_none_or(|n| *n == k.params.name)).map(|k| &k.params).collect();
+        if let (Some(n), true) = (&name, list.is_empty()) {
+            return r.err(RpcError::errno(libc::ENOENT, format!("key {n} not found")));
+        }
+        r.ok(list)
+    });
+    m.register("accel_crypto_key_destroy", States::RUNTIME, |p: KeyName, r: Responder| {
+        let Some(name) = p.key_name else { return r.err(RpcError::invalid_params("key_name is required")) };
+        let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = keys.iter().position(|k| k.params.name == name) else {
+            return r.err(RpcError::errno(libc::ENOENT, format!("key {name} not found")));
+        };
+        if Arc::strong_count(&keys[i]) > 1 {
+            return r.err(RpcError::errno(libc::EBUSY, format!("key {name} is in use by a crypto bdev")));
+        }
+        keys.remove(i);
         r.ok(true)
     });
 }

@@ -98,6 +98,8 @@ fn main() -> ExitCode {
     pollux_bdev::register_all(&mut app);
     pollux_rbd::register(&mut app);
     pollux_lvol::register(&mut app);
+    pollux_raid::register(&mut app);
+    pollux_crypto::register(&mut app);
     pollux_nvme_driver::register(&mut app);
     pollux_iscsi_host::register(&mut app);
     let params = job::Params::from_args(&args);

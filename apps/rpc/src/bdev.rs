@@ -59,6 +59,160 @@ pub enum Cmd {
         #[arg(short = 'n', long)]
         p99_write_latency: u64,
     },
+    /// All of a bdev under another name: bdev_passthru_create -b BASE -p NAME
+    #[command(name = "bdev_passthru_create", rename_all = "kebab-case")]
+    BdevPassthruCreate {
+        #[arg(short = 'b', long)]
+        base_bdev_name: String,
+        #[arg(short = 'p', long)]
+        name: String,
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+    },
+    /// Delete a passthru bdev
+    #[command(name = "bdev_passthru_delete", rename_all = "kebab-case")]
+    BdevPassthruDelete { name: String },
+    /// Cut a bdev into SPLIT_COUNT slices (of SPLIT_SIZE_MB MiB each); prints their names
+    #[command(name = "bdev_split_create", rename_all = "kebab-case")]
+    BdevSplitCreate {
+        base_bdev: String,
+        split_count: u32,
+        #[arg(short = 's', long)]
+        split_size_mb: Option<u64>,
+    },
+    /// Delete the slices of a bdev
+    #[command(name = "bdev_split_delete", rename_all = "kebab-case")]
+    BdevSplitDelete { base_bdev: String },
+    /// Put an error injection bdev (EE_BASE) on a bdev
+    #[command(name = "bdev_error_create", rename_all = "kebab-case")]
+    BdevErrorCreate {
+        base_name: String,
+        #[arg(long)]
+        uuid: Option<String>,
+    },
+    /// Delete an error injection bdev
+    #[command(name = "bdev_error_delete", rename_all = "kebab-case")]
+    BdevErrorDelete { name: String },
+    /// Fail, hold or corrupt the next requests of an error injection bdev
+    #[command(name = "bdev_error_inject_error", rename_all = "kebab-case")]
+    BdevErrorInjectError {
+        name: String,
+        #[arg(value_parser = ["clear", "read", "write", "unmap", "flush", "all"])]
+        io_type: String,
+        #[arg(value_parser = ["failure", "nvme_failure", "pending", "corrupt_data", "nomem"])]
+        error_type: String,
+        #[arg(long)]
+        nvme_sct: Option<u32>,
+        #[arg(long)]
+        nvme_sc: Option<u32>,
+        #[arg(short = 'n', long)]
+        num: Option<u32>,
+        #[arg(short = 'q', long)]
+        queue_depth: Option<u64>,
+        #[arg(short = 'o', long)]
+        corrupt_offset: Option<u64>,
+        #[arg(short = 'v', long)]
+        corrupt_value: Option<u8>,
+    },
+    /// Send on the requests an error injection bdev holds
+    #[command(name = "bdev_error_resume_pending", rename_all = "kebab-case")]
+    BdevErrorResumePending { name: String },
+    /// Make a RAID bdev: bdev_raid_create -n NAME -r LEVEL [-z STRIP_KB] -b "BASE1 BASE2" [-s]
+    #[command(name = "bdev_raid_create", rename_all = "kebab-case")]
+    BdevRaidCreate {
+        #[arg(short = 'n', long)]
+        name: String,
+        #[arg(short = 'z', long)]
+        strip_size_kb: Option<u64>,
+        #[arg(short = 'r', long, value_parser = ["raid0", "0", "raid1", "1", "concat"])]
+        raid_level: String,
+        /// Whitespace-separated, in quotes
+        #[arg(short = 'b', long)]
+        base_bdevs: String,
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Keep SPDK's superblock on every member
+        #[arg(short = 's', long)]
+        superblock: bool,
+    },
+    /// Delete a RAID bdev
+    #[command(name = "bdev_raid_delete", rename_all = "kebab-case")]
+    BdevRaidDelete {
+        name: String,
+        /// Zero the superblock on its members first
+        #[arg(short = 'c', long)]
+        clear_sb: bool,
+    },
+    /// RAID bdevs: all, online, configuring or offline
+    #[command(name = "bdev_raid_get_bdevs", rename_all = "kebab-case")]
+    BdevRaidGetBdevs {
+        #[arg(value_parser = ["all", "online", "configuring", "offline"])]
+        category: String,
+    },
+    /// Add a member to a RAID bdev (a raid1 rebuilds it)
+    #[command(name = "bdev_raid_add_base_bdev", rename_all = "kebab-case")]
+    BdevRaidAddBaseBdev { raid_bdev: String, base_bdev: String },
+    /// Take a member out of its RAID bdev
+    #[command(name = "bdev_raid_remove_base_bdev", rename_all = "kebab-case")]
+    BdevRaidRemoveBaseBdev { name: String },
+    /// Rebuild window and bandwidth of RAID bdevs
+    #[command(name = "bdev_raid_set_options", rename_all = "kebab-case")]
+    BdevRaidSetOptions {
+        #[arg(short = 'w', long)]
+        process_window_size_kb: Option<u64>,
+        #[arg(short = 'b', long)]
+        process_max_bandwidth_mb_sec: Option<u64>,
+    },
+    /// Rate limits of a bdev (0 removes one; left out: unchanged)
+    #[command(name = "bdev_set_qos_limit", rename_all = "kebab-case")]
+    BdevSetQosLimit {
+        name: String,
+        #[arg(long)]
+        rw_ios_per_sec: Option<u64>,
+        #[arg(long)]
+        rw_mbytes_per_sec: Option<u64>,
+        #[arg(long)]
+        r_mbytes_per_sec: Option<u64>,
+        #[arg(long)]
+        w_mbytes_per_sec: Option<u64>,
+    },
+    /// Keep a crypto key (AES_XTS: key and key2 in hex)
+    #[command(name = "accel_crypto_key_create", rename_all = "kebab-case")]
+    AccelCryptoKeyCreate {
+        #[arg(short = 'c', long, value_parser = ["AES_CBC", "AES_XTS"])]
+        cipher: String,
+        #[arg(short = 'k', long)]
+        key: String,
+        #[arg(short = 'e', long)]
+        key2: Option<String>,
+        #[arg(short = 't', long)]
+        tweak_mode: Option<String>,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    /// Crypto keys (with their material, as SPDK shows them)
+    #[command(name = "accel_crypto_keys_get", rename_all = "kebab-case")]
+    AccelCryptoKeysGet {
+        #[arg(short = 'k', long)]
+        key_name: Option<String>,
+    },
+    /// Forget a crypto key no bdev uses
+    #[command(name = "accel_crypto_key_destroy", rename_all = "kebab-case")]
+    AccelCryptoKeyDestroy {
+        #[arg(short = 'n', long)]
+        key_name: String,
+    },
+    /// Encrypt a bdev with a key: bdev_crypto_create BASE NAME -n KEY_NAME
+    #[command(name = "bdev_crypto_create", rename_all = "kebab-case")]
+    BdevCryptoCreate {
+        base_bdev_name: String,
+        name: String,
+        #[arg(short = 'n', long)]
+        key_name: String,
+    },
+    /// Delete a crypto bdev
+    #[command(name = "bdev_crypto_delete", rename_all = "kebab-case")]
+    BdevCryptoDelete { name: String },
     /// Delete a delay bdev
     #[command(name = "bdev_delay_delete", rename_all = "kebab-case")]
     BdevDelayDelete { name: String },
@@ -280,6 +434,89 @@ impl Cmd {
                 )
             }
             BdevDelayDelete { name } => req("bdev_delay_delete", Some(json!({"name": name})), Show::Nothing),
+            AccelCryptoKeyCreate { cipher, key, key2, tweak_mode, name } => req(
+                "accel_crypto_key_create",
+                params(&[("cipher", v(cipher)), ("key", v(key)), ("key2", o(key2)), ("tweak_mode", o(tweak_mode)), ("name", v(name))]),
+                Show::Nothing,
+            ),
+            AccelCryptoKeysGet { key_name } => req("accel_crypto_keys_get", params(&[("key_name", o(key_name))]), Show::Json),
+            AccelCryptoKeyDestroy { key_name } => req("accel_crypto_key_destroy", Some(json!({"key_name": key_name})), Show::Nothing),
+            BdevCryptoCreate { base_bdev_name, name, key_name } => {
+                req("bdev_crypto_create", Some(json!({"base_bdev_name": base_bdev_name, "name": name, "key_name": key_name})), Show::Text)
+            }
+            BdevCryptoDelete { name } => req("bdev_crypto_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevSetQosLimit { name, rw_ios_per_sec, rw_mbytes_per_sec, r_mbytes_per_sec, w_mbytes_per_sec } => req(
+                "bdev_set_qos_limit",
+                params(&[
+                    ("name", v(name)),
+                    ("rw_ios_per_sec", o(rw_ios_per_sec)),
+                    ("rw_mbytes_per_sec", o(rw_mbytes_per_sec)),
+                    ("r_mbytes_per_sec", o(r_mbytes_per_sec)),
+                    ("w_mbytes_per_sec", o(w_mbytes_per_sec)),
+                ]),
+                Show::Nothing,
+            ),
+            BdevRaidCreate { name, strip_size_kb, raid_level, base_bdevs, uuid, superblock } => {
+                let bases: Vec<&str> = base_bdevs.split_whitespace().collect();
+                req(
+                    "bdev_raid_create",
+                    params(&[
+                        ("name", v(name)),
+                        ("strip_size_kb", o(strip_size_kb)),
+                        ("raid_level", v(raid_level)),
+                        ("base_bdevs", v(&bases)),
+                        ("uuid", o(uuid)),
+                        ("superblock", v(superblock)),
+                    ]),
+                    Show::Nothing,
+                )
+            }
+            BdevRaidDelete { name, clear_sb } => req("bdev_raid_delete", Some(json!({"name": name, "clear_sb": clear_sb})), Show::Nothing),
+            BdevRaidGetBdevs { category } => req("bdev_raid_get_bdevs", Some(json!({"category": category})), Show::Json),
+            BdevRaidAddBaseBdev { raid_bdev, base_bdev } => {
+                req("bdev_raid_add_base_bdev", Some(json!({"raid_bdev": raid_bdev, "base_bdev": base_bdev})), Show::Nothing)
+            }
+            BdevRaidRemoveBaseBdev { name } => req("bdev_raid_remove_base_bdev", Some(json!({"name": name})), Show::Nothing),
+            BdevRaidSetOptions { process_window_size_kb, process_max_bandwidth_mb_sec } => req(
+                "bdev_raid_set_options",
+                params(&[
+                    ("process_window_size_kb", o(process_window_size_kb)),
+                    ("process_max_bandwidth_mb_sec", o(process_max_bandwidth_mb_sec)),
+                ]),
+                Show::Nothing,
+            ),
+            BdevPassthruCreate { base_bdev_name, name, uuid } => req(
+                "bdev_passthru_create",
+                params(&[("base_bdev_name", v(base_bdev_name)), ("name", v(name)), ("uuid", o(uuid))]),
+                Show::Text,
+            ),
+            BdevPassthruDelete { name } => req("bdev_passthru_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevSplitCreate { base_bdev, split_count, split_size_mb } => req(
+                "bdev_split_create",
+                params(&[("base_bdev", v(base_bdev)), ("split_count", v(split_count)), ("split_size_mb", o(split_size_mb))]),
+                Show::Text,
+            ),
+            BdevSplitDelete { base_bdev } => req("bdev_split_delete", Some(json!({"base_bdev": base_bdev})), Show::Nothing),
+            BdevErrorCreate { base_name, uuid } => {
+                req("bdev_error_create", params(&[("base_name", v(base_name)), ("uuid", o(uuid))]), Show::Text)
+            }
+            BdevErrorDelete { name } => req("bdev_error_delete", Some(json!({"name": name})), Show::Nothing),
+            BdevErrorInjectError { name, io_type, error_type, nvme_sct, nvme_sc, num, queue_depth, corrupt_offset, corrupt_value } => req(
+                "bdev_error_inject_error",
+                params(&[
+                    ("name", v(name)),
+                    ("io_type", v(io_type)),
+                    ("error_type", v(error_type)),
+                    ("nvme_sct", o(nvme_sct)),
+                    ("nvme_sc", o(nvme_sc)),
+                    ("num", o(num)),
+                    ("queue_depth", o(queue_depth)),
+                    ("corrupt_offset", o(corrupt_offset)),
+                    ("corrupt_value", o(corrupt_value)),
+                ]),
+                Show::Nothing,
+            ),
+            BdevErrorResumePending { name } => req("bdev_error_resume_pending", Some(json!({"name": name})), Show::Nothing),
             BdevDelayUpdateLatency { delay_bdev_name, latency_type, latency_us } => req(
                 "bdev_delay_update_latency",
                 params(&[("delay_bdev_name", v(delay_bdev_name)), ("latency_type", v(latency_type)), ("latency_us", v(latency_us))]),

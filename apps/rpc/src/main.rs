@@ -128,6 +128,10 @@ pub fn print(v: &Value, show: Show) {
     let _ = match (show, v) {
         (Show::Nothing, _) => Ok(()),
         (Show::Text, Value::String(s)) => writeln!(out, "{s}"),
+        // A list of names, one line, as rpc.py's print_array.
+        (Show::Text, Value::Array(a)) if a.iter().all(Value::is_string) => {
+            writeln!(out, "{}", a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+        }
         _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     };
 }

@@ -10,12 +10,13 @@ use pollux_core::app::App;
 /// then the targets that export bdevs.
 pub fn register(app: &mut App) {
     pollux_core::sock::register(app);
-    pollux_core::accel::register(app);
     pollux_core::scheduler::register(app);
     pollux_core::bdev::rpc::register(app);
     pollux_bdev::register_all(app);
     pollux_rbd::register(app);
     pollux_lvol::register(app);
+    pollux_raid::register(app);
+    pollux_crypto::register(app);
     pollux_nvme_driver::register(app);
     pollux_iscsi_host::register(app);
     pollux_iscsi::register(app);

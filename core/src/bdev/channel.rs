@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::clock;
 use crate::dma::{self, DmaBuf};
 use crate::inline_fn::InlineFn;
 use crate::io_channel::IoDevice;
@@ -71,6 +72,10 @@ pub struct BdevChannel {
     backend: Box<dyn BackendChannel>,
     pub(crate) home: Rc<Home>,
     bdev: Arc<Bdev>,
+    /// Requests waiting for the bdev's rate limits, in order, and the
+    /// poller that sends them (made when first needed).
+    qos_queue: RefCell<std::collections::VecDeque<BdevIo>>,
+    qos_poller: RefCell<Option<Poller>>,
 }
 
 impl IoDevice for Bdev {
@@ -86,7 +91,13 @@ impl IoDevice for Bdev {
             outstanding: Cell::new(0),
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
         });
-        BdevChannel { backend: self.backend.create_channel(), home, bdev: self.clone() }
+        BdevChannel {
+            backend: self.backend.create_channel(),
+            home,
+            bdev: self.clone(),
+            qos_queue: RefCell::new(std::collections::VecDeque::new()),
+            qos_poller: RefCell::new(None),
+        }
     }
 }
 
@@ -162,6 +173,7 @@ impl BdevChannel {
                 lent: None,
                 retries: 0,
                 forwarded: None,
+                counters: Vec::with_capacity(2),
                 home: self.home.clone(),
             })
         });
@@ -185,9 +197,66 @@ impl BdevChannel {
         } else {
             return self.fail(slot, check);
         }
+        let io = BdevIo::from_slot(slot);
+        if bdev.qos.active() {
+            return self.qos_submit(io);
+        }
         self.home.in_submit.set(true);
-        self.backend.submit(BdevIo::from_slot(slot));
+        self.backend.submit(io);
         self.home.in_submit.set(false);
+    }
+
+    /// A request to a rate-limited bdev: now if its budgets allow and none
+    /// waits before it, else queued.
+    #[cold]
+    fn qos_submit(&self, io: BdevIo) {
+        let bytes = io.len_bytes();
+        if self.qos_queue.borrow().is_empty() && self.bdev.qos.admit(io.kind(), bytes, reactor::now()) {
+            self.home.in_submit.set(true);
+            self.backend.submit(io);
+            self.home.in_submit.set(false);
+            return;
+        }
+        self.qos_queue.borrow_mut().push_back(io);
+        let mut p = self.qos_poller.borrow_mut();
+        match &*p {
+            Some(p) => p.resume(),
+            None => {
+                let bdev = self.bdev.clone();
+                *p = Some(reactor::register_timed_poller("bdev_qos", std::time::Duration::from_micros(100), move || {
+                    match crate::io_channel::try_get_io_channel(&bdev) {
+                        Some(ch) => ch.qos_drain(),
+                        None => PollStatus::Idle,
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Send the queued requests the budgets allow now.
+    fn qos_drain(&self) -> PollStatus {
+        let now = clock::ticks();
+        let mut sent = 0;
+        loop {
+            let next = {
+                let mut q = self.qos_queue.borrow_mut();
+                match q.front() {
+                    Some(io) if self.bdev.qos.admit(io.kind(), io.len_bytes(), now) => q.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(io) = next else { break };
+            sent += 1;
+            self.home.in_submit.set(true);
+            self.backend.submit(io);
+            self.home.in_submit.set(false);
+        }
+        if self.qos_queue.borrow().is_empty() {
+            if let Some(p) = &*self.qos_poller.borrow() {
+                p.pause();
+            }
+        }
+        if sent > 0 { PollStatus::Busy } else { PollStatus::Idle }
     }
 
     /// Send a request another bdev's backend was given to this bdev's
@@ -195,15 +264,16 @@ impl BdevChannel {
     pub(crate) fn forward(&self, writable: bool, mut io: BdevIo, offset_blocks: u64, counter: Option<Rc<Cell<u64>>>) {
         let bdev = &self.bdev;
         let s = io.slot_mut();
-        debug_assert!(s.forwarded.is_none(), "a request forwarded twice");
         if s.block_size != bdev.block_size {
             return io.complete(IoStatus::InvalidBuffer);
         }
         let own = std::mem::replace(&mut s.offset_blocks, offset_blocks);
-        if let Some(c) = &counter {
+        if let Some(c) = counter {
             c.set(c.get() + 1);
+            s.counters.push(c);
         }
-        s.forwarded = Some((own, counter));
+        // Through several bdevs, the first one's offset is the request's.
+        s.forwarded.get_or_insert(own);
         // The buffers were checked for the same length when the request
         // was made: the range, the type and the access are this bdev's.
         let mut check = IoStatus::Success;

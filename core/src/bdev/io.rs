@@ -143,9 +143,13 @@ pub(crate) struct Slot {
     pub(crate) lent: Option<Lent>,
     /// Times the backend sent the request again (see [`BdevIo::retried`]).
     pub(crate) retries: u32,
-    /// Forwarded to another bdev ([`Descriptor::forward`](super::Descriptor::forward)):
-    /// its own offset, given back at completion, and who counts it.
-    pub(crate) forwarded: Option<(u64, Option<Rc<Cell<u64>>>)>,
+    /// Forwarded to another bdev ([`Descriptor::forward`](super::Descriptor::forward)),
+    /// perhaps through several (a passthru on a split): its own offset,
+    /// given back at completion.
+    pub(crate) forwarded: Option<u64>,
+    /// Who counts it while forwarded, one per level that asked (kept
+    /// allocated with the request).
+    pub(crate) counters: Vec<Rc<Cell<u64>>>,
     pub(crate) home: Rc<Home>,
 }
 
@@ -325,9 +329,9 @@ impl BdevIo {
             if let Some(orig) = s.bounced.take() {
                 super::channel::unbounce(s, orig);
             }
-            if let Some((offset, counter)) = s.forwarded.take() {
+            if let Some(offset) = s.forwarded.take() {
                 s.offset_blocks = offset;
-                if let Some(c) = counter {
+                for c in s.counters.drain(..) {
                     c.set(c.get() - 1);
                 }
             }
@@ -364,9 +368,9 @@ impl BdevIo {
 impl Drop for BdevIo {
     fn drop(&mut self) {
         if let Some(mut s) = self.slot.take() {
-            if let Some((offset, counter)) = s.forwarded.take() {
+            if let Some(offset) = s.forwarded.take() {
                 s.offset_blocks = offset;
-                if let Some(c) = counter {
+                for c in s.counters.drain(..) {
                     c.set(c.get() - 1);
                 }
             }

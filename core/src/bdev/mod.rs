@@ -19,6 +19,7 @@
 
 mod channel;
 mod io;
+pub mod qos;
 mod registry;
 pub mod rpc;
 pub mod stats;
@@ -62,6 +63,11 @@ pub trait Backend: Send + Sync + 'static {
     /// memory ([`Descriptor::read_lend`], [`BdevIo::lend`]): a RAM disk.
     fn lends_reads(&self) -> bool {
         false
+    }
+    /// The key of [`Backend::driver_specific`] in `bdev_get_bdevs`'
+    /// `driver_specific` (SPDK's: usually the module's name).
+    fn driver_specific_key(&self) -> &'static str {
+        self.module_name()
     }
     /// Module-specific facts for `bdev_get_bdevs`.
     fn driver_specific(&self) -> Value {
@@ -160,6 +166,8 @@ pub struct Bdev {
     pub(crate) aliases: Mutex<Vec<String>>,
     /// The module that took it for itself ([`Bdev::claim`]).
     pub(crate) claimed: Mutex<Option<&'static str>>,
+    /// Rate limits (`bdev_set_qos_limit`).
+    pub(crate) qos: qos::Qos,
 }
 
 impl std::fmt::Debug for Bdev {

@@ -98,6 +98,7 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
         retired: std::sync::Mutex::new(IoStats::default()),
         aliases: std::sync::Mutex::new(Vec::new()),
         claimed: std::sync::Mutex::new(None),
+        qos: Default::default(),
     });
     reg.bdevs.borrow_mut().push(bdev.clone());
     examine(&reg, &bdev);

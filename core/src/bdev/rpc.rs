@@ -25,6 +25,9 @@ use crate::rpc::{NoParams, Responder, RpcError, States};
 
 /// Add the iobuf and bdev subsystems and their RPC methods to an app.
 pub fn register(app: &mut App) {
+    // The accel subsystem's crypto keys are named by crypto bdevs: it
+    // comes with the bdev layer, and its config loads first.
+    crate::accel::register(app);
     app.add_subsystem(Rc::new(IobufSubsystem));
     app.add_subsystem(Rc::new(BdevSubsystem));
     let m = app.methods();
@@ -60,6 +63,30 @@ pub fn register(app: &mut App) {
     m.register("bdev_reset_iostat", States::RUNTIME, reset_iostat);
     m.register("bdev_enable_histogram", States::RUNTIME, enable_histogram);
     m.register("bdev_get_histogram", States::RUNTIME, get_histogram);
+    m.register("bdev_set_qos_limit", States::RUNTIME, |p: QosLimit, r: Responder| r.result(set_qos_limit(p)));
+}
+
+/// `bdev_set_qos_limit` (SPDK's parameters; a limit left out is kept, 0
+/// removes it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QosLimit {
+    name: String,
+    rw_ios_per_sec: Option<u64>,
+    rw_mbytes_per_sec: Option<u64>,
+    r_mbytes_per_sec: Option<u64>,
+    w_mbytes_per_sec: Option<u64>,
+}
+
+fn set_qos_limit(p: QosLimit) -> Result<bool, RpcError> {
+    let b = super::get(&p.name).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.name)))?;
+    let given = [p.rw_ios_per_sec, p.rw_mbytes_per_sec, p.r_mbytes_per_sec, p.w_mbytes_per_sec];
+    if given.iter().all(Option::is_none) {
+        return Err(RpcError::invalid_params("No rate limits specified"));
+    }
+    b.qos.set(given);
+    tracing::info!("bdev {}: rate limits {:?}", b.name(), super::qos::NAMES.iter().zip(b.qos.assigned()).collect::<Vec<_>>());
+    Ok(true)
 }
 
 /// bdev_set_options, kept for save_config (the pools they size are ours).
@@ -186,7 +213,7 @@ impl Subsystem for BdevSubsystem {
         "bdev"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["iobuf"]
+        &["iobuf", "accel"]
     }
     fn fini(&self, done: Box<dyn FnOnce() + Send>) {
         // Delete bdevs newest first; each waits for its users to close.
@@ -211,7 +238,20 @@ impl Subsystem for BdevSubsystem {
             }
         }
         out.call_no_params("bdev_wait_for_examine");
+        // After the examinations, so limits on bdevs they make (lvols) apply.
+        for b in super::list() {
+            if b.qos.active() {
+                let mut v = rate_limits(&b);
+                v["name"] = b.name().into();
+                out.call("bdev_set_qos_limit", v);
+            }
+        }
     }
+}
+
+fn rate_limits(b: &Bdev) -> Value {
+    let a = b.qos.assigned();
+    Value::Object(super::qos::NAMES.iter().zip(a).map(|(n, v)| (n.to_string(), Value::from(v))).collect())
 }
 
 /// The `bdev_get_bdevs` description of one bdev.
@@ -243,11 +283,11 @@ pub fn describe(b: &Bdev) -> Value {
         "block_size": b.block_size(),
         "num_blocks": b.num_blocks(),
         "uuid": b.uuid().to_string(),
-        "assigned_rate_limits": {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0},
+        "assigned_rate_limits": rate_limits(b),
         "claimed": b.claimed_by().is_some(),
         "zoned": false,
         "supported_io_types": types,
-        "driver_specific": { b.backend.module_name(): b.backend.driver_specific() },
+        "driver_specific": { b.backend.driver_specific_key(): b.backend.driver_specific() },
     })
 }
 

@@ -50,6 +50,11 @@ enum Home {
     Region {
         _owner: Rc<Owned>,
     },
+    /// A view into buffers carved by [`carve`]: keeps them until the last
+    /// view goes.
+    View {
+        _parent: Rc<CarvedInner>,
+    },
 }
 
 /// A region given back (unmapped from every IOMMU) when dropped.
@@ -202,6 +207,7 @@ impl Drop for DmaBuf {
             // reads then zero each pool buffer once, not once per read.
             Home::Pool(c) => c.free.borrow_mut().push((self.ptr, self.zeroed.get())),
             Home::Region { .. } => {} // the shared owner releases the region
+            Home::View { .. } => {}   // the carved buffers go back whole
         }
     }
 }
@@ -402,4 +408,100 @@ pub fn pool() -> Result<Rc<BufPool>, DmaError> {
     )?);
     reactor::set_local(p.clone());
     Ok(p)
+}
+
+/// Buffers lent out as views ([`carve`]): given back whole by
+/// [`Carved::restore`] once every view has been dropped.
+pub struct Carved(Rc<CarvedInner>);
+
+/// The carved buffers. Never read or written while views exist: nothing
+/// reaches them but [`Carved::restore`], which needs the views gone.
+pub struct CarvedInner(Vec<DmaBuf>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carve {
+    Disjoint,
+    Shared,
+}
+
+impl Carved {
+    /// The buffers back, if no view is left.
+    pub fn restore(self) -> Result<Vec<DmaBuf>, Carved> {
+        match Rc::try_unwrap(self.0) {
+            Ok(inner) => Ok(inner.0),
+            Err(rc) => Err(Carved(rc)),
+        }
+    }
+}
+
+/// Cut `bufs` (seen as one run of bytes) into views of the disjoint byte
+/// ranges `pieces` (`(offset, length)`, each within the run), one list of
+/// views per piece: a request's data sent to several devices in parts (a
+/// RAID strip each) without copying. The buffers come back if a piece lies
+/// outside the run or two overlap.
+#[allow(clippy::type_complexity)]
+pub fn carve(bufs: Vec<DmaBuf>, pieces: &[(usize, usize)]) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
+    carve_with(bufs, pieces, Carve::Disjoint)
+}
+
+/// [`carve`] with pieces that may overlap: the same data sent to several
+/// devices (a RAID 1 write to each member).
+///
+/// # Safety
+///
+/// The views must only be read (the data of write requests, which backends
+/// only read): two views of the same bytes written at once would alias.
+#[allow(clippy::type_complexity)]
+pub unsafe fn carve_shared(bufs: Vec<DmaBuf>, pieces: &[(usize, usize)]) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
+    carve_with(bufs, pieces, Carve::Shared)
+}
+
+#[allow(clippy::type_complexity)]
+fn carve_with(mut bufs: Vec<DmaBuf>, pieces: &[(usize, usize)], mode: Carve) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
+    let total: usize = bufs.iter().map(|b| b.len).sum();
+    let inside = pieces.iter().all(|&(o, l)| o.checked_add(l).is_some_and(|e| e <= total));
+    let disjoint = mode == Carve::Shared || {
+        let mut sorted: Vec<(usize, usize)> = pieces.to_vec();
+        sorted.sort_unstable();
+        sorted.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0)
+    };
+    if !inside || !disjoint {
+        return Err(bufs);
+    }
+    // Views may be written: the buffers no longer count as zeroed.
+    let starts: Vec<(NonNull<u8>, usize)> = bufs
+        .iter_mut()
+        .map(|b| {
+            b.zeroed.set(false);
+            (b.ptr, b.len)
+        })
+        .collect();
+    let inner = Rc::new(CarvedInner(bufs));
+    let mut out = Vec::with_capacity(pieces.len());
+    for &(mut off, mut len) in pieces {
+        let mut views = Vec::with_capacity(1);
+        for &(ptr, blen) in &starts {
+            if len == 0 {
+                break;
+            }
+            if off >= blen {
+                off -= blen;
+                continue;
+            }
+            let n = len.min(blen - off);
+            views.push(DmaBuf {
+                // SAFETY: off + n <= blen: inside that buffer, which the
+                // views' shared `inner` keeps alive and untouched.
+                ptr: NonNull::new(unsafe { ptr.as_ptr().add(off) }).expect("non-null"),
+                len: n,
+                cap: n,
+                home: Home::View { _parent: inner.clone() },
+                zeroed: std::cell::Cell::new(false),
+            });
+            len -= n;
+            off = 0;
+        }
+        out.push(views);
+    }
+    Ok((Carved(inner), out))
 }

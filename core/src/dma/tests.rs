@@ -145,3 +145,40 @@ fn buffers_carved_from_one_region_release_it_with_the_last_one() {
     drop(bufs);
     assert!(!registered(&region), "released with the last buffer");
 }
+
+#[test]
+fn carved_views_write_through_and_the_buffers_come_back_whole() {
+    let mut a = DmaBuf::alloc(4096).unwrap();
+    a.set_len(3000);
+    let b = DmaBuf::alloc(4096).unwrap();
+    let (pa, pb) = (a.addr(), b.addr());
+    // Pieces across the two buffers (3000 + 4096 bytes).
+    let (carved, mut views) = carve(vec![a, b], &[(0, 1000), (2500, 1000), (5000, 2096)]).unwrap();
+    assert_eq!(views[1].iter().map(|v| v.len()).collect::<Vec<_>>(), [500, 500], "a piece across two buffers is two views");
+    for (i, piece) in views.iter_mut().enumerate() {
+        for v in piece.iter_mut() {
+            v.fill(i as u8 + 1);
+        }
+    }
+    // Not back while a view lives.
+    let carved = carved.restore().map(|_| ()).unwrap_err();
+    drop(views);
+    let back = carved.restore().unwrap_or_else(|_| panic!("views are gone"));
+    assert_eq!((back[0].addr(), back[1].addr(), back[0].len()), (pa, pb, 3000));
+    assert!(back[0][..1000].iter().all(|&x| x == 1) && back[0][1000..2500].iter().all(|&x| x == 0));
+    assert!(back[0][2500..].iter().all(|&x| x == 2) && back[1][..500].iter().all(|&x| x == 2));
+    assert!(back[1][2000..].iter().all(|&x| x == 3) && back[1][500..2000].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn carving_refuses_pieces_outside_or_overlapping_and_gives_the_buffers_back() {
+    let bufs = vec![DmaBuf::alloc(4096).unwrap()];
+    let bufs = carve(bufs, &[(4000, 200)]).map(|_| ()).unwrap_err();
+    let bufs = carve(bufs, &[(0, 200), (100, 200)]).map(|_| ()).unwrap_err();
+    assert_eq!(bufs.len(), 1);
+    // SAFETY: the views are only read.
+    let (carved, views) = unsafe { carve_shared(bufs, &[(0, 4096), (0, 4096)]) }.unwrap();
+    assert_eq!(views[0][0].addr(), views[1][0].addr());
+    drop(views);
+    assert!(carved.restore().is_ok());
+}

@@ -124,6 +124,64 @@ impl<T> Future for Slot<T> {
     }
 }
 
+thread_local! {
+    /// Slots of tasks waiting for work on other reactors, by ticket.
+    static PARKED: RefCell<HashMap<u64, Box<dyn std::any::Any>>> = RefCell::new(HashMap::new());
+    static NEXT_TICKET: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A ticket for a slot of this reactor: the `Send` way back to it.
+fn park<T: 'static>(slot: Slot<T>) -> u64 {
+    let t = NEXT_TICKET.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    PARKED.with(|p| p.borrow_mut().insert(t, Box::new(slot)));
+    t
+}
+
+/// Set the slot behind ticket `t` (on the reactor that parked it).
+fn unpark<T: 'static>(t: u64, v: T) {
+    if let Some(s) = PARKED.with(|p| p.borrow_mut().remove(&t)) {
+        if let Ok(s) = s.downcast::<Slot<T>>() {
+            s.set(v)
+        }
+    }
+}
+
+/// Run `f` on every reactor in turn and await the results (a task's
+/// [`super::map_reactors`]).
+pub async fn each_reactor<T: Send + 'static>(f: impl Fn() -> T + Send + Sync + 'static) -> Vec<T> {
+    let slot = Slot::new();
+    let t = park(slot.clone());
+    super::map_reactors(f, move |v| unpark(t, v));
+    slot.await
+}
+
+/// Await, on every reactor at once, `ready` becoming true there (checked
+/// again each time that reactor's messages have run): in-flight work of
+/// every reactor drained.
+pub async fn until_each_reactor(ready: impl Fn() -> bool + Send + Sync + 'static) {
+    let slot = Slot::new();
+    let t = park(slot.clone());
+    let origin = current();
+    let ready = Arc::new(ready);
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(super::count()));
+    fn check(ready: Arc<dyn Fn() -> bool + Send + Sync>, left: Arc<std::sync::atomic::AtomicUsize>, origin: ReactorId, t: u64) {
+        if !ready() {
+            return super::send_msg(current(), move || check(ready, left, origin, t));
+        }
+        if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            super::send_msg(origin, move || unpark(t, ()));
+        }
+    }
+    for r in super::all() {
+        let (ready, left): (Arc<dyn Fn() -> bool + Send + Sync>, _) = (ready.clone(), left.clone());
+        super::send_msg(r, move || check(ready, left, origin, t));
+    }
+    slot.await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

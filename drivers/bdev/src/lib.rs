@@ -9,17 +9,21 @@
 //!   polled by the reactor (`bdev_uring_create`, and `bdev_aio_create`).
 //! - [`delay`]: completes requests to another bdev a set time late
 //!   (`bdev_delay_create`), to test how hosts cope with slow storage.
-//! - [`absent`]: the global options of an SPDK module Pollux lacks, kept so
-//!   SPDK's saved configs load.
+//! - [`passthru`], [`split`], [`error`]: all of another bdev under a new
+//!   name, equal slices of it, and all of it with faults injected on
+//!   command (SPDK's `bdev_passthru_*`, `bdev_split_*`, `bdev_error_*`).
 
-mod absent;
 mod common;
 /// What every module's `bdev_*_delete` method shares (modules of other
 /// crates too: the RBD bdev's).
 pub use common::{Delete, delete_rpc};
 pub mod delay;
+pub mod error;
 pub mod malloc;
 pub mod null;
+mod part;
+pub mod passthru;
+pub mod split;
 pub mod uring;
 
 use pollux_core::app::App;
@@ -29,6 +33,8 @@ pub fn register_all(app: &mut App) {
     malloc::register(app);
     null::register(app);
     uring::register(app);
-    absent::register(app);
     delay::register(app);
+    passthru::register(app);
+    split::register(app);
+    error::register(app);
 }

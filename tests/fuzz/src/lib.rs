@@ -36,6 +36,7 @@ mod nvmf_host_logs;
 mod nvmf_host_pdu;
 mod nvmf_rdma_capsule;
 mod nvmf_wire;
+mod raid_sb;
 mod resv_ptpl;
 mod rpc_params;
 mod scsi_cdb;
@@ -51,6 +52,7 @@ pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
 pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
 pub use nvmf_rdma_capsule::nvmf_rdma_capsule;
+pub use raid_sb::raid_sb;
 pub use resv_ptpl::resv_ptpl;
 pub use rpc_params::{EXCLUDED_METHODS, rpc_method_names, rpc_params};
 pub use scsi_cdb::scsi_cdb;
@@ -71,6 +73,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nvmf_rdma_capsule", nvmf_rdma_capsule),
     ("resv_ptpl", resv_ptpl),
     ("lvol_md", lvol_md),
+    ("raid_sb", raid_sb),
     ("iscsi_host_pdu", iscsi_host_pdu),
     ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),

@@ -52,6 +52,11 @@ fn lvol_md() {
 }
 
 #[test]
+fn raid_sb() {
+    replay_common::replay("raid_sb");
+}
+
+#[test]
 fn nvmf_rdma_capsule() {
     replay_common::replay("nvmf_rdma_capsule");
 }

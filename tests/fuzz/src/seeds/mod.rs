@@ -35,10 +35,43 @@ pub fn all() -> Vec<Seed> {
     add("nvmf_rdma_capsule", nvmf::nvmf_rdma_capsule());
     add("resv_ptpl", nvmf::resv_ptpl());
     add("lvol_md", lvol::lvol_md());
+    add("raid_sb", raid_sb());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
+    out
+}
+
+/// Seeds of `raid_sb`: superblocks as SPDK writes them (raid1 of two, one
+/// failed; raid0 of four), each with its CRC and once with mode bit set.
+fn raid_sb() -> Vec<(String, Vec<u8>)> {
+    use pollux_raid::sb::{Entry, SB_CONFIGURED, SB_FAILED, Superblock};
+    let mk = |level: u32, n: u8, strip: u32| Superblock {
+        uuid: uuid::Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0),
+        name: format!("Raid{level}"),
+        raid_size: 65536,
+        block_size: 512,
+        level,
+        strip_size: strip,
+        seq_number: 3,
+        num_base_bdevs: n,
+        entries: (0..n)
+            .map(|i| Entry {
+                uuid: uuid::Uuid::from_u128(0xabcd_0000 + i as u128),
+                data_offset: 2048,
+                data_size: 65536,
+                state: if i == 1 && level == 1 { SB_FAILED } else { SB_CONFIGURED },
+                slot: i,
+            })
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (name, sb) in [("raid1-degraded", mk(1, 2, 0)), ("raid0-four", mk(0, 4, 128))] {
+        let img = sb.render();
+        out.push((format!("{name}-as-written"), [&[0u8][..], &img].concat()));
+        out.push((format!("{name}-crc-fixed"), [&[1u8][..], &img].concat()));
+    }
     out
 }
 

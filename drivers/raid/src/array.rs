@@ -1,0 +1,652 @@
+//! One RAID bdev: its members, how its blocks map onto them, and each
+//! reactor's channel, which sends requests to the members.
+//!
+//! - raid0: strips of `strip` blocks laid round-robin over the members;
+//!   a request within one strip goes to its member as it is (forwarded, no
+//!   second request); one across strips is cut at strip boundaries into
+//!   views of its buffers (no copy); unmaps and write zeroes become one
+//!   contiguous range per member.
+//! - concat: the members one after the other (each rounded down to whole
+//!   strips); a request within one member is forwarded, one across members
+//!   is cut at the boundary.
+//! - raid1: reads go to one online member in turn and, if it fails, to the
+//!   next; writes (and unmaps, write zeroes, flushes) to every member that
+//!   is online or being rebuilt, with the same buffers. A member that fails
+//!   a write is failed: the array goes on degraded, and the request
+//!   succeeds if an online member took it.
+//!
+//! Member changes (a failure, a removal, an addition) are made on the main
+//! reactor; channels take the new member list when its generation changes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pollux_core::bdev::{BackendChannel, Bdev, BdevIo, Descriptor, IoStatus, IoType};
+use pollux_core::dma::{self, DmaBuf};
+use pollux_core::io_channel::IoChannel;
+
+/// RAID levels Pollux has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Raid0,
+    Raid1,
+    Concat,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Raid0 => "raid0",
+            Level::Raid1 => "raid1",
+            Level::Concat => "concat",
+        }
+    }
+    /// SPDK's names and aliases.
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "raid0" | "0" => Level::Raid0,
+            "raid1" | "1" => Level::Raid1,
+            "concat" => Level::Concat,
+            _ => return None,
+        })
+    }
+    /// Members that may be missing with the array still serving.
+    pub fn redundancy(self, members: usize) -> usize {
+        match self {
+            Level::Raid1 => members.saturating_sub(1),
+            _ => 0,
+        }
+    }
+}
+
+/// A member slot's state.
+pub const ONLINE: u8 = 0;
+/// Failed (an I/O error) or removed: holds no descriptor.
+pub const FAILED: u8 = 1;
+/// Never attached since the array was (re)assembled.
+pub const MISSING: u8 = 2;
+/// Being rebuilt: takes writes, serves no reads.
+pub const REBUILDING: u8 = 3;
+
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        ONLINE => "online",
+        FAILED => "failed",
+        MISSING => "missing",
+        _ => "rebuilding",
+    }
+}
+
+/// One member slot.
+pub struct Member {
+    pub name: Mutex<Option<String>>,
+    pub uuid: Mutex<Option<uuid::Uuid>>,
+    pub desc: Mutex<Option<Descriptor>>,
+    pub state: AtomicU8,
+    /// First block of the array's data on the member, and how many.
+    pub data_offset: AtomicU64,
+    pub data_size: AtomicU64,
+}
+
+impl Member {
+    pub fn empty() -> Member {
+        Member {
+            name: Mutex::new(None),
+            uuid: Mutex::new(None),
+            desc: Mutex::new(None),
+            state: AtomicU8::new(MISSING),
+            data_offset: AtomicU64::new(0),
+            data_size: AtomicU64::new(0),
+        }
+    }
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+    pub fn name(&self) -> Option<String> {
+        self.name.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn desc(&self) -> Option<Descriptor> {
+        self.desc.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What every reactor shares about an array.
+pub struct Shared {
+    pub name: String,
+    pub uuid: uuid::Uuid,
+    pub level: Level,
+    /// Strip size in blocks (a power of two; raid1: 0) and its log2.
+    pub strip: u64,
+    pub strip_shift: u32,
+    pub block_size: u32,
+    pub num_blocks: AtomicU64,
+    pub members: Vec<Member>,
+    /// Bumped when a member's descriptor or state changes.
+    pub generation: AtomicU64,
+    /// Rebuild: writes overlapping blocks `window` wait; `epoch` tags writes
+    /// so the rebuild can wait for those sent before a window was set.
+    pub window_start: AtomicU64,
+    pub window_end: AtomicU64,
+    pub epoch: AtomicU64,
+    /// Where the rebuild is (blocks done), for `bdev_raid_get_bdevs`.
+    pub rebuild_done: AtomicU64,
+    /// The slot being rebuilt, or `u64::MAX`.
+    pub rebuild_slot: AtomicU64,
+    /// The superblock's last sequence number (0: none written).
+    pub sb_seq: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(name: &str, uuid: uuid::Uuid, level: Level, strip: u64, block_size: u32, members: usize) -> Shared {
+        Shared {
+            name: name.to_string(),
+            uuid,
+            level,
+            strip,
+            strip_shift: if strip > 0 { strip.trailing_zeros() } else { 0 },
+            block_size,
+            num_blocks: AtomicU64::new(0),
+            members: (0..members).map(|_| Member::empty()).collect(),
+            generation: AtomicU64::new(0),
+            window_start: AtomicU64::new(0),
+            window_end: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            rebuild_done: AtomicU64::new(0),
+            rebuild_slot: AtomicU64::new(u64::MAX),
+            sb_seq: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// Blocks each member gives the array (raid0, raid1: the smallest
+    /// member's, whole strips; concat: its own, whole strips).
+    pub fn usable(&self, slot: usize) -> u64 {
+        let size = self.members[slot].data_size.load(Ordering::Acquire);
+        if self.strip > 0 { size & !(self.strip - 1) } else { size }
+    }
+
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Members online (or rebuilding, with `writes`).
+    pub fn count(&self, states: &[u8]) -> usize {
+        self.members.iter().filter(|m| states.contains(&m.state())).count()
+    }
+
+    /// Concat: the slot and block within it of array block `lba`, and the
+    /// blocks left in that member.
+    fn concat_map(&self, mut lba: u64) -> Option<(usize, u64, u64)> {
+        for i in 0..self.members.len() {
+            let n = self.usable(i);
+            if lba < n {
+                return Some((i, lba, n - lba));
+            }
+            lba -= n;
+        }
+        None
+    }
+
+    /// Raid0: the slot and block within it of array block `lba`, and the
+    /// blocks left in that strip.
+    fn raid0_map(&self, lba: u64) -> (usize, u64, u64) {
+        let n = self.members.len() as u64;
+        let stripe = lba >> self.strip_shift;
+        let within = lba & (self.strip - 1);
+        ((stripe % n) as usize, ((stripe / n) << self.strip_shift) + within, self.strip - within)
+    }
+
+    /// Whether a write to `[lba, lba + n)` must wait for the rebuild window.
+    #[inline]
+    fn in_window(&self, lba: u64, n: u64) -> bool {
+        let (s, e) = (self.window_start.load(Ordering::Acquire), self.window_end.load(Ordering::Acquire));
+        s < e && lba < e && lba + n.max(1) > s
+    }
+}
+
+/// A reactor's channel to the array.
+pub struct Chan {
+    pub sh: Arc<Shared>,
+    me: Weak<Chan>,
+    generation: Cell<u64>,
+    /// Per slot: the member's descriptor and channel, while it has one.
+    members: RefCell<Vec<Option<MemberChan>>>,
+    next_read: Cell<usize>,
+    /// Writes in flight by epoch parity (see [`Shared::epoch`]).
+    pub writes: [Cell<u64>; 2],
+    /// Writes waiting for the rebuild window to move.
+    held: RefCell<Vec<BdevIo>>,
+}
+
+type MemberChan = (Descriptor, IoChannel<Bdev>);
+
+thread_local! {
+    /// Each reactor's channels of each array (by its shared state).
+    static CHANS: RefCell<HashMap<usize, Weak<Chan>>> = RefCell::new(HashMap::new());
+}
+
+/// This reactor's channel of array `sh`, if it has one.
+pub fn chan_of(sh: &Arc<Shared>) -> Option<Rc<Chan>> {
+    CHANS.with(|m| m.borrow().get(&(Arc::as_ptr(sh) as usize)).and_then(Weak::upgrade))
+}
+
+pub fn new_channel(sh: &Arc<Shared>) -> Box<dyn BackendChannel> {
+    let st = Rc::new_cyclic(|me| Chan {
+        sh: sh.clone(),
+        me: me.clone(),
+        generation: Cell::new(u64::MAX),
+        members: RefCell::new(Vec::new()),
+        next_read: Cell::new(0),
+        writes: [Cell::new(0), Cell::new(0)],
+        held: RefCell::new(Vec::new()),
+    });
+    st.refresh();
+    CHANS.with(|m| {
+        let mut m = m.borrow_mut();
+        m.retain(|_, w| w.strong_count() > 0);
+        m.insert(Arc::as_ptr(sh) as usize, Rc::downgrade(&st));
+    });
+    Box::new(RaidChannel(st))
+}
+
+struct RaidChannel(Rc<Chan>);
+
+impl BackendChannel for RaidChannel {
+    fn submit(&self, io: BdevIo) {
+        self.0.submit(io)
+    }
+}
+
+/// How the children of one request finish it.
+struct Gather {
+    io: RefCell<Option<BdevIo>>,
+    carved: RefCell<Option<dma::Carved>>,
+    left: Cell<usize>,
+    status: Cell<IoStatus>,
+    /// raid1 writes: succeed if an online member took it (`any_ok`), fail
+    /// to be retried if a member had no resources (`retry`).
+    any_mode: Cell<bool>,
+    any_ok: Cell<bool>,
+    retry: Cell<bool>,
+    /// Runs before the request completes (a raid1 write leaves the count).
+    on_done: RefCell<Option<Box<dyn FnOnce()>>>,
+}
+
+impl Gather {
+    fn new(io: BdevIo, carved: Option<dma::Carved>, n: usize) -> Rc<Gather> {
+        Rc::new(Gather {
+            io: RefCell::new(Some(io)),
+            carved: RefCell::new(carved),
+            left: Cell::new(n),
+            status: Cell::new(IoStatus::Success),
+            any_mode: Cell::new(false),
+            any_ok: Cell::new(false),
+            retry: Cell::new(false),
+            on_done: RefCell::new(None),
+        })
+    }
+
+    fn note(&self, st: IoStatus) {
+        if !st.is_ok() && self.status.get().is_ok() {
+            self.status.set(st);
+        }
+    }
+
+    /// One child finished; the last one completes the request.
+    fn done(&self) {
+        self.left.set(self.left.get() - 1);
+        if self.left.get() > 0 {
+            return;
+        }
+        if let Some(f) = self.on_done.borrow_mut().take() {
+            f()
+        }
+        let Some(mut io) = self.io.borrow_mut().take() else { return };
+        if let Some(c) = self.carved.borrow_mut().take() {
+            match c.restore() {
+                Ok(bufs) => io.put_buffers(bufs),
+                Err(_) => tracing::error!("raid: a view of a request's buffers outlived its children"),
+            }
+        }
+        let st = match (self.any_mode.get(), self.retry.get(), self.any_ok.get(), self.status.get()) {
+            (false, ..) => self.status.get(),
+            (true, true, ..) => IoStatus::NoMemory,
+            (true, false, true, _) => IoStatus::Success,
+            (true, false, false, st) if !st.is_ok() => st,
+            _ => IoStatus::Failed,
+        };
+        io.complete(st)
+    }
+}
+
+impl Chan {
+    /// Take the member list if it changed.
+    #[inline]
+    fn refresh(&self) {
+        let g = self.sh.generation.load(Ordering::Acquire);
+        if g == self.generation.get() {
+            return;
+        }
+        let list = self
+            .sh
+            .members
+            .iter()
+            .map(|m| match m.state() {
+                ONLINE | REBUILDING => m.desc().map(|d| {
+                    let ch = d.channel();
+                    (d, ch)
+                }),
+                _ => None,
+            })
+            .collect();
+        let old = std::mem::replace(&mut *self.members.borrow_mut(), list);
+        self.generation.set(g);
+        // Dropping a member's channel may complete its requests (and so
+        // submit new ones here): not while the list is borrowed.
+        drop(old);
+    }
+
+    /// Drop every member descriptor this channel holds (a member leaves).
+    pub fn refresh_now(&self) {
+        self.generation.set(u64::MAX);
+        self.refresh();
+    }
+
+    pub fn submit(&self, io: BdevIo) {
+        self.refresh();
+        match self.sh.level {
+            Level::Raid1 => self.raid1(io),
+            Level::Raid0 | Level::Concat => self.striped(io),
+        }
+    }
+
+    fn member(&self, slot: usize) -> Option<MemberChan> {
+        self.members.borrow().get(slot).cloned().flatten()
+    }
+
+    fn offset(&self, slot: usize) -> u64 {
+        self.sh.members[slot].data_offset.load(Ordering::Acquire)
+    }
+
+    /// raid0 and concat.
+    fn striped(&self, io: BdevIo) {
+        let (kind, lba, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
+        match kind {
+            IoType::Flush | IoType::Reset => return self.to_all(io),
+            IoType::Unmap | IoType::WriteZeroes if self.sh.level == Level::Raid0 => return self.raid0_ranges(io),
+            _ => {}
+        }
+        let map = |lba: u64| match self.sh.level {
+            Level::Raid0 => Some(self.sh.raid0_map(lba)),
+            _ => self.sh.concat_map(lba),
+        };
+        let Some((slot, mlba, room)) = map(lba) else { return io.complete(IoStatus::OutOfRange) };
+        if n <= room {
+            let Some((d, ch)) = self.member(slot) else { return io.complete(IoStatus::NoDevice) };
+            let off = self.offset(slot) + mlba;
+            return d.forward(&ch, io, off, None);
+        }
+        // Across strips or members: one child per piece, on views of the buffers.
+        let bs = self.sh.block_size as u64;
+        let mut pieces = Vec::new();
+        let (mut at, end) = (lba, lba + n);
+        while at < end {
+            let Some((slot, mlba, room)) = map(at) else { return io.complete(IoStatus::OutOfRange) };
+            let k = room.min(end - at);
+            pieces.push((slot, mlba, k, ((at - lba) * bs) as usize));
+            at += k;
+        }
+        self.send_pieces(io, pieces);
+    }
+
+    /// Send `pieces` (slot, member block, blocks, byte offset in the
+    /// request) of `io` as children.
+    fn send_pieces(&self, mut io: BdevIo, pieces: Vec<(usize, u64, u64, usize)>) {
+        let kind = io.kind();
+        let bs = self.sh.block_size as u64;
+        let (carved, mut views) = if kind.has_data() {
+            let ranges: Vec<(usize, usize)> = pieces.iter().map(|&(_, _, k, b)| (b, (k * bs) as usize)).collect();
+            match dma::carve(io.take_buffers(), &ranges) {
+                Ok((c, v)) => (Some(c), v.into_iter().map(Some).collect::<Vec<_>>()),
+                Err(bufs) => {
+                    io.put_buffers(bufs);
+                    return io.complete(IoStatus::InvalidBuffer);
+                }
+            }
+        } else {
+            (None, pieces.iter().map(|_| None).collect())
+        };
+        let g = Gather::new(io, carved, pieces.len());
+        for (i, (slot, mlba, k, _)) in pieces.into_iter().enumerate() {
+            let bufs: Vec<DmaBuf> = views[i].take().unwrap_or_default();
+            let g2 = g.clone();
+            match self.member(slot) {
+                Some((d, ch)) => d.submit(&ch, kind, bufs, self.offset(slot) + mlba, k, move |c| {
+                    g2.note(c.status());
+                    // The child's views go before the last child gives
+                    // the request its buffers back.
+                    drop(c);
+                    g2.done()
+                }),
+                None => {
+                    drop(bufs);
+                    g.note(IoStatus::NoDevice);
+                    g.done()
+                }
+            }
+        }
+    }
+
+    /// raid0 unmap / write zeroes: one contiguous range per member (its
+    /// blocks in the request are contiguous on it).
+    fn raid0_ranges(&self, io: BdevIo) {
+        let (lba, n) = (io.offset_blocks(), io.num_blocks());
+        if n == 0 {
+            return io.complete(IoStatus::Success);
+        }
+        let m = self.sh.members.len() as u64;
+        let shift = self.sh.strip_shift;
+        let (first, last) = (lba >> shift, (lba + n - 1) >> shift);
+        let mut pieces = Vec::new();
+        for slot in 0..m {
+            // The member's first and last stripes in the request.
+            let f = first + (slot + m - first % m) % m;
+            let Some(l) = last.checked_sub((last % m + m - slot) % m) else { continue };
+            if f > l {
+                continue;
+            }
+            let start = if f == first { self.sh.raid0_map(lba).1 } else { (f / m) << shift };
+            let end = if l == last { self.sh.raid0_map(lba + n - 1).1 + 1 } else { ((l / m) + 1) << shift };
+            pieces.push((slot as usize, start, end - start, 0));
+        }
+        self.send_pieces(io, pieces)
+    }
+
+    /// Flush and reset of raid0 and concat, resets of raid1: every member
+    /// that has a descriptor.
+    fn to_all(&self, io: BdevIo) {
+        let kind = io.kind();
+        let targets: Vec<usize> = (0..self.sh.members.len()).filter(|s| self.member(*s).is_some()).collect();
+        if targets.is_empty() {
+            return io.complete(IoStatus::NoDevice);
+        }
+        let g = Gather::new(io, None, targets.len());
+        for slot in targets {
+            let Some((d, ch)) = self.member(slot) else { continue };
+            let g2 = g.clone();
+            let (off, len) = match kind {
+                IoType::Reset => (0, 0),
+                _ => (0, d.bdev().num_blocks()),
+            };
+            d.submit(&ch, kind, None, off, len, move |c| {
+                g2.note(c.status());
+                g2.done()
+            });
+        }
+    }
+
+    /// A raid1 write-like child finished on `slot`: a member that fails
+    /// one is failed (the array goes on degraded).
+    fn member_result(&self, slot: usize, st: IoStatus, g: &Gather) {
+        match st {
+            IoStatus::Success => {
+                if self.sh.members[slot].state() == ONLINE {
+                    g.any_ok.set(true);
+                }
+            }
+            IoStatus::NoMemory => g.retry.set(true),
+            st => {
+                g.note(st);
+                crate::rpc::fail_member(&self.sh, slot, st);
+            }
+        }
+    }
+
+    fn raid1(&self, io: BdevIo) {
+        match io.kind() {
+            IoType::Read => self.raid1_read(io, 0, None, None),
+            IoType::Reset => self.to_all(io),
+            _ => self.raid1_write(io),
+        }
+    }
+
+    /// Read from the next online member, trying the others if it fails;
+    /// data another member served are written back to the member that
+    /// failed the read (SPDK's `raid1_correct_read_error`), which is failed
+    /// if that write fails too.
+    fn raid1_read(&self, mut io: BdevIo, tried: usize, last: Option<IoStatus>, failed: Option<usize>) {
+        let n = self.sh.members.len();
+        if tried >= n {
+            return io.complete(last.unwrap_or(IoStatus::NoDevice));
+        }
+        let start = self.next_read.get();
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|s| Some(*s) != failed && self.sh.members[*s].state() == ONLINE && self.member(*s).is_some());
+        let Some(slot) = pick else { return io.complete(last.unwrap_or(IoStatus::NoDevice)) };
+        self.next_read.set((slot + 1) % n);
+        let (d, ch) = self.member(slot).expect("picked");
+        let (lba, k) = (io.offset_blocks(), io.num_blocks());
+        let bufs = io.take_buffers();
+        let me = self.me.clone();
+        d.submit(&ch, IoType::Read, bufs, self.offset(slot) + lba, k, move |mut c| {
+            let st = c.status();
+            io.put_buffers(c.take_buffers());
+            drop(c);
+            let Some(me) = me.upgrade() else { return io.complete(st) };
+            match (st, failed) {
+                (IoStatus::Success, Some(f)) => me.write_back(io, f),
+                (IoStatus::Success, None) => io.complete(st),
+                (IoStatus::NoMemory, _) => me.raid1_read(io, tried + 1, Some(st), failed),
+                (st, _) => {
+                    tracing::warn!("raid {}: read from member {slot} failed ({st:?}); reading another", me.sh.name);
+                    me.raid1_read(io, tried + 1, Some(st), failed.or(Some(slot)))
+                }
+            }
+        });
+    }
+
+    /// Write a read's data back to member `slot`, which failed to read
+    /// them, then complete the read.
+    fn write_back(&self, mut io: BdevIo, slot: usize) {
+        let Some((d, ch)) = self.member(slot).filter(|_| self.sh.members[slot].state() == ONLINE) else {
+            return io.complete(IoStatus::Success);
+        };
+        let (lba, n) = (io.offset_blocks(), io.num_blocks());
+        let bytes = (n * self.sh.block_size as u64) as usize;
+        // SAFETY: the views are the data of a write, which backends only read.
+        let (carved, mut views) = match unsafe { dma::carve_shared(io.take_buffers(), &[(0, bytes)]) } {
+            Ok(x) => x,
+            Err(bufs) => {
+                io.put_buffers(bufs);
+                return io.complete(IoStatus::Success);
+            }
+        };
+        let sh = self.sh.clone();
+        d.submit(&ch, IoType::Write, views.pop().unwrap_or_default(), self.offset(slot) + lba, n, move |c| {
+            let st = c.status();
+            drop(c);
+            if st.is_ok() {
+                tracing::info!("raid {}: member {slot}'s unreadable blocks {lba}+{n} rewritten", sh.name);
+            } else {
+                crate::rpc::fail_member(&sh, slot, st);
+            }
+            match carved.restore() {
+                Ok(bufs) => io.put_buffers(bufs),
+                Err(_) => tracing::error!("raid: a view of a read's buffers outlived its write-back"),
+            }
+            io.complete(IoStatus::Success)
+        });
+    }
+
+    /// Writes, unmaps, write zeroes and flushes: to every member online or
+    /// being rebuilt, the data shared (views of the same buffers).
+    fn raid1_write(&self, mut io: BdevIo) {
+        let (kind, lba, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
+        let writes = kind.writes();
+        // The epoch first, then the window (the rebuild sets them in the
+        // other order): a write that misses a new window is counted in the
+        // epoch the rebuild waits for.
+        let epoch = (self.sh.epoch.load(Ordering::Acquire) & 1) as usize;
+        if writes && self.sh.in_window(lba, n) {
+            return self.held.borrow_mut().push(io);
+        }
+        let targets: Vec<usize> = (0..self.sh.members.len()).filter(|s| self.member(*s).is_some()).collect();
+        if targets.is_empty() {
+            return io.complete(IoStatus::NoDevice);
+        }
+        let (carved, views): (Option<dma::Carved>, Vec<Option<Vec<DmaBuf>>>) = if kind.has_data() {
+            let bytes = (n * self.sh.block_size as u64) as usize;
+            let ranges = vec![(0usize, bytes); targets.len()];
+            // SAFETY: write data are only read by the members' backends.
+            match unsafe { dma::carve_shared(io.take_buffers(), &ranges) } {
+                Ok((c, v)) => (Some(c), v.into_iter().map(Some).collect()),
+                Err(bufs) => {
+                    io.put_buffers(bufs);
+                    return io.complete(IoStatus::InvalidBuffer);
+                }
+            }
+        } else {
+            (None, targets.iter().map(|_| None).collect())
+        };
+        let g = Gather::new(io, carved, targets.len());
+        g.any_mode.set(true);
+        if writes {
+            self.writes[epoch].set(self.writes[epoch].get() + 1);
+            let me = self.me.clone();
+            *g.on_done.borrow_mut() = Some(Box::new(move || {
+                if let Some(me) = me.upgrade() {
+                    me.writes[epoch].set(me.writes[epoch].get() - 1);
+                }
+            }));
+        }
+        for (slot, bufs) in targets.into_iter().zip(views) {
+            let Some((d, ch)) = self.member(slot) else {
+                g.done();
+                continue;
+            };
+            let (me, g2) = (self.me.clone(), g.clone());
+            let (off, len) = if kind == IoType::Flush { (0, d.bdev().num_blocks()) } else { (self.offset(slot) + lba, n) };
+            d.submit(&ch, kind, bufs.unwrap_or_default(), off, len, move |c| {
+                let st = c.status();
+                drop(c);
+                if let Some(me) = me.upgrade() {
+                    me.member_result(slot, st, &g2);
+                }
+                g2.done()
+            });
+        }
+    }
+
+    /// Send the writes held for the rebuild window (it moved).
+    pub fn release_held(&self) {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        for io in held {
+            self.submit(io);
+        }
+    }
+}
