@@ -19,6 +19,7 @@ pub mod dma;
 pub mod inline_fn;
 pub mod io_channel;
 pub mod log;
+pub mod metrics;
 pub mod reactor;
 pub mod rpc;
 pub mod scheduler;

@@ -283,15 +283,15 @@ pub fn start(p: Params, json: bool) {
         }
         let fill = Params { workload: Workload::Write, ..p.clone() };
         let descs2 = descs.clone();
-        reactor::for_each_reactor(move || spawn_jobs(&descs2, &fill, true), move || report::after_fill(move || measure(descs, p, json)));
+        reactor::for_each_reactor(move || spawn_jobs(&descs2, &fill, true), move || report::after_fill(move || measure(descs, p)));
     } else {
-        measure(descs, p, json);
+        measure(descs, p);
     }
 }
 
-fn measure(descs: Vec<Descriptor>, p: Params, json: bool) {
+fn measure(descs: Vec<Descriptor>, p: Params) {
     let params = p.clone();
-    reactor::for_each_reactor(move || spawn_jobs(&descs, &params, false), move || report::begin(p.time, json));
+    reactor::for_each_reactor(move || spawn_jobs(&descs, &params, false), move || report::begin(p.time));
 }
 
 /// On each reactor: create this reactor's jobs and fill their queues.

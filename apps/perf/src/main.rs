@@ -59,9 +59,12 @@ pub struct Args {
     /// Only these bdevs (comma-separated); default: every bdev of the config
     #[arg(short = 'b', long = "bdevs", value_delimiter = ',')]
     bdevs: Option<Vec<String>>,
-    /// Print the final report as JSON
+    /// Print the final report as JSON (no progress lines)
     #[arg(long)]
     json: bool,
+    /// After the report, the latency histogram of all jobs as text bars
+    #[arg(long)]
+    histogram: bool,
     /// Write every block once (untimed) before the measured run, so reads
     /// hit written data (a thin malloc bdev reads unwritten blocks from the
     /// shared zero page otherwise)
@@ -104,6 +107,13 @@ fn main() -> ExitCode {
     pollux_iscsi_host::register(&mut app);
     let params = job::Params::from_args(&args);
     let json = args.json;
+    let show = report::Show {
+        json,
+        // A line a second only for someone watching.
+        live: !json && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        histogram: args.histogram,
+    };
+    report::set_show(show);
     // Volumes on the bdevs of the config appear once examined.
     app.on_started(move || pollux_core::bdev::wait_for_examine(move || job::start(params, json)));
     let res = app.run(args.app);

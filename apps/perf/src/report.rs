@@ -1,4 +1,11 @@
 //! Progress lines, the end of the run, and the final report.
+//!
+//! On a terminal, a line a second per job: IOPS, MiB/s, mean and p99
+//! latency over that second (from each job's histogram, the second's part
+//! taken as the difference with the previous one). Not on a terminal, or
+//! with `--json`, nothing until the report. The report: IOPS, MiB/s, mean
+//! and p50 to p99.99 latency per job and in all; with `--histogram`, the
+//! latency histogram of all jobs as text bars.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -26,48 +33,110 @@ pub struct JobResult {
     pub first_error: Option<String>,
 }
 
+/// How the run shows itself (set once, before it starts).
+#[derive(Clone, Copy, Default)]
+pub struct Show {
+    pub json: bool,
+    pub live: bool,
+    pub histogram: bool,
+}
+
+static SHOW: std::sync::Mutex<Show> = std::sync::Mutex::new(Show { json: false, live: false, histogram: false });
+
+pub fn set_show(s: Show) {
+    *SHOW.lock().unwrap_or_else(|e| e.into_inner()) = s;
+}
+
+fn show() -> Show {
+    *SHOW.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's counters at one moment, for the live line.
+struct Snap {
+    job: String,
+    ios: u64,
+    bytes: u64,
+    hist: Histogram<u64>,
+}
+
 /// State of the run on the main reactor.
 struct Run {
     started: Instant,
     json: bool,
-    prev: Cell<(u64, u64)>,
+    prev: RefCell<Vec<Snap>>,
     stopping: Cell<bool>,
     elapsed: Cell<Duration>,
     pollers: RefCell<Vec<Poller>>,
 }
 
-fn totals() -> (u64, u64) {
+fn snaps() -> Vec<Snap> {
+    let core = reactor::core_of(reactor::current());
     reactor::local::<Jobs>()
-        .map(|jobs| jobs.0.borrow().iter().fold((0, 0), |(i, b), j| (i + j.ios.get(), b + j.bytes.get())))
-        .unwrap_or((0, 0))
+        .map(|jobs| {
+            jobs.0
+                .borrow()
+                .iter()
+                .map(|j| Snap {
+                    job: format!("{} on core {core}", j.bdev),
+                    ios: j.ios.get(),
+                    bytes: j.bytes.get(),
+                    hist: j.hist.borrow().clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-/// All jobs are running: print a line a second and stop after `time`.
-pub fn begin(time: Duration, json: bool) {
+/// One live line per job: what it did since the previous snapshot.
+fn live_lines(run: &Run, now: Vec<Snap>) {
+    let prev = run.prev.replace(Vec::new());
+    let t = run.started.elapsed().as_secs_f64();
+    for s in &now {
+        let (pi, pb, mut h) = match prev.iter().find(|p| p.job == s.job) {
+            Some(p) => {
+                let mut h = s.hist.clone();
+                let _ = h.subtract(&p.hist);
+                (p.ios, p.bytes, h)
+            }
+            None => (0, 0, s.hist.clone()),
+        };
+        if h.is_empty() {
+            h = new_histogram();
+        }
+        println!(
+            "{t:>7.1} s  {:<28} {:>11.0} IOPS {:>9.1} MiB/s  avg {:>9.1} us  p99 {:>9.1} us",
+            s.job,
+            (s.ios - pi) as f64,
+            (s.bytes - pb) as f64 / (1 << 20) as f64,
+            ticks_to_us(h.mean()),
+            us(&h, 0.99)
+        );
+    }
+    *run.prev.borrow_mut() = now;
+}
+
+/// All jobs are running: print a line a second (on a terminal) and stop
+/// after `time`.
+pub fn begin(time: Duration) {
+    let sh = show();
+    let json = sh.json;
     let run = Rc::new(Run {
         started: Instant::now(),
         json,
-        prev: Cell::new((0, 0)),
+        prev: RefCell::new(Vec::new()),
         stopping: Cell::new(false),
         elapsed: Cell::new(Duration::ZERO),
         pollers: RefCell::new(Vec::new()),
     });
     reactor::set_local(run.clone());
-    if !json {
+    if sh.live {
         let progress = reactor::register_timed_poller("perf_progress", Duration::from_secs(1), || {
-            reactor::map_reactors(totals, |all| {
+            reactor::map_reactors(snaps, |all| {
                 let Some(run) = reactor::local::<Run>() else { return };
                 if run.stopping.get() {
                     return;
                 }
-                let (ios, bytes) = all.iter().fold((0, 0), |(i, b), (ji, jb)| (i + ji, b + jb));
-                let (pi, pb) = run.prev.replace((ios, bytes));
-                println!(
-                    "{:>8.2} s: {:>12.2} IOPS, {:>10.2} MiB/s",
-                    run.started.elapsed().as_secs_f64(),
-                    (ios - pi) as f64,
-                    (bytes - pb) as f64 / (1 << 20) as f64
-                );
+                live_lines(&run, all.into_iter().flatten().collect());
             });
             PollStatus::Busy
         });
@@ -149,6 +218,28 @@ fn drain() {
     }));
 }
 
+/// The histogram as text: one line per doubling of latency, with its count
+/// and a bar of up to 50 `#`.
+pub fn bars(h: &Histogram<u64>) -> String {
+    let mut out = String::from("\nLatency histogram (all jobs):\n");
+    if h.is_empty() {
+        return out;
+    }
+    let step = (pollux_core::clock::tick_rate() / 1_000_000).max(1); // 1 us
+    let buckets: Vec<(f64, f64, u64)> = h
+        .iter_log(step, 2.0)
+        .map(|v| {
+            (ticks_to_us(v.value_iterated_to() as f64 / 2.0), ticks_to_us(v.value_iterated_to() as f64), v.count_since_last_iteration())
+        })
+        .collect();
+    let max = buckets.iter().map(|b| b.2).max().unwrap_or(1).max(1);
+    for (lo, hi, n) in buckets.iter().filter(|b| b.2 > 0 || b.1 <= ticks_to_us(h.max() as f64)) {
+        let w = (*n as f64 / max as f64 * 50.0).ceil() as usize;
+        out.push_str(&format!("{lo:>10.1} - {hi:>10.1} us {n:>12} {}\n", "#".repeat(w)));
+    }
+    out
+}
+
 /// A latency histogram in ticks, up to an hour, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     let hour = pollux_core::clock::tick_rate().saturating_mul(3600);
@@ -183,8 +274,10 @@ fn finish(results: Vec<JobResult>) {
             "mib_per_s": bytes as f64 / secs / (1 << 20) as f64,
             "avg_latency_us": ticks_to_us(h.mean()),
             "p50_latency_us": us(h, 0.50),
+            "p90_latency_us": us(h, 0.90),
             "p99_latency_us": us(h, 0.99),
             "p999_latency_us": us(h, 0.999),
+            "p9999_latency_us": us(h, 0.9999),
             "errors": errors,
         })
     };
@@ -201,21 +294,27 @@ fn finish(results: Vec<JobResult>) {
     } else {
         println!();
         println!(
-            "{:<32} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            "Job", "IOPS", "MiB/s", "avg us", "p50 us", "p99 us", "p99.9 us", "errors"
+            "{:<32} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "Job", "IOPS", "MiB/s", "avg us", "p50 us", "p90 us", "p99 us", "p99.9 us", "p99.99 us", "errors"
         );
+        let f = |j: &serde_json::Value, k: &str| j[k].as_f64().unwrap_or(0.0);
         for j in jobs.iter().chain(std::iter::once(&sum)) {
             println!(
-                "{:<32} {:>12.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8}",
+                "{:<32} {:>12.2} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8}",
                 j["job"].as_str().unwrap_or(""),
-                j["iops"].as_f64().unwrap_or(0.0),
-                j["mib_per_s"].as_f64().unwrap_or(0.0),
-                j["avg_latency_us"].as_f64().unwrap_or(0.0),
-                j["p50_latency_us"].as_f64().unwrap_or(0.0),
-                j["p99_latency_us"].as_f64().unwrap_or(0.0),
-                j["p999_latency_us"].as_f64().unwrap_or(0.0),
+                f(j, "iops"),
+                f(j, "mib_per_s"),
+                f(j, "avg_latency_us"),
+                f(j, "p50_latency_us"),
+                f(j, "p90_latency_us"),
+                f(j, "p99_latency_us"),
+                f(j, "p999_latency_us"),
+                f(j, "p9999_latency_us"),
                 j["errors"]
             );
+        }
+        if show().histogram {
+            print!("{}", bars(&total));
         }
         for e in &first_errors {
             println!("error: {e}");

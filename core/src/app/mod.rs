@@ -64,6 +64,9 @@ pub struct AppArgs {
     /// Do not pin reactor threads to their cores (for shared test machines)
     #[arg(long, hide = true)]
     pub no_pin: bool,
+    /// Serve Prometheus metrics on this address (IP:port) at /metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// A config given in memory instead of `-c` (name for messages, JSON text).
     #[arg(skip)]
     pub embedded_config: Option<(String, String)>,
@@ -119,8 +122,9 @@ fn state() -> Option<Rc<AppState>> {
 
 impl App {
     pub fn new(name: &str) -> App {
-        let app = App { name: name.to_string(), methods: Rc::new(Methods::new()), subsystems: Vec::new(), on_started: Vec::new() };
+        let mut app = App { name: name.to_string(), methods: Rc::new(Methods::new()), subsystems: Vec::new(), on_started: Vec::new() };
         methods::register(&app.methods);
+        crate::metrics::register(&mut app);
         app
     }
 
@@ -177,6 +181,10 @@ impl App {
             server: RefCell::new(None),
             pollers: RefCell::new(Vec::new()),
         });
+        if let Some(addr) = st.args.metrics {
+            let methods = st.methods.clone();
+            st.on_started.borrow_mut().insert(0, Box::new(move || crate::metrics::start_with(methods, addr)));
+        }
         reactor::launch(&opts, move || start(st, calls)).map_err(AppError::Reactors)?;
         Ok(exit_code.get())
     }

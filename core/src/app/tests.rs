@@ -124,6 +124,7 @@ fn test_args(cores: Vec<usize>, rpc_socket: PathBuf) -> AppArgs {
         log_level: Level::Notice,
         mem_size: None,
         no_pin: true,
+        metrics: None,
         embedded_config: None,
     }
 }

@@ -124,6 +124,54 @@ impl<T> Future for Slot<T> {
     }
 }
 
+/// A [`Slot`] that may be set from any thread (a callback that must be
+/// `Send`, such as an RPC responder's sink); awaited on one reactor.
+pub struct SendSlot<T>(Arc<std::sync::Mutex<(Option<T>, Option<Waker>)>>);
+
+impl<T> Clone for SendSlot<T> {
+    fn clone(&self) -> Self {
+        SendSlot(self.0.clone())
+    }
+}
+
+impl<T> Default for SendSlot<T> {
+    fn default() -> Self {
+        SendSlot(Arc::new(std::sync::Mutex::new((None, None))))
+    }
+}
+
+impl<T> SendSlot<T> {
+    pub fn new() -> SendSlot<T> {
+        SendSlot::default()
+    }
+
+    /// Give the value and wake the waiter.
+    pub fn set(&self, v: T) {
+        let w = {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 = Some(v);
+            s.1.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for SendSlot<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match s.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 thread_local! {
     /// Slots of tasks waiting for work on other reactors, by ticket.
     static PARKED: RefCell<HashMap<u64, Box<dyn std::any::Any>>> = RefCell::new(HashMap::new());

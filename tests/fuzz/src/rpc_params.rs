@@ -40,6 +40,7 @@ pub const EXCLUDED_METHODS: &[(&str, &str)] = &[
     ("bdev_iscsi_create", "connects to an iSCSI target at whatever address the input names"),
     ("bdev_rbd_register_cluster", "connects to a Ceph cluster (the machine's config or a file the input names) on a thread of its own"),
     ("bdev_rbd_create", "connects to a Ceph cluster and opens an image, on a thread of its own"),
+    ("framework_start_metrics", "binds the TCP address the input names (an HTTP server)"),
 ];
 
 /// Calls one input may make.

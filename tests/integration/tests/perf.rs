@@ -145,3 +145,38 @@ fn deleting_a_bdev_under_load_stops_its_users_and_then_completes() {
     assert!(t0.elapsed() < Duration::from_secs(30), "stopped long before -t 60");
     let _ = status;
 }
+
+/// On a terminal (a pseudo-terminal from `script`), a line a second per job
+/// with IOPS, MiB/s, mean and p99 latency; piped, none; the report has p50
+/// to p99.99, and `--histogram` adds the bars.
+#[test]
+fn progress_lines_only_on_a_terminal_and_percentiles_and_histogram_in_the_report() {
+    let dir = TempDir::new("perf-tty");
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 65536, "block_size": 512}}]}]});
+    let cfg_path = dir.join("tty.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let args = format!(
+        "{} -c {} -r {} --interrupt-mode --no-pin -b M0 -q 4 -o 4096 -w randread -t 3 --histogram",
+        bin("pollux-perf").display(),
+        cfg_path.display(),
+        dir.join("tty.sock").display()
+    );
+    let script = pollux_tests::tool("script", "util-linux's script (a pseudo-terminal)");
+    let out = Command::new(script).args(["-q", "-e", "-c", &args, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let live: Vec<&str> = text.lines().filter(|l| l.contains(" s  M0 on core 0") && l.contains("IOPS") && l.contains("p99")).collect();
+    assert!(live.len() >= 2, "a line a second on a terminal:\n{text}");
+    assert!(text.contains("p99.99 us") && text.contains("Latency histogram (all jobs):") && text.contains('#'), "{text}");
+    // Piped: the report only.
+    let out = perf(&dir, &cfg, &["-b", "M0", "-q", "4", "-o", "4096", "-w", "randread", "-t", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(" s  M0 on core 0"), "progress lines when not on a terminal:\n{text}");
+    assert!(text.contains("p99.99 us") && !text.contains("Latency histogram"), "{text}");
+    let r = report(&perf(&dir, &cfg, &["-b", "M0", "-q", "4", "-o", "4096", "-w", "randread", "-t", "1", "--json"]));
+    for k in ["p50_latency_us", "p90_latency_us", "p99_latency_us", "p999_latency_us", "p9999_latency_us"] {
+        assert!(r["total"][k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+    }
+}
