@@ -241,6 +241,7 @@ pub async fn render() -> String {
             t.family(name, "counter", help, &per(&|b| num(&b[field])));
         }
         t.family("pollux_bdev_errors_total", "counter", "Requests that failed.", &per(&|b| num(&b["io_error"]["total"])));
+        t.family("pollux_bdev_queue_depth", "gauge", "Requests in flight at each bdev.", &per(&|b| num(&b["queue_depth"])));
         // Latency histograms of the bdevs that keep one (bdev_enable_histogram).
         for b in &bdevs {
             let name = b["name"].as_str().unwrap_or("").to_string();

@@ -365,10 +365,10 @@ fn get_iostat(p: GetIostat, r: Responder) {
                     try_get_io_channel(b).map(|ch| {
                         let s = ch.stats();
                         ch.reset_stats(mode);
-                        s
+                        (s, ch.outstanding())
                     })
                 })
-                .collect::<Vec<Option<IoStats>>>()
+                .collect::<Vec<Option<(IoStats, u64)>>>()
         },
         move |per_reactor| {
             let mut out = Vec::new();
@@ -378,9 +378,10 @@ fn get_iostat(p: GetIostat, r: Responder) {
                         .iter()
                         .enumerate()
                         .filter_map(|(ri, v)| v[i].as_ref().map(|s| (ri, s)))
-                        .map(|(ri, s)| {
+                        .map(|(ri, (s, qd))| {
                             let mut j = s.to_json(b.name());
                             j["thread_id"] = (ri + 1).into();
+                            j["queue_depth"] = (*qd).into();
                             j
                         })
                         .collect();
@@ -393,12 +394,17 @@ fn get_iostat(p: GetIostat, r: Responder) {
                     retired.reset(mode);
                     t
                 };
+                let mut qd = 0;
                 for v in &per_reactor {
-                    if let Some(s) = &v[i] {
+                    if let Some((s, q)) = &v[i] {
                         total.merge(s);
+                        qd += q;
                     }
                 }
-                out.push(total.to_json(b.name()));
+                // Requests in flight now (SPDK gives it with sampling on).
+                let mut j = total.to_json(b.name());
+                j["queue_depth"] = qd.into();
+                out.push(j);
             }
             r.ok(json!({"tick_rate": clock::tick_rate(), "ticks": clock::ticks(), "bdevs": out}))
         },

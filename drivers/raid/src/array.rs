@@ -137,6 +137,16 @@ pub struct Shared {
     pub rebuild_slot: AtomicU64,
     /// The superblock's last sequence number (0: none written).
     pub sb_seq: AtomicU64,
+    /// A rebuild task is running (set when one starts, cleared when it
+    /// ends, whatever `rebuild_slot` says): never two at once.
+    pub rebuild_running: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a member's error says the device is bad (it is then failed),
+/// rather than the request (unsupported, out of range, aborted, no
+/// resources: the request fails, the member stays).
+pub fn device_error(st: IoStatus) -> bool {
+    matches!(st, IoStatus::Failed | IoStatus::Media | IoStatus::NoDevice | IoStatus::Nvme { .. })
 }
 
 impl Shared {
@@ -157,6 +167,7 @@ impl Shared {
             rebuild_done: AtomicU64::new(0),
             rebuild_slot: AtomicU64::new(u64::MAX),
             sb_seq: AtomicU64::new(0),
+            rebuild_running: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -476,7 +487,10 @@ impl Chan {
         }
         let g = Gather::new(io, None, targets.len());
         for slot in targets {
-            let Some((d, ch)) = self.member(slot) else { continue };
+            let Some((d, ch)) = self.member(slot) else {
+                g.done();
+                continue;
+            };
             let g2 = g.clone();
             let (off, len) = match kind {
                 IoType::Reset => (0, 0),
@@ -501,7 +515,9 @@ impl Chan {
             IoStatus::NoMemory => g.retry.set(true),
             st => {
                 g.note(st);
-                crate::rpc::fail_member(&self.sh, slot, st);
+                if device_error(st) {
+                    crate::rpc::fail_member(&self.sh, slot, st);
+                }
             }
         }
     }
@@ -514,10 +530,7 @@ impl Chan {
         }
     }
 
-    /// Read from the next online member, trying the others if it fails;
-    /// data another member served are written back to the member that
-    /// failed the read (SPDK's `raid1_correct_read_error`), which is failed
-    /// if that write fails too.
+    /// Read from the next online member, trying the others if it fails.
     fn raid1_read(&self, mut io: BdevIo, tried: usize, last: Option<IoStatus>, failed: Option<usize>) {
         let n = self.sh.members.len();
         if tried >= n {
@@ -539,47 +552,16 @@ impl Chan {
             drop(c);
             let Some(me) = me.upgrade() else { return io.complete(st) };
             match (st, failed) {
-                (IoStatus::Success, Some(f)) => me.write_back(io, f),
-                (IoStatus::Success, None) => io.complete(st),
+                // Not written back to the member that failed the read
+                // (SPDK does): a user write to the same blocks meanwhile
+                // would be undone on that member for good.
+                (IoStatus::Success, _) => io.complete(st),
                 (IoStatus::NoMemory, _) => me.raid1_read(io, tried + 1, Some(st), failed),
                 (st, _) => {
                     tracing::warn!("raid {}: read from member {slot} failed ({st:?}); reading another", me.sh.name);
                     me.raid1_read(io, tried + 1, Some(st), failed.or(Some(slot)))
                 }
             }
-        });
-    }
-
-    /// Write a read's data back to member `slot`, which failed to read
-    /// them, then complete the read.
-    fn write_back(&self, mut io: BdevIo, slot: usize) {
-        let Some((d, ch)) = self.member(slot).filter(|_| self.sh.members[slot].state() == ONLINE) else {
-            return io.complete(IoStatus::Success);
-        };
-        let (lba, n) = (io.offset_blocks(), io.num_blocks());
-        let bytes = (n * self.sh.block_size as u64) as usize;
-        // SAFETY: the views are the data of a write, which backends only read.
-        let (carved, mut views) = match unsafe { dma::carve_shared(io.take_buffers(), &[(0, bytes)]) } {
-            Ok(x) => x,
-            Err(bufs) => {
-                io.put_buffers(bufs);
-                return io.complete(IoStatus::Success);
-            }
-        };
-        let sh = self.sh.clone();
-        d.submit(&ch, IoType::Write, views.pop().unwrap_or_default(), self.offset(slot) + lba, n, move |c| {
-            let st = c.status();
-            drop(c);
-            if st.is_ok() {
-                tracing::info!("raid {}: member {slot}'s unreadable blocks {lba}+{n} rewritten", sh.name);
-            } else {
-                crate::rpc::fail_member(&sh, slot, st);
-            }
-            match carved.restore() {
-                Ok(bufs) => io.put_buffers(bufs),
-                Err(_) => tracing::error!("raid: a view of a read's buffers outlived its write-back"),
-            }
-            io.complete(IoStatus::Success)
         });
     }
 
@@ -626,6 +608,8 @@ impl Chan {
         }
         for (slot, bufs) in targets.into_iter().zip(views) {
             let Some((d, ch)) = self.member(slot) else {
+                // Its views go before the request may get its buffers back.
+                drop(bufs);
                 g.done();
                 continue;
             };

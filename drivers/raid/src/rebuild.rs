@@ -26,9 +26,12 @@ pub async fn run(sh: Arc<Shared>, slot: usize) {
     sh.window_start.store(0, Ordering::Release);
     sh.window_end.store(0, Ordering::Release);
     release_all(&sh).await;
+    // Online only if it did not fail meanwhile (fail_member's CAS and this
+    // one decide between them).
+    let done = r.is_ok() && sh.members[slot].state.compare_exchange(REBUILDING, ONLINE, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    sh.rebuild_running.store(false, Ordering::Release);
     match r {
-        Ok(()) if sh.members[slot].state() == REBUILDING => {
-            sh.members[slot].state.store(ONLINE, Ordering::Release);
+        Ok(()) if done => {
             sh.rebuild_slot.store(u64::MAX, Ordering::Release);
             sh.bump();
             tracing::info!("raid {}: member {slot} rebuilt in {:.1} s", sh.name, t0.elapsed().as_secs_f64());
@@ -46,7 +49,7 @@ pub async fn run(sh: Arc<Shared>, slot: usize) {
         Err(st) => {
             tracing::error!("raid {}: rebuild of member {slot} failed: {st:?}", sh.name);
             sh.rebuild_slot.store(u64::MAX, Ordering::Release);
-            fail_member(&sh, slot, st);
+            fail_member(&sh, slot, IoStatus::Failed);
         }
     }
 }
@@ -88,16 +91,34 @@ async fn copy_window(sh: &Arc<Shared>, slot: usize, at: u64, n: u64, buf: DmaBuf
     for src in (0..sh.members.len()).filter(|s| *s != slot && sh.members[*s].state() == ONLINE) {
         let Some(d) = sh.members[src].desc() else { continue };
         let off = sh.members[src].data_offset.load(Ordering::Acquire) + at;
-        let (st, b) = io(&d, IoType::Read, buf.take().expect("buffer"), off, n).await;
-        buf = Some(b);
-        if st.is_ok() {
-            let Some(t) = sh.members[slot].desc() else { return Err(IoStatus::NoDevice) };
-            let off = sh.members[slot].data_offset.load(Ordering::Acquire) + at;
-            let (st, b) = io(&t, IoType::Write, buf.take().expect("buffer"), off, n).await;
-            return if st.is_ok() { Ok(b) } else { Err(st) };
+        // No resources, or the like: try again a few times before giving up
+        // (only a device error fails the member read from).
+        for _ in 0..100 {
+            let (st, b) = io(&d, IoType::Read, buf.take().expect("buffer"), off, n).await;
+            buf = Some(b);
+            if st.is_ok() {
+                let Some(t) = sh.members[slot].desc() else { return Err(IoStatus::NoDevice) };
+                let toff = sh.members[slot].data_offset.load(Ordering::Acquire) + at;
+                for _ in 0..100 {
+                    let (st, b) = io(&t, IoType::Write, buf.take().expect("buffer"), toff, n).await;
+                    buf = Some(b);
+                    if st.is_ok() {
+                        return Ok(buf.take().expect("buffer"));
+                    }
+                    if array::device_error(st) {
+                        return Err(st);
+                    }
+                    task::until_each_reactor(|| true).await;
+                }
+                return Err(IoStatus::NoMemory);
+            }
+            last = st;
+            if array::device_error(st) {
+                fail_member(sh, src, st);
+                break;
+            }
+            task::until_each_reactor(|| true).await;
         }
-        last = st;
-        fail_member(sh, src, st);
     }
     Err(last)
 }

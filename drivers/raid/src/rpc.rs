@@ -57,8 +57,8 @@ impl Backend for RaidBackend {
         // What every member with a descriptor supports.
         let all = |k| self.sh.members.iter().filter_map(|m| m.desc()).all(|d| d.bdev().supports(k));
         match kind {
-            IoType::Read | IoType::Write | IoType::Flush | IoType::Reset => true,
-            IoType::Unmap | IoType::WriteZeroes => all(kind),
+            IoType::Read | IoType::Write | IoType::Reset => true,
+            IoType::Flush | IoType::Unmap | IoType::WriteZeroes => all(kind),
             IoType::Compare => false,
         }
     }
@@ -192,9 +192,16 @@ fn attach(sh: &Arc<Shared>, slot: usize, name: &str, state: u8) -> Result<(), Rp
 /// on it completes); the rest happens on the main reactor.
 pub fn fail_member(sh: &Arc<Shared>, slot: usize, why: IoStatus) {
     let m = &sh.members[slot];
-    let was = m.state();
-    if !matches!(was, ONLINE | REBUILDING) || m.state.compare_exchange(was, FAILED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        return;
+    // Against a rebuild's end (REBUILDING to ONLINE) at the same time: the
+    // member fails whichever of the two it is in.
+    loop {
+        let was = m.state();
+        if !matches!(was, ONLINE | REBUILDING) {
+            return;
+        }
+        if m.state.compare_exchange(was, FAILED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            break;
+        }
     }
     sh.bump();
     let sh = sh.clone();
@@ -522,10 +529,15 @@ fn r_name_free(name: &str) -> bool {
 
 /// Put bdev `name` into free slot `slot` of online raid1 `sh` and rebuild it.
 fn start_rebuild(sh: &Arc<Shared>, slot: usize, name: &str) -> Result<(), RpcError> {
-    if sh.rebuild_slot.load(Ordering::Acquire) != u64::MAX {
+    // One rebuild task at a time, including one still ending after its
+    // member failed.
+    if sh.rebuild_running.swap(true, Ordering::AcqRel) {
         return Err(RpcError::errno(libc::EPERM, format!("raid bdev {} is rebuilding already", sh.name)));
     }
-    attach(sh, slot, name, REBUILDING)?;
+    if let Err(e) = attach(sh, slot, name, REBUILDING) {
+        sh.rebuild_running.store(false, Ordering::Release);
+        return Err(e);
+    }
     sh.rebuild_slot.store(slot as u64, Ordering::Release);
     sh.rebuild_done.store(0, Ordering::Release);
     task::spawn_local(crate::rebuild::run(sh.clone(), slot));
@@ -647,6 +659,15 @@ fn add_base(p: AddBase) -> Result<bool, RpcError> {
     let need = sh.members[slot].data_offset.load(Ordering::Acquire) + sh.members[slot].data_size.load(Ordering::Acquire);
     if b.num_blocks() < need {
         return Err(RpcError::invalid_params(format!("bdev {} has {} blocks; the slot needs {need}", p.base_bdev, b.num_blocks())));
+    }
+    // The array offers what every member did: a new one must too.
+    let missing: Vec<&str> = [IoType::Flush, IoType::Unmap, IoType::WriteZeroes]
+        .into_iter()
+        .filter(|k| sh.members.iter().filter_map(|m| m.desc()).all(|d| d.bdev().supports(*k)) && !b.supports(*k))
+        .map(|k| k.name())
+        .collect();
+    if !missing.is_empty() {
+        return Err(RpcError::invalid_params(format!("bdev {} lacks {} the raid bdev's members offer", p.base_bdev, missing.join(", "))));
     }
     if sh.level != Level::Raid1 || sh.count(&[ONLINE]) == 0 {
         return Err(RpcError::errno(

@@ -90,6 +90,7 @@ fn prometheus_scrapes_rising_counters_and_promtool_accepts_the_text() {
         "pollux_nvmf_commands_total",
         "pollux_iobuf_free_buffers",
         "pollux_dma_memory_bytes",
+        "pollux_bdev_queue_depth",
     ] {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing:\n{text}");
     }
