@@ -191,6 +191,10 @@ impl Bdev {
     pub(crate) fn has_alias(&self, name: &str) -> bool {
         self.aliases.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|a| a == name)
     }
+    /// Whether the bdev answers to `name` (its name or an alias).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.has_alias(name)
+    }
     /// Take the bdev for a module's exclusive use (an lvol store on it, as
     /// SPDK's `spdk_bdev_module_claim_bdev`): exports and other modules
     /// refuse a claimed bdev. Fails if another module has it.

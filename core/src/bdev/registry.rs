@@ -50,7 +50,7 @@ type ExamineFn = dyn Fn(&Arc<Bdev>, Examination);
 impl Registry {
     /// A bdev by name or alias.
     fn find(&self, name: &str) -> Option<Arc<Bdev>> {
-        self.bdevs.borrow().iter().find(|b| b.name() == name || b.has_alias(name)).cloned()
+        self.bdevs.borrow().iter().find(|b| b.answers_to(name)).cloned()
     }
 }
 

@@ -15,12 +15,20 @@ pub struct Delete {
 
 /// Delete a bdev of `module`; answers once every user has closed it.
 pub fn delete_rpc(module: &str, p: Delete, r: Responder) {
-    match bdev::get(&p.name) {
-        None => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.name))),
+    delete_or_forgotten(module, &p.name, false, r)
+}
+
+/// [`delete_rpc`] for a module that keeps bdevs asked for before their
+/// base exists: with `forgotten` (the module just dropped such a pending
+/// one by that name), a bdev that is not there is deleted already.
+pub fn delete_or_forgotten(module: &str, name: &str, forgotten: bool, r: Responder) {
+    match bdev::get(name) {
+        None if forgotten => r.ok(true),
+        None => r.err(RpcError::errno(libc::ENODEV, format!("bdev {name} not found"))),
         Some(b) if b.backend().module_name() != module => {
-            r.err(RpcError::errno(libc::ENODEV, format!("bdev {} is not a {module} bdev", p.name)))
+            r.err(RpcError::errno(libc::ENODEV, format!("bdev {name} is not a {module} bdev")))
         }
-        Some(_) => bdev::unregister(&p.name, move |res| r.result(res.map(|()| true))),
+        Some(_) => bdev::unregister(name, move |res| r.result(res.map(|()| true))),
     }
 }
 

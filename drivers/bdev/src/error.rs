@@ -361,7 +361,7 @@ fn create(p: Create) -> Result<String, RpcError> {
 
 fn examine(b: &Arc<Bdev>, _done: Examination) {
     CONFIGS.with(|cs| {
-        for c in cs.borrow().iter().filter(|c| part::answers_to(b, &c.base) && bdev::get(&c.name).is_none()) {
+        for c in cs.borrow().iter().filter(|c| b.answers_to(&c.base) && bdev::get(&c.name).is_none()) {
             if let Err(e) = make(c) {
                 tracing::error!("error bdev {}: {}", c.name, e.message);
             }

@@ -16,7 +16,7 @@
 mod common;
 /// What every module's `bdev_*_delete` method shares (modules of other
 /// crates too: the RBD bdev's).
-pub use common::{Delete, delete_rpc};
+pub use common::{Delete, delete_or_forgotten, delete_rpc};
 pub mod delay;
 pub mod error;
 pub mod malloc;

@@ -142,8 +142,3 @@ pub(crate) fn register<K: PartKind>(
     bdev::register(BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(PartBackend { part, kind }) })
         .map_err(RpcError::from)
 }
-
-/// Whether `b` answers to `name` (its name or an alias).
-pub(crate) fn answers_to(b: &Bdev, name: &str) -> bool {
-    b.name() == name || b.aliases().iter().any(|a| a == name)
-}

@@ -77,7 +77,7 @@ fn create(p: Create) -> Result<String, RpcError> {
 
 fn examine(b: &Arc<Bdev>, _done: Examination) {
     CONFIGS.with(|cs| {
-        for c in cs.borrow().iter().filter(|c| part::answers_to(b, &c.base) && bdev::get(&c.name).is_none()) {
+        for c in cs.borrow().iter().filter(|c| b.answers_to(&c.base) && bdev::get(&c.name).is_none()) {
             if let Err(e) = make(c) {
                 tracing::error!("passthru {} on {}: {}", c.name, c.base, e.message);
             }
@@ -92,12 +92,7 @@ fn delete(p: Delete, r: Responder) {
         cs.retain(|c| c.name != p.name);
         before != cs.len()
     });
-    match bdev::get(&p.name) {
-        Some(b) if b.backend().module_name() == "passthru" => bdev::unregister(&p.name, move |res| r.result(res.map(|()| true))),
-        Some(_) => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} is not a passthru bdev", p.name))),
-        None if known => r.result(Ok::<_, RpcError>(true)),
-        None => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.name))),
-    }
+    crate::delete_or_forgotten("passthru", &p.name, known, r)
 }
 
 pub fn register(app: &mut App) {

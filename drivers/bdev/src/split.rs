@@ -135,7 +135,7 @@ fn create(p: Create) -> Result<Vec<String>, RpcError> {
 
 fn examine(b: &Arc<Bdev>, _done: Examination) {
     CONFIGS.with(|cs| {
-        for c in cs.borrow().iter().filter(|c| part::answers_to(b, &c.base) && b.claimed_by().is_none()) {
+        for c in cs.borrow().iter().filter(|c| b.answers_to(&c.base) && b.claimed_by().is_none()) {
             if let Err(e) = make(c) {
                 tracing::error!("split of {}: {}", c.base, e.message);
             }

@@ -192,7 +192,7 @@ fn create(p: Create) -> Result<String, RpcError> {
 
 fn examine(b: &Arc<Bdev>, _done: Examination) {
     CONFIGS.with(|cs| {
-        for c in cs.borrow().iter().filter(|c| (c.base == b.name() || b.aliases().contains(&c.base)) && bdev::get(&c.name).is_none()) {
+        for c in cs.borrow().iter().filter(|c| b.answers_to(&c.base) && bdev::get(&c.name).is_none()) {
             if let Err(e) = make(c) {
                 tracing::error!("crypto bdev {}: {}", c.name, e.message);
             }
@@ -200,25 +200,14 @@ fn examine(b: &Arc<Bdev>, _done: Examination) {
     });
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Delete {
-    name: String,
-}
-
-fn delete(p: Delete, r: Responder) {
+fn delete(p: pollux_bdev::Delete, r: Responder) {
     let known = CONFIGS.with(|cs| {
         let mut cs = cs.borrow_mut();
         let before = cs.len();
         cs.retain(|c| c.name != p.name);
         before != cs.len()
     });
-    match bdev::get(&p.name) {
-        Some(b) if b.backend().module_name() == "crypto" => bdev::unregister(&p.name, move |res| r.result(res.map(|()| true))),
-        Some(_) => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} is not a crypto bdev", p.name))),
-        None if known => r.ok(true),
-        None => r.err(RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.name))),
-    }
+    pollux_bdev::delete_or_forgotten("crypto", &p.name, known, r)
 }
 
 pub fn register(app: &mut App) {

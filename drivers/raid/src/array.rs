@@ -111,6 +111,12 @@ impl Member {
     pub fn desc(&self) -> Option<Descriptor> {
         self.desc.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+    /// Let go of the member's bdev (closed, its claim released).
+    pub fn release(&self) {
+        if let Some(d) = self.desc.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            d.bdev().release_claim();
+        }
+    }
 }
 
 /// What every reactor shares about an array.

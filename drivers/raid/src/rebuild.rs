@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use pollux_core::bdev::{IoStatus, IoType};
 use pollux_core::dma::DmaBuf;
-use pollux_core::reactor::task::{self, Slot};
+use pollux_core::reactor::task;
 
 use crate::array::{self, ONLINE, REBUILDING, Shared};
 use crate::rpc::{MAX_MB_SEC, WINDOW_KB, fail_member};
@@ -124,14 +124,7 @@ async fn copy_window(sh: &Arc<Shared>, slot: usize, at: u64, n: u64, buf: DmaBuf
 }
 
 async fn io(d: &pollux_core::bdev::Descriptor, kind: IoType, buf: DmaBuf, off: u64, n: u64) -> (IoStatus, DmaBuf) {
-    let ch = d.channel();
-    let slot: Slot<(IoStatus, Option<DmaBuf>)> = Slot::new();
-    let s = slot.clone();
-    d.submit(&ch, kind, [buf], off, n, move |mut c| {
-        let b = c.take_buffers().into_iter().next();
-        s.set((c.status(), b))
-    });
-    let (st, b) = slot.await;
+    let (st, b) = crate::sb::one(d, kind, buf, off, n).await;
     (st, b.unwrap_or_else(|| DmaBuf::alloc(0).expect("an empty buffer")))
 }
 

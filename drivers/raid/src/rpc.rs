@@ -14,7 +14,7 @@ use pollux_core::rpc::{Responder, RpcError, States};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::array::{self, FAILED, Level, MISSING, ONLINE, REBUILDING, Shared};
+use crate::array::{self, FAILED, Level, MISSING, Member, ONLINE, REBUILDING, Shared};
 
 /// An array known to the module (main reactor).
 pub struct Raid {
@@ -92,11 +92,7 @@ impl Backend for RaidBackend {
     fn destroy(&self) {
         let sh = self.sh.clone();
         RAIDS.with(|r| r.borrow_mut().retain(|x| !Arc::ptr_eq(&x.sh, &sh)));
-        for m in &sh.members {
-            if let Some(d) = m.desc.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                d.bdev().release_claim();
-            }
-        }
+        release(&sh);
     }
 }
 
@@ -220,9 +216,7 @@ pub fn fail_member(sh: &Arc<Shared>, slot: usize, why: IoStatus) {
                 }
             })
             .await;
-            if let Some(d) = sh.members[slot].desc.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                d.bdev().release_claim();
-            }
+            sh.members[slot].release();
             if state_of(&sh) == "offline" {
                 tracing::error!("raid {}: offline (too many members failed)", sh.name);
             }
@@ -268,11 +262,7 @@ struct Create {
 }
 
 fn release(sh: &Shared) {
-    for m in &sh.members {
-        if let Some(d) = m.desc.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            d.bdev().release_claim();
-        }
-    }
+    sh.members.iter().for_each(Member::release);
 }
 
 fn forget(raid: &Rc<Raid>) {
@@ -559,12 +549,7 @@ fn register(raid: &Rc<Raid>) -> Result<(), RpcError> {
             Ok(())
         }
         Err(e) => {
-            RAIDS.with(|r| r.borrow_mut().retain(|x| !Rc::ptr_eq(x, raid)));
-            for m in &sh.members {
-                if let Some(d) = m.desc.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    d.bdev().release_claim();
-                }
-            }
+            forget(raid);
             Err(RpcError::from(e))
         }
     }

@@ -221,15 +221,21 @@ pub fn of(sh: &Shared, seq: u64) -> Superblock {
     }
 }
 
-async fn io(d: &Descriptor, kind: IoType, buf: DmaBuf, blocks: u64) -> Result<DmaBuf, SbError> {
+/// One request of `n` blocks at `off` on `buf`, awaited on this reactor:
+/// its status and the buffer back.
+pub(crate) async fn one(d: &Descriptor, kind: IoType, buf: DmaBuf, off: u64, n: u64) -> (IoStatus, Option<DmaBuf>) {
     let ch = d.channel();
     let slot: Slot<(IoStatus, Option<DmaBuf>)> = Slot::new();
     let s = slot.clone();
-    d.submit(&ch, kind, [buf], 0, blocks, move |mut c| {
+    d.submit(&ch, kind, [buf], off, n, move |mut c| {
         let b = c.take_buffers().into_iter().next();
         s.set((c.status(), b))
     });
-    match slot.await {
+    slot.await
+}
+
+async fn io(d: &Descriptor, kind: IoType, buf: DmaBuf, blocks: u64) -> Result<DmaBuf, SbError> {
+    match one(d, kind, buf, 0, blocks).await {
         (st, Some(b)) if st.is_ok() => Ok(b),
         (st, _) => Err(SbError::Io(st)),
     }

@@ -233,6 +233,23 @@ pub fn perf_command(dir: &TempDir, config: &Value, args: &[&str]) -> Command {
     c
 }
 
+/// A client of a pollux-perf (or any app) started with `-r sock`, once its
+/// socket answers (within `limit`) and it has started; calls time out
+/// after `timeout`.
+pub fn app_client(sock: &Path, limit: Duration, timeout: Duration) -> pollux_core::rpc::Client {
+    let t0 = Instant::now();
+    let mut c = loop {
+        if let Ok(c) = pollux_core::rpc::Client::connect(sock) {
+            break c;
+        }
+        assert!(t0.elapsed() < limit, "{} did not start", sock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    c.set_timeout(Some(timeout)).unwrap();
+    c.call("framework_wait_init", None).unwrap();
+    c
+}
+
 /// Wait for a `pollux-perf --json` run and check it ended clean: exit 0,
 /// some I/O, no error, no verify mismatch. Returns its report and stderr.
 pub fn clean_perf_run(perf: Child) -> (Value, String) {

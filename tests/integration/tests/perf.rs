@@ -96,7 +96,6 @@ fn bad_arguments_are_refused_with_a_message() {
 
 #[test]
 fn deleting_a_bdev_under_load_stops_its_users_and_then_completes() {
-    use pollux_core::rpc::Client;
     use std::time::{Duration, Instant};
     let dir = TempDir::new("perf-delete");
     let cfg_path = dir.join("perf.json");
@@ -112,15 +111,7 @@ fn deleting_a_bdev_under_load_stops_its_users_and_then_completes() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let mut client = loop {
-        if let Ok(c) = Client::connect(&sock) {
-            break c;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "perf did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    client.set_timeout(Some(Duration::from_secs(20))).unwrap();
-    client.call("framework_wait_init", None).unwrap();
+    let mut client = pollux_tests::app_client(&sock, Duration::from_secs(20), Duration::from_secs(20));
     // Under load: writes are completing.
     let t2 = Instant::now();
     while client.call("bdev_get_iostat", Some(json!({"name": "Malloc0"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap_or(0) == 0

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use pollux_core::rpc::Client;
 use pollux_tests::nvmf_client::Client as NvmfClient;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, free_port, ok_stdout, perf_command, pollux_rpc, spdk_rpc, wait_until};
+use pollux_tests::{
+    Daemon, DaemonOpts, TempDir, app_client, clean_perf_run, free_port, ok_stdout, perf_command, pollux_rpc, spdk_rpc, wait_until,
+};
 use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
@@ -129,16 +131,7 @@ fn raid1_loses_a_member_and_rebuilds_another_under_verify() {
         .spawn()
         .unwrap();
     let sock = dir.join("perf.sock");
-    let t0 = Instant::now();
-    let mut c = loop {
-        if let Ok(c) = Client::connect(&sock) {
-            break c;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "perf did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    c.set_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.call("framework_wait_init", None).unwrap();
+    let mut c = app_client(&sock, Duration::from_secs(30), Duration::from_secs(20));
     // A call that fails means perf died: show why.
     let died = |perf: &mut std::process::Child, e: &dyn std::fmt::Display| -> ! {
         let _ = perf.kill();

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pollux_core::rpc::Client;
-use pollux_tests::{TempDir, clean_perf_run, perf_command};
+use pollux_tests::{TempDir, app_client, clean_perf_run, perf_command};
 use pollux_testvm::{NvmeDriver, VmConfig, in_guest};
 use serde_json::{Value, json};
 
@@ -62,15 +62,7 @@ fn raid_over_vfio_nvme_verifies_and_rebuilds() {
             .unwrap();
         let sock = dir.join("perf.sock");
         let t0 = Instant::now();
-        let mut c = loop {
-            if let Ok(c) = Client::connect(&sock) {
-                break c;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "perf did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        c.set_timeout(Some(Duration::from_secs(30))).unwrap();
-        c.call("framework_wait_init", None).unwrap();
+        let mut c = app_client(&sock, Duration::from_secs(60), Duration::from_secs(30));
         let writes = |c: &mut Client| {
             c.call("bdev_get_iostat", Some(json!({"name": "R1"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap_or(0)
         };
