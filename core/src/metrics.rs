@@ -108,25 +108,19 @@ fn serve(c: &mut Conn, busy: &mut bool) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return false,
         }
-        if c.inbuf.len() > MAX_REQUEST {
-            *c.out.borrow_mut() = Some(response(431, "text/plain", b"request too large\n"));
-        } else if let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&c.inbuf[..end]).into_owned();
-            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = path.split('?').next().unwrap_or("");
-            match (method, path) {
-                ("GET", "/metrics") => {
-                    c.rendering = true;
-                    let out = c.out.clone();
-                    task::spawn_local(async move {
-                        let text = render().await;
-                        *out.borrow_mut() = Some(response(200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes()));
-                    });
-                }
-                ("GET", _) => *c.out.borrow_mut() = Some(response(404, "text/plain", b"not found: try /metrics\n")),
-                _ => *c.out.borrow_mut() = Some(response(405, "text/plain", b"GET only\n")),
+        match parse_request(&c.inbuf) {
+            Request::Incomplete => {}
+            Request::Metrics => {
+                c.rendering = true;
+                let out = c.out.clone();
+                task::spawn_local(async move {
+                    let text = render().await;
+                    *out.borrow_mut() = Some(response(200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes()));
+                });
             }
+            Request::TooLarge => *c.out.borrow_mut() = Some(response(431, "text/plain", b"request too large\n")),
+            Request::NotFound => *c.out.borrow_mut() = Some(response(404, "text/plain", b"not found: try /metrics\n")),
+            Request::NotAllowed => *c.out.borrow_mut() = Some(response(405, "text/plain", b"GET only\n")),
         }
     }
     let out = c.out.borrow();
@@ -143,6 +137,41 @@ fn serve(c: &mut Conn, busy: &mut bool) -> bool {
         }
     }
     false // all sent: close
+}
+
+/// What the bytes of a request received so far ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The head has not ended yet (and is within [`MAX_REQUEST`]).
+    Incomplete,
+    /// Over [`MAX_REQUEST`] bytes without the head's end.
+    TooLarge,
+    /// `GET /metrics` (any query string).
+    Metrics,
+    /// A GET of anything else.
+    NotFound,
+    /// Another method, or no request line.
+    NotAllowed,
+}
+
+/// Read a request's head: only its request line matters, the rest
+/// (headers, a body) is ignored. Fuzzed (`metrics_http`).
+pub fn parse_request(buf: &[u8]) -> Request {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_REQUEST { Request::TooLarge } else { Request::Incomplete };
+    };
+    if end > MAX_REQUEST {
+        return Request::TooLarge;
+    }
+    let line = buf[..end].split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| b.is_ascii_whitespace()).filter(|p| !p.is_empty());
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    match (method, path) {
+        (b"GET", b"/metrics") => Request::Metrics,
+        (b"GET", _) => Request::NotFound,
+        _ => Request::NotAllowed,
+    }
 }
 
 fn response(code: u16, ctype: &str, body: &[u8]) -> Vec<u8> {
@@ -335,6 +364,126 @@ pub async fn render() -> String {
         t.family("pollux_nvmf_commands_total", "counter", "NVMe I/O commands each poll group completed.", &per("completed_nvme_io"));
         t.family("pollux_nvmf_pending_bdev_io", "gauge", "Requests each poll group has at its bdevs.", &per("pending_bdev_io"));
     }
+    if let Some(rows) = call("nvmf_get_listener_stats", None).await {
+        let rows: Vec<&Value> = rows.as_array().into_iter().flatten().collect();
+        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> {
+            rows.iter()
+                .map(|r| {
+                    let a = &r["address"];
+                    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+                    (
+                        vec![
+                            ("nqn", s(&r["nqn"])),
+                            ("trtype", s(&a["trtype"])),
+                            ("traddr", s(&a["traddr"])),
+                            ("trsvcid", s(&a["trsvcid"])),
+                        ],
+                        num(&r[field]),
+                    )
+                })
+                .collect()
+        };
+        t.family("pollux_nvmf_listener_qpairs", "gauge", "Queue pairs of each subsystem through each listener.", &per("current_qpairs"));
+        t.family(
+            "pollux_nvmf_listener_commands_total",
+            "counter",
+            "Commands (admin and I/O) completed per subsystem and listener.",
+            &per("completed_commands"),
+        );
+        t.family(
+            "pollux_nvmf_listener_failed_commands_total",
+            "counter",
+            "Commands completed with an error status per subsystem and listener.",
+            &per("failed_commands"),
+        );
+        t.family("pollux_nvmf_listener_read_bytes_total", "counter", "Bytes read by hosts per subsystem and listener.", &per("bytes_read"));
+        t.family(
+            "pollux_nvmf_listener_written_bytes_total",
+            "counter",
+            "Bytes written by hosts per subsystem and listener.",
+            &per("bytes_written"),
+        );
+    }
+    if let Some(list) = call("bdev_nvme_get_controllers", None).await {
+        let mut rows = Vec::new();
+        for c in list.as_array().into_iter().flatten() {
+            for (i, path) in c["ctrlrs"].as_array().into_iter().flatten().enumerate() {
+                let trid = &path["trid"];
+                let l = vec![
+                    ("controller", c["name"].as_str().unwrap_or("").to_string()),
+                    ("path", i.to_string()),
+                    ("trtype", trid["trtype"].as_str().unwrap_or("").to_string()),
+                    ("traddr", trid["traddr"].as_str().unwrap_or("").to_string()),
+                ];
+                rows.push((l, path));
+            }
+        }
+        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> { rows.iter().map(|(l, p)| (l.clone(), num(&p[field]))).collect() };
+        t.family("pollux_nvme_controller_resets_total", "counter", "Resets (or reconnects) of each NVMe controller path.", &per("resets"));
+        t.family("pollux_nvme_controller_timeouts_total", "counter", "Commands of each NVMe controller that timed out.", &per("timeouts"));
+        t.family(
+            "pollux_nvme_controller_aborts_total",
+            "counter",
+            "Aborts sent to each NVMe controller for timed-out commands.",
+            &per("aborts"),
+        );
+    }
+    if let Some(st) = call("iscsi_get_target_stats", None).await {
+        let portals: Vec<&Value> = st["portals"].as_array().into_iter().flatten().collect();
+        let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let place =
+            |r: &Value| vec![("target", s(&r["target_node_name"])), ("portal_group", s(&r["portal_group"])), ("portal", s(&r["portal"]))];
+        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> { portals.iter().map(|r| (place(r), num(&r[field]))).collect() };
+        t.family("pollux_iscsi_portal_connections", "gauge", "iSCSI connections per target node and portal.", &per("connections"));
+        t.family(
+            "pollux_iscsi_commands_total",
+            "counter",
+            "SCSI commands answered per target node and portal.",
+            &per("completed_commands"),
+        );
+        t.family(
+            "pollux_iscsi_failed_commands_total",
+            "counter",
+            "SCSI commands answered with a status other than GOOD, per target node and portal.",
+            &per("failed_commands"),
+        );
+        t.family("pollux_iscsi_read_bytes_total", "counter", "Bytes of Data-In sent per target node and portal.", &per("bytes_read"));
+        t.family(
+            "pollux_iscsi_written_bytes_total",
+            "counter",
+            "Bytes of write data received per target node and portal.",
+            &per("bytes_written"),
+        );
+        t.family(
+            "pollux_iscsi_digest_errors_total",
+            "counter",
+            "Header and data digest errors per target node and portal.",
+            &per("digest_errors"),
+        );
+        let sessions: Vec<_> = st["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (vec![("target", s(&r["target_node_name"]))], num(&r["sessions"])))
+            .collect();
+        t.family("pollux_iscsi_sessions", "gauge", "iSCSI sessions of each target node.", &sessions);
+        let failures: Vec<_> = st["login_failures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let mut l = place(r);
+                l.push(("reason", s(&r["reason"])));
+                (l, num(&r["count"]))
+            })
+            .collect();
+        t.family(
+            "pollux_iscsi_login_failures_total",
+            "counter",
+            "Logins refused (or timed out), by reason, target node and portal.",
+            &failures,
+        );
+    }
     if let Some(conns) = call("iscsi_get_connections", None).await {
         let mut by: BTreeMap<String, f64> = BTreeMap::new();
         for c in conns.as_array().into_iter().flatten() {
@@ -397,4 +546,27 @@ pub fn start_with(methods: Rc<Methods>, addr: SocketAddr) {
 /// The address metrics are served on, if they are.
 pub fn address() -> Option<SocketAddr> {
     SERVER.with(|s| s.borrow().as_ref().map(|s| s.addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_REQUEST, Request, parse_request};
+
+    #[test]
+    fn requests_are_read_from_their_request_line() {
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Metrics);
+        assert_eq!(parse_request(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Request::Metrics);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"), Request::NotAllowed);
+        assert_eq!(parse_request(b"\r\n\r\n"), Request::NotAllowed);
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), Request::Incomplete);
+        assert_eq!(parse_request(&vec![b'a'; MAX_REQUEST + 1]), Request::TooLarge);
+        let mut long = vec![b'a'; MAX_REQUEST + 1];
+        long.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_request(&long), Request::TooLarge);
+        // A head that ends in time is read, whatever follows it.
+        let mut req = b"GET /metrics HTTP/1.1\r\n\r\n".to_vec();
+        req.extend(vec![0xff; MAX_REQUEST * 2]);
+        assert_eq!(parse_request(&req), Request::Metrics);
+    }
 }

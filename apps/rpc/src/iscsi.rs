@@ -214,6 +214,8 @@ pub enum Cmd {
     IscsiGetConnections,
     /// Show iSCSI connection counts
     IscsiGetStats,
+    /// Commands, bytes, digest errors, sessions and refused logins per target node and portal (Pollux's own)
+    IscsiGetTargetStats,
 }
 
 fn req(method: &'static str, params: Value, show: Show) -> Request {
@@ -416,6 +418,7 @@ impl Cmd {
             }
             IscsiGetConnections => Request { method: "iscsi_get_connections", params: None, show: Show::Json },
             IscsiGetStats => Request { method: "iscsi_get_stats", params: None, show: Show::Json },
+            IscsiGetTargetStats => Request { method: "iscsi_get_target_stats", params: None, show: Show::Json },
         }
     }
 }

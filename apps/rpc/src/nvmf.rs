@@ -190,6 +190,19 @@ pub enum Cmd {
         #[arg(short = 't', long)]
         tgt_name: Option<String>,
     },
+    /// Queue pairs of a subsystem, with their commands and bytes
+    #[command(name = "nvmf_subsystem_get_qpairs", rename_all = "kebab-case")]
+    NvmfSubsystemGetQpairs {
+        nqn: String,
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+    },
+    /// Commands, failures, bytes and queue pairs per subsystem and listener (Pollux's own)
+    #[command(name = "nvmf_get_listener_stats", rename_all = "kebab-case")]
+    NvmfGetListenerStats {
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+    },
     /// Export a bdev as a namespace; prints the NSID
     #[command(name = "nvmf_subsystem_add_ns", rename_all = "kebab-case")]
     NvmfSubsystemAddNs {
@@ -423,6 +436,10 @@ impl Cmd {
             NvmfSubsystemGetListeners { nqn, tgt_name } => {
                 req("nvmf_subsystem_get_listeners", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json)
             }
+            NvmfSubsystemGetQpairs { nqn, tgt_name } => {
+                req("nvmf_subsystem_get_qpairs", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json)
+            }
+            NvmfGetListenerStats { tgt_name } => req("nvmf_get_listener_stats", &[("tgt_name", o(tgt_name))], Show::Json),
             NvmfSubsystemGetControllers { nqn, tgt_name } => {
                 req("nvmf_subsystem_get_controllers", &[("nqn", v(nqn)), ("tgt_name", o(tgt_name))], Show::Json)
             }

@@ -2,10 +2,10 @@
 //! a terminal (the role of SPDK's `spdk_top`), from its RPC socket.
 //!
 //! Tabs: reactors (busy share, pollers, loop rate), bdevs (IOPS, MiB/s and
-//! mean latency, read and write), NVMe-oF (subsystems, their hosts'
-//! controllers and queue pairs, the I/O rate of their namespaces) and iSCSI
-//! (connections, their target and initiator, the I/O rate of the target's
-//! LUNs). Keys: Tab / arrows / 1-4 change tab, `s` sorts by the next
+//! mean latency, read and write), NVMe-oF (each subsystem's queue pairs:
+//! controller, host, peer, and each queue pair's commands and MiB/s) and
+//! iSCSI (each connection: target, initiator, address, and its commands
+//! and MiB/s). Keys: Tab / arrows / 1-4 change tab, `s` sorts by the next
 //! column, `r` reverses, `q` quits. `--once` prints one frame as text (two
 //! samples a delay apart, for the rates) for scripts.
 
@@ -50,6 +50,7 @@ struct Sample {
     at: Instant,
     threads: Value,
     iostat: Value,
+    /// NVM subsystems and their queue pairs (`nvmf_subsystem_get_qpairs`).
     subsystems: Vec<(Value, Value)>,
     iscsi: Value,
     targets: Value,
@@ -66,7 +67,7 @@ fn sample(c: &mut Client) -> Sample {
         .into_iter()
         .flatten()
         .filter(|s| s["subtype"] != "Discovery")
-        .map(|s| (s.clone(), call(c, "nvmf_subsystem_get_controllers", Some(json!({"nqn": s["nqn"]})))))
+        .map(|s| (s.clone(), call(c, "nvmf_subsystem_get_qpairs", Some(json!({"nqn": s["nqn"]})))))
         .collect();
     Sample {
         at: Instant::now(),
@@ -109,6 +110,16 @@ fn bdev_rates(prev: &Sample, cur: &Sample) -> HashMap<String, [f64; 6]> {
         );
     }
     out
+}
+
+/// Rates of the entries of `cur` against the same entries (by `key`) in
+/// `prev`: commands/s, read MiB/s, write MiB/s, from the counters
+/// `completed_commands`, `bytes_read` and `bytes_written`.
+fn conn_rates<'a>(prev: impl Iterator<Item = &'a Value>, cur: &Value, key: impl Fn(&Value) -> String, dt: f64) -> [f64; 3] {
+    let k = key(cur);
+    let old = prev.into_iter().find(|p| key(p) == k).unwrap_or(&Value::Null);
+    let d = |f: &str| (num(&cur[f]) - num(&old[f])).max(0.0) / dt;
+    [d("completed_commands"), d("bytes_read") / 1048576.0, d("bytes_written") / 1048576.0]
 }
 
 /// A tab's table: headers and rows (text cells, and the numbers to sort by).
@@ -169,27 +180,32 @@ fn view(tab: &str, prev: &Sample, cur: &Sample) -> View {
         }
         "nvmf" => {
             let mut rows = Vec::new();
-            for (s, ctrls) in &cur.subsystems {
+            let key = |q: &Value| format!("{}/{}/{}", q["cntlid"], q["qid"], q["peer_address"]);
+            for (s, qpairs) in &cur.subsystems {
                 let nqn = s["nqn"].as_str().unwrap_or("");
-                let ns: Vec<&str> = s["namespaces"].as_array().into_iter().flatten().filter_map(|n| n["bdev_name"].as_str()).collect();
-                let iops: f64 = ns.iter().filter_map(|b| rates.get(*b)).map(|r| r[0] + r[1]).sum();
-                let mib: f64 = ns.iter().filter_map(|b| rates.get(*b)).map(|r| r[2] + r[3]).sum();
-                let list = ctrls.as_array().cloned().unwrap_or_default();
+                let old = prev.subsystems.iter().find(|(p, _)| p["nqn"] == s["nqn"]).map(|(_, q)| q);
+                let list = qpairs.as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
-                    rows.push(vec![text(nqn), text("-"), text("-"), (String::from("0"), 0.0), f1(iops), f1(mib)]);
+                    rows.push(vec![text(nqn), text("-"), text("-"), text("-"), text("-"), f1(0.0), f1(0.0), f1(0.0)]);
                 }
-                for c in list {
+                for q in list {
+                    let r = conn_rates(old.and_then(Value::as_array).into_iter().flatten(), &q, key, dt);
+                    let peer = &q["peer_address"];
+                    let mut cmds = f1(r[0]);
+                    cmds.0 = format!("{:.0}", r[0]);
                     rows.push(vec![
                         text(nqn),
-                        (format!("{}", num(&c["cntlid"])), num(&c["cntlid"])),
-                        text(c["hostnqn"].as_str().unwrap_or("")),
-                        (format!("{}", num(&c["num_io_qpairs"])), num(&c["num_io_qpairs"])),
-                        f1(iops),
-                        f1(mib),
+                        (format!("{}", num(&q["cntlid"])), num(&q["cntlid"])),
+                        (format!("{}", num(&q["qid"])), num(&q["qid"])),
+                        text(q["hostnqn"].as_str().unwrap_or("")),
+                        text(&format!("{}:{}", peer["traddr"].as_str().unwrap_or(""), peer["trsvcid"].as_str().unwrap_or(""))),
+                        cmds,
+                        f1(r[1]),
+                        f1(r[2]),
                     ]);
                 }
             }
-            View { headers: vec!["Subsystem", "Controller", "Host", "I/O qpairs", "Subsystem IOPS", "Subsystem MiB/s"], rows }
+            View { headers: vec!["Subsystem", "Controller", "Queue", "Host", "Peer", "Cmds/s", "Read MiB/s", "Write MiB/s"], rows }
         }
         _ => {
             let luns: HashMap<String, Vec<String>> = cur
@@ -203,6 +219,7 @@ fn view(tab: &str, prev: &Sample, cur: &Sample) -> View {
                     (t["name"].as_str().unwrap_or("").to_string(), bdevs)
                 })
                 .collect();
+            let key = |c: &Value| c["id"].to_string();
             let rows = cur
                 .iscsi
                 .as_array()
@@ -211,16 +228,25 @@ fn view(tab: &str, prev: &Sample, cur: &Sample) -> View {
                 .map(|c| {
                     let target = c["target_node_name"].as_str().unwrap_or("").to_string();
                     let iops: f64 = luns.get(&target).into_iter().flatten().filter_map(|b| rates.get(b)).map(|r| r[0] + r[1]).sum();
+                    let r = conn_rates(prev.iscsi.as_array().into_iter().flatten(), c, key, dt);
+                    let mut cmds = f1(r[0]);
+                    cmds.0 = format!("{:.0}", r[0]);
                     vec![
                         (format!("{}", num(&c["id"])), num(&c["id"])),
                         text(&target),
                         text(c["initiator_name"].as_str().unwrap_or("")),
                         text(c["initiator_addr"].as_str().unwrap_or("")),
+                        cmds,
+                        f1(r[1]),
+                        f1(r[2]),
                         f1(iops),
                     ]
                 })
                 .collect();
-            View { headers: vec!["Connection", "Target", "Initiator", "Address", "Target IOPS"], rows }
+            View {
+                headers: vec!["Connection", "Target", "Initiator", "Address", "Cmds/s", "Read MiB/s", "Write MiB/s", "Target IOPS"],
+                rows,
+            }
         }
     }
 }

@@ -734,6 +734,7 @@ impl Inner {
                 continue;
             }
             self.stats.timeouts += 1;
+            self.ctrl.count_timeout();
             let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: cid as u16, nsid: t.nsid };
             tracing::error!("NVMe {}: {info} timed out", self.label);
             match action {

@@ -326,6 +326,7 @@ fn a_timed_out_command_is_aborted() {
     assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
     assert_eq!(s.fake.counters(|c| c.aborts), 1);
     assert_eq!(s.ctrl.reset_count(), 0);
+    assert_eq!((s.ctrl.timeout_count(), s.ctrl.abort_count()), (1, 1), "the controller's counters (bdev_nvme_get_controllers)");
     s.h.on(0, move || drop((ch, d)));
 }
 

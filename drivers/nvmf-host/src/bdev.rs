@@ -882,6 +882,7 @@ fn transition_expired(ctrl: &Arc<Controller>) {
 pub(crate) fn abort_command(ctrl: &Arc<Controller>, qid: u16, cid: u16) {
     let admin = admin_of(ctrl);
     let Some(admin) = admin.filter(|a| a.is_ready()) else { return };
+    ctrl.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (name, addr) = (ctrl.name().to_string(), ctrl.opts.addr);
     ctrlr::abort(&admin, qid, cid, move |r| match r {
         Ok(true) => tracing::info!("nvmf host: {name} at {addr}: command {cid} of queue {qid} aborted"),
@@ -925,6 +926,8 @@ pub fn describe_controllers(name: Option<&str>) -> Vec<Value> {
                         "io_queues": c.io_queues,
                         "max_transfer_bytes": c.max_transfer,
                         "resets": l.resets,
+                        "timeouts": c.timeouts.load(std::sync::atomic::Ordering::Relaxed),
+                        "aborts": c.aborts.load(std::sync::atomic::Ordering::Relaxed),
                         "error": l.admin.error().map(|e| e.to_string()),
                     })
                 })

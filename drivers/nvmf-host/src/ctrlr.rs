@@ -148,6 +148,10 @@ pub struct Controller {
     /// The ANA state of each namespace through this controller (index as
     /// `namespaces`); optimized when the controller does not report ANA.
     ana: Box<[AtomicU8]>,
+    /// Commands of its I/O queues that timed out, and Aborts sent for
+    /// them (`bdev_nvme_get_controllers`).
+    pub timeouts: Arc<std::sync::atomic::AtomicU64>,
+    pub aborts: std::sync::atomic::AtomicU64,
 }
 
 impl Controller {
@@ -267,6 +271,7 @@ impl Controller {
             cmd_timeout: self.opts.io_timeout,
             requeue: true,
             retry_limit: u32::try_from(self.opts.bdev_retry_count).ok(),
+            timeouts: Some(self.timeouts.clone()),
         }
     }
 
@@ -755,6 +760,8 @@ fn finish(b: &B, r: Result<(), HostError>) {
                     in_capsule,
                     qids: Mutex::new(vec![false; usize::from(s.io_queues)]),
                     ana: (0..nns).map(|_| AtomicU8::new(ana::OPTIMIZED)).collect(),
+                    timeouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                    aborts: std::sync::atomic::AtomicU64::new(0),
                 });
                 *s.up.borrow_mut() = Some(ctrl.clone());
                 Ok((ctrl, s.qp.clone()))
@@ -803,6 +810,7 @@ fn bring_up(
         cmd_timeout: Some(Duration::from_millis(if opts.kato_ms == 0 { 10_000 } else { u64::from(opts.kato_ms.max(1000)) })),
         requeue: false,
         retry_limit: None,
+        timeouts: None,
     };
     let up: Rc<RefCell<Option<Arc<Controller>>>> = Rc::new(RefCell::new(None));
     let up2 = up.clone();

@@ -122,6 +122,8 @@ pub struct QpairConfig {
     /// be sent again before it fails instead (None: no limit), SPDK's
     /// `bdev_retry_count`.
     pub retry_limit: Option<u32>,
+    /// Where commands that time out are counted (the controller's).
+    pub timeouts: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -888,13 +890,25 @@ impl Qpair {
                     }
                     let can_abort = st.on_timeout.is_some();
                     let addr = st.cfg.addr;
+                    let counter = st.cfg.timeouts.clone();
+                    let count = || {
+                        if let Some(c) = &counter {
+                            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    };
                     let late = |what: &str| Some(HostError::Timeout(format!("{what} to {addr} outstanding over {} ms", t.as_millis())));
                     let mut why = None;
                     let mut late_parents = Vec::new();
                     for (cid, s) in st.slots.iter_mut().enumerate() {
                         match s {
-                            Slot::Admin { at, .. } if now.duration_since(*at) > t => why = why.or_else(|| late("a command")),
+                            Slot::Admin { at, .. } if now.duration_since(*at) > t => {
+                                count();
+                                why = why.or_else(|| late("a command"))
+                            }
                             Slot::Io { at, aborting, parent, .. } if now.duration_since(*at) > t => {
+                                if !*aborting {
+                                    count();
+                                }
                                 if can_abort && !*aborting {
                                     *aborting = true;
                                     *at = now;

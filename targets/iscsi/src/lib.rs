@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod counters;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod login;

@@ -162,6 +162,11 @@ pub struct Login {
     first: bool,
     pub params: Params,
     pub ident: Option<Identity>,
+    /// The configured target the first request named, once found (even if
+    /// the login is then refused): counters label refusals with it. A name
+    /// that is not configured is not kept, so initiators cannot grow the
+    /// counters' tables with made-up names.
+    pub known_target: Option<String>,
     pub queue_depth: u32,
     chap: ChapPolicy,
     /// The CHAP auth group in effect has secrets (CHAP can be checked).
@@ -208,6 +213,7 @@ impl Login {
             first: true,
             params,
             ident: None,
+            known_target: None,
             queue_depth: o.max_queue_depth,
             chap: ChapPolicy::default(),
             chap_configured: false,
@@ -358,6 +364,7 @@ impl Login {
             SessionType::Normal => {
                 let name = get("TargetName").ok_or_else(|| refuse(status::MISSING_PARAMETER, "normal session without TargetName"))?;
                 let t = cfg.target(&name).ok_or_else(|| refuse(status::NOT_FOUND, format!("no target {name}")))?;
+                self.known_target = Some(t.name.clone());
                 if !cfg.allowed(t, self.ep.portal_group, &initiator, &self.ep.peer.ip()) {
                     return Err(refuse(
                         status::AUTHORIZATION_FAILURE,

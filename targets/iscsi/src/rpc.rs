@@ -714,6 +714,9 @@ pub fn register(m: &Methods) {
     m.register("iscsi_get_connections", States::RUNTIME, |_: NoParams, r: Responder| {
         reactor::map_reactors(conn::describe_all, move |all| r.ok(all.into_iter().flatten().collect::<Vec<_>>()))
     });
+    m.register("iscsi_get_target_stats", States::RUNTIME, |_: NoParams, r: Responder| {
+        reactor::map_reactors(conn::counters_snapshot, move |all| r.ok(crate::counters::report(all)))
+    });
     m.register("iscsi_get_stats", States::RUNTIME, |_: NoParams, r: Responder| {
         reactor::map_reactors(conn::state_counts, move |all| {
             let (running, exiting) = all.iter().fold((0, 0), |(r, e), (a, b)| (r + a, e + b));

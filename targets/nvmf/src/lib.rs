@@ -20,6 +20,7 @@
 // (transport::rdma::qpair), each with its reason.
 #![deny(unsafe_code)]
 
+pub mod counters;
 pub mod ctrlr;
 mod error;
 pub mod group;

@@ -31,6 +31,7 @@ mod iscsi_wire;
 mod jsonrpc;
 pub mod known_bugs;
 mod lvol_md;
+mod metrics_http;
 mod nvmf;
 mod nvmf_host_logs;
 mod nvmf_host_pdu;
@@ -48,6 +49,7 @@ pub use iscsi_pdu::iscsi_pdu;
 pub use iscsi_text::iscsi_text;
 pub use jsonrpc::jsonrpc_framing;
 pub use lvol_md::lvol_md;
+pub use metrics_http::metrics_http;
 pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
 pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
@@ -74,6 +76,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("resv_ptpl", resv_ptpl),
     ("lvol_md", lvol_md),
     ("raid_sb", raid_sb),
+    ("metrics_http", metrics_http),
     ("iscsi_host_pdu", iscsi_host_pdu),
     ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),

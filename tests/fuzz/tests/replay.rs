@@ -57,6 +57,11 @@ fn raid_sb() {
 }
 
 #[test]
+fn metrics_http() {
+    replay_common::replay("metrics_http");
+}
+
+#[test]
 fn nvmf_rdma_capsule() {
     replay_common::replay("nvmf_rdma_capsule");
 }

@@ -1,7 +1,8 @@
 //! pollux-top driven in tmux (send-keys, capture-pane) against a daemon
-//! under load (an NVMe/TCP host reading and writing, an iSCSI initiator
-//! logged in): each tab shows the workload's figures, `q` exits cleanly;
-//! `--once` prints a frame as text.
+//! under load (an NVMe/TCP host and an iSCSI initiator, each reading and
+//! writing): each tab shows the workload's figures, down to each
+//! connection's command rate, `q` exits cleanly; `--once` prints a frame
+//! as text.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,6 +32,18 @@ fn screen_until(session: &str, what: &str, pred: impl Fn(&str) -> bool) -> Strin
     }
 }
 
+/// The `n`th word after `name` on any line that has it, as a number
+/// (table borders trimmed): whether one such line's is above zero.
+fn nth_after_is_positive(screen: &str, name: &str, n: usize) -> bool {
+    screen.lines().filter(|l| l.contains(name)).any(|l| {
+        l.split_whitespace()
+            .skip_while(|w| !w.contains(name))
+            .nth(n)
+            .and_then(|w| w.trim_matches('│').parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    })
+}
+
 /// The figure in the first numeric column after `name` on its line.
 fn figure_after(screen: &str, name: &str) -> Option<f64> {
     screen
@@ -50,10 +63,20 @@ fn pollux_top_shows_each_tab_under_load_and_quits_with_q() {
         {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
     ]}));
     let d = Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() });
-    let mut iscsi = RawConn::connect(iport);
-    iscsi.login("iqn.2026-12.test:top-initiator", Some(&iscsi_host::target_iqn("top")), 1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    let stop3 = stop.clone();
+    let initiator = std::thread::spawn(move || {
+        let mut iscsi = RawConn::connect(iport);
+        iscsi.login("iqn.2026-12.test:top-initiator", Some(&iscsi_host::target_iqn("top")), 1);
+        let data = vec![5u8; 4096];
+        let mut lba = 0u32;
+        while !stop3.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(iscsi.write10(lba % 60000, &data), Some(0));
+            assert_eq!(iscsi.read10(lba % 60000, 8).map(|r| r.0), Some(0));
+            lba += 8;
+        }
+    });
     let host = std::thread::spawn(move || {
         let (_a, cntlid) = Client::admin(nport, NQN, 0, false, false);
         let mut io = Client::io(nport, NQN, cntlid, 1, false, false);
@@ -85,11 +108,16 @@ fn pollux_top_shows_each_tab_under_load_and_quits_with_q() {
     let bdevs =
         screen_until(&session, "Malloc0's IOPS", |s| s.contains("Read IOPS") && figure_after(s, "Malloc0").is_some_and(|v| v > 0.0));
     tmux(&["send-keys", "-t", &session, "3"]);
-    let nvmf = screen_until(&session, "the NVMe/TCP host", |s| {
-        s.contains(NQN) && s.contains("Subsystem IOPS") && s.contains("nqn.2014-08.org.nvmexpress")
+    // Subsystem, controller, queue, host, peer, then the queue pair's
+    // commands per second.
+    let nvmf = screen_until(&session, "the NVMe/TCP host's queue pair and its rate", |s| {
+        s.contains("Cmds/s") && s.contains("nqn.2014-08.org.nvmexpress") && nth_after_is_positive(s, NQN, 5)
     });
     tmux(&["send-keys", "-t", &session, "4"]);
-    let iscsi_tab = screen_until(&session, "the iSCSI connection", |s| s.contains("iqn.2026-12.test:top-initiator"));
+    // Connection, target, initiator, address, then the connection's
+    // commands per second.
+    let iscsi_tab =
+        screen_until(&session, "the iSCSI connection and its rate", |s| nth_after_is_positive(s, "iqn.2026-12.test:top-initiator", 2));
     // Sort and reverse keep the rows.
     tmux(&["send-keys", "-t", &session, "2", "s", "r"]);
     screen_until(&session, "a sorted bdev table", |s| s.contains("sort: IOPS (reversed)") && s.contains("Malloc0"));
@@ -99,6 +127,7 @@ fn pollux_top_shows_each_tab_under_load_and_quits_with_q() {
     tmux(&["kill-session", "-t", &session]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     host.join().unwrap();
+    initiator.join().unwrap();
     // Frames for docs/observability.md.
     if let Some(dir) = std::env::var_os("POLLUX_TOP_CAPTURES") {
         for (n, s) in [("reactors", &reactors), ("bdevs", &bdevs), ("nvmf", &nvmf), ("iscsi", &iscsi_tab)] {

@@ -323,6 +323,8 @@ pub fn describe_controllers(name: Option<&str>) -> Vec<Value> {
                     "io_queues": c.io_queue_count(),
                     "max_transfer_bytes": c.max_transfer(),
                     "resets": c.reset_count(),
+                    "timeouts": c.timeout_count(),
+                    "aborts": c.abort_count(),
                 }],
                 "attach_params": a.attach_params,
             })

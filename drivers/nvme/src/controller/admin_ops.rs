@@ -117,6 +117,7 @@ impl Controller {
     /// Abort command `cid` of queue `sqid`. Ok(true) if the controller says
     /// it aborted it (CQE DW0 bit 0 clear).
     pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
+        self.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cqe = self.admin_command(admin::abort(sqid, cid), DataDirection::None, &mut [], None)?;
         Ok(cqe.result.get() & 1 == 0)
     }

@@ -160,6 +160,9 @@ pub struct Controller {
     generation: AtomicU64,
     resets: Mutex<ResetState>,
     resets_done: AtomicU64,
+    /// I/O commands that timed out, and Aborts sent for them.
+    timeouts: AtomicU64,
+    aborts: AtomicU64,
     // Last: the device is closed after everything above is released.
     pci: Option<VfioPci>,
 }
@@ -232,6 +235,8 @@ impl Controller {
             generation: AtomicU64::new(1),
             resets: Mutex::new(ResetState::default()),
             resets_done: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            aborts: AtomicU64::new(0),
             pci,
         };
         ctrl.scan_namespaces()?;
@@ -354,6 +359,20 @@ impl Controller {
     /// Resets completed so far.
     pub fn reset_count(&self) -> u64 {
         self.resets_done.load(Ordering::Relaxed)
+    }
+
+    /// I/O commands that timed out so far.
+    pub fn timeout_count(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Aborts sent for timed-out commands so far.
+    pub fn abort_count(&self) -> u64 {
+        self.aborts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_timeout(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn registers(&self) -> &dyn Registers {

@@ -102,6 +102,7 @@ impl Conn {
             r.status.1,
             r.why
         );
+        crate::counters::login_failed(self.place(), crate::counters::login_failure_reason(r.status));
         self.login_reject(h, r.status);
     }
 

@@ -120,6 +120,8 @@ pub struct Conn {
     /// gives back boxed commands.
     #[allow(clippy::vec_box)]
     pub(crate) free_cmds: RefCell<Vec<Box<IscsiCmd>>>,
+    /// Its commands, bytes and digest errors (see `crate::counters`).
+    pub(crate) counts: crate::counters::ConnCounts,
 }
 
 impl std::fmt::Debug for Conn {
@@ -247,6 +249,9 @@ impl Group {
             };
             if let Some(why) = verdict {
                 tracing::info!("iscsi: closing connection from {}: {why}", c.ep.peer);
+                if matches!(c.st.borrow().phase, Phase::Login(_)) {
+                    crate::counters::login_failed(c.place(), "timeout");
+                }
                 c.close(Close::Protocol(why.into()));
                 n += 1;
                 continue;
@@ -325,6 +330,7 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>, slot: Con
         started: Instant::now(),
         faults: pollux_core::log::FaultLog::new(),
         free_cmds: RefCell::new(Vec::new()),
+        counts: crate::counters::ConnCounts::default(),
     });
     group.conns.borrow_mut().insert(token, c.clone());
     tracing::debug!("iscsi: connection from {} on {}", c.ep.peer, reactor::current());
@@ -334,6 +340,18 @@ pub(crate) fn start(stream: TcpStream, ep: Endpoint, preload: Vec<u8>, slot: Con
 }
 
 impl Conn {
+    /// Where this connection came in, for its counters: the target its
+    /// session (or its login, so far) names.
+    pub(crate) fn place(&self) -> crate::counters::Place {
+        let st = self.st.borrow();
+        let target = match (&st.session, &st.phase) {
+            (Some(s), _) => s.target.clone(),
+            (None, Phase::Login(l)) => l.known_target.clone(),
+            (None, Phase::FullFeature) => None,
+        };
+        crate::counters::Place { target: target.unwrap_or_default(), portal_group: self.ep.portal_group, portal: self.ep.local }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
     }
@@ -472,6 +490,7 @@ impl Conn {
                 let got = u32::from_le_bytes(avail[hdr_len - 4..hdr_len].try_into().expect("4 bytes"));
                 if want != got {
                     alive = false;
+                    self.counts.digest_error();
                     self.close(Close::Protocol("header digest error".into()));
                     break;
                 }
@@ -484,6 +503,7 @@ impl Conn {
                 let got = u32::from_le_bytes(avail[at..at + 4].try_into().expect("4 bytes"));
                 if want != got {
                     // ERL 0: reject the PDU; a lost Data-Out ends the connection.
+                    self.counts.digest_error();
                     self.reject(&h, pdu::reject::DATA_DIGEST_ERROR);
                     if h.opcode() == pdu::op::DATA_OUT {
                         alive = false;
@@ -725,6 +745,7 @@ impl Conn {
         if let Close::Protocol(msg) = &why {
             tracing::info!("iscsi: dropping connection from {}: {msg}", self.ep.peer);
         }
+        crate::counters::fold(self.place(), &self.counts);
         if let Some(g) = Group::try_get() {
             g.ready.remove(self.stream.as_raw_fd());
             g.conns.borrow_mut().remove(&self.token);
@@ -855,6 +876,25 @@ pub(crate) fn state_counts() -> (usize, usize) {
     (conns.len() - exiting, exiting)
 }
 
+/// This reactor's counters with its live connections added
+/// (`iscsi_get_target_stats`).
+pub(crate) fn counters_snapshot() -> crate::counters::Snapshot {
+    let mut s = crate::counters::base_snapshot();
+    let Some(g) = Group::try_get() else { return s };
+    for c in g.conns.borrow().values() {
+        if c.is_closed() {
+            continue;
+        }
+        let place = c.place();
+        s.totals.entry(place.clone()).or_default().add(&c.counts.get());
+        *s.connections.entry(place.clone()).or_default() += 1;
+        if let Some(sess) = &c.st.borrow().session {
+            s.sessions.entry(place.target).or_default().insert((sess.initiator.clone(), sess.isid, sess.tsih));
+        }
+    }
+    s
+}
+
 /// `iscsi_get_connections` facts of this reactor's connections.
 pub(crate) fn describe_all() -> Vec<serde_json::Value> {
     let Some(g) = Group::try_get() else { return Vec::new() };
@@ -881,6 +921,10 @@ pub(crate) fn describe_all() -> Vec<serde_json::Value> {
                 "state": if matches!(st.phase, Phase::Login(_)) { "login" } else { "full_feature" },
                 "header_digest": st.params.header_digest,
                 "data_digest": st.params.data_digest,
+                // Pollux's own, for per-connection rates.
+                "completed_commands": c.counts.get().commands,
+                "bytes_read": c.counts.get().read_bytes,
+                "bytes_written": c.counts.get().written_bytes,
             })
         })
         .collect()

@@ -533,6 +533,7 @@ impl Conn {
         // is not sent is counted in the residual.
         let have: usize = t.bufs.iter().map(|b| b.len()).sum::<usize>() + t.lent.as_ref().map_or(0, |l| l.len());
         let send_len = if c.read && good { t.data_len.min(edtl).min(have) } else { 0 };
+        self.counts.command(good, send_len as u64, if c.write { u64::from(c.received) } else { 0 });
         let (flags, residual) = data_in_residual(good, c.read, xfer, c.edtl, send_len as u32);
         let p = self.st.borrow().params;
         let mut data_sn = 0u32;

@@ -28,6 +28,7 @@ pub fn register(app: &mut App) {
     m.register("nvmf_create_transport", States::RUNTIME, |p: CreateTransport, r: Responder| r.result(create_transport(p)));
     m.register("nvmf_get_transports", States::RUNTIME, |p: GetTransports, r: Responder| r.result(get_transports(p)));
     m.register("nvmf_get_stats", States::RUNTIME, get_stats);
+    m.register("nvmf_get_listener_stats", States::RUNTIME, get_listener_stats);
     m.register("nvmf_set_max_subsystems", States::STARTUP, |p: SetMaxSubsystems, r: Responder| {
         r.result(target().map(|t| {
             t.max_subsystems.set(p.max_subsystems);
@@ -185,6 +186,44 @@ fn get_stats(p: TgtOnly, r: Responder) {
                 .collect();
             r.ok(json!({ "tick_rate": clock::tick_rate(), "poll_groups": groups }))
         })
+    });
+}
+
+/// Pollux's own: commands, errors and queue pairs per subsystem and
+/// listener, summed over the reactors (`crate::counters`). Rows of a
+/// deleted subsystem are left out.
+fn get_listener_stats(p: TgtOnly, r: Responder) {
+    if let Err(e) = check_target_name(p.tgt_name.as_deref()) {
+        return r.err(e.into());
+    }
+    pollux_core::reactor::task::spawn_local(async move {
+        let all = crate::counters::sum(pollux_core::reactor::task::each_reactor(crate::counters::snapshot).await);
+        let t = match target() {
+            Ok(t) => t,
+            Err(e) => return r.err(e.into()),
+        };
+        let mut rows: Vec<(String, Endpoint, crate::counters::Counts)> = t
+            .subsystems
+            .borrow()
+            .iter()
+            .flat_map(|s| all.iter().filter(|((id, _), _)| *id == s.id).map(|((_, ep), c)| (s.config.nqn.clone(), *ep, *c)))
+            .collect();
+        rows.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+        let out: Vec<Value> = rows
+            .into_iter()
+            .map(|(nqn, ep, c)| {
+                json!({
+                    "nqn": nqn,
+                    "address": ep.to_listen_address(),
+                    "current_qpairs": c.qpairs,
+                    "completed_commands": c.commands,
+                    "failed_commands": c.errors,
+                    "bytes_read": c.read_bytes,
+                    "bytes_written": c.written_bytes,
+                })
+            })
+            .collect();
+        r.ok(Value::Array(out))
     });
 }
 

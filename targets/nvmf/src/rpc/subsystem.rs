@@ -33,6 +33,7 @@ pub fn register(m: &Methods) {
     m.register("nvmf_subsystem_listener_set_ana_state", States::RUNTIME, listener_set_ana_state);
     m.register("nvmf_subsystem_set_ns_ana_group", States::RUNTIME, set_ns_ana_group);
     m.register("nvmf_subsystem_get_controllers", States::RUNTIME, |p: SubsystemNqn, r: Responder| r.result(get_controllers(p)));
+    m.register("nvmf_subsystem_get_qpairs", States::RUNTIME, get_qpairs);
     m.register("nvmf_subsystem_add_ns", States::RUNTIME, add_ns);
     m.register("nvmf_subsystem_remove_ns", States::RUNTIME, remove_ns);
     m.register("nvmf_subsystem_add_host", States::RUNTIME, |p: AddHost, r: Responder| r.result(add_host(p)));
@@ -376,6 +377,51 @@ fn get_controllers(p: SubsystemNqn) -> Result<Value, NvmfError> {
             })
         })
         .collect())
+}
+
+/// SPDK's queue pair list, with Pollux's counters of each queue pair
+/// (commands, failures, bytes each way) for per-connection rates.
+fn get_qpairs(p: SubsystemNqn, r: Responder) {
+    let sid = match target().and_then(|t| find(&t, &p.nqn, p.tgt_name.as_deref())) {
+        Ok(s) => s.id,
+        Err(e) => return r.err(e.into()),
+    };
+    reactor::task::spawn_local(async move {
+        let per = reactor::task::each_reactor(move || crate::counters::qpairs(sid)).await;
+        let hosts: std::collections::HashMap<u16, String> = match target() {
+            Ok(t) => t
+                .subsystems
+                .borrow()
+                .iter()
+                .find(|s| s.id == sid)
+                .map(|s| s.controllers.borrow().values().map(|c| (c.cntlid, c.hostnqn.clone())).collect())
+                .unwrap_or_default(),
+            Err(e) => return r.err(e.into()),
+        };
+        let mut out = Vec::new();
+        for (i, list) in per.into_iter().enumerate() {
+            for (q, c) in list {
+                let peer = q.peer.map(|a| {
+                    let ep = Endpoint { kind: q.ep.kind, addr: a };
+                    ep.to_listen_address()
+                });
+                out.push(json!({
+                    "cntlid": q.cntlid,
+                    "qid": q.qid,
+                    "state": "active",
+                    "thread": format!("nvmf_tgt_poll_group_{i:03}"),
+                    "hostnqn": hosts.get(&q.cntlid).cloned().unwrap_or_default(),
+                    "listen_address": q.ep.to_listen_address(),
+                    "peer_address": peer,
+                    "completed_commands": c.commands,
+                    "failed_commands": c.errors,
+                    "bytes_read": c.read_bytes,
+                    "bytes_written": c.written_bytes,
+                }));
+            }
+        }
+        r.ok(Value::Array(out))
+    });
 }
 
 fn add_ns(p: AddNs, r: Responder) {

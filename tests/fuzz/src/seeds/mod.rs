@@ -36,11 +36,26 @@ pub fn all() -> Vec<Seed> {
     add("resv_ptpl", nvmf::resv_ptpl());
     add("lvol_md", lvol::lvol_md());
     add("raid_sb", raid_sb());
+    add("metrics_http", metrics_http());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out
+}
+
+/// Seeds of `metrics_http`: what Prometheus and curl send, a request in
+/// pieces, another method and path, and a head that never ends.
+fn metrics_http() -> Vec<(String, Vec<u8>)> {
+    let s = |n: &str, b: &[u8]| (n.to_string(), b.to_vec());
+    vec![
+        s("prometheus", b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\nUser-Agent: Prometheus/2.42.0\r\nAccept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1\r\nAccept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n"),
+        s("curl", b"GET /metrics?x=1 HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"),
+        s("partial", b"GET /metr"),
+        s("post", b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+        s("other-path", b"GET / HTTP/1.0\r\n\r\n"),
+        s("no-end", &[b'x'; 300]),
+    ]
 }
 
 /// Seeds of `raid_sb`: superblocks as SPDK writes them (raid1 of two, one

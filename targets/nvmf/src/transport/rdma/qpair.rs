@@ -120,6 +120,8 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<u16>,
     queue: Queue,
+    /// Its row of the listener counters, once connected.
+    counted: Option<crate::counters::Counted>,
     qid: u16,
     sq_head: u16,
     sq_entries: u16,
@@ -381,6 +383,7 @@ impl RdmaQpair {
                 slots,
                 free: (0..depth).rev().collect(),
                 queue: Queue::Unbound,
+                counted: None,
                 qid,
                 sq_head: 0,
                 sq_entries: depth,
@@ -943,6 +946,13 @@ impl RdmaQpair {
             Connected::Admin(c) => {
                 let me: Weak<dyn AdminQueue> = self.me.clone();
                 c.set_admin_queue(me);
+                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+                    subsystem_id: c.subsystem.id,
+                    cntlid: c.cntlid,
+                    qid: st.qid,
+                    ep: self.ep,
+                    peer: self.peer,
+                }));
                 st.queue = Queue::Admin(c);
                 Self::count(&self.group, |s| {
                     s.admin_qpairs += 1;
@@ -952,6 +962,13 @@ impl RdmaQpair {
             Connected::Io { ctrlr, qid } => {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: reactor::current(), id: self.id, close: super::close_qpair });
                 let sid = ctrlr.subsystem.id;
+                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+                    subsystem_id: sid,
+                    cntlid: ctrlr.cntlid,
+                    qid: st.qid,
+                    ep: self.ep,
+                    peer: self.peer,
+                }));
                 st.queue =
                     Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, owner: IoOwner::of(&ctrlr) };
                 Self::count(&self.group, |s| {
@@ -1014,6 +1031,13 @@ impl RdmaQpair {
         }
         match out {
             Ok((resp, o)) => {
+                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+                    subsystem_id: o.subsystem_id,
+                    cntlid: o.cntlid,
+                    qid: st.qid,
+                    ep: self.ep,
+                    peer: self.peer,
+                }));
                 st.queue =
                     Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, owner: o };
                 Self::count(&self.group, |s| {
@@ -1048,6 +1072,9 @@ impl RdmaQpair {
         let slot = &mut st.slots[idx as usize];
         let mut cqe = r.cqe(slot.cmd.cid.get(), st.qid, st.sq_head);
         let at = idx as usize * RESPONSE;
+        if let Some(c) = &st.counted {
+            c.command(r.status.is_success(), slot.dir, slot.len);
+        }
         st.resp_buf[at..at + RESPONSE].copy_from_slice(cqe.as_bytes());
         slot.state = SlotState::Responding;
         slot.write_data = slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0;
@@ -1147,6 +1174,7 @@ impl RdmaQpair {
         st.return_shared_buffers();
         drop(self.poller.borrow_mut().take());
         let queue = std::mem::replace(&mut st.queue, Queue::Unbound);
+        st.counted = None;
         let (qid, executing) = (st.qid, st.executing);
         drop(st);
         match &queue {

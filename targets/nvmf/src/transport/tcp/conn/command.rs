@@ -286,6 +286,13 @@ impl Conn {
                 st.data_timeout = data_timeout(c.kato_ms());
                 let me: Weak<dyn AdminQueue> = self.me.clone();
                 c.set_admin_queue(me);
+                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+                    subsystem_id: c.subsystem.id,
+                    cntlid: c.cntlid,
+                    qid: st.qid,
+                    ep: self.ep,
+                    peer: Some(self.peer),
+                }));
                 st.queue = Queue::Admin(c);
             }
             Connected::Io { ctrlr, qid } => {
@@ -294,6 +301,13 @@ impl Conn {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::super::group::close_conn });
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
+                    st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+                        subsystem_id: sid,
+                        cntlid: ctrlr.cntlid,
+                        qid: st.qid,
+                        ep: self.ep,
+                        peer: Some(self.peer),
+                    }));
                     st.queue = Queue::Io {
                         view: crate::group::subsystem(sid),
                         subsystem_id: sid,
@@ -372,6 +386,9 @@ impl Conn {
         let slot = &st.slots[idx as usize];
         let cid = slot.cmd.cid.get();
         let mut send_resp = true;
+        if let Some(c) = &st.counted {
+            c.command(r.status.is_success(), slot.dir, slot.len);
+        }
         if slot.dir == DataDir::ControllerToHost && r.status.is_success() && slot.len > 0 {
             let success = self.opts.c2h_success && r.dw0 == 0 && r.dw1 == 0 && Self::may_omit_resp(st);
             let len = slot.len as usize;

@@ -151,6 +151,8 @@ struct State {
     tx: TxQueue<OutBuf>,
     write_armed: bool,
     queue: Queue,
+    /// Its row of the listener counters, once connected.
+    counted: Option<crate::counters::Counted>,
     qid: u16,
     sq_entries: u16,
     sq_head: u16,
@@ -219,6 +221,7 @@ fn new_state(opts: &TransportOpts, framing: Framing, c2h: C2hFraming) -> State {
         tx: TxQueue::with_capacity(64 * 1024),
         write_armed: false,
         queue: Queue::Unbound,
+        counted: None,
         qid: 0,
         sq_entries: 1,
         sq_head: 0,
@@ -299,6 +302,13 @@ impl Conn {
         st.sq_flow_off = p.sq_flow_off;
         st.data_timeout = p.data_timeout;
         let o = p.owner;
+        st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
+            subsystem_id: o.subsystem_id,
+            cntlid: o.cntlid,
+            qid: p.qid,
+            ep: p.ep,
+            peer: Some(p.peer),
+        }));
         st.queue = Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, owner: o };
         Ok(Rc::new_cyclic(|me| Conn {
             id: p.id,
@@ -779,6 +789,7 @@ impl Conn {
         // let go now, not when the last command still on a bdev finishes.
         self.st.borrow_mut().tx.clear();
         let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
+        self.st.borrow_mut().counted = None;
         let qid = self.st.borrow().qid;
         match queue {
             Queue::Unbound => {
