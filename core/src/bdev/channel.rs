@@ -70,6 +70,8 @@ impl Deferred {
 /// The bdev layer's channel to one bdev on one reactor.
 pub struct BdevChannel {
     backend: Box<dyn BackendChannel>,
+    /// The backend's fast path, for a remapped bdev.
+    remap: Option<super::remap::Remap>,
     pub(crate) home: Rc<Home>,
     bdev: Arc<Bdev>,
     /// Requests waiting for the bdev's rate limits, in order, and the
@@ -91,8 +93,10 @@ impl IoDevice for Bdev {
             outstanding: Cell::new(0),
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
         });
+        let backend = self.backend.create_channel();
         BdevChannel {
-            backend: self.backend.create_channel(),
+            remap: backend.remap(),
+            backend,
             home,
             bdev: self.clone(),
             qos_queue: RefCell::new(std::collections::VecDeque::new()),
@@ -174,6 +178,7 @@ impl BdevChannel {
                 retries: 0,
                 forwarded: None,
                 counters: Vec::with_capacity(2),
+                remap_write: None,
                 home: self.home.clone(),
             })
         });
@@ -191,8 +196,10 @@ impl BdevChannel {
 
         let check = check(bdev, writable, &slot);
         if check == IoStatus::Success {
-            if let Err(st) = bounce_if_needed(bdev, &mut slot) {
-                return self.fail(slot, st);
+            if bdev.align != 1 || bdev.contiguous {
+                if let Err(st) = bounce_if_needed(bdev, &mut slot) {
+                    return self.fail(slot, st);
+                }
             }
         } else {
             return self.fail(slot, check);
@@ -202,8 +209,22 @@ impl BdevChannel {
             return self.qos_submit(io);
         }
         self.home.in_submit.set(true);
-        self.backend.submit(io);
+        match &self.remap {
+            Some(r) => {
+                if let Err(io) = r.try_send(io) {
+                    self.backend.submit(io)
+                }
+            }
+            None => self.backend.submit(io),
+        }
         self.home.in_submit.set(false);
+    }
+
+    /// Hand a request, checked and mapped by another bdev's fast path, to
+    /// this bdev's backend (see [`super::remap`]).
+    #[inline(always)]
+    pub(crate) fn send_to_backend(&self, io: BdevIo) {
+        self.backend.submit(io)
     }
 
     /// A request to a rate-limited bdev: now if its budgets allow and none
@@ -346,7 +367,7 @@ fn check(bdev: &Bdev, writable: bool, s: &Slot) -> IoStatus {
 /// memory and the caller's buffers are not, swap in one bounce buffer (and
 /// copy the data in for writes). The caller's buffers come back at completion.
 #[inline]
-fn bounce_if_needed(bdev: &Bdev, s: &mut Slot) -> Result<(), IoStatus> {
+pub(super) fn bounce_if_needed(bdev: &Bdev, s: &mut Slot) -> Result<(), IoStatus> {
     if !s.kind.has_data() || s.lend || (bdev.align == 1 && !bdev.contiguous) {
         return Ok(());
     }

@@ -150,6 +150,9 @@ pub(crate) struct Slot {
     /// Who counts it while forwarded, one per level that asked (kept
     /// allocated with the request).
     pub(crate) counters: Vec<Rc<Cell<u64>>>,
+    /// The in-flight write count of the remapped bdev whose fast path sent
+    /// this write (see `remap`), decremented at completion.
+    pub(crate) remap_write: Option<Rc<Cell<u64>>>,
     pub(crate) home: Rc<Home>,
 }
 
@@ -331,8 +334,13 @@ impl BdevIo {
             }
             if let Some(offset) = s.forwarded.take() {
                 s.offset_blocks = offset;
-                for c in s.counters.drain(..) {
+                if let Some(c) = s.remap_write.take() {
                     c.set(c.get() - 1);
+                }
+                if !s.counters.is_empty() {
+                    for c in s.counters.drain(..) {
+                        c.set(c.get() - 1);
+                    }
                 }
             }
             s.home.clone()
@@ -370,8 +378,13 @@ impl Drop for BdevIo {
         if let Some(mut s) = self.slot.take() {
             if let Some(offset) = s.forwarded.take() {
                 s.offset_blocks = offset;
-                for c in s.counters.drain(..) {
+                if let Some(c) = s.remap_write.take() {
                     c.set(c.get() - 1);
+                }
+                if !s.counters.is_empty() {
+                    for c in s.counters.drain(..) {
+                        c.set(c.get() - 1);
+                    }
                 }
             }
             if s.status == IoStatus::Pending && s.cb.is_some() {

@@ -21,6 +21,7 @@ mod channel;
 mod io;
 pub mod qos;
 mod registry;
+pub mod remap;
 pub mod rpc;
 pub mod stats;
 
@@ -90,6 +91,13 @@ pub trait Backend: Send + Sync + 'static {
 /// (or at once) with [`BdevIo::complete`], on the same reactor.
 pub trait BackendChannel {
     fn submit(&self, io: BdevIo);
+    /// For a bdev whose blocks sit cluster by cluster on another (an
+    /// lvol): the fast path the bdev layer takes for reads and writes
+    /// within one mapped cluster, without calling [`submit`](Self::submit)
+    /// (see [`remap`]). Asked once, when the layer's channel is made.
+    fn remap(&self) -> Option<remap::Remap> {
+        None
+    }
 }
 
 /// Everything needed to register a bdev.

@@ -442,3 +442,135 @@ fn aliases_claims_and_examiners() {
     h.on(0, || kept.borrow_mut().clear());
     assert!(waited.get());
 }
+
+/// A remapped bdev for [`remap`]: its backend's own submit only counts and
+/// refuses, so what reaches the base went by the bdev layer's fast path.
+struct Mapped {
+    shared: Arc<remap::RemapShared>,
+    base: Descriptor,
+    slow: Arc<AtomicUsize>,
+}
+
+thread_local! {
+    static MAPPED_WRITES: Rc<Cell<u64>> = Rc::new(Cell::new(0));
+}
+
+struct MappedChannel {
+    shared: Arc<remap::RemapShared>,
+    ch: crate::io_channel::IoChannel<Bdev>,
+    slow: Arc<AtomicUsize>,
+}
+
+impl Backend for Mapped {
+    fn module_name(&self) -> &'static str {
+        "test_mapped"
+    }
+    fn product_name(&self) -> &'static str {
+        "Test remapped disk"
+    }
+    fn supports(&self, kind: IoType) -> bool {
+        matches!(kind, IoType::Read | IoType::Write | IoType::Flush)
+    }
+    fn create_channel(&self) -> Box<dyn BackendChannel> {
+        Box::new(MappedChannel { shared: self.shared.clone(), ch: self.base.channel(), slow: self.slow.clone() })
+    }
+}
+
+impl BackendChannel for MappedChannel {
+    fn submit(&self, io: BdevIo) {
+        self.slow.fetch_add(1, Ordering::SeqCst);
+        io.complete(IoStatus::Unsupported);
+    }
+    fn remap(&self) -> Option<remap::Remap> {
+        Some(remap::Remap::new(self.shared.clone(), self.ch.clone(), true, MAPPED_WRITES.with(|w| w.clone())))
+    }
+}
+
+#[test]
+fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base() {
+    let h = Harness::new(1);
+    let r = ram(64, 1, true);
+    make(&h, "ram-base", &r, 64);
+    // 8-block clusters: cluster 0 at base cluster 3, 1 not there, 2 at 5,
+    // 3 at 100 (past the base's end: a corrupt map).
+    let table = Arc::new(remap::ClusterTable::new(&[3, 0, 5, 100]));
+    let shared = Arc::new(remap::RemapShared::new(8, table.clone(), false));
+    let slow = Arc::new(AtomicUsize::new(0));
+    let (sh, sl) = (shared.clone(), slow.clone());
+    h.on(0, move || {
+        let base = open("ram-base", true, |_| {}).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(Mapped { shared: sh, base, slow: sl });
+        register(BdevSpec { name: "mapped".into(), block_size: 512, num_blocks: 32, uuid: None, backend }).unwrap();
+    });
+    let out: Out = Rc::default();
+    let o = out.clone();
+    let release = |h: &Harness| {
+        h.on(0, || {
+            for io in HELD.with(|x| std::mem::take(&mut *x.borrow_mut())) {
+                io.complete(IoStatus::Success);
+            }
+        });
+        h.run_until_idle(10);
+    };
+    h.on(0, move || {
+        let d = open("mapped", true, |_| {}).unwrap();
+        let ch = d.channel();
+        d.write(&ch, [buf(1024, 0x5a)], 2, 2, collect(&o));
+        reactor::set_local(Rc::new((d, ch)));
+    });
+    assert_eq!(h.on(0, || MAPPED_WRITES.with(|w| w.get())), 1, "the write is counted in flight");
+    release(&h);
+    assert_eq!(h.on(0, || MAPPED_WRITES.with(|w| w.get())), 0, "and no more once done");
+    assert_eq!(out.borrow()[0].0, IoStatus::Success);
+    assert_eq!(&r.data.lock().unwrap()[(3 * 8 + 2) * 512..(3 * 8 + 4) * 512], &[0x5a; 1024][..], "at base cluster 3");
+    assert_eq!(slow.load(Ordering::SeqCst), 0);
+
+    // Each of these goes to the backend instead: a cluster not there, a
+    // request across clusters, the corrupt entry, a frozen bdev's write,
+    // a flush.
+    let submit = |h: &Harness, kind: IoType, off: u64, n: u64| {
+        let o = out.clone();
+        h.on(0, move || {
+            let (d, ch) = &*reactor::local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>().unwrap();
+            let bufs: Vec<DmaBuf> = if kind.has_data() { vec![buf(n as usize * 512, 0)] } else { Vec::new() };
+            d.submit(ch, kind, bufs, off, n, collect(&o));
+        });
+        release(h);
+        out.borrow().last().unwrap().0
+    };
+    assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Unsupported);
+    assert_eq!(submit(&h, IoType::Read, 7, 2), IoStatus::Unsupported);
+    assert_eq!(submit(&h, IoType::Read, 24, 1), IoStatus::Unsupported);
+    shared.frozen.store(true, Ordering::SeqCst);
+    assert_eq!(submit(&h, IoType::Write, 0, 1), IoStatus::Unsupported);
+    assert_eq!(submit(&h, IoType::Read, 0, 1), IoStatus::Success, "reads go on while frozen");
+    shared.frozen.store(false, Ordering::SeqCst);
+    assert_eq!(submit(&h, IoType::Flush, 0, 32), IoStatus::Unsupported);
+    assert_eq!(slow.load(Ordering::SeqCst), 5);
+
+    // Read back what was written, the request's own offset kept.
+    let o = out.clone();
+    h.on(0, move || {
+        let (d, ch) = &*reactor::local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>().unwrap();
+        d.read(ch, [buf(1024, 0)], 2, 2, move |io: BdevIo| {
+            assert_eq!(io.offset_blocks(), 2, "the consumer sees its own offset");
+            collect(&o)(io)
+        });
+    });
+    release(&h);
+    assert_eq!(*out.borrow().last().unwrap(), (IoStatus::Success, vec![0x5a; 1024]));
+
+    // A cluster allocated later, and a new table, are seen at once.
+    r.data.lock().unwrap()[(6 * 8) * 512..(6 * 8 + 1) * 512].fill(0x66);
+    table.set(1, 6);
+    assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Success);
+    assert_eq!(out.borrow().last().unwrap().1, vec![0x66; 512]);
+    shared.set_table(Arc::new(remap::ClusterTable::new(&[0, 0, 0, 0])));
+    assert_eq!(submit(&h, IoType::Read, 0, 1), IoStatus::Unsupported, "the new table has no cluster 0");
+    r.data.lock().unwrap()[8 * 8 * 512 - 512..8 * 8 * 512].fill(0x77);
+    shared.set_table(Arc::new(remap::ClusterTable::new(&[7, 0, 0, 0])));
+    assert_eq!(submit(&h, IoType::Read, 7, 1), IoStatus::Success);
+    assert_eq!(out.borrow().last().unwrap().1, vec![0x77; 512], "the last block of base cluster 7");
+    assert_eq!(slow.load(Ordering::SeqCst), 6);
+    h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
+}

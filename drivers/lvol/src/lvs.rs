@@ -226,7 +226,7 @@ impl Lvs {
             return Err(StoreError::Invalid(format!("lvol {name} has no clusters")));
         }
         let vol = self.lvols.borrow()[&id].vol.clone();
-        vol.read_only.store(read_only, std::sync::atomic::Ordering::Release);
+        vol.remap.read_only.store(read_only, std::sync::atomic::Ordering::Release);
         let lvs_uuid = self.uuid;
         let spec = BdevSpec {
             name: uuid.to_string(),
@@ -284,9 +284,7 @@ impl Lvs {
         self.open()?;
         let c = self.store.allocate_cluster(id, k).await?;
         if let Some(lv) = self.lvols.borrow().get(&id) {
-            if let Some(slot) = lv.vol.layout().clusters.get(k) {
-                slot.store(c, std::sync::atomic::Ordering::Release);
-            }
+            lv.vol.layout().own.set(k, c);
         }
         Ok(())
     }

@@ -9,27 +9,30 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use pollux_core::bdev::remap::{ClusterTable, Remap, RemapShared};
 use pollux_core::bdev::{Backend, BackendChannel, Bdev, BdevIo, Descriptor, IoStatus, IoType};
 use pollux_core::dma::{self, DmaBuf};
 use pollux_core::io_channel::IoChannel;
 use pollux_core::reactor::{self, ReactorId};
 use serde_json::{Value, json};
 
-/// Where a volume's clusters are: its own map, then its parent's.
+/// Where a volume's clusters are: its own map (which the bdev layer's
+/// fast path reads too, see `pollux_core::bdev::remap`), then its
+/// parent's.
 pub struct Layout {
-    pub clusters: Box<[AtomicU32]>,
+    pub own: Arc<ClusterTable>,
     pub parent: Option<Arc<Layout>>,
 }
 
 impl Layout {
     pub fn new(clusters: &[u32], parent: Option<Arc<Layout>>) -> Arc<Layout> {
-        Arc::new(Layout { clusters: clusters.iter().map(|c| AtomicU32::new(*c)).collect(), parent })
+        Arc::new(Layout { own: Arc::new(ClusterTable::new(clusters)), parent })
     }
     fn own(&self, k: usize) -> u32 {
-        self.clusters.get(k).map(|c| c.load(Ordering::Acquire)).unwrap_or(0)
+        self.own.get(k)
     }
     /// The device cluster with blob cluster `k`'s data, if any layer has it.
     fn resolve(&self, k: usize) -> Option<u32> {
@@ -48,16 +51,16 @@ impl Layout {
 pub struct Volume {
     pub blob_id: u64,
     pub base: Descriptor,
-    /// Base blocks per cluster (a power of two) and its log2.
+    /// Base blocks per cluster (a power of two).
     pub cluster_blocks: u64,
-    shift: u32,
     /// Identifies the store on the main reactor (its UUID).
     pub lvs_uuid: uuid::Uuid,
     layout: Mutex<Arc<Layout>>,
-    generation: AtomicU64,
-    pub read_only: AtomicBool,
-    /// Writes wait (a snapshot is moving the volume's clusters).
-    frozen: AtomicBool,
+    /// What the bdev layer's fast path shares: the cluster size, the own
+    /// map, its generation (changed with every new layout), and the
+    /// switches: `read_only`, and `frozen` (writes wait while a snapshot
+    /// moves the volume's clusters).
+    pub remap: Arc<RemapShared>,
     /// `bdev_get_bdevs`' `driver_specific.lvol`, kept current by the store
     /// layer.
     pub describe: Mutex<Value>,
@@ -65,25 +68,14 @@ pub struct Volume {
 
 impl Volume {
     pub fn new(blob_id: u64, base: Descriptor, cluster_blocks: u64, lvs_uuid: uuid::Uuid, layout: Arc<Layout>, read_only: bool) -> Volume {
-        assert!(cluster_blocks.is_power_of_two(), "clusters of {cluster_blocks} blocks");
-        Volume {
-            blob_id,
-            base,
-            cluster_blocks,
-            shift: cluster_blocks.trailing_zeros(),
-            lvs_uuid,
-            layout: Mutex::new(layout),
-            generation: AtomicU64::new(0),
-            read_only: AtomicBool::new(read_only),
-            frozen: AtomicBool::new(false),
-            describe: Mutex::new(json!({})),
-        }
+        let remap = Arc::new(RemapShared::new(cluster_blocks, layout.own.clone(), read_only));
+        Volume { blob_id, base, cluster_blocks, lvs_uuid, layout: Mutex::new(layout), remap, describe: Mutex::new(json!({})) }
     }
 
     /// Cluster index and block within it of block `off`.
     #[inline(always)]
     fn split(&self, off: u64) -> (u64, u64) {
-        (off >> self.shift, off & (self.cluster_blocks - 1))
+        self.remap.split(off)
     }
 
     pub fn layout(&self) -> Arc<Layout> {
@@ -92,8 +84,9 @@ impl Volume {
 
     /// Give channels a new map (resize, snapshot, new parent).
     pub fn set_layout(&self, l: Arc<Layout>) {
+        let own = l.own.clone();
         *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = l;
-        self.generation.fetch_add(1, Ordering::Release);
+        self.remap.set_table(own);
     }
 }
 
@@ -131,7 +124,7 @@ impl Backend for LvolBackend {
         let st = Rc::new_cyclic(|me| Chan {
             me: me.clone(),
             ch: vol.base.channel(),
-            generation: Cell::new(vol.generation.load(Ordering::Acquire)),
+            generation: Cell::new(vol.remap.generation()),
             layout: RefCell::new(vol.layout()),
             vol,
             allocate: self.allocate,
@@ -184,6 +177,11 @@ struct Chan {
 struct LvolChannel(Rc<Chan>);
 
 impl BackendChannel for LvolChannel {
+    fn remap(&self) -> Option<Remap> {
+        let st = &self.0;
+        Some(Remap::new(st.vol.remap.clone(), st.ch.clone(), st.vol.base.writable(), st.writes.clone()))
+    }
+
     fn submit(&self, io: BdevIo) {
         let st = &self.0;
         let (kind, off, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
@@ -198,8 +196,8 @@ impl BackendChannel for LvolChannel {
                 match kind {
                     IoType::Read => layout.resolve(k),
                     IoType::Write | IoType::WriteZeroes | IoType::Unmap
-                        if !st.vol.read_only.load(Ordering::Relaxed)
-                            && !st.vol.frozen.load(Ordering::Acquire)
+                        if !st.vol.remap.read_only.load(Ordering::Relaxed)
+                            && !st.vol.remap.frozen.load(Ordering::Acquire)
                             && (kind == IoType::Write || st.vol.base.bdev().supports(kind)) =>
                     {
                         Some(layout.own(k)).filter(|c| *c != 0)
@@ -209,7 +207,7 @@ impl BackendChannel for LvolChannel {
             };
             if let Some(c) = target {
                 let counter = kind.writes().then(|| st.writes.clone());
-                return st.vol.base.forward(&st.ch, io, ((c as u64) << st.vol.shift) + within, counter);
+                return st.vol.base.forward(&st.ch, io, st.vol.remap.base_block(c, within), counter);
             }
         }
         slow(st, io)
@@ -246,7 +244,7 @@ impl Chan {
     /// Take the volume's current map if it changed.
     #[inline(always)]
     fn refresh_layout(&self) {
-        let g = self.vol.generation.load(Ordering::Acquire);
+        let g = self.vol.remap.generation();
         if g != self.generation.get() {
             *self.layout.borrow_mut() = self.vol.layout();
             self.generation.set(g);
@@ -278,10 +276,10 @@ impl Chan {
                 }
             },
             IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
-                if self.vol.read_only.load(Ordering::Acquire) {
+                if self.vol.remap.read_only.load(Ordering::Acquire) {
                     return done(IoStatus::ReadOnly, bufs);
                 }
-                if self.vol.frozen.load(Ordering::Acquire) {
+                if self.vol.remap.frozen.load(Ordering::Acquire) {
                     return self.held.borrow_mut().push(Waiting { kind, bufs, off, n, done: Box::new(done) });
                 }
                 let own = layout.own(k);
@@ -304,7 +302,7 @@ impl Chan {
                 if kind == IoType::Unmap || (kind == IoType::WriteZeroes && layout.resolve(k).is_none()) {
                     return done(IoStatus::Success, bufs);
                 }
-                if k >= layout.clusters.len() {
+                if k >= layout.own.len() {
                     return done(IoStatus::OutOfRange, bufs);
                 }
                 self.wait_for_cluster(k, Waiting { kind, bufs, off, n, done: Box::new(done) });
@@ -362,7 +360,7 @@ fn chan_of(vol: &Arc<Volume>) -> Option<Rc<Chan>> {
 /// Hold new writes to `vol` on every reactor and wait for those already
 /// sent to the base to finish; `done` runs on the calling reactor after.
 pub fn freeze(vol: &Arc<Volume>, done: impl FnOnce() + Send + 'static) {
-    vol.frozen.store(true, Ordering::SeqCst);
+    vol.remap.frozen.store(true, Ordering::SeqCst);
     let origin = reactor::current();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(reactor::count()));
     let done: DoneOnce = Arc::new(Mutex::new(Some(Box::new(done))));
@@ -391,7 +389,7 @@ fn drain(vol: Arc<Volume>, left: Arc<std::sync::atomic::AtomicUsize>, done: Done
 
 /// Let writes to `vol` go again, the held ones first.
 pub fn unfreeze(vol: &Arc<Volume>) {
-    vol.frozen.store(false, Ordering::SeqCst);
+    vol.remap.frozen.store(false, Ordering::SeqCst);
     for r in reactor::all() {
         let vol = vol.clone();
         reactor::send_msg(r, move || {
