@@ -312,6 +312,8 @@ pub async fn render() -> String {
         t.family("pollux_reactor_busy_seconds_total", "counter", "Time each reactor spent doing work.", &per(&|r| num(&r["busy"]) / hz));
         t.family("pollux_reactor_idle_seconds_total", "counter", "Time each reactor found nothing to do.", &per(&|r| num(&r["idle"]) / hz));
         t.family("pollux_reactor_iterations_total", "counter", "Loop iterations of each reactor.", &per(&|r| num(&r["iterations"])));
+        t.family("pollux_reactor_messages_total", "counter", "Messages each reactor ran.", &per(&|r| num(&r["messages"])));
+        t.family("pollux_reactor_sleeps_total", "counter", "Times each reactor slept (interrupt mode).", &per(&|r| num(&r["sleeps"])));
         t.family(
             "pollux_reactor_pollers",
             "gauge",

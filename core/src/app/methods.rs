@@ -206,6 +206,9 @@ fn thread_stats_json(all: &[(ReactorStats, Option<(u64, u64)>)]) -> Value {
                 "timed_pollers_count": s.timed_pollers,
                 "paused_pollers_count": s.paused_pollers,
                 "iterations": s.iterations,
+                // Pollux's own.
+                "messages": s.messages,
+                "sleeps": s.sleeps,
             })
         })
         .collect();

@@ -179,6 +179,8 @@ struct Stats {
     slept: Cell<u64>,
     busy_at_wake: Cell<u64>,
     sleeps: Cell<u64>,
+    /// Messages run (from other reactors and from this one).
+    messages: Cell<u64>,
     busy: Cell<u64>,
     idle: Cell<u64>,
     iterations: Cell<u64>,
@@ -298,7 +300,11 @@ impl Inner {
     fn iterate(&self, may_sleep: bool) -> bool {
         let now = self.stats.last.get();
         self.now.set(now);
-        let mut busy = self.process_messages() > 0;
+        let msgs = self.process_messages();
+        let mut busy = msgs > 0;
+        if busy {
+            self.stats.messages.set(self.stats.messages.get() + msgs as u64);
+        }
         busy |= self.pollers.run_active();
         busy |= self.pollers.run_timed(now);
         busy |= self.flush_overflow();
@@ -765,6 +771,8 @@ pub struct ReactorStats {
     pub iterations: u64,
     /// Times the reactor slept (interrupt mode).
     pub sleeps: u64,
+    /// Messages it ran.
+    pub messages: u64,
     pub elapsed_ticks: u64,
     pub in_interrupt: bool,
     pub active_pollers: usize,
@@ -786,6 +794,7 @@ pub fn stats() -> ReactorStats {
             idle_ticks: r.stats.idle.get(),
             iterations: r.stats.iterations.get(),
             sleeps: r.stats.sleeps.get(),
+            messages: r.stats.messages.get(),
             elapsed_ticks: clock::ticks().saturating_sub(r.stats.start.get()),
             in_interrupt: r.irq.is_some(),
             active_pollers: active,

@@ -26,6 +26,25 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// promtool's lint passes on the endpoint's `text`.
+fn promtool_accepts(promtool: &std::path::Path, text: &str) {
+    let mut p = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of a query's first series, from Prometheus' HTTP API.
 fn query(prom: u16, q: &str) -> Option<f64> {
     let enc: String =
@@ -86,6 +105,7 @@ fn prometheus_scrapes_rising_counters_and_promtool_accepts_the_text() {
         "pollux_build_info",
         "pollux_bdev_reads_total",
         "pollux_reactor_busy_seconds_total",
+        "pollux_reactor_messages_total",
         "pollux_nvmf_subsystem_controllers",
         "pollux_nvmf_commands_total",
         "pollux_iobuf_free_buffers",
@@ -95,22 +115,7 @@ fn prometheus_scrapes_rising_counters_and_promtool_accepts_the_text() {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing:\n{text}");
     }
     assert!(text.contains("pollux_bdev_size_bytes{bdev=\"M0\"} 33554432"), "{text}");
-    // promtool's lint.
-    let mut p = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_accepts(&promtool, &text);
     assert_eq!(get(mport, "/nothing").0, 404);
     // The same text over RPC.
     assert!(d.call("framework_get_metrics", None).unwrap().as_str().unwrap().contains("pollux_bdev_reads_total"));
@@ -291,22 +296,9 @@ fn target_families_count_commands_failures_digest_errors_and_refused_logins() {
         "pollux_iscsi_login_failures_total{{target=\"\",portal_group=\"1\",portal=\"127.0.0.1:{iport}\",reason=\"target_not_found\"}}"
     );
     assert_eq!(sample(&text, &refused), Some(1.0), "{text}");
-    let promtool = tool("promtool", "Debian's prometheus");
-    let mut p = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Every RPC above reached the reactors by message.
+    assert!(sample(&text, "pollux_reactor_messages_total{reactor=\"0\"}").is_some_and(|v| v > 0.0), "{text}");
+    promtool_accepts(&tool("promtool", "Debian's prometheus"), &text);
 }
 
 /// `iscsi_get_target_stats` once `pred` holds on it.
