@@ -226,6 +226,25 @@ impl Text {
     }
 }
 
+/// A row of an RPC's answer with its labels, made once.
+type Row<'a> = (Vec<(&'static str, String)>, &'a Value);
+
+impl Text {
+    /// One family per (name, type, help, field) of `table`, with a sample
+    /// per row: its labels and its number at `field`.
+    fn fields(&mut self, rows: &[Row<'_>], table: &[(&str, &str, &str, &str)]) {
+        for (name, kind, help, field) in table {
+            let samples: Vec<_> = rows.iter().map(|(l, r)| (l.clone(), num(&r[*field]))).collect();
+            self.family(name, kind, help, &samples);
+        }
+    }
+}
+
+/// The string at `v` ("" if it is not one).
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
 fn fmt_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
 }
@@ -355,135 +374,139 @@ pub async fn render() -> String {
         t.family("pollux_nvmf_subsystem_controllers", "gauge", "Controllers (host connections) of each NVMe-oF subsystem.", &ctrls);
     }
     if let Some(st) = call("nvmf_get_stats", None).await {
-        let groups: Vec<&Value> = st["poll_groups"].as_array().into_iter().flatten().collect();
-        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> {
-            groups.iter().map(|g| (vec![("poll_group", g["name"].as_str().unwrap_or("").to_string())], num(&g[field]))).collect()
-        };
-        t.family("pollux_nvmf_admin_qpairs", "gauge", "Admin queue pairs of each poll group.", &per("current_admin_qpairs"));
-        t.family("pollux_nvmf_io_qpairs", "gauge", "I/O queue pairs of each poll group.", &per("current_io_qpairs"));
-        t.family("pollux_nvmf_admin_qpairs_created_total", "counter", "Admin queue pairs each poll group took.", &per("admin_qpairs"));
-        t.family("pollux_nvmf_io_qpairs_created_total", "counter", "I/O queue pairs each poll group took.", &per("io_qpairs"));
-        t.family("pollux_nvmf_commands_total", "counter", "NVMe I/O commands each poll group completed.", &per("completed_nvme_io"));
-        t.family("pollux_nvmf_pending_bdev_io", "gauge", "Requests each poll group has at its bdevs.", &per("pending_bdev_io"));
+        let rows: Vec<Row> =
+            st["poll_groups"].as_array().into_iter().flatten().map(|g| (vec![("poll_group", text(&g["name"]))], g)).collect();
+        t.fields(
+            &rows,
+            &[
+                ("pollux_nvmf_admin_qpairs", "gauge", "Admin queue pairs of each poll group.", "current_admin_qpairs"),
+                ("pollux_nvmf_io_qpairs", "gauge", "I/O queue pairs of each poll group.", "current_io_qpairs"),
+                ("pollux_nvmf_admin_qpairs_created_total", "counter", "Admin queue pairs each poll group took.", "admin_qpairs"),
+                ("pollux_nvmf_io_qpairs_created_total", "counter", "I/O queue pairs each poll group took.", "io_qpairs"),
+                ("pollux_nvmf_commands_total", "counter", "NVMe I/O commands each poll group completed.", "completed_nvme_io"),
+                ("pollux_nvmf_pending_bdev_io", "gauge", "Requests each poll group has at its bdevs.", "pending_bdev_io"),
+            ],
+        );
     }
-    if let Some(rows) = call("nvmf_get_listener_stats", None).await {
-        let rows: Vec<&Value> = rows.as_array().into_iter().flatten().collect();
-        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> {
-            rows.iter()
-                .map(|r| {
-                    let a = &r["address"];
-                    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-                    (
-                        vec![
-                            ("nqn", s(&r["nqn"])),
-                            ("trtype", s(&a["trtype"])),
-                            ("traddr", s(&a["traddr"])),
-                            ("trsvcid", s(&a["trsvcid"])),
-                        ],
-                        num(&r[field]),
-                    )
-                })
-                .collect()
-        };
-        t.family("pollux_nvmf_listener_qpairs", "gauge", "Queue pairs of each subsystem through each listener.", &per("current_qpairs"));
-        t.family(
-            "pollux_nvmf_listener_commands_total",
-            "counter",
-            "Commands (admin and I/O) completed per subsystem and listener.",
-            &per("completed_commands"),
-        );
-        t.family(
-            "pollux_nvmf_listener_failed_commands_total",
-            "counter",
-            "Commands completed with an error status per subsystem and listener.",
-            &per("failed_commands"),
-        );
-        t.family("pollux_nvmf_listener_read_bytes_total", "counter", "Bytes read by hosts per subsystem and listener.", &per("bytes_read"));
-        t.family(
-            "pollux_nvmf_listener_written_bytes_total",
-            "counter",
-            "Bytes written by hosts per subsystem and listener.",
-            &per("bytes_written"),
+    if let Some(list) = call("nvmf_get_listener_stats", None).await {
+        let rows: Vec<Row> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let a = &r["address"];
+                (
+                    vec![
+                        ("nqn", text(&r["nqn"])),
+                        ("trtype", text(&a["trtype"])),
+                        ("traddr", text(&a["traddr"])),
+                        ("trsvcid", text(&a["trsvcid"])),
+                    ],
+                    r,
+                )
+            })
+            .collect();
+        t.fields(
+            &rows,
+            &[
+                ("pollux_nvmf_listener_qpairs", "gauge", "Queue pairs of each subsystem through each listener.", "current_qpairs"),
+                (
+                    "pollux_nvmf_listener_commands_total",
+                    "counter",
+                    "Commands (admin and I/O) completed per subsystem and listener.",
+                    "completed_commands",
+                ),
+                (
+                    "pollux_nvmf_listener_failed_commands_total",
+                    "counter",
+                    "Commands completed with an error status per subsystem and listener.",
+                    "failed_commands",
+                ),
+                ("pollux_nvmf_listener_read_bytes_total", "counter", "Bytes read by hosts per subsystem and listener.", "bytes_read"),
+                (
+                    "pollux_nvmf_listener_written_bytes_total",
+                    "counter",
+                    "Bytes written by hosts per subsystem and listener.",
+                    "bytes_written",
+                ),
+            ],
         );
     }
     if let Some(list) = call("bdev_nvme_get_controllers", None).await {
-        let mut rows = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for c in list.as_array().into_iter().flatten() {
             for (i, path) in c["ctrlrs"].as_array().into_iter().flatten().enumerate() {
                 let trid = &path["trid"];
                 let l = vec![
-                    ("controller", c["name"].as_str().unwrap_or("").to_string()),
+                    ("controller", text(&c["name"])),
                     ("path", i.to_string()),
-                    ("trtype", trid["trtype"].as_str().unwrap_or("").to_string()),
-                    ("traddr", trid["traddr"].as_str().unwrap_or("").to_string()),
+                    ("trtype", text(&trid["trtype"])),
+                    ("traddr", text(&trid["traddr"])),
                 ];
                 rows.push((l, path));
             }
         }
-        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> { rows.iter().map(|(l, p)| (l.clone(), num(&p[field]))).collect() };
-        t.family("pollux_nvme_controller_resets_total", "counter", "Resets (or reconnects) of each NVMe controller path.", &per("resets"));
-        t.family("pollux_nvme_controller_timeouts_total", "counter", "Commands of each NVMe controller that timed out.", &per("timeouts"));
-        t.family(
-            "pollux_nvme_controller_aborts_total",
-            "counter",
-            "Aborts sent to each NVMe controller for timed-out commands.",
-            &per("aborts"),
+        t.fields(
+            &rows,
+            &[
+                ("pollux_nvme_controller_resets_total", "counter", "Resets (or reconnects) of each NVMe controller path.", "resets"),
+                ("pollux_nvme_controller_timeouts_total", "counter", "Commands of each NVMe controller that timed out.", "timeouts"),
+                ("pollux_nvme_controller_aborts_total", "counter", "Aborts sent to each NVMe controller for timed-out commands.", "aborts"),
+            ],
         );
     }
     if let Some(st) = call("iscsi_get_target_stats", None).await {
-        let portals: Vec<&Value> = st["portals"].as_array().into_iter().flatten().collect();
         let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
         let place =
             |r: &Value| vec![("target", s(&r["target_node_name"])), ("portal_group", s(&r["portal_group"])), ("portal", s(&r["portal"]))];
-        let per = |field: &str| -> Vec<(Vec<(&str, String)>, f64)> { portals.iter().map(|r| (place(r), num(&r[field]))).collect() };
-        t.family("pollux_iscsi_portal_connections", "gauge", "iSCSI connections per target node and portal.", &per("connections"));
-        t.family(
-            "pollux_iscsi_commands_total",
-            "counter",
-            "SCSI commands answered per target node and portal.",
-            &per("completed_commands"),
+        let rows: Vec<Row> = st["portals"].as_array().into_iter().flatten().map(|r| (place(r), r)).collect();
+        t.fields(
+            &rows,
+            &[
+                ("pollux_iscsi_portal_connections", "gauge", "iSCSI connections per target node and portal.", "connections"),
+                ("pollux_iscsi_commands_total", "counter", "SCSI commands answered per target node and portal.", "completed_commands"),
+                (
+                    "pollux_iscsi_failed_commands_total",
+                    "counter",
+                    "SCSI commands answered with a status other than GOOD, per target node and portal.",
+                    "failed_commands",
+                ),
+                ("pollux_iscsi_read_bytes_total", "counter", "Bytes of Data-In sent per target node and portal.", "bytes_read"),
+                (
+                    "pollux_iscsi_written_bytes_total",
+                    "counter",
+                    "Bytes of write data received per target node and portal.",
+                    "bytes_written",
+                ),
+                (
+                    "pollux_iscsi_digest_errors_total",
+                    "counter",
+                    "Header and data digest errors per target node and portal.",
+                    "digest_errors",
+                ),
+            ],
         );
-        t.family(
-            "pollux_iscsi_failed_commands_total",
-            "counter",
-            "SCSI commands answered with a status other than GOOD, per target node and portal.",
-            &per("failed_commands"),
-        );
-        t.family("pollux_iscsi_read_bytes_total", "counter", "Bytes of Data-In sent per target node and portal.", &per("bytes_read"));
-        t.family(
-            "pollux_iscsi_written_bytes_total",
-            "counter",
-            "Bytes of write data received per target node and portal.",
-            &per("bytes_written"),
-        );
-        t.family(
-            "pollux_iscsi_digest_errors_total",
-            "counter",
-            "Header and data digest errors per target node and portal.",
-            &per("digest_errors"),
-        );
-        let sessions: Vec<_> = st["sessions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| (vec![("target", s(&r["target_node_name"]))], num(&r["sessions"])))
-            .collect();
-        t.family("pollux_iscsi_sessions", "gauge", "iSCSI sessions of each target node.", &sessions);
-        let failures: Vec<_> = st["login_failures"]
+        let sessions: Vec<Row> =
+            st["sessions"].as_array().into_iter().flatten().map(|r| (vec![("target", s(&r["target_node_name"]))], r)).collect();
+        t.fields(&sessions, &[("pollux_iscsi_sessions", "gauge", "iSCSI sessions of each target node.", "sessions")]);
+        let failures: Vec<Row> = st["login_failures"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|r| {
                 let mut l = place(r);
                 l.push(("reason", s(&r["reason"])));
-                (l, num(&r["count"]))
+                (l, r)
             })
             .collect();
-        t.family(
-            "pollux_iscsi_login_failures_total",
-            "counter",
-            "Logins refused (or timed out), by reason, target node and portal.",
+        t.fields(
             &failures,
+            &[(
+                "pollux_iscsi_login_failures_total",
+                "counter",
+                "Logins refused (or timed out), by reason, target node and portal.",
+                "count",
+            )],
         );
     }
     if let Some(conns) = call("iscsi_get_connections", None).await {

@@ -156,6 +156,25 @@ pub(crate) struct Slot {
     pub(crate) home: Rc<Home>,
 }
 
+impl Slot {
+    /// A forwarded request is done: give it back its own offset and let go
+    /// of its in-flight counts.
+    #[inline]
+    fn unforward(&mut self) {
+        if let Some(offset) = self.forwarded.take() {
+            self.offset_blocks = offset;
+            if let Some(c) = self.remap_write.take() {
+                c.set(c.get() - 1);
+            }
+            if !self.counters.is_empty() {
+                for c in self.counters.drain(..) {
+                    c.set(c.get() - 1);
+                }
+            }
+        }
+    }
+}
+
 /// Per-channel state a request needs at completion.
 pub(crate) struct Home {
     // Boxed: a request owns its slot by pointer while in flight, and the
@@ -332,17 +351,7 @@ impl BdevIo {
             if let Some(orig) = s.bounced.take() {
                 super::channel::unbounce(s, orig);
             }
-            if let Some(offset) = s.forwarded.take() {
-                s.offset_blocks = offset;
-                if let Some(c) = s.remap_write.take() {
-                    c.set(c.get() - 1);
-                }
-                if !s.counters.is_empty() {
-                    for c in s.counters.drain(..) {
-                        c.set(c.get() - 1);
-                    }
-                }
-            }
+            s.unforward();
             s.home.clone()
         };
         home.outstanding.set(home.outstanding.get() - 1);
@@ -376,17 +385,7 @@ impl BdevIo {
 impl Drop for BdevIo {
     fn drop(&mut self) {
         if let Some(mut s) = self.slot.take() {
-            if let Some(offset) = s.forwarded.take() {
-                s.offset_blocks = offset;
-                if let Some(c) = s.remap_write.take() {
-                    c.set(c.get() - 1);
-                }
-                if !s.counters.is_empty() {
-                    for c in s.counters.drain(..) {
-                        c.set(c.get() - 1);
-                    }
-                }
-            }
+            s.unforward();
             if s.status == IoStatus::Pending && s.cb.is_some() {
                 // A backend dropped a request without completing it: the
                 // consumer still gets its callback, so nothing waits forever.

@@ -51,8 +51,6 @@ impl Layout {
 pub struct Volume {
     pub blob_id: u64,
     pub base: Descriptor,
-    /// Base blocks per cluster (a power of two).
-    pub cluster_blocks: u64,
     /// Identifies the store on the main reactor (its UUID).
     pub lvs_uuid: uuid::Uuid,
     layout: Mutex<Arc<Layout>>,
@@ -69,7 +67,12 @@ pub struct Volume {
 impl Volume {
     pub fn new(blob_id: u64, base: Descriptor, cluster_blocks: u64, lvs_uuid: uuid::Uuid, layout: Arc<Layout>, read_only: bool) -> Volume {
         let remap = Arc::new(RemapShared::new(cluster_blocks, layout.own.clone(), read_only));
-        Volume { blob_id, base, cluster_blocks, lvs_uuid, layout: Mutex::new(layout), remap, describe: Mutex::new(json!({})) }
+        Volume { blob_id, base, lvs_uuid, layout: Mutex::new(layout), remap, describe: Mutex::new(json!({})) }
+    }
+
+    /// Base blocks per cluster (a power of two).
+    pub fn cluster_blocks(&self) -> u64 {
+        self.remap.cluster_blocks()
     }
 
     /// Cluster index and block within it of block `off`.
@@ -186,7 +189,7 @@ impl BackendChannel for LvolChannel {
         let st = &self.0;
         let (kind, off, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
         let (k, within) = st.vol.split(off);
-        if n > 0 && within + n <= st.vol.cluster_blocks {
+        if n > 0 && within + n <= st.vol.cluster_blocks() {
             // The fast path: the request, as it is, to the base cluster
             // that holds it.
             let k = k as usize;
@@ -229,7 +232,7 @@ fn slow(st: &Rc<Chan>, mut io: BdevIo) {
         }
         _ => {}
     }
-    let cb = st.vol.cluster_blocks;
+    let cb = st.vol.cluster_blocks();
     if n == 0 || off / cb == (off + n - 1) / cb {
         let bufs = io.take_buffers();
         return st.single(kind, bufs, off, n, move |s, bufs| {
@@ -258,12 +261,11 @@ impl Chan {
 
     /// A request within one cluster.
     fn single(&self, kind: IoType, mut bufs: Vec<DmaBuf>, off: u64, n: u64, done: impl FnOnce(IoStatus, Vec<DmaBuf>) + 'static) {
-        let cb = self.vol.cluster_blocks;
-        let k = (off / cb) as usize;
-        let within = off % cb;
+        let (k, within) = self.vol.split(off);
+        let k = k as usize;
         let layout = self.layout();
         let base = &self.vol.base;
-        let to_base = |c: u32| c as u64 * cb + within;
+        let to_base = |c: u32| self.vol.remap.base_block(c, within);
         match kind {
             IoType::Read => match layout.resolve(k) {
                 Some(c) => base.submit(&self.ch, kind, bufs, to_base(c), n, move |mut child| {
@@ -440,7 +442,7 @@ impl ChanRef {
 fn split(st: &Rc<Chan>, io: BdevIo) {
     let (kind, off, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
     let bs = io.block_size() as u64;
-    let cb = st.vol.cluster_blocks;
+    let cb = st.vol.cluster_blocks();
     let pool = match dma::pool() {
         Ok(p) => p,
         Err(_) => return io.complete(IoStatus::NoMemory),

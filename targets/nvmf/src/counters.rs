@@ -170,6 +170,12 @@ pub fn sum(per_reactor: Vec<Vec<((u32, Endpoint), Counts)>>) -> HashMap<(u32, En
     all
 }
 
+/// Drop this reactor's rows of a deleted subsystem (its queue pairs are
+/// closed with it): the table stays as large as the subsystems there are.
+pub fn forget(subsystem_id: u32) {
+    table().rows.borrow_mut().retain(|(id, _), _| *id != subsystem_id);
+}
+
 /// This reactor's queue pairs of subsystem `subsystem_id`, with their
 /// counts.
 pub fn qpairs(subsystem_id: u32) -> Vec<(QpairId, Counts)> {
@@ -211,5 +217,7 @@ mod tests {
         assert!(qpairs(7).is_empty());
         let summed = sum(vec![snapshot(), snapshot()]);
         assert_eq!(summed[&(7, ep)], c(6, 2, 8192, 0));
+        forget(7);
+        assert_eq!(row(snapshot()), None, "but not their subsystem");
     }
 }

@@ -115,6 +115,7 @@ pub fn publish_subsystem_removed(subsystem_id: u32, then: impl FnOnce() + Send +
     reactor::for_each_reactor(
         move || {
             views().subsystems.borrow_mut().remove(&subsystem_id);
+            crate::counters::forget(subsystem_id);
         },
         then,
     );

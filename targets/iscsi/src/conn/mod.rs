@@ -904,6 +904,7 @@ pub(crate) fn describe_all() -> Vec<serde_json::Value> {
         .iter()
         .map(|c| {
             let st = c.st.borrow();
+            let counts = c.counts.get();
             let (tsih, target, initiator, isid) = match &st.session {
                 Some(s) => (s.tsih, s.target.clone().unwrap_or_default(), s.initiator.clone(), s.isid),
                 None => (0, String::new(), String::new(), [0; 6]),
@@ -922,9 +923,9 @@ pub(crate) fn describe_all() -> Vec<serde_json::Value> {
                 "header_digest": st.params.header_digest,
                 "data_digest": st.params.data_digest,
                 // Pollux's own, for per-connection rates.
-                "completed_commands": c.counts.get().commands,
-                "bytes_read": c.counts.get().read_bytes,
-                "bytes_written": c.counts.get().written_bytes,
+                "completed_commands": counts.commands,
+                "bytes_read": counts.read_bytes,
+                "bytes_written": counts.written_bytes,
             })
         })
         .collect()

@@ -946,13 +946,7 @@ impl RdmaQpair {
             Connected::Admin(c) => {
                 let me: Weak<dyn AdminQueue> = self.me.clone();
                 c.set_admin_queue(me);
-                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
-                    subsystem_id: c.subsystem.id,
-                    cntlid: c.cntlid,
-                    qid: st.qid,
-                    ep: self.ep,
-                    peer: self.peer,
-                }));
+                st.counted = Some(self.counted(c.subsystem.id, c.cntlid, st.qid));
                 st.queue = Queue::Admin(c);
                 Self::count(&self.group, |s| {
                     s.admin_qpairs += 1;
@@ -962,13 +956,7 @@ impl RdmaQpair {
             Connected::Io { ctrlr, qid } => {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: reactor::current(), id: self.id, close: super::close_qpair });
                 let sid = ctrlr.subsystem.id;
-                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
-                    subsystem_id: sid,
-                    cntlid: ctrlr.cntlid,
-                    qid: st.qid,
-                    ep: self.ep,
-                    peer: self.peer,
-                }));
+                st.counted = Some(self.counted(sid, ctrlr.cntlid, st.qid));
                 st.queue =
                     Queue::Io { view: crate::group::subsystem(sid), subsystem_id: sid, cntlid: ctrlr.cntlid, owner: IoOwner::of(&ctrlr) };
                 Self::count(&self.group, |s| {
@@ -1031,13 +1019,7 @@ impl RdmaQpair {
         }
         match out {
             Ok((resp, o)) => {
-                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
-                    subsystem_id: o.subsystem_id,
-                    cntlid: o.cntlid,
-                    qid: st.qid,
-                    ep: self.ep,
-                    peer: self.peer,
-                }));
+                st.counted = Some(self.counted(o.subsystem_id, o.cntlid, st.qid));
                 st.queue =
                     Queue::Io { view: crate::group::subsystem(o.subsystem_id), subsystem_id: o.subsystem_id, cntlid: o.cntlid, owner: o };
                 Self::count(&self.group, |s| {
@@ -1199,6 +1181,11 @@ impl RdmaQpair {
                 s.forget(self.id);
             }
         }
+    }
+
+    /// This queue pair's place in the counters, once connected.
+    fn counted(&self, subsystem_id: u32, cntlid: u16, qid: u16) -> crate::counters::Counted {
+        crate::counters::Counted::new(crate::counters::QpairId { subsystem_id, cntlid, qid, ep: self.ep, peer: self.peer })
     }
 
     fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {

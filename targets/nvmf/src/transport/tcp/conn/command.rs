@@ -286,13 +286,7 @@ impl Conn {
                 st.data_timeout = data_timeout(c.kato_ms());
                 let me: Weak<dyn AdminQueue> = self.me.clone();
                 c.set_admin_queue(me);
-                st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
-                    subsystem_id: c.subsystem.id,
-                    cntlid: c.cntlid,
-                    qid: st.qid,
-                    ep: self.ep,
-                    peer: Some(self.peer),
-                }));
+                st.counted = Some(self.counted(c.subsystem.id, c.cntlid, st.qid));
                 st.queue = Queue::Admin(c);
             }
             Connected::Io { ctrlr, qid } => {
@@ -301,13 +295,7 @@ impl Conn {
                 ctrlr.add_io_qpair(qid, IoQpairRef { reactor: r, id: self.id, close: super::super::group::close_conn });
                 let sid = ctrlr.subsystem.id;
                 if r == reactor::current() {
-                    st.counted = Some(crate::counters::Counted::new(crate::counters::QpairId {
-                        subsystem_id: sid,
-                        cntlid: ctrlr.cntlid,
-                        qid: st.qid,
-                        ep: self.ep,
-                        peer: Some(self.peer),
-                    }));
+                    st.counted = Some(self.counted(sid, ctrlr.cntlid, st.qid));
                     st.queue = Queue::Io {
                         view: crate::group::subsystem(sid),
                         subsystem_id: sid,

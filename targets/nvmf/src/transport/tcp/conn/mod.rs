@@ -821,9 +821,11 @@ impl Conn {
         // Nothing more goes out: what was queued (buffers, lent memory) is
         // let go now, not when the last command still on a bdev finishes.
         self.st.borrow_mut().tx.clear();
-        let queue = std::mem::replace(&mut self.st.borrow_mut().queue, Queue::Unbound);
-        self.st.borrow_mut().counted = None;
-        let qid = self.st.borrow().qid;
+        let (queue, qid) = {
+            let mut st = self.st.borrow_mut();
+            st.counted = None;
+            (std::mem::replace(&mut st.queue, Queue::Unbound), st.qid)
+        };
         match queue {
             Queue::Unbound => {
                 tracing::debug!("nvmf: connection from {} closed: {reason}", self.peer)
@@ -840,6 +842,11 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// This queue pair's place in the counters, once connected.
+    pub(super) fn counted(&self, subsystem_id: u32, cntlid: u16, qid: u16) -> crate::counters::Counted {
+        crate::counters::Counted::new(crate::counters::QpairId { subsystem_id, cntlid, qid, ep: self.ep, peer: Some(self.peer) })
     }
 
     fn report_closed(&self, subsystem_id: u32, cntlid: u16, qid: u16) {
