@@ -85,6 +85,8 @@ impl IoDevice for Bdev {
 
     fn create_channel(self: &Arc<Self>) -> BdevChannel {
         let deferred = Deferred::get();
+        let backend = self.backend.create_channel();
+        let remap = backend.remap().filter(|r| r.base_block_size() == self.block_size);
         let home = Rc::new(Home {
             free: RefCell::new(Vec::new()),
             stats: RefCell::new(IoStats::default()),
@@ -92,10 +94,10 @@ impl IoDevice for Bdev {
             deferred,
             outstanding: Cell::new(0),
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
+            remap_writes: remap.as_ref().map(|r| r.writes()),
         });
-        let backend = self.backend.create_channel();
         BdevChannel {
-            remap: backend.remap(),
+            remap,
             backend,
             home,
             bdev: self.clone(),
@@ -178,7 +180,7 @@ impl BdevChannel {
                 retries: 0,
                 forwarded: None,
                 counters: Vec::with_capacity(2),
-                remap_write: None,
+                remap_write: false,
                 home: self.home.clone(),
             })
         });

@@ -150,9 +150,9 @@ pub(crate) struct Slot {
     /// Who counts it while forwarded, one per level that asked (kept
     /// allocated with the request).
     pub(crate) counters: Vec<Rc<Cell<u64>>>,
-    /// The in-flight write count of the remapped bdev whose fast path sent
-    /// this write (see `remap`), decremented at completion.
-    pub(crate) remap_write: Option<Rc<Cell<u64>>>,
+    /// Sent by a remapped bdev's fast path as a write (see `remap`): its
+    /// channel's [`Home::remap_writes`] counts it until completion.
+    pub(crate) remap_write: bool,
     pub(crate) home: Rc<Home>,
 }
 
@@ -163,8 +163,11 @@ impl Slot {
     fn unforward(&mut self) {
         if let Some(offset) = self.forwarded.take() {
             self.offset_blocks = offset;
-            if let Some(c) = self.remap_write.take() {
-                c.set(c.get() - 1);
+            if self.remap_write {
+                self.remap_write = false;
+                if let Some(c) = &self.home.remap_writes {
+                    c.set(c.get() - 1);
+                }
             }
             if !self.counters.is_empty() {
                 for c in self.counters.drain(..) {
@@ -187,6 +190,9 @@ pub(crate) struct Home {
     pub(crate) deferred: Rc<super::channel::Deferred>,
     pub(crate) outstanding: Cell<u64>,
     pub(crate) histogram: Cell<bool>,
+    /// A remapped bdev's fast-path writes in flight, shared with its
+    /// backend (see `remap`).
+    pub(crate) remap_writes: Option<Rc<Cell<u64>>>,
 }
 
 /// One I/O request. `!Send`: it lives on the reactor that submitted it.

@@ -70,7 +70,7 @@ pub struct RemapShared {
 impl RemapShared {
     /// `cluster_blocks` must be a power of two.
     pub fn new(cluster_blocks: u64, table: Arc<ClusterTable>, read_only: bool) -> RemapShared {
-        assert!(cluster_blocks.is_power_of_two(), "clusters of {cluster_blocks} blocks");
+        assert!(cluster_blocks.is_power_of_two() && cluster_blocks < 1 << 32, "clusters of {cluster_blocks} blocks");
         RemapShared {
             cluster_blocks,
             shift: cluster_blocks.trailing_zeros(),
@@ -139,8 +139,21 @@ impl Remap {
         Remap { shared, table, seen: Cell::new(seen), base, base_writable, base_bounces, writes }
     }
 
+    /// The count of fast-path writes in flight.
+    pub(crate) fn writes(&self) -> Rc<Cell<u64>> {
+        self.writes.clone()
+    }
+
+    /// The block size of the base; the fast path is used only when the
+    /// remapped bdev has the same one (checked once, by the layer).
+    pub(crate) fn base_block_size(&self) -> u32 {
+        self.base.device().block_size
+    }
+
     /// Send `io` to the base if it is a read or write within one mapped
-    /// cluster; else give it back for the backend.
+    /// cluster; else give it back for the backend. The layer has checked
+    /// `io` against the remapped bdev (range, buffers, at least one block)
+    /// and that both bdevs have one block size.
     #[inline]
     pub(crate) fn try_send(&self, mut io: BdevIo) -> Result<(), BdevIo> {
         let sh = &*self.shared;
@@ -151,7 +164,7 @@ impl Remap {
             _ => return Err(io),
         };
         let (k, within) = sh.split(s.offset_blocks);
-        if s.num_blocks == 0 || within + s.num_blocks > sh.cluster_blocks || s.lend {
+        if within + s.num_blocks > sh.cluster_blocks || s.lend {
             return Err(io);
         }
         if write && (!self.base_writable || sh.read_only.load(Ordering::Relaxed) || sh.frozen.load(Ordering::Acquire)) {
@@ -159,34 +172,36 @@ impl Remap {
         }
         let g = sh.generation();
         if g != self.seen.get() {
-            *self.table.borrow_mut() = sh.table();
-            self.seen.set(g);
+            self.refresh(g);
         }
         let c = self.table.borrow().get(k as usize);
         if c == 0 {
             return Err(io);
         }
         let base: &Bdev = self.base.device();
-        if base.removing.load(Ordering::Relaxed) || s.block_size != base.block_size {
+        // The map is trusted to name clusters of the base, but a store's
+        // metadata comes from a disk: the range is checked all the same
+        // (the request ends within its cluster, `shift` < 32).
+        if base.removing.load(Ordering::Relaxed) || (c as u64 + 1) << sh.shift > base.num_blocks() {
             return Err(io);
         }
         if self.base_bounces && s.bounced.is_none() && channel::bounce_if_needed(base, s).is_err() {
             return Err(io);
         }
-        // The map is trusted to name clusters of the base, but a store's
-        // metadata comes from a disk: the range is checked all the same.
-        let to = sh.base_block(c, within);
-        if to.checked_add(s.num_blocks).is_none_or(|end| end > base.num_blocks()) {
-            return Err(io);
-        }
         s.forwarded = Some(s.offset_blocks);
-        s.offset_blocks = to;
+        s.offset_blocks = sh.base_block(c, within);
         if write {
             self.writes.set(self.writes.get() + 1);
-            s.remap_write = Some(self.writes.clone());
+            s.remap_write = true;
         }
         self.base.send_to_backend(io);
         Ok(())
+    }
+
+    #[cold]
+    fn refresh(&self, g: u64) {
+        *self.table.borrow_mut() = self.shared.table();
+        self.seen.set(g);
     }
 }
 
