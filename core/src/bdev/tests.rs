@@ -573,4 +573,26 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     assert_eq!(out.borrow().last().unwrap().1, vec![0x77; 512], "the last block of base cluster 7");
     assert_eq!(slow.load(Ordering::SeqCst), 6);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
+
+    // A remapped bdev whose blocks are not its base's size gets no fast
+    // path (the layer checks once, when its channel is made): its read of
+    // mapped cluster 0 goes to the backend.
+    let (sh, sl) = (shared.clone(), slow.clone());
+    h.on(0, move || {
+        let base = open("ram-base", true, |_| {}).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(Mapped { shared: sh, base, slow: sl });
+        register(BdevSpec { name: "mapped-4k".into(), block_size: 4096, num_blocks: 4, uuid: None, backend }).unwrap();
+        let d = open("mapped-4k", false, |_| {}).unwrap();
+        let ch = d.channel();
+        reactor::set_local(Rc::new((d, ch)));
+    });
+    let o = out.clone();
+    h.on(0, move || {
+        let (d, ch) = &*reactor::local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>().unwrap();
+        d.read(ch, [buf(4096, 0)], 0, 1, collect(&o));
+    });
+    release(&h);
+    assert_eq!(out.borrow().last().unwrap().0, IoStatus::Unsupported);
+    assert_eq!(slow.load(Ordering::SeqCst), 7);
+    h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
 }

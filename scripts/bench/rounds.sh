@@ -1,0 +1,32 @@
+# Sourced by scripts/bench/nvmf-perf and scripts/bench/iscsi-vs-spdk: the
+# rounds of a side-by-side benchmark. The caller defines
+#   start_ready TARGET              start a target, ready for workloads
+#   run_wl ROUND TARGET WORKLOAD    one run, one line in the results
+#   stop                            stop the target
+# and sets TARGETS, WORKLOADS and ROUNDS.
+# ORDER=target (the default): each round starts each target once and runs
+# every workload on it. ORDER=workload: each round runs each workload on
+# every target in turn, restarting them, so that the runs compared are
+# seconds apart rather than minutes (this machine's speed drifts by tens
+# of percent within minutes; scripts/bench/paired-ratios follows it).
+run_rounds() {
+    for round in $(seq "$ROUNDS"); do
+        if [ "${ORDER:-target}" = workload ]; then
+            for wl in $WORKLOADS; do
+                for tgt in $TARGETS; do
+                    start_ready "$tgt"
+                    run_wl "$round" "$tgt" "$wl"
+                    stop
+                done
+            done
+        else
+            for tgt in $TARGETS; do
+                start_ready "$tgt"
+                for wl in $WORKLOADS; do
+                    run_wl "$round" "$tgt" "$wl"
+                done
+                stop
+            done
+        fi
+    done
+}
