@@ -29,6 +29,13 @@ const SLOTS: usize = 256;
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Failed requests logged at WARN per channel; the rest at DEBUG.
 const ERRORS_LOGGED: u32 = 8;
+/// A submit call that takes longer held the reactor: logged (at WARN for
+/// the first `ERRORS_LOGGED` of a channel). librbd takes locks of its own
+/// in the call, and with `rbd_non_blocking_aio` false does all its
+/// dispatching there (see the RPC module; seen: waits up to 0.2 ms with
+/// the OSD on the same two cores); a thread preempted in the call also
+/// shows up here, hence a bound well above a scheduler's time slice.
+const SLOW_SUBMIT: Duration = Duration::from_millis(10);
 
 /// What `bdev_rbd_create` was given (for `bdev_get_bdevs` and save_config).
 #[derive(Clone, Debug)]
@@ -195,6 +202,9 @@ struct ChanState {
     free: Vec<u32>,
     waiting: VecDeque<BdevIo>,
     errors: Cell<u32>,
+    /// [`SLOW_SUBMIT`] in clock ticks, and the slow submits seen.
+    slow_ticks: u64,
+    slow: Cell<u32>,
     /// Each slot's iovecs (pointing into its request's buffers until the
     /// completion), kept with their capacity: no allocation per request.
     iovs: Vec<Vec<libc::iovec>>,
@@ -224,6 +234,8 @@ impl RbdChannel {
             free: (0..SLOTS as u32).rev().collect(),
             waiting: VecDeque::new(),
             errors: Cell::new(0),
+            slow_ticks: pollux_core::clock::duration_to_ticks(SLOW_SUBMIT),
+            slow: Cell::new(0),
             iovs: (0..SLOTS).map(|_| Vec::new()).collect(),
             finished: Vec::with_capacity(SLOTS),
         }));
@@ -286,6 +298,8 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
         io.complete(IoStatus::NoMemory);
         return Ok(());
     }
+    // The call is timed (see `SLOW_SUBMIT`).
+    let t0 = pollux_core::clock::ticks();
     // SAFETY: an open image (the channel holds an Arc to it), a fresh
     // completion, and for reads and writes iovecs over the request's
     // buffers; the buffers stay in `slots[slot]` and the iovecs in
@@ -300,6 +314,10 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
             IoType::Reset | IoType::Compare => unreachable!("answered above"),
         }
     };
+    let took = pollux_core::clock::ticks().wrapping_sub(t0);
+    if took > st.slow_ticks {
+        log_slow(st, kind, took);
+    }
     if rc < 0 {
         // SAFETY: librbd did not take the completion: release it here.
         unsafe { (lib.rbd_aio_release)(c) };
@@ -338,6 +356,21 @@ fn log_error(st: &ChanState, kind: IoType, off: u64, errno: i32) {
         );
     } else {
         tracing::debug!("rbd: {kind:?} at byte {off} failed: {e} (errno {errno})");
+    }
+}
+
+#[cold]
+fn log_slow(st: &ChanState, kind: IoType, took: u64) {
+    let n = st.slow.get();
+    st.slow.set(n.saturating_add(1));
+    let d = pollux_core::clock::ticks_to_duration(took);
+    if n < ERRORS_LOGGED {
+        tracing::warn!(
+            "rbd: a {kind:?} submit to librbd held the reactor {d:?} (librbd waiting on a lock, or the thread preempted; rbd_non_blocking_aio true, librbd's default, keeps librbd's dispatching off the reactor){}",
+            if n + 1 == ERRORS_LOGGED { "; further ones of this channel at debug level" } else { "" }
+        );
+    } else {
+        tracing::debug!("rbd: a {kind:?} submit to librbd held the reactor {d:?}");
     }
 }
 

@@ -111,6 +111,18 @@ fn spdk_client_attaches_an_rbd_image_and_verify_is_clean() {
         let r = verify_run(&dir, &cfg, "Rbd0", qd, size, 2, &format!("rbd verify QD {qd}, {size} bytes"));
         assert!(r["total"]["ios"].as_u64().unwrap() > 50, "{r}");
     }
+    // librbd dispatching on the reactor (rbd_non_blocking_aio false, where
+    // Pollux lifts the Objecter's throttle): the same data, verified.
+    let mut params = ceph.cluster_params("c1");
+    params["config_param"] = json!({"rbd_non_blocking_aio": "false"});
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_rbd_register_cluster", "params": params},
+        {"method": "bdev_rbd_create", "params": {"name": "Rbd0", "cluster_name": "c1", "pool_name": "rbd", "rbd_name": "img0", "block_size": 512}},
+    ]}]});
+    for size in [4096, 65536] {
+        let r = verify_run(&dir, &cfg, "Rbd0", 32, size, 2, &format!("rbd verify, librbd dispatching on the reactor, QD 32, {size} bytes"));
+        assert!(r["total"]["ios"].as_u64().unwrap() > 50, "{r}");
+    }
 }
 
 #[test]
