@@ -151,9 +151,41 @@ impl BackendChannel for Failing {
 /// (slot, completion).
 struct Inbox {
     done: ArrayQueue<(u32, usize)>,
-    /// Interrupt mode: rung when the queue goes from empty to not.
+    /// Interrupt mode: rung once per batch (see [`Inbox::put`]).
     doorbell: Option<EventFd>,
+    /// The bell has rung and the reactor has not taken it yet.
     rung: AtomicBool,
+}
+
+impl Inbox {
+    /// Leave a finished request (on a librbd thread) and, in interrupt
+    /// mode, ring the bell unless it is already ringing. The flag is
+    /// claimed before the bell rings, so of several callbacks at once one
+    /// rings. (Checking the flag, ringing, then setting it lost wake-ups:
+    /// two callbacks at once could leave the flag set over a bell the
+    /// reactor had drained, and every later completion skipped ringing.)
+    fn put(&self, item: (u32, usize)) {
+        // One request per slot at a time and room for every slot: never full.
+        let _ = self.done.push(item);
+        if let Some(d) = &self.doorbell {
+            if !self.rung.swap(true, Ordering::SeqCst) {
+                d.notify();
+            }
+        }
+    }
+
+    /// Take the bell (on the reactor) before reading the queue: drain it,
+    /// then clear the flag, so a ring the drain swallowed always has its
+    /// flag cleared after it and the next request rings again. Drained
+    /// every time, not only when the flag is set: a callback that set the
+    /// flag before the last drain may ring after it, and a bell left
+    /// ringing would wake the reactor for ever.
+    fn take_bell(&self) {
+        if let Some(d) = &self.doorbell {
+            d.drain();
+            self.rung.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The callback argument of one slot: its inbox and index. Lives in a
@@ -177,17 +209,7 @@ unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut c_void) {
         let a = &*(arg as *const SlotArg);
         (a, &*a.inbox)
     };
-    // One request per slot at a time and room for every slot: never full.
-    let _ = inbox.done.push((a.slot, c as usize));
-    if let Some(d) = &inbox.doorbell {
-        // Ring, then say so: the reactor drains the bell only when the flag
-        // is set, so the bell is never left ringing unseen (a reactor woken
-        // between the two finds the flag a moment later).
-        if !inbox.rung.load(Ordering::SeqCst) {
-            d.notify();
-            inbox.rung.store(true, Ordering::SeqCst);
-        }
-    }
+    inbox.put((a.slot, c as usize));
 }
 
 struct InFlight {
@@ -380,15 +402,7 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
     let mut done = std::mem::take(&mut st.borrow_mut().finished);
     {
         let mut s = st.borrow_mut();
-        if let Some(d) = &s.inbox.doorbell {
-            // Only a rung bell is drained (one read per wake-up, not one per
-            // poll); the flag clears before the queue is read, so a
-            // completion queued after this rings again.
-            if s.inbox.rung.load(Ordering::SeqCst) {
-                d.drain();
-                s.inbox.rung.store(false, Ordering::SeqCst);
-            }
-        }
+        s.inbox.take_bell();
         while let Some((slot, c)) = s.inbox.done.pop() {
             let c = c as RbdCompletionT;
             // SAFETY: a completion librbd handed back through our callback,
@@ -461,6 +475,54 @@ impl Drop for RbdChannel {
         }
         if let Some(img) = st.image.take() {
             rados::close_off_reactor(img);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callbacks on several threads at once, the reactor sleeping on the
+    /// bell between batches: every request left is seen, and whenever the
+    /// queue holds one the bell is ringing (a reactor asleep on it wakes).
+    #[test]
+    fn no_finished_request_waits_behind_a_silent_bell() {
+        const THREADS: usize = 4;
+        const EACH: usize = 20_000;
+        let inbox =
+            Arc::new(Inbox { done: ArrayQueue::new(THREADS), doorbell: Some(EventFd::new().unwrap()), rung: AtomicBool::new(false) });
+        // Each thread keeps one request in flight, like a slot: it leaves
+        // the next only once the reactor has taken the last.
+        let taken: Arc<Vec<std::sync::atomic::AtomicUsize>> = Arc::new((0..THREADS).map(|_| Default::default()).collect());
+        let producers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (inbox, taken) = (inbox.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        while taken[t].load(Ordering::Acquire) < i {
+                            std::thread::yield_now();
+                        }
+                        inbox.put((t as u32, i));
+                    }
+                })
+            })
+            .collect();
+        let fd = inbox.doorbell.as_ref().unwrap().as_raw_fd();
+        let mut seen = 0;
+        while seen < THREADS * EACH {
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+            assert_eq!(n, 1, "the bell stayed silent with {} request(s) waiting ({seen} seen)", inbox.done.len());
+            inbox.take_bell();
+            while let Some((t, _)) = inbox.done.pop() {
+                taken[t as usize].fetch_add(1, Ordering::Release);
+                seen += 1;
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
         }
     }
 }

@@ -33,9 +33,10 @@ const MOUNT_TIMEOUT_S: &str = "30";
 /// whose wait would stop the reactor once 1024 requests or 100 MiB are in
 /// flight: then Pollux lifts that throttle (0, no limit) unless the config
 /// sets it, and bounds what is in flight itself (256 requests per bdev and
-/// reactor). Measured (docs/benchmarks.md), it pays for writes only
-/// (4 KiB random writes 1.32x through `pollux-perf`, 1.05x through a
-/// gateway; reads 0.76x and 0.83x): librbd's default stays.
+/// reactor). Measured (docs/benchmarks.md, before the bdev's doorbell
+/// lost wake-ups were fixed), it paid for writes only (4 KiB random writes
+/// 1.32x through `pollux-perf`, 1.05x through a gateway; reads 0.76x and
+/// 0.83x): librbd's default stays.
 const INLINE_DISPATCH_PARAMS: [(&str, &str); 2] = [("objecter_inflight_ops", "0"), ("objecter_inflight_op_bytes", "0")];
 
 /// A registered cluster: its settings (as given) and its connection.
