@@ -149,10 +149,11 @@ mod tests {
     }
 }
 
-/// A client's budget of log lines at the default level: the first few
-/// faults a client causes are logged as notices, the rest at debug level,
-/// so one client repeating a bad request cannot flood the log (or slow its
-/// reactor with writes to stderr). Reactor-owned, one per connection.
+/// A budget of log lines: the first few faults a client causes (or a
+/// device's channel meets) are logged at the default level, the rest at
+/// debug level, so one client repeating a bad request, or a device failing
+/// every request, cannot flood the log (or slow its reactor with writes to
+/// stderr). Reactor-owned, one per connection or channel.
 #[derive(Debug, Default)]
 pub struct FaultLog {
     logged: std::cell::Cell<u32>,
@@ -191,18 +192,29 @@ impl FaultLog {
 #[doc(hidden)]
 pub use tracing as __tracing;
 
+/// Log through a [`FaultLog`] budget at level `$lvl` (`info`, `warn`...):
+/// the first [`FAULTS_LOGGED`] lines at that level, the last of them
+/// followed by `$rest` (saying where the others go), the others at debug.
+/// `log_budgeted!(budget, warn, "rest", "fmt", args...)`.
+#[macro_export]
+macro_rules! log_budgeted {
+    ($budget:expr, $lvl:ident, $rest:literal, $($arg:tt)+) => {
+        match $budget.next() {
+            $crate::log::FaultLevel::Notice => $crate::log::__tracing::$lvl!($($arg)+),
+            $crate::log::FaultLevel::LastNotice => {
+                $crate::log::__tracing::$lvl!($($arg)+);
+                $crate::log::__tracing::$lvl!($rest);
+            }
+            $crate::log::FaultLevel::Debug => $crate::log::__tracing::debug!($($arg)+),
+        }
+    };
+}
+
 /// Log a client's fault through its [`FaultLog`]: `log_fault!(budget, "fmt", args...)`.
 #[macro_export]
 macro_rules! log_fault {
     ($budget:expr, $($arg:tt)+) => {
-        match $budget.next() {
-            $crate::log::FaultLevel::Notice => $crate::log::__tracing::info!($($arg)+),
-            $crate::log::FaultLevel::LastNotice => {
-                $crate::log::__tracing::info!($($arg)+);
-                $crate::log::__tracing::info!("(further faults of this client are logged at debug level)");
-            }
-            $crate::log::FaultLevel::Debug => $crate::log::__tracing::debug!($($arg)+),
-        }
+        $crate::log_budgeted!($budget, info, "(further faults of this client are logged at debug level)", $($arg)+)
     };
 }
 

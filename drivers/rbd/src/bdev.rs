@@ -5,7 +5,7 @@
 //! rings an eventfd the reactor sleeps on (once per batch: a flag says
 //! whether the bell already rang).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::c_void;
 use std::os::fd::AsRawFd;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use pollux_core::bdev::{Backend, BackendChannel, Bdev, BdevIo, IoStatus, IoType};
+use pollux_core::log::FaultLog;
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_core::sys::{EventFd, Interest};
 use serde_json::{Value, json};
@@ -27,12 +28,10 @@ use crate::sys::RbdCompletionT;
 const SLOTS: usize = 256;
 /// How long a channel being dropped waits for its requests.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
-/// Failed requests logged at WARN per channel; the rest at DEBUG.
-const ERRORS_LOGGED: u32 = 8;
 /// A submit call that takes longer held the reactor: logged (at WARN for
-/// the first `ERRORS_LOGGED` of a channel). librbd takes locks of its own
-/// in the call, and with `rbd_non_blocking_aio` false does all its
-/// dispatching there (see the RPC module; seen: waits up to 0.2 ms with
+/// the first few of a channel, as failed requests are). librbd takes locks
+/// of its own in the call, and with `rbd_non_blocking_aio` false does all
+/// its dispatching there (see the RPC module; seen: waits up to 0.2 ms with
 /// the OSD on the same two cores); a thread preempted in the call also
 /// shows up here, hence a bound well above a scheduler's time slice.
 const SLOW_SUBMIT: Duration = Duration::from_millis(10);
@@ -223,10 +222,12 @@ struct ChanState {
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
     waiting: VecDeque<BdevIo>,
-    errors: Cell<u32>,
-    /// [`SLOW_SUBMIT`] in clock ticks, and the slow submits seen.
+    /// Failed requests logged at WARN, the first few of the channel; the
+    /// rest at DEBUG.
+    errors: FaultLog,
+    /// [`SLOW_SUBMIT`] in clock ticks, and the log budget of slow submits.
     slow_ticks: u64,
-    slow: Cell<u32>,
+    slow: FaultLog,
     /// Each slot's iovecs (pointing into its request's buffers until the
     /// completion), kept with their capacity: no allocation per request.
     iovs: Vec<Vec<libc::iovec>>,
@@ -255,9 +256,9 @@ impl RbdChannel {
             slots: (0..SLOTS).map(|_| None).collect(),
             free: (0..SLOTS as u32).rev().collect(),
             waiting: VecDeque::new(),
-            errors: Cell::new(0),
+            errors: FaultLog::new(),
             slow_ticks: pollux_core::clock::duration_to_ticks(SLOW_SUBMIT),
-            slow: Cell::new(0),
+            slow: FaultLog::new(),
             iovs: (0..SLOTS).map(|_| Vec::new()).collect(),
             finished: Vec::with_capacity(SLOTS),
         }));
@@ -368,32 +369,24 @@ fn status_of_errno(errno: i32) -> IoStatus {
 }
 
 fn log_error(st: &ChanState, kind: IoType, off: u64, errno: i32) {
-    let n = st.errors.get();
-    st.errors.set(n.saturating_add(1));
     let e = std::io::Error::from_raw_os_error(errno);
-    if n < ERRORS_LOGGED {
-        tracing::warn!(
-            "rbd: {kind:?} at byte {off} failed: {e} (errno {errno}){}",
-            if n + 1 == ERRORS_LOGGED { "; further errors of this channel at debug level" } else { "" }
-        );
-    } else {
-        tracing::debug!("rbd: {kind:?} at byte {off} failed: {e} (errno {errno})");
-    }
+    pollux_core::log_budgeted!(
+        st.errors,
+        warn,
+        "rbd: further failed requests of this channel are logged at debug level",
+        "rbd: {kind:?} at byte {off} failed: {e} (errno {errno})"
+    );
 }
 
 #[cold]
 fn log_slow(st: &ChanState, kind: IoType, took: u64) {
-    let n = st.slow.get();
-    st.slow.set(n.saturating_add(1));
     let d = pollux_core::clock::ticks_to_duration(took);
-    if n < ERRORS_LOGGED {
-        tracing::warn!(
-            "rbd: a {kind:?} submit to librbd held the reactor {d:?} (librbd waiting on a lock, or the thread preempted; rbd_non_blocking_aio true, librbd's default, keeps librbd's dispatching off the reactor){}",
-            if n + 1 == ERRORS_LOGGED { "; further ones of this channel at debug level" } else { "" }
-        );
-    } else {
-        tracing::debug!("rbd: a {kind:?} submit to librbd held the reactor {d:?}");
-    }
+    pollux_core::log_budgeted!(
+        st.slow,
+        warn,
+        "rbd: further slow submits of this channel are logged at debug level",
+        "rbd: a {kind:?} submit to librbd held the reactor {d:?} (librbd waiting on a lock, or the thread preempted; rbd_non_blocking_aio true, librbd's default, keeps librbd's dispatching off the reactor)"
+    );
 }
 
 /// Complete what librbd finished, then start waiting requests.
