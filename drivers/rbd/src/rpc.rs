@@ -36,7 +36,8 @@ const MOUNT_TIMEOUT_S: &str = "30";
 /// reactor). Measured (docs/benchmarks.md, before the bdev's doorbell
 /// lost wake-ups were fixed), it paid for writes only (4 KiB random writes
 /// 1.32x through `pollux-perf`, 1.05x through a gateway; reads 0.76x and
-/// 0.83x): librbd's default stays.
+/// 0.83x); after that fix, about even (writes 1.02-1.04x, reads
+/// 0.89-1.00x): librbd's default stays.
 const INLINE_DISPATCH_PARAMS: [(&str, &str); 2] = [("objecter_inflight_ops", "0"), ("objecter_inflight_op_bytes", "0")];
 
 /// A registered cluster: its settings (as given) and its connection.
