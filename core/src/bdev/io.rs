@@ -159,7 +159,7 @@ pub(crate) struct Slot {
 impl Slot {
     /// A forwarded request is done: give it back its own offset and let go
     /// of its in-flight counts.
-    #[inline]
+    #[inline(always)]
     fn unforward(&mut self) {
         if let Some(offset) = self.forwarded.take() {
             self.offset_blocks = offset;
@@ -170,10 +170,18 @@ impl Slot {
                 }
             }
             if !self.counters.is_empty() {
-                for c in self.counters.drain(..) {
-                    c.set(c.get() - 1);
-                }
+                self.uncount();
             }
+        }
+    }
+
+    /// The in-flight counts of levels that forwarded it (not the remapped
+    /// fast path's, which is `remap_write`): out of line, so that the
+    /// completion path stays small.
+    #[inline(never)]
+    fn uncount(&mut self) {
+        for c in self.counters.drain(..) {
+            c.set(c.get() - 1);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! another bdev (a logical volume on its store's bdev).
 //!
 //! The bdev layer sends a read or write that stays within one cluster the
-//! map has straight to the base bdev's backend, at the mapped offset, as
+//! map has (or, when the whole map is one run on the base, any read or
+//! write) straight to the base bdev's backend, at the mapped offset, as
 //! [`Descriptor::forward`](super::Descriptor::forward) would, but without
 //! going through the remapped bdev's own backend: no second dynamic call
 //! and no second set of checks, which is most of what a volume costs over
@@ -13,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::io::{BdevIo, IoType};
@@ -22,33 +23,63 @@ use crate::io_channel::IoChannel;
 
 /// Where each cluster of a bdev is on its base: `get(k)` is the base
 /// cluster of cluster `k`, 0 when it has none (yet).
+///
+/// A table whose clusters lie in one run on the base (cluster `k` at base
+/// cluster `first + k` for every `k`: a thick volume on a store that had
+/// the room in one piece, the usual case) says so, and the fast path then
+/// maps a request by adding one offset, with no lookup and no limit at
+/// cluster boundaries.
 #[derive(Debug)]
-pub struct ClusterTable(Box<[AtomicU32]>);
+pub struct ClusterTable {
+    clusters: Box<[AtomicU32]>,
+    /// The base cluster of cluster 0 when the table is one run, else 0
+    /// (base cluster 0 holds the store's super block, never data).
+    run_first: AtomicU32,
+}
 
 impl ClusterTable {
     pub fn new(clusters: &[u32]) -> ClusterTable {
-        ClusterTable(clusters.iter().map(|c| AtomicU32::new(*c)).collect())
+        let first = clusters.first().copied().unwrap_or(0);
+        let one_run = first != 0
+            && u32::try_from(clusters.len()).ok().and_then(|n| first.checked_add(n)).is_some()
+            && clusters.iter().enumerate().all(|(k, c)| *c == first + k as u32);
+        ClusterTable {
+            clusters: clusters.iter().map(|c| AtomicU32::new(*c)).collect(),
+            run_first: AtomicU32::new(if one_run { first } else { 0 }),
+        }
     }
 
     #[inline(always)]
     pub fn get(&self, k: usize) -> u32 {
-        self.0.get(k).map_or(0, |c| c.load(Ordering::Acquire))
+        self.clusters.get(k).map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// The base cluster of cluster 0 if every cluster follows it on the
+    /// base in order, else 0.
+    #[inline(always)]
+    pub fn run_first(&self) -> u32 {
+        self.run_first.load(Ordering::Acquire)
     }
 
     /// Give cluster `k` base cluster `c` (a cluster allocated on first
-    /// write); seen by every reactor's next request.
+    /// write); seen by every reactor's next request. (A table in one run
+    /// has every cluster already; should one change all the same, the
+    /// table stops being a run first, so no request maps by the old run.)
     pub fn set(&self, k: usize, c: u32) {
-        if let Some(slot) = self.0.get(k) {
+        if let Some(slot) = self.clusters.get(k) {
+            if self.run_first.load(Ordering::Relaxed) != 0 && slot.load(Ordering::Relaxed) != c {
+                self.run_first.store(0, Ordering::Release);
+            }
             slot.store(c, Ordering::Release);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.clusters.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.clusters.is_empty()
     }
 }
 
@@ -60,12 +91,17 @@ pub struct RemapShared {
     cluster_blocks: u64,
     shift: u32,
     table: Mutex<Arc<ClusterTable>>,
-    generation: AtomicU64,
-    /// Writes are refused (the backend answers them).
-    pub read_only: AtomicBool,
-    /// Writes wait (the backend holds them while the map is being moved).
-    pub frozen: AtomicBool,
+    /// The table's generation (`GENERATION` per [`RemapShared::set_table`])
+    /// and the two switches, in one word: the fast path reads it once.
+    state: AtomicU64,
 }
+
+/// Writes are refused (the backend answers them).
+const READ_ONLY: u64 = 1;
+/// Writes wait (the backend holds them while the map is being moved).
+const FROZEN: u64 = 2;
+const SWITCHES: u64 = READ_ONLY | FROZEN;
+const GENERATION: u64 = 4;
 
 impl RemapShared {
     /// `cluster_blocks` must be a power of two.
@@ -75,9 +111,7 @@ impl RemapShared {
             cluster_blocks,
             shift: cluster_blocks.trailing_zeros(),
             table: Mutex::new(table),
-            generation: AtomicU64::new(0),
-            read_only: AtomicBool::new(read_only),
-            frozen: AtomicBool::new(false),
+            state: AtomicU64::new(if read_only { READ_ONLY } else { 0 }),
         }
     }
 
@@ -105,13 +139,39 @@ impl RemapShared {
     /// before its next request.
     pub fn set_table(&self, t: Arc<ClusterTable>) {
         *self.table.lock().unwrap_or_else(|e| e.into_inner()) = t;
-        self.generation.fetch_add(1, Ordering::Release);
+        self.state.fetch_add(GENERATION, Ordering::Release);
     }
 
     /// Changes with every [`RemapShared::set_table`].
     #[inline(always)]
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) / GENERATION
+    }
+
+    /// Writes are refused: the backend answers them.
+    pub fn read_only(&self) -> bool {
+        self.state.load(Ordering::Acquire) & READ_ONLY != 0
+    }
+
+    pub fn set_read_only(&self, on: bool) {
+        self.switch(READ_ONLY, on)
+    }
+
+    /// Writes wait: the backend holds them while the map is being moved.
+    pub fn frozen(&self) -> bool {
+        self.state.load(Ordering::Acquire) & FROZEN != 0
+    }
+
+    pub fn set_frozen(&self, on: bool) {
+        self.switch(FROZEN, on)
+    }
+
+    fn switch(&self, bit: u64, on: bool) {
+        if on {
+            self.state.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.state.fetch_and(!bit, Ordering::SeqCst);
+        }
     }
 }
 
@@ -120,9 +180,16 @@ impl RemapShared {
 pub struct Remap {
     shared: Arc<RemapShared>,
     table: RefCell<Arc<ClusterTable>>,
+    /// The shared state word of the table in hand, switches off: a read
+    /// may go when the word has this generation, a write when the word is
+    /// this exactly.
     seen: Cell<u64>,
+    /// The blocks the table in hand covers.
+    table_blocks: Cell<u64>,
+    /// `READ_ONLY` when the base may not be written (every write then goes
+    /// to the backend), else 0.
+    no_writes: u64,
     base: IoChannel<Bdev>,
-    base_writable: bool,
     /// The base wants aligned or contiguous buffers (the layer bounces
     /// for it).
     base_bounces: bool,
@@ -133,10 +200,12 @@ pub struct Remap {
 
 impl Remap {
     pub fn new(shared: Arc<RemapShared>, base: IoChannel<Bdev>, base_writable: bool, writes: Rc<Cell<u64>>) -> Remap {
-        let seen = shared.generation();
-        let table = RefCell::new(shared.table());
+        let seen = shared.state.load(Ordering::Acquire) & !SWITCHES;
+        let table = shared.table();
+        let table_blocks = Cell::new((table.len() as u64) << shared.shift);
         let base_bounces = base.device().align != 1 || base.device().contiguous;
-        Remap { shared, table, seen: Cell::new(seen), base, base_writable, base_bounces, writes }
+        let no_writes = if base_writable { 0 } else { READ_ONLY };
+        Remap { shared, table: RefCell::new(table), seen: Cell::new(seen), table_blocks, no_writes, base, base_bounces, writes }
     }
 
     /// The count of fast-path writes in flight.
@@ -151,45 +220,59 @@ impl Remap {
     }
 
     /// Send `io` to the base if it is a read or write within one mapped
-    /// cluster; else give it back for the backend. The layer has checked
-    /// `io` against the remapped bdev (range, buffers, at least one block)
-    /// and that both bdevs have one block size.
+    /// cluster (or anywhere in a table that is one run); else give it back
+    /// for the backend. The layer has checked `io` against the remapped
+    /// bdev (range, buffers, at least one block) and that both bdevs have
+    /// one block size.
     #[inline]
     pub(crate) fn try_send(&self, mut io: BdevIo) -> Result<(), BdevIo> {
         let sh = &*self.shared;
         let s = io.slot_mut();
         let write = match s.kind {
-            IoType::Read => false,
+            IoType::Read if !s.lend => false,
             IoType::Write => true,
             _ => return Err(io),
         };
-        let (k, within) = sh.split(s.offset_blocks);
-        if within + s.num_blocks > sh.cluster_blocks || s.lend {
+        let state = sh.state.load(Ordering::Acquire);
+        let state = if write { state | self.no_writes } else { state & !SWITCHES };
+        if state != self.seen.get() && !self.refreshed(state, write) {
             return Err(io);
         }
-        if write && (!self.base_writable || sh.read_only.load(Ordering::Relaxed) || sh.frozen.load(Ordering::Acquire)) {
-            return Err(io);
-        }
-        let g = sh.generation();
-        if g != self.seen.get() {
-            self.refresh(g);
-        }
-        let c = self.table.borrow().get(k as usize);
-        if c == 0 {
-            return Err(io);
-        }
-        let base: &Bdev = self.base.device();
+        // SAFETY: `table` is replaced only by `refreshed`, on this reactor,
+        // which has returned; the reference is last used before the base's
+        // submit, the only call below that could run other code.
+        let table = unsafe { &*self.table.as_ptr() };
+        let first = table.run_first();
         // The map is trusted to name clusters of the base, but a store's
-        // metadata comes from a disk: the range is checked all the same
-        // (the request ends within its cluster, `shift` < 32).
-        if base.removing.load(Ordering::Relaxed) || (c as u64 + 1) << sh.shift > base.num_blocks() {
+        // metadata comes from a disk: the base's range is checked all the
+        // same (`shift` < 32 and clusters < 2^32: no overflow).
+        let (to, end) = if first != 0 {
+            // One run: any request within the table, across clusters too.
+            if s.offset_blocks + s.num_blocks > self.table_blocks.get() {
+                return Err(io);
+            }
+            let to = s.offset_blocks + ((first as u64) << sh.shift);
+            (to, to + s.num_blocks)
+        } else {
+            let (k, within) = sh.split(s.offset_blocks);
+            if within + s.num_blocks > sh.cluster_blocks {
+                return Err(io);
+            }
+            let c = table.get(k as usize);
+            if c == 0 {
+                return Err(io);
+            }
+            (sh.base_block(c, within), (c as u64 + 1) << sh.shift)
+        };
+        let base: &Bdev = self.base.device();
+        if base.removing.load(Ordering::Relaxed) || end > base.num_blocks() {
             return Err(io);
         }
         if self.base_bounces && s.bounced.is_none() && channel::bounce_if_needed(base, s).is_err() {
             return Err(io);
         }
         s.forwarded = Some(s.offset_blocks);
-        s.offset_blocks = sh.base_block(c, within);
+        s.offset_blocks = to;
         if write {
             self.writes.set(self.writes.get() + 1);
             s.remap_write = true;
@@ -198,10 +281,19 @@ impl Remap {
         Ok(())
     }
 
+    /// The shared state moved on from `seen`: take the new table if its
+    /// generation changed; say whether the request may go (a write not
+    /// while a switch is on or the base is not writable).
     #[cold]
-    fn refresh(&self, g: u64) {
-        *self.table.borrow_mut() = self.shared.table();
-        self.seen.set(g);
+    fn refreshed(&self, state: u64, write: bool) -> bool {
+        let generation = state & !SWITCHES;
+        if generation != self.seen.get() {
+            let table = self.shared.table();
+            self.table_blocks.set((table.len() as u64) << self.shared.shift);
+            *self.table.borrow_mut() = table;
+            self.seen.set(generation);
+        }
+        !write || state & SWITCHES == 0
     }
 }
 
@@ -222,5 +314,32 @@ mod tests {
         sh.set_table(Arc::new(ClusterTable::new(&[1])));
         assert_ne!(sh.generation(), g);
         assert_eq!(sh.table().len(), 1);
+    }
+
+    #[test]
+    fn a_table_knows_when_its_clusters_are_one_run_on_the_base() {
+        assert_eq!(ClusterTable::new(&[5, 6, 7]).run_first(), 5);
+        assert_eq!(ClusterTable::new(&[9]).run_first(), 9);
+        for not in [&[5, 7, 8][..], &[6, 5], &[0, 1, 2], &[3, 4, 0], &[], &[u32::MAX - 1, u32::MAX]] {
+            assert_eq!(ClusterTable::new(not).run_first(), 0, "{not:?}");
+        }
+        let t = ClusterTable::new(&[5, 6, 7]);
+        t.set(1, 6);
+        assert_eq!(t.run_first(), 5, "setting what is there keeps the run");
+        t.set(1, 9);
+        assert_eq!((t.run_first(), t.get(1)), (0, 9), "a cluster moved: no longer a run");
+    }
+
+    #[test]
+    fn the_switches_and_the_generation_share_one_word() {
+        let sh = RemapShared::new(8, Arc::new(ClusterTable::new(&[1])), true);
+        assert!(sh.read_only() && !sh.frozen());
+        sh.set_frozen(true);
+        sh.set_read_only(false);
+        assert!(!sh.read_only() && sh.frozen());
+        let g = sh.generation();
+        sh.set_table(Arc::new(ClusterTable::new(&[2])));
+        assert_eq!(sh.generation(), g + 1);
+        assert!(sh.frozen(), "a new table leaves the switches as they were");
     }
 }

@@ -541,10 +541,10 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Unsupported);
     assert_eq!(submit(&h, IoType::Read, 7, 2), IoStatus::Unsupported);
     assert_eq!(submit(&h, IoType::Read, 24, 1), IoStatus::Unsupported);
-    shared.frozen.store(true, Ordering::SeqCst);
+    shared.set_frozen(true);
     assert_eq!(submit(&h, IoType::Write, 0, 1), IoStatus::Unsupported);
     assert_eq!(submit(&h, IoType::Read, 0, 1), IoStatus::Success, "reads go on while frozen");
-    shared.frozen.store(false, Ordering::SeqCst);
+    shared.set_frozen(false);
     assert_eq!(submit(&h, IoType::Flush, 0, 32), IoStatus::Unsupported);
     assert_eq!(slow.load(Ordering::SeqCst), 5);
 
@@ -572,6 +572,28 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     assert_eq!(submit(&h, IoType::Read, 7, 1), IoStatus::Success);
     assert_eq!(out.borrow().last().unwrap().1, vec![0x77; 512], "the last block of base cluster 7");
     assert_eq!(slow.load(Ordering::SeqCst), 6);
+
+    // A table in one run (base clusters 2 to 5): a request across
+    // clusters goes to the base too, at the run's offset.
+    r.data.lock().unwrap()[(2 * 8 + 6) * 512..(2 * 8 + 10) * 512].fill(0x88);
+    shared.set_table(Arc::new(remap::ClusterTable::new(&[2, 3, 4, 5])));
+    assert_eq!(submit(&h, IoType::Read, 6, 4), IoStatus::Success, "across clusters 0 and 1");
+    assert_eq!(out.borrow().last().unwrap().1, vec![0x88; 4 * 512]);
+    // The read-only switch stops writes, not reads; a read-only base
+    // likewise (its channel's `no_writes`, see the 4k bdev below).
+    shared.set_read_only(true);
+    assert_eq!(submit(&h, IoType::Write, 0, 1), IoStatus::Unsupported);
+    assert_eq!(submit(&h, IoType::Read, 0, 1), IoStatus::Success);
+    shared.set_read_only(false);
+    assert_eq!(submit(&h, IoType::Write, 0, 1), IoStatus::Success);
+    assert_eq!(slow.load(Ordering::SeqCst), 7);
+    // A run that ends past the base (clusters 6 to 9 of an 8-cluster
+    // base): what is on the base goes there, the rest to the backend.
+    shared.set_table(Arc::new(remap::ClusterTable::new(&[6, 7, 8, 9])));
+    assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Success, "base cluster 7");
+    assert_eq!(submit(&h, IoType::Read, 15, 2), IoStatus::Unsupported, "into base cluster 8");
+    assert_eq!(submit(&h, IoType::Read, 16, 1), IoStatus::Unsupported);
+    assert_eq!(slow.load(Ordering::SeqCst), 9);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
 
     // A remapped bdev whose blocks are not its base's size gets no fast
@@ -593,6 +615,6 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     });
     release(&h);
     assert_eq!(out.borrow().last().unwrap().0, IoStatus::Unsupported);
-    assert_eq!(slow.load(Ordering::SeqCst), 7);
+    assert_eq!(slow.load(Ordering::SeqCst), 10);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
 }

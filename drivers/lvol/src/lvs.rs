@@ -226,7 +226,7 @@ impl Lvs {
             return Err(StoreError::Invalid(format!("lvol {name} has no clusters")));
         }
         let vol = self.lvols.borrow()[&id].vol.clone();
-        vol.remap.read_only.store(read_only, std::sync::atomic::Ordering::Release);
+        vol.remap.set_read_only(read_only);
         let lvs_uuid = self.uuid;
         let spec = BdevSpec {
             name: uuid.to_string(),

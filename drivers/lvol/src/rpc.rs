@@ -328,7 +328,7 @@ async fn set_read_only(p: Name) -> Result<bool, RpcError> {
         l.store.state.borrow_mut().blobs.get_mut(&id).ok_or(StoreError::NoBlob(id))?.data_ro_flags |= format::FLAG_READ_ONLY;
         l.store.persist(id, crate::store::Extents::New).await?;
     }
-    l.lvols.borrow()[&id].vol.remap.read_only.store(true, std::sync::atomic::Ordering::Release);
+    l.lvols.borrow()[&id].vol.remap.set_read_only(true);
     Ok(true)
 }
 

@@ -199,8 +199,8 @@ impl BackendChannel for LvolChannel {
                 match kind {
                     IoType::Read => layout.resolve(k),
                     IoType::Write | IoType::WriteZeroes | IoType::Unmap
-                        if !st.vol.remap.read_only.load(Ordering::Relaxed)
-                            && !st.vol.remap.frozen.load(Ordering::Acquire)
+                        if !st.vol.remap.read_only()
+                            && !st.vol.remap.frozen()
                             && (kind == IoType::Write || st.vol.base.bdev().supports(kind)) =>
                     {
                         Some(layout.own(k)).filter(|c| *c != 0)
@@ -278,10 +278,10 @@ impl Chan {
                 }
             },
             IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
-                if self.vol.remap.read_only.load(Ordering::Acquire) {
+                if self.vol.remap.read_only() {
                     return done(IoStatus::ReadOnly, bufs);
                 }
-                if self.vol.remap.frozen.load(Ordering::Acquire) {
+                if self.vol.remap.frozen() {
                     return self.held.borrow_mut().push(Waiting { kind, bufs, off, n, done: Box::new(done) });
                 }
                 let own = layout.own(k);
@@ -362,7 +362,7 @@ fn chan_of(vol: &Arc<Volume>) -> Option<Rc<Chan>> {
 /// Hold new writes to `vol` on every reactor and wait for those already
 /// sent to the base to finish; `done` runs on the calling reactor after.
 pub fn freeze(vol: &Arc<Volume>, done: impl FnOnce() + Send + 'static) {
-    vol.remap.frozen.store(true, Ordering::SeqCst);
+    vol.remap.set_frozen(true);
     let origin = reactor::current();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(reactor::count()));
     let done: DoneOnce = Arc::new(Mutex::new(Some(Box::new(done))));
@@ -391,7 +391,7 @@ fn drain(vol: Arc<Volume>, left: Arc<std::sync::atomic::AtomicUsize>, done: Done
 
 /// Let writes to `vol` go again, the held ones first.
 pub fn unfreeze(vol: &Arc<Volume>) {
-    vol.remap.frozen.store(false, Ordering::SeqCst);
+    vol.remap.set_frozen(false);
     for r in reactor::all() {
         let vol = vol.clone();
         reactor::send_msg(r, move || {
