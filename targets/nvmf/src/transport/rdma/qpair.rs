@@ -873,20 +873,22 @@ impl RdmaQpair {
                 let (view, owner) = (view.clone(), owner.clone());
                 let tag = (u32::from(st.slots[idx as usize].generation) << 16) | u32::from(idx);
                 let sink: Weak<dyn IoSink> = self.me.clone();
+                st.executing += 1;
                 let slot = &mut st.slots[idx as usize];
                 let len = u64::from(slot.len);
-                let mut bufs = if slot.len > 0 { std::mem::take(&mut slot.bufs) } else { Vec::new() };
-                st.executing += 1;
-                match nvm::execute(&view, &owner, &cmd, &mut bufs, len, Completer { sink, tag }) {
+                // The slot's own list, as TCP does: the request drains the
+                // buffers out of it and `io_done` appends them back, so the
+                // list keeps its capacity and no command allocates. (Taking
+                // the list out freed it here and grew a new one at every
+                // completion.)
+                let mut none = Vec::new();
+                let bufs = if slot.len > 0 { &mut slot.bufs } else { &mut none };
+                match nvm::execute(&view, &owner, &cmd, bufs, len, Completer { sink, tag }) {
                     Some(r) => {
                         st.executing -= 1;
-                        let slot = &mut st.slots[idx as usize];
-                        if slot.bufs.is_empty() {
-                            slot.bufs = bufs;
-                        }
                         self.respond(st, idx, r);
                     }
-                    None => debug_assert!(bufs.is_empty()),
+                    None => debug_assert!(st.slots[idx as usize].len == 0 || st.slots[idx as usize].bufs.is_empty()),
                 }
             }
         }
