@@ -144,9 +144,21 @@ pub struct TxQueue<B> {
     spare: Vec<u8>,
 }
 
+/// An empty queue that has allocated nothing (its lists grow on first
+/// use), so that `std::mem::take` of a queue, to lend it out for a moment,
+/// costs no allocation.
 impl<B: TxBuf> Default for TxQueue<B> {
     fn default() -> Self {
-        Self::with_capacity(0)
+        TxQueue {
+            bytes: Vec::new(),
+            bytes_pos: 0,
+            sealed: 0,
+            segs: VecDeque::new(),
+            head_done: 0,
+            queued: 0,
+            blocked: false,
+            spare: Vec::new(),
+        }
     }
 }
 
@@ -363,6 +375,16 @@ mod tests {
     use proptest::prelude::*;
     use std::cell::Cell;
     use std::rc::Rc;
+
+    #[test]
+    fn a_default_queue_has_allocated_nothing() {
+        // Sessions lend their queue out with `std::mem::take` for every
+        // PDU they build (iSCSI initiator): a default that allocated cost
+        // a malloc and a free per command.
+        let q = TxQueue::<Vec<u8>>::default();
+        assert_eq!((q.bytes.capacity(), q.segs.capacity(), q.spare.capacity()), (0, 0, 0));
+        assert!(TxQueue::<Vec<u8>>::with_capacity(4096).segs.capacity() >= 16);
+    }
 
     /// A socket that takes at most `room` bytes per call, then says
     /// WouldBlock every `block_every` calls.

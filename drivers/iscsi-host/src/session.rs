@@ -242,6 +242,10 @@ struct Conn {
     watching_write: bool,
 }
 
+/// One command of a bdev request: (byte offset in it, CDB, bytes, write,
+/// payload of its own).
+type Planned = (u64, Cdb, u32, bool, Option<Vec<u8>>);
+
 struct State {
     cfg: SessionConfig,
     phase: Phase,
@@ -263,6 +267,9 @@ struct State {
     tx: TxQueue<Vec<u8>>,
     login: Option<Login>,
     neg: Option<Negotiated>,
+    /// The commands a bdev request was split into, kept between requests
+    /// (see `Session::submit`).
+    plan_scratch: Vec<Planned>,
     /// Our TSIH-less ISID is `cfg.login.isid`; the TSIH of the session.
     cmd_sn: u32,
     exp_cmd_sn: u32,
@@ -387,7 +394,10 @@ impl Session {
             drop(st);
             return self.reset_lun(io);
         }
-        let pieces = st.plan(&io);
+        // Planned into a list the session keeps, so that a request
+        // allocates nothing once the list has grown to its largest plan.
+        let mut pieces = std::mem::take(&mut st.plan_scratch);
+        st.plan(&io, &mut pieces);
         let lun = st.cfg.lun;
         let n = pieces.len() as u32;
         let parent = Parent { io: Some(io), pending: n, status: IoStatus::Success };
@@ -401,9 +411,10 @@ impl Session {
                 (st.parents.len() - 1) as u32
             }
         };
-        for (off, cdb, len, write, payload) in pieces {
+        for (off, cdb, len, write, payload) in pieces.drain(..) {
             st.waiting.push_back(Pending { origin: Origin::Bdev { parent: p, off }, cdb, len, write, retries: 0, payload, lun });
         }
+        st.plan_scratch = pieces;
         let issue = st.phase == Phase::Ready;
         drop(st);
         if issue {
@@ -876,6 +887,7 @@ impl State {
             tx: TxQueue::with_capacity(64 * 1024),
             login: None,
             neg: None,
+            plan_scratch: Vec::new(),
             cmd_sn: 1,
             exp_cmd_sn: 1,
             max_cmd_sn: 1,
@@ -1196,13 +1208,13 @@ impl State {
         l.on_response(h, data).map(Some)
     }
 
-    /// Split a bdev request into commands: (byte offset, CDB, bytes, write).
-    #[allow(clippy::type_complexity)]
-    fn plan(&self, io: &BdevIo) -> Vec<(u64, Cdb, u32, bool, Option<Vec<u8>>)> {
+    /// Split a bdev request into commands, into `out` (empty): (byte
+    /// offset, CDB, bytes, write, payload).
+    fn plan(&self, io: &BdevIo, out: &mut Vec<Planned>) {
+        debug_assert!(out.is_empty());
         let bs = u64::from(io.block_size());
         let lba = io.offset_blocks();
         let blocks = io.num_blocks();
-        let mut out = Vec::new();
         match io.kind() {
             IoType::Read | IoType::Write => {
                 let per = (u64::from(self.max_command) / bs).max(1);
@@ -1236,7 +1248,6 @@ impl State {
             }
             IoType::Compare | IoType::Reset => {}
         }
-        out
     }
 
     fn issue_waiting(&mut self) -> bool {
@@ -1302,13 +1313,17 @@ impl State {
     }
 
     fn send_command(&mut self, itt: u32, t: &mut Task) {
-        let neg = self.neg.clone().expect("logged in");
+        // The few numbers needed (not a clone of the whole: its target
+        // alias is a String, an allocation per command).
+        let neg = self.neg.as_ref().expect("logged in");
+        let (initial_r2t, immediate_data, first_burst, max_send) =
+            (neg.initial_r2t, neg.immediate_data, neg.first_burst, neg.max_send_data_segment);
         let write = t.p.write;
         let len = t.p.len;
         let read = !write && len > 0;
         // Immediate data, then unsolicited Data-Out up to FirstBurstLength.
-        let first = if write && !neg.initial_r2t { neg.first_burst.min(len) } else { 0 };
-        let imm = if write && neg.immediate_data { neg.first_burst.min(neg.max_send_data_segment).min(len) } else { 0 };
+        let first = if write && !initial_r2t { first_burst.min(len) } else { 0 };
+        let imm = if write && immediate_data { first_burst.min(max_send).min(len) } else { 0 };
         let unsolicited = first > imm;
         let mut flags = 0x01; // simple task attribute
         if !unsolicited {
