@@ -11,6 +11,7 @@
 //! Nothing here knows about NVMe, SCSI or any target protocol.
 
 pub mod accel;
+pub mod alloc;
 pub mod app;
 pub mod bdev;
 pub mod clock;

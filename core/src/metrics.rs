@@ -333,6 +333,14 @@ pub async fn render() -> String {
         t.family("pollux_reactor_iterations_total", "counter", "Loop iterations of each reactor.", &per(&|r| num(&r["iterations"])));
         t.family("pollux_reactor_messages_total", "counter", "Messages each reactor ran.", &per(&|r| num(&r["messages"])));
         t.family("pollux_reactor_sleeps_total", "counter", "Times each reactor slept (interrupt mode).", &per(&|r| num(&r["sleeps"])));
+        if threads.iter().all(|r| r.get("allocations").is_some()) {
+            t.family(
+                "pollux_reactor_allocations_total",
+                "counter",
+                "Heap allocations each reactor's thread made (none per I/O is the aim).",
+                &per(&|r| num(&r["allocations"])),
+            );
+        }
         t.family(
             "pollux_reactor_pollers",
             "gauge",

@@ -346,6 +346,7 @@ fn nvme_verify_at_every_depth_and_size_and_through_resets() {
                     assert_eq!(j["errors"], 0, "q{qd} o{size}: {j}");
                 }
                 assert_eq!(r["verify_mismatches"].as_array().map(Vec::len), Some(0), "q{qd} o{size}: {r}");
+                pollux_tests::assert_few_allocations(&r, &format!("NVMe over VFIO, q{qd} o{size}"));
             }
         }
         // Two reactors: each has its own queue pair on each controller.

@@ -88,9 +88,23 @@ pub(crate) struct Job {
     reset_poller: RefCell<Option<Poller>>,
 }
 
-/// The jobs of one reactor.
+/// The jobs of one reactor, and the reactor's heap allocations counted
+/// (`pollux_core::alloc`) when its queues were full and when the jobs were
+/// told to stop: the run's allocations, which should not grow with I/O.
 #[derive(Default)]
-pub(crate) struct Jobs(pub(crate) RefCell<Vec<Rc<Job>>>);
+pub(crate) struct Jobs(pub(crate) RefCell<Vec<Rc<Job>>>, Cell<Option<u64>>, Cell<Option<u64>>);
+
+impl Jobs {
+    pub(crate) fn stop(&self) {
+        self.2.set(pollux_core::alloc::count());
+        self.0.borrow().iter().for_each(|j| j.stop());
+    }
+
+    /// Allocations between the queues being filled and the stop.
+    pub(crate) fn allocations(&self) -> Option<u64> {
+        Some(self.2.get()?.saturating_sub(self.1.get()?))
+    }
+}
 
 impl Job {
     #[inline]
@@ -371,7 +385,8 @@ fn spawn_jobs(descs: &[Descriptor], p: &Params, once: bool) {
         }
         jobs.0.borrow_mut().push(job);
     }
-    reactor::set_local(jobs);
+    reactor::set_local(jobs.clone());
+    jobs.1.set(pollux_core::alloc::count());
 }
 
 fn needs_buffer(w: Workload) -> bool {

@@ -16,6 +16,11 @@ mod job;
 mod pattern;
 mod report;
 
+/// Counts each thread's heap allocations (`allocations` in
+/// `thread_get_stats`): the I/O path is to make none.
+#[global_allocator]
+static ALLOC: pollux_core::alloc::Counting = pollux_core::alloc::Counting;
+
 /// What each job does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -164,7 +164,7 @@ pub fn stop_early() {
     reactor::for_each_reactor(
         || {
             if let Some(jobs) = reactor::local::<Jobs>() {
-                jobs.0.borrow().iter().for_each(|j| j.stop());
+                jobs.stop();
             }
         },
         drain,
@@ -212,8 +212,16 @@ fn wait_idle(then: Box<dyn FnOnce() + Send>) {
 fn drain() {
     wait_idle(Box::new(|| {
         reactor::map_reactors(
-            || reactor::local::<Jobs>().map(|j| j.0.borrow().iter().map(|j| j.result()).collect::<Vec<_>>()).unwrap_or_default(),
-            |all| finish(all.into_iter().flatten().collect()),
+            || {
+                reactor::local::<Jobs>()
+                    .map(|j| (j.0.borrow().iter().map(|j| j.result()).collect::<Vec<_>>(), j.allocations()))
+                    .unwrap_or_default()
+            },
+            |all| {
+                // Counted only if every reactor counted.
+                let allocations = all.iter().map(|r| r.1).sum::<Option<u64>>();
+                finish(all.into_iter().flat_map(|r| r.0).collect(), allocations)
+            },
         )
     }));
 }
@@ -254,7 +262,7 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     ticks_to_us(h.value_at_quantile(q) as f64)
 }
 
-fn finish(results: Vec<JobResult>) {
+fn finish(results: Vec<JobResult>, allocations: Option<u64>) {
     let Some(run) = reactor::local::<Run>() else { return };
     let secs = run.elapsed.get().as_secs_f64().max(1e-9);
     let mut total = new_histogram();
@@ -288,8 +296,10 @@ fn finish(results: Vec<JobResult>) {
         .filter_map(|r| r.mismatch.as_ref().map(|m| json!({"bdev": r.bdev, "lba": m.lba, "byte_in_block": m.byte_in_block, "expected": format!("{:#018x}", m.expected), "found": format!("{:#018x}", m.found)})))
         .collect();
     let first_errors: Vec<_> = results.iter().filter_map(|r| r.first_error.clone()).collect();
+    // The reactors' heap allocations during the run (null where not counted).
+    let allocs = allocations.map(|n| json!({"count": n, "per_io": n as f64 / ios.max(1) as f64}));
     if run.json {
-        let doc = json!({"seconds": secs, "jobs": jobs, "total": sum, "verify_mismatches": mismatches, "errors": first_errors, "resets": results.iter().map(|r| r.resets).sum::<u64>()});
+        let doc = json!({"seconds": secs, "jobs": jobs, "total": sum, "verify_mismatches": mismatches, "errors": first_errors, "resets": results.iter().map(|r| r.resets).sum::<u64>(), "allocations": allocs});
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     } else {
         println!();
@@ -312,6 +322,9 @@ fn finish(results: Vec<JobResult>) {
                 f(j, "p9999_latency_us"),
                 j["errors"]
             );
+        }
+        if let Some(n) = allocations {
+            println!("\nHeap allocations on the reactors during the run: {n} ({:.4} per I/O)", n as f64 / ios.max(1) as f64);
         }
         if show().histogram {
             print!("{}", bars(&total));

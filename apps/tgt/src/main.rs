@@ -10,6 +10,11 @@ use pollux_core::app::{App, AppArgs};
 
 mod defaults;
 
+/// Counts each thread's heap allocations (`allocations` in
+/// `thread_get_stats`): the I/O path is to make none.
+#[global_allocator]
+static ALLOC: pollux_core::alloc::Counting = pollux_core::alloc::Counting;
+
 #[derive(Parser, Debug)]
 #[command(name = "pollux-tgt", version, about = "Pollux storage target: poll-mode block devices, iSCSI and NVMe-oF")]
 struct Args {

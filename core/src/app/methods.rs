@@ -195,7 +195,7 @@ fn thread_stats_json(all: &[(ReactorStats, Option<(u64, u64)>)]) -> Value {
     let threads: Vec<Value> = all
         .iter()
         .map(|(s, _)| {
-            json!({
+            let mut t = json!({
                 "name": thread_name(s),
                 "id": thread_id(s),
                 "cpumask": cpumask(s),
@@ -209,7 +209,11 @@ fn thread_stats_json(all: &[(ReactorStats, Option<(u64, u64)>)]) -> Value {
                 // Pollux's own.
                 "messages": s.messages,
                 "sleeps": s.sleeps,
-            })
+            });
+            if let Some(n) = s.allocations {
+                t["allocations"] = n.into();
+            }
+            t
         })
         .collect();
     json!({"tick_rate": clock::tick_rate(), "threads": threads})

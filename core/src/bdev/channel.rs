@@ -162,8 +162,41 @@ impl BdevChannel {
         num_blocks: u64,
         cb: InlineFn<BdevIo>,
     ) {
-        let bdev = &self.bdev;
-        let mut slot = self.home.free.borrow_mut().pop().unwrap_or_else(|| {
+        let mut slot = self.new_slot(kind);
+        slot.bufs.extend(bufs);
+        self.launch(writable, kind, slot, lend, offset_blocks, num_blocks, cb)
+    }
+
+    /// A request on `parent`'s buffers (`parent`: a request to a virtual
+    /// bdev whose backend passes it on): the buffer lists are swapped, so
+    /// the child runs on the parent's buffers while the parent holds the
+    /// child's empty list, and swapped back before `cb` gets both. No list
+    /// is allocated or freed, where taking the parent's buffers out and
+    /// putting them back left a list without capacity on one side every
+    /// time.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit_child(
+        &self,
+        writable: bool,
+        kind: IoType,
+        mut parent: BdevIo,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo, BdevIo) + 'static,
+    ) {
+        let mut slot = self.new_slot(kind);
+        std::mem::swap(&mut slot.bufs, &mut parent.slot_mut().bufs);
+        let cb = InlineFn::new(move |mut child: BdevIo| {
+            std::mem::swap(&mut child.slot_mut().bufs, &mut parent.slot_mut().bufs);
+            cb(child, parent)
+        });
+        self.launch(writable, kind, slot, false, offset_blocks, num_blocks, cb)
+    }
+
+    /// A free request slot of this channel (a new one if none is free).
+    #[inline]
+    fn new_slot(&self, kind: IoType) -> Box<Slot> {
+        self.home.free.borrow_mut().pop().unwrap_or_else(|| {
             Box::new(Slot {
                 kind,
                 offset_blocks: 0,
@@ -183,13 +216,28 @@ impl BdevChannel {
                 remap_write: false,
                 home: self.home.clone(),
             })
-        });
+        })
+    }
+
+    /// Fill in `slot` (its buffers are in already), check it and submit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn launch(
+        &self,
+        writable: bool,
+        kind: IoType,
+        mut slot: Box<Slot>,
+        lend: bool,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: InlineFn<BdevIo>,
+    ) {
+        let bdev = &self.bdev;
         slot.retries = 0;
         slot.kind = kind;
         slot.offset_blocks = offset_blocks;
         slot.num_blocks = num_blocks;
         slot.block_size = bdev.block_size;
-        slot.bufs.extend(bufs);
         slot.lend = lend;
         slot.status = IoStatus::Pending;
         slot.cb = Some(cb);

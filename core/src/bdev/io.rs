@@ -305,6 +305,13 @@ impl BdevIo {
         out.append(&mut self.slot_mut().bufs);
     }
 
+    /// The request's buffer list itself, for moving buffers in and out
+    /// without allocating ([`crate::dma::Carver::load`] and `unload`): keep
+    /// its capacity (append and drain it rather than replace it).
+    pub fn buffer_list(&mut self) -> &mut Vec<DmaBuf> {
+        &mut self.slot_mut().bufs
+    }
+
     /// Give the request back the buffers taken with [`take_buffers`]
     /// (a backend that passed them on to another bdev, such as delay).
     ///

@@ -294,6 +294,27 @@ impl Descriptor {
         ch.submit(self.writable(), kind, bufs, offset_blocks, num_blocks, InlineFn::new(cb));
     }
 
+    /// From a virtual bdev's backend: a request to this (underlying) bdev
+    /// on the buffers of `parent`, a request made to the virtual bdev,
+    /// for a backend that works on the data after the child finishes (a
+    /// read to decrypt) or picks where it goes (a mirror's read). The
+    /// buffers are back on `parent` when `cb(child, parent)` runs; nothing
+    /// is allocated, where `take_buffers` and `put_buffers` around a
+    /// [`Descriptor::submit`] allocate a buffer list per request. (For a
+    /// request passed on as it is, [`Descriptor::forward`].)
+    pub fn submit_child(
+        &self,
+        ch: &IoChannel<Bdev>,
+        kind: IoType,
+        parent: BdevIo,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: impl FnOnce(BdevIo, BdevIo) + 'static,
+    ) {
+        debug_assert!(Arc::ptr_eq(ch.device(), self.bdev()), "channel of another bdev");
+        ch.submit_child(self.writable(), kind, parent, offset_blocks, num_blocks, cb);
+    }
+
     pub fn read(
         &self,
         ch: &IoChannel<Bdev>,

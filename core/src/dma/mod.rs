@@ -21,7 +21,7 @@ pub mod sgl;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use lent::{LendSource, Lent};
-pub use pool::{BufPool, Carved, DmaBuf, IobufOptions, PoolStats, carve, carve_shared, iobuf_options, pool, set_iobuf_options};
+pub use pool::{BufPool, Carver, DmaBuf, IobufOptions, PoolStats, Views, iobuf_options, pool, set_iobuf_options};
 pub use region::{Backing, Iova, Region};
 pub use sgl::{copy_from_bufs, copy_to_bufs, for_each_piece};
 

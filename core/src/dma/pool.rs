@@ -410,98 +410,112 @@ pub fn pool() -> Result<Rc<BufPool>, DmaError> {
     Ok(p)
 }
 
-/// Buffers lent out as views ([`carve`]): given back whole by
-/// [`Carved::restore`] once every view has been dropped.
-pub struct Carved(Rc<CarvedInner>);
+/// A request's buffers lent out as views to several children at once: a
+/// RAID 0 strip each, or the same data to every mirror of a RAID 1 write,
+/// without copying. Reused from request to request, it allocates nothing
+/// once warm: [`Carver::load`] moves the buffers in (the request's list
+/// keeps its capacity), [`Carver::views`] makes views that hold the carver's
+/// cell (a reference count, not an allocation), and [`Carver::unload`] moves
+/// the buffers back once every view is gone.
+#[derive(Default)]
+pub struct Carver(Rc<CarvedInner>);
 
 /// The carved buffers. Never read or written while views exist: nothing
-/// reaches them but [`Carved::restore`], which needs the views gone.
+/// reaches them but the carver, whose `load` and `unload` need the views
+/// gone.
+#[derive(Default)]
 pub struct CarvedInner(Vec<DmaBuf>);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Carve {
-    Disjoint,
-    Shared,
-}
+impl Carver {
+    /// Move the buffers of `bufs` in (it keeps its capacity). False, and
+    /// nothing taken, if the carver is not empty or views of what it held
+    /// are still alive.
+    pub fn load(&mut self, bufs: &mut Vec<DmaBuf>) -> bool {
+        match Rc::get_mut(&mut self.0) {
+            Some(inner) if inner.0.is_empty() => {
+                // Views may be written: the buffers no longer count as zeroed.
+                for b in bufs.iter() {
+                    b.zeroed.set(false);
+                }
+                inner.0.append(bufs);
+                true
+            }
+            _ => false,
+        }
+    }
 
-impl Carved {
-    /// The buffers back, if no view is left.
-    pub fn restore(self) -> Result<Vec<DmaBuf>, Carved> {
-        match Rc::try_unwrap(self.0) {
-            Ok(inner) => Ok(inner.0),
-            Err(rc) => Err(Carved(rc)),
+    /// The bytes held.
+    pub fn len(&self) -> usize {
+        self.0.0.iter().map(|b| b.len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.0.is_empty()
+    }
+
+    /// Views of the bytes `off..off + len` of the buffers held (seen as one
+    /// run), one per buffer the range touches; `None` if the range is not
+    /// inside the run. The iterator holds the carver's cell, not the carver.
+    ///
+    /// # Safety
+    ///
+    /// No byte may be written through a view while another view of it
+    /// exists: views of the same bytes (a mirror's) must only be read (the
+    /// data of write requests, which backends only read); views of
+    /// disjoint ranges may be written.
+    pub unsafe fn views(&self, off: usize, len: usize) -> Option<Views> {
+        let end = off.checked_add(len)?;
+        (end <= self.len()).then(|| Views { inner: self.0.clone(), at: 0, off, len })
+    }
+
+    /// Move the buffers back onto `bufs`, if no view is left (false, and
+    /// nothing moved, otherwise).
+    pub fn unload(&mut self, bufs: &mut Vec<DmaBuf>) -> bool {
+        match Rc::get_mut(&mut self.0) {
+            Some(inner) => {
+                bufs.append(&mut inner.0);
+                true
+            }
+            None => false,
         }
     }
 }
 
-/// Cut `bufs` (seen as one run of bytes) into views of the disjoint byte
-/// ranges `pieces` (`(offset, length)`, each within the run), one list of
-/// views per piece: a request's data sent to several devices in parts (a
-/// RAID strip each) without copying. The buffers come back if a piece lies
-/// outside the run or two overlap.
-#[allow(clippy::type_complexity)]
-pub fn carve(bufs: Vec<DmaBuf>, pieces: &[(usize, usize)]) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
-    carve_with(bufs, pieces, Carve::Disjoint)
+/// The views of one range ([`Carver::views`]).
+pub struct Views {
+    inner: Rc<CarvedInner>,
+    /// The buffer the range goes on in.
+    at: usize,
+    /// Where in it, and the bytes left.
+    off: usize,
+    len: usize,
 }
 
-/// [`carve`] with pieces that may overlap: the same data sent to several
-/// devices (a RAID 1 write to each member).
-///
-/// # Safety
-///
-/// The views must only be read (the data of write requests, which backends
-/// only read): two views of the same bytes written at once would alias.
-#[allow(clippy::type_complexity)]
-pub unsafe fn carve_shared(bufs: Vec<DmaBuf>, pieces: &[(usize, usize)]) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
-    carve_with(bufs, pieces, Carve::Shared)
-}
+impl Iterator for Views {
+    type Item = DmaBuf;
 
-#[allow(clippy::type_complexity)]
-fn carve_with(mut bufs: Vec<DmaBuf>, pieces: &[(usize, usize)], mode: Carve) -> Result<(Carved, Vec<Vec<DmaBuf>>), Vec<DmaBuf>> {
-    let total: usize = bufs.iter().map(|b| b.len).sum();
-    let inside = pieces.iter().all(|&(o, l)| o.checked_add(l).is_some_and(|e| e <= total));
-    let disjoint = mode == Carve::Shared || {
-        let mut sorted: Vec<(usize, usize)> = pieces.to_vec();
-        sorted.sort_unstable();
-        sorted.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0)
-    };
-    if !inside || !disjoint {
-        return Err(bufs);
-    }
-    // Views may be written: the buffers no longer count as zeroed.
-    let starts: Vec<(NonNull<u8>, usize)> = bufs
-        .iter_mut()
-        .map(|b| {
-            b.zeroed.set(false);
-            (b.ptr, b.len)
-        })
-        .collect();
-    let inner = Rc::new(CarvedInner(bufs));
-    let mut out = Vec::with_capacity(pieces.len());
-    for &(mut off, mut len) in pieces {
-        let mut views = Vec::with_capacity(1);
-        for &(ptr, blen) in &starts {
-            if len == 0 {
-                break;
-            }
-            if off >= blen {
-                off -= blen;
+    fn next(&mut self) -> Option<DmaBuf> {
+        while self.len > 0 {
+            let b = self.inner.0.get(self.at)?;
+            self.at += 1;
+            if self.off >= b.len {
+                self.off -= b.len;
                 continue;
             }
-            let n = len.min(blen - off);
-            views.push(DmaBuf {
-                // SAFETY: off + n <= blen: inside that buffer, which the
+            let n = self.len.min(b.len - self.off);
+            let view = DmaBuf {
+                // SAFETY: off + n <= b.len: inside that buffer, which the
                 // views' shared `inner` keeps alive and untouched.
-                ptr: NonNull::new(unsafe { ptr.as_ptr().add(off) }).expect("non-null"),
+                ptr: NonNull::new(unsafe { b.ptr.as_ptr().add(self.off) }).expect("non-null"),
                 len: n,
                 cap: n,
-                home: Home::View { _parent: inner.clone() },
+                home: Home::View { _parent: self.inner.clone() },
                 zeroed: std::cell::Cell::new(false),
-            });
-            len -= n;
-            off = 0;
+            };
+            self.len -= n;
+            self.off = 0;
+            return Some(view);
         }
-        out.push(views);
+        None
     }
-    Ok((Carved(inner), out))
 }

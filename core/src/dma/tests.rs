@@ -152,33 +152,55 @@ fn carved_views_write_through_and_the_buffers_come_back_whole() {
     a.set_len(3000);
     let b = DmaBuf::alloc(4096).unwrap();
     let (pa, pb) = (a.addr(), b.addr());
-    // Pieces across the two buffers (3000 + 4096 bytes).
-    let (carved, mut views) = carve(vec![a, b], &[(0, 1000), (2500, 1000), (5000, 2096)]).unwrap();
+    let mut bufs = vec![a, b];
+    let cap = bufs.capacity();
+    let mut carver = Carver::default();
+    assert!(carver.load(&mut bufs));
+    assert!(bufs.is_empty() && bufs.capacity() == cap, "the list keeps its capacity");
+    assert_eq!(carver.len(), 7096);
+    // Pieces across the two buffers (3000 + 4096 bytes), disjoint.
+    // SAFETY: disjoint ranges.
+    let mut views: Vec<Vec<DmaBuf>> =
+        [(0, 1000), (2500, 1000), (5000, 2096)].iter().map(|&(o, l)| unsafe { carver.views(o, l) }.unwrap().collect()).collect();
     assert_eq!(views[1].iter().map(|v| v.len()).collect::<Vec<_>>(), [500, 500], "a piece across two buffers is two views");
     for (i, piece) in views.iter_mut().enumerate() {
         for v in piece.iter_mut() {
             v.fill(i as u8 + 1);
         }
     }
-    // Not back while a view lives.
-    let carved = carved.restore().map(|_| ()).unwrap_err();
+    // Not back while a view lives, and nothing else loads meanwhile.
+    assert!(!carver.unload(&mut bufs) && bufs.is_empty());
+    let mut other = vec![DmaBuf::alloc(512).unwrap()];
+    assert!(!carver.load(&mut other) && other.len() == 1);
     drop(views);
-    let back = carved.restore().unwrap_or_else(|_| panic!("views are gone"));
+    assert!(carver.unload(&mut bufs), "views are gone");
+    assert!(carver.is_empty());
+    let back = &bufs;
     assert_eq!((back[0].addr(), back[1].addr(), back[0].len()), (pa, pb, 3000));
     assert!(back[0][..1000].iter().all(|&x| x == 1) && back[0][1000..2500].iter().all(|&x| x == 0));
     assert!(back[0][2500..].iter().all(|&x| x == 2) && back[1][..500].iter().all(|&x| x == 2));
     assert!(back[1][2000..].iter().all(|&x| x == 3) && back[1][500..2000].iter().all(|&x| x == 0));
+    // Reused: the same data for two readers (a mirror), then back again.
+    assert!(carver.load(&mut bufs));
+    // SAFETY: the views are only read.
+    let (x, y): (Vec<DmaBuf>, Vec<DmaBuf>) =
+        unsafe { (carver.views(0, 7096).unwrap().collect(), carver.views(0, 7096).unwrap().collect()) };
+    assert_eq!(x[0].addr(), y[0].addr());
+    assert_eq!(x.iter().map(|v| v.len()).sum::<usize>(), 7096);
+    drop((x, y));
+    assert!(carver.unload(&mut bufs) && bufs.len() == 2);
 }
 
 #[test]
-fn carving_refuses_pieces_outside_or_overlapping_and_gives_the_buffers_back() {
-    let bufs = vec![DmaBuf::alloc(4096).unwrap()];
-    let bufs = carve(bufs, &[(4000, 200)]).map(|_| ()).unwrap_err();
-    let bufs = carve(bufs, &[(0, 200), (100, 200)]).map(|_| ()).unwrap_err();
-    assert_eq!(bufs.len(), 1);
-    // SAFETY: the views are only read.
-    let (carved, views) = unsafe { carve_shared(bufs, &[(0, 4096), (0, 4096)]) }.unwrap();
-    assert_eq!(views[0][0].addr(), views[1][0].addr());
-    drop(views);
-    assert!(carved.restore().is_ok());
+fn carving_refuses_ranges_outside_the_buffers() {
+    let mut bufs = vec![DmaBuf::alloc(4096).unwrap()];
+    let mut carver = Carver::default();
+    assert!(carver.load(&mut bufs));
+    // SAFETY: nothing is written.
+    unsafe {
+        assert!(carver.views(4000, 200).is_none());
+        assert!(carver.views(usize::MAX, 2).is_none());
+        assert_eq!(carver.views(4000, 96).unwrap().count(), 1);
+    }
+    assert!(carver.unload(&mut bufs) && bufs.len() == 1);
 }

@@ -779,6 +779,9 @@ pub struct ReactorStats {
     pub timed_pollers: usize,
     pub paused_pollers: usize,
     pub io_channels: usize,
+    /// Heap allocations this reactor's thread made, if the process counts
+    /// them ([`crate::alloc::Counting`]).
+    pub allocations: Option<u64>,
 }
 
 /// Statistics of the current reactor.
@@ -801,6 +804,7 @@ pub fn stats() -> ReactorStats {
             timed_pollers: timed,
             paused_pollers: paused,
             io_channels: r.channels.borrow().values().filter(|w| w.strong_count() > 0).count(),
+            allocations: crate::alloc::count(),
         }
     })
 }

@@ -33,6 +33,9 @@ pub struct ClientGroup<T: Client> {
     flushing: RefCell<Vec<u64>>,
     next_token: Cell<u64>,
     pollers: RefCell<Vec<Poller>>,
+    /// The clients the timer visits, kept for its capacity (the timer
+    /// allocates nothing).
+    swept: RefCell<Vec<Rc<T>>>,
 }
 
 impl<T: Client> ClientGroup<T> {
@@ -52,6 +55,7 @@ impl<T: Client> ClientGroup<T> {
             flushing: RefCell::new(Vec::with_capacity(16)),
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
+            swept: RefCell::new(Vec::new()),
         });
         let w = Rc::downgrade(&g);
         let p = reactor::register_poller(name, move || match w.upgrade() {
@@ -164,10 +168,13 @@ impl<T: Client> ClientGroup<T> {
 
     fn check_timeouts(&self) -> PollStatus {
         let now = Instant::now();
-        let all: Vec<Rc<T>> = self.clients.borrow().values().filter_map(Weak::upgrade).collect();
+        let mut all = std::mem::take(&mut *self.swept.borrow_mut());
+        all.extend(self.clients.borrow().values().filter_map(Weak::upgrade));
         for c in &all {
             c.check_timeouts(now);
         }
+        all.clear();
+        *self.swept.borrow_mut() = all;
         PollStatus::Idle
     }
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use pollux_core::app::App;
 use pollux_core::bdev::{self, Backend, BackendChannel, Bdev, BdevEvent, BdevIo, BdevSpec, Descriptor, IoStatus, IoType, Uuid};
 use pollux_core::clock;
-use pollux_core::dma::DmaBuf;
 use pollux_core::io_channel::IoChannel;
 use pollux_core::reactor::{self, PollStatus, Poller};
 use pollux_core::rpc::{Responder, RpcError, States};
@@ -123,7 +122,6 @@ struct Due {
     at: u64,
     io: BdevIo,
     status: IoStatus,
-    bufs: Vec<DmaBuf>,
 }
 
 fn complete_due(q: &RefCell<VecDeque<Due>>) -> PollStatus {
@@ -139,8 +137,7 @@ fn complete_due(q: &RefCell<VecDeque<Due>>) -> PollStatus {
                 _ => None,
             }
         };
-        let Some(Due { mut io, status, bufs, .. }) = next else { break };
-        io.put_buffers(bufs);
+        let Some(Due { io, status, .. }) = next else { break };
         io.complete(status);
         done += 1;
     }
@@ -156,18 +153,16 @@ struct DelayChannel {
 }
 
 impl BackendChannel for DelayChannel {
-    fn submit(&self, mut io: BdevIo) {
+    fn submit(&self, io: BdevIo) {
         let kind = io.kind();
         let (offset, blocks) = (io.offset_blocks(), io.num_blocks());
-        let bufs = io.take_buffers();
         if kind == IoType::Reset {
-            return self.base.submit(&self.ch, kind, bufs, offset, blocks, move |child| io.complete(child.status()));
+            return self.base.submit_child(&self.ch, kind, io, offset, blocks, move |child, io| io.complete(child.status()));
         }
         let (lat, due, poller) = (self.lat.clone(), self.due.clone(), self.poller.clone());
-        self.base.submit(&self.ch, kind, bufs, offset, blocks, move |mut child| {
+        self.base.submit_child(&self.ch, kind, io, offset, blocks, move |child, io| {
             let at = clock::ticks() + clock::duration_to_ticks(lat.pick(kind));
-            let bufs = child.take_buffers();
-            due.borrow_mut().push_back(Due { at, io, status: child.status(), bufs });
+            due.borrow_mut().push_back(Due { at, io, status: child.status() });
             if let Some(p) = poller.get() {
                 p.resume();
             }

@@ -229,21 +229,18 @@ fn submit(st: &Rc<ErrChan>, io: BdevIo) {
 
 /// XOR byte `at` of the request's data with `value`: a read's data after
 /// the base read it; a write's in a copy written instead.
-fn corrupt(st: &Rc<ErrChan>, mut io: BdevIo, off: u64, at: u64, value: u8) {
+fn corrupt(st: &Rc<ErrChan>, io: BdevIo, off: u64, at: u64, value: u8) {
     let kind = io.kind();
     let n = io.num_blocks();
     let desc = &st.part.base.desc;
     let inflight = st.inflight.clone();
     inflight.set(inflight.get() + 1);
     if kind == IoType::Read {
-        let bufs = io.take_buffers();
-        return desc.submit(&st.ch, kind, bufs, off, n, move |mut child| {
+        return desc.submit_child(&st.ch, kind, io, off, n, move |child, mut io| {
             inflight.set(inflight.get() - 1);
-            let mut bufs = child.take_buffers();
             if child.status().is_ok() {
-                xor_at(&mut bufs, at, value);
+                xor_at(io.buffers_mut(), at, value);
             }
-            io.put_buffers(bufs);
             io.complete(child.status())
         });
     }

@@ -107,17 +107,23 @@ impl BackendChannel for FailingChannel {
     }
 }
 
-/// A request in the kernel: the request (owning its buffers) and the iovecs
-/// that point into them, kept at a stable address until completion.
+/// A request in the kernel (owning its buffers; its iovecs, which point
+/// into them, are its slot's in `Ring::iovs`).
 struct InFlight {
     io: BdevIo,
-    iov: Vec<libc::iovec>,
     expect: i32,
 }
 
 struct Ring {
     ring: IoUring,
     slots: Vec<Option<InFlight>>,
+    /// Each slot's iovecs, kept at a stable address while its request is
+    /// in the kernel, and kept with their capacity for the next request
+    /// (no allocation per request).
+    iovs: Vec<Vec<libc::iovec>>,
+    /// Completions reaped in one pass, completed after the ring is let go
+    /// (kept for its capacity).
+    done: Vec<(InFlight, i32)>,
     free: Vec<usize>,
     /// Requests waiting for a free slot.
     waiting: VecDeque<BdevIo>,
@@ -138,6 +144,8 @@ impl UringChannel {
         let ring = Rc::new(RefCell::new(Ring {
             ring,
             slots: (0..RING_ENTRIES).map(|_| None).collect(),
+            iovs: (0..RING_ENTRIES).map(|_| Vec::new()).collect(),
+            done: Vec::new(),
             free: (0..RING_ENTRIES as usize).rev().collect(),
             waiting: VecDeque::new(),
             unsubmitted: 0,
@@ -198,12 +206,11 @@ fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
     let Some(slot) = r.free.pop() else { return Err(io) };
     let off = io.offset_bytes();
     let len = io.len_bytes();
-    let iov: Vec<libc::iovec> = match io.kind() {
-        IoType::Read | IoType::Write => {
-            io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }).collect()
-        }
-        _ => Vec::new(),
-    };
+    let iov = &mut r.iovs[slot];
+    iov.clear();
+    if matches!(io.kind(), IoType::Read | IoType::Write) {
+        iov.extend(io.buffers_mut().iter_mut().map(|b| libc::iovec { iov_base: b.as_ptr().cast(), iov_len: b.len() }));
+    }
     let fd = types::Fd(fd);
     let entry = match io.kind() {
         IoType::Read => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32).offset(off).build(),
@@ -222,25 +229,26 @@ fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
     };
     let expect = if io.kind().has_data() { len as i32 } else { 0 };
     let entry = entry.user_data(slot as u64);
-    // SAFETY: the iovecs and the buffers they point to are owned by the
-    // InFlight stored in `slots[slot]` below, which is kept (and not moved out
-    // of its heap allocations) until the completion for `slot` is reaped.
+    // SAFETY: the iovecs are `iovs[slot]`, left alone (not grown, so not
+    // moved) until the completion for `slot` is reaped, and the buffers
+    // they point to are owned by the InFlight stored in `slots[slot]`
+    // below, kept (and not moved out of their heap allocations) as long.
     let pushed = unsafe { r.ring.submission().push(&entry) };
     if pushed.is_err() {
         r.free.push(slot);
         return Err(io);
     }
-    r.slots[slot] = Some(InFlight { io, iov, expect });
+    r.slots[slot] = Some(InFlight { io, expect });
     r.unsubmitted += 1;
     Ok(())
 }
 
 /// Submit queued entries, reap completions, retry waiting requests.
 fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
-    let mut done = Vec::new();
     let mut submitted = 0;
-    {
+    let mut done = {
         let mut r = ring.borrow_mut();
+        let mut done = std::mem::take(&mut r.done);
         if let Some(efd) = &r.doorbell {
             // Reset the doorbell (level-triggered): completions are reaped below.
             efd.drain();
@@ -266,10 +274,11 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
                 break;
             }
         }
-    }
+        done
+    };
     let n = done.len();
     // Complete outside the borrow: callbacks may submit again.
-    for (f, res) in done {
+    for (f, res) in done.drain(..) {
         let status = if res == f.expect || (f.expect == 0 && res >= 0) {
             IoStatus::Success
         } else if res == -libc::EOPNOTSUPP {
@@ -278,8 +287,13 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
             tracing::debug!("uring request failed: result {res}, expected {}", f.expect);
             IoStatus::Failed
         };
-        drop(f.iov);
         f.io.complete(status);
+    }
+    // The list back for the next pass (unless a callback's drop of the
+    // channel reaped in the meantime: then this one simply goes).
+    let mut r = ring.borrow_mut();
+    if r.done.capacity() == 0 {
+        r.done = done;
     }
     n + submitted
 }

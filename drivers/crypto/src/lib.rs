@@ -84,22 +84,19 @@ struct Chan {
 struct CryptoChannel(Rc<Chan>);
 
 impl BackendChannel for CryptoChannel {
-    fn submit(&self, mut io: BdevIo) {
+    fn submit(&self, io: BdevIo) {
         let st = &self.0;
         let (kind, lba, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
         let bs = st.base.bdev().block_size() as usize;
         match kind {
             IoType::Read => {
-                let bufs = io.take_buffers();
                 let xts = st.xts.clone();
-                st.base.submit(&st.ch, kind, bufs, lba, n, move |mut c| {
-                    let mut bufs = c.take_buffers();
+                st.base.submit_child(&st.ch, kind, io, lba, n, move |c, mut io| {
                     let status = c.status();
                     drop(c);
                     if status.is_ok() {
-                        xts.apply(&mut bufs, bs, lba, false);
+                        xts.apply(io.buffers_mut(), bs, lba, false);
                     }
-                    io.put_buffers(bufs);
                     io.complete(status)
                 });
             }

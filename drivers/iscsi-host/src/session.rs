@@ -1313,17 +1313,15 @@ impl State {
     }
 
     fn send_command(&mut self, itt: u32, t: &mut Task) {
-        // The few numbers needed (not a clone of the whole: its target
-        // alias is a String, an allocation per command).
+        // Borrowed, not cloned: its target alias is a String, and a clone
+        // would allocate per command.
         let neg = self.neg.as_ref().expect("logged in");
-        let (initial_r2t, immediate_data, first_burst, max_send) =
-            (neg.initial_r2t, neg.immediate_data, neg.first_burst, neg.max_send_data_segment);
         let write = t.p.write;
         let len = t.p.len;
         let read = !write && len > 0;
         // Immediate data, then unsolicited Data-Out up to FirstBurstLength.
-        let first = if write && !initial_r2t { first_burst.min(len) } else { 0 };
-        let imm = if write && immediate_data { first_burst.min(max_send).min(len) } else { 0 };
+        let first = if write && !neg.initial_r2t { neg.first_burst.min(len) } else { 0 };
+        let imm = if write && neg.immediate_data { neg.first_burst.min(neg.max_send_data_segment).min(len) } else { 0 };
         let unsolicited = first > imm;
         let mut flags = 0x01; // simple task attribute
         if !unsolicited {

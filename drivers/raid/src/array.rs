@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pollux_core::bdev::{BackendChannel, Bdev, BdevIo, Descriptor, IoStatus, IoType};
-use pollux_core::dma::{self, DmaBuf};
+use pollux_core::dma;
 use pollux_core::io_channel::IoChannel;
 
 /// RAID levels Pollux has.
@@ -237,6 +237,9 @@ pub struct Chan {
     pub writes: [Cell<u64>; 2],
     /// Writes waiting for the rebuild window to move.
     held: RefCell<Vec<BdevIo>>,
+    /// Finished gathers, kept for the next request that fans out (with
+    /// their carvers' lists): no allocation per request once warm.
+    spare: RefCell<Vec<Rc<Gather>>>,
 }
 
 type MemberChan = (Descriptor, IoChannel<Bdev>);
@@ -260,6 +263,7 @@ pub fn new_channel(sh: &Arc<Shared>) -> Box<dyn BackendChannel> {
         next_read: Cell::new(0),
         writes: [Cell::new(0), Cell::new(0)],
         held: RefCell::new(Vec::new()),
+        spare: RefCell::new(Vec::new()),
     });
     st.refresh();
     CHANS.with(|m| {
@@ -278,10 +282,13 @@ impl BackendChannel for RaidChannel {
     }
 }
 
-/// How the children of one request finish it.
+/// How the children of one request finish it. Kept by the channel and
+/// reused (see `Chan::spare`).
 struct Gather {
+    chan: Weak<Chan>,
     io: RefCell<Option<BdevIo>>,
-    carved: RefCell<Option<dma::Carved>>,
+    /// The request's buffers while its children hold views of them.
+    carver: RefCell<dma::Carver>,
     left: Cell<usize>,
     status: Cell<IoStatus>,
     /// raid1 writes: succeed if an online member took it (`any_ok`), fail
@@ -289,24 +296,11 @@ struct Gather {
     any_mode: Cell<bool>,
     any_ok: Cell<bool>,
     retry: Cell<bool>,
-    /// Runs before the request completes (a raid1 write leaves the count).
-    on_done: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// raid1 writes: the epoch whose count this request holds until done.
+    epoch: Cell<Option<usize>>,
 }
 
 impl Gather {
-    fn new(io: BdevIo, carved: Option<dma::Carved>, n: usize) -> Rc<Gather> {
-        Rc::new(Gather {
-            io: RefCell::new(Some(io)),
-            carved: RefCell::new(carved),
-            left: Cell::new(n),
-            status: Cell::new(IoStatus::Success),
-            any_mode: Cell::new(false),
-            any_ok: Cell::new(false),
-            retry: Cell::new(false),
-            on_done: RefCell::new(None),
-        })
-    }
-
     fn note(&self, st: IoStatus) {
         if !st.is_ok() && self.status.get().is_ok() {
             self.status.set(st);
@@ -314,20 +308,18 @@ impl Gather {
     }
 
     /// One child finished; the last one completes the request.
-    fn done(&self) {
+    fn done(self: &Rc<Self>) {
         self.left.set(self.left.get() - 1);
         if self.left.get() > 0 {
             return;
         }
-        if let Some(f) = self.on_done.borrow_mut().take() {
-            f()
+        let chan = self.chan.upgrade();
+        if let (Some(e), Some(me)) = (self.epoch.take(), &chan) {
+            me.writes[e].set(me.writes[e].get() - 1);
         }
         let Some(mut io) = self.io.borrow_mut().take() else { return };
-        if let Some(c) = self.carved.borrow_mut().take() {
-            match c.restore() {
-                Ok(bufs) => io.put_buffers(bufs),
-                Err(_) => tracing::error!("raid: a view of a request's buffers outlived its children"),
-            }
+        if !self.carver.borrow_mut().unload(io.buffer_list()) {
+            tracing::error!("raid: a view of a request's buffers outlived its children");
         }
         let st = match (self.any_mode.get(), self.retry.get(), self.any_ok.get(), self.status.get()) {
             (false, ..) => self.status.get(),
@@ -336,7 +328,10 @@ impl Gather {
             (true, false, false, st) if !st.is_ok() => st,
             _ => IoStatus::Failed,
         };
-        io.complete(st)
+        io.complete(st);
+        if let Some(me) = chan {
+            me.spare.borrow_mut().push(self.clone());
+        }
     }
 }
 
@@ -373,6 +368,47 @@ impl Chan {
         self.refresh();
     }
 
+    /// A gather for `io` (a spare one if there is), holding one count of
+    /// its own: add one per child sent, and call [`Gather::done`] once
+    /// after the last is sent.
+    fn gather(&self, io: BdevIo) -> Rc<Gather> {
+        let spare = self.spare.borrow_mut().pop().filter(|g| Rc::strong_count(g) == 1 && g.carver.borrow().is_empty());
+        let g = spare.unwrap_or_else(|| {
+            Rc::new(Gather {
+                chan: self.me.clone(),
+                io: RefCell::new(None),
+                carver: RefCell::new(dma::Carver::default()),
+                left: Cell::new(0),
+                status: Cell::new(IoStatus::Success),
+                any_mode: Cell::new(false),
+                any_ok: Cell::new(false),
+                retry: Cell::new(false),
+                epoch: Cell::new(None),
+            })
+        });
+        *g.io.borrow_mut() = Some(io);
+        g.left.set(1);
+        g.status.set(IoStatus::Success);
+        g.any_mode.set(false);
+        g.any_ok.set(false);
+        g.retry.set(false);
+        g.epoch.set(None);
+        g
+    }
+
+    /// Lend the buffers of the request in `g` to its children (views by
+    /// [`Gather::carver`]); false if they could not be.
+    fn carve(&self, g: &Gather) -> bool {
+        let mut io = g.io.borrow_mut();
+        let io = io.as_mut().expect("request");
+        g.carver.borrow_mut().load(io.buffer_list())
+    }
+
+    /// The member slots that have a descriptor.
+    fn targets(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.sh.members.len()).filter(|s| self.members.borrow().get(*s).is_some_and(Option::is_some))
+    }
+
     pub fn submit(&self, io: BdevIo) {
         self.refresh();
         match self.sh.level {
@@ -407,55 +443,61 @@ impl Chan {
             let off = self.offset(slot) + mlba;
             return d.forward(&ch, io, off, None);
         }
-        // Across strips or members: one child per piece, on views of the buffers.
+        // Across strips or members: one child per piece, on views of the
+        // buffers.
         let bs = self.sh.block_size as u64;
-        let mut pieces = Vec::new();
-        let (mut at, end) = (lba, lba + n);
-        while at < end {
-            let Some((slot, mlba, room)) = map(at) else { return io.complete(IoStatus::OutOfRange) };
-            let k = room.min(end - at);
-            pieces.push((slot, mlba, k, ((at - lba) * bs) as usize));
-            at += k;
+        let pieces = || {
+            let mut at = lba;
+            std::iter::from_fn(move || {
+                if at >= lba + n {
+                    return None;
+                }
+                let piece = map(at).map(|(slot, mlba, room)| {
+                    let k = room.min(lba + n - at);
+                    (slot, mlba, k, ((at - lba) * bs) as usize)
+                });
+                at = piece.map_or(u64::MAX, |p| at + p.2);
+                Some(piece)
+            })
+        };
+        if pieces().any(|p| p.is_none()) {
+            return io.complete(IoStatus::OutOfRange);
         }
-        self.send_pieces(io, pieces);
+        self.send_pieces(io, pieces().flatten());
     }
 
-    /// Send `pieces` (slot, member block, blocks, byte offset in the
+    /// Send the `pieces` (slot, member block, blocks, byte offset in the
     /// request) of `io` as children.
-    fn send_pieces(&self, mut io: BdevIo, pieces: Vec<(usize, u64, u64, usize)>) {
+    fn send_pieces(&self, io: BdevIo, pieces: impl Iterator<Item = (usize, u64, u64, usize)>) {
         let kind = io.kind();
         let bs = self.sh.block_size as u64;
-        let (carved, mut views) = if kind.has_data() {
-            let ranges: Vec<(usize, usize)> = pieces.iter().map(|&(_, _, k, b)| (b, (k * bs) as usize)).collect();
-            match dma::carve(io.take_buffers(), &ranges) {
-                Ok((c, v)) => (Some(c), v.into_iter().map(Some).collect::<Vec<_>>()),
-                Err(bufs) => {
-                    io.put_buffers(bufs);
-                    return io.complete(IoStatus::InvalidBuffer);
-                }
-            }
-        } else {
-            (None, pieces.iter().map(|_| None).collect())
-        };
-        let g = Gather::new(io, carved, pieces.len());
-        for (i, (slot, mlba, k, _)) in pieces.into_iter().enumerate() {
-            let bufs: Vec<DmaBuf> = views[i].take().unwrap_or_default();
-            let g2 = g.clone();
-            match self.member(slot) {
-                Some((d, ch)) => d.submit(&ch, kind, bufs, self.offset(slot) + mlba, k, move |c| {
-                    g2.note(c.status());
-                    // The child's views go before the last child gives
-                    // the request its buffers back.
-                    drop(c);
-                    g2.done()
-                }),
-                None => {
-                    drop(bufs);
-                    g.note(IoStatus::NoDevice);
-                    g.done()
-                }
-            }
+        let g = self.gather(io);
+        if kind.has_data() && !self.carve(&g) {
+            g.note(IoStatus::InvalidBuffer);
+            return g.done();
         }
+        for (slot, mlba, k, at) in pieces {
+            // SAFETY: the pieces are disjoint ranges of the request.
+            let views = if kind.has_data() { unsafe { g.carver.borrow().views(at, (k * bs) as usize) } } else { None };
+            if kind.has_data() && views.is_none() {
+                g.note(IoStatus::InvalidBuffer);
+                continue;
+            }
+            let Some((d, ch)) = self.member(slot) else {
+                g.note(IoStatus::NoDevice);
+                continue;
+            };
+            g.left.set(g.left.get() + 1);
+            let g2 = g.clone();
+            d.submit(&ch, kind, views.into_iter().flatten(), self.offset(slot) + mlba, k, move |c| {
+                g2.note(c.status());
+                // The child's views go before the last child gives the
+                // request its buffers back.
+                drop(c);
+                g2.done()
+            });
+        }
+        g.done();
     }
 
     /// raid0 unmap / write zeroes: one contiguous range per member (its
@@ -468,35 +510,33 @@ impl Chan {
         let m = self.sh.members.len() as u64;
         let shift = self.sh.strip_shift;
         let (first, last) = (lba >> shift, (lba + n - 1) >> shift);
-        let mut pieces = Vec::new();
-        for slot in 0..m {
-            // The member's first and last stripes in the request.
-            let f = first + (slot + m - first % m) % m;
-            let Some(l) = last.checked_sub((last % m + m - slot) % m) else { continue };
-            if f > l {
-                continue;
-            }
-            let start = if f == first { self.sh.raid0_map(lba).1 } else { (f / m) << shift };
-            let end = if l == last { self.sh.raid0_map(lba + n - 1).1 + 1 } else { ((l / m) + 1) << shift };
-            pieces.push((slot as usize, start, end - start, 0));
-        }
-        self.send_pieces(io, pieces)
+        let pieces = || {
+            (0..m).filter_map(move |slot| {
+                // The member's first and last stripes in the request.
+                let f = first + (slot + m - first % m) % m;
+                let l = last.checked_sub((last % m + m - slot) % m)?;
+                if f > l {
+                    return None;
+                }
+                let start = if f == first { self.sh.raid0_map(lba).1 } else { (f / m) << shift };
+                let end = if l == last { self.sh.raid0_map(lba + n - 1).1 + 1 } else { ((l / m) + 1) << shift };
+                Some((slot as usize, start, end - start, 0))
+            })
+        };
+        self.send_pieces(io, pieces())
     }
 
     /// Flush and reset of raid0 and concat, resets of raid1: every member
     /// that has a descriptor.
     fn to_all(&self, io: BdevIo) {
         let kind = io.kind();
-        let targets: Vec<usize> = (0..self.sh.members.len()).filter(|s| self.member(*s).is_some()).collect();
-        if targets.is_empty() {
+        if self.targets().next().is_none() {
             return io.complete(IoStatus::NoDevice);
         }
-        let g = Gather::new(io, None, targets.len());
-        for slot in targets {
-            let Some((d, ch)) = self.member(slot) else {
-                g.done();
-                continue;
-            };
+        let g = self.gather(io);
+        for slot in 0..self.sh.members.len() {
+            let Some((d, ch)) = self.member(slot) else { continue };
+            g.left.set(g.left.get() + 1);
             let g2 = g.clone();
             let (off, len) = match kind {
                 IoType::Reset => (0, 0),
@@ -507,6 +547,7 @@ impl Chan {
                 g2.done()
             });
         }
+        g.done();
     }
 
     /// A raid1 write-like child finished on `slot`: a member that fails
@@ -537,7 +578,7 @@ impl Chan {
     }
 
     /// Read from the next online member, trying the others if it fails.
-    fn raid1_read(&self, mut io: BdevIo, tried: usize, last: Option<IoStatus>, failed: Option<usize>) {
+    fn raid1_read(&self, io: BdevIo, tried: usize, last: Option<IoStatus>, failed: Option<usize>) {
         let n = self.sh.members.len();
         if tried >= n {
             return io.complete(last.unwrap_or(IoStatus::NoDevice));
@@ -550,11 +591,9 @@ impl Chan {
         self.next_read.set((slot + 1) % n);
         let (d, ch) = self.member(slot).expect("picked");
         let (lba, k) = (io.offset_blocks(), io.num_blocks());
-        let bufs = io.take_buffers();
         let me = self.me.clone();
-        d.submit(&ch, IoType::Read, bufs, self.offset(slot) + lba, k, move |mut c| {
+        d.submit_child(&ch, IoType::Read, io, self.offset(slot) + lba, k, move |c, io| {
             let st = c.status();
-            io.put_buffers(c.take_buffers());
             drop(c);
             let Some(me) = me.upgrade() else { return io.complete(st) };
             match (st, failed) {
@@ -573,7 +612,7 @@ impl Chan {
 
     /// Writes, unmaps, write zeroes and flushes: to every member online or
     /// being rebuilt, the data shared (views of the same buffers).
-    fn raid1_write(&self, mut io: BdevIo) {
+    fn raid1_write(&self, io: BdevIo) {
         let (kind, lba, n) = (io.kind(), io.offset_blocks(), io.num_blocks());
         let writes = kind.writes();
         // The epoch first, then the window (the rebuild sets them in the
@@ -583,45 +622,32 @@ impl Chan {
         if writes && self.sh.in_window(lba, n) {
             return self.held.borrow_mut().push(io);
         }
-        let targets: Vec<usize> = (0..self.sh.members.len()).filter(|s| self.member(*s).is_some()).collect();
-        if targets.is_empty() {
+        if self.targets().next().is_none() {
             return io.complete(IoStatus::NoDevice);
         }
-        let (carved, views): (Option<dma::Carved>, Vec<Option<Vec<DmaBuf>>>) = if kind.has_data() {
-            let bytes = (n * self.sh.block_size as u64) as usize;
-            let ranges = vec![(0usize, bytes); targets.len()];
-            // SAFETY: write data are only read by the members' backends.
-            match unsafe { dma::carve_shared(io.take_buffers(), &ranges) } {
-                Ok((c, v)) => (Some(c), v.into_iter().map(Some).collect()),
-                Err(bufs) => {
-                    io.put_buffers(bufs);
-                    return io.complete(IoStatus::InvalidBuffer);
-                }
-            }
-        } else {
-            (None, targets.iter().map(|_| None).collect())
-        };
-        let g = Gather::new(io, carved, targets.len());
+        let bytes = (n * self.sh.block_size as u64) as usize;
+        let g = self.gather(io);
+        if kind.has_data() && !self.carve(&g) {
+            g.note(IoStatus::InvalidBuffer);
+            return g.done();
+        }
         g.any_mode.set(true);
         if writes {
             self.writes[epoch].set(self.writes[epoch].get() + 1);
-            let me = self.me.clone();
-            *g.on_done.borrow_mut() = Some(Box::new(move || {
-                if let Some(me) = me.upgrade() {
-                    me.writes[epoch].set(me.writes[epoch].get() - 1);
-                }
-            }));
+            g.epoch.set(Some(epoch));
         }
-        for (slot, bufs) in targets.into_iter().zip(views) {
-            let Some((d, ch)) = self.member(slot) else {
-                // Its views go before the request may get its buffers back.
-                drop(bufs);
-                g.done();
+        for slot in 0..self.sh.members.len() {
+            let Some((d, ch)) = self.member(slot) else { continue };
+            // SAFETY: write data are only read by the members' backends.
+            let views = if kind.has_data() { unsafe { g.carver.borrow().views(0, bytes) } } else { None };
+            if kind.has_data() && views.is_none() {
+                g.note(IoStatus::InvalidBuffer);
                 continue;
-            };
+            }
+            g.left.set(g.left.get() + 1);
             let (me, g2) = (self.me.clone(), g.clone());
             let (off, len) = if kind == IoType::Flush { (0, d.bdev().num_blocks()) } else { (self.offset(slot) + lba, n) };
-            d.submit(&ch, kind, bufs.unwrap_or_default(), off, len, move |c| {
+            d.submit(&ch, kind, views.into_iter().flatten(), off, len, move |c| {
                 let st = c.status();
                 drop(c);
                 if let Some(me) = me.upgrade() {
@@ -630,6 +656,7 @@ impl Chan {
                 g2.done()
             });
         }
+        g.done();
     }
 
     /// Send the writes held for the rebuild window (it moved).

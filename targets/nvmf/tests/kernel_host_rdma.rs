@@ -5,7 +5,8 @@
 //! capsule, large ones fetched with RDMA READ, reads pushed with RDMA
 //! WRITE), a TCP host on the same subsystem at the same time, disconnect,
 //! and a host that is not allowed. Data buffers come from small iobuf
-//! pools (commands wait for them in turn) and all go back.
+//! pools (commands wait for them in turn) and all go back, and the target's
+//! reactors make no heap allocation per command.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -76,6 +77,18 @@ fn ios(path: &std::path::Path) -> u64 {
     let s = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
     let f: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     f.first().copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0)
+}
+
+/// Heap allocations the target's reactors have made.
+fn allocations(c: &mut pollux_core::rpc::Client) -> u64 {
+    let st = c.call("thread_get_stats", None).expect("thread_get_stats");
+    st["threads"].as_array().unwrap().iter().map(|t| t["allocations"].as_u64().unwrap_or_else(|| panic!("not counted: {st}"))).sum()
+}
+
+/// NVMe I/O commands the target has completed.
+fn completed(c: &mut pollux_core::rpc::Client) -> u64 {
+    let st = c.call("nvmf_get_stats", None).expect("nvmf_get_stats");
+    st["poll_groups"].as_array().unwrap().iter().map(|g| g["completed_nvme_io"].as_u64().unwrap()).sum()
 }
 
 fn fio_verify(dev: &str, rw: &str, bs: &str, size: &str) {
@@ -169,8 +182,29 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
         let dev = &devs[0];
         let ns: Value = serde_json::from_str(&run("nvme", &["id-ns", dev, "-o", "json"])).unwrap();
         assert_eq!(ns["nsze"], 131072);
+        // No heap allocation per command (pollux-tgt counts its reactors'):
+        // over the two verify runs, less than one per 20 commands beyond
+        // what the snapshots' own RPCs cost, measured with no I/O first.
+        // (Those vary by some tens, as the numbers in their answers grow;
+        // a command that allocates gives thousands here.)
+        let mut c = d.client();
+        let cost = {
+            let a = allocations(&mut c);
+            completed(&mut c);
+            completed(&mut c);
+            allocations(&mut c) - a
+        };
+        let (a0, n0) = (allocations(&mut c), completed(&mut c));
         fio_verify(dev, "randwrite", "4k", "8M");
         fio_verify(dev, "write", "128k", "16M");
+        let (n1, a1) = (completed(&mut c), allocations(&mut c));
+        let (made, n) = (a1 - a0, n1 - n0);
+        eprintln!("RDMA target: {made} allocations over {n} commands (the snapshots {cost})");
+        assert!(n >= 4000, "the verify runs' commands: {n}");
+        assert!(
+            made.saturating_sub(cost) * 20 <= n,
+            "the RDMA target's reactors allocated {made} times over {n} commands (the snapshots {cost}); see docs/memory.md"
+        );
         let pools = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
         for class in ["small_pool", "large_pool"] {
             let waited: u64 = pools.as_array().unwrap().iter().map(|p| p[class]["retry"].as_u64().unwrap()).sum();

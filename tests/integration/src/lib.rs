@@ -283,7 +283,19 @@ pub fn verify_run(dir: &TempDir, cfg: &Value, bdev: &str, qd: u32, size: u32, se
     assert!(r["total"]["ios"].as_u64().unwrap_or(0) > 0, "{what}: {r}");
     assert_eq!(r["total"]["errors"], 0, "{what}: {r}");
     assert!(r["verify_mismatches"].as_array().is_none_or(|m| m.is_empty()), "{what}: {r}");
+    assert_few_allocations(&r, what);
     r
+}
+
+/// A `pollux-perf --json` report's reactors allocated nothing per I/O
+/// (docs/memory.md): at most one per 100 I/Os, beyond 256 for lists
+/// growing as the first requests go out (a 1 MiB iSCSI write's 128
+/// Data-Out PDUs grow each session's queue some ten times) and the few a
+/// second some hosts' timers make.
+pub fn assert_few_allocations(r: &Value, what: &str) {
+    let n = r["allocations"]["count"].as_u64().unwrap_or_else(|| panic!("{what}: pollux-perf counted no allocations: {r}"));
+    let ios = r["total"]["ios"].as_u64().unwrap_or(0);
+    assert!(n <= 256 + ios / 100, "{what}: pollux-perf's reactors allocated {n} times over {ios} I/Os (see docs/memory.md): {r}");
 }
 
 /// Run a shell script (`sh -e`); panic with its output if it fails.

@@ -881,14 +881,12 @@ impl RdmaQpair {
                 // list keeps its capacity and no command allocates. (Taking
                 // the list out freed it here and grew a new one at every
                 // completion.)
-                let mut none = Vec::new();
-                let bufs = if slot.len > 0 { &mut slot.bufs } else { &mut none };
-                match nvm::execute(&view, &owner, &cmd, bufs, len, Completer { sink, tag }) {
+                match nvm::execute(&view, &owner, &cmd, &mut slot.bufs, len, Completer { sink, tag }) {
                     Some(r) => {
                         st.executing -= 1;
                         self.respond(st, idx, r);
                     }
-                    None => debug_assert!(st.slots[idx as usize].len == 0 || st.slots[idx as usize].bufs.is_empty()),
+                    None => debug_assert!(st.slots[idx as usize].bufs.is_empty()),
                 }
             }
         }
