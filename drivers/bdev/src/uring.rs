@@ -191,19 +191,39 @@ impl Drop for UringChannel {
 impl BackendChannel for UringChannel {
     fn submit(&self, io: BdevIo) {
         let mut r = self.ring.borrow_mut();
-        if r.waiting.is_empty() {
-            if let Err(io) = queue(self.fd, &mut r, io) {
-                r.waiting.push_back(io);
+        if !r.waiting.is_empty() {
+            return r.waiting.push_back(io);
+        }
+        match queue(self.fd, &mut r, io) {
+            Queued::Ring => {}
+            Queued::Full(io) => r.waiting.push_back(io),
+            Queued::Now(io, st) => {
+                // Not under the ring's borrow: the callback may submit.
+                drop(r);
+                io.complete(st)
             }
-        } else {
-            r.waiting.push_back(io);
         }
     }
 }
 
-/// Put a request in the submission ring; give it back if there is no room.
-fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
-    let Some(slot) = r.free.pop() else { return Err(io) };
+/// What `queue` did with a request.
+enum Queued {
+    /// In the submission ring.
+    Ring,
+    /// No room: given back.
+    Full(BdevIo),
+    /// Needs no ring entry (reset, compare): to complete with this status,
+    /// once the ring is let go.
+    Now(BdevIo, IoStatus),
+}
+
+/// Put a request in the submission ring.
+fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Queued {
+    if matches!(io.kind(), IoType::Reset | IoType::Compare) {
+        let st = if io.kind() == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported };
+        return Queued::Now(io, st);
+    }
+    let Some(slot) = r.free.pop() else { return Queued::Full(io) };
     let off = io.offset_bytes();
     let len = io.len_bytes();
     let iov = &mut r.iovs[slot];
@@ -220,12 +240,7 @@ fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
         IoType::WriteZeroes => {
             opcode::Fallocate::new(fd, len).offset(off).mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE).build()
         }
-        IoType::Reset | IoType::Compare => {
-            r.free.push(slot);
-            let st = if io.kind() == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported };
-            io.complete(st);
-            return Ok(());
-        }
+        IoType::Reset | IoType::Compare => unreachable!("answered above"),
     };
     let expect = if io.kind().has_data() { len as i32 } else { 0 };
     let entry = entry.user_data(slot as u64);
@@ -236,11 +251,11 @@ fn queue(fd: i32, r: &mut Ring, mut io: BdevIo) -> Result<(), BdevIo> {
     let pushed = unsafe { r.ring.submission().push(&entry) };
     if pushed.is_err() {
         r.free.push(slot);
-        return Err(io);
+        return Queued::Full(io);
     }
     r.slots[slot] = Some(InFlight { io, expect });
     r.unsubmitted += 1;
-    Ok(())
+    Queued::Ring
 }
 
 /// Submit queued entries, reap completions, retry waiting requests.
@@ -269,9 +284,17 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
             }
         }
         while let Some(io) = r.waiting.pop_front() {
-            if let Err(io) = queue(fd, r, io) {
-                r.waiting.push_front(io);
-                break;
+            match queue(fd, r, io) {
+                Queued::Ring => {}
+                Queued::Full(io) => {
+                    r.waiting.push_front(io);
+                    break;
+                }
+                // Completed with the pass's completions, below.
+                Queued::Now(io, st) => {
+                    let res = if st == IoStatus::Unsupported { -libc::EOPNOTSUPP } else { 0 };
+                    done.push((InFlight { io, expect: 0 }, res));
+                }
             }
         }
         done
@@ -413,4 +436,58 @@ pub fn register(app: &mut App) {
         r.result(create(&p.name, &p.filename, p.block_size, p.uuid, flavor).map(|b| b.name().to_string()))
     });
     m.register("bdev_aio_delete", States::RUNTIME, |p: Delete, r: Responder| delete_rpc("aio", p, r));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use pollux_core::reactor::Harness;
+
+    use super::*;
+
+    /// A reset waiting behind a full ring is answered with the pass's
+    /// completions, after the ring is let go: its callback may submit to
+    /// the same channel. (It was completed inside `queue`, under the ring's
+    /// borrow, and a submit from its callback panicked on that borrow.)
+    #[test]
+    fn a_reset_behind_a_full_ring_may_submit_from_its_callback() {
+        let path = std::env::temp_dir().join(format!("pollux-uring-test-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let h = Harness::new(1);
+        let flushed = Rc::new(Cell::new(0u64));
+        let after_reset = Rc::new(Cell::new(None));
+        let (f, a, p) = (flushed.clone(), after_reset.clone(), path.to_str().unwrap().to_string());
+        let d = h.on(0, move || {
+            create("U0", &p, Some(512), None, Flavor::Uring).unwrap();
+            let d = bdev::open("U0", true, |_| {}).unwrap();
+            let ch = d.channel();
+            // More flushes than the ring has slots: the rest wait.
+            for _ in 0..RING_ENTRIES + 8 {
+                let f = f.clone();
+                d.flush(&ch, 0, 1, move |io| {
+                    assert!(io.is_ok());
+                    f.set(f.get() + 1)
+                });
+            }
+            let (d2, ch2) = (d.clone(), ch.clone());
+            d.reset(&ch, move |io| {
+                assert!(io.is_ok(), "reset: {:?}", io.status());
+                drop(io);
+                // A request from the callback, on the same channel.
+                d2.flush(&ch2, 0, 1, move |io| a.set(Some(io.is_ok())));
+            });
+            d
+        });
+        for _ in 0..100_000 {
+            if after_reset.get().is_some() {
+                break;
+            }
+            h.step_all();
+        }
+        assert_eq!(after_reset.get(), Some(true), "the flush sent from the reset's callback finished");
+        assert_eq!(flushed.get(), u64::from(RING_ENTRIES) + 8);
+        h.on(0, move || drop(d));
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -397,11 +397,14 @@ impl Chan {
     }
 
     /// Lend the buffers of the request in `g` to its children (views by
-    /// [`Gather::carver`]); false if they could not be.
-    fn carve(&self, g: &Gather) -> bool {
+    /// [`Gather::carver`]); false if they could not be, or if they do not
+    /// hold the request's `bytes` (then no child may go: a write must not
+    /// land in part). Whatever was taken goes back at `done`.
+    fn carve(&self, g: &Gather, bytes: usize) -> bool {
         let mut io = g.io.borrow_mut();
         let io = io.as_mut().expect("request");
-        g.carver.borrow_mut().load(io.buffer_list())
+        let mut carver = g.carver.borrow_mut();
+        carver.load(io.buffer_list()) && carver.len() == bytes
     }
 
     /// The member slots that have a descriptor.
@@ -471,8 +474,9 @@ impl Chan {
     fn send_pieces(&self, io: BdevIo, pieces: impl Iterator<Item = (usize, u64, u64, usize)>) {
         let kind = io.kind();
         let bs = self.sh.block_size as u64;
+        let bytes = (io.num_blocks() * bs) as usize;
         let g = self.gather(io);
-        if kind.has_data() && !self.carve(&g) {
+        if kind.has_data() && !self.carve(&g, bytes) {
             g.note(IoStatus::InvalidBuffer);
             return g.done();
         }
@@ -627,7 +631,7 @@ impl Chan {
         }
         let bytes = (n * self.sh.block_size as u64) as usize;
         let g = self.gather(io);
-        if kind.has_data() && !self.carve(&g) {
+        if kind.has_data() && !self.carve(&g, bytes) {
             g.note(IoStatus::InvalidBuffer);
             return g.done();
         }

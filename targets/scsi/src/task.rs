@@ -36,6 +36,10 @@ pub struct Task {
     pub lent: Option<Lent>,
     /// Valid bytes in `bufs` (or `lent`).
     pub data_len: usize,
+    /// Set by the transport: read into `bufs` even from a bdev that lends
+    /// (the transport would copy lent memory anyway, for a data digest
+    /// over the very bytes sent).
+    pub no_lend: bool,
     /// Set by the logical unit: the length the command itself asks to
     /// transfer (from its CDB), for the transport's residual count.
     pub xfer_len: u64,
@@ -72,6 +76,7 @@ impl Task {
             bufs: Vec::with_capacity(8),
             lent: None,
             data_len: 0,
+            no_lend: false,
             xfer_len: 0,
             status: status::GOOD,
             sense: [0; SENSE_MAX],
@@ -90,6 +95,7 @@ impl Task {
         self.bufs.clear();
         self.lent = None;
         self.data_len = 0;
+        self.no_lend = false;
         self.xfer_len = 0;
         self.status = status::GOOD;
         self.sense_len = 0;

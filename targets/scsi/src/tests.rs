@@ -94,6 +94,42 @@ fn write_then_read_back() {
     assert_eq!(data, vec![0x5a; 1024]);
 }
 
+/// A RAM disk lends its memory to a read, unless the transport marked the
+/// task `no_lend` (it would copy lent memory anyway, for a data digest):
+/// then the data comes in pool buffers.
+#[test]
+fn a_read_marked_no_lend_comes_in_buffers() {
+    type Seen = Rc<RefCell<Vec<(bool, bool, Vec<u8>)>>>;
+    struct Probe(Task, Seen);
+    impl ScsiCommand for Probe {
+        fn task(&mut self) -> &mut Task {
+            &mut self.0
+        }
+        fn complete(self: Box<Self>) {
+            let t = &self.0;
+            self.1.borrow_mut().push((t.lent.is_some(), !t.bufs.is_empty(), t.data_vec()));
+        }
+    }
+    let r = rig(1);
+    let p = port(&r, 0, "iqn.a");
+    assert_eq!(r.run(&p, &rw10(op::WRITE_10, 5, 1), &[0x33; 512], 512).0, status::GOOD);
+    let seen: Seen = Rc::default();
+    for no_lend in [false, true] {
+        let (p, seen, cdb) = (p.clone(), seen.clone(), rw10(op::READ_10, 5, 1));
+        r.h.on(0, move || {
+            let mut t = Task::new();
+            t.reset(&cdb, 512, DataDir::Read);
+            t.no_lend = no_lend;
+            p.execute(Box::new(Probe(t, seen)));
+        });
+        r.h.run_until_idle(100);
+    }
+    let seen = seen.borrow();
+    assert_eq!((seen[0].0, seen[0].1), (true, false), "a RAM disk lends its memory");
+    assert_eq!((seen[1].0, seen[1].1), (false, true), "not to a task marked no_lend");
+    assert!(seen.iter().all(|s| s.2 == vec![0x33; 512]), "the same data either way");
+}
+
 #[test]
 fn out_of_range_and_bad_fields_name_the_error() {
     let r = rig(1);

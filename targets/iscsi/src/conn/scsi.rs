@@ -242,6 +242,11 @@ impl Conn {
             _ => DataDir::None,
         };
         c.task.reset(&h.cdb(), edtl, dir);
+        // With a data digest, lent memory would be copied into the send
+        // queue for its digest (a burst of large reads grows the queue past
+        // its bound and shrinks it again, a reallocation per read): read
+        // into pool buffers instead, as a bdev that does not lend.
+        c.task.no_lend = self.st.borrow().params.data_digest;
         c.itt = h.itt();
         c.lun_raw = h.lun;
         c.lun = decode_lun(h.lun).unwrap_or(u64::MAX);

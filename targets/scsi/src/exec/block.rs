@@ -78,7 +78,7 @@ pub(super) fn read<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
         return good(cmd);
     }
     let len = (blocks * bs) as usize;
-    if lun.bdev().lends_reads() {
+    if lun.bdev().lends_reads() && !t.no_lend {
         // A RAM disk lends its memory: no buffers, no copy.
         return lun.descriptor().read_lend(port.channel(), r.lba, blocks, move |mut io: BdevIo| {
             let t = cmd.task();

@@ -47,6 +47,9 @@ pub(crate) struct TcpGroup {
     pub(crate) stats: RefCell<GroupStats>,
     pollers: RefCell<Vec<Poller>>,
     closing: Cell<bool>,
+    /// The connections the timer visits (kept for its capacity: the
+    /// timer allocates nothing).
+    swept: RefCell<Vec<Rc<Conn>>>,
 }
 
 /// This reactor's group, created on first use.
@@ -63,6 +66,7 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
         stats: RefCell::new(GroupStats::default()),
         pollers: RefCell::new(Vec::new()),
         closing: Cell::new(false),
+        swept: RefCell::new(Vec::new()),
     });
     let w = Rc::downgrade(&g);
     let p = reactor::register_poller("nvmf_tcp_poll_group", move || match w.upgrade() {
@@ -201,11 +205,14 @@ impl TcpGroup {
     }
 
     fn check_timeouts(&self) -> PollStatus {
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        let mut conns = std::mem::take(&mut *self.swept.borrow_mut());
+        conns.extend(self.conns.borrow().values().cloned());
         let mut n = 0usize;
-        for c in conns {
+        for c in &conns {
             n += usize::from(c.check_timeouts());
         }
+        conns.clear();
+        *self.swept.borrow_mut() = conns;
         n.into()
     }
 

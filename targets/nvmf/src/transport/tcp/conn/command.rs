@@ -330,8 +330,15 @@ impl Conn {
     }
 
     /// Whether a command is a read from a namespace whose bdev lends reads
-    /// its memory (`nvm::execute` then reads with no buffers).
+    /// its memory (`nvm::execute` then reads with no buffers). Not with a
+    /// data digest: lent memory would have to be copied for its digest to
+    /// cover the bytes sent, into the send queue, which a burst of large
+    /// reads grows past its bound and then shrinks again (a reallocation
+    /// per read); pool buffers, which the bdev copies into, are stable.
     fn lent_read(st: &State, idx: u16) -> bool {
+        if st.c2h.data_digest {
+            return false;
+        }
         let slot = &st.slots[idx as usize];
         match &st.queue {
             Queue::Io { view, .. } if slot.cmd.opcode == pollux_nvme_spec::cmd::io::READ && slot.dir == DataDir::ControllerToHost => {
