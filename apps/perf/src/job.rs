@@ -92,17 +92,21 @@ pub(crate) struct Job {
 /// (`pollux_core::alloc`) when its queues were full and when the jobs were
 /// told to stop: the run's allocations, which should not grow with I/O.
 #[derive(Default)]
-pub(crate) struct Jobs(pub(crate) RefCell<Vec<Rc<Job>>>, Cell<Option<u64>>, Cell<Option<u64>>);
+pub(crate) struct Jobs {
+    pub(crate) list: RefCell<Vec<Rc<Job>>>,
+    allocs_filled: Cell<Option<u64>>,
+    allocs_stopped: Cell<Option<u64>>,
+}
 
 impl Jobs {
     pub(crate) fn stop(&self) {
-        self.2.set(pollux_core::alloc::count());
-        self.0.borrow().iter().for_each(|j| j.stop());
+        self.allocs_stopped.set(pollux_core::alloc::count());
+        self.list.borrow().iter().for_each(|j| j.stop());
     }
 
     /// Allocations between the queues being filled and the stop.
     pub(crate) fn allocations(&self) -> Option<u64> {
-        Some(self.2.get()?.saturating_sub(self.1.get()?))
+        Some(self.allocs_stopped.get()?.saturating_sub(self.allocs_filled.get()?))
     }
 }
 
@@ -383,10 +387,10 @@ fn spawn_jobs(descs: &[Descriptor], p: &Params, once: bool) {
             });
             *job.reset_poller.borrow_mut() = Some(poller);
         }
-        jobs.0.borrow_mut().push(job);
+        jobs.list.borrow_mut().push(job);
     }
     reactor::set_local(jobs.clone());
-    jobs.1.set(pollux_core::alloc::count());
+    jobs.allocs_filled.set(pollux_core::alloc::count());
 }
 
 fn needs_buffer(w: Workload) -> bool {

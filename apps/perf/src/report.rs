@@ -73,7 +73,7 @@ fn snaps() -> Vec<Snap> {
     let core = reactor::core_of(reactor::current());
     reactor::local::<Jobs>()
         .map(|jobs| {
-            jobs.0
+            jobs.list
                 .borrow()
                 .iter()
                 .map(|j| Snap {
@@ -188,7 +188,7 @@ pub fn after_fill(next: impl FnOnce() + Send + 'static) {
 /// Run `then` (on the main reactor) once no job has I/O in flight.
 fn wait_idle(then: Box<dyn FnOnce() + Send>) {
     reactor::map_reactors(
-        || reactor::local::<Jobs>().map(|j| j.0.borrow().iter().map(|j| j.in_flight.get()).sum::<u32>()).unwrap_or(0),
+        || reactor::local::<Jobs>().map(|j| j.list.borrow().iter().map(|j| j.in_flight.get()).sum::<u32>()).unwrap_or(0),
         move |left| {
             if left.iter().sum::<u32>() == 0 {
                 return then();
@@ -214,7 +214,7 @@ fn drain() {
         reactor::map_reactors(
             || {
                 reactor::local::<Jobs>()
-                    .map(|j| (j.0.borrow().iter().map(|j| j.result()).collect::<Vec<_>>(), j.allocations()))
+                    .map(|j| (j.list.borrow().iter().map(|j| j.result()).collect::<Vec<_>>(), j.allocations()))
                     .unwrap_or_default()
             },
             |all| {
@@ -297,7 +297,8 @@ fn finish(results: Vec<JobResult>, allocations: Option<u64>) {
         .collect();
     let first_errors: Vec<_> = results.iter().filter_map(|r| r.first_error.clone()).collect();
     // The reactors' heap allocations during the run (null where not counted).
-    let allocs = allocations.map(|n| json!({"count": n, "per_io": n as f64 / ios.max(1) as f64}));
+    let per_io = |n: u64| n as f64 / ios.max(1) as f64;
+    let allocs = allocations.map(|n| json!({"count": n, "per_io": per_io(n)}));
     if run.json {
         let doc = json!({"seconds": secs, "jobs": jobs, "total": sum, "verify_mismatches": mismatches, "errors": first_errors, "resets": results.iter().map(|r| r.resets).sum::<u64>(), "allocations": allocs});
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
@@ -324,7 +325,7 @@ fn finish(results: Vec<JobResult>, allocations: Option<u64>) {
             );
         }
         if let Some(n) = allocations {
-            println!("\nHeap allocations on the reactors during the run: {n} ({:.4} per I/O)", n as f64 / ios.max(1) as f64);
+            println!("\nHeap allocations on the reactors during the run: {n} ({:.4} per I/O)", per_io(n));
         }
         if show().histogram {
             print!("{}", bars(&total));

@@ -164,16 +164,10 @@ impl<B: TxBuf> Default for TxQueue<B> {
 
 impl<B: TxBuf> TxQueue<B> {
     pub fn with_capacity(bytes: usize) -> Self {
-        TxQueue {
-            bytes: Vec::with_capacity(bytes),
-            bytes_pos: 0,
-            sealed: 0,
-            segs: VecDeque::with_capacity(16),
-            head_done: 0,
-            queued: 0,
-            blocked: false,
-            spare: Vec::new(),
-        }
+        let mut q = Self::default();
+        q.bytes.reserve_exact(bytes);
+        q.segs.reserve_exact(16);
+        q
     }
 
     /// Where to append bytes to send (a PDU header, a small PDU).

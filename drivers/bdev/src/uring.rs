@@ -121,9 +121,9 @@ struct Ring {
     /// in the kernel, and kept with their capacity for the next request
     /// (no allocation per request).
     iovs: Vec<Vec<libc::iovec>>,
-    /// Completions reaped in one pass, completed after the ring is let go
-    /// (kept for its capacity).
-    done: Vec<(InFlight, i32)>,
+    /// Requests finished in one pass, with their status, completed after
+    /// the ring is let go (kept for its capacity).
+    done: Vec<(BdevIo, IoStatus)>,
     free: Vec<usize>,
     /// Requests waiting for a free slot.
     waiting: VecDeque<BdevIo>,
@@ -280,7 +280,7 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
             let slot = cqe.user_data() as usize;
             if let Some(f) = r.slots.get_mut(slot).and_then(Option::take) {
                 r.free.push(slot);
-                done.push((f, cqe.result()));
+                done.push((f.io, status_of(cqe.result(), f.expect)));
             }
         }
         while let Some(io) = r.waiting.pop_front() {
@@ -291,26 +291,15 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
                     break;
                 }
                 // Completed with the pass's completions, below.
-                Queued::Now(io, st) => {
-                    let res = if st == IoStatus::Unsupported { -libc::EOPNOTSUPP } else { 0 };
-                    done.push((InFlight { io, expect: 0 }, res));
-                }
+                Queued::Now(io, st) => done.push((io, st)),
             }
         }
         done
     };
     let n = done.len();
     // Complete outside the borrow: callbacks may submit again.
-    for (f, res) in done.drain(..) {
-        let status = if res == f.expect || (f.expect == 0 && res >= 0) {
-            IoStatus::Success
-        } else if res == -libc::EOPNOTSUPP {
-            IoStatus::Unsupported
-        } else {
-            tracing::debug!("uring request failed: result {res}, expected {}", f.expect);
-            IoStatus::Failed
-        };
-        f.io.complete(status);
+    for (io, status) in done.drain(..) {
+        io.complete(status);
     }
     // The list back for the next pass (unless a callback's drop of the
     // channel reaped in the meantime: then this one simply goes).
@@ -319,6 +308,19 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
         r.done = done;
     }
     n + submitted
+}
+
+/// A request's status from its completion's result (`expect`: the bytes
+/// it moves, 0 for none).
+fn status_of(res: i32, expect: i32) -> IoStatus {
+    if res == expect || (expect == 0 && res >= 0) {
+        IoStatus::Success
+    } else if res == -libc::EOPNOTSUPP {
+        IoStatus::Unsupported
+    } else {
+        tracing::debug!("uring request failed: result {res}, expected {expect}");
+        IoStatus::Failed
+    }
 }
 
 /// Size and logical block size of a file or block device.

@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pollux_tests::{Daemon, DaemonOpts, ok_stdout, tool};
+use pollux_tests::{Daemon, DaemonOpts, ok_stdout, reactor_allocations, snapshot_cost, tool};
 use pollux_testvm::{VmConfig, in_guest, soft_roce};
 use serde_json::{Value, json};
 
@@ -77,12 +77,6 @@ fn ios(path: &std::path::Path) -> u64 {
     let s = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
     let f: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     f.first().copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0)
-}
-
-/// Heap allocations the target's reactors have made.
-fn allocations(c: &mut pollux_core::rpc::Client) -> u64 {
-    let st = c.call("thread_get_stats", None).expect("thread_get_stats");
-    st["threads"].as_array().unwrap().iter().map(|t| t["allocations"].as_u64().unwrap_or_else(|| panic!("not counted: {st}"))).sum()
 }
 
 /// NVMe I/O commands the target has completed.
@@ -188,16 +182,11 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
         // (Those vary by some tens, as the numbers in their answers grow;
         // a command that allocates gives thousands here.)
         let mut c = d.client();
-        let cost = {
-            let a = allocations(&mut c);
-            completed(&mut c);
-            completed(&mut c);
-            allocations(&mut c) - a
-        };
-        let (a0, n0) = (allocations(&mut c), completed(&mut c));
+        let cost = snapshot_cost(&mut c, completed);
+        let (a0, n0) = (reactor_allocations(&mut c), completed(&mut c));
         fio_verify(dev, "randwrite", "4k", "8M");
         fio_verify(dev, "write", "128k", "16M");
-        let (n1, a1) = (completed(&mut c), allocations(&mut c));
+        let (n1, a1) = (completed(&mut c), reactor_allocations(&mut c));
         let (made, n) = (a1 - a0, n1 - n0);
         eprintln!("RDMA target: {made} allocations over {n} commands (the snapshots {cost})");
         assert!(n >= 4000, "the verify runs' commands: {n}");

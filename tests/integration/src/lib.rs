@@ -287,6 +287,29 @@ pub fn verify_run(dir: &TempDir, cfg: &Value, bdev: &str, qd: u32, size: u32, se
     r
 }
 
+/// Heap allocations a daemon's reactors have made (summed over them), as
+/// `thread_get_stats` counts them.
+pub fn reactor_allocations(c: &mut Client) -> u64 {
+    let st = c.call("thread_get_stats", None).expect("thread_get_stats");
+    st["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t["allocations"].as_u64().unwrap_or_else(|| panic!("the daemon does not count allocations: {st}")))
+        .sum()
+}
+
+/// What a window's two snapshots cost the daemon in allocations (their
+/// RPCs' own parsing and answers), measured with no I/O running: an
+/// allocations snapshot, `ops` twice (the count the window divides by),
+/// and the closing allocations snapshot.
+pub fn snapshot_cost(c: &mut Client, ops: impl Fn(&mut Client) -> u64) -> u64 {
+    let a = reactor_allocations(c);
+    ops(c);
+    ops(c);
+    reactor_allocations(c) - a
+}
+
 /// A `pollux-perf --json` report's reactors allocated nothing per I/O
 /// (docs/memory.md): at most one per 100 I/Os, beyond 256 for lists
 /// growing as the first requests go out (a 1 MiB iSCSI write's 128

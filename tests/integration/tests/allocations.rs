@@ -21,7 +21,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pollux_core::rpc::Client;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, assert_few_allocations, clean_perf_run, free_port, perf_command};
+use pollux_tests::{
+    Daemon, DaemonOpts, TempDir, assert_few_allocations, clean_perf_run, free_port, perf_command, reactor_allocations, snapshot_cost,
+};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.spdk:alloc-test";
@@ -52,12 +54,6 @@ fn target(nvmf_port: u16, iscsi_port: u16) -> Daemon {
     })
 }
 
-/// The target's reactor's allocations so far (one reactor: `-m 0x1`).
-fn allocations(c: &mut Client) -> u64 {
-    let st = c.call("thread_get_stats", None).unwrap();
-    st["threads"][0]["allocations"].as_u64().unwrap_or_else(|| panic!("pollux-tgt does not count allocations: {st}"))
-}
-
 /// Operations Malloc0 has completed.
 fn ops(c: &mut Client) -> u64 {
     let st = c.call("bdev_get_iostat", Some(json!({"name": "Malloc0"}))).unwrap();
@@ -65,21 +61,12 @@ fn ops(c: &mut Client) -> u64 {
     b["num_read_ops"].as_u64().unwrap() + b["num_write_ops"].as_u64().unwrap()
 }
 
-/// What one snapshot of the target costs in allocations (the RPCs' own
-/// parsing and answers), with no I/O running: taken away from the window.
-fn snapshot_cost(c: &mut Client) -> u64 {
-    let a = allocations(c);
-    ops(c);
-    ops(c);
-    allocations(c) - a
-}
-
 /// Run `pollux-perf` on `cfg` with `args`, and count the target's
 /// allocations over a second in the middle of the run.
 fn run(d: &Daemon, c: &mut Client, cfg: &Value, what: &str, args: &[&str]) {
-    let per = IOS_PER_ALLOCATION;
     let dir = TempDir::new("alloc-perf");
-    let cost = snapshot_cost(c);
+    // Taken away from the window.
+    let cost = snapshot_cost(c, ops);
     let mut full: Vec<&str> = vec!["-m", "0x1", "-t", "5", "--json"];
     full.extend_from_slice(args);
     let mut perf: Child = perf_command(&dir, cfg, &full).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run pollux-perf");
@@ -93,13 +80,13 @@ fn run(d: &Daemon, c: &mut Client, cfg: &Value, what: &str, args: &[&str]) {
         assert!(perf.try_wait().unwrap().is_none(), "{what}: pollux-perf ended before any I/O: {:?}", perf.wait_with_output());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (a0, o0) = (allocations(c), ops(c));
+    let (a0, o0) = (reactor_allocations(c), ops(c));
     let t0 = Instant::now();
     let (mut a1, mut o1, mut last) = (a0, o0, o0);
     while o1 - o0 < 10_000 && (o1 - o0 < 1_000 || t0.elapsed() < Duration::from_secs(2)) {
         std::thread::sleep(Duration::from_secs(1));
         o1 = ops(c);
-        a1 = allocations(c);
+        a1 = reactor_allocations(c);
         assert!(o1 > last, "{what}: the I/O stopped before the window closed");
         last = o1;
     }
@@ -110,9 +97,9 @@ fn run(d: &Daemon, c: &mut Client, cfg: &Value, what: &str, args: &[&str]) {
     let per_io = window.saturating_sub(cost);
     eprintln!("{what}: target {window} allocations over {n} operations (snapshots cost {cost}); host {}", r["allocations"]);
     assert!(
-        per_io * per <= n,
+        per_io * IOS_PER_ALLOCATION <= n,
         "{what}: the target's reactor allocated {window} times over {n} operations ({cost} of them the snapshots'): \
-         more than one per {per} I/Os"
+         more than one per {IOS_PER_ALLOCATION} I/Os"
     );
     assert_few_allocations(&r, &format!("{what}, the host"));
 }
@@ -146,9 +133,9 @@ fn the_counts_are_visible_and_grow_with_allocations() {
     // reactor does allocate (each RPC answer does).
     let d = target(free_port(), free_port());
     let mut c = d.client();
-    let a = allocations(&mut c);
+    let a = reactor_allocations(&mut c);
     assert!(a > 0, "start-up allocated");
-    assert!(allocations(&mut c) > a, "an RPC's answer is allocated on the reactor");
+    assert!(reactor_allocations(&mut c) > a, "an RPC's answer is allocated on the reactor");
     let m = d.call("framework_get_metrics", None).unwrap();
     let text = m.as_str().unwrap_or_default().to_string();
     assert!(text.contains("pollux_reactor_allocations_total{reactor=\"0\"}"), "{m}");
