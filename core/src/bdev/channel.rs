@@ -94,7 +94,7 @@ impl IoDevice for Bdev {
             deferred,
             outstanding: Cell::new(0),
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
-            remap_writes: remap.as_ref().map(|r| r.writes()),
+            remap_writes: remap.as_ref().map(|r| r.writes()).unwrap_or_default(),
         });
         BdevChannel {
             remap,
@@ -254,18 +254,17 @@ impl BdevChannel {
         } else {
             return self.fail(slot, check);
         }
-        let io = BdevIo::from_slot(slot);
         if bdev.qos.active() {
-            return self.qos_submit(io);
+            return self.qos_submit(BdevIo::from_slot(slot));
         }
         self.home.in_submit.set(true);
         match &self.remap {
             Some(r) => {
-                if let Err(io) = r.try_send(io) {
-                    self.backend.submit(io)
+                if let Err(slot) = r.try_send(slot, kind, lend) {
+                    self.backend.submit(BdevIo::from_slot(slot))
                 }
             }
-            None => self.backend.submit(io),
+            None => self.backend.submit(BdevIo::from_slot(slot)),
         }
         self.home.in_submit.set(false);
     }

@@ -165,9 +165,8 @@ impl Slot {
             self.offset_blocks = offset;
             if self.remap_write {
                 self.remap_write = false;
-                if let Some(c) = &self.home.remap_writes {
-                    c.set(c.get() - 1);
-                }
+                let c = &self.home.remap_writes;
+                c.set(c.get() - 1);
             }
             if !self.counters.is_empty() {
                 self.uncount();
@@ -199,8 +198,9 @@ pub(crate) struct Home {
     pub(crate) outstanding: Cell<u64>,
     pub(crate) histogram: Cell<bool>,
     /// A remapped bdev's fast-path writes in flight, shared with its
-    /// backend (see `remap`).
-    pub(crate) remap_writes: Option<Rc<Cell<u64>>>,
+    /// backend (see `remap`); a count no one reads for other bdevs (so the
+    /// completion need not ask which it is).
+    pub(crate) remap_writes: Rc<Cell<u64>>,
 }
 
 /// One I/O request. `!Send`: it lives on the reactor that submitted it.

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::io::{BdevIo, IoType};
+use super::io::{BdevIo, IoType, Slot};
 use super::{Bdev, channel};
 use crate::io_channel::IoChannel;
 
@@ -62,16 +62,19 @@ impl ClusterTable {
     }
 
     /// Give cluster `k` base cluster `c` (a cluster allocated on first
-    /// write); seen by every reactor's next request. (A table in one run
-    /// has every cluster already; should one change all the same, the
-    /// table stops being a run first, so no request maps by the old run.)
-    pub fn set(&self, k: usize, c: u32) {
-        if let Some(slot) = self.clusters.get(k) {
-            if self.run_first.load(Ordering::Relaxed) != 0 && slot.load(Ordering::Relaxed) != c {
-                self.run_first.store(0, Ordering::Release);
-            }
-            slot.store(c, Ordering::Release);
+    /// write); seen by every reactor's next request. Use
+    /// [`RemapShared::set_cluster`] for a table a fast path may hold. (A
+    /// table in one run has every cluster already; should one change all
+    /// the same, the table stops being a run, and this says so: the fast
+    /// paths keep the run's offset and must take the table again.)
+    fn set(&self, k: usize, c: u32) -> bool {
+        let Some(slot) = self.clusters.get(k) else { return false };
+        let broke = self.run_first.load(Ordering::Relaxed) != 0 && slot.load(Ordering::Relaxed) != c;
+        if broke {
+            self.run_first.store(0, Ordering::Release);
         }
+        slot.store(c, Ordering::Release);
+        broke
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +145,16 @@ impl RemapShared {
         self.state.fetch_add(GENERATION, Ordering::Release);
     }
 
+    /// Give cluster `k` of `table` (the current table, or one about to be
+    /// set) base cluster `c`; seen by every reactor's next request.
+    pub fn set_cluster(&self, table: &ClusterTable, k: usize, c: u32) {
+        if table.set(k, c) {
+            // The table was one run and is no longer: the fast paths map
+            // by the run's offset, which they took with the generation.
+            self.state.fetch_add(GENERATION, Ordering::Release);
+        }
+    }
+
     /// Changes with every [`RemapShared::set_table`].
     #[inline(always)]
     pub fn generation(&self) -> u64 {
@@ -184,12 +197,21 @@ pub struct Remap {
     /// may go when the word has this generation, a write when the word is
     /// this exactly.
     seen: Cell<u64>,
-    /// The blocks the table in hand covers.
-    table_blocks: Cell<u64>,
+    /// When the table in hand is one run on the base: what to add to a
+    /// block to get its base block (never 0: base cluster 0 is the
+    /// store's); else 0. Taken with the table: a table stops being a run
+    /// only with a new generation (`set_cluster`).
+    run_add: Cell<u64>,
+    /// With a run: the end of the blocks that may go by it, the table's
+    /// and the base's ends in one (a bdev that is open may grow, never
+    /// shrink, so the base's end checked when the table was taken holds).
+    run_end: Cell<u64>,
     /// `READ_ONLY` when the base may not be written (every write then goes
     /// to the backend), else 0.
     no_writes: u64,
     base: IoChannel<Bdev>,
+    /// The base bdev (its channel's, held here to be one load away).
+    base_bdev: Arc<Bdev>,
     /// The base wants aligned or contiguous buffers (the layer bounces
     /// for it).
     base_bounces: bool,
@@ -202,10 +224,32 @@ impl Remap {
     pub fn new(shared: Arc<RemapShared>, base: IoChannel<Bdev>, base_writable: bool, writes: Rc<Cell<u64>>) -> Remap {
         let seen = shared.state.load(Ordering::Acquire) & !SWITCHES;
         let table = shared.table();
-        let table_blocks = Cell::new((table.len() as u64) << shared.shift);
-        let base_bounces = base.device().align != 1 || base.device().contiguous;
+        let base_bdev = base.device().clone();
+        let base_bounces = base_bdev.align != 1 || base_bdev.contiguous;
         let no_writes = if base_writable { 0 } else { READ_ONLY };
-        Remap { shared, table: RefCell::new(table), seen: Cell::new(seen), table_blocks, no_writes, base, base_bounces, writes }
+        let r = Remap {
+            shared,
+            table: RefCell::new(table),
+            seen: Cell::new(seen),
+            run_add: Cell::new(0),
+            run_end: Cell::new(0),
+            no_writes,
+            base,
+            base_bdev,
+            base_bounces,
+            writes,
+        };
+        r.took_table();
+        r
+    }
+
+    /// The table in hand is new: what it covers, and whether it is a run.
+    fn took_table(&self) {
+        let table = self.table.borrow();
+        let blocks = (table.len() as u64) << self.shared.shift;
+        let add = (table.run_first() as u64) << self.shared.shift;
+        self.run_add.set(add);
+        self.run_end.set(blocks.min(self.base_bdev.num_blocks().saturating_sub(add)));
     }
 
     /// The count of fast-path writes in flight.
@@ -219,57 +263,55 @@ impl Remap {
         self.base.device().block_size
     }
 
-    /// Send `io` to the base if it is a read or write within one mapped
-    /// cluster (or anywhere in a table that is one run); else give it back
-    /// for the backend. The layer has checked `io` against the remapped
-    /// bdev (range, buffers, at least one block) and that both bdevs have
-    /// one block size.
-    #[inline]
-    pub(crate) fn try_send(&self, mut io: BdevIo) -> Result<(), BdevIo> {
-        let sh = &*self.shared;
-        let s = io.slot_mut();
-        let write = match s.kind {
-            IoType::Read if !s.lend => false,
+    /// Send a request to the base if it is a read or write within one
+    /// mapped cluster (or anywhere in a table that is one run); else give
+    /// it back for the backend. The layer has checked the request against
+    /// the remapped bdev (range, buffers, at least one block) and that both
+    /// bdevs have one block size, and passes its type and whether it is to
+    /// be lent memory (which it has at hand).
+    #[inline(always)]
+    pub(crate) fn try_send(&self, mut s: Box<Slot>, kind: IoType, lend: bool) -> Result<(), Box<Slot>> {
+        let write = match kind {
+            IoType::Read if !lend => false,
             IoType::Write => true,
-            _ => return Err(io),
+            _ => return Err(s),
         };
+        let sh = &*self.shared;
         let state = sh.state.load(Ordering::Acquire);
         let state = if write { state | self.no_writes } else { state & !SWITCHES };
         if state != self.seen.get() && !self.refreshed(state, write) {
-            return Err(io);
+            return Err(s);
         }
-        // SAFETY: `table` is replaced only by `refreshed`, on this reactor,
-        // which has returned; the reference is last used before the base's
-        // submit, the only call below that could run other code.
-        let table = unsafe { &*self.table.as_ptr() };
-        let first = table.run_first();
         // The map is trusted to name clusters of the base, but a store's
         // metadata comes from a disk: the base's range is checked all the
         // same (`shift` < 32 and clusters < 2^32: no overflow).
-        let (to, end) = if first != 0 {
-            // One run: any request within the table, across clusters too.
-            if s.offset_blocks + s.num_blocks > self.table_blocks.get() {
-                return Err(io);
+        let run_add = self.run_add.get();
+        let to = if run_add != 0 {
+            // One run: any request within the table and the base, across
+            // clusters too.
+            if s.offset_blocks + s.num_blocks > self.run_end.get() {
+                return Err(s);
             }
-            let to = s.offset_blocks + ((first as u64) << sh.shift);
-            (to, to + s.num_blocks)
+            s.offset_blocks + run_add
         } else {
             let (k, within) = sh.split(s.offset_blocks);
             if within + s.num_blocks > sh.cluster_blocks {
-                return Err(io);
+                return Err(s);
             }
-            let c = table.get(k as usize);
-            if c == 0 {
-                return Err(io);
+            // SAFETY: `table` is replaced only by `refreshed`, on this
+            // reactor, which has returned; the reference is not kept.
+            let c = unsafe { &*self.table.as_ptr() }.get(k as usize);
+            if c == 0 || (c as u64 + 1) << sh.shift > self.base_bdev.num_blocks() {
+                return Err(s);
             }
-            (sh.base_block(c, within), (c as u64 + 1) << sh.shift)
+            sh.base_block(c, within)
         };
-        let base: &Bdev = self.base.device();
-        if base.removing.load(Ordering::Relaxed) || end > base.num_blocks() {
-            return Err(io);
-        }
-        if self.base_bounces && s.bounced.is_none() && channel::bounce_if_needed(base, s).is_err() {
-            return Err(io);
+        // A base being removed is not refused here: a bdev's open users may
+        // still send it I/O while it goes (as in SPDK), and the store
+        // removes its volumes, whose own removal the layer checks, before
+        // it lets go of the base.
+        if self.base_bounces && !self.bounced(&mut s) {
+            return Err(s);
         }
         s.forwarded = Some(s.offset_blocks);
         s.offset_blocks = to;
@@ -277,8 +319,15 @@ impl Remap {
             self.writes.set(self.writes.get() + 1);
             s.remap_write = true;
         }
-        self.base.send_to_backend(io);
+        self.base.send_to_backend(BdevIo::from_slot(s));
         Ok(())
+    }
+
+    /// The base wants aligned or contiguous buffers: give it a bounce
+    /// buffer if the request's are not. False if none could be had.
+    #[cold]
+    fn bounced(&self, s: &mut Slot) -> bool {
+        s.bounced.is_some() || channel::bounce_if_needed(&self.base_bdev, s).is_ok()
     }
 
     /// The shared state moved on from `seen`: take the new table if its
@@ -288,9 +337,8 @@ impl Remap {
     fn refreshed(&self, state: u64, write: bool) -> bool {
         let generation = state & !SWITCHES;
         if generation != self.seen.get() {
-            let table = self.shared.table();
-            self.table_blocks.set((table.len() as u64) << self.shared.shift);
-            *self.table.borrow_mut() = table;
+            *self.table.borrow_mut() = self.shared.table();
+            self.took_table();
             self.seen.set(generation);
         }
         !write || state & SWITCHES == 0
@@ -308,7 +356,7 @@ mod tests {
         assert_eq!(sh.split(2048 * 2 + 5), (2, 5));
         assert_eq!(sh.base_block(7, 5), 7 * 2048 + 5);
         assert_eq!((t.get(0), t.get(1), t.get(9)), (0, 7, 0), "past the end reads as not there");
-        t.set(0, 4);
+        sh.set_cluster(&t, 0, 4);
         assert_eq!(sh.table().get(0), 4, "a cluster set is seen through the shared table");
         let g = sh.generation();
         sh.set_table(Arc::new(ClusterTable::new(&[1])));
@@ -323,11 +371,14 @@ mod tests {
         for not in [&[5, 7, 8][..], &[6, 5], &[0, 1, 2], &[3, 4, 0], &[], &[u32::MAX - 1, u32::MAX]] {
             assert_eq!(ClusterTable::new(not).run_first(), 0, "{not:?}");
         }
-        let t = ClusterTable::new(&[5, 6, 7]);
-        t.set(1, 6);
-        assert_eq!(t.run_first(), 5, "setting what is there keeps the run");
-        t.set(1, 9);
+        let t = Arc::new(ClusterTable::new(&[5, 6, 7]));
+        let sh = RemapShared::new(8, t.clone(), false);
+        let g = sh.generation();
+        sh.set_cluster(&t, 1, 6);
+        assert_eq!((t.run_first(), sh.generation()), (5, g), "setting what is there keeps the run");
+        sh.set_cluster(&t, 1, 9);
         assert_eq!((t.run_first(), t.get(1)), (0, 9), "a cluster moved: no longer a run");
+        assert_eq!(sh.generation(), g + 1, "and the fast paths, which keep the run's offset, take the table again");
     }
 
     #[test]

@@ -562,7 +562,7 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
 
     // A cluster allocated later, and a new table, are seen at once.
     r.data.lock().unwrap()[(6 * 8) * 512..(6 * 8 + 1) * 512].fill(0x66);
-    table.set(1, 6);
+    shared.set_cluster(&table, 1, 6);
     assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Success);
     assert_eq!(out.borrow().last().unwrap().1, vec![0x66; 512]);
     shared.set_table(Arc::new(remap::ClusterTable::new(&[0, 0, 0, 0])));
@@ -576,9 +576,19 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     // A table in one run (base clusters 2 to 5): a request across
     // clusters goes to the base too, at the run's offset.
     r.data.lock().unwrap()[(2 * 8 + 6) * 512..(2 * 8 + 10) * 512].fill(0x88);
-    shared.set_table(Arc::new(remap::ClusterTable::new(&[2, 3, 4, 5])));
+    let run = Arc::new(remap::ClusterTable::new(&[2, 3, 4, 5]));
+    shared.set_table(run.clone());
     assert_eq!(submit(&h, IoType::Read, 6, 4), IoStatus::Success, "across clusters 0 and 1");
     assert_eq!(out.borrow().last().unwrap().1, vec![0x88; 4 * 512]);
+    // A cluster of the run moved (cluster 1 to base cluster 6, which
+    // holds 0x66): the channel, which maps a run by one offset it keeps,
+    // reads the new place, and across clusters no longer by the run.
+    shared.set_cluster(&run, 1, 6);
+    assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Success);
+    assert_eq!(out.borrow().last().unwrap().1, vec![0x66; 512], "base cluster 6, not 3");
+    assert_eq!(submit(&h, IoType::Read, 6, 4), IoStatus::Unsupported, "across clusters: to the backend");
+    let moved = slow.load(Ordering::SeqCst);
+    shared.set_table(Arc::new(remap::ClusterTable::new(&[2, 3, 4, 5])));
     // The read-only switch stops writes, not reads; a read-only base
     // likewise (its channel's `no_writes`, see the 4k bdev below).
     shared.set_read_only(true);
@@ -586,14 +596,14 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     assert_eq!(submit(&h, IoType::Read, 0, 1), IoStatus::Success);
     shared.set_read_only(false);
     assert_eq!(submit(&h, IoType::Write, 0, 1), IoStatus::Success);
-    assert_eq!(slow.load(Ordering::SeqCst), 7);
+    assert_eq!(slow.load(Ordering::SeqCst), moved + 1);
     // A run that ends past the base (clusters 6 to 9 of an 8-cluster
     // base): what is on the base goes there, the rest to the backend.
     shared.set_table(Arc::new(remap::ClusterTable::new(&[6, 7, 8, 9])));
     assert_eq!(submit(&h, IoType::Read, 8, 1), IoStatus::Success, "base cluster 7");
     assert_eq!(submit(&h, IoType::Read, 15, 2), IoStatus::Unsupported, "into base cluster 8");
     assert_eq!(submit(&h, IoType::Read, 16, 1), IoStatus::Unsupported);
-    assert_eq!(slow.load(Ordering::SeqCst), 9);
+    assert_eq!(slow.load(Ordering::SeqCst), moved + 3);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
 
     // A remapped bdev whose blocks are not its base's size gets no fast
@@ -615,6 +625,6 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     });
     release(&h);
     assert_eq!(out.borrow().last().unwrap().0, IoStatus::Unsupported);
-    assert_eq!(slow.load(Ordering::SeqCst), 10);
+    assert_eq!(slow.load(Ordering::SeqCst), moved + 4);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
 }

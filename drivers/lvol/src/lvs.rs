@@ -284,7 +284,7 @@ impl Lvs {
         self.open()?;
         let c = self.store.allocate_cluster(id, k).await?;
         if let Some(lv) = self.lvols.borrow().get(&id) {
-            lv.vol.layout().own.set(k, c);
+            lv.vol.remap.set_cluster(&lv.vol.layout().own, k, c);
         }
         Ok(())
     }
