@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::io::{BdevIo, IoType, Slot};
@@ -94,9 +94,12 @@ pub struct RemapShared {
     cluster_blocks: u64,
     shift: u32,
     table: Mutex<Arc<ClusterTable>>,
-    /// The table's generation (`GENERATION` per [`RemapShared::set_table`])
-    /// and the two switches, in one word: the fast path reads it once.
+    /// The table's generation (`GENERATION` per [`RemapShared::set_table`],
+    /// and per run a [`RemapShared::set_cluster`] ends) and the two
+    /// switches, in one word: the fast path reads it once.
     state: AtomicU64,
+    /// The fast path is off for good ([`RemapShared::stop`]).
+    stopped: AtomicBool,
 }
 
 /// Writes are refused (the backend answers them).
@@ -115,6 +118,7 @@ impl RemapShared {
             shift: cluster_blocks.trailing_zeros(),
             table: Mutex::new(table),
             state: AtomicU64::new(if read_only { READ_ONLY } else { 0 }),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -139,9 +143,26 @@ impl RemapShared {
     }
 
     /// A new table (resize, snapshot, new parent): every reactor takes it
-    /// before its next request.
+    /// before its next request. (After [`RemapShared::stop`], the empty one
+    /// stays.)
     pub fn set_table(&self, t: Arc<ClusterTable>) {
-        *self.table.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.stopped.load(Ordering::Relaxed) {
+            *table = t;
+        }
+        self.state.fetch_add(GENERATION, Ordering::Release);
+    }
+
+    /// Turn the fast path off for good: every request goes to the backend
+    /// from each reactor's next one on (an empty table maps nothing). For a
+    /// base being removed: the layer refuses new I/O to a bdev being
+    /// removed, and the fast path, which does not look at the base's state
+    /// per request, is stopped as soon as the remapped bdev's owner hears
+    /// of it.
+    pub fn stop(&self) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped.store(true, Ordering::Relaxed);
+        *table = Arc::new(ClusterTable::new(&[]));
         self.state.fetch_add(GENERATION, Ordering::Release);
     }
 
@@ -155,7 +176,8 @@ impl RemapShared {
         }
     }
 
-    /// Changes with every [`RemapShared::set_table`].
+    /// Changes with every [`RemapShared::set_table`] (and when a
+    /// [`RemapShared::set_cluster`] ends a run).
     #[inline(always)]
     pub fn generation(&self) -> u64 {
         self.state.load(Ordering::Acquire) / GENERATION
@@ -306,10 +328,8 @@ impl Remap {
             }
             sh.base_block(c, within)
         };
-        // A base being removed is not refused here: a bdev's open users may
-        // still send it I/O while it goes (as in SPDK), and the store
-        // removes its volumes, whose own removal the layer checks, before
-        // it lets go of the base.
+        // A base being removed is not looked at here: its removal stops
+        // the fast path (`RemapShared::stop`, from the owner's event).
         if self.base_bounces && !self.bounced(&mut s) {
             return Err(s);
         }
@@ -392,5 +412,18 @@ mod tests {
         sh.set_table(Arc::new(ClusterTable::new(&[2])));
         assert_eq!(sh.generation(), g + 1);
         assert!(sh.frozen(), "a new table leaves the switches as they were");
+    }
+
+    #[test]
+    fn a_stopped_fast_path_stays_stopped() {
+        let sh = RemapShared::new(8, Arc::new(ClusterTable::new(&[1, 2])), false);
+        let g = sh.generation();
+        sh.stop();
+        assert_eq!((sh.table().len(), sh.table().run_first()), (0, 0), "an empty table maps nothing");
+        assert_ne!(sh.generation(), g, "every channel takes it before its next request");
+        let g = sh.generation();
+        sh.set_table(Arc::new(ClusterTable::new(&[3, 4])));
+        assert_eq!(sh.table().len(), 0, "a later layout does not turn it back on");
+        assert_ne!(sh.generation(), g);
     }
 }

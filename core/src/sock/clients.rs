@@ -13,7 +13,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::reactor::{self, PollStatus, Poller};
-use crate::sock::ReadyGroup;
+use crate::sock::{ReadyGroup, Sweep};
 use crate::sys::Interest;
 
 /// A connection in a [`ClientGroup`].
@@ -33,9 +33,8 @@ pub struct ClientGroup<T: Client> {
     flushing: RefCell<Vec<u64>>,
     next_token: Cell<u64>,
     pollers: RefCell<Vec<Poller>>,
-    /// The clients the timer visits, kept for its capacity (the timer
-    /// allocates nothing).
-    swept: RefCell<Vec<Rc<T>>>,
+    /// The clients the timer visits.
+    swept: Sweep<Rc<T>>,
 }
 
 impl<T: Client> ClientGroup<T> {
@@ -55,7 +54,7 @@ impl<T: Client> ClientGroup<T> {
             flushing: RefCell::new(Vec::with_capacity(16)),
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
-            swept: RefCell::new(Vec::new()),
+            swept: Sweep::default(),
         });
         let w = Rc::downgrade(&g);
         let p = reactor::register_poller(name, move || match w.upgrade() {
@@ -168,13 +167,7 @@ impl<T: Client> ClientGroup<T> {
 
     fn check_timeouts(&self) -> PollStatus {
         let now = Instant::now();
-        let mut all = std::mem::take(&mut *self.swept.borrow_mut());
-        all.extend(self.clients.borrow().values().filter_map(Weak::upgrade));
-        for c in &all {
-            c.check_timeouts(now);
-        }
-        all.clear();
-        *self.swept.borrow_mut() = all;
+        self.swept.run(|all| all.extend(self.clients.borrow().values().filter_map(Weak::upgrade)), |c| c.check_timeouts(now));
         PollStatus::Idle
     }
 }

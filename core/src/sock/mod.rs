@@ -28,12 +28,14 @@ mod clients;
 mod connect;
 mod listen;
 mod ready;
+mod sweep;
 mod tx;
 
 pub use clients::{Client, ClientGroup};
 pub use connect::{connect_result, connect_start};
 pub use listen::{ACCEPT_BACKOFF, Accepted, ConnLimit, ConnSlot, Listener, RoundRobin};
 pub use ready::{Ready, ReadyGroup};
+pub use sweep::Sweep;
 pub use tx::{Flushed, OutBuf, TxBuf, TxQueue, Writev};
 
 use std::io;

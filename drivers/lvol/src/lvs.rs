@@ -298,6 +298,12 @@ fn open_base(bdev_name: &str) -> Result<Descriptor, pollux_core::bdev::BdevError
         if ev == BdevEvent::Remove {
             let name = name.clone();
             if let Some(l) = all().into_iter().find(|l| l.base_name == name) {
+                // The volumes' fast paths send reads and writes straight to
+                // the base, which the layer now refuses new I/O: stop them
+                // first (their volumes stay until their users close them).
+                for lv in l.lvols.borrow().values() {
+                    lv.vol.remap.stop();
+                }
                 task::spawn_local(async move {
                     let _ = close(&l, false).await;
                 });

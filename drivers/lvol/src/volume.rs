@@ -55,7 +55,8 @@ pub struct Volume {
     pub lvs_uuid: uuid::Uuid,
     layout: Mutex<Arc<Layout>>,
     /// What the bdev layer's fast path shares: the cluster size, the own
-    /// map, its generation (changed with every new layout), and the
+    /// map, its generation (changed with every new layout, and when a
+    /// cluster of a map in one run moves), and the
     /// switches: `read_only`, and `frozen` (writes wait while a snapshot
     /// moves the volume's clusters).
     pub remap: Arc<RemapShared>,

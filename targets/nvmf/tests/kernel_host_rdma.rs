@@ -177,10 +177,13 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
         let ns: Value = serde_json::from_str(&run("nvme", &["id-ns", dev, "-o", "json"])).unwrap();
         assert_eq!(ns["nsze"], 131072);
         // No heap allocation per command (pollux-tgt counts its reactors'):
-        // over the two verify runs, less than one per 20 commands beyond
+        // over the two verify runs, less than one per 4 commands beyond
         // what the snapshots' own RPCs cost, measured with no I/O first.
         // (Those vary by some tens, as the numbers in their answers grow;
-        // a command that allocates gives thousands here.)
+        // a command that allocates gives one per command at least, 4,000
+        // and more here. What else runs meanwhile grows with the run's
+        // length, not its commands: 40 beyond the snapshots on a quiet
+        // machine, 307 once in the suite with other guests running.)
         let mut c = d.client();
         let cost = snapshot_cost(&mut c, completed);
         let (a0, n0) = (reactor_allocations(&mut c), completed(&mut c));
@@ -191,7 +194,7 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
         eprintln!("RDMA target: {made} allocations over {n} commands (the snapshots {cost})");
         assert!(n >= 4000, "the verify runs' commands: {n}");
         assert!(
-            made.saturating_sub(cost) * 20 <= n,
+            made.saturating_sub(cost) * 4 <= n,
             "the RDMA target's reactors allocated {made} times over {n} commands (the snapshots {cost}); see docs/memory.md"
         );
         let pools = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sock::{ConnSlot, Flushed, OutBuf, ReadyGroup, TxBuf, TxQueue};
+use pollux_core::sock::{ConnSlot, Flushed, OutBuf, ReadyGroup, Sweep, TxBuf, TxQueue};
 use pollux_core::sys::Interest;
 use zerocopy::IntoBytes;
 
@@ -142,6 +142,8 @@ pub(crate) struct Group {
     dirty: RefCell<Vec<Rc<Conn>>>,
     next_token: Cell<u64>,
     pollers: RefCell<Vec<Poller>>,
+    /// The connections the timer visits.
+    swept: Sweep<Rc<Conn>>,
 }
 
 impl Group {
@@ -157,6 +159,7 @@ impl Group {
             dirty: RefCell::new(Vec::new()),
             next_token: Cell::new(1),
             pollers: RefCell::new(Vec::new()),
+            swept: Sweep::default(),
         });
         // The pollers hold the group weakly (it owns them): no lookup per pass.
         let w = Rc::downgrade(&g);
@@ -232,39 +235,41 @@ impl Group {
                 Duration::from_secs(u64::from(o.login_timeout.max(1))),
             )
         };
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         let now = Instant::now();
         let mut n = 0;
-        for c in conns {
-            let verdict = {
-                let st = c.st.borrow();
-                match (&st.phase, st.ping) {
-                    _ if st.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_TIMEOUT) => {
-                        Some("the initiator did not read the last answers of a closing connection")
+        self.swept.run(
+            |all| all.extend(self.conns.borrow().values().cloned()),
+            |c| {
+                let verdict = {
+                    let st = c.st.borrow();
+                    match (&st.phase, st.ping) {
+                        _ if st.closing_since.is_some_and(|t| now.duration_since(t) > CLOSE_TIMEOUT) => {
+                            Some("the initiator did not read the last answers of a closing connection")
+                        }
+                        (Phase::Login(_), _) if now.duration_since(c.started) > login_timeout => Some("login timed out"),
+                        (Phase::FullFeature, Some((_, at))) if now.duration_since(at) > timeout => Some("initiator did not answer NOP-In"),
+                        _ => None,
                     }
-                    (Phase::Login(_), _) if now.duration_since(c.started) > login_timeout => Some("login timed out"),
-                    (Phase::FullFeature, Some((_, at))) if now.duration_since(at) > timeout => Some("initiator did not answer NOP-In"),
-                    _ => None,
+                };
+                if let Some(why) = verdict {
+                    tracing::info!("iscsi: closing connection from {}: {why}", c.ep.peer);
+                    if matches!(c.st.borrow().phase, Phase::Login(_)) {
+                        crate::counters::login_failed(c.place(), "timeout");
+                    }
+                    c.close(Close::Protocol(why.into()));
+                    n += 1;
+                    return;
                 }
-            };
-            if let Some(why) = verdict {
-                tracing::info!("iscsi: closing connection from {}: {why}", c.ep.peer);
-                if matches!(c.st.borrow().phase, Phase::Login(_)) {
-                    crate::counters::login_failed(c.place(), "timeout");
+                let ping = {
+                    let st = c.st.borrow();
+                    matches!(st.phase, Phase::FullFeature) && st.ping.is_none() && now.duration_since(st.last_rx) > interval
+                };
+                if ping {
+                    c.send_ping();
+                    n += 1;
                 }
-                c.close(Close::Protocol(why.into()));
-                n += 1;
-                continue;
-            }
-            let ping = {
-                let st = c.st.borrow();
-                matches!(st.phase, Phase::FullFeature) && st.ping.is_none() && now.duration_since(st.last_rx) > interval
-            };
-            if ping {
-                c.send_ping();
-                n += 1;
-            }
-        }
+            },
+        );
         n
     }
 

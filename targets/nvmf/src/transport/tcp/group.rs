@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pollux_core::reactor::{self, PollStatus, Poller};
-use pollux_core::sock::{ConnSlot, ReadyGroup};
+use pollux_core::sock::{ConnSlot, ReadyGroup, Sweep};
 use pollux_core::sys::Interest;
 use serde::Serialize;
 
@@ -47,9 +47,8 @@ pub(crate) struct TcpGroup {
     pub(crate) stats: RefCell<GroupStats>,
     pollers: RefCell<Vec<Poller>>,
     closing: Cell<bool>,
-    /// The connections the timer visits (kept for its capacity: the
-    /// timer allocates nothing).
-    swept: RefCell<Vec<Rc<Conn>>>,
+    /// The connections the timer visits.
+    swept: Sweep<Rc<Conn>>,
 }
 
 /// This reactor's group, created on first use.
@@ -66,7 +65,7 @@ pub(crate) fn group() -> io::Result<Rc<TcpGroup>> {
         stats: RefCell::new(GroupStats::default()),
         pollers: RefCell::new(Vec::new()),
         closing: Cell::new(false),
-        swept: RefCell::new(Vec::new()),
+        swept: Sweep::default(),
     });
     let w = Rc::downgrade(&g);
     let p = reactor::register_poller("nvmf_tcp_poll_group", move || match w.upgrade() {
@@ -205,14 +204,8 @@ impl TcpGroup {
     }
 
     fn check_timeouts(&self) -> PollStatus {
-        let mut conns = std::mem::take(&mut *self.swept.borrow_mut());
-        conns.extend(self.conns.borrow().values().cloned());
         let mut n = 0usize;
-        for c in &conns {
-            n += usize::from(c.check_timeouts());
-        }
-        conns.clear();
-        *self.swept.borrow_mut() = conns;
+        self.swept.run(|all| all.extend(self.conns.borrow().values().cloned()), |c| n += usize::from(c.check_timeouts()));
         n.into()
     }
 
