@@ -79,10 +79,28 @@ fn ios(path: &std::path::Path) -> u64 {
     f.first().copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0)
 }
 
-/// NVMe I/O commands the target has completed.
-fn completed(c: &mut pollux_core::rpc::Client) -> u64 {
+/// The target's completed NVMe I/O commands, and the queue pairs (admin
+/// and I/O) connected to it so far.
+fn counters(c: &mut pollux_core::rpc::Client) -> (u64, u64) {
     let st = c.call("nvmf_get_stats", None).expect("nvmf_get_stats");
-    st["poll_groups"].as_array().unwrap().iter().map(|g| g["completed_nvme_io"].as_u64().unwrap()).sum()
+    let groups = st["poll_groups"].as_array().unwrap();
+    let sum = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
+    (sum("completed_nvme_io"), sum("admin_qpairs") + sum("io_qpairs"))
+}
+
+/// `counters` as one number, for `snapshot_cost` (which only needs the
+/// call made).
+fn counters_sum(c: &mut pollux_core::rpc::Client) -> u64 {
+    let (n, q) = counters(c);
+    n + q
+}
+
+/// The kernel's log lines about controller resets and timeouts, for a
+/// failure's message.
+fn dmesg_resets() -> String {
+    let out = Command::new("dmesg").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("reset") || l.contains("timeout") || l.contains("I/O tag")).collect();
+    format!("--- dmesg (resets, timeouts):\n{}", lines.join("\n"))
 }
 
 fn fio_verify(dev: &str, rw: &str, bs: &str, size: &str) {
@@ -177,25 +195,36 @@ fn linux_nvme_rdma_host_uses_pollux_over_soft_roce_beside_a_tcp_host() {
         let ns: Value = serde_json::from_str(&run("nvme", &["id-ns", dev, "-o", "json"])).unwrap();
         assert_eq!(ns["nsze"], 131072);
         // No heap allocation per command (pollux-tgt counts its reactors'):
-        // over the two verify runs, less than one per 4 commands beyond
+        // over the two verify runs, less than one per 10 commands beyond
         // what the snapshots' own RPCs cost, measured with no I/O first.
         // (Those vary by some tens, as the numbers in their answers grow;
         // a command that allocates gives one per command at least, 4,000
-        // and more here. What else runs meanwhile grows with the run's
-        // length, not its commands: 40 beyond the snapshots on a quiet
-        // machine, 307 once in the suite with other guests running.)
+        // and more here. Measured: 25-54 beyond the snapshots, the kept
+        // lists growing on first use; a second window, none.) A host that
+        // reconnects meanwhile (the kernel resets a controller whose
+        // commands time out, on a guest slowed by others) sets up new
+        // queue pairs, some 250 allocations that are no command's: such a
+        // window is measured again.
         let mut c = d.client();
-        let cost = snapshot_cost(&mut c, completed);
-        let (a0, n0) = (reactor_allocations(&mut c), completed(&mut c));
-        fio_verify(dev, "randwrite", "4k", "8M");
-        fio_verify(dev, "write", "128k", "16M");
-        let (n1, a1) = (completed(&mut c), reactor_allocations(&mut c));
-        let (made, n) = (a1 - a0, n1 - n0);
-        eprintln!("RDMA target: {made} allocations over {n} commands (the snapshots {cost})");
+        let cost = snapshot_cost(&mut c, counters_sum);
+        let mut windows = Vec::new();
+        let (made, n) = loop {
+            let (a0, (n0, q0)) = (reactor_allocations(&mut c), counters(&mut c));
+            fio_verify(dev, "randwrite", "4k", "8M");
+            fio_verify(dev, "write", "128k", "16M");
+            let ((n1, q1), a1) = (counters(&mut c), reactor_allocations(&mut c));
+            windows.push(format!("{} allocations, {} commands, {} queue pairs connected", a1 - a0, n1 - n0, q1 - q0));
+            if q1 == q0 {
+                break (a1 - a0, n1 - n0);
+            }
+            assert!(windows.len() < 3, "the host reconnected in every window: {windows:?}\n{}", dmesg_resets());
+        };
+        eprintln!("RDMA target: {made} allocations over {n} commands (the snapshots {cost}); windows {windows:?}");
         assert!(n >= 4000, "the verify runs' commands: {n}");
         assert!(
-            made.saturating_sub(cost) * 4 <= n,
-            "the RDMA target's reactors allocated {made} times over {n} commands (the snapshots {cost}); see docs/memory.md"
+            made.saturating_sub(cost) * 10 <= n,
+            "the RDMA target's reactors allocated {made} times over {n} commands (the snapshots {cost}; windows {windows:?}); see docs/memory.md\n{}",
+            dmesg_resets()
         );
         let pools = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
         for class in ["small_pool", "large_pool"] {
