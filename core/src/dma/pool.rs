@@ -132,6 +132,17 @@ impl DmaBuf {
         }
     }
 
+    /// Whether a holder that could let this buffer go (a write queue whose
+    /// reader is behind) should: its pool is short, with requests waiting
+    /// or under a quarter of its buffers free. Buffers not from a pool:
+    /// always.
+    pub fn wanted_back(&self) -> bool {
+        match &self.home {
+            Home::Pool(c) => !c.waiters.borrow().is_empty() || c.free.borrow().len() * 4 < c.count,
+            Home::Region { .. } | Home::View { .. } => true,
+        }
+    }
+
     /// Whether the buffer is known to hold only zeroes (nothing could have
     /// written it since it was last zeroed).
     pub fn is_known_zero(&self) -> bool {

@@ -204,3 +204,23 @@ fn carving_refuses_ranges_outside_the_buffers() {
     }
     assert!(carver.unload(&mut bufs) && bufs.len() == 1);
 }
+
+#[test]
+fn a_pool_buffer_is_wanted_back_when_its_pool_runs_short() {
+    let h = Harness::new(1);
+    h.on(0, || {
+        let pool = Rc::new(BufPool::new((4096, 8), (0, 0)).unwrap());
+        let mut held: Vec<DmaBuf> = (0..6).map(|_| pool.get(4096).unwrap()).collect();
+        assert!(!held[0].wanted_back(), "2 of 8 free: not short");
+        held.push(pool.get(4096).unwrap());
+        assert!(held[0].wanted_back(), "1 of 8 free: short");
+        held.truncate(4);
+        assert!(!held[0].wanted_back(), "4 of 8 free again");
+        held.extend((0..4).map(|_| pool.get(4096).unwrap()));
+        assert!(!pool.get_or_wait(4096, |_| {}), "none free: the request waits");
+        held.truncate(2);
+        assert!(held[0].wanted_back(), "6 of 8 free, but a request waits (until the pool's poller serves it)");
+        let own = DmaBuf::alloc(4096).unwrap();
+        assert!(own.wanted_back(), "a buffer of its own region: always");
+    });
+}

@@ -113,6 +113,16 @@ pub fn set_int_option(stream: &TcpStream, level: i32, name: i32, value: i32) -> 
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Bytes a socket holds that the peer has not acknowledged yet
+/// (`TIOCOUTQ`): whether a peer behind its full socket is reading at all.
+pub fn unsent_bytes(stream: &TcpStream) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the descriptor is a live socket owned by `stream`; TIOCOUTQ
+    // writes one c_int through the pointer.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0 && n >= 0).then_some(n as usize)
+}
+
 /// Apply the posix options to a connection a target accepted.
 pub fn configure_accepted(stream: &TcpStream) -> io::Result<()> {
     let o = posix_options();

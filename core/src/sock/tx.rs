@@ -3,13 +3,29 @@
 //! `writev`, in order.
 //!
 //! Buffers are sent from where they are: a read's data goes from its DMA
-//! buffer to the socket with no copy but the kernel's. A buffer is held only
-//! while the socket takes what it is given. When the socket is full (the peer
-//! does not read as fast as we answer), the buffers still queued are copied
-//! into the queue's own bytes and dropped, so they go back to their pool at
-//! once: a slow or hostile reader holds heap memory, bounded by the caller's
-//! backlog limit, never the reactor's DMA buffers, which other connections
-//! need to make progress.
+//! buffer to the socket with no copy but the kernel's. When the socket is
+//! full (the peer does not read as fast as we answer), buffers stay queued
+//! as they are while the peer goes on reading, as SPDK's requests keep
+//! theirs until sent: copying them out at every full socket would cost a
+//! pass over memory for each reader that is only briefly behind, which on
+//! a link slower than the target is every reader of large transfers.
+//!
+//! What a reader that is behind can hold is bounded. The unsent part of
+//! the queued buffers is copied into the queue's own bytes and the buffers
+//! dropped (so they go back to their owner):
+//! - beyond [`HOLD_MAX`] of pool memory per queue (a buffer's whole
+//!   capacity counts, [`TxBuf::pool_bytes`]), so that a few slow readers
+//!   cannot hold the reactor's pool, which other connections need;
+//! - when a buffer's pool runs short ([`TxBuf::release_when_blocked`]): at
+//!   the next buffer queued, flush or tick of the connection;
+//! - when the peer has read nothing for a whole period of the owner's
+//!   timer ([`TxQueue::tick`]: the kernel's send queue did not shrink and
+//!   nothing was written), and from then on until it reads again; memory a
+//!   bdev lent (which no one else waits for) is let go then (a deleted RAM
+//!   disk's is unmapped when its last holder goes).
+//!
+//! A stalled or hostile reader thus holds heap memory, bounded by the
+//! caller's backlog limit, and at most [`HOLD_MAX`] of the pool.
 
 use std::collections::VecDeque;
 use std::io;
@@ -24,6 +40,8 @@ const MAX_IOV: usize = 64;
 /// the memory back once it is empty, keeping [`KEEP`].
 const SHRINK_ABOVE: usize = 8 << 20;
 const KEEP: usize = 1 << 20;
+/// Pool memory (buffer capacity) a queue whose socket is full may hold.
+pub const HOLD_MAX: usize = 4 << 20;
 
 enum Seg<B> {
     /// `len` bytes of `bytes`, starting at the end of the segments before.
@@ -48,6 +66,18 @@ pub trait TxBuf {
     fn tx_ptr(&self, start: usize) -> *const u8;
     /// Append `n` bytes from byte `start` to `out`.
     fn tx_copy(&self, start: usize, n: usize, out: &mut Vec<u8>);
+    /// Whether the buffer should go back as soon as the socket is full
+    /// (copied into the queue's bytes) rather than wait there for a reader
+    /// that is still reading. Yes unless the type says otherwise.
+    fn release_when_blocked(&self) -> bool {
+        true
+    }
+    /// Pool memory the buffer holds while queued (its whole capacity: a
+    /// short read still takes a whole pool buffer). None unless the type
+    /// says otherwise.
+    fn pool_bytes(&self) -> usize {
+        0
+    }
 }
 
 impl<T: AsRef<[u8]>> TxBuf for T {
@@ -99,6 +129,20 @@ impl TxBuf for OutBuf {
             OutBuf::Lent(l) => l.append_to(start, n, out),
         }
     }
+    /// A pool buffer when its pool runs short; lent memory never (it is
+    /// the bdev's, held by reference: no one else waits for it).
+    fn release_when_blocked(&self) -> bool {
+        match self {
+            OutBuf::Dma(b) => b.wanted_back(),
+            OutBuf::Lent(_) => false,
+        }
+    }
+    fn pool_bytes(&self) -> usize {
+        match self {
+            OutBuf::Dma(b) => b.capacity(),
+            OutBuf::Lent(_) => 0,
+        }
+    }
 }
 
 /// Where a write queue goes: `writev(2)` on a socket, or a test's sink.
@@ -138,8 +182,17 @@ pub struct TxQueue<B> {
     head_done: usize,
     /// Unsent bytes in `segs` (not counting the open run).
     queued: usize,
-    /// The last flush found the socket full: new buffers are copied.
+    /// The last flush found the socket full.
     blocked: bool,
+    /// The peer read nothing for a whole timer period while the socket was
+    /// full: buffers were copied out, and new ones are copied in.
+    stalled: bool,
+    /// Bytes were written since the last [`TxQueue::tick`].
+    progressed: bool,
+    /// Pool memory of the queued buffers ([`TxBuf::pool_bytes`]).
+    held_pool: usize,
+    /// The kernel's unsent bytes at the last tick while blocked.
+    in_kernel: Option<usize>,
     /// Where a spill builds the new bytes (kept for its capacity).
     spare: Vec<u8>,
 }
@@ -157,6 +210,10 @@ impl<B: TxBuf> Default for TxQueue<B> {
             head_done: 0,
             queued: 0,
             blocked: false,
+            stalled: false,
+            progressed: false,
+            held_pool: 0,
+            in_kernel: None,
             spare: Vec::new(),
         }
     }
@@ -176,7 +233,9 @@ impl<B: TxBuf> TxQueue<B> {
     }
 
     /// Queue the first `len` bytes of `buf`, sent from the buffer itself
-    /// unless the socket is full (then they are copied and `buf` dropped).
+    /// (copied, and `buf` dropped, if the socket is full and the buffer
+    /// should go back, the queue holds its share of the pool, or the peer
+    /// has stopped reading).
     pub fn push_buf(&mut self, buf: B, len: usize) {
         self.push_buf_at(buf, 0, len);
     }
@@ -189,11 +248,20 @@ impl<B: TxBuf> TxQueue<B> {
             return;
         }
         if self.blocked {
-            buf.tx_copy(start, len, &mut self.bytes);
-            return;
+            let wanted = buf.release_when_blocked();
+            if self.stalled || wanted || self.held_pool + buf.pool_bytes() > HOLD_MAX {
+                buf.tx_copy(start, len, &mut self.bytes);
+                if wanted {
+                    // Its pool is short: let go of the others too.
+                    self.seal();
+                    self.spill();
+                }
+                return;
+            }
         }
         self.seal();
         self.queued += len;
+        self.held_pool += buf.pool_bytes();
         self.segs.push_back(Seg::Buf(buf, start, len));
     }
 
@@ -262,8 +330,10 @@ impl<B: TxBuf> TxQueue<B> {
                 Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.spill();
                     self.blocked = true;
+                    if self.stalled || self.held_pool > HOLD_MAX || self.holds_wanted() {
+                        self.spill();
+                    }
                     return Ok(Flushed::Blocked);
                 }
                 Err(e) => return Err(e),
@@ -273,6 +343,8 @@ impl<B: TxBuf> TxQueue<B> {
         self.bytes_pos = 0;
         self.sealed = 0;
         self.blocked = false;
+        self.stalled = false;
+        self.in_kernel = None;
         if self.bytes.capacity() > SHRINK_ABOVE {
             self.bytes.shrink_to(KEEP);
         }
@@ -282,6 +354,8 @@ impl<B: TxBuf> TxQueue<B> {
     /// `n` bytes were written: drop what they finished.
     fn consume(&mut self, mut n: usize) {
         self.queued -= n;
+        self.progressed = true;
+        self.stalled = false;
         while n > 0 {
             let Some(seg) = self.segs.front() else { break };
             let left = seg.len() - self.head_done;
@@ -290,15 +364,56 @@ impl<B: TxBuf> TxQueue<B> {
                 return;
             }
             n -= left;
-            if let Some(Seg::Bytes(len)) = self.segs.pop_front() {
-                self.bytes_pos += len;
+            match self.segs.pop_front() {
+                Some(Seg::Bytes(len)) => self.bytes_pos += len,
+                Some(Seg::Buf(b, ..)) => self.held_pool -= b.pool_bytes(),
+                None => {}
             }
             self.head_done = 0;
         }
     }
 
-    /// The socket is full: copy the unsent part of every queued buffer into
-    /// bytes, so the buffers go back now.
+    /// For the owner's periodic timer (every 100 ms to a second), with a
+    /// way to read the kernel's unsent bytes on the socket
+    /// ([`super::unsent_bytes`]; asked only while the socket is full). A
+    /// queue whose socket stayed full for a whole period, with nothing
+    /// written and the kernel's queue not shrinking (the peer read
+    /// nothing), is stalled and lets its buffers go; so does one holding a
+    /// buffer whose pool has run short since it was queued. Without the
+    /// kernel's figure, a period with nothing written is a stall.
+    pub fn tick(&mut self, in_kernel: impl FnOnce() -> Option<usize>) {
+        if self.blocked {
+            let now = in_kernel();
+            let read = match (now, self.in_kernel) {
+                (Some(n), Some(before)) => n < before,
+                // First look since the socket filled: give it a period.
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            self.in_kernel = now;
+            let moving = self.progressed || read;
+            if !moving || self.holds_wanted() {
+                self.stalled |= !moving;
+                self.seal();
+                self.spill();
+            }
+        }
+        self.progressed = false;
+    }
+
+    /// Whether the socket is full and the peer stopped reading (see
+    /// [`TxQueue::tick`]).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// A queued buffer should go back now.
+    fn holds_wanted(&self) -> bool {
+        self.segs.iter().any(|s| matches!(s, Seg::Buf(b, ..) if b.release_when_blocked()))
+    }
+
+    /// Copy the unsent part of every queued buffer into bytes, so the
+    /// buffers go back now. Every byte must be in a segment (sealed).
     fn spill(&mut self) {
         if !self.segs.iter().any(|s| matches!(s, Seg::Buf(..))) {
             return;
@@ -318,6 +433,7 @@ impl<B: TxBuf> TxQueue<B> {
             }
         }
         // (`flush` sealed the open run: every byte is in a segment.)
+        self.held_pool = 0;
         self.spare = std::mem::replace(&mut self.bytes, out);
         self.spare.clear();
         if self.spare.capacity() > KEEP {
@@ -360,6 +476,10 @@ impl<B: TxBuf> TxQueue<B> {
         self.head_done = 0;
         self.queued = 0;
         self.blocked = false;
+        self.stalled = false;
+        self.progressed = false;
+        self.held_pool = 0;
+        self.in_kernel = None;
     }
 }
 
@@ -448,6 +568,164 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    /// A buffer that may stay queued while the socket is full (as lent
+    /// memory, or a pool buffer whose pool is not short), or not, as its
+    /// flag says; counted while alive.
+    struct Held {
+        data: Vec<u8>,
+        alive: Rc<Cell<usize>>,
+        release: Rc<Cell<bool>>,
+        pool: usize,
+    }
+    impl TxBuf for Held {
+        fn tx_len(&self) -> usize {
+            self.data.len()
+        }
+        fn tx_ptr(&self, start: usize) -> *const u8 {
+            self.data[start..].as_ptr()
+        }
+        fn tx_copy(&self, start: usize, n: usize, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.data[start..start + n]);
+        }
+        fn release_when_blocked(&self) -> bool {
+            self.release.get()
+        }
+        fn pool_bytes(&self) -> usize {
+            self.pool
+        }
+    }
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.alive.set(self.alive.get() - 1);
+        }
+    }
+    fn held(data: Vec<u8>, alive: &Rc<Cell<usize>>, release: &Rc<Cell<bool>>) -> Held {
+        alive.set(alive.get() + 1);
+        Held { data, alive: alive.clone(), release: release.clone(), pool: 0 }
+    }
+
+    #[test]
+    fn a_blocked_queue_holds_at_most_its_share_of_the_pool() {
+        let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let pooled = |b: Vec<u8>| {
+            let mut h = held(b, &alive, &release);
+            h.pool = 1 << 20;
+            h
+        };
+        let mut q = TxQueue::default();
+        q.push_buf(pooled(vec![1; 100]), 100);
+        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        // Up to HOLD_MAX (4 MiB of pool buffers) stays queued as it is...
+        for i in 0..3 {
+            q.push_buf(pooled(vec![2 + i; 100]), 100);
+        }
+        assert_eq!(alive.get(), 4);
+        // ...what comes beyond is copied.
+        q.push_buf(pooled(vec![5; 100]), 100);
+        assert_eq!(alive.get(), 4);
+        // Lent memory (no pool bytes) is not counted against it.
+        q.push_buf(held(vec![6; 100], &alive, &release), 100);
+        assert_eq!(alive.get(), 5);
+        // Written out, the buffers leave the count: room for another.
+        s.block_every = 0;
+        s.room = 1 << 20;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        assert_eq!(alive.get(), 0);
+        let want: Vec<u8> = (1..=6).flat_map(|b| vec![b as u8; 100]).collect();
+        assert_eq!(s.got, want);
+        s.block_every = 1;
+        q.push_buf(pooled(vec![7; 10]), 10);
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        for _ in 0..3 {
+            q.push_buf(pooled(vec![8; 10]), 10);
+        }
+        assert_eq!(alive.get(), 4, "4 MiB held again after the queue drained");
+    }
+
+    #[test]
+    fn a_reader_that_drains_the_kernels_queue_is_not_stalled() {
+        let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let mut q = TxQueue::default();
+        q.push_buf(held(vec![1; 100], &alive, &release), 100);
+        // Full at once: nothing written.
+        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 1, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        q.tick(|| Some(5000)); // the first look since it filled
+        assert_eq!(alive.get(), 1);
+        q.tick(|| Some(4000)); // the peer read 1000 bytes of the kernel's queue
+        assert_eq!(alive.get(), 1);
+        assert!(!q.is_stalled());
+        q.tick(|| Some(4000)); // a whole period without reading
+        assert!(q.is_stalled());
+        assert_eq!(alive.get(), 0);
+    }
+
+    #[test]
+    fn a_full_socket_keeps_buffers_while_the_peer_reads_and_lets_them_go_when_it_stops() {
+        let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let mut q = TxQueue::default();
+        q.bytes().extend_from_slice(b"head");
+        q.push_buf(held(vec![7; 100], &alive, &release), 100);
+        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        assert!(q.is_blocked() && !q.is_stalled());
+        // Behind, not stalled: buffers stay as they are, new ones too.
+        q.push_buf(held(vec![8; 50], &alive, &release), 50);
+        assert_eq!(alive.get(), 2, "no copy for a reader that is only behind");
+        q.tick(|| None); // 30 bytes went out in this period
+        assert_eq!(alive.get(), 2);
+        // The peer reads some more: still not stalled.
+        s.calls = 0;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        q.tick(|| None);
+        assert_eq!(alive.get(), 2);
+        // A whole period with nothing read: the buffers go, their bytes stay.
+        q.tick(|| None);
+        assert!(q.is_stalled());
+        assert_eq!(alive.get(), 0, "a stalled reader holds no buffer");
+        q.push_buf(held(vec![9; 10], &alive, &release), 10);
+        assert_eq!(alive.get(), 0, "nor new ones while it stays stalled");
+        // It reads again: no longer stalled, buffers are held again.
+        s.calls = 0;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        assert!(!q.is_stalled());
+        q.push_buf(held(vec![10; 5], &alive, &release), 5);
+        assert_eq!(alive.get(), 1);
+        // Its pool runs short: the next full socket lets it go at once.
+        release.set(true);
+        s.calls = 0;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        assert_eq!(alive.get(), 0);
+        s.block_every = 0;
+        s.room = 1 << 20;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        let mut want = b"head".to_vec();
+        want.extend([7; 100]);
+        want.extend([8; 50]);
+        want.extend([9; 10]);
+        want.extend([10; 5]);
+        assert_eq!(s.got, want);
+        assert!(!q.is_blocked() && !q.is_stalled());
+    }
+
+    #[test]
+    fn a_tick_lets_go_of_a_buffer_whose_pool_ran_short_while_it_waited() {
+        let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let mut q = TxQueue::default();
+        q.push_buf(held(vec![1; 100], &alive, &release), 100);
+        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        release.set(true);
+        q.tick(|| None); // the peer did read in this period, but the pool needs it
+        assert_eq!(alive.get(), 0);
+        assert!(!q.is_stalled());
+        s.block_every = 0;
+        s.room = 1 << 20;
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        assert_eq!(s.got, vec![1; 100]);
+    }
+
     #[test]
     fn a_full_socket_releases_the_buffers_and_keeps_their_bytes() {
         let alive = Rc::new(Cell::new(0));
@@ -457,7 +735,7 @@ mod tests {
         q.push_buf(counted(vec![8; 100], &alive), 50);
         let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
         assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
-        assert_eq!(alive.get(), 0, "no buffer is held while the peer does not read");
+        assert_eq!(alive.get(), 0, "buffers that should go back are not held while the socket is full");
         assert_eq!(q.len(), 154 - 30);
         assert!(q.is_blocked());
         // While blocked, new buffers are copied at once.
@@ -475,10 +753,11 @@ mod tests {
     }
 
     /// Memory lent by a bdev goes out like a buffer: from where it is,
-    /// from any offset, and is copied out (through its lender) and let go
-    /// when the socket is full.
+    /// from any offset; it stays queued while the socket is full and the
+    /// peer reads, and is copied out (through its lender) and let go once
+    /// the peer has read nothing for a period.
     #[test]
-    fn lent_memory_goes_out_from_itself_and_is_copied_when_the_socket_is_full() {
+    fn lent_memory_goes_out_from_itself_and_is_copied_when_the_peer_stalls() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         struct Shelf(Vec<u8>, Arc<AtomicUsize>);
@@ -506,8 +785,13 @@ mod tests {
         // Two writes from the memory itself, then the socket is full.
         let mut s = Sink { got: vec![], room: 64, calls: 0, block_every: 3, iovs_seen: 0 };
         assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        assert_eq!(copies.load(Ordering::Relaxed), 0, "lent memory waits where it is");
+        assert_eq!(Arc::strong_count(&src), 3);
+        q.tick(|| None); // bytes went out in this period
+        assert_eq!(copies.load(Ordering::Relaxed), 0);
+        q.tick(|| None);
         assert_eq!(copies.load(Ordering::Relaxed), 2, "the two unsent pieces were copied out, once each");
-        assert_eq!(Arc::strong_count(&src), 1, "no lent memory is held while the peer does not read");
+        assert_eq!(Arc::strong_count(&src), 1, "no lent memory is held once the peer stopped reading");
         s.block_every = 0;
         s.room = 1 << 20;
         assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
@@ -535,41 +819,70 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Bytes(Vec<u8>),
-        Buf(Vec<u8>, usize, usize),
+        /// A buffer, bytes from `at`, `n` of them, of a kind: 0 let go
+        /// when the socket is full, 1 held until the peer stalls (lent
+        /// memory), 2 the same with 1.5 MiB of pool memory.
+        Buf(Vec<u8>, usize, usize, u8),
         Flush(usize, usize),
+        Tick,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Op::Bytes),
-            (proptest::collection::vec(any::<u8>(), 0..80), 0usize..40, 0usize..100).prop_map(|(b, at, n)| Op::Buf(b, at, n)),
+            (proptest::collection::vec(any::<u8>(), 0..80), 0usize..40, 0usize..100, 0u8..3).prop_map(|(b, at, n, k)| Op::Buf(b, at, n, k)),
             (1usize..64, 0usize..4).prop_map(|(room, every)| Op::Flush(room, every)),
+            Just(Op::Tick),
         ]
     }
 
     proptest! {
-        /// Whatever the socket takes per call and however often it is full,
-        /// the bytes arrive exactly once, in the order queued, and no buffer
-        /// outlives a flush that found the socket full.
+        /// Whatever the socket takes per call, however often it is full and
+        /// the timer ticks, the bytes arrive exactly once, in the order
+        /// queued; no buffer that should go back outlives a flush that found
+        /// the socket full, no more than HOLD_MAX of pool memory does, and
+        /// no buffer at all two ticks with nothing written.
         #[test]
         fn the_stream_is_what_was_queued(ops in proptest::collection::vec(op(), 0..60)) {
-            let alive = Rc::new(Cell::new(0));
+            let (alive, alive_held, alive_pooled) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+            let (yes, no) = (Rc::new(Cell::new(true)), Rc::new(Cell::new(false)));
+            let mut ticks_since_write = 0;
             let mut q = TxQueue::default();
             let mut want = Vec::new();
             let mut s = Sink { got: vec![], room: 1, calls: 0, block_every: 0, iovs_seen: 0 };
             for o in ops {
                 match o {
                     Op::Bytes(b) => { want.extend_from_slice(&b); q.bytes().extend_from_slice(&b); }
-                    Op::Buf(b, at, n) => {
+                    Op::Buf(b, at, n, kind) => {
                         let start = at.min(b.len());
                         want.extend_from_slice(&b[start..(start + n).min(b.len())]);
-                        q.push_buf_at(counted(b, &alive), at, n);
+                        match kind {
+                            0 => q.push_buf_at(held(b, &alive, &yes), at, n),
+                            1 => q.push_buf_at(held(b, &alive_held, &no), at, n),
+                            _ => {
+                                let mut h = held(b, &alive_pooled, &no);
+                                h.pool = 3 << 19;
+                                q.push_buf_at(h, at, n);
+                            }
+                        }
                     }
                     Op::Flush(room, every) => {
                         s.room = room;
                         s.block_every = every;
+                        let before = s.got.len();
                         if q.flush(&mut s).unwrap() == Flushed::Blocked {
                             prop_assert_eq!(alive.get(), 0);
+                            prop_assert!(alive_pooled.get() * (3 << 19) <= HOLD_MAX);
+                        }
+                        if s.got.len() > before {
+                            ticks_since_write = 0;
+                        }
+                    }
+                    Op::Tick => {
+                        ticks_since_write += 1;
+                        q.tick(|| None);
+                        if q.is_blocked() && ticks_since_write >= 2 {
+                            prop_assert_eq!(alive_held.get() + alive_pooled.get(), 0);
                         }
                     }
                 }
@@ -580,7 +893,7 @@ mod tests {
             s.block_every = 0;
             prop_assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
             prop_assert_eq!(&s.got, &want);
-            prop_assert_eq!(alive.get(), 0);
+            prop_assert_eq!(alive.get() + alive_held.get() + alive_pooled.get(), 0);
         }
     }
 }

@@ -216,6 +216,93 @@ fn flood_unread_reads(d: &Daemon, c: &mut RawConn) {
     }
 }
 
+/// An initiator that stops reading must not hold the reactor's data
+/// buffers: they stay queued while it reads, and go once it has read
+/// nothing for a period of the group's 1 s timer (`sock::TxQueue::tick`);
+/// the pool is far from short here (48 of 512 large buffers), so only the
+/// tick can give them back. Then the initiator reads every answer whole.
+#[test]
+fn an_initiator_that_stops_reading_holds_no_data_buffers() {
+    let port = iscsi_host::free_port();
+    let cfg = json!({"subsystems": [
+        {"subsystem": "iobuf", "config": [{"method": "iobuf_set_options", "params": {"large_pool_count": 512}}]},
+        // A null bdev reads into pool buffers (it lends nothing).
+        {"subsystem": "bdev", "config": [{"method": "bdev_null_create", "params": {"name": "Null0", "num_blocks": 131072, "block_size": 512}}]},
+        {"subsystem": "iscsi", "config": [
+            {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}},
+            {"method": "iscsi_create_initiator_group", "params": {"tag": 1, "initiators": ["ANY"], "netmasks": ["127.0.0.1/8"]}},
+            {"method": "iscsi_create_target_node", "params": {"name": OPEN, "alias_name": OPEN, "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+                "luns": [{"bdev_name": "Null0", "lun_id": 0}], "queue_depth": 64}},
+        ]}
+    ]});
+    let d = iscsi_host::start("0x1", cfg);
+    let stat = |k: &str| -> u64 {
+        let v = d.call("bdev_get_iostat", Some(json!({"name": "Null0"}))).expect("bdev_get_iostat");
+        v["bdevs"][0][k].as_u64().expect("iostat")
+    };
+    let large = || {
+        let v = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
+        let p = &v.as_array().expect("pools")[0]["large_pool"];
+        (p["free"].as_u64().unwrap(), p["total"].as_u64().unwrap())
+    };
+    let mut c = logged_in(port, 90, &[]);
+    // A small receive buffer, so that the answers cannot all fit in the
+    // kernel's buffers whatever the machine's TCP limits.
+    pollux_core::sock::set_int_option(&c.s, libc::SOL_SOCKET, libc::SO_RCVBUF, 64 << 10).unwrap();
+    let before = stat("num_read_ops");
+    // 48 READs of 128 KiB (6 MiB of answers, under the 8 MiB backlog
+    // limit, far more than the sockets hold), never read for now.
+    const N: u32 = 48;
+    let mut itts = Vec::new();
+    for i in 0..N {
+        let h = c.scsi_header(&read10_cdb(i * 256, 256), 128 * 1024, true, false);
+        itts.push(u32::from_be_bytes(h[16..20].try_into().unwrap()));
+        c.send(h, &[]).expect("send READ");
+    }
+    let t0 = std::time::Instant::now();
+    while stat("num_read_ops") - before < u64::from(N) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the READs did not complete; log:\n{}", d.log());
+        std::thread::yield_now();
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        let (free, total) = large();
+        if free == total {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(15),
+            "an initiator that does not read holds {} of the reactor's {total} large buffers",
+            total - free
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // It reads again: every READ's 128 KiB of zeroes and its status, in order.
+    let (mut done, mut data) = (Vec::new(), 0usize);
+    while done.len() < N as usize {
+        let p = c.recv().expect("an answer");
+        match p.opcode() {
+            0x25 => {
+                assert!(p.data.iter().all(|&b| b == 0), "a null bdev's read is zeroes");
+                data += p.data.len();
+                if p.bhs[1] & 0x01 != 0 {
+                    assert_eq!(p.bhs[3], 0, "status");
+                    done.push(p.u32_at(16));
+                }
+            }
+            0x21 => {
+                assert_eq!(p.bhs[3], 0, "status");
+                done.push(p.u32_at(16));
+            }
+            0x20 => {} // a NOP-In ping meanwhile
+            op => panic!("unexpected PDU, opcode {op:#x}"),
+        }
+    }
+    assert_eq!(done, itts, "answers in the order of the READs");
+    assert_eq!(data, N as usize * 128 * 1024);
+    d.stop();
+}
+
 /// Finding 2: a connection closing while its output is still queued lost
 /// its receive buffer, and the next bytes indexed an empty one.
 #[test]

@@ -308,6 +308,100 @@ fn a_host_that_stops_reading_does_not_spin_its_reactor() {
     d.stop();
 }
 
+/// A host that stops reading its answers must not hold the reactor's
+/// data buffers: the queue keeps them while the host reads (no copy for a
+/// reader that is only behind), and lets them go once it has read nothing
+/// for a period of the group's timer (`sock::TxQueue::tick`). Here the
+/// pool stays far from short (48 of 512 large buffers), so only the tick
+/// can give them back; without it they stay out as long as the host does
+/// not read. Then the host reads: every answer whole, in order.
+#[test]
+fn a_host_that_stops_reading_holds_no_data_buffers() {
+    let port = free_port();
+    let nqn = "nqn.2016-06.io.pollux:stalled";
+    let config = json!({"subsystems": [
+        {"subsystem": "iobuf", "config": [{"method": "iobuf_set_options", "params": {"large_pool_count": 512}}]},
+        {"subsystem": "bdev", "config": [
+            // A null bdev reads into pool buffers (it lends nothing).
+            {"method": "bdev_null_create", "params": {"name": "Null0", "num_blocks": 131072, "block_size": BS}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": nqn, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": {"bdev_name": "Null0", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), config: Some(config), ..Default::default() });
+    let large = |d: &Daemon| {
+        let v = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
+        let p = &v.as_array().expect("pools")[0]["large_pool"];
+        (p["free"].as_u64().unwrap(), p["total"].as_u64().unwrap())
+    };
+    d.call("bdev_wait_for_examine", None).unwrap();
+    let before = iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap();
+    let (_a, cntlid) = Client::admin(port, nqn, 0, false, false);
+    let mut q = Client::io(port, nqn, cntlid, 1, false, false);
+    // A small receive buffer, so that the answers cannot all fit in the
+    // kernel's buffers whatever the machine's TCP limits.
+    pollux_core::sock::set_int_option(&q.s, libc::SOL_SOCKET, libc::SO_RCVBUF, 64 << 10).unwrap();
+    // 48 reads of 128 KiB (6 MiB of answers, under the 8 MiB backlog
+    // limit, far more than the sockets hold), sent at once, never read.
+    const N: u32 = 48;
+    let mut all = Vec::new();
+    let mut cids = Vec::new();
+    for i in 0..N {
+        let cid = q.cid();
+        cids.push(cid);
+        all.extend(q.capsule_bytes(&Sqe::new(0x02, cid).nsid(1).dw(10, i * 256).dw(12, 255).sgl_transport(128 * 1024), &[]));
+    }
+    q.send_raw(&all);
+    let t0 = std::time::Instant::now();
+    while iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap() - before < u64::from(N) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the reads did not complete");
+        std::thread::yield_now();
+    }
+    // Every buffer back in the pool while the answers wait unread.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (free, total) = large(&d);
+        if free == total {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "a host that does not read holds {} of the reactor's {total} large buffers",
+            total - free
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The host reads again: each read's 128 KiB and its completion.
+    let mut done = Vec::new();
+    let mut data = 0usize;
+    while done.len() < N as usize {
+        let p = q.recv().expect("an answer");
+        match p.kind {
+            C2H_DATA => {
+                assert!(p.data.iter().all(|&b| b == 0), "a null bdev's read is zeroes");
+                data += p.data.len();
+                if p.flags & 0x08 != 0 {
+                    done.push(u16::from_le_bytes([p.header[8], p.header[9]]));
+                }
+            }
+            CAPSULE_RESP => {
+                let c = p.cqe();
+                assert!(c.ok(), "{c:?}");
+                done.push(c.cid);
+            }
+            _ => panic!("unexpected PDU {p:?}"),
+        }
+    }
+    assert_eq!(done, cids, "completions in the order of the reads");
+    assert_eq!(data, N as usize * 128 * 1024);
+    drop(q);
+    d.stop();
+}
+
 /// Connections that never send ICReq or Connect, or
 /// stop in the middle of a PDU, were kept forever (1,000 of them: +137 MiB).
 /// They are closed after `connect_timeout_sec` (30 s unless set; 5 s

@@ -225,7 +225,9 @@ impl Group {
         n
     }
 
-    /// Once a second: login timeouts, NOP-In pings and their timeouts.
+    /// Once a second: login timeouts, NOP-In pings and their timeouts, and
+    /// the read buffers of an initiator that stopped reading let go
+    /// (`sock::TxQueue::tick`).
     fn timers(&self) -> usize {
         let (interval, timeout, login_timeout) = {
             let o = &crate::config::lock().options;
@@ -240,6 +242,7 @@ impl Group {
         self.swept.run(
             |all| all.extend(self.conns.borrow().values().cloned()),
             |c| {
+                c.tx.borrow_mut().tick(|| pollux_core::sock::unsent_bytes(&c.stream));
                 let verdict = {
                     let st = c.st.borrow();
                     match (&st.phase, st.ping) {

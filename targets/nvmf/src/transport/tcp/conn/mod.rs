@@ -724,10 +724,13 @@ impl Conn {
         }
     }
 
-    /// End stalled transfers and retry waits for buffers. Returns whether
-    /// anything happened.
+    /// End stalled transfers, retry waits for buffers, and let a host that
+    /// stopped reading hold no buffers. Returns whether anything happened.
     pub(crate) fn check_timeouts(&self) -> bool {
         let mut st = self.st.borrow_mut();
+        // A host that read nothing since the last pass lets go of the read
+        // buffers queued for it (sock::TxQueue).
+        st.tx.tick(|| pollux_core::sock::unsent_bytes(&self.stream));
         if !st.waiting_buffers.is_empty() {
             self.retry_buffers(&mut st);
             drop(st);
