@@ -510,6 +510,15 @@ mod tests {
         iovs_seen: usize,
     }
 
+    impl Sink {
+        /// Take everything the queue holds, in one or more calls.
+        fn drain<B: TxBuf>(&mut self, q: &mut TxQueue<B>) {
+            self.block_every = 0;
+            self.room = 1 << 20;
+            assert_eq!(q.flush(&mut *self).unwrap(), Flushed::All);
+        }
+    }
+
     impl Writev for &mut Sink {
         fn writev(&mut self, bufs: &[libc::iovec]) -> io::Result<usize> {
             self.calls += 1;
@@ -604,6 +613,17 @@ mod tests {
         Held { data, alive: alive.clone(), release: release.clone(), pool: 0 }
     }
 
+    /// A queue holding one 100-byte buffer (counted in `alive`, let go
+    /// when `release` says) that `s` found full after writing at most 30
+    /// bytes (none if `block_every` is 1).
+    fn blocked(fill: u8, block_every: usize, alive: &Rc<Cell<usize>>, release: &Rc<Cell<bool>>) -> (TxQueue<Held>, Sink) {
+        let mut q = TxQueue::default();
+        q.push_buf(held(vec![fill; 100], alive, release), 100);
+        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every, iovs_seen: 0 };
+        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        (q, s)
+    }
+
     #[test]
     fn a_blocked_queue_holds_at_most_its_share_of_the_pool() {
         let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
@@ -628,9 +648,7 @@ mod tests {
         q.push_buf(held(vec![6; 100], &alive, &release), 100);
         assert_eq!(alive.get(), 5);
         // Written out, the buffers leave the count: room for another.
-        s.block_every = 0;
-        s.room = 1 << 20;
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        s.drain(&mut q);
         assert_eq!(alive.get(), 0);
         let want: Vec<u8> = (1..=6).flat_map(|b| vec![b as u8; 100]).collect();
         assert_eq!(s.got, want);
@@ -646,11 +664,7 @@ mod tests {
     #[test]
     fn a_reader_that_drains_the_kernels_queue_is_not_stalled() {
         let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
-        let mut q = TxQueue::default();
-        q.push_buf(held(vec![1; 100], &alive, &release), 100);
-        // Full at once: nothing written.
-        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 1, iovs_seen: 0 };
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        let (mut q, _s) = blocked(1, 1, &alive, &release); // full at once: nothing written
         q.tick(|| Some(5000)); // the first look since it filled
         assert_eq!(alive.get(), 1);
         q.tick(|| Some(4000)); // the peer read 1000 bytes of the kernel's queue
@@ -697,9 +711,7 @@ mod tests {
         s.calls = 0;
         assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
         assert_eq!(alive.get(), 0);
-        s.block_every = 0;
-        s.room = 1 << 20;
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        s.drain(&mut q);
         let mut want = b"head".to_vec();
         want.extend([7; 100]);
         want.extend([8; 50]);
@@ -712,17 +724,12 @@ mod tests {
     #[test]
     fn a_tick_lets_go_of_a_buffer_whose_pool_ran_short_while_it_waited() {
         let (alive, release) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
-        let mut q = TxQueue::default();
-        q.push_buf(held(vec![1; 100], &alive, &release), 100);
-        let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
+        let (mut q, mut s) = blocked(1, 2, &alive, &release);
         release.set(true);
         q.tick(|| None); // the peer did read in this period, but the pool needs it
         assert_eq!(alive.get(), 0);
         assert!(!q.is_stalled());
-        s.block_every = 0;
-        s.room = 1 << 20;
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        s.drain(&mut q);
         assert_eq!(s.got, vec![1; 100]);
     }
 
@@ -741,9 +748,7 @@ mod tests {
         // While blocked, new buffers are copied at once.
         q.push_buf(counted(vec![9; 10], &alive), 10);
         assert_eq!(alive.get(), 0);
-        s.block_every = 0;
-        s.room = 1 << 20;
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        s.drain(&mut q);
         let mut want = b"head".to_vec();
         want.extend([7; 100]);
         want.extend([8; 50]);
@@ -792,9 +797,7 @@ mod tests {
         q.tick(|| None);
         assert_eq!(copies.load(Ordering::Relaxed), 2, "the two unsent pieces were copied out, once each");
         assert_eq!(Arc::strong_count(&src), 1, "no lent memory is held once the peer stopped reading");
-        s.block_every = 0;
-        s.room = 1 << 20;
-        assert_eq!(q.flush(&mut s).unwrap(), Flushed::All);
+        s.drain(&mut q);
         let mut want = b"hd".to_vec();
         want.extend_from_slice(&data[150..450]);
         want.extend_from_slice(&data);

@@ -356,25 +356,13 @@ fn a_host_that_stops_reading_holds_no_data_buffers() {
         all.extend(q.capsule_bytes(&Sqe::new(0x02, cid).nsid(1).dw(10, i * 256).dw(12, 255).sgl_transport(128 * 1024), &[]));
     }
     q.send_raw(&all);
-    let t0 = std::time::Instant::now();
-    while iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap() - before < u64::from(N) {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the reads did not complete");
-        std::thread::yield_now();
-    }
+    let secs = std::time::Duration::from_secs;
+    pollux_tests::wait_until("the reads", secs(30), || iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap() - before >= u64::from(N));
     // Every buffer back in the pool while the answers wait unread.
-    let t0 = std::time::Instant::now();
-    loop {
+    pollux_tests::wait_until("every large buffer back while the host does not read", secs(10), || {
         let (free, total) = large(&d);
-        if free == total {
-            break;
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "a host that does not read holds {} of the reactor's {total} large buffers",
-            total - free
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        free == total
+    });
     // The host reads again: each read's 128 KiB and its completion.
     let mut done = Vec::new();
     let mut data = 0usize;
