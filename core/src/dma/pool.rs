@@ -143,6 +143,15 @@ impl DmaBuf {
         }
     }
 
+    /// The memory of the pool the buffer comes from (its buffers' count
+    /// times their size); 0 for a buffer not from a pool.
+    pub fn pool_size(&self) -> usize {
+        match &self.home {
+            Home::Pool(c) => c.count * c.size,
+            Home::Region { .. } | Home::View { .. } => 0,
+        }
+    }
+
     /// Whether the buffer is known to hold only zeroes (nothing could have
     /// written it since it was last zeroed).
     pub fn is_known_zero(&self) -> bool {

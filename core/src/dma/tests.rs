@@ -224,3 +224,20 @@ fn a_pool_buffer_is_wanted_back_when_its_pool_runs_short() {
         assert!(own.wanted_back(), "a buffer of its own region: always");
     });
 }
+
+#[test]
+fn a_send_queue_may_hold_half_of_a_buffers_pool() {
+    use crate::sock::{OutBuf, TxBuf};
+    let h = Harness::new(1);
+    h.on(0, || {
+        let pool = Rc::new(BufPool::new((4096, 8), (65536, 6)).unwrap());
+        let small = pool.get(4096).unwrap();
+        let large = pool.get(65536).unwrap();
+        assert_eq!((small.pool_size(), large.pool_size()), (8 * 4096, 6 * 65536));
+        assert_eq!(OutBuf::Dma(small).hold_cap(), 4 * 4096);
+        assert_eq!(OutBuf::Dma(large).hold_cap(), 3 * 65536);
+        let own = DmaBuf::alloc(4096).unwrap();
+        assert_eq!(own.pool_size(), 0);
+        assert_eq!(OutBuf::Dma(own).hold_cap(), 0, "not from a pool: copied at a full socket");
+    });
+}

@@ -13,9 +13,10 @@
 //! What a reader that is behind can hold is bounded. The unsent part of
 //! the queued buffers is copied into the queue's own bytes and the buffers
 //! dropped (so they go back to their owner):
-//! - beyond [`HOLD_MAX`] of pool memory per queue (a buffer's whole
-//!   capacity counts, [`TxBuf::pool_bytes`]), so that a few slow readers
-//!   cannot hold the reactor's pool, which other connections need;
+//! - beyond half of a pool's memory per queue ([`TxBuf::hold_cap`]; a
+//!   buffer's whole capacity counts, [`TxBuf::pool_bytes`]), so that one
+//!   reader that is behind cannot take the reactor's pool, which other
+//!   connections need, by itself;
 //! - when a buffer's pool runs short ([`TxBuf::release_when_blocked`]): at
 //!   the next buffer queued, flush or tick of the connection;
 //! - when the peer has read nothing for a whole period of the owner's
@@ -25,7 +26,7 @@
 //!   disk's is unmapped when its last holder goes).
 //!
 //! A stalled or hostile reader thus holds heap memory, bounded by the
-//! caller's backlog limit, and at most [`HOLD_MAX`] of the pool.
+//! caller's backlog limit, and at most half of the pool.
 
 use std::collections::VecDeque;
 use std::io;
@@ -40,8 +41,6 @@ const MAX_IOV: usize = 64;
 /// the memory back once it is empty, keeping [`KEEP`].
 const SHRINK_ABOVE: usize = 8 << 20;
 const KEEP: usize = 1 << 20;
-/// Pool memory (buffer capacity) a queue whose socket is full may hold.
-pub const HOLD_MAX: usize = 4 << 20;
 
 enum Seg<B> {
     /// `len` bytes of `bytes`, starting at the end of the segments before.
@@ -76,6 +75,12 @@ pub trait TxBuf {
     /// short read still takes a whole pool buffer). None unless the type
     /// says otherwise.
     fn pool_bytes(&self) -> usize {
+        0
+    }
+    /// The most pool memory ([`TxBuf::pool_bytes`]) a queue whose socket
+    /// is full may hold with this buffer among its own. None unless the
+    /// type says otherwise.
+    fn hold_cap(&self) -> usize {
         0
     }
 }
@@ -143,6 +148,17 @@ impl TxBuf for OutBuf {
             OutBuf::Lent(_) => 0,
         }
     }
+    /// Half the memory of the buffer's pool: enough for a reader that is
+    /// only behind to keep all its reads queued (1 MiB reads at QD32 hold
+    /// 32 MiB; with a 4 MiB cap, most of each was copied and the target
+    /// spent 1.3-3x its CPU per read: benchmarks.md), and one such reader
+    /// alone never takes the pool short. A buffer not from a pool: none.
+    fn hold_cap(&self) -> usize {
+        match self {
+            OutBuf::Dma(b) => b.pool_size() / 2,
+            OutBuf::Lent(_) => 0,
+        }
+    }
 }
 
 /// Where a write queue goes: `writev(2)` on a socket, or a test's sink.
@@ -191,6 +207,9 @@ pub struct TxQueue<B> {
     progressed: bool,
     /// Pool memory of the queued buffers ([`TxBuf::pool_bytes`]).
     held_pool: usize,
+    /// The most of it a full socket may hold: the [`TxBuf::hold_cap`] of
+    /// the last buffer queued that had pool memory.
+    hold_cap: usize,
     /// The kernel's unsent bytes at the last tick while blocked.
     in_kernel: Option<usize>,
     /// Where a spill builds the new bytes (kept for its capacity).
@@ -213,6 +232,7 @@ impl<B: TxBuf> Default for TxQueue<B> {
             stalled: false,
             progressed: false,
             held_pool: 0,
+            hold_cap: usize::MAX,
             in_kernel: None,
             spare: Vec::new(),
         }
@@ -249,7 +269,8 @@ impl<B: TxBuf> TxQueue<B> {
         }
         if self.blocked {
             let wanted = buf.release_when_blocked();
-            if self.stalled || wanted || self.held_pool + buf.pool_bytes() > HOLD_MAX {
+            let pool = buf.pool_bytes();
+            if self.stalled || wanted || (pool > 0 && self.held_pool + pool > buf.hold_cap()) {
                 buf.tx_copy(start, len, &mut self.bytes);
                 if wanted {
                     // Its pool is short: let go of the others too.
@@ -261,7 +282,10 @@ impl<B: TxBuf> TxQueue<B> {
         }
         self.seal();
         self.queued += len;
-        self.held_pool += buf.pool_bytes();
+        if buf.pool_bytes() > 0 {
+            self.held_pool += buf.pool_bytes();
+            self.hold_cap = buf.hold_cap();
+        }
         self.segs.push_back(Seg::Buf(buf, start, len));
     }
 
@@ -331,7 +355,7 @@ impl<B: TxBuf> TxQueue<B> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.blocked = true;
-                    if self.stalled || self.held_pool > HOLD_MAX || self.holds_wanted() {
+                    if self.stalled || self.held_pool > self.hold_cap || self.holds_wanted() {
                         self.spill();
                     }
                     return Ok(Flushed::Blocked);
@@ -593,7 +617,12 @@ mod tests {
         fn pool_bytes(&self) -> usize {
             self.pool
         }
+        fn hold_cap(&self) -> usize {
+            HOLD
+        }
     }
+    /// The tests' cap on pool memory held at a full socket.
+    const HOLD: usize = 4 << 20;
     impl Drop for Held {
         fn drop(&mut self) {
             self.alive.set(self.alive.get() - 1);
@@ -627,7 +656,7 @@ mod tests {
         q.push_buf(pooled(vec![1; 100]), 100);
         let mut s = Sink { got: vec![], room: 30, calls: 0, block_every: 2, iovs_seen: 0 };
         assert_eq!(q.flush(&mut s).unwrap(), Flushed::Blocked);
-        // Up to HOLD_MAX (4 MiB of pool buffers) stays queued as it is...
+        // Up to the cap (4 MiB of pool buffers here) stays queued as it is...
         for i in 0..3 {
             q.push_buf(pooled(vec![2 + i; 100]), 100);
         }
@@ -834,7 +863,7 @@ mod tests {
         /// Whatever the socket takes per call, however often it is full and
         /// the timer ticks, the bytes arrive exactly once, in the order
         /// queued; no buffer that should go back outlives a flush that found
-        /// the socket full, no more than HOLD_MAX of pool memory does, and
+        /// the socket full, no more than the cap of pool memory does, and
         /// no buffer at all two ticks with nothing written.
         #[test]
         fn the_stream_is_what_was_queued(ops in proptest::collection::vec(op(), 0..60)) {
@@ -866,7 +895,7 @@ mod tests {
                         let before = s.got.len();
                         if q.flush(&mut s).unwrap() == Flushed::Blocked {
                             prop_assert_eq!(alive.get(), 0);
-                            prop_assert!(alive_pooled.get() * (3 << 19) <= HOLD_MAX);
+                            prop_assert!(alive_pooled.get() * (3 << 19) <= HOLD);
                         }
                         if s.got.len() > before {
                             ticks_since_write = 0;
