@@ -86,6 +86,8 @@ pub enum InfraFailure {
     StatusLost,
     #[error("the guest could not prepare the command: {0}")]
     GuestSetup(String),
+    #[error("the guest's kernel crashed ({0}); the VM was stopped")]
+    GuestKernelCrash(String),
 }
 
 impl Error {

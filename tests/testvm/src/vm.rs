@@ -18,6 +18,11 @@ const REPORTED: i32 = 33;
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const GUEST_SCRIPT: &str = include_str!("guest.sh");
 const CONSOLE_TAIL_LINES: usize = 80;
+/// How long a guest whose kernel crashed may go on (for the console to
+/// carry the whole report) before the VM is stopped.
+const CRASH_GRACE: Duration = Duration::from_secs(5);
+/// Lines of the console shown from a kernel crash's first line.
+const CRASH_LINES: usize = 40;
 
 /// A command to run in the guest, as root, in a clean environment (PATH, HOME,
 /// TERM, `POLLUX_TESTVM_GUEST=1` and what [`GuestCommand::env`] adds).
@@ -245,16 +250,20 @@ impl TestVm {
             .spawn()
             .map_err(|source| Error::Spawn { program: QEMU.into(), source })?;
         let limit = self.config.timeout;
+        let mut watch = CrashWatch::new(work.join("console.log"));
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
-                Ok(None) if start.elapsed() >= limit => {
+                Ok(None) if start.elapsed() >= limit || watch.crashed_for() >= CRASH_GRACE => {
                     // Only the QEMU we started, by its pid (Child::kill sends SIGKILL to it).
                     let _ = child.kill();
                     let _ = child.wait();
                     break None;
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    watch.poll();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -278,9 +287,19 @@ impl TestVm {
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
-                console: tail(&console, CONSOLE_TAIL_LINES),
+                console: match crash_start(&console) {
+                    Some(at) => crash_report(&console, at),
+                    None => tail(&console, CONSOLE_TAIL_LINES),
+                },
             }))
         };
+        // A kernel crash is the cause whatever came after it (a timeout, a
+        // guest that powered off, or even a command that finished: a run
+        // with a crashed kernel is not one to trust).
+        if let Some(at) = crash_start(&console) {
+            let line = console.lines().nth(at).unwrap_or_default().trim().to_string();
+            return Err(infra(InfraFailure::GuestKernelCrash(line)));
+        }
         let Some(status) = status else {
             return Err(infra(InfraFailure::Timeout(limit)));
         };
@@ -330,6 +349,89 @@ fn parse_uptime(text: &str) -> Option<(f64, f64)> {
     let mut it = text.split_whitespace().map(|w| w.parse::<f64>().ok());
     let (a, b) = (it.next()??, it.next()??);
     (a.is_finite() && b.is_finite() && a >= 0.0).then_some((a, b))
+}
+
+/// Watches the guest's console for a kernel crash while the VM runs: a
+/// crash leaves the guest up with whatever hit it stuck (a target's thread
+/// killed in a system call, its peer retrying for ever), so the run would
+/// otherwise last until its timeout and show only the retries.
+struct CrashWatch {
+    path: PathBuf,
+    read: u64,
+    line: Vec<u8>,
+    since: Option<Instant>,
+    last_look: Option<Instant>,
+}
+
+impl CrashWatch {
+    fn new(path: PathBuf) -> CrashWatch {
+        CrashWatch { path, read: 0, line: Vec::new(), since: None, last_look: None }
+    }
+
+    /// Read what the console gained (at most every 200 ms).
+    fn poll(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.since.is_some() || self.last_look.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return;
+        }
+        self.last_look = Some(Instant::now());
+        let Ok(mut f) = File::open(&self.path) else { return };
+        if f.seek(SeekFrom::Start(self.read)).is_err() {
+            return;
+        }
+        let mut new = Vec::new();
+        let Ok(n) = f.read_to_end(&mut new) else { return };
+        self.read += n as u64;
+        for &b in &new {
+            if b == b'\n' {
+                if is_kernel_crash(&String::from_utf8_lossy(&self.line)) {
+                    self.since = Some(Instant::now());
+                    return;
+                }
+                self.line.clear();
+            } else if self.line.len() < 4096 {
+                self.line.push(b);
+            }
+        }
+    }
+
+    /// How long since a crash was seen (zero if none was).
+    fn crashed_for(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// A console line that starts a kernel crash report: a BUG() or an oops
+/// (the kernel's die() header, "invalid opcode: 0000 [#1] ..."). Warnings
+/// and soft lockups (which a guest under TCG on a loaded host may report
+/// and survive) are not.
+fn is_kernel_crash(line: &str) -> bool {
+    if line.contains("kernel BUG at ") || line.contains("Oops: ") {
+        return true;
+    }
+    line.match_indices(" [#").any(|(i, m)| {
+        let rest = &line[i + m.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(']')
+    })
+}
+
+/// Index of the console's first line of a kernel crash report (from the
+/// line before the marker, which names what was detected).
+fn crash_start(console: &str) -> Option<usize> {
+    console.lines().position(is_kernel_crash)
+}
+
+/// The crash's first lines, then the console's last ones.
+fn crash_report(console: &str, at: usize) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let from = at.saturating_sub(1);
+    let to = (from + CRASH_LINES).min(lines.len());
+    let mut out = format!("(from the kernel crash, line {})\n{}", from + 1, lines[from..to].join("\n"));
+    if to < lines.len() {
+        out.push_str(&format!("\n[...]\n(last lines)\n{}", tail(console, CONSOLE_TAIL_LINES / 2)));
+    }
+    out
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -451,6 +553,31 @@ mod tests {
         let plain = qemu_args(&cache, &VmConfig::new().controllers(0), Path::new("/w"), Path::new("/x"));
         assert!(plain.iter().any(|a| a == "none"));
         assert!(!plain.iter().any(|a| a.to_string_lossy().contains("nvme")));
+    }
+
+    #[test]
+    fn kernel_crashes_are_told_from_warnings() {
+        // The report that stopped a guest (Debian 6.1.192, the kernel's
+        // nvme-tcp host sending a user buffer's huge page).
+        let console = "[    6.29] nvme nvme1: new ctrl\n\
+            [    6.298639] usercopy: Kernel memory exposure attempt detected from page alloc (offset 2093056, size 16360)!\n\
+            [    6.300324] kernel BUG at mm/usercopy.c:101!\n\
+            [    6.301463] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI\n\
+            [    6.301770] CPU: 1 PID: 148 Comm: reactor_1 Not tainted 6.1.0-57-amd64 #1  Debian 6.1.192-3\n";
+        assert_eq!(crash_start(console), Some(2));
+        let report = crash_report(console, 2);
+        assert!(report.starts_with("(from the kernel crash, line 2)\n[    6.298639] usercopy"), "{report}");
+        assert!(is_kernel_crash("[ 1.0] general protection fault, probably for non-canonical address 0xdead: 0000 [#2] SMP"));
+        assert!(is_kernel_crash("[ 1.0] Oops: 0002 [#1] PREEMPT SMP"));
+        for benign in [
+            "[ 1.0] WARNING: CPU: 0 PID: 1 at fs/x.c:1 f+0x1/0x2",
+            "[ 1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:12]",
+            "[ 1.0] CPU: 1 PID: 148 Comm: reactor_1 Not tainted 6.1.0-57-amd64 #1  Debian",
+            "[ 1.0] nvme nvme1: queue 1: timeout request 0x1 type 6",
+            "[#]",
+        ] {
+            assert!(!is_kernel_crash(benign), "{benign}");
+        }
     }
 
     #[test]

@@ -36,6 +36,22 @@ fn hung_guest_is_an_infrastructure_failure() {
     std::fs::remove_dir_all(&infra.work_dir).expect("remove the kept work folder");
 }
 
+/// A kernel crash in the guest (here its report, written to the kernel's
+/// log) ends the run soon after, as an infrastructure failure that shows
+/// the crash, instead of at the timeout with only what came after.
+#[test]
+fn a_guest_kernel_crash_stops_the_run() {
+    let start = std::time::Instant::now();
+    let err = vm(VmConfig::new().controllers(0).timeout(Duration::from_secs(300)))
+        .run(&GuestCommand::new("sh").arg("-c").arg("echo '<2>kernel BUG at testvm/harness.rs:1!' > /dev/kmsg && sleep 600"))
+        .expect_err("the run ends at the crash");
+    let Error::Infrastructure(infra) = err else { panic!("not an infrastructure failure: {err}") };
+    assert!(matches!(&infra.kind, InfraFailure::GuestKernelCrash(l) if l.contains("kernel BUG at testvm/harness.rs:1!")), "{infra}");
+    assert!(infra.console.contains("(from the kernel crash"), "{infra}");
+    assert!(start.elapsed() < Duration::from_secs(250), "stopped at {:?}, not soon after the crash", start.elapsed());
+    std::fs::remove_dir_all(&infra.work_dir).expect("remove the kept work folder");
+}
+
 #[test]
 fn guest_network_reaches_host_loopback() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
