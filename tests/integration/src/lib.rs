@@ -176,6 +176,14 @@ impl Daemon {
         self.client().call(method, params)
     }
 
+    /// Free and total buffers of the first reactor's large iobuf pool
+    /// (`iobuf_get_stats`): whether data buffers are out.
+    pub fn large_buffers(&self) -> (u64, u64) {
+        let v = self.call("iobuf_get_stats", None).expect("iobuf_get_stats");
+        let p = &v.as_array().expect("pools")[0]["large_pool"];
+        (p["free"].as_u64().expect("free"), p["total"].as_u64().expect("total"))
+    }
+
     /// Everything the daemon printed so far.
     pub fn log(&self) -> String {
         let mut s = String::new();

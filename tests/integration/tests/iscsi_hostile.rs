@@ -240,11 +240,6 @@ fn an_initiator_that_stops_reading_holds_no_data_buffers() {
         let v = d.call("bdev_get_iostat", Some(json!({"name": "Null0"}))).expect("bdev_get_iostat");
         v["bdevs"][0][k].as_u64().expect("iostat")
     };
-    let large = || {
-        let v = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
-        let p = &v.as_array().expect("pools")[0]["large_pool"];
-        (p["free"].as_u64().unwrap(), p["total"].as_u64().unwrap())
-    };
     let mut c = logged_in(port, 90, &[]);
     // A small receive buffer, so that the answers cannot all fit in the
     // kernel's buffers whatever the machine's TCP limits.
@@ -262,7 +257,7 @@ fn an_initiator_that_stops_reading_holds_no_data_buffers() {
     let secs = std::time::Duration::from_secs;
     pollux_tests::wait_until("the READs", secs(30), || stat("num_read_ops") - before >= u64::from(N));
     pollux_tests::wait_until("every large buffer back while the initiator does not read", secs(15), || {
-        let (free, total) = large();
+        let (free, total) = d.large_buffers();
         free == total
     });
     // It reads again: every READ's 128 KiB of zeroes and its status, in order.

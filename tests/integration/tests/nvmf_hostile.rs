@@ -333,11 +333,6 @@ fn a_host_that_stops_reading_holds_no_data_buffers() {
         ]},
     ]});
     let d = Daemon::start(DaemonOpts { cpumask: "0x1".into(), config: Some(config), ..Default::default() });
-    let large = |d: &Daemon| {
-        let v = d.call("iobuf_get_stats", None).expect("iobuf_get_stats");
-        let p = &v.as_array().expect("pools")[0]["large_pool"];
-        (p["free"].as_u64().unwrap(), p["total"].as_u64().unwrap())
-    };
     d.call("bdev_wait_for_examine", None).unwrap();
     let before = iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap();
     let (_a, cntlid) = Client::admin(port, nqn, 0, false, false);
@@ -360,7 +355,7 @@ fn a_host_that_stops_reading_holds_no_data_buffers() {
     pollux_tests::wait_until("the reads", secs(30), || iostat(&d, "Null0")["num_read_ops"].as_u64().unwrap() - before >= u64::from(N));
     // Every buffer back in the pool while the answers wait unread.
     pollux_tests::wait_until("every large buffer back while the host does not read", secs(10), || {
-        let (free, total) = large(&d);
+        let (free, total) = d.large_buffers();
         free == total
     });
     // The host reads again: each read's 128 KiB and its completion.
