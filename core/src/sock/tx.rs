@@ -267,9 +267,9 @@ impl<B: TxBuf> TxQueue<B> {
         if len == 0 {
             return;
         }
+        let pool = buf.pool_bytes();
         if self.blocked {
             let wanted = buf.release_when_blocked();
-            let pool = buf.pool_bytes();
             if self.stalled || wanted || (pool > 0 && self.held_pool + pool > buf.hold_cap()) {
                 buf.tx_copy(start, len, &mut self.bytes);
                 if wanted {
@@ -282,8 +282,8 @@ impl<B: TxBuf> TxQueue<B> {
         }
         self.seal();
         self.queued += len;
-        if buf.pool_bytes() > 0 {
-            self.held_pool += buf.pool_bytes();
+        if pool > 0 {
+            self.held_pool += pool;
             self.hold_cap = buf.hold_cap();
         }
         self.segs.push_back(Seg::Buf(buf, start, len));

@@ -273,6 +273,7 @@ impl TestVm {
         };
         let elapsed = start.elapsed();
         let console = std::fs::read(work.join("console.log")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let crash = crash_start(&console);
         let infra = |kind: InfraFailure| {
             Error::Infrastructure(Box::new(Infrastructure {
                 kind,
@@ -287,7 +288,7 @@ impl TestVm {
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
-                console: match crash_start(&console) {
+                console: match crash {
                     Some(at) => crash_report(&console, at),
                     None => tail(&console, CONSOLE_TAIL_LINES),
                 },
@@ -296,7 +297,7 @@ impl TestVm {
         // A kernel crash is the cause whatever came after it (a timeout, a
         // guest that powered off, or even a command that finished: a run
         // with a crashed kernel is not one to trust).
-        if let Some(at) = crash_start(&console) {
+        if let Some(at) = crash {
             let line = console.lines().nth(at).unwrap_or_default().trim().to_string();
             return Err(infra(InfraFailure::GuestKernelCrash(line)));
         }
@@ -416,8 +417,9 @@ fn is_kernel_crash(line: &str) -> bool {
     })
 }
 
-/// Index of the console's first line of a kernel crash report (from the
-/// line before the marker, which names what was detected).
+/// Index of the console's first line that marks a kernel crash
+/// ([`is_kernel_crash`]; the report shows the line before it too, which
+/// often names what was detected).
 fn crash_start(console: &str) -> Option<usize> {
     console.lines().position(is_kernel_crash)
 }
