@@ -121,6 +121,7 @@ fn serve(c: &mut Conn, busy: &mut bool) -> bool {
             Request::TooLarge => *c.out.borrow_mut() = Some(response(431, "text/plain", b"request too large\n")),
             Request::NotFound => *c.out.borrow_mut() = Some(response(404, "text/plain", b"not found: try /metrics\n")),
             Request::NotAllowed => *c.out.borrow_mut() = Some(response(405, "text/plain", b"GET only\n")),
+            Request::BadRequest => *c.out.borrow_mut() = Some(response(400, "text/plain", b"bad request line\n")),
         }
     }
     let out = c.out.borrow();
@@ -150,8 +151,11 @@ pub enum Request {
     Metrics,
     /// A GET of anything else.
     NotFound,
-    /// Another method, or no request line.
+    /// Another method.
     NotAllowed,
+    /// Not a request line: `METHOD SP target SP HTTP/1.x`, one space
+    /// between the three (RFC 9112 lets a server refuse other spacing).
+    BadRequest,
 }
 
 /// Read a request's head: only its request line matters, the rest
@@ -164,8 +168,14 @@ pub fn parse_request(buf: &[u8]) -> Request {
         return Request::TooLarge;
     }
     let line = buf[..end].split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|b| b.is_ascii_whitespace()).filter(|p| !p.is_empty());
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Request::BadRequest;
+    };
+    if method.is_empty() || target.is_empty() || !version.starts_with(b"HTTP/1.") {
+        return Request::BadRequest;
+    }
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     match (method, path) {
         (b"GET", b"/metrics") => Request::Metrics,
@@ -178,6 +188,7 @@ fn response(code: u16, ctype: &str, body: &[u8]) -> Vec<u8> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        400 => "Bad Request",
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
     };
@@ -591,7 +602,15 @@ mod tests {
         assert_eq!(parse_request(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Request::Metrics);
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
         assert_eq!(parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"), Request::NotAllowed);
-        assert_eq!(parse_request(b"\r\n\r\n"), Request::NotAllowed);
+        assert_eq!(parse_request(b"\r\n\r\n"), Request::BadRequest);
+        // One space between the three parts, and an HTTP/1 version (the
+        // fuzz target found tabs and a missing version served as metrics).
+        assert_eq!(parse_request(b"  GET\t\t /metrics?x=1HTT   \r\n\r\n"), Request::BadRequest);
+        assert_eq!(parse_request(b"GET /metrics\r\n\r\n"), Request::BadRequest);
+        assert_eq!(parse_request(b"GET  /metrics HTTP/1.1\r\n\r\n"), Request::BadRequest);
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1 x\r\n\r\n"), Request::BadRequest);
+        assert_eq!(parse_request(b"GET /metrics FTP/1.1\r\n\r\n"), Request::BadRequest);
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\n\r\n\r\n"), Request::Metrics);
         assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), Request::Incomplete);
         assert_eq!(parse_request(&vec![b'a'; MAX_REQUEST + 1]), Request::TooLarge);
         let mut long = vec![b'a'; MAX_REQUEST + 1];

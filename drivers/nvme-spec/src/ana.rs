@@ -105,10 +105,14 @@ pub fn build_log(change_count: u64, groups: &[Group], groups_only: bool) -> Vec<
 }
 
 /// The groups of an ANA log page: (group id, state, namespace ids).
-/// `None` when the page is shorter than what it says it holds.
+/// `None` when the page is shorter than its header or than what it says
+/// it holds.
 pub fn parse_log(log: &[u8]) -> Option<Vec<(u32, u8, Vec<u32>)>> {
+    if log.len() < HEADER_LEN {
+        return None;
+    }
     let u32_at = |o: usize| log.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
-    let ngrps = u16::from_le_bytes(log.get(8..10)?.try_into().ok()?);
+    let ngrps = u16::from_le_bytes(log[8..10].try_into().expect("2 bytes"));
     let mut at = HEADER_LEN;
     let mut out = Vec::with_capacity(usize::from(ngrps));
     for _ in 0..ngrps {
@@ -147,6 +151,11 @@ mod tests {
         assert_eq!(parse_log(&rgo), Some(vec![(1, OPTIMIZED, vec![]), (4, INACCESSIBLE, vec![])]));
         assert_eq!(parse_log(&l[..l.len() - 1]), None);
         assert_eq!(parse_log(&build_log(0, &[], false)), Some(vec![]));
+        // A page cut inside its header is malformed even when the group
+        // count it shows is zero (found by the nvmf_host_logs fuzz target:
+        // 10 bytes, no groups, taken as a valid empty log).
+        assert_eq!(parse_log(&build_log(0, &[], false)[..10]), None);
+        assert_eq!(parse_log(&build_log(0, &[], false)[..15]), None);
         let mut huge = build_log(0, &[Group { id: 1, state: 1, change_count: 0, nsids: vec![] }], false);
         huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse_log(&huge), None, "a count past the page is refused");

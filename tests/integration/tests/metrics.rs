@@ -16,9 +16,14 @@ const NQN: &str = "nqn.2016-06.io.pollux:metrics";
 
 /// A GET over HTTP/1.1: (status, body).
 fn get(port: u16, path: &str) -> (u16, String) {
+    request(port, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+}
+
+/// Send `head` as it is; the status and body of the answer.
+fn request(port: u16, head: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -117,6 +122,9 @@ fn prometheus_scrapes_rising_counters_and_promtool_accepts_the_text() {
     assert!(text.contains("pollux_bdev_size_bytes{bdev=\"M0\"} 33554432"), "{text}");
     promtool_accepts(&promtool, &text);
     assert_eq!(get(mport, "/nothing").0, 404);
+    assert_eq!(request(mport, "POST /metrics HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(request(mport, "GET\t/metrics HTTP/1.1\r\n\r\n").0, 400);
+    assert_eq!(request(mport, "GET /metrics\r\n\r\n").0, 400);
     // The same text over RPC.
     assert!(d.call("framework_get_metrics", None).unwrap().as_str().unwrap().contains("pollux_bdev_reads_total"));
 
