@@ -558,12 +558,14 @@ struct Start {
     listen_address: String,
 }
 
-/// Register the methods (and keep the method table for scrapes).
+/// Register the methods (and keep the method table for scrapes). The
+/// handlers hold the table weakly: it holds them (a strong reference
+/// would be a cycle, and the table would never be freed).
 pub fn register(app: &mut App) {
-    let methods = app.methods().clone();
+    let methods = Rc::downgrade(app.methods());
     let m = app.methods();
     m.register("framework_start_metrics", States::RUNTIME, move |p: Start, r: Responder| {
-        METHODS.with(|x| *x.borrow_mut() = Some(methods.clone()));
+        METHODS.with(|x| *x.borrow_mut() = methods.upgrade());
         let addr: SocketAddr = match p.listen_address.parse() {
             Ok(a) => a,
             Err(_) => return r.err(RpcError::invalid_params(format!("listen_address {}: an IP:port", p.listen_address))),
@@ -571,9 +573,9 @@ pub fn register(app: &mut App) {
         r.result(start(addr).map(|a| a.to_string()).map_err(|e| RpcError::errno(e.raw_os_error().unwrap_or(libc::EEXIST), e.to_string())))
     });
     m.register("framework_stop_metrics", States::RUNTIME, |_: NoParams, r: Responder| r.ok(stop()));
-    let methods = app.methods().clone();
+    let methods = Rc::downgrade(app.methods());
     m.register("framework_get_metrics", States::RUNTIME, move |_: NoParams, r: Responder| {
-        METHODS.with(|x| *x.borrow_mut() = Some(methods.clone()));
+        METHODS.with(|x| *x.borrow_mut() = methods.upgrade());
         task::spawn_local(async move { r.ok(render().await) });
     });
 }
