@@ -152,6 +152,16 @@ pub const MIN_EXPORT_BLOCK_SIZE: u32 = 512;
 /// Largest block size a protocol export accepts.
 pub const MAX_EXPORT_BLOCK_SIZE: u32 = 64 * 1024;
 
+/// Whether `bs` is a block size every export can describe: a power of two
+/// from [`MIN_EXPORT_BLOCK_SIZE`] to [`MAX_EXPORT_BLOCK_SIZE`]. It is also
+/// what the initiators take from a remote namespace or LUN (the most Linux
+/// takes from a disk too, `BLK_MAX_BLOCK_SIZE`): a remote device that
+/// claims 2 GiB blocks would otherwise make the examiners' first read of
+/// one block allocate that much.
+pub fn exportable_block_size(bs: u32) -> bool {
+    bs.is_power_of_two() && (MIN_EXPORT_BLOCK_SIZE..=MAX_EXPORT_BLOCK_SIZE).contains(&bs)
+}
+
 /// A registered block device. Shared by all reactors (`Arc<Bdev>`); its
 /// per-reactor state is its [`BdevChannel`].
 pub struct Bdev {
@@ -233,7 +243,7 @@ impl Bdev {
     /// 512 (as SPDK's does), so exports check with this.
     pub fn check_exportable_block_size(&self, export: &str) -> Result<(), BdevError> {
         let bs = self.block_size;
-        if bs.is_power_of_two() && (MIN_EXPORT_BLOCK_SIZE..=MAX_EXPORT_BLOCK_SIZE).contains(&bs) {
+        if exportable_block_size(bs) {
             return Ok(());
         }
         Err(BdevError::Invalid(format!(

@@ -80,6 +80,11 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
     if spec.num_blocks == 0 {
         return Err(BdevError::Invalid("the bdev has no blocks".into()));
     }
+    // Sizes in bytes are u64 everywhere (a remote namespace or LUN reports
+    // its geometry; nothing else bounds it).
+    if spec.num_blocks.checked_mul(u64::from(spec.block_size)).is_none() {
+        return Err(BdevError::Invalid(format!("{} blocks of {} bytes do not fit in 64 bits", spec.num_blocks, spec.block_size)));
+    }
     if reg.find(&spec.name).is_some() {
         return Err(BdevError::Exists(spec.name));
     }
@@ -276,6 +281,9 @@ pub fn notify_blockcnt_change(name: &str, num_blocks: u64) -> Result<(), BdevErr
     let old = bdev.num_blocks();
     if num_blocks == old {
         return Ok(());
+    }
+    if num_blocks.checked_mul(u64::from(bdev.block_size())).is_none() {
+        return Err(BdevError::Invalid(format!("{num_blocks} blocks of {} bytes do not fit in 64 bits", bdev.block_size())));
     }
     let users: Vec<(ReactorId, EventFn)> =
         reg.opens.borrow().values().filter(|o| Arc::ptr_eq(&o.bdev, &bdev)).map(|o| (o.reactor, o.on_event.clone())).collect();

@@ -241,9 +241,23 @@ fn names_must_be_unique_and_bdevs_well_formed() {
     let e = h.on(0, move || register(BdevSpec { name: "dup".into(), block_size: 512, num_blocks: 8, uuid: None, backend }).unwrap_err());
     assert_eq!(e, BdevError::Exists("dup".into()));
     assert_eq!(e.errno(), libc::EEXIST);
+    let b3 = b2.clone();
     let e =
         h.on(0, move || register(BdevSpec { name: "odd".into(), block_size: 520, num_blocks: 8, uuid: None, backend: b2 }).unwrap_err());
     assert!(matches!(e, BdevError::Invalid(_)));
+    // A size in bytes beyond 64 bits (a remote namespace's NSZE is the
+    // remote's to choose): refused, and one block fewer is taken.
+    let b4 = b3.clone();
+    let e = h.on(0, move || {
+        register(BdevSpec { name: "vast".into(), block_size: 4096, num_blocks: 1 << 52, uuid: None, backend: b3 }).unwrap_err()
+    });
+    assert!(matches!(&e, BdevError::Invalid(m) if m.contains("do not fit in 64 bits")), "{e:?}");
+    let size = h.on(0, move || {
+        register(BdevSpec { name: "vast".into(), block_size: 4096, num_blocks: (1 << 52) - 1, uuid: None, backend: b4 })
+            .unwrap()
+            .size_bytes()
+    });
+    assert_eq!(size, u64::MAX - 4095);
     assert_eq!(h.on(0, || open("nope", false, |_| {}).unwrap_err()), BdevError::NotFound("nope".into()));
 }
 
@@ -398,6 +412,10 @@ fn a_resize_is_told_to_users_and_an_open_bdev_does_not_shrink() {
     assert_eq!(desc.bdev().num_blocks(), 32);
     let res = h.on(0, || notify_blockcnt_change("nope", 8));
     assert!(matches!(res, Err(BdevError::NotFound(_))), "{res:?}");
+    // Growing past 2^64 bytes (512-byte blocks: 2^55 of them) is refused.
+    let res = h.on(0, || notify_blockcnt_change("grows", 1 << 55));
+    assert!(matches!(&res, Err(BdevError::Invalid(m)) if m.contains("do not fit in 64 bits")), "{res:?}");
+    assert_eq!(desc.bdev().num_blocks(), 32);
 }
 
 #[test]

@@ -150,9 +150,17 @@ impl Probe {
                 Vec::new(),
                 len,
                 Box::new(move |r| {
-                    let r = r.and_then(|r| r.ok()).and_then(|r| p2.take(stage, &r.data));
+                    // A command the LUN refuses (READ CAPACITY(16) with
+                    // ILLEGAL REQUEST, say) is skipped unless required; a
+                    // capacity it answers but that cannot be taken (a
+                    // geometry no export could describe) ends the probe,
+                    // rather than falling back to what (10) says.
+                    let (r, answered) = match r.and_then(|r| r.ok()) {
+                        Ok(r) => (p2.take(stage, &r.data), true),
+                        Err(e) => (Err(e), false),
+                    };
                     match r {
-                        Err(e) if required => p2.finish(Err(e)),
+                        Err(e) if required || answered && stage == 6 => p2.finish(Err(e)),
                         _ => Probe::next(p2),
                     }
                 }),

@@ -610,6 +610,16 @@ fn capacity(last_lba: u64, block_size: u32, lbpme: bool, lbprz: bool) -> Result<
     if block_size == 0 {
         return Err(ParseError::Invalid("READ CAPACITY: block length 0".into()));
     }
+    if !pollux_core::bdev::exportable_block_size(block_size) {
+        return Err(ParseError::Invalid(format!(
+            "READ CAPACITY: {block_size}-byte blocks (Pollux takes a power of two from {} to {} bytes)",
+            pollux_core::bdev::MIN_EXPORT_BLOCK_SIZE,
+            pollux_core::bdev::MAX_EXPORT_BLOCK_SIZE
+        )));
+    }
+    if num_blocks.checked_mul(u64::from(block_size)).is_none() {
+        return Err(ParseError::Invalid(format!("READ CAPACITY: {num_blocks} blocks of {block_size} bytes do not fit in 64 bits")));
+    }
     Ok(Capacity { num_blocks, block_size, lbpme, lbprz })
 }
 
@@ -885,6 +895,20 @@ mod tests {
         b[..8].fill(0);
         b[8..12].fill(0);
         assert!(matches!(parse_read_capacity16(&b), Err(ParseError::Invalid(_))));
+        // Blocks no export can describe (2 GiB, 1536 bytes, 128 KiB), and a
+        // size in bytes beyond 64 bits (2^62 blocks of 4 KiB): refused.
+        for bs in [0x8000_0000u32, 1536, 128 << 10] {
+            b[8..12].copy_from_slice(&bs.to_be_bytes());
+            let e = parse_read_capacity16(&b);
+            assert!(matches!(&e, Err(ParseError::Invalid(m)) if m.contains(&format!("{bs}-byte blocks"))), "{e:?}");
+        }
+        b[..8].copy_from_slice(&((1u64 << 62) - 1).to_be_bytes());
+        b[8..12].copy_from_slice(&4096u32.to_be_bytes());
+        assert!(matches!(parse_read_capacity16(&b), Err(ParseError::Invalid(m)) if m.contains("do not fit in 64 bits")));
+        b[..8].copy_from_slice(&((1u64 << 52) - 1).to_be_bytes());
+        assert!(parse_read_capacity16(&b).is_err(), "2^52 blocks of 4 KiB: 2^64 bytes");
+        b[..8].copy_from_slice(&((1u64 << 52) - 2).to_be_bytes());
+        assert_eq!(parse_read_capacity16(&b).unwrap().num_blocks, (1 << 52) - 1, "one block fewer fits");
 
         let c = parse_read_capacity10(&hex("00 1f ff ff 00 00 10 00")).unwrap();
         assert_eq!(c, Capacity { num_blocks: 0x20_0000, block_size: 4096, lbpme: false, lbprz: false });

@@ -320,8 +320,17 @@ fn register_namespaces(ctrl: &Arc<Controller>, set: &Arc<PathSet>, have: &[NsBde
         if have.iter().any(|b| b.name == name) {
             continue;
         }
-        if ns.metadata_size != 0 || ns.block_size == 0 {
+        if ns.metadata_size != 0 {
             tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
+            continue;
+        }
+        if !bdev::exportable_block_size(ns.block_size) {
+            tracing::warn!(
+                "{name}: namespace has {}-byte blocks (Pollux takes a power of two from {} to {} bytes); no bdev",
+                ns.block_size,
+                bdev::MIN_EXPORT_BLOCK_SIZE,
+                bdev::MAX_EXPORT_BLOCK_SIZE
+            );
             continue;
         }
         let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));

@@ -439,6 +439,14 @@ async fn examine_sb(b: &Arc<Bdev>, sb: crate::sb::Superblock) -> Result<(), RpcE
     if sb.block_size != b.block_size() || sb.uuid.is_nil() {
         return Err(RpcError::invalid_params("the superblock does not suit the bdev"));
     }
+    let uuid = b.uuid();
+    let entry = sb
+        .entries
+        .iter()
+        .find(|e| e.uuid == uuid)
+        .ok_or_else(|| RpcError::invalid_params(format!("{} is not in the superblock", b.name())))?;
+    sb.check_geometry(level, entry, b.num_blocks()).map_err(RpcError::invalid_params)?;
+    let slot = entry.slot as usize;
     let mut raid = all().into_iter().find(|r| r.sh.uuid == sb.uuid);
     if let Some(r) = raid.clone() {
         let seq = r.sh.sb_seq.load(Ordering::Acquire);
@@ -478,13 +486,6 @@ async fn examine_sb(b: &Arc<Bdev>, sb: crate::sb::Superblock) -> Result<(), RpcE
         }
     };
     let sh = raid.sh.clone();
-    let uuid = b.uuid();
-    let slot = sb
-        .entries
-        .iter()
-        .find(|e| e.uuid == uuid)
-        .map(|e| e.slot as usize)
-        .ok_or_else(|| RpcError::invalid_params(format!("{} is not in the superblock", b.name())))?;
     let m = &sh.members[slot];
     if *raid.registered.borrow() {
         // Online: a member that left comes back, and is rebuilt.
@@ -641,7 +642,7 @@ fn add_base(p: AddBase) -> Result<bool, RpcError> {
         .position(|m| matches!(m.state(), FAILED | MISSING) && m.desc().is_none())
         .ok_or_else(|| RpcError::errno(libc::EINVAL, format!("raid bdev {} has no free slot", sh.name)))?;
     let b = bdev::get(&p.base_bdev).ok_or_else(|| RpcError::errno(libc::ENODEV, format!("bdev {} not found", p.base_bdev)))?;
-    let need = sh.members[slot].data_offset.load(Ordering::Acquire) + sh.members[slot].data_size.load(Ordering::Acquire);
+    let need = sh.members[slot].data_offset.load(Ordering::Acquire).saturating_add(sh.members[slot].data_size.load(Ordering::Acquire));
     if b.num_blocks() < need {
         return Err(RpcError::invalid_params(format!("bdev {} has {} blocks; the slot needs {need}", p.base_bdev, b.num_blocks())));
     }

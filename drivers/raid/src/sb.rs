@@ -92,6 +92,46 @@ impl Superblock {
         HEADER + ENTRY * self.entries.len()
     }
 
+    /// What the geometry must satisfy before an array is assembled from
+    /// this superblock (its CRC says only that the bytes are as written):
+    /// the data of member `entry`, on a bdev of `blocks` blocks, after the
+    /// superblock and within the bdev (as SPDK's examine checks), and the
+    /// array no larger than its members' data hold. Otherwise the array's
+    /// I/O would land on the superblock or past a member's end.
+    pub fn check_geometry(&self, level: Level, entry: &Entry, blocks: u64) -> Result<(), String> {
+        let bs = u64::from(self.block_size.max(1));
+        let sb_blocks = (self.length() as u64).div_ceil(bs);
+        if entry.data_offset < sb_blocks {
+            return Err(format!(
+                "the superblock puts the data of slot {} at block {}, over the superblock ({sb_blocks} blocks)",
+                entry.slot, entry.data_offset
+            ));
+        }
+        if entry.data_size == 0 || entry.data_offset.checked_add(entry.data_size).is_none_or(|end| end > blocks) {
+            return Err(format!(
+                "the superblock puts {} blocks of data of slot {} at block {}: beyond the end of the bdev ({blocks} blocks)",
+                entry.data_size, entry.slot, entry.data_offset
+            ));
+        }
+        let strip = if level == Level::Raid1 { 0 } else { u64::from(self.strip_size) };
+        let usable = |e: &Entry| if strip.is_power_of_two() { e.data_size & !(strip - 1) } else { e.data_size };
+        let configured = || self.entries.iter().filter(|e| e.state == SB_CONFIGURED);
+        // None: more than 64 bits hold (no limit then).
+        let holds = match level {
+            Level::Raid0 => configured().map(usable).min().unwrap_or(0).checked_mul(u64::from(self.num_base_bdevs)),
+            Level::Raid1 => Some(configured().map(|e| e.data_size).min().unwrap_or(0)),
+            Level::Concat => self.entries.iter().map(usable).try_fold(0u64, |a, u| a.checked_add(u)),
+        };
+        if self.raid_size == 0 || holds.is_some_and(|h| self.raid_size > h) {
+            return Err(format!(
+                "the superblock's array of {} blocks is larger than its members' data hold ({} blocks)",
+                self.raid_size,
+                holds.unwrap_or(0)
+            ));
+        }
+        Ok(())
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let len = self.length();
         let mut b = vec![0u8; len];
@@ -323,5 +363,50 @@ mod tests {
         let mut short = b.clone();
         short[12..16].copy_from_slice(&100000u32.to_le_bytes());
         assert!(Superblock::parse(&short).is_err());
+    }
+
+    #[test]
+    fn a_geometry_its_members_cannot_hold_is_refused() {
+        let entry = |slot, data_offset, data_size| Entry { uuid: uuid::Uuid::new_v4(), data_offset, data_size, state: SB_CONFIGURED, slot };
+        let mut sb = Superblock {
+            uuid: uuid::Uuid::new_v4(),
+            name: "R".into(),
+            raid_size: 2048,
+            block_size: 512,
+            level: 0,
+            strip_size: 128,
+            seq_number: 1,
+            num_base_bdevs: 2,
+            entries: vec![entry(0, 2048, 1100), entry(1, 2048, 1024)],
+        };
+        let check = |sb: &Superblock, level, blocks| sb.check_geometry(level, &sb.entries[0], blocks);
+        // raid0: 2 x 1024 (1100 rounded down to the 128-block strip).
+        assert_eq!(check(&sb, Level::Raid0, 4096), Ok(()));
+        sb.raid_size = 2049;
+        assert!(check(&sb, Level::Raid0, 4096).unwrap_err().contains("array of 2049 blocks"));
+        // concat: 1024 + 1024; raid1: the smaller member's 1024.
+        assert_eq!(check(&sb, Level::Concat, 4096).unwrap_err(), check(&sb, Level::Raid0, 4096).unwrap_err());
+        sb.raid_size = 1024;
+        assert_eq!(check(&sb, Level::Raid1, 4096), Ok(()));
+        sb.raid_size = 1025;
+        assert!(check(&sb, Level::Raid1, 4096).is_err());
+        sb.raid_size = 1024;
+        // The member's data past its bdev's end, or over the superblock (384
+        // bytes: block 0), or its end beyond 64 bits.
+        assert!(check(&sb, Level::Raid1, 3147).unwrap_err().contains("beyond the end"));
+        assert_eq!(check(&sb, Level::Raid1, 3148), Ok(()));
+        sb.entries[0].data_offset = 0;
+        assert!(check(&sb, Level::Raid1, 4096).unwrap_err().contains("over the superblock"));
+        sb.entries[0].data_offset = 1;
+        assert_eq!(check(&sb, Level::Raid1, 4096), Ok(()));
+        sb.entries[0].data_offset = u64::MAX - 10;
+        assert!(check(&sb, Level::Raid1, u64::MAX).unwrap_err().contains("beyond the end"));
+        // Members holding more than 64 bits count: no overflow, no limit.
+        sb.entries = vec![entry(0, 2048, u64::MAX - 5000), entry(1, 2048, u64::MAX - 5000)];
+        sb.raid_size = u64::MAX;
+        assert_eq!(check(&sb, Level::Raid0, u64::MAX), Ok(()));
+        assert_eq!(check(&sb, Level::Concat, u64::MAX), Ok(()));
+        sb.raid_size = 0;
+        assert!(check(&sb, Level::Concat, u64::MAX).is_err());
     }
 }

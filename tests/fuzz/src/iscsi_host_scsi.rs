@@ -12,7 +12,8 @@
 //! comes from a fixed or descriptor response code, its key four bits; the
 //! strings taken from the data are printable ASCII of at most their field's
 //! size; a VPD page is taken only with its page code; a capacity has blocks
-//! and a block size; REPORT LUNS gives at most `MAX_REPORTED_LUNS` LUN
+//! and a block size that every export can describe, the size in bytes
+//! within 64 bits; REPORT LUNS gives at most `MAX_REPORTED_LUNS` LUN
 //! fields, no more than the list length and the slice hold, and a LUN number
 //! decoded from one encodes back to itself; a SendTargets answer gives one
 //! target per TargetName and no more addresses than it lists.
@@ -162,7 +163,8 @@ fn provisioning(b: &[u8]) {
 
 fn capacity(r: &Result<scsi::Capacity, ParseError>) {
     if let Ok(c) = r {
-        assert!(c.num_blocks > 0 && c.block_size > 0, "{c:?}");
+        assert!(c.num_blocks > 0 && pollux_core::bdev::exportable_block_size(c.block_size), "{c:?}");
+        assert!(c.num_blocks.checked_mul(u64::from(c.block_size)).is_some(), "{c:?}");
     }
 }
 

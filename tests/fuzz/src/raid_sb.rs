@@ -6,8 +6,11 @@
 //! the CRC is made valid first, so the fuzzer reaches the fields.
 //!
 //! Invariants: no panic; a superblock taken has every entry's slot below
-//! its member count and renders to bytes that parse to the same.
+//! its member count and renders to bytes that parse to the same; checking
+//! its geometry (what examine does before assembling) does not overflow,
+//! and passes only for data after the superblock and inside the member.
 
+use pollux_raid::array::Level;
 use pollux_raid::sb::{MAX_LENGTH, Superblock};
 
 pub fn raid_sb(data: &[u8]) {
@@ -23,4 +26,17 @@ pub fn raid_sb(data: &[u8]) {
     assert!(sb.entries.iter().all(|e| e.slot < sb.num_base_bdevs), "{sb:?}");
     let again = Superblock::parse(&sb.render()).expect("a rendered superblock parses");
     assert_eq!(again, sb);
+    // Member bdevs of a size taken from the input's last bytes.
+    let tail = &rest[rest.len().saturating_sub(8)..];
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    let blocks = u64::from_le_bytes(last);
+    for level in [Level::Raid0, Level::Raid1, Level::Concat] {
+        for e in &sb.entries {
+            if sb.check_geometry(level, e, blocks).is_ok() {
+                assert!(e.data_offset > 0 && e.data_offset + e.data_size <= blocks, "{e:?} on {blocks} blocks");
+                assert!(sb.raid_size > 0);
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod ceph;
 pub mod iscsi_host;
 pub mod iscsi_proxy;
 pub mod nvmf_client;
+pub mod nvmf_proxy;
 pub mod tgtd;
 
 use pollux_core::rpc::{Client, ClientError};

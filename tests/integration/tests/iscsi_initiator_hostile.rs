@@ -226,3 +226,45 @@ fn a_login_that_never_ends_and_a_target_that_never_answers_fail_the_create_clear
     let e = create_error(silent);
     assert!(e.contains("logging in to") && e.contains("took over"), "{e}");
 }
+
+/// RSS of process `pid` in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024
+}
+
+/// A READ CAPACITY(16) answer with a geometry no disk has: blocks of 2 GiB
+/// (a multiple of 512, which the bdev layer took), or a size in bytes
+/// beyond 64 bits. The LUN is refused with the reason, the daemon does not
+/// allocate a block's worth of memory for the examiners' first read, and
+/// still answers.
+#[test]
+fn a_lun_with_an_absurd_geometry_is_refused_clearly() {
+    let port = free_port();
+    let _tgt = target(port);
+    for (what, last_lba, block_len, expect) in [
+        ("2^62 blocks of 4 KiB", (1u64 << 62) - 1, 4096, "bytes do not fit in 64 bits"),
+        ("2 GiB blocks", 7u64, 0x8000_0000u32, "2147483648-byte blocks"),
+    ] {
+        // The Data-In of READ CAPACITY(16) (32 bytes, the LUN's 512-byte
+        // block length at bytes 8..12), rewritten.
+        let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |p: &mut Pdu| {
+            if p.opcode() == DATA_IN && p.data.len() == 32 && p.data[8..12] == 512u32.to_be_bytes() {
+                p.data[0..8].copy_from_slice(&last_lba.to_be_bytes());
+                p.data[8..12].copy_from_slice(&block_len.to_be_bytes());
+            }
+            Action::Forward
+        });
+        let host = Daemon::start(DaemonOpts::default());
+        host.call("bdev_iscsi_set_options", Some(json!({"timeout_sec": 5}))).unwrap();
+        let before = rss_mib(host.pid());
+        let url = format!("iscsi://{}/{}/0", proxy.addr(), target_iqn("hostile"));
+        let r = host.call("bdev_iscsi_create", Some(json!({"name": "iSCSI0", "initiator_iqn": INITIATOR, "url": url})));
+        let e = r.expect_err(what).to_string();
+        assert!(e.contains(expect), "{what}: {e}");
+        assert_eq!(host.call("bdev_get_bdevs", None).unwrap(), json!([]), "{what}");
+        let after = rss_mib(host.pid());
+        assert!(after < before + 256, "{what}: RSS {before} -> {after} MiB");
+    }
+}

@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use pollux_tests::iscsi_host::free_port;
+use pollux_tests::nvmf_proxy::Proxy;
 use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, spdk_rpc};
 use serde_json::{Value, json};
 
@@ -264,6 +265,40 @@ fn a_controller_that_misbehaves_fails_the_attach_clearly_and_the_host_goes_on() 
     // A port nobody listens on: refused, at once.
     let e = host.call("bdev_nvme_attach_controller", Some(attach_params(free_port(), false))).unwrap_err().to_string();
     assert!(e.contains("cannot connect"), "{e}");
+}
+
+/// A controller whose Identify Namespace gives a geometry no disk has:
+/// blocks of 2 GiB (LBADS 31), or 2^62 blocks of 4 KiB (more bytes than
+/// 64 bits count). The host made a bdev of either (found by review,
+/// 2026-12-06); now the controller is attached without a bdev for that
+/// namespace, with the reason in the log, as for a namespace with metadata.
+#[test]
+fn a_namespace_with_an_absurd_geometry_gets_no_bdev() {
+    let port = free_port();
+    let _tgt = target(port, None);
+    for (what, nsze, lbads, why) in
+        [("2 GiB blocks", 8u64, 31u8, "2147483648-byte blocks"), ("2^62 blocks of 4 KiB", 1u64 << 62, 12, "do not fit in 64 bits")]
+    {
+        // The real target's Identify Namespace (CNS 0), rewritten.
+        let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |sqe, datao, data| {
+            if sqe[0] == 0x06 && sqe[40] == 0 && datao == 0 && data.len() > 130 {
+                data[0..8].copy_from_slice(&nsze.to_le_bytes());
+                data[8..16].copy_from_slice(&nsze.to_le_bytes());
+                data[26] = 0;
+                data[130] = lbads;
+            }
+        });
+        let host = Daemon::start(DaemonOpts::default());
+        let names = host
+            .call("bdev_nvme_attach_controller", Some(attach_params(proxy.addr().port(), false)))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", host.log()));
+        assert_eq!(names, json!([]), "{what}");
+        assert_eq!(host.call("bdev_get_bdevs", None).unwrap(), json!([]), "{what}");
+        assert_eq!(host.call("bdev_nvme_get_controllers", None).unwrap().as_array().map(Vec::len), Some(1), "{what}");
+        let log = host.log();
+        assert!(log.contains(why), "{what}: {log}");
+        host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).expect(what);
+    }
 }
 
 /// A target serving the file `img` (uring bdev) on `port`: its data

@@ -350,3 +350,63 @@ fn a_failed_raid1_read_is_served_by_the_other_member() {
         json!(true)
     );
 }
+
+/// A superblock whose CRC is right but whose geometry its members cannot
+/// hold: an array larger than its members' data (raid_size), a member's
+/// data beyond the end of its bdev (data_size), or data over the
+/// superblock itself (data_offset 0). Each is refused: no raid bdev, the
+/// reason in the log, the members left as they were (unclaimed, their
+/// superblocks unchanged).
+#[test]
+fn a_superblock_whose_geometry_its_members_cannot_hold_is_refused() {
+    use pollux_raid::sb::Superblock;
+    type Tamper = fn(&mut Superblock);
+    let cases: [(&str, Tamper, &str); 3] = [
+        ("raid_size 10x", |sb| sb.raid_size *= 10, "array of"),
+        ("data_size beyond the member", |sb| sb.entries.iter_mut().for_each(|e| e.data_size *= 2), "beyond the end"),
+        ("data_offset 0", |sb| sb.entries.iter_mut().for_each(|e| e.data_offset = 0), "over the superblock"),
+    ];
+    for (what, tamper, why) in cases {
+        let dir = TempDir::new("raid-sb-geometry");
+        let files: Vec<_> = (0..2).map(|i| file(&dir, &format!("m{i}.img"), 16)).collect();
+        let u = ["3f1e6a70-9b1d-4c3e-8f2a-00000000001a", "3f1e6a70-9b1d-4c3e-8f2a-00000000001b"];
+        let start = || {
+            let bdevs: Vec<Value> = (0..2).map(|i| aio(&format!("U{i}"), &files[i], u[i])).collect();
+            let d = Daemon::start(DaemonOpts {
+                config: Some(json!({"subsystems": [{"subsystem": "bdev", "config": bdevs}]})),
+                ..Default::default()
+            });
+            d.call("bdev_wait_for_examine", None).unwrap();
+            d
+        };
+        let d = start();
+        ok_stdout("create", &spdk_rpc(&d.socket, &["bdev_raid_create", "-n", "R1", "-r", "raid1", "-b", "U0 U1", "-s"]));
+        drop(d);
+        let mut tampered = Vec::new();
+        for f in &files {
+            let mut img = std::fs::read(f).unwrap();
+            let len = u32::from_le_bytes(img[12..16].try_into().unwrap()) as usize;
+            let mut sb = Superblock::parse(&img[..4096]).unwrap();
+            tamper(&mut sb);
+            let b = sb.render();
+            assert_eq!(b.len(), len);
+            img[..len].copy_from_slice(&b);
+            std::fs::write(f, &img).unwrap();
+            tampered.push(img[..4096].to_vec());
+        }
+        let d = start();
+        let r = d.call("bdev_raid_get_bdevs", Some(json!({"category": "online"}))).unwrap();
+        assert_eq!(r, json!([]), "{what}: {r}");
+        let bdevs = d.call("bdev_get_bdevs", None).unwrap();
+        for b in bdevs.as_array().unwrap() {
+            assert_ne!(b["name"], "R1", "{what}");
+            assert_eq!(b["claimed"], false, "{what}: {b}");
+        }
+        let log = d.log();
+        assert!(log.contains(why), "{what}: {log}");
+        drop(d);
+        for (f, before) in files.iter().zip(&tampered) {
+            assert_eq!(&std::fs::read(f).unwrap()[..4096], &before[..], "{what}: the superblock was left as it was");
+        }
+    }
+}
