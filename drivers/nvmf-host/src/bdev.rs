@@ -333,6 +333,14 @@ fn register_namespaces(ctrl: &Arc<Controller>, set: &Arc<PathSet>, have: &[NsBde
             );
             continue;
         }
+        if ns.block_size > ctrl.max_transfer {
+            tracing::warn!(
+                "{name}: namespace has {}-byte blocks, more than the controller's largest transfer ({} bytes); no bdev",
+                ns.block_size,
+                ctrl.max_transfer
+            );
+            continue;
+        }
         let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
         let policy = Arc::new(Policy::default());
         let backend = Arc::new(NamespaceBackend { set: set.clone(), first: ctrl.clone(), nsid: ns.nsid, policy: policy.clone() });
@@ -386,6 +394,12 @@ fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: 
                 return refuse(format!(
                     "namespace {} at {} is not the namespace {} of controller {name} (identity or size differ)",
                     ns.nsid, ctrl.opts.addr, ns.nsid
+                ));
+            }
+            if ns.block_size > ctrl.max_transfer {
+                return refuse(format!(
+                    "namespace {} has {}-byte blocks; the controller at {} transfers at most {} bytes a command",
+                    ns.nsid, ns.block_size, ctrl.opts.addr, ctrl.max_transfer
                 ));
             }
         }

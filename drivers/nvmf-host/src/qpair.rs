@@ -529,6 +529,13 @@ impl Qpair {
             IoType::Unmap => u64::from(u32::MAX) * bs,
             IoType::Flush | IoType::Reset => total.max(1),
         };
+        // A controller that cannot carry one block a command (its bdev is
+        // refused such a namespace, see `register_namespaces`): fail rather
+        // than cut the request into pieces smaller than a block.
+        if chunk < bs && matches!(kind, IoType::Read | IoType::Write | IoType::Compare) {
+            drop(st);
+            return io.complete(IoStatus::Failed);
+        }
         let pieces = if matches!(kind, IoType::Flush | IoType::Reset) { 1 } else { total.div_ceil(chunk.max(1)) };
         let parent = Parent { io: Some(io), nsid, pending: pieces as u32, status: IoStatus::Success, timed_out: false };
         let p = match st.free_parents.pop() {

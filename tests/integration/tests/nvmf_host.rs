@@ -269,23 +269,32 @@ fn a_controller_that_misbehaves_fails_the_attach_clearly_and_the_host_goes_on() 
 
 /// A controller whose Identify Namespace gives a geometry no disk has:
 /// blocks of 2 GiB (LBADS 31), or 2^62 blocks of 4 KiB (more bytes than
-/// 64 bits count). The host made a bdev of either (found by review,
-/// 2026-12-06); now the controller is attached without a bdev for that
-/// namespace, with the reason in the log, as for a namespace with metadata.
+/// 64 bits count), or blocks larger than the controller moves in one
+/// command. The host made a bdev of each (found by review, 2026-12-06);
+/// now the controller is attached without a bdev for that namespace, with
+/// the reason in the log, as for a namespace with metadata.
 #[test]
 fn a_namespace_with_an_absurd_geometry_gets_no_bdev() {
     let port = free_port();
     let _tgt = target(port, None);
-    for (what, nsze, lbads, why) in
-        [("2 GiB blocks", 8u64, 31u8, "2147483648-byte blocks"), ("2^62 blocks of 4 KiB", 1u64 << 62, 12, "do not fit in 64 bits")]
-    {
-        // The real target's Identify Namespace (CNS 0), rewritten.
+    for (what, nsze, lbads, mdts, why) in [
+        ("2 GiB blocks", 8u64, 31u8, None, "2147483648-byte blocks"),
+        ("2^62 blocks of 4 KiB", 1u64 << 62, 12, None, "do not fit in 64 bits"),
+        // 64 KiB blocks, but at most 8 KiB a command (MDTS 1, CAP.MPSMIN 0):
+        // the host cut each block into 1-byte commands.
+        ("blocks larger than the largest transfer", 8, 16, Some(1u8), "more than the controller's largest transfer (8192 bytes)"),
+    ] {
+        // The real target's Identify Namespace (CNS 0), and its Identify
+        // Controller's MDTS (CNS 1, byte 77), rewritten.
         let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |sqe, datao, data| {
             if sqe[0] == 0x06 && sqe[40] == 0 && datao == 0 && data.len() > 130 {
                 data[0..8].copy_from_slice(&nsze.to_le_bytes());
                 data[8..16].copy_from_slice(&nsze.to_le_bytes());
                 data[26] = 0;
                 data[130] = lbads;
+            }
+            if let (Some(m), true) = (mdts, sqe[0] == 0x06 && sqe[40] == 1 && datao == 0 && data.len() > 77) {
+                data[77] = m;
             }
         });
         let host = Daemon::start(DaemonOpts::default());
@@ -299,6 +308,27 @@ fn a_namespace_with_an_absurd_geometry_gets_no_bdev() {
         assert!(log.contains(why), "{what}: {log}");
         host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).expect(what);
     }
+    // Two paths to a namespace of 64 KiB blocks; the second moves at most
+    // 8 KiB a command (MDTS 1), so it could not carry a block: refused.
+    let path = |mdts: u8| {
+        Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |sqe, datao, data| {
+            if sqe[0] == 0x06 && datao == 0 && data.len() > 130 {
+                match sqe[40] {
+                    0 => data[130] = 16,
+                    1 => data[77] = mdts,
+                    _ => {}
+                }
+            }
+        })
+    };
+    let (a, b) = (path(0), path(1));
+    let host = Daemon::start(DaemonOpts::default());
+    let names = host.call("bdev_nvme_attach_controller", Some(another_path(a.addr().port()))).unwrap();
+    assert_eq!(names, json!(["Nvme0n1"]));
+    let e = host.call("bdev_nvme_attach_controller", Some(another_path(b.addr().port()))).unwrap_err().to_string();
+    assert!(e.contains("65536-byte blocks; the controller at") && e.contains("transfers at most 8192 bytes"), "{e}");
+    let c = host.call("bdev_nvme_get_controllers", None).unwrap();
+    assert_eq!(c[0]["ctrlrs"].as_array().map(Vec::len), Some(1), "{c}");
 }
 
 /// A target serving the file `img` (uring bdev) on `port`: its data
