@@ -222,19 +222,24 @@ impl Store {
         let md_len = sb.md_len as usize;
         let trusted = sb.clean && sb.used_blobid_mask_len > 0;
         let (used_pages, used_clusters, used_blobids) = if trusted {
-            let read_mask = |start: u32, len: u32| dev.read(start as u64 * PAGE as u64, len as usize * PAGE);
+            // A mask is read only as far as `bits` bits of it go: the super
+            // block may say its region runs to the end of the device, and
+            // whatever a bdev's first page holds (a tenant's data too) is
+            // examined at start-up.
+            let read_mask =
+                |start: u32, len: u32, bits: u64| dev.read(start as u64 * PAGE as u64, len.min(format::mask_pages(bits)) as usize * PAGE);
             let p = format::parse_mask(
-                &read_mask(sb.used_page_mask_start, sb.used_page_mask_len).await?,
+                &read_mask(sb.used_page_mask_start, sb.used_page_mask_len, md_len as u64).await?,
                 format::MASK_USED_PAGES,
                 md_len as u64,
             )?;
             let mut c = format::parse_mask(
-                &read_mask(sb.used_cluster_mask_start, sb.used_cluster_mask_len).await?,
+                &read_mask(sb.used_cluster_mask_start, sb.used_cluster_mask_len, total as u64).await?,
                 format::MASK_USED_CLUSTERS,
                 u64::MAX,
             )?;
             let b = format::parse_mask(
-                &read_mask(sb.used_blobid_mask_start, sb.used_blobid_mask_len).await?,
+                &read_mask(sb.used_blobid_mask_start, sb.used_blobid_mask_len, md_len as u64).await?,
                 format::MASK_USED_BLOBIDS,
                 md_len as u64,
             )?;

@@ -7,6 +7,7 @@
 //! `kill -9` in the middle of writes loses nothing that was acknowledged.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -619,4 +620,42 @@ fn a_store_grows_with_its_bdev() {
     std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(32 << 20).unwrap();
     assert!(!spdk_rpc(&d.socket, &["bdev_aio_rescan", "aio0"]).status.success(), "an open bdev shrank");
     drop(d);
+}
+
+/// Peak RSS of process `pid` in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024
+}
+
+/// A super block (valid crc, clean) whose used-cluster mask is said to
+/// run over the whole of a 4 GiB device: the examiner read all of it into
+/// memory (4 GiB for a mask whose bits take a few pages; found by review,
+/// 2026-12-06). Whatever is on a bdev's first page is examined at start-up,
+/// including a tenant's data. A mask is now read only as far as the
+/// store's clusters (or metadata pages) need.
+#[test]
+fn a_mask_said_to_span_the_device_is_not_read_whole() {
+    let dir = TempDir::new("lvol-mask");
+    let image = fixture_image(&dir, 4096);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
+    f.set_len(4 << 30).unwrap();
+    let mut sb = [0u8; 4096];
+    f.read_exact_at(&mut sb, 0).unwrap();
+    let mask_start = u32::from_le_bytes(sb[40..44].try_into().unwrap());
+    // The store the whole device, its cluster mask from its start to the end.
+    sb[80..88].copy_from_slice(&(4u64 << 30).to_le_bytes());
+    sb[44..48].copy_from_slice(&((1u32 << 20) - mask_start).to_le_bytes());
+    pollux_lvol::format::fix_crc(&mut sb);
+    f.write_all_at(&sb, 0).unwrap();
+    drop(f);
+    let port = free_port();
+    let d = start(&image, 4096, port);
+    let rss = peak_rss_mib(d.pid());
+    assert!(rss < 512, "peak RSS {rss} MiB examining the store");
+    // The mask's bits no longer cover the (now larger) store: refused.
+    assert_eq!(d.call("bdev_lvol_get_lvstores", None).unwrap(), json!([]));
+    let log = d.log();
+    assert!(log.contains("a mask's length does not match the store"), "{log}");
 }
