@@ -95,6 +95,11 @@ pub struct Session {
     pub queue_depth: u32,
     pub exp_cmd_sn: Cell<u32>,
     pub max_cmd_sn: Cell<u32>,
+    /// CmdSNs taken ahead of ExpCmdSN: with several connections a later
+    /// command can arrive before an earlier one sent on another
+    /// connection; ExpCmdSN waits for the gap (room for the window,
+    /// reserved at login).
+    pub ahead: RefCell<Vec<u32>>,
     /// Commands received and not yet answered.
     pub outstanding: Cell<u32>,
     pub conns: RefCell<Vec<Weak<Conn>>>,
@@ -140,6 +145,7 @@ impl Session {
             queue_depth: queue_depth.max(1),
             exp_cmd_sn: Cell::new(cmd_sn),
             max_cmd_sn: Cell::new(cmd_sn.wrapping_add(queue_depth.max(1) - 1)),
+            ahead: RefCell::new(Vec::with_capacity(queue_depth.max(1) as usize)),
             outstanding: Cell::new(0),
             conns: RefCell::new(Vec::new()),
             ports: RefCell::new(Vec::new()),

@@ -116,6 +116,24 @@ fn a_session_carries_io_on_two_connections_on_its_reactor() {
     assert!(p1.data == b, "connection 1 read connection 2's data");
     assert!(p2.data == a, "connection 2 read connection 1's data");
 
+    // Connection 2's command (the later CmdSN) reaches the target before
+    // connection 1's: both are answered, and ExpCmdSN covers both. (The
+    // target moved ExpCmdSN past the gap and dropped connection 1's
+    // command as a duplicate, unanswered: found by the suite on a loaded
+    // machine, 2026-12-06.)
+    let n = c1.cmd_sn;
+    c2.cmd_sn = n.wrapping_add(1);
+    let q2 = c2.command(&read10_cdb(10, 8), 4096, true, false, &[]);
+    let p2 = c2.wait_for(q2).expect("the later command is answered");
+    assert_eq!(p2.u32_at(28), n, "ExpCmdSN waits for the earlier command");
+    c1.cmd_sn = n;
+    let q1 = c1.command(&read10_cdb(20, 8), 4096, true, false, &[]);
+    let p1 = c1.wait_for(q1).expect("the earlier command, arriving second, is answered");
+    assert_eq!((p1.bhs[3], p2.bhs[3]), (GOOD, GOOD));
+    assert!(p1.data == b && p2.data == a);
+    assert_eq!(p1.u32_at(28), n.wrapping_add(2), "ExpCmdSN past both");
+    c1.cmd_sn = n.wrapping_add(2);
+
     // A larger write on connection 2 with R2Ts, read back on connection 1.
     c2.cmd_sn = c1.cmd_sn;
     let big = pattern(3, 64 * 1024);

@@ -51,7 +51,25 @@ impl Conn {
             tracing::debug!("iscsi: CmdSN {sn} outside [{exp}, {max}]: ignored");
             return Window::Ignore;
         }
-        s.exp_cmd_sn.set(sn.wrapping_add(1));
+        let mut ahead = s.ahead.borrow_mut();
+        if sn != exp {
+            // Ahead of a command still on its way on another connection of
+            // the session: taken, and ExpCmdSN waits for that one (moving
+            // it past the gap made the earlier command look like a
+            // duplicate, and it was dropped unanswered).
+            if ahead.contains(&sn) {
+                tracing::debug!("iscsi: CmdSN {sn} again: ignored");
+                return Window::Ignore;
+            }
+            ahead.push(sn);
+            return Window::Accept;
+        }
+        let mut next = sn.wrapping_add(1);
+        while let Some(i) = ahead.iter().position(|&a| a == next) {
+            ahead.swap_remove(i);
+            next = next.wrapping_add(1);
+        }
+        s.exp_cmd_sn.set(next);
         Window::Accept
     }
 
