@@ -162,6 +162,31 @@ pub fn exportable_block_size(bs: u32) -> bool {
     bs.is_power_of_two() && (MIN_EXPORT_BLOCK_SIZE..=MAX_EXPORT_BLOCK_SIZE).contains(&bs)
 }
 
+/// The block sizes [`exportable_block_size`] takes, in words, for the
+/// messages of everything that refuses one.
+pub fn exportable_block_sizes() -> String {
+    format!("a power of two from {MIN_EXPORT_BLOCK_SIZE} to {MAX_EXPORT_BLOCK_SIZE} bytes")
+}
+
+/// Why a device's namespace of `num_blocks` blocks of `block_size` bytes,
+/// behind a controller that moves at most `max_transfer` bytes a command,
+/// cannot be a bdev; `None` when it can. The rules the NVMe drivers (PCIe
+/// and NVMe-oF) apply to what a controller reports: a block size every
+/// export can describe, a size in bytes that fits in 64 bits, and a block
+/// one command can carry.
+pub fn unusable_geometry(block_size: u32, num_blocks: u64, max_transfer: usize) -> Option<String> {
+    if !exportable_block_size(block_size) {
+        return Some(format!("{block_size}-byte blocks (Pollux takes {})", exportable_block_sizes()));
+    }
+    if num_blocks.checked_mul(u64::from(block_size)).is_none() {
+        return Some(format!("{num_blocks} blocks of {block_size} bytes, which do not fit in 64 bits"));
+    }
+    if block_size as usize > max_transfer {
+        return Some(format!("{block_size}-byte blocks, more than the controller's largest transfer ({max_transfer} bytes)"));
+    }
+    None
+}
+
 /// A registered block device. Shared by all reactors (`Arc<Bdev>`); its
 /// per-reactor state is its [`BdevChannel`].
 pub struct Bdev {
@@ -246,10 +271,7 @@ impl Bdev {
         if exportable_block_size(bs) {
             return Ok(());
         }
-        Err(BdevError::Invalid(format!(
-            "bdev {} has {bs}-byte blocks; {export} needs a power of two from {MIN_EXPORT_BLOCK_SIZE} to {MAX_EXPORT_BLOCK_SIZE} bytes",
-            self.name
-        )))
+        Err(BdevError::Invalid(format!("bdev {} has {bs}-byte blocks; {export} needs {}", self.name, exportable_block_sizes())))
     }
     #[inline]
     pub fn num_blocks(&self) -> u64 {

@@ -612,9 +612,8 @@ fn capacity(last_lba: u64, block_size: u32, lbpme: bool, lbprz: bool) -> Result<
     }
     if !pollux_core::bdev::exportable_block_size(block_size) {
         return Err(ParseError::Invalid(format!(
-            "READ CAPACITY: {block_size}-byte blocks (Pollux takes a power of two from {} to {} bytes)",
-            pollux_core::bdev::MIN_EXPORT_BLOCK_SIZE,
-            pollux_core::bdev::MAX_EXPORT_BLOCK_SIZE
+            "READ CAPACITY: {block_size}-byte blocks (Pollux takes {})",
+            pollux_core::bdev::exportable_block_sizes()
         )));
     }
     if num_blocks.checked_mul(u64::from(block_size)).is_none() {

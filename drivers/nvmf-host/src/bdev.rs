@@ -324,21 +324,8 @@ fn register_namespaces(ctrl: &Arc<Controller>, set: &Arc<PathSet>, have: &[NsBde
             tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
             continue;
         }
-        if !bdev::exportable_block_size(ns.block_size) {
-            tracing::warn!(
-                "{name}: namespace has {}-byte blocks (Pollux takes a power of two from {} to {} bytes); no bdev",
-                ns.block_size,
-                bdev::MIN_EXPORT_BLOCK_SIZE,
-                bdev::MAX_EXPORT_BLOCK_SIZE
-            );
-            continue;
-        }
-        if ns.block_size > ctrl.max_transfer {
-            tracing::warn!(
-                "{name}: namespace has {}-byte blocks, more than the controller's largest transfer ({} bytes); no bdev",
-                ns.block_size,
-                ctrl.max_transfer
-            );
+        if let Some(why) = bdev::unusable_geometry(ns.block_size, ns.num_blocks, ctrl.max_transfer as usize) {
+            tracing::warn!("{name}: namespace has {why}; no bdev");
             continue;
         }
         let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));

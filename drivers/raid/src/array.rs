@@ -178,12 +178,31 @@ impl Shared {
     }
 }
 
+/// The whole strips of `size` blocks (all of them when there are no
+/// strips: `strip` 0).
+pub fn whole_strips(size: u64, strip: u64) -> u64 {
+    if strip.is_power_of_two() { size & !(strip - 1) } else { size }
+}
+
+/// Blocks an array of `members` holds when its members give it `sizes`
+/// blocks of data: raid0, the smallest member's whole strips times the
+/// members; raid1, the smallest member's blocks; concat, every member's
+/// whole strips. None past 64 bits. The one rule for an array made by RPC
+/// and for the size a superblock may claim.
+pub fn capacity(level: Level, strip: u64, sizes: &[u64], members: u64) -> Option<u64> {
+    let whole = |s: &u64| whole_strips(*s, strip);
+    match level {
+        Level::Raid0 => sizes.iter().map(whole).min().unwrap_or(0).checked_mul(members),
+        Level::Raid1 => Some(sizes.iter().copied().min().unwrap_or(0)),
+        Level::Concat => sizes.iter().map(whole).try_fold(0u64, |a, u| a.checked_add(u)),
+    }
+}
+
 impl Shared {
     /// Blocks each member gives the array (raid0, raid1: the smallest
     /// member's, whole strips; concat: its own, whole strips).
     pub fn usable(&self, slot: usize) -> u64 {
-        let size = self.members[slot].data_size.load(Ordering::Acquire);
-        if self.strip > 0 { size & !(self.strip - 1) } else { size }
+        whole_strips(self.members[slot].data_size.load(Ordering::Acquire), self.strip)
     }
 
     pub fn bump(&self) {
@@ -669,5 +688,21 @@ impl Chan {
         for io in held {
             self.submit(io);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_counts_whole_strips_and_refuses_past_64_bits() {
+        // Strips of 8 blocks: 21 blocks give 16, 30 give 24.
+        assert_eq!(capacity(Level::Raid0, 8, &[21, 30], 2), Some(32));
+        assert_eq!(capacity(Level::Concat, 8, &[21, 30], 2), Some(40));
+        assert_eq!(capacity(Level::Raid1, 0, &[21, 30], 2), Some(21));
+        assert_eq!(capacity(Level::Raid0, 8, &[7, 30], 2), Some(0));
+        assert_eq!(capacity(Level::Raid0, 8, &[u64::MAX, u64::MAX], 2), None);
+        assert_eq!(capacity(Level::Concat, 8, &[u64::MAX, 8], 2), None);
     }
 }

@@ -305,7 +305,7 @@ async fn create(p: Create) -> Result<bool, RpcError> {
         Level::Raid1 if p.strip_size_kb != 0 => return Err(RpcError::errno(libc::EINVAL, "Strip size is not supported by raid1")),
         Level::Raid1 => 0,
         _ => {
-            let bytes = p.strip_size_kb * 1024;
+            let bytes = p.strip_size_kb.checked_mul(1024).unwrap_or(0);
             if !p.strip_size_kb.is_power_of_two() || bytes < block_size as u64 {
                 return Err(RpcError::errno(
                     libc::EINVAL,
@@ -365,12 +365,9 @@ async fn go_online(raid: &Rc<Raid>, from: Option<&crate::sb::Superblock>) -> Res
     let blocks = match from {
         Some(sb) => sb.raid_size,
         None => {
-            let usable = (0..n).map(|i| sh.usable(i));
-            match sh.level {
-                Level::Raid0 => usable.min().unwrap_or(0) * n as u64,
-                Level::Raid1 => usable.min().unwrap_or(0),
-                Level::Concat => usable.sum(),
-            }
+            let sizes: Vec<u64> = sh.members.iter().map(|m| m.data_size.load(Ordering::Acquire)).collect();
+            array::capacity(sh.level, sh.strip, &sizes, n as u64)
+                .ok_or_else(|| RpcError::invalid_params("the array would hold more than 2^64 blocks"))?
         }
     };
     if blocks == 0 {

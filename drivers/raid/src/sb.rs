@@ -113,15 +113,11 @@ impl Superblock {
                 entry.data_size, entry.slot, entry.data_offset
             ));
         }
-        let strip = if level == Level::Raid1 { 0 } else { u64::from(self.strip_size) };
-        let usable = |e: &Entry| if strip.is_power_of_two() { e.data_size & !(strip - 1) } else { e.data_size };
-        let configured = || self.entries.iter().filter(|e| e.state == SB_CONFIGURED);
-        // None: more than 64 bits hold (no limit then).
-        let holds = match level {
-            Level::Raid0 => configured().map(usable).min().unwrap_or(0).checked_mul(u64::from(self.num_base_bdevs)),
-            Level::Raid1 => Some(configured().map(|e| e.data_size).min().unwrap_or(0)),
-            Level::Concat => self.entries.iter().map(usable).try_fold(0u64, |a, u| a.checked_add(u)),
-        };
+        // Concat counts every slot's data, the others the configured
+        // members'. None: more than 64 bits hold (no limit then).
+        let sizes: Vec<u64> =
+            self.entries.iter().filter(|e| level == Level::Concat || e.state == SB_CONFIGURED).map(|e| e.data_size).collect();
+        let holds = crate::array::capacity(level, u64::from(self.strip_size), &sizes, u64::from(self.num_base_bdevs));
         if self.raid_size == 0 || holds.is_some_and(|h| self.raid_size > h) {
             return Err(format!(
                 "the superblock's array of {} blocks is larger than its members' data hold ({} blocks)",

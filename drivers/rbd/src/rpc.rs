@@ -328,8 +328,12 @@ fn create(p: Create, r: Responder) {
         Ok(c) => c,
         Err(e) => return r.err(e),
     };
-    if !p.block_size.is_power_of_two() || !(512..=65536).contains(&p.block_size) {
-        return r.err(RpcError::invalid_params(format!("block_size {} must be a power of two from 512 to 65536", p.block_size)));
+    if !pollux_core::bdev::exportable_block_size(p.block_size) {
+        return r.err(RpcError::invalid_params(format!(
+            "block_size {} must be {}",
+            p.block_size,
+            pollux_core::bdev::exportable_block_sizes()
+        )));
     }
     if let Err(e) = rados::lib() {
         return r.err(rados_err(e));

@@ -5,16 +5,15 @@
 //! by other bytes, or whether the connection is closed or goes silent.
 //!
 //! PDUs are cut assuming header and data digests are off (the proxy does
-//! not read the login negotiation). Each accepted connection gets two
-//! threads; dropping the [`Proxy`] shuts every socket down and joins them.
+//! not read the login negotiation). The sockets and threads are
+//! [`crate::relay`]'s.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::relay::{Connection, Direction, Relay, lock};
 
 /// One PDU the target sent, as given to `mutate`.
 #[derive(Clone, Debug)]
@@ -99,21 +98,9 @@ pub enum Action {
 
 type Mutate = Box<dyn FnMut(&mut Pdu) -> Action + Send>;
 
-/// State shared by the proxy's threads.
-struct Shared {
-    stop: AtomicBool,
-    accepted: AtomicUsize,
-    mutate: Mutex<Mutate>,
-    /// Both sockets of each live connection, to shut down on drop.
-    sockets: Mutex<HashMap<usize, [TcpStream; 2]>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
 /// A running proxy; stopped, with every connection closed, on drop.
 pub struct Proxy {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    relay: Relay,
 }
 
 impl Proxy {
@@ -121,110 +108,33 @@ impl Proxy {
     /// `target`, passing the target's PDUs through `mutate` (called from
     /// the connections' threads, one call at a time).
     pub fn start(target: SocketAddr, mutate: impl FnMut(&mut Pdu) -> Action + Send + 'static) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            accepted: AtomicUsize::new(0),
-            mutate: Mutex::new(Box::new(mutate)),
-            sockets: Mutex::new(HashMap::new()),
-            threads: Mutex::new(Vec::new()),
+        let mutate: Arc<Mutex<Mutate>> = Arc::new(Mutex::new(Box::new(mutate)));
+        let relay = Relay::start("iscsi-proxy", target, move |c: Connection| {
+            let stalled = Arc::new(AtomicBool::new(false));
+            let (ini_r, tgt_w) = c.up;
+            let (tgt_r, ini_w) = c.down;
+            let s = stalled.clone();
+            let up: Direction = Box::new(move || initiator_to_target(ini_r, tgt_w, &s));
+            let mutate = mutate.clone();
+            let down: Direction = Box::new(move || target_to_initiator(c.index, tgt_r, ini_w, &mutate, &stalled));
+            (up, down)
         });
-        let s = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name("iscsi-proxy-accept".into())
-            .spawn(move || accept_loop(&listener, target, &s))
-            .expect("spawn the proxy's acceptor");
-        Proxy { addr, shared, acceptor: Some(acceptor) }
+        Proxy { relay }
     }
 
     /// Where initiators should connect.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.relay.addr()
     }
 
     /// How many connections were accepted so far.
     pub fn connections(&self) -> usize {
-        self.shared.accepted.load(Ordering::SeqCst)
+        self.relay.connections()
     }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the acceptor; it sees `stop` and returns.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-        for [a, b] in lock(&self.shared.sockets).values() {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
-        }
-        let threads = std::mem::take(&mut *lock(&self.shared.threads));
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic in `mutate` (a failed assertion) must not wedge the others.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn pad(n: usize) -> usize {
     (4 - n % 4) % 4
-}
-
-fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok((initiator, _)) = accepted else {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let conn = shared.accepted.fetch_add(1, Ordering::SeqCst);
-        // The target may be down (restarting): the initiator then sees
-        // its connection closed, as it would without the proxy.
-        let Ok(tgt) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else { continue };
-        let clones = || -> io::Result<_> { Ok([initiator.try_clone()?, tgt.try_clone()?]) };
-        let (Ok(registered), Ok([ini_w, tgt_r]), Ok([ini_r, tgt_w])) = (clones(), clones(), clones()) else { continue };
-        let _ = initiator.set_nodelay(true);
-        let _ = tgt.set_nodelay(true);
-        lock(&shared.sockets).insert(conn, registered);
-        let live = Arc::new(AtomicUsize::new(2));
-        let stalled = Arc::new(AtomicBool::new(false));
-        let up = {
-            let (shared, live, stalled) = (shared.clone(), live.clone(), stalled.clone());
-            move || {
-                initiator_to_target(ini_r, tgt_w, &stalled);
-                finish(&shared, conn, &live);
-            }
-        };
-        let down = {
-            let shared = shared.clone();
-            move || {
-                target_to_initiator(conn, tgt_r, ini_w, &shared, &stalled);
-                finish(&shared, conn, &live);
-            }
-        };
-        let mut threads = lock(&shared.threads);
-        for (name, f) in [("up", Box::new(up) as Box<dyn FnOnce() + Send>), ("down", Box::new(down))] {
-            let t = std::thread::Builder::new().name(format!("iscsi-proxy-{conn}-{name}")).spawn(f).expect("spawn a proxy thread");
-            threads.push(t);
-        }
-    }
-}
-
-/// The last thread of a connection closes its sockets.
-fn finish(shared: &Shared, conn: usize, live: &AtomicUsize) {
-    if live.fetch_sub(1, Ordering::SeqCst) == 1 {
-        lock(&shared.sockets).remove(&conn);
-    }
 }
 
 /// Copy the initiator's bytes to the target, untouched.
@@ -274,7 +184,7 @@ fn read_full(r: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Cut the target's bytes into PDUs and act on each as `mutate` says.
-fn target_to_initiator(conn: usize, mut from: TcpStream, mut to: TcpStream, shared: &Shared, stalled: &AtomicBool) {
+fn target_to_initiator(conn: usize, mut from: TcpStream, mut to: TcpStream, mutate: &Mutex<Mutate>, stalled: &AtomicBool) {
     for index in 0.. {
         let mut bhs = [0u8; 48];
         let n = match read_full(&mut from, &mut bhs) {
@@ -303,7 +213,7 @@ fn target_to_initiator(conn: usize, mut from: TcpStream, mut to: TcpStream, shar
         let data = rest[ahs_len..ahs_len + dlen].to_vec();
         rest.truncate(ahs_len);
         let mut pdu = Pdu { conn, index, bhs, ahs: rest, data };
-        let action = (lock(&shared.mutate))(&mut pdu);
+        let action = (lock(mutate))(&mut pdu);
         let sent = match action {
             Action::Forward => to.write_all(&pdu.to_bytes()),
             Action::Drop => Ok(()),

@@ -16,6 +16,7 @@ pub mod iscsi_host;
 pub mod iscsi_proxy;
 pub mod nvmf_client;
 pub mod nvmf_proxy;
+pub mod relay;
 pub mod tgtd;
 
 use pollux_core::rpc::{Client, ClientError};
@@ -380,18 +381,28 @@ pub fn ok_stdout(what: &str, out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// CPU time (user + system) a process has used, in seconds.
-/// Resident memory of a process, in bytes (VmRSS).
-pub fn rss_bytes(pid: u32) -> u64 {
+/// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`...), in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     let kb: u64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS in status");
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kb * 1024
 }
 
+/// Resident memory of a process, in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The most resident memory a process has had, in bytes (VmHWM).
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM")
+}
+
+/// CPU time (user + system) a process has used, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let rest = &stat[stat.rfind(')').unwrap() + 2..];

@@ -7,34 +7,24 @@
 //! blocks, say) while the rest of the exchange stays valid.
 //!
 //! PDUs are cut assuming header and data digests are off (an ICReq asking
-//! for them fails the test). Each accepted connection gets two threads;
-//! dropping the [`Proxy`] shuts every socket down and joins them.
+//! for them fails the test). The sockets and threads are
+//! [`crate::relay`]'s.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use crate::relay::{Connection, Direction, Relay, lock};
 
 /// `mutate(sqe, data_offset, data)`: the command's 64-byte submission
 /// queue entry, where this PDU's data starts in the command's transfer,
 /// and the data, to change in place.
 type Mutate = Box<dyn FnMut(&[u8; 64], u32, &mut [u8]) + Send>;
 
-struct Shared {
-    stop: AtomicBool,
-    mutate: Mutex<Mutate>,
-    sockets: Mutex<Vec<TcpStream>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
 /// A running proxy; stopped, with every connection closed, on drop.
 pub struct Proxy {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    relay: Relay,
 }
 
 impl Proxy {
@@ -42,79 +32,24 @@ impl Proxy {
     /// `target`, passing the data of the target's C2HData PDUs through
     /// `mutate` (one call at a time).
     pub fn start(target: SocketAddr, mutate: impl FnMut(&[u8; 64], u32, &mut [u8]) + Send + 'static) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            mutate: Mutex::new(Box::new(mutate)),
-            sockets: Mutex::new(Vec::new()),
-            threads: Mutex::new(Vec::new()),
+        let mutate: Arc<Mutex<Mutate>> = Arc::new(Mutex::new(Box::new(mutate)));
+        let relay = Relay::start("nvmf-proxy", target, move |c: Connection| {
+            // The commands the host sent on this connection, by command id.
+            let commands = Arc::new(Mutex::new(HashMap::<u16, [u8; 64]>::new()));
+            let (host_r, tgt_w) = c.up;
+            let (tgt_r, host_w) = c.down;
+            let cmds = commands.clone();
+            let up: Direction = Box::new(move || host_to_target(host_r, tgt_w, &cmds));
+            let mutate = mutate.clone();
+            let down: Direction = Box::new(move || target_to_host(tgt_r, host_w, &commands, &mutate));
+            (up, down)
         });
-        let s = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name("nvmf-proxy-accept".into())
-            .spawn(move || accept_loop(&listener, target, &s))
-            .expect("spawn the proxy's acceptor");
-        Proxy { addr, shared, acceptor: Some(acceptor) }
+        Proxy { relay }
     }
 
     /// Where hosts should connect.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-        for s in lock(&self.shared.sockets).iter() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        let threads = std::mem::take(&mut *lock(&self.shared.threads));
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok((host, _)) = accepted else {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let Ok(tgt) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else { continue };
-        let clones = || -> io::Result<_> { Ok([host.try_clone()?, tgt.try_clone()?]) };
-        let (Ok([h0, t0]), Ok([host_r, tgt_w]), Ok([host_w, tgt_r])) = (clones(), clones(), clones()) else { continue };
-        let _ = host.set_nodelay(true);
-        let _ = tgt.set_nodelay(true);
-        lock(&shared.sockets).extend([h0, t0]);
-        // The commands the host sent on this connection, by command id.
-        let commands = Arc::new(Mutex::new(HashMap::<u16, [u8; 64]>::new()));
-        let up = {
-            let commands = commands.clone();
-            move || host_to_target(host_r, tgt_w, &commands)
-        };
-        let down = {
-            let shared = shared.clone();
-            move || target_to_host(tgt_r, host_w, &commands, &shared)
-        };
-        let mut threads = lock(&shared.threads);
-        for f in [Box::new(up) as Box<dyn FnOnce() + Send>, Box::new(down)] {
-            threads.push(std::thread::Builder::new().name("nvmf-proxy-conn".into()).spawn(f).expect("spawn a proxy thread"));
-        }
+        self.relay.addr()
     }
 }
 
@@ -152,7 +87,7 @@ fn host_to_target(mut from: TcpStream, mut to: TcpStream, commands: &Mutex<HashM
     let _ = from.shutdown(Shutdown::Both);
 }
 
-fn target_to_host(mut from: TcpStream, mut to: TcpStream, commands: &Mutex<HashMap<u16, [u8; 64]>>, shared: &Shared) {
+fn target_to_host(mut from: TcpStream, mut to: TcpStream, commands: &Mutex<HashMap<u16, [u8; 64]>>, mutate: &Mutex<Mutate>) {
     while let Some(mut pdu) = read_pdu(&mut from) {
         // C2HData: CCCID at 8, DATAO at 12, DATAL at 16, data from PDO.
         if pdu[0] == 0x07 && pdu.len() >= 24 {
@@ -162,7 +97,7 @@ fn target_to_host(mut from: TcpStream, mut to: TcpStream, commands: &Mutex<HashM
             let pdo = usize::from(pdu[3]);
             let sqe = lock(commands).get(&cid).copied();
             if let (Some(sqe), Some(data)) = (sqe, pdu.get_mut(pdo..pdo + datal)) {
-                (lock(&shared.mutate))(&sqe, datao, data);
+                (lock(mutate))(&sqe, datao, data);
             }
         }
         if to.write_all(&pdu).is_err() {

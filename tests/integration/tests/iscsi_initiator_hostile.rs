@@ -229,9 +229,7 @@ fn a_login_that_never_ends_and_a_target_that_never_answers_fail_the_create_clear
 
 /// RSS of process `pid` in MiB.
 fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb / 1024
+    pollux_tests::rss_bytes(pid) >> 20
 }
 
 /// A READ CAPACITY(16) answer with a geometry no disk has: blocks of 2 GiB

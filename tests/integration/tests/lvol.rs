@@ -624,9 +624,7 @@ fn a_store_grows_with_its_bdev() {
 
 /// Peak RSS of process `pid` in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb / 1024
+    pollux_tests::peak_rss_bytes(pid) >> 20
 }
 
 /// A super block (valid crc, clean) whose used-cluster mask is said to
