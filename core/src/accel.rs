@@ -43,6 +43,20 @@ pub struct CryptoKey {
     pub key2: Vec<u8>,
 }
 
+impl Drop for CryptoKey {
+    fn drop(&mut self) {
+        // Key material does not stay behind in freed memory (SPDK clears
+        // its keys too; the AES key schedules are zeroed by `aes`).
+        use zeroize::Zeroize;
+        self.key1.zeroize();
+        self.key2.zeroize();
+        self.params.key.zeroize();
+        if let Some(k) = self.params.key2.as_mut() {
+            k.zeroize();
+        }
+    }
+}
+
 impl std::fmt::Debug for CryptoKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key material.
@@ -56,10 +70,9 @@ fn unhex(what: &str, s: &str) -> Result<Vec<u8>, RpcError> {
     if s.len() % 2 != 0 || s.is_empty() || s.len() > 128 {
         return Err(RpcError::errno(libc::EINVAL, format!("{what}: an even number of hex digits, 2 to 128")));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| RpcError::errno(libc::EINVAL, format!("{what} is not hex"))))
-        .collect()
+    // Byte-wise (`hex`): slicing the text two bytes at a time panicked
+    // inside a multi-byte character, and `from_str_radix` took `+f`.
+    hex::decode(s).map_err(|_| RpcError::errno(libc::EINVAL, format!("{what} is not hex")))
 }
 
 /// Check and keep a key (`accel_crypto_key_create`).

@@ -35,6 +35,20 @@ struct CryptoBackend {
     base: Descriptor,
     key: Arc<CryptoKey>,
     xts: Arc<Xts>,
+    /// The UUID the RPC gave (saved with the config); without one, the
+    /// bdev's is SPDK's, derived from the base's (see [`uuid_of`]).
+    given_uuid: Option<Uuid>,
+}
+
+/// SPDK's namespace for crypto bdev UUIDs (`BDEV_CRYPTO_NAMESPACE_UUID`).
+const CRYPTO_NAMESPACE: Uuid = Uuid::from_u128(0x078e3cf7_f4b4_4545_b2c3_d40045a64ae2);
+
+/// The UUID a crypto bdev on `base` gets, as SPDK derives it (a name-based
+/// SHA-1 UUID of the base's): the same on every start, so a namespace's
+/// NGUID and a reservation file made for it stay valid (a random one
+/// changed at each restart).
+fn uuid_of(base: &Uuid) -> Uuid {
+    Uuid::new_v5(&CRYPTO_NAMESPACE, base.as_bytes())
 }
 
 impl Drop for CryptoBackend {
@@ -68,7 +82,11 @@ impl Backend for CryptoBackend {
         json!({"base_bdev_name": self.base.bdev().name(), "name": self.name, "key_name": self.key.params.name})
     }
     fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
-        Some(("bdev_crypto_create", json!({"base_bdev_name": self.base.bdev().name(), "name": b.name(), "key_name": self.key.params.name})))
+        let mut p = json!({"base_bdev_name": self.base.bdev().name(), "name": b.name(), "key_name": self.key.params.name});
+        if let Some(u) = self.given_uuid {
+            p["uuid"] = json!(u);
+        }
+        Some(("bdev_crypto_create", p))
     }
     fn destroy(&self) {
         CONFIGS.with(|c| c.borrow_mut().retain(|c| c.name != self.name));
@@ -158,8 +176,9 @@ fn make(c: &Config) -> Result<Option<Arc<Bdev>>, RpcError> {
         return Err(RpcError::invalid_params("blocks smaller than 16 bytes cannot be AES-XTS data units"));
     }
     let xts = Arc::new(Xts::new(&key.key1, &key.key2));
-    let backend = Arc::new(CryptoBackend { name: c.name.clone(), base, key, xts });
-    bdev::register(BdevSpec { name: c.name.clone(), block_size: b.block_size(), num_blocks: b.num_blocks(), uuid: c.uuid, backend })
+    let backend = Arc::new(CryptoBackend { name: c.name.clone(), base, key, xts, given_uuid: c.uuid });
+    let uuid = Some(c.uuid.unwrap_or_else(|| uuid_of(&b.uuid())));
+    bdev::register(BdevSpec { name: c.name.clone(), block_size: b.block_size(), num_blocks: b.num_blocks(), uuid, backend })
         .map(Some)
         .map_err(RpcError::from)
 }
@@ -211,4 +230,16 @@ pub fn register(app: &mut App) {
     let m = app.methods();
     m.register("bdev_crypto_create", States::RUNTIME, |p: Create, r: Responder| r.result(create(p)));
     m.register("bdev_crypto_delete", States::RUNTIME, delete);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uuid_is_spdks_derivation_of_the_bases() {
+        // Python: uuid.UUID(bytes=sha1(ns.bytes + base.bytes)[:16], version=5).
+        let base = Uuid::parse_str("12345678-1234-5678-1234-567812345678").unwrap();
+        assert_eq!(uuid_of(&base).to_string(), "4d8b2893-3aa7-54d7-a434-a7763d9b14eb");
+    }
 }

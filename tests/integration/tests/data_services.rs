@@ -367,6 +367,15 @@ fn crypto_bdev_is_aes_xts_with_the_lba_as_tweak() {
     assert!(!spdk_rpc(&s, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-e", k1, "-n", "bad"]).status.success());
     assert!(!spdk_rpc(&s, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-e", &k2[..32], "-n", "bad"]).status.success());
     assert!(!spdk_rpc(&s, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-n", "bad"]).status.success());
+    // Keys that are not hex: a character of two bytes where a digit pair
+    // starts (this panicked the main reactor: the text was sliced two
+    // bytes at a time), and signs (`from_str_radix` took `+f`).
+    let accented = format!("a\u{e9}{}", "0".repeat(29));
+    for bad in [accented.as_str(), &"+f".repeat(16)] {
+        assert_eq!(bad.len(), 32);
+        let out = spdk_rpc(&s, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", bad, "-e", k2, "-n", "bad"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("key is not hex"), "{out:?}");
+    }
     ok_stdout("key", &spdk_rpc(&s, &["accel_crypto_key_create", "-c", "AES_XTS", "-k", k1, "-e", k2, "-n", "key0"]));
     let keys: Value = serde_json::from_str(&ok_stdout("keys", &spdk_rpc(&s, &["accel_crypto_keys_get"]))).unwrap();
     assert_eq!(keys, json!([{"name": "key0", "cipher": "AES_XTS", "key": k1, "key2": k2}]));
@@ -374,6 +383,19 @@ fn crypto_bdev_is_aes_xts_with_the_lba_as_tweak() {
     ok_stdout("crypto", &spdk_rpc(&s, &["bdev_crypto_create", "A0", "C0", "-n", "key0"]));
     let c0 = bdev(&d, "C0");
     assert_eq!(c0["driver_specific"]["crypto"], json!({"base_bdev_name": "A0", "name": "C0", "key_name": "key0"}), "{c0}");
+    // SPDK's UUID: name-based (SHA-1) on the base's, in SPDK's namespace,
+    // computed here by Python's uuid5. It was random, new at each start,
+    // so a namespace's NGUID and its reservation file changed with it.
+    let base_uuid = bdev(&d, "A0")["uuid"].as_str().unwrap().to_string();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import hashlib, uuid\nh = hashlib.sha1(uuid.UUID('078e3cf7-f4b4-4545-b2c3-d40045a64ae2').bytes + uuid.UUID('{base_uuid}').bytes)\n\
+             print(uuid.UUID(bytes=h.digest()[:16], version=5))"
+        ))
+        .output()
+        .expect("python3");
+    assert_eq!(c0["uuid"].as_str().unwrap(), String::from_utf8_lossy(&out.stdout).trim(), "{c0}");
     assert!(!spdk_rpc(&s, &["accel_crypto_key_destroy", "-n", "key0"]).status.success(), "a key in use was destroyed");
     export(&d, "C0", 1);
     let mut host = Host::connect(port);

@@ -354,10 +354,8 @@ pub fn parse_hex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], NvmfErr
     if digits.len() != 2 * N {
         return Err(bad());
     }
+    // `hex` takes only hex digits (`from_str_radix` also took a `+`).
     let mut out = [0u8; N];
-    for (i, pair) in digits.chunks(2).enumerate() {
-        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-        out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
-    }
+    hex::decode_to_slice(&digits, &mut out).map_err(|_| bad())?;
     Ok(out)
 }
