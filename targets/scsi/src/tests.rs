@@ -197,6 +197,77 @@ fn persistent_reservation_blocks_other_writers_and_tells_them_when_released() {
     assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::GOOD);
 }
 
+/// SPC-2 RESERVE and RELEASE while registrations exist (SPC-4 5.7.3,
+/// with CRH): they change nothing, GOOD from the holder, RESERVATION
+/// CONFLICT from anyone else, with or without a reservation (a RESERVE
+/// with registrations but no reservation took an SPC-2 reservation that
+/// then blocked every PERSISTENT RESERVE OUT). REGISTER AND MOVE keeps the
+/// source registered without UNREG; registrations are bounded.
+#[test]
+fn spc2_reservations_yield_to_registrations_and_registrations_are_bounded() {
+    let r = rig(1);
+    let a = port(&r, 0, "iqn.a");
+    let b = port(&r, 0, "iqn.b");
+    let prout = |sa: u8, ty: u8, len: u8| vec![op::PERSISTENT_RESERVE_OUT, sa, ty, 0, 0, 0, 0, 0, len, 0];
+    let param = |key: u64, sark: u64| {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sark.to_be_bytes());
+        p
+    };
+    let reserve6 = [0x16u8, 0, 0, 0, 0, 0];
+    let release6 = [0x17u8, 0, 0, 0, 0, 0];
+    assert_eq!(r.run(&a, &prout(0, 0, 24), &param(0, 0xa), 24).0, status::GOOD);
+    // Registered, no reservation: RESERVE conflicts for everyone.
+    assert_eq!(r.run(&b, &reserve6, &[], 0).0, status::RESERVATION_CONFLICT, "B is not registered");
+    assert_eq!(r.run(&a, &reserve6, &[], 0).0, status::RESERVATION_CONFLICT, "A holds no reservation");
+    assert_eq!(r.run(&a, &prout(0, 0, 24), &param(0xa, 0xaa), 24).0, status::GOOD, "PR OUT still works");
+    // A holds Write Exclusive: its RESERVE and RELEASE are GOOD and change nothing.
+    assert_eq!(r.run(&a, &prout(1, 1, 24), &param(0xaa, 0), 24).0, status::GOOD);
+    assert_eq!(r.run(&a, &reserve6, &[], 0).0, status::GOOD);
+    assert_eq!(r.run(&a, &release6, &[], 0).0, status::GOOD);
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::RESERVATION_CONFLICT, "still reserved");
+    assert_eq!(r.run(&b, &release6, &[], 0).0, status::RESERVATION_CONFLICT);
+
+    // REGISTER AND MOVE to B's port without UNREG: A stays registered.
+    let tid = {
+        let name = b"iqn.b,i,0x1";
+        let mut t = vec![0x45, 0, 0, 20];
+        t.extend_from_slice(name);
+        t.resize(24, 0);
+        t
+    };
+    let mut mv = param(0xaa, 0xbb);
+    mv[18..20].copy_from_slice(&1u16.to_be_bytes());
+    mv[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+    mv.extend_from_slice(&tid);
+    let len = mv.len() as u8;
+    assert_eq!(r.run(&a, &prout(7, 1, len), &mv, u32::from(len)).0, status::GOOD);
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::GOOD, "B holds it now");
+    let (_, _, keys, _) = r.run(&a, &[op::PERSISTENT_RESERVE_IN, 0, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64);
+    assert_eq!(&keys[4..8], &16u32.to_be_bytes(), "two keys: A kept its registration");
+    // A TransportID of format 00b (no port) is refused.
+    let mut mv0 = mv.clone();
+    mv0[8..16].copy_from_slice(&0xcc_u64.to_be_bytes());
+    mv0[24] = 0x05;
+    mv0[0..8].copy_from_slice(&0xbb_u64.to_be_bytes());
+    assert_eq!(r.run(&b, &prout(7, 1, len), &mv0, u32::from(len)).0, status::CHECK_CONDITION);
+
+    // Registrations are bounded.
+    let mut refused = None;
+    for i in 0..crate::lun::pr::MAX_REGISTRANTS + 1 {
+        let p = port(&r, 0, &format!("iqn.many{i}"));
+        let st = r.run(&p, &prout(0, 0, 24), &param(0, 1 + i as u64), 24);
+        if st.0 != status::GOOD {
+            refused = Some((i, st.1));
+            break;
+        }
+    }
+    let (i, sense) = refused.expect("a registration beyond the bound was refused");
+    assert_eq!(i, crate::lun::pr::MAX_REGISTRANTS - 2, "A and B hold two");
+    assert_eq!((sense[12], sense[13]), (0x55, 0x04), "INSUFFICIENT REGISTRATION RESOURCES");
+}
+
 #[test]
 fn mode_select_raises_a_unit_attention_on_other_nexuses() {
     let r = rig(1);

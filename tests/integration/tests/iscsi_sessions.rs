@@ -17,6 +17,8 @@ const CHECK_CONDITION: u8 = 0x02;
 const TASK_ABORTED: u8 = 0x40;
 const UNIT_ATTENTION: u8 = 0x06;
 const LUN_RESET: u8 = 5;
+const TARGET_COLD_RESET: u8 = 7;
+const RESERVATION_CONFLICT: u8 = 0x18;
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -227,6 +229,50 @@ fn lun_reset_aborts_the_tasks_of_every_initiator_on_the_lu() {
     assert_eq!(b.test_unit_ready(), Some((GOOD, 0, 0, 0)));
     d.call("spdk_get_version", None).expect("the daemon answers");
     assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
+}
+
+/// PERSISTENT RESERVE OUT `action` (with `rtype`) carrying `key` and
+/// `sa_key`; returns the SCSI status.
+fn pr_out(c: &mut RawConn, action: u8, rtype: u8, key: u64, sa_key: u64) -> u8 {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5f;
+    cdb[1] = action;
+    cdb[2] = rtype;
+    cdb[8] = 24;
+    let mut params = [0u8; 24];
+    params[..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    let itt = c.command(&cdb, 24, false, true, &params);
+    c.wait_for(itt).expect("PERSISTENT RESERVE OUT answered").bhs[3]
+}
+
+/// TARGET COLD RESET from any initiator would be a power-on: every
+/// session ended, every reservation gone. A host fenced off by another's
+/// reservation could undo its fencing that way (found in review,
+/// 2026-12-06; the reset cleared even persistent registrations). It is
+/// refused, as LIO and SPDK refuse it: authorization failed, the
+/// reservation and the holder's session stay.
+#[test]
+fn a_target_cold_reset_is_refused_and_the_reservation_stays() {
+    let port = iscsi_host::free_port();
+    let d = iscsi_host::start("0x3", iscsi_host::config(port, "multi", 16, None));
+    let (mut holder, _) = logged_in(port, "iqn.2025-01.io.pollux:holder", 1, &[]);
+    let (mut fenced, _) = logged_in(port, "iqn.2025-01.io.pollux:fenced", 2, &[]);
+    // REGISTER key 0xa, then RESERVE WRITE EXCLUSIVE (type 1).
+    assert_eq!(pr_out(&mut holder, 0, 0, 0, 0xa), GOOD);
+    assert_eq!(pr_out(&mut holder, 1, 1, 0xa, 0), GOOD);
+    let data = pattern(3, 4096);
+    assert_eq!(fenced.write10(10, &data), Some(RESERVATION_CONFLICT), "fenced off");
+
+    let tmf = fenced.task_mgmt(TARGET_COLD_RESET, 0, 0xffff_ffff);
+    let r = fenced.wait_for(tmf).expect("TMF response");
+    assert_eq!((r.opcode(), r.bhs[2]), (0x22, 6), "task management function authorization failed");
+
+    assert_eq!(fenced.write10(10, &data), Some(RESERVATION_CONFLICT), "still fenced off");
+    assert_eq!(holder.test_unit_ready(), Some((GOOD, 0, 0, 0)), "the holder's session goes on, no power-on");
+    assert_eq!(holder.write10(10, &data), Some(GOOD));
+    assert_eq!(connections(&d).len(), 2);
+    assert!(d.log().contains("TARGET COLD RESET refused"), "{}", d.log());
 }
 
 #[test]

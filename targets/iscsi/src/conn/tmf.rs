@@ -1,5 +1,6 @@
 //! Task management (RFC 7143 11.5, SAM-5 7): ABORT TASK, ABORT TASK SET,
-//! CLEAR TASK SET, LOGICAL UNIT RESET, TARGET WARM and COLD RESET.
+//! CLEAR TASK SET, LOGICAL UNIT RESET, TARGET WARM RESET (TARGET COLD
+//! RESET is refused).
 //!
 //! A task still waiting for Data-Out is dropped at once. A task the SCSI
 //! layer is executing cannot be taken back from the bdev: it is marked
@@ -41,6 +42,7 @@ mod response {
     pub const NO_LUN: u8 = 2;
     pub const REASSIGN_UNSUPPORTED: u8 = 4;
     pub const NOT_SUPPORTED: u8 = 5;
+    pub const AUTHORIZATION_FAILED: u8 = 6;
     pub const REJECTED: u8 = 255;
 }
 
@@ -183,7 +185,7 @@ impl Conn {
                     // a unit attention for every I_T nexus, this one too.
                     abort_in_session(&s, |_, cl| cl == l, Fate::Silent, &drain);
                     abort_other_sessions(&s, Some(l), &drain);
-                    p.lun().reset(None, false);
+                    p.lun().reset(None);
                     COMPLETE
                 }
                 None => NO_LUN,
@@ -193,29 +195,19 @@ impl Conn {
                 abort_other_sessions(&s, None, &drain);
                 if let Some(dev) = &s.device {
                     for l in dev.luns() {
-                        l.reset(None, false);
+                        l.reset(None);
                     }
                 }
                 COMPLETE
             }
             TARGET_COLD_RESET => {
-                // A cold reset ends every session of the target, this one
-                // right after its answer.
-                abort_in_session(&s, |_, _| true, Fate::Silent, &drain);
-                if let Some(dev) = &s.device {
-                    for l in dev.luns() {
-                        l.reset(None, true);
-                    }
-                }
-                self.tmf_response(h.itt(), COMPLETE);
-                if let Some(t) = &s.target {
-                    for (tsih, e) in session::of_target(t) {
-                        if tsih != s.tsih {
-                            reactor::send_msg(e.reactor, move || super::close_session(tsih));
-                        }
-                    }
-                }
-                return Err(Close::AfterFlush);
+                // Refused, as LIO and SPDK refuse it (RFC 7143 11.6.1:
+                // authorization failed). A power-on would end every
+                // initiator's sessions and drop every reservation: any
+                // initiator logged in to the target, one fenced off by a
+                // PREEMPT included, could undo its fencing.
+                pollux_core::log_fault!(self.faults, "iscsi: {}: TARGET COLD RESET refused", self.ep.peer);
+                AUTHORIZATION_FAILED
             }
             CLEAR_ACA => NOT_SUPPORTED,
             TASK_REASSIGN => REASSIGN_UNSUPPORTED,

@@ -290,22 +290,15 @@ impl Lun {
         Some(Sense::unit_attention(asc))
     }
 
-    /// LOGICAL UNIT RESET (also part of target resets): drop the SPC-2
-    /// reservation and tell every other nexus. `cold` means a power-on.
-    pub fn reset(&self, by: Option<&Nexus>, cold: bool) {
+    /// LOGICAL UNIT RESET (also part of a target warm reset): drop the
+    /// SPC-2 reservation and tell every other nexus. Persistent
+    /// reservations stay (SPC-4 5.13.11: only a power-on may clear them,
+    /// and the iSCSI target refuses the cold reset that would be one).
+    pub fn reset(&self, by: Option<&Nexus>) {
         let mut s = self.lock();
         s.reserve6 = None;
-        if cold {
-            // A power-on loses everything not persistent.
-            s.pr.clear_if_not_persistent();
-            s.mode = ModeParams::default();
-            self.descriptor_sense.store(s.mode.d_sense, Ordering::Relaxed);
-            self.write_cache.store(s.mode.wce, Ordering::Relaxed);
-            self.software_write_protect.store(s.mode.swp, Ordering::Relaxed);
-        }
         self.update_reserved(&s);
-        let asc = if cold { Asc::POWER_ON_OCCURRED } else { Asc::DEVICE_RESET_OCCURRED };
-        self.raise_ua(&mut s, asc, by);
+        self.raise_ua(&mut s, Asc::DEVICE_RESET_OCCURRED, by);
     }
 
     /// Remember the state of an EXTENDED COPY for RECEIVE COPY RESULTS.

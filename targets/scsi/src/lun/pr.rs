@@ -60,6 +60,12 @@ pub struct PrState {
     pub holder: Option<Holder>,
 }
 
+/// The most registrations a logical unit keeps: each is a string compared
+/// on every command under a reservation, and they outlive their sessions,
+/// so an initiator logging in again under new ISIDs could grow them
+/// without bound. Beyond: INSUFFICIENT REGISTRATION RESOURCES.
+pub const MAX_REGISTRANTS: usize = 256;
+
 impl PrState {
     fn find(&self, n: &Nexus) -> Option<usize> {
         self.registrants.iter().position(|r| r.nexus.same(n))
@@ -77,11 +83,6 @@ impl PrState {
             Some(h) if all_registrants(h.kind) => self.find(n).is_some(),
             Some(h) => h.nexus.same(n),
         }
-    }
-
-    pub(crate) fn clear_if_not_persistent(&mut self) {
-        self.registrants.clear();
-        self.holder = None;
     }
 
     fn remove_at(&mut self, i: usize) -> Registrant {
@@ -137,11 +138,27 @@ impl Lun {
         }
     }
 
+    /// SPC-4 5.7.3 (Pollux reports CRH): while any registration exists,
+    /// RESERVE and RELEASE change nothing; they are GOOD from a holder of
+    /// the persistent reservation (or a registrant under a registrants-only
+    /// or all-registrants one), RESERVATION CONFLICT from anyone else.
+    /// `None`: no registration, the SPC-2 rules apply. (RESERVE took an
+    /// SPC-2 reservation while registrations but no reservation existed,
+    /// which then blocked every PERSISTENT RESERVE OUT.)
+    fn spc2_under_registrations(s: &Shared, n: &Nexus) -> Option<bool> {
+        if s.pr.registrants.is_empty() {
+            return None;
+        }
+        let registrant_holds =
+            s.pr.holder.as_ref().is_some_and(|h| registrants_only(h.kind) || all_registrants(h.kind)) && s.pr.find(n).is_some();
+        Some(s.pr.is_holder(n) || registrant_holds)
+    }
+
     /// RESERVE(6)/(10). Ok(false) means RESERVATION CONFLICT.
     pub(crate) fn reserve6(&self, n: &Arc<Nexus>) -> bool {
         let mut s = self.lock();
-        if s.pr.holder.is_some() || !s.pr.registrants.is_empty() && s.pr.find(n).is_none() && s.pr.holder.is_some() {
-            return false;
+        if let Some(good) = Self::spc2_under_registrations(&s, n) {
+            return good;
         }
         match &s.reserve6 {
             Some(h) if !h.same(n) => false,
@@ -157,8 +174,8 @@ impl Lun {
     /// (then RESERVATION CONFLICT, returned as false).
     pub(crate) fn release6(&self, n: &Nexus) -> bool {
         let mut s = self.lock();
-        if s.pr.holder.is_some() {
-            return false;
+        if let Some(good) = Self::spc2_under_registrations(&s, n) {
+            return good;
         }
         if s.reserve6.as_ref().is_some_and(|h| h.same(n)) {
             s.reserve6 = None;
@@ -262,6 +279,9 @@ impl Lun {
                             return Ok(false);
                         }
                         if sark != 0 {
+                            if s.pr.registrants.len() >= MAX_REGISTRANTS {
+                                return Err(Sense::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+                            }
                             s.pr.registrants.push(Registrant { nexus: n.clone(), key: sark });
                             s.pr.generation = s.pr.generation.wrapping_add(1);
                         }
@@ -425,9 +445,17 @@ impl Lun {
         if param[17] & 0x01 != 0 {
             return Err(Sense::invalid_param_field(17, Some(0)));
         }
+        // UNREG: the source's registration goes too (it always went).
+        let unreg = param[17] & 0x02 != 0;
         let Some(tid) = param.get(24..24 + tid_len) else { return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR)) };
         if tid.len() < 4 || tid[0] & 0x0f != 5 {
             return Err(Sense::invalid_param_field(24, None));
+        }
+        // Format 01b: an initiator port (name,i,0xISID). Format 00b names
+        // only the initiator, no port: the reservation moved to a nexus
+        // no session could ever have.
+        if tid[0] >> 6 != 1 {
+            return Err(Sense::invalid_param_field(24, Some(6)));
         }
         let name_end = tid[4..].iter().position(|&b| b == 0).map_or(tid.len(), |p| p + 4);
         let port = String::from_utf8_lossy(&tid[4..name_end]).to_string();
@@ -456,11 +484,14 @@ impl Lun {
         }
         match s.pr.find(&dest) {
             Some(j) => s.pr.registrants[j].key = sark,
+            None if s.pr.registrants.len() >= MAX_REGISTRANTS => return Err(Sense::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES)),
             None => s.pr.registrants.push(Registrant { nexus: dest.clone(), key: sark }),
         }
         s.pr.holder = Some(Holder { nexus: dest, kind: h.kind });
-        if let Some(i) = s.pr.find(n) {
-            s.pr.registrants.remove(i);
+        if unreg {
+            if let Some(i) = s.pr.find(n) {
+                s.pr.registrants.remove(i);
+            }
         }
         s.pr.generation = s.pr.generation.wrapping_add(1);
         self.update_reserved(s);
