@@ -27,6 +27,85 @@ pub struct NsView {
     pub anagrpid: Cell<u32>,
     /// The namespace's reservation state (`None`: no registrant).
     pub resv: RefCell<Option<Arc<ResvState>>>,
+    /// Commands of this namespace at the bdev from this reactor, by the
+    /// parity of the epoch they entered in (see [`NsView::fence`]).
+    inflight: [Cell<u32>; 2],
+    epoch: Cell<u8>,
+    /// Fences waiting, the first one running (its epoch draining).
+    fences: RefCell<std::collections::VecDeque<Box<dyn FnOnce()>>>,
+}
+
+/// A command of a namespace at its bdev: it counts in its epoch until
+/// dropped (when the command completes).
+pub struct InFlight {
+    ns: Rc<NsView>,
+    epoch: u8,
+}
+
+impl InFlight {
+    pub fn ns(&self) -> &Rc<NsView> {
+        &self.ns
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ns.leave(self.epoch);
+    }
+}
+
+impl NsView {
+    /// Count a command going to the bdev; it leaves when the returned
+    /// guard drops.
+    #[inline]
+    pub fn enter(self: &Rc<Self>) -> InFlight {
+        let epoch = self.epoch.get();
+        let n = &self.inflight[usize::from(epoch)];
+        n.set(n.get() + 1);
+        InFlight { ns: self.clone(), epoch }
+    }
+
+    #[inline]
+    fn leave(&self, epoch: u8) {
+        let n = &self.inflight[usize::from(epoch)];
+        n.set(n.get() - 1);
+        if n.get() == 0 && epoch != self.epoch.get() && !self.fences.borrow().is_empty() {
+            self.fence_done();
+        }
+    }
+
+    /// Run `then` once every command this reactor sent to the bdev for
+    /// this namespace before now has completed (commands sent after are
+    /// not waited for: a new epoch starts). What a Reservation Acquire
+    /// that preempts and aborts waits for, once the new state is in force,
+    /// so that no write of a preempted host lands after it completes.
+    /// Fences run one after the other.
+    pub fn fence(&self, then: Box<dyn FnOnce()>) {
+        let mut f = self.fences.borrow_mut();
+        f.push_back(then);
+        if f.len() == 1 {
+            drop(f);
+            self.fence_start();
+        }
+    }
+
+    fn fence_start(&self) {
+        let old = self.epoch.get();
+        self.epoch.set(old ^ 1);
+        if self.inflight[usize::from(old)].get() == 0 {
+            self.fence_done();
+        }
+    }
+
+    fn fence_done(&self) {
+        let then = self.fences.borrow_mut().pop_front();
+        if let Some(then) = then {
+            then();
+        }
+        if !self.fences.borrow().is_empty() {
+            self.fence_start();
+        }
+    }
 }
 
 /// What a reactor needs of a namespace: its descriptor, ANA group and
@@ -62,6 +141,9 @@ impl SubsystemView {
                 desc,
                 anagrpid: Cell::new(anagrpid),
                 resv: RefCell::new(resv),
+                inflight: [Cell::new(0), Cell::new(0)],
+                epoch: Cell::new(0),
+                fences: RefCell::default(),
             })
         });
     }
@@ -108,6 +190,43 @@ pub fn update_namespace(subsystem_id: u32, nsid: u32, f: impl Fn(&NsView) + Send
 /// Publish a namespace's reservation state to every reactor.
 pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
     update_namespace(subsystem_id, nsid, move |ns| *ns.resv.borrow_mut() = resv.clone(), then);
+}
+
+/// Publish a reservation state to every reactor in turn, each one waiting
+/// until the commands it sent to the bdev for the namespace before the
+/// state took effect there have completed ([`NsView::fence`]); `then` runs
+/// on the caller's reactor after the last. For a Reservation Acquire that
+/// preempts and aborts: the preempted hosts' commands already at the bdev
+/// finish before the command does (SPDK waits for them too); new ones meet
+/// the new state.
+pub fn publish_resv_fenced(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
+    struct Chain {
+        subsystem_id: u32,
+        nsid: u32,
+        resv: Option<Arc<ResvState>>,
+        at: usize,
+        origin: reactor::ReactorId,
+        then: Box<dyn FnOnce() + Send>,
+    }
+    fn next(mut c: Chain) {
+        c.at += 1;
+        if c.at == reactor::count() {
+            reactor::send_msg(c.origin, c.then);
+        } else {
+            reactor::send_msg(reactor::ReactorId(c.at), move || step(c));
+        }
+    }
+    fn step(c: Chain) {
+        match subsystem(c.subsystem_id).namespace(c.nsid) {
+            Some(ns) => {
+                *ns.resv.borrow_mut() = c.resv.clone();
+                ns.fence(Box::new(move || next(c)));
+            }
+            None => next(c),
+        }
+    }
+    let c = Chain { subsystem_id, nsid, resv, at: 0, origin: reactor::current(), then: Box::new(then) };
+    reactor::send_msg(reactor::ReactorId(0), move || step(c));
 }
 
 /// Forget a deleted subsystem on every reactor.

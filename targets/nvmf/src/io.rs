@@ -2,7 +2,7 @@
 //! Write Zeroes, Dataset Management (deallocate) and Compare, turned into
 //! bdev requests on the reactor's own channel.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
 use pollux_core::bdev::{BdevIo, IoStatus, IoType};
@@ -12,7 +12,7 @@ use pollux_nvme_spec::status::{Status, StatusCodeType};
 use zerocopy::FromBytes;
 
 use crate::ctrlr::Response;
-use crate::group::SubsystemView;
+use crate::group::{InFlight, SubsystemView};
 use crate::resv;
 use crate::status;
 use crate::transport::IoOwner;
@@ -80,6 +80,13 @@ fn finish(io: BdevIo, done: Completer) {
     done.done(Response::err(st), Some(io));
 }
 
+/// [`finish`], then the command leaves its namespace's count (after its
+/// answer is on its way: a fence waiting for it answers after it).
+fn finish_in(io: BdevIo, done: Completer, inflight: InFlight) {
+    finish(io, done);
+    drop(inflight);
+}
+
 /// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
 /// Returns a response now for commands that fail before reaching a bdev;
 /// otherwise the completer runs later.
@@ -127,25 +134,29 @@ pub fn execute(
             if kind == IoType::Write && cmd.cdw12.get() & op::CDW12_FUA != 0 && ns.desc.bdev().supports(IoType::Flush) {
                 // Force Unit Access: the command completes once the data is
                 // durable, so a flush of the written blocks follows the write.
-                let ns2 = ns.clone();
+                let inflight = ns.enter();
                 ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| {
                     if !io.status().is_ok() {
                         return finish(io, done);
                     }
-                    ns2.desc.flush(&ns2.ch, slba, nlb, move |flushed| {
+                    let ns = inflight.ns().clone();
+                    ns.desc.flush(&ns.ch, slba, nlb, move |flushed| {
                         let st = status_of(flushed.status(), IoType::Flush);
                         drop(flushed);
                         done.done(Response::err(st), Some(io));
+                        drop(inflight);
                     });
                 });
                 return None;
             }
             if kind == IoType::Read && bufs.is_empty() && ns.desc.bdev().lends_reads() {
                 // The transport brought no buffers: the bdev lends its memory.
-                ns.desc.read_lend(&ns.ch, slba, nlb, move |io| finish(io, done));
+                let inflight = ns.enter();
+                ns.desc.read_lend(&ns.ch, slba, nlb, move |io| finish_in(io, done, inflight));
                 return None;
             }
-            ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish(io, done));
+            let inflight = ns.enter();
+            ns.desc.submit(&ns.ch, kind, bufs.drain(..), slba, nlb, move |io| finish_in(io, done, inflight));
             None
         }
         op::WRITE_ZEROES => {
@@ -153,7 +164,8 @@ pub fn execute(
             if slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks.get()) {
                 return Some(Response::err(status::LBA_OUT_OF_RANGE));
             }
-            ns.desc.write_zeroes(&ns.ch, slba, nlb, move |io| finish(io, done));
+            let inflight = ns.enter();
+            ns.desc.write_zeroes(&ns.ch, slba, nlb, move |io| finish_in(io, done, inflight));
             None
         }
         op::FLUSH => {
@@ -164,7 +176,8 @@ pub fn execute(
             if !ns.desc.bdev().supports(IoType::Flush) {
                 return Some(Response::ok());
             }
-            ns.desc.flush(&ns.ch, 0, ns.num_blocks.get(), move |io| finish(io, done));
+            let inflight = ns.enter();
+            ns.desc.flush(&ns.ch, 0, ns.num_blocks.get(), move |io| finish_in(io, done, inflight));
             None
         }
         op::DATASET_MANAGEMENT => dataset_management(&ns, cmd, bufs, len, done),
@@ -199,7 +212,7 @@ pub fn execute(
 }
 
 /// Dataset Management: deallocate each range (other attributes are hints).
-fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf], len: u64, done: Completer) -> Option<Response> {
+fn dataset_management(ns: &Rc<crate::group::NsView>, cmd: &Command, bufs: &[DmaBuf], len: u64, done: Completer) -> Option<Response> {
     let nr = (cmd.cdw10.get() & 0xff) as usize + 1;
     if len < (nr * size_of::<DsmRange>()) as u64 {
         return Some(Response::err(status::DATA_SGL_LENGTH_INVALID));
@@ -229,7 +242,8 @@ fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf],
     }
     // One unmap per range; the command completes with the last, reporting
     // the first failure.
-    let state = Rc::new((Cell::new(ranges.len()), Cell::new(status::SUCCESS)));
+    // The last range's completion drops the count.
+    let state = Rc::new((Cell::new(ranges.len()), Cell::new(status::SUCCESS), RefCell::new(Some(ns.enter()))));
     for (slba, nlb) in ranges {
         let state = state.clone();
         let done = done.clone();
@@ -241,6 +255,7 @@ fn dataset_management(ns: &crate::group::NsView, cmd: &Command, bufs: &[DmaBuf],
             state.0.set(state.0.get() - 1);
             if state.0.get() == 0 {
                 done.done(Response::err(state.1.get()), None);
+                state.2.borrow_mut().take();
             }
         });
     }

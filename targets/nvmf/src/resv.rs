@@ -135,16 +135,15 @@ impl ResvState {
         ptpl_capable: bool,
     ) -> Result<Outcome, Status> {
         let mut out = Outcome::default();
-        match cptpl {
-            0 => {}
-            2 => {
-                out.changed |= std::mem::replace(&mut self.ptpl, false);
-            }
-            3 if ptpl_capable => {
-                out.changed |= !std::mem::replace(&mut self.ptpl, true);
-            }
+        // Checked now, applied only once the action succeeds: a refused
+        // Register changes nothing (it changed PTPL, unpersisted, unseen
+        // by the other reactors).
+        let ptpl = match cptpl {
+            0 => None,
+            2 => Some(false),
+            3 if ptpl_capable => Some(true),
             _ => return Err(status::INVALID_FIELD),
-        }
+        };
         let reg = self.reg(host);
         match rrega {
             // Register.
@@ -212,12 +211,15 @@ impl ResvState {
             }
             _ => return Err(status::INVALID_FIELD),
         }
+        if let Some(p) = ptpl {
+            out.changed |= std::mem::replace(&mut self.ptpl, p) != p;
+        }
         Ok(out)
     }
 
     /// Reservation Acquire: `racqa` 0 acquire, 1 preempt, 2 preempt and
-    /// abort (the abort is of nothing: Pollux's commands are with the bdev
-    /// already, as SPDK's are after its wait).
+    /// abort (its command completes once the commands already at the bdev
+    /// have: see `group::publish_resv_fenced`).
     pub fn acquire(&mut self, host: &[u8; 16], racqa: u8, iekey: bool, t: u8, crkey: u64, prkey: u64) -> Result<Outcome, Status> {
         if iekey || !(1..=6).contains(&t) {
             return Err(status::INVALID_FIELD);
@@ -412,12 +414,20 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
 }
 
 /// Write the state to `path` as SPDK does (an empty file when PTPL is
-/// off), through a temporary file and a rename so that a crash leaves the
-/// old or the new state.
+/// off), through a temporary file, synced, then renamed, the directory
+/// synced: a crash or a power loss leaves the old or the new state, and
+/// a command is answered only once its state is on disk (what "persist
+/// through power loss" promises). Blocks the calling (main) reactor for
+/// the syncs; reservation changes are rare.
 pub fn store(path: &Path, s: &ResvState, bdev_uuid: &uuid::Uuid) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("pollux-tmp");
-    std::fs::write(&tmp, render(s, bdev_uuid))?;
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(render(s, bdev_uuid).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The `ptpl_file` text of a state (empty when PTPL is off), as SPDK
@@ -431,7 +441,10 @@ pub fn render(s: &ResvState, bdev_uuid: &uuid::Uuid) -> String {
         rtype: u32::from(s.rtype),
         crkey: s.crkey,
         bdev_uuid: bdev_uuid.to_string(),
-        holder_uuid: s.holder.as_ref().map(uuid_text),
+        // As SPDK writes it: "" without a reservation and for the "all
+        // registrants" types (its reader takes the first registrant then;
+        // a null, which SPDK cannot read, made it refuse the whole file).
+        holder_uuid: Some(s.holder.as_ref().filter(|_| s.rtype != 0 && !all_regs(s.rtype)).map(uuid_text).unwrap_or_default()),
         registrants: s.regs.iter().map(|r| PtplRegistrant { rkey: r.rkey, host_uuid: uuid_text(&r.hostid) }).collect(),
     };
     serde_json::to_string_pretty(&f).expect("a struct of strings and numbers serializes")
@@ -476,7 +489,19 @@ pub fn parse(text: &str, bdev_uuid: &uuid::Uuid) -> Result<Option<ResvState>, St
         Some(h) => Some(uuid_bytes(h).ok_or_else(|| format!("holder_uuid {h} is not a UUID"))?),
         None => None,
     };
-    let rtype = if holder.is_some_and(|h| regs.iter().any(|r| r.hostid == h)) { f.rtype as u8 } else { 0 };
+    if f.crkey != 0 && !regs.iter().any(|r| r.rkey == f.crkey) {
+        // SPDK refuses such a file too.
+        return Err(format!("crkey {:#x} is no registrant's key", f.crkey));
+    }
+    let rtype = f.rtype as u8;
+    // SPDK writes no holder for the "all registrants" types: every
+    // registrant holds those, and the first is named.
+    let holder = match rtype {
+        0 => None,
+        t if all_regs(t) => regs.first().map(|r| r.hostid),
+        _ => holder.filter(|h| regs.iter().any(|r| r.hostid == *h)),
+    };
+    let rtype = if holder.is_some() { rtype } else { 0 };
     Ok(Some(ResvState {
         generation: 0,
         rtype,
@@ -519,6 +544,10 @@ mod tests {
         assert_eq!(s.register(&B, 0, false, 3, (0, 0xb), false), Err(status::INVALID_FIELD), "PTPL without a file");
         assert!(s.register(&B, 0, false, 3, (0, 0xb), true).unwrap().changed);
         assert!(s.ptpl);
+        // A refused Register changes no PTPL (it cleared it, unpersisted).
+        let before = s.clone();
+        assert_eq!(s.register(&C, 1, false, 2, (0x1, 0), true), Err(RESERVATION_CONFLICT), "C's key is not 1");
+        assert_eq!(s, before);
     }
 
     #[test]
@@ -600,6 +629,21 @@ mod tests {
             text.replacen("\"registrants\": [", &format!("\"registrants\": [{{\"rkey\": 1, \"host_uuid\": \"{}\"}}, ", uuid_text(&A)), 1);
         assert!(parse(&twice, &u).unwrap_err().contains("twice"), "a host registered twice is refused: {twice}");
         assert!(parse("{\"ptpl\": true", &u).is_err(), "bad JSON");
+        // An "all registrants" reservation as SPDK writes it: no holder
+        // (it was read as no reservation at all), the first registrant
+        // named holder on reading.
+        let spdk = format!(
+            "{{\"ptpl\": true, \"rtype\": 5, \"crkey\": 10, \"bdev_uuid\": \"{u}\", \"holder_uuid\": \"\", \"registrants\":              [{{\"rkey\": 10, \"host_uuid\": \"{}\"}}, {{\"rkey\": 11, \"host_uuid\": \"{}\"}}]}}",
+            uuid_text(&A),
+            uuid_text(&B)
+        );
+        let all = parse(&spdk, &u).unwrap().unwrap();
+        assert_eq!((all.rtype, all.holder), (rtype::WRITE_EXCLUSIVE_ALL_REGS, Some(A)));
+        assert!(render(&all, &u).contains("\"holder_uuid\": \"\""), "written as SPDK writes it");
+        assert!(parse(&spdk.replace("\"crkey\": 10", "\"crkey\": 12"), &u).unwrap_err().contains("crkey"), "a key no one has");
+        // No reservation: "", not null (SPDK refuses a null).
+        s.release(&B, 0, false, rtype::WRITE_EXCLUSIVE, 0xb).unwrap();
+        assert!(render(&s, &u).contains("\"holder_uuid\": \"\""), "{}", render(&s, &u));
         s.ptpl = false;
         store(&f, &s, &u).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "", "PTPL off: emptied, as SPDK");
@@ -658,10 +702,17 @@ mod commands {
             match apply(sid, nsid, &host, opcode, cdw10, keys) {
                 Err(st) => answer(st),
                 Ok((out, snapshot)) if out.changed => {
-                    crate::group::publish_resv(sid, nsid, snapshot, move || {
+                    let then = move || {
                         notify(sid, nsid, &out.notices);
                         answer(status::SUCCESS);
-                    });
+                    };
+                    if opcode == op::RESERVATION_ACQUIRE && cdw10 & 0x7 == 2 {
+                        // Preempt and abort: the preempted hosts' commands
+                        // at the bdev complete first.
+                        crate::group::publish_resv_fenced(sid, nsid, snapshot, then);
+                    } else {
+                        crate::group::publish_resv(sid, nsid, snapshot, then);
+                    }
                 }
                 Ok(_) => answer(status::SUCCESS),
             }
@@ -679,6 +730,7 @@ mod commands {
         let k0 = u64::from_le_bytes(keys[0..8].try_into().expect("8"));
         let k1 = u64::from_le_bytes(keys[8..16].try_into().expect("8"));
         let (action, iekey, rtype) = ((cdw10 & 0x7) as u8, cdw10 & (1 << 3) != 0, (cdw10 >> 8) as u8);
+        let before = ns.resv.borrow().clone();
         let out = {
             let mut r = ns.resv.borrow_mut();
             match opcode {
@@ -687,19 +739,24 @@ mod commands {
                 _ => r.release(host, action, iekey, rtype, k0),
             }?
         };
-        if out.changed {
-            persist(&s, &ns);
+        if out.changed && !persist(&s, &ns) {
+            // Not on disk, so not done: the host is told (as SPDK tells
+            // it, Internal Error) and the state stays what it was.
+            *ns.resv.borrow_mut() = before;
+            return Err(status::INTERNAL_ERROR);
         }
         Ok((out, ns.resv_snapshot()))
     }
 
     /// Write the namespace's state to its `ptpl_file`, if it has one.
-    pub fn persist(s: &crate::subsystem::Subsystem, ns: &crate::subsystem::Namespace) {
-        if let Some(path) = &ns.ptpl_file {
-            if let Err(e) = super::store(path, &ns.resv.borrow(), &ns.desc.bdev().uuid()) {
-                tracing::error!("nvmf: namespace {} of {}: cannot write {}: {e}", ns.nsid, s.nqn(), path.display());
-            }
+    /// False when it could not (logged): the caller undoes its change.
+    pub fn persist(s: &crate::subsystem::Subsystem, ns: &crate::subsystem::Namespace) -> bool {
+        let Some(path) = &ns.ptpl_file else { return true };
+        let r = super::store(path, &ns.resv.borrow(), &ns.desc.bdev().uuid());
+        if let Err(e) = &r {
+            tracing::error!("nvmf: namespace {} of {}: cannot write {}: {e}", ns.nsid, s.nqn(), path.display());
         }
+        r.is_ok()
     }
 
     /// Tell the controllers of each host named what happened.

@@ -170,6 +170,73 @@ fn two_hosts_register_acquire_conflict_preempt_and_persist() {
     assert_eq!(b.release(1, 0, 0xb), OK);
     let (_, rep) = a.report(true);
     assert_eq!(u16::from_le_bytes([rep[5], rep[6]]), 0);
+
+    // A change that cannot be written is not made (it was answered
+    // success, kept in memory only and lost at the next restart): a
+    // directory where the file goes makes the rename fail.
+    std::fs::remove_file(&ptpl).unwrap();
+    std::fs::create_dir_all(ptpl.join("in-the-way")).unwrap();
+    assert_eq!(a.register(0, 0, 0, 0xa), (0, 0x06), "Internal Error: not on disk, not done");
+    let (_, rep) = a.report(true);
+    assert_eq!(u16::from_le_bytes([rep[5], rep[6]]), 0, "A is not registered");
+    assert!(d.log().contains("cannot write"), "{}", d.log());
+    std::fs::remove_dir_all(&ptpl).unwrap();
+    assert_eq!(a.register(0, 0, 0, 0xa), OK);
     assert!(!d.log().contains("panicked"));
     assert_eq!(d.stop().code(), Some(0));
+}
+
+/// A Reservation Acquire that preempts and aborts completes only after the
+/// preempted host's commands already at the bdev have: a write of the
+/// fenced-off host must not land after its fencing is reported done
+/// (found in review, 2026-12-06: the acquire answered at once, the write
+/// landed later; SPDK waits). The namespace is a delay bdev (writes take
+/// 300 ms) so the write is certainly still running.
+#[test]
+fn a_preempt_and_abort_completes_after_the_preempted_hosts_writes() {
+    let port = pollux_tests::free_port();
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 8192, "block_size": BS}},
+            {"method": "bdev_delay_create", "params": {"name": "D0", "base_bdev_name": "M0",
+                "avg_read_latency": 0, "p99_read_latency": 0, "avg_write_latency": 300_000, "p99_write_latency": 300_000}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "D0", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
+        ]},
+    ]});
+    let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(cfg), ..Default::default() });
+    let mut a = Host::connect(port, HOST_A, ID_A);
+    let mut b = Host::connect(port, HOST_B, ID_B);
+    assert_eq!(a.register(0, 0, 0, 0xa), OK);
+    assert_eq!(b.register(0, 0, 0, 0xb), OK);
+    assert_eq!(a.acquire(0, 1, 0xa, 0), OK, "A holds Write Exclusive");
+
+    // A's write goes out; once the base has it (the delay holds its
+    // completion), B preempts A and aborts.
+    let cid = a.io.cid();
+    let sqe = Sqe::new(0x01, cid).nsid(1).dw(12, 0).sgl_in_capsule(BS as u32);
+    a.io.send_capsule(&sqe, &[0x5a; BS]);
+    let writes = || d.call("bdev_get_iostat", Some(json!({"name": "M0"}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap();
+    let t0 = std::time::Instant::now();
+    while writes() == 0 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "A's write never reached the bdev");
+        std::thread::yield_now();
+    }
+    assert_eq!(b.acquire(2, 1, 0xb, 0xa), OK, "preempt and abort");
+    // By then A's write has completed: its answer is already on A's socket.
+    a.io.s.set_nonblocking(true).unwrap();
+    let mut peek = [0u8; 8];
+    let ready = a.io.s.peek(&mut peek).map(|n| n == 8).unwrap_or(false);
+    assert!(ready, "the preempt and abort completed before the preempted host's write");
+    a.io.s.set_nonblocking(false).unwrap();
+    let r = a.io.recv().expect("A's write answer").cqe();
+    assert_eq!((r.cid, r.sct_sc()), (cid, OK), "the write was at the bdev before the preempt: it completes");
+    // A was preempted: its registration and its writes are gone.
+    assert_eq!(a.write(), CONFLICT);
+    assert_eq!(b.write(), OK);
+    assert!(!d.log().contains("panicked"));
 }

@@ -354,7 +354,10 @@ fn set_ptpl(c: &Controller, nsid: u32, on: bool) -> Response {
         return Response::err(status::INVALID_FIELD);
     }
     if std::mem::replace(&mut ns.resv.borrow_mut().ptpl, on) != on {
-        crate::resv::persist(s, &ns);
+        if !crate::resv::persist(s, &ns) {
+            ns.resv.borrow_mut().ptpl = !on;
+            return Response::err(status::INTERNAL_ERROR);
+        }
         crate::group::publish_resv(s.id, nsid, ns.resv_snapshot(), || {});
     }
     Response::ok()
