@@ -196,11 +196,14 @@ impl IdentifyController {
     }
 
     /// The largest transfer in bytes given the controller's minimum page
-    /// size, or `None` when MDTS is 0 (no limit).
+    /// size, or `None` when MDTS is 0 (no limit) or says more than a
+    /// `usize` holds (as good as none: `checked_shl` only refuses shifts
+    /// of 64 and more, so 4096 << 52 gave 0 bytes).
     pub fn max_transfer_bytes(&self, min_page_size: usize) -> Option<usize> {
-        match self.mdts {
+        match u32::from(self.mdts) {
             0 => None,
-            n => min_page_size.checked_shl(u32::from(n)),
+            n if n < min_page_size.leading_zeros() => Some(min_page_size << n),
+            _ => None,
         }
     }
 }

@@ -60,7 +60,7 @@ pub struct Counters {
     pub opcodes: HashMap<u8, u64>,
 }
 
-struct State {
+pub struct State {
     cc: u32,
     csts: u32,
     aqa: u32,
@@ -79,6 +79,14 @@ struct State {
     gone: bool,
     held: Vec<Held>,
     counters: Counters,
+    /// Refuse Create I/O Submission Queue (Invalid Queue Identifier).
+    pub refuse_create_sq: bool,
+    /// Take Aborts and never answer them.
+    pub silent_abort: bool,
+    /// Report this size (blocks) for this namespace id.
+    pub nsze_override: Option<(u32, u64)>,
+    /// Answer every active namespace list with a full page of ids.
+    pub endless_ns_list: bool,
 }
 
 /// The fake controller.
@@ -110,6 +118,10 @@ impl FakeController {
                 gone: false,
                 held: Vec::new(),
                 counters: Counters::default(),
+                refuse_create_sq: false,
+                silent_abort: false,
+                nsze_override: None,
+                endless_ns_list: false,
             }),
         }
     }
@@ -138,6 +150,18 @@ impl FakeController {
     /// The device disappears: every register reads all ones.
     pub fn remove(&self) {
         self.st().gone = true;
+    }
+
+    /// Change (or look at) the fake's state.
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.st())
+    }
+
+    /// Post a completion for `cid` on queue `qid` as if a command finished.
+    pub fn inject_cqe(&self, qid: u16, cid: u16) {
+        let mut c = Command::new(io::READ);
+        c.cid.set(cid);
+        self.st().post(qid, &c, 0, Status::SUCCESS);
     }
 
     pub fn held(&self) -> usize {
@@ -213,6 +237,11 @@ impl Registers for FakeController {
 }
 
 impl State {
+    /// The command id of the first command held.
+    pub fn held_cid(&self) -> u16 {
+        self.held[0].cmd.cid.get()
+    }
+
     fn write_cc(&mut self, v: u32) {
         let was = Cc(self.cc).enabled();
         self.cc = v;
@@ -254,6 +283,10 @@ impl State {
             let cmd = Command::read_from_bytes(&raw[..]).expect("64 bytes");
             batch += 1;
             if qid == 0 {
+                if cmd.opcode == admin::ABORT && self.silent_abort {
+                    self.counters.aborts += 1;
+                    continue;
+                }
                 let (result, status) = self.exec_admin(&cmd);
                 self.post(0, &cmd, result, status);
             } else {
@@ -317,6 +350,9 @@ impl State {
                         let mut ns = IdentifyNamespace::read_from_bytes(&page[..]).expect("4096");
                         let blocks = (self.disks[nsid - 1].len() / self.block) as u64;
                         ns.nsze.set(blocks);
+                        if let Some((_, v)) = self.nsze_override.filter(|(n, _)| *n as usize == nsid) {
+                            ns.nsze.set(v);
+                        }
                         ns.ncap.set(blocks);
                         ns.lbaf[0].lbads = self.block.trailing_zeros() as u8;
                         ns.dlfeat = 0x9;
@@ -324,7 +360,8 @@ impl State {
                     }
                     cns::ACTIVE_NAMESPACE_LIST => {
                         let after = c.nsid.get() as usize;
-                        for (i, id) in (after + 1..=self.disks.len()).enumerate() {
+                        let last = if self.endless_ns_list { after + 1024 } else { self.disks.len() };
+                        for (i, id) in (after + 1..=last).enumerate() {
                             page[i * 4..i * 4 + 4].copy_from_slice(&(id as u32).to_le_bytes());
                         }
                     }
@@ -345,6 +382,9 @@ impl State {
                 ok
             }
             admin::CREATE_IO_SQ => {
+                if self.refuse_create_sq {
+                    return (0, CommandSpecificStatus::InvalidQueueIdentifier.status());
+                }
                 let qid = c.cdw10.get() as u16;
                 let entries = (c.cdw10.get() >> 16) as u16 + 1;
                 let cqid = (c.cdw11.get() >> 16) as u16;
@@ -417,7 +457,7 @@ impl State {
             io::FLUSH => (0, Status::SUCCESS),
             io::READ | io::WRITE | io::COMPARE => {
                 let Some((off, len)) = range(c) else { return (0, GenericStatus::LbaOutOfRange.status()) };
-                if self.mdts != 0 && len > (4096usize << self.mdts) {
+                if self.mdts != 0 && u32::from(self.mdts) < 4096usize.leading_zeros() && len > (4096usize << self.mdts) {
                     return (0, GenericStatus::InvalidField.status());
                 }
                 let Some(segs) = self.data_segments(c, len) else { return (0, GenericStatus::DataTransferError.status()) };

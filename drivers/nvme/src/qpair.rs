@@ -126,9 +126,28 @@ struct Tracker {
     aborted: bool,
     opcode: u8,
     nsid: u32,
+    /// The command id on the wire: the tracker's index in the low
+    /// [`CID_INDEX_BITS`], a generation above (see [`wire_cid`]).
+    cid: u16,
 }
 
-const FREE_TRACKER: Tracker = Tracker { req: NO_REQ, deadline: 0, aborted: false, opcode: 0, nsid: 0 };
+const FREE_TRACKER: Tracker = Tracker { req: NO_REQ, deadline: 0, aborted: false, opcode: 0, nsid: 0, cid: 0 };
+
+/// Bits of a command id that index the trackers (a queue holds at most
+/// 4095 commands); the 4 above carry a generation, bumped each time the
+/// tracker is used (as Linux's `nvme_cid` does). A completion whose id is
+/// of an earlier use of its tracker (a duplicate or stale completion from
+/// a faulty device) is then not taken for the command that has it now:
+/// that completed a read before its data was in, and handed its buffer
+/// back while the device could still write to it.
+const CID_INDEX_BITS: u32 = 12;
+const CID_INDEX_MASK: u16 = (1 << CID_INDEX_BITS) - 1;
+
+/// The next command id for tracker `index`, whose last was `last`.
+fn wire_cid(index: u16, last: u16) -> u16 {
+    let generation = ((last >> CID_INDEX_BITS) + 1) & 0xf;
+    (generation << CID_INDEX_BITS) | index
+}
 
 /// A scratch slot of the queue pair's memory as a PRP/SGL list.
 struct Slot<'a> {
@@ -451,9 +470,13 @@ impl Inner {
                 tracing::debug!("NVMe {}: I/O queue {} created", self.label, rings.qid);
             }
             Err(e) => {
-                tracing::error!("NVMe {}: cannot create I/O queue {}: {e}", self.label, rings.qid);
+                tracing::error!("NVMe {}: cannot create I/O queue {}: {e}; failing its requests", self.label, rings.qid);
                 self.connected = None;
                 self.retry_connect_at = clock::ticks() + clock::duration_to_ticks(std::time::Duration::from_millis(100));
+                // The controller is up and refused the queue: what waits
+                // for it fails now (it waited for ever, retried every
+                // 100 ms); later requests try again.
+                self.fail_all(IoStatus::Failed);
             }
         }
     }
@@ -502,7 +525,7 @@ impl Inner {
             if t.req == NO_REQ {
                 continue;
             }
-            self.trackers[cid] = FREE_TRACKER;
+            self.trackers[cid] = Tracker { cid: t.cid, ..FREE_TRACKER };
             self.free_cids.push(cid as u16);
             let r = &mut self.requests[t.req as usize];
             r.restart();
@@ -526,7 +549,7 @@ impl Inner {
             if t.req == NO_REQ {
                 continue;
             }
-            self.trackers[cid] = FREE_TRACKER;
+            self.trackers[cid] = Tracker { cid: t.cid, ..FREE_TRACKER };
             self.free_cids.push(cid as u16);
             let r = &mut self.requests[t.req as usize];
             r.outstanding = 0;
@@ -565,12 +588,13 @@ impl Inner {
         while n < POLL_BATCH {
             let Some(cqe) = rings.next_completion() else { break };
             n += 1;
-            let cid = usize::from(cqe.cid.get());
-            let Some(t) = self.trackers.get(cid).copied().filter(|t| t.req != NO_REQ) else {
-                tracing::error!("NVMe {}: completion for unknown command id {cid}; ignored", self.label);
+            let wire = cqe.cid.get();
+            let cid = usize::from(wire & CID_INDEX_MASK);
+            let Some(t) = self.trackers.get(cid).copied().filter(|t| t.req != NO_REQ && t.cid == wire) else {
+                tracing::error!("NVMe {}: completion for command id {wire}, not outstanding (stale or unknown); ignored", self.label);
                 continue;
             };
-            self.trackers[cid] = FREE_TRACKER;
+            self.trackers[cid] = Tracker { cid: t.cid, ..FREE_TRACKER };
             self.free_cids.push(cid as u16);
             self.inflight -= 1;
             self.stats.completed_commands += 1;
@@ -579,7 +603,7 @@ impl Inner {
             r.outstanding -= 1;
             if !status.is_success() {
                 self.stats.failed_commands += 1;
-                let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: cid as u16, nsid: t.nsid };
+                let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: wire, nsid: t.nsid };
                 let err = CommandError::from_status(info, status);
                 tracing::warn!("NVMe {}: {err}", self.label);
                 if r.status == IoStatus::Success {
@@ -629,7 +653,8 @@ impl Inner {
         let rings = self.rings.as_mut().expect("connected queue has rings");
         let r = &mut self.requests[idx as usize];
         let mut cmd = Command::new(r.op.opcode());
-        cmd.cid.set(cid);
+        let wire = wire_cid(cid, self.trackers[usize::from(cid)].cid);
+        cmd.cid.set(wire);
         cmd.nsid.set(r.nsid);
         let lba = r.slba + r.issued;
         let left = r.blocks - r.issued;
@@ -703,7 +728,7 @@ impl Inner {
             self.pending.pop_front();
         }
         let deadline = if self.timeout_ticks == 0 { u64::MAX } else { clock::ticks() + self.timeout_ticks };
-        self.trackers[usize::from(cid)] = Tracker { req: idx, deadline, aborted: false, opcode: cmd.opcode, nsid: r.nsid };
+        self.trackers[usize::from(cid)] = Tracker { req: idx, deadline, aborted: false, opcode: cmd.opcode, nsid: r.nsid, cid: wire };
         rings.push(&cmd);
         self.inflight += 1;
         self.stats.submitted_commands += 1;
@@ -735,14 +760,18 @@ impl Inner {
             }
             self.stats.timeouts += 1;
             self.ctrl.count_timeout();
-            let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: cid as u16, nsid: t.nsid };
+            let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: t.cid, nsid: t.nsid };
             tracing::error!("NVMe {}: {info} timed out", self.label);
             match action {
                 TimeoutAction::None => self.trackers[cid].deadline = now + self.timeout_ticks,
-                TimeoutAction::Abort if !t.aborted => {
+                // Aborts wait for their answer on this reactor: once one
+                // fails, the reset deals with the rest (a controller that
+                // answered none stalled the reactor an admin timeout per
+                // command, up to 255 of them).
+                TimeoutAction::Abort if !t.aborted && !reset => {
                     self.trackers[cid].aborted = true;
                     self.trackers[cid].deadline = now + self.timeout_ticks;
-                    match self.ctrl.abort(qid, cid as u16) {
+                    match self.ctrl.abort(qid, t.cid) {
                         Ok(true) => tracing::warn!("NVMe {}: {info} aborted", self.label),
                         Ok(false) => {
                             tracing::warn!("NVMe {}: the controller did not abort {info}; resetting", self.label);

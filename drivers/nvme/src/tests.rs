@@ -430,3 +430,161 @@ fn each_reactor_gets_its_own_queue_pair() {
         h.on(r, || drop(reactor::take_local::<(IoChannel<bdev::Bdev>, Descriptor)>()));
     }
 }
+
+/// What a faulty (or hostile) controller reports must not panic a
+/// reactor, hang a request, or hand a buffer back while the device may
+/// still write to it (found in review, 2026-12-06).
+mod faulty_device {
+    use super::*;
+    use crate::regs::RegisterError;
+
+    /// The fake's registers with another CAP.
+    struct CapOverride {
+        inner: Arc<FakeController>,
+        cap: u64,
+    }
+
+    impl Registers for CapOverride {
+        fn read32(&self, o: usize) -> Result<u32, RegisterError> {
+            self.inner.read32(o)
+        }
+        fn read64(&self, o: usize) -> Result<u64, RegisterError> {
+            if o == 0 { Ok(self.cap) } else { self.inner.read64(o) }
+        }
+        fn write32(&self, o: usize, v: u32) -> Result<(), RegisterError> {
+            self.inner.write32(o, v)
+        }
+        fn write64(&self, o: usize, v: u64) -> Result<(), RegisterError> {
+            self.inner.write64(o, v)
+        }
+    }
+
+    #[test]
+    fn queues_of_one_entry_are_refused_not_a_panic() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        let cap = fake.read64(0).unwrap() & !0xffff; // CAP.MQES 0
+        let regs: Arc<dyn Registers> = Arc::new(CapOverride { inner: fake, cap });
+        let r = h.on(0, || Controller::start("Mq", regs, None, ControllerOptions::default()).map(|_| ()));
+        assert!(r.as_ref().is_err_and(|e| e.to_string().contains("MQES")), "{r:?}");
+    }
+
+    #[test]
+    fn an_mdts_beyond_the_address_space_is_no_limit_not_zero() {
+        // 4096 << 52 is 0 in 64 bits: every read and write failed.
+        let s = setup("Md", 1, 52, false, ControllerOptions::default());
+        assert_eq!(s.ctrl.max_transfer(), crate::controller::MAX_TRANSFER_CAP);
+        let (d, ch) = open(&s, "Mdn1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(4096, 0)], 0, 8, record(&o, 1)));
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Success);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    #[test]
+    fn requests_fail_when_the_controller_refuses_the_queue() {
+        // They waited for ever, the queue retried every 100 ms.
+        let s = setup_with("Cq", 1, 5, false, ControllerOptions::default(), |f| f.with(|st| st.refuse_create_sq = true));
+        let (d, ch) = open(&s, "Cqn1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(4096, 0)], 0, 8, record(&o, 1)));
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Failed);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    #[test]
+    fn a_stale_completion_does_not_complete_the_command_that_reused_its_id() {
+        let s = setup("Dup", 1, 5, false, ControllerOptions::default());
+        let (d, ch) = open(&s, "Dupn1");
+        let out: Done = Rc::default();
+        let (o, w) = (out.clone(), pattern(4096, 9));
+        s.h.on(0, || d.write(&ch, [buf_from(&w)], 0, 8, record(&o, 1)));
+        run_until_done(&s, &out, 1);
+        // The device holds the next command, which reuses the tracker the
+        // write freed; a second completion of the write's id arrives.
+        s.fake.set_hold_io(true);
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(4096, 0xee)], 0, 8, record(&o, 2)));
+        run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
+        let read_cid = s.fake.with(|st| st.held_cid());
+        let write_cid = read_cid.wrapping_sub(1 << 12);
+        assert_eq!(read_cid & 0xfff, write_cid & 0xfff, "same tracker, another generation");
+        s.fake.inject_cqe(1, write_cid);
+        for _ in 0..20 {
+            s.h.step_all();
+        }
+        assert_eq!(out.borrow().len(), 1, "the read completed by another command's completion");
+        // Its own completion does.
+        s.fake.inject_cqe(1, read_cid);
+        run_until_done(&s, &out, 2);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    #[test]
+    fn an_unanswered_abort_leads_to_a_reset_not_one_wait_per_command() {
+        let opts = ControllerOptions {
+            io_timeout: Some(Duration::from_millis(50)),
+            timeout_action: TimeoutAction::Abort,
+            admin_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let s = setup("Ab", 1, 5, false, opts);
+        let (d, ch) = open(&s, "Abn1");
+        s.fake.set_hold_io(true);
+        s.fake.with(|st| st.silent_abort = true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || {
+            for i in 0..8u64 {
+                d.read(&ch, [buf(512, 0)], i, 1, record(&o, i));
+            }
+        });
+        run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 8);
+        let resets = s.fake.counters(|c| c.resets);
+        // Every command times out; the first abort goes unanswered (an
+        // admin timeout), and the reset takes care of the other seven:
+        // by the reset, one abort was sent (eight, each waited for, before).
+        run_until(&s.h, Duration::from_secs(30), || s.fake.counters(|c| c.resets) > resets);
+        assert_eq!(s.fake.counters(|c| c.aborts), 1, "one abort waited for, not eight");
+        // Let the device run: the requests resubmitted after the reset end.
+        s.fake.set_hold_io(false);
+        s.fake.with(|st| st.silent_abort = false);
+        run_until_done(&s, &out, 8);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    #[test]
+    fn a_namespace_with_an_absurd_geometry_gets_no_bdev_and_the_rest_attach() {
+        for (what, blocks, block, nsze) in
+            [("2^60 blocks of 512 bytes", 4096, 512, Some((2, 1u64 << 60))), ("4 MiB blocks", 2, 4 << 20, None)]
+        {
+            let h = Harness::new(1);
+            let fake = Arc::new(FakeController::new(2, blocks, block, 5, false));
+            fake.with(|st| st.nsze_override = nsze);
+            let regs: Arc<dyn Registers> = fake.clone();
+            let ctrl = h.on(0, || Controller::start("Geo", regs, None, ControllerOptions::default()).expect("bring-up"));
+            let c = ctrl.clone();
+            let names = h.on(0, move || crate::bdev::add_controller(c, json!({"name": "Geo"})).expect("attach"));
+            let expect: &[&str] = if nsze.is_some() { &["Geon1"] } else { &[] };
+            assert_eq!(names, expect, "{what}");
+            assert!(h.on(0, || crate::bdev::controller("Geo").is_some()), "{what}: the controller is attached (detachable)");
+            h.on(0, || crate::bdev::detach("Geo", || {})).expect("detach");
+            run_until(&h, Duration::from_secs(10), || h.on(0, || bdev::list().is_empty()));
+            drop(ctrl);
+        }
+    }
+
+    #[test]
+    fn an_endless_active_namespace_list_is_refused() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        fake.with(|st| st.endless_ns_list = true);
+        let regs: Arc<dyn Registers> = fake.clone();
+        let r = h.on(0, || Controller::start("Ns", regs, None, ControllerOptions::default()).map(|_| ()));
+        assert!(r.as_ref().is_err_and(|e| e.to_string().contains("active namespace list")), "{r:?}");
+    }
+}

@@ -158,9 +158,20 @@ pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec
     let mut names = Vec::new();
     let mut first = true;
     for ns in ctrl.namespaces() {
-        if let Some(name) = register_namespace(&ctrl, &ns, first.then(|| attach_params.clone()))? {
-            names.push(name);
-            first = false;
+        match register_namespace(&ctrl, &ns, first.then(|| attach_params.clone())) {
+            Ok(Some(name)) => {
+                names.push(name);
+                first = false;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Nothing half-attached: the bdevs made so far go (they
+                // stayed, with no controller entry to detach or watch).
+                for n in &names {
+                    bdev::unregister(n, |_| {});
+                }
+                return Err(e);
+            }
         }
     }
     let weak = Arc::downgrade(&ctrl);
@@ -186,6 +197,12 @@ fn register_namespace(ctrl: &Arc<Controller>, ns: &Namespace, attach_call: Optio
     let name = format!("{}n{}", ctrl.name(), ns.nsid);
     if ns.metadata_size != 0 {
         tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
+        return Ok(None);
+    }
+    if let Some(why) = bdev::unusable_geometry(ns.block_size, ns.num_blocks, ctrl.max_transfer()) {
+        // A bigger block than one command carries failed every read and
+        // write (and panicked in debug builds).
+        tracing::warn!("{name}: namespace has {why}; no bdev");
         return Ok(None);
     }
     let uuid = if ns.data.nguid != [0; 16] {

@@ -12,6 +12,10 @@ use crate::admin::{self, ADMIN_BUF};
 use crate::error::NvmeError;
 use crate::queue::Rings;
 
+/// The most namespaces Pollux takes from one controller (far beyond any
+/// device made; each costs an Identify and a bdev).
+pub const MAX_NAMESPACES: usize = 1 << 16;
+
 /// Which way an admin command moves data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataDirection {
@@ -62,8 +66,13 @@ impl Controller {
         Ok(ns)
     }
 
-    /// Every active namespace id, ascending (following the list past 1024).
+    /// Every active namespace id, ascending (following the list past
+    /// 1024), none above the controller's NN and at most
+    /// [`MAX_NAMESPACES`] of them: the list was bounded only by the id
+    /// space, so a device that kept answering full pages could have the
+    /// main reactor issue four million commands into a vector of 16 GiB.
     pub fn active_namespace_ids(&self) -> Result<Vec<u32>, NvmeError> {
+        let nn = self.identify_data().nn.get();
         let mut ids = Vec::new();
         let mut after = 0u32;
         loop {
@@ -77,6 +86,11 @@ impl Controller {
                 }
                 if id <= after || id == u32::MAX {
                     return Err(NvmeError::BadData(format!("active namespace list is not ascending ({id} after {after})")));
+                }
+                if id > nn || ids.len() >= MAX_NAMESPACES {
+                    return Err(NvmeError::BadData(format!(
+                        "active namespace list names {id} (the controller has {nn}; Pollux takes up to {MAX_NAMESPACES})"
+                    )));
                 }
                 ids.push(id);
                 after = id;

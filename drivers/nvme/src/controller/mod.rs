@@ -202,6 +202,11 @@ impl Controller {
         if cap.css() & 1 == 0 {
             return Err(NvmeError::Unsupported("the NVM command set (CAP.CSS)".into()));
         }
+        if cap.max_queue_entries() < 2 {
+            // MQES 0, which the spec calls invalid: no queue can hold a
+            // command (the clamp below panicked on it).
+            return Err(NvmeError::Unsupported(format!("queues of {} entries (CAP.MQES 0)", cap.max_queue_entries())));
+        }
         if cap.min_page_size() > PAGE_SIZE || cap.max_page_size() < PAGE_SIZE {
             return Err(NvmeError::Unsupported(format!("4 KiB pages (CAP.MPSMIN {} MPSMAX {})", cap.min_page_size(), cap.max_page_size())));
         }
