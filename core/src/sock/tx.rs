@@ -38,9 +38,15 @@ use crate::dma::{DmaBuf, Lent};
 /// dozen already fill a socket buffer).
 const MAX_IOV: usize = 64;
 /// A queue that grew past this (a burst of output to a slow reader) gives
-/// the memory back once it is empty, keeping [`KEEP`].
+/// the memory back, keeping [`KEEP`], once it has been used lightly: at
+/// the owner's timer ([`TxQueue::tick`]) after a period in which no drain
+/// used more than `KEEP`, or after [`SHRINK_AFTER`] such drains in a row
+/// (owners without a timer). Shrinking at every drain made a steady load of
+/// large writes (an initiator's 32 writes of 1 MiB in flight) shrink and
+/// grow the buffer again every few requests: allocations on the I/O path.
 const SHRINK_ABOVE: usize = 8 << 20;
 const KEEP: usize = 1 << 20;
+const SHRINK_AFTER: u32 = 64;
 
 enum Seg<B> {
     /// `len` bytes of `bytes`, starting at the end of the segments before.
@@ -214,6 +220,10 @@ pub struct TxQueue<B> {
     in_kernel: Option<usize>,
     /// Where a spill builds the new bytes (kept for its capacity).
     spare: Vec<u8>,
+    /// Drains in a row that used at most [`KEEP`] bytes, and the most a
+    /// drain used since the last tick (see [`SHRINK_ABOVE`]).
+    light_drains: u32,
+    peak: usize,
 }
 
 /// An empty queue that has allocated nothing (its lists grow on first
@@ -235,6 +245,8 @@ impl<B: TxBuf> Default for TxQueue<B> {
             hold_cap: usize::MAX,
             in_kernel: None,
             spare: Vec::new(),
+            light_drains: 0,
+            peak: 0,
         }
     }
 }
@@ -363,14 +375,17 @@ impl<B: TxBuf> TxQueue<B> {
                 Err(e) => return Err(e),
             }
         }
+        let used = self.bytes.len();
+        self.peak = self.peak.max(used);
+        self.light_drains = if used <= KEEP { self.light_drains.saturating_add(1) } else { 0 };
         self.bytes.clear();
         self.bytes_pos = 0;
         self.sealed = 0;
         self.blocked = false;
         self.stalled = false;
         self.in_kernel = None;
-        if self.bytes.capacity() > SHRINK_ABOVE {
-            self.bytes.shrink_to(KEEP);
+        if self.light_drains >= SHRINK_AFTER {
+            self.trim();
         }
         Ok(Flushed::All)
     }
@@ -423,6 +438,17 @@ impl<B: TxBuf> TxQueue<B> {
             }
         }
         self.progressed = false;
+        if self.peak <= KEEP && self.queued == 0 && self.bytes.is_empty() {
+            self.trim();
+        }
+        self.peak = 0;
+    }
+
+    /// Give back what the bytes grew to beyond [`SHRINK_ABOVE`].
+    fn trim(&mut self) {
+        if self.bytes.capacity() > SHRINK_ABOVE {
+            self.bytes.shrink_to(KEEP);
+        }
     }
 
     /// Whether the socket is full and the peer stopped reading (see
@@ -522,6 +548,46 @@ mod tests {
         let q = TxQueue::<Vec<u8>>::default();
         assert_eq!((q.bytes.capacity(), q.segs.capacity(), q.spare.capacity()), (0, 0, 0));
         assert!(TxQueue::<Vec<u8>>::with_capacity(4096).segs.capacity() >= 16);
+    }
+
+    /// A queue that grew keeps its memory while it is used heavily, and
+    /// gives it back once used lightly (`SHRINK_ABOVE`): it shrank at every
+    /// drain, so a steady load of 1 MiB writes grew it again by doubling
+    /// every few requests (allocations on the I/O path, seen at QD 32).
+    #[test]
+    fn a_grown_queue_shrinks_only_once_used_lightly() {
+        let mut q = TxQueue::<Vec<u8>>::default();
+        let mut s = Sink { got: vec![], room: 1 << 20, calls: 0, block_every: 0, iovs_seen: 0 };
+        let mut burst = |q: &mut TxQueue<Vec<u8>>, n: usize| {
+            q.bytes().resize(n, 7);
+            s.drain(q);
+            s.got.clear();
+        };
+        burst(&mut q, 16 << 20);
+        let grown = q.bytes.capacity();
+        assert!(grown >= 16 << 20);
+        // Heavy drains between light ones: no shrinking, no growing.
+        for _ in 0..3 {
+            for _ in 0..SHRINK_AFTER - 1 {
+                burst(&mut q, 4096);
+            }
+            burst(&mut q, 16 << 20);
+            assert_eq!(q.bytes.capacity(), grown);
+        }
+        // A tick after a period of heavy use keeps it; after a light one
+        // (or none) gives it back.
+        q.tick(|| None);
+        assert_eq!(q.bytes.capacity(), grown);
+        q.tick(|| None);
+        assert!(q.bytes.capacity() <= SHRINK_ABOVE, "an idle period gives the memory back");
+        // Without ticks: after SHRINK_AFTER light drains in a row.
+        burst(&mut q, 16 << 20);
+        for _ in 0..SHRINK_AFTER - 1 {
+            burst(&mut q, 4096);
+        }
+        assert!(q.bytes.capacity() > SHRINK_ABOVE);
+        burst(&mut q, 4096);
+        assert!(q.bytes.capacity() <= SHRINK_ABOVE);
     }
 
     /// A socket that takes at most `room` bytes per call, then says
