@@ -246,6 +246,43 @@ fn pr_out(c: &mut RawConn, action: u8, rtype: u8, key: u64, sa_key: u64) -> u8 {
     c.wait_for(itt).expect("PERSISTENT RESERVE OUT answered").bhs[3]
 }
 
+/// PERSISTENT RESERVE OUT PREEMPT AND ABORT aborts the preempted
+/// initiator's tasks on the LU before it is answered (SPC-4): a write the
+/// holder had started, waiting for its data, ends with TASK ABORTED and
+/// its late data writes nothing. (Found in review, 2026-12-06: the
+/// preempt was answered at once and the write, already past the
+/// reservation check, landed when its data came: a fenced-off host wrote
+/// after its fencing was reported.)
+#[test]
+fn a_preempt_and_abort_aborts_the_preempted_initiators_tasks_first() {
+    let port = iscsi_host::free_port();
+    let d = iscsi_host::start("0x3", iscsi_host::config(port, "multi", 16, None));
+    let (mut holder, _) = logged_in(port, "iqn.2025-01.io.pollux:old-holder", 1, &[]);
+    let (mut taker, _) = logged_in(port, "iqn.2025-01.io.pollux:taker", 2, &[]);
+    let before = pattern(7, 32 * 1024);
+    assert_eq!(holder.write10(300, &before), Some(GOOD));
+    assert_eq!(pr_out(&mut holder, 0, 0, 0, 0xa), GOOD);
+    assert_eq!(pr_out(&mut holder, 1, 1, 0xa, 0), GOOD, "Write Exclusive");
+    assert_eq!(pr_out(&mut taker, 0, 0, 0, 0xb), GOOD);
+    // The holder's write is past the reservation check, waiting for data.
+    let w = holder.command(&write10_cdb(300, 64), 32 * 1024, false, true, &[]);
+    let r2t = holder.recv().expect("R2T for the holder's write");
+    assert_eq!((r2t.opcode(), r2t.u32_at(16)), (0x31, w));
+
+    assert_eq!(pr_out(&mut taker, 5, 1, 0xb, 0xa), GOOD, "PREEMPT AND ABORT");
+    // The write was aborted before that answer: its TASK ABORTED is there.
+    let r = holder.wait_for(w).expect("the preempted write is answered");
+    assert_eq!((r.opcode(), r.bhs[3]), (0x21, TASK_ABORTED));
+    // Its data, sent anyway, writes nothing.
+    holder.data_out(w, r2t.u32_at(20), 0, 0, &pattern(8, 32 * 1024), true).unwrap();
+    assert_eq!(holder.test_unit_ready(), Some((CHECK_CONDITION, UNIT_ATTENTION, 0x2a, 0x05)), "registrations preempted");
+    assert_eq!(holder.write10(300, &pattern(9, 4096)), Some(RESERVATION_CONFLICT), "fenced off");
+    let (st, data) = taker.read10(300, 64).expect("read back");
+    assert_eq!(st, GOOD);
+    assert!(data == before, "nothing of the preempted initiator's landed");
+    d.call("spdk_get_version", None).expect("the daemon answers");
+}
+
 /// TARGET COLD RESET from any initiator would be a power-on: every
 /// session ended, every reservation gone. A host fenced off by another's
 /// reservation could undo its fencing that way (found in review,

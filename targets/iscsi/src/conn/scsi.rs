@@ -70,6 +70,13 @@ impl ScsiCommand for IscsiCmd {
             None => drop(self),
         }
     }
+
+    fn complete_after_aborting(self: Box<Self>, lun: u64, nexuses: Vec<std::sync::Arc<pollux_scsi::lun::Nexus>>) {
+        match self.conn.as_ref().and_then(|c| c.session()) {
+            Some(s) => super::tmf::complete_after_aborting(&s, lun, nexuses, self),
+            None => self.complete(),
+        }
+    }
 }
 
 impl IscsiCmd {

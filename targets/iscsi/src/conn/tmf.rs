@@ -23,6 +23,7 @@ use super::ffp::Window;
 use super::{Close, Conn, Group, IscsiCmd};
 use crate::pdu::{Bhs, op};
 use crate::session::{self, Session};
+use pollux_core::reactor::task::SendSlot;
 
 /// TMF functions and responses (RFC 7143 11.5, 11.6).
 mod function {
@@ -73,22 +74,40 @@ impl Inflight {
     }
 }
 
-/// A TMF response waiting for the tasks the function aborted to finish.
-/// Counted: one for the function itself, one per affected task, one per
-/// other reactor asked to abort tasks; the response goes out (on the
-/// issuing connection's reactor) when the count reaches zero.
-#[derive(Debug)]
+/// A TMF response (or a PREEMPT AND ABORT's SCSI response) waiting for
+/// the tasks the function aborted to finish. Counted: one for the function
+/// itself, one per affected task, one per other reactor asked to abort
+/// tasks; the response goes out (on the issuing connection's reactor) when
+/// the count reaches zero.
 pub(crate) struct Drain {
     left: AtomicUsize,
     reactor: ReactorId,
-    conn: u64,
-    itt: u32,
+    then: Then,
     response: AtomicU8,
+}
+
+/// What a drained [`Drain`] does.
+enum Then {
+    /// Send the TMF response of `itt` on connection `conn`.
+    Tmf { conn: u64, itt: u32 },
+    /// Wake the command waiting on the slot.
+    Wake(SendSlot<()>),
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain").field("left", &self.left).field("reactor", &self.reactor).finish()
+    }
 }
 
 impl Drain {
     fn new(conn: u64, itt: u32) -> Arc<Drain> {
-        Arc::new(Drain { left: AtomicUsize::new(1), reactor: reactor::current(), conn, itt, response: AtomicU8::new(response::COMPLETE) })
+        Arc::new(Drain {
+            left: AtomicUsize::new(1),
+            reactor: reactor::current(),
+            then: Then::Tmf { conn, itt },
+            response: AtomicU8::new(response::COMPLETE),
+        })
     }
 
     fn hold(&self) {
@@ -97,8 +116,16 @@ impl Drain {
 
     pub(crate) fn release(&self) {
         if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let (conn, itt, response) = (self.conn, self.itt, self.response.load(Ordering::Acquire));
-            reactor::send_msg(self.reactor, move || answer(conn, itt, response));
+            match &self.then {
+                Then::Tmf { conn, itt } => {
+                    let (conn, itt, response) = (*conn, *itt, self.response.load(Ordering::Acquire));
+                    reactor::send_msg(self.reactor, move || answer(conn, itt, response));
+                }
+                Then::Wake(slot) => {
+                    let slot = slot.clone();
+                    reactor::send_msg(self.reactor, move || slot.set(()));
+                }
+            }
         }
     }
 
@@ -143,6 +170,44 @@ fn abort_other_sessions(from: &Session, lun: Option<u64>, drain: &Arc<Drain>) {
             d.release();
         });
     }
+}
+
+/// PERSISTENT RESERVE OUT PREEMPT AND ABORT from session `from`: abort
+/// the tasks on `lun` of every session of the target whose nexus on it is
+/// one of `nexuses` (they end with TASK ABORTED, wherever they live), then
+/// answer `cmd` once they have finished. The answer used to go out at
+/// once, while the preempted initiator's writes could still land.
+pub(crate) fn complete_after_aborting(from: &Session, lun: u64, nexuses: Vec<Arc<pollux_scsi::lun::Nexus>>, cmd: Box<IscsiCmd>) {
+    use pollux_core::reactor::task;
+    use pollux_scsi::ScsiCommand;
+    let slot = SendSlot::new();
+    let drain = Arc::new(Drain {
+        left: AtomicUsize::new(1),
+        reactor: reactor::current(),
+        then: Then::Wake(slot.clone()),
+        response: AtomicU8::new(0),
+    });
+    let nexuses = Arc::new(nexuses);
+    if let Some(target) = &from.target {
+        for (tsih, e) in session::of_target(target) {
+            drain.hold();
+            let (d, nexuses) = (drain.clone(), nexuses.clone());
+            reactor::send_msg(e.reactor, move || {
+                let s = Group::try_get().and_then(|g| g.sessions.borrow().get(&tsih).cloned());
+                if let Some(s) = s {
+                    if s.port(lun).is_some_and(|p| nexuses.iter().any(|n| n.same(p.nexus()))) {
+                        abort_in_session(&s, |_, l| l == lun, Fate::TaskAborted, &d);
+                    }
+                }
+                d.release();
+            });
+        }
+    }
+    drain.release();
+    task::spawn_local(async move {
+        slot.await;
+        cmd.complete();
+    });
 }
 
 impl Conn {

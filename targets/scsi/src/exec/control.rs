@@ -102,8 +102,14 @@ pub(super) fn execute<C: ScsiCommand>(port: &Rc<LunPort>, mut cmd: Box<C>) {
             copy_from(&t.bufs, 0, &mut p);
             t.drop_data();
             match port.lun().pr_out(port.nexus(), &cdb, &p) {
-                Ok(true) => good(cmd),
-                Ok(false) => finish_status(cmd, status::RESERVATION_CONFLICT),
+                Ok(Some(abort)) if abort.is_empty() => good(cmd),
+                Ok(Some(abort)) => {
+                    // PREEMPT AND ABORT: GOOD once the preempted nexuses'
+                    // tasks on the LU are aborted (SPC-4 5.13.11.2.5).
+                    cmd.task().set_status(status::GOOD);
+                    cmd.complete_after_aborting(port.lun().id(), abort);
+                }
+                Ok(None) => finish_status(cmd, status::RESERVATION_CONFLICT),
                 Err(s) => fail(cmd, s),
             }
         }

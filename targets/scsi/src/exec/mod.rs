@@ -39,6 +39,17 @@ pub trait ScsiCommand: 'static {
     /// The task has finished (status, sense and data are set). Runs on the
     /// reactor that called [`LunPort::execute`], possibly inside that call.
     fn complete(self: Box<Self>);
+
+    /// The task has finished (a PERSISTENT RESERVE OUT PREEMPT AND ABORT,
+    /// its status set), but is to be answered only once the transport has
+    /// aborted the tasks of `nexuses` on LU `lun` (they end with TASK
+    /// ABORTED, the control mode page having TAS set) and they have
+    /// finished: nothing a preempted initiator sent lands after the
+    /// answer. A transport with one nexus per LU has nothing to abort.
+    fn complete_after_aborting(self: Box<Self>, lun: u64, nexuses: Vec<Arc<Nexus>>) {
+        let _ = (lun, nexuses);
+        self.complete();
+    }
 }
 
 /// One session's access to one LU, on the session's reactor: the nexus and

@@ -238,9 +238,13 @@ impl Lun {
         Ok(out)
     }
 
-    /// PERSISTENT RESERVE OUT. `Ok(false)` means RESERVATION CONFLICT.
-    pub(crate) fn pr_out(&self, n: &Arc<Nexus>, cdb: &[u8; 16], param: &[u8]) -> Result<bool, Sense> {
+    /// PERSISTENT RESERVE OUT. `Ok(None)` means RESERVATION CONFLICT;
+    /// `Ok(Some(nexuses))` GOOD once the tasks of those nexuses on this LU
+    /// are aborted (PREEMPT AND ABORT's preempted ones; none otherwise).
+    pub(crate) fn pr_out(&self, n: &Arc<Nexus>, cdb: &[u8; 16], param: &[u8]) -> Result<Option<Vec<Arc<Nexus>>>, Sense> {
         let sa = cdb[1] & 0x1f;
+        // PREEMPT AND ABORT: the nexuses whose tasks the transport aborts.
+        let mut abort = Vec::new();
         let scope = cdb[2] >> 4;
         let ty = cdb[2] & 0x0f;
         let plen = be32(cdb, 5) as usize;
@@ -248,7 +252,7 @@ impl Lun {
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         }
         if sa == 7 {
-            return self.register_and_move(n, cdb, param);
+            return self.register_and_move(n, cdb, param).map(|ok| ok.then(Vec::new));
         }
         if plen != 24 || param.len() < 24 {
             return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR));
@@ -267,7 +271,7 @@ impl Lun {
         let mut guard = self.lock();
         let s: &mut Shared = &mut guard;
         if s.reserve6.is_some() && !s.reserve6.as_ref().is_some_and(|h| h.same(n)) {
-            return Ok(false);
+            return Ok(None);
         }
         let mine = s.pr.find(n);
         match sa {
@@ -276,7 +280,7 @@ impl Lun {
                 match mine {
                     None => {
                         if sa == 0 && key != 0 {
-                            return Ok(false);
+                            return Ok(None);
                         }
                         if sark != 0 {
                             if s.pr.registrants.len() >= MAX_REGISTRANTS {
@@ -288,7 +292,7 @@ impl Lun {
                     }
                     Some(i) => {
                         if sa == 0 && s.pr.registrants[i].key != key {
-                            return Ok(false);
+                            return Ok(None);
                         }
                         if sark == 0 {
                             let was_ro_holder = s.pr.holder.as_ref().is_some_and(|h| registrants_only(h.kind) && h.nexus.same(n));
@@ -306,9 +310,9 @@ impl Lun {
             }
             1 => {
                 // RESERVE
-                let Some(i) = mine else { return Ok(false) };
+                let Some(i) = mine else { return Ok(None) };
                 if s.pr.registrants[i].key != key {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 if scope != 0 {
                     return Err(Sense::invalid_cdb_field(2, Some(7)));
@@ -319,7 +323,7 @@ impl Lun {
                 match &s.pr.holder {
                     Some(h) => {
                         if !s.pr.is_holder(n) || h.kind != ty {
-                            return Ok(false);
+                            return Ok(None);
                         }
                     }
                     None => s.pr.holder = Some(Holder { nexus: n.clone(), kind: ty }),
@@ -327,9 +331,9 @@ impl Lun {
             }
             2 => {
                 // RELEASE
-                let Some(i) = mine else { return Ok(false) };
+                let Some(i) = mine else { return Ok(None) };
                 if s.pr.registrants[i].key != key {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 if let Some(h) = s.pr.holder.clone() {
                     if s.pr.is_holder(n) {
@@ -346,9 +350,9 @@ impl Lun {
             }
             3 => {
                 // CLEAR
-                let Some(i) = mine else { return Ok(false) };
+                let Some(i) = mine else { return Ok(None) };
                 if s.pr.registrants[i].key != key {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let others: Vec<Arc<Nexus>> = s.pr.registrants.iter().map(|r| r.nexus.clone()).collect();
                 s.pr.registrants.clear();
@@ -358,12 +362,13 @@ impl Lun {
             }
             4 | 5 => {
                 // PREEMPT / PREEMPT AND ABORT
-                let Some(i) = mine else { return Ok(false) };
+                let Some(i) = mine else { return Ok(None) };
                 if s.pr.registrants[i].key != key {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                if !self.preempt(s, n, sark, scope, ty)? {
-                    return Ok(false);
+                let Some(gone) = self.preempt(s, n, sark, scope, ty)? else { return Ok(None) };
+                if sa == 5 {
+                    abort = gone;
                 }
             }
             _ => {
@@ -372,11 +377,13 @@ impl Lun {
             }
         }
         self.update_reserved(s);
-        Ok(true)
+        Ok(Some(abort))
     }
 
-    /// PREEMPT (AND ABORT); `Ok(false)` means RESERVATION CONFLICT.
-    fn preempt(&self, s: &mut Shared, n: &Arc<Nexus>, sark: u64, scope: u8, ty: u8) -> Result<bool, Sense> {
+    /// PREEMPT (AND ABORT); `Ok(None)` means RESERVATION CONFLICT.
+    /// PREEMPT: `None` is RESERVATION CONFLICT; otherwise the nexuses
+    /// whose registrations went (the issuer's own excepted).
+    fn preempt(&self, s: &mut Shared, n: &Arc<Nexus>, sark: u64, scope: u8, ty: u8) -> Result<Option<Vec<Arc<Nexus>>>, Sense> {
         let holder = s.pr.holder.clone();
         let check_type = |scope: u8, ty: u8| -> Result<(), Sense> {
             if scope != 0 {
@@ -387,7 +394,7 @@ impl Lun {
             }
             Ok(())
         };
-        match holder {
+        let gone: Vec<Arc<Nexus>> = match holder {
             Some(h) if all_registrants(h.kind) && sark == 0 => {
                 // Remove every other registrant; this nexus takes a new reservation.
                 check_type(scope, ty)?;
@@ -395,6 +402,7 @@ impl Lun {
                 s.pr.registrants.retain(|r| r.nexus.same(n));
                 s.pr.holder = Some(Holder { nexus: n.clone(), kind: ty });
                 self.raise_ua_for(s, Asc::REGISTRATIONS_PREEMPTED, |x| gone.iter().any(|g| g.same(x)));
+                gone
             }
             Some(h) if !all_registrants(h.kind) && s.pr.key_of(&h.nexus) == Some(sark) => {
                 // Preempt the holder: remove registrations with that key and
@@ -410,6 +418,7 @@ impl Lun {
                     let rest: Vec<Arc<Nexus>> = s.pr.registrants.iter().filter(|r| !r.nexus.same(n)).map(|r| r.nexus.clone()).collect();
                     self.raise_ua_for(s, Asc::RESERVATIONS_RELEASED, |x| rest.iter().any(|g| g.same(x)));
                 }
+                gone
             }
             _ => {
                 // No reservation, or the key is not the holder's: remove the
@@ -419,7 +428,7 @@ impl Lun {
                 }
                 let gone: Vec<Arc<Nexus>> = s.pr.registrants.iter().filter(|r| r.key == sark).map(|r| r.nexus.clone()).collect();
                 if gone.is_empty() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 for g in &gone {
                     if let Some(i) = s.pr.find(g) {
@@ -427,10 +436,11 @@ impl Lun {
                     }
                 }
                 self.raise_ua_for(s, Asc::REGISTRATIONS_PREEMPTED, |x| !x.same(n) && gone.iter().any(|g| g.same(x)));
+                gone.into_iter().filter(|g| !g.same(n)).collect()
             }
-        }
+        };
         s.pr.generation = s.pr.generation.wrapping_add(1);
-        Ok(true)
+        Ok(Some(gone))
     }
 
     fn register_and_move(&self, n: &Arc<Nexus>, cdb: &[u8; 16], param: &[u8]) -> Result<bool, Sense> {
