@@ -55,7 +55,24 @@ const HEADER_FIRST: u8 = 8;
 /// Reads per readiness visit before other connections get a turn.
 const READ_BUDGET: usize = 16;
 /// Task slots (commands outstanding at most, besides the window).
+/// A login redirection's TargetAddress (its portal group tag already cut
+/// off) as a socket address: an IPv4 or bracketed IPv6 address, with a
+/// port or the default 3260. Names are refused: `getaddrinfo` on the
+/// reactor stalled every bdev on it for the resolver's timeout.
+fn redirect_address(to: &str) -> Option<SocketAddr> {
+    if let Ok(a) = to.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let host = to.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(to);
+    host.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 3260))
+}
+
 const SLOTS: usize = 256;
+/// Slots SCSI commands never take: what task management, a NOP-Out ping,
+/// a Text or Logout request need when every command is outstanding (aborts
+/// that took the last slots left the LUN reset and the ping none, so a
+/// target that stopped answering commands hung the session for ever).
+const RESERVED_SLOTS: usize = 4;
 /// Resends of a command the target answered BUSY, TASK SET FULL or with a
 /// UNIT ATTENTION, before its status stands.
 const RETRIES: u8 = 5;
@@ -656,10 +673,11 @@ impl Session {
                     if st.redirects > 4 {
                         return Err(IscsiError::Login("more than 4 redirections".into()));
                     }
-                    let a: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(to.as_str())
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .ok_or_else(|| IscsiError::Login(format!("redirected to {to:?}, which is not an address")))?;
+                    let a = redirect_address(&to).ok_or_else(|| {
+                        IscsiError::Login(format!(
+                            "redirected to {to:?}: Pollux takes a numeric address there (a name would be resolved on the reactor, blocking it)"
+                        ))
+                    })?;
                     st.target_addr = a;
                     st.drop_conn(&self.group);
                     a
@@ -1255,7 +1273,7 @@ impl State {
             return false;
         }
         let mut any = false;
-        while !self.waiting.is_empty() && !self.free.is_empty() && serial_le(self.cmd_sn, self.max_cmd_sn) {
+        while !self.waiting.is_empty() && self.free.len() > RESERVED_SLOTS && serial_le(self.cmd_sn, self.max_cmd_sn) {
             let p = self.waiting.pop_front().expect("checked");
             let slot = self.take_slot().expect("checked");
             let itt = self.itt(slot);
@@ -1533,9 +1551,16 @@ impl State {
             op::TASK_MGMT_RESP => {
                 self.window(h);
                 self.stat(h);
-                let i = self
-                    .slot_of(h.itt())
-                    .ok_or_else(|| bad(format!("task management response for tag {:#x}, not outstanding", h.itt())))?;
+                let Some(i) = self.slot_of(h.itt()) else {
+                    // An ABORT TASK a LUN reset already ended (its slot was
+                    // let go then) may still be answered: nothing to do.
+                    tracing::debug!(
+                        "iscsi initiator: {}: task management response for tag {:#x}, not outstanding; ignored",
+                        self.target_addr,
+                        h.itt()
+                    );
+                    return Ok(());
+                };
                 let (func, ref_itt, io) = match std::mem::replace(&mut self.slots[i], Slot::Free) {
                     Slot::Tmf { func, ref_itt, io, .. } => (func, ref_itt, io),
                     other => {
@@ -1747,8 +1772,14 @@ impl State {
         if let Some(io) = io {
             self.done.push(Done::Io(io, if response == 0 { IoStatus::Success } else { IoStatus::Failed }));
         }
-        // The reset ended every command on the LUN: timed-out ones fail,
-        // the others go again.
+        // The reset ended every command on the LUN, and so the aborts still
+        // waiting for an answer (their slots stayed taken until the
+        // connection ended): timed-out commands fail, the others go again.
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i], Slot::Tmf { func: tmf::ABORT_TASK, .. }) {
+                self.free_slot(i);
+            }
+        }
         let mut again = Vec::new();
         for i in 0..self.slots.len() {
             if let Some(t) = self.take_task(i) {
@@ -1840,6 +1871,11 @@ impl State {
             return lost;
         }
         for (g, i, cmd_sn) in abort {
+            // Aborts leave two slots: one for the LUN reset, one for a ping.
+            if self.free.len() <= 2 {
+                reset = true;
+                break;
+            }
             let itt = (u32::from(g) << 16) | i as u32;
             tracing::warn!("iscsi initiator: {}: a command timed out; aborting it", self.target_addr);
             if self.send_tmf(tmf::ABORT_TASK, itt, cmd_sn, None).is_err() {
@@ -1848,7 +1884,10 @@ impl State {
         }
         if reset && !self.slots.iter().any(|s| matches!(s, Slot::Tmf { func: tmf::LOGICAL_UNIT_RESET, .. })) {
             tracing::warn!("iscsi initiator: {}: an abort went unanswered; resetting the LUN", self.target_addr);
-            let _ = self.send_tmf(tmf::LOGICAL_UNIT_RESET, RESERVED_TAG, 0, None);
+            if self.send_tmf(tmf::LOGICAL_UNIT_RESET, RESERVED_TAG, 0, None).is_err() {
+                // It was ignored: nothing then ever gave up on the connection.
+                return Some(IscsiError::Timeout("commands unanswered, and no slot left for a LOGICAL UNIT RESET".into()));
+            }
         }
         if let Some(iv) = self.cfg.nop_interval {
             if now.duration_since(self.last_rx) > iv && !self.slots.iter().any(|s| matches!(s, Slot::Nop { .. })) {
@@ -2094,5 +2133,115 @@ pub mod fuzzing {
         assert!(fed.completed <= cmds.len().min(16), "more completions than commands");
         assert_eq!(st.free.len(), SLOTS, "a task slot leaked");
         fed
+    }
+}
+
+/// What a target that stops answering, or answers strangely, makes of a
+/// session's slots (found in review, 2026-12-06; the state driven
+/// directly, without a socket).
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    type Results = Rc<RefCell<Vec<Result<ScsiResult, IscsiError>>>>;
+
+    fn ready() -> State {
+        let addr: SocketAddr = "127.0.0.1:3260".parse().unwrap();
+        let login = LoginParams::new("iqn.x:i", Some("iqn.x:t"), [0x80, 1, 2, 3, 0, 0]);
+        let mut st = State::new(SessionConfig::new(addr, login.clone(), 0), Box::new(|_| {}));
+        let mut n = Negotiated::defaults(&login);
+        n.tsih = 1;
+        st.neg = Some(n);
+        st.phase = Phase::Ready;
+        st.max_cmd_sn = 100_000;
+        st.down_since = None;
+        st
+    }
+
+    fn read(st: &mut State, done: &Rc<Cell<usize>>, res: &Results) {
+        let (d, r) = (done.clone(), res.clone());
+        let cb: ScsiCb = Box::new(move |x| {
+            d.set(d.get() + 1);
+            r.borrow_mut().push(x);
+        });
+        let origin = Origin::Own { buf: vec![0; 4096], cb };
+        st.waiting.push_back(Pending { origin, cdb: scsi::read(0, 8), len: 4096, write: false, retries: 0, lun: 0, payload: None });
+    }
+
+    fn run(st: &mut State) {
+        for d in std::mem::take(&mut st.done) {
+            if let Done::Scsi(cb, r) = d {
+                cb(r)
+            }
+        }
+    }
+
+    fn scsi_itts(st: &State) -> Vec<u32> {
+        (0..SLOTS).filter(|&i| matches!(st.slots[i], Slot::Scsi(_))).map(|i| st.itt(i as u16)).collect()
+    }
+
+    /// Every command outstanding and the target silent: the aborts took
+    /// the last slots, the LUN reset and the ping found none, and the
+    /// session never gave up on the connection (256 commands; 128 were
+    /// enough once aborts were out).
+    #[test]
+    fn a_silent_target_with_every_slot_wanted_loses_the_connection() {
+        let mut st = ready();
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        for _ in 0..SLOTS {
+            read(&mut st, &done, &res);
+        }
+        st.issue_waiting();
+        assert_eq!(scsi_itts(&st).len(), SLOTS - RESERVED_SLOTS, "commands leave the reserve");
+        let t0 = Instant::now();
+        let lost = (1..200u64).find_map(|k| st.check_ready(t0 + Duration::from_secs(31 * k)));
+        assert!(lost.is_some(), "the connection is given up");
+    }
+
+    /// ABORT TASK ignored, LOGICAL UNIT RESET answered: the reset ends the
+    /// aborts too (each kept its slot until the connection ended, so
+    /// after 255 such rounds no command could be sent).
+    #[test]
+    fn aborts_a_lun_reset_ended_give_their_slots_back() {
+        let mut st = ready();
+        st.cfg.nop_interval = None;
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        let mut now = Instant::now();
+        for round in 0..300 {
+            read(&mut st, &done, &res);
+            st.issue_waiting();
+            assert_eq!(scsi_itts(&st).len(), 1, "round {round}: the command went out");
+            now += Duration::from_secs(31);
+            assert!(st.check_ready(now).is_none(), "ABORT TASK out");
+            now += Duration::from_secs(31);
+            assert!(st.check_ready(now).is_none(), "LOGICAL UNIT RESET out");
+            let i = (0..SLOTS).find(|&i| matches!(st.slots[i], Slot::Tmf { func: tmf::LOGICAL_UNIT_RESET, .. })).expect("a LUN reset");
+            let mut h = Bhs::new(op::TASK_MGMT_RESP, 0x80);
+            h.itt.set(st.itt(i as u16));
+            st.handle(&h, &[]).unwrap();
+            // The timed-out command goes again; this time it is answered.
+            st.issue_waiting();
+            let mut r = Bhs::new(op::SCSI_RESP, 0x80);
+            r.itt.set(scsi_itts(&st)[0]);
+            st.handle(&r, &[]).unwrap();
+            run(&mut st);
+        }
+        assert_eq!(st.slots.iter().filter(|s| !matches!(s, Slot::Free)).count(), 0, "no slot held");
+        assert_eq!(done.get(), 300);
+        // A late answer to one of those aborts is ignored, not an error.
+        let mut h = Bhs::new(op::TASK_MGMT_RESP, 0x80);
+        h.itt.set(0x0001_0007);
+        assert!(st.handle(&h, &[]).is_ok());
+    }
+
+    #[test]
+    fn redirections_take_numeric_addresses_only() {
+        assert_eq!(redirect_address("10.0.0.2:3261"), Some("10.0.0.2:3261".parse().unwrap()));
+        assert_eq!(redirect_address("10.0.0.2"), Some("10.0.0.2:3260".parse().unwrap()));
+        assert_eq!(redirect_address("[fd00:10::5]:3262"), Some("[fd00:10::5]:3262".parse().unwrap()));
+        assert_eq!(redirect_address("[fd00:10::5]"), Some("[fd00:10::5]:3260".parse().unwrap()));
+        assert_eq!(redirect_address("target.example.com:3260"), None, "a name would block the reactor");
     }
 }
