@@ -61,6 +61,9 @@ pub struct ConfigRequest {
     /// Bind devices that hold data but are not in use. Never overrides a mount,
     /// swap or holder.
     pub force: bool,
+    /// Let the pool shrink to the amount asked for; without it a larger
+    /// pool is kept (free pages others may count on are not taken away).
+    pub shrink: bool,
 }
 
 /// What an operation did (or, with `--dry-run`, would do).
@@ -128,6 +131,14 @@ fn reserve_hugepages<O: Os>(sys: &System<O>, req: &ConfigRequest, nr_path: &std:
     let wanted = amount.pages(req.page_size_kb);
     if wanted == current {
         report.action(format!("{current} {size} hugepages{where_} already reserved"));
+        return Ok(current);
+    }
+    if wanted < current && !req.shrink {
+        // The default 2048 MiB shrank a pool of 16 GiB to 2 GiB, releasing
+        // pages other users (VMs, other DPDK programs) had set aside.
+        report.action(format!(
+            "{current} {size} hugepages{where_} already reserved, more than the {wanted} asked for (kept; --shrink gives the rest back)"
+        ));
         return Ok(current);
     }
     if req.dry_run {

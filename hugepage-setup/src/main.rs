@@ -87,6 +87,11 @@ struct ConfigArgs {
     /// use. Never binds a mounted, swapped-on or held device.
     #[arg(long)]
     force: bool,
+    /// Let the pool shrink to the amount asked for (without it, a pool
+    /// already larger is kept, as SPDK's setup.sh keeps it unless
+    /// SHRINK_HUGE=yes).
+    #[arg(long)]
+    shrink: bool,
 }
 
 fn print_report(report: &Report) -> ExitCode {
@@ -137,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 user: args.user,
                 dry_run: args.dry_run,
                 force: args.force,
+                shrink: args.shrink,
             };
             Ok(print_report(&pollux_setup::config(&sys, &req)?))
         }

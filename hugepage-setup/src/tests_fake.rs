@@ -20,6 +20,7 @@ fn request() -> ConfigRequest {
         user: None,
         dry_run: false,
         force: false,
+        shrink: false,
     }
 }
 
@@ -222,4 +223,20 @@ fn cleanup_removes_only_stale_files() {
     let mut left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     left.sort();
     assert_eq!(left, ["pollux_pid200_0", "rtemap_0", "rtemap_1"]);
+}
+
+/// A pool already larger than asked for is kept unless `--shrink`: the
+/// default 2048 MiB shrank a larger pool, releasing pages others had set
+/// aside (found in review, 2026-12-06; SPDK's setup.sh keeps it too).
+#[test]
+fn a_larger_pool_is_kept_unless_shrinking_is_asked_for() {
+    let fake = Fake::new();
+    let nr = fake.root().join("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    config(&fake.sys, &ConfigRequest { hugepages: Some(Amount::Pages(100)), ..request() }).unwrap();
+    assert_eq!(std::fs::read_to_string(&nr).unwrap(), "100");
+    let report = config(&fake.sys, &request()).unwrap();
+    assert_eq!(std::fs::read_to_string(&nr).unwrap(), "100", "64 MiB asked for, 200 MiB kept");
+    assert!(report.actions.iter().any(|a| a.contains("kept; --shrink")), "{:?}", report.actions);
+    config(&fake.sys, &ConfigRequest { shrink: true, ..request() }).unwrap();
+    assert_eq!(std::fs::read_to_string(&nr).unwrap(), "32");
 }
