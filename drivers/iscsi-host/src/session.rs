@@ -308,6 +308,9 @@ struct State {
     /// Since when the session has had no logged-in connection (requests
     /// waiting longer than the command timeout fail).
     down_since: Option<Instant>,
+    /// Since when commands have waited behind a closed command window
+    /// (MaxCmdSN below the next CmdSN).
+    closed_since: Option<Instant>,
     /// Next reconnection attempt, and the back-off.
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -922,6 +925,7 @@ impl State {
             since: now,
             last_rx: now,
             down_since: Some(now),
+            closed_since: None,
             retry_at: None,
             backoff: Duration::from_millis(250),
             was_up: false,
@@ -1820,6 +1824,24 @@ impl State {
 
     fn check_ready(&mut self, now: Instant) -> Option<IscsiError> {
         let t = self.cfg.cmd_timeout;
+        // Commands waiting for the window had no timeout: a target that
+        // kept it closed (answering pings all the while) held them for
+        // ever. Past a command timeout they fail, and the connection
+        // goes (a new login opens a new window).
+        if self.waiting.is_empty() || serial_le(self.cmd_sn, self.max_cmd_sn) {
+            self.closed_since = None;
+        } else {
+            let since = *self.closed_since.get_or_insert(now);
+            let limit = t.unwrap_or(Duration::from_secs(30));
+            if now.duration_since(since) > limit {
+                let why = format!("the target kept its command window closed for {} s", limit.as_secs());
+                tracing::warn!("iscsi initiator: {}: {why}: failing {} waiting commands", self.target_addr, self.waiting.len());
+                let mut d = self.fail_waiting(&IscsiError::Timeout(why.clone()));
+                self.done.append(&mut d);
+                self.closed_since = None;
+                return Some(IscsiError::Timeout(why));
+            }
+        }
         let mut abort = Vec::new();
         let mut reset = false;
         let mut lost = None;
@@ -1916,10 +1938,22 @@ impl State {
     fn requeue_all(&mut self) {
         let mut again = Vec::new();
         for i in 0..self.slots.len() {
-            if let Some(t) = self.take_task(i) {
+            if let Some(mut t) = self.take_task(i) {
                 if t.timed_out {
                     self.retry_or_fail(t, "ended with the connection");
+                } else if t.p.retries >= RETRIES {
+                    // On the wire each time the connection went, RETRIES + 1
+                    // times: a command the target answers by dropping the
+                    // connection (a Reject naming it, say) was sent again for
+                    // ever, the session reconnecting four times a second.
+                    tracing::warn!(
+                        "iscsi initiator: {}: a command was outstanding at {} lost connections; it fails",
+                        self.target_addr,
+                        RETRIES + 1
+                    );
+                    self.complete(t, Err(IscsiError::Closed));
                 } else {
+                    t.p.retries += 1;
                     again.push(t);
                 }
                 continue;
@@ -2234,6 +2268,53 @@ mod tests {
         let mut h = Bhs::new(op::TASK_MGMT_RESP, 0x80);
         h.itt.set(0x0001_0007);
         assert!(st.handle(&h, &[]).is_ok());
+    }
+
+    /// A command the target answers by dropping the connection every time
+    /// (a Reject naming it): it was sent again for ever.
+    #[test]
+    fn a_command_that_always_loses_the_connection_fails() {
+        let mut st = ready();
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        read(&mut st, &done, &res);
+        st.issue_waiting();
+        for round in 0..=RETRIES {
+            let itt = scsi_itts(&st)[0];
+            let mut rej = Bhs::new(op::REJECT, 0x80);
+            rej.b2 = 0x04;
+            rej.itt.set(RESERVED_TAG);
+            let mut cmd = Bhs::new(op::SCSI_CMD, 0x81);
+            cmd.itt.set(itt);
+            assert!(st.handle(&rej, cmd.as_bytes()).is_err(), "round {round}");
+            // What losing the connection and logging in again do.
+            st.requeue_all();
+            st.phase = Phase::Ready;
+            st.issue_waiting();
+            run(&mut st);
+        }
+        assert_eq!(done.get(), 1, "it failed after {} lost connections", RETRIES + 1);
+        assert!(matches!(res.borrow()[0], Err(IscsiError::Closed)));
+    }
+
+    /// MaxCmdSN kept below the next CmdSN, pings answered: the command
+    /// waited for ever.
+    #[test]
+    fn commands_behind_a_window_kept_closed_fail_and_the_connection_goes() {
+        let mut st = ready();
+        st.max_cmd_sn = st.cmd_sn.wrapping_sub(1);
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        read(&mut st, &done, &res);
+        st.issue_waiting();
+        assert_eq!(st.waiting.len(), 1, "the window is closed");
+        let t0 = Instant::now();
+        let lost = (1..100u64).find_map(|k| {
+            st.last_rx = t0 + Duration::from_secs(31 * k);
+            st.check_ready(t0 + Duration::from_secs(31 * k))
+        });
+        assert!(matches!(lost, Some(IscsiError::Timeout(ref w)) if w.contains("window")), "{lost:?}");
+        run(&mut st);
+        assert_eq!(done.get(), 1);
+        assert!(matches!(res.borrow()[0], Err(IscsiError::Timeout(_))));
     }
 
     #[test]
