@@ -678,6 +678,37 @@ where
     map_reactors(f, move |_| then());
 }
 
+/// Run `f` on every reactor in turn (0, 1, ...), each passing on to the
+/// next only when it calls the continuation `f` is given (at once, or
+/// later, from a completion on that reactor); then `then` on the calling
+/// reactor. For a change every reactor must finish with before the caller
+/// goes on (a reservation fence waiting for commands to drain).
+pub fn for_each_reactor_in_turn<F, G>(f: F, then: G)
+where
+    F: Fn(Box<dyn FnOnce()>) + Send + Sync + 'static,
+    G: FnOnce() + Send + 'static,
+{
+    struct Chain<F> {
+        f: Arc<F>,
+        at: usize,
+        origin: ReactorId,
+        then: Box<dyn FnOnce() + Send>,
+    }
+    fn step<F: Fn(Box<dyn FnOnce()>) + Send + Sync + 'static>(c: Chain<F>) {
+        let f = c.f.clone();
+        f(Box::new(move || {
+            let next = c.at + 1;
+            if next == count() {
+                send_msg(c.origin, c.then);
+            } else {
+                send_msg(ReactorId(next), move || step(Chain { at: next, ..c }));
+            }
+        }));
+    }
+    let c = Chain { f: Arc::new(f), at: 0, origin: current(), then: Box::new(then) };
+    send_msg(ReactorId(0), move || step(c));
+}
+
 /// Register a poller that runs every iteration.
 pub fn register_poller(name: &str, f: impl FnMut() -> PollStatus + 'static) -> Poller {
     with_current(|r| r.pollers.register(r.me.clone(), name, 0, r.stats.last.get(), Box::new(f)))

@@ -51,6 +51,35 @@ fn for_each_reactor_visits_in_order_then_returns_home() {
 }
 
 #[test]
+fn for_each_reactor_in_turn_waits_for_each_continuation() {
+    let h = Harness::new(3);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s, s2) = (seen.clone(), seen.clone());
+    h.on(2, move || {
+        for_each_reactor_in_turn(
+            move |next| {
+                s.lock().unwrap().push(current().0);
+                // Reactor 1 hands on only from a later message.
+                if current().0 == 1 {
+                    thread_local!(static HELD: std::cell::RefCell<Option<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(None) });
+                    HELD.with(|h| *h.borrow_mut() = Some(next));
+                    let s = s.clone();
+                    send_msg(current(), move || {
+                        s.lock().unwrap().push(50);
+                        HELD.with(|h| h.borrow_mut().take()).expect("held")()
+                    });
+                } else {
+                    next()
+                }
+            },
+            move || s2.lock().unwrap().push(100 + current().0),
+        )
+    });
+    h.run_until_idle(100);
+    assert_eq!(*seen.lock().unwrap(), vec![0, 1, 50, 2, 102], "reactor 2 waited for reactor 1's continuation");
+}
+
+#[test]
 fn map_reactors_collects_one_result_per_reactor() {
     let h = Harness::new(4);
     let out = Arc::new(Mutex::new(None));

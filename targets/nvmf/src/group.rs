@@ -200,33 +200,16 @@ pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, 
 /// finish before the command does (SPDK waits for them too); new ones meet
 /// the new state.
 pub fn publish_resv_fenced(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
-    struct Chain {
-        subsystem_id: u32,
-        nsid: u32,
-        resv: Option<Arc<ResvState>>,
-        at: usize,
-        origin: reactor::ReactorId,
-        then: Box<dyn FnOnce() + Send>,
-    }
-    fn next(mut c: Chain) {
-        c.at += 1;
-        if c.at == reactor::count() {
-            reactor::send_msg(c.origin, c.then);
-        } else {
-            reactor::send_msg(reactor::ReactorId(c.at), move || step(c));
-        }
-    }
-    fn step(c: Chain) {
-        match subsystem(c.subsystem_id).namespace(c.nsid) {
+    reactor::for_each_reactor_in_turn(
+        move |next| match subsystem(subsystem_id).namespace(nsid) {
             Some(ns) => {
-                *ns.resv.borrow_mut() = c.resv.clone();
-                ns.fence(Box::new(move || next(c)));
+                *ns.resv.borrow_mut() = resv.clone();
+                ns.fence(next);
             }
-            None => next(c),
-        }
-    }
-    let c = Chain { subsystem_id, nsid, resv, at: 0, origin: reactor::current(), then: Box::new(then) };
-    reactor::send_msg(reactor::ReactorId(0), move || step(c));
+            None => next(),
+        },
+        then,
+    );
 }
 
 /// Forget a deleted subsystem on every reactor.

@@ -102,12 +102,11 @@ impl std::fmt::Debug for Drain {
 
 impl Drain {
     fn new(conn: u64, itt: u32) -> Arc<Drain> {
-        Arc::new(Drain {
-            left: AtomicUsize::new(1),
-            reactor: reactor::current(),
-            then: Then::Tmf { conn, itt },
-            response: AtomicU8::new(response::COMPLETE),
-        })
+        Drain::with(Then::Tmf { conn, itt })
+    }
+
+    fn with(then: Then) -> Arc<Drain> {
+        Arc::new(Drain { left: AtomicUsize::new(1), reactor: reactor::current(), then, response: AtomicU8::new(response::COMPLETE) })
     }
 
     fn hold(&self) {
@@ -155,16 +154,21 @@ fn abort_in_session(s: &Session, pred: impl Fn(u32, u64) -> bool, fate: Fate, dr
 /// A reset from session `from`: abort the tasks of the target's other
 /// sessions on `lun` (every LUN if `None`), wherever they live.
 fn abort_other_sessions(from: &Session, lun: Option<u64>, drain: &Arc<Drain>) {
+    let me = from.tsih;
+    abort_in_target(from, lun, move |s| s.tsih != me, drain);
+}
+
+/// Abort, with TASK ABORTED, the tasks on `lun` (every LUN if `None`) of
+/// the sessions of `from`'s target that `which` picks, each on its own
+/// reactor; `drain` holds until they have finished.
+fn abort_in_target(from: &Session, lun: Option<u64>, which: impl Fn(&Session) -> bool + Clone + Send + 'static, drain: &Arc<Drain>) {
     let Some(target) = &from.target else { return };
     for (tsih, e) in session::of_target(target) {
-        if tsih == from.tsih {
-            continue;
-        }
         drain.hold();
-        let d = drain.clone();
+        let (d, which) = (drain.clone(), which.clone());
         reactor::send_msg(e.reactor, move || {
             let s = Group::try_get().and_then(|g| g.sessions.borrow().get(&tsih).cloned());
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|s| which(s)) {
                 abort_in_session(&s, |_, l| lun.is_none_or(|x| x == l), Fate::TaskAborted, &d);
             }
             d.release();
@@ -181,28 +185,10 @@ pub(crate) fn complete_after_aborting(from: &Session, lun: u64, nexuses: Vec<Arc
     use pollux_core::reactor::task;
     use pollux_scsi::ScsiCommand;
     let slot = SendSlot::new();
-    let drain = Arc::new(Drain {
-        left: AtomicUsize::new(1),
-        reactor: reactor::current(),
-        then: Then::Wake(slot.clone()),
-        response: AtomicU8::new(0),
-    });
+    let drain = Drain::with(Then::Wake(slot.clone()));
     let nexuses = Arc::new(nexuses);
-    if let Some(target) = &from.target {
-        for (tsih, e) in session::of_target(target) {
-            drain.hold();
-            let (d, nexuses) = (drain.clone(), nexuses.clone());
-            reactor::send_msg(e.reactor, move || {
-                let s = Group::try_get().and_then(|g| g.sessions.borrow().get(&tsih).cloned());
-                if let Some(s) = s {
-                    if s.port(lun).is_some_and(|p| nexuses.iter().any(|n| n.same(p.nexus()))) {
-                        abort_in_session(&s, |_, l| l == lun, Fate::TaskAborted, &d);
-                    }
-                }
-                d.release();
-            });
-        }
-    }
+    let preempted = move |s: &Session| s.port(lun).is_some_and(|p| nexuses.iter().any(|n| n.same(p.nexus())));
+    abort_in_target(from, Some(lun), preempted, &drain);
     drain.release();
     task::spawn_local(async move {
         slot.await;

@@ -71,6 +71,15 @@ impl PrState {
         self.registrants.iter().position(|r| r.nexus.same(n))
     }
 
+    /// A new registration, within [`MAX_REGISTRANTS`].
+    fn add(&mut self, nexus: Arc<Nexus>, key: u64) -> Result<(), Sense> {
+        if self.registrants.len() >= MAX_REGISTRANTS {
+            return Err(Sense::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+        }
+        self.registrants.push(Registrant { nexus, key });
+        Ok(())
+    }
+
     fn key_of(&self, n: &Nexus) -> Option<u64> {
         self.find(n).map(|i| self.registrants[i].key)
     }
@@ -149,8 +158,8 @@ impl Lun {
         if s.pr.registrants.is_empty() {
             return None;
         }
-        let registrant_holds =
-            s.pr.holder.as_ref().is_some_and(|h| registrants_only(h.kind) || all_registrants(h.kind)) && s.pr.find(n).is_some();
+        // `is_holder` covers every registrant of an all-registrants type.
+        let registrant_holds = s.pr.holder.as_ref().is_some_and(|h| registrants_only(h.kind)) && s.pr.find(n).is_some();
         Some(s.pr.is_holder(n) || registrant_holds)
     }
 
@@ -283,10 +292,7 @@ impl Lun {
                             return Ok(None);
                         }
                         if sark != 0 {
-                            if s.pr.registrants.len() >= MAX_REGISTRANTS {
-                                return Err(Sense::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES));
-                            }
-                            s.pr.registrants.push(Registrant { nexus: n.clone(), key: sark });
+                            s.pr.add(n.clone(), sark)?;
                             s.pr.generation = s.pr.generation.wrapping_add(1);
                         }
                     }
@@ -380,9 +386,9 @@ impl Lun {
         Ok(Some(abort))
     }
 
-    /// PREEMPT (AND ABORT); `Ok(None)` means RESERVATION CONFLICT.
-    /// PREEMPT: `None` is RESERVATION CONFLICT; otherwise the nexuses
-    /// whose registrations went (the issuer's own excepted).
+    /// PREEMPT (AND ABORT): `Ok(None)` means RESERVATION CONFLICT;
+    /// otherwise the nexuses whose registrations went (the issuer's own
+    /// excepted).
     fn preempt(&self, s: &mut Shared, n: &Arc<Nexus>, sark: u64, scope: u8, ty: u8) -> Result<Option<Vec<Arc<Nexus>>>, Sense> {
         let holder = s.pr.holder.clone();
         let check_type = |scope: u8, ty: u8| -> Result<(), Sense> {
@@ -494,8 +500,7 @@ impl Lun {
         }
         match s.pr.find(&dest) {
             Some(j) => s.pr.registrants[j].key = sark,
-            None if s.pr.registrants.len() >= MAX_REGISTRANTS => return Err(Sense::illegal(Asc::INSUFFICIENT_REGISTRATION_RESOURCES)),
-            None => s.pr.registrants.push(Registrant { nexus: dest.clone(), key: sark }),
+            None => s.pr.add(dest.clone(), sark)?,
         }
         s.pr.holder = Some(Holder { nexus: dest, kind: h.kind });
         if unreg {
