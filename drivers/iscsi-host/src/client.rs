@@ -201,6 +201,15 @@ impl Initiator {
     }
 }
 
+/// A block read or write that left a residual (GOOD status, some bytes
+/// not moved) did not do what it was asked.
+fn short(residual: u32, len: usize, what: &str) -> Result<(), IscsiError> {
+    if residual == 0 {
+        return Ok(());
+    }
+    Err(IscsiError::Scsi(format!("short {what}: {residual} of {len} bytes not transferred")))
+}
+
 /// Log out of every session, then reply.
 fn close_all(mut all: Vec<Rc<Session>>, reply: Reply<Result<(), IscsiError>>) {
     match all.pop() {
@@ -243,7 +252,9 @@ impl Lun<'_> {
     /// Read `blocks` blocks from block `lba`.
     pub fn read(&self, lba: u64, blocks: u64) -> Result<Vec<u8>, IscsiError> {
         let len = self.check(lba, blocks)?;
-        Ok(self.command(self.lun, scsi::read(lba, blocks as u32), Vec::new(), len as u32)?.ok()?.data)
+        let r = self.command(self.lun, scsi::read(lba, blocks as u32), Vec::new(), len as u32)?.ok()?;
+        short(r.residual, len, "read")?;
+        Ok(r.data)
     }
 
     /// Write `data` (whole blocks) from block `lba`.
@@ -254,7 +265,8 @@ impl Lun<'_> {
         }
         let blocks = (data.len() / bs) as u64;
         self.check(lba, blocks)?;
-        self.command(self.lun, scsi::write(lba, blocks as u32, false), data.to_vec(), 0)?.ok().map(|_| ())
+        let r = self.command(self.lun, scsi::write(lba, blocks as u32, false), data.to_vec(), 0)?.ok()?;
+        short(r.residual, data.len(), "write")
     }
 
     /// SYNCHRONIZE CACHE of the whole LUN.

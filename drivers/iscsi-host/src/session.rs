@@ -8,7 +8,12 @@
 //! the target's window (MaxCmdSN) is open; the rest wait in order. Writes
 //! carry immediate data and unsolicited Data-Out as negotiated, then
 //! answer each R2T with Data-Out PDUs of at most the target's
-//! MaxRecvDataSegmentLength. Data-In is checked against what was asked
+//! MaxRecvDataSegmentLength. With one R2T outstanding, data sequences in
+//! order and no recovery (what we negotiate), each R2T must carry the next
+//! R2TSN and ask for the bytes right after those already sent: a repeated
+//! or out-of-order R2T drops the connection. A write completes as done
+//! only if every byte went out and the target reports no residual; a read
+//! only if every byte came in. Data-In is checked against what was asked
 //! and lands in the request's buffers at its offset: a large data segment
 //! is read from the socket straight into them (no copy through the
 //! receive buffer), a small one is copied from it; status comes in the
@@ -135,6 +140,11 @@ pub struct ScsiResult {
     pub sense: Option<Sense>,
     /// Data read (truncated to what came).
     pub data: Vec<u8>,
+    /// Bytes of the transfer not done: the residual the target reported
+    /// (underflow), or what did not move, whichever is larger. An
+    /// allocation length larger than the answer leaves one; a block read
+    /// or write with one is short.
+    pub residual: u32,
 }
 
 impl ScsiResult {
@@ -194,8 +204,13 @@ struct Pending {
 struct Task {
     p: Pending,
     cmd_sn: u32,
-    /// Bytes moved so far: received, or sent (immediate and Data-Out).
+    /// Bytes moved so far: received, or sent (immediate and Data-Out),
+    /// always a prefix of the transfer.
     moved: u32,
+    /// The R2TSN the next R2T must carry.
+    r2t_sn: u32,
+    /// The underflow residual the target reported with the status.
+    residual: u32,
     at: Instant,
     /// An ABORT TASK or LUN reset for it is out (since `at`).
     aborting: bool,
@@ -1283,7 +1298,7 @@ impl State {
             let itt = self.itt(slot);
             let cmd_sn = self.cmd_sn;
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
-            let mut t = Task { p, cmd_sn, moved: 0, at: Instant::now(), aborting: false, timed_out: false };
+            let mut t = Task { p, cmd_sn, moved: 0, r2t_sn: 0, residual: 0, at: Instant::now(), aborting: false, timed_out: false };
             self.send_command(itt, &mut t);
             self.slots[slot as usize] = Slot::Scsi(t);
             any = true;
@@ -1391,7 +1406,11 @@ impl State {
             sent += k;
             data_sn += 1;
         }
-        t.moved = t.moved.max(at + n);
+        // Only a prefix counts: bytes past a gap were not asked for in
+        // order (R2Ts are checked to follow on; unsolicited data does).
+        if at <= t.moved {
+            t.moved = t.moved.max(at + n);
+        }
     }
 
     fn send_tmf(&mut self, func: u8, ref_itt: u32, ref_cmd_sn: u32, io: Option<BdevIo>) -> Result<(), Option<BdevIo>> {
@@ -1505,7 +1524,7 @@ impl State {
                 } else {
                     None
                 };
-                self.finish(i, h.b3, sense);
+                self.finish(i, h.b3, sense, underflow(h));
             }
             op::R2T => {
                 self.window(h);
@@ -1520,11 +1539,25 @@ impl State {
                     }
                 };
                 let max_burst = self.neg.as_ref().map_or(u32::MAX, |x| x.max_burst);
-                if !t.p.write || n == 0 || n > max_burst || u64::from(off) + u64::from(n) > u64::from(t.p.len) {
-                    let why = format!("R2T for {n} bytes at {off} of a {}-byte transfer", t.p.len);
+                let r2t_sn = h.w36.get();
+                // One R2T outstanding, sequences in order, no recovery R2Ts
+                // (error recovery level 0): each asks for the next bytes,
+                // once, under the next R2TSN.
+                if !t.p.write
+                    || n == 0
+                    || n > max_burst
+                    || u64::from(off) + u64::from(n) > u64::from(t.p.len)
+                    || off != t.moved
+                    || r2t_sn != t.r2t_sn
+                {
+                    let why = format!(
+                        "R2T {r2t_sn} for {n} bytes at {off} of a {}-byte transfer ({} bytes sent, R2TSN {} expected)",
+                        t.p.len, t.moved, t.r2t_sn
+                    );
                     self.slots[i] = Slot::Scsi(t);
                     return Err(bad(why));
                 }
+                t.r2t_sn = t.r2t_sn.wrapping_add(1);
                 self.send_data_out(itt, ttt, &mut t, off, n);
                 self.slots[i] = Slot::Scsi(t);
             }
@@ -1672,13 +1705,14 @@ impl State {
                 return Err(IscsiError::Protocol("Data-In with status but not final".into()));
             }
             self.stat(h);
-            self.finish(i, h.b3, None);
+            self.finish(i, h.b3, None, underflow(h));
         }
         Ok(())
     }
 
-    fn finish(&mut self, i: usize, status: u8, sense: Option<Sense>) {
-        if let Some(t) = self.take_task(i) {
+    fn finish(&mut self, i: usize, status: u8, sense: Option<Sense>, residual: u32) {
+        if let Some(mut t) = self.take_task(i) {
+            t.residual = residual;
             self.complete(t, Ok((status, sense)));
         }
     }
@@ -1715,19 +1749,24 @@ impl State {
             }
         }
         let got = t.moved;
-        let short = !t.p.write && got < t.p.len;
+        let residual = t.residual.max(t.p.len.saturating_sub(got));
         match t.p.origin {
             Origin::Own { mut buf, cb } => {
                 let r = outcome.map(|(status, sense)| {
                     buf.truncate(got as usize);
-                    ScsiResult { status, sense, data: if t.p.write { Vec::new() } else { buf } }
+                    ScsiResult { status, sense, data: if t.p.write { Vec::new() } else { buf }, residual }
                 });
                 self.done.push(Done::Scsi(cb, r));
             }
             Origin::Bdev { parent, .. } => {
                 let s = match outcome {
-                    Ok((scsi::status::GOOD, _)) if short => {
-                        tracing::warn!("iscsi initiator: a read completed with {got} of {} bytes", t.p.len);
+                    Ok((scsi::status::GOOD, _)) if residual > 0 => {
+                        let what = if t.p.write { "write" } else { "read" };
+                        tracing::warn!(
+                            "iscsi initiator: a {what} completed with {got} of {} bytes moved, residual {}",
+                            t.p.len,
+                            t.residual
+                        );
                         IoStatus::Failed
                     }
                     Ok((scsi::status::GOOD, _)) => IoStatus::Success,
@@ -2017,6 +2056,12 @@ impl State {
 }
 
 /// A bdev status for a SCSI status and sense.
+/// The underflow residual a SCSI Response or final Data-In reports (its
+/// U bit and residual count), 0 if none.
+fn underflow(h: &Bhs) -> u32 {
+    if h.flags & 0x02 != 0 { h.w44.get() } else { 0 }
+}
+
 fn io_status(status: u8, sense: Option<&Sense>) -> IoStatus {
     if status == scsi::status::TASK_ABORTED {
         return IoStatus::Aborted;
@@ -2050,14 +2095,23 @@ pub mod fuzzing {
         pub fault: Option<String>,
         /// The data of each read that completed with a status, in order.
         pub read: Vec<Vec<u8>>,
+        /// With time running (bit 6): seconds the target, alive but
+        /// silent after the input, took to make the session give up or
+        /// finish its commands.
+        pub ended_after_s: Option<u64>,
     }
 
     /// `flags`: bit 0 start in the login (else logged in), bit 1 header
     /// digests, bit 2 data digests, bit 3 immediate data off, bit 4
     /// InitialR2T, bit 5 the input arrives in pieces of 61 bytes and Data-In
     /// segments of 32 bytes or more are read straight into their buffers
-    /// (as large ones are from a socket). `cmds`: (write, bytes) of commands outstanding at the
-    /// start. `input`: what the target sends.
+    /// (as large ones are from a socket), bit 6 time runs: 8 s pass with
+    /// each piece (timeouts, aborts, LUN resets and pings happen as they
+    /// would), and after the input the target stays alive (its pings
+    /// answered) but silent until the session gives up on the connection
+    /// or has no command left; it must, within an hour. `cmds`: (write,
+    /// bytes) of commands outstanding at the start. `input`: what the
+    /// target sends.
     pub fn feed(flags: u8, cmds: &[(bool, u32)], input: &[u8]) -> Fed {
         let addr: SocketAddr = "127.0.0.1:3260".parse().expect("address");
         let mut login = LoginParams::new("iqn.2026-12.io.pollux:fuzz", Some("iqn.2026-12.io.pollux:target"), [0x80, 1, 2, 3, 0, 0]);
@@ -2073,6 +2127,7 @@ pub mod fuzzing {
             4096
         };
         let mut fed = Fed::default();
+        let mut now = Instant::now();
         if flags & 1 != 0 {
             let mut l = Login::new(login, 0, 1);
             let first = l.start();
@@ -2149,6 +2204,33 @@ pub mod fuzzing {
             }
             st.issue_waiting();
             assert!(st.rx_end <= st.rx.len());
+            if flags & 0x40 != 0 && fed.fault.is_none() && st.phase == Phase::Ready {
+                now += Duration::from_secs(8);
+                if let Some(e) = st.check_ready(now) {
+                    fed.fault = Some(e.to_string());
+                }
+                st.issue_waiting();
+            }
+        }
+        if flags & 0x40 != 0 && fed.fault.is_none() && st.phase == Phase::Ready {
+            let start = now;
+            let busy = |st: &State| !st.waiting.is_empty() || st.slots.iter().any(|s| matches!(s, Slot::Scsi(_)));
+            while busy(&st) && fed.fault.is_none() {
+                assert!(now.duration_since(start) < Duration::from_secs(3600), "commands held for an hour by a live, silent target");
+                now += Duration::from_secs(5);
+                // Alive: its pings come, ours are answered.
+                st.last_rx = now;
+                for i in 0..SLOTS {
+                    if matches!(st.slots[i], Slot::Nop { .. }) {
+                        st.free_slot(i);
+                    }
+                }
+                if let Some(e) = st.check_ready(now) {
+                    fed.fault = Some(e.to_string());
+                }
+                st.issue_waiting();
+            }
+            fed.ended_after_s = Some(now.duration_since(start).as_secs());
         }
         fed.pdus_out = st.tx.len();
         // A fault ends the connection: what was outstanding goes again or fails.
@@ -2315,6 +2397,140 @@ mod tests {
         run(&mut st);
         assert_eq!(done.get(), 1);
         assert!(matches!(res.borrow()[0], Err(IscsiError::Timeout(_))));
+    }
+
+    /// A 64 KiB write: 8 KiB go as immediate data, the rest waits for R2Ts.
+    fn write(st: &mut State, done: &Rc<Cell<usize>>, res: &Results) -> u32 {
+        let (d, r) = (done.clone(), res.clone());
+        let cb: ScsiCb = Box::new(move |x| {
+            d.set(d.get() + 1);
+            r.borrow_mut().push(x);
+        });
+        let origin = Origin::Own { buf: vec![0x5a; 65536], cb };
+        st.waiting.push_back(Pending {
+            origin,
+            cdb: scsi::write(0, 128, false),
+            len: 65536,
+            write: true,
+            retries: 0,
+            lun: 0,
+            payload: None,
+        });
+        st.issue_waiting();
+        scsi_itts(st)[0]
+    }
+
+    fn r2t(itt: u32, r2t_sn: u32, off: u32, n: u32) -> Bhs {
+        let mut h = Bhs::new(op::R2T, 0x80);
+        h.itt.set(itt);
+        h.w20.set(0x100 + r2t_sn);
+        h.w36.set(r2t_sn);
+        h.w40.set(off);
+        h.w44.set(n);
+        h
+    }
+
+    fn good(itt: u32, underflow: Option<u32>) -> Bhs {
+        let mut h = Bhs::new(op::SCSI_RESP, 0x80);
+        h.itt.set(itt);
+        if let Some(n) = underflow {
+            h.flags |= 0x02;
+            h.w44.set(n);
+        }
+        h
+    }
+
+    fn residual(res: &Results) -> u32 {
+        match &res.borrow()[0] {
+            Ok(r) => {
+                assert_eq!(r.status, scsi::status::GOOD);
+                r.residual
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// GOOD before the target asked for most of a write's data: the
+    /// write was answered done (and a bdev write succeeded) with 56 KiB
+    /// never sent.
+    #[test]
+    fn a_write_answered_before_its_data_was_asked_for_is_short() {
+        let mut st = ready();
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        let itt = write(&mut st, &done, &res);
+        st.handle(&r2t(itt, 0, 8192, 16384), &[]).unwrap();
+        st.handle(&good(itt, None), &[]).unwrap();
+        run(&mut st);
+        assert_eq!(done.get(), 1);
+        assert_eq!(residual(&res), 65536 - 8192 - 16384);
+    }
+
+    /// Every byte sent, but the target says it took fewer (GOOD with the
+    /// underflow bit): short.
+    #[test]
+    fn a_write_with_an_underflow_residual_is_short() {
+        let mut st = ready();
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        let itt = write(&mut st, &done, &res);
+        st.handle(&r2t(itt, 0, 8192, 65536 - 8192), &[]).unwrap();
+        st.handle(&good(itt, Some(4096)), &[]).unwrap();
+        run(&mut st);
+        assert_eq!(residual(&res), 4096);
+        // The whole write, no residual: done.
+        let res2 = Results::default();
+        let itt = write(&mut st, &done, &res2);
+        st.handle(&r2t(itt, 0, 8192, 32768), &[]).unwrap();
+        st.handle(&r2t(itt, 1, 8192 + 32768, 65536 - 8192 - 32768), &[]).unwrap();
+        st.handle(&good(itt, None), &[]).unwrap();
+        run(&mut st);
+        assert_eq!(residual(&res2), 0);
+    }
+
+    /// A repeated R2T made us send its range again (a 48-byte PDU asking
+    /// for up to MaxBurstLength each time); one out of order or behind
+    /// what was sent is as wrong under what we negotiate.
+    #[test]
+    fn repeated_or_out_of_order_r2ts_drop_the_connection() {
+        for (sn, off) in [(0, 8192), (1, 0), (1, 16384 + 4096), (2, 16384)] {
+            let mut st = ready();
+            let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+            let itt = write(&mut st, &done, &res);
+            st.handle(&r2t(itt, 0, 8192, 8192), &[]).unwrap();
+            let sent = st.tx.len();
+            let e = st.handle(&r2t(itt, sn, off, 8192), &[]).expect_err("R2T refused");
+            assert!(matches!(e, IscsiError::Protocol(_)), "{e}");
+            assert_eq!(st.tx.len(), sent, "R2T {sn} at {off}: nothing sent for it");
+        }
+    }
+
+    /// Half a read and GOOD: the bytes that did not come are a residual
+    /// (a block read through `Lun::read` fails on it).
+    #[test]
+    fn a_read_answered_with_half_its_data_is_short() {
+        let mut st = ready();
+        let (done, res) = (Rc::new(Cell::new(0)), Results::default());
+        read(&mut st, &done, &res);
+        st.issue_waiting();
+        let itt = scsi_itts(&st)[0];
+        let mut h = Bhs::new(op::DATA_IN, 0x81);
+        h.itt.set(itt);
+        h.set_data_len(2048);
+        st.handle(&h, &[7; 2048]).unwrap();
+        run(&mut st);
+        assert_eq!(residual(&res), 2048);
+        assert_eq!(res.borrow()[0].as_ref().unwrap().data, vec![7; 2048]);
+    }
+
+    /// The fuzz harness's running clock: commands outstanding and a target
+    /// that stays alive but never answers them end in bounded time.
+    #[test]
+    fn with_time_running_a_live_silent_target_is_given_up_on() {
+        for cmds in [&[(false, 4096u32)][..], &[(true, 65536), (false, 512), (true, 512)][..]] {
+            let fed = fuzzing::feed(0x40, cmds, &[]);
+            let after = fed.ended_after_s.expect("time ran");
+            assert!(fed.fault.is_some(), "{fed:?}");
+            assert!((30..=600).contains(&after), "gave up after {after} s: {fed:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!
 //! Input: byte 0 the session's flags (bit 0 the login is under way, else
 //! the session is logged in; bit 1 header digests; bit 2 data digests; bit
-//! 3 ImmediateData=No; bit 4 InitialR2T=Yes); byte 1 N, the commands
+//! 3 ImmediateData=No; bit 4 InitialR2T=Yes; bit 5 pieces of 61 bytes and
+//! Data-In read straight into the buffers; bit 6 time runs, 8 s a piece,
+//! then a live but silent target); byte 1 N, the commands
 //! outstanding at the start (N modulo 8); N records of 5 bytes (bit 0 of
 //! the first a write, else a read; then its length, u32 LE, modulo 1 MiB);
 //! then what the target sends, in pieces of at most 4 KiB as reads would
@@ -20,7 +22,9 @@
 //! real session does, and what was outstanding is sent again or fails);
 //! every command completes exactly once, whatever the target sent (those
 //! still outstanding at the end fail); a session already logged in never
-//! sees the end of a login.
+//! sees the end of a login; with time running, a target that stays alive
+//! but stops answering commands never holds them an hour (timeouts,
+//! aborts and a LUN reset end in a dropped connection first).
 
 use pollux_iscsi_host::session::fuzzing::{self, Fed};
 
