@@ -9,19 +9,15 @@ use std::path::{Path, PathBuf};
 use crate::config::Report;
 use crate::error::{Error, Result};
 use crate::hugepages::hugetlbfs_mounts;
-use crate::system::{Os, System, list_dir};
+use crate::system::{Os, System, list_dir, open_files};
 
 /// Paths (as the machine sees them) open or mapped by any process.
 fn referenced<O: Os>(sys: &System<O>) -> Result<HashSet<PathBuf>> {
     let mut refs = HashSet::new();
+    refs.extend(open_files(sys)?.into_iter().map(|f| f.path));
     for pid in list_dir(&sys.path("proc"))?.iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
         let proc_dir = sys.path(format!("proc/{pid}"));
         // A process may exit or deny access while we look: skip what cannot be read.
-        for fd in list_dir(&proc_dir.join("fd")).unwrap_or_default() {
-            if let Ok(target) = std::fs::read_link(proc_dir.join("fd").join(fd)) {
-                refs.insert(target);
-            }
-        }
         if let Ok(maps) = std::fs::read_to_string(proc_dir.join("maps")) {
             for line in maps.lines() {
                 // address perms offset dev inode path...

@@ -95,10 +95,13 @@ pub fn config<O: Os>(sys: &System<O>, req: &ConfigRequest) -> Result<Report> {
     let selected = req.devices.apply(nvme::controllers(sys)?)?;
     require_root(sys, req.dry_run, "pollux-setup config")?;
     let mut report = Report { dry_run: req.dry_run, ..Report::default() };
+    // Refusals and IOMMU checks before anything changes: an error here
+    // leaves the machine as it was.
+    let plan = plan_binds(sys, req, selected, &mut report)?;
 
     let reserved = reserve_hugepages(sys, req, &nr_path, &mut report)?;
     let mount = ensure_mount(sys, req, &mut report)?;
-    let groups = bind_devices(sys, req, selected, &mut report)?;
+    let groups = bind_devices(sys, req, plan, &mut report)?;
 
     if let Some(user) = &user {
         for group in groups {
@@ -178,12 +181,23 @@ fn ensure_mount<O: Os>(sys: &System<O>, req: &ConfigRequest, report: &mut Report
     Ok(target)
 }
 
-/// Binds what can be bound; returns the IOMMU groups of the bound devices.
-fn bind_devices<O: Os>(sys: &System<O>, req: &ConfigRequest, selected: Vec<Controller>, report: &mut Report) -> Result<Vec<u32>> {
-    let mut groups = Vec::new();
-    let mut vfio_ready = false;
+/// A controller to bind (or already bound) and its IOMMU group.
+struct Planned {
+    ctrl: Controller,
+    group: u32,
+    /// On vfio-pci with its group open (a program drives it): left alone.
+    busy: Option<String>,
+}
+
+/// Which selected controllers can be bound: those in use are refused (in
+/// the report), every other one's IOMMU group is checked.
+fn plan_binds<O: Os>(sys: &System<O>, req: &ConfigRequest, selected: Vec<Controller>, report: &mut Report) -> Result<Vec<Planned>> {
+    let mut plan = Vec::new();
     for ctrl in selected {
-        let refusing: Vec<Usage> = ctrl.usage.iter().filter(|u| u.refuses(req.force)).cloned().collect();
+        let on_vfio = ctrl.driver.as_deref() == Some(VFIO_PCI);
+        let group_open = |u: &Usage| matches!(u, Usage::Open { device, .. } if device.starts_with("vfio/"));
+        let busy = ctrl.usage.iter().find(|u| on_vfio && group_open(u)).map(|u| u.to_string());
+        let refusing: Vec<Usage> = ctrl.usage.iter().filter(|u| u.refuses(req.force) && !(on_vfio && group_open(u))).cloned().collect();
         if !refusing.is_empty() {
             report.refused.push((ctrl.bdf.clone(), refusing));
             continue;
@@ -192,18 +206,44 @@ fn bind_devices<O: Os>(sys: &System<O>, req: &ConfigRequest, selected: Vec<Contr
             report.warnings.push(format!("{}: binding despite: {u}", ctrl.bdf));
         }
         let group = bind::check_iommu(sys, &ctrl)?;
+        plan.push(Planned { ctrl, group, busy });
+    }
+    Ok(plan)
+}
+
+/// Binds what can be bound; returns the IOMMU groups of the bound devices.
+fn bind_devices<O: Os>(sys: &System<O>, req: &ConfigRequest, plan: Vec<Planned>, report: &mut Report) -> Result<Vec<u32>> {
+    let mut groups = Vec::new();
+    let mut vfio_ready = false;
+    for Planned { ctrl, group, busy } in plan {
         let from = ctrl.driver.clone().unwrap_or_else(|| "no driver".into());
+        if let Some(why) = busy {
+            // Its user keeps it; handing the group to another user would
+            // take it away mid-run.
+            report.action(format!("{} already bound to vfio-pci (IOMMU group {group}) and in use: {why}; left as it is", ctrl.bdf));
+            continue;
+        }
         if ctrl.driver.as_deref() == Some(VFIO_PCI) {
             report.action(format!("{} already bound to vfio-pci (IOMMU group {group})", ctrl.bdf));
         } else if req.dry_run {
             report.action(format!("bind {} ({from}) to vfio-pci (IOMMU group {group})", ctrl.bdf));
         } else {
+            // Claimed from here to the unbind: nothing mounts or assembles
+            // them after the checks.
+            let claims = match nvme::claim_all(sys, &ctrl) {
+                Ok(c) => c,
+                Err(uses) => {
+                    report.refused.push((ctrl.bdf.clone(), uses));
+                    continue;
+                }
+            };
             if !vfio_ready {
                 bind::load_vfio_pci(sys)?;
                 report.action("loaded vfio-pci".into());
                 vfio_ready = true;
             }
             bind::bind_vfio(sys, &ctrl, group)?;
+            drop(claims);
             report.action(format!("bound {} ({from}) to vfio-pci: /dev/vfio/{group}", ctrl.bdf));
         }
         groups.push(group);
@@ -235,6 +275,15 @@ pub fn reset<O: Os>(sys: &System<O>, devices: &Selection, dry_run: bool) -> Resu
         if ctrl.driver.as_deref() == Some(NVME) || !ours {
             let driver = ctrl.driver.as_deref().unwrap_or("none");
             report.action(format!("{} stays on {driver}", ctrl.bdf));
+            continue;
+        }
+        // A program driving it through VFIO (Pollux, SPDK, a VM's
+        // passthrough): the unbind would wait for it to let go, and the
+        // device would go from under it.
+        let open: Vec<Usage> =
+            ctrl.usage.iter().filter(|u| matches!(u, Usage::Open { device, .. } if device.starts_with("vfio/"))).cloned().collect();
+        if !open.is_empty() {
+            report.refused.push((ctrl.bdf.clone(), open));
             continue;
         }
         let from = ctrl.driver.clone().unwrap_or_else(|| "no driver".into());

@@ -94,7 +94,7 @@ struct ConfigArgs {
     shrink: bool,
 }
 
-fn print_report(report: &Report) -> ExitCode {
+fn print_report(report: &Report, refusing: &str) -> ExitCode {
     let prefix = if report.dry_run { "would: " } else { "" };
     for action in &report.actions {
         println!("{prefix}{action}");
@@ -103,7 +103,7 @@ fn print_report(report: &Report) -> ExitCode {
         eprintln!("warning: {warning}");
     }
     for (bdf, uses) in &report.refused {
-        eprintln!("refused: {bdf} is in use, not binding it:");
+        eprintln!("refused: {bdf} is in use, not {refusing} it:");
         for u in uses {
             eprintln!("  - {u}");
         }
@@ -144,10 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 force: args.force,
                 shrink: args.shrink,
             };
-            Ok(print_report(&pollux_setup::config(&sys, &req)?))
+            Ok(print_report(&pollux_setup::config(&sys, &req)?, "binding"))
         }
-        Cmd::Reset { devices, dry_run } => Ok(print_report(&pollux_setup::reset(&sys, &devices.selection()?, dry_run)?)),
-        Cmd::Cleanup { dry_run } => Ok(print_report(&pollux_setup::cleanup(&sys, dry_run)?)),
+        Cmd::Reset { devices, dry_run } => Ok(print_report(&pollux_setup::reset(&sys, &devices.selection()?, dry_run)?, "returning")),
+        Cmd::Cleanup { dry_run } => Ok(print_report(&pollux_setup::cleanup(&sys, dry_run)?, "cleaning")),
     }
 }
 

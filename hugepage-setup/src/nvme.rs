@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::hugepages::mount_table;
 use crate::procfs::parse_swaps;
-use crate::system::{Os, System, link_name, list_dir, read_attr};
+use crate::system::{OpenFile, Os, System, link_name, list_dir, open_files, read_attr};
 
 pub const NVME_CLASS: &str = "0x010802";
 
@@ -61,6 +61,13 @@ pub enum Usage {
     Swap { device: String },
     /// Another block device (device-mapper/LVM, md RAID) is built on it.
     Holder { device: String, holder: String },
+    /// Claimed exclusively: an `O_EXCL` open fails with EBUSY. What the
+    /// other checks cannot see: a mount in another mount namespace, a
+    /// btrfs or ZFS pool member, md, bcache, a program holding it O_EXCL.
+    Claimed { device: String },
+    /// A process has the device (a namespace, a partition, the
+    /// controller's character device, or the VFIO group) open.
+    Open { device: String, pid: u32, command: String },
     /// Not in use, but holds data (a partition table or file-system signature)
     /// that binding would expose to a userspace driver. Only this one yields to `--force`.
     Data { device: String, what: String },
@@ -83,6 +90,14 @@ impl fmt::Display for Usage {
             Usage::Holder { device, holder } => {
                 write!(f, "/dev/{device} is held by {holder} (device-mapper/LVM/md; deactivate it first)")
             }
+            Usage::Claimed { device } => write!(
+                f,
+                "/dev/{device} is claimed exclusively by the kernel or a program (a file system mounted in \
+                 another mount namespace, a btrfs/ZFS/md member, an O_EXCL open; release it first)"
+            ),
+            Usage::Open { device, pid, command } => {
+                write!(f, "/dev/{device} is open in process {pid} ({command}; stop it first)")
+            }
             Usage::Data { device, what } => {
                 write!(f, "/dev/{device} contains {what} (--force binds anyway)")
             }
@@ -102,6 +117,8 @@ pub struct Controller {
     pub numa_node: Option<i32>,
     /// Block devices of its namespaces (only while the kernel driver owns it).
     pub namespaces: Vec<String>,
+    /// Their partitions.
+    pub partitions: Vec<String>,
     pub usage: Vec<Usage>,
 }
 
@@ -136,8 +153,21 @@ pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
         namespaces.sort();
         namespaces.dedup();
         let mut usage = Vec::new();
+        let mut partitions = Vec::new();
         for ns in &namespaces {
-            usage.extend(context.usage_of(sys, ns)?);
+            usage.extend(context.usage_of(sys, ns, &mut partitions)?);
+            // Its generic character device (`nvme io-passthru`, io_uring).
+            if let Some(rest) = ns.strip_prefix("nvme") {
+                usage.extend(openers(&context.open, &format!("ng{rest}")));
+            }
+        }
+        for ctrl in &ctrl_names {
+            usage.extend(openers(&context.open, ctrl));
+        }
+        let iommu_group: Option<u32> = link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok());
+        if let Some(g) = iommu_group {
+            // A program driving it through VFIO (Pollux, SPDK, a VM).
+            usage.extend(openers(&context.open, &format!("vfio/{g}")));
         }
         found.push(Controller {
             vendor: read_attr(&dir.join("vendor"))?.unwrap_or_default(),
@@ -145,10 +175,11 @@ pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
             model: attr("model")?,
             serial: attr("serial")?,
             driver: link_name(&dir.join("driver")),
-            iommu_group: link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok()),
+            iommu_group,
             numa_node: read_attr(&dir.join("numa_node"))?.and_then(|n| n.parse().ok()),
             bdf,
             namespaces,
+            partitions,
             usage,
         });
     }
@@ -175,10 +206,43 @@ fn namespaces_of<O: Os>(sys: &System<O>, ctrl_dir: &std::path::Path, ctrl: &str)
     Ok(names)
 }
 
-/// Mount table and swap list, read once per listing.
+/// Mount table, swap list and open files, read once per listing.
 struct UsageContext {
     mounts: Vec<crate::procfs::MountEntry>,
     swaps: Vec<String>,
+    open: Vec<OpenFile>,
+}
+
+/// Who has `/dev/{device}` open.
+fn openers(open: &[OpenFile], device: &str) -> Vec<Usage> {
+    let path = Path::new("/dev").join(device);
+    open.iter()
+        .filter(|f| f.path == path)
+        .map(|f| Usage::Open { device: device.to_string(), pid: f.pid, command: f.command.clone() })
+        .collect()
+}
+
+/// Whether `/dev/{device}` is claimed exclusively by someone (a device node
+/// missing or not ours to open says nothing).
+fn claimed<O: Os>(sys: &System<O>, device: &str) -> bool {
+    matches!(sys.os.claim(&sys.path(format!("dev/{device}"))), Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+}
+
+/// Claims every block device of `ctrl` (namespaces and partitions)
+/// exclusively, so that nothing mounts or assembles them between the
+/// checks and the unbind; the claims go when the files are dropped. A
+/// device claimed by someone else is refused.
+pub fn claim_all<O: Os>(sys: &System<O>, ctrl: &Controller) -> std::result::Result<Vec<std::fs::File>, Vec<Usage>> {
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for device in ctrl.namespaces.iter().chain(&ctrl.partitions) {
+        match sys.os.claim(&sys.path(format!("dev/{device}"))) {
+            Ok(f) => held.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => refused.push(Usage::Claimed { device: device.clone() }),
+            Err(_) => {}
+        }
+    }
+    if refused.is_empty() { Ok(held) } else { Err(refused) }
 }
 
 impl UsageContext {
@@ -189,11 +253,12 @@ impl UsageContext {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("reading", swaps_path, e)),
         };
-        Ok(Self { mounts: mount_table(sys)?, swaps })
+        Ok(Self { mounts: mount_table(sys)?, swaps, open: open_files(sys)? })
     }
 
     /// Uses of a namespace block device and of its partitions.
-    fn usage_of<O: Os>(&self, sys: &System<O>, ns: &str) -> Result<Vec<Usage>> {
+    /// Its partitions are added to `all_partitions`.
+    fn usage_of<O: Os>(&self, sys: &System<O>, ns: &str, all_partitions: &mut Vec<String>) -> Result<Vec<Usage>> {
         let block_dir = sys.path(format!("sys/block/{ns}"));
         let partitions: Vec<String> = list_dir(&block_dir)?.into_iter().filter(|p| p.starts_with(ns) && p.len() > ns.len()).collect();
         let mut uses = Vec::new();
@@ -210,6 +275,7 @@ impl UsageContext {
             if self.swaps.contains(&dev_path) {
                 uses.push(Usage::Swap { device: device.clone() });
             }
+            uses.extend(openers(&self.open, device));
             for holder in list_dir(&dir.join("holders"))? {
                 let name = read_attr(&sys.path(format!("sys/block/{holder}/dm/name")))?;
                 let holder = match name {
@@ -219,6 +285,18 @@ impl UsageContext {
                 uses.push(Usage::Holder { device: device.clone(), holder });
             }
         }
+        // A claim says nothing new about a device known mounted, swapped on
+        // or held (a partition's claim makes its disk look claimed too);
+        // on one none of those checks saw, it is what they missed.
+        let kernel_use = uses.iter().any(|u| matches!(u, Usage::Mounted { .. } | Usage::Swap { .. } | Usage::Holder { .. }));
+        if !kernel_use {
+            for (device, _) in &devices {
+                if claimed(sys, device) {
+                    uses.push(Usage::Claimed { device: device.clone() });
+                }
+            }
+        }
+        all_partitions.extend(partitions.iter().cloned());
         if !partitions.is_empty() {
             uses.push(Usage::Data { device: ns.to_string(), what: format!("{} partition(s)", partitions.len()) });
         } else if let Some(what) = signature(sys, ns)? {

@@ -25,6 +25,11 @@ pub trait Os {
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// This process's soft RLIMIT_MEMLOCK in bytes; `None` means unlimited.
     fn memlock_limit(&self) -> Option<u64>;
+    /// Opens a block device exclusively (`O_EXCL`), as the kernel claims a
+    /// device it mounts, assembles (md, dm, btrfs, ZFS) or swaps on:
+    /// `EBUSY` while anyone holds such a claim. Held, the claim keeps
+    /// others from taking the device until the file is closed.
+    fn claim(&self, path: &Path) -> io::Result<std::fs::File>;
 }
 
 /// The real kernel.
@@ -70,6 +75,11 @@ impl Os for RealOs {
             return None;
         }
         Some(lim.rlim_cur)
+    }
+
+    fn claim(&self, path: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL | libc::O_CLOEXEC).open(path)
     }
 }
 
@@ -188,4 +198,31 @@ pub fn lookup_user<O: Os>(sys: &System<O>, name: &str) -> Result<User> {
         })
         .next()
         .ok_or_else(|| Error::UnknownUser(name.to_string()))
+}
+
+/// A file some process has open: its pid, command name and the path its
+/// descriptor names (as the machine sees it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenFile {
+    pub pid: u32,
+    pub command: String,
+    pub path: PathBuf,
+}
+
+/// Every file open in every process but this one (`/proc/*/fd`). A
+/// process that exits or denies access while we look is skipped.
+pub fn open_files<O: Os>(sys: &System<O>) -> Result<Vec<OpenFile>> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for pid in list_dir(&sys.path("proc"))? {
+        let Some(n) = pid.parse::<u32>().ok().filter(|&n| n != me) else { continue };
+        let dir = sys.path(format!("proc/{pid}"));
+        let command = read_attr(&dir.join("comm")).ok().flatten().unwrap_or_else(|| "?".into());
+        for fd in list_dir(&dir.join("fd")).unwrap_or_default() {
+            if let Ok(path) = std::fs::read_link(dir.join("fd").join(fd)) {
+                out.push(OpenFile { pid: n, command: command.clone(), path });
+            }
+        }
+    }
+    Ok(out)
 }

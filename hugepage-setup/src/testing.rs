@@ -20,6 +20,11 @@ pub struct FakeOs {
     pub memlock: Cell<Option<u64>>,
     /// The kernel reserves at most this many hugepages.
     pub max_pages: Cell<u64>,
+    /// Devices (`dev/nvme0n1`) someone else claims exclusively.
+    pub claimed: RefCell<Vec<String>>,
+    /// Claims that succeed before every device is taken by someone else
+    /// (a mount racing the checks).
+    pub claims_before_race: Cell<usize>,
 }
 
 impl Os for FakeOs {
@@ -92,6 +97,16 @@ impl Os for FakeOs {
     fn memlock_limit(&self) -> Option<u64> {
         self.memlock.get()
     }
+
+    fn claim(&self, path: &Path) -> io::Result<std::fs::File> {
+        let rel = self.rel(path);
+        self.log.borrow_mut().push(format!("claim {rel}"));
+        if self.claimed.borrow().contains(&rel) || self.claims_before_race.get() == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        self.claims_before_race.set(self.claims_before_race.get() - 1);
+        std::fs::File::open(path)
+    }
 }
 
 impl FakeOs {
@@ -141,6 +156,8 @@ impl Fake {
             vfio_available: Cell::new(true),
             memlock: Cell::new(None),
             max_pages: Cell::new(u64::MAX),
+            claimed: RefCell::new(Vec::new()),
+            claims_before_race: Cell::new(usize::MAX),
         };
         let mut sys = System::new(root, os);
         sys.settle = Duration::ZERO;
@@ -177,6 +194,15 @@ impl Fake {
         write(root.join(format!("dev/{ns}")), "");
         std::fs::write(root.join(format!("dev/{ns}")), disk).expect("disk");
         bdf
+    }
+
+    /// Process `pid` (command `comm`) has `/dev/{device}` open as fd 3.
+    pub fn open_in(&self, pid: u32, comm: &str, device: &str) {
+        let dir = self.root().join(format!("proc/{pid}"));
+        write(dir.join("comm"), &format!("{comm}\n"));
+        std::fs::create_dir_all(dir.join("fd")).expect("mkdir");
+        let n = std::fs::read_dir(dir.join("fd")).expect("fd").count() + 3;
+        symlink(format!("/dev/{device}"), dir.join(format!("fd/{n}"))).expect("symlink");
     }
 
     pub fn add_mount(&self, line: &str) {

@@ -178,3 +178,57 @@ fn dry_run_changes_nothing_and_non_root_is_refused() {
         assert_eq!(snapshot(), before);
     });
 }
+
+/// What the mount table cannot show (found in review, 2026-12-06): a
+/// namespace mounted in another mount namespace, one a process has open,
+/// and a controller a program drives through VFIO when `reset` comes.
+#[test]
+fn claimed_open_and_vfio_driven_controllers_are_left_alone() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    in_guest(&two_controllers(), || {
+        sh("modprobe crc32c_generic; modprobe ext4; mkfs.ext4 -q /dev/nvme0n1; mkdir -p /tmp/elsewhere");
+        // Mounted in a private mount namespace: invisible here.
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", "mount /dev/nvme0n1 /tmp/elsewhere && echo ready && exec sleep 3600"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains("/tmp/elsewhere"), "{mounts}");
+        let open = std::fs::File::open("/dev/nvme1n1").expect("open nvme1n1");
+
+        let out = setup(&["config", "--hugemem", "16", "--force"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("refused: {FIRST} is in use")), "{stderr}");
+        assert!(stderr.contains("/dev/nvme0n1 is claimed exclusively"), "{stderr}");
+        assert!(stderr.contains(&format!("refused: {SECOND} is in use")), "{stderr}");
+        assert!(stderr.contains(&format!("/dev/nvme1n1 is open in process {}", std::process::id())), "{stderr}");
+        assert_eq!(driver(FIRST).as_deref(), Some("nvme"));
+        assert_eq!(driver(SECOND).as_deref(), Some("nvme"));
+
+        holder.kill().expect("kill");
+        holder.wait().expect("wait");
+        drop(open);
+        let out = setup(&["config", "--hugemem", "16", "--force"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(driver(FIRST).as_deref(), Some("vfio-pci"));
+        assert_eq!(driver(SECOND).as_deref(), Some("vfio-pci"));
+
+        // A program holding the first one's VFIO group.
+        let group = std::fs::File::open(format!("/dev/vfio/{}", iommu_group(FIRST))).expect("open the group");
+        let out = setup(&["reset"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("refused: {FIRST} is in use, not returning it")), "{stderr}");
+        assert_eq!(driver(FIRST).as_deref(), Some("vfio-pci"));
+        assert_eq!(driver(SECOND).as_deref(), Some("nvme"));
+        drop(group);
+        assert!(setup(&["reset"]).status.success());
+        assert_eq!(driver(FIRST).as_deref(), Some("nvme"));
+    });
+}
