@@ -21,10 +21,24 @@ pub(crate) const ADMIN_ENTRIES: u16 = 32;
 /// the tools read in one command.
 pub(crate) const ADMIN_BUF: usize = 64 << 10;
 
+/// Data buffers set aside after timeouts before a reset makes them
+/// reusable; past this many, data commands wait for a reset.
+const MAX_RETIRED: usize = 16;
+
 /// The admin queue pair and a data buffer for its commands.
 pub(crate) struct AdminQueue {
     pub rings: Rings,
-    pub data: DeviceMemory,
+    /// The data of a command, then its PRP list (the page after
+    /// `ADMIN_BUF`): a command that timed out may still read or write
+    /// both, so after a timeout they are set aside together.
+    data: DeviceMemory,
+    /// Buffers of commands that timed out: the device may still move their
+    /// data (late DMA into the next command's buffer) until it is
+    /// disabled, so they are kept, unused, until [`AdminQueue::disabled`].
+    retired: Vec<DeviceMemory>,
+    /// `data` is one a timed-out command may still use (no memory for a
+    /// fresh one, or too many set aside).
+    stale: bool,
     next_cid: u16,
     regs: Arc<dyn Registers>,
     page: usize,
@@ -41,7 +55,9 @@ impl AdminQueue {
         // One scratch slot of a page for the PRP list of large transfers.
         Ok(AdminQueue {
             rings: Rings::new(0, ADMIN_ENTRIES, dstrd, 1, 4096)?,
-            data: DeviceMemory::alloc(ADMIN_BUF)?,
+            data: DeviceMemory::alloc(ADMIN_BUF + page)?,
+            retired: Vec::new(),
+            stale: false,
             next_cid: 0,
             regs,
             page,
@@ -54,6 +70,9 @@ impl AdminQueue {
     pub fn run(&mut self, mut cmd: Command, data_len: usize, timeout: Duration) -> Result<Completion, NvmeError> {
         if data_len > ADMIN_BUF {
             return Err(NvmeError::Invalid(format!("admin transfer of {data_len} bytes exceeds {ADMIN_BUF}")));
+        }
+        if data_len > 0 {
+            self.usable()?;
         }
         self.next_cid = self.next_cid.wrapping_add(1);
         let cid = self.next_cid;
@@ -83,6 +102,9 @@ impl AdminQueue {
             spins += 1;
             if spins % 64 == 0 {
                 if start.elapsed() > timeout {
+                    if data_len > 0 {
+                        self.retire();
+                    }
                     return Err(NvmeError::Timeout { cmd: info, ms: timeout.as_millis() as u64 });
                 }
                 if self.regs.read32(pollux_nvme_spec::registers::offset::CSTS as usize)? == u32::MAX {
@@ -95,7 +117,44 @@ impl AdminQueue {
         }
     }
 
-    /// PRPs for the first `len` bytes of the data buffer (page aligned).
+    /// Set the data buffer (and its PRP list) of a command that timed out
+    /// aside and take a fresh one. Without memory for one, data commands
+    /// fail until the next reset.
+    fn retire(&mut self) {
+        if self.retired.len() >= MAX_RETIRED {
+            self.stale = true;
+            return;
+        }
+        match DeviceMemory::alloc(ADMIN_BUF + self.page) {
+            Ok(fresh) => self.retired.push(std::mem::replace(&mut self.data, fresh)),
+            Err(e) => {
+                tracing::error!("admin queue: no memory for a fresh data buffer after a timeout: {e}");
+                self.stale = true;
+            }
+        }
+    }
+
+    /// Whether the data buffer can take a command: not one a timed-out
+    /// command may still use.
+    pub fn usable(&self) -> Result<(), NvmeError> {
+        if self.stale {
+            return Err(NvmeError::Invalid(format!(
+                "{} admin commands with data timed out; their buffers wait for a controller reset",
+                self.retired.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The controller is disabled: no command can move data any more, the
+    /// buffers set aside go.
+    pub fn disabled(&mut self) {
+        self.retired.clear();
+        self.stale = false;
+    }
+
+    /// PRPs for the first `len` bytes of the data buffer (page aligned);
+    /// a list goes in the page after the data.
     fn attach_data(&mut self, cmd: &mut Command, len: usize) {
         let base = self.data.iova(0).0;
         let pages = len.div_ceil(self.page);
@@ -104,11 +163,10 @@ impl AdminQueue {
             1 => {}
             2 => cmd.dptr.prp2.set(base + self.page as u64),
             n => {
-                let (off, iova) = self.rings.slot(0);
                 for i in 1..n {
-                    self.rings.mem.write_u64(off + (i - 1) * 8, base + (i * self.page) as u64);
+                    self.data.write_u64(ADMIN_BUF + (i - 1) * 8, base + (i * self.page) as u64);
                 }
-                cmd.dptr.prp2.set(iova);
+                cmd.dptr.prp2.set(self.data.iova(ADMIN_BUF).0);
             }
         }
     }

@@ -87,6 +87,12 @@ pub struct State {
     pub nsze_override: Option<(u32, u64)>,
     /// Answer every active namespace list with a full page of ids.
     pub endless_ns_list: bool,
+    /// Take admin commands of this opcode and never answer them.
+    pub hold_admin: Option<u8>,
+    /// Held admin commands write a page of 0xee to their data buffers
+    /// right after the next admin command ran (a device's late DMA).
+    pub late_admin_dma: bool,
+    held_admin: Vec<Command>,
 }
 
 /// The fake controller.
@@ -122,6 +128,9 @@ impl FakeController {
                 silent_abort: false,
                 nsze_override: None,
                 endless_ns_list: false,
+                hold_admin: None,
+                late_admin_dma: false,
+                held_admin: Vec::new(),
             }),
         }
     }
@@ -256,6 +265,7 @@ impl State {
             self.csts = Csts::RDY;
         } else if !cc.enabled() && was {
             // Controller reset: every queue and held command is gone.
+            self.held_admin.clear();
             self.sqs.clear();
             self.cqs.clear();
             self.held.clear();
@@ -287,7 +297,16 @@ impl State {
                     self.counters.aborts += 1;
                     continue;
                 }
+                if self.hold_admin == Some(cmd.opcode) {
+                    self.held_admin.push(cmd);
+                    continue;
+                }
                 let (result, status) = self.exec_admin(&cmd);
+                if self.late_admin_dma {
+                    for late in std::mem::take(&mut self.held_admin) {
+                        self.transfer_out(&late, &[0xee; 4096]);
+                    }
+                }
                 self.post(0, &cmd, result, status);
             } else {
                 self.counters.io_commands += 1;

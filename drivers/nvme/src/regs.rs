@@ -17,6 +17,11 @@ pub trait Registers: Send + Sync {
     fn read64(&self, offset: usize) -> Result<u64, RegisterError>;
     fn write32(&self, offset: usize, value: u32) -> Result<(), RegisterError>;
     fn write64(&self, offset: usize, value: u64) -> Result<(), RegisterError>;
+    /// The register window's size in bytes, if it is bounded: the
+    /// doorbells of the queues used must lie inside it.
+    fn window_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Typed accessors for the registers bring-up uses.

@@ -442,6 +442,7 @@ mod faulty_device {
     struct CapOverride {
         inner: Arc<FakeController>,
         cap: u64,
+        window: Option<usize>,
     }
 
     impl Registers for CapOverride {
@@ -457,6 +458,9 @@ mod faulty_device {
         fn write64(&self, o: usize, v: u64) -> Result<(), RegisterError> {
             self.inner.write64(o, v)
         }
+        fn window_len(&self) -> Option<usize> {
+            self.window
+        }
     }
 
     #[test]
@@ -464,9 +468,27 @@ mod faulty_device {
         let h = Harness::new(1);
         let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
         let cap = fake.read64(0).unwrap() & !0xffff; // CAP.MQES 0
-        let regs: Arc<dyn Registers> = Arc::new(CapOverride { inner: fake, cap });
+        let regs: Arc<dyn Registers> = Arc::new(CapOverride { inner: fake, cap, window: None });
         let r = h.on(0, || Controller::start("Mq", regs, None, ControllerOptions::default()).map(|_| ()));
         assert!(r.as_ref().is_err_and(|e| e.to_string().contains("MQES")), "{r:?}");
+    }
+
+    /// A register window with room for the doorbells of the admin queue
+    /// and two I/O queues (a small BAR, or a large CAP.DSTRD): queues past
+    /// it were created and their doorbell writes failed, their commands
+    /// never reaching the device.
+    #[test]
+    fn only_queues_whose_doorbells_fit_the_register_window_are_used() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        let cap = fake.read64(0).unwrap();
+        let regs: Arc<dyn Registers> = Arc::new(CapOverride { inner: fake.clone(), cap, window: Some(0x1000 + 8 * 3) });
+        let ctrl = h.on(0, || Controller::start("Db", regs, None, ControllerOptions::default())).expect("bring-up");
+        assert_eq!(ctrl.io_queue_count(), 2);
+        drop(ctrl);
+        let regs: Arc<dyn Registers> = Arc::new(CapOverride { inner: fake, cap, window: Some(0x1000 + 8) });
+        let r = h.on(0, || Controller::start("Db", regs, None, ControllerOptions::default()).map(|_| ()));
+        assert!(r.as_ref().is_err_and(|e| e.to_string().contains("register window")), "{r:?}");
     }
 
     #[test]
@@ -576,6 +598,44 @@ mod faulty_device {
             run_until(&h, Duration::from_secs(10), || h.on(0, || bdev::list().is_empty()));
             drop(ctrl);
         }
+    }
+
+    /// An admin command that timed out, its data landing late (the device
+    /// got to it after all) while the next admin command's data sat in the
+    /// same buffer: the next command read the late data as its own.
+    #[test]
+    fn a_timed_out_admin_commands_late_data_does_not_land_in_the_next_ones() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        let regs: Arc<dyn Registers> = fake.clone();
+        let ctrl = h.on(0, || Controller::start("Late", regs, None, ControllerOptions::default()).expect("bring-up"));
+        fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::GET_LOG_PAGE));
+        let c = ctrl.clone();
+        let r = h.on(0, move || {
+            let mut log = [0u8; 512];
+            c.admin_command(
+                crate::admin::get_log_page(2, u32::MAX, 512),
+                crate::controller::DataDirection::FromDevice,
+                &mut log,
+                Some(Duration::from_millis(20)),
+            )
+        });
+        assert!(matches!(r, Err(crate::NvmeError::Timeout { .. })), "{r:?}");
+        fake.with(|st| {
+            st.hold_admin = None;
+            st.late_admin_dma = true;
+        });
+        let c = ctrl.clone();
+        let ns = h.on(0, move || c.identify_namespace(1)).expect("identify");
+        assert_eq!(ns.nsze.get(), 4096, "the namespace's own size, not the late log page's bytes");
+        // A reset lets the buffers set aside go; commands go on working.
+        let c = ctrl.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().expect("reset");
+        let c = ctrl.clone();
+        assert_eq!(h.on(0, move || c.identify_namespace(1)).expect("identify").nsze.get(), 4096);
+        drop(ctrl);
     }
 
     #[test]

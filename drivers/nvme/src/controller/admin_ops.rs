@@ -40,6 +40,9 @@ impl Controller {
             return Err(NvmeError::Invalid(format!("admin data of {} bytes exceeds {ADMIN_BUF}", data.len())));
         }
         let mut admin = self.admin()?;
+        if dir != DataDirection::None {
+            admin.usable()?;
+        }
         let len = match dir {
             DataDirection::None => 0,
             DataDirection::FromDevice => data.len(),

@@ -211,6 +211,23 @@ impl Controller {
             return Err(NvmeError::Unsupported(format!("4 KiB pages (CAP.MPSMIN {} MPSMAX {})", cap.min_page_size(), cap.max_page_size())));
         }
         let version = regs.vs()?;
+        // Queues whose doorbells fit in the register window (a large
+        // CAP.DSTRD or a small BAR put them past its end: every doorbell
+        // write failed and the queue's commands never went).
+        let doorbell_queues = match regs.window_len() {
+            None => u32::MAX,
+            Some(len) => {
+                let pair = 2 * (4usize << cap.doorbell_stride());
+                (len.saturating_sub(pollux_nvme_spec::registers::offset::DOORBELLS as usize) / pair).min(u32::MAX as usize) as u32
+            }
+        };
+        if doorbell_queues < 2 {
+            return Err(NvmeError::Unsupported(format!(
+                "doorbells of stride {} bytes that leave no room for an I/O queue in the {}-byte register window",
+                4usize << cap.doorbell_stride(),
+                regs.window_len().unwrap_or(0)
+            )));
+        }
         let mut admin = AdminQueue::new(regs.clone(), cap.doorbell_stride(), PAGE_SIZE)?;
         enable(&*regs, cap, &mut admin)?;
         let timeout = opts.admin_timeout;
@@ -218,7 +235,7 @@ impl Controller {
         let mut cdata = IdentifyController::zeroed_box();
         admin.read_data(zerocopy::IntoBytes::as_mut_bytes(&mut *cdata));
         let max_transfer = cdata.max_transfer_bytes(cap.min_page_size()).unwrap_or(MAX_TRANSFER_CAP).min(MAX_TRANSFER_CAP);
-        let want = opts.num_io_queues.clamp(1, 65535) as u16;
+        let want = opts.num_io_queues.clamp(1, 65535).min(doorbell_queues - 1) as u16;
         let granted = admin.run(admin::set_number_of_queues(want, want), 0, timeout)?.result.get();
         let io_queues = ((granted & 0xffff) + 1).min((granted >> 16) + 1).min(u32::from(want)) as u16;
         let entries = opts.io_queue_entries.clamp(2, cap.max_queue_entries().min(4096) as u16);
@@ -610,6 +627,7 @@ fn enable(regs: &dyn Registers, cap: Cap, admin: &mut AdminQueue) -> Result<(), 
     }
     // With EN = 0, RDY may still be 1 while the controller resets.
     wait_csts(regs, to, "disabled", |c| c & 1 == 0)?;
+    admin.disabled();
     admin.rings.reset();
     let entries = admin.rings.entries();
     regs.write32(offset::AQA as usize, aqa(entries, entries))?;

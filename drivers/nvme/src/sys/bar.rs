@@ -95,6 +95,10 @@ impl Registers for Bar {
         unsafe { p.cast::<u64>().write_volatile(value) };
         Ok(())
     }
+
+    fn window_len(&self) -> Option<usize> {
+        Some(self.len)
+    }
 }
 
 impl Drop for Bar {
