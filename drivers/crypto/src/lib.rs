@@ -88,9 +88,6 @@ impl Backend for CryptoBackend {
         }
         Some(("bdev_crypto_create", p))
     }
-    fn destroy(&self) {
-        CONFIGS.with(|c| c.borrow_mut().retain(|c| c.name != self.name));
-    }
 }
 
 struct Chan {
@@ -132,7 +129,9 @@ impl BackendChannel for CryptoChannel {
     }
 }
 
-/// A crypto bdev asked for, made now or when its base appears.
+/// A crypto bdev asked for, made now or when its base appears: kept
+/// until `bdev_crypto_delete` (as SPDK keeps it), so a base that goes
+/// (hot-removed, deleted) and comes back brings the crypto bdev back.
 struct Config {
     name: String,
     base: String,

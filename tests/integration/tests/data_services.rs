@@ -412,6 +412,20 @@ fn crypto_bdev_is_aes_xts_with_the_lba_as_tweak() {
     let text = saved.to_string();
     assert!(text.contains("accel_crypto_key_create") && text.contains("\"bdev_crypto_create\""), "{saved}");
     unexport(&d, 1);
+    // The base hot-removed and back (SPDK keeps the crypto bdev's
+    // parameters until bdev_crypto_delete): the crypto bdev comes back on
+    // it, with its data. It was forgotten with the base.
+    let there = |name: &str| d.call("bdev_get_bdevs", Some(json!({"name": name}))).is_ok();
+    ok_stdout("base deleted", &spdk_rpc(&s, &["bdev_aio_delete", "A0"]));
+    wait_until("C0 gone with its base", std::time::Duration::from_secs(30), || !there("C0"));
+    ok_stdout("base back", &spdk_rpc(&s, &["bdev_aio_create", img.to_str().unwrap(), "A0", "512"]));
+    wait_until("C0 back on its base", std::time::Duration::from_secs(30), || there("C0"));
+    export(&d, "C0", 1);
+    let mut host = Host::connect(port);
+    let (st, back) = host.read(1, 100, 128);
+    assert!(st == (0, 0) && back == ours, "the crypto bdev back on its base reads what it wrote");
+    drop(host);
+    unexport(&d, 1);
     ok_stdout("delete", &spdk_rpc(&s, &["bdev_crypto_delete", "C0"]));
     ok_stdout("destroy key", &spdk_rpc(&s, &["accel_crypto_key_destroy", "-n", "key0"]));
     drop(d);
