@@ -173,6 +173,14 @@ pub struct TargetNode {
     pub device: Arc<Device>,
 }
 
+impl TargetNode {
+    /// Tell the SCSI device which relative target ports (portal group
+    /// tags) reach it; after every change of the maps.
+    pub fn sync_ports(&self) {
+        self.device.set_ports(self.pg_ig_maps.iter().filter_map(|&(pg, _)| u16::try_from(pg).ok()));
+    }
+}
+
 /// Everything configured.
 #[derive(Debug, Default)]
 pub struct Config {

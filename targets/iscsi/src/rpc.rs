@@ -368,6 +368,9 @@ fn create_target(p: CreateTarget) -> Result<bool, RpcError> {
         data_digest: p.data_digest.unwrap_or(false),
         device,
     });
+    if let Some(t) = cfg.targets.last() {
+        t.sync_ports();
+    }
     Ok(true)
 }
 
@@ -610,6 +613,7 @@ pub fn register(m: &Methods) {
             }
             t.pg_ig_maps.push((m.pg_tag, m.ig_tag));
         }
+        t.sync_ports();
         r.ok(true)
     });
     m.register("iscsi_target_node_remove_pg_ig_maps", States::RUNTIME, |p: TargetMaps, r: Responder| {
@@ -622,9 +626,11 @@ pub fn register(m: &Methods) {
             let n = t.pg_ig_maps.len();
             t.pg_ig_maps.retain(|x| *x != (m.pg_tag, m.ig_tag));
             if t.pg_ig_maps.len() == n {
+                t.sync_ports();
                 return r.err(RpcError::errno(libc::ENODEV, format!("map {}:{} not found", m.pg_tag, m.ig_tag)));
             }
         }
+        t.sync_ports();
         r.ok(true)
     });
     m.register("iscsi_get_target_nodes", States::ANY, |_: NoParams, r: Responder| {

@@ -23,11 +23,32 @@ pub struct Device {
     luns: Mutex<BTreeMap<u64, Arc<Lun>>>,
     /// Bumped on every change of the LU set.
     generation: AtomicU64,
+    /// The relative target port identifiers the device is reached
+    /// through (an iSCSI target's portal group tags), shared with its LUs.
+    ports: Ports,
 }
+
+/// Relative target port identifiers, shared by a device and its LUs.
+pub type Ports = Arc<Mutex<Vec<u16>>>;
 
 impl Device {
     pub fn new(name: &str) -> Arc<Device> {
-        Arc::new(Device { name: name.to_string(), luns: Mutex::new(BTreeMap::new()), generation: AtomicU64::new(0) })
+        Arc::new(Device {
+            name: name.to_string(),
+            luns: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            ports: Ports::default(),
+        })
+    }
+
+    /// The relative target ports the device is reached through (REGISTER
+    /// AND MOVE may move a reservation to an I_T nexus through one of them
+    /// only).
+    pub fn set_ports(&self, ports: impl IntoIterator<Item = u16>) {
+        let mut p: Vec<u16> = ports.into_iter().collect();
+        p.sort_unstable();
+        p.dedup();
+        *self.ports.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     pub fn name(&self) -> &str {
@@ -65,7 +86,7 @@ impl Device {
                 }
             }
         })?;
-        let lun = Lun::new(id, desc, &self.name);
+        let lun = Lun::new(id, desc, &self.name, self.ports.clone());
         self.map().insert(id, lun.clone());
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(lun)

@@ -41,6 +41,7 @@ fn rig(reactors: usize) -> Rig {
         pollux_bdev::malloc::create("m0", 512, BLOCKS, None, 0).unwrap();
         let dev = Device::new("iqn.2025-01.io.pollux:t");
         dev.add_lun(0, "m0").unwrap();
+        dev.set_ports([1]);
         reactor::set_local(Rc::new(dev));
     });
     Rig { h, done: Rc::default() }
@@ -252,6 +253,16 @@ fn spc2_reservations_yield_to_registrations_and_registrations_are_bounded() {
     mv0[24] = 0x05;
     mv0[0..8].copy_from_slice(&0xbb_u64.to_be_bytes());
     assert_eq!(r.run(&b, &prout(7, 1, len), &mv0, u32::from(len)).0, status::CHECK_CONDITION);
+    // A relative port the LU is not reached through is refused (the
+    // reservation went to a nexus no session could have).
+    let mut mv2 = mv.clone();
+    mv2[0..8].copy_from_slice(&0xbb_u64.to_be_bytes());
+    mv2[8..16].copy_from_slice(&0xcc_u64.to_be_bytes());
+    mv2[18..20].copy_from_slice(&2u16.to_be_bytes());
+    let (st, sense, _, _) = r.run(&b, &prout(7, 1, len), &mv2, u32::from(len));
+    assert_eq!(st, status::CHECK_CONDITION);
+    assert_eq!((sense[12], sense[13]), (0x26, 0x00), "INVALID FIELD IN PARAMETER LIST");
+    assert_eq!(r.run(&b, &rw10(op::WRITE_10, 0, 1), &[0; 512], 512).0, status::GOOD, "B still holds it");
 
     // Registrations are bounded.
     let mut refused = None;

@@ -283,6 +283,47 @@ fn a_preempt_and_abort_aborts_the_preempted_initiators_tasks_first() {
     d.call("spdk_get_version", None).expect("the daemon answers");
 }
 
+/// PERSISTENT RESERVE OUT REGISTER AND MOVE over a session: to an I_T
+/// nexus through a relative port (portal group tag) that does not reach
+/// the LU it is refused with INVALID FIELD IN PARAMETER LIST (it moved the
+/// reservation to a nexus no session could ever have: found in review,
+/// 2026-12-06); through portal group 1 it moves, and the new holder writes.
+#[test]
+fn register_and_move_takes_only_a_relative_port_that_reaches_the_lu() {
+    let port = iscsi_host::free_port();
+    let _d = iscsi_host::start("0x1", iscsi_host::config(port, "multi", 16, None));
+    let (mut from, _) = logged_in(port, "iqn.2025-01.io.pollux:mover", 1, &[]);
+    let (mut to, _) = logged_in(port, "iqn.2025-01.io.pollux:receiver", 2, &[]);
+    assert_eq!(pr_out(&mut from, 0, 0, 0, 0xa), GOOD);
+    assert_eq!(pr_out(&mut from, 1, 1, 0xa, 0), GOOD, "Write Exclusive");
+    let register_and_move = |c: &mut RawConn, rel: u16| {
+        let mut tid = vec![0x45, 0, 0, 0];
+        tid.extend_from_slice(b"iqn.2025-01.io.pollux:receiver,i,0x800000000002");
+        tid.resize(tid.len().next_multiple_of(4) + 4, 0);
+        let n = tid.len() - 4;
+        tid[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+        let mut params = vec![0u8; 24];
+        params[..8].copy_from_slice(&0xa_u64.to_be_bytes());
+        params[8..16].copy_from_slice(&0xb_u64.to_be_bytes());
+        params[18..20].copy_from_slice(&rel.to_be_bytes());
+        params[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+        params.extend_from_slice(&tid);
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x5f;
+        cdb[1] = 7;
+        cdb[2] = 1;
+        cdb[5..9].copy_from_slice(&(params.len() as u32).to_be_bytes());
+        let itt = c.command(&cdb, params.len() as u32, false, true, &params);
+        let r = c.wait_for(itt).expect("REGISTER AND MOVE answered");
+        (r.bhs[3], r.data.get(2 + 12).copied())
+    };
+    assert_eq!(register_and_move(&mut from, 2), (CHECK_CONDITION, Some(0x26)), "portal group 2 does not reach the LU");
+    assert_eq!(to.write10(300, &pattern(3, 4096)), Some(RESERVATION_CONFLICT), "the reservation stayed");
+    assert_eq!(register_and_move(&mut from, 1).0, GOOD);
+    assert_eq!(to.write10(300, &pattern(3, 4096)), Some(GOOD), "the receiver holds it");
+    assert_eq!(from.write10(300, &pattern(4, 4096)), Some(RESERVATION_CONFLICT));
+}
+
 /// TARGET COLD RESET from any initiator would be a power-on: every
 /// session ended, every reservation gone. A host fenced off by another's
 /// reservation could undo its fencing that way (found in review,

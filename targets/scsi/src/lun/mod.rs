@@ -148,6 +148,8 @@ pub struct Lun {
     pub(crate) software_write_protect: AtomicBool,
     /// The LU was removed (its bdev is going away).
     removed: AtomicBool,
+    /// Its device's relative target ports.
+    ports: crate::device::Ports,
 }
 
 impl std::fmt::Debug for Lun {
@@ -158,7 +160,7 @@ impl std::fmt::Debug for Lun {
 
 impl Lun {
     /// A LU with id `id` on an open bdev.
-    pub fn new(id: u64, desc: Descriptor, device_name: &str) -> Arc<Lun> {
+    pub fn new(id: u64, desc: Descriptor, device_name: &str, ports: crate::device::Ports) -> Arc<Lun> {
         let ident = Identity::new(desc.bdev(), device_name);
         let mode = ModeParams::default();
         Arc::new(Lun {
@@ -172,7 +174,13 @@ impl Lun {
             reserved: AtomicBool::new(false),
             ua_pending: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
+            ports,
         })
+    }
+
+    /// Whether relative target port `rel` reaches this LU.
+    pub(crate) fn has_port(&self, rel: u16) -> bool {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner()).contains(&rel)
     }
 
     pub fn id(&self) -> u64 {
