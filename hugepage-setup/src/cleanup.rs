@@ -1,7 +1,9 @@
 //! `cleanup`: hugepage files left in hugetlbfs mounts by processes that died
-//! without removing them still pin their pages. A file is stale when no live
-//! process has it open or mapped and, if its name carries a pid (`..pid1234..`,
-//! as SPDK's and Pollux's do), that process is gone.
+//! without removing them still pin their pages. A file is stale when its name
+//! is one DPDK, SPDK or Pollux gives (`<prefix>map_<n>`, `spdk_pid<pid>map_<n>`,
+//! `pollux_pid<pid>_<n>`), no live process has it open or mapped and, if its
+//! name carries a pid, that process is gone. Other files are left alone (a
+//! database's or a VM's persistent hugetlbfs files are not ours to remove).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,18 +20,36 @@ fn referenced<O: Os>(sys: &System<O>) -> Result<HashSet<PathBuf>> {
     for pid in list_dir(&sys.path("proc"))?.iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
         let proc_dir = sys.path(format!("proc/{pid}"));
         // A process may exit or deny access while we look: skip what cannot be read.
-        if let Ok(maps) = std::fs::read_to_string(proc_dir.join("maps")) {
-            for line in maps.lines() {
-                // address perms offset dev inode path...
-                if let Some(path) = line.split_whitespace().nth(5) {
-                    if path.starts_with('/') {
-                        refs.insert(PathBuf::from(path));
-                    }
-                }
-            }
+        // Bytes, not text: one path that is not UTF-8 made the whole file
+        // unreadable, and that process's mappings went uncounted.
+        if let Ok(maps) = std::fs::read(proc_dir.join("maps")) {
+            refs.extend(maps.split(|&b| b == b'\n').filter_map(mapped_path));
         }
     }
     Ok(refs)
+}
+
+/// The file a `/proc/PID/maps` line maps (`address perms offset dev inode
+/// path`; the path may hold spaces), if any.
+fn mapped_path(line: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rest = line;
+    for _ in 0..5 {
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        rest = &rest[start..];
+        let end = rest.iter().position(|b| b.is_ascii_whitespace())?;
+        rest = &rest[end..];
+    }
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let path = &rest[start..];
+    (path.first() == Some(&b'/')).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+}
+
+/// Whether a hugetlbfs file's name is one DPDK (`<prefix>map_<n>`), SPDK
+/// (`spdk_pid<pid>map_<n>`) or Pollux (`pollux_pid<pid>_<n>`) gives.
+pub fn ours(name: &str) -> bool {
+    let dpdk = name.rsplit_once("map_").is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    dpdk || (name.starts_with("pollux_pid") && pid_in_name(name).is_some())
 }
 
 /// The pid in names like `spdk_pid1234map_0` or `pollux_pid1234_7`.
@@ -66,6 +86,13 @@ pub fn cleanup<O: Os>(sys: &System<O>, dry_run: bool) -> Result<Report> {
             if refs.contains(&seen) {
                 continue;
             }
+            if !ours(&name) {
+                report.warnings.push(format!(
+                    "left {}: not a DPDK, SPDK or Pollux hugepage file (remove it by hand if nothing needs it)",
+                    seen.display()
+                ));
+                continue;
+            }
             if let Some(pid) = pid_in_name(&name) {
                 if sys.path(format!("proc/{pid}")).exists() {
                     continue;
@@ -95,5 +122,24 @@ mod tests {
         assert_eq!(pid_in_name("pollux_pid77_3"), Some(77));
         assert_eq!(pid_in_name("rtemap_0"), None);
         assert_eq!(pid_in_name("pid"), None);
+    }
+
+    #[test]
+    fn only_dpdk_spdk_and_pollux_names_are_ours() {
+        for name in ["rtemap_0", "spdk_pid1234map_17", "vhostmap_3", "pollux_pid77_3"] {
+            assert!(ours(name), "{name}");
+        }
+        for name in ["postgres_shm", "map_", "rtemap_x", "libvirt-qemu-guest", "pollux_data"] {
+            assert!(!ours(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn maps_lines_give_their_paths_with_spaces_and_any_bytes() {
+        let line = b"7f00-7f20 rw-s 00000000 00:29 17 /dev/hugepages/a file\xff";
+        assert_eq!(mapped_path(line).unwrap().as_os_str().len(), "/dev/hugepages/a file".len() + 1);
+        assert_eq!(mapped_path(b"7f00-7f20 r--p 00000000 00:00 0 "), None);
+        assert_eq!(mapped_path(b"7f00-7f20 r--p 00000000 00:00 0 [stack]"), None);
+        assert_eq!(mapped_path(b"garbage"), None);
     }
 }

@@ -92,7 +92,7 @@ pub fn config<O: Os>(sys: &System<O>, req: &ConfigRequest) -> Result<Report> {
     // Everything that can be validated without changing anything comes first.
     let nr_path = hugepages::nr_hugepages_path(sys, req.page_size_kb, req.node)?;
     let user = req.user.as_deref().map(|u| lookup_user(sys, u)).transpose()?;
-    let selected = req.devices.apply(nvme::controllers(sys)?)?;
+    let selected = req.devices.apply(nvme::controllers(sys, true)?)?;
     require_root(sys, req.dry_run, "pollux-setup config")?;
     let mut report = Report { dry_run: req.dry_run, ..Report::default() };
     // Refusals and IOMMU checks before anything changes: an error here
@@ -265,7 +265,7 @@ fn grant<O: Os>(sys: &System<O>, dry_run: bool, path: &std::path::Path, user: &U
 /// Returns the selected NVMe controllers that are on vfio-pci (or on no driver)
 /// to the kernel's nvme driver.
 pub fn reset<O: Os>(sys: &System<O>, devices: &Selection, dry_run: bool) -> Result<Report> {
-    let selected = devices.apply(nvme::controllers(sys)?)?;
+    let selected = devices.apply(nvme::controllers(sys, true)?)?;
     require_root(sys, dry_run, "pollux-setup reset")?;
     let mut report = Report { dry_run, ..Report::default() };
     let mut nvme_loaded = false;

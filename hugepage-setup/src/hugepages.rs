@@ -124,8 +124,10 @@ pub fn default_page_size_kb<O: Os>(sys: &System<O>) -> Result<Option<u64>> {
 
 pub fn mount_table<O: Os>(sys: &System<O>) -> Result<Vec<MountEntry>> {
     let path = sys.path("proc/self/mountinfo");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    Ok(parse_mountinfo(&text))
+    // A mount point that is not UTF-8 (mountinfo escapes only blanks and
+    // backslashes) made the file unreadable as text and every command fail.
+    let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+    Ok(parse_mountinfo(&String::from_utf8_lossy(&bytes)))
 }
 
 pub fn hugetlbfs_mounts<O: Os>(sys: &System<O>) -> Result<Vec<HugetlbfsMount>> {

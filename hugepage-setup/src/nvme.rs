@@ -128,10 +128,14 @@ impl Controller {
     }
 }
 
-/// Every NVMe controller on the PCI bus, sorted by address.
-pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
+/// Every NVMe controller on the PCI bus, sorted by address. With
+/// `probe_claims`, each namespace and partition nothing else shows in use
+/// is probed with an exclusive open (`config` and `reset` do; `status`
+/// does not: for that instant the probe is a claim, and a mount or an
+/// array assembly racing it would fail).
+pub fn controllers<O: Os>(sys: &System<O>, probe_claims: bool) -> Result<Vec<Controller>> {
     let mut found = Vec::new();
-    let context = UsageContext::read(sys)?;
+    let context = UsageContext::read(sys, probe_claims)?;
     for name in list_dir(&sys.path("sys/bus/pci/devices"))? {
         let dir = sys.path("sys/bus/pci/devices").join(&name);
         if read_attr(&dir.join("class"))?.as_deref() != Some(NVME_CLASS) {
@@ -166,8 +170,12 @@ pub fn controllers<O: Os>(sys: &System<O>) -> Result<Vec<Controller>> {
         }
         let iommu_group: Option<u32> = link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok());
         if let Some(g) = iommu_group {
-            // A program driving it through VFIO (Pollux, SPDK, a VM).
+            // A program driving it through VFIO (Pollux, SPDK, a VM): by its
+            // group, or by its device file (iommufd, `/dev/vfio/devices/`).
             usage.extend(openers(&context.open, &format!("vfio/{g}")));
+        }
+        for cdev in list_dir(&dir.join("vfio-dev"))?.into_iter().filter(|n| n.starts_with("vfio")) {
+            usage.extend(openers(&context.open, &format!("vfio/devices/{cdev}")));
         }
         found.push(Controller {
             vendor: read_attr(&dir.join("vendor"))?.unwrap_or_default(),
@@ -211,6 +219,7 @@ struct UsageContext {
     mounts: Vec<crate::procfs::MountEntry>,
     swaps: Vec<String>,
     open: Vec<OpenFile>,
+    probe_claims: bool,
 }
 
 /// Who has `/dev/{device}` open.
@@ -228,14 +237,16 @@ fn claimed<O: Os>(sys: &System<O>, device: &str) -> bool {
     matches!(sys.os.claim(&sys.path(format!("dev/{device}"))), Err(e) if e.raw_os_error() == Some(libc::EBUSY))
 }
 
-/// Claims every block device of `ctrl` (namespaces and partitions)
-/// exclusively, so that nothing mounts or assembles them between the
-/// checks and the unbind; the claims go when the files are dropped. A
-/// device claimed by someone else is refused.
-pub fn claim_all<O: Os>(sys: &System<O>, ctrl: &Controller) -> std::result::Result<Vec<std::fs::File>, Vec<Usage>> {
+/// Claims every namespace of `ctrl` exclusively, so that nothing mounts or
+/// assembles it or one of its partitions between the checks and the
+/// unbind (a claim on the whole disk keeps its partitions from being
+/// claimed: claiming those too, each claim its own holder, refused every
+/// partitioned namespace); the claims go when dropped. A namespace
+/// claimed by someone else (or one of whose partitions is) is refused.
+pub fn claim_all<O: Os>(sys: &System<O>, ctrl: &Controller) -> std::result::Result<Vec<Box<dyn std::any::Any>>, Vec<Usage>> {
     let mut held = Vec::new();
     let mut refused = Vec::new();
-    for device in ctrl.namespaces.iter().chain(&ctrl.partitions) {
+    for device in &ctrl.namespaces {
         match sys.os.claim(&sys.path(format!("dev/{device}"))) {
             Ok(f) => held.push(f),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => refused.push(Usage::Claimed { device: device.clone() }),
@@ -246,14 +257,14 @@ pub fn claim_all<O: Os>(sys: &System<O>, ctrl: &Controller) -> std::result::Resu
 }
 
 impl UsageContext {
-    fn read<O: Os>(sys: &System<O>) -> Result<Self> {
+    fn read<O: Os>(sys: &System<O>, probe_claims: bool) -> Result<Self> {
         let swaps_path = sys.path("proc/swaps");
-        let swaps = match std::fs::read_to_string(&swaps_path) {
-            Ok(t) => parse_swaps(&t),
+        let swaps = match std::fs::read(&swaps_path) {
+            Ok(t) => parse_swaps(&String::from_utf8_lossy(&t)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("reading", swaps_path, e)),
         };
-        Ok(Self { mounts: mount_table(sys)?, swaps, open: open_files(sys)? })
+        Ok(Self { mounts: mount_table(sys)?, swaps, open: open_files(sys)?, probe_claims })
     }
 
     /// Uses of a namespace block device and of its partitions.
@@ -289,7 +300,7 @@ impl UsageContext {
         // or held (a partition's claim makes its disk look claimed too);
         // on one none of those checks saw, it is what they missed.
         let kernel_use = uses.iter().any(|u| matches!(u, Usage::Mounted { .. } | Usage::Swap { .. } | Usage::Holder { .. }));
-        if !kernel_use {
+        if !kernel_use && self.probe_claims {
             for (device, _) in &devices {
                 if claimed(sys, device) {
                     uses.push(Usage::Claimed { device: device.clone() });

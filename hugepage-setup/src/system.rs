@@ -28,8 +28,8 @@ pub trait Os {
     /// Opens a block device exclusively (`O_EXCL`), as the kernel claims a
     /// device it mounts, assembles (md, dm, btrfs, ZFS) or swaps on:
     /// `EBUSY` while anyone holds such a claim. Held, the claim keeps
-    /// others from taking the device until the file is closed.
-    fn claim(&self, path: &Path) -> io::Result<std::fs::File>;
+    /// others from taking the device until the returned value is dropped.
+    fn claim(&self, path: &Path) -> io::Result<Box<dyn std::any::Any>>;
 }
 
 /// The real kernel.
@@ -77,9 +77,10 @@ impl Os for RealOs {
         Some(lim.rlim_cur)
     }
 
-    fn claim(&self, path: &Path) -> io::Result<std::fs::File> {
+    fn claim(&self, path: &Path) -> io::Result<Box<dyn std::any::Any>> {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL | libc::O_CLOEXEC).open(path)
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL | libc::O_CLOEXEC).open(path)?;
+        Ok(Box::new(f))
     }
 }
 

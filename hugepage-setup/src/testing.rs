@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::system::{Os, System};
 
 pub struct FakeOs {
     root: PathBuf,
-    pub log: RefCell<Vec<String>>,
+    pub log: Rc<RefCell<Vec<String>>>,
     pub root_user: Cell<bool>,
     pub vfio_available: Cell<bool>,
     pub memlock: Cell<Option<u64>>,
@@ -98,14 +99,27 @@ impl Os for FakeOs {
         self.memlock.get()
     }
 
-    fn claim(&self, path: &Path) -> io::Result<std::fs::File> {
+    fn claim(&self, path: &Path) -> io::Result<Box<dyn std::any::Any>> {
         let rel = self.rel(path);
         self.log.borrow_mut().push(format!("claim {rel}"));
         if self.claimed.borrow().contains(&rel) || self.claims_before_race.get() == 0 {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         self.claims_before_race.set(self.claims_before_race.get() - 1);
-        std::fs::File::open(path)
+        std::fs::File::open(path)?;
+        Ok(Box::new(Release { log: self.log.clone(), what: rel }))
+    }
+}
+
+/// A claim of the fake: logs its release when dropped.
+struct Release {
+    log: Rc<RefCell<Vec<String>>>,
+    what: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.log.borrow_mut().push(format!("release {}", self.what));
     }
 }
 
@@ -151,7 +165,7 @@ impl Fake {
         write(r("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1001::/home/alice:/bin/sh\n");
         let os = FakeOs {
             root: root.clone(),
-            log: RefCell::new(Vec::new()),
+            log: Rc::default(),
             root_user: Cell::new(true),
             vfio_available: Cell::new(true),
             memlock: Cell::new(None),

@@ -128,7 +128,7 @@ fn dry_run_changes_nothing() {
     // Probing whether a device is claimed (an O_EXCL open, closed at once)
     // is all it did.
     let log = fake.sys.os.log.borrow();
-    assert!(log.iter().all(|l| l.starts_with("claim dev/nvme")), "{log:?}");
+    assert!(log.iter().all(|l| l.starts_with("claim dev/nvme") || l.starts_with("release dev/nvme")), "{log:?}");
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn cleanup_removes_only_stale_files() {
     fake.add_mount("41 22 0:41 / /dev/hugepages rw - hugetlbfs nodev rw,pagesize=2M");
     let mnt = fake.root().join("dev/hugepages");
     std::fs::create_dir_all(&mnt).unwrap();
-    for f in ["spdk_pid100map_0", "pollux_pid200_0", "rtemap_0", "rtemap_1"] {
+    for f in ["spdk_pid100map_0", "pollux_pid200_0", "rtemap_0", "rtemap_1", "postgres_shared"] {
         std::fs::write(mnt.join(f), "").unwrap();
     }
     // pid 200 is alive; pid 300 maps rtemap_0 and has rtemap_1 open.
@@ -223,9 +223,11 @@ fn cleanup_removes_only_stale_files() {
 
     let report = cleanup(&fake.sys, false).unwrap();
     assert_eq!(report.actions, ["removed stale /dev/hugepages/spdk_pid100map_0"]);
+    // Not a DPDK, SPDK or Pollux name: someone else's (it was removed).
+    assert!(report.warnings.iter().any(|w| w.contains("left /dev/hugepages/postgres_shared")), "{:?}", report.warnings);
     let mut left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     left.sort();
-    assert_eq!(left, ["pollux_pid200_0", "rtemap_0", "rtemap_1"]);
+    assert_eq!(left, ["pollux_pid200_0", "postgres_shared", "rtemap_0", "rtemap_1"]);
 }
 
 /// A pool already larger than asked for is kept unless `--shrink`: the
@@ -276,8 +278,12 @@ fn claimed_and_open_devices_are_refused_even_with_force() {
     fake.controller(0, &[]);
     fake.sys.os.claimed.borrow_mut().push("dev/nvme0n1".into());
     fake.add_mount("40 22 259:0 / /data rw - ext4 /dev/nvme0n1 rw");
-    let st = status(&fake.sys).unwrap();
-    assert!(matches!(st.nvme[0].usage[..], [Usage::Mounted { .. }]), "{:?}", st.nvme[0].usage);
+    let report = config(&fake.sys, &ConfigRequest { dry_run: true, ..request() }).unwrap();
+    assert!(matches!(report.refused[0].1[..], [Usage::Mounted { .. }]), "{:?}", report.refused);
+    // status does not probe (for that instant a probe is a claim).
+    fake.sys.os.log.borrow_mut().clear();
+    assert!(status(&fake.sys).unwrap().nvme[0].usage.iter().all(|u| !matches!(u, Usage::Claimed { .. })));
+    assert!(fake.sys.os.log.borrow().is_empty(), "{:?}", fake.sys.os.log.borrow());
 }
 
 /// Something mounting a namespace between the checks and the unbind:
@@ -300,8 +306,11 @@ fn a_device_taken_after_the_checks_is_refused_and_claims_are_held_over_the_unbin
     let log = fake.sys.os.log.borrow();
     let claims: Vec<usize> = log.iter().enumerate().filter(|(_, l)| *l == "claim dev/nvme0n1").map(|(i, _)| i).collect();
     let unbind = log.iter().position(|l| l.contains("driver/unbind")).expect("unbind");
-    assert_eq!(claims.len(), 2, "probed, then claimed for the bind: {log:?}");
+    let probe = log.iter().filter(|l| *l == "claim dev/nvme0n1").count();
+    assert_eq!(claims.len(), 2, "probed, then claimed for the bind: {log:?} ({probe})");
     assert!(claims[1] < unbind, "{log:?}");
+    let released = log.iter().rposition(|l| l == "release dev/nvme0n1").expect("released");
+    assert!(released > unbind, "the claim is held over the unbind: {log:?}");
 }
 
 /// A controller without an IOMMU group among others: the error came after
@@ -343,4 +352,31 @@ fn a_controller_driven_through_vfio_is_left_to_its_program() {
     assert!(report.refused[0].1[0].to_string().contains("/dev/vfio/3 is open in process 777 (pollux-tgt"), "{:?}", report.refused);
     assert_eq!(fake.driver(&a).as_deref(), Some("vfio-pci"));
     assert_eq!(fake.driver(&b).as_deref(), Some("nvme"));
+}
+
+/// Mountinfo escapes only blanks and backslashes: a mount point that is
+/// not UTF-8 made it unreadable as text, and every command failed; a
+/// process mapping such a path had its hugepage mappings go uncounted.
+#[test]
+fn paths_that_are_not_utf8_fail_nothing() {
+    let fake = Fake::new();
+    let a = fake.controller(0, &[]);
+    fake.add_mount("41 22 0:41 / /dev/hugepages rw - hugetlbfs nodev rw,pagesize=2M");
+    let info = fake.root().join("proc/self/mountinfo");
+    let mut bytes = std::fs::read(&info).unwrap();
+    bytes.extend_from_slice(b"50 22 0:50 / /mnt/caf\xe9 rw - tmpfs tmpfs rw\n");
+    std::fs::write(&info, bytes).unwrap();
+    let mnt = fake.root().join("dev/hugepages");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(mnt.join("rtemap_0"), "").unwrap();
+    std::fs::create_dir_all(fake.root().join("proc/400")).unwrap();
+    let mut maps = b"7f00-7f20 rw-p 00000000 00:29 9 /opt/caf\xe9.so\n".to_vec();
+    maps.extend_from_slice(b"7f20-7f40 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0\n");
+    std::fs::write(fake.root().join("proc/400/maps"), maps).unwrap();
+    assert_eq!(status(&fake.sys).unwrap().nvme.len(), 1);
+    let report = cleanup(&fake.sys, false).unwrap();
+    assert_eq!(report.actions, ["no stale hugepage files"], "rtemap_0 is mapped");
+    assert!(mnt.join("rtemap_0").exists());
+    config(&fake.sys, &request()).unwrap();
+    assert_eq!(fake.driver(&a).as_deref(), Some("vfio-pci"));
 }

@@ -230,5 +230,39 @@ fn claimed_open_and_vfio_driven_controllers_are_left_alone() {
         drop(group);
         assert!(setup(&["reset"]).status.success());
         assert_eq!(driver(FIRST).as_deref(), Some("nvme"));
+
+        // A partitioned namespace binds with --force (claiming its
+        // partitions beside the whole disk refused it every time).
+        // Its namespace's name is whatever the kernel gives it on return.
+        let mut ns = String::new();
+        wait_for("the first controller's namespace", || {
+            let ctrl = format!("/sys/bus/pci/devices/{FIRST}/nvme");
+            let found = std::fs::read_dir(&ctrl).into_iter().flatten().flatten().find_map(|c| {
+                let name = format!("{}n1", c.file_name().to_string_lossy());
+                Path::new(&format!("/dev/{name}")).exists().then_some(name)
+            });
+            found.map(|n| ns = n).is_some()
+        });
+        // An MBR with one Linux partition from sector 2048 (no sfdisk in
+        // the guest), then the kernel told to read it.
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        {
+            use std::io::Write;
+            let mut disk = std::fs::OpenOptions::new().write(true).open(format!("/dev/{ns}")).expect("open the namespace");
+            disk.write_all(&mbr).expect("write the MBR");
+            disk.sync_all().expect("sync");
+        }
+        sh(&format!("blockdev --rereadpt /dev/{ns}"));
+        wait_for("the partition", || Path::new(&format!("/sys/block/{ns}/{ns}p1")).exists());
+        let out = setup(&["config", "--hugemem", "16", "--allow", FIRST]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1 partition(s)"), "{out:?}");
+        let out = setup(&["config", "--hugemem", "16", "--allow", FIRST, "--force"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(driver(FIRST).as_deref(), Some("vfio-pci"));
     });
 }
