@@ -135,7 +135,10 @@ impl BackendChannel for CryptoChannel {
 struct Config {
     name: String,
     base: String,
-    key: String,
+    /// Held, not named: the key stays in use (`accel_crypto_key_destroy`
+    /// refuses it) while the bdev may come back, so it cannot come back
+    /// without its key, or with another key of the same name.
+    key: Arc<CryptoKey>,
     uuid: Option<Uuid>,
 }
 
@@ -160,7 +163,7 @@ fn make(c: &Config) -> Result<Option<Arc<Bdev>>, RpcError> {
     if bdev::get(&c.base).is_none() {
         return Ok(None);
     }
-    let key = accel::crypto_key(&c.key).ok_or_else(|| RpcError::errno(libc::ENOENT, format!("crypto key {} not found", c.key)))?;
+    let key = c.key.clone();
     let name = c.name.clone();
     let base = bdev::open(&c.base, true, move |ev| {
         if ev == BdevEvent::Remove {
@@ -193,9 +196,7 @@ fn create(p: Create) -> Result<String, RpcError> {
     if CONFIGS.with(|c| c.borrow().iter().any(|c| c.name == p.name)) || bdev::get(&p.name).is_some() {
         return Err(RpcError::errno(libc::EEXIST, format!("bdev {} exists", p.name)));
     }
-    if accel::crypto_key(&key).is_none() {
-        return Err(RpcError::errno(libc::ENOENT, format!("crypto key {key} not found")));
-    }
+    let key = accel::crypto_key(&key).ok_or_else(|| RpcError::errno(libc::ENOENT, format!("crypto key {key} not found")))?;
     let c = Config { name: p.name.clone(), base: p.base_bdev_name, key, uuid: p.uuid };
     if make(&c)?.is_none() {
         tracing::info!("crypto bdev {}: waiting for bdev {}", c.name, c.base);

@@ -418,6 +418,9 @@ fn crypto_bdev_is_aes_xts_with_the_lba_as_tweak() {
     let there = |name: &str| d.call("bdev_get_bdevs", Some(json!({"name": name}))).is_ok();
     ok_stdout("base deleted", &spdk_rpc(&s, &["bdev_aio_delete", "A0"]));
     wait_until("C0 gone with its base", std::time::Duration::from_secs(30), || !there("C0"));
+    // Its key stays in use: destroyed (and made again under its name with
+    // other material), C0 would come back unable to open, or wrongly keyed.
+    assert!(!spdk_rpc(&s, &["accel_crypto_key_destroy", "-n", "key0"]).status.success(), "the waiting bdev's key was destroyed");
     ok_stdout("base back", &spdk_rpc(&s, &["bdev_aio_create", img.to_str().unwrap(), "A0", "512"]));
     wait_until("C0 back on its base", std::time::Duration::from_secs(30), || there("C0"));
     export(&d, "C0", 1);
