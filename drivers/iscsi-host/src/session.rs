@@ -320,6 +320,9 @@ struct State {
     /// wait while down).
     since: Instant,
     last_rx: Instant,
+    /// Added to the clock the state stamps its tasks with: zero, but for
+    /// the fuzz harness's running clock.
+    skew: Duration,
     /// Since when the session has had no logged-in connection (requests
     /// waiting longer than the command timeout fail).
     down_since: Option<Instant>,
@@ -939,6 +942,7 @@ impl State {
             on_closed: None,
             since: now,
             last_rx: now,
+            skew: Duration::ZERO,
             down_since: Some(now),
             closed_since: None,
             retry_at: None,
@@ -1298,7 +1302,7 @@ impl State {
             let itt = self.itt(slot);
             let cmd_sn = self.cmd_sn;
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
-            let mut t = Task { p, cmd_sn, moved: 0, r2t_sn: 0, residual: 0, at: Instant::now(), aborting: false, timed_out: false };
+            let mut t = Task { p, cmd_sn, moved: 0, r2t_sn: 0, residual: 0, at: self.now(), aborting: false, timed_out: false };
             self.send_command(itt, &mut t);
             self.slots[slot as usize] = Slot::Scsi(t);
             any = true;
@@ -1424,7 +1428,8 @@ impl State {
         h.w28.set(self.exp_stat_sn);
         h.w32.set(ref_cmd_sn);
         self.push_pdu(&h, 0, |_, _| {});
-        self.slots[slot as usize] = Slot::Tmf { func, ref_itt, at: Instant::now(), io };
+        let at = self.now();
+        self.slots[slot as usize] = Slot::Tmf { func, ref_itt, at, io };
         match func {
             tmf::ABORT_TASK => self.stats.aborts += 1,
             _ => self.stats.lun_resets += 1,
@@ -1452,7 +1457,7 @@ impl State {
         self.push_pdu(&h, 0, |_, _| {});
         self.slots[slot as usize] = Slot::Logout;
         self.phase = Phase::LoggingOut;
-        self.since = Instant::now();
+        self.since = self.now();
         true
     }
 
@@ -1466,7 +1471,12 @@ impl State {
         h.w24.set(self.cmd_sn);
         h.w28.set(self.exp_stat_sn);
         self.push_pdu(&h, 0, |_, _| {});
-        self.slots[slot as usize] = Slot::Nop { at: Instant::now() };
+        self.slots[slot as usize] = Slot::Nop { at: self.now() };
+    }
+
+    /// The clock tasks, pings and task management are stamped with.
+    fn now(&self) -> Instant {
+        Instant::now() + self.skew
     }
 
     /// Take ExpCmdSN/MaxCmdSN from a target PDU (ignored unless they make
@@ -2127,7 +2137,7 @@ pub mod fuzzing {
             4096
         };
         let mut fed = Fed::default();
-        let mut now = Instant::now();
+        let mut now: Instant;
         if flags & 1 != 0 {
             let mut l = Login::new(login, 0, 1);
             let first = l.start();
@@ -2205,7 +2215,10 @@ pub mod fuzzing {
             st.issue_waiting();
             assert!(st.rx_end <= st.rx.len());
             if flags & 0x40 != 0 && fed.fault.is_none() && st.phase == Phase::Ready {
-                now += Duration::from_secs(8);
+                // The piece came at this time; 8 s pass before the next.
+                st.last_rx = st.now();
+                st.skew += Duration::from_secs(8);
+                now = st.now();
                 if let Some(e) = st.check_ready(now) {
                     fed.fault = Some(e.to_string());
                 }
@@ -2213,11 +2226,13 @@ pub mod fuzzing {
             }
         }
         if flags & 0x40 != 0 && fed.fault.is_none() && st.phase == Phase::Ready {
+            now = st.now();
             let start = now;
             let busy = |st: &State| !st.waiting.is_empty() || st.slots.iter().any(|s| matches!(s, Slot::Scsi(_)));
             while busy(&st) && fed.fault.is_none() {
                 assert!(now.duration_since(start) < Duration::from_secs(3600), "commands held for an hour by a live, silent target");
-                now += Duration::from_secs(5);
+                st.skew += Duration::from_secs(5);
+                now = st.now();
                 // Alive: its pings come, ours are answered.
                 st.last_rx = now;
                 for i in 0..SLOTS {
@@ -2531,6 +2546,22 @@ mod tests {
             assert!(fed.fault.is_some(), "{fed:?}");
             assert!((30..=600).contains(&after), "gave up after {after} s: {fed:?}");
         }
+    }
+
+    /// A target that keeps pinging is alive: with the clock running, the
+    /// harness took its pings for silence (the input did not count as
+    /// received, and tasks were stamped with the wall clock).
+    #[test]
+    fn with_time_running_input_keeps_the_session_alive() {
+        let mut input = Vec::new();
+        for _ in 0..12 {
+            let mut h = Bhs::new(op::NOP_IN, 0x80);
+            h.itt.set(RESERVED_TAG);
+            h.w20.set(5);
+            input.extend_from_slice(h.as_bytes());
+        }
+        let fed = fuzzing::feed(0x60, &[], &input);
+        assert!(fed.fault.is_none(), "{fed:?}");
     }
 
     #[test]

@@ -640,8 +640,10 @@ pub fn register(m: &Methods) {
     m.register("iscsi_create_portal_group", States::RUNTIME, |p: CreatePortalGroup, r: Responder| {
         {
             let cfg = config::lock();
-            if p.tag <= 0 {
-                return r.err(einval("tag must be above 0"));
+            // The TPGT is 16 bits on the wire and is the relative port of
+            // the nexus: a larger tag wrapped.
+            if p.tag <= 0 || p.tag > i32::from(u16::MAX) {
+                return r.err(einval("tag must be 1 to 65535"));
             }
             if cfg.portal_groups.contains_key(&p.tag) {
                 return r.err(RpcError::errno(libc::EEXIST, format!("portal group {} already exists", p.tag)));

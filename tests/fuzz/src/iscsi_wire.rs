@@ -255,6 +255,7 @@ pub fn ensure_config() {
             node(TARGET_DENY, vec![(1, 2)], none, false),
         ];
         for n in nodes {
+            n.sync_ports();
             cfg.targets.retain(|t| t.name != n.name);
             cfg.targets.push(n);
         }
@@ -266,5 +267,6 @@ pub fn set_pdu_device(dev: std::sync::Arc<pollux_scsi::Device>) {
     let mut cfg = pollux_iscsi::config::lock();
     if let Some(t) = cfg.targets.iter_mut().find(|t| t.name == TARGET_PDU) {
         t.device = dev;
+        t.sync_ports();
     }
 }

@@ -96,6 +96,8 @@ fn run(rig: &Rig, data: &[u8]) {
             b.zero();
         }
         let dev = Device::new("iqn.2025-01.io.pollux:t");
+        // The nexuses' relative ports (REGISTER AND MOVE takes only these).
+        dev.set_ports([1, 2]);
         let luns: Vec<_> = LUS.iter().enumerate().map(|(i, (name, ..))| dev.add_lun(i as u64, name).expect("LU")).collect();
         let mut ports = Vec::new();
         for n in &rig.nexus {

@@ -291,7 +291,11 @@ fn a_preempt_and_abort_aborts_the_preempted_initiators_tasks_first() {
 #[test]
 fn register_and_move_takes_only_a_relative_port_that_reaches_the_lu() {
     let port = iscsi_host::free_port();
-    let _d = iscsi_host::start("0x1", iscsi_host::config(port, "multi", 16, None));
+    let d = iscsi_host::start("0x1", iscsi_host::config(port, "multi", 16, None));
+    // A portal group tag is the nexus's 16-bit relative port: 65537 would
+    // have wrapped to 1.
+    let big = serde_json::json!({"tag": 65537, "portals": [{"host": "127.0.0.1", "port": "3999"}]});
+    assert!(d.call("iscsi_create_portal_group", Some(big)).is_err(), "a tag above 65535 is refused");
     let (mut from, _) = logged_in(port, "iqn.2025-01.io.pollux:mover", 1, &[]);
     let (mut to, _) = logged_in(port, "iqn.2025-01.io.pollux:receiver", 2, &[]);
     assert_eq!(pr_out(&mut from, 0, 0, 0, 0xa), GOOD);
@@ -317,6 +321,7 @@ fn register_and_move_takes_only_a_relative_port_that_reaches_the_lu() {
         let r = c.wait_for(itt).expect("REGISTER AND MOVE answered");
         (r.bhs[3], r.data.get(2 + 12).copied())
     };
+    assert_eq!(register_and_move(&mut to, 2), (RESERVATION_CONFLICT, None), "not registered: a conflict, before the port");
     assert_eq!(register_and_move(&mut from, 2), (CHECK_CONDITION, Some(0x26)), "portal group 2 does not reach the LU");
     assert_eq!(to.write10(300, &pattern(3, 4096)), Some(RESERVATION_CONFLICT), "the reservation stayed");
     assert_eq!(register_and_move(&mut from, 1).0, GOOD);

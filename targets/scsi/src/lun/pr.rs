@@ -461,12 +461,6 @@ impl Lun {
         if param[17] & 0x01 != 0 {
             return Err(Sense::invalid_param_field(17, Some(0)));
         }
-        // A port the LU is not reached through: the reservation would go
-        // to a nexus no session can have (SPC-4 6.16.4: INVALID FIELD IN
-        // PARAMETER LIST; SPDK's check too).
-        if !self.has_port(rel) {
-            return Err(Sense::invalid_param_field(18, None));
-        }
         // UNREG: the source's registration goes too (it always went).
         let unreg = param[17] & 0x02 != 0;
         let Some(tid) = param.get(24..24 + tid_len) else { return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR)) };
@@ -493,6 +487,12 @@ impl Lun {
         }
         if sark == 0 {
             return Err(Sense::invalid_param_field(8, None));
+        }
+        // A port the LU is not reached through: the reservation would go
+        // to a nexus no session can have (INVALID FIELD IN PARAMETER LIST,
+        // after the registration and holder checks, as LIO orders them).
+        if !self.has_port(rel) {
+            return Err(Sense::invalid_param_field(18, None));
         }
         let dest = Arc::new(Nexus {
             id: 0,
