@@ -4,6 +4,12 @@
 //! `pollux_pid<pid>_<n>`), no live process has it open or mapped and, if its
 //! name carries a pid, that process is gone. Other files are left alone (a
 //! database's or a VM's persistent hugetlbfs files are not ours to remove).
+//!
+//! Open and mapped files are matched by device and inode as well as by
+//! path: a process in a container sees its hugepage files under its own
+//! mount namespace's paths (a Kubernetes pod's `/dev/hugepages` is a
+//! kubelet folder on the host), and its pid in the names is its own
+//! namespace's, so by path and pid alone its files looked stale.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,20 +19,53 @@ use crate::error::{Error, Result};
 use crate::hugepages::hugetlbfs_mounts;
 use crate::system::{Os, System, list_dir, open_files};
 
-/// Paths (as the machine sees them) open or mapped by any process.
-fn referenced<O: Os>(sys: &System<O>) -> Result<HashSet<PathBuf>> {
-    let mut refs = HashSet::new();
-    refs.extend(open_files(sys)?.into_iter().map(|f| f.path));
+/// Files open or mapped by any process: by path (as the process sees
+/// it) and by device and inode.
+#[derive(Default)]
+struct Referenced {
+    paths: HashSet<PathBuf>,
+    ids: HashSet<(u64, u64)>,
+}
+
+impl Referenced {
+    fn contains(&self, seen: &Path, file: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.paths.contains(seen) || std::fs::metadata(file).is_ok_and(|m| self.ids.contains(&(m.dev(), m.ino())))
+    }
+}
+
+fn referenced<O: Os>(sys: &System<O>) -> Result<Referenced> {
+    let mut refs = Referenced::default();
+    for f in open_files(sys)? {
+        refs.ids.extend(f.id);
+        refs.paths.insert(f.path);
+    }
     for pid in list_dir(&sys.path("proc"))?.iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
         let proc_dir = sys.path(format!("proc/{pid}"));
         // A process may exit or deny access while we look: skip what cannot be read.
         // Bytes, not text: one path that is not UTF-8 made the whole file
         // unreadable, and that process's mappings went uncounted.
         if let Ok(maps) = std::fs::read(proc_dir.join("maps")) {
-            refs.extend(maps.split(|&b| b == b'\n').filter_map(mapped_path));
+            for line in maps.split(|&b| b == b'\n') {
+                if let Some(path) = mapped_path(line) {
+                    refs.paths.insert(path);
+                    refs.ids.extend(mapped_id(line));
+                }
+            }
         }
     }
     Ok(refs)
+}
+
+/// The device and inode of a `/proc/PID/maps` line (`dev` as hex
+/// `major:minor`, then the inode in decimal).
+fn mapped_id(line: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b'/').unwrap_or(line.len()))?).ok()?;
+    let mut f = text.split_ascii_whitespace().skip(3);
+    let (major, minor) = f.next()?.split_once(':')?;
+    let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    let ino = f.next()?.parse().ok()?;
+    Some((dev, ino))
 }
 
 /// The file a `/proc/PID/maps` line maps (`address perms offset dev inode
@@ -83,7 +122,7 @@ pub fn cleanup<O: Os>(sys: &System<O>, dry_run: bool) -> Result<Report> {
         for file in files_in(&sys.host_path(&mount.path))? {
             let seen = sys.machine_path(&file);
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if refs.contains(&seen) {
+            if refs.contains(&seen, &file) {
                 continue;
             }
             if !ours(&name) {
@@ -132,6 +171,13 @@ mod tests {
         for name in ["postgres_shm", "map_", "rtemap_x", "libvirt-qemu-guest", "pollux_data"] {
             assert!(!ours(name), "{name}");
         }
+    }
+
+    #[test]
+    fn maps_lines_give_their_device_and_inode() {
+        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0"), Some((libc::makedev(0, 0x29), 17)));
+        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 fd:1a 123456 /x"), Some((libc::makedev(0xfd, 0x1a), 123_456)));
+        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 zz 1 /x"), None);
     }
 
     #[test]

@@ -208,6 +208,9 @@ pub struct OpenFile {
     pub pid: u32,
     pub command: String,
     pub path: PathBuf,
+    /// The open file's device and inode (a stat through the descriptor:
+    /// right whatever mount namespace the process sees its path in).
+    pub id: Option<(u64, u64)>,
 }
 
 /// Every file open in every process but this one (`/proc/*/fd`). A
@@ -220,8 +223,11 @@ pub fn open_files<O: Os>(sys: &System<O>) -> Result<Vec<OpenFile>> {
         let dir = sys.path(format!("proc/{pid}"));
         let command = read_attr(&dir.join("comm")).ok().flatten().unwrap_or_else(|| "?".into());
         for fd in list_dir(&dir.join("fd")).unwrap_or_default() {
-            if let Ok(path) = std::fs::read_link(dir.join("fd").join(fd)) {
-                out.push(OpenFile { pid: n, command: command.clone(), path });
+            let link = dir.join("fd").join(fd);
+            if let Ok(path) = std::fs::read_link(&link) {
+                use std::os::unix::fs::MetadataExt;
+                let id = std::fs::metadata(&link).ok().map(|m| (m.dev(), m.ino()));
+                out.push(OpenFile { pid: n, command: command.clone(), path, id });
             }
         }
     }

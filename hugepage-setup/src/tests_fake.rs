@@ -221,8 +221,28 @@ fn cleanup_removes_only_stale_files() {
         .unwrap();
     symlink("/dev/hugepages/rtemap_1", fake.root().join("proc/300/fd/5")).unwrap();
 
+    // A containerised SPDK (pid 555 of its own namespace, unknown here)
+    // maps one under its own path, and another is open in it: the same
+    // files by device and inode.
+    use std::os::unix::fs::MetadataExt;
+    for f in ["spdk_pid555map_0", "spdk_pid555map_1"] {
+        std::fs::write(mnt.join(f), "").unwrap();
+    }
+    let m = std::fs::metadata(mnt.join("spdk_pid555map_0")).unwrap();
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    std::fs::create_dir_all(fake.root().join("proc/301/fd")).unwrap();
+    std::fs::write(
+        fake.root().join("proc/301/maps"),
+        format!("7f00-7f20 rw-s 00000000 {major:02x}:{minor:02x} {} /dev/hugepages/spdk_pid1map_0\n", m.ino()),
+    )
+    .unwrap();
+    symlink(mnt.join("spdk_pid555map_1"), fake.root().join("proc/301/fd/9")).unwrap();
     let report = cleanup(&fake.sys, false).unwrap();
     assert_eq!(report.actions, ["removed stale /dev/hugepages/spdk_pid100map_0"]);
+    assert!(mnt.join("spdk_pid555map_0").exists() && mnt.join("spdk_pid555map_1").exists(), "a container's files");
+    for f in ["spdk_pid555map_0", "spdk_pid555map_1"] {
+        std::fs::remove_file(mnt.join(f)).unwrap();
+    }
     // Not a DPDK, SPDK or Pollux name: someone else's (it was removed).
     assert!(report.warnings.iter().any(|w| w.contains("left /dev/hugepages/postgres_shared")), "{:?}", report.warnings);
     let mut left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
