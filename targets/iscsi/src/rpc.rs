@@ -357,7 +357,7 @@ fn create_target(p: CreateTarget) -> Result<bool, RpcError> {
         }
         luns.push((id as u64, bdev));
     }
-    cfg.targets.push(TargetNode {
+    let node = TargetNode {
         name,
         alias: p.alias_name,
         pg_ig_maps: p.pg_ig_maps.iter().map(|m| (m.pg_tag, m.ig_tag)).collect(),
@@ -367,10 +367,9 @@ fn create_target(p: CreateTarget) -> Result<bool, RpcError> {
         header_digest: p.header_digest.unwrap_or(false),
         data_digest: p.data_digest.unwrap_or(false),
         device,
-    });
-    if let Some(t) = cfg.targets.last() {
-        t.sync_ports();
-    }
+    };
+    node.sync_ports();
+    cfg.targets.push(node);
     Ok(true)
 }
 
@@ -607,14 +606,16 @@ pub fn register(m: &Methods) {
         let Some(t) = cfg.targets.iter_mut().find(|t| t.name.eq_ignore_ascii_case(&name)) else {
             return r.err(RpcError::errno(libc::ENODEV, format!("target node {name} not found")));
         };
-        for m in p.pg_ig_maps {
+        let added = p.pg_ig_maps.iter().try_for_each(|m| {
             if t.pg_ig_maps.contains(&(m.pg_tag, m.ig_tag)) {
-                return r.err(RpcError::errno(libc::EEXIST, format!("map {}:{} exists", m.pg_tag, m.ig_tag)));
+                return Err(RpcError::errno(libc::EEXIST, format!("map {}:{} exists", m.pg_tag, m.ig_tag)));
             }
             t.pg_ig_maps.push((m.pg_tag, m.ig_tag));
-        }
+            Ok(())
+        });
+        // Maps added before a refused one stay: the ports follow them.
         t.sync_ports();
-        r.ok(true)
+        r.result(added.map(|()| true))
     });
     m.register("iscsi_target_node_remove_pg_ig_maps", States::RUNTIME, |p: TargetMaps, r: Responder| {
         let mut cfg = config::lock();
@@ -622,16 +623,16 @@ pub fn register(m: &Methods) {
         let Some(t) = cfg.targets.iter_mut().find(|t| t.name.eq_ignore_ascii_case(&name)) else {
             return r.err(RpcError::errno(libc::ENODEV, format!("target node {name} not found")));
         };
-        for m in p.pg_ig_maps {
+        let removed = p.pg_ig_maps.iter().try_for_each(|m| {
             let n = t.pg_ig_maps.len();
             t.pg_ig_maps.retain(|x| *x != (m.pg_tag, m.ig_tag));
             if t.pg_ig_maps.len() == n {
-                t.sync_ports();
-                return r.err(RpcError::errno(libc::ENODEV, format!("map {}:{} not found", m.pg_tag, m.ig_tag)));
+                return Err(RpcError::errno(libc::ENODEV, format!("map {}:{} not found", m.pg_tag, m.ig_tag)));
             }
-        }
+            Ok(())
+        });
         t.sync_ports();
-        r.ok(true)
+        r.result(removed.map(|()| true))
     });
     m.register("iscsi_get_target_nodes", States::ANY, |_: NoParams, r: Responder| {
         let cfg = config::lock();
