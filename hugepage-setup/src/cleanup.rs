@@ -29,15 +29,20 @@ struct Referenced {
 
 impl Referenced {
     fn contains(&self, seen: &Path, file: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        self.paths.contains(seen) || std::fs::metadata(file).is_ok_and(|m| self.ids.contains(&(m.dev(), m.ino())))
+        self.paths.contains(seen) || file_id(file).is_some_and(|id| self.ids.contains(&id))
     }
+}
+
+/// A file's device and inode.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn referenced<O: Os>(sys: &System<O>) -> Result<Referenced> {
     let mut refs = Referenced::default();
     for f in open_files(sys)? {
-        refs.ids.extend(f.id);
+        refs.ids.extend(file_id(&f.link));
         refs.paths.insert(f.path);
     }
     for pid in list_dir(&sys.path("proc"))?.iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
@@ -46,42 +51,40 @@ fn referenced<O: Os>(sys: &System<O>) -> Result<Referenced> {
         // Bytes, not text: one path that is not UTF-8 made the whole file
         // unreadable, and that process's mappings went uncounted.
         if let Ok(maps) = std::fs::read(proc_dir.join("maps")) {
-            for line in maps.split(|&b| b == b'\n') {
-                if let Some(path) = mapped_path(line) {
-                    refs.paths.insert(path);
-                    refs.ids.extend(mapped_id(line));
-                }
+            for (path, id) in maps.split(|&b| b == b'\n').filter_map(mapped) {
+                refs.paths.insert(path);
+                refs.ids.extend(id);
             }
         }
     }
     Ok(refs)
 }
 
-/// The device and inode of a `/proc/PID/maps` line (`dev` as hex
-/// `major:minor`, then the inode in decimal).
-fn mapped_id(line: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b'/').unwrap_or(line.len()))?).ok()?;
-    let mut f = text.split_ascii_whitespace().skip(3);
-    let (major, minor) = f.next()?.split_once(':')?;
-    let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
-    let ino = f.next()?.parse().ok()?;
-    Some((dev, ino))
-}
-
 /// The file a `/proc/PID/maps` line maps (`address perms offset dev inode
-/// path`; the path may hold spaces), if any.
-fn mapped_path(line: &[u8]) -> Option<PathBuf> {
+/// path`; the path may hold spaces and any bytes), if any, with its
+/// device and inode (`dev` as hex `major:minor`, the inode in decimal)
+/// when they read as such.
+fn mapped(line: &[u8]) -> Option<(PathBuf, Option<(u64, u64)>)> {
     use std::os::unix::ffi::OsStrExt;
+    let mut fields = [&line[..0]; 5];
     let mut rest = line;
-    for _ in 0..5 {
+    for field in &mut fields {
         let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         rest = &rest[start..];
         let end = rest.iter().position(|b| b.is_ascii_whitespace())?;
-        rest = &rest[end..];
+        (*field, rest) = rest.split_at(end);
     }
     let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     let path = &rest[start..];
-    (path.first() == Some(&b'/')).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+    if path.first() != Some(&b'/') {
+        return None;
+    }
+    let id = || {
+        let (major, minor) = std::str::from_utf8(fields[3]).ok()?.split_once(':')?;
+        let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+        Some((dev, std::str::from_utf8(fields[4]).ok()?.parse().ok()?))
+    };
+    Some((PathBuf::from(std::ffi::OsStr::from_bytes(path)), id()))
 }
 
 /// Whether a hugetlbfs file's name is one DPDK (`<prefix>map_<n>`), SPDK
@@ -175,13 +178,15 @@ mod tests {
 
     #[test]
     fn maps_lines_give_their_device_and_inode() {
-        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0"), Some((libc::makedev(0, 0x29), 17)));
-        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 fd:1a 123456 /x"), Some((libc::makedev(0xfd, 0x1a), 123_456)));
-        assert_eq!(mapped_id(b"7f00-7f20 rw-s 00000000 zz 1 /x"), None);
+        let id = |line: &[u8]| mapped(line).and_then(|(_, id)| id);
+        assert_eq!(id(b"7f00-7f20 rw-s 00000000 00:29 17 /dev/hugepages/rtemap_0"), Some((libc::makedev(0, 0x29), 17)));
+        assert_eq!(id(b"7f00-7f20 rw-s 00000000 fd:1a 123456 /x"), Some((libc::makedev(0xfd, 0x1a), 123_456)));
+        assert_eq!(id(b"7f00-7f20 rw-s 00000000 zz 1 /x"), None);
     }
 
     #[test]
     fn maps_lines_give_their_paths_with_spaces_and_any_bytes() {
+        let mapped_path = |line: &[u8]| mapped(line).map(|(path, _)| path);
         let line = b"7f00-7f20 rw-s 00000000 00:29 17 /dev/hugepages/a file\xff";
         assert_eq!(mapped_path(line).unwrap().as_os_str().len(), "/dev/hugepages/a file".len() + 1);
         assert_eq!(mapped_path(b"7f00-7f20 r--p 00000000 00:00 0 "), None);

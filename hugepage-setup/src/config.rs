@@ -195,9 +195,8 @@ fn plan_binds<O: Os>(sys: &System<O>, req: &ConfigRequest, selected: Vec<Control
     let mut plan = Vec::new();
     for ctrl in selected {
         let on_vfio = ctrl.driver.as_deref() == Some(VFIO_PCI);
-        let group_open = |u: &Usage| matches!(u, Usage::Open { device, .. } if device.starts_with("vfio/"));
-        let busy = ctrl.usage.iter().find(|u| on_vfio && group_open(u)).map(|u| u.to_string());
-        let refusing: Vec<Usage> = ctrl.usage.iter().filter(|u| u.refuses(req.force) && !(on_vfio && group_open(u))).cloned().collect();
+        let busy = ctrl.usage.iter().find(|u| on_vfio && u.is_vfio_open()).map(|u| u.to_string());
+        let refusing: Vec<Usage> = ctrl.usage.iter().filter(|u| u.refuses(req.force) && !(on_vfio && u.is_vfio_open())).cloned().collect();
         if !refusing.is_empty() {
             report.refused.push((ctrl.bdf.clone(), refusing));
             continue;
@@ -280,8 +279,7 @@ pub fn reset<O: Os>(sys: &System<O>, devices: &Selection, dry_run: bool) -> Resu
         // A program driving it through VFIO (Pollux, SPDK, a VM's
         // passthrough): the unbind would wait for it to let go, and the
         // device would go from under it.
-        let open: Vec<Usage> =
-            ctrl.usage.iter().filter(|u| matches!(u, Usage::Open { device, .. } if device.starts_with("vfio/"))).cloned().collect();
+        let open: Vec<Usage> = ctrl.usage.iter().filter(|u| u.is_vfio_open()).cloned().collect();
         if !open.is_empty() {
             report.refused.push((ctrl.bdf.clone(), open));
             continue;

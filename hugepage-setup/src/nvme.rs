@@ -74,6 +74,12 @@ pub enum Usage {
 }
 
 impl Usage {
+    /// A program has the controller open through VFIO (its group or its
+    /// device file).
+    pub fn is_vfio_open(&self) -> bool {
+        matches!(self, Usage::Open { device, .. } if device.starts_with("vfio/"))
+    }
+
     /// Whether this use still refuses binding with or without `--force`.
     pub fn refuses(&self, force: bool) -> bool {
         !matches!(self, Usage::Data { .. }) || !force
@@ -117,8 +123,6 @@ pub struct Controller {
     pub numa_node: Option<i32>,
     /// Block devices of its namespaces (only while the kernel driver owns it).
     pub namespaces: Vec<String>,
-    /// Their partitions.
-    pub partitions: Vec<String>,
     pub usage: Vec<Usage>,
 }
 
@@ -157,9 +161,8 @@ pub fn controllers<O: Os>(sys: &System<O>, probe_claims: bool) -> Result<Vec<Con
         namespaces.sort();
         namespaces.dedup();
         let mut usage = Vec::new();
-        let mut partitions = Vec::new();
         for ns in &namespaces {
-            usage.extend(context.usage_of(sys, ns, &mut partitions)?);
+            usage.extend(context.usage_of(sys, ns)?);
             // Its generic character device (`nvme io-passthru`, io_uring).
             if let Some(rest) = ns.strip_prefix("nvme") {
                 usage.extend(openers(&context.open, &format!("ng{rest}")));
@@ -187,7 +190,6 @@ pub fn controllers<O: Os>(sys: &System<O>, probe_claims: bool) -> Result<Vec<Con
             numa_node: read_attr(&dir.join("numa_node"))?.and_then(|n| n.parse().ok()),
             bdf,
             namespaces,
-            partitions,
             usage,
         });
     }
@@ -231,10 +233,15 @@ fn openers(open: &[OpenFile], device: &str) -> Vec<Usage> {
         .collect()
 }
 
-/// Whether `/dev/{device}` is claimed exclusively by someone (a device node
-/// missing or not ours to open says nothing).
-fn claimed<O: Os>(sys: &System<O>, device: &str) -> bool {
-    matches!(sys.os.claim(&sys.path(format!("dev/{device}"))), Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+/// Claim `/dev/{device}` exclusively: the claim (dropped, it goes), `None`
+/// where the node is missing or not ours to open (that says nothing), or
+/// the use that someone else's claim is.
+fn claim<O: Os>(sys: &System<O>, device: &str) -> std::result::Result<Option<Box<dyn std::any::Any>>, Usage> {
+    match sys.os.claim(&sys.path(format!("dev/{device}"))) {
+        Ok(held) => Ok(Some(held)),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Usage::Claimed { device: device.to_string() }),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Claims every namespace of `ctrl` exclusively, so that nothing mounts or
@@ -247,10 +254,9 @@ pub fn claim_all<O: Os>(sys: &System<O>, ctrl: &Controller) -> std::result::Resu
     let mut held = Vec::new();
     let mut refused = Vec::new();
     for device in &ctrl.namespaces {
-        match sys.os.claim(&sys.path(format!("dev/{device}"))) {
-            Ok(f) => held.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => refused.push(Usage::Claimed { device: device.clone() }),
-            Err(_) => {}
+        match claim(sys, device) {
+            Ok(h) => held.extend(h),
+            Err(u) => refused.push(u),
         }
     }
     if refused.is_empty() { Ok(held) } else { Err(refused) }
@@ -268,8 +274,7 @@ impl UsageContext {
     }
 
     /// Uses of a namespace block device and of its partitions.
-    /// Its partitions are added to `all_partitions`.
-    fn usage_of<O: Os>(&self, sys: &System<O>, ns: &str, all_partitions: &mut Vec<String>) -> Result<Vec<Usage>> {
+    fn usage_of<O: Os>(&self, sys: &System<O>, ns: &str) -> Result<Vec<Usage>> {
         let block_dir = sys.path(format!("sys/block/{ns}"));
         let partitions: Vec<String> = list_dir(&block_dir)?.into_iter().filter(|p| p.starts_with(ns) && p.len() > ns.len()).collect();
         let mut uses = Vec::new();
@@ -301,13 +306,9 @@ impl UsageContext {
         // on one none of those checks saw, it is what they missed.
         let kernel_use = uses.iter().any(|u| matches!(u, Usage::Mounted { .. } | Usage::Swap { .. } | Usage::Holder { .. }));
         if !kernel_use && self.probe_claims {
-            for (device, _) in &devices {
-                if claimed(sys, device) {
-                    uses.push(Usage::Claimed { device: device.clone() });
-                }
-            }
+            // A probe: the claim goes at once.
+            uses.extend(devices.iter().filter_map(|(device, _)| claim(sys, device).err()));
         }
-        all_partitions.extend(partitions.iter().cloned());
         if !partitions.is_empty() {
             uses.push(Usage::Data { device: ns.to_string(), what: format!("{} partition(s)", partitions.len()) });
         } else if let Some(what) = signature(sys, ns)? {

@@ -208,9 +208,10 @@ pub struct OpenFile {
     pub pid: u32,
     pub command: String,
     pub path: PathBuf,
-    /// The open file's device and inode (a stat through the descriptor:
-    /// right whatever mount namespace the process sees its path in).
-    pub id: Option<(u64, u64)>,
+    /// The descriptor itself (`proc/PID/fd/N` under the root): a stat
+    /// through it gives the open file's device and inode, right whatever
+    /// mount namespace the process sees its path in.
+    pub link: PathBuf,
 }
 
 /// Every file open in every process but this one (`/proc/*/fd`). A
@@ -225,9 +226,7 @@ pub fn open_files<O: Os>(sys: &System<O>) -> Result<Vec<OpenFile>> {
         for fd in list_dir(&dir.join("fd")).unwrap_or_default() {
             let link = dir.join("fd").join(fd);
             if let Ok(path) = std::fs::read_link(&link) {
-                use std::os::unix::fs::MetadataExt;
-                let id = std::fs::metadata(&link).ok().map(|m| (m.dev(), m.ino()));
-                out.push(OpenFile { pid: n, command: command.clone(), path, id });
+                out.push(OpenFile { pid: n, command: command.clone(), path, link });
             }
         }
     }

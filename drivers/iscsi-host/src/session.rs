@@ -209,8 +209,6 @@ struct Task {
     moved: u32,
     /// The R2TSN the next R2T must carry.
     r2t_sn: u32,
-    /// The underflow residual the target reported with the status.
-    residual: u32,
     at: Instant,
     /// An ABORT TASK or LUN reset for it is out (since `at`).
     aborting: bool,
@@ -1302,7 +1300,7 @@ impl State {
             let itt = self.itt(slot);
             let cmd_sn = self.cmd_sn;
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
-            let mut t = Task { p, cmd_sn, moved: 0, r2t_sn: 0, residual: 0, at: self.now(), aborting: false, timed_out: false };
+            let mut t = Task { p, cmd_sn, moved: 0, r2t_sn: 0, at: self.now(), aborting: false, timed_out: false };
             self.send_command(itt, &mut t);
             self.slots[slot as usize] = Slot::Scsi(t);
             any = true;
@@ -1721,9 +1719,8 @@ impl State {
     }
 
     fn finish(&mut self, i: usize, status: u8, sense: Option<Sense>, residual: u32) {
-        if let Some(mut t) = self.take_task(i) {
-            t.residual = residual;
-            self.complete(t, Ok((status, sense)));
+        if let Some(t) = self.take_task(i) {
+            self.complete(t, Ok((status, sense, residual)));
         }
     }
 
@@ -1742,10 +1739,12 @@ impl State {
     }
 
     /// A command is over: with a SCSI status and sense, or failed.
-    fn complete(&mut self, t: Task, outcome: Result<(u8, Option<Sense>), IscsiError>) {
+    /// `outcome`: the status, sense and underflow residual the target
+    /// reported, or why the command failed.
+    fn complete(&mut self, t: Task, outcome: Result<(u8, Option<Sense>, u32), IscsiError>) {
         let outcome =
             if t.timed_out && outcome.is_ok() { Err(IscsiError::Timeout("the command timed out and was aborted".into())) } else { outcome };
-        if let Ok((status, sense)) = &outcome {
+        if let Ok((status, sense, _)) = &outcome {
             // Worth sending again: busy, task set full, unit attention.
             let transient = *status == scsi::status::BUSY
                 || *status == scsi::status::TASK_SET_FULL
@@ -1759,10 +1758,11 @@ impl State {
             }
         }
         let got = t.moved;
-        let residual = t.residual.max(t.p.len.saturating_sub(got));
+        let missing = t.p.len.saturating_sub(got);
         match t.p.origin {
             Origin::Own { mut buf, cb } => {
-                let r = outcome.map(|(status, sense)| {
+                let r = outcome.map(|(status, sense, reported)| {
+                    let residual = reported.max(missing);
                     buf.truncate(got as usize);
                     ScsiResult { status, sense, data: if t.p.write { Vec::new() } else { buf }, residual }
                 });
@@ -1770,17 +1770,13 @@ impl State {
             }
             Origin::Bdev { parent, .. } => {
                 let s = match outcome {
-                    Ok((scsi::status::GOOD, _)) if residual > 0 => {
+                    Ok((scsi::status::GOOD, _, reported)) if reported.max(missing) > 0 => {
                         let what = if t.p.write { "write" } else { "read" };
-                        tracing::warn!(
-                            "iscsi initiator: a {what} completed with {got} of {} bytes moved, residual {}",
-                            t.p.len,
-                            t.residual
-                        );
+                        tracing::warn!("iscsi initiator: a {what} completed with {got} of {} bytes moved, residual {reported}", t.p.len);
                         IoStatus::Failed
                     }
-                    Ok((scsi::status::GOOD, _)) => IoStatus::Success,
-                    Ok((status, sense)) => io_status(status, sense.as_ref()),
+                    Ok((scsi::status::GOOD, _, _)) => IoStatus::Success,
+                    Ok((status, sense, _)) => io_status(status, sense.as_ref()),
                     Err(e) => {
                         tracing::debug!("iscsi initiator: a command failed: {e}");
                         IoStatus::Failed
@@ -2065,13 +2061,13 @@ impl State {
     }
 }
 
-/// A bdev status for a SCSI status and sense.
 /// The underflow residual a SCSI Response or final Data-In reports (its
 /// U bit and residual count), 0 if none.
 fn underflow(h: &Bhs) -> u32 {
     if h.flags & 0x02 != 0 { h.w44.get() } else { 0 }
 }
 
+/// A bdev status for a SCSI status and sense.
 fn io_status(status: u8, sense: Option<&Sense>) -> IoStatus {
     if status == scsi::status::TASK_ABORTED {
         return IoStatus::Aborted;
@@ -2137,7 +2133,6 @@ pub mod fuzzing {
             4096
         };
         let mut fed = Fed::default();
-        let mut now: Instant;
         if flags & 1 != 0 {
             let mut l = Login::new(login, 0, 1);
             let first = l.start();
@@ -2218,21 +2213,19 @@ pub mod fuzzing {
                 // The piece came at this time; 8 s pass before the next.
                 st.last_rx = st.now();
                 st.skew += Duration::from_secs(8);
-                now = st.now();
-                if let Some(e) = st.check_ready(now) {
+                if let Some(e) = st.check_ready(st.now()) {
                     fed.fault = Some(e.to_string());
                 }
                 st.issue_waiting();
             }
         }
         if flags & 0x40 != 0 && fed.fault.is_none() && st.phase == Phase::Ready {
-            now = st.now();
-            let start = now;
+            let start = st.skew;
             let busy = |st: &State| !st.waiting.is_empty() || st.slots.iter().any(|s| matches!(s, Slot::Scsi(_)));
             while busy(&st) && fed.fault.is_none() {
-                assert!(now.duration_since(start) < Duration::from_secs(3600), "commands held for an hour by a live, silent target");
+                assert!(st.skew - start < Duration::from_secs(3600), "commands held for an hour by a live, silent target");
                 st.skew += Duration::from_secs(5);
-                now = st.now();
+                let now = st.now();
                 // Alive: its pings come, ours are answered.
                 st.last_rx = now;
                 for i in 0..SLOTS {
@@ -2245,7 +2238,7 @@ pub mod fuzzing {
                 }
                 st.issue_waiting();
             }
-            fed.ended_after_s = Some(now.duration_since(start).as_secs());
+            fed.ended_after_s = Some((st.skew - start).as_secs());
         }
         fed.pdus_out = st.tx.len();
         // A fault ends the connection: what was outstanding goes again or fails.

@@ -214,7 +214,8 @@ impl Controller {
         // Queues whose doorbells fit in the register window (a large
         // CAP.DSTRD or a small BAR put them past its end: every doorbell
         // write failed and the queue's commands never went).
-        let doorbell_queues = match regs.window_len() {
+        let window = regs.window_len();
+        let doorbell_queues = match window {
             None => u32::MAX,
             Some(len) => {
                 let pair = 2 * (4usize << cap.doorbell_stride());
@@ -225,7 +226,7 @@ impl Controller {
             return Err(NvmeError::Unsupported(format!(
                 "doorbells of stride {} bytes that leave no room for an I/O queue in the {}-byte register window",
                 4usize << cap.doorbell_stride(),
-                regs.window_len().unwrap_or(0)
+                window.unwrap_or(0)
             )));
         }
         let mut admin = AdminQueue::new(regs.clone(), cap.doorbell_stride(), PAGE_SIZE)?;
