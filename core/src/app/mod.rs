@@ -186,9 +186,23 @@ impl App {
             st.on_started.borrow_mut().insert(0, Box::new(move || crate::metrics::start_with(methods, addr)));
         }
         reactor::launch(&opts, move || start(st, calls)).map_err(AppError::Reactors)?;
+        // Device shutdowns started by the subsystems' ends run on threads.
+        let under_way = reactor::wait_before_exit(Duration::ZERO);
+        if under_way > 0 {
+            tracing::info!("waiting for {under_way} device shutdown(s) to end (at most {EXIT_WAIT:?})");
+        }
+        let left = reactor::wait_before_exit(EXIT_WAIT);
+        if left > 0 {
+            tracing::warn!("{left} shutdown(s) still under way after {EXIT_WAIT:?}; exiting without them");
+        }
         Ok(exit_code.get())
     }
 }
+
+/// How long the process waits at exit for device shutdowns still under
+/// way on their threads (an NVMe controller's is bounded by RTD3E, at most
+/// 60 s).
+const EXIT_WAIT: Duration = Duration::from_secs(60);
 
 fn start(st: Rc<AppState>, calls: Vec<ConfigCall>) {
     reactor::set_local(st.clone());

@@ -640,6 +640,98 @@ pub fn send_msg<F: FnOnce() + Send + 'static>(to: ReactorId, f: F) {
     with_current(|r| r.send(to, Msg::new(f)))
 }
 
+/// Why [`off_reactor`] work gave no result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRun {
+    /// No thread could be started: `work` did not run.
+    NoThread,
+    /// `work` panicked.
+    Panicked,
+}
+
+/// Run blocking `work` on a thread of its own (named `name`), then `then`
+/// with its result on the calling reactor (a later iteration, never
+/// inline), so that what waits on something slow (a device coming ready, a
+/// cluster answering) does not stall the reactor's other work. `then` gets
+/// why there is no result if no thread could be started or `work`
+/// panicked. Off a reactor both run on the calling thread, at once. For rare
+/// operations: each call is a thread.
+pub fn off_reactor<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+    then: impl FnOnce(Result<T, NotRun>) + Send + 'static,
+) {
+    spawn_off_reactor(name, false, work, then)
+}
+
+/// [`off_reactor`] for work that must end before the process does (a
+/// device's shutdown): [`wait_before_exit`] waits for it.
+pub fn off_reactor_before_exit<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+    then: impl FnOnce(Result<T, NotRun>) + Send + 'static,
+) {
+    spawn_off_reactor(name, true, work, then)
+}
+
+/// [`off_reactor_before_exit`] work under way.
+static BEFORE_EXIT: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static BEFORE_EXIT_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+fn spawn_off_reactor<T: Send + 'static>(
+    name: &str,
+    before_exit: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+    then: impl FnOnce(Result<T, NotRun>) + Send + 'static,
+) {
+    let Some(origin) = try_current() else {
+        return then(Ok(work()));
+    };
+    let h = handle();
+    let count = |d: isize| {
+        let mut n = BEFORE_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_add_signed(d);
+        BEFORE_EXIT_DONE.notify_all();
+    };
+    if before_exit {
+        count(1);
+    }
+    // Kept outside the thread's closure: a spawn that fails drops that.
+    let then = Arc::new(std::sync::Mutex::new(Some(then)));
+    let t2 = then.clone();
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        // A panic in `work` is told to `then`, which still runs.
+        let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|_| NotRun::Panicked);
+        if before_exit {
+            count(-1);
+        }
+        h.send(origin, move || {
+            if let Some(f) = t2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                f(v);
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        if before_exit {
+            count(-1);
+        }
+        tracing::error!("cannot start a thread ({name}): {e}");
+        if let Some(f) = then.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Not inline: the caller may hold what `then` takes.
+            send_msg(origin, move || f(Err(NotRun::NoThread)));
+        }
+    }
+}
+
+/// Wait, at most `limit`, for the [`off_reactor_before_exit`] work under
+/// way (the application does, once its reactors have stopped). Returns how
+/// many are still running.
+pub fn wait_before_exit(limit: Duration) -> usize {
+    let n = BEFORE_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    let (n, _) = BEFORE_EXIT_DONE.wait_timeout_while(n, limit, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+    *n
+}
+
 /// Run `f` on every reactor in turn (0, 1, ...) and collect the results, then
 /// run `then` with them on the calling reactor.
 pub fn map_reactors<T, F, G>(f: F, then: G)

@@ -93,6 +93,14 @@ pub struct State {
     /// right after the next admin command ran (a device's late DMA).
     pub late_admin_dma: bool,
     held_admin: Vec<Command>,
+    /// CAP.TO, in 500 ms units.
+    pub cap_to: u8,
+    /// A controller enabled while set does not report ready (CSTS.RDY)
+    /// until it is cleared.
+    pub hold_ready: bool,
+    ready_held: bool,
+    /// The command id of every I/O command, in order.
+    pub io_cids: Vec<u16>,
 }
 
 /// The fake controller.
@@ -131,6 +139,10 @@ impl FakeController {
                 hold_admin: None,
                 late_admin_dma: false,
                 held_admin: Vec::new(),
+                cap_to: 1,
+                hold_ready: false,
+                ready_held: false,
+                io_cids: Vec::new(),
             }),
         }
     }
@@ -188,27 +200,38 @@ impl FakeController {
 
 impl Registers for FakeController {
     fn read32(&self, off: usize) -> Result<u32, RegisterError> {
-        let st = self.st();
+        let mut st = self.st();
         if st.gone {
             return Ok(u32::MAX);
         }
         Ok(match off as u32 {
             offset::VS => 0x0001_0400,
             offset::CC => st.cc,
-            offset::CSTS => st.csts,
+            offset::CSTS => {
+                // Enabled while `hold_ready` was set: ready once it is not.
+                if st.ready_held && !st.hold_ready {
+                    st.ready_held = false;
+                    st.csts |= Csts::RDY;
+                }
+                st.csts
+            }
             offset::AQA => st.aqa,
             _ => 0,
         })
     }
 
     fn read64(&self, off: usize) -> Result<u64, RegisterError> {
-        if self.st().gone {
+        let st = self.st();
+        if st.gone {
             return Ok(u64::MAX);
         }
         match off as u32 {
-            // MQES 1023, CQR, TO 1 (500 ms), DSTRD 0, CSS NVM, MPSMIN 4K, MPSMAX 64K.
-            offset::CAP => Ok(0x0040_0020_0100_03ff | (1 << 16)),
-            o => Ok(u64::from(self.read32(o as usize)?)),
+            // MQES 1023, CQR, TO (500 ms by default), DSTRD 0, CSS NVM, MPSMIN 4K, MPSMAX 64K.
+            offset::CAP => Ok(0x0040_0020_0000_03ff | (1 << 16) | (u64::from(st.cap_to) << 24)),
+            o => {
+                drop(st);
+                Ok(u64::from(self.read32(o as usize)?))
+            }
         }
     }
 
@@ -262,13 +285,15 @@ impl State {
             self.cqs.clear();
             self.sqs.insert(0, Queue { base: self.asq, entries: sq_entries, head: 0, tail: 0, cqid: 0, phase: true });
             self.cqs.insert(0, Queue { base: self.acq, entries: cq_entries, head: 0, tail: 0, cqid: 0, phase: true });
-            self.csts = Csts::RDY;
+            self.ready_held = self.hold_ready;
+            self.csts = if self.hold_ready { 0 } else { Csts::RDY };
         } else if !cc.enabled() && was {
             // Controller reset: every queue and held command is gone.
             self.held_admin.clear();
             self.sqs.clear();
             self.cqs.clear();
             self.held.clear();
+            self.ready_held = false;
             self.csts = 0;
             self.counters.resets += 1;
         }
@@ -310,6 +335,7 @@ impl State {
                 self.post(0, &cmd, result, status);
             } else {
                 self.counters.io_commands += 1;
+                self.io_cids.push(cmd.cid.get());
                 *self.counters.opcodes.entry(cmd.opcode).or_default() += 1;
                 if self.hold_io {
                     self.held.push(Held { qid, cmd });

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pollux_core::bdev::{BdevIo, IoStatus, IoType};
 use pollux_core::clock;
@@ -27,7 +28,7 @@ use pollux_nvme_spec::status::Status;
 use zerocopy::IntoBytes;
 
 use crate::controller::{Controller, PAGE_SIZE, State, TimeoutAction};
-use crate::error::{CommandError, CommandInfo, QueueKind};
+use crate::error::{CommandError, CommandInfo, NvmeError, QueueKind};
 use crate::prp::{self, Cursor, ListSink, Mode, Segment};
 use crate::queue::Rings;
 use crate::sys::DeviceMemory;
@@ -183,6 +184,16 @@ pub struct QueueStats {
     pub reconnects: u64,
 }
 
+/// Aborts under way for some of a queue pair's commands.
+struct AbortBatch {
+    /// Set to call the Aborts not yet sent off (the queue pair goes).
+    called_off: Arc<AtomicBool>,
+    /// Trackers of the batch's commands that finished meanwhile: not used
+    /// again until the batch ends, so that an Abort sent late does not
+    /// name a newer command under the same id.
+    held: Vec<u16>,
+}
+
 struct Inner {
     ctrl: Arc<Controller>,
     qid: Option<u16>,
@@ -200,6 +211,8 @@ struct Inner {
     done: Vec<(BdevIo, IoStatus)>,
     /// Reset requests waiting for the controller reset to end.
     resets: Vec<BdevIo>,
+    /// Aborts of timed-out commands under way (off the reactor).
+    aborting: Option<AbortBatch>,
     timeout_ticks: u64,
     next_timeout_check: u64,
     retry_connect_at: u64,
@@ -256,6 +269,7 @@ impl QueuePair {
             inflight: 0,
             done: Vec::with_capacity(POLL_BATCH),
             resets: Vec::new(),
+            aborting: None,
             timeout_ticks,
             next_timeout_check: 0,
             retry_connect_at: 0,
@@ -360,6 +374,12 @@ impl QueuePair {
         poll(&self.inner);
     }
 
+    /// Whether Aborts for timed-out commands are under way.
+    #[cfg(test)]
+    pub(crate) fn aborts_under_way(&self) -> bool {
+        self.inner.borrow().aborting.is_some()
+    }
+
     pub fn stats(&self) -> QueueStats {
         self.inner.borrow().stats
     }
@@ -377,6 +397,11 @@ impl QueuePair {
 impl Drop for QueuePair {
     fn drop(&mut self) {
         let mut inner = self.inner.borrow_mut();
+        // Aborts not yet sent would name this queue's id for another's
+        // commands.
+        if let Some(b) = inner.aborting.take() {
+            b.called_off.store(true, Ordering::Release);
+        }
         inner.disconnect_and_delete();
         // Anything still here never reaches the device again: fail it. (The
         // queues were deleted above, so the device is done with the buffers.)
@@ -468,6 +493,17 @@ impl Inner {
             Ok(()) => {
                 self.connected = Some(generation);
                 tracing::debug!("NVMe {}: I/O queue {} created", self.label, rings.qid);
+            }
+            Err(e @ NvmeError::State(_)) => {
+                // A reset (or shutdown) began meanwhile: what waits, waits
+                // for its end.
+                tracing::debug!(
+                    "NVMe {}: I/O queue {} not created ({e}); the controller is {}",
+                    self.label,
+                    rings.qid,
+                    self.ctrl.state().name()
+                );
+                self.connected = None;
             }
             Err(e) => {
                 tracing::error!("NVMe {}: cannot create I/O queue {}: {e}; failing its requests", self.label, rings.qid);
@@ -595,7 +631,11 @@ impl Inner {
                 continue;
             };
             self.trackers[cid] = Tracker { cid: t.cid, ..FREE_TRACKER };
-            self.free_cids.push(cid as u16);
+            match self.aborting.as_mut() {
+                // In the batch under way (see `AbortBatch::held`).
+                Some(b) if t.aborted && t.deadline == u64::MAX => b.held.push(cid as u16),
+                _ => self.free_cids.push(cid as u16),
+            }
             self.inflight -= 1;
             self.stats.completed_commands += 1;
             let status = cqe.status();
@@ -750,55 +790,117 @@ impl Inner {
             return;
         }
         self.next_timeout_check = now + (self.timeout_ticks / 8).max(1);
+        // During a reset (or before this queue pair re-created its queues
+        // after one) nothing is with the device: the commands wait.
+        if self.ctrl.state() != State::Enabled || self.connected != Some(self.ctrl.generation()) {
+            return;
+        }
         let action = self.ctrl.options().timeout_action;
         let qid = self.qid.unwrap_or(0);
         let mut reset = false;
+        let mut aborts = Vec::new();
         for cid in 0..self.trackers.len() {
             let t = self.trackers[cid];
             if t.req == NO_REQ || t.deadline > now {
                 continue;
             }
-            self.stats.timeouts += 1;
-            self.ctrl.count_timeout();
             let info = CommandInfo { queue: QueueKind::Io, opcode: t.opcode, cid: t.cid, nsid: t.nsid };
-            tracing::error!("NVMe {}: {info} timed out", self.label);
             match action {
+                // Aborts go in one batch at a time; one past its deadline
+                // while a batch is under way waits for the next check.
+                TimeoutAction::Abort if !t.aborted && self.aborting.is_some() => continue,
                 TimeoutAction::None => self.trackers[cid].deadline = now + self.timeout_ticks,
-                // Aborts wait for their answer on this reactor: once one
-                // fails, the reset deals with the rest (a controller that
-                // answered none stalled the reactor an admin timeout per
-                // command, up to 255 of them).
                 TimeoutAction::Abort if !t.aborted && !reset => {
+                    // Its new deadline runs from the Abort's answer.
                     self.trackers[cid].aborted = true;
-                    self.trackers[cid].deadline = now + self.timeout_ticks;
-                    match self.ctrl.abort(qid, t.cid) {
-                        Ok(true) => tracing::warn!("NVMe {}: {info} aborted", self.label),
-                        Ok(false) => {
-                            tracing::warn!("NVMe {}: the controller did not abort {info}; resetting", self.label);
-                            reset = true;
-                        }
-                        Err(e) => {
-                            tracing::warn!("NVMe {}: abort of {info} failed ({e}); resetting", self.label);
-                            reset = true;
-                        }
-                    }
+                    self.trackers[cid].deadline = u64::MAX;
+                    aborts.push((t.cid, info));
                 }
+                // Aborted and still not done, or no abort wanted.
                 TimeoutAction::Abort | TimeoutAction::Reset => reset = true,
             }
+            self.stats.timeouts += 1;
+            self.ctrl.count_timeout();
+            tracing::error!("NVMe {}: {info} timed out", self.label);
+        }
+        if !aborts.is_empty() && !reset {
+            self.start_aborts(qid, aborts);
         }
         if reset {
-            let name = self.ctrl.name().to_string();
             // The reset runs outside this borrow: from a message.
             let ctrl = self.ctrl.clone();
-            reactor::send_msg(reactor::current(), move || {
-                ctrl.reset(move |r| {
-                    if let Err(e) = r {
-                        tracing::error!("NVMe controller {name}: reset after a timeout failed: {e}");
-                    }
-                })
-            });
+            reactor::send_msg(reactor::current(), move || reset_after_timeout(&ctrl));
         }
     }
+
+    /// Send Aborts for `aborts` (wire command ids) on a thread, one after
+    /// the other (each waits for its answer, up to the admin timeout); the
+    /// first the controller does not carry out, for a command still
+    /// outstanding once the batch ends, resets the controller, which deals
+    /// with the rest.
+    fn start_aborts(&mut self, qid: u16, aborts: Vec<(u16, CommandInfo)>) {
+        let called_off = Arc::new(AtomicBool::new(false));
+        self.aborting = Some(AbortBatch { called_off: called_off.clone(), held: Vec::new() });
+        let generation = self.ctrl.generation();
+        let (ctrl, c2, label, off) = (self.ctrl.clone(), self.ctrl.clone(), self.label.clone(), called_off.clone());
+        reactor::off_reactor(
+            "nvme-abort",
+            move || {
+                for (cid, info) in aborts {
+                    match ctrl.abort_in(generation, &off, qid, cid) {
+                        // Reset meanwhile, not enabled, or the queue pair went.
+                        Ok(None) => return Ok(()),
+                        Ok(Some(true)) => tracing::warn!("NVMe {label}: {info} aborted"),
+                        Ok(Some(false)) => return Err((cid, format!("the controller did not abort {info}"))),
+                        Err(e) => return Err((cid, format!("abort of {info} failed ({e})"))),
+                    }
+                }
+                Ok(())
+            },
+            move |r| {
+                if called_off.load(Ordering::Acquire) {
+                    return; // the queue pair is gone
+                }
+                let Some(qp) = pollux_core::io_channel::try_get_io_channel(&c2) else { return };
+                let mut q = qp.inner.borrow_mut();
+                if !q.aborting.as_ref().is_some_and(|b| Arc::ptr_eq(&b.called_off, &called_off)) {
+                    return;
+                }
+                let Some(batch) = q.aborting.take() else { return };
+                q.free_cids.extend(batch.held);
+                let deadline = clock::ticks() + q.timeout_ticks;
+                for t in q.trackers.iter_mut().filter(|t| t.req != NO_REQ && t.deadline == u64::MAX) {
+                    t.deadline = deadline;
+                }
+                let failed = match r {
+                    Ok(Ok(())) => return,
+                    Ok(Err((cid, why))) => {
+                        // A command that finished meanwhile needs no reset.
+                        let still = q.trackers.get(usize::from(cid & CID_INDEX_MASK)).is_some_and(|t| t.req != NO_REQ && t.cid == cid);
+                        if !still {
+                            tracing::info!("NVMe {}: {why}, but it finished meanwhile", q.label);
+                            return;
+                        }
+                        why
+                    }
+                    Err(e) => format!("the Aborts did not run ({e:?})"),
+                };
+                tracing::warn!("NVMe {}: {failed}; resetting", q.label);
+                drop(q);
+                reset_after_timeout(&c2);
+            },
+        );
+    }
+}
+
+/// Reset `ctrl` because commands timed out.
+fn reset_after_timeout(ctrl: &Arc<Controller>) {
+    let name = ctrl.name().to_string();
+    ctrl.reset(move |r| {
+        if let Err(e) = r {
+            tracing::error!("NVMe controller {name}: reset after a timeout failed: {e}");
+        }
+    });
 }
 
 /// The bdev status for a failed NVMe status.

@@ -13,6 +13,7 @@ use pollux_core::dma::{self, DmaBuf};
 use pollux_core::io_channel::IoChannel;
 use pollux_core::reactor::{self, Harness};
 use pollux_nvme_spec::cmd::io;
+use pollux_nvme_spec::registers::Cc;
 use pollux_nvme_spec::status::MediaStatus;
 use serde_json::json;
 
@@ -91,6 +92,19 @@ fn run_until(h: &Harness, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(t0.elapsed() < limit, "condition not reached within {limit:?}");
         h.step_all();
     }
+}
+
+/// Reset `ctrl` from reactor 0 and step the reactors until it ends.
+fn reset_and_wait(h: &Harness, ctrl: &Arc<Controller>) -> Result<(), String> {
+    let c = ctrl.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+    let mut res = None;
+    run_until(h, Duration::from_secs(10), || {
+        res = rx.try_recv().ok();
+        res.is_some()
+    });
+    res.unwrap()
 }
 
 fn run_until_done(s: &Setup, out: &Done, n: usize) {
@@ -279,6 +293,47 @@ fn failed_commands_report_decoded_status_and_compare_detects_differences() {
     s.h.on(0, move || drop((ch, d)));
 }
 
+/// A reset waits for the device (CAP.TO for each of disable and enable):
+/// the reactor that asked goes on meanwhile (it stalled for the whole
+/// reset, every other device and connection on it with it), and I/O to
+/// the controller waits for the reset and then runs.
+#[test]
+fn a_reset_waiting_for_the_device_leaves_the_reactor_free() {
+    // CAP.TO 30 s; the device does not come ready until let go.
+    let s = setup_with("Slow", 1, 5, false, ControllerOptions::default(), |f| f.with(|st| st.cap_to = 60));
+    let (d, ch) = open(&s, "Slown1");
+    let resets = s.fake.counters(|c| c.resets);
+    s.fake.with(|st| st.hold_ready = true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = s.ctrl.clone();
+    s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+    // Back from the reactor with the reset still waiting for the device.
+    assert_eq!(s.ctrl.state(), State::Resetting, "the reset ran to its end on the reactor");
+    let out: Done = Rc::default();
+    let (o, w) = (out.clone(), pattern(4096, 3));
+    s.h.on(0, || d.write(&ch, [buf_from(&w)], 0, 8, record(&o, 1)));
+    // The reactor keeps running (messages, pollers) while the device is
+    // disabled and not yet ready; the write waits.
+    run_until(&s.h, Duration::from_secs(10), || s.fake.counters(|c| c.resets) > resets);
+    for _ in 0..100 {
+        s.h.step_all();
+    }
+    assert!(out.borrow().is_empty(), "a write completed while the controller was resetting");
+    assert!(rx.try_recv().is_err(), "the reset ended before the device was ready");
+    s.fake.with(|st| st.hold_ready = false);
+    let mut res = None;
+    run_until(&s.h, Duration::from_secs(20), || {
+        res = rx.try_recv().ok();
+        res.is_some()
+    });
+    assert_eq!(res, Some(Ok(())));
+    assert_eq!(s.ctrl.state(), State::Enabled);
+    run_until_done(&s, &out, 1);
+    assert_eq!(out.borrow()[0].1, IoStatus::Success);
+    assert_eq!(&s.fake.disk(0)[..4096], &w[..]);
+    s.h.on(0, move || drop((ch, d)));
+}
+
 #[test]
 fn reset_during_io_resubmits_in_flight_commands_once() {
     let s = setup("Reset", 1, 5, false, ControllerOptions::default());
@@ -395,6 +450,41 @@ fn detach_deletes_bdevs_and_shuts_the_controller_down() {
     assert_eq!(s.ctrl.state(), State::ShutDown);
     let csts = s.fake.read32(pollux_nvme_spec::registers::offset::CSTS as usize).unwrap();
     assert_eq!((csts >> 2) & 3, 2, "CSTS.SHST: shutdown complete");
+    assert!(s.h.on(0, crate::bdev::controllers).is_empty());
+}
+
+/// A detach while a reset waits for the device: the reset does not bring
+/// the controller back after the shutdown (or shut it down twice); the
+/// detach ends with the controller shut down and unlisted, and the
+/// controller stays listed until then.
+#[test]
+fn a_detach_during_a_reset_ends_shut_down() {
+    let s = setup_with("Both", 1, 5, false, ControllerOptions::default(), |f| f.with(|st| st.cap_to = 60));
+    s.fake.with(|st| st.hold_ready = true);
+    let resets = s.fake.counters(|c| c.resets);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = s.ctrl.clone();
+    s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+    // The reset has the controller (disabled it, waits for it to be ready).
+    run_until(&s.h, Duration::from_secs(10), || s.fake.counters(|c| c.resets) > resets);
+    let detached = Rc::new(RefCell::new(false));
+    let det = detached.clone();
+    s.h.on(0, move || crate::bdev::detach("Both", move || *det.borrow_mut() = true).unwrap());
+    for _ in 0..100 {
+        s.h.step_all();
+    }
+    assert!(!*detached.borrow(), "detached while the reset held the controller");
+    assert_eq!(s.h.on(0, crate::bdev::controllers).len(), 1, "listed until shut down");
+    s.fake.with(|st| st.hold_ready = false);
+    let mut res = None;
+    run_until(&s.h, Duration::from_secs(20), || {
+        res = res.take().or_else(|| rx.try_recv().ok());
+        res.is_some() && *detached.borrow()
+    });
+    assert_eq!(s.ctrl.state(), State::ShutDown, "reset: {res:?}");
+    let csts = s.fake.read32(pollux_nvme_spec::registers::offset::CSTS as usize).unwrap();
+    assert_eq!((csts >> 2) & 3, 2, "CSTS.SHST: shutdown complete");
+    assert_eq!(Cc(s.fake.read32(pollux_nvme_spec::registers::offset::CC as usize).unwrap()).shutdown_notification(), 1);
     assert!(s.h.on(0, crate::bdev::controllers).is_empty());
 }
 
@@ -579,6 +669,89 @@ mod faulty_device {
         s.h.on(0, move || drop((ch, d)));
     }
 
+    /// The Abort of a timed-out command waits for its answer (up to the
+    /// admin timeout) off the reactor: the reactor goes on meanwhile (it
+    /// stalled for the whole admin timeout).
+    #[test]
+    fn an_abort_waiting_for_its_answer_leaves_the_reactor_free() {
+        let opts = ControllerOptions {
+            io_timeout: Some(Duration::from_millis(50)),
+            timeout_action: TimeoutAction::Abort,
+            admin_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let s = setup("AbFree", 1, 5, false, opts);
+        let (d, ch) = open(&s, "AbFreen1");
+        s.fake.set_hold_io(true);
+        s.fake.with(|st| st.silent_abort = true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        let resets = s.fake.counters(|c| c.resets);
+        run_until(&s.h, Duration::from_secs(10), || s.fake.counters(|c| c.aborts) == 1);
+        for _ in 0..10 {
+            s.h.step_all();
+        }
+        assert_eq!(s.fake.counters(|c| c.resets), resets, "the reactor waited out the abort's admin timeout");
+        assert!(out.borrow().is_empty());
+        // Unanswered, the abort gives way to a reset, which resubmits the read.
+        s.fake.set_hold_io(false);
+        run_until(&s.h, Duration::from_secs(20), || s.fake.counters(|c| c.resets) > resets);
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Success);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    /// While an Abort waits for its answer off the reactor, the command it
+    /// names finishes and the reactor goes on issuing: the command's id is
+    /// not used again until the Abort is over (it came back after 16
+    /// reuses of its slot, and the late Abort would have hit that newer
+    /// command).
+    #[test]
+    fn a_late_abort_cannot_name_a_newer_command() {
+        let opts = ControllerOptions {
+            io_timeout: Some(Duration::from_millis(50)),
+            timeout_action: TimeoutAction::Abort,
+            admin_timeout: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let s = setup("Late2", 1, 5, false, opts);
+        let (d, ch) = open(&s, "Late2n1");
+        let resets = s.fake.counters(|c| c.resets);
+        s.fake.set_hold_io(true);
+        s.fake.with(|st| st.silent_abort = true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until(&s.h, Duration::from_secs(10), || s.fake.counters(|c| c.aborts) == 1);
+        // The device finishes the command after all; the Abort stays
+        // unanswered.
+        let timed_out = s.fake.with(|st| st.held_cid());
+        s.fake.set_hold_io(false);
+        s.fake.inject_cqe(1, timed_out);
+        run_until_done(&s, &out, 1);
+        let first = s.fake.with(|st| st.io_cids.len());
+        // One command at a time, each in the slot the last one freed.
+        for i in 1..=40u64 {
+            let o = out.clone();
+            s.h.on(0, || d.read(&ch, [buf(512, 0)], i, 1, record(&o, i)));
+            run_until_done(&s, &out, i as usize + 1);
+        }
+        assert_eq!(s.fake.counters(|c| c.resets), resets, "the Abort is still waiting");
+        let later = s.fake.with(|st| st.io_cids[first..].to_vec());
+        assert_eq!(later.len(), 40);
+        assert!(!later.contains(&timed_out), "command id {timed_out:#x} of the command being aborted used again: {later:x?}");
+        // The unanswered Abort named a command that is done: no reset.
+        let under_way = || {
+            let c = s.ctrl.clone();
+            s.h.on(0, move || pollux_core::io_channel::try_get_io_channel(&c).map(|qp| qp.aborts_under_way()))
+        };
+        assert_eq!(under_way(), Some(true));
+        run_until(&s.h, Duration::from_secs(20), || under_way() == Some(false));
+        assert_eq!(s.ctrl.reset_count(), 0);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
     #[test]
     fn a_namespace_with_an_absurd_geometry_gets_no_bdev_and_the_rest_attach() {
         for (what, blocks, block, nsze) in
@@ -629,10 +802,7 @@ mod faulty_device {
         let ns = h.on(0, move || c.identify_namespace(1)).expect("identify");
         assert_eq!(ns.nsze.get(), 4096, "the namespace's own size, not the late log page's bytes");
         // A reset lets the buffers set aside go; commands go on working.
-        let c = ctrl.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().expect("reset");
+        reset_and_wait(&h, &ctrl).expect("reset");
         let c = ctrl.clone();
         assert_eq!(h.on(0, move || c.identify_namespace(1)).expect("identify").nsze.get(), 4096);
         drop(ctrl);

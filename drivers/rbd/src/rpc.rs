@@ -91,15 +91,16 @@ fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(g.get_or_insert_with(Registry::default))
 }
 
-/// Run blocking `work` on a thread of its own; `then` gets its result on
-/// the calling reactor.
 /// Blocking Ceph operations (threads) at most under way at once: a client
 /// cannot pile up threads each waiting for an unreachable cluster.
 const MAX_OFF_REACTOR: usize = 16;
 
 /// Why an operation did not start (`then` got `None`).
-const NOT_STARTED: &str = "too many Ceph operations under way, or no thread could be started: try again";
+const NOT_STARTED: &str = "too many Ceph operations under way, no thread could be started, or the operation failed unexpectedly: try again";
 
+/// Run blocking `work` on a thread of its own ([`reactor::off_reactor`]),
+/// at most [`MAX_OFF_REACTOR`] at once; `then` gets its result on the
+/// calling reactor, `None` if it did not start.
 fn off_reactor<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static, then: impl FnOnce(Option<T>) + Send + 'static) {
     static UNDER_WAY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     use std::sync::atomic::Ordering::SeqCst;
@@ -108,25 +109,21 @@ fn off_reactor<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 
         tracing::warn!("rbd: {MAX_OFF_REACTOR} Ceph operations already under way; not starting one more ({what})");
         return then(None);
     }
-    let (h, origin) = (reactor::handle(), reactor::current());
-    let then = Arc::new(Mutex::new(Some(then)));
-    let t2 = then.clone();
-    let spawned = std::thread::Builder::new().name(format!("rbd-{what}")).spawn(move || {
-        let v = work();
-        UNDER_WAY.fetch_sub(1, SeqCst);
-        h.send(origin, move || {
-            if let Some(f) = t2.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                f(Some(v));
+    reactor::off_reactor(
+        &format!("rbd-{what}"),
+        move || {
+            let v = work();
+            UNDER_WAY.fetch_sub(1, SeqCst);
+            v
+        },
+        move |v| {
+            if v.is_err() {
+                // No thread, or `work` panicked: not counted down above.
+                UNDER_WAY.fetch_sub(1, SeqCst);
             }
-        });
-    });
-    if let Err(e) = spawned {
-        UNDER_WAY.fetch_sub(1, SeqCst);
-        tracing::error!("rbd: cannot start a thread to {what}: {e}");
-        if let Some(f) = then.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            f(None);
-        }
-    }
+            then(v.ok())
+        },
+    );
 }
 
 fn rados_err(e: rados::Error) -> RpcError {

@@ -111,6 +111,9 @@ impl BackendChannel for NamespaceChannel {
     }
 }
 
+/// What runs once a controller is detached.
+type OnDetached = Box<dyn FnOnce()>;
+
 /// An attached controller.
 struct Attached {
     ctrl: Arc<Controller>,
@@ -119,7 +122,7 @@ struct Attached {
     live: usize,
     attach_params: Value,
     /// Called once the controller is detached (bdevs gone, shut down).
-    on_detached: Vec<Box<dyn FnOnce()>>,
+    on_detached: Vec<OnDetached>,
     detaching: bool,
     _health: Poller,
 }
@@ -300,20 +303,37 @@ fn namespace_destroyed(ctrl_name: &str) {
 }
 
 fn finish_detach(name: &str) {
-    let entry = {
-        let reg = registry();
-        let mut ctrls = reg.ctrls.borrow_mut();
-        let Some(pos) = ctrls.iter().position(|a| a.ctrl.name() == name) else { return };
-        ctrls.remove(pos)
-    };
-    if let Err(e) = entry.ctrl.shutdown() {
-        tracing::warn!("NVMe controller {name}: shutdown: {e}");
-    }
-    entry.ctrl.kick_queue_pairs();
-    tracing::info!("NVMe controller {name} detached");
-    for f in entry.on_detached {
-        f();
-    }
+    let Some(ctrl) = controller(name) else { return };
+    // The shutdown waits for the device (up to RTD3E, or for a reset under
+    // way): on a thread, the reactor going on meanwhile. The controller
+    // stays listed (its name and device taken) until it is done.
+    let (c, name) = (ctrl.clone(), name.to_string());
+    reactor::off_reactor_before_exit(
+        "nvme-shutdown",
+        move || c.shutdown(),
+        move |r| {
+            let r = match r {
+                Ok(r) => r,
+                // No thread for it: here, then.
+                Err(reactor::NotRun::NoThread) => ctrl.shutdown(),
+                Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid("the shutdown panicked".into())),
+            };
+            if let Err(e) = r {
+                tracing::warn!("NVMe controller {name}: shutdown: {e}");
+            }
+            let entry = {
+                let reg = registry();
+                let mut ctrls = reg.ctrls.borrow_mut();
+                let Some(pos) = ctrls.iter().position(|a| Arc::ptr_eq(&a.ctrl, &ctrl)) else { return };
+                ctrls.remove(pos)
+            };
+            ctrl.kick_queue_pairs();
+            tracing::info!("NVMe controller {name} detached");
+            for f in entry.on_detached {
+                f();
+            }
+        },
+    );
 }
 
 /// `bdev_nvme_get_controllers` entries.

@@ -139,6 +139,31 @@ impl Controller {
         Ok(cqe.result.get() & 1 == 0)
     }
 
+    /// [`Controller::abort`] from off the reactor, for a command of
+    /// generation `generation` of the controller: not sent (None) if the
+    /// controller was reset since or is not enabled, or `called_off` is set
+    /// (its queue pair went; looked at under the admin queue's lock, which
+    /// deleting the queue takes too).
+    pub(crate) fn abort_in(
+        &self,
+        generation: u64,
+        called_off: &std::sync::atomic::AtomicBool,
+        sqid: u16,
+        cid: u16,
+    ) -> Result<Option<bool>, NvmeError> {
+        let mut admin = match self.admin() {
+            Ok(a) => a,
+            Err(NvmeError::State(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.generation() != generation || called_off.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
+        self.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cqe = admin.run(admin::abort(sqid, cid), 0, self.opts.admin_timeout)?;
+        Ok(Some(cqe.result.get() & 1 == 0))
+    }
+
     /// Create the completion and submission queue of `rings` (its qid).
     pub(crate) fn create_io_queues(&self, rings: &Rings) -> Result<(), NvmeError> {
         let qid = rings.qid;

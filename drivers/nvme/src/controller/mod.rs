@@ -139,7 +139,8 @@ type ResetDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 #[derive(Default)]
 struct ResetState {
     running: bool,
-    waiters: Vec<ResetDone>,
+    /// Who waits for the reset under way, and on which reactor.
+    waiters: Vec<(Option<reactor::ReactorId>, ResetDone)>,
 }
 
 /// One NVMe controller.
@@ -373,6 +374,12 @@ impl Controller {
         self.state.store(s as u8, Ordering::Release);
     }
 
+    /// Move from `from` to `to` unless the state changed meanwhile (a
+    /// shutdown or removal, which stand).
+    fn transition(&self, from: State, to: State) -> bool {
+        self.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
     /// Bumped by every successful reset: queue pairs connected at an older
     /// generation must re-create their queues.
     pub fn generation(&self) -> u64 {
@@ -436,7 +443,19 @@ impl Controller {
     /// Lock the admin queue, refusing when the controller cannot take admin
     /// commands.
     fn admin(&self) -> Result<MutexGuard<'_, AdminQueue>, NvmeError> {
-        let guard = lock(&self.admin);
+        // A reset holds the lock through its waits: refuse rather than wait
+        // for it.
+        let guard = loop {
+            match self.admin.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                // Resetting or shutting down: refused anyway once it got it.
+                Err(std::sync::TryLockError::WouldBlock) if self.state() != State::Enabled => {
+                    return Err(NvmeError::State(self.state().name()));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        };
         // Checked under the lock: a shutdown or reset holds it while it
         // changes the state.
         match self.state() {
@@ -464,55 +483,87 @@ impl Controller {
 
     /// Reset the controller: disable, re-create the admin queue, enable and
     /// restore the number of queues; then every queue pair re-creates its
-    /// queues and resubmits what was in flight. Runs on the calling reactor
-    /// (blocking it for the reset, typically well under a second); a reset
-    /// asked for while one runs finishes with it. `done` runs on the calling
-    /// thread when this reset (or the one in progress) ends.
+    /// queues and resubmits what was in flight. The waits (up to CAP.TO for
+    /// each of disable and enable, then an admin timeout) run on a thread
+    /// of their own, so the calling reactor goes on serving its other
+    /// devices and connections meanwhile; I/O to this controller waits. A
+    /// reset asked for while one runs finishes with it. `done` runs on the
+    /// calling reactor when this reset (or the one in progress) ends.
     pub fn reset(self: &Arc<Self>, done: impl FnOnce(Result<(), String>) + Send + 'static) {
         {
             let mut r = lock(&self.resets);
             if r.running {
-                r.waiters.push(Box::new(done));
+                r.waiters.push((reactor::try_current(), Box::new(done)));
                 return;
             }
-            match self.state() {
-                State::Enabled | State::Failed => {}
-                s => return done(Err(format!("controller {} is {}", self.name, s.name()))),
+            if !self.transition(State::Enabled, State::Resetting) && !self.transition(State::Failed, State::Resetting) {
+                drop(r);
+                return done(Err(format!("controller {} is {}", self.name, self.state().name())));
             }
             r.running = true;
-            r.waiters.push(Box::new(done));
-            self.set_state(State::Resetting);
+            r.waiters.push((reactor::try_current(), Box::new(done)));
         }
         tracing::warn!("NVMe controller {}: resetting", self.name);
-        let res = self.reinitialize();
+        let (me, me2) = (self.clone(), self.clone());
+        reactor::off_reactor(
+            "nvme-reset",
+            move || me.reinitialize(),
+            move |res| {
+                let res = match res {
+                    Ok(r) => r,
+                    // No thread for it: here, then.
+                    Err(reactor::NotRun::NoThread) => me2.reinitialize(),
+                    Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid("the reset panicked".into())),
+                };
+                me2.reset_done(res)
+            },
+        );
+    }
+
+    /// The end of a reset, on the reactor that asked for it.
+    fn reset_done(self: &Arc<Self>, mut res: Result<(), NvmeError>) {
         let waiters = {
             let mut r = lock(&self.resets);
             r.running = false;
+            if res.is_ok() {
+                // Bumped first: a queue pair that sees Enabled sees the new
+                // generation too.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                // A shutdown (detach) or removal that came meanwhile stands.
+                if !self.transition(State::Resetting, State::Enabled) {
+                    res = Err(NvmeError::State(self.state().name()));
+                }
+            }
             match &res {
                 Ok(()) => {
-                    self.generation.fetch_add(1, Ordering::AcqRel);
                     self.resets_done.fetch_add(1, Ordering::Relaxed);
-                    self.set_state(State::Enabled);
                     tracing::warn!("NVMe controller {}: reset done", self.name);
                 }
                 Err(e) => {
                     tracing::error!("NVMe controller {}: reset failed: {e}", self.name);
-                    if self.state() == State::Resetting {
-                        self.set_state(State::Failed);
-                    }
+                    self.transition(State::Resetting, State::Failed);
                 }
             }
             std::mem::take(&mut r.waiters)
         };
         self.kick_queue_pairs();
         let res = res.map_err(|e| e.to_string());
-        for w in waiters {
-            w(res.clone());
+        let here = reactor::try_current();
+        for (at, w) in waiters {
+            let res = res.clone();
+            match at {
+                Some(r) if here.is_some() && at != here => reactor::send_msg(r, move || w(res)),
+                _ => w(res),
+            }
         }
     }
 
     fn reinitialize(&self) -> Result<(), NvmeError> {
         let mut admin = lock(&self.admin);
+        // A shutdown that took the lock first stands.
+        if self.state() != State::Resetting {
+            return Err(NvmeError::State(self.state().name()));
+        }
         enable(&*self.regs, self.cap, &mut admin)?;
         let want = self.io_queues;
         admin.run(admin::set_number_of_queues(want, want), 0, self.opts.admin_timeout)?;
