@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 const INITIATOR: &str = "iqn.2016-06.io.pollux:initiator-hostile";
 const DATA_IN: u8 = 0x25;
 const SCSI_RESP: u8 = 0x21;
+const R2T: u8 = 0x31;
 
 fn target(port: u16) -> Daemon {
     Daemon::start(DaemonOpts { cpumask: "0x1".into(), config: Some(config(port, "hostile", 64, None)), ..Default::default() })
@@ -68,14 +69,21 @@ fn once(
     }
 }
 
-/// The verify ends clean although the target misbehaved once: the
-/// connection was dropped with `why` logged, and the session came back.
-fn recovers(change: impl FnMut(&mut Pdu) -> Action + Send + 'static, why: &str) {
+/// A 3 s verify through a proxy applying `change` to what Pollux's target
+/// sends: the run's report, log and success, and the proxy.
+fn through(change: impl FnMut(&mut Pdu) -> Action + Send + 'static) -> (Value, String, bool, Proxy) {
     let port = free_port();
     let _tgt = target(port);
     let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), change);
     let dir = TempDir::new("iscsi-initiator-hostile");
     let (r, err, ok) = run(&dir, &bdev_config(proxy.addr(), 10), 3);
+    (r, err, ok, proxy)
+}
+
+/// The verify ends clean although the target misbehaved once: the
+/// connection was dropped with `why` logged, and the session came back.
+fn recovers(change: impl FnMut(&mut Pdu) -> Action + Send + 'static, why: &str) {
+    let (r, err, ok, proxy) = through(change);
     assert!(ok, "{r}\n{err}");
     assert_eq!(r["total"]["errors"], 0, "{r}\n{err}");
     assert_eq!(r["verify_mismatches"], json!([]), "{r}");
@@ -127,6 +135,76 @@ fn a_malformed_header_drops_the_connection_and_the_session_recovers() {
         ),
         "over our MaxRecvDataSegmentLength",
     );
+}
+
+// The 16 KiB writes go 8 KiB as immediate data (FirstBurstLength 8192)
+// and 8 KiB asked for by one R2T, R2TSN 0.
+
+#[test]
+fn an_r2t_out_of_sequence_drops_the_connection_and_the_session_recovers() {
+    recovers(
+        once(
+            |p| p.opcode() == R2T,
+            |p| {
+                p.set_u32_at(36, p.u32_at(36) + 1);
+                Action::Forward
+            },
+        ),
+        "R2TSN 0 expected",
+    );
+}
+
+#[test]
+fn an_r2t_for_bytes_already_sent_drops_the_connection_and_the_session_recovers() {
+    recovers(
+        once(
+            |p| p.opcode() == R2T,
+            |p| {
+                // Buffer offset 0: the immediate data again.
+                p.set_u32_at(40, 0);
+                Action::Forward
+            },
+        ),
+        "bytes at 0 of a 16384-byte transfer (8192 bytes sent",
+    );
+}
+
+/// GOOD with the underflow bit and a residual: the command moved less than
+/// asked, and the bdev request fails (it completed as a success, the
+/// missing bytes never written or read).
+fn short_transfer_fails(write: bool) {
+    let writes = std::sync::Mutex::new(std::collections::HashSet::new());
+    let done = AtomicBool::new(false);
+    let (r, err, _, _) = through(move |p: &mut Pdu| {
+        // Writes are the tasks the target sent R2Ts for.
+        if p.opcode() == R2T {
+            writes.lock().unwrap().insert(p.itt());
+        }
+        let pick = if write {
+            p.opcode() == SCSI_RESP && p.bhs[3] == 0 && writes.lock().unwrap().contains(&p.itt())
+        } else {
+            // The last Data-In of a read, with the status (S bit).
+            p.opcode() == DATA_IN && p.bhs[1] & 0x01 != 0
+        };
+        if p.index > 50 && pick && !done.swap(true, Ordering::SeqCst) {
+            p.bhs[1] |= 0x02; // U: underflow
+            p.set_u32_at(44, 512);
+        }
+        Action::Forward
+    });
+    let what = if write { "write" } else { "read" };
+    assert!(err.contains(&format!("a {what} completed with 16384 of 16384 bytes moved, residual 512")), "{err}");
+    assert_eq!(r["total"]["errors"], 1, "{r}\n{err}");
+}
+
+#[test]
+fn a_write_answered_with_a_residual_fails() {
+    short_transfer_fails(true);
+}
+
+#[test]
+fn a_read_answered_with_a_residual_fails() {
+    short_transfer_fails(false);
 }
 
 #[test]
