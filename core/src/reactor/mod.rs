@@ -535,6 +535,10 @@ impl Options {
 /// `start` on it; returns when every reactor has stopped.
 pub fn launch(opts: &Options, start: impl FnOnce()) -> io::Result<()> {
     assert!(!opts.cores.is_empty(), "at least one core is required");
+    // Before any pinning: where off-reactor threads may run.
+    if let Ok(cpus) = sys::allowed_cpus() {
+        let _ = PROCESS_CPUS.set(cpus);
+    }
     let shared = Shared::new(&opts.cores, opts.interrupt_mode, opts.msg_batch, opts.idle_poll)?;
     let mut threads = Vec::new();
     for (i, &core) in opts.cores.iter().enumerate().skip(1) {
@@ -674,6 +678,11 @@ pub fn off_reactor_before_exit<T: Send + 'static>(
     spawn_off_reactor(name, true, work, then)
 }
 
+/// The CPUs the process was allowed before the reactors pinned
+/// themselves: an off-reactor thread (started by a pinned reactor) takes
+/// them, rather than its reactor's one core.
+static PROCESS_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
 /// [`off_reactor_before_exit`] work under way.
 static BEFORE_EXIT: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 static BEFORE_EXIT_DONE: std::sync::Condvar = std::sync::Condvar::new();
@@ -700,6 +709,11 @@ fn spawn_off_reactor<T: Send + 'static>(
     let then = Arc::new(std::sync::Mutex::new(Some(then)));
     let t2 = then.clone();
     let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        if let Some(cpus) = PROCESS_CPUS.get() {
+            if let Err(e) = sys::set_affinity(cpus) {
+                tracing::debug!("off-reactor thread: cannot widen its CPU affinity: {e}");
+            }
+        }
         // A panic in `work` is told to `then`, which still runs.
         let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|_| NotRun::Panicked);
         if before_exit {

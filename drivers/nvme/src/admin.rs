@@ -110,7 +110,14 @@ impl AdminQueue {
                 if self.regs.read32(pollux_nvme_spec::registers::offset::CSTS as usize)? == u32::MAX {
                     return Err(NvmeError::Gone);
                 }
-                std::thread::yield_now();
+                // Past the first millisecond (a device this slow is waited
+                // for off the reactors: resets, Aborts), poll without
+                // taking a core.
+                if start.elapsed() > Duration::from_millis(1) {
+                    std::thread::sleep(Duration::from_micros(20));
+                } else {
+                    std::thread::yield_now();
+                }
             } else {
                 std::hint::spin_loop();
             }

@@ -483,7 +483,9 @@ impl Inner {
     /// Create the queues on the controller if it is enabled and they are
     /// not there (first use, or after a reset).
     fn connect(&mut self) {
-        if self.ctrl.state() != State::Enabled {
+        // Not while another admin command holds the queue (an Abort may
+        // wait up to the admin timeout): the next poll comes back.
+        if self.ctrl.state() != State::Enabled || self.ctrl.admin_busy() {
             return;
         }
         let generation = self.ctrl.generation();
@@ -851,8 +853,12 @@ impl Inner {
                         // Reset meanwhile, not enabled, or the queue pair went.
                         Ok(None) => return Ok(()),
                         Ok(Some(true)) => tracing::warn!("NVMe {label}: {info} aborted"),
-                        Ok(Some(false)) => return Err((cid, format!("the controller did not abort {info}"))),
-                        Err(e) => return Err((cid, format!("abort of {info} failed ({e})"))),
+                        // Answered: whether it matters depends on the command.
+                        Ok(Some(false)) => return Err((Some(cid), format!("the controller did not abort {info}"))),
+                        // Unanswered (or failed): the device may still hold
+                        // the Abort, and carry it out on a later command of
+                        // that id; only a reset clears it.
+                        Err(e) => return Err((None, format!("abort of {info} failed ({e})"))),
                     }
                 }
                 Ok(())
@@ -874,7 +880,7 @@ impl Inner {
                 }
                 let failed = match r {
                     Ok(Ok(())) => return,
-                    Ok(Err((cid, why))) => {
+                    Ok(Err((Some(cid), why))) => {
                         // A command that finished meanwhile needs no reset.
                         let still = q.trackers.get(usize::from(cid & CID_INDEX_MASK)).is_some_and(|t| t.req != NO_REQ && t.cid == cid);
                         if !still {
@@ -883,6 +889,7 @@ impl Inner {
                         }
                         why
                     }
+                    Ok(Err((None, why))) => why,
                     Err(e) => format!("the Aborts did not run ({e:?})"),
                 };
                 tracing::warn!("NVMe {}: {failed}; resetting", q.label);

@@ -308,32 +308,22 @@ fn finish_detach(name: &str) {
     // way): on a thread, the reactor going on meanwhile. The controller
     // stays listed (its name and device taken) until it is done.
     let (c, name) = (ctrl.clone(), name.to_string());
-    reactor::off_reactor_before_exit(
-        "nvme-shutdown",
-        move || c.shutdown(),
-        move |r| {
-            let r = match r {
-                Ok(r) => r,
-                // No thread for it: here, then.
-                Err(reactor::NotRun::NoThread) => ctrl.shutdown(),
-                Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid("the shutdown panicked".into())),
-            };
-            if let Err(e) = r {
-                tracing::warn!("NVMe controller {name}: shutdown: {e}");
-            }
-            let entry = {
-                let reg = registry();
-                let mut ctrls = reg.ctrls.borrow_mut();
-                let Some(pos) = ctrls.iter().position(|a| Arc::ptr_eq(&a.ctrl, &ctrl)) else { return };
-                ctrls.remove(pos)
-            };
-            ctrl.kick_queue_pairs();
-            tracing::info!("NVMe controller {name} detached");
-            for f in entry.on_detached {
-                f();
-            }
-        },
-    );
+    c.off_reactor("nvme-shutdown", true, Controller::shutdown, move |r| {
+        if let Err(e) = r {
+            tracing::warn!("NVMe controller {name}: shutdown: {e}");
+        }
+        let entry = {
+            let reg = registry();
+            let mut ctrls = reg.ctrls.borrow_mut();
+            let Some(pos) = ctrls.iter().position(|a| Arc::ptr_eq(&a.ctrl, &ctrl)) else { return };
+            ctrls.remove(pos)
+        };
+        ctrl.kick_queue_pairs();
+        tracing::info!("NVMe controller {name} detached");
+        for f in entry.on_detached {
+            f();
+        }
+    });
 }
 
 /// `bdev_nvme_get_controllers` entries.

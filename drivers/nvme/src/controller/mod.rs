@@ -140,7 +140,7 @@ type ResetDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 struct ResetState {
     running: bool,
     /// Who waits for the reset under way, and on which reactor.
-    waiters: Vec<(Option<reactor::ReactorId>, ResetDone)>,
+    waiters: Vec<(Option<(reactor::ReactorId, reactor::Handle)>, ResetDone)>,
 }
 
 /// One NVMe controller.
@@ -464,6 +464,13 @@ impl Controller {
         }
     }
 
+    /// Whether an admin command (or a reset, or a shutdown) holds the admin
+    /// queue now: a reactor with something else to do comes back later
+    /// rather than wait (an Abort waits up to the admin timeout).
+    pub(crate) fn admin_busy(&self) -> bool {
+        matches!(self.admin.try_lock(), Err(std::sync::TryLockError::WouldBlock))
+    }
+
     /// Check the controller's health (main reactor, periodically): a device
     /// that reads all ones is gone; CSTS.CFS asks for a reset.
     pub fn check_health(&self) -> Result<(), NvmeError> {
@@ -493,7 +500,7 @@ impl Controller {
         {
             let mut r = lock(&self.resets);
             if r.running {
-                r.waiters.push((reactor::try_current(), Box::new(done)));
+                r.waiters.push((reactor::try_current().map(|r| (r, reactor::handle())), Box::new(done)));
                 return;
             }
             if !self.transition(State::Enabled, State::Resetting) && !self.transition(State::Failed, State::Resetting) {
@@ -501,23 +508,37 @@ impl Controller {
                 return done(Err(format!("controller {} is {}", self.name, self.state().name())));
             }
             r.running = true;
-            r.waiters.push((reactor::try_current(), Box::new(done)));
+            r.waiters.push((reactor::try_current().map(|r| (r, reactor::handle())), Box::new(done)));
         }
         tracing::warn!("NVMe controller {}: resetting", self.name);
+        let me = self.clone();
+        self.off_reactor("nvme-reset", false, Controller::reinitialize, move |res| me.reset_done(res));
+    }
+
+    /// Run `work` (a wait on the device) on a thread of its own named
+    /// `what`, or here if no thread can be started; then `then` with its
+    /// result on this reactor. `before_exit`: the process waits for it at
+    /// exit.
+    pub(crate) fn off_reactor(
+        self: &Arc<Self>,
+        what: &'static str,
+        before_exit: bool,
+        work: fn(&Controller) -> Result<(), NvmeError>,
+        then: impl FnOnce(Result<(), NvmeError>) + Send + 'static,
+    ) {
         let (me, me2) = (self.clone(), self.clone());
-        reactor::off_reactor(
-            "nvme-reset",
-            move || me.reinitialize(),
-            move |res| {
-                let res = match res {
-                    Ok(r) => r,
-                    // No thread for it: here, then.
-                    Err(reactor::NotRun::NoThread) => me2.reinitialize(),
-                    Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid("the reset panicked".into())),
-                };
-                me2.reset_done(res)
-            },
-        );
+        let then = move |r: Result<Result<(), NvmeError>, reactor::NotRun>| {
+            then(match r {
+                Ok(r) => r,
+                Err(reactor::NotRun::NoThread) => work(&me2),
+                Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid(format!("{what} panicked"))),
+            })
+        };
+        if before_exit {
+            reactor::off_reactor_before_exit(what, move || work(&me), then);
+        } else {
+            reactor::off_reactor(what, move || work(&me), then);
+        }
     }
 
     /// The end of a reset, on the reactor that asked for it.
@@ -552,7 +573,8 @@ impl Controller {
         for (at, w) in waiters {
             let res = res.clone();
             match at {
-                Some(r) if here.is_some() && at != here => reactor::send_msg(r, move || w(res)),
+                // The waiter's own reactor (from any thread).
+                Some((r, h)) if here != Some(r) => h.send(r, move || w(res)),
                 _ => w(res),
             }
         }
@@ -604,6 +626,10 @@ impl Controller {
             _ => {}
         }
         let _admin = lock(&self.admin);
+        // A removal that came while it waited for the lock stands.
+        if matches!(self.state(), State::ShutDown | State::Removed) {
+            return Ok(());
+        }
         self.set_state(State::ShutDown);
         let cc = self.regs.cc()?;
         if !cc.enabled() {
