@@ -864,15 +864,10 @@ impl Inner {
                 Ok(())
             },
             move |r| {
-                if called_off.load(Ordering::Acquire) {
-                    return; // the queue pair is gone
-                }
+                // The queue pair that started the batch, if it is still there.
                 let Some(qp) = pollux_core::io_channel::try_get_io_channel(&c2) else { return };
                 let mut q = qp.inner.borrow_mut();
-                if !q.aborting.as_ref().is_some_and(|b| Arc::ptr_eq(&b.called_off, &called_off)) {
-                    return;
-                }
-                let Some(batch) = q.aborting.take() else { return };
+                let Some(batch) = q.aborting.take_if(|b| Arc::ptr_eq(&b.called_off, &called_off)) else { return };
                 q.free_cids.extend(batch.held);
                 let deadline = clock::ticks() + q.timeout_ticks;
                 for t in q.trackers.iter_mut().filter(|t| t.req != NO_REQ && t.deadline == u64::MAX) {

@@ -174,24 +174,25 @@ fn an_r2t_for_bytes_already_sent_drops_the_connection_and_the_session_recovers()
 /// missing bytes never written or read).
 fn short_transfer_fails(write: bool) {
     let writes = std::sync::Mutex::new(std::collections::HashSet::new());
-    let done = AtomicBool::new(false);
-    let (r, err, _, _) = through(move |p: &mut Pdu| {
-        // Writes are the tasks the target sent R2Ts for.
-        if p.opcode() == R2T {
-            writes.lock().unwrap().insert(p.itt());
-        }
-        let pick = if write {
-            p.opcode() == SCSI_RESP && p.bhs[3] == 0 && writes.lock().unwrap().contains(&p.itt())
-        } else {
-            // The last Data-In of a read, with the status (S bit).
-            p.opcode() == DATA_IN && p.bhs[1] & 0x01 != 0
-        };
-        if p.index > 50 && pick && !done.swap(true, Ordering::SeqCst) {
+    let (r, err, _, _) = through(once(
+        move |p| {
+            // Writes are the tasks the target sent R2Ts for.
+            if p.opcode() == R2T {
+                writes.lock().unwrap().insert(p.itt());
+            }
+            if write {
+                p.opcode() == SCSI_RESP && p.bhs[3] == 0 && writes.lock().unwrap().contains(&p.itt())
+            } else {
+                // The last Data-In of a read, with the status (S bit).
+                p.opcode() == DATA_IN && p.bhs[1] & 0x01 != 0
+            }
+        },
+        |p| {
             p.bhs[1] |= 0x02; // U: underflow
             p.set_u32_at(44, 512);
-        }
-        Action::Forward
-    });
+            Action::Forward
+        },
+    ));
     let what = if write { "write" } else { "read" };
     assert!(err.contains(&format!("a {what} completed with 16384 of 16384 bytes moved, residual 512")), "{err}");
     assert_eq!(r["total"]["errors"], 1, "{r}\n{err}");

@@ -8,7 +8,7 @@ use pollux_nvme_spec::identify::{IDENTIFY_DATA_LEN, IdentifyNamespace, NAMESPACE
 use zerocopy::IntoBytes;
 
 use super::Controller;
-use crate::admin::{self, ADMIN_BUF};
+use crate::admin::{self, ADMIN_BUF, AdminQueue};
 use crate::error::NvmeError;
 use crate::queue::Rings;
 
@@ -134,8 +134,13 @@ impl Controller {
     /// Abort command `cid` of queue `sqid`. Ok(true) if the controller says
     /// it aborted it (CQE DW0 bit 0 clear).
     pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
+        self.send_abort(&mut *self.admin()?, sqid, cid)
+    }
+
+    /// Send Abort on the locked admin queue and read its answer.
+    fn send_abort(&self, admin: &mut AdminQueue, sqid: u16, cid: u16) -> Result<bool, NvmeError> {
         self.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cqe = self.admin_command(admin::abort(sqid, cid), DataDirection::None, &mut [], None)?;
+        let cqe = admin.run(admin::abort(sqid, cid), 0, self.opts.admin_timeout)?;
         Ok(cqe.result.get() & 1 == 0)
     }
 
@@ -159,9 +164,7 @@ impl Controller {
         if self.generation() != generation || called_off.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(None);
         }
-        self.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cqe = admin.run(admin::abort(sqid, cid), 0, self.opts.admin_timeout)?;
-        Ok(Some(cqe.result.get() & 1 == 0))
+        self.send_abort(&mut admin, sqid, cid).map(Some)
     }
 
     /// Create the completion and submission queue of `rings` (its qid).

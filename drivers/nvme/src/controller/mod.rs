@@ -499,16 +499,16 @@ impl Controller {
     pub fn reset(self: &Arc<Self>, done: impl FnOnce(Result<(), String>) + Send + 'static) {
         {
             let mut r = lock(&self.resets);
-            if r.running {
-                r.waiters.push((reactor::try_current().map(|r| (r, reactor::handle())), Box::new(done)));
-                return;
-            }
-            if !self.transition(State::Enabled, State::Resetting) && !self.transition(State::Failed, State::Resetting) {
+            let running = r.running;
+            if !running && !self.transition(State::Enabled, State::Resetting) && !self.transition(State::Failed, State::Resetting) {
                 drop(r);
                 return done(Err(format!("controller {} is {}", self.name, self.state().name())));
             }
-            r.running = true;
             r.waiters.push((reactor::try_current().map(|r| (r, reactor::handle())), Box::new(done)));
+            if running {
+                return;
+            }
+            r.running = true;
         }
         tracing::warn!("NVMe controller {}: resetting", self.name);
         let me = self.clone();
