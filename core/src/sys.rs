@@ -34,6 +34,19 @@ impl Interest {
     /// Registered, but waking for nothing (hang-ups and errors still do).
     pub const NONE: Interest = Interest(0);
 
+    /// Edge-triggered: the descriptor wakes its waiter once for each new
+    /// event (for an eventfd, each write), and not again for what is left
+    /// unread. For a doorbell whose poller looks at its own queue every
+    /// pass: nothing needs to read the descriptor, so a pass that finds
+    /// the queue empty costs no system call (level-triggered, a bell must
+    /// be drained on every pass or it wakes the reactor for ever). A ring
+    /// that comes while the reactor is awake costs one spare wake-up at
+    /// its next sleep; one that comes while the poller is paused runs it
+    /// when it is resumed.
+    pub const fn edge(self) -> Interest {
+        Interest(self.0 | libc::EPOLLET as u32)
+    }
+
     /// The peer's half-close is a reading matter: asked for with reading
     /// only, or a descriptor watched for writing alone would wake on it
     /// again and again.

@@ -105,12 +105,17 @@ impl Poller {
         }
     }
 
-    /// Call the poller again; a timed poller's next run is one period from now.
+    /// Call the poller again; a timed poller's next run is one period from
+    /// now, or at once if it has wake descriptors: one that became ready
+    /// while it was paused may have said so only once (edge-triggered).
     pub fn resume(&self) {
         if self.entry.state.get() == State::Paused {
             self.entry.state.set(State::Waiting);
             if self.entry.period > 0 {
                 self.entry.next_due.set(crate::clock::ticks() + self.entry.period);
+                if self.entry.fd_driven.get() {
+                    self.kick();
+                }
             }
             self.deadlines_changed();
         }
@@ -136,7 +141,10 @@ impl Poller {
     /// becomes ready. From then on the poller's period no longer wakes a
     /// sleeping reactor (its descriptors do), but while the reactor is awake
     /// and busy it still runs on its period, which is what notices ready
-    /// descriptors then. In polling mode this does nothing.
+    /// descriptors then. In polling mode this does nothing. A doorbell the
+    /// poller need not read (it looks at its own queue every pass) is best
+    /// watched with [`Interest::edge`]: it then wakes the reactor once per
+    /// ring and costs nothing on the passes in between.
     pub fn add_wake_fd(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         let Some(r) = self.entry.reactor.upgrade() else { return Ok(()) };
         if let Some(irq) = &r.irq {

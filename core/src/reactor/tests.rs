@@ -567,3 +567,132 @@ fn before_sleep_hooks_run_before_sleeping_and_keep_the_reactor_up_while_they_fin
     assert!(sleeps >= 1, "the reactor never slept");
     assert!(iterations < 100, "{iterations} iterations: the reactor did not sleep once the hook found nothing");
 }
+
+/// A doorbell watched edge-triggered and never read wakes the reactor once
+/// per ring: the poller runs after each of a writer's rings, and in
+/// between the reactor sleeps instead of spinning on a descriptor that
+/// stays readable (level-triggered, an unread bell wakes it for ever).
+#[test]
+fn an_unread_edge_triggered_bell_wakes_the_reactor_once_per_ring() {
+    const RINGS: u64 = 3;
+    let result = Arc::new(Mutex::new(None));
+    let out = result.clone();
+    launch(&one_irq_reactor(Duration::ZERO), move || {
+        let bell = Arc::new(crate::sys::EventFd::new().unwrap());
+        let runs = Arc::new(AtomicU64::new(0));
+        let (r, kept) = (runs.clone(), bell.clone());
+        let p = register_poller("bell", move || {
+            // The bell stays open (a closed descriptor leaves the epoll set).
+            let _ = &kept;
+            r.fetch_add(1, Ordering::SeqCst);
+            PollStatus::Idle
+        });
+        p.add_wake_fd(std::os::fd::AsRawFd::as_raw_fd(&*bell), Interest::READABLE.edge()).unwrap();
+        set_local(Rc::new(p));
+        let (h, me) = (handle(), current());
+        let writer = std::thread::spawn(move || {
+            // Wait (at most 10 s) until `done`; false if it never was.
+            let wait = |done: &dyn Fn() -> bool| {
+                let t = Instant::now();
+                while !done() {
+                    if t.elapsed() > Duration::from_secs(10) {
+                        return false;
+                    }
+                    std::thread::yield_now();
+                }
+                true
+            };
+            for _ in 0..RINGS {
+                // Ring once the reactor is asleep, then wait for the poller
+                // to have run for it.
+                if !wait(&|| h.shared.mailboxes[me.0].sleeping.load(Ordering::SeqCst)) {
+                    h.send(me, stop_all);
+                    return;
+                }
+                let before = runs.load(Ordering::SeqCst);
+                bell.notify();
+                if !wait(&|| runs.load(Ordering::SeqCst) != before) {
+                    // The ring was lost: stop, with no result.
+                    h.send(me, stop_all);
+                    return;
+                }
+            }
+            let (s, out) = (out.clone(), runs.clone());
+            h.send(me, move || {
+                let t0 = stats().iterations;
+                // 200 ms with the bell unread: a handful of iterations.
+                let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+                let sl = slot.clone();
+                *slot.borrow_mut() = Some(register_timed_poller("done", Duration::from_millis(200), move || {
+                    sl.borrow_mut().take();
+                    *s.lock().unwrap() = Some((stats().iterations - t0, out.load(Ordering::SeqCst)));
+                    stop_all();
+                    PollStatus::Busy
+                }));
+                std::mem::forget(slot);
+            });
+        });
+        std::mem::forget(writer);
+    })
+    .unwrap();
+    let (iterations, runs) = result.lock().unwrap().expect("the reactor never slept, or a ring did not wake it");
+    assert!(runs >= RINGS, "the poller ran {runs} times for {RINGS} rings");
+    assert!(iterations < 100, "the reactor iterated {iterations} times in 200 ms over an unread edge-triggered bell");
+}
+
+/// A timed poller paused while its edge-triggered descriptor rang (the
+/// reactor took the one event meanwhile) runs as soon as it is resumed,
+/// not a period later.
+#[test]
+fn a_resumed_poller_runs_for_an_edge_that_came_while_paused() {
+    let result = Arc::new(Mutex::new(None));
+    let out = result.clone();
+    let stop_pinging = Arc::new(AtomicBool::new(false));
+    let pinging = stop_pinging.clone();
+    launch(&one_irq_reactor(Duration::ZERO), move || {
+        let bell = Rc::new(crate::sys::EventFd::new().unwrap());
+        let resumed = Rc::new(Cell::new(false));
+        let (r, o, kept) = (resumed.clone(), out.clone(), bell.clone());
+        let p = Rc::new(register_timed_poller("bell", Duration::from_secs(3600), move || {
+            let _ = &kept;
+            if r.get() {
+                *o.lock().unwrap() = Some(true);
+                stop_all();
+            }
+            PollStatus::Idle
+        }));
+        p.add_wake_fd(std::os::fd::AsRawFd::as_raw_fd(&*bell), Interest::READABLE.edge()).unwrap();
+        p.pause();
+        bell.notify();
+        // Resume once the reactor has slept since the ring (the edge was
+        // taken while the poller was paused).
+        let at = sleeps();
+        let (p2, o2) = (p.clone(), out.clone());
+        let started = Instant::now();
+        let waiter = register_poller("resume", move || {
+            if !resumed.get() && sleeps() > at + 1 {
+                resumed.set(true);
+                p2.resume();
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                *o2.lock().unwrap() = Some(false);
+                stop_all();
+            }
+            PollStatus::Idle
+        });
+        // Messages keep the reactor waking so the waiter looks again (not a
+        // timed poller: a due one would make the reactor look at every
+        // timed poller, the paused one included).
+        let (h, me, done) = (handle(), current(), pinging.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                h.send(me, || {});
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        set_local(Rc::new((p, waiter)));
+    })
+    .unwrap();
+    stop_pinging.store(true, Ordering::SeqCst);
+    assert_eq!(*result.lock().unwrap(), Some(true), "the resumed poller did not run for the edge it missed");
+}

@@ -165,7 +165,10 @@ impl UringChannel {
     fn watch_completions(&mut self) -> std::io::Result<()> {
         let efd = pollux_core::sys::EventFd::new()?;
         self.ring.borrow().ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        self.poller.add_wake_fd(efd.as_raw_fd(), pollux_core::sys::Interest::READABLE)?;
+        // Edge-triggered, never read: each batch of completions the kernel
+        // posts wakes the reactor once, and a pass that finds the ring
+        // empty costs no system call (see `Interest::edge`).
+        self.poller.add_wake_fd(efd.as_raw_fd(), pollux_core::sys::Interest::READABLE.edge())?;
         self.ring.borrow_mut().doorbell = Some(efd);
         Ok(())
     }
@@ -264,10 +267,6 @@ fn poll(fd: i32, ring: &Rc<RefCell<Ring>>) -> usize {
     let mut done = {
         let mut r = ring.borrow_mut();
         let mut done = std::mem::take(&mut r.done);
-        if let Some(efd) = &r.doorbell {
-            // Reset the doorbell (level-triggered): completions are reaped below.
-            efd.drain();
-        }
         if r.unsubmitted > 0 {
             match r.ring.submit() {
                 Ok(_) => submitted = std::mem::take(&mut r.unsubmitted) as usize,

@@ -211,6 +211,7 @@ fn register_cluster(p: RegisterCluster, r: Responder) {
         params: params_with_defaults(config_param.as_ref()),
         key_file: p.key_file.clone(),
         cpus,
+        batch_threads: reactor::interrupt_mode(),
     };
     let entry = move |cluster| ClusterEntry {
         user_id: p.user_id,
@@ -363,6 +364,7 @@ fn create(p: Create, r: Responder) {
         params: params_with_defaults(config.as_ref()),
         key_file: None,
         cpus: None,
+        batch_threads: reactor::interrupt_mode(),
     };
     let cluster = shared.map(|e| e.cluster.clone());
     let (pool_name, rbd_name, read_only) = (p.pool_name.clone(), p.rbd_name.clone(), p.read_only);

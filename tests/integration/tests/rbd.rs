@@ -19,6 +19,21 @@ fn json_out(what: &str, out: &std::process::Output) -> Value {
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {t}"))
 }
 
+/// (thread name, scheduling policy) of each thread of a process
+/// (`/proc/PID/task/*/stat`, field 41).
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(t.unwrap().path().join("stat")) else { continue };
+        let (head, tail) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_string();
+        // Fields from the state (3rd) on: policy is the 41st.
+        let policy = tail.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
+        v.push((name, policy));
+    }
+    v
+}
+
 fn rpc_err(d: &Daemon, method: &str, params: Value) -> String {
     d.call(method, Some(params)).expect_err(method).to_string()
 }
@@ -33,6 +48,14 @@ fn spdk_client_attaches_an_rbd_image_and_verify_is_clean() {
     assert_eq!(ok_stdout("bdev_rbd_register_cluster", &out).trim(), "c1");
     let out = spdk_rpc(&d.socket, &["bdev_rbd_create", "rbd", "img0", "4096", "-b", "Rbd0", "-c", "c1"]);
     assert_eq!(ok_stdout("bdev_rbd_create", &out).trim(), "Rbd0");
+
+    // Interrupt mode: librados' threads do not preempt the reactor when
+    // woken (SCHED_BATCH), the reactor keeps SCHED_OTHER.
+    let policies = thread_policies(d.pid());
+    let of = |prefix: &str| policies.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, p)| *p).collect::<Vec<_>>();
+    assert!(!of("msgr-worker").is_empty() && !of("io_context_pool").is_empty(), "{policies:?}");
+    assert!(of("msgr-worker").iter().chain(&of("io_context_pool")).all(|&p| p == libc::SCHED_BATCH), "{policies:?}");
+    assert_eq!(of("pollux-tgt"), [libc::SCHED_OTHER], "{policies:?}");
 
     let b = json_out("bdev_get_bdevs", &spdk_rpc(&d.socket, &["bdev_get_bdevs", "-b", "Rbd0"]));
     assert_eq!(b[0]["num_blocks"], 32768, "{b}");
@@ -99,6 +122,15 @@ fn spdk_client_attaches_an_rbd_image_and_verify_is_clean() {
     let e = rpc_err(&d, "bdev_rbd_get_clusters_info", json!({}));
     assert!(e.contains("no cluster"), "{e}");
     assert!(!d.log().contains("panicked"));
+    assert_eq!(d.stop().code(), Some(0));
+
+    // Busy polling: librados' threads keep SCHED_OTHER (a reactor that
+    // never sleeps must be preempted by them at once, not at the tick).
+    let d = Daemon::start(DaemonOpts { interrupt_mode: false, ..DaemonOpts::default() });
+    d.call("bdev_rbd_register_cluster", Some(ceph.cluster_params("c1"))).unwrap();
+    let policies = thread_policies(d.pid());
+    assert!(policies.iter().any(|(n, _)| n.starts_with("msgr-worker")), "{policies:?}");
+    assert!(policies.iter().all(|(_, p)| *p == libc::SCHED_OTHER), "{policies:?}");
     assert_eq!(d.stop().code(), Some(0));
 
     // pollux-perf verifies on the image at QD 1 and 32, 4 KiB and 64 KiB.

@@ -415,13 +415,6 @@ impl Controller {
         self.pci.as_ref()?.msix_fd(qid).map(|fd| (qid, fd))
     }
 
-    /// Clear the pending signal of I/O queue `qid`'s vector.
-    pub(crate) fn drain_interrupt(&self, qid: u16) {
-        if let Some(p) = &self.pci {
-            p.drain_msix(qid);
-        }
-    }
-
     pub(crate) fn doorbell_stride(&self) -> u8 {
         self.cap.doorbell_stride()
     }

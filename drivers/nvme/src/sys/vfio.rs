@@ -212,13 +212,6 @@ impl VfioPci {
         self.msix.get(usize::from(v)).map(|e| e.as_raw_fd())
     }
 
-    /// Clear the pending signal of vector `v`.
-    pub fn drain_msix(&self, v: u16) {
-        if let Some(e) = self.msix.get(usize::from(v)) {
-            let _ = e.read();
-        }
-    }
-
     /// BAR0: the controller's registers and doorbells.
     pub fn bar0(&self) -> Arc<Bar> {
         self.bar0.clone()
