@@ -64,7 +64,7 @@ fn referenced<O: Os>(sys: &System<O>) -> Result<Referenced> {
 /// path`; the path may hold spaces and any bytes), if any, with its
 /// device and inode (`dev` as hex `major:minor`, the inode in decimal)
 /// when they read as such.
-fn mapped(line: &[u8]) -> Option<(PathBuf, Option<(u64, u64)>)> {
+pub fn mapped(line: &[u8]) -> Option<(PathBuf, Option<(u64, u64)>)> {
     use std::os::unix::ffi::OsStrExt;
     let mut fields = [&line[..0]; 5];
     let mut rest = line;

@@ -29,3 +29,12 @@ pub use hugepages::{HugetlbfsMount, Pool, format_size_kb, parse_size_kb};
 pub use nvme::{Bdf, Controller, NVME_CLASS, Usage, detect_signature};
 pub use status::{Status, status};
 pub use system::{Os, RealOs, System, User};
+
+/// The parsers of what the kernel (and the command line) give
+/// pollux-setup, for the fuzz target `setup_text` (`tests/fuzz`).
+pub mod parsers {
+    pub use crate::cleanup::{mapped, ours, pid_in_name};
+    pub use crate::hugepages::{format_size_kb, parse_size_kb};
+    pub use crate::nvme::Bdf;
+    pub use crate::procfs::{MountEntry, hugetlbfs_page_size_kb, parse_mountinfo, parse_swaps};
+}

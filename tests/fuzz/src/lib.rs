@@ -42,6 +42,7 @@ mod resv_ptpl;
 mod rpc_params;
 mod scsi_cdb;
 pub mod seeds;
+mod setup_text;
 
 pub use iscsi_host_pdu::iscsi_host_pdu;
 pub use iscsi_host_scsi::iscsi_host_scsi;
@@ -58,6 +59,7 @@ pub use raid_sb::raid_sb;
 pub use resv_ptpl::resv_ptpl;
 pub use rpc_params::{EXCLUDED_METHODS, rpc_method_names, rpc_params};
 pub use scsi_cdb::scsi_cdb;
+pub use setup_text::setup_text;
 
 /// A fuzz target: runs Pollux on one input.
 pub type Target = fn(&[u8]);
@@ -77,6 +79,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("lvol_md", lvol_md),
     ("raid_sb", raid_sb),
     ("metrics_http", metrics_http),
+    ("setup_text", setup_text),
     ("iscsi_host_pdu", iscsi_host_pdu),
     ("iscsi_host_scsi", iscsi_host_scsi),
     ("jsonrpc_framing", jsonrpc_framing),

@@ -62,6 +62,11 @@ fn metrics_http() {
 }
 
 #[test]
+fn setup_text() {
+    replay_common::replay("setup_text");
+}
+
+#[test]
 fn nvmf_rdma_capsule() {
     replay_common::replay("nvmf_rdma_capsule");
 }

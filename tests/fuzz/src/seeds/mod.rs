@@ -37,11 +37,42 @@ pub fn all() -> Vec<Seed> {
     add("lvol_md", lvol::lvol_md());
     add("raid_sb", raid_sb());
     add("metrics_http", metrics_http());
+    add("setup_text", setup_text());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
     add("iscsi_host_scsi", iscsi_host::iscsi_host_scsi());
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out
+}
+
+/// Seeds of `setup_text`: each parser's text as the kernel writes it (a
+/// mountinfo with escapes and hugetlbfs, /proc/swaps, /proc/PID/maps with
+/// a hugepage file and a path with spaces), sizes, hugetlbfs names, PCI
+/// addresses; the first byte picks the parser (7: all).
+fn setup_text() -> Vec<(String, Vec<u8>)> {
+    let s = |n: &str, which: u8, t: &str| (n.to_string(), [&[which][..], t.as_bytes()].concat());
+    vec![
+        s(
+            "mountinfo",
+            0,
+            "22 1 0:21 / / rw,relatime - overlay overlay rw,lowerdir=/l\n30 22 259:1 / /mnt/my\\040data rw shared:1 - ext4 /dev/nvme0n1p1 rw\n31 22 0:40 / /dev/hugepages rw,relatime - hugetlbfs nodev rw,pagesize=2M\n",
+        ),
+        s(
+            "swaps",
+            1,
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/nvme0n1p2                          partition\t8388604\t\t0\t\t-2\n/swap\\040file file 1024 0 -3\n",
+        ),
+        s(
+            "maps",
+            2,
+            "7f0000000000-7f0000200000 rw-s 00000000 00:28 1234                       /dev/hugepages/spdk_pid42map_0\n7f1000000000-7f1000001000 r--p 00000000 103:02 98765 /usr/lib/my lib.so (deleted)\n7ffc0000-7ffd0000 rw-p 00000000 00:00 0                          [stack]\n",
+        ),
+        s("sizes", 3, "2M,1G,2048kB,1024M,4096K,0M,18446744073709551615K"),
+        s("pagesize", 4, "rw,relatime,pagesize=1024M"),
+        s("names", 5, "pollux_pid1234_7"),
+        s("bdfs", 6, "0000:00:04.0,00:05.1,0000:AB:1f.7"),
+        s("all", 7, "rw,pagesize=2M"),
+    ]
 }
 
 /// Seeds of `metrics_http`: what Prometheus and curl send, a request in
