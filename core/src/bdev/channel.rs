@@ -95,6 +95,7 @@ impl IoDevice for Bdev {
             outstanding: Cell::new(0),
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
             remap_writes: remap.as_ref().map(|r| r.writes()).unwrap_or_default(),
+            closed: Cell::new(false),
         });
         BdevChannel {
             remap,
@@ -111,6 +112,13 @@ impl Drop for BdevChannel {
     fn drop(&mut self) {
         // Keep what this channel counted.
         self.bdev.retired.lock().unwrap_or_else(|e| e.into_inner()).merge(&self.home.stats.borrow());
+        // Requests still in flight keep the home; its free slots (each
+        // holding the home: a cycle, leaked with every channel dropped) go
+        // now, and theirs when they finish. (A consumer may let go of its
+        // channel with requests still at the backend: each backend's
+        // channel sees to those in its own drop.)
+        self.home.closed.set(true);
+        self.home.free.borrow_mut().clear();
     }
 }
 

@@ -201,6 +201,9 @@ pub(crate) struct Home {
     /// backend (see `remap`); a count no one reads for other bdevs (so the
     /// completion need not ask which it is).
     pub(crate) remap_writes: Rc<Cell<u64>>,
+    /// The channel has been let go of: requests still in flight finish
+    /// here, and their slots are freed instead of kept for reuse.
+    pub(crate) closed: Cell<bool>,
 }
 
 /// One I/O request. `!Send`: it lives on the reactor that submitted it.
@@ -425,7 +428,11 @@ impl Drop for BdevIo {
             s.lent = None;
             s.cb = None;
             let home = s.home.clone();
-            home.free.borrow_mut().push(s);
+            // A closed channel's slots are not kept: each holds its home,
+            // and the home's free list would hold them (a cycle, leaked).
+            if !home.closed.get() {
+                home.free.borrow_mut().push(s);
+            }
         }
     }
 }

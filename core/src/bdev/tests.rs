@@ -14,6 +14,8 @@ struct Ram {
     align: usize,
     hold: bool,
     destroyed: AtomicUsize,
+    /// Backend channels dropped.
+    channels_dropped: AtomicUsize,
 }
 
 thread_local! {
@@ -21,6 +23,12 @@ thread_local! {
 }
 
 struct RamChannel(Arc<Ram>);
+
+impl Drop for RamChannel {
+    fn drop(&mut self) {
+        self.0.channels_dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 impl Backend for Arc<Ram> {
     fn module_name(&self) -> &'static str {
@@ -73,7 +81,13 @@ impl BackendChannel for RamChannel {
 }
 
 fn ram(blocks: u64, align: usize, hold: bool) -> Arc<Ram> {
-    Arc::new(Ram { data: std::sync::Mutex::new(vec![0; blocks as usize * 512]), align, hold, destroyed: AtomicUsize::new(0) })
+    Arc::new(Ram {
+        data: std::sync::Mutex::new(vec![0; blocks as usize * 512]),
+        align,
+        hold,
+        destroyed: AtomicUsize::new(0),
+        channels_dropped: AtomicUsize::new(0),
+    })
 }
 
 fn make(h: &Harness, name: &str, r: &Arc<Ram>, blocks: u64) -> Arc<Bdev> {
@@ -645,4 +659,38 @@ fn a_remapped_bdev_sends_requests_within_a_mapped_cluster_straight_to_its_base()
     assert_eq!(out.borrow().last().unwrap().0, IoStatus::Unsupported);
     assert_eq!(slow.load(Ordering::SeqCst), moved + 4);
     h.on(0, || drop(reactor::take_local::<(Descriptor, crate::io_channel::IoChannel<Bdev>)>()));
+}
+
+/// Nothing of a channel outlives it: its home and its free request slots
+/// held each other, and leaked with every channel dropped (a command's
+/// channel of the moment, a connection's); a request still in flight when
+/// its channel goes frees its slot when it completes.
+#[test]
+fn a_dropped_channel_leaves_nothing_behind() {
+    let h = Harness::new(1);
+    let r = ram(16, 1, true);
+    make(&h, "held", &r, 16);
+    let held = || HELD.with(|x| std::mem::take(&mut *x.borrow_mut()));
+    let out: Out = Rc::default();
+    let o = out.clone();
+    // One request done (its slot back in the free list), one in flight.
+    let ch = h.on(0, move || {
+        let d = open("held", true, |_| {}).unwrap();
+        let ch = d.channel();
+        d.write(&ch, [buf(512, 3)], 0, 1, collect(&o));
+        held().pop().unwrap().complete(IoStatus::Success);
+        d.write(&ch, [buf(512, 4)], 1, 1, collect(&o));
+        reactor::set_local(Rc::new(d));
+        ch
+    });
+    h.run_until_idle(10);
+    let home = Rc::downgrade(&ch.home);
+    h.on(0, || drop(ch));
+    assert_eq!(r.channels_dropped.load(Ordering::SeqCst), 1);
+    assert!(home.upgrade().is_some(), "the request in flight holds the home");
+    h.on(0, || held().pop().unwrap().complete(IoStatus::Success));
+    h.run_until_idle(10);
+    let st: Vec<IoStatus> = out.borrow().iter().map(|x| x.0).collect();
+    assert_eq!(st, [IoStatus::Success, IoStatus::Success]);
+    assert!(home.upgrade().is_none(), "the channel's home (and its free slots) outlived it");
 }

@@ -184,6 +184,14 @@ impl Drop for UringChannel {
             poll(self.fd, &self.ring);
             guard += 1;
         }
+        let stuck = self.ring.borrow().slots.iter().filter(|s| s.is_some()).count();
+        if stuck > 0 {
+            // Memory safety over memory: the kernel may still write into
+            // their buffers, so the ring and the requests are leaked (the
+            // wait above gave up: its system call kept failing).
+            tracing::error!("uring: {stuck} request(s) still with the kernel; the ring and their buffers are leaked");
+            std::mem::forget(self.ring.clone());
+        }
         let doorbell = self.ring.borrow_mut().doorbell.take();
         if let Some(efd) = doorbell {
             self.poller.remove_wake_fd(efd.as_raw_fd());

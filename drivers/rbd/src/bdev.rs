@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use pollux_core::bdev::{Backend, BackendChannel, Bdev, BdevIo, IoStatus, IoType};
@@ -28,7 +28,8 @@ use crate::sys::RbdCompletionT;
 
 /// Requests in flight per channel (more wait in the channel).
 const SLOTS: usize = 256;
-/// How long a channel being dropped waits for its requests.
+/// How long a dropped channel's requests may stay with librbd before their
+/// memory is given up for lost (leaked: librbd may still use it).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// A submit call that takes longer held the reactor: logged (at WARN for
 /// the first few of a channel, as failed requests are). librbd takes locks
@@ -204,15 +205,21 @@ struct SlotArg {
 /// # Safety
 ///
 /// `arg` points to the [`SlotArg`] given at `rbd_aio_create_completion`,
-/// which outlives the request (see [`RbdChannel`]'s Drop).
+/// which outlives the request: its channel is not finished while the
+/// request is in flight (see [`RbdChannel`]'s Drop and [`finish`]).
 unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut c_void) {
     // SAFETY: per the function's contract, `arg` is a live SlotArg whose
-    // inbox (held by an Arc in the same channel) is alive too.
-    let (a, inbox) = unsafe {
+    // inbox (held by an Arc in the same channel) is alive too. Until the
+    // request is in the inbox's queue its channel is not finished; once it
+    // is, the reactor may take it and finish the channel at once, while
+    // this thread still rings the bell: a reference of its own, taken
+    // before, keeps the inbox (and its eventfd) alive until then.
+    let (inbox, slot) = unsafe {
         let a = &*(arg as *const SlotArg);
-        (a, &*a.inbox)
+        Arc::increment_strong_count(a.inbox);
+        (Arc::from_raw(a.inbox), a.slot)
     };
-    inbox.put((a.slot, c as usize));
+    inbox.put((slot, c as usize));
 }
 
 struct InFlight {
@@ -317,8 +324,9 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
     let arg = (&st.args[slot as usize] as *const SlotArg).cast_mut().cast::<c_void>();
     let mut c: RbdCompletionT = std::ptr::null_mut();
     // SAFETY: `arg` is the slot's SlotArg, alive until the callback ran
-    // (RbdChannel's Drop waits for it); `on_complete` has librbd's callback
-    // type; `c` is a valid out-pointer.
+    // (the channel is finished only once no request is in flight: see
+    // RbdChannel's Drop); `on_complete` has librbd's callback type; `c` is
+    // a valid out-pointer.
     let rc = unsafe { (lib.rbd_aio_create_completion)(arg, on_complete, &mut c) };
     if rc < 0 {
         st.free.push(slot);
@@ -442,37 +450,104 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
 
 impl Drop for RbdChannel {
     fn drop(&mut self) {
-        // librbd still holds the slots' callback arguments and writes into
-        // read buffers until each request completes: wait for them.
-        let t0 = Instant::now();
-        while self.st.borrow().slots.iter().any(Option::is_some) && t0.elapsed() < DRAIN_LIMIT {
-            if reap(&self.st) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let mut st = self.st.borrow_mut();
-        for io in st.waiting.drain(..) {
+        // Requests that never reached librbd end here.
+        let waiting = std::mem::take(&mut self.st.borrow_mut().waiting);
+        for io in waiting {
             io.complete(IoStatus::Aborted);
         }
-        if let Some(d) = &st.inbox.doorbell {
-            self.poller.remove_wake_fd(d.as_raw_fd());
+        let bell = self.st.borrow().inbox.doorbell.as_ref().map(|d| d.as_raw_fd());
+        if let Some(fd) = bell {
+            self.poller.remove_wake_fd(fd);
         }
-        let stuck = st.slots.iter().filter(|s| s.is_some()).count();
-        if stuck > 0 {
-            // Memory safety over memory: librbd may still call back into
-            // the arguments and write into the buffers, so they are leaked.
-            tracing::error!("rbd: {stuck} request(s) still with librbd after {DRAIN_LIMIT:?}; their memory is leaked");
-            let args = std::mem::take(&mut st.args);
-            std::mem::forget(args);
-            std::mem::forget(st.inbox.clone());
-            for s in st.slots.iter_mut() {
-                std::mem::forget(s.take());
+        reap(&self.st);
+        if !in_flight(&self.st) || reactor::try_current().is_none() {
+            return finish(&self.st, None);
+        }
+        // A consumer let go of its channel with requests still with librbd
+        // (a connection that closed, a COMPARE AND WRITE's channel of the
+        // moment). librbd holds their callback arguments and writes into
+        // read buffers until each completes: a poller of their own reaps
+        // them and then finishes the channel, instead of this drop waiting
+        // for them on the reactor (up to DRAIN_LIMIT, everything else on
+        // the reactor stalled: an unreachable OSD holds them that long).
+        let holder: Rc<RefCell<Option<Draining>>> = Rc::default();
+        let (h, st) = (holder.clone(), self.st.clone());
+        let poller = reactor::register_poller("rbd_drain", move || {
+            let n = reap(&st);
+            if !in_flight(&st) {
+                // Finishes the channel (Draining's drop) and unregisters this
+                // poller from inside its own run.
+                drop(h.borrow_mut().take());
             }
-            std::mem::forget(std::mem::take(&mut st.iovs));
+            if n > 0 { PollStatus::Busy } else { PollStatus::Idle }
+        });
+        if let Some(fd) = bell {
+            if let Err(e) = poller.add_wake_fd(fd, Interest::READABLE.edge()) {
+                // The poller still runs whenever the reactor is awake.
+                tracing::warn!("rbd: a draining channel cannot wait for its bell ({e})");
+            }
         }
-        if let Some(img) = st.image.take() {
-            rados::close_off_reactor(img);
+        // The limit: a timed poller, which wakes a sleeping reactor.
+        let h = holder.clone();
+        let limit = reactor::register_timed_poller("rbd_drain_limit", DRAIN_LIMIT, move || {
+            drop(h.borrow_mut().take());
+            PollStatus::Busy
+        });
+        *holder.borrow_mut() = Some(Draining { st: self.st.clone(), pollers: Some((poller, limit)) });
+        // What finished while the bell was between pollers (the reap clears
+        // the bell's flag: later completions ring the new poller's bell).
+        reap(&self.st);
+    }
+}
+
+/// Whether requests of the channel are still with librbd.
+fn in_flight(st: &Rc<RefCell<ChanState>>) -> bool {
+    st.borrow().slots.iter().any(Option::is_some)
+}
+
+/// A dropped channel whose requests are still with librbd: its poller
+/// reaps them; dropped once they are done or after [`DRAIN_LIMIT`], it
+/// finishes the channel. (At exit, the reactor's pollers go without it:
+/// the channel, its requests and its hold on the image are leaked, which
+/// is safe; they were with librbd.)
+struct Draining {
+    st: Rc<RefCell<ChanState>>,
+    /// The reaping poller and the limit's.
+    pollers: Option<(Poller, Poller)>,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        finish(&self.st, self.pollers.take().map(|(p, _limit)| p));
+    }
+}
+
+/// The end of a channel: requests still with librbd (after [`DRAIN_LIMIT`])
+/// are leaked, with the channel's hold on the image (closing an image with
+/// requests in flight is not allowed); otherwise the image is closed off
+/// the reactor once no one holds it.
+fn finish(st: &Rc<RefCell<ChanState>>, poller: Option<Poller>) {
+    let mut st = st.borrow_mut();
+    if let (Some(p), Some(d)) = (&poller, &st.inbox.doorbell) {
+        p.remove_wake_fd(d.as_raw_fd());
+    }
+    drop(poller);
+    let stuck = st.slots.iter().filter(|s| s.is_some()).count();
+    if stuck > 0 {
+        // Memory safety over memory: librbd may still call back into the
+        // arguments and write into the buffers, so they are leaked.
+        tracing::error!("rbd: {stuck} request(s) still with librbd after {DRAIN_LIMIT:?}; their memory is leaked");
+        let args = std::mem::take(&mut st.args);
+        std::mem::forget(args);
+        std::mem::forget(st.inbox.clone());
+        for s in st.slots.iter_mut() {
+            std::mem::forget(s.take());
         }
+        std::mem::forget(std::mem::take(&mut st.iovs));
+        std::mem::forget(st.image.take());
+    }
+    if let Some(img) = st.image.take() {
+        rados::close_off_reactor(img);
     }
 }
 

@@ -464,3 +464,59 @@ fn connections_to_an_unreachable_cluster_are_bounded_and_block_no_reactor() {
     assert!(!d.log().contains("panicked"));
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// An iSCSI session that ends with reads still with librbd (its OSD gone)
+/// lets go of its channel to the RBD bdev with requests in flight: the
+/// channel waits for them off the reactor's back, which keeps serving (it
+/// waited in the channel's drop, up to librados' op timeout, the daemon's
+/// one reactor and its RPC server stalled meanwhile).
+#[test]
+fn a_session_ending_with_reads_stuck_in_librbd_stalls_no_reactor() {
+    use pollux_tests::iscsi_host::{RawConn, config, free_port, target_iqn};
+    let mut ceph = Ceph::start();
+    ceph.create_image("img3", 64);
+    let port = free_port();
+    let mut cfg = config(port, "rbdlu", 1, None);
+    let mut cluster = ceph.cluster_params("c1");
+    cluster["config_param"] = json!({"rados_osd_op_timeout": "20"});
+    cfg["subsystems"][0]["config"] = json!([
+        {"method": "bdev_rbd_register_cluster", "params": cluster},
+        {"method": "bdev_rbd_create", "params": {"name": "Rbd0", "cluster_name": "c1", "pool_name": "rbd", "rbd_name": "img3", "block_size": 512}},
+    ]);
+    cfg["subsystems"][1]["config"].as_array_mut().unwrap().last_mut().unwrap()["params"]["luns"][0]["bdev_name"] = json!("Rbd0");
+    let d = Daemon::start(DaemonOpts { config: Some(cfg), ..Default::default() });
+    let mut c = RawConn::connect(port);
+    let r = c.login("iqn.2016-06.io.pollux:stuck", Some(&target_iqn("rbdlu")), 1);
+    assert_eq!(r.bhs[36], 0, "login refused");
+    assert_eq!(c.read10(0, 8).expect("a read before the OSD goes").0, 0);
+    ceph.stop_osd();
+    // Reads the OSD will never answer, then TEST UNIT READY: answered once
+    // the reads before it have gone to librbd.
+    for lba in 0..8u32 {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&(lba * 64).to_be_bytes());
+        cdb[7..9].copy_from_slice(&8u16.to_be_bytes());
+        c.command(&cdb, 4096, true, false, &[]);
+    }
+    assert!(c.test_unit_ready().is_some(), "no answer to TEST UNIT READY");
+    drop(c);
+    // The session ends, its channel goes with eight reads in flight; the
+    // reactor still answers at once (it waited for them: until the op
+    // timeout, 20 s).
+    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sessions = d.call("iscsi_get_connections", None).unwrap();
+        if sessions.as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the connection never went: {sessions}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t1 = Instant::now();
+    d.call("bdev_get_bdevs", Some(json!({"name": "Rbd0"}))).unwrap();
+    assert!(t1.elapsed() < Duration::from_secs(5) && t0.elapsed() < Duration::from_secs(10), "the reactor stalled: {:?}", t0.elapsed());
+    assert!(!d.log().contains("panicked"));
+    assert_eq!(d.stop().code(), Some(0));
+}
