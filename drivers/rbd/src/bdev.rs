@@ -186,7 +186,8 @@ impl Inbox {
     /// the gateway with a 50 us idle-poll window), and a level-triggered
     /// bell must be read or it wakes the reactor for ever.
     fn take_bell(&self) {
-        if self.doorbell.is_some() && self.rung.load(Ordering::SeqCst) {
+        // Set only by a ring (interrupt mode).
+        if self.rung.load(Ordering::SeqCst) {
             self.rung.store(false, Ordering::SeqCst);
         }
     }

@@ -89,7 +89,9 @@ impl Cluster {
     pub fn connect(spec: &ConnectSpec) -> Result<Cluster, Error> {
         let lib = lib()?;
         if let Some(cpus) = &spec.cpus {
-            set_affinity(cpus);
+            if let Err(e) = pollux_core::sys::set_affinity(cpus) {
+                tracing::warn!("rbd: cannot set the CPU affinity of librados' threads: {e}");
+            }
         }
         let id = spec.user_id.as_deref().map(cstr).transpose()?;
         let mut h: RadosT = std::ptr::null_mut();
@@ -170,20 +172,6 @@ pub fn starting_threads<T>(batch: bool, f: impl FnOnce() -> T) -> T {
     set(libc::SCHED_BATCH);
     let _restore = Restore;
     f()
-}
-
-fn set_affinity(cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET only sets bits of
-    // it, and sched_setaffinity(0) reads it for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) < 0 {
-            tracing::warn!("rbd: cannot set the CPU affinity of librados' threads: {}", std::io::Error::last_os_error());
-        }
-    }
 }
 
 /// A pool's I/O context.
