@@ -17,6 +17,9 @@ mkdir -p "$DIR"
 PID=
 HP_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
+    # Every step, even after one fails (a process already gone): under
+    # set -e the first failing kill ended the trap and left the rest running.
+    set +e
     if [ -n "$PID" ]; then kill -9 "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; fi
     [ -n "${KEEP_DIR:-}" ] || rm -rf "$DIR"
     echo "$HP_BEFORE" > /proc/sys/vm/nr_hugepages
