@@ -32,7 +32,7 @@ use crate::sys::{self, Epoll, EventFd, Interest, TimerFd};
 
 pub use harness::Harness;
 pub use msg::Msg;
-pub use poller::{PollStatus, Poller, PollerInfo};
+pub use poller::{PollStatus, Poller, PollerInfo, drain_in_background};
 
 /// Messages taken from each queue per iteration, by default.
 pub const DEFAULT_MSG_BATCH: usize = 64;

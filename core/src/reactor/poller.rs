@@ -451,6 +451,93 @@ impl PollerSet {
     }
 }
 
+/// What a dropped object left in flight, reaped on its reactor until done
+/// (see [`drain_in_background`]).
+struct Drain {
+    /// The reaping poller and the warning's.
+    pollers: Option<(Poller, Option<Poller>)>,
+    finish: Option<Box<dyn FnOnce()>>,
+}
+
+/// Ends a drain once: its pollers go first (a wake descriptor leaves the
+/// reactor's epoll before `finish` may close it), then `finish` runs.
+fn end_drain(holder: &Rc<RefCell<Option<Drain>>>) {
+    // Taken out of the cell first: `finish` and the pollers' drops run
+    // with the cell let go.
+    let Some(mut d) = holder.borrow_mut().take() else { return };
+    drop(d.pollers.take());
+    if let Some(f) = d.finish.take() {
+        f();
+    }
+}
+
+/// Keep reaping, on the current reactor, what a dropped object left in
+/// flight (a channel whose requests are still with the kernel or a
+/// library), instead of waiting for it in the drop with the reactor
+/// stalled. `what` names the object in the log. `step` runs as a poller
+/// named `name` (in interrupt mode woken
+/// by `wake`, and whenever the reactor is awake) and returns how many
+/// requests it finished and how many are left; once none are, the poller
+/// goes and `finish` runs. Requests still outstanding `warn_after` the
+/// drop are logged (an error: a hung device or an unreachable cluster),
+/// and the drain goes on: their memory cannot be freed while others may
+/// still write into it, and it is freed as soon as they end. If the
+/// reactor exits first, neither happens: what `step` and `finish` hold is
+/// leaked with the poller (no consumer callback runs for those requests),
+/// which is safe for the same reason.
+pub fn drain_in_background(
+    name: &str,
+    what: String,
+    warn_after: std::time::Duration,
+    wake: Option<(RawFd, Interest)>,
+    step: impl FnMut() -> (usize, usize) + 'static,
+    finish: impl FnOnce() + 'static,
+) {
+    let holder: Rc<RefCell<Option<Drain>>> = Rc::default();
+    let step = Rc::new(RefCell::new(step));
+    // Set once the warning is out: the end is logged too.
+    let warned = Rc::new(Cell::new(false));
+    let (h, s, w, who) = (holder.clone(), step.clone(), warned.clone(), what.clone());
+    let poller = super::register_poller(name, move || {
+        let (n, left) = (s.borrow_mut())();
+        if left == 0 {
+            if w.get() {
+                tracing::info!("{who}: the requests outstanding at its channel's drop have all ended");
+            }
+            // Drops this poller from inside its own run.
+            end_drain(&h);
+        }
+        if n > 0 { PollStatus::Busy } else { PollStatus::Idle }
+    });
+    if let Some((fd, interest)) = wake {
+        if let Err(e) = poller.add_wake_fd(fd, interest) {
+            // The poller still runs whenever the reactor is awake.
+            tracing::warn!("{name}: cannot wait for its wake descriptor ({e})");
+        }
+    }
+    let h = holder.clone();
+    let warn = super::register_timed_poller(&format!("{name}_warn"), warn_after, move || {
+        // One last look first: what ended since the drain's last pass is
+        // not reported.
+        let (_, left) = (step.borrow_mut())();
+        if left == 0 {
+            end_drain(&h);
+        } else {
+            warned.set(true);
+            tracing::error!(
+                "{what}: {left} request(s) still outstanding {warn_after:?} after their channel was dropped; \
+                 their memory is kept until they end"
+            );
+            // Once: this poller goes, from inside its own run (dropped
+            // with the cell let go).
+            let me = h.borrow_mut().as_mut().and_then(|d| d.pollers.as_mut()).and_then(|(_, w)| w.take());
+            drop(me);
+        }
+        PollStatus::Busy
+    });
+    *holder.borrow_mut() = Some(Drain { pollers: Some((poller, Some(warn))), finish: Some(Box::new(finish)) });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -696,3 +696,55 @@ fn a_resumed_poller_runs_for_an_edge_that_came_while_paused() {
     stop_pinging.store(true, Ordering::SeqCst);
     assert_eq!(*result.lock().unwrap(), Some(true), "the resumed poller did not run for the edge it missed");
 }
+
+/// A drain ends once its step reports nothing left: its pollers go, then
+/// `finish` runs; one still draining at its warning time goes on (after one
+/// more look, which may find it done).
+#[test]
+fn a_drain_ends_when_nothing_is_left_and_goes_on_past_its_warning() {
+    fn names() -> usize {
+        let (a, t, p) = poller_infos();
+        a.into_iter().chain(t).chain(p).filter(|i| i.name.starts_with("t_drain")).count()
+    }
+    let h = Harness::new(1);
+    let left = Rc::new(Cell::new(3));
+    let ended = Rc::new(Cell::new(None));
+    let (l, e) = (left.clone(), ended.clone());
+    h.on(0, move || {
+        drain_in_background(
+            "t_drain",
+            "test".into(),
+            Duration::from_secs(3600),
+            None,
+            move || {
+                l.set(l.get() - 1);
+                (1, l.get())
+            },
+            // The pollers are gone by then.
+            move || e.set(Some(names())),
+        )
+    });
+    h.step(0);
+    assert_eq!(h.on(0, names), 2, "the step's poller and the warning's");
+    h.run_until_idle(10);
+    assert_eq!((left.get(), ended.get()), (0, Some(0)));
+    assert_eq!(h.on(0, names), 0);
+
+    // Past its warning time: the drain goes on until its requests end.
+    let left = Rc::new(Cell::new(usize::MAX));
+    let ended = Rc::new(Cell::new(false));
+    let (l, e) = (left.clone(), ended.clone());
+    h.on(0, move || {
+        drain_in_background("t_drain_slow", "test".into(), Duration::from_millis(5), None, move || (0, l.get()), move || e.set(true))
+    });
+    let t0 = Instant::now();
+    while h.on(0, names) != 1 && t0.elapsed() < Duration::from_secs(30) {
+        h.step(0);
+    }
+    assert_eq!(h.on(0, names), 1, "the warning went, the drain stayed");
+    assert!(!ended.get());
+    left.set(0);
+    h.run_until_idle(10);
+    assert!(ended.get());
+    assert_eq!(h.on(0, names), 0);
+}

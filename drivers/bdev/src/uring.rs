@@ -27,6 +27,9 @@ use crate::common::{Delete, delete_rpc};
 
 /// Entries per ring (and requests in flight per reactor and bdev).
 const RING_ENTRIES: u32 = 256;
+/// A dropped channel's requests still in the kernel this long after the
+/// drop are logged (an error; the channel keeps reaping them).
+const DRAIN_WARN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which RPC created the bdev (save_config writes the same one back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +39,9 @@ enum Flavor {
 }
 
 struct UringBackend {
-    file: File,
+    /// Shared with the channels: a channel dropped with requests still
+    /// queued keeps the file open until they are done.
+    file: Arc<File>,
     filename: String,
     direct: bool,
     logical_block: u32,
@@ -71,7 +76,7 @@ impl Backend for UringBackend {
         if self.direct { self.logical_block as usize } else { 1 }
     }
     fn create_channel(&self) -> Box<dyn BackendChannel> {
-        match UringChannel::new(self.file.as_raw_fd()) {
+        match UringChannel::new(self.file.clone(), &self.filename) {
             Ok(c) => Box::new(c),
             Err(e) => {
                 tracing::error!("{}: cannot set up io_uring on this reactor: {e}", self.filename);
@@ -133,13 +138,18 @@ struct Ring {
 }
 
 struct UringChannel {
+    /// The file's descriptor, for the ring's entries (held open by `file`).
     fd: i32,
+    file: Arc<File>,
+    /// For the log.
+    filename: String,
     ring: Rc<RefCell<Ring>>,
     poller: Poller,
 }
 
 impl UringChannel {
-    fn new(fd: i32) -> std::io::Result<UringChannel> {
+    fn new(file: Arc<File>, filename: &str) -> std::io::Result<UringChannel> {
+        let fd = file.as_raw_fd();
         let ring = IoUring::new(RING_ENTRIES)?;
         let ring = Rc::new(RefCell::new(Ring {
             ring,
@@ -155,7 +165,7 @@ impl UringChannel {
         let poller = reactor::register_poller("uring_bdev", move || poll(fd, &r).into());
         // In interrupt mode the ring's completions must wake the reactor:
         // register an eventfd with the ring.
-        let mut chan = UringChannel { fd, ring, poller };
+        let mut chan = UringChannel { fd, file, filename: filename.to_string(), ring, poller };
         if reactor::interrupt_mode() {
             chan.watch_completions()?;
         }
@@ -176,27 +186,62 @@ impl UringChannel {
 
 impl Drop for UringChannel {
     fn drop(&mut self) {
-        // The kernel may still write into buffers of requests in flight:
-        // wait for every one before the ring and the buffers go away.
-        let mut guard = 0;
-        while self.ring.borrow().slots.iter().any(Option::is_some) && guard < 10_000 {
-            let _ = self.ring.borrow_mut().ring.submit_and_wait(1);
-            poll(self.fd, &self.ring);
-            guard += 1;
+        let doorbell = self.ring.borrow().doorbell.as_ref().map(|d| d.as_raw_fd());
+        if let Some(fd) = doorbell {
+            self.poller.remove_wake_fd(fd);
         }
-        let stuck = self.ring.borrow().slots.iter().filter(|s| s.is_some()).count();
-        if stuck > 0 {
-            // Memory safety over memory: the kernel may still write into
-            // their buffers, so the ring and the requests are leaked (the
-            // wait above gave up: its system call kept failing).
-            tracing::error!("uring: {stuck} request(s) still with the kernel; the ring and their buffers are leaked");
-            std::mem::forget(self.ring.clone());
+        if reactor::try_current().is_none() {
+            // Off a reactor (not expected) no request can complete: the
+            // kernel may still write into their buffers, so the ring and
+            // the requests are leaked.
+            if in_flight(&self.ring) > 0 || !self.ring.borrow().waiting.is_empty() {
+                tracing::error!("uring: a channel dropped off its reactor with requests in it; leaked");
+                std::mem::forget(self.ring.clone());
+            }
+            return;
         }
-        let doorbell = self.ring.borrow_mut().doorbell.take();
-        if let Some(efd) = doorbell {
-            self.poller.remove_wake_fd(efd.as_raw_fd());
+        // Requests that never reached the ring end here: sent after their
+        // consumer let go, a write could land over newer data written since
+        // through another path.
+        let waiting = std::mem::take(&mut self.ring.borrow_mut().waiting);
+        for io in waiting {
+            io.complete(IoStatus::Aborted);
         }
+        // Hands queued entries to the kernel and reaps what is done.
+        poll(self.fd, &self.ring);
+        if in_flight(&self.ring) == 0 {
+            return;
+        }
+        // A consumer let go of its channel with requests still in the
+        // kernel (a session that ended, a RAID member replaced). The kernel
+        // may still write into their buffers, so the ring and the buffers
+        // stay until each completes: a poller of their own reaps them (the
+        // wait was in this drop, and a request stuck on a hung device or a
+        // stalled network file system stalled the reactor with it,
+        // unbounded). The file stays open until then. At exit the
+        // reactor's pollers go without it: the ring and the requests are
+        // leaked, with no callback.
+        let (fd, file, r) = (self.fd, self.file.clone(), self.ring.clone());
+        reactor::drain_in_background(
+            "uring_drain",
+            format!("uring {}", self.filename),
+            DRAIN_WARN,
+            doorbell.map(|fd| (fd, pollux_core::sys::Interest::READABLE.edge())),
+            move || {
+                let _open = &file;
+                (poll(fd, &r), in_flight(&r))
+            },
+            // The ring goes with the poller's closure.
+            || {},
+        );
+        // What completed while the doorbell was between pollers.
+        poll(self.fd, &self.ring);
     }
+}
+
+/// How many requests of the ring are with the kernel (or queued for it).
+fn in_flight(ring: &Rc<RefCell<Ring>>) -> usize {
+    RING_ENTRIES as usize - ring.borrow().free.len()
 }
 
 impl BackendChannel for UringChannel {
@@ -384,7 +429,7 @@ fn create(name: &str, filename: &str, block_size: Option<u32>, uuid: Option<Uuid
     if num_blocks == 0 {
         return Err(RpcError::invalid_params(format!("{filename} is smaller than one block of {block_size} bytes")));
     }
-    let backend = UringBackend { file, filename: filename.to_string(), direct, logical_block: logical, block_size, flavor };
+    let backend = UringBackend { file: Arc::new(file), filename: filename.to_string(), direct, logical_block: logical, block_size, flavor };
     bdev::register(BdevSpec { name: name.to_string(), block_size, num_blocks, uuid, backend: Arc::new(backend) }).map_err(RpcError::from)
 }
 
@@ -486,17 +531,103 @@ mod tests {
                 // A request from the callback, on the same channel.
                 d2.flush(&ch2, 0, 1, move |io| a.set(Some(io.is_ok())));
             });
-            d
+            // Held: a channel let go with requests waiting aborts them.
+            (d, ch)
         });
         // Bounded by time, not passes: 264 fsyncs take many passes on a
         // loaded machine (100,000 passes were not enough in CI).
         let t0 = std::time::Instant::now();
-        while after_reset.get().is_none() && t0.elapsed() < std::time::Duration::from_secs(60) {
+        while (after_reset.get().is_none() || flushed.get() < u64::from(RING_ENTRIES) + 8)
+            && t0.elapsed() < std::time::Duration::from_secs(60)
+        {
             h.step_all();
         }
         assert_eq!(after_reset.get(), Some(true), "the flush sent from the reset's callback finished");
         assert_eq!(flushed.get(), u64::from(RING_ENTRIES) + 8);
         h.on(0, move || drop(d));
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A channel dropped with a read stuck in the kernel (on a pipe no one
+    /// writes to, standing for a hung device) leaves the reactor at once;
+    /// the read is reaped when it completes and its consumer still gets
+    /// the data. (The drop waited for the kernel, with nothing else on the
+    /// reactor running, for as long as the request took.)
+    #[test]
+    fn a_channel_dropped_with_a_request_stuck_in_the_kernel_does_not_stall_the_reactor() {
+        struct Pipe(Arc<File>);
+        impl Backend for Pipe {
+            fn module_name(&self) -> &'static str {
+                "uring"
+            }
+            fn product_name(&self) -> &'static str {
+                "test pipe"
+            }
+            fn supports(&self, kind: IoType) -> bool {
+                kind == IoType::Read
+            }
+            fn create_channel(&self) -> Box<dyn BackendChannel> {
+                Box::new(UringChannel::new(self.0.clone(), "pipe").unwrap())
+            }
+        }
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let h = Harness::new(1);
+        use std::os::fd::FromRawFd;
+        // SAFETY: fresh descriptors of ours, each owned once from here.
+        let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        // Room for all the data at once: the writer never waits for the
+        // reads (the test joins it before it reaps them).
+        // SAFETY: F_SETPIPE_SZ on our pipe's descriptor.
+        assert!(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 512 * RING_ENTRIES as i32) } >= 512 * RING_ENTRIES as i32);
+        let backend: Arc<dyn Backend> = Arc::new(Pipe(Arc::new(rd)));
+        h.on(0, || bdev::register(BdevSpec { name: "pipe0".into(), block_size: 512, num_blocks: 8, uuid: None, backend }).unwrap());
+        type Got = Rc<RefCell<Vec<(IoStatus, Vec<u8>)>>>;
+        let got: Got = Rc::default();
+        let g = got.clone();
+        let n = RING_ENTRIES as usize + 1;
+        let held = h.on(0, move || {
+            let d = bdev::open("pipe0", false, |_| {}).unwrap();
+            let ch = d.channel();
+            // One more than the ring holds: the last waits in the channel.
+            for _ in 0..n {
+                let buf = pollux_core::dma::pool().unwrap().get(512).unwrap();
+                let g = g.clone();
+                d.read(&ch, [buf], 0, 1, move |mut io| {
+                    let data = io.take_buffers().iter().flat_map(|b| b.to_vec()).collect();
+                    g.borrow_mut().push((io.status(), data));
+                });
+            }
+            (d, ch)
+        });
+        // The reads go to the kernel and stay there.
+        h.run_until_idle(10);
+        assert!(got.borrow().is_empty(), "the reads wait for the pipe");
+        // Data comes once the drop has returned, or after 20 s if it never
+        // does on its own.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let late = rx.recv_timeout(std::time::Duration::from_secs(20)).is_err();
+            std::io::Write::write_all(&mut wr, &vec![0x5a; 512 * RING_ENTRIES as usize]).unwrap();
+            late
+        });
+        h.on(0, move || drop(held));
+        tx.send(()).unwrap();
+        // The read that never reached the kernel ends with the drop (sent
+        // later, after its consumer let go, a write could land over newer
+        // data).
+        assert_eq!(got.borrow().iter().map(|g| g.0).collect::<Vec<_>>(), [IoStatus::Aborted], "the waiting read, at the drop");
+        assert!(!writer.join().unwrap(), "the channel's drop waited for the kernel");
+        let t0 = std::time::Instant::now();
+        while got.borrow().len() < n && t0.elapsed() < std::time::Duration::from_secs(60) {
+            h.step_all();
+        }
+        let got = got.borrow();
+        assert_eq!(got.len(), n, "the stuck reads were reaped after the drop");
+        assert!(got[1..].iter().all(|g| *g == (IoStatus::Success, vec![0x5a; 512])));
+        // The drain is over: its poller went.
+        let (a, t, p) = h.on(0, reactor::poller_infos);
+        assert!(!a.iter().chain(&t).chain(&p).any(|i| i.name.starts_with("uring_drain")), "{a:?} {t:?}");
     }
 }

@@ -28,9 +28,9 @@ use crate::sys::RbdCompletionT;
 
 /// Requests in flight per channel (more wait in the channel).
 const SLOTS: usize = 256;
-/// How long a dropped channel's requests may stay with librbd before their
-/// memory is given up for lost (leaked: librbd may still use it).
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// A dropped channel's requests still with librbd this long after the drop
+/// are logged (an error; the channel keeps reaping them).
+const DRAIN_WARN: Duration = Duration::from_secs(30);
 /// A submit call that takes longer held the reactor: logged (at WARN for
 /// the first few of a channel, as failed requests are). librbd takes locks
 /// of its own in the call, and with `rbd_non_blocking_aio` false does all
@@ -85,7 +85,7 @@ impl Backend for RbdBackend {
     }
     fn create_channel(&self) -> Box<dyn BackendChannel> {
         match self.image() {
-            Some(img) => match RbdChannel::new(img) {
+            Some(img) => match RbdChannel::new(Some(img), format!("rbd {}/{}", self.spec.pool_name, self.spec.rbd_name)) {
                 Ok(c) => Box::new(c),
                 Err(e) => {
                     tracing::error!("rbd {}/{}: cannot set up a channel on this reactor: {e}", self.spec.pool_name, self.spec.rbd_name);
@@ -227,6 +227,20 @@ struct InFlight {
     io: BdevIo,
 }
 
+/// How a request left [`start`] when it did not go to librbd: finished at
+/// once (a reset, a failed submit), or back for want of a slot.
+enum Started {
+    InFlight,
+    Done(BdevIo, IoStatus),
+}
+
+/// What a reaped request ends with: librbd's return value, or a status
+/// decided without librbd.
+enum Outcome {
+    Ret(isize),
+    Status(IoStatus),
+}
+
 struct ChanState {
     image: Option<Arc<Image>>,
     inbox: Arc<Inbox>,
@@ -244,16 +258,18 @@ struct ChanState {
     /// completion), kept with their capacity: no allocation per request.
     iovs: Vec<Vec<libc::iovec>>,
     /// Finished requests of one reap, kept with its capacity.
-    finished: Vec<(InFlight, isize)>,
+    finished: Vec<(BdevIo, Outcome)>,
 }
 
 struct RbdChannel {
     st: Rc<RefCell<ChanState>>,
     poller: Poller,
+    /// `rbd POOL/IMAGE`, for the log.
+    label: String,
 }
 
 impl RbdChannel {
-    fn new(image: Arc<Image>) -> std::io::Result<RbdChannel> {
+    fn new(image: Option<Arc<Image>>, label: String) -> std::io::Result<RbdChannel> {
         let irq = reactor::interrupt_mode();
         let inbox = Arc::new(Inbox {
             done: ArrayQueue::new(SLOTS),
@@ -262,7 +278,7 @@ impl RbdChannel {
         });
         let args: Box<[SlotArg]> = (0..SLOTS as u32).map(|slot| SlotArg { inbox: Arc::as_ptr(&inbox), slot }).collect();
         let st = Rc::new(RefCell::new(ChanState {
-            image: Some(image),
+            image,
             inbox: inbox.clone(),
             args,
             slots: (0..SLOTS).map(|_| None).collect(),
@@ -279,42 +295,56 @@ impl RbdChannel {
         if let Some(d) = &inbox.doorbell {
             poller.add_wake_fd(d.as_raw_fd(), Interest::READABLE.edge())?;
         }
-        Ok(RbdChannel { st, poller })
+        Ok(RbdChannel { st, poller, label })
     }
 }
 
 impl BackendChannel for RbdChannel {
     fn submit(&self, io: BdevIo) {
-        let mut st = self.st.borrow_mut();
-        if st.waiting.is_empty() {
-            if let Err(io) = start(&mut st, io) {
+        let done = {
+            let mut st = self.st.borrow_mut();
+            if st.waiting.is_empty() {
+                match start(&mut st, io) {
+                    Ok(Started::InFlight) => None,
+                    Ok(Started::Done(io, status)) => Some((io, status)),
+                    Err(io) => {
+                        st.waiting.push_back(io);
+                        None
+                    }
+                }
+            } else {
                 st.waiting.push_back(io);
+                None
             }
-        } else {
-            st.waiting.push_back(io);
+        };
+        // Completed with the channel's state let go: the consumer's
+        // callback may submit again.
+        if let Some((io, status)) = done {
+            io.complete(status);
         }
     }
 }
 
-/// Hand a request to librbd; give it back if no slot is free.
-fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
+/// Hand a request to librbd; give it back if no slot is free. A request
+/// that ends without librbd comes back as [`Started::Done`], to be
+/// completed by the caller once it has let go of the channel's state (the
+/// consumer's callback may submit to the channel again: completed under
+/// the borrow, it panicked the reactor).
+fn start(st: &mut ChanState, mut io: BdevIo) -> Result<Started, BdevIo> {
     let Some(slot) = st.free.pop() else { return Err(io) };
     let Some(image) = st.image.as_ref().map(|i| i.raw()) else {
         st.free.push(slot);
-        io.complete(IoStatus::NoDevice);
-        return Ok(());
+        return Ok(Started::Done(io, IoStatus::NoDevice));
     };
     let kind = io.kind();
     if matches!(kind, IoType::Reset | IoType::Compare) {
         st.free.push(slot);
         // Nothing to reset: librbd has no per-bdev state to clear.
-        io.complete(if kind == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported });
-        return Ok(());
+        return Ok(Started::Done(io, if kind == IoType::Reset { IoStatus::Success } else { IoStatus::Unsupported }));
     }
     let Ok(lib) = rados::lib() else {
         st.free.push(slot);
-        io.complete(IoStatus::NoDevice);
-        return Ok(());
+        return Ok(Started::Done(io, IoStatus::NoDevice));
     };
     let (off, len) = (io.offset_bytes(), io.len_bytes());
     let mut iov = std::mem::take(&mut st.iovs[slot as usize]);
@@ -331,8 +361,7 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
     let rc = unsafe { (lib.rbd_aio_create_completion)(arg, on_complete, &mut c) };
     if rc < 0 {
         st.free.push(slot);
-        io.complete(IoStatus::NoMemory);
-        return Ok(());
+        return Ok(Started::Done(io, IoStatus::NoMemory));
     }
     // The call is timed (see `SLOW_SUBMIT`).
     let t0 = pollux_core::clock::ticks();
@@ -360,14 +389,13 @@ fn start(st: &mut ChanState, mut io: BdevIo) -> Result<(), BdevIo> {
         st.iovs[slot as usize] = iov;
         st.free.push(slot);
         log_error(st, kind, off, -rc);
-        io.complete(status_of_errno(-rc));
-        return Ok(());
+        return Ok(Started::Done(io, status_of_errno(-rc)));
     }
     // The iovecs' heap memory does not move with the Vec: librbd's
     // pointers into it stay valid while the slot keeps it.
     st.iovs[slot as usize] = iov;
     st.slots[slot as usize] = Some(InFlight { io });
-    Ok(())
+    Ok(Started::InFlight)
 }
 
 fn status_of_errno(errno: i32) -> IoStatus {
@@ -420,30 +448,39 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
             };
             if let Some(f) = s.slots.get_mut(slot as usize).and_then(Option::take) {
                 s.free.push(slot);
-                done.push((f, ret));
+                done.push((f.io, Outcome::Ret(ret)));
             }
         }
+        // Requests that end without librbd are completed below, with the
+        // rest, once the state is let go.
         while let Some(io) = s.waiting.pop_front() {
-            if let Err(io) = start(&mut s, io) {
-                s.waiting.push_front(io);
-                break;
+            match start(&mut s, io) {
+                Ok(Started::InFlight) => {}
+                Ok(Started::Done(io, status)) => done.push((io, Outcome::Status(status))),
+                Err(io) => {
+                    s.waiting.push_front(io);
+                    break;
+                }
             }
         }
     }
     let n = done.len();
-    for (f, ret) in done.drain(..) {
-        let kind = f.io.kind();
-        let status = if ret < 0 {
-            let s = st.borrow();
-            log_error(&s, kind, f.io.offset_bytes(), -ret as i32);
-            status_of_errno(-ret as i32)
-        } else if kind == IoType::Read && ret as u64 != f.io.len_bytes() {
-            tracing::warn!("rbd: read at byte {} returned {ret} of {} bytes", f.io.offset_bytes(), f.io.len_bytes());
-            IoStatus::Failed
-        } else {
-            IoStatus::Success
+    for (io, outcome) in done.drain(..) {
+        let kind = io.kind();
+        let status = match outcome {
+            Outcome::Status(status) => status,
+            Outcome::Ret(ret) if ret < 0 => {
+                let s = st.borrow();
+                log_error(&s, kind, io.offset_bytes(), -ret as i32);
+                status_of_errno(-ret as i32)
+            }
+            Outcome::Ret(ret) if kind == IoType::Read && ret as u64 != io.len_bytes() => {
+                tracing::warn!("rbd: read at byte {} returned {ret} of {} bytes", io.offset_bytes(), io.len_bytes());
+                IoStatus::Failed
+            }
+            Outcome::Ret(_) => IoStatus::Success,
         };
-        f.io.complete(status);
+        io.complete(status);
     }
     st.borrow_mut().finished = done;
     n
@@ -451,110 +488,146 @@ fn reap(st: &Rc<RefCell<ChanState>>) -> usize {
 
 impl Drop for RbdChannel {
     fn drop(&mut self) {
-        // Requests that never reached librbd end here.
-        let waiting = std::mem::take(&mut self.st.borrow_mut().waiting);
-        for io in waiting {
-            io.complete(IoStatus::Aborted);
-        }
         let bell = self.st.borrow().inbox.doorbell.as_ref().map(|d| d.as_raw_fd());
         if let Some(fd) = bell {
             self.poller.remove_wake_fd(fd);
         }
+        if reactor::try_current().is_none() {
+            // Off a reactor (not expected) no request can complete.
+            return leak(&self.st);
+        }
+        // Requests that never reached librbd end here: sent after their
+        // consumer let go, a write could land over newer data written since
+        // through another path (a host that retried on another gateway).
+        let waiting = std::mem::take(&mut self.st.borrow_mut().waiting);
+        for io in waiting {
+            io.complete(IoStatus::Aborted);
+        }
         reap(&self.st);
-        if !in_flight(&self.st) || reactor::try_current().is_none() {
-            return finish(&self.st, None);
+        if in_flight(&self.st) == 0 {
+            return finish(&self.st);
         }
         // A consumer let go of its channel with requests still with librbd
-        // (a connection that closed, a COMPARE AND WRITE's channel of the
-        // moment). librbd holds their callback arguments and writes into
-        // read buffers until each completes: a poller of their own reaps
-        // them and then finishes the channel, instead of this drop waiting
-        // for them on the reactor (up to DRAIN_LIMIT, everything else on
-        // the reactor stalled: an unreachable OSD holds them that long).
-        let holder: Rc<RefCell<Option<Draining>>> = Rc::default();
-        let (h, st) = (holder.clone(), self.st.clone());
-        let poller = reactor::register_poller("rbd_drain", move || {
-            let n = reap(&st);
-            if !in_flight(&st) {
-                // Finishes the channel (Draining's drop) and unregisters this
-                // poller from inside its own run.
-                drop(h.borrow_mut().take());
-            }
-            if n > 0 { PollStatus::Busy } else { PollStatus::Idle }
-        });
-        if let Some(fd) = bell {
-            if let Err(e) = poller.add_wake_fd(fd, Interest::READABLE.edge()) {
-                // The poller still runs whenever the reactor is awake.
-                tracing::warn!("rbd: a draining channel cannot wait for its bell ({e})");
-            }
-        }
-        // The limit: a timed poller, which wakes a sleeping reactor.
-        let h = holder.clone();
-        let limit = reactor::register_timed_poller("rbd_drain_limit", DRAIN_LIMIT, move || {
-            drop(h.borrow_mut().take());
-            PollStatus::Busy
-        });
-        *holder.borrow_mut() = Some(Draining { st: self.st.clone(), pollers: Some((poller, limit)) });
+        // (a connection that closed, a callback that submitted once more).
+        // librbd holds their callback arguments and writes into read
+        // buffers until each completes: a poller of their own reaps them
+        // and then finishes the channel, instead of this drop waiting for
+        // them on the reactor (an unreachable OSD holds them up to
+        // librados' op timeout, or for ever, with everything else on the
+        // reactor stalled). At exit the reactor's pollers go without it:
+        // the channel, its requests and its hold on the image are leaked,
+        // which is safe; they were with librbd.
+        let (st, end) = (self.st.clone(), self.st.clone());
+        reactor::drain_in_background(
+            "rbd_drain",
+            std::mem::take(&mut self.label),
+            DRAIN_WARN,
+            bell.map(|fd| (fd, Interest::READABLE.edge())),
+            move || (reap(&st), in_flight(&st)),
+            move || finish(&end),
+        );
         // What finished while the bell was between pollers (the reap clears
         // the bell's flag: later completions ring the new poller's bell).
         reap(&self.st);
     }
 }
 
-/// Whether requests of the channel are still with librbd.
-fn in_flight(st: &Rc<RefCell<ChanState>>) -> bool {
-    st.borrow().slots.iter().any(Option::is_some)
+/// How many requests of the channel are with librbd.
+fn in_flight(st: &Rc<RefCell<ChanState>>) -> usize {
+    SLOTS - st.borrow().free.len()
 }
 
-/// A dropped channel whose requests are still with librbd: its poller
-/// reaps them; dropped once they are done or after [`DRAIN_LIMIT`], it
-/// finishes the channel. (At exit, the reactor's pollers go without it:
-/// the channel, its requests and its hold on the image are leaked, which
-/// is safe; they were with librbd.)
-struct Draining {
-    st: Rc<RefCell<ChanState>>,
-    /// The reaping poller and the limit's.
-    pollers: Option<(Poller, Poller)>,
-}
-
-impl Drop for Draining {
-    fn drop(&mut self) {
-        finish(&self.st, self.pollers.take().map(|(p, _limit)| p));
-    }
-}
-
-/// The end of a channel: requests still with librbd (after [`DRAIN_LIMIT`])
-/// are leaked, with the channel's hold on the image (closing an image with
-/// requests in flight is not allowed); otherwise the image is closed off
-/// the reactor once no one holds it.
-fn finish(st: &Rc<RefCell<ChanState>>, poller: Option<Poller>) {
-    let mut st = st.borrow_mut();
-    if let (Some(p), Some(d)) = (&poller, &st.inbox.doorbell) {
-        p.remove_wake_fd(d.as_raw_fd());
-    }
-    drop(poller);
-    let stuck = st.slots.iter().filter(|s| s.is_some()).count();
-    if stuck > 0 {
-        // Memory safety over memory: librbd may still call back into the
-        // arguments and write into the buffers, so they are leaked.
-        tracing::error!("rbd: {stuck} request(s) still with librbd after {DRAIN_LIMIT:?}; their memory is leaked");
-        let args = std::mem::take(&mut st.args);
-        std::mem::forget(args);
-        std::mem::forget(st.inbox.clone());
-        for s in st.slots.iter_mut() {
-            std::mem::forget(s.take());
-        }
-        std::mem::forget(std::mem::take(&mut st.iovs));
-        std::mem::forget(st.image.take());
-    }
-    if let Some(img) = st.image.take() {
+/// The end of a channel whose requests are all done: the image is closed
+/// off the reactor once no one holds it.
+fn finish(st: &Rc<RefCell<ChanState>>) {
+    let img = st.borrow_mut().image.take();
+    if let Some(img) = img {
         rados::close_off_reactor(img);
+    }
+}
+
+/// Memory safety over memory: librbd may still call back into the slots'
+/// arguments and write into their buffers, so the channel's state (and its
+/// hold on the image) is leaked.
+fn leak(st: &Rc<RefCell<ChanState>>) {
+    let n = in_flight(st) + st.borrow().waiting.len();
+    if n > 0 {
+        tracing::error!("rbd: a channel dropped off its reactor with {n} request(s); leaked");
+        std::mem::forget(st.clone());
+    } else {
+        finish(st);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pollux_core::bdev::{self, BdevSpec};
+    use pollux_core::reactor::Harness;
+    use std::cell::Cell;
+
+    /// Channels without an image (as a finished channel is): every request
+    /// that reaches `start` ends there, without librbd.
+    struct NoImage;
+
+    thread_local! {
+        static STATE: RefCell<Option<Rc<RefCell<ChanState>>>> = const { RefCell::new(None) };
+    }
+
+    impl Backend for NoImage {
+        fn module_name(&self) -> &'static str {
+            "rbd"
+        }
+        fn product_name(&self) -> &'static str {
+            "test"
+        }
+        fn supports(&self, kind: IoType) -> bool {
+            kind != IoType::Compare
+        }
+        fn create_channel(&self) -> Box<dyn BackendChannel> {
+            let c = RbdChannel::new(None, "test".into()).unwrap();
+            STATE.with(|s| *s.borrow_mut() = Some(c.st.clone()));
+            Box::new(c)
+        }
+    }
+
+    /// A request that waited for a slot and then ends without librbd (a
+    /// reset, a submit librbd refused) is completed from the channel's
+    /// poller; its consumer's callback submits again to the same channel.
+    /// It was completed with the channel's state borrowed: the second
+    /// submit panicked the reactor ("already borrowed").
+    #[test]
+    fn a_callback_may_submit_again_when_a_waiting_request_fails_at_start() {
+        // The channel's poller does nothing without the library.
+        rados::lib().expect("librbd is needed for this test (apt install librbd1)");
+        let h = Harness::new(1);
+        let backend: Arc<dyn Backend> = Arc::new(NoImage);
+        h.on(0, || bdev::register(BdevSpec { name: "rbd_noimage".into(), block_size: 512, num_blocks: 64, uuid: None, backend }).unwrap());
+        let statuses: Rc<RefCell<Vec<IoStatus>>> = Rc::default();
+        let slots = Rc::new(Cell::new(Vec::new()));
+        let (out, held) = (statuses.clone(), slots.clone());
+        h.on(0, move || {
+            let d = Rc::new(bdev::open("rbd_noimage", true, |_| {}).unwrap());
+            let ch = Rc::new(d.channel());
+            // Every slot busy: the reset waits in the channel.
+            let st = STATE.with(|s| s.borrow().clone().unwrap());
+            held.set(std::mem::take(&mut st.borrow_mut().free));
+            let (d2, ch2) = (d.clone(), ch.clone());
+            d.reset(&ch, move |io: BdevIo| {
+                out.borrow_mut().push(io.status());
+                let out = out.clone();
+                d2.reset(&ch2, move |io: BdevIo| out.borrow_mut().push(io.status()));
+            });
+            reactor::set_local(Rc::new((d, ch)));
+        });
+        h.run_until_idle(10);
+        assert!(statuses.borrow().is_empty(), "the reset waited for a slot");
+        // Slots come free: the channel's poller starts the reset.
+        let st = STATE.with(|s| s.borrow().clone().unwrap());
+        st.borrow_mut().free = slots.take();
+        h.run_until_idle(10);
+        assert_eq!(*statuses.borrow(), [IoStatus::NoDevice, IoStatus::NoDevice]);
+    }
 
     /// Callbacks on several threads at once, the reactor sleeping on the
     /// bell between batches, watched edge-triggered as the reactor watches
@@ -599,5 +672,31 @@ mod tests {
         for p in producers {
             p.join().unwrap();
         }
+    }
+
+    /// A channel dropped with a request waiting for a slot ends it there,
+    /// Aborted: sent to librbd after its consumer let go, a write could
+    /// land over newer data written since through another path.
+    #[test]
+    fn a_dropped_channel_aborts_what_never_reached_librbd() {
+        let h = Harness::new(1);
+        let backend: Arc<dyn Backend> = Arc::new(NoImage);
+        h.on(0, || bdev::register(BdevSpec { name: "rbd_noimage2".into(), block_size: 512, num_blocks: 64, uuid: None, backend }).unwrap());
+        let statuses: Rc<RefCell<Vec<IoStatus>>> = Rc::default();
+        let out = statuses.clone();
+        h.on(0, move || {
+            let d = bdev::open("rbd_noimage2", true, |_| {}).unwrap();
+            let ch = d.channel();
+            let st = STATE.with(|s| s.borrow().clone().unwrap());
+            let slots = std::mem::take(&mut st.borrow_mut().free);
+            d.reset(&ch, move |io: BdevIo| out.borrow_mut().push(io.status()));
+            // The slots come free as the channel goes: the reset is not
+            // started.
+            st.borrow_mut().free = slots;
+            drop((d, ch));
+        });
+        assert_eq!(*statuses.borrow(), [IoStatus::Aborted]);
+        h.run_until_idle(10);
+        assert_eq!(*statuses.borrow(), [IoStatus::Aborted]);
     }
 }

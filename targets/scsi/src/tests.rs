@@ -331,3 +331,91 @@ fn unmap_then_get_lba_status_reports_deallocated_blocks() {
     assert_eq!(&d[24..32], &2u64.to_be_bytes());
     assert_eq!(d[36] & 0x0f, 1);
 }
+
+/// A COMPARE AND WRITE keeps its channel from the read to the write's end.
+/// Against a backend whose requests end with their channel (the iSCSI
+/// initiator's bdev: its channel is a session), a CAW on a reactor where
+/// nothing else held the bdev let go of the channel with its read in
+/// flight, which failed the read (and the command), then made another
+/// channel for the write.
+#[test]
+fn compare_and_write_keeps_its_channel_until_done() {
+    use pollux_core::bdev::{self, Backend, BackendChannel, BdevIo, BdevSpec, IoStatus, IoType};
+    use pollux_core::reactor::{PollStatus, Poller};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Requests end on the channel's next poller pass, or fail when the
+    /// channel goes.
+    struct Session(Arc<AtomicUsize>);
+    struct SessionChannel {
+        held: Rc<RefCell<Vec<BdevIo>>>,
+        _poller: Poller,
+    }
+    impl Backend for Session {
+        fn module_name(&self) -> &'static str {
+            "test_session"
+        }
+        fn product_name(&self) -> &'static str {
+            "test"
+        }
+        fn supports(&self, kind: IoType) -> bool {
+            matches!(kind, IoType::Read | IoType::Write)
+        }
+        fn create_channel(&self) -> Box<dyn BackendChannel> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let held: Rc<RefCell<Vec<BdevIo>>> = Rc::default();
+            let h = held.clone();
+            let poller = reactor::register_poller("test_session", move || {
+                let done = std::mem::take(&mut *h.borrow_mut());
+                let n = done.len();
+                for mut io in done {
+                    if io.kind() == IoType::Read {
+                        io.copy_in(0, &vec![0u8; io.len_bytes() as usize]);
+                    }
+                    io.complete(IoStatus::Success);
+                }
+                if n > 0 { PollStatus::Busy } else { PollStatus::Idle }
+            });
+            Box::new(SessionChannel { held, _poller: poller })
+        }
+    }
+    impl BackendChannel for SessionChannel {
+        fn submit(&self, io: BdevIo) {
+            self.held.borrow_mut().push(io);
+        }
+    }
+    impl Drop for SessionChannel {
+        fn drop(&mut self) {
+            for io in std::mem::take(&mut *self.held.borrow_mut()) {
+                io.complete(IoStatus::Failed);
+            }
+        }
+    }
+
+    let channels = Arc::new(AtomicUsize::new(0));
+    let h = Harness::new(2);
+    let backend: Arc<dyn Backend> = Arc::new(Session(channels.clone()));
+    h.on(0, || {
+        bdev::register(BdevSpec { name: "sess0".into(), block_size: 512, num_blocks: 64, uuid: None, backend }).unwrap();
+        let dev = Device::new("iqn.2025-01.io.pollux:caw");
+        dev.add_lun(0, "sess0").unwrap();
+        dev.set_ports([1]);
+        reactor::set_local(Rc::new(dev));
+    });
+    let r = Rig { h, done: Rc::default() };
+    // The session's port (and its channel) on reactor 1: on reactor 0,
+    // where COMPARE AND WRITE runs, nothing holds the bdev.
+    let p = port(&r, 1, "iqn.a");
+    let before = channels.load(Ordering::SeqCst);
+    let mut caw = vec![op::COMPARE_AND_WRITE, 0];
+    caw.extend_from_slice(&10u64.to_be_bytes());
+    caw.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    let mut data = vec![0u8; 512];
+    data.extend_from_slice(&[7u8; 512]);
+    for _ in 0..3 {
+        let (st, sense, ..) = r.run(&p, &caw, &data, 1024);
+        assert_eq!(st, status::GOOD, "sense {sense:02x?}");
+    }
+    assert_eq!(channels.load(Ordering::SeqCst) - before, 3, "one channel per command, held to its end");
+}

@@ -350,7 +350,12 @@ fn caw_run(job: CawJob) {
         return caw_next(key);
     }
     let lun2 = lun.clone();
+    // The channel is held until the write is done: let go with the read in
+    // flight, it went (its requests drained by the backend) and the write
+    // made another, for every command.
+    let ch2 = ch.clone();
     lun.descriptor().read(&ch, bufs, lba, blocks, move |mut io: BdevIo| {
+        let ch = ch2;
         if let Some(o) = io_outcome(io.status(), false) {
             reply(Err(o));
             return caw_next(key);
@@ -370,13 +375,15 @@ fn caw_run(job: CawJob) {
             b.copy_from_slice(&data[pos..pos + n]);
             pos += n;
         }
-        let ch = lun2.descriptor().channel();
+        let held = ch.clone();
         lun2.descriptor().write(&ch, out, lba, blocks, move |io: BdevIo| {
             reply(match io_outcome(io.status(), true) {
                 None => Ok(()),
                 Some(o) => Err(o),
             });
+            // (The next command on the LU, if any, takes the same channel.)
             caw_next(key);
+            drop(held);
         });
     });
 }
