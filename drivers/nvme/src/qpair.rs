@@ -405,18 +405,79 @@ impl Drop for QueuePair {
         if let Some(b) = inner.aborting.take() {
             b.called_off.store(true, Ordering::Release);
         }
-        inner.disconnect_and_delete();
-        // Anything still here never reaches the device again: fail it. (The
-        // queues were deleted above, so the device is done with the buffers.)
-        inner.fail_all(IoStatus::Aborted);
-        if let Some(q) = inner.qid.take() {
-            inner.ctrl.free_qid(q);
-        }
-        let done = std::mem::take(&mut inner.done);
+        let qid = match (inner.connected.take(), inner.rings.as_ref()) {
+            (Some(_), Some(rings)) if inner.ctrl.state() == State::Enabled => Some(rings.qid),
+            _ => None,
+        };
+        let (ctrl, label) = (inner.ctrl.clone(), inner.label.clone());
         drop(inner);
-        for (io, st) in done {
-            io.complete(st);
+        let Some(qid) = qid else { return release(&self.inner) };
+        if reactor::try_current().is_none() {
+            // Off a reactor (not expected): here and now.
+            delete_queues(&ctrl, qid, &label);
+            return release(&self.inner);
         }
+        // Deleting the queues waits for the controller's answers, up to the
+        // admin timeout for each: off the reactor (it waited here, with
+        // everything else on the reactor stalled, when a device did not
+        // answer). Until the device has let go of the queues it may still
+        // use them and the buffers of requests in flight: both stay, with
+        // a drain that ends once the deletion has, and then fails what the
+        // queues held.
+        let deleted = Arc::new(AtomicBool::new(false));
+        let (c2, l2, d2) = (ctrl.clone(), label.clone(), deleted.clone());
+        reactor::off_reactor_before_exit(
+            "nvme-delete-queue",
+            move || delete_queues(&ctrl, qid, &label),
+            move |r| {
+                if r.is_err() {
+                    // No thread (or it panicked): on the reactor, then.
+                    delete_queues(&c2, qid, &l2);
+                }
+                d2.store(true, Ordering::Release);
+            },
+        );
+        let (inner, held) = (self.inner.clone(), self.inner.clone());
+        let warn_after = inner.borrow().ctrl.options().admin_timeout * 3;
+        let what = format!("NVMe {}: deleting I/O queue {qid}", inner.borrow().label);
+        reactor::drain_in_background(
+            "nvme_delete_queue",
+            what,
+            warn_after,
+            None,
+            move || {
+                let left = if deleted.load(Ordering::Acquire) {
+                    0
+                } else {
+                    let q = inner.borrow();
+                    (q.inflight + q.pending.len()).max(1)
+                };
+                (0, left)
+            },
+            move || release(&held),
+        );
+    }
+}
+
+/// Delete the I/O queues `qid` (blocks up to the admin timeout for each).
+fn delete_queues(ctrl: &Controller, qid: u16, label: &str) {
+    if let Err(e) = ctrl.delete_io_queues(qid) {
+        tracing::warn!("NVMe {label}: deleting I/O queue {qid}: {e}");
+    }
+}
+
+/// The end of a queue pair whose queues the device no longer uses: what
+/// they held fails, the queue id goes back.
+fn release(inner: &Rc<RefCell<Inner>>) {
+    let mut q = inner.borrow_mut();
+    q.fail_all(IoStatus::Aborted);
+    if let Some(id) = q.qid.take() {
+        q.ctrl.free_qid(id);
+    }
+    let done = std::mem::take(&mut q.done);
+    drop(q);
+    for (io, st) in done {
+        io.complete(st);
     }
 }
 
@@ -603,16 +664,6 @@ impl Inner {
             self.requests[idx as usize].status = status;
             if let Some(d) = self.free_request(idx) {
                 self.done.push(d);
-            }
-        }
-    }
-
-    fn disconnect_and_delete(&mut self) {
-        if let (Some(_), Some(rings)) = (self.connected.take(), self.rings.as_ref()) {
-            if self.ctrl.state() == State::Enabled {
-                if let Err(e) = self.ctrl.delete_io_queues(rings.qid) {
-                    tracing::warn!("NVMe {}: deleting I/O queue {}: {e}", self.label, rings.qid);
-                }
             }
         }
     }

@@ -815,6 +815,36 @@ mod faulty_device {
         drop(ctrl);
     }
 
+    /// A queue pair let go while the device does not answer its Delete I/O
+    /// Submission Queue: the reactor goes on at once; the read still in the
+    /// queue fails once the deletion has given up (the admin timeout), off
+    /// the reactor. (The drop waited for the answer on the reactor, up to
+    /// the admin timeout for each of the two commands.)
+    #[test]
+    fn an_unanswered_queue_deletion_leaves_the_reactor_free() {
+        let opts = ControllerOptions { admin_timeout: Duration::from_secs(3), ..Default::default() };
+        let s = setup("DelFree", 1, 5, false, opts);
+        let (d, ch) = open(&s, "DelFreen1");
+        s.fake.set_hold_io(true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
+        s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::DELETE_IO_SQ));
+        let t0 = Instant::now();
+        s.h.on(0, move || drop((ch, d)));
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(2), "the queue pair's drop waited {took:?} for the device");
+        let c = s.ctrl.clone();
+        assert!(s.h.on(0, move || pollux_core::io_channel::try_get_io_channel(&c).is_none()), "the queue pair went");
+        // The read is not failed while the device may still write into its
+        // buffer; then it is.
+        assert!(out.borrow().is_empty());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
+        assert!(t0.elapsed() >= Duration::from_secs(3), "failed before the deletion gave up");
+    }
+
     #[test]
     fn an_endless_active_namespace_list_is_refused() {
         let h = Harness::new(1);
