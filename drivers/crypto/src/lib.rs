@@ -82,11 +82,7 @@ impl Backend for CryptoBackend {
         json!({"base_bdev_name": self.base.bdev().name(), "name": self.name, "key_name": self.key.params.name})
     }
     fn config_call(&self, b: &Bdev) -> Option<(&'static str, Value)> {
-        let mut p = json!({"base_bdev_name": self.base.bdev().name(), "name": b.name(), "key_name": self.key.params.name});
-        if let Some(u) = self.given_uuid {
-            p["uuid"] = json!(u);
-        }
-        Some(("bdev_crypto_create", p))
+        Some(("bdev_crypto_create", create_params(self.base.bdev().name(), b.name(), &self.key, self.given_uuid)))
     }
 }
 
@@ -226,7 +222,31 @@ fn delete(p: pollux_bdev::Delete, r: Responder) {
     pollux_bdev::delete_or_forgotten("crypto", &p.name, known, r)
 }
 
+/// save_config's calls for crypto bdevs waiting for their base (those
+/// registered are written with the bdevs, by `config_call`): without them a
+/// config saved while a base was away (hot-removed, not yet attached) lost
+/// its crypto bdev, and the bdev did not come back with its base after a
+/// restart. Written before the bdevs, as the module's options are: the
+/// call waits for its base as it did.
+fn write_config(out: &mut pollux_core::app::ConfigWriter) {
+    CONFIGS.with(|cs| {
+        for c in cs.borrow().iter().filter(|c| bdev::get(&c.name).is_none()) {
+            out.call("bdev_crypto_create", create_params(&c.base, &c.name, &c.key, c.uuid));
+        }
+    });
+}
+
+/// The parameters of `bdev_crypto_create` that make this crypto bdev.
+fn create_params(base: &str, name: &str, key: &CryptoKey, uuid: Option<Uuid>) -> Value {
+    let mut p = json!({"base_bdev_name": base, "name": name, "key_name": key.params.name});
+    if let Some(u) = uuid {
+        p["uuid"] = json!(u);
+    }
+    p
+}
+
 pub fn register(app: &mut App) {
+    pollux_core::bdev::rpc::register_module_config("crypto", write_config);
     let m = app.methods();
     m.register("bdev_crypto_create", States::RUNTIME, |p: Create, r: Responder| r.result(create(p)));
     m.register("bdev_crypto_delete", States::RUNTIME, delete);

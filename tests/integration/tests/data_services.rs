@@ -418,6 +418,16 @@ fn crypto_bdev_is_aes_xts_with_the_lba_as_tweak() {
     let there = |name: &str| d.call("bdev_get_bdevs", Some(json!({"name": name}))).is_ok();
     ok_stdout("base deleted", &spdk_rpc(&s, &["bdev_aio_delete", "A0"]));
     wait_until("C0 gone with its base", std::time::Duration::from_secs(30), || !there("C0"));
+    // Waiting for its base, it is still in save_config (it was left out:
+    // a config saved now lost it).
+    let saved: Value = serde_json::from_str(&ok_stdout("save_config", &spdk_rpc(&s, &["save_config"]))).unwrap();
+    let bdevs = saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "bdev").unwrap()["config"].clone();
+    assert!(
+        bdevs.as_array().unwrap().iter().any(
+            |c| c["method"] == "bdev_crypto_create" && c["params"] == json!({"base_bdev_name": "A0", "name": "C0", "key_name": "key0"})
+        ),
+        "{bdevs}"
+    );
     // Its key stays in use: destroyed (and made again under its name with
     // other material), C0 would come back unable to open, or wrongly keyed.
     assert!(!spdk_rpc(&s, &["accel_crypto_key_destroy", "-n", "key0"]).status.success(), "the waiting bdev's key was destroyed");
