@@ -27,8 +27,11 @@ pub fn register(app: &mut App) {
     rpc::register(app);
 }
 
-/// Wait for images and clusters still closing (call at exit, after the
-/// app has stopped): closes release exclusive locks on the cluster.
+/// Close the registered clusters and wait for them and for images still
+/// closing (call at exit, after the app has stopped): closes release
+/// exclusive locks on the cluster, and librados' threads must be gone
+/// before the process's static destructors run.
 pub fn wait_closes() {
+    rpc::close_clusters();
     rados::wait_closes();
 }

@@ -91,6 +91,34 @@ fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(g.get_or_insert_with(Registry::default))
 }
 
+/// At exit, after the app has stopped: the registered clusters'
+/// connections are shut down (`rados_shutdown`, on threads of their own,
+/// waited for by [`crate::wait_closes`], bounded). Left in the registry,
+/// librados' threads still ran while the process's static destructors
+/// did, and the daemon now and then died of a signal on its way out.
+pub(crate) fn close_clusters() {
+    let all = with_registry(|g| std::mem::take(&mut g.clusters));
+    for (name, entry) in all {
+        rados::close_off_reactor(ExitClose { entry: Some(entry), name });
+    }
+}
+
+/// A registered cluster closed at exit (dropped on a closing thread).
+struct ExitClose {
+    entry: Option<Arc<ClusterEntry>>,
+    name: String,
+}
+
+impl Drop for ExitClose {
+    fn drop(&mut self) {
+        // Shut down only if nothing else holds it (a bdev still draining).
+        if let Some(last) = self.entry.take().and_then(Arc::into_inner) {
+            drop(last);
+            tracing::info!("rbd: cluster {} shut down at exit", self.name);
+        }
+    }
+}
+
 /// Blocking Ceph operations (threads) at most under way at once: a client
 /// cannot pile up threads each waiting for an unreachable cluster.
 const MAX_OFF_REACTOR: usize = 16;

@@ -216,22 +216,27 @@ impl Daemon {
     }
 
     /// Stop with SIGTERM and return the exit status.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with_log().0
+    }
+
+    /// [`Daemon::stop`], and everything the daemon printed, to its end.
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
         self.signal(libc::SIGTERM);
         let log = self.log();
         let st = self.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("pollux-tgt did not exit on SIGTERM; log:\n{log}"));
+        let all = self.log();
         if !st.success() {
             // Shown with the failing test's output: how it ended, and its
             // last words (the log as it was at SIGTERM, then the rest).
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let rest = self.log();
-            let after = rest.get(log.len()..).unwrap_or("");
+            let after = all.get(log.len()..).unwrap_or("");
             eprintln!(
                 "pollux-tgt ended with {st} after SIGTERM; log before (last lines):\n{}\n--- after SIGTERM:\n{after}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        st
+        (st, all)
     }
 }
 
