@@ -474,11 +474,12 @@ fn end_drain(holder: &Rc<RefCell<Option<Drain>>>) {
 /// Keep reaping, on the current reactor, what a dropped object left in
 /// flight (a channel whose requests are still with the kernel or a
 /// library), instead of waiting for it in the drop with the reactor
-/// stalled. `what` names the object in the log. `step` runs as a poller
-/// named `name` (in interrupt mode woken
-/// by `wake`, and whenever the reactor is awake) and returns how many
-/// requests it finished and how many are left; once none are, the poller
-/// goes and `finish` runs. Requests still outstanding `warn_after` the
+/// stalled. `what` names the object in the log. `step` returns how many
+/// requests it finished and how many are left; it runs once at once (with
+/// none left, `finish` runs and nothing is registered), then as a poller
+/// named `name` (in interrupt mode woken by `wake`, and whenever the
+/// reactor is awake); once none are left, the poller goes and `finish`
+/// runs. Requests still outstanding `warn_after` the
 /// drop are logged (an error: a hung device or an unreachable cluster),
 /// and the drain goes on: their memory cannot be freed while others may
 /// still write into it, and it is freed as soon as they end. If the
@@ -490,11 +491,15 @@ pub fn drain_in_background(
     what: String,
     warn_after: std::time::Duration,
     wake: Option<(RawFd, Interest)>,
-    step: impl FnMut() -> (usize, usize) + 'static,
+    mut step: impl FnMut() -> (usize, usize) + 'static,
     finish: impl FnOnce() + 'static,
 ) {
+    if step().1 == 0 {
+        return finish();
+    }
     let holder: Rc<RefCell<Option<Drain>>> = Rc::default();
     let step = Rc::new(RefCell::new(step));
+    let step_again = step.clone();
     // Set once the warning is out: the end is logged too.
     let warned = Rc::new(Cell::new(false));
     let (h, s, w, who) = (holder.clone(), step.clone(), warned.clone(), what.clone());
@@ -536,6 +541,11 @@ pub fn drain_in_background(
         PollStatus::Busy
     });
     *holder.borrow_mut() = Some(Drain { pollers: Some((poller, Some(warn))), finish: Some(Box::new(finish)) });
+    // One more look with the wake descriptor in place: what ended while it
+    // moved from the object's own poller to this one.
+    if (step_again.borrow_mut())().1 == 0 {
+        end_drain(&holder);
+    }
 }
 
 #[cfg(test)]

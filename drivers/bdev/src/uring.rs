@@ -207,11 +207,6 @@ impl Drop for UringChannel {
         for io in waiting {
             io.complete(IoStatus::Aborted);
         }
-        // Hands queued entries to the kernel and reaps what is done.
-        poll(self.fd, &self.ring);
-        if in_flight(&self.ring) == 0 {
-            return;
-        }
         // A consumer let go of its channel with requests still in the
         // kernel (a session that ended, a RAID member replaced). The kernel
         // may still write into their buffers, so the ring and the buffers
@@ -221,21 +216,17 @@ impl Drop for UringChannel {
         // unbounded). The file stays open until then. At exit the
         // reactor's pollers go without it: the ring and the requests are
         // leaked, with no callback.
-        let (fd, file, r) = (self.fd, self.file.clone(), self.ring.clone());
+        let (file, r) = (self.file.clone(), self.ring.clone());
         reactor::drain_in_background(
             "uring_drain",
             format!("uring {}", self.filename),
             DRAIN_WARN,
             doorbell.map(|fd| (fd, pollux_core::sys::Interest::READABLE.edge())),
-            move || {
-                let _open = &file;
-                (poll(fd, &r), in_flight(&r))
-            },
+            // Hands queued entries to the kernel and reaps what is done.
+            move || (poll(file.as_raw_fd(), &r), in_flight(&r)),
             // The ring goes with the poller's closure.
             || {},
         );
-        // What completed while the doorbell was between pollers.
-        poll(self.fd, &self.ring);
     }
 }
 

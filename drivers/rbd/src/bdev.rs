@@ -503,12 +503,9 @@ impl Drop for RbdChannel {
         for io in waiting {
             io.complete(IoStatus::Aborted);
         }
-        reap(&self.st);
-        if in_flight(&self.st) == 0 {
-            return finish(&self.st);
-        }
-        // A consumer let go of its channel with requests still with librbd
-        // (a connection that closed, a callback that submitted once more).
+        // (None left: finished at once.) A consumer let go of its channel
+        // with requests still with librbd (a connection that closed, a
+        // callback that submitted once more).
         // librbd holds their callback arguments and writes into read
         // buffers until each completes: a poller of their own reaps them
         // and then finishes the channel, instead of this drop waiting for
@@ -526,9 +523,6 @@ impl Drop for RbdChannel {
             move || (reap(&st), in_flight(&st)),
             move || finish(&end),
         );
-        // What finished while the bell was between pollers (the reap clears
-        // the bell's flag: later completions ring the new poller's bell).
-        reap(&self.st);
     }
 }
 
