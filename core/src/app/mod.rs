@@ -357,6 +357,11 @@ fn finish_start() {
     }
 }
 
+/// Whether a shutdown has begun (main reactor).
+pub fn is_stopping() -> bool {
+    state().is_some_and(|s| s.stopping.get())
+}
+
 /// Whether subsystems are initialised and the config is loaded.
 pub fn is_initialized() -> bool {
     state().is_some_and(|s| s.initialized.get())

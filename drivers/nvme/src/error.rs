@@ -131,6 +131,9 @@ pub enum NvmeError {
     Dma(#[from] DmaError),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// Called off (the application is shutting down, say).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl NvmeError {
@@ -145,6 +148,7 @@ impl NvmeError {
             NvmeError::Invalid(_) => libc::EINVAL,
             NvmeError::Dma(_) => libc::ENOMEM,
             NvmeError::State(_) => libc::EBUSY,
+            NvmeError::Cancelled(_) => libc::ECANCELED,
             _ => libc::EIO,
         }
     }

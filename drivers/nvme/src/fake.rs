@@ -58,6 +58,8 @@ pub struct Counters {
     pub prp_lists: u64,
     pub sgl_commands: u64,
     pub opcodes: HashMap<u8, u64>,
+    /// Admin commands taken, by opcode.
+    pub admin_opcodes: HashMap<u8, u64>,
 }
 
 pub struct State {
@@ -92,7 +94,7 @@ pub struct State {
     /// Held admin commands write a page of 0xee to their data buffers
     /// right after the next admin command ran (a device's late DMA).
     pub late_admin_dma: bool,
-    held_admin: Vec<Command>,
+    pub(crate) held_admin: Vec<Command>,
     /// CAP.TO, in 500 ms units.
     pub cap_to: u8,
     /// A controller enabled while set does not report ready (CSTS.RDY)
@@ -274,6 +276,23 @@ impl State {
         self.held[0].cmd.cid.get()
     }
 
+    /// Carry out the admin commands held so far and post their answers
+    /// (late), holding no more.
+    pub fn answer_held_admin(&mut self) {
+        self.hold_admin = None;
+        for cmd in std::mem::take(&mut self.held_admin) {
+            let (result, status) = self.exec_admin(&cmd);
+            self.post(0, &cmd, result, status);
+        }
+    }
+
+    /// The I/O submission queues the device has now.
+    pub fn io_queue_ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self.sqs.keys().copied().filter(|&q| q != 0).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn write_cc(&mut self, v: u32) {
         let was = Cc(self.cc).enabled();
         self.cc = v;
@@ -318,6 +337,7 @@ impl State {
             let cmd = Command::read_from_bytes(&raw[..]).expect("64 bytes");
             batch += 1;
             if qid == 0 {
+                *self.counters.admin_opcodes.entry(cmd.opcode).or_default() += 1;
                 if cmd.opcode == admin::ABORT && self.silent_abort {
                     self.counters.aborts += 1;
                     continue;

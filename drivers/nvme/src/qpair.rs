@@ -17,8 +17,8 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use pollux_core::bdev::{BdevIo, IoStatus, IoType};
 use pollux_core::clock;
@@ -27,7 +27,7 @@ use pollux_nvme_spec::cmd::{Command, DataTransfer, DsmRange, SglDescriptor, io};
 use pollux_nvme_spec::status::Status;
 use zerocopy::IntoBytes;
 
-use crate::controller::{Controller, PAGE_SIZE, State, TimeoutAction};
+use crate::controller::{Controller, PAGE_SIZE, QueueSpec, State, TimeoutAction};
 use crate::error::{CommandError, CommandInfo, NvmeError, QueueKind};
 use crate::prp::{self, Cursor, ListSink, Mode, Segment};
 use crate::queue::Rings;
@@ -194,6 +194,21 @@ struct AbortBatch {
     held: Vec<u16>,
 }
 
+/// Where the result of something done off the reactor lands, for a poll
+/// to pick up.
+type Outcome<T> = Arc<Mutex<Option<T>>>;
+
+fn take<T>(o: &Outcome<T>) -> Option<T> {
+    o.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// The queues' creation under way off the reactor.
+struct Creation {
+    /// The controller generation it began in.
+    generation: u64,
+    result: Outcome<Result<(), NvmeError>>,
+}
+
 struct Inner {
     ctrl: Arc<Controller>,
     qid: Option<u16>,
@@ -201,6 +216,8 @@ struct Inner {
     /// The controller generation the queues were created in (None: not
     /// created).
     connected: Option<u64>,
+    /// Creating the queues, off the reactor (requests wait meanwhile).
+    creating: Option<Creation>,
     trackers: Vec<Tracker>,
     free_cids: Vec<u16>,
     requests: Vec<Request>,
@@ -261,6 +278,7 @@ impl QueuePair {
             qid,
             rings,
             connected: None,
+            creating: None,
             trackers: vec![FREE_TRACKER; commands],
             free_cids: (0..commands as u16).rev().collect(),
             requests: Vec::new(),
@@ -405,58 +423,91 @@ impl Drop for QueuePair {
         if let Some(b) = inner.aborting.take() {
             b.called_off.store(true, Ordering::Release);
         }
+        inner.creation_ended();
+        let creating = inner.creating.take();
         let qid = match (inner.connected.take(), inner.rings.as_ref()) {
             (Some(_), Some(rings)) if inner.ctrl.state() == State::Enabled => Some(rings.qid),
             _ => None,
         };
         let (ctrl, label) = (inner.ctrl.clone(), inner.label.clone());
+        let rings_qid = inner.rings.as_ref().map(|r| r.qid).unwrap_or(0);
         drop(inner);
-        let Some(qid) = qid else { return release(&self.inner) };
-        if reactor::try_current().is_none() {
-            // Off a reactor (not expected): here and now.
-            delete_queues(&ctrl, qid, &label);
-            return release(&self.inner);
-        }
+        let mut phase = match (creating, qid) {
+            (Some(c), _) => Teardown::Creating(c.result),
+            (None, Some(qid)) => {
+                if reactor::try_current().is_none() {
+                    // Off a reactor (not expected): here and now.
+                    delete_queues(&ctrl, qid, &label);
+                    return release(&self.inner);
+                }
+                Teardown::Deleting(start_deletion(&ctrl, qid, &label))
+            }
+            (None, None) => return release(&self.inner),
+        };
         // Deleting the queues waits for the controller's answers, up to the
         // admin timeout for each: off the reactor (it waited here, with
         // everything else on the reactor stalled, when a device did not
         // answer). Until the device has let go of the queues it may still
         // use them and the buffers of requests in flight: both stay, with
-        // a drain that ends once the deletion has, and then fails what the
-        // queues held.
-        let deleted = Arc::new(AtomicBool::new(false));
-        let (c2, l2, d2) = (ctrl.clone(), label.clone(), deleted.clone());
-        reactor::off_reactor_before_exit(
-            "nvme-delete-queue",
-            move || delete_queues(&ctrl, qid, &label),
-            move |r| {
-                if r.is_err() {
-                    // No thread (or it panicked): on the reactor, then.
-                    delete_queues(&c2, qid, &l2);
-                }
-                d2.store(true, Ordering::Release);
-            },
-        );
+        // a drain that ends once the deletion has (after their creation,
+        // if that was still under way), and then fails what the queues
+        // held.
         let (inner, held) = (self.inner.clone(), self.inner.clone());
-        let warn_after = inner.borrow().ctrl.options().admin_timeout * 3;
-        let what = format!("NVMe {}: deleting I/O queue {qid}", inner.borrow().label);
+        let warn_after = inner.borrow().ctrl.options().admin_timeout * 5;
+        let what = format!("NVMe {label}: deleting I/O queue {rings_qid}");
         reactor::drain_in_background(
             "nvme_delete_queue",
             what,
             warn_after,
             None,
             move || {
-                let left = if deleted.load(Ordering::Acquire) {
-                    0
-                } else {
-                    let q = inner.borrow();
-                    (q.inflight + q.pending.len()).max(1)
-                };
-                (0, left)
+                loop {
+                    phase = match &phase {
+                        Teardown::Creating(r) => match take(r) {
+                            None => break,
+                            Some(Ok(())) if ctrl.state() == State::Enabled => Teardown::Deleting(start_deletion(&ctrl, rings_qid, &label)),
+                            Some(_) => Teardown::Over,
+                        },
+                        Teardown::Deleting(d) if d.load(Ordering::Acquire) => Teardown::Over,
+                        Teardown::Deleting(_) => break,
+                        Teardown::Over => return (0, 0),
+                    };
+                }
+                let q = inner.borrow();
+                (0, (q.inflight + q.pending.len()).max(1))
             },
             move || release(&held),
         );
     }
+}
+
+/// Where a queue pair let go stands with the device.
+enum Teardown {
+    /// The queues' creation is under way: its end decides.
+    Creating(Outcome<Result<(), NvmeError>>),
+    /// Their deletion is under way: set once it is over.
+    Deleting(Arc<AtomicBool>),
+    Over,
+}
+
+/// Delete the I/O queues `qid` off the reactor; the flag says when that is
+/// over.
+fn start_deletion(ctrl: &Arc<Controller>, qid: u16, label: &str) -> Arc<AtomicBool> {
+    let deleted = Arc::new(AtomicBool::new(false));
+    let (c1, l1) = (ctrl.clone(), label.to_string());
+    let (c2, l2, d2) = (ctrl.clone(), label.to_string(), deleted.clone());
+    reactor::off_reactor_before_exit(
+        "nvme-delete-queue",
+        move || delete_queues(&c1, qid, &l1),
+        move |r| {
+            if r.is_err() {
+                // No thread (or it panicked): on the reactor, then.
+                delete_queues(&c2, qid, &l2);
+            }
+            d2.store(true, Ordering::Release);
+        },
+    );
+    deleted
 }
 
 /// Delete the I/O queues `qid` (blocks up to the admin timeout for each).
@@ -507,7 +558,11 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
     }
     q.issue_pending();
     q.ring_sq();
-    let worked = reaped > 0 || completed > 0 || !q.pending.is_empty() || !q.done.is_empty();
+    // Requests waiting for their queues' creation are not work: its result
+    // comes as a message, which wakes an interrupt-mode reactor (and runs
+    // before the pollers).
+    let waiting = !q.pending.is_empty() && q.creating.is_none();
+    let worked = reaped > 0 || completed > 0 || waiting || !q.done.is_empty();
     if q.interrupt && q.connected.is_some() {
         if worked {
             return PollStatus::Busy;
@@ -543,8 +598,15 @@ impl Inner {
     }
 
     /// Create the queues on the controller if it is enabled and they are
-    /// not there (first use, or after a reset).
+    /// not there (first use, or after a reset). The two admin commands wait
+    /// for the device's answers, up to the admin timeout each: they run off
+    /// the reactor (they held it, and everything else on it, for as long
+    /// when a device did not answer), and requests wait in `pending` until
+    /// a poll finds the creation over ([`Inner::creation_ended`]).
     fn connect(&mut self) {
+        if self.creating.is_some() {
+            return self.creation_ended();
+        }
         // Not while another admin command holds the queue (an Abort may
         // wait up to the admin timeout): the next poll comes back.
         if self.ctrl.state() != State::Enabled || self.ctrl.admin_busy() {
@@ -552,25 +614,49 @@ impl Inner {
         }
         let generation = self.ctrl.generation();
         let Some(rings) = self.rings.as_mut() else { return };
+        // Nothing goes to the rings until the device has them.
+        self.connected = None;
         rings.reset();
-        match self.ctrl.create_io_queues(rings) {
+        let spec = QueueSpec::of(rings);
+        let result: Outcome<_> = Arc::default();
+        self.creating = Some(Creation { generation, result: result.clone() });
+        let (ctrl, c2) = (self.ctrl.clone(), self.ctrl.clone());
+        reactor::off_reactor(
+            "nvme-create-queue",
+            move || ctrl.create_io_queues(generation, spec),
+            move |r| {
+                let r = r.unwrap_or_else(|e| match e {
+                    // No thread: on the reactor, then.
+                    reactor::NotRun::NoThread => c2.create_io_queues(generation, spec),
+                    reactor::NotRun::Panicked => Err(NvmeError::Invalid("creating the queues panicked".into())),
+                });
+                *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            },
+        );
+        // Off a reactor it ran here and now.
+        self.creation_ended();
+    }
+
+    /// Take the result of the queues' creation if it is in.
+    fn creation_ended(&mut self) {
+        let Some(c) = self.creating.as_ref() else { return };
+        let Some(result) = take(&c.result) else { return };
+        let generation = c.generation;
+        self.creating = None;
+        let qid = self.qid.unwrap_or(0);
+        match result {
             Ok(()) => {
                 self.connected = Some(generation);
-                tracing::debug!("NVMe {}: I/O queue {} created", self.label, rings.qid);
+                tracing::debug!("NVMe {}: I/O queue {qid} created", self.label);
             }
             Err(e @ NvmeError::State(_)) => {
                 // A reset (or shutdown) began meanwhile: what waits, waits
                 // for its end.
-                tracing::debug!(
-                    "NVMe {}: I/O queue {} not created ({e}); the controller is {}",
-                    self.label,
-                    rings.qid,
-                    self.ctrl.state().name()
-                );
+                tracing::debug!("NVMe {}: I/O queue {qid} not created ({e}); the controller is {}", self.label, self.ctrl.state().name());
                 self.connected = None;
             }
             Err(e) => {
-                tracing::error!("NVMe {}: cannot create I/O queue {}: {e}; failing its requests", self.label, rings.qid);
+                tracing::error!("NVMe {}: cannot create I/O queue {qid}: {e}; failing its requests", self.label);
                 self.connected = None;
                 self.retry_connect_at = clock::ticks() + clock::duration_to_ticks(std::time::Duration::from_millis(100));
                 // The controller is up and refused the queue: what waits
@@ -584,8 +670,12 @@ impl Inner {
     /// Look at the controller's state: reconnect after a reset, fail
     /// everything when it is gone.
     fn check_controller(&mut self) {
+        self.creation_ended();
         match self.ctrl.state() {
             State::Enabled => {
+                if self.creating.is_some() {
+                    return;
+                }
                 let generation = self.ctrl.generation();
                 if self.connected == Some(generation) || self.rings.is_none() {
                     return;

@@ -4,8 +4,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::{self, BdevEvent, BdevIo, Descriptor, IoStatus};
@@ -843,6 +843,175 @@ mod faulty_device {
         run_until_done(&s, &out, 1);
         assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
         assert!(t0.elapsed() >= Duration::from_secs(3), "failed before the deletion gave up");
+    }
+
+    /// A device that takes Create I/O Submission Queue and answers late:
+    /// the reactor goes on at once (opening a channel created its queues
+    /// there and then, up to the admin timeout for each command); the read
+    /// waits for its queue and runs once it is there.
+    #[test]
+    fn a_slow_queue_creation_leaves_the_reactor_free() {
+        let opts = ControllerOptions { admin_timeout: Duration::from_secs(3), ..Default::default() };
+        let s = setup("CreSlow", 1, 5, false, opts);
+        s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::CREATE_IO_SQ));
+        let t0 = Instant::now();
+        let (d, ch) = open(&s, "CreSlown1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(2), "opening a channel waited {took:?} for the device");
+        // The reactor runs; the read waits while the device holds the queue.
+        let until = Instant::now() + Duration::from_millis(300);
+        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        assert!(out.borrow().is_empty(), "the read ended before its queue was there");
+        s.fake.with(|st| st.answer_held_admin());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Success);
+        assert_eq!(s.fake.with(|st| st.io_queue_ids()), vec![1]);
+        s.h.on(0, move || drop((ch, d)));
+        // Its queues go with the channel.
+        run_until(&s.h, Duration::from_secs(5), || s.fake.with(|st| st.io_queue_ids()).is_empty());
+    }
+
+    /// Queues asked for before a reset are not created after it (the
+    /// thread that creates them may start late): the queue pair is told,
+    /// and asks again for the new controller.
+    #[test]
+    fn queues_asked_for_before_a_reset_are_not_created_after_it() {
+        let s = setup("CreGen", 1, 5, false, ControllerOptions::default());
+        let before = s.ctrl.generation();
+        reset_and_wait(&s.h, &s.ctrl).expect("reset");
+        let creates = || s.fake.counters(|c| c.admin_opcodes.get(&pollux_nvme_spec::cmd::admin::CREATE_IO_CQ).copied().unwrap_or(0));
+        let n = creates();
+        let spec = crate::controller::QueueSpec { qid: 1, entries: 16, cq_iova: 0x1000, sq_iova: 0x2000 };
+        let c = s.ctrl.clone();
+        let r = s.h.on(0, move || c.create_io_queues(before, spec));
+        assert!(matches!(r, Err(crate::NvmeError::State(_))), "{r:?}");
+        assert_eq!(creates(), n, "a queue was created for the controller before the reset");
+        // The queue pair made now works.
+        let (d, ch) = open(&s, "CreGenn1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Success);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    /// A device that never answers Create I/O Completion Queue: the read
+    /// fails once the creation gives up (the admin timeout), off the
+    /// reactor; once the device answers again, the next read creates the
+    /// queues and succeeds.
+    #[test]
+    fn an_unanswered_queue_creation_fails_its_requests_and_is_tried_again() {
+        let opts = ControllerOptions { admin_timeout: Duration::from_millis(1500), ..Default::default() };
+        let s = setup("CreNone", 1, 5, false, opts);
+        s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::CREATE_IO_CQ));
+        let t0 = Instant::now();
+        let (d, ch) = open(&s, "CreNonen1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        assert!(t0.elapsed() < Duration::from_secs(1), "the reactor waited {:?}", t0.elapsed());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Failed);
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "failed before the creation gave up");
+        s.fake.with(|st| st.hold_admin = None);
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 1)));
+        run_until_done(&s, &out, 2);
+        assert_eq!(out.borrow()[1].1, IoStatus::Success);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    /// A channel let go while its queues are still being created: the drop
+    /// returns at once; the read it held fails only once the device is
+    /// done with the queues, which are deleted after their late creation.
+    #[test]
+    fn a_channel_dropped_during_queue_creation_deletes_the_queues_once_created() {
+        let opts = ControllerOptions { admin_timeout: Duration::from_secs(3), ..Default::default() };
+        let s = setup("CreDrop", 1, 5, false, opts);
+        s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::CREATE_IO_SQ));
+        let (d, ch) = open(&s, "CreDropn1");
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until(&s.h, Duration::from_secs(5), || s.fake.with(|st| st.held_admin.len()) == 1);
+        let t0 = Instant::now();
+        s.h.on(0, move || drop((ch, d)));
+        assert!(t0.elapsed() < Duration::from_secs(1), "the drop waited {:?}", t0.elapsed());
+        let c = s.ctrl.clone();
+        assert!(s.h.on(0, move || pollux_core::io_channel::try_get_io_channel(&c).is_none()), "the queue pair went");
+        let until = Instant::now() + Duration::from_millis(200);
+        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        assert!(out.borrow().is_empty(), "failed while its queue was being created");
+        s.fake.with(|st| st.answer_held_admin());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
+        assert!(s.fake.with(|st| st.io_queue_ids()).is_empty(), "the queues created late were not deleted");
+        assert_eq!(s.fake.counters(|c| c.io_commands), 0, "the read went to the device");
+    }
+
+    /// A controller slow to become ready at attach: the bring-up runs off
+    /// the reactor (it held the reactor up to CAP.TO), its name and address
+    /// are taken meanwhile, and it is registered on the reactor once up.
+    #[test]
+    fn a_slow_bring_up_leaves_the_reactor_free_and_holds_its_name() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        fake.with(|st| {
+            st.cap_to = 20;
+            st.hold_ready = true;
+        });
+        let regs: Arc<dyn Registers> = fake.clone();
+        let addr: crate::pci::PciAddress = "0000:7f:1f.7".parse().expect("address");
+        let done = Arc::new(Mutex::new(None));
+        let d2 = done.clone();
+        let t0 = Instant::now();
+        h.on(0, move || {
+            crate::bdev::bring_up(
+                "Slow".into(),
+                addr,
+                move || Controller::start("Slow", regs, None, ControllerOptions::default()),
+                move |r| *d2.lock().unwrap() = Some(r.and_then(|c| crate::bdev::add_controller(c, json!({"name": "Slow"})))),
+            )
+        });
+        assert!(t0.elapsed() < Duration::from_secs(2), "the reactor waited {:?} for the bring-up", t0.elapsed());
+        let until = Instant::now() + Duration::from_millis(300);
+        run_until(&h, Duration::from_secs(5), || Instant::now() >= until);
+        assert!(done.lock().unwrap().is_none(), "up before the controller was ready");
+        let taken = h.on(0, move || (crate::bdev::name_taken("Slow"), crate::bdev::address_taken(addr), crate::bdev::name_taken("Other")));
+        assert_eq!(taken, (true, true, false), "name and address taken while the bring-up runs");
+        fake.with(|st| st.hold_ready = false);
+        run_until(&h, Duration::from_secs(10), || done.lock().unwrap().is_some());
+        let names = done.lock().unwrap().take().unwrap().expect("attached");
+        assert_eq!(names, vec!["Slown1".to_string()]);
+        assert!(h.on(0, || crate::bdev::controller("Slow").is_some() && bdev::get("Slown1").is_some()));
+        assert!(h.on(0, || crate::bdev::name_taken("Slow")), "taken by the controller now");
+    }
+
+    /// A bring-up that fails gives its name back.
+    #[test]
+    fn a_failed_bring_up_frees_its_name() {
+        let h = Harness::new(1);
+        let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
+        fake.remove();
+        let regs: Arc<dyn Registers> = fake.clone();
+        let addr: crate::pci::PciAddress = "0000:7f:1f.6".parse().expect("address");
+        let done = Arc::new(Mutex::new(None));
+        let d2 = done.clone();
+        h.on(0, move || {
+            crate::bdev::bring_up(
+                "Gone2".into(),
+                addr,
+                move || Controller::start("Gone2", regs, None, ControllerOptions::default()),
+                move |r| *d2.lock().unwrap() = Some(r.map(drop)),
+            )
+        });
+        run_until(&h, Duration::from_secs(10), || done.lock().unwrap().is_some());
+        assert!(done.lock().unwrap().take().unwrap().is_err());
+        assert_eq!(h.on(0, move || (crate::bdev::name_taken("Gone2"), crate::bdev::address_taken(addr))), (false, false));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use pollux_core::reactor::{self, PollStatus, Poller};
 use serde_json::json;
 
 use super::options::{self, Hotplug};
-use super::{add_controller, controller, controllers};
+use super::{add_controller, address_taken, bring_up, name_taken};
 use crate::controller::Controller;
 use crate::pci::{self, PciAddress};
 
@@ -50,33 +50,39 @@ pub fn apply(h: Hotplug) {
     reactor::set_local(Rc::new(State { _poller: poller }));
 }
 
-/// Attach every new vfio-pci NVMe function; true when one was attached.
+/// Attach every new vfio-pci NVMe function (brought up off the reactor);
+/// true when one was started.
 fn scan() -> bool {
     let present = pci::nvme_functions();
     skip_list().retain(|a| present.iter().any(|(p, _)| p == a));
-    let attached: Vec<Option<PciAddress>> = controllers().iter().map(|c| c.address()).collect();
     let mut any = false;
     for (addr, f) in present {
-        if f.driver.as_deref() != Some("vfio-pci") || attached.contains(&Some(addr)) || skip_list().contains(&addr) {
+        if f.driver.as_deref() != Some("vfio-pci") || address_taken(addr) || skip_list().contains(&addr) {
             continue;
         }
-        let name = (0..).map(|n| format!("HotInNvme{n}")).find(|n| controller(n).is_none()).expect("a free name");
-        match Controller::attach_pci(&name, addr, options::attach_options()) {
-            Ok(ctrl) => match add_controller(ctrl, json!({"name": name, "trtype": "PCIe", "traddr": addr.to_string()})) {
-                Ok(bdevs) => {
-                    tracing::info!("NVMe hotplug: attached {addr} as {name}: {}", bdevs.join(", "));
-                    any = true;
-                }
+        let name = (0..).map(|n| format!("HotInNvme{n}")).find(|n| !name_taken(n)).expect("a free name");
+        let n2 = name.clone();
+        // On the reactor: they read the reactor's mode and count.
+        let opts = options::attach_options();
+        any = true;
+        bring_up(
+            name.clone(),
+            addr,
+            move || Controller::attach_pci(&n2, addr, opts),
+            move |res| match res {
+                Ok(ctrl) => match add_controller(ctrl, json!({"name": name, "trtype": "PCIe", "traddr": addr.to_string()})) {
+                    Ok(bdevs) => tracing::info!("NVMe hotplug: attached {addr} as {name}: {}", bdevs.join(", ")),
+                    Err(e) => {
+                        tracing::warn!("NVMe hotplug: {addr}: {e}");
+                        skip(addr);
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!("NVMe hotplug: {addr}: {e}");
+                    tracing::warn!("NVMe hotplug: cannot attach {addr}: {e}");
                     skip(addr);
                 }
             },
-            Err(e) => {
-                tracing::warn!("NVMe hotplug: cannot attach {addr}: {e}");
-                skip(addr);
-            }
-        }
+        );
     }
     any
 }

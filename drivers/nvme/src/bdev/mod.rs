@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::controller::{Controller, Namespace, State};
 use crate::error::NvmeError;
+use crate::pci::PciAddress;
 use crate::qpair::QueuePair;
 
 /// One namespace as a bdev.
@@ -130,6 +131,9 @@ struct Attached {
 #[derive(Default)]
 struct Registry {
     ctrls: RefCell<Vec<Attached>>,
+    /// Controllers being brought up off the reactor ([`bring_up`]): their
+    /// names and addresses are taken meanwhile.
+    attaching: RefCell<Vec<(String, PciAddress)>>,
 }
 
 fn registry() -> Rc<Registry> {
@@ -154,6 +158,74 @@ pub fn controller(name: &str) -> Option<Arc<Controller>> {
     registry().ctrls.borrow().iter().find(|a| a.ctrl.name() == name).map(|a| a.ctrl.clone())
 }
 
+/// Whether a controller named `name` is attached or being brought up
+/// (main reactor).
+pub fn name_taken(name: &str) -> bool {
+    let reg = registry();
+    reg.ctrls.borrow().iter().any(|a| a.ctrl.name() == name) || reg.attaching.borrow().iter().any(|(n, _)| n == name)
+}
+
+/// Whether a controller is being brought up (main reactor).
+pub fn attaching() -> bool {
+    !registry().attaching.borrow().is_empty()
+}
+
+/// Whether the controller at `addr` is attached or being brought up (main
+/// reactor).
+pub fn address_taken(addr: PciAddress) -> bool {
+    let reg = registry();
+    reg.ctrls.borrow().iter().any(|a| a.ctrl.address() == Some(addr)) || reg.attaching.borrow().iter().any(|(_, a)| *a == addr)
+}
+
+/// Bring up a controller, `name` at `addr`, with `start` off the reactor
+/// (main reactor): enabling it waits up to CAP.TO (127.5 s at most) and each
+/// admin command up to the admin timeout, which held the reactor, and
+/// every connection and device on it, for as long when a device was slow
+/// or did not answer. Meanwhile the name and address are taken
+/// ([`name_taken`], [`address_taken`]); `then` gets the controller (or why
+/// not) on this reactor, to register it.
+pub fn bring_up(
+    name: String,
+    addr: PciAddress,
+    start: impl FnOnce() -> Result<Arc<Controller>, NvmeError> + Send + 'static,
+    then: impl FnOnce(Result<Arc<Controller>, NvmeError>) + Send + 'static,
+) {
+    registry().attaching.borrow_mut().push((name.clone(), addr));
+    let thread = format!("nvme-attach-{addr}");
+    reactor::off_reactor(&thread, start, move |r| {
+        {
+            let reg = registry();
+            let mut a = reg.attaching.borrow_mut();
+            if let Some(i) = a.iter().position(|(n, x)| *n == name && *x == addr) {
+                a.remove(i);
+            }
+        }
+        let r = match r {
+            // Up after the application began to stop: not registered (its
+            // bdevs would come after the bdev layer's teardown).
+            Ok(Ok(ctrl)) if pollux_core::app::is_stopping() => {
+                shut_down_in_background(ctrl);
+                Err(NvmeError::Cancelled(format!("{addr} not attached: the application is shutting down")))
+            }
+            Ok(r) => r,
+            Err(e) => Err(NvmeError::Invalid(format!("the bring-up of {addr} did not run ({e:?})"))),
+        };
+        then(r)
+    });
+}
+
+/// Shut down a controller no one registered (CC.SHN, waiting up to RTD3E)
+/// off the reactor, so that whoever lets go of it last does not wait for
+/// the device in its drop; the process waits for it at exit.
+fn shut_down_in_background(ctrl: Arc<Controller>) {
+    let name = ctrl.name().to_string();
+    ctrl.off_reactor("nvme-shutdown", true, Controller::shutdown, move |r| {
+        if let Err(e) = r {
+            tracing::warn!("NVMe controller {name}: shutdown failed: {e}");
+        }
+    });
+}
+
 /// Register a started controller and a bdev for each usable namespace
 /// (main reactor). Returns the bdev names.
 pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec<String>, NvmeError> {
@@ -173,6 +245,9 @@ pub fn add_controller(ctrl: Arc<Controller>, attach_params: Value) -> Result<Vec
                 for n in &names {
                     bdev::unregister(n, |_| {});
                 }
+                // The controller's drop would wait for the device's
+                // shutdown here.
+                shut_down_in_background(ctrl);
                 return Err(e);
             }
         }

@@ -155,8 +155,9 @@ impl NvmeOptions {
     pub fn controller_options(&self) -> ControllerOptions {
         let d = ControllerOptions::default();
         let io_timeout = (self.timeout_us != 0).then(|| Duration::from_micros(self.timeout_us));
-        // Admin commands run to completion on the calling reactor, so their
-        // wait stays bounded even when SPDK's values would disable it.
+        // Admin commands run to completion on the thread that sends them,
+        // so their wait stays bounded even when SPDK's values would
+        // disable it.
         let admin_us = if self.timeout_admin_us != 0 { self.timeout_admin_us } else { self.timeout_us };
         let admin_timeout = if admin_us != 0 { Duration::from_micros(admin_us) } else { d.admin_timeout };
         let timeout_action = match self.action_on_timeout.as_str() {
@@ -194,7 +195,11 @@ static HOTPLUG: Mutex<Hotplug> = Mutex::new(Hotplug { enable: false, period_us: 
 
 /// The options for a controller attached now on this reactor.
 pub fn attach_options() -> ControllerOptions {
-    ControllerOptions { interrupts: pollux_core::reactor::interrupt_mode(), ..options().controller_options() }
+    ControllerOptions {
+        interrupts: pollux_core::reactor::interrupt_mode(),
+        reactors: pollux_core::reactor::count(),
+        ..options().controller_options()
+    }
 }
 
 /// The options in force.

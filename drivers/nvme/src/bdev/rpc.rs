@@ -28,7 +28,7 @@ pub fn register(app: &mut App) {
         }
         // As in SPDK: options apply to controllers attached later, and
         // changing them under attached ones is refused.
-        if !controllers().is_empty() {
+        if !controllers().is_empty() || super::attaching() {
             return r.err(RpcError::errno(libc::EPERM, "bdev_nvme_set_options must be called before any NVMe controller is attached"));
         }
         options::set_options(p);
@@ -345,7 +345,7 @@ fn attach_fabric(fabric: Fabric, p: Attach, r: Responder) {
     if !matches!(mode, "disable" | "failover" | "multipath") {
         return r.err(RpcError::invalid_params(format!("multipath must be disable, failover or multipath, not {mode}")));
     }
-    if controller(&p.name).is_some() {
+    if super::name_taken(&p.name) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists (a PCIe controller)", p.name)));
     }
     let another_path = pollux_nvmf_host::bdev::exists(&p.name);
@@ -413,32 +413,40 @@ fn attach(p: Attach, r: Responder) {
         Ok(a) => a,
         Err(e) => return r.err(e),
     };
-    if controller(&p.name).is_some() || pollux_nvmf_host::bdev::exists(&p.name) {
+    if super::name_taken(&p.name) || pollux_nvmf_host::bdev::exists(&p.name) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller named {} already exists and multipath is disabled", p.name)));
     }
-    if super::controllers().iter().any(|c| c.address() == Some(addr)) {
+    if super::address_taken(addr) {
         return r.err(RpcError::errno(libc::EEXIST, format!("A controller with the provided trid (traddr: {addr}) already exists.")));
     }
     let mut opts = options::attach_options();
     if let Some(n) = p.num_io_queues {
         opts.num_io_queues = n;
     }
-    let ctrl = match Controller::attach_pci(&p.name, addr, opts) {
-        Ok(c) => c,
-        Err(e) => return r.err(RpcError::errno(e.errno(), format!("cannot attach {addr}: {e}"))),
-    };
     let config = p.config(addr);
-    match add_controller(ctrl, config) {
-        Ok(mut names) => {
-            if let Some(max) = p.max_bdevs {
-                if names.len() > max as usize {
-                    names.truncate(max as usize);
+    let (name, max_bdevs) = (p.name.clone(), p.max_bdevs);
+    // Answered once the controller is up (as SPDK's, whose probe is
+    // polled): the reactor serves everything else meanwhile.
+    super::bring_up(
+        p.name,
+        addr,
+        move || Controller::attach_pci(&name, addr, opts),
+        move |res| {
+            let ctrl = match res {
+                Ok(c) => c,
+                Err(e) => return r.err(RpcError::errno(e.errno(), format!("cannot attach {addr}: {e}"))),
+            };
+            match add_controller(ctrl, config) {
+                Ok(mut names) => {
+                    if let Some(max) = max_bdevs {
+                        names.truncate(max as usize);
+                    }
+                    r.ok(names)
                 }
+                Err(e) => r.err(RpcError::errno(e.errno(), e)),
             }
-            r.ok(names)
-        }
-        Err(e) => r.err(RpcError::errno(e.errno(), e)),
-    }
+        },
+    );
 }
 
 #[derive(Deserialize)]
@@ -504,6 +512,9 @@ fn detach_rpc(p: Detach, r: Responder) {
         return;
     }
     let Some(c) = controller(&p.name) else {
+        if super::name_taken(&p.name) {
+            return r.err(RpcError::errno(libc::EBUSY, format!("Controller {} is still being attached", p.name)));
+        }
         return r.err(RpcError::errno(libc::ENODEV, format!("Controller {} does not exist", p.name)));
     };
     if let Some(t) = &p.trtype {

@@ -26,6 +26,22 @@ pub enum DataDirection {
     ToDevice,
 }
 
+/// What creating an I/O queue pair tells the controller about its rings
+/// (plain values: it travels to the thread that sends the commands).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueSpec {
+    pub qid: u16,
+    pub entries: u16,
+    pub cq_iova: u64,
+    pub sq_iova: u64,
+}
+
+impl QueueSpec {
+    pub fn of(rings: &Rings) -> QueueSpec {
+        QueueSpec { qid: rings.qid, entries: rings.entries(), cq_iova: rings.cq_iova().0, sq_iova: rings.sq_iova().0 }
+    }
+}
+
 impl Controller {
     /// Run an admin command with `data` moving as `dir` says (at most 64 KiB).
     /// For the tools' pass-through and the driver's own admin work.
@@ -167,14 +183,23 @@ impl Controller {
         self.send_abort(&mut admin, sqid, cid).map(Some)
     }
 
-    /// Create the completion and submission queue of `rings` (its qid).
-    pub(crate) fn create_io_queues(&self, rings: &Rings) -> Result<(), NvmeError> {
-        let qid = rings.qid;
-        let entries = rings.entries();
+    /// Create the completion and submission queue `q` describes, for
+    /// generation `generation` of the controller (blocks up to the admin
+    /// timeout for each command: off the reactors). A controller reset
+    /// since is not given queues meant for the one before: a state error,
+    /// after which the queue pair asks again (looked at under the admin
+    /// queue's lock, which a reset holds).
+    pub(crate) fn create_io_queues(&self, generation: u64, q: QueueSpec) -> Result<(), NvmeError> {
+        let QueueSpec { qid, entries, cq_iova, sq_iova } = q;
         let vector = self.queue_interrupt(qid).map(|(v, _)| v);
-        self.admin_command(admin::create_io_cq(qid, entries, rings.cq_iova().0, vector), DataDirection::None, &mut [], None)?;
-        if let Err(e) = self.admin_command(admin::create_io_sq(qid, entries, rings.sq_iova().0, qid), DataDirection::None, &mut [], None) {
-            let _ = self.admin_command(admin::delete_io_cq(qid), DataDirection::None, &mut [], None);
+        let mut admin = self.admin()?;
+        if self.generation() != generation {
+            return Err(NvmeError::State("reset since the queue was asked for"));
+        }
+        let timeout = self.opts.admin_timeout;
+        admin.run(admin::create_io_cq(qid, entries, cq_iova, vector), 0, timeout)?;
+        if let Err(e) = admin.run(admin::create_io_sq(qid, entries, sq_iova, qid), 0, timeout) {
+            let _ = admin.run(admin::delete_io_cq(qid), 0, timeout);
             return Err(e);
         }
         Ok(())

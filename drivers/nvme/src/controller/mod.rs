@@ -17,6 +17,7 @@
 mod admin_ops;
 
 pub use admin_ops::DataDirection;
+pub(crate) use admin_ops::QueueSpec;
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,6 +69,10 @@ pub struct ControllerOptions {
     /// Use MSI-X interrupts for I/O completion queues (interrupt mode: a
     /// reactor sleeps until its queue's vector fires).
     pub interrupts: bool,
+    /// Reactors that will have a queue pair (one vector each, plus the
+    /// admin queue's): counted on a reactor, as the bring-up may run off
+    /// one.
+    pub reactors: usize,
     /// Poll each I/O queue pair on this period instead of every reactor
     /// iteration (SPDK's `nvme_ioq_poll_period_us`).
     pub io_poll_period: Option<Duration>,
@@ -82,6 +87,7 @@ impl Default for ControllerOptions {
             timeout_action: TimeoutAction::Abort,
             admin_timeout: Duration::from_secs(10),
             interrupts: false,
+            reactors: 1,
             io_poll_period: None,
         }
     }
@@ -178,7 +184,7 @@ impl Controller {
         let mut pci = VfioPci::open(addr)?;
         if opts.interrupts {
             // Before CC.EN = 1: one vector per I/O queue (vector = queue id).
-            let wanted = (reactor::count().max(1) + 1).min(65) as u32;
+            let wanted = (opts.reactors.max(1) + 1).min(65) as u32;
             match pci.enable_msix(wanted) {
                 Ok(n) if n >= 2 => tracing::info!("{addr}: {n} MSI-X vectors for interrupt mode"),
                 Ok(_) => tracing::warn!("{addr}: no MSI-X; I/O queues are polled"),
@@ -438,6 +444,7 @@ impl Controller {
     fn admin(&self) -> Result<MutexGuard<'_, AdminQueue>, NvmeError> {
         // A reset holds the lock through its waits: refuse rather than wait
         // for it.
+        let mut tries = 0u32;
         let guard = loop {
             match self.admin.try_lock() {
                 Ok(g) => break g,
@@ -446,7 +453,17 @@ impl Controller {
                 Err(std::sync::TryLockError::WouldBlock) if self.state() != State::Enabled => {
                     return Err(NvmeError::State(self.state().name()));
                 }
-                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+                // Another command (an Abort may wait up to the admin
+                // timeout): yield a few times, then wait without taking a
+                // core (these callers are threads of their own, or a tool).
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    tries += 1;
+                    if tries < 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
             }
         };
         // Checked under the lock: a shutdown or reset holds it while it
