@@ -96,6 +96,7 @@ impl IoDevice for Bdev {
             histogram: Cell::new(self.histogram.load(Ordering::Relaxed)),
             remap_writes: remap.as_ref().map(|r| r.writes()).unwrap_or_default(),
             closed: Cell::new(false),
+            bdev: self.clone(),
         });
         BdevChannel {
             remap,

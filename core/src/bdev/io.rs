@@ -204,6 +204,9 @@ pub(crate) struct Home {
     /// The channel has been let go of: requests still in flight finish
     /// here, and their slots are freed instead of kept for reuse.
     pub(crate) closed: Cell<bool>,
+    /// The bdev, whose retired statistics count what finishes after the
+    /// channel closed.
+    pub(crate) bdev: std::sync::Arc<super::Bdev>,
 }
 
 /// One I/O request. `!Send`: it lives on the reactor that submitted it.
@@ -392,13 +395,15 @@ impl BdevIo {
         let s = self.slot_mut();
         s.completed = now;
         let home = &s.home;
-        home.stats.borrow_mut().record(
-            s.kind,
-            s.num_blocks * s.block_size as u64,
-            s.status,
-            now.saturating_sub(s.submitted),
-            home.histogram.get(),
-        );
+        let bytes = s.num_blocks * s.block_size as u64;
+        let latency = now.saturating_sub(s.submitted);
+        if home.closed.get() {
+            // The channel's counts went to the bdev when it closed: a
+            // request that ends later (a backend draining) is counted there.
+            home.bdev.retired.lock().unwrap_or_else(|e| e.into_inner()).record(s.kind, bytes, s.status, latency, home.histogram.get());
+        } else {
+            home.stats.borrow_mut().record(s.kind, bytes, s.status, latency, home.histogram.get());
+        }
         match s.cb.take() {
             Some(cb) => cb.call(self),
             None => drop(self),

@@ -693,4 +693,8 @@ fn a_dropped_channel_leaves_nothing_behind() {
     let st: Vec<IoStatus> = out.borrow().iter().map(|x| x.0).collect();
     assert_eq!(st, [IoStatus::Success, IoStatus::Success]);
     assert!(home.upgrade().is_none(), "the channel's home (and its free slots) outlived it");
+    // Both writes are in the bdev's statistics (bdev_get_iostat), the one
+    // that ended after its channel closed too.
+    let writes = h.on(0, || get("held").unwrap().retired.lock().unwrap().write.ops);
+    assert_eq!(writes, 2, "a request that ended after its channel closed was not counted");
 }
