@@ -192,6 +192,13 @@ fn nvme_tool_zeroes_and_clean_daemon_stop() {
         let attached = spdk(&["bdev_nvme_attach_controller", "-b", "Nvme1", "-t", "PCIe", "-a", CTRL1]);
         assert_eq!(String::from_utf8_lossy(&attached.stdout).split_whitespace().collect::<Vec<_>>(), ["Nvme1n1", "Nvme1n2"]);
         spdk(&["bdev_nvme_reset_controller", "Nvme1"]);
+        // And reads a controller's health (SMART) log, off the reactor.
+        let health = json_of(&spdk(&["bdev_nvme_get_controller_health_info", "-c", "Nvme0"]));
+        assert_eq!(health["serial_number"], "pollux0", "{health}");
+        assert_eq!(health["traddr"], CTRL0, "{health}");
+        let kelvin = smart["temperature"].as_i64();
+        assert_eq!(health["temperature_celsius"].as_i64(), kelvin.map(|k| k - 273), "{health} against the tool's {smart}");
+        assert!(health["power_on_hours"].is_u64() && health["media_errors"].is_u64(), "{health}");
         let one = json_of(&spdk(&["bdev_nvme_get_controllers", "-n", "Nvme1"]));
         assert_eq!(one[0]["ctrlrs"][0]["trid"]["traddr"], CTRL1, "{one}");
         let refused = Command::new(spdk_rpc())

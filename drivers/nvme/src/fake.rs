@@ -100,7 +100,7 @@ pub struct State {
     /// A controller enabled while set does not report ready (CSTS.RDY)
     /// until it is cleared.
     pub hold_ready: bool,
-    ready_held: bool,
+    pub(crate) ready_held: bool,
     /// The command id of every I/O command, in order.
     pub io_cids: Vec<u16>,
 }
@@ -493,7 +493,17 @@ impl State {
             admin::GET_LOG_PAGE => {
                 let len = pollux_nvme_spec::log::get_log_page_len(c.cdw10.get(), c.cdw11.get()).unwrap_or(0);
                 let mut page = vec![0u8; len];
-                if c.cdw10.get() as u8 == pollux_nvme_spec::log::lid::SMART_HEALTH && len >= 3 {
+                if c.cdw10.get() as u8 == pollux_nvme_spec::log::lid::SMART_HEALTH && len >= 512 {
+                    // 300 K, 7% used, 5,000 units read, 1,234 hours on, a
+                    // second sensor at 310 K.
+                    page[1..3].copy_from_slice(&300u16.to_le_bytes());
+                    page[3] = 100;
+                    page[4] = 10;
+                    page[5] = 7;
+                    page[32..40].copy_from_slice(&5000u64.to_le_bytes());
+                    page[128..136].copy_from_slice(&1234u64.to_le_bytes());
+                    page[202..204].copy_from_slice(&310u16.to_le_bytes());
+                } else if c.cdw10.get() as u8 == pollux_nvme_spec::log::lid::SMART_HEALTH && len >= 3 {
                     page[1..3].copy_from_slice(&300u16.to_le_bytes());
                 }
                 self.transfer_out(c, &page);

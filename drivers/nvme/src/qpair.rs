@@ -425,23 +425,34 @@ impl Drop for QueuePair {
         }
         inner.creation_ended();
         let creating = inner.creating.take();
-        let qid = match (inner.connected.take(), inner.rings.as_ref()) {
-            (Some(_), Some(rings)) if inner.ctrl.state() == State::Enabled => Some(rings.qid),
+        let connected = inner.connected.take();
+        let (state, generation) = (inner.ctrl.state(), inner.ctrl.generation());
+        // Queues of an earlier generation went with the reset that ended it.
+        let qid = match (connected, inner.rings.as_ref()) {
+            (Some(g), Some(rings)) if state == State::Enabled && g == generation => Some(rings.qid),
             _ => None,
         };
+        // A reset under way: until it has disabled the controller, the
+        // device may still post completions into the rings and move the
+        // data of the requests they held.
+        let resetting = connected.is_some() && state == State::Resetting;
         let (ctrl, label) = (inner.ctrl.clone(), inner.label.clone());
         let rings_qid = inner.rings.as_ref().map(|r| r.qid).unwrap_or(0);
         drop(inner);
+        let on_reactor = reactor::try_current().is_some();
         let mut phase = match (creating, qid) {
-            (Some(c), _) => Teardown::Creating(c.result),
+            (Some(c), _) => Teardown::Creating(c.generation, c.result),
             (None, Some(qid)) => {
-                if reactor::try_current().is_none() {
+                if !on_reactor {
                     // Off a reactor (not expected): here and now.
                     delete_queues(&ctrl, qid, &label);
                     return release(&self.inner);
                 }
                 Teardown::Deleting(start_deletion(&ctrl, qid, &label))
             }
+            // (Off a reactor, which only tools and tests do, there is no
+            // drain to wait in: released at once, as before.)
+            (None, None) if resetting && on_reactor => Teardown::Reset,
             (None, None) => return release(&self.inner),
         };
         // Deleting the queues waits for the controller's answers, up to the
@@ -450,11 +461,11 @@ impl Drop for QueuePair {
         // answer). Until the device has let go of the queues it may still
         // use them and the buffers of requests in flight: both stay, with
         // a drain that ends once the deletion has (after their creation,
-        // if that was still under way), and then fails what the queues
-        // held.
+        // if that was still under way), or the reset under way has ended,
+        // and then fails what the queues held.
         let (inner, held) = (self.inner.clone(), self.inner.clone());
         let warn_after = inner.borrow().ctrl.options().admin_timeout * 5;
-        let what = format!("NVMe {label}: deleting I/O queue {rings_qid}");
+        let what = format!("NVMe {label}: letting go of I/O queue {rings_qid}");
         reactor::drain_in_background(
             "nvme_delete_queue",
             what,
@@ -463,11 +474,22 @@ impl Drop for QueuePair {
             move || {
                 loop {
                     phase = match &phase {
-                        Teardown::Creating(r) => match take(r) {
+                        Teardown::Creating(g, r) => match take(r) {
                             None => break,
-                            Some(Ok(())) if ctrl.state() == State::Enabled => Teardown::Deleting(start_deletion(&ctrl, rings_qid, &label)),
+                            Some(Ok(())) if ctrl.state() == State::Enabled && ctrl.generation() == *g => {
+                                Teardown::Deleting(start_deletion(&ctrl, rings_qid, &label))
+                            }
+                            // A reset began meanwhile (what the creation
+                            // left may be at the device until it disables it).
+                            Some(_) if ctrl.state() == State::Resetting => Teardown::Reset,
                             Some(_) => Teardown::Over,
                         },
+                        Teardown::Reset if ctrl.state() == State::Resetting => break,
+                        Teardown::Reset => Teardown::Over,
+                        // A reset that began before the deletion took the
+                        // admin queue refused it: the queues are there
+                        // until the reset disables the controller.
+                        Teardown::Deleting(d) if d.load(Ordering::Acquire) && ctrl.state() == State::Resetting => Teardown::Reset,
                         Teardown::Deleting(d) if d.load(Ordering::Acquire) => Teardown::Over,
                         Teardown::Deleting(_) => break,
                         Teardown::Over => return (0, 0),
@@ -483,10 +505,14 @@ impl Drop for QueuePair {
 
 /// Where a queue pair let go stands with the device.
 enum Teardown {
-    /// The queues' creation is under way: its end decides.
-    Creating(Outcome<Result<(), NvmeError>>),
+    /// The queues' creation (for this controller generation) is under
+    /// way: its end decides.
+    Creating(u64, Outcome<Result<(), NvmeError>>),
     /// Their deletion is under way: set once it is over.
     Deleting(Arc<AtomicBool>),
+    /// A controller reset is under way, which disables the controller (and
+    /// with it the queues).
+    Reset,
     Over,
 }
 

@@ -432,6 +432,75 @@ fn hot_removal_tells_bdev_users_and_fails_io() {
     assert!(s.h.on(0, bdev::list).is_empty(), "the removed controller's bdevs are gone");
 }
 
+/// `bdev_nvme_get_controller_health_info`: the SMART log in SPDK's
+/// fields; an unknown name is "Device not found", as in SPDK.
+#[test]
+fn health_info_reads_the_smart_log_in_spdks_fields() {
+    let s = setup("Health", 1, 5, false, ControllerOptions::default());
+    let ask = |name: &str| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = crate::bdev::rpc::HealthInfo { name: name.into() };
+        s.h.on(0, move || crate::bdev::rpc::health_info(p, pollux_core::rpc::Responder::new(move |r| tx.send(r).unwrap())));
+        let mut res = None;
+        run_until(&s.h, Duration::from_secs(10), || {
+            res = rx.try_recv().ok();
+            res.is_some()
+        });
+        res.unwrap()
+    };
+    let v = ask("Health").expect("health info");
+    assert_eq!(v["model_number"], "Pollux Fake Ctrl");
+    assert_eq!(v["serial_number"], "fake0001");
+    assert_eq!(v["temperature_celsius"], 27);
+    assert_eq!(v["available_spare_percentage"], 100);
+    assert_eq!(v["available_spare_threshold_percentage"], 10);
+    assert_eq!(v["percentage_used"], 7);
+    assert_eq!(v["data_units_read"], 5000);
+    assert_eq!(v["power_on_hours"], 1234);
+    assert_eq!(v["media_errors"], 0);
+    assert_eq!(v["temperature_sensor_celsius"], 37);
+    let e = ask("Nope").unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (pollux_core::rpc::RpcError::INTERNAL_ERROR, "Device not found"));
+}
+
+/// A device that does not answer the Get Log Page: the reactor goes on,
+/// and the call fails once the admin timeout has passed.
+#[test]
+fn health_info_of_a_silent_device_leaves_the_reactor_free() {
+    let opts = ControllerOptions { admin_timeout: Duration::from_millis(1500), ..Default::default() };
+    let s = setup("Mute", 1, 5, false, opts);
+    s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::GET_LOG_PAGE));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
+    let p = crate::bdev::rpc::HealthInfo { name: "Mute".into() };
+    s.h.on(0, move || crate::bdev::rpc::health_info(p, pollux_core::rpc::Responder::new(move |r| tx.send(r).unwrap())));
+    assert!(t0.elapsed() < Duration::from_secs(1), "the reactor waited {:?}", t0.elapsed());
+    let mut res = None;
+    run_until(&s.h, Duration::from_secs(10), || {
+        res = rx.try_recv().ok();
+        res.is_some()
+    });
+    let e = res.unwrap().unwrap_err();
+    assert_eq!(e.code, -libc::ETIMEDOUT, "{e:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+}
+
+/// While a detach waits for a namespace's users, `bdev_nvme_get_controllers`
+/// lists only the namespaces' bdevs still there (it listed the deleted
+/// ones too).
+#[test]
+fn a_controller_being_detached_lists_only_the_bdevs_left() {
+    let s = setup("Half", 2, 5, false, ControllerOptions::default());
+    let (d, ch) = open(&s, "Halfn1");
+    s.h.on(0, move || crate::bdev::detach("Half", || {}).unwrap());
+    s.h.run_until_idle(100);
+    let listed = s.h.on(0, || crate::bdev::describe_controllers(Some("Half")));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["ctrlrs"][0]["namespaces"], json!(["Halfn1"]), "{listed:?}");
+    s.h.on(0, move || drop((ch, d)));
+    run_until(&s.h, Duration::from_secs(5), || s.h.on(0, crate::bdev::controllers).is_empty());
+}
+
 #[test]
 fn detach_deletes_bdevs_and_shuts_the_controller_down() {
     let s = setup("Bye", 1, 5, false, ControllerOptions::default());
@@ -1012,6 +1081,80 @@ mod faulty_device {
         run_until(&h, Duration::from_secs(10), || done.lock().unwrap().is_some());
         assert!(done.lock().unwrap().take().unwrap().is_err());
         assert_eq!(h.on(0, move || (crate::bdev::name_taken("Gone2"), crate::bdev::address_taken(addr))), (false, false));
+    }
+
+    /// A channel let go while a controller reset is under way: until the
+    /// reset has disabled the controller, the device may still complete
+    /// into the queue pair's rings and move the data of what they held, so
+    /// the read it held is failed (and its buffer handed back) only once
+    /// the reset is over. (The drop failed it at once.)
+    #[test]
+    fn a_channel_dropped_during_a_reset_keeps_its_requests_until_the_reset_ends() {
+        let s = setup_with("RstDrop", 1, 5, false, ControllerOptions::default(), |f| f.with(|st| st.cap_to = 20));
+        let (d, ch) = open(&s, "RstDropn1");
+        s.fake.set_hold_io(true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
+        // A reset that stays under way: the controller is slow to be ready.
+        s.fake.with(|st| st.hold_ready = true);
+        let c = s.ctrl.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+        run_until(&s.h, Duration::from_secs(5), || s.ctrl.state() == State::Resetting);
+        s.h.on(0, move || drop((ch, d)));
+        let until = Instant::now() + Duration::from_millis(300);
+        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        assert!(out.borrow().is_empty(), "the read ended while the reset was under way");
+        s.fake.with(|st| st.hold_ready = false);
+        run_until(&s.h, Duration::from_secs(10), || rx.try_recv().is_ok());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
+        // Its queue id is free again: a new channel gets queues and works.
+        let (d, ch) = open(&s, "RstDropn1");
+        s.fake.set_hold_io(false);
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 1)));
+        run_until_done(&s, &out, 2);
+        assert_eq!(out.borrow()[1].1, IoStatus::Success);
+        s.h.on(0, move || drop((ch, d)));
+    }
+
+    /// A queue pair let go while the controller is enabled, whose queue
+    /// deletion a reset then refuses (the reset began while the deletion
+    /// waited for the device): the queues are still at the device until
+    /// the reset disables it, so what they held waits for the reset's end.
+    /// (It was failed as soon as the deletion gave up.)
+    #[test]
+    fn a_queue_deletion_cut_short_by_a_reset_waits_for_the_reset() {
+        let opts = ControllerOptions { admin_timeout: Duration::from_secs(1), ..Default::default() };
+        let s = setup_with("DelRst", 1, 5, false, opts, |f| f.with(|st| st.cap_to = 20));
+        let (d, ch) = open(&s, "DelRstn1");
+        s.fake.set_hold_io(true);
+        let out: Done = Rc::default();
+        let o = out.clone();
+        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
+        s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::DELETE_IO_SQ));
+        s.h.on(0, move || drop((ch, d)));
+        run_until(&s.h, Duration::from_secs(5), || s.fake.with(|st| st.held_admin.len()) == 1);
+        // A reset, slow to end (the controller slow to be ready), begins
+        // while the deletion waits; it disables the controller once the
+        // deletion has given up.
+        s.fake.with(|st| st.hold_ready = true);
+        let c = s.ctrl.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+        let cc = || s.fake.read32(pollux_nvme_spec::registers::offset::CC as usize).unwrap();
+        run_until(&s.h, Duration::from_secs(5), || cc() & 1 == 1 && s.ctrl.state() == State::Resetting && s.fake.with(|st| st.ready_held));
+        let until = Instant::now() + Duration::from_millis(300);
+        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        assert!(out.borrow().is_empty(), "the read ended before the reset had disabled the controller");
+        s.fake.with(|st| st.hold_ready = false);
+        run_until(&s.h, Duration::from_secs(10), || rx.try_recv().is_ok());
+        run_until_done(&s, &out, 1);
+        assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
     }
 
     #[test]

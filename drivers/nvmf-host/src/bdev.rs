@@ -258,6 +258,34 @@ pub fn attach(
     });
 }
 
+/// The SMART / Health Information log page (`len` bytes) of bdev controller
+/// `name`, read through its first path that is connected, with that path's
+/// controller (main reactor; `bdev_nvme_get_controller_health_info`).
+/// `Err(None)`: no attached controller has the name.
+pub fn health_log(name: &str, len: usize, done: impl FnOnce(Result<(Arc<Controller>, Vec<u8>), Option<String>>) + 'static) {
+    let found = {
+        let reg = registry();
+        let groups = reg.groups.borrow();
+        groups
+            .iter()
+            .find(|g| g.name == name && !g.detaching)
+            .map(|g| g.links.iter().find(|l| l.lost_at.is_none()).map(|l| (l.ctrl.clone(), l.admin.clone())))
+    };
+    let (ctrl, admin) = match found {
+        None => return done(Err(None)),
+        Some(None) => return done(Err(Some(format!("Controller {name} has no connected path")))),
+        Some(Some(path)) => path,
+    };
+    // NSID FFFFFFFFh: the controller as a whole (Linux's target refuses
+    // the SMART log for NSID 0).
+    ctrlr::get_log_page_of(&admin, pollux_nvme_spec::log::lid::SMART_HEALTH, u32::MAX, 0, len, move |r| {
+        match r.and_then(|d| ctrlr::whole(d, len, "Get Log Page")) {
+            Ok(data) => done(Ok((ctrl, data))),
+            Err(e) => done(Err(Some(format!("cannot read the health log: {e}")))),
+        }
+    });
+}
+
 /// The admin queue of path `ctrl`, if it is attached (main reactor).
 fn admin_of(ctrl: &Arc<Controller>) -> Option<Rc<Qpair>> {
     registry().groups.borrow_mut().iter_mut().find_map(|g| g.link(ctrl).map(|l| l.admin.clone()))

@@ -683,7 +683,7 @@ pub fn identify(qp: &Qpair, cns: u8, nsid: u32, done: impl FnOnce(Result<Vec<u8>
 
 /// `data` if the controller sent all `len` bytes asked for: a shorter
 /// answer to a command whose layout is fixed is the controller's fault.
-fn whole(data: Vec<u8>, len: usize, what: &str) -> Result<Vec<u8>, HostError> {
+pub(crate) fn whole(data: Vec<u8>, len: usize, what: &str) -> Result<Vec<u8>, HostError> {
     if data.len() < len {
         return Err(HostError::Transport(format!("{what}: the controller sent {} of {len} bytes", data.len())));
     }
@@ -1004,7 +1004,15 @@ pub fn get_log_page(qp: &Qpair, lid: u8, offset: u64, len: usize, done: impl FnO
 /// Get Log Page `lid`: up to `len` bytes from byte `offset` (a log that
 /// may be shorter than asked, whose parser checks its own lengths).
 pub fn get_log_page_upto(qp: &Qpair, lid: u8, offset: u64, len: usize, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
+    get_log_page_of(qp, lid, 0, offset, len, done)
+}
+
+/// Get Log Page `lid` for namespace `nsid` (`u32::MAX`: the controller as
+/// a whole, as the SMART / Health log asks): up to `len` bytes from byte
+/// `offset`.
+pub fn get_log_page_of(qp: &Qpair, lid: u8, nsid: u32, offset: u64, len: usize, done: impl FnOnce(Result<Vec<u8>, HostError>) + 'static) {
     let mut cmd = Command::new(admin::GET_LOG_PAGE);
+    cmd.nsid.set(nsid);
     let (cdw10, cdw11) = pollux_nvme_spec::log::get_log_page_dwords(lid, len, false);
     cmd.cdw10.set(cdw10);
     cmd.cdw11.set(cdw11);

@@ -68,6 +68,16 @@ fn a_remote_malloc_namespace_attached_with_spdk_rpc_is_a_bdev_and_verifies_clean
     assert_eq!(ctrlr["trid"]["trtype"], "TCP", "{c}");
     assert_eq!(ctrlr["trid"]["subnqn"], NQN, "{c}");
     assert_eq!(ctrlr["state"], "enabled", "{c}");
+    // SPDK's client reads the remote controller's health log (Pollux's
+    // target reports 25 C, a full spare).
+    let out = spdk_rpc(&host.socket, &["bdev_nvme_get_controller_health_info", "-c", "Nvme0"]);
+    let health: Value = serde_json::from_str(&ok_stdout("spdk-rpc bdev_nvme_get_controller_health_info", &out)).expect("JSON");
+    assert_eq!(health["temperature_celsius"], 25, "{health}");
+    assert_eq!(health["available_spare_percentage"], 100, "{health}");
+    assert_eq!(health["traddr"], "127.0.0.1", "{health}");
+    assert_eq!(health["model_number"], ctrlr["model_number"], "{health}");
+    let e = host.call("bdev_nvme_get_controller_health_info", Some(json!({"name": "Nvme9"}))).unwrap_err().to_string();
+    assert!(e.contains("Device not found"), "{e}");
     // The target sees the host's controller; save_config writes the attach.
     let t = tgt.call("nvmf_get_subsystems", None).unwrap();
     assert!(t.to_string().contains(NQN), "{t}");

@@ -421,7 +421,8 @@ pub fn describe_controllers(name: Option<&str>) -> Vec<Value> {
                     "model_number": id.model(),
                     "serial_number": id.serial(),
                     "firmware_revision": id.firmware(),
-                    "namespaces": a.bdevs,
+                    // While a detach waits for users, only those left.
+                    "namespaces": a.bdevs.iter().filter(|n| bdev::get(n).is_some()).collect::<Vec<_>>(),
                     "io_queues": c.io_queue_count(),
                     "max_transfer_bytes": c.max_transfer(),
                     "resets": c.reset_count(),

@@ -10,9 +10,12 @@
 use pollux_core::app::App;
 use pollux_core::reactor;
 use pollux_core::rpc::{Responder, RpcError, States};
+use pollux_nvme_spec::identify::IdentifyController;
+use pollux_nvme_spec::log::{SmartLog, lid};
 use pollux_nvmf_host::qpair::Fabric;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use zerocopy::FromBytes;
 
 use super::options::{self, Hotplug, NvmeOptions};
 use super::{add_controller, controller, controllers, describe_controllers, detach, hotplug};
@@ -52,6 +55,7 @@ pub fn register(app: &mut App) {
             _ => r.ok(list),
         }
     });
+    m.register("bdev_nvme_get_controller_health_info", States::RUNTIME, health_info);
     m.register("bdev_nvme_get_io_paths", States::RUNTIME, |p: GetIoPaths, r: Responder| {
         if let Some(n) = &p.name {
             if pollux_core::bdev::get(n).is_none() {
@@ -537,6 +541,102 @@ fn detach_rpc(p: Detach, r: Responder) {
     if let Err(e) = detach(&p.name, move || r.ok(true)) {
         tracing::warn!("bdev_nvme_detach_controller: {e}");
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthInfo {
+    pub name: String,
+}
+
+/// `bdev_nvme_get_controller_health_info`: the controller's SMART / Health
+/// Information log page, in SPDK's fields. The Get Log Page waits for the
+/// device (up to the admin timeout): off the reactor.
+pub(crate) fn health_info(p: HealthInfo, r: Responder) {
+    let len = std::mem::size_of::<SmartLog>();
+    let parse = move |raw: &[u8]| SmartLog::read_from_bytes(&raw[..raw.len().min(len)]).ok();
+    let Some(c) = controller(&p.name) else {
+        // A controller attached over NVMe-oF: through its admin queue.
+        let name = p.name.clone();
+        return pollux_nvmf_host::bdev::health_log(&p.name, len, move |res| match res {
+            Ok((ctrl, raw)) => match parse(&raw) {
+                Some(log) => r.ok(health_json(&ctrl.id, &ctrl.opts.addr.ip().to_string(), &log)),
+                None => r.err(RpcError::internal(format!("{name}: short health log ({} bytes)", raw.len()))),
+            },
+            Err(Some(e)) => r.err(RpcError::errno(libc::EIO, format!("{name}: {e}"))),
+            Err(None) => {
+                tracing::error!("nvme ctrlr name '{name}' does not exist");
+                r.err(RpcError::new(RpcError::INTERNAL_ERROR, "Device not found"))
+            }
+        });
+    };
+    let c2 = c.clone();
+    reactor::off_reactor(
+        "nvme-health",
+        move || c2.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
+        move |res| {
+            let res = match res {
+                Ok(res) => res,
+                // No thread: here, then.
+                Err(reactor::NotRun::NoThread) => c.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
+                Err(reactor::NotRun::Panicked) => return r.err(RpcError::internal(format!("{}: reading the health log panicked", p.name))),
+            };
+            let raw = match res {
+                Ok(raw) => raw,
+                Err(e) => return r.err(RpcError::errno(e.errno(), format!("{}: cannot read the health log: {e}", p.name))),
+            };
+            match parse(&raw) {
+                Some(log) => r.ok(health_json(c.identify_data(), &c.address().map(|a| a.to_string()).unwrap_or_default(), &log)),
+                None => r.err(RpcError::internal(format!("{}: short health log ({} bytes)", p.name, raw.len()))),
+            }
+        },
+    );
+}
+
+/// A 128-bit log counter as a JSON number: exact up to 2^64 - 1, then a
+/// float (serde_json's numbers stop at 64 bits; SPDK prints every digit).
+fn counter(raw: &[u8; 16]) -> Value {
+    let v = pollux_nvme_spec::log::counter128(raw);
+    match u64::try_from(v) {
+        Ok(n) => json!(n),
+        Err(_) => json!(v as f64),
+    }
+}
+
+/// SPDK's answer to `bdev_nvme_get_controller_health_info`, field for field
+/// (temperatures in degrees Celsius, signed here where SPDK's unsigned
+/// arithmetic wraps below 0 C; SPDK writes a `temperature_sensor_celsius`
+/// key per sensor present, which a JSON reader takes as the last one, the
+/// one given here).
+fn health_json(id: &IdentifyController, traddr: &str, log: &SmartLog) -> Value {
+    let celsius = |k: u16| i64::from(k) - 273;
+    let mut v = json!({
+        "model_number": id.model(),
+        "serial_number": id.serial(),
+        "firmware_revision": id.firmware(),
+        "traddr": traddr,
+        "critical_warning": log.critical_warning,
+        "temperature_celsius": celsius(log.temperature.get()),
+        "available_spare_percentage": log.avail_spare,
+        "available_spare_threshold_percentage": log.spare_thresh,
+        "percentage_used": log.percent_used,
+        "data_units_read": counter(&log.data_units_read),
+        "data_units_written": counter(&log.data_units_written),
+        "host_read_commands": counter(&log.host_read_commands),
+        "host_write_commands": counter(&log.host_write_commands),
+        "controller_busy_time": counter(&log.controller_busy_time),
+        "power_cycles": counter(&log.power_cycles),
+        "power_on_hours": counter(&log.power_on_hours),
+        "unsafe_shutdowns": counter(&log.unsafe_shutdowns),
+        "media_errors": counter(&log.media_errors),
+        "num_err_log_entries": counter(&log.num_err_log_entries),
+        "warning_temperature_time_minutes": log.warning_temp_time.get(),
+        "critical_composite_temperature_time_minutes": log.critical_comp_time.get(),
+    });
+    if let Some(k) = log.temp_sensor.iter().map(|t| t.get()).rfind(|&t| t != 0) {
+        v["temperature_sensor_celsius"] = json!(celsius(k));
+    }
+    v
 }
 
 #[derive(Deserialize)]
