@@ -59,6 +59,13 @@ pub enum Cmd {
         #[arg(short = 'n', long)]
         name: Option<String>,
     },
+    /// Show an NVMe controller's health (SMART) log
+    #[command(name = "bdev_nvme_get_controller_health_info", rename_all = "kebab-case")]
+    BdevNvmeGetControllerHealthInfo {
+        /// Name of the NVMe bdev controller, e.g. Nvme0
+        #[arg(short = 'c', long)]
+        name: String,
+    },
     /// Reset an NVMe controller
     #[command(name = "bdev_nvme_reset_controller", rename_all = "kebab-case")]
     BdevNvmeResetController {
@@ -153,6 +160,9 @@ impl Cmd {
                 req("bdev_nvme_detach_controller", Some(p), Show::Nothing)
             }
             Cmd::BdevNvmeGetControllers { name } => req("bdev_nvme_get_controllers", name.as_ref().map(|n| json!({"name": n})), Show::Json),
+            Cmd::BdevNvmeGetControllerHealthInfo { name } => {
+                req("bdev_nvme_get_controller_health_info", Some(json!({"name": name})), Show::Json)
+            }
             Cmd::BdevNvmeResetController { name, cntlid } => {
                 let p = obj(&[("name", Some(json!(name))), ("cntlid", cntlid.map(|c| json!(c)))]);
                 req("bdev_nvme_reset_controller", Some(p), Show::Json)

@@ -99,16 +99,42 @@ fn reset_and_wait(h: &Harness, ctrl: &Arc<Controller>) -> Result<(), String> {
     let c = ctrl.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+    recv_stepping(h, &rx)
+}
+
+/// Step the reactors until `rx` has a value (10 s at most).
+fn recv_stepping<T>(h: &Harness, rx: &std::sync::mpsc::Receiver<T>) -> T {
     let mut res = None;
     run_until(h, Duration::from_secs(10), || {
         res = rx.try_recv().ok();
         res.is_some()
     });
-    res.unwrap()
+    res.expect("received")
+}
+
+/// Call `bdev_nvme_get_controller_health_info` for `name` on reactor 0;
+/// the answer comes on the receiver.
+fn ask_health(s: &Setup, name: &str) -> std::sync::mpsc::Receiver<pollux_core::rpc::RpcResult> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = crate::bdev::rpc::HealthInfo { name: name.into() };
+    s.h.on(0, move || crate::bdev::rpc::health_info(p, pollux_core::rpc::Responder::new(move |r| tx.send(r).unwrap())));
+    rx
 }
 
 fn run_until_done(s: &Setup, out: &Done, n: usize) {
     run_until(&s.h, Duration::from_secs(10), || out.borrow().len() >= n);
+}
+
+/// Step the reactors for `d` (to see that something does not happen).
+fn step_for(h: &Harness, d: Duration) {
+    let until = Instant::now() + d;
+    run_until(h, d + Duration::from_secs(5), || Instant::now() >= until);
+}
+
+/// Read block 0 into a fresh buffer, recorded in `out` under `tag`.
+fn read_block0(s: &Setup, d: &Descriptor, ch: &IoChannel<bdev::Bdev>, out: &Done, tag: u64) {
+    let o = out.clone();
+    s.h.on(0, || d.read(ch, [buf(512, 0)], 0, 1, record(&o, tag)));
 }
 
 #[test]
@@ -437,17 +463,7 @@ fn hot_removal_tells_bdev_users_and_fails_io() {
 #[test]
 fn health_info_reads_the_smart_log_in_spdks_fields() {
     let s = setup("Health", 1, 5, false, ControllerOptions::default());
-    let ask = |name: &str| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let p = crate::bdev::rpc::HealthInfo { name: name.into() };
-        s.h.on(0, move || crate::bdev::rpc::health_info(p, pollux_core::rpc::Responder::new(move |r| tx.send(r).unwrap())));
-        let mut res = None;
-        run_until(&s.h, Duration::from_secs(10), || {
-            res = rx.try_recv().ok();
-            res.is_some()
-        });
-        res.unwrap()
-    };
+    let ask = |name: &str| recv_stepping(&s.h, &ask_health(&s, name));
     let v = ask("Health").expect("health info");
     assert_eq!(v["model_number"], "Pollux Fake Ctrl");
     assert_eq!(v["serial_number"], "fake0001");
@@ -470,17 +486,10 @@ fn health_info_of_a_silent_device_leaves_the_reactor_free() {
     let opts = ControllerOptions { admin_timeout: Duration::from_millis(1500), ..Default::default() };
     let s = setup("Mute", 1, 5, false, opts);
     s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::GET_LOG_PAGE));
-    let (tx, rx) = std::sync::mpsc::channel();
     let t0 = Instant::now();
-    let p = crate::bdev::rpc::HealthInfo { name: "Mute".into() };
-    s.h.on(0, move || crate::bdev::rpc::health_info(p, pollux_core::rpc::Responder::new(move |r| tx.send(r).unwrap())));
+    let rx = ask_health(&s, "Mute");
     assert!(t0.elapsed() < Duration::from_secs(1), "the reactor waited {:?}", t0.elapsed());
-    let mut res = None;
-    run_until(&s.h, Duration::from_secs(10), || {
-        res = rx.try_recv().ok();
-        res.is_some()
-    });
-    let e = res.unwrap().unwrap_err();
+    let e = recv_stepping(&s.h, &rx).unwrap_err();
     assert_eq!(e.code, -libc::ETIMEDOUT, "{e:?}");
     assert!(t0.elapsed() >= Duration::from_millis(1500));
 }
@@ -926,13 +935,11 @@ mod faulty_device {
         let t0 = Instant::now();
         let (d, ch) = open(&s, "CreSlown1");
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         let took = t0.elapsed();
         assert!(took < Duration::from_secs(2), "opening a channel waited {took:?} for the device");
         // The reactor runs; the read waits while the device holds the queue.
-        let until = Instant::now() + Duration::from_millis(300);
-        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        step_for(&s.h, Duration::from_millis(300));
         assert!(out.borrow().is_empty(), "the read ended before its queue was there");
         s.fake.with(|st| st.answer_held_admin());
         run_until_done(&s, &out, 1);
@@ -961,8 +968,7 @@ mod faulty_device {
         // The queue pair made now works.
         let (d, ch) = open(&s, "CreGenn1");
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         run_until_done(&s, &out, 1);
         assert_eq!(out.borrow()[0].1, IoStatus::Success);
         s.h.on(0, move || drop((ch, d)));
@@ -980,15 +986,13 @@ mod faulty_device {
         let t0 = Instant::now();
         let (d, ch) = open(&s, "CreNonen1");
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         assert!(t0.elapsed() < Duration::from_secs(1), "the reactor waited {:?}", t0.elapsed());
         run_until_done(&s, &out, 1);
         assert_eq!(out.borrow()[0].1, IoStatus::Failed);
         assert!(t0.elapsed() >= Duration::from_millis(1500), "failed before the creation gave up");
         s.fake.with(|st| st.hold_admin = None);
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 1)));
+        read_block0(&s, &d, &ch, &out, 1);
         run_until_done(&s, &out, 2);
         assert_eq!(out.borrow()[1].1, IoStatus::Success);
         s.h.on(0, move || drop((ch, d)));
@@ -1004,16 +1008,14 @@ mod faulty_device {
         s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::CREATE_IO_SQ));
         let (d, ch) = open(&s, "CreDropn1");
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         run_until(&s.h, Duration::from_secs(5), || s.fake.with(|st| st.held_admin.len()) == 1);
         let t0 = Instant::now();
         s.h.on(0, move || drop((ch, d)));
         assert!(t0.elapsed() < Duration::from_secs(1), "the drop waited {:?}", t0.elapsed());
         let c = s.ctrl.clone();
         assert!(s.h.on(0, move || pollux_core::io_channel::try_get_io_channel(&c).is_none()), "the queue pair went");
-        let until = Instant::now() + Duration::from_millis(200);
-        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        step_for(&s.h, Duration::from_millis(200));
         assert!(out.borrow().is_empty(), "failed while its queue was being created");
         s.fake.with(|st| st.answer_held_admin());
         run_until_done(&s, &out, 1);
@@ -1047,8 +1049,7 @@ mod faulty_device {
             )
         });
         assert!(t0.elapsed() < Duration::from_secs(2), "the reactor waited {:?} for the bring-up", t0.elapsed());
-        let until = Instant::now() + Duration::from_millis(300);
-        run_until(&h, Duration::from_secs(5), || Instant::now() >= until);
+        step_for(&h, Duration::from_millis(300));
         assert!(done.lock().unwrap().is_none(), "up before the controller was ready");
         let taken = h.on(0, move || (crate::bdev::name_taken("Slow"), crate::bdev::address_taken(addr), crate::bdev::name_taken("Other")));
         assert_eq!(taken, (true, true, false), "name and address taken while the bring-up runs");
@@ -1094,8 +1095,7 @@ mod faulty_device {
         let (d, ch) = open(&s, "RstDropn1");
         s.fake.set_hold_io(true);
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
         // A reset that stays under way: the controller is slow to be ready.
         s.fake.with(|st| st.hold_ready = true);
@@ -1104,18 +1104,16 @@ mod faulty_device {
         s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
         run_until(&s.h, Duration::from_secs(5), || s.ctrl.state() == State::Resetting);
         s.h.on(0, move || drop((ch, d)));
-        let until = Instant::now() + Duration::from_millis(300);
-        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        step_for(&s.h, Duration::from_millis(300));
         assert!(out.borrow().is_empty(), "the read ended while the reset was under way");
         s.fake.with(|st| st.hold_ready = false);
-        run_until(&s.h, Duration::from_secs(10), || rx.try_recv().is_ok());
+        recv_stepping(&s.h, &rx).expect("reset");
         run_until_done(&s, &out, 1);
         assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
         // Its queue id is free again: a new channel gets queues and works.
         let (d, ch) = open(&s, "RstDropn1");
         s.fake.set_hold_io(false);
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 1)));
+        read_block0(&s, &d, &ch, &out, 1);
         run_until_done(&s, &out, 2);
         assert_eq!(out.borrow()[1].1, IoStatus::Success);
         s.h.on(0, move || drop((ch, d)));
@@ -1133,8 +1131,7 @@ mod faulty_device {
         let (d, ch) = open(&s, "DelRstn1");
         s.fake.set_hold_io(true);
         let out: Done = Rc::default();
-        let o = out.clone();
-        s.h.on(0, || d.read(&ch, [buf(512, 0)], 0, 1, record(&o, 0)));
+        read_block0(&s, &d, &ch, &out, 0);
         run_until(&s.h, Duration::from_secs(10), || s.fake.held() == 1);
         s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::DELETE_IO_SQ));
         s.h.on(0, move || drop((ch, d)));
@@ -1148,11 +1145,10 @@ mod faulty_device {
         s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
         let cc = || s.fake.read32(pollux_nvme_spec::registers::offset::CC as usize).unwrap();
         run_until(&s.h, Duration::from_secs(5), || cc() & 1 == 1 && s.ctrl.state() == State::Resetting && s.fake.with(|st| st.ready_held));
-        let until = Instant::now() + Duration::from_millis(300);
-        run_until(&s.h, Duration::from_secs(5), || Instant::now() >= until);
+        step_for(&s.h, Duration::from_millis(300));
         assert!(out.borrow().is_empty(), "the read ended before the reset had disabled the controller");
         s.fake.with(|st| st.hold_ready = false);
-        run_until(&s.h, Duration::from_secs(10), || rx.try_recv().is_ok());
+        recv_stepping(&s.h, &rx).expect("reset");
         run_until_done(&s, &out, 1);
         assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
     }

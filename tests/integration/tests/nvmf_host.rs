@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pollux_tests::iscsi_host::free_port;
 use pollux_tests::nvmf_proxy::Proxy;
-use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, spdk_rpc};
+use pollux_tests::{Daemon, DaemonOpts, TempDir, clean_perf_run, ok_stdout, perf_command, pollux_rpc, spdk_rpc};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.spdk:host-test";
@@ -76,6 +76,9 @@ fn a_remote_malloc_namespace_attached_with_spdk_rpc_is_a_bdev_and_verifies_clean
     assert_eq!(health["available_spare_percentage"], 100, "{health}");
     assert_eq!(health["traddr"], "127.0.0.1", "{health}");
     assert_eq!(health["model_number"], ctrlr["model_number"], "{health}");
+    let ours = pollux_rpc(&host.socket, &["bdev_nvme_get_controller_health_info", "-c", "Nvme0"]);
+    let ours: Value = serde_json::from_str(&ok_stdout("pollux-rpc bdev_nvme_get_controller_health_info", &ours)).expect("JSON");
+    assert_eq!(ours["temperature_celsius"], 25, "{ours}");
     let e = host.call("bdev_nvme_get_controller_health_info", Some(json!({"name": "Nvme9"}))).unwrap_err().to_string();
     assert!(e.contains("Device not found"), "{e}");
     // The target sees the host's controller; save_config writes the attach.
