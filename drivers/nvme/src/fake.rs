@@ -51,6 +51,9 @@ struct Held {
 pub struct Counters {
     pub io_commands: u64,
     pub sq_doorbells: u64,
+    /// Submission queue doorbells written for a queue the device does not
+    /// have (a real controller reports an invalid doorbell write).
+    pub unknown_doorbells: u64,
     /// The most commands one doorbell write made available.
     pub max_batch: u64,
     pub aborts: u64,
@@ -323,7 +326,10 @@ impl State {
 
     fn sq_doorbell(&mut self, qid: u16, tail: u16) {
         self.counters.sq_doorbells += 1;
-        let Some(q) = self.sqs.get_mut(&qid) else { return };
+        let Some(q) = self.sqs.get_mut(&qid) else {
+            self.counters.unknown_doorbells += 1;
+            return;
+        };
         q.tail = tail;
         let mut batch = 0;
         loop {

@@ -633,6 +633,12 @@ impl Inner {
         if self.creating.is_some() {
             return self.creation_ended();
         }
+        // Called when the queues are not there (first use, or a reset
+        // took them): nothing goes to the rings until the device has them
+        // again, even while the creation cannot begin yet (the queues of
+        // the generation before a reset took commands and doorbells while
+        // another admin command held the queue).
+        self.connected = None;
         // Not while another admin command holds the queue (an Abort may
         // wait up to the admin timeout): the next poll comes back.
         if self.ctrl.state() != State::Enabled || self.ctrl.admin_busy() {
@@ -640,8 +646,6 @@ impl Inner {
         }
         let generation = self.ctrl.generation();
         let Some(rings) = self.rings.as_mut() else { return };
-        // Nothing goes to the rings until the device has them.
-        self.connected = None;
         rings.reset();
         let spec = QueueSpec::of(rings);
         let result: Outcome<_> = Arc::default();

@@ -1153,6 +1153,50 @@ mod faulty_device {
         assert_eq!(out.borrow()[0].1, IoStatus::Aborted);
     }
 
+    /// A reset ends while another admin command holds the admin queue, so
+    /// the queue pair cannot re-create its queues yet: its requests wait,
+    /// and nothing goes to the queues the reset took. (The queue pair kept
+    /// the old generation as connected: on every poll it requeued its
+    /// requests and issued them into those rings again, ringing a doorbell
+    /// the controller takes as an invalid write, until the ring was full
+    /// (a debug assertion; in a release build the ring wrapped), and warned
+    /// and counted a reconnect each time.)
+    #[test]
+    fn a_busy_admin_queue_after_a_reset_keeps_requests_off_the_queues_the_reset_took() {
+        let s = setup("BusyRst", 1, 5, false, ControllerOptions::default());
+        let (d, ch) = open(&s, "BusyRstn1");
+        let out: Done = Rc::default();
+        read_block0(&s, &d, &ch, &out, 0);
+        run_until_done(&s, &out, 1);
+        let features = || s.fake.counters(|c| c.admin_opcodes.get(&pollux_nvme_spec::cmd::admin::SET_FEATURES).copied().unwrap_or(0));
+        let before = features();
+        let c = s.ctrl.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.h.on(0, move || c.reset(move |r| tx.send(r).unwrap()));
+        // The reset's thread re-enables the controller (the reactor not
+        // stepped: its end is not seen yet); then another command takes the
+        // admin queue.
+        let t0 = Instant::now();
+        while features() == before {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the reset did not re-enable the controller");
+            std::thread::yield_now();
+        }
+        let held = s.ctrl.hold_admin_queue();
+        read_block0(&s, &d, &ch, &out, 1);
+        step_for(&s.h, Duration::from_millis(200));
+        assert_eq!(s.ctrl.state(), State::Enabled, "the reset's end was seen");
+        assert_eq!(s.fake.counters(|c| c.unknown_doorbells), 0, "commands went to the queues the reset took");
+        assert_eq!(out.borrow().len(), 1, "the read ended without its queue");
+        drop(held);
+        recv_stepping(&s.h, &rx).expect("reset");
+        run_until_done(&s, &out, 2);
+        assert_eq!(out.borrow()[1].1, IoStatus::Success);
+        let c = s.ctrl.clone();
+        let reconnects = s.h.on(0, move || pollux_core::io_channel::try_get_io_channel(&c).map(|qp| qp.stats().reconnects));
+        assert_eq!(reconnects, Some(1), "one reset, one reconnect");
+        s.h.on(0, move || drop((ch, d)));
+    }
+
     #[test]
     fn an_endless_active_namespace_list_is_refused() {
         let h = Harness::new(1);

@@ -474,6 +474,12 @@ impl Controller {
         }
     }
 
+    /// Hold the admin queue, as a command waiting for the device would.
+    #[cfg(test)]
+    pub(crate) fn hold_admin_queue(&self) -> MutexGuard<'_, AdminQueue> {
+        lock(&self.admin)
+    }
+
     /// Whether an admin command (or a reset, or a shutdown) holds the admin
     /// queue now: a reactor with something else to do comes back later
     /// rather than wait (an Abort waits up to the admin timeout).
