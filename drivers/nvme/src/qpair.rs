@@ -650,18 +650,11 @@ impl Inner {
         let spec = QueueSpec::of(rings);
         let result: Outcome<_> = Arc::default();
         self.creating = Some(Creation { generation, result: result.clone() });
-        let (ctrl, c2) = (self.ctrl.clone(), self.ctrl.clone());
-        reactor::off_reactor(
+        self.ctrl.off_reactor(
             "nvme-create-queue",
-            move || ctrl.create_io_queues(generation, spec),
-            move |r| {
-                let r = r.unwrap_or_else(|e| match e {
-                    // No thread: on the reactor, then.
-                    reactor::NotRun::NoThread => c2.create_io_queues(generation, spec),
-                    reactor::NotRun::Panicked => Err(NvmeError::Invalid("creating the queues panicked".into())),
-                });
-                *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            },
+            false,
+            move |c| c.create_io_queues(generation, spec),
+            move |r| *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
         );
         // Off a reactor it ran here and now.
         self.creation_ended();

@@ -571,16 +571,11 @@ pub(crate) fn health_info(p: HealthInfo, r: Responder) {
         });
     };
     let c2 = c.clone();
-    reactor::off_reactor(
+    c2.off_reactor(
         "nvme-health",
-        move || c2.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
+        false,
+        move |c| c.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
         move |res| {
-            let res = match res {
-                Ok(res) => res,
-                // No thread: here, then.
-                Err(reactor::NotRun::NoThread) => c.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
-                Err(reactor::NotRun::Panicked) => return r.err(RpcError::internal(format!("{}: reading the health log panicked", p.name))),
-            };
             let raw = match res {
                 Ok(raw) => raw,
                 Err(e) => return r.err(RpcError::errno(e.errno(), format!("{}: cannot read the health log: {e}", p.name))),

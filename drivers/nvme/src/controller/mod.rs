@@ -535,18 +535,20 @@ impl Controller {
     /// `what`, or here if no thread can be started; then `then` with its
     /// result on this reactor. `before_exit`: the process waits for it at
     /// exit.
-    pub(crate) fn off_reactor(
+    pub(crate) fn off_reactor<T: Send + 'static, W>(
         self: &Arc<Self>,
         what: &'static str,
         before_exit: bool,
-        work: fn(&Controller) -> Result<(), NvmeError>,
-        then: impl FnOnce(Result<(), NvmeError>) + Send + 'static,
-    ) {
-        let (me, me2) = (self.clone(), self.clone());
-        let then = move |r: Result<Result<(), NvmeError>, reactor::NotRun>| {
+        work: W,
+        then: impl FnOnce(Result<T, NvmeError>) + Send + 'static,
+    ) where
+        W: Fn(&Controller) -> Result<T, NvmeError> + Clone + Send + 'static,
+    {
+        let (me, me2, here) = (self.clone(), self.clone(), work.clone());
+        let then = move |r: Result<Result<T, NvmeError>, reactor::NotRun>| {
             then(match r {
                 Ok(r) => r,
-                Err(reactor::NotRun::NoThread) => work(&me2),
+                Err(reactor::NotRun::NoThread) => here(&me2),
                 Err(reactor::NotRun::Panicked) => Err(NvmeError::Invalid(format!("{what} panicked"))),
             })
         };
