@@ -257,6 +257,24 @@ pub enum Cmd {
         #[arg(short = 'T', long)]
         timeout_ms: Option<u64>,
     },
+    /// Make a namespace added with --no-auto-visible visible to a host's controllers
+    #[command(name = "nvmf_ns_add_host", rename_all = "kebab-case")]
+    NvmfNsAddHost {
+        nqn: String,
+        nsid: u32,
+        host: String,
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+    },
+    /// Hide a namespace added with --no-auto-visible from a host's controllers
+    #[command(name = "nvmf_ns_remove_host", rename_all = "kebab-case")]
+    NvmfNsRemoveHost {
+        nqn: String,
+        nsid: u32,
+        host: String,
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+    },
     /// Let any host connect (--allow-any-host) or only listed ones (--no-allow-any-host)
     #[command(name = "nvmf_subsystem_allow_any_host", rename_all = "kebab-case")]
     NvmfSubsystemAllowAnyHost {
@@ -482,6 +500,14 @@ impl Cmd {
             NvmfSubsystemRemoveHost { nqn, host, tgt_name, timeout_ms } => req(
                 "nvmf_subsystem_remove_host",
                 &[("nqn", v(nqn)), ("host", v(host)), ("tgt_name", o(tgt_name)), ("timeout_ms", o(timeout_ms))],
+                Show::Nothing,
+            ),
+            NvmfNsAddHost { nqn, nsid, host, tgt_name } => {
+                req("nvmf_ns_add_host", &[("nqn", v(nqn)), ("nsid", v(nsid)), ("host", v(host)), ("tgt_name", o(tgt_name))], Show::Nothing)
+            }
+            NvmfNsRemoveHost { nqn, nsid, host, tgt_name } => req(
+                "nvmf_ns_remove_host",
+                &[("nqn", v(nqn)), ("nsid", v(nsid)), ("host", v(host)), ("tgt_name", o(tgt_name))],
                 Show::Nothing,
             ),
             NvmfSubsystemAllowAnyHost { nqn, allow_any_host, no_allow_any_host, tgt_name } => req(

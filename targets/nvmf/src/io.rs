@@ -90,7 +90,8 @@ fn finish_in(io: BdevIo, done: Completer, inflight: InFlight) {
 /// Execute an I/O command whose data (if any) is in `bufs` (`len` bytes).
 /// Returns a response now for commands that fail before reaching a bdev;
 /// otherwise the completer runs later.
-/// `owner` says whose queue pair this is: the ANA states of its listener
+/// `owner` says whose queue pair this is: the namespaces its host sees,
+/// the ANA states of its listener
 /// where the subsystem reports ANA (through a path that is not optimized or
 /// non-optimized, commands end with its path status, no DNR: the host
 /// retries them on another path), and the host identifier that
@@ -106,6 +107,10 @@ pub fn execute(
     let Some(ns) = view.namespace(cmd.nsid.get()) else {
         return Some(Response::err(status::INVALID_NAMESPACE));
     };
+    // A namespace this host does not see is as good as absent.
+    if ns.hosts.borrow().as_ref().is_some_and(|h| !h.contains(&owner.hostnqn)) {
+        return Some(Response::err(status::INVALID_NAMESPACE));
+    }
     if let Some(a) = &owner.ana {
         if let Some(sc) = pollux_nvme_spec::ana::path_status(a.get(ns.anagrpid.get())) {
             return Some(Response::err(Status::new(StatusCodeType::Path, sc)));

@@ -690,7 +690,7 @@ mod commands {
         let id = p.next.get();
         p.next.set(id.wrapping_add(1));
         p.waiting.borrow_mut().insert(id, done);
-        let (origin, sid, host) = (reactor::current(), owner.subsystem_id, owner.hostid);
+        let (origin, sid, host, hostnqn) = (reactor::current(), owner.subsystem_id, owner.hostid, owner.hostnqn.clone());
         reactor::send_msg(ReactorId(0), move || {
             let answer = move |st: Status| {
                 reactor::send_msg(origin, move || {
@@ -699,7 +699,7 @@ mod commands {
                     }
                 })
             };
-            match apply(sid, nsid, &host, opcode, cdw10, keys) {
+            match apply(sid, nsid, (&host, &hostnqn), opcode, cdw10, keys) {
                 Err(st) => answer(st),
                 Ok((out, snapshot)) if out.changed => {
                     let then = move || {
@@ -722,11 +722,13 @@ mod commands {
     type Applied = (Outcome, Option<std::sync::Arc<super::ResvState>>);
 
     /// The command against the namespace's state (main reactor); persists
-    /// a change to the `ptpl_file`.
-    fn apply(sid: u32, nsid: u32, host: &[u8; 16], opcode: u8, cdw10: u32, keys: [u8; 16]) -> Result<Applied, Status> {
+    /// a change to the `ptpl_file`. `host`: the host identifier and NQN (a
+    /// host that no longer sees the namespace, since the command left its
+    /// queue pair, gets what it would get now).
+    fn apply(sid: u32, nsid: u32, (host, hostnqn): (&[u8; 16], &str), opcode: u8, cdw10: u32, keys: [u8; 16]) -> Result<Applied, Status> {
         let t = crate::target::target().map_err(|_| status::INTERNAL_ERROR)?;
         let s = t.find_id(sid).ok_or(status::INVALID_NAMESPACE)?;
-        let ns = s.namespaces.borrow().get(&nsid).cloned().ok_or(status::INVALID_NAMESPACE)?;
+        let ns = s.namespaces.borrow().get(&nsid).cloned().filter(|ns| ns.visible_to(hostnqn)).ok_or(status::INVALID_NAMESPACE)?;
         let k0 = u64::from_le_bytes(keys[0..8].try_into().expect("8"));
         let k1 = u64::from_le_bytes(keys[8..16].try_into().expect("8"));
         let (action, iekey, rtype) = ((cdw10 & 0x7) as u8, cdw10 & (1 << 3) != 0, (cdw10 >> 8) as u8);

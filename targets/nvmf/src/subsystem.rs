@@ -45,6 +45,12 @@ pub struct Namespace {
     /// Where the reservation state persists (SPDK's `ptpl_file`); without
     /// one PTPL cannot be turned on.
     pub ptpl_file: Option<std::path::PathBuf>,
+    /// Whether every host sees the namespace (SPDK's default); added with
+    /// `no_auto_visible`, only the hosts in `hosts` do.
+    pub auto_visible: bool,
+    /// The hosts that see a namespace that is not auto-visible
+    /// (`nvmf_ns_add_host`), sorted.
+    pub hosts: RefCell<Vec<String>>,
 }
 
 impl Namespace {
@@ -55,11 +61,45 @@ impl Namespace {
         (*r != crate::resv::ResvState::default()).then(|| Arc::new(r.clone()))
     }
 
+    /// Whether a controller of host `hostnqn` sees this namespace.
+    pub fn visible_to(&self, hostnqn: &str) -> bool {
+        self.auto_visible || self.hosts.borrow().binary_search_by(|h| h.as_str().cmp(hostnqn)).is_ok()
+    }
+
+    /// The hosts that see it, as reactors check them (`None`: every host).
+    pub fn host_set(&self) -> Option<Arc<HostSet>> {
+        (!self.auto_visible).then(|| Arc::new(self.hosts.borrow().iter().map(String::as_str).collect()))
+    }
+
     pub fn block_size(&self) -> u32 {
         self.desc.bdev().block_size()
     }
     pub fn num_blocks(&self) -> u64 {
         self.desc.bdev().num_blocks()
+    }
+}
+
+/// Hosts a namespace may be shown to one by one (`nvmf_ns_add_host`).
+pub const MAX_NS_HOSTS: usize = 1024;
+
+/// The host NQNs a namespace is visible to, sorted: what an I/O queue pair
+/// checks its host against (a binary search, no allocation).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HostSet(Box<[Box<str>]>);
+
+impl<S: Into<Box<str>>> FromIterator<S> for HostSet {
+    fn from_iter<I: IntoIterator<Item = S>>(hosts: I) -> HostSet {
+        let mut v: Vec<Box<str>> = hosts.into_iter().map(Into::into).collect();
+        v.sort();
+        v.dedup();
+        HostSet(v.into())
+    }
+}
+
+impl HostSet {
+    #[inline]
+    pub fn contains(&self, hostnqn: &str) -> bool {
+        self.0.binary_search_by(|h| (**h).cmp(hostnqn)).is_ok()
     }
 }
 
@@ -222,11 +262,11 @@ impl Subsystem {
         self.listeners.borrow().iter().find(|l| l.ep == *ep).map(|l| l.ana.clone())
     }
 
-    /// The ANA groups in use (those with namespaces), in order, with their
-    /// namespace ids.
-    pub fn ana_groups(&self) -> BTreeMap<u32, Vec<u32>> {
+    /// The ANA groups in use (those with namespaces that pass `which`), in
+    /// order, with their namespace ids.
+    pub fn ana_groups(&self, which: impl Fn(&Namespace) -> bool) -> BTreeMap<u32, Vec<u32>> {
         let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for ns in self.namespaces.borrow().values() {
+        for ns in self.namespaces.borrow().values().filter(|ns| which(ns)) {
             groups.entry(ns.anagrpid.get()).or_default().push(ns.nsid);
         }
         groups

@@ -1,7 +1,8 @@
 //! The Linux kernel's NVMe/TCP host (nvme-tcp + nvme-cli) against the
 //! Pollux target, both in one test guest, over its loopback: discovery,
 //! connect, identify, data-verifying workloads with digests off and on, a
-//! namespace added live, disconnect, and a host that is not allowed.
+//! namespace added live, a masked one shown to and hidden from the host,
+//! disconnect, and a host that is not allowed.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -113,6 +114,29 @@ fn files_survive_a_filesystem(dev: &str) {
     run("umount", &[mnt]);
 }
 
+/// A namespace added with `no_auto_visible` becomes a block device once
+/// the host is on its list (the kernel rescans on the namespace notice),
+/// keeps its data, and goes away when the host is taken off.
+fn masked_namespace_comes_and_goes(d: &Daemon) {
+    let add = json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 3, "no_auto_visible": true}});
+    d.call("nvmf_subsystem_add_ns", Some(add)).expect("add_ns");
+    let grant = json!({"nqn": NQN, "nsid": 3, "host": HOST});
+    d.call("nvmf_ns_add_host", Some(grant.clone())).expect("nvmf_ns_add_host");
+    let dev = wait_device(3);
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write("/tmp/mask-pattern", &pattern).unwrap();
+    run("dd", &["if=/tmp/mask-pattern", &format!("of={dev}"), "bs=64k", "oflag=direct", "status=none"]);
+    d.call("nvmf_ns_remove_host", Some(grant.clone())).expect("nvmf_ns_remove_host");
+    wait_gone(&dev);
+    assert!(std::path::Path::new(&wait_device(1)).exists(), "namespace 1 stays");
+    d.call("nvmf_ns_add_host", Some(grant)).expect("nvmf_ns_add_host");
+    let dev = wait_device(3);
+    run("dd", &[&format!("if={dev}"), "of=/tmp/mask-back", "bs=64k", "count=16", "iflag=direct", "status=none"]);
+    assert!(std::fs::read("/tmp/mask-back").unwrap() == pattern, "the masked namespace gave back other data");
+    d.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 3}))).expect("remove_ns");
+    wait_gone(&dev);
+}
+
 #[test]
 fn linux_nvme_tcp_host_uses_pollux_like_a_local_disk() {
     in_guest(&VmConfig::new().controllers(0).memory_mib(1536).timeout(Duration::from_secs(600)), || {
@@ -173,6 +197,7 @@ fn linux_nvme_tcp_host_uses_pollux_like_a_local_disk() {
                 fio_verify(&dev2, "randwrite", "4k");
                 d.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 2}))).expect("remove_ns");
                 wait_gone(&dev2);
+                masked_namespace_comes_and_goes(&d);
             }
             let out = run("nvme", &["disconnect", "-n", NQN]);
             assert!(out.contains("disconnected 1 controller"), "{out}");

@@ -90,34 +90,31 @@ fn identify(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Outcome {
                 Response::err(status::INVALID_NAMESPACE)
             } else {
                 let mut p = Page(&mut data[..n]);
-                let ids: Vec<u32> = c.subsystem.namespaces.borrow().keys().copied().filter(|&id| id > nsid).take(n / 4).collect();
+                let ids: Vec<u32> = c.visible_nsids().into_iter().filter(|&id| id > nsid).take(n / 4).collect();
                 for (i, id) in ids.into_iter().enumerate() {
                     p.u32(i * 4, id);
                 }
                 Response::ok()
             }
         }
-        cns::NAMESPACE_DESCRIPTOR_LIST => {
-            let ns = c.subsystem.namespaces.borrow().get(&nsid).cloned();
-            match ns {
-                None => Response::err(status::INVALID_NAMESPACE),
-                Some(ns) => {
-                    let mut list: Vec<u8> = Vec::with_capacity(64);
-                    let mut push = |kind: u8, id: &[u8]| {
-                        list.extend_from_slice(&[kind, id.len() as u8, 0, 0]);
-                        list.extend_from_slice(id);
-                    };
-                    if let Some(e) = ns.eui64 {
-                        push(nidt::EUI64, &e);
-                    }
-                    push(nidt::NGUID, &ns.nguid);
-                    push(nidt::UUID, ns.uuid.as_bytes());
-                    let k = list.len().min(n);
-                    data[..k].copy_from_slice(&list[..k]);
-                    Response::ok()
+        cns::NAMESPACE_DESCRIPTOR_LIST => match c.namespace(nsid) {
+            None => Response::err(status::INVALID_NAMESPACE),
+            Some(ns) => {
+                let mut list: Vec<u8> = Vec::with_capacity(64);
+                let mut push = |kind: u8, id: &[u8]| {
+                    list.extend_from_slice(&[kind, id.len() as u8, 0, 0]);
+                    list.extend_from_slice(id);
+                };
+                if let Some(e) = ns.eui64 {
+                    push(nidt::EUI64, &e);
                 }
+                push(nidt::NGUID, &ns.nguid);
+                push(nidt::UUID, ns.uuid.as_bytes());
+                let k = list.len().min(n);
+                data[..k].copy_from_slice(&list[..k]);
+                Response::ok()
             }
-        }
+        },
         _ => Response::err(status::INVALID_FIELD),
     };
     Outcome::Done(r, n)
@@ -191,7 +188,8 @@ fn identify_namespace(c: &Controller, nsid: u32) -> Result<Option<Box<IdentifyNa
     if nsid == 0 || nsid > s.max_nsid() {
         return Err(status::INVALID_NAMESPACE);
     }
-    let Some(ns) = s.namespaces.borrow().get(&nsid).cloned() else {
+    // A namespace the host does not see is inactive for it.
+    let Some(ns) = c.namespace(nsid) else {
         return Ok(None);
     };
     let mut id = IdentifyNamespace::zeroed_box();
@@ -287,10 +285,15 @@ fn get_log_page(target: &Target, c: &Rc<Controller>, cmd: &Command, data: &mut [
 }
 
 /// The ANA log page as this controller sees it: one descriptor per group
-/// that has namespaces, with the states of the controller's listener.
+/// that has namespaces the host sees, with the states of the controller's
+/// listener.
 pub fn ana_log(c: &Controller, groups_only: bool) -> Vec<u8> {
-    let groups: Vec<ana::Group> =
-        c.subsystem.ana_groups().into_iter().map(|(id, nsids)| ana::Group { id, state: c.ana_state(id), change_count: 0, nsids }).collect();
+    let groups: Vec<ana::Group> = c
+        .subsystem
+        .ana_groups(|ns| ns.visible_to(&c.hostnqn))
+        .into_iter()
+        .map(|(id, nsids)| ana::Group { id, state: c.ana_state(id), change_count: 0, nsids })
+        .collect();
     ana::build_log(c.ana.as_ref().map_or(0, |a| a.change_count()), &groups, groups_only)
 }
 
@@ -347,7 +350,7 @@ fn set_features(c: &Rc<Controller>, cmd: &Command) -> Response {
 /// `ptpl_file`) or off for one namespace.
 fn set_ptpl(c: &Controller, nsid: u32, on: bool) -> Response {
     let s = &c.subsystem;
-    let Some(ns) = s.namespaces.borrow().get(&nsid).cloned() else {
+    let Some(ns) = c.namespace(nsid) else {
         return Response::err(status::INVALID_NAMESPACE);
     };
     if on && ns.ptpl_file.is_none() {
@@ -381,7 +384,7 @@ fn get_features(c: &Rc<Controller>, cmd: &Command, data: &mut [u8]) -> Response 
         }
         feature::VOLATILE_WRITE_CACHE if !c.is_discovery() => Response::ok_dw0(1),
         feature::RESERVATION_NOTIFICATION_MASK if !c.is_discovery() => Response::ok_dw0(if current { c.resv_mask() } else { 0 }),
-        feature::RESERVATION_PERSISTENCE if !c.is_discovery() => match c.subsystem.namespaces.borrow().get(&cmd.nsid.get()) {
+        feature::RESERVATION_PERSISTENCE if !c.is_discovery() => match c.namespace(cmd.nsid.get()) {
             Some(ns) => Response::ok_dw0(u32::from(current && ns.resv.borrow().ptpl)),
             None => Response::err(status::INVALID_NAMESPACE),
         },

@@ -208,6 +208,16 @@ impl Controller {
         self.subsystem.is_discovery()
     }
 
+    /// Namespace `nsid` if this controller's host sees it.
+    pub fn namespace(&self, nsid: u32) -> Option<Rc<crate::subsystem::Namespace>> {
+        self.subsystem.namespaces.borrow().get(&nsid).filter(|ns| ns.visible_to(&self.hostnqn)).cloned()
+    }
+
+    /// The NSIDs of the namespaces this controller's host sees, in order.
+    pub fn visible_nsids(&self) -> Vec<u32> {
+        self.subsystem.namespaces.borrow().values().filter(|ns| ns.visible_to(&self.hostnqn)).map(|ns| ns.nsid).collect()
+    }
+
     pub fn set_admin_queue(self: &Rc<Self>, q: Weak<dyn AdminQueue>) {
         *self.admin.borrow_mut() = Some(q);
         self.arm_keep_alive();
@@ -445,8 +455,10 @@ impl Controller {
     /// A namespace was added, removed or resized.
     pub fn notify_ns_changed(&self, nsid: u32) {
         {
+            // Once more have changed than the page holds, it says so with
+            // FFFFFFFFh alone (the rest zero) until the host reads it.
             let mut list = self.changed_ns.borrow_mut();
-            if !list.contains(&nsid) {
+            if list.first() != Some(&u32::MAX) && !list.contains(&nsid) {
                 if list.len() < CHANGED_NS_MAX {
                     list.push(nsid);
                 } else {
@@ -570,9 +582,12 @@ impl Controller {
     }
 }
 
-/// Tell every controller of a subsystem that a namespace changed.
-pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32) {
-    let ctrlrs: Vec<Rc<Controller>> = subsystem.controllers.borrow().values().cloned().collect();
+/// Tell the controllers of a subsystem that a namespace changed: those of
+/// the hosts in `hosts`, or all of them (`None`): a host that does not see
+/// a namespace hears nothing of it.
+pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32, hosts: Option<&[String]>) {
+    let ctrlrs: Vec<Rc<Controller>> =
+        subsystem.controllers.borrow().values().filter(|c| hosts.is_none_or(|h| h.contains(&c.hostnqn))).cloned().collect();
     for c in ctrlrs {
         c.notify_ns_changed(nsid);
     }
@@ -590,4 +605,28 @@ pub fn report_io_qpair_closed(subsystem_id: u32, cntlid: u16, qid: u16, id: u64)
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subsystem::SubsystemKind;
+    use crate::transport::TransportKind;
+
+    /// More changed namespaces than log page 04h holds: FFFFFFFFh alone
+    /// until the host reads it (later changes were appended after it).
+    #[test]
+    fn an_overflowed_changed_namespace_list_says_so_alone() {
+        let mut config = Subsystem::discovery().config;
+        config.nqn = "nqn.2016-06.io.pollux:overflow".into();
+        let s = Rc::new(Subsystem::new(1, SubsystemKind::Nvme, config));
+        let ep = Endpoint { kind: TransportKind::Tcp, addr: "127.0.0.1:4420".parse().unwrap() };
+        let c = Controller::new(1, s, "nqn.2016-06.io.pollux:h".into(), [0; 16], ep, TransportOpts::default(), 0);
+        for nsid in 1..=CHANGED_NS_MAX as u32 + 5 {
+            c.notify_ns_changed(nsid);
+        }
+        assert_eq!(c.take_changed_ns(false), vec![u32::MAX]);
+        c.notify_ns_changed(7);
+        assert_eq!(c.take_changed_ns(false), vec![7], "a fresh list after the read");
+    }
 }

@@ -311,6 +311,16 @@ pub struct AddHost {
     pub dhchap_ctrlr_key: Option<String>,
 }
 
+/// `nvmf_ns_add_host`, `nvmf_ns_remove_host`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsHost {
+    pub nqn: String,
+    pub nsid: u32,
+    pub host: String,
+    pub tgt_name: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveHost {

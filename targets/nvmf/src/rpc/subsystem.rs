@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::params::*;
 use crate::ctrlr::notify_namespace_change;
 use crate::subsystem::{
-    AnaStates, DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Listener, Namespace, Subsystem, SubsystemConfig, SubsystemKind,
-    validate_nqn,
+    AnaStates, DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Listener, MAX_NS_HOSTS, Namespace, Subsystem, SubsystemConfig,
+    SubsystemKind, validate_nqn,
 };
 use crate::target::{Target, check_target_name, target};
 use crate::transport::Endpoint;
@@ -39,6 +39,8 @@ pub fn register(m: &Methods) {
     m.register("nvmf_subsystem_add_host", States::RUNTIME, |p: AddHost, r: Responder| r.result(add_host(p)));
     m.register("nvmf_subsystem_remove_host", States::RUNTIME, |p: RemoveHost, r: Responder| r.result(remove_host(p)));
     m.register("nvmf_subsystem_allow_any_host", States::RUNTIME, |p: AllowAnyHost, r: Responder| r.result(allow_any_host(p)));
+    m.register("nvmf_ns_add_host", States::RUNTIME, |p: NsHost, r: Responder| ns_host(p, true, r));
+    m.register("nvmf_ns_remove_host", States::RUNTIME, |p: NsHost, r: Responder| ns_host(p, false, r));
 }
 
 fn find(t: &Target, nqn: &str, tgt_name: Option<&str>) -> Result<Rc<Subsystem>, NvmfError> {
@@ -172,8 +174,11 @@ fn subsystem_json(s: &Subsystem) -> Value {
                     "nguid": hex(&n.nguid),
                     "uuid": n.uuid.to_string(),
                     "anagrpid": n.anagrpid.get(),
-                    "no_auto_visible": false,
+                    "no_auto_visible": !n.auto_visible,
                 });
+                if !n.auto_visible {
+                    j["hosts"] = n.hosts.borrow().iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>().into();
+                }
                 if let Some(e) = n.eui64 {
                     j["eui64"] = hex(&e).into();
                 }
@@ -428,7 +433,7 @@ fn add_ns(p: AddNs, r: Responder) {
     match prepare_ns(p) {
         Ok((s, ns)) => {
             let (sid, nsid) = (s.id, ns.nsid);
-            let desc = (ns.desc.clone(), ns.anagrpid.get(), ns.resv_snapshot());
+            let desc = group::NsPublish::of(&ns);
             s.namespaces.borrow_mut().insert(nsid, Rc::new(ns));
             tracing::info!("nvmf: namespace {nsid} of {} added", s.nqn());
             group::publish_namespace(sid, nsid, Some(desc), move || {
@@ -440,10 +445,27 @@ fn add_ns(p: AddNs, r: Responder) {
     }
 }
 
+/// The hosts that see a namespace (`None`: every host).
+fn seen_by(ns: &Namespace) -> Option<Vec<String>> {
+    (!ns.auto_visible).then(|| ns.hosts.borrow().clone())
+}
+
+/// Tell the hosts that see namespace `nsid` that it changed.
 fn namespace_changed(subsystem_id: u32, nsid: u32) {
     if let Ok(t) = target() {
         if let Some(s) = t.find_id(subsystem_id) {
-            notify_namespace_change(&s, nsid);
+            let Some(hosts) = s.namespaces.borrow().get(&nsid).map(|ns| seen_by(ns)) else { return };
+            notify_namespace_change(&s, nsid, hosts.as_deref());
+        }
+    }
+}
+
+/// Tell `hosts` (`None`: every host) that namespace `nsid` changed (it is
+/// gone, or they gained or lost sight of it).
+fn namespace_changed_for(subsystem_id: u32, nsid: u32, hosts: Option<Vec<String>>) {
+    if let Ok(t) = target() {
+        if let Some(s) = t.find_id(subsystem_id) {
+            notify_namespace_change(&s, nsid, hosts.as_deref());
         }
     }
 }
@@ -452,9 +474,6 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
     let t = target()?;
     let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
     let n = p.namespace;
-    if n.no_auto_visible {
-        return Err(NvmfError::Unsupported("no_auto_visible namespaces are not supported".into()));
-    }
     if n.hide_metadata {
         return Err(NvmfError::Unsupported("hide_metadata is not supported".into()));
     }
@@ -508,6 +527,8 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
             anagrpid: Cell::new(anagrpid),
             resv: RefCell::new(resv),
             ptpl_file,
+            auto_visible: !n.no_auto_visible,
+            hosts: RefCell::new(Vec::new()),
         },
     ))
 }
@@ -530,23 +551,26 @@ fn hot_remove(subsystem_id: u32, nsid: u32) {
     let Some(s) = t.find_id(subsystem_id) else {
         return;
     };
-    if s.namespaces.borrow_mut().remove(&nsid).is_some() {
+    let removed = s.namespaces.borrow_mut().remove(&nsid);
+    if let Some(ns) = removed {
         tracing::info!("nvmf: namespace {nsid} of {} removed: its bdev is gone", s.nqn());
-        group::publish_namespace(subsystem_id, nsid, None, move || namespace_changed(subsystem_id, nsid));
+        let hosts = seen_by(&ns);
+        group::publish_namespace(subsystem_id, nsid, None, move || namespace_changed_for(subsystem_id, nsid, hosts));
     }
 }
 
 fn remove_ns(p: RemoveNs, r: Responder) {
     let res = target().and_then(|t| {
         let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
-        s.namespaces.borrow_mut().remove(&p.nsid).ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
-        Ok(s.id)
+        let ns =
+            s.namespaces.borrow_mut().remove(&p.nsid).ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
+        Ok((s.id, seen_by(&ns)))
     });
     match res {
-        Ok(sid) => {
+        Ok((sid, hosts)) => {
             let nsid = p.nsid;
             group::publish_namespace(sid, nsid, None, move || {
-                namespace_changed(sid, nsid);
+                namespace_changed_for(sid, nsid, hosts);
                 r.ok(true);
             });
         }
@@ -591,6 +615,78 @@ fn remove_host(p: RemoveHost) -> Result<bool, NvmfError> {
     }
     t.discovery_changed();
     Ok(true)
+}
+
+/// `nvmf_ns_add_host` (`visible`) and `nvmf_ns_remove_host`: which hosts
+/// see a namespace added with `no_auto_visible`. As SPDK's: adding a host
+/// twice or removing one that is not there changes nothing and succeeds;
+/// the host's controllers get a namespace attribute notice (and, where the
+/// subsystem reports ANA, an ANA change notice: the groups their ANA log
+/// lists changed) when their view changes. Answers once every reactor has
+/// the new list; a removal, once every reactor has also finished the
+/// commands it had at the namespace's bdev (a removed host's I/O
+/// included). A call that changes nothing still waits for the ones before
+/// it (a retried removal answers no sooner than the first).
+fn ns_host(p: NsHost, visible: bool, r: Responder) {
+    let res = target().and_then(|t| {
+        let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
+        validate_nqn(&p.host)?;
+        let ns =
+            s.namespaces.borrow().get(&p.nsid).cloned().ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
+        if ns.auto_visible {
+            return Err(NvmfError::InvalidParam(format!(
+                "namespace {} of {} is visible to every host: add it with no_auto_visible to choose its hosts",
+                p.nsid, p.nqn
+            )));
+        }
+        let changed = {
+            let mut hosts = ns.hosts.borrow_mut();
+            match hosts.binary_search(&p.host) {
+                Err(_) if visible && hosts.len() >= MAX_NS_HOSTS => {
+                    return Err(NvmfError::Busy(format!("namespace {} of {} already has {MAX_NS_HOSTS} hosts", p.nsid, p.nqn)));
+                }
+                Err(i) if visible => {
+                    hosts.insert(i, p.host.clone());
+                    true
+                }
+                Ok(i) if !visible => {
+                    hosts.remove(i);
+                    true
+                }
+                _ => false,
+            }
+        };
+        Ok((s.id, changed, ns.host_set()))
+    });
+    match res {
+        Ok((sid, changed, set)) => {
+            let (nsid, host) = (p.nsid, p.host);
+            if changed {
+                tracing::info!("nvmf: namespace {nsid} of {} {} host {host}", p.nqn, if visible { "visible to" } else { "hidden from" });
+            }
+            group::publish_hosts(sid, nsid, set, !visible, move || {
+                if changed {
+                    visibility_changed(sid, nsid, host);
+                }
+                r.ok(true);
+            });
+        }
+        Err(e) => r.err(e.into()),
+    }
+}
+
+/// Host `host` gained or lost sight of namespace `nsid`: its controllers
+/// get a namespace attribute notice and, where the subsystem reports ANA,
+/// an ANA change notice (their ANA log lists other namespaces now: a host
+/// that reads the groups of a namespace from it finds the new one there).
+fn visibility_changed(subsystem_id: u32, nsid: u32, host: String) {
+    let Ok(t) = target() else { return };
+    let Some(s) = t.find_id(subsystem_id) else { return };
+    notify_namespace_change(&s, nsid, Some(std::slice::from_ref(&host)));
+    let ctrlrs: Vec<_> = s.controllers.borrow().values().filter(|c| c.hostnqn == host).cloned().collect();
+    for c in ctrlrs {
+        c.notify_ana_change();
+    }
 }
 
 fn allow_any_host(p: AllowAnyHost) -> Result<bool, NvmfError> {
@@ -656,7 +752,7 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         out.call("nvmf_subsystem_add_host", json!({ "nqn": nqn, "host": h }));
     }
     for n in s.namespaces.borrow().values() {
-        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": false });
+        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": !n.auto_visible });
         if let Some(e) = n.eui64 {
             ns["eui64"] = hex(&e).into();
         }
@@ -664,5 +760,8 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
             ns["ptpl_file"] = p.display().to_string().into();
         }
         out.call("nvmf_subsystem_add_ns", json!({ "nqn": nqn, "namespace": ns }));
+        for h in n.hosts.borrow().iter() {
+            out.call("nvmf_ns_add_host", json!({ "nqn": nqn, "nsid": n.nsid, "host": h }));
+        }
     }
 }

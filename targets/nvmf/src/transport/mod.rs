@@ -28,11 +28,13 @@ pub struct IoOwner {
     /// The controller's host identifier (from the admin queue's Connect):
     /// who the queue's commands come from, for reservations.
     pub hostid: [u8; 16],
+    /// The controller's host NQN: which namespaces it sees.
+    pub hostnqn: std::sync::Arc<str>,
 }
 
 impl IoOwner {
     pub fn of(c: &Controller) -> IoOwner {
-        IoOwner { subsystem_id: c.subsystem.id, cntlid: c.cntlid, ana: c.ana.clone(), hostid: c.hostid }
+        IoOwner { subsystem_id: c.subsystem.id, cntlid: c.cntlid, ana: c.ana.clone(), hostid: c.hostid, hostnqn: c.hostnqn.as_str().into() }
     }
 }
 
