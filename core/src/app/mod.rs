@@ -189,13 +189,35 @@ impl App {
         // Device shutdowns started by the subsystems' ends run on threads.
         let under_way = reactor::wait_before_exit(Duration::ZERO);
         if under_way > 0 {
-            tracing::info!("waiting for {under_way} device shutdown(s) to end (at most {EXIT_WAIT:?})");
+            tracing::info!("waiting for {under_way} device shutdown(s) or bring-up(s) to end (at most {EXIT_WAIT:?})");
         }
         let left = reactor::wait_before_exit(EXIT_WAIT);
         if left > 0 {
             tracing::warn!("{left} shutdown(s) still under way after {EXIT_WAIT:?}; exiting without them");
         }
+        run_exit_hooks();
         Ok(exit_code.get())
+    }
+}
+
+/// What runs once the reactors have stopped and the work that must end
+/// before the process has ended ([`at_exit`]).
+static AT_EXIT: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> = std::sync::Mutex::new(Vec::new());
+
+/// Run `f` at exit from [`App::run`], on the thread that called it, after
+/// the reactors have stopped and the `off_reactor_before_exit` work has
+/// ended (or the wait for it has): for what such work left that no
+/// reactor was there any more to take (a device brought up while the
+/// application stopped).
+pub fn at_exit(f: impl FnOnce() + Send + 'static) {
+    AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+}
+
+/// Run the [`at_exit`] hooks, in the order they were added.
+pub fn run_exit_hooks() {
+    let hooks = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for f in hooks {
+        f();
     }
 }
 

@@ -480,18 +480,29 @@ fn health_info_reads_the_smart_log_in_spdks_fields() {
 }
 
 /// A device that does not answer the Get Log Page: the reactor goes on,
-/// and the call fails once the admin timeout has passed.
+/// and the call fails once the admin timeout has passed. Calls that come
+/// meanwhile share the read under way (each had a thread of its own, and
+/// sent a Get Log Page of its own, all waiting out the timeout).
 #[test]
 fn health_info_of_a_silent_device_leaves_the_reactor_free() {
     let opts = ControllerOptions { admin_timeout: Duration::from_millis(1500), ..Default::default() };
     let s = setup("Mute", 1, 5, false, opts);
+    let log_pages = || s.fake.counters(|c| c.admin_opcodes.get(&pollux_nvme_spec::cmd::admin::GET_LOG_PAGE).copied().unwrap_or(0));
+    let before = log_pages();
     s.fake.with(|st| st.hold_admin = Some(pollux_nvme_spec::cmd::admin::GET_LOG_PAGE));
     let t0 = Instant::now();
-    let rx = ask_health(&s, "Mute");
+    let calls: Vec<_> = (0..5).map(|_| ask_health(&s, "Mute")).collect();
     assert!(t0.elapsed() < Duration::from_secs(1), "the reactor waited {:?}", t0.elapsed());
-    let e = recv_stepping(&s.h, &rx).unwrap_err();
-    assert_eq!(e.code, -libc::ETIMEDOUT, "{e:?}");
+    for rx in &calls {
+        let e = recv_stepping(&s.h, rx).unwrap_err();
+        assert_eq!(e.code, -libc::ETIMEDOUT, "{e:?}");
+    }
     assert!(t0.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(log_pages() - before, 1, "one read for the five calls");
+    // The next call reads again.
+    s.fake.with(|st| st.hold_admin = None);
+    assert!(recv_stepping(&s.h, &ask_health(&s, "Mute")).is_ok());
+    assert_eq!(log_pages() - before, 2);
 }
 
 /// While a detach waits for a namespace's users, `bdev_nvme_get_controllers`
@@ -1024,19 +1035,24 @@ mod faulty_device {
         assert_eq!(s.fake.counters(|c| c.io_commands), 0, "the read went to the device");
     }
 
-    /// A controller slow to become ready at attach: the bring-up runs off
-    /// the reactor (it held the reactor up to CAP.TO), its name and address
-    /// are taken meanwhile, and it is registered on the reactor once up.
-    #[test]
-    fn a_slow_bring_up_leaves_the_reactor_free_and_holds_its_name() {
-        let h = Harness::new(1);
+    /// A reactor and a controller at `addr` that does not become ready
+    /// until the test lets it (`hold_ready`).
+    fn slow_to_be_ready(addr: &str) -> (Harness, Arc<FakeController>, Arc<dyn Registers>, crate::pci::PciAddress) {
         let fake = Arc::new(FakeController::new(1, 4096, 512, 5, false));
         fake.with(|st| {
             st.cap_to = 20;
             st.hold_ready = true;
         });
         let regs: Arc<dyn Registers> = fake.clone();
-        let addr: crate::pci::PciAddress = "0000:7f:1f.7".parse().expect("address");
+        (Harness::new(1), fake, regs, addr.parse().expect("address"))
+    }
+
+    /// A controller slow to become ready at attach: the bring-up runs off
+    /// the reactor (it held the reactor up to CAP.TO), its name and address
+    /// are taken meanwhile, and it is registered on the reactor once up.
+    #[test]
+    fn a_slow_bring_up_leaves_the_reactor_free_and_holds_its_name() {
+        let (h, fake, regs, addr) = slow_to_be_ready("0000:7f:1f.7");
         let done = Arc::new(Mutex::new(None));
         let d2 = done.clone();
         let t0 = Instant::now();
@@ -1059,6 +1075,29 @@ mod faulty_device {
         assert_eq!(names, vec!["Slown1".to_string()]);
         assert!(h.on(0, || crate::bdev::controller("Slow").is_some() && bdev::get("Slown1").is_some()));
         assert!(h.on(0, || crate::bdev::name_taken("Slow")), "taken by the controller now");
+    }
+
+    /// A controller that comes up once the reactors have stopped (the
+    /// daemon stopped during its bring-up) is shut down at exit: the
+    /// process waits for the bring-up, and the exit hook shuts down what no
+    /// reactor took (it stayed enabled, its answer in a reactor's queue
+    /// that no one would read).
+    #[test]
+    fn a_controller_up_after_the_reactors_stopped_is_shut_down_at_exit() {
+        let (h, fake, regs, addr) = slow_to_be_ready("0000:7f:1f.5");
+        h.on(0, move || {
+            crate::bdev::bring_up("Late".into(), addr, move || Controller::start("Late", regs, None, ControllerOptions::default()), |_| {})
+        });
+        // The reactor is not stepped again: it has stopped.
+        assert!(reactor::wait_before_exit(Duration::from_millis(200)) > 0, "the exit waits for the bring-up");
+        fake.with(|st| st.hold_ready = false);
+        let shst = || (fake.read32(pollux_nvme_spec::registers::offset::CSTS as usize).unwrap() >> 2) & 3;
+        let t0 = Instant::now();
+        while reactor::wait_before_exit(Duration::from_millis(100)) > 0 && t0.elapsed() < Duration::from_secs(10) {}
+        assert_eq!(shst(), 0, "not shut down before the hook");
+        crate::bdev::shut_down_unclaimed_where(|c| c.name() == "Late");
+        assert_eq!(shst(), 2, "CSTS.SHST: shutdown complete");
+        drop(h);
     }
 
     /// A bring-up that fails gives its name back.

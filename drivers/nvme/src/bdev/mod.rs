@@ -21,7 +21,7 @@ use pollux_core::io_channel::{IoChannel, get_io_channel};
 use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use serde_json::{Value, json};
 
-use crate::controller::{Controller, Namespace, State};
+use crate::controller::{Controller, Namespace, State, lock};
 use crate::error::NvmeError;
 use crate::pci::PciAddress;
 use crate::qpair::QueuePair;
@@ -192,13 +192,25 @@ pub fn bring_up(
 ) {
     registry().attaching.borrow_mut().push((name.clone(), addr));
     let thread = format!("nvme-attach-{addr}");
-    reactor::off_reactor(&thread, start, move |r| {
+    // The process waits for the bring-up at exit; a controller it leaves
+    // that no reactor took is shut down then (it stayed enabled).
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| pollux_core::app::at_exit(shut_down_unclaimed));
+    let work = move || {
+        let ctrl = start()?;
+        lock(&UNCLAIMED).push(ctrl.clone());
+        Ok(ctrl)
+    };
+    reactor::off_reactor_before_exit(&thread, work, move |r| {
         {
             let reg = registry();
             let mut a = reg.attaching.borrow_mut();
             if let Some(i) = a.iter().position(|(n, x)| *n == name && *x == addr) {
                 a.remove(i);
             }
+        }
+        if let Ok(Ok(ctrl)) = &r {
+            lock(&UNCLAIMED).retain(|c| !Arc::ptr_eq(c, ctrl));
         }
         let r = match r {
             // Up after the application began to stop: not registered (its
@@ -212,6 +224,30 @@ pub fn bring_up(
         };
         then(r)
     });
+}
+
+/// Controllers brought up whose reactor has not taken them yet.
+static UNCLAIMED: std::sync::Mutex<Vec<Arc<Controller>>> = std::sync::Mutex::new(Vec::new());
+
+/// At exit: shut down the controllers brought up after the reactors
+/// stopped (their answer never reached one).
+pub fn shut_down_unclaimed() {
+    shut_down_unclaimed_where(|_| true);
+}
+
+pub(crate) fn shut_down_unclaimed_where(which: impl Fn(&Controller) -> bool) {
+    let left: Vec<Arc<Controller>> = {
+        let mut u = lock(&UNCLAIMED);
+        let (left, keep) = std::mem::take(&mut *u).into_iter().partition(|c| which(c));
+        *u = keep;
+        left
+    };
+    for ctrl in left {
+        tracing::info!("NVMe controller {} came up while the application stopped: shutting it down", ctrl.name());
+        if let Err(e) = ctrl.shutdown() {
+            tracing::warn!("NVMe controller {}: shutdown failed: {e}", ctrl.name());
+        }
+    }
 }
 
 /// Shut down a controller no one registered (CC.SHN, waiting up to RTD3E)

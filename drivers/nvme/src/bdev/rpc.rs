@@ -7,6 +7,10 @@
 //! only mean something for NVMe-oF (or features Pollux lacks) are refused
 //! with a clear error when set to anything but their default.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use pollux_core::app::App;
 use pollux_core::reactor;
 use pollux_core::rpc::{Responder, RpcError, States};
@@ -549,25 +553,61 @@ pub(crate) struct HealthInfo {
     pub name: String,
 }
 
+thread_local! {
+    /// Health reads under way (main reactor), by controller name, with the
+    /// calls waiting for them.
+    static HEALTH_READS: RefCell<HashMap<String, Vec<Responder>>> = RefCell::default();
+}
+
 /// `bdev_nvme_get_controller_health_info`: the controller's SMART / Health
 /// Information log page, in SPDK's fields. The Get Log Page waits for the
-/// device (up to the admin timeout): off the reactor.
+/// device (up to the admin timeout): off the reactor. One read per
+/// controller at a time: calls that come while one is under way get its
+/// answer (a silent device holds one thread, not one per call).
 pub(crate) fn health_info(p: HealthInfo, r: Responder) {
+    let first = HEALTH_READS.with(|m| match m.borrow_mut().entry(p.name.clone()) {
+        Entry::Occupied(mut e) => {
+            e.get_mut().push(r);
+            false
+        }
+        Entry::Vacant(e) => {
+            e.insert(vec![r]);
+            true
+        }
+    });
+    if !first {
+        return;
+    }
+    let name = p.name.clone();
+    read_health(p.name, move |res| {
+        for r in HEALTH_READS.with(|m| m.borrow_mut().remove(&name)).unwrap_or_default() {
+            match &res {
+                Ok(v) => r.ok(v.clone()),
+                Err(e) => r.err(e.clone()),
+            }
+        }
+    });
+}
+
+fn read_health(name: String, done: impl FnOnce(Result<Value, RpcError>) + Send + 'static) {
     let len = std::mem::size_of::<SmartLog>();
     let parse = move |raw: &[u8]| SmartLog::read_from_bytes(&raw[..raw.len().min(len)]).ok();
-    let Some(c) = controller(&p.name) else {
+    let short = |name: &str, raw: &[u8]| RpcError::internal(format!("{name}: short health log ({} bytes)", raw.len()));
+    let Some(c) = controller(&name) else {
         // A controller attached over NVMe-oF: through its admin queue.
-        let name = p.name.clone();
-        return pollux_nvmf_host::bdev::health_log(&p.name, len, move |res| match res {
-            Ok((ctrl, raw)) => match parse(&raw) {
-                Some(log) => r.ok(health_json(&ctrl.id, &ctrl.opts.addr.ip().to_string(), &log)),
-                None => r.err(RpcError::internal(format!("{name}: short health log ({} bytes)", raw.len()))),
-            },
-            Err(Some(e)) => r.err(RpcError::errno(libc::EIO, format!("{name}: {e}"))),
-            Err(None) => {
-                tracing::error!("nvme ctrlr name '{name}' does not exist");
-                r.err(RpcError::new(RpcError::INTERNAL_ERROR, "Device not found"))
-            }
+        let n = name.clone();
+        return pollux_nvmf_host::bdev::health_log(&name, len, move |res| {
+            done(match res {
+                Ok((ctrl, raw)) => match parse(&raw) {
+                    Some(log) => Ok(health_json(&ctrl.id, &ctrl.opts.addr.ip().to_string(), &log)),
+                    None => Err(short(&n, &raw)),
+                },
+                Err(Some(e)) => Err(RpcError::errno(libc::EIO, format!("{n}: {e}"))),
+                Err(None) => {
+                    tracing::error!("nvme ctrlr name '{n}' does not exist");
+                    Err(RpcError::new(RpcError::INTERNAL_ERROR, "Device not found"))
+                }
+            })
         });
     };
     let c2 = c.clone();
@@ -576,14 +616,13 @@ pub(crate) fn health_info(p: HealthInfo, r: Responder) {
         false,
         move |c| c.get_log_page(lid::SMART_HEALTH, u32::MAX, len),
         move |res| {
-            let raw = match res {
-                Ok(raw) => raw,
-                Err(e) => return r.err(RpcError::errno(e.errno(), format!("{}: cannot read the health log: {e}", p.name))),
-            };
-            match parse(&raw) {
-                Some(log) => r.ok(health_json(c.identify_data(), &c.address().map(|a| a.to_string()).unwrap_or_default(), &log)),
-                None => r.err(RpcError::internal(format!("{}: short health log ({} bytes)", p.name, raw.len()))),
-            }
+            done(match res {
+                Err(e) => Err(RpcError::errno(e.errno(), format!("{name}: cannot read the health log: {e}"))),
+                Ok(raw) => match parse(&raw) {
+                    Some(log) => Ok(health_json(c.identify_data(), &c.address().map(|a| a.to_string()).unwrap_or_default(), &log)),
+                    None => Err(short(&name, &raw)),
+                },
+            })
         },
     );
 }
