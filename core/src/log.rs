@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 
@@ -74,15 +74,66 @@ impl FromStr for Level {
     }
 }
 
+/// SPDK's log flags (`log_set_flag`) that mean something here, and the
+/// code each turns on: the `tracing` targets (module paths) whose events
+/// it lets through at every level. A target ends in `::` where a bare
+/// crate name would also match another crate's (`pollux_nvmf` and
+/// `pollux_nvmf_host`).
+pub const FLAGS: &[(&str, &[&str])] = &[
+    ("bdev", &["pollux_core::bdev"]),
+    ("bdev_aio", &["pollux_bdev::uring"]),
+    ("bdev_uring", &["pollux_bdev::uring"]),
+    ("bdev_malloc", &["pollux_bdev::malloc"]),
+    ("bdev_null", &["pollux_bdev::null"]),
+    ("vbdev_delay", &["pollux_bdev::delay"]),
+    ("vbdev_error", &["pollux_bdev::error"]),
+    ("vbdev_passthru", &["pollux_bdev::passthru"]),
+    ("vbdev_split", &["pollux_bdev::split"]),
+    ("gpt_parse", &["pollux_bdev::part"]),
+    ("bdev_nvme", &["pollux_nvme_driver::bdev", "pollux_nvmf_host::bdev"]),
+    ("nvme", &["pollux_nvme_driver", "pollux_nvmf_host"]),
+    ("bdev_raid", &["pollux_raid"]),
+    ("bdev_rbd", &["pollux_rbd"]),
+    ("vbdev_crypto", &["pollux_crypto"]),
+    ("lvol", &["pollux_lvol"]),
+    ("vbdev_lvol", &["pollux_lvol"]),
+    ("blob", &["pollux_lvol"]),
+    ("nvmf", &["pollux_nvmf::"]),
+    ("nvmf_tcp", &["pollux_nvmf::transport::tcp"]),
+    ("rdma", &["pollux_nvmf::transport::rdma", "pollux_rdma"]),
+    ("iscsi", &["pollux_iscsi::"]),
+    ("iscsi_init", &["pollux_iscsi_host"]),
+    ("scsi", &["pollux_scsi"]),
+    ("rpc", &["pollux_core::rpc"]),
+    ("reactor", &["pollux_core::reactor"]),
+    ("thread", &["pollux_core::reactor", "pollux_core::io_channel"]),
+    ("sock", &["pollux_core::sock"]),
+    ("accel", &["pollux_core::accel"]),
+];
+
+/// A log flag that is not in [`FLAGS`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown log flag `{0}` (log_get_flags lists them)")]
+pub struct UnknownFlag(String);
+
 struct Logger {
-    handle: Option<reload::Handle<LevelFilter, tracing_subscriber::Registry>>,
+    handle: Option<reload::Handle<Targets, tracing_subscriber::Registry>>,
     level: Level,
     print_level: Level,
+    /// Indices into [`FLAGS`] of the flags set.
+    flags: Vec<usize>,
 }
 
 fn logger() -> &'static Mutex<Logger> {
     static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
-    LOGGER.get_or_init(|| Mutex::new(Logger { handle: None, level: Level::Notice, print_level: Level::Notice }))
+    LOGGER.get_or_init(|| Mutex::new(Logger { handle: None, level: Level::Notice, print_level: Level::Notice, flags: Vec::new() }))
+}
+
+/// What passes: every event at the level (the higher of the two levels:
+/// there is a single sink), and every event of a flagged component.
+fn targets(l: &Logger) -> Targets {
+    let flagged = l.flags.iter().flat_map(|&i| FLAGS[i].1.iter()).map(|t| (*t, LevelFilter::TRACE));
+    Targets::new().with_default(l.level.max(l.print_level).filter()).with_targets(flagged)
 }
 
 /// Install the stderr logger. Later calls only change the level.
@@ -90,11 +141,10 @@ pub fn init(level: Level) {
     let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
     l.level = level;
     l.print_level = level;
-    if let Some(h) = &l.handle {
-        let _ = h.modify(|f| *f = level.filter());
-        return;
+    if l.handle.is_some() {
+        return apply(&l);
     }
-    let (filter, handle) = reload::Layer::new(level.filter());
+    let (filter, handle) = reload::Layer::new(targets(&l));
     use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -107,11 +157,30 @@ pub fn init(level: Level) {
 }
 
 fn apply(l: &Logger) {
-    // Events pass when either level lets them: there is a single sink.
-    let eff = l.level.max(l.print_level);
     if let Some(h) = &l.handle {
-        let _ = h.modify(|f| *f = eff.filter());
+        let t = targets(l);
+        let _ = h.modify(|f| *f = t);
     }
+}
+
+/// `log_set_flag` (`on`) and `log_clear_flag`: every event of the
+/// flagged component is logged, whatever the level (SPDK also needs the
+/// print level at DEBUG for its debug messages to show).
+pub fn set_flag(name: &str, on: bool) -> Result<(), UnknownFlag> {
+    let i = FLAGS.iter().position(|(f, _)| *f == name).ok_or_else(|| UnknownFlag(name.to_string()))?;
+    let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
+    l.flags.retain(|&x| x != i);
+    if on {
+        l.flags.push(i);
+    }
+    apply(&l);
+    Ok(())
+}
+
+/// Every flag and whether it is set (`log_get_flags`).
+pub fn flags() -> Vec<(&'static str, bool)> {
+    let l = logger().lock().unwrap_or_else(|e| e.into_inner());
+    FLAGS.iter().enumerate().map(|(i, (f, _))| (*f, l.flags.contains(&i))).collect()
 }
 
 pub fn set_level(level: Level) {

@@ -63,6 +63,14 @@ pub enum Cmd {
     },
     /// Show the log print level
     LogGetPrintLevel,
+    /// Log every event of a component (a log flag, or all)
+    #[command(name = "log_set_flag", rename_all = "kebab-case")]
+    LogSetFlag { flag: String },
+    /// Stop logging a component's every event (a log flag, or all)
+    #[command(name = "log_clear_flag", rename_all = "kebab-case")]
+    LogClearFlag { flag: String },
+    /// Show the log flags and which are set
+    LogGetFlags,
 }
 
 fn req(method: &'static str, params: Option<Value>, show: Show) -> Request {
@@ -92,6 +100,9 @@ impl Cmd {
             LogGetLevel => req("log_get_level", None, Show::Text),
             LogSetPrintLevel { level } => req("log_set_print_level", Some(json!({"level": level})), Show::Nothing),
             LogGetPrintLevel => req("log_get_print_level", None, Show::Text),
+            LogSetFlag { flag } => req("log_set_flag", Some(json!({"flag": flag})), Show::Nothing),
+            LogClearFlag { flag } => req("log_clear_flag", Some(json!({"flag": flag})), Show::Nothing),
+            LogGetFlags => req("log_get_flags", None, Show::Json),
         }
     }
 }

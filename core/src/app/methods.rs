@@ -41,6 +41,24 @@ struct SetLevel {
     level: Level,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFlag {
+    flag: String,
+}
+
+/// `log_set_flag` / `log_clear_flag`: one flag, or `all` of them.
+fn set_log_flag(p: LogFlag, on: bool) -> Result<bool, RpcError> {
+    if p.flag == "all" {
+        for (f, _) in log::FLAGS {
+            log::set_flag(f, on).expect("a known flag");
+        }
+        return Ok(true);
+    }
+    log::set_flag(&p.flag, on).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    Ok(true)
+}
+
 pub(crate) fn register(m: &std::rc::Rc<Methods>) {
     let table = std::rc::Rc::downgrade(m);
     m.register("rpc_get_methods", States::ANY, move |p: GetMethods, r: Responder| match table.upgrade() {
@@ -125,6 +143,11 @@ pub(crate) fn register(m: &std::rc::Rc<Methods>) {
         r.ok(true)
     });
     m.register("log_get_print_level", States::ANY, |_: NoParams, r: Responder| r.ok(log::print_level().name()));
+    m.register("log_set_flag", States::ANY, |p: LogFlag, r: Responder| r.result(set_log_flag(p, true)));
+    m.register("log_clear_flag", States::ANY, |p: LogFlag, r: Responder| r.result(set_log_flag(p, false)));
+    m.register("log_get_flags", States::ANY, |_: NoParams, r: Responder| {
+        r.ok(log::flags().into_iter().map(|(f, on)| (f.to_string(), Value::from(on))).collect::<serde_json::Map<_, _>>())
+    });
 }
 
 fn version() -> Value {

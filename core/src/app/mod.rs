@@ -58,6 +58,10 @@ pub struct AppArgs {
     /// Log level: ERROR, WARNING, NOTICE, INFO or DEBUG
     #[arg(long, default_value = "NOTICE", value_name = "LEVEL")]
     pub log_level: Level,
+    /// Log every event of a component, whatever the level (SPDK's log
+    /// flags: nvmf, bdev_nvme, iscsi...; repeat for more; see log_get_flags)
+    #[arg(short = 'L', long = "logflag", value_name = "FLAG")]
+    pub log_flags: Vec<String>,
     /// Limit DMA memory (buffer pools, device queues) to this many MiB
     #[arg(short = 's', long = "mem-size", value_name = "MB")]
     pub mem_size: Option<u64>,
@@ -87,6 +91,8 @@ pub enum AppError {
     Subsystems(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    LogFlag(#[from] crate::log::UnknownFlag),
 }
 
 /// An application under construction: its subsystems and RPC methods.
@@ -150,6 +156,9 @@ impl App {
         let allowed = sys::allowed_cpus().map_err(AppError::Affinity)?;
         args.cpumask.check_allowed(&allowed)?;
         let subsystems = subsystem::sort(self.subsystems).map_err(AppError::Subsystems)?;
+        for f in &args.log_flags {
+            crate::log::set_flag(f, true)?;
+        }
         // Read the config before starting anything, so a missing or
         // malformed file fails fast.
         let calls = match (&args.config, &args.embedded_config) {

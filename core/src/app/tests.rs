@@ -122,6 +122,7 @@ fn test_args(cores: Vec<usize>, rpc_socket: PathBuf) -> AppArgs {
         wait_for_rpc: false,
         interrupt_mode: true,
         log_level: Level::Notice,
+        log_flags: Vec::new(),
         mem_size: None,
         no_pin: true,
         metrics: None,

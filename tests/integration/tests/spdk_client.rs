@@ -102,6 +102,43 @@ fn spdk_client_sends_newer_optional_parameters() {
     d.stop();
 }
 
+/// SPDK's log flags: `-L` at start, `log_set_flag` / `log_clear_flag`
+/// (one flag or `all`) and `log_get_flags` from SPDK's client; a flag lets
+/// its component's debug events through at the default level.
+#[test]
+fn log_flags_turn_on_a_components_debug_events() {
+    let d = Daemon::start(DaemonOpts { extra: vec!["-L".into(), "nvmf".into()], ..Default::default() });
+    let flags = json_out("log_get_flags", &spdk_rpc(&d.socket, &["log_get_flags"]));
+    assert_eq!((flags["nvmf"].clone(), flags["rpc"].clone(), flags["bdev"].clone()), (json!(true), json!(false), json!(false)), "{flags}");
+    // The RPC server logs each request at debug level (SPDK's INFO).
+    ok_stdout("spdk_get_version", &spdk_rpc(&d.socket, &["spdk_get_version"]));
+    assert!(!d.log().contains("method=spdk_get_version"), "logged without the flag:\n{}", d.log());
+    ok_stdout("log_set_flag", &spdk_rpc(&d.socket, &["log_set_flag", "rpc"]));
+    ok_stdout("bdev_get_bdevs", &spdk_rpc(&d.socket, &["bdev_get_bdevs"]));
+    assert!(d.log().contains("method=bdev_get_bdevs"), "not logged with the flag:\n{}", d.log());
+    ok_stdout("pollux-rpc log_clear_flag", &pollux_rpc(&d.socket, &["log_clear_flag", "rpc"]));
+    let ours: Value = serde_json::from_str(&ok_stdout("pollux-rpc log_get_flags", &pollux_rpc(&d.socket, &["log_get_flags"]))).unwrap();
+    assert_eq!((ours["rpc"].clone(), ours["nvmf"].clone()), (json!(false), json!(true)), "{ours}");
+    ok_stdout("bdev_get_iostat", &spdk_rpc(&d.socket, &["bdev_get_iostat"]));
+    assert!(!d.log().contains("method=bdev_get_iostat"), "logged after the flag was cleared:\n{}", d.log());
+    ok_stdout("log_set_flag all", &spdk_rpc(&d.socket, &["log_set_flag", "all"]));
+    let flags = json_out("log_get_flags", &spdk_rpc(&d.socket, &["log_get_flags"]));
+    assert!(flags.as_object().unwrap().values().all(|v| *v == json!(true)), "{flags}");
+    ok_stdout("log_clear_flag all", &spdk_rpc(&d.socket, &["log_clear_flag", "all"]));
+    let flags = json_out("log_get_flags", &spdk_rpc(&d.socket, &["log_get_flags"]));
+    assert!(flags.as_object().unwrap().values().all(|v| *v == json!(false)), "{flags}");
+    let out = spdk_rpc(&d.socket, &["log_set_flag", "no_such_flag"]);
+    let err = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown log flag"), "{err}");
+    d.stop();
+    // An unknown flag on the command line stops the start.
+    let out = std::process::Command::new(pollux_tests::bin("pollux-tgt"))
+        .args(["-L", "nope", "-r", "/tmp/pollux-no-such.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown log flag `nope`"), "{out:?}");
+}
+
 #[test]
 fn spdk_client_kill_instance_stops_the_daemon_cleanly() {
     let mut d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), ..Default::default() });
