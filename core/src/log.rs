@@ -80,35 +80,38 @@ impl FromStr for Level {
 /// crate name would also match another crate's (`pollux_nvmf` and
 /// `pollux_nvmf_host`).
 pub const FLAGS: &[(&str, &[&str])] = &[
+    ("accel", &["pollux_core::accel"]),
+    ("aio", &["pollux_bdev::uring"]),
     ("bdev", &["pollux_core::bdev"]),
-    ("bdev_aio", &["pollux_bdev::uring"]),
-    ("bdev_uring", &["pollux_bdev::uring"]),
     ("bdev_malloc", &["pollux_bdev::malloc"]),
     ("bdev_null", &["pollux_bdev::null"]),
-    ("vbdev_delay", &["pollux_bdev::delay"]),
-    ("vbdev_error", &["pollux_bdev::error"]),
-    ("vbdev_passthru", &["pollux_bdev::passthru"]),
-    ("vbdev_split", &["pollux_bdev::split"]),
-    ("gpt_parse", &["pollux_bdev::part"]),
     ("bdev_nvme", &["pollux_nvme_driver::bdev", "pollux_nvmf_host::bdev"]),
-    ("nvme", &["pollux_nvme_driver", "pollux_nvmf_host"]),
     ("bdev_raid", &["pollux_raid"]),
+    ("bdev_raid0", &["pollux_raid"]),
+    ("bdev_raid1", &["pollux_raid"]),
     ("bdev_rbd", &["pollux_rbd"]),
-    ("vbdev_crypto", &["pollux_crypto"]),
-    ("lvol", &["pollux_lvol"]),
-    ("vbdev_lvol", &["pollux_lvol"]),
     ("blob", &["pollux_lvol"]),
+    ("gpt_parse", &["pollux_bdev::part"]),
+    ("iscsi", &["pollux_iscsi::"]),
+    ("iscsi_init", &["pollux_iscsi_host"]),
+    ("lvol", &["pollux_lvol"]),
+    ("lvol_rpc", &["pollux_lvol"]),
+    ("nvme", &["pollux_nvme_driver", "pollux_nvmf_host"]),
     ("nvmf", &["pollux_nvmf::"]),
     ("nvmf_tcp", &["pollux_nvmf::transport::tcp"]),
     ("rdma", &["pollux_nvmf::transport::rdma", "pollux_rdma"]),
-    ("iscsi", &["pollux_iscsi::"]),
-    ("iscsi_init", &["pollux_iscsi_host"]),
-    ("scsi", &["pollux_scsi"]),
-    ("rpc", &["pollux_core::rpc"]),
     ("reactor", &["pollux_core::reactor"]),
-    ("thread", &["pollux_core::reactor", "pollux_core::io_channel"]),
+    ("rpc", &["pollux_core::rpc"]),
+    ("scsi", &["pollux_scsi"]),
     ("sock", &["pollux_core::sock"]),
-    ("accel", &["pollux_core::accel"]),
+    ("thread", &["pollux_core::reactor", "pollux_core::io_channel"]),
+    ("uring", &["pollux_bdev::uring"]),
+    ("vbdev_crypto", &["pollux_crypto"]),
+    ("vbdev_delay", &["pollux_bdev::delay"]),
+    ("vbdev_gpt", &["pollux_bdev::part"]),
+    ("vbdev_lvol", &["pollux_lvol"]),
+    ("vbdev_passthru", &["pollux_bdev::passthru"]),
+    ("vbdev_split", &["pollux_bdev::split"]),
 ];
 
 /// A log flag that is not in [`FLAGS`].
@@ -163,18 +166,54 @@ fn apply(l: &Logger) {
     }
 }
 
-/// `log_set_flag` (`on`) and `log_clear_flag`: every event of the
+/// `log_set_flag` (`on`), `log_clear_flag` and `-L`: every event of the
 /// flagged component is logged, whatever the level (SPDK also needs the
-/// print level at DEBUG for its debug messages to show).
+/// print level at DEBUG for its debug messages to show). As SPDK's,
+/// `name` is a flag, `all`, or a pattern (`*`, `?`), in any case; one
+/// that matches no flag is refused.
 pub fn set_flag(name: &str, on: bool) -> Result<(), UnknownFlag> {
-    let i = FLAGS.iter().position(|(f, _)| *f == name).ok_or_else(|| UnknownFlag(name.to_string()))?;
+    let pattern = if name.eq_ignore_ascii_case("all") { "*".to_string() } else { name.to_ascii_lowercase() };
+    let which: Vec<usize> = (0..FLAGS.len()).filter(|&i| matches_pattern(&pattern, FLAGS[i].0)).collect();
+    if which.is_empty() {
+        return Err(UnknownFlag(name.to_string()));
+    }
     let mut l = logger().lock().unwrap_or_else(|e| e.into_inner());
-    l.flags.retain(|&x| x != i);
+    l.flags.retain(|x| !which.contains(x));
     if on {
-        l.flags.push(i);
+        l.flags.extend(which);
     }
     apply(&l);
     Ok(())
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of
+/// characters and `?` for one (fnmatch's, without classes).
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    // Where the last `*` was, and where in `name` it now stops.
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        match p.get(i) {
+            Some(b'*') => {
+                star = Some((i, j));
+                i += 1;
+            }
+            Some(&c) if c == b'?' || c == n[j] => {
+                i += 1;
+                j += 1;
+            }
+            _ => match star {
+                Some((si, sj)) => {
+                    i = si + 1;
+                    j = sj + 1;
+                    star = Some((si, sj + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[i..].iter().all(|&c| c == b'*')
 }
 
 /// Every flag and whether it is set (`log_get_flags`).
@@ -206,6 +245,29 @@ pub fn print_level() -> Level {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_take_spdk_names_patterns_and_all() {
+        for (pat, name, want) in [
+            ("nvmf", "nvmf", true),
+            ("nvmf*", "nvmf_tcp", true),
+            ("nvmf*", "nvme", false),
+            ("*", "rpc", true),
+            ("bdev_raid?", "bdev_raid1", true),
+            ("bdev_raid?", "bdev_raid", false),
+            ("*_tcp", "nvmf_tcp", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ] {
+            assert_eq!(matches_pattern(pat, name), want, "{pat} {name}");
+        }
+        set_flag("NVMF*", true).unwrap();
+        let on: Vec<&str> = flags().into_iter().filter(|f| f.1).map(|f| f.0).collect();
+        assert_eq!(on, vec!["nvmf", "nvmf_tcp"]);
+        set_flag("all", false).unwrap();
+        assert!(flags().iter().all(|f| !f.1));
+        assert!(set_flag("no_such*", true).is_err());
+    }
 
     #[test]
     fn level_names_round_trip() {

@@ -1075,6 +1075,7 @@ mod faulty_device {
         assert_eq!(names, vec!["Slown1".to_string()]);
         assert!(h.on(0, || crate::bdev::controller("Slow").is_some() && bdev::get("Slown1").is_some()));
         assert!(h.on(0, || crate::bdev::name_taken("Slow")), "taken by the controller now");
+        assert!(!crate::bdev::unclaimed("Slow"), "still listed for the exit hook once registered");
     }
 
     /// A controller that comes up once the reactors have stopped (the
@@ -1095,6 +1096,7 @@ mod faulty_device {
         let t0 = Instant::now();
         while reactor::wait_before_exit(Duration::from_millis(100)) > 0 && t0.elapsed() < Duration::from_secs(10) {}
         assert_eq!(shst(), 0, "not shut down before the hook");
+        assert!(crate::bdev::unclaimed("Late"), "listed for the exit hook");
         crate::bdev::shut_down_unclaimed_where(|c| c.name() == "Late");
         assert_eq!(shst(), 2, "CSTS.SHST: shutdown complete");
         drop(h);

@@ -155,6 +155,7 @@ struct Baseline {
     iobuf: pollux_core::dma::IobufOptions,
     sock: Vec<(&'static str, Value)>,
     log: (pollux_core::log::Level, pollux_core::log::Level),
+    log_flags: Vec<&'static str>,
     nvme: pollux_nvme_driver::bdev::options::NvmeOptions,
     hotplug: pollux_nvme_driver::bdev::options::Hotplug,
 }
@@ -180,6 +181,7 @@ impl Baseline {
             iobuf: pollux_core::dma::iobuf_options(),
             sock: sock.clone(),
             log: (pollux_core::log::level(), pollux_core::log::print_level()),
+            log_flags: pollux_core::log::flags().into_iter().filter(|f| f.1).map(|f| f.0).collect(),
             nvme: pollux_nvme_driver::bdev::options::options(),
             hotplug: pollux_nvme_driver::bdev::options::hotplug(),
         }
@@ -192,6 +194,10 @@ impl Baseline {
         pollux_core::dma::set_iobuf_options(self.iobuf);
         pollux_core::log::set_level(self.log.0);
         pollux_core::log::set_print_level(self.log.1);
+        pollux_core::log::set_flag("all", false).expect("all");
+        for f in &self.log_flags {
+            pollux_core::log::set_flag(f, true).expect("a flag it had");
+        }
         pollux_nvme_driver::bdev::options::set_options(self.nvme.clone());
         pollux_nvme_driver::bdev::options::set_hotplug(self.hotplug);
         pollux_nvmf::target::set_crdt([0; 3]);

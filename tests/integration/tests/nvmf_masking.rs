@@ -130,6 +130,13 @@ impl Host {
         (r.sct_sc(), data)
     }
 
+    /// Get Features Reservation Persistence (83h) of namespace `nsid`.
+    fn ptpl(&mut self, nsid: u32) -> ((u8, u8), u32) {
+        let cid = self.admin.cid();
+        let (r, _) = self.admin.command(Sqe::new(0x0a, cid).nsid(nsid).dw(10, 0x83), &[], false);
+        (r.sct_sc(), r.dw0)
+    }
+
     /// Reservation Register with a new key.
     fn register(&mut self, nsid: u32) -> (u8, u8) {
         let cid = self.io.cid();
@@ -172,6 +179,7 @@ fn a_masked_namespace_is_seen_only_by_the_hosts_on_its_list() {
         assert_eq!(h.write(2, 1), INVALID_NS, "{who}: write");
         assert_eq!(h.read(2).0, INVALID_NS, "{who}: read");
         assert_eq!(h.register(2), INVALID_NS, "{who}: reservation");
+        assert_eq!(h.ptpl(2).0, INVALID_NS, "{who}: Get Features Reservation Persistence");
         assert_eq!(h.write(1, 1), OK);
     }
 
@@ -198,6 +206,7 @@ fn a_masked_namespace_is_seen_only_by_the_hosts_on_its_list() {
     let (r, data) = a.read(2);
     assert_eq!((r, data[0]), (OK, 0x2a));
     assert_eq!(a.register(2), OK, "A registers");
+    assert_eq!(a.ptpl(2), (OK, 0), "A: Get Features Reservation Persistence");
     assert_eq!(b.active(), vec![1]);
     assert_eq!(b.read(2).0, INVALID_NS);
     // Adding it again changes nothing, and tells nobody.

@@ -198,7 +198,17 @@ pub fn bring_up(
     HOOK.call_once(|| pollux_core::app::at_exit(shut_down_unclaimed));
     let work = move || {
         let ctrl = start()?;
-        lock(&UNCLAIMED).push(ctrl.clone());
+        let mut u = lock(&UNCLAIMED);
+        if u.exiting {
+            // The exit stopped waiting (a bring-up longer than its wait):
+            // no one will take it or shut it down but this thread.
+            drop(u);
+            if let Err(e) = ctrl.shutdown() {
+                tracing::warn!("NVMe controller {}: shutdown failed: {e}", ctrl.name());
+            }
+            return Err(NvmeError::Cancelled(format!("{addr} not attached: the process is exiting")));
+        }
+        u.ctrls.push(ctrl.clone());
         Ok(ctrl)
     };
     reactor::off_reactor_before_exit(&thread, work, move |r| {
@@ -210,7 +220,7 @@ pub fn bring_up(
             }
         }
         if let Ok(Ok(ctrl)) = &r {
-            lock(&UNCLAIMED).retain(|c| !Arc::ptr_eq(c, ctrl));
+            lock(&UNCLAIMED).ctrls.retain(|c| !Arc::ptr_eq(c, ctrl));
         }
         let r = match r {
             // Up after the application began to stop: not registered (its
@@ -227,19 +237,35 @@ pub fn bring_up(
 }
 
 /// Controllers brought up whose reactor has not taken them yet.
-static UNCLAIMED: std::sync::Mutex<Vec<Arc<Controller>>> = std::sync::Mutex::new(Vec::new());
+static UNCLAIMED: std::sync::Mutex<Unclaimed> = std::sync::Mutex::new(Unclaimed { ctrls: Vec::new(), exiting: false });
+
+struct Unclaimed {
+    ctrls: Vec<Arc<Controller>>,
+    /// The exit hook ran: a bring-up that ends later shuts its controller
+    /// down itself.
+    exiting: bool,
+}
 
 /// At exit: shut down the controllers brought up after the reactors
-/// stopped (their answer never reached one).
+/// stopped (their answer never reached one); a bring-up still running
+/// shuts its own down when it ends.
 pub fn shut_down_unclaimed() {
+    lock(&UNCLAIMED).exiting = true;
     shut_down_unclaimed_where(|_| true);
+}
+
+/// Whether a controller named `name` is up and not yet taken by its
+/// reactor.
+#[cfg(test)]
+pub(crate) fn unclaimed(name: &str) -> bool {
+    lock(&UNCLAIMED).ctrls.iter().any(|c| c.name() == name)
 }
 
 pub(crate) fn shut_down_unclaimed_where(which: impl Fn(&Controller) -> bool) {
     let left: Vec<Arc<Controller>> = {
         let mut u = lock(&UNCLAIMED);
-        let (left, keep) = std::mem::take(&mut *u).into_iter().partition(|c| which(c));
-        *u = keep;
+        let (left, keep) = std::mem::take(&mut u.ctrls).into_iter().partition(|c| which(c));
+        u.ctrls = keep;
         left
     };
     for ctrl in left {

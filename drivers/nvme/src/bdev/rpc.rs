@@ -578,15 +578,43 @@ pub(crate) fn health_info(p: HealthInfo, r: Responder) {
     if !first {
         return;
     }
-    let name = p.name.clone();
-    read_health(p.name, move |res| {
-        for r in HEALTH_READS.with(|m| m.borrow_mut().remove(&name)).unwrap_or_default() {
-            match &res {
-                Ok(v) => r.ok(v.clone()),
-                Err(e) => r.err(e.clone()),
+    let answer = HealthAnswer(Some(p.name.clone()));
+    read_health(p.name, move |res| answer.give(res));
+}
+
+/// Answers the calls waiting for a controller's health read; dropped
+/// without answering (a read whose result was lost), it answers them with
+/// an error, so that the name is free for the next read.
+struct HealthAnswer(Option<String>);
+
+impl HealthAnswer {
+    fn give(mut self, res: Result<Value, RpcError>) {
+        if let Some(name) = self.0.take() {
+            answer_health(&name, res);
+        }
+    }
+}
+
+impl Drop for HealthAnswer {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            let lost = Err(RpcError::internal(format!("{name}: the health read ended without an answer")));
+            match reactor::try_current() {
+                Some(reactor::ReactorId(0)) => answer_health(&name, lost),
+                Some(_) => reactor::send_msg(reactor::ReactorId(0), move || answer_health(&name, lost)),
+                None => tracing::error!("{name}: a health read ended off the reactors without an answer"),
             }
         }
-    });
+    }
+}
+
+fn answer_health(name: &str, res: Result<Value, RpcError>) {
+    for r in HEALTH_READS.with(|m| m.borrow_mut().remove(name)).unwrap_or_default() {
+        match &res {
+            Ok(v) => r.ok(v.clone()),
+            Err(e) => r.err(e.clone()),
+        }
+    }
 }
 
 fn read_health(name: String, done: impl FnOnce(Result<Value, RpcError>) + Send + 'static) {
