@@ -253,12 +253,6 @@ pub fn update_namespace(subsystem_id: u32, nsid: u32, f: impl Fn(&NsView) + Send
     );
 }
 
-/// Publish a namespace's reservation state to every reactor.
-pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
-    let generation = next_generation();
-    update_namespace(subsystem_id, nsid, move |ns| ns.resv.set(generation, resv.clone()), then);
-}
-
 /// Change a namespace's view on every reactor in turn, each one waiting
 /// until the commands it sent to the bdev for the namespace before the
 /// change have completed ([`NsView::fence`]); `then` runs on the caller's
@@ -281,13 +275,31 @@ fn update_namespace_fenced(
     );
 }
 
-/// Publish a reservation state to every reactor, fenced: for a Reservation
-/// Acquire that preempts and aborts, the preempted hosts' commands already
-/// at the bdev finish before the command does (SPDK waits for them too);
-/// new ones meet the new state.
-pub fn publish_resv_fenced(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, then: impl FnOnce() + Send + 'static) {
+/// Set one of a namespace's [`Latest`] states on every reactor, in the
+/// generation taken now: fenced ([`update_namespace_fenced`]) or at once.
+fn publish_latest<T: Clone + Send + Sync + 'static>(
+    subsystem_id: u32,
+    nsid: u32,
+    field: fn(&NsView) -> &Latest<T>,
+    value: T,
+    fenced: bool,
+    then: impl FnOnce() + Send + 'static,
+) {
     let generation = next_generation();
-    update_namespace_fenced(subsystem_id, nsid, move |ns| ns.resv.set(generation, resv.clone()), then);
+    let set = move |ns: &NsView| field(ns).set(generation, value.clone());
+    if fenced {
+        update_namespace_fenced(subsystem_id, nsid, set, then);
+    } else {
+        update_namespace(subsystem_id, nsid, set, then);
+    }
+}
+
+/// Publish a namespace's reservation state to every reactor. `fenced`,
+/// for a Reservation Acquire that preempts and aborts: the preempted
+/// hosts' commands already at the bdev finish before the command does
+/// (SPDK waits for them too); new ones meet the new state.
+pub fn publish_resv(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvState>>, fenced: bool, then: impl FnOnce() + Send + 'static) {
+    publish_latest(subsystem_id, nsid, |ns| &ns.resv, resv, fenced, then);
 }
 
 /// Publish who sees a namespace to every reactor. `fenced` (a host taken
@@ -297,13 +309,7 @@ pub fn publish_resv_fenced(subsystem_id: u32, nsid: u32, resv: Option<Arc<ResvSt
 /// on each reactor. Unfenced (a host added): at once, so that a host that
 /// sees the namespace in Identify can use it.
 pub fn publish_hosts(subsystem_id: u32, nsid: u32, hosts: Option<Arc<HostSet>>, fenced: bool, then: impl FnOnce() + Send + 'static) {
-    let generation = next_generation();
-    let set = move |ns: &NsView| ns.hosts.set(generation, hosts.clone());
-    if fenced {
-        update_namespace_fenced(subsystem_id, nsid, set, then);
-    } else {
-        update_namespace(subsystem_id, nsid, set, then);
-    }
+    publish_latest(subsystem_id, nsid, |ns| &ns.hosts, hosts, fenced, then);
 }
 
 /// Forget a deleted subsystem on every reactor.
@@ -377,8 +383,8 @@ mod tests {
         // fenced publications there.
         let held = h.on(0, || {
             let held = subsystem(9).namespace(1).expect("namespace").enter();
-            publish_resv_fenced(9, 1, resv(1), || {});
-            publish_resv(9, 1, resv(2), || {});
+            publish_resv(9, 1, resv(1), true, || {});
+            publish_resv(9, 1, resv(2), false, || {});
             let a: Option<Arc<HostSet>> = Some(Arc::new(["nqn.2016-06.io.test:a"].into_iter().collect()));
             let b: Option<Arc<HostSet>> = Some(Arc::new(["nqn.2016-06.io.test:b"].into_iter().collect()));
             publish_hosts(9, 1, a, true, || {});

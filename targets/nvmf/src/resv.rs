@@ -219,7 +219,7 @@ impl ResvState {
 
     /// Reservation Acquire: `racqa` 0 acquire, 1 preempt, 2 preempt and
     /// abort (its command completes once the commands already at the bdev
-    /// have: see `group::publish_resv_fenced`).
+    /// have: see `group::publish_resv`).
     pub fn acquire(&mut self, host: &[u8; 16], racqa: u8, iekey: bool, t: u8, crkey: u64, prkey: u64) -> Result<Outcome, Status> {
         if iekey || !(1..=6).contains(&t) {
             return Err(status::INVALID_FIELD);
@@ -706,13 +706,10 @@ mod commands {
                         notify(sid, nsid, &out.notices);
                         answer(status::SUCCESS);
                     };
-                    if opcode == op::RESERVATION_ACQUIRE && cdw10 & 0x7 == 2 {
-                        // Preempt and abort: the preempted hosts' commands
-                        // at the bdev complete first.
-                        crate::group::publish_resv_fenced(sid, nsid, snapshot, then);
-                    } else {
-                        crate::group::publish_resv(sid, nsid, snapshot, then);
-                    }
+                    // Preempt and abort: the preempted hosts' commands at
+                    // the bdev complete first.
+                    let fenced = opcode == op::RESERVATION_ACQUIRE && cdw10 & 0x7 == 2;
+                    crate::group::publish_resv(sid, nsid, snapshot, fenced, then);
                 }
                 Ok(_) => answer(status::SUCCESS),
             }

@@ -45,12 +45,10 @@ pub struct Namespace {
     /// Where the reservation state persists (SPDK's `ptpl_file`); without
     /// one PTPL cannot be turned on.
     pub ptpl_file: Option<std::path::PathBuf>,
-    /// Whether every host sees the namespace (SPDK's default); added with
-    /// `no_auto_visible`, only the hosts in `hosts` do.
-    pub auto_visible: bool,
-    /// The hosts that see a namespace that is not auto-visible
-    /// (`nvmf_ns_add_host`), sorted.
-    pub hosts: RefCell<Vec<String>>,
+    /// The hosts that see the namespace: `None`, every host (SPDK's
+    /// default); added with `no_auto_visible`, those given by
+    /// `nvmf_ns_add_host`. What reactors get a copy of.
+    pub hosts: RefCell<Option<Arc<HostSet>>>,
 }
 
 impl Namespace {
@@ -63,12 +61,12 @@ impl Namespace {
 
     /// Whether a controller of host `hostnqn` sees this namespace.
     pub fn visible_to(&self, hostnqn: &str) -> bool {
-        self.auto_visible || self.hosts.borrow().binary_search_by(|h| h.as_str().cmp(hostnqn)).is_ok()
+        self.hosts.borrow().as_ref().is_none_or(|h| h.contains(hostnqn))
     }
 
-    /// The hosts that see it, as reactors check them (`None`: every host).
+    /// The hosts that see it (`None`: every host).
     pub fn host_set(&self) -> Option<Arc<HostSet>> {
-        (!self.auto_visible).then(|| Arc::new(self.hosts.borrow().iter().map(String::as_str).collect()))
+        self.hosts.borrow().clone()
     }
 
     pub fn block_size(&self) -> u32 {
@@ -100,6 +98,27 @@ impl HostSet {
     #[inline]
     pub fn contains(&self, hostnqn: &str) -> bool {
         self.0.binary_search_by(|h| (**h).cmp(hostnqn)).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|h| &**h)
+    }
+
+    /// This set with `host` in it (`present`) or out of it; `None` when
+    /// that is what it already is.
+    pub fn with(&self, host: &str, present: bool) -> Option<HostSet> {
+        if self.contains(host) == present {
+            return None;
+        }
+        Some(if present { self.iter().chain([host]).collect() } else { self.iter().filter(|h| *h != host).collect() })
     }
 }
 

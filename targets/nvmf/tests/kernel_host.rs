@@ -143,6 +143,31 @@ fn masked_namespace_comes_and_goes(d: &Daemon, ana: Option<&str>) {
     wait_gone(&dev);
 }
 
+/// The target in the guest: NQN for HOST, on 127.0.0.1:4420, with
+/// namespace 1 on Malloc0 (`blocks` of 512 bytes) and Malloc1 (64 MiB of
+/// 4 KiB blocks) left to add. `ana`: the subsystem reports ANA, the
+/// listener in that state.
+fn target(blocks: u64, ana: Option<&str>) -> Daemon {
+    let mut listener = json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}});
+    if let Some(state) = ana {
+        listener["ana_state"] = json!(state);
+    }
+    let config = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": blocks, "block_size": 512}},
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16384, "block_size": 4096}},
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": SERIAL, "model_number": MODEL, "ana_reporting": ana.is_some()}},
+            {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
+            {"method": "nvmf_subsystem_add_listener", "params": listener},
+        ]},
+    ]});
+    Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() })
+}
+
 /// The ANA state of our controller's path to block device `dev`
 /// (`/dev/nvme<s>n<h>`, the native multipath head), as the kernel shows
 /// it: the path is `nvme<s>c<c>n<h>` under the controller (`<h>` numbers
@@ -173,21 +198,7 @@ fn linux_host_with_ana_finds_a_masked_namespace_in_its_group() {
         for m in ["nvme-tcp", "nvme-fabrics", "crc32c_generic"] {
             run("modprobe", &[m]);
         }
-        let config = json!({"subsystems": [
-            {"subsystem": "bdev", "config": [
-                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384, "block_size": 512}},
-                {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16384, "block_size": 4096}},
-            ]},
-            {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": SERIAL, "model_number": MODEL, "ana_reporting": true}},
-                {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST}},
-                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
-                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "ana_state": "non_optimized",
-                    "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}},
-            ]},
-        ]});
-        let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() });
+        let d = target(16384, Some("non_optimized"));
         let out = connect(false, HOST);
         assert!(out.status.success(), "connect: {}", String::from_utf8_lossy(&out.stderr));
         let dev = wait_device(1);
@@ -209,20 +220,7 @@ fn linux_nvme_tcp_host_uses_pollux_like_a_local_disk() {
         for m in ["nvme-tcp", "nvme-fabrics", "crc32c_generic", "ext4"] {
             run("modprobe", &[m]);
         }
-        let config = json!({"subsystems": [
-            {"subsystem": "bdev", "config": [
-                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
-                {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 16384, "block_size": 4096}},
-            ]},
-            {"subsystem": "nvmf", "config": [
-                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
-                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "serial_number": SERIAL, "model_number": MODEL}},
-                {"method": "nvmf_subsystem_add_host", "params": {"nqn": NQN, "host": HOST}},
-                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1}}},
-                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}},
-            ]},
-        ]});
-        let d = Daemon::start(DaemonOpts { cpumask: "0x3".into(), config: Some(config), ..Default::default() });
+        let d = target(131072, None);
 
         // Discovery lists the subsystem for the allowed host.
         let disc = run("nvme", &["discover", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "--hostnqn", HOST]);

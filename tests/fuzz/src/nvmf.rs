@@ -85,7 +85,7 @@ impl Rig {
             for s in t.subsystems.borrow().iter() {
                 for ns in s.namespaces.borrow().values() {
                     if std::mem::take(&mut *ns.resv.borrow_mut()) != Default::default() {
-                        pollux_nvmf::group::publish_resv(s.id, ns.nsid, None, || {});
+                        pollux_nvmf::group::publish_resv(s.id, ns.nsid, None, false, || {});
                     }
                 }
             }

@@ -203,9 +203,7 @@ pub fn bring_up(
             // The exit stopped waiting (a bring-up longer than its wait):
             // no one will take it or shut it down but this thread.
             drop(u);
-            if let Err(e) = ctrl.shutdown() {
-                tracing::warn!("NVMe controller {}: shutdown failed: {e}", ctrl.name());
-            }
+            ctrl.shutdown_or_warn();
             return Err(NvmeError::Cancelled(format!("{addr} not attached: the process is exiting")));
         }
         u.ctrls.push(ctrl.clone());
@@ -270,9 +268,7 @@ pub(crate) fn shut_down_unclaimed_where(which: impl Fn(&Controller) -> bool) {
     };
     for ctrl in left {
         tracing::info!("NVMe controller {} came up while the application stopped: shutting it down", ctrl.name());
-        if let Err(e) = ctrl.shutdown() {
-            tracing::warn!("NVMe controller {}: shutdown failed: {e}", ctrl.name());
-        }
+        ctrl.shutdown_or_warn();
     }
 }
 

@@ -636,6 +636,14 @@ impl Controller {
         }
     }
 
+    /// [`Controller::shutdown`] where no one is left to tell of a failure
+    /// but the log.
+    pub(crate) fn shutdown_or_warn(&self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("NVMe controller {}: shutdown failed: {e}", self.name);
+        }
+    }
+
     /// Normal shutdown (CC.SHN = 01b), waiting for CSTS.SHST = complete.
     /// I/O fails afterwards. Idempotent.
     pub fn shutdown(&self) -> Result<(), NvmeError> {
@@ -677,9 +685,7 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         if matches!(self.state(), State::Enabled | State::Resetting | State::Failed) {
-            if let Err(e) = self.shutdown() {
-                tracing::warn!("NVMe controller {}: shutdown failed: {e}", self.name);
-            }
+            self.shutdown_or_warn();
         }
     }
 }

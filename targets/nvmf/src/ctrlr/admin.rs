@@ -361,7 +361,7 @@ fn set_ptpl(c: &Controller, nsid: u32, on: bool) -> Response {
             ns.resv.borrow_mut().ptpl = !on;
             return Response::err(status::INTERNAL_ERROR);
         }
-        crate::group::publish_resv(s.id, nsid, ns.resv_snapshot(), || {});
+        crate::group::publish_resv(s.id, nsid, ns.resv_snapshot(), false, || {});
     }
     Response::ok()
 }

@@ -23,7 +23,7 @@ use pollux_nvme_spec::cmd::Completion;
 use pollux_nvme_spec::registers::{Cc, Csts};
 
 use crate::status::{self, Status};
-use crate::subsystem::{AnaStates, Subsystem};
+use crate::subsystem::{AnaStates, HostSet, Subsystem};
 use crate::transport::{Endpoint, TransportOpts};
 use crate::wire::fabrics::{PropertyCommand, property};
 use crate::wire::identify::aen;
@@ -585,7 +585,7 @@ impl Controller {
 /// Tell the controllers of a subsystem that a namespace changed: those of
 /// the hosts in `hosts`, or all of them (`None`): a host that does not see
 /// a namespace hears nothing of it.
-pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32, hosts: Option<&[String]>) {
+pub fn notify_namespace_change(subsystem: &Subsystem, nsid: u32, hosts: Option<&HostSet>) {
     let ctrlrs: Vec<Rc<Controller>> =
         subsystem.controllers.borrow().values().filter(|c| hosts.is_none_or(|h| h.contains(&c.hostnqn))).cloned().collect();
     for c in ctrlrs {

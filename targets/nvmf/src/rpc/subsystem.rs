@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::params::*;
 use crate::ctrlr::notify_namespace_change;
 use crate::subsystem::{
-    AnaStates, DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, Listener, MAX_NS_HOSTS, Namespace, Subsystem, SubsystemConfig,
-    SubsystemKind, validate_nqn,
+    AnaStates, DEFAULT_MAX_NAMESPACES, DEFAULT_MODEL, DEFAULT_SERIAL, HostSet, Listener, MAX_NS_HOSTS, Namespace, Subsystem,
+    SubsystemConfig, SubsystemKind, validate_nqn,
 };
 use crate::target::{Target, check_target_name, target};
 use crate::transport::Endpoint;
@@ -174,10 +174,10 @@ fn subsystem_json(s: &Subsystem) -> Value {
                     "nguid": hex(&n.nguid),
                     "uuid": n.uuid.to_string(),
                     "anagrpid": n.anagrpid.get(),
-                    "no_auto_visible": !n.auto_visible,
+                    "no_auto_visible": n.hosts.borrow().is_some(),
                 });
-                if !n.auto_visible {
-                    j["hosts"] = n.hosts.borrow().iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>().into();
+                if let Some(hosts) = &*n.hosts.borrow() {
+                    j["hosts"] = hosts.iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>().into();
                 }
                 if let Some(e) = n.eui64 {
                     j["eui64"] = hex(&e).into();
@@ -445,29 +445,20 @@ fn add_ns(p: AddNs, r: Responder) {
     }
 }
 
-/// The hosts that see a namespace (`None`: every host).
-fn seen_by(ns: &Namespace) -> Option<Vec<String>> {
-    (!ns.auto_visible).then(|| ns.hosts.borrow().clone())
-}
-
 /// Tell the hosts that see namespace `nsid` that it changed.
 fn namespace_changed(subsystem_id: u32, nsid: u32) {
-    if let Ok(t) = target() {
-        if let Some(s) = t.find_id(subsystem_id) {
-            let Some(hosts) = s.namespaces.borrow().get(&nsid).map(|ns| seen_by(ns)) else { return };
-            notify_namespace_change(&s, nsid, hosts.as_deref());
-        }
-    }
+    let Ok(t) = target() else { return };
+    let Some(s) = t.find_id(subsystem_id) else { return };
+    let Some(hosts) = s.namespaces.borrow().get(&nsid).map(|ns| ns.host_set()) else { return };
+    notify_namespace_change(&s, nsid, hosts.as_deref());
 }
 
-/// Tell `hosts` (`None`: every host) that namespace `nsid` changed (it is
-/// gone, or they gained or lost sight of it).
-fn namespace_changed_for(subsystem_id: u32, nsid: u32, hosts: Option<Vec<String>>) {
-    if let Ok(t) = target() {
-        if let Some(s) = t.find_id(subsystem_id) {
-            notify_namespace_change(&s, nsid, hosts.as_deref());
-        }
-    }
+/// Tell `hosts` (`None`: every host), those that saw namespace `nsid`,
+/// that it is gone.
+fn namespace_gone(subsystem_id: u32, nsid: u32, hosts: Option<Arc<HostSet>>) {
+    let Ok(t) = target() else { return };
+    let Some(s) = t.find_id(subsystem_id) else { return };
+    notify_namespace_change(&s, nsid, hosts.as_deref());
 }
 
 fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
@@ -527,8 +518,7 @@ fn prepare_ns(p: AddNs) -> Result<(Rc<Subsystem>, Namespace), NvmfError> {
             anagrpid: Cell::new(anagrpid),
             resv: RefCell::new(resv),
             ptpl_file,
-            auto_visible: !n.no_auto_visible,
-            hosts: RefCell::new(Vec::new()),
+            hosts: RefCell::new(n.no_auto_visible.then(Arc::default)),
         },
     ))
 }
@@ -554,8 +544,8 @@ fn hot_remove(subsystem_id: u32, nsid: u32) {
     let removed = s.namespaces.borrow_mut().remove(&nsid);
     if let Some(ns) = removed {
         tracing::info!("nvmf: namespace {nsid} of {} removed: its bdev is gone", s.nqn());
-        let hosts = seen_by(&ns);
-        group::publish_namespace(subsystem_id, nsid, None, move || namespace_changed_for(subsystem_id, nsid, hosts));
+        let hosts = ns.host_set();
+        group::publish_namespace(subsystem_id, nsid, None, move || namespace_gone(subsystem_id, nsid, hosts));
     }
 }
 
@@ -564,13 +554,13 @@ fn remove_ns(p: RemoveNs, r: Responder) {
         let s = find_nvm(&t, &p.nqn, p.tgt_name.as_deref())?;
         let ns =
             s.namespaces.borrow_mut().remove(&p.nsid).ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
-        Ok((s.id, seen_by(&ns)))
+        Ok((s.id, ns.host_set()))
     });
     match res {
         Ok((sid, hosts)) => {
             let nsid = p.nsid;
             group::publish_namespace(sid, nsid, None, move || {
-                namespace_changed_for(sid, nsid, hosts);
+                namespace_gone(sid, nsid, hosts);
                 r.ok(true);
             });
         }
@@ -633,30 +623,20 @@ fn ns_host(p: NsHost, visible: bool, r: Responder) {
         validate_nqn(&p.host)?;
         let ns =
             s.namespaces.borrow().get(&p.nsid).cloned().ok_or_else(|| NvmfError::NotFound(format!("namespace {} of {}", p.nsid, p.nqn)))?;
-        if ns.auto_visible {
+        let Some(hosts) = ns.host_set() else {
             return Err(NvmfError::InvalidParam(format!(
                 "namespace {} of {} is visible to every host: add it with no_auto_visible to choose its hosts",
                 p.nsid, p.nqn
             )));
-        }
-        let changed = {
-            let mut hosts = ns.hosts.borrow_mut();
-            match hosts.binary_search(&p.host) {
-                Err(_) if visible && hosts.len() >= MAX_NS_HOSTS => {
-                    return Err(NvmfError::Busy(format!("namespace {} of {} already has {MAX_NS_HOSTS} hosts", p.nsid, p.nqn)));
-                }
-                Err(i) if visible => {
-                    hosts.insert(i, p.host.clone());
-                    true
-                }
-                Ok(i) if !visible => {
-                    hosts.remove(i);
-                    true
-                }
-                _ => false,
-            }
         };
-        Ok((s.id, changed, ns.host_set()))
+        let new = hosts.with(&p.host, visible);
+        if new.is_some() && visible && hosts.len() >= MAX_NS_HOSTS {
+            return Err(NvmfError::Busy(format!("namespace {} of {} already has {MAX_NS_HOSTS} hosts", p.nsid, p.nqn)));
+        }
+        let changed = new.is_some();
+        let set = new.map_or(hosts, Arc::new);
+        *ns.hosts.borrow_mut() = Some(set.clone());
+        Ok((s.id, changed, set))
     });
     match res {
         Ok((sid, changed, set)) => {
@@ -664,7 +644,7 @@ fn ns_host(p: NsHost, visible: bool, r: Responder) {
             if changed {
                 tracing::info!("nvmf: namespace {nsid} of {} {} host {host}", p.nqn, if visible { "visible to" } else { "hidden from" });
             }
-            group::publish_hosts(sid, nsid, set, !visible, move || {
+            group::publish_hosts(sid, nsid, Some(set), !visible, move || {
                 if changed {
                     visibility_changed(sid, nsid, host);
                 }
@@ -682,9 +662,9 @@ fn ns_host(p: NsHost, visible: bool, r: Responder) {
 fn visibility_changed(subsystem_id: u32, nsid: u32, host: String) {
     let Ok(t) = target() else { return };
     let Some(s) = t.find_id(subsystem_id) else { return };
-    notify_namespace_change(&s, nsid, Some(std::slice::from_ref(&host)));
     let ctrlrs: Vec<_> = s.controllers.borrow().values().filter(|c| c.hostnqn == host).cloned().collect();
     for c in ctrlrs {
+        c.notify_ns_changed(nsid);
         c.notify_ana_change();
     }
 }
@@ -752,7 +732,8 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
         out.call("nvmf_subsystem_add_host", json!({ "nqn": nqn, "host": h }));
     }
     for n in s.namespaces.borrow().values() {
-        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": !n.auto_visible });
+        let hosts = n.host_set();
+        let mut ns = json!({ "nsid": n.nsid, "bdev_name": n.bdev_name, "nguid": hex(&n.nguid), "uuid": n.uuid.to_string(), "anagrpid": n.anagrpid.get(), "no_auto_visible": hosts.is_some() });
         if let Some(e) = n.eui64 {
             ns["eui64"] = hex(&e).into();
         }
@@ -760,7 +741,7 @@ pub fn write_config(s: &Subsystem, out: &mut ConfigWriter) {
             ns["ptpl_file"] = p.display().to_string().into();
         }
         out.call("nvmf_subsystem_add_ns", json!({ "nqn": nqn, "namespace": ns }));
-        for h in n.hosts.borrow().iter() {
+        for h in hosts.iter().flat_map(|h| h.iter()) {
             out.call("nvmf_ns_add_host", json!({ "nqn": nqn, "nsid": n.nsid, "host": h }));
         }
     }
