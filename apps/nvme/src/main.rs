@@ -282,7 +282,7 @@ fn run(args: Args) -> Result<()> {
                         .with_context(what)?;
                     let ns =
                         IdentifyNamespace::read_from_bytes(&a.data).map_err(|_| anyhow!("{}: short Identify Namespace data", what()))?;
-                    let active = !unallocated(&ns) || c.namespaces.iter().any(|n| n.nsid == nsid);
+                    let active = !unallocated(&ns) || c.namespace(nsid).is_some();
                     (Box::new(ns), active)
                 }
             };

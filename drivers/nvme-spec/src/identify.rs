@@ -411,10 +411,64 @@ pub struct NamespaceIdDescriptor {
 }
 const _: () = assert!(size_of::<NamespaceIdDescriptor>() == 4);
 
+/// The identifiers a namespace identification descriptor list (Identify
+/// CNS 03h) gives; those absent are zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceIds {
+    pub eui64: [u8; 8],
+    pub nguid: [u8; 16],
+    pub uuid: [u8; 16],
+}
+
+/// Read a namespace identification descriptor list: descriptors one after
+/// another until one of type 0 (or the end of the data). A descriptor whose
+/// length is not its type's, or that runs past the data, ends the list
+/// there; types this does not know are skipped.
+pub fn parse_namespace_ids(data: &[u8]) -> NamespaceIds {
+    let mut ids = NamespaceIds::default();
+    let mut at = 0usize;
+    while let Some(h) = data.get(at..at + 4) {
+        let (t, len) = (h[0], usize::from(h[1]));
+        if t == 0 {
+            break;
+        }
+        let Some(v) = data.get(at + 4..at + 4 + len) else { break };
+        match (t, len) {
+            (nidt::EUI64, 8) => ids.eui64.copy_from_slice(v),
+            (nidt::NGUID, 16) => ids.nguid.copy_from_slice(v),
+            (nidt::UUID, 16) => ids.uuid.copy_from_slice(v),
+            (nidt::EUI64 | nidt::NGUID | nidt::UUID, _) => break,
+            _ => {}
+        }
+        at += 4 + len;
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::mem::offset_of;
+
+    #[test]
+    fn namespace_ids_are_read_until_the_end_and_a_bad_descriptor_ends_them() {
+        let mut d = vec![0u8; 4096];
+        d[..4].copy_from_slice(&[nidt::UUID, 16, 0, 0]);
+        d[4..20].copy_from_slice(&[7; 16]);
+        d[20..24].copy_from_slice(&[nidt::CSI, 1, 0, 0]);
+        d[24] = 0;
+        d[25..29].copy_from_slice(&[nidt::EUI64, 8, 0, 0]);
+        d[29..37].copy_from_slice(&[9; 8]);
+        let ids = parse_namespace_ids(&d);
+        assert_eq!(ids, NamespaceIds { eui64: [9; 8], nguid: [0; 16], uuid: [7; 16] });
+        // A UUID descriptor claiming 8 bytes ends the list; so does one that
+        // runs past the data.
+        d[25..29].copy_from_slice(&[nidt::NGUID, 8, 0, 0]);
+        assert_eq!(parse_namespace_ids(&d).nguid, [0; 16]);
+        assert_eq!(parse_namespace_ids(&d[..30]).eui64, [0; 8]);
+        assert_eq!(parse_namespace_ids(&[]), NamespaceIds::default());
+        assert_eq!(parse_namespace_ids(&[nidt::UUID, 16, 0]), NamespaceIds::default());
+    }
 
     #[test]
     fn controller_field_offsets() {

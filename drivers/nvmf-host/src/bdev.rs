@@ -23,15 +23,18 @@ use pollux_core::reactor::{self, PollStatus, Poller, ReactorId};
 use serde_json::{Value, json};
 
 use crate::HostError;
-use crate::ctrlr::{self, ConnectOptions, Controller};
+use crate::ctrlr::{self, ConnectOptions, Controller, Ident, Namespace};
 use crate::multipath::{self, NamespaceChannel, NsPaths, PathSet, PathState, Policy};
 use crate::qpair::Qpair;
 
 struct NamespaceBackend {
     set: Arc<PathSet>,
-    /// The path the bdev was made from (what it supports, its identity).
+    /// The path the bdev was made from (what it supports).
     first: Arc<Controller>,
     nsid: u32,
+    /// The namespace's identity: a path whose namespace `nsid` is another
+    /// one is no path of this bdev.
+    ident: Ident,
     policy: Arc<Policy>,
 }
 
@@ -55,7 +58,7 @@ impl Backend for NamespaceBackend {
     }
 
     fn create_channel(&self) -> Box<dyn BackendChannel> {
-        Box::new(NamespaceChannel(NsPaths::new(self.set.clone(), self.nsid, self.policy.clone())))
+        Box::new(NamespaceChannel(NsPaths::new(self.set.clone(), self.nsid, self.ident, self.policy.clone())))
     }
 
     fn driver_specific(&self) -> Value {
@@ -66,7 +69,7 @@ impl Backend for NamespaceBackend {
                 .iter()
                 .map(|c| {
                     let o = &c.opts;
-                    let ns = c.namespaces.iter().find(|n| n.nsid == self.nsid);
+                    let ns = c.namespace(self.nsid);
                     json!({
                         "trid": trid(o),
                         "cntlid": c.cntlid(),
@@ -90,10 +93,10 @@ impl Backend for NamespaceBackend {
     }
 
     fn destroy(&self) {
-        let set = self.set.clone();
+        let (set, nsid) = (self.set.clone(), self.nsid);
         // Runs where the last descriptor closed: the registry is the main
         // reactor's.
-        reactor::send_msg(ReactorId(0), move || namespace_destroyed(&set));
+        reactor::send_msg(ReactorId(0), move || namespace_destroyed(&set, nsid));
     }
 }
 
@@ -126,6 +129,12 @@ struct Link {
     /// While a namespace is in ANA change through this path: the check
     /// after the controller's ANA transition time.
     anatt: Option<Poller>,
+    /// Reading the namespaces again after a notice; `Some(true)`: another
+    /// notice came meanwhile, read them all again after.
+    rescan: Option<bool>,
+    /// After a failed read of the namespaces (the notice is spent): the
+    /// next attempt.
+    rescan_retry: Option<Poller>,
 }
 
 type ResetDone = Box<dyn FnOnce(Result<(), String>)>;
@@ -135,6 +144,9 @@ struct NsBdev {
     name: String,
     nsid: u32,
     policy: Arc<Policy>,
+    /// The namespace as the bdev shows it (its size follows the
+    /// controller's).
+    info: Namespace,
 }
 
 /// A bdev controller (SPDK's `nvme_bdev_ctrlr`): its paths and its
@@ -145,6 +157,13 @@ struct Group {
     links: Vec<Link>,
     /// The namespace bdevs.
     bdevs: Vec<NsBdev>,
+    /// Namespaces whose bdev is being deleted (gone from every path, or
+    /// another namespace now under its NSID): no new bdev for them until
+    /// the old one is gone.
+    leaving: Vec<u32>,
+    /// Namespaces that get no bdev (as identified), not reported again.
+    unusable: Vec<Namespace>,
+    /// Registered bdevs not yet destroyed (those leaving included).
     live: usize,
     on_detached: Vec<Done>,
     detaching: bool,
@@ -337,52 +356,133 @@ fn new_link(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Li
         resets: 0,
         waiters: Vec::new(),
         anatt: None,
+        rescan: None,
+        rescan_retry: None,
     }
 }
 
-/// Register a bdev for each namespace of `ctrl` that `group` has not got.
-fn register_namespaces(ctrl: &Arc<Controller>, set: &Arc<PathSet>, have: &[NsBdev]) -> Vec<NsBdev> {
-    let mut out = Vec::new();
-    for ns in &ctrl.namespaces {
-        let name = format!("{}n{}", ctrl.name(), ns.nsid);
-        if have.iter().any(|b| b.name == name) {
-            continue;
-        }
-        if ns.metadata_size != 0 {
-            tracing::warn!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size);
-            continue;
-        }
-        if let Some(why) = bdev::unusable_geometry(ns.block_size, ns.num_blocks, ctrl.max_transfer as usize) {
-            tracing::warn!("{name}: namespace has {why}; no bdev");
-            continue;
-        }
-        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
-        let policy = Arc::new(Policy::default());
-        let backend = Arc::new(NamespaceBackend { set: set.clone(), first: ctrl.clone(), nsid: ns.nsid, policy: policy.clone() });
-        match bdev::register(BdevSpec { name: name.clone(), block_size: ns.block_size, num_blocks: ns.num_blocks, uuid, backend }) {
-            Ok(_) => out.push(NsBdev { name, nsid: ns.nsid, policy }),
-            Err(e) => tracing::error!("{name}: {e}"),
+/// A bdev for namespace `ns` of `ctrl` (through the paths of `set`), if
+/// the host can serve it.
+fn register_namespace(ctrl: &Arc<Controller>, ns: &Namespace, set: &Arc<PathSet>) -> Result<NsBdev, String> {
+    let name = format!("{}n{}", ctrl.name(), ns.nsid);
+    if ns.metadata_size != 0 {
+        return Err(format!("{name}: namespace has {} metadata bytes per block (not supported); no bdev", ns.metadata_size));
+    }
+    if let Some(why) = bdev::unusable_geometry(ns.block_size, ns.num_blocks, ctrl.max_transfer as usize) {
+        return Err(format!("{name}: namespace has {why}; no bdev"));
+    }
+    let uuid = ns.bdev_uuid().map(Uuid::from_bytes);
+    let policy = Arc::new(Policy::default());
+    let backend =
+        Arc::new(NamespaceBackend { set: set.clone(), first: ctrl.clone(), nsid: ns.nsid, ident: ns.ident(), policy: policy.clone() });
+    match bdev::register(BdevSpec { name: name.clone(), block_size: ns.block_size, num_blocks: ns.num_blocks, uuid, backend }) {
+        Ok(_) => Ok(NsBdev { name, nsid: ns.nsid, policy, info: ns.clone() }),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+/// Make bdev controller `g`'s bdevs follow the namespaces its paths have
+/// (SPDK's `nvme_ctrlr_populate_namespaces`): a bdev for each namespace
+/// some path has (as the first such path in attach order identifies it),
+/// the new size of one that changed it, no bdev for one no path has any
+/// more (deleted: its users are told), and a new bdev for one that is
+/// another namespace under the same NSID (identity or block size) once the
+/// old one is gone. Channels look their namespaces up again. Returns the
+/// bdevs registered.
+fn reconcile(g: &mut Group) -> Vec<String> {
+    if g.detaching {
+        return Vec::new();
+    }
+    // Each namespace as the first connected path (attach order) sees it,
+    // else as the first path that lists it: a path that is down may not
+    // know what changed.
+    let mut wanted: std::collections::BTreeMap<u32, (Arc<Controller>, Namespace)> = Default::default();
+    for ready in [true, false] {
+        for l in g.links.iter().filter(|l| link_ready(l) == ready) {
+            for ns in l.ctrl.namespaces() {
+                wanted.entry(ns.nsid).or_insert_with(|| (l.ctrl.clone(), ns));
+            }
         }
     }
-    out
+    let mut gone = Vec::new();
+    for b in std::mem::take(&mut g.bdevs) {
+        match wanted.get(&b.nsid) {
+            Some((_, ns)) if ns.ident() == b.info.ident() => g.bdevs.push(b),
+            _ => gone.push(b),
+        }
+    }
+    for b in &mut g.bdevs {
+        let ns = &wanted[&b.nsid].1;
+        if ns.num_blocks != b.info.num_blocks {
+            match bdev::notify_blockcnt_change(&b.name, ns.num_blocks) {
+                Ok(()) => {
+                    tracing::info!(
+                        "nvmf host: {}: namespace {} resized, {} -> {} blocks",
+                        b.name,
+                        b.nsid,
+                        b.info.num_blocks,
+                        ns.num_blocks
+                    );
+                    b.info.num_blocks = ns.num_blocks;
+                }
+                Err(e) => tracing::error!("nvmf host: {}: namespace {} now has {} blocks: {e}", b.name, b.nsid, ns.num_blocks),
+            }
+        }
+    }
+    for b in gone {
+        let why = if wanted.contains_key(&b.nsid) { "is another namespace now" } else { "is gone" };
+        tracing::info!("nvmf host: {}: namespace {} {why}; deleting bdev {}", g.name, b.nsid, b.name);
+        g.leaving.push(b.nsid);
+        bdev::unregister(&b.name, |_| {});
+    }
+    g.unusable.retain(|u| wanted.get(&u.nsid).is_some_and(|(_, ns)| same(ns, u)));
+    let mut added = Vec::new();
+    let taken: std::collections::HashSet<u32> =
+        g.bdevs.iter().map(|b| b.nsid).chain(g.leaving.iter().copied()).chain(g.unusable.iter().map(|u| u.nsid)).collect();
+    for (nsid, (c, ns)) in &wanted {
+        if taken.contains(nsid) {
+            continue;
+        }
+        match register_namespace(c, ns, &g.set) {
+            Ok(b) => {
+                added.push(b.name.clone());
+                g.live += 1;
+                g.bdevs.push(b);
+            }
+            Err(e) => {
+                tracing::warn!("nvmf host: {e}");
+                g.unusable.push(ns.clone());
+            }
+        }
+    }
+    g.bdevs.sort_by_key(|b| b.nsid);
+    g.set.touch();
+    added
+}
+
+fn same(a: &Namespace, b: &Namespace) -> bool {
+    a.nsid == b.nsid && a.num_blocks == b.num_blocks && a.ident() == b.ident()
 }
 
 fn add(ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: Value) -> Vec<String> {
     let set = PathSet::new(ctrl.clone());
-    let bdevs = register_namespaces(&ctrl, &set, &[]);
-    let names: Vec<String> = bdevs.iter().map(|b| b.name.clone()).collect();
-    tracing::info!("nvmf host: attached {} ({} at {}), bdevs {:?}", ctrl.name(), ctrl.opts.subnqn, ctrl.opts.addr, names);
-    registry().groups.borrow_mut().push(Group {
+    let mut g = Group {
         name: ctrl.name().to_string(),
         set,
-        live: bdevs.len(),
-        bdevs,
+        live: 0,
+        bdevs: Vec::new(),
+        leaving: Vec::new(),
+        unusable: Vec::new(),
         links: vec![new_link(ctrl.clone(), admin.clone(), attach_params)],
         on_detached: Vec::new(),
         detaching: false,
-    });
-    watch_ana(&ctrl, &admin);
-    // A subsystem with no namespace yet stays attached, as with SPDK.
+    };
+    let names = reconcile(&mut g);
+    tracing::info!("nvmf host: attached {} ({} at {}), bdevs {:?}", ctrl.name(), ctrl.opts.subnqn, ctrl.opts.addr, names);
+    registry().groups.borrow_mut().push(g);
+    watch_events(&ctrl, &admin);
+    // A subsystem with no namespace yet stays attached, as with SPDK, and
+    // gets a bdev for each namespace the target adds.
     names
 }
 
@@ -402,33 +502,33 @@ fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: 
     if g.detaching {
         return refuse(format!("controller {name} is being detached"));
     }
-    if let Some(first) = g.links.first() {
-        for ns in &ctrl.namespaces {
-            let Some(old) = first.ctrl.namespaces.iter().find(|o| o.nsid == ns.nsid) else { continue };
-            if old.nguid != ns.nguid || old.block_size != ns.block_size || old.num_blocks != ns.num_blocks {
-                return refuse(format!(
-                    "namespace {} at {} is not the namespace {} of controller {name} (identity or size differ)",
-                    ns.nsid, ctrl.opts.addr, ns.nsid
-                ));
-            }
-            if ns.block_size > ctrl.max_transfer {
-                return refuse(format!(
-                    "namespace {} has {}-byte blocks; the controller at {} transfers at most {} bytes a command",
-                    ns.nsid, ns.block_size, ctrl.opts.addr, ctrl.max_transfer
-                ));
-            }
+    // Its namespaces must be those the connected paths have (identity and
+    // format; a size that differs is followed, as a resize; with every
+    // path down, the new one's view counts), and it must carry a block of
+    // each it shares.
+    for ns in &ctrl.namespaces() {
+        let theirs = g.links.iter().filter(|l| link_ready(l)).find_map(|l| l.ctrl.namespace(ns.nsid));
+        if theirs.is_some_and(|t| t.ident() != ns.ident()) {
+            return refuse(format!(
+                "namespace {} at {} is not the namespace {} of controller {name} (its identifiers or format differ)",
+                ns.nsid, ctrl.opts.addr, ns.nsid
+            ));
+        }
+        if g.bdevs.iter().any(|b| b.nsid == ns.nsid) && ns.block_size > ctrl.max_transfer {
+            return refuse(format!(
+                "namespace {} has {}-byte blocks; the controller at {} transfers at most {} bytes a command",
+                ns.nsid, ns.block_size, ctrl.opts.addr, ctrl.max_transfer
+            ));
         }
     }
     g.set.add(ctrl.clone());
-    let added = register_namespaces(&ctrl, &g.set, &g.bdevs);
-    g.live += added.len();
-    g.bdevs.extend(added);
     tracing::info!("nvmf host: {name}: path {} added ({} paths)", ctrl.opts.addr, g.links.len() + 1);
     g.links.push(new_link(ctrl.clone(), admin.clone(), attach_params));
+    reconcile(g);
     let names = g.bdevs.iter().map(|b| b.name.clone()).collect();
     let paths = g.set.paths();
     drop(groups);
-    watch_ana(&ctrl, &admin);
+    watch_events(&ctrl, &admin);
     // Requests waiting for a path (the others down) learn of this one.
     for c in paths {
         each_queue(c, |q| q.tell_users());
@@ -440,7 +540,7 @@ fn add_path(name: &str, ctrl: Arc<Controller>, admin: Rc<Qpair>, attach_params: 
 /// down, forget it; `done` runs when that has happened. `None` if no such
 /// controller.
 pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
-    let bdevs = {
+    let (bdevs, live) = {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
         let g = groups.iter_mut().find(|g| g.name == name)?;
@@ -449,9 +549,10 @@ pub fn detach(name: &str, done: impl FnOnce() + 'static) -> Option<()> {
             return Some(());
         }
         g.detaching = true;
-        g.bdevs.iter().map(|b| b.name.clone()).collect::<Vec<_>>()
+        (g.bdevs.iter().map(|b| b.name.clone()).collect::<Vec<_>>(), g.live)
     };
-    if bdevs.is_empty() {
+    // Bdevs already leaving finish the detach when they are gone.
+    if live == 0 {
         finish_detach(name);
     }
     for b in &bdevs {
@@ -541,6 +642,8 @@ fn remove_path(name: &str, ctrl: &Arc<Controller>, done: Done) {
         let Some(pos) = g.links.iter().position(|l| Arc::ptr_eq(&l.ctrl, ctrl)) else { return done() };
         g.set.remove(ctrl);
         let link = g.links.remove(pos);
+        // A namespace only this path had loses its bdev.
+        reconcile(g);
         reg.removing.borrow_mut().push((link, done));
     }
     tracing::info!("nvmf host: {name}: path {} removed", ctrl.opts.addr);
@@ -592,14 +695,21 @@ fn link_ready(l: &Link) -> bool {
     l.lost_at.is_none() && l.admin.is_ready()
 }
 
-fn namespace_destroyed(set: &Arc<PathSet>) {
+fn namespace_destroyed(set: &Arc<PathSet>, nsid: u32) {
     let name = {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
         let Some(g) = groups.iter_mut().find(|g| Arc::ptr_eq(&g.set, set)) else { return };
         g.live = g.live.saturating_sub(1);
-        g.detaching = true;
-        (g.live == 0).then(|| g.name.clone())
+        if let Some(i) = g.leaving.iter().position(|n| *n == nsid) {
+            // A namespace that went away: the controller stays; the
+            // namespace may be back already (a bdev for it now).
+            g.leaving.remove(i);
+            reconcile(g);
+        } else {
+            g.detaching = true;
+        }
+        (g.detaching && g.live == 0).then(|| g.name.clone())
     };
     if let Some(n) = name {
         finish_detach(&n);
@@ -650,7 +760,7 @@ fn finish_detach(name: &str) {
 /// `ctrlr_loss_timeout_sec`, `reconnect_delay_sec` and
 /// `fast_io_fail_timeout_sec` say.
 pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
-    {
+    let admin = {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
         let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) else { return };
@@ -664,7 +774,14 @@ pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
         l.lost_at = Some(Instant::now());
         l.resets += 1;
         ctrl.set_down(true);
-        l.admin.close();
+        l.admin.clone()
+    };
+    // Not under the borrow: closing fails the admin commands outstanding,
+    // whose callbacks (a namespace read, an ANA read) look at the registry.
+    admin.close();
+    // Another connected path may now be the one whose view counts.
+    if let Some(g) = registry().groups.borrow_mut().iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) {
+        reconcile(g);
     }
     tracing::warn!("nvmf host: controller {} lost (path {}: {why}); reconnecting", ctrl.name(), ctrl.opts.addr);
     let c = ctrl.clone();
@@ -747,11 +864,13 @@ fn attempt(ctrl: &Arc<Controller>) {
                 c.set_down(false);
                 tracing::info!("nvmf host: controller {name} reconnected (path {}, controller id {})", c.opts.addr, c.cntlid());
                 let waiters = std::mem::take(&mut l.waiters);
+                // The namespaces are those the new association found.
+                reconcile(g);
                 drop(groups);
                 for w in waiters {
                     w(Ok(()));
                 }
-                watch_ana(&c, &admin);
+                watch_events(&c, &admin);
                 each_queue(c, |q| q.connect());
             }
             Ok((_, admin)) => admin.close(),
@@ -805,35 +924,175 @@ fn attempt(ctrl: &Arc<Controller>) {
     });
 }
 
-/// Follow the ANA states of path `ctrl` (just up): read its ANA log now,
-/// and again whenever it sends an ANA change event.
-fn watch_ana(ctrl: &Arc<Controller>, admin: &Rc<Qpair>) {
-    if !ctrl.reports_ana() {
-        return;
+/// Follow what path `ctrl` (just up) reports: its ANA states (the ANA
+/// log read now, and again on each ANA change notice) and its namespaces
+/// (read again on each namespace attribute notice). The bring-up enabled
+/// the notices its Identify Controller offers (`ctrlr::notices`); one
+/// Asynchronous Event Request now waits for them.
+fn watch_events(ctrl: &Arc<Controller>, admin: &Rc<Qpair>) {
+    if ctrl.reports_ana() {
+        ana_changed(ctrl);
     }
-    ana_changed(ctrl);
-    let (weak, q) = (Arc::downgrade(ctrl), Rc::downgrade(admin));
-    // Asynchronous Event Configuration: ANA change notices (bit 11).
-    ctrlr::set_async_events(admin, 1 << 11, move |r| {
-        if let Err(e) = r {
-            tracing::warn!("nvmf host: ANA change notices not enabled ({e}); ANA states follow command status only");
-        }
-        arm_ana_event(weak, q);
-    });
+    if ctrlr::notices(&ctrl.id) != 0 {
+        arm_event(Arc::downgrade(ctrl), Rc::downgrade(admin));
+    }
 }
 
 /// Keep one Asynchronous Event Request outstanding on a path's admin
-/// queue; an ANA change reads the ANA log again. Ends with the queue (a
-/// reconnect arms a new one).
-fn arm_ana_event(ctrl: std::sync::Weak<Controller>, admin: std::rc::Weak<Qpair>) {
+/// queue; an ANA change reads the ANA log again, a namespace attribute
+/// change the namespaces. Ends with the queue (a reconnect arms a new one).
+fn arm_event(ctrl: std::sync::Weak<Controller>, admin: std::rc::Weak<Qpair>) {
+    use pollux_nvme_spec::log::lid;
     let Some(qp) = admin.upgrade() else { return };
     ctrlr::async_event(&qp, move |r| {
-        let (Ok(dw0), Some(c)) = (r, ctrl.upgrade()) else { return };
-        arm_ana_event(Arc::downgrade(&c), admin);
-        if (dw0 >> 16) & 0xff == u32::from(pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS) {
+        let Some(c) = ctrl.upgrade() else { return };
+        let dw0 = match r {
+            Ok(dw0) => dw0,
+            Err(e) => {
+                // The queue ended (a reconnect arms a new request), or the
+                // controller refused it: no more notices through it.
+                if admin.upgrade().is_some_and(|q| q.is_ready()) {
+                    tracing::warn!("nvmf host: {} at {}: Asynchronous Event Request: {e}; notices stop", c.name(), c.opts.addr);
+                }
+                return;
+            }
+        };
+        tracing::debug!("nvmf host: {} at {}: asynchronous event {dw0:#x}", c.name(), c.opts.addr);
+        arm_event(Arc::downgrade(&c), admin);
+        let page = ((dw0 >> 16) & 0xff) as u8;
+        if page == lid::ASYMMETRIC_NAMESPACE_ACCESS {
             tracing::info!("nvmf host: {} at {}: ANA change", c.name(), c.opts.addr);
             ana_changed(&c);
+        } else if page == lid::CHANGED_NAMESPACE_LIST {
+            tracing::info!("nvmf host: {} at {}: namespaces changed", c.name(), c.opts.addr);
+            namespaces_changed(&c, false);
         }
+    });
+}
+
+/// Read path `ctrl`'s namespaces again (main reactor): the Changed
+/// Namespace List log (which also lets the controller send the next
+/// notice), the active list, and Identify Namespace for those that changed
+/// or came (all of them with `all`, or when the log overflowed); then its
+/// bdev controller's bdevs follow. One read at a time per path; a notice
+/// during one reads everything again after it.
+fn namespaces_changed(ctrl: &Arc<Controller>, all: bool) {
+    use pollux_nvme_spec::log::lid;
+    let admin = {
+        let reg = registry();
+        let mut groups = reg.groups.borrow_mut();
+        let Some(l) = groups.iter_mut().find_map(|g| g.link(ctrl)) else { return };
+        if let Some(again) = l.rescan.as_mut() {
+            *again = true;
+            return;
+        }
+        if !link_ready(l) {
+            // A reconnect reads them all.
+            return;
+        }
+        l.rescan = Some(false);
+        l.rescan_retry = None;
+        l.admin.clone()
+    };
+    let c = ctrl.clone();
+    let end = move |c: &Arc<Controller>, r: Result<(), HostError>| {
+        let failed = r.is_err();
+        if let Err(e) = r {
+            tracing::warn!("nvmf host: {} at {}: reading the namespaces again: {e}; again in 1 s", c.name(), c.opts.addr);
+        }
+        let again = {
+            let reg = registry();
+            let mut groups = reg.groups.borrow_mut();
+            let Some(l) = groups.iter_mut().find_map(|g| g.link(c)) else { return };
+            if failed && link_ready(l) {
+                // The log was read (the controller will not tell again):
+                // read everything once more, later. A lost path reads
+                // everything when it reconnects.
+                let weak = Arc::downgrade(c);
+                l.rescan_retry = Some(reactor::register_timed_poller("nvmf_host_rescan", Duration::from_secs(1), move || {
+                    let w = weak.clone();
+                    // Not from inside the poller: the rescan drops it.
+                    reactor::send_msg(ReactorId(0), move || {
+                        if let Some(c) = w.upgrade() {
+                            namespaces_changed(&c, true);
+                        }
+                    });
+                    PollStatus::Busy
+                }));
+            }
+            l.rescan.take() == Some(true)
+        };
+        if again {
+            namespaces_changed(c, true);
+        }
+    };
+    let a = admin.clone();
+    ctrlr::get_log_page_upto(&admin, lid::CHANGED_NAMESPACE_LIST, 0, 4096, move |r| {
+        let listed: Option<Vec<u32>> = match r {
+            Ok(log) if !all => {
+                let ids: Vec<u32> =
+                    log.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4"))).take_while(|&n| n != 0).collect();
+                // FFFFFFFFh first: more than 1024 changed.
+                (ids.first() != Some(&u32::MAX)).then_some(ids)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("nvmf host: {} at {}: Changed Namespace List: {e}; reading every namespace", c.name(), c.opts.addr);
+                None
+            }
+        };
+        let a2 = a.clone();
+        ctrlr::active_namespaces(&a, c.nn(), move |r| {
+            let active = match r {
+                Ok(ids) => ids,
+                Err(e) => return end(&c, Err(e)),
+            };
+            let known: Vec<u32> = c.namespaces().iter().map(|n| n.nsid).collect();
+            // What to identify: the listed ones still active, and any that
+            // is new or gone whatever the log says.
+            let mut scope: Vec<u32> = match &listed {
+                Some(l) => l.clone(),
+                None => active.clone(),
+            };
+            // (Both lists ascend: the active list's reader stops at
+            // anything else.)
+            let (has, had) = (|n: &u32| active.binary_search(n).is_ok(), |n: &u32| known.binary_search(n).is_ok());
+            scope.extend(active.iter().filter(|n| !had(n)));
+            scope.extend(known.iter().filter(|n| !has(n)));
+            scope.sort_unstable();
+            scope.dedup();
+            let ask: Vec<u32> = scope.iter().copied().filter(|n| has(n)).collect();
+            let whole = listed.is_none();
+            ctrlr::identify_namespaces(&a2, ask, move |r| {
+                let fresh = match r {
+                    Ok(f) => f,
+                    Err(e) => return end(&c, Err(e)),
+                };
+                let changes = c.update_namespaces(fresh, if whole { None } else { Some(&scope) });
+                if !changes.is_empty() {
+                    tracing::info!("nvmf host: {} at {}: namespaces {changes:?}", c.name(), c.opts.addr);
+                }
+                let c2 = c.clone();
+                let follow = move || {
+                    let reg = registry();
+                    let mut groups = reg.groups.borrow_mut();
+                    if let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, &c2))) {
+                        reconcile(g);
+                    }
+                    drop(groups);
+                    each_queue(c2.clone(), |q| q.tell_users());
+                    end(&c2, Ok(()));
+                };
+                // A new namespace's ANA state comes from the log before
+                // its bdev takes requests.
+                match admin_of(&c) {
+                    Some(adm) if c.reports_ana() && !(changes.added.is_empty() && changes.changed.is_empty()) && adm.is_ready() => {
+                        ctrlr::refresh_ana(&c, &adm, move |_| follow());
+                    }
+                    _ => follow(),
+                }
+            });
+        });
     });
 }
 
@@ -861,7 +1120,7 @@ pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
 /// in change is taken as inaccessible through this path (its waiting
 /// requests go to another path or fail) until the log says otherwise.
 fn watch_transition(ctrl: &Arc<Controller>) {
-    let changing = ctrl.namespaces.iter().any(|n| ctrl.ana_state(n.nsid) == ctrlr::ana::CHANGE);
+    let changing = ctrl.namespaces().iter().any(|n| ctrl.ana_state(n.nsid) == ctrlr::ana::CHANGE);
     let reg = registry();
     let mut groups = reg.groups.borrow_mut();
     let Some(l) = groups.iter_mut().find_map(|g| g.link(ctrl)) else { return };
@@ -899,7 +1158,7 @@ fn transition_expired(ctrl: &Arc<Controller>) {
     }
     let c = ctrl.clone();
     ctrlr::refresh_ana(ctrl, &admin, move |_| {
-        for n in &c.namespaces {
+        for n in &c.namespaces() {
             if c.ana_state(n.nsid) == ctrlr::ana::CHANGE {
                 tracing::warn!(
                     "nvmf host: {} at {}: namespace {} still in ANA change after the transition time; taken as inaccessible",

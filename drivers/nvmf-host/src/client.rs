@@ -96,7 +96,7 @@ impl Session {
                         firmware: c.id.firmware(),
                         subnqn: c.id.subsystem_nqn(),
                         cntlid: c.cntlid(),
-                        namespaces: c.namespaces.clone(),
+                        namespaces: c.namespaces(),
                     }
                 }))
             })

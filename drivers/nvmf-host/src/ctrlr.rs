@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use pollux_core::bdev::{BdevIo, IoStatus};
@@ -28,7 +28,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::HostError;
-use crate::qpair::{AdminDone, Fabric, Qpair, QpairConfig};
+use crate::qpair::{AdminDone, Fabric, Qpair, QpairConfig, Route};
 
 /// The largest command transfer over RDMA (each command slot of a queue
 /// pair registers a buffer this large).
@@ -113,13 +113,109 @@ pub struct Namespace {
     pub num_blocks: u64,
     pub metadata_size: u16,
     pub nguid: [u8; 16],
+    /// From the namespace identification descriptors (zeros if none):
+    /// Linux's nvmet gives a UUID and no NGUID unless configured.
+    pub uuid: [u8; 16],
+    pub eui64: [u8; 8],
     pub can_share: bool,
     /// ANA group (0: none).
     pub anagrpid: u32,
 }
 
+impl Namespace {
+    /// What makes it this namespace and not another under the same NSID:
+    /// its format and its first identifier of NGUID, UUID and EUI-64 that
+    /// it has. (One, not all: a target that pins a namespace's NGUID in its
+    /// configuration may still derive a UUID anew at each start. Linux's
+    /// host compares all three.)
+    pub fn ident(&self) -> Ident {
+        let mut eui64 = [0; 16];
+        eui64[..8].copy_from_slice(&self.eui64);
+        let id = [(2, self.nguid), (3, self.uuid), (1, eui64)].into_iter().find(|(_, v)| *v != [0; 16]).unwrap_or((0, [0; 16]));
+        Ident { id, block_size: self.block_size, metadata_size: self.metadata_size }
+    }
+
+    /// The UUID its bdev takes: the NGUID, else the UUID (as SPDK's
+    /// `spdk_nvme_ns_get_uuid`), else none.
+    pub fn bdev_uuid(&self) -> Option<[u8; 16]> {
+        [self.nguid, self.uuid].into_iter().find(|u| *u != [0; 16])
+    }
+}
+
+/// A namespace's identity (see [`Namespace::ident`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ident {
+    /// The identifier's type (NIDT) and value.
+    id: (u8, [u8; 16]),
+    block_size: u32,
+    metadata_size: u16,
+}
+
 /// ANA states and their SPDK names.
 pub use pollux_nvme_spec::ana;
+
+/// What the reactors' channels hold of an active namespace through one
+/// path: its ANA state. A channel looks it up when the path set changes
+/// (never per request), so the namespace list may change under it.
+/// A namespace that goes away, or is another one under the same NSID,
+/// leaves its state behind marked gone: a channel still holding it sends
+/// nothing there.
+#[derive(Debug)]
+pub struct NsState {
+    ana: AtomicU8,
+    gone: AtomicBool,
+    ident: Ident,
+}
+
+impl NsState {
+    fn new(state: u8, ident: Ident) -> Arc<NsState> {
+        Arc::new(NsState { ana: AtomicU8::new(state), gone: AtomicBool::new(false), ident })
+    }
+
+    pub fn ana_state(&self) -> u8 {
+        self.ana.load(Ordering::Relaxed)
+    }
+
+    /// Whether the namespace is no longer active (as this) on its path.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Whether this is the namespace with identity `ident`.
+    pub fn is(&self, ident: &Ident) -> bool {
+        self.ident == *ident
+    }
+
+    fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    fn set(&self, state: u8) -> bool {
+        self.ana.swap(state, Ordering::Relaxed) != state
+    }
+}
+
+/// An active namespace of a controller, as last identified.
+#[derive(Clone, Debug)]
+struct Active {
+    info: Namespace,
+    state: Arc<NsState>,
+}
+
+/// What a new list of active namespaces changed against the old one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NsChanges {
+    pub added: Vec<u32>,
+    pub removed: Vec<u32>,
+    /// Identified again with another size, block size or identity.
+    pub changed: Vec<u32>,
+}
+
+impl NsChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
 
 /// A controller that is up: what bring-up learnt, shared by all reactors.
 pub struct Controller {
@@ -136,7 +232,14 @@ pub struct Controller {
     pub cap: u64,
     pub vs: u32,
     pub id: Box<IdentifyController>,
-    pub namespaces: Vec<Namespace>,
+    /// Number of Namespaces (NN) of the current association's Identify
+    /// Controller (`id` is the first association's).
+    nn: AtomicU32,
+    /// The active namespaces (by NSID), with the ANA state of each through
+    /// this controller (optimized when it does not report ANA). They
+    /// change with namespace attribute notices and reconnects (main
+    /// reactor); a lock, never taken on the I/O path.
+    namespaces: Mutex<Vec<Active>>,
     /// I/O queues the controller granted.
     pub io_queues: u16,
     /// Largest transfer per command (MDTS and the host's cap).
@@ -145,9 +248,6 @@ pub struct Controller {
     pub in_capsule: u32,
     /// Which I/O queue ids are in use (index qid - 1).
     qids: Mutex<Vec<bool>>,
-    /// The ANA state of each namespace through this controller (index as
-    /// `namespaces`); optimized when the controller does not report ANA.
-    ana: Box<[AtomicU8]>,
     /// Commands of its I/O queues that timed out, and Aborts sent for
     /// them (`bdev_nvme_get_controllers`).
     pub timeouts: Arc<std::sync::atomic::AtomicU64>,
@@ -208,19 +308,45 @@ impl Controller {
         self.id.cmic & 8 != 0
     }
 
-    /// The ANA state of namespace `nsid` through this controller.
+    /// The controller's Number of Namespaces (NN), as its last association
+    /// reported it.
+    pub fn nn(&self) -> u32 {
+        self.nn.load(Ordering::Relaxed)
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, Vec<Active>> {
+        self.namespaces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The active namespaces, in NSID order.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.active().iter().map(|a| a.info.clone()).collect()
+    }
+
+    /// Active namespace `nsid`, if it is.
+    pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
+        let list = self.active();
+        list.binary_search_by_key(&nsid, |a| a.info.nsid).ok().map(|i| list[i].info.clone())
+    }
+
+    /// The ANA state of active namespace `nsid` through this controller,
+    /// for a channel to hold (None: not active here).
+    pub fn ns_state(&self, nsid: u32) -> Option<Arc<NsState>> {
+        let list = self.active();
+        list.binary_search_by_key(&nsid, |a| a.info.nsid).ok().map(|i| list[i].state.clone())
+    }
+
+    /// The ANA state of namespace `nsid` through this controller
+    /// (inaccessible when it is not active here).
     pub fn ana_state(&self, nsid: u32) -> u8 {
-        match self.namespaces.iter().position(|n| n.nsid == nsid) {
-            Some(i) => self.ana[i].load(Ordering::Relaxed),
-            None => ana::INACCESSIBLE,
-        }
+        self.ns_state(nsid).map_or(ana::INACCESSIBLE, |s| s.ana_state())
     }
 
     /// Take namespace `nsid`'s state from a command's path status (until
     /// the ANA log says otherwise).
     pub(crate) fn mark_ana(&self, nsid: u32, state: u8) {
-        if let Some(i) = self.namespaces.iter().position(|n| n.nsid == nsid) {
-            self.ana[i].store(state, Ordering::Relaxed);
+        if let Some(s) = self.ns_state(nsid) {
+            s.set(state);
         }
     }
 
@@ -233,14 +359,24 @@ impl Controller {
             return false;
         };
         let mut changed = false;
-        for (i, ns) in self.namespaces.iter().enumerate() {
+        for a in self.active().iter() {
+            let ns = &a.info;
             let by_nsid = groups.iter().find(|(_, _, nsids)| nsids.contains(&ns.nsid));
             let by_group = groups.iter().find(|(g, _, _)| *g == ns.anagrpid && ns.anagrpid != 0);
             if let Some((_, state, _)) = by_nsid.or(by_group) {
-                changed |= self.ana[i].swap(*state, Ordering::Relaxed) != *state;
+                changed |= a.state.set(*state);
             }
         }
         changed
+    }
+
+    /// Take a new identification of namespaces: `fresh` holds what was
+    /// identified (a namespace with no blocks is not active), `scope` the
+    /// NSIDs it covers (None: every namespace, `fresh` is the whole active
+    /// list). A namespace kept keeps its ANA state; a new one starts
+    /// optimized until the ANA log is read.
+    pub(crate) fn update_namespaces(&self, fresh: Vec<Namespace>, scope: Option<&[u32]>) -> NsChanges {
+        merge_namespaces(&mut self.active(), fresh, scope)
     }
 
     pub fn supports_compare(&self) -> bool {
@@ -290,6 +426,57 @@ impl Controller {
     }
 }
 
+/// `Controller::update_namespaces` on list `list` (sorted by NSID, and
+/// kept so). A namespace removed, or replaced by another under its NSID,
+/// has its state marked gone.
+fn merge_namespaces(list: &mut Vec<Active>, mut fresh: Vec<Namespace>, scope: Option<&[u32]>) -> NsChanges {
+    let mut ch = NsChanges::default();
+    fresh.retain(|f| f.num_blocks > 0);
+    fresh.sort_by_key(|f| f.nsid);
+    fresh.dedup_by_key(|f| f.nsid);
+    let scope: Option<Vec<u32>> = scope.map(|s| {
+        let mut v = s.to_vec();
+        v.sort_unstable();
+        v
+    });
+    let in_scope = |nsid: u32| scope.as_ref().is_none_or(|s| s.binary_search(&nsid).is_ok());
+    list.retain(|a| {
+        let keep = !in_scope(a.info.nsid) || fresh.binary_search_by_key(&a.info.nsid, |f| f.nsid).is_ok();
+        if !keep {
+            a.state.set_gone();
+            ch.removed.push(a.info.nsid);
+        }
+        keep
+    });
+    let mut new = Vec::new();
+    for f in fresh.into_iter().filter(|f| in_scope(f.nsid)) {
+        match list.binary_search_by_key(&f.nsid, |a| a.info.nsid) {
+            Ok(i) => {
+                let a = &mut list[i];
+                if a.info.ident() != f.ident() {
+                    // Another namespace now: requests for the old one must
+                    // not reach it.
+                    a.state.set_gone();
+                    a.state = NsState::new(ana::OPTIMIZED, f.ident());
+                    ch.changed.push(f.nsid);
+                } else if a.info.num_blocks != f.num_blocks || a.info.anagrpid != f.anagrpid {
+                    ch.changed.push(f.nsid);
+                }
+                a.info = f;
+            }
+            Err(_) => {
+                ch.added.push(f.nsid);
+                new.push(Active { state: NsState::new(ana::OPTIMIZED, f.ident()), info: f });
+            }
+        }
+    }
+    if !new.is_empty() {
+        list.extend(new);
+        list.sort_by_key(|a| a.info.nsid);
+    }
+    ch
+}
+
 /// Who sends requests through an I/O queue (a namespace bdev's channel on
 /// this reactor): requests the queue cannot send any more go back to it,
 /// so it can choose another path, and it hears when the path is back.
@@ -307,12 +494,12 @@ pub(crate) trait PathUser {
 pub struct IoQueue {
     ctrl: Arc<Controller>,
     qp: RefCell<Option<Rc<Qpair>>>,
-    parked: RefCell<std::collections::VecDeque<(u32, BdevIo)>>,
+    parked: RefCell<std::collections::VecDeque<(Route, BdevIo)>>,
     qid: u16,
     /// The queue pair is connected (Fabrics Connect done).
     live: Cell<bool>,
-    /// The users, by namespace id.
-    users: RefCell<Vec<(u32, Weak<dyn PathUser>)>>,
+    /// The users, by route (namespace id and user).
+    users: RefCell<Vec<(Route, Weak<dyn PathUser>)>>,
 }
 
 impl IoQueue {
@@ -334,15 +521,15 @@ impl IoQueue {
         self.qp.borrow().as_ref().map_or(0, |q| q.outstanding()) + self.parked.borrow().len()
     }
 
-    /// `user` sends namespace `nsid`'s requests through this queue.
-    pub(crate) fn add_user(&self, nsid: u32, user: Weak<dyn PathUser>) {
+    /// `user` sends requests by `route` through this queue.
+    pub(crate) fn add_user(&self, route: Route, user: Weak<dyn PathUser>) {
         let mut u = self.users.borrow_mut();
-        u.retain(|(n, w)| *n != nsid && w.strong_count() > 0);
-        u.push((nsid, user));
+        u.retain(|(r, w)| *r != route && w.strong_count() > 0);
+        u.push((route, user));
     }
 
-    fn user(&self, nsid: u32) -> Option<Rc<dyn PathUser>> {
-        self.users.borrow().iter().find(|(n, _)| *n == nsid).and_then(|(_, w)| w.upgrade())
+    fn user(&self, route: Route) -> Option<Rc<dyn PathUser>> {
+        self.users.borrow().iter().find(|(r, _)| *r == route).and_then(|(_, w)| w.upgrade())
     }
 
     pub(crate) fn tell_users(&self) {
@@ -353,7 +540,7 @@ impl IoQueue {
     }
 
     /// Send a request, or park it while the controller is down.
-    pub fn submit(self: &Rc<Self>, nsid: u32, io: BdevIo) {
+    pub fn submit(self: &Rc<Self>, route: Route, io: BdevIo) {
         if self.qid == 0 {
             return io.complete(IoStatus::NoDevice);
         }
@@ -361,26 +548,26 @@ impl IoQueue {
             return io.complete(IoStatus::Failed);
         }
         if self.ctrl.is_removed() {
-            return self.give_back(vec![(nsid, io)]);
+            return self.give_back(vec![(route, io)]);
         }
         let qp = self.qp.borrow().clone();
         match qp {
-            Some(qp) if !qp.is_closed() && self.ctrl.is_up() => qp.submit(nsid, io),
-            _ => self.parked.borrow_mut().push_back((nsid, io)),
+            Some(qp) if !qp.is_closed() && self.ctrl.is_up() => qp.submit(route, io),
+            _ => self.parked.borrow_mut().push_back((route, io)),
         }
     }
 
     /// Requests this queue cannot send: back to their users (who choose
-    /// another path, or wait), else parked here until the queue is back.
-    fn give_back(&self, ios: Vec<(u32, BdevIo)>) {
-        let mut mine = Vec::new();
-        for (nsid, io) in ios {
-            match self.user(nsid) {
+    /// another path, or wait). One whose user is gone (its bdev's channel
+    /// closed) fails: sent later, it could reach another namespace that
+    /// took the NSID meanwhile.
+    fn give_back(&self, ios: Vec<(Route, BdevIo)>) {
+        for (route, io) in ios {
+            match self.user(route) {
                 Some(u) => u.requeue(io),
-                None => mine.push((nsid, io)),
+                None => io.complete(IoStatus::NoDevice),
             }
         }
-        self.park_front(mine);
     }
 
     /// Connect (again) with the controller's current id; parked requests
@@ -447,9 +634,9 @@ impl IoQueue {
         match qp {
             Ok(qp) => {
                 let me = Rc::downgrade(self);
-                qp.set_on_path_error(Rc::new(move |nsid, io, sc| {
+                qp.set_on_path_error(Rc::new(move |route, io, sc| {
                     let Some(q) = me.upgrade() else { return io.complete(IoStatus::Nvme { sct: 3, sc }) };
-                    q.path_error(nsid, io, sc);
+                    q.path_error(route, io, sc);
                 }));
                 if self.ctrl.opts.abort_on_timeout {
                     // The Abort goes on the admin queue, on the main reactor.
@@ -475,7 +662,8 @@ impl IoQueue {
     /// taken as that for the namespace until the ANA log (read again now)
     /// says otherwise, and the request goes back to its user, who sends it
     /// on another path, waits for a transition, or fails it.
-    fn path_error(&self, nsid: u32, io: BdevIo, sc: u8) {
+    fn path_error(&self, route: Route, io: BdevIo, sc: u8) {
+        let nsid = route.nsid;
         if !self.ctrl.reports_ana() {
             // No ANA log to learn better from: the status is the answer.
             return io.complete(IoStatus::Nvme { sct: 3, sc });
@@ -491,7 +679,7 @@ impl IoQueue {
             let ctrl = self.ctrl.clone();
             reactor::send_msg(ReactorId(0), move || crate::bdev::ana_changed(&ctrl));
         }
-        match self.user(nsid) {
+        match self.user(route) {
             Some(u) => u.requeue(io),
             None => io.complete(IoStatus::Nvme { sct: 3, sc }),
         }
@@ -509,7 +697,7 @@ impl IoQueue {
         self.tell_users();
     }
 
-    fn park_front(&self, ios: Vec<(u32, BdevIo)>) {
+    fn park_front(&self, ios: Vec<(Route, BdevIo)>) {
         let mut p = self.parked.borrow_mut();
         for x in ios.into_iter().rev() {
             p.push_front(x);
@@ -518,8 +706,8 @@ impl IoQueue {
 
     fn flush_parked(self: &Rc<Self>) {
         let parked = std::mem::take(&mut *self.parked.borrow_mut());
-        for (nsid, io) in parked {
-            self.submit(nsid, io);
+        for (route, io) in parked {
+            self.submit(route, io);
         }
     }
 
@@ -709,7 +897,6 @@ struct Bringup {
     vs: u32,
     id: Option<Box<IdentifyController>>,
     io_queues: u16,
-    nsids: Vec<u32>,
     namespaces: Vec<Namespace>,
     deadline: Instant,
     done: Option<UpCb>,
@@ -729,6 +916,15 @@ fn finish(b: &B, r: Result<(), HostError>) {
             Ok(()) if s.existing.is_some() => {
                 let c = s.existing.clone().expect("checked");
                 c.set_cntlid(s.cntlid);
+                if let Some(id) = &s.id {
+                    c.nn.store(id.nn.get(), Ordering::Relaxed);
+                }
+                // Notices sent while the controller was away are lost: the
+                // namespaces are those the new association identified.
+                let changes = c.update_namespaces(std::mem::take(&mut s.namespaces), None);
+                if !changes.is_empty() {
+                    tracing::info!("nvmf host: {}: namespaces changed while reconnecting: {changes:?}", c.name);
+                }
                 *s.up.borrow_mut() = Some(c.clone());
                 Ok((c, s.qp.clone()))
             }
@@ -743,7 +939,8 @@ fn finish(b: &B, r: Result<(), HostError>) {
                 // 64-byte command, then the data.
                 let in_capsule = (id.ioccsz.get().saturating_mul(16)).saturating_sub(64).min(max_transfer);
                 let in_capsule = if id.icdoff.get() != 0 { 0 } else { in_capsule };
-                let nns = s.namespaces.len();
+                let mut namespaces = Vec::new();
+                merge_namespaces(&mut namespaces, std::mem::take(&mut s.namespaces), None);
                 let ctrl = Arc::new(Controller {
                     name: s.name.clone(),
                     opts: s.opts.clone(),
@@ -753,13 +950,13 @@ fn finish(b: &B, r: Result<(), HostError>) {
                     removed: AtomicBool::new(false),
                     cap: s.cap,
                     vs: s.vs,
+                    nn: AtomicU32::new(id.nn.get()),
                     id,
-                    namespaces: std::mem::take(&mut s.namespaces),
+                    namespaces: Mutex::new(namespaces),
                     io_queues: s.io_queues,
                     max_transfer,
                     in_capsule,
                     qids: Mutex::new(vec![false; usize::from(s.io_queues)]),
-                    ana: (0..nns).map(|_| AtomicU8::new(ana::OPTIMIZED)).collect(),
                     timeouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
                     aborts: std::sync::atomic::AtomicU64::new(0),
                 });
@@ -864,7 +1061,6 @@ fn bring_up(
         vs: 0,
         id: None,
         io_queues: 0,
-        nsids: Vec::new(),
         namespaces: Vec::new(),
         done: Some(Box::new(done)),
     }));
@@ -950,47 +1146,168 @@ fn set_queues(b: B, want: u32) {
                 let dw0 = a.cqe.result.get();
                 let granted = ((dw0 & 0xffff).min(dw0 >> 16) + 1).min(want);
                 b.borrow_mut().io_queues = granted as u16;
-                ns_list(b);
+                async_config(b);
             }
         }),
     );
 }
 
+/// Asynchronous Event Configuration: the notices the host follows (the
+/// namespace attribute notices Identify Controller's OAES offers, and ANA
+/// change notices where the controller reports ANA), enabled before the
+/// namespaces are read so that no change after the read goes unnoticed.
+/// A controller that refuses it is still used (its changes are not
+/// followed).
+fn async_config(b: B) {
+    let qp = qp_of(&b);
+    let aec = b.borrow().id.as_ref().map_or(0, |id| notices(id));
+    if aec == 0 {
+        return ns_list(b);
+    }
+    set_async_events(&qp, aec, move |r| {
+        if let Err(e) = r {
+            let s = b.borrow();
+            tracing::warn!(
+                "nvmf host: {} at {}: notices not enabled ({e}); changes of namespaces and ANA states are not followed",
+                s.name,
+                s.opts.addr
+            );
+        }
+        ns_list(b);
+    });
+}
+
+/// Asynchronous Event Configuration (and OAES) bit 8: namespace attribute
+/// notices.
+pub const NS_ATTRIBUTE_NOTICES: u32 = 1 << 8;
+
+/// The notices a host follows from controller `id`.
+pub fn notices(id: &IdentifyController) -> u32 {
+    let ana = if id.cmic & 8 != 0 { ana::OAES_ANA_CHANGE } else { 0 };
+    (id.oaes.get() & NS_ATTRIBUTE_NOTICES) | ana
+}
+
 fn ns_list(b: B) {
     let qp = qp_of(&b);
-    identify(&qp, cns::ACTIVE_NAMESPACE_LIST, 0, move |r| match r {
+    let nn = b.borrow().id.as_ref().map_or(0, |id| id.nn.get());
+    active_namespaces(&qp, nn, move |r| match r {
         Err(e) => finish(&b, Err(e)),
-        Ok(data) => {
-            let ids: Vec<u32> =
-                data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).take_while(|&n| n != 0).collect();
-            b.borrow_mut().nsids = ids;
-            next_ns(b);
+        Ok(ids) => {
+            let qp = qp_of(&b);
+            identify_namespaces(&qp, ids, move |r| match r {
+                Err(e) => finish(&b, Err(e)),
+                Ok(nss) => {
+                    b.borrow_mut().namespaces = nss;
+                    finish(&b, Ok(()));
+                }
+            });
         }
     });
 }
 
-fn next_ns(b: B) {
-    let nsid = {
-        let s = b.borrow();
-        s.nsids.get(s.namespaces.len()).copied()
-    };
-    let Some(nsid) = nsid else { return finish(&b, Ok(())) };
-    let qp = qp_of(&b);
-    identify(&qp, cns::NAMESPACE, nsid, move |r| match r {
-        Err(e) => finish(&b, Err(e)),
+/// Namespaces a controller may have that the host follows: a bdev each,
+/// an Identify each at attach and after each change (SPDK's
+/// `nvmf_create_subsystem` allows 32 by default, Linux's nvmet 1024).
+pub const MAX_NAMESPACES: usize = 4096;
+
+/// The active namespace list (Identify CNS 02h), page after page while a
+/// page is full, up to `nn` (the controller's Number of Namespaces) and
+/// [`MAX_NAMESPACES`].
+pub fn active_namespaces(qp: &Rc<Qpair>, nn: u32, done: impl FnOnce(Result<Vec<u32>, HostError>) + 'static) {
+    next_ns_page(qp.clone(), nn, Vec::new(), Box::new(done));
+}
+
+fn next_ns_page(qp: Rc<Qpair>, nn: u32, mut ids: Vec<u32>, done: Box<dyn FnOnce(Result<Vec<u32>, HostError>)>) {
+    let from = ids.last().copied().unwrap_or(0);
+    let q = qp.clone();
+    identify(&q, cns::ACTIVE_NAMESPACE_LIST, from, move |r| {
+        let data = match r {
+            Err(e) => return done(Err(e)),
+            Ok(d) => d,
+        };
+        let page: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).take_while(|&n| n != 0).collect();
+        let full = page.len() == 1024;
+        // The list ascends; anything else ends it (a controller that
+        // repeats itself must not loop us), and so do NSIDs past what the
+        // controller says it has.
+        for n in page {
+            if n <= ids.last().copied().unwrap_or(0) || n >= 0xffff_fffe || (nn != 0 && n > nn) {
+                return done(Ok(ids));
+            }
+            if ids.len() == MAX_NAMESPACES {
+                tracing::warn!(
+                    "nvmf host: the controller has more than {MAX_NAMESPACES} active namespaces; those after NSID {from} are not followed"
+                );
+                return done(Ok(ids));
+            }
+            ids.push(n);
+        }
+        let last = ids.last().copied().unwrap_or(0);
+        if full && (nn == 0 || last < nn) {
+            next_ns_page(qp, nn, ids, done);
+        } else {
+            done(Ok(ids));
+        }
+    });
+}
+
+/// Identify Namespace for each of `nsids`, one after another. A namespace
+/// that is not active (any more) comes back with no blocks.
+pub fn identify_namespaces(qp: &Rc<Qpair>, nsids: Vec<u32>, done: impl FnOnce(Result<Vec<Namespace>, HostError>) + 'static) {
+    next_ns(qp.clone(), nsids.into_iter(), Vec::new(), Box::new(done));
+}
+
+type NsDone = Box<dyn FnOnce(Result<Vec<Namespace>, HostError>)>;
+
+fn next_ns(qp: Rc<Qpair>, mut nsids: std::vec::IntoIter<u32>, mut out: Vec<Namespace>, done: NsDone) {
+    let Some(nsid) = nsids.next() else { return done(Ok(out)) };
+    let q = qp.clone();
+    identify(&q, cns::NAMESPACE, nsid, move |r| match r {
+        // A namespace that went away between the list and its Identify
+        // (older nvmet answers Invalid Namespace): not active. Only the
+        // queue's failure fails the read.
+        Err(HostError::Status(_, st)) => {
+            tracing::debug!("nvmf host: Identify Namespace {nsid}: {st:?}; not active");
+            next_ns(qp, nsids, out, done)
+        }
+        Err(e) => done(Err(e)),
         Ok(data) => {
             let ns = IdentifyNamespace::read_from_bytes(&data[..size_of::<IdentifyNamespace>()]).expect("4096 bytes");
             let f = ns.current_format();
-            b.borrow_mut().namespaces.push(Namespace {
+            let info = Namespace {
                 nsid,
                 block_size: ns.block_size().unwrap_or(0),
                 num_blocks: ns.nsze.get(),
                 metadata_size: f.ms.get(),
                 nguid: ns.nguid,
+                uuid: [0; 16],
+                eui64: ns.eui64,
                 can_share: ns.nmic & 1 != 0,
                 anagrpid: ns.anagrpid.get(),
+            };
+            if info.num_blocks == 0 {
+                // Not active (any more): nothing more to read.
+                out.push(info);
+                return next_ns(qp, nsids, out, done);
+            }
+            // Its identifiers (a controller that has no list answers with
+            // an error or zeros: the namespace has none beyond Identify's).
+            let q = qp.clone();
+            identify(&q, cns::NAMESPACE_DESCRIPTOR_LIST, nsid, move |r| {
+                let mut info = info;
+                if let Ok(d) = r {
+                    let ids = pollux_nvme_spec::identify::parse_namespace_ids(&d);
+                    info.uuid = ids.uuid;
+                    if info.nguid == [0; 16] {
+                        info.nguid = ids.nguid;
+                    }
+                    if info.eui64 == [0; 8] {
+                        info.eui64 = ids.eui64;
+                    }
+                }
+                out.push(info);
+                next_ns(qp, nsids, out, done);
             });
-            next_ns(b);
         }
     });
 }
@@ -1064,7 +1381,10 @@ pub use pollux_nvme_spec::ana::parse_log as parse_ana_log;
 /// group it may report and every namespace id once.
 pub fn ana_log_len(ctrl: &Controller) -> usize {
     let groups = ctrl.id.nanagrpid.get().clamp(1, 1024) as usize;
-    (16 + 32 * groups + 4 * ctrl.namespaces.len().max(1)).next_multiple_of(4).min(1 << 20)
+    // Every namespace the controller may list (not only those known: more
+    // may have come), within what the host follows.
+    let nsids = (ctrl.nn() as usize).max(ctrl.active().len()).clamp(1, MAX_NAMESPACES);
+    (16 + 32 * groups + 4 * nsids).next_multiple_of(4).min(1 << 20)
 }
 
 /// Read the ANA log page of `ctrl` over its admin queue and take its
@@ -1077,4 +1397,92 @@ pub fn refresh_ana(ctrl: &Arc<Controller>, qp: &Qpair, done: impl FnOnce(Result<
     get_log_page_upto(qp, pollux_nvme_spec::log::lid::ASYMMETRIC_NAMESPACE_ACCESS, 0, ana_log_len(ctrl), move |r| {
         done(r.map(|log| c.apply_ana_log(&log)))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(nsid: u32, num_blocks: u64) -> Namespace {
+        Namespace {
+            nsid,
+            block_size: 512,
+            num_blocks,
+            metadata_size: 0,
+            nguid: [nsid as u8; 16],
+            uuid: [0; 16],
+            eui64: [0; 8],
+            can_share: true,
+            anagrpid: 1,
+        }
+    }
+
+    fn nsids(list: &[Active]) -> Vec<u32> {
+        list.iter().map(|a| a.info.nsid).collect()
+    }
+
+    #[test]
+    fn a_whole_list_adds_removes_and_resizes_and_keeps_the_ana_state_of_what_stays() {
+        let mut list = Vec::new();
+        let ch = merge_namespaces(&mut list, vec![ns(1, 100), ns(3, 100)], None);
+        assert_eq!(ch, NsChanges { added: vec![1, 3], ..Default::default() });
+        list[0].state.set(ana::NON_OPTIMIZED);
+        let held = list[0].state.clone();
+        let three = list[1].state.clone();
+        // 3 gone, 2 new, 1 grown; one with no blocks is not active.
+        let ch = merge_namespaces(&mut list, vec![ns(2, 50), ns(1, 200), ns(7, 0)], None);
+        assert_eq!(ch, NsChanges { added: vec![2], removed: vec![3], changed: vec![1] });
+        assert_eq!(nsids(&list), [1, 2]);
+        assert_eq!(list[0].info.num_blocks, 200);
+        assert!(Arc::ptr_eq(&list[0].state, &held), "a channel's state stays the namespace's");
+        assert!(!held.is_gone());
+        assert!(three.is_gone(), "a channel holding a removed namespace sends nothing there");
+        assert_eq!(list[0].state.ana_state(), ana::NON_OPTIMIZED);
+        assert_eq!(list[1].state.ana_state(), ana::OPTIMIZED);
+        let ch = merge_namespaces(&mut list, vec![ns(2, 50), ns(1, 200)], None);
+        assert!(ch.is_empty(), "{ch:?}");
+    }
+
+    #[test]
+    fn a_scoped_identification_changes_only_the_namespaces_it_covers() {
+        let mut list = Vec::new();
+        merge_namespaces(&mut list, vec![ns(1, 100), ns(2, 100), ns(3, 100)], None);
+        // The log names 2 (gone: not identified) and 4 (new); 1 and 3 are
+        // outside the scope and stay, though `fresh` does not have them.
+        let ch = merge_namespaces(&mut list, vec![ns(4, 10)], Some(&[2, 4]));
+        assert_eq!(ch, NsChanges { added: vec![4], removed: vec![2], changed: vec![] });
+        assert_eq!(nsids(&list), [1, 3, 4]);
+        // Identified with no blocks (inactive by the time it was asked).
+        let ch = merge_namespaces(&mut list, vec![ns(3, 0)], Some(&[3]));
+        assert_eq!(ch.removed, [3]);
+        assert_eq!(nsids(&list), [1, 4]);
+        // A UUID that changes beside the same NGUID: the same namespace (a
+        // target that pins the NGUID and derives the UUID at each start).
+        let mut same = ns(1, 100);
+        same.uuid = [0xdd; 16];
+        assert!(merge_namespaces(&mut list, vec![same], Some(&[1])).is_empty());
+        // Another namespace under NSID 1: same size, another identity (its
+        // UUID only, as Linux's nvmet tells them apart: it has no NGUID).
+        list[0].info.nguid = [0; 16];
+        let old = list[0].state.clone();
+        let mut other = ns(1, 100);
+        other.nguid = [0; 16];
+        other.uuid = [0xee; 16];
+        let ch = merge_namespaces(&mut list, vec![other.clone()], Some(&[1]));
+        assert_eq!(ch.changed, [1]);
+        assert!(old.is_gone() && !old.is(&other.ident()));
+        assert!(!list[0].state.is_gone() && list[0].state.is(&other.ident()), "a new state for the new namespace");
+    }
+
+    #[test]
+    fn many_namespaces_merge_in_order() {
+        // 4096 namespaces (MAX_NAMESPACES), given in reverse, then every
+        // other one removed in one scoped identification.
+        let mut list = Vec::new();
+        merge_namespaces(&mut list, (1..=4096).rev().map(|n| ns(n, 10)).collect(), None);
+        let gone: Vec<u32> = (1..=4096).step_by(2).collect();
+        let ch = merge_namespaces(&mut list, Vec::new(), Some(&gone));
+        assert_eq!(ch.removed.len(), 2048);
+        assert_eq!(nsids(&list), (2..=4096).step_by(2).collect::<Vec<_>>());
+    }
 }

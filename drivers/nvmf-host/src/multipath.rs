@@ -4,9 +4,10 @@
 //! reactor.
 //!
 //! A namespace bdev's channel on a reactor keeps its own list of paths
-//! (the I/O queue of each controller on that reactor), rebuilt when the
-//! path set's generation changes (a path added or taken away: a lock then,
-//! never on the I/O path). Each request goes to the best path that is
+//! (the I/O queue of each controller on that reactor, and the namespace's
+//! state through it), rebuilt when the path set's generation changes (a
+//! path added or taken away, or the namespaces of one changed: a lock
+//! then, never on the I/O path). Each request goes to the best path that is
 //! connected: active-passive takes the first in attach order,
 //! active-active spreads requests over all of them (round robin, or the
 //! least busy queue). A path that fails gives its requests back to the
@@ -22,7 +23,11 @@ use std::sync::{Arc, Mutex};
 use pollux_core::bdev::{BackendChannel, BdevIo, IoStatus};
 use pollux_core::io_channel::{IoChannel, get_io_channel};
 
-use crate::ctrlr::{Controller, IoQueue, PathUser, ana};
+use crate::ctrlr::{Controller, Ident, IoQueue, NsState, PathUser, ana};
+use crate::qpair::Route;
+
+/// Each channel's own user number in its routes.
+static NEXT_USER: AtomicU32 = AtomicU32::new(1);
 
 /// The paths (controllers) of one bdev controller, shared by the reactors.
 pub struct PathSet {
@@ -47,6 +52,12 @@ impl PathSet {
 
     pub(crate) fn remove(&self, c: &Arc<Controller>) {
         self.paths.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| !Arc::ptr_eq(p, c));
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The namespaces of a path changed: channels look their paths up
+    /// again.
+    pub(crate) fn touch(&self) {
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
@@ -121,17 +132,18 @@ pub enum PathState {
     Failed,
 }
 
-/// The state of `ctrl` as a path to namespace `nsid`, with `q` its queue
-/// on this reactor.
-pub fn path_state(ctrl: &Controller, q: Option<&IoQueue>, nsid: u32) -> PathState {
+/// The state of `ctrl` as a path to a namespace (`ns`: its state there;
+/// None where the namespace is not active through `ctrl`), with `q` its
+/// queue on this reactor.
+pub fn path_state(ctrl: &Controller, q: Option<&IoQueue>, ns: Option<&NsState>) -> PathState {
     if ctrl.is_failing() || ctrl.is_removed() {
         return PathState::Failed;
     }
     if !ctrl.is_up() {
         return PathState::Down;
     }
-    let ana = ctrl.ana_state(nsid);
-    match ana {
+    let Some(ns) = ns.filter(|ns| !ns.is_gone()) else { return PathState::Failed };
+    match ns.ana_state() {
         ana::INACCESSIBLE | ana::PERSISTENT_LOSS => PathState::Inaccessible,
         ana::CHANGE => PathState::Changing,
         _ if !q.is_some_and(|q| q.is_live()) => PathState::Connecting,
@@ -179,6 +191,8 @@ pub(crate) fn choose(states: &[PathState], policy: &Policy, cursor: usize, depth
 struct Path {
     ctrl: Arc<Controller>,
     q: IoChannel<Controller>,
+    /// The namespace through this path, as of the set's epoch.
+    ns: Option<Arc<NsState>>,
 }
 
 /// A namespace bdev's channel on one reactor: its paths there and the
@@ -187,6 +201,10 @@ pub(crate) struct NsPaths {
     me: Weak<NsPaths>,
     set: Arc<PathSet>,
     nsid: u32,
+    /// Its requests' route: the queues give them back to this channel only.
+    route: Route,
+    /// The namespace this bdev is: under its NSID a path may have another.
+    ident: Ident,
     policy: Arc<Policy>,
     epoch: Cell<u64>,
     paths: RefCell<Vec<Path>>,
@@ -201,11 +219,13 @@ pub(crate) struct NsPaths {
 }
 
 impl NsPaths {
-    pub(crate) fn new(set: Arc<PathSet>, nsid: u32, policy: Arc<Policy>) -> Rc<NsPaths> {
+    pub(crate) fn new(set: Arc<PathSet>, nsid: u32, ident: Ident, policy: Arc<Policy>) -> Rc<NsPaths> {
         let p = Rc::new_cyclic(|me| NsPaths {
             me: me.clone(),
             set,
             nsid,
+            route: Route { nsid, user: NEXT_USER.fetch_add(1, Ordering::Relaxed) },
+            ident,
             policy,
             epoch: Cell::new(0),
             paths: RefCell::new(Vec::new()),
@@ -241,17 +261,26 @@ impl NsPaths {
         }
         drop(gone);
         let mut paths = self.paths.borrow_mut();
+        for p in paths.iter_mut() {
+            p.ns = self.ns_of(&p.ctrl);
+        }
         for c in now.iter() {
             if !paths.iter().any(|p| Arc::ptr_eq(&p.ctrl, c)) {
                 let q = get_io_channel(c);
                 let me: Weak<dyn PathUser> = self.me.clone();
-                q.add_user(self.nsid, me);
-                paths.push(Path { ctrl: c.clone(), q });
+                q.add_user(self.route, me);
+                let ns = self.ns_of(c);
+                paths.push(Path { ctrl: c.clone(), q, ns });
             }
         }
         // Attach order, as active-passive prefers.
         paths.sort_by_key(|p| now.iter().position(|c| Arc::ptr_eq(c, &p.ctrl)));
         self.states.borrow_mut().resize(paths.len(), PathState::Failed);
+    }
+
+    /// This bdev's namespace through path `c`, if it has it.
+    fn ns_of(&self, c: &Controller) -> Option<Arc<NsState>> {
+        c.ns_state(self.nsid).filter(|s| s.is(&self.ident))
     }
 
     fn send(&self, io: BdevIo) {
@@ -260,7 +289,7 @@ impl NsPaths {
             let paths = self.paths.borrow();
             let mut states = self.states.borrow_mut();
             for (s, p) in states.iter_mut().zip(paths.iter()) {
-                *s = path_state(&p.ctrl, Some(&p.q), self.nsid);
+                *s = path_state(&p.ctrl, Some(&p.q), p.ns.as_deref());
             }
             let rr = self.policy.is_active_active() && !self.policy.is_queue_depth();
             if rr && self.left.get() == 0 {
@@ -281,7 +310,7 @@ impl NsPaths {
             }
         };
         match choice {
-            Ok(q) => q.submit(self.nsid, io),
+            Ok(q) => q.submit(self.route, io),
             Err(None) => self.waiting.borrow_mut().push_back(io),
             Err(Some(st)) => io.complete(st),
         }
@@ -334,7 +363,7 @@ pub(crate) fn local_view(set: &Arc<PathSet>, nsid: u32) -> Vec<(Arc<Controller>,
         .into_iter()
         .map(|c| {
             let q = pollux_core::io_channel::try_get_io_channel(&c);
-            let st = path_state(&c, q.as_deref().map(|q| &**q), nsid);
+            let st = path_state(&c, q.as_deref().map(|q| &**q), c.ns_state(nsid).as_deref());
             (c, st)
         })
         .collect()

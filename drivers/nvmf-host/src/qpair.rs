@@ -79,10 +79,10 @@ pub type AdminCb = Box<dyn FnOnce(Result<AdminDone, HostError>)>;
 type ReadyCb = Box<dyn FnOnce(Result<(), HostError>)>;
 /// Told why the queue pair failed, and handed back the bdev requests it
 /// held (when it requeues) to be sent again after a reconnect.
-type FailCb = Box<dyn Fn(&HostError, Vec<(u32, BdevIo)>)>;
+type FailCb = Box<dyn Fn(&HostError, Vec<(Route, BdevIo)>)>;
 /// Told of a request failed with a path-related status (namespace id, the
 /// request, the status code).
-pub type PathErrorCb = Rc<dyn Fn(u32, BdevIo, u8)>;
+pub type PathErrorCb = Rc<dyn Fn(Route, BdevIo, u8)>;
 /// Asked to abort the I/O command with this command id (it passed the
 /// command timeout).
 pub type AbortCb = Rc<dyn Fn(u16)>;
@@ -158,10 +158,19 @@ enum Slot {
     },
 }
 
+/// Where a bdev request goes: its namespace, and who sent it (the user
+/// its queue gives it back to if it cannot finish it: requests of two
+/// bdevs that had the same NSID one after the other never mix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub nsid: u32,
+    pub user: u32,
+}
+
 /// A bdev request, split into `pending` commands.
 struct Parent {
     io: Option<BdevIo>,
-    nsid: u32,
+    route: Route,
     pending: u32,
     status: IoStatus,
     /// A command of it passed the command timeout (and ended the queue).
@@ -199,10 +208,10 @@ enum Done {
     Admin(AdminCb, Result<AdminDone, HostError>),
     Io(BdevIo, IoStatus),
     Ready(ReadyCb, Result<(), HostError>),
-    Failed(HostError, Vec<(u32, BdevIo)>),
+    Failed(HostError, Vec<(Route, BdevIo)>),
     /// A request the controller failed with a path-related status (ANA):
     /// for the owner to send on another path.
-    PathError(u32, BdevIo, u8),
+    PathError(Route, BdevIo, u8),
 }
 
 /// What a command moves, as its wire is to carry it.
@@ -349,7 +358,7 @@ impl Qpair {
         cfg: QpairConfig,
         qid: u16,
         on_ready: impl FnOnce(Result<(), HostError>) + 'static,
-        on_fail: impl Fn(&HostError, Vec<(u32, BdevIo)>) + 'static,
+        on_fail: impl Fn(&HostError, Vec<(Route, BdevIo)>) + 'static,
     ) -> Result<Rc<Qpair>, HostError> {
         let group = ClientGroup::get("nvmf_host_poll_group").map_err(|e| HostError::Connect(cfg.addr.to_string(), e.to_string()))?;
         if cfg.fabric == Fabric::Rdma {
@@ -511,8 +520,8 @@ impl Qpair {
         self.kick();
     }
 
-    /// Submit a bdev request to namespace `nsid`.
-    pub fn submit(&self, nsid: u32, io: BdevIo) {
+    /// Submit a bdev request to namespace `route.nsid`.
+    pub fn submit(&self, route: Route, io: BdevIo) {
         let mut st = self.st.borrow_mut();
         if st.phase == Phase::Closed {
             drop(st);
@@ -537,7 +546,7 @@ impl Qpair {
             return io.complete(IoStatus::Failed);
         }
         let pieces = if matches!(kind, IoType::Flush | IoType::Reset) { 1 } else { total.div_ceil(chunk.max(1)) };
-        let parent = Parent { io: Some(io), nsid, pending: pieces as u32, status: IoStatus::Success, timed_out: false };
+        let parent = Parent { io: Some(io), route, pending: pieces as u32, status: IoStatus::Success, timed_out: false };
         let p = match st.free_parents.pop() {
             Some(i) => {
                 st.parents[i as usize] = parent;
@@ -776,10 +785,10 @@ impl Qpair {
             match d {
                 Done::Admin(cb, r) => cb(r),
                 Done::Io(io, s) => io.complete(s),
-                Done::PathError(nsid, io, sc) => {
+                Done::PathError(route, io, sc) => {
                     let f = self.st.borrow().on_path_error.clone();
                     match f {
-                        Some(f) => f(nsid, io, sc),
+                        Some(f) => f(route, io, sc),
                         None => io.complete(IoStatus::Nvme { sct: 3, sc }),
                     }
                 }
@@ -812,14 +821,14 @@ impl Qpair {
 
     /// Close and hand back the bdev requests it holds, telling no one (the
     /// owner replaces it).
-    pub fn close_take(&self) -> Vec<(u32, BdevIo)> {
+    pub fn close_take(&self) -> Vec<(Route, BdevIo)> {
         self.end(HostError::Closed, End::Take)
     }
 
     /// The one way a queue pair ends: close the connection, then settle
     /// what it held as `how` says. Returns the requests handed back
     /// ([`End::Take`] only).
-    fn end(&self, e: HostError, how: End) -> Vec<(u32, BdevIo)> {
+    fn end(&self, e: HostError, how: End) -> Vec<(Route, BdevIo)> {
         let mut done = {
             let mut st = self.st.borrow_mut();
             if st.phase == Phase::Closed {
@@ -1012,7 +1021,7 @@ impl State {
                 // bounded number of times.
                 let spent = p.timed_out && self.cfg.retry_limit.is_some_and(|limit| io.retried() > limit);
                 if requeue && !spent {
-                    ios.push((p.nsid, io));
+                    ios.push((p.route, io));
                 } else {
                     if spent {
                         tracing::warn!(
@@ -1041,7 +1050,9 @@ impl State {
                 // ANA persistent loss, inaccessible, transition: another
                 // path may serve it (the owner decides).
                 match p.status {
-                    IoStatus::Nvme { sct: 3, sc: sc @ 1..=3 } if self.on_path_error.is_some() => done.push(Done::PathError(p.nsid, io, sc)),
+                    IoStatus::Nvme { sct: 3, sc: sc @ 1..=3 } if self.on_path_error.is_some() => {
+                        done.push(Done::PathError(p.route, io, sc))
+                    }
                     st => done.push(Done::Io(io, st)),
                 }
             }
@@ -1143,7 +1154,7 @@ impl State {
         };
         let mut cmd = Command::new(opcode);
         cmd.cid.set(cid);
-        cmd.nsid.set(p.nsid);
+        cmd.nsid.set(p.route.nsid);
         // A null SGL unless the command moves data (see `issue_waiting`).
         cmd.flags |= pollux_nvme_spec::cmd::flags::PSDT_SGL;
         cmd.dptr.set_sgl(SglDescriptor::new(SglType::TransportDataBlock, SglSubtype::Transport, 0, 0));

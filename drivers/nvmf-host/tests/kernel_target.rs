@@ -7,7 +7,9 @@
 //! subsystems the kernel lists (a log longer than one page); and ANA: two
 //! ports as two paths, one made inaccessible and optimized again, followed
 //! by the host's reported states and by a verify that sees no error; and
-//! a transition that never ends, bounded by the ANA transition time.
+//! a transition that never ends, bounded by the ANA transition time; and
+//! a namespace the kernel adds, disables and enables again after the
+//! attach, followed by the host's bdevs.
 
 use std::process::Command;
 use std::time::Duration;
@@ -90,6 +92,15 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while !f() {
         assert!(t0.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `wait_for`, with the daemon's log in the failure.
+fn wait_logged(d: &Daemon, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "timed out waiting for {what}; the daemon's log:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -241,6 +252,30 @@ fn pollux_host_verifies_a_kernel_nvmet_namespace_and_reports_a_refused_host() {
         assert!(!out.status.success() || r["total"]["errors"].as_u64().unwrap_or(0) > 0, "{r}\n{err}");
         set_ana(1, "optimized");
         set_ana(2, "optimized");
+
+        // Namespaces the kernel adds and takes away after the attach: the
+        // host follows its namespace attribute notices.
+        d.call("bdev_nvme_attach_controller", Some(attach_params(HOST, false))).unwrap();
+        let blocks = |d: &Daemon, name: &str| -> Option<u64> {
+            let b = d.call("bdev_get_bdevs", None).unwrap();
+            b.as_array().unwrap().iter().find(|b| b["name"] == name).map(|b| b["num_blocks"].as_u64().unwrap())
+        };
+        assert_eq!(blocks(&d, "Nvme0n2"), None);
+        sh(&format!(
+            r#"
+N=/sys/kernel/config/nullb/nullb5
+mkdir $N; echo 16 > $N/size; echo 4096 > $N/blocksize; echo 1 > $N/memory_backed; echo 2 > $N/queue_mode; echo 0 > $N/irqmode; echo 1 > $N/power
+S=/sys/kernel/config/nvmet/subsystems/{NQN}/namespaces/2
+mkdir $S; echo /dev/nullb5 > $S/device_path; echo 1 > $S/enable
+"#
+        ));
+        wait_logged(&d, "Nvme0n2 from the kernel's new namespace", || blocks(&d, "Nvme0n2") == Some(4096));
+        sh(&format!("echo 0 > /sys/kernel/config/nvmet/subsystems/{NQN}/namespaces/2/enable"));
+        wait_logged(&d, "Nvme0n2 gone with the namespace", || blocks(&d, "Nvme0n2").is_none());
+        assert_eq!(blocks(&d, "Nvme0n1"), Some(524288));
+        sh(&format!("echo 1 > /sys/kernel/config/nvmet/subsystems/{NQN}/namespaces/2/enable"));
+        wait_logged(&d, "Nvme0n2 back", || blocks(&d, "Nvme0n2") == Some(4096));
+        d.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
         assert!(!d.log().contains("panicked"));
         assert_eq!(d.stop().code(), Some(0));
     });

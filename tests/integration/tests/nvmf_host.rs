@@ -8,6 +8,8 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pollux_tests::iscsi_host::free_port;
@@ -345,7 +347,9 @@ fn a_namespace_with_an_absurd_geometry_gets_no_bdev() {
 }
 
 /// A target serving the file `img` (uring bdev) on `port`: its data
-/// outlives the process, so a restarted target serves the same blocks.
+/// outlives the process, so a restarted target serves the same blocks, as
+/// the same namespace (its NGUID pinned: one derived from a bdev UUID made
+/// at start would be another namespace to a host, Linux's or Pollux's).
 fn file_target(port: u16, img: &std::path::Path) -> Daemon {
     Daemon::start(DaemonOpts {
         config: Some(json!({"subsystems": [
@@ -353,7 +357,7 @@ fn file_target(port: u16, img: &std::path::Path) -> Daemon {
             {"subsystem": "nvmf", "config": [
                 {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
                 {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "serial_number": "HOST0002"}},
-                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Uring0"}}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Uring0", "nguid": "0D6C4F3E2B1A49588776655443322110"}}},
                 {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}},
             ]},
         ]})),
@@ -824,4 +828,287 @@ fn discovery_reconnects_to_a_restarted_discovery_controller_and_follows_it_again
     t1.call("nvmf_subsystem_add_listener", Some(json!({"nqn": n, "listen_address": listener(a)}))).unwrap();
     wait_for("the subsystem added after the restart", || bdev_names(&host).len() == 2);
     assert!(!host.log().contains("panicked"), "{}", host.log());
+}
+
+/// The number of blocks of host bdev `name`, if it exists.
+fn bdev_blocks(host: &Daemon, name: &str) -> Option<u64> {
+    let b = host.call("bdev_get_bdevs", None).unwrap();
+    b.as_array().unwrap().iter().find(|b| b["name"] == name).map(|b| b["num_blocks"].as_u64().unwrap())
+}
+
+#[test]
+fn the_host_follows_namespaces_the_target_adds_resizes_removes_masks_and_brings_back() {
+    const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+    let (a, b) = (free_port(), free_port());
+    let tgt = target(a, None);
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(b)}))).unwrap();
+    tgt.call("bdev_malloc_create", Some(json!({"name": "Malloc1", "num_blocks": 32768, "block_size": 512}))).unwrap();
+    tgt.call("bdev_null_create", Some(json!({"name": "Null2", "num_blocks": 8192, "block_size": 4096}))).unwrap();
+    let host = Daemon::start(DaemonOpts::default());
+    let mut params = attach_params(a, false);
+    params["hostnqn"] = json!(HOSTNQN);
+    assert_eq!(host.call("bdev_nvme_attach_controller", Some(params.clone())).unwrap(), json!(["Nvme0n1"]));
+
+    // Added: a bdev appears, and data written through it is the
+    // namespace's (an lvstore made on it).
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}))).unwrap();
+    wait_for("Nvme0n2", || bdev_blocks(&host, "Nvme0n2") == Some(32768));
+    host.call("bdev_lvol_create_lvstore", Some(json!({"bdev_name": "Nvme0n2", "lvs_name": "lvs", "cluster_sz": 1 << 20}))).unwrap();
+    let c = host.call("bdev_nvme_get_controllers", Some(json!({"name": "Nvme0"}))).unwrap();
+    assert_eq!(c[0]["ctrlrs"][0]["namespaces"], json!(["Nvme0n1", "Nvme0n2"]), "{c}");
+
+    // Resized: the bdev follows.
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Null2", "nsid": 3}}))).unwrap();
+    wait_for("Nvme0n3", || bdev_blocks(&host, "Nvme0n3") == Some(8192));
+    tgt.call("bdev_null_resize", Some(json!({"name": "Null2", "new_size": 64}))).unwrap();
+    wait_for("Nvme0n3 resized", || bdev_blocks(&host, "Nvme0n3") == Some(16384));
+
+    // Removed: the bdev goes, with its users (the lvstore); added again, it
+    // comes back with the data, which the lvstore examine finds.
+    tgt.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 2}))).unwrap();
+    wait_for("Nvme0n2 gone", || bdev_blocks(&host, "Nvme0n2").is_none());
+    assert_eq!(host.call("bdev_lvol_get_lvstores", None).unwrap(), json!([]));
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}))).unwrap();
+    wait_for("the lvstore on Nvme0n2 again", || {
+        let l = host.call("bdev_lvol_get_lvstores", None).unwrap();
+        l.as_array().unwrap().iter().any(|s| s["name"] == "lvs" && s["base_bdev"] == "Nvme0n2")
+    });
+
+    // Masked: a namespace not visible to this host gets no bdev until it
+    // is shown to it, and goes when it is hidden again.
+    tgt.call("bdev_null_create", Some(json!({"name": "Null4", "num_blocks": 4096, "block_size": 512}))).unwrap();
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Null4", "nsid": 4, "no_auto_visible": true}})))
+        .unwrap();
+    // A second path that joins now finds the same namespaces.
+    let mut second = params.clone();
+    second["trsvcid"] = json!(b.to_string());
+    second["multipath"] = json!("multipath");
+    host.call("bdev_nvme_attach_controller", Some(second)).unwrap();
+    assert_eq!(bdev_blocks(&host, "Nvme0n4"), None, "hidden from this host");
+    tgt.call("nvmf_ns_add_host", Some(json!({"nqn": NQN, "nsid": 4, "host": HOSTNQN}))).unwrap();
+    wait_for("Nvme0n4", || bdev_blocks(&host, "Nvme0n4") == Some(4096));
+    // Both paths know it: it stays while one path is taken away.
+    let paths = |host: &Daemon| -> usize {
+        let b = host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n4"}))).unwrap();
+        b[0]["driver_specific"]["nvme"].as_array().map_or(0, |p| p.iter().filter(|p| p["ns_data"]["ana_state"] == "optimized").count())
+    };
+    wait_for("Nvme0n4 through both paths", || paths(&host) == 2);
+    host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0", "trsvcid": a.to_string()}))).unwrap();
+    assert_eq!(bdev_blocks(&host, "Nvme0n4"), Some(4096));
+    tgt.call("nvmf_ns_remove_host", Some(json!({"nqn": NQN, "nsid": 4, "host": HOSTNQN}))).unwrap();
+    wait_for("Nvme0n4 gone", || bdev_blocks(&host, "Nvme0n4").is_none());
+    assert_eq!(bdev_names(&host), ["Nvme0n1", "Nvme0n2", "Nvme0n3"]);
+
+    host.call("bdev_nvme_detach_controller", Some(json!({"name": "Nvme0"}))).unwrap();
+    assert_eq!(bdev_names(&host), Vec::<String>::new());
+    assert!(!host.log().contains("panicked"));
+    assert!(!tgt.log().contains("panicked"));
+}
+
+/// A proxy in front of `port` that, while `hold` is set, holds each answer
+/// to the admin commands `which` picks (by opcode and CDW10's low byte:
+/// the CNS or the log page) until `hold` is cleared (or a minute passed: a
+/// failing test ends); `held` counts them.
+fn holding_proxy(port: u16, which: (u8, u8), hold: Arc<AtomicBool>, held: Arc<AtomicUsize>) -> Proxy {
+    Proxy::start(format!("127.0.0.1:{port}").parse().unwrap(), move |sqe, offset, _data| {
+        if (sqe[0], sqe[40]) == which && offset == 0 && hold.load(Ordering::SeqCst) {
+            held.fetch_add(1, Ordering::SeqCst);
+            let t0 = std::time::Instant::now();
+            while hold.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    })
+}
+
+/// Clears a flag when dropped (a test that fails holds nothing up).
+struct Clear(Arc<AtomicBool>);
+
+impl Drop for Clear {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A reset while the namespaces are being read again after a notice: the
+/// reset closed the admin queue while the registry was borrowed, and the
+/// read's failed command, called back from inside the close, borrowed it
+/// again: the host daemon panicked (found by review, 2026-12-07). Now the
+/// controller reconnects and finds the new namespace.
+#[test]
+fn a_reset_during_a_namespace_read_reconnects_and_finds_the_namespace() {
+    let port = free_port();
+    let tgt = target(port, None);
+    let (hold, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    // Identify (06h), the active namespace list (CNS 02h).
+    let proxy = holding_proxy(port, (0x06, 2), hold.clone(), held.clone());
+    let _clear = Clear(hold.clone());
+    let host = Daemon::start(DaemonOpts::default());
+    host.call("bdev_nvme_attach_controller", Some(attach_params(proxy.addr().port(), false))).unwrap();
+    tgt.call("bdev_malloc_create", Some(json!({"name": "Malloc1", "num_blocks": 8192, "block_size": 512}))).unwrap();
+    hold.store(true, Ordering::SeqCst);
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}))).unwrap();
+    wait_for("the namespace read held at the proxy", || held.load(Ordering::SeqCst) > 0);
+    let reset = {
+        let sock = host.socket.clone();
+        std::thread::spawn(move || pollux_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]))
+    };
+    wait_for("the reset under way", || host.log().contains("reset requested") || host.log().contains("panicked"));
+    hold.store(false, Ordering::SeqCst);
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+    ok_stdout("pollux-rpc bdev_nvme_reset_controller", &reset.join().unwrap());
+    wait_for("Nvme0n2", || bdev_blocks(&host, "Nvme0n2") == Some(8192));
+    assert_eq!(path_states(&host), [(proxy.addr().port().to_string(), "enabled".to_string())]);
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+}
+
+/// Writes waiting for a lost path while the target puts another namespace
+/// under their NSID fail; they do not land on the new namespace (found by
+/// review, 2026-12-07: the queue depth's writes reached the new one). The
+/// old bdev goes, a new one comes for the new namespace.
+#[test]
+fn writes_for_a_namespace_replaced_while_the_path_was_down_do_not_reach_its_successor() {
+    let port = free_port();
+    let tgt = target(port, None);
+    for m in ["Malloc1", "Malloc2"] {
+        tgt.call("bdev_malloc_create", Some(json!({"name": m, "num_blocks": 16384, "block_size": 512}))).unwrap();
+    }
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}))).unwrap();
+    let dir = TempDir::new("nvmf-host-swap");
+    let mut p = attach_params(port, false);
+    p["ctrlr_loss_timeout_sec"] = json!(-1);
+    p["reconnect_delay_sec"] = json!(1);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [{"method": "bdev_nvme_attach_controller", "params": p}]}]});
+    let writes =
+        |name: &str| tgt.call("bdev_get_iostat", Some(json!({"name": name}))).unwrap()["bdevs"][0]["num_write_ops"].as_u64().unwrap();
+    let perf = spawn_perf(&dir, &cfg, &["-b", "Nvme0n2", "-q", "32", "-o", "4096", "-w", "randwrite", "-t", "30", "-m", "0x1", "--json"]);
+    wait_for("writes at Malloc1", || writes("Malloc1") > 1000);
+    let mut c = pollux_tests::app_client(&dir.join("perf.sock"), Duration::from_secs(20), Duration::from_secs(20));
+    tgt.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": NQN, "listen_address": listener(port)}))).unwrap();
+    wait_for("the host's path down", || {
+        let ctrls = c.call("bdev_nvme_get_controllers", None).unwrap();
+        ctrls[0]["ctrlrs"][0]["state"] != "enabled"
+    });
+    tgt.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 2}))).unwrap();
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc2", "nsid": 2}}))).unwrap();
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(port)}))).unwrap();
+    // The old bdev goes (its workload with it: pollux-perf ends), a new
+    // Nvme0n2 is the new namespace.
+    let out = perf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is another namespace now"), "{err}");
+    assert_eq!(writes("Malloc2"), 0, "writes meant for the old namespace 2 reached the new one:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The same with the ANA log's read after an ANA change notice: that read's
+/// callback looks at the registry too (older than namespace following:
+/// the same panic, found by the same review).
+#[test]
+fn a_reset_during_an_ana_log_read_reconnects_and_reads_it_again() {
+    let port = free_port();
+    let tgt = Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}}]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "ana_reporting": true}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": listener(port)}},
+            ]},
+        ]})),
+        ..DaemonOpts::default()
+    });
+    let (hold, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    // Get Log Page (02h), the ANA log (0Ch).
+    let proxy = holding_proxy(port, (0x02, 0x0c), hold.clone(), held.clone());
+    let _clear = Clear(hold.clone());
+    let host = Daemon::start(DaemonOpts::default());
+    host.call("bdev_nvme_attach_controller", Some(attach_params(proxy.addr().port(), false))).unwrap();
+    let ana = |host: &Daemon| {
+        let b = host.call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"}))).unwrap();
+        b[0]["driver_specific"]["nvme"][0]["ns_data"]["ana_state"].as_str().unwrap().to_string()
+    };
+    wait_for("optimized", || ana(&host) == "optimized");
+    hold.store(true, Ordering::SeqCst);
+    pollux_tests::set_listener_ana(&tgt, NQN, port, "non_optimized", None).unwrap();
+    wait_for("the ANA log read held at the proxy", || held.load(Ordering::SeqCst) > 0);
+    let reset = {
+        let sock = host.socket.clone();
+        std::thread::spawn(move || pollux_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]))
+    };
+    wait_for("the reset under way", || host.log().contains("reset requested") || host.log().contains("panicked"));
+    hold.store(false, Ordering::SeqCst);
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+    ok_stdout("pollux-rpc bdev_nvme_reset_controller", &reset.join().unwrap());
+    wait_for("non-optimized after the reconnect", || ana(&host) == "non_optimized");
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+}
+
+/// A target with `max_namespaces` `max_ns` (its NN), namespace 1 (a pinned
+/// NGUID: the same namespace across restarts) and `extra` (bdev, NSID);
+/// null bdevs Null2 and Null5 are there to add.
+fn numbered_target(port: u16, max_ns: u32, extra: &[(&str, u32)]) -> Daemon {
+    let mut cfg = vec![
+        json!({"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}),
+        json!({"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "serial_number": "HOST0001", "max_namespaces": max_ns}}),
+        json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "nsid": 1, "nguid": "0D6C4F3E2B1A49588776655443322110"}}}),
+    ];
+    for (b, n) in extra {
+        cfg.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": b, "nsid": n}}}));
+    }
+    cfg.push(json!({"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address": listener(port)}}));
+    Daemon::start(DaemonOpts {
+        config: Some(json!({"subsystems": [
+            {"subsystem": "bdev", "config": [
+                {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 32768, "block_size": 512}},
+                {"method": "bdev_null_create", "params": {"name": "Null2", "num_blocks": 4096, "block_size": 512}},
+                {"method": "bdev_null_create", "params": {"name": "Null5", "num_blocks": 4096, "block_size": 512}},
+            ]},
+            {"subsystem": "nvmf", "config": cfg},
+        ]})),
+        ..DaemonOpts::default()
+    })
+}
+
+/// A target restarted with more namespaces (NN 2, then 8): the reads after
+/// later notices used the first association's NN and took NSID 5 for gone
+/// (found by a second review, 2026-12-07).
+#[test]
+fn namespaces_past_the_first_associations_count_stay_after_a_reconnect() {
+    let port = free_port();
+    let tgt = numbered_target(port, 2, &[]);
+    let host = Daemon::start(DaemonOpts::default());
+    let mut p = attach_params(port, false);
+    p["ctrlr_loss_timeout_sec"] = json!(-1);
+    p["reconnect_delay_sec"] = json!(1);
+    host.call("bdev_nvme_attach_controller", Some(p)).unwrap();
+    drop(tgt);
+    let tgt = numbered_target(port, 8, &[("Null5", 5)]);
+    wait_for("Nvme0n5 after the reconnect", || bdev_blocks(&host, "Nvme0n5").is_some());
+    tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Null2", "nsid": 2}}))).unwrap();
+    // The read that gives Nvme0n2 is the one that would have taken Nvme0n5.
+    wait_for("Nvme0n2", || bdev_blocks(&host, "Nvme0n2").is_some());
+    assert!(bdev_blocks(&host, "Nvme0n5").is_some(), "Nvme0n5 deleted by the notice's read; log:\n{}", host.log());
+}
+
+/// A second path attached while the first is down, after the namespace
+/// grew: its view counts (the first's is stale), so it is taken and the
+/// bdev grows; it was refused as "not the same namespace" (found by a
+/// second review, 2026-12-07).
+#[test]
+fn a_second_path_while_the_first_is_down_is_taken_and_its_newer_size_followed() {
+    let (a, b) = (free_port(), free_port());
+    let tgt = numbered_target(a, 8, &[("Null2", 2)]);
+    tgt.call("nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": listener(b)}))).unwrap();
+    let host = Daemon::start(DaemonOpts::default());
+    let mut p = attach_params(a, false);
+    p["ctrlr_loss_timeout_sec"] = json!(-1);
+    p["reconnect_delay_sec"] = json!(1);
+    host.call("bdev_nvme_attach_controller", Some(p)).unwrap();
+    tgt.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": NQN, "listen_address": listener(a)}))).unwrap();
+    wait_for("path a down", || path_states(&host)[0].1 != "enabled");
+    tgt.call("bdev_null_resize", Some(json!({"name": "Null2", "new_size": 4}))).unwrap();
+    host.call("bdev_nvme_attach_controller", Some(another_path(b))).unwrap();
+    wait_for("Nvme0n2 grown", || bdev_blocks(&host, "Nvme0n2") == Some(8192));
 }
