@@ -921,6 +921,21 @@ fn holding_proxy(port: u16, which: (u8, u8), hold: Arc<AtomicBool>, held: Arc<At
     })
 }
 
+/// `bdev_nvme_reset_controller` of Nvme0 while the proxy holds a read
+/// (`held`), which it then lets go (`hold`): the host stays up and the
+/// reset answers.
+fn reset_while_a_read_is_held(host: &Daemon, hold: &AtomicBool, held: &AtomicUsize) {
+    wait_for("the read held at the proxy", || held.load(Ordering::SeqCst) > 0);
+    let reset = {
+        let sock = host.socket.clone();
+        std::thread::spawn(move || pollux_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]))
+    };
+    wait_for("the reset under way", || host.log().contains("reset requested") || host.log().contains("panicked"));
+    hold.store(false, Ordering::SeqCst);
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+    ok_stdout("pollux-rpc bdev_nvme_reset_controller", &reset.join().unwrap());
+}
+
 /// Clears a flag when dropped (a test that fails holds nothing up).
 struct Clear(Arc<AtomicBool>);
 
@@ -948,15 +963,7 @@ fn a_reset_during_a_namespace_read_reconnects_and_finds_the_namespace() {
     tgt.call("bdev_malloc_create", Some(json!({"name": "Malloc1", "num_blocks": 8192, "block_size": 512}))).unwrap();
     hold.store(true, Ordering::SeqCst);
     tgt.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1", "nsid": 2}}))).unwrap();
-    wait_for("the namespace read held at the proxy", || held.load(Ordering::SeqCst) > 0);
-    let reset = {
-        let sock = host.socket.clone();
-        std::thread::spawn(move || pollux_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]))
-    };
-    wait_for("the reset under way", || host.log().contains("reset requested") || host.log().contains("panicked"));
-    hold.store(false, Ordering::SeqCst);
-    assert!(!host.log().contains("panicked"), "{}", host.log());
-    ok_stdout("pollux-rpc bdev_nvme_reset_controller", &reset.join().unwrap());
+    reset_while_a_read_is_held(&host, &hold, &held);
     wait_for("Nvme0n2", || bdev_blocks(&host, "Nvme0n2") == Some(8192));
     assert_eq!(path_states(&host), [(proxy.addr().port().to_string(), "enabled".to_string())]);
     assert!(!host.log().contains("panicked"), "{}", host.log());
@@ -1032,15 +1039,7 @@ fn a_reset_during_an_ana_log_read_reconnects_and_reads_it_again() {
     wait_for("optimized", || ana(&host) == "optimized");
     hold.store(true, Ordering::SeqCst);
     pollux_tests::set_listener_ana(&tgt, NQN, port, "non_optimized", None).unwrap();
-    wait_for("the ANA log read held at the proxy", || held.load(Ordering::SeqCst) > 0);
-    let reset = {
-        let sock = host.socket.clone();
-        std::thread::spawn(move || pollux_rpc(&sock, &["bdev_nvme_reset_controller", "Nvme0"]))
-    };
-    wait_for("the reset under way", || host.log().contains("reset requested") || host.log().contains("panicked"));
-    hold.store(false, Ordering::SeqCst);
-    assert!(!host.log().contains("panicked"), "{}", host.log());
-    ok_stdout("pollux-rpc bdev_nvme_reset_controller", &reset.join().unwrap());
+    reset_while_a_read_is_held(&host, &hold, &held);
     wait_for("non-optimized after the reconnect", || ana(&host) == "non_optimized");
     assert!(!host.log().contains("panicked"), "{}", host.log());
 }
