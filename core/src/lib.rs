@@ -21,6 +21,7 @@ pub mod inline_fn;
 pub mod io_channel;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod reactor;
 pub mod rpc;
 pub mod scheduler;

@@ -1,4 +1,4 @@
-//! Framework, thread and log methods, with rpc.py's argument forms.
+//! Framework, thread, log and notify methods, with rpc.py's argument forms.
 
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -71,6 +71,18 @@ pub enum Cmd {
     LogClearFlag { flag: String },
     /// Show the log flags and which are set
     LogGetFlags,
+    /// List the notification types
+    NotifyGetTypes,
+    /// Show notifications (bdevs registered, deleted, resized)
+    #[command(name = "notify_get_notifications", rename_all = "kebab-case")]
+    NotifyGetNotifications {
+        /// Id of the first event to return (default: the oldest kept)
+        #[arg(short = 'i', long)]
+        id: Option<u64>,
+        /// Most events to return (default: no limit)
+        #[arg(short = 'n', long)]
+        max: Option<u64>,
+    },
 }
 
 fn req(method: &'static str, params: Option<Value>, show: Show) -> Request {
@@ -103,6 +115,17 @@ impl Cmd {
             LogSetFlag { flag } => req("log_set_flag", Some(json!({"flag": flag})), Show::Nothing),
             LogClearFlag { flag } => req("log_clear_flag", Some(json!({"flag": flag})), Show::Nothing),
             LogGetFlags => req("log_get_flags", None, Show::Json),
+            NotifyGetTypes => req("notify_get_types", None, Show::Json),
+            NotifyGetNotifications { id, max } => {
+                let mut p = serde_json::Map::new();
+                if let Some(i) = id {
+                    p.insert("id".into(), json!(i));
+                }
+                if let Some(m) = max {
+                    p.insert("max".into(), json!(m));
+                }
+                req("notify_get_notifications", (!p.is_empty()).then_some(Value::Object(p)), Show::Json)
+            }
         }
     }
 }

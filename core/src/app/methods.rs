@@ -1,6 +1,6 @@
 //! The framework's own RPC methods, with SPDK's names, parameters and result
 //! shapes: rpc_get_methods, spdk_get_version, framework_*, thread_*,
-//! spdk_kill_instance and log_*.
+//! spdk_kill_instance, log_* and notify_*.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,6 +47,21 @@ struct LogFlag {
     flag: String,
 }
 
+/// `notify_get_notifications`: from event `id` (the oldest kept when it is
+/// older, or absent), at most `max` (no limit when absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetNotifications {
+    #[serde(default)]
+    id: u64,
+    #[serde(default = "no_limit")]
+    max: u64,
+}
+
+fn no_limit() -> u64 {
+    u64::MAX
+}
+
 /// `log_set_flag` / `log_clear_flag`: a flag, a pattern, or `all`.
 fn set_log_flag(p: LogFlag, on: bool) -> Result<bool, RpcError> {
     log::set_flag(&p.flag, on).map_err(|e| RpcError::invalid_params(e.to_string()))?;
@@ -60,6 +75,12 @@ pub(crate) fn register(m: &std::rc::Rc<Methods>) {
         None => r.err(RpcError::internal("method table gone")),
     });
     m.register("spdk_get_version", States::ANY, |_: NoParams, r: Responder| r.ok(version()));
+    m.register("notify_get_types", States::RUNTIME, |_: NoParams, r: Responder| r.ok(json!(crate::notify::types())));
+    m.register("notify_get_notifications", States::RUNTIME, |p: GetNotifications, r: Responder| {
+        let events: Vec<Value> =
+            crate::notify::events(p.id, p.max).into_iter().map(|e| json!({"type": e.kind, "ctx": e.ctx, "id": e.id})).collect();
+        r.ok(json!(events))
+    });
     m.register("framework_get_subsystems", States::ANY, |_: NoParams, r: Responder| {
         let list: Vec<Value> = super::subsystem_list().into_iter().map(|(n, d)| json!({"subsystem": n, "depends_on": d})).collect();
         r.ok(list)

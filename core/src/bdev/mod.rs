@@ -211,6 +211,10 @@ pub struct Bdev {
     pub(crate) claimed: Mutex<Option<&'static str>>,
     /// Rate limits (`bdev_set_qos_limit`).
     pub(crate) qos: qos::Qos,
+    /// Modules still examining it; when none is left after registration,
+    /// its `bdev_register` notification goes out (once: `announced`).
+    pub(crate) examining: std::sync::atomic::AtomicU32,
+    pub(crate) announced: AtomicBool,
 }
 
 impl std::fmt::Debug for Bdev {

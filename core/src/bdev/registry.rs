@@ -104,9 +104,14 @@ pub fn register(spec: BdevSpec) -> Result<Arc<Bdev>, BdevError> {
         aliases: std::sync::Mutex::new(Vec::new()),
         claimed: std::sync::Mutex::new(None),
         qos: Default::default(),
+        examining: Default::default(),
+        announced: AtomicBool::new(false),
     });
     reg.bdevs.borrow_mut().push(bdev.clone());
     examine(&reg, &bdev);
+    if bdev.examining.load(Ordering::SeqCst) == 0 {
+        announce(&bdev);
+    }
     tracing::info!(
         "bdev {} registered ({} blocks of {} bytes, {})",
         bdev.name(),
@@ -193,7 +198,8 @@ fn examine_now(reg: &Rc<Registry>, bdev: &Arc<Bdev>) {
 
 fn start_examination(reg: &Rc<Registry>, bdev: &Arc<Bdev>, module: &'static str) {
     reg.examining.set(reg.examining.get() + 1);
-    let token = Examination { _private: () };
+    bdev.examining.fetch_add(1, Ordering::SeqCst);
+    let token = Examination { bdev: bdev.clone() };
     let b = bdev.clone();
     reactor::send_msg(ReactorId(0), move || {
         let Ok(reg) = registry() else { return };
@@ -209,19 +215,42 @@ fn start_examination(reg: &Rc<Registry>, bdev: &Arc<Bdev>, module: &'static str)
 /// One module's examination of one bdev; dropping it says the module is
 /// done with that bdev.
 pub struct Examination {
-    _private: (),
+    bdev: Arc<Bdev>,
+}
+
+/// SPDK's `bdev_register` notification, once the modules have examined
+/// the bdev (as SPDK sends it, so that a client that sees it finds the
+/// bdev's claims settled).
+fn announce(bdev: &Arc<Bdev>) {
+    if !bdev.is_removing() && !bdev.announced.swap(true, Ordering::SeqCst) {
+        crate::notify::send(crate::notify::BDEV_REGISTER, bdev.name());
+    }
 }
 
 impl Drop for Examination {
     fn drop(&mut self) {
-        let Ok(reg) = registry() else { return };
-        let left = reg.examining.get().saturating_sub(1);
-        reg.examining.set(left);
-        if left == 0 {
-            let waiters = std::mem::take(&mut *reg.examine_waiters.borrow_mut());
-            for w in waiters {
-                w();
-            }
+        let bdev = self.bdev.clone();
+        // The counts are the main reactor's: a module done elsewhere says
+        // so there.
+        if reactor::try_current() == Some(ReactorId(0)) {
+            examination_done(&bdev);
+        } else if reactor::try_current().is_some() {
+            reactor::send_msg(ReactorId(0), move || examination_done(&bdev));
+        }
+    }
+}
+
+fn examination_done(bdev: &Arc<Bdev>) {
+    if bdev.examining.fetch_sub(1, Ordering::SeqCst) == 1 {
+        announce(bdev);
+    }
+    let Ok(reg) = registry() else { return };
+    let left = reg.examining.get().saturating_sub(1);
+    reg.examining.set(left);
+    if left == 0 {
+        let waiters = std::mem::take(&mut *reg.examine_waiters.borrow_mut());
+        for w in waiters {
+            w();
         }
     }
 }
@@ -292,6 +321,7 @@ pub fn notify_blockcnt_change(name: &str, num_blocks: u64) -> Result<(), BdevErr
     }
     bdev.num_blocks.store(num_blocks, Ordering::Relaxed);
     tracing::info!("bdev {name}: {old} -> {num_blocks} blocks");
+    crate::notify::send(crate::notify::BDEV_RESIZE, name);
     for (r, f) in users {
         reactor::send_msg(r, move || f(BdevEvent::Resize));
     }
@@ -305,6 +335,13 @@ fn finish_if_closed(reg: &Registry, bdev: &Arc<Bdev>) {
     reg.bdevs.borrow_mut().retain(|b| !Arc::ptr_eq(b, bdev));
     bdev.backend.destroy();
     tracing::info!("bdev {} deleted", bdev.name());
+    // Every unregister notice follows its register notice (a bdev deleted
+    // while being examined gets it now), as SPDK, which holds a bdev open
+    // through its examination, always sends them.
+    if !bdev.announced.swap(true, Ordering::SeqCst) {
+        crate::notify::send(crate::notify::BDEV_REGISTER, bdev.name());
+    }
+    crate::notify::send(crate::notify::BDEV_UNREGISTER, bdev.name());
     let waiters = reg.deleting.borrow_mut().remove(bdev.name()).unwrap_or_default();
     for w in waiters {
         w(Ok(()));

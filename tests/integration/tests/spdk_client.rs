@@ -149,3 +149,55 @@ fn spdk_client_kill_instance_stops_the_daemon_cleanly() {
     assert_eq!(st.code(), Some(0), "log:\n{}", d.log());
     assert!(!d.socket.exists(), "socket file removed at exit");
 }
+
+/// SPDK's notifications: `notify_get_types`, and `notify_get_notifications`
+/// with its `-i`/`-n` forms, from both clients: a bdev registered (after
+/// the modules examined it), resized and deleted; the ring keeps the last
+/// 1024 events.
+#[test]
+fn notifications_follow_bdevs_registered_resized_and_deleted() {
+    let d = Daemon::start(DaemonOpts::default());
+    let types = json_out("notify_get_types", &spdk_rpc(&d.socket, &["notify_get_types"]));
+    assert_eq!(types, json!(["bdev_register", "bdev_unregister", "bdev_resize"]));
+    let all = |d: &Daemon| json_out("notify_get_notifications", &spdk_rpc(&d.socket, &["notify_get_notifications"]));
+    let next = all(&d).as_array().unwrap().last().map_or(0, |e| e["id"].as_u64().unwrap() + 1);
+    d.call("bdev_null_create", Some(json!({"name": "Null0", "num_blocks": 1024, "block_size": 512}))).unwrap();
+    // The register notice goes once the modules have examined it.
+    d.call("bdev_wait_for_examine", None).unwrap();
+    d.call("bdev_null_resize", Some(json!({"name": "Null0", "new_size": 1}))).unwrap();
+    d.call("bdev_null_delete", Some(json!({"name": "Null0"}))).unwrap();
+    let since = |d: &Daemon| {
+        let v = json_out("notify_get_notifications -i", &spdk_rpc(&d.socket, &["notify_get_notifications", "-i", &next.to_string()]));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap().to_string(), e["ctx"].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<(String, String)> =
+        ["bdev_register", "bdev_resize", "bdev_unregister"].iter().map(|t| (t.to_string(), "Null0".to_string())).collect();
+    assert_eq!(since(&d), want);
+    let one: Value = serde_json::from_str(&ok_stdout(
+        "pollux-rpc notify_get_notifications",
+        &pollux_rpc(&d.socket, &["notify_get_notifications", "--id", &(next + 1).to_string(), "--max", "1"]),
+    ))
+    .unwrap();
+    assert_eq!(one, json!([{"type": "bdev_resize", "ctx": "Null0", "id": next + 1}]));
+    // 600 bdevs made and deleted: 1200 more events (a bdev deleted while
+    // being examined gets its register notice before its unregister one);
+    // the first ones are gone, the last 1024 kept.
+    for i in 0..600 {
+        let name = format!("N{i}");
+        d.call("bdev_null_create", Some(json!({"name": name, "num_blocks": 8, "block_size": 512}))).unwrap();
+        d.call("bdev_null_delete", Some(json!({"name": name}))).unwrap();
+    }
+    d.call("bdev_wait_for_examine", None).unwrap();
+    let v = all(&d);
+    let ids: Vec<u64> = v.as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 1024);
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(ids[1023], next + 3 + 1199);
+    assert_eq!((v[1022]["type"].clone(), v[1022]["ctx"].clone()), (json!("bdev_register"), json!("N599")));
+    assert_eq!((v[1023]["type"].clone(), v[1023]["ctx"].clone()), (json!("bdev_unregister"), json!("N599")));
+    d.stop();
+}
