@@ -175,6 +175,27 @@ impl Group {
     }
 }
 
+/// The bdev controller that has path `c`.
+fn group_of<'a>(groups: &'a mut [Group], c: &Arc<Controller>) -> Option<&'a mut Group> {
+    groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, c)))
+}
+
+/// A timer of path `ctrl`: every `delay` until it is dropped, `then(ctrl)`
+/// as a message to the main reactor (not from inside the poller, which
+/// `then` may drop), while the controller exists.
+fn path_timer(name: &'static str, ctrl: &Arc<Controller>, delay: Duration, then: fn(&Arc<Controller>)) -> Poller {
+    let weak = Arc::downgrade(ctrl);
+    reactor::register_timed_poller(name, delay, move || {
+        let w = weak.clone();
+        reactor::send_msg(ReactorId(0), move || {
+            if let Some(c) = w.upgrade() {
+                then(&c);
+            }
+        });
+        PollStatus::Busy
+    })
+}
+
 type Done = Box<dyn FnOnce()>;
 
 #[derive(Default)]
@@ -763,7 +784,7 @@ pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
     let admin = {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
-        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) else { return };
+        let Some(g) = group_of(&mut groups, ctrl) else { return };
         if g.detaching {
             return;
         }
@@ -780,7 +801,7 @@ pub(crate) fn lost(ctrl: &Arc<Controller>, why: &str) {
     // whose callbacks (a namespace read, an ANA read) look at the registry.
     admin.close();
     // Another connected path may now be the one whose view counts.
-    if let Some(g) = registry().groups.borrow_mut().iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) {
+    if let Some(g) = group_of(&mut registry().groups.borrow_mut(), ctrl) {
         reconcile(g);
     }
     tracing::warn!("nvmf host: controller {} lost (path {}: {why}); reconnecting", ctrl.name(), ctrl.opts.addr);
@@ -833,7 +854,7 @@ fn attempt(ctrl: &Arc<Controller>) {
     {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
-        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, ctrl))) else { return };
+        let Some(g) = group_of(&mut groups, ctrl) else { return };
         if g.detaching {
             return;
         }
@@ -848,7 +869,7 @@ fn attempt(ctrl: &Arc<Controller>) {
     ctrlr::reconnect(&ctrl.clone(), move |r| {
         let reg = registry();
         let mut groups = reg.groups.borrow_mut();
-        let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, &ctrl))) else {
+        let Some(g) = group_of(&mut groups, &ctrl) else {
             if let Ok((_, admin)) = r {
                 admin.close();
             }
@@ -908,17 +929,8 @@ fn attempt(ctrl: &Arc<Controller>) {
                     o.reconnect_delay_sec.max(1)
                 );
                 let delay = Duration::from_secs(u64::from(o.reconnect_delay_sec.max(1)));
-                let weak = Arc::downgrade(&ctrl);
-                l.retry = Some(reactor::register_timed_poller("nvmf_host_reconnect", delay, move || {
-                    let w = weak.clone();
-                    // Not from inside the poller: the attempt replaces it.
-                    reactor::send_msg(ReactorId(0), move || {
-                        if let Some(c) = w.upgrade() {
-                            attempt(&c);
-                        }
-                    });
-                    PollStatus::Busy
-                }));
+                // The attempt replaces the timer.
+                l.retry = Some(path_timer("nvmf_host_reconnect", &ctrl, delay, attempt));
             }
         }
     });
@@ -1008,17 +1020,8 @@ fn namespaces_changed(ctrl: &Arc<Controller>, all: bool) {
                 // The log was read (the controller will not tell again):
                 // read everything once more, later. A lost path reads
                 // everything when it reconnects.
-                let weak = Arc::downgrade(c);
-                l.rescan_retry = Some(reactor::register_timed_poller("nvmf_host_rescan", Duration::from_secs(1), move || {
-                    let w = weak.clone();
-                    // Not from inside the poller: the rescan drops it.
-                    reactor::send_msg(ReactorId(0), move || {
-                        if let Some(c) = w.upgrade() {
-                            namespaces_changed(&c, true);
-                        }
-                    });
-                    PollStatus::Busy
-                }));
+                // The rescan drops the timer.
+                l.rescan_retry = Some(path_timer("nvmf_host_rescan", c, Duration::from_secs(1), |c| namespaces_changed(c, true)));
             }
             l.rescan.take() == Some(true)
         };
@@ -1076,7 +1079,7 @@ fn namespaces_changed(ctrl: &Arc<Controller>, all: bool) {
                 let follow = move || {
                     let reg = registry();
                     let mut groups = reg.groups.borrow_mut();
-                    if let Some(g) = groups.iter_mut().find(|g| g.links.iter().any(|l| Arc::ptr_eq(&l.ctrl, &c2))) {
+                    if let Some(g) = group_of(&mut groups, &c2) {
                         reconcile(g);
                     }
                     drop(groups);
@@ -1132,17 +1135,8 @@ fn watch_transition(ctrl: &Arc<Controller>) {
         return;
     }
     let secs = if ctrl.id.anatt == 0 { 10 } else { u64::from(ctrl.id.anatt) };
-    let weak = Arc::downgrade(ctrl);
-    l.anatt = Some(reactor::register_timed_poller("nvmf_host_anatt", Duration::from_secs(secs), move || {
-        let w = weak.clone();
-        // Not from inside the poller: the check drops it.
-        reactor::send_msg(ReactorId(0), move || {
-            if let Some(c) = w.upgrade() {
-                transition_expired(&c);
-            }
-        });
-        PollStatus::Busy
-    }));
+    // The check drops the timer.
+    l.anatt = Some(path_timer("nvmf_host_anatt", ctrl, Duration::from_secs(secs), transition_expired));
 }
 
 fn transition_expired(ctrl: &Arc<Controller>) {
