@@ -18,6 +18,7 @@ mod config;
 mod framework;
 mod iscsi;
 mod lvol;
+mod nbd;
 mod nvme;
 mod nvmf;
 mod params;
@@ -64,6 +65,8 @@ enum Command {
     Iscsi(iscsi::Cmd),
     #[command(flatten)]
     Nvmf(nvmf::Cmd),
+    #[command(flatten)]
+    Nbd(nbd::Cmd),
 }
 
 /// What a command asks of the server and how to show the answer.
@@ -171,6 +174,7 @@ fn run(args: &Args) -> Result<(), ()> {
         Command::Nvme(c) => c.request(),
         Command::Iscsi(c) => c.request(),
         Command::Nvmf(c) => c.request(),
+        Command::Nbd(c) => c.request(),
     };
     match client.call(req.method, req.params.clone()) {
         Ok(v) => print(&v, req.show),

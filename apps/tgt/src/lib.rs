@@ -21,6 +21,7 @@ pub fn register(app: &mut App) {
     pollux_iscsi_host::register(app);
     pollux_iscsi::register(app);
     pollux_nvmf::register(app);
+    pollux_nbd::register(app);
 }
 
 #[cfg(test)]

@@ -201,3 +201,27 @@ fn notifications_follow_bdevs_registered_resized_and_deleted() {
     assert_eq!((v[1023]["type"].clone(), v[1023]["ctx"].clone()), (json!("bdev_unregister"), json!("N599")));
     d.stop();
 }
+
+#[test]
+fn spdk_client_drives_the_nbd_methods() {
+    // The host has no NBD devices (the guest test, nbd_guest.rs, has the
+    // kernel's): what can be checked here is that SPDK's client sends what
+    // Pollux reads, and gets SPDK's errors back.
+    let d = Daemon::start(DaemonOpts::default());
+    ok_stdout("bdev_malloc_create", &spdk_rpc(&d.socket, &["bdev_malloc_create", "-b", "Malloc0", "8", "512"]));
+    assert_eq!(json_out("nbd_get_disks", &spdk_rpc(&d.socket, &["nbd_get_disks"])), json!([]));
+    let fails = |args: &[&str], code: i32, text: &str| {
+        let out = spdk_rpc(&d.socket, args);
+        // rpc.py prints the error response on stdout.
+        let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(&format!("\"code\": {code}")) && err.contains(text), "{args:?}: {err}");
+    };
+    fails(&["nbd_start_disk", "Malloc0", "/dev/sda"], -libc::ENODEV, "illegal nbd device /dev/sda");
+    fails(&["nbd_start_disk", "Malloc0", "/dev/nbd9999"], -libc::ENOENT, "/dev/nbd9999");
+    fails(&["nbd_start_disk", "NoSuchBdev", "/dev/nbd9999"], -libc::ENODEV, "NoSuchBdev");
+    fails(&["nbd_stop_disk", "/dev/nbd0"], -libc::ENODEV, "/dev/nbd0");
+    fails(&["nbd_get_disks", "-n", "/dev/nbd0"], -libc::ENODEV, "/dev/nbd0");
+    assert_eq!(json_out("nbd_get_disks", &spdk_rpc(&d.socket, &["nbd_get_disks"])), json!([]));
+    assert_eq!(d.stop().code(), Some(0));
+}

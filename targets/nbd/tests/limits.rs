@@ -1,0 +1,278 @@
+//! The connection's limits, each in a process of its own (they change
+//! process-wide settings: the buffer pool's size, the reactor runtime).
+//! One test, so nothing runs beside it:
+//! - with a short buffer pool, writes wait for buffers (no region of their
+//!   own, no error to the kernel) and go on when buffers come back; a write
+//!   larger than the whole pool still goes, alone, in one region;
+//! - a read larger than the pool, which needs the connection to hold
+//!   nothing, is not starved by a steady stream of small requests (no new
+//!   request is taken while one waits for memory);
+//! - in interrupt mode, a connection whose socket is dead, or that has
+//!   stopped reading at its bound while the kernel's end is gone, lets
+//!   the reactor sleep while its requests are held at the bdev (a dead
+//!   socket reports a hang-up whatever it is watched for);
+//! - in interrupt mode, a read waiting for buffers and a request the bdev
+//!   answers "no memory" again and again let the reactor sleep, and the
+//!   latter is submitted again about once a millisecond, not every pass.
+//!
+//! Every one of these faults was found by review.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use pollux_core::bdev::{self, IoStatus, IoType};
+use pollux_core::dma;
+use pollux_core::reactor::{self, Harness, Options, PollStatus, Poller};
+use pollux_nbd::conn::Conn;
+use pollux_nbd::fuzzing::{Rig, hold};
+use pollux_nbd::proto::{Request, cmd};
+
+fn req(c: u16, n: u64, from: u64, len: u32) -> Request {
+    Request { cmd: c, flags: 0, handle: n.to_be_bytes(), from, len }
+}
+
+fn pump_until(r: &mut Rig, what: &str, mut f: impl FnMut(&mut Rig) -> bool) {
+    let t0 = Instant::now();
+    while !f(r) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        r.pump();
+    }
+}
+
+fn short_pool() {
+    let before = dma::iobuf_options();
+    // 16 large buffers of 128 KiB: 2 MiB in all.
+    dma::set_iobuf_options(dma::IobufOptions {
+        small_pool_count: 64,
+        large_pool_count: 16,
+        small_bufsize: 8 << 10,
+        large_bufsize: 128 << 10,
+    });
+    let h = Harness::new(1);
+    h.on(0, || hold::create("hold0"));
+    let mut r = Rig::new(h, "hold0");
+    for i in 0..2u64 {
+        r.request(&req(cmd::WRITE, i, i << 20, 1 << 20), &vec![1u8; 1 << 20]);
+    }
+    pump_until(&mut r, "two writes at the bdev", |r| r.h.on(0, hold::held).len() == 2);
+    let regions = dma::stats().regions;
+    // The pool is taken: a third write waits, and so does what follows it.
+    r.request(&req(cmd::WRITE, 2, 2 << 20, 1 << 20), &vec![2u8; 1 << 20]);
+    r.request(&req(cmd::READ, 3, 0, 512), &[]);
+    for _ in 0..500 {
+        r.pump();
+    }
+    assert_eq!(r.h.on(0, hold::held).len(), 2, "a request went past a write waiting for buffers");
+    assert!(r.take_replies().is_empty(), "a write short of buffers was answered");
+    assert_eq!(dma::stats().regions, regions, "a write short of buffers took a region of its own");
+    // Buffers come back: the third write and the read go.
+    r.h.on(0, || hold::release(IoStatus::Success));
+    pump_until(&mut r, "the waiting write at the bdev", |r| r.h.on(0, hold::held).len() == 2);
+    r.h.on(0, || hold::release(IoStatus::Success));
+    let mut got = Vec::new();
+    pump_until(&mut r, "four replies", |r| {
+        got.extend(r.take_replies());
+        got.len() == 4
+    });
+    assert!(got.iter().all(|x| x.error == 0), "{got:?}");
+    // Larger than the whole pool, alone: one region of its own.
+    r.request(&req(cmd::WRITE, 4, 0, 4 << 20), &vec![4u8; 4 << 20]);
+    pump_until(&mut r, "the large write at the bdev", |r| r.h.on(0, hold::held).len() == 1);
+    r.h.on(0, || hold::release(IoStatus::Success));
+    let mut got = Vec::new();
+    pump_until(&mut r, "its reply", |r| {
+        got.extend(r.take_replies());
+        got.len() == 1
+    });
+    assert_eq!(got[0].error, 0);
+
+    // Queue depth 2 of small writes, then a 4 MiB read: the oldest write
+    // finishes and a new one comes, again and again; the read must go.
+    let mut r = r;
+    r.request(&req(cmd::WRITE, 100, 0, 4096), &[1u8; 4096]);
+    r.request(&req(cmd::WRITE, 101, 0, 4096), &[1u8; 4096]);
+    pump_until(&mut r, "two writes at the bdev", |r| r.h.on(0, hold::held).len() == 2);
+    r.request(&req(cmd::READ, 1, 0, 4 << 20), &[]);
+    let mut next = 102;
+    let mut went = false;
+    for _ in 0..2000 {
+        r.h.on(0, || hold::release_first(IoStatus::Success));
+        r.request(&req(cmd::WRITE, next, 0, 4096), &[1u8; 4096]);
+        next += 1;
+        for _ in 0..50 {
+            r.pump();
+            if r.h.on(0, hold::held).len() >= 2 {
+                break;
+            }
+        }
+        if r.h.on(0, hold::held).contains(&IoType::Read) {
+            went = true;
+            break;
+        }
+    }
+    assert!(went, "the 4 MiB read never reached the bdev while {} later writes came", next - 102);
+    r.h.on(0, || hold::release(IoStatus::Success));
+    pump_until(&mut r, "the rest at the bdev, then answered", |r| {
+        r.h.on(0, || hold::release(IoStatus::Success));
+        r.take_replies();
+        r.conn.backlog() == (0, 0) && r.unsent() == 0
+    });
+    dma::set_iobuf_options(before);
+}
+
+/// Interrupt mode: `nomem`, the bdev answers "no memory" to a trim for
+/// ever; otherwise, with a short pool, a third 1 MiB read waits for
+/// buffers. Over one second: the reactor's wake-ups, its CPU time, and
+/// the submissions the bdev saw.
+fn waiting_for_memory(nomem: bool) -> (u64, Duration, Duration, u64) {
+    let (ours, kernel) = UnixStream::pair().unwrap();
+    let out = Rc::new(Cell::new((0u64, Duration::ZERO, Duration::ZERO, 0u64)));
+    let o2 = out.clone();
+    let opts =
+        Options { cores: vec![0], interrupt_mode: true, pin: false, msg_batch: reactor::DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
+    reactor::launch(&opts, move || {
+        hold::create("mem0");
+        let desc = bdev::open("mem0", true, |_| {}).unwrap();
+        let conn = Conn::start("mem", ours, desc, || {}).unwrap();
+        let mut k = Some(kernel);
+        let bytes: Vec<u8> = if nomem {
+            hold::set_auto(Some(IoStatus::NoMemory));
+            req(cmd::TRIM, 1, 0, 4096).encode().to_vec()
+        } else {
+            (0..3u64).flat_map(|i| req(cmd::READ, i, 0, 1 << 20).encode()).collect()
+        };
+        k.as_mut().unwrap().write_all(&bytes).unwrap();
+        let t0 = Instant::now();
+        let mut phase = 0;
+        let mut mark = (0u64, Duration::ZERO, Instant::now(), 0u64);
+        let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+        let s2 = slot.clone();
+        *slot.borrow_mut() = Some(reactor::register_timed_poller("test", Duration::from_millis(50), move || {
+            let held = hold::held().len();
+            match phase {
+                0 if (nomem && hold::submitted() > 0) || held == 2 => {
+                    mark = (reactor::sleeps(), thread_cpu(), Instant::now(), hold::submitted());
+                    phase = 1;
+                }
+                0 => assert!(t0.elapsed() < Duration::from_secs(20), "the requests never reached the bdev"),
+                1 if mark.2.elapsed() > Duration::from_secs(1) => {
+                    o2.set((reactor::sleeps() - mark.0, thread_cpu() - mark.1, mark.2.elapsed(), hold::submitted() - mark.3));
+                    hold::set_auto(None);
+                    conn.abort();
+                    k.take();
+                    hold::release(IoStatus::Success);
+                    phase = 2;
+                }
+                2 if held > 0 => hold::release(IoStatus::Success),
+                2 if conn.is_closed() => {
+                    s2.borrow_mut().take();
+                    reactor::stop_all();
+                }
+                2 => assert!(t0.elapsed() < Duration::from_secs(40), "the connection did not close"),
+                _ => {}
+            }
+            PollStatus::Idle
+        }));
+        std::mem::forget(slot);
+    })
+    .unwrap();
+    out.get()
+}
+
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is this thread.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+}
+
+/// Interrupt mode, `n` reads held at the bdev, then the kernel's end
+/// closes (or the connection aborts): the reactor's wake-ups and CPU time
+/// over one second, then the reads finish and the connection closes.
+fn dead_socket(kernel_closes: bool, n: u64) -> (u64, Duration, Duration) {
+    let (ours, kernel) = UnixStream::pair().unwrap();
+    let out = Rc::new(Cell::new((0u64, Duration::ZERO, Duration::ZERO)));
+    let o2 = out.clone();
+    let opts =
+        Options { cores: vec![0], interrupt_mode: true, pin: false, msg_batch: reactor::DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
+    reactor::launch(&opts, move || {
+        hold::create("spin0");
+        let desc = bdev::open("spin0", true, |_| {}).unwrap();
+        let conn = Conn::start("spin", ours, desc, || {}).unwrap();
+        let mut k = Some(kernel);
+        let bytes: Vec<u8> = (0..n).flat_map(|i| req(cmd::READ, i, 0, 4096).encode()).collect();
+        k.as_mut().unwrap().write_all(&bytes).unwrap();
+        let t0 = Instant::now();
+        let mut phase = 0;
+        let mut mark = (0u64, Duration::ZERO, Instant::now());
+        let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
+        let s2 = slot.clone();
+        *slot.borrow_mut() = Some(reactor::register_timed_poller("test", Duration::from_millis(50), move || {
+            let el = t0.elapsed();
+            let held = hold::held().len() as u64;
+            match phase {
+                0 if held == n.min(256) => {
+                    if kernel_closes {
+                        k.take();
+                    } else {
+                        conn.abort();
+                    }
+                    phase = 1;
+                }
+                0 => assert!(el < Duration::from_secs(20), "the reads never reached the bdev ({held})"),
+                1 => {
+                    mark = (reactor::sleeps(), thread_cpu(), Instant::now());
+                    phase = 2;
+                }
+                2 if mark.2.elapsed() > Duration::from_secs(1) => {
+                    o2.set((reactor::sleeps() - mark.0, thread_cpu() - mark.1, mark.2.elapsed()));
+                    hold::release(IoStatus::Success);
+                    phase = 3;
+                }
+                3 if held > 0 => hold::release(IoStatus::Success),
+                3 if conn.is_closed() => {
+                    s2.borrow_mut().take();
+                    reactor::stop_all();
+                }
+                3 => assert!(el < Duration::from_secs(40), "the connection did not close"),
+                _ => {}
+            }
+            PollStatus::Idle
+        }));
+        std::mem::forget(slot);
+    })
+    .unwrap();
+    out.get()
+}
+
+#[test]
+fn limits_hold_without_failing_requests_or_spinning() {
+    short_pool();
+    let before = dma::iobuf_options();
+    dma::set_iobuf_options(dma::IobufOptions {
+        small_pool_count: 64,
+        large_pool_count: 16,
+        small_bufsize: 8 << 10,
+        large_bufsize: 128 << 10,
+    });
+    for nomem in [false, true] {
+        let (wakeups, cpu, wall, submitted) = waiting_for_memory(nomem);
+        let what = format!("no memory {nomem}: {wakeups} wake-ups, {cpu:?} CPU in {wall:?}, {submitted} submissions");
+        assert!(cpu < wall / 4, "{what}");
+        assert!(submitted <= 2 * wall.as_millis() as u64 + 10, "{what}");
+    }
+    dma::set_iobuf_options(before);
+    for (kernel_closes, n) in [(true, 1), (false, 1), (true, 300)] {
+        let (wakeups, cpu, wall) = dead_socket(kernel_closes, n);
+        // A timed poller every 50 ms wakes it about 20 times a second.
+        assert!(
+            wakeups < 200 && cpu < wall / 4,
+            "kernel closes {kernel_closes}, {n} requests: {wakeups} wake-ups, {cpu:?} CPU in {wall:?}"
+        );
+    }
+}
