@@ -32,6 +32,7 @@ mod jsonrpc;
 pub mod known_bugs;
 mod lvol_md;
 mod metrics_http;
+mod nbd_wire;
 mod nvmf;
 mod nvmf_host_logs;
 mod nvmf_host_pdu;
@@ -51,6 +52,7 @@ pub use iscsi_text::iscsi_text;
 pub use jsonrpc::jsonrpc_framing;
 pub use lvol_md::lvol_md;
 pub use metrics_http::metrics_http;
+pub use nbd_wire::nbd_wire;
 pub use nvmf::{nvmf_capsule, nvmf_tcp_pdu};
 pub use nvmf_host_logs::nvmf_host_logs;
 pub use nvmf_host_pdu::nvmf_host_pdu;
@@ -78,6 +80,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("resv_ptpl", resv_ptpl),
     ("lvol_md", lvol_md),
     ("raid_sb", raid_sb),
+    ("nbd_wire", nbd_wire),
     ("metrics_http", metrics_http),
     ("setup_text", setup_text),
     ("iscsi_host_pdu", iscsi_host_pdu),

@@ -41,6 +41,7 @@ pub const EXCLUDED_METHODS: &[(&str, &str)] = &[
     ("bdev_rbd_register_cluster", "connects to a Ceph cluster (the machine's config or a file the input names) on a thread of its own"),
     ("bdev_rbd_create", "connects to a Ceph cluster and opens an image, on a thread of its own"),
     ("framework_start_metrics", "binds the TCP address the input names (an HTTP server)"),
+    ("nbd_start_disk", "hands a bdev to the machine's kernel as /dev/nbdX, with a thread blocked in the kernel"),
 ];
 
 /// Calls one input may make.

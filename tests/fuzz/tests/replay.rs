@@ -62,6 +62,11 @@ fn metrics_http() {
 }
 
 #[test]
+fn nbd_wire() {
+    replay_common::replay("nbd_wire");
+}
+
+#[test]
 fn setup_text() {
     replay_common::replay("setup_text");
 }

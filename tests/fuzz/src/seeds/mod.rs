@@ -36,6 +36,7 @@ pub fn all() -> Vec<Seed> {
     add("resv_ptpl", nvmf::resv_ptpl());
     add("lvol_md", lvol::lvol_md());
     add("raid_sb", raid_sb());
+    add("nbd_wire", nbd_wire());
     add("metrics_http", metrics_http());
     add("setup_text", setup_text());
     add("iscsi_host_pdu", iscsi_host::iscsi_host_pdu());
@@ -43,6 +44,47 @@ pub fn all() -> Vec<Seed> {
     add("jsonrpc_framing", rpc::jsonrpc_framing());
     add("rpc_params", rpc::rpc_params());
     out
+}
+
+/// Seeds of `nbd_wire`: what the kernel sends (writes with their data,
+/// reads, FUA, flush, trim, a disconnect), requests refused (beyond the
+/// end, misaligned, unknown), a bad magic, and a stream cut mid-write.
+fn nbd_wire() -> Vec<(String, Vec<u8>)> {
+    use pollux_nbd::proto::{CMD_FLAG_FUA, Request, cmd};
+    let r = |c: u16, flags: u16, from: u64, len: u32| Request { cmd: c, flags, handle: [0; 8], from, len }.encode().to_vec();
+    let write = |from: u64, len: u32| [r(cmd::WRITE, 0, from, len), vec![0xa5; len as usize]].concat();
+    let mut io = write(0, 4096);
+    io.extend(r(cmd::READ, 0, 0, 4096));
+    io.extend([r(cmd::WRITE, CMD_FLAG_FUA, 4096, 512), vec![1; 512]].concat());
+    io.extend(r(cmd::FLUSH, 0, 0, 0));
+    io.extend(r(cmd::TRIM, 0, 8192, 8192));
+    io.extend(r(cmd::READ, 0, 0, 16384));
+    let mut disc = io.clone();
+    disc.extend(r(cmd::DISC, 0, 0, 0));
+    disc.extend(r(cmd::READ, 0, 0, 512));
+    let mut refused = write(1 << 40, 512);
+    refused.extend(r(cmd::READ, 0, 3, 512));
+    refused.extend(r(cmd::WRITE_ZEROES, 0, 0, 512));
+    refused.extend(r(99, 0, 0, 512));
+    refused.extend(r(cmd::READ, 0, 0, 0));
+    refused.extend(write(0, 1024));
+    refused.extend(r(cmd::DISC, 0, 0, 0));
+    let mut bad = write(0, 512);
+    let mut b = r(cmd::READ, 0, 0, 512);
+    b[0] ^= 0xff;
+    bad.extend(b);
+    bad.extend(r(cmd::READ, 0, 0, 512));
+    let mut cut = r(cmd::READ, 0, 0, 512);
+    cut.extend(&write(0, 4096)[..1000]);
+    let s = |n: &str, mode: u8, d: &[u8]| (n.to_string(), [&[mode][..], d].concat());
+    vec![
+        s("io-512", 0xfe, &io),
+        s("io-4k-bytewise", 1, &io),
+        s("disconnect", 0x40, &disc),
+        s("refused", 0x81, &refused),
+        s("bad-magic", 0x20, &bad),
+        s("cut", 0x10, &cut),
+    ]
 }
 
 /// Seeds of `setup_text`: each parser's text as the kernel writes it (a
