@@ -123,27 +123,42 @@ fn short_pool() {
     dma::set_iobuf_options(before);
 }
 
-/// Interrupt mode: `nomem`, the bdev answers "no memory" to a trim for
-/// ever; otherwise, with a short pool, a third 1 MiB read waits for
-/// buffers. Over one second: the reactor's wake-ups, its CPU time, and
-/// the submissions the bdev saw.
-fn waiting_for_memory(nomem: bool) -> (u64, Duration, Duration, u64) {
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is this thread.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+}
+
+/// What one second of a connection in interrupt mode cost its reactor.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    wakeups: u64,
+    cpu: Duration,
+    wall: Duration,
+    /// Requests the hold bdev saw.
+    submitted: u64,
+}
+
+/// A connection on a hold bdev, on one reactor in interrupt mode: the
+/// kernel sends `bytes`; every 50 ms `start` is asked whether to begin
+/// (it may act first: close the kernel's end, abort); then one second is
+/// measured, after which the requests are let go and the connection
+/// closed.
+fn one_second(bytes: Vec<u8>, auto: Option<IoStatus>, mut start: impl FnMut(&Rc<Conn>, &mut Option<UnixStream>) -> bool + 'static) -> Cost {
     let (ours, kernel) = UnixStream::pair().unwrap();
-    let out = Rc::new(Cell::new((0u64, Duration::ZERO, Duration::ZERO, 0u64)));
+    let out = Rc::new(Cell::new(Cost::default()));
     let o2 = out.clone();
     let opts =
         Options { cores: vec![0], interrupt_mode: true, pin: false, msg_batch: reactor::DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
     reactor::launch(&opts, move || {
-        hold::create("mem0");
-        let desc = bdev::open("mem0", true, |_| {}).unwrap();
-        let conn = Conn::start("mem", ours, desc, || {}).unwrap();
+        hold::create("hold0");
+        hold::set_auto(auto);
+        let desc = bdev::open("hold0", true, |_| {}).unwrap();
+        let conn = Conn::start("test", ours, desc, || {}).unwrap();
         let mut k = Some(kernel);
-        let bytes: Vec<u8> = if nomem {
-            hold::set_auto(Some(IoStatus::NoMemory));
-            req(cmd::TRIM, 1, 0, 4096).encode().to_vec()
-        } else {
-            (0..3u64).flat_map(|i| req(cmd::READ, i, 0, 1 << 20).encode()).collect()
-        };
         k.as_mut().unwrap().write_all(&bytes).unwrap();
         let t0 = Instant::now();
         let mut phase = 0;
@@ -151,22 +166,26 @@ fn waiting_for_memory(nomem: bool) -> (u64, Duration, Duration, u64) {
         let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
         let s2 = slot.clone();
         *slot.borrow_mut() = Some(reactor::register_timed_poller("test", Duration::from_millis(50), move || {
-            let held = hold::held().len();
             match phase {
-                0 if (nomem && hold::submitted() > 0) || held == 2 => {
+                0 if start(&conn, &mut k) => {
                     mark = (reactor::sleeps(), thread_cpu(), Instant::now(), hold::submitted());
                     phase = 1;
                 }
-                0 => assert!(t0.elapsed() < Duration::from_secs(20), "the requests never reached the bdev"),
+                0 => assert!(t0.elapsed() < Duration::from_secs(20), "never ready to measure ({} held)", hold::held().len()),
                 1 if mark.2.elapsed() > Duration::from_secs(1) => {
-                    o2.set((reactor::sleeps() - mark.0, thread_cpu() - mark.1, mark.2.elapsed(), hold::submitted() - mark.3));
+                    o2.set(Cost {
+                        wakeups: reactor::sleeps() - mark.0,
+                        cpu: thread_cpu() - mark.1,
+                        wall: mark.2.elapsed(),
+                        submitted: hold::submitted() - mark.3,
+                    });
                     hold::set_auto(None);
                     conn.abort();
                     k.take();
                     hold::release(IoStatus::Success);
                     phase = 2;
                 }
-                2 if held > 0 => hold::release(IoStatus::Success),
+                2 if !hold::held().is_empty() => hold::release(IoStatus::Success),
                 2 if conn.is_closed() => {
                     s2.borrow_mut().take();
                     reactor::stop_all();
@@ -182,72 +201,32 @@ fn waiting_for_memory(nomem: bool) -> (u64, Duration, Duration, u64) {
     out.get()
 }
 
-fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_THREAD is this thread.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+/// `n` reads held at the bdev, then the kernel's end closes (or the
+/// connection aborts).
+fn dead_socket(kernel_closes: bool, n: u64) -> Cost {
+    let bytes = (0..n).flat_map(|i| req(cmd::READ, i, 0, 4096).encode()).collect();
+    one_second(bytes, None, move |conn, k| {
+        if hold::held().len() as u64 != n.min(256) {
+            return false;
+        }
+        if kernel_closes {
+            k.take();
+        } else {
+            conn.abort();
+        }
+        true
+    })
 }
 
-/// Interrupt mode, `n` reads held at the bdev, then the kernel's end
-/// closes (or the connection aborts): the reactor's wake-ups and CPU time
-/// over one second, then the reads finish and the connection closes.
-fn dead_socket(kernel_closes: bool, n: u64) -> (u64, Duration, Duration) {
-    let (ours, kernel) = UnixStream::pair().unwrap();
-    let out = Rc::new(Cell::new((0u64, Duration::ZERO, Duration::ZERO)));
-    let o2 = out.clone();
-    let opts =
-        Options { cores: vec![0], interrupt_mode: true, pin: false, msg_batch: reactor::DEFAULT_MSG_BATCH, idle_poll: Duration::ZERO };
-    reactor::launch(&opts, move || {
-        hold::create("spin0");
-        let desc = bdev::open("spin0", true, |_| {}).unwrap();
-        let conn = Conn::start("spin", ours, desc, || {}).unwrap();
-        let mut k = Some(kernel);
-        let bytes: Vec<u8> = (0..n).flat_map(|i| req(cmd::READ, i, 0, 4096).encode()).collect();
-        k.as_mut().unwrap().write_all(&bytes).unwrap();
-        let t0 = Instant::now();
-        let mut phase = 0;
-        let mut mark = (0u64, Duration::ZERO, Instant::now());
-        let slot: Rc<RefCell<Option<Poller>>> = Rc::default();
-        let s2 = slot.clone();
-        *slot.borrow_mut() = Some(reactor::register_timed_poller("test", Duration::from_millis(50), move || {
-            let el = t0.elapsed();
-            let held = hold::held().len() as u64;
-            match phase {
-                0 if held == n.min(256) => {
-                    if kernel_closes {
-                        k.take();
-                    } else {
-                        conn.abort();
-                    }
-                    phase = 1;
-                }
-                0 => assert!(el < Duration::from_secs(20), "the reads never reached the bdev ({held})"),
-                1 => {
-                    mark = (reactor::sleeps(), thread_cpu(), Instant::now());
-                    phase = 2;
-                }
-                2 if mark.2.elapsed() > Duration::from_secs(1) => {
-                    o2.set((reactor::sleeps() - mark.0, thread_cpu() - mark.1, mark.2.elapsed()));
-                    hold::release(IoStatus::Success);
-                    phase = 3;
-                }
-                3 if held > 0 => hold::release(IoStatus::Success),
-                3 if conn.is_closed() => {
-                    s2.borrow_mut().take();
-                    reactor::stop_all();
-                }
-                3 => assert!(el < Duration::from_secs(40), "the connection did not close"),
-                _ => {}
-            }
-            PollStatus::Idle
-        }));
-        std::mem::forget(slot);
-    })
-    .unwrap();
-    out.get()
+/// `nomem`: the bdev answers "no memory" to a trim for ever; otherwise,
+/// with a short pool, a third 1 MiB read waits for buffers.
+fn waiting_for_memory(nomem: bool) -> Cost {
+    if nomem {
+        one_second(req(cmd::TRIM, 1, 0, 4096).encode().to_vec(), Some(IoStatus::NoMemory), |_, _| hold::submitted() > 0)
+    } else {
+        let bytes = (0..3u64).flat_map(|i| req(cmd::READ, i, 0, 1 << 20).encode()).collect();
+        one_second(bytes, None, |_, _| hold::held().len() == 2)
+    }
 }
 
 #[test]
@@ -261,18 +240,14 @@ fn limits_hold_without_failing_requests_or_spinning() {
         large_bufsize: 128 << 10,
     });
     for nomem in [false, true] {
-        let (wakeups, cpu, wall, submitted) = waiting_for_memory(nomem);
-        let what = format!("no memory {nomem}: {wakeups} wake-ups, {cpu:?} CPU in {wall:?}, {submitted} submissions");
-        assert!(cpu < wall / 4, "{what}");
-        assert!(submitted <= 2 * wall.as_millis() as u64 + 10, "{what}");
+        let c = waiting_for_memory(nomem);
+        assert!(c.cpu < c.wall / 4, "no memory {nomem}: {c:?}");
+        assert!(c.submitted <= 2 * c.wall.as_millis() as u64 + 10, "no memory {nomem}: {c:?}");
     }
     dma::set_iobuf_options(before);
     for (kernel_closes, n) in [(true, 1), (false, 1), (true, 300)] {
-        let (wakeups, cpu, wall) = dead_socket(kernel_closes, n);
+        let c = dead_socket(kernel_closes, n);
         // A timed poller every 50 ms wakes it about 20 times a second.
-        assert!(
-            wakeups < 200 && cpu < wall / 4,
-            "kernel closes {kernel_closes}, {n} requests: {wakeups} wake-ups, {cpu:?} CPU in {wall:?}"
-        );
+        assert!(c.wakeups < 200 && c.cpu < c.wall / 4, "kernel closes {kernel_closes}, {n} requests: {c:?}");
     }
 }

@@ -386,6 +386,23 @@ pub fn pollux_rpc(socket: &Path, args: &[&str]) -> Output {
     Command::new(bin("pollux-rpc")).arg("-s").arg(socket).args(args).output().expect("run pollux-rpc")
 }
 
+/// Run a data-verifying fio job on `dev` (libaio, O_DIRECT, crc32c
+/// verify, JSON output) with `args` for the workload, fail on any error
+/// it reports, and check that it read back at least `verified` bytes.
+pub fn fio_verify(what: &str, dev: &str, args: &[&str], verified: u64) {
+    let out = Command::new(tool("fio", "fio, a data-verifying workload"))
+        .args([&format!("--name={what}"), &format!("--filename={dev}"), "--direct=1", "--ioengine=libaio"])
+        .args(args)
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json"])
+        .output()
+        .expect("run fio");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fio {what} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).expect("fio JSON");
+    assert_eq!(v["jobs"][0]["error"], 0, "fio {what}: {text}");
+    assert!(v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap_or(0) >= verified, "fio {what}: verify reads: {text}");
+}
+
 /// Assert success and return stdout as text.
 pub fn ok_stdout(what: &str, out: &Output) -> String {
     assert!(

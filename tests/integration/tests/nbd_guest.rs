@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pollux_tests::{Daemon, DaemonOpts, ok_stdout, pollux_rpc, tool, wait_until};
+use pollux_tests::{Daemon, DaemonOpts, fio_verify, ok_stdout, pollux_rpc, tool, wait_until};
 use pollux_testvm::{VmConfig, in_guest};
 use serde_json::{Value, json};
 
@@ -128,28 +128,7 @@ fn bdevs_as_kernel_block_devices() {
         assert!(got[..MIB] == data[..MIB] && got[MIB..2 * MIB].iter().all(|&x| x == 0) && got[2 * MIB..] == data[2 * MIB..3 * MIB]);
 
         // Many requests at once, answered out of order, verified.
-        let out = Command::new("fio")
-            .args([
-                "--name=nbd",
-                "--filename=/dev/nbd1",
-                "--direct=1",
-                "--ioengine=libaio",
-                "--rw=randwrite",
-                "--bsrange=4k-128k",
-                "--iodepth=32",
-                "--size=16M",
-                "--verify=crc32c",
-                "--do_verify=1",
-                "--verify_fatal=1",
-                "--output-format=json",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "fio failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).expect("fio JSON");
-        assert_eq!(v["jobs"][0]["error"], 0, "{text}");
-        assert!(v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap() >= 16 << 20, "verify reads: {text}");
+        fio_verify("nbd", "/dev/nbd1", &["--rw=randwrite", "--bsrange=4k-128k", "--iodepth=32", "--size=16M"], 16 << 20);
 
         // A file system; the bdev keeps it across a stop and a start.
         run("mkfs.ext4", &["-q", "-F", "/dev/nbd0"]);

@@ -339,30 +339,9 @@ fn failover_guest() {
     loop {
         // 32 MiB written and read back, verified, rate-limited so that the
         // host's steps fall inside a job.
-        let out = std::process::Command::new("fio")
-            .args([
-                "--name=failover",
-                &format!("--filename={dev}"),
-                "--direct=1",
-                "--ioengine=libaio",
-                "--rw=write",
-                "--bs=64k",
-                "--iodepth=8",
-                "--size=32M",
-                &format!("--offset={}M", (jobs % 4) * 32),
-                "--rate=4m",
-                "--verify=crc32c",
-                "--do_verify=1",
-                "--verify_fatal=1",
-                "--output-format=json",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "fio job {jobs} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_str(&text[text.find('{').expect("fio JSON")..]).expect("fio JSON");
-        assert_eq!(v["jobs"][0]["error"], 0, "{text}");
-        assert!(v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap() >= 32 << 20, "verify reads: {text}");
+        let offset = format!("--offset={}M", (jobs % 4) * 32);
+        let args = ["--rw=write", "--bs=64k", "--iodepth=8", "--size=32M", &offset, "--rate=4m"];
+        pollux_tests::fio_verify(&format!("failover-{jobs}"), &dev, &args, 32 << 20);
         jobs += 1;
         if done() {
             break;
