@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use lent::{LendSource, Lent};
 pub use pool::{BufPool, Carver, DmaBuf, IobufOptions, PoolStats, Views, iobuf_options, pool, set_iobuf_options};
 pub use region::{Backing, Iova, Region};
-pub use sgl::{copy_from_bufs, copy_to_bufs, for_each_piece};
+pub use sgl::{copy_from_bufs, copy_to_bufs, for_each_piece, slices_mut};
 
 /// Maps DMA regions into a device's address space (a VFIO container).
 pub trait DmaMapper: Send + Sync {

@@ -16,7 +16,7 @@
 //! with an errno and its data, if any, read and dropped.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::{Rc, Weak};
@@ -714,30 +714,9 @@ impl Conn {
     }
 }
 
-/// `readv` into the buffers from byte `off`, at most `max` bytes.
-fn read_into(sock: &UnixStream, bufs: &mut [DmaBuf], mut off: usize, max: usize) -> io::Result<usize> {
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 16];
-    let mut n = 0;
-    let mut room = max;
-    for b in bufs.iter_mut() {
-        if n == iov.len() || room == 0 {
-            break;
-        }
-        if off >= b.len() {
-            off -= b.len();
-            continue;
-        }
-        let k = (b.len() - off).min(room);
-        iov[n] = libc::iovec { iov_base: b[off..].as_mut_ptr().cast(), iov_len: k };
-        n += 1;
-        room -= k;
-        off = 0;
-    }
-    if n == 0 {
-        return Ok(0);
-    }
-    // SAFETY: each iovec points into a buffer borrowed mutably for the
-    // call, within its length; `n` of them are set.
-    let r = unsafe { libc::readv(sock.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+/// Read into the buffers from byte `off`, at most `max` bytes.
+fn read_into(sock: &UnixStream, bufs: &mut [DmaBuf], off: usize, max: usize) -> io::Result<usize> {
+    let mut iov: [IoSliceMut<'_>; 16] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+    let n = dma::slices_mut(bufs, off, max, &mut iov);
+    (&*sock).read_vectored(&mut iov[..n])
 }

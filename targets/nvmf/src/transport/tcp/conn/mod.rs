@@ -507,22 +507,9 @@ impl Conn {
         st.rstart = 0;
         st.rend = 0;
         let mut iov: [IoSliceMut<'_>; MAX_IOV] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
-        let mut n_iov = 0;
-        let (mut off, mut want) = (dx.off, dx.left);
-        for b in st.slots[dx.idx as usize].bufs.iter_mut() {
-            if want == 0 || n_iov == MAX_IOV - 2 {
-                break;
-            }
-            if off >= b.len() {
-                off -= b.len();
-                continue;
-            }
-            let n = (b.len() - off).min(want);
-            iov[n_iov] = IoSliceMut::new(&mut b[off..off + n]);
-            n_iov += 1;
-            want -= n;
-            off = 0;
-        }
+        // Room for the digest and the tail after the data.
+        let mut n_iov = pollux_core::dma::slices_mut(&mut st.slots[dx.idx as usize].bufs, dx.off, dx.left, &mut iov[..MAX_IOV - 2]);
+        let want = dx.left - iov[..n_iov].iter().map(|v| v.len()).sum::<usize>();
         // The digest and the tail only once all the data fits the list.
         if want == 0 {
             let have = pdu::DIGEST_LEN - dx.digest_left;
