@@ -1123,7 +1123,7 @@ pub(crate) fn ana_changed(ctrl: &Arc<Controller>) {
 /// in change is taken as inaccessible through this path (its waiting
 /// requests go to another path or fail) until the log says otherwise.
 fn watch_transition(ctrl: &Arc<Controller>) {
-    let changing = ctrl.namespaces().iter().any(|n| ctrl.ana_state(n.nsid) == ctrlr::ana::CHANGE);
+    let changing = ctrl.any_in_transition();
     let reg = registry();
     let mut groups = reg.groups.borrow_mut();
     let Some(l) = groups.iter_mut().find_map(|g| g.link(ctrl)) else { return };
@@ -1152,16 +1152,12 @@ fn transition_expired(ctrl: &Arc<Controller>) {
     }
     let c = ctrl.clone();
     ctrlr::refresh_ana(ctrl, &admin, move |_| {
-        for n in &c.namespaces() {
-            if c.ana_state(n.nsid) == ctrlr::ana::CHANGE {
-                tracing::warn!(
-                    "nvmf host: {} at {}: namespace {} still in ANA change after the transition time; taken as inaccessible",
-                    c.name(),
-                    c.opts.addr,
-                    n.nsid
-                );
-                c.mark_ana(n.nsid, ctrlr::ana::INACCESSIBLE);
-            }
+        for nsid in c.end_transitions() {
+            tracing::warn!(
+                "nvmf host: {} at {}: namespace {nsid} still in ANA change after the transition time; taken as inaccessible",
+                c.name(),
+                c.opts.addr,
+            );
         }
         each_queue(c, |q| q.tell_users());
     });

@@ -193,6 +193,11 @@ impl NsState {
     fn set(&self, state: u8) -> bool {
         self.ana.swap(state, Ordering::Relaxed) != state
     }
+
+    /// Set `to` if the state is `from`; returns whether it was.
+    fn replace(&self, from: u8, to: u8) -> bool {
+        self.ana.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
 }
 
 /// An active namespace of a controller, as last identified.
@@ -323,31 +328,44 @@ impl Controller {
         self.active().iter().map(|a| a.info.clone()).collect()
     }
 
+    /// What `f` takes from active namespace `nsid`, if it is.
+    fn with_active<T>(&self, nsid: u32, f: impl FnOnce(&Active) -> T) -> Option<T> {
+        let list = self.active();
+        list.binary_search_by_key(&nsid, |a| a.info.nsid).ok().map(|i| f(&list[i]))
+    }
+
     /// Active namespace `nsid`, if it is.
     pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
-        let list = self.active();
-        list.binary_search_by_key(&nsid, |a| a.info.nsid).ok().map(|i| list[i].info.clone())
+        self.with_active(nsid, |a| a.info.clone())
     }
 
     /// The ANA state of active namespace `nsid` through this controller,
     /// for a channel to hold (None: not active here).
     pub fn ns_state(&self, nsid: u32) -> Option<Arc<NsState>> {
-        let list = self.active();
-        list.binary_search_by_key(&nsid, |a| a.info.nsid).ok().map(|i| list[i].state.clone())
+        self.with_active(nsid, |a| a.state.clone())
     }
 
     /// The ANA state of namespace `nsid` through this controller
     /// (inaccessible when it is not active here).
     pub fn ana_state(&self, nsid: u32) -> u8 {
-        self.ns_state(nsid).map_or(ana::INACCESSIBLE, |s| s.ana_state())
+        self.with_active(nsid, |a| a.state.ana_state()).unwrap_or(ana::INACCESSIBLE)
     }
 
     /// Take namespace `nsid`'s state from a command's path status (until
-    /// the ANA log says otherwise).
-    pub(crate) fn mark_ana(&self, nsid: u32, state: u8) {
-        if let Some(s) = self.ns_state(nsid) {
-            s.set(state);
-        }
+    /// the ANA log says otherwise). Returns whether it changed.
+    pub(crate) fn mark_ana(&self, nsid: u32, state: u8) -> bool {
+        self.with_active(nsid, |a| a.state.set(state)).unwrap_or(false)
+    }
+
+    /// Whether an active namespace is in ANA change through this controller.
+    pub fn any_in_transition(&self) -> bool {
+        self.active().iter().any(|a| a.state.ana_state() == ana::CHANGE)
+    }
+
+    /// Take the namespaces still in ANA change as inaccessible (until the
+    /// ANA log says otherwise); returns their NSIDs.
+    pub(crate) fn end_transitions(&self) -> Vec<u32> {
+        self.active().iter().filter(|a| a.state.replace(ana::CHANGE, ana::INACCESSIBLE)).map(|a| a.info.nsid).collect()
     }
 
     /// Take the states an ANA log page (log identifier 0x0c) gives: each
@@ -673,9 +691,7 @@ impl IoQueue {
             2 => ana::INACCESSIBLE,
             _ => ana::CHANGE,
         };
-        let was = self.ctrl.ana_state(nsid);
-        self.ctrl.mark_ana(nsid, state);
-        if was != state {
+        if self.ctrl.mark_ana(nsid, state) {
             let ctrl = self.ctrl.clone();
             reactor::send_msg(ReactorId(0), move || crate::bdev::ana_changed(&ctrl));
         }
