@@ -209,13 +209,8 @@ impl Conn {
     /// Close the socket now (the kernel sees it end and fails what it has
     /// outstanding); the bdev is let go once its requests finish.
     pub fn abort(self: &Rc<Self>) {
-        let mut st = self.st.borrow_mut();
-        if st.phase != Phase::Closed {
-            st.phase = Phase::Dead;
-        }
-        drop(st);
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        self.unwatch();
+        self.dead();
         self.kick();
     }
 
@@ -538,28 +533,28 @@ impl Conn {
 
     fn submit(self: &Rc<Self>, handle: [u8; 8], op: Op, mut bufs: Vec<DmaBuf>) {
         let Some((desc, ch)) = self.io.borrow().clone() else { return };
+        if let (Op::Read { num_blocks, .. }, false) = (op, self.lends) {
+            // A read brings its buffers (a bdev that lends its memory
+            // brings its own).
+            match self.alloc(self.bytes(num_blocks)) {
+                Alloc::Got(b) => bufs = b,
+                Alloc::Wait => return self.later(handle, op, Vec::new()),
+                Alloc::Never => return self.refuse(handle, libc::ENOMEM as u32),
+            }
+        }
         let me = self.clone();
         let held = bufs.iter().map(|b| b.len()).sum::<usize>();
         self.st.borrow_mut().outstanding += 1;
         match op {
             Op::Read { offset_blocks, num_blocks } => {
-                let len = (num_blocks * self.geo.get().block_size as u64) as usize;
+                // Held until the data has gone out (lent memory included).
+                let len = self.bytes(num_blocks);
+                self.st.borrow_mut().held += len;
                 if self.lends {
-                    self.st.borrow_mut().held += len;
                     desc.read_lend(&ch, offset_blocks, num_blocks, move |io| me.read_done(handle, op, io, len));
-                    return;
+                } else {
+                    desc.read(&ch, bufs, offset_blocks, num_blocks, move |io| me.read_done(handle, op, io, len));
                 }
-                self.st.borrow_mut().outstanding -= 1;
-                match self.alloc(len) {
-                    Alloc::Got(b) => bufs = b,
-                    Alloc::Wait => return self.later(handle, op, Vec::new()),
-                    Alloc::Never => return self.refuse(handle, libc::ENOMEM as u32),
-                }
-                let mut st = self.st.borrow_mut();
-                st.outstanding += 1;
-                st.held += len;
-                drop(st);
-                desc.read(&ch, bufs, offset_blocks, num_blocks, move |io| me.read_done(handle, op, io, len));
             }
             Op::Write { offset_blocks, num_blocks, fua } => {
                 let d2 = desc.clone();
@@ -589,6 +584,11 @@ impl Conn {
             }
             Op::Disconnect => unreachable!("answered by request()"),
         }
+    }
+
+    /// Bytes of `num_blocks` blocks.
+    fn bytes(&self, num_blocks: u64) -> usize {
+        (num_blocks * self.geo.get().block_size as u64) as usize
     }
 
     fn finished(&self, held: usize) {

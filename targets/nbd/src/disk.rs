@@ -56,8 +56,8 @@ enum State {
 }
 
 pub(crate) struct Disk {
-    /// Callbacks from threads find their disk by this (not by path: a
-    /// late one must not reach the next disk on the same device).
+    /// Callbacks (threads, bdev events) find their disk by this (not by
+    /// path: a late one must not reach the next disk on the same device).
     id: u64,
     pub path: String,
     index: u32,
@@ -151,8 +151,8 @@ pub(crate) fn start(bdev_name: String, path: Option<String>, done: StartDone) {
 
 fn try_device(bdev_name: String, index: u32, auto: bool, done: StartDone) {
     let path = format!("/dev/nbd{index}");
-    let p2 = path.clone();
-    let desc = match bdev::open(&bdev_name, true, move |ev| on_bdev_event(&p2, ev)) {
+    let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
+    let desc = match bdev::open(&bdev_name, true, move |ev| on_bdev_event(id, ev)) {
         Ok(d) => d,
         Err(e) => return done(Err(RpcError::errno(e.errno(), format!("cannot open bdev {bdev_name}: {e}")))),
     };
@@ -172,7 +172,7 @@ fn try_device(bdev_name: String, index: u32, auto: bool, done: StartDone) {
         Err(e) => return done(Err(os_error("socketpair", e))),
     };
     let disk = Rc::new(Disk {
-        id: NEXT_ID.with(|n| n.replace(n.get() + 1)),
+        id,
         path: path.clone(),
         index,
         bdev_name: bdev_name.clone(),
@@ -228,11 +228,11 @@ fn try_device(bdev_name: String, index: u32, auto: bool, done: StartDone) {
     }
 }
 
-fn on_bdev_event(path: &str, ev: BdevEvent) {
-    let Some(d) = find(path) else { return };
+fn on_bdev_event(id: u64, ev: BdevEvent) {
+    let Some(d) = find_id(id) else { return };
     match ev {
         BdevEvent::Remove => {
-            tracing::warn!("nbd {path}: bdev {} is going away: closing the device", d.bdev_name);
+            tracing::warn!("nbd {}: bdev {} is going away: closing the device", d.path, d.bdev_name);
             if d.state.get() == State::Running || d.state.get() == State::Starting {
                 d.state.set(State::Stopping);
             }

@@ -29,6 +29,8 @@ pub struct Rig {
     closed: Rc<Cell<bool>>,
     out: Vec<u8>,
     inbuf: Vec<u8>,
+    /// Where each pump reads (kept: a pass must not allocate 256 KiB).
+    rbuf: Box<[u8]>,
     /// Reads sent and not answered: handle -> bytes.
     reads: HashMap<[u8; 8], u32>,
     eof: bool,
@@ -46,7 +48,18 @@ impl Rig {
             let desc = bdev::open(bdev_name, true, |_| {}).expect("open the bdev");
             Conn::start("test", ours, desc, move || c2.set(true)).expect("serve")
         });
-        Rig { h, conn, kernel, closed, out: Vec::new(), inbuf: Vec::new(), reads: HashMap::new(), eof: false, bad_reply: None }
+        Rig {
+            h,
+            conn,
+            kernel,
+            closed,
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            rbuf: vec![0u8; 256 << 10].into_boxed_slice(),
+            reads: HashMap::new(),
+            eof: false,
+            bad_reply: None,
+        }
     }
 
     /// Queue a request (and a write's data) to send.
@@ -88,9 +101,8 @@ impl Rig {
         self.out.len()
     }
 
-    /// Write what the socket takes, run the reactor once, read what came.
-    /// Returns whether anything moved.
-    pub fn pump(&mut self) -> bool {
+    /// Write what the socket takes. Returns whether anything went.
+    fn send(&mut self) -> bool {
         let mut moved = false;
         while !self.out.is_empty() {
             match (&self.kernel).write(&self.out) {
@@ -105,16 +117,22 @@ impl Rig {
                 }
             }
         }
+        moved
+    }
+
+    /// Write what the socket takes, run the reactor once, read what came.
+    /// Returns whether anything moved.
+    pub fn pump(&mut self) -> bool {
+        let mut moved = self.send();
         moved |= self.h.step(0);
-        let mut buf = vec![0u8; 256 << 10];
         loop {
-            match (&self.kernel).read(&mut buf) {
+            match (&self.kernel).read(&mut self.rbuf) {
                 Ok(0) => {
                     self.eof = true;
                     break;
                 }
                 Ok(n) => {
-                    self.inbuf.extend_from_slice(&buf[..n]);
+                    self.inbuf.extend_from_slice(&self.rbuf[..n]);
                     moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -130,14 +148,7 @@ impl Rig {
     /// Write what the socket takes and run the reactor once, reading
     /// nothing (a kernel that stopped reading replies).
     pub fn pump_without_reading(&mut self) {
-        while !self.out.is_empty() {
-            match (&self.kernel).write(&self.out) {
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(_) => break,
-            }
-        }
+        self.send();
         self.h.step(0);
     }
 

@@ -7,6 +7,10 @@
 //! handle; a successful read's data follows it. Replies may come in any
 //! order: the handle matches them.
 
+use static_assertions::const_assert_eq;
+use zerocopy::byteorder::{BigEndian, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
 /// The first word of every request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// The first word of every simple reply.
@@ -55,32 +59,49 @@ pub struct Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadMagic(pub u32);
 
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+/// A request header as it is on the wire.
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+struct RequestWire {
+    magic: U32<BigEndian>,
+    /// Flags in the upper 16 bits, the command in the lower.
+    ty: U32<BigEndian>,
+    handle: [u8; 8],
+    from: U64<BigEndian>,
+    len: U32<BigEndian>,
 }
+
+/// A simple reply header as it is on the wire.
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+struct ReplyWire {
+    magic: U32<BigEndian>,
+    error: U32<BigEndian>,
+    handle: [u8; 8],
+}
+
+const_assert_eq!(std::mem::size_of::<RequestWire>(), REQUEST_LEN);
+const_assert_eq!(std::mem::size_of::<ReplyWire>(), REPLY_LEN);
 
 impl Request {
     pub fn decode(b: &[u8; REQUEST_LEN]) -> Result<Request, BadMagic> {
-        let magic = be32(&b[0..4]);
-        if magic != REQUEST_MAGIC {
-            return Err(BadMagic(magic));
+        let w = RequestWire::read_from_bytes(b).expect("the header's size");
+        if w.magic.get() != REQUEST_MAGIC {
+            return Err(BadMagic(w.magic.get()));
         }
-        let ty = be32(&b[4..8]);
-        let mut handle = [0u8; 8];
-        handle.copy_from_slice(&b[8..16]);
-        let mut from = [0u8; 8];
-        from.copy_from_slice(&b[16..24]);
-        Ok(Request { cmd: ty as u16, flags: (ty >> 16) as u16, handle, from: u64::from_be_bytes(from), len: be32(&b[24..28]) })
+        let ty = w.ty.get();
+        Ok(Request { cmd: ty as u16, flags: (ty >> 16) as u16, handle: w.handle, from: w.from.get(), len: w.len.get() })
     }
 
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
-        let mut b = [0u8; REQUEST_LEN];
-        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        b[4..8].copy_from_slice(&((self.flags as u32) << 16 | self.cmd as u32).to_be_bytes());
-        b[8..16].copy_from_slice(&self.handle);
-        b[16..24].copy_from_slice(&self.from.to_be_bytes());
-        b[24..28].copy_from_slice(&self.len.to_be_bytes());
-        b
+        let w = RequestWire {
+            magic: REQUEST_MAGIC.into(),
+            ty: ((self.flags as u32) << 16 | self.cmd as u32).into(),
+            handle: self.handle,
+            from: self.from.into(),
+            len: self.len.into(),
+        };
+        w.as_bytes().try_into().expect("the header's size")
     }
 
     /// Bytes of data that follow this header on the socket.
@@ -91,22 +112,15 @@ impl Request {
 
 /// A simple reply header.
 pub fn reply(handle: [u8; 8], error: u32) -> [u8; REPLY_LEN] {
-    let mut b = [0u8; REPLY_LEN];
-    b[0..4].copy_from_slice(&REPLY_MAGIC.to_be_bytes());
-    b[4..8].copy_from_slice(&error.to_be_bytes());
-    b[8..16].copy_from_slice(&handle);
-    b
+    let w = ReplyWire { magic: REPLY_MAGIC.into(), error: error.into(), handle };
+    w.as_bytes().try_into().expect("the header's size")
 }
 
 /// A reply header read back: `(error, handle)`, or `None` if its magic is
 /// wrong (for tests and the fuzz target, which play the kernel's part).
 pub fn decode_reply(b: &[u8; REPLY_LEN]) -> Option<(u32, [u8; 8])> {
-    if be32(&b[0..4]) != REPLY_MAGIC {
-        return None;
-    }
-    let mut handle = [0u8; 8];
-    handle.copy_from_slice(&b[8..16]);
-    Some((be32(&b[4..8]), handle))
+    let w = ReplyWire::read_from_bytes(b).expect("the header's size");
+    (w.magic.get() == REPLY_MAGIC).then_some((w.error.get(), w.handle))
 }
 
 /// What the exported bdev can do, for [`check`].

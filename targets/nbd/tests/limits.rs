@@ -42,15 +42,13 @@ fn pump_until(r: &mut Rig, what: &str, mut f: impl FnMut(&mut Rig) -> bool) {
     }
 }
 
+/// 16 large buffers of 128 KiB: 2 MiB in all.
+const SHORT_POOL: dma::IobufOptions =
+    dma::IobufOptions { small_pool_count: 64, large_pool_count: 16, small_bufsize: 8 << 10, large_bufsize: 128 << 10 };
+
 fn short_pool() {
     let before = dma::iobuf_options();
-    // 16 large buffers of 128 KiB: 2 MiB in all.
-    dma::set_iobuf_options(dma::IobufOptions {
-        small_pool_count: 64,
-        large_pool_count: 16,
-        small_bufsize: 8 << 10,
-        large_bufsize: 128 << 10,
-    });
+    dma::set_iobuf_options(SHORT_POOL);
     let h = Harness::new(1);
     h.on(0, || hold::create("hold0"));
     let mut r = Rig::new(h, "hold0");
@@ -233,12 +231,7 @@ fn waiting_for_memory(nomem: bool) -> Cost {
 fn limits_hold_without_failing_requests_or_spinning() {
     short_pool();
     let before = dma::iobuf_options();
-    dma::set_iobuf_options(dma::IobufOptions {
-        small_pool_count: 64,
-        large_pool_count: 16,
-        small_bufsize: 8 << 10,
-        large_bufsize: 128 << 10,
-    });
+    dma::set_iobuf_options(SHORT_POOL);
     for nomem in [false, true] {
         let c = waiting_for_memory(nomem);
         assert!(c.cpu < c.wall / 4, "no memory {nomem}: {c:?}");
